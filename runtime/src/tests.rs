@@ -1,0 +1,98 @@
+//! Tests of the runtime's configuration and genesis presets.
+
+use super::*;
+use frame_support::traits::{fungible::Inspect, Get};
+use sp_keyring::Sr25519Keyring;
+use sp_runtime::BuildStorage;
+
+/// Builds the genesis storage of a preset exactly as a chain spec would.
+fn build_preset(name: &str) -> sp_io::TestExternalities {
+    let id = sp_genesis_builder::PresetId::from(name);
+    let patch = genesis_config_presets::get_preset(&id).unwrap_or_else(|| panic!("no preset {name}"));
+    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("preset is JSON");
+    let mut config = serde_json::to_value(RuntimeGenesisConfig::default()).expect("default config");
+    json_merge(&mut config, patch);
+    let config: RuntimeGenesisConfig = serde_json::from_value(config).expect("preset fits the config");
+    let storage = config.build_storage().expect("genesis builds");
+    sp_io::TestExternalities::new(storage)
+}
+
+fn json_merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                json_merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        },
+        (b, p) => *b = p,
+    }
+}
+
+#[test]
+fn development_preset_builds_with_alice_as_sole_authority() {
+    build_preset(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
+        let aura = pallet_aura::Authorities::<Runtime>::get();
+        assert_eq!(aura.len(), 1);
+        assert_eq!(aura[0], Sr25519Keyring::Alice.public().into());
+        assert_eq!(Grandpa::grandpa_authorities().len(), 1);
+        assert_eq!(pallet_sudo::Key::<Runtime>::get(), Some(Sr25519Keyring::Alice.to_account_id()));
+        for who in genesis_config_presets::endowed_accounts() {
+            assert_eq!(Balances::balance(&who), genesis_config_presets::ENDOWMENT);
+        }
+        assert_eq!(
+            Balances::total_issuance(),
+            genesis_config_presets::ENDOWMENT * genesis_config_presets::endowed_accounts().len() as u128
+        );
+    });
+}
+
+#[test]
+fn local_testnet_preset_builds_with_four_authorities() {
+    build_preset(sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET).execute_with(|| {
+        use Sr25519Keyring::*;
+        let aura: Vec<_> = pallet_aura::Authorities::<Runtime>::get().into_inner();
+        let expected: Vec<sp_consensus_aura::sr25519::AuthorityId> =
+            [Alice, Bob, Charlie, Dave].into_iter().map(|k| k.public().into()).collect();
+        assert_eq!(aura, expected);
+        let grandpa = Grandpa::grandpa_authorities();
+        assert_eq!(grandpa.len(), 4);
+        assert!(grandpa.iter().all(|(_, weight)| *weight == 1));
+    });
+}
+
+#[test]
+fn unknown_preset_is_none() {
+    assert!(genesis_config_presets::get_preset(&"mainnet".into()).is_none());
+    assert_eq!(genesis_config_presets::preset_names().len(), 2);
+}
+
+#[test]
+fn token_and_existential_deposit() {
+    assert_eq!(token::DECIMALS, 18);
+    let ed: Balance = <Runtime as pallet_balances::Config>::ExistentialDeposit::get();
+    assert_eq!(ed, token::OPEN / 1000);
+    assert_eq!(<Runtime as frame_system::Config>::SS58Prefix::get(), token::SS58_PREFIX);
+}
+
+#[test]
+fn a_transfer_costs_a_fraction_of_a_milli_open() {
+    use pallet_transaction_payment::Pallet as Payment;
+    build_preset(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
+        let call = RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive {
+            dest: Sr25519Keyring::Bob.to_account_id().into(),
+            value: token::OPEN,
+        });
+        // A signed transfer is about 150 bytes on the wire.
+        let fee = Payment::<Runtime>::query_call_info(call, 150).partial_fee;
+        assert!(fee > token::MICRO_OPEN, "fee {fee} too small to deter spam");
+        assert!(fee < token::MILLI_OPEN, "fee {fee} too large for a transfer");
+    });
+}
+
+#[test]
+fn runtime_blob_is_built() {
+    // The node embeds this blob; `SKIP_WASM_BUILD` would leave it out.
+    if std::env::var_os("SKIP_WASM_BUILD").is_none() {
+        assert!(WASM_BINARY.map(|b| b.len() > 100_000).unwrap_or(false));
+    }
+}
