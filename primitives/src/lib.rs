@@ -5,6 +5,11 @@
 //! one `no_std` crate means a change here is a change everywhere, checked by the compiler.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+extern crate alloc;
+
+pub mod market;
+pub mod receipt;
+
 use sp_runtime::{
     traits::{IdentifyAccount, Verify},
     MultiSignature,

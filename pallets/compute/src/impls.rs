@@ -1,0 +1,206 @@
+//! Reputation arithmetic, the [`ProviderRegistry`] the marketplace uses, queries for the runtime
+//! API, and the storage invariants.
+
+use crate::{
+    pallet::*, BalanceOf, ProviderInfo, ProviderState, ProviderStatus, MAX_REPUTATION,
+    NEUTRAL_REPUTATION,
+};
+use frame_support::{
+    pallet_prelude::*,
+    traits::{
+        fungible::{InspectHold, MutateHold},
+        tokens::{Fortitude, Precision, Restriction},
+    },
+};
+use frame_system::pallet_prelude::BlockNumberFor;
+use openledger_primitives::market::{
+    AdapterId, BaseModelId, ProviderOffer, ProviderRegistry, Reputation,
+};
+use sp_core::ed25519;
+use sp_runtime::{
+    traits::{Saturating, UniqueSaturatedInto, Zero},
+    DispatchError,
+};
+
+/// Shifting the distance to neutral by this many bits or more leaves nothing of it.
+const FULL_DECAY_SHIFT: u32 = 20;
+
+impl<T: Config> Pallet<T> {
+    /// `state`'s reputation decayed to block `now`: the distance from neutral halves every
+    /// `ReputationHalfLife` blocks (whole half-lives only).
+    pub fn reputation_at(state: &ProviderState<T>, now: BlockNumberFor<T>) -> Reputation {
+        let half_life = T::ReputationHalfLife::get();
+        if half_life.is_zero() {
+            return NEUTRAL_REPUTATION;
+        }
+        let elapsed = now.saturating_sub(state.reputation_at);
+        let halvings: u32 = (elapsed / half_life).unique_saturated_into();
+        if halvings >= FULL_DECAY_SHIFT {
+            return NEUTRAL_REPUTATION;
+        }
+        if state.reputation >= NEUTRAL_REPUTATION {
+            NEUTRAL_REPUTATION.saturating_add((state.reputation - NEUTRAL_REPUTATION) >> halvings)
+        } else {
+            NEUTRAL_REPUTATION.saturating_sub((NEUTRAL_REPUTATION - state.reputation) >> halvings)
+        }
+    }
+
+    /// Decay `state`'s reputation to now, then add the reward or subtract the penalty (clamped
+    /// to the valid range).
+    fn adjust_reputation(state: &mut ProviderState<T>, reward: bool) {
+        let now = frame_system::Pallet::<T>::block_number();
+        let current = Self::reputation_at(state, now);
+        state.reputation = if reward {
+            current.saturating_add(T::ReputationReward::get()).min(MAX_REPUTATION)
+        } else {
+            current.saturating_sub(T::ReputationPenalty::get())
+        };
+        state.reputation_at = now;
+    }
+
+    /// Whether `state` may be assigned a new job at block `now`.
+    pub fn is_eligible(state: &ProviderState<T>, now: BlockNumberFor<T>) -> bool {
+        state.status == ProviderStatus::Active
+            && now.saturating_sub(state.last_heartbeat) <= T::HeartbeatTimeout::get()
+            && state.bond >= T::MinProviderBond::get()
+            && state.open_jobs < state.max_concurrent
+            && state.free_slots > 0
+    }
+
+    /// Everything known about `provider`, for the runtime API.
+    pub fn provider_info(provider: &T::AccountId) -> Option<ProviderInfo<T>> {
+        let terms = Providers::<T>::get(provider)?;
+        let state = ProviderStates::<T>::get(provider)?;
+        let now = frame_system::Pallet::<T>::block_number();
+        Some(ProviderInfo {
+            reputation_now: Self::reputation_at(&state, now),
+            eligible: Self::is_eligible(&state, now),
+            hot_adapters: HotAdapters::<T>::get(provider),
+            terms,
+            state,
+        })
+    }
+
+    /// Check the pallet's invariants:
+    /// - every provider's recorded bond is exactly what is held from it as a bond;
+    /// - `TotalBonded` is the sum of all bonds;
+    /// - every provider has both records, and the model index lists exactly the active
+    ///   providers under each model they declared.
+    #[cfg(any(feature = "try-runtime", feature = "std"))]
+    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        let mut total = BalanceOf::<T>::zero();
+        for (who, state) in ProviderStates::<T>::iter() {
+            let held = T::Currency::balance_on_hold(&HoldReason::ProviderBond.into(), &who);
+            ensure!(held == state.bond, "provider bond differs from its hold");
+            total = total.saturating_add(state.bond);
+            let terms = Providers::<T>::get(&who).ok_or("provider state without terms")?;
+            for model in terms.base_models.iter() {
+                let listed = ProvidersByModel::<T>::get(model).contains(&who);
+                ensure!(
+                    listed == (state.status == ProviderStatus::Active),
+                    "model index out of step with provider status"
+                );
+            }
+        }
+        ensure!(total == TotalBonded::<T>::get(), "TotalBonded is not the sum of bonds");
+        ensure!(
+            Providers::<T>::iter_keys().all(|who| ProviderStates::<T>::contains_key(&who)),
+            "provider terms without state"
+        );
+        for (model, providers) in ProvidersByModel::<T>::iter() {
+            for who in providers.iter() {
+                let terms = Providers::<T>::get(who).ok_or("indexed provider unknown")?;
+                ensure!(terms.base_models.contains(&model), "indexed under undeclared model");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
+    type MaxCandidates = T::MaxProvidersPerModel;
+
+    fn candidates(base_model: BaseModelId) -> BoundedVec<T::AccountId, Self::MaxCandidates> {
+        ProvidersByModel::<T>::get(base_model)
+    }
+
+    fn offer(
+        provider: &T::AccountId,
+        _base_model: BaseModelId,
+        adapter: AdapterId,
+    ) -> Option<ProviderOffer<BalanceOf<T>>> {
+        let state = ProviderStates::<T>::get(provider)?;
+        let now = frame_system::Pallet::<T>::block_number();
+        if !Self::is_eligible(&state, now) {
+            return None;
+        }
+        Some(ProviderOffer {
+            price_per_1k: state.price_per_1k,
+            bond: state.bond,
+            reputation: Self::reputation_at(&state, now),
+            adapter_hot: HotAdapters::<T>::get(provider).contains(&adapter),
+        })
+    }
+
+    fn worker_key(provider: &T::AccountId) -> Option<ed25519::Public> {
+        ProviderStates::<T>::get(provider).map(|state| state.worker_key)
+    }
+
+    fn is_worker(provider: &T::AccountId, who: &T::AccountId) -> bool {
+        provider == who
+            || ProviderStates::<T>::get(provider)
+                .is_some_and(|state| state.worker_account.as_ref() == Some(who))
+    }
+
+    fn job_assigned(provider: &T::AccountId) -> DispatchResult {
+        ProviderStates::<T>::try_mutate(provider, |maybe| {
+            let state = maybe.as_mut().ok_or(Error::<T>::NotRegistered)?;
+            state.open_jobs = state.open_jobs.saturating_add(1);
+            state.free_slots = state.free_slots.saturating_sub(1);
+            Ok(())
+        })
+    }
+
+    fn job_settled(provider: &T::AccountId) {
+        ProviderStates::<T>::mutate(provider, |maybe| {
+            if let Some(state) = maybe {
+                state.open_jobs = state.open_jobs.saturating_sub(1);
+                Self::adjust_reputation(state, true);
+            }
+        });
+    }
+
+    fn job_expired(
+        provider: &T::AccountId,
+        victim: &T::AccountId,
+    ) -> Result<BalanceOf<T>, DispatchError> {
+        let mut state = ProviderStates::<T>::get(provider).ok_or(Error::<T>::NotRegistered)?;
+        state.open_jobs = state.open_jobs.saturating_sub(1);
+        Self::adjust_reputation(&mut state, false);
+        let due = T::SlashFraction::get().mul_floor(state.bond);
+        let slashed = if due.is_zero() {
+            due
+        } else {
+            T::Currency::transfer_on_hold(
+                &HoldReason::ProviderBond.into(),
+                provider,
+                victim,
+                due,
+                Precision::BestEffort,
+                Restriction::Free,
+                Fortitude::Force,
+            )?
+        };
+        state.bond = state.bond.saturating_sub(slashed);
+        TotalBonded::<T>::mutate(|total| *total = total.saturating_sub(slashed));
+        ProviderStates::<T>::insert(provider, state);
+        if !slashed.is_zero() {
+            Self::deposit_event(Event::Slashed {
+                provider: provider.clone(),
+                victim: victim.clone(),
+                amount: slashed,
+            });
+        }
+        Ok(slashed)
+    }
+}

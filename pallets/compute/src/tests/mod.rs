@@ -1,0 +1,4 @@
+//! Tests of `pallet-compute`, by feature.
+
+mod lifecycle;
+mod registry;

@@ -1,0 +1,206 @@
+//! The interface `pallet-jobs` uses: eligibility, load, reputation and slashing.
+
+use crate::{
+    mock::*, Event, HoldReason, ProviderRegistry, ProviderStates, MAX_REPUTATION,
+    NEUTRAL_REPUTATION,
+};
+use frame_support::{
+    assert_ok,
+    traits::fungible::{Inspect, InspectHold},
+};
+
+type Registry = Compute;
+
+fn register(who: AccountId, price: Balance) {
+    assert_ok!(Compute::register_provider(
+        RuntimeOrigin::signed(who),
+        terms(who as u8, &[3], price),
+        MIN_BOND
+    ));
+}
+
+fn offer(who: AccountId) -> Option<openledger_primitives::market::ProviderOffer<Balance>> {
+    <Registry as ProviderRegistry<_, _>>::offer(&who, 3, 42)
+}
+
+#[test]
+fn fresh_provider_offers_its_terms() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert_eq!(<Registry as ProviderRegistry<_, _>>::candidates(3).into_inner(), vec![1]);
+        assert!(<Registry as ProviderRegistry<_, _>>::candidates(4).is_empty());
+        let offer = offer(1).unwrap();
+        assert_eq!(offer.price_per_1k, 25);
+        assert_eq!(offer.bond, MIN_BOND);
+        assert_eq!(offer.reputation, NEUTRAL_REPUTATION);
+        assert!(!offer.adapter_hot);
+        assert_eq!(<Registry as ProviderRegistry<_, _>>::worker_key(&1), Some(worker_key(1)));
+        assert!(<Registry as ProviderRegistry<_, _>>::worker_key(&2).is_none());
+    });
+}
+
+#[test]
+fn hot_adapter_is_reported() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert_ok!(Compute::heartbeat(
+            RuntimeOrigin::signed(1),
+            1,
+            vec![42].try_into().unwrap(),
+            2
+        ));
+        assert!(offer(1).unwrap().adapter_hot);
+    });
+}
+
+#[test]
+fn stale_heartbeat_makes_ineligible() {
+    build_and_execute(|| {
+        register(1, 25);
+        run_to_block(1 + HEARTBEAT_TIMEOUT);
+        assert!(offer(1).is_some());
+        run_to_block(2 + HEARTBEAT_TIMEOUT);
+        assert!(offer(1).is_none());
+        assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, Default::default(), 2));
+        assert!(offer(1).is_some());
+    });
+}
+
+#[test]
+fn capacity_limits_eligibility() {
+    build_and_execute(|| {
+        register(1, 25);
+        // max_concurrent is 2 in the mock terms.
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        assert!(offer(1).is_some());
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        assert!(offer(1).is_none());
+        <Registry as ProviderRegistry<_, _>>::job_settled(&1);
+        // A slot is free by concurrency, but the worker has not reported free slots since.
+        assert!(offer(1).is_none());
+        assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, Default::default(), 1));
+        assert!(offer(1).is_some());
+        // The worker may report fewer slots than its concurrency.
+        assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, Default::default(), 0));
+        assert!(offer(1).is_none());
+    });
+}
+
+#[test]
+fn leaving_provider_gets_no_jobs() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert_ok!(Compute::unregister(RuntimeOrigin::signed(1)));
+        assert!(offer(1).is_none());
+        assert!(<Registry as ProviderRegistry<_, _>>::candidates(3).is_empty());
+    });
+}
+
+#[test]
+fn is_worker_accepts_operator_and_worker_account() {
+    build_and_execute(|| {
+        let mut with_worker = terms(1, &[3], 10);
+        with_worker.worker_account = Some(5);
+        assert_ok!(Compute::register_provider(RuntimeOrigin::signed(1), with_worker, MIN_BOND));
+        assert!(<Registry as ProviderRegistry<_, _>>::is_worker(&1, &1));
+        assert!(<Registry as ProviderRegistry<_, _>>::is_worker(&1, &5));
+        assert!(!<Registry as ProviderRegistry<_, _>>::is_worker(&1, &2));
+        assert!(!<Registry as ProviderRegistry<_, _>>::is_worker(&2, &5));
+    });
+}
+
+#[test]
+fn job_assigned_to_unknown_provider_fails() {
+    build_and_execute(|| {
+        assert!(<Registry as ProviderRegistry<_, _>>::job_assigned(&9).is_err());
+        assert!(<Registry as ProviderRegistry<_, _>>::job_expired(&9, &2).is_err());
+    });
+}
+
+#[test]
+fn settled_jobs_raise_reputation_up_to_the_cap() {
+    build_and_execute(|| {
+        register(1, 25);
+        for _ in 0..3 {
+            assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+            <Registry as ProviderRegistry<_, _>>::job_settled(&1);
+        }
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        assert_eq!(state.reputation, NEUTRAL_REPUTATION + 3 * REWARD);
+        assert_eq!(state.open_jobs, 0);
+        for _ in 0..100 {
+            assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+            <Registry as ProviderRegistry<_, _>>::job_settled(&1);
+        }
+        assert_eq!(ProviderStates::<Test>::get(1).unwrap().reputation, MAX_REPUTATION);
+    });
+}
+
+#[test]
+fn reputation_decays_toward_neutral() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        <Registry as ProviderRegistry<_, _>>::job_settled(&1);
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        assert_eq!(Compute::reputation_at(&state, 1 + HALF_LIFE - 1), NEUTRAL_REPUTATION + REWARD);
+        assert_eq!(Compute::reputation_at(&state, 1 + HALF_LIFE), NEUTRAL_REPUTATION + REWARD / 2);
+        assert_eq!(
+            Compute::reputation_at(&state, 1 + 2 * HALF_LIFE),
+            NEUTRAL_REPUTATION + REWARD / 4
+        );
+        assert_eq!(Compute::reputation_at(&state, 1 + 1_000 * HALF_LIFE), NEUTRAL_REPUTATION);
+
+        // Below neutral it rises back.
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_expired(&1, &2));
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        let low = NEUTRAL_REPUTATION + REWARD - PENALTY;
+        assert_eq!(state.reputation, low);
+        assert_eq!(
+            Compute::reputation_at(&state, 1 + HALF_LIFE),
+            NEUTRAL_REPUTATION - (NEUTRAL_REPUTATION - low) / 2
+        );
+    });
+}
+
+#[test]
+fn expired_job_slashes_bond_to_the_user() {
+    build_and_execute(|| {
+        register(1, 25);
+        let issuance = Balances::total_issuance();
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        let slashed = <Registry as ProviderRegistry<_, _>>::job_expired(&1, &2).unwrap();
+        assert_eq!(slashed, MIN_BOND / 10);
+        assert_eq!(Balances::balance(&2), ENDOWMENT + MIN_BOND / 10);
+        assert_eq!(
+            Balances::balance_on_hold(&RuntimeHoldReason::Compute(HoldReason::ProviderBond), &1),
+            MIN_BOND - MIN_BOND / 10
+        );
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        assert_eq!(state.bond, MIN_BOND - MIN_BOND / 10);
+        assert_eq!(state.open_jobs, 0);
+        assert_eq!(state.reputation, NEUTRAL_REPUTATION - PENALTY);
+        assert_eq!(Balances::total_issuance(), issuance);
+        assert_eq!(
+            compute_events().last(),
+            Some(&Event::Slashed { provider: 1, victim: 2, amount: MIN_BOND / 10 })
+        );
+        // Its bond is now below the minimum: no new jobs until it bonds more.
+        assert!(offer(1).is_none());
+        assert_ok!(Compute::bond_extra(RuntimeOrigin::signed(1), MIN_BOND / 10));
+        assert!(offer(1).is_some());
+    });
+}
+
+#[test]
+fn provider_info_reports_everything() {
+    build_and_execute(|| {
+        register(1, 25);
+        let info = Compute::provider_info(&1).unwrap();
+        assert_eq!(info.terms, terms(1, &[3], 25));
+        assert!(info.eligible);
+        assert_eq!(info.reputation_now, NEUTRAL_REPUTATION);
+        assert!(Compute::provider_info(&2).is_none());
+    });
+}

@@ -1,0 +1,107 @@
+//! Identifiers and the narrow interfaces through which the marketplace pallets talk.
+//!
+//! `pallet-jobs` needs three things it does not own: the registry of GPU providers
+//! (`pallet-compute`), the catalogue of adapters and their prices (`pallet-attribution`), and
+//! the place a settled job's charge goes (also `pallet-attribution`, which splits it). Each is
+//! a trait here, so neither pallet depends on the other and the runtime wires them together.
+
+use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
+use scale_info::TypeInfo;
+use sp_runtime::{BoundedVec, DispatchError, DispatchResult};
+
+/// Identifier of an inference job, assigned in submission order starting at 0.
+pub type JobId = u64;
+
+/// Identifier of a registered LoRA adapter.
+pub type AdapterId = u32;
+
+/// Identifier of a base model (the shared weights an adapter is trained against).
+pub type BaseModelId = u32;
+
+/// A provider's reputation, in parts per million: 0 is the worst, [`Reputation::MAX`] the best.
+pub type Reputation = u32;
+
+/// What the catalogue says about an adapter that a job may run.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,
+)]
+pub struct AdapterTerms<Balance> {
+    /// The base model the adapter is applied to; only providers serving it can run the job.
+    pub base_model: BaseModelId,
+    /// The adapter's own price per 1,000 tokens, paid on top of the provider's price.
+    pub price_per_1k: Balance,
+}
+
+/// Looks up adapters. Implemented by `pallet-attribution`.
+pub trait AdapterCatalog<Balance> {
+    /// Terms of `adapter`, or `None` if it is unknown or may not be used.
+    fn adapter(adapter: AdapterId) -> Option<AdapterTerms<Balance>>;
+}
+
+/// A provider's standing offer for one job, as the registry sees it right now.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,
+)]
+pub struct ProviderOffer<Balance> {
+    /// Price per 1,000 tokens (input and output).
+    pub price_per_1k: Balance,
+    /// Bond currently held.
+    pub bond: Balance,
+    /// Reputation after decay, in parts per million.
+    pub reputation: Reputation,
+    /// Whether the worker reported the requested adapter as loaded on its GPU.
+    pub adapter_hot: bool,
+}
+
+/// The GPU provider registry as the job marketplace uses it. Implemented by `pallet-compute`.
+///
+/// The marketplace calls `job_assigned` exactly once per job and then exactly one of
+/// `job_settled` / `job_expired`, so the registry can count open jobs per provider.
+pub trait ProviderRegistry<AccountId, Balance> {
+    /// Upper bound on the number of providers [`Self::candidates`] returns.
+    type MaxCandidates: sp_core::Get<u32>;
+
+    /// Providers that declared `base_model`, eligible or not.
+    fn candidates(base_model: BaseModelId) -> BoundedVec<AccountId, Self::MaxCandidates>;
+
+    /// The offer of `provider` for a job on `base_model` with `adapter`, or `None` if it cannot
+    /// take a job now (unknown, leaving, heartbeat stale, bond too low, no free capacity, or
+    /// not serving `base_model`).
+    fn offer(
+        provider: &AccountId,
+        base_model: BaseModelId,
+        adapter: AdapterId,
+    ) -> Option<ProviderOffer<Balance>>;
+
+    /// The ed25519 key with which `provider`'s worker signs receipts.
+    fn worker_key(provider: &AccountId) -> Option<sp_core::ed25519::Public>;
+
+    /// Whether `who` may act for `provider`'s worker (the operator or its authorised worker).
+    fn is_worker(provider: &AccountId, who: &AccountId) -> bool;
+
+    /// A job was assigned to `provider`: count it against its capacity.
+    fn job_assigned(provider: &AccountId) -> DispatchResult;
+
+    /// A job of `provider` was settled: release its slot and credit its reputation.
+    fn job_settled(provider: &AccountId);
+
+    /// A job of `provider` expired: release its slot, lower its reputation and slash its bond
+    /// to `victim`. Returns the amount slashed.
+    fn job_expired(provider: &AccountId, victim: &AccountId) -> Result<Balance, DispatchError>;
+}
+
+/// Where the charge of a settled job goes. Implemented by `pallet-attribution`, which splits it
+/// between provider, adapter owner, DataNets and treasury.
+pub trait Settlement<AccountId, Balance> {
+    /// Pay out `charge` for `job`. When this is called, `charge` has been released from the
+    /// job's escrow and is free balance of `payer`; the implementation moves all of it out of
+    /// `payer` (with `Preservation::Expendable`) or fails, in which case the receipt is rejected
+    /// and nothing of it persists.
+    fn settle(
+        job: JobId,
+        payer: &AccountId,
+        provider: &AccountId,
+        adapter: AdapterId,
+        charge: Balance,
+    ) -> DispatchResult;
+}
