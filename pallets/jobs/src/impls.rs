@@ -1,0 +1,320 @@
+//! Matching, settlement and expiry, the default settlement and randomness, queries for the
+//! runtime API, and the storage invariants.
+
+use crate::{pallet::*, BalanceOf, Job, JobStatus, Quote};
+use codec::Encode;
+use core::marker::PhantomData;
+use frame_support::{
+    pallet_prelude::*,
+    storage::with_storage_layer,
+    traits::{
+        fungible::{InspectHold, Mutate, MutateHold},
+        tokens::{Precision, Preservation},
+        Randomness,
+    },
+};
+use frame_system::pallet_prelude::BlockNumberFor;
+use openledger_primitives::{
+    market::{AdapterCatalog, AdapterId, AdapterTerms, JobId, ProviderRegistry, Settlement},
+    receipt::{is_small_order_encoding, Receipt, ReceiptPayload},
+};
+use sp_runtime::{
+    traits::{Bounded, Hash, Saturating, UniqueSaturatedInto, Zero},
+    DispatchError,
+};
+
+/// Order of the ed25519 base point, little-endian: a signature's `s` must be below it.
+const GROUP_ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Whether the little-endian scalar `s` is fully reduced (`s < l`).
+fn is_canonical_scalar(s: &[u8]) -> bool {
+    // Compare from the most significant byte down.
+    for (a, b) in s.iter().rev().zip(GROUP_ORDER.iter().rev()) {
+        if a != b {
+            return a < b;
+        }
+    }
+    false
+}
+
+/// Whether `signature` is in the canonical form both ed25519 libraries accept.
+pub(crate) fn is_canonical_signature(signature: &sp_core::ed25519::Signature) -> bool {
+    let bytes: &[u8; 64] = &signature.0;
+    let (r, s) = bytes.split_at(32);
+    let r: [u8; 32] = r.try_into().unwrap_or([0; 32]);
+    is_canonical_scalar(s) && !is_small_order_encoding(&r)
+}
+
+/// `ceil(tokens * price_per_1k / 1000)`, saturating.
+pub fn fee_for<Balance: sp_runtime::traits::AtLeast32BitUnsigned + Copy>(
+    tokens: u64,
+    price_per_1k: Balance,
+) -> Balance {
+    let tokens: Balance = tokens.unique_saturated_into();
+    let thousand: Balance = 1000u32.into();
+    let gross = tokens.saturating_mul(price_per_1k);
+    let fee = gross / thousand;
+    if (gross % thousand).is_zero() {
+        fee
+    } else {
+        fee.saturating_add(1u32.into())
+    }
+}
+
+impl<T: Config> Pallet<T> {
+    /// The provider a job with these terms would be assigned to now, with its price per 1,000
+    /// tokens (provider plus adapter).
+    pub(crate) fn select_provider(
+        job: JobId,
+        terms: &AdapterTerms<BalanceOf<T>>,
+        adapter: AdapterId,
+        max_output_tokens: u32,
+        max_fee: BalanceOf<T>,
+    ) -> Option<(T::AccountId, BalanceOf<T>)> {
+        let (seed, _) = T::Randomness::random(&(b"openledger/match", job).encode());
+        let mut best: Option<((bool, u128, [u8; 32]), T::AccountId, BalanceOf<T>)> = None;
+        for candidate in T::Providers::candidates(terms.base_model) {
+            let Some(offer) = T::Providers::offer(&candidate, terms.base_model, adapter) else {
+                continue;
+            };
+            let price = offer.price_per_1k.saturating_add(terms.price_per_1k);
+            if fee_for(max_output_tokens.into(), price) > max_fee {
+                continue;
+            }
+            let bond: u128 = offer.bond.unique_saturated_into();
+            let key = (
+                offer.adapter_hot,
+                bond.saturating_mul(offer.reputation.into()),
+                sp_io::hashing::blake2_256(&(seed, &candidate).encode()),
+            );
+            if best.as_ref().map_or(true, |(best_key, _, _)| key > *best_key) {
+                best = Some((key, candidate, price));
+            }
+        }
+        best.map(|(_, provider, price)| (provider, price))
+    }
+
+    /// The open job `job`, or the error saying why there is none.
+    pub(crate) fn open_job(job: JobId) -> Result<Job<T>, DispatchError> {
+        Jobs::<T>::get(job).ok_or_else(|| {
+            if job < NextJobId::<T>::get() {
+                Error::<T>::JobClosed.into()
+            } else {
+                Error::<T>::UnknownJob.into()
+            }
+        })
+    }
+
+    /// Delete `job`'s record and index entries.
+    fn close(job: JobId, record: &Job<T>) {
+        Jobs::<T>::remove(job);
+        JobsByDeadline::<T>::remove(record.deadline, job);
+        JobsByProvider::<T>::remove(&record.provider, job);
+        TotalEscrow::<T>::mutate(|total| *total = total.saturating_sub(record.escrow));
+    }
+
+    /// Settle each receipt in its own storage layer, so a rejected one leaves no trace.
+    pub(crate) fn settle_batch(
+        receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
+    ) -> DispatchResult {
+        let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+        let genesis_hash = sp_core::H256::from_slice(genesis_hash.as_ref());
+        let mut settled = 0u32;
+        let mut first_error = None;
+        for receipt in receipts {
+            match with_storage_layer(|| Self::settle(&genesis_hash, &receipt)) {
+                Ok(()) => settled = settled.saturating_add(1),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    Self::deposit_event(Event::ReceiptRejected { job: receipt.job, error });
+                },
+            }
+        }
+        match first_error {
+            Some(error) if settled == 0 => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Check `receipt` and settle its job.
+    fn settle(genesis_hash: &sp_core::H256, receipt: &Receipt) -> DispatchResult {
+        let record = Self::open_job(receipt.job)?;
+        let now = frame_system::Pallet::<T>::block_number();
+        ensure!(now <= record.deadline, Error::<T>::DeadlinePassed);
+        ensure!(receipt.output_tokens <= record.max_output_tokens, Error::<T>::OutputTooLong);
+        ensure!(is_canonical_signature(&receipt.signature), Error::<T>::MalformedSignature);
+        let key = T::Providers::worker_key(&record.provider).ok_or(Error::<T>::UnknownProvider)?;
+        let payload =
+            ReceiptPayload::new(*genesis_hash, record.provider.clone(), record.adapter, receipt);
+        ensure!(
+            sp_io::crypto::ed25519_verify(&receipt.signature, &payload.signing_bytes(), &key),
+            Error::<T>::BadSignature
+        );
+
+        let tokens = u64::from(receipt.input_tokens).saturating_add(receipt.output_tokens.into());
+        let charged = fee_for(tokens, record.price_per_1k).min(record.escrow);
+        let refunded = record.escrow.saturating_sub(charged);
+        // Release the whole escrow: the refund stays with the user, the charge is paid on.
+        T::Currency::release(
+            &HoldReason::JobEscrow.into(),
+            &record.submitter,
+            record.escrow,
+            Precision::Exact,
+        )?;
+        if !charged.is_zero() {
+            T::Settlement::settle(
+                receipt.job,
+                &record.submitter,
+                &record.provider,
+                record.adapter,
+                charged,
+            )?;
+        }
+        T::Providers::job_settled(&record.provider);
+        Self::close(receipt.job, &record);
+        Self::deposit_event(Event::JobSettled {
+            job: receipt.job,
+            provider: record.provider,
+            output_hash: receipt.output_hash,
+            input_tokens: receipt.input_tokens,
+            output_tokens: receipt.output_tokens,
+            charged,
+            refunded,
+        });
+        Ok(())
+    }
+
+    /// Expire `job` if its deadline has passed.
+    pub(crate) fn do_expire(job: JobId) -> DispatchResult {
+        let record = Self::open_job(job)?;
+        ensure!(
+            frame_system::Pallet::<T>::block_number() > record.deadline,
+            Error::<T>::NotExpired
+        );
+        let refunded = T::Currency::release(
+            &HoldReason::JobEscrow.into(),
+            &record.submitter,
+            record.escrow,
+            Precision::Exact,
+        )?;
+        let slashed = T::Providers::job_expired(&record.provider, &record.submitter)?;
+        Self::close(job, &record);
+        Self::deposit_event(Event::JobExpired {
+            job,
+            provider: record.provider,
+            refunded,
+            slashed,
+        });
+        Ok(())
+    }
+
+    /// What is known about job id `job`, for the runtime API.
+    pub fn job_status(job: JobId) -> JobStatus<T> {
+        match Jobs::<T>::get(job) {
+            Some(record) => JobStatus::Open(record),
+            None if job < NextJobId::<T>::get() => JobStatus::Closed,
+            None => JobStatus::Unknown,
+        }
+    }
+
+    /// Open jobs assigned to `provider`, at most `limit`, for the runtime API.
+    pub fn jobs_of_provider(provider: &T::AccountId, limit: u32) -> alloc::vec::Vec<JobId> {
+        JobsByProvider::<T>::iter_key_prefix(provider).take(limit as usize).collect()
+    }
+
+    /// Open jobs whose deadline is block `at`, at most `limit`: expirable from the next block.
+    pub fn jobs_due_at(at: BlockNumberFor<T>, limit: u32) -> alloc::vec::Vec<JobId> {
+        JobsByDeadline::<T>::iter_key_prefix(at).take(limit as usize).collect()
+    }
+
+    /// The provider `submit_job` would pick now for `adapter` and `max_output_tokens` with an
+    /// unlimited budget, and the smallest `max_fee` it would accept.
+    pub fn quote(adapter: AdapterId, max_output_tokens: u32) -> Option<Quote<T>> {
+        let terms = T::Adapters::adapter(adapter)?;
+        let job = NextJobId::<T>::get();
+        let unlimited = BalanceOf::<T>::max_value();
+        let (provider, price_per_1k) =
+            Self::select_provider(job, &terms, adapter, max_output_tokens, unlimited)?;
+        Some(Quote {
+            provider,
+            price_per_1k,
+            min_max_fee: fee_for(max_output_tokens.into(), price_per_1k),
+        })
+    }
+
+    /// Check the pallet's invariants:
+    /// - `TotalEscrow` is the sum of open jobs' escrow;
+    /// - every submitter has exactly the escrow of its open jobs on hold;
+    /// - every open job is in both indexes, and the indexes hold nothing else.
+    #[cfg(any(feature = "try-runtime", feature = "std"))]
+    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        let mut total = BalanceOf::<T>::zero();
+        let mut per_submitter = alloc::collections::btree_map::BTreeMap::new();
+        for (job, record) in Jobs::<T>::iter() {
+            ensure!(job < NextJobId::<T>::get(), "open job with an unassigned id");
+            total = total.saturating_add(record.escrow);
+            let held = per_submitter.entry(record.submitter.clone()).or_insert_with(Zero::zero);
+            *held = record.escrow.saturating_add(*held);
+            ensure!(
+                JobsByDeadline::<T>::contains_key(record.deadline, job),
+                "open job missing from the deadline index"
+            );
+            ensure!(
+                JobsByProvider::<T>::contains_key(&record.provider, job),
+                "open job missing from the provider index"
+            );
+        }
+        ensure!(total == TotalEscrow::<T>::get(), "TotalEscrow is not the sum of open escrow");
+        for (who, escrow) in per_submitter {
+            let held = T::Currency::balance_on_hold(&HoldReason::JobEscrow.into(), &who);
+            ensure!(held == escrow, "held escrow differs from the submitter's open jobs");
+        }
+        ensure!(
+            JobsByDeadline::<T>::iter().all(|(deadline, job, ())| {
+                Jobs::<T>::get(job).is_some_and(|record| record.deadline == deadline)
+            }),
+            "deadline index lists a closed job or a stale deadline"
+        );
+        ensure!(
+            JobsByProvider::<T>::iter().all(|(provider, job, ())| {
+                Jobs::<T>::get(job).is_some_and(|record| record.provider == provider)
+            }),
+            "provider index lists a closed job or the wrong provider"
+        );
+        Ok(())
+    }
+}
+
+/// [`Settlement`] that pays the provider the whole charge: the runtime's choice until
+/// `pallet-attribution` splits fees.
+pub struct PayProvider<Currency>(PhantomData<Currency>);
+
+impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency::Balance>
+    for PayProvider<Currency>
+{
+    fn settle(
+        _job: JobId,
+        payer: &AccountId,
+        provider: &AccountId,
+        _adapter: AdapterId,
+        charge: Currency::Balance,
+    ) -> DispatchResult {
+        Currency::transfer(payer, provider, charge, Preservation::Expendable).map(|_| ())
+    }
+}
+
+/// [`Randomness`] from the parent block hash mixed with the subject: known to the block author
+/// one block ahead, so only good for tie-breaking among otherwise equal providers, which is all
+/// matching uses it for.
+pub struct ParentHashRandomness<T>(PhantomData<T>);
+
+impl<T: frame_system::Config> Randomness<T::Hash, BlockNumberFor<T>> for ParentHashRandomness<T> {
+    fn random(subject: &[u8]) -> (T::Hash, BlockNumberFor<T>) {
+        let parent = frame_system::Pallet::<T>::parent_hash();
+        let block = frame_system::Pallet::<T>::block_number();
+        (T::Hashing::hash_of(&(parent, subject)), block.saturating_sub(1u32.into()))
+    }
+}

@@ -1,0 +1,378 @@
+//! # Jobs pallet: the inference marketplace
+//!
+//! Users submit inference jobs with an OPEN budget; the pallet holds the budget, assigns the job
+//! to a GPU provider in the same call, and pays the provider when its worker submits a receipt
+//! signed with the worker key the provider registered. Jobs nobody finishes in time can be
+//! expired by anyone, refunding the user and slashing the provider.
+//!
+//! The pallet owns jobs and escrow only. Providers live in a [`ProviderRegistry`]
+//! (`pallet-compute`), adapters and their prices in an [`AdapterCatalog`] and the destination of
+//! each charge is a [`Settlement`] (both from `pallet-attribution` once it exists; until then
+//! [`PayProvider`] pays the provider the whole charge).
+//!
+//! ## Lifecycle of a job
+//!
+//! 1. [`Pallet::submit_job`] looks up the adapter, holds `max_fee` from the sender under
+//!    [`HoldReason::JobEscrow`], and assigns the job to the best eligible provider (see
+//!    *Matching*), emitting [`Event::JobAssigned`]. With no eligible provider the call fails
+//!    with [`Error::NoProviderAvailable`] and nothing is held. The job must be acknowledged
+//!    within [`Config::AckTimeout`] blocks.
+//! 2. The provider's worker (its operator or authorised worker account) calls
+//!    [`Pallet::acknowledge`]; from then the job must be settled within [`Config::JobTimeout`]
+//!    blocks.
+//! 3. Anyone submits the worker's signed receipts with [`Pallet::submit_receipts`], in batches
+//!    of up to [`Config::MaxReceiptsPerBatch`]. Each valid receipt settles its job: the charge
+//!    `min(escrow, ceil((input_tokens + output_tokens) * price_per_1k / 1000))` goes through
+//!    [`Config::Settlement`], the rest of the escrow is released back to the user, and
+//!    [`Event::JobSettled`] is emitted. A receipt may come before the acknowledgement.
+//! 4. After its deadline, anyone may call [`Pallet::expire`]: the whole escrow is released to the
+//!    user, the provider's bond is slashed to the user and its reputation drops
+//!    ([`Event::JobExpired`]).
+//!
+//! Settled and expired jobs are deleted. Job ids are assigned in order, so an id below
+//! [`NextJobId`] with no record is a closed job: a second receipt for it is a replay and fails
+//! with [`Error::JobClosed`]. Open jobs are also indexed by deadline ([`JobsByDeadline`]) and by
+//! provider ([`JobsByProvider`]), so keepers find expirable jobs and workers their assignments
+//! without scanning all jobs.
+//!
+//! ## Matching
+//!
+//! Candidates are the providers the registry lists for the adapter's base model (at most
+//! `MaxCandidates`, which bounds the call's weight). A candidate is eligible when the registry
+//! offers it (active, fresh heartbeat, bond at least the minimum, a free slot) and its price
+//! for `max_output_tokens` output tokens plus the adapter's price is within `max_fee`. Among
+//! eligible candidates the pallet prefers, in order: the adapter already loaded on the
+//! provider's GPU; a higher `reputation x bond`; then a pseudo-random order drawn from
+//! [`Config::Randomness`] and the job id (deterministic for block producers and importers).
+//!
+//! ## Receipts
+//!
+//! A receipt names the job, the output hash and token counts, and carries an ed25519
+//! signature over [`ReceiptPayload`], which binds this chain's genesis hash, the job, the
+//! provider, the adapter and every receipt field. The runtime checks it with
+//! `sp_io::crypto::ed25519_verify` and rejects signatures with a non-canonical `s` or a
+//! small-order `R` (see `openledger_primitives::receipt` for the exact rules). A batch settles
+//! every valid receipt; each rejected one emits [`Event::ReceiptRejected`] with its error. If
+//! no receipt of a batch is valid the call fails with the first receipt's error.
+//!
+//! Per receipt the work is constant: one job read and delete, two index deletes, one provider
+//! record read and write, the escrow release and the settlement transfer, one signature check.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub use pallet::*;
+pub use types::*;
+pub use weights::WeightInfo;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+#[cfg(feature = "runtime-benchmarks")]
+pub use benchmarking::BenchmarkHelper;
+mod impls;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+pub mod types;
+pub mod weights;
+
+use frame_support::traits::fungible::Inspect;
+pub use impls::{ParentHashRandomness, PayProvider};
+pub use openledger_primitives::{
+    market::{AdapterCatalog, ProviderRegistry, Settlement},
+    receipt::{Receipt, ReceiptPayload},
+};
+
+/// The balance type of the pallet's currency.
+pub type BalanceOf<T> =
+    <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
+
+#[frame_support::pallet]
+pub mod pallet {
+    use super::*;
+    use frame_support::{
+        pallet_prelude::*,
+        traits::{
+            fungible::{Mutate, MutateHold},
+            Randomness,
+        },
+    };
+    use frame_system::pallet_prelude::*;
+    use openledger_primitives::market::{AdapterId, JobId};
+    use sp_core::H256;
+    use sp_runtime::{ArithmeticError, Saturating};
+
+    #[pallet::pallet]
+    pub struct Pallet<T>(_);
+
+    #[pallet::config]
+    pub trait Config: frame_system::Config {
+        /// OPEN: the currency of escrow and fees.
+        type Currency: Mutate<Self::AccountId>
+            + MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
+
+        /// The overarching hold reason.
+        type RuntimeHoldReason: From<HoldReason>;
+
+        /// The GPU provider registry (`pallet-compute`).
+        type Providers: ProviderRegistry<Self::AccountId, BalanceOf<Self>>;
+
+        /// The adapter catalogue (`pallet-attribution`).
+        type Adapters: AdapterCatalog<BalanceOf<Self>>;
+
+        /// Where a settled job's charge goes.
+        type Settlement: Settlement<Self::AccountId, BalanceOf<Self>>;
+
+        /// Source of the tie-breaking seed of matching.
+        type Randomness: Randomness<Self::Hash, BlockNumberFor<Self>>;
+
+        /// Blocks a worker has to acknowledge an assigned job.
+        #[pallet::constant]
+        type AckTimeout: Get<BlockNumberFor<Self>>;
+
+        /// Blocks a worker has, after acknowledging, to settle a job with a receipt.
+        #[pallet::constant]
+        type JobTimeout: Get<BlockNumberFor<Self>>;
+
+        /// Most receipts in one `submit_receipts` call.
+        #[pallet::constant]
+        type MaxReceiptsPerBatch: Get<u32>;
+
+        /// Longest gateway peer id, in bytes.
+        #[pallet::constant]
+        type MaxPeerIdLen: Get<u32>;
+
+        /// Weights of this pallet's calls.
+        type WeightInfo: WeightInfo;
+
+        /// Sets up adapters and providers for the benchmarks.
+        #[cfg(feature = "runtime-benchmarks")]
+        type BenchmarkHelper: BenchmarkHelper<Self::AccountId>;
+    }
+
+    /// Why this pallet holds OPEN.
+    #[pallet::composite_enum]
+    pub enum HoldReason {
+        /// A job's budget, held from its submitter until the job closes.
+        #[codec(index = 0)]
+        JobEscrow,
+    }
+
+    /// Id the next job gets.
+    #[pallet::storage]
+    pub type NextJobId<T: Config> = StorageValue<_, JobId, ValueQuery>;
+
+    /// Open jobs.
+    #[pallet::storage]
+    pub type Jobs<T: Config> = StorageMap<_, Twox64Concat, JobId, Job<T>>;
+
+    /// Open jobs by the block after which they can be expired.
+    #[pallet::storage]
+    pub type JobsByDeadline<T: Config> =
+        StorageDoubleMap<_, Twox64Concat, BlockNumberFor<T>, Twox64Concat, JobId, (), OptionQuery>;
+
+    /// Open jobs by the provider they are assigned to.
+    #[pallet::storage]
+    pub type JobsByProvider<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, JobId, (), OptionQuery>;
+
+    /// Sum of the escrow of all open jobs.
+    #[pallet::storage]
+    pub type TotalEscrow<T: Config> = StorageValue<_, BalanceOf<T>, ValueQuery>;
+
+    #[pallet::event]
+    #[pallet::generate_deposit(pub(super) fn deposit_event)]
+    pub enum Event<T: Config> {
+        /// A job was submitted, its budget held, and assigned to `provider`, which must
+        /// acknowledge it by block `deadline`.
+        JobAssigned {
+            job: JobId,
+            submitter: T::AccountId,
+            provider: T::AccountId,
+            adapter: AdapterId,
+            input_hash: H256,
+            max_output_tokens: u32,
+            escrow: BalanceOf<T>,
+            gateway: BoundedVec<u8, T::MaxPeerIdLen>,
+            deadline: BlockNumberFor<T>,
+        },
+        /// The provider's worker acknowledged a job; it must settle it by block `deadline`.
+        JobAcknowledged { job: JobId, provider: T::AccountId, deadline: BlockNumberFor<T> },
+        /// A receipt settled a job: `charged` went to settlement, `refunded` back to the user.
+        JobSettled {
+            job: JobId,
+            provider: T::AccountId,
+            output_hash: H256,
+            input_tokens: u32,
+            output_tokens: u32,
+            charged: BalanceOf<T>,
+            refunded: BalanceOf<T>,
+        },
+        /// A receipt of a batch was rejected; the rest of the batch was processed.
+        ReceiptRejected { job: JobId, error: DispatchError },
+        /// A job passed its deadline: the user got its escrow back and `slashed` from the
+        /// provider's bond.
+        JobExpired {
+            job: JobId,
+            provider: T::AccountId,
+            refunded: BalanceOf<T>,
+            slashed: BalanceOf<T>,
+        },
+    }
+
+    #[pallet::error]
+    pub enum Error<T> {
+        /// The adapter is not in the catalogue. Pick a registered adapter.
+        UnknownAdapter,
+        /// `max_output_tokens` is zero. Ask for at least one token.
+        ZeroOutputTokens,
+        /// No provider serving the adapter's base model is live, has a free slot and charges
+        /// at most `max_fee` for `max_output_tokens`. Raise `max_fee` (see the fee quote runtime
+        /// API) or retry later.
+        NoProviderAvailable,
+        /// No job has this id. Check the id in `JobAssigned`.
+        UnknownJob,
+        /// The job was already settled or expired (a replayed receipt, or a late call). Nothing
+        /// to do.
+        JobClosed,
+        /// The sender is not the worker of the job's provider. Send from the provider's operator
+        /// or worker account.
+        NotAssignedWorker,
+        /// The job was already acknowledged. Nothing to do.
+        AlreadyAcknowledged,
+        /// The job's deadline has passed; it can only be expired now. Acknowledge and settle
+        /// jobs within `AckTimeout` and `JobTimeout` blocks.
+        DeadlinePassed,
+        /// The job's deadline has not passed yet. Wait until the block after its deadline.
+        NotExpired,
+        /// The receipt signature does not verify against the provider's worker key for this
+        /// chain, job, provider, adapter and fields: signed by another key, for another job or
+        /// chain, or a field was altered. Sign the exact `ReceiptPayload` with the registered
+        /// worker key.
+        BadSignature,
+        /// The signature is not in canonical form (`s` not reduced, or `R` of small order).
+        /// Sign with a standard ed25519 implementation.
+        MalformedSignature,
+        /// The receipt reports more output tokens than the job allowed. Report what was
+        /// generated, which cannot exceed `max_output_tokens`.
+        OutputTooLong,
+        /// The provider of the job is no longer registered. (Cannot happen while the registry
+        /// keeps providers with open jobs; reported rather than assumed.)
+        UnknownProvider,
+    }
+
+    #[pallet::hooks]
+    impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        #[cfg(feature = "try-runtime")]
+        fn try_state(_n: BlockNumberFor<T>) -> Result<(), sp_runtime::TryRuntimeError> {
+            Self::do_try_state()
+        }
+    }
+
+    #[pallet::call]
+    impl<T: Config> Pallet<T> {
+        /// Submit a job: run `adapter` on the payload with hash `input_hash`, which `gateway`
+        /// holds, generating at most `max_output_tokens`, for at most `max_fee`.
+        #[pallet::call_index(0)]
+        #[pallet::weight(T::WeightInfo::submit_job(
+            <T::Providers as ProviderRegistry<T::AccountId, BalanceOf<T>>>::MaxCandidates::get()
+        ))]
+        pub fn submit_job(
+            origin: OriginFor<T>,
+            adapter: AdapterId,
+            input_hash: H256,
+            max_output_tokens: u32,
+            #[pallet::compact] max_fee: BalanceOf<T>,
+            gateway: BoundedVec<u8, T::MaxPeerIdLen>,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            ensure!(max_output_tokens > 0, Error::<T>::ZeroOutputTokens);
+            let terms = T::Adapters::adapter(adapter).ok_or(Error::<T>::UnknownAdapter)?;
+            let job = NextJobId::<T>::get();
+            let (provider, price_per_1k) =
+                Self::select_provider(job, &terms, adapter, max_output_tokens, max_fee)
+                    .ok_or(Error::<T>::NoProviderAvailable)?;
+
+            T::Currency::hold(&HoldReason::JobEscrow.into(), &who, max_fee)?;
+            T::Providers::job_assigned(&provider)?;
+            NextJobId::<T>::put(job.checked_add(1).ok_or(ArithmeticError::Overflow)?);
+            TotalEscrow::<T>::mutate(|total| *total = total.saturating_add(max_fee));
+
+            let deadline =
+                frame_system::Pallet::<T>::block_number().saturating_add(T::AckTimeout::get());
+            JobsByDeadline::<T>::insert(deadline, job, ());
+            JobsByProvider::<T>::insert(&provider, job, ());
+            Jobs::<T>::insert(
+                job,
+                Job {
+                    submitter: who.clone(),
+                    provider: provider.clone(),
+                    adapter,
+                    input_hash,
+                    max_output_tokens,
+                    escrow: max_fee,
+                    price_per_1k,
+                    gateway: gateway.clone(),
+                    phase: JobPhase::Assigned,
+                    deadline,
+                },
+            );
+            Self::deposit_event(Event::JobAssigned {
+                job,
+                submitter: who,
+                provider,
+                adapter,
+                input_hash,
+                max_output_tokens,
+                escrow: max_fee,
+                gateway,
+                deadline,
+            });
+            Ok(())
+        }
+
+        /// Acknowledge `job` as its provider's worker: the worker has the payload and runs it.
+        #[pallet::call_index(1)]
+        #[pallet::weight(T::WeightInfo::acknowledge())]
+        pub fn acknowledge(origin: OriginFor<T>, job: JobId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut record = Self::open_job(job)?;
+            ensure!(T::Providers::is_worker(&record.provider, &who), Error::<T>::NotAssignedWorker);
+            ensure!(record.phase == JobPhase::Assigned, Error::<T>::AlreadyAcknowledged);
+            let now = frame_system::Pallet::<T>::block_number();
+            ensure!(now <= record.deadline, Error::<T>::DeadlinePassed);
+
+            let deadline = now.saturating_add(T::JobTimeout::get());
+            JobsByDeadline::<T>::remove(record.deadline, job);
+            JobsByDeadline::<T>::insert(deadline, job, ());
+            record.phase = JobPhase::Acknowledged;
+            record.deadline = deadline;
+            let provider = record.provider.clone();
+            Jobs::<T>::insert(job, record);
+            Self::deposit_event(Event::JobAcknowledged { job, provider, deadline });
+            Ok(())
+        }
+
+        /// Settle jobs with their workers' signed receipts. Valid receipts settle even when
+        /// others in the batch are rejected.
+        #[pallet::call_index(2)]
+        #[pallet::weight(T::WeightInfo::submit_receipts(receipts.len() as u32))]
+        pub fn submit_receipts(
+            origin: OriginFor<T>,
+            receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
+        ) -> DispatchResult {
+            ensure_signed(origin)?;
+            Self::settle_batch(receipts)
+        }
+
+        /// Expire `job` after its deadline: refund its escrow to the user and slash its
+        /// provider. Anyone may call this.
+        #[pallet::call_index(3)]
+        #[pallet::weight(T::WeightInfo::expire())]
+        pub fn expire(origin: OriginFor<T>, job: JobId) -> DispatchResult {
+            ensure_signed(origin)?;
+            Self::do_expire(job)
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Tests of `pallet-jobs`, by feature.
+
+mod lifecycle;
+mod matching;
+mod properties;
+mod receipts;
+mod signatures;

@@ -1,0 +1,228 @@
+//! Random sequences of marketplace calls, checked against a small model of who should own what.
+//!
+//! Each step runs one call (which may fail: a failed call must change nothing), then checks
+//! both pallets' invariants and that OPEN was only moved, never created or destroyed: total
+//! issuance is constant, the sum of all balances (free and held) equals it, and every account
+//! holds exactly what the model says it should: its endowment, minus charges it paid and slashes
+//! it suffered, plus charges it earned and slashes it received. At the end every open job is
+//! expired and every provider leaves, after which nothing at all may remain on hold.
+
+use super::matching::escrow_of;
+use crate::{mock::*, Jobs as JobRecords, NextJobId};
+use frame_support::traits::fungible::{Inspect, InspectHold};
+use proptest::prelude::*;
+use sp_core::H256;
+use std::collections::BTreeMap;
+
+const USERS: [AccountId; 2] = [ALICE, BOB];
+const PROVIDERS: [AccountId; 3] = [P1, P2, P3];
+
+#[derive(Clone, Debug)]
+enum Action {
+    Register { provider: usize, price: Balance, slots: u32 },
+    Heartbeat { provider: usize, free_slots: u32 },
+    Submit { user: usize, max_output_tokens: u32, max_fee: Balance },
+    Acknowledge { job: u64 },
+    Settle { job: u64, input_tokens: u32, output_tokens: u32, forged: bool },
+    Expire { job: u64 },
+    Unregister { provider: usize },
+    Withdraw { provider: usize },
+    Advance { blocks: u64 },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        (0..3usize, 0..50u128, 1..4u32).prop_map(|(provider, price, slots)| Action::Register {
+            provider,
+            price,
+            slots
+        }),
+        (0..3usize, 0..4u32)
+            .prop_map(|(provider, free_slots)| Action::Heartbeat { provider, free_slots }),
+        (0..2usize, 1..5_000u32, 0..300u128).prop_map(|(user, max_output_tokens, max_fee)| {
+            Action::Submit { user, max_output_tokens, max_fee }
+        }),
+        (0..3usize, 1..5_000u32, 0..300u128).prop_map(|(user, max_output_tokens, max_fee)| {
+            Action::Submit { user: user % 2, max_output_tokens, max_fee }
+        }),
+        (0..16u64).prop_map(|job| Action::Acknowledge { job }),
+        (0..16u64, 0..20_000u32, 0..6_000u32, proptest::bool::weighted(0.2)).prop_map(
+            |(job, input_tokens, output_tokens, forged)| Action::Settle {
+                job,
+                input_tokens,
+                output_tokens,
+                forged
+            }
+        ),
+        (0..16u64, 0..20_000u32, 0..6_000u32).prop_map(|(job, input_tokens, output_tokens)| {
+            Action::Settle { job, input_tokens, output_tokens, forged: false }
+        }),
+        (0..16u64).prop_map(|job| Action::Expire { job }),
+        (0..3usize).prop_map(|provider| Action::Unregister { provider }),
+        (0..3usize).prop_map(|provider| Action::Withdraw { provider }),
+        (1..12u64).prop_map(|blocks| Action::Advance { blocks }),
+    ]
+}
+
+/// What each account should own in total (free plus held), per the rules.
+struct Model {
+    owned: BTreeMap<AccountId, Balance>,
+}
+
+impl Model {
+    fn new() -> Self {
+        let owned = [ALICE, BOB, P1, P2, P3, WORKER].iter().map(|who| (*who, ENDOWMENT)).collect();
+        Self { owned }
+    }
+
+    fn transfer(&mut self, from: AccountId, to: AccountId, amount: Balance) {
+        *self.owned.get_mut(&from).unwrap() -= amount;
+        *self.owned.get_mut(&to).unwrap() += amount;
+    }
+
+    fn check(&self) {
+        let mut sum = 0;
+        for (who, owned) in &self.owned {
+            assert_eq!(Balances::total_balance(who), *owned, "account {who}");
+            sum += owned;
+        }
+        assert_eq!(Balances::total_issuance(), sum, "issuance changed");
+    }
+}
+
+fn bond(provider: AccountId) -> Balance {
+    pallet_compute::ProviderStates::<Test>::get(provider).map_or(0, |state| state.bond)
+}
+
+fn run(action: &Action, model: &mut Model) {
+    let jobs_issued = NextJobId::<Test>::get();
+    let pick = |job: u64| if jobs_issued == 0 { job } else { job % (jobs_issued + 1) };
+    match action.clone() {
+        Action::Register { provider, price, slots } => {
+            let who = PROVIDERS[provider];
+            if pallet_compute::ProviderStates::<Test>::get(who).is_none() {
+                register(who, &[3], price, slots);
+            }
+        },
+        Action::Heartbeat { provider, free_slots } => {
+            let who = PROVIDERS[provider];
+            let _ =
+                Compute::heartbeat(RuntimeOrigin::signed(who), who, Default::default(), free_slots);
+        },
+        Action::Submit { user, max_output_tokens, max_fee } => {
+            let _ = Jobs::submit_job(
+                RuntimeOrigin::signed(USERS[user]),
+                1,
+                H256::zero(),
+                max_output_tokens,
+                max_fee,
+                Default::default(),
+            );
+        },
+        Action::Acknowledge { job } => {
+            let job = pick(job);
+            if let Some(record) = JobRecords::<Test>::get(job) {
+                let _ = Jobs::acknowledge(RuntimeOrigin::signed(record.provider), job);
+            }
+        },
+        Action::Settle { job, input_tokens, output_tokens, forged } => {
+            let job = pick(job);
+            let Some(record) = JobRecords::<Test>::get(job) else {
+                let result = Jobs::submit_receipts(
+                    RuntimeOrigin::signed(BOB),
+                    vec![crate::Receipt {
+                        job,
+                        output_hash: H256::zero(),
+                        input_tokens,
+                        output_tokens,
+                        signature: sp_core::ed25519::Signature::from_raw([1; 64]),
+                    }]
+                    .try_into()
+                    .unwrap(),
+                );
+                assert!(result.is_err(), "a receipt for a closed or unknown job settled");
+                return;
+            };
+            let output_tokens = output_tokens.min(record.max_output_tokens);
+            let mut receipt = receipt(job, input_tokens, output_tokens);
+            if forged {
+                receipt.input_tokens = receipt.input_tokens.wrapping_add(1);
+            }
+            let result = Jobs::submit_receipts(
+                RuntimeOrigin::signed(BOB),
+                vec![receipt].try_into().unwrap(),
+            );
+            let on_time = System::block_number() <= record.deadline;
+            assert_eq!(result.is_ok(), on_time && !forged, "{result:?}");
+            if result.is_ok() {
+                let tokens = Balance::from(input_tokens) + Balance::from(output_tokens);
+                let charge = (tokens * record.price_per_1k).div_ceil(1000).min(record.escrow);
+                model.transfer(record.submitter, record.provider, charge);
+            }
+        },
+        Action::Expire { job } => {
+            let job = pick(job);
+            let record = JobRecords::<Test>::get(job);
+            let bond_before = record.as_ref().map_or(0, |r| bond(r.provider));
+            let result = Jobs::expire(RuntimeOrigin::signed(ALICE), job);
+            match record {
+                Some(record) if System::block_number() > record.deadline => {
+                    assert!(result.is_ok(), "{result:?}");
+                    model.transfer(record.provider, record.submitter, bond_before / 10);
+                },
+                _ => assert!(result.is_err()),
+            }
+        },
+        Action::Unregister { provider } => {
+            let _ = Compute::unregister(RuntimeOrigin::signed(PROVIDERS[provider]));
+        },
+        Action::Withdraw { provider } => {
+            let _ = Compute::withdraw_unbonded(RuntimeOrigin::signed(PROVIDERS[provider]));
+        },
+        Action::Advance { blocks } => run_to_block(System::block_number() + blocks),
+    }
+}
+
+/// Expire whatever is open and let every provider leave.
+fn wind_down(model: &mut Model) {
+    run_to_block(System::block_number() + ACK_TIMEOUT + JOB_TIMEOUT + 1);
+    for job in 0..NextJobId::<Test>::get() {
+        run(&Action::Expire { job }, model);
+    }
+    for provider in 0..PROVIDERS.len() {
+        let _ = Compute::unregister(RuntimeOrigin::signed(PROVIDERS[provider]));
+    }
+    run_to_block(System::block_number() + UNBONDING);
+    for provider in PROVIDERS {
+        if pallet_compute::ProviderStates::<Test>::get(provider).is_some() {
+            assert!(Compute::withdraw_unbonded(RuntimeOrigin::signed(provider)).is_ok());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn open_is_only_moved_by_fees_and_slashes(actions in proptest::collection::vec(action(), 1..48)) {
+        new_test_ext().execute_with(|| {
+            let mut model = Model::new();
+            for action in &actions {
+                run(action, &mut model);
+                check_invariants();
+                model.check();
+            }
+            wind_down(&mut model);
+            check_invariants();
+            model.check();
+            // Nothing is stuck: no escrow, no bond, no record.
+            for who in [ALICE, BOB, P1, P2, P3, WORKER] {
+                prop_assert_eq!(escrow_of(who), 0);
+                prop_assert_eq!(Balances::total_balance_on_hold(&who), 0);
+            }
+            prop_assert_eq!(JobRecords::<Test>::iter().count(), 0);
+            prop_assert_eq!(pallet_compute::TotalBonded::<Test>::get(), 0);
+            Ok(())
+        })?;
+    }
+}

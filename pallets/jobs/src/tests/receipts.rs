@@ -1,0 +1,240 @@
+//! `submit_receipts`: settlement arithmetic, batches, and every way a receipt is rejected.
+
+use super::matching::escrow_of;
+use crate::{mock::*, Error, Event, Receipt, TotalEscrow};
+use frame_support::{assert_noop, assert_ok, traits::fungible::Inspect};
+use sp_core::{ed25519, H256};
+
+fn settle(receipts: Vec<Receipt>) -> sp_runtime::DispatchResult {
+    Jobs::submit_receipts(RuntimeOrigin::signed(BOB), receipts.try_into().unwrap())
+}
+
+#[test]
+fn receipt_charges_tokens_and_refunds_the_rest() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let issuance = Balances::total_issuance();
+        // 15 per 1k tokens (10 provider + 5 adapter); budget 100.
+        let job = submit(ALICE, 1, 2_000, 100);
+        assert_ok!(Jobs::acknowledge(RuntimeOrigin::signed(P1), job));
+        // 1,234 + 1,000 tokens at 15/1k = 33.51, rounded up to 34.
+        assert_ok!(settle(vec![receipt(job, 1_234, 1_000)]));
+        assert_eq!(escrow_of(ALICE), 0);
+        assert_eq!(Balances::balance(&ALICE), ENDOWMENT - 34);
+        assert_eq!(Balances::balance(&P1), ENDOWMENT - MIN_BOND + 34);
+        assert_eq!(Balances::total_issuance(), issuance);
+        assert_eq!(TotalEscrow::<Test>::get(), 0);
+        assert_eq!(
+            job_events().last(),
+            Some(&Event::JobSettled {
+                job,
+                provider: P1,
+                output_hash: H256::repeat_byte(0x0f),
+                input_tokens: 1_234,
+                output_tokens: 1_000,
+                charged: 34,
+                refunded: 66,
+            })
+        );
+        let state = pallet_compute::ProviderStates::<Test>::get(P1).unwrap();
+        assert_eq!(state.open_jobs, 0);
+        assert!(state.reputation > pallet_compute::NEUTRAL_REPUTATION);
+    });
+}
+
+#[test]
+fn charge_is_capped_at_the_budget() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 20);
+        // 100,000 input tokens would cost 1,500; the budget is 20.
+        assert_ok!(settle(vec![receipt(job, 100_000, 1_000)]));
+        assert_eq!(Balances::balance(&ALICE), ENDOWMENT - 20);
+        assert!(matches!(
+            job_events().last(),
+            Some(Event::JobSettled { charged: 20, refunded: 0, .. })
+        ));
+    });
+}
+
+#[test]
+fn zero_tokens_cost_nothing() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 20);
+        assert_ok!(settle(vec![receipt(job, 0, 0)]));
+        assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+    });
+}
+
+#[test]
+fn receipt_may_precede_acknowledgement() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 20);
+        assert_ok!(settle(vec![receipt(job, 10, 10)]));
+    });
+}
+
+#[test]
+fn batch_settles_valid_receipts_and_reports_the_rest() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 8);
+        let jobs: Vec<_> = (0..4).map(|_| submit(ALICE, 1, 1_000, 100)).collect();
+        let mut forged = receipt(jobs[1], 10, 10);
+        forged.output_tokens = 11;
+        let batch = vec![
+            receipt(jobs[0], 10, 10),
+            forged,
+            receipt(jobs[2], 10, 10),
+            receipt(jobs[2], 10, 10),
+            receipt(jobs[3], 10, 10).clone_with_job(99),
+        ];
+        assert_ok!(settle(batch));
+        let events = job_events();
+        let settled: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::JobSettled { job, .. } => Some(*job),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(settled, vec![jobs[0], jobs[2]]);
+        let rejected: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ReceiptRejected { job, error } => Some((*job, *error)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![
+                (jobs[1], Error::<Test>::BadSignature.into()),
+                (jobs[2], Error::<Test>::JobClosed.into()),
+                (99, Error::<Test>::UnknownJob.into()),
+            ]
+        );
+        // Jobs 1 and 3 remain open with their escrow.
+        assert_eq!(escrow_of(ALICE), 200);
+    });
+}
+
+trait WithJob {
+    fn clone_with_job(&self, job: u64) -> Receipt;
+}
+impl WithJob for Receipt {
+    fn clone_with_job(&self, job: u64) -> Receipt {
+        Receipt { job, ..self.clone() }
+    }
+}
+
+#[test]
+fn unknown_and_replayed_jobs_are_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let valid = receipt(job, 10, 10);
+        assert_noop!(settle(vec![valid.clone_with_job(5)]), Error::<Test>::UnknownJob);
+        assert_ok!(settle(vec![valid.clone()]));
+        assert_noop!(settle(vec![valid]), Error::<Test>::JobClosed);
+    });
+}
+
+#[test]
+fn altered_fields_are_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let valid = receipt(job, 10, 10);
+        let alterations: Vec<Box<dyn Fn(&mut Receipt)>> = vec![
+            Box::new(|r| r.output_hash = H256::repeat_byte(1)),
+            Box::new(|r| r.input_tokens += 1),
+            Box::new(|r| r.output_tokens -= 1),
+        ];
+        for alter in alterations {
+            let mut altered = valid.clone();
+            alter(&mut altered);
+            assert_noop!(settle(vec![altered]), Error::<Test>::BadSignature);
+        }
+        assert_ok!(settle(vec![valid]));
+    });
+}
+
+#[test]
+fn receipts_bound_to_another_job_provider_adapter_or_chain_are_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        register(P2, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let provider = crate::Jobs::<Test>::get(job).unwrap().provider;
+        let other = if provider == P1 { P2 } else { P1 };
+        let key = signing_key(provider);
+        // The other provider's worker signs for this job.
+        let wrong_worker = receipt_signed_by(&signing_key(other), provider, 1, job, 1, 1);
+        // The right worker signs, naming the other provider.
+        let wrong_provider = receipt_signed_by(&key, other, 1, job, 1, 1);
+        // The right worker signs for another adapter.
+        let wrong_adapter = receipt_signed_by(&key, provider, 2, job, 1, 1);
+        // A signature made for job 7 presented for this job.
+        let wrong_job = receipt_signed_by(&key, provider, 1, 7, 1, 1).clone_with_job(job);
+        for bad in [wrong_worker, wrong_provider, wrong_adapter, wrong_job] {
+            assert_noop!(settle(vec![bad]), Error::<Test>::BadSignature);
+        }
+        // Signed for another chain: change the genesis hash the runtime sees.
+        let valid = receipt(job, 1, 1);
+        frame_system::BlockHash::<Test>::insert(0, H256::repeat_byte(0x99));
+        assert_noop!(settle(vec![valid.clone()]), Error::<Test>::BadSignature);
+        frame_system::BlockHash::<Test>::insert(0, H256::repeat_byte(69));
+        assert_ok!(settle(vec![valid]));
+    });
+}
+
+#[test]
+fn garbage_signature_is_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let mut bad = receipt(job, 1, 1);
+        bad.signature = ed25519::Signature::from_raw([7; 64]);
+        assert_noop!(settle(vec![bad]), Error::<Test>::BadSignature);
+    });
+}
+
+#[test]
+fn output_beyond_the_limit_is_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 100, 100);
+        assert_noop!(settle(vec![receipt(job, 1, 101)]), Error::<Test>::OutputTooLong);
+        assert_ok!(settle(vec![receipt(job, 1, 100)]));
+    });
+}
+
+#[test]
+fn late_receipt_is_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 100, 100);
+        let valid = receipt(job, 1, 1);
+        run_to_block(2 + ACK_TIMEOUT);
+        assert_noop!(settle(vec![valid]), Error::<Test>::DeadlinePassed);
+    });
+}
+
+#[test]
+fn settlement_failure_rejects_the_receipt_only() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        // The escrow is gone from the hold behind the pallet's back (a broken invariant):
+        // releasing it fails, and the receipt is rejected without partial effects.
+        let reason = RuntimeHoldReason::Jobs(crate::HoldReason::JobEscrow);
+        use frame_support::traits::{fungible::MutateHold, tokens::Precision};
+        assert_ok!(Balances::release(&reason, &ALICE, 100, Precision::Exact));
+        assert!(settle(vec![receipt(job, 10, 10)]).is_err());
+        assert!(crate::Jobs::<Test>::get(job).is_some());
+        // Restore the hold so the invariants hold again.
+        assert_ok!(Balances::hold(&reason, &ALICE, 100));
+    });
+}
