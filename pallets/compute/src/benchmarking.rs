@@ -50,6 +50,28 @@ pub fn funded<T: Config>(name: &'static str, index: u32) -> T::AccountId {
     who
 }
 
+/// Make `who` a funded, bonded, eligible provider of `model` with `worker_key`, price 1 per
+/// 1,000 tokens and unbounded concurrency: for other pallets' benchmarks (the runtime's
+/// `pallet_jobs::BenchmarkHelper` calls this).
+pub fn register_eligible<T: Config>(
+    who: &T::AccountId,
+    worker_key: sp_core::ed25519::Public,
+    model: BaseModelId,
+) {
+    let amount = T::MinProviderBond::get()
+        .saturating_mul(1_000u32.into())
+        .saturating_add(T::Currency::minimum_balance());
+    T::Currency::set_balance(who, amount);
+    let mut terms = max_terms::<T>(model, 1);
+    terms.worker_key = worker_key;
+    Compute::<T>::register_provider(
+        RawOrigin::Signed(who.clone()).into(),
+        terms,
+        T::MinProviderBond::get(),
+    )
+    .unwrap();
+}
+
 /// Fill the model index of `models` up to one below its bound, with accounts that are not
 /// providers, so adding or removing a provider touches full lists.
 fn fill_model_index<T: Config>(first: BaseModelId, models: u32) {

@@ -8,7 +8,7 @@ use crate::{
 use frame_support::{
     pallet_prelude::*,
     traits::{
-        fungible::{InspectHold, MutateHold},
+        fungible::MutateHold,
         tokens::{Fortitude, Precision, Restriction},
     },
 };
@@ -84,10 +84,11 @@ impl<T: Config> Pallet<T> {
     /// Check the pallet's invariants:
     /// - every provider's recorded bond is exactly what is held from it as a bond;
     /// - `TotalBonded` is the sum of all bonds;
-    /// - every provider has both records, and the model index lists exactly the active
-    ///   providers under each model they declared.
+    /// - every provider has both records, hot adapters are kept only for providers, and the
+    ///   model index lists exactly the active providers under each model they declared.
     #[cfg(any(feature = "try-runtime", feature = "std"))]
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        use frame_support::traits::fungible::InspectHold;
         let mut total = BalanceOf::<T>::zero();
         for (who, state) in ProviderStates::<T>::iter() {
             let held = T::Currency::balance_on_hold(&HoldReason::ProviderBond.into(), &who);
@@ -106,6 +107,10 @@ impl<T: Config> Pallet<T> {
         ensure!(
             Providers::<T>::iter_keys().all(|who| ProviderStates::<T>::contains_key(&who)),
             "provider terms without state"
+        );
+        ensure!(
+            HotAdapters::<T>::iter_keys().all(|who| ProviderStates::<T>::contains_key(&who)),
+            "hot adapters of an unknown provider"
         );
         for (model, providers) in ProvidersByModel::<T>::iter() {
             for who in providers.iter() {

@@ -433,6 +433,8 @@ pub mod pallet {
             TotalBonded::<T>::mutate(|total| *total = total.saturating_sub(state.bond));
             ProviderStates::<T>::remove(&who);
             Providers::<T>::remove(&who);
+            // A leaving provider's worker may still have sent heartbeats.
+            HotAdapters::<T>::remove(&who);
             Self::deposit_event(Event::Withdrawn { provider: who, amount: released });
             Ok(())
         }

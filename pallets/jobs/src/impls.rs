@@ -8,14 +8,16 @@ use frame_support::{
     pallet_prelude::*,
     storage::with_storage_layer,
     traits::{
-        fungible::{InspectHold, Mutate, MutateHold},
+        fungible::{Mutate, MutateHold},
         tokens::{Precision, Preservation},
         Randomness,
     },
 };
 use frame_system::pallet_prelude::BlockNumberFor;
 use openledger_primitives::{
-    market::{AdapterCatalog, AdapterId, AdapterTerms, JobId, ProviderRegistry, Settlement},
+    market::{
+        AdapterCatalog, AdapterId, AdapterTerms, BaseModelId, JobId, ProviderRegistry, Settlement,
+    },
     receipt::{is_small_order_encoding, Receipt, ReceiptPayload},
 };
 use sp_runtime::{
@@ -251,6 +253,7 @@ impl<T: Config> Pallet<T> {
     /// - every open job is in both indexes, and the indexes hold nothing else.
     #[cfg(any(feature = "try-runtime", feature = "std"))]
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        use frame_support::traits::fungible::InspectHold;
         let mut total = BalanceOf::<T>::zero();
         let mut per_submitter = alloc::collections::btree_map::BTreeMap::new();
         for (job, record) in Jobs::<T>::iter() {
@@ -303,6 +306,17 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
         charge: Currency::Balance,
     ) -> DispatchResult {
         Currency::transfer(payer, provider, charge, Preservation::Expendable).map(|_| ())
+    }
+}
+
+/// [`AdapterCatalog`] for a chain without an adapter registry yet: every adapter id exists,
+/// runs on base model `Model` and costs nothing on top of the provider's price. Replace it with
+/// `pallet-attribution` once that exists.
+pub struct AnyAdapterOn<Model>(PhantomData<Model>);
+
+impl<Balance: Zero, Model: Get<BaseModelId>> AdapterCatalog<Balance> for AnyAdapterOn<Model> {
+    fn adapter(_adapter: AdapterId) -> Option<AdapterTerms<Balance>> {
+        Some(AdapterTerms { base_model: Model::get(), price_per_1k: Zero::zero() })
     }
 }
 

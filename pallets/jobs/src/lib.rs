@@ -78,7 +78,7 @@ pub mod types;
 pub mod weights;
 
 use frame_support::traits::fungible::Inspect;
-pub use impls::{ParentHashRandomness, PayProvider};
+pub use impls::{fee_for, AnyAdapterOn, ParentHashRandomness, PayProvider};
 pub use openledger_primitives::{
     market::{AdapterCatalog, ProviderRegistry, Settlement},
     receipt::{Receipt, ReceiptPayload},

@@ -109,11 +109,7 @@ impl crate::BenchmarkHelper<AccountId> for BenchmarkProviders {
     }
 
     fn provider(who: &AccountId, worker_key: ed25519::Public, _adapter: AdapterId) {
-        use frame_support::traits::fungible::Mutate;
-        Balances::set_balance(who, MIN_BOND * 10);
-        let mut terms = pallet_compute::benchmarking::max_terms::<Test>(3, 1);
-        terms.worker_key = worker_key;
-        assert_ok!(Compute::register_provider(RuntimeOrigin::signed(*who), terms, MIN_BOND));
+        pallet_compute::benchmarking::register_eligible::<Test>(who, worker_key, 3);
     }
 }
 

@@ -308,3 +308,15 @@ fn total_issuance_is_untouched_by_bonding() {
         assert_eq!(Balances::total_issuance(), issuance);
     });
 }
+
+#[test]
+fn withdraw_forgets_heartbeats_sent_while_leaving() {
+    build_and_execute(|| {
+        register(1, &[3]);
+        assert_ok!(Compute::unregister(RuntimeOrigin::signed(1)));
+        assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, vec![4].try_into().unwrap(), 1));
+        run_to_block(1 + UNBONDING);
+        assert_ok!(Compute::withdraw_unbonded(RuntimeOrigin::signed(1)));
+        assert!(crate::HotAdapters::<Test>::get(1).is_empty());
+    });
+}

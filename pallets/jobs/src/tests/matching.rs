@@ -178,3 +178,23 @@ fn quote_names_the_provider_submit_would_pick() {
         assert_eq!(JobRecords::<Test>::get(job).unwrap().provider, quote.provider);
     });
 }
+
+#[test]
+fn any_adapter_catalog_serves_one_free_base_model() {
+    use openledger_primitives::market::{AdapterCatalog, AdapterTerms};
+    frame_support::parameter_types! { pub const Model: u32 = 7; }
+    assert_eq!(
+        <crate::AnyAdapterOn<Model> as AdapterCatalog<Balance>>::adapter(123),
+        Some(AdapterTerms { base_model: 7, price_per_1k: 0 })
+    );
+}
+
+#[test]
+fn fee_rounds_up_to_the_smallest_unit() {
+    use crate::fee_for;
+    assert_eq!(fee_for::<Balance>(0, 15), 0);
+    assert_eq!(fee_for::<Balance>(1, 15), 1);
+    assert_eq!(fee_for::<Balance>(1_000, 15), 15);
+    assert_eq!(fee_for::<Balance>(1_001, 15), 16);
+    assert_eq!(fee_for::<Balance>(u64::MAX, Balance::MAX), Balance::MAX / 1000 + 1);
+}

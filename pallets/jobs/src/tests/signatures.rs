@@ -43,7 +43,7 @@ fn payload(provider: AccountId, job: u64) -> Vec<u8> {
 
 #[test]
 fn dalek_signatures_verify_in_the_runtime() {
-    new_test_ext().execute_with(|| {
+    build_and_execute(|| {
         for seed in 0..32u8 {
             let key = SigningKey::from_bytes(&[seed; 32]);
             let message = payload(seed.into(), seed.into());
