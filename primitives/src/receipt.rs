@@ -66,13 +66,14 @@ pub struct Receipt {
     pub signature: ed25519::Signature,
 }
 
-/// The message a worker signs. See the module documentation for its byte layout.
+/// The message a worker signs. See the module documentation for its byte layout, which
+/// assumes `Hash` is OpenLedger's block hash type, `H256` (32 bytes).
 #[derive(Clone, PartialEq, Eq, Encode, Decode, Debug, TypeInfo)]
-pub struct ReceiptPayload<AccountId> {
+pub struct ReceiptPayload<AccountId, Hash = H256> {
     /// Always [`RECEIPT_DOMAIN`].
     pub domain: [u8; 21],
     /// Genesis hash of the chain the receipt is for.
-    pub genesis_hash: H256,
+    pub genesis_hash: Hash,
     /// The job.
     pub job: JobId,
     /// The provider (operator account) the job was assigned to.
@@ -87,11 +88,11 @@ pub struct ReceiptPayload<AccountId> {
     pub output_tokens: u32,
 }
 
-impl<AccountId: Encode> ReceiptPayload<AccountId> {
+impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
     /// The payload for `receipt` of a job run by `provider` with `adapter` on the chain whose
     /// genesis hash is `genesis_hash`.
     pub fn new(
-        genesis_hash: H256,
+        genesis_hash: Hash,
         provider: AccountId,
         adapter: AdapterId,
         receipt: &Receipt,

@@ -70,12 +70,7 @@ fn signed_receipt<T: Config>(job: JobId, key: &ed25519::Public) -> Receipt {
         output_tokens: 1_000,
         signature: ed25519::Signature::from_raw([0; 64]),
     };
-    let payload = ReceiptPayload::new(
-        H256::from_slice(genesis.as_ref()),
-        record.provider,
-        record.adapter,
-        &receipt,
-    );
+    let payload = ReceiptPayload::new(genesis, record.provider, record.adapter, &receipt);
     receipt.signature =
         sp_io::crypto::ed25519_sign(KEY_TYPE, key, &payload.signing_bytes()).unwrap();
     receipt

@@ -123,7 +123,6 @@ impl<T: Config> Pallet<T> {
         receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
     ) -> DispatchResult {
         let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
-        let genesis_hash = sp_core::H256::from_slice(genesis_hash.as_ref());
         let mut settled = 0u32;
         let mut first_error = None;
         for receipt in receipts {
@@ -142,7 +141,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Check `receipt` and settle its job.
-    fn settle(genesis_hash: &sp_core::H256, receipt: &Receipt) -> DispatchResult {
+    fn settle(genesis_hash: &T::Hash, receipt: &Receipt) -> DispatchResult {
         let record = Self::open_job(receipt.job)?;
         let now = frame_system::Pallet::<T>::block_number();
         ensure!(now <= record.deadline, Error::<T>::DeadlinePassed);

@@ -238,3 +238,17 @@ fn settlement_failure_rejects_the_receipt_only() {
         assert_ok!(Balances::hold(&reason, &ALICE, 100));
     });
 }
+
+#[test]
+fn receipt_of_a_vanished_provider_is_rejected() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let valid = receipt(job, 1, 1);
+        // The registry never drops a provider with open jobs; pretend it did.
+        let state = pallet_compute::ProviderStates::<Test>::take(P1).unwrap();
+        assert_noop!(settle(vec![valid.clone()]), Error::<Test>::UnknownProvider);
+        pallet_compute::ProviderStates::<Test>::insert(P1, state);
+        assert_ok!(settle(vec![valid]));
+    });
+}
