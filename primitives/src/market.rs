@@ -64,9 +64,10 @@ pub trait ProviderRegistry<AccountId, Balance> {
     /// Providers that declared `base_model`, eligible or not.
     fn candidates(base_model: BaseModelId) -> BoundedVec<AccountId, Self::MaxCandidates>;
 
-    /// The offer of `provider` for a job on `base_model` with `adapter`, or `None` if it cannot
-    /// take a job now (unknown, leaving, heartbeat stale, bond too low, no free capacity, or
-    /// not serving `base_model`).
+    /// The offer of `provider`, one of `candidates(base_model)`, for a job with `adapter`, or
+    /// `None` if it cannot take a job now (unknown, leaving, heartbeat stale, bond too low, no
+    /// free capacity). Whether it serves `base_model` is the caller's to know from
+    /// [`Self::candidates`]; implementations need not check it again.
     fn offer(
         provider: &AccountId,
         base_model: BaseModelId,
@@ -96,7 +97,9 @@ pub trait Settlement<AccountId, Balance> {
     /// Pay out `charge` for `job`. When this is called, `charge` has been released from the
     /// job's escrow and is free balance of `payer`; the implementation moves all of it out of
     /// `payer` (with `Preservation::Expendable`) or fails, in which case the receipt is rejected
-    /// and nothing of it persists.
+    /// and nothing of it persists. A rejected receipt leaves the job to expire, which slashes a
+    /// provider that did the work: implementations should fail only on broken invariants, never
+    /// on amounts too small for a recipient's existential deposit (accrue those instead).
     fn settle(
         job: JobId,
         payer: &AccountId,

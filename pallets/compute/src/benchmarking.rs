@@ -40,13 +40,18 @@ pub fn max_terms<T: Config>(first: BaseModelId, models: u32) -> ProviderTerms<T>
     }
 }
 
-/// An account with plenty to bond.
-pub fn funded<T: Config>(name: &'static str, index: u32) -> T::AccountId {
-    let who: T::AccountId = account(name, index, 0);
+/// Give `who` plenty to bond.
+fn fund<T: Config>(who: &T::AccountId) {
     let amount = T::MinProviderBond::get()
         .saturating_mul(1_000u32.into())
         .saturating_add(T::Currency::minimum_balance());
-    T::Currency::set_balance(&who, amount);
+    T::Currency::set_balance(who, amount);
+}
+
+/// An account with plenty to bond.
+fn funded<T: Config>(name: &'static str, index: u32) -> T::AccountId {
+    let who: T::AccountId = account(name, index, 0);
+    fund::<T>(&who);
     who
 }
 
@@ -58,10 +63,7 @@ pub fn register_eligible<T: Config>(
     worker_key: sp_core::ed25519::Public,
     model: BaseModelId,
 ) {
-    let amount = T::MinProviderBond::get()
-        .saturating_mul(1_000u32.into())
-        .saturating_add(T::Currency::minimum_balance());
-    T::Currency::set_balance(who, amount);
+    fund::<T>(who);
     let mut terms = max_terms::<T>(model, 1);
     terms.worker_key = worker_key;
     Compute::<T>::register_provider(

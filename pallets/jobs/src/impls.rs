@@ -26,7 +26,7 @@ use sp_runtime::{
 };
 
 /// Order of the ed25519 base point, little-endian: a signature's `s` must be below it.
-const GROUP_ORDER: [u8; 32] = [
+pub(crate) const GROUP_ORDER: [u8; 32] = [
     0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];

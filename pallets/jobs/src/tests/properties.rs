@@ -21,6 +21,8 @@ const PROVIDERS: [AccountId; 3] = [P1, P2, P3];
 enum Action {
     Register { provider: usize, price: Balance, slots: u32 },
     Heartbeat { provider: usize, free_slots: u32 },
+    BondExtra { provider: usize, amount: Balance },
+    Reprice { provider: usize, price: Balance },
     Submit { user: usize, max_output_tokens: u32, max_fee: Balance },
     Acknowledge { job: u64 },
     Settle { job: u64, input_tokens: u32, output_tokens: u32, forged: bool },
@@ -31,22 +33,22 @@ enum Action {
 }
 
 fn action() -> impl Strategy<Value = Action> {
+    let provider = 0..PROVIDERS.len();
+    let job = 0..16u64;
     prop_oneof![
-        (0..3usize, 0..50u128, 1..4u32).prop_map(|(provider, price, slots)| Action::Register {
-            provider,
-            price,
-            slots
-        }),
-        (0..3usize, 0..4u32)
+        2 => (provider.clone(), 0..50u128, 1..4u32)
+            .prop_map(|(provider, price, slots)| Action::Register { provider, price, slots }),
+        1 => (provider.clone(), 0..4u32)
             .prop_map(|(provider, free_slots)| Action::Heartbeat { provider, free_slots }),
-        (0..2usize, 1..5_000u32, 0..300u128).prop_map(|(user, max_output_tokens, max_fee)| {
-            Action::Submit { user, max_output_tokens, max_fee }
-        }),
-        (0..3usize, 1..5_000u32, 0..300u128).prop_map(|(user, max_output_tokens, max_fee)| {
-            Action::Submit { user: user % 2, max_output_tokens, max_fee }
-        }),
-        (0..16u64).prop_map(|job| Action::Acknowledge { job }),
-        (0..16u64, 0..20_000u32, 0..6_000u32, proptest::bool::weighted(0.2)).prop_map(
+        1 => (provider.clone(), 0..5_000u128)
+            .prop_map(|(provider, amount)| Action::BondExtra { provider, amount }),
+        1 => (provider.clone(), 0..50u128)
+            .prop_map(|(provider, price)| Action::Reprice { provider, price }),
+        3 => (0..USERS.len(), 1..5_000u32, 0..300u128).prop_map(
+            |(user, max_output_tokens, max_fee)| Action::Submit { user, max_output_tokens, max_fee }
+        ),
+        1 => job.clone().prop_map(|job| Action::Acknowledge { job }),
+        3 => (job.clone(), 0..20_000u32, 0..6_000u32, proptest::bool::weighted(0.1)).prop_map(
             |(job, input_tokens, output_tokens, forged)| Action::Settle {
                 job,
                 input_tokens,
@@ -54,13 +56,10 @@ fn action() -> impl Strategy<Value = Action> {
                 forged
             }
         ),
-        (0..16u64, 0..20_000u32, 0..6_000u32).prop_map(|(job, input_tokens, output_tokens)| {
-            Action::Settle { job, input_tokens, output_tokens, forged: false }
-        }),
-        (0..16u64).prop_map(|job| Action::Expire { job }),
-        (0..3usize).prop_map(|provider| Action::Unregister { provider }),
-        (0..3usize).prop_map(|provider| Action::Withdraw { provider }),
-        (1..12u64).prop_map(|blocks| Action::Advance { blocks }),
+        1 => job.prop_map(|job| Action::Expire { job }),
+        1 => provider.clone().prop_map(|provider| Action::Unregister { provider }),
+        1 => provider.prop_map(|provider| Action::Withdraw { provider }),
+        1 => (1..12u64).prop_map(|blocks| Action::Advance { blocks }),
     ]
 }
 
@@ -108,6 +107,16 @@ fn run(action: &Action, model: &mut Model) {
             let who = PROVIDERS[provider];
             let _ =
                 Compute::heartbeat(RuntimeOrigin::signed(who), who, Default::default(), free_slots);
+        },
+        Action::BondExtra { provider, amount } => {
+            let _ = Compute::bond_extra(RuntimeOrigin::signed(PROVIDERS[provider]), amount);
+        },
+        Action::Reprice { provider, price } => {
+            let who = PROVIDERS[provider];
+            if let Some(mut terms) = pallet_compute::Providers::<Test>::get(who) {
+                terms.price_per_1k = price;
+                let _ = Compute::update_provider(RuntimeOrigin::signed(who), terms);
+            }
         },
         Action::Submit { user, max_output_tokens, max_fee } => {
             let _ = Jobs::submit_job(
@@ -201,7 +210,7 @@ fn wind_down(model: &mut Model) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn open_is_only_moved_by_fees_and_slashes(actions in proptest::collection::vec(action(), 1..48)) {

@@ -1,19 +1,17 @@
 //! The worker signs with ed25519-dalek, the runtime verifies with `sp_io` (ed25519-zebra):
 //! both must accept honest receipts and reject the same edge cases.
 
-use crate::{impls::is_canonical_signature, mock::*, Error, Receipt, ReceiptPayload};
+use crate::{
+    impls::{is_canonical_signature, GROUP_ORDER as L},
+    mock::*,
+    Error, Receipt, ReceiptPayload,
+};
 use curve25519_dalek::{constants::EIGHT_TORSION, edwards::CompressedEdwardsY, Scalar};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use frame_support::{assert_noop, assert_ok};
 use openledger_primitives::receipt::is_small_order_encoding;
 use sha2::{Digest, Sha512};
 use sp_core::{ed25519, H256};
-
-/// The order of the group, little-endian.
-const L: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
 
 fn runtime_verifies(signature: &[u8; 64], message: &[u8], key: &[u8; 32]) -> bool {
     sp_io::crypto::ed25519_verify(
@@ -60,6 +58,13 @@ fn dalek_signatures_verify_in_the_runtime() {
             assert!(!dalek_verifies_strict(&signature, &altered, &public));
         }
     });
+}
+
+#[test]
+fn group_order_matches_dalek() {
+    // L reduces to zero, and it is the only multiple of the order with this top byte.
+    assert_eq!(Scalar::from_bytes_mod_order(L), Scalar::ZERO);
+    assert_eq!(L[31], 0x10);
 }
 
 #[test]
