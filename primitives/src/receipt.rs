@@ -122,7 +122,9 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
 /// verifiers (ZIP-215) and refused by others (`verify_strict`); OpenLedger refuses both.
 pub fn is_small_order_encoding(p: &[u8; 32]) -> bool {
     let mut y = *p;
-    y[31] &= 0x7f;
+    if let Some(sign_byte) = y.last_mut() {
+        *sign_byte &= 0x7f;
+    }
     SMALL_ORDER_Y.iter().any(|s| *s == y)
 }
 
