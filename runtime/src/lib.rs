@@ -22,7 +22,7 @@ mod benchmarks;
 pub mod configs;
 pub mod genesis_config_presets;
 
-use alloc::borrow::Cow;
+use alloc::{borrow::Cow, vec::Vec};
 use sp_runtime::{generic, impl_opaque_keys, traits::BlakeTwo256};
 use sp_version::RuntimeVersion;
 
