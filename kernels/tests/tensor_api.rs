@@ -11,7 +11,10 @@ use openledger_kernels::{
     SegmentMap,
 };
 
-const CASES: usize = 25;
+/// Random cases per check; `SGMV_CASES` lowers it for runs under compute-sanitizer.
+fn cases() -> usize {
+    std::env::var("SGMV_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(25)
+}
 
 fn devices() -> Vec<Device> {
     let mut d = vec![Device::Cpu];
@@ -48,7 +51,7 @@ fn table<T: Element>(case: &Case, dev: &Device) -> AdapterTable {
 
 fn check_lora_delta<T: Element>(dev: &Device, max_rows: usize) {
     let mut rng = rng(&format!("tensor lora_delta {} on {dev:?}", type_name::<T>()));
-    for _ in 0..CASES {
+    for _ in 0..cases() {
         let case = Case::random::<T>(&mut rng, max_rows);
         let table = table::<T>(&case, dev);
         let segments = BatchSegments::new(case.map.clone());
@@ -80,7 +83,7 @@ fn check_lora_delta<T: Element>(dev: &Device, max_rows: usize) {
 
 fn check_shrink_expand<T: Element>(dev: &Device, max_rows: usize) {
     let mut rng = rng(&format!("tensor shrink/expand {} on {dev:?}", type_name::<T>()));
-    for _ in 0..CASES {
+    for _ in 0..cases() {
         let case = Case::random::<T>(&mut rng, max_rows);
         let table = table::<T>(&case, dev);
         let segments = BatchSegments::new(case.map.clone());

@@ -57,7 +57,8 @@ impl Case {
             })
             .collect();
         let covered: usize = lens.iter().sum();
-        let uncovered = rng.random_range(0..=3usize);
+        // At least one row: an empty batch has nothing to place on a device.
+        let uncovered = rng.random_range(usize::from(covered == 0)..=3);
         let num_rows = covered + uncovered;
         let mut rows: Vec<u32> = (0..num_rows as u32).collect();
         for i in (1..rows.len()).rev() {
