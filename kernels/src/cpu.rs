@@ -1,6 +1,6 @@
 //! Multithreaded CPU SGMV over plain slices (rayon), the path of CPU workers and of CI.
 //!
-//! Work is split into items of (tile of at most [`CPU_TILE_TOKENS`] tokens of one segment) x
+//! Work is split into items of (tile of at most 16 tokens of one segment) x
 //! (a block of weight rows), so that each weight row is read once per tile from cache and a
 //! single-token decode step still spreads over threads. Each item writes a disjoint block of
 //! the output, so the result never depends on the thread count or on the other segments of

@@ -20,11 +20,15 @@
 //! Three implementations compute the same function:
 //! - [`cpu`]: multithreaded (rayon) over slices, f32 arithmetic, for CPU workers and CI;
 //! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv.cu` into a
-//!   fatbin (sm_90 SASS + compute_90 PTX), one launch per stage for the whole batch, reading
-//!   adapters through a device array of per-slot pointers (no gather copy);
-//! - [`reference`]: naive f64, for tests only.
+//!   fatbin (sm_90 SASS + compute_90 PTX), one launch per stage for the whole batch (so two
+//!   for `lora_delta`), reading adapters through a device array of per-slot pointers (no
+//!   gather copy); bf16/f16 on the tensor cores with f32 accumulation, f32 in f32. The first
+//!   kernel version stays embedded for comparison runs (`OPENLEDGER_SGMV_KERNEL=v1`);
+//!   measurements in `docs/benchmarks.md` and `kernels/NOTES.md`;
+//! - [`reference`](mod@reference): naive f64, for tests only.
 //!
-//! The engine calls one API on candle tensors, whatever the device: [`AdapterTable`] (one per
+//! The engine calls one API on candle tensors, whatever the device (CPU, or CUDA with the
+//! feature; one CUDA device per `BatchSegments`): [`AdapterTable`] (one per
 //! layer and projection), [`BatchSegments`] (one per step) and [`lora_delta`],
 //! [`sgmv_shrink`], [`sgmv_expand`]. Results never depend on which other requests share the
 //! batch: each output element is reduced in an order fixed by the shapes alone.
