@@ -227,9 +227,9 @@ fn run_expand_item<T: Element>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
 }
 
 /// Looks up and checks the weights of every segment before any work starts.
-fn check_weights<'w, T: Element, W: AdapterWeights<T> + ?Sized>(
+fn check_weights<T: Element, W: AdapterWeights<T> + ?Sized>(
     map: &SegmentMap,
-    weights: &'w W,
+    weights: &W,
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {

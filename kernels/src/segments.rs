@@ -289,7 +289,7 @@ mod tests {
             vec![1.0; 4],
         )
         .unwrap();
-        let mut covered = vec![0; 40];
+        let mut covered = [0; 40];
         for t in map.tiles() {
             assert!(t.end - t.start <= CPU_TILE_TOKENS as u32 && t.start < t.end);
             assert!(map.segment_range(t.segment as usize).contains(&(t.start as usize)));

@@ -131,9 +131,9 @@ fn output_of_a_request_does_not_depend_on_the_batch() {
 #[test]
 fn bad_inputs_are_named_errors() {
     let map = SegmentMap::from_parts(2, vec![1], vec![0, 1], vec![0], vec![4], vec![1.0]).unwrap();
-    let a = vec![0f32; 4 * 8];
-    let b = vec![0f32; 3 * 4];
-    let short_a = vec![0f32; 4 * 7];
+    let a = [0f32; 4 * 8];
+    let b = [0f32; 3 * 4];
+    let short_a = [0f32; 4 * 7];
     let mut ws = CpuWorkspace::new();
     let x = vec![0f32; 2 * 8];
     let mut y = vec![0f32; 2 * 3];
