@@ -250,8 +250,8 @@ fn device_table(table: &AdapterTable, dev: &CudaDevice) -> Result<TableAddress> 
                 },
                 None => (0, 0),
             };
-            a_aligned &= a % 16 == 0;
-            b_aligned &= b % 16 == 0;
+            a_aligned &= a.is_multiple_of(16);
+            b_aligned &= b.is_multiple_of(16);
             ptrs.extend([a, b]);
         }
         ptrs.push(0); // never empty
@@ -289,7 +289,8 @@ fn params(
         num_tokens: map.num_tokens() as i32,
         width: map.max_rank() as i32,
         ksplit: table.d_in().div_ceil(KSPLIT_K) as i32,
-        vec_ok: (a_aligned && table.d_in() % vec_elems == 0) as i32 | ((b_aligned as i32) << 1),
+        vec_ok: (a_aligned && table.d_in().is_multiple_of(vec_elems)) as i32
+            | ((b_aligned as i32) << 1),
         ..Default::default()
     };
     Ok((p, seg, kernels(dev)?))
@@ -336,7 +337,7 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
 fn shrink_into(call: &mut Call, x: u64, v: u64, partial: u64) -> Result<()> {
     call.p.x = x;
-    if x % 16 != 0 {
+    if !x.is_multiple_of(16) {
         call.p.vec_ok &= !1;
     }
     call.p.v = v;
@@ -353,7 +354,7 @@ fn shrink_into(call: &mut Call, x: u64, v: u64, partial: u64) -> Result<()> {
 fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
     call.p.v = v;
     call.p.y = y;
-    if y % 16 == 0 && call.p.d_out as usize % call.vec_elems == 0 {
+    if y.is_multiple_of(16) && (call.p.d_out as usize).is_multiple_of(call.vec_elems) {
         call.p.vec_ok |= 4;
     }
     let grid = (call.seg.num_tiles as u32, (call.p.d_out as usize).div_ceil(TILE_N) as u32, 1);
