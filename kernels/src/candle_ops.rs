@@ -395,9 +395,20 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
             with_element!(t.dtype, E => {
                 let x = cpu_slice::<E>(x, xl, "x")?;
                 let y = cpu_slice_mut::<E>(y, yl, "y")?;
-                WORKSPACE.with_borrow_mut(|ws| {
-                    cpu::lora_delta(x, y, t.d_in, t.d_out, &self.segments.map, &view::<E>(t), ws)
-                })
+                // Taken out for the call rather than borrowed: a rayon worker waiting inside
+                // this call may run another task that calls lora_delta on the same thread.
+                let mut ws = WORKSPACE.take();
+                let done = cpu::lora_delta(
+                    x,
+                    y,
+                    t.d_in,
+                    t.d_out,
+                    &self.segments.map,
+                    &view::<E>(t),
+                    &mut ws,
+                );
+                WORKSPACE.set(ws);
+                done
             })
         };
         run().map_err(to_candle)

@@ -167,3 +167,34 @@ fn errors_name_the_tensor_and_the_problem() {
     let err = lora_delta(&x, &y, &BatchSegments::new(empty_slot), &table).unwrap_err();
     assert!(matches!(err, KernelError::EmptySlot { slot: 1, .. }), "{err}");
 }
+
+/// Calls from many rayon tasks at once all succeed and agree bit for bit with a call made
+/// alone (the CPU workspace is per thread and taken out for the call, so a worker that picks
+/// up another call while waiting inside one does not find it borrowed).
+#[test]
+fn concurrent_calls_from_rayon_tasks_agree() {
+    use rayon::prelude::*;
+    let mut rng = rng("concurrent calls");
+    let case = loop {
+        let c = Case::random::<Bf16>(&mut rng, 200);
+        if c.map.num_tokens() >= 32 && c.d_in >= 100 && c.d_out >= 100 {
+            break c;
+        }
+    };
+    let dev = Device::Cpu;
+    let table = table::<Bf16>(&case, &dev);
+    let segments = BatchSegments::new(case.map.clone());
+    let rows = case.map.num_rows();
+    let x = tensor::<Bf16>(&case.x, &[rows, case.d_in], &dev);
+    let alone = tensor::<Bf16>(&case.y, &[rows, case.d_out], &dev);
+    lora_delta(&x, &alone, &segments, &table).unwrap();
+    let want = values(&alone);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    pool.install(|| {
+        (0..64).into_par_iter().for_each(|_| {
+            let y = tensor::<Bf16>(&case.y, &[rows, case.d_out], &dev);
+            lora_delta(&x, &y, &segments, &table).unwrap();
+            assert_eq!(values(&y), want, "a concurrent call differs ({})", case.describe());
+        })
+    });
+}
