@@ -3,10 +3,7 @@
 #[cfg(all(feature = "std", feature = "metadata-hash"))]
 fn main() {
     substrate_wasm_builder::WasmBuilder::init_with_defaults()
-        .enable_metadata_hash(
-            openledger_token::SYMBOL,
-            openledger_token::DECIMALS,
-        )
+        .enable_metadata_hash(openledger_token::SYMBOL, openledger_token::DECIMALS)
         .build();
 }
 

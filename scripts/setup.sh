@@ -23,7 +23,7 @@ if rustup target list --installed 2>/dev/null | grep -qx 'wasm32v1-none'; then
 fi
 
 # --- Debian packages -------------------------------------------------------
-pkgs=(protobuf-compiler clang libclang-dev pkg-config)
+pkgs=(protobuf-compiler clang libclang-dev pkg-config curl)
 if [ "$need_wasm_sysroot" -eq 1 ]; then
     pkgs+=(rustc-web cargo-web rust-web-src lld-22)
 fi

@@ -111,9 +111,11 @@ pub fn run() -> sc_cli::Result<()> {
             runner.sync_run(|config| match cmd {
                 BenchmarkCmd::Pallet(cmd) => {
                     if !cfg!(feature = "runtime-benchmarks") {
-                        return Err("this node was built without the `runtime-benchmarks` feature; \
+                        return Err(
+                            "this node was built without the `runtime-benchmarks` feature; \
                                     rebuild it with default features to benchmark pallets"
-                            .into());
+                                .into(),
+                        );
                     }
                     cmd.run_with_spec::<sp_runtime::traits::HashingFor<Block>, ()>(Some(
                         config.chain_spec,
@@ -123,11 +125,16 @@ pub fn run() -> sc_cli::Result<()> {
                     let PartialComponents { client, .. } = service::new_partial(&config)?;
                     cmd.run(client)
                 },
-                BenchmarkCmd::Machine(cmd) => cmd.run(&config, SUBSTRATE_REFERENCE_HARDWARE.clone()),
-                BenchmarkCmd::Storage(_) | BenchmarkCmd::Overhead(_) | BenchmarkCmd::Extrinsic(_) =>
+                BenchmarkCmd::Machine(cmd) => {
+                    cmd.run(&config, SUBSTRATE_REFERENCE_HARDWARE.clone())
+                },
+                BenchmarkCmd::Storage(_)
+                | BenchmarkCmd::Overhead(_)
+                | BenchmarkCmd::Extrinsic(_) => {
                     Err("`benchmark storage`, `overhead` and `extrinsic` are not supported by \
                          openledger-node; use `benchmark pallet`, `block` or `machine`"
-                        .into()),
+                        .into())
+                },
             })
         },
         Some(Subcommand::ChainInfo(cmd)) => {
@@ -139,12 +146,16 @@ pub fn run() -> sc_cli::Result<()> {
             runner.run_node_until_exit(|config| async move {
                 match config.network.network_backend {
                     sc_network::config::NetworkBackendType::Libp2p => service::new_full::<
-                        sc_network::NetworkWorker<Block, <Block as sp_runtime::traits::Block>::Hash>,
+                        sc_network::NetworkWorker<
+                            Block,
+                            <Block as sp_runtime::traits::Block>::Hash,
+                        >,
                     >(config)
                     .map_err(sc_cli::Error::Service),
-                    sc_network::config::NetworkBackendType::Litep2p =>
+                    sc_network::config::NetworkBackendType::Litep2p => {
                         service::new_full::<sc_network::Litep2pNetworkBackend>(config)
-                            .map_err(sc_cli::Error::Service),
+                            .map_err(sc_cli::Error::Service)
+                    },
                 }
             })
         },

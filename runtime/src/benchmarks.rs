@@ -17,7 +17,9 @@ frame_benchmarking::define_benchmarks!(
 );
 
 use frame_benchmarking::baseline::Pallet as BaselineBench;
-use frame_system_benchmarking::{extensions::Pallet as SystemExtensionsBench, Pallet as SystemBench};
+use frame_system_benchmarking::{
+    extensions::Pallet as SystemExtensionsBench, Pallet as SystemBench,
+};
 
 impl frame_system_benchmarking::Config for Runtime {}
 impl frame_benchmarking::baseline::Config for Runtime {}

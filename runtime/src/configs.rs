@@ -1,5 +1,6 @@
 //! Configuration of each pallet of the runtime.
 
+use frame_support::dispatch::DispatchClass;
 use frame_support::{
     derive_impl, parameter_types,
     traits::{ConstBool, ConstU32, ConstU64, ConstU8, VariantCountOf},
@@ -11,7 +12,6 @@ use frame_support::{
 use frame_system::limits::{BlockLength, BlockWeights};
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
-use frame_support::dispatch::DispatchClass;
 use sp_runtime::{traits::One, Perbill};
 use sp_version::RuntimeVersion;
 

@@ -22,14 +22,12 @@ mod benchmarks;
 pub mod configs;
 pub mod genesis_config_presets;
 
-use alloc::borrow::Cow;
+use alloc::{borrow::Cow, vec::Vec};
 use sp_runtime::{generic, impl_opaque_keys, traits::BlakeTwo256};
 use sp_version::RuntimeVersion;
 
-pub use openledger_primitives::{
-    token, AccountId, Balance, BlockNumber, Hash, Nonce, Signature,
-};
 pub use frame_system::Call as SystemCall;
+pub use openledger_primitives::{token, AccountId, Balance, BlockNumber, Hash, Nonce, Signature};
 pub use pallet_balances::Call as BalancesCall;
 #[cfg(any(feature = "std", test))]
 pub use sp_runtime::BuildStorage;

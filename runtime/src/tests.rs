@@ -8,11 +8,13 @@ use sp_runtime::BuildStorage;
 /// Builds the genesis storage of a preset exactly as a chain spec would.
 fn build_preset(name: &str) -> sp_io::TestExternalities {
     let id = sp_genesis_builder::PresetId::from(name);
-    let patch = genesis_config_presets::get_preset(&id).unwrap_or_else(|| panic!("no preset {name}"));
+    let patch =
+        genesis_config_presets::get_preset(&id).unwrap_or_else(|| panic!("no preset {name}"));
     let patch: serde_json::Value = serde_json::from_slice(&patch).expect("preset is JSON");
     let mut config = serde_json::to_value(RuntimeGenesisConfig::default()).expect("default config");
     json_merge(&mut config, patch);
-    let config: RuntimeGenesisConfig = serde_json::from_value(config).expect("preset fits the config");
+    let config: RuntimeGenesisConfig =
+        serde_json::from_value(config).expect("preset fits the config");
     let storage = config.build_storage().expect("genesis builds");
     sp_io::TestExternalities::new(storage)
 }
@@ -41,7 +43,8 @@ fn development_preset_builds_with_alice_as_sole_authority() {
         }
         assert_eq!(
             Balances::total_issuance(),
-            genesis_config_presets::ENDOWMENT * genesis_config_presets::endowed_accounts().len() as u128
+            genesis_config_presets::ENDOWMENT
+                * genesis_config_presets::endowed_accounts().len() as u128
         );
     });
 }

@@ -1,0 +1,380 @@
+//! Multithreaded CPU SGMV over plain slices (rayon), the path of CPU workers and of CI.
+//!
+//! Work is split into items of (tile of at most 16 tokens of one segment) x
+//! (a block of weight rows), so that each weight row is read once per tile from cache and a
+//! single-token decode step still spreads over threads. Each item writes a disjoint block of
+//! the output, so the result never depends on the thread count or on the other segments of
+//! the batch. Arithmetic is f32; the only allocation is the shrink buffer of
+//! [`CpuWorkspace`], which grows to the largest batch seen and is then reused.
+
+use rayon::prelude::*;
+
+use crate::element::{AdapterWeights, Element, LoraWeights};
+use crate::error::{KernelError, Result};
+use crate::segments::{SegmentMap, CPU_TILE_TOKENS};
+
+/// Rank rows per shrink work item.
+const SHRINK_RANK_BLOCK: usize = 8;
+/// Output columns per expand work item.
+const EXPAND_COL_BLOCK: usize = 64;
+
+/// Scratch memory reused across calls (one per worker thread that drives the engine).
+#[derive(Default, Debug)]
+pub struct CpuWorkspace {
+    v: Vec<f32>,
+}
+
+impl CpuWorkspace {
+    /// An empty workspace; it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// A raw pointer that items may share because each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct DisjointOut<T>(*mut T);
+// SAFETY: every work item writes only elements no other item touches (see callers), and the
+// pointed-to buffer outlives the parallel loop, which borrows it mutably.
+unsafe impl<T: Send> Send for DisjointOut<T> {}
+unsafe impl<T: Send> Sync for DisjointOut<T> {}
+impl<T> DisjointOut<T> {
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Dot product in f32 of two equally long rows, with eight independent partial sums so that
+/// the loop vectorises (8 lanes under AVX2, two 4-lane registers otherwise). With `FMA`, each
+/// step is a fused multiply-add (only where the CPU has one: see [`simd`]).
+#[inline(always)]
+fn dot<A: Element, B: Element, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            let (p, q) = (xa[i].to_f32(), xb[i].to_f32());
+            acc[i] = if FMA { p.mul_add(q, acc[i]) } else { acc[i] + p * q };
+        }
+    }
+    let mut tail = 0f32;
+    for (&xa, &xb) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += xa.to_f32() * xb.to_f32();
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Whether this CPU runs the AVX2 + FMA builds of the inner loops (checked once).
+fn simd() -> bool {
+    static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2_FMA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// One shrink work item: rank rows `j0..j1` for the tokens of `tile`.
+struct ShrinkItem<'a, T> {
+    x: &'a [T],
+    a: &'a [T],
+    rows: &'a [u32],
+    d_in: usize,
+    rank: usize,
+    width: usize,
+    j0: usize,
+    j1: usize,
+    tile: std::ops::Range<usize>,
+}
+
+#[inline(always)]
+fn shrink_item<T: Element, const FMA: bool>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
+    let d_in = it.d_in;
+    for j in it.j0..it.j1 {
+        let a_row = (j < it.rank).then(|| &it.a[j * d_in..(j + 1) * d_in]);
+        for p in it.tile.clone() {
+            let value = match a_row {
+                Some(a_row) => {
+                    let row = it.rows[p] as usize;
+                    dot::<T, T, FMA>(&it.x[row * d_in..(row + 1) * d_in], a_row)
+                },
+                None => 0.0,
+            };
+            // SAFETY: (p, j) lies in this item's tile and rank block only; in bounds by the
+            // shape check of the caller.
+            unsafe { *out.ptr().add(p * it.width + j) = value };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn shrink_item_avx2<T: Element>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
+    shrink_item::<T, true>(it, out)
+}
+
+fn run_shrink_item<T: Element>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
+        return unsafe { shrink_item_avx2(it, out) };
+    }
+    shrink_item::<T, false>(it, out)
+}
+
+/// One expand work item: output columns `o0..o1` for the tokens of `tile`.
+struct ExpandItem<'a, T> {
+    v: &'a [f32],
+    b: &'a [T],
+    rows: &'a [u32],
+    d_out: usize,
+    rank: usize,
+    width: usize,
+    scale: f32,
+    o0: usize,
+    o1: usize,
+    tile: std::ops::Range<usize>,
+}
+
+/// Rank columns of lora_B transposed at a time into the expand's stack buffer.
+const EXPAND_RANK_BLOCK: usize = 32;
+
+#[inline(always)]
+fn expand_item<T: Element, const FMA: bool>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
+    // lora_B rows are `rank` long, so a direct dot per output is short and pays a horizontal
+    // sum each time. Instead transpose a [rank block x column block] of B to f32 once per
+    // item and accumulate whole column blocks per token: contiguous, vectorised FMAs.
+    const COLS: usize = EXPAND_COL_BLOCK;
+    let (rank, cols) = (it.rank, it.o1 - it.o0);
+    let tokens = it.tile.len();
+    if tokens < 4 {
+        // Too few tokens to repay the transpose: one dot per output.
+        for p in it.tile.clone() {
+            let v_row = &it.v[p * it.width..p * it.width + rank];
+            let row = it.rows[p] as usize;
+            // SAFETY: as below.
+            let y = unsafe {
+                std::slice::from_raw_parts_mut(out.ptr().add(row * it.d_out + it.o0), cols)
+            };
+            for (y_c, o) in y.iter_mut().zip(it.o0..it.o1) {
+                let delta = dot::<f32, T, FMA>(v_row, &it.b[o * rank..(o + 1) * rank]);
+                *y_c = T::from_f32(y_c.to_f32() + it.scale * delta);
+            }
+        }
+        return;
+    }
+    let mut acc = [[0f32; COLS]; CPU_TILE_TOKENS];
+    let mut bt = [[0f32; COLS]; EXPAND_RANK_BLOCK];
+    let mut j0 = 0;
+    while j0 < rank {
+        let jn = (rank - j0).min(EXPAND_RANK_BLOCK);
+        for (c, o) in (it.o0..it.o1).enumerate() {
+            let b_row = &it.b[o * rank + j0..o * rank + j0 + jn];
+            for (jj, &w) in b_row.iter().enumerate() {
+                bt[jj][c] = w.to_f32();
+            }
+        }
+        for (t, p) in it.tile.clone().enumerate() {
+            let v_row = &it.v[p * it.width + j0..p * it.width + j0 + jn];
+            let acc_t = &mut acc[t];
+            for (jj, &coef) in v_row.iter().enumerate() {
+                let bt_j = &bt[jj];
+                for c in 0..COLS {
+                    acc_t[c] = if FMA {
+                        coef.mul_add(bt_j[c], acc_t[c])
+                    } else {
+                        acc_t[c] + coef * bt_j[c]
+                    };
+                }
+            }
+        }
+        j0 += jn;
+    }
+    for (t, p) in it.tile.clone().enumerate().take(tokens) {
+        let row = it.rows[p] as usize;
+        // SAFETY: rows are unique per sorted position (checked by SegmentMap) and columns
+        // o0..o1 belong to this item alone; in bounds by the caller's shape check.
+        let y =
+            unsafe { std::slice::from_raw_parts_mut(out.ptr().add(row * it.d_out + it.o0), cols) };
+        for (c, y_c) in y.iter_mut().enumerate() {
+            *y_c = T::from_f32(y_c.to_f32() + it.scale * acc[t][c]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn expand_item_avx2<T: Element>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
+    expand_item::<T, true>(it, out)
+}
+
+fn run_expand_item<T: Element>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
+        return unsafe { expand_item_avx2(it, out) };
+    }
+    expand_item::<T, false>(it, out)
+}
+
+/// Looks up and checks the weights of every segment before any work starts.
+fn check_weights<T: Element, W: AdapterWeights<T> + ?Sized>(
+    map: &SegmentMap,
+    weights: &W,
+    d_in: usize,
+    d_out: usize,
+) -> Result<()> {
+    for s in 0..map.num_segments() {
+        let slot = map.slots()[s];
+        let rank = map.ranks()[s] as usize;
+        let w = weights.weights(slot).ok_or(KernelError::EmptySlot {
+            segment: s,
+            slot,
+            slots: weights.num_slots(),
+        })?;
+        crate::error::check_shape(&format!("lora_A of slot {slot}"), &[rank * d_in], &[w.a.len()])?;
+        crate::error::check_shape(
+            &format!("lora_B of slot {slot}"),
+            &[d_out * rank],
+            &[w.b.len()],
+        )?;
+    }
+    Ok(())
+}
+
+fn segment_weights<'w, T: Element, W: AdapterWeights<T> + ?Sized>(
+    map: &SegmentMap,
+    weights: &'w W,
+    segment: usize,
+) -> LoraWeights<'w, T> {
+    // Checked by `check_weights` before the parallel loop.
+    weights.weights(map.slots()[segment]).expect("segment weights checked before launch")
+}
+
+/// `v[p, j] = sum_k x[rows[p], k] * A_s[j, k]` for every sorted position `p` of segment `s`
+/// and `j < rank_s`; `v[p, j] = 0` for `rank_s <= j < max_rank`. `v` is
+/// `[num_tokens, max_rank]` row-major; `x` is `[num_rows, d_in]`.
+pub fn sgmv_shrink<T: Element, W: AdapterWeights<T> + ?Sized>(
+    x: &[T],
+    d_in: usize,
+    map: &SegmentMap,
+    weights: &W,
+    v: &mut [f32],
+) -> Result<()> {
+    let width = map.max_rank();
+    crate::error::check_shape("x", &[map.num_rows() * d_in], &[x.len()])?;
+    crate::error::check_shape("shrink output v", &[map.num_tokens() * width], &[v.len()])?;
+    for s in 0..map.num_segments() {
+        let slot = map.slots()[s];
+        let rank = map.ranks()[s] as usize;
+        let w = weights.weights(slot).ok_or(KernelError::EmptySlot {
+            segment: s,
+            slot,
+            slots: weights.num_slots(),
+        })?;
+        crate::error::check_shape(&format!("lora_A of slot {slot}"), &[rank * d_in], &[w.a.len()])?;
+    }
+    let blocks = width.div_ceil(SHRINK_RANK_BLOCK).max(1);
+    let out = DisjointOut(v.as_mut_ptr());
+    (0..map.tiles().len() * blocks).into_par_iter().for_each(|item| {
+        let tile = map.tiles()[item / blocks];
+        let seg = tile.segment as usize;
+        let j0 = (item % blocks) * SHRINK_RANK_BLOCK;
+        let it = ShrinkItem {
+            x,
+            a: segment_weights(map, weights, seg).a,
+            rows: map.rows(),
+            d_in,
+            rank: map.ranks()[seg] as usize,
+            width,
+            j0,
+            j1: (j0 + SHRINK_RANK_BLOCK).min(width),
+            tile: tile.start as usize..tile.end as usize,
+        };
+        run_shrink_item(&it, out);
+    });
+    Ok(())
+}
+
+/// `y[rows[p], o] += scale_s * sum_{j < rank_s} v[p, j] * B_s[o, j]` for every sorted
+/// position `p` of segment `s`. `v` is `[num_tokens, max_rank]`, `y` is `[num_rows, d_out]`;
+/// rows of no segment are not touched.
+pub fn sgmv_expand<T: Element, W: AdapterWeights<T> + ?Sized>(
+    v: &[f32],
+    y: &mut [T],
+    d_out: usize,
+    map: &SegmentMap,
+    weights: &W,
+) -> Result<()> {
+    let width = map.max_rank();
+    crate::error::check_shape("y", &[map.num_rows() * d_out], &[y.len()])?;
+    crate::error::check_shape("expand input v", &[map.num_tokens() * width], &[v.len()])?;
+    for s in 0..map.num_segments() {
+        let slot = map.slots()[s];
+        let rank = map.ranks()[s] as usize;
+        let w = weights.weights(slot).ok_or(KernelError::EmptySlot {
+            segment: s,
+            slot,
+            slots: weights.num_slots(),
+        })?;
+        crate::error::check_shape(
+            &format!("lora_B of slot {slot}"),
+            &[d_out * rank],
+            &[w.b.len()],
+        )?;
+    }
+    let blocks = d_out.div_ceil(EXPAND_COL_BLOCK);
+    let out = DisjointOut(y.as_mut_ptr());
+    (0..map.tiles().len() * blocks).into_par_iter().for_each(|item| {
+        let tile = map.tiles()[item / blocks];
+        let seg = tile.segment as usize;
+        let o0 = (item % blocks) * EXPAND_COL_BLOCK;
+        let it = ExpandItem {
+            v,
+            b: segment_weights(map, weights, seg).b,
+            rows: map.rows(),
+            d_out,
+            rank: map.ranks()[seg] as usize,
+            width,
+            scale: map.scales()[seg],
+            o0,
+            o1: (o0 + EXPAND_COL_BLOCK).min(d_out),
+            tile: tile.start as usize..tile.end as usize,
+        };
+        run_expand_item(&it, out);
+    });
+    Ok(())
+}
+
+/// `y[row] += scale_s * B_s (A_s x[row])` for every row of every segment: shrink then
+/// expand, with the intermediate in `workspace`. `x` is `[num_rows, d_in]`, `y` is
+/// `[num_rows, d_out]`.
+pub fn lora_delta<T: Element, W: AdapterWeights<T> + ?Sized>(
+    x: &[T],
+    y: &mut [T],
+    d_in: usize,
+    d_out: usize,
+    map: &SegmentMap,
+    weights: &W,
+    workspace: &mut CpuWorkspace,
+) -> Result<()> {
+    crate::error::check_shape("x", &[map.num_rows() * d_in], &[x.len()])?;
+    crate::error::check_shape("y", &[map.num_rows() * d_out], &[y.len()])?;
+    check_weights(map, weights, d_in, d_out)?;
+    let len = map.num_tokens() * map.max_rank();
+    if workspace.v.len() < len {
+        workspace.v.resize(len, 0.0);
+    }
+    let v = &mut workspace.v[..len];
+    sgmv_shrink(x, d_in, map, weights, v)?;
+    sgmv_expand(v, y, d_out, map, weights)
+}

@@ -1,0 +1,430 @@
+//! CUDA path: the kernels of `cuda/sgmv.cu`, compiled at build time and embedded, launched
+//! through cudarc on candle's stream.
+//!
+//! Per step, [`DeviceSegments`] uploads the segment map once (one copy) and keeps the
+//! per-tile counters the shrink reduction uses; per table, [`DeviceTable`] is the device
+//! array of `(lora_A, lora_B)` pointers per slot. Each stage is one launch for the batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage};
+use half::{bf16, f16};
+
+use crate::candle_ops::{AdapterTable, BatchSegments};
+use crate::error::{KernelError, Result};
+
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv.fatbin"));
+/// The first version of the kernels, kept so that benchmark runs can compare against it
+/// (`OPENLEDGER_SGMV_KERNEL=v1`); see kernels/NOTES.md.
+static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_v1.fatbin"));
+
+/// Tokens per GPU tile (`TILE_M` in sgmv.cu).
+const TILE_TOKENS: usize = 64;
+/// Columns per block (`TILE_N` in sgmv.cu).
+const TILE_N: usize = 128;
+/// d_in per shrink block (`KSPLIT_K` in sgmv.cu); fixed so that the reduction order, and
+/// so the result, depends on d_in alone.
+const KSPLIT_K: usize = 256;
+const THREADS: u32 = 128;
+
+/// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SgmvParams {
+    x: u64,
+    y: u64,
+    partial: u64,
+    v: u64,
+    counters: u64,
+    table: u64,
+    rows: u64,
+    tiles: u64,
+    seg_slot: u64,
+    seg_rank: u64,
+    seg_scale: u64,
+    d_in: i32,
+    d_out: i32,
+    num_tokens: i32,
+    width: i32,
+    ksplit: i32,
+    vec_ok: i32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's parameter struct.
+unsafe impl DeviceRepr for SgmvParams {}
+
+fn cuda_err(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Cuda(e.to_string())
+}
+
+struct Kernels {
+    shrink: [CudaFunction; 3],
+    expand: [CudaFunction; 3],
+    /// Variants for batches whose segments all have <= 16 tokens (absent in v1).
+    small: Option<([CudaFunction; 3], [CudaFunction; 3])>,
+}
+
+/// The module, loaded once per CUDA context.
+fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Kernels>>>> = OnceLock::new();
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let key = Arc::as_ptr(ctx) as usize;
+    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = loaded.get(&key) {
+        return Ok(k.clone());
+    }
+    let v1 = std::env::var("OPENLEDGER_SGMV_KERNEL").is_ok_and(|v| v == "v1");
+    let (image, tag) = if v1 { (FATBIN_V1, "_v1") } else { (FATBIN, "") };
+    let module = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(cuda_err)?;
+    let f = |stage: &str, ty: &str| {
+        module.load_function(&format!("sgmv_{stage}{tag}_{ty}")).map_err(cuda_err)
+    };
+    let small = if v1 {
+        None
+    } else {
+        Some((
+            [f("shrink_small", "f32")?, f("shrink_small", "bf16")?, f("shrink_small", "f16")?],
+            [f("expand_small", "f32")?, f("expand_small", "bf16")?, f("expand_small", "f16")?],
+        ))
+    };
+    let k = Arc::new(Kernels {
+        shrink: [f("shrink", "f32")?, f("shrink", "bf16")?, f("shrink", "f16")?],
+        expand: [f("expand", "f32")?, f("expand", "bf16")?, f("expand", "f16")?],
+        small,
+    });
+    loaded.insert(key, k.clone());
+    Ok(k)
+}
+
+fn dtype_index(dtype: DType) -> Result<usize> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::BF16 => Ok(1),
+        DType::F16 => Ok(2),
+        other => Err(KernelError::UnsupportedDType(other)),
+    }
+}
+
+/// Device address of the first element of a CUDA storage of element type `T`.
+fn address<T: CudaDType>(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
+    let slice = s.as_cuda_slice::<T>()?;
+    let (ptr, _sync) = slice.device_ptr(stream);
+    Ok(ptr + (l.start_offset() * std::mem::size_of::<T>()) as u64)
+}
+
+fn storage_address(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
+    match s.dtype() {
+        DType::F32 => address::<f32>(s, l, stream),
+        DType::BF16 => address::<bf16>(s, l, stream),
+        DType::F16 => address::<f16>(s, l, stream),
+        other => Err(KernelError::UnsupportedDType(other)),
+    }
+}
+
+fn slice_address<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    s.device_ptr(stream).0
+}
+
+/// The segment map on the device, uploaded on the first CUDA call of a step.
+pub(crate) struct DeviceSegments {
+    /// rows | tiles (segment, start, end) | slots | ranks | scales (f32 bits).
+    _meta: CudaSlice<u32>,
+    meta_ptr: u64,
+    /// One per (tile, rank chunk); zero between launches (the shrink's last block resets).
+    _counters: CudaSlice<u32>,
+    counters_ptr: u64,
+    num_tiles: usize,
+    rank_chunks: usize,
+    offsets: [usize; 5],
+    /// Every tile has at most 16 tokens: the small kernels apply.
+    small_tiles: bool,
+    /// v and the shrink partials, grown to the largest d_in seen and reused by every layer
+    /// (no allocation per call). Held locked for the two launches of one call.
+    scratch: Mutex<Option<Scratch>>,
+}
+
+struct Scratch {
+    buf: CudaSlice<f32>,
+    ptr: u64,
+}
+
+impl DeviceSegments {
+    /// Scratch of at least `len` f32, locked; returns the guard and the device address.
+    fn scratch(
+        &self,
+        dev: &CudaDevice,
+        len: usize,
+    ) -> Result<(std::sync::MutexGuard<'_, Option<Scratch>>, u64)> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|s| s.buf.len() < len) {
+            // SAFETY (uninitialised memory): kernels read back only what they wrote.
+            let buf = unsafe { dev.alloc::<f32>(len.max(1)) }?;
+            let ptr = slice_address(&buf, &dev.cuda_stream());
+            *guard = Some(Scratch { buf, ptr });
+        }
+        let ptr = guard.as_ref().map_or(0, |s| s.ptr);
+        Ok((guard, ptr))
+    }
+}
+
+fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<DeviceSegments>> {
+    let mut cached = segments.gpu.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = cached.as_ref() {
+        return Ok(d.clone());
+    }
+    let map = segments.map();
+    let mut tiles = Vec::new();
+    for s in 0..map.num_segments() {
+        let r = map.segment_range(s);
+        let mut p = r.start;
+        while p < r.end {
+            let end = r.end.min(p + TILE_TOKENS);
+            tiles.extend([s as u32, p as u32, end as u32]);
+            p = end;
+        }
+    }
+    let num_tiles = tiles.len() / 3;
+    let mut meta: Vec<u32> = map.rows().to_vec();
+    let mut offsets = [0; 5];
+    offsets[0] = meta.len();
+    meta.extend(&tiles);
+    offsets[1] = meta.len();
+    meta.extend(map.slots());
+    offsets[2] = meta.len();
+    meta.extend(map.ranks());
+    offsets[3] = meta.len();
+    meta.extend(map.scales().iter().map(|s| s.to_bits()));
+    offsets[4] = meta.len();
+    meta.push(0); // never empty
+    let rank_chunks = map.max_rank().div_ceil(TILE_N).max(1);
+    let meta = dev.clone_htod(&meta)?;
+    let counters = dev.alloc_zeros::<u32>((num_tiles * rank_chunks).max(1))?;
+    let stream = dev.cuda_stream();
+    let d = Arc::new(DeviceSegments {
+        meta_ptr: slice_address(&meta, &stream),
+        counters_ptr: slice_address(&counters, &stream),
+        _meta: meta,
+        _counters: counters,
+        num_tiles,
+        rank_chunks,
+        offsets,
+        small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
+        scratch: Mutex::new(None),
+    });
+    *cached = Some(d.clone());
+    Ok(d)
+}
+
+/// The per-slot pointer array of an adapter table on the device.
+pub(crate) struct DeviceTable {
+    _ptrs: CudaSlice<u64>,
+    ptrs_addr: u64,
+    /// Every lora_A / lora_B starts on a 16-byte boundary (vector loads allowed).
+    a_aligned: bool,
+    b_aligned: bool,
+}
+
+fn device_table(table: &AdapterTable, dev: &CudaDevice) -> Result<TableAddress> {
+    let stream = dev.cuda_stream();
+    let mut cached = table.gpu.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.is_none() {
+        let mut ptrs = Vec::with_capacity(2 * table.num_slots());
+        let (mut a_aligned, mut b_aligned) = (true, true);
+        for entry in table.entries() {
+            let (a, b) = match entry {
+                Some(e) => {
+                    let (sa, la) = e.a.storage_and_layout();
+                    let (sb, lb) = e.b.storage_and_layout();
+                    let (Storage::Cuda(ca), Storage::Cuda(cb)) = (&*sa, &*sb) else {
+                        return Err(KernelError::UnsupportedDevice("adapter not on CUDA".into()));
+                    };
+                    (storage_address(ca, la, &stream)?, storage_address(cb, lb, &stream)?)
+                },
+                None => (0, 0),
+            };
+            a_aligned &= a.is_multiple_of(16);
+            b_aligned &= b.is_multiple_of(16);
+            ptrs.extend([a, b]);
+        }
+        ptrs.push(0); // never empty
+        let ptrs = dev.clone_htod(&ptrs)?;
+        let ptrs_addr = slice_address(&ptrs, &stream);
+        *cached = Some(DeviceTable { _ptrs: ptrs, ptrs_addr, a_aligned, b_aligned });
+    }
+    Ok(cached.as_ref().map_or((0, false, false), |t| (t.ptrs_addr, t.a_aligned, t.b_aligned)))
+}
+
+/// Device address of the pointer array, and whether all lora_A / lora_B are 16-byte aligned.
+type TableAddress = (u64, bool, bool);
+
+/// Parameters shared by both stages, with the segment and table pointers filled in.
+fn params(
+    segments: &BatchSegments,
+    table: &AdapterTable,
+    dev: &CudaDevice,
+) -> Result<(SgmvParams, Arc<DeviceSegments>, Arc<Kernels>)> {
+    let map = segments.map();
+    let seg = device_segments(segments, dev)?;
+    let (table_ptr, a_aligned, b_aligned) = device_table(table, dev)?;
+    let at = |i: usize| seg.meta_ptr + 4 * i as u64;
+    let vec_elems = 16 / table.dtype().size_in_bytes();
+    let p = SgmvParams {
+        counters: seg.counters_ptr,
+        table: table_ptr,
+        rows: at(0),
+        tiles: at(seg.offsets[0]),
+        seg_slot: at(seg.offsets[1]),
+        seg_rank: at(seg.offsets[2]),
+        seg_scale: at(seg.offsets[3]),
+        d_in: table.d_in() as i32,
+        d_out: table.d_out() as i32,
+        num_tokens: map.num_tokens() as i32,
+        width: map.max_rank() as i32,
+        ksplit: table.d_in().div_ceil(KSPLIT_K) as i32,
+        vec_ok: (a_aligned && table.d_in().is_multiple_of(vec_elems)) as i32
+            | ((b_aligned as i32) << 1),
+        ..Default::default()
+    };
+    Ok((p, seg, kernels(dev)?))
+}
+
+fn launch(
+    f: &CudaFunction,
+    stream: &CudaStream,
+    grid: (u32, u32, u32),
+    p: &SgmvParams,
+) -> Result<()> {
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut b = stream.launch_builder(f);
+    b.arg(p);
+    // SAFETY: every pointer in `p` refers to live device memory of the sizes the kernel
+    // indexes (checked shapes, the uploaded map and table), and the stream orders the
+    // launches with candle's other work.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// One call's launch parameters and what they point into.
+struct Call {
+    p: SgmvParams,
+    seg: Arc<DeviceSegments>,
+    kernels: Arc<Kernels>,
+    stream: Arc<CudaStream>,
+    dtype: usize,
+    vec_elems: usize,
+}
+
+fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> Result<Call> {
+    let (p, seg, kernels) = params(segments, table, dev)?;
+    Ok(Call {
+        p,
+        seg,
+        kernels,
+        stream: dev.cuda_stream(),
+        dtype: dtype_index(table.dtype())?,
+        vec_elems: 16 / table.dtype().size_in_bytes(),
+    })
+}
+
+/// Launches the shrink of x (device address) into v, with the partials at `partial`.
+fn shrink_into(call: &mut Call, x: u64, v: u64, partial: u64) -> Result<()> {
+    call.p.x = x;
+    if !x.is_multiple_of(16) {
+        call.p.vec_ok &= !1;
+    }
+    call.p.v = v;
+    call.p.partial = partial;
+    let grid = (call.seg.num_tiles as u32, call.p.ksplit as u32, call.seg.rank_chunks as u32);
+    let f = match &call.kernels.small {
+        Some((shrink, _)) if call.seg.small_tiles => &shrink[call.dtype],
+        _ => &call.kernels.shrink[call.dtype],
+    };
+    launch(f, &call.stream, grid, &call.p)
+}
+
+/// Launches the expand of v into y (device addresses).
+fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
+    call.p.v = v;
+    call.p.y = y;
+    if y.is_multiple_of(16) && (call.p.d_out as usize).is_multiple_of(call.vec_elems) {
+        call.p.vec_ok |= 4;
+    }
+    let grid = (call.seg.num_tiles as u32, (call.p.d_out as usize).div_ceil(TILE_N) as u32, 1);
+    let f = match &call.kernels.small {
+        Some((_, expand)) if call.seg.small_tiles => &expand[call.dtype],
+        _ => &call.kernels.expand[call.dtype],
+    };
+    launch(f, &call.stream, grid, &call.p)
+}
+
+/// `y += delta` on the device: shrink then expand, two launches for the whole batch, with
+/// v and the partials in the step's scratch buffer.
+pub(crate) fn lora_delta(
+    x: &CudaStorage,
+    xl: &Layout,
+    y: &mut CudaStorage,
+    yl: &Layout,
+    segments: &BatchSegments,
+    table: &AdapterTable,
+) -> Result<()> {
+    let dev = y.device.clone();
+    let mut call = prepare(segments, table, &dev)?;
+    if call.seg.num_tiles == 0 {
+        return Ok(());
+    }
+    let (x, y) = (storage_address(x, xl, &call.stream)?, storage_address(y, yl, &call.stream)?);
+    let v_len = call.p.num_tokens as usize * call.p.width as usize;
+    let seg = call.seg.clone();
+    let (_guard, v) = seg.scratch(&dev, v_len * (1 + call.p.ksplit as usize))?;
+    shrink_into(&mut call, x, v, v + 4 * v_len as u64)?;
+    expand_from(&mut call, v, y)
+}
+
+/// The shrink alone; the output starts NaN-filled so that an unwritten element shows.
+pub(crate) fn shrink(
+    x: &CudaStorage,
+    xl: &Layout,
+    segments: &BatchSegments,
+    table: &AdapterTable,
+) -> Result<CudaStorage> {
+    let dev = x.device.clone();
+    let map = segments.map();
+    let v = dev.clone_htod(&vec![f32::NAN; (map.num_tokens() * map.max_rank()).max(1)])?;
+    let mut call = prepare(segments, table, &dev)?;
+    if call.seg.num_tiles > 0 {
+        let x = storage_address(x, xl, &call.stream)?;
+        let v_addr = slice_address(&v, &call.stream);
+        let seg = call.seg.clone();
+        let v_len = map.num_tokens() * map.max_rank();
+        let (_guard, partial) = seg.scratch(&dev, v_len * call.p.ksplit as usize)?;
+        shrink_into(&mut call, x, v_addr, partial)?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(v, dev))
+}
+
+/// The expand alone, from a `v` as [`shrink`] returns it.
+pub(crate) fn expand(
+    v: &CudaStorage,
+    vl: &Layout,
+    y: &mut CudaStorage,
+    yl: &Layout,
+    segments: &BatchSegments,
+    table: &AdapterTable,
+) -> Result<()> {
+    let dev = y.device.clone();
+    let mut call = prepare(segments, table, &dev)?;
+    if call.seg.num_tiles == 0 {
+        return Ok(());
+    }
+    let v = address::<f32>(v, vl, &call.stream)?;
+    let y = storage_address(y, yl, &call.stream)?;
+    expand_from(&mut call, v, y)
+}

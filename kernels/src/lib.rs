@@ -1,0 +1,48 @@
+//! SGMV (segmented gather matrix-vector) kernels: many LoRA adapters over one base model,
+//! in one batch.
+//!
+//! A step's batch of `num_rows` token rows is grouped by adapter into segments
+//! ([`SegmentMap`], built once per step on the host and reused by every layer). For each
+//! projection `d_in -> d_out` the engine runs the base weights on the whole batch and then
+//! adds every row's LoRA delta:
+//!
+//! ```text
+//! y[row] += scale_s * lora_B_s @ (lora_A_s @ x[row])      for each row of segment s
+//! ```
+//!
+//! in two stages, `sgmv_shrink` (`d_in -> rank`) and `sgmv_expand` (`rank -> d_out`,
+//! accumulating into `y`), or both at once with `lora_delta`. Adapters of different ranks
+//! share a batch without padding; segments may be empty or hold one token.
+//!
+//! Weights use PEFT's layout, so safetensors load without a transpose: `lora_A.weight` is
+//! `[rank, d_in]` and `lora_B.weight` is `[d_out, rank]`, both row-major.
+//!
+//! Three implementations compute the same function:
+//! - [`cpu`]: multithreaded (rayon) over slices, f32 arithmetic, for CPU workers and CI;
+//! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv.cu` into a
+//!   fatbin (sm_90 SASS + compute_90 PTX), one launch per stage for the whole batch (so two
+//!   for `lora_delta`), reading adapters through a device array of per-slot pointers (no
+//!   gather copy); bf16/f16 on the tensor cores with f32 accumulation, f32 in f32. The first
+//!   kernel version stays embedded for comparison runs (`OPENLEDGER_SGMV_KERNEL=v1`);
+//!   measurements in `docs/benchmarks.md` and `kernels/NOTES.md`;
+//! - [`reference`](mod@reference): naive f64, for tests only.
+//!
+//! The engine calls one API on candle tensors, whatever the device (CPU, or CUDA with the
+//! feature; one CUDA device per `BatchSegments`): [`AdapterTable`] (one per
+//! layer and projection), [`BatchSegments`] (one per step) and [`lora_delta`],
+//! [`sgmv_shrink`], [`sgmv_expand`]. Results never depend on which other requests share the
+//! batch: each output element is reduced in an order fixed by the shapes alone.
+
+mod candle_ops;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod element;
+mod error;
+pub mod reference;
+mod segments;
+
+pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
+pub use element::{AdapterWeights, Element, LoraWeights};
+pub use error::{KernelError, Result};
+pub use segments::{AdapterSlot, SegmentMap};

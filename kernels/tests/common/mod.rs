@@ -1,0 +1,155 @@
+//! Random SGMV problems and their f64 answers, shared by the test files.
+#![allow(dead_code)]
+
+use half::{bf16, f16};
+use openledger_kernels::reference::RefAdapter;
+use openledger_kernels::{Element, LoraWeights, SegmentMap};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A fresh seed per run (so every run draws new inputs), printed so a failure can be replayed
+/// with `SGMV_SEED=<seed>`.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("SGMV_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    eprintln!("{test}: SGMV_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// One random problem: a ragged segmentation over a shuffled batch, adapters of mixed ranks
+/// in scattered slots, and inputs in f64 already rounded to the element type under test.
+pub struct Case {
+    pub d_in: usize,
+    pub d_out: usize,
+    pub map: SegmentMap,
+    /// Indexed by slot; slots no segment uses hold adapters too (they must not be read).
+    pub adapters: Vec<RefAdapter>,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+}
+
+/// Widths that are not multiples of any tile size, next to round ones.
+const DIMS: [usize; 8] = [1, 7, 64, 100, 257, 512, 1000, 1031];
+const RANKS: [usize; 9] = [1, 8, 13, 16, 32, 40, 64, 100, 128];
+
+pub fn round_to<T: Element>(v: f64) -> f64 {
+    T::from_f32(v as f32).to_f32() as f64
+}
+
+fn uniform<T: Element>(rng: &mut StdRng, n: usize, amplitude: f64) -> Vec<f64> {
+    (0..n).map(|_| round_to::<T>(rng.random_range(-amplitude..amplitude))).collect()
+}
+
+impl Case {
+    /// A random case; `max_rows` bounds the batch.
+    pub fn random<T: Element>(rng: &mut StdRng, max_rows: usize) -> Case {
+        let d_in = DIMS[rng.random_range(0..DIMS.len())];
+        let d_out = DIMS[rng.random_range(0..DIMS.len())];
+        let num_segments = rng.random_range(0..=6usize);
+        // Segment lengths: empty, single-token and longer runs.
+        let lens: Vec<usize> = (0..num_segments)
+            .map(|_| match rng.random_range(0..4) {
+                0 => 0,
+                1 => 1,
+                _ => rng.random_range(2..=max_rows.max(2) / 2),
+            })
+            .collect();
+        let covered: usize = lens.iter().sum();
+        // At least one row: an empty batch has nothing to place on a device.
+        let uncovered = rng.random_range(usize::from(covered == 0)..=3);
+        let num_rows = covered + uncovered;
+        let mut rows: Vec<u32> = (0..num_rows as u32).collect();
+        for i in (1..rows.len()).rev() {
+            rows.swap(i, rng.random_range(0..=i));
+        }
+        rows.truncate(covered);
+        let mut starts = vec![0u32];
+        for l in &lens {
+            starts.push(starts.last().unwrap() + *l as u32);
+        }
+        let num_slots = num_segments + 2;
+        let mut slot_ids: Vec<u32> = (0..num_slots as u32).collect();
+        for i in (1..slot_ids.len()).rev() {
+            slot_ids.swap(i, rng.random_range(0..=i));
+        }
+        let adapters: Vec<RefAdapter> = (0..num_slots)
+            .map(|_| {
+                let rank = RANKS[rng.random_range(0..RANKS.len())];
+                RefAdapter {
+                    rank,
+                    a: uniform::<T>(rng, rank * d_in, 1.0 / (d_in as f64).sqrt()),
+                    b: uniform::<T>(rng, d_out * rank, 1.0 / (rank as f64).sqrt()),
+                }
+            })
+            .collect();
+        let slots: Vec<u32> = slot_ids[..num_segments].to_vec();
+        let ranks = slots.iter().map(|&s| adapters[s as usize].rank as u32).collect();
+        let scales = (0..num_segments).map(|_| rng.random_range(0.25..2.0f32)).collect();
+        let map = SegmentMap::from_parts(num_rows, rows, starts, slots, ranks, scales).unwrap();
+        let x = uniform::<T>(rng, num_rows * d_in, 1.0);
+        // y of the delta's order of magnitude, so an unwritten row shows in the error.
+        let y = uniform::<T>(rng, num_rows * d_out, 0.5);
+        Case { d_in, d_out, map, adapters, x, y }
+    }
+
+    pub fn describe(&self) -> String {
+        let lens: Vec<usize> =
+            (0..self.map.num_segments()).map(|s| self.map.segment_range(s).len()).collect();
+        format!(
+            "d_in={} d_out={} rows={} segment lengths={:?} ranks={:?}",
+            self.d_in,
+            self.d_out,
+            self.map.num_rows(),
+            lens,
+            self.map.ranks()
+        )
+    }
+
+    pub fn cast<T: Element>(v: &[f64]) -> Vec<T> {
+        v.iter().map(|&e| T::from_f32(e as f32)).collect()
+    }
+
+    /// The adapters as element-type buffers, owned.
+    pub fn weights<T: Element>(&self) -> Vec<(Vec<T>, Vec<T>)> {
+        self.adapters.iter().map(|a| (Self::cast(&a.a), Self::cast(&a.b))).collect()
+    }
+
+    /// Rows that no segment covers.
+    pub fn uncovered_rows(&self) -> Vec<usize> {
+        let mut covered = vec![false; self.map.num_rows()];
+        for &r in self.map.rows() {
+            covered[r as usize] = true;
+        }
+        (0..self.map.num_rows()).filter(|&r| !covered[r]).collect()
+    }
+}
+
+pub fn views<T>(owned: &[(Vec<T>, Vec<T>)]) -> Vec<LoraWeights<'_, T>> {
+    owned.iter().map(|(a, b)| LoraWeights { a, b }).collect()
+}
+
+pub fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|e| e.to_f32() as f64).collect()
+}
+
+/// The tolerance of the relative error for each element type.
+pub fn tolerance<T: Element>() -> f64 {
+    match T::DTYPE {
+        candle_core::DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+pub fn type_name<T: Element>() -> &'static str {
+    match T::DTYPE {
+        candle_core::DType::F32 => "f32",
+        candle_core::DType::BF16 => "bf16",
+        candle_core::DType::F16 => "f16",
+        _ => "?",
+    }
+}
+
+pub type Bf16 = bf16;
+pub type F16 = f16;

@@ -1,0 +1,200 @@
+//! The candle tensor API against the f64 reference, on every device this build supports
+//! (the CPU always; the first CUDA device with the `cuda` feature).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{rng, tolerance, type_name, Bf16, Case, F16};
+use openledger_kernels::reference::{self, relative_error};
+use openledger_kernels::{
+    lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments, Element, KernelError,
+    SegmentMap,
+};
+
+/// Random cases per check; `SGMV_CASES` lowers it for runs under compute-sanitizer.
+fn cases() -> usize {
+    std::env::var("SGMV_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(25)
+}
+
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Cpu];
+    if cfg!(feature = "cuda") {
+        d.push(Device::new_cuda(0).expect("a CUDA device (feature `cuda` is on)"));
+    }
+    d
+}
+
+fn tensor<T: Element>(v: &[f64], dims: &[usize], dev: &Device) -> Tensor {
+    let f: Vec<f32> = v.iter().map(|&e| e as f32).collect();
+    Tensor::from_vec(f, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(T::DTYPE)
+        .unwrap()
+        .to_device(dev)
+        .unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    let f: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    f.into_iter().map(f64::from).collect()
+}
+
+fn table<T: Element>(case: &Case, dev: &Device) -> AdapterTable {
+    let mut table = AdapterTable::new(dev, T::DTYPE, case.d_in, case.d_out, case.adapters.len());
+    for (slot, ad) in case.adapters.iter().enumerate() {
+        let a = tensor::<T>(&ad.a, &[ad.rank, case.d_in], dev);
+        let b = tensor::<T>(&ad.b, &[case.d_out, ad.rank], dev);
+        table.insert(slot as u32, &a, &b).unwrap();
+    }
+    table
+}
+
+fn check_lora_delta<T: Element>(dev: &Device, max_rows: usize) {
+    let mut rng = rng(&format!("tensor lora_delta {} on {dev:?}", type_name::<T>()));
+    for _ in 0..cases() {
+        let case = Case::random::<T>(&mut rng, max_rows);
+        let table = table::<T>(&case, dev);
+        let segments = BatchSegments::new(case.map.clone());
+        let rows = case.map.num_rows();
+        let x = tensor::<T>(&case.x, &[rows, case.d_in], dev);
+        let y = tensor::<T>(&case.y, &[rows, case.d_out], dev);
+        lora_delta(&x, &y, &segments, &table).unwrap();
+        let want = reference::lora_delta(
+            &case.x,
+            &case.y,
+            case.d_in,
+            case.d_out,
+            &case.map,
+            &case.adapters,
+        );
+        let got = values(&y);
+        let err = relative_error(&got, &want);
+        assert!(
+            err < tolerance::<T>(),
+            "relative error {err:e} on {dev:?} for {}",
+            case.describe()
+        );
+        for row in case.uncovered_rows() {
+            let r = row * case.d_out..(row + 1) * case.d_out;
+            assert_eq!(got[r.clone()], case.y[r], "row {row} has no adapter but changed");
+        }
+    }
+}
+
+fn check_shrink_expand<T: Element>(dev: &Device, max_rows: usize) {
+    let mut rng = rng(&format!("tensor shrink/expand {} on {dev:?}", type_name::<T>()));
+    for _ in 0..cases() {
+        let case = Case::random::<T>(&mut rng, max_rows);
+        let table = table::<T>(&case, dev);
+        let segments = BatchSegments::new(case.map.clone());
+        let rows = case.map.num_rows();
+        let x = tensor::<T>(&case.x, &[rows, case.d_in], dev);
+        // The shrink output is allocated NaN-filled by every backend, so an element left
+        // unwritten fails here; the reference has exact zeros beyond each rank.
+        let v = sgmv_shrink(&x, &segments, &table).unwrap();
+        let want_v = reference::shrink(&case.x, case.d_in, &case.map, &case.adapters);
+        let got_v = values(&v);
+        let err = relative_error(&got_v, &want_v);
+        assert!(err < 1e-5, "shrink relative error {err:e} on {dev:?} for {}", case.describe());
+        let y = tensor::<T>(&case.y, &[rows, case.d_out], dev);
+        sgmv_expand(&v, &y, &segments, &table).unwrap();
+        let want_y = reference::expand(&got_v, &case.y, case.d_out, &case.map, &case.adapters);
+        let err = relative_error(&values(&y), &want_y);
+        assert!(
+            err < tolerance::<T>(),
+            "expand relative error {err:e} on {dev:?} for {}",
+            case.describe()
+        );
+    }
+}
+
+#[test]
+fn lora_delta_matches_reference_on_every_device() {
+    for dev in devices() {
+        check_lora_delta::<f32>(&dev, 40);
+        check_lora_delta::<Bf16>(&dev, 40);
+        check_lora_delta::<F16>(&dev, 40);
+    }
+}
+
+#[test]
+fn long_segments_match_reference_on_every_device() {
+    for dev in devices() {
+        check_lora_delta::<Bf16>(&dev, 400);
+    }
+}
+
+#[test]
+fn shrink_and_expand_match_reference_on_every_device() {
+    for dev in devices() {
+        check_shrink_expand::<f32>(&dev, 40);
+        check_shrink_expand::<Bf16>(&dev, 40);
+    }
+}
+
+#[test]
+fn errors_name_the_tensor_and_the_problem() {
+    let dev = Device::Cpu;
+    let mut table = AdapterTable::new(&dev, DType::BF16, 8, 4, 2);
+    let a = Tensor::zeros((2, 8), DType::BF16, &dev).unwrap();
+    let b = Tensor::zeros((4, 2), DType::BF16, &dev).unwrap();
+    let err = table.insert(0, &a, &b.t().unwrap()).unwrap_err();
+    assert_eq!(err.to_string(), "lora_B of slot 0: expected shape [4, 2], got [2, 4]");
+    let err = table.insert(0, &a.to_dtype(DType::F32).unwrap(), &b).unwrap_err();
+    assert!(matches!(err, KernelError::DType { .. }), "{err}");
+    let err = table.insert(5, &a, &b).unwrap_err();
+    assert_eq!(err.to_string(), "slot 5 is out of range for an adapter table of 2 slots");
+    table.insert(0, &a, &b).unwrap();
+
+    let map =
+        SegmentMap::from_parts(3, vec![2, 0], vec![0, 2], vec![0], vec![2], vec![1.0]).unwrap();
+    let segments = BatchSegments::new(map);
+    let x = Tensor::zeros((3, 8), DType::BF16, &dev).unwrap();
+    let y = Tensor::zeros((3, 5), DType::BF16, &dev).unwrap();
+    let err = lora_delta(&x, &y, &segments, &table).unwrap_err();
+    assert_eq!(err.to_string(), "y: expected shape [3, 4], got [3, 5]");
+    let y = Tensor::zeros((3, 4), DType::BF16, &dev).unwrap();
+    let x_t = Tensor::zeros((8, 3), DType::BF16, &dev).unwrap().t().unwrap();
+    let err = lora_delta(&x_t, &y, &segments, &table).unwrap_err();
+    assert!(matches!(err, KernelError::NotContiguous { .. }), "{err}");
+
+    let wrong_rank =
+        SegmentMap::from_parts(3, vec![1], vec![0, 1], vec![0], vec![8], vec![1.0]).unwrap();
+    let err = lora_delta(&x, &y, &BatchSegments::new(wrong_rank), &table).unwrap_err();
+    assert!(matches!(err, KernelError::RankMismatch { expected: 8, actual: 2, .. }), "{err}");
+    let empty_slot =
+        SegmentMap::from_parts(3, vec![1], vec![0, 1], vec![1], vec![2], vec![1.0]).unwrap();
+    let err = lora_delta(&x, &y, &BatchSegments::new(empty_slot), &table).unwrap_err();
+    assert!(matches!(err, KernelError::EmptySlot { slot: 1, .. }), "{err}");
+}
+
+/// Calls from many rayon tasks at once all succeed and agree bit for bit with a call made
+/// alone (the CPU workspace is per thread and taken out for the call, so a worker that picks
+/// up another call while waiting inside one does not find it borrowed).
+#[test]
+fn concurrent_calls_from_rayon_tasks_agree() {
+    use rayon::prelude::*;
+    let mut rng = rng("concurrent calls");
+    let case = loop {
+        let c = Case::random::<Bf16>(&mut rng, 200);
+        if c.map.num_tokens() >= 32 && c.d_in >= 100 && c.d_out >= 100 {
+            break c;
+        }
+    };
+    let dev = Device::Cpu;
+    let table = table::<Bf16>(&case, &dev);
+    let segments = BatchSegments::new(case.map.clone());
+    let rows = case.map.num_rows();
+    let x = tensor::<Bf16>(&case.x, &[rows, case.d_in], &dev);
+    let alone = tensor::<Bf16>(&case.y, &[rows, case.d_out], &dev);
+    lora_delta(&x, &alone, &segments, &table).unwrap();
+    let want = values(&alone);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    pool.install(|| {
+        (0..64).into_par_iter().for_each(|_| {
+            let y = tensor::<Bf16>(&case.y, &[rows, case.d_out], &dev);
+            lora_delta(&x, &y, &segments, &table).unwrap();
+            assert_eq!(values(&y), want, "a concurrent call differs ({})", case.describe());
+        })
+    });
+}

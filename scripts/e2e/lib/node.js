@@ -1,0 +1,106 @@
+// Starts a real `openledger-node --dev --tmp` on free loopback ports for a test, and stops it.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** Path of the node binary: $OPENLEDGER_NODE, or the release build in CARGO_TARGET_DIR. */
+export function nodeBinary() {
+  if (process.env.OPENLEDGER_NODE) return process.env.OPENLEDGER_NODE;
+  const target = process.env.CARGO_TARGET_DIR || path.join(os.homedir(), '.cache/openledger/target');
+  const bin = path.join(target, 'release', 'openledger-node');
+  if (!existsSync(bin)) {
+    throw new Error(`openledger-node not found at ${bin}: build it (scripts/test.sh does) or set OPENLEDGER_NODE`);
+  }
+  return bin;
+}
+
+/** A TCP port that is free on 127.0.0.1 right now. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function rpcReady(url, deadline) {
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ id: 1, jsonrpc: '2.0', method: 'system_health', params: [] }),
+      });
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`node RPC at ${url} not ready in time`);
+}
+
+/**
+ * Starts a dev node. Returns { wsUrl, httpUrl, stop(), logs() }.
+ * Extra CLI arguments may be passed in `args`.
+ */
+export async function startDevNode({ args = [], timeoutMs = 60_000 } = {}) {
+  const rpcPort = await freePort();
+  const p2pPort = await freePort();
+  const promPort = await freePort();
+  const child = spawn(
+    nodeBinary(),
+    [
+      '--dev', '--tmp',
+      '--rpc-port', String(rpcPort),
+      '--port', String(p2pPort),
+      '--prometheus-port', String(promPort),
+      '--no-mdns', '--no-telemetry',
+      '--listen-addr', `/ip4/127.0.0.1/tcp/${p2pPort}`,
+      ...args,
+    ],
+    { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let output = '';
+  const keep = (chunk) => {
+    output += chunk.toString();
+    if (output.length > 200_000) output = output.slice(-100_000);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+
+  const httpUrl = `http://127.0.0.1:${rpcPort}`;
+  try {
+    await Promise.race([
+      rpcReady(httpUrl, Date.now() + timeoutMs),
+      exited.then(({ code }) => { throw new Error(`node exited early with ${code}:\n${output.slice(-4000)}`); }),
+    ]);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+
+  return {
+    wsUrl: `ws://127.0.0.1:${rpcPort}`,
+    httpUrl,
+    prometheusUrl: `http://127.0.0.1:${promPort}/metrics`,
+    logs: () => output,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGINT');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, the Rust tests (pallets, runtime, a real node
+# process), and the polkadot.js end-to-end suite against a real node.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+
+secs() { date +%s; }
+t0=$(secs)
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== build (release profile, shared by node and tests)"
+bash scripts/build.sh
+t1=$(secs)
+
+echo "== cargo test"
+cargo test --release --locked --workspace
+
+echo "== polkadot.js end-to-end suite"
+(cd scripts/e2e && node --test --test-concurrency=1 tests/)
+t2=$(secs)
+
+echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, total: $((t2 - t0)) s"
