@@ -24,7 +24,8 @@
 //!    of up to [`Config::MaxReceiptsPerBatch`]. Each valid receipt settles its job: the charge
 //!    `min(escrow, ceil((input_tokens + output_tokens) * price_per_1k / 1000))` goes through
 //!    [`Config::Settlement`], the rest of the escrow is released back to the user, and
-//!    [`Event::JobSettled`] is emitted. A receipt may come before the acknowledgement.
+//!    [`Event::JobSettled`] is emitted. A receipt may come before the acknowledgement (within the
+//!    acknowledgement deadline); a receipt after the job's current deadline is rejected.
 //! 4. After its deadline, anyone may call [`Pallet::expire`]: the whole escrow is released to the
 //!    user, the provider's bond is slashed to the user and its reputation drops
 //!    ([`Event::JobExpired`]).
