@@ -252,3 +252,30 @@ fn receipt_of_a_vanished_provider_is_rejected() {
         assert_ok!(settle(vec![valid]));
     });
 }
+
+/// Settling a receipt writes the same storage keys whether one or a hundred jobs are open:
+/// nothing is scanned, so the per-receipt weight does not grow with the marketplace.
+#[test]
+fn receipt_writes_a_constant_number_of_keys() {
+    let keys_written = |open_jobs: usize| {
+        let mut ext = new_test_ext();
+        let job = ext.execute_with(|| {
+            register(P1, &[3], 10, 1_000);
+            let jobs: Vec<_> = (0..open_jobs).map(|_| submit(ALICE, 1, 1_000, 100)).collect();
+            jobs[open_jobs / 2]
+        });
+        ext.commit_all().unwrap();
+        ext.execute_with(|| {
+            assert_ok!(settle(vec![receipt(job, 10, 10)]));
+            check_invariants();
+        });
+        let written: Vec<_> =
+            ext.overlayed_changes().changes().map(|(key, _)| key.clone()).collect();
+        written.len()
+    };
+    let one = keys_written(1);
+    assert_eq!(one, keys_written(100));
+    // Job, two index entries, total escrow, provider state, the user's hold and account, the
+    // provider's account, and the event log.
+    assert!(one <= 11, "{one} keys written");
+}
