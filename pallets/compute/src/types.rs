@@ -167,6 +167,7 @@ pub struct ProviderInfo<T: Config> {
     pub reputation_now: Reputation,
     /// Adapters its worker reported hot in its last heartbeat.
     pub hot_adapters: BoundedVec<openledger_primitives::market::AdapterId, T::MaxHotAdapters>,
-    /// Whether it would be matched to a job now (given the base model and price).
+    /// Whether it can be assigned a job now (active, fresh heartbeat, bond, a free slot);
+    /// matching also needs its price to fit the job's budget.
     pub eligible: bool,
 }
