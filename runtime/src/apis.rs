@@ -19,6 +19,7 @@ use sp_version::RuntimeVersion;
 use super::{
     AccountId, Aura, Balance, Block, Executive, Grandpa, InherentDataExt, Nonce, Runtime,
     RuntimeCall, RuntimeGenesisConfig, SessionKeys, System, TransactionPayment, VERSION,
+    BlockNumber, Compute, Jobs,
 };
 
 impl_runtime_apis! {
@@ -144,6 +145,53 @@ impl_runtime_apis! {
             _authority_id: GrandpaId,
         ) -> Option<sp_consensus_grandpa::OpaqueKeyOwnershipProof> {
             None
+        }
+    }
+
+    impl pallet_compute_runtime_api::ComputeApi<Block, AccountId, pallet_compute::ProviderInfo<Runtime>>
+        for Runtime
+    {
+        fn provider(who: AccountId) -> Option<pallet_compute::ProviderInfo<Runtime>> {
+            Compute::provider_info(&who)
+        }
+
+        fn providers_for_model(
+            model: openledger_primitives::market::BaseModelId,
+        ) -> alloc::vec::Vec<AccountId> {
+            pallet_compute::ProvidersByModel::<Runtime>::get(model).into_inner()
+        }
+    }
+
+    impl pallet_jobs_runtime_api::JobsApi<
+        Block,
+        AccountId,
+        BlockNumber,
+        pallet_jobs::JobStatus<Runtime>,
+        pallet_jobs::Quote<Runtime>,
+    > for Runtime {
+        fn job_status(job: openledger_primitives::market::JobId) -> pallet_jobs::JobStatus<Runtime> {
+            Jobs::job_status(job)
+        }
+
+        fn jobs_of_provider(
+            provider: AccountId,
+            limit: u32,
+        ) -> alloc::vec::Vec<openledger_primitives::market::JobId> {
+            Jobs::jobs_of_provider(&provider, limit)
+        }
+
+        fn jobs_due_at(
+            block: BlockNumber,
+            limit: u32,
+        ) -> alloc::vec::Vec<openledger_primitives::market::JobId> {
+            Jobs::jobs_due_at(block, limit)
+        }
+
+        fn quote(
+            adapter: openledger_primitives::market::AdapterId,
+            max_output_tokens: u32,
+        ) -> Option<pallet_jobs::Quote<Runtime>> {
+            Jobs::quote(adapter, max_output_tokens)
         }
     }
 

@@ -14,6 +14,8 @@ frame_benchmarking::define_benchmarks!(
     [pallet_timestamp, Timestamp]
     [pallet_sudo, Sudo]
     [pallet_utility, Utility]
+    [pallet_compute, Compute]
+    [pallet_jobs, Jobs]
 );
 
 use frame_benchmarking::baseline::Pallet as BaselineBench;

@@ -143,3 +143,72 @@ impl pallet_utility::Config for Runtime {
     type PalletsOrigin = OriginCaller;
     type WeightInfo = pallet_utility::weights::SubstrateWeight<Runtime>;
 }
+
+// ---- Marketplace: GPU providers and inference jobs. ----
+
+use super::{Compute, DAYS, MINUTES};
+#[cfg(feature = "runtime-benchmarks")]
+use openledger_primitives::market::AdapterId;
+use openledger_primitives::market::BaseModelId;
+
+parameter_types! {
+    /// Base model every adapter runs on until `pallet-attribution` registers adapters.
+    pub const DefaultBaseModel: BaseModelId = 0;
+    /// A provider loses 10% of its bond, to the user, per job it lets expire.
+    pub const ProviderSlashFraction: Perbill = Perbill::from_percent(10);
+}
+
+impl pallet_compute::Config for Runtime {
+    type Currency = Balances;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type MinProviderBond = frame_support::traits::ConstU128<{ 1_000 * token::OPEN }>;
+    type UnbondingPeriod = ConstU32<{ 7 * DAYS }>;
+    type HeartbeatTimeout = ConstU32<{ 2 * MINUTES }>;
+    type SlashFraction = ProviderSlashFraction;
+    type ReputationReward = ConstU32<1_000>;
+    type ReputationPenalty = ConstU32<25_000>;
+    type ReputationHalfLife = ConstU32<{ 7 * DAYS }>;
+    type MaxProvidersPerModel = ConstU32<64>;
+    type MaxBaseModels = ConstU32<8>;
+    type MaxHotAdapters = ConstU32<64>;
+    type MaxGpuNameLen = ConstU32<64>;
+    type MaxPeerIdLen = ConstU32<64>;
+    type MaxMultiaddrs = ConstU32<8>;
+    type MaxMultiaddrLen = ConstU32<128>;
+    type WeightInfo = pallet_compute::weights::SubstrateWeight<Runtime>;
+}
+
+impl pallet_jobs::Config for Runtime {
+    type Currency = Balances;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Providers = Compute;
+    type Adapters = pallet_jobs::AnyAdapterOn<DefaultBaseModel>;
+    type Settlement = pallet_jobs::PayProvider<Balances>;
+    type Randomness = pallet_jobs::ParentHashRandomness<Runtime>;
+    type AckTimeout = ConstU32<{ MINUTES }>;
+    type JobTimeout = ConstU32<{ 10 * MINUTES }>;
+    type MaxReceiptsPerBatch = ConstU32<512>;
+    type MaxPeerIdLen = ConstU32<64>;
+    type WeightInfo = pallet_jobs::weights::SubstrateWeight<Runtime>;
+    #[cfg(feature = "runtime-benchmarks")]
+    type BenchmarkHelper = JobsBenchmarkHelper;
+}
+
+/// Registers benchmark providers through `pallet-compute` for `pallet-jobs`' benchmarks.
+#[cfg(feature = "runtime-benchmarks")]
+pub struct JobsBenchmarkHelper;
+
+#[cfg(feature = "runtime-benchmarks")]
+impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
+    fn adapter() -> AdapterId {
+        0
+    }
+
+    fn provider(who: &AccountId, worker_key: sp_core::ed25519::Public, _adapter: AdapterId) {
+        pallet_compute::benchmarking::register_eligible::<Runtime>(
+            who,
+            worker_key,
+            DefaultBaseModel::get(),
+        );
+    }
+}

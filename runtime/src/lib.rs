@@ -165,6 +165,12 @@ mod runtime {
 
     #[runtime::pallet_index(7)]
     pub type Utility = pallet_utility;
+
+    #[runtime::pallet_index(8)]
+    pub type Compute = pallet_compute;
+
+    #[runtime::pallet_index(9)]
+    pub type Jobs = pallet_jobs;
 }
 
 #[cfg(test)]
