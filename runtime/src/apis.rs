@@ -17,9 +17,9 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Aura, Balance, Block, Executive, Grandpa, InherentDataExt, Nonce, Runtime,
-    RuntimeCall, RuntimeGenesisConfig, SessionKeys, System, TransactionPayment, VERSION,
-    BlockNumber, Compute, Jobs,
+    AccountId, Aura, Balance, Block, BlockNumber, Compute, Executive, Grandpa, InherentDataExt,
+    Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
+    TransactionPayment, VERSION,
 };
 
 impl_runtime_apis! {
