@@ -8,3 +8,6 @@ if ! rustup target list --installed 2>/dev/null | grep -qx 'wasm32v1-none'; then
 fi
 OPENLEDGER_NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
 export OPENLEDGER_NODE="${OPENLEDGER_NODE:-$OPENLEDGER_NODE_BIN}"
+# The runtime's WASM build looks for Cargo.lock above its output folder; the target folder
+# lives outside the clone, so point it at this workspace (its lockfile pins the blob's deps).
+export WASM_BUILD_WORKSPACE_HINT="${WASM_BUILD_WORKSPACE_HINT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"

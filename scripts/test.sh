@@ -17,7 +17,7 @@ bash scripts/build.sh
 t1=$(secs)
 
 echo "== cargo test"
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace --no-fail-fast
 
 echo "== polkadot.js end-to-end suite"
 (cd scripts/e2e && node --test --test-concurrency=1 tests/)

@@ -32,7 +32,6 @@ impl DevNode {
         let child = Command::new(NODE)
             .args(["--dev", "--tmp", "--no-mdns", "--no-telemetry"])
             .args(["--rpc-port", &rpc_port.to_string()])
-            .args(["--port", &p2p_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
             .args(["--prometheus-port", &prom_port.to_string()])
             .stdout(Stdio::null())

@@ -62,7 +62,6 @@ export async function startDevNode({ args = [], timeoutMs = 60_000 } = {}) {
     [
       '--dev', '--tmp',
       '--rpc-port', String(rpcPort),
-      '--port', String(p2pPort),
       '--prometheus-port', String(promPort),
       '--no-mdns', '--no-telemetry',
       '--listen-addr', `/ip4/127.0.0.1/tcp/${p2pPort}`,

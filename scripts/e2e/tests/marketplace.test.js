@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomAsU8a, ed25519PairFromSeed, blake2AsU8a } from '@polkadot/util-crypto';
-import { u8aToHex } from '@polkadot/util';
+import { stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
 import { signReceipt } from '../lib/receipt.js';
@@ -51,8 +51,8 @@ describe('GPU marketplace through polkadot.js', () => {
 
   const terms = () => ({
     spec: { model: 'NVIDIA H100 80GB HBM3', memoryGib: 80, gpuCount: 1, bf16Tflops: 760 },
-    region: 'EU',
-    endpoint: { peerId: randomAsU8a(38), multiaddrs: ['/ip4/127.0.0.1/tcp/4001'] },
+    region: u8aToHex(stringToU8a('EU')),
+    endpoint: { peerId: u8aToHex(randomAsU8a(38)), multiaddrs: [u8aToHex(stringToU8a('/ip4/127.0.0.1/tcp/4001'))] },
     workerKey: u8aToHex(worker.publicKey),
     workerAccount: keys.charlie.address,
     baseModels: [0],
@@ -80,13 +80,16 @@ describe('GPU marketplace through polkadot.js', () => {
   test('no provider available: a job whose fee limit is below every price is refused, nothing held', async () => {
     const { dave } = keys;
     const before = await account(api, dave.address);
-    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 1_000, 1n, randomAsU8a(38));
+    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 1_000, 1n, u8aToHex(randomAsU8a(38)));
+    let failure;
     await assert.rejects(sendAndWait(api, tx, dave), (e) => {
       assert.equal(e.dispatchError, 'jobs.NoProviderAvailable');
+      failure = e;
       return true;
     });
-    const after = await account(api, dave.address);
+    const after = await account(api, dave.address, failure.blockHash);
     assert.equal(after.reserved, before.reserved);
+    assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
   });
 
   test('insufficient balance: a job whose escrow exceeds the balance is refused, nothing held', async () => {
@@ -97,14 +100,16 @@ describe('GPU marketplace through polkadot.js', () => {
     const user = kr.addFromUri(`//poor-${Date.now()}`);
     await sendAndWait(api, api.tx.balances.transferKeepAlive(user.address, OPEN), alice);
     const before = await account(api, user.address);
-    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 100, 50n * OPEN, poor.publicKey);
+    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 100, 50n * OPEN, u8aToHex(poor.publicKey));
+    let failure;
     await assert.rejects(sendAndWait(api, tx, user), (e) => {
       assert.match(e.dispatchError, /FundsUnavailable|InsufficientBalance/);
+      failure = e;
       return true;
     });
-    const after = await account(api, user.address);
+    const after = await account(api, user.address, failure.blockHash);
     assert.equal(after.reserved, 0n);
-    assert.ok(before.free - after.free < MILLI, 'only the transaction fee was paid');
+    assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
   });
 
   test('submit, acknowledge and settle with a JS-signed receipt: every payee gets exactly its share', async () => {
@@ -113,7 +118,7 @@ describe('GPU marketplace through polkadot.js', () => {
     const inputHash = blake2AsU8a('What is OpenLedger?');
 
     const aliceBefore = await account(api, alice.address);
-    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, inputHash, 256, maxFee, randomAsU8a(38)), alice);
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, inputHash, 256, maxFee, u8aToHex(randomAsU8a(38))), alice);
     const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
     assert.equal(assigned.provider.toString(), bob.address);
     assert.equal(assigned.escrow.toBigInt(), maxFee);
@@ -166,7 +171,7 @@ describe('GPU marketplace through polkadot.js', () => {
   test('a job without a receipt by its deadline expires: full refund and the bond slash go to the user', async () => {
     const { ferdie, eve, bob } = keys;
     const maxFee = OPEN / 2n;
-    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('late'), 64, maxFee, randomAsU8a(38)), ferdie);
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('late'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
     const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
     const job = assigned.job.toNumber();
     const deadline = assigned.deadline.toNumber();
