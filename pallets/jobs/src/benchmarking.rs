@@ -7,7 +7,10 @@
 use super::*;
 use crate::Pallet as Jobs;
 use frame_benchmarking::v2::*;
-use frame_support::{pallet_prelude::*, traits::fungible::Mutate};
+use frame_support::{
+    pallet_prelude::*,
+    traits::fungible::{Inspect, Mutate},
+};
 use frame_system::{pallet_prelude::BlockNumberFor, RawOrigin};
 use openledger_primitives::market::{AdapterId, JobId};
 use sp_core::{crypto::KeyTypeId, ed25519, H256};
@@ -29,7 +32,12 @@ const KEY_TYPE: KeyTypeId = KeyTypeId(*b"olrc");
 
 fn funded<T: Config>(name: &'static str, index: u32) -> T::AccountId {
     let who: T::AccountId = account(name, index, 0);
-    T::Currency::set_balance(&who, budget::<T>().saturating_mul(10_000u32.into()));
+    // Enough for many job budgets, and never below the existential deposit, whatever the
+    // runtime's units.
+    let funds = budget::<T>()
+        .saturating_mul(10_000u32.into())
+        .saturating_add(T::Currency::minimum_balance().saturating_mul(1_000u32.into()));
+    T::Currency::set_balance(&who, funds);
     who
 }
 
