@@ -1,5 +1,5 @@
-// Waits until this node's best or finalized height has grown by N blocks from when the
-// script started; returns the growth observed (zombienet compares it with the target).
+// Waits until this node's best or finalized height has grown by N blocks from the first head
+// it reports; returns the growth observed (zombienet compares it with the target).
 // args: "best,N" or "finalized,N" (zombienet splits the string on commas).
 async function run(nodeName, networkInfo, args) {
   const [which, wanted] = args.length > 1 ? args : String(args[0]).split(',');
@@ -9,19 +9,22 @@ async function run(nodeName, networkInfo, args) {
   }
   const { wsUri, userDefinedTypes } = networkInfo.nodesByName[nodeName];
   const api = await zombie.connect(wsUri, userDefinedTypes);
-  const height = async () => {
-    const hash = which === 'finalized' ? await api.rpc.chain.getFinalizedHead() : undefined;
-    const header = await api.rpc.chain.getHeader(hash);
-    return header.number.toNumber();
-  };
-  const start = await height();
-  let now = start;
-  while (now - start < target) {
-    await new Promise((r) => setTimeout(r, 1000));
-    now = await height();
-  }
+  const subscribe = which === 'finalized' ? api.rpc.chain.subscribeFinalizedHeads : api.rpc.chain.subscribeNewHeads;
+  // Subscriptions, not polling: repeated identical queries may be answered from a cache.
+  const growth = await new Promise((resolve, reject) => {
+    let start = null;
+    let unsub = null;
+    subscribe((header) => {
+      const n = header.number.toNumber();
+      if (start === null) start = n;
+      if (n - start >= target) {
+        if (unsub) unsub();
+        resolve(n - start);
+      }
+    }).then((u) => { unsub = u; }, reject);
+  });
   await api.disconnect();
-  return now - start;
+  return growth;
 }
 
 module.exports = { run };
