@@ -5,6 +5,7 @@
 //! each row's adapter delta through the kernels crate's SGMV; attention reads each sequence's
 //! paged KV blocks. A request's output never depends on which others share its batch.
 
+mod adapter_cache;
 mod adapters;
 mod attention;
 mod config;
@@ -12,6 +13,8 @@ mod error;
 mod gguf;
 mod kv_cache;
 mod model;
+mod sampling;
+mod scheduler;
 mod weights;
 
 pub use adapters::{LoraAdapter, LoraSlots};
@@ -19,3 +22,9 @@ pub use config::{ModelConfig, Projection, RopeStyle};
 pub use error::{EngineError, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::{Model, SeqChunk};
+pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
+pub use sampling::SamplingParams;
+pub use scheduler::{
+    load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,
+    StepReport, StreamEvent,
+};
