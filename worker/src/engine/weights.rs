@@ -25,11 +25,47 @@ impl Linear {
     /// shapes fix: a request's result does not depend on the rows batched with it.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match self {
+            Linear::Dense(w) if w.device().is_cpu() => dense_cpu(x, w)?,
             Linear::Dense(w) => x.matmul(&w.t()?)?,
             Linear::Quantized(q) => QMatMul::QTensor(q.clone()).forward(x)?,
         };
         Ok(y.contiguous()?)
     }
+}
+
+/// `x @ w^T` on the CPU, one row at a time with a fixed reduction order: a BLAS-style gemm
+/// picks its blocking from the number of rows, which would make a request's bits depend on
+/// how many others share its batch.
+fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (rows, d_in) = x.dims2()?;
+    let d_out = w.dim(0)?;
+    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let w = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; rows * d_out];
+    const OUT_TILE: usize = 64;
+    y.par_chunks_mut(d_out).zip(x.par_chunks(d_in)).for_each(|(y_row, x_row)| {
+        y_row.par_chunks_mut(OUT_TILE).enumerate().for_each(|(t, ys)| {
+            for (j, yv) in ys.iter_mut().enumerate() {
+                let o = t * OUT_TILE + j;
+                *yv = dot(x_row, &w[o * d_in..(o + 1) * d_in]);
+            }
+        });
+    });
+    Ok(Tensor::from_vec(y, (rows, d_out), &Device::Cpu)?)
+}
+
+/// Dot product with eight independent accumulators (vectorizes; order fixed by length).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Weights of one decoder layer.
