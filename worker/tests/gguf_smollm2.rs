@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use openledger_worker::engine::{
-    Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, SamplingParams,
+    BlockTable, Engine, EngineConfig, KvCache, KvCacheConfig, LoraSlots, SeqChunk, FinishReason, GenerationRequest, ModelSource, SamplingParams,
     StreamEvent,
 };
 
@@ -56,4 +56,42 @@ fn smollm2_q4_1_generates_deterministic_text() {
     assert!(text.contains("Paris"), "a working model names Paris: {text:?}");
     let again = generate(&mut engine, prompt);
     assert_eq!((ids, text), (again.0, again.1));
+}
+
+#[test]
+fn quantized_logits_are_bitwise_identical_alone_and_batched() {
+    let Some(path) = model_path() else { return };
+    let engine =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let model = engine.model();
+    let cfg = model.config();
+    let lora = LoraSlots::new(cfg, &Device::Cpu, 1);
+    let ids = |s: &str| engine.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
+    let (a, b) = (ids("The quick brown fox jumps"), ids("Once upon a time in a land far away, there"));
+    let run = |seqs: &[&[u32]]| {
+        let mut cache = KvCache::new(
+            KvCacheConfig { block_size: 16, num_blocks: 8 },
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
+        let tables: Vec<BlockTable> = seqs
+            .iter()
+            .map(|s| {
+                let mut t = BlockTable::default();
+                cache.reserve(&mut t, s.len()).unwrap();
+                t
+            })
+            .collect();
+        let chunks: Vec<SeqChunk<'_>> = seqs
+            .iter()
+            .zip(&tables)
+            .map(|(s, t)| SeqChunk { tokens: s, table: t, start: 0, adapter: None })
+            .collect();
+        model.forward(&chunks, &mut cache, &lora).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let alone = run(&[&a]);
+    let batched = run(&[&b, &a]);
+    assert!(alone[0].iter().zip(&batched[1]).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_ne!(batched[0], batched[1]);
 }
