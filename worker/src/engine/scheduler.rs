@@ -96,6 +96,8 @@ struct Sequence {
     sampler: Sampler,
     tx: Sender<StreamEvent>,
     emitted: usize,
+    /// Bytes of the decoded text already streamed.
+    sent: usize,
 }
 
 struct Pending {
@@ -344,30 +346,30 @@ impl Engine {
                 sampler: Sampler::new(p.params),
                 tx: p.tx,
                 emitted: 0,
+                sent: 0,
             });
         }
         Ok(())
     }
 
-    /// Streams sequence `i`'s new text; returns why it finished, if it did.
+    /// Streams sequence `i`'s new token and text; returns why it finished, if it did.
+    ///
+    /// Text that could still become a stop string, or an incomplete UTF-8 character, is
+    /// held back until the next token settles it.
     fn emit(&mut self, i: usize) -> Option<FinishReason> {
         let max_pos = self.model.config().max_position;
         let eos = &self.model.config().eos_token_ids;
         let s = &mut self.running[i];
         let generated = &s.tokens[s.prompt_len..];
-        let Some(&last) = generated.last() else { return None };
+        let &last = generated.last()?;
         if generated.len() <= s.emitted {
             return None;
         }
+        s.emitted = generated.len();
         let params = s.sampler.params();
         let text = self.tokenizer.decode(generated, true).unwrap_or_default();
-        let prev = if s.emitted == 0 {
-            String::new()
-        } else {
-            self.tokenizer.decode(&generated[..s.emitted], true).unwrap_or_default()
-        };
-        s.emitted = generated.len();
-        let stop_at = params.stop.iter().filter(|p| !p.is_empty()).filter_map(|p| text.find(p.as_str())).min();
+        let stop_at =
+            params.stop.iter().filter(|p| !p.is_empty()).filter_map(|p| text.find(p.as_str())).min();
         let reason = if stop_at.is_some() {
             Some(FinishReason::Stop)
         } else if eos.contains(&last) {
@@ -377,12 +379,25 @@ impl Engine {
         } else {
             None
         };
-        let end = stop_at.unwrap_or(text.len());
-        let new = if text.starts_with(&prev) && end >= prev.len() {
-            text[prev.len()..end].to_string()
-        } else {
-            String::new()
+        let mut end = match (reason, stop_at) {
+            (_, Some(at)) => at,
+            (Some(_), None) => text.len(),
+            (None, None) => {
+                let hold = params.stop.iter().map(|p| p.chars().count()).max().unwrap_or(1);
+                let keep = text.char_indices().rev().nth(hold.saturating_sub(1)).map(|(b, _)| b);
+                let mut end = if hold > 1 { keep.unwrap_or(0) } else { text.len() };
+                if text[..end].ends_with('\u{FFFD}') {
+                    end -= '\u{FFFD}'.len_utf8();
+                }
+                end
+            },
         };
+        end = end.max(s.sent.min(text.len()));
+        let new = match text.get(s.sent..end) {
+            Some(new) => new.to_string(),
+            None => String::new(),
+        };
+        s.sent = end;
         let _ = s.tx.send(StreamEvent::Token { id: last, text: new });
         reason
     }
