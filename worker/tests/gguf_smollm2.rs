@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use openledger_worker::engine::{
-    BlockTable, Engine, EngineConfig, KvCache, KvCacheConfig, LoraSlots, SeqChunk, FinishReason, GenerationRequest, ModelSource, SamplingParams,
-    StreamEvent,
+    BlockTable, Engine, EngineConfig, FinishReason, GenerationRequest, KvCache, KvCacheConfig,
+    LoraSlots, ModelSource, SamplingParams, SeqChunk, StreamEvent,
 };
 
 /// `OPENLEDGER_MODEL` or the path fetch-model.sh extracts to.
@@ -49,7 +49,8 @@ fn smollm2_q4_1_generates_deterministic_text() {
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let cfg = engine.model().config().clone();
     assert_eq!((cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads), (30, 576, 9, 3));
-    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let (ids, text, reason) = generate(&mut engine, prompt);
     eprintln!("generated {:?} ({reason:?}): {text:?}", ids.len());
     assert!(!text.trim().is_empty(), "empty text, tokens {ids:?}");
@@ -67,7 +68,8 @@ fn quantized_logits_are_bitwise_identical_alone_and_batched() {
     let cfg = model.config();
     let lora = LoraSlots::new(cfg, &Device::Cpu, 1);
     let ids = |s: &str| engine.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
-    let (a, b) = (ids("The quick brown fox jumps"), ids("Once upon a time in a land far away, there"));
+    let (a, b) =
+        (ids("The quick brown fox jumps"), ids("Once upon a time in a land far away, there"));
     let run = |seqs: &[&[u32]]| {
         let mut cache = KvCache::new(
             KvCacheConfig { block_size: 16, num_blocks: 8 },

@@ -21,7 +21,12 @@ struct Seq {
 /// the logits rows of sequence 0 at every step.
 fn run(model: &Model, lora: &LoraSlots, seqs: &mut [Seq]) -> Vec<Vec<f32>> {
     let cfg = model.config();
-    let mut cache = KvCache::new(KvCacheConfig { block_size: 4, num_blocks: 64 }, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
+    let mut cache = KvCache::new(
+        KvCacheConfig { block_size: 4, num_blocks: 64 },
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
     for s in seqs.iter_mut() {
         cache.reserve(&mut s.table, s.tokens.len()).unwrap();
     }
@@ -37,7 +42,12 @@ fn run(model: &Model, lora: &LoraSlots, seqs: &mut [Seq]) -> Vec<Vec<f32>> {
             .iter()
             .map(|&(i, n)| {
                 let s = &seqs[i];
-                SeqChunk { tokens: &s.tokens[s.done..s.done + n], table: &s.table, start: s.done, adapter: s.slot }
+                SeqChunk {
+                    tokens: &s.tokens[s.done..s.done + n],
+                    table: &s.table,
+                    start: s.done,
+                    adapter: s.slot,
+                }
             })
             .collect();
         let logits = model.forward(&chunks, &mut cache, lora).unwrap().to_vec2::<f32>().unwrap();
@@ -62,8 +72,18 @@ fn logits_are_bitwise_identical_alone_and_batched() {
     let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4);
     let specs = [
         AdapterSpec { r: 8, alpha: 16.0, rslora: false, targets: &Projection::ALL },
-        AdapterSpec { r: 3, alpha: 3.0, rslora: false, targets: &[Projection::Q, Projection::Down] },
-        AdapterSpec { r: 16, alpha: 8.0, rslora: true, targets: &[Projection::K, Projection::O, Projection::Gate] },
+        AdapterSpec {
+            r: 3,
+            alpha: 3.0,
+            rslora: false,
+            targets: &[Projection::Q, Projection::Down],
+        },
+        AdapterSpec {
+            r: 16,
+            alpha: 8.0,
+            rslora: true,
+            targets: &[Projection::K, Projection::O, Projection::Gate],
+        },
     ];
     for (i, spec) in specs.iter().enumerate() {
         let a = write_adapter(&dir.path().join(format!("a{i}")), &cfg, spec, 20 + i as u64);
@@ -114,23 +134,48 @@ fn collect(rx: std::sync::mpsc::Receiver<StreamEvent>) -> (Vec<u32>, String) {
 fn engine_streams_identical_tokens_alone_and_batched() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model(dir.path(), 4);
-    let a = write_adapter(&dir.path().join("a"), &cfg, &AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL }, 5);
-    let b = write_adapter(&dir.path().join("b"), &cfg, &AdapterSpec { r: 12, alpha: 12.0, rslora: false, targets: &[Projection::V, Projection::Up] }, 6);
+    let a = write_adapter(
+        &dir.path().join("a"),
+        &cfg,
+        &AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL },
+        5,
+    );
+    let b = write_adapter(
+        &dir.path().join("b"),
+        &cfg,
+        &AdapterSpec {
+            r: 12,
+            alpha: 12.0,
+            rslora: false,
+            targets: &[Projection::V, Projection::Up],
+        },
+        6,
+    );
     let config = EngineConfig { max_batch_tokens: 16, ..Default::default() };
-    let mut engine = Engine::load(&ModelSource::HuggingFace(dir.path().into()), config, &Device::Cpu).unwrap();
+    let mut engine =
+        Engine::load(&ModelSource::HuggingFace(dir.path().into()), config, &Device::Cpu).unwrap();
     engine.register_adapter("a", &a).unwrap();
     engine.register_adapter("b", &b).unwrap();
     let req = |prompt: &str, adapter: Option<&str>, seed: u64| GenerationRequest {
         prompt: prompt.into(),
         adapter: adapter.map(String::from),
-        params: SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 50, seed, max_tokens: 12, stop: vec![] },
+        params: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 50,
+            seed,
+            max_tokens: 12,
+            stop: vec![],
+        },
     };
     let (_, rx) = engine.submit(req("hello there, adapter", Some("a"), 9)).unwrap();
     engine.run_until_idle().unwrap();
     let alone = collect(rx);
     assert_eq!(alone.0.len(), 12);
 
-    let (_, r1) = engine.submit(req("a much longer prompt that needs several prefill chunks", Some("b"), 1)).unwrap();
+    let (_, r1) = engine
+        .submit(req("a much longer prompt that needs several prefill chunks", Some("b"), 1))
+        .unwrap();
     let (_, rx) = engine.submit(req("hello there, adapter", Some("a"), 9)).unwrap();
     let (_, r3) = engine.submit(req("x", None, 2)).unwrap();
     engine.step().unwrap();

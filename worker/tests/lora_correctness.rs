@@ -30,7 +30,9 @@ fn load(path: &Path) -> HashMap<String, Mat> {
 
 /// `x @ w^T` with `w` `[out][in]`.
 fn linear(x: &Mat, w: &Mat) -> Mat {
-    x.iter().map(|r| w.iter().map(|wr| r.iter().zip(wr).map(|(a, b)| a * b).sum()).collect()).collect()
+    x.iter()
+        .map(|r| w.iter().map(|wr| r.iter().zip(wr).map(|(a, b)| a * b).sum()).collect())
+        .collect()
 }
 
 fn rms_norm(x: &Mat, w: &[f64], eps: f64) -> Mat {
@@ -58,12 +60,19 @@ fn rope(x: &mut Mat, heads: usize, d: usize, theta: f64) {
 }
 
 /// Logits of the last position of `tokens`, with weights `w + scale * B @ A` merged in.
-fn reference(cfg: &ModelConfig, base: &HashMap<String, Mat>, adapter: Option<(&HashMap<String, Mat>, f64)>, tokens: &[u32]) -> Vec<f64> {
+fn reference(
+    cfg: &ModelConfig,
+    base: &HashMap<String, Mat>,
+    adapter: Option<(&HashMap<String, Mat>, f64)>,
+    tokens: &[u32],
+) -> Vec<f64> {
     let weight = |l: usize, p: Projection| -> Mat {
         let mut w = base[&format!("model.layers.{l}.{}.weight", p.hf_path())].clone();
         if let Some((a, scale)) = adapter {
             let pre = format!("base_model.model.model.layers.{l}.{}", p.hf_path());
-            if let (Some(la), Some(lb)) = (a.get(&format!("{pre}.lora_A.weight")), a.get(&format!("{pre}.lora_B.weight"))) {
+            if let (Some(la), Some(lb)) =
+                (a.get(&format!("{pre}.lora_A.weight")), a.get(&format!("{pre}.lora_B.weight")))
+            {
                 for (o, row) in w.iter_mut().enumerate() {
                     for (i, v) in row.iter_mut().enumerate() {
                         *v += scale * (0..la.len()).map(|j| lb[o][j] * la[j][i]).sum::<f64>();
@@ -78,7 +87,11 @@ fn reference(cfg: &ModelConfig, base: &HashMap<String, Mat>, adapter: Option<(&H
     let mut x: Mat = tokens.iter().map(|&t| emb[t as usize].clone()).collect();
     let n = tokens.len();
     for l in 0..cfg.num_layers {
-        let h = rms_norm(&x, &base[&format!("model.layers.{l}.input_layernorm.weight")][0], cfg.rms_norm_eps);
+        let h = rms_norm(
+            &x,
+            &base[&format!("model.layers.{l}.input_layernorm.weight")][0],
+            cfg.rms_norm_eps,
+        );
         let mut q = linear(&h, &weight(l, Projection::Q));
         let mut k = linear(&h, &weight(l, Projection::K));
         let v = linear(&h, &weight(l, Projection::V));
@@ -89,7 +102,10 @@ fn reference(cfg: &ModelConfig, base: &HashMap<String, Mat>, adapter: Option<(&H
             for hh in 0..nh {
                 let kv = hh / (nh / nkv);
                 let scores: Vec<f64> = (0..=i)
-                    .map(|j| (0..d).map(|e| q[i][hh * d + e] * k[j][kv * d + e]).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        (0..d).map(|e| q[i][hh * d + e] * k[j][kv * d + e]).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
@@ -104,16 +120,25 @@ fn reference(cfg: &ModelConfig, base: &HashMap<String, Mat>, adapter: Option<(&H
         for (xr, or) in x.iter_mut().zip(&o) {
             xr.iter_mut().zip(or).for_each(|(a, b)| *a += b);
         }
-        let h = rms_norm(&x, &base[&format!("model.layers.{l}.post_attention_layernorm.weight")][0], cfg.rms_norm_eps);
+        let h = rms_norm(
+            &x,
+            &base[&format!("model.layers.{l}.post_attention_layernorm.weight")][0],
+            cfg.rms_norm_eps,
+        );
         let g = linear(&h, &weight(l, Projection::Gate));
         let u = linear(&h, &weight(l, Projection::Up));
-        let act: Mat = g.iter().zip(&u).map(|(gr, ur)| gr.iter().zip(ur).map(|(a, b)| a / (1.0 + (-a).exp()) * b).collect()).collect();
+        let act: Mat = g
+            .iter()
+            .zip(&u)
+            .map(|(gr, ur)| gr.iter().zip(ur).map(|(a, b)| a / (1.0 + (-a).exp()) * b).collect())
+            .collect();
         let dn = linear(&act, &weight(l, Projection::Down));
         for (xr, dr) in x.iter_mut().zip(&dn) {
             xr.iter_mut().zip(dr).for_each(|(a, b)| *a += b);
         }
     }
-    let last = rms_norm(&[x[n - 1].clone()].to_vec(), &base["model.norm.weight"][0], cfg.rms_norm_eps);
+    let last =
+        rms_norm(&[x[n - 1].clone()].to_vec(), &base["model.norm.weight"][0], cfg.rms_norm_eps);
     linear(&last, &base["lm_head.weight"]).remove(0)
 }
 
@@ -123,16 +148,28 @@ fn max_diff(a: &[f32], b: &[f64]) -> f64 {
 
 /// Runs `tokens` through the engine as prefill chunks of `chunk` then single decode steps
 /// from `decode_from`, returning the logits after each step.
-fn engine_logits(model: &Model, lora: &LoraSlots, slot: Option<u32>, tokens: &[u32], chunk: usize) -> Vec<(usize, Vec<f32>)> {
+fn engine_logits(
+    model: &Model,
+    lora: &LoraSlots,
+    slot: Option<u32>,
+    tokens: &[u32],
+    chunk: usize,
+) -> Vec<(usize, Vec<f32>)> {
     let cfg = model.config();
-    let mut cache = KvCache::new(KvCacheConfig { block_size: 4, num_blocks: 16 }, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
+    let mut cache = KvCache::new(
+        KvCacheConfig { block_size: 4, num_blocks: 16 },
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
     let mut table = BlockTable::default();
     cache.reserve(&mut table, tokens.len()).unwrap();
     let mut out = Vec::new();
     let mut done = 0;
     while done < tokens.len() {
         let n = if done == 0 { chunk.min(tokens.len()) } else { 1 };
-        let c = SeqChunk { tokens: &tokens[done..done + n], table: &table, start: done, adapter: slot };
+        let c =
+            SeqChunk { tokens: &tokens[done..done + n], table: &table, start: done, adapter: slot };
         let logits = model.forward(&[c], &mut cache, lora).unwrap();
         done += n;
         out.push((done, logits.to_vec2::<f32>().unwrap().remove(0)));
@@ -149,7 +186,15 @@ fn adapter_logits_match_merged_f32_reference() {
     let tokens: Vec<u32> = vec![72, 101, 108, 108, 111, 44, 32, 119, 111, 114];
     let cases = [
         (AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL }, 2.0),
-        (AdapterSpec { r: 9, alpha: 6.0, rslora: true, targets: &[Projection::V, Projection::Up] }, 2.0),
+        (
+            AdapterSpec {
+                r: 9,
+                alpha: 6.0,
+                rslora: true,
+                targets: &[Projection::V, Projection::Up],
+            },
+            2.0,
+        ),
     ];
     let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4);
     for (i, (spec, scale)) in cases.iter().enumerate() {
@@ -164,7 +209,10 @@ fn adapter_logits_match_merged_f32_reference() {
                 let without = reference(&cfg, &base, None, &tokens[..len]);
                 let tol = 1e-3 * want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
                 let err = max_diff(&got, &want);
-                assert!(err < tol, "adapter {i}, chunk {chunk}, len {len}: max error {err} > {tol}");
+                assert!(
+                    err < tol,
+                    "adapter {i}, chunk {chunk}, len {len}: max error {err} > {tol}"
+                );
                 let effect = max_diff(&got, &without);
                 assert!(effect > 20.0 * tol, "adapter {i} barely changes the logits ({effect})");
             }

@@ -43,7 +43,10 @@ fn wrong_base_dimensions_name_file_and_tensor() {
     let a = good(&dir.path().join("a"), &cfg);
     let name = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
     edit_tensors(&a, |t| {
-        t.insert(name.into(), Tensor::zeros((cfg.hidden_size, 4), DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            name.into(),
+            Tensor::zeros((cfg.hidden_size, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let err = load_err(&a, &cfg);
     assert!(err.contains("adapter_model.safetensors") && err.contains(name), "{err}");
@@ -67,7 +70,8 @@ fn rank_differing_from_config_is_refused() {
     let (dir, cfg) = setup();
     let a = good(&dir.path().join("a"), &cfg);
     let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json")).unwrap())
+            .unwrap();
     c["r"] = 8.into();
     std::fs::write(a.join("adapter_config.json"), c.to_string()).unwrap();
     let err = load_err(&a, &cfg);
@@ -118,9 +122,12 @@ fn engine_refuses_registration_and_unknown_adapters() {
             Tensor::new(&[[f32::NAN; 32]; 4], &Device::Cpu).unwrap(),
         );
     });
-    let mut engine =
-        Engine::load(&ModelSource::HuggingFace(dir.path().into()), EngineConfig::default(), &Device::Cpu)
-            .unwrap();
+    let mut engine = Engine::load(
+        &ModelSource::HuggingFace(dir.path().into()),
+        EngineConfig::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let err = engine.register_adapter("bad", &a).unwrap_err();
     assert!(matches!(err, EngineError::BadTensor { .. }), "{err}");
     assert!(err.to_string().contains("v_proj.lora_A.weight"), "{err}");

@@ -14,7 +14,8 @@ use openledger_worker::engine::{
 fn engine(config: EngineConfig, adapters: usize) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model(dir.path(), 11);
-    let mut e = Engine::load(&ModelSource::HuggingFace(dir.path().into()), config, &Device::Cpu).unwrap();
+    let mut e =
+        Engine::load(&ModelSource::HuggingFace(dir.path().into()), config, &Device::Cpu).unwrap();
     for i in 0..adapters {
         let spec = AdapterSpec { r: 2 + i, alpha: 4.0, rslora: false, targets: &Projection::ALL };
         let a = write_adapter(&dir.path().join(format!("a{i}")), &cfg, &spec, 30 + i as u64);
@@ -53,7 +54,8 @@ fn requests_queue_when_kv_blocks_run_out() {
         ..Default::default()
     };
     let (_dir, mut e) = engine(config, 0);
-    let rxs: Vec<_> = (0..3).map(|i| e.submit(req(&format!("prompt {i}"), None, 3)).unwrap().1).collect();
+    let rxs: Vec<_> =
+        (0..3).map(|i| e.submit(req(&format!("prompt {i}"), None, 3)).unwrap().1).collect();
     let first = e.step().unwrap();
     assert_eq!((first.sequences, first.waiting), (1, 2));
     let mut steps = 1;

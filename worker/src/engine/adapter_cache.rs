@@ -98,7 +98,9 @@ impl AdapterCache {
     pub fn acquire(&mut self, name: &str) -> Result<u32> {
         self.tick += 1;
         let tick = self.tick;
-        if let Some(slot) = self.slots.iter().position(|s| s.as_ref().is_some_and(|e| e.name == name)) {
+        if let Some(slot) =
+            self.slots.iter().position(|s| s.as_ref().is_some_and(|e| e.name == name))
+        {
             if let Some(e) = self.slots[slot].as_mut() {
                 e.pins += 1;
                 e.last_used = tick;

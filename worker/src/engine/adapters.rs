@@ -124,7 +124,10 @@ impl LoraAdapter {
         }
         // A tensor for a layer the base lacks means the adapter was trained for another model.
         if let Some(extra) = tensors.keys().find(|k| {
-            k.split('.').nth(4).and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i >= base.num_layers)
+            k.split('.')
+                .nth(4)
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= base.num_layers)
         }) {
             return Err(EngineError::BadTensor {
                 path: st_path,
@@ -133,7 +136,14 @@ impl LoraAdapter {
             });
         }
         tracing::debug!(dir = %dir.display(), rank = cfg.r, tensors = used, "loaded adapter");
-        Ok(Self { dir: dir.to_path_buf(), rank: cfg.r, scale, targets, weights, bytes: bytes.len() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            rank: cfg.r,
+            scale,
+            targets,
+            weights,
+            bytes: bytes.len(),
+        })
     }
 
     /// LoRA rank.
@@ -212,11 +222,8 @@ impl LoraSlots {
                 }
             }
         }
-        self.slots[slot as usize] = Some(SlotInfo {
-            rank: adapter.rank,
-            scale: adapter.scale,
-            targets: adapter.targets,
-        });
+        self.slots[slot as usize] =
+            Some(SlotInfo { rank: adapter.rank, scale: adapter.scale, targets: adapter.targets });
         Ok(())
     }
 
@@ -234,7 +241,11 @@ impl LoraSlots {
 
     /// One segment map per projection kind for a step whose request `i` has `lens[i]` rows
     /// and adapter slot `adapters[i]`.
-    pub(crate) fn segments(&self, adapters: &[Option<u32>], lens: &[usize]) -> Result<StepSegments> {
+    pub(crate) fn segments(
+        &self,
+        adapters: &[Option<u32>],
+        lens: &[usize],
+    ) -> Result<StepSegments> {
         let resolve = |slot: u32| {
             self.slots.get(slot as usize).copied().flatten().map(|s| AdapterSlot {
                 slot,
@@ -248,7 +259,11 @@ impl LoraSlots {
                 .iter()
                 .map(|a| {
                     a.filter(|&s| {
-                        self.slots.get(s as usize).copied().flatten().is_none_or(|i| i.targets[p.index()])
+                        self.slots
+                            .get(s as usize)
+                            .copied()
+                            .flatten()
+                            .is_none_or(|i| i.targets[p.index()])
                     })
                 })
                 .collect();

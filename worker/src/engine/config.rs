@@ -69,7 +69,9 @@ impl ModelConfig {
         let hf: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
         let eos_token_ids = match hf.eos_token_id {
             None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+            },
             Some(serde_json::Value::Array(a)) => {
                 a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect()
             },
@@ -85,7 +87,7 @@ impl ModelConfig {
             num_layers: hf.num_hidden_layers,
             num_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(num_heads),
-            head_dim: hf.head_dim.unwrap_or(if num_heads == 0 { 0 } else { hf.hidden_size / num_heads }),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size.checked_div(num_heads).unwrap_or(0)),
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta,
             rope_style: RopeStyle::Half,
@@ -112,13 +114,13 @@ impl ModelConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even and positive", self.head_dim));
         }
         Ok(())

@@ -34,9 +34,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn meta(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| {
-            EngineError::config(self.path, format!("missing metadata key `{key}`"))
-        })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| EngineError::config(self.path, format!("missing metadata key `{key}`")))
     }
 
     fn meta_u32(&self, key: &str) -> Result<u32> {
@@ -127,7 +128,10 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         rope_style: RopeStyle::Interleaved,
         max_position: r.meta_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize,
         tie_word_embeddings: !has_output,
-        eos_token_ids: r.meta_u32("tokenizer.ggml.eos_token_id").map(|e| vec![e]).unwrap_or_default(),
+        eos_token_ids: r
+            .meta_u32("tokenizer.ggml.eos_token_id")
+            .map(|e| vec![e])
+            .unwrap_or_default(),
         bos_token_id: r.meta_u32("tokenizer.ggml.bos_token_id").ok(),
     };
     config.validate().map_err(|m| EngineError::config(path, m))?;
@@ -181,7 +185,9 @@ fn tokenizer_from_metadata(
     if model != "gpt2" {
         return Err(EngineError::config(
             path,
-            format!("tokenizer.ggml.model `{model}` is not supported (only byte-level BPE, `gpt2`)"),
+            format!(
+                "tokenizer.ggml.model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+            ),
         ));
     }
     let merges: Vec<(String, String)> = r
@@ -192,9 +198,10 @@ fn tokenizer_from_metadata(
             None => Err(EngineError::config(path, format!("malformed merge `{m}`"))),
         })
         .collect::<Result<_>>()?;
-    let types: Vec<i32> = match r.meta("tokenizer.ggml.token_type").and_then(|v| {
-        v.to_vec().map_err(|e| EngineError::config(path, e.to_string()))
-    }) {
+    let types: Vec<i32> = match r
+        .meta("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().map_err(|e| EngineError::config(path, e.to_string())))
+    {
         Ok(list) => list.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
         Err(_) => vec![1; tokens.len()],
     };

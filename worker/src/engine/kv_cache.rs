@@ -48,7 +48,12 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty pool for `num_layers` layers of `num_kv_heads * head_dim` values per token.
-    pub fn new(config: KvCacheConfig, num_layers: usize, num_kv_heads: usize, head_dim: usize) -> Self {
+    pub fn new(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
         let row = num_kv_heads * head_dim;
         let len = config.num_blocks * config.block_size * row;
         Self {
@@ -109,7 +114,14 @@ impl KvCache {
 
     /// Writes the keys and values (`[n, row]`, row-major) of positions `start..start + n`.
     /// The table must already hold blocks for them ([`KvCache::reserve`]).
-    pub(crate) fn write(&mut self, layer: usize, table: &BlockTable, start: usize, k: &[f32], v: &[f32]) {
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        table: &BlockTable,
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
         let n = k.len() / self.row;
         for i in 0..n {
             let off = self.offset(table, start + i);

@@ -17,12 +17,12 @@ mod sampling;
 mod scheduler;
 mod weights;
 
+pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
 pub use adapters::{LoraAdapter, LoraSlots};
 pub use config::{ModelConfig, Projection, RopeStyle};
 pub use error::{EngineError, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::{Model, SeqChunk};
-pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
 pub use sampling::SamplingParams;
 pub use scheduler::{
     load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,

@@ -50,8 +50,12 @@ impl Sampler {
             return argmax(logits);
         }
         let t = self.params.temperature;
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l / t)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l / t))
+            .collect();
         if cand.is_empty() {
             return argmax(logits);
         }
@@ -122,7 +126,8 @@ mod tests {
     #[test]
     fn top_p_excludes_the_tail_and_seeds_replay() {
         let logits = [4.0, 3.9, -10.0, -10.0];
-        let params = SamplingParams { temperature: 1.0, top_p: 0.9, seed: 42, ..Default::default() };
+        let params =
+            SamplingParams { temperature: 1.0, top_p: 0.9, seed: 42, ..Default::default() };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
             (0..200).map(|_| s.sample(&logits)).collect::<Vec<_>>()

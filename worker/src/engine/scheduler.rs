@@ -14,10 +14,10 @@ use tokenizers::Tokenizer;
 
 use super::adapter_cache::{AdapterCache, AdapterCacheConfig};
 use super::error::{EngineError, Result};
+use super::gguf;
 use super::kv_cache::{BlockTable, KvCache, KvCacheConfig};
 use super::model::{Model, SeqChunk};
 use super::sampling::{Sampler, SamplingParams};
-use super::gguf;
 
 /// Sizes and budgets of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,7 +204,8 @@ impl Engine {
         }
         let max_pos = self.model.config().max_position;
         let worst = self.worst_case_len(tokens.len(), &req.params);
-        if tokens.len() >= max_pos || self.cache.blocks_for(worst) > self.cache.config().num_blocks {
+        if tokens.len() >= max_pos || self.cache.blocks_for(worst) > self.cache.config().num_blocks
+        {
             return Err(bad(format!(
                 "{} prompt tokens + {} new tokens do not fit the KV cache or context",
                 tokens.len(),
@@ -212,7 +213,13 @@ impl Engine {
             )));
         }
         let (tx, rx) = channel();
-        self.waiting.push_back(Pending { id, tokens, adapter: req.adapter, params: req.params, tx });
+        self.waiting.push_back(Pending {
+            id,
+            tokens,
+            adapter: req.adapter,
+            params: req.params,
+            tx,
+        });
         Ok((id, rx))
     }
 
@@ -368,8 +375,12 @@ impl Engine {
         s.emitted = generated.len();
         let params = s.sampler.params();
         let text = self.tokenizer.decode(generated, true).unwrap_or_default();
-        let stop_at =
-            params.stop.iter().filter(|p| !p.is_empty()).filter_map(|p| text.find(p.as_str())).min();
+        let stop_at = params
+            .stop
+            .iter()
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| text.find(p.as_str()))
+            .min();
         let reason = if stop_at.is_some() {
             Some(FinishReason::Stop)
         } else if eos.contains(&last) {
@@ -405,6 +416,6 @@ impl Engine {
 
 /// Reads a Hugging Face `tokenizer.json`.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(path)
+        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
 }
-

@@ -95,9 +95,10 @@ impl SafetensorsFiles {
         for p in paths {
             // SAFETY: the file is mapped read-only; like every safetensors reader we assume
             // nobody truncates a model file while the worker runs.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }.map_err(
-                |e| EngineError::BadWeightsFile { path: p.clone(), message: e.to_string() },
-            )?;
+            let st =
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(p) }.map_err(|e| {
+                    EngineError::BadWeightsFile { path: p.clone(), message: e.to_string() }
+                })?;
             files.push((p.clone(), st));
         }
         Ok(Self { files })
@@ -106,7 +107,11 @@ impl SafetensorsFiles {
     fn describe(&self) -> PathBuf {
         match self.files.as_slice() {
             [(p, _)] => p.clone(),
-            _ => self.files.first().map(|(p, _)| p.with_file_name("*.safetensors")).unwrap_or_default(),
+            _ => self
+                .files
+                .first()
+                .map(|(p, _)| p.with_file_name("*.safetensors"))
+                .unwrap_or_default(),
         }
     }
 
