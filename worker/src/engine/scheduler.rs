@@ -189,11 +189,11 @@ impl Engine {
         let bad = |message: String| EngineError::BadRequest { request: id, message };
         let enc = self
             .tokenizer
-            .encode(req.prompt.as_str(), false)
+            .encode(req.prompt.as_str(), true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        let mut tokens = Vec::new();
-        tokens.extend(self.model.config().bos_token_id.filter(|_| self.wants_bos()));
-        tokens.extend_from_slice(enc.get_ids());
+        // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
+        // model expects it (Llama 2/3); byte-level chat models add nothing.
+        let tokens = enc.get_ids().to_vec();
         if tokens.is_empty() {
             return Err(bad("the prompt is empty".into()));
         }
@@ -221,12 +221,6 @@ impl Engine {
             tx,
         });
         Ok((id, rx))
-    }
-
-    fn wants_bos(&self) -> bool {
-        // Llama-style SentencePiece models expect BOS; byte-level BPE chat models (SmolLM2,
-        // GPT-2 style) do not.
-        false
     }
 
     fn worst_case_len(&self, prompt: usize, params: &SamplingParams) -> usize {
