@@ -1,0 +1,167 @@
+//! Where adapters live: registered on disk, parsed in host memory (LRU under a byte budget),
+//! and installed in compute slots (LRU among slots no running sequence uses).
+//!
+//! On the CPU path the compute tier is the SGMV tables in host memory; with a CUDA device the
+//! same slots hold device tensors. An adapter pinned by a running sequence is never evicted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use super::adapters::{LoraAdapter, LoraSlots};
+use super::config::ModelConfig;
+use super::error::{EngineError, Result};
+
+/// Budgets of the cache tiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdapterCacheConfig {
+    /// Adapters installed for compute at once.
+    pub compute_slots: usize,
+    /// Bytes of parsed adapters kept in host memory beyond those installed.
+    pub host_bytes: usize,
+}
+
+impl Default for AdapterCacheConfig {
+    fn default() -> Self {
+        Self { compute_slots: 16, host_bytes: 1 << 30 }
+    }
+}
+
+struct SlotEntry {
+    name: String,
+    pins: usize,
+    last_used: u64,
+}
+
+/// The three tiers and the compute tables.
+pub struct AdapterCache {
+    config: AdapterCacheConfig,
+    base: ModelConfig,
+    device: Device,
+    disk: HashMap<String, PathBuf>,
+    host: HashMap<String, (Arc<LoraAdapter>, u64)>,
+    slots: Vec<Option<SlotEntry>>,
+    tables: LoraSlots,
+    tick: u64,
+}
+
+impl AdapterCache {
+    pub fn new(config: AdapterCacheConfig, base: &ModelConfig, device: &Device) -> Self {
+        Self {
+            tables: LoraSlots::new(base, device, config.compute_slots),
+            slots: (0..config.compute_slots).map(|_| None).collect(),
+            config,
+            base: base.clone(),
+            device: device.clone(),
+            disk: HashMap::new(),
+            host: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// Registers an adapter directory under `name`, validating it now so that a malformed
+    /// adapter is refused here rather than when a request needs it.
+    pub fn register(&mut self, name: &str, dir: &Path) -> Result<()> {
+        let adapter = Arc::new(LoraAdapter::load(dir, &self.base, &self.device)?);
+        self.disk.insert(name.to_string(), dir.to_path_buf());
+        self.tick += 1;
+        self.host.insert(name.to_string(), (adapter, self.tick));
+        self.trim_host();
+        tracing::info!(adapter = name, dir = %dir.display(), "registered adapter");
+        Ok(())
+    }
+
+    /// Whether `name` was registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.disk.contains_key(name)
+    }
+
+    /// The compute tables.
+    pub fn tables(&self) -> &LoraSlots {
+        &self.tables
+    }
+
+    /// Names installed in compute slots, slot by slot.
+    pub fn resident(&self) -> Vec<Option<&str>> {
+        self.slots.iter().map(|s| s.as_ref().map(|e| e.name.as_str())).collect()
+    }
+
+    /// Names held parsed in host memory.
+    pub fn host_resident(&self) -> Vec<&str> {
+        self.host.keys().map(String::as_str).collect()
+    }
+
+    /// Installs `name` in a compute slot if needed and pins it for one sequence.
+    /// [`EngineError::AdapterSlotsFull`] when every slot is pinned: try again later.
+    pub fn acquire(&mut self, name: &str) -> Result<u32> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(slot) =
+            self.slots.iter().position(|s| s.as_ref().is_some_and(|e| e.name == name))
+        {
+            if let Some(e) = self.slots[slot].as_mut() {
+                e.pins += 1;
+                e.last_used = tick;
+            }
+            return Ok(slot as u32);
+        }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().filter(|e| e.pins == 0).map(|e| (e.last_used, i)))
+                .min()
+                .map(|(_, i)| i)
+                .ok_or(EngineError::AdapterSlotsFull { slots: self.slots.len() })?,
+        };
+        let adapter = self.host_get(name)?;
+        if let Some(old) = self.slots[slot].take() {
+            tracing::debug!(adapter = %old.name, slot, "evicted adapter from compute slot");
+        }
+        self.tables.install(slot as u32, &adapter)?;
+        self.slots[slot] = Some(SlotEntry { name: name.to_string(), pins: 1, last_used: tick });
+        Ok(slot as u32)
+    }
+
+    /// Unpins a slot acquired for a sequence that has finished.
+    pub fn release(&mut self, slot: u32) {
+        if let Some(Some(e)) = self.slots.get_mut(slot as usize) {
+            e.pins = e.pins.saturating_sub(1);
+        }
+    }
+
+    /// The parsed adapter, from host memory or else from disk.
+    fn host_get(&mut self, name: &str) -> Result<Arc<LoraAdapter>> {
+        self.tick += 1;
+        if let Some((a, used)) = self.host.get_mut(name) {
+            *used = self.tick;
+            return Ok(a.clone());
+        }
+        let dir = self.disk.get(name).ok_or_else(|| EngineError::UnknownAdapter(name.into()))?;
+        let adapter = Arc::new(LoraAdapter::load(dir, &self.base, &self.device)?);
+        self.host.insert(name.to_string(), (adapter.clone(), self.tick));
+        self.trim_host();
+        Ok(adapter)
+    }
+
+    /// Drops least recently used host copies beyond the budget (installed adapters keep their
+    /// tensors alive through the tables, so dropping the host copy is always safe).
+    fn trim_host(&mut self) {
+        loop {
+            let used: usize = self.host.values().map(|(a, _)| a.bytes()).sum();
+            if used <= self.config.host_bytes || self.host.len() <= 1 {
+                return;
+            }
+            let Some(oldest) =
+                self.host.iter().min_by_key(|(_, (_, t))| *t).map(|(n, _)| n.clone())
+            else {
+                return;
+            };
+            self.host.remove(&oldest);
+        }
+    }
+}

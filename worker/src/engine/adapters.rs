@@ -1,0 +1,292 @@
+//! LoRA adapters in PEFT format, validated against the base model, and the per-projection
+//! SGMV tables they are installed into (never merged into the base weights).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
+use serde::Deserialize;
+
+use super::config::{ModelConfig, Projection};
+use super::error::{EngineError, Result};
+use super::model::StepSegments;
+
+#[derive(Deserialize)]
+struct PeftConfig {
+    r: usize,
+    lora_alpha: f64,
+    target_modules: TargetModules,
+    #[serde(default)]
+    use_rslora: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetModules {
+    List(Vec<String>),
+    One(String),
+}
+
+/// A PEFT LoRA adapter loaded into host memory.
+pub struct LoraAdapter {
+    pub(crate) dir: PathBuf,
+    pub(crate) rank: usize,
+    pub(crate) scale: f32,
+    pub(crate) targets: [bool; 7],
+    /// `[layer][projection]`: `(lora_A [r, d_in], lora_B [d_out, r])` for targeted projections.
+    pub(crate) weights: Vec<Vec<Option<(Tensor, Tensor)>>>,
+    pub(crate) bytes: usize,
+}
+
+impl LoraAdapter {
+    /// Loads `adapter_config.json` and `adapter_model.safetensors` from `dir`, checking every
+    /// tensor against the base model's shapes.
+    pub fn load(dir: &Path, base: &ModelConfig, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+        let cfg: PeftConfig =
+            serde_json::from_str(&text).map_err(|e| EngineError::config(&cfg_path, e))?;
+        if cfg.r == 0 {
+            return Err(EngineError::config(&cfg_path, "r must be positive"));
+        }
+        if !(cfg.lora_alpha.is_finite()) {
+            return Err(EngineError::config(&cfg_path, "lora_alpha must be a finite number"));
+        }
+        let modules = match cfg.target_modules {
+            TargetModules::List(l) => l,
+            TargetModules::One(s) => vec![s],
+        };
+        let mut targets = [false; 7];
+        for m in &modules {
+            let Some(p) = Projection::from_module_name(m) else {
+                return Err(EngineError::config(
+                    &cfg_path,
+                    format!("target module `{m}` is not one of q/k/v/o/gate/up/down_proj"),
+                ));
+            };
+            targets[p.index()] = true;
+        }
+        if !targets.iter().any(|&t| t) {
+            return Err(EngineError::config(&cfg_path, "target_modules is empty"));
+        }
+        let scale = if cfg.use_rslora {
+            cfg.lora_alpha / (cfg.r as f64).sqrt()
+        } else {
+            cfg.lora_alpha / cfg.r as f64
+        } as f32;
+
+        let st_path = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&st_path).map_err(|e| EngineError::io(&st_path, e))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+            EngineError::BadWeightsFile { path: st_path.clone(), message: e.to_string() }
+        })?;
+        let get = |name: &str, shape: [usize; 2]| -> Result<Tensor> {
+            let t = tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
+                path: st_path.clone(),
+                tensor: name.to_string(),
+            })?;
+            if t.dims() != shape {
+                return Err(EngineError::TensorShape {
+                    path: st_path.clone(),
+                    tensor: name.to_string(),
+                    expected: shape.to_vec(),
+                    actual: t.dims().to_vec(),
+                });
+            }
+            let t = t.to_dtype(DType::F32)?.contiguous()?;
+            let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
+            if !finite {
+                return Err(EngineError::BadTensor {
+                    path: st_path.clone(),
+                    tensor: name.to_string(),
+                    message: "holds NaN or infinite values".into(),
+                });
+            }
+            Ok(t)
+        };
+        let mut weights = Vec::with_capacity(base.num_layers);
+        let mut used = 0usize;
+        for l in 0..base.num_layers {
+            let mut layer = Vec::with_capacity(7);
+            for p in Projection::ALL {
+                if !targets[p.index()] {
+                    layer.push(None);
+                    continue;
+                }
+                let (d_in, d_out) = base.proj_dims(p);
+                let pre = format!("base_model.model.model.layers.{l}.{}", p.hf_path());
+                let a = get(&format!("{pre}.lora_A.weight"), [cfg.r, d_in])?;
+                let b = get(&format!("{pre}.lora_B.weight"), [d_out, cfg.r])?;
+                used += 2;
+                layer.push(Some((a, b)));
+            }
+            weights.push(layer);
+        }
+        // A tensor for a layer the base lacks means the adapter was trained for another model.
+        if let Some(extra) = tensors.keys().find(|k| {
+            k.split('.')
+                .nth(4)
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= base.num_layers)
+        }) {
+            return Err(EngineError::BadTensor {
+                path: st_path,
+                tensor: extra.clone(),
+                message: format!("the base model has only {} layers", base.num_layers),
+            });
+        }
+        tracing::debug!(dir = %dir.display(), rank = cfg.r, tensors = used, "loaded adapter");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            rank: cfg.r,
+            scale,
+            targets,
+            weights,
+            bytes: bytes.len(),
+        })
+    }
+
+    /// LoRA rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Multiplier of the delta (`lora_alpha / r`, or `/ sqrt(r)` with rsLoRA).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Directory it was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Size of its weights file, the unit of the host budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The f32 delta `scale * B @ A` (`[d_out, d_in]`) of one projection, for references.
+    pub fn merged_delta(&self, layer: usize, proj: Projection) -> Result<Option<Tensor>> {
+        match self.weights.get(layer).and_then(|l| l[proj.index()].as_ref()) {
+            Some((a, b)) => Ok(Some((b.matmul(a)? * self.scale as f64)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SlotInfo {
+    rank: usize,
+    scale: f32,
+    targets: [bool; 7],
+}
+
+/// The adapters resident for compute: one [`AdapterTable`] per (layer, projection), all
+/// sharing slot numbers.
+pub struct LoraSlots {
+    tables: Vec<Vec<AdapterTable>>,
+    slots: Vec<Option<SlotInfo>>,
+}
+
+impl LoraSlots {
+    /// Empty tables of `num_slots` slots for `base`.
+    pub fn new(base: &ModelConfig, device: &Device, num_slots: usize) -> Self {
+        let tables = (0..base.num_layers)
+            .map(|_| {
+                Projection::ALL
+                    .iter()
+                    .map(|&p| {
+                        let (d_in, d_out) = base.proj_dims(p);
+                        AdapterTable::new(device, DType::F32, d_in, d_out, num_slots)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { tables, slots: vec![None; num_slots] }
+    }
+
+    /// Number of slots.
+    pub fn num_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Puts `adapter` in `slot` (its tensors are shared, not copied).
+    pub fn install(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
+        for (l, layer) in adapter.weights.iter().enumerate() {
+            for p in Projection::ALL {
+                let table = &mut self.tables[l][p.index()];
+                match &layer[p.index()] {
+                    Some((a, b)) => table.insert(slot, a, b)?,
+                    None => table.remove(slot),
+                }
+            }
+        }
+        self.slots[slot as usize] =
+            Some(SlotInfo { rank: adapter.rank, scale: adapter.scale, targets: adapter.targets });
+        Ok(())
+    }
+
+    /// Empties `slot`.
+    pub fn remove(&mut self, slot: u32) {
+        for layer in &mut self.tables {
+            for t in layer {
+                t.remove(slot);
+            }
+        }
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = None;
+        }
+    }
+
+    /// One segment map per projection kind for a step whose request `i` has `lens[i]` rows
+    /// and adapter slot `adapters[i]`.
+    pub(crate) fn segments(
+        &self,
+        adapters: &[Option<u32>],
+        lens: &[usize],
+    ) -> Result<StepSegments> {
+        let resolve = |slot: u32| {
+            self.slots.get(slot as usize).copied().flatten().map(|s| AdapterSlot {
+                slot,
+                rank: s.rank as u32,
+                scale: s.scale,
+            })
+        };
+        let mut out = Vec::with_capacity(7);
+        for p in Projection::ALL {
+            let keys: Vec<Option<u32>> = adapters
+                .iter()
+                .map(|a| {
+                    a.filter(|&s| {
+                        self.slots
+                            .get(s as usize)
+                            .copied()
+                            .flatten()
+                            .is_none_or(|i| i.targets[p.index()])
+                    })
+                })
+                .collect();
+            if keys.iter().all(Option::is_none) {
+                out.push(None);
+                continue;
+            }
+            let map = SegmentMap::new(&keys, lens, resolve)?;
+            out.push(Some(BatchSegments::new(map)));
+        }
+        Ok(out)
+    }
+
+    /// `y += delta(x)` for layer `layer`'s projection `proj`, one SGMV call for the batch.
+    pub(crate) fn apply(
+        &self,
+        layer: usize,
+        proj: Projection,
+        x: &Tensor,
+        y: &Tensor,
+        segments: &BatchSegments,
+    ) -> Result<()> {
+        lora_delta(x, y, segments, &self.tables[layer][proj.index()])?;
+        Ok(())
+    }
+}

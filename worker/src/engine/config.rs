@@ -1,0 +1,214 @@
+//! The base model's hyper-parameters, read from Hugging Face `config.json` or GGUF metadata.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::error::{EngineError, Result};
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension `i` pairs with `i + head_dim / 2` (Hugging Face checkpoints).
+    Half,
+    /// Dimension `2i` pairs with `2i + 1` (GGUF: llama.cpp permutes q/k weights this way).
+    Interleaved,
+}
+
+/// Shape of a Llama-family decoder (Llama 2/3, Mistral-style GQA, SmolLM2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f32,
+    pub rope_style: RopeStyle,
+    pub max_position: usize,
+    pub tie_word_embeddings: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
+}
+
+fn default_max_pos() -> usize {
+    4096
+}
+
+impl ModelConfig {
+    /// Reads a Hugging Face `config.json` (LlamaForCausalLM / MistralForCausalLM).
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
+        let eos_token_ids = match hf.eos_token_id {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+            },
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect()
+            },
+            Some(other) => {
+                return Err(EngineError::config(path, format!("eos_token_id: unexpected {other}")))
+            },
+        };
+        let num_heads = hf.num_attention_heads;
+        let cfg = Self {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads,
+            num_kv_heads: hf.num_key_value_heads.unwrap_or(num_heads),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size.checked_div(num_heads).unwrap_or(0)),
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta,
+            rope_style: RopeStyle::Half,
+            max_position: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+            eos_token_ids,
+            bos_token_id: hf.bos_token_id,
+        };
+        cfg.validate().map_err(|m| EngineError::config(path, m))?;
+        Ok(cfg)
+    }
+
+    /// Checks the shape is self-consistent (GQA groups divide evenly, even head_dim).
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("max_position_embeddings", self.max_position),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(format!("head_dim ({}) must be even and positive", self.head_dim));
+        }
+        Ok(())
+    }
+
+    /// Output width of a projection.
+    pub fn proj_dims(&self, proj: Projection) -> (usize, usize) {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        match proj {
+            Projection::Q => (h, q),
+            Projection::K | Projection::V => (h, kv),
+            Projection::O => (q, h),
+            Projection::Gate | Projection::Up => (h, i),
+            Projection::Down => (i, h),
+        }
+    }
+}
+
+/// The seven linear projections of a decoder layer, each a possible LoRA target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
+
+    /// Index in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// PEFT's module name (`q_proj`, ...).
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Projection::Q => "q_proj",
+            Projection::K => "k_proj",
+            Projection::V => "v_proj",
+            Projection::O => "o_proj",
+            Projection::Gate => "gate_proj",
+            Projection::Up => "up_proj",
+            Projection::Down => "down_proj",
+        }
+    }
+
+    /// Module path inside a Hugging Face layer (`self_attn.q_proj`, `mlp.up_proj`).
+    pub fn hf_path(self) -> &'static str {
+        match self {
+            Projection::Q => "self_attn.q_proj",
+            Projection::K => "self_attn.k_proj",
+            Projection::V => "self_attn.v_proj",
+            Projection::O => "self_attn.o_proj",
+            Projection::Gate => "mlp.gate_proj",
+            Projection::Up => "mlp.up_proj",
+            Projection::Down => "mlp.down_proj",
+        }
+    }
+
+    /// Tensor name in a GGUF file (`attn_q`, `ffn_up`, ...).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Projection::Q => "attn_q",
+            Projection::K => "attn_k",
+            Projection::V => "attn_v",
+            Projection::O => "attn_output",
+            Projection::Gate => "ffn_gate",
+            Projection::Up => "ffn_up",
+            Projection::Down => "ffn_down",
+        }
+    }
+
+    /// Parses a PEFT target module name.
+    pub fn from_module_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.module_name() == name)
+    }
+}

@@ -1,0 +1,139 @@
+//! Paged KV cache: keys and values in fixed-size blocks from one pool, so sequences of any
+//! length share memory without fragmentation, and a block budget bounds what is admitted.
+
+use super::error::{EngineError, Result};
+
+/// Sizes of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Token positions per block.
+    pub block_size: usize,
+    /// Blocks in the pool (the budget shared by all running sequences).
+    pub num_blocks: usize,
+}
+
+impl Default for KvCacheConfig {
+    fn default() -> Self {
+        Self { block_size: 16, num_blocks: 512 }
+    }
+}
+
+/// The blocks of one sequence, in position order, and how many positions hold data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    pub(crate) blocks: Vec<u32>,
+    pub(crate) len: usize,
+}
+
+impl BlockTable {
+    /// Positions written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The pool: per layer, keys and values laid out `[block][slot][kv_head][head_dim]`.
+pub struct KvCache {
+    config: KvCacheConfig,
+    row: usize,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    free: Vec<u32>,
+}
+
+impl KvCache {
+    /// An empty pool for `num_layers` layers of `num_kv_heads * head_dim` values per token.
+    pub fn new(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let row = num_kv_heads * head_dim;
+        let len = config.num_blocks * config.block_size * row;
+        Self {
+            config,
+            row,
+            keys: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            values: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            // Popped from the end: block 0 is handed out first.
+            free: (0..config.num_blocks as u32).rev().collect(),
+        }
+    }
+
+    /// The cache's sizes.
+    pub fn config(&self) -> KvCacheConfig {
+        self.config
+    }
+
+    /// Blocks not held by any sequence.
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Blocks a sequence needs to hold `len` positions.
+    pub fn blocks_for(&self, len: usize) -> usize {
+        len.div_ceil(self.config.block_size)
+    }
+
+    /// Extra blocks `table` needs to grow to `new_len` positions.
+    pub fn blocks_to_grow(&self, table: &BlockTable, new_len: usize) -> usize {
+        self.blocks_for(new_len).saturating_sub(table.blocks.len())
+    }
+
+    /// Gives `table` enough blocks for `new_len` positions, all or nothing.
+    pub fn reserve(&mut self, table: &mut BlockTable, new_len: usize) -> Result<()> {
+        let need = self.blocks_to_grow(table, new_len);
+        if need > self.free.len() {
+            return Err(EngineError::OutOfBlocks { total: self.config.num_blocks });
+        }
+        for _ in 0..need {
+            if let Some(b) = self.free.pop() {
+                table.blocks.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns a finished sequence's blocks to the pool.
+    pub fn release(&mut self, table: &mut BlockTable) {
+        self.free.extend(table.blocks.drain(..).rev());
+        table.len = 0;
+    }
+
+    /// Offset of position `pos` of a sequence in a layer's buffers.
+    fn offset(&self, table: &BlockTable, pos: usize) -> usize {
+        let bs = self.config.block_size;
+        (table.blocks[pos / bs] as usize * bs + pos % bs) * self.row
+    }
+
+    /// Writes the keys and values (`[n, row]`, row-major) of positions `start..start + n`.
+    /// The table must already hold blocks for them ([`KvCache::reserve`]).
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        table: &BlockTable,
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        let n = k.len() / self.row;
+        for i in 0..n {
+            let off = self.offset(table, start + i);
+            let src = i * self.row..(i + 1) * self.row;
+            self.keys[layer][off..off + self.row].copy_from_slice(&k[src.clone()]);
+            self.values[layer][off..off + self.row].copy_from_slice(&v[src]);
+        }
+    }
+
+    /// Key and value rows (`num_kv_heads * head_dim` each) of position `pos`.
+    pub(crate) fn kv_at(&self, layer: usize, table: &BlockTable, pos: usize) -> (&[f32], &[f32]) {
+        let off = self.offset(table, pos);
+        (&self.keys[layer][off..off + self.row], &self.values[layer][off..off + self.row])
+    }
+}

@@ -1,0 +1,415 @@
+//! Continuous batching: requests join and leave at every step. Each step takes every running
+//! sequence's decode token plus prefill chunks up to a token budget, runs them as one batch,
+//! samples, and streams tokens to each caller through its channel.
+//!
+//! Admission reserves a sequence's worst-case KV blocks (prompt + max_tokens) up front, so a
+//! running sequence can never run out; a request that does not fit waits in the queue.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use candle_core::Device;
+use tokenizers::Tokenizer;
+
+use super::adapter_cache::{AdapterCache, AdapterCacheConfig};
+use super::error::{EngineError, Result};
+use super::gguf;
+use super::kv_cache::{BlockTable, KvCache, KvCacheConfig};
+use super::model::{Model, SeqChunk};
+use super::sampling::{Sampler, SamplingParams};
+
+/// Sizes and budgets of an engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub kv_cache: KvCacheConfig,
+    pub adapters: AdapterCacheConfig,
+    /// Token rows per step, prefill and decode together.
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kv_cache: KvCacheConfig::default(),
+            adapters: AdapterCacheConfig::default(),
+            max_batch_tokens: 512,
+            max_running: 64,
+        }
+    }
+}
+
+/// Where the base model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory with `config.json`, `*.safetensors` and `tokenizer.json`.
+    HuggingFace(PathBuf),
+    /// A GGUF file (quantized weights; tokenizer from its metadata).
+    Gguf(PathBuf),
+}
+
+/// What a caller asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt: String,
+    /// A registered adapter, or `None` for the base model.
+    pub adapter: Option<String>,
+    pub params: SamplingParams,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop string.
+    Stop,
+    /// `max_tokens`, or the model's context length.
+    Length,
+}
+
+/// What the engine streams back for a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// A generated token and the text it completes (may be empty while a multi-byte
+    /// character or a possible stop string is pending).
+    Token { id: u32, text: String },
+    /// The request is done; no more events follow.
+    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The request failed; no more events follow.
+    Failed(String),
+}
+
+/// Identifies a submitted request.
+pub type RequestId = u64;
+
+struct Sequence {
+    id: RequestId,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose keys and values are in the cache.
+    processed: usize,
+    table: BlockTable,
+    adapter: Option<(String, u32)>,
+    sampler: Sampler,
+    tx: Sender<StreamEvent>,
+    emitted: usize,
+    /// Bytes of the decoded text already streamed.
+    sent: usize,
+}
+
+struct Pending {
+    id: RequestId,
+    tokens: Vec<u32>,
+    adapter: Option<String>,
+    params: SamplingParams,
+    tx: Sender<StreamEvent>,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub finished: usize,
+    pub waiting: usize,
+}
+
+/// The engine: base model, tokenizer, adapter cache, KV cache and scheduler.
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    config: EngineConfig,
+    cache: KvCache,
+    adapters: AdapterCache,
+    waiting: VecDeque<Pending>,
+    running: Vec<Sequence>,
+    next_id: RequestId,
+}
+
+impl Engine {
+    /// An engine over an already loaded model and tokenizer.
+    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Self {
+        let c = model.config();
+        let cache = KvCache::new(config.kv_cache, c.num_layers, c.num_kv_heads, c.head_dim);
+        let adapters = AdapterCache::new(config.adapters, c, model.device());
+        Self {
+            model,
+            tokenizer,
+            config,
+            cache,
+            adapters,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Loads the base model and its tokenizer.
+    pub fn load(source: &ModelSource, config: EngineConfig, device: &Device) -> Result<Self> {
+        let (model, tokenizer) = match source {
+            ModelSource::HuggingFace(dir) => {
+                let model = Model::load_hf(dir, device)?;
+                (model, load_tokenizer(&dir.join("tokenizer.json"))?)
+            },
+            ModelSource::Gguf(path) => {
+                let g = gguf::load(path, device)?;
+                (Model::new(g.config, g.weights, device.clone()), g.tokenizer)
+            },
+        };
+        Ok(Self::new(model, tokenizer, config))
+    }
+
+    /// The base model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The adapter cache (tiers, residency).
+    pub fn adapters(&self) -> &AdapterCache {
+        &self.adapters
+    }
+
+    /// Registers a PEFT adapter directory under `name` (validated now).
+    pub fn register_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
+        self.adapters.register(name, dir)
+    }
+
+    /// Queues a request; its tokens arrive on the returned channel as steps run.
+    pub fn submit(&mut self, req: GenerationRequest) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bad = |message: String| EngineError::BadRequest { request: id, message };
+        let enc = self
+            .tokenizer
+            .encode(req.prompt.as_str(), true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
+        // model expects it (Llama 2/3); byte-level chat models add nothing.
+        let tokens = enc.get_ids().to_vec();
+        if tokens.is_empty() {
+            return Err(bad("the prompt is empty".into()));
+        }
+        if let Some(name) = &req.adapter {
+            if !self.adapters.contains(name) {
+                return Err(EngineError::UnknownAdapter(name.clone()));
+            }
+        }
+        let max_pos = self.model.config().max_position;
+        let worst = self.worst_case_len(tokens.len(), &req.params);
+        if tokens.len() >= max_pos || self.cache.blocks_for(worst) > self.cache.config().num_blocks
+        {
+            return Err(bad(format!(
+                "{} prompt tokens + {} new tokens do not fit the KV cache or context",
+                tokens.len(),
+                req.params.max_tokens
+            )));
+        }
+        let (tx, rx) = channel();
+        self.waiting.push_back(Pending {
+            id,
+            tokens,
+            adapter: req.adapter,
+            params: req.params,
+            tx,
+        });
+        Ok((id, rx))
+    }
+
+    fn worst_case_len(&self, prompt: usize, params: &SamplingParams) -> usize {
+        (prompt + params.max_tokens).min(self.model.config().max_position)
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Runs steps until every request has finished.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        while !self.is_idle() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Admits what fits, runs one batched forward pass, samples and streams.
+    pub fn step(&mut self) -> Result<StepReport> {
+        self.admit()?;
+        let budget = self.config.max_batch_tokens.max(1);
+        // Decode tokens first (one each), then prefill chunks with what budget is left.
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut used = 0;
+        for (i, s) in self.running.iter().enumerate() {
+            if s.processed + 1 == s.tokens.len() && used < budget {
+                plan.push((i, 1));
+                used += 1;
+            }
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            let left = s.tokens.len() - s.processed;
+            if left > 1 && used < budget {
+                let n = left.min(budget - used);
+                plan.push((i, n));
+                used += n;
+            }
+        }
+        plan.sort_unstable();
+        let mut report = StepReport { sequences: plan.len(), tokens: used, ..Default::default() };
+        if !plan.is_empty() {
+            let chunks: Vec<SeqChunk<'_>> = plan
+                .iter()
+                .map(|&(i, n)| {
+                    let s = &self.running[i];
+                    SeqChunk {
+                        tokens: &s.tokens[s.processed..s.processed + n],
+                        table: &s.table,
+                        start: s.processed,
+                        adapter: s.adapter.as_ref().map(|a| a.1),
+                    }
+                })
+                .collect();
+            let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
+            drop(chunks);
+            let logits = logits.to_vec2::<f32>()?;
+            for (&(i, n), row) in plan.iter().zip(&logits) {
+                let s = &mut self.running[i];
+                s.processed += n;
+                s.table.len = s.processed;
+                if s.processed == s.tokens.len() {
+                    let t = s.sampler.sample(row);
+                    s.tokens.push(t);
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.emit(i) {
+                Some(reason) => {
+                    let mut s = self.running.remove(i);
+                    self.cache.release(&mut s.table);
+                    if let Some((_, slot)) = s.adapter {
+                        self.adapters.release(slot);
+                    }
+                    let _ = s.tx.send(StreamEvent::Finished {
+                        reason,
+                        prompt_tokens: s.prompt_len,
+                        completion_tokens: s.tokens.len() - s.prompt_len,
+                    });
+                    tracing::debug!(request = s.id, ?reason, "finished");
+                    report.finished += 1;
+                },
+                None => i += 1,
+            }
+        }
+        report.waiting = self.waiting.len();
+        Ok(report)
+    }
+
+    /// Moves queued requests to running while sequences, KV blocks and adapter slots allow.
+    fn admit(&mut self) -> Result<()> {
+        while self.running.len() < self.config.max_running {
+            let Some(p) = self.waiting.front() else { break };
+            let worst = self.worst_case_len(p.tokens.len(), &p.params);
+            if self.cache.blocks_for(worst) > self.cache.free_blocks() {
+                break;
+            }
+            let adapter = match &p.adapter {
+                None => None,
+                Some(name) => match self.adapters.acquire(name) {
+                    Ok(slot) => Some((name.clone(), slot)),
+                    Err(EngineError::AdapterSlotsFull { .. }) => break,
+                    Err(e) => {
+                        let p = self.waiting.pop_front().expect("front exists");
+                        let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                        continue;
+                    },
+                },
+            };
+            let p = self.waiting.pop_front().expect("front exists");
+            let mut table = BlockTable::default();
+            self.cache.reserve(&mut table, worst)?;
+            tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
+            self.running.push(Sequence {
+                id: p.id,
+                prompt_len: p.tokens.len(),
+                tokens: p.tokens,
+                processed: 0,
+                table,
+                adapter,
+                sampler: Sampler::new(p.params),
+                tx: p.tx,
+                emitted: 0,
+                sent: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams sequence `i`'s new token and text; returns why it finished, if it did.
+    ///
+    /// Text that could still become a stop string, or an incomplete UTF-8 character, is
+    /// held back until the next token settles it.
+    fn emit(&mut self, i: usize) -> Option<FinishReason> {
+        let max_pos = self.model.config().max_position;
+        let eos = &self.model.config().eos_token_ids;
+        let s = &mut self.running[i];
+        let generated = &s.tokens[s.prompt_len..];
+        let &last = generated.last()?;
+        if generated.len() <= s.emitted {
+            return None;
+        }
+        s.emitted = generated.len();
+        let params = s.sampler.params();
+        let text = self.tokenizer.decode(generated, true).unwrap_or_default();
+        let stop_at = params
+            .stop
+            .iter()
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| text.find(p.as_str()))
+            .min();
+        let reason = if stop_at.is_some() {
+            Some(FinishReason::Stop)
+        } else if eos.contains(&last) {
+            Some(FinishReason::Eos)
+        } else if generated.len() >= params.max_tokens || s.tokens.len() >= max_pos {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let mut end = match (reason, stop_at) {
+            (_, Some(at)) => at,
+            (Some(_), None) => text.len(),
+            (None, None) => {
+                let hold = params.stop.iter().map(|p| p.chars().count()).max().unwrap_or(1);
+                let keep = text.char_indices().rev().nth(hold.saturating_sub(1)).map(|(b, _)| b);
+                let mut end = if hold > 1 { keep.unwrap_or(0) } else { text.len() };
+                if text[..end].ends_with('\u{FFFD}') {
+                    end -= '\u{FFFD}'.len_utf8();
+                }
+                end
+            },
+        };
+        end = end.max(s.sent.min(text.len()));
+        let new = match text.get(s.sent..end) {
+            Some(new) => new.to_string(),
+            None => String::new(),
+        };
+        s.sent = end;
+        let _ = s.tx.send(StreamEvent::Token { id: last, text: new });
+        reason
+    }
+}
+
+/// Reads a Hugging Face `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
+}
