@@ -11,3 +11,5 @@ export OPENLEDGER_NODE="${OPENLEDGER_NODE:-$OPENLEDGER_NODE_BIN}"
 # The runtime's WASM build looks for Cargo.lock above its output folder; the target folder
 # lives outside the clone, so point it at this workspace (its lockfile pins the blob's deps).
 export WASM_BUILD_WORKSPACE_HINT="${WASM_BUILD_WORKSPACE_HINT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+# The engine's default base model, fetched by scripts/setup.sh (scripts/fetch-model.sh).
+export OPENLEDGER_MODEL="${OPENLEDGER_MODEL:-${OPENLEDGER_MODEL_CACHE:-$HOME/.cache/openledger/models}/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"

