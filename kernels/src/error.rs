@@ -35,6 +35,10 @@ pub enum KernelError {
     #[error("row {row} is out of range for a batch of {rows} rows")]
     RowOutOfRange { row: u32, rows: usize },
 
+    /// A quantized matrix or activation batch of inconsistent size (the message says which).
+    #[error("quantized matmul: {0}")]
+    Quantized(String),
+
     /// A tensor or buffer has the wrong shape.
     #[error("{tensor}: expected shape {expected:?}, got {actual:?}")]
     Shape { tensor: String, expected: Vec<usize>, actual: Vec<usize> },

@@ -39,6 +39,7 @@ pub mod cpu;
 mod cuda;
 mod element;
 mod error;
+pub mod quant;
 pub mod reference;
 mod segments;
 

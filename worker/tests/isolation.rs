@@ -166,6 +166,7 @@ fn engine_streams_identical_tokens_alone_and_batched() {
             seed,
             max_tokens: 12,
             stop: vec![],
+            ignore_eos: false,
         },
     };
     let (_, rx) = engine.submit(req("hello there, adapter", Some("a"), 9)).unwrap();

@@ -17,7 +17,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use super::config::{ModelConfig, Projection, RopeStyle};
 use super::error::{EngineError, Result};
-use super::weights::{BaseWeights, LayerWeights, Linear};
+use super::weights::{vector, BaseWeights, LayerWeights, Linear};
 
 /// Everything a GGUF file provides.
 pub(crate) struct GgufModel {
@@ -138,7 +138,7 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
 
     let h = hidden;
     let embed_q = r.tensor("token_embd.weight", &[config.vocab_size, h], device)?;
-    let embed = embed_q.dequantize(device)?;
+    let embed = Linear::from_qtensor(embed_q)?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let mut proj = Vec::with_capacity(7);
@@ -150,28 +150,24 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         let attn_norm = r.tensor(&format!("blk.{i}.attn_norm.weight"), &[h], device)?;
         let ffn_norm = r.tensor(&format!("blk.{i}.ffn_norm.weight"), &[h], device)?;
         layers.push(LayerWeights {
-            attn_norm: attn_norm.dequantize(device)?,
-            ffn_norm: ffn_norm.dequantize(device)?,
+            attn_norm: vector(&attn_norm.dequantize(device)?)?,
+            ffn_norm: vector(&ffn_norm.dequantize(device)?)?,
             proj,
         });
     }
-    let norm = r.tensor("output_norm.weight", &[h], device)?.dequantize(device)?;
+    let norm = vector(&r.tensor("output_norm.weight", &[h], device)?.dequantize(device)?)?;
     let lm_head = if has_output {
         quantized_linear(r.tensor("output.weight", &[config.vocab_size, h], device)?, device)?
     } else {
-        quantized_linear(embed_q, device)?
+        embed.clone()
     };
     let tokenizer = tokenizer_from_metadata(&r, tokens, &mut config)?;
     tracing::info!(path = %path.display(), layers = config.num_layers, hidden, "loaded GGUF model");
     Ok(GgufModel { config, weights: BaseWeights { embed, layers, norm, lm_head }, tokenizer })
 }
 
-fn quantized_linear(q: Arc<QTensor>, device: &Device) -> Result<Linear> {
-    use candle_core::quantized::GgmlDType;
-    Ok(match q.dtype() {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Linear::Dense(q.dequantize(device)?),
-        _ => Linear::Quantized(q),
-    })
+fn quantized_linear(q: Arc<QTensor>, _device: &Device) -> Result<Linear> {
+    Linear::from_qtensor(q)
 }
 
 /// Builds a byte-level BPE tokenizer (`tokenizer.ggml.model == "gpt2"`) from the metadata.

@@ -131,9 +131,21 @@ impl KvCache {
         }
     }
 
-    /// Key and value rows (`num_kv_heads * head_dim` each) of position `pos`.
-    pub(crate) fn kv_at(&self, layer: usize, table: &BlockTable, pos: usize) -> (&[f32], &[f32]) {
-        let off = self.offset(table, pos);
-        (&self.keys[layer][off..off + self.row], &self.values[layer][off..off + self.row])
+    /// Key and value rows of positions `0..len` of a sequence, in order, block by block.
+    pub(crate) fn positions<'a>(
+        &'a self,
+        layer: usize,
+        table: &'a BlockTable,
+        len: usize,
+    ) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + 'a {
+        let (bs, row) = (self.config.block_size, self.row);
+        let (keys, values) = (&self.keys[layer], &self.values[layer]);
+        table.blocks.iter().flat_map(move |&b| {
+            let base = b as usize * bs * row;
+            let k = &keys[base..base + bs * row];
+            let v = &values[base..base + bs * row];
+            k.chunks_exact(row).zip(v.chunks_exact(row))
+        })
+        .take(len)
     }
 }

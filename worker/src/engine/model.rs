@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use openledger_kernels::BatchSegments;
 
 use super::adapters::LoraSlots;
@@ -14,7 +15,7 @@ use super::attention::{attend, Rope, RowContext};
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
 use super::kv_cache::{BlockTable, KvCache};
-use super::weights::{self, BaseWeights};
+use super::weights::{self, BaseWeights, Input};
 
 /// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
 pub struct SeqChunk<'a> {
@@ -46,6 +47,30 @@ impl Model {
         let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
         let weights = weights::load_hf(&config, dir, device)?;
         Ok(Self::new(config, weights, device.clone()))
+    }
+
+    /// The same model with every projection in f32 (dequantized): the reference the
+    /// quantized paths are checked against.
+    pub fn f32_reference(&self) -> Result<Self> {
+        let w = &self.weights;
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(weights::LayerWeights {
+                    attn_norm: l.attn_norm.clone(),
+                    ffn_norm: l.ffn_norm.clone(),
+                    proj: l.proj.iter().map(|p| p.dequantized()).collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let weights = BaseWeights {
+            embed: w.embed.clone(),
+            layers,
+            norm: w.norm.clone(),
+            lm_head: w.lm_head.dequantized()?,
+        };
+        Ok(Self::new(self.config.clone(), weights, self.device.clone()))
     }
 
     /// The model's shape.
@@ -107,23 +132,30 @@ impl Model {
         // Built once per step, shared by every layer.
         let segments = lora.segments(&adapters, &lens)?;
 
-        let ids = Tensor::new(tokens.as_slice(), &self.device)?;
-        let mut x = self.weights.embed.index_select(&ids, 0)?;
+        // The hidden state lives in plain row-major buffers: every element-wise step runs on
+        // this crate's thread pool, never on a second one competing for the same cores.
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let hidden = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
         let n = tokens.len();
+        let mut x = self.embed(&tokens)?;
+        let mut h = vec![0f32; n * hidden];
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let proj = |p: Projection, input: &Tensor| -> Result<Tensor> {
-                let y = layer.proj[p.index()].forward(input)?;
+            let proj = |p: Projection, input: &mut Input<'_>| -> Result<Vec<f32>> {
+                let mut y = layer.proj[p.index()].forward_input(input)?;
                 if let Some(seg) = &segments[p.index()] {
-                    lora.apply(l, p, input, &y, seg)?;
+                    let d_out = y.len() / n;
+                    let yt = Tensor::from_vec(y, (n, d_out), &self.device)?;
+                    lora.apply(l, p, &input.tensor()?, &yt, seg)?;
+                    y = flat(&yt)?;
                 }
                 Ok(y)
             };
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?.contiguous()?;
-            let mut q = flat(&proj(Projection::Q, &h)?)?;
-            let mut k = flat(&proj(Projection::K, &h)?)?;
-            let v = flat(&proj(Projection::V, &h)?)?;
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            let mut h_in = Input::new(&h, n);
+            let mut q = proj(Projection::Q, &mut h_in)?;
+            let mut k = proj(Projection::K, &mut h_in)?;
+            let v = proj(Projection::V, &mut h_in)?;
             self.rope.apply(&mut q, &positions, nh);
             self.rope.apply(&mut k, &positions, nkv);
             let row = nkv * hd;
@@ -134,20 +166,69 @@ impl Model {
                 offset += c.tokens.len();
             }
             let attn = attend(&q, &rows, cache, l, nh, nkv, hd);
-            let attn = Tensor::from_vec(attn, (n, nh * hd), &self.device)?;
-            x = (x + proj(Projection::O, &attn)?)?;
+            add_assign(&mut x, &proj(Projection::O, &mut Input::new(&attn, n))?);
 
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?.contiguous()?;
-            let gate = proj(Projection::Gate, &h)?;
-            let up = proj(Projection::Up, &h)?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?.contiguous()?;
-            x = (x + proj(Projection::Down, &act)?)?;
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            let mut h_in = Input::new(&h, n);
+            let mut gate = proj(Projection::Gate, &mut h_in)?;
+            let up = proj(Projection::Up, &mut h_in)?;
+            silu_mul(&mut gate, &up);
+            add_assign(&mut x, &proj(Projection::Down, &mut Input::new(&gate, n))?);
         }
-        let last = Tensor::new(last_rows.as_slice(), &self.device)?;
-        let x = x.index_select(&last, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, eps)?.contiguous()?;
-        self.weights.lm_head.forward(&x)
+        let mut last = Vec::with_capacity(last_rows.len() * hidden);
+        for &r in &last_rows {
+            let r = r as usize;
+            last.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.weights.norm, eps, &mut normed);
+        let logits =
+            self.weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
+        Ok(Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?)
     }
+
+    /// Embedding rows of `tokens`, `[n, hidden]`.
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden_size;
+        let mut x = vec![0f32; tokens.len() * hidden];
+        for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
+            self.weights.embed.row(t as usize, row)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Rows at least this many per task in element-wise steps (smaller batches run inline).
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[r] = x[r] / rms(x[r]) * w`, row by row.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).with_min_len(ROWS_PER_TASK).zip(x.par_chunks(d)).for_each(|(o, x)| {
+        let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * inv * w;
+        }
+    });
+}
+
+/// `gate = silu(gate) * up`.
+fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+}
+
+/// `x += y`.
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| {
+        for (x, y) in x.iter_mut().zip(y) {
+            *x += y;
+        }
+    });
 }
 
 /// A contiguous 2-D f32 tensor as a flat vector.

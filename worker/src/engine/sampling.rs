@@ -20,11 +20,13 @@ pub struct SamplingParams {
     /// Generation ends when the text produced so far ends with one of these (the stop
     /// string is not returned).
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks; vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 64, stop: Vec::new() }
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 64, stop: Vec::new(), ignore_eos: false }
     }
 }
 

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 
 use candle_core::Device;
 use tokenizers::Tokenizer;
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Sequences running at once.
     pub max_running: usize,
+    /// Threads of the engine's compute pool (0: one per CPU).
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +40,7 @@ impl Default for EngineConfig {
             adapters: AdapterCacheConfig::default(),
             max_batch_tokens: 512,
             max_running: 64,
+            threads: 0,
         }
     }
 }
@@ -127,11 +131,15 @@ pub struct Engine {
     waiting: VecDeque<Pending>,
     running: Vec<Sequence>,
     next_id: RequestId,
+    /// Every step runs inside this pool, so the calling thread is one of its workers and the
+    /// many short parallel loops of a step cost no thread hand-offs.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Engine {
     /// An engine over an already loaded model and tokenizer.
     pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Self {
+        let pool = compute_pool(config.threads);
         let c = model.config();
         let cache = KvCache::new(config.kv_cache, c.num_layers, c.num_kv_heads, c.head_dim);
         let adapters = AdapterCache::new(config.adapters, c, model.device());
@@ -144,6 +152,7 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
+            pool,
         }
     }
 
@@ -184,16 +193,30 @@ impl Engine {
 
     /// Queues a request; its tokens arrive on the returned channel as steps run.
     pub fn submit(&mut self, req: GenerationRequest) -> Result<(RequestId, Receiver<StreamEvent>)> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let bad = |message: String| EngineError::BadRequest { request: id, message };
         let enc = self
             .tokenizer
             .encode(req.prompt.as_str(), true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
         // model expects it (Llama 2/3); byte-level chat models add nothing.
-        let tokens = enc.get_ids().to_vec();
+        self.submit_tokens(enc.get_ids().to_vec(), req.adapter, req.params)
+    }
+
+    /// Queues a prompt given as token ids (as OpenAI's completions API allows).
+    pub fn submit_tokens(
+        &mut self,
+        tokens: Vec<u32>,
+        adapter: Option<String>,
+        params: SamplingParams,
+    ) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bad = |message: String| EngineError::BadRequest { request: id, message };
+        let vocab = self.model.config().vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(bad(format!("token id {t} is outside the vocabulary of {vocab}")));
+        }
+        let req = GenerationRequest { prompt: String::new(), adapter, params };
         if tokens.is_empty() {
             return Err(bad("the prompt is empty".into()));
         }
@@ -242,6 +265,13 @@ impl Engine {
 
     /// Admits what fits, runs one batched forward pass, samples and streams.
     pub fn step(&mut self) -> Result<StepReport> {
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.step_in_pool()),
+            None => self.step_in_pool(),
+        }
+    }
+
+    fn step_in_pool(&mut self) -> Result<StepReport> {
         self.admit()?;
         let budget = self.config.max_batch_tokens.max(1);
         // Decode tokens first (one each), then prefill chunks with what budget is left.
@@ -377,7 +407,7 @@ impl Engine {
             .min();
         let reason = if stop_at.is_some() {
             Some(FinishReason::Stop)
-        } else if eos.contains(&last) {
+        } else if eos.contains(&last) && !params.ignore_eos {
             Some(FinishReason::Eos)
         } else if generated.len() >= params.max_tokens || s.tokens.len() >= max_pos {
             Some(FinishReason::Length)
@@ -412,4 +442,16 @@ impl Engine {
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path)
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
+}
+
+/// A pool of `threads` workers (0: one per CPU); `None` (steps then use rayon's global pool)
+/// if the OS refuses the threads.
+fn compute_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("engine-{i}"))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no thread pool for the engine; using rayon's"))
+        .ok()
+        .map(Arc::new)
 }

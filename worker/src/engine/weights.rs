@@ -3,56 +3,146 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
+use openledger_kernels::quant::{QActivations, QFormat, QMatrix};
 
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
 
-/// A base projection `y = x W^T`, dense or quantized (candle's quantized matmul).
+/// A base projection `y = x W^T` on the CPU: f32, block-quantized through the kernels crate's
+/// batched quantized matmul (Q4_1, Q8_0), or block-quantized through candle's quantized
+/// matmul (other GGUF formats).
 #[derive(Clone, Debug)]
 pub(crate) enum Linear {
-    /// f32 `[d_out, d_in]`.
-    Dense(Tensor),
-    /// A GGUF block-quantized `[d_out, d_in]` tensor.
+    /// f32 `[d_out, d_in]`, row-major.
+    Dense(Arc<DenseMatrix>),
+    /// Q4_1 / Q8_0 `[d_out, d_in]`.
+    Blocks(Arc<QMatrix>),
+    /// Any other GGUF block-quantized `[d_out, d_in]` tensor.
     Quantized(Arc<QTensor>),
 }
 
+/// A row-major f32 matrix.
+#[derive(Debug)]
+pub(crate) struct DenseMatrix {
+    rows: usize,
+    cols: usize,
+    w: Vec<f32>,
+}
+
+/// One projection input, `[rows, d_in]` row-major, with its 16-bit quantization made on first
+/// use and shared by every projection that reads the same input (q, k and v; gate and up).
+pub(crate) struct Input<'a> {
+    pub x: &'a [f32],
+    pub rows: usize,
+    quantized: Option<QActivations>,
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn new(x: &'a [f32], rows: usize) -> Self {
+        Self { x, rows, quantized: None }
+    }
+
+    /// The input as a CPU tensor (for the LoRA kernels' tensor API).
+    pub(crate) fn tensor(&self) -> Result<Tensor> {
+        let cols = self.x.len() / self.rows.max(1);
+        Ok(Tensor::from_slice(self.x, (self.rows, cols), &Device::Cpu)?)
+    }
+}
+
 impl Linear {
-    /// `x` is `[rows, d_in]`; returns a contiguous `[rows, d_out]`.
+    /// An f32 matrix from a `[d_out, d_in]` tensor.
+    pub(crate) fn dense(t: &Tensor) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        let w = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Linear::Dense(Arc::new(DenseMatrix { rows, cols, w })))
+    }
+
+    /// Chooses the fastest path for a GGUF tensor.
+    pub(crate) fn from_qtensor(q: Arc<QTensor>) -> Result<Self> {
+        let format = match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                return Self::dense(&q.dequantize(&Device::Cpu)?)
+            },
+            GgmlDType::Q4_1 => QFormat::Q4_1,
+            GgmlDType::Q8_0 => QFormat::Q8_0,
+            _ => return Ok(Linear::Quantized(q)),
+        };
+        let (rows, cols) = q.shape().dims2()?;
+        let data = q.data()?.into_owned();
+        Ok(Linear::Blocks(Arc::new(QMatrix::new(format, rows, cols, data)?)))
+    }
+
+    /// The same projection with f32 weights (the reference path for tests).
+    pub(crate) fn dequantized(&self) -> Result<Self> {
+        Ok(match self {
+            Linear::Dense(w) => Linear::Dense(w.clone()),
+            Linear::Blocks(m) => Linear::Dense(Arc::new(DenseMatrix {
+                rows: m.rows(),
+                cols: m.cols(),
+                w: m.dequantize(),
+            })),
+            Linear::Quantized(q) => Self::dense(&q.dequantize(&Device::Cpu)?)?,
+        })
+    }
+
+    /// Row `r` of the matrix in f32 (an embedding lookup), into `out`.
+    pub(crate) fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        match self {
+            Linear::Dense(m) => out.copy_from_slice(&m.w[r * m.cols..(r + 1) * m.cols]),
+            Linear::Blocks(m) => m.dequantize_row(r, out)?,
+            Linear::Quantized(q) => {
+                let row = q.dequantize(&Device::Cpu)?.get(r)?.to_vec1::<f32>()?;
+                out.copy_from_slice(&row);
+            },
+        }
+        Ok(())
+    }
+
+    /// `y = x W^T` for `input` (`[rows, d_in]`); returns `[rows, d_out]`, row-major.
     ///
     /// Every output row depends on its input row alone, through a reduction whose order the
     /// shapes fix: a request's result does not depend on the rows batched with it.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self {
-            Linear::Dense(w) if w.device().is_cpu() => dense_cpu(x, w)?,
-            Linear::Dense(w) => x.matmul(&w.t()?)?,
-            Linear::Quantized(q) => QMatMul::QTensor(q.clone()).forward(x)?,
-        };
-        Ok(y.contiguous()?)
+    pub(crate) fn forward_input(&self, input: &mut Input<'_>) -> Result<Vec<f32>> {
+        let rows = input.rows;
+        Ok(match self {
+            Linear::Dense(m) => dense_cpu(input.x, rows, m),
+            Linear::Blocks(m) => {
+                if input.quantized.is_none() {
+                    input.quantized = Some(QActivations::quantize(input.x, rows, m.cols())?);
+                }
+                let mut y = vec![0f32; rows * m.rows()];
+                if let Some(xq) = &input.quantized {
+                    m.matmul(xq, &mut y)?;
+                }
+                y
+            },
+            Linear::Quantized(q) => QMatMul::QTensor(q.clone())
+                .forward(&input.tensor()?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        })
     }
 }
 
 /// `x @ w^T` on the CPU, one row at a time with a fixed reduction order: a BLAS-style gemm
 /// picks its blocking from the number of rows, which would make a request's bits depend on
 /// how many others share its batch.
-fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+fn dense_cpu(x: &[f32], rows: usize, m: &DenseMatrix) -> Vec<f32> {
     use rayon::prelude::*;
-    let (rows, d_in) = x.dims2()?;
-    let d_out = w.dim(0)?;
-    let x = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let w = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (d_in, d_out) = (m.cols, m.rows);
     let mut y = vec![0f32; rows * d_out];
     const OUT_TILE: usize = 64;
     y.par_chunks_mut(d_out).zip(x.par_chunks(d_in)).for_each(|(y_row, x_row)| {
         y_row.par_chunks_mut(OUT_TILE).enumerate().for_each(|(t, ys)| {
             for (j, yv) in ys.iter_mut().enumerate() {
                 let o = t * OUT_TILE + j;
-                *yv = dot(x_row, &w[o * d_in..(o + 1) * d_in]);
+                *yv = dot(x_row, &m.w[o * d_in..(o + 1) * d_in]);
             }
         });
     });
-    Ok(Tensor::from_vec(y, (rows, d_out), &Device::Cpu)?)
+    y
 }
 
 /// Dot product with eight independent accumulators (vectorizes; order fixed by length).
@@ -70,18 +160,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Weights of one decoder layer.
 pub(crate) struct LayerWeights {
-    pub attn_norm: Tensor,
-    pub ffn_norm: Tensor,
+    pub attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
     /// Indexed by [`Projection::index`].
     pub proj: Vec<Linear>,
 }
 
-/// All weights of the base model, on one device, f32 apart from quantized projections.
+/// All weights of the base model.
 pub(crate) struct BaseWeights {
-    pub embed: Tensor,
+    /// `[vocab, hidden]`; shared with `lm_head` when the model ties them.
+    pub embed: Linear,
     pub layers: Vec<LayerWeights>,
-    pub norm: Tensor,
+    pub norm: Vec<f32>,
     pub lm_head: Linear,
+}
+
+/// A 1-D tensor as f32 values.
+pub(crate) fn vector(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Reads tensors from one or more safetensors files, naming the file in every error.
@@ -159,7 +255,7 @@ pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<
     }
     let st = SafetensorsFiles::open(&paths)?;
     let h = cfg.hidden_size;
-    let embed = st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?;
+    let embed = Linear::dense(&st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let pre = format!("model.layers.{i}");
@@ -167,20 +263,20 @@ pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<
         for p in Projection::ALL {
             let (d_in, d_out) = cfg.proj_dims(p);
             let w = st.get(&format!("{pre}.{}.weight", p.hf_path()), &[d_out, d_in], device)?;
-            proj.push(Linear::Dense(w));
+            proj.push(Linear::dense(&w)?);
         }
         layers.push(LayerWeights {
-            attn_norm: st.get(&format!("{pre}.input_layernorm.weight"), &[h], device)?,
-            ffn_norm: st.get(&format!("{pre}.post_attention_layernorm.weight"), &[h], device)?,
+            attn_norm: vector(&st.get(&format!("{pre}.input_layernorm.weight"), &[h], device)?)?,
+            ffn_norm: vector(&st.get(&format!("{pre}.post_attention_layernorm.weight"), &[h], device)?)?,
             proj,
         });
         tracing::debug!(layer = i, of = cfg.num_layers, "loaded layer");
     }
-    let norm = st.get("model.norm.weight", &[h], device)?;
+    let norm = vector(&st.get("model.norm.weight", &[h], device)?)?;
     let lm_head = if !cfg.tie_word_embeddings || st.contains("lm_head.weight") {
-        Linear::Dense(st.get("lm_head.weight", &[cfg.vocab_size, h], device)?)
+        Linear::dense(&st.get("lm_head.weight", &[cfg.vocab_size, h], device)?)?
     } else {
-        Linear::Dense(embed.clone())
+        embed.clone()
     };
     Ok(BaseWeights { embed, layers, norm, lm_head })
 }
