@@ -84,14 +84,14 @@ fn main() -> Result<()> {
                 Ok(args.prompt as f64 / secs)
             })
             .collect::<Result<Vec<f64>>>()?;
-        report("prefill", 1, false, args.prompt, &runs);
+        report("prefill", 1, false, args.prompt, &runs, args.threads);
     }
     if wants("decode") {
         let p = prompt(args.prompt);
         let runs = (0..args.repeat)
             .map(|_| decode_rate(&mut engine, vec![(p.clone(), None)], args.generate))
             .collect::<Result<Vec<f64>>>()?;
-        report("decode", 1, false, args.prompt, &runs);
+        report("decode", 1, false, args.prompt, &runs, args.threads);
     }
     let adapters = if wants("adapters") {
         let dir = tempfile::tempdir()?;
@@ -116,10 +116,14 @@ fn main() -> Result<()> {
             let runs = (0..args.repeat)
                 .map(|_| decode_rate(&mut engine, seqs.clone(), args.generate))
                 .collect::<Result<Vec<f64>>>()?;
-            report("aggregate", n, with_adapters, args.batch_prompt, &runs);
+            report("aggregate", n, with_adapters, args.batch_prompt, &runs, args.threads);
         }
     }
-    println!("{{\"peak_rss_mib\":{:.1},\"threads\":{}}}", peak_rss_mib(), args.threads);
+    println!(
+        "{{\"engine\":\"openledger\",\"peak_rss_mib\":{:.1},\"threads\":{}}}",
+        peak_rss_mib(),
+        args.threads
+    );
     Ok(())
 }
 
@@ -166,12 +170,12 @@ fn check_finished(rx: &[Receiver<StreamEvent>], tokens: usize) -> Result<()> {
     Ok(())
 }
 
-fn report(what: &str, seqs: usize, adapters: bool, prompt: usize, runs: &[f64]) {
+fn report(what: &str, seqs: usize, adapters: bool, prompt: usize, runs: &[f64], threads: usize) {
     let mut sorted = runs.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"engine\":\"openledger\",\"measure\":\"{what}\",\"sequences\":{seqs},\"adapters\":{adapters},\"prompt\":{prompt},\"tok_per_s\":{median:.1},\"runs\":{sorted:?}}}"
+        "{{\"engine\":\"openledger\",\"measure\":\"{what}\",\"sequences\":{seqs},\"adapters\":{adapters},\"prompt\":{prompt},\"tok_per_s\":{median:.1},\"runs\":{sorted:?},\"threads\":{threads}}}"
     );
 }
 
