@@ -291,8 +291,9 @@ fn check_operand(
 }
 
 /// `y[row] += scale_s * lora_B_s @ (lora_A_s @ x[row])` for every row of every segment, in
-/// place. `x` is `[num_rows, d_in]`, `y` `[num_rows, d_out]`, both contiguous, of the
-/// table's dtype and device. Rows in no segment are left as they were.
+/// place. `x` is `[num_rows, d_in]`, `y` `[num_rows, d_out]`, both contiguous, on the table's
+/// device and of the table's dtype (on the CPU: of one dtype, which may differ from the
+/// table's). Rows in no segment are left as they were.
 pub fn lora_delta(
     x: &Tensor,
     y: &Tensor,
@@ -300,8 +301,11 @@ pub fn lora_delta(
     table: &AdapterTable,
 ) -> Result<()> {
     let map = &segments.map;
-    check_operand(x, "x", table, table.dtype, &[map.num_rows(), table.d_in])?;
-    check_operand(y, "y", table, table.dtype, &[map.num_rows(), table.d_out])?;
+    // On the CPU the activations may be of another dtype than the adapters (f32 activations
+    // with bf16 adapters); x and y always share one.
+    let act = if table.device.is_cpu() { x.dtype() } else { table.dtype };
+    check_operand(x, "x", table, act, &[map.num_rows(), table.d_in])?;
+    check_operand(y, "y", table, act, &[map.num_rows(), table.d_out])?;
     table.check_segments(map)?;
     if map.num_tokens() == 0 {
         return Ok(());
@@ -392,23 +396,27 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         let t = self.table;
         let mut run = || -> Result<()> {
-            with_element!(t.dtype, E => {
-                let x = cpu_slice::<E>(x, xl, "x")?;
-                let y = cpu_slice_mut::<E>(y, yl, "y")?;
-                // Taken out for the call rather than borrowed: a rayon worker waiting inside
-                // this call may run another task that calls lora_delta on the same thread.
-                let mut ws = WORKSPACE.take();
-                let done = cpu::lora_delta(
-                    x,
-                    y,
-                    t.d_in,
-                    t.d_out,
-                    &self.segments.map,
-                    &view::<E>(t),
-                    &mut ws,
-                );
-                WORKSPACE.set(ws);
-                done
+            // Activations (`A`) may differ from the adapters' dtype (`E`) on the CPU.
+            with_element!(x.dtype(), A => {
+                with_element!(t.dtype, E => {
+                    let x = cpu_slice::<A>(x, xl, "x")?;
+                    let y = cpu_slice_mut::<A>(y, yl, "y")?;
+                    // Taken out for the call rather than borrowed: a rayon worker waiting
+                    // inside this call may run another task that calls lora_delta on the
+                    // same thread.
+                    let mut ws = WORKSPACE.take();
+                    let done = cpu::lora_delta(
+                        x,
+                        y,
+                        t.d_in,
+                        t.d_out,
+                        &self.segments.map,
+                        &view::<E>(t),
+                        &mut ws,
+                    );
+                    WORKSPACE.set(ws);
+                    done
+                })
             })
         };
         run().map_err(to_candle)

@@ -4,7 +4,9 @@
 //! (a block of weight rows), so that each weight row is read once per tile from cache and a
 //! single-token decode step still spreads over threads. Each item writes a disjoint block of
 //! the output, so the result never depends on the thread count or on the other segments of
-//! the batch. Arithmetic is f32; the only allocation is the shrink buffer of
+//! the batch. Activations (`T`) and adapter weights (`E`) may be of different element types
+//! (e.g. f32 activations with bf16 adapters, halving the bytes a step reads per adapter).
+//! Arithmetic is f32; the only allocation is the shrink buffer of
 //! [`CpuWorkspace`], which grows to the largest batch seen and is then reused.
 
 use rayon::prelude::*;
@@ -84,9 +86,9 @@ fn simd() -> bool {
 }
 
 /// One shrink work item: rank rows `j0..j1` for the tokens of `tile`.
-struct ShrinkItem<'a, T> {
+struct ShrinkItem<'a, T, E> {
     x: &'a [T],
-    a: &'a [T],
+    a: &'a [E],
     rows: &'a [u32],
     d_in: usize,
     rank: usize,
@@ -97,7 +99,10 @@ struct ShrinkItem<'a, T> {
 }
 
 #[inline(always)]
-fn shrink_item<T: Element, const FMA: bool>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
+fn shrink_item<T: Element, E: Element, const FMA: bool>(
+    it: &ShrinkItem<'_, T, E>,
+    out: DisjointOut<f32>,
+) {
     let d_in = it.d_in;
     for j in it.j0..it.j1 {
         let a_row = (j < it.rank).then(|| &it.a[j * d_in..(j + 1) * d_in]);
@@ -105,7 +110,7 @@ fn shrink_item<T: Element, const FMA: bool>(it: &ShrinkItem<'_, T>, out: Disjoin
             let value = match a_row {
                 Some(a_row) => {
                     let row = it.rows[p] as usize;
-                    dot::<T, T, FMA>(&it.x[row * d_in..(row + 1) * d_in], a_row)
+                    dot::<T, E, FMA>(&it.x[row * d_in..(row + 1) * d_in], a_row)
                 },
                 None => 0.0,
             };
@@ -118,23 +123,26 @@ fn shrink_item<T: Element, const FMA: bool>(it: &ShrinkItem<'_, T>, out: Disjoin
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn shrink_item_avx2<T: Element>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
-    shrink_item::<T, true>(it, out)
+unsafe fn shrink_item_avx2<T: Element, E: Element>(
+    it: &ShrinkItem<'_, T, E>,
+    out: DisjointOut<f32>,
+) {
+    shrink_item::<T, E, true>(it, out)
 }
 
-fn run_shrink_item<T: Element>(it: &ShrinkItem<'_, T>, out: DisjointOut<f32>) {
+fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: DisjointOut<f32>) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
         return unsafe { shrink_item_avx2(it, out) };
     }
-    shrink_item::<T, false>(it, out)
+    shrink_item::<T, E, false>(it, out)
 }
 
 /// One expand work item: output columns `o0..o1` for the tokens of `tile`.
-struct ExpandItem<'a, T> {
+struct ExpandItem<'a, E> {
     v: &'a [f32],
-    b: &'a [T],
+    b: &'a [E],
     rows: &'a [u32],
     d_out: usize,
     rank: usize,
@@ -149,7 +157,10 @@ struct ExpandItem<'a, T> {
 const EXPAND_RANK_BLOCK: usize = 32;
 
 #[inline(always)]
-fn expand_item<T: Element, const FMA: bool>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
+fn expand_item<T: Element, E: Element, const FMA: bool>(
+    it: &ExpandItem<'_, E>,
+    out: DisjointOut<T>,
+) {
     // lora_B rows are `rank` long, so a direct dot per output is short and pays a horizontal
     // sum each time. Instead transpose a [rank block x column block] of B to f32 once per
     // item and accumulate whole column blocks per token: contiguous, vectorised FMAs.
@@ -166,7 +177,7 @@ fn expand_item<T: Element, const FMA: bool>(it: &ExpandItem<'_, T>, out: Disjoin
                 std::slice::from_raw_parts_mut(out.ptr().add(row * it.d_out + it.o0), cols)
             };
             for (y_c, o) in y.iter_mut().zip(it.o0..it.o1) {
-                let delta = dot::<f32, T, FMA>(v_row, &it.b[o * rank..(o + 1) * rank]);
+                let delta = dot::<f32, E, FMA>(v_row, &it.b[o * rank..(o + 1) * rank]);
                 *y_c = T::from_f32(y_c.to_f32() + it.scale * delta);
             }
         }
@@ -213,21 +224,21 @@ fn expand_item<T: Element, const FMA: bool>(it: &ExpandItem<'_, T>, out: Disjoin
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn expand_item_avx2<T: Element>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
-    expand_item::<T, true>(it, out)
+unsafe fn expand_item_avx2<T: Element, E: Element>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
+    expand_item::<T, E, true>(it, out)
 }
 
-fn run_expand_item<T: Element>(it: &ExpandItem<'_, T>, out: DisjointOut<T>) {
+fn run_expand_item<T: Element, E: Element>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
         return unsafe { expand_item_avx2(it, out) };
     }
-    expand_item::<T, false>(it, out)
+    expand_item::<T, E, false>(it, out)
 }
 
 /// Looks up and checks the weights of every segment before any work starts.
-fn check_weights<T: Element, W: AdapterWeights<T> + ?Sized>(
+fn check_weights<E: Element, W: AdapterWeights<E> + ?Sized>(
     map: &SegmentMap,
     weights: &W,
     d_in: usize,
@@ -251,11 +262,11 @@ fn check_weights<T: Element, W: AdapterWeights<T> + ?Sized>(
     Ok(())
 }
 
-fn segment_weights<'w, T: Element, W: AdapterWeights<T> + ?Sized>(
+fn segment_weights<'w, E: Element, W: AdapterWeights<E> + ?Sized>(
     map: &SegmentMap,
     weights: &'w W,
     segment: usize,
-) -> LoraWeights<'w, T> {
+) -> LoraWeights<'w, E> {
     // Checked by `check_weights` before the parallel loop.
     weights.weights(map.slots()[segment]).expect("segment weights checked before launch")
 }
@@ -263,7 +274,7 @@ fn segment_weights<'w, T: Element, W: AdapterWeights<T> + ?Sized>(
 /// `v[p, j] = sum_k x[rows[p], k] * A_s[j, k]` for every sorted position `p` of segment `s`
 /// and `j < rank_s`; `v[p, j] = 0` for `rank_s <= j < max_rank`. `v` is
 /// `[num_tokens, max_rank]` row-major; `x` is `[num_rows, d_in]`.
-pub fn sgmv_shrink<T: Element, W: AdapterWeights<T> + ?Sized>(
+pub fn sgmv_shrink<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
     x: &[T],
     d_in: usize,
     map: &SegmentMap,
@@ -308,7 +319,7 @@ pub fn sgmv_shrink<T: Element, W: AdapterWeights<T> + ?Sized>(
 /// `y[rows[p], o] += scale_s * sum_{j < rank_s} v[p, j] * B_s[o, j]` for every sorted
 /// position `p` of segment `s`. `v` is `[num_tokens, max_rank]`, `y` is `[num_rows, d_out]`;
 /// rows of no segment are not touched.
-pub fn sgmv_expand<T: Element, W: AdapterWeights<T> + ?Sized>(
+pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
     v: &[f32],
     y: &mut [T],
     d_out: usize,
@@ -358,7 +369,7 @@ pub fn sgmv_expand<T: Element, W: AdapterWeights<T> + ?Sized>(
 /// `y[row] += scale_s * B_s (A_s x[row])` for every row of every segment: shrink then
 /// expand, with the intermediate in `workspace`. `x` is `[num_rows, d_in]`, `y` is
 /// `[num_rows, d_out]`.
-pub fn lora_delta<T: Element, W: AdapterWeights<T> + ?Sized>(
+pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
     x: &[T],
     y: &mut [T],
     d_in: usize,

@@ -373,7 +373,8 @@ mod avx2 {
                 let low = _mm_set1_epi8(0x0f);
                 let lo = _mm_and_si128(raw, low);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-                let f = |v: __m128i| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d, m);
+                let f =
+                    |v: __m128i| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d, m);
                 [f(lo), f(_mm_srli_si128(lo, 8)), f(hi), f(_mm_srli_si128(hi, 8))]
             },
             QFormat::Q8_0 => {
@@ -459,8 +460,8 @@ mod tests {
             for &(rows, cols, tokens) in
                 &[(1, 32, 1), (3, 64, 5), (17, 96, 9), (64, 576, 4), (130, 1536, 7)]
             {
-                let w = QMatrix::quantize(format, rows, cols, &random(rows * cols, &mut rng))
-                    .unwrap();
+                let w =
+                    QMatrix::quantize(format, rows, cols, &random(rows * cols, &mut rng)).unwrap();
                 let x = random(tokens * cols, &mut rng);
                 let mut y = vec![f32::NAN; tokens * rows];
                 w.matmul(&x, tokens, &mut y).unwrap();

@@ -198,3 +198,30 @@ fn concurrent_calls_from_rayon_tasks_agree() {
         })
     });
 }
+
+/// On the CPU, f32 activations with bf16 adapters compute exactly what f32 activations with
+/// f32 adapters holding the same (bf16-representable) values compute: bit for bit.
+#[test]
+fn cpu_f32_activations_with_bf16_adapters_match_f32_adapters_bitwise() {
+    let dev = Device::Cpu;
+    let mut rng = rng("tensor lora_delta f32 activations, bf16 adapters");
+    for _ in 0..cases() {
+        // Values drawn as bf16, so the f32 table holds exactly the bf16 table's values.
+        let case = Case::random::<Bf16>(&mut rng, 40);
+        let (narrow, wide) = (table::<Bf16>(&case, &dev), table::<f32>(&case, &dev));
+        let segments = BatchSegments::new(case.map.clone());
+        let rows = case.map.num_rows();
+        let x = tensor::<f32>(&case.x, &[rows, case.d_in], &dev);
+        let (y1, y2) = (
+            tensor::<f32>(&case.y, &[rows, case.d_out], &dev),
+            tensor::<f32>(&case.y, &[rows, case.d_out], &dev),
+        );
+        lora_delta(&x, &y1, &segments, &narrow).unwrap();
+        lora_delta(&x, &y2, &segments, &wide).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(bits(&y1), bits(&y2), "{}", case.describe());
+        assert!(values(&y1) != case.y || case.map.num_tokens() == 0, "{}", case.describe());
+    }
+}

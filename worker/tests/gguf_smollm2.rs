@@ -120,7 +120,11 @@ fn quantized_greedy_tokens_match_the_f32_reference() {
         let params = || SamplingParams { max_tokens: 32, ignore_eos: true, ..Default::default() };
         let run = |e: &mut Engine| {
             let (_, rx) = e
-                .submit(GenerationRequest { prompt: prompt.into(), adapter: None, params: params() })
+                .submit(GenerationRequest {
+                    prompt: prompt.into(),
+                    adapter: None,
+                    params: params(),
+                })
                 .unwrap();
             e.run_until_idle().unwrap();
             rx.try_iter()

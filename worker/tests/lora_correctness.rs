@@ -15,6 +15,11 @@ use openledger_worker::engine::{
 
 type Mat = Vec<Vec<f64>>;
 
+/// `v` rounded to bf16 (nearest even), as a value.
+fn to_bf16(v: f64) -> f64 {
+    half::bf16::from_f32(v as f32).to_f32() as f64
+}
+
 fn load(path: &Path) -> HashMap<String, Mat> {
     let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     t.into_iter()
@@ -202,7 +207,13 @@ fn adapter_logits_match_merged_f32_reference() {
         let adapter = LoraAdapter::load(&adir, &cfg, &Device::Cpu).unwrap();
         assert!((adapter.scale() as f64 - scale).abs() < 1e-6, "scale {}", adapter.scale());
         lora.install(i as u32 + 1, &adapter).unwrap();
-        let aw = load(&adir.join("adapter_model.safetensors"));
+        // The engine keeps adapters in bf16: the reference uses the same rounded weights.
+        let aw: HashMap<String, Mat> = load(&adir.join("adapter_model.safetensors"))
+            .into_iter()
+            .map(|(k, m)| {
+                (k, m.into_iter().map(|r| r.into_iter().map(to_bf16).collect()).collect())
+            })
+            .collect();
         for chunk in [tokens.len(), 6, 1] {
             for (len, got) in engine_logits(&model, &lora, Some(i as u32 + 1), &tokens, chunk) {
                 let want = reference(&cfg, &base, Some((&aw, *scale)), &tokens[..len]);

@@ -17,10 +17,12 @@ fn main() {
     ];
     println!("threads {threads}");
     for (name, format, rows, cols) in shapes {
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let w: Vec<f32> =
+            (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let m = QMatrix::quantize(format, rows, cols, &w).expect("quantize");
         for tokens in [1usize, 8, 32, 128] {
-            let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 31) % 200) as f32 / 100.0 - 1.0).collect();
+            let x: Vec<f32> =
+                (0..tokens * cols).map(|i| ((i * 31) % 200) as f32 / 100.0 - 1.0).collect();
             let mut y = vec![0f32; tokens * rows];
             let reps = (2_000_000_000 / (rows * cols * tokens)).clamp(3, 2000);
             pool.install(|| {

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use openledger_worker::engine::{
-    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelConfig, ModelSource,
-    Projection, SamplingParams, StreamEvent,
+    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
+    SamplingParams, StreamEvent,
 };
 use rand::{Rng, SeedableRng};
 
@@ -68,14 +68,16 @@ fn main() -> Result<()> {
     eprintln!("loaded {} in {:.1} s", args.model.display(), t.elapsed().as_secs_f64());
     let vocab = engine.model().config().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut prompt = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(100..vocab)).collect() };
+    let mut prompt =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(100..vocab)).collect() };
     let wants = |m: &str| args.only.iter().any(|o| o == m);
 
     if wants("prefill") {
         let p = prompt(args.prompt);
         let runs = (0..args.repeat)
             .map(|_| {
-                let params = SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() };
+                let params =
+                    SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() };
                 let rx = vec![engine.submit_tokens(p.clone(), None, params)?.1];
                 let t = Instant::now();
                 engine.run_until_idle()?;

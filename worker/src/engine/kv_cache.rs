@@ -140,12 +140,15 @@ impl KvCache {
     ) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + 'a {
         let (bs, row) = (self.config.block_size, self.row);
         let (keys, values) = (&self.keys[layer], &self.values[layer]);
-        table.blocks.iter().flat_map(move |&b| {
-            let base = b as usize * bs * row;
-            let k = &keys[base..base + bs * row];
-            let v = &values[base..base + bs * row];
-            k.chunks_exact(row).zip(v.chunks_exact(row))
-        })
-        .take(len)
+        table
+            .blocks
+            .iter()
+            .flat_map(move |&b| {
+                let base = b as usize * bs * row;
+                let k = &keys[base..base + bs * row];
+                let v = &values[base..base + bs * row];
+                k.chunks_exact(row).zip(v.chunks_exact(row))
+            })
+            .take(len)
     }
 }

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 use openledger_kernels::BatchSegments;
+use rayon::prelude::*;
 
 use super::adapters::LoraSlots;
 use super::attention::{attend, Rope, RowContext};

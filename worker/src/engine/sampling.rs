@@ -26,7 +26,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 64, stop: Vec::new(), ignore_eos: false }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            max_tokens: 64,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 

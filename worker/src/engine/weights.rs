@@ -248,7 +248,8 @@ pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<
     }
     let st = SafetensorsFiles::open(&paths)?;
     let h = cfg.hidden_size;
-    let embed = Linear::dense(&st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?)?;
+    let embed =
+        Linear::dense(&st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let pre = format!("model.layers.{i}");
@@ -260,7 +261,11 @@ pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<
         }
         layers.push(LayerWeights {
             attn_norm: vector(&st.get(&format!("{pre}.input_layernorm.weight"), &[h], device)?)?,
-            ffn_norm: vector(&st.get(&format!("{pre}.post_attention_layernorm.weight"), &[h], device)?)?,
+            ffn_norm: vector(&st.get(
+                &format!("{pre}.post_attention_layernorm.weight"),
+                &[h],
+                device,
+            )?)?,
             proj,
         });
         tracing::debug!(layer = i, of = cfg.num_layers, "loaded layer");
