@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use openledger_kernels::quant::{QFormat, QMatrix};
+use openledger_kernels::quant::{QActivations, QFormat, QMatrix};
 
 fn main() {
     let threads: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
@@ -20,16 +20,17 @@ fn main() {
         let w: Vec<f32> =
             (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let m = QMatrix::quantize(format, rows, cols, &w).expect("quantize");
-        for tokens in [1usize, 8, 32, 128] {
+        for tokens in [1usize, 4, 8, 32, 128] {
             let x: Vec<f32> =
                 (0..tokens * cols).map(|i| ((i * 31) % 200) as f32 / 100.0 - 1.0).collect();
+            let xq = QActivations::quantize(&x, tokens, cols).expect("activations");
             let mut y = vec![0f32; tokens * rows];
             let reps = (2_000_000_000 / (rows * cols * tokens)).clamp(3, 2000);
             pool.install(|| {
-                m.matmul(&x, tokens, &mut y).expect("matmul");
+                m.matmul(&xq, &mut y).expect("matmul");
                 let t = Instant::now();
                 for _ in 0..reps {
-                    m.matmul(&x, tokens, &mut y).expect("matmul");
+                    m.matmul(&xq, &mut y).expect("matmul");
                 }
                 let secs = t.elapsed().as_secs_f64() / reps as f64;
                 println!(

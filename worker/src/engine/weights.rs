@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use openledger_kernels::quant::{QFormat, QMatrix};
+use openledger_kernels::quant::{QActivations, QFormat, QMatrix};
 
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
@@ -31,15 +31,17 @@ pub(crate) struct DenseMatrix {
     w: Vec<f32>,
 }
 
-/// One projection input, `[rows, d_in]` row-major.
+/// One projection input, `[rows, d_in]` row-major, with its 16-bit quantization made on first
+/// use and shared by every projection that reads the same input (q, k and v; gate and up).
 pub(crate) struct Input<'a> {
     pub x: &'a [f32],
     pub rows: usize,
+    quantized: Option<QActivations>,
 }
 
 impl<'a> Input<'a> {
     pub(crate) fn new(x: &'a [f32], rows: usize) -> Self {
-        Self { x, rows }
+        Self { x, rows, quantized: None }
     }
 
     /// The input as a CPU tensor (for the LoRA kernels' tensor API).
@@ -107,8 +109,13 @@ impl Linear {
         Ok(match self {
             Linear::Dense(m) => dense_cpu(input.x, rows, m),
             Linear::Blocks(m) => {
+                if input.quantized.is_none() {
+                    input.quantized = Some(QActivations::quantize(input.x, rows, m.cols())?);
+                }
                 let mut y = vec![0f32; rows * m.rows()];
-                m.matmul(input.x, rows, &mut y)?;
+                if let Some(xq) = &input.quantized {
+                    m.matmul(xq, &mut y)?;
+                }
                 y
             },
             Linear::Quantized(q) => QMatMul::QTensor(q.clone())
