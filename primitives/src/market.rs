@@ -18,6 +18,10 @@ pub type AdapterId = u32;
 /// Identifier of a base model (the shared weights an adapter is trained against).
 pub type BaseModelId = u32;
 
+/// Identifier of a DataNet (a curated dataset whose contributors share in the fees of the
+/// adapters trained on it and of the answers that retrieve its records as context).
+pub type DataNetId = u32;
+
 /// A provider's reputation, in parts per million: 0 is the worst, [`Reputation::MAX`] the best.
 pub type Reputation = u32;
 
@@ -93,6 +97,9 @@ pub trait ProviderRegistry<AccountId, Balance> {
 
 /// Where the charge of a settled job goes. Implemented by `pallet-attribution`, which splits it
 /// between provider, adapter owner, DataNets and treasury.
+///
+/// `context` lists the DataNets whose records the answer retrieved as context, each with its
+/// share of the DataNets' portion of the charge (shares sum to at most 100%).
 pub trait Settlement<AccountId, Balance> {
     /// Pay out `charge` for `job`. When this is called, `charge` has been released from the
     /// job's escrow and is free balance of `payer`; the implementation moves all of it out of
@@ -106,5 +113,6 @@ pub trait Settlement<AccountId, Balance> {
         provider: &AccountId,
         adapter: AdapterId,
         charge: Balance,
+        context: &[(DataNetId, sp_runtime::Permill)],
     ) -> DispatchResult;
 }

@@ -17,8 +17,8 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Aura, Balance, Block, BlockNumber, Compute, Executive, Grandpa, InherentDataExt,
-    Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
+    AccountId, Attribution, Aura, Balance, Block, BlockNumber, Compute, Executive, Grandpa,
+    InherentDataExt, Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
     TransactionPayment, VERSION,
 };
 
@@ -192,6 +192,36 @@ impl_runtime_apis! {
             max_output_tokens: u32,
         ) -> Option<pallet_jobs::Quote<Runtime>> {
             Jobs::quote(adapter, max_output_tokens)
+        }
+    }
+
+    impl pallet_attribution_runtime_api::AttributionApi<
+        Block,
+        AccountId,
+        Balance,
+        pallet_attribution::Adapter<Runtime>,
+        pallet_attribution::Payee<AccountId>,
+    > for Runtime {
+        fn pending_rewards(
+            datanet: openledger_primitives::market::DataNetId,
+            who: AccountId,
+        ) -> Balance {
+            Attribution::pending_rewards(datanet, &who)
+        }
+
+        fn adapter(
+            adapter: openledger_primitives::market::AdapterId,
+        ) -> Option<pallet_attribution::Adapter<Runtime>> {
+            Attribution::adapter_info(adapter)
+        }
+
+        fn quote_split(
+            adapter: openledger_primitives::market::AdapterId,
+            provider: AccountId,
+            charge: Balance,
+            context: alloc::vec::Vec<(openledger_primitives::market::DataNetId, sp_runtime::Permill)>,
+        ) -> Option<alloc::vec::Vec<(pallet_attribution::Payee<AccountId>, Balance)>> {
+            Attribution::quote_split(adapter, provider, charge, context)
         }
     }
 

@@ -16,6 +16,7 @@ frame_benchmarking::define_benchmarks!(
     [pallet_utility, Utility]
     [pallet_compute, Compute]
     [pallet_jobs, Jobs]
+    [pallet_attribution, Attribution]
 );
 
 use frame_benchmarking::baseline::Pallet as BaselineBench;

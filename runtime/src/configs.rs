@@ -152,7 +152,7 @@ use openledger_primitives::market::AdapterId;
 use openledger_primitives::market::BaseModelId;
 
 parameter_types! {
-    /// Base model every adapter runs on until `pallet-attribution` registers adapters.
+    /// The base model of the benchmark adapters (the embedded SmolLM2-135M-Instruct).
     pub const DefaultBaseModel: BaseModelId = 0;
     /// A provider loses 10% of its bond, to the user, per job it lets expire.
     pub const ProviderSlashFraction: Perbill = Perbill::from_percent(10);
@@ -182,8 +182,8 @@ impl pallet_jobs::Config for Runtime {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type Providers = Compute;
-    type Adapters = pallet_jobs::AnyAdapterOn<DefaultBaseModel>;
-    type Settlement = pallet_jobs::PayProvider<Balances>;
+    type Adapters = Attribution;
+    type Settlement = Attribution;
     type Randomness = pallet_jobs::ParentHashRandomness<Runtime>;
     type AckTimeout = ConstU32<{ MINUTES }>;
     type JobTimeout = ConstU32<{ 10 * MINUTES }>;
@@ -201,7 +201,22 @@ pub struct JobsBenchmarkHelper;
 #[cfg(feature = "runtime-benchmarks")]
 impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
     fn adapter() -> AdapterId {
-        0
+        // An adapter on the default base model, owned by a funded benchmark account.
+        use frame_support::traits::fungible::Mutate;
+        let owner: AccountId = frame_benchmarking::account("adapter owner", 0, 0);
+        let _ = Balances::set_balance(&owner, 1_000_000 * token::OPEN);
+        let id = pallet_attribution::NextAdapterId::<Runtime>::get();
+        let registered = Attribution::register_adapter(
+            RuntimeOrigin::signed(owner),
+            DefaultBaseModel::get(),
+            sp_core::H256::repeat_byte(1),
+            16,
+            pallet_attribution::target::ALL,
+            token::MILLI_OPEN,
+            Default::default(),
+        );
+        assert!(registered.is_ok(), "benchmark adapter registers");
+        id
     }
 
     fn provider(who: &AccountId, worker_key: sp_core::ed25519::Public, _adapter: AdapterId) {
@@ -211,4 +226,32 @@ impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
             DefaultBaseModel::get(),
         );
     }
+}
+
+parameter_types! {
+    pub const AttributionPalletId: frame_support::PalletId = frame_support::PalletId(*b"ol/attrb");
+    /// Receives the treasury part of every fee: a keyless account derived from its own id
+    /// (spent by governance through root calls).
+    pub TreasuryAccount: AccountId =
+        sp_runtime::traits::AccountIdConversion::into_account_truncating(
+            &frame_support::PalletId(*b"ol/trsry"),
+        );
+}
+
+impl pallet_attribution::Config for Runtime {
+    type Currency = Balances;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type PalletId = AttributionPalletId;
+    type Treasury = TreasuryAccount;
+    type DataNetDeposit = frame_support::traits::ConstU128<{ 10 * token::OPEN }>;
+    type ContributionDeposit = frame_support::traits::ConstU128<{ 10 * token::MILLI_OPEN }>;
+    type AdapterDepositBase = frame_support::traits::ConstU128<{ token::OPEN }>;
+    type AdapterDepositPerByte = frame_support::traits::ConstU128<{ 10 * token::MICRO_OPEN }>;
+    type MaxMetadataLen = ConstU32<256>;
+    type MaxCurators = ConstU32<16>;
+    type MaxTrainingDataNets = ConstU32<8>;
+    type MaxContextDataNets = ConstU32<8>;
+    type MaxRecordWeight = frame_support::traits::ConstU128<1_000_000_000_000>;
+    type MaxRank = ConstU32<1024>;
+    type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;
 }

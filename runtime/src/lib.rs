@@ -171,6 +171,9 @@ mod runtime {
 
     #[runtime::pallet_index(9)]
     pub type Jobs = pallet_jobs;
+
+    #[runtime::pallet_index(10)]
+    pub type Attribution = pallet_attribution;
 }
 
 #[cfg(test)]

@@ -172,6 +172,8 @@ impl<T: Config> Pallet<T> {
                 &record.provider,
                 record.adapter,
                 charged,
+                // Receipts do not carry retrieval context yet (receipt format v2 will).
+                &[],
             )?;
         }
         T::Providers::job_settled(&record.provider);
@@ -303,6 +305,7 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
         provider: &AccountId,
         _adapter: AdapterId,
         charge: Currency::Balance,
+        _context: &[(openledger_primitives::market::DataNetId, sp_runtime::Permill)],
     ) -> DispatchResult {
         Currency::transfer(payer, provider, charge, Preservation::Expendable).map(|_| ())
     }

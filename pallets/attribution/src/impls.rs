@@ -1,0 +1,183 @@
+//! The fee split ([`Settlement`]), the adapter catalogue ([`AdapterCatalog`]), quotes and the
+//! pallet's invariants.
+
+use alloc::vec::Vec;
+
+use frame_support::{
+    ensure,
+    traits::{fungible::Mutate, tokens::Preservation, Get},
+    BoundedVec,
+};
+use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, JobId, Settlement};
+use sp_core::U256;
+use sp_runtime::{
+    traits::{CheckedAdd, CheckedSub, Saturating, Zero},
+    ArithmeticError, DispatchError, DispatchResult, Permill,
+};
+
+use crate::{
+    Adapter, Adapters, BalanceOf, Config, DataNetId, DataNets, Error, Event, MaxPayoutsOf, Pallet,
+    Payee, Split, Stakes, REWARD_SCALE,
+};
+
+impl<T: Config> AdapterCatalog<BalanceOf<T>> for Pallet<T> {
+    fn adapter(adapter: AdapterId) -> Option<AdapterTerms<BalanceOf<T>>> {
+        Adapters::<T>::get(adapter)
+            .filter(|a| !a.retired)
+            .map(|a| AdapterTerms { base_model: a.base_model, price_per_1k: a.price_per_1k })
+    }
+}
+
+impl<T: Config> Pallet<T> {
+    /// How `charge` for a job on `adapter` with retrieval `context` would be split now:
+    /// every payee and amount (summing to `charge`).
+    pub fn split_of(
+        adapter: &Adapter<T>,
+        provider: &T::AccountId,
+        charge: BalanceOf<T>,
+        context: &[(DataNetId, Permill)],
+    ) -> Result<Vec<(Payee<T::AccountId>, BalanceOf<T>)>, DispatchError> {
+        ensure!(
+            context.len() <= T::MaxContextDataNets::get() as usize && Self::valid_shares(context),
+            Error::<T>::BadContextShares
+        );
+        let split = Split::<T>::get();
+        let provider_part = split.provider * charge;
+        let owner_part = split.adapter_owner * charge;
+        let datanet_part = split.datanets * charge;
+        let mut out = Vec::new();
+        out.push((Payee::Provider(provider.clone()), provider_part));
+        out.push((Payee::AdapterOwner(adapter.owner.clone()), owner_part));
+        let mut given = provider_part.saturating_add(owner_part);
+        // Context DataNets first, by their shares of the DataNet part; the training DataNets
+        // share what is left, by theirs.
+        let mut context_total: BalanceOf<T> = Zero::zero();
+        for (d, share) in context {
+            let amount = *share * datanet_part;
+            if Self::can_credit(*d) {
+                out.push((Payee::ContextDataNet(*d), amount));
+                given = given.saturating_add(amount);
+            }
+            context_total = context_total.saturating_add(amount);
+        }
+        let training_part = datanet_part.saturating_sub(context_total);
+        for (d, share) in &adapter.training {
+            let amount = *share * training_part;
+            if Self::can_credit(*d) {
+                out.push((Payee::TrainingDataNet(*d), amount));
+                given = given.saturating_add(amount);
+            }
+        }
+        // The treasury's part and every remainder: parts below 100%, DataNets without weight,
+        // rounding.
+        let treasury = charge.checked_sub(&given).ok_or(ArithmeticError::Underflow)?;
+        out.push((Payee::Treasury(T::Treasury::get()), treasury));
+        Ok(out)
+    }
+
+    /// Whether a DataNet exists and has approved weight to credit.
+    fn can_credit(d: DataNetId) -> bool {
+        DataNets::<T>::get(d).is_some_and(|d| d.total_weight > 0)
+    }
+
+    /// Credits `amount` (already in the pallet account) to `datanet`'s contributors.
+    fn credit(datanet: DataNetId, amount: BalanceOf<T>) -> DispatchResult {
+        DataNets::<T>::try_mutate(datanet, |d| -> DispatchResult {
+            let d = d.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+            ensure!(d.total_weight > 0, Error::<T>::UnknownDataNet);
+            let raw: u128 = amount.try_into().map_err(|_| ArithmeticError::Overflow)?;
+            let increment = U256::from(raw)
+                .checked_mul(U256::from(REWARD_SCALE))
+                .ok_or(ArithmeticError::Overflow)?
+                / U256::from(d.total_weight);
+            d.reward_per_weight =
+                d.reward_per_weight.checked_add(increment).ok_or(ArithmeticError::Overflow)?;
+            d.balance = d.balance.checked_add(&amount).ok_or(ArithmeticError::Overflow)?;
+            Ok(())
+        })
+    }
+
+    /// A quote of the split of `charge` for `adapter` with `context`, as if `provider` ran it.
+    pub fn quote_split(
+        adapter: AdapterId,
+        provider: T::AccountId,
+        charge: BalanceOf<T>,
+        context: Vec<(DataNetId, Permill)>,
+    ) -> Option<Vec<(Payee<T::AccountId>, BalanceOf<T>)>> {
+        let record = Adapters::<T>::get(adapter)?;
+        Self::split_of(&record, &provider, charge, &context).ok()
+    }
+
+    /// Checks the pallet's invariants: the pallet account holds exactly the DataNets'
+    /// balances plus its existential deposit; each balance covers what its contributors are owed (the difference is dust
+    /// of less than one planck per settlement); weights add up; every split is valid.
+    #[cfg(any(feature = "try-runtime", test))]
+    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        use crate::{RecordStatus, Records};
+        ensure!(Split::<T>::get().is_valid(), "fee split does not sum to 100%");
+        let mut balances: BalanceOf<T> = Zero::zero();
+        for (id, d) in DataNets::<T>::iter() {
+            balances = balances.saturating_add(d.balance);
+            let approved: u128 = Records::<T>::iter_prefix(id)
+                .filter(|(_, r)| r.status == RecordStatus::Approved)
+                .map(|(_, r)| r.weight)
+                .sum();
+            ensure!(approved == d.total_weight, "DataNet weight differs from its records");
+            let records = Records::<T>::iter_prefix(id).count() as u32;
+            ensure!(records == d.records, "DataNet record count differs from its records");
+            let mut owed = U256::zero();
+            for (_, mut stake) in Stakes::<T>::iter_prefix(id) {
+                Self::bring_up_to_date(&d, &mut stake).map_err(|_| "stake ahead of its DataNet")?;
+                owed = owed.saturating_add(stake.owed_scaled);
+            }
+            let owed_planck = owed / U256::from(REWARD_SCALE);
+            let balance: u128 = d.balance.try_into().map_err(|_| "balance overflow")?;
+            ensure!(owed_planck <= U256::from(balance), "DataNet owes more than it holds");
+        }
+        use frame_support::traits::fungible::Inspect;
+        let held = T::Currency::balance(&Self::account_id());
+        let ed = T::Currency::minimum_balance();
+        ensure!(
+            held == balances.saturating_add(ed),
+            "pallet account differs from the DataNets' balances plus its existential deposit"
+        );
+        for (_, a) in Adapters::<T>::iter() {
+            ensure!(Self::valid_shares(&a.training), "adapter with invalid training shares");
+        }
+        Ok(())
+    }
+}
+
+impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
+    fn settle(
+        job: JobId,
+        payer: &T::AccountId,
+        provider: &T::AccountId,
+        adapter: AdapterId,
+        charge: BalanceOf<T>,
+        context: &[(DataNetId, Permill)],
+    ) -> DispatchResult {
+        let record = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
+        let payouts = Self::split_of(&record, provider, charge, context)?;
+        let pallet = Self::account_id();
+        for (payee, amount) in &payouts {
+            if amount.is_zero() {
+                continue;
+            }
+            let to = match payee {
+                Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) => a.clone(),
+                Payee::TrainingDataNet(d) | Payee::ContextDataNet(d) => {
+                    Self::credit(*d, *amount)?;
+                    pallet.clone()
+                },
+            };
+            if &to != payer {
+                T::Currency::transfer(payer, &to, *amount, Preservation::Expendable)?;
+            }
+        }
+        let payouts: BoundedVec<_, MaxPayoutsOf<T>> =
+            payouts.try_into().map_err(|_| Error::<T>::BadContextShares)?;
+        Self::deposit_event(Event::FeeSplit { job, adapter, charge, payouts });
+        Ok(())
+    }
+}

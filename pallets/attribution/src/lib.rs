@@ -1,0 +1,756 @@
+//! # Attribution pallet: Proof of Attribution and the fee split
+//!
+//! Every paid inference pays everyone who made it possible, in the block that proves it: the
+//! GPU provider, the adapter's owner, the contributors of the DataNets the adapter was trained
+//! on, the contributors of the DataNets whose records the answer retrieved as context, and the
+//! treasury. `pallet-jobs` settles each receipt through this pallet's [`Settlement`]
+//! implementation and finds adapters through its [`AdapterCatalog`].
+//!
+//! ## DataNets and contributions
+//!
+//! Anyone creates a DataNet ([`Pallet::create_datanet`], a deposit held) and names curators.
+//! A contribution is a record hash with a weight. **Contributions need curator approval**:
+//! [`Pallet::contribute`] holds a deposit from the contributor and files the record as
+//! pending; only when a curator (or the owner) calls [`Pallet::approve_contribution`] does its
+//! weight start to earn. Why approval and not a deposit alone: the weight decides how much of
+//! every fee a contributor receives, so an unchecked weight is a claim on other people's
+//! money; a deposit prices spam but cannot tell a good record from a bad one, a curator can.
+//! The deposit still pays for the storage and comes back when the record is removed or
+//! rejected. Curators may also remove approved records later.
+//!
+//! ## Rewards within a DataNet
+//!
+//! A DataNet's portion of a fee is credited in O(1) whatever the number of contributors: the
+//! pallet adds `amount x 10^18 / total_weight` to the DataNet's `reward_per_weight`, and each
+//! contributor's [`Stake`] remembers the accumulator's value when it last changed (the pattern
+//! of staking reward pools). A contributor is owed `weight x (accumulator - snapshot)`; the
+//! stake is brought up to date before its weight changes, so a contribution added later does
+//! not share in past fees and one removed does not lose what it earned. Owed rewards are kept
+//! scaled by 10^18, so no fraction of a planck is dropped; [`Pallet::claim_rewards`] pays the
+//! whole planck. The pallet account holds each DataNet's `balance`: everything credited
+//! minus everything claimed; what the accumulator's rounding leaves unassigned (less than one
+//! planck per settlement) stays in that balance as accounted dust. Nothing is minted or lost:
+//! `try_state` checks that the pallet account holds exactly the sum of DataNet balances and
+//! that each balance covers what its contributors are owed.
+//!
+//! ## The split
+//!
+//! [`FeeSplit`] (on-chain, set by root with [`Pallet::set_split`], validated to sum to 100%)
+//! divides a charge into provider, adapter owner, DataNets and treasury parts. The DataNet
+//! part goes first to the receipt's context DataNets by their shares, then what is left of it
+//! to the adapter's training DataNets by their shares; what no DataNet takes (shares below
+//! 100%, a DataNet with no approved weight) and every rounding remainder go to the treasury.
+//! [`Event::FeeSplit`] lists every payee and amount of a settlement.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub use pallet::*;
+pub use types::*;
+pub use weights::WeightInfo;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+mod impls;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+pub mod types;
+pub mod weights;
+
+use frame_support::traits::fungible::Inspect;
+pub use openledger_primitives::market::{AdapterCatalog, AdapterId, DataNetId, Settlement};
+
+/// The balance type of the pallet's currency.
+pub type BalanceOf<T> =
+    <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
+
+#[frame_support::pallet]
+pub mod pallet {
+    use super::*;
+    use frame_support::{
+        pallet_prelude::*,
+        traits::{
+            fungible::{Mutate, MutateHold},
+            tokens::{Precision, Preservation},
+        },
+        PalletId,
+    };
+    use frame_system::pallet_prelude::*;
+    use openledger_primitives::market::BaseModelId;
+    use sp_core::H256;
+    use sp_runtime::{
+        traits::{AccountIdConversion, CheckedSub, Saturating, Zero},
+        ArithmeticError, Permill,
+    };
+
+    #[pallet::pallet]
+    pub struct Pallet<T>(_);
+
+    #[pallet::config]
+    pub trait Config: frame_system::Config {
+        /// OPEN.
+        type Currency: Mutate<Self::AccountId>
+            + MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
+
+        /// The overarching hold reason.
+        type RuntimeHoldReason: From<HoldReason>;
+
+        /// The pallet's account, which holds contributors' rewards until claimed.
+        #[pallet::constant]
+        type PalletId: Get<PalletId>;
+
+        /// Receives the treasury part of fees and every rounding remainder.
+        type Treasury: Get<Self::AccountId>;
+
+        /// Held from a DataNet's owner while it exists.
+        #[pallet::constant]
+        type DataNetDeposit: Get<BalanceOf<Self>>;
+
+        /// Held from a contributor per record.
+        #[pallet::constant]
+        type ContributionDeposit: Get<BalanceOf<Self>>;
+
+        /// Held from an adapter's owner: a base amount ...
+        #[pallet::constant]
+        type AdapterDepositBase: Get<BalanceOf<Self>>;
+
+        /// ... plus this much per byte of the stored adapter record.
+        #[pallet::constant]
+        type AdapterDepositPerByte: Get<BalanceOf<Self>>;
+
+        /// Longest DataNet metadata, in bytes.
+        #[pallet::constant]
+        type MaxMetadataLen: Get<u32>;
+
+        /// Most curators per DataNet.
+        #[pallet::constant]
+        type MaxCurators: Get<u32>;
+
+        /// Most training DataNets per adapter.
+        #[pallet::constant]
+        type MaxTrainingDataNets: Get<u32>;
+
+        /// Most context DataNets per settlement.
+        #[pallet::constant]
+        type MaxContextDataNets: Get<u32>;
+
+        /// Largest weight of one record.
+        #[pallet::constant]
+        type MaxRecordWeight: Get<u128>;
+
+        /// Largest LoRA rank an adapter may declare.
+        #[pallet::constant]
+        type MaxRank: Get<u32>;
+
+        /// Weights of this pallet's calls.
+        type WeightInfo: WeightInfo;
+    }
+
+    /// Why this pallet holds OPEN.
+    #[pallet::composite_enum]
+    pub enum HoldReason {
+        /// A DataNet owner's deposit.
+        #[codec(index = 0)]
+        DataNetDeposit,
+        /// A contributor's deposit for one record.
+        #[codec(index = 1)]
+        ContributionDeposit,
+        /// An adapter owner's deposit.
+        #[codec(index = 2)]
+        AdapterDeposit,
+    }
+
+    /// Id the next DataNet gets.
+    #[pallet::storage]
+    pub type NextDataNetId<T: Config> = StorageValue<_, DataNetId, ValueQuery>;
+
+    /// DataNets.
+    #[pallet::storage]
+    pub type DataNets<T: Config> = StorageMap<_, Twox64Concat, DataNetId, DataNet<T>>;
+
+    /// Contributed records by DataNet and record hash.
+    #[pallet::storage]
+    pub type Records<T: Config> =
+        StorageDoubleMap<_, Twox64Concat, DataNetId, Identity, H256, Record<T>>;
+
+    /// Contributors' stakes by DataNet and account.
+    #[pallet::storage]
+    pub type Stakes<T: Config> =
+        StorageDoubleMap<_, Twox64Concat, DataNetId, Blake2_128Concat, T::AccountId, Stake>;
+
+    /// Id the next adapter gets.
+    #[pallet::storage]
+    pub type NextAdapterId<T: Config> = StorageValue<_, AdapterId, ValueQuery>;
+
+    /// Registered adapters (retired ones included, so their open jobs settle).
+    #[pallet::storage]
+    pub type Adapters<T: Config> = StorageMap<_, Twox64Concat, AdapterId, Adapter<T>>;
+
+    /// The fee split in force.
+    #[pallet::storage]
+    pub type Split<T: Config> = StorageValue<_, FeeSplit, ValueQuery>;
+
+    #[pallet::genesis_config]
+    #[derive(frame_support::DefaultNoBound)]
+    pub struct GenesisConfig<T: Config> {
+        /// The initial split in parts per million (provider, adapter owner, DataNets,
+        /// treasury); [`FeeSplit::default`] when `None`.
+        pub split: Option<[u32; 4]>,
+        #[serde(skip)]
+        pub _config: core::marker::PhantomData<T>,
+    }
+
+    #[pallet::genesis_build]
+    impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
+        fn build(&self) {
+            let split = self.split.map(FeeSplit::from_ppm).unwrap_or_default();
+            assert!(split.is_valid(), "genesis fee split must sum to 100%");
+            Split::<T>::put(split);
+            Pallet::<T>::ensure_accounts_exist();
+        }
+    }
+
+    #[pallet::event]
+    #[pallet::generate_deposit(pub(super) fn deposit_event)]
+    pub enum Event<T: Config> {
+        /// A DataNet was created.
+        DataNetCreated { datanet: DataNetId, owner: T::AccountId },
+        /// A curator was added to a DataNet.
+        CuratorAdded { datanet: DataNetId, curator: T::AccountId },
+        /// A curator was removed from a DataNet.
+        CuratorRemoved { datanet: DataNetId, curator: T::AccountId },
+        /// A record was contributed and awaits a curator.
+        ContributionSubmitted {
+            datanet: DataNetId,
+            record: H256,
+            contributor: T::AccountId,
+            weight: u128,
+        },
+        /// A curator approved a record: its weight earns from now on.
+        ContributionApproved { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        /// A curator rejected a pending record; its deposit went back.
+        ContributionRejected { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        /// A record was removed; its deposit went back.
+        ContributionRemoved { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        /// A contributor claimed its rewards.
+        RewardsClaimed { datanet: DataNetId, who: T::AccountId, amount: BalanceOf<T> },
+        /// An adapter was registered.
+        AdapterRegistered {
+            adapter: AdapterId,
+            owner: T::AccountId,
+            base_model: BaseModelId,
+            price_per_1k: BalanceOf<T>,
+            deposit: BalanceOf<T>,
+        },
+        /// An adapter's price changed.
+        AdapterPriceUpdated { adapter: AdapterId, price_per_1k: BalanceOf<T> },
+        /// An adapter was retired: no new jobs; its deposit went back.
+        AdapterRetired { adapter: AdapterId },
+        /// The fee split changed.
+        SplitUpdated { split: FeeSplit },
+        /// A job's charge was split: every payee and its amount (they sum to `charge`).
+        FeeSplit {
+            job: openledger_primitives::market::JobId,
+            adapter: AdapterId,
+            charge: BalanceOf<T>,
+            payouts: BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>,
+        },
+    }
+
+    #[pallet::error]
+    pub enum Error<T> {
+        /// No DataNet has this id.
+        UnknownDataNet,
+        /// The sender is not the DataNet's owner.
+        NotDataNetOwner,
+        /// The sender is neither a curator nor the owner of the DataNet.
+        NotCurator,
+        /// The account already curates this DataNet.
+        AlreadyCurator,
+        /// The account does not curate this DataNet.
+        NotACurator,
+        /// The DataNet has `MaxCurators` curators already. Remove one first.
+        TooManyCurators,
+        /// A contribution's weight must be between 1 and `MaxRecordWeight`.
+        BadWeight,
+        /// This record hash is already contributed to the DataNet.
+        DuplicateRecord,
+        /// No such record in the DataNet.
+        UnknownRecord,
+        /// The record is already approved (reject applies to pending records only).
+        NotPending,
+        /// The sender is neither the record's contributor nor a curator of the DataNet.
+        NotContributorOrCurator,
+        /// Nothing to claim.
+        NothingToClaim,
+        /// No adapter has this id.
+        UnknownAdapter,
+        /// The sender is not the adapter's owner.
+        NotAdapterOwner,
+        /// The adapter is retired.
+        AdapterRetired,
+        /// The rank must be between 1 and `MaxRank`.
+        BadRank,
+        /// `target_modules` must name at least one of the seven projections and nothing else.
+        BadTargetModules,
+        /// Training shares must sum to at most 100%, name existing DataNets, each once.
+        BadTrainingShares,
+        /// The split's parts must sum to exactly 100%.
+        BadSplit,
+        /// Context shares must sum to at most 100% and name existing DataNets.
+        BadContextShares,
+    }
+
+    #[pallet::hooks]
+    impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        #[cfg(feature = "try-runtime")]
+        fn try_state(_n: BlockNumberFor<T>) -> Result<(), sp_runtime::TryRuntimeError> {
+            Self::do_try_state()
+        }
+    }
+
+    #[pallet::call]
+    impl<T: Config> Pallet<T> {
+        /// Create a DataNet described by `metadata`; the sender owns it. Holds
+        /// `DataNetDeposit`.
+        #[pallet::call_index(0)]
+        #[pallet::weight(T::WeightInfo::create_datanet())]
+        pub fn create_datanet(
+            origin: OriginFor<T>,
+            metadata: BoundedVec<u8, T::MaxMetadataLen>,
+        ) -> DispatchResult {
+            let owner = ensure_signed(origin)?;
+            let datanet = NextDataNetId::<T>::get();
+            let deposit = T::DataNetDeposit::get();
+            T::Currency::hold(&HoldReason::DataNetDeposit.into(), &owner, deposit)?;
+            NextDataNetId::<T>::put(datanet.checked_add(1).ok_or(ArithmeticError::Overflow)?);
+            DataNets::<T>::insert(
+                datanet,
+                DataNet {
+                    owner: owner.clone(),
+                    metadata,
+                    curators: BoundedVec::new(),
+                    total_weight: 0,
+                    reward_per_weight: sp_core::U256::zero(),
+                    balance: Zero::zero(),
+                    records: 0,
+                    deposit,
+                },
+            );
+            Self::deposit_event(Event::DataNetCreated { datanet, owner });
+            Ok(())
+        }
+
+        /// Add `curator` to `datanet` (its owner only).
+        #[pallet::call_index(1)]
+        #[pallet::weight(T::WeightInfo::add_curator())]
+        pub fn add_curator(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            curator: T::AccountId,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            DataNets::<T>::try_mutate(datanet, |d| -> DispatchResult {
+                let d = d.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+                ensure!(d.owner == who, Error::<T>::NotDataNetOwner);
+                ensure!(!d.curators.contains(&curator), Error::<T>::AlreadyCurator);
+                d.curators.try_push(curator.clone()).map_err(|_| Error::<T>::TooManyCurators)?;
+                Ok(())
+            })?;
+            Self::deposit_event(Event::CuratorAdded { datanet, curator });
+            Ok(())
+        }
+
+        /// Remove `curator` from `datanet` (its owner only).
+        #[pallet::call_index(2)]
+        #[pallet::weight(T::WeightInfo::remove_curator())]
+        pub fn remove_curator(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            curator: T::AccountId,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            DataNets::<T>::try_mutate(datanet, |d| -> DispatchResult {
+                let d = d.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+                ensure!(d.owner == who, Error::<T>::NotDataNetOwner);
+                let at = d.curators.iter().position(|c| c == &curator);
+                let at = at.ok_or(Error::<T>::NotACurator)?;
+                d.curators.remove(at);
+                Ok(())
+            })?;
+            Self::deposit_event(Event::CuratorRemoved { datanet, curator });
+            Ok(())
+        }
+
+        /// Contribute the record `record` with `weight` to `datanet`; it earns once a curator
+        /// approves it. Holds `ContributionDeposit`.
+        #[pallet::call_index(3)]
+        #[pallet::weight(T::WeightInfo::contribute())]
+        pub fn contribute(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            record: H256,
+            weight: u128,
+        ) -> DispatchResult {
+            let contributor = ensure_signed(origin)?;
+            ensure!(weight > 0 && weight <= T::MaxRecordWeight::get(), Error::<T>::BadWeight);
+            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            ensure!(!Records::<T>::contains_key(datanet, record), Error::<T>::DuplicateRecord);
+            let deposit = T::ContributionDeposit::get();
+            T::Currency::hold(&HoldReason::ContributionDeposit.into(), &contributor, deposit)?;
+            d.records = d.records.checked_add(1).ok_or(ArithmeticError::Overflow)?;
+            DataNets::<T>::insert(datanet, d);
+            Records::<T>::insert(
+                datanet,
+                record,
+                Record {
+                    contributor: contributor.clone(),
+                    weight,
+                    status: RecordStatus::Pending,
+                    deposit,
+                },
+            );
+            Self::deposit_event(Event::ContributionSubmitted {
+                datanet,
+                record,
+                contributor,
+                weight,
+            });
+            Ok(())
+        }
+
+        /// Approve a pending record (a curator or the owner): its weight earns from now on.
+        #[pallet::call_index(4)]
+        #[pallet::weight(T::WeightInfo::approve_contribution())]
+        pub fn approve_contribution(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            record: H256,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            ensure!(Self::curates(&d, &who), Error::<T>::NotCurator);
+            let mut r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
+            ensure!(r.status == RecordStatus::Pending, Error::<T>::NotPending);
+            Self::change_weight(datanet, &mut d, &r.contributor, r.weight, true)?;
+            r.status = RecordStatus::Approved;
+            let contributor = r.contributor.clone();
+            Records::<T>::insert(datanet, record, r);
+            DataNets::<T>::insert(datanet, d);
+            Self::deposit_event(Event::ContributionApproved { datanet, record, contributor });
+            Ok(())
+        }
+
+        /// Reject a pending record (a curator or the owner); the contributor's deposit is
+        /// released.
+        #[pallet::call_index(5)]
+        #[pallet::weight(T::WeightInfo::reject_contribution())]
+        pub fn reject_contribution(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            record: H256,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            ensure!(Self::curates(&d, &who), Error::<T>::NotCurator);
+            let r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
+            ensure!(r.status == RecordStatus::Pending, Error::<T>::NotPending);
+            Self::drop_record(datanet, &mut d, record, &r)?;
+            DataNets::<T>::insert(datanet, d);
+            Self::deposit_event(Event::ContributionRejected {
+                datanet,
+                record,
+                contributor: r.contributor,
+            });
+            Ok(())
+        }
+
+        /// Remove a record (its contributor, a curator or the owner). An approved record's
+        /// weight stops earning; what it earned stays claimable. The deposit is released.
+        #[pallet::call_index(6)]
+        #[pallet::weight(T::WeightInfo::remove_contribution())]
+        pub fn remove_contribution(
+            origin: OriginFor<T>,
+            datanet: DataNetId,
+            record: H256,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            let r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
+            ensure!(
+                r.contributor == who || Self::curates(&d, &who),
+                Error::<T>::NotContributorOrCurator
+            );
+            if r.status == RecordStatus::Approved {
+                Self::change_weight(datanet, &mut d, &r.contributor, r.weight, false)?;
+            }
+            Self::drop_record(datanet, &mut d, record, &r)?;
+            DataNets::<T>::insert(datanet, d);
+            Self::deposit_event(Event::ContributionRemoved {
+                datanet,
+                record,
+                contributor: r.contributor,
+            });
+            Ok(())
+        }
+
+        /// Pay the sender what it earned in `datanet`.
+        #[pallet::call_index(7)]
+        #[pallet::weight(T::WeightInfo::claim_rewards())]
+        pub fn claim_rewards(origin: OriginFor<T>, datanet: DataNetId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            let mut stake = Stakes::<T>::get(datanet, &who).ok_or(Error::<T>::NothingToClaim)?;
+            Self::bring_up_to_date(&d, &mut stake)?;
+            let (whole, rest) = stake.owed_scaled.div_mod(REWARD_SCALE.into());
+            let amount: BalanceOf<T> = u128::try_from(whole)
+                .map_err(|_| ArithmeticError::Overflow)?
+                .try_into()
+                .map_err(|_| ArithmeticError::Overflow)?;
+            ensure!(!amount.is_zero(), Error::<T>::NothingToClaim);
+            // The DataNet's balance always covers its contributors' whole planck.
+            d.balance = d.balance.checked_sub(&amount).ok_or(ArithmeticError::Underflow)?;
+            T::Currency::transfer(&Self::account_id(), &who, amount, Preservation::Preserve)?;
+            stake.owed_scaled = rest;
+            Self::store_stake(datanet, &who, stake);
+            DataNets::<T>::insert(datanet, d);
+            Self::deposit_event(Event::RewardsClaimed { datanet, who, amount });
+            Ok(())
+        }
+
+        /// Register a LoRA adapter; the sender owns it and receives the owner's share of its
+        /// fees. Holds `AdapterDepositBase + AdapterDepositPerByte x (record size)`.
+        #[pallet::call_index(8)]
+        #[pallet::weight(T::WeightInfo::register_adapter(training.len() as u32))]
+        pub fn register_adapter(
+            origin: OriginFor<T>,
+            base_model: BaseModelId,
+            content_hash: H256,
+            rank: u32,
+            target_modules: u8,
+            #[pallet::compact] price_per_1k: BalanceOf<T>,
+            training: BoundedVec<(DataNetId, Permill), T::MaxTrainingDataNets>,
+        ) -> DispatchResult {
+            let owner = ensure_signed(origin)?;
+            ensure!(rank >= 1 && rank <= T::MaxRank::get(), Error::<T>::BadRank);
+            ensure!(
+                target_modules != 0 && target_modules & !target::ALL == 0,
+                Error::<T>::BadTargetModules
+            );
+            ensure!(Self::valid_shares(&training), Error::<T>::BadTrainingShares);
+            let adapter = NextAdapterId::<T>::get();
+            let mut record = Adapter {
+                owner: owner.clone(),
+                base_model,
+                content_hash,
+                rank,
+                target_modules,
+                price_per_1k,
+                training,
+                deposit: Zero::zero(),
+                retired: false,
+            };
+            let bytes: BalanceOf<T> = (record.encoded_size() as u32).into();
+            let deposit = T::AdapterDepositBase::get()
+                .saturating_add(T::AdapterDepositPerByte::get().saturating_mul(bytes));
+            T::Currency::hold(&HoldReason::AdapterDeposit.into(), &owner, deposit)?;
+            record.deposit = deposit;
+            NextAdapterId::<T>::put(adapter.checked_add(1).ok_or(ArithmeticError::Overflow)?);
+            Adapters::<T>::insert(adapter, record);
+            Self::deposit_event(Event::AdapterRegistered {
+                adapter,
+                owner,
+                base_model,
+                price_per_1k,
+                deposit,
+            });
+            Ok(())
+        }
+
+        /// Change an adapter's price (its owner only); jobs already submitted keep theirs.
+        #[pallet::call_index(9)]
+        #[pallet::weight(T::WeightInfo::update_adapter_price())]
+        pub fn update_adapter_price(
+            origin: OriginFor<T>,
+            adapter: AdapterId,
+            #[pallet::compact] price_per_1k: BalanceOf<T>,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            Adapters::<T>::try_mutate(adapter, |a| -> DispatchResult {
+                let a = a.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
+                ensure!(a.owner == who, Error::<T>::NotAdapterOwner);
+                ensure!(!a.retired, Error::<T>::AdapterRetired);
+                a.price_per_1k = price_per_1k;
+                Ok(())
+            })?;
+            Self::deposit_event(Event::AdapterPriceUpdated { adapter, price_per_1k });
+            Ok(())
+        }
+
+        /// Retire an adapter (its owner only): no new jobs, the deposit is released. Jobs
+        /// already running still settle and pay the owner.
+        #[pallet::call_index(10)]
+        #[pallet::weight(T::WeightInfo::retire_adapter())]
+        pub fn retire_adapter(origin: OriginFor<T>, adapter: AdapterId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            Adapters::<T>::try_mutate(adapter, |a| -> DispatchResult {
+                let a = a.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
+                ensure!(a.owner == who, Error::<T>::NotAdapterOwner);
+                ensure!(!a.retired, Error::<T>::AdapterRetired);
+                T::Currency::release(
+                    &HoldReason::AdapterDeposit.into(),
+                    &who,
+                    a.deposit,
+                    Precision::BestEffort,
+                )?;
+                a.deposit = Zero::zero();
+                a.retired = true;
+                Ok(())
+            })?;
+            Self::deposit_event(Event::AdapterRetired { adapter });
+            Ok(())
+        }
+
+        /// Set the fee split (root only); its parts must sum to exactly 100%.
+        #[pallet::call_index(11)]
+        #[pallet::weight(T::WeightInfo::set_split())]
+        pub fn set_split(origin: OriginFor<T>, split: FeeSplit) -> DispatchResult {
+            ensure_root(origin)?;
+            ensure!(split.is_valid(), Error::<T>::BadSplit);
+            Split::<T>::put(split);
+            Self::deposit_event(Event::SplitUpdated { split });
+            Ok(())
+        }
+    }
+
+    impl<T: Config> Pallet<T> {
+        /// The account holding contributors' rewards.
+        pub fn account_id() -> T::AccountId {
+            T::PalletId::get().into_account_truncating()
+        }
+
+        /// Endows the pallet and treasury accounts with the existential deposit (at genesis),
+        /// so they exist whatever amounts they receive, and the pallet account never dips
+        /// below it when contributors claim (which would burn its last planck as dust).
+        pub(crate) fn ensure_accounts_exist() {
+            let ed = T::Currency::minimum_balance();
+            for who in [Self::account_id(), T::Treasury::get()] {
+                let have = T::Currency::balance(&who);
+                if have < ed {
+                    let _ = T::Currency::mint_into(&who, ed.saturating_sub(have));
+                }
+            }
+        }
+
+        pub(crate) fn curates(d: &DataNet<T>, who: &T::AccountId) -> bool {
+            &d.owner == who || d.curators.contains(who)
+        }
+
+        pub(crate) fn valid_shares(shares: &[(DataNetId, Permill)]) -> bool {
+            let total: u64 = shares.iter().map(|(_, s)| u64::from(s.deconstruct())).sum();
+            let unique = shares
+                .iter()
+                .enumerate()
+                .all(|(i, (d, _))| shares.iter().skip(i + 1).all(|(e, _)| e != d));
+            total <= u64::from(Permill::one().deconstruct())
+                && unique
+                && shares.iter().all(|(d, _)| DataNets::<T>::contains_key(d))
+        }
+
+        /// Removes a record, releasing its deposit.
+        fn drop_record(
+            datanet: DataNetId,
+            d: &mut DataNet<T>,
+            record: H256,
+            r: &Record<T>,
+        ) -> DispatchResult {
+            T::Currency::release(
+                &HoldReason::ContributionDeposit.into(),
+                &r.contributor,
+                r.deposit,
+                Precision::BestEffort,
+            )?;
+            d.records = d.records.saturating_sub(1);
+            Records::<T>::remove(datanet, record);
+            Ok(())
+        }
+
+        /// Adds (`add`) or removes `weight` of `who` in `datanet`, after bringing its stake up
+        /// to date so past rewards are neither gained nor lost.
+        fn change_weight(
+            datanet: DataNetId,
+            d: &mut DataNet<T>,
+            who: &T::AccountId,
+            weight: u128,
+            add: bool,
+        ) -> DispatchResult {
+            let mut stake = Stakes::<T>::get(datanet, who).unwrap_or_default();
+            Self::bring_up_to_date(d, &mut stake)?;
+            if add {
+                stake.weight = stake.weight.checked_add(weight).ok_or(ArithmeticError::Overflow)?;
+                d.total_weight =
+                    d.total_weight.checked_add(weight).ok_or(ArithmeticError::Overflow)?;
+            } else {
+                stake.weight =
+                    stake.weight.checked_sub(weight).ok_or(ArithmeticError::Underflow)?;
+                d.total_weight =
+                    d.total_weight.checked_sub(weight).ok_or(ArithmeticError::Underflow)?;
+            }
+            Self::store_stake(datanet, who, stake);
+            Ok(())
+        }
+
+        /// Stores a stake, or deletes it once it has no weight and nothing owed.
+        fn store_stake(datanet: DataNetId, who: &T::AccountId, stake: Stake) {
+            if stake.weight == 0 && stake.owed_scaled.is_zero() {
+                Stakes::<T>::remove(datanet, who);
+            } else {
+                Stakes::<T>::insert(datanet, who, stake);
+            }
+        }
+
+        /// Moves what `stake` earned since its snapshot into `owed_scaled`.
+        pub(crate) fn bring_up_to_date(d: &DataNet<T>, stake: &mut Stake) -> DispatchResult {
+            let delta = d
+                .reward_per_weight
+                .checked_sub(stake.snapshot)
+                .ok_or(ArithmeticError::Underflow)?;
+            let earned = delta.checked_mul(stake.weight.into()).ok_or(ArithmeticError::Overflow)?;
+            stake.owed_scaled =
+                stake.owed_scaled.checked_add(earned).ok_or(ArithmeticError::Overflow)?;
+            stake.snapshot = d.reward_per_weight;
+            Ok(())
+        }
+
+        /// Rewards `who` could claim from `datanet` now, in planck.
+        pub fn pending_rewards(datanet: DataNetId, who: &T::AccountId) -> BalanceOf<T> {
+            let (Some(d), Some(mut stake)) =
+                (DataNets::<T>::get(datanet), Stakes::<T>::get(datanet, who))
+            else {
+                return Zero::zero();
+            };
+            if Self::bring_up_to_date(&d, &mut stake).is_err() {
+                return Zero::zero();
+            }
+            let whole = stake.owed_scaled / sp_core::U256::from(REWARD_SCALE);
+            u128::try_from(whole).ok().and_then(|w| w.try_into().ok()).unwrap_or_else(Zero::zero)
+        }
+
+        /// An adapter's record.
+        pub fn adapter_info(adapter: AdapterId) -> Option<Adapter<T>> {
+            Adapters::<T>::get(adapter)
+        }
+    }
+}
+
+/// Upper bound on the payees of one settlement: provider, adapter owner, treasury, every
+/// training DataNet and every context DataNet.
+pub struct MaxPayoutsOf<T>(core::marker::PhantomData<T>);
+
+impl<T: Config> frame_support::traits::Get<u32> for MaxPayoutsOf<T> {
+    fn get() -> u32 {
+        T::MaxTrainingDataNets::get().saturating_add(T::MaxContextDataNets::get()).saturating_add(3)
+    }
+}
