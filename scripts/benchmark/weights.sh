@@ -2,14 +2,14 @@
 # Regenerates the weights of our pallets with the node's `benchmark pallet`, from the runtime
 # blob built with benchmarks (the node's default features). Writes pallets/*/src/weights.rs.
 #
-#   scripts/benchmark/weights.sh [pallet_compute pallet_jobs]
+#   scripts/benchmark/weights.sh [pallet_compute pallet_jobs pallet_attribution]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/env.sh
 wasm="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
 [ -x "$OPENLEDGER_NODE" ] && [ -f "$wasm" ] || bash scripts/build.sh --quiet
 pallets=("$@")
-[ "${#pallets[@]}" -gt 0 ] || pallets=(pallet_compute pallet_jobs)
+[ "${#pallets[@]}" -gt 0 ] || pallets=(pallet_compute pallet_jobs pallet_attribution)
 for p in "${pallets[@]}"; do
     dir="pallets/${p#pallet_}/src"
     [ -d "$dir" ] || { echo "no folder $dir for $p" >&2; exit 1; }

@@ -14,6 +14,13 @@ use openledger_primitives::market::Settlement;
 use sp_core::H256;
 use sp_runtime::{traits::Bounded, Permill};
 
+/// Record hash number `n`.
+fn record_hash(n: u64) -> H256 {
+    let mut bytes = [0u8; 32];
+    bytes[24..].copy_from_slice(&n.to_be_bytes());
+    H256(bytes)
+}
+
 fn funded<T: Config>(name: &'static str, i: u32) -> T::AccountId {
     let who: T::AccountId = account(name, i, 0);
     T::Currency::set_balance(&who, BalanceOf::<T>::max_value() / 1_000_000u32.into());
@@ -37,7 +44,7 @@ fn datanet_with<T: Config>(owner: &T::AccountId, curators: u32) -> DataNetId {
 }
 
 fn approved<T: Config>(owner: &T::AccountId, d: DataNetId, who: &T::AccountId, n: u64) {
-    let r = H256::from_low_u64_be(n);
+    let r = record_hash(n);
     assert!(Attribution::<T>::contribute(RawOrigin::Signed(who.clone()).into(), d, r, 10).is_ok());
     assert!(Attribution::<T>::approve_contribution(RawOrigin::Signed(owner.clone()).into(), d, r)
         .is_ok());
@@ -121,7 +128,7 @@ mod benchmarks {
             &[]
         )
         .is_ok());
-        let r = H256::from_low_u64_be(2);
+        let r = record_hash(2);
         assert!(Attribution::<T>::contribute(RawOrigin::Signed(who).into(), d, r, 10).is_ok());
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), d, r);
@@ -132,7 +139,7 @@ mod benchmarks {
         let owner = funded::<T>("owner", 0);
         let d = datanet_with::<T>(&owner, T::MaxCurators::get());
         let who = funded::<T>("contributor", 0);
-        let r = H256::from_low_u64_be(1);
+        let r = record_hash(1);
         assert!(Attribution::<T>::contribute(RawOrigin::Signed(who).into(), d, r, 10).is_ok());
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), d, r);
@@ -145,7 +152,7 @@ mod benchmarks {
         let who = funded::<T>("contributor", 0);
         approved::<T>(&owner, d, &who, 1);
         #[extrinsic_call]
-        _(RawOrigin::Signed(who), d, H256::from_low_u64_be(1));
+        _(RawOrigin::Signed(who), d, record_hash(1));
     }
 
     #[benchmark]

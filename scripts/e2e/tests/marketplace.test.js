@@ -1,6 +1,9 @@
-// The GPU marketplace as users reach it through polkadot.js: a provider registers and bonds,
-// a user submits a job, the worker acknowledges and settles it with a receipt signed in
-// JavaScript; the failure paths are rejected with named errors and move no OPEN.
+// The GPU marketplace as users reach it through polkadot.js: a DataNet collects curated
+// contributions, an adapter trained on it is registered, a provider registers and bonds, a user
+// submits a job, the worker acknowledges and settles it with a receipt signed in JavaScript,
+// and the fee is split between provider, adapter owner, the DataNet's contributors and the
+// treasury; contributors claim. The failure paths are rejected with named errors and move no
+// OPEN.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomAsU8a, ed25519PairFromSeed, blake2AsU8a } from '@polkadot/util-crypto';
@@ -11,7 +14,8 @@ import { signReceipt } from '../lib/receipt.js';
 
 const OPEN = 10n ** 18n;
 const MILLI = OPEN / 1000n;
-const ADAPTER = 7;
+let ADAPTER;
+let DATANET;
 
 async function account(api, who, at) {
   const q = at ? await api.at(at) : api;
@@ -42,6 +46,37 @@ describe('GPU marketplace through polkadot.js', () => {
     api = await connect(node.wsUrl);
     keys = devAccounts(api);
     genesisHash = api.genesisHash.toU8a();
+  });
+
+  test('a DataNet takes contributions once a curator approves them, and an adapter trained on it registers', async () => {
+    const { dave, ferdie, eve, charlie } = keys;
+    const created = await sendAndWait(api, api.tx.attribution.createDatanet(u8aToHex(stringToU8a('support tickets'))), dave);
+    DATANET = find(api, created.events, api.events.attribution.DataNetCreated)[0].datanet.toNumber();
+    await sendAndWait(api, api.tx.attribution.addCurator(DATANET, charlie.address), dave);
+    // Ferdie contributes weight 1, Eve weight 3; pending weight earns nothing until approved.
+    for (const [who, n, weight] of [[ferdie, 1, 1], [eve, 2, 3]]) {
+      const record = blake2AsU8a(`record ${n}`);
+      await sendAndWait(api, api.tx.attribution.contribute(DATANET, record, weight), who);
+      const ok = await sendAndWait(api, api.tx.attribution.approveContribution(DATANET, record), charlie);
+      assert.equal(find(api, ok.events, api.events.attribution.ContributionApproved).length, 1);
+    }
+    // Only a curator approves: the contributor cannot approve its own record.
+    const record = blake2AsU8a('record 3');
+    await sendAndWait(api, api.tx.attribution.contribute(DATANET, record, 5), ferdie);
+    await assert.rejects(sendAndWait(api, api.tx.attribution.approveContribution(DATANET, record), ferdie), (e) => {
+      assert.equal(e.dispatchError, 'attribution.NotCurator');
+      return true;
+    });
+    await sendAndWait(api, api.tx.attribution.rejectContribution(DATANET, record), charlie);
+    const net = (await api.query.attribution.dataNets(DATANET)).unwrap();
+    assert.equal(net.totalWeight.toBigInt(), 4n);
+
+    const reg = await sendAndWait(api, api.tx.attribution.registerAdapter(
+      0, blake2AsU8a('adapter weights'), 16, 0x7f, MILLI, [[DATANET, 1_000_000]]), dave);
+    ADAPTER = find(api, reg.events, api.events.attribution.AdapterRegistered)[0].adapter.toNumber();
+    const terms = (await api.query.attribution.adapters(ADAPTER)).unwrap();
+    assert.equal(terms.owner.toString(), dave.address);
+    assert.equal(terms.pricePer1k.toBigInt(), MILLI);
   });
 
   after(async () => {
@@ -147,11 +182,12 @@ describe('GPU marketplace through polkadot.js', () => {
     });
 
     const bobBefore = await account(api, bob.address);
+    const daveBefore = await account(api, keys.dave.address);
     const aliceMid = await account(api, alice.address);
     const receipt = signReceipt(worker, fields);
     const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([receipt]), eve);
     const [done] = find(api, settled.events, api.events.jobs.JobSettled);
-    const expected = (500n * price + 999n) / 1000n;
+    const expected = (500n * (price + MILLI) + 999n) / 1000n; // provider + adapter price
     assert.equal(done.charged.toBigInt(), expected);
     assert.equal(done.refunded.toBigInt(), maxFee - expected);
 
@@ -159,7 +195,33 @@ describe('GPU marketplace through polkadot.js', () => {
     const bobAfter = await account(api, bob.address, settled.blockHash);
     assert.equal(aliceMid.reserved - aliceAfter.reserved, maxFee);
     assert.equal(aliceAfter.free - aliceMid.free, maxFee - expected);
-    assert.equal(bobAfter.free - bobBefore.free, expected);
+
+    // The FeeSplit event names every payee; the amounts sum to the charge and match the
+    // balance changes: provider, adapter owner (Dave), the DataNet's contributors, treasury.
+    const [split] = find(api, settled.events, api.events.attribution.FeeSplit);
+    const payouts = split.payouts.map(([payee, amount]) => [payee.toJSON(), amount.toBigInt()]);
+    assert.equal(payouts.reduce((s, [, a]) => s + a, 0n), expected);
+    const paid = (kind) => payouts.filter(([p]) => Object.keys(p)[0] === kind).reduce((s, [, a]) => s + a, 0n);
+    assert.equal(bobAfter.free - bobBefore.free, paid('provider'));
+    const daveAfter = await account(api, keys.dave.address, settled.blockHash);
+    assert.equal(daveAfter.free - daveBefore.free, paid('adapterOwner'));
+    const toDataNet = paid('trainingDataNet');
+    assert.ok(toDataNet > 0n, 'the DataNet got its share');
+    // 70% / 10% / 15% / 5% by default (Permill rounding: within a planck).
+    assert.ok(paid('provider') * 100n >= expected * 70n - 100n && paid('provider') * 100n <= expected * 70n + 100n);
+
+    // Contributors are owed pro rata to their weights (1 : 3), and claim it.
+    const owed = async (who) => (await api.call.attributionApi.pendingRewards(DATANET, who)).toBigInt();
+    const [ferdieOwed, eveOwed] = [await owed(keys.ferdie.address), await owed(keys.eve.address)];
+    assert.ok(ferdieOwed + eveOwed <= toDataNet && toDataNet - (ferdieOwed + eveOwed) <= 1n);
+    assert.ok(eveOwed >= 3n * ferdieOwed && eveOwed <= 3n * ferdieOwed + 3n);
+    const eveBefore = await account(api, keys.eve.address);
+    const claim = await sendAndWait(api, api.tx.attribution.claimRewards(DATANET), keys.eve);
+    const [claimed] = find(api, claim.events, api.events.attribution.RewardsClaimed);
+    assert.equal(claimed.amount.toBigInt(), eveOwed);
+    const eveAfter = await account(api, keys.eve.address, claim.blockHash);
+    assert.equal(eveAfter.free - eveBefore.free, eveOwed - feePaid(api, claim.events));
+    assert.equal(await owed(keys.eve.address), 0n);
 
     // Replaying the same receipt is refused: the job is closed.
     await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([receipt]), eve), (e) => {
