@@ -146,7 +146,7 @@ impl pallet_utility::Config for Runtime {
 
 // ---- Marketplace: GPU providers and inference jobs. ----
 
-use super::{Compute, DAYS, MINUTES};
+use super::{Attribution, Compute, DAYS, MINUTES};
 #[cfg(feature = "runtime-benchmarks")]
 use openledger_primitives::market::AdapterId;
 use openledger_primitives::market::BaseModelId;
@@ -201,10 +201,23 @@ pub struct JobsBenchmarkHelper;
 #[cfg(feature = "runtime-benchmarks")]
 impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
     fn adapter() -> AdapterId {
-        // An adapter on the default base model, owned by a funded benchmark account.
-        use frame_support::traits::fungible::Mutate;
+        // The costliest settlement: an adapter trained on the most DataNets, each with
+        // approved weight, so every receipt credits them all.
+        use frame_support::traits::{fungible::Mutate, Get};
         let owner: AccountId = frame_benchmarking::account("adapter owner", 0, 0);
         let _ = Balances::set_balance(&owner, 1_000_000 * token::OPEN);
+        let datanets = <Runtime as pallet_attribution::Config>::MaxTrainingDataNets::get();
+        let mut training = alloc::vec::Vec::new();
+        for n in 0..datanets {
+            let id = pallet_attribution::NextDataNetId::<Runtime>::get();
+            let origin = || RuntimeOrigin::signed(owner.clone());
+            let record = sp_core::H256::repeat_byte(n as u8);
+            let ok = Attribution::create_datanet(origin(), Default::default()).is_ok()
+                && Attribution::contribute(origin(), id, record, 1).is_ok()
+                && Attribution::approve_contribution(origin(), id, record).is_ok();
+            assert!(ok, "benchmark DataNet set up");
+            training.push((id, sp_runtime::Permill::from_rational(1, datanets)));
+        }
         let id = pallet_attribution::NextAdapterId::<Runtime>::get();
         let registered = Attribution::register_adapter(
             RuntimeOrigin::signed(owner),
@@ -212,8 +225,10 @@ impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
             sp_core::H256::repeat_byte(1),
             16,
             pallet_attribution::target::ALL,
-            token::MILLI_OPEN,
-            Default::default(),
+            // Within the benchmarks' budget, and large enough that every DataNet's share of a
+            // charge is non-zero (so each is credited: the costliest path).
+            100_000,
+            training.try_into().unwrap_or_default(),
         );
         assert!(registered.is_ok(), "benchmark adapter registers");
         id

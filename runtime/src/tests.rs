@@ -41,10 +41,17 @@ fn development_preset_builds_with_alice_as_sole_authority() {
         for who in genesis_config_presets::endowed_accounts() {
             assert_eq!(Balances::balance(&who), genesis_config_presets::ENDOWMENT);
         }
+        // Plus the existential deposits of the attribution pallet's and the treasury's
+        // accounts, endowed at genesis so they never fail to receive a fee share.
         assert_eq!(
             Balances::total_issuance(),
             genesis_config_presets::ENDOWMENT
                 * genesis_config_presets::endowed_accounts().len() as u128
+                + 2 * crate::EXISTENTIAL_DEPOSIT
+        );
+        assert_eq!(
+            Balances::balance(&pallet_attribution::Pallet::<Runtime>::account_id()),
+            crate::EXISTENTIAL_DEPOSIT
         );
     });
 }

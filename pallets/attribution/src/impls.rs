@@ -17,7 +17,7 @@ use sp_runtime::{
 
 use crate::{
     Adapter, Adapters, BalanceOf, Config, DataNetId, DataNets, Error, Event, MaxPayoutsOf, Pallet,
-    Payee, Split, Stakes, REWARD_SCALE,
+    Payee, Split, REWARD_SCALE,
 };
 
 impl<T: Config> AdapterCatalog<BalanceOf<T>> for Pallet<T> {
@@ -113,7 +113,7 @@ impl<T: Config> Pallet<T> {
     /// of less than one planck per settlement); weights add up; every split is valid.
     #[cfg(any(feature = "try-runtime", test))]
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
-        use crate::{RecordStatus, Records};
+        use crate::{RecordStatus, Records, Stakes};
         ensure!(Split::<T>::get().is_valid(), "fee split does not sum to 100%");
         let mut balances: BalanceOf<T> = Zero::zero();
         for (id, d) in DataNets::<T>::iter() {
@@ -159,21 +159,27 @@ impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
     ) -> DispatchResult {
         let record = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
         let payouts = Self::split_of(&record, provider, charge, context)?;
-        let pallet = Self::account_id();
+        // Accounts are paid one transfer each; all DataNet shares go to the pallet account in
+        // one transfer (a transfer costs far more than the DataNet's accumulator update).
+        let mut to_pallet: BalanceOf<T> = Zero::zero();
         for (payee, amount) in &payouts {
             if amount.is_zero() {
                 continue;
             }
-            let to = match payee {
-                Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) => a.clone(),
+            match payee {
+                Payee::Provider(to) | Payee::AdapterOwner(to) | Payee::Treasury(to) => {
+                    if to != payer {
+                        T::Currency::transfer(payer, to, *amount, Preservation::Expendable)?;
+                    }
+                },
                 Payee::TrainingDataNet(d) | Payee::ContextDataNet(d) => {
                     Self::credit(*d, *amount)?;
-                    pallet.clone()
+                    to_pallet = to_pallet.checked_add(amount).ok_or(ArithmeticError::Overflow)?;
                 },
-            };
-            if &to != payer {
-                T::Currency::transfer(payer, &to, *amount, Preservation::Expendable)?;
             }
+        }
+        if !to_pallet.is_zero() {
+            T::Currency::transfer(payer, &Self::account_id(), to_pallet, Preservation::Expendable)?;
         }
         let payouts: BoundedVec<_, MaxPayoutsOf<T>> =
             payouts.try_into().map_err(|_| Error::<T>::BadContextShares)?;

@@ -430,10 +430,7 @@ pub mod pallet {
             record: H256,
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
-            ensure!(Self::curates(&d, &who), Error::<T>::NotCurator);
-            let mut r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
-            ensure!(r.status == RecordStatus::Pending, Error::<T>::NotPending);
+            let (mut d, mut r) = Self::pending_for_curator(datanet, record, &who)?;
             Self::change_weight(datanet, &mut d, &r.contributor, r.weight, true)?;
             r.status = RecordStatus::Approved;
             let contributor = r.contributor.clone();
@@ -453,10 +450,7 @@ pub mod pallet {
             record: H256,
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            let mut d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
-            ensure!(Self::curates(&d, &who), Error::<T>::NotCurator);
-            let r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
-            ensure!(r.status == RecordStatus::Pending, Error::<T>::NotPending);
+            let (mut d, r) = Self::pending_for_curator(datanet, record, &who)?;
             Self::drop_record(datanet, &mut d, record, &r)?;
             DataNets::<T>::insert(datanet, d);
             Self::deposit_event(Event::ContributionRejected {
@@ -642,6 +636,19 @@ pub mod pallet {
                     let _ = T::Currency::mint_into(&who, ed.saturating_sub(have));
                 }
             }
+        }
+
+        /// The DataNet and its pending `record`, if `who` curates it.
+        fn pending_for_curator(
+            datanet: DataNetId,
+            record: H256,
+            who: &T::AccountId,
+        ) -> Result<(DataNet<T>, Record<T>), DispatchError> {
+            let d = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+            ensure!(Self::curates(&d, who), Error::<T>::NotCurator);
+            let r = Records::<T>::get(datanet, record).ok_or(Error::<T>::UnknownRecord)?;
+            ensure!(r.status == RecordStatus::Pending, Error::<T>::NotPending);
+            Ok((d, r))
         }
 
         pub(crate) fn curates(d: &DataNet<T>, who: &T::AccountId) -> bool {

@@ -52,38 +52,38 @@ pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Component `c` ranges over `[1, 64]`.
 	fn submit_job(c: u32, ) -> Weight {
-		// Proof size: measured `560 + c * 193`, estimated `5527 + c * 2781`.
-		// Fastest run: 117_269_000 ps.
-		Weight::from_parts(111_994_550, 5527)
-			.saturating_add(Weight::from_parts(10_361_174, 0).saturating_mul(c.into()))
-			.saturating_add(T::DbWeight::get().reads(6))
+		// Proof size: measured `963 + c * 191`, estimated `5527 + c * 2781`.
+		// Fastest run: 126_466_000 ps.
+		Weight::from_parts(150_074_519, 5527)
+			.saturating_add(Weight::from_parts(12_733_707, 0).saturating_mul(c.into()))
+			.saturating_add(T::DbWeight::get().reads(7))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(c.into())))
 			.saturating_add(T::DbWeight::get().writes(8))
 			.saturating_add(Weight::from_parts(0, 2781).saturating_mul(c.into()))
 	}
 	fn acknowledge() -> Weight {
 		// Proof size: measured `365`, estimated `3688`.
-		// Fastest run: 29_334_000 ps.
-		Weight::from_parts(31_639_000, 3688)
+		// Fastest run: 30_727_000 ps.
+		Weight::from_parts(33_843_000, 3688)
 			.saturating_add(T::DbWeight::get().reads(1))
 			.saturating_add(T::DbWeight::get().writes(3))
 	}
 	/// Component `n` ranges over `[1, 512]`.
 	fn submit_receipts(n: u32, ) -> Weight {
-		// Proof size: measured `1100 + n * 51`, estimated `6196 + n * 2698`.
-		// Fastest run: 219_800_000 ps.
-		Weight::from_parts(220_952_000, 6196)
-			.saturating_add(Weight::from_parts(182_454_799, 0).saturating_mul(n.into()))
-			.saturating_add(T::DbWeight::get().reads(6))
+		// Proof size: measured `2326 + n * 51`, estimated `27982 + n * 2698`.
+		// Fastest run: 460_358_000 ps.
+		Weight::from_parts(464_606_000, 27982)
+			.saturating_add(Weight::from_parts(386_352_923, 0).saturating_mul(n.into()))
+			.saturating_add(T::DbWeight::get().reads(19))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
-			.saturating_add(T::DbWeight::get().writes(5))
+			.saturating_add(T::DbWeight::get().writes(16))
 			.saturating_add(T::DbWeight::get().writes((3_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2698).saturating_mul(n.into()))
 	}
 	fn expire() -> Weight {
-		// Proof size: measured `1126`, estimated `6196`.
-		// Fastest run: 154_808_000 ps.
-		Weight::from_parts(159_427_000, 6196)
+		// Proof size: measured `1159`, estimated `6218`.
+		// Fastest run: 157_654_000 ps.
+		Weight::from_parts(164_858_000, 6218)
 			.saturating_add(T::DbWeight::get().reads(8))
 			.saturating_add(T::DbWeight::get().writes(10))
 	}
@@ -93,38 +93,38 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 impl WeightInfo for () {
 	/// Component `c` ranges over `[1, 64]`.
 	fn submit_job(c: u32, ) -> Weight {
-		// Proof size: measured `560 + c * 193`, estimated `5527 + c * 2781`.
-		// Fastest run: 117_269_000 ps.
-		Weight::from_parts(111_994_550, 5527)
-			.saturating_add(Weight::from_parts(10_361_174, 0).saturating_mul(c.into()))
-			.saturating_add(ParityDbWeight::get().reads(6))
+		// Proof size: measured `963 + c * 191`, estimated `5527 + c * 2781`.
+		// Fastest run: 126_466_000 ps.
+		Weight::from_parts(150_074_519, 5527)
+			.saturating_add(Weight::from_parts(12_733_707, 0).saturating_mul(c.into()))
+			.saturating_add(ParityDbWeight::get().reads(7))
 			.saturating_add(ParityDbWeight::get().reads((2_u64).saturating_mul(c.into())))
 			.saturating_add(ParityDbWeight::get().writes(8))
 			.saturating_add(Weight::from_parts(0, 2781).saturating_mul(c.into()))
 	}
 	fn acknowledge() -> Weight {
 		// Proof size: measured `365`, estimated `3688`.
-		// Fastest run: 29_334_000 ps.
-		Weight::from_parts(31_639_000, 3688)
+		// Fastest run: 30_727_000 ps.
+		Weight::from_parts(33_843_000, 3688)
 			.saturating_add(ParityDbWeight::get().reads(1))
 			.saturating_add(ParityDbWeight::get().writes(3))
 	}
 	/// Component `n` ranges over `[1, 512]`.
 	fn submit_receipts(n: u32, ) -> Weight {
-		// Proof size: measured `1100 + n * 51`, estimated `6196 + n * 2698`.
-		// Fastest run: 219_800_000 ps.
-		Weight::from_parts(220_952_000, 6196)
-			.saturating_add(Weight::from_parts(182_454_799, 0).saturating_mul(n.into()))
-			.saturating_add(ParityDbWeight::get().reads(6))
+		// Proof size: measured `2326 + n * 51`, estimated `27982 + n * 2698`.
+		// Fastest run: 460_358_000 ps.
+		Weight::from_parts(464_606_000, 27982)
+			.saturating_add(Weight::from_parts(386_352_923, 0).saturating_mul(n.into()))
+			.saturating_add(ParityDbWeight::get().reads(19))
 			.saturating_add(ParityDbWeight::get().reads((1_u64).saturating_mul(n.into())))
-			.saturating_add(ParityDbWeight::get().writes(5))
+			.saturating_add(ParityDbWeight::get().writes(16))
 			.saturating_add(ParityDbWeight::get().writes((3_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2698).saturating_mul(n.into()))
 	}
 	fn expire() -> Weight {
-		// Proof size: measured `1126`, estimated `6196`.
-		// Fastest run: 154_808_000 ps.
-		Weight::from_parts(159_427_000, 6196)
+		// Proof size: measured `1159`, estimated `6218`.
+		// Fastest run: 157_654_000 ps.
+		Weight::from_parts(164_858_000, 6218)
 			.saturating_add(ParityDbWeight::get().reads(8))
 			.saturating_add(ParityDbWeight::get().writes(10))
 	}

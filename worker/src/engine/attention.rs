@@ -143,17 +143,7 @@ impl Simd {
             // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => unsafe { avx2::dot(a, b) },
-            Simd::Portable => {
-                let mut acc = [0f32; 8];
-                let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-                let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-                for (x, y) in ac.zip(bc) {
-                    for k in 0..8 {
-                        acc[k] += x[k] * y[k];
-                    }
-                }
-                acc.iter().sum::<f32>() + tail
-            },
+            Simd::Portable => super::weights::dot(a, b),
         }
     }
 

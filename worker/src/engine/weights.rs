@@ -146,7 +146,7 @@ fn dense_cpu(x: &[f32], rows: usize, m: &DenseMatrix) -> Vec<f32> {
 }
 
 /// Dot product with eight independent accumulators (vectorizes; order fixed by length).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
