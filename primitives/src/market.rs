@@ -115,4 +115,9 @@ pub trait Settlement<AccountId, Balance> {
         charge: Balance,
         context: &[(DataNetId, sp_runtime::Permill)],
     ) -> DispatchResult;
+
+    /// Upper bound on the weight of one [`Self::settle`] call, whatever accounts and DataNets
+    /// it touches: what the marketplace charges per receipt on top of its own measured cost,
+    /// so batches of receipts for different adapters never exceed their declared weight.
+    fn settle_weight() -> sp_runtime::Weight;
 }

@@ -6,13 +6,19 @@ use crate::Pallet as Attribution;
 use alloc::{vec, vec::Vec};
 use frame_benchmarking::v2::*;
 use frame_support::{
-    traits::{fungible::Mutate, Get},
+    traits::{
+        fungible::{Inspect, Mutate},
+        Get,
+    },
     BoundedVec,
 };
 use frame_system::RawOrigin;
 use openledger_primitives::market::Settlement;
 use sp_core::H256;
-use sp_runtime::{traits::Bounded, Permill};
+use sp_runtime::{
+    traits::{Bounded, Saturating},
+    Permill,
+};
 
 /// Record hash number `n`.
 fn record_hash(n: u64) -> H256 {
@@ -210,6 +216,44 @@ mod benchmarks {
         let a = adapter_of::<T>(&owner, &[]);
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), a);
+    }
+
+    /// A settlement crediting `d` DataNets (training then context), each of `c` contributors,
+    /// paid by a fresh payer to a fresh provider and adapter owner.
+    #[benchmark]
+    fn settle(
+        d: Linear<1, { T::MaxTrainingDataNets::get() + T::MaxContextDataNets::get() }>,
+        c: Linear<1, 100>,
+    ) {
+        Attribution::<T>::ensure_accounts_exist();
+        let owner = funded::<T>("owner", 0);
+        let nets: Vec<DataNetId> = (0..d)
+            .map(|_| {
+                let id = datanet_with::<T>(&owner, 0);
+                for i in 0..c {
+                    let who = funded::<T>("contributor", i);
+                    approved::<T>(&owner, id, &who, i as u64);
+                }
+                id
+            })
+            .collect();
+        let training_len = (d as usize).min(T::MaxTrainingDataNets::get() as usize);
+        let a = adapter_of::<T>(&owner, &nets[..training_len]);
+        let share = Permill::from_rational(1u32, T::MaxContextDataNets::get().max(1));
+        let context: Vec<(DataNetId, Permill)> =
+            nets[training_len..].iter().map(|n| (*n, share)).collect();
+        let payer = funded::<T>("payer", 0);
+        // Providers are bonded, so their accounts exist.
+        let provider = funded::<T>("provider", 0);
+        let charge: BalanceOf<T> =
+            T::Currency::minimum_balance().saturating_mul(1_000_000u32.into());
+        #[block]
+        {
+            assert!(<Attribution<T> as Settlement<_, _>>::settle(
+                0, &payer, &provider, a, charge, &context
+            )
+            .is_ok());
+        }
     }
 
     #[benchmark]

@@ -52,6 +52,7 @@ pub trait WeightInfo {
 	fn register_adapter(t: u32, ) -> Weight;
 	fn update_adapter_price() -> Weight;
 	fn retire_adapter() -> Weight;
+	fn settle(d: u32, c: u32, ) -> Weight;
 	fn set_split() -> Weight;
 }
 
@@ -60,66 +61,66 @@ pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	fn create_datanet() -> Weight {
 		// Proof size: measured `148`, estimated `3604`.
-		// Fastest run: 75_801_000 ps.
-		Weight::from_parts(78_497_000, 3604)
+		// Fastest run: 75_961_000 ps.
+		Weight::from_parts(79_077_000, 3604)
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().writes(4))
 	}
 	fn add_curator() -> Weight {
 		// Proof size: measured `933`, estimated `4364`.
-		// Fastest run: 20_778_000 ps.
-		Weight::from_parts(22_071_000, 4364)
+		// Fastest run: 20_549_000 ps.
+		Weight::from_parts(21_820_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(1))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
 	fn remove_curator() -> Weight {
 		// Proof size: measured `965`, estimated `4364`.
-		// Fastest run: 20_679_000 ps.
-		Weight::from_parts(21_891_000, 4364)
+		// Fastest run: 20_428_000 ps.
+		Weight::from_parts(21_970_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(1))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
 	fn contribute() -> Weight {
 		// Proof size: measured `682`, estimated `4364`.
-		// Fastest run: 85_890_000 ps.
-		Weight::from_parts(88_736_000, 4364)
+		// Fastest run: 86_732_000 ps.
+		Weight::from_parts(89_678_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(4))
 			.saturating_add(T::DbWeight::get().writes(4))
 	}
 	fn approve_contribution() -> Weight {
 		// Proof size: measured `1360`, estimated `4364`.
-		// Fastest run: 42_329_000 ps.
-		Weight::from_parts(44_523_000, 4364)
+		// Fastest run: 42_750_000 ps.
+		Weight::from_parts(45_355_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().writes(3))
 	}
 	fn reject_contribution() -> Weight {
 		// Proof size: measured `1366`, estimated `4364`.
-		// Fastest run: 78_867_000 ps.
-		Weight::from_parts(81_653_000, 4364)
+		// Fastest run: 80_079_000 ps.
+		Weight::from_parts(82_864_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(4))
 			.saturating_add(T::DbWeight::get().writes(4))
 	}
 	fn remove_contribution() -> Weight {
 		// Proof size: measured `1531`, estimated `4364`.
-		// Fastest run: 87_714_000 ps.
-		Weight::from_parts(91_059_000, 4364)
+		// Fastest run: 88_925_000 ps.
+		Weight::from_parts(92_001_000, 4364)
 			.saturating_add(T::DbWeight::get().reads(5))
 			.saturating_add(T::DbWeight::get().writes(5))
 	}
 	fn claim_rewards() -> Weight {
 		// Proof size: measured `1024`, estimated `6196`.
-		// Fastest run: 91_200_000 ps.
-		Weight::from_parts(94_486_000, 6196)
+		// Fastest run: 92_162_000 ps.
+		Weight::from_parts(95_839_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(4))
 			.saturating_add(T::DbWeight::get().writes(4))
 	}
 	/// Component `t` ranges over `[0, 8]`.
 	fn register_adapter(t: u32, ) -> Weight {
 		// Proof size: measured `217 + t * 48`, estimated `3604 + t * 3374`.
-		// Fastest run: 74_860_000 ps.
-		Weight::from_parts(79_446_369, 3604)
-			.saturating_add(Weight::from_parts(3_775_792, 0).saturating_mul(t.into()))
+		// Fastest run: 75_962_000 ps.
+		Weight::from_parts(80_644_083, 3604)
+			.saturating_add(Weight::from_parts(3_797_682, 0).saturating_mul(t.into()))
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(t.into())))
 			.saturating_add(T::DbWeight::get().writes(4))
@@ -127,22 +128,36 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	}
 	fn update_adapter_price() -> Weight {
 		// Proof size: measured `208`, estimated `3648`.
-		// Fastest run: 19_737_000 ps.
-		Weight::from_parts(21_100_000, 3648)
+		// Fastest run: 19_536_000 ps.
+		Weight::from_parts(20_989_000, 3648)
 			.saturating_add(T::DbWeight::get().reads(1))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
 	fn retire_adapter() -> Weight {
 		// Proof size: measured `366`, estimated `3648`.
-		// Fastest run: 67_506_000 ps.
-		Weight::from_parts(69_700_000, 3648)
+		// Fastest run: 67_586_000 ps.
+		Weight::from_parts(70_021_000, 3648)
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().writes(3))
 	}
+	/// Component `d` ranges over `[1, 16]`.
+	/// Component `c` ranges over `[1, 100]`.
+	fn settle(d: u32, c: u32, ) -> Weight {
+		// Proof size: measured `1236 + c * 7 + d * 51`, estimated `14005 + d * 3374`.
+		// Fastest run: 259_705_000 ps.
+		Weight::from_parts(205_914_326, 14005)
+			.saturating_add(Weight::from_parts(10_783_961, 0).saturating_mul(d.into()))
+			.saturating_add(Weight::from_parts(671_218, 0).saturating_mul(c.into()))
+			.saturating_add(T::DbWeight::get().reads(7))
+			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(d.into())))
+			.saturating_add(T::DbWeight::get().writes(3))
+			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(d.into())))
+			.saturating_add(Weight::from_parts(0, 3374).saturating_mul(d.into()))
+	}
 	fn set_split() -> Weight {
 		// Proof size: measured `0`, estimated `0`.
-		// Fastest run: 10_019_000 ps.
-		Weight::from_parts(10_820_000, 0)
+		// Fastest run: 9_748_000 ps.
+		Weight::from_parts(10_670_000, 0)
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
 }
@@ -151,66 +166,66 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 impl WeightInfo for () {
 	fn create_datanet() -> Weight {
 		// Proof size: measured `148`, estimated `3604`.
-		// Fastest run: 75_801_000 ps.
-		Weight::from_parts(78_497_000, 3604)
+		// Fastest run: 75_961_000 ps.
+		Weight::from_parts(79_077_000, 3604)
 			.saturating_add(ParityDbWeight::get().reads(3))
 			.saturating_add(ParityDbWeight::get().writes(4))
 	}
 	fn add_curator() -> Weight {
 		// Proof size: measured `933`, estimated `4364`.
-		// Fastest run: 20_778_000 ps.
-		Weight::from_parts(22_071_000, 4364)
+		// Fastest run: 20_549_000 ps.
+		Weight::from_parts(21_820_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(1))
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 	fn remove_curator() -> Weight {
 		// Proof size: measured `965`, estimated `4364`.
-		// Fastest run: 20_679_000 ps.
-		Weight::from_parts(21_891_000, 4364)
+		// Fastest run: 20_428_000 ps.
+		Weight::from_parts(21_970_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(1))
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 	fn contribute() -> Weight {
 		// Proof size: measured `682`, estimated `4364`.
-		// Fastest run: 85_890_000 ps.
-		Weight::from_parts(88_736_000, 4364)
+		// Fastest run: 86_732_000 ps.
+		Weight::from_parts(89_678_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(4))
 			.saturating_add(ParityDbWeight::get().writes(4))
 	}
 	fn approve_contribution() -> Weight {
 		// Proof size: measured `1360`, estimated `4364`.
-		// Fastest run: 42_329_000 ps.
-		Weight::from_parts(44_523_000, 4364)
+		// Fastest run: 42_750_000 ps.
+		Weight::from_parts(45_355_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(3))
 			.saturating_add(ParityDbWeight::get().writes(3))
 	}
 	fn reject_contribution() -> Weight {
 		// Proof size: measured `1366`, estimated `4364`.
-		// Fastest run: 78_867_000 ps.
-		Weight::from_parts(81_653_000, 4364)
+		// Fastest run: 80_079_000 ps.
+		Weight::from_parts(82_864_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(4))
 			.saturating_add(ParityDbWeight::get().writes(4))
 	}
 	fn remove_contribution() -> Weight {
 		// Proof size: measured `1531`, estimated `4364`.
-		// Fastest run: 87_714_000 ps.
-		Weight::from_parts(91_059_000, 4364)
+		// Fastest run: 88_925_000 ps.
+		Weight::from_parts(92_001_000, 4364)
 			.saturating_add(ParityDbWeight::get().reads(5))
 			.saturating_add(ParityDbWeight::get().writes(5))
 	}
 	fn claim_rewards() -> Weight {
 		// Proof size: measured `1024`, estimated `6196`.
-		// Fastest run: 91_200_000 ps.
-		Weight::from_parts(94_486_000, 6196)
+		// Fastest run: 92_162_000 ps.
+		Weight::from_parts(95_839_000, 6196)
 			.saturating_add(ParityDbWeight::get().reads(4))
 			.saturating_add(ParityDbWeight::get().writes(4))
 	}
 	/// Component `t` ranges over `[0, 8]`.
 	fn register_adapter(t: u32, ) -> Weight {
 		// Proof size: measured `217 + t * 48`, estimated `3604 + t * 3374`.
-		// Fastest run: 74_860_000 ps.
-		Weight::from_parts(79_446_369, 3604)
-			.saturating_add(Weight::from_parts(3_775_792, 0).saturating_mul(t.into()))
+		// Fastest run: 75_962_000 ps.
+		Weight::from_parts(80_644_083, 3604)
+			.saturating_add(Weight::from_parts(3_797_682, 0).saturating_mul(t.into()))
 			.saturating_add(ParityDbWeight::get().reads(3))
 			.saturating_add(ParityDbWeight::get().reads((1_u64).saturating_mul(t.into())))
 			.saturating_add(ParityDbWeight::get().writes(4))
@@ -218,22 +233,36 @@ impl WeightInfo for () {
 	}
 	fn update_adapter_price() -> Weight {
 		// Proof size: measured `208`, estimated `3648`.
-		// Fastest run: 19_737_000 ps.
-		Weight::from_parts(21_100_000, 3648)
+		// Fastest run: 19_536_000 ps.
+		Weight::from_parts(20_989_000, 3648)
 			.saturating_add(ParityDbWeight::get().reads(1))
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 	fn retire_adapter() -> Weight {
 		// Proof size: measured `366`, estimated `3648`.
-		// Fastest run: 67_506_000 ps.
-		Weight::from_parts(69_700_000, 3648)
+		// Fastest run: 67_586_000 ps.
+		Weight::from_parts(70_021_000, 3648)
 			.saturating_add(ParityDbWeight::get().reads(3))
 			.saturating_add(ParityDbWeight::get().writes(3))
 	}
+	/// Component `d` ranges over `[1, 16]`.
+	/// Component `c` ranges over `[1, 100]`.
+	fn settle(d: u32, c: u32, ) -> Weight {
+		// Proof size: measured `1236 + c * 7 + d * 51`, estimated `14005 + d * 3374`.
+		// Fastest run: 259_705_000 ps.
+		Weight::from_parts(205_914_326, 14005)
+			.saturating_add(Weight::from_parts(10_783_961, 0).saturating_mul(d.into()))
+			.saturating_add(Weight::from_parts(671_218, 0).saturating_mul(c.into()))
+			.saturating_add(ParityDbWeight::get().reads(7))
+			.saturating_add(ParityDbWeight::get().reads((1_u64).saturating_mul(d.into())))
+			.saturating_add(ParityDbWeight::get().writes(3))
+			.saturating_add(ParityDbWeight::get().writes((1_u64).saturating_mul(d.into())))
+			.saturating_add(Weight::from_parts(0, 3374).saturating_mul(d.into()))
+	}
 	fn set_split() -> Weight {
 		// Proof size: measured `0`, estimated `0`.
-		// Fastest run: 10_019_000 ps.
-		Weight::from_parts(10_820_000, 0)
+		// Fastest run: 9_748_000 ps.
+		Weight::from_parts(10_670_000, 0)
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 }

@@ -358,7 +358,9 @@ pub mod pallet {
         /// Settle jobs with their workers' signed receipts. Valid receipts settle even when
         /// others in the batch are rejected.
         #[pallet::call_index(2)]
-        #[pallet::weight(T::WeightInfo::submit_receipts(receipts.len() as u32))]
+        #[pallet::weight(T::WeightInfo::submit_receipts(receipts.len() as u32).saturating_add(
+            T::Settlement::settle_weight().saturating_mul(receipts.len() as u64)
+        ))]
         pub fn submit_receipts(
             origin: OriginFor<T>,
             receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
