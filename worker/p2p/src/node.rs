@@ -1,0 +1,442 @@
+//! The network task: it alone owns the [`Swarm`], and serves the handles' commands and the
+//! swarm's events in one loop.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    core::ConnectedPoint,
+    identify,
+    multiaddr::Protocol,
+    noise,
+    request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel},
+    swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{
+    behaviour::{Behaviour, BehaviourEvent},
+    error::{FetchError, P2pError, RequestFailure},
+    handle::{Command, P2pEvent, P2pHandle},
+    rate::RateLimiter,
+    wire::{PayloadRequest, PayloadResponse, TokenChunk, TokensResponse},
+    P2pConfig,
+};
+
+/// Commands waiting for the network task; senders wait when it is full.
+const COMMAND_QUEUE: usize = 256;
+/// Events waiting for the application in the channel returned by [`spawn`].
+const EVENT_QUEUE: usize = 1024;
+/// Events the task holds beyond [`EVENT_QUEUE`] while the application catches up. Token
+/// chunks beyond this are answered `Busy` instead of being buffered.
+const EVENT_BACKLOG: usize = 1024;
+/// Connections with no request in flight are closed after this long; the peer is redialled
+/// by its remembered address on the next request.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts a node: builds its swarm, starts listening and dialling the bootstrap addresses,
+/// and spawns the network task on the current tokio runtime.
+///
+/// Returns the handle to command it and the receiver of its [`P2pEvent`]s. A node that needs
+/// no events (a worker) may drop the receiver.
+pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>), P2pError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| P2pError::Transport("spawn must be called inside a tokio runtime".into()))?;
+    let local_peer_id = config.keypair.public().to_peer_id();
+    let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_behaviour(|key| Behaviour::new(key.public(), &config))
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+
+    let mut listeners_starting = HashSet::new();
+    for addr in &config.listen {
+        let listener = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| P2pError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        listeners_starting.insert(listener);
+    }
+    for addr in &config.bootstrap {
+        remember_address(&mut swarm, addr);
+        if let Err(error) = swarm.dial(addr.clone()) {
+            warn!(%addr, %error, "cannot dial bootstrap address");
+        }
+    }
+
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let handle = P2pHandle {
+        local_peer_id,
+        commands: commands_tx,
+        request_timeout: config.request_timeout,
+        max_payload_bytes: config.max_payload_bytes,
+        max_chunk_bytes: config.max_chunk_bytes,
+    };
+    let node = EventLoop {
+        swarm,
+        commands,
+        events,
+        backlog: VecDeque::new(),
+        offers: HashMap::new(),
+        rate: RateLimiter::new(config.requests_per_second_per_peer),
+        listeners_starting,
+        waiting_for_listeners: Vec::new(),
+        dials: HashMap::new(),
+        fetches: HashMap::new(),
+        sends: HashMap::new(),
+        serving: HashMap::new(),
+        request_timeout: config.request_timeout,
+    };
+    info!(peer = %local_peer_id, "p2p node starting");
+    runtime.spawn(node.run());
+    Ok((handle, events_rx))
+}
+
+/// A `/p2p/<peer id>` address names its peer: remember it so requests can redial the peer.
+fn remember_address(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
+    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+        swarm.add_peer_address(peer, addr.clone());
+    }
+}
+
+/// A payload held for one job, for one peer.
+struct Offer {
+    payload: Vec<u8>,
+    allowed: PeerId,
+}
+
+/// Payload contents stay out of logs, even at trace level.
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Offer")
+            .field("payload_bytes", &self.payload.len())
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+/// What woke the event loop.
+enum Step {
+    Command(Option<Command>),
+    Swarm(SwarmEvent<BehaviourEvent>),
+    /// Room in the event channel for the head of the backlog (`None`: receiver dropped).
+    Deliver(Option<mpsc::OwnedPermit<P2pEvent>>),
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<P2pEvent>,
+    /// Events not yet in the channel, each token chunk with its unanswered acknowledgement:
+    /// a worker's `send_tokens` returns only once its chunk reached the application.
+    backlog: VecDeque<(P2pEvent, Option<ResponseChannel<TokensResponse>>)>,
+    offers: HashMap<u64, Offer>,
+    rate: RateLimiter,
+    listeners_starting: HashSet<libp2p::core::transport::ListenerId>,
+    waiting_for_listeners: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
+    fetches: HashMap<OutboundRequestId, (u64, oneshot::Sender<Result<Vec<u8>, FetchError>>)>,
+    sends: HashMap<OutboundRequestId, oneshot::Sender<Result<(), P2pError>>>,
+    /// Payload responses on their way, to report [`P2pEvent::PayloadFetched`] once sent.
+    serving: HashMap<InboundRequestId, u64>,
+    request_timeout: Duration,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut stopped_by = None;
+        loop {
+            // Each branch only borrows what it polls; the step is handled once they are gone.
+            let step = tokio::select! {
+                command = self.commands.recv() => Step::Command(command),
+                event = self.swarm.select_next_some() => Step::Swarm(event),
+                permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => {
+                    Step::Deliver(permit.ok())
+                }
+            };
+            match step {
+                Step::Command(Some(Command::Shutdown { reply })) => {
+                    stopped_by = Some(reply);
+                    break;
+                },
+                Step::Command(Some(command)) => self.on_command(command),
+                Step::Command(None) => break,
+                Step::Swarm(event) => self.on_swarm_event(event),
+                Step::Deliver(Some(permit)) => {
+                    if let Some((event, ack)) = self.backlog.pop_front() {
+                        permit.send(event);
+                        if let Some(ack) = ack {
+                            let tokens = &mut self.swarm.behaviour_mut().tokens;
+                            let _ = tokens.send_response(ack, TokensResponse::Ack);
+                        }
+                    }
+                },
+                Step::Deliver(None) => self.refuse_backlog(),
+            }
+        }
+        info!(peer = %self.swarm.local_peer_id(), "p2p node stopped");
+        // Close listeners and connections before telling the caller we are done.
+        drop(self.swarm);
+        if let Some(reply) = stopped_by {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs { reply } => {
+                if self.listeners_starting.is_empty() {
+                    let _ = reply.send(self.swarm.listeners().cloned().collect());
+                } else {
+                    self.waiting_for_listeners.push(reply);
+                }
+            },
+            Command::Dial { addr, reply } => {
+                remember_address(&mut self.swarm, &addr);
+                let opts = DialOpts::from(addr.clone());
+                let connection = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(connection, (addr, reply));
+                    },
+                    Err(error) => {
+                        let _ = reply.send(Err(P2pError::Dial { addr, reason: error.to_string() }));
+                    },
+                }
+            },
+            Command::OfferPayload { job, payload, allowed, reply } => {
+                debug!(job, bytes = payload.len(), %allowed, "payload offered");
+                self.offers.insert(job, Offer { payload, allowed });
+                let _ = reply.send(());
+            },
+            Command::WithdrawPayload { job, reply } => {
+                if self.offers.remove(&job).is_some() {
+                    debug!(job, "payload withdrawn");
+                }
+                let _ = reply.send(());
+            },
+            Command::FetchPayload { gateway, job, reply } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .payload
+                    .send_request(&gateway, PayloadRequest { job });
+                self.fetches.insert(request, (job, reply));
+            },
+            Command::SendTokens { gateway, chunk, reply } => {
+                let request = self.swarm.behaviour_mut().tokens.send_request(&gateway, chunk);
+                self.sends.insert(request, reply);
+            },
+            // Handled by the loop itself.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            },
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Payload(event)) => self.on_payload_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Tokens(event)) => self.on_tokens_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                debug!(peer = %peer_id, protocol = %info.protocol_version, agent = %info.agent_version, "identified");
+            },
+            SwarmEvent::Behaviour(_) => {},
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                info!(%address, "listening");
+                self.listener_started(listener_id);
+            },
+            SwarmEvent::ListenerClosed { listener_id, .. } => self.listener_started(listener_id),
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(%error, "listener failed");
+                self.listener_started(listener_id);
+            },
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    // Lets requests redial this peer once the connection idles out.
+                    self.swarm.add_peer_address(peer_id, address.clone());
+                }
+                if let Some((_, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    self.enqueue(P2pEvent::PeerConnected { peer: peer_id }, None);
+                }
+            },
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(P2pError::Dial { addr, reason: error.to_string() }));
+                }
+            },
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                if num_established == 0 {
+                    self.rate.forget(&peer_id);
+                    self.enqueue(P2pEvent::PeerDisconnected { peer: peer_id }, None);
+                }
+            },
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                debug!(%send_back_addr, %error, "incoming connection failed");
+            },
+            _ => {},
+        }
+    }
+
+    fn listener_started(&mut self, listener: libp2p::core::transport::ListenerId) {
+        if self.listeners_starting.remove(&listener) && self.listeners_starting.is_empty() {
+            let addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+            for reply in self.waiting_for_listeners.drain(..) {
+                let _ = reply.send(addrs.clone());
+            }
+        }
+    }
+
+    fn on_payload_event(
+        &mut self,
+        event: request_response::Event<PayloadRequest, PayloadResponse>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message: Message::Request { request_id, request, channel },
+                ..
+            } => {
+                let job = request.job;
+                let response = if !self.rate.allow(peer, Instant::now()) {
+                    debug!(%peer, job, "payload request rate limited");
+                    PayloadResponse::RateLimited
+                } else {
+                    match self.offers.get(&job) {
+                        None => PayloadResponse::Unknown,
+                        Some(offer) if offer.allowed != peer => {
+                            info!(%peer, job, "payload denied to a peer other than the assigned one");
+                            PayloadResponse::Denied
+                        },
+                        Some(offer) => {
+                            self.serving.insert(request_id, job);
+                            PayloadResponse::Payload(offer.payload.clone())
+                        },
+                    }
+                };
+                if self.swarm.behaviour_mut().payload.send_response(channel, response).is_err() {
+                    self.serving.remove(&request_id);
+                    debug!(%peer, job, "payload requester went away before the answer");
+                }
+            },
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                let Some((job, reply)) = self.fetches.remove(&request_id) else { return };
+                let result = match response {
+                    PayloadResponse::Payload(payload) => Ok(payload),
+                    PayloadResponse::Denied => Err(FetchError::Denied { gateway: peer, job }),
+                    PayloadResponse::Unknown => Err(FetchError::Unknown { gateway: peer, job }),
+                    PayloadResponse::RateLimited => Err(FetchError::RateLimited { gateway: peer }),
+                };
+                let _ = reply.send(result);
+            },
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let Some((job, reply)) = self.fetches.remove(&request_id) else { return };
+                debug!(%peer, job, %error, "payload fetch failed");
+                let error =
+                    RequestFailure::from(error).into_fetch_error(peer, self.request_timeout);
+                let _ = reply.send(Err(error));
+            },
+            Event::InboundFailure { peer, request_id, error, .. } => {
+                self.serving.remove(&request_id);
+                debug!(%peer, %error, "inbound payload request failed");
+            },
+            Event::ResponseSent { peer, request_id, .. } => {
+                if let Some(job) = self.serving.remove(&request_id) {
+                    debug!(%peer, job, "payload delivered");
+                    self.enqueue(P2pEvent::PayloadFetched { job, by: peer }, None);
+                }
+            },
+        }
+    }
+
+    fn on_tokens_event(&mut self, event: request_response::Event<TokenChunk, TokensResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                if self.rate.allow(peer, Instant::now()) {
+                    self.enqueue(P2pEvent::Tokens { from: peer, chunk: request }, Some(channel));
+                } else {
+                    debug!(%peer, job = request.job, "token chunk rate limited");
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .tokens
+                        .send_response(channel, TokensResponse::RateLimited);
+                }
+            },
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                let Some(reply) = self.sends.remove(&request_id) else { return };
+                let result = match response {
+                    TokensResponse::Ack => Ok(()),
+                    TokensResponse::RateLimited => Err(P2pError::RateLimited { peer }),
+                    TokensResponse::Busy => Err(P2pError::Busy { peer }),
+                };
+                let _ = reply.send(result);
+            },
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let Some(reply) = self.sends.remove(&request_id) else { return };
+                debug!(%peer, %error, "token chunk not delivered");
+                let _ = reply.send(Err(
+                    RequestFailure::from(error).into_p2p_error(peer, self.request_timeout)
+                ));
+            },
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound token chunk failed");
+            },
+            Event::ResponseSent { .. } => {},
+        }
+    }
+
+    /// Queues an event for the application, with the acknowledgement owed for it if any.
+    fn enqueue(&mut self, event: P2pEvent, ack: Option<ResponseChannel<TokensResponse>>) {
+        if self.events.is_closed() || self.backlog.len() >= EVENT_BACKLOG {
+            if let Some(ack) = ack {
+                let _ = self.swarm.behaviour_mut().tokens.send_response(ack, TokensResponse::Busy);
+            }
+            if !self.events.is_closed() {
+                warn!("application is not consuming p2p events; dropping one");
+            }
+            return;
+        }
+        self.backlog.push_back((event, ack));
+    }
+
+    /// The application dropped its receiver: nothing queued can be delivered.
+    fn refuse_backlog(&mut self) {
+        for (_, ack) in self.backlog.drain(..) {
+            if let Some(ack) = ack {
+                let _ = self.swarm.behaviour_mut().tokens.send_response(ack, TokensResponse::Busy);
+            }
+        }
+    }
+}
