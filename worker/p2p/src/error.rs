@@ -71,10 +71,20 @@ pub enum P2pError {
         /// The configured timeout.
         timeout: Duration,
     },
-    /// The request could not be delivered or answered (no known address, connection
-    /// refused or closed, protocol not supported, malformed answer).
+    /// The peer could not be reached: no known address (dial it first, or list it in
+    /// [`P2pConfig::bootstrap`](crate::P2pConfig)), or nobody answers there.
     #[error("peer {peer} unreachable: {reason}")]
     Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer was reached but did not answer properly: it closed the stream (as it does
+    /// with a message over its size limit), does not speak the protocol, or answered
+    /// something malformed.
+    #[error("request to {peer} failed: {reason}")]
+    RequestFailed {
         /// The peer.
         peer: PeerId,
         /// What failed.
@@ -131,10 +141,19 @@ pub enum FetchError {
         /// The configured timeout.
         timeout: Duration,
     },
-    /// The gateway could not be reached or did not answer properly (no known address,
-    /// connection refused or closed, protocol not supported, malformed answer).
+    /// The gateway could not be reached: no known address (dial it first, or list it in
+    /// [`P2pConfig::bootstrap`](crate::P2pConfig)), or nobody answers there.
     #[error("gateway {gateway} unreachable: {reason}")]
     Unreachable {
+        /// The gateway asked.
+        gateway: PeerId,
+        /// What failed.
+        reason: String,
+    },
+    /// The gateway was reached but did not answer properly: it closed the stream, does not
+    /// speak the protocol, or answered something malformed.
+    #[error("payload request to gateway {gateway} failed: {reason}")]
+    RequestFailed {
         /// The gateway asked.
         gateway: PeerId,
         /// What failed.
@@ -151,24 +170,30 @@ pub(crate) enum RequestFailure {
     Timeout,
     TooLarge(FrameTooLarge),
     Unreachable(String),
+    Failed(String),
 }
 
 impl From<OutboundFailure> for RequestFailure {
     fn from(failure: OutboundFailure) -> Self {
         match failure {
             OutboundFailure::Timeout => Self::Timeout,
+            OutboundFailure::DialFailure => Self::Unreachable(failure.to_string()),
             OutboundFailure::Io(error) => match FrameTooLarge::find(&error) {
                 Some(too_large) => Self::TooLarge(too_large),
-                None => Self::Unreachable(describe_io(&error)),
+                None => Self::Failed(describe_io(&error)),
             },
-            other => Self::Unreachable(other.to_string()),
+            other => Self::Failed(other.to_string()),
         }
     }
 }
 
 fn describe_io(error: &io::Error) -> String {
     match error.kind() {
-        io::ErrorKind::UnexpectedEof => "the peer closed the stream without answering".into(),
+        io::ErrorKind::UnexpectedEof => {
+            "the peer closed the stream without answering (as it does with a message over its \
+             size limit)"
+                .into()
+        },
         _ => error.to_string(),
     }
 }
@@ -181,6 +206,7 @@ impl RequestFailure {
                 FetchError::TooLarge { gateway, size, max }
             },
             Self::Unreachable(reason) => FetchError::Unreachable { gateway, reason },
+            Self::Failed(reason) => FetchError::RequestFailed { gateway, reason },
         }
     }
 
@@ -189,6 +215,7 @@ impl RequestFailure {
             Self::Timeout => P2pError::Timeout { peer, timeout },
             Self::TooLarge(FrameTooLarge { size, max }) => P2pError::ChunkTooLarge { size, max },
             Self::Unreachable(reason) => P2pError::Unreachable { peer, reason },
+            Self::Failed(reason) => P2pError::RequestFailed { peer, reason },
         }
     }
 }
