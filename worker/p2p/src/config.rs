@@ -93,6 +93,14 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_no_secret() {
+        let config = P2pConfig::new(keypair_from_ed25519_secret([0x5a; 32]).unwrap());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("90, 90, 90"), "{shown}");
+        assert!(!shown.to_lowercase().contains(&"5a".repeat(8)), "{shown}");
+    }
+
+    #[test]
     fn a_non_point_is_not_a_public_key() {
         // y = 2 is not on the curve.
         let mut bytes = [0u8; 32];

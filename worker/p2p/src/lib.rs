@@ -21,6 +21,8 @@
 //!
 //! One tokio task owns the libp2p `Swarm`; [`P2pHandle`] talks to it over channels.
 
+#![warn(missing_docs)]
+
 mod behaviour;
 mod config;
 mod error;

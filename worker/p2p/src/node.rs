@@ -124,6 +124,15 @@ impl fmt::Debug for Offer {
     }
 }
 
+/// Where the answer to a handle's command goes.
+type Reply<T> = oneshot::Sender<T>;
+
+/// A payload fetch in flight: the job it asked for, and who waits for the payload.
+struct PendingFetch {
+    job: u64,
+    reply: Reply<Result<Vec<u8>, FetchError>>,
+}
+
 /// What woke the event loop.
 enum Step {
     Command(Option<Command>),
@@ -143,9 +152,9 @@ struct EventLoop {
     rate: RateLimiter,
     listeners_starting: HashSet<libp2p::core::transport::ListenerId>,
     waiting_for_listeners: Vec<oneshot::Sender<Vec<Multiaddr>>>,
-    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
-    fetches: HashMap<OutboundRequestId, (u64, oneshot::Sender<Result<Vec<u8>, FetchError>>)>,
-    sends: HashMap<OutboundRequestId, oneshot::Sender<Result<(), P2pError>>>,
+    dials: HashMap<ConnectionId, (Multiaddr, Reply<Result<PeerId, P2pError>>)>,
+    fetches: HashMap<OutboundRequestId, PendingFetch>,
+    sends: HashMap<OutboundRequestId, Reply<Result<(), P2pError>>>,
     /// Payload responses on their way, to report [`P2pEvent::PayloadFetched`] once sent.
     serving: HashMap<InboundRequestId, u64>,
     request_timeout: Duration,
@@ -230,7 +239,7 @@ impl EventLoop {
                     .behaviour_mut()
                     .payload
                     .send_request(&gateway, PayloadRequest { job });
-                self.fetches.insert(request, (job, reply));
+                self.fetches.insert(request, PendingFetch { job, reply });
             },
             Command::SendTokens { gateway, chunk, reply } => {
                 let request = self.swarm.behaviour_mut().tokens.send_request(&gateway, chunk);
@@ -348,7 +357,9 @@ impl EventLoop {
             Event::Message {
                 peer, message: Message::Response { request_id, response }, ..
             } => {
-                let Some((job, reply)) = self.fetches.remove(&request_id) else { return };
+                let Some(PendingFetch { job, reply }) = self.fetches.remove(&request_id) else {
+                    return;
+                };
                 let result = match response {
                     PayloadResponse::Payload(payload) => Ok(payload),
                     PayloadResponse::Denied => Err(FetchError::Denied { gateway: peer, job }),
@@ -358,7 +369,9 @@ impl EventLoop {
                 let _ = reply.send(result);
             },
             Event::OutboundFailure { peer, request_id, error, .. } => {
-                let Some((job, reply)) = self.fetches.remove(&request_id) else { return };
+                let Some(PendingFetch { job, reply }) = self.fetches.remove(&request_id) else {
+                    return;
+                };
                 debug!(%peer, job, %error, "payload fetch failed");
                 let error =
                     RequestFailure::from(error).into_fetch_error(peer, self.request_timeout);

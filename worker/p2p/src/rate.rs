@@ -72,7 +72,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| limiter.allow(a, t2)).count(), 4);
         limiter.forget(&a);
-        assert!(limiter.buckets.get(&a).is_none());
+        assert!(!limiter.buckets.contains_key(&a));
     }
 
     #[test]
