@@ -10,9 +10,7 @@ use std::{
 use futures::StreamExt;
 use libp2p::{
     core::ConnectedPoint,
-    identify,
-    multiaddr::Protocol,
-    noise,
+    identify, noise,
     request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel},
     swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
@@ -65,13 +63,6 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
             .map_err(|e| P2pError::Listen { addr: addr.clone(), reason: e.to_string() })?;
         listeners_starting.insert(listener);
     }
-    for addr in &config.bootstrap {
-        remember_address(&mut swarm, addr);
-        if let Err(error) = swarm.dial(addr.clone()) {
-            warn!(%addr, %error, "cannot dial bootstrap address");
-        }
-    }
-
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
     let handle = P2pHandle {
@@ -81,7 +72,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         max_payload_bytes: config.max_payload_bytes,
         max_chunk_bytes: config.max_chunk_bytes,
     };
-    let node = EventLoop {
+    let mut node = EventLoop {
         swarm,
         commands,
         events,
@@ -91,21 +82,21 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         listeners_starting,
         waiting_for_listeners: Vec::new(),
         dials: HashMap::new(),
+        dialling: HashMap::new(),
+        parked: HashMap::new(),
         fetches: HashMap::new(),
         sends: HashMap::new(),
         serving: HashMap::new(),
         request_timeout: config.request_timeout,
     };
+    for addr in &config.bootstrap {
+        if let Err(error) = node.dial(addr.clone()) {
+            warn!(%addr, %error, "cannot dial bootstrap address");
+        }
+    }
     info!(peer = %local_peer_id, "p2p node starting");
     runtime.spawn(node.run());
     Ok((handle, events_rx))
-}
-
-/// A `/p2p/<peer id>` address names its peer: remember it so requests can redial the peer.
-fn remember_address(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) {
-    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-        swarm.add_peer_address(peer, addr.clone());
-    }
 }
 
 /// A payload held for one job, for one peer.
@@ -152,7 +143,13 @@ struct EventLoop {
     rate: RateLimiter,
     listeners_starting: HashSet<libp2p::core::transport::ListenerId>,
     waiting_for_listeners: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    /// Dials made through [`P2pHandle::dial`], waiting for their outcome.
     dials: HashMap<ConnectionId, (Multiaddr, Reply<Result<PeerId, P2pError>>)>,
+    /// Our dials in flight to a known peer id.
+    dialling: HashMap<ConnectionId, PeerId>,
+    /// Requests to a peer that is being dialled, held until the dial ends: request-response
+    /// fails a request it issues while another dial to the same peer is in flight.
+    parked: HashMap<PeerId, Vec<Command>>,
     fetches: HashMap<OutboundRequestId, PendingFetch>,
     sends: HashMap<OutboundRequestId, Reply<Result<(), P2pError>>>,
     /// Payload responses on their way, to report [`P2pEvent::PayloadFetched`] once sent.
@@ -209,18 +206,13 @@ impl EventLoop {
                     self.waiting_for_listeners.push(reply);
                 }
             },
-            Command::Dial { addr, reply } => {
-                remember_address(&mut self.swarm, &addr);
-                let opts = DialOpts::from(addr.clone());
-                let connection = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.dials.insert(connection, (addr, reply));
-                    },
-                    Err(error) => {
-                        let _ = reply.send(Err(P2pError::Dial { addr, reason: error.to_string() }));
-                    },
-                }
+            Command::Dial { addr, reply } => match self.dial(addr.clone()) {
+                Ok(connection) => {
+                    self.dials.insert(connection, (addr, reply));
+                },
+                Err(error) => {
+                    let _ = reply.send(Err(P2pError::Dial { addr, reason: error.to_string() }));
+                },
             },
             Command::OfferPayload { job, payload, allowed, reply } => {
                 debug!(job, bytes = payload.len(), %allowed, "payload offered");
@@ -232,6 +224,11 @@ impl EventLoop {
                     debug!(job, "payload withdrawn");
                 }
                 let _ = reply.send(());
+            },
+            Command::FetchPayload { gateway, .. } | Command::SendTokens { gateway, .. }
+                if self.is_dialling(gateway) =>
+            {
+                self.parked.entry(gateway).or_default().push(command);
             },
             Command::FetchPayload { gateway, job, reply } => {
                 let request = self
@@ -249,6 +246,39 @@ impl EventLoop {
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             },
+        }
+    }
+
+    /// Dials `addr`, remembering its peer id (from a `/p2p` suffix) to redial it later.
+    fn dial(&mut self, addr: Multiaddr) -> Result<ConnectionId, libp2p::swarm::DialError> {
+        let opts = DialOpts::from(addr.clone());
+        let connection = opts.connection_id();
+        let peer = opts.get_peer_id();
+        if let Some(peer) = peer {
+            self.swarm.add_peer_address(peer, addr);
+        }
+        self.swarm.dial(opts)?;
+        if let Some(peer) = peer {
+            self.dialling.insert(connection, peer);
+        }
+        Ok(connection)
+    }
+
+    /// Whether requests to `peer` should wait for a dial of ours to finish.
+    fn is_dialling(&self, peer: PeerId) -> bool {
+        !self.swarm.is_connected(&peer) && self.dialling.values().any(|p| *p == peer)
+    }
+
+    /// A dial ended: requests parked for `peer` go out (over the new connection, or through
+    /// request-response's own dial, which reports the failure).
+    fn dial_ended(&mut self, connection: ConnectionId, peer: Option<PeerId>) {
+        let dialled = self.dialling.remove(&connection);
+        let Some(peer) = peer.or(dialled) else { return };
+        if self.is_dialling(peer) {
+            return;
+        }
+        for command in self.parked.remove(&peer).unwrap_or_default() {
+            self.on_command(command);
         }
     }
 
@@ -288,6 +318,7 @@ impl EventLoop {
                 if let Some((_, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.dial_ended(connection_id, Some(peer_id));
                 if num_established.get() == 1 {
                     self.enqueue(P2pEvent::PeerConnected { peer: peer_id }, None);
                 }
@@ -297,6 +328,7 @@ impl EventLoop {
                 if let Some((addr, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(P2pError::Dial { addr, reason: error.to_string() }));
                 }
+                self.dial_ended(connection_id, None);
             },
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");

@@ -162,3 +162,22 @@ async fn the_peer_id_of_a_worker_key_is_the_one_the_gateway_sees() {
 
     stop([gateway, worker]).await;
 }
+
+#[tokio::test]
+async fn a_worker_bootstrapped_with_its_gateway_fetches_without_dialling() {
+    let gateway = node(1, |_| {});
+    let address = gateway.address().await;
+    let worker = node(2, |c| c.bootstrap = vec![address.clone()]);
+
+    gateway.handle.offer_payload(JOB, b"prompt".to_vec(), worker.peer_id()).await.unwrap();
+    assert_eq!(worker.handle.fetch_payload(gateway.peer_id(), JOB).await.unwrap(), b"prompt");
+
+    // An address naming another peer id is refused: the remote must prove it is that peer.
+    let mut impostor = address;
+    impostor.pop(); // the gateway's `/p2p/<peer id>`
+    let impostor = impostor.with_p2p(PeerId::random()).unwrap();
+    let wrong = worker.handle.dial(impostor).await;
+    assert!(matches!(wrong, Err(P2pError::Dial { .. })), "{wrong:?}");
+
+    stop([gateway, worker]).await;
+}
