@@ -1,46 +1,96 @@
 #!/usr/bin/env bash
-# Starts OpenLedger on embedded defaults: a single-validator development chain on this
-# machine. Prints where to connect, then runs until Ctrl-C.
+# Starts OpenLedger on embedded defaults, all on this machine: a single-validator development
+# chain, an OpenAI-compatible gateway, and one CPU worker serving the embedded
+# SmolLM2-135M-Instruct Q4_1 with a demo adapter registered on chain. Prints a curl line that
+# returns a completion, and where to see its payout split; runs until Ctrl-C.
 #
-#   scripts/start.sh            # RPC on ws://127.0.0.1:9944
-#   RPC_PORT=9955 scripts/start.sh
+#   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
+#   RPC_PORT=9955 HTTP_PORT=8081 scripts/start.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-echo "building openledger-node (first run: ~40 min on 2 cores; then seconds)..."
+echo "building (first run: ~45 min on 2 cores; then seconds)..."
 bash scripts/build.sh --quiet
 
+bin="$CARGO_TARGET_DIR/release"
 rpc_port="${RPC_PORT:-9944}"
 prom_port="${PROMETHEUS_PORT:-9615}"
+http_port="${HTTP_PORT:-8080}"
+p2p_port="${P2P_PORT:-4001}"
+state="${OPENLEDGER_DEMO_DIR:-$HOME/.cache/openledger/demo}"
+mkdir -p "$state/adapters" "$state/logs"
+ws="ws://127.0.0.1:$rpc_port"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
 base="${OPENLEDGER_BASE_PATH:-}"
-args=(--dev --rpc-port "$rpc_port" --prometheus-port "$prom_port" --rpc-cors all)
-if [ -n "$base" ]; then args+=(--base-path "$base"); else args+=(--tmp); fi
-
-"$OPENLEDGER_NODE" "${args[@]}" &
-node_pid=$!
-trap 'kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null' EXIT INT TERM
-
-for _ in $(seq 1 120); do
+node_args=(--dev --rpc-port "$rpc_port" --prometheus-port "$prom_port" --rpc-cors all)
+if [ -n "$base" ]; then node_args+=(--base-path "$base"); else node_args+=(--tmp); fi
+"$OPENLEDGER_NODE" "${node_args[@]}" >"$state/logs/node.log" 2>&1 &
+pids+=($!)
+for i in $(seq 1 120); do
     if curl -fs -H 'content-type: application/json' \
         -d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
-        "http://127.0.0.1:$rpc_port" >/dev/null 2>&1; then
-        cat <<MSG
-
-OpenLedger dev chain is running (validator: Alice; dev accounts hold 1,000,000 OPEN each).
-  JSON-RPC (WebSocket + HTTP): ws://127.0.0.1:$rpc_port
-  polkadot.js Apps:            https://polkadot.js.org/apps/?rpc=ws%3A%2F%2F127.0.0.1%3A$rpc_port
-  Prometheus metrics:          http://127.0.0.1:$prom_port/metrics
-Press Ctrl-C to stop.
-MSG
-        wait "$node_pid"
-        exit $?
+        "http://127.0.0.1:$rpc_port" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+        echo "openledger-node exited before its RPC came up; see $state/logs/node.log" >&2; exit 1
     fi
-    if ! kill -0 "$node_pid" 2>/dev/null; then
-        echo "openledger-node exited before its RPC came up" >&2
-        exit 1
-    fi
+    [ "$i" -eq 120 ] && { echo "openledger-node RPC did not come up on port $rpc_port" >&2; exit 1; }
     sleep 1
 done
-echo "openledger-node RPC did not come up on port $rpc_port within 120 s" >&2
+
+# The demo adapter (random weights, real PEFT files), registered by Dave.
+demo="$state/adapters/demo"
+[ -f "$demo/adapter_model.safetensors" ] || "$bin/openledger-worker" demo-adapter "$demo" --model "$OPENLEDGER_MODEL" >/dev/null
+adapter=$("$bin/openledger-worker" --chain-url "$ws" --operator //Dave register-adapter "$demo" --price-milli 1)
+
+"$bin/openledger-gateway" --chain-url "$ws" --http "127.0.0.1:$http_port" \
+    --listen "/ip4/127.0.0.1/tcp/$p2p_port" --key "$state/gateway.key" \
+    --api-key demo-key=//Alice >"$state/logs/gateway.out" 2>"$state/logs/gateway.log" &
+pids+=($!)
+gateway_p2p=""
+for _ in $(seq 1 60); do
+    gateway_p2p=$(sed -n 's/^gateway p2p: //p' "$state/logs/gateway.out" | head -1)
+    [ -n "$gateway_p2p" ] && break
+    kill -0 "${pids[1]}" 2>/dev/null || { echo "the gateway exited; see $state/logs/gateway.log" >&2; exit 1; }
+    sleep 1
+done
+[ -n "$gateway_p2p" ] || { echo "the gateway did not come up; see $state/logs/gateway.log" >&2; exit 1; }
+
+"$bin/openledger-worker" --chain-url "$ws" --operator //Bob --worker-key "$state/bob.key" \
+    --model "$OPENLEDGER_MODEL" --adapters "$state/adapters" --gateway "$gateway_p2p" \
+    --register --price-milli 2 >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
+pids+=($!)
+for i in $(seq 1 120); do
+    grep -q '^worker ready' "$state/logs/worker.out" 2>/dev/null && break
+    kill -0 "${pids[2]}" 2>/dev/null || { echo "the worker exited; see $state/logs/worker.log" >&2; exit 1; }
+    [ "$i" -eq 120 ] && { echo "the worker did not come up; see $state/logs/worker.log" >&2; exit 1; }
+    sleep 1
+done
+
+cat <<MSG
+
+OpenLedger is running: a dev chain (validator Alice), a gateway and a CPU worker (provider
+Bob) serving SmolLM2-135M-Instruct with demo adapter $adapter (owner Dave).
+
+  Ask for a completion (paid by Alice's account through the API key demo-key):
+    curl -s http://127.0.0.1:$http_port/v1/completions -H 'Authorization: Bearer demo-key' \\
+      -H 'content-type: application/json' \\
+      -d '{"model": "adapter-$adapter", "prompt": "OpenLedger is", "max_tokens": 32}'
+
+  The answer names its on-chain job ("openledger": {"job": ...}). A few seconds later the
+  worker's receipt settles it: see the jobs.JobSettled and attribution.FeeSplit events (every
+  payee and amount) in polkadot.js Apps:
+    https://polkadot.js.org/apps/?rpc=ws%3A%2F%2F127.0.0.1%3A$rpc_port#/explorer
+
+  Chain JSON-RPC: $ws    Prometheus: http://127.0.0.1:$prom_port/metrics
+  Models:         curl -s http://127.0.0.1:$http_port/v1/models
+  Logs:           $state/logs/
+Press Ctrl-C to stop.
+MSG
+wait -n "${pids[@]}"
+echo "a component exited; see $state/logs/" >&2
 exit 1

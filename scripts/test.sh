@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, the Rust tests (pallets, runtime, a real node
-# process), and the polkadot.js end-to-end suite against a real node.
+# process), the polkadot.js end-to-end suite against a real node, and the zombienet tests of a
+# four-validator network.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -23,4 +24,8 @@ echo "== polkadot.js end-to-end suite"
 (cd scripts/e2e && node --test --test-concurrency=1 tests/)
 t2=$(secs)
 
-echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, total: $((t2 - t0)) s"
+echo "== zombienet: four validators, finality, one validator down and back"
+bash scripts/zombienet.sh test
+t3=$(secs)
+
+echo "build: $((t1 - t0)) s, tests: $((t2 - t1)) s, zombienet: $((t3 - t2)) s, total: $((t3 - t0)) s"

@@ -107,6 +107,9 @@ pub trait Settlement<AccountId, Balance> {
     /// and nothing of it persists. A rejected receipt leaves the job to expire, which slashes a
     /// provider that did the work: implementations should fail only on broken invariants, never
     /// on amounts too small for a recipient's existential deposit (accrue those instead).
+    ///
+    /// Returns the weight the settlement actually used (at most [`Self::settle_weight`]), so
+    /// the marketplace refunds what the worst-case bound over-charged.
     fn settle(
         job: JobId,
         payer: &AccountId,
@@ -114,7 +117,7 @@ pub trait Settlement<AccountId, Balance> {
         adapter: AdapterId,
         charge: Balance,
         context: &[(DataNetId, sp_runtime::Permill)],
-    ) -> DispatchResult;
+    ) -> Result<sp_runtime::Weight, sp_runtime::DispatchError>;
 
     /// Upper bound on the weight of one [`Self::settle`] call, whatever accounts and DataNets
     /// it touches: what the marketplace charges per receipt on top of its own measured cost,

@@ -5,7 +5,12 @@
 //! rebuilds the payload from the job it has on record and checks the signature, so a receipt
 //! cannot be moved to another chain, job, provider or adapter, and no field can be altered.
 //!
-//! # Byte layout of the signed message (137 bytes)
+//! A receipt may name the DataNets whose records the answer retrieved as context, each with
+//! its share of the DataNets' portion of the charge (parts per million, summing to at most
+//! 1,000,000, no DataNet twice, at most [`MAX_RECEIPT_CONTEXT`]). The worker signs a hash of
+//! that list, so nobody can add, drop or reweigh a context DataNet after signing.
+//!
+//! # Byte layout of the signed message (169 bytes)
 //!
 //! The message is the SCALE encoding of [`ReceiptPayload`]: fixed-width fields, little-endian
 //! integers, no length prefixes, concatenated in this order. It is signed as is (ed25519
@@ -13,7 +18,7 @@
 //!
 //! | offset | size | field           | encoding                                        |
 //! |-------:|-----:|-----------------|-------------------------------------------------|
-//! |      0 |   21 | `domain`        | ASCII `openledger/receipt/v1` ([`RECEIPT_DOMAIN`]) |
+//! |      0 |   21 | `domain`        | ASCII `openledger/receipt/v2` ([`RECEIPT_DOMAIN`]) |
 //! |     21 |   32 | `genesis_hash`  | the chain's genesis block hash                  |
 //! |     53 |    8 | `job`           | `u64` little-endian                             |
 //! |     61 |   32 | `provider`      | the provider's operator account (32 raw bytes)  |
@@ -21,11 +26,18 @@
 //! |     97 |   32 | `output_hash`   | hash of the generated output                    |
 //! |    129 |    4 | `input_tokens`  | `u32` little-endian                             |
 //! |    133 |    4 | `output_tokens` | `u32` little-endian                             |
+//! |    137 |   32 | `context_hash`  | BLAKE2b-256 of the SCALE-encoded context list   |
+//!
+//! The context list is encoded as SCALE encodes a `Vec<(u32, u32)>`: a compact length prefix
+//! (`4 x n` as one byte for n < 64), then each (DataNet id, share in ppm) as two `u32`
+//! little-endian. The empty list encodes as the single byte `0x00`.
 //!
 //! A JavaScript client builds it with
-//! `u8aConcat(stringToU8a('openledger/receipt/v1'), genesisHash, bnToU8a(job, {bitLength: 64}),
+//! `u8aConcat(stringToU8a('openledger/receipt/v2'), genesisHash, bnToU8a(job, {bitLength: 64}),
 //! decodeAddress(provider), bnToU8a(adapter, {bitLength: 32}), outputHash,
-//! bnToU8a(inputTokens, {bitLength: 32}), bnToU8a(outputTokens, {bitLength: 32}))`.
+//! bnToU8a(inputTokens, {bitLength: 32}), bnToU8a(outputTokens, {bitLength: 32}),
+//! blake2AsU8a(u8aConcat(compactToU8a(ctx.length), ...ctx.flatMap(([d, ppm]) =>
+//! [bnToU8a(d, {bitLength: 32}), bnToU8a(ppm, {bitLength: 32})])), 256))`.
 //!
 //! # Which signatures are accepted
 //!
@@ -38,16 +50,28 @@
 //! of an honest signer and does not let anyone but the key holder sign, and since receipts are
 //! identified by job id rather than by signature, malleability cannot cause a double payment.
 
-use crate::market::{AdapterId, JobId};
+use crate::market::{AdapterId, DataNetId, JobId};
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use scale_info::TypeInfo;
-use sp_core::{ed25519, H256};
+use sp_core::{ed25519, ConstU32, H256};
+use sp_runtime::{BoundedVec, Permill};
 
 /// Domain separation tag: the first bytes of every signed receipt.
-pub const RECEIPT_DOMAIN: [u8; 21] = *b"openledger/receipt/v1";
+pub const RECEIPT_DOMAIN: [u8; 21] = *b"openledger/receipt/v2";
 
 /// Length of [`ReceiptPayload::signing_bytes`] for a 32-byte account id.
-pub const RECEIPT_PAYLOAD_LEN: usize = 21 + 32 + 8 + 32 + 4 + 32 + 4 + 4;
+pub const RECEIPT_PAYLOAD_LEN: usize = 21 + 32 + 8 + 32 + 4 + 32 + 4 + 4 + 32;
+
+/// Most context DataNets one receipt may name.
+pub const MAX_RECEIPT_CONTEXT: u32 = 8;
+
+/// The retrieval context of a receipt: (DataNet, share of the DataNets' portion) pairs.
+pub type ReceiptContext = BoundedVec<(DataNetId, Permill), ConstU32<MAX_RECEIPT_CONTEXT>>;
+
+/// The hash of a context list that a receipt's signature covers.
+pub fn context_hash(context: &[(DataNetId, Permill)]) -> H256 {
+    <sp_runtime::traits::BlakeTwo256 as sp_runtime::traits::Hash>::hash(&context.encode())
+}
 
 /// What a worker submits on-chain for a finished job.
 #[derive(
@@ -62,6 +86,8 @@ pub struct Receipt {
     pub input_tokens: u32,
     /// Tokens generated.
     pub output_tokens: u32,
+    /// DataNets whose records the answer retrieved as context, with their shares.
+    pub context: ReceiptContext,
     /// ed25519 signature by the provider's worker key over the [`ReceiptPayload`].
     pub signature: ed25519::Signature,
 }
@@ -86,6 +112,8 @@ pub struct ReceiptPayload<AccountId, Hash = H256> {
     pub input_tokens: u32,
     /// Tokens generated.
     pub output_tokens: u32,
+    /// [`context_hash`] of the receipt's context list.
+    pub context_hash: H256,
 }
 
 impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
@@ -106,6 +134,7 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
             output_hash: receipt.output_hash,
             input_tokens: receipt.input_tokens,
             output_tokens: receipt.output_tokens,
+            context_hash: context_hash(&receipt.context),
         }
     }
 
@@ -173,6 +202,7 @@ const SMALL_ORDER_Y: [[u8; 32]; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sp_runtime::traits::Hash as _;
 
     #[test]
     fn payload_layout_is_fixed() {
@@ -181,13 +211,14 @@ mod tests {
             output_hash: H256::repeat_byte(0xbb),
             input_tokens: 0x11223344,
             output_tokens: 0x55667788,
+            context: ReceiptContext::default(),
             signature: ed25519::Signature::from_raw([0; 64]),
         };
         let payload =
             ReceiptPayload::new(H256::repeat_byte(0xaa), [0xcc_u8; 32], 0x0a0b0c0d, &receipt);
         let bytes = payload.signing_bytes();
         assert_eq!(bytes.len(), RECEIPT_PAYLOAD_LEN);
-        assert_eq!(&bytes[0..21], b"openledger/receipt/v1");
+        assert_eq!(&bytes[0..21], b"openledger/receipt/v2");
         assert_eq!(&bytes[21..53], &[0xaa; 32]);
         assert_eq!(&bytes[53..61], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(&bytes[61..93], &[0xcc; 32]);
@@ -195,6 +226,21 @@ mod tests {
         assert_eq!(&bytes[97..129], &[0xbb; 32]);
         assert_eq!(&bytes[129..133], &[0x44, 0x33, 0x22, 0x11]);
         assert_eq!(&bytes[133..137], &[0x88, 0x77, 0x66, 0x55]);
+        // The empty list encodes as one zero byte.
+        assert_eq!(&bytes[137..169], context_hash(&[]).as_bytes());
+        assert_eq!(context_hash(&[]), sp_runtime::traits::BlakeTwo256::hash(&[0]));
+    }
+
+    #[test]
+    fn context_is_hashed_as_a_scale_list_of_u32_pairs() {
+        let context = [(7, Permill::from_parts(250_000)), (0x0102_0304, Permill::from_percent(1))];
+        let mut expected = alloc::vec![2 << 2];
+        for (d, ppm) in [(7u32, 250_000u32), (0x0102_0304, 10_000)] {
+            expected.extend_from_slice(&d.to_le_bytes());
+            expected.extend_from_slice(&ppm.to_le_bytes());
+        }
+        assert_eq!(context_hash(&context), sp_runtime::traits::BlakeTwo256::hash(&expected));
+        assert_ne!(context_hash(&context), context_hash(&context[..1]));
     }
 
     #[test]

@@ -10,15 +10,19 @@ use frame_support::{
     },
 };
 use frame_system::limits::{BlockLength, BlockWeights};
+#[cfg(feature = "runtime-benchmarks")]
+use openledger_primitives::market::AdapterId;
+use openledger_primitives::market::BaseModelId;
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
 use sp_runtime::{traits::One, Perbill};
 use sp_version::RuntimeVersion;
 
 use super::{
-    token, AccountId, Aura, Balance, Balances, Block, BlockNumber, Hash, Nonce, OriginCaller,
-    PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason, RuntimeHoldReason,
-    RuntimeOrigin, RuntimeTask, System, EXISTENTIAL_DEPOSIT, SLOT_DURATION, VERSION,
+    token, AccountId, Attribution, Aura, Balance, Balances, Block, BlockNumber, Compute, Hash,
+    Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
+    RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, DAYS, EXISTENTIAL_DEPOSIT, MINUTES,
+    SLOT_DURATION, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -146,23 +150,23 @@ impl pallet_utility::Config for Runtime {
 
 // ---- Marketplace: GPU providers and inference jobs. ----
 
-use super::{Attribution, Compute, DAYS, MINUTES};
-#[cfg(feature = "runtime-benchmarks")]
-use openledger_primitives::market::AdapterId;
-use openledger_primitives::market::BaseModelId;
-
 parameter_types! {
     /// The base model of the benchmark adapters (the embedded SmolLM2-135M-Instruct).
     pub const DefaultBaseModel: BaseModelId = 0;
     /// A provider loses 10% of its bond, to the user, per job it lets expire.
     pub const ProviderSlashFraction: Perbill = Perbill::from_percent(10);
+    /// Blocks a provider waits after unregistering before its bond is released: 7 days.
+    /// Kept in storage (well-known key `twox128(":ProviderUnbondingPeriod:")`, a `u32`) so
+    /// root can change it with `system.set_storage`; a change applies to providers that
+    /// unregister afterwards.
+    pub storage ProviderUnbondingPeriod: BlockNumber = 7 * DAYS;
 }
 
 impl pallet_compute::Config for Runtime {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type MinProviderBond = frame_support::traits::ConstU128<{ 1_000 * token::OPEN }>;
-    type UnbondingPeriod = ConstU32<{ 7 * DAYS }>;
+    type UnbondingPeriod = ProviderUnbondingPeriod;
     type HeartbeatTimeout = ConstU32<{ 2 * MINUTES }>;
     type SlashFraction = ProviderSlashFraction;
     type ReputationReward = ConstU32<1_000>;
@@ -265,7 +269,7 @@ impl pallet_attribution::Config for Runtime {
     type MaxMetadataLen = ConstU32<256>;
     type MaxCurators = ConstU32<16>;
     type MaxTrainingDataNets = ConstU32<8>;
-    type MaxContextDataNets = ConstU32<8>;
+    type MaxContextDataNets = ConstU32<{ openledger_primitives::receipt::MAX_RECEIPT_CONTEXT }>;
     type MaxRecordWeight = frame_support::traits::ConstU128<1_000_000_000_000>;
     type MaxRank = ConstU32<1024>;
     type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;

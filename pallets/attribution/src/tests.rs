@@ -302,6 +302,28 @@ fn datanets_without_weight_and_bad_context_go_to_the_treasury_or_fail() {
 }
 
 #[test]
+fn a_settlement_reports_the_weight_of_the_datanets_it_looked_up() {
+    use crate::WeightInfo;
+    build_and_execute(|| {
+        let d = datanet();
+        approved(d, 3, 1, 10);
+        let a = adapter(&[(d, 100)]);
+        let settle = |job, context: &[(DataNetId, Permill)]| {
+            <Attribution as Settlement<AccountId, Balance>>::settle(
+                job, &PAYER, &8, a, 1_000, context,
+            )
+        };
+        let worst = <Attribution as Settlement<AccountId, Balance>>::settle_weight();
+        let one = settle(1, &[]).expect("settles");
+        assert_eq!(one, <() as WeightInfo>::settle(1, 100));
+        let three = settle(2, &[(d, Permill::from_percent(10)), (7, Permill::from_percent(10))])
+            .expect("settles");
+        assert_eq!(three, <() as WeightInfo>::settle(3, 100));
+        assert!(one.all_lt(three) && three.all_lte(worst), "{one:?} < {three:?} <= {worst:?}");
+    });
+}
+
+#[test]
 fn later_contributions_do_not_share_past_fees_and_removed_ones_keep_theirs() {
     build_and_execute(|| {
         let d = datanet();

@@ -76,6 +76,12 @@ fn signed_receipt<T: Config>(job: JobId, key: &ed25519::Public) -> Receipt {
         output_hash: H256::repeat_byte(2),
         input_tokens: 500,
         output_tokens: 1_000,
+        // The largest receipt: a full retrieval context (decoded and hashed per receipt).
+        context: BoundedVec::truncate_from(
+            (0..openledger_primitives::receipt::MAX_RECEIPT_CONTEXT)
+                .map(|d| (d, sp_runtime::Permill::from_percent(1)))
+                .collect(),
+        ),
         signature: ed25519::Signature::from_raw([0; 64]),
     };
     let payload = ReceiptPayload::new(genesis, record.provider, record.adapter, &receipt);

@@ -22,8 +22,10 @@ use openledger_primitives::{
 };
 use sp_runtime::{
     traits::{Bounded, Hash, Saturating, UniqueSaturatedInto, Zero},
-    DispatchError,
+    DispatchError, DispatchErrorWithPostInfo,
 };
+
+use crate::weights::WeightInfo;
 
 /// Order of the ed25519 base point, little-endian: a signature's `s` must be below it.
 pub(crate) const GROUP_ORDER: [u8; 32] = [
@@ -119,29 +121,40 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Settle each receipt in its own storage layer, so a rejected one leaves no trace.
+    ///
+    /// The call's actual weight is its own measured cost for `n` receipts plus what each
+    /// settlement reported using; a rejected receipt is charged the settlement's worst case
+    /// (it may have failed anywhere inside it).
     pub(crate) fn settle_batch(
         receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
-    ) -> DispatchResult {
+    ) -> DispatchResultWithPostInfo {
         let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
         let mut settled = 0u32;
         let mut first_error = None;
+        let mut used = T::WeightInfo::submit_receipts(receipts.len() as u32);
         for receipt in receipts {
             match with_storage_layer(|| Self::settle(&genesis_hash, &receipt)) {
-                Ok(()) => settled = settled.saturating_add(1),
+                Ok(weight) => {
+                    settled = settled.saturating_add(1);
+                    used = used.saturating_add(weight);
+                },
                 Err(error) => {
+                    used = used.saturating_add(T::Settlement::settle_weight());
                     first_error.get_or_insert(error);
                     Self::deposit_event(Event::ReceiptRejected { job: receipt.job, error });
                 },
             }
         }
         match first_error {
-            Some(error) if settled == 0 => Err(error),
-            _ => Ok(()),
+            Some(error) if settled == 0 => {
+                Err(DispatchErrorWithPostInfo { post_info: Some(used).into(), error })
+            },
+            _ => Ok(Some(used).into()),
         }
     }
 
-    /// Check `receipt` and settle its job.
-    fn settle(genesis_hash: &T::Hash, receipt: &Receipt) -> DispatchResult {
+    /// Check `receipt` and settle its job; returns the weight the settlement reported.
+    fn settle(genesis_hash: &T::Hash, receipt: &Receipt) -> Result<Weight, DispatchError> {
         let record = Self::open_job(receipt.job)?;
         let now = frame_system::Pallet::<T>::block_number();
         ensure!(now <= record.deadline, Error::<T>::DeadlinePassed);
@@ -165,17 +178,18 @@ impl<T: Config> Pallet<T> {
             record.escrow,
             Precision::Exact,
         )?;
-        if !charged.is_zero() {
+        let weight = if charged.is_zero() {
+            Weight::zero()
+        } else {
             T::Settlement::settle(
                 receipt.job,
                 &record.submitter,
                 &record.provider,
                 record.adapter,
                 charged,
-                // Receipts do not carry retrieval context yet (receipt format v2 will).
-                &[],
-            )?;
-        }
+                &receipt.context,
+            )?
+        };
         T::Providers::job_settled(&record.provider);
         Self::close(receipt.job, &record);
         Self::deposit_event(Event::JobSettled {
@@ -187,7 +201,7 @@ impl<T: Config> Pallet<T> {
             charged,
             refunded,
         });
-        Ok(())
+        Ok(weight)
     }
 
     /// Expire `job` if its deadline has passed.
@@ -306,8 +320,9 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
         _adapter: AdapterId,
         charge: Currency::Balance,
         _context: &[(openledger_primitives::market::DataNetId, sp_runtime::Permill)],
-    ) -> DispatchResult {
-        Currency::transfer(payer, provider, charge, Preservation::Expendable).map(|_| ())
+    ) -> Result<sp_runtime::Weight, DispatchError> {
+        Currency::transfer(payer, provider, charge, Preservation::Expendable)?;
+        Ok(sp_runtime::Weight::zero())
     }
 
     /// One transfer, already part of `submit_receipts`' own benchmark.

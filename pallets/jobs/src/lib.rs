@@ -364,7 +364,7 @@ pub mod pallet {
         pub fn submit_receipts(
             origin: OriginFor<T>,
             receipts: BoundedVec<Receipt, T::MaxReceiptsPerBatch>,
-        ) -> DispatchResult {
+        ) -> DispatchResultWithPostInfo {
             ensure_signed(origin)?;
             Self::settle_batch(receipts)
         }

@@ -6,9 +6,9 @@ use frame_support::{
     assert_ok, derive_impl, parameter_types,
     traits::{ConstU128, ConstU32, ConstU64, VariantCountOf},
 };
-use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, JobId};
+use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, DataNetId, JobId};
 use sp_core::{ed25519, H256};
-use sp_runtime::{BuildStorage, Perbill};
+use sp_runtime::{BuildStorage, Perbill, Permill};
 
 pub type AccountId = u64;
 pub type Balance = u128;
@@ -82,12 +82,39 @@ impl AdapterCatalog<Balance> for TestAdapters {
 }
 pub const ADAPTER_PRICE: Balance = 5;
 
+std::thread_local! {
+    /// The retrieval context of each settlement, in order.
+    pub static SETTLED_CONTEXTS: core::cell::RefCell<Vec<(JobId, Vec<(DataNetId, Permill)>)>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pays the provider (as [`pallet_jobs::PayProvider`]) and records the context it was given.
+pub struct RecordingSettlement;
+
+impl openledger_primitives::market::Settlement<AccountId, Balance> for RecordingSettlement {
+    fn settle(
+        job: JobId,
+        payer: &AccountId,
+        provider: &AccountId,
+        adapter: AdapterId,
+        charge: Balance,
+        context: &[(DataNetId, Permill)],
+    ) -> Result<frame_support::weights::Weight, sp_runtime::DispatchError> {
+        SETTLED_CONTEXTS.with(|c| c.borrow_mut().push((job, context.to_vec())));
+        pallet_jobs::PayProvider::<Balances>::settle(job, payer, provider, adapter, charge, context)
+    }
+
+    fn settle_weight() -> frame_support::weights::Weight {
+        pallet_jobs::PayProvider::<Balances>::settle_weight()
+    }
+}
+
 impl pallet_jobs::Config for Test {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type Providers = Compute;
     type Adapters = TestAdapters;
-    type Settlement = pallet_jobs::PayProvider<Balances>;
+    type Settlement = RecordingSettlement;
     type Randomness = pallet_jobs::ParentHashRandomness<Test>;
     type AckTimeout = ConstU64<ACK_TIMEOUT>;
     type JobTimeout = ConstU64<JOB_TIMEOUT>;
@@ -200,11 +227,39 @@ pub fn receipt_signed_by(
         output_hash: H256::repeat_byte(0x0f),
         input_tokens,
         output_tokens,
+        context: Default::default(),
         signature: ed25519::Signature::from_raw([0; 64]),
     };
-    let payload = ReceiptPayload::new(genesis_hash(), provider, adapter, &receipt);
-    receipt.signature = ed25519::Signature::from_raw(key.sign(&payload.signing_bytes()).to_bytes());
+    sign(key, provider, adapter, &mut receipt);
     receipt
+}
+
+/// Signs `receipt` (for a job of `provider` with `adapter`) with `key`.
+pub fn sign(key: &SigningKey, provider: AccountId, adapter: AdapterId, receipt: &mut Receipt) {
+    let payload = ReceiptPayload::new(genesis_hash(), provider, adapter, receipt);
+    receipt.signature = ed25519::Signature::from_raw(key.sign(&payload.signing_bytes()).to_bytes());
+}
+
+/// A valid receipt for open job `job` naming retrieval `context`, signed by its provider's
+/// worker.
+pub fn receipt_with_context(
+    job: JobId,
+    input_tokens: u32,
+    output_tokens: u32,
+    context: Vec<(DataNetId, Permill)>,
+) -> Receipt {
+    let record = crate::Jobs::<Test>::get(job).expect("job is open");
+    let mut receipt = receipt(job, input_tokens, output_tokens);
+    receipt.context = context.try_into().expect("context within bounds");
+    sign(&signing_key(record.provider), record.provider, record.adapter, &mut receipt);
+    receipt
+}
+
+/// `submit_receipts` from Bob, its post-dispatch weight dropped so errors compare by name.
+pub fn submit_receipts(receipts: Vec<Receipt>) -> sp_runtime::DispatchResult {
+    Jobs::submit_receipts(RuntimeOrigin::signed(BOB), receipts.try_into().expect("batch fits"))
+        .map(|_| ())
+        .map_err(|e| e.error)
 }
 
 /// A valid receipt for open job `job`, signed by its provider's worker.

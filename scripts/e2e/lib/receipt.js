@@ -1,15 +1,25 @@
 // Builds and signs a job receipt in JavaScript, from the byte layout documented in
 // primitives/src/receipt.rs: proof that a non-Rust worker can produce one.
-import { bnToU8a, stringToU8a, u8aConcat } from '@polkadot/util';
-import { decodeAddress, ed25519Sign } from '@polkadot/util-crypto';
+import { bnToU8a, compactToU8a, stringToU8a, u8aConcat } from '@polkadot/util';
+import { blake2AsU8a, decodeAddress, ed25519Sign } from '@polkadot/util-crypto';
 
 const u32 = (n) => bnToU8a(n, { bitLength: 32, isLe: true });
 const u64 = (n) => bnToU8a(n, { bitLength: 64, isLe: true });
 
-/** The 137 bytes a worker signs for a receipt. */
-export function receiptPayload({ genesisHash, job, provider, adapter, outputHash, inputTokens, outputTokens }) {
+/**
+ * BLAKE2b-256 of the retrieval context as SCALE encodes a `Vec<(u32, u32)>`: compact length,
+ * then each (DataNet id, share in parts per million) as two little-endian u32.
+ */
+export function contextHash(context = []) {
+  const parts = [compactToU8a(context.length)];
+  for (const [datanet, ppm] of context) parts.push(u32(datanet), u32(ppm));
+  return blake2AsU8a(u8aConcat(...parts), 256);
+}
+
+/** The 169 bytes a worker signs for a receipt. */
+export function receiptPayload({ genesisHash, job, provider, adapter, outputHash, inputTokens, outputTokens, context = [] }) {
   const bytes = u8aConcat(
-    stringToU8a('openledger/receipt/v1'),
+    stringToU8a('openledger/receipt/v2'),
     genesisHash,
     u64(job),
     decodeAddress(provider),
@@ -17,8 +27,9 @@ export function receiptPayload({ genesisHash, job, provider, adapter, outputHash
     outputHash,
     u32(inputTokens),
     u32(outputTokens),
+    contextHash(context),
   );
-  if (bytes.length !== 137) throw new Error(`receipt payload is ${bytes.length} bytes, expected 137`);
+  if (bytes.length !== 169) throw new Error(`receipt payload is ${bytes.length} bytes, expected 169`);
   return bytes;
 }
 
@@ -30,6 +41,7 @@ export function signReceipt(workerPair, fields) {
     outputHash: fields.outputHash,
     inputTokens: fields.inputTokens,
     outputTokens: fields.outputTokens,
+    context: fields.context ?? [],
     signature,
   };
 }

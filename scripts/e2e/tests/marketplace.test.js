@@ -230,6 +230,59 @@ describe('GPU marketplace through polkadot.js', () => {
     });
   });
 
+  test('a receipt naming retrieval context pays the context DataNet out of the DataNet portion', async () => {
+    const { alice, ferdie, eve, charlie, bob } = keys;
+    // Ferdie's DataNet of FAQ records, with one approved contribution by Alice (weight 5).
+    const created = await sendAndWait(api, api.tx.attribution.createDatanet(u8aToHex(stringToU8a('faq'))), ferdie);
+    const faq = find(api, created.events, api.events.attribution.DataNetCreated)[0].datanet.toNumber();
+    const record = blake2AsU8a('faq record');
+    await sendAndWait(api, api.tx.attribution.contribute(faq, record, 5), alice);
+    await sendAndWait(api, api.tx.attribution.approveContribution(faq, record), ferdie);
+
+    const maxFee = OPEN / 4n;
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('rag question'), 512, maxFee, u8aToHex(randomAsU8a(38))), eve);
+    const job = find(api, sub.events, api.events.jobs.JobAssigned)[0].job.toNumber();
+    assert.equal(find(api, sub.events, api.events.jobs.JobAssigned)[0].provider.toString(), bob.address);
+    await sendAndWait(api, api.tx.jobs.acknowledge(job), charlie);
+    const fields = {
+      genesisHash, job, provider: bob.address, adapter: ADAPTER,
+      outputHash: blake2AsU8a('an answer from the FAQ'), inputTokens: 4000, outputTokens: 500,
+    };
+    // Shares above 100% are refused by name; the signature itself is valid.
+    const tooMuch = signReceipt(worker, { ...fields, context: [[faq, 600000], [DATANET, 600000]] });
+    await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([tooMuch]), eve), (e) => {
+      assert.equal(e.dispatchError, 'attribution.BadContextShares');
+      return true;
+    });
+    // Context signed as 40% and submitted as 60%: the signature no longer matches.
+    const reweighed = { ...signReceipt(worker, { ...fields, context: [[faq, 400000]] }), context: [[faq, 600000]] };
+    await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([reweighed]), eve), (e) => {
+      assert.equal(e.dispatchError, 'jobs.BadSignature');
+      return true;
+    });
+
+    const pendingBefore = (await api.call.attributionApi.pendingRewards(faq, alice.address)).toBigInt();
+    assert.equal(pendingBefore, 0n);
+    const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([signReceipt(worker, { ...fields, context: [[faq, 400000]] })]), eve);
+    const [done] = find(api, settled.events, api.events.jobs.JobSettled);
+    const charge = done.charged.toBigInt();
+    const [split] = find(api, settled.events, api.events.attribution.FeeSplit);
+    const payouts = split.payouts.map(([payee, amount]) => [payee.toJSON(), amount.toBigInt()]);
+    assert.equal(payouts.reduce((s, [, a]) => s + a, 0n), charge);
+    const paidTo = (kind, id) => payouts.filter(([p]) => p[kind] !== undefined && (id === undefined || p[kind] === id)).reduce((s, [, a]) => s + a, 0n);
+    // The DataNet portion is 15% of the charge: 40% of it to the FAQ DataNet, the rest to the
+    // adapter's training DataNet (100% of what is left), each within Permill rounding.
+    const datanetPart = (charge * 15n) / 100n;
+    const toContext = paidTo('contextDataNet', faq);
+    const toTraining = paidTo('trainingDataNet', DATANET);
+    assert.ok(toContext > 0n && toTraining > 0n);
+    assert.ok(toContext * 10n >= datanetPart * 4n - 10n && toContext * 10n <= datanetPart * 4n + 10n, `context ${toContext} of ${datanetPart}`);
+    assert.ok(toContext + toTraining <= datanetPart + 2n && datanetPart - (toContext + toTraining) <= 2n);
+    // Alice, the FAQ's only contributor, is owed the context share (less under a planck of dust).
+    const pending = (await api.call.attributionApi.pendingRewards(faq, alice.address)).toBigInt();
+    assert.ok(pending <= toContext && toContext - pending <= 1n, `pending ${pending} of ${toContext}`);
+  });
+
   test('a job without a receipt by its deadline expires: full refund and the bond slash go to the user', async () => {
     const { ferdie, eve, bob } = keys;
     const maxFee = OPEN / 2n;

@@ -3,8 +3,8 @@
 // sender cannot pay. Each is refused by name, the node keeps producing blocks, no OPEN moves.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomAsU8a, ed25519PairFromSeed } from '@polkadot/util-crypto';
-import { stringToU8a, u8aToHex } from '@polkadot/util';
+import { randomAsU8a, ed25519PairFromSeed, xxhashAsU8a } from '@polkadot/util-crypto';
+import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
 
@@ -92,15 +92,32 @@ describe('provider lifecycle and bad input through polkadot.js', () => {
       assert.equal(e.dispatchError, 'compute.NotLeaving');
       return true;
     });
+    // Governance (sudo on the dev chain) shortens the 7-day unbonding period to 4 blocks for
+    // providers that unregister from now on: the runtime keeps it under a well-known key.
+    const periodKey = xxhashAsU8a(':ProviderUnbondingPeriod:', 128);
+    const setPeriod = api.tx.system.setStorage([[u8aToHex(periodKey), u8aToHex(bnToU8a(4, { bitLength: 32, isLe: true }))]]);
+    await sendAndWait(api, api.tx.sudo.sudo(setPeriod), keys.alice);
     const un = await sendAndWait(api, api.tx.compute.unregister(), ferdie);
     const [left] = find(api, un.events, api.events.compute.ProviderUnregistered);
-    assert.ok(left.unbondsAt.toNumber() > (await head(api)));
+    const unbondsAt = left.unbondsAt.toNumber();
+    const unregisteredAt = (await api.rpc.chain.getHeader(un.blockHash)).number.toNumber();
+    assert.equal(unbondsAt, unregisteredAt + 4);
     await assert.rejects(sendAndWait(api, api.tx.compute.withdrawUnbonded(), ferdie), (e) => {
       assert.equal(e.dispatchError, 'compute.StillUnbonding');
       return true;
     });
     const still = await account(api, ferdie.address);
     assert.equal(still.reserved, after.reserved, 'the bond stays held while unbonding');
+
+    // Once the period has passed the whole bond comes back, and the provider is gone.
+    while ((await head(api)) < unbondsAt) await new Promise((r) => setTimeout(r, 500));
+    const out = await sendAndWait(api, api.tx.compute.withdrawUnbonded(), ferdie);
+    const [withdrawn] = find(api, out.events, api.events.compute.Withdrawn);
+    assert.equal(withdrawn.amount.toBigInt(), bond + 100n * OPEN);
+    const released = await account(api, ferdie.address, out.blockHash);
+    assert.equal(still.reserved - released.reserved, bond + 100n * OPEN);
+    assert.ok((await api.query.compute.providers(ferdie.address)).isNone);
+    await sendAndWait(api, api.tx.sudo.sudo(api.tx.system.killStorage([u8aToHex(periodKey)])), keys.alice);
   });
 
   test('a malformed extrinsic is rejected by RPC and the node keeps producing blocks', async () => {

@@ -11,10 +11,11 @@ use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
+use openledger_worker::engine::write_random_adapter;
 use openledger_worker::engine::{
-    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
+    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelSource, Projection,
     SamplingParams, StreamEvent,
 };
 use rand::{Rng, SeedableRng};
@@ -100,7 +101,7 @@ fn main() -> Result<()> {
         let cfg = engine.model().config().clone();
         for i in 0..max_seqs {
             let path = dir.path().join(format!("a{i}"));
-            write_adapter(&path, &cfg, args.rank, i as u64)?;
+            write_random_adapter(&path, &cfg, args.rank, &Projection::ALL, i as u64)?;
             engine.register_adapter(&format!("a{i}"), &path)?;
         }
         Some(dir)
@@ -179,32 +180,6 @@ fn report(what: &str, seqs: usize, adapters: bool, prompt: usize, runs: &[f64], 
     println!(
         "{{\"engine\":\"openledger\",\"measure\":\"{what}\",\"sequences\":{seqs},\"adapters\":{adapters},\"prompt\":{prompt},\"tok_per_s\":{median:.1},\"runs\":{sorted:?},\"threads\":{threads}}}"
     );
-}
-
-/// A random PEFT adapter of rank `r` on all seven projections.
-fn write_adapter(dir: &std::path::Path, cfg: &ModelConfig, r: usize, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let modules: Vec<&str> = Projection::ALL.iter().map(|p| p.module_name()).collect();
-    let config = serde_json::json!({
-        "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": modules,
-    });
-    std::fs::write(dir.join("adapter_config.json"), config.to_string())?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut tensors = std::collections::HashMap::new();
-    let mut random = |shape: [usize; 2]| -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(-0.02..0.02)).collect();
-        Ok(Tensor::from_vec(v, &shape, &Device::Cpu)?)
-    };
-    for l in 0..cfg.num_layers {
-        for p in Projection::ALL {
-            let (d_in, d_out) = cfg.proj_dims(p);
-            let pre = format!("base_model.model.model.layers.{l}.{}", p.hf_path());
-            tensors.insert(format!("{pre}.lora_A.weight"), random([r, d_in])?);
-            tensors.insert(format!("{pre}.lora_B.weight"), random([d_out, r])?);
-        }
-    }
-    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
-    Ok(())
 }
 
 /// Peak resident memory of this process (VmHWM).

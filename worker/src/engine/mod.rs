@@ -15,6 +15,7 @@ mod kv_cache;
 mod model;
 mod sampling;
 mod scheduler;
+mod synthetic;
 mod weights;
 
 pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
@@ -28,3 +29,4 @@ pub use scheduler::{
     load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,
     StepReport, StreamEvent,
 };
+pub use synthetic::write_random_adapter;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

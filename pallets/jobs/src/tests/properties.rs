@@ -144,6 +144,7 @@ fn run(action: &Action, model: &mut Model) {
                         output_hash: H256::zero(),
                         input_tokens,
                         output_tokens,
+                        context: Default::default(),
                         signature: sp_core::ed25519::Signature::from_raw([1; 64]),
                     }]
                     .try_into()

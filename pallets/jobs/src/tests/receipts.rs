@@ -4,9 +4,10 @@ use super::matching::escrow_of;
 use crate::{mock::*, Error, Event, Receipt, TotalEscrow};
 use frame_support::{assert_noop, assert_ok, traits::fungible::Inspect};
 use sp_core::{ed25519, H256};
+use sp_runtime::Permill;
 
 fn settle(receipts: Vec<Receipt>) -> sp_runtime::DispatchResult {
-    Jobs::submit_receipts(RuntimeOrigin::signed(BOB), receipts.try_into().unwrap())
+    submit_receipts(receipts)
 }
 
 #[test]
@@ -151,6 +152,7 @@ fn altered_fields_are_rejected() {
             Box::new(|r| r.output_hash = H256::repeat_byte(1)),
             Box::new(|r| r.input_tokens += 1),
             Box::new(|r| r.output_tokens -= 1),
+            Box::new(|r| r.context = vec![(1, Permill::from_percent(10))].try_into().unwrap()),
         ];
         for alter in alterations {
             let mut altered = valid.clone();
@@ -158,6 +160,63 @@ fn altered_fields_are_rejected() {
             assert_noop!(settle(vec![altered]), Error::<Test>::BadSignature);
         }
         assert_ok!(settle(vec![valid]));
+    });
+}
+
+#[test]
+fn retrieval_context_reaches_the_settlement_and_is_signed() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let context = vec![(4, Permill::from_percent(30)), (9, Permill::from_percent(70))];
+        let valid = receipt_with_context(job, 10, 10, context.clone());
+        // Reweighing, dropping or adding a context DataNet after signing breaks the signature.
+        let mut reweighed = valid.clone();
+        reweighed.context = vec![(4, Permill::from_percent(70)), (9, Permill::from_percent(30))]
+            .try_into()
+            .unwrap();
+        let mut dropped = valid.clone();
+        dropped.context = vec![(4, Permill::from_percent(30))].try_into().unwrap();
+        for altered in [reweighed, dropped] {
+            assert_noop!(settle(vec![altered]), Error::<Test>::BadSignature);
+        }
+        SETTLED_CONTEXTS.with(|c| c.borrow_mut().clear());
+        assert_ok!(settle(vec![valid]));
+        assert_eq!(SETTLED_CONTEXTS.with(|c| c.borrow().clone()), vec![(job, context)]);
+    });
+}
+
+#[test]
+fn batch_is_charged_its_measured_cost_plus_what_each_settlement_reports() {
+    use crate::WeightInfo;
+    use openledger_primitives::market::Settlement;
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let jobs = [submit(ALICE, 1, 1_000, 100), submit(ALICE, 1, 1_000, 100)];
+        let mut forged = receipt(jobs[1], 10, 10);
+        forged.input_tokens += 1;
+        let batch = vec![receipt(jobs[0], 10, 10), forged];
+        let info = Jobs::submit_receipts(RuntimeOrigin::signed(BOB), batch.try_into().unwrap())
+            .expect("one receipt is valid");
+        // The settled receipt reports its own settlement weight; the rejected one is charged
+        // the settlement's worst case.
+        let expected = <() as WeightInfo>::submit_receipts(2)
+            .saturating_add(RecordingSettlement::settle_weight());
+        assert_eq!(info.actual_weight, Some(expected));
+        // A batch with no valid receipt fails, and is still charged what it used.
+        let mut forged = receipt(jobs[1], 10, 10);
+        forged.output_tokens += 1;
+        let err =
+            Jobs::submit_receipts(RuntimeOrigin::signed(BOB), vec![forged].try_into().unwrap())
+                .expect_err("no receipt is valid");
+        assert_eq!(err.error, Error::<Test>::BadSignature.into());
+        assert_eq!(
+            err.post_info.actual_weight,
+            Some(
+                <() as WeightInfo>::submit_receipts(1)
+                    .saturating_add(RecordingSettlement::settle_weight())
+            )
+        );
     });
 }
 

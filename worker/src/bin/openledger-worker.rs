@@ -1,0 +1,375 @@
+//! `openledger-worker`: serves the jobs the chain assigns to one GPU provider.
+//!
+//! It loads the base model and the adapters found in `--adapters` (each a PEFT directory,
+//! served under the on-chain adapter whose content hash equals the BLAKE2b-256 of its
+//! `adapter_model.safetensors`), registers or updates the provider when asked, then runs the
+//! job loop (see `openledger_worker::service`). `--config worker.toml` takes the same keys
+//! as the flags.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
+use openledger_worker::chain::{
+    blake2_256, AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms,
+};
+use openledger_worker::cli;
+use openledger_worker::engine::{
+    write_random_adapter, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelSource,
+    Projection,
+};
+use openledger_worker::engine_host::EngineHost;
+use openledger_worker::metrics::WorkerMetrics;
+use openledger_worker::service::{Worker, WorkerConfig};
+use subxt::utils::AccountId32;
+
+const OPEN: u128 = 1_000_000_000_000_000_000;
+
+#[derive(Parser)]
+#[command(name = "openledger-worker", version, about = "OpenLedger GPU worker")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The chain node's WebSocket RPC endpoint.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:9944")]
+    chain_url: String,
+    /// The operator account's secret URI (`//Bob` on a dev chain).
+    #[arg(long, global = true, env = "OPENLEDGER_OPERATOR")]
+    operator: Option<String>,
+    /// A file holding the operator's secret URI (instead of --operator).
+    #[arg(long, global = true)]
+    operator_file: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The worker's ed25519 key file (64 hex digits); created when missing.
+    #[arg(long, default_value = "worker.key")]
+    worker_key: PathBuf,
+    /// Base model: a GGUF file or a Hugging Face directory.
+    #[arg(long, env = "OPENLEDGER_MODEL")]
+    model: Option<PathBuf>,
+    /// Directory of PEFT adapter directories.
+    #[arg(long)]
+    adapters: Option<PathBuf>,
+    /// libp2p listen address.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    listen: Vec<Multiaddr>,
+    /// Gateways to dial at start (`/ip4/.../tcp/.../p2p/<peer id>`).
+    #[arg(long)]
+    gateway: Vec<Multiaddr>,
+    /// Register the provider (or update its terms) at start.
+    #[arg(long)]
+    register: bool,
+    /// Bond for a new registration, in OPEN.
+    #[arg(long, default_value_t = 1_000)]
+    bond: u128,
+    /// Price per 1,000 tokens, in milli-OPEN.
+    #[arg(long, default_value_t = 1)]
+    price_milli: u128,
+    /// Jobs served at once.
+    #[arg(long, default_value_t = 8)]
+    max_concurrent: u32,
+    /// GPU (or CPU) model name declared on chain.
+    #[arg(long, default_value = "CPU")]
+    gpu_name: String,
+    /// Memory per GPU declared on chain, in GiB.
+    #[arg(long, default_value_t = 0)]
+    memory_gib: u32,
+    /// Two-letter region code declared on chain.
+    #[arg(long, default_value = "ZZ")]
+    region: String,
+    /// Base model id on chain.
+    #[arg(long, default_value_t = 0)]
+    base_model: u32,
+    /// Engine threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// KV cache blocks of 16 positions (the memory budget of running sequences).
+    #[arg(long, default_value_t = 1024)]
+    kv_blocks: usize,
+    /// Adapters installed for compute at once (the fast tier).
+    #[arg(long, default_value_t = 16)]
+    adapter_slots: usize,
+    /// Host-memory budget of parsed adapters beyond those installed, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    adapter_host_mib: usize,
+    /// Prometheus metrics address (`/metrics`), e.g. `127.0.0.1:9616`.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register a PEFT adapter directory on chain (content hash of its safetensors).
+    RegisterAdapter {
+        /// The adapter directory.
+        dir: PathBuf,
+        /// Price per 1,000 tokens, in milli-OPEN.
+        #[arg(long, default_value_t = 1)]
+        price_milli: u128,
+        /// Base model id.
+        #[arg(long, default_value_t = 0)]
+        base_model: u32,
+        /// Training DataNets as `id:ppm`, repeated.
+        #[arg(long)]
+        training: Vec<String>,
+    },
+    /// Write a demo PEFT adapter with small random weights for the base model (a real
+    /// adapter file, not a trained one): rank 8 on the attention projections.
+    DemoAdapter {
+        /// Where to write it.
+        dir: PathBuf,
+        /// Base model (GGUF file or Hugging Face directory).
+        #[arg(long, env = "OPENLEDGER_MODEL")]
+        model: PathBuf,
+        /// Seed of its weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print the peer id and public key of a worker key file (creating it when missing).
+    KeyInfo {
+        /// The key file.
+        #[arg(long, default_value = "worker.key")]
+        worker_key: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    cli::init_logging();
+    if let Err(e) = run().await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
+    let args = Args::parse_from(cli::args_with_config_file()?);
+    match &args.command {
+        Some(Command::KeyInfo { worker_key }) => {
+            let key = cli::worker_key(worker_key, true)?;
+            let peer = openledger_p2p::peer_id_of_ed25519_public(&key.verifying_key().to_bytes())?;
+            println!("public key: 0x{}", hex::encode(key.verifying_key().to_bytes()));
+            println!("peer id:    {peer}");
+            return Ok(());
+        },
+        Some(Command::DemoAdapter { dir, model, seed }) => {
+            let engine = Engine::load(&model_source(model), EngineConfig::default(), &Device::Cpu)
+                .with_context(|| format!("cannot load the model {}", model.display()))?;
+            let targets = [Projection::Q, Projection::K, Projection::V, Projection::O];
+            write_random_adapter(dir, engine.model().config(), 8, &targets, *seed)?;
+            println!("{}", dir.display());
+            return Ok(());
+        },
+        Some(Command::RegisterAdapter { dir, price_milli, base_model, training }) => {
+            let signer = cli::account_key(args.operator.as_deref(), args.operator_file.as_deref())?;
+            let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(10)).await?;
+            let (hash, config) = adapter_files(dir)?;
+            let training = training.iter().map(|t| parse_share(t)).collect::<Result<Vec<_>>>()?;
+            let id = chain
+                .register_adapter(
+                    &signer,
+                    *base_model,
+                    hash,
+                    config.rank,
+                    config.target_modules,
+                    price_milli * (OPEN / 1_000),
+                    &training,
+                )
+                .await?;
+            println!("{id}");
+            return Ok(());
+        },
+        None => {},
+    }
+    serve(&args).await
+}
+
+fn model_source(model: &Path) -> ModelSource {
+    if model.is_dir() {
+        ModelSource::HuggingFace(model.to_path_buf())
+    } else {
+        ModelSource::Gguf(model.to_path_buf())
+    }
+}
+
+fn parse_share(text: &str) -> Result<(u32, u32)> {
+    let (d, ppm) = text.split_once(':').context("a training share is `datanet:ppm`")?;
+    Ok((d.parse().context("DataNet id")?, ppm.parse().context("share in ppm")?))
+}
+
+/// What the chain needs to know of a PEFT adapter directory.
+struct PeftSummary {
+    rank: u32,
+    target_modules: u8,
+}
+
+/// The content hash of `dir`'s weights and the rank and targets of its config.
+fn adapter_files(dir: &Path) -> Result<([u8; 32], PeftSummary)> {
+    let weights = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&weights)
+        .with_context(|| format!("cannot read the adapter weights {}", weights.display()))?;
+    let config_path = dir.join("adapter_config.json");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", config_path.display()))?;
+    let rank =
+        config["r"].as_u64().with_context(|| format!("{}: no `r`", config_path.display()))?;
+    let names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let mut target_modules = 0u8;
+    for m in config["target_modules"].as_array().into_iter().flatten() {
+        if let Some(i) = m.as_str().and_then(|m| names.iter().position(|n| *n == m)) {
+            target_modules |= 1 << i;
+        }
+    }
+    if target_modules == 0 {
+        bail!("{}: `target_modules` names none of {names:?}", config_path.display());
+    }
+    Ok((blake2_256(&bytes), PeftSummary { rank: rank as u32, target_modules }))
+}
+
+async fn serve(args: &Args) -> Result<()> {
+    let s = &args.serve;
+    let signer = cli::account_key(args.operator.as_deref(), args.operator_file.as_deref())?;
+    let provider = AccountId32(signer.public_key().0);
+    let worker_key = cli::worker_key(&s.worker_key, true)?;
+    let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(30)).await?;
+    tracing::info!(url = %args.chain_url, "connected to the chain");
+
+    // The model, with a progress line per stage (loading a large model takes a while).
+    let model = s.model.clone().context("no model: pass --model or set OPENLEDGER_MODEL")?;
+    let source = model_source(&model);
+    let started = Instant::now();
+    let progress =
+        indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
+    progress.enable_steady_tick(Duration::from_millis(120));
+    let config = EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 16, num_blocks: s.kv_blocks },
+        adapters: AdapterCacheConfig {
+            compute_slots: s.adapter_slots,
+            host_bytes: s.adapter_host_mib << 20,
+        },
+        threads: s.threads,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::load(&source, config, &Device::Cpu)
+        .with_context(|| format!("cannot load the model {}", model.display()))?;
+    progress.finish_with_message(format!(
+        "loaded {} in {:.1} s",
+        model.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    let (engine, _thread) = EngineHost::spawn(engine);
+
+    // Adapters: local directories matched to on-chain registrations by content hash.
+    let mut adapters: HashMap<AdapterId, String> = HashMap::new();
+    if let Some(dir) = &s.adapters {
+        let on_chain = chain.adapters().await?;
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the adapter directory {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if !path.join("adapter_model.safetensors").exists() {
+                continue;
+            }
+            let (hash, _) = adapter_files(&path)?;
+            let Some((id, _)) =
+                on_chain.iter().find(|(_, a)| a.content_hash.0 == hash && !a.retired)
+            else {
+                tracing::warn!(dir = %path.display(), "no registered adapter has this content hash; not served");
+                continue;
+            };
+            let name = id.to_string();
+            engine
+                .register_adapter(&name, path.clone())
+                .await
+                .with_context(|| format!("cannot load the adapter {}", path.display()))?;
+            tracing::info!(adapter = id, dir = %path.display(), "serving adapter");
+            adapters.insert(*id, name);
+        }
+    }
+
+    // The network: the worker key is the libp2p identity, so gateways can check it.
+    let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(worker_key.to_bytes())?);
+    p2p_config.listen = s.listen.clone();
+    p2p_config.bootstrap = s.gateway.clone();
+    let (p2p, _events) = openledger_p2p::spawn(p2p_config)?;
+    let peer_id = p2p.local_peer_id();
+    let listen = p2p.listen_addrs().await?;
+    tracing::info!(%peer_id, ?listen, "libp2p node up");
+
+    if s.register {
+        let terms = ProviderTerms {
+            spec: GpuSpec {
+                model: s.gpu_name.as_bytes().to_vec(),
+                memory_gib: s.memory_gib,
+                gpu_count: 1,
+                bf16_tflops: None,
+            },
+            region: s
+                .region
+                .as_bytes()
+                .try_into()
+                .context("--region must be two letters (ISO 3166-1 alpha-2)")?,
+            endpoint: Endpoint {
+                peer_id: peer_id.to_bytes(),
+                multiaddrs: listen.iter().map(|a| a.to_vec()).collect(),
+            },
+            worker_key: worker_key.verifying_key().to_bytes(),
+            worker_account: None,
+            base_models: vec![s.base_model],
+            price_per_1k: s.price_milli * (OPEN / 1_000),
+            max_concurrent: s.max_concurrent,
+        };
+        if chain.provider(&provider).await?.is_some() {
+            chain.update_provider(&signer, &terms).await?;
+            tracing::info!(%provider, "provider terms updated");
+        } else {
+            chain.register_provider(&signer, &terms, s.bond * OPEN).await?;
+            tracing::info!(%provider, bond = s.bond, "provider registered");
+        }
+    }
+
+    let metrics = WorkerMetrics::new();
+    if let Some(addr) = s.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let router = metrics.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        tracing::info!(%addr, "metrics on /metrics");
+    }
+    let provider_name = provider.to_string();
+    let (worker, queue) = Worker::new(
+        chain,
+        p2p,
+        engine,
+        WorkerConfig {
+            provider,
+            signer,
+            worker_key,
+            adapters,
+            max_concurrent: s.max_concurrent,
+            heartbeat_every: Duration::from_secs(s.heartbeat_secs),
+            receipt_batch: 16,
+            receipt_flush: Duration::from_millis(1500),
+            fetch_patience: Duration::from_secs(20),
+        },
+        metrics,
+    );
+    println!("worker ready: provider {provider_name}, peer {peer_id}");
+    worker.run(queue).await;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The chain's types as the worker and gateway see them: plain structs that encode to and
+//! decode from the runtime's types by field name, through the metadata (`scale-encode` /
+//! `scale-decode`), so the worker never links the runtime.
+
+use subxt::ext::{scale_decode::DecodeAsType, scale_encode::EncodeAsType};
+use subxt::utils::{AccountId32, H256};
+
+/// A job id.
+pub type JobId = u64;
+/// An adapter id.
+pub type AdapterId = u32;
+/// A DataNet id.
+pub type DataNetId = u32;
+/// An OPEN amount in plancks (10^-18 OPEN).
+pub type Balance = u128;
+
+/// The hardware a provider declares (`pallet_compute::GpuSpec`).
+#[derive(Clone, Debug, PartialEq, Eq, EncodeAsType, DecodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct GpuSpec {
+    /// Marketing name of the GPU, UTF-8.
+    pub model: Vec<u8>,
+    /// Memory per GPU, in GiB.
+    pub memory_gib: u32,
+    /// GPUs behind the worker.
+    pub gpu_count: u32,
+    /// Measured dense bf16 TFLOP/s per GPU, if measured.
+    pub bf16_tflops: Option<u32>,
+}
+
+/// Where gateways reach a worker (`pallet_compute::Endpoint`).
+#[derive(Clone, Debug, PartialEq, Eq, EncodeAsType, DecodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct Endpoint {
+    /// The worker's libp2p peer id, binary form.
+    pub peer_id: Vec<u8>,
+    /// Its multiaddresses, binary form.
+    pub multiaddrs: Vec<Vec<u8>>,
+}
+
+/// What a provider declares (`pallet_compute::ProviderTerms`).
+#[derive(Clone, Debug, PartialEq, Eq, EncodeAsType, DecodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct ProviderTerms {
+    /// The hardware.
+    pub spec: GpuSpec,
+    /// ISO 3166 country code.
+    pub region: [u8; 2],
+    /// How to reach the worker.
+    pub endpoint: Endpoint,
+    /// The worker's ed25519 receipt-signing key.
+    pub worker_key: [u8; 32],
+    /// An account the worker acts from, if not the operator.
+    pub worker_account: Option<AccountId32>,
+    /// Base models served.
+    pub base_models: Vec<u32>,
+    /// Price per 1,000 tokens.
+    pub price_per_1k: Balance,
+    /// Most jobs at once.
+    pub max_concurrent: u32,
+}
+
+/// Whether a job was acknowledged (`pallet_jobs::JobPhase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub enum JobPhase {
+    /// Waiting for the worker's acknowledgement.
+    Assigned,
+    /// Acknowledged; a receipt is due.
+    Acknowledged,
+}
+
+/// An open job (`pallet_jobs::Job`).
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct Job {
+    /// Who pays.
+    pub submitter: AccountId32,
+    /// The provider it is assigned to.
+    pub provider: AccountId32,
+    /// The adapter to run.
+    pub adapter: AdapterId,
+    /// Hash (BLAKE2b-256) of the payload the gateway holds.
+    pub input_hash: H256,
+    /// Most tokens to generate.
+    pub max_output_tokens: u32,
+    /// Held from the submitter.
+    pub escrow: Balance,
+    /// Provider plus adapter price per 1,000 tokens.
+    pub price_per_1k: Balance,
+    /// The gateway's libp2p peer id, binary form.
+    pub gateway: Vec<u8>,
+    /// Assigned or acknowledged.
+    pub phase: JobPhase,
+    /// Block after which the job can be expired.
+    pub deadline: u32,
+}
+
+/// A registered adapter (`pallet_attribution::Adapter`), the fields a client needs.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct Adapter {
+    /// Who registered it and is paid its share.
+    pub owner: AccountId32,
+    /// The base model it adapts.
+    pub base_model: u32,
+    /// BLAKE2b-256 of its PEFT safetensors.
+    pub content_hash: H256,
+    /// LoRA rank.
+    pub rank: u32,
+    /// Price per 1,000 tokens on top of the provider's.
+    pub price_per_1k: Balance,
+    /// Retired adapters take no new jobs.
+    pub retired: bool,
+}
+
+/// A receipt as `jobs.submit_receipts` takes it (`openledger_primitives::receipt::Receipt`).
+#[derive(Clone, Debug, PartialEq, Eq, EncodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+pub struct ReceiptArg {
+    /// The job.
+    pub job: JobId,
+    /// Hash of the output.
+    pub output_hash: [u8; 32],
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Generated tokens.
+    pub output_tokens: u32,
+    /// Retrieval context: (DataNet, share in parts per million).
+    pub context: Vec<(DataNetId, u32)>,
+    /// ed25519 signature over the receipt payload.
+    pub signature: [u8; 64],
+}
+
+/// `jobs.JobAssigned`.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct JobAssigned {
+    /// The new job.
+    pub job: JobId,
+    /// Who pays.
+    pub submitter: AccountId32,
+    /// The provider chosen.
+    pub provider: AccountId32,
+    /// The adapter.
+    pub adapter: AdapterId,
+    /// Payload hash.
+    pub input_hash: H256,
+    /// Output limit.
+    pub max_output_tokens: u32,
+    /// Held from the submitter.
+    pub escrow: Balance,
+    /// Gateway peer id.
+    pub gateway: Vec<u8>,
+    /// Acknowledgement deadline.
+    pub deadline: u32,
+}
+
+/// `jobs.JobSettled`.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct JobSettled {
+    /// The job.
+    pub job: JobId,
+    /// Its provider.
+    pub provider: AccountId32,
+    /// Output hash from the receipt.
+    pub output_hash: H256,
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Generated tokens.
+    pub output_tokens: u32,
+    /// Paid on through the fee split.
+    pub charged: Balance,
+    /// Returned to the submitter.
+    pub refunded: Balance,
+}
+
+/// `jobs.ReceiptRejected`: only the job; the error is read from the metadata when shown.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct ReceiptRejected {
+    /// The job whose receipt was refused.
+    pub job: JobId,
+}

@@ -1,0 +1,202 @@
+//! The engine on its own thread, driven from async code.
+//!
+//! [`Engine`] is synchronous: a step is one batched forward pass that keeps both cores busy
+//! for milliseconds. [`EngineHost`] owns it on a dedicated OS thread that admits new requests
+//! between steps and forwards each request's tokens to an async channel, so the worker's
+//! network and chain tasks never block on the model, and requests from many jobs share every
+//! step.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use crate::engine::{Engine, EngineError, GenerationRequest, StreamEvent};
+
+enum Command {
+    Generate {
+        request: GenerationRequest,
+        events: async_mpsc::UnboundedSender<StreamEvent>,
+        accepted: oneshot::Sender<Result<(), EngineError>>,
+    },
+    RegisterAdapter {
+        name: String,
+        dir: PathBuf,
+        done: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Adapters {
+        reply: oneshot::Sender<AdapterTiers>,
+    },
+}
+
+/// Which adapters each cache tier holds now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdapterTiers {
+    /// Installed for compute (GPU memory on a CUDA worker, the SGMV tables on CPU).
+    pub compute: Vec<String>,
+    /// Parsed in host memory.
+    pub host: Vec<String>,
+}
+
+/// What the engine thread last did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineLoad {
+    /// Sequences in the last step.
+    pub batch: usize,
+    /// Requests waiting for admission after it.
+    pub waiting: usize,
+}
+
+/// A handle to the engine thread. Cloning it shares the engine; the thread ends when the
+/// last handle is dropped and the running requests have finished.
+#[derive(Clone)]
+pub struct EngineHost {
+    commands: mpsc::Sender<Command>,
+    load: Arc<Mutex<EngineLoad>>,
+}
+
+/// What [`EngineHost`] calls return when the engine thread is gone.
+fn gone() -> EngineError {
+    EngineError::BadRequest { request: 0, message: "the engine thread has stopped".into() }
+}
+
+impl EngineHost {
+    /// Move `engine` onto its own thread.
+    pub fn spawn(engine: Engine) -> (Self, JoinHandle<()>) {
+        let (commands, inbox) = mpsc::channel();
+        let load = Arc::new(Mutex::new(EngineLoad::default()));
+        let shared = Arc::clone(&load);
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || run(engine, inbox, shared))
+            .unwrap_or_else(|e| panic!("cannot start the engine thread: {e}"));
+        (Self { commands, load }, thread)
+    }
+
+    /// Queue a request; its tokens arrive on the returned channel, ending with
+    /// [`StreamEvent::Finished`] or [`StreamEvent::Failed`].
+    pub async fn generate(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<async_mpsc::UnboundedReceiver<StreamEvent>, EngineError> {
+        let (events, rx) = async_mpsc::unbounded_channel();
+        let (accepted, answer) = oneshot::channel();
+        self.commands.send(Command::Generate { request, events, accepted }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())??;
+        Ok(rx)
+    }
+
+    /// Register a PEFT adapter directory under `name` (validated on the engine thread).
+    pub async fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), EngineError> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(Command::RegisterAdapter { name: name.to_string(), dir, done })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// The adapters each cache tier holds now.
+    pub async fn adapters(&self) -> AdapterTiers {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Adapters { reply }).is_err() {
+            return AdapterTiers::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Batch size and queue depth of the last step.
+    pub fn load(&self) -> EngineLoad {
+        self.load.lock().map(|l| *l).unwrap_or_default()
+    }
+}
+
+/// One request's engine channel and where its events go.
+struct Forward {
+    from: Receiver<StreamEvent>,
+    to: async_mpsc::UnboundedSender<StreamEvent>,
+}
+
+impl Forward {
+    /// Pass on what arrived; false once the request is over.
+    fn pump(&self) -> bool {
+        loop {
+            match self.from.try_recv() {
+                Ok(event) => {
+                    let last =
+                        matches!(event, StreamEvent::Finished { .. } | StreamEvent::Failed(_));
+                    // A caller that went away still lets its sequence finish in the engine.
+                    let _ = self.to.send(event);
+                    if last {
+                        return false;
+                    }
+                },
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+}
+
+fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
+    match command {
+        Command::Generate { request, events, accepted } => match engine.submit(request) {
+            Ok((_, from)) => {
+                forwards.push(Forward { from, to: events });
+                let _ = accepted.send(Ok(()));
+            },
+            Err(e) => {
+                let _ = accepted.send(Err(e));
+            },
+        },
+        Command::RegisterAdapter { name, dir, done } => {
+            let _ = done.send(engine.register_adapter(&name, &dir));
+        },
+        Command::Adapters { reply } => {
+            let cache = engine.adapters();
+            let tiers = AdapterTiers {
+                compute: cache.resident().into_iter().flatten().map(str::to_string).collect(),
+                host: cache.host_resident().into_iter().map(str::to_string).collect(),
+            };
+            let _ = reply.send(tiers);
+        },
+    }
+}
+
+fn run(mut engine: Engine, inbox: Receiver<Command>, load: Arc<Mutex<EngineLoad>>) {
+    let mut forwards: Vec<Forward> = Vec::new();
+    loop {
+        if engine.is_idle() && forwards.is_empty() {
+            match inbox.recv() {
+                Ok(command) => handle(&mut engine, &mut forwards, command),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(command) => handle(&mut engine, &mut forwards, command),
+                Err(_) => break,
+            }
+        }
+        if !engine.is_idle() {
+            match engine.step() {
+                Ok(report) => {
+                    if let Ok(mut l) = load.lock() {
+                        *l = EngineLoad { batch: report.sequences, waiting: report.waiting };
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "engine step failed; failing its requests");
+                    for f in forwards.drain(..) {
+                        let _ = f.to.send(StreamEvent::Failed(e.to_string()));
+                    }
+                    continue;
+                },
+            }
+        } else if let Ok(mut l) = load.lock() {
+            *l = EngineLoad::default();
+        }
+        forwards.retain(Forward::pump);
+    }
+}

@@ -1,0 +1,352 @@
+//! The worker's job loop: chain assignments in, engine work, tokens out to the gateway,
+//! signed receipts back to the chain.
+//!
+//! - [`AssignmentWatcher`] yields each new job of this provider once per block; on a lost
+//!   connection the loop reconnects and resumes from what is open on chain, so a node restart
+//!   neither drops nor doubles a job.
+//! - Each job: pull the payload from the job's gateway over libp2p, check its hash against
+//!   the chain's `input_hash` (a mismatch is refused: no acknowledgement, nothing charged),
+//!   acknowledge, run it through the shared engine (every running job shares each batch),
+//!   stream tokens back, and queue a receipt signed with the worker key.
+//! - Receipts go on chain in batches; heartbeats report the adapters resident in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use openledger_p2p::{FetchError, Finish, P2pHandle, PeerId, TokenChunk};
+use subxt::utils::AccountId32;
+use subxt_signer::sr25519::Keypair;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::chain::{
+    sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
+    ReceiptOutcome,
+};
+use crate::engine::{FinishReason, GenerationRequest, StreamEvent};
+use crate::engine_host::EngineHost;
+use crate::job_payload::{self, JobPayload};
+use crate::metrics::WorkerMetrics;
+
+/// How the worker runs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The provider account the worker serves (the operator).
+    pub provider: AccountId32,
+    /// The key that signs acknowledgements, heartbeats and receipt batches (the operator's
+    /// or its authorised worker account).
+    pub signer: Keypair,
+    /// The receipt-signing key registered for the provider.
+    pub worker_key: SigningKey,
+    /// On-chain adapter id -> the engine's name for it.
+    pub adapters: HashMap<AdapterId, String>,
+    /// Jobs served at once.
+    pub max_concurrent: u32,
+    /// Time between heartbeats.
+    pub heartbeat_every: Duration,
+    /// Most receipts per batch.
+    pub receipt_batch: usize,
+    /// Longest a receipt waits for others before its batch is sent.
+    pub receipt_flush: Duration,
+    /// How long to keep trying to fetch a payload the gateway has not offered yet.
+    pub fetch_patience: Duration,
+}
+
+/// The running worker.
+pub struct Worker {
+    chain: Mutex<ChainClient>,
+    p2p: P2pHandle,
+    engine: EngineHost,
+    config: WorkerConfig,
+    genesis_hash: [u8; 32],
+    receipts: mpsc::UnboundedSender<ReceiptArg>,
+    metrics: Arc<WorkerMetrics>,
+    running: Mutex<u32>,
+}
+
+impl Worker {
+    /// A worker serving `config.provider`'s jobs.
+    pub fn new(
+        chain: ChainClient,
+        p2p: P2pHandle,
+        engine: EngineHost,
+        config: WorkerConfig,
+        metrics: Arc<WorkerMetrics>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ReceiptArg>) {
+        let (receipts, queue) = mpsc::unbounded_channel();
+        let genesis_hash = chain.genesis_hash();
+        let worker = Arc::new(Self {
+            chain: Mutex::new(chain),
+            p2p,
+            engine,
+            config,
+            genesis_hash,
+            receipts,
+            metrics,
+            running: Mutex::new(0),
+        });
+        (worker, queue)
+    }
+
+    async fn chain(&self) -> ChainClient {
+        self.chain.lock().await.clone()
+    }
+
+    /// Run the job loop, the receipt batcher and the heartbeats until the process ends.
+    pub async fn run(self: Arc<Self>, queue: mpsc::UnboundedReceiver<ReceiptArg>) {
+        tokio::spawn(Arc::clone(&self).submit_receipts(queue));
+        tokio::spawn(Arc::clone(&self).heartbeats());
+        tokio::spawn(Arc::clone(&self).engine_metrics());
+        let mut watcher = AssignmentWatcher::new(self.chain().await, self.config.provider.clone());
+        loop {
+            match watcher.next_batch().await {
+                Ok(jobs) => {
+                    if let Some(n) = watcher.last_block() {
+                        self.metrics.chain_block.set(n as i64);
+                    }
+                    for (job, record) in jobs {
+                        tokio::spawn(Arc::clone(&self).serve(job, record));
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the chain; reconnecting");
+                    let fresh = self.reconnect().await;
+                    watcher.reconnected(fresh);
+                },
+            }
+        }
+    }
+
+    /// Reconnect to the same node, retrying until it answers.
+    async fn reconnect(&self) -> ChainClient {
+        let url = self.chain().await.url().to_string();
+        loop {
+            match ChainClient::connect(&url, Duration::from_secs(30)).await {
+                Ok(client) => {
+                    tracing::info!(url, "reconnected to the chain");
+                    *self.chain.lock().await = client.clone();
+                    return client;
+                },
+                Err(e) => tracing::warn!(error = %e, "chain still unreachable"),
+            }
+        }
+    }
+
+    /// Serve one job end to end.
+    async fn serve(self: Arc<Self>, job: JobId, record: Job) {
+        *self.running.lock().await += 1;
+        self.metrics.running_jobs.inc();
+        let outcome = self.serve_inner(job, &record).await;
+        *self.running.lock().await -= 1;
+        self.metrics.running_jobs.dec();
+        if let Err(reason) = outcome {
+            tracing::warn!(job, %reason, "job refused");
+            self.metrics.jobs.with_label_values(&["refused"]).inc();
+        }
+    }
+
+    async fn serve_inner(&self, job: JobId, record: &Job) -> Result<(), String> {
+        let gateway = PeerId::from_bytes(&record.gateway)
+            .map_err(|e| format!("the job's gateway peer id is malformed: {e}"))?;
+        let adapter =
+            self.config.adapters.get(&record.adapter).cloned().ok_or_else(|| {
+                format!("adapter {} is not served by this worker", record.adapter)
+            })?;
+        let bytes = self.fetch_payload(gateway, job).await?;
+        if job_payload::hash(&bytes) != record.input_hash.0 {
+            return Err("the gateway's payload does not match the job's input_hash".into());
+        }
+        let payload = JobPayload::from_bytes(&bytes)
+            .map_err(|e| format!("the payload is not a job payload: {e}"))?;
+        if payload.max_tokens > record.max_output_tokens {
+            return Err("the payload asks for more tokens than the job allows".into());
+        }
+        // Acknowledge while the engine starts on it.
+        let chain = self.chain().await;
+        let signer = self.config.signer.clone();
+        let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
+        let mut events = self
+            .engine
+            .generate(GenerationRequest {
+                prompt: payload.prompt.clone(),
+                adapter: Some(adapter),
+                params: payload.sampling(),
+            })
+            .await
+            .map_err(|e| format!("the engine refused the request: {e}"))?;
+        match ack.await {
+            Ok(Ok(())) => self.metrics.jobs.with_label_values(&["acknowledged"]).inc(),
+            Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
+            Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
+        }
+
+        let mut text = String::new();
+        let mut seq = 0u32;
+        while let Some(event) = events.recv().await {
+            match event {
+                StreamEvent::Token { text: piece, .. } => {
+                    self.metrics.tokens.inc();
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    text.push_str(&piece);
+                    let chunk = TokenChunk { job, seq, text: piece, finish: None };
+                    seq += 1;
+                    if let Err(e) = self.p2p.send_tokens(gateway, chunk).await {
+                        tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
+                    }
+                },
+                StreamEvent::Finished { reason, prompt_tokens, completion_tokens } => {
+                    let output_hash = job_payload::hash(text.as_bytes());
+                    let input_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
+                    let output_tokens = u32::try_from(completion_tokens).unwrap_or(u32::MAX);
+                    let finish = Finish {
+                        reason: finish_reason(reason).into(),
+                        input_tokens,
+                        output_tokens,
+                        output_hash,
+                    };
+                    let last = TokenChunk { job, seq, text: String::new(), finish: Some(finish) };
+                    if let Err(e) = self.p2p.send_tokens(gateway, last).await {
+                        tracing::warn!(job, error = %e, "could not send the final chunk");
+                    }
+                    let receipt = sign_receipt(
+                        &self.config.worker_key,
+                        self.genesis_hash,
+                        &self.config.provider,
+                        record.adapter,
+                        job,
+                        output_hash,
+                        input_tokens,
+                        output_tokens,
+                        &[],
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let _ = self.receipts.send(receipt);
+                    return Ok(());
+                },
+                StreamEvent::Failed(e) => return Err(format!("generation failed: {e}")),
+            }
+        }
+        Err("the engine stopped before the job finished".into())
+    }
+
+    /// Fetch the payload, retrying while the gateway has not offered it yet.
+    async fn fetch_payload(&self, gateway: PeerId, job: JobId) -> Result<Vec<u8>, String> {
+        let deadline = tokio::time::Instant::now() + self.config.fetch_patience;
+        loop {
+            match self.p2p.fetch_payload(gateway, job).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e @ FetchError::Denied { .. }) | Err(e @ FetchError::TooLarge { .. }) => {
+                    return Err(format!("payload refused: {e}"))
+                },
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("no payload from the gateway: {e}"))
+                },
+                Err(e) => {
+                    tracing::debug!(job, error = %e, "payload not available yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                },
+            }
+        }
+    }
+
+    /// Send receipts in batches: when `receipt_batch` are waiting or the oldest has waited
+    /// `receipt_flush`. A batch that cannot reach the chain is retried; one the chain rejects
+    /// is logged receipt by receipt.
+    async fn submit_receipts(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<ReceiptArg>) {
+        let mut batch: Vec<ReceiptArg> = Vec::new();
+        loop {
+            if batch.is_empty() {
+                match queue.recv().await {
+                    Some(r) => batch.push(r),
+                    None => return,
+                }
+            }
+            let flush_at = tokio::time::Instant::now() + self.config.receipt_flush;
+            while batch.len() < self.config.receipt_batch {
+                match tokio::time::timeout_at(flush_at, queue.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let chain = self.chain().await;
+            match chain.submit_receipts(&self.config.signer, &batch).await {
+                Ok(outcomes) => {
+                    for outcome in outcomes {
+                        match outcome {
+                            ReceiptOutcome::Settled(s) => {
+                                self.metrics.jobs.with_label_values(&["settled"]).inc();
+                                tracing::info!(job = s.job, charged = %s.charged, "job settled");
+                            },
+                            ReceiptOutcome::Rejected(job) => {
+                                self.metrics.jobs.with_label_values(&["rejected"]).inc();
+                                tracing::warn!(job, "receipt rejected");
+                            },
+                        }
+                    }
+                    batch.clear();
+                },
+                Err(ChainError::Dispatch { error, .. }) => {
+                    tracing::warn!(%error, receipts = batch.len(), "every receipt of the batch was rejected");
+                    self.metrics.jobs.with_label_values(&["rejected"]).inc_by(batch.len() as u64);
+                    batch.clear();
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "receipts not submitted; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                },
+            }
+        }
+    }
+
+    /// Report alive with the adapters resident in memory and the free slots; refresh the
+    /// metrics of the engine and the chain.
+    async fn heartbeats(self: Arc<Self>) {
+        loop {
+            let tiers = self.engine.adapters().await;
+            self.metrics.set_adapters(&tiers.compute, &tiers.host);
+            let hot: Vec<AdapterId> = self
+                .config
+                .adapters
+                .iter()
+                .filter(|(_, name)| tiers.host.contains(name) || tiers.compute.contains(name))
+                .map(|(id, _)| *id)
+                .collect();
+            let running = *self.running.lock().await;
+            let free = self.config.max_concurrent.saturating_sub(running);
+            let chain = self.chain().await;
+            if let Ok(best) = chain.best().await {
+                let lag =
+                    (best.block_number() as i64).saturating_sub(self.metrics.chain_block.get());
+                self.metrics.chain_lag.set(lag.max(0));
+            }
+            if let Err(e) =
+                chain.heartbeat(&self.config.signer, &self.config.provider, &hot, free).await
+            {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            tokio::time::sleep(self.config.heartbeat_every).await;
+        }
+    }
+}
+
+impl Worker {
+    /// Copy the engine's batch size and queue depth into the metrics, every half second.
+    async fn engine_metrics(self: Arc<Self>) {
+        loop {
+            let load = self.engine.load();
+            self.metrics.batch_size.set(load.batch as i64);
+            self.metrics.queue_depth.set(load.waiting as i64);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Eos | FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}

@@ -1,0 +1,76 @@
+//! A real `openledger-node --dev --tmp` process on free loopback ports, killed when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The node binary: `$OPENLEDGER_NODE` (scripts/env.sh sets it), else the one built next to
+/// this test in the same target directory (`cargo test --workspace` builds both).
+pub fn node_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("OPENLEDGER_NODE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    dir.join("openledger-node")
+}
+
+/// A dev node, stopped when dropped.
+pub struct DevNode {
+    child: Child,
+    rpc_port: u16,
+}
+
+impl DevNode {
+    /// Start a dev chain and wait until its RPC port accepts connections.
+    pub fn start() -> Self {
+        let binary = node_binary();
+        assert!(
+            binary.exists(),
+            "the node binary {} does not exist: build it (scripts/build.sh) or set OPENLEDGER_NODE",
+            binary.display()
+        );
+        let (rpc_port, p2p_port) = (free_port(), free_port());
+        let child = Command::new(&binary)
+            .args(["--dev", "--tmp", "--no-mdns", "--no-telemetry", "--no-prometheus"])
+            .args(["--rpc-port", &rpc_port.to_string()])
+            .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openledger-node starts");
+        let node = DevNode { child, rpc_port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", rpc_port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the node's RPC never opened");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    /// Its WebSocket RPC endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.rpc_port)
+    }
+
+    /// Kill the process (as a crash would) and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
