@@ -160,6 +160,12 @@ parameter_types! {
     /// root can change it with `system.set_storage`; a change applies to providers that
     /// unregister afterwards.
     pub storage ProviderUnbondingPeriod: BlockNumber = 7 * DAYS;
+    /// Blocks a worker has to acknowledge a job: 1 minute. Root may change it at
+    /// `twox128(":JobAckTimeout:")`, for jobs submitted afterwards.
+    pub storage JobAckTimeout: BlockNumber = MINUTES;
+    /// Blocks a worker has, after acknowledging, to settle a job: 10 minutes. Root may
+    /// change it at `twox128(":JobReceiptTimeout:")`, for jobs acknowledged afterwards.
+    pub storage JobReceiptTimeout: BlockNumber = 10 * MINUTES;
 }
 
 impl pallet_compute::Config for Runtime {
@@ -189,8 +195,8 @@ impl pallet_jobs::Config for Runtime {
     type Adapters = Attribution;
     type Settlement = Attribution;
     type Randomness = pallet_jobs::ParentHashRandomness<Runtime>;
-    type AckTimeout = ConstU32<{ MINUTES }>;
-    type JobTimeout = ConstU32<{ 10 * MINUTES }>;
+    type AckTimeout = JobAckTimeout;
+    type JobTimeout = JobReceiptTimeout;
     type MaxReceiptsPerBatch = ConstU32<512>;
     type MaxPeerIdLen = ConstU32<64>;
     type WeightInfo = pallet_jobs::weights::SubstrateWeight<Runtime>;

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -21,139 +18,11 @@ use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
 
 use common::node::DevNode;
+use common::procs::{gateway, model, post, post_streamed, worker};
 use common::{write_adapter, AdapterSpec};
 
 const OPEN: u128 = 1_000_000_000_000_000_000;
 const MILLI: u128 = OPEN / 1_000;
-
-/// The embedded model (`scripts/setup.sh` fetches it; `scripts/env.sh` exports the path).
-fn model() -> PathBuf {
-    let path = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(path.exists(), "the model {} is missing: run scripts/setup.sh", path.display());
-    path
-}
-
-/// A child process killed when the test ends; its stdout lines arrive on a channel.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut command: Command) -> Proc {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn,openledger_worker=info")
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Proc { name, child, lines }
-    }
-
-    /// The first stdout line starting with `prefix`, without it.
-    fn wait_for(&mut self, prefix: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                },
-                Err(_) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!("{} printed no `{prefix}` within {secs} s (exit: {status:?})", self.name)
-                },
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn gateway(node: &DevNode, dir: &Path) -> (Proc, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-gateway"));
-    cmd.args(["--chain-url", &node.ws_url(), "--http", "127.0.0.1:0"])
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .arg("--key")
-        .arg(dir.join("gateway.key"))
-        .args(["--api-key", "alice-key=//Alice", "--job-timeout-secs", "90"]);
-    let mut proc = Proc::spawn("openledger-gateway", cmd);
-    let p2p = proc.wait_for("gateway p2p:", 60);
-    let http = proc.wait_for("gateway http:", 60);
-    (proc, http, p2p)
-}
-
-fn worker(node: &DevNode, operator: &str, dir: &Path, adapters: &Path, gateway: &str) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-worker"));
-    cmd.args(["--chain-url", &node.ws_url(), "--operator", operator])
-        .arg("--worker-key")
-        .arg(dir.join(format!("{}.key", operator.trim_start_matches('/'))))
-        .arg("--model")
-        .arg(model())
-        .arg("--adapters")
-        .arg(adapters)
-        .args(["--gateway", gateway, "--register", "--price-milli", "2"])
-        .args(["--threads", "1", "--kv-blocks", "512", "--heartbeat-secs", "6"]);
-    let mut proc = Proc::spawn("openledger-worker", cmd);
-    proc.wait_for("worker ready:", 120);
-    proc
-}
-
-fn post(url: &str, body: Value) -> Result<Value, String> {
-    ureq::post(url)
-        .set("Authorization", "Bearer alice-key")
-        .timeout(Duration::from_secs(120))
-        .send_json(body)
-        .map_err(|e| match e {
-            ureq::Error::Status(code, r) => {
-                format!("{code}: {}", r.into_string().unwrap_or_default())
-            },
-            other => other.to_string(),
-        })?
-        .into_json()
-        .map_err(|e| e.to_string())
-}
-
-/// A streamed completion: the events' texts and the last event.
-fn post_streamed(url: &str, body: Value) -> Result<(String, Value), String> {
-    let response = ureq::post(url)
-        .set("Authorization", "Bearer alice-key")
-        .timeout(Duration::from_secs(120))
-        .send_json(body)
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    let mut last = Value::Null;
-    for line in BufReader::new(response.into_reader()).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        let Some(data) = line.strip_prefix("data:") else { continue };
-        let data = data.trim();
-        if data == "[DONE]" {
-            return Ok((text, last));
-        }
-        let event: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
-        text.push_str(event["choices"][0]["text"].as_str().unwrap_or_default());
-        last = event;
-    }
-    Err("the stream ended without [DONE]".into())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter_owners() {
@@ -196,9 +65,9 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
     let dave_before = chain.free_balance(&AccountId32(dave.public_key().0)).await.expect("balance");
     let eve_before = chain.free_balance(&AccountId32(eve.public_key().0)).await.expect("balance");
 
-    let (_gateway, http, p2p) = gateway(&node, dir.path());
-    let _bob = worker(&node, "//Bob", dir.path(), &adapters_dir, &p2p);
-    let _charlie = worker(&node, "//Charlie", dir.path(), &adapters_dir, &p2p);
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
+    let _bob = worker(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p);
+    let _charlie = worker(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p);
 
     let models: Value =
         ureq::get(&format!("{http}/models")).call().expect("models").into_json().expect("json");

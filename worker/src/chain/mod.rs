@@ -21,6 +21,8 @@ use openledger_primitives::receipt::{Receipt, ReceiptContext, ReceiptPayload};
 use sp_core::{ed25519, H256 as SpH256};
 use subxt::client::{ClientAtBlock, OnlineClientAtBlockImpl};
 use subxt::dynamic;
+use subxt::rpcs::client::reconnecting_rpc_client::FixedInterval;
+use subxt::rpcs::client::ReconnectingRpcClient;
 use subxt::transactions::TransactionStatus;
 use subxt::utils::{AccountId32, MultiAddress, H256};
 use subxt::{OnlineClient, SubstrateConfig};
@@ -124,10 +126,26 @@ impl ChainClient {
     pub async fn connect(url: &str, patience: Duration) -> Result<Self, ChainError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
+            // A reconnecting RPC client: once connected, a node restart or a dropped socket
+            // is retried underneath, so long-lived workers and gateways keep one client.
             let attempt = async {
-                let rpc = subxt::rpcs::RpcClient::from_insecure_url(url)
-                    .await
-                    .map_err(|e| subxt::Error::from(subxt::error::BackendError::from(e)))?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let reconnecting = tokio::time::timeout(
+                    left.max(Duration::from_millis(100)),
+                    ReconnectingRpcClient::builder()
+                        .retry_policy(FixedInterval::from_millis(500))
+                        .build(url),
+                )
+                .await
+                .map_err(|_| {
+                    subxt::Error::from(subxt::error::BackendError::Other(
+                        "no answer before the deadline".into(),
+                    ))
+                })?
+                .map_err(|e| {
+                    subxt::Error::from(subxt::error::BackendError::Other(e.to_string().into()))
+                })?;
+                let rpc = subxt::rpcs::RpcClient::new(reconnecting);
                 let client = OnlineClient::<Config>::from_rpc_client(rpc.clone()).await?;
                 Ok::<_, subxt::Error>((rpc, client))
             };
@@ -394,10 +412,44 @@ impl ChainClient {
             })
     }
 
-    /// Expire `job` after its deadline.
-    pub async fn expire(&self, signer: &Keypair, job: JobId) -> Result<(), ChainError> {
-        self.submit("Jobs", "expire", (job,), signer).await?;
-        Ok(())
+    /// Expire `job` after its deadline; returns what the user got back.
+    pub async fn expire(&self, signer: &Keypair, job: JobId) -> Result<JobExpired, ChainError> {
+        let events = self.submit("Jobs", "expire", (job,), signer).await?;
+        find_event::<JobExpired>(&events, "Jobs", "JobExpired")?.into_iter().next().ok_or(
+            ChainError::MissingEvent { call: "Jobs.expire".into(), event: "Jobs.JobExpired" },
+        )
+    }
+
+    /// Set raw storage items through `sudo` (root): how a testnet's governance changes the
+    /// runtime's storage-backed parameters (`:JobReceiptTimeout:` and the like).
+    pub async fn sudo_set_storage(
+        &self,
+        sudo: &Keypair,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), ChainError> {
+        use subxt::ext::scale_value::Value;
+        let items =
+            Value::unnamed_composite(items.iter().map(|(k, v)| {
+                Value::unnamed_composite([Value::from_bytes(k), Value::from_bytes(v)])
+            }));
+        let call = Value::unnamed_variant(
+            "System",
+            [Value::named_variant("set_storage", [("items", items)])],
+        );
+        let events = self.submit("Sudo", "sudo", (call,), sudo).await?;
+        #[derive(subxt::ext::scale_decode::DecodeAsType)]
+        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+        struct Sudid {
+            sudo_result: Result<(), subxt::ext::scale_value::Value>,
+        }
+        match find_event::<Sudid>(&events, "Sudo", "Sudid")?.into_iter().next() {
+            Some(Sudid { sudo_result: Ok(()) }) => Ok(()),
+            Some(Sudid { sudo_result: Err(e) }) => Err(ChainError::Dispatch {
+                call: "Sudo.sudo(System.set_storage)".into(),
+                error: e.to_string(),
+            }),
+            None => Err(ChainError::MissingEvent { call: "Sudo.sudo".into(), event: "Sudo.Sudid" }),
+        }
     }
 
     /// Transfer `amount` to `dest`, keeping the sender alive.

@@ -186,3 +186,17 @@ pub struct ReceiptRejected {
     /// The job whose receipt was refused.
     pub job: JobId,
 }
+
+/// `jobs.JobExpired`.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct JobExpired {
+    /// The job.
+    pub job: JobId,
+    /// Its provider, slashed.
+    pub provider: AccountId32,
+    /// Escrow returned to the user.
+    pub refunded: Balance,
+    /// Taken from the provider's bond and given to the user.
+    pub slashed: Balance,
+}

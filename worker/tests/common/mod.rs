@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod procs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

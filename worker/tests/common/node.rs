@@ -28,27 +28,48 @@ pub fn node_binary() -> PathBuf {
 pub struct DevNode {
     child: Child,
     rpc_port: u16,
+    p2p_port: u16,
+    base_path: Option<PathBuf>,
 }
 
 impl DevNode {
-    /// Start a dev chain and wait until its RPC port accepts connections.
+    /// Start a dev chain (state in a temporary directory) and wait for its RPC port.
     pub fn start() -> Self {
+        Self::launch(free_port(), free_port(), None)
+    }
+
+    /// Start a dev chain keeping its state in `base_path`, so it survives [`Self::restart`].
+    pub fn start_persistent(base_path: &std::path::Path) -> Self {
+        Self::launch(free_port(), free_port(), Some(base_path.to_path_buf()))
+    }
+
+    /// Kill the node and start it again on the same ports (and state, when persistent).
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::launch(self.rpc_port, self.p2p_port, self.base_path.clone());
+    }
+
+    fn launch(rpc_port: u16, p2p_port: u16, base_path: Option<PathBuf>) -> Self {
         let binary = node_binary();
         assert!(
             binary.exists(),
             "the node binary {} does not exist: build it (scripts/build.sh) or set OPENLEDGER_NODE",
             binary.display()
         );
-        let (rpc_port, p2p_port) = (free_port(), free_port());
-        let child = Command::new(&binary)
-            .args(["--dev", "--tmp", "--no-mdns", "--no-telemetry", "--no-prometheus"])
+        let mut command = Command::new(&binary);
+        command.args(["--dev", "--no-mdns", "--no-telemetry", "--no-prometheus"]);
+        match &base_path {
+            Some(path) => command.arg("--base-path").arg(path),
+            None => command.arg("--tmp"),
+        };
+        let child = command
             .args(["--rpc-port", &rpc_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("openledger-node starts");
-        let node = DevNode { child, rpc_port };
+        let node = DevNode { child, rpc_port, p2p_port, base_path };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", rpc_port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(60), "the node's RPC never opened");

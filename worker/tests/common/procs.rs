@@ -1,0 +1,150 @@
+//! The binaries as child processes, and HTTP calls to the gateway.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The embedded model (`scripts/setup.sh` fetches it; `scripts/env.sh` exports the path).
+pub fn model() -> PathBuf {
+    let path = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.exists(), "the model {} is missing: run scripts/setup.sh", path.display());
+    path
+}
+
+/// A child process killed when the test ends; its stdout lines arrive on a channel.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, mut command: Command) -> Proc {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn,openledger_worker=info")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc { name, child, lines }
+    }
+
+    /// The first stdout line starting with `prefix`, without it.
+    pub fn wait_for(&mut self, prefix: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                },
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!("{} printed no `{prefix}` within {secs} s (exit: {status:?})", self.name)
+                },
+            }
+        }
+    }
+}
+
+impl Proc {
+    /// Kill it now (SIGKILL, as a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `openledger-gateway` on free loopback ports with API key `alice-key` (paid by Alice);
+/// returns it, its API base URL and its libp2p address.
+pub fn gateway(ws: &str, dir: &Path, job_timeout_secs: u64) -> (Proc, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-gateway"));
+    cmd.args(["--chain-url", ws, "--http", "127.0.0.1:0"])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--key")
+        .arg(dir.join("gateway.key"))
+        .args(["--api-key", "alice-key=//Alice"])
+        .args(["--job-timeout-secs", &job_timeout_secs.to_string()]);
+    let mut proc = Proc::spawn("openledger-gateway", cmd);
+    let p2p = proc.wait_for("gateway p2p:", 60);
+    let http = proc.wait_for("gateway http:", 60);
+    (proc, http, p2p)
+}
+
+/// `openledger-worker` for provider `operator` (registered at start-up) serving the PEFT
+/// directories in `adapters`, dialling `gateway`; returns once it is ready.
+pub fn worker(ws: &str, operator: &str, dir: &Path, adapters: &Path, gateway: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-worker"));
+    cmd.args(["--chain-url", ws, "--operator", operator])
+        .arg("--worker-key")
+        .arg(dir.join(format!("{}.key", operator.trim_start_matches('/'))))
+        .arg("--model")
+        .arg(model())
+        .arg("--adapters")
+        .arg(adapters)
+        .args(["--gateway", gateway, "--register", "--price-milli", "2"])
+        .args(["--threads", "1", "--kv-blocks", "512", "--heartbeat-secs", "6"]);
+    let mut proc = Proc::spawn("openledger-worker", cmd);
+    proc.wait_for("worker ready:", 120);
+    proc
+}
+
+pub fn post(url: &str, body: Value) -> Result<Value, String> {
+    ureq::post(url)
+        .set("Authorization", "Bearer alice-key")
+        .timeout(Duration::from_secs(120))
+        .send_json(body)
+        .map_err(|e| match e {
+            ureq::Error::Status(code, r) => {
+                format!("{code}: {}", r.into_string().unwrap_or_default())
+            },
+            other => other.to_string(),
+        })?
+        .into_json()
+        .map_err(|e| e.to_string())
+}
+
+/// A streamed completion: the events' texts and the last event.
+pub fn post_streamed(url: &str, body: Value) -> Result<(String, Value), String> {
+    let response = ureq::post(url)
+        .set("Authorization", "Bearer alice-key")
+        .timeout(Duration::from_secs(120))
+        .send_json(body)
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    let mut last = Value::Null;
+    for line in BufReader::new(response.into_reader()).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let Some(data) = line.strip_prefix("data:") else { continue };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok((text, last));
+        }
+        let event: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+        text.push_str(event["choices"][0]["text"].as_str().unwrap_or_default());
+        last = event;
+    }
+    Err("the stream ended without [DONE]".into())
+}
