@@ -6,7 +6,13 @@
 #
 #   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
 #   RPC_PORT=9955 HTTP_PORT=8081 scripts/start.sh
+#   DEMO_ADAPTERS=4 scripts/start.sh --then CMD ARGS...
+#       # with four demo adapters; runs CMD once all is up (OPENLEDGER_HTTP, OPENLEDGER_WS and
+#       # OPENLEDGER_ADAPTERS, a comma list of adapter ids, in its environment), then stops
+#       # everything and exits with CMD's status (scripts/bench-loop.sh uses this)
 set -euo pipefail
+then_cmd=()
+if [ "${1:-}" = "--then" ]; then shift; then_cmd=("$@"); fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
@@ -42,10 +48,15 @@ for i in $(seq 1 120); do
     sleep 1
 done
 
-# The demo adapter (random weights, real PEFT files), registered by Dave.
-demo="$state/adapters/demo"
-[ -f "$demo/adapter_model.safetensors" ] || "$bin/openledger-worker" demo-adapter "$demo" --model "$OPENLEDGER_MODEL" >/dev/null
-adapter=$("$bin/openledger-worker" --chain-url "$ws" --operator //Dave register-adapter "$demo" --price-milli 1)
+# Demo adapters (random weights, real PEFT files), registered by Dave.
+rm -rf "$state/adapters" && mkdir -p "$state/adapters"
+adapters=()
+for i in $(seq 1 "${DEMO_ADAPTERS:-1}"); do
+    demo="$state/adapters/demo-$i"
+    "$bin/openledger-worker" demo-adapter "$demo" --model "$OPENLEDGER_MODEL" --seed "$i" >/dev/null
+    adapters+=("$("$bin/openledger-worker" --chain-url "$ws" --operator //Dave register-adapter "$demo" --price-milli 1)")
+done
+adapter="${adapters[0]}"
 
 "$bin/openledger-gateway" --chain-url "$ws" --http "127.0.0.1:$http_port" \
     --listen "/ip4/127.0.0.1/tcp/$p2p_port" --key "$state/gateway.key" \
@@ -70,6 +81,13 @@ for i in $(seq 1 120); do
     [ "$i" -eq 120 ] && { echo "the worker did not come up; see $state/logs/worker.log" >&2; exit 1; }
     sleep 1
 done
+
+if [ "${#then_cmd[@]}" -gt 0 ]; then
+    status=0
+    OPENLEDGER_HTTP="http://127.0.0.1:$http_port/v1" OPENLEDGER_WS="$ws" \
+        OPENLEDGER_ADAPTERS="$(IFS=,; echo "${adapters[*]}")" "${then_cmd[@]}" || status=$?
+    exit "$status"
+fi
 
 cat <<MSG
 

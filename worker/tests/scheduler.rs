@@ -147,3 +147,27 @@ fn stop_strings_and_max_tokens_end_generation() {
     assert!(n < 20);
     assert_eq!(stopped, text[..text.find(&stop).unwrap()]);
 }
+
+#[test]
+fn a_cold_adapter_is_read_in_the_background_and_gives_the_same_tokens() {
+    let config = EngineConfig {
+        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0 },
+        ..Default::default()
+    };
+    // Under a zero host budget only the last registered adapter stays parsed: a0 is cold.
+    let (_dir, mut e) = engine(config.clone(), 3);
+    assert_eq!(e.adapters().host_resident(), vec!["a2"]);
+    let (_, hot) = e.submit(req("a long running request", Some("a2"), 12)).unwrap();
+    e.step().unwrap();
+    // Queuing a request for the cold adapter starts reading it; the running one keeps
+    // stepping meanwhile, and the cold one joins once its adapter is parsed.
+    let (_, cold) = e.submit(req("same prompt", Some("a0"), 5)).unwrap();
+    e.run_until_idle().unwrap();
+    assert_eq!(finish(&hot).2, 12);
+    let cold = finish(&cold);
+    // Alone on a fresh engine (nothing running, so admission waits for the read): the same.
+    let (_dir2, mut fresh) = engine(config, 3);
+    let (_, rx) = fresh.submit(req("same prompt", Some("a0"), 5)).unwrap();
+    fresh.run_until_idle().unwrap();
+    assert_eq!(finish(&rx), cold);
+}

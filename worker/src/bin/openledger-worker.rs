@@ -342,6 +342,11 @@ async fn serve(args: &Args) -> Result<()> {
         }
     }
 
+    // A first heartbeat before announcing readiness: jobs can be matched to us from the next
+    // block on. It also proves the provider is registered.
+    chain.heartbeat(&signer, &provider, &[], s.max_concurrent).await.with_context(|| {
+        format!("the first heartbeat for provider {provider} failed (is it registered? pass --register)")
+    })?;
     let metrics = WorkerMetrics::new();
     if let Some(addr) = s.metrics {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -45,6 +46,8 @@ pub struct AdapterCache {
     slots: Vec<Option<SlotEntry>>,
     tables: LoraSlots,
     tick: u64,
+    /// Adapters being read from disk on background threads (prefetched for queued requests).
+    loading: HashMap<String, Receiver<Result<LoraAdapter>>>,
 }
 
 impl AdapterCache {
@@ -58,6 +61,7 @@ impl AdapterCache {
             disk: HashMap::new(),
             host: HashMap::new(),
             tick: 0,
+            loading: HashMap::new(),
         }
     }
 
@@ -134,8 +138,77 @@ impl AdapterCache {
         }
     }
 
-    /// The parsed adapter, from host memory or else from disk.
+    /// Starts reading `name` from disk on a background thread unless it is in host memory,
+    /// installed, or already loading, so that a queued request finds it parsed when admitted
+    /// while the running batch keeps stepping.
+    pub fn prefetch(&mut self, name: &str) {
+        let installed = self.slots.iter().flatten().any(|e| e.name == name);
+        if installed || self.host.contains_key(name) || self.loading.contains_key(name) {
+            return;
+        }
+        let Some(dir) = self.disk.get(name).cloned() else { return };
+        let (tx, rx) = channel();
+        let (base, device) = (self.base.clone(), self.device.clone());
+        let spawned =
+            std::thread::Builder::new().name(format!("adapter-load-{name}")).spawn(move || {
+                let _ = tx.send(LoraAdapter::load(&dir, &base, &device));
+            });
+        match spawned {
+            Ok(_) => {
+                tracing::debug!(adapter = name, "prefetching adapter from disk");
+                self.loading.insert(name.to_string(), rx);
+            },
+            // Without a thread the adapter is read when admitted, as without prefetching.
+            Err(e) => tracing::warn!(adapter = name, error = %e, "cannot start a prefetch thread"),
+        }
+    }
+
+    /// Whether `name` is still being read by a prefetch.
+    pub fn is_loading(&mut self, name: &str) -> bool {
+        self.collect_prefetches();
+        self.loading.contains_key(name)
+    }
+
+    /// Moves finished prefetches into host memory.
+    fn collect_prefetches(&mut self) {
+        let mut done = Vec::new();
+        for (name, rx) in &self.loading {
+            match rx.try_recv() {
+                Err(TryRecvError::Empty) => {},
+                Ok(result) => done.push((name.clone(), Some(result))),
+                Err(TryRecvError::Disconnected) => done.push((name.clone(), None)),
+            }
+        }
+        for (name, result) in done {
+            self.loading.remove(&name);
+            self.keep_prefetched(&name, result);
+        }
+    }
+
+    /// Waits for `name`'s prefetch, if one is running, and keeps its result.
+    fn wait_prefetch(&mut self, name: &str) {
+        if let Some(rx) = self.loading.remove(name) {
+            self.keep_prefetched(name, rx.recv().ok());
+        }
+    }
+
+    /// Keeps a prefetched adapter in host memory; a failure is logged and left for
+    /// `host_get` to report (by reading the disk again) when a request needs it.
+    fn keep_prefetched(&mut self, name: &str, result: Option<Result<LoraAdapter>>) {
+        match result {
+            Some(Ok(adapter)) => {
+                self.tick += 1;
+                self.host.insert(name.to_string(), (Arc::new(adapter), self.tick));
+                self.trim_host();
+            },
+            Some(Err(e)) => tracing::warn!(adapter = name, error = %e, "prefetch failed"),
+            None => {},
+        }
+    }
+
+    /// The parsed adapter, from host memory, a prefetch, or else from disk.
     fn host_get(&mut self, name: &str) -> Result<Arc<LoraAdapter>> {
+        self.wait_prefetch(name);
         self.tick += 1;
         if let Some((a, used)) = self.host.get_mut(name) {
             *used = self.tick;

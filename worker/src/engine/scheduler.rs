@@ -235,6 +235,9 @@ impl Engine {
                 req.params.max_tokens
             )));
         }
+        if let Some(name) = &req.adapter {
+            self.adapters.prefetch(name);
+        }
         let (tx, rx) = channel();
         self.waiting.push_back(Pending {
             id,
@@ -350,6 +353,13 @@ impl Engine {
             let worst = self.worst_case_len(p.tokens.len(), &p.params);
             if self.cache.blocks_for(worst) > self.cache.free_blocks() {
                 break;
+            }
+            // A cold adapter still loading: keep stepping the running batch meanwhile (with
+            // nothing running, admission waits for it in `acquire`).
+            if let Some(name) = &p.adapter {
+                if !self.running.is_empty() && self.adapters.is_loading(name) {
+                    break;
+                }
             }
             let adapter = match &p.adapter {
                 None => None,

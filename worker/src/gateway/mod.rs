@@ -64,6 +64,8 @@ struct JobSink {
 struct Relay {
     job: JobAssigned,
     chunks: mpsc::UnboundedReceiver<TokenChunk>,
+    /// How long the submission took to be assigned (zero for uploaded payloads).
+    assigned_after: Duration,
 }
 
 impl Gateway {
@@ -114,6 +116,7 @@ impl Gateway {
         let adapter = adapter_id(model).ok_or_else(|| ApiError::unknown_model(model))?;
         let bytes = payload.to_bytes();
         let me = self.p2p.local_peer_id().to_bytes();
+        let submitted = std::time::Instant::now();
         let job = self
             .chain
             .submit_job(
@@ -126,7 +129,8 @@ impl Gateway {
             )
             .await
             .map_err(|e| chain_error(model, e))?;
-        let relay = self.relay(job.clone()).await?;
+        let mut relay = self.relay(job.clone()).await?;
+        relay.assigned_after = submitted.elapsed();
         self.p2p
             .offer_payload(job.job, bytes, relay_worker(&self.jobs, job.job).await?)
             .await
@@ -139,7 +143,7 @@ impl Gateway {
         let worker = self.worker_peer(&job.provider).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.jobs.lock().await.insert(job.job, JobSink { worker, chunks: tx });
-        Ok(Relay { job, chunks: rx })
+        Ok(Relay { job, chunks: rx, assigned_after: Duration::ZERO })
     }
 
     async fn worker_peer(&self, provider: &AccountId32) -> Result<PeerId, ApiError> {
@@ -301,8 +305,13 @@ fn usage(finish: &openledger_p2p::Finish) -> Usage {
     }
 }
 
-fn chain_info(job: &JobAssigned) -> ChainInfo {
-    ChainInfo { job: job.job, provider: job.provider.to_string(), escrow: job.escrow.to_string() }
+fn chain_info(relay: &Relay) -> ChainInfo {
+    ChainInfo {
+        job: relay.job.job,
+        provider: relay.job.provider.to_string(),
+        escrow: relay.job.escrow.to_string(),
+        assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+    }
 }
 
 fn sampling(
@@ -389,7 +398,7 @@ async fn completions(
     };
     let id = format!("cmpl-{}", relay.job.job);
     let model = req.model.clone();
-    let chain = chain_info(&relay.job);
+    let chain = chain_info(&relay);
     if req.stream {
         let stream = Arc::clone(&gateway).stream(relay, move |chunk| {
             json!({
@@ -447,7 +456,7 @@ async fn chat_completions(
     };
     let id = format!("chatcmpl-{}", relay.job.job);
     let model = req.model.clone();
-    let chain = chain_info(&relay.job);
+    let chain = chain_info(&relay);
     if req.stream {
         let stream = Arc::clone(&gateway).stream(relay, move |chunk| {
             json!({

@@ -119,6 +119,8 @@ pub struct ChainInfo {
     pub provider: String,
     /// Escrow held for it, in plancks.
     pub escrow: String,
+    /// Milliseconds from submitting the job to its assignment being in a best block.
+    pub assigned_after_ms: f64,
 }
 
 /// An OpenAI-style error: `{"error": {"message", "type", "code"}}` with an HTTP status.
