@@ -47,6 +47,7 @@ fn terms(worker: &SigningKey, price: u128) -> ProviderTerms {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_receipts() {
+    let _serial = common::procs::serial();
     let node = DevNode::start();
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60))
         .await
@@ -179,6 +180,7 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_get_named_errors() {
+    let _serial = common::procs::serial();
     let node = DevNode::start();
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60))
         .await
@@ -206,6 +208,7 @@ async fn users_get_named_errors() {
 
 #[tokio::test]
 async fn an_unreachable_node_is_named() {
+    let _serial = common::procs::serial();
     let port = common::node::free_port();
     let url = format!("ws://127.0.0.1:{port}");
     let started = std::time::Instant::now();

@@ -64,6 +64,7 @@ async fn wait_past(chain: &ChainClient, deadline: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_slash() {
+    let _serial = common::procs::serial();
     let node = DevNode::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
@@ -113,6 +114,7 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
+    let _serial = common::procs::serial();
     let node = DevNode::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
@@ -172,6 +174,7 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restart_under_a_running_worker_neither_loses_nor_doubles_jobs() {
+    let _serial = common::procs::serial();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut node = DevNode::start_persistent(&dir.path().join("chain"));
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");

@@ -26,6 +26,7 @@ const MILLI: u128 = OPEN / 1_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter_owners() {
+    let _serial = common::procs::serial();
     let node = DevNode::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");

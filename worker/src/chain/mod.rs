@@ -191,17 +191,16 @@ impl ChainClient {
     pub async fn best(
         &self,
     ) -> Result<ClientAtBlock<Config, OnlineClientAtBlockImpl<Config>>, ChainError> {
-        let mut blocks = self
-            .client
-            .stream_best_blocks()
+        let hash: H256 = self
+            .rpc
+            .request("chain_getBlockHash", subxt::rpcs::rpc_params![])
             .await
-            .map_err(rpc_err("subscribing to best blocks"))?;
-        let block = blocks
-            .next()
-            .await
-            .ok_or_else(|| ChainError::Invalid("the node closed the best-block stream".into()))?
-            .map_err(rpc_err("reading the best block"))?;
-        block.at().await.map_err(rpc_err("opening the best block"))
+            .map_err(|e| {
+                ChainError::rpc("reading the best block hash")(
+                    subxt::error::BackendError::from(e).into(),
+                )
+            })?;
+        self.client.at_block(hash).await.map_err(rpc_err("opening the best block"))
     }
 
     /// Sign `call_data` for `pallet.call` with `signer`, submit it, wait until it is in a

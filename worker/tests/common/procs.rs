@@ -148,3 +148,10 @@ pub fn post_streamed(url: &str, body: Value) -> Result<(String, Value), String> 
     }
     Err("the stream ended without [DONE]".into())
 }
+
+/// Held by each test that starts a node and worker processes, so the tests of one binary run
+/// them one at a time (two cores cannot run several models and chains at once in time).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
