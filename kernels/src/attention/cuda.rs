@@ -1,0 +1,309 @@
+//! CUDA path: the kernels of `cuda/paged_attention.cu`, compiled at build time and embedded,
+//! launched through cudarc on candle's stream. One launch for the batch, plus one that
+//! merges the partitions of sequences longer than a partition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::{DecodeBlocks, Geometry};
+use crate::error::{KernelError, Result};
+
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
+
+/// Threads per block (`NT` in the kernel).
+const THREADS: u32 = 128;
+/// Largest partition the kernel's shared memory holds (`MAX_PART`).
+const MAX_PART: usize = 256;
+/// Query heads one block serves, at most (kernels exist for 1..=8).
+const MAX_HEADS_PER_BLOCK: usize = 8;
+
+/// Kernel parameters, laid out as `AttnParams` in paged_attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct AttnParams {
+    q: u64,
+    k_cache: u64,
+    v_cache: u64,
+    tables: u64,
+    context_lens: u64,
+    out: u64,
+    part_acc: u64,
+    part_ml: u64,
+    scale_log2: f32,
+    num_heads: i32,
+    num_kv_heads: i32,
+    table_width: i32,
+    max_parts: i32,
+    log2_block: i32,
+    part: i32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's parameter struct.
+unsafe impl DeviceRepr for AttnParams {}
+
+fn cuda_err(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Cuda(e.to_string())
+}
+
+/// Positions per partition. Fixed for the process (so a sequence's result does not depend
+/// on its batch); `OPENLEDGER_ATTN_PARTITION` (a multiple of 32 up to 256) overrides it for
+/// benchmark runs.
+fn partition() -> usize {
+    static PART: OnceLock<usize> = OnceLock::new();
+    *PART.get_or_init(|| {
+        std::env::var("OPENLEDGER_ATTN_PARTITION")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&p| p > 0 && p <= MAX_PART && p.is_multiple_of(32))
+            .unwrap_or(MAX_PART)
+    })
+}
+
+/// The module, loaded once per CUDA context.
+fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>> {
+    type Module = Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>;
+    static LOADED: OnceLock<Mutex<HashMap<usize, Module>>> = OnceLock::new();
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let key = Arc::as_ptr(ctx) as usize;
+    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = loaded.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
+    loaded.insert(key, m.clone());
+    Ok(m)
+}
+
+/// The attention and merge kernels for a dtype, head size and heads per block.
+fn functions(
+    dev: &CudaDevice,
+    dtype: DType,
+    head_dim: usize,
+    heads_per_block: usize,
+) -> Result<(CudaFunction, CudaFunction)> {
+    let ty = match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => return Err(KernelError::UnsupportedDType(other)),
+    };
+    let m = module(dev)?;
+    let attn = m
+        .load_function(&format!("paged_attn_{ty}_hd{head_dim}_g{heads_per_block}"))
+        .map_err(cuda_err)?;
+    let reduce =
+        m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?;
+    Ok((attn, reduce))
+}
+
+/// Query heads per block: the whole group when it has at most 8 heads, else the largest
+/// divisor of the group that is at most 8.
+fn heads_per_block(group: usize) -> usize {
+    (1..=MAX_HEADS_PER_BLOCK.min(group)).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1)
+}
+
+/// A step's tables and context lengths on the device.
+pub(crate) struct DeviceBlocks {
+    tables: CudaSlice<u32>,
+    lens: CudaSlice<u32>,
+}
+
+fn device_blocks(blocks: &DecodeBlocks, dev: &CudaDevice) -> Result<Arc<DeviceBlocks>> {
+    let mut cached = blocks.gpu.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = cached.as_ref() {
+        return Ok(d.clone());
+    }
+    // Never empty, so that the device pointers are valid.
+    let mut tables = blocks.tables().to_vec();
+    tables.push(0);
+    let mut lens = blocks.context_lens().to_vec();
+    lens.push(0);
+    let d =
+        Arc::new(DeviceBlocks { tables: dev.clone_htod(&tables)?, lens: dev.clone_htod(&lens)? });
+    *cached = Some(d.clone());
+    Ok(d)
+}
+
+/// Device address of the first element of a CUDA storage of element type `T`.
+fn address<T: CudaDType>(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
+    let slice = s.as_cuda_slice::<T>()?;
+    let (ptr, _sync) = slice.device_ptr(stream);
+    Ok(ptr + (l.start_offset() * std::mem::size_of::<T>()) as u64)
+}
+
+fn storage_address(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
+    match s.dtype() {
+        DType::F32 => address::<f32>(s, l, stream),
+        DType::BF16 => address::<bf16>(s, l, stream),
+        DType::F16 => address::<f16>(s, l, stream),
+        other => Err(KernelError::UnsupportedDType(other)),
+    }
+}
+
+fn tensor_address(t: &Tensor, stream: &CudaStream) -> Result<u64> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*s else {
+        return Err(KernelError::UnsupportedDevice("cache tensor is not on CUDA".into()));
+    };
+    storage_address(s, l, stream)
+}
+
+/// Launches attention for the batch into `out` (device address).
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    dev: &CudaDevice,
+    out: u64,
+    q: u64,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Geometry,
+    blocks: &DecodeBlocks,
+    scale: f32,
+    dtype: DType,
+) -> Result<()> {
+    if g.num_seqs == 0 {
+        return Ok(());
+    }
+    let stream = dev.cuda_stream();
+    let part = partition();
+    let max_parts = blocks.max_context_len().div_ceil(part).max(1);
+    let gh = heads_per_block(g.group());
+    let (attn, reduce) = functions(dev, dtype, g.head_dim, gh)?;
+    let device_blocks = device_blocks(blocks, dev)?;
+    let long = blocks.context_lens().iter().any(|&l| l as usize > part);
+    // Partial results of sequences longer than one partition (f32 sums, then max and sum).
+    let scratch = if long {
+        let n = g.num_seqs * g.num_heads * max_parts;
+        // SAFETY (uninitialised memory): the merge reads only partitions the attention
+        // kernel wrote (those below each sequence's partition count).
+        Some(unsafe { dev.alloc::<f32>(n * (g.head_dim + 2)) }?)
+    } else {
+        None
+    };
+    let (part_acc, part_ml) = match &scratch {
+        Some(s) => {
+            let base = s.device_ptr(&stream).0;
+            (base, base + 4 * (g.num_seqs * g.num_heads * max_parts * g.head_dim) as u64)
+        },
+        None => (0, 0),
+    };
+    let (k_cache, v_cache) = (tensor_address(k, &stream)?, tensor_address(v, &stream)?);
+    for (addr, name) in [(k_cache, "k_cache"), (v_cache, "v_cache")] {
+        if !addr.is_multiple_of(16) {
+            return Err(KernelError::Misaligned { tensor: name.into() });
+        }
+    }
+    let p = AttnParams {
+        q,
+        k_cache,
+        v_cache,
+        tables: device_blocks.tables.device_ptr(&stream).0,
+        context_lens: device_blocks.lens.device_ptr(&stream).0,
+        out,
+        part_acc,
+        part_ml,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+        num_heads: g.num_heads as i32,
+        num_kv_heads: g.num_kv_heads as i32,
+        table_width: blocks.max_blocks_per_seq() as i32,
+        max_parts: max_parts as i32,
+        log2_block: g.block_size.trailing_zeros() as i32,
+        part: part as i32,
+    };
+    let grid_y = (g.num_kv_heads * (g.group() / gh)) as u32;
+    // Grid y and z are limited to 65535.
+    if g.num_seqs > 65535 || grid_y > 65535 {
+        return Err(KernelError::Cuda(format!(
+            "{} sequences x {grid_y} head groups exceed one launch (at most 65535 each)",
+            g.num_seqs
+        )));
+    }
+    let seqs = g.num_seqs as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (max_parts as u32, grid_y, seqs),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = stream.launch_builder(&attn);
+    b.arg(&p);
+    // SAFETY: every pointer in `p` is live device memory of the sizes the kernel indexes:
+    // shapes checked in `check_call`, block numbers below the cache's block count and
+    // context lengths within the tables and max_context_len (`DecodeBlocks`), scratch sized
+    // for max_context_len; the stream orders the launch with candle's other work.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    if long {
+        let cfg = LaunchConfig {
+            grid_dim: (g.num_heads as u32, seqs, 1),
+            block_dim: (g.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&reduce);
+        b.arg(&p);
+        // SAFETY: as above; the merge reads the partials the first launch wrote.
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    }
+    // The scratch is freed in stream order, after the merge.
+    drop(scratch);
+    Ok(())
+}
+
+/// Attention into a new, uninitialised output (every element is written).
+pub(crate) fn decode_alloc(
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Geometry,
+    blocks: &DecodeBlocks,
+    scale: f32,
+) -> Result<CudaStorage> {
+    let dev = q.device.clone();
+    let stream = dev.cuda_stream();
+    let n = (g.num_seqs * g.num_heads * g.head_dim).max(1);
+    let q_addr = storage_address(q, ql, &stream)?;
+    macro_rules! run {
+        ($t:ty) => {{
+            // SAFETY (uninitialised memory): the kernels write every output element.
+            let out = unsafe { dev.alloc::<$t>(n) }?;
+            let out_addr = out.device_ptr(&stream).0;
+            launch(&dev, out_addr, q_addr, k, v, g, blocks, scale, q.dtype())?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }};
+    }
+    match q.dtype() {
+        DType::F32 => run!(f32),
+        DType::BF16 => run!(bf16),
+        DType::F16 => run!(f16),
+        other => Err(KernelError::UnsupportedDType(other)),
+    }
+}
+
+/// Attention into `out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_into(
+    out: &mut CudaStorage,
+    ol: &Layout,
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Geometry,
+    blocks: &DecodeBlocks,
+    scale: f32,
+) -> Result<()> {
+    let dev = q.device.clone();
+    let stream = dev.cuda_stream();
+    let out_addr = storage_address(out, ol, &stream)?;
+    let q_addr = storage_address(q, ql, &stream)?;
+    launch(&dev, out_addr, q_addr, k, v, g, blocks, scale, q.dtype())
+}
