@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cuda/sgmv.cu");
     println!("cargo:rerun-if-changed=cuda/sgmv_v1.cu");
     println!("cargo:rerun-if-changed=cuda/paged_attention.cu");
+    println!("cargo:rerun-if-changed=cuda/paged_attention_v1.cu");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -23,7 +24,7 @@ fn main() {
             }
         });
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for name in ["sgmv", "sgmv_v1", "paged_attention"] {
+    for name in ["sgmv", "sgmv_v1", "paged_attention", "paged_attention_v1"] {
         let fatbin = out.join(format!("{name}.fatbin"));
         let source = format!("cuda/{name}.cu");
         let status = Command::new(&nvcc)

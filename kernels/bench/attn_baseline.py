@@ -11,8 +11,9 @@ the joined markdown table and a summary.
                torch.nn.functional.scaled_dot_product_attention(enable_gqa=True)
   sdpa:        the same SDPA on K/V already contiguous (no gather; what a dense cache costs)
 
-Usage: python3 attn_baseline.py OURS.csv TABLE.md [OURS_ALT.csv LABEL]
-(the optional third file adds a column with another run of ours, e.g. another partition)
+Usage: python3 attn_baseline.py OURS.csv TABLE.md [OURS_ALT.csv LABEL]...
+(each optional pair adds a column with another run of ours: the first kernel version, another
+partition size)
 """
 
 import csv
@@ -102,14 +103,11 @@ def run(row):
 
 def main():
     ours_path, table_path = sys.argv[1], sys.argv[2]
-    alt = {}
-    alt_label = None
-    if len(sys.argv) > 4:
-        alt_label = sys.argv[4]
-        with open(sys.argv[3]) as f:
+    alts = []
+    for path, label in zip(sys.argv[3::2], sys.argv[4::2]):
+        with open(path) as f:
             lines = [l for l in f if not l.startswith("#")]
-        for r in csv.DictReader(lines):
-            alt[(r["shape"], r["batch"], r["context"])] = float(r["ours_us"])
+        alts.append((label, {(r["shape"], r["batch"], r["context"]): float(r["ours_us"]) for r in csv.DictReader(lines)}))
     with open(ours_path) as f:
         first = f.readline()
         copy_gbs = float(first.split("=")[1])
@@ -117,8 +115,8 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, copy {copy_gbs:.0f} GB/s", flush=True)
     head = "| shape | batch | context | ours (us) | GB/s | % of copy | torch gather+SDPA (us) | speedup | torch SDPA, contiguous KV (us) | speedup |"
     sep = "|---|---|---|---|---|---|---|---|---|---|"
-    if alt_label:
-        head += f" ours, {alt_label} (us) |"
+    for label, _ in alts:
+        head += f" ours, {label} (us) |"
         sep += "---|"
     lines = [f"Copy bandwidth (device-to-device, read + write): {copy_gbs:.0f} GB/s", "", head, sep]
     bound_pct, speedups, dense_speedups = [], [], []
@@ -135,7 +133,7 @@ def main():
             f"| {row['shape']} | {b} | {ctx} | {ours:.1f} | {float(row['gbs']):.0f} | {pct:.0f}% "
             f"| {t_paged:.1f} | {t_paged / ours:.2f}x | {t_dense:.1f} | {t_dense / ours:.2f}x |"
         )
-        if alt_label:
+        for _, alt in alts:
             a = alt.get((row["shape"], row["batch"], row["context"]))
             line += f" {a:.1f} |" if a is not None else " - |"
         lines.append(line)

@@ -1,9 +1,11 @@
 #!/bin/bash
-# One device call for paged decode attention: GPU tests (CPU and CUDA), compute-sanitizer
-# memcheck + racecheck, the benchmark (default partition, then 128-position partitions), the
-# PyTorch baselines, and the SASS summary of the Llama-shape kernel. Run from the repository
-# root with gpu-bin/ carried (`kernels/bench/pack-gpu-bin.sh attn` fills it). Writes under
-# $OUT: checks.log, bench.log, ours.csv, ours_p128.csv, baselines.log, table.md, sass.txt.
+# One device call for paged decode attention: GPU tests (CPU and CUDA; current and first
+# kernel version), compute-sanitizer memcheck + racecheck, the benchmark (current version,
+# current with 128-position partitions, first version), the PyTorch baselines, and the SASS
+# summary of the Llama-shape kernel. Run from the repository root with gpu-bin/ carried
+# (`kernels/bench/pack-gpu-bin.sh attn` fills it). Writes under $OUT (8 files, the device
+# tool's limit): checks.log, bench.log, ours.csv, ours_p128.csv, ours_v1.csv, baselines.log,
+# table.md, sass.txt.
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/ga
@@ -14,6 +16,8 @@ CHECKS="$OUT/checks.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$CHECKS"
 echo "== tests" | tee -a "$CHECKS"
 timeout ${TEST_TIMEOUT:-120} /tmp/ga/paged_attention --test-threads=4 2>&1 | tee -a "$CHECKS" | grep -E "^test |test result|panicked|relative|error|SEED"
+echo "== tests, first version" | tee -a "$CHECKS"
+OPENLEDGER_ATTN_KERNEL=v1 timeout ${TEST_TIMEOUT:-120} /tmp/ga/paged_attention --test-threads=4 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|error"
 echo "== memcheck" | tee -a "$CHECKS"
 ATTN_CASES=2 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/ga/paged_attention --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
 echo "== racecheck" | tee -a "$CHECKS"
@@ -23,4 +27,6 @@ cuobjdump -sass -fun paged_attn_bf16_hd128_g4 /tmp/ga/paged_attention.fatbin > /
 echo "== bench"; timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours.csv" > "$OUT/bench.log" 2>&1; tail -3 "$OUT/bench.log"
 echo "== bench, partition 128"; echo "== partition 128" >> "$OUT/bench.log"
 OPENLEDGER_ATTN_PARTITION=128 timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours_p128.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
-echo "== baselines"; PYTHONUNBUFFERED=1 timeout ${BASELINE_TIMEOUT:-170} python3 gpu-bin/attn_baseline.py "$OUT/ours.csv" "$OUT/table.md" "$OUT/ours_p128.csv" "partition 128" > "$OUT/baselines.log" 2>&1; tail -4 "$OUT/baselines.log"
+echo "== bench, first version"; echo "== first version" >> "$OUT/bench.log"
+OPENLEDGER_ATTN_KERNEL=v1 timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours_v1.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
+echo "== baselines"; PYTHONUNBUFFERED=1 timeout ${BASELINE_TIMEOUT:-170} python3 gpu-bin/attn_baseline.py "$OUT/ours.csv" "$OUT/table.md" "$OUT/ours_p128.csv" "partition 128" "$OUT/ours_v1.csv" "v1" > "$OUT/baselines.log" 2>&1; tail -4 "$OUT/baselines.log"

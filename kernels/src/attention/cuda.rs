@@ -1,6 +1,10 @@
-//! CUDA path: the kernels of `cuda/paged_attention.cu`, compiled at build time and embedded,
-//! launched through cudarc on candle's stream. One launch for the batch, plus one that
-//! merges the partitions of sequences longer than a partition.
+//! CUDA path: the kernel of `cuda/paged_attention.cu`, compiled at build time and embedded,
+//! launched through cudarc on candle's stream: one launch for the batch (the partitions of
+//! long sequences are merged by the last block of each head group to finish, which finds
+//! out through a per-group counter kept zeroed between launches).
+//!
+//! The first version (`cuda/paged_attention_v1.cu`: two passes per partition and a second
+//! launch for the merge) stays embedded for comparison runs (`OPENLEDGER_ATTN_KERNEL=v1`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +22,7 @@ use super::{DecodeBlocks, Geometry};
 use crate::error::{KernelError, Result};
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
+static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention_v1.fatbin"));
 
 /// Threads per block (`NT` in the kernel).
 const THREADS: u32 = 128;
@@ -45,6 +50,7 @@ struct AttnParams {
     max_parts: i32,
     log2_block: i32,
     part: i32,
+    counters: u64,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
@@ -55,17 +61,23 @@ fn cuda_err(e: impl std::fmt::Display) -> KernelError {
 }
 
 /// Positions per partition. Fixed for the process (so a sequence's result does not depend
-/// on its batch); `OPENLEDGER_ATTN_PARTITION` (a multiple of 32 up to 256) overrides it for
-/// benchmark runs.
+/// on its batch); `OPENLEDGER_ATTN_PARTITION` (a power of two from 32 to 256) overrides it
+/// for benchmark runs.
 fn partition() -> usize {
     static PART: OnceLock<usize> = OnceLock::new();
     *PART.get_or_init(|| {
         std::env::var("OPENLEDGER_ATTN_PARTITION")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&p| p > 0 && p <= MAX_PART && p.is_multiple_of(32))
+            .filter(|&p| (32..=MAX_PART).contains(&p) && p.is_power_of_two())
             .unwrap_or(MAX_PART)
     })
+}
+
+/// Whether the first kernel version was asked for (`OPENLEDGER_ATTN_KERNEL=v1`).
+fn first_version() -> bool {
+    static V1: OnceLock<bool> = OnceLock::new();
+    *V1.get_or_init(|| std::env::var("OPENLEDGER_ATTN_KERNEL").is_ok_and(|v| v == "v1"))
 }
 
 /// The module, loaded once per CUDA context.
@@ -79,18 +91,20 @@ fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::dri
     if let Some(m) = loaded.get(&key) {
         return Ok(m.clone());
     }
-    let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
+    let image = if first_version() { FATBIN_V1 } else { FATBIN };
+    let m = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(cuda_err)?;
     loaded.insert(key, m.clone());
     Ok(m)
 }
 
-/// The attention and merge kernels for a dtype, head size and heads per block.
+/// The attention kernel for a dtype, head size and heads per block, and the first version's
+/// merge kernel.
 fn functions(
     dev: &CudaDevice,
     dtype: DType,
     head_dim: usize,
     heads_per_block: usize,
-) -> Result<(CudaFunction, CudaFunction)> {
+) -> Result<(CudaFunction, Option<CudaFunction>)> {
     let ty = match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -101,8 +115,11 @@ fn functions(
     let attn = m
         .load_function(&format!("paged_attn_{ty}_hd{head_dim}_g{heads_per_block}"))
         .map_err(cuda_err)?;
-    let reduce =
-        m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?;
+    let reduce = if first_version() {
+        Some(m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?)
+    } else {
+        None
+    };
     Ok((attn, reduce))
 }
 
@@ -112,10 +129,41 @@ fn heads_per_block(group: usize) -> usize {
     (1..=MAX_HEADS_PER_BLOCK.min(group)).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1)
 }
 
-/// A step's tables and context lengths on the device.
+/// A step's tables and context lengths on the device, with the buffers every layer's call
+/// reuses (grown on demand): the partials of long sequences and the merge counters.
 pub(crate) struct DeviceBlocks {
     tables: CudaSlice<u32>,
     lens: CudaSlice<u32>,
+    work: Mutex<Work>,
+}
+
+#[derive(Default)]
+struct Work {
+    /// Partial sums (f32), then max and sum per partition.
+    scratch: Option<CudaSlice<f32>>,
+    /// One per (sequence, head group); zero between launches (the merging block resets it).
+    counters: Option<CudaSlice<u32>>,
+}
+
+impl Work {
+    /// Device addresses of scratch of at least `floats` f32 and of at least `counters`
+    /// zeroed counters.
+    fn reserve(&mut self, dev: &CudaDevice, floats: usize, counters: usize) -> Result<(u64, u64)> {
+        let stream = dev.cuda_stream();
+        if self.scratch.as_ref().is_none_or(|s| s.len() < floats) {
+            // SAFETY (uninitialised memory): the merge reads only partitions the attention
+            // kernel wrote (those below each sequence's partition count).
+            self.scratch = Some(unsafe { dev.alloc::<f32>(floats.max(1)) }?);
+        }
+        if self.counters.as_ref().is_none_or(|c| c.len() < counters) {
+            self.counters = Some(dev.alloc_zeros::<u32>(counters.max(1))?);
+        }
+        let address = |s: Option<u64>| s.ok_or_else(|| KernelError::Cuda("scratch".into()));
+        Ok((
+            address(self.scratch.as_ref().map(|s| s.device_ptr(&stream).0))?,
+            address(self.counters.as_ref().map(|c| c.device_ptr(&stream).0))?,
+        ))
+    }
 }
 
 fn device_blocks(blocks: &DecodeBlocks, dev: &CudaDevice) -> Result<Arc<DeviceBlocks>> {
@@ -128,8 +176,11 @@ fn device_blocks(blocks: &DecodeBlocks, dev: &CudaDevice) -> Result<Arc<DeviceBl
     tables.push(0);
     let mut lens = blocks.context_lens().to_vec();
     lens.push(0);
-    let d =
-        Arc::new(DeviceBlocks { tables: dev.clone_htod(&tables)?, lens: dev.clone_htod(&lens)? });
+    let d = Arc::new(DeviceBlocks {
+        tables: dev.clone_htod(&tables)?,
+        lens: dev.clone_htod(&lens)?,
+        work: Mutex::new(Work::default()),
+    });
     *cached = Some(d.clone());
     Ok(d)
 }
@@ -181,21 +232,17 @@ fn launch(
     let (attn, reduce) = functions(dev, dtype, g.head_dim, gh)?;
     let device_blocks = device_blocks(blocks, dev)?;
     let long = blocks.context_lens().iter().any(|&l| l as usize > part);
-    // Partial results of sequences longer than one partition (f32 sums, then max and sum).
-    let scratch = if long {
-        let n = g.num_seqs * g.num_heads * max_parts;
-        // SAFETY (uninitialised memory): the merge reads only partitions the attention
-        // kernel wrote (those below each sequence's partition count).
-        Some(unsafe { dev.alloc::<f32>(n * (g.head_dim + 2)) }?)
+    let grid_y = g.num_kv_heads * (g.group() / gh);
+    // Partials of sequences longer than one partition (f32 sums, then max and sum), and the
+    // merge counters; held for the launch (the stream orders later calls after it).
+    let mut work = device_blocks.work.lock().unwrap_or_else(|e| e.into_inner());
+    let partials = g.num_seqs * g.num_heads * max_parts;
+    let (part_acc, part_ml, counters) = if long {
+        let (scratch, counters) =
+            work.reserve(dev, partials * (g.head_dim + 2), g.num_seqs * grid_y)?;
+        (scratch, scratch + 4 * (partials * g.head_dim) as u64, counters)
     } else {
-        None
-    };
-    let (part_acc, part_ml) = match &scratch {
-        Some(s) => {
-            let base = s.device_ptr(&stream).0;
-            (base, base + 4 * (g.num_seqs * g.num_heads * max_parts * g.head_dim) as u64)
-        },
-        None => (0, 0),
+        (0, 0, 0)
     };
     let (k_cache, v_cache) = (tensor_address(k, &stream)?, tensor_address(v, &stream)?);
     for (addr, name) in [(k_cache, "k_cache"), (v_cache, "v_cache")] {
@@ -219,8 +266,9 @@ fn launch(
         max_parts: max_parts as i32,
         log2_block: g.block_size.trailing_zeros() as i32,
         part: part as i32,
+        counters,
     };
-    let grid_y = (g.num_kv_heads * (g.group() / gh)) as u32;
+    let grid_y = grid_y as u32;
     // Grid y and z are limited to 65535.
     if g.num_seqs > 65535 || grid_y > 65535 {
         return Err(KernelError::Cuda(format!(
@@ -238,10 +286,11 @@ fn launch(
     b.arg(&p);
     // SAFETY: every pointer in `p` is live device memory of the sizes the kernel indexes:
     // shapes checked in `check_call`, block numbers below the cache's block count and
-    // context lengths within the tables and max_context_len (`DecodeBlocks`), scratch sized
-    // for max_context_len; the stream orders the launch with candle's other work.
+    // context lengths within the tables and max_context_len (`DecodeBlocks`), scratch and
+    // counters sized for this grid and max_context_len and kept alive by `blocks`; the
+    // stream orders the launch with candle's other work.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-    if long {
+    if let (true, Some(reduce)) = (long, reduce) {
         let cfg = LaunchConfig {
             grid_dim: (g.num_heads as u32, seqs, 1),
             block_dim: (g.head_dim as u32, 1, 1),
@@ -252,8 +301,6 @@ fn launch(
         // SAFETY: as above; the merge reads the partials the first launch wrote.
         unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     }
-    // The scratch is freed in stream order, after the merge.
-    drop(scratch);
     Ok(())
 }
 

@@ -16,11 +16,11 @@
 //! attention). Head sizes 64 and 128, block sizes that are powers of two; f32, bf16 and f16
 //! everywhere, arithmetic in f32.
 //!
-//! Three implementations compute the same function: [`cpu`] (rayon over sequences and
-//! key/value heads), a CUDA kernel (feature `cuda`, `cuda/paged_attention.cu`: split over
-//! the context in fixed 256-position partitions whose partial softmax results a second
-//! launch merges, so a few long sequences still fill the GPU) and the f64 [`reference`] the
-//! tests compare both against. Results never depend on what else is in the batch: the
+//! Three implementations compute the same function: `cpu` (rayon over sequences and
+//! key/value heads), a CUDA kernel (feature `cuda`, `cuda/paged_attention.cu`: one pass with
+//! an online softmax over fixed 256-position partitions of the context, whose partial
+//! results the last block of each head group merges, so a few long sequences still fill the
+//! GPU; one launch) and the f64 [`reference`] the tests compare both against. Results never depend on what else is in the batch: the
 //! partitioning and every reduction order are fixed by the sequence's own length and the
 //! model's shape.
 //!
@@ -28,7 +28,7 @@
 //! [`paged_decode_attention_with`] for every layer; [`paged_decode_attention`] does both in
 //! one call.
 
-pub mod cpu;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod op;
