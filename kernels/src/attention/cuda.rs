@@ -1,7 +1,7 @@
-//! CUDA path: the kernel of `cuda/paged_attention.cu`, compiled at build time and embedded,
-//! launched through cudarc on candle's stream: one launch for the batch (the partitions of
-//! long sequences are merged by the last block of each head group to finish, which finds
-//! out through a per-group counter kept zeroed between launches).
+//! CUDA path: the kernel of `cuda/paged_attention.cu` (v3 in kernels/NOTES.md), compiled at
+//! build time and embedded, launched through cudarc on candle's stream: one launch for the
+//! batch (the partitions of long sequences are merged by the last block of each head group
+//! to finish, which finds out through a per-group counter kept zeroed between launches).
 //!
 //! The first version (`cuda/paged_attention_v1.cu`: two passes per partition and a second
 //! launch for the merge) stays embedded for comparison runs (`OPENLEDGER_ATTN_KERNEL=v1`).
@@ -24,8 +24,9 @@ use crate::error::{KernelError, Result};
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
 static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention_v1.fatbin"));
 
-/// Threads per block (`NT` in the kernel).
-const THREADS: u32 = 128;
+/// Threads per block (`NT` in the kernel; 128 in the first version).
+const THREADS: u32 = 256;
+const THREADS_V1: u32 = 128;
 /// Largest partition the kernel's shared memory holds (`MAX_PART`).
 const MAX_PART: usize = 256;
 /// Query heads one block serves, at most (kernels exist for 1..=8).
@@ -279,7 +280,7 @@ fn launch(
     let seqs = g.num_seqs as u32;
     let cfg = LaunchConfig {
         grid_dim: (max_parts as u32, grid_y, seqs),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (if first_version() { THREADS_V1 } else { THREADS }, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut b = stream.launch_builder(&attn);
