@@ -15,10 +15,10 @@
 //      per-lane f32 sums for all GH heads, then summed over the warp's rows (shuffles) and
 //      over warps (shared memory, fixed order).
 // A sequence with one partition writes its output directly. Longer ones write unnormalised
-// partial sums with their max and sum; the last block of a (sequence, head group) to finish
-// (a counter per group, reset by that block) merges them in partition order with the
-// online-softmax rescaling, so no second launch is needed and the result does not depend on
-// which block finishes last.
+// partial sums with their max and sum, merged in partition order with the online-softmax
+// rescaling either by the last block of the (sequence, head group) to finish (a counter per
+// group, reset by that block: one launch) or by paged_attn_reduce in a second launch
+// (merge_in_kernel = 0); the arithmetic and order are the same, so are the bits.
 // Every read is in bounds for validated tables (the host checks block numbers against the
 // cache and context lengths against the table), and positions past a context are neither
 // read nor summed.
@@ -29,7 +29,7 @@
 
 namespace {
 
-constexpr int NW = 8;
+constexpr int NW = 4;
 constexpr int NT = NW * 32;
 // Largest partition (bounds the block-number buffer); the host picks a power of two <= it.
 constexpr int MAX_PART = 256;
@@ -51,6 +51,7 @@ struct AttnParams {
     int log2_block;              // log2(block_size)
     int part;                    // positions per partition (a power of two <= MAX_PART)
     unsigned int* counters;      // [num_seqs, gridDim.y], zero between launches
+    int merge_in_kernel;         // 0: paged_attn_reduce merges in a second launch
 };
 
 template <typename T> struct Elem;
@@ -332,7 +333,7 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
             }
         }
     }
-    if (num_parts == 1) return;
+    if (num_parts == 1 || !p.merge_in_kernel) return;
 
     // 6. The last block of this (sequence, head group) to finish merges the partitions.
     __threadfence();
@@ -361,12 +362,33 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
     if (tid == 0) *counter = 0;
 }
 
+// Merges the partitions of each (sequence, head) with more than one, in partition order.
+// Grid (num_heads, num_seqs), HD threads.
+template <typename T, int HD>
+__device__ __forceinline__ void paged_attn_reduce(const AttnParams& p) {
+    using E = Elem<T>;
+    const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
+    const int ctx = (int)p.context_lens[seq];
+    const int num_parts = (ctx + p.part - 1) / p.part;
+    if (num_parts <= 1) return;
+    const size_t base = ((size_t)seq * p.num_heads + head) * p.max_parts;
+    const float* ml = p.part_ml + 2 * base;
+    float m = -__int_as_float(0x7f800000);
+    for (int i = 0; i < num_parts; ++i) m = fmaxf(m, ml[2 * i]);
+    float l = 0.f, acc = 0.f;
+    for (int i = 0; i < num_parts; ++i) {
+        const float w = exp2f(ml[2 * i] - m);
+        l = fmaf(w, ml[2 * i + 1], l);
+        acc = fmaf(w, p.part_acc[(base + i) * HD + d], acc);
+    }
+    T* out = reinterpret_cast<T*>(p.out);
+    out[((size_t)seq * p.num_heads + head) * HD + d] = E::from_f(acc / l);
+}
+
 }  // namespace
 
-// Two blocks (16 warps) per multiprocessor: at most 128 registers, which every variant
-// meets without spilling (checked with -Xptxas -v).
 #define ATTN(NAME, T, HD, GH)                                                             \
-    extern "C" __global__ void __launch_bounds__(NT, 2) paged_attn_##NAME##_hd##HD##_g##GH( \
+    extern "C" __global__ void __launch_bounds__(NT) paged_attn_##NAME##_hd##HD##_g##GH( \
         const AttnParams p) {                                                             \
         paged_attn<T, HD, GH>(p);                                                         \
     }
@@ -378,7 +400,10 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
     ATTN(NAME, T, HD, 5)         \
     ATTN(NAME, T, HD, 6)         \
     ATTN(NAME, T, HD, 7)         \
-    ATTN(NAME, T, HD, 8)
+    ATTN(NAME, T, HD, 8)         \
+    extern "C" __global__ void paged_attn_reduce_##NAME##_hd##HD(const AttnParams p) { \
+        paged_attn_reduce<T, HD>(p);                                                    \
+    }
 
 ATTN_GROUPS(f32, float, 64)
 ATTN_GROUPS(f32, float, 128)

@@ -1,7 +1,8 @@
-//! CUDA path: the kernel of `cuda/paged_attention.cu` (v3 in kernels/NOTES.md), compiled at
+//! CUDA path: the kernel of `cuda/paged_attention.cu` (v4 in kernels/NOTES.md), compiled at
 //! build time and embedded, launched through cudarc on candle's stream: one launch for the
 //! batch (the partitions of long sequences are merged by the last block of each head group
-//! to finish, which finds out through a per-group counter kept zeroed between launches).
+//! to finish, which finds out through a per-group counter kept zeroed between launches;
+//! `OPENLEDGER_ATTN_MERGE=launch` merges in a second launch instead, for comparison).
 //!
 //! The first version (`cuda/paged_attention_v1.cu`: two passes per partition and a second
 //! launch for the merge) stays embedded for comparison runs (`OPENLEDGER_ATTN_KERNEL=v1`).
@@ -24,9 +25,8 @@ use crate::error::{KernelError, Result};
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
 static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention_v1.fatbin"));
 
-/// Threads per block (`NT` in the kernel; 128 in the first version).
-const THREADS: u32 = 256;
-const THREADS_V1: u32 = 128;
+/// Threads per block (`NT` in the kernel).
+const THREADS: u32 = 128;
 /// Largest partition the kernel's shared memory holds (`MAX_PART`).
 const MAX_PART: usize = 256;
 /// Query heads one block serves, at most (kernels exist for 1..=8).
@@ -52,6 +52,7 @@ struct AttnParams {
     log2_block: i32,
     part: i32,
     counters: u64,
+    merge_in_kernel: i32,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
@@ -72,6 +73,16 @@ fn partition() -> usize {
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&p| (32..=MAX_PART).contains(&p) && p.is_power_of_two())
             .unwrap_or(MAX_PART)
+    })
+}
+
+/// Whether partitions are merged by a second launch (`OPENLEDGER_ATTN_MERGE=launch`, for
+/// comparison runs; the first version always does) rather than by the last block of each
+/// head group. Both merge in the same order with the same arithmetic.
+fn merge_by_launch() -> bool {
+    static LAUNCH: OnceLock<bool> = OnceLock::new();
+    *LAUNCH.get_or_init(|| {
+        first_version() || std::env::var("OPENLEDGER_ATTN_MERGE").is_ok_and(|v| v == "launch")
     })
 }
 
@@ -98,8 +109,8 @@ fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::dri
     Ok(m)
 }
 
-/// The attention kernel for a dtype, head size and heads per block, and the first version's
-/// merge kernel.
+/// The attention kernel for a dtype, head size and heads per block, and the merge kernel
+/// when partitions are merged by a second launch.
 fn functions(
     dev: &CudaDevice,
     dtype: DType,
@@ -116,7 +127,7 @@ fn functions(
     let attn = m
         .load_function(&format!("paged_attn_{ty}_hd{head_dim}_g{heads_per_block}"))
         .map_err(cuda_err)?;
-    let reduce = if first_version() {
+    let reduce = if merge_by_launch() {
         Some(m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?)
     } else {
         None
@@ -268,6 +279,7 @@ fn launch(
         log2_block: g.block_size.trailing_zeros() as i32,
         part: part as i32,
         counters,
+        merge_in_kernel: i32::from(!merge_by_launch()),
     };
     let grid_y = grid_y as u32;
     // Grid y and z are limited to 65535.
@@ -280,7 +292,7 @@ fn launch(
     let seqs = g.num_seqs as u32;
     let cfg = LaunchConfig {
         grid_dim: (max_parts as u32, grid_y, seqs),
-        block_dim: (if first_version() { THREADS_V1 } else { THREADS }, 1, 1),
+        block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut b = stream.launch_builder(&attn);
