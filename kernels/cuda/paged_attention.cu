@@ -14,11 +14,11 @@
 //   4. values: a row is read by VL lanes (one 16-byte vector each) and accumulated into
 //      per-lane f32 sums for all GH heads, then summed over the warp's rows (shuffles) and
 //      over warps (shared memory, fixed order).
+// Each warp keeps two chunks' loads in flight (scores: both chunks' keys; values: both
+// chunks' values, the first pair issued before the softmax).
 // A sequence with one partition writes its output directly. Longer ones write unnormalised
-// partial sums with their max and sum, merged in partition order with the online-softmax
-// rescaling either by the last block of the (sequence, head group) to finish (a counter per
-// group, reset by that block: one launch) or by paged_attn_reduce in a second launch
-// (merge_in_kernel = 0); the arithmetic and order are the same, so are the bits.
+// partial sums with their max and sum, which paged_attn_reduce merges in partition order
+// (online-softmax rescaling) in a second launch.
 // Every read is in bounds for validated tables (the host checks block numbers against the
 // cache and context lengths against the table), and positions past a context are neither
 // read nor summed.
@@ -50,8 +50,6 @@ struct AttnParams {
     int max_parts;
     int log2_block;              // log2(block_size)
     int part;                    // positions per partition (a power of two <= MAX_PART)
-    unsigned int* counters;      // [num_seqs, gridDim.y], zero between launches
-    int merge_in_kernel;         // 0: paged_attn_reduce merges in a second launch
 };
 
 template <typename T> struct Elem;
@@ -133,7 +131,6 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
     __shared__ __align__(16) float red_s[NW][GH][HD];
     __shared__ uint32_t blk_s[MAX_PART];
     __shared__ float m_s[GH], l_s[GH];
-    __shared__ int last_s;
 
     const int tid = threadIdx.x, lane = tid & 31;
     // Broadcast from lane 0, so the compiler knows it is uniform over the warp (the loops
@@ -181,75 +178,88 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
     const uint4* kc = reinterpret_cast<const uint4*>(p.k_cache);
     const uint4* vc = reinterpret_cast<const uint4*>(p.v_cache);
 
-    // 2. Scores.
+    // 2. Scores, two of the warp's chunks per step (both chunks' loads in flight at once).
     {
         const int kr = lane / KL, kl = lane % KL;
-        for (int c0 = t_begin + warp * CHUNK; c0 < t_end; c0 += NW * CHUNK) {
-            uint4 kv[TPL][KJ];
+        for (int c0 = t_begin + warp * CHUNK; c0 < t_end; c0 += 2 * NW * CHUNK) {
+            uint4 kv[2][TPL][KJ];
 #pragma unroll
-            for (int i = 0; i < TPL; ++i) {
-                const int t = c0 + i * KROWS + kr;
-                const bool valid = t < t_end;
-                const size_t r = valid ? row_vec(t) : 0;
+            for (int u = 0; u < 2; ++u)
 #pragma unroll
-                for (int j = 0; j < KJ; ++j)
-                    kv[i][j] = valid ? load16(kc + r + kl + j * KL) : make_uint4(0, 0, 0, 0);
-            }
-            float acc[TPL][GH];
+                for (int i = 0; i < TPL; ++i) {
+                    const int t = c0 + u * NW * CHUNK + i * KROWS + kr;
+                    const bool valid = t < t_end;
+                    const size_t r = valid ? row_vec(t) : 0;
 #pragma unroll
-            for (int i = 0; i < TPL; ++i)
+                    for (int j = 0; j < KJ; ++j)
+                        kv[u][i][j] = valid ? load16(kc + r + kl + j * KL) : make_uint4(0, 0, 0, 0);
+                }
 #pragma unroll
-                for (int h = 0; h < GH; ++h) acc[i][h] = 0.f;
+            for (int u = 0; u < 2; ++u) {
+                const int cu = c0 + u * NW * CHUNK;
+                if (cu >= t_end) break;   // uniform over the warp
+                float acc[TPL][GH];
 #pragma unroll
-            for (int j = 0; j < KJ; ++j) {
-                float kf[TPL][VEC];
+                for (int i = 0; i < TPL; ++i)
 #pragma unroll
-                for (int i = 0; i < TPL; ++i) E::widen(kv[i][j], kf[i]);
-                const int d0 = (kl + j * KL) * VEC;
+                    for (int h = 0; h < GH; ++h) acc[i][h] = 0.f;
 #pragma unroll
-                for (int h = 0; h < GH; ++h) {
+                for (int j = 0; j < KJ; ++j) {
+                    float kf[TPL][VEC];
 #pragma unroll
-                    for (int e = 0; e < VEC; e += 4) {
-                        const float4 qv = *reinterpret_cast<const float4*>(&q_s[h][d0 + e]);
+                    for (int i = 0; i < TPL; ++i) E::widen(kv[u][i][j], kf[i]);
+                    const int d0 = (kl + j * KL) * VEC;
 #pragma unroll
-                        for (int i = 0; i < TPL; ++i) {
-                            acc[i][h] = fmaf(qv.x, kf[i][e], acc[i][h]);
-                            acc[i][h] = fmaf(qv.y, kf[i][e + 1], acc[i][h]);
-                            acc[i][h] = fmaf(qv.z, kf[i][e + 2], acc[i][h]);
-                            acc[i][h] = fmaf(qv.w, kf[i][e + 3], acc[i][h]);
+                    for (int h = 0; h < GH; ++h) {
+#pragma unroll
+                        for (int e = 0; e < VEC; e += 4) {
+                            const float4 qv = *reinterpret_cast<const float4*>(&q_s[h][d0 + e]);
+#pragma unroll
+                            for (int i = 0; i < TPL; ++i) {
+                                acc[i][h] = fmaf(qv.x, kf[i][e], acc[i][h]);
+                                acc[i][h] = fmaf(qv.y, kf[i][e + 1], acc[i][h]);
+                                acc[i][h] = fmaf(qv.z, kf[i][e + 2], acc[i][h]);
+                                acc[i][h] = fmaf(qv.w, kf[i][e + 3], acc[i][h]);
+                            }
                         }
                     }
                 }
-            }
 #pragma unroll
-            for (int i = 0; i < TPL; ++i)
+                for (int i = 0; i < TPL; ++i)
 #pragma unroll
-                for (int h = 0; h < GH; ++h)
+                    for (int h = 0; h < GH; ++h)
 #pragma unroll
-                    for (int o = KL / 2; o > 0; o >>= 1)
-                        acc[i][h] += __shfl_xor_sync(0xffffffffu, acc[i][h], o);
-            if (kl == 0) {
+                        for (int o = KL / 2; o > 0; o >>= 1)
+                            acc[i][h] += __shfl_xor_sync(0xffffffffu, acc[i][h], o);
+                if (kl == 0) {
 #pragma unroll
-                for (int i = 0; i < TPL; ++i) {
-                    const int t = c0 + i * KROWS + kr;
-                    if (t < t_end) {
+                    for (int i = 0; i < TPL; ++i) {
+                        const int t = cu + i * KROWS + kr;
+                        if (t < t_end) {
 #pragma unroll
-                        for (int h = 0; h < GH; ++h) s_s[h][t - t_begin] = acc[i][h];
+                            for (int h = 0; h < GH; ++h) s_s[h][t - t_begin] = acc[i][h];
+                        }
                     }
                 }
             }
         }
     }
 
-    // The warp's first value chunk does not depend on the softmax: its loads fly meanwhile.
+    // The warp's first two value chunks do not depend on the softmax: their loads fly
+    // meanwhile.
     const int vr = lane / VL, vl = lane % VL;
     const int v0 = t_begin + warp * CHUNK;
-    uint4 vv[VLOADS];
+    uint4 vv[2][VLOADS];
+    auto load_values = [&](int c0) {
 #pragma unroll
-    for (int i = 0; i < VLOADS; ++i) {
-        const int t = v0 + i * VROWS + vr;
-        vv[i] = t < t_end ? load16(vc + row_vec(t) + vl) : make_uint4(0, 0, 0, 0);
-    }
+        for (int u = 0; u < 2; ++u)
+#pragma unroll
+            for (int i = 0; i < VLOADS; ++i) {
+                const int t = c0 + u * NW * CHUNK + i * VROWS + vr;
+                vv[u][i] = t < t_end ? load16(vc + row_vec(t) + vl) : make_uint4(0, 0, 0, 0);
+            }
+    };
+    load_values(v0);
     __syncthreads();
 
     // 3. Softmax statistics of the partition (log2 domain); scores become weights.
@@ -277,28 +287,25 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
     for (int h = 0; h < GH; ++h)
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[h][e] = 0.f;
-    for (int c0 = v0; c0 < t_end; c0 += NW * CHUNK) {
-        if (c0 != v0) {
+    // Chunks are summed in the order c0, c0 + NW * CHUNK, ... (as one at a time would).
+    for (int c0 = v0; c0 < t_end; c0 += 2 * NW * CHUNK) {
+        if (c0 != v0) load_values(c0);
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
 #pragma unroll
             for (int i = 0; i < VLOADS; ++i) {
-                const int t = c0 + i * VROWS + vr;
-                vv[i] = t < t_end ? load16(vc + row_vec(t) + vl) : make_uint4(0, 0, 0, 0);
-            }
-        }
+                const int t = c0 + u * NW * CHUNK + i * VROWS + vr;
+                if (t < t_end) {
+                    float vf[VEC];
+                    E::widen(vv[u][i], vf);
 #pragma unroll
-        for (int i = 0; i < VLOADS; ++i) {
-            const int t = c0 + i * VROWS + vr;
-            if (t < t_end) {
-                float vf[VEC];
-                E::widen(vv[i], vf);
+                    for (int h = 0; h < GH; ++h) {
+                        const float w = s_s[h][t - t_begin];
 #pragma unroll
-                for (int h = 0; h < GH; ++h) {
-                    const float w = s_s[h][t - t_begin];
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) acc[h][e] = fmaf(w, vf[e], acc[h][e]);
+                        for (int e = 0; e < VEC; ++e) acc[h][e] = fmaf(w, vf[e], acc[h][e]);
+                    }
                 }
             }
-        }
     }
 #pragma unroll
     for (int o = VL; o < 32; o <<= 1)
@@ -333,33 +340,6 @@ __device__ __forceinline__ void paged_attn(const AttnParams& p) {
             }
         }
     }
-    if (num_parts == 1 || !p.merge_in_kernel) return;
-
-    // 6. The last block of this (sequence, head group) to finish merges the partitions.
-    __threadfence();
-    __syncthreads();
-    unsigned int* counter = p.counters + (size_t)seq * gridDim.y + blockIdx.y;
-    if (tid == 0) last_s = atomicAdd(counter, 1u) == (unsigned)(num_parts - 1);
-    __syncthreads();
-    if (!last_s) return;
-    __threadfence();
-    for (int i = tid; i < GH * HD; i += NT) {
-        const int h = i / HD, d = i % HD;
-        const size_t base = ((size_t)seq * p.num_heads + head0 + h) * p.max_parts;
-        const float* ml = p.part_ml + 2 * base;
-        const float* pa = p.part_acc + base * HD + d;
-        float m = NEG_INF;
-        for (int j = 0; j < num_parts; ++j) m = fmaxf(m, __ldcg(ml + 2 * j));
-        float l = 0.f, sum = 0.f;
-#pragma unroll 8
-        for (int j = 0; j < num_parts; ++j) {
-            const float x = exp2f(__ldcg(ml + 2 * j) - m);
-            l = fmaf(x, __ldcg(ml + 2 * j + 1), l);
-            sum = fmaf(x, __ldcg(pa + (size_t)j * HD), sum);
-        }
-        out[i] = E::from_f(sum / l);
-    }
-    if (tid == 0) *counter = 0;
 }
 
 // Merges the partitions of each (sequence, head) with more than one, in partition order.

@@ -45,8 +45,6 @@ struct AttnParams {
     int max_parts;
     int log2_block;              // log2(block_size)
     int part;                    // positions per partition
-    unsigned int* counters;      // unused here (the current version merges in-kernel)
-    int merge_in_kernel;         // unused here
 };
 
 template <typename T> struct Elem;

@@ -1,8 +1,6 @@
-//! CUDA path: the kernel of `cuda/paged_attention.cu` (v4 in kernels/NOTES.md), compiled at
+//! CUDA path: the kernels of `cuda/paged_attention.cu` (v5 in kernels/NOTES.md), compiled at
 //! build time and embedded, launched through cudarc on candle's stream: one launch for the
-//! batch (the partitions of long sequences are merged by the last block of each head group
-//! to finish, which finds out through a per-group counter kept zeroed between launches;
-//! `OPENLEDGER_ATTN_MERGE=launch` merges in a second launch instead, for comparison).
+//! batch, and a second that merges the partitions of sequences longer than one.
 //!
 //! The first version (`cuda/paged_attention_v1.cu`: two passes per partition and a second
 //! launch for the merge) stays embedded for comparison runs (`OPENLEDGER_ATTN_KERNEL=v1`).
@@ -51,8 +49,6 @@ struct AttnParams {
     max_parts: i32,
     log2_block: i32,
     part: i32,
-    counters: u64,
-    merge_in_kernel: i32,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
@@ -73,16 +69,6 @@ fn partition() -> usize {
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&p| (32..=MAX_PART).contains(&p) && p.is_power_of_two())
             .unwrap_or(MAX_PART)
-    })
-}
-
-/// Whether partitions are merged by a second launch (`OPENLEDGER_ATTN_MERGE=launch`, for
-/// comparison runs; the first version always does) rather than by the last block of each
-/// head group. Both merge in the same order with the same arithmetic.
-fn merge_by_launch() -> bool {
-    static LAUNCH: OnceLock<bool> = OnceLock::new();
-    *LAUNCH.get_or_init(|| {
-        first_version() || std::env::var("OPENLEDGER_ATTN_MERGE").is_ok_and(|v| v == "launch")
     })
 }
 
@@ -109,14 +95,13 @@ fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::dri
     Ok(m)
 }
 
-/// The attention kernel for a dtype, head size and heads per block, and the merge kernel
-/// when partitions are merged by a second launch.
+/// The attention and merge kernels for a dtype, head size and heads per block.
 fn functions(
     dev: &CudaDevice,
     dtype: DType,
     head_dim: usize,
     heads_per_block: usize,
-) -> Result<(CudaFunction, Option<CudaFunction>)> {
+) -> Result<(CudaFunction, CudaFunction)> {
     let ty = match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -127,11 +112,8 @@ fn functions(
     let attn = m
         .load_function(&format!("paged_attn_{ty}_hd{head_dim}_g{heads_per_block}"))
         .map_err(cuda_err)?;
-    let reduce = if merge_by_launch() {
-        Some(m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?)
-    } else {
-        None
-    };
+    let reduce =
+        m.load_function(&format!("paged_attn_reduce_{ty}_hd{head_dim}")).map_err(cuda_err)?;
     Ok((attn, reduce))
 }
 
@@ -141,8 +123,8 @@ fn heads_per_block(group: usize) -> usize {
     (1..=MAX_HEADS_PER_BLOCK.min(group)).rev().find(|d| group.is_multiple_of(*d)).unwrap_or(1)
 }
 
-/// A step's tables and context lengths on the device, with the buffers every layer's call
-/// reuses (grown on demand): the partials of long sequences and the merge counters.
+/// A step's tables and context lengths on the device, with the partials of long sequences
+/// that every layer's call reuses (grown on demand).
 pub(crate) struct DeviceBlocks {
     tables: CudaSlice<u32>,
     lens: CudaSlice<u32>,
@@ -153,28 +135,21 @@ pub(crate) struct DeviceBlocks {
 struct Work {
     /// Partial sums (f32), then max and sum per partition.
     scratch: Option<CudaSlice<f32>>,
-    /// One per (sequence, head group); zero between launches (the merging block resets it).
-    counters: Option<CudaSlice<u32>>,
 }
 
 impl Work {
-    /// Device addresses of scratch of at least `floats` f32 and of at least `counters`
-    /// zeroed counters.
-    fn reserve(&mut self, dev: &CudaDevice, floats: usize, counters: usize) -> Result<(u64, u64)> {
+    /// Device address of scratch of at least `floats` f32.
+    fn reserve(&mut self, dev: &CudaDevice, floats: usize) -> Result<u64> {
         let stream = dev.cuda_stream();
         if self.scratch.as_ref().is_none_or(|s| s.len() < floats) {
             // SAFETY (uninitialised memory): the merge reads only partitions the attention
             // kernel wrote (those below each sequence's partition count).
             self.scratch = Some(unsafe { dev.alloc::<f32>(floats.max(1)) }?);
         }
-        if self.counters.as_ref().is_none_or(|c| c.len() < counters) {
-            self.counters = Some(dev.alloc_zeros::<u32>(counters.max(1))?);
-        }
-        let address = |s: Option<u64>| s.ok_or_else(|| KernelError::Cuda("scratch".into()));
-        Ok((
-            address(self.scratch.as_ref().map(|s| s.device_ptr(&stream).0))?,
-            address(self.counters.as_ref().map(|c| c.device_ptr(&stream).0))?,
-        ))
+        self.scratch
+            .as_ref()
+            .map(|s| s.device_ptr(&stream).0)
+            .ok_or_else(|| KernelError::Cuda("scratch was not allocated".into()))
     }
 }
 
@@ -245,16 +220,15 @@ fn launch(
     let device_blocks = device_blocks(blocks, dev)?;
     let long = blocks.context_lens().iter().any(|&l| l as usize > part);
     let grid_y = g.num_kv_heads * (g.group() / gh);
-    // Partials of sequences longer than one partition (f32 sums, then max and sum), and the
-    // merge counters; held for the launch (the stream orders later calls after it).
+    // Partials of sequences longer than one partition (f32 sums, then max and sum), held
+    // for the launches (the stream orders later calls after them).
     let mut work = device_blocks.work.lock().unwrap_or_else(|e| e.into_inner());
     let partials = g.num_seqs * g.num_heads * max_parts;
-    let (part_acc, part_ml, counters) = if long {
-        let (scratch, counters) =
-            work.reserve(dev, partials * (g.head_dim + 2), g.num_seqs * grid_y)?;
-        (scratch, scratch + 4 * (partials * g.head_dim) as u64, counters)
+    let (part_acc, part_ml) = if long {
+        let scratch = work.reserve(dev, partials * (g.head_dim + 2))?;
+        (scratch, scratch + 4 * (partials * g.head_dim) as u64)
     } else {
-        (0, 0, 0)
+        (0, 0)
     };
     let (k_cache, v_cache) = (tensor_address(k, &stream)?, tensor_address(v, &stream)?);
     for (addr, name) in [(k_cache, "k_cache"), (v_cache, "v_cache")] {
@@ -278,8 +252,6 @@ fn launch(
         max_parts: max_parts as i32,
         log2_block: g.block_size.trailing_zeros() as i32,
         part: part as i32,
-        counters,
-        merge_in_kernel: i32::from(!merge_by_launch()),
     };
     let grid_y = grid_y as u32;
     // Grid y and z are limited to 65535.
@@ -299,11 +271,11 @@ fn launch(
     b.arg(&p);
     // SAFETY: every pointer in `p` is live device memory of the sizes the kernel indexes:
     // shapes checked in `check_call`, block numbers below the cache's block count and
-    // context lengths within the tables and max_context_len (`DecodeBlocks`), scratch and
-    // counters sized for this grid and max_context_len and kept alive by `blocks`; the
-    // stream orders the launch with candle's other work.
+    // context lengths within the tables and max_context_len (`DecodeBlocks`), scratch sized
+    // for this batch and max_context_len and kept alive by `blocks`; the stream orders the
+    // launch with candle's other work.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-    if let (true, Some(reduce)) = (long, reduce) {
+    if long {
         let cfg = LaunchConfig {
             grid_dim: (g.num_heads as u32, seqs, 1),
             block_dim: (g.head_dim as u32, 1, 1),
