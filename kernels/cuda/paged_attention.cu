@@ -1,8 +1,8 @@
 // Decode attention over the paged KV cache (kernels/src/attention, design and the measured
 // versions in kernels/NOTES.md).
 //
-// Grid: x = context partition (PART positions each, fixed per process so results do not
-// depend on the batch), y = key/value head x query-head subgroup, z = sequence. A block of
+// Grid: x = context partition (PART positions each, 512 by default, fixed per process so
+// results do not depend on the batch), y = key/value head x query-head subgroup, z = sequence. A block of
 // NW warps reads one partition of one key/value head once for GH query heads:
 //   1. context length, q (scaled by scale * log2 e) and the partition's block numbers, all
 //      loaded at once, into shared memory;
@@ -32,7 +32,7 @@ namespace {
 constexpr int NW = 4;
 constexpr int NT = NW * 32;
 // Largest partition (bounds the block-number buffer); the host picks a power of two <= it.
-constexpr int MAX_PART = 256;
+constexpr int MAX_PART = 512;
 
 struct AttnParams {
     const void* q;               // [num_seqs, num_heads, HD]

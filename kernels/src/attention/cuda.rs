@@ -26,7 +26,11 @@ static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attent
 /// Threads per block (`NT` in the kernel).
 const THREADS: u32 = 128;
 /// Largest partition the kernel's shared memory holds (`MAX_PART`).
-const MAX_PART: usize = 256;
+const MAX_PART: usize = 512;
+/// Positions per partition unless `OPENLEDGER_ATTN_PARTITION` says otherwise: 512 gave the
+/// best bandwidth on every large batch of the benchmark (H200, kernels/NOTES.md); 128 and 256
+/// are faster for a single sequence of 512-2048 positions.
+const DEFAULT_PART: usize = 512;
 /// Query heads one block serves, at most (kernels exist for 1..=8).
 const MAX_HEADS_PER_BLOCK: usize = 8;
 
@@ -59,7 +63,7 @@ fn cuda_err(e: impl std::fmt::Display) -> KernelError {
 }
 
 /// Positions per partition. Fixed for the process (so a sequence's result does not depend
-/// on its batch); `OPENLEDGER_ATTN_PARTITION` (a power of two from 32 to 256) overrides it
+/// on its batch); `OPENLEDGER_ATTN_PARTITION` (a power of two from 32 to 512) overrides it
 /// for benchmark runs.
 fn partition() -> usize {
     static PART: OnceLock<usize> = OnceLock::new();
@@ -67,9 +71,18 @@ fn partition() -> usize {
         std::env::var("OPENLEDGER_ATTN_PARTITION")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&p| (32..=MAX_PART).contains(&p) && p.is_power_of_two())
-            .unwrap_or(MAX_PART)
+            .filter(|&p| p.is_power_of_two() && (32..=max_part()).contains(&p))
+            .unwrap_or(DEFAULT_PART.min(max_part()))
     })
+}
+
+/// Largest partition of the kernel in use (the first version holds 256 positions).
+fn max_part() -> usize {
+    if first_version() {
+        256
+    } else {
+        MAX_PART
+    }
 }
 
 /// Whether the first kernel version was asked for (`OPENLEDGER_ATTN_KERNEL=v1`).

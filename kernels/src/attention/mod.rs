@@ -17,12 +17,13 @@
 //! everywhere, arithmetic in f32.
 //!
 //! Three implementations compute the same function: `cpu` (rayon over sequences and
-//! key/value heads), a CUDA kernel (feature `cuda`, `cuda/paged_attention.cu`: one pass with
-//! an online softmax over fixed 256-position partitions of the context, whose partial
-//! results the last block of each head group merges, so a few long sequences still fill the
-//! GPU; one launch) and the f64 [`reference`] the tests compare both against. Results never depend on what else is in the batch: the
-//! partitioning and every reduction order are fixed by the sequence's own length and the
-//! model's shape.
+//! key/value heads), a CUDA kernel (feature `cuda`, `cuda/paged_attention.cu`: the context
+//! split into fixed 512-position partitions, each read once by one block for all the query
+//! heads of a key/value head, whose partial softmax results a second launch merges with the
+//! online-softmax rescaling, so a few long sequences still fill the GPU) and the f64
+//! [`reference`] the tests compare both against. Results never depend on what else is in the
+//! batch: the partitioning and every reduction order are fixed by the sequence's own length
+//! and the model's shape.
 //!
 //! The engine validates a step's block tables once ([`DecodeBlocks::new`]) and calls
 //! [`paged_decode_attention_with`] for every layer; [`paged_decode_attention`] does both in
