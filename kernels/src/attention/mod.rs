@@ -48,7 +48,9 @@ pub use op::{paged_decode_attention_into, paged_decode_attention_with};
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// One decode step's block tables and context lengths, validated once and shared by every
-/// layer's attention call (the tables are read back to the host here, not per layer).
+/// layer's attention call (the tables are read back to the host here, not per layer). On
+/// CUDA the first call uploads them, with the scratch for partial results, and later calls
+/// reuse both: use one `DecodeBlocks` with one CUDA device.
 pub struct DecodeBlocks {
     num_seqs: usize,
     max_blocks_per_seq: usize,
