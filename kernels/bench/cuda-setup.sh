@@ -22,9 +22,9 @@ export PATH=$C/cuda-home/bin:\$PATH
 export CUDA_COMPUTE_CAP=90
 export CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH=$C/cuda-home/lib64:\${LIBRARY_PATH:-}
-export CARGO_TARGET_DIR=$C/target-kernels
+export CARGO_TARGET_DIR=\${CARGO_TARGET_DIR:-$C/target-kernels}
 ENV
-DEPS=$C/target-kernels/release/deps
+DEPS=${CARGO_TARGET_DIR:-$C/target-kernels}/release/deps
 if ls "$DEPS"/libcudarc-*.rlib >/dev/null 2>&1; then
   nm -u --format=posix "$DEPS"/*.rlib 2>/dev/null | awk '{print $1}' | grep -E '^cu[A-Z]' | sort -u \
     | awk '{print "void " $1 "(void) {}"}' > /tmp/libcuda_stub.c

@@ -1,18 +1,34 @@
 #!/bin/bash
 # Strips the CUDA test and benchmark binaries and packs them into gpu-bin/ (ignored by git),
 # xz-compressed so that the carried tree stays under the device tool's 64 MiB.
+#   pack-gpu-bin.sh        SGMV: tensor_api + sgmv-bench -> gpu-bin/sgmv-gpu.tar.xz
+#   pack-gpu-bin.sh attn   paged attention: paged_attention + attn-bench + the kernels'
+#                          fatbin (for cuobjdump) -> gpu-bin/attn-gpu.tar.xz
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
 T=$CARGO_TARGET_DIR/release
-TEST=$(ls -t "$T"/deps/tensor_api-* | grep -v '\.d$' | head -1)
+WHAT=${1:-sgmv}
+case $WHAT in
+  sgmv) TEST=tensor_api; BENCH=sgmv-bench; SCRIPTS="gpu-run.sh sgmv_baselines.py"; EXTRA="" ;;
+  attn) TEST=paged_attention; BENCH=attn-bench; SCRIPTS="gpu-run-attn.sh attn_baseline.py"
+        EXTRA=$(ls -t "$T"/build/openledger-kernels-*/out/paged_attention.fatbin | head -1) ;;
+  *) echo "usage: $0 [sgmv|attn]" >&2; exit 2 ;;
+esac
+TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
-cp "$TEST" /tmp/gpu-pack/tensor_api
-cp "$T/sgmv-bench" /tmp/gpu-pack/sgmv-bench
-strip /tmp/gpu-pack/*
-tar -cJf "$ROOT/gpu-bin/sgmv-gpu.tar.xz" -C /tmp/gpu-pack tensor_api sgmv-bench
-cp "$ROOT/kernels/bench/gpu-run.sh" "$ROOT/kernels/bench/sgmv_baselines.py" "$ROOT/gpu-bin/"
-# The device tool sends the checkout its session started in (the main worktree): mirror there.
+cp "$TEST_BIN" "/tmp/gpu-pack/$TEST"
+cp "$T/$BENCH" "/tmp/gpu-pack/$BENCH"
+strip "/tmp/gpu-pack/$TEST" "/tmp/gpu-pack/$BENCH"
+[ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
+tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
+for s in $SCRIPTS; do cp "$ROOT/kernels/bench/$s" "$ROOT/gpu-bin/"; done
+# The device tool sends the checkout its session started in (the main worktree): mirror this
+# pack there, leaving other packs in place.
 MAIN=$(git -C "$ROOT" worktree list --porcelain | awk '/^worktree/{print $2; exit}')
-if [ "$MAIN" != "$ROOT" ]; then rm -rf "$MAIN/gpu-bin" && cp -r "$ROOT/gpu-bin" "$MAIN/gpu-bin"; fi
+if [ "$MAIN" != "$ROOT" ]; then
+  mkdir -p "$MAIN/gpu-bin"
+  cp "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" "$MAIN/gpu-bin/"
+  for s in $SCRIPTS; do cp "$ROOT/gpu-bin/$s" "$MAIN/gpu-bin/"; done
+fi
 ls -l /tmp/gpu-pack "$ROOT/gpu-bin"

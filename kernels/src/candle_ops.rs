@@ -37,6 +37,7 @@ macro_rules! with_element {
         }
     };
 }
+pub(crate) use with_element;
 
 /// One slot of an [`AdapterTable`]. The tensors are kept so that the addresses stay valid.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -342,11 +343,15 @@ pub fn sgmv_expand(
     Ok(())
 }
 
-fn to_candle(e: KernelError) -> candle_core::Error {
+pub(crate) fn to_candle(e: KernelError) -> candle_core::Error {
     candle_core::Error::wrap(e)
 }
 
-fn cpu_slice<'s, T: Element>(s: &'s CpuStorage, l: &Layout, name: &str) -> Result<&'s [T]> {
+pub(crate) fn cpu_slice<'s, T: Element>(
+    s: &'s CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> Result<&'s [T]> {
     let data = T::storage(s).ok_or_else(|| KernelError::DType {
         tensor: name.to_string(),
         expected: T::DTYPE,
@@ -357,7 +362,7 @@ fn cpu_slice<'s, T: Element>(s: &'s CpuStorage, l: &Layout, name: &str) -> Resul
     Ok(&data[start..end])
 }
 
-fn cpu_slice_mut<'s, T: Element>(
+pub(crate) fn cpu_slice_mut<'s, T: Element>(
     s: &'s mut CpuStorage,
     l: &Layout,
     name: &str,

@@ -1,6 +1,8 @@
-//! Errors of the SGMV kernels: every variant names what was wrong and how to avoid it.
+//! Errors of the kernels (SGMV, paged attention): every variant names what was wrong and how
+//! to avoid it.
 
-/// Everything that can go wrong when building a segment map or applying LoRA deltas.
+/// Everything that can go wrong when building a segment map, applying LoRA deltas or
+/// attending over the paged KV cache.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// `adapters` and `tokens_per_request` must have one entry per request.
@@ -66,12 +68,51 @@ pub enum KernelError {
     SlotOutOfRange { slot: u32, slots: usize },
 
     /// The dtype is not one of f32, bf16, f16.
-    #[error("dtype {0:?} is not supported by the SGMV kernels (use f32, bf16 or f16)")]
+    #[error("dtype {0:?} is not supported by these kernels (use f32, bf16 or f16)")]
     UnsupportedDType(candle_core::DType),
 
     /// The device is not supported (CUDA without the `cuda` feature, or Metal).
     #[error("device {0} is not supported by this build of openledger-kernels")]
     UnsupportedDevice(String),
+
+    /// Paged attention: the head size has no kernel (64 and 128 are supported).
+    #[error("paged attention: head_dim {0} is not supported (use 64 or 128)")]
+    UnsupportedHeadDim(usize),
+
+    /// Paged attention: query heads must split evenly over the key/value heads (GQA).
+    #[error("paged attention: {num_heads} query heads do not split evenly over {num_kv_heads} key/value heads")]
+    HeadGroups { num_heads: usize, num_kv_heads: usize },
+
+    /// Paged attention: block sizes must be powers of two (positions are split with shifts).
+    #[error("paged attention: block_size {0} is not a power of two")]
+    BlockSize(usize),
+
+    /// Paged attention: a sequence's block table names a block beyond the cache.
+    #[error("paged attention: sequence {seq} maps positions of its block {index} to cache block {block}, but the cache has {num_blocks} blocks")]
+    BlockOutOfRange { seq: usize, index: usize, block: u32, num_blocks: usize },
+
+    /// Paged attention: a context longer than its block table covers.
+    #[error("paged attention: sequence {seq} has context_len {context_len} but its block table covers {capacity} positions ({blocks} blocks of {block_size})")]
+    ContextOverCapacity {
+        seq: usize,
+        context_len: usize,
+        capacity: usize,
+        blocks: usize,
+        block_size: usize,
+    },
+
+    /// Paged attention: a context longer than the `max_context_len` given for the batch.
+    #[error("paged attention: sequence {seq} has context_len {context_len} > max_context_len {max_context_len}")]
+    ContextOverMax { seq: usize, context_len: usize, max_context_len: usize },
+
+    /// Paged attention: the block tables were validated for another cache geometry.
+    #[error("paged attention: block tables were checked for block_size {expected}, the cache has block_size {actual}")]
+    BlockSizeMismatch { expected: usize, actual: usize },
+
+    /// The CUDA kernels read cache rows as 16-byte vectors: a view that starts mid-vector
+    /// cannot be read in place.
+    #[error("{tensor} does not start on a 16-byte boundary (pass the whole cache tensor)")]
+    Misaligned { tensor: String },
 
     /// An error from candle while reading or creating a tensor.
     #[error("candle: {0}")]

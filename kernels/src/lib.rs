@@ -1,5 +1,6 @@
-//! SGMV (segmented gather matrix-vector) kernels: many LoRA adapters over one base model,
-//! in one batch.
+//! The worker's GPU and CPU kernels: SGMV (segmented gather matrix-vector) for many LoRA
+//! adapters over one base model in one batch, and decode attention over the paged KV cache
+//! ([`attention`]).
 //!
 //! A step's batch of `num_rows` token rows is grouped by adapter into segments
 //! ([`SegmentMap`], built once per step on the host and reused by every layer). For each
@@ -33,6 +34,7 @@
 //! [`sgmv_shrink`], [`sgmv_expand`]. Results never depend on which other requests share the
 //! batch: each output element is reduced in an order fixed by the shapes alone.
 
+pub mod attention;
 mod candle_ops;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -43,6 +45,9 @@ pub mod quant;
 pub mod reference;
 mod segments;
 
+pub use attention::{
+    paged_decode_attention, paged_decode_attention_into, paged_decode_attention_with, DecodeBlocks,
+};
 pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
 pub use element::{AdapterWeights, Element, LoraWeights};
 pub use error::{KernelError, Result};
