@@ -83,7 +83,7 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
     let mut watcher = AssignmentWatcher::new(chain.clone(), account(&bob));
     let payload = b"What is OpenLedger?";
     let assigned = chain
-        .submit_job(&alice, adapter, blake2_256(payload), 128, OPEN / 10, b"gateway-peer")
+        .submit_job(&alice, adapter, blake2_256(payload), 256, OPEN / 10, b"gateway-peer")
         .await
         .expect("job assigned");
     assert_eq!(assigned.provider, account(&bob));

@@ -617,18 +617,19 @@ pub struct AssignmentWatcher {
     provider: AccountId32,
     seen: BTreeSet<JobId>,
     last_block: Option<u64>,
+    blocks: Option<subxt::client::Blocks<Config>>,
 }
 
 impl AssignmentWatcher {
     /// Watch `provider`'s assignments.
     pub fn new(chain: ChainClient, provider: AccountId32) -> Self {
-        Self { chain, provider, seen: BTreeSet::new(), last_block: None }
+        Self { chain, provider, seen: BTreeSet::new(), last_block: None, blocks: None }
     }
 
     /// Replace the connection (after a reconnect); what was already yielded stays yielded.
     pub fn reconnected(&mut self, chain: ChainClient) {
         self.chain = chain;
-        self.last_block = None;
+        self.blocks = None;
     }
 
     /// The number of the last block polled.
@@ -637,21 +638,40 @@ impl AssignmentWatcher {
     }
 
     /// Wait for the next best block and return the jobs assigned to the provider that were
-    /// not returned before, with their records.
+    /// not returned before, with their records. Blocks are taken in increasing number only
+    /// (a stream may start at an older, finalized block), so a closed job never reappears.
     pub async fn next_batch(&mut self) -> Result<Vec<(JobId, Job)>, ChainError> {
-        let mut blocks = self
-            .chain
-            .client
-            .stream_best_blocks()
-            .await
-            .map_err(rpc_err("subscribing to best blocks"))?;
         loop {
-            let block = blocks
-                .next()
-                .await
-                .ok_or_else(|| ChainError::Invalid("the node closed the best-block stream".into()))?
-                .map_err(rpc_err("reading a best block"))?;
-            if self.last_block == Some(block.number()) {
+            if self.blocks.is_none() {
+                let stream = self
+                    .chain
+                    .client
+                    .stream_best_blocks()
+                    .await
+                    .map_err(rpc_err("subscribing to best blocks"))?;
+                self.blocks = Some(stream);
+                // A new subscription may start from an older block than the node's best
+                // (its finalized one): skip those, they can show jobs since closed.
+                let best = self.chain.best().await?.block_number();
+                let floor = best.saturating_sub(1);
+                self.last_block = Some(self.last_block.map_or(floor, |last| last.max(floor)));
+            }
+            let next = match self.blocks.as_mut() {
+                Some(blocks) => blocks.next().await,
+                None => None,
+            };
+            let block = match next {
+                Some(Ok(block)) => block,
+                Some(Err(e)) => {
+                    self.blocks = None;
+                    return Err(ChainError::rpc("reading a best block")(e.into()));
+                },
+                None => {
+                    self.blocks = None;
+                    return Err(ChainError::Invalid("the node closed the best-block stream".into()));
+                },
+            };
+            if self.last_block.is_some_and(|last| block.number() <= last) {
                 continue;
             }
             self.last_block = Some(block.number());
