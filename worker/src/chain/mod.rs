@@ -108,8 +108,9 @@ pub struct ChainClient {
     rpc: subxt::rpcs::RpcClient,
     url: String,
     /// Held while a transaction is signed and handed to the pool, so that concurrent calls
-    /// from one account take consecutive nonces (the node's next-index counts its pool).
-    submitting: Arc<tokio::sync::Mutex<()>>,
+    /// from one account take consecutive nonces: the next nonce this client gives each
+    /// account (the node's next-index may not count a transaction still being imported).
+    submitting: Arc<tokio::sync::Mutex<std::collections::BTreeMap<[u8; 32], u64>>>,
 }
 
 /// The outcome of one receipt in a batch.
@@ -155,7 +156,7 @@ impl ChainClient {
                         client,
                         rpc,
                         url: url.to_string(),
-                        submitting: Arc::new(tokio::sync::Mutex::new(())),
+                        submitting: Arc::new(tokio::sync::Mutex::new(Default::default())),
                     })
                 },
                 Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -191,15 +192,14 @@ impl ChainClient {
     pub async fn best(
         &self,
     ) -> Result<ClientAtBlock<Config, OnlineClientAtBlockImpl<Config>>, ChainError> {
-        let hash: H256 = self
-            .rpc
-            .request("chain_getBlockHash", subxt::rpcs::rpc_params![])
-            .await
-            .map_err(|e| {
-                ChainError::rpc("reading the best block hash")(
-                    subxt::error::BackendError::from(e).into(),
-                )
-            })?;
+        let hash: H256 =
+            self.rpc.request("chain_getBlockHash", subxt::rpcs::rpc_params![]).await.map_err(
+                |e| {
+                    ChainError::rpc("reading the best block hash")(
+                        subxt::error::BackendError::from(e).into(),
+                    )
+                },
+            )?;
         self.client.at_block(hash).await.map_err(rpc_err("opening the best block"))
     }
 
@@ -217,9 +217,10 @@ impl ChainClient {
         let mut progress = {
             // One account's transactions enter the pool one at a time, each with the next
             // index the node counts (its pool included), so concurrent calls never collide.
-            let _turn = self.submitting.lock().await;
+            let mut next_nonce = self.submitting.lock().await;
             let who = <Keypair as subxt::transactions::Signer<Config>>::account_id(signer);
-            let nonce: u64 = self
+            let key = who.0;
+            let from_node: u64 = self
                 .rpc
                 .request("system_accountNextIndex", subxt::rpcs::rpc_params![who])
                 .await
@@ -228,13 +229,24 @@ impl ChainClient {
                         subxt::error::BackendError::from(e).into(),
                     )
                 })?;
+            // The pool may not have imported the previous transaction yet when the node is
+            // asked again: never reuse a nonce this client handed out.
+            let nonce = next_nonce.get(&key).map_or(from_node, |n| (*n).max(from_node));
             let params = subxt::config::SubstrateExtrinsicParamsBuilder::<Config>::new()
                 .nonce(nonce)
                 .build();
             let mut tx = self.client.tx().await.map_err(rpc_err("reading the current block"))?;
-            tx.sign_and_submit_then_watch(&payload, signer, params).await.map_err(|e| {
-                ChainError::NotIncluded { call: name.clone(), reason: e.to_string() }
-            })?
+            match tx.sign_and_submit_then_watch(&payload, signer, params).await {
+                Ok(progress) => {
+                    next_nonce.insert(key, nonce + 1);
+                    progress
+                },
+                Err(e) => {
+                    // Start again from the node's count.
+                    next_nonce.remove(&key);
+                    return Err(ChainError::NotIncluded { call: name, reason: e.to_string() });
+                },
+            }
         };
         while let Some(status) = progress.next().await {
             let status = status.map_err(rpc_err("following the transaction"))?;
@@ -253,7 +265,10 @@ impl ChainClient {
                 TransactionStatus::Error { message }
                 | TransactionStatus::Invalid { message }
                 | TransactionStatus::Dropped { message } => {
-                    return Err(ChainError::NotIncluded { call: name, reason: message })
+                    // Its nonce was not used: count from the node again.
+                    let who = <Keypair as subxt::transactions::Signer<Config>>::account_id(signer);
+                    self.submitting.lock().await.remove(&who.0);
+                    return Err(ChainError::NotIncluded { call: name, reason: message });
                 },
                 _ => continue,
             }
@@ -668,7 +683,9 @@ impl AssignmentWatcher {
                 },
                 None => {
                     self.blocks = None;
-                    return Err(ChainError::Invalid("the node closed the best-block stream".into()));
+                    return Err(ChainError::Invalid(
+                        "the node closed the best-block stream".into(),
+                    ));
                 },
             };
             if self.last_block.is_some_and(|last| block.number() <= last) {
