@@ -73,33 +73,42 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
     let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 25);
     let mut bob = worker(&node.ws_url(), "//Bob", dir.path(), &dir.path().join("adapters"), &p2p);
 
-    // A long completion; the worker dies once the job is acknowledged.
-    let request = std::thread::spawn(move || {
-        post(
-            &format!("{http}/completions"),
-            json!({"model": format!("adapter-{adapter}"), "prompt": "Tell a long story:",
-                   "max_tokens": 400, "temperature": 0.8, "seed": 1}),
-        )
-    });
-    let provider = AccountId32(dev::bob().public_key().0);
-    let started = Instant::now();
-    let (job, record) = loop {
-        let open = chain.open_jobs_of(&provider).await.expect("reads");
-        if let Some(job) = open.iter().next() {
-            let record = chain.job(*job).await.expect("reads").expect("open");
-            if record.phase == openledger_worker::chain::JobPhase::Acknowledged {
-                break (*job, record);
+    // A long streamed completion; the worker dies as soon as the first tokens arrive.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let stream = std::thread::spawn(move || {
+        let response = ureq::post(&format!("{http}/completions"))
+            .set("Authorization", "Bearer alice-key")
+            .timeout(Duration::from_secs(120))
+            .send_json(
+                json!({"model": format!("adapter-{adapter}"), "prompt": "Tell a long story:",
+                              "max_tokens": 400, "temperature": 0.8, "seed": 1, "stream": true}),
+            )
+            .expect("the stream opens");
+        let mut events = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(response.into_reader())) {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else { continue };
+            let data = data.trim().to_string();
+            if events.is_empty() {
+                let _ = first_tx.send(data.clone());
             }
+            events.push(data);
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the job was never acknowledged");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        events
+    });
+    let first: serde_json::Value = serde_json::from_str(
+        &first_rx.recv_timeout(Duration::from_secs(90)).expect("first tokens"),
+    )
+    .expect("a JSON event");
     bob.kill();
+    let job = first["openledger"]["job"].as_u64().expect("the event names its job");
+    let record = chain.job(job).await.expect("reads").expect("the job is open");
 
-    // The HTTP caller gets a clear timeout, not a hang.
-    let answer = request.join().expect("request thread");
-    let error = answer.expect_err("no complete answer from a dead worker");
-    assert!(error.contains("504") && error.contains("job_expired"), "{error}");
+    // The HTTP caller's stream ends with a clear error, not a hang and not [DONE].
+    let events = stream.join().expect("stream thread");
+    let last = events.last().expect("events");
+    assert!(last.contains("job_expired"), "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
 
     // Anyone expires the job after its deadline: the whole escrow and the slash go to Alice.
     wait_past(&chain, record.deadline).await;
