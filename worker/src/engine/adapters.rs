@@ -31,7 +31,7 @@ enum TargetModules {
 /// The SGMV step is bandwidth-bound on a CPU (each adapter's weights are read once per step
 /// for the few tokens that use it), so half the bytes of f32 is close to half the time;
 /// arithmetic stays f32 with f32 activations.
-pub(crate) const ADAPTER_DTYPE: DType = DType::BF16;
+pub const ADAPTER_DTYPE: DType = DType::BF16;
 
 /// A PEFT LoRA adapter loaded into host memory.
 pub struct LoraAdapter {

@@ -19,7 +19,7 @@ mod synthetic;
 mod weights;
 
 pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
-pub use adapters::{LoraAdapter, LoraSlots};
+pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use config::{ModelConfig, Projection, RopeStyle};
 pub use error::{EngineError, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
