@@ -316,7 +316,8 @@ fn a_settlement_reports_the_weight_of_the_datanets_it_looked_up() {
         let worst = <Attribution as Settlement<AccountId, Balance>>::settle_weight();
         let one = settle(1, &[]).expect("settles");
         assert_eq!(one, <() as WeightInfo>::settle(1, 100));
-        let three = settle(2, &[(d, Permill::from_percent(10)), (7, Permill::from_percent(10))])
+        let e = datanet();
+        let three = settle(2, &[(d, Permill::from_percent(10)), (e, Permill::from_percent(10))])
             .expect("settles");
         assert_eq!(three, <() as WeightInfo>::settle(3, 100));
         assert!(one.all_lt(three) && three.all_lte(worst), "{one:?} < {three:?} <= {worst:?}");

@@ -44,8 +44,11 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
+    rope_theta: Option<f32>,
+    /// transformers 5 writes `rope_theta` (and the scaling type) here instead.
+    rope_parameters: Option<RopeParameters>,
+    /// Older files' scaling; only none (or `default`) is supported.
+    rope_scaling: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -54,8 +57,32 @@ struct HfConfig {
     eos_token_id: Option<serde_json::Value>,
 }
 
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f32>,
+    rope_type: Option<String>,
+}
+
 fn default_theta() -> f32 {
     10_000.0
+}
+
+/// The RoPE base of a config, refusing scaled RoPE variants this engine does not implement
+/// (a model loaded with the wrong positions would produce plausible-looking garbage).
+fn rope_theta(hf: &HfConfig) -> std::result::Result<f32, String> {
+    let scaling = hf
+        .rope_scaling
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(|v| v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("?"))
+        .or(hf.rope_parameters.as_ref().and_then(|p| p.rope_type.as_deref()));
+    if let Some(kind) = scaling.filter(|k| *k != "default") {
+        return Err(format!("RoPE scaling `{kind}` is not supported (only plain RoPE)"));
+    }
+    Ok(hf
+        .rope_theta
+        .or(hf.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+        .unwrap_or_else(default_theta))
 }
 
 fn default_max_pos() -> usize {
@@ -67,6 +94,7 @@ impl ModelConfig {
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
         let hf: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
+        let rope_theta = rope_theta(&hf).map_err(|m| EngineError::config(path, m))?;
         let eos_token_ids = match hf.eos_token_id {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Number(n)) => {
@@ -89,7 +117,7 @@ impl ModelConfig {
             num_kv_heads: hf.num_key_value_heads.unwrap_or(num_heads),
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size.checked_div(num_heads).unwrap_or(0)),
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
+            rope_theta,
             rope_style: RopeStyle::Half,
             max_position: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
@@ -210,5 +238,52 @@ impl Projection {
     /// Parses a PEFT target module name.
     pub fn from_module_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.module_name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: serde_json::Value) -> Result<ModelConfig> {
+        let mut cfg = serde_json::json!({
+            "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5,
+        });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let dir = tempfile::tempdir().map_err(|e| EngineError::io("tmp", e))?;
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, cfg.to_string()).map_err(|e| EngineError::io(&path, e))?;
+        ModelConfig::from_hf_file(&path)
+    }
+
+    #[test]
+    fn rope_theta_is_read_where_either_transformers_version_writes_it() {
+        assert_eq!(parse(serde_json::json!({})).map(|c| c.rope_theta).ok(), Some(10_000.0));
+        let old = parse(serde_json::json!({"rope_theta": 500000.0}));
+        assert_eq!(old.map(|c| c.rope_theta).ok(), Some(500_000.0));
+        let new = parse(
+            serde_json::json!({"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}),
+        );
+        assert_eq!(new.map(|c| c.rope_theta).ok(), Some(100_000.0));
+    }
+
+    #[test]
+    fn scaled_rope_is_refused_by_name() {
+        let err =
+            parse(serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+        assert!(err.contains("llama3"), "{err}");
+        let err =
+            parse(serde_json::json!({"rope_parameters": {"rope_theta": 1.0, "rope_type": "yarn"}}))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+        assert!(err.contains("yarn"), "{err}");
     }
 }
