@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
-export DEMO_ADAPTERS=4 HTTP_PORT="${HTTP_PORT:-18080}" RPC_PORT="${RPC_PORT:-19944}" \
+export DEMO_ADAPTERS=4 MAX_CONCURRENT="${MAX_CONCURRENT:-64}" HTTP_PORT="${HTTP_PORT:-18080}" RPC_PORT="${RPC_PORT:-19944}" \
     P2P_PORT="${P2P_PORT:-14001}" PROMETHEUS_PORT="${PROMETHEUS_PORT:-19615}"
 nproc_=$(nproc)
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $nproc_ cores"

@@ -73,7 +73,8 @@ done
 
 "$bin/openledger-worker" --chain-url "$ws" --operator //Bob --worker-key "$state/bob.key" \
     --model "$OPENLEDGER_MODEL" --adapters "$state/adapters" --gateway "$gateway_p2p" \
-    --register --price-milli 2 >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
+    --register --price-milli 2 --max-concurrent "${MAX_CONCURRENT:-16}" \
+    >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
 pids+=($!)
 for i in $(seq 1 120); do
     grep -q '^worker ready' "$state/logs/worker.out" 2>/dev/null && break

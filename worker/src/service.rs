@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use openledger_p2p::{FetchError, Finish, P2pHandle, PeerId, TokenChunk};
+use openledger_p2p::{FetchError, Finish, P2pError, P2pHandle, PeerId, TokenChunk};
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
@@ -28,6 +28,11 @@ use crate::engine::{FinishReason, GenerationRequest, StreamEvent};
 use crate::engine_host::EngineHost;
 use crate::job_payload::{self, JobPayload};
 use crate::metrics::WorkerMetrics;
+
+/// Shortest time between two token chunks of one job.
+const CHUNK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a chunk is retried while the gateway is busy or rate-limits this worker.
+const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How the worker runs.
 #[derive(Clone)]
@@ -181,20 +186,30 @@ impl Worker {
             Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
         }
 
+        // Tokens are coalesced: at most one chunk per job every `CHUNK_INTERVAL`, so a worker
+        // streaming many jobs stays within the gateway's per-peer request rate.
         let mut text = String::new();
+        let mut pending = String::new();
         let mut seq = 0u32;
+        let mut last_sent = tokio::time::Instant::now();
         while let Some(event) = events.recv().await {
             match event {
                 StreamEvent::Token { text: piece, .. } => {
                     self.metrics.tokens.inc();
-                    if piece.is_empty() {
-                        continue;
-                    }
                     text.push_str(&piece);
-                    let chunk = TokenChunk { job, seq, text: piece, finish: None };
-                    seq += 1;
-                    if let Err(e) = self.p2p.send_tokens(gateway, chunk).await {
-                        tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
+                    pending.push_str(&piece);
+                    if !pending.is_empty() && last_sent.elapsed() >= CHUNK_INTERVAL {
+                        let chunk = TokenChunk {
+                            job,
+                            seq,
+                            text: std::mem::take(&mut pending),
+                            finish: None,
+                        };
+                        seq += 1;
+                        if let Err(e) = self.send_chunk(gateway, chunk).await {
+                            tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
+                        }
+                        last_sent = tokio::time::Instant::now();
                     }
                 },
                 StreamEvent::Finished { reason, prompt_tokens, completion_tokens } => {
@@ -207,8 +222,8 @@ impl Worker {
                         output_tokens,
                         output_hash,
                     };
-                    let last = TokenChunk { job, seq, text: String::new(), finish: Some(finish) };
-                    if let Err(e) = self.p2p.send_tokens(gateway, last).await {
+                    let last = TokenChunk { job, seq, text: pending, finish: Some(finish) };
+                    if let Err(e) = self.send_chunk(gateway, last).await {
                         tracing::warn!(job, error = %e, "could not send the final chunk");
                     }
                     let receipt = sign_receipt(
@@ -230,6 +245,22 @@ impl Worker {
             }
         }
         Err("the engine stopped before the job finished".into())
+    }
+
+    /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
+    /// rate-limits us (for up to `CHUNK_PATIENCE`); other failures are returned at once.
+    async fn send_chunk(&self, gateway: PeerId, chunk: TokenChunk) -> Result<(), P2pError> {
+        let give_up = tokio::time::Instant::now() + CHUNK_PATIENCE;
+        loop {
+            match self.p2p.send_tokens(gateway, chunk.clone()).await {
+                Err(P2pError::RateLimited { .. } | P2pError::Busy { .. })
+                    if tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                },
+                other => return other,
+            }
+        }
     }
 
     /// Fetch the payload, retrying while the gateway has not offered it yet.

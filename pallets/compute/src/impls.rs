@@ -170,6 +170,9 @@ impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
         ProviderStates::<T>::mutate(provider, |maybe| {
             if let Some(state) = maybe {
                 state.open_jobs = state.open_jobs.saturating_sub(1);
+                // The worker is done with it: its slot is free again before the next
+                // heartbeat reports it (never above what the provider declared).
+                state.free_slots = state.free_slots.saturating_add(1).min(state.max_concurrent);
                 Self::adjust_reputation(state, true);
             }
         });

@@ -41,6 +41,13 @@ struct Args {
     /// Seconds a request may wait for its complete answer.
     #[arg(long, default_value_t = 120)]
     job_timeout_secs: u64,
+    /// Requests per second accepted from one worker over libp2p (token chunks of all its
+    /// jobs together).
+    #[arg(long, default_value_t = 2000)]
+    peer_requests_per_sec: u32,
+    /// Seconds a request waits for a provider with a free slot before a 503.
+    #[arg(long, default_value_t = 15)]
+    no_provider_wait_secs: u64,
 }
 
 #[tokio::main]
@@ -64,6 +71,7 @@ async fn run() -> Result<()> {
     let secret = cli::worker_key(&args.key, true)?;
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(secret.to_bytes())?);
     p2p_config.listen = args.listen.clone();
+    p2p_config.requests_per_second_per_peer = args.peer_requests_per_sec;
     let (p2p, events) = openledger_p2p::spawn(p2p_config)?;
     let peer_id = p2p.local_peer_id();
     let listen = p2p.listen_addrs().await?;
@@ -77,6 +85,7 @@ async fn run() -> Result<()> {
             api_keys,
             max_fee: args.max_fee_milli * (OPEN / 1_000),
             job_timeout: Duration::from_secs(args.job_timeout_secs),
+            no_provider_wait: Duration::from_secs(args.no_provider_wait_secs),
         },
     );
     for addr in &listen {

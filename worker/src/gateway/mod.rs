@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub max_fee: Balance,
     /// How long a request may wait for its complete answer.
     pub job_timeout: Duration,
+    /// How long a request waits for a provider to have a free slot before a 503.
+    pub no_provider_wait: Duration,
 }
 
 /// The gateway's shared state.
@@ -117,18 +119,32 @@ impl Gateway {
         let bytes = payload.to_bytes();
         let me = self.p2p.local_peer_id().to_bytes();
         let submitted = std::time::Instant::now();
-        let job = self
-            .chain
-            .submit_job(
-                payer,
-                adapter,
-                job_payload::hash(&bytes),
-                payload.max_tokens,
-                self.config.max_fee,
-                &me,
-            )
-            .await
-            .map_err(|e| chain_error(model, e))?;
+        // Providers free their slots as receipts settle: while none is free, try again each
+        // block for up to `no_provider_wait` before answering 503.
+        let give_up = tokio::time::Instant::now() + self.config.no_provider_wait;
+        let job = loop {
+            let attempt = self
+                .chain
+                .submit_job(
+                    payer,
+                    adapter,
+                    job_payload::hash(&bytes),
+                    payload.max_tokens,
+                    self.config.max_fee,
+                    &me,
+                )
+                .await;
+            match attempt {
+                Ok(job) => break job,
+                Err(ChainError::Dispatch { ref error, .. })
+                    if error.contains("NoProviderAvailable")
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                },
+                Err(e) => return Err(chain_error(model, e)),
+            }
+        };
         let mut relay = self.relay(job.clone()).await?;
         relay.assigned_after = submitted.elapsed();
         self.p2p

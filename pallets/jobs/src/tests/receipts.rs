@@ -338,3 +338,28 @@ fn receipt_writes_a_constant_number_of_keys() {
     // provider's account, and the event log.
     assert!(one <= 11, "{one} keys written");
 }
+
+#[test]
+fn a_settled_job_frees_its_slot_before_the_next_heartbeat() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 1);
+        let job = submit(ALICE, 1, 1_000, 100);
+        // One slot, taken: no provider for a second job.
+        assert_noop!(
+            Jobs::submit_job(
+                RuntimeOrigin::signed(ALICE),
+                1,
+                H256::repeat_byte(2),
+                1_000,
+                100,
+                b"gw".to_vec().try_into().unwrap()
+            ),
+            Error::<Test>::NoProviderAvailable
+        );
+        assert_ok!(settle(vec![receipt(job, 10, 10)]));
+        // Settling returned the slot; no heartbeat was needed.
+        let state = pallet_compute::ProviderStates::<Test>::get(P1).expect("registered");
+        assert_eq!((state.open_jobs, state.free_slots), (0, 1));
+        submit(ALICE, 1, 1_000, 100);
+    });
+}
