@@ -16,7 +16,8 @@
 //!    its free job slots. A provider is *eligible* for a new job when it is active, its last
 //!    heartbeat is at most `HeartbeatTimeout` blocks old, its bond is at least
 //!    `MinProviderBond`, and it has fewer open jobs than both `max_concurrent` and its reported
-//!    free slots (each assignment uses up one reported slot until the next heartbeat).
+//!    free slots (each assignment uses up one reported slot and each settlement returns
+//!    one, up to `max_concurrent`; a heartbeat resets the count to what the worker reports).
 //! 3. The operator may change its terms with [`Pallet::update_provider`] and add to its bond
 //!    with [`Pallet::bond_extra`].
 //! 4. [`Pallet::unregister`] stops new assignments at once and starts an unbonding period of

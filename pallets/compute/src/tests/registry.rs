@@ -76,10 +76,10 @@ fn capacity_limits_eligibility() {
         assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
         assert!(offer(1).is_none());
         <Registry as ProviderRegistry<_, _>>::job_settled(&1);
-        // A slot is free by concurrency, but the worker has not reported free slots since.
-        assert!(offer(1).is_none());
-        assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, Default::default(), 1));
+        // Settling returns the job's slot at once, before the worker's next heartbeat.
         assert!(offer(1).is_some());
+        let state = ProviderStates::<Test>::get(1).expect("registered");
+        assert_eq!((state.open_jobs, state.free_slots), (1, 1));
         // The worker may report fewer slots than its concurrency.
         assert_ok!(Compute::heartbeat(RuntimeOrigin::signed(1), 1, Default::default(), 0));
         assert!(offer(1).is_none());
