@@ -412,30 +412,7 @@ async fn completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let id = format!("cmpl-{}", relay.job.job);
-    let model = req.model.clone();
-    let chain = chain_info(&relay);
-    if req.stream {
-        let stream = Arc::clone(&gateway).stream(relay, move |chunk| {
-            json!({
-                "id": id, "object": "text_completion", "created": created(), "model": model,
-                "choices": [{"index": 0, "text": chunk.text, "logprobs": null,
-                    "finish_reason": chunk.finish.as_ref().map(|f| f.reason.clone())}],
-                "openledger": chain,
-            })
-        });
-        return Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
-    }
-    match gateway.collect(relay).await {
-        Ok((text, finish)) => Json(json!({
-            "id": id, "object": "text_completion", "created": created(), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish.reason}],
-            "usage": usage(&finish),
-            "openledger": chain,
-        }))
-        .into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(gateway, relay, req.model, req.stream, Flavor::Text).await
 }
 
 async fn chat_completions(
@@ -470,25 +447,72 @@ async fn chat_completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let id = format!("chatcmpl-{}", relay.job.job);
-    let model = req.model.clone();
+    answer(gateway, relay, req.model, req.stream, Flavor::Chat).await
+}
+
+/// Which OpenAI endpoint an answer is for: the shapes of its ids, objects and choices.
+#[derive(Clone, Copy)]
+enum Flavor {
+    /// `/v1/completions`.
+    Text,
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+impl Flavor {
+    fn id(self, job: u64) -> String {
+        match self {
+            Flavor::Text => format!("cmpl-{job}"),
+            Flavor::Chat => format!("chatcmpl-{job}"),
+        }
+    }
+
+    fn object(self, streamed: bool) -> &'static str {
+        match (self, streamed) {
+            (Flavor::Text, _) => "text_completion",
+            (Flavor::Chat, true) => "chat.completion.chunk",
+            (Flavor::Chat, false) => "chat.completion",
+        }
+    }
+
+    /// The one choice of a response (`streamed`: a chunk's delta) with `text`.
+    fn choice(self, text: &str, finish_reason: Option<&str>, streamed: bool) -> serde_json::Value {
+        match (self, streamed) {
+            (Flavor::Text, _) => json!({"index": 0, "text": text, "logprobs": null,
+                "finish_reason": finish_reason}),
+            (Flavor::Chat, true) => json!({"index": 0,
+                "delta": {"role": "assistant", "content": text}, "finish_reason": finish_reason}),
+            (Flavor::Chat, false) => json!({"index": 0,
+                "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}),
+        }
+    }
+}
+
+/// Relay a started job's answer: server-sent events when `stream`, else one JSON body.
+async fn answer(
+    gateway: Arc<Gateway>,
+    relay: Relay,
+    model: String,
+    stream: bool,
+    flavor: Flavor,
+) -> Response {
+    let id = flavor.id(relay.job.job);
     let chain = chain_info(&relay);
-    if req.stream {
-        let stream = Arc::clone(&gateway).stream(relay, move |chunk| {
+    if stream {
+        let events = Arc::clone(&gateway).stream(relay, move |chunk| {
+            let reason = chunk.finish.as_ref().map(|f| f.reason.as_str());
             json!({
-                "id": id, "object": "chat.completion.chunk", "created": created(), "model": model,
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": chunk.text},
-                    "finish_reason": chunk.finish.as_ref().map(|f| f.reason.clone())}],
+                "id": id, "object": flavor.object(true), "created": created(), "model": model,
+                "choices": [flavor.choice(&chunk.text, reason, true)],
                 "openledger": chain,
             })
         });
-        return Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+        return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     }
     match gateway.collect(relay).await {
         Ok((text, finish)) => Json(json!({
-            "id": id, "object": "chat.completion", "created": created(), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": finish.reason}],
+            "id": id, "object": flavor.object(false), "created": created(), "model": model,
+            "choices": [flavor.choice(&text, Some(&finish.reason), false)],
             "usage": usage(&finish),
             "openledger": chain,
         }))
