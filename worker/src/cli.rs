@@ -10,7 +10,13 @@ use subxt_signer::sr25519::Keypair;
 /// the long flag names, `chain-url = "ws://..."`; arrays repeat the flag) inserted before the
 /// command line's own, so flags on the command line win. `--config <file>` names the file.
 pub fn args_with_config_file() -> Result<Vec<OsString>> {
-    let mut args: Vec<OsString> = std::env::args_os().collect();
+    merge_config_file(std::env::args_os().collect())
+}
+
+/// [`args_with_config_file`] for given arguments (the program name first). A key given on
+/// the command line replaces the file's value (all of them, for a list), so no single-valued
+/// flag ever appears twice.
+pub fn merge_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
     let position = args.iter().position(|a| a == "--config");
     let Some(i) = position else { return Ok(args) };
     let path =
@@ -22,8 +28,16 @@ pub fn args_with_config_file() -> Result<Vec<OsString>> {
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("the config file {} is not valid TOML", file.display()))?;
+    let on_command_line: std::collections::BTreeSet<String> = args
+        .iter()
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .map(|flag| flag.split('=').next().unwrap_or(flag).to_string())
+        .collect();
     let mut from_file = Vec::new();
     for (key, value) in table {
+        if on_command_line.contains(&key) {
+            continue;
+        }
         let values = match value {
             toml::Value::Array(items) => items,
             other => vec![other],
@@ -102,4 +116,61 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(file: &str, command_line: &[&str]) -> Result<Vec<String>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, file)?;
+        let mut args: Vec<OsString> = vec!["openledger-worker".into()];
+        args.extend(command_line.iter().map(|a| {
+            if *a == "CONFIG" {
+                path.clone().into_os_string()
+            } else {
+                OsString::from(a)
+            }
+        }));
+        Ok(merge_config_file(args)?.into_iter().map(|a| a.to_string_lossy().into_owned()).collect())
+    }
+
+    #[test]
+    fn the_files_keys_become_flags_and_the_command_line_wins() {
+        let file = "chain-url = \"ws://node:9944\"\nprice-milli = 7\nregister = true\n\
+                    metrics = false\ngateway = [\"/ip4/1.2.3.4/tcp/1\", \"/ip4/1.2.3.4/tcp/2\"]\n";
+        let args = merged(file, &["--config", "CONFIG", "--price-milli", "2"]).expect("merges");
+        assert_eq!(
+            args,
+            [
+                "openledger-worker",
+                "--chain-url=ws://node:9944",
+                "--gateway=/ip4/1.2.3.4/tcp/1",
+                "--gateway=/ip4/1.2.3.4/tcp/2",
+                "--register",
+                "--price-milli",
+                "2"
+            ]
+        );
+        // A list on the command line replaces the file's whole list.
+        let args =
+            merged(file, &["--gateway=/ip4/5.6.7.8/tcp/3", "--config", "CONFIG"]).expect("merges");
+        assert_eq!(args.iter().filter(|a| a.starts_with("--gateway")).count(), 1, "{args:?}");
+    }
+
+    #[test]
+    fn a_bad_config_file_is_named_in_the_error() {
+        let error = merged("price-milli = ", &["--config", "CONFIG"]).expect_err("invalid TOML");
+        assert!(format!("{error:#}").contains("is not valid TOML"), "{error:#}");
+        let error = merged("adapters = { a = 1 }", &["--config", "CONFIG"]).expect_err("a table");
+        assert!(format!("{error:#}").contains("`adapters` must be"), "{error:#}");
+        let missing =
+            merge_config_file(vec!["w".into(), "--config".into(), "/no/such.toml".into()])
+                .expect_err("missing file");
+        assert!(format!("{missing:#}").contains("/no/such.toml"), "{missing:#}");
+        let dangling = merge_config_file(vec!["w".into(), "--config".into()]).expect_err("no path");
+        assert!(format!("{dangling:#}").contains("--config needs a file path"), "{dangling:#}");
+    }
 }

@@ -167,7 +167,8 @@ impl Worker {
         if payload.max_tokens > record.max_output_tokens {
             return Err("the payload asks for more tokens than the job allows".into());
         }
-        // Acknowledge while the engine starts on it.
+        // Acknowledge while the engine runs: tokens stream to the gateway at once, and only
+        // the receipt waits for the acknowledgement to be in a block.
         let chain = self.chain().await;
         let signer = self.config.signer.clone();
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
@@ -180,11 +181,6 @@ impl Worker {
             })
             .await
             .map_err(|e| format!("the engine refused the request: {e}"))?;
-        match ack.await {
-            Ok(Ok(())) => self.metrics.jobs.with_label_values(&["acknowledged"]).inc(),
-            Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
-            Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
-        }
 
         // Tokens are coalesced: at most one chunk per job every `CHUNK_INTERVAL`, so a worker
         // streaming many jobs stays within the gateway's per-peer request rate.
@@ -225,6 +221,13 @@ impl Worker {
                     let last = TokenChunk { job, seq, text: pending, finish: Some(finish) };
                     if let Err(e) = self.send_chunk(gateway, last).await {
                         tracing::warn!(job, error = %e, "could not send the final chunk");
+                    }
+                    // A receipt settles an assigned job whether or not its acknowledgement
+                    // made it into a block, so a failed acknowledgement is only reported.
+                    match ack.await {
+                        Ok(Ok(())) => self.metrics.jobs.with_label_values(&["acknowledged"]).inc(),
+                        Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
+                        Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
                     }
                     let receipt = sign_receipt(
                         &self.config.worker_key,

@@ -19,7 +19,7 @@ use subxt_signer::sr25519::dev;
 
 use common::node::DevNode;
 use common::procs::{gateway, model, post, post_streamed, worker};
-use common::{write_adapter, AdapterSpec};
+use common::{ledger, write_adapter, AdapterSpec};
 
 const OPEN: u128 = 1_000_000_000_000_000_000;
 const MILLI: u128 = OPEN / 1_000;
@@ -63,12 +63,20 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
         .register_adapter(&eve, 0, hash(&b), 16, 0b111_1111, 3 * MILLI, &[])
         .await
         .expect("adapter b registers");
-    let dave_before = chain.free_balance(&AccountId32(dave.public_key().0)).await.expect("balance");
-    let eve_before = chain.free_balance(&AccountId32(eve.public_key().0)).await.expect("balance");
-
     let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
     let _bob = worker(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p);
     let _charlie = worker(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p);
+    // Both providers are registered (their bonds held): balances from here on move only by
+    // fees and payouts.
+    let first_block = chain.best().await.expect("best").block_number();
+    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
+    let (alice, bob, charlie) =
+        (account(&dev::alice()), account(&dev::bob()), account(&dev::charlie()));
+    let (dave, eve) = (account(&dave), account(&eve));
+    let mut before = std::collections::BTreeMap::new();
+    for who in [&alice, &bob, &charlie, &dave, &eve] {
+        before.insert(who.clone(), chain.free_balance_at(who, first_block).await.expect("balance"));
+    }
 
     let models: Value =
         ureq::get(&format!("{http}/models")).call().expect("models").into_json().expect("json");
@@ -128,8 +136,44 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
     let owner_share = |adapter| -> u128 {
         jobs.iter().filter(|(a, _)| *a == adapter).map(|(_, j)| (settled[j].charged + 4) / 10).sum()
     };
-    let dave_after = chain.free_balance(&AccountId32(dave.public_key().0)).await.expect("balance");
-    let eve_after = chain.free_balance(&AccountId32(eve.public_key().0)).await.expect("balance");
-    assert_eq!(dave_after - dave_before, owner_share(id_a));
-    assert_eq!(eve_after - eve_before, owner_share(id_b));
+    let last_block = chain.best().await.expect("best").block_number();
+    let flows = ledger::flows(&chain, first_block, last_block).await;
+    let change = |who: &AccountId32, before: u128| {
+        let (chain, who) = (chain.clone(), who.clone());
+        async move {
+            let after = chain.free_balance_at(&who, last_block).await.expect("balance");
+            after as i128 - before as i128
+        }
+    };
+    assert_eq!(change(&dave, before[&dave]).await, owner_share(id_a) as i128);
+    assert_eq!(change(&eve, before[&eve]).await, owner_share(id_b) as i128);
+
+    // Every payee, to the planck: each provider got its split of its jobs less the fees of
+    // its heartbeats, acknowledgements and receipts; the treasury its split; and Alice, who
+    // pays through the gateway's API key, exactly the jobs' charges plus her fees (the
+    // unused escrow came back).
+    assert_eq!(flows.charges.len(), jobs.len(), "a FeeSplit event for every job: {flows:?}");
+    for (job, charge) in &flows.charges {
+        assert_eq!(*charge, settled[job].charged, "job {job}");
+    }
+    for who in [&bob, &charlie, &dave, &eve] {
+        assert_eq!(change(who, before[who]).await, flows.net(who), "{who}");
+    }
+    assert!(
+        flows.paid_to.get(&bob).is_some() && flows.paid_to.get(&charlie).is_some(),
+        "both providers served: {flows:?}"
+    );
+    let treasury = flows
+        .paid_to
+        .keys()
+        .find(|a| ![&bob, &charlie, &dave, &eve].contains(a))
+        .expect("the treasury was paid")
+        .clone();
+    let treasury_before = chain.free_balance_at(&treasury, first_block).await.expect("balance");
+    assert_eq!(change(&treasury, treasury_before).await, flows.net(&treasury));
+    let charges: u128 = flows.charges.values().sum();
+    assert_eq!(
+        change(&alice, before[&alice]).await,
+        -(charges as i128) - flows.fees_of.get(&alice).copied().unwrap_or(0) as i128
+    );
 }

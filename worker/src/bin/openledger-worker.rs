@@ -352,9 +352,10 @@ async fn serve(args: &Args) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
         let router = metrics.router();
         tokio::spawn(async move { axum::serve(listener, router).await });
-        tracing::info!(%addr, "metrics on /metrics");
+        println!("worker metrics: http://{bound}/metrics");
     }
     let provider_name = provider.to_string();
     let (worker, queue) = Worker::new(

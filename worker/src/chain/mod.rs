@@ -101,6 +101,10 @@ fn rpc_err<E: Into<subxt::Error>>(what: &str) -> impl FnOnce(E) -> ChainError + 
     move |e| ChainError::rpc(what)(e.into())
 }
 
+/// How long a submitted transaction may take to reach a best block before the call gives
+/// up on it (20 blocks of 3 s).
+const INCLUSION_PATIENCE: Duration = Duration::from_secs(60);
+
 /// A connection to an OpenLedger node.
 #[derive(Clone)]
 pub struct ChainClient {
@@ -248,32 +252,56 @@ impl ChainClient {
                 },
             }
         };
-        while let Some(status) = progress.next().await {
-            let status = status.map_err(rpc_err("following the transaction"))?;
-            match status {
-                TransactionStatus::InBestBlock(in_block)
-                | TransactionStatus::InFinalizedBlock(in_block) => {
-                    return in_block.wait_for_success().await.map_err(|e| match e {
-                        subxt::error::TransactionEventsError::ExtrinsicFailed(error) => {
-                            ChainError::Dispatch { call: name.clone(), error: error.to_string() }
-                        },
-                        other => {
-                            ChainError::rpc(format!("reading the events of {name}"))(other.into())
-                        },
-                    });
-                },
-                TransactionStatus::Error { message }
-                | TransactionStatus::Invalid { message }
-                | TransactionStatus::Dropped { message } => {
-                    // Its nonce was not used: count from the node again.
-                    let who = <Keypair as subxt::transactions::Signer<Config>>::account_id(signer);
-                    self.submitting.lock().await.remove(&who.0);
-                    return Err(ChainError::NotIncluded { call: name, reason: message });
-                },
-                _ => continue,
+        let follow = async {
+            while let Some(status) = progress.next().await {
+                let status = status.map_err(rpc_err("following the transaction"))?;
+                match status {
+                    TransactionStatus::InBestBlock(in_block)
+                    | TransactionStatus::InFinalizedBlock(in_block) => {
+                        return in_block.wait_for_success().await.map_err(|e| match e {
+                            subxt::error::TransactionEventsError::ExtrinsicFailed(error) => {
+                                ChainError::Dispatch {
+                                    call: name.clone(),
+                                    error: error.to_string(),
+                                }
+                            },
+                            other => ChainError::rpc(format!("reading the events of {name}"))(
+                                other.into(),
+                            ),
+                        });
+                    },
+                    TransactionStatus::Error { message }
+                    | TransactionStatus::Invalid { message }
+                    | TransactionStatus::Dropped { message } => {
+                        return Err(ChainError::NotIncluded {
+                            call: name.clone(),
+                            reason: message,
+                        });
+                    },
+                    _ => continue,
+                }
+            }
+            Err(ChainError::NotIncluded {
+                call: name.clone(),
+                reason: "the node stopped reporting".into(),
+            })
+        };
+        let outcome = tokio::time::timeout(INCLUSION_PATIENCE, follow).await.unwrap_or_else(|_| {
+            Err(ChainError::NotIncluded {
+                call: name.clone(),
+                reason: format!("not in a block after {} s", INCLUSION_PATIENCE.as_secs()),
+            })
+        });
+        if let Err(e) = &outcome {
+            if !matches!(e, ChainError::Dispatch { .. }) {
+                // The transaction may never be included (dropped, or lost with a restarted
+                // node's pool): count this account's nonces from the node again, or every
+                // later transaction would wait behind the gap.
+                let who = <Keypair as subxt::transactions::Signer<Config>>::account_id(signer);
+                self.submitting.lock().await.remove(&who.0);
             }
         }
-        Err(ChainError::NotIncluded { call: name, reason: "the node stopped reporting".into() })
+        outcome
     }
 
     /// Register `signer` as a provider with `terms`, bonding `bond`.
@@ -543,8 +571,26 @@ impl ChainClient {
         Ok(found)
     }
 
-    /// Free balance of `who`.
+    /// Free balance of `who` at the best block.
     pub async fn free_balance(&self, who: &AccountId32) -> Result<Balance, ChainError> {
+        let at = self.best().await?;
+        Self::free_balance_in(&at, who).await
+    }
+
+    /// Free balance of `who` at block `number` of the best chain.
+    pub async fn free_balance_at(
+        &self,
+        who: &AccountId32,
+        number: u64,
+    ) -> Result<Balance, ChainError> {
+        let at = self.client.at_block(number).await.map_err(rpc_err("opening a block"))?;
+        Self::free_balance_in(&at, who).await
+    }
+
+    async fn free_balance_in(
+        at: &ClientAtBlock<Config, OnlineClientAtBlockImpl<Config>>,
+        who: &AccountId32,
+    ) -> Result<Balance, ChainError> {
         #[derive(subxt::ext::scale_decode::DecodeAsType)]
         #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
         struct AccountInfo {
@@ -555,7 +601,6 @@ impl ChainClient {
         struct AccountData {
             free: u128,
         }
-        let at = self.best().await?;
         let addr = dynamic::storage::<(AccountId32,), AccountInfo>("System", "Account");
         let value = at
             .storage()
