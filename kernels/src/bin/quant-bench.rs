@@ -1,10 +1,11 @@
 //! CPU benchmark of the batched quantized matmul (`openledger_kernels::quant`): achieved
 //! weight bandwidth and integer-dot throughput per shape and batch size.
-//! Usage: quant-bench [threads]   (prints one line per configuration)
+//! Usage: quant-bench [threads]   (prints one line per configuration; the kernel is chosen
+//! from the CPU's features: `OPENLEDGER_NO_AVX512=1` or `OPENLEDGER_NO_SIMD=1` for others)
 
 use std::time::Instant;
 
-use openledger_kernels::quant::{QActivations, QFormat, QMatrix};
+use openledger_kernels::quant::{quantized_kernel, QActivations, QFormat, QMatrix};
 
 fn main() {
     let threads: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
@@ -15,7 +16,7 @@ fn main() {
         ("down 576x1536", QFormat::Q4_1, 576, 1536),
         ("lm_head 49152x576", QFormat::Q8_0, 49152, 576),
     ];
-    println!("threads {threads}");
+    println!("threads {threads}, kernel {}", quantized_kernel());
     for (name, format, rows, cols) in shapes {
         let w: Vec<f32> =
             (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -333,20 +333,16 @@ fn chain_info(relay: &Relay) -> ChainInfo {
 fn sampling(
     prompt: String,
     max_tokens: u32,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    seed: Option<u64>,
-    stop: Option<openai::Stop>,
+    sampling: &openai::Sampling,
 ) -> Result<JobPayload, ApiError> {
     if max_tokens == 0 {
         return Err(ApiError::bad_request("invalid_max_tokens", "max_tokens must be at least 1"));
     }
-    let temperature = temperature.unwrap_or(0.0);
+    let temperature = sampling.temperature.unwrap_or(0.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad_request("invalid_temperature", "temperature must be in [0, 2]"));
     }
-    let top_p = top_p.unwrap_or(1.0);
+    let top_p = sampling.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request("invalid_top_p", "top_p must be in (0, 1]"));
     }
@@ -355,9 +351,9 @@ fn sampling(
         max_tokens,
         temperature,
         top_p,
-        top_k: top_k.unwrap_or(0),
-        seed: seed.unwrap_or(0),
-        stop: stop.map(openai::Stop::into_vec).unwrap_or_default(),
+        top_k: sampling.top_k.unwrap_or(0),
+        seed: sampling.seed.unwrap_or(0),
+        stop: sampling.stop.clone().map(openai::Stop::into_vec).unwrap_or_default(),
     })
 }
 
@@ -396,15 +392,7 @@ async fn completions(
     };
     let result = async {
         let payer = gateway.payer(&headers)?;
-        let payload = sampling(
-            req.prompt.clone(),
-            req.max_tokens,
-            req.temperature,
-            req.top_p,
-            req.top_k,
-            req.seed,
-            req.stop.clone(),
-        )?;
+        let payload = sampling(req.prompt.clone(), req.max_tokens, &req.sampling)?;
         gateway.start_job(payer, &req.model, &payload).await
     }
     .await;
@@ -412,7 +400,7 @@ async fn completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    answer(gateway, relay, req.model, req.stream, Flavor::Text).await
+    answer(gateway, relay, req.model, req.sampling.stream, Flavor::Text).await
 }
 
 async fn chat_completions(
@@ -431,15 +419,8 @@ async fn chat_completions(
         }
         let messages: Vec<(String, String)> =
             req.messages.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
-        let payload = sampling(
-            chat_prompt(&messages),
-            req.max_tokens.unwrap_or(256),
-            req.temperature,
-            req.top_p,
-            req.top_k,
-            req.seed,
-            req.stop.clone(),
-        )?;
+        let payload =
+            sampling(chat_prompt(&messages), req.max_tokens.unwrap_or(256), &req.sampling)?;
         gateway.start_job(payer, &req.model, &payload).await
     }
     .await;
@@ -447,7 +428,7 @@ async fn chat_completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    answer(gateway, relay, req.model, req.stream, Flavor::Chat).await
+    answer(gateway, relay, req.model, req.sampling.stream, Flavor::Chat).await
 }
 
 /// Which OpenAI endpoint an answer is for: the shapes of its ids, objects and choices.

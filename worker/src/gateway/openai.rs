@@ -16,6 +16,29 @@ pub struct CompletionRequest {
     /// Most tokens to generate.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// How to sample, and whether to stream.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChatRequest {
+    /// The adapter.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate (`max_completion_tokens` is accepted too; 256 when absent).
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<u32>,
+    /// How to sample, and whether to stream.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// The sampling fields both endpoints share.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Sampling {
     /// Sampling temperature (0: greedy).
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -32,36 +55,6 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub stop: Option<Stop>,
     /// Stream tokens as server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-}
-
-/// `POST /v1/chat/completions`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ChatRequest {
-    /// The adapter.
-    pub model: String,
-    /// The conversation.
-    pub messages: Vec<ChatMessage>,
-    /// Most tokens to generate (`max_completion_tokens` is accepted too).
-    #[serde(default, alias = "max_completion_tokens")]
-    pub max_tokens: Option<u32>,
-    /// Sampling temperature.
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling.
-    #[serde(default)]
-    pub top_p: Option<f32>,
-    /// Top-k.
-    #[serde(default)]
-    pub top_k: Option<u32>,
-    /// Seed.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Stop strings.
-    #[serde(default)]
-    pub stop: Option<Stop>,
-    /// Stream as server-sent events.
     #[serde(default)]
     pub stream: bool,
 }
@@ -232,10 +225,33 @@ mod tests {
     fn stop_accepts_a_string_or_a_list() {
         let one: CompletionRequest =
             serde_json::from_str(r#"{"model":"1","prompt":"x","stop":"\n"}"#).expect("parses");
-        assert_eq!(one.stop.map(Stop::into_vec), Some(vec!["\n".to_string()]));
+        assert_eq!(one.sampling.stop.map(Stop::into_vec), Some(vec!["\n".to_string()]));
         let many: CompletionRequest =
             serde_json::from_str(r#"{"model":"1","prompt":"x","stop":["a","b"]}"#).expect("parses");
-        assert_eq!(many.stop.map(Stop::into_vec).map(|v| v.len()), Some(2));
+        assert_eq!(many.sampling.stop.map(Stop::into_vec).map(|v| v.len()), Some(2));
         assert_eq!(many.max_tokens, 16);
+    }
+
+    #[test]
+    fn both_endpoints_read_the_same_sampling_fields() {
+        let fields = r#""temperature":1,"top_p":0.5,"top_k":40,"seed":9,"stream":true"#;
+        let text: CompletionRequest =
+            serde_json::from_str(&format!(r#"{{"model":"1","prompt":"x",{fields}}}"#))
+                .expect("parses");
+        let chat: ChatRequest = serde_json::from_str(&format!(
+            r#"{{"model":"1","messages":[],"max_completion_tokens":7,{fields}}}"#
+        ))
+        .expect("parses");
+        for s in [&text.sampling, &chat.sampling] {
+            assert_eq!(
+                (s.temperature, s.top_p, s.top_k, s.seed, s.stream),
+                (Some(1.0), Some(0.5), Some(40), Some(9), true)
+            );
+        }
+        assert_eq!(chat.max_tokens, Some(7));
+        let wrong = serde_json::from_str::<CompletionRequest>(
+            r#"{"model":"1","prompt":"x","top_k":"many"}"#,
+        );
+        assert!(wrong.is_err(), "a mistyped field is refused");
     }
 }
