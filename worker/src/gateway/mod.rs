@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::chain::{Balance, ChainClient, ChainError, JobAssigned};
 use crate::job_payload::{self, chat_prompt, JobPayload};
-use openai::{adapter_id, ApiError, ChainInfo, ChatRequest, CompletionRequest, Usage};
+use openai::{adapter_id, ApiError, ChainInfo, GenerationRequest, Usage};
 
 /// How the gateway runs.
 #[derive(Clone)]
@@ -333,7 +333,7 @@ fn chain_info(relay: &Relay) -> ChainInfo {
 fn sampling(
     prompt: String,
     max_tokens: u32,
-    sampling: &openai::Sampling,
+    sampling: &GenerationRequest,
 ) -> Result<JobPayload, ApiError> {
     if max_tokens == 0 {
         return Err(ApiError::bad_request("invalid_max_tokens", "max_tokens must be at least 1"));
@@ -386,13 +386,16 @@ async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: CompletionRequest = match serde_json::from_slice(&body) {
+    let req: GenerationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return ApiError::bad_request("invalid_json", e.to_string()).into_response(),
     };
     let result = async {
         let payer = gateway.payer(&headers)?;
-        let payload = sampling(req.prompt.clone(), req.max_tokens, &req.sampling)?;
+        let prompt = req.prompt.clone().ok_or_else(|| {
+            ApiError::bad_request("missing_prompt", "completions take a `prompt` string")
+        })?;
+        let payload = sampling(prompt, req.max_tokens.unwrap_or(16), &req)?;
         gateway.start_job(payer, &req.model, &payload).await
     }
     .await;
@@ -400,7 +403,7 @@ async fn completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    answer(gateway, relay, req.model, req.sampling.stream, Flavor::Text).await
+    answer(gateway, relay, req.model, req.stream, Flavor::Text).await
 }
 
 async fn chat_completions(
@@ -408,19 +411,24 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: ChatRequest = match serde_json::from_slice(&body) {
+    let req: GenerationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return ApiError::bad_request("invalid_json", e.to_string()).into_response(),
     };
     let result = async {
         let payer = gateway.payer(&headers)?;
-        if req.messages.is_empty() {
-            return Err(ApiError::bad_request("empty_messages", "messages must not be empty"));
-        }
-        let messages: Vec<(String, String)> =
-            req.messages.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
-        let payload =
-            sampling(chat_prompt(&messages), req.max_tokens.unwrap_or(256), &req.sampling)?;
+        let messages: Vec<(String, String)> = match &req.messages {
+            Some(list) if !list.is_empty() => {
+                list.iter().map(|m| (m.role.clone(), m.content.clone())).collect()
+            },
+            _ => {
+                return Err(ApiError::bad_request(
+                    "empty_messages",
+                    "chat completions take a non-empty `messages` list",
+                ))
+            },
+        };
+        let payload = sampling(chat_prompt(&messages), req.max_tokens.unwrap_or(256), &req)?;
         gateway.start_job(payer, &req.model, &payload).await
     }
     .await;
@@ -428,7 +436,7 @@ async fn chat_completions(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    answer(gateway, relay, req.model, req.sampling.stream, Flavor::Chat).await
+    answer(gateway, relay, req.model, req.stream, Flavor::Chat).await
 }
 
 /// Which OpenAI endpoint an answer is for: the shapes of its ids, objects and choices.

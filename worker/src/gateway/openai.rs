@@ -6,39 +6,24 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// `POST /v1/completions`.
+/// The body of `POST /v1/completions` (which takes `prompt`) and `POST /v1/chat/completions`
+/// (which takes `messages`): one type, so both endpoints read the sampling fields the same
+/// way. (Not two types sharing a flattened part: serde's flatten cannot read numbers when
+/// serde_json keeps arbitrary precision, which a dependency turns on.)
 #[derive(Clone, Debug, Deserialize)]
-pub struct CompletionRequest {
+pub struct GenerationRequest {
     /// The adapter: `adapter-<id>` or `<id>`.
     pub model: String,
-    /// The prompt.
-    pub prompt: String,
-    /// Most tokens to generate.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: u32,
-    /// How to sample, and whether to stream.
-    #[serde(flatten)]
-    pub sampling: Sampling,
-}
-
-/// `POST /v1/chat/completions`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ChatRequest {
-    /// The adapter.
-    pub model: String,
-    /// The conversation.
-    pub messages: Vec<ChatMessage>,
-    /// Most tokens to generate (`max_completion_tokens` is accepted too; 256 when absent).
+    /// The prompt (completions).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The conversation (chat).
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Most tokens to generate (`max_completion_tokens` is accepted too); 16 for
+    /// completions and 256 for chat when absent.
     #[serde(default, alias = "max_completion_tokens")]
     pub max_tokens: Option<u32>,
-    /// How to sample, and whether to stream.
-    #[serde(flatten)]
-    pub sampling: Sampling,
-}
-
-/// The sampling fields both endpoints share.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct Sampling {
     /// Sampling temperature (0: greedy).
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -86,10 +71,6 @@ impl Stop {
             Stop::Many(v) => v,
         }
     }
-}
-
-fn default_max_tokens() -> u32 {
-    16
 }
 
 /// Token counts of a response.
@@ -223,33 +204,34 @@ mod tests {
 
     #[test]
     fn stop_accepts_a_string_or_a_list() {
-        let one: CompletionRequest =
+        let one: GenerationRequest =
             serde_json::from_str(r#"{"model":"1","prompt":"x","stop":"\n"}"#).expect("parses");
-        assert_eq!(one.sampling.stop.map(Stop::into_vec), Some(vec!["\n".to_string()]));
-        let many: CompletionRequest =
+        assert_eq!(one.stop.map(Stop::into_vec), Some(vec!["\n".to_string()]));
+        let many: GenerationRequest =
             serde_json::from_str(r#"{"model":"1","prompt":"x","stop":["a","b"]}"#).expect("parses");
-        assert_eq!(many.sampling.stop.map(Stop::into_vec).map(|v| v.len()), Some(2));
-        assert_eq!(many.max_tokens, 16);
+        assert_eq!(many.stop.map(Stop::into_vec).map(|v| v.len()), Some(2));
+        assert_eq!(many.max_tokens, None);
     }
 
     #[test]
     fn both_endpoints_read_the_same_sampling_fields() {
-        let fields = r#""temperature":1,"top_p":0.5,"top_k":40,"seed":9,"stream":true"#;
-        let text: CompletionRequest =
+        let fields = r#""temperature":0.8,"top_p":0.5,"top_k":40,"seed":9,"stream":true"#;
+        let text: GenerationRequest =
             serde_json::from_str(&format!(r#"{{"model":"1","prompt":"x",{fields}}}"#))
                 .expect("parses");
-        let chat: ChatRequest = serde_json::from_str(&format!(
+        let chat: GenerationRequest = serde_json::from_str(&format!(
             r#"{{"model":"1","messages":[],"max_completion_tokens":7,{fields}}}"#
         ))
         .expect("parses");
-        for s in [&text.sampling, &chat.sampling] {
+        for r in [&text, &chat] {
             assert_eq!(
-                (s.temperature, s.top_p, s.top_k, s.seed, s.stream),
-                (Some(1.0), Some(0.5), Some(40), Some(9), true)
+                (r.temperature, r.top_p, r.top_k, r.seed, r.stream),
+                (Some(0.8), Some(0.5), Some(40), Some(9), true)
             );
         }
+        assert_eq!((text.prompt.as_deref(), text.messages.is_none()), (Some("x"), true));
         assert_eq!(chat.max_tokens, Some(7));
-        let wrong = serde_json::from_str::<CompletionRequest>(
+        let wrong = serde_json::from_str::<GenerationRequest>(
             r#"{"model":"1","prompt":"x","top_k":"many"}"#,
         );
         assert!(wrong.is_err(), "a mistyped field is refused");
