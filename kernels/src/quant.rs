@@ -352,14 +352,14 @@ impl Kernel {
             let no = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
             Kernel::available()
                 .into_iter()
-                .filter(|k| match k {
+                .rev()
+                .find(|k| match k {
                     Kernel::Portable => true,
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => !no("OPENLEDGER_NO_SIMD"),
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => !no("OPENLEDGER_NO_SIMD") && !no("OPENLEDGER_NO_AVX512"),
                 })
-                .last()
                 .unwrap_or(Kernel::Portable)
         })
     }
