@@ -111,7 +111,7 @@ fn quantized_greedy_tokens_match_the_f32_reference() {
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let reference = engine.model().f32_reference().unwrap();
     let tokenizer = engine.tokenizer().clone();
-    let mut reference = Engine::new(reference, tokenizer, EngineConfig::default());
+    let mut reference = Engine::new(reference, tokenizer, EngineConfig::default()).unwrap();
     let mut engine = engine;
     for prompt in [
         "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n",

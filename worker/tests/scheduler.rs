@@ -92,7 +92,7 @@ fn token_budget_chunks_prefill_and_interleaves_decode() {
 #[test]
 fn adapter_slots_full_queue_and_pinned_adapters_stay() {
     let config = EngineConfig {
-        adapters: AdapterCacheConfig { compute_slots: 2, host_bytes: 0 },
+        adapters: AdapterCacheConfig { compute_slots: 2, host_bytes: 0, ..Default::default() },
         ..Default::default()
     };
     let (_dir, mut e) = engine(config, 3);
@@ -151,7 +151,7 @@ fn stop_strings_and_max_tokens_end_generation() {
 #[test]
 fn a_cold_adapter_is_read_in_the_background_and_gives_the_same_tokens() {
     let config = EngineConfig {
-        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0 },
+        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0, ..Default::default() },
         ..Default::default()
     };
     // Under a zero host budget only the last registered adapter stays parsed: a0 is cold.

@@ -16,6 +16,7 @@ mod model;
 mod sampling;
 mod scheduler;
 mod synthetic;
+mod tensor_model;
 mod weights;
 
 pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
@@ -23,7 +24,7 @@ pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use config::{ModelConfig, Projection, RopeStyle};
 pub use error::{EngineError, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
-pub use model::{Model, SeqChunk};
+pub use model::{Model, SeqChunk, GPU_DTYPE};
 pub use sampling::SamplingParams;
 pub use scheduler::{
     load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,

@@ -137,13 +137,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over an already loaded model and tokenizer.
-    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Self {
+    /// An engine over an already loaded model and tokenizer; the KV cache and the adapters'
+    /// compute tier are made where the model runs (host memory, or its GPU).
+    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
         let pool = compute_pool(config.threads);
-        let c = model.config();
-        let cache = KvCache::new(config.kv_cache, c.num_layers, c.num_kv_heads, c.head_dim);
-        let adapters = AdapterCache::new(config.adapters, c, model.device());
-        Self {
+        let cache = KvCache::for_model(config.kv_cache, &model)?;
+        let adapters = AdapterCache::new(config.adapters, model.config(), model.device());
+        Ok(Self {
             model,
             tokenizer,
             config,
@@ -153,7 +153,7 @@ impl Engine {
             running: Vec::new(),
             next_id: 0,
             pool,
-        }
+        })
     }
 
     /// Loads the base model and its tokenizer.
@@ -164,11 +164,12 @@ impl Engine {
                 (model, load_tokenizer(&dir.join("tokenizer.json"))?)
             },
             ModelSource::Gguf(path) => {
-                let g = gguf::load(path, device)?;
-                (Model::new(g.config, g.weights, device.clone()), g.tokenizer)
+                // Read on the host (candle's block formats), dequantized for a GPU.
+                let g = gguf::load(path, &Device::Cpu)?;
+                (Model::from_host_weights(g.config, g.weights, device)?, g.tokenizer)
             },
         };
-        Ok(Self::new(model, tokenizer, config))
+        Self::new(model, tokenizer, config)
     }
 
     /// The base model.

@@ -1,0 +1,21 @@
+#!/bin/bash
+# One device call for the engine's CUDA path: the GPU tests (bf16 CUDA vs f32 CPU logits,
+# greedy tokens, the engine with GPU adapter eviction), then the benchmark on a
+# Llama-3-8B-shaped random bf16 model. Run from the repository root with gpu-bin/ carried
+# (`kernels/bench/pack-gpu-bin.sh engine` fills it). Writes under $OUT: tests.log,
+# bench.jsonl, bench.log.
+#   BENCH_ARGS   extra arguments for engine-gpu-bench (e.g. "--layers 16")
+set -o pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/ge
+tar -xJf gpu-bin/engine-gpu.tar.xz -C /tmp/ge || exit 1
+LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
+export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$OUT/tests.log"
+echo "== tests" | tee -a "$OUT/tests.log"
+timeout ${TEST_TIMEOUT:-150} /tmp/ge/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|max \||greedy|error" | head -40
+echo "== bench" | tee -a "$OUT/tests.log"
+timeout ${BENCH_TIMEOUT:-300} /tmp/ge/engine-gpu-bench $BENCH_ARGS > "$OUT/bench.jsonl" 2> "$OUT/bench.log"
+echo "bench exit $?"
+cat "$OUT/bench.jsonl"
+tail -5 "$OUT/bench.log"
