@@ -4,34 +4,53 @@
 //! without adapter), and the whole engine (scheduler, GPU adapter tier with eviction,
 //! sampling) against the CPU engine.
 //!
-//! Tolerance: bf16 keeps 8 significant bits, so each rounding (weights, activations after
-//! every projection, norm, residual add, the KV cache) is off by at most 2^-9 = 0.2% of the
-//! value; the roughly 12 roundings on the way from embedding to logits in this 2-layer model,
-//! if independent, add up to about 0.2% x sqrt(12) = 0.7% of the logit scale. The bound is
-//! 2e-2 of the row's largest logit, about 3x that estimate; the test prints what it measured.
-//! Greedy tokens are compared where they are well-defined: only while the CPU's top-2
-//! margin exceeds twice the bound can bf16 noise not flip the choice.
+//! Tolerance. A bf16 rounding errs by at most 2^-9 of the value, about 0.11% rms. On the way
+//! from embedding to logits a value passes some 30 roundings (weights of each projection and
+//! its output, the adapters' outputs, norms, residual adds, the KV cache, the logits), which,
+//! independent, give about 0.11% x sqrt(30) = 0.6% rms of the logit scale; the tensor path
+//! run in bf16 on the CPU measured 0.5-1.0% rms on these models (max over the 15,000 logits
+//! of a run: 5-6%, tails from adapters whose deltas are several times the base output).
+//! Bounds: rms below 1.5e-2 and no logit off by more than 1e-1 of its row's largest logit;
+//! removing the adapters moves the logits by far more (checked, so the bounds can fail).
+//! Greedy tokens are compared where they are well-defined: where the CPU's top-2 margin
+//! exceeds twice that row's measured error, no error of that size can flip the choice.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use candle_core::{DType, Device};
-use common::batch::{self, seqs, slots, wide_config, SPECS};
+use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
 use common::{write_adapter, write_model_with};
+use openledger_kernels::{scatter_rows, RowIndex};
 use openledger_worker::engine::{
-    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, SamplingParams, StreamEvent,
+    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
+    StreamEvent,
 };
 
-/// Largest logit error allowed, relative to the row's largest logit.
-const TOLERANCE: f64 = 2e-2;
-/// Seed of the random model; chosen (on the CPU) so that the greedy margins of the schedule
-/// are well above 2 x TOLERANCE for the first tokens of every sequence.
+/// Root-mean-square logit error allowed, relative to each row's largest logit.
+const RMS_TOLERANCE: f64 = 1.5e-2;
+/// Largest single logit error allowed, relative to its row's largest logit.
+const MAX_TOLERANCE: f64 = 1e-1;
+/// Seed of the random model of the logits test.
 const MODEL_SEED: u64 = 5;
+/// Seed of the tied-embedding model of the greedy tests: its greedy choices are far from
+/// ties (the tensor path in bf16 on the CPU left 34 of the 40 tokens well-conditioned),
+/// where an untied random LM head gives margins of a few tenths of a percent.
+const GREEDY_SEED: u64 = 3;
 /// Tokens generated per sequence.
 const GENERATE: usize = 8;
 
 fn cuda() -> Device {
     Device::new_cuda(0).expect("a CUDA device (these tests run on the GPU machine)")
+}
+
+/// The errors of a GPU run against the CPU reference, checked against the bounds.
+fn check_errors(what: &str, want: &batch::Run, got: &batch::Run) {
+    let rms = batch::rms_relative_error(want, got);
+    let max = batch::max_relative_error(want, got);
+    eprintln!("{what}: |cuda - cpu| / row scale: rms {rms:.3e}, max {max:.3e}");
+    assert!(rms < RMS_TOLERANCE, "{what}: rms relative logit error {rms:e}");
+    assert!(max < MAX_TOLERANCE, "{what}: max relative logit error {max:e}");
 }
 
 #[test]
@@ -42,31 +61,76 @@ fn cuda_logits_match_cpu_f32_within_bf16_tolerance() {
     let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
     let model = Model::load_hf(dir.path(), &gpu).unwrap();
     assert_eq!(model.tensor_dtype(), Some(DType::BF16));
-    let (lora_cpu, lora_gpu) =
-        (slots(dir.path(), &cfg, &Device::Cpu), slots(dir.path(), &cfg, &gpu));
+    let lora_cpu = slots(dir.path(), &cfg, &Device::Cpu);
+    let lora_gpu = slots(dir.path(), &cfg, &gpu);
     for block_size in [16, 4] {
         let want = batch::run(&host, &lora_cpu, &seqs(), 4, GENERATE, block_size, None);
         let got =
             batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, block_size, Some(&want.generated));
-        let err = batch::max_relative_error(&want, &got);
-        eprintln!("block size {block_size}: max |cuda - cpu| / max |cpu| = {err:.3e}");
-        assert!(err < TOLERANCE, "block size {block_size}: relative logit error {err:e}");
-
-        // Free-running greedy on the GPU: the same tokens as the CPU for as long as the CPU's
-        // choices are well-conditioned.
-        let free = batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, block_size, None);
-        let mut checked = 0;
-        for (i, m) in want.margins.iter().enumerate() {
-            let n = m.iter().take_while(|&&m| m > 2.0 * TOLERANCE).count();
-            assert_eq!(
-                free.generated[i][..n],
-                want.generated[i][..n],
-                "sequence {i}: greedy tokens differ within the well-conditioned prefix of {n}"
-            );
-            checked += n;
+        check_errors(&format!("block size {block_size}"), &want, &got);
+        if block_size == 16 {
+            // The same inputs without adapters: far outside the bounds, so a lost or
+            // misrouted adapter could not pass.
+            let bare: Vec<_> = seqs().into_iter().map(|s| SeqSpec { slot: None, ..s }).collect();
+            let off = batch::run(&model, &lora_gpu, &bare, 4, GENERATE, 16, Some(&want.generated));
+            let moved = batch::max_relative_error(&want, &off);
+            eprintln!("without adapters: max {moved:.3e}");
+            assert!(moved > 3.0 * MAX_TOLERANCE, "adapters barely matter here ({moved:e})");
         }
-        eprintln!("greedy tokens compared: {checked} of {}", seqs().len() * GENERATE);
-        assert!(checked >= seqs().len() * GENERATE / 2, "too few well-conditioned tokens");
+    }
+}
+
+#[test]
+fn cuda_row_scatter_matches_cpu() {
+    let gpu = cuda();
+    // bf16 rows of 128 (16-byte vectors), f32 rows of 3 (4-byte), bf16 rows of 3 (2-byte).
+    for (dtype, width) in [(DType::BF16, 128), (DType::F32, 3), (DType::BF16, 3)] {
+        let src = candle_core::Tensor::randn(0f32, 1.0, (5, width), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let index = RowIndex::new(vec![7, 0, 3, 9, 4]);
+        let cpu = candle_core::Tensor::zeros((10, width), dtype, &Device::Cpu).unwrap();
+        scatter_rows(&cpu, &index, &src).unwrap();
+        let dst = candle_core::Tensor::zeros((10, width), dtype, &gpu).unwrap();
+        scatter_rows(&dst, &index, &src.to_device(&gpu).unwrap()).unwrap();
+        let (a, b) = (cpu.to_dtype(DType::F32).unwrap(), dst.to_dtype(DType::F32).unwrap());
+        assert_eq!(
+            a.to_vec2::<f32>().unwrap(),
+            b.to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+            "{dtype:?} x {width}"
+        );
+    }
+}
+
+/// The tied model of the greedy tests, its CPU greedy run, and per sequence how many of
+/// its first tokens are well-conditioned (see the module doc).
+fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch::Run, Vec<usize>) {
+    let mut config = wide_config();
+    config["tie_word_embeddings"] = true.into();
+    let cfg = write_model_with(dir, &config, GREEDY_SEED);
+    let host = Model::load_hf(dir, &Device::Cpu).unwrap();
+    let model = Model::load_hf(dir, gpu).unwrap();
+    let want = batch::run(&host, &slots(dir, &cfg, &Device::Cpu), &seqs(), 4, GENERATE, 16, None);
+    let lora_gpu = slots(dir, &cfg, gpu);
+    let got = batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, 16, Some(&want.generated));
+    check_errors("tied model", &want, &got);
+    let prefix = batch::well_conditioned_prefix(&want, &got);
+    let checked: usize = prefix.iter().sum();
+    eprintln!("tied model: well-conditioned greedy tokens per sequence {prefix:?}");
+    assert!(checked >= seqs().len() * GENERATE / 2, "too few well-conditioned tokens");
+    (cfg, want, prefix)
+}
+
+#[test]
+fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = cuda();
+    let (cfg, want, prefix) = greedy_reference(dir.path(), &gpu);
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let free = batch::run(&model, &slots(dir.path(), &cfg, &gpu), &seqs(), 4, GENERATE, 16, None);
+    for (i, &n) in prefix.iter().enumerate() {
+        assert_eq!(free.generated[i][..n], want.generated[i][..n], "sequence {i}, first {n}");
     }
 }
 
@@ -87,17 +151,8 @@ fn streamed(rx: &[std::sync::mpsc::Receiver<StreamEvent>]) -> Vec<Vec<u32>> {
 #[test]
 fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
     let gpu = cuda();
-    // The well-conditioned prefix of each request's greedy tokens, from the CPU.
-    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
-    let reference =
-        batch::run(&host, &slots(dir.path(), &cfg, &Device::Cpu), &seqs(), 4, GENERATE, 16, None);
-    let prefix: Vec<usize> = reference
-        .margins
-        .iter()
-        .map(|m| m.iter().take_while(|&&m| m > 2.0 * TOLERANCE).count())
-        .collect();
+    let (cfg, reference, prefix) = greedy_reference(dir.path(), &gpu);
     let tok =
         openledger_worker::engine::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
     let mut outputs = Vec::new();

@@ -10,7 +10,9 @@
 //! cached positions and attend causally with matmuls and a softmax in f32.
 
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::{attention::HEAD_DIMS, paged_decode_attention_with, DecodeBlocks};
+use openledger_kernels::{
+    attention::HEAD_DIMS, paged_decode_attention_with, scatter_rows, DecodeBlocks, RowIndex,
+};
 
 use super::adapters::LoraSlots;
 use super::config::{ModelConfig, Projection, RopeStyle};
@@ -236,8 +238,8 @@ impl TensorModel {
             let q = self.rope(&proj(Projection::Q, &h)?, &plan, n, nh, hd)?;
             let k = self.rope(&proj(Projection::K, &h)?, &plan, n, nkv, hd)?;
             let v = proj(Projection::V, &h)?;
-            pool.keys[l].scatter_set(&plan.kv_slots, &k, 0)?;
-            pool.values[l].scatter_set(&plan.kv_slots, &v, 0)?;
+            scatter_rows(&pool.keys[l], &plan.kv_slots, &k)?;
+            scatter_rows(&pool.values[l], &plan.kv_slots, &v)?;
             let attn = self.attend(cfg, l, &q, pool, &plan)?;
             x = (x + proj(Projection::O, &attn)?)?;
 
@@ -367,9 +369,8 @@ struct StepPlan {
     cos: Tensor,
     sin: Tensor,
     rope_style: RopeStyle,
-    /// u32 `[n, kv_row]`: the pool row each batch row's keys and values go to (repeated along
-    /// the row for `scatter_set`).
-    kv_slots: Tensor,
+    /// The pool row each batch row's keys and values go to.
+    kv_slots: RowIndex,
     last_rows: Tensor,
     decode: Option<DecodeRows>,
     prefill: Vec<PrefillChunk>,
@@ -408,14 +409,13 @@ impl StepPlan {
         let dev = &model.device;
         let n = tokens.len();
         let kc = cache.config();
-        let row = cfg.num_kv_heads * cfg.head_dim;
         let half = cfg.head_dim / 2;
         let pos =
             Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), n, dev)?;
         let cos = model.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
         let sin = model.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
 
-        let mut slots = Vec::with_capacity(n * row);
+        let mut slots = Vec::with_capacity(n);
         // The paged kernel takes head sizes 64 and 128 and power-of-two blocks; other shapes
         // (the tiny test models) attend one-token chunks by gathering, like prefill.
         let paged = HEAD_DIMS.contains(&cfg.head_dim) && kc.block_size.is_power_of_two();
@@ -425,9 +425,7 @@ impl StepPlan {
         let mut offset = 0;
         for c in chunks {
             let t = c.tokens.len();
-            for s in cache.slots(c.table, c.start, t) {
-                slots.extend(std::iter::repeat_n(s, row));
-            }
+            slots.extend(cache.slots(c.table, c.start, t));
             let end = c.start + t;
             if paged && t == 1 {
                 dec_rows.push(offset as u32);
@@ -474,7 +472,7 @@ impl StepPlan {
             cos,
             sin,
             rope_style: cfg.rope_style,
-            kv_slots: Tensor::from_vec(slots, (n, row), dev)?,
+            kv_slots: RowIndex::new(slots),
             last_rows: Tensor::from_slice(last_rows, last_rows.len(), dev)?,
             decode,
             prefill,

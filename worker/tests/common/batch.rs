@@ -33,6 +33,8 @@ pub struct Run {
     /// Per sequence and generated token: (top-1 - top-2 logit) / max |logit| of the row it
     /// was chosen from, how far the greedy choice is from a tie.
     pub margins: Vec<Vec<f64>>,
+    /// Per sequence and generated token: the index in `rows` of the row it was chosen from.
+    pub gen_rows: Vec<Vec<usize>>,
 }
 
 /// `(top1 - top2) / max |v|`.
@@ -73,6 +75,7 @@ pub fn run(
     let mut done = vec![0usize; seqs.len()];
     let mut generated = vec![Vec::new(); seqs.len()];
     let mut margins = vec![Vec::new(); seqs.len()];
+    let mut gen_rows = vec![Vec::new(); seqs.len()];
     let mut rows = Vec::new();
     for step in 0.. {
         let plan: Vec<(usize, usize)> = (0..seqs.len())
@@ -102,16 +105,17 @@ pub fn run(
                 };
                 generated[i].push(next);
                 margins[i].push(margin(&row));
+                gen_rows[i].push(rows.len());
                 tokens[i].push(next);
             }
             rows.push(Row { step, seq: i, len: done[i], logits: row });
         }
     }
-    Run { rows, generated, margins }
+    Run { rows, generated, margins, gen_rows }
 }
 
-/// Largest `max |a - b| / max |a|` over the rows of two runs of the same schedule.
-pub fn max_relative_error(a: &Run, b: &Run) -> f64 {
+/// Per row of two runs of the same schedule: `max |a - b| / max |a|`.
+pub fn row_errors(a: &Run, b: &Run) -> Vec<f64> {
     assert_eq!(a.rows.len(), b.rows.len(), "the runs have different schedules");
     a.rows
         .iter()
@@ -126,7 +130,38 @@ pub fn max_relative_error(a: &Run, b: &Run) -> f64 {
                 .fold(0f64, |m, (p, q)| m.max((*p as f64 - *q as f64).abs()));
             diff / scale.max(1e-30)
         })
-        .fold(0.0, f64::max)
+        .collect()
+}
+
+/// Largest `max |a - b| / max |a|` over the rows of two runs of the same schedule.
+pub fn max_relative_error(a: &Run, b: &Run) -> f64 {
+    row_errors(a, b).into_iter().fold(0.0, f64::max)
+}
+
+/// Root mean square of `(a - b) / max |a|` over every logit of every row.
+pub fn rms_relative_error(a: &Run, b: &Run) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in a.rows.iter().zip(&b.rows) {
+        let scale = x.logits.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
+        for (p, q) in x.logits.iter().zip(&y.logits) {
+            sum += ((*p as f64 - *q as f64) / scale).powi(2);
+            n += 1;
+        }
+    }
+    (sum / n.max(1) as f64).sqrt()
+}
+
+/// Per sequence of `reference`, how many of its first generated tokens are well-conditioned:
+/// chosen from a row whose top-2 margin exceeds twice that row's error in `other` (the same
+/// schedule on the same inputs), so that no error of that size could have flipped them.
+pub fn well_conditioned_prefix(reference: &Run, other: &Run) -> Vec<usize> {
+    let errors = row_errors(reference, other);
+    reference
+        .margins
+        .iter()
+        .zip(&reference.gen_rows)
+        .map(|(m, rows)| m.iter().zip(rows).take_while(|(m, &r)| **m > 2.0 * errors[r]).count())
+        .collect()
 }
 
 /// A shape the paged decode kernel takes: 4 query heads of 64 over 2 KV heads.

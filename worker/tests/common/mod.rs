@@ -70,7 +70,9 @@ pub fn write_model_with(dir: &Path, config: &serde_json::Value, seed: u64) -> Mo
         }
     }
     t.insert("model.norm.weight".into(), (random(&mut rng, &[h], 0.2) + 1.0).unwrap());
-    t.insert("lm_head.weight".into(), random(&mut rng, &[VOCAB, h], 0.5));
+    if !cfg.tie_word_embeddings {
+        t.insert("lm_head.weight".into(), random(&mut rng, &[VOCAB, h], 0.5));
+    }
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
     write_tokenizer(&dir.join("tokenizer.json"));
     cfg
