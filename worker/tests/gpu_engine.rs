@@ -114,7 +114,12 @@ fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch:
     let want = batch::run(&host, &slots(dir, &cfg, &Device::Cpu), &seqs(), 4, GENERATE, 16, None);
     let lora_gpu = slots(dir, &cfg, gpu);
     let got = batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, 16, Some(&want.generated));
-    check_errors("tied model", &want, &got);
+    // The logits test bounds the largest error; here only the typical one matters (the
+    // prefix below uses each row's own error).
+    let rms = batch::rms_relative_error(&want, &got);
+    let max = batch::max_relative_error(&want, &got);
+    eprintln!("tied model: |cuda - cpu| / row scale: rms {rms:.3e}, max {max:.3e}");
+    assert!(rms < RMS_TOLERANCE, "tied model: rms relative logit error {rms:e}");
     let prefix = batch::well_conditioned_prefix(&want, &got);
     let checked: usize = prefix.iter().sum();
     eprintln!("tied model: well-conditioned greedy tokens per sequence {prefix:?}");

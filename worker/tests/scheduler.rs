@@ -99,6 +99,10 @@ fn adapter_slots_full_queue_and_pinned_adapters_stay() {
     let rxs: Vec<_> = (0..3)
         .map(|i| e.submit(req("same prompt", Some(&format!("a{i}")), 5)).unwrap().1)
         .collect();
+    // Without this, a1 may still be read in the background when a0 is admitted, and then
+    // waits for its read rather than for a slot (a race between threads, not what this
+    // test is about).
+    e.wait_for_adapter_loads();
     let r = e.step().unwrap();
     assert_eq!((r.sequences, r.waiting), (2, 1), "third adapter waits for a slot");
     assert_eq!(e.adapters().resident(), vec![Some("a0"), Some("a1")]);

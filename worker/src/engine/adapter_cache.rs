@@ -209,6 +209,14 @@ impl AdapterCache {
         }
     }
 
+    /// Waits for every prefetch under way and keeps what it read.
+    pub fn wait_for_prefetches(&mut self) {
+        let names: Vec<String> = self.loading.keys().cloned().collect();
+        for name in names {
+            self.wait_prefetch(&name);
+        }
+    }
+
     /// Whether `name` is still being read by a prefetch.
     pub fn is_loading(&mut self, name: &str) -> bool {
         self.collect_prefetches();

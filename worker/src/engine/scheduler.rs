@@ -187,6 +187,13 @@ impl Engine {
         &self.adapters
     }
 
+    /// Waits until the adapters queued requests need have been read from disk, so that the
+    /// next step admits by slots and KV blocks alone (tests and benchmarks that must not
+    /// depend on how fast a background read is; a server never needs this).
+    pub fn wait_for_adapter_loads(&mut self) {
+        self.adapters.wait_for_prefetches();
+    }
+
     /// Registers a PEFT adapter directory under `name` (validated now).
     pub fn register_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
         self.adapters.register(name, dir)

@@ -152,6 +152,7 @@ impl TensorModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        single_stream(device);
         let half = cfg.head_dim / 2;
         let mut cos = Vec::with_capacity(cfg.max_position * half);
         let mut sin = Vec::with_capacity(cfg.max_position * half);
@@ -311,6 +312,28 @@ impl TensorModel {
             None => out,
         })
     }
+}
+
+/// Turns off cudarc's per-buffer event tracking on a CUDA device. With it on, every buffer
+/// candle allocates (several per operation, a few hundred operations per layer step) gets
+/// two CUDA events created and destroyed with it, host time the decode steps, which are
+/// bound by the host's launch rate, pay directly. The events only order a buffer's uses
+/// across streams, and everything here runs on candle's one stream.
+/// `OPENLEDGER_CUDA_EVENTS=on` leaves tracking on (for comparison runs).
+fn single_stream(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        if std::env::var("OPENLEDGER_CUDA_EVENTS").is_ok_and(|v| v == "on") {
+            return;
+        }
+        // SAFETY: the engine, candle and the kernels crate issue all work on this device on
+        // candle's single stream (`CudaDevice::cuda_stream`), so no buffer is used from two
+        // streams and the events have nothing to order. Buffers made before this call keep
+        // their events, which stay valid.
+        unsafe { d.disable_event_tracking() };
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
 }
 
 fn wrong_cache(device: &Device) -> EngineError {
