@@ -105,6 +105,21 @@ impl Model {
         Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
     }
 
+    /// The same model on the tensor path, on `device` as `dtype`, its host weights
+    /// dequantized: how a GGUF model runs on a GPU, and (on the CPU in f32) how tests check
+    /// that path against the host path.
+    pub fn to_tensors(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let Backend::Host { weights, .. } = &self.backend else {
+            return Err(EngineError::Backend("the model is already on the tensor path".into()));
+        };
+        let t = TensorModel::from_host(&self.config, weights, device, dtype)?;
+        Ok(Self {
+            config: self.config.clone(),
+            backend: Backend::Tensor(t),
+            device: device.clone(),
+        })
+    }
+
     /// The activations' dtype of the tensor path; `None` for the host path.
     pub fn tensor_dtype(&self) -> Option<DType> {
         match &self.backend {
