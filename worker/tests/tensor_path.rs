@@ -9,7 +9,8 @@ use candle_core::{DType, Device};
 use common::batch::{self, seqs, slots, wide_config, SPECS};
 use common::{write_adapter, write_model, write_model_with};
 use openledger_worker::engine::{
-    Engine, EngineConfig, GenerationRequest, KvCacheConfig, Model, SamplingParams, StreamEvent,
+    BlockTable, Engine, EngineConfig, EngineError, GenerationRequest, KvCache, KvCacheConfig,
+    LoraSlots, Model, SamplingParams, SeqChunk, StreamEvent,
 };
 
 fn compare(config: &serde_json::Value, block_size: usize) {
@@ -93,4 +94,30 @@ fn engine_on_tensor_path_generates_what_the_host_path_does() {
         .collect();
     assert_eq!(outputs[0].iter().map(Vec::len).collect::<Vec<_>>(), vec![8; 4]);
     assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn a_kv_cache_made_for_another_model_or_backend_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model(dir.path(), 2);
+    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
+    let tensor = Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let lora = LoraSlots::new(&cfg, &Device::Cpu, 1);
+    let kc = KvCacheConfig { block_size: 4, num_blocks: 4 };
+    let (l, kv, hd) = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
+    let caches = [
+        (&host, KvCache::on_device(kc, l, kv, hd, &Device::Cpu, DType::F32).unwrap()),
+        (&tensor, KvCache::new(kc, l, kv, hd)),
+        (&tensor, KvCache::on_device(kc, l + 1, kv, hd, &Device::Cpu, DType::F32).unwrap()),
+        (&tensor, KvCache::on_device(kc, l, kv, hd, &Device::Cpu, DType::BF16).unwrap()),
+    ];
+    for (i, (model, mut cache)) in caches.into_iter().enumerate() {
+        let mut table = BlockTable::default();
+        cache.reserve(&mut table, 2).unwrap();
+        let chunk = SeqChunk { tokens: &[1, 2], table: &table, start: 0, adapter: None };
+        match model.forward(&[chunk], &mut cache, &lora) {
+            Err(EngineError::Backend(m)) => assert!(m.contains("KvCache::for_model"), "{m}"),
+            other => panic!("case {i}: expected a backend error, got {:?}", other.map(|_| ())),
+        }
+    }
 }

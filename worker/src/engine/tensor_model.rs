@@ -224,6 +224,19 @@ impl TensorModel {
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache)?;
         let pool = cache.device_pool().ok_or_else(|| wrong_cache(&self.device))?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let fits = |t: &Tensor| t.dims().get(1) == Some(&(nkv * hd)) && t.dtype() == self.dtype;
+        if pool.keys.len() != self.layers.len()
+            || pool.values.len() != self.layers.len()
+            || !pool.keys.iter().chain(&pool.values).all(fits)
+        {
+            return Err(EngineError::Backend(format!(
+                "the KV cache was made for another model (this one needs {} layers of {} x {:?} \
+                 per position): make it with KvCache::for_model",
+                self.layers.len(),
+                nkv * hd,
+                self.dtype
+            )));
+        }
         let n = tokens.len();
         let eps = cfg.rms_norm_eps as f32;
         let mut x = self.embed.index_select(&plan.ids, 0)?;
