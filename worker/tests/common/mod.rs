@@ -2,9 +2,10 @@
 
 #![allow(dead_code)]
 
-pub mod batch;
 pub mod node;
 pub mod procs;
+// After the others: keeps this line apart from lines other branches add above.
+pub mod batch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
