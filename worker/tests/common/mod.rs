@@ -4,7 +4,8 @@
 
 pub mod node;
 pub mod procs;
-// After the others: keeps this line apart from lines other branches add above.
+
+/// Fixed batch schedules driven through `Model::forward`, to compare two backends.
 pub mod batch;
 
 use std::collections::HashMap;
