@@ -4,6 +4,9 @@
 #   pack-gpu-bin.sh        SGMV: tensor_api + sgmv-bench -> gpu-bin/sgmv-gpu.tar.xz
 #   pack-gpu-bin.sh attn   paged attention: paged_attention + attn-bench + the kernels'
 #                          fatbin (for cuobjdump) -> gpu-bin/attn-gpu.tar.xz
+#   pack-gpu-bin.sh engine the worker's CUDA path: gpu_engine + engine-gpu-bench
+#                          -> gpu-bin/engine-gpu.tar.xz (build them with
+#                          `cargo test/build -p openledger-worker --features cuda` first)
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -13,7 +16,9 @@ case $WHAT in
   sgmv) TEST=tensor_api; BENCH=sgmv-bench; SCRIPTS="gpu-run.sh sgmv_baselines.py"; EXTRA="" ;;
   attn) TEST=paged_attention; BENCH=attn-bench; SCRIPTS="gpu-run-attn.sh attn_baseline.py"
         EXTRA=$(ls -t "$T"/build/openledger-kernels-*/out/paged_attention.fatbin | head -1) ;;
-  *) echo "usage: $0 [sgmv|attn]" >&2; exit 2 ;;
+  engine) TEST=gpu_engine; BENCH=engine-gpu-bench; SCRIPTS="../../worker/bench/gpu-run-engine.sh"
+        EXTRA="" ;;
+  *) echo "usage: $0 [sgmv|attn|engine]" >&2; exit 2 ;;
 esac
 TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
@@ -23,6 +28,7 @@ strip "/tmp/gpu-pack/$TEST" "/tmp/gpu-pack/$BENCH"
 [ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
 tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
 for s in $SCRIPTS; do cp "$ROOT/kernels/bench/$s" "$ROOT/gpu-bin/"; done
+SCRIPTS=$(for s in $SCRIPTS; do basename "$s"; done)
 # The device tool sends the checkout its session started in (the main worktree): mirror this
 # pack there, leaving other packs in place.
 MAIN=$(git -C "$ROOT" worktree list --porcelain | awk '/^worktree/{print $2; exit}')

@@ -60,7 +60,7 @@ struct SgmvParams {
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
 unsafe impl DeviceRepr for SgmvParams {}
 
-fn cuda_err(e: impl std::fmt::Display) -> KernelError {
+pub(crate) fn cuda_err(e: impl std::fmt::Display) -> KernelError {
     KernelError::Cuda(e.to_string())
 }
 
@@ -120,7 +120,7 @@ fn address<T: CudaDType>(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Re
     Ok(ptr + (l.start_offset() * std::mem::size_of::<T>()) as u64)
 }
 
-fn storage_address(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
+pub(crate) fn storage_address(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
     match s.dtype() {
         DType::F32 => address::<f32>(s, l, stream),
         DType::BF16 => address::<bf16>(s, l, stream),
@@ -129,7 +129,7 @@ fn storage_address(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u
     }
 }
 
-fn slice_address<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+pub(crate) fn slice_address<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     s.device_ptr(stream).0
 }
 

@@ -1,6 +1,7 @@
 //! The worker's GPU and CPU kernels: SGMV (segmented gather matrix-vector) for many LoRA
-//! adapters over one base model in one batch, and decode attention over the paged KV cache
-//! ([`attention`]).
+//! adapters over one base model in one batch, decode attention over the paged KV cache
+//! ([`attention`]), and the row scatter that writes keys and values into that cache
+//! ([`scatter_rows`]).
 //!
 //! A step's batch of `num_rows` token rows is grouped by adapter into segments
 //! ([`SegmentMap`], built once per step on the host and reused by every layer). For each
@@ -43,6 +44,7 @@ mod element;
 mod error;
 pub mod quant;
 pub mod reference;
+mod scatter;
 mod segments;
 
 pub use attention::{
@@ -51,4 +53,5 @@ pub use attention::{
 pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
 pub use element::{AdapterWeights, Element, LoraWeights};
 pub use error::{KernelError, Result};
+pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};

@@ -92,13 +92,17 @@ fn token_budget_chunks_prefill_and_interleaves_decode() {
 #[test]
 fn adapter_slots_full_queue_and_pinned_adapters_stay() {
     let config = EngineConfig {
-        adapters: AdapterCacheConfig { compute_slots: 2, host_bytes: 0 },
+        adapters: AdapterCacheConfig { compute_slots: 2, host_bytes: 0, ..Default::default() },
         ..Default::default()
     };
     let (_dir, mut e) = engine(config, 3);
     let rxs: Vec<_> = (0..3)
         .map(|i| e.submit(req("same prompt", Some(&format!("a{i}")), 5)).unwrap().1)
         .collect();
+    // Without this, a1 may still be read in the background when a0 is admitted, and then
+    // waits for its read rather than for a slot (a race between threads, not what this
+    // test is about).
+    e.wait_for_adapter_loads();
     let r = e.step().unwrap();
     assert_eq!((r.sequences, r.waiting), (2, 1), "third adapter waits for a slot");
     assert_eq!(e.adapters().resident(), vec![Some("a0"), Some("a1")]);
@@ -151,7 +155,7 @@ fn stop_strings_and_max_tokens_end_generation() {
 #[test]
 fn a_cold_adapter_is_read_in_the_background_and_gives_the_same_tokens() {
     let config = EngineConfig {
-        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0 },
+        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0, ..Default::default() },
         ..Default::default()
     };
     // Under a zero host budget only the last registered adapter stays parsed: a0 is cold.

@@ -58,7 +58,11 @@ fn main() -> Result<()> {
     let per_seq = args.prompt.max(args.batch_prompt) + args.generate + 16;
     let config = EngineConfig {
         kv_cache: KvCacheConfig { block_size: 16, num_blocks: max_seqs * per_seq.div_ceil(16) },
-        adapters: AdapterCacheConfig { compute_slots: max_seqs, host_bytes: 4 << 30 },
+        adapters: AdapterCacheConfig {
+            compute_slots: max_seqs,
+            host_bytes: 4 << 30,
+            ..AdapterCacheConfig::default()
+        },
         max_batch_tokens: args.prompt.max(512),
         max_running: max_seqs,
         threads: args.threads,

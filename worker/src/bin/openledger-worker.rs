@@ -260,6 +260,7 @@ async fn serve(args: &Args) -> Result<()> {
         adapters: AdapterCacheConfig {
             compute_slots: s.adapter_slots,
             host_bytes: s.adapter_host_mib << 20,
+            ..AdapterCacheConfig::default()
         },
         threads: s.threads,
         ..EngineConfig::default()

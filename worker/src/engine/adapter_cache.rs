@@ -2,7 +2,10 @@
 //! and installed in compute slots (LRU among slots no running sequence uses).
 //!
 //! On the CPU path the compute tier is the SGMV tables in host memory; with a CUDA device the
-//! same slots hold device tensors. An adapter pinned by a running sequence is never evicted.
+//! same slots hold device tensors, under a byte budget of GPU memory as well as a slot count.
+//! Parsed adapters always stay in host memory (the host tier), whatever the model's device,
+//! and are copied to the device when installed. An adapter pinned by a running sequence is
+//! never evicted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,13 +23,16 @@ use super::error::{EngineError, Result};
 pub struct AdapterCacheConfig {
     /// Adapters installed for compute at once.
     pub compute_slots: usize,
+    /// Bytes of adapter weights installed for compute at once (GPU memory on a GPU; the
+    /// installed copies share the host tier's memory on the CPU).
+    pub compute_bytes: usize,
     /// Bytes of parsed adapters kept in host memory beyond those installed.
     pub host_bytes: usize,
 }
 
 impl Default for AdapterCacheConfig {
     fn default() -> Self {
-        Self { compute_slots: 16, host_bytes: 1 << 30 }
+        Self { compute_slots: 16, compute_bytes: 4 << 30, host_bytes: 1 << 30 }
     }
 }
 
@@ -34,6 +40,8 @@ struct SlotEntry {
     name: String,
     pins: usize,
     last_used: u64,
+    /// [`LoraAdapter::weight_bytes`], charged to the compute budget.
+    bytes: usize,
 }
 
 /// The three tiers and the compute tables.
@@ -51,13 +59,15 @@ pub struct AdapterCache {
 }
 
 impl AdapterCache {
+    /// Tiers for adapters of `base`, installed for compute on `device`.
     pub fn new(config: AdapterCacheConfig, base: &ModelConfig, device: &Device) -> Self {
         Self {
             tables: LoraSlots::new(base, device, config.compute_slots),
             slots: (0..config.compute_slots).map(|_| None).collect(),
             config,
             base: base.clone(),
-            device: device.clone(),
+            // The host tier: parsed adapters live in host memory whatever the model's device.
+            device: Device::Cpu,
             disk: HashMap::new(),
             host: HashMap::new(),
             tick: 0,
@@ -98,7 +108,8 @@ impl AdapterCache {
     }
 
     /// Installs `name` in a compute slot if needed and pins it for one sequence.
-    /// [`EngineError::AdapterSlotsFull`] when every slot is pinned: try again later.
+    /// [`EngineError::AdapterSlotsFull`] when every slot is pinned, or when the compute byte
+    /// budget cannot hold it without evicting a pinned adapter: try again later.
     pub fn acquire(&mut self, name: &str) -> Result<u32> {
         self.tick += 1;
         let tick = self.tick;
@@ -111,24 +122,59 @@ impl AdapterCache {
             }
             return Ok(slot as u32);
         }
-        let slot = match self.slots.iter().position(Option::is_none) {
-            Some(free) => free,
-            None => self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_ref().filter(|e| e.pins == 0).map(|e| (e.last_used, i)))
-                .min()
-                .map(|(_, i)| i)
-                .ok_or(EngineError::AdapterSlotsFull { slots: self.slots.len() })?,
-        };
+        let full = EngineError::AdapterSlotsFull { slots: self.slots.len() };
+        if !self.slots.iter().any(|s| s.as_ref().is_none_or(|e| e.pins == 0)) {
+            return Err(full);
+        }
         let adapter = self.host_get(name)?;
-        if let Some(old) = self.slots[slot].take() {
-            tracing::debug!(adapter = %old.name, slot, "evicted adapter from compute slot");
+        let need = adapter.weight_bytes();
+        if need > self.config.compute_bytes {
+            return Err(EngineError::BadConfig {
+                path: adapter.dir().to_path_buf(),
+                message: format!(
+                    "the adapter's {need} bytes of weights exceed the compute budget of {} bytes",
+                    self.config.compute_bytes
+                ),
+            });
+        }
+        // Least recently used unpinned slots, oldest first: evicted until the new adapter
+        // fits the byte budget and has a slot. Nothing is evicted unless both can be met.
+        let mut idle: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|e| e.pins == 0).map(|e| (e.last_used, i)))
+            .collect();
+        idle.sort_unstable();
+        let mut used = self.compute_bytes_used();
+        let mut free_slot = self.slots.iter().position(Option::is_none);
+        let mut evict = Vec::new();
+        for &(_, i) in &idle {
+            if free_slot.is_some() && used + need <= self.config.compute_bytes {
+                break;
+            }
+            used -= self.slots[i].as_ref().map_or(0, |e| e.bytes);
+            evict.push(i);
+            free_slot = free_slot.or(Some(i));
+        }
+        let Some(slot) = free_slot.filter(|_| used + need <= self.config.compute_bytes) else {
+            return Err(full);
+        };
+        for i in evict {
+            if let Some(old) = self.slots[i].take() {
+                self.tables.remove(i as u32);
+                tracing::debug!(adapter = %old.name, slot = i, "evicted adapter from compute");
+            }
         }
         self.tables.install(slot as u32, &adapter)?;
-        self.slots[slot] = Some(SlotEntry { name: name.to_string(), pins: 1, last_used: tick });
+        self.slots[slot] =
+            Some(SlotEntry { name: name.to_string(), pins: 1, last_used: tick, bytes: need });
         Ok(slot as u32)
+    }
+
+    /// Bytes of adapter weights installed for compute.
+    pub fn compute_bytes_used(&self) -> usize {
+        self.slots.iter().flatten().map(|e| e.bytes).sum()
     }
 
     /// Unpins a slot acquired for a sequence that has finished.
@@ -160,6 +206,14 @@ impl AdapterCache {
             },
             // Without a thread the adapter is read when admitted, as without prefetching.
             Err(e) => tracing::warn!(adapter = name, error = %e, "cannot start a prefetch thread"),
+        }
+    }
+
+    /// Waits for every prefetch under way and keeps what it read.
+    pub fn wait_for_prefetches(&mut self) {
+        let names: Vec<String> = self.loading.keys().cloned().collect();
+        for name in names {
+            self.wait_prefetch(&name);
         }
     }
 

@@ -173,6 +173,17 @@ impl LoraAdapter {
         self.bytes
     }
 
+    /// Bytes of its weights as installed for compute ([`ADAPTER_DTYPE`]), the unit of the
+    /// compute (GPU) budget.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|(a, b)| (a.elem_count() + b.elem_count()) * ADAPTER_DTYPE.size_in_bytes())
+            .sum()
+    }
+
     /// The f32 delta `scale * B @ A` (`[d_out, d_in]`) of one projection, for references.
     pub fn merged_delta(&self, layer: usize, proj: Projection) -> Result<Option<Tensor>> {
         match self.weights.get(layer).and_then(|l| l[proj.index()].as_ref()) {
@@ -193,10 +204,11 @@ struct SlotInfo {
 }
 
 /// The adapters resident for compute: one [`AdapterTable`] per (layer, projection), all
-/// sharing slot numbers.
+/// sharing slot numbers, on the model's device.
 pub struct LoraSlots {
     tables: Vec<Vec<AdapterTable>>,
     slots: Vec<Option<SlotInfo>>,
+    device: Device,
 }
 
 impl LoraSlots {
@@ -213,7 +225,7 @@ impl LoraSlots {
                     .collect()
             })
             .collect();
-        Self { tables, slots: vec![None; num_slots] }
+        Self { tables, slots: vec![None; num_slots], device: device.clone() }
     }
 
     /// Number of slots.
@@ -221,16 +233,32 @@ impl LoraSlots {
         self.slots.len()
     }
 
-    /// Puts `adapter` in `slot` (its tensors are shared, not copied).
+    /// Puts `adapter` in `slot`: its tensors are shared when they already live on the
+    /// tables' device (the CPU path), copied there otherwise (host memory to GPU).
     pub fn install(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
-        for (l, layer) in adapter.weights.iter().enumerate() {
-            for p in Projection::ALL {
-                let table = &mut self.tables[l][p.index()];
-                match &layer[p.index()] {
-                    Some((a, b)) => table.insert(slot, a, b)?,
-                    None => table.remove(slot),
+        if slot as usize >= self.slots.len() {
+            return Err(EngineError::Kernel(openledger_kernels::KernelError::SlotOutOfRange {
+                slot,
+                slots: self.slots.len(),
+            }));
+        }
+        // Empty first, so that a failed upload leaves the slot empty, never half-replaced.
+        self.remove(slot);
+        let (tables, device) = (&mut self.tables, &self.device);
+        let mut upload = || -> Result<()> {
+            for (layer, tables) in adapter.weights.iter().zip(tables.iter_mut()) {
+                for p in Projection::ALL {
+                    if let Some((a, b)) = &layer[p.index()] {
+                        let (a, b) = (a.to_device(device)?, b.to_device(device)?);
+                        tables[p.index()].insert(slot, &a, &b)?;
+                    }
                 }
             }
+            Ok(())
+        };
+        if let Err(e) = upload() {
+            self.remove(slot);
+            return Err(e);
         }
         self.slots[slot as usize] =
             Some(SlotInfo { rank: adapter.rank, scale: adapter.scale, targets: adapter.targets });

@@ -32,10 +32,6 @@ impl Rope {
         Self { cos, sin, half, style }
     }
 
-    pub(crate) fn max_position(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
     /// Rotates every head of `rows` (`[n][heads * head_dim]`); row `i` is at `positions[i]`.
     pub(crate) fn apply(&self, rows: &mut [f32], positions: &[usize], heads: usize) {
         let hd = 2 * self.half;

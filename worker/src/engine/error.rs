@@ -45,6 +45,10 @@ pub enum EngineError {
     /// The KV cache ran out of blocks for a step already scheduled (a scheduler bug).
     #[error("KV cache out of blocks ({total} in all)")]
     OutOfBlocks { total: usize },
+    /// Parts that must share a device or backend do not (a KV cache made for another model,
+    /// a host-path-only operation on a GPU model).
+    #[error("backend: {0}")]
+    Backend(String),
     /// An SGMV kernel rejected its inputs.
     #[error("kernel: {0}")]
     Kernel(#[from] openledger_kernels::KernelError),

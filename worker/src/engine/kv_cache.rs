@@ -1,5 +1,11 @@
 //! Paged KV cache: keys and values in fixed-size blocks from one pool, so sequences of any
 //! length share memory without fragmentation, and a block budget bounds what is admitted.
+//!
+//! The pool lives where the model runs: plain f32 buffers in host memory for the CPU path,
+//! or one tensor per layer on the model's device (CUDA: in the activations' dtype, the
+//! layout the kernels crate's paged attention reads). Block bookkeeping is the same for both.
+
+use candle_core::{DType, Device, Tensor};
 
 use super::error::{EngineError, Result};
 
@@ -41,9 +47,18 @@ impl BlockTable {
 pub struct KvCache {
     config: KvCacheConfig,
     row: usize,
+    /// Host buffers (CPU path); empty for a device pool.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Device tensors, one `[num_blocks * block_size, num_kv_heads * head_dim]` pair per layer.
+    device: Option<DevicePool>,
     free: Vec<u32>,
+}
+
+/// The pool's tensors on a device.
+pub(crate) struct DevicePool {
+    pub keys: Vec<Tensor>,
+    pub values: Vec<Tensor>,
 }
 
 impl KvCache {
@@ -61,9 +76,80 @@ impl KvCache {
             row,
             keys: (0..num_layers).map(|_| vec![0.0; len]).collect(),
             values: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            device: None,
             // Popped from the end: block 0 is handed out first.
             free: (0..config.num_blocks as u32).rev().collect(),
         }
+    }
+
+    /// An empty pool of `dtype` tensors on `device` (zero-filled, so a position never
+    /// written reads as zero rather than as stale memory).
+    pub fn on_device(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let row = num_kv_heads * head_dim;
+        let shape = (config.num_blocks * config.block_size, row);
+        let mut keys = Vec::with_capacity(num_layers);
+        let mut values = Vec::with_capacity(num_layers);
+        for _ in 0..num_layers {
+            keys.push(Tensor::zeros(shape, dtype, device)?);
+            values.push(Tensor::zeros(shape, dtype, device)?);
+        }
+        Ok(Self {
+            config,
+            row,
+            keys: Vec::new(),
+            values: Vec::new(),
+            device: Some(DevicePool { keys, values }),
+            free: (0..config.num_blocks as u32).rev().collect(),
+        })
+    }
+
+    /// A pool where `model` computes: host buffers for the CPU path, device tensors for the
+    /// tensor path.
+    pub fn for_model(config: KvCacheConfig, model: &super::model::Model) -> Result<Self> {
+        let c = model.config();
+        match model.tensor_dtype() {
+            None => Ok(Self::new(config, c.num_layers, c.num_kv_heads, c.head_dim)),
+            Some(dtype) => Self::on_device(
+                config,
+                c.num_layers,
+                c.num_kv_heads,
+                c.head_dim,
+                model.device(),
+                dtype,
+            ),
+        }
+    }
+
+    /// The device tensors, for a pool made by [`KvCache::on_device`].
+    pub(crate) fn device_pool(&self) -> Option<&DevicePool> {
+        self.device.as_ref()
+    }
+
+    /// Bytes the pool holds (keys and values of every layer).
+    pub fn bytes(&self) -> usize {
+        match &self.device {
+            Some(p) => p
+                .keys
+                .iter()
+                .chain(&p.values)
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum(),
+            None => self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum(),
+        }
+    }
+
+    /// Cache slot (`block * block_size + offset`) of each position `start..start + n` of a
+    /// sequence, for the device pool's scatter and gather.
+    pub(crate) fn slots(&self, table: &BlockTable, start: usize, n: usize) -> Vec<u32> {
+        let bs = self.config.block_size;
+        (start..start + n).map(|p| table.blocks[p / bs] * bs as u32 + (p % bs) as u32).collect()
     }
 
     /// The cache's sizes.

@@ -3,10 +3,15 @@
 //! `[total_tokens, hidden]`, runs each base projection once for the whole batch, adds every
 //! row's LoRA delta through one SGMV call per projection, and attends per sequence over its
 //! KV blocks.
+//!
+//! Two backends compute the same function, chosen by the device the model is loaded on: the
+//! host path below (f32 buffers, quantized matmuls, on the CPU) and the tensor path
+//! ([`super::tensor_model`]: candle tensors, bf16 on a CUDA device). The step's validation
+//! and segment maps are shared.
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use openledger_kernels::BatchSegments;
 use rayon::prelude::*;
 
@@ -15,6 +20,7 @@ use super::attention::{attend, Rope, RowContext};
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
 use super::kv_cache::{BlockTable, KvCache};
+use super::tensor_model::TensorModel;
 use super::weights::{self, BaseWeights, Input};
 
 /// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
@@ -30,29 +36,122 @@ pub struct SeqChunk<'a> {
 /// The base model: weights, shape and rotary tables.
 pub struct Model {
     config: ModelConfig,
-    weights: BaseWeights,
-    rope: Rope,
+    backend: Backend,
     device: Device,
 }
 
+/// Where and how the forward pass runs.
+enum Backend {
+    /// f32 / block-quantized weights in host memory, the CPU path.
+    Host { weights: BaseWeights, rope: Rope },
+    /// Candle tensors on a device (bf16 on CUDA).
+    Tensor(TensorModel),
+}
+
+/// Activations' dtype of the tensor path on a GPU.
+pub const GPU_DTYPE: DType = DType::BF16;
+
 impl Model {
+    /// The host-path model over `weights`.
     pub(crate) fn new(config: ModelConfig, weights: BaseWeights, device: Device) -> Self {
         let rope =
             Rope::new(config.head_dim, config.max_position, config.rope_theta, config.rope_style);
-        Self { config, weights, rope, device }
+        Self { config, backend: Backend::Host { weights, rope }, device }
     }
 
-    /// Loads a Hugging Face checkpoint directory (`config.json` + `*.safetensors`), as f32.
+    /// Host weights on the CPU, or dequantized to [`GPU_DTYPE`] on another device (GGUF on
+    /// a GPU).
+    pub(crate) fn from_host_weights(
+        config: ModelConfig,
+        weights: BaseWeights,
+        device: &Device,
+    ) -> Result<Self> {
+        if device.is_cpu() {
+            return Ok(Self::new(config, weights, Device::Cpu));
+        }
+        let t = TensorModel::from_host(&config, &weights, device, GPU_DTYPE)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// Loads a Hugging Face checkpoint directory (`config.json` + `*.safetensors`): as f32
+    /// for the host path on the CPU, as [`GPU_DTYPE`] tensors on any other device.
     pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            return Self::load_hf_tensors(dir, device, GPU_DTYPE);
+        }
         let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
         let weights = weights::load_hf(&config, dir, device)?;
         Ok(Self::new(config, weights, device.clone()))
     }
 
+    /// Loads a Hugging Face checkpoint for the tensor path on `device` as `dtype` (on the
+    /// CPU in f32 this is how tests check the GPU code against the host path).
+    pub fn load_hf_tensors(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+        let t = TensorModel::load_hf(&config, dir, device, dtype)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// A model of shape `config` with random weights generated on `device` as `dtype`
+    /// (tensor path; for benchmarks).
+    pub fn random_tensors(
+        config: ModelConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate().map_err(|m| EngineError::config("<random model>", m))?;
+        let t = TensorModel::random(&config, device, dtype, seed)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// The same model on the tensor path, on `device` as `dtype`, its host weights
+    /// dequantized: how a GGUF model runs on a GPU, and (on the CPU in f32) how tests check
+    /// that path against the host path.
+    pub fn to_tensors(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let Backend::Host { weights, .. } = &self.backend else {
+            return Err(EngineError::Backend("the model is already on the tensor path".into()));
+        };
+        let t = TensorModel::from_host(&self.config, weights, device, dtype)?;
+        Ok(Self {
+            config: self.config.clone(),
+            backend: Backend::Tensor(t),
+            device: device.clone(),
+        })
+    }
+
+    /// The activations' dtype of the tensor path; `None` for the host path.
+    pub fn tensor_dtype(&self) -> Option<DType> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.dtype()),
+        }
+    }
+
+    /// Bytes of base weights a forward step reads (tensor path; `None` on the host path).
+    pub fn weight_bytes_per_step(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.weight_bytes_per_step()),
+        }
+    }
+
+    /// Bytes of base weights held on the device (tensor path; `None` on the host path).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.weight_bytes()),
+        }
+    }
+
     /// The same model with every projection in f32 (dequantized): the reference the
-    /// quantized paths are checked against.
+    /// quantized paths are checked against (host path only).
     pub fn f32_reference(&self) -> Result<Self> {
-        let w = &self.weights;
+        let Backend::Host { weights: w, .. } = &self.backend else {
+            return Err(EngineError::Backend(
+                "f32_reference is for the host path; load the model on the CPU".into(),
+            ));
+        };
         let layers = w
             .layers
             .iter()
@@ -94,20 +193,27 @@ impl Model {
         lora: &LoraSlots,
     ) -> Result<Tensor> {
         let cfg = &self.config;
+        let on_device = cache.device_pool().is_some();
+        if on_device != matches!(self.backend, Backend::Tensor(_)) {
+            return Err(EngineError::Backend(
+                "the KV cache does not match the model's backend: make it with KvCache::for_model"
+                    .into(),
+            ));
+        }
         let mut tokens = Vec::new();
         let mut rows = Vec::new();
         let mut positions = Vec::new();
         let mut last_rows = Vec::with_capacity(chunks.len());
         for (i, c) in chunks.iter().enumerate() {
             let end = c.start + c.tokens.len();
-            if c.tokens.is_empty() || end > self.rope.max_position() {
+            if c.tokens.is_empty() || end > cfg.max_position {
                 return Err(EngineError::BadRequest {
                     request: i as u64,
                     message: format!(
                         "chunk of {} tokens at {} exceeds the model's {} positions",
                         c.tokens.len(),
                         c.start,
-                        self.rope.max_position()
+                        cfg.max_position
                     ),
                 });
             }
@@ -131,6 +237,13 @@ impl Model {
         let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         // Built once per step, shared by every layer.
         let segments = lora.segments(&adapters, &lens)?;
+        let (weights, rope) = match &self.backend {
+            Backend::Host { weights, rope } => (weights, rope),
+            Backend::Tensor(t) => {
+                return t
+                    .forward(cfg, chunks, &tokens, &positions, &last_rows, cache, lora, &segments)
+            },
+        };
 
         // The hidden state lives in plain row-major buffers: every element-wise step runs on
         // this crate's thread pool, never on a second one competing for the same cores.
@@ -138,9 +251,9 @@ impl Model {
         let hidden = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
         let n = tokens.len();
-        let mut x = self.embed(&tokens)?;
+        let mut x = embed(weights, hidden, &tokens)?;
         let mut h = vec![0f32; n * hidden];
-        for (l, layer) in self.weights.layers.iter().enumerate() {
+        for (l, layer) in weights.layers.iter().enumerate() {
             let proj = |p: Projection, input: &mut Input<'_>| -> Result<Vec<f32>> {
                 let mut y = layer.proj[p.index()].forward_input(input)?;
                 if let Some(seg) = &segments[p.index()] {
@@ -156,8 +269,8 @@ impl Model {
             let mut q = proj(Projection::Q, &mut h_in)?;
             let mut k = proj(Projection::K, &mut h_in)?;
             let v = proj(Projection::V, &mut h_in)?;
-            self.rope.apply(&mut q, &positions, nh);
-            self.rope.apply(&mut k, &positions, nkv);
+            rope.apply(&mut q, &positions, nh);
+            rope.apply(&mut k, &positions, nkv);
             let row = nkv * hd;
             let mut offset = 0;
             for c in chunks {
@@ -181,21 +294,19 @@ impl Model {
             last.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
         }
         let mut normed = vec![0f32; last.len()];
-        rms_norm(&last, &self.weights.norm, eps, &mut normed);
-        let logits =
-            self.weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
+        rms_norm(&last, &weights.norm, eps, &mut normed);
+        let logits = weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
         Ok(Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?)
     }
+}
 
-    /// Embedding rows of `tokens`, `[n, hidden]`.
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let hidden = self.config.hidden_size;
-        let mut x = vec![0f32; tokens.len() * hidden];
-        for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
-            self.weights.embed.row(t as usize, row)?;
-        }
-        Ok(x)
+/// Embedding rows of `tokens`, `[n, hidden]`.
+fn embed(weights: &BaseWeights, hidden: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+    let mut x = vec![0f32; tokens.len() * hidden];
+    for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
+        weights.embed.row(t as usize, row)?;
     }
+    Ok(x)
 }
 
 /// Rows at least this many per task in element-wise steps (smaller batches run inline).

@@ -54,6 +54,11 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether this sampler takes the argmax (so the logits row itself is not needed).
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0
+    }
+
     /// Picks a token from one row of logits.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 0.0 || logits.len() < 2 {

@@ -137,13 +137,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over an already loaded model and tokenizer.
-    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Self {
+    /// An engine over an already loaded model and tokenizer; the KV cache and the adapters'
+    /// compute tier are made where the model runs (host memory, or its GPU).
+    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
         let pool = compute_pool(config.threads);
-        let c = model.config();
-        let cache = KvCache::new(config.kv_cache, c.num_layers, c.num_kv_heads, c.head_dim);
-        let adapters = AdapterCache::new(config.adapters, c, model.device());
-        Self {
+        let cache = KvCache::for_model(config.kv_cache, &model)?;
+        let adapters = AdapterCache::new(config.adapters, model.config(), model.device());
+        Ok(Self {
             model,
             tokenizer,
             config,
@@ -153,7 +153,7 @@ impl Engine {
             running: Vec::new(),
             next_id: 0,
             pool,
-        }
+        })
     }
 
     /// Loads the base model and its tokenizer.
@@ -164,11 +164,12 @@ impl Engine {
                 (model, load_tokenizer(&dir.join("tokenizer.json"))?)
             },
             ModelSource::Gguf(path) => {
-                let g = gguf::load(path, device)?;
-                (Model::new(g.config, g.weights, device.clone()), g.tokenizer)
+                // Read on the host (candle's block formats), dequantized for a GPU.
+                let g = gguf::load(path, &Device::Cpu)?;
+                (Model::from_host_weights(g.config, g.weights, device)?, g.tokenizer)
             },
         };
-        Ok(Self::new(model, tokenizer, config))
+        Self::new(model, tokenizer, config)
     }
 
     /// The base model.
@@ -184,6 +185,13 @@ impl Engine {
     /// The adapter cache (tiers, residency).
     pub fn adapters(&self) -> &AdapterCache {
         &self.adapters
+    }
+
+    /// Waits until the adapters queued requests need have been read from disk, so that the
+    /// next step admits by slots and KV blocks alone (tests and benchmarks that must not
+    /// depend on how fast a background read is; a server never needs this).
+    pub fn wait_for_adapter_loads(&mut self) {
+        self.adapters.wait_for_prefetches();
     }
 
     /// Registers a PEFT adapter directory under `name` (validated now).
@@ -311,13 +319,31 @@ impl Engine {
                 .collect();
             let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
             drop(chunks);
-            let logits = logits.to_vec2::<f32>()?;
-            for (&(i, n), row) in plan.iter().zip(&logits) {
+            // On a GPU, when every row is greedy, only each row's argmax crosses to the host
+            // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
+            let greedy_on_device = !logits.device().is_cpu()
+                && plan.iter().all(|&(i, _)| self.running[i].sampler.is_greedy());
+            let (rows, picks) = if greedy_on_device {
+                (Vec::new(), logits.argmax(1)?.to_vec1::<u32>()?)
+            } else {
+                (logits.to_vec2::<f32>()?, Vec::new())
+            };
+            for (k, &(i, n)) in plan.iter().enumerate() {
                 let s = &mut self.running[i];
                 s.processed += n;
                 s.table.len = s.processed;
                 if s.processed == s.tokens.len() {
-                    let t = s.sampler.sample(row);
+                    let t = match (rows.get(k), picks.get(k)) {
+                        (Some(row), _) => s.sampler.sample(row),
+                        (None, Some(&t)) => t,
+                        (None, None) => {
+                            return Err(EngineError::Backend(format!(
+                                "the model returned {} logits rows for {} chunks",
+                                rows.len().max(picks.len()),
+                                plan.len()
+                            )))
+                        },
+                    };
                     s.tokens.push(t);
                 }
             }

@@ -87,6 +87,28 @@ impl Linear {
         })
     }
 
+    /// Whether both are the same matrix (a tied embedding and LM head).
+    pub(crate) fn shares(&self, other: &Linear) -> bool {
+        match (self, other) {
+            (Linear::Dense(a), Linear::Dense(b)) => Arc::ptr_eq(a, b),
+            (Linear::Blocks(a), Linear::Blocks(b)) => Arc::ptr_eq(a, b),
+            (Linear::Quantized(a), Linear::Quantized(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The whole matrix as an f32 `[d_out, d_in]` CPU tensor (dequantized), for the tensor
+    /// path's weights.
+    pub(crate) fn to_tensor(&self) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Dense(m) => Tensor::from_slice(&m.w, (m.rows, m.cols), &Device::Cpu)?,
+            Linear::Blocks(m) => {
+                Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), &Device::Cpu)?
+            },
+            Linear::Quantized(q) => q.dequantize(&Device::Cpu)?,
+        })
+    }
+
     /// Row `r` of the matrix in f32 (an embedding lookup), into `out`.
     pub(crate) fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         match self {
@@ -181,12 +203,12 @@ pub(crate) fn vector(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Reads tensors from one or more safetensors files, naming the file in every error.
-struct SafetensorsFiles {
+pub(crate) struct SafetensorsFiles {
     files: Vec<(PathBuf, candle_core::safetensors::MmapedSafetensors)>,
 }
 
 impl SafetensorsFiles {
-    fn open(paths: &[PathBuf]) -> Result<Self> {
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         for p in paths {
             // SAFETY: the file is mapped read-only; like every safetensors reader we assume
@@ -212,6 +234,17 @@ impl SafetensorsFiles {
     }
 
     fn get(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        self.get_as(name, shape, device, DType::F32)
+    }
+
+    /// Tensor `name`, checked against `shape`, on `device` as `dtype`.
+    pub(crate) fn get_as(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
         for (path, st) in &self.files {
             let Ok(view) = st.get(name) else { continue };
             if view.shape() != shape {
@@ -222,7 +255,7 @@ impl SafetensorsFiles {
                     actual: view.shape().to_vec(),
                 });
             }
-            let t = st.load(name, device).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| {
+            let t = st.load(name, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| {
                 EngineError::BadTensor {
                     path: path.clone(),
                     tensor: name.to_string(),
@@ -234,13 +267,13 @@ impl SafetensorsFiles {
         Err(EngineError::MissingTensor { path: self.describe(), tensor: name.to_string() })
     }
 
-    fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.files.iter().any(|(_, st)| st.get(name).is_ok())
     }
 }
 
-/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32.
-pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<BaseWeights> {
+/// The `*.safetensors` files of a Hugging Face checkpoint directory, opened.
+pub(crate) fn open_hf(dir: &Path) -> Result<SafetensorsFiles> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| EngineError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -253,7 +286,12 @@ pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<
             message: "no *.safetensors file in the model directory".into(),
         });
     }
-    let st = SafetensorsFiles::open(&paths)?;
+    SafetensorsFiles::open(&paths)
+}
+
+/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32.
+pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<BaseWeights> {
+    let st = open_hf(dir)?;
     let h = cfg.hidden_size;
     let embed =
         Linear::dense(&st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?)?;

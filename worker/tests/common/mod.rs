@@ -6,6 +6,9 @@ pub mod ledger;
 pub mod node;
 pub mod procs;
 
+/// Fixed batch schedules driven through `Model::forward`, to compare two backends.
+pub mod batch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -44,17 +47,25 @@ pub fn random(rng: &mut StdRng, shape: &[usize], amp: f32) -> Tensor {
 /// Writes config.json, model.safetensors and tokenizer.json (byte-level BPE, 256 byte
 /// tokens) into `dir`.
 pub fn write_model(dir: &Path, seed: u64) -> ModelConfig {
-    std::fs::write(dir.join("config.json"), config_json().to_string()).unwrap();
+    write_model_with(dir, &config_json(), seed)
+}
+
+/// [`write_model`] with another shape (`config`: a config.json; the vocabulary stays 256).
+pub fn write_model_with(dir: &Path, config: &serde_json::Value, seed: u64) -> ModelConfig {
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let cfg = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let h = cfg.hidden_size;
     let mut t = HashMap::new();
     t.insert("model.embed_tokens.weight".to_string(), random(&mut rng, &[VOCAB, h], 1.0));
+    // 0.3 at the default width; wider models get smaller weights so that activations keep
+    // about the same size.
+    let amp = 0.3 * (32.0 / h as f32).sqrt();
     for l in 0..cfg.num_layers {
         for p in Projection::ALL {
             let (d_in, d_out) = cfg.proj_dims(p);
             let name = format!("model.layers.{l}.{}.weight", p.hf_path());
-            t.insert(name, random(&mut rng, &[d_out, d_in], 0.3));
+            t.insert(name, random(&mut rng, &[d_out, d_in], amp));
         }
         for n in ["input_layernorm", "post_attention_layernorm"] {
             let w = (random(&mut rng, &[h], 0.2) + 1.0).unwrap();
@@ -62,7 +73,9 @@ pub fn write_model(dir: &Path, seed: u64) -> ModelConfig {
         }
     }
     t.insert("model.norm.weight".into(), (random(&mut rng, &[h], 0.2) + 1.0).unwrap());
-    t.insert("lm_head.weight".into(), random(&mut rng, &[VOCAB, h], 0.5));
+    if !cfg.tie_word_embeddings {
+        t.insert("lm_head.weight".into(), random(&mut rng, &[VOCAB, h], 0.5));
+    }
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
     write_tokenizer(&dir.join("tokenizer.json"));
     cfg
