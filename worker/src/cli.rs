@@ -64,6 +64,26 @@ pub fn merge_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
     Ok(std::iter::once(program).chain(from_file).chain(args).collect())
 }
 
+/// The compute device named on the command line: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn device(spec: &str) -> Result<candle_core::Device> {
+    let ordinal = match spec.trim().to_ascii_lowercase().as_str() {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" | "gpu" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("unknown device `{spec}`: use `cpu`, `cuda` or `cuda:N`"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        bail!(
+            "device `{spec}`: this binary was built without CUDA; build it with \
+             `cargo build --release -p openledger-worker --features cuda` (kernels/NOTES.md)"
+        );
+    }
+    candle_core::Device::new_cuda(ordinal)
+        .with_context(|| format!("cannot open CUDA device {ordinal}"))
+}
+
 /// An sr25519 account key from a secret URI (`//Alice` on dev chains, a mnemonic, or a
 /// `0x` hex seed), given directly or as the contents of a file.
 pub fn account_key(uri: Option<&str>, file: Option<&Path>) -> Result<Keypair> {
@@ -158,6 +178,19 @@ mod tests {
         let args =
             merged(file, &["--gateway=/ip4/5.6.7.8/tcp/3", "--config", "CONFIG"]).expect("merges");
         assert_eq!(args.iter().filter(|a| a.starts_with("--gateway")).count(), 1, "{args:?}");
+    }
+
+    #[test]
+    fn devices_are_named_cpu_or_cuda() {
+        assert!(device("cpu").expect("cpu").is_cpu());
+        let bad = device("tpu:0").expect_err("unknown");
+        assert!(format!("{bad:#}").contains("unknown device `tpu:0`"), "{bad:#}");
+        let bad = device("cuda:x").expect_err("bad ordinal");
+        assert!(format!("{bad:#}").contains("unknown device"), "{bad:#}");
+        if !cfg!(feature = "cuda") {
+            let e = device("cuda:0").expect_err("no CUDA in this build");
+            assert!(format!("{e:#}").contains("--features cuda"), "{e:#}");
+        }
     }
 
     #[test]

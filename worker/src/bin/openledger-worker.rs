@@ -100,6 +100,13 @@ struct ServeArgs {
     /// Host-memory budget of parsed adapters beyond those installed, in MiB.
     #[arg(long, default_value_t = 1024)]
     adapter_host_mib: usize,
+    /// Memory budget of the adapters installed for compute (GPU memory on CUDA), in MiB.
+    #[arg(long, default_value_t = 4096)]
+    adapter_compute_mib: usize,
+    /// Where the model runs: `cpu`, `cuda` or `cuda:N` (CUDA needs a `--features cuda`
+    /// build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Prometheus metrics address (`/metrics`), e.g. `127.0.0.1:9616`.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
@@ -259,14 +266,15 @@ async fn serve(args: &Args) -> Result<()> {
         kv_cache: KvCacheConfig { block_size: 16, num_blocks: s.kv_blocks },
         adapters: AdapterCacheConfig {
             compute_slots: s.adapter_slots,
+            compute_bytes: s.adapter_compute_mib << 20,
             host_bytes: s.adapter_host_mib << 20,
-            ..AdapterCacheConfig::default()
         },
         threads: s.threads,
         ..EngineConfig::default()
     };
-    let engine = Engine::load(&source, config, &Device::Cpu)
-        .with_context(|| format!("cannot load the model {}", model.display()))?;
+    let device = cli::device(&s.device)?;
+    let engine = Engine::load(&source, config, &device)
+        .with_context(|| format!("cannot load the model {} on {}", model.display(), s.device))?;
     progress.finish_with_message(format!(
         "loaded {} in {:.1} s",
         model.display(),
