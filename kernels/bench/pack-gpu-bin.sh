@@ -17,7 +17,7 @@ case $WHAT in
   attn) TEST=paged_attention; BENCH=attn-bench; SCRIPTS="gpu-run-attn.sh attn_baseline.py"
         EXTRA=$(ls -t "$T"/build/openledger-kernels-*/out/paged_attention.fatbin | head -1) ;;
   engine) TEST=gpu_engine; BENCH=engine-gpu-bench; SCRIPTS="../../worker/bench/gpu-run-engine.sh"
-        EXTRA="" ;;
+        EXTRA="$T/engine-logits" ;;
   *) echo "usage: $0 [sgmv|attn|engine]" >&2; exit 2 ;;
 esac
 TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
@@ -26,6 +26,7 @@ cp "$TEST_BIN" "/tmp/gpu-pack/$TEST"
 cp "$T/$BENCH" "/tmp/gpu-pack/$BENCH"
 strip "/tmp/gpu-pack/$TEST" "/tmp/gpu-pack/$BENCH"
 [ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
+[ -f /tmp/gpu-pack/engine-logits ] && strip /tmp/gpu-pack/engine-logits
 tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
 for s in $SCRIPTS; do cp "$ROOT/kernels/bench/$s" "$ROOT/gpu-bin/"; done
 SCRIPTS=$(for s in $SCRIPTS; do basename "$s"; done)

@@ -5,6 +5,9 @@
 # (`kernels/bench/pack-gpu-bin.sh engine` fills it). Writes under $OUT: tests.log,
 # bench.jsonl / bench.log, benchevents.* (cudarc event tracking on), bench2.* (a repeat).
 #   BENCH_ARGS   extra arguments for engine-gpu-bench (e.g. "--layers 16")
+#   SKIP_BENCH=1 tests only
+# Then, when the pack holds engine-logits, the transformers + PEFT check of the engine's bf16
+# path (worker/scripts/hf_peft_check.py --engine-device cuda; results in hf_peft_cuda.*).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/ge
@@ -14,6 +17,14 @@ export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$OUT/tests.log"
 echo "== tests" | tee -a "$OUT/tests.log"
 timeout ${TEST_TIMEOUT:-150} /tmp/ge/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|max \||greedy|error" | head -40
+if [ -x /tmp/ge/engine-logits ]; then
+  echo "== transformers + PEFT vs the engine's bf16 CUDA path" | tee -a "$OUT/tests.log"
+  timeout ${PEFT_TIMEOUT:-240} python3 worker/scripts/hf_peft_check.py --engine /tmp/ge/engine-logits \
+    --engine-device cuda --out "$OUT/peft" > "$OUT/hf_peft_cuda.log" 2>&1
+  echo "hf_peft_check exit $?" | tee -a "$OUT/tests.log"
+  tail -25 "$OUT/hf_peft_cuda.log"
+fi
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 # Runs: default, cudarc's event tracking left on (the comparison run), default again.
 for r in 1 events 2; do
   sfx=$([ "$r" = 1 ] || echo "$r")

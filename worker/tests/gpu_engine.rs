@@ -198,3 +198,41 @@ fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
         assert_eq!(outputs[1][i][..*n], outputs[0][i][..*n], "request {i}: CUDA engine");
     }
 }
+
+/// Isolation on the GPU: each request's logits alone equal, within the bf16 bounds, its
+/// logits inside the batch of the other four (other adapters, other lengths, prefill chunks
+/// next to decode tokens). cuBLAS picks its algorithm by row count, so the bits may differ;
+/// the rows of the same request must not move by more than bf16 rounding can explain.
+#[test]
+fn cuda_requests_get_the_same_logits_alone_and_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let gpu = cuda();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let lora = slots(dir.path(), &cfg, &gpu);
+    let all = seqs();
+    let batched = batch::run(&model, &lora, &all, 4, GENERATE, 16, None);
+    let (mut worst_rms, mut worst_max) = (0f64, 0f64);
+    for (i, spec) in all.iter().enumerate() {
+        let forced = [batched.generated[i].clone()];
+        let alone =
+            batch::run(&model, &lora, std::slice::from_ref(spec), 4, GENERATE, 16, Some(&forced));
+        let mine: Vec<&batch::Row> = batched.rows.iter().filter(|r| r.seq == i).collect();
+        assert_eq!(mine.len(), alone.rows.len(), "request {i}: the same chunks alone");
+        let (mut sum_sq, mut count) = (0f64, 0usize);
+        for (b, a) in mine.iter().zip(&alone.rows) {
+            assert_eq!(b.len, a.len, "request {i}: rows in the same order");
+            let scale = a.logits.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            for (x, y) in a.logits.iter().zip(&b.logits) {
+                let e = (*x as f64 - *y as f64).abs() / scale;
+                worst_max = worst_max.max(e);
+                sum_sq += e * e;
+                count += 1;
+            }
+        }
+        worst_rms = worst_rms.max((sum_sq / count as f64).sqrt());
+    }
+    eprintln!("alone vs batched on CUDA: worst rms {worst_rms:.3e}, worst max {worst_max:.3e}");
+    assert!(worst_rms < RMS_TOLERANCE, "rms relative logit change {worst_rms:e}");
+    assert!(worst_max < MAX_TOLERANCE, "max relative logit change {worst_max:e}");
+}

@@ -37,6 +37,10 @@ struct Args {
     /// Feed prompts one token per step and print the logits of every position.
     #[arg(long)]
     all_positions: bool,
+    /// `cpu` (the f32 host path) or `cuda` / `cuda:N` (the bf16 tensor path; needs a
+    /// `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Positions per KV block; any value works, a small one makes prompts span several blocks.
@@ -45,7 +49,7 @@ const BLOCK_SIZE: usize = 4;
 fn main() -> Result<()> {
     let args = Args::parse();
     let prompts = args.prompts.iter().map(|p| parse_tokens(p)).collect::<Result<Vec<_>>>()?;
-    let device = Device::Cpu;
+    let device = openledger_worker::cli::device(&args.device)?;
     let model = Model::load_hf(&args.model, &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let cfg = model.config().clone();
@@ -53,18 +57,14 @@ fn main() -> Result<()> {
     let slot = args.adapter.as_ref().map(|_| 0u32);
     let mut lora = LoraSlots::new(&cfg, &device, 1);
     if let Some(dir) = &args.adapter {
-        let adapter = LoraAdapter::load(dir, &cfg, &device)
+        let adapter = LoraAdapter::load(dir, &cfg, &Device::Cpu)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
         lora.install(0, &adapter)?;
     }
 
     let num_blocks = prompts.iter().map(|p| p.len().div_ceil(BLOCK_SIZE)).sum();
-    let mut cache = KvCache::new(
-        KvCacheConfig { block_size: BLOCK_SIZE, num_blocks },
-        cfg.num_layers,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-    );
+    let mut cache =
+        KvCache::for_model(KvCacheConfig { block_size: BLOCK_SIZE, num_blocks }, &model)?;
     let mut tables = vec![BlockTable::default(); prompts.len()];
     for (table, p) in tables.iter_mut().zip(&prompts) {
         cache.reserve(table, p.len())?;
@@ -102,14 +102,18 @@ fn main() -> Result<()> {
         }
     }
 
+    let weights_dtype =
+        model.tensor_dtype().map_or("f32".to_string(), |d| format!("{d:?}").to_lowercase());
     let out = json!({
         "model": args.model.display().to_string(),
         "adapter": args.adapter.as_ref().map(|d| d.display().to_string()),
         "positions": if args.all_positions { "all" } else { "last" },
         "dtypes": {
-            // Model::load_hf keeps every base weight in f32; hidden states stay f32 throughout.
-            "base_weights": "f32",
-            "activations": "f32",
+            // On the CPU, Model::load_hf keeps every base weight in f32 and hidden states stay
+            // f32; on CUDA the tensor path holds weights and activations in bf16.
+            "base_weights": weights_dtype,
+            "activations": weights_dtype,
+            "device": args.device,
             "adapter_weights": args.adapter.as_ref().map(|_| format!("{ADAPTER_DTYPE:?}").to_lowercase()),
         },
         "vocab_size": cfg.vocab_size,
