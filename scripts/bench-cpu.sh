@@ -20,7 +20,10 @@ done
 
 if [ ! -d bench/llamacpp/node_modules/node-llama-cpp ] ||
     [ bench/llamacpp/package-lock.json -nt bench/llamacpp/node_modules/.package-lock.json ]; then
-    (cd bench/llamacpp && npm ci --silent --no-audit --no-fund --ignore-scripts >/dev/null)
+    # `npm install` (it follows the lockfile): npm 11's `npm ci` refuses this lockfile for the
+    # optional per-platform packages of other systems that it does not list.
+    (cd bench/llamacpp && npm install --no-audit --no-fund --ignore-scripts >/dev/null) ||
+        { echo "bench-cpu: npm install in bench/llamacpp failed" >&2; exit 1; }
 fi
 cargo build --release --locked --workspace --bin engine-bench >/dev/null
 
