@@ -1,4 +1,5 @@
-//! A real `openledger-node --dev --tmp` process on free loopback ports, killed when dropped.
+//! A real `openledger-node --dev` process on free loopback ports (its state in a temporary
+//! directory unless persistent), killed when dropped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ pub struct DevNode {
     rpc_port: u16,
     p2p_port: u16,
     base_path: Option<PathBuf>,
+    /// The state directory of a non-persistent node: ours, not the node's `--tmp` one, so
+    /// it is removed even when the node is killed (a killed node cannot clean up).
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl DevNode {
@@ -58,10 +62,16 @@ impl DevNode {
         );
         let mut command = Command::new(&binary);
         command.args(["--dev", "--no-mdns", "--no-telemetry", "--no-prometheus"]);
-        match &base_path {
-            Some(path) => command.arg("--base-path").arg(path),
-            None => command.arg("--tmp"),
+        let scratch = match &base_path {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new().prefix("openledger-dev-").tempdir().expect("a temp dir"),
+            ),
         };
+        let state = base_path.as_deref().or(scratch.as_ref().map(|d| d.path()));
+        if let Some(path) = state {
+            command.arg("--base-path").arg(path);
+        }
         let child = command
             .args(["--rpc-port", &rpc_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
@@ -69,7 +79,7 @@ impl DevNode {
             .stderr(Stdio::null())
             .spawn()
             .expect("openledger-node starts");
-        let node = DevNode { child, rpc_port, p2p_port, base_path };
+        let node = DevNode { child, rpc_port, p2p_port, base_path, _scratch: scratch };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", rpc_port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(60), "the node's RPC never opened");
