@@ -24,7 +24,6 @@ use common::{write_adapter, write_model_with};
 use openledger_kernels::{scatter_rows, RowIndex};
 use openledger_worker::engine::{
     AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
-    StreamEvent,
 };
 
 /// Root-mean-square logit error allowed, relative to each row's largest logit.
@@ -139,20 +138,6 @@ fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
     }
 }
 
-/// Tokens each request streamed.
-fn streamed(rx: &[std::sync::mpsc::Receiver<StreamEvent>]) -> Vec<Vec<u32>> {
-    rx.iter()
-        .map(|r| {
-            r.try_iter()
-                .filter_map(|ev| match ev {
-                    StreamEvent::Token { id, .. } => Some(id),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +173,7 @@ fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
             .collect();
         engine.run_until_idle().unwrap();
         assert!(engine.adapters().compute_bytes_used() > 0);
-        outputs.push(streamed(&rx));
+        outputs.push(common::streamed_tokens(&rx));
     }
     for (i, n) in prefix.iter().enumerate() {
         assert_eq!(outputs[0][i].len(), GENERATE);

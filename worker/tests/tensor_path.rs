@@ -10,7 +10,7 @@ use common::batch::{self, seqs, slots, wide_config, SPECS};
 use common::{write_adapter, write_model, write_model_with};
 use openledger_worker::engine::{
     BlockTable, Engine, EngineConfig, EngineError, GenerationRequest, KvCache, KvCacheConfig,
-    LoraSlots, Model, SamplingParams, SeqChunk, StreamEvent,
+    LoraSlots, Model, SamplingParams, SeqChunk,
 };
 
 fn compare(config: &serde_json::Value, block_size: usize) {
@@ -80,16 +80,7 @@ fn engine_on_tensor_path_generates_what_the_host_path_does() {
                 })
                 .collect();
             e.run_until_idle().unwrap();
-            rx.iter()
-                .map(|r| {
-                    r.try_iter()
-                        .filter_map(|ev| match ev {
-                            StreamEvent::Token { id, .. } => Some(id),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .collect()
+            common::streamed_tokens(&rx)
         })
         .collect();
     assert_eq!(outputs[0].iter().map(Vec::len).collect::<Vec<_>>(), vec![8; 4]);

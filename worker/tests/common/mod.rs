@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use openledger_worker::engine::{ModelConfig, Projection};
+use openledger_worker::engine::{ModelConfig, Projection, StreamEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -127,4 +127,18 @@ pub fn write_adapter(dir: &Path, cfg: &ModelConfig, spec: &AdapterSpec<'_>, seed
     }
     candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors")).unwrap();
     dir.to_path_buf()
+}
+
+/// The token ids each request streamed so far.
+pub fn streamed_tokens(rx: &[std::sync::mpsc::Receiver<StreamEvent>]) -> Vec<Vec<u32>> {
+    rx.iter()
+        .map(|r| {
+            r.try_iter()
+                .filter_map(|ev| match ev {
+                    StreamEvent::Token { id, .. } => Some(id),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
 }
