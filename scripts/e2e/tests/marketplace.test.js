@@ -114,17 +114,20 @@ describe('GPU marketplace through polkadot.js', () => {
 
   test('no provider available: a job whose fee limit is below every price is refused, nothing held', async () => {
     const { dave } = keys;
-    const before = await account(api, dave.address);
-    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 1_000, 1n, u8aToHex(randomAsU8a(38)));
-    let failure;
-    await assert.rejects(sendAndWait(api, tx, dave), (e) => {
-      assert.equal(e.dispatchError, 'jobs.NoProviderAvailable');
-      failure = e;
-      return true;
-    });
-    const after = await account(api, dave.address, failure.blockHash);
-    assert.equal(after.reserved, before.reserved);
-    assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
+    // A fee limit of one planck, and of zero.
+    for (const maxFee of [1n, 0n]) {
+      const before = await account(api, dave.address);
+      const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 1_000, maxFee, u8aToHex(randomAsU8a(38)));
+      let failure;
+      await assert.rejects(sendAndWait(api, tx, dave), (e) => {
+        assert.equal(e.dispatchError, 'jobs.NoProviderAvailable');
+        failure = e;
+        return true;
+      });
+      const after = await account(api, dave.address, failure.blockHash);
+      assert.equal(after.reserved, before.reserved);
+      assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
+    }
   });
 
   test('insufficient balance: a job whose escrow exceeds the balance is refused, nothing held', async () => {
@@ -134,17 +137,20 @@ describe('GPU marketplace through polkadot.js', () => {
     const kr = new Keyring({ type: 'sr25519', ss58Format: api.registry.chainSS58 });
     const user = kr.addFromUri(`//poor-${Date.now()}`);
     await sendAndWait(api, api.tx.balances.transferKeepAlive(user.address, OPEN), alice);
-    const before = await account(api, user.address);
-    const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 100, 50n * OPEN, u8aToHex(poor.publicKey));
-    let failure;
-    await assert.rejects(sendAndWait(api, tx, user), (e) => {
-      assert.match(e.dispatchError, /FundsUnavailable|InsufficientBalance/);
-      failure = e;
-      return true;
-    });
-    const after = await account(api, user.address, failure.blockHash);
-    assert.equal(after.reserved, 0n);
-    assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
+    // Fifty times the balance, and the largest fee limit the type holds (2^128 - 1).
+    for (const maxFee of [50n * OPEN, (1n << 128n) - 1n]) {
+      const before = await account(api, user.address);
+      const tx = api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('prompt'), 100, maxFee, u8aToHex(poor.publicKey));
+      let failure;
+      await assert.rejects(sendAndWait(api, tx, user), (e) => {
+        assert.match(e.dispatchError, /FundsUnavailable|InsufficientBalance/);
+        failure = e;
+        return true;
+      });
+      const after = await account(api, user.address, failure.blockHash);
+      assert.equal(after.reserved, 0n);
+      assert.equal(before.free - after.free, feePaid(api, failure.events), 'only the transaction fee was paid');
+    }
   });
 
   test('submit, acknowledge and settle with a JS-signed receipt: every payee gets exactly its share', async () => {
@@ -281,6 +287,65 @@ describe('GPU marketplace through polkadot.js', () => {
     // Alice, the FAQ's only contributor, is owed the context share (less under a planck of dust).
     const pending = (await api.call.attributionApi.pendingRewards(faq, alice.address)).toBigInt();
     assert.ok(pending <= toContext && toContext - pending <= 1n, `pending ${pending} of ${toContext}`);
+  });
+
+  test('a receipt or acknowledgement from another provider\'s worker is refused; no OPEN moves', async () => {
+    const { alice, eve, bob, charlie } = keys;
+    // A second provider with its own worker key and account, priced far above every job here
+    // so the matcher never picks it.
+    const { Keyring } = await import('@polkadot/keyring');
+    const kr = new Keyring({ type: 'sr25519', ss58Format: api.registry.chainSS58 });
+    const rival = kr.addFromUri(`//rival-${Date.now()}`);
+    const rivalWorker = ed25519PairFromSeed(randomAsU8a(32));
+    await sendAndWait(api, api.tx.balances.transferKeepAlive(rival.address, 3_000n * OPEN), alice);
+    const rivalTerms = { ...terms(), workerKey: u8aToHex(rivalWorker.publicKey), workerAccount: rival.address, pricePer1k: 1_000n * OPEN };
+    await sendAndWait(api, api.tx.compute.registerProvider(rivalTerms, 2_000n * OPEN), rival);
+
+    const maxFee = OPEN / 4n;
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('whose job?'), 128, maxFee, u8aToHex(randomAsU8a(38))), alice);
+    const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
+    assert.equal(assigned.provider.toString(), bob.address);
+    const job = assigned.job.toNumber();
+    const watched = [alice, bob, rival].map((k) => k.address);
+    const snapshot = async (at) => Promise.all(watched.map((who) => account(api, who, at)));
+
+    // The rival's worker account cannot acknowledge Bob's job; it pays only the fee.
+    const rivalBefore = await account(api, rival.address);
+    let refused;
+    await assert.rejects(sendAndWait(api, api.tx.jobs.acknowledge(job), rival), (e) => {
+      assert.equal(e.dispatchError, 'jobs.NotAssignedWorker');
+      refused = e;
+      return true;
+    });
+    const rivalAfter = await account(api, rival.address, refused.blockHash);
+    assert.equal(rivalBefore.free - rivalAfter.free, feePaid(api, refused.events));
+    assert.equal(rivalAfter.reserved, rivalBefore.reserved);
+    const ack = await sendAndWait(api, api.tx.jobs.acknowledge(job), charlie);
+    const before = await snapshot(ack.blockHash);
+    const fields = {
+      genesisHash, job, provider: bob.address, adapter: ADAPTER,
+      outputHash: blake2AsU8a('not yours'), inputTokens: 10, outputTokens: 20,
+    };
+    // Signed by the rival's registered worker key, naming Bob or naming the rival: neither
+    // verifies against the job's provider's key.
+    for (const provider of [bob.address, rival.address]) {
+      const wrong = signReceipt(rivalWorker, { ...fields, provider });
+      const eveBefore = await account(api, eve.address);
+      let failure;
+      await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([wrong]), eve), (e) => {
+        assert.equal(e.dispatchError, 'jobs.BadSignature');
+        failure = e;
+        return true;
+      });
+      const eveAfter = await account(api, eve.address, failure.blockHash);
+      assert.equal(eveBefore.free - eveAfter.free, feePaid(api, failure.events), 'the submitter paid only its fee');
+      const now = await snapshot(failure.blockHash);
+      // Alice's escrow is still held, and neither provider was paid.
+      assert.deepEqual(now, before);
+    }
+    // The job is still open and Bob's worker settles it.
+    const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([signReceipt(worker, fields)]), eve);
+    assert.equal(find(api, settled.events, api.events.jobs.JobSettled).length, 1);
   });
 
   test('a job without a receipt by its deadline expires: full refund and the bond slash go to the user', async () => {
