@@ -21,7 +21,7 @@ use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
 use super::kv_cache::{BlockTable, KvCache};
 use super::tensor_model::TensorModel;
-use super::weights::{self, BaseWeights, Input};
+use super::weights::{self, forward_group, BaseWeights, Input, Linear};
 
 /// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
 pub struct SeqChunk<'a> {
@@ -254,21 +254,28 @@ impl Model {
         let mut x = embed(weights, hidden, &tokens)?;
         let mut h = vec![0f32; n * hidden];
         for (l, layer) in weights.layers.iter().enumerate() {
-            let proj = |p: Projection, input: &mut Input<'_>| -> Result<Vec<f32>> {
-                let mut y = layer.proj[p.index()].forward_input(input)?;
-                if let Some(seg) = &segments[p.index()] {
-                    let d_out = y.len() / n;
-                    let yt = Tensor::from_vec(y, (n, d_out), &self.device)?;
-                    lora.apply(l, p, &input.tensor()?, &yt, seg)?;
-                    y = flat(&yt)?;
+            // The base projections of one input in one parallel loop, then each one's LoRA.
+            let projs = |ps: &[Projection], input: &mut Input<'_>| -> Result<Vec<Vec<f32>>> {
+                let linears: Vec<&Linear> = ps.iter().map(|p| &layer.proj[p.index()]).collect();
+                let mut ys = forward_group(&linears, input)?;
+                for (&p, y) in ps.iter().zip(ys.iter_mut()) {
+                    if let Some(seg) = &segments[p.index()] {
+                        let d_out = y.len() / n;
+                        let yt = Tensor::from_vec(std::mem::take(y), (n, d_out), &self.device)?;
+                        lora.apply(l, p, &input.tensor()?, &yt, seg)?;
+                        *y = flat(&yt)?;
+                    }
                 }
-                Ok(y)
+                Ok(ys)
+            };
+            let proj = |p: Projection, input: &mut Input<'_>| -> Result<Vec<f32>> {
+                Ok(projs(&[p], input)?.pop().unwrap_or_default())
             };
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
             let mut h_in = Input::new(&h, n);
-            let mut q = proj(Projection::Q, &mut h_in)?;
-            let mut k = proj(Projection::K, &mut h_in)?;
-            let v = proj(Projection::V, &mut h_in)?;
+            let [mut q, mut k, v]: [Vec<f32>; 3] = projs(&QKV, &mut h_in)?
+                .try_into()
+                .map_err(|_| EngineError::Backend("q, k, v projections missing".into()))?;
             rope.apply(&mut q, &positions, nh);
             rope.apply(&mut k, &positions, nkv);
             let row = nkv * hd;
@@ -283,8 +290,10 @@ impl Model {
 
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let mut h_in = Input::new(&h, n);
-            let mut gate = proj(Projection::Gate, &mut h_in)?;
-            let up = proj(Projection::Up, &mut h_in)?;
+            let [mut gate, up]: [Vec<f32>; 2] =
+                projs(&[Projection::Gate, Projection::Up], &mut h_in)?
+                    .try_into()
+                    .map_err(|_| EngineError::Backend("gate and up projections missing".into()))?;
             silu_mul(&mut gate, &up);
             add_assign(&mut x, &proj(Projection::Down, &mut Input::new(&gate, n))?);
         }
@@ -299,6 +308,9 @@ impl Model {
         Ok(Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?)
     }
 }
+
+/// The projections of a layer's attention input, run together.
+const QKV: [Projection; 3] = [Projection::Q, Projection::K, Projection::V];
 
 /// Embedding rows of `tokens`, `[n, hidden]`.
 fn embed(weights: &BaseWeights, hidden: usize, tokens: &[u32]) -> Result<Vec<f32>> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use openledger_kernels::quant::{QActivations, QFormat, QMatrix};
+use openledger_kernels::quant::{matmul_group, QActivations, QFormat, QMatrix};
 
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
@@ -146,6 +146,34 @@ impl Linear {
                 .to_vec1::<f32>()?,
         })
     }
+}
+
+/// [`Linear::forward_input`] of several projections over the same input (q, k, v; gate, up):
+/// quantized ones share one parallel loop (`matmul_group`), with the bits each would get
+/// alone; any other kind runs on its own.
+pub(crate) fn forward_group(linears: &[&Linear], input: &mut Input<'_>) -> Result<Vec<Vec<f32>>> {
+    let rows = input.rows;
+    let blocks: Vec<&QMatrix> = linears
+        .iter()
+        .filter_map(|l| match l {
+            Linear::Blocks(m) => Some(m.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if blocks.len() != linears.len() || blocks.windows(2).any(|w| w[0].cols() != w[1].cols()) {
+        return linears.iter().map(|l| l.forward_input(input)).collect();
+    }
+    let cols = blocks.first().map_or(0, |m| m.cols());
+    if input.quantized.is_none() {
+        input.quantized = Some(QActivations::quantize(input.x, rows, cols)?);
+    }
+    let mut ys: Vec<Vec<f32>> = blocks.iter().map(|m| vec![0f32; rows * m.rows()]).collect();
+    if let Some(xq) = &input.quantized {
+        let mut parts: Vec<(&QMatrix, &mut [f32])> =
+            blocks.iter().copied().zip(ys.iter_mut().map(|y| y.as_mut_slice())).collect();
+        matmul_group(&mut parts, xq)?;
+    }
+    Ok(ys)
 }
 
 /// `x @ w^T` on the CPU, one row at a time with a fixed reduction order: a BLAS-style gemm
