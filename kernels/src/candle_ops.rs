@@ -53,8 +53,10 @@ pub(crate) struct TableEntry {
 /// The adapters of one projection (for example layer 3's `q_proj`), addressed by slot.
 ///
 /// Each slot holds PEFT's `lora_A.weight` (`[rank, d_in]`) and `lora_B.weight`
-/// (`[d_out, rank]`) as they were loaded: no copy into a packed buffer. On CUDA the kernels
-/// read them through a device array of per-slot pointers, rebuilt after each change.
+/// (`[d_out, rank]`) as they were loaded, no copy into a packed buffer; except that a CPU
+/// table stores `lora_B` transposed (one copy at insertion), the layout its expand reads
+/// fastest. On CUDA the kernels read them through a device array of per-slot pointers,
+/// rebuilt after each change.
 pub struct AdapterTable {
     device: Device,
     dtype: DType,
@@ -97,7 +99,11 @@ impl AdapterTable {
         }
         check_shape(&a_name, &[rank, self.d_in], a.dims())?;
         check_shape(&b_name, &[self.d_out, rank], b.dims())?;
-        let (a, b) = (a.contiguous()?, b.contiguous()?);
+        // On the CPU lora_B is kept transposed, `[rank, d_out]` (see `BLayout::RankByOut`).
+        let (a, b) = match self.device {
+            Device::Cpu => (a.contiguous()?, b.t()?.contiguous()?),
+            _ => (a.contiguous()?, b.contiguous()?),
+        };
         let (a_host, b_host) = match self.device {
             Device::Cpu => (host_address(&a)?, host_address(&b)?),
             _ => (0, 0),
@@ -224,10 +230,10 @@ impl<T: Element> AdapterWeights<T> for CpuTableView<'_, T> {
         // those tensors, so the storages live as long as the borrow of the table, and candle
         // never reallocates a storage in place.
         unsafe {
-            Some(LoraWeights {
-                a: std::slice::from_raw_parts(e.a_host as *const T, a_len),
-                b: std::slice::from_raw_parts(e.b_host as *const T, b_len),
-            })
+            Some(LoraWeights::with_b_transposed(
+                std::slice::from_raw_parts(e.a_host as *const T, a_len),
+                std::slice::from_raw_parts(e.b_host as *const T, b_len),
+            ))
         }
     }
     fn num_slots(&self) -> usize {

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::element::{AdapterWeights, Element, LoraWeights};
+use crate::element::{AdapterWeights, BLayout, Element, LoraWeights};
 use crate::error::{KernelError, Result};
 use crate::segments::{SegmentMap, CPU_TILE_TOKENS};
 
@@ -19,6 +19,9 @@ use crate::segments::{SegmentMap, CPU_TILE_TOKENS};
 const SHRINK_RANK_BLOCK: usize = 8;
 /// Output columns per expand work item.
 const EXPAND_COL_BLOCK: usize = 64;
+/// Output columns per step of the expand with a transposed lora_B: each rank index's run of
+/// columns is 1 KB (bf16), long enough for the hardware prefetcher.
+const EXPAND_BT_COLS: usize = 512;
 
 /// Scratch memory reused across calls (one per worker thread that drives the engine).
 #[derive(Default, Debug)]
@@ -143,6 +146,7 @@ fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: Disjo
 struct ExpandItem<'a, E> {
     v: &'a [f32],
     b: &'a [E],
+    b_layout: BLayout,
     rows: &'a [u32],
     d_out: usize,
     rank: usize,
@@ -167,6 +171,36 @@ fn expand_item<T: Element, E: Element, const FMA: bool>(
     const COLS: usize = EXPAND_COL_BLOCK;
     let (rank, cols) = (it.rank, it.o1 - it.o0);
     let tokens = it.tile.len();
+    if it.b_layout == BLayout::RankByOut {
+        // B already transposed: each rank index's columns are one contiguous run. Per token
+        // and column the sum runs over j in order, as in the transposing path below, so both
+        // layouts give the same bits for tiles of 4 tokens or more.
+        let mut acc = [0f32; EXPAND_BT_COLS];
+        for c0 in (it.o0..it.o1).step_by(EXPAND_BT_COLS) {
+            let c1 = (c0 + EXPAND_BT_COLS).min(it.o1);
+            for p in it.tile.clone() {
+                let v_row = &it.v[p * it.width..p * it.width + rank];
+                let acc = &mut acc[..c1 - c0];
+                acc.fill(0.0);
+                for (j, &coef) in v_row.iter().enumerate() {
+                    let bt_j = &it.b[j * it.d_out + c0..j * it.d_out + c1];
+                    for (a, &w) in acc.iter_mut().zip(bt_j) {
+                        *a =
+                            if FMA { coef.mul_add(w.to_f32(), *a) } else { *a + coef * w.to_f32() };
+                    }
+                }
+                let row = it.rows[p] as usize;
+                // SAFETY: as below.
+                let y = unsafe {
+                    std::slice::from_raw_parts_mut(out.ptr().add(row * it.d_out + c0), c1 - c0)
+                };
+                for (y_c, a) in y.iter_mut().zip(acc.iter()) {
+                    *y_c = T::from_f32(y_c.to_f32() + it.scale * a);
+                }
+            }
+        }
+        return;
+    }
     if tokens < 4 {
         // Too few tokens to repay the transpose: one dot per output.
         for p in it.tile.clone() {
@@ -349,9 +383,11 @@ pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
         let tile = map.tiles()[item / blocks];
         let seg = tile.segment as usize;
         let o0 = (item % blocks) * EXPAND_COL_BLOCK;
+        let w = segment_weights(map, weights, seg);
         let it = ExpandItem {
             v,
-            b: segment_weights(map, weights, seg).b,
+            b: w.b,
+            b_layout: w.b_layout,
             rows: map.rows(),
             d_out,
             rank: map.ranks()[seg] as usize,
@@ -386,6 +422,64 @@ pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
         workspace.v.resize(len, 0.0);
     }
     let v = &mut workspace.v[..len];
-    sgmv_shrink(x, d_in, map, weights, v)?;
-    sgmv_expand(v, y, d_out, map, weights)
+    if map.tiles().len() < 2 * rayon::current_num_threads() {
+        // Few tiles (one long segment, or a single decode token): split each stage over
+        // rank blocks and column blocks so every thread has work.
+        sgmv_shrink(x, d_in, map, weights, v)?;
+        return sgmv_expand(v, y, d_out, map, weights);
+    }
+    // Enough tiles for the threads: one item per tile does its shrink and then its expand,
+    // one parallel loop instead of two and v stays in the item's cache. The operations per
+    // element are those of the two-stage path, so the results are the same bits.
+    let width = map.max_rank();
+    let (v_out, y_out) = (DisjointOut(v.as_mut_ptr()), DisjointOut(y.as_mut_ptr()));
+    map.tiles().par_iter().for_each(|tile| {
+        let seg = tile.segment as usize;
+        let w = segment_weights(map, weights, seg);
+        let rank = map.ranks()[seg] as usize;
+        let span = tile.start as usize..tile.end as usize;
+        // The tile's own rows of v, addressed from 0: positions `span` of the batch.
+        let rows = &map.rows()[span.clone()];
+        // SAFETY: `span.start * width` is within v (positions are < num_tokens, v is
+        // num_tokens x width).
+        let v_tile = DisjointOut(unsafe { v_out.ptr().add(span.start * width) });
+        let tokens = 0..span.len();
+        let shrink = ShrinkItem {
+            x,
+            a: w.a,
+            rows,
+            d_in,
+            rank,
+            width,
+            j0: 0,
+            j1: width,
+            tile: tokens.clone(),
+        };
+        run_shrink_item(&shrink, v_tile);
+        // SAFETY: the tile's rows of v, which only this item writes (tiles are disjoint) and
+        // which it has just written; the loop borrows v mutably throughout.
+        let v =
+            unsafe { std::slice::from_raw_parts(v_tile.ptr() as *const f32, span.len() * width) };
+        let step = match w.b_layout {
+            BLayout::RankByOut => d_out,
+            BLayout::OutByRank => EXPAND_COL_BLOCK,
+        };
+        for o0 in (0..d_out).step_by(step.max(1)) {
+            let expand = ExpandItem {
+                v,
+                b: w.b,
+                b_layout: w.b_layout,
+                rows,
+                d_out,
+                rank,
+                width,
+                scale: map.scales()[seg],
+                o0,
+                o1: (o0 + step).min(d_out),
+                tile: tokens.clone(),
+            };
+            run_expand_item(&expand, y_out);
+        }
+    });
+    Ok(())
 }

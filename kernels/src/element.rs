@@ -79,15 +79,39 @@ impl Element for f16 {
     }
 }
 
-/// One adapter's weights for one projection, in PEFT's layout (no transpose at load):
-/// `a` is `lora_A.weight`, `[rank, d_in]` row-major; `b` is `lora_B.weight`, `[d_out, rank]`
-/// row-major. The delta of a row `x` is `scale * b @ (a @ x)`.
+/// How an adapter's `lora_B` lies in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BLayout {
+    /// PEFT's `lora_B.weight` as loaded: `[d_out, rank]`, row-major.
+    OutByRank,
+    /// Its transpose, `[rank, d_out]`, row-major: each rank index's output columns are
+    /// contiguous, so the CPU expand accumulates whole column runs with vector FMAs. CPU
+    /// [`AdapterTable`](crate::AdapterTable)s store this (one transposing copy at insertion).
+    RankByOut,
+}
+
+/// One adapter's weights for one projection: `a` is PEFT's `lora_A.weight`, `[rank, d_in]`
+/// row-major; `b` is `lora_B.weight` in the layout `b_layout` says. The delta of a row `x` is
+/// `scale * B @ (A @ x)`.
 #[derive(Debug)]
 pub struct LoraWeights<'a, T> {
     /// `[rank, d_in]`, row-major.
     pub a: &'a [T],
-    /// `[d_out, rank]`, row-major.
+    /// `d_out x rank` values, laid out as `b_layout` says.
     pub b: &'a [T],
+    pub b_layout: BLayout,
+}
+
+impl<'a, T> LoraWeights<'a, T> {
+    /// Weights in PEFT's layout (`b` is `[d_out, rank]`).
+    pub fn new(a: &'a [T], b: &'a [T]) -> Self {
+        Self { a, b, b_layout: BLayout::OutByRank }
+    }
+
+    /// Weights whose `lora_B` is stored transposed (`bt` is `[rank, d_out]`).
+    pub fn with_b_transposed(a: &'a [T], bt: &'a [T]) -> Self {
+        Self { a, b: bt, b_layout: BLayout::RankByOut }
+    }
 }
 
 impl<T> Clone for LoraWeights<'_, T> {

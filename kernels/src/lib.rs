@@ -51,7 +51,7 @@ pub use attention::{
     paged_decode_attention, paged_decode_attention_into, paged_decode_attention_with, DecodeBlocks,
 };
 pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
-pub use element::{AdapterWeights, Element, LoraWeights};
+pub use element::{AdapterWeights, BLayout, Element, LoraWeights};
 pub use error::{KernelError, Result};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};

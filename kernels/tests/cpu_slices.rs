@@ -137,13 +137,83 @@ fn bad_inputs_are_named_errors() {
     let mut ws = CpuWorkspace::new();
     let x = vec![0f32; 2 * 8];
     let mut y = vec![0f32; 2 * 3];
-    let ok = [LoraWeights { a: &a[..], b: &b[..] }];
+    let ok = [LoraWeights::new(&a[..], &b[..])];
     let err = cpu::lora_delta(&x[..15], &mut y, 8, 3, &map, &ok[..], &mut ws).unwrap_err();
     assert_eq!(err.to_string(), "x: expected shape [16], got [15]");
-    let bad = [LoraWeights { a: &short_a[..], b: &b[..] }];
+    let bad = [LoraWeights::new(&short_a[..], &b[..])];
     let err = cpu::lora_delta(&x, &mut y, 8, 3, &map, &bad[..], &mut ws).unwrap_err();
     assert!(err.to_string().starts_with("lora_A of slot 0"), "{err}");
     let none: [Option<LoraWeights<f32>>; 1] = [None];
     let err = cpu::lora_delta(&x, &mut y, 8, 3, &map, &none[..], &mut ws).unwrap_err();
     assert!(matches!(err, KernelError::EmptySlot { segment: 0, slot: 0, slots: 1 }), "{err}");
+}
+
+/// lora_B stored transposed (`BLayout::RankByOut`, what CPU tables keep) gives the reference's
+/// result, and bitwise the PEFT layout's for segments of 4 to 16 tokens (one tile each, where
+/// the PEFT path also sums over the rank in order).
+fn check_transposed_b<T: Element>() {
+    let mut rng = rng(&format!("cpu transposed lora_B {}", type_name::<T>()));
+    let mut ws = CpuWorkspace::new();
+    for _ in 0..CASES {
+        let case = Case::random::<T>(&mut rng, 48);
+        let owned = case.weights::<T>();
+        let transposed: Vec<(Vec<T>, Vec<T>)> = owned
+            .iter()
+            .map(|(a, b)| {
+                let rank = a.len() / case.d_in;
+                let mut bt = b.clone();
+                for o in 0..case.d_out {
+                    for j in 0..rank {
+                        bt[j * case.d_out + o] = b[o * rank + j];
+                    }
+                }
+                (a.clone(), bt)
+            })
+            .collect();
+        let peft = views(&owned);
+        let tviews: Vec<LoraWeights<'_, T>> =
+            transposed.iter().map(|(a, bt)| LoraWeights::with_b_transposed(a, bt)).collect();
+        let x: Vec<T> = Case::cast(&case.x);
+        let (mut y_peft, mut y_t): (Vec<T>, Vec<T>) = (Case::cast(&case.y), Case::cast(&case.y));
+        cpu::lora_delta(&x, &mut y_peft, case.d_in, case.d_out, &case.map, &peft[..], &mut ws)
+            .unwrap();
+        cpu::lora_delta(&x, &mut y_t, case.d_in, case.d_out, &case.map, &tviews[..], &mut ws)
+            .unwrap();
+        let want = reference::lora_delta(
+            &case.x,
+            &case.y,
+            case.d_in,
+            case.d_out,
+            &case.map,
+            &case.adapters,
+        );
+        let err = relative_error(&to_f64(&y_t), &want);
+        assert!(err < tolerance::<T>(), "relative error {err:e} for {}", case.describe());
+        for s in 0..case.map.num_segments() {
+            let range = case.map.segment_range(s);
+            if !(4..=16).contains(&range.len()) {
+                continue;
+            }
+            for &row in &case.map.rows()[range] {
+                let r = row as usize * case.d_out..(row as usize + 1) * case.d_out;
+                let bits = |v: &[T]| v.iter().map(|e| e.to_f32().to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&y_t[r.clone()]),
+                    bits(&y_peft[r]),
+                    "row {row}: {}",
+                    case.describe()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn transposed_b_f32_matches_reference_and_peft_layout() {
+    check_transposed_b::<f32>();
+}
+
+#[test]
+fn transposed_b_bf16_matches_reference_and_peft_layout() {
+    check_transposed_b::<Bf16>();
 }

@@ -127,7 +127,7 @@ impl Case {
 }
 
 pub fn views<T>(owned: &[(Vec<T>, Vec<T>)]) -> Vec<LoraWeights<'_, T>> {
-    owned.iter().map(|(a, b)| LoraWeights { a, b }).collect()
+    owned.iter().map(|(a, b)| LoraWeights::new(a, b)).collect()
 }
 
 pub fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
