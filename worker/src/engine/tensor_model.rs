@@ -79,30 +79,17 @@ impl TensorModel {
         dtype: DType,
     ) -> Result<Self> {
         let st = weights::open_hf(dir)?;
-        let h = cfg.hidden_size;
-        let get = |name: &str, shape: &[usize]| st.get_as(name, shape, device, dtype);
-        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let pre = format!("model.layers.{i}");
-            let mut proj = Vec::with_capacity(7);
-            for p in Projection::ALL {
-                let (d_in, d_out) = cfg.proj_dims(p);
-                proj.push(get(&format!("{pre}.{}.weight", p.hf_path()), &[d_out, d_in])?);
-            }
-            layers.push(LayerTensors {
-                attn_norm: get(&format!("{pre}.input_layernorm.weight"), &[h])?,
-                ffn_norm: get(&format!("{pre}.post_attention_layernorm.weight"), &[h])?,
-                proj,
-            });
-            tracing::debug!(layer = i, of = cfg.num_layers, "loaded layer");
-        }
-        let norm = get("model.norm.weight", &[h])?;
-        let lm_head = if !cfg.tie_word_embeddings || st.contains("lm_head.weight") {
-            (get("lm_head.weight", &[cfg.vocab_size, h])?, false)
-        } else {
-            (embed.clone(), true)
+        let hf = weights::read_hf(cfg, &st, |name, shape| st.get_as(name, shape, device, dtype))?;
+        let layers = hf
+            .layers
+            .into_iter()
+            .map(|l| LayerTensors { attn_norm: l.attn_norm, ffn_norm: l.ffn_norm, proj: l.proj })
+            .collect();
+        let lm_head = match hf.lm_head {
+            Some(t) => (t, false),
+            None => (hf.embed.clone(), true),
         };
+        let (embed, norm) = (hf.embed, hf.norm);
         Self::assemble(cfg, embed, layers, norm, lm_head, device, dtype)
     }
 

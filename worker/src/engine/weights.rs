@@ -317,37 +317,77 @@ pub(crate) fn open_hf(dir: &Path) -> Result<SafetensorsFiles> {
     SafetensorsFiles::open(&paths)
 }
 
-/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32.
-pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<BaseWeights> {
-    let st = open_hf(dir)?;
+/// One decoder layer's tensors of a Hugging Face checkpoint.
+pub(crate) struct HfLayer<W> {
+    /// Indexed by [`Projection::index`].
+    pub proj: Vec<W>,
+    pub attn_norm: W,
+    pub ffn_norm: W,
+}
+
+/// The tensors of a Hugging Face Llama-family checkpoint, each read through the loader's own
+/// `get` (f32 host buffers, or tensors of a dtype on a device).
+pub(crate) struct HfTensors<W> {
+    pub embed: W,
+    pub layers: Vec<HfLayer<W>>,
+    pub norm: W,
+    /// `None` when the LM head is the embedding (tied, and no `lm_head.weight` stored).
+    pub lm_head: Option<W>,
+}
+
+/// Reads every tensor of the checkpoint in `st` by its Hugging Face name and checked shape:
+/// `model.embed_tokens`, `model.layers.{i}.{self_attn,mlp}.*_proj`, the two norms per layer,
+/// `model.norm` and `lm_head`.
+pub(crate) fn read_hf<W>(
+    cfg: &ModelConfig,
+    st: &SafetensorsFiles,
+    mut get: impl FnMut(&str, &[usize]) -> Result<W>,
+) -> Result<HfTensors<W>> {
     let h = cfg.hidden_size;
-    let embed =
-        Linear::dense(&st.get("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?)?;
+    let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let pre = format!("model.layers.{i}");
-        let mut proj = Vec::with_capacity(7);
+        let mut proj = Vec::with_capacity(Projection::ALL.len());
         for p in Projection::ALL {
             let (d_in, d_out) = cfg.proj_dims(p);
-            let w = st.get(&format!("{pre}.{}.weight", p.hf_path()), &[d_out, d_in], device)?;
-            proj.push(Linear::dense(&w)?);
+            proj.push(get(&format!("{pre}.{}.weight", p.hf_path()), &[d_out, d_in])?);
         }
-        layers.push(LayerWeights {
-            attn_norm: vector(&st.get(&format!("{pre}.input_layernorm.weight"), &[h], device)?)?,
-            ffn_norm: vector(&st.get(
-                &format!("{pre}.post_attention_layernorm.weight"),
-                &[h],
-                device,
-            )?)?,
+        layers.push(HfLayer {
             proj,
+            attn_norm: get(&format!("{pre}.input_layernorm.weight"), &[h])?,
+            ffn_norm: get(&format!("{pre}.post_attention_layernorm.weight"), &[h])?,
         });
         tracing::debug!(layer = i, of = cfg.num_layers, "loaded layer");
     }
-    let norm = vector(&st.get("model.norm.weight", &[h], device)?)?;
+    let norm = get("model.norm.weight", &[h])?;
     let lm_head = if !cfg.tie_word_embeddings || st.contains("lm_head.weight") {
-        Linear::dense(&st.get("lm_head.weight", &[cfg.vocab_size, h], device)?)?
+        Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
     } else {
-        embed.clone()
+        None
     };
-    Ok(BaseWeights { embed, layers, norm, lm_head })
+    Ok(HfTensors { embed, layers, norm, lm_head })
+}
+
+/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32.
+pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<BaseWeights> {
+    let st = open_hf(dir)?;
+    let hf = read_hf(cfg, &st, |name, shape| st.get(name, shape, device))?;
+    let embed = Linear::dense(&hf.embed)?;
+    let lm_head = match &hf.lm_head {
+        Some(t) => Linear::dense(t)?,
+        None => embed.clone(),
+    };
+    let layers = hf
+        .layers
+        .iter()
+        .map(|l| {
+            Ok(LayerWeights {
+                attn_norm: vector(&l.attn_norm)?,
+                ffn_norm: vector(&l.ffn_norm)?,
+                proj: l.proj.iter().map(Linear::dense).collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BaseWeights { embed, layers, norm: vector(&hf.norm)?, lm_head })
 }
