@@ -1,343 +1,466 @@
-// SGMV shrink and expand for a batch of segments, each segment with its own LoRA adapter.
+// SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Both stages are one tiled product  out[tile rows, n] = sum_k in[tile rows, k] * w[n, k]
-// over a tile of at most 64 tokens of one segment:
-//   shrink: in = x rows (gathered through `rows`), w = lora_A [rank, d_in], k over a
-//           KSPLIT_K-wide slice of d_in (grid.y); the last slice block of a tile sums the
-//           f32 partials in slice order (deterministic) into v [num_tokens, width].
-//   expand: in = v (f32, rounded to T), w = lora_B [d_out, rank], k over the rank,
-//           n over a TILE_N-wide slice of d_out (grid.y); y[row, n] += scale * out.
-// Operands go global -> registers -> shared memory in KSTEP-wide slices, the next slice's
-// loads in flight while the tensor cores (WMMA m16n16k16, f32 accumulate) work on the
-// current one; f32 multiplies on the CUDA cores in f32. Results leave through a per-warp
-// staging buffer as 16-element row runs. Adapter weights are read in place through `table`
-// (per slot: lora_A, lora_B pointers).
+// Work unit: a tile = up to 16 * MT tokens of one segment. Each tile is one cluster of
+// CLUSTER blocks (thread block clusters, sm_90):
+//   shrink  v_part = x[tile rows, k slice] @ lora_A[:, k slice]^T   (each block a k slice)
+//   reduce  v = sum of the blocks' partials, read through distributed shared memory, in
+//           block order, then rounded to T (as a framework's bf16 x @ A would be)
+//   expand  y[tile rows, n slice] += scale * v @ lora_B[n slice, :]^T (each block an n slice)
+// so the tile's v never leaves the chip, and neither a second launch nor a global
+// reduction is needed.
+//
+// Loads: every operand element is fetched by the thread that feeds it to the tensor cores
+// (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
+// NS shared-memory slots filled with cp.async: a thread's loads form one sequence (its
+// shrink chunks, then its expand column groups), issued up to NS slots ahead of use, so the
+// lora_B and y loads of the expand are in flight while the shrink and the reduction run.
+// A slot is written and read by the same thread: no barrier inside the loops.
+//
+// 16-byte loads give each thread 8 consecutive k; the mma's k order is permuted to match
+// (thread t holds physical k 8t..8t+7 of a 32-wide chunk: the first mma takes 8t..8t+3 as its
+// k slots {2t, 2t+1, 2t+8, 2t+9}, the second 8t+4..8t+7), the same permutation on both
+// operands, so the products summed are the right ones. Likewise the expand's output columns
+// are permuted inside each 32-column group so that a thread ends with 8 consecutive columns
+// of a row (one 16-byte read-modify-write of y).
+//
+// Determinism and batch invariance: the d_in split (which k chunks a warp sums, in which
+// order; how warps and blocks are combined) depends on d_in and the segment's rank alone,
+// and each token row of a tile is computed independently of the others (mma rows), so a
+// request gets the same bits whatever the batch around it and whatever the tile size.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
 
-using namespace nvcuda;
+#include <type_traits>
 
-// Tiles hold at most 64 tokens (TILE_TOKENS on the host): MT = 4 row tiles of 16. The
-// "small" kernels, for batches whose segments all have <= 16 tokens (decode), take MT = 1:
-// a quarter of the accumulators, so more blocks fit on an SM.
-constexpr int TILE_N = 128;    // output columns (rank rows or d_out columns) per block
-constexpr int KSPLIT_K = 256;  // d_in per shrink block (KSPLIT_K on the host)
-constexpr int THREADS = 128;   // 4 warps
+constexpr int CLUSTER = 8;   // blocks per tile (cluster size; fixed: the d_in split uses it)
+constexpr int WARPS = 8;
+constexpr int THREADS = 32 * WARPS;
+constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
+constexpr int PLD = 128;     // row stride (floats) of a block's partial v
+constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
-struct SgmvParams {
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
-    float* partial;                   // [ksplit, num_tokens, width]
-    float* v;                         // [num_tokens, width]
-    unsigned int* counters;           // [num_tiles * rank_chunks], zero between launches
+    float* v;                         // [num_tokens, width]: output (mode 1) or input (mode 2)
     const unsigned long long* table;  // [slots][2]: lora_A, lora_B
-    const unsigned int* rows;         // [num_tokens]
-    const unsigned int* tiles;        // [num_tiles][3]: segment, start, end
-    const unsigned int* seg_slot;     // [segments]
-    const unsigned int* seg_rank;     // [segments]
-    const float* seg_scale;           // [segments]
-    // vec_ok bits: 1 x and every lora_A allow 16-byte loads along d_in; 2 every lora_B is
-    // 16-byte aligned; 4 y allows 16-byte accesses along d_out.
-    int d_in, d_out, num_tokens, width, ksplit, vec_ok;
+    const unsigned int* rows;         // [num_tokens]: batch row of each sorted position
+    const uint4* tiles;               // [num_tiles][2]
+    int d_in, d_out, width;
+    int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
+    int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 
-template <typename T, int MT> struct Smem {
-    // k staged per step: 64 for 16-bit types, 32 for f32, so either fits in 28 KB.
-    static constexpr int KSTEP = sizeof(T) == 4 ? 32 : 64;
-    static constexpr int PAD = 16 / sizeof(T);  // 16-byte row padding: aligned, bank-spread
-    static constexpr int LD = KSTEP + PAD;
-    T in[16 * MT][LD];
-    T w[TILE_N][LD];
-};
-
-// Rows of a shared tile that a product reads: whole 16-row fragments for the tensor cores,
-// every row for the f32 path.
-template <typename T, int CAP>
-__device__ __forceinline__ int rows_read(int nrows) {
-    return sizeof(T) == 4 ? CAP : min(CAP, (nrows + 15) / 16 * 16);
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
 }
 
-// One KSTEP slice of a CAP-row operand, held in registers between its global loads and its
-// shared-memory stores, so the next slice's loads overlap the current slice's product.
-// Each 16-byte chunk is VEC consecutive k of one row; rows >= nrows and k >= klen are zero.
-template <typename T, int CAP> struct Stage {
-    static constexpr int VEC = 16 / sizeof(T);
-    static constexpr int CHUNKS = Smem<T, 1>::KSTEP / VEC;
-    static constexpr int ITERS = (CAP * CHUNKS + THREADS - 1) / THREADS;
-    uint4 regs[ITERS];
+// Both k halves of a 32-wide chunk: a_lo / a_hi are the A operand's rows g and g + 8.
+template <typename T>
+__device__ __forceinline__ void mma_chunk(float (&d)[4], uint4 a_lo, uint4 a_hi, uint4 b) {
+    mma16816<T>(d, a_lo.x, a_hi.x, a_lo.y, a_hi.y, b.x, b.y);
+    mma16816<T>(d, a_lo.z, a_hi.z, a_lo.w, a_hi.w, b.z, b.w);
+}
 
-    // Operand rows are row-major T; `row_ptr(r)` is the start of row r.
-    template <typename RowPtr>
-    __device__ __forceinline__ void fetch(int nrows, int k0, int klen, bool vec, RowPtr row_ptr) {
-        const int cap = rows_read<T, CAP>(nrows);
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most n of this thread's cp.async groups are pending (n < 24).
+__device__ __forceinline__ void cp_async_wait(int n) {
+#define SGMV_WAIT(N) \
+    case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
+    switch (n) {
+        SGMV_WAIT(0) SGMV_WAIT(1) SGMV_WAIT(2) SGMV_WAIT(3) SGMV_WAIT(4) SGMV_WAIT(5) SGMV_WAIT(6)
+        SGMV_WAIT(7) SGMV_WAIT(8) SGMV_WAIT(9) SGMV_WAIT(10) SGMV_WAIT(11) SGMV_WAIT(12)
+        SGMV_WAIT(13) SGMV_WAIT(14) SGMV_WAIT(15) SGMV_WAIT(16) SGMV_WAIT(17) SGMV_WAIT(18)
+        SGMV_WAIT(19) SGMV_WAIT(20) SGMV_WAIT(21) SGMV_WAIT(22)
+        default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    }
+#undef SGMV_WAIT
+}
+
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// The address of `p` (this block's shared memory) in block `rank` of the cluster.
+__device__ __forceinline__ const float* cluster_map(const float* p, unsigned rank) {
+    uint64_t out;
+    asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(p), "r"(rank));
+    return reinterpret_cast<const float*>(out);
+}
+
+template <int MT> struct Layout {
+    static constexpr int NS = MT == 1 ? 20 : 16;                  // ring slots per thread
+    static constexpr int RING = NS * THREADS * 16;
+    static constexpr int WPART = WARPS * MT * NTW * 32 * 16;      // warps' partials (float4 each)
+    static constexpr int PART = 16 * MT * PLD * 4;                // the block's partial v
+    static constexpr int BYTES = RING + WPART + PART;
+    static_assert(16 * MT * VLD * 2 <= WPART, "rounded v fits where the warps' partials were");
+};
+
+// A thread's load sequence: its shrink chunks (4 lora_A rows, then 2 MT x rows, each 8 k),
+// then its expand groups (4 nq lora_B slices, then 2 MT y rows, each 8 elements).
+template <typename T, int MT> struct Loader {
+    uint4* ring;
+    int issued, total;
+    // shrink
+    const T* a_rows;     // lora_A row 8 * (first rank tile) + g
+    const T* x_rows[2 * MT];
+    int k, k_end, d_in, a_left;  // a_left: rank rows left from this thread's first tile
+    int n_s, ls;
+    // expand
+    const T* b;
+    T* y_rows[2 * MT];
+    int col, col_step, d_out, rank, nq, le;
+    bool m_ok[2 * MT];
+    bool vec_x, vec_a, vec_b, vec_y;
+    // position
+    int phase, sub, chunk;
+
+    __device__ __forceinline__ void put(uint4* slot, const T* src, int n, bool vec) {
+        if (n >= 8 && vec) {
+            cp_async16(slot, src);
+        } else {
+            __align__(16) T tmp[8];
 #pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            const int r = i / CHUNKS, k = k0 + (i % CHUNKS) * VEC;
-            uint4 val = make_uint4(0, 0, 0, 0);
-            if (i < cap * CHUNKS && r < nrows) {
-                const T* src = row_ptr(r) + k;
-                if (vec && k + VEC <= klen) {
-                    val = __ldg(reinterpret_cast<const uint4*>(src));
-                } else {
-                    __align__(16) T tmp[VEC];
+            for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
+            *slot = *reinterpret_cast<uint4*>(tmp);
+        }
+    }
+
+    __device__ __forceinline__ void issue_one() {
+        uint4* slot = ring + (issued % Layout<MT>::NS) * THREADS + threadIdx.x;
+        const T* src = nullptr;
+        int n = 0;
+        bool vec = false;
+        if (phase == 0) {
+            const int kn = min(8, k_end - k);
+            if (sub < NTW) {
+                if (sub * 8 < a_left) src = a_rows + (size_t)sub * 8 * d_in;
+                vec = vec_a;
+            } else {
+                const int r = sub - NTW;
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) tmp[e] = k + e < klen ? src[e] : from_f<T>(0.f);
-                    val = *reinterpret_cast<const uint4*>(tmp);
+                for (int i = 0; i < 2 * MT; ++i)
+                    if (i == r && m_ok[i]) src = x_rows[i];
+                vec = vec_x;
+            }
+            n = kn;
+            if (src) src += k;
+            if (++sub == ls) {
+                sub = 0;
+                k += 32;
+                if (++chunk == n_s) phase = 1, chunk = 0;
+            }
+        } else {
+            if (sub < 4 * nq) {
+                const int j = sub & 3, q = sub >> 2;
+                const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+                const int nn = col - 8 * t + 8 * (g / 2) + 2 * j + (g % 2);  // this group's column P(j, g)
+                const int kk = 32 * q + 8 * t;
+                if (nn < d_out && kk < rank) {
+                    src = b + (size_t)nn * rank + kk;
+                    n = rank - kk;
                 }
+                vec = vec_b;
+            } else {
+                const int r = sub - 4 * nq;
+#pragma unroll
+                for (int i = 0; i < 2 * MT; ++i)
+                    if (i == r && m_ok[i]) src = y_rows[i];
+                if (src) {
+                    src += col;
+                    n = d_out - col;
+                }
+                vec = vec_y;
             }
-            regs[it] = val;
+            if (++sub == le) {
+                sub = 0;
+                col += col_step;
+            }
         }
+        if (src && n > 0) {
+            put(slot, src, n, vec);
+        } else {
+            *slot = make_uint4(0, 0, 0, 0);
+        }
+        cp_async_commit();
+        ++issued;
     }
 
-    // The operand is f32 rows (v), rounded to T on the way.
-    __device__ __forceinline__ void fetch_f32(int nrows, int k0, int klen, const float* base, int ld) {
-        const int cap = rows_read<T, CAP>(nrows);
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            const int r = i / CHUNKS, k = k0 + (i % CHUNKS) * VEC;
-            __align__(16) T tmp[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const bool ok = i < cap * CHUNKS && r < nrows && k + e < klen;
-                tmp[e] = from_f<T>(ok ? base[(size_t)r * ld + k + e] : 0.f);
-            }
-            regs[it] = *reinterpret_cast<const uint4*>(tmp);
-        }
+    // Issues loads until `limit` (exclusive) or the end of the sequence.
+    __device__ __forceinline__ void issue_until(int limit) {
+        limit = min(limit, total);
+        while (issued < limit) issue_one();
     }
 
-    __device__ __forceinline__ void store(T (*dst)[Smem<T, 1>::LD], int nrows) {
-        const int cap = rows_read<T, CAP>(nrows);
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            if (i < cap * CHUNKS)
-                *reinterpret_cast<uint4*>(&dst[i / CHUNKS][(i % CHUNKS) * VEC]) = regs[it];
-        }
+    // Waits for item `last` and everything before it.
+    __device__ __forceinline__ void wait_for(int last) { cp_async_wait(issued - last - 1); }
+
+    __device__ __forceinline__ uint4 slot(int item) const {
+        return ring[(item % Layout<MT>::NS) * THREADS + threadIdx.x];
     }
 };
 
-// out[m, n] = sum_k in[m, k] w[n, k] for m < mrows, n < nvalid, k < klen. `fetch(k0)` loads
-// slice k0 of both operands into `si` / `sw` (registers). Results go to
-// `emit_row(m, n, vals, count)`: `count` (<= 16) consecutive columns of row m from n.
-template <typename T, int MT, typename Fetch, typename EmitRow>
-__device__ __forceinline__ void tile_product(Smem<T, MT>& s, Stage<T, 16 * MT>& si, Stage<T, TILE_N>& sw,
-                                             int mrows, int nvalid, int klen, Fetch fetch,
-                                             EmitRow emit_row) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int mtiles = (mrows + 15) / 16;
-    constexpr int KSTEP = Smem<T, 1>::KSTEP;
-    fetch(0);
-    if constexpr (sizeof(T) == 2) {
-        // Warp w owns column tiles 2w and 2w+1 and every row tile.
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MT][2];
+template <typename T, int MT>
+__device__ void sgmv_v3(const Params& p) {
+    using L = Layout<MT>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint4* ring = reinterpret_cast<uint4*>(smem);
+    float4* wpart = reinterpret_cast<float4*>(smem + L::RING);
+    T* vsm = reinterpret_cast<T*>(smem + L::RING);  // after the partials are summed
+    float* part = reinterpret_cast<float*>(smem + L::RING + L::WPART);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int crank = cluster_rank();
+    const int tile = blockIdx.x / CLUSTER;
+    const uint4 rec = p.tiles[2 * tile];
+    const int rank = rec.y, start = rec.w;
+    const float scale = __uint_as_float(rec.z);
+    const int mrows = p.tiles[2 * tile + 1].x - start;
+    const ulonglong2 w = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
+    const T* a = reinterpret_cast<const T*>(w.x);
+    const T* b = reinterpret_cast<const T*>(w.y);
+    const int d_in = p.d_in, d_out = p.d_out;
+    const int nt = (rank + 7) / 8, nq = (rank + 31) / 32;
+
+    Loader<T, MT> ld;
+    ld.ring = ring;
+    ld.issued = 0;
+    ld.d_in = d_in;
+    ld.d_out = d_out;
+    ld.rank = rank;
+    ld.nq = nq;
+#pragma unroll
+    for (int i = 0; i < 2 * MT; ++i) {
+        const int m = 8 * i + g;  // rows g, g + 8 of m tile i / 2
+        ld.m_ok[i] = m < mrows;
+        const size_t row = ld.m_ok[i] ? p.rows[start + m] : 0;
+        ld.x_rows[i] = static_cast<const T*>(p.x) + row * d_in;
+        ld.y_rows[i] = static_cast<T*>(p.y) + row * d_out;
+    }
+
+    // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
+    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
+    // (group, kk) of block c sums run c * KS + kk.
+    const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
+    const int ks = WARPS / ng;
+    const int grp = warp / ks, kk = warp % ks;
+    const int nchunks = (d_in + 31) / 32;
+    const int workers = CLUSTER * ks;
+    const int per = (nchunks + workers - 1) / workers;
+    const int c0 = min(nchunks, (crank * ks + kk) * per);
+    const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
+    ld.a_rows = a + (size_t)(8 * NTW * grp + g) * d_in;
+    ld.a_left = rank - (8 * NTW * grp + g);
+    ld.k = 32 * c0 + 8 * t;
+    ld.k_end = d_in;
+    ld.n_s = n_s;
+    ld.ls = NTW + 2 * MT;
+    ld.vec_x = p.flags & 1;
+    ld.vec_a = p.flags & 2;
+
+    // Expand split (free to choose: each output element is one mma chain): 32-column groups,
+    // a contiguous run of them per block, dealt round-robin to its warps.
+    const int ngroups = (d_out + 31) / 32;
+    const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
+    const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
+    const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
+    ld.b = b;
+    ld.col = 32 * gfirst + 8 * t;
+    ld.col_step = 32 * WARPS;
+    ld.le = 4 * nq + 2 * MT;
+    ld.vec_b = (p.flags & 4) && rank % 8 == 0;
+    ld.vec_y = p.flags & 8;
+
+    ld.total = n_s * ld.ls + n_e * ld.le;
+    ld.phase = n_s > 0 ? 0 : 1;
+    ld.sub = 0;
+    ld.chunk = 0;
+    ld.issue_until(L::NS);
+
+    // ---- shrink: this warp's k run for its rank tiles
+    float acc[MT][NTW][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NTW; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    for (int c = 0; c < n_s; ++c) {
+        const int base = c * ld.ls;
+        ld.wait_for(base + ld.ls - 1);
+        uint4 xs[2 * MT], as[NTW];
+#pragma unroll
+        for (int j = 0; j < NTW; ++j) as[j] = ld.slot(base + j);
+#pragma unroll
+        for (int i = 0; i < 2 * MT; ++i) xs[i] = ld.slot(base + NTW + i);
+#pragma unroll
+        for (int j = 0; j < NTW; ++j)
+            if (NTW * grp + j < nt)
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as[j]);
+        ld.issue_until(base + ld.ls + L::NS);
+    }
+
+    // ---- reduce: warps of a group in kk order, then blocks in cluster-rank order
+    if (p.mode != 2) {
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-        for (int k0 = 0; k0 < klen; k0 += KSTEP) {
-            si.store(s.in, mrows);
-            sw.store(s.w, nvalid);
-            __syncthreads();
-            if (k0 + KSTEP < klen) fetch(k0 + KSTEP);
-#pragma unroll
-            for (int kk = 0; kk < KSTEP; kk += 16) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-                    if ((warp * 2 + j) * 16 < nvalid)
-                        wmma::load_matrix_sync(b[j], &s.w[(warp * 2 + j) * 16][kk], Smem<T, 1>::LD);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) {
-                    if (i >= mtiles) break;
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                    wmma::load_matrix_sync(a, &s.in[i * 16][kk], Smem<T, 1>::LD);
-#pragma unroll
-                    for (int j = 0; j < 2; ++j)
-                        if ((warp * 2 + j) * 16 < nvalid) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-                }
+            for (int j = 0; j < NTW; ++j)
+                wpart[((warp * MT + i) * NTW + j) * 32 + lane] =
+                    make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+        __syncthreads();
+        for (int idx = tid; idx < MT * nt * 32; idx += THREADS) {
+            const int l = idx % 32, ij = idx / 32, i = ij / nt, j = ij % nt;
+            const int gw = j / NTW, jj = j % NTW;
+            float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int q = 0; q < ks; ++q) {
+                const float4 pq = wpart[(((gw * ks + q) * MT + i) * NTW + jj) * 32 + l];
+                s.x += pq.x, s.y += pq.y, s.z += pq.z, s.w += pq.w;
             }
-            __syncthreads();
+            const int m = 16 * i + l / 4, n = 8 * j + 2 * (l % 4);
+            part[m * PLD + n] = s.x;
+            part[m * PLD + n + 1] = s.y;
+            part[(m + 8) * PLD + n] = s.z;
+            part[(m + 8) * PLD + n + 1] = s.w;
         }
-        // Each warp stages a 16 x 32 strip (its two column tiles) in the operand memory, free
-        // after the last barrier; lane l then hands on row l / 2, columns 16 (l % 2) .. + 16.
-        static_assert(sizeof(Smem<T, MT>) >= 4 * 512 * sizeof(float), "staging fits");
-        float* stage = reinterpret_cast<float*>(&s) + warp * 512;
-        const int n_lane = warp * 32 + (lane % 2) * 16;
+    }
+    cluster_arrive();
+    cluster_wait();  // every block's partial is written
+
+    const int vcols = 32 * nq;
+    if (p.mode == 1) {
+        // shrink alone: block 0 writes v in f32 (zero beyond the rank)
+        if (crank == 0) {
+            const float* parts[CLUSTER];
 #pragma unroll
-        for (int i = 0; i < MT; ++i) {
-            if (i >= mtiles) break;
+            for (int c = 0; c < CLUSTER; ++c) parts[c] = cluster_map(part, c);
+            for (int e = tid; e < mrows * p.width; e += THREADS) {
+                const int m = e / p.width, n = e % p.width;
+                float s = 0.f;
+                if (n < rank) {
+                    float pc[CLUSTER];
 #pragma unroll
-            for (int j = 0; j < 2; ++j)
-                if ((warp * 2 + j) * 16 < nvalid)
-                    wmma::store_matrix_sync(stage + j * 16, acc[i][j], 32, wmma::mem_row_major);
-            __syncwarp();
-            const int m = i * 16 + lane / 2;
-            if (m < mrows && n_lane < nvalid)
-                emit_row(m, n_lane, stage + (lane / 2) * 32 + (lane % 2) * 16, min(16, nvalid - n_lane));
-            __syncwarp();
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = parts[c][m * PLD + n];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
+                }
+                p.v[(size_t)(start + m) * p.width + n] = s;
+            }
         }
     } else {
-        // f32: CUDA cores, thread t owns column t and every row (exact f32 arithmetic).
-        float acc[16 * MT];
+        const float* parts[CLUSTER];
 #pragma unroll
-        for (int m = 0; m < 16 * MT; ++m) acc[m] = 0.f;
-        const int n = threadIdx.x;
-        for (int k0 = 0; k0 < klen; k0 += KSTEP) {
-            si.store(s.in, mrows);
-            sw.store(s.w, nvalid);
-            __syncthreads();
-            if (k0 + KSTEP < klen) fetch(k0 + KSTEP);
-            for (int kk = 0; kk < KSTEP; ++kk) {
-                const float wv = s.w[n][kk];
+        for (int c = 0; c < CLUSTER; ++c) parts[c] = cluster_map(part, c);
+        for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
+            const int m = e / vcols, n = e % vcols;
+            float s = 0.f;
+            if (m < mrows && n < rank) {
+                if (p.mode == 2) {
+                    s = p.v[(size_t)(start + m) * p.width + n];
+                } else {
+                    float pc[CLUSTER];
 #pragma unroll
-                for (int m = 0; m < 16 * MT; ++m) acc[m] += s.in[m][kk] * wv;
-            }
-            __syncthreads();
-        }
-        if (n < nvalid)
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = parts[c][m * PLD + n];
 #pragma unroll
-            for (int m = 0; m < 16 * MT; ++m)
-                if (m < mrows) {
-                    const float val = acc[m];
-                    emit_row(m, n, &val, 1);
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
                 }
-    }
-}
-
-template <typename T, int MT>
-__device__ void shrink(const SgmvParams& p) {
-    __shared__ __align__(128) Smem<T, MT> s;
-    __shared__ bool last_block;
-    const unsigned int* tile = p.tiles + 3 * blockIdx.x;
-    const int seg = tile[0], start = tile[1], mrows = tile[2] - tile[1];
-    const int rank = p.seg_rank[seg];
-    const int n0 = blockIdx.z * TILE_N;
-    const int nvalid = max(0, min(TILE_N, rank - n0));
-    const int kbase = blockIdx.y * KSPLIT_K;
-    const int klen = min(KSPLIT_K, p.d_in - kbase);
-    const T* x = static_cast<const T*>(p.x) + kbase;
-    const T* a = reinterpret_cast<const T*>(p.table[2 * p.seg_slot[seg]]) + (size_t)n0 * p.d_in + kbase;
-    const bool vec = p.vec_ok & 1;
-    float* part = p.partial + ((size_t)blockIdx.y * p.num_tokens + start) * p.width + n0;
-
-    // Partials of columns [0, nvalid); the reduction treats the others as zero.
-    if (nvalid > 0) {
-        Stage<T, 16 * MT> si;
-        Stage<T, TILE_N> sw;
-        auto fetch = [&](int k0) {
-            si.fetch(mrows, k0, klen, vec, [&](int r) { return x + (size_t)p.rows[start + r] * p.d_in; });
-            sw.fetch(nvalid, k0, klen, vec, [&](int r) { return a + (size_t)r * p.d_in; });
-        };
-        tile_product<T, MT>(s, si, sw, mrows, nvalid, klen, fetch,
-                        [&](int m, int n, const float* vals, int count) {
-                            float* dst = part + (size_t)m * p.width + n;
-#pragma unroll
-                            for (int e = 0; e < 16; ++e)
-                                if (e < count) dst[e] = vals[e];
-                        });
-    }
-
-    // The last of the ksplit blocks of this (tile, column chunk) reduces the partials in
-    // slice order, so the result does not depend on which block finished first.
-    __threadfence();
-    __syncthreads();
-    unsigned int* counter = p.counters + blockIdx.x * gridDim.z + blockIdx.z;
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)p.ksplit - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    const int ncols = min(TILE_N, p.width - n0);
-    const size_t stride = (size_t)p.num_tokens * p.width;
-    for (int i = threadIdx.x; i < mrows * ncols; i += THREADS) {
-        const int m = i / ncols, n = i % ncols;
-        float sum = 0.f;
-        if (n < nvalid) {
-            const float* src = p.partial + (size_t)(start + m) * p.width + n0 + n;
-            int ks = 0;
-            for (; ks + 8 <= p.ksplit; ks += 8) {
-                float t[8];  // eight loads in flight, summed in slice order
-#pragma unroll
-                for (int u = 0; u < 8; ++u) t[u] = __ldcg(src + (ks + u) * stride);
-#pragma unroll
-                for (int u = 0; u < 8; ++u) sum += t[u];
             }
-            for (; ks < p.ksplit; ++ks) sum += __ldcg(src + ks * stride);
+            vsm[m * VLD + n] = from_f<T>(s);
         }
-        p.v[(size_t)(start + m) * p.width + n0 + n] = sum;
     }
-    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch on this map
+    cluster_arrive();  // done reading the other blocks' shared memory
+    __syncthreads();
+
+    // ---- expand: this warp's 32-column groups
+    for (int ge = 0; ge < n_e; ++ge) {
+        const int base = n_s * ld.ls + ge * ld.le;
+        ld.wait_for(base + ld.le - 1);
+        const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
+        float o[MT][4][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[i][j][e] = 0.f;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            if (q >= nq) break;
+            uint4 vl[MT], vh[MT];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
+                vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const uint4 bq = ld.slot(base + 4 * q + j);
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2 * MT; ++r) {
+            if (!ld.m_ok[r] || col >= d_out) continue;
+            const uint4 old = ld.slot(base + 4 * nq + r);
+            const T* ov = reinterpret_cast<const T*>(&old);
+            __align__(16) T nv[8];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    nv[2 * j + e] = from_f<T>(to_f<T>(ov[2 * j + e]) + scale * o[r / 2][j][2 * (r % 2) + e]);
+            T* dst = ld.y_rows[r] + col;
+            if (ld.vec_y && col + 8 <= d_out) {
+                *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(nv);
+            } else {
+                for (int e = 0; e < 8 && col + e < d_out; ++e) dst[e] = nv[e];
+            }
+        }
+        ld.issue_until(base + ld.le + L::NS);
+    }
+    cluster_wait();  // no block leaves while another may still read its partial
 }
 
-template <typename T, int MT>
-__device__ void expand(const SgmvParams& p) {
-    __shared__ __align__(128) Smem<T, MT> s;
-    const unsigned int* tile = p.tiles + 3 * blockIdx.x;
-    const int seg = tile[0], start = tile[1], mrows = tile[2] - tile[1];
-    const int rank = p.seg_rank[seg];
-    const float scale = p.seg_scale[seg];
-    const int n0 = blockIdx.y * TILE_N;
-    const int nvalid = min(TILE_N, p.d_out - n0);
-    const T* b = reinterpret_cast<const T*>(p.table[2 * p.seg_slot[seg] + 1]) + (size_t)n0 * rank;
-    const bool vec_b = (p.vec_ok & 2) && rank % (16 / sizeof(T)) == 0;
-    const bool vec_y = p.vec_ok & 4;
-    T* y = static_cast<T*>(p.y) + n0;
-    const float* v = p.v + (size_t)start * p.width;
-
-    Stage<T, 16 * MT> si;
-    Stage<T, TILE_N> sw;
-    auto fetch = [&](int k0) {
-        // v is rounded to T, as a framework's bf16 x @ A would be.
-        si.fetch_f32(mrows, k0, rank, v, p.width);
-        sw.fetch(nvalid, k0, rank, vec_b, [&](int r) { return b + (size_t)r * rank; });
-    };
-    tile_product<T, MT>(s, si, sw, mrows, nvalid, rank, fetch, [&](int m, int n, const float* vals, int count) {
-        T* dst = y + (size_t)p.rows[start + m] * p.d_out + n;
-        if (sizeof(T) == 2 && vec_y && count == 16) {
-            uint4 raw[2] = {reinterpret_cast<const uint4*>(dst)[0], reinterpret_cast<const uint4*>(dst)[1]};
-            T* old = reinterpret_cast<T*>(raw);
-#pragma unroll
-            for (int e = 0; e < 16; ++e) old[e] = from_f<T>(to_f<T>(old[e]) + scale * vals[e]);
-            reinterpret_cast<uint4*>(dst)[0] = raw[0];
-            reinterpret_cast<uint4*>(dst)[1] = raw[1];
-        } else {
-#pragma unroll
-            for (int e = 0; e < 16; ++e)
-                if (e < count) dst[e] = from_f<T>(to_f<T>(dst[e]) + scale * vals[e]);
-        }
-    });
-}
-
-// The shrink runs many small blocks when segments are short: 3 blocks per SM (168 registers,
-// a few bytes of spill) keep more loads in flight than 2 would. The small kernels need far
-// fewer registers and take the compiler's choice.
-#define SGMV_KERNELS(NAME, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(THREADS, 3) sgmv_shrink_##NAME(SgmvParams p) { \
-        shrink<T, 4>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_expand_##NAME(SgmvParams p) {  \
-        expand<T, 4>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_shrink_small_##NAME(SgmvParams p) { \
-        shrink<T, 1>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_expand_small_##NAME(SgmvParams p) { \
-        expand<T, 1>(p);                                                                       \
+#define SGMV_V3(NAME, T, MT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt##MT(Params p) { \
+        sgmv_v3<T, MT>(p);                                                                     \
     }
-
-SGMV_KERNELS(bf16, __nv_bfloat16)
-SGMV_KERNELS(f16, __half)
-SGMV_KERNELS(f32, float)
+SGMV_V3(bf16, __nv_bfloat16, 1)
+SGMV_V3(bf16, __nv_bfloat16, 2)
+SGMV_V3(f16, __half, 1)
+SGMV_V3(f16, __half, 2)
