@@ -38,7 +38,6 @@ constexpr int CLUSTER = 8;   // blocks per tile (cluster size; fixed: the d_in s
 constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
-constexpr int PLD = 128;     // row stride (floats) of a block's partial v
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
 // Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
@@ -92,18 +91,14 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
-// Waits until at most n of this thread's cp.async groups are pending (n < 24).
+// Waits until at most n (0..3) of this thread's cp.async groups are pending.
 __device__ __forceinline__ void cp_async_wait(int n) {
-#define SGMV_WAIT(N) \
-    case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
     switch (n) {
-        SGMV_WAIT(0) SGMV_WAIT(1) SGMV_WAIT(2) SGMV_WAIT(3) SGMV_WAIT(4) SGMV_WAIT(5) SGMV_WAIT(6)
-        SGMV_WAIT(7) SGMV_WAIT(8) SGMV_WAIT(9) SGMV_WAIT(10) SGMV_WAIT(11) SGMV_WAIT(12)
-        SGMV_WAIT(13) SGMV_WAIT(14) SGMV_WAIT(15) SGMV_WAIT(16) SGMV_WAIT(17) SGMV_WAIT(18)
-        SGMV_WAIT(19) SGMV_WAIT(20) SGMV_WAIT(21) SGMV_WAIT(22)
+        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
         default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
     }
-#undef SGMV_WAIT
 }
 
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
@@ -120,127 +115,50 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
     return reinterpret_cast<const float*>(out);
 }
 
+// Shared memory of the kernel for tiles of 16 * MT tokens.
 template <int MT> struct Layout {
-    static constexpr int NS = MT == 1 ? 20 : 16;                  // ring slots per thread
-    static constexpr int RING = NS * THREADS * 16;
-    static constexpr int WPART = WARPS * MT * NTW * 32 * 16;      // warps' partials (float4 each)
-    static constexpr int PART = 16 * MT * PLD * 4;                // the block's partial v
-    static constexpr int BYTES = RING + WPART + PART;
-    static_assert(16 * MT * VLD * 2 <= WPART, "rounded v fits where the warps' partials were");
+    static constexpr int U = NTW + 2 * MT;        // ring slots per load unit (per thread)
+    static constexpr int S = MT == 1 ? 4 : 3;      // units in flight
+    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 4)
+    static constexpr int RING = S * U * THREADS * 16;
+    static constexpr int RED = NG_MAX * MT * NTW * 32 * 16;  // a group's partial, fragment layout
+    static constexpr int VSM = 16 * MT * VLD * 2;
+    static constexpr int BYTES = RING + RED + VSM;
 };
 
-// A thread's load sequence: its shrink chunks (4 lora_A rows, then 2 MT x rows, each 8 k),
-// then its expand groups (4 nq lora_B slices, then 2 MT y rows, each 8 elements).
-template <typename T, int MT> struct Loader {
-    uint4* ring;
-    int issued, total;
-    // shrink
-    const T* a_rows;     // lora_A row 8 * (first rank tile) + g
-    const T* x_rows[2 * MT];
-    int k, k_end, d_in, a_left;  // a_left: rank rows left from this thread's first tile
-    int n_s, ls;
-    // expand
-    const T* b;
-    T* y_rows[2 * MT];
-    int col, col_step, d_out, rank, nq, le;
-    bool m_ok[2 * MT];
-    bool vec_x, vec_a, vec_b, vec_y;
-    // position
-    int phase, sub, chunk;
+__device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
 
-    __device__ __forceinline__ void put(uint4* slot, const T* src, int n, bool vec) {
-        if (n >= 8 && vec) {
-            cp_async16(slot, src);
-        } else {
-            __align__(16) T tmp[8];
+// 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
+// the 16 bytes are whole and aligned, else element by element.
+template <typename T>
+__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec) {
+    if (n >= 8 && vec) {
+        cp_async16(slot, src);
+    } else if (n <= 0) {
+        zero16(slot);
+    } else {
+        __align__(16) T tmp[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
-            *slot = *reinterpret_cast<uint4*>(tmp);
-        }
+        for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
+        *slot = *reinterpret_cast<uint4*>(tmp);
     }
+}
 
-    __device__ __forceinline__ void issue_one() {
-        uint4* slot = ring + (issued % Layout<MT>::NS) * THREADS + threadIdx.x;
-        const T* src = nullptr;
-        int n = 0;
-        bool vec = false;
-        if (phase == 0) {
-            const int kn = min(8, k_end - k);
-            if (sub < NTW) {
-                if (sub * 8 < a_left) src = a_rows + (size_t)sub * 8 * d_in;
-                vec = vec_a;
-            } else {
-                const int r = sub - NTW;
-#pragma unroll
-                for (int i = 0; i < 2 * MT; ++i)
-                    if (i == r && m_ok[i]) src = x_rows[i];
-                vec = vec_x;
-            }
-            n = kn;
-            if (src) src += k;
-            if (++sub == ls) {
-                sub = 0;
-                k += 32;
-                if (++chunk == n_s) phase = 1, chunk = 0;
-            }
-        } else {
-            if (sub < 4 * nq) {
-                const int j = sub & 3, q = sub >> 2;
-                const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-                const int nn = col - 8 * t + 8 * (g / 2) + 2 * j + (g % 2);  // this group's column P(j, g)
-                const int kk = 32 * q + 8 * t;
-                if (nn < d_out && kk < rank) {
-                    src = b + (size_t)nn * rank + kk;
-                    n = rank - kk;
-                }
-                vec = vec_b;
-            } else {
-                const int r = sub - 4 * nq;
-#pragma unroll
-                for (int i = 0; i < 2 * MT; ++i)
-                    if (i == r && m_ok[i]) src = y_rows[i];
-                if (src) {
-                    src += col;
-                    n = d_out - col;
-                }
-                vec = vec_y;
-            }
-            if (++sub == le) {
-                sub = 0;
-                col += col_step;
-            }
-        }
-        if (src && n > 0) {
-            put(slot, src, n, vec);
-        } else {
-            *slot = make_uint4(0, 0, 0, 0);
-        }
-        cp_async_commit();
-        ++issued;
-    }
-
-    // Issues loads until `limit` (exclusive) or the end of the sequence.
-    __device__ __forceinline__ void issue_until(int limit) {
-        limit = min(limit, total);
-        while (issued < limit) issue_one();
-    }
-
-    // Waits for item `last` and everything before it.
-    __device__ __forceinline__ void wait_for(int last) { cp_async_wait(issued - last - 1); }
-
-    __device__ __forceinline__ uint4 slot(int item) const {
-        return ring[(item % Layout<MT>::NS) * THREADS + threadIdx.x];
-    }
-};
+// Sums the warps' shrink partials (fragment layout) into the block's partial.
+// Element (m, n) of group g's partial: see `red_index`.
+__device__ __forceinline__ int red_index(int m, int n, int mt) {
+    const int j = n / 8, grp = j / NTW, jj = j % NTW, i = m / 16, mm = m % 16;
+    const int lane = 4 * (mm % 8) + (n % 8) / 2, reg = (n % 2) + 2 * (mm / 8);
+    return ((((grp * mt + i) * NTW + jj) * 32 + lane) * 4) + reg;
+}
 
 template <typename T, int MT>
-__device__ void sgmv_v3(const Params& p) {
+__device__ __forceinline__ void sgmv_v3(const Params& p) {
     using L = Layout<MT>;
     extern __shared__ __align__(16) unsigned char smem[];
     uint4* ring = reinterpret_cast<uint4*>(smem);
-    float4* wpart = reinterpret_cast<float4*>(smem + L::RING);
-    T* vsm = reinterpret_cast<T*>(smem + L::RING);  // after the partials are summed
-    float* part = reinterpret_cast<float*>(smem + L::RING + L::WPART);
+    float4* red = reinterpret_cast<float4*>(smem + L::RING);
+    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int crank = cluster_rank();
@@ -249,68 +167,100 @@ __device__ void sgmv_v3(const Params& p) {
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
     const int mrows = p.tiles[2 * tile + 1].x - start;
-    const ulonglong2 w = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
-    const T* a = reinterpret_cast<const T*>(w.x);
-    const T* b = reinterpret_cast<const T*>(w.y);
+    const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
+    const T* a = reinterpret_cast<const T*>(tab.x);
+    const T* b = reinterpret_cast<const T*>(tab.y);
     const int d_in = p.d_in, d_out = p.d_out;
     const int nt = (rank + 7) / 8, nq = (rank + 31) / 32;
 
-    Loader<T, MT> ld;
-    ld.ring = ring;
-    ld.issued = 0;
-    ld.d_in = d_in;
-    ld.d_out = d_out;
-    ld.rank = rank;
-    ld.nq = nq;
+    // This thread's token rows: 8 i + g (rows g and g + 8 of each 16-row m tile).
+    const T* x_row[2 * MT];
+    T* y_row[2 * MT];
+    bool m_ok[2 * MT];
 #pragma unroll
     for (int i = 0; i < 2 * MT; ++i) {
-        const int m = 8 * i + g;  // rows g, g + 8 of m tile i / 2
-        ld.m_ok[i] = m < mrows;
-        const size_t row = ld.m_ok[i] ? p.rows[start + m] : 0;
-        ld.x_rows[i] = static_cast<const T*>(p.x) + row * d_in;
-        ld.y_rows[i] = static_cast<T*>(p.y) + row * d_out;
+        const int m = 8 * i + g;
+        m_ok[i] = m < mrows;
+        const size_t row = m_ok[i] ? p.rows[start + m] : 0;
+        x_row[i] = static_cast<const T*>(p.x) + row * d_in;
+        y_row[i] = static_cast<T*>(p.y) + row * d_out;
     }
 
     // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
     // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
-    // (group, kk) of block c sums run c * KS + kk.
+    // (group, kk) of block c sums run c * KS + kk, chunk by chunk in order.
     const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
     const int ks = WARPS / ng;
     const int grp = warp / ks, kk = warp % ks;
     const int nchunks = (d_in + 31) / 32;
-    const int workers = CLUSTER * ks;
-    const int per = (nchunks + workers - 1) / workers;
+    const int per = (nchunks + CLUSTER * ks - 1) / (CLUSTER * ks);
     const int c0 = min(nchunks, (crank * ks + kk) * per);
     const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
-    ld.a_rows = a + (size_t)(8 * NTW * grp + g) * d_in;
-    ld.a_left = rank - (8 * NTW * grp + g);
-    ld.k = 32 * c0 + 8 * t;
-    ld.k_end = d_in;
-    ld.n_s = n_s;
-    ld.ls = NTW + 2 * MT;
-    ld.vec_x = p.flags & 1;
-    ld.vec_a = p.flags & 2;
+    const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
+    const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
+    const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
+    const bool vec_x = p.flags & 1, vec_a = p.flags & 2;
 
-    // Expand split (free to choose: each output element is one mma chain): 32-column groups,
-    // a contiguous run of them per block, dealt round-robin to its warps.
+    // Expand split (free: each output element is one mma chain): 32-column groups, a
+    // contiguous run per block, dealt round-robin to its warps; each group in nq units of
+    // 32 ranks.
     const int ngroups = (d_out + 31) / 32;
     const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
     const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
     const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
-    ld.b = b;
-    ld.col = 32 * gfirst + 8 * t;
-    ld.col_step = 32 * WARPS;
-    ld.le = 4 * nq + 2 * MT;
-    ld.vec_b = (p.flags & 4) && rank % 8 == 0;
-    ld.vec_y = p.flags & 8;
+    const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
+    // Column P(j, g) of a group (see the file comment): lora_B rows this thread loads.
+    int pcol[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) pcol[j] = 8 * (g / 2) + 2 * j + (g % 2);
 
-    ld.total = n_s * ld.ls + n_e * ld.le;
-    ld.phase = n_s > 0 ? 0 : 1;
-    ld.sub = 0;
-    ld.chunk = 0;
-    ld.issue_until(L::NS);
+    const int total = n_s + n_e * nq;
+    int issued = 0;
+    int e_group = 0, e_q = 0;  // the next expand unit to issue
+    auto issue = [&]() {
+        uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
+        if (issued < n_s) {
+            const int k = 32 * (c0 + issued) + 8 * t;
+            const int kn = d_in - k;
+#pragma unroll
+            for (int jj = 0; jj < NTW; ++jj)
+                if (jj < tiles_here && 8 * jj < a_rows_left)
+                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a);
+#pragma unroll
+            for (int i = 0; i < 2 * MT; ++i)
+                if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
+        } else {
+            const int col0 = 32 * (gfirst + WARPS * e_group);
+            const int kk2 = 32 * e_q + 8 * t;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int n = col0 + pcol[j];
+                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b);
+            }
+            if (e_q == nq - 1) {
+                const int col = col0 + 8 * t;
+#pragma unroll
+                for (int i = 0; i < 2 * MT; ++i)
+                    if (m_ok[i] && col < d_out) fetch8(st + (NTW + i) * THREADS, y_row[i] + col, d_out - col, vec_y);
+                e_q = 0;
+                ++e_group;
+            } else {
+                ++e_q;
+            }
+        }
+        cp_async_commit();
+        ++issued;
+    };
+    auto issue_until = [&](int limit) {
+        limit = min(limit, total);
+        while (issued < limit) issue();
+    };
+    auto slot = [&](int unit, int sub) -> uint4 {
+        return ring[((unit % L::S) * L::U + sub) * THREADS + tid];
+    };
+    issue_until(L::S);
 
-    // ---- shrink: this warp's k run for its rank tiles
+    // ---- shrink: this warp's chunks for its rank tiles
     float acc[MT][NTW][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
@@ -319,72 +269,64 @@ __device__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
     for (int c = 0; c < n_s; ++c) {
-        const int base = c * ld.ls;
-        ld.wait_for(base + ld.ls - 1);
-        uint4 xs[2 * MT], as[NTW];
+        cp_async_wait(issued - c - 1);
+        uint4 xs[2 * MT];
 #pragma unroll
-        for (int j = 0; j < NTW; ++j) as[j] = ld.slot(base + j);
-#pragma unroll
-        for (int i = 0; i < 2 * MT; ++i) xs[i] = ld.slot(base + NTW + i);
+        for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
 #pragma unroll
         for (int j = 0; j < NTW; ++j)
-            if (NTW * grp + j < nt)
+            if (j < tiles_here) {
+                const uint4 as = slot(c, j);
 #pragma unroll
-                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as[j]);
-        ld.issue_until(base + ld.ls + L::NS);
+                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
+            }
+        issue_until(c + 1 + L::S);
     }
 
-    // ---- reduce: warps of a group in kk order, then blocks in cluster-rank order
+    // ---- reduce: the KS warps of a group in kk order into `red`, then (below) the blocks
+    // in cluster-rank order
     if (p.mode != 2) {
+        for (int step = 0; step < ks; ++step) {
+            if (kk == step)
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+                for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int j = 0; j < NTW; ++j)
-                wpart[((warp * MT + i) * NTW + j) * 32 + lane] =
-                    make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
-        __syncthreads();
-        for (int idx = tid; idx < MT * nt * 32; idx += THREADS) {
-            const int l = idx % 32, ij = idx / 32, i = ij / nt, j = ij % nt;
-            const int gw = j / NTW, jj = j % NTW;
-            float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int q = 0; q < ks; ++q) {
-                const float4 pq = wpart[(((gw * ks + q) * MT + i) * NTW + jj) * 32 + l];
-                s.x += pq.x, s.y += pq.y, s.z += pq.z, s.w += pq.w;
-            }
-            const int m = 16 * i + l / 4, n = 8 * j + 2 * (l % 4);
-            part[m * PLD + n] = s.x;
-            part[m * PLD + n + 1] = s.y;
-            part[(m + 8) * PLD + n] = s.z;
-            part[(m + 8) * PLD + n + 1] = s.w;
+                    for (int j = 0; j < NTW; ++j) {
+                        float4* r = &red[((grp * MT + i) * NTW + j) * 32 + lane];
+                        float4 s = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+                        if (step > 0) {
+                            const float4 o = *r;
+                            s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
+                        }
+                        *r = s;
+                    }
+            __syncthreads();
         }
     }
     cluster_arrive();
-    cluster_wait();  // every block's partial is written
+    cluster_wait();  // every block's partial is complete
 
-    const int vcols = 32 * nq;
+    const float* reds[CLUSTER];
+#pragma unroll
+    for (int c = 0; c < CLUSTER; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
     if (p.mode == 1) {
         // shrink alone: block 0 writes v in f32 (zero beyond the rank)
-        if (crank == 0) {
-            const float* parts[CLUSTER];
-#pragma unroll
-            for (int c = 0; c < CLUSTER; ++c) parts[c] = cluster_map(part, c);
+        if (crank == 0)
             for (int e = tid; e < mrows * p.width; e += THREADS) {
                 const int m = e / p.width, n = e % p.width;
                 float s = 0.f;
                 if (n < rank) {
+                    const int ri = red_index(m, n, MT);
                     float pc[CLUSTER];
 #pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = parts[c][m * PLD + n];
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
 #pragma unroll
                     for (int c = 0; c < CLUSTER; ++c) s += pc[c];
                 }
                 p.v[(size_t)(start + m) * p.width + n] = s;
             }
-        }
     } else {
-        const float* parts[CLUSTER];
-#pragma unroll
-        for (int c = 0; c < CLUSTER; ++c) parts[c] = cluster_map(part, c);
+        const int vcols = 32 * nq;
         for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
             const int m = e / vcols, n = e % vcols;
             float s = 0.f;
@@ -392,9 +334,10 @@ __device__ void sgmv_v3(const Params& p) {
                 if (p.mode == 2) {
                     s = p.v[(size_t)(start + m) * p.width + n];
                 } else {
+                    const int ri = red_index(m, n, MT);
                     float pc[CLUSTER];
 #pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = parts[c][m * PLD + n];
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
 #pragma unroll
                     for (int c = 0; c < CLUSTER; ++c) s += pc[c];
                 }
@@ -405,62 +348,63 @@ __device__ void sgmv_v3(const Params& p) {
     cluster_arrive();  // done reading the other blocks' shared memory
     __syncthreads();
 
-    // ---- expand: this warp's 32-column groups
-    for (int ge = 0; ge < n_e; ++ge) {
-        const int base = n_s * ld.ls + ge * ld.le;
-        ld.wait_for(base + ld.le - 1);
-        const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
-        float o[MT][4][4];
+    // ---- expand: this warp's 32-column groups, nq units each
+    float o[MT][4][4];
+    for (int u = n_s; u < total; ++u) {
+        const int e = u - n_s, ge = e / nq, q = e % nq;
+        cp_async_wait(issued - u - 1);
+        if (q == 0)
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+            for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+                for (int j = 0; j < 4; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) o[i][j][e] = 0.f;
+                    for (int c = 0; c < 4; ++c) o[i][j][c] = 0.f;
+        uint4 vl[MT], vh[MT];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            if (q >= nq) break;
-            uint4 vl[MT], vh[MT];
-#pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
-                vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const uint4 bq = ld.slot(base + 4 * q + j);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
-            }
+        for (int i = 0; i < MT; ++i) {
+            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
+            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
         }
 #pragma unroll
-        for (int r = 0; r < 2 * MT; ++r) {
-            if (!ld.m_ok[r] || col >= d_out) continue;
-            const uint4 old = ld.slot(base + 4 * nq + r);
-            const T* ov = reinterpret_cast<const T*>(&old);
-            __align__(16) T nv[8];
+        for (int j = 0; j < 4; ++j) {
+            const uint4 bq = slot(u, j);
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
+        }
+        if (q == nq - 1) {
+            const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
 #pragma unroll
-                for (int e = 0; e < 2; ++e)
-                    nv[2 * j + e] = from_f<T>(to_f<T>(ov[2 * j + e]) + scale * o[r / 2][j][2 * (r % 2) + e]);
-            T* dst = ld.y_rows[r] + col;
-            if (ld.vec_y && col + 8 <= d_out) {
-                *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(nv);
-            } else {
-                for (int e = 0; e < 8 && col + e < d_out; ++e) dst[e] = nv[e];
+            for (int r = 0; r < 2 * MT; ++r) {
+                if (!m_ok[r] || col >= d_out) continue;
+                const uint4 old = slot(u, NTW + r);
+                const T* ov = reinterpret_cast<const T*>(&old);
+                __align__(16) T nv[8];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c)
+                        nv[2 * j + c] = from_f<T>(to_f<T>(ov[2 * j + c]) + scale * o[r / 2][j][2 * (r % 2) + c]);
+                T* dst = y_row[r] + col;
+                if (vec_y && col + 8 <= d_out) {
+                    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(nv);
+                } else {
+                    for (int c = 0; c < 8 && col + c < d_out; ++c) dst[c] = nv[c];
+                }
             }
         }
-        ld.issue_until(base + ld.le + L::NS);
+        issue_until(u + 1 + L::S);
     }
     cluster_wait();  // no block leaves while another may still read its partial
 }
 
-#define SGMV_V3(NAME, T, MT)                                                                   \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt##MT(Params p) { \
-        sgmv_v3<T, MT>(p);                                                                     \
+// Tiles of 16 tokens: two blocks per SM. Tiles of 64 tokens (long segments): one.
+#define SGMV_V3(NAME, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
+        sgmv_v3<T, 1>(p);                                                                       \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) sgmv_v3_##NAME##_mt4(Params p) {   \
+        sgmv_v3<T, 4>(p);                                                                       \
     }
-SGMV_V3(bf16, __nv_bfloat16, 1)
-SGMV_V3(bf16, __nv_bfloat16, 2)
-SGMV_V3(f16, __half, 1)
-SGMV_V3(f16, __half, 2)
+SGMV_V3(bf16, __nv_bfloat16)
+SGMV_V3(f16, __half)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{
-    self, CUdevice_attribute, CUfunction_attribute,
+    self, CUfunction_attribute,
 };
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -44,12 +44,16 @@ const THREADS: u32 = 128;
 const V3_CLUSTER: u32 = 8;
 const V3_THREADS: u32 = 256;
 const V3_MAX_RANK: usize = 128;
-/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 2 (MT = 2 only for ranks up to 64: its ring
-/// must hold one whole column group of loads).
-const V3_MT2_MAX_RANK: usize = 64;
-/// Dynamic shared memory of the v3 kernels for MT = 1, 2 (`Layout<MT>::BYTES` in sgmv.cu:
-/// ring of 20 / 16 slots of 16 bytes per thread, warps' partials, the block's partial v).
-const V3_SMEM: [u32; 2] = [20 * 256 * 16 + 16384 + 8192, 16 * 256 * 16 + 2 * 16384 + 2 * 8192];
+/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 4 (`V3_MT`); MT = 4 only for ranks up to 64
+/// (its reduction buffer holds two groups of 32 ranks).
+const V3_MT: [usize; 2] = [1, 4];
+const V3_MT4_MAX_RANK: usize = 64;
+/// Dynamic shared memory of the v3 kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring,
+/// the block's partial v, the rounded v).
+const V3_SMEM: [u32; 2] = [4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2, 3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2];
+/// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
+/// block moves up to 4x the activations but re-reads the weights a quarter as often).
+const V3_MT4_COST: f64 = 2.5;
 
 /// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
 #[repr(C)]
@@ -105,10 +109,13 @@ struct Kernels {
     expand: [CudaFunction; 3],
     /// Variants for batches whose segments all have <= 16 tokens.
     small: ([CudaFunction; 3], [CudaFunction; 3]),
-    /// v3 by [dtype: bf16, f16][MT - 1]; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
+    /// v3 by [dtype: bf16, f16][tile size: `V3_MT`]; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
     v3: Option<[[CudaFunction; 2]; 2]>,
-    /// Multiprocessors of the device (the v3 tile size is chosen to fill them).
-    sms: usize,
+    /// Clusters of each v3 tile size that the device runs at once (the tile size is chosen
+    /// from these).
+    v3_clusters: [usize; 2],
+    /// `OPENLEDGER_SGMV_TILE=16|64` forces the v3 tile size where it applies (tests).
+    v3_tile: Option<usize>,
 }
 
 /// The module, loaded once per CUDA context.
@@ -131,29 +138,60 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         None
     } else {
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-        let f = |ty: &str, mt: usize| -> Result<CudaFunction> {
-            let func = module.load_function(&format!("sgmv_v3_{ty}_mt{mt}")).map_err(cuda_err)?;
+        let f = |ty: &str, m: usize| -> Result<CudaFunction> {
+            let name = format!("sgmv_v3_{ty}_mt{}", V3_MT[m]);
+            let func = module.load_function(&name).map_err(cuda_err)?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                V3_SMEM[mt - 1] as i32,
+                V3_SMEM[m] as i32,
             )
             .map_err(cuda_err)?;
             Ok(func)
         };
-        Some([[f("bf16", 1)?, f("bf16", 2)?], [f("f16", 1)?, f("f16", 2)?]])
+        Some([[f("bf16", 0)?, f("bf16", 1)?], [f("f16", 0)?, f("f16", 1)?]])
     };
-    let sms = ctx
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(cuda_err)? as usize;
+    let mut v3_clusters = [1, 1];
+    if let Some(v3) = &v3 {
+        for (m, c) in v3_clusters.iter_mut().enumerate() {
+            *c = max_active_clusters(&v3[0][m], V3_SMEM[m], &stream)?.max(1);
+        }
+    }
     let k = Arc::new(Kernels {
         shrink: all("shrink")?,
         expand: all("expand")?,
         small: (all("shrink_small")?, all("expand_small")?),
         v3,
-        sms,
+        v3_clusters,
+        v3_tile: std::env::var("OPENLEDGER_SGMV_TILE").ok().and_then(|v| v.parse().ok()),
     });
     loaded.insert(key, k.clone());
     Ok(k)
+}
+
+/// How many clusters of `V3_CLUSTER` blocks of `f` the device holds at once.
+fn max_active_clusters(f: &CudaFunction, smem: u32, stream: &CudaStream) -> Result<usize> {
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim =
+        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: V3_CLUSTER, y: 1, z: 1 };
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: V3_CLUSTER,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: V3_THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: `cfg` and the attribute it points to live across the call.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }
+        .result()
+        .map_err(cuda_err)?;
+    Ok(n as usize)
 }
 
 fn dtype_index(dtype: DType) -> Result<usize> {
@@ -198,7 +236,7 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
-    /// v3: the tile size (MT: 16 * MT tokens) chosen for this map, the tile records' device
+    /// v3: the tile size chosen for this map (index into `V3_MT`), the tile records' device
     /// address and their number.
     v3_mt: usize,
     v3_tiles_ptr: u64,
@@ -260,7 +298,7 @@ fn v3_tiles(map: &crate::SegmentMap, mt: usize) -> Vec<u32> {
 fn device_segments(
     segments: &BatchSegments,
     dev: &CudaDevice,
-    sms: usize,
+    kernels: &Kernels,
 ) -> Result<Arc<DeviceSegments>> {
     let mut cached = segments.gpu.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = cached.as_ref() {
@@ -278,15 +316,21 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    // v3: 32-token tiles where they still give two blocks per multiprocessor (half the
-    // re-reads of the weights from L2 for long segments), else 16 (more blocks). The
+    // v3: 64-token tiles where they take fewer rounds of clusters, weighted by their larger
+    // work (long segments: a quarter of the weights' re-reads), else 16-token tiles. The
     // choice changes no result: each token row is computed on its own.
-    let mut v3_mt = 1;
-    let mut v3 = v3_tiles(map, 1);
-    if map.max_rank() <= V3_MT2_MAX_RANK {
-        let wide = v3_tiles(map, 2);
-        if wide.len() / 8 * V3_CLUSTER as usize >= 2 * sms {
-            (v3_mt, v3) = (2, wide);
+    let mut v3_mt = 0;
+    let mut v3 = v3_tiles(map, V3_MT[0]);
+    if map.max_rank() <= V3_MT4_MAX_RANK {
+        let wide = v3_tiles(map, V3_MT[1]);
+        let clusters = kernels.v3_clusters;
+        let rounds = |tiles: &[u32], m: usize| (tiles.len() / 8).div_ceil(clusters[m]) as f64;
+        let wider = match kernels.v3_tile {
+            Some(t) => t == 16 * V3_MT[1],
+            None => V3_MT4_COST * rounds(&wide, 1) < rounds(&v3, 0),
+        };
+        if wider {
+            (v3_mt, v3) = (1, wide);
         }
     }
     let mut meta: Vec<u32> = map.rows().to_vec();
@@ -377,7 +421,7 @@ fn params(
 ) -> Result<(SgmvParams, Arc<DeviceSegments>, Arc<Kernels>)> {
     let map = segments.map();
     let kernels = kernels(dev)?;
-    let seg = device_segments(segments, dev, kernels.sms)?;
+    let seg = device_segments(segments, dev, &kernels)?;
     let (table_ptr, a_aligned, b_aligned) = device_table(table, dev)?;
     let at = |i: usize| seg.meta_ptr + 4 * i as u64;
     let vec_elems = 16 / table.dtype().size_in_bytes();
@@ -434,7 +478,7 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
     let dtype = dtype_index(table.dtype())?;
     let v3 = match &kernels.v3 {
         Some(v3) if dtype > 0 && segments.map().max_rank() <= V3_MAX_RANK => {
-            Some(v3[dtype - 1][seg.v3_mt - 1].clone())
+            Some(v3[dtype - 1][seg.v3_mt].clone())
         },
         _ => None,
     };
@@ -481,7 +525,7 @@ fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -
         blockDimX: V3_THREADS,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: V3_SMEM[call.seg.v3_mt - 1],
+        sharedMemBytes: V3_SMEM[call.seg.v3_mt],
         hStream: call.stream.cu_stream(),
         attrs: &mut attr,
         numAttrs: 1,
