@@ -34,13 +34,16 @@
 
 #include <type_traits>
 
-constexpr int CLUSTER = 8;   // blocks per tile (cluster size; fixed: the d_in split uses it)
+constexpr int CLUSTER = 16;  // blocks per tile (cluster size; fixed: the d_in split uses it)
 constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
-constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
+// Row stride (elements) of the rounded v: 16-byte reads spread over banks (row stride = 16
+// words mod 32); 96 holds ranks up to 64, 160 up to 128.
+template <int MT> constexpr int vld() { return MT == 1 ? 160 : 96; }
 
-// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), flags
+// (1: the segment is this one tile, so its weights are read once), padding.
 struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
@@ -89,6 +92,18 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
+// The same with an L2 eviction policy (weights read once: evict first, so that they do not
+// push out what L2 holds for others).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, uint64_t policy) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
+                 : "memory");
+}
+__device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t p;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+    return p;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most n (0..3) of this thread's cp.async groups are pending.
@@ -119,11 +134,13 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
 template <int MT> struct Layout {
     static constexpr int U = NTW + 2 * MT;        // ring slots per load unit (per thread)
     static constexpr int S = MT == 1 ? 4 : 3;      // units in flight
-    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 4)
+    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 2)
+    static constexpr int VLD = vld<MT>();
     static constexpr int RING = S * U * THREADS * 16;
     static constexpr int RED = NG_MAX * MT * NTW * 32 * 16;  // a group's partial, fragment layout
     static constexpr int VSM = 16 * MT * VLD * 2;
     static constexpr int BYTES = RING + RED + VSM;
+    static_assert(BYTES <= 113 * 1024, "two blocks per SM");
 };
 
 __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
@@ -131,9 +148,12 @@ __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0
 // 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
 // the 16 bytes are whole and aligned, else element by element.
 template <typename T>
-__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec) {
+__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec, uint64_t policy = 0) {
     if (n >= 8 && vec) {
-        cp_async16(slot, src);
+        if (policy)
+            cp_async16(slot, src, policy);
+        else
+            cp_async16(slot, src);
     } else if (n <= 0) {
         zero16(slot);
     } else {
@@ -166,7 +186,10 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
-    const int mrows = p.tiles[2 * tile + 1].x - start;
+    const uint4 rec1 = p.tiles[2 * tile + 1];
+    const int mrows = rec1.x - start;
+    // A segment that fits one tile reads its weights once: stream them past L2.
+    const uint64_t wpolicy = (rec1.y & 1) ? evict_first_policy() : 0;
     const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
     const T* a = reinterpret_cast<const T*>(tab.x);
     const T* b = reinterpret_cast<const T*>(tab.y);
@@ -225,7 +248,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
                 if (jj < tiles_here && 8 * jj < a_rows_left)
-                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a);
+                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
                 if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
@@ -235,7 +258,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int n = col0 + pcol[j];
-                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b);
+                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
             }
             if (e_q == nq - 1) {
                 const int col = col0 + 8 * t;
@@ -342,7 +365,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
                     for (int c = 0; c < CLUSTER; ++c) s += pc[c];
                 }
             }
-            vsm[m * VLD + n] = from_f<T>(s);
+            vsm[m * L::VLD + n] = from_f<T>(s);
         }
     }
     cluster_arrive();  // done reading the other blocks' shared memory
@@ -363,8 +386,8 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         uint4 vl[MT], vh[MT];
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
-            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
-            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
+            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * L::VLD + 32 * q + 8 * t]);
+            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * L::VLD + 32 * q + 8 * t]);
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -398,13 +421,13 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     cluster_wait();  // no block leaves while another may still read its partial
 }
 
-// Tiles of 16 tokens: two blocks per SM. Tiles of 64 tokens (long segments): one.
+// Tiles of 16 tokens, or 32 for long segments (ranks <= 64); two blocks per SM.
 #define SGMV_V3(NAME, T)                                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
         sgmv_v3<T, 1>(p);                                                                       \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1) sgmv_v3_##NAME##_mt4(Params p) {   \
-        sgmv_v3<T, 4>(p);                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt2(Params p) {   \
+        sgmv_v3<T, 2>(p);                                                                       \
     }
 SGMV_V3(bf16, __nv_bfloat16)
 SGMV_V3(f16, __half)

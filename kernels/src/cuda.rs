@@ -41,19 +41,22 @@ const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
 /// v3: blocks per tile (`CLUSTER` in sgmv.cu), threads per block, largest rank.
-const V3_CLUSTER: u32 = 8;
+const V3_CLUSTER: u32 = 16;
 const V3_THREADS: u32 = 256;
 const V3_MAX_RANK: usize = 128;
-/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 4 (`V3_MT`); MT = 4 only for ranks up to 64
-/// (its reduction buffer holds two groups of 32 ranks).
-const V3_MT: [usize; 2] = [1, 4];
-const V3_MT4_MAX_RANK: usize = 64;
+/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 2 (`V3_MT`); MT = 2 only for ranks up to 64
+/// (its buffers hold two groups of 32 ranks).
+const V3_MT: [usize; 2] = [1, 2];
+const V3_MT2_MAX_RANK: usize = 64;
 /// Dynamic shared memory of the v3 kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring,
 /// the block's partial v, the rounded v).
-const V3_SMEM: [u32; 2] = [4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2, 3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2];
-/// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
-/// block moves up to 4x the activations but re-reads the weights a quarter as often).
-const V3_MT4_COST: f64 = 2.5;
+const V3_SMEM: [u32; 2] = [
+    4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2,
+    3 * 8 * 256 * 16 + 2 * 2 * 4 * 512 + 32 * 96 * 2,
+];
+/// Relative time of a 32-token tile against a 16-token one (the host's choice of MT: a
+/// block moves up to twice the activations but re-reads the weights half as often).
+const V3_MT2_COST: f64 = 1.6;
 
 /// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
 #[repr(C)]
@@ -114,7 +117,7 @@ struct Kernels {
     /// Clusters of each v3 tile size that the device runs at once (the tile size is chosen
     /// from these).
     v3_clusters: [usize; 2],
-    /// `OPENLEDGER_SGMV_TILE=16|64` forces the v3 tile size where it applies (tests).
+    /// `OPENLEDGER_SGMV_TILE=16|32` forces the v3 tile size where it applies (tests).
     v3_tile: Option<usize>,
 }
 
@@ -146,16 +149,27 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
                 V3_SMEM[m] as i32,
             )
             .map_err(cuda_err)?;
+            // Clusters of 16 blocks are beyond the portable 8.
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .map_err(cuda_err)?;
             Ok(func)
         };
         Some([[f("bf16", 0)?, f("bf16", 1)?], [f("f16", 0)?, f("f16", 1)?]])
     };
-    let mut v3_clusters = [1, 1];
+    let mut v3_clusters = [0, 0];
     if let Some(v3) = &v3 {
         for (m, c) in v3_clusters.iter_mut().enumerate() {
-            *c = max_active_clusters(&v3[0][m], V3_SMEM[m], &stream)?.max(1);
+            *c = max_active_clusters(&v3[0][m], V3_SMEM[m], &stream)?;
         }
     }
+    if std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some() {
+        eprintln!("sgmv v3: clusters of {V3_CLUSTER} blocks at once: {v3_clusters:?} (16-, 32-token tiles)");
+    }
+    // A device that cannot hold a cluster of V3_CLUSTER blocks runs v2.
+    let v3 = v3.filter(|_| v3_clusters.iter().all(|&c| c > 0));
     let k = Arc::new(Kernels {
         shrink: all("shrink")?,
         expand: all("expand")?,
@@ -271,11 +285,13 @@ impl DeviceSegments {
 }
 
 /// v3 tile records (sgmv.cu's `Params::tiles`): per tile of up to `16 * mt` tokens of one
-/// segment, 8 words: slot, rank, scale (f32 bits), start, end, 3 of padding.
+/// segment, 8 words: slot, rank, scale (f32 bits), start, end, flags (1: the segment is one
+/// tile), 2 of padding.
 fn v3_tiles(map: &crate::SegmentMap, mt: usize) -> Vec<u32> {
     let mut tiles = Vec::new();
     for s in 0..map.num_segments() {
         let r = map.segment_range(s);
+        let once = (r.len() <= 16 * mt) as u32;
         let mut p = r.start;
         while p < r.end {
             let end = r.end.min(p + 16 * mt);
@@ -285,7 +301,7 @@ fn v3_tiles(map: &crate::SegmentMap, mt: usize) -> Vec<u32> {
                 map.scales()[s].to_bits(),
                 p as u32,
                 end as u32,
-                0,
+                once,
                 0,
                 0,
             ]);
@@ -316,18 +332,18 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    // v3: 64-token tiles where they take fewer rounds of clusters, weighted by their larger
-    // work (long segments: a quarter of the weights' re-reads), else 16-token tiles. The
-    // choice changes no result: each token row is computed on its own.
+    // v3: 32-token tiles where they take fewer rounds of clusters, weighted by their larger
+    // work (long segments: half the weights' re-reads), else 16-token tiles. The choice
+    // changes no result: each token row is computed on its own.
     let mut v3_mt = 0;
     let mut v3 = v3_tiles(map, V3_MT[0]);
-    if map.max_rank() <= V3_MT4_MAX_RANK {
+    if map.max_rank() <= V3_MT2_MAX_RANK {
         let wide = v3_tiles(map, V3_MT[1]);
         let clusters = kernels.v3_clusters;
-        let rounds = |tiles: &[u32], m: usize| (tiles.len() / 8).div_ceil(clusters[m]) as f64;
+        let rounds = |tiles: &[u32], m: usize| (tiles.len() / 8).div_ceil(clusters[m].max(1)) as f64;
         let wider = match kernels.v3_tile {
             Some(t) => t == 16 * V3_MT[1],
-            None => V3_MT4_COST * rounds(&wide, 1) < rounds(&v3, 0),
+            None => V3_MT2_COST * rounds(&wide, 1) < rounds(&v3, 0),
         };
         if wider {
             (v3_mt, v3) = (1, wide);
