@@ -1,32 +1,34 @@
 // SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Work unit: a tile = up to 16 * MT tokens of one segment. Each tile is one cluster of
-// CLUSTER blocks (thread block clusters, sm_90):
-//   shrink  v_part = x[tile rows, k slice] @ lora_A[:, k slice]^T   (each block a k slice)
-//   reduce  v = sum of the blocks' partials, read through distributed shared memory, in
-//           block order, then rounded to T (as a framework's bf16 x @ A would be)
+// Work unit: a tile = up to 16 tokens of one segment. Each tile is one cluster of 4, 8 or 16
+// blocks (thread block clusters, sm_90; the host picks the size per launch to fill the GPU):
+//   shrink  partials of x[tile rows] @ lora_A^T over 16 fixed slices of d_in, each block
+//           summing its share of the slices
+//   reduce  v = the 16 slices' partials added in slice order, read through distributed
+//           shared memory, then rounded to T (as a framework's bf16 x @ A would be)
 //   expand  y[tile rows, n slice] += scale * v @ lora_B[n slice, :]^T (each block an n slice)
 // so the tile's v never leaves the chip, and neither a second launch nor a global
 // reduction is needed.
 //
 // Loads: every operand element is fetched by the thread that feeds it to the tensor cores
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
-// NS shared-memory slots filled with cp.async: a thread's loads form one sequence (its
-// shrink chunks, then its expand column groups), issued up to NS slots ahead of use, so the
-// lora_B and y loads of the expand are in flight while the shrink and the reduction run.
-// A slot is written and read by the same thread: no barrier inside the loops.
+// shared-memory slots filled with cp.async, one commit group per unit (a 32-wide k chunk of
+// the shrink, or 32 ranks of a 32-column group of the expand): a thread's units (its shrink
+// chunks, then its expand units) are issued up to S units ahead of use, so the lora_B and y
+// loads of the expand are in flight while the shrink and the reduction run. A slot is
+// written and read by the same thread: no barrier inside the loops.
 //
 // 16-byte loads give each thread 8 consecutive k; the mma's k order is permuted to match
 // (thread t holds physical k 8t..8t+7 of a 32-wide chunk: the first mma takes 8t..8t+3 as its
 // k slots {2t, 2t+1, 2t+8, 2t+9}, the second 8t+4..8t+7), the same permutation on both
 // operands, so the products summed are the right ones. Likewise the expand's output columns
-// are permuted inside each 32-column group so that a thread ends with 8 consecutive columns
+// are permuted inside each 32-column group so that a thread ends with 8 consecutive outputs
 // of a row (one 16-byte read-modify-write of y).
 //
 // Determinism and batch invariance: the d_in split (which k chunks a warp sums, in which
-// order; how warps and blocks are combined) depends on d_in and the segment's rank alone,
-// and each token row of a tile is computed independently of the others (mma rows), so a
-// request gets the same bits whatever the batch around it and whatever the tile size.
+// order; how warps and slices are combined) depends on d_in and the segment's rank alone,
+// not on the cluster size; each token row of a tile is computed independently of the
+// others (mma rows), so a request gets the same bits whatever the batch around it.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -34,7 +36,10 @@
 
 #include <type_traits>
 
-constexpr int CLUSTER = 16;  // blocks per tile (cluster size; fixed: the d_in split uses it)
+// d_in is cut into VSLICES slices (fixed: the result depends on this split). A tile is one
+// cluster of 4, 8 or 16 blocks (chosen per launch, `Params::cluster`), each block summing
+// 16 / cluster of the slices.
+constexpr int VSLICES = 16;
 constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
@@ -52,8 +57,9 @@ struct Params {
     const unsigned int* rows;         // [num_tokens]: batch row of each sorted position
     const uint4* tiles;               // [num_tiles][2]
     int d_in, d_out, width;
-    int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
-    int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
+    int mode;     // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
+    int flags;    // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
+    int cluster;  // blocks per cluster: 4 (ranks <= 64), 8 or 16
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -132,14 +138,15 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
 
 // Shared memory of the kernel for tiles of 16 * MT tokens.
 template <int MT> struct Layout {
-    static constexpr int U = NTW + 2 * MT;        // ring slots per load unit (per thread)
-    static constexpr int S = MT == 1 ? 4 : 3;      // units in flight
-    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 2)
+    static constexpr int U = NTW + 2 * MT;     // ring slots per load unit (per thread)
+    static constexpr int S = 3;                // units in flight
     static constexpr int VLD = vld<MT>();
     static constexpr int RING = S * U * THREADS * 16;
-    static constexpr int RED = NG_MAX * MT * NTW * 32 * 16;  // a group's partial, fragment layout
+    static constexpr int FRAG = MT * NTW * 32 * 16;  // one warp's partial, fragment layout
+    static constexpr int WBUF = WARPS * FRAG;        // every warp's partial of a slice
+    static constexpr int RED = 8 * FRAG;             // (slices of the block) x (rank groups) <= 8
     static constexpr int VSM = 16 * MT * VLD * 2;
-    static constexpr int BYTES = RING + RED + VSM;
+    static constexpr int BYTES = RING + WBUF + RED + VSM;
     static_assert(BYTES <= 113 * 1024, "two blocks per SM");
 };
 
@@ -164,8 +171,7 @@ __device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool ve
     }
 }
 
-// Sums the warps' shrink partials (fragment layout) into the block's partial.
-// Element (m, n) of group g's partial: see `red_index`.
+// Element (m, n) of a rank group's partial in fragment layout [group][m tile][tile][lane][4].
 __device__ __forceinline__ int red_index(int m, int n, int mt) {
     const int j = n / 8, grp = j / NTW, jj = j % NTW, i = m / 16, mm = m % 16;
     const int lane = 4 * (mm % 8) + (n % 8) / 2, reg = (n % 2) + 2 * (mm / 8);
@@ -177,12 +183,14 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     using L = Layout<MT>;
     extern __shared__ __align__(16) unsigned char smem[];
     uint4* ring = reinterpret_cast<uint4*>(smem);
-    float4* red = reinterpret_cast<float4*>(smem + L::RING);
-    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
+    float4* wbuf = reinterpret_cast<float4*>(smem + L::RING);
+    float4* red = reinterpret_cast<float4*>(smem + L::RING + L::WBUF);
+    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::WBUF + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int ccl = p.cluster, spb = VSLICES / ccl;
     const int crank = cluster_rank();
-    const int tile = blockIdx.x / CLUSTER;
+    const int tile = blockIdx.x / ccl;
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
@@ -210,15 +218,19 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     }
 
     // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
-    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
-    // (group, kk) of block c sums run c * KS + kk, chunk by chunk in order.
+    // NTW; d_in in VSLICES * KS contiguous runs of 32-wide chunks, run (slice, kk) summed in
+    // order by warp (group, kk) of the block that holds the slice; a slice's partial is its
+    // warps' runs added in kk order; v is the slices' partials added in slice order.
     const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
     const int ks = WARPS / ng;
     const int grp = warp / ks, kk = warp % ks;
     const int nchunks = (d_in + 31) / 32;
-    const int per = (nchunks + CLUSTER * ks - 1) / (CLUSTER * ks);
-    const int c0 = min(nchunks, (crank * ks + kk) * per);
-    const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
+    const int per = (nchunks + VSLICES * ks - 1) / (VSLICES * ks);
+    auto run_start = [&](int sl) { return min(nchunks, ((crank * spb + sl) * ks + kk) * per); };
+    auto run_len = [&](int sl) { return min(nchunks, run_start(sl) + per) - run_start(sl); };
+    int n_s = 0;
+    if (p.mode != 2)
+        for (int sl = 0; sl < spb; ++sl) n_s += run_len(sl);
     const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
     const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
     const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
@@ -228,7 +240,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     // contiguous run per block, dealt round-robin to its warps; each group in nq units of
     // 32 ranks.
     const int ngroups = (d_out + 31) / 32;
-    const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
+    const int gper = (ngroups + ccl - 1) / ccl;
     const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
     const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
     const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
@@ -239,11 +251,17 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 
     const int total = n_s + n_e * nq;
     int issued = 0;
-    int e_group = 0, e_q = 0;  // the next expand unit to issue
+    int s_sl = 0, s_k = 0, s_left = 0;  // the next shrink unit: slice, its k (chunk * 32), chunks left
+    int e_group = 0, e_q = 0;           // the next expand unit
+    if (n_s > 0) {
+        while (run_len(s_sl) == 0) ++s_sl;
+        s_k = 32 * run_start(s_sl);
+        s_left = run_len(s_sl);
+    }
     auto issue = [&]() {
         uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
         if (issued < n_s) {
-            const int k = 32 * (c0 + issued) + 8 * t;
+            const int k = s_k + 8 * t;
             const int kn = d_in - k;
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
@@ -252,6 +270,13 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
                 if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
+            s_k += 32;
+            if (--s_left == 0 && issued + 1 < n_s) {
+                do ++s_sl;
+                while (run_len(s_sl) == 0);
+                s_k = 32 * run_start(s_sl);
+                s_left = run_len(s_sl);
+            }
         } else {
             const int col0 = 32 * (gfirst + WARPS * e_group);
             const int kk2 = 32 * e_q + 8 * t;
@@ -283,88 +308,81 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     };
     issue_until(L::S);
 
-    // ---- shrink: this warp's chunks for its rank tiles
-    float acc[MT][NTW][4];
+    // ---- shrink: per slice of this block, this warp's run, then the slice's warp partials
+    // summed in kk order into `red`
+    const int frag4 = MT * NTW * 32;  // float4s of one warp's partial
+    const int slice4 = ng * frag4;    // float4s of one slice's partial
+    int u = 0;
+    if (p.mode != 2)
+        for (int sl = 0; sl < spb; ++sl) {
+            float acc[MT][NTW][4];
 #pragma unroll
-    for (int i = 0; i < MT; ++i)
+            for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < NTW; ++j)
+                for (int j = 0; j < NTW; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-    for (int c = 0; c < n_s; ++c) {
-        cp_async_wait(issued - c - 1);
-        uint4 xs[2 * MT];
+                    for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+            const int len = run_len(sl);
+            for (int c = 0; c < len; ++c, ++u) {
+                cp_async_wait(issued - u - 1);
+                uint4 xs[2 * MT];
 #pragma unroll
-        for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
+                for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(u, NTW + i);
 #pragma unroll
-        for (int j = 0; j < NTW; ++j)
-            if (j < tiles_here) {
-                const uint4 as = slot(c, j);
+                for (int j = 0; j < NTW; ++j)
+                    if (j < tiles_here) {
+                        const uint4 as = slot(u, j);
 #pragma unroll
-                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
-            }
-        issue_until(c + 1 + L::S);
-    }
-
-    // ---- reduce: the KS warps of a group in kk order into `red`, then (below) the blocks
-    // in cluster-rank order
-    if (p.mode != 2) {
-        for (int step = 0; step < ks; ++step) {
-            if (kk == step)
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int j = 0; j < NTW; ++j) {
-                        float4* r = &red[((grp * MT + i) * NTW + j) * 32 + lane];
-                        float4 s = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
-                        if (step > 0) {
-                            const float4 o = *r;
-                            s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
-                        }
-                        *r = s;
+                        for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
                     }
+                issue_until(u + 1 + L::S);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NTW; ++j)
+                    wbuf[(warp * MT * NTW + i * NTW + j) * 32 + lane] =
+                        make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+            __syncthreads();
+            for (int idx = tid; idx < slice4; idx += THREADS) {
+                const int gq = idx / frag4, f = idx % frag4;
+                float4 s = wbuf[(gq * ks) * frag4 + f];
+                for (int q = 1; q < ks; ++q) {
+                    const float4 o = wbuf[(gq * ks + q) * frag4 + f];
+                    s = make_float4(s.x + o.x, s.y + o.y, s.z + o.z, s.w + o.w);
+                }
+                red[sl * slice4 + idx] = s;
+            }
             __syncthreads();
         }
-    }
     cluster_arrive();
-    cluster_wait();  // every block's partial is complete
+    cluster_wait();  // every block's partials are complete
 
-    const float* reds[CLUSTER];
+    // The slices' partials added in slice order: slice s lives in block s / spb.
+    auto v_sum = [&](int m, int n) {
+        const int ri = red_index(m, n, MT);
+        float pc[VSLICES];
 #pragma unroll
-    for (int c = 0; c < CLUSTER; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
+        for (int s = 0; s < VSLICES; ++s)
+            pc[s] = cluster_map(reinterpret_cast<const float*>(red), s / spb)[(s % spb) * slice4 * 4 + ri];
+        float sum = 0.f;
+#pragma unroll
+        for (int s = 0; s < VSLICES; ++s) sum += pc[s];
+        return sum;
+    };
     if (p.mode == 1) {
         // shrink alone: block 0 writes v in f32 (zero beyond the rank)
         if (crank == 0)
             for (int e = tid; e < mrows * p.width; e += THREADS) {
                 const int m = e / p.width, n = e % p.width;
-                float s = 0.f;
-                if (n < rank) {
-                    const int ri = red_index(m, n, MT);
-                    float pc[CLUSTER];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
-                }
-                p.v[(size_t)(start + m) * p.width + n] = s;
+                p.v[(size_t)(start + m) * p.width + n] = n < rank ? v_sum(m, n) : 0.f;
             }
     } else {
         const int vcols = 32 * nq;
         for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
             const int m = e / vcols, n = e % vcols;
             float s = 0.f;
-            if (m < mrows && n < rank) {
-                if (p.mode == 2) {
-                    s = p.v[(size_t)(start + m) * p.width + n];
-                } else {
-                    const int ri = red_index(m, n, MT);
-                    float pc[CLUSTER];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
-                }
-            }
+            if (m < mrows && n < rank) s = p.mode == 2 ? p.v[(size_t)(start + m) * p.width + n] : v_sum(m, n);
             vsm[m * L::VLD + n] = from_f<T>(s);
         }
     }
@@ -373,7 +391,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 
     // ---- expand: this warp's 32-column groups, nq units each
     float o[MT][4][4];
-    for (int u = n_s; u < total; ++u) {
+    for (; u < total; ++u) {
         const int e = u - n_s, ge = e / nq, q = e % nq;
         cp_async_wait(issued - u - 1);
         if (q == 0)
@@ -418,16 +436,13 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         }
         issue_until(u + 1 + L::S);
     }
-    cluster_wait();  // no block leaves while another may still read its partial
+    cluster_wait();  // no block leaves while another may still read its partials
 }
 
-// Tiles of 16 tokens, or 32 for long segments (ranks <= 64); two blocks per SM.
-#define SGMV_V3(NAME, T)                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
-        sgmv_v3<T, 1>(p);                                                                       \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt2(Params p) {   \
-        sgmv_v3<T, 2>(p);                                                                       \
+// Tiles of 16 tokens, two blocks per SM.
+#define SGMV_V3(NAME, T)                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME(Params p) {       \
+        sgmv_v3<T, 1>(p);                                                                     \
     }
 SGMV_V3(bf16, __nv_bfloat16)
 SGMV_V3(f16, __half)
