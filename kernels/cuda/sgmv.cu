@@ -14,7 +14,7 @@
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
 // shared-memory slots filled with cp.async, one commit group per unit (a 32-wide k chunk of
 // the shrink, or 32 ranks of a 32-column group of the expand): a thread's units (its shrink
-// chunks, then its expand units) are issued up to S units ahead of use, so the lora_B and y
+// chunks, then its expand units) are issued as far ahead as the ring holds, so the lora_B and y
 // loads of the expand are in flight while the shrink and the reduction run. A slot is
 // written and read by the same thread: no barrier inside the loops.
 //
@@ -112,14 +112,18 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
-// Waits until at most n (0..3) of this thread's cp.async groups are pending.
+// Waits until at most n of this thread's cp.async groups are pending (n above 15 waits for
+// 15: more than needed, never less).
 __device__ __forceinline__ void cp_async_wait(int n) {
+#define SGMV_WAIT(N) \
+    case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
     switch (n) {
-        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-        default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+        SGMV_WAIT(0) SGMV_WAIT(1) SGMV_WAIT(2) SGMV_WAIT(3) SGMV_WAIT(4) SGMV_WAIT(5) SGMV_WAIT(6)
+        SGMV_WAIT(7) SGMV_WAIT(8) SGMV_WAIT(9) SGMV_WAIT(10) SGMV_WAIT(11) SGMV_WAIT(12)
+        SGMV_WAIT(13) SGMV_WAIT(14)
+        default: asm volatile("cp.async.wait_group 15;\n" ::: "memory"); break;
     }
+#undef SGMV_WAIT
 }
 
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
@@ -138,10 +142,9 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
 
 // Shared memory of the kernel for tiles of 16 * MT tokens.
 template <int MT> struct Layout {
-    static constexpr int U = NTW + 2 * MT;     // ring slots per load unit (per thread)
-    static constexpr int S = 3;                // units in flight
+    static constexpr int NSLOT = 18;           // ring slots of 16 bytes per thread
     static constexpr int VLD = vld<MT>();
-    static constexpr int RING = S * U * THREADS * 16;
+    static constexpr int RING = NSLOT * THREADS * 16;
     static constexpr int FRAG = MT * NTW * 32 * 16;  // one warp's partial, fragment layout
     static constexpr int WBUF = WARPS * FRAG;        // every warp's partial of a slice
     static constexpr int RED = 8 * FRAG;             // (slices of the block) x (rank groups) <= 8
@@ -152,8 +155,17 @@ template <int MT> struct Layout {
 
 __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
 
+// The slow path of fetch8: element by element, zero past n (odd widths, misaligned rows).
+template <typename T>
+__device__ __noinline__ void fetch8_slow(uint4* slot, const T* src, int n) {
+    __align__(16) T tmp[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
+    *slot = *reinterpret_cast<uint4*>(tmp);
+}
+
 // 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
-// the 16 bytes are whole and aligned, else element by element.
+// the 16 bytes are whole and aligned.
 template <typename T>
 __device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec, uint64_t policy = 0) {
     if (n >= 8 && vec) {
@@ -164,10 +176,7 @@ __device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool ve
     } else if (n <= 0) {
         zero16(slot);
     } else {
-        __align__(16) T tmp[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
-        *slot = *reinterpret_cast<uint4*>(tmp);
+        fetch8_slow(slot, src, n);
     }
 }
 
@@ -249,8 +258,15 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) pcol[j] = 8 * (g / 2) + 2 * j + (g % 2);
 
+    // The thread's load sequence: n_s shrink units (its tiles' lora_A rows, then its valid x
+    // rows), then n_e * nq expand units (4 lora_B slices, then at a group's last unit its
+    // valid y rows). Units take only the slots they fill, one after the other in the ring,
+    // so a sparse unit (one token, small rank) leaves room for more units in flight.
+    int nx = 0;  // valid token rows of this thread (a prefix of its 2 MT rows)
+#pragma unroll
+    for (int i = 0; i < 2 * MT; ++i) nx += m_ok[i];
     const int total = n_s + n_e * nq;
-    int issued = 0;
+    int issued = 0, ipos = 0;           // units issued, next free slot
     int s_sl = 0, s_k = 0, s_left = 0;  // the next shrink unit: slice, its k (chunk * 32), chunks left
     int e_group = 0, e_q = 0;           // the next expand unit
     if (n_s > 0) {
@@ -258,18 +274,23 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         s_k = 32 * run_start(s_sl);
         s_left = run_len(s_sl);
     }
+    auto ring_at = [&](int pos) { return ring + (pos % L::NSLOT) * THREADS + tid; };
+    auto y_here = [&](int group) { return 32 * (gfirst + WARPS * group) + 8 * t < d_out ? nx : 0; };
+    auto next_size = [&]() {
+        return issued < n_s ? tiles_here + nx : 4 + (e_q == nq - 1 ? y_here(e_group) : 0);
+    };
     auto issue = [&]() {
-        uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
         if (issued < n_s) {
             const int k = s_k + 8 * t;
             const int kn = d_in - k;
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
                 if (jj < tiles_here && 8 * jj < a_rows_left)
-                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
+                    fetch8(ring_at(ipos + jj), a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
-                if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
+                if (m_ok[i]) fetch8(ring_at(ipos + tiles_here + i), x_row[i] + k, kn, vec_x);
+            ipos += tiles_here + nx;
             s_k += 32;
             if (--s_left == 0 && issued + 1 < n_s) {
                 do ++s_sl;
@@ -283,13 +304,17 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int n = col0 + pcol[j];
-                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
+                if (n < d_out) fetch8(ring_at(ipos + j), b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
             }
+            ipos += 4;
             if (e_q == nq - 1) {
                 const int col = col0 + 8 * t;
+                if (col < d_out) {
 #pragma unroll
-                for (int i = 0; i < 2 * MT; ++i)
-                    if (m_ok[i] && col < d_out) fetch8(st + (NTW + i) * THREADS, y_row[i] + col, d_out - col, vec_y);
+                    for (int i = 0; i < 2 * MT; ++i)
+                        if (m_ok[i]) fetch8(ring_at(ipos + i), y_row[i] + col, d_out - col, vec_y);
+                    ipos += nx;
+                }
                 e_q = 0;
                 ++e_group;
             } else {
@@ -299,14 +324,13 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         cp_async_commit();
         ++issued;
     };
-    auto issue_until = [&](int limit) {
-        limit = min(limit, total);
-        while (issued < limit) issue();
+    // Issues units while they fit in the slots before `free_end` (the slot after the last
+    // one whose contents are still needed, plus the ring size).
+    int cpos = 0;  // first slot of the next unit to consume
+    auto refill = [&]() {
+        while (issued < total && ipos + next_size() <= cpos + L::NSLOT) issue();
     };
-    auto slot = [&](int unit, int sub) -> uint4 {
-        return ring[((unit % L::S) * L::U + sub) * THREADS + tid];
-    };
-    issue_until(L::S);
+    refill();
 
     // ---- shrink: per slice of this block, this warp's run, then the slice's warp partials
     // summed in kk order into `red`
@@ -327,15 +351,17 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
                 cp_async_wait(issued - u - 1);
                 uint4 xs[2 * MT];
 #pragma unroll
-                for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(u, NTW + i);
+                for (int i = 0; i < 2 * MT; ++i)
+                    xs[i] = m_ok[i] ? *ring_at(cpos + tiles_here + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
                 for (int j = 0; j < NTW; ++j)
                     if (j < tiles_here) {
-                        const uint4 as = slot(u, j);
+                        const uint4 as = *ring_at(cpos + j);
 #pragma unroll
                         for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
                     }
-                issue_until(u + 1 + L::S);
+                cpos += tiles_here + nx;
+                refill();
             }
 #pragma unroll
             for (int i = 0; i < MT; ++i)
@@ -409,16 +435,17 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const uint4 bq = slot(u, j);
+            const uint4 bq = *ring_at(cpos + j);
 #pragma unroll
             for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
         }
+        cpos += 4;
         if (q == nq - 1) {
             const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
 #pragma unroll
             for (int r = 0; r < 2 * MT; ++r) {
                 if (!m_ok[r] || col >= d_out) continue;
-                const uint4 old = slot(u, NTW + r);
+                const uint4 old = *ring_at(cpos + r);
                 const T* ov = reinterpret_cast<const T*>(&old);
                 __align__(16) T nv[8];
 #pragma unroll
@@ -433,8 +460,9 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
                     for (int c = 0; c < 8 && col + c < d_out; ++c) dst[c] = nv[c];
                 }
             }
+            cpos += y_here(ge);
         }
-        issue_until(u + 1 + L::S);
+        refill();
     }
     cluster_wait();  // no block leaves while another may still read its partials
 }
