@@ -1,6 +1,6 @@
 // SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Work unit: a tile = up to 16 tokens of one segment. Each tile is one cluster of 4, 8 or 16
+// Work unit: a tile = up to 16 tokens of one segment. Each tile is one cluster of 8 or 16
 // blocks (thread block clusters, sm_90; the host picks the size per launch to fill the GPU):
 //   shrink  partials of x[tile rows] @ lora_A^T over 16 fixed slices of d_in, each block
 //           summing its share of the slices
@@ -14,7 +14,7 @@
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
 // shared-memory slots filled with cp.async, one commit group per unit (a 32-wide k chunk of
 // the shrink, or 32 ranks of a 32-column group of the expand): a thread's units (its shrink
-// chunks, then its expand units) are issued as far ahead as the ring holds, so the lora_B and y
+// chunks, then its expand units) are issued up to S units ahead of use, so the lora_B and y
 // loads of the expand are in flight while the shrink and the reduction run. A slot is
 // written and read by the same thread: no barrier inside the loops.
 //
@@ -37,15 +37,14 @@
 #include <type_traits>
 
 // d_in is cut into VSLICES slices (fixed: the result depends on this split). A tile is one
-// cluster of 4, 8 or 16 blocks (chosen per launch, `Params::cluster`), each block summing
-// 16 / cluster of the slices.
+// cluster of 8 or 16 blocks (chosen per launch, `Params::cluster`; 8 only for ranks <= 64),
+// each block summing 16 / cluster of the slices.
 constexpr int VSLICES = 16;
 constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
-// Row stride (elements) of the rounded v: 16-byte reads spread over banks (row stride = 16
-// words mod 32); 96 holds ranks up to 64, 160 up to 128.
-template <int MT> constexpr int vld() { return MT == 1 ? 160 : 96; }
+constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
+                             // (row stride = 16 words mod 32); holds ranks up to 128
 
 // Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), flags
 // (1: the segment is this one tile, so its weights are read once), padding.
@@ -59,7 +58,7 @@ struct Params {
     int d_in, d_out, width;
     int mode;     // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
     int flags;    // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
-    int cluster;  // blocks per cluster: 4 (ranks <= 64), 8 or 16
+    int cluster;  // blocks per cluster: 8 (ranks <= 64) or 16
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -112,18 +111,14 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
-// Waits until at most n of this thread's cp.async groups are pending (n above 15 waits for
-// 15: more than needed, never less).
+// Waits until at most n (0..3) of this thread's cp.async groups are pending.
 __device__ __forceinline__ void cp_async_wait(int n) {
-#define SGMV_WAIT(N) \
-    case N: asm volatile("cp.async.wait_group " #N ";\n" ::: "memory"); break;
     switch (n) {
-        SGMV_WAIT(0) SGMV_WAIT(1) SGMV_WAIT(2) SGMV_WAIT(3) SGMV_WAIT(4) SGMV_WAIT(5) SGMV_WAIT(6)
-        SGMV_WAIT(7) SGMV_WAIT(8) SGMV_WAIT(9) SGMV_WAIT(10) SGMV_WAIT(11) SGMV_WAIT(12)
-        SGMV_WAIT(13) SGMV_WAIT(14)
-        default: asm volatile("cp.async.wait_group 15;\n" ::: "memory"); break;
+        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
     }
-#undef SGMV_WAIT
 }
 
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
@@ -142,30 +137,20 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
 
 // Shared memory of the kernel for tiles of 16 * MT tokens.
 template <int MT> struct Layout {
-    static constexpr int NSLOT = 18;           // ring slots of 16 bytes per thread
-    static constexpr int VLD = vld<MT>();
-    static constexpr int RING = NSLOT * THREADS * 16;
-    static constexpr int FRAG = MT * NTW * 32 * 16;  // one warp's partial, fragment layout
-    static constexpr int WBUF = WARPS * FRAG;        // every warp's partial of a slice
-    static constexpr int RED = 8 * FRAG;             // (slices of the block) x (rank groups) <= 8
+    static constexpr int U = NTW + 2 * MT;  // ring slots per load unit (per thread)
+    static constexpr int S = 4;             // units in flight
+    static constexpr int RING = S * U * THREADS * 16;
+    static constexpr int FRAG = MT * NTW * 32 * 16;  // a rank group's partial, fragment layout
+    static constexpr int RED = 4 * FRAG;             // (slices of the block) x (rank groups) <= 4
     static constexpr int VSM = 16 * MT * VLD * 2;
-    static constexpr int BYTES = RING + WBUF + RED + VSM;
+    static constexpr int BYTES = RING + RED + VSM;
     static_assert(BYTES <= 113 * 1024, "two blocks per SM");
 };
 
 __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
 
-// The slow path of fetch8: element by element, zero past n (odd widths, misaligned rows).
-template <typename T>
-__device__ __noinline__ void fetch8_slow(uint4* slot, const T* src, int n) {
-    __align__(16) T tmp[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
-    *slot = *reinterpret_cast<uint4*>(tmp);
-}
-
 // 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
-// the 16 bytes are whole and aligned.
+// the 16 bytes are whole and aligned, else element by element.
 template <typename T>
 __device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec, uint64_t policy = 0) {
     if (n >= 8 && vec) {
@@ -176,11 +161,15 @@ __device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool ve
     } else if (n <= 0) {
         zero16(slot);
     } else {
-        fetch8_slow(slot, src, n);
+        __align__(16) T tmp[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
+        *slot = *reinterpret_cast<uint4*>(tmp);
     }
 }
 
-// Element (m, n) of a rank group's partial in fragment layout [group][m tile][tile][lane][4].
+// Sums the warps' shrink partials (fragment layout) into the block's partial.
+// Element (m, n) of group g's partial: see `red_index`.
 __device__ __forceinline__ int red_index(int m, int n, int mt) {
     const int j = n / 8, grp = j / NTW, jj = j % NTW, i = m / 16, mm = m % 16;
     const int lane = 4 * (mm % 8) + (n % 8) / 2, reg = (n % 2) + 2 * (mm / 8);
@@ -192,12 +181,11 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     using L = Layout<MT>;
     extern __shared__ __align__(16) unsigned char smem[];
     uint4* ring = reinterpret_cast<uint4*>(smem);
-    float4* wbuf = reinterpret_cast<float4*>(smem + L::RING);
-    float4* red = reinterpret_cast<float4*>(smem + L::RING + L::WBUF);
-    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::WBUF + L::RED);
+    float4* red = reinterpret_cast<float4*>(smem + L::RING);
+    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int ccl = p.cluster, spb = VSLICES / ccl;
+    const int ccl = p.cluster, spb = VSLICES / ccl;  // blocks per tile, slices per block
     const int crank = cluster_rank();
     const int tile = blockIdx.x / ccl;
     const uint4 rec = p.tiles[2 * tile];
@@ -235,11 +223,12 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     const int grp = warp / ks, kk = warp % ks;
     const int nchunks = (d_in + 31) / 32;
     const int per = (nchunks + VSLICES * ks - 1) / (VSLICES * ks);
-    auto run_start = [&](int sl) { return min(nchunks, ((crank * spb + sl) * ks + kk) * per); };
-    auto run_len = [&](int sl) { return min(nchunks, run_start(sl) + per) - run_start(sl); };
-    int n_s = 0;
-    if (p.mode != 2)
-        for (int sl = 0; sl < spb; ++sl) n_s += run_len(sl);
+    // This warp's runs: slice crank * spb (+ 1 when spb = 2), chunks [c0, c0 + len).
+    const int c0a = min(nchunks, ((crank * spb) * ks + kk) * per);
+    const int len0 = min(nchunks, c0a + per) - c0a;
+    const int c0b = min(nchunks, ((crank * spb + 1) * ks + kk) * per);
+    const int len1 = spb == 2 ? min(nchunks, c0b + per) - c0b : 0;
+    const int n_s = p.mode == 2 ? 0 : len0 + len1;
     const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
     const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
     const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
@@ -258,63 +247,34 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) pcol[j] = 8 * (g / 2) + 2 * j + (g % 2);
 
-    // The thread's load sequence: n_s shrink units (its tiles' lora_A rows, then its valid x
-    // rows), then n_e * nq expand units (4 lora_B slices, then at a group's last unit its
-    // valid y rows). Units take only the slots they fill, one after the other in the ring,
-    // so a sparse unit (one token, small rank) leaves room for more units in flight.
-    int nx = 0;  // valid token rows of this thread (a prefix of its 2 MT rows)
-#pragma unroll
-    for (int i = 0; i < 2 * MT; ++i) nx += m_ok[i];
     const int total = n_s + n_e * nq;
-    int issued = 0, ipos = 0;           // units issued, next free slot
-    int s_sl = 0, s_k = 0, s_left = 0;  // the next shrink unit: slice, its k (chunk * 32), chunks left
-    int e_group = 0, e_q = 0;           // the next expand unit
-    if (n_s > 0) {
-        while (run_len(s_sl) == 0) ++s_sl;
-        s_k = 32 * run_start(s_sl);
-        s_left = run_len(s_sl);
-    }
-    auto ring_at = [&](int pos) { return ring + (pos % L::NSLOT) * THREADS + tid; };
-    auto y_here = [&](int group) { return 32 * (gfirst + WARPS * group) + 8 * t < d_out ? nx : 0; };
-    auto next_size = [&]() {
-        return issued < n_s ? tiles_here + nx : 4 + (e_q == nq - 1 ? y_here(e_group) : 0);
-    };
+    int issued = 0;
+    int e_group = 0, e_q = 0;  // the next expand unit to issue
     auto issue = [&]() {
+        uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
         if (issued < n_s) {
-            const int k = s_k + 8 * t;
+            const int k = 32 * (issued < len0 ? c0a + issued : c0b + issued - len0) + 8 * t;
             const int kn = d_in - k;
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
                 if (jj < tiles_here && 8 * jj < a_rows_left)
-                    fetch8(ring_at(ipos + jj), a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
+                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
-                if (m_ok[i]) fetch8(ring_at(ipos + tiles_here + i), x_row[i] + k, kn, vec_x);
-            ipos += tiles_here + nx;
-            s_k += 32;
-            if (--s_left == 0 && issued + 1 < n_s) {
-                do ++s_sl;
-                while (run_len(s_sl) == 0);
-                s_k = 32 * run_start(s_sl);
-                s_left = run_len(s_sl);
-            }
+                if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
         } else {
             const int col0 = 32 * (gfirst + WARPS * e_group);
             const int kk2 = 32 * e_q + 8 * t;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int n = col0 + pcol[j];
-                if (n < d_out) fetch8(ring_at(ipos + j), b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
+                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
             }
-            ipos += 4;
             if (e_q == nq - 1) {
                 const int col = col0 + 8 * t;
-                if (col < d_out) {
 #pragma unroll
-                    for (int i = 0; i < 2 * MT; ++i)
-                        if (m_ok[i]) fetch8(ring_at(ipos + i), y_row[i] + col, d_out - col, vec_y);
-                    ipos += nx;
-                }
+                for (int i = 0; i < 2 * MT; ++i)
+                    if (m_ok[i] && col < d_out) fetch8(st + (NTW + i) * THREADS, y_row[i] + col, d_out - col, vec_y);
                 e_q = 0;
                 ++e_group;
             } else {
@@ -324,67 +284,75 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         cp_async_commit();
         ++issued;
     };
-    // Issues units while they fit in the slots before `free_end` (the slot after the last
-    // one whose contents are still needed, plus the ring size).
-    int cpos = 0;  // first slot of the next unit to consume
-    auto refill = [&]() {
-        while (issued < total && ipos + next_size() <= cpos + L::NSLOT) issue();
+    auto issue_until = [&](int limit) {
+        limit = min(limit, total);
+        while (issued < limit) issue();
     };
-    refill();
+    auto slot = [&](int unit, int sub) -> uint4 {
+        return ring[((unit % L::S) * L::U + sub) * THREADS + tid];
+    };
+    issue_until(L::S);
 
-    // ---- shrink: per slice of this block, this warp's run, then the slice's warp partials
-    // summed in kk order into `red`
-    const int frag4 = MT * NTW * 32;  // float4s of one warp's partial
-    const int slice4 = ng * frag4;    // float4s of one slice's partial
-    int u = 0;
-    if (p.mode != 2)
-        for (int sl = 0; sl < spb; ++sl) {
-            float acc[MT][NTW][4];
+    // ---- shrink: this warp's runs (one per slice of the block), each in its own partial
+    float acc[2][MT][NTW][4];
 #pragma unroll
-            for (int i = 0; i < MT; ++i)
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
-                for (int j = 0; j < NTW; ++j)
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-            const int len = run_len(sl);
-            for (int c = 0; c < len; ++c, ++u) {
-                cp_async_wait(issued - u - 1);
-                uint4 xs[2 * MT];
+            for (int j = 0; j < NTW; ++j)
 #pragma unroll
-                for (int i = 0; i < 2 * MT; ++i)
-                    xs[i] = m_ok[i] ? *ring_at(cpos + tiles_here + i) : make_uint4(0, 0, 0, 0);
+                for (int e = 0; e < 4; ++e) acc[h][i][j][e] = 0.f;
+    for (int c = 0; c < n_s; ++c) {
+        cp_async_wait(issued - c - 1);
+        uint4 xs[2 * MT];
 #pragma unroll
-                for (int j = 0; j < NTW; ++j)
-                    if (j < tiles_here) {
-                        const uint4 as = *ring_at(cpos + j);
+        for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
+        const bool second = c >= len0;  // warp-uniform
 #pragma unroll
-                        for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
-                    }
-                cpos += tiles_here + nx;
-                refill();
-            }
+        for (int j = 0; j < NTW; ++j)
+            if (j < tiles_here) {
+                const uint4 as = slot(c, j);
+                if (second) {
 #pragma unroll
-            for (int i = 0; i < MT; ++i)
+                    for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[1][i][j], xs[2 * i], xs[2 * i + 1], as);
+                } else {
 #pragma unroll
-                for (int j = 0; j < NTW; ++j)
-                    wbuf[(warp * MT * NTW + i * NTW + j) * 32 + lane] =
-                        make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
-            __syncthreads();
-            for (int idx = tid; idx < slice4; idx += THREADS) {
-                const int gq = idx / frag4, f = idx % frag4;
-                float4 s = wbuf[(gq * ks) * frag4 + f];
-                for (int q = 1; q < ks; ++q) {
-                    const float4 o = wbuf[(gq * ks + q) * frag4 + f];
-                    s = make_float4(s.x + o.x, s.y + o.y, s.z + o.z, s.w + o.w);
+                    for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[0][i][j], xs[2 * i], xs[2 * i + 1], as);
                 }
-                red[sl * slice4 + idx] = s;
             }
+        issue_until(c + 1 + L::S);
+    }
+
+    // ---- reduce: per slice, the KS warps of a group in kk order into `red` ([slice][group]
+    // in fragment layout), then (below) the 16 slices in slice order
+    const int frag4 = MT * NTW * 32, slice4 = ng * frag4;  // float4s of a group's / slice's partial
+    if (p.mode != 2) {
+        for (int step = 0; step < ks; ++step) {
+            if (kk == step)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    if (h >= spb) break;
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int j = 0; j < NTW; ++j) {
+                            float4* r = &red[h * slice4 + grp * frag4 + (i * NTW + j) * 32 + lane];
+                            float4 s = make_float4(acc[h][i][j][0], acc[h][i][j][1], acc[h][i][j][2], acc[h][i][j][3]);
+                            if (step > 0) {
+                                const float4 o = *r;
+                                s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
+                            }
+                            *r = s;
+                        }
+                }
             __syncthreads();
         }
+    }
     cluster_arrive();
     cluster_wait();  // every block's partials are complete
 
-    // The slices' partials added in slice order: slice s lives in block s / spb.
+    // v[m][n]: the slices' partials added in slice order; slice s lives in block s / spb.
     auto v_sum = [&](int m, int n) {
         const int ri = red_index(m, n, MT);
         float pc[VSLICES];
@@ -409,7 +377,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
             const int m = e / vcols, n = e % vcols;
             float s = 0.f;
             if (m < mrows && n < rank) s = p.mode == 2 ? p.v[(size_t)(start + m) * p.width + n] : v_sum(m, n);
-            vsm[m * L::VLD + n] = from_f<T>(s);
+            vsm[m * VLD + n] = from_f<T>(s);
         }
     }
     cluster_arrive();  // done reading the other blocks' shared memory
@@ -417,7 +385,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 
     // ---- expand: this warp's 32-column groups, nq units each
     float o[MT][4][4];
-    for (; u < total; ++u) {
+    for (int u = n_s; u < total; ++u) {
         const int e = u - n_s, ge = e / nq, q = e % nq;
         cp_async_wait(issued - u - 1);
         if (q == 0)
@@ -430,22 +398,21 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         uint4 vl[MT], vh[MT];
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
-            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * L::VLD + 32 * q + 8 * t]);
-            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * L::VLD + 32 * q + 8 * t]);
+            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
+            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const uint4 bq = *ring_at(cpos + j);
+            const uint4 bq = slot(u, j);
 #pragma unroll
             for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
         }
-        cpos += 4;
         if (q == nq - 1) {
             const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
 #pragma unroll
             for (int r = 0; r < 2 * MT; ++r) {
                 if (!m_ok[r] || col >= d_out) continue;
-                const uint4 old = *ring_at(cpos + r);
+                const uint4 old = slot(u, NTW + r);
                 const T* ov = reinterpret_cast<const T*>(&old);
                 __align__(16) T nv[8];
 #pragma unroll
@@ -460,11 +427,10 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
                     for (int c = 0; c < 8 && col + c < d_out; ++c) dst[c] = nv[c];
                 }
             }
-            cpos += y_here(ge);
         }
-        refill();
+        issue_until(u + 1 + L::S);
     }
-    cluster_wait();  // no block leaves while another may still read its partials
+    cluster_wait();  // no block leaves while another may still read its partial
 }
 
 // Tiles of 16 tokens, two blocks per SM.

@@ -41,17 +41,17 @@ const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
 /// v3: cluster sizes (blocks per tile), threads per block, largest rank.
-const V3_CLUSTERS: [u32; 3] = [4, 8, 16];
+const V3_CLUSTERS: [u32; 2] = [8, 16];
 const V3_THREADS: u32 = 256;
 const V3_MAX_RANK: usize = 128;
-/// Clusters of 4 blocks hold 4 of the 16 d_in slices each: ranks up to 64 only (their
-/// partials' buffer holds 8 slice x rank-group partials).
-const V3_C4_MAX_RANK: usize = 64;
+/// Clusters of 8 blocks hold 2 of the 16 d_in slices each: ranks up to 64 only (their
+/// partials' buffer holds 4 slice x rank-group partials).
+const V3_C8_MAX_RANK: usize = 64;
 /// Tokens per v3 tile.
 const V3_TILE: usize = 16;
 /// Dynamic shared memory of the v3 kernels (`Layout<1>::BYTES` in sgmv.cu: the load ring,
-/// the warps' partials of a slice, the block's slice partials, the rounded v).
-const V3_SMEM: u32 = 3 * 6 * 256 * 16 + 2 * 8 * 4 * 512 + 16 * 160 * 2;
+/// the block's slice partials, the rounded v).
+const V3_SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
 
 /// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
 #[repr(C)]
@@ -113,8 +113,8 @@ struct Kernels {
     v3: Option<[CudaFunction; 2]>,
     /// How many clusters of each size of `V3_CLUSTERS` the device runs at once (the
     /// cluster size is chosen from these).
-    v3_clusters: [usize; 3],
-    /// `OPENLEDGER_SGMV_CLUSTER=4|8|16` forces the v3 cluster size where it applies (tests).
+    v3_clusters: [usize; 2],
+    /// `OPENLEDGER_SGMV_CLUSTER=8|16` forces the v3 cluster size where it applies (tests).
     v3_cluster: Option<u32>,
 }
 
@@ -155,7 +155,7 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         };
         Some([f("bf16")?, f("f16")?])
     };
-    let mut v3_clusters = [0; 3];
+    let mut v3_clusters = [0; 2];
     if let Some(v3) = &v3 {
         for (c, n) in V3_CLUSTERS.iter().zip(v3_clusters.iter_mut()) {
             *n = max_active_clusters(&v3[0], *c, &stream)?;
@@ -327,25 +327,16 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    // v3: the cluster size with the least (rounds of clusters) x (time of a block), a tile
-    // per cluster, a block's time ~ its share of the 16 d_in slices plus a fixed part about
-    // as long as one slice (measured, kernels/NOTES.md). Clusters of 4 only for ranks up to
-    // 64. The choice changes no result (the d_in split is fixed).
+    // v3: clusters of 16 blocks (more SMs per tile, shorter latency) when every tile fits
+    // in one round of them or the ranks need it, else clusters of 8 (twice as many at once,
+    // half the fixed cost per unit of work: measured, kernels/NOTES.md). The choice changes
+    // no result (the d_in split is fixed).
     let v3 = v3_tiles(map, V3_TILE);
-    let v3_count = v3.len() / 8;
-    let allowed = |c: u32| c != 4 || map.max_rank() <= V3_C4_MAX_RANK;
-    let cost = |i: usize| {
-        let rounds = v3_count.div_ceil(kernels.v3_clusters[i].max(1));
-        rounds * (16 / V3_CLUSTERS[i] as usize + 1)
-    };
+    let allowed = |c: u32| c != 8 || map.max_rank() <= V3_C8_MAX_RANK;
     let v3_cluster = match kernels.v3_cluster.filter(|&c| V3_CLUSTERS.contains(&c) && allowed(c)) {
         Some(c) => c,
-        // Ties go to the larger cluster (more SMs per tile, shorter latency).
-        None => (0..V3_CLUSTERS.len())
-            .rev()
-            .filter(|&i| allowed(V3_CLUSTERS[i]))
-            .min_by_key(|&i| cost(i))
-            .map_or(16, |i| V3_CLUSTERS[i]),
+        None if !allowed(8) || v3.len() / 8 <= kernels.v3_clusters[1] => 16,
+        None => 8,
     };
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
