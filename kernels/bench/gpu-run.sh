@@ -15,17 +15,15 @@ CHECKS="$OUT/checks.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$CHECKS"
 echo "== tests (v3)" | tee -a "$CHECKS"
 timeout 120 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "^test |test result|panicked|relative|Error|SEED"
-echo "== tests (v3, clusters of 16)" | tee -a "$CHECKS"
-OPENLEDGER_SGMV_CLUSTER=16 timeout 120 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
-echo "== tests (v3, clusters of 8)" | tee -a "$CHECKS"
-OPENLEDGER_SGMV_CLUSTER=8 timeout 120 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
+echo "== tests (v3, 64-token tiles)" | tee -a "$CHECKS"
+OPENLEDGER_SGMV_TILE=64 timeout 120 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
 if [ -z "$SKIP_V2" ]; then
   echo "== tests (v2)" | tee -a "$CHECKS"
   OPENLEDGER_SGMV_KERNEL=v2 timeout 60 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
 fi
 echo "== memcheck" | tee -a "$CHECKS"
 SGMV_CASES=3 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
-OPENLEDGER_SGMV_CLUSTER=8 SGMV_CASES=3 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gb/tensor_api --test-threads=1 lora_delta 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
+OPENLEDGER_SGMV_TILE=64 SGMV_CASES=3 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gb/tensor_api --test-threads=1 lora_delta 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
 echo "== racecheck" | tee -a "$CHECKS"
 SGMV_CASES=2 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 /tmp/gb/tensor_api --test-threads=1 lora_delta_matches 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard|error" | head -20
 echo "== bench v3"; OPENLEDGER_SGMV_DEBUG=1 timeout 150 /tmp/gb/sgmv-bench "$OUT/ours.csv" > "$OUT/bench.log" 2>&1; tail -2 "$OUT/bench.log"

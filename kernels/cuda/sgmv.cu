@@ -1,34 +1,32 @@
 // SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Work unit: a tile = up to 16 tokens of one segment. Each tile is one cluster of 8 or 16
-// blocks (thread block clusters, sm_90; the host picks the size per launch to fill the GPU):
-//   shrink  partials of x[tile rows] @ lora_A^T over 16 fixed slices of d_in, each block
-//           summing its share of the slices
-//   reduce  v = the 16 slices' partials added in slice order, read through distributed
-//           shared memory, then rounded to T (as a framework's bf16 x @ A would be)
+// Work unit: a tile = up to 16 * MT tokens of one segment. Each tile is one cluster of
+// CLUSTER blocks (thread block clusters, sm_90):
+//   shrink  v_part = x[tile rows, k slice] @ lora_A[:, k slice]^T   (each block a k slice)
+//   reduce  v = sum of the blocks' partials, read through distributed shared memory, in
+//           block order, then rounded to T (as a framework's bf16 x @ A would be)
 //   expand  y[tile rows, n slice] += scale * v @ lora_B[n slice, :]^T (each block an n slice)
 // so the tile's v never leaves the chip, and neither a second launch nor a global
 // reduction is needed.
 //
 // Loads: every operand element is fetched by the thread that feeds it to the tensor cores
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
-// shared-memory slots filled with cp.async, one commit group per unit (a 32-wide k chunk of
-// the shrink, or 32 ranks of a 32-column group of the expand): a thread's units (its shrink
-// chunks, then its expand units) are issued up to S units ahead of use, so the lora_B and y
-// loads of the expand are in flight while the shrink and the reduction run. A slot is
-// written and read by the same thread: no barrier inside the loops.
+// NS shared-memory slots filled with cp.async: a thread's loads form one sequence (its
+// shrink chunks, then its expand column groups), issued up to NS slots ahead of use, so the
+// lora_B and y loads of the expand are in flight while the shrink and the reduction run.
+// A slot is written and read by the same thread: no barrier inside the loops.
 //
 // 16-byte loads give each thread 8 consecutive k; the mma's k order is permuted to match
 // (thread t holds physical k 8t..8t+7 of a 32-wide chunk: the first mma takes 8t..8t+3 as its
 // k slots {2t, 2t+1, 2t+8, 2t+9}, the second 8t+4..8t+7), the same permutation on both
 // operands, so the products summed are the right ones. Likewise the expand's output columns
-// are permuted inside each 32-column group so that a thread ends with 8 consecutive outputs
+// are permuted inside each 32-column group so that a thread ends with 8 consecutive columns
 // of a row (one 16-byte read-modify-write of y).
 //
 // Determinism and batch invariance: the d_in split (which k chunks a warp sums, in which
-// order; how warps and slices are combined) depends on d_in and the segment's rank alone,
-// not on the cluster size; each token row of a tile is computed independently of the
-// others (mma rows), so a request gets the same bits whatever the batch around it.
+// order; how warps and blocks are combined) depends on d_in and the segment's rank alone,
+// and each token row of a tile is computed independently of the others (mma rows), so a
+// request gets the same bits whatever the batch around it and whatever the tile size.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,18 +34,13 @@
 
 #include <type_traits>
 
-// d_in is cut into VSLICES slices (fixed: the result depends on this split). A tile is one
-// cluster of 8 or 16 blocks (chosen per launch, `Params::cluster`; 8 only for ranks <= 64),
-// each block summing 16 / cluster of the slices.
-constexpr int VSLICES = 16;
+constexpr int CLUSTER = 8;   // blocks per tile (cluster size; fixed: the d_in split uses it)
 constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
-                             // (row stride = 16 words mod 32); holds ranks up to 128
 
-// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), flags
-// (1: the segment is this one tile, so its weights are read once), padding.
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
 struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
@@ -56,9 +49,8 @@ struct Params {
     const unsigned int* rows;         // [num_tokens]: batch row of each sorted position
     const uint4* tiles;               // [num_tiles][2]
     int d_in, d_out, width;
-    int mode;     // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
-    int flags;    // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
-    int cluster;  // blocks per cluster: 8 (ranks <= 64) or 16
+    int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
+    int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -97,18 +89,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
-// The same with an L2 eviction policy (weights read once: evict first, so that they do not
-// push out what L2 holds for others).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, uint64_t policy) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
-                 : "memory");
-}
-__device__ __forceinline__ uint64_t evict_first_policy() {
-    uint64_t p;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
-    return p;
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most n (0..3) of this thread's cp.async groups are pending.
@@ -137,14 +117,13 @@ __device__ __forceinline__ const float* cluster_map(const float* p, unsigned ran
 
 // Shared memory of the kernel for tiles of 16 * MT tokens.
 template <int MT> struct Layout {
-    static constexpr int U = NTW + 2 * MT;  // ring slots per load unit (per thread)
-    static constexpr int S = 4;             // units in flight
+    static constexpr int U = NTW + 2 * MT;        // ring slots per load unit (per thread)
+    static constexpr int S = MT == 1 ? 4 : 3;      // units in flight
+    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 4)
     static constexpr int RING = S * U * THREADS * 16;
-    static constexpr int FRAG = MT * NTW * 32 * 16;  // a rank group's partial, fragment layout
-    static constexpr int RED = 4 * FRAG;             // (slices of the block) x (rank groups) <= 4
+    static constexpr int RED = NG_MAX * MT * NTW * 32 * 16;  // a group's partial, fragment layout
     static constexpr int VSM = 16 * MT * VLD * 2;
     static constexpr int BYTES = RING + RED + VSM;
-    static_assert(BYTES <= 113 * 1024, "two blocks per SM");
 };
 
 __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
@@ -152,12 +131,9 @@ __device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0
 // 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
 // the 16 bytes are whole and aligned, else element by element.
 template <typename T>
-__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec, uint64_t policy = 0) {
+__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec) {
     if (n >= 8 && vec) {
-        if (policy)
-            cp_async16(slot, src, policy);
-        else
-            cp_async16(slot, src);
+        cp_async16(slot, src);
     } else if (n <= 0) {
         zero16(slot);
     } else {
@@ -185,16 +161,12 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int ccl = p.cluster, spb = VSLICES / ccl;  // blocks per tile, slices per block
     const int crank = cluster_rank();
-    const int tile = blockIdx.x / ccl;
+    const int tile = blockIdx.x / CLUSTER;
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
-    const uint4 rec1 = p.tiles[2 * tile + 1];
-    const int mrows = rec1.x - start;
-    // A segment that fits one tile reads its weights once: stream them past L2.
-    const uint64_t wpolicy = (rec1.y & 1) ? evict_first_policy() : 0;
+    const int mrows = p.tiles[2 * tile + 1].x - start;
     const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
     const T* a = reinterpret_cast<const T*>(tab.x);
     const T* b = reinterpret_cast<const T*>(tab.y);
@@ -215,20 +187,15 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     }
 
     // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
-    // NTW; d_in in VSLICES * KS contiguous runs of 32-wide chunks, run (slice, kk) summed in
-    // order by warp (group, kk) of the block that holds the slice; a slice's partial is its
-    // warps' runs added in kk order; v is the slices' partials added in slice order.
+    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
+    // (group, kk) of block c sums run c * KS + kk, chunk by chunk in order.
     const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
     const int ks = WARPS / ng;
     const int grp = warp / ks, kk = warp % ks;
     const int nchunks = (d_in + 31) / 32;
-    const int per = (nchunks + VSLICES * ks - 1) / (VSLICES * ks);
-    // This warp's runs: slice crank * spb (+ 1 when spb = 2), chunks [c0, c0 + len).
-    const int c0a = min(nchunks, ((crank * spb) * ks + kk) * per);
-    const int len0 = min(nchunks, c0a + per) - c0a;
-    const int c0b = min(nchunks, ((crank * spb + 1) * ks + kk) * per);
-    const int len1 = spb == 2 ? min(nchunks, c0b + per) - c0b : 0;
-    const int n_s = p.mode == 2 ? 0 : len0 + len1;
+    const int per = (nchunks + CLUSTER * ks - 1) / (CLUSTER * ks);
+    const int c0 = min(nchunks, (crank * ks + kk) * per);
+    const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
     const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
     const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
     const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
@@ -238,7 +205,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     // contiguous run per block, dealt round-robin to its warps; each group in nq units of
     // 32 ranks.
     const int ngroups = (d_out + 31) / 32;
-    const int gper = (ngroups + ccl - 1) / ccl;
+    const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
     const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
     const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
     const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
@@ -253,12 +220,12 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     auto issue = [&]() {
         uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
         if (issued < n_s) {
-            const int k = 32 * (issued < len0 ? c0a + issued : c0b + issued - len0) + 8 * t;
+            const int k = 32 * (c0 + issued) + 8 * t;
             const int kn = d_in - k;
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
                 if (jj < tiles_here && 8 * jj < a_rows_left)
-                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a, wpolicy);
+                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a);
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
                 if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
@@ -268,7 +235,7 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int n = col0 + pcol[j];
-                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b, wpolicy);
+                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b);
             }
             if (e_q == nq - 1) {
                 const int col = col0 + 8 * t;
@@ -293,90 +260,88 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     };
     issue_until(L::S);
 
-    // ---- shrink: this warp's runs (one per slice of the block), each in its own partial
-    float acc[2][MT][NTW][4];
+    // ---- shrink: this warp's chunks for its rank tiles
+    float acc[MT][NTW][4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+        for (int j = 0; j < NTW; ++j)
 #pragma unroll
-            for (int j = 0; j < NTW; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[h][i][j][e] = 0.f;
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
     for (int c = 0; c < n_s; ++c) {
         cp_async_wait(issued - c - 1);
         uint4 xs[2 * MT];
 #pragma unroll
         for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
-        const bool second = c >= len0;  // warp-uniform
 #pragma unroll
         for (int j = 0; j < NTW; ++j)
             if (j < tiles_here) {
                 const uint4 as = slot(c, j);
-                if (second) {
 #pragma unroll
-                    for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[1][i][j], xs[2 * i], xs[2 * i + 1], as);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[0][i][j], xs[2 * i], xs[2 * i + 1], as);
-                }
+                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
             }
         issue_until(c + 1 + L::S);
     }
 
-    // ---- reduce: per slice, the KS warps of a group in kk order into `red` ([slice][group]
-    // in fragment layout), then (below) the 16 slices in slice order
-    const int frag4 = MT * NTW * 32, slice4 = ng * frag4;  // float4s of a group's / slice's partial
+    // ---- reduce: the KS warps of a group in kk order into `red`, then (below) the blocks
+    // in cluster-rank order
     if (p.mode != 2) {
         for (int step = 0; step < ks; ++step) {
             if (kk == step)
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    if (h >= spb) break;
+                for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int i = 0; i < MT; ++i)
-#pragma unroll
-                        for (int j = 0; j < NTW; ++j) {
-                            float4* r = &red[h * slice4 + grp * frag4 + (i * NTW + j) * 32 + lane];
-                            float4 s = make_float4(acc[h][i][j][0], acc[h][i][j][1], acc[h][i][j][2], acc[h][i][j][3]);
-                            if (step > 0) {
-                                const float4 o = *r;
-                                s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
-                            }
-                            *r = s;
+                    for (int j = 0; j < NTW; ++j) {
+                        float4* r = &red[((grp * MT + i) * NTW + j) * 32 + lane];
+                        float4 s = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+                        if (step > 0) {
+                            const float4 o = *r;
+                            s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
                         }
-                }
+                        *r = s;
+                    }
             __syncthreads();
         }
     }
     cluster_arrive();
-    cluster_wait();  // every block's partials are complete
+    cluster_wait();  // every block's partial is complete
 
-    // v[m][n]: the slices' partials added in slice order; slice s lives in block s / spb.
-    auto v_sum = [&](int m, int n) {
-        const int ri = red_index(m, n, MT);
-        float pc[VSLICES];
+    const float* reds[CLUSTER];
 #pragma unroll
-        for (int s = 0; s < VSLICES; ++s)
-            pc[s] = cluster_map(reinterpret_cast<const float*>(red), s / spb)[(s % spb) * slice4 * 4 + ri];
-        float sum = 0.f;
-#pragma unroll
-        for (int s = 0; s < VSLICES; ++s) sum += pc[s];
-        return sum;
-    };
+    for (int c = 0; c < CLUSTER; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
     if (p.mode == 1) {
         // shrink alone: block 0 writes v in f32 (zero beyond the rank)
         if (crank == 0)
             for (int e = tid; e < mrows * p.width; e += THREADS) {
                 const int m = e / p.width, n = e % p.width;
-                p.v[(size_t)(start + m) * p.width + n] = n < rank ? v_sum(m, n) : 0.f;
+                float s = 0.f;
+                if (n < rank) {
+                    const int ri = red_index(m, n, MT);
+                    float pc[CLUSTER];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
+                }
+                p.v[(size_t)(start + m) * p.width + n] = s;
             }
     } else {
         const int vcols = 32 * nq;
         for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
             const int m = e / vcols, n = e % vcols;
             float s = 0.f;
-            if (m < mrows && n < rank) s = p.mode == 2 ? p.v[(size_t)(start + m) * p.width + n] : v_sum(m, n);
+            if (m < mrows && n < rank) {
+                if (p.mode == 2) {
+                    s = p.v[(size_t)(start + m) * p.width + n];
+                } else {
+                    const int ri = red_index(m, n, MT);
+                    float pc[CLUSTER];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
+                }
+            }
             vsm[m * VLD + n] = from_f<T>(s);
         }
     }
@@ -433,10 +398,13 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     cluster_wait();  // no block leaves while another may still read its partial
 }
 
-// Tiles of 16 tokens, two blocks per SM.
-#define SGMV_V3(NAME, T)                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME(Params p) {       \
-        sgmv_v3<T, 1>(p);                                                                     \
+// Tiles of 16 tokens: two blocks per SM. Tiles of 64 tokens (long segments): one.
+#define SGMV_V3(NAME, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
+        sgmv_v3<T, 1>(p);                                                                       \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) sgmv_v3_##NAME##_mt4(Params p) {   \
+        sgmv_v3<T, 4>(p);                                                                       \
     }
 SGMV_V3(bf16, __nv_bfloat16)
 SGMV_V3(f16, __half)

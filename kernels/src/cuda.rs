@@ -40,18 +40,20 @@ const TILE_N: usize = 128;
 const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
-/// v3: cluster sizes (blocks per tile), threads per block, largest rank.
-const V3_CLUSTERS: [u32; 2] = [8, 16];
+/// v3: blocks per tile (`CLUSTER` in sgmv.cu), threads per block, largest rank.
+const V3_CLUSTER: u32 = 8;
 const V3_THREADS: u32 = 256;
 const V3_MAX_RANK: usize = 128;
-/// Clusters of 8 blocks hold 2 of the 16 d_in slices each: ranks up to 64 only (their
-/// partials' buffer holds 4 slice x rank-group partials).
-const V3_C8_MAX_RANK: usize = 64;
-/// Tokens per v3 tile.
-const V3_TILE: usize = 16;
-/// Dynamic shared memory of the v3 kernels (`Layout<1>::BYTES` in sgmv.cu: the load ring,
-/// the block's slice partials, the rounded v).
-const V3_SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
+/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 4 (`V3_MT`); MT = 4 only for ranks up to 64
+/// (its reduction buffer holds two groups of 32 ranks).
+const V3_MT: [usize; 2] = [1, 4];
+const V3_MT4_MAX_RANK: usize = 64;
+/// Dynamic shared memory of the v3 kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring,
+/// the block's partial v, the rounded v).
+const V3_SMEM: [u32; 2] = [4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2, 3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2];
+/// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
+/// block moves up to 4x the activations but re-reads the weights a quarter as often).
+const V3_MT4_COST: f64 = 2.5;
 
 /// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
 #[repr(C)]
@@ -96,8 +98,6 @@ struct V3Params {
     mode: i32,
     /// 1: x rows 16-byte loadable, 2: lora_A rows, 4: lora_B starts, 8: y rows.
     flags: i32,
-    /// Blocks per cluster (4, 8 or 16).
-    cluster: i32,
 }
 
 pub(crate) fn cuda_err(e: impl std::fmt::Display) -> KernelError {
@@ -109,13 +109,13 @@ struct Kernels {
     expand: [CudaFunction; 3],
     /// Variants for batches whose segments all have <= 16 tokens.
     small: ([CudaFunction; 3], [CudaFunction; 3]),
-    /// v3 by dtype (bf16, f16); `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
-    v3: Option<[CudaFunction; 2]>,
-    /// How many clusters of each size of `V3_CLUSTERS` the device runs at once (the
-    /// cluster size is chosen from these).
+    /// v3 by [dtype: bf16, f16][tile size: `V3_MT`]; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
+    v3: Option<[[CudaFunction; 2]; 2]>,
+    /// Clusters of each v3 tile size that the device runs at once (the tile size is chosen
+    /// from these).
     v3_clusters: [usize; 2],
-    /// `OPENLEDGER_SGMV_CLUSTER=8|16` forces the v3 cluster size where it applies (tests).
-    v3_cluster: Option<u32>,
+    /// `OPENLEDGER_SGMV_TILE=16|64` forces the v3 tile size where it applies (tests).
+    v3_tile: Option<usize>,
 }
 
 /// The module, loaded once per CUDA context.
@@ -138,59 +138,53 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
         None
     } else {
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-        let f = |ty: &str| -> Result<CudaFunction> {
-            let func = module.load_function(&format!("sgmv_v3_{ty}")).map_err(cuda_err)?;
+        let f = |ty: &str, m: usize| -> Result<CudaFunction> {
+            let name = format!("sgmv_v3_{ty}_mt{}", V3_MT[m]);
+            let func = module.load_function(&name).map_err(cuda_err)?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                V3_SMEM as i32,
-            )
-            .map_err(cuda_err)?;
-            // Clusters of 16 blocks are beyond the portable 8.
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
+                V3_SMEM[m] as i32,
             )
             .map_err(cuda_err)?;
             Ok(func)
         };
-        Some([f("bf16")?, f("f16")?])
+        Some([[f("bf16", 0)?, f("bf16", 1)?], [f("f16", 0)?, f("f16", 1)?]])
     };
-    let mut v3_clusters = [0; 2];
+    let mut v3_clusters = [1, 1];
     if let Some(v3) = &v3 {
-        for (c, n) in V3_CLUSTERS.iter().zip(v3_clusters.iter_mut()) {
-            *n = max_active_clusters(&v3[0], *c, &stream)?;
+        for (m, c) in v3_clusters.iter_mut().enumerate() {
+            *c = max_active_clusters(&v3[0][m], V3_SMEM[m], &stream)?.max(1);
         }
     }
     if std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some() {
-        eprintln!("sgmv v3: clusters of {V3_CLUSTERS:?} blocks at once: {v3_clusters:?}");
+        eprintln!("sgmv v3: clusters of {V3_CLUSTER} blocks at once: {v3_clusters:?} (16-, 64-token tiles)");
     }
-    // A device that cannot hold every cluster size runs v2.
-    let v3 = v3.filter(|_| v3_clusters.iter().all(|&c| c > 0));
     let k = Arc::new(Kernels {
         shrink: all("shrink")?,
         expand: all("expand")?,
         small: (all("shrink_small")?, all("expand_small")?),
         v3,
         v3_clusters,
-        v3_cluster: std::env::var("OPENLEDGER_SGMV_CLUSTER").ok().and_then(|v| v.parse().ok()),
+        v3_tile: std::env::var("OPENLEDGER_SGMV_TILE").ok().and_then(|v| v.parse().ok()),
     });
     loaded.insert(key, k.clone());
     Ok(k)
 }
 
-/// How many clusters of `cluster` blocks of `f` the device holds at once.
-fn max_active_clusters(f: &CudaFunction, cluster: u32, stream: &CudaStream) -> Result<usize> {
+/// How many clusters of `V3_CLUSTER` blocks of `f` the device holds at once.
+fn max_active_clusters(f: &CudaFunction, smem: u32, stream: &CudaStream) -> Result<usize> {
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
     attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
+    attr.value.clusterDim =
+        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: V3_CLUSTER, y: 1, z: 1 };
     let cfg = sys::CUlaunchConfig {
-        gridDimX: cluster,
+        gridDimX: V3_CLUSTER,
         gridDimY: 1,
         gridDimZ: 1,
         blockDimX: V3_THREADS,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: V3_SMEM,
+        sharedMemBytes: smem,
         hStream: stream.cu_stream(),
         attrs: &mut attr,
         numAttrs: 1,
@@ -245,9 +239,9 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
-    /// v3: the cluster size chosen for this map, the tile records' device address and their
-    /// number.
-    v3_cluster: u32,
+    /// v3: the tile size chosen for this map (index into `V3_MT`), the tile records' device
+    /// address and their number.
+    v3_mt: usize,
     v3_tiles_ptr: u64,
     v3_num_tiles: usize,
     /// v and the shrink partials, grown to the largest d_in seen and reused by every layer
@@ -279,24 +273,22 @@ impl DeviceSegments {
     }
 }
 
-/// v3 tile records (sgmv.cu's `Params::tiles`): per tile of up to `mt` tokens of one
-/// segment, 8 words: slot, rank, scale (f32 bits), start, end, flags (1: the segment is one
-/// tile), 2 of padding.
+/// v3 tile records (sgmv.cu's `Params::tiles`): per tile of up to `16 * mt` tokens of one
+/// segment, 8 words: slot, rank, scale (f32 bits), start, end, 3 of padding.
 fn v3_tiles(map: &crate::SegmentMap, mt: usize) -> Vec<u32> {
     let mut tiles = Vec::new();
     for s in 0..map.num_segments() {
         let r = map.segment_range(s);
-        let once = (r.len() <= mt) as u32;
         let mut p = r.start;
         while p < r.end {
-            let end = r.end.min(p + mt);
+            let end = r.end.min(p + 16 * mt);
             tiles.extend([
                 map.slots()[s],
                 map.ranks()[s],
                 map.scales()[s].to_bits(),
                 p as u32,
                 end as u32,
-                once,
+                0,
                 0,
                 0,
             ]);
@@ -327,17 +319,23 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    // v3: clusters of 16 blocks (more SMs per tile, shorter latency) when every tile fits
-    // in one round of them or the ranks need it, else clusters of 8 (twice as many at once,
-    // half the fixed cost per unit of work: measured, kernels/NOTES.md). The choice changes
-    // no result (the d_in split is fixed).
-    let v3 = v3_tiles(map, V3_TILE);
-    let allowed = |c: u32| c != 8 || map.max_rank() <= V3_C8_MAX_RANK;
-    let v3_cluster = match kernels.v3_cluster.filter(|&c| V3_CLUSTERS.contains(&c) && allowed(c)) {
-        Some(c) => c,
-        None if !allowed(8) || v3.len() / 8 <= kernels.v3_clusters[1] => 16,
-        None => 8,
-    };
+    // v3: 64-token tiles where they take fewer rounds of clusters, weighted by their larger
+    // work (long segments: a quarter of the weights' re-reads), else 16-token tiles. The
+    // choice changes no result: each token row is computed on its own.
+    let mut v3_mt = 0;
+    let mut v3 = v3_tiles(map, V3_MT[0]);
+    if map.max_rank() <= V3_MT4_MAX_RANK {
+        let wide = v3_tiles(map, V3_MT[1]);
+        let clusters = kernels.v3_clusters;
+        let rounds = |tiles: &[u32], m: usize| (tiles.len() / 8).div_ceil(clusters[m]) as f64;
+        let wider = match kernels.v3_tile {
+            Some(t) => t == 16 * V3_MT[1],
+            None => V3_MT4_COST * rounds(&wide, 1) < rounds(&v3, 0),
+        };
+        if wider {
+            (v3_mt, v3) = (1, wide);
+        }
+    }
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
     offsets[0] = meta.len();
@@ -367,7 +365,7 @@ fn device_segments(
         rank_chunks,
         offsets,
         small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
-        v3_cluster,
+        v3_mt,
         v3_tiles_ptr: meta_ptr + 4 * v3_offset as u64,
         v3_num_tiles: v3.len() / 8,
         scratch: Mutex::new(None),
@@ -483,7 +481,7 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
     let dtype = dtype_index(table.dtype())?;
     let v3 = match &kernels.v3 {
         Some(v3) if dtype > 0 && segments.map().max_rank() <= V3_MAX_RANK => {
-            Some(v3[dtype - 1].clone())
+            Some(v3[dtype - 1][seg.v3_mt].clone())
         },
         _ => None,
     };
@@ -499,7 +497,7 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 }
 
 /// Launches v3 in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
-/// `v`): one cluster of the map's cluster size per tile.
+/// `v`): one cluster of `V3_CLUSTER` blocks per tile.
 fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
     let (d_in, d_out) = (call.p.d_in as usize, call.p.d_out as usize);
     let flags = (x.is_multiple_of(16) && d_in.is_multiple_of(8)) as i32
@@ -518,20 +516,19 @@ fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -
         width: call.p.width,
         mode,
         flags,
-        cluster: call.seg.v3_cluster as i32,
     };
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
     attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    let cluster = call.seg.v3_cluster;
-    attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
+    attr.value.clusterDim =
+        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: V3_CLUSTER, y: 1, z: 1 };
     let cfg = sys::CUlaunchConfig {
-        gridDimX: call.seg.v3_num_tiles as u32 * cluster,
+        gridDimX: call.seg.v3_num_tiles as u32 * V3_CLUSTER,
         gridDimY: 1,
         gridDimZ: 1,
         blockDimX: V3_THREADS,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: V3_SMEM,
+        sharedMemBytes: V3_SMEM[call.seg.v3_mt],
         hStream: call.stream.cu_stream(),
         attrs: &mut attr,
         numAttrs: 1,
