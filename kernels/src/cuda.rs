@@ -13,9 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::{
-    self, CUfunction_attribute,
-};
+use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -50,7 +48,10 @@ const V3_MT: [usize; 2] = [1, 4];
 const V3_MT4_MAX_RANK: usize = 64;
 /// Dynamic shared memory of the v3 kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring,
 /// the block's partial v, the rounded v).
-const V3_SMEM: [u32; 2] = [4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2, 3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2];
+const V3_SMEM: [u32; 2] = [
+    4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2,
+    3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2,
+];
 /// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
 /// block moves up to 4x the activations but re-reads the weights a quarter as often).
 const V3_MT4_COST: f64 = 2.5;
@@ -130,7 +131,8 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     }
     let v2_only = std::env::var("OPENLEDGER_SGMV_KERNEL").is_ok_and(|v| v == "v2");
     let v2 = ctx.load_module(Ptx::from_binary(FATBIN_V2.to_vec())).map_err(cuda_err)?;
-    let f = |stage: &str, ty: &str| v2.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err);
+    let f =
+        |stage: &str, ty: &str| v2.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err);
     let all = |stage: &str| -> Result<[CudaFunction; 3]> {
         Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
     };

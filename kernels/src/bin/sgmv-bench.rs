@@ -100,7 +100,10 @@ fn main() -> Result<()> {
                         continue;
                     }
                     let rank_label = rank.map_or("mixed".to_string(), |r| r.to_string());
-                    if only.as_ref().is_some_and(|o| *o != format!("{d_in},{d_out},{rank_label},{t},{n}")) {
+                    if only
+                        .as_ref()
+                        .is_some_and(|o| *o != format!("{d_in},{d_out},{rank_label},{t},{n}"))
+                    {
                         continue;
                     }
                     let rank_of = |i: usize| rank.unwrap_or(MIXED[i % MIXED.len()]);
