@@ -11,10 +11,12 @@
 //
 // Loads: every operand element is fetched by the thread that feeds it to the tensor cores
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
-// NS shared-memory slots filled with cp.async: a thread's loads form one sequence (its
-// shrink chunks, then its expand column groups), issued up to NS slots ahead of use, so the
-// lora_B and y loads of the expand are in flight while the shrink and the reduction run.
-// A slot is written and read by the same thread: no barrier inside the loops.
+// shared-memory slots filled with cp.async. A thread's loads come in units of one commit
+// group each (a 32-wide k chunk of the shrink: 4 lora_A rows and 2 MT x rows; 32 ranks of a
+// 32-column group of the expand: 4 lora_B slices, and 2 MT y rows with a group's last unit),
+// issued up to S units ahead of use, so the lora_B and y loads of the expand are in flight
+// while the shrink, the reduction and the cluster barrier run. A slot is written and read
+// by the same thread: no barrier inside the loops.
 //
 // 16-byte loads give each thread 8 consecutive k; the mma's k order is permuted to match
 // (thread t holds physical k 8t..8t+7 of a 32-wide chunk: the first mma takes 8t..8t+3 as its
@@ -41,6 +43,8 @@ constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
 // Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+// MT = 1 (16-token tiles, 2 blocks per SM) or 4 (64-token tiles for long segments, ranks
+// <= 64, 1 block per SM).
 struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
