@@ -502,10 +502,11 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 /// `v`): one cluster of `V3_CLUSTER` blocks per tile.
 fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
     let (d_in, d_out) = (call.p.d_in as usize, call.p.d_out as usize);
-    let flags = (x.is_multiple_of(16) && d_in.is_multiple_of(8)) as i32
-        | (((call.p.vec_ok & 1) != 0 && d_in.is_multiple_of(8)) as i32) << 1
-        | ((call.p.vec_ok & 2) != 0) as i32 * 4
-        | ((y.is_multiple_of(16) && d_out.is_multiple_of(8)) as i32) * 8;
+    let bit = |on: bool, value: i32| if on { value } else { 0 };
+    let flags = bit(x.is_multiple_of(16) && d_in.is_multiple_of(8), 1)
+        | bit((call.p.vec_ok & 1) != 0 && d_in.is_multiple_of(8), 2)
+        | bit((call.p.vec_ok & 2) != 0, 4)
+        | bit(y.is_multiple_of(16) && d_out.is_multiple_of(8), 8);
     let mut p = V3Params {
         x,
         y,
