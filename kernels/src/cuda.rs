@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -25,7 +24,8 @@ use half::{bf16, f16};
 use crate::candle_ops::{AdapterTable, BatchSegments};
 use crate::error::{KernelError, Result};
 
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv.fatbin"));
+mod v3;
+
 /// The second version, for what v3 does not cover and for comparison runs.
 static FATBIN_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_v2.fatbin"));
 
@@ -38,25 +38,7 @@ const TILE_N: usize = 128;
 const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
-/// v3: blocks per tile (`CLUSTER` in sgmv.cu), threads per block, largest rank.
-const V3_CLUSTER: u32 = 8;
-const V3_THREADS: u32 = 256;
-const V3_MAX_RANK: usize = 128;
-/// v3 tiles hold up to 16 * MT tokens, MT = 1 or 4 (`V3_MT`); MT = 4 only for ranks up to 64
-/// (its reduction buffer holds two groups of 32 ranks).
-const V3_MT: [usize; 2] = [1, 4];
-const V3_MT4_MAX_RANK: usize = 64;
-/// Dynamic shared memory of the v3 kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring,
-/// the block's partial v, the rounded v).
-const V3_SMEM: [u32; 2] = [
-    4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2,
-    3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2,
-];
-/// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
-/// block moves up to 4x the activations but re-reads the weights a quarter as often).
-const V3_MT4_COST: f64 = 2.5;
-
-/// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
+/// v2 kernel parameters, laid out as `SgmvParams` in sgmv_v2.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct SgmvParams {
@@ -82,25 +64,6 @@ struct SgmvParams {
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
 unsafe impl DeviceRepr for SgmvParams {}
 
-/// v3 kernel parameters, laid out as `Params` in sgmv.cu.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct V3Params {
-    x: u64,
-    y: u64,
-    v: u64,
-    table: u64,
-    rows: u64,
-    tiles: u64,
-    d_in: i32,
-    d_out: i32,
-    width: i32,
-    /// 0: lora_delta, 1: shrink alone, 2: expand alone.
-    mode: i32,
-    /// 1: x rows 16-byte loadable, 2: lora_A rows, 4: lora_B starts, 8: y rows.
-    flags: i32,
-}
-
 pub(crate) fn cuda_err(e: impl std::fmt::Display) -> KernelError {
     KernelError::Cuda(e.to_string())
 }
@@ -110,13 +73,8 @@ struct Kernels {
     expand: [CudaFunction; 3],
     /// Variants for batches whose segments all have <= 16 tokens.
     small: ([CudaFunction; 3], [CudaFunction; 3]),
-    /// v3 by [dtype: bf16, f16][tile size: `V3_MT`]; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
-    v3: Option<[[CudaFunction; 2]; 2]>,
-    /// Clusters of each v3 tile size that the device runs at once (the tile size is chosen
-    /// from these).
-    v3_clusters: [usize; 2],
-    /// `OPENLEDGER_SGMV_TILE=16|64` forces the v3 tile size where it applies (tests).
-    v3_tile: Option<usize>,
+    /// v3; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
+    v3: Option<v3::Kernels>,
 }
 
 /// The module, loaded once per CUDA context.
@@ -136,67 +94,15 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     let all = |stage: &str| -> Result<[CudaFunction; 3]> {
         Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
     };
-    let v3 = if v2_only {
-        None
-    } else {
-        let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-        let f = |ty: &str, m: usize| -> Result<CudaFunction> {
-            let name = format!("sgmv_v3_{ty}_mt{}", V3_MT[m]);
-            let func = module.load_function(&name).map_err(cuda_err)?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                V3_SMEM[m] as i32,
-            )
-            .map_err(cuda_err)?;
-            Ok(func)
-        };
-        Some([[f("bf16", 0)?, f("bf16", 1)?], [f("f16", 0)?, f("f16", 1)?]])
-    };
-    let mut v3_clusters = [1, 1];
-    if let Some(v3) = &v3 {
-        for (m, c) in v3_clusters.iter_mut().enumerate() {
-            *c = max_active_clusters(&v3[0][m], V3_SMEM[m], &stream)?.max(1);
-        }
-    }
-    if std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some() {
-        eprintln!("sgmv v3: clusters of {V3_CLUSTER} blocks at once: {v3_clusters:?} (16-, 64-token tiles)");
-    }
+    let v3 = if v2_only { None } else { Some(v3::load(ctx, &stream)?) };
     let k = Arc::new(Kernels {
         shrink: all("shrink")?,
         expand: all("expand")?,
         small: (all("shrink_small")?, all("expand_small")?),
         v3,
-        v3_clusters,
-        v3_tile: std::env::var("OPENLEDGER_SGMV_TILE").ok().and_then(|v| v.parse().ok()),
     });
     loaded.insert(key, k.clone());
     Ok(k)
-}
-
-/// How many clusters of `V3_CLUSTER` blocks of `f` the device holds at once.
-fn max_active_clusters(f: &CudaFunction, smem: u32, stream: &CudaStream) -> Result<usize> {
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim =
-        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: V3_CLUSTER, y: 1, z: 1 };
-    let cfg = sys::CUlaunchConfig {
-        gridDimX: V3_CLUSTER,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: V3_THREADS,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: smem,
-        hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    let mut n: std::ffi::c_int = 0;
-    // SAFETY: `cfg` and the attribute it points to live across the call.
-    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }
-        .result()
-        .map_err(cuda_err)?;
-    Ok(n as usize)
 }
 
 fn dtype_index(dtype: DType) -> Result<usize> {
@@ -241,8 +147,8 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
-    /// v3: the tile size chosen for this map (index into `V3_MT`), the tile records' device
-    /// address and their number.
+    /// v3: the tile size chosen for this map, the tile records' device address and their
+    /// number.
     v3_mt: usize,
     v3_tiles_ptr: u64,
     v3_num_tiles: usize,
@@ -275,31 +181,6 @@ impl DeviceSegments {
     }
 }
 
-/// v3 tile records (sgmv.cu's `Params::tiles`): per tile of up to `16 * mt` tokens of one
-/// segment, 8 words: slot, rank, scale (f32 bits), start, end, 3 of padding.
-fn v3_tiles(map: &crate::SegmentMap, mt: usize) -> Vec<u32> {
-    let mut tiles = Vec::new();
-    for s in 0..map.num_segments() {
-        let r = map.segment_range(s);
-        let mut p = r.start;
-        while p < r.end {
-            let end = r.end.min(p + 16 * mt);
-            tiles.extend([
-                map.slots()[s],
-                map.ranks()[s],
-                map.scales()[s].to_bits(),
-                p as u32,
-                end as u32,
-                0,
-                0,
-                0,
-            ]);
-            p = end;
-        }
-    }
-    tiles
-}
-
 fn device_segments(
     segments: &BatchSegments,
     dev: &CudaDevice,
@@ -321,23 +202,7 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    // v3: 64-token tiles where they take fewer rounds of clusters, weighted by their larger
-    // work (long segments: a quarter of the weights' re-reads), else 16-token tiles. The
-    // choice changes no result: each token row is computed on its own.
-    let mut v3_mt = 0;
-    let mut v3 = v3_tiles(map, V3_MT[0]);
-    if map.max_rank() <= V3_MT4_MAX_RANK {
-        let wide = v3_tiles(map, V3_MT[1]);
-        let clusters = kernels.v3_clusters;
-        let rounds = |tiles: &[u32], m: usize| (tiles.len() / 8).div_ceil(clusters[m]) as f64;
-        let wider = match kernels.v3_tile {
-            Some(t) => t == 16 * V3_MT[1],
-            None => V3_MT4_COST * rounds(&wide, 1) < rounds(&v3, 0),
-        };
-        if wider {
-            (v3_mt, v3) = (1, wide);
-        }
-    }
+    let v3 = v3::tiles(map, kernels.v3.as_ref());
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
     offsets[0] = meta.len();
@@ -351,7 +216,7 @@ fn device_segments(
     offsets[4] = meta.len();
     meta.resize(meta.len().next_multiple_of(4), 0); // v3 records are read as 16-byte vectors
     let v3_offset = meta.len();
-    meta.extend(&v3);
+    meta.extend(&v3.records);
     meta.push(0); // never empty
     let rank_chunks = map.max_rank().div_ceil(TILE_N).max(1);
     let meta = dev.clone_htod(&meta)?;
@@ -367,9 +232,9 @@ fn device_segments(
         rank_chunks,
         offsets,
         small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
-        v3_mt,
+        v3_mt: v3.mt,
         v3_tiles_ptr: meta_ptr + 4 * v3_offset as u64,
-        v3_num_tiles: v3.len() / 8,
+        v3_num_tiles: v3.records.len() / 8,
         scratch: Mutex::new(None),
     });
     *cached = Some(d.clone());
@@ -482,8 +347,8 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
     let (p, seg, kernels) = params(segments, table, dev)?;
     let dtype = dtype_index(table.dtype())?;
     let v3 = match &kernels.v3 {
-        Some(v3) if dtype > 0 && segments.map().max_rank() <= V3_MAX_RANK => {
-            Some(v3[dtype - 1][seg.v3_mt].clone())
+        Some(v3) if dtype > 0 && segments.map().max_rank() <= v3::MAX_RANK => {
+            Some(v3.function(dtype - 1, seg.v3_mt))
         },
         _ => None,
     };
@@ -499,51 +364,25 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 }
 
 /// Launches v3 in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
-/// `v`): one cluster of `V3_CLUSTER` blocks per tile.
+/// `v`).
 fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
-    let (d_in, d_out) = (call.p.d_in as usize, call.p.d_out as usize);
-    let bit = |on: bool, value: i32| if on { value } else { 0 };
-    let flags = bit(x.is_multiple_of(16) && d_in.is_multiple_of(8), 1)
-        | bit((call.p.vec_ok & 1) != 0 && d_in.is_multiple_of(8), 2)
-        | bit((call.p.vec_ok & 2) != 0, 4)
-        | bit(y.is_multiple_of(16) && d_out.is_multiple_of(8), 8);
-    let mut p = V3Params {
+    let launch = v3::Launch {
+        mode,
         x,
         y,
         v,
         table: call.p.table,
         rows: call.p.rows,
         tiles: call.seg.v3_tiles_ptr,
-        d_in: call.p.d_in,
-        d_out: call.p.d_out,
-        width: call.p.width,
-        mode,
-        flags,
+        num_tiles: call.seg.v3_num_tiles,
+        mt: call.seg.v3_mt,
+        d_in: call.p.d_in as usize,
+        d_out: call.p.d_out as usize,
+        width: call.p.width as usize,
+        a_aligned: (call.p.vec_ok & 1) != 0,
+        b_aligned: (call.p.vec_ok & 2) != 0,
     };
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim =
-        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: V3_CLUSTER, y: 1, z: 1 };
-    let cfg = sys::CUlaunchConfig {
-        gridDimX: call.seg.v3_num_tiles as u32 * V3_CLUSTER,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: V3_THREADS,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: V3_SMEM[call.seg.v3_mt],
-        hStream: call.stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    let mut args = [&mut p as *mut V3Params as *mut std::ffi::c_void];
-    call.stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `args` holds one pointer to a `V3Params`, the kernel's one parameter; every
-    // address in it refers to live device memory of the sizes the kernel indexes (checked
-    // shapes, the uploaded map and table), and the launch goes on candle's stream.
-    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
-        .result()
-        .map_err(cuda_err)
+    v3::launch(f, &call.stream, &launch)
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
