@@ -1,4 +1,4 @@
-//! With the `cuda` feature, compiles `cuda/sgmv.cu`, `cuda/paged_attention.cu` and
+//! With the `cuda` feature, compiles `cuda/sgmv.cu` (and `sgmv_v2.cu`), `cuda/paged_attention.cu` and
 //! `cuda/scatter_rows.cu` to fatbins (sm_90 SASS + compute_90
 //! PTX, so newer GPUs can JIT them) that `src/cuda.rs` and `src/attention/cuda.rs` embed. Without it, does nothing: CI
 //! needs no CUDA toolkit.
@@ -9,7 +9,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=cuda/sgmv.cu");
-    println!("cargo:rerun-if-changed=cuda/sgmv_v1.cu");
+    println!("cargo:rerun-if-changed=cuda/sgmv_v2.cu");
     println!("cargo:rerun-if-changed=cuda/paged_attention.cu");
     println!("cargo:rerun-if-changed=cuda/paged_attention_v1.cu");
     println!("cargo:rerun-if-changed=cuda/scatter_rows.cu");
@@ -26,7 +26,7 @@ fn main() {
             }
         });
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for name in ["sgmv", "sgmv_v1", "paged_attention", "paged_attention_v1", "scatter_rows"] {
+    for name in ["sgmv", "sgmv_v2", "paged_attention", "paged_attention_v1", "scatter_rows"] {
         let fatbin = out.join(format!("{name}.fatbin"));
         let source = format!("cuda/{name}.cu");
         let status = Command::new(&nvcc)

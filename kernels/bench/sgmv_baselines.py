@@ -8,8 +8,8 @@ warm-up, x/y rotated over 2 sets), and prints the joined markdown table.
   loop: for each adapter, y[seg] += scale * (x[seg] @ A.T) @ B.T   (matmuls per adapter)
   bmm:  per-token gather of stacked (rank-padded) A and B, then two torch.bmm
 
-Usage: python3 sgmv_baselines.py OURS.csv TABLE.md [OURS_V1.csv]
-(the optional third file adds a column with the first kernel version's times)
+Usage: python3 sgmv_baselines.py OURS.csv TABLE.md [OURS_V2.csv]
+(the optional third file adds a column with the previous kernel version's times)
 """
 
 import csv
@@ -112,16 +112,16 @@ def main():
         header = f.readline().strip()
         rows = list(csv.DictReader(f))
     copy_gbs = float(header.split("=")[1])
-    v1 = {}
+    v2 = {}
     if len(sys.argv) > 3:
         with open(sys.argv[3]) as f:
             f.readline()
             for r in csv.DictReader(f):
-                v1[(r["d_in"], r["d_out"], r["rank"], r["tokens"], r["adapters"])] = float(r["ours_us"])
+                v2[(r["d_in"], r["d_out"], r["rank"], r["tokens"], r["adapters"])] = float(r["ours_us"])
     lines = [
         f"device: {torch.cuda.get_device_name()}, device-to-device copy {copy_gbs:.0f} GB/s (read + write)",
         "",
-        "| d_in x d_out | rank | T | n | ours (us) | GB/s | % of copy | torch loop (us) | gather+bmm (us) | speed-up vs better | v1 (us) |",
+        "| d_in x d_out | rank | T | n | ours (us) | GB/s | % of copy | torch loop (us) | gather+bmm (us) | speed-up vs better | v2 (us) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     out = open(table_path, "w")
@@ -134,7 +134,7 @@ def main():
         line = (
             f"| {row['d_in']}x{row['d_out']} | {row['rank']} | {row['tokens']} | {row['adapters']} | {ours:.1f} | "
             f"{float(row['gbs']):.0f} | {float(row['pct_copy']):.0f}% | {loop_us:.1f} | {bmm_us:.1f} | {best / ours:.2f}x | "
-            f"{v1.get(key, float('nan')):.1f} |"
+            f"{v2.get(key, float('nan')):.1f} |"
         )
         out.write(line + "\n")
         out.flush()

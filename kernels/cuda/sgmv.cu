@@ -1,343 +1,414 @@
-// SGMV shrink and expand for a batch of segments, each segment with its own LoRA adapter.
+// SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Both stages are one tiled product  out[tile rows, n] = sum_k in[tile rows, k] * w[n, k]
-// over a tile of at most 64 tokens of one segment:
-//   shrink: in = x rows (gathered through `rows`), w = lora_A [rank, d_in], k over a
-//           KSPLIT_K-wide slice of d_in (grid.y); the last slice block of a tile sums the
-//           f32 partials in slice order (deterministic) into v [num_tokens, width].
-//   expand: in = v (f32, rounded to T), w = lora_B [d_out, rank], k over the rank,
-//           n over a TILE_N-wide slice of d_out (grid.y); y[row, n] += scale * out.
-// Operands go global -> registers -> shared memory in KSTEP-wide slices, the next slice's
-// loads in flight while the tensor cores (WMMA m16n16k16, f32 accumulate) work on the
-// current one; f32 multiplies on the CUDA cores in f32. Results leave through a per-warp
-// staging buffer as 16-element row runs. Adapter weights are read in place through `table`
-// (per slot: lora_A, lora_B pointers).
+// Work unit: a tile = up to 16 * MT tokens of one segment. Each tile is one cluster of
+// CLUSTER blocks (thread block clusters, sm_90):
+//   shrink  v_part = x[tile rows, k slice] @ lora_A[:, k slice]^T   (each block a k slice)
+//   reduce  v = sum of the blocks' partials, read through distributed shared memory, in
+//           block order, then rounded to T (as a framework's bf16 x @ A would be)
+//   expand  y[tile rows, n slice] += scale * v @ lora_B[n slice, :]^T (each block an n slice)
+// so the tile's v never leaves the chip, and neither a second launch nor a global
+// reduction is needed.
+//
+// Loads: every operand element is fetched by the thread that feeds it to the tensor cores
+// (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
+// shared-memory slots filled with cp.async. A thread's loads come in units of one commit
+// group each (a 32-wide k chunk of the shrink: 4 lora_A rows and 2 MT x rows; 32 ranks of a
+// 32-column group of the expand: 4 lora_B slices, and 2 MT y rows with a group's last unit),
+// issued up to S units ahead of use, so the lora_B and y loads of the expand are in flight
+// while the shrink, the reduction and the cluster barrier run. A slot is written and read
+// by the same thread: no barrier inside the loops.
+//
+// 16-byte loads give each thread 8 consecutive k; the mma's k order is permuted to match
+// (thread t holds physical k 8t..8t+7 of a 32-wide chunk: the first mma takes 8t..8t+3 as its
+// k slots {2t, 2t+1, 2t+8, 2t+9}, the second 8t+4..8t+7), the same permutation on both
+// operands, so the products summed are the right ones. Likewise the expand's output columns
+// are permuted inside each 32-column group so that a thread ends with 8 consecutive columns
+// of a row (one 16-byte read-modify-write of y).
+//
+// Determinism and batch invariance: the d_in split (which k chunks a warp sums, in which
+// order; how warps and blocks are combined) depends on d_in and the segment's rank alone,
+// and each token row of a tile is computed independently of the others (mma rows), so a
+// request gets the same bits whatever the batch around it and whatever the tile size.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
 
-using namespace nvcuda;
+#include <type_traits>
 
-// Tiles hold at most 64 tokens (TILE_TOKENS on the host): MT = 4 row tiles of 16. The
-// "small" kernels, for batches whose segments all have <= 16 tokens (decode), take MT = 1:
-// a quarter of the accumulators, so more blocks fit on an SM.
-constexpr int TILE_N = 128;    // output columns (rank rows or d_out columns) per block
-constexpr int KSPLIT_K = 256;  // d_in per shrink block (KSPLIT_K on the host)
-constexpr int THREADS = 128;   // 4 warps
+constexpr int CLUSTER = 8;   // blocks per tile (cluster size; fixed: the d_in split uses it)
+constexpr int WARPS = 8;
+constexpr int THREADS = 32 * WARPS;
+constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
+constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
-struct SgmvParams {
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+// MT = 1 (16-token tiles, 2 blocks per SM) or 4 (64-token tiles for long segments, ranks
+// <= 64, 1 block per SM).
+struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
-    float* partial;                   // [ksplit, num_tokens, width]
-    float* v;                         // [num_tokens, width]
-    unsigned int* counters;           // [num_tiles * rank_chunks], zero between launches
+    float* v;                         // [num_tokens, width]: output (mode 1) or input (mode 2)
     const unsigned long long* table;  // [slots][2]: lora_A, lora_B
-    const unsigned int* rows;         // [num_tokens]
-    const unsigned int* tiles;        // [num_tiles][3]: segment, start, end
-    const unsigned int* seg_slot;     // [segments]
-    const unsigned int* seg_rank;     // [segments]
-    const float* seg_scale;           // [segments]
-    // vec_ok bits: 1 x and every lora_A allow 16-byte loads along d_in; 2 every lora_B is
-    // 16-byte aligned; 4 y allows 16-byte accesses along d_out.
-    int d_in, d_out, num_tokens, width, ksplit, vec_ok;
+    const unsigned int* rows;         // [num_tokens]: batch row of each sorted position
+    const uint4* tiles;               // [num_tiles][2]
+    int d_in, d_out, width;
+    int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
+    int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 
-template <typename T, int MT> struct Smem {
-    // k staged per step: 64 for 16-bit types, 32 for f32, so either fits in 28 KB.
-    static constexpr int KSTEP = sizeof(T) == 4 ? 32 : 64;
-    static constexpr int PAD = 16 / sizeof(T);  // 16-byte row padding: aligned, bank-spread
-    static constexpr int LD = KSTEP + PAD;
-    T in[16 * MT][LD];
-    T w[TILE_N][LD];
-};
-
-// Rows of a shared tile that a product reads: whole 16-row fragments for the tensor cores,
-// every row for the f32 path.
-template <typename T, int CAP>
-__device__ __forceinline__ int rows_read(int nrows) {
-    return sizeof(T) == 4 ? CAP : min(CAP, (nrows + 15) / 16 * 16);
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
 }
 
-// One KSTEP slice of a CAP-row operand, held in registers between its global loads and its
-// shared-memory stores, so the next slice's loads overlap the current slice's product.
-// Each 16-byte chunk is VEC consecutive k of one row; rows >= nrows and k >= klen are zero.
-template <typename T, int CAP> struct Stage {
-    static constexpr int VEC = 16 / sizeof(T);
-    static constexpr int CHUNKS = Smem<T, 1>::KSTEP / VEC;
-    static constexpr int ITERS = (CAP * CHUNKS + THREADS - 1) / THREADS;
-    uint4 regs[ITERS];
+// Both k halves of a 32-wide chunk: a_lo / a_hi are the A operand's rows g and g + 8.
+template <typename T>
+__device__ __forceinline__ void mma_chunk(float (&d)[4], uint4 a_lo, uint4 a_hi, uint4 b) {
+    mma16816<T>(d, a_lo.x, a_hi.x, a_lo.y, a_hi.y, b.x, b.y);
+    mma16816<T>(d, a_lo.z, a_hi.z, a_lo.w, a_hi.w, b.z, b.w);
+}
 
-    // Operand rows are row-major T; `row_ptr(r)` is the start of row r.
-    template <typename RowPtr>
-    __device__ __forceinline__ void fetch(int nrows, int k0, int klen, bool vec, RowPtr row_ptr) {
-        const int cap = rows_read<T, CAP>(nrows);
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            const int r = i / CHUNKS, k = k0 + (i % CHUNKS) * VEC;
-            uint4 val = make_uint4(0, 0, 0, 0);
-            if (i < cap * CHUNKS && r < nrows) {
-                const T* src = row_ptr(r) + k;
-                if (vec && k + VEC <= klen) {
-                    val = __ldg(reinterpret_cast<const uint4*>(src));
-                } else {
-                    __align__(16) T tmp[VEC];
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) tmp[e] = k + e < klen ? src[e] : from_f<T>(0.f);
-                    val = *reinterpret_cast<const uint4*>(tmp);
-                }
-            }
-            regs[it] = val;
-        }
-    }
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
-    // The operand is f32 rows (v), rounded to T on the way.
-    __device__ __forceinline__ void fetch_f32(int nrows, int k0, int klen, const float* base, int ld) {
-        const int cap = rows_read<T, CAP>(nrows);
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            const int r = i / CHUNKS, k = k0 + (i % CHUNKS) * VEC;
-            __align__(16) T tmp[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const bool ok = i < cap * CHUNKS && r < nrows && k + e < klen;
-                tmp[e] = from_f<T>(ok ? base[(size_t)r * ld + k + e] : 0.f);
-            }
-            regs[it] = *reinterpret_cast<const uint4*>(tmp);
-        }
+// Waits until at most n (0..3) of this thread's cp.async groups are pending.
+__device__ __forceinline__ void cp_async_wait(int n) {
+    switch (n) {
+        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
     }
+}
 
-    __device__ __forceinline__ void store(T (*dst)[Smem<T, 1>::LD], int nrows) {
-        const int cap = rows_read<T, CAP>(nrows);
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            const int i = threadIdx.x + it * THREADS;
-            if (i < cap * CHUNKS)
-                *reinterpret_cast<uint4*>(&dst[i / CHUNKS][(i % CHUNKS) * VEC]) = regs[it];
-        }
-    }
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// The address of `p` (this block's shared memory) in block `rank` of the cluster.
+__device__ __forceinline__ const float* cluster_map(const float* p, unsigned rank) {
+    uint64_t out;
+    asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(p), "r"(rank));
+    return reinterpret_cast<const float*>(out);
+}
+
+// Shared memory of the kernel for tiles of 16 * MT tokens.
+template <int MT> struct Layout {
+    static constexpr int U = NTW + 2 * MT;        // ring slots per load unit (per thread)
+    static constexpr int S = MT == 1 ? 4 : 3;      // units in flight
+    static constexpr int NG_MAX = MT == 1 ? 4 : 2; // rank groups: ranks <= 128 (MT 1), <= 64 (MT 4)
+    static constexpr int RING = S * U * THREADS * 16;
+    static constexpr int RED = NG_MAX * MT * NTW * 32 * 16;  // a group's partial, fragment layout
+    static constexpr int VSM = 16 * MT * VLD * 2;
+    static constexpr int BYTES = RING + RED + VSM;
 };
 
-// out[m, n] = sum_k in[m, k] w[n, k] for m < mrows, n < nvalid, k < klen. `fetch(k0)` loads
-// slice k0 of both operands into `si` / `sw` (registers). Results go to
-// `emit_row(m, n, vals, count)`: `count` (<= 16) consecutive columns of row m from n.
-template <typename T, int MT, typename Fetch, typename EmitRow>
-__device__ __forceinline__ void tile_product(Smem<T, MT>& s, Stage<T, 16 * MT>& si, Stage<T, TILE_N>& sw,
-                                             int mrows, int nvalid, int klen, Fetch fetch,
-                                             EmitRow emit_row) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int mtiles = (mrows + 15) / 16;
-    constexpr int KSTEP = Smem<T, 1>::KSTEP;
-    fetch(0);
-    if constexpr (sizeof(T) == 2) {
-        // Warp w owns column tiles 2w and 2w+1 and every row tile.
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MT][2];
+__device__ __forceinline__ void zero16(uint4* slot) { *slot = make_uint4(0, 0, 0, 0); }
+
+// 8 elements from src (n of them valid, the rest zero) into a ring slot: one cp.async when
+// the 16 bytes are whole and aligned, else element by element.
+template <typename T>
+__device__ __forceinline__ void fetch8(uint4* slot, const T* src, int n, bool vec) {
+    if (n >= 8 && vec) {
+        cp_async16(slot, src);
+    } else if (n <= 0) {
+        zero16(slot);
+    } else {
+        __align__(16) T tmp[8];
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+        for (int e = 0; e < 8; ++e) tmp[e] = e < n ? src[e] : from_f<T>(0.f);
+        *slot = *reinterpret_cast<uint4*>(tmp);
+    }
+}
+
+// Sums the warps' shrink partials (fragment layout) into the block's partial.
+// Element (m, n) of group g's partial: see `red_index`.
+__device__ __forceinline__ int red_index(int m, int n, int mt) {
+    const int j = n / 8, grp = j / NTW, jj = j % NTW, i = m / 16, mm = m % 16;
+    const int lane = 4 * (mm % 8) + (n % 8) / 2, reg = (n % 2) + 2 * (mm / 8);
+    return ((((grp * mt + i) * NTW + jj) * 32 + lane) * 4) + reg;
+}
+
+template <typename T, int MT>
+__device__ __forceinline__ void sgmv_v3(const Params& p) {
+    using L = Layout<MT>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint4* ring = reinterpret_cast<uint4*>(smem);
+    float4* red = reinterpret_cast<float4*>(smem + L::RING);
+    T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int crank = cluster_rank();
+    const int tile = blockIdx.x / CLUSTER;
+    const uint4 rec = p.tiles[2 * tile];
+    const int rank = rec.y, start = rec.w;
+    const float scale = __uint_as_float(rec.z);
+    const int mrows = p.tiles[2 * tile + 1].x - start;
+    const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
+    const T* a = reinterpret_cast<const T*>(tab.x);
+    const T* b = reinterpret_cast<const T*>(tab.y);
+    const int d_in = p.d_in, d_out = p.d_out;
+    const int nt = (rank + 7) / 8, nq = (rank + 31) / 32;
+
+    // This thread's token rows: 8 i + g (rows g and g + 8 of each 16-row m tile).
+    const T* x_row[2 * MT];
+    T* y_row[2 * MT];
+    bool m_ok[2 * MT];
 #pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-        for (int k0 = 0; k0 < klen; k0 += KSTEP) {
-            si.store(s.in, mrows);
-            sw.store(s.w, nvalid);
-            __syncthreads();
-            if (k0 + KSTEP < klen) fetch(k0 + KSTEP);
+    for (int i = 0; i < 2 * MT; ++i) {
+        const int m = 8 * i + g;
+        m_ok[i] = m < mrows;
+        const size_t row = m_ok[i] ? p.rows[start + m] : 0;
+        x_row[i] = static_cast<const T*>(p.x) + row * d_in;
+        y_row[i] = static_cast<T*>(p.y) + row * d_out;
+    }
+
+    // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
+    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
+    // (group, kk) of block c sums run c * KS + kk, chunk by chunk in order.
+    const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
+    const int ks = WARPS / ng;
+    const int grp = warp / ks, kk = warp % ks;
+    const int nchunks = (d_in + 31) / 32;
+    const int per = (nchunks + CLUSTER * ks - 1) / (CLUSTER * ks);
+    const int c0 = min(nchunks, (crank * ks + kk) * per);
+    const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
+    const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
+    const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
+    const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
+    const bool vec_x = p.flags & 1, vec_a = p.flags & 2;
+
+    // Expand split (free: each output element is one mma chain): 32-column groups, a
+    // contiguous run per block, dealt round-robin to its warps; each group in nq units of
+    // 32 ranks.
+    const int ngroups = (d_out + 31) / 32;
+    const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
+    const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
+    const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
+    const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
+    // Column P(j, g) of a group (see the file comment): lora_B rows this thread loads.
+    int pcol[4];
 #pragma unroll
-            for (int kk = 0; kk < KSTEP; kk += 16) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
+    for (int j = 0; j < 4; ++j) pcol[j] = 8 * (g / 2) + 2 * j + (g % 2);
+
+    const int total = n_s + n_e * nq;
+    int issued = 0;
+    int e_group = 0, e_q = 0;  // the next expand unit to issue
+    auto issue = [&]() {
+        uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
+        if (issued < n_s) {
+            const int k = 32 * (c0 + issued) + 8 * t;
+            const int kn = d_in - k;
 #pragma unroll
-                for (int j = 0; j < 2; ++j)
-                    if ((warp * 2 + j) * 16 < nvalid)
-                        wmma::load_matrix_sync(b[j], &s.w[(warp * 2 + j) * 16][kk], Smem<T, 1>::LD);
+            for (int jj = 0; jj < NTW; ++jj)
+                if (jj < tiles_here && 8 * jj < a_rows_left)
+                    fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a);
 #pragma unroll
-                for (int i = 0; i < MT; ++i) {
-                    if (i >= mtiles) break;
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                    wmma::load_matrix_sync(a, &s.in[i * 16][kk], Smem<T, 1>::LD);
+            for (int i = 0; i < 2 * MT; ++i)
+                if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
+        } else {
+            const int col0 = 32 * (gfirst + WARPS * e_group);
+            const int kk2 = 32 * e_q + 8 * t;
 #pragma unroll
-                    for (int j = 0; j < 2; ++j)
-                        if ((warp * 2 + j) * 16 < nvalid) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-                }
+            for (int j = 0; j < 4; ++j) {
+                const int n = col0 + pcol[j];
+                if (n < d_out) fetch8(st + j * THREADS, b + (size_t)n * rank + kk2, rank - kk2, vec_b);
             }
+            if (e_q == nq - 1) {
+                const int col = col0 + 8 * t;
+#pragma unroll
+                for (int i = 0; i < 2 * MT; ++i)
+                    if (m_ok[i] && col < d_out) fetch8(st + (NTW + i) * THREADS, y_row[i] + col, d_out - col, vec_y);
+                e_q = 0;
+                ++e_group;
+            } else {
+                ++e_q;
+            }
+        }
+        cp_async_commit();
+        ++issued;
+    };
+    auto issue_until = [&](int limit) {
+        limit = min(limit, total);
+        while (issued < limit) issue();
+    };
+    auto slot = [&](int unit, int sub) -> uint4 {
+        return ring[((unit % L::S) * L::U + sub) * THREADS + tid];
+    };
+    issue_until(L::S);
+
+    // ---- shrink: this warp's chunks for its rank tiles
+    float acc[MT][NTW][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NTW; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    for (int c = 0; c < n_s; ++c) {
+        cp_async_wait(issued - c - 1);
+        uint4 xs[2 * MT];
+#pragma unroll
+        for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
+#pragma unroll
+        for (int j = 0; j < NTW; ++j)
+            if (j < tiles_here) {
+                const uint4 as = slot(c, j);
+#pragma unroll
+                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
+            }
+        issue_until(c + 1 + L::S);
+    }
+
+    // ---- reduce: the KS warps of a group in kk order into `red`, then (below) the blocks
+    // in cluster-rank order
+    if (p.mode != 2) {
+        for (int step = 0; step < ks; ++step) {
+            if (kk == step)
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NTW; ++j) {
+                        float4* r = &red[((grp * MT + i) * NTW + j) * 32 + lane];
+                        float4 s = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+                        if (step > 0) {
+                            const float4 o = *r;
+                            s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
+                        }
+                        *r = s;
+                    }
             __syncthreads();
         }
-        // Each warp stages a 16 x 32 strip (its two column tiles) in the operand memory, free
-        // after the last barrier; lane l then hands on row l / 2, columns 16 (l % 2) .. + 16.
-        static_assert(sizeof(Smem<T, MT>) >= 4 * 512 * sizeof(float), "staging fits");
-        float* stage = reinterpret_cast<float*>(&s) + warp * 512;
-        const int n_lane = warp * 32 + (lane % 2) * 16;
+    }
+    cluster_arrive();
+    cluster_wait();  // every block's partial is complete
+
+    const float* reds[CLUSTER];
+#pragma unroll
+    for (int c = 0; c < CLUSTER; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
+    if (p.mode == 1) {
+        // shrink alone: block 0 writes v in f32 (zero beyond the rank)
+        if (crank == 0)
+            for (int e = tid; e < mrows * p.width; e += THREADS) {
+                const int m = e / p.width, n = e % p.width;
+                float s = 0.f;
+                if (n < rank) {
+                    const int ri = red_index(m, n, MT);
+                    float pc[CLUSTER];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
+                }
+                p.v[(size_t)(start + m) * p.width + n] = s;
+            }
+    } else {
+        const int vcols = 32 * nq;
+        for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
+            const int m = e / vcols, n = e % vcols;
+            float s = 0.f;
+            if (m < mrows && n < rank) {
+                if (p.mode == 2) {
+                    s = p.v[(size_t)(start + m) * p.width + n];
+                } else {
+                    const int ri = red_index(m, n, MT);
+                    float pc[CLUSTER];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
+#pragma unroll
+                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
+                }
+            }
+            vsm[m * VLD + n] = from_f<T>(s);
+        }
+    }
+    cluster_arrive();  // done reading the other blocks' shared memory
+    __syncthreads();
+
+    // ---- expand: this warp's 32-column groups, nq units each
+    float o[MT][4][4];
+    for (int u = n_s; u < total; ++u) {
+        const int e = u - n_s, ge = e / nq, q = e % nq;
+        cp_async_wait(issued - u - 1);
+        if (q == 0)
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) o[i][j][c] = 0.f;
+        uint4 vl[MT], vh[MT];
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
-            if (i >= mtiles) break;
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-                if ((warp * 2 + j) * 16 < nvalid)
-                    wmma::store_matrix_sync(stage + j * 16, acc[i][j], 32, wmma::mem_row_major);
-            __syncwarp();
-            const int m = i * 16 + lane / 2;
-            if (m < mrows && n_lane < nvalid)
-                emit_row(m, n_lane, stage + (lane / 2) * 32 + (lane % 2) * 16, min(16, nvalid - n_lane));
-            __syncwarp();
+            vl[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g) * VLD + 32 * q + 8 * t]);
+            vh[i] = *reinterpret_cast<const uint4*>(&vsm[(16 * i + g + 8) * VLD + 32 * q + 8 * t]);
         }
-    } else {
-        // f32: CUDA cores, thread t owns column t and every row (exact f32 arithmetic).
-        float acc[16 * MT];
 #pragma unroll
-        for (int m = 0; m < 16 * MT; ++m) acc[m] = 0.f;
-        const int n = threadIdx.x;
-        for (int k0 = 0; k0 < klen; k0 += KSTEP) {
-            si.store(s.in, mrows);
-            sw.store(s.w, nvalid);
-            __syncthreads();
-            if (k0 + KSTEP < klen) fetch(k0 + KSTEP);
-            for (int kk = 0; kk < KSTEP; ++kk) {
-                const float wv = s.w[n][kk];
+        for (int j = 0; j < 4; ++j) {
+            const uint4 bq = slot(u, j);
 #pragma unroll
-                for (int m = 0; m < 16 * MT; ++m) acc[m] += s.in[m][kk] * wv;
-            }
-            __syncthreads();
+            for (int i = 0; i < MT; ++i) mma_chunk<T>(o[i][j], vl[i], vh[i], bq);
         }
-        if (n < nvalid)
+        if (q == nq - 1) {
+            const int col = 32 * (gfirst + WARPS * ge) + 8 * t;
 #pragma unroll
-            for (int m = 0; m < 16 * MT; ++m)
-                if (m < mrows) {
-                    const float val = acc[m];
-                    emit_row(m, n, &val, 1);
+            for (int r = 0; r < 2 * MT; ++r) {
+                if (!m_ok[r] || col >= d_out) continue;
+                const uint4 old = slot(u, NTW + r);
+                const T* ov = reinterpret_cast<const T*>(&old);
+                __align__(16) T nv[8];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c)
+                        nv[2 * j + c] = from_f<T>(to_f<T>(ov[2 * j + c]) + scale * o[r / 2][j][2 * (r % 2) + c]);
+                T* dst = y_row[r] + col;
+                if (vec_y && col + 8 <= d_out) {
+                    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(nv);
+                } else {
+                    for (int c = 0; c < 8 && col + c < d_out; ++c) dst[c] = nv[c];
                 }
-    }
-}
-
-template <typename T, int MT>
-__device__ void shrink(const SgmvParams& p) {
-    __shared__ __align__(128) Smem<T, MT> s;
-    __shared__ bool last_block;
-    const unsigned int* tile = p.tiles + 3 * blockIdx.x;
-    const int seg = tile[0], start = tile[1], mrows = tile[2] - tile[1];
-    const int rank = p.seg_rank[seg];
-    const int n0 = blockIdx.z * TILE_N;
-    const int nvalid = max(0, min(TILE_N, rank - n0));
-    const int kbase = blockIdx.y * KSPLIT_K;
-    const int klen = min(KSPLIT_K, p.d_in - kbase);
-    const T* x = static_cast<const T*>(p.x) + kbase;
-    const T* a = reinterpret_cast<const T*>(p.table[2 * p.seg_slot[seg]]) + (size_t)n0 * p.d_in + kbase;
-    const bool vec = p.vec_ok & 1;
-    float* part = p.partial + ((size_t)blockIdx.y * p.num_tokens + start) * p.width + n0;
-
-    // Partials of columns [0, nvalid); the reduction treats the others as zero.
-    if (nvalid > 0) {
-        Stage<T, 16 * MT> si;
-        Stage<T, TILE_N> sw;
-        auto fetch = [&](int k0) {
-            si.fetch(mrows, k0, klen, vec, [&](int r) { return x + (size_t)p.rows[start + r] * p.d_in; });
-            sw.fetch(nvalid, k0, klen, vec, [&](int r) { return a + (size_t)r * p.d_in; });
-        };
-        tile_product<T, MT>(s, si, sw, mrows, nvalid, klen, fetch,
-                        [&](int m, int n, const float* vals, int count) {
-                            float* dst = part + (size_t)m * p.width + n;
-#pragma unroll
-                            for (int e = 0; e < 16; ++e)
-                                if (e < count) dst[e] = vals[e];
-                        });
-    }
-
-    // The last of the ksplit blocks of this (tile, column chunk) reduces the partials in
-    // slice order, so the result does not depend on which block finished first.
-    __threadfence();
-    __syncthreads();
-    unsigned int* counter = p.counters + blockIdx.x * gridDim.z + blockIdx.z;
-    if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == (unsigned)p.ksplit - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    const int ncols = min(TILE_N, p.width - n0);
-    const size_t stride = (size_t)p.num_tokens * p.width;
-    for (int i = threadIdx.x; i < mrows * ncols; i += THREADS) {
-        const int m = i / ncols, n = i % ncols;
-        float sum = 0.f;
-        if (n < nvalid) {
-            const float* src = p.partial + (size_t)(start + m) * p.width + n0 + n;
-            int ks = 0;
-            for (; ks + 8 <= p.ksplit; ks += 8) {
-                float t[8];  // eight loads in flight, summed in slice order
-#pragma unroll
-                for (int u = 0; u < 8; ++u) t[u] = __ldcg(src + (ks + u) * stride);
-#pragma unroll
-                for (int u = 0; u < 8; ++u) sum += t[u];
             }
-            for (; ks < p.ksplit; ++ks) sum += __ldcg(src + ks * stride);
         }
-        p.v[(size_t)(start + m) * p.width + n0 + n] = sum;
+        issue_until(u + 1 + L::S);
     }
-    if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch on this map
+    cluster_wait();  // no block leaves while another may still read its partial
 }
 
-template <typename T, int MT>
-__device__ void expand(const SgmvParams& p) {
-    __shared__ __align__(128) Smem<T, MT> s;
-    const unsigned int* tile = p.tiles + 3 * blockIdx.x;
-    const int seg = tile[0], start = tile[1], mrows = tile[2] - tile[1];
-    const int rank = p.seg_rank[seg];
-    const float scale = p.seg_scale[seg];
-    const int n0 = blockIdx.y * TILE_N;
-    const int nvalid = min(TILE_N, p.d_out - n0);
-    const T* b = reinterpret_cast<const T*>(p.table[2 * p.seg_slot[seg] + 1]) + (size_t)n0 * rank;
-    const bool vec_b = (p.vec_ok & 2) && rank % (16 / sizeof(T)) == 0;
-    const bool vec_y = p.vec_ok & 4;
-    T* y = static_cast<T*>(p.y) + n0;
-    const float* v = p.v + (size_t)start * p.width;
-
-    Stage<T, 16 * MT> si;
-    Stage<T, TILE_N> sw;
-    auto fetch = [&](int k0) {
-        // v is rounded to T, as a framework's bf16 x @ A would be.
-        si.fetch_f32(mrows, k0, rank, v, p.width);
-        sw.fetch(nvalid, k0, rank, vec_b, [&](int r) { return b + (size_t)r * rank; });
-    };
-    tile_product<T, MT>(s, si, sw, mrows, nvalid, rank, fetch, [&](int m, int n, const float* vals, int count) {
-        T* dst = y + (size_t)p.rows[start + m] * p.d_out + n;
-        if (sizeof(T) == 2 && vec_y && count == 16) {
-            uint4 raw[2] = {reinterpret_cast<const uint4*>(dst)[0], reinterpret_cast<const uint4*>(dst)[1]};
-            T* old = reinterpret_cast<T*>(raw);
-#pragma unroll
-            for (int e = 0; e < 16; ++e) old[e] = from_f<T>(to_f<T>(old[e]) + scale * vals[e]);
-            reinterpret_cast<uint4*>(dst)[0] = raw[0];
-            reinterpret_cast<uint4*>(dst)[1] = raw[1];
-        } else {
-#pragma unroll
-            for (int e = 0; e < 16; ++e)
-                if (e < count) dst[e] = from_f<T>(to_f<T>(dst[e]) + scale * vals[e]);
-        }
-    });
-}
-
-// The shrink runs many small blocks when segments are short: 3 blocks per SM (168 registers,
-// a few bytes of spill) keep more loads in flight than 2 would. The small kernels need far
-// fewer registers and take the compiler's choice.
-#define SGMV_KERNELS(NAME, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(THREADS, 3) sgmv_shrink_##NAME(SgmvParams p) { \
-        shrink<T, 4>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_expand_##NAME(SgmvParams p) {  \
-        expand<T, 4>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_shrink_small_##NAME(SgmvParams p) { \
-        shrink<T, 1>(p);                                                                       \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(THREADS) sgmv_expand_small_##NAME(SgmvParams p) { \
-        expand<T, 1>(p);                                                                       \
+// Tiles of 16 tokens: two blocks per SM. Tiles of 64 tokens (long segments): one.
+#define SGMV_V3(NAME, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
+        sgmv_v3<T, 1>(p);                                                                       \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) sgmv_v3_##NAME##_mt4(Params p) {   \
+        sgmv_v3<T, 4>(p);                                                                       \
     }
-
-SGMV_KERNELS(bf16, __nv_bfloat16)
-SGMV_KERNELS(f16, __half)
-SGMV_KERNELS(f32, float)
+SGMV_V3(bf16, __nv_bfloat16)
+SGMV_V3(f16, __half)

@@ -1,9 +1,13 @@
-//! CUDA path: the kernels of `cuda/sgmv.cu`, compiled at build time and embedded, launched
-//! through cudarc on candle's stream.
+//! CUDA path: the kernels of `cuda/sgmv.cu` (v3) and `cuda/sgmv_v2.cu`, compiled at build
+//! time and embedded, launched through cudarc on candle's stream.
 //!
-//! Per step, [`DeviceSegments`] uploads the segment map once (one copy) and keeps the
-//! per-tile counters the shrink reduction uses; per table, [`DeviceTable`] is the device
-//! array of `(lora_A, lora_B)` pointers per slot. Each stage is one launch for the batch.
+//! Per step, [`DeviceSegments`] uploads the segment map once (one copy) with the tile lists
+//! of both kernel versions and the per-tile counters v2's shrink reduction uses; per table,
+//! [`DeviceTable`] is the device array of `(lora_A, lora_B)` pointers per slot.
+//!
+//! v3 (bf16 / f16, ranks up to 128) does shrink and expand in one launch of thread-block
+//! clusters; v2 (two launches) serves f32, larger ranks, and comparison runs
+//! (`OPENLEDGER_SGMV_KERNEL=v2`). See kernels/NOTES.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,21 +24,21 @@ use half::{bf16, f16};
 use crate::candle_ops::{AdapterTable, BatchSegments};
 use crate::error::{KernelError, Result};
 
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv.fatbin"));
-/// The first version of the kernels, kept so that benchmark runs can compare against it
-/// (`OPENLEDGER_SGMV_KERNEL=v1`); see kernels/NOTES.md.
-static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_v1.fatbin"));
+mod v3;
 
-/// Tokens per GPU tile (`TILE_M` in sgmv.cu).
+/// The second version, for what v3 does not cover and for comparison runs.
+static FATBIN_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_v2.fatbin"));
+
+/// Tokens per v2 tile (`TILE_M` in sgmv_v2.cu).
 const TILE_TOKENS: usize = 64;
-/// Columns per block (`TILE_N` in sgmv.cu).
+/// Columns per v2 block (`TILE_N` in sgmv_v2.cu).
 const TILE_N: usize = 128;
-/// d_in per shrink block (`KSPLIT_K` in sgmv.cu); fixed so that the reduction order, and
-/// so the result, depends on d_in alone.
+/// d_in per v2 shrink block (`KSPLIT_K` in sgmv_v2.cu); fixed so that the reduction order,
+/// and so the result, depends on d_in alone.
 const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
-/// Kernel parameters, laid out as `SgmvParams` in sgmv.cu.
+/// v2 kernel parameters, laid out as `SgmvParams` in sgmv_v2.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct SgmvParams {
@@ -67,8 +71,10 @@ pub(crate) fn cuda_err(e: impl std::fmt::Display) -> KernelError {
 struct Kernels {
     shrink: [CudaFunction; 3],
     expand: [CudaFunction; 3],
-    /// Variants for batches whose segments all have <= 16 tokens (absent in v1).
-    small: Option<([CudaFunction; 3], [CudaFunction; 3])>,
+    /// Variants for batches whose segments all have <= 16 tokens.
+    small: ([CudaFunction; 3], [CudaFunction; 3]),
+    /// v3; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
+    v3: Option<v3::Kernels>,
 }
 
 /// The module, loaded once per CUDA context.
@@ -81,24 +87,19 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     if let Some(k) = loaded.get(&key) {
         return Ok(k.clone());
     }
-    let v1 = std::env::var("OPENLEDGER_SGMV_KERNEL").is_ok_and(|v| v == "v1");
-    let (image, tag) = if v1 { (FATBIN_V1, "_v1") } else { (FATBIN, "") };
-    let module = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(cuda_err)?;
-    let f = |stage: &str, ty: &str| {
-        module.load_function(&format!("sgmv_{stage}{tag}_{ty}")).map_err(cuda_err)
+    let v2_only = std::env::var("OPENLEDGER_SGMV_KERNEL").is_ok_and(|v| v == "v2");
+    let v2 = ctx.load_module(Ptx::from_binary(FATBIN_V2.to_vec())).map_err(cuda_err)?;
+    let f =
+        |stage: &str, ty: &str| v2.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err);
+    let all = |stage: &str| -> Result<[CudaFunction; 3]> {
+        Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
     };
-    let small = if v1 {
-        None
-    } else {
-        Some((
-            [f("shrink_small", "f32")?, f("shrink_small", "bf16")?, f("shrink_small", "f16")?],
-            [f("expand_small", "f32")?, f("expand_small", "bf16")?, f("expand_small", "f16")?],
-        ))
-    };
+    let v3 = if v2_only { None } else { Some(v3::load(ctx, &stream)?) };
     let k = Arc::new(Kernels {
-        shrink: [f("shrink", "f32")?, f("shrink", "bf16")?, f("shrink", "f16")?],
-        expand: [f("expand", "f32")?, f("expand", "bf16")?, f("expand", "f16")?],
-        small,
+        shrink: all("shrink")?,
+        expand: all("expand")?,
+        small: (all("shrink_small")?, all("expand_small")?),
+        v3,
     });
     loaded.insert(key, k.clone());
     Ok(k)
@@ -146,6 +147,11 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
+    /// v3: the tile size chosen for this map, the tile records' device address and their
+    /// number.
+    v3_mt: usize,
+    v3_tiles_ptr: u64,
+    v3_num_tiles: usize,
     /// v and the shrink partials, grown to the largest d_in seen and reused by every layer
     /// (no allocation per call). Held locked for the two launches of one call.
     scratch: Mutex<Option<Scratch>>,
@@ -175,7 +181,11 @@ impl DeviceSegments {
     }
 }
 
-fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<DeviceSegments>> {
+fn device_segments(
+    segments: &BatchSegments,
+    dev: &CudaDevice,
+    kernels: &Kernels,
+) -> Result<Arc<DeviceSegments>> {
     let mut cached = segments.gpu.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = cached.as_ref() {
         return Ok(d.clone());
@@ -192,6 +202,7 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
         }
     }
     let num_tiles = tiles.len() / 3;
+    let v3 = v3::tiles(map, kernels.v3.as_ref());
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
     offsets[0] = meta.len();
@@ -203,13 +214,17 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
     offsets[3] = meta.len();
     meta.extend(map.scales().iter().map(|s| s.to_bits()));
     offsets[4] = meta.len();
+    meta.resize(meta.len().next_multiple_of(4), 0); // v3 records are read as 16-byte vectors
+    let v3_offset = meta.len();
+    meta.extend(&v3.records);
     meta.push(0); // never empty
     let rank_chunks = map.max_rank().div_ceil(TILE_N).max(1);
     let meta = dev.clone_htod(&meta)?;
     let counters = dev.alloc_zeros::<u32>((num_tiles * rank_chunks).max(1))?;
     let stream = dev.cuda_stream();
+    let meta_ptr = slice_address(&meta, &stream);
     let d = Arc::new(DeviceSegments {
-        meta_ptr: slice_address(&meta, &stream),
+        meta_ptr,
         counters_ptr: slice_address(&counters, &stream),
         _meta: meta,
         _counters: counters,
@@ -217,6 +232,9 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
         rank_chunks,
         offsets,
         small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
+        v3_mt: v3.mt,
+        v3_tiles_ptr: meta_ptr + 4 * v3_offset as u64,
+        v3_num_tiles: v3.records.len() / 8,
         scratch: Mutex::new(None),
     });
     *cached = Some(d.clone());
@@ -272,7 +290,8 @@ fn params(
     dev: &CudaDevice,
 ) -> Result<(SgmvParams, Arc<DeviceSegments>, Arc<Kernels>)> {
     let map = segments.map();
-    let seg = device_segments(segments, dev)?;
+    let kernels = kernels(dev)?;
+    let seg = device_segments(segments, dev, &kernels)?;
     let (table_ptr, a_aligned, b_aligned) = device_table(table, dev)?;
     let at = |i: usize| seg.meta_ptr + 4 * i as u64;
     let vec_elems = 16 / table.dtype().size_in_bytes();
@@ -293,7 +312,7 @@ fn params(
             | ((b_aligned as i32) << 1),
         ..Default::default()
     };
-    Ok((p, seg, kernels(dev)?))
+    Ok((p, seg, kernels))
 }
 
 fn launch(
@@ -320,18 +339,50 @@ struct Call {
     stream: Arc<CudaStream>,
     dtype: usize,
     vec_elems: usize,
+    /// The v3 kernel for this call, if v3 covers it.
+    v3: Option<CudaFunction>,
 }
 
 fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> Result<Call> {
     let (p, seg, kernels) = params(segments, table, dev)?;
+    let dtype = dtype_index(table.dtype())?;
+    let v3 = match &kernels.v3 {
+        Some(v3) if dtype > 0 && segments.map().max_rank() <= v3::MAX_RANK => {
+            Some(v3.function(dtype - 1, seg.v3_mt))
+        },
+        _ => None,
+    };
     Ok(Call {
         p,
         seg,
         kernels,
         stream: dev.cuda_stream(),
-        dtype: dtype_index(table.dtype())?,
+        dtype,
         vec_elems: 16 / table.dtype().size_in_bytes(),
+        v3,
     })
+}
+
+/// Launches v3 in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
+/// `v`).
+fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
+    let launch = v3::Launch {
+        mode,
+        x,
+        y,
+        v,
+        table: call.p.table,
+        rows: call.p.rows,
+        tiles: call.seg.v3_tiles_ptr,
+        num_tiles: call.seg.v3_num_tiles,
+        mt: call.seg.v3_mt,
+        d_in: call.p.d_in as usize,
+        d_out: call.p.d_out as usize,
+        width: call.p.width as usize,
+        a_aligned: (call.p.vec_ok & 1) != 0,
+        b_aligned: (call.p.vec_ok & 2) != 0,
+    };
+    v3::launch(f, &call.stream, &launch)
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
@@ -343,9 +394,9 @@ fn shrink_into(call: &mut Call, x: u64, v: u64, partial: u64) -> Result<()> {
     call.p.v = v;
     call.p.partial = partial;
     let grid = (call.seg.num_tiles as u32, call.p.ksplit as u32, call.seg.rank_chunks as u32);
-    let f = match &call.kernels.small {
-        Some((shrink, _)) if call.seg.small_tiles => &shrink[call.dtype],
-        _ => &call.kernels.shrink[call.dtype],
+    let f = match call.seg.small_tiles {
+        true => &call.kernels.small.0[call.dtype],
+        false => &call.kernels.shrink[call.dtype],
     };
     launch(f, &call.stream, grid, &call.p)
 }
@@ -358,15 +409,15 @@ fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
         call.p.vec_ok |= 4;
     }
     let grid = (call.seg.num_tiles as u32, (call.p.d_out as usize).div_ceil(TILE_N) as u32, 1);
-    let f = match &call.kernels.small {
-        Some((_, expand)) if call.seg.small_tiles => &expand[call.dtype],
-        _ => &call.kernels.expand[call.dtype],
+    let f = match call.seg.small_tiles {
+        true => &call.kernels.small.1[call.dtype],
+        false => &call.kernels.expand[call.dtype],
     };
     launch(f, &call.stream, grid, &call.p)
 }
 
-/// `y += delta` on the device: shrink then expand, two launches for the whole batch, with
-/// v and the partials in the step's scratch buffer.
+/// `y += delta` on the device: v3 in one launch, or v2's shrink then expand (two launches,
+/// with v and the partials in the step's scratch buffer).
 pub(crate) fn lora_delta(
     x: &CudaStorage,
     xl: &Layout,
@@ -381,6 +432,9 @@ pub(crate) fn lora_delta(
         return Ok(());
     }
     let (x, y) = (storage_address(x, xl, &call.stream)?, storage_address(y, yl, &call.stream)?);
+    if let Some(f) = &call.v3 {
+        return launch_v3(&call, f, 0, x, y, 0);
+    }
     let v_len = call.p.num_tokens as usize * call.p.width as usize;
     let seg = call.seg.clone();
     let (_guard, v) = seg.scratch(&dev, v_len * (1 + call.p.ksplit as usize))?;
@@ -402,6 +456,10 @@ pub(crate) fn shrink(
     if call.seg.num_tiles > 0 {
         let x = storage_address(x, xl, &call.stream)?;
         let v_addr = slice_address(&v, &call.stream);
+        if let Some(f) = &call.v3 {
+            launch_v3(&call, f, 1, x, 0, v_addr)?;
+            return Ok(CudaStorage::wrap_cuda_slice(v, dev));
+        }
         let seg = call.seg.clone();
         let v_len = map.num_tokens() * map.max_rank();
         let (_guard, partial) = seg.scratch(&dev, v_len * call.p.ksplit as usize)?;
@@ -426,5 +484,8 @@ pub(crate) fn expand(
     }
     let v = address::<f32>(v, vl, &call.stream)?;
     let y = storage_address(y, yl, &call.stream)?;
+    if let Some(f) = &call.v3 {
+        return launch_v3(&call, f, 2, 0, y, v);
+    }
     expand_from(&mut call, v, y)
 }

@@ -21,11 +21,12 @@
 //!
 //! Three implementations compute the same function:
 //! - [`cpu`]: multithreaded (rayon) over slices, f32 arithmetic, for CPU workers and CI;
-//! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv.cu` into a
-//!   fatbin (sm_90 SASS + compute_90 PTX), one launch per stage for the whole batch (so two
-//!   for `lora_delta`), reading adapters through a device array of per-slot pointers (no
-//!   gather copy); bf16/f16 on the tensor cores with f32 accumulation, f32 in f32. The first
-//!   kernel version stays embedded for comparison runs (`OPENLEDGER_SGMV_KERNEL=v1`);
+//! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv.cu` (v3) and
+//!   `cuda/sgmv_v2.cu` into fatbins (sm_90 SASS + compute_90 PTX), reading adapters through a
+//!   device array of per-slot pointers (no gather copy). bf16/f16 with ranks up to 128: v3,
+//!   one launch for the whole batch and both stages (thread-block clusters, the tile's v kept
+//!   on chip), tensor cores with f32 accumulation; f32 and larger ranks: v2, one launch per
+//!   stage (`OPENLEDGER_SGMV_KERNEL=v2` runs v2 for everything, for comparison);
 //!   measurements in `docs/benchmarks.md` and `kernels/NOTES.md`;
 //! - [`reference`](mod@reference): naive f64, for tests only.
 //!

@@ -132,6 +132,72 @@ fn shrink_and_expand_match_reference_on_every_device() {
     }
 }
 
+/// A request's output bits do not depend on the batch around it: one segment alone, then
+/// the same rows inside a batch of many other adapters (on CUDA the kernel then picks
+/// another cluster size and tile count), bit for bit.
+#[test]
+fn a_request_gets_the_same_bits_alone_and_in_a_large_batch() {
+    use common::round_to;
+    use openledger_kernels::reference::RefAdapter;
+    use rand::Rng;
+    let mut rng = rng("batch invariance");
+    let (d_in, d_out, others) = (1031, 257, 63);
+    for dev in devices() {
+        let rank = [8, 13, 64][rng.random_range(0..3)];
+        let adapters: Vec<RefAdapter> = (0..=others)
+            .map(|_| RefAdapter {
+                rank,
+                a: (0..rank * d_in)
+                    .map(|_| round_to::<Bf16>(rng.random_range(-0.03..0.03)))
+                    .collect(),
+                b: (0..d_out * rank)
+                    .map(|_| round_to::<Bf16>(rng.random_range(-0.3..0.3)))
+                    .collect(),
+            })
+            .collect();
+        let mut table = AdapterTable::new(&dev, DType::BF16, d_in, d_out, adapters.len());
+        for (slot, ad) in adapters.iter().enumerate() {
+            let a = tensor::<Bf16>(&ad.a, &[ad.rank, d_in], &dev);
+            let b = tensor::<Bf16>(&ad.b, &[d_out, ad.rank], &dev);
+            table.insert(slot as u32, &a, &b).unwrap();
+        }
+        // The request: 5 tokens on adapter 0; its neighbours: 16 tokens on each other adapter.
+        let own = 5;
+        let rows = own + 16 * others;
+        let x: Vec<f64> =
+            (0..rows * d_in).map(|_| round_to::<Bf16>(rng.random_range(-1.0..1.0))).collect();
+        let y: Vec<f64> =
+            (0..rows * d_out).map(|_| round_to::<Bf16>(rng.random_range(-0.5..0.5))).collect();
+        let run = |num_rows: usize, lens: Vec<usize>| -> Vec<u32> {
+            let keys: Vec<Option<u32>> = (0..lens.len() as u32).map(Some).collect();
+            let map = SegmentMap::new(&keys, &lens, |k| {
+                Some(openledger_kernels::AdapterSlot { slot: k, rank: rank as u32, scale: 0.75 })
+            })
+            .unwrap();
+            let xt = tensor::<Bf16>(&x[..num_rows * d_in], &[num_rows, d_in], &dev);
+            let yt = tensor::<Bf16>(&y[..num_rows * d_out], &[num_rows, d_out], &dev);
+            lora_delta(&xt, &yt, &BatchSegments::new(map), &table).unwrap();
+            let bits: Vec<u16> = yt
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<half::bf16>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            bits[..own * d_out].iter().map(|&b| b as u32).collect()
+        };
+        let alone = run(own, vec![own]);
+        let mut lens = vec![own];
+        lens.extend(std::iter::repeat_n(16, others));
+        let batched = run(rows, lens);
+        assert_eq!(
+            alone, batched,
+            "rank {rank} on {dev:?}: the request's rows differ alone and batched"
+        );
+    }
+}
+
 #[test]
 fn errors_name_the_tensor_and_the_problem() {
     let dev = Device::Cpu;

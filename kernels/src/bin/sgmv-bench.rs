@@ -7,7 +7,8 @@
 //! closed-form generator of `scripts/sgmv_baselines.py` (sin of a 2-D index), so the PyTorch
 //! baselines run on the same values.
 //!
-//! Usage: `sgmv-bench OUT.csv [--quick]`
+//! Usage: `sgmv-bench OUT.csv [--quick] [--only D_IN,D_OUT,RANK,T,N]` (`--only` runs one
+//! configuration, for a profiler; RANK is a number or `mixed`).
 
 use std::io::Write;
 
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let out_path = args.get(1).context("usage: sgmv-bench OUT.csv [--quick]")?;
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let dev = Device::new_cuda(0)?;
     let cuda = dev.as_cuda_device()?.clone();
     let stream = cuda.cuda_stream();
@@ -95,6 +97,13 @@ fn main() -> Result<()> {
                 ns.dedup();
                 for n in ns {
                     if quick && (t > 64 || d_out == 14336) {
+                        continue;
+                    }
+                    let rank_label = rank.map_or("mixed".to_string(), |r| r.to_string());
+                    if only
+                        .as_ref()
+                        .is_some_and(|o| *o != format!("{d_in},{d_out},{rank_label},{t},{n}"))
+                    {
                         continue;
                     }
                     let rank_of = |i: usize| rank.unwrap_or(MIXED[i % MIXED.len()]);
@@ -126,7 +135,6 @@ fn main() -> Result<()> {
                     })?;
                     let bytes = weight_bytes + 2 * t * d_in + 2 * 2 * t * d_out;
                     let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
-                    let rank_label = rank.map_or("mixed".to_string(), |r| r.to_string());
                     writeln!(
                         out,
                         "{d_in},{d_out},{rank_label},{t},{n},{:.2},{bytes},{gbs:.1},{:.1}",
