@@ -24,13 +24,18 @@ struct DevNode {
     child: Child,
     rpc: String,
     metrics: String,
+    /// The node's state: a killed `--tmp` node would leave its directory behind.
+    _base: tempfile::TempDir,
 }
 
 impl DevNode {
     fn start() -> Self {
         let (rpc_port, p2p_port, prom_port) = (free_port(), free_port(), free_port());
+        let base = tempfile::tempdir().expect("a temporary directory");
         let child = Command::new(NODE)
-            .args(["--dev", "--tmp", "--no-mdns", "--no-telemetry"])
+            .args(["--dev", "--no-mdns", "--no-telemetry"])
+            .arg("--base-path")
+            .arg(base.path())
             .args(["--rpc-port", &rpc_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
             .args(["--prometheus-port", &prom_port.to_string()])
@@ -42,6 +47,7 @@ impl DevNode {
             child,
             rpc: format!("http://127.0.0.1:{rpc_port}"),
             metrics: format!("http://127.0.0.1:{prom_port}/metrics"),
+            _base: base,
         }
     }
 
