@@ -60,8 +60,13 @@ for n in (8, 32):
     a, base = pick("openledger", "aggregate", n, True), pick("openledger", "aggregate", n)
     if a and base:
         ratio = a["tok_per_s"] / base["tok_per_s"]
-        ok &= ratio >= 0.8
-        print(f"{'with ' + str(n) + ' distinct rank-16 adapters':34} {a['tok_per_s']:11.1f} {'(ours w/o)':>16} {ratio:6.2f}  >= 0.80 {'met' if ratio >= 0.8 else 'NOT met'}")
+        label = f"{'with ' + str(n) + ' distinct rank-16 adapters':34} {a['tok_per_s']:11.1f} {'(ours w/o)':>16} {ratio:6.2f}"
+        if n == 32:
+            # The adapter target is stated for 32 distinct adapters; 8 is measured.
+            ok &= ratio >= 0.8
+            print(f"{label}  >= 0.80 {'met' if ratio >= 0.8 else 'NOT met'}")
+        else:
+            print(f"{label}  (measured, no target)")
 print("peak RSS MiB: " + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(rss.items())))
 print("targets: " + ("all met" if ok else "NOT all met"))
 PY
