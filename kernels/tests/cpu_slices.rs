@@ -21,14 +21,7 @@ fn check_lora_delta<T: Element>() {
         let y_in = y.clone();
         cpu::lora_delta(&x, &mut y, case.d_in, case.d_out, &case.map, &weights[..], &mut ws)
             .unwrap();
-        let want = reference::lora_delta(
-            &case.x,
-            &case.y,
-            case.d_in,
-            case.d_out,
-            &case.map,
-            &case.adapters,
-        );
+        let want = case.reference_delta();
         let err = relative_error(&to_f64(&y), &want);
         assert!(err < tolerance::<T>(), "relative error {err:e} for {}", case.describe());
         for row in case.uncovered_rows() {
@@ -179,14 +172,7 @@ fn check_transposed_b<T: Element>() {
             .unwrap();
         cpu::lora_delta(&x, &mut y_t, case.d_in, case.d_out, &case.map, &tviews[..], &mut ws)
             .unwrap();
-        let want = reference::lora_delta(
-            &case.x,
-            &case.y,
-            case.d_in,
-            case.d_out,
-            &case.map,
-            &case.adapters,
-        );
+        let want = case.reference_delta();
         let err = relative_error(&to_f64(&y_t), &want);
         assert!(err < tolerance::<T>(), "relative error {err:e} for {}", case.describe());
         for s in 0..case.map.num_segments() {

@@ -59,14 +59,7 @@ fn check_lora_delta<T: Element>(dev: &Device, max_rows: usize) {
         let x = tensor::<T>(&case.x, &[rows, case.d_in], dev);
         let y = tensor::<T>(&case.y, &[rows, case.d_out], dev);
         lora_delta(&x, &y, &segments, &table).unwrap();
-        let want = reference::lora_delta(
-            &case.x,
-            &case.y,
-            case.d_in,
-            case.d_out,
-            &case.map,
-            &case.adapters,
-        );
+        let want = case.reference_delta();
         let got = values(&y);
         let err = relative_error(&got, &want);
         assert!(

@@ -94,6 +94,18 @@ impl Case {
         Case { d_in, d_out, map, adapters, x, y }
     }
 
+    /// `y + delta(x)` in f64 (the reference every kernel is checked against).
+    pub fn reference_delta(&self) -> Vec<f64> {
+        openledger_kernels::reference::lora_delta(
+            &self.x,
+            &self.y,
+            self.d_in,
+            self.d_out,
+            &self.map,
+            &self.adapters,
+        )
+    }
+
     pub fn describe(&self) -> String {
         let lens: Vec<usize> =
             (0..self.map.num_segments()).map(|s| self.map.segment_range(s).len()).collect();
