@@ -369,25 +369,34 @@ pub(crate) fn read_hf<W>(
     Ok(HfTensors { embed, layers, norm, lm_head })
 }
 
-/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32.
+/// Loads a Hugging Face checkpoint's `*.safetensors` (`model.layers.{i}...`), as f32. Each
+/// tensor becomes a host buffer as it is read (its shape checked by `get`), so the checkpoint
+/// is never held twice.
 pub(crate) fn load_hf(cfg: &ModelConfig, dir: &Path, device: &Device) -> Result<BaseWeights> {
     let st = open_hf(dir)?;
-    let hf = read_hf(cfg, &st, |name, shape| st.get(name, shape, device))?;
-    let embed = Linear::dense(&hf.embed)?;
-    let lm_head = match &hf.lm_head {
-        Some(t) => Linear::dense(t)?,
+    let hf = read_hf(cfg, &st, |name, shape| vector(&st.get(name, shape, device)?))?;
+    let dense = |w, rows, cols| Linear::Dense(Arc::new(DenseMatrix { rows, cols, w }));
+    let embed = dense(hf.embed, cfg.vocab_size, cfg.hidden_size);
+    let lm_head = match hf.lm_head {
+        Some(w) => dense(w, cfg.vocab_size, cfg.hidden_size),
         None => embed.clone(),
     };
     let layers = hf
         .layers
-        .iter()
-        .map(|l| {
-            Ok(LayerWeights {
-                attn_norm: vector(&l.attn_norm)?,
-                ffn_norm: vector(&l.ffn_norm)?,
-                proj: l.proj.iter().map(Linear::dense).collect::<Result<_>>()?,
-            })
+        .into_iter()
+        .map(|l| LayerWeights {
+            attn_norm: l.attn_norm,
+            ffn_norm: l.ffn_norm,
+            proj: l
+                .proj
+                .into_iter()
+                .zip(Projection::ALL)
+                .map(|(w, p)| {
+                    let (d_in, d_out) = cfg.proj_dims(p);
+                    dense(w, d_out, d_in)
+                })
+                .collect(),
         })
-        .collect::<Result<_>>()?;
-    Ok(BaseWeights { embed, layers, norm: vector(&hf.norm)?, lm_head })
+        .collect();
+    Ok(BaseWeights { embed, layers, norm: hf.norm, lm_head })
 }
