@@ -99,14 +99,16 @@ impl AdapterTable {
         }
         check_shape(&a_name, &[rank, self.d_in], a.dims())?;
         check_shape(&b_name, &[self.d_out, rank], b.dims())?;
-        // On the CPU lora_B is kept transposed, `[rank, d_out]` (see `BLayout::RankByOut`).
-        let (a, b) = match self.device {
-            Device::Cpu => (a.contiguous()?, b.t()?.contiguous()?),
-            _ => (a.contiguous()?, b.contiguous()?),
-        };
-        let (a_host, b_host) = match self.device {
-            Device::Cpu => (host_address(&a)?, host_address(&b)?),
-            _ => (0, 0),
+        let a = a.contiguous()?;
+        // On the CPU lora_B is kept transposed, `[rank, d_out]` (see `BLayout::RankByOut`),
+        // and both are read in place through their host addresses.
+        let (b, a_host, b_host) = match self.device {
+            Device::Cpu => {
+                let b = b.t()?.contiguous()?;
+                let (a_host, b_host) = (host_address(&a)?, host_address(&b)?);
+                (b, a_host, b_host)
+            },
+            _ => (b.contiguous()?, 0, 0),
         };
         self.entries[slot as usize] = Some(TableEntry { a, b, rank, a_host, b_host });
         self.invalidate_device_table();

@@ -394,9 +394,10 @@ fn shrink_into(call: &mut Call, x: u64, v: u64, partial: u64) -> Result<()> {
     call.p.v = v;
     call.p.partial = partial;
     let grid = (call.seg.num_tiles as u32, call.p.ksplit as u32, call.seg.rank_chunks as u32);
-    let f = match call.seg.small_tiles {
-        true => &call.kernels.small.0[call.dtype],
-        false => &call.kernels.shrink[call.dtype],
+    let f = if call.seg.small_tiles {
+        &call.kernels.small.0[call.dtype]
+    } else {
+        &call.kernels.shrink[call.dtype]
     };
     launch(f, &call.stream, grid, &call.p)
 }
@@ -409,9 +410,10 @@ fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
         call.p.vec_ok |= 4;
     }
     let grid = (call.seg.num_tiles as u32, (call.p.d_out as usize).div_ceil(TILE_N) as u32, 1);
-    let f = match call.seg.small_tiles {
-        true => &call.kernels.small.1[call.dtype],
-        false => &call.kernels.expand[call.dtype],
+    let f = if call.seg.small_tiles {
+        &call.kernels.small.1[call.dtype]
+    } else {
+        &call.kernels.expand[call.dtype]
     };
     launch(f, &call.stream, grid, &call.p)
 }
