@@ -1,13 +1,17 @@
 // SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
-// Work unit: a tile = up to 16 * MT tokens of one segment. Each tile is one cluster of
-// CLUSTER blocks (thread block clusters, sm_90):
-//   shrink  v_part = x[tile rows, k slice] @ lora_A[:, k slice]^T   (each block a k slice)
-//   reduce  v = sum of the blocks' partials, read through distributed shared memory, in
-//           block order, then rounded to T (as a framework's bf16 x @ A would be)
+// Work unit: a tile = up to 16 * MT tokens of one segment (MT = 1 in the kernels built).
+// d_in is cut into CLUSTER "leaves"; a tile's blocks share them out:
+//   shrink  v_part = x[tile rows, leaf's k] @ lora_A[:, leaf's k]^T   (per leaf)
+//   reduce  v = the leaves' partials summed in a fixed binary tree, across blocks through
+//           distributed shared memory (thread-block clusters, sm_90), then rounded to T (as
+//           a framework's bf16 x @ A would be)
 //   expand  y[tile rows, n slice] += scale * v @ lora_B[n slice, :]^T (each block an n slice)
 // so the tile's v never leaves the chip, and neither a second launch nor a global
-// reduction is needed.
+// reduction is needed. Three variants, chosen per launch by the host from the number of
+// tiles: "cluster" (8 blocks of one leaf each), "pair" (4 blocks of two leaves, ranks <= 64)
+// and "solo" (one block, one leaf per warp), so that few tiles spread over many SMs and
+// many tiles do not wait for rounds of clusters.
 //
 // Loads: every operand element is fetched by the thread that feeds it to the tensor cores
 // (mma.sync m16n8k16, f32 accumulate), 16 bytes at a time, through a per-thread ring of
@@ -28,7 +32,7 @@
 // Determinism and batch invariance: the d_in split (which k chunks a warp sums, in which
 // order; how warps and blocks are combined) depends on d_in and the segment's rank alone,
 // and each token row of a tile is computed independently of the others (mma rows), so a
-// request gets the same bits whatever the batch around it and whatever the tile size.
+// request gets the same bits whatever the batch around it and whatever the variant.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -43,8 +47,8 @@ constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
 // Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
-// MT = 1 (16-token tiles, 2 blocks per SM) or 4 (64-token tiles for long segments, ranks
-// <= 64, 1 block per SM).
+// MT = 1: 16-token tiles, 2 blocks per SM (MT = 4, 64-token tiles at 1 block per SM, is
+// supported by the code but not built: see the kernels at the end).
 struct Params {
     const void* x;                    // [num_rows, d_in]
     void* y;                          // [num_rows, d_out]
@@ -156,8 +160,22 @@ __device__ __forceinline__ int red_index(int m, int n, int mt) {
     return ((((grp * mt + i) * NTW + jj) * 32 + lane) * 4) + reg;
 }
 
-template <typename T, int MT>
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+// One tile, whose d_in split has CLUSTER "leaves" (see below); each block takes LPB of them:
+// LPB = 1: the tile is a cluster of CLUSTER blocks, block c summing leaf c;
+// LPB = 2: a cluster of CLUSTER / 2 blocks, each summing two leaves with four warps each
+//          (ranks <= 64), for batches of more tiles than clusters of 8 fit at once;
+// LPB = 8 ("solo"): one block whose warp w sums leaf w, for many more tiles still.
+// All sum the same runs in the same order and combine them in the same tree, so they give
+// the same bits (module comment).
+template <typename T, int MT, int LPB>
 __device__ __forceinline__ void sgmv_v3(const Params& p) {
+    constexpr bool SOLO = LPB == CLUSTER;
+    constexpr int NBLK = CLUSTER / LPB;  // blocks per tile
+    static_assert(MT == 1 || LPB == 1, "64-token tiles come in clusters of 8");
     using L = Layout<MT>;
     extern __shared__ __align__(16) unsigned char smem[];
     uint4* ring = reinterpret_cast<uint4*>(smem);
@@ -165,8 +183,8 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int crank = cluster_rank();
-    const int tile = blockIdx.x / CLUSTER;
+    const int crank = SOLO ? 0 : cluster_rank();
+    const int tile = blockIdx.x / NBLK;
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
@@ -191,25 +209,38 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     }
 
     // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to
-    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks; warp
-    // (group, kk) of block c sums run c * KS + kk, chunk by chunk in order.
+    // NTW, each group's d_in cut into CLUSTER * KS contiguous runs of 32-wide chunks, run
+    // c * KS + kk belonging to leaf c; a leaf is summed over kk in order, the leaves in a
+    // binary tree. LPB = 1: warp (group, kk) of block c sums run c * KS + kk of its group.
+    // LPB = 2: warps 4 h .. 4 h + 3 of block c sum leaf 2 c + h, each two runs (kk, kk + 1)
+    // of one group. LPB = 8: warp w sums every run of leaf w, group by group, kk ascending.
+    // Each run is summed chunk by chunk in order.
     const int ng = nt <= NTW ? 1 : nt <= 2 * NTW ? 2 : 4;
     const int ks = WARPS / ng;
-    const int grp = warp / ks, kk = warp % ks;
+    const int wpg = 4 / ng;  // LPB = 2: warps per group of a leaf (ng <= 2)
+    const int grp = LPB == 1 ? warp / ks : (warp % 4) / wpg;
+    const int kk = LPB == 1 ? warp % ks : 2 * ((warp % 4) % wpg);  // the first run
+    const int leaf = LPB == 1 ? crank : LPB == 2 ? 2 * crank + warp / 4 : warp;
     const int nchunks = (d_in + 31) / 32;
     const int per = (nchunks + CLUSTER * ks - 1) / (CLUSTER * ks);
-    const int c0 = min(nchunks, (crank * ks + kk) * per);
-    const int n_s = p.mode == 2 ? 0 : min(nchunks, c0 + per) - c0;
-    const int tiles_here = max(0, min(NTW, nt - NTW * grp));  // this warp's rank tiles
-    const T* a_row = a + (size_t)(8 * NTW * grp + g) * d_in;
-    const int a_rows_left = rank - (8 * NTW * grp + g);  // rows 8 jj + g valid while < this
+    const int nruns = SOLO ? ng * ks : LPB;  // runs this warp sums
+    auto run_group = [&](int j) { return SOLO ? j / ks : grp; };
+    auto run_first = [&](int j) {
+        const int ri = leaf * ks + (SOLO ? j % ks : kk + j);
+        return min(nchunks, ri * per);
+    };
+    auto run_end = [&](int j) { return min(nchunks, run_first(j) + per); };
+    int n_s = 0;
+    if (p.mode != 2)
+        for (int j = 0; j < nruns; ++j) n_s += run_end(j) - run_first(j);
+    auto tiles_in = [&](int gr) { return max(0, min(NTW, nt - NTW * gr)); };  // rank tiles of a group
     const bool vec_x = p.flags & 1, vec_a = p.flags & 2;
 
     // Expand split (free: each output element is one mma chain): 32-column groups, a
     // contiguous run per block, dealt round-robin to its warps; each group in nq units of
     // 32 ranks.
     const int ngroups = (d_out + 31) / 32;
-    const int gper = (ngroups + CLUSTER - 1) / CLUSTER;
+    const int gper = (ngroups + NBLK - 1) / NBLK;
     const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
     const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
     const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
@@ -220,19 +251,25 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 
     const int total = n_s + n_e * nq;
     int issued = 0;
-    int e_group = 0, e_q = 0;  // the next expand unit to issue
+    int s_run = 0, s_chunk = run_first(0);  // the next shrink unit to issue
+    int e_group = 0, e_q = 0;               // the next expand unit to issue
     auto issue = [&]() {
         uint4* st = ring + (issued % L::S) * L::U * THREADS + tid;
         if (issued < n_s) {
-            const int k = 32 * (c0 + issued) + 8 * t;
+            while (s_chunk >= run_end(s_run)) s_chunk = run_first(++s_run);
+            const int gr = run_group(s_run), row0 = 8 * NTW * gr + g;
+            const int here = tiles_in(gr), a_rows_left = rank - row0;
+            const T* a_row = a + (size_t)row0 * d_in;
+            const int k = 32 * s_chunk + 8 * t;
             const int kn = d_in - k;
 #pragma unroll
             for (int jj = 0; jj < NTW; ++jj)
-                if (jj < tiles_here && 8 * jj < a_rows_left)
+                if (jj < here && 8 * jj < a_rows_left)
                     fetch8(st + jj * THREADS, a_row + (size_t)jj * 8 * d_in + k, kn, vec_a);
 #pragma unroll
             for (int i = 0; i < 2 * MT; ++i)
                 if (m_ok[i] || kn <= 0) fetch8(st + (NTW + i) * THREADS, x_row[i] + k, kn, vec_x);
+            ++s_chunk;
         } else {
             const int col0 = 32 * (gfirst + WARPS * e_group);
             const int kk2 = 32 * e_q + 8 * t;
@@ -264,92 +301,164 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
     };
     issue_until(L::S);
 
-    // ---- shrink: this warp's chunks for its rank tiles
-    float acc[MT][NTW][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NTW; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-    for (int c = 0; c < n_s; ++c) {
-        cp_async_wait(issued - c - 1);
-        uint4 xs[2 * MT];
-#pragma unroll
-        for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(c, NTW + i);
-#pragma unroll
-        for (int j = 0; j < NTW; ++j)
-            if (j < tiles_here) {
-                const uint4 as = slot(c, j);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][j], xs[2 * i], xs[2 * i + 1], as);
-            }
-        issue_until(c + 1 + L::S);
-    }
-
-    // ---- reduce: the KS warps of a group in kk order into `red`, then (below) the blocks
-    // in cluster-rank order
-    if (p.mode != 2) {
-        for (int step = 0; step < ks; ++step) {
-            if (kk == step)
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int j = 0; j < NTW; ++j) {
-                        float4* r = &red[((grp * MT + i) * NTW + j) * 32 + lane];
-                        float4 s = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
-                        if (step > 0) {
-                            const float4 o = *r;
-                            s = make_float4(o.x + s.x, o.y + s.y, o.z + s.z, o.w + s.w);
-                        }
-                        *r = s;
-                    }
-            __syncthreads();
-        }
-    }
-    cluster_arrive();
-    cluster_wait();  // every block's partial is complete
-
-    const float* reds[CLUSTER];
-#pragma unroll
-    for (int c = 0; c < CLUSTER; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
-    if (p.mode == 1) {
-        // shrink alone: block 0 writes v in f32 (zero beyond the rank)
-        if (crank == 0)
-            for (int e = tid; e < mrows * p.width; e += THREADS) {
-                const int m = e / p.width, n = e % p.width;
-                float s = 0.f;
-                if (n < rank) {
-                    const int ri = red_index(m, n, MT);
-                    float pc[CLUSTER];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
-                }
-                p.v[(size_t)(start + m) * p.width + n] = s;
-            }
-    } else {
-        const int vcols = 32 * nq;
+    // v rounded to T for the expand, from a sum function of (row, rank) or from p.v (mode 2)
+    const int vcols = 32 * nq;
+    auto fill_v = [&](auto sum) {
         for (int e = tid; e < 16 * MT * vcols; e += THREADS) {
             const int m = e / vcols, n = e % vcols;
             float s = 0.f;
-            if (m < mrows && n < rank) {
-                if (p.mode == 2) {
-                    s = p.v[(size_t)(start + m) * p.width + n];
-                } else {
-                    const int ri = red_index(m, n, MT);
-                    float pc[CLUSTER];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) pc[c] = reds[c][ri];
-#pragma unroll
-                    for (int c = 0; c < CLUSTER; ++c) s += pc[c];
-                }
-            }
+            if (m < mrows && n < rank) s = p.mode == 2 ? p.v[(size_t)(start + m) * p.width + n] : sum(m, n);
             vsm[m * VLD + n] = from_f<T>(s);
         }
+    };
+
+    // ---- shrink: this warp's runs, each chunk by chunk
+    float acc[MT][NTW][4];
+    float4 tot[NTW];  // LPB > 1: the sum of this warp's runs so far (fragment layout)
+    int u = 0;
+    for (int j = 0; j < (p.mode == 2 ? 0 : nruns); ++j) {
+        const int here = tiles_in(run_group(j));
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int jj = 0; jj < NTW; ++jj)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][jj][e] = 0.f;
+        const int cend = run_end(j);
+        for (int c = run_first(j); c < cend; ++c, ++u) {
+            cp_async_wait(issued - u - 1);
+            uint4 xs[2 * MT];
+#pragma unroll
+            for (int i = 0; i < 2 * MT; ++i) xs[i] = slot(u, NTW + i);
+#pragma unroll
+            for (int jj = 0; jj < NTW; ++jj)
+                if (jj < here) {
+                    const uint4 as = slot(u, jj);
+#pragma unroll
+                    for (int i = 0; i < MT; ++i) mma_chunk<T>(acc[i][jj], xs[2 * i], xs[2 * i + 1], as);
+                }
+            issue_until(u + 1 + L::S);
+        }
+        if constexpr (LPB == 2) {
+            if (j == 0)
+#pragma unroll
+                for (int jj = 0; jj < NTW; ++jj)
+                    tot[jj] = make_float4(acc[0][jj][0], acc[0][jj][1], acc[0][jj][2], acc[0][jj][3]);
+        }
+        if constexpr (SOLO) {
+            // the leaf's runs in kk order, as a cluster block's warps are summed below
+            const int r = j % ks;
+#pragma unroll
+            for (int jj = 0; jj < NTW; ++jj) {
+                const float4 s = make_float4(acc[0][jj][0], acc[0][jj][1], acc[0][jj][2], acc[0][jj][3]);
+                tot[jj] = r == 0 ? s : add4(tot[jj], s);
+            }
+            if (r == ks - 1) {
+                // the 8 leaves (warps) in a binary tree, as the cluster's blocks below
+                const int gr = run_group(j);
+                auto put = [&](int s) {
+#pragma unroll
+                    for (int jj = 0; jj < NTW; ++jj) red[(s * NTW + jj) * 32 + lane] = tot[jj];
+                };
+                auto take = [&](int s) {
+#pragma unroll
+                    for (int jj = 0; jj < NTW; ++jj) tot[jj] = add4(tot[jj], red[(s * NTW + jj) * 32 + lane]);
+                };
+#pragma unroll
+                for (int level = 1; level < WARPS; level *= 2) {
+                    __syncthreads();
+                    if (warp % (2 * level) == level) put(warp / (2 * level));
+                    __syncthreads();
+                    if (warp % (2 * level) == 0) take(warp / (2 * level));
+                }
+                if (warp == 0) {
+#pragma unroll
+                    for (int jj = 0; jj < NTW; ++jj)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int m = g + 8 * (e / 2), n = 32 * gr + 8 * jj + 2 * t + e % 2;
+                            const float4 v4 = tot[jj];
+                            const float val = e == 0 ? v4.x : e == 1 ? v4.y : e == 2 ? v4.z : v4.w;
+                            const bool ok = m < mrows && n < rank;
+                            if (p.mode == 1) {
+                                if (m < mrows && n < p.width) p.v[(size_t)(start + m) * p.width + n] = ok ? val : 0.f;
+                            } else {
+                                vsm[m * VLD + n] = from_f<T>(ok ? val : 0.f);
+                            }
+                        }
+                }
+            }
+        }
     }
-    cluster_arrive();  // done reading the other blocks' shared memory
+
+    if constexpr (SOLO) {
+        if (p.mode == 2) fill_v([](int, int) { return 0.f; });
+        if (p.mode == 1)  // ranks past this segment's groups, up to the batch's widest
+            for (int e = tid; e < mrows * p.width; e += THREADS) {
+                const int m = e / p.width, n = e % p.width;
+                if (n >= 32 * ng) p.v[(size_t)(start + m) * p.width + n] = 0.f;
+            }
+    } else {
+        // ---- reduce: a leaf's runs in kk order into `red` (LPB = 2: each leaf into its half,
+        // then the two leaves' sum into the first), then the blocks in a binary tree over
+        // cluster ranks
+        if (LPB == 2 && p.mode != 2) {
+            float4* half = red + (warp / 4) * (2 * NTW * 32);
+            for (int step = 0; step < wpg; ++step) {
+                if (kk == 2 * step)
+#pragma unroll
+                    for (int jj = 0; jj < NTW; ++jj) {
+                        float4* r = &half[(grp * NTW + jj) * 32 + lane];
+                        const float4 s = make_float4(acc[0][jj][0], acc[0][jj][1], acc[0][jj][2], acc[0][jj][3]);
+                        *r = step == 0 ? add4(tot[jj], s) : add4(add4(*r, tot[jj]), s);
+                    }
+                __syncthreads();
+            }
+            for (int e = tid; e < 2 * NTW * 32; e += THREADS) red[e] = add4(red[e], red[e + 2 * NTW * 32]);
+        }
+        if (LPB == 1 && p.mode != 2) {
+            for (int step = 0; step < ks; ++step) {
+                if (kk == step)
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int jj = 0; jj < NTW; ++jj) {
+                            float4* r = &red[((grp * MT + i) * NTW + jj) * 32 + lane];
+                            const float4 s = make_float4(acc[i][jj][0], acc[i][jj][1], acc[i][jj][2], acc[i][jj][3]);
+                            *r = step > 0 ? add4(*r, s) : s;
+                        }
+                __syncthreads();
+            }
+        }
+        cluster_arrive();
+        cluster_wait();  // every block's partial is complete
+
+        const float* reds[NBLK];
+#pragma unroll
+        for (int c = 0; c < NBLK; ++c) reds[c] = cluster_map(reinterpret_cast<const float*>(red), c);
+        auto cluster_sum = [&](int m, int n) {
+            const int ri = red_index(m, n, MT);
+            float pc[NBLK];
+#pragma unroll
+            for (int c = 0; c < NBLK; ++c) pc[c] = reds[c][ri];
+#pragma unroll
+            for (int w = 1; w < NBLK; w *= 2)
+#pragma unroll
+                for (int c = 0; c < NBLK; c += 2 * w) pc[c] += pc[c + w];
+            return pc[0];
+        };
+        if (p.mode == 1) {
+            // shrink alone: block 0 writes v in f32 (zero beyond the rank)
+            if (crank == 0)
+                for (int e = tid; e < mrows * p.width; e += THREADS) {
+                    const int m = e / p.width, n = e % p.width;
+                    p.v[(size_t)(start + m) * p.width + n] = n < rank ? cluster_sum(m, n) : 0.f;
+                }
+        } else {
+            fill_v(cluster_sum);
+        }
+        cluster_arrive();  // done reading the other blocks' shared memory
+    }
     __syncthreads();
 
     // ---- expand: this warp's 32-column groups, nq units each
@@ -399,16 +508,22 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
         }
         issue_until(u + 1 + L::S);
     }
-    cluster_wait();  // no block leaves while another may still read its partial
+    if constexpr (!SOLO) cluster_wait();  // no block leaves while another may still read its partial
 }
 
-// Tiles of 16 tokens: two blocks per SM. Tiles of 64 tokens (long segments): one.
+// Tiles of 16 tokens, two blocks per SM, in clusters of 8 or 4 or solo. (The kernel also
+// takes MT = 4, 64-token tiles in clusters of 8 blocks of one per SM, for long segments; that
+// variant was slower than one of these on every benchmark shape on the H200 and is no longer
+// built: kernels/NOTES.md.)
 #define SGMV_V3(NAME, T)                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_mt1(Params p) {   \
-        sgmv_v3<T, 1>(p);                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_cluster(Params p) {   \
+        sgmv_v3<T, 1, 1>(p);                                                                    \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1) sgmv_v3_##NAME##_mt4(Params p) {   \
-        sgmv_v3<T, 4>(p);                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_pair(Params p) {  \
+        sgmv_v3<T, 1, 2>(p);                                                                    \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_solo(Params p) {  \
+        sgmv_v3<T, 1, CLUSTER>(p);                                                              \
     }
 SGMV_V3(bf16, __nv_bfloat16)
 SGMV_V3(f16, __half)

@@ -147,11 +147,9 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
-    /// v3: the tile size chosen for this map, the tile records' device address and their
-    /// number.
-    v3_mt: usize,
-    v3_tiles_ptr: u64,
-    v3_num_tiles: usize,
+    /// v3: the tile records and their device address.
+    v3_tiles: v3::Tiles,
+    v3_records: u64,
     /// v and the shrink partials, grown to the largest d_in seen and reused by every layer
     /// (no allocation per call). Held locked for the two launches of one call.
     scratch: Mutex<Option<Scratch>>,
@@ -181,11 +179,7 @@ impl DeviceSegments {
     }
 }
 
-fn device_segments(
-    segments: &BatchSegments,
-    dev: &CudaDevice,
-    kernels: &Kernels,
-) -> Result<Arc<DeviceSegments>> {
+fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<DeviceSegments>> {
     let mut cached = segments.gpu.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = cached.as_ref() {
         return Ok(d.clone());
@@ -202,7 +196,7 @@ fn device_segments(
         }
     }
     let num_tiles = tiles.len() / 3;
-    let v3 = v3::tiles(map, kernels.v3.as_ref());
+    let v3 = v3::Tiles::new(map);
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
     offsets[0] = meta.len();
@@ -232,9 +226,8 @@ fn device_segments(
         rank_chunks,
         offsets,
         small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
-        v3_mt: v3.mt,
-        v3_tiles_ptr: meta_ptr + 4 * v3_offset as u64,
-        v3_num_tiles: v3.records.len() / 8,
+        v3_records: meta_ptr + 4 * v3_offset as u64,
+        v3_tiles: v3,
         scratch: Mutex::new(None),
     });
     *cached = Some(d.clone());
@@ -291,7 +284,7 @@ fn params(
 ) -> Result<(SgmvParams, Arc<DeviceSegments>, Arc<Kernels>)> {
     let map = segments.map();
     let kernels = kernels(dev)?;
-    let seg = device_segments(segments, dev, &kernels)?;
+    let seg = device_segments(segments, dev)?;
     let (table_ptr, a_aligned, b_aligned) = device_table(table, dev)?;
     let at = |i: usize| seg.meta_ptr + 4 * i as u64;
     let vec_elems = 16 / table.dtype().size_in_bytes();
@@ -339,19 +332,15 @@ struct Call {
     stream: Arc<CudaStream>,
     dtype: usize,
     vec_elems: usize,
-    /// The v3 kernel for this call, if v3 covers it.
-    v3: Option<CudaFunction>,
+    /// v3's element type (0: bf16, 1: f16), if v3 covers this call.
+    v3: Option<usize>,
 }
 
 fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> Result<Call> {
     let (p, seg, kernels) = params(segments, table, dev)?;
     let dtype = dtype_index(table.dtype())?;
-    let v3 = match &kernels.v3 {
-        Some(v3) if dtype > 0 && segments.map().max_rank() <= v3::MAX_RANK => {
-            Some(v3.function(dtype - 1, seg.v3_mt))
-        },
-        _ => None,
-    };
+    let v3 = (kernels.v3.is_some() && dtype > 0 && segments.map().max_rank() <= v3::MAX_RANK)
+        .then(|| dtype - 1);
     Ok(Call {
         p,
         seg,
@@ -365,7 +354,10 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 
 /// Launches v3 in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
 /// `v`).
-fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
+fn launch_v3(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
+    let Some(k) = &call.kernels.v3 else {
+        return Err(KernelError::Cuda("SGMV v3 is not loaded".into()));
+    };
     let launch = v3::Launch {
         mode,
         x,
@@ -373,16 +365,13 @@ fn launch_v3(call: &Call, f: &CudaFunction, mode: i32, x: u64, y: u64, v: u64) -
         v,
         table: call.p.table,
         rows: call.p.rows,
-        tiles: call.seg.v3_tiles_ptr,
-        num_tiles: call.seg.v3_num_tiles,
-        mt: call.seg.v3_mt,
         d_in: call.p.d_in as usize,
         d_out: call.p.d_out as usize,
         width: call.p.width as usize,
         a_aligned: (call.p.vec_ok & 1) != 0,
         b_aligned: (call.p.vec_ok & 2) != 0,
     };
-    v3::launch(f, &call.stream, &launch)
+    v3::launch(k, &call.seg.v3_tiles, call.seg.v3_records, dtype, &call.stream, &launch)
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
@@ -434,8 +423,8 @@ pub(crate) fn lora_delta(
         return Ok(());
     }
     let (x, y) = (storage_address(x, xl, &call.stream)?, storage_address(y, yl, &call.stream)?);
-    if let Some(f) = &call.v3 {
-        return launch_v3(&call, f, 0, x, y, 0);
+    if let Some(dtype) = call.v3 {
+        return launch_v3(&call, dtype, 0, x, y, 0);
     }
     let v_len = call.p.num_tokens as usize * call.p.width as usize;
     let seg = call.seg.clone();
@@ -458,8 +447,8 @@ pub(crate) fn shrink(
     if call.seg.num_tiles > 0 {
         let x = storage_address(x, xl, &call.stream)?;
         let v_addr = slice_address(&v, &call.stream);
-        if let Some(f) = &call.v3 {
-            launch_v3(&call, f, 1, x, 0, v_addr)?;
+        if let Some(dtype) = call.v3 {
+            launch_v3(&call, dtype, 1, x, 0, v_addr)?;
             return Ok(CudaStorage::wrap_cuda_slice(v, dev));
         }
         let seg = call.seg.clone();
@@ -486,8 +475,8 @@ pub(crate) fn expand(
     }
     let v = address::<f32>(v, vl, &call.stream)?;
     let y = storage_address(y, yl, &call.stream)?;
-    if let Some(f) = &call.v3 {
-        return launch_v3(&call, f, 2, 0, y, v);
+    if let Some(dtype) = call.v3 {
+        return launch_v3(&call, dtype, 2, 0, y, v);
     }
     expand_from(&mut call, v, y)
 }

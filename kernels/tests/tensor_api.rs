@@ -127,7 +127,10 @@ fn shrink_and_expand_match_reference_on_every_device() {
 
 /// A request's output bits do not depend on the batch around it: one segment alone, then
 /// the same rows inside a batch of many other adapters (on CUDA the kernel then picks
-/// another cluster size and tile count), bit for bit.
+/// another variant: clusters of 8, of 4, or one block per tile), bit for bit. With
+/// `SGMV_BITS_DIR` set, the CUDA bits are also written there (`RANK-alone.bin`,
+/// `RANK-batched.bin`), so that runs with each variant forced (`OPENLEDGER_SGMV_VARIANT`)
+/// and the same `SGMV_SEED` can be compared file by file (kernels/bench/gpu-run.sh).
 #[test]
 fn a_request_gets_the_same_bits_alone_and_in_a_large_batch() {
     use common::round_to;
@@ -135,8 +138,7 @@ fn a_request_gets_the_same_bits_alone_and_in_a_large_batch() {
     use rand::Rng;
     let mut rng = rng("batch invariance");
     let (d_in, d_out, others) = (1031, 257, 63);
-    for dev in devices() {
-        let rank = [8, 13, 64][rng.random_range(0..3)];
+    for (dev, rank) in devices().into_iter().flat_map(|d| [8, 13, 64].map(|r| (d.clone(), r))) {
         let adapters: Vec<RefAdapter> = (0..=others)
             .map(|_| RefAdapter {
                 rank,
@@ -184,6 +186,14 @@ fn a_request_gets_the_same_bits_alone_and_in_a_large_batch() {
         let mut lens = vec![own];
         lens.extend(std::iter::repeat_n(16, others));
         let batched = run(rows, lens);
+        if let (Some(dir), true) = (std::env::var_os("SGMV_BITS_DIR"), dev.is_cuda()) {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bits) in [("alone", &alone), ("batched", &batched)] {
+                let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+                std::fs::write(dir.join(format!("{rank}-{name}.bin")), bytes).unwrap();
+            }
+        }
         assert_eq!(
             alone, batched,
             "rank {rank} on {dev:?}: the request's rows differ alone and batched"

@@ -1,8 +1,10 @@
 //! SGMV benchmark on a CUDA device (feature `cuda`): times `lora_delta` (shrink + expand)
 //! for the shapes of docs/benchmarks.md and writes one CSV row per configuration.
 //!
-//! Method (TOOLCHAIN.md section 5): a 256 MiB memset before every repetition flushes L2 and
-//! gives the host time to queue the launches, so events time device work alone; x and y
+//! Method (TOOLCHAIN.md section 5): a read of 256 MiB before every repetition flushes L2 and
+//! gives the host time to queue the launches, so events time device work alone (a read, not
+//! a memset: a memset leaves L2 full of dirty lines that the timed call's reads would first
+//! have to write back); x and y
 //! rotate over several sets; median of the repetitions after warm-up. Inputs follow the
 //! closed-form generator of `scripts/sgmv_baselines.py` (sin of a 2-D index), so the PyTorch
 //! baselines run on the same values.
@@ -37,14 +39,15 @@ fn lengths(tokens: usize, n: usize) -> Vec<usize> {
 }
 
 struct Timer {
-    stream: std::sync::Arc<CudaStream>,
-    flush: candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>,
+    /// 256 MiB that a reduction reads before every repetition.
+    flush: Tensor,
 }
 
 impl Timer {
     /// Median milliseconds of `reps` runs of `f(i)`, each after an L2 flush.
     fn median_ms(
         &mut self,
+        stream: &CudaStream,
         warmup: usize,
         reps: usize,
         mut f: impl FnMut(usize) -> Result<()>,
@@ -54,10 +57,10 @@ impl Timer {
         }
         let mut times = Vec::with_capacity(reps);
         for i in 0..reps {
-            self.stream.memset_zeros(&mut self.flush)?;
-            let start = self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            self.flush.sum_all()?;
+            let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             f(i)?;
-            let end = self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             end.synchronize()?;
             times.push(start.elapsed_ms(&end)? as f64);
         }
@@ -74,13 +77,13 @@ fn main() -> Result<()> {
     let dev = Device::new_cuda(0)?;
     let cuda = dev.as_cuda_device()?.clone();
     let stream = cuda.cuda_stream();
-    let mut timer = Timer { flush: stream.alloc_zeros::<u8>(256 << 20)?, stream: stream.clone() };
+    let mut timer = Timer { flush: Tensor::zeros(64 << 20, DType::F32, &dev)? };
 
     // Copy bandwidth: a 1 GiB device-to-device copy, bytes read plus written.
     let n_copy = 1usize << 30;
     let src = stream.alloc_zeros::<u8>(n_copy)?;
     let mut dst = stream.alloc_zeros::<u8>(n_copy)?;
-    let copy_ms = timer.median_ms(3, 20, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
+    let copy_ms = timer.median_ms(&stream, 3, 20, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
     let copy_gbs = 2.0 * n_copy as f64 / (copy_ms * 1e-3) / 1e9;
     drop((src, dst));
     eprintln!("device-to-device copy: {copy_gbs:.0} GB/s");
@@ -129,7 +132,7 @@ fn main() -> Result<()> {
                         .map(|i| generated(t, d_out, 200.0 + i as f64, 0.5, &dev))
                         .collect::<Result<_>>()?;
                     let reps = if weight_bytes > (256 << 20) { 20 } else { 50 };
-                    let ms = timer.median_ms(3, reps, |i| {
+                    let ms = timer.median_ms(&stream, 3, reps, |i| {
                         let k = i % ROTATIONS;
                         Ok(lora_delta(&xs[k], &ys[k], &segments, &table)?)
                     })?;

@@ -1,7 +1,7 @@
 //! Host side of SGMV v3 (`cuda/sgmv.cu`): loading its cluster kernels, the tile records of a
 //! step, the choice of tile size, and the cluster launch. See kernels/NOTES.md.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaFunction, CudaStream};
@@ -13,24 +13,82 @@ use crate::SegmentMap;
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv.fatbin"));
 
-/// Blocks per tile (`CLUSTER` in sgmv.cu), threads per block.
+/// Blocks per tile of a cluster variant (`CLUSTER` in sgmv.cu), threads per block.
 const CLUSTER: u32 = 8;
 const THREADS: u32 = 256;
 /// The largest rank v3 takes (v2 serves larger ones).
 pub(super) const MAX_RANK: usize = 128;
-/// Tiles hold up to 16 * MT tokens, MT = 1 or 4; MT = 4 only for ranks up to 64 (its
-/// reduction buffer holds two groups of 32 ranks).
-const MT: [usize; 2] = [1, 4];
-const MT4_MAX_RANK: usize = 64;
-/// Dynamic shared memory of the kernels (`Layout<MT>::BYTES` in sgmv.cu: the load ring, the
+/// Clusters of 4 take ranks up to 64 only (a block's reduction buffer holds its two
+/// leaves' partials, two groups of 32 ranks each).
+const PAIR_MAX_RANK: usize = 64;
+/// Dynamic shared memory of the kernels (`Layout<1>::BYTES` in sgmv.cu: the load ring, the
 /// block's partial v, the rounded v).
-const SMEM: [u32; 2] = [
-    4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2,
-    3 * 12 * 256 * 16 + 2 * 4 * 4 * 512 + 64 * 160 * 2,
-];
-/// Relative time of a 64-token tile against a 16-token one (the host's choice of MT: each
-/// block moves up to 4x the activations but re-reads the weights a quarter as often).
-const MT4_COST: f64 = 2.5;
+const SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
+/// Tokens per tile (16 rows of the tensor cores' m16n8k16). 64-token tiles (clusters of 8
+/// blocks of one per SM) were slower than one of these on every benchmark shape (H200,
+/// kernels/NOTES.md) and are no longer built.
+const TILE_TOKENS: usize = 16;
+
+/// The kernels of sgmv.cu. All three give the same bits for a token row (the same runs of
+/// d_in, summed in the same order, combined in the same tree), so the choice per launch is
+/// free to follow the batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Variant {
+    /// Each tile a cluster of 8 blocks, one leaf each (few tiles).
+    Cluster = 0,
+    /// Each tile a cluster of 4 blocks of two leaves (more tiles than clusters of 8 fit at
+    /// once; ranks up to 64).
+    Pair = 1,
+    /// Each tile one block of all eight leaves (many more tiles).
+    Solo = 2,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Cluster, Variant::Pair, Variant::Solo];
+
+impl Variant {
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Cluster => "cluster",
+            Variant::Pair => "pair",
+            Variant::Solo => "solo",
+        }
+    }
+    fn blocks_per_tile(self) -> u32 {
+        match self {
+            Variant::Cluster => CLUSTER,
+            Variant::Pair => CLUSTER / 2,
+            Variant::Solo => 1,
+        }
+    }
+    /// The largest rank it takes.
+    fn max_rank(self) -> usize {
+        match self {
+            Variant::Pair => PAIR_MAX_RANK,
+            _ => MAX_RANK,
+        }
+    }
+    /// Relative cost of its blocks against a cluster's in the cost model (`estimate_us`).
+    fn cost_factor(self) -> f64 {
+        match self {
+            Variant::Cluster => 1.0,
+            Variant::Pair => 0.9,
+            Variant::Solo => 1.5,
+        }
+    }
+    fn parse(name: &str) -> Option<Variant> {
+        VARIANTS.into_iter().find(|v| v.suffix() == name)
+    }
+}
+
+/// The cost model that picks a variant per launch (`estimate_us`): a round of tiles costs
+/// a fixed part, plus the longer of one block's share of its largest tile at the rate one
+/// block streams (a chain of latencies, not bandwidth) and the round's bytes at DRAM rate.
+/// Fitted, with `Variant::cost_factor`, to H200 runs of each variant forced on every
+/// benchmark shape: the choice costs 1% on average and at most 28% against the fastest
+/// variant of each shape (`kernels/bench/fit_variant_model.py`, kernels/NOTES.md).
+const FIXED_US: f64 = 5.0;
+const BLOCK_BYTES_PER_US: f64 = 12e3;
+const DRAM_BYTES_PER_US: f64 = 3.5e6;
 
 /// Kernel parameters, laid out as `Params` in sgmv.cu.
 #[repr(C)]
@@ -53,73 +111,84 @@ struct Params {
 
 /// The v3 kernels of one CUDA context.
 pub(super) struct Kernels {
-    /// By [dtype: bf16, f16][tile size: `MT`].
-    functions: [[CudaFunction; 2]; 2],
-    /// Clusters of each tile size that the device runs at once (the tile size is chosen
-    /// from these).
-    clusters: [usize; 2],
-    /// `OPENLEDGER_SGMV_TILE=16|64` forces the tile size where it applies (tests).
-    forced_tile: Option<usize>,
-}
-
-impl Kernels {
-    /// The kernel for element type `dtype` (0: bf16, 1: f16) and tile size `mt` (index
-    /// into `MT`).
-    pub(super) fn function(&self, dtype: usize, mt: usize) -> CudaFunction {
-        self.functions[dtype][mt].clone()
-    }
+    /// By [dtype: bf16, f16][`Variant`].
+    functions: [[CudaFunction; 3]; 2],
+    /// Tiles of each variant that the device runs at once.
+    capacity: [usize; 3],
+    /// `OPENLEDGER_SGMV_VARIANT=cluster|pair|solo` forces a variant where it applies (tests).
+    forced: Option<Variant>,
+    debug: bool,
 }
 
 pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernels> {
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    let f = |ty: &str, m: usize| -> Result<CudaFunction> {
-        let name = format!("sgmv_v3_{ty}_mt{}", MT[m]);
-        let func = module.load_function(&name).map_err(cuda_err)?;
+    let f = |ty: &str, v: Variant| -> Result<CudaFunction> {
+        let func =
+            module.load_function(&format!("sgmv_v3_{ty}_{}", v.suffix())).map_err(cuda_err)?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            SMEM[m] as i32,
+            SMEM as i32,
         )
         .map_err(cuda_err)?;
         Ok(func)
     };
-    let functions = [[f("bf16", 0)?, f("bf16", 1)?], [f("f16", 0)?, f("f16", 1)?]];
-    let mut clusters = [1, 1];
-    for (m, c) in clusters.iter_mut().enumerate() {
-        *c = max_active_clusters(&functions[0][m], SMEM[m], stream)?.max(1);
+    let all = |ty: &str| -> Result<[CudaFunction; 3]> {
+        Ok([f(ty, VARIANTS[0])?, f(ty, VARIANTS[1])?, f(ty, VARIANTS[2])?])
+    };
+    let functions = [all("bf16")?, all("f16")?];
+    let mut capacity = [1; 3];
+    for v in VARIANTS {
+        capacity[v as usize] = max_active_clusters(&functions[0][v as usize], v, stream)?.max(1);
     }
-    if std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some() {
-        eprintln!(
-            "sgmv v3: clusters of {CLUSTER} blocks at once: {clusters:?} (16-, 64-token tiles)"
-        );
+    let debug = std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some();
+    if debug {
+        eprintln!("sgmv v3: tiles at once: {capacity:?} (cluster, pair, solo)");
     }
-    let forced_tile = std::env::var("OPENLEDGER_SGMV_TILE").ok().and_then(|v| v.parse().ok());
-    Ok(Kernels { functions, clusters, forced_tile })
+    let forced = std::env::var("OPENLEDGER_SGMV_VARIANT").ok().and_then(|v| Variant::parse(&v));
+    Ok(Kernels { functions, capacity, forced, debug })
 }
 
-/// How many clusters of `CLUSTER` blocks of `f` the device holds at once.
-fn max_active_clusters(f: &CudaFunction, smem: u32, stream: &CudaStream) -> Result<usize> {
-    let mut attr = cluster_attribute();
-    let cfg = launch_config(CLUSTER, smem, stream, &mut attr);
+/// How many tiles of variant `v` (clusters, or single blocks) the device holds at once.
+fn max_active_clusters(f: &CudaFunction, v: Variant, stream: &CudaStream) -> Result<usize> {
     let mut n: std::ffi::c_int = 0;
+    if v.blocks_per_tile() == 1 {
+        // SAFETY: plain out-parameter call on a loaded function.
+        unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut n,
+                f.cu_function(),
+                THREADS as i32,
+                SMEM as usize,
+            )
+        }
+        .result()
+        .map_err(cuda_err)?;
+        let sms = stream
+            .context()
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(cuda_err)?;
+        return Ok(n.max(0) as usize * sms.max(0) as usize);
+    }
+    let mut attr = cluster_attribute(v.blocks_per_tile());
+    let cfg = launch_config(v.blocks_per_tile(), stream, &mut attr);
     // SAFETY: `cfg` and the attribute it points to live across the call.
     unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg) }
         .result()
         .map_err(cuda_err)?;
-    Ok(n as usize)
+    Ok(n.max(0) as usize)
 }
 
-fn cluster_attribute() -> sys::CUlaunchAttribute {
+fn cluster_attribute(blocks: u32) -> sys::CUlaunchAttribute {
     // SAFETY: a plain C struct, for which all zeros is a valid value.
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
     attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
     attr.value.clusterDim =
-        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: CLUSTER, y: 1, z: 1 };
+        sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: blocks, y: 1, z: 1 };
     attr
 }
 
 fn launch_config(
     blocks: u32,
-    smem: u32,
     stream: &CudaStream,
     attr: &mut sys::CUlaunchAttribute,
 ) -> sys::CUlaunchConfig {
@@ -130,50 +199,87 @@ fn launch_config(
         blockDimX: THREADS,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: smem,
+        sharedMemBytes: SMEM,
         hStream: stream.cu_stream(),
         attrs: attr,
         numAttrs: 1,
     }
 }
 
-/// A step's tiles: the tile size (index into `MT`) and the records (sgmv.cu's
-/// `Params::tiles`, 8 words a tile).
+/// A step's tiles: their records (sgmv.cu's `Params::tiles`, 8 words a tile) and the
+/// variant chosen for each projection shape seen so far.
 pub(super) struct Tiles {
-    pub(super) mt: usize,
     pub(super) records: Vec<u32>,
+    max_rank: usize,
+    chosen: Mutex<Vec<((usize, usize), Variant)>>,
 }
 
-/// The tiles of `map`: 64-token tiles where they take fewer rounds of clusters, weighted by
-/// their larger work (long segments: a quarter of the weights' re-reads), else 16-token
-/// tiles. The choice changes no result: each token row is computed on its own.
-pub(super) fn tiles(map: &SegmentMap, kernels: Option<&Kernels>) -> Tiles {
-    let narrow = Tiles { mt: 0, records: records(map, MT[0]) };
-    let Some(k) = kernels.filter(|_| map.max_rank() <= MT4_MAX_RANK) else {
-        return narrow;
-    };
-    let wide = Tiles { mt: 1, records: records(map, MT[1]) };
-    let rounds = |t: &Tiles| (t.records.len() / 8).div_ceil(k.clusters[t.mt]) as f64;
-    let wider = match k.forced_tile {
-        Some(t) => t == 16 * MT[1],
-        None => MT4_COST * rounds(&wide) < rounds(&narrow),
-    };
-    if wider {
-        wide
-    } else {
-        narrow
+impl Tiles {
+    pub(super) fn new(map: &SegmentMap) -> Tiles {
+        Tiles { records: records(map), max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+    }
+
+    /// The variant for a launch of shape `d_in x d_out`: the forced one where it applies,
+    /// else the one of least estimated time (cached per shape: every layer asks again).
+    pub(super) fn variant(&self, k: &Kernels, d_in: usize, d_out: usize) -> Variant {
+        let usable = |v: Variant| self.max_rank <= v.max_rank();
+        if let Some(v) = k.forced.filter(|&v| usable(v)) {
+            return v;
+        }
+        let mut chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(_, v)) = chosen.iter().find(|(shape, _)| *shape == (d_in, d_out)) {
+            return v;
+        }
+        let cost = |v: Variant| estimate_us(&self.records, v, k.capacity[v as usize], d_in, d_out);
+        let mut best = Variant::Cluster;
+        for v in VARIANTS.into_iter().filter(|&v| usable(v)) {
+            if cost(v) < cost(best) {
+                best = v;
+            }
+        }
+        if k.debug {
+            let costs: Vec<String> = VARIANTS
+                .into_iter()
+                .filter(|&v| usable(v))
+                .map(|v| format!("{} {:.1} us", v.suffix(), cost(v)))
+                .collect();
+            eprintln!("sgmv v3: {d_in}x{d_out}: {} ({})", best.suffix(), costs.join(", "));
+        }
+        chosen.push(((d_in, d_out), best));
+        best
     }
 }
 
-/// Per tile of up to `16 * mt` tokens of one segment, 8 words: slot, rank, scale (f32
+/// Estimated time of one launch of `v` over `records` (see `FIXED_US`): the tiles run in
+/// rounds of `capacity`; an adapter's weights count once towards DRAM bytes (its later
+/// tiles read them from L2) but in full towards each block's stream.
+fn estimate_us(records: &[u32], v: Variant, capacity: usize, d_in: usize, d_out: usize) -> f64 {
+    let mut total = 0.0;
+    for round in records.chunks(8 * capacity.max(1)) {
+        let (mut largest, mut bytes, mut prev_slot) = (0f64, 0f64, None);
+        for rec in round.chunks_exact(8) {
+            let (slot, rank, rows) = (rec[0], f64::from(rec[1]), f64::from(rec[4] - rec[3]));
+            let weights = 2.0 * rank * (d_in + d_out) as f64;
+            let activations = 2.0 * rows * (d_in + 2 * d_out) as f64;
+            largest = largest.max(weights + activations);
+            bytes += activations + if prev_slot == Some(slot) { 0.0 } else { weights };
+            prev_slot = Some(slot);
+        }
+        let block = largest / (f64::from(v.blocks_per_tile()) * BLOCK_BYTES_PER_US);
+        total += FIXED_US + block.max(bytes / DRAM_BYTES_PER_US);
+    }
+    total * v.cost_factor()
+}
+
+/// Per tile of up to `TILE_TOKENS` tokens of one segment, 8 words: slot, rank, scale (f32
 /// bits), start, end, 3 of padding.
-fn records(map: &SegmentMap, mt: usize) -> Vec<u32> {
+fn records(map: &SegmentMap) -> Vec<u32> {
     let mut tiles = Vec::new();
     for s in 0..map.num_segments() {
         let r = map.segment_range(s);
         let mut p = r.start;
         while p < r.end {
-            let end = r.end.min(p + 16 * mt);
+            let end = r.end.min(p + TILE_TOKENS);
             tiles.extend([
                 map.slots()[s],
                 map.ranks()[s],
@@ -199,9 +305,6 @@ pub(super) struct Launch {
     pub(super) v: u64,
     pub(super) table: u64,
     pub(super) rows: u64,
-    pub(super) tiles: u64,
-    pub(super) num_tiles: usize,
-    pub(super) mt: usize,
     pub(super) d_in: usize,
     pub(super) d_out: usize,
     pub(super) width: usize,
@@ -210,8 +313,19 @@ pub(super) struct Launch {
     pub(super) b_aligned: bool,
 }
 
-/// Launches `f` on `stream`: one cluster of `CLUSTER` blocks per tile.
-pub(super) fn launch(f: &CudaFunction, stream: &CudaStream, l: &Launch) -> Result<()> {
+/// Launches the variant of least estimated time (`Tiles::variant`) for element type
+/// `dtype` (0: bf16, 1: f16) on `stream`; `records` is the device address of the step's tile
+/// records.
+pub(super) fn launch(
+    k: &Kernels,
+    tiles: &Tiles,
+    records: u64,
+    dtype: usize,
+    stream: &CudaStream,
+    l: &Launch,
+) -> Result<()> {
+    let v = tiles.variant(k, l.d_in, l.d_out);
+    let num_tiles = tiles.records.len() / 8;
     let bit = |on: bool, value: i32| if on { value } else { 0 };
     let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
         | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
@@ -223,16 +337,20 @@ pub(super) fn launch(f: &CudaFunction, stream: &CudaStream, l: &Launch) -> Resul
         v: l.v,
         table: l.table,
         rows: l.rows,
-        tiles: l.tiles,
+        tiles: records,
         d_in: l.d_in as i32,
         d_out: l.d_out as i32,
         width: l.width as i32,
         mode: l.mode,
         flags,
     };
-    let mut attr = cluster_attribute();
-    let cfg = launch_config(l.num_tiles as u32 * CLUSTER, SMEM[l.mt], stream, &mut attr);
+    let mut attr = cluster_attribute(v.blocks_per_tile());
+    let mut cfg = launch_config(num_tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
+    if v.blocks_per_tile() == 1 {
+        cfg.numAttrs = 0;
+    }
     let mut args = [&mut p as *mut Params as *mut std::ffi::c_void];
+    let f = &k.functions[dtype][v as usize];
     stream.context().bind_to_thread().map_err(cuda_err)?;
     // SAFETY: `args` holds one pointer to a `Params`, the kernel's one parameter; every
     // address in it refers to live device memory of the sizes the kernel indexes (checked
