@@ -57,3 +57,29 @@ fn an_adapter_larger_than_the_whole_budget_is_refused_by_name() {
     assert!(text.contains("big") && text.contains("compute budget"), "{text}");
     assert_eq!(cache.compute_bytes_used(), 0);
 }
+
+/// A CPU engine's adapter cache parses lora_B into rank-major storage, the layout CPU SGMV
+/// tables compute with, so that installing an adapter shares its memory instead of copying
+/// lora_B: the conversion keeps every value, and the PEFT layout stays the default.
+#[test]
+fn rank_major_lora_b_keeps_every_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model(dir.path(), 1);
+    let spec = AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL };
+    let adir = write_adapter(&dir.path().join("a"), &cfg, &spec, 3);
+    let peft = LoraAdapter::load(&adir, &cfg, &Device::Cpu).unwrap();
+    let rank_major =
+        LoraAdapter::load(&adir, &cfg, &Device::Cpu).unwrap().with_rank_major_b().unwrap();
+    assert!(!peft.b_is_rank_major());
+    assert!(rank_major.b_is_rank_major());
+    assert_eq!(peft.weight_bytes(), rank_major.weight_bytes());
+    for layer in 0..cfg.num_layers {
+        for p in Projection::ALL {
+            let a = peft.merged_delta(layer, p).unwrap().unwrap();
+            let b = rank_major.merged_delta(layer, p).unwrap().unwrap();
+            assert_eq!(a.dims(), b.dims());
+            let (a, b) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+            assert_eq!(a, b, "layer {layer} {p:?}");
+        }
+    }
+}

@@ -48,7 +48,9 @@ struct SlotEntry {
 pub struct AdapterCache {
     config: AdapterCacheConfig,
     base: ModelConfig,
-    device: Device,
+    /// The compute tables are on the CPU: parsed adapters keep lora_B rank-major, so that
+    /// installing one shares its memory ([`LoraAdapter::with_rank_major_b`]).
+    cpu_tables: bool,
     disk: HashMap<String, PathBuf>,
     host: HashMap<String, (Arc<LoraAdapter>, u64)>,
     slots: Vec<Option<SlotEntry>>,
@@ -66,8 +68,7 @@ impl AdapterCache {
             slots: (0..config.compute_slots).map(|_| None).collect(),
             config,
             base: base.clone(),
-            // The host tier: parsed adapters live in host memory whatever the model's device.
-            device: Device::Cpu,
+            cpu_tables: device.is_cpu(),
             disk: HashMap::new(),
             host: HashMap::new(),
             tick: 0,
@@ -78,7 +79,7 @@ impl AdapterCache {
     /// Registers an adapter directory under `name`, validating it now so that a malformed
     /// adapter is refused here rather than when a request needs it.
     pub fn register(&mut self, name: &str, dir: &Path) -> Result<()> {
-        let adapter = Arc::new(LoraAdapter::load(dir, &self.base, &self.device)?);
+        let adapter = Arc::new(parse(dir, &self.base, self.cpu_tables)?);
         self.disk.insert(name.to_string(), dir.to_path_buf());
         self.tick += 1;
         self.host.insert(name.to_string(), (adapter, self.tick));
@@ -194,10 +195,10 @@ impl AdapterCache {
         }
         let Some(dir) = self.disk.get(name).cloned() else { return };
         let (tx, rx) = channel();
-        let (base, device) = (self.base.clone(), self.device.clone());
+        let (base, cpu_tables) = (self.base.clone(), self.cpu_tables);
         let spawned =
             std::thread::Builder::new().name(format!("adapter-load-{name}")).spawn(move || {
-                let _ = tx.send(LoraAdapter::load(&dir, &base, &device));
+                let _ = tx.send(parse(&dir, &base, cpu_tables));
             });
         match spawned {
             Ok(_) => {
@@ -269,7 +270,7 @@ impl AdapterCache {
             return Ok(a.clone());
         }
         let dir = self.disk.get(name).ok_or_else(|| EngineError::UnknownAdapter(name.into()))?;
-        let adapter = Arc::new(LoraAdapter::load(dir, &self.base, &self.device)?);
+        let adapter = Arc::new(parse(dir, &self.base, self.cpu_tables)?);
         self.host.insert(name.to_string(), (adapter.clone(), self.tick));
         self.trim_host();
         Ok(adapter)
@@ -290,5 +291,16 @@ impl AdapterCache {
             };
             self.host.remove(&oldest);
         }
+    }
+}
+
+/// Parses the adapter in `dir` into host memory (the host tier lives there whatever the
+/// model's device), with lora_B rank-major when the compute tables are on the CPU.
+fn parse(dir: &Path, base: &ModelConfig, cpu_tables: bool) -> Result<LoraAdapter> {
+    let adapter = LoraAdapter::load(dir, base, &Device::Cpu)?;
+    if cpu_tables {
+        adapter.with_rank_major_b()
+    } else {
+        Ok(adapter)
     }
 }

@@ -184,6 +184,23 @@ impl LoraAdapter {
             .sum()
     }
 
+    /// Keeps each `lora_B` (`[d_out, rank]`) as a transposed view of rank-major storage
+    /// (`[rank, d_out]` contiguous), the layout CPU SGMV tables compute with
+    /// (`BLayout::RankByOut`): a CPU table then takes the tensor as it is instead of making a
+    /// transposed copy, so an adapter installed on a CPU engine is held in memory once. (A
+    /// GPU table makes its own contiguous copy at upload either way.)
+    pub fn with_rank_major_b(mut self) -> Result<Self> {
+        for (_, b) in self.weights.iter_mut().flatten().flatten() {
+            *b = b.t()?.contiguous()?.t()?;
+        }
+        Ok(self)
+    }
+
+    /// Whether every `lora_B` lies in rank-major storage ([`Self::with_rank_major_b`]).
+    pub fn b_is_rank_major(&self) -> bool {
+        self.weights.iter().flatten().flatten().all(|(_, b)| b.t().is_ok_and(|t| t.is_contiguous()))
+    }
+
     /// The f32 delta `scale * B @ A` (`[d_out, d_in]`) of one projection, for references.
     pub fn merged_delta(&self, layer: usize, proj: Projection) -> Result<Option<Tensor>> {
         match self.weights.get(layer).and_then(|l| l[proj.index()].as_ref()) {
