@@ -66,7 +66,7 @@ pub struct QMatrix {
 impl QMatrix {
     /// Takes GGUF block bytes of a `[rows, cols]` matrix.
     pub fn new(format: QFormat, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
-        if cols == 0 || cols % BLOCK != 0 {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return Err(KernelError::Quantized(format!(
                 "a {format:?} matrix needs a positive multiple of {BLOCK} columns, not {cols}"
             )));
@@ -90,7 +90,7 @@ impl QMatrix {
                 w.len()
             )));
         }
-        if cols == 0 || cols % BLOCK != 0 {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return Err(KernelError::Quantized(format!(
                 "a {format:?} matrix needs a positive multiple of {BLOCK} columns, not {cols}"
             )));
@@ -278,7 +278,7 @@ impl QActivations {
 
     /// Like [`QActivations::quantize`], reusing this value's buffers.
     pub fn requantize(&mut self, x: &[f32], rows: usize, cols: usize) -> Result<()> {
-        if cols == 0 || cols % BLOCK != 0 || x.len() != rows * cols {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || x.len() != rows * cols {
             return Err(KernelError::Quantized(format!(
                 "cannot quantize {} values as {rows} rows of {cols} (a positive multiple of {BLOCK})",
                 x.len()

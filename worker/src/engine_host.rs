@@ -173,11 +173,8 @@ fn run(mut engine: Engine, inbox: Receiver<Command>, load: Arc<Mutex<EngineLoad>
                 Err(_) => return,
             }
         }
-        loop {
-            match inbox.try_recv() {
-                Ok(command) => handle(&mut engine, &mut forwards, command),
-                Err(_) => break,
-            }
+        while let Ok(command) = inbox.try_recv() {
+            handle(&mut engine, &mut forwards, command);
         }
         if !engine.is_idle() {
             match engine.step() {

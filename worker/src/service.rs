@@ -103,7 +103,7 @@ impl Worker {
         tokio::spawn(Arc::clone(&self).submit_receipts(queue));
         tokio::spawn(Arc::clone(&self).heartbeats());
         tokio::spawn(Arc::clone(&self).engine_metrics());
-        let mut watcher = AssignmentWatcher::new(self.chain().await, self.config.provider.clone());
+        let mut watcher = AssignmentWatcher::new(self.chain().await, self.config.provider);
         loop {
             match watcher.next_batch().await {
                 Ok(jobs) => {

@@ -75,7 +75,7 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
     let (dave, eve) = (account(&dave), account(&eve));
     let mut before = std::collections::BTreeMap::new();
     for who in [&alice, &bob, &charlie, &dave, &eve] {
-        before.insert(who.clone(), chain.free_balance_at(who, first_block).await.expect("balance"));
+        before.insert(*who, chain.free_balance_at(who, first_block).await.expect("balance"));
     }
 
     let models: Value =
@@ -139,7 +139,7 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
     let last_block = chain.best().await.expect("best").block_number();
     let flows = ledger::flows(&chain, first_block, last_block).await;
     let change = |who: &AccountId32, before: u128| {
-        let (chain, who) = (chain.clone(), who.clone());
+        let (chain, who) = (chain.clone(), *who);
         async move {
             let after = chain.free_balance_at(&who, last_block).await.expect("balance");
             after as i128 - before as i128
@@ -160,15 +160,14 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
         assert_eq!(change(who, before[who]).await, flows.net(who), "{who}");
     }
     assert!(
-        flows.paid_to.get(&bob).is_some() && flows.paid_to.get(&charlie).is_some(),
+        flows.paid_to.contains_key(&bob) && flows.paid_to.contains_key(&charlie),
         "both providers served: {flows:?}"
     );
-    let treasury = flows
+    let treasury = *flows
         .paid_to
         .keys()
         .find(|a| ![&bob, &charlie, &dave, &eve].contains(a))
-        .expect("the treasury was paid")
-        .clone();
+        .expect("the treasury was paid");
     let treasury_before = chain.free_balance_at(&treasury, first_block).await.expect("balance");
     assert_eq!(change(&treasury, treasury_before).await, flows.net(&treasury));
     let charges: u128 = flows.charges.values().sum();

@@ -36,13 +36,8 @@ impl ChainClient {
         hot_adapters: &[AdapterId],
         free_slots: u32,
     ) -> Result<(), ChainError> {
-        self.submit(
-            "Compute",
-            "heartbeat",
-            (provider.clone(), hot_adapters.to_vec(), free_slots),
-            signer,
-        )
-        .await?;
+        self.submit("Compute", "heartbeat", (*provider, hot_adapters.to_vec(), free_slots), signer)
+            .await?;
         Ok(())
     }
 
@@ -186,7 +181,7 @@ impl ChainClient {
         dest: &AccountId32,
         amount: Balance,
     ) -> Result<(), ChainError> {
-        let dest: MultiAddress<AccountId32, ()> = MultiAddress::Id(dest.clone());
+        let dest: MultiAddress<AccountId32, ()> = MultiAddress::Id(*dest);
         self.submit("Balances", "transfer_keep_alive", (dest, amount), signer).await?;
         Ok(())
     }

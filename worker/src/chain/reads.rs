@@ -19,7 +19,7 @@ impl ChainClient {
         let addr = dynamic::storage::<(AccountId32,), ProviderTerms>("Compute", "Providers");
         let value = at
             .storage()
-            .try_fetch(addr, (provider.clone(),))
+            .try_fetch(addr, (*provider,))
             .await
             .map_err(rpc_err("reading Compute.Providers"))?;
         value
@@ -126,7 +126,7 @@ impl ChainClient {
         let addr = dynamic::storage::<(AccountId32,), AccountInfo>("System", "Account");
         let value = at
             .storage()
-            .try_fetch(addr, (who.clone(),))
+            .try_fetch(addr, (*who,))
             .await
             .map_err(rpc_err("reading System.Account"))?;
         Ok(match value {
@@ -154,7 +154,7 @@ pub(super) async fn open_jobs_at(
     let addr = dynamic::storage::<(AccountId32, JobId), ()>("Jobs", "JobsByProvider");
     let mut entries = at
         .storage()
-        .iter(addr, (provider.clone(),))
+        .iter(addr, (*provider,))
         .await
         .map_err(rpc_err("reading Jobs.JobsByProvider"))?;
     let mut out = BTreeSet::new();

@@ -549,8 +549,8 @@ async fn upload_payload(
         }
         let assigned = JobAssigned {
             job,
-            submitter: record.submitter.clone(),
-            provider: record.provider.clone(),
+            submitter: record.submitter,
+            provider: record.provider,
             adapter: record.adapter,
             input_hash: record.input_hash,
             max_output_tokens: record.max_output_tokens,
