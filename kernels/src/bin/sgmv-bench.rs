@@ -87,6 +87,14 @@ fn main() -> Result<()> {
     let copy_gbs = 2.0 * n_copy as f64 / (copy_ms * 1e-3) / 1e9;
     drop((src, dst));
     eprintln!("device-to-device copy: {copy_gbs:.0} GB/s");
+    // The least any call can take when timed this way: one tiny kernel (candle's affine on one
+    // element), after the same flush.
+    let one = Tensor::zeros(1, DType::F32, &dev)?;
+    let tiny_ms = timer.median_ms(&stream, 3, 50, |_| {
+        one.affine(1.0, 0.0)?;
+        Ok(())
+    })?;
+    eprintln!("one tiny kernel, timed the same way: {:.2} us", tiny_ms * 1e3);
 
     let mut out = std::fs::File::create(out_path)?;
     writeln!(out, "# copy_gbs={copy_gbs:.1}")?;
