@@ -7,14 +7,20 @@ mod common;
 use candle_core::Device;
 use common::{write_adapter, write_model, AdapterSpec};
 use openledger_worker::engine::{
-    AdapterCache, AdapterCacheConfig, EngineError, LoraAdapter, Projection,
+    AdapterCache, AdapterCacheConfig, EngineError, LoraAdapter, ModelConfig, Projection,
 };
+
+/// A one-layer model in a fresh directory, and the adapters' shape: rank 4 on every
+/// projection.
+fn one_layer_model() -> (tempfile::TempDir, ModelConfig, AdapterSpec<'static>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model(dir.path(), 1);
+    (dir, cfg, AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL })
+}
 
 #[test]
 fn byte_budget_evicts_least_recently_used_unpinned_adapters_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_model(dir.path(), 1);
-    let spec = AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL };
+    let (dir, cfg, spec) = one_layer_model();
     let dirs: Vec<_> =
         (0..3).map(|i| write_adapter(&dir.path().join(format!("a{i}")), &cfg, &spec, i)).collect();
     let one = LoraAdapter::load(&dirs[0], &cfg, &Device::Cpu).unwrap().weight_bytes();
@@ -45,9 +51,7 @@ fn byte_budget_evicts_least_recently_used_unpinned_adapters_only() {
 
 #[test]
 fn an_adapter_larger_than_the_whole_budget_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_model(dir.path(), 1);
-    let spec = AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL };
+    let (dir, cfg, spec) = one_layer_model();
     let a = write_adapter(&dir.path().join("big"), &cfg, &spec, 7);
     let config = AdapterCacheConfig { compute_slots: 4, compute_bytes: 1024, host_bytes: 0 };
     let mut cache = AdapterCache::new(config, &cfg, &Device::Cpu);
@@ -63,9 +67,7 @@ fn an_adapter_larger_than_the_whole_budget_is_refused_by_name() {
 /// lora_B: the conversion keeps every value, and the PEFT layout stays the default.
 #[test]
 fn rank_major_lora_b_keeps_every_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_model(dir.path(), 1);
-    let spec = AdapterSpec { r: 4, alpha: 8.0, rslora: false, targets: &Projection::ALL };
+    let (dir, cfg, spec) = one_layer_model();
     let adir = write_adapter(&dir.path().join("a"), &cfg, &spec, 3);
     let peft = LoraAdapter::load(&adir, &cfg, &Device::Cpu).unwrap();
     let rank_major =
