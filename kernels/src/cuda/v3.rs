@@ -1,5 +1,5 @@
-//! Host side of SGMV v3 (`cuda/sgmv.cu`): loading its cluster kernels, the tile records of a
-//! step, the choice of tile size, and the cluster launch. See kernels/NOTES.md.
+//! Host side of SGMV v3 (`cuda/sgmv.cu`): loading its kernels, the tile records of a step,
+//! the choice of variant per launch (a cost model), and the launch. See kernels/NOTES.md.
 
 use std::sync::{Arc, Mutex};
 
