@@ -230,20 +230,23 @@ impl Tiles {
         if let Some(&(_, v)) = chosen.iter().find(|(shape, _)| *shape == (d_in, d_out)) {
             return v;
         }
-        let cost = |v: Variant| estimate_us(&self.records, v, k.capacity[v as usize], d_in, d_out);
-        let mut best = Variant::Cluster;
-        for v in VARIANTS.into_iter().filter(|&v| usable(v)) {
-            if cost(v) < cost(best) {
-                best = v;
+        let costs: Vec<(Variant, f64)> = VARIANTS
+            .into_iter()
+            .filter(|&v| usable(v))
+            .map(|v| (v, estimate_us(&self.records, v, k.capacity[v as usize], d_in, d_out)))
+            .collect();
+        // The cheapest, the first of equals (cluster, which takes every rank, comes first).
+        let mut best = (Variant::Cluster, f64::INFINITY);
+        for &(v, c) in &costs {
+            if c < best.1 {
+                best = (v, c);
             }
         }
+        let best = best.0;
         if k.debug {
-            let costs: Vec<String> = VARIANTS
-                .into_iter()
-                .filter(|&v| usable(v))
-                .map(|v| format!("{} {:.1} us", v.suffix(), cost(v)))
-                .collect();
-            eprintln!("sgmv v3: {d_in}x{d_out}: {} ({})", best.suffix(), costs.join(", "));
+            let list: Vec<String> =
+                costs.iter().map(|(v, c)| format!("{} {c:.1} us", v.suffix())).collect();
+            eprintln!("sgmv v3: {d_in}x{d_out}: {} ({})", best.suffix(), list.join(", "));
         }
         chosen.push(((d_in, d_out), best));
         best
