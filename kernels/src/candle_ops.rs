@@ -54,8 +54,9 @@ pub(crate) struct TableEntry {
 ///
 /// Each slot holds PEFT's `lora_A.weight` (`[rank, d_in]`) and `lora_B.weight`
 /// (`[d_out, rank]`) as they were loaded, no copy into a packed buffer; except that a CPU
-/// table stores `lora_B` transposed (one copy at insertion), the layout its expand reads
-/// fastest. On CUDA the kernels read them through a device array of per-slot pointers,
+/// table stores `lora_B` transposed, the layout its expand reads fastest (one copy at
+/// insertion, none when `lora_B` is already a transposed view of rank-major memory, as a CPU
+/// engine's adapter cache parses it). On CUDA the kernels read them through a device array of per-slot pointers,
 /// rebuilt after each change.
 pub struct AdapterTable {
     device: Device,
@@ -82,8 +83,9 @@ impl AdapterTable {
     }
 
     /// Puts an adapter in `slot`, replacing what was there. `a` must be `[rank, d_in]` and
-    /// `b` `[d_out, rank]`, of the table's dtype and device; non-contiguous tensors are made
-    /// contiguous (one copy, at load time).
+    /// `b` `[d_out, rank]`, of the table's dtype and device; they are made contiguous in the
+    /// table's layout (one copy at load time where they are not: on the CPU `lora_B` is held
+    /// transposed, so a `b` that is a transposed view of rank-major memory is taken as is).
     pub fn insert(&mut self, slot: u32, a: &Tensor, b: &Tensor) -> Result<()> {
         let slots = self.entries.len();
         if slot as usize >= slots {

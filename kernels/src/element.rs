@@ -86,7 +86,8 @@ pub enum BLayout {
     OutByRank,
     /// Its transpose, `[rank, d_out]`, row-major: each rank index's output columns are
     /// contiguous, so the CPU expand accumulates whole column runs with vector FMAs. CPU
-    /// [`AdapterTable`](crate::AdapterTable)s store this (one transposing copy at insertion).
+    /// [`AdapterTable`](crate::AdapterTable)s store this (a transposing copy at insertion,
+    /// unless `lora_B` already lies in this layout).
     RankByOut,
 }
 
