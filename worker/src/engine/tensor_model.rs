@@ -19,15 +19,11 @@ use super::config::{ModelConfig, Projection, RopeStyle};
 use super::error::{EngineError, Result};
 use super::kv_cache::{DevicePool, KvCache};
 use super::model::{SeqChunk, StepSegments};
-use super::weights::{self, BaseWeights};
+use super::weights::{self, BaseWeights, HfLayer};
 
 /// Weights of one decoder layer as tensors.
-struct LayerTensors {
-    attn_norm: Tensor,
-    ffn_norm: Tensor,
-    /// `[d_out, d_in]`, indexed by [`Projection::index`].
-    proj: Vec<Tensor>,
-}
+/// Projections `[d_out, d_in]`.
+type LayerTensors = HfLayer<Tensor>;
 
 /// The base model on a device.
 pub(crate) struct TensorModel {
@@ -80,17 +76,12 @@ impl TensorModel {
     ) -> Result<Self> {
         let st = weights::open_hf(dir)?;
         let hf = weights::read_hf(cfg, &st, |name, shape| st.get_as(name, shape, device, dtype))?;
-        let layers = hf
-            .layers
-            .into_iter()
-            .map(|l| LayerTensors { attn_norm: l.attn_norm, ffn_norm: l.ffn_norm, proj: l.proj })
-            .collect();
         let lm_head = match hf.lm_head {
             Some(t) => (t, false),
             None => (hf.embed.clone(), true),
         };
         let (embed, norm) = (hf.embed, hf.norm);
-        Self::assemble(cfg, embed, layers, norm, lm_head, device, dtype)
+        Self::assemble(cfg, embed, hf.layers, norm, lm_head, device, dtype)
     }
 
     /// Random weights generated on `device` (benchmarks): normal with standard deviation
