@@ -60,7 +60,8 @@ pub struct ProviderOffer<Balance> {
 /// The GPU provider registry as the job marketplace uses it. Implemented by `pallet-compute`.
 ///
 /// The marketplace calls `job_assigned` exactly once per job and then exactly one of
-/// `job_settled` / `job_expired`, so the registry can count open jobs per provider.
+/// `job_settled` / `job_refused` / `job_abandoned` / `job_expired`, so the registry can count
+/// open jobs per provider.
 pub trait ProviderRegistry<AccountId, Balance> {
     /// Upper bound on the number of providers [`Self::candidates`] returns.
     type MaxCandidates: sp_core::Get<u32>;
@@ -69,8 +70,8 @@ pub trait ProviderRegistry<AccountId, Balance> {
     fn candidates(base_model: BaseModelId) -> BoundedVec<AccountId, Self::MaxCandidates>;
 
     /// The offer of `provider`, one of `candidates(base_model)`, for a job with `adapter`, or
-    /// `None` if it cannot take a job now (unknown, leaving, heartbeat stale, bond too low, no
-    /// free capacity). Whether it serves `base_model` is the caller's to know from
+    /// `None` if it cannot take that job now (unknown, leaving, heartbeat stale, bond too low, no
+    /// free capacity, `adapter` not among those it declared it serves). Whether it serves `base_model` is the caller's to know from
     /// [`Self::candidates`]; implementations need not check it again.
     fn offer(
         provider: &AccountId,
@@ -90,8 +91,17 @@ pub trait ProviderRegistry<AccountId, Balance> {
     /// A job of `provider` was settled: release its slot and credit its reputation.
     fn job_settled(provider: &AccountId);
 
-    /// A job of `provider` expired: release its slot, lower its reputation and slash its bond
-    /// to `victim`. Returns the amount slashed.
+    /// A job of `provider` was refused by its worker with a reason (the escrow went back to the
+    /// user): release its slot and lower its reputation a little. No slash.
+    fn job_refused(provider: &AccountId);
+
+    /// A job of `provider` expired before its worker acknowledged it (the worker never took
+    /// it on, which may be the request's fault: a payload never delivered): release its slot
+    /// and lower its reputation. No slash.
+    fn job_abandoned(provider: &AccountId);
+
+    /// A job `provider`'s worker acknowledged expired without a receipt: release its slot,
+    /// lower its reputation and slash its bond to `victim`. Returns the amount slashed.
     fn job_expired(provider: &AccountId, victim: &AccountId) -> Result<Balance, DispatchError>;
 }
 

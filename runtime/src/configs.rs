@@ -177,10 +177,12 @@ impl pallet_compute::Config for Runtime {
     type SlashFraction = ProviderSlashFraction;
     type ReputationReward = ConstU32<1_000>;
     type ReputationPenalty = ConstU32<25_000>;
+    type RefusalPenalty = ConstU32<2_500>;
     type ReputationHalfLife = ConstU32<{ 7 * DAYS }>;
     type MaxProvidersPerModel = ConstU32<64>;
     type MaxBaseModels = ConstU32<8>;
     type MaxHotAdapters = ConstU32<64>;
+    type MaxServedAdapters = ConstU32<1_024>;
     type MaxGpuNameLen = ConstU32<64>;
     type MaxPeerIdLen = ConstU32<64>;
     type MaxMultiaddrs = ConstU32<8>;
@@ -244,11 +246,12 @@ impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
         id
     }
 
-    fn provider(who: &AccountId, worker_key: sp_core::ed25519::Public, _adapter: AdapterId) {
+    fn provider(who: &AccountId, worker_key: sp_core::ed25519::Public, adapter: AdapterId) {
         pallet_compute::benchmarking::register_eligible::<Runtime>(
             who,
             worker_key,
             DefaultBaseModel::get(),
+            adapter,
         );
     }
 }

@@ -8,7 +8,7 @@ use frame_support::{
     traits::fungible::{Inspect, InspectHold, Mutate},
 };
 use frame_system::RawOrigin;
-use openledger_primitives::market::BaseModelId;
+use openledger_primitives::market::{AdapterId, BaseModelId};
 use sp_runtime::traits::Saturating;
 
 /// Terms of the largest encoded size, serving models `first..first + models`.
@@ -55,13 +55,14 @@ fn funded<T: Config>(name: &'static str, index: u32) -> T::AccountId {
     who
 }
 
-/// Make `who` a funded, bonded, eligible provider of `model` with `worker_key`, price 1 per
-/// 1,000 tokens and unbounded concurrency: for other pallets' benchmarks (the runtime's
-/// `pallet_jobs::BenchmarkHelper` calls this).
+/// Make `who` a funded, bonded, eligible provider of `model` serving `adapter` with
+/// `worker_key`, price 1 per 1,000 tokens and unbounded concurrency: for other pallets'
+/// benchmarks (the runtime's `pallet_jobs::BenchmarkHelper` calls this).
 pub fn register_eligible<T: Config>(
     who: &T::AccountId,
     worker_key: sp_core::ed25519::Public,
     model: BaseModelId,
+    adapter: AdapterId,
 ) {
     fund::<T>(who);
     let mut terms = max_terms::<T>(model, 1);
@@ -70,6 +71,23 @@ pub fn register_eligible<T: Config>(
         RawOrigin::Signed(who.clone()).into(),
         terms,
         T::MinProviderBond::get(),
+    )
+    .unwrap();
+    Compute::<T>::set_served_adapters(
+        RawOrigin::Signed(who.clone()).into(),
+        who.clone(),
+        alloc::vec![adapter].try_into().unwrap(),
+    )
+    .unwrap();
+}
+
+/// Declare `n` adapters (ids `first..first + n`) for `who`.
+fn serve<T: Config>(who: &T::AccountId, first: AdapterId, n: u32) {
+    let adapters: alloc::vec::Vec<AdapterId> = (first..first.saturating_add(n)).collect();
+    Compute::<T>::set_served_adapters(
+        RawOrigin::Signed(who.clone()).into(),
+        who.clone(),
+        adapters.try_into().unwrap(),
     )
     .unwrap();
 }
@@ -166,9 +184,28 @@ mod benchmarks {
     }
 
     #[benchmark]
-    fn withdraw_unbonded() {
+    fn set_served_adapters(
+        o: Linear<0, { T::MaxServedAdapters::get() }>,
+        n: Linear<0, { T::MaxServedAdapters::get() }>,
+    ) {
         let who = funded::<T>("provider", 0);
         register::<T>(&who, 1);
+        // `o` declared before, all replaced by `n` others.
+        serve::<T>(&who, 0, o);
+        let adapters: alloc::vec::Vec<AdapterId> = (o..o.saturating_add(n)).collect();
+        let adapters: BoundedVec<_, T::MaxServedAdapters> = adapters.try_into().unwrap();
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(who.clone()), who.clone(), adapters);
+
+        assert_eq!(ServedAdapterCount::<T>::get(&who), n);
+    }
+
+    #[benchmark]
+    fn withdraw_unbonded(s: Linear<0, { T::MaxServedAdapters::get() }>) {
+        let who = funded::<T>("provider", 0);
+        register::<T>(&who, 1);
+        serve::<T>(&who, 0, s);
         Compute::<T>::unregister(RawOrigin::Signed(who.clone()).into()).unwrap();
         let later =
             frame_system::Pallet::<T>::block_number().saturating_add(T::UnbondingPeriod::get());
@@ -178,6 +215,7 @@ mod benchmarks {
         _(RawOrigin::Signed(who.clone()));
 
         assert!(ProviderStates::<T>::get(&who).is_none());
+        assert_eq!(ServedAdapterCount::<T>::get(&who), 0);
     }
 
     impl_benchmark_test_suite!(Compute, crate::mock::new_test_ext(), crate::mock::Test);

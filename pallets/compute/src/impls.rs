@@ -22,6 +22,13 @@ use sp_runtime::{
     DispatchError,
 };
 
+/// How a closed job moves its provider's reputation.
+#[derive(Clone, Copy)]
+enum ReputationChange {
+    Reward,
+    Penalty(u32),
+}
+
 /// Shifting the distance to neutral by this many bits or more leaves nothing of it.
 const FULL_DECAY_SHIFT: u32 = 20;
 
@@ -47,15 +54,28 @@ impl<T: Config> Pallet<T> {
 
     /// Decay `state`'s reputation to now, then add the reward or subtract the penalty (clamped
     /// to the valid range).
-    fn adjust_reputation(state: &mut ProviderState<T>, reward: bool) {
+    fn adjust_reputation(state: &mut ProviderState<T>, change: ReputationChange) {
         let now = frame_system::Pallet::<T>::block_number();
         let current = Self::reputation_at(state, now);
-        state.reputation = if reward {
-            current.saturating_add(T::ReputationReward::get()).min(MAX_REPUTATION)
-        } else {
-            current.saturating_sub(T::ReputationPenalty::get())
+        state.reputation = match change {
+            ReputationChange::Reward => {
+                current.saturating_add(T::ReputationReward::get()).min(MAX_REPUTATION)
+            },
+            ReputationChange::Penalty(by) => current.saturating_sub(by),
         };
         state.reputation_at = now;
+    }
+
+    /// A job of `provider` closed: its slot is free again before the next heartbeat reports it
+    /// (never above what the provider declared), and its reputation changes by `change`.
+    fn close_job(provider: &T::AccountId, change: ReputationChange) -> Option<ProviderState<T>> {
+        ProviderStates::<T>::mutate(provider, |maybe| {
+            let state = maybe.as_mut()?;
+            state.open_jobs = state.open_jobs.saturating_sub(1);
+            state.free_slots = state.free_slots.saturating_add(1).min(state.max_concurrent);
+            Self::adjust_reputation(state, change);
+            Some(state.clone())
+        })
     }
 
     /// Whether `state` may be assigned a new job at block `now`.
@@ -112,6 +132,24 @@ impl<T: Config> Pallet<T> {
             HotAdapters::<T>::iter_keys().all(|who| ProviderStates::<T>::contains_key(&who)),
             "hot adapters of an unknown provider"
         );
+        let mut served = alloc::collections::btree_map::BTreeMap::<T::AccountId, u32>::new();
+        for who in ServedAdapters::<T>::iter_keys().map(|(who, _)| who) {
+            ensure!(
+                ProviderStates::<T>::contains_key(&who),
+                "served adapters of an unknown provider"
+            );
+            let n = served.entry(who).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        for (who, count) in ServedAdapterCount::<T>::iter() {
+            ensure!(count > 0, "a zero served-adapter count is stored");
+            ensure!(count <= T::MaxServedAdapters::get(), "more served adapters than the bound");
+            ensure!(
+                served.remove(&who) == Some(count),
+                "served-adapter count differs from the list"
+            );
+        }
+        ensure!(served.is_empty(), "served adapters without a count");
         for (model, providers) in ProvidersByModel::<T>::iter() {
             for who in providers.iter() {
                 let terms = Providers::<T>::get(who).ok_or("indexed provider unknown")?;
@@ -136,7 +174,8 @@ impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
     ) -> Option<ProviderOffer<BalanceOf<T>>> {
         let state = ProviderStates::<T>::get(provider)?;
         let now = frame_system::Pallet::<T>::block_number();
-        if !Self::is_eligible(&state, now) {
+        if !Self::is_eligible(&state, now) || !ServedAdapters::<T>::contains_key(provider, adapter)
+        {
             return None;
         }
         Some(ProviderOffer {
@@ -167,24 +206,24 @@ impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
     }
 
     fn job_settled(provider: &T::AccountId) {
-        ProviderStates::<T>::mutate(provider, |maybe| {
-            if let Some(state) = maybe {
-                state.open_jobs = state.open_jobs.saturating_sub(1);
-                // The worker is done with it: its slot is free again before the next
-                // heartbeat reports it (never above what the provider declared).
-                state.free_slots = state.free_slots.saturating_add(1).min(state.max_concurrent);
-                Self::adjust_reputation(state, true);
-            }
-        });
+        Self::close_job(provider, ReputationChange::Reward);
+    }
+
+    fn job_refused(provider: &T::AccountId) {
+        Self::close_job(provider, ReputationChange::Penalty(T::RefusalPenalty::get()));
+    }
+
+    fn job_abandoned(provider: &T::AccountId) {
+        Self::close_job(provider, ReputationChange::Penalty(T::ReputationPenalty::get()));
     }
 
     fn job_expired(
         provider: &T::AccountId,
         victim: &T::AccountId,
     ) -> Result<BalanceOf<T>, DispatchError> {
-        let mut state = ProviderStates::<T>::get(provider).ok_or(Error::<T>::NotRegistered)?;
-        state.open_jobs = state.open_jobs.saturating_sub(1);
-        Self::adjust_reputation(&mut state, false);
+        let mut state =
+            Self::close_job(provider, ReputationChange::Penalty(T::ReputationPenalty::get()))
+                .ok_or(Error::<T>::NotRegistered)?;
         let due = T::SlashFraction::get().mul_floor(state.bond);
         let slashed = if due.is_zero() {
             due

@@ -18,27 +18,35 @@
 //!    `MinProviderBond`, and it has fewer open jobs than both `max_concurrent` and its reported
 //!    free slots (each assignment uses up one reported slot and each settlement returns
 //!    one, up to `max_concurrent`; a heartbeat resets the count to what the worker reports).
-//! 3. The operator may change its terms with [`Pallet::update_provider`] and add to its bond
+//! 3. The worker (or the operator) declares the adapters it can serve with
+//!    [`Pallet::set_served_adapters`] (at most [`Config::MaxServedAdapters`]); matching assigns a
+//!    job only to providers that declared its adapter, so a provider of the right base model that
+//!    lacks the adapter is never given a job it cannot run.
+//! 4. The operator may change its terms with [`Pallet::update_provider`] and add to its bond
 //!    with [`Pallet::bond_extra`].
-//! 4. [`Pallet::unregister`] stops new assignments at once and starts an unbonding period of
+//! 5. [`Pallet::unregister`] stops new assignments at once and starts an unbonding period of
 //!    [`Config::UnbondingPeriod`] blocks. Once it has passed and no job of the provider is open,
 //!    [`Pallet::withdraw_unbonded`] releases the bond and deletes the provider.
 //!
 //! ## Reputation
 //!
 //! A score in parts per million, starting at [`NEUTRAL_REPUTATION`] (500,000). Each settled job
-//! adds [`Config::ReputationReward`], each expired job subtracts [`Config::ReputationPenalty`]
-//! (clamped to `0..=1_000_000`). Between updates the distance to neutral halves every
+//! adds [`Config::ReputationReward`], each expired job (acknowledged or not) subtracts
+//! [`Config::ReputationPenalty`], each refused job subtracts [`Config::RefusalPenalty`] (clamped
+//! to `0..=1_000_000`): a worker that refuses everything sinks below those that serve. Between updates the distance to neutral halves every
 //! [`Config::ReputationHalfLife`] blocks, so old behaviour fades. Matching prefers providers
 //! with a higher `reputation x bond`.
 //!
 //! ## Slashing
 //!
-//! When a job assigned to a provider expires, [`Config::SlashFraction`] of the provider's
+//! When a job its worker *acknowledged* expires without a receipt, [`Config::SlashFraction`] of
+//! the provider's
 //! current bond is moved from its hold to the job's submitter, **all of it as compensation to
 //! the user** (nothing goes to a treasury; the chain has none yet). Total issuance does not
 //! change. If the bond falls below `MinProviderBond` the provider gets no new jobs until it
-//! bonds more.
+//! bonds more. A job that expires unacknowledged (the worker never took it, for instance because
+//! the payload never reached it) and a job the worker refused cost the provider reputation only:
+//! the user gets the whole escrow back either way, and the fault may have been the request's.
 //!
 //! ## Calls
 //!
@@ -49,6 +57,8 @@
 //! - `bond_extra(amount)`: by an active provider.
 //! - `heartbeat(provider, hot_adapters, free_slots)`: by the provider's operator or its
 //!   `worker_account`; allowed while leaving (the worker still finishes its jobs).
+//! - `set_served_adapters(provider, adapters)`: by the provider's operator or its
+//!   `worker_account`; replaces the declared set (duplicates count once).
 //! - `unregister()`: by an active provider.
 //! - `withdraw_unbonded()`: by a leaving provider once unbonded and without open jobs.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -129,6 +139,11 @@ pub mod pallet {
         #[pallet::constant]
         type ReputationPenalty: Get<u32>;
 
+        /// Reputation (parts per million) lost per refused job: less than an expiry (the user
+        /// waited one block, not a timeout), enough that refusing everything loses priority.
+        #[pallet::constant]
+        type RefusalPenalty: Get<u32>;
+
         /// Blocks over which a reputation's distance from neutral halves.
         #[pallet::constant]
         type ReputationHalfLife: Get<BlockNumberFor<Self>>;
@@ -144,6 +159,10 @@ pub mod pallet {
         /// Most adapters a heartbeat may report as hot.
         #[pallet::constant]
         type MaxHotAdapters: Get<u32>;
+
+        /// Most adapters one provider may declare it serves.
+        #[pallet::constant]
+        type MaxServedAdapters: Get<u32>;
 
         /// Longest GPU model name, in bytes.
         #[pallet::constant]
@@ -192,6 +211,25 @@ pub mod pallet {
         ValueQuery,
     >;
 
+    /// Adapters each provider declared it can serve: matching offers a job only to providers
+    /// listed here for its adapter.
+    #[pallet::storage]
+    pub type ServedAdapters<T: Config> = StorageDoubleMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        Twox64Concat,
+        AdapterId,
+        (),
+        OptionQuery,
+    >;
+
+    /// How many adapters each provider declared (the size of its [`ServedAdapters`] prefix, at
+    /// most `MaxServedAdapters`).
+    #[pallet::storage]
+    pub type ServedAdapterCount<T: Config> =
+        StorageMap<_, Blake2_128Concat, T::AccountId, u32, ValueQuery>;
+
     /// Active providers serving each base model: the candidates of matching.
     #[pallet::storage]
     pub type ProvidersByModel<T: Config> = StorageMap<
@@ -221,6 +259,8 @@ pub mod pallet {
         ProviderUnregistered { provider: T::AccountId, unbonds_at: BlockNumberFor<T> },
         /// A provider withdrew its bond and left the registry.
         Withdrawn { provider: T::AccountId, amount: BalanceOf<T> },
+        /// A provider declared the adapters it serves; `served` is how many (duplicates once).
+        AdaptersServed { provider: T::AccountId, served: u32 },
         /// A provider's bond was slashed to compensate the user of an expired job.
         Slashed { provider: T::AccountId, victim: T::AccountId, amount: BalanceOf<T> },
     }
@@ -390,6 +430,39 @@ pub mod pallet {
             Ok(())
         }
 
+        /// Declare the adapters `provider`'s worker can serve, replacing the previous
+        /// declaration. Matching gives the provider only jobs for these adapters.
+        #[pallet::call_index(6)]
+        #[pallet::weight(T::WeightInfo::set_served_adapters(
+            T::MaxServedAdapters::get(),
+            adapters.len() as u32
+        ))]
+        pub fn set_served_adapters(
+            origin: OriginFor<T>,
+            provider: T::AccountId,
+            adapters: BoundedVec<AdapterId, T::MaxServedAdapters>,
+        ) -> DispatchResultWithPostInfo {
+            let who = ensure_signed(origin)?;
+            let state = ProviderStates::<T>::get(&provider).ok_or(Error::<T>::NotRegistered)?;
+            ensure!(
+                who == provider || state.worker_account.as_ref() == Some(&who),
+                Error::<T>::NotAuthorised
+            );
+            let old = Self::clear_served_adapters(&provider);
+            let mut served = 0u32;
+            for adapter in adapters.iter() {
+                if !ServedAdapters::<T>::contains_key(&provider, adapter) {
+                    ServedAdapters::<T>::insert(&provider, adapter, ());
+                    served = served.saturating_add(1);
+                }
+            }
+            if served > 0 {
+                ServedAdapterCount::<T>::insert(&provider, served);
+            }
+            Self::deposit_event(Event::AdaptersServed { provider, served });
+            Ok(Some(T::WeightInfo::set_served_adapters(old, adapters.len() as u32)).into())
+        }
+
         /// Stop taking new jobs and start unbonding.
         #[pallet::call_index(4)]
         #[pallet::weight(T::WeightInfo::unregister(T::MaxBaseModels::get()))]
@@ -412,8 +485,8 @@ pub mod pallet {
         /// Release the bond of a provider that has unregistered, once the unbonding period has
         /// passed and none of its jobs is open, and delete its records.
         #[pallet::call_index(5)]
-        #[pallet::weight(T::WeightInfo::withdraw_unbonded())]
-        pub fn withdraw_unbonded(origin: OriginFor<T>) -> DispatchResult {
+        #[pallet::weight(T::WeightInfo::withdraw_unbonded(T::MaxServedAdapters::get()))]
+        pub fn withdraw_unbonded(origin: OriginFor<T>) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let state = ProviderStates::<T>::get(&who).ok_or(Error::<T>::NotRegistered)?;
             let ProviderStatus::Leaving { unbonds_at } = state.status else {
@@ -436,8 +509,9 @@ pub mod pallet {
             Providers::<T>::remove(&who);
             // A leaving provider's worker may still have sent heartbeats.
             HotAdapters::<T>::remove(&who);
+            let served = Self::clear_served_adapters(&who);
             Self::deposit_event(Event::Withdrawn { provider: who, amount: released });
-            Ok(())
+            Ok(Some(T::WeightInfo::withdraw_unbonded(served)).into())
         }
     }
 
@@ -447,6 +521,18 @@ pub mod pallet {
             let state = ProviderStates::<T>::get(who).ok_or(Error::<T>::NotRegistered)?;
             ensure!(state.status == ProviderStatus::Active, Error::<T>::ProviderLeaving);
             Ok(state)
+        }
+
+        /// Delete `who`'s declared adapters; returns how many there were (at most
+        /// `MaxServedAdapters`, which bounds the work).
+        fn clear_served_adapters(who: &T::AccountId) -> u32 {
+            let count = ServedAdapterCount::<T>::take(who);
+            if count > 0 {
+                // `try_state` checks that the count is the prefix's size; one more than the
+                // count costs nothing when it is.
+                let _ = ServedAdapters::<T>::clear_prefix(who, count.saturating_add(1), None);
+            }
+            count
         }
 
         fn check_terms(terms: &ProviderTerms<T>) -> DispatchResult {

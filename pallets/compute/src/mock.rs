@@ -41,6 +41,8 @@ pub const UNBONDING: u64 = 10;
 pub const HEARTBEAT_TIMEOUT: u64 = 5;
 pub const REWARD: u32 = 10_000;
 pub const PENALTY: u32 = 50_000;
+pub const REFUSAL_PENALTY: u32 = 5_000;
+pub const MAX_SERVED: u32 = 4;
 pub const HALF_LIFE: u64 = 100;
 
 parameter_types! {
@@ -56,10 +58,12 @@ impl pallet_compute::Config for Test {
     type SlashFraction = SlashFraction;
     type ReputationReward = ConstU32<REWARD>;
     type ReputationPenalty = ConstU32<PENALTY>;
+    type RefusalPenalty = ConstU32<REFUSAL_PENALTY>;
     type ReputationHalfLife = ConstU64<HALF_LIFE>;
     type MaxProvidersPerModel = ConstU32<3>;
     type MaxBaseModels = ConstU32<4>;
     type MaxHotAdapters = ConstU32<8>;
+    type MaxServedAdapters = ConstU32<MAX_SERVED>;
     type MaxGpuNameLen = ConstU32<32>;
     type MaxPeerIdLen = ConstU32<64>;
     type MaxMultiaddrs = ConstU32<4>;

@@ -46,7 +46,8 @@ pub trait WeightInfo {
 	fn bond_extra() -> Weight;
 	fn heartbeat(a: u32, ) -> Weight;
 	fn unregister(m: u32, ) -> Weight;
-	fn withdraw_unbonded() -> Weight;
+	fn set_served_adapters(o: u32, n: u32, ) -> Weight;
+	fn withdraw_unbonded(s: u32, ) -> Weight;
 }
 
 /// Measured weights, priced with the runtime's own database weights.
@@ -104,10 +105,17 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(m.into())))
 			.saturating_add(Weight::from_parts(0, 4537).saturating_mul(m.into()))
 	}
-	fn withdraw_unbonded() -> Weight {
+	fn set_served_adapters(o: u32, n: u32, ) -> Weight {
+		Weight::from_parts(20_000_000, 3639)
+			.saturating_add(Weight::from_parts(6_000_000, 0).saturating_mul(o.into()))
+			.saturating_add(Weight::from_parts(9_000_000, 0).saturating_mul(n.into()))
+			.saturating_add(Weight::from_parts(0, 2500).saturating_mul(n.into()))
+	}
+	fn withdraw_unbonded(s: u32, ) -> Weight {
 		// Proof size: measured `476`, estimated `3639`.
 		// Fastest run: 78_437_000 ps.
 		Weight::from_parts(81_412_000, 3639)
+			.saturating_add(Weight::from_parts(6_000_000, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(4))
 			.saturating_add(T::DbWeight::get().writes(6))
 	}
@@ -167,10 +175,17 @@ impl WeightInfo for () {
 			.saturating_add(ParityDbWeight::get().writes((1_u64).saturating_mul(m.into())))
 			.saturating_add(Weight::from_parts(0, 4537).saturating_mul(m.into()))
 	}
-	fn withdraw_unbonded() -> Weight {
+	fn set_served_adapters(o: u32, n: u32, ) -> Weight {
+		Weight::from_parts(20_000_000, 3639)
+			.saturating_add(Weight::from_parts(6_000_000, 0).saturating_mul(o.into()))
+			.saturating_add(Weight::from_parts(9_000_000, 0).saturating_mul(n.into()))
+			.saturating_add(Weight::from_parts(0, 2500).saturating_mul(n.into()))
+	}
+	fn withdraw_unbonded(s: u32, ) -> Weight {
 		// Proof size: measured `476`, estimated `3639`.
 		// Fastest run: 78_437_000 ps.
 		Weight::from_parts(81_412_000, 3639)
+			.saturating_add(Weight::from_parts(6_000_000, 0).saturating_mul(s.into()))
 			.saturating_add(ParityDbWeight::get().reads(4))
 			.saturating_add(ParityDbWeight::get().writes(6))
 	}

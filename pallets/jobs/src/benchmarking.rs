@@ -151,12 +151,14 @@ mod benchmarks {
         assert!(TotalEscrow::<T>::get().is_zero());
     }
 
+    /// The worst case: an acknowledged job, whose provider is slashed.
     #[benchmark]
     fn expire() {
         let adapter = T::BenchmarkHelper::adapter();
-        let _ = provider::<T>(0, adapter);
+        let (who, _) = provider::<T>(0, adapter);
         let user = funded::<T>("user", 0);
         let job = submit::<T>(&user, adapter);
+        Jobs::<T>::acknowledge(RawOrigin::Signed(who).into(), job).unwrap();
         let deadline = Jobs::<T>::open_job(job).unwrap().deadline;
         frame_system::Pallet::<T>::set_block_number(deadline.saturating_add(1u32.into()));
         let caller = funded::<T>("keeper", 0);
@@ -165,6 +167,21 @@ mod benchmarks {
         _(RawOrigin::Signed(caller), job);
 
         assert!(Jobs::<T>::open_job(job).is_err());
+    }
+
+    #[benchmark]
+    fn refuse() {
+        let adapter = T::BenchmarkHelper::adapter();
+        let (who, _) = provider::<T>(0, adapter);
+        let user = funded::<T>("user", 0);
+        let job = submit::<T>(&user, adapter);
+        Jobs::<T>::acknowledge(RawOrigin::Signed(who.clone()).into(), job).unwrap();
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(who), job, RefusalReason::PromptTooLong);
+
+        assert!(Jobs::<T>::open_job(job).is_err());
+        assert!(TotalEscrow::<T>::get().is_zero());
     }
 
     impl_benchmark_test_suite!(Jobs, crate::mock::new_test_ext(), crate::mock::Test);

@@ -1,7 +1,7 @@
 //! Matching, settlement and expiry, the default settlement and randomness, queries for the
 //! runtime API, and the storage invariants.
 
-use crate::{pallet::*, BalanceOf, Job, JobStatus, Quote};
+use crate::{pallet::*, BalanceOf, Job, JobPhase, JobStatus, Quote, RefusalReason};
 use codec::Encode;
 use core::marker::PhantomData;
 use frame_support::{
@@ -217,7 +217,15 @@ impl<T: Config> Pallet<T> {
             record.escrow,
             Precision::Exact,
         )?;
-        let slashed = T::Providers::job_expired(&record.provider, &record.submitter)?;
+        let slashed = match record.phase {
+            JobPhase::Acknowledged => {
+                T::Providers::job_expired(&record.provider, &record.submitter)?
+            },
+            JobPhase::Assigned => {
+                T::Providers::job_abandoned(&record.provider);
+                Zero::zero()
+            },
+        };
         Self::close(job, &record);
         Self::deposit_event(Event::JobExpired {
             job,
@@ -225,6 +233,30 @@ impl<T: Config> Pallet<T> {
             refunded,
             slashed,
         });
+        Ok(())
+    }
+
+    /// Refuse `job` for `reason` on behalf of its provider's worker `who`.
+    pub(crate) fn do_refuse(
+        who: &T::AccountId,
+        job: JobId,
+        reason: RefusalReason,
+    ) -> DispatchResult {
+        let record = Self::open_job(job)?;
+        ensure!(T::Providers::is_worker(&record.provider, who), Error::<T>::NotAssignedWorker);
+        ensure!(
+            frame_system::Pallet::<T>::block_number() <= record.deadline,
+            Error::<T>::DeadlinePassed
+        );
+        let refunded = T::Currency::release(
+            &HoldReason::JobEscrow.into(),
+            &record.submitter,
+            record.escrow,
+            Precision::Exact,
+        )?;
+        T::Providers::job_refused(&record.provider);
+        Self::close(job, &record);
+        Self::deposit_event(Event::JobRefused { job, provider: record.provider, reason, refunded });
         Ok(())
     }
 

@@ -2,8 +2,10 @@
 //!
 //! Users submit inference jobs with an OPEN budget; the pallet holds the budget, assigns the job
 //! to a GPU provider in the same call, and pays the provider when its worker submits a receipt
-//! signed with the worker key the provider registered. Jobs nobody finishes in time can be
-//! expired by anyone, refunding the user and slashing the provider.
+//! signed with the worker key the provider registered. A worker that cannot serve a job refuses
+//! it with a reason, which refunds the user at once. Jobs nobody finishes in time can be expired
+//! by anyone, refunding the user, and slashing the provider when its worker had acknowledged the
+//! job.
 //!
 //! The pallet owns jobs and escrow only. Providers live in a [`ProviderRegistry`]
 //! (`pallet-compute`), adapters and their prices in an [`AdapterCatalog`] and the destination of
@@ -13,8 +15,8 @@
 //! ## Lifecycle of a job
 //!
 //! 1. [`Pallet::submit_job`] looks up the adapter, holds `max_fee` from the sender under
-//!    [`HoldReason::JobEscrow`], and assigns the job to the best eligible provider (see
-//!    *Matching*), emitting [`Event::JobAssigned`]. With no eligible provider the call fails
+//!    [`HoldReason::JobEscrow`], and assigns the job to the best eligible provider that declared
+//!    the adapter (see *Matching*), emitting [`Event::JobAssigned`]. With no eligible provider the call fails
 //!    with [`Error::NoProviderAvailable`] and nothing is held. The job must be acknowledged
 //!    within [`Config::AckTimeout`] blocks.
 //! 2. The provider's worker (its operator or authorised worker account) calls
@@ -26,11 +28,20 @@
 //!    [`Config::Settlement`], the rest of the escrow is released back to the user, and
 //!    [`Event::JobSettled`] is emitted. A receipt may come before the acknowledgement (within the
 //!    acknowledgement deadline); a receipt after the job's current deadline is rejected.
-//! 4. After its deadline, anyone may call [`Pallet::expire`]: the whole escrow is released to the
-//!    user, the provider's bond is slashed to the user and its reputation drops
-//!    ([`Event::JobExpired`]).
+//! 4. Instead of a receipt, the worker may [`Pallet::refuse`] the job with a [`RefusalReason`]
+//!    (the payload never arrived, failed its hash, asks for more than the model's context, names
+//!    an adapter the worker cannot load, ...): the whole escrow is released to the user at once,
+//!    the provider's slot is freed, its reputation drops by the registry's refusal penalty, and
+//!    nothing is slashed ([`Event::JobRefused`]). Refusals are allowed until the job's deadline,
+//!    acknowledged or not. A worker that refuses everything earns nothing and sinks in matching;
+//!    a refusal for a reason the payload disproves will be slashable once verification exists.
+//! 5. After its deadline, anyone may call [`Pallet::expire`] (free of fees when it succeeds, so
+//!    keepers are not out of pocket): the whole escrow is released to the user and the provider's
+//!    reputation drops ([`Event::JobExpired`]). The provider's bond is slashed to the user only
+//!    if its worker had acknowledged the job: an unacknowledged job may have failed through no
+//!    fault of the provider's (a payload never delivered), and costs it reputation only.
 //!
-//! Settled and expired jobs are deleted. Job ids are assigned in order, so an id below
+//! Settled, refused and expired jobs are deleted. Job ids are assigned in order, so an id below
 //! [`NextJobId`] with no record is a closed job: a second receipt for it is a replay and fails
 //! with [`Error::JobClosed`]. Open jobs are also indexed by deadline ([`JobsByDeadline`]) and by
 //! provider ([`JobsByProvider`]), so keepers find expirable jobs and workers their assignments
@@ -40,7 +51,8 @@
 //!
 //! Candidates are the providers the registry lists for the adapter's base model (at most
 //! `MaxCandidates`, which bounds the call's weight). A candidate is eligible when the registry
-//! offers it (active, fresh heartbeat, bond at least the minimum, a free slot) and its price
+//! offers it (active, fresh heartbeat, bond at least the minimum, a free slot, the adapter among
+//! those it declared) and its price
 //! for `max_output_tokens` output tokens plus the adapter's price is within `max_fee`. Among
 //! eligible candidates the pallet prefers, in order: the adapter already loaded on the
 //! provider's GPU; a higher `reputation x bond`; then a pseudo-random order drawn from
@@ -212,8 +224,16 @@ pub mod pallet {
         },
         /// A receipt of a batch was rejected; the rest of the batch was processed.
         ReceiptRejected { job: JobId, error: DispatchError },
+        /// The provider's worker refused a job for `reason`: the user got its whole escrow
+        /// back, nothing was charged or slashed.
+        JobRefused {
+            job: JobId,
+            provider: T::AccountId,
+            reason: RefusalReason,
+            refunded: BalanceOf<T>,
+        },
         /// A job passed its deadline: the user got its escrow back and `slashed` from the
-        /// provider's bond.
+        /// provider's bond (zero when the worker had not acknowledged the job).
         JobExpired {
             job: JobId,
             provider: T::AccountId,
@@ -369,13 +389,30 @@ pub mod pallet {
             Self::settle_batch(receipts)
         }
 
-        /// Expire `job` after its deadline: refund its escrow to the user and slash its
-        /// provider. Anyone may call this.
+        /// Expire `job` after its deadline: refund its escrow to the user, and slash its
+        /// provider if its worker had acknowledged the job. Anyone may call this; it costs no
+        /// fee when it succeeds.
         #[pallet::call_index(3)]
         #[pallet::weight(T::WeightInfo::expire())]
-        pub fn expire(origin: OriginFor<T>, job: JobId) -> DispatchResult {
+        pub fn expire(origin: OriginFor<T>, job: JobId) -> DispatchResultWithPostInfo {
             ensure_signed(origin)?;
-            Self::do_expire(job)
+            Self::do_expire(job)?;
+            Ok(Pays::No.into())
+        }
+
+        /// Refuse `job` as its provider's worker, for `reason`: the job closes, the user's escrow
+        /// is released in full and the provider is not slashed. Costs no fee when it succeeds
+        /// (a worker pays nothing for a request it could not serve).
+        #[pallet::call_index(4)]
+        #[pallet::weight(T::WeightInfo::refuse())]
+        pub fn refuse(
+            origin: OriginFor<T>,
+            job: JobId,
+            reason: RefusalReason,
+        ) -> DispatchResultWithPostInfo {
+            let who = ensure_signed(origin)?;
+            Self::do_refuse(&who, job, reason)?;
+            Ok(Pays::No.into())
         }
     }
 }

@@ -58,10 +58,12 @@ impl pallet_compute::Config for Test {
     type SlashFraction = SlashFraction;
     type ReputationReward = ConstU32<10_000>;
     type ReputationPenalty = ConstU32<50_000>;
+    type RefusalPenalty = ConstU32<5_000>;
     type ReputationHalfLife = ConstU64<1_000>;
     type MaxProvidersPerModel = ConstU32<8>;
     type MaxBaseModels = ConstU32<4>;
     type MaxHotAdapters = ConstU32<8>;
+    type MaxServedAdapters = ConstU32<8>;
     type MaxGpuNameLen = ConstU32<32>;
     type MaxPeerIdLen = ConstU32<64>;
     type MaxMultiaddrs = ConstU32<4>;
@@ -135,8 +137,8 @@ impl crate::BenchmarkHelper<AccountId> for BenchmarkProviders {
         1
     }
 
-    fn provider(who: &AccountId, worker_key: ed25519::Public, _adapter: AdapterId) {
-        pallet_compute::benchmarking::register_eligible::<Test>(who, worker_key, 3);
+    fn provider(who: &AccountId, worker_key: ed25519::Public, adapter: AdapterId) {
+        pallet_compute::benchmarking::register_eligible::<Test>(who, worker_key, 3, adapter);
     }
 }
 
@@ -207,6 +209,16 @@ pub fn register(who: AccountId, models: &[u32], price: Balance, max_concurrent: 
         max_concurrent,
     };
     assert_ok!(Compute::register_provider(RuntimeOrigin::signed(who), terms, MIN_BOND));
+    serve(who, &[1, 2]);
+}
+
+/// Declare that `who` serves `adapters` (replacing its declaration).
+pub fn serve(who: AccountId, adapters: &[AdapterId]) {
+    assert_ok!(Compute::set_served_adapters(
+        RuntimeOrigin::signed(who),
+        who,
+        adapters.to_vec().try_into().unwrap()
+    ));
 }
 
 pub fn genesis_hash() -> H256 {

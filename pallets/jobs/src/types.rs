@@ -1,7 +1,7 @@
 //! Plain data types of the marketplace.
 
 use crate::{BalanceOf, Config};
-use codec::{Decode, Encode, MaxEncodedLen};
+use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use frame_support::{
     pallet_prelude::BoundedVec, CloneNoBound, DebugNoBound, EqNoBound, PartialEqNoBound,
 };
@@ -10,7 +10,7 @@ use openledger_primitives::market::AdapterId;
 use scale_info::TypeInfo;
 use sp_core::H256;
 
-/// Where a job is in its life. Closed jobs (settled or expired) are deleted; see
+/// Where a job is in its life. Closed jobs (settled, refused or expired) are deleted; see
 /// [`JobStatus::Closed`] for how the runtime API reports them.
 #[derive(Clone, Copy, PartialEq, Eq, Encode, Decode, TypeInfo, MaxEncodedLen, DebugNoBound)]
 pub enum JobPhase {
@@ -50,6 +50,56 @@ pub struct Job<T: Config> {
     pub deadline: BlockNumberFor<T>,
 }
 
+/// Why a worker refused a job it was assigned: what the user sees through the gateway.
+///
+/// All but [`RefusalReason::WorkerFault`] are faults of the request or of its delivery, which
+/// the worker can show from the payload (once verification exists, a refusal the payload
+/// disproves will be slashable).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    TypeInfo,
+    MaxEncodedLen,
+    Debug,
+)]
+pub enum RefusalReason {
+    /// The gateway never delivered the payload (or denied it to this worker).
+    #[codec(index = 0)]
+    PayloadUnavailable,
+    /// The payload's BLAKE2b-256 differs from the job's `input_hash`.
+    #[codec(index = 1)]
+    PayloadMismatch,
+    /// The payload is not a job payload the worker can read.
+    #[codec(index = 2)]
+    MalformedPayload,
+    /// The payload is larger than the worker accepts.
+    #[codec(index = 3)]
+    PayloadTooLarge,
+    /// The prompt has no tokens.
+    #[codec(index = 4)]
+    EmptyPrompt,
+    /// The prompt plus the requested tokens do not fit the model's context.
+    #[codec(index = 5)]
+    PromptTooLong,
+    /// A sampling parameter is out of range, or the payload asks for more tokens than the job.
+    #[codec(index = 6)]
+    InvalidParameters,
+    /// The worker does not serve the job's adapter.
+    #[codec(index = 7)]
+    AdapterNotServed,
+    /// The worker could not load the job's adapter.
+    #[codec(index = 8)]
+    AdapterUnavailable,
+    /// The worker failed while running the job (its own fault; the user is refunded in full).
+    #[codec(index = 9)]
+    WorkerFault,
+}
+
 /// What the runtime API says about a job id.
 #[derive(CloneNoBound, PartialEqNoBound, DebugNoBound, Encode, Decode, TypeInfo)]
 #[scale_info(skip_type_params(T))]
@@ -58,7 +108,7 @@ pub enum JobStatus<T: Config> {
     Unknown,
     /// The job is open.
     Open(Job<T>),
-    /// The job was settled or expired (its events say which) and its record deleted.
+    /// The job was settled, refused or expired (its events say which) and its record deleted.
     Closed,
 }
 

@@ -45,6 +45,7 @@ pub trait WeightInfo {
 	fn acknowledge() -> Weight;
 	fn submit_receipts(n: u32, ) -> Weight;
 	fn expire() -> Weight;
+	fn refuse() -> Weight;
 }
 
 /// Measured weights, priced with the runtime's own database weights.
@@ -87,6 +88,11 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().reads(8))
 			.saturating_add(T::DbWeight::get().writes(10))
 	}
+	fn refuse() -> Weight {
+		Weight::from_parts(60_000_000, 3800)
+			.saturating_add(T::DbWeight::get().reads(4))
+			.saturating_add(T::DbWeight::get().writes(6))
+	}
 }
 
 /// The same measurements with ParityDB's reference database weights, for tests and mocks.
@@ -127,5 +133,10 @@ impl WeightInfo for () {
 		Weight::from_parts(131_735_000, 6218)
 			.saturating_add(ParityDbWeight::get().reads(8))
 			.saturating_add(ParityDbWeight::get().writes(10))
+	}
+	fn refuse() -> Weight {
+		Weight::from_parts(60_000_000, 3800)
+			.saturating_add(ParityDbWeight::get().reads(4))
+			.saturating_add(ParityDbWeight::get().writes(6))
 	}
 }

@@ -11,11 +11,17 @@ use frame_support::{
 
 type Registry = Compute;
 
+/// Register `who` serving base model 3 at `price`, declaring adapter 42.
 fn register(who: AccountId, price: Balance) {
     assert_ok!(Compute::register_provider(
         RuntimeOrigin::signed(who),
         terms(who as u8, &[3], price),
         MIN_BOND
+    ));
+    assert_ok!(Compute::set_served_adapters(
+        RuntimeOrigin::signed(who),
+        who,
+        vec![42].try_into().unwrap()
     ));
 }
 
@@ -202,5 +208,87 @@ fn provider_info_reports_everything() {
         assert!(info.eligible);
         assert_eq!(info.reputation_now, NEUTRAL_REPUTATION);
         assert!(Compute::provider_info(&2).is_none());
+    });
+}
+
+#[test]
+fn only_declared_adapters_are_offered() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert!(offer(1).is_some());
+        assert!(<Registry as ProviderRegistry<_, _>>::offer(&1, 3, 43).is_none());
+        // Replacing the declaration drops 42.
+        assert_ok!(Compute::set_served_adapters(
+            RuntimeOrigin::signed(1),
+            1,
+            vec![43, 43, 44].try_into().unwrap()
+        ));
+        assert!(offer(1).is_none());
+        assert!(<Registry as ProviderRegistry<_, _>>::offer(&1, 3, 43).is_some());
+        assert_eq!(crate::ServedAdapterCount::<Test>::get(1), 2);
+        assert_eq!(
+            compute_events().last(),
+            Some(&Event::AdaptersServed { provider: 1, served: 2 })
+        );
+        // An empty declaration serves nothing.
+        assert_ok!(Compute::set_served_adapters(RuntimeOrigin::signed(1), 1, Default::default()));
+        assert!(<Registry as ProviderRegistry<_, _>>::offer(&1, 3, 43).is_none());
+        assert!(!crate::ServedAdapterCount::<Test>::contains_key(1));
+    });
+}
+
+#[test]
+fn served_adapters_need_the_operator_or_worker_and_are_bounded() {
+    build_and_execute(|| {
+        register(1, 25);
+        frame_support::assert_noop!(
+            Compute::set_served_adapters(RuntimeOrigin::signed(2), 1, Default::default()),
+            crate::Error::<Test>::NotAuthorised
+        );
+        frame_support::assert_noop!(
+            Compute::set_served_adapters(RuntimeOrigin::signed(2), 2, Default::default()),
+            crate::Error::<Test>::NotRegistered
+        );
+        let too_many: Result<frame_support::BoundedVec<u32, _>, _> = frame_support::BoundedVec::<
+            u32,
+            frame_support::traits::ConstU32<MAX_SERVED>,
+        >::try_from(
+            (0..=MAX_SERVED).collect::<Vec<_>>(),
+        );
+        assert!(too_many.is_err(), "the call's argument cannot carry more than the bound");
+    });
+}
+
+#[test]
+fn withdraw_forgets_served_adapters() {
+    build_and_execute(|| {
+        register(1, 25);
+        assert_ok!(Compute::unregister(RuntimeOrigin::signed(1)));
+        run_to_block(1 + UNBONDING);
+        assert_ok!(Compute::withdraw_unbonded(RuntimeOrigin::signed(1)));
+        assert!(!crate::ServedAdapters::<Test>::contains_key(1, 42));
+        assert!(!crate::ServedAdapterCount::<Test>::contains_key(1));
+    });
+}
+
+#[test]
+fn refused_and_abandoned_jobs_free_the_slot_without_slashing() {
+    build_and_execute(|| {
+        register(1, 25);
+        let held = || Balances::balance_on_hold(&HoldReason::ProviderBond.into(), &1);
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        assert_ok!(<Registry as ProviderRegistry<_, _>>::job_assigned(&1));
+        assert!(offer(1).is_none(), "both slots taken");
+        <Registry as ProviderRegistry<_, _>>::job_refused(&1);
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        assert_eq!((state.open_jobs, state.free_slots), (1, 1));
+        assert_eq!(state.reputation, NEUTRAL_REPUTATION - REFUSAL_PENALTY);
+        assert!(offer(1).is_some(), "the refused job's slot is free again");
+        <Registry as ProviderRegistry<_, _>>::job_abandoned(&1);
+        let state = ProviderStates::<Test>::get(1).unwrap();
+        assert_eq!((state.open_jobs, state.free_slots), (0, 2));
+        assert_eq!(state.reputation, NEUTRAL_REPUTATION - REFUSAL_PENALTY - PENALTY);
+        assert_eq!(held(), MIN_BOND, "no slash for a refusal or an unacknowledged job");
+        assert_eq!(state.bond, MIN_BOND);
     });
 }

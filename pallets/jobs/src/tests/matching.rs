@@ -198,3 +198,35 @@ fn fee_rounds_up_to_the_smallest_unit() {
     assert_eq!(fee_for::<Balance>(1_001, 15), 16);
     assert_eq!(fee_for::<Balance>(u64::MAX, Balance::MAX), Balance::MAX / 1000 + 1);
 }
+
+#[test]
+fn a_provider_without_the_adapter_is_never_matched() {
+    build_and_execute(|| {
+        // P1 is the better candidate by price, stake and reputation, but lacks adapter 1.
+        register(P1, &[3], 1, 4);
+        assert_ok!(Compute::bond_extra(RuntimeOrigin::signed(P1), MIN_BOND));
+        serve(P1, &[2]);
+        register(P2, &[3], 40, 64);
+        for _ in 0..20 {
+            let job = submit(ALICE, 1, 10, 1_000);
+            assert_eq!(crate::Jobs::<Test>::get(job).unwrap().provider, P2);
+        }
+        assert_eq!(Jobs::quote(1, 10).map(|q| q.provider), Some(P2));
+        // With P2 gone, nobody serves adapter 1: the submission fails and holds nothing.
+        assert_ok!(Compute::unregister(RuntimeOrigin::signed(P2)));
+        assert!(Jobs::quote(1, 10).is_none());
+        let held = escrow_of(ALICE);
+        assert_noop!(
+            Jobs::submit_job(
+                RuntimeOrigin::signed(ALICE),
+                1,
+                sp_core::H256::zero(),
+                10,
+                1_000,
+                Default::default()
+            ),
+            Error::<Test>::NoProviderAvailable
+        );
+        assert_eq!(escrow_of(ALICE), held);
+    });
+}
