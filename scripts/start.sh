@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts OpenLedger on embedded defaults, all on this machine: a single-validator development
-# chain, an OpenAI-compatible gateway, and one CPU worker serving the embedded
-# SmolLM2-135M-Instruct Q4_1 with a demo adapter registered on chain. Prints a curl line that
+# chain, an OpenAI-compatible gateway, one CPU worker serving the embedded
+# SmolLM2-135M-Instruct Q4_1 with a demo adapter registered on chain, and a keeper that
+# expires jobs past their deadline. Prints a curl line that
 # returns a completion, and where to see its payout split; runs until Ctrl-C.
 #
 #   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
@@ -83,6 +84,11 @@ for i in $(seq 1 120); do
     sleep 1
 done
 
+# The keeper (Charlie's account): expires jobs past their deadline so no escrow stays held.
+"$bin/openledger-worker" --chain-url "$ws" --operator //Charlie keeper \
+    >"$state/logs/keeper.out" 2>"$state/logs/keeper.log" &
+pids+=($!)
+
 if [ "${#then_cmd[@]}" -gt 0 ]; then
     status=0
     OPENLEDGER_HTTP="http://127.0.0.1:$http_port/v1" OPENLEDGER_WS="$ws" \
@@ -104,6 +110,9 @@ Bob) serving SmolLM2-135M-Instruct with demo adapter $adapter (owner Dave).
   worker's receipt settles it: see the jobs.JobSettled and attribution.FeeSplit events (every
   payee and amount) in polkadot.js Apps:
     https://polkadot.js.org/apps/?rpc=ws%3A%2F%2F127.0.0.1%3A$rpc_port#/explorer
+
+  Cancel a running job (the worker stops and charges only what was delivered):
+    curl -s -X POST http://127.0.0.1:$http_port/v1/jobs/<job>/cancel -H 'Authorization: Bearer demo-key'
 
   Chain JSON-RPC: $ws    Prometheus: http://127.0.0.1:$prom_port/metrics
   Models:         curl -s http://127.0.0.1:$http_port/v1/models

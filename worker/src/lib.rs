@@ -9,7 +9,8 @@
 //! heartbeats, jobs, receipts. [`service`] is the worker's job loop (assignments from the
 //! chain, payloads and tokens over libp2p through `openledger-p2p`, the engine, receipts),
 //! and [`gateway`] the OpenAI-compatible HTTP API that submits jobs and relays their tokens.
-//! [`job_payload`] is what travels from gateway to worker and how both hash it.
+//! [`job_payload`] is what travels from gateway to worker and how both hash it. [`keeper`]
+//! expires jobs past their deadline, so no escrow stays held.
 
 pub mod chain;
 pub mod cli;
@@ -17,5 +18,6 @@ pub mod engine;
 pub mod engine_host;
 pub mod gateway;
 pub mod job_payload;
+pub mod keeper;
 pub mod metrics;
 pub mod service;

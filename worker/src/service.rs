@@ -5,9 +5,15 @@
 //!   connection the loop reconnects and resumes from what is open on chain, so a node restart
 //!   neither drops nor doubles a job.
 //! - Each job: pull the payload from the job's gateway over libp2p, check its hash against
-//!   the chain's `input_hash` (a mismatch is refused: no acknowledgement, nothing charged),
-//!   acknowledge, run it through the shared engine (every running job shares each batch),
-//!   stream tokens back, and queue a receipt signed with the worker key.
+//!   the chain's `input_hash`, hand it to the shared engine (every running job shares each
+//!   batch), and only once the engine has accepted it acknowledge it; stream tokens back, and
+//!   queue a receipt signed with the worker key for the tokens the gateway accepted.
+//! - A job the worker cannot serve (payload missing, altered or malformed, an adapter it does
+//!   not serve, a request the engine refuses, a failed generation) is refused on chain with a
+//!   [`RefusalReason`]: the user's escrow comes back in full and nothing is slashed. The
+//!   gateway hears the reason in a final chunk (`finish.reason` = `refused:<code>`).
+//! - A gateway that cancels a job (its client went away) answers the next chunk
+//!   `Cancelled`: the worker stops the generation and charges only what was delivered.
 //! - Receipts go on chain in batches; heartbeats report the adapters resident in memory.
 
 use std::collections::HashMap;
@@ -22,9 +28,9 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::chain::{
     sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
-    ReceiptOutcome,
+    ReceiptOutcome, RefusalReason,
 };
-use crate::engine::{FinishReason, GenerationRequest, StreamEvent};
+use crate::engine::{EngineError, FinishReason, GenerationRequest, StreamEvent};
 use crate::engine_host::EngineHost;
 use crate::job_payload::{self, JobPayload};
 use crate::metrics::WorkerMetrics;
@@ -138,40 +144,76 @@ impl Worker {
         }
     }
 
-    /// Serve one job end to end.
+    /// Serve one job end to end. A job the worker cannot serve is refused on chain with its
+    /// reason (the user's escrow comes back in full, nothing is slashed) and the gateway is
+    /// told why, so the user sees the reason at once.
     async fn serve(self: Arc<Self>, job: JobId, record: Job) {
         *self.running.lock().await += 1;
         self.metrics.running_jobs.inc();
         let outcome = self.serve_inner(job, &record).await;
         *self.running.lock().await -= 1;
         self.metrics.running_jobs.dec();
-        if let Err(reason) = outcome {
-            tracing::warn!(job, %reason, "job refused");
+        if let Err(Refusal { reason, detail }) = outcome {
+            tracing::warn!(job, reason = reason.code(), %detail, "refusing the job");
             self.metrics.jobs.with_label_values(&["refused"]).inc();
+            if let Ok(gateway) = PeerId::from_bytes(&record.gateway) {
+                let chunk = TokenChunk {
+                    job,
+                    seq: 0,
+                    text: detail.clone(),
+                    finish: Some(Finish {
+                        reason: format!("{REFUSED_PREFIX}{}", reason.code()),
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        output_hash: [0; 32],
+                    }),
+                };
+                if let Err(e) = self.p2p.send_tokens(gateway, chunk).await {
+                    tracing::debug!(job, error = %e, "could not tell the gateway of the refusal");
+                }
+            }
+            let chain = self.chain().await;
+            if let Err(e) = chain.refuse(&self.config.signer, job, reason).await {
+                // The job then expires; unacknowledged it costs reputation only.
+                tracing::warn!(job, error = %e, "the refusal did not reach the chain");
+            }
         }
     }
 
-    async fn serve_inner(&self, job: JobId, record: &Job) -> Result<(), String> {
-        let gateway = PeerId::from_bytes(&record.gateway)
-            .map_err(|e| format!("the job's gateway peer id is malformed: {e}"))?;
-        let adapter =
-            self.config.adapters.get(&record.adapter).cloned().ok_or_else(|| {
-                format!("adapter {} is not served by this worker", record.adapter)
-            })?;
+    async fn serve_inner(&self, job: JobId, record: &Job) -> Result<(), Refusal> {
+        let gateway = PeerId::from_bytes(&record.gateway).map_err(|e| {
+            Refusal::new(
+                RefusalReason::PayloadUnavailable,
+                format!("the job's gateway peer id is malformed: {e}"),
+            )
+        })?;
+        let adapter = self.config.adapters.get(&record.adapter).cloned().ok_or_else(|| {
+            Refusal::new(
+                RefusalReason::AdapterNotServed,
+                format!("adapter {} is not served by this worker", record.adapter),
+            )
+        })?;
         let bytes = self.fetch_payload(gateway, job).await?;
         if job_payload::hash(&bytes) != record.input_hash.0 {
-            return Err("the gateway's payload does not match the job's input_hash".into());
+            return Err(Refusal::new(
+                RefusalReason::PayloadMismatch,
+                "the gateway's payload does not match the job's input_hash",
+            ));
         }
-        let payload = JobPayload::from_bytes(&bytes)
-            .map_err(|e| format!("the payload is not a job payload: {e}"))?;
+        let payload = JobPayload::from_bytes(&bytes).map_err(|e| {
+            Refusal::new(RefusalReason::MalformedPayload, format!("not a job payload: {e}"))
+        })?;
         if payload.max_tokens > record.max_output_tokens {
-            return Err("the payload asks for more tokens than the job allows".into());
+            return Err(Refusal::new(
+                RefusalReason::InvalidParameters,
+                format!(
+                    "the payload asks for {} tokens, the job allows {}",
+                    payload.max_tokens, record.max_output_tokens
+                ),
+            ));
         }
-        // Acknowledge while the engine runs: tokens stream to the gateway at once, and only
-        // the receipt waits for the acknowledgement to be in a block.
-        let chain = self.chain().await;
-        let signer = self.config.signer.clone();
-        let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
+        // The engine checks the request before anything is acknowledged: a request it refuses
+        // is refused on chain, never acknowledged and left to expire.
         let mut events = self
             .engine
             .generate(GenerationRequest {
@@ -180,74 +222,112 @@ impl Worker {
                 params: payload.sampling(),
             })
             .await
-            .map_err(|e| format!("the engine refused the request: {e}"))?;
+            .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))?;
+        // Acknowledge while the engine runs: tokens stream to the gateway at once, and only
+        // the receipt waits for the acknowledgement to be in a block.
+        let chain = self.chain().await;
+        let signer = self.config.signer.clone();
+        let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
         // Tokens are coalesced: at most one chunk per job every `CHUNK_INTERVAL`, so a worker
-        // streaming many jobs stays within the gateway's per-peer request rate.
-        let mut text = String::new();
-        let mut pending = String::new();
+        // streaming many jobs stays within the gateway's per-peer request rate. Only what the
+        // gateway accepted is charged: `delivered` counts it.
+        let mut delivered = Delivered::default();
+        let mut pending = Pending::default();
         let mut seq = 0u32;
         let mut last_sent = tokio::time::Instant::now();
+        let mut prompt_tokens = 0usize;
+        let mut finished: Option<&'static str> = None;
+        let mut cancelled = false;
         while let Some(event) = events.recv().await {
             match event {
                 StreamEvent::Token { text: piece, .. } => {
                     self.metrics.tokens.inc();
-                    text.push_str(&piece);
-                    pending.push_str(&piece);
-                    if !pending.is_empty() && last_sent.elapsed() >= CHUNK_INTERVAL {
-                        let chunk = TokenChunk {
-                            job,
-                            seq,
-                            text: std::mem::take(&mut pending),
-                            finish: None,
-                        };
+                    pending.push(&piece);
+                    if last_sent.elapsed() >= CHUNK_INTERVAL && !pending.text.is_empty() {
+                        let chunk =
+                            TokenChunk { job, seq, text: pending.text.clone(), finish: None };
                         seq += 1;
-                        if let Err(e) = self.send_chunk(gateway, chunk).await {
-                            tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
+                        match self.send_chunk(gateway, chunk).await {
+                            Ok(()) => delivered.take(&mut pending),
+                            Err(P2pError::Cancelled { .. }) => {
+                                cancelled = true;
+                                break;
+                            },
+                            Err(e) => {
+                                tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
+                                pending.clear();
+                            },
                         }
                         last_sent = tokio::time::Instant::now();
                     }
                 },
-                StreamEvent::Finished { reason, prompt_tokens, completion_tokens } => {
-                    let output_hash = job_payload::hash(text.as_bytes());
-                    let input_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
-                    let output_tokens = u32::try_from(completion_tokens).unwrap_or(u32::MAX);
-                    let finish = Finish {
-                        reason: finish_reason(reason).into(),
-                        input_tokens,
-                        output_tokens,
-                        output_hash,
-                    };
-                    let last = TokenChunk { job, seq, text: pending, finish: Some(finish) };
-                    if let Err(e) = self.send_chunk(gateway, last).await {
-                        tracing::warn!(job, error = %e, "could not send the final chunk");
-                    }
-                    // A receipt settles an assigned job whether or not its acknowledgement
-                    // made it into a block, so a failed acknowledgement is only reported.
-                    match ack.await {
-                        Ok(Ok(())) => self.metrics.jobs.with_label_values(&["acknowledged"]).inc(),
-                        Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
-                        Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
-                    }
-                    let receipt = sign_receipt(
-                        &self.config.worker_key,
-                        self.genesis_hash,
-                        &self.config.provider,
-                        record.adapter,
+                StreamEvent::Finished { reason, prompt_tokens: prompt, .. } => {
+                    prompt_tokens = prompt;
+                    let reason = finish_reason(reason);
+                    finished = Some(reason);
+                    // The last chunk carries the totals; if the gateway takes it, every token
+                    // was delivered.
+                    let mut all = delivered.clone();
+                    all.take(&mut pending.clone());
+                    let last = TokenChunk {
                         job,
-                        output_hash,
-                        input_tokens,
-                        output_tokens,
-                        &[],
-                    )
-                    .map_err(|e| e.to_string())?;
-                    let _ = self.receipts.send(receipt);
-                    return Ok(());
+                        seq,
+                        text: pending.text.clone(),
+                        finish: Some(Finish {
+                            reason: reason.into(),
+                            input_tokens: u32::try_from(prompt).unwrap_or(u32::MAX),
+                            output_tokens: all.tokens,
+                            output_hash: job_payload::hash(all.text.as_bytes()),
+                        }),
+                    };
+                    match self.send_chunk(gateway, last).await {
+                        Ok(()) => delivered = all,
+                        Err(P2pError::Cancelled { .. }) => cancelled = true,
+                        Err(e) => tracing::warn!(job, error = %e, "could not send the final chunk"),
+                    }
+                    break;
                 },
-                StreamEvent::Failed(e) => return Err(format!("generation failed: {e}")),
+                StreamEvent::Failed(e) => {
+                    return Err(Refusal::new(
+                        RefusalReason::WorkerFault,
+                        format!("generation failed: {e}"),
+                    ))
+                },
             }
         }
-        Err("the engine stopped before the job finished".into())
+        // Dropping the stream cancels the request in the engine within one step.
+        drop(events);
+        if cancelled {
+            tracing::info!(job, tokens = delivered.tokens, "the gateway cancelled the job");
+            self.metrics.jobs.with_label_values(&["cancelled"]).inc();
+        } else if finished.is_none() {
+            return Err(Refusal::new(
+                RefusalReason::WorkerFault,
+                "the engine stopped before the job finished",
+            ));
+        }
+        // A receipt settles an assigned job whether or not its acknowledgement made it into a
+        // block, so a failed acknowledgement is only reported.
+        match ack.await {
+            Ok(Ok(())) => self.metrics.jobs.with_label_values(&["acknowledged"]).inc(),
+            Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
+            Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
+        }
+        let receipt = sign_receipt(
+            &self.config.worker_key,
+            self.genesis_hash,
+            &self.config.provider,
+            record.adapter,
+            job,
+            job_payload::hash(delivered.text.as_bytes()),
+            u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+            delivered.tokens,
+            &[],
+        )
+        .map_err(|e| Refusal::new(RefusalReason::WorkerFault, e.to_string()))?;
+        let _ = self.receipts.send(receipt);
+        Ok(())
     }
 
     /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
@@ -267,16 +347,25 @@ impl Worker {
     }
 
     /// Fetch the payload, retrying while the gateway has not offered it yet.
-    async fn fetch_payload(&self, gateway: PeerId, job: JobId) -> Result<Vec<u8>, String> {
+    async fn fetch_payload(&self, gateway: PeerId, job: JobId) -> Result<Vec<u8>, Refusal> {
         let deadline = tokio::time::Instant::now() + self.config.fetch_patience;
         loop {
             match self.p2p.fetch_payload(gateway, job).await {
                 Ok(bytes) => return Ok(bytes),
-                Err(e @ FetchError::Denied { .. }) | Err(e @ FetchError::TooLarge { .. }) => {
-                    return Err(format!("payload refused: {e}"))
+                Err(e @ FetchError::TooLarge { .. }) => {
+                    return Err(Refusal::new(RefusalReason::PayloadTooLarge, e.to_string()))
+                },
+                Err(e @ FetchError::Denied { .. }) => {
+                    return Err(Refusal::new(
+                        RefusalReason::PayloadUnavailable,
+                        format!("payload refused: {e}"),
+                    ))
                 },
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("no payload from the gateway: {e}"))
+                    return Err(Refusal::new(
+                        RefusalReason::PayloadUnavailable,
+                        format!("no payload from the gateway: {e}"),
+                    ))
                 },
                 Err(e) => {
                     tracing::debug!(job, error = %e, "payload not available yet");
@@ -375,6 +464,67 @@ impl Worker {
             self.metrics.queue_depth.set(load.waiting as i64);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Why a job is refused, and the detail logged and shown to the user.
+struct Refusal {
+    reason: RefusalReason,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+/// What a final token chunk's `reason` starts with when the worker refused the job; the rest
+/// is the [`RefusalReason::code`].
+pub const REFUSED_PREFIX: &str = "refused:";
+
+/// Tokens streamed to the gateway, or waiting to be.
+#[derive(Clone, Default)]
+struct Delivered {
+    text: String,
+    tokens: u32,
+}
+
+/// Tokens generated since the last chunk.
+#[derive(Clone, Default)]
+struct Pending {
+    text: String,
+    tokens: u32,
+}
+
+impl Pending {
+    fn push(&mut self, piece: &str) {
+        self.text.push_str(piece);
+        self.tokens = self.tokens.saturating_add(1);
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl Delivered {
+    /// The gateway accepted `pending`: count it as delivered.
+    fn take(&mut self, pending: &mut Pending) {
+        self.text.push_str(&pending.text);
+        self.tokens = self.tokens.saturating_add(pending.tokens);
+        pending.clear();
+    }
+}
+
+/// The refusal reason for a request the engine would not take.
+fn refusal_for(error: &EngineError) -> RefusalReason {
+    match error {
+        EngineError::UnknownAdapter(_) => RefusalReason::AdapterNotServed,
+        EngineError::BadRequest { .. } | EngineError::Tokenizer(_) => {
+            RefusalReason::InvalidParameters
+        },
+        _ => RefusalReason::WorkerFault,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use openledger_worker::chain::{
     blake2_256, sign_receipt, AssignmentWatcher, ChainClient, ChainError, Endpoint, GpuSpec,
-    JobPhase, ProviderTerms, ReceiptOutcome,
+    JobPhase, ProviderTerms, ReceiptOutcome, RefusalReason,
 };
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
@@ -78,6 +78,18 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
     assert!(listed
         .iter()
         .any(|(id, a)| *id == adapter && a.owner == account(&dave) && a.rank == 16));
+
+    // Bob has not declared the adapter: no quote, nothing can be matched.
+    assert_eq!(chain.quote(adapter, 256).await.expect("quotes"), None);
+    chain.set_served_adapters(&bob, &account(&bob), &[adapter]).await.expect("declares");
+    assert_eq!(
+        chain.served_adapters(&account(&bob)).await.expect("reads"),
+        [adapter].into_iter().collect()
+    );
+    let quote = chain.quote(adapter, 256).await.expect("quotes").expect("Bob is quoted");
+    assert_eq!(quote.provider, account(&bob));
+    assert_eq!(quote.price_per_1k, 3 * MILLI);
+    assert_eq!(quote.min_max_fee, 256 * 3 * MILLI / 1_000);
 
     // Alice submits a job; the watcher yields it once, then never again.
     let mut watcher = AssignmentWatcher::new(chain.clone(), account(&bob));
@@ -176,6 +188,24 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
         found = restarted.next_batch().await.expect("polls");
     }
     assert_eq!(found.iter().map(|(j, _)| *j).collect::<Vec<_>>(), vec![second.job]);
+
+    // The keeper's view: the job is due at its deadline block.
+    let due = chain.jobs_due_at(second.deadline, 16).await.expect("runtime API answers");
+    assert!(due.contains(&second.job), "{due:?}");
+
+    // Bob's worker refuses it: the whole escrow goes back to Alice, nothing is slashed.
+    let alice_before = chain.free_balance(&account(&alice)).await.expect("balance");
+    let bond_before = chain.provider(&account(&bob)).await.expect("reads").is_some();
+    chain.refuse(&bob, second.job, RefusalReason::PromptTooLong).await.expect("refuses");
+    assert_eq!(chain.job(second.job).await.expect("reads"), None);
+    let alice_after = chain.free_balance(&account(&alice)).await.expect("balance");
+    assert_eq!(alice_after - alice_before, second.escrow, "the whole escrow is back");
+    assert!(bond_before);
+    let again = chain.refuse(&bob, second.job, RefusalReason::EmptyPrompt).await;
+    assert!(
+        matches!(&again, Err(ChainError::Dispatch { error, .. }) if error.contains("JobClosed")),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

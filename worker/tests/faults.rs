@@ -1,66 +1,23 @@
 //! The full loop under faults, with real processes on loopback: a worker killed mid-job (the
-//! job expires, the user gets the whole escrow back plus the slash), a gateway that serves a
-//! payload not matching the on-chain hash (the worker refuses it, nothing is charged), and a
+//! job expires, the user gets the whole escrow back plus the slash, since the worker had
+//! acknowledged it), a gateway that serves a payload not matching the on-chain hash (the worker
+//! refuses it on chain at once: the escrow comes back, nothing is charged or slashed), and a
 //! node restarted under a running worker and gateway (they carry on; no job runs twice).
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use openledger_p2p::{keypair_from_ed25519_secret, P2pConfig};
 use openledger_worker::chain::{blake2_256, ChainClient};
-use openledger_worker::engine::{
-    write_random_adapter, Engine, EngineConfig, ModelSource, Projection,
-};
 use openledger_worker::job_payload::JobPayload;
 use serde_json::json;
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
 
+use common::market::{demo_adapter, short_deadlines, wait_past, OPEN};
 use common::node::DevNode;
-use common::procs::{gateway, model, post, worker};
-
-const OPEN: u128 = 1_000_000_000_000_000_000;
-const MILLI: u128 = OPEN / 1_000;
-
-/// Write the demo adapter into `dir/adapters/demo` and register it (owner Dave).
-async fn demo_adapter(chain: &ChainClient, dir: &Path) -> u32 {
-    let engine = Engine::load(&ModelSource::Gguf(model()), EngineConfig::default(), &Device::Cpu)
-        .expect("the model loads");
-    let path = dir.join("adapters").join("demo");
-    write_random_adapter(&path, engine.model().config(), 8, &[Projection::Q, Projection::V], 3)
-        .expect("adapter written");
-    let weights = std::fs::read(path.join("adapter_model.safetensors")).expect("weights");
-    chain
-        .register_adapter(&dev::dave(), 0, blake2_256(&weights), 8, 0b101, MILLI, &[])
-        .await
-        .expect("adapter registers")
-}
-
-/// Shorten the acknowledgement and receipt deadlines (root-settable runtime parameters).
-async fn short_deadlines(chain: &ChainClient, blocks: u32) {
-    let key = |name: &str| sp_crypto_hashing::twox_128(format!(":{name}:").as_bytes()).to_vec();
-    chain
-        .sudo_set_storage(
-            &dev::alice(),
-            vec![
-                (key("JobAckTimeout"), blocks.to_le_bytes().to_vec()),
-                (key("JobReceiptTimeout"), blocks.to_le_bytes().to_vec()),
-            ],
-        )
-        .await
-        .expect("sudo sets the deadlines");
-}
-
-async fn wait_past(chain: &ChainClient, deadline: u32) {
-    let started = Instant::now();
-    while chain.best().await.expect("best block").block_number() <= u64::from(deadline) {
-        assert!(started.elapsed() < Duration::from_secs(120), "block {deadline} never came");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+use common::procs::{gateway, post, worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_slash() {
@@ -103,10 +60,11 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
     bob.kill();
     let job = first["openledger"]["job"].as_u64().expect("the event names its job");
 
-    // The HTTP caller's stream ends with a clear error, not a hang and not [DONE].
+    // The HTTP caller's stream ends with a clear error, not a hang and not [DONE], saying what
+    // happens to the escrow.
     let events = stream.join().expect("stream thread");
     let last = events.last().expect("events");
-    assert!(last.contains("job_expired"), "{events:?}");
+    assert!(last.contains("job_timeout") && last.contains("escrow"), "{events:?}");
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
 
     // Anyone expires the job after its deadline: the whole escrow and the slash go to Alice.
@@ -123,6 +81,8 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
     let before = chain.free_balance(&alice).await.expect("balance");
     let expired = chain.expire(&dev::ferdie(), job).await.expect("expires");
     assert_eq!(expired.refunded, record.escrow);
+    // The worker acknowledged the job before streaming and then failed: it is slashed.
+    assert_eq!(record.phase, openledger_worker::chain::JobPhase::Acknowledged);
     assert!(expired.slashed > 0, "the provider is slashed");
     let after = chain.free_balance(&alice).await.expect("balance");
     assert_eq!(after - before, record.escrow + expired.slashed);
@@ -156,7 +116,7 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
     };
     let alice = dev::alice();
     let alice_id = AccountId32(alice.public_key().0);
-    let before = chain.free_balance(&alice_id).await.expect("balance");
+    let (before, held_before) = chain.balances(&alice_id).await.expect("balance");
     let assigned = chain
         .submit_job(
             &alice,
@@ -177,15 +137,23 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
     let worker_peer = openledger_p2p::peer_id_of_ed25519_public(&worker_key).expect("peer id");
     gateway.offer_payload(assigned.job, served.to_bytes(), worker_peer).await.expect("offered");
 
-    // The worker never acknowledges it; after the deadline the job expires with a full
-    // refund, and Alice has paid nothing but the submission's transaction fee.
-    wait_past(&chain, assigned.deadline).await;
-    let record = chain.job(assigned.job).await.expect("reads").expect("still open");
-    assert_eq!(record.phase, openledger_worker::chain::JobPhase::Assigned, "never acknowledged");
-    let expired = chain.expire(&dev::ferdie(), assigned.job).await.expect("expires");
-    assert_eq!(expired.refunded, assigned.escrow);
-    let after = chain.free_balance(&alice_id).await.expect("balance");
-    assert_eq!(before - fee + expired.slashed, after, "only the submission fee was paid");
+    // The worker never acknowledges it: it refuses it on chain at once, naming the reason. The
+    // escrow comes back in full; Alice has paid nothing but the submission's transaction fee,
+    // and the provider's bond is untouched.
+    let bond_before = chain.balances(&assigned.provider).await.expect("balances").1;
+    let started = Instant::now();
+    while chain.job(assigned.job).await.expect("reads").is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the job was never refused");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refusals = chain.refusals([assigned.job].into()).await.expect("events");
+    let refused = refusals.get(&assigned.job).expect("a JobRefused event");
+    assert_eq!(refused.reason, openledger_worker::chain::RefusalReason::PayloadMismatch);
+    assert_eq!(refused.refunded, assigned.escrow);
+    let after = chain.balances(&alice_id).await.expect("balance");
+    assert_eq!(after, (before - fee, held_before), "only the submission fee was paid");
+    assert_eq!(chain.balances(&assigned.provider).await.expect("balances").1, bond_before);
+    assert!(chain.expiries([assigned.job].into()).await.expect("events").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

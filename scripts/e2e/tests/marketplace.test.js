@@ -6,8 +6,8 @@
 // OPEN.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomAsU8a, ed25519PairFromSeed, blake2AsU8a } from '@polkadot/util-crypto';
-import { stringToU8a, u8aToHex } from '@polkadot/util';
+import { randomAsU8a, ed25519PairFromSeed, blake2AsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
+import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
 import { signReceipt } from '../lib/receipt.js';
@@ -107,7 +107,12 @@ describe('GPU marketplace through polkadot.js', () => {
     assert.equal(afterReg.reserved - before.reserved, bond);
     assert.equal(before.free - afterReg.free, bond + feePaid(api, events));
 
-    // The worker account (Charlie) reports the adapters it has hot.
+    // The worker account (Charlie) declares the adapters it serves (matching offers Bob only
+    // jobs for these) and reports the ones it has hot.
+    const served = await sendAndWait(api, api.tx.compute.setServedAdapters(bob.address, [ADAPTER]), charlie);
+    const [declared] = find(api, served.events, api.events.compute.AdaptersServed);
+    assert.equal(declared.served.toNumber(), 1);
+    assert.ok((await api.query.compute.servedAdapters(bob.address, ADAPTER)).isSome);
     const hb = await sendAndWait(api, api.tx.compute.heartbeat(bob.address, [ADAPTER], 4), charlie);
     assert.equal(find(api, hb.events, api.events.compute.HeartbeatReceived).length, 1);
   });
@@ -348,25 +353,71 @@ describe('GPU marketplace through polkadot.js', () => {
     assert.equal(find(api, settled.events, api.events.jobs.JobSettled).length, 1);
   });
 
-  test('a job without a receipt by its deadline expires: full refund and the bond slash go to the user', async () => {
-    const { ferdie, eve, bob } = keys;
+  async function waitPast(deadline) {
+    for (;;) {
+      const head = (await api.rpc.chain.getHeader()).number.toNumber();
+      if (head > deadline) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
+  test('a worker refuses a job it cannot serve: the whole escrow comes back, no slash, no fee', async () => {
+    const { ferdie, bob, charlie } = keys;
     const maxFee = OPEN / 2n;
-    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('late'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('too long'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
     const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
     const job = assigned.job.toNumber();
-    const deadline = assigned.deadline.toNumber();
+    const [ferdieBefore, bobBefore, charlieBefore] = await Promise.all([ferdie, bob, charlie].map((k) => account(api, k.address)));
+    const res = await sendAndWait(api, api.tx.jobs.refuse(job, 'PromptTooLong'), charlie);
+    const [refused] = find(api, res.events, api.events.jobs.JobRefused);
+    assert.equal(refused.reason.toString(), 'PromptTooLong');
+    assert.equal(refused.refunded.toBigInt(), maxFee);
+    const [ferdieAfter, bobAfter, charlieAfter] = await Promise.all([ferdie, bob, charlie].map((k) => account(api, k.address, res.blockHash)));
+    assert.equal(ferdieBefore.reserved - ferdieAfter.reserved, maxFee);
+    assert.equal(ferdieAfter.free - ferdieBefore.free, maxFee, 'every planck of the escrow is back');
+    assert.equal(bobAfter.reserved, bobBefore.reserved, 'no slash');
+    assert.equal(charlieAfter.free, charlieBefore.free, 'a successful refusal costs the worker no fee');
+    assert.equal((await api.call.jobsApi.jobStatus(job)).isClosed, true);
+  });
+
+  test('an unacknowledged job past its deadline expires: full refund, reputation lost, no slash', async () => {
+    const { ferdie, eve, bob } = keys;
+    const maxFee = OPEN / 2n;
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('never taken'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
+    const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
+    const job = assigned.job.toNumber();
 
     // Too early: refused by name.
     await assert.rejects(sendAndWait(api, api.tx.jobs.expire(job), eve), (e) => {
       assert.equal(e.dispatchError, 'jobs.NotExpired');
       return true;
     });
+    await waitPast(assigned.deadline.toNumber());
+    const [ferdieBefore, bobBefore, eveBefore] = await Promise.all([ferdie, bob, eve].map((k) => account(api, k.address)));
+    const res = await sendAndWait(api, api.tx.jobs.expire(job), eve);
+    const [expired] = find(api, res.events, api.events.jobs.JobExpired);
+    assert.equal(expired.refunded.toBigInt(), maxFee);
+    assert.equal(expired.slashed.toBigInt(), 0n);
+    const [ferdieAfter, bobAfter, eveAfter] = await Promise.all([ferdie, bob, eve].map((k) => account(api, k.address, res.blockHash)));
+    assert.equal(ferdieAfter.free - ferdieBefore.free, maxFee);
+    assert.equal(bobAfter.reserved, bobBefore.reserved, 'no slash for a job never acknowledged');
+    assert.equal(eveAfter.free, eveBefore.free, 'a successful expiry costs the keeper no fee');
+  });
 
-    for (;;) {
-      const head = (await api.rpc.chain.getHeader()).number.toNumber();
-      if (head > deadline) break;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
+  test('an acknowledged job without a receipt by its deadline expires: full refund and the bond slash go to the user', async () => {
+    const { ferdie, eve, bob, charlie } = keys;
+    // Governance shortens the receipt deadline to 4 blocks for jobs acknowledged from now on.
+    const key = xxhashAsU8a(':JobReceiptTimeout:', 128);
+    const set = api.tx.system.setStorage([[u8aToHex(key), u8aToHex(bnToU8a(4, { bitLength: 32, isLe: true }))]]);
+    await sendAndWait(api, api.tx.sudo.sudo(set), keys.alice);
+    const maxFee = OPEN / 2n;
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('late'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
+    const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
+    const job = assigned.job.toNumber();
+    const ack = await sendAndWait(api, api.tx.jobs.acknowledge(job), charlie);
+    const [acked] = find(api, ack.events, api.events.jobs.JobAcknowledged);
+    await waitPast(acked.deadline.toNumber());
+
     const ferdieBefore = await account(api, ferdie.address);
     const bobBefore = await account(api, bob.address);
     const res = await sendAndWait(api, api.tx.jobs.expire(job), eve);

@@ -63,6 +63,14 @@ pub enum P2pError {
         /// The busy peer.
         peer: PeerId,
     },
+    /// The gateway cancelled the job (its client went away or asked to stop): stop sending.
+    #[error("peer {peer} cancelled job {job}")]
+    Cancelled {
+        /// The cancelling gateway.
+        peer: PeerId,
+        /// The job.
+        job: u64,
+    },
     /// No answer within [`P2pConfig::request_timeout`](crate::P2pConfig).
     #[error("no answer from {peer} within {timeout:?}")]
     Timeout {

@@ -31,6 +31,12 @@ pub enum P2pEvent {
         /// The worker that fetched it.
         by: PeerId,
     },
+    /// A job was cancelled through [`P2pHandle::cancel_job`] (gateway side). Every chunk of it
+    /// acknowledged to its worker came before this event in the channel; none comes after.
+    JobCancelled {
+        /// The job.
+        job: u64,
+    },
     /// The first connection to a peer opened.
     PeerConnected {
         /// The peer.
@@ -49,6 +55,7 @@ pub(crate) enum Command {
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, P2pError>> },
     OfferPayload { job: u64, payload: Vec<u8>, allowed: PeerId, reply: oneshot::Sender<()> },
     WithdrawPayload { job: u64, reply: oneshot::Sender<()> },
+    CancelJob { job: u64, reply: oneshot::Sender<()> },
     FetchPayload { gateway: PeerId, job: u64, reply: oneshot::Sender<Result<Vec<u8>, FetchError>> },
     SendTokens { gateway: PeerId, chunk: TokenChunk, reply: oneshot::Sender<Result<(), P2pError>> },
     Shutdown { reply: oneshot::Sender<()> },
@@ -114,6 +121,14 @@ impl P2pHandle {
     /// [`FetchError::Unknown`]. Withdrawing an unknown job does nothing.
     pub async fn withdraw_payload(&self, job: u64) -> Result<(), P2pError> {
         self.ask(|reply| Command::WithdrawPayload { job, reply }).await
+    }
+
+    /// Gateway side: cancels `job`: its payload is withdrawn and every later token chunk for it
+    /// is answered [`P2pError::Cancelled`], so its worker stops generating and charges only
+    /// what was delivered. The node remembers the last [`CANCELLED_JOBS_REMEMBERED`](crate::CANCELLED_JOBS_REMEMBERED) cancelled
+    /// jobs.
+    pub async fn cancel_job(&self, job: u64) -> Result<(), P2pError> {
+        self.ask(|reply| Command::CancelJob { job, reply }).await
     }
 
     /// Worker side: fetches `job`'s payload from `gateway`, dialling it by peer id if not

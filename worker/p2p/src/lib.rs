@@ -35,5 +35,5 @@ pub use config::{keypair_from_ed25519_secret, peer_id_of_ed25519_public, P2pConf
 pub use error::{FetchError, P2pError};
 pub use handle::{P2pEvent, P2pHandle};
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
-pub use node::spawn;
+pub use node::{spawn, CANCELLED_JOBS_REMEMBERED};
 pub use wire::{Finish, TokenChunk, PAYLOAD_PROTOCOL, TOKENS_PROTOCOL};

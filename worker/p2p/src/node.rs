@@ -34,6 +34,8 @@ const EVENT_QUEUE: usize = 1024;
 /// Events the task holds beyond [`EVENT_QUEUE`] while the application catches up. Token
 /// chunks beyond this are answered `Busy` instead of being buffered.
 const EVENT_BACKLOG: usize = 1024;
+/// How many cancelled jobs a gateway's node remembers (their late chunks are refused).
+pub const CANCELLED_JOBS_REMEMBERED: usize = 4096;
 /// Connections with no request in flight are closed after this long; the peer is redialled
 /// by its remembered address on the next request.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -78,6 +80,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         events,
         backlog: VecDeque::new(),
         offers: HashMap::new(),
+        cancelled: VecDeque::new(),
         rate: RateLimiter::new(config.requests_per_second_per_peer),
         listeners_starting,
         waiting_for_listeners: Vec::new(),
@@ -86,6 +89,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         parked: HashMap::new(),
         fetches: HashMap::new(),
         sends: HashMap::new(),
+        sending_job: HashMap::new(),
         serving: HashMap::new(),
         request_timeout: config.request_timeout,
     };
@@ -140,6 +144,9 @@ struct EventLoop {
     /// a worker's `send_tokens` returns only once its chunk reached the application.
     backlog: VecDeque<(P2pEvent, Option<ResponseChannel<TokensResponse>>)>,
     offers: HashMap<u64, Offer>,
+    /// Jobs the gateway application cancelled, oldest first (at most
+    /// [`CANCELLED_JOBS_REMEMBERED`]): their token chunks are answered `Cancelled`.
+    cancelled: VecDeque<u64>,
     rate: RateLimiter,
     listeners_starting: HashSet<libp2p::core::transport::ListenerId>,
     waiting_for_listeners: Vec<oneshot::Sender<Vec<Multiaddr>>>,
@@ -152,6 +159,8 @@ struct EventLoop {
     parked: HashMap<PeerId, Vec<Command>>,
     fetches: HashMap<OutboundRequestId, PendingFetch>,
     sends: HashMap<OutboundRequestId, Reply<Result<(), P2pError>>>,
+    /// The job of each token chunk in flight (to name it when the gateway cancels it).
+    sending_job: HashMap<OutboundRequestId, u64>,
     /// Payload responses on their way, to report [`P2pEvent::PayloadFetched`] once sent.
     serving: HashMap<InboundRequestId, u64>,
     request_timeout: Duration,
@@ -225,6 +234,18 @@ impl EventLoop {
                 }
                 let _ = reply.send(());
             },
+            Command::CancelJob { job, reply } => {
+                self.offers.remove(&job);
+                if !self.cancelled.contains(&job) {
+                    if self.cancelled.len() >= CANCELLED_JOBS_REMEMBERED {
+                        self.cancelled.pop_front();
+                    }
+                    self.cancelled.push_back(job);
+                }
+                debug!(job, "job cancelled");
+                self.enqueue(P2pEvent::JobCancelled { job }, None);
+                let _ = reply.send(());
+            },
             Command::FetchPayload { gateway, .. } | Command::SendTokens { gateway, .. }
                 if self.is_dialling(gateway) =>
             {
@@ -239,8 +260,10 @@ impl EventLoop {
                 self.fetches.insert(request, PendingFetch { job, reply });
             },
             Command::SendTokens { gateway, chunk, reply } => {
+                let job = chunk.job;
                 let request = self.swarm.behaviour_mut().tokens.send_request(&gateway, chunk);
                 self.sends.insert(request, reply);
+                self.sending_job.insert(request, job);
             },
             // Handled by the loop itself.
             Command::Shutdown { reply } => {
@@ -426,7 +449,14 @@ impl EventLoop {
         use request_response::{Event, Message};
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                if self.rate.allow(peer, Instant::now()) {
+                if self.cancelled.contains(&request.job) {
+                    debug!(%peer, job = request.job, "token chunk for a cancelled job");
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .tokens
+                        .send_response(channel, TokensResponse::Cancelled);
+                } else if self.rate.allow(peer, Instant::now()) {
                     self.enqueue(P2pEvent::Tokens { from: peer, chunk: request }, Some(channel));
                 } else {
                     debug!(%peer, job = request.job, "token chunk rate limited");
@@ -440,15 +470,18 @@ impl EventLoop {
             Event::Message {
                 peer, message: Message::Response { request_id, response }, ..
             } => {
+                let job = self.sending_job.remove(&request_id).unwrap_or_default();
                 let Some(reply) = self.sends.remove(&request_id) else { return };
                 let result = match response {
                     TokensResponse::Ack => Ok(()),
                     TokensResponse::RateLimited => Err(P2pError::RateLimited { peer }),
                     TokensResponse::Busy => Err(P2pError::Busy { peer }),
+                    TokensResponse::Cancelled => Err(P2pError::Cancelled { peer, job }),
                 };
                 let _ = reply.send(result);
             },
             Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.sending_job.remove(&request_id);
                 let Some(reply) = self.sends.remove(&request_id) else { return };
                 debug!(%peer, %error, "token chunk not delivered");
                 let _ = reply.send(Err(

@@ -72,6 +72,9 @@ pub(crate) enum TokensResponse {
     RateLimited,
     /// The gateway application is not keeping up; the chunk was dropped.
     Busy,
+    /// The job was cancelled (its client went away or asked to stop): the chunk was dropped
+    /// and no more are wanted.
+    Cancelled,
 }
 
 /// A frame announced a body larger than the protocol allows. Carried inside an
@@ -240,6 +243,7 @@ impl Message for TokensResponse {
             Self::Ack => 0,
             Self::RateLimited => 1,
             Self::Busy => 2,
+            Self::Cancelled => 3,
         });
     }
 
@@ -248,6 +252,7 @@ impl Message for TokensResponse {
             [0] => Ok(Self::Ack),
             [1] => Ok(Self::RateLimited),
             [2] => Ok(Self::Busy),
+            [3] => Ok(Self::Cancelled),
             _ => Err(malformed("tokens response")),
         }
     }
@@ -386,6 +391,7 @@ mod tests {
         round_trip_strict(PayloadResponse::RateLimited);
         round_trip_strict(TokensResponse::Ack);
         round_trip_strict(TokensResponse::Busy);
+        round_trip_strict(TokensResponse::Cancelled);
         round_trip_strict(TokenChunk { job: 7, seq: 0, text: "héllo".into(), finish: None });
         round_trip_strict(TokenChunk {
             job: 7,

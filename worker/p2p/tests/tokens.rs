@@ -104,3 +104,28 @@ async fn a_gateway_not_reading_events_answers_busy() {
     gateway_handle.shutdown().await;
     stop([worker]).await;
 }
+
+#[tokio::test]
+async fn chunks_of_a_cancelled_job_are_refused_and_others_still_flow() {
+    let (mut gateway, worker) = gateway_and_worker(|_| {}, |_| {}).await;
+    let to = gateway.peer_id();
+    worker.handle.send_tokens(to, chunk(0, None)).await.unwrap();
+    assert!(matches!(gateway.next_app_event().await, P2pEvent::Tokens { .. }));
+
+    gateway.handle.cancel_job(JOB).await.unwrap();
+    assert_eq!(gateway.next_app_event().await, P2pEvent::JobCancelled { job: JOB });
+    let refused = worker.handle.send_tokens(to, chunk(1, None)).await;
+    match refused {
+        Err(P2pError::Cancelled { peer, job }) => assert_eq!((peer, job), (to, JOB)),
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    // Another job of the same worker is unaffected.
+    let other = TokenChunk { job: JOB + 1, seq: 0, text: "still here".into(), finish: None };
+    worker.handle.send_tokens(to, other.clone()).await.unwrap();
+    assert_eq!(
+        gateway.next_app_event().await,
+        P2pEvent::Tokens { from: worker.peer_id(), chunk: other }
+    );
+
+    stop([gateway, worker]).await;
+}

@@ -35,7 +35,9 @@ struct Args {
     /// `KEY=//Alice`; repeated.
     #[arg(long = "api-key", required = true)]
     api_keys: Vec<String>,
-    /// Escrow held per request, in milli-OPEN (only the metered charge is kept).
+    /// The most escrow one request may hold, in milli-OPEN. Each request holds what the
+    /// chain's quote says its prompt and `max_tokens` can cost at most (only the metered
+    /// charge is kept); a request that could cost more is refused before anything is paid.
     #[arg(long, default_value_t = 100)]
     max_fee_milli: u128,
     /// Seconds a request may wait for its complete answer.
@@ -45,9 +47,10 @@ struct Args {
     /// jobs together).
     #[arg(long, default_value_t = 2000)]
     peer_requests_per_sec: u32,
-    /// Seconds a request waits for a provider with a free slot before a 503.
-    #[arg(long, default_value_t = 15)]
-    no_provider_wait_secs: u64,
+    /// Seconds a 503 answer (no provider has a free slot) tells the client to wait before
+    /// retrying (`Retry-After`).
+    #[arg(long, default_value_t = 6)]
+    retry_after_secs: u64,
 }
 
 #[tokio::main]
@@ -85,7 +88,8 @@ async fn run() -> Result<()> {
             api_keys,
             max_fee: args.max_fee_milli * (OPEN / 1_000),
             job_timeout: Duration::from_secs(args.job_timeout_secs),
-            no_provider_wait: Duration::from_secs(args.no_provider_wait_secs),
+            retry_after: Duration::from_secs(args.retry_after_secs),
+            max_payload_bytes: P2pConfig::DEFAULT_MAX_PAYLOAD_BYTES,
         },
     );
     for addr in &listen {

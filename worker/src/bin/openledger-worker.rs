@@ -23,6 +23,7 @@ use openledger_worker::engine::{
     Projection,
 };
 use openledger_worker::engine_host::EngineHost;
+use openledger_worker::keeper::{Keeper, KeeperConfig};
 use openledger_worker::metrics::WorkerMetrics;
 use openledger_worker::service::{Worker, WorkerConfig};
 use subxt::utils::AccountId32;
@@ -143,6 +144,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run as a keeper: expire jobs past their deadline (signed by `--operator`), so no
+    /// escrow stays held. A successful expiry costs no fee.
+    Keeper {
+        /// Blocks before the best block to scan at start-up.
+        #[arg(long, default_value_t = 20_000)]
+        lookback_blocks: u32,
+        /// Milliseconds between looks at the best block.
+        #[arg(long, default_value_t = 1_000)]
+        poll_ms: u64,
+    },
     /// Print the peer id and public key of a worker key file (creating it when missing).
     KeyInfo {
         /// The key file.
@@ -163,6 +174,17 @@ async fn main() {
 async fn run() -> Result<()> {
     let args = Args::parse_from(cli::args_with_config_file()?);
     match &args.command {
+        Some(Command::Keeper { lookback_blocks, poll_ms }) => {
+            let signer = cli::account_key(args.operator.as_deref(), args.operator_file.as_deref())?;
+            let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(30)).await?;
+            let config = KeeperConfig {
+                lookback_blocks: *lookback_blocks,
+                poll: Duration::from_millis(*poll_ms),
+            };
+            println!("keeper ready: expiring jobs past their deadline on {}", args.chain_url);
+            Keeper::new(chain, signer, config).run().await;
+            return Ok(());
+        },
         Some(Command::KeyInfo { worker_key }) => {
             let key = cli::worker_key(worker_key, true)?;
             let peer = openledger_p2p::peer_id_of_ed25519_public(&key.verifying_key().to_bytes())?;
@@ -350,6 +372,14 @@ async fn serve(args: &Args) -> Result<()> {
             tracing::info!(%provider, bond = s.bond, "provider registered");
         }
     }
+
+    // Matching gives us only jobs for the adapters we declare.
+    let mut served: Vec<AdapterId> = adapters.keys().copied().collect();
+    served.sort_unstable();
+    chain.set_served_adapters(&signer, &provider, &served).await.with_context(|| {
+        format!("declaring the served adapters {served:?} for provider {provider} failed (is it registered? pass --register)")
+    })?;
+    tracing::info!(adapters = ?served, "declared the adapters this worker serves");
 
     // A first heartbeat before announcing readiness: jobs can be matched to us from the next
     // block on. It also proves the provider is registered.

@@ -71,6 +71,33 @@ impl ChainClient {
         Ok(())
     }
 
+    /// Refuse `job` (from the provider's operator or worker account) for `reason`: the job
+    /// closes and its escrow goes back to the user in full; nothing is slashed.
+    pub async fn refuse(
+        &self,
+        signer: &Keypair,
+        job: JobId,
+        reason: RefusalReason,
+    ) -> Result<(), ChainError> {
+        use subxt::ext::scale_value::Value;
+        let reason = Value::unnamed_variant(reason.variant(), []);
+        self.submit("Jobs", "refuse", (job, reason), signer).await?;
+        Ok(())
+    }
+
+    /// Declare the adapters `provider`'s worker serves (replacing the previous declaration):
+    /// the chain matches the provider only to jobs for these.
+    pub async fn set_served_adapters(
+        &self,
+        signer: &Keypair,
+        provider: &AccountId32,
+        adapters: &[AdapterId],
+    ) -> Result<(), ChainError> {
+        self.submit("Compute", "set_served_adapters", (*provider, adapters.to_vec()), signer)
+            .await?;
+        Ok(())
+    }
+
     /// Submit a batch of signed receipts; returns what happened to each.
     pub async fn submit_receipts(
         &self,

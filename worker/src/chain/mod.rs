@@ -37,6 +37,12 @@ pub use watcher::AssignmentWatcher;
 /// types.
 pub type Config = SubstrateConfig;
 
+/// The chain's charge for `tokens` at `price_per_1k` per 1,000: `ceil(tokens * price / 1000)`,
+/// saturating (`pallet_jobs::fee_for`).
+pub fn fee_for(tokens: u64, price_per_1k: Balance) -> Balance {
+    u128::from(tokens).saturating_mul(price_per_1k).div_ceil(1000)
+}
+
 /// How many blocks back [`ChainClient::settlements`] looks.
 pub const SETTLEMENT_LOOKBACK: u64 = 600;
 

@@ -43,6 +43,21 @@ impl ChainClient {
         open_jobs_at(&at, provider).await
     }
 
+    /// The adapter registered as `adapter`, if any (retired ones included).
+    pub async fn adapter(&self, adapter: AdapterId) -> Result<Option<Adapter>, ChainError> {
+        let at = self.best().await?;
+        let addr = dynamic::storage::<(AdapterId,), Adapter>("Attribution", "Adapters");
+        let value = at
+            .storage()
+            .try_fetch(addr, (adapter,))
+            .await
+            .map_err(rpc_err("reading Attribution.Adapters"))?;
+        value
+            .map(|v| v.decode_as::<Adapter>())
+            .transpose()
+            .map_err(rpc_err("decoding Attribution.Adapters"))
+    }
+
     /// Every adapter registered, retired ones included.
     pub async fn adapters(&self) -> Result<Vec<(AdapterId, Adapter)>, ChainError> {
         let at = self.best().await?;
@@ -70,6 +85,33 @@ impl ChainClient {
         &self,
         jobs: BTreeSet<JobId>,
     ) -> Result<std::collections::BTreeMap<JobId, JobSettled>, ChainError> {
+        self.job_events("JobSettled", jobs, |e: &JobSettled| e.job).await
+    }
+
+    /// The `JobRefused` events of `jobs`, looked up like [`Self::settlements`].
+    pub async fn refusals(
+        &self,
+        jobs: BTreeSet<JobId>,
+    ) -> Result<std::collections::BTreeMap<JobId, JobRefused>, ChainError> {
+        self.job_events("JobRefused", jobs, |e: &JobRefused| e.job).await
+    }
+
+    /// The `JobExpired` events of `jobs`, looked up like [`Self::settlements`].
+    pub async fn expiries(
+        &self,
+        jobs: BTreeSet<JobId>,
+    ) -> Result<std::collections::BTreeMap<JobId, JobExpired>, ChainError> {
+        self.job_events("JobExpired", jobs, |e: &JobExpired| e.job).await
+    }
+
+    /// The `Jobs.<event>` events of `jobs` in the best chain's last [`SETTLEMENT_LOOKBACK`]
+    /// blocks, newest first; `job_of` names an event's job.
+    async fn job_events<E: subxt::ext::scale_decode::DecodeAsFields>(
+        &self,
+        event: &str,
+        jobs: BTreeSet<JobId>,
+        job_of: impl Fn(&E) -> JobId,
+    ) -> Result<std::collections::BTreeMap<JobId, E>, ChainError> {
         let best = self.best().await?.block_number();
         let mut found = std::collections::BTreeMap::new();
         let oldest = best.saturating_sub(SETTLEMENT_LOOKBACK);
@@ -79,12 +121,12 @@ impl ChainClient {
             let events = at.events().fetch().await.map_err(rpc_err("reading a block's events"))?;
             for ev in events.iter() {
                 let ev = ev.map_err(rpc_err("decoding an event"))?;
-                if ev.pallet_name() == "Jobs" && ev.event_name() == "JobSettled" {
-                    let settled = ev
-                        .decode_fields_unchecked_as::<JobSettled>()
-                        .map_err(rpc_err("decoding JobSettled"))?;
-                    if jobs.contains(&settled.job) {
-                        found.insert(settled.job, settled);
+                if ev.pallet_name() == "Jobs" && ev.event_name() == event {
+                    let decoded = ev
+                        .decode_fields_unchecked_as::<E>()
+                        .map_err(rpc_err(&format!("decoding Jobs.{event}")))?;
+                    if jobs.contains(&job_of(&decoded)) {
+                        found.entry(job_of(&decoded)).or_insert(decoded);
                     }
                 }
             }
@@ -93,10 +135,66 @@ impl ChainClient {
         Ok(found)
     }
 
+    /// The provider `submit_job` would pick now for `adapter` and `max_output_tokens`, and the
+    /// price it would charge (the `JobsApi::quote` runtime API); `None` when no provider that
+    /// serves the adapter has a free slot.
+    pub async fn quote(
+        &self,
+        adapter: AdapterId,
+        max_output_tokens: u32,
+    ) -> Result<Option<Quote>, ChainError> {
+        let at = self.best().await?;
+        let call = dynamic::runtime_api_call::<_, Option<Quote>>(
+            "JobsApi",
+            "quote",
+            (adapter, max_output_tokens),
+        );
+        at.runtime_apis().call(call).await.map_err(rpc_err("calling JobsApi.quote"))
+    }
+
+    /// Open jobs whose deadline is block `block`, at most `limit` (the `JobsApi::jobs_due_at`
+    /// runtime API, read at the best block): expirable from `block + 1`.
+    pub async fn jobs_due_at(&self, block: u32, limit: u32) -> Result<Vec<JobId>, ChainError> {
+        let at = self.best().await?;
+        let call =
+            dynamic::runtime_api_call::<_, Vec<JobId>>("JobsApi", "jobs_due_at", (block, limit));
+        at.runtime_apis().call(call).await.map_err(rpc_err("calling JobsApi.jobs_due_at"))
+    }
+
+    /// The adapters `provider` declared it serves.
+    pub async fn served_adapters(
+        &self,
+        provider: &AccountId32,
+    ) -> Result<BTreeSet<AdapterId>, ChainError> {
+        let at = self.best().await?;
+        let addr = dynamic::storage::<(AccountId32, AdapterId), ()>("Compute", "ServedAdapters");
+        let mut entries = at
+            .storage()
+            .iter(addr, (*provider,))
+            .await
+            .map_err(rpc_err("reading Compute.ServedAdapters"))?;
+        let mut out = BTreeSet::new();
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(rpc_err("reading Compute.ServedAdapters"))?;
+            let (_, adapter) = entry
+                .key()
+                .and_then(|k| k.decode())
+                .map_err(rpc_err("decoding a Compute.ServedAdapters key"))?;
+            out.insert(adapter);
+        }
+        Ok(out)
+    }
+
     /// Free balance of `who` at the best block.
     pub async fn free_balance(&self, who: &AccountId32) -> Result<Balance, ChainError> {
         let at = self.best().await?;
-        Self::free_balance_in(&at, who).await
+        Ok(Self::balances_in(&at, who).await?.0)
+    }
+
+    /// Free and held (escrow, bonds, deposits) balance of `who` at the best block.
+    pub async fn balances(&self, who: &AccountId32) -> Result<(Balance, Balance), ChainError> {
+        let at = self.best().await?;
+        Self::balances_in(&at, who).await
     }
 
     /// Free balance of `who` at block `number` of the best chain.
@@ -106,13 +204,14 @@ impl ChainClient {
         number: u64,
     ) -> Result<Balance, ChainError> {
         let at = self.client.at_block(number).await.map_err(rpc_err("opening a block"))?;
-        Self::free_balance_in(&at, who).await
+        Ok(Self::balances_in(&at, who).await?.0)
     }
 
-    async fn free_balance_in(
+    /// `who`'s free and reserved (held) balance at `at`.
+    async fn balances_in(
         at: &ClientAtBlock<Config, OnlineClientAtBlockImpl<Config>>,
         who: &AccountId32,
-    ) -> Result<Balance, ChainError> {
+    ) -> Result<(Balance, Balance), ChainError> {
         #[derive(subxt::ext::scale_decode::DecodeAsType)]
         #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
         struct AccountInfo {
@@ -122,6 +221,7 @@ impl ChainClient {
         #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
         struct AccountData {
             free: u128,
+            reserved: u128,
         }
         let addr = dynamic::storage::<(AccountId32,), AccountInfo>("System", "Account");
         let value = at
@@ -131,9 +231,11 @@ impl ChainClient {
             .map_err(rpc_err("reading System.Account"))?;
         Ok(match value {
             Some(v) => {
-                v.decode_as::<AccountInfo>().map_err(rpc_err("decoding an account"))?.data.free
+                let data =
+                    v.decode_as::<AccountInfo>().map_err(rpc_err("decoding an account"))?.data;
+                (data.free, data.reserved)
             },
-            None => 0,
+            None => (0, 0),
         })
     }
 }

@@ -200,3 +200,131 @@ pub struct JobExpired {
     /// Taken from the provider's bond and given to the user.
     pub slashed: Balance,
 }
+
+/// Why a worker refuses a job (`pallet_jobs::RefusalReason`), as the chain records it and the
+/// gateway reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub enum RefusalReason {
+    /// The gateway never delivered the payload (or denied it to this worker).
+    PayloadUnavailable,
+    /// The payload's hash differs from the job's `input_hash`.
+    PayloadMismatch,
+    /// The payload is not a job payload.
+    MalformedPayload,
+    /// The payload is larger than the worker accepts.
+    PayloadTooLarge,
+    /// The prompt has no tokens.
+    EmptyPrompt,
+    /// The prompt plus the requested tokens do not fit the model's context.
+    PromptTooLong,
+    /// A sampling parameter is out of range, or more tokens are asked than the job allows.
+    InvalidParameters,
+    /// The worker does not serve the job's adapter.
+    AdapterNotServed,
+    /// The worker could not load the job's adapter.
+    AdapterUnavailable,
+    /// The worker failed while running the job.
+    WorkerFault,
+}
+
+impl RefusalReason {
+    /// Every reason, in the chain's order.
+    pub const ALL: [RefusalReason; 10] = [
+        Self::PayloadUnavailable,
+        Self::PayloadMismatch,
+        Self::MalformedPayload,
+        Self::PayloadTooLarge,
+        Self::EmptyPrompt,
+        Self::PromptTooLong,
+        Self::InvalidParameters,
+        Self::AdapterNotServed,
+        Self::AdapterUnavailable,
+        Self::WorkerFault,
+    ];
+
+    /// The variant's name in the runtime metadata.
+    pub fn variant(self) -> &'static str {
+        match self {
+            Self::PayloadUnavailable => "PayloadUnavailable",
+            Self::PayloadMismatch => "PayloadMismatch",
+            Self::MalformedPayload => "MalformedPayload",
+            Self::PayloadTooLarge => "PayloadTooLarge",
+            Self::EmptyPrompt => "EmptyPrompt",
+            Self::PromptTooLong => "PromptTooLong",
+            Self::InvalidParameters => "InvalidParameters",
+            Self::AdapterNotServed => "AdapterNotServed",
+            Self::AdapterUnavailable => "AdapterUnavailable",
+            Self::WorkerFault => "WorkerFault",
+        }
+    }
+
+    /// The snake-case code a user sees in the gateway's error (`prompt_too_long`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::PayloadUnavailable => "payload_unavailable",
+            Self::PayloadMismatch => "payload_mismatch",
+            Self::MalformedPayload => "malformed_payload",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::EmptyPrompt => "empty_prompt",
+            Self::PromptTooLong => "prompt_too_long",
+            Self::InvalidParameters => "invalid_parameters",
+            Self::AdapterNotServed => "adapter_not_served",
+            Self::AdapterUnavailable => "adapter_unavailable",
+            Self::WorkerFault => "worker_fault",
+        }
+    }
+
+    /// The reason whose [`Self::code`] is `code`.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether the request (not the worker) was at fault.
+    pub fn is_request_fault(self) -> bool {
+        !matches!(self, Self::WorkerFault | Self::AdapterUnavailable | Self::AdapterNotServed)
+    }
+}
+
+/// `jobs.JobRefused`.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct JobRefused {
+    /// The job.
+    pub job: JobId,
+    /// Its provider.
+    pub provider: AccountId32,
+    /// Why.
+    pub reason: RefusalReason,
+    /// Escrow returned to the user (all of it).
+    pub refunded: Balance,
+}
+
+/// A fee quote (`pallet_jobs::Quote`): who would take a job now and the least `max_fee`.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct Quote {
+    /// The provider matching would pick.
+    pub provider: AccountId32,
+    /// Provider plus adapter price per 1,000 tokens.
+    pub price_per_1k: Balance,
+    /// The charge for `max_output_tokens` output tokens alone.
+    pub min_max_fee: Balance,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefusalReason;
+
+    #[test]
+    fn refusal_codes_round_trip_and_are_distinct() {
+        let mut codes = std::collections::BTreeSet::new();
+        for reason in RefusalReason::ALL {
+            assert_eq!(RefusalReason::from_code(reason.code()), Some(reason));
+            assert!(codes.insert(reason.code()), "{} twice", reason.code());
+        }
+        assert_eq!(RefusalReason::from_code("no_such_reason"), None);
+        assert!(RefusalReason::PromptTooLong.is_request_fault());
+        assert!(!RefusalReason::WorkerFault.is_request_fault());
+    }
+}

@@ -1,10 +1,19 @@
 //! The request gateway: an OpenAI-compatible HTTP API in front of the chain and the workers.
 //!
-//! For each request the gateway builds the job payload, submits the job on chain for the
-//! account its API key maps to (the chain matches a provider in the same call), offers the
-//! payload over libp2p to that provider's worker only (its peer id is derived from the worker
-//! key registered on chain), and relays the tokens the worker streams back, as one JSON body
-//! or as server-sent events. Payloads live in memory for the life of the job only.
+//! For each request the gateway builds the job payload and checks what it can before anything
+//! is paid: the request's fields, the payload's size, and, through the chain's `quote` runtime
+//! API, that the adapter is registered and a provider serving it has a free slot (a 503 with
+//! `Retry-After` when none has, without submitting a transaction), and what the request can
+//! cost at most (its escrow). Then it submits the job on chain for the account its API key maps
+//! to (the chain matches a provider in the same call), offers the payload over libp2p to that
+//! provider's worker only (its peer id is derived from the worker key registered on chain), and
+//! relays the tokens the worker streams back, as one JSON body or as server-sent events.
+//! Payloads live in memory for the life of the job only.
+//!
+//! A worker that refuses the job says why in its last chunk; the gateway answers with that
+//! reason (400 when the request was at fault). A client that disconnects, a
+//! `POST /v1/jobs/{id}/cancel`, or a request past the gateway's timeout cancels the job: the
+//! worker stops and charges only the tokens the gateway received.
 //!
 //! Jobs submitted elsewhere (polkadot.js) name this gateway's peer id; their users upload the
 //! payload with `PUT /v1/jobs/{id}/payload`, which the gateway checks against the job's
@@ -31,8 +40,11 @@ use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::chain::{Balance, ChainClient, ChainError, JobAssigned};
+use crate::chain::{
+    fee_for, AdapterId, Balance, ChainClient, ChainError, JobAssigned, JobPhase, RefusalReason,
+};
 use crate::job_payload::{self, chat_prompt, JobPayload};
+use crate::service::REFUSED_PREFIX;
 use openai::{adapter_id, ApiError, ChainInfo, GenerationRequest, Usage};
 
 /// How the gateway runs.
@@ -40,12 +52,14 @@ use openai::{adapter_id, ApiError, ChainInfo, GenerationRequest, Usage};
 pub struct GatewayConfig {
     /// API key -> the account that pays for its requests.
     pub api_keys: HashMap<String, Keypair>,
-    /// Budget held in escrow per request (only the metered charge is kept).
+    /// The most escrow one request may hold (only the metered charge is kept).
     pub max_fee: Balance,
     /// How long a request may wait for its complete answer.
     pub job_timeout: Duration,
-    /// How long a request waits for a provider to have a free slot before a 503.
-    pub no_provider_wait: Duration,
+    /// What a 503 tells the client to wait before retrying.
+    pub retry_after: Duration,
+    /// Largest payload the gateway offers (the p2p layer's limit).
+    pub max_payload_bytes: usize,
 }
 
 /// The gateway's shared state.
@@ -54,20 +68,61 @@ pub struct Gateway {
     p2p: P2pHandle,
     config: GatewayConfig,
     /// Open jobs: where their token chunks go and which peer may send them.
-    jobs: Mutex<HashMap<u64, JobSink>>,
+    jobs: Arc<Mutex<HashMap<u64, JobSink>>>,
 }
 
 struct JobSink {
     worker: PeerId,
+    /// The account that pays for the job: the only one whose API key may cancel it.
+    submitter: AccountId32,
     chunks: mpsc::UnboundedSender<TokenChunk>,
 }
 
-/// A job the gateway is relaying.
+/// A job the gateway is relaying. Dropped before its last chunk (the client went away), it
+/// cancels the job, so the worker stops and charges only what was delivered.
 struct Relay {
     job: JobAssigned,
     chunks: mpsc::UnboundedReceiver<TokenChunk>,
     /// How long the submission took to be assigned (zero for uploaded payloads).
     assigned_after: Duration,
+    /// Set once the answer is complete (or the job was refused): nothing to cancel.
+    done: bool,
+    p2p: P2pHandle,
+    jobs: Arc<Mutex<HashMap<u64, JobSink>>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let job = self.job.job;
+        let (p2p, jobs, done) = (self.p2p.clone(), Arc::clone(&self.jobs), self.done);
+        // Drop cannot wait; the runtime is there as long as the server is.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                jobs.lock().await.remove(&job);
+                if done {
+                    let _ = p2p.withdraw_payload(job).await;
+                } else {
+                    tracing::info!(job, "client gone before the answer completed; cancelling");
+                    let _ = p2p.cancel_job(job).await;
+                }
+            });
+        }
+    }
+}
+
+/// What a finished relay produced.
+enum Outcome {
+    /// The whole answer (or as much as was generated before a cancellation).
+    Answer(String, openledger_p2p::Finish),
+    /// The worker refused the job.
+    Refused(ApiError),
+}
+
+/// What a final chunk's `reason` says: a refusal's error, or `None` for an answer.
+fn refusal_of(job: u64, chunk: &TokenChunk) -> Option<ApiError> {
+    let code = chunk.finish.as_ref()?.reason.strip_prefix(REFUSED_PREFIX)?;
+    let reason = RefusalReason::from_code(code).unwrap_or(RefusalReason::WorkerFault);
+    Some(ApiError::refused(job, reason.code(), reason.is_request_fault(), &chunk.text))
 }
 
 impl Gateway {
@@ -78,7 +133,8 @@ impl Gateway {
         events: mpsc::Receiver<P2pEvent>,
         config: GatewayConfig,
     ) -> Arc<Self> {
-        let gateway = Arc::new(Self { chain, p2p, config, jobs: Mutex::new(HashMap::new()) });
+        let gateway =
+            Arc::new(Self { chain, p2p, config, jobs: Arc::new(Mutex::new(HashMap::new())) });
         tokio::spawn(route_chunks(Arc::clone(&gateway), events));
         gateway
     }
@@ -90,6 +146,7 @@ impl Gateway {
             .route("/v1/completions", post(completions))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/jobs/{job}/payload", put(upload_payload))
+            .route("/v1/jobs/{job}/cancel", post(cancel_job))
             .route("/health", get(|| async { "ok" }))
             .with_state(Arc::clone(self))
     }
@@ -108,7 +165,8 @@ impl Gateway {
         self.config.api_keys.get(key.trim()).ok_or_else(ApiError::unauthorized)
     }
 
-    /// Submit the job on chain, then offer its payload to the assigned worker only.
+    /// Check the request against the chain's quote, submit the job on chain, then offer its
+    /// payload to the assigned worker only.
     async fn start_job(
         &self,
         payer: &Keypair,
@@ -117,34 +175,24 @@ impl Gateway {
     ) -> Result<Relay, ApiError> {
         let adapter = adapter_id(model).ok_or_else(|| ApiError::unknown_model(model))?;
         let bytes = payload.to_bytes();
+        if bytes.len() > self.config.max_payload_bytes {
+            return Err(ApiError::bad_request(
+                "payload_too_large",
+                format!(
+                    "the request's payload is {} bytes, above the {}-byte limit",
+                    bytes.len(),
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        let max_fee = self.escrow_for(adapter, model, payload).await?;
         let me = self.p2p.local_peer_id().to_bytes();
         let submitted = std::time::Instant::now();
-        // Providers free their slots as receipts settle: while none is free, try again each
-        // block for up to `no_provider_wait` before answering 503.
-        let give_up = tokio::time::Instant::now() + self.config.no_provider_wait;
-        let job = loop {
-            let attempt = self
-                .chain
-                .submit_job(
-                    payer,
-                    adapter,
-                    job_payload::hash(&bytes),
-                    payload.max_tokens,
-                    self.config.max_fee,
-                    &me,
-                )
-                .await;
-            match attempt {
-                Ok(job) => break job,
-                Err(ChainError::Dispatch { ref error, .. })
-                    if error.contains("NoProviderAvailable")
-                        && tokio::time::Instant::now() < give_up =>
-                {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                },
-                Err(e) => return Err(chain_error(model, e)),
-            }
-        };
+        let job = self
+            .chain
+            .submit_job(payer, adapter, job_payload::hash(&bytes), payload.max_tokens, max_fee, &me)
+            .await
+            .map_err(|e| self.chain_error(model, e))?;
         let mut relay = self.relay(job.clone()).await?;
         relay.assigned_after = submitted.elapsed();
         self.p2p
@@ -154,12 +202,74 @@ impl Gateway {
         Ok(relay)
     }
 
+    /// The escrow a request holds: what the chain's quote says its prompt (counted generously,
+    /// one token per byte plus special tokens) and `max_tokens` can cost at most. Fails, before
+    /// anything is paid, when the adapter is unknown, no provider serving it has a free slot,
+    /// or the request could cost more than the gateway's limit.
+    async fn escrow_for(
+        &self,
+        adapter: AdapterId,
+        model: &str,
+        payload: &JobPayload,
+    ) -> Result<Balance, ApiError> {
+        let quote = self
+            .chain
+            .quote(adapter, payload.max_tokens)
+            .await
+            .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?;
+        let Some(quote) = quote else {
+            let known = self
+                .chain
+                .adapter(adapter)
+                .await
+                .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
+                .is_some_and(|a| !a.retired);
+            if !known {
+                return Err(ApiError::unknown_model(model));
+            }
+            return Err(ApiError::no_provider(
+                format!(
+                    "no provider serving `{model}` has a free slot now; nothing was submitted \
+                     or paid. Retry after {} s",
+                    self.config.retry_after.as_secs()
+                ),
+                self.config.retry_after.as_secs(),
+            ));
+        };
+        let tokens =
+            payload.prompt.len() as u64 + PROMPT_SPECIAL_TOKENS + payload.max_tokens as u64;
+        let fee = fee_for(tokens, quote.price_per_1k);
+        if fee > self.config.max_fee {
+            return Err(ApiError::bad_request(
+                "request_too_expensive",
+                format!(
+                    "this request could cost up to {fee} plancks ({tokens} tokens at {} per \
+                     1,000), above this gateway's limit of {} per request: shorten the prompt or \
+                     lower max_tokens",
+                    quote.price_per_1k, self.config.max_fee
+                ),
+            ));
+        }
+        // Never below the quote's own minimum (a provider cheaper than the prompt estimate).
+        Ok(fee.max(quote.min_max_fee))
+    }
+
     /// Register where `job`'s chunks go, allowed only from its provider's worker key.
     async fn relay(&self, job: JobAssigned) -> Result<Relay, ApiError> {
         let worker = self.worker_peer(&job.provider).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.jobs.lock().await.insert(job.job, JobSink { worker, chunks: tx });
-        Ok(Relay { job, chunks: rx, assigned_after: Duration::ZERO })
+        self.jobs
+            .lock()
+            .await
+            .insert(job.job, JobSink { worker, submitter: job.submitter, chunks: tx });
+        Ok(Relay {
+            job,
+            chunks: rx,
+            assigned_after: Duration::ZERO,
+            done: false,
+            p2p: self.p2p.clone(),
+            jobs: Arc::clone(&self.jobs),
+        })
     }
 
     async fn worker_peer(&self, provider: &AccountId32) -> Result<PeerId, ApiError> {
@@ -169,41 +279,76 @@ impl Gateway {
             .await
             .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
             .ok_or_else(|| {
-                ApiError::no_provider("the assigned provider is no longer registered")
+                ApiError::no_provider(
+                    "the assigned provider is no longer registered",
+                    self.config.retry_after.as_secs(),
+                )
             })?;
         peer_id_of_ed25519_public(&terms.worker_key)
             .map_err(|e| ApiError::upstream("bad_worker_key", e.to_string()))
     }
 
-    async fn finish_job(&self, job: u64) {
-        self.jobs.lock().await.remove(&job);
-        let _ = self.p2p.withdraw_payload(job).await;
-    }
-
     /// Collect a whole answer.
-    async fn collect(
-        &self,
-        mut relay: Relay,
-    ) -> Result<(String, openledger_p2p::Finish), ApiError> {
+    async fn collect(&self, mut relay: Relay) -> Result<Outcome, ApiError> {
         let job = relay.job.job;
         let deadline = tokio::time::Instant::now() + self.config.job_timeout;
         let mut text = String::new();
-        let result = loop {
+        loop {
             match tokio::time::timeout_at(deadline, relay.chunks.recv()).await {
                 Ok(Some(chunk)) => {
+                    if let Some(refused) = refusal_of(job, &chunk) {
+                        relay.done = true;
+                        return Ok(Outcome::Refused(refused));
+                    }
                     text.push_str(&chunk.text);
                     if let Some(finish) = chunk.finish {
-                        break Ok((text, finish));
+                        relay.done = true;
+                        return Ok(Outcome::Answer(text, finish));
                     }
                 },
-                Ok(None) | Err(_) => break Err(ApiError::timeout(job)),
+                Ok(None) | Err(_) => return Err(self.timed_out(&relay).await),
             }
-        };
-        self.finish_job(job).await;
-        result
+        }
     }
 
-    /// Stream an answer as server-sent events, each built by `event` from a chunk.
+    /// Cancel a job that ran past the timeout, and say what will happen to its escrow.
+    async fn timed_out(&self, relay: &Relay) -> ApiError {
+        let job = relay.job.job;
+        let _ = self.p2p.cancel_job(job).await;
+        let secs = self.config.job_timeout.as_secs();
+        let message = match self.chain.job(job).await {
+            Ok(Some(record)) => match record.phase {
+                JobPhase::Acknowledged => format!(
+                    "job {job} gave no complete answer within {secs} s; the gateway cancelled \
+                     it. Its worker may still settle it by block {}, charging only the tokens \
+                     the gateway received (the rest of the escrow is refunded); if it does not, \
+                     the job expires after that block with the whole escrow refunded and the \
+                     provider's bond slashed to you.",
+                    record.deadline
+                ),
+                JobPhase::Assigned => format!(
+                    "job {job} was not taken up by its worker within {secs} s; the gateway \
+                     cancelled it. It expires after block {} with the whole escrow refunded \
+                     (the provider is not slashed for a job it never acknowledged).",
+                    record.deadline
+                ),
+            },
+            Ok(None) => format!(
+                "job {job} gave no complete answer within {secs} s and is already closed on \
+                 chain: its events (JobSettled, JobRefused or JobExpired) say what was charged \
+                 and refunded."
+            ),
+            Err(e) => format!(
+                "job {job} gave no complete answer within {secs} s; the gateway cancelled it, \
+                 but could not read its state on chain ({e}). At most the tokens the gateway \
+                 received are charged; otherwise the job expires with the escrow refunded."
+            ),
+        };
+        ApiError::timeout(message)
+    }
+
+    /// Stream an answer as server-sent events, each built by `event` from a chunk. A refusal
+    /// or timeout becomes a last event with an `error` object.
     fn stream(
         self: Arc<Self>,
         relay: Relay,
@@ -213,6 +358,10 @@ impl Gateway {
         let job = relay.job.job;
         let state = (relay, self, false);
         let event = Arc::new(event);
+        let error_event = |error: ApiError| {
+            let body = json!({"error": {"message": error.message, "type": error.kind, "code": error.code}});
+            futures::stream::iter(vec![Event::default().data(body.to_string())])
+        };
         futures::stream::unfold(state, move |(mut relay, gateway, done)| {
             let event = Arc::clone(&event);
             let body = async move {
@@ -221,22 +370,22 @@ impl Gateway {
                 }
                 match tokio::time::timeout_at(deadline, relay.chunks.recv()).await {
                     Ok(Some(chunk)) => {
+                        if let Some(refused) = refusal_of(job, &chunk) {
+                            relay.done = true;
+                            return Some((error_event(refused), (relay, gateway, true)));
+                        }
                         let last = chunk.finish.is_some();
                         let mut events = vec![Event::default().data(event(&chunk).to_string())];
                         if last {
-                            gateway.finish_job(job).await;
+                            relay.done = true;
                             events.push(Event::default().data("[DONE]"));
                         }
                         Some((futures::stream::iter(events), (relay, gateway, last)))
                     },
                     Ok(None) | Err(_) => {
-                        gateway.finish_job(job).await;
-                        let error = ApiError::timeout(job);
-                        let body = json!({"error": {"message": error.message, "type": error.kind, "code": error.code}});
-                        Some((
-                            futures::stream::iter(vec![Event::default().data(body.to_string())]),
-                            (relay, gateway, true),
-                        ))
+                        let error = gateway.timed_out(&relay).await;
+                        relay.done = true;
+                        Some((error_event(error), (relay, gateway, true)))
                     },
                 }
             };
@@ -245,7 +394,26 @@ impl Gateway {
         .flatten()
         .map(Ok)
     }
+
+    /// The API error for a failed `submit_job`.
+    fn chain_error(&self, model: &str, e: ChainError) -> ApiError {
+        match &e {
+            ChainError::Dispatch { error, .. } if error.contains("NoProviderAvailable") => {
+                ApiError::no_provider(
+                    format!(
+                        "the provider quoted for `{model}` was taken by another job in the \
+                         meantime: {error}"
+                    ),
+                    self.config.retry_after.as_secs(),
+                )
+            },
+            _ => chain_error(model, e),
+        }
+    }
 }
+
+/// Tokens a tokenizer may add around a prompt (BOS and the like), on top of one per byte.
+const PROMPT_SPECIAL_TOKENS: u64 = 8;
 
 /// The worker peer registered for `job` (just inserted by [`Gateway::relay`]).
 async fn relay_worker(jobs: &Mutex<HashMap<u64, JobSink>>, job: u64) -> Result<PeerId, ApiError> {
@@ -272,6 +440,23 @@ async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiver<P2pEvent
                     },
                 }
             },
+            P2pEvent::JobCancelled { job } => {
+                // Every chunk the worker was told was delivered came before this: the request
+                // ends with exactly the text it will be charged for.
+                if let Some(sink) = gateway.jobs.lock().await.get(&job) {
+                    let _ = sink.chunks.send(TokenChunk {
+                        job,
+                        seq: u32::MAX,
+                        text: String::new(),
+                        finish: Some(openledger_p2p::Finish {
+                            reason: "cancelled".into(),
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            output_hash: [0; 32],
+                        }),
+                    });
+                }
+            },
             P2pEvent::PayloadFetched { job, by } => {
                 tracing::debug!(job, %by, "payload delivered");
                 // The worker has it; keep no copy longer than needed.
@@ -284,11 +469,6 @@ async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiver<P2pEvent
 
 fn chain_error(model: &str, e: ChainError) -> ApiError {
     match &e {
-        ChainError::Dispatch { error, .. } if error.contains("NoProviderAvailable") => {
-            ApiError::no_provider(format!(
-                "no provider can serve `{model}` now within the gateway's fee limit: {error}"
-            ))
-        },
         ChainError::Dispatch { error, .. } if error.contains("UnknownAdapter") => {
             ApiError::unknown_model(model)
         },
@@ -300,6 +480,7 @@ fn chain_error(model: &str, e: ChainError) -> ApiError {
                 kind: "insufficient_quota",
                 code: "insufficient_balance",
                 message: format!("the paying account cannot hold the job's escrow: {error}"),
+                retry_after: None,
             }
         },
         _ => ApiError::upstream("chain_error", e.to_string()),
@@ -395,6 +576,9 @@ async fn completions(
         let prompt = req.prompt.clone().ok_or_else(|| {
             ApiError::bad_request("missing_prompt", "completions take a `prompt` string")
         })?;
+        if prompt.is_empty() {
+            return Err(ApiError::bad_request("empty_prompt", "the prompt is empty"));
+        }
         let payload = sampling(prompt, req.max_tokens.unwrap_or(16), &req)?;
         gateway.start_job(payer, &req.model, &payload).await
     }
@@ -499,14 +683,14 @@ async fn answer(
         return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     }
     match gateway.collect(relay).await {
-        Ok((text, finish)) => Json(json!({
+        Ok(Outcome::Answer(text, finish)) => Json(json!({
             "id": id, "object": flavor.object(false), "created": created(), "model": model,
             "choices": [flavor.choice(&text, Some(&finish.reason), false)],
             "usage": usage(&finish),
             "openledger": chain,
         }))
         .into_response(),
-        Err(e) => e.into_response(),
+        Ok(Outcome::Refused(e)) | Err(e) => e.into_response(),
     }
 }
 
@@ -528,6 +712,7 @@ async fn upload_payload(
                 kind: "invalid_request_error",
                 code: "job_not_open",
                 message: format!("job {job} is not open on chain (unknown, settled or expired)"),
+                retry_after: None,
             })?;
         if record.gateway != gateway.p2p.local_peer_id().to_bytes() {
             return Err(ApiError::bad_request(
@@ -569,11 +754,56 @@ async fn upload_payload(
     }
     .await;
     match result {
-        Ok((text, finish)) => Json(json!({
+        Ok(Outcome::Answer(text, finish)) => Json(json!({
             "job": job, "text": text, "finish_reason": finish.reason, "usage": usage(&finish),
             "output_hash": format!("0x{}", hex_string(&finish.output_hash)),
         }))
         .into_response(),
+        Ok(Outcome::Refused(e)) | Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /v1/jobs/{id}/cancel`: stop a job this gateway is relaying, paid by the caller's API
+/// key. Its worker stops within a chunk and charges only the tokens already delivered; the
+/// request that is waiting for it ends with `finish_reason` = `cancelled`.
+async fn cancel_job(
+    State(gateway): State<Arc<Gateway>>,
+    Path(job): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let payer = gateway.payer(&headers)?;
+        let account = AccountId32(payer.public_key().0);
+        let jobs = gateway.jobs.lock().await;
+        let sink = jobs.get(&job).ok_or_else(|| ApiError {
+            status: axum::http::StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "job_not_running",
+            message: format!("this gateway is not relaying job {job} (finished, or never here)"),
+            retry_after: None,
+        })?;
+        if sink.submitter != account {
+            return Err(ApiError {
+                status: axum::http::StatusCode::FORBIDDEN,
+                kind: "invalid_request_error",
+                code: "not_your_job",
+                message: format!("job {job} is paid by another account than this API key's"),
+                retry_after: None,
+            });
+        }
+        drop(jobs);
+        // The waiting request ends when the p2p node reports the cancellation (after every
+        // chunk already delivered); the worker hears of it at its next chunk.
+        gateway
+            .p2p
+            .cancel_job(job)
+            .await
+            .map_err(|e| ApiError::upstream("p2p_error", e.to_string()))?;
+        Ok(Json(json!({"job": job, "cancelled": true})))
+    }
+    .await;
+    match result {
+        Ok(body) => body.into_response(),
         Err(e) => e.into_response(),
     }
 }

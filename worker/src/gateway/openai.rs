@@ -108,6 +108,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// Seconds the client should wait before retrying (`Retry-After`), for 503s.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -118,6 +120,7 @@ impl ApiError {
             kind: "invalid_request_error",
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl ApiError {
             kind: "invalid_request_error",
             code: "invalid_api_key",
             message: "missing or unknown API key: send `Authorization: Bearer <key>`".into(),
+            retry_after: None,
         }
     }
 
@@ -140,29 +144,49 @@ impl ApiError {
             message: format!(
                 "the model `{model}` is not a registered adapter (see GET /v1/models)"
             ),
+            retry_after: None,
         }
     }
 
-    /// 503: no provider can take the job now.
-    pub fn no_provider(message: impl Into<String>) -> Self {
+    /// 503: no provider can take the job now; retry after `retry_after` seconds. Nothing was
+    /// submitted or paid.
+    pub fn no_provider(message: impl Into<String>, retry_after: u64) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             kind: "server_error",
             code: "no_provider_available",
             message: message.into(),
+            retry_after: Some(retry_after),
         }
     }
 
-    /// 504: the worker did not finish in time (the job will expire and be refunded).
-    pub fn timeout(job: u64) -> Self {
+    /// The job's worker refused it with the reason `code` (`detail` says more): 400 when the
+    /// request was at fault, 502 when the worker was. The job is closed on chain with the whole
+    /// escrow refunded.
+    pub fn refused(job: u64, code: &'static str, request_fault: bool, detail: &str) -> Self {
+        Self {
+            status: if request_fault { StatusCode::BAD_REQUEST } else { StatusCode::BAD_GATEWAY },
+            kind: if request_fault { "invalid_request_error" } else { "server_error" },
+            code,
+            message: format!(
+                "job {job} was refused by its worker ({code}): {detail}. The worker closes the job \
+                 on chain and the whole escrow is refunded; only the submission's transaction fee \
+                 was spent (if the refusal does not reach the chain, the job expires unacknowledged \
+                 with the same full refund)."
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// 504: no complete answer in time. The gateway cancelled the job; `message` says what
+    /// happens to its escrow.
+    pub fn timeout(message: String) -> Self {
         Self {
             status: StatusCode::GATEWAY_TIMEOUT,
             kind: "server_error",
-            code: "job_expired",
-            message: format!(
-                "job {job} got no complete answer in time; it expires on chain and its escrow \
-                 is refunded in full"
-            ),
+            code: "job_timeout",
+            message,
+            retry_after: None,
         }
     }
 
@@ -173,6 +197,7 @@ impl ApiError {
             kind: "server_error",
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -182,7 +207,11 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "message": self.message, "type": self.kind, "code": self.code, "param": null }
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

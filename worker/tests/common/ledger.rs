@@ -41,6 +41,8 @@ pub struct Flows {
     pub paid_to: BTreeMap<AccountId32, u128>,
     /// Transaction fees paid (tips included), per account.
     pub fees_of: BTreeMap<AccountId32, u128>,
+    /// Transactions that paid a fee, per account.
+    pub txs_of: BTreeMap<AccountId32, u32>,
     /// Jobs split, with their charge.
     pub charges: BTreeMap<u64, u128>,
 }
@@ -78,6 +80,7 @@ pub async fn flows(chain: &ChainClient, from: u64, to: u64) -> Flows {
                     let fee = ev
                         .decode_fields_unchecked_as::<TransactionFeePaid>()
                         .expect("TransactionFeePaid");
+                    *flows.txs_of.entry(fee.who).or_default() += 1;
                     *flows.fees_of.entry(fee.who).or_default() += fee.actual_fee;
                 },
                 _ => {},

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ledger;
+pub mod market;
 pub mod node;
 pub mod procs;
 

@@ -23,6 +23,8 @@ pub struct Proc {
     name: &'static str,
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Lines read by [`Proc::wait_for`] that did not match what it waited for.
+    seen: Vec<String>,
 }
 
 impl Proc {
@@ -40,11 +42,16 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        Proc { name, child, lines }
+        Proc { name, child, lines, seen: Vec::new() }
     }
 
-    /// The first stdout line starting with `prefix`, without it.
+    /// The first stdout line starting with `prefix`, without it (lines read while waiting for
+    /// an earlier prefix count too).
     pub fn wait_for(&mut self, prefix: &str, secs: u64) -> String {
+        if let Some(i) = self.seen.iter().position(|l| l.starts_with(prefix)) {
+            let line = self.seen.remove(i);
+            return line[prefix.len()..].trim().to_string();
+        }
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -53,6 +60,7 @@ impl Proc {
                     if let Some(rest) = line.strip_prefix(prefix) {
                         return rest.trim().to_string();
                     }
+                    self.seen.push(line);
                 },
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
@@ -96,6 +104,18 @@ pub fn gateway(ws: &str, dir: &Path, job_timeout_secs: u64) -> (Proc, String, St
 /// `openledger-worker` for provider `operator` (registered at start-up) serving the PEFT
 /// directories in `adapters`, dialling `gateway`; returns once it is ready.
 pub fn worker(ws: &str, operator: &str, dir: &Path, adapters: &Path, gateway: &str) -> Proc {
+    worker_with(ws, operator, dir, adapters, gateway, &[])
+}
+
+/// [`worker`] with `extra` flags (a later flag replaces an earlier one).
+pub fn worker_with(
+    ws: &str,
+    operator: &str,
+    dir: &Path,
+    adapters: &Path,
+    gateway: &str,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-worker"));
     cmd.args(["--chain-url", ws, "--operator", operator])
         .arg("--worker-key")
@@ -105,10 +125,44 @@ pub fn worker(ws: &str, operator: &str, dir: &Path, adapters: &Path, gateway: &s
         .arg("--adapters")
         .arg(adapters)
         .args(["--gateway", gateway, "--register", "--price-milli", "2"])
-        .args(["--threads", "1", "--kv-blocks", "512", "--heartbeat-secs", "6"]);
+        .args(["--threads", "1", "--kv-blocks", "512", "--heartbeat-secs", "6"])
+        .args(extra);
     let mut proc = Proc::spawn("openledger-worker", cmd);
     proc.wait_for("worker ready:", 120);
     proc
+}
+
+/// `openledger-worker keeper` signing with `operator`, polling every 500 ms.
+pub fn keeper(ws: &str, operator: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-worker"));
+    cmd.args(["--chain-url", ws, "--operator", operator, "keeper", "--poll-ms", "500"]);
+    let mut proc = Proc::spawn("openledger-worker keeper", cmd);
+    proc.wait_for("keeper ready:", 60);
+    proc
+}
+
+/// A gateway answer: HTTP status, `Retry-After` header (if any) and JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+/// POST `body` to `url` with Alice's API key, whatever the status.
+pub fn request(url: &str, body: Value) -> Answer {
+    let response = match ureq::post(url)
+        .set("Authorization", "Bearer alice-key")
+        .timeout(Duration::from_secs(120))
+        .send_json(body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {url} failed: {e}"),
+    };
+    let status = response.status();
+    let retry_after = response.header("retry-after").map(str::to_string);
+    let body = response.into_json().unwrap_or(Value::Null);
+    Answer { status, retry_after, body }
 }
 
 pub fn post(url: &str, body: Value) -> Result<Value, String> {

@@ -1,0 +1,408 @@
+//! Failure paths that cost nobody, with real processes on loopback (node, gateway, workers,
+//! keeper): requests the gateway can judge are refused before anything is paid; a request the
+//! worker's engine refuses is refused on chain (the whole escrow comes back, the user pays only
+//! the submission's fee, no bond moves); a full provider is a 503 with `Retry-After` and no
+//! transaction; a cancelled or abandoned request is charged only for the tokens the gateway
+//! received; and the keeper expires what nobody finishes, slashing only a provider that had
+//! acknowledged the job.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use openledger_worker::chain::{
+    blake2_256, fee_for, ChainClient, Endpoint, GpuSpec, JobId, ProviderTerms, RefusalReason,
+};
+use serde_json::{json, Value};
+use subxt::utils::AccountId32;
+use subxt_signer::sr25519::{dev, Keypair};
+
+use common::ledger::flows;
+use common::market::{demo_adapter, short_deadlines, MILLI, OPEN};
+use common::node::DevNode;
+use common::procs::{gateway, keeper, request, worker, worker_with, Proc};
+
+fn account(key: &Keypair) -> AccountId32 {
+    AccountId32(key.public_key().0)
+}
+
+/// Provider price plus the demo adapter's, per 1,000 tokens (the workers ask 2 mOPEN).
+const PRICE: u128 = 3 * MILLI;
+
+async fn best(chain: &ChainClient) -> u64 {
+    chain.best().await.expect("best block").block_number()
+}
+
+/// Wait until `job` is closed on chain.
+async fn closed(chain: &ChainClient, job: JobId, secs: u64) {
+    let started = Instant::now();
+    while chain.job(job).await.expect("reads").is_some() {
+        assert!(started.elapsed() < Duration::from_secs(secs), "job {job} stayed open");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The one job `provider` has open, once it has one.
+async fn the_open_job(chain: &ChainClient, provider: &AccountId32) -> JobId {
+    let started = Instant::now();
+    loop {
+        if let Some(job) = chain.open_jobs_of(provider).await.expect("reads").first() {
+            return *job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no job was assigned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The worker's Prometheus gauge `name`.
+fn gauge(metrics: &str, name: &str) -> i64 {
+    let body = ureq::get(metrics).call().expect("metrics answer").into_string().expect("text");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("openledger_worker_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge {name} in {body}"))
+}
+
+/// Wait until the worker's engine runs no sequence.
+fn engine_idle(metrics: &str) {
+    let started = Instant::now();
+    while gauge(metrics, "batch_size") != 0 || gauge(metrics, "running_jobs") != 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the engine kept generating");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_before_paying_or_refunded_in_full() {
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+    let adapter = demo_adapter(&chain, dir.path()).await;
+    // A second adapter nobody serves.
+    let orphan = chain
+        .register_adapter(&dev::dave(), 0, [9; 32], 8, 0b101, MILLI, &[])
+        .await
+        .expect("registers");
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 60);
+    let _bob = worker(&node.ws_url(), "//Bob", dir.path(), &dir.path().join("adapters"), &p2p);
+    let (alice, bob) = (account(&dev::alice()), account(&dev::bob()));
+    let start = chain.balances(&alice).await.expect("balances");
+    let bond = chain.balances(&bob).await.expect("balances").1;
+    let model = format!("adapter-{adapter}");
+    let completions = format!("{http}/completions");
+
+    // Judged by the gateway: nothing is submitted, nothing paid.
+    let cases = [
+        (json!({"model": model, "prompt": ""}), 400, "empty_prompt"),
+        (json!({"model": model, "prompt": "Hi", "temperature": 5.0}), 400, "invalid_temperature"),
+        (json!({"model": model, "prompt": "Hi", "max_tokens": 0}), 400, "invalid_max_tokens"),
+        (json!({"model": model, "prompt": "x".repeat(1_100_000)}), 400, "payload_too_large"),
+        (
+            json!({"model": model, "prompt": "Hi", "max_tokens": 1_000_000}),
+            400,
+            "request_too_expensive",
+        ),
+        (json!({"model": "adapter-999", "prompt": "Hi"}), 404, "model_not_found"),
+        (
+            json!({"model": format!("adapter-{orphan}"), "prompt": "Hi"}),
+            503,
+            "no_provider_available",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let answer = request(&completions, body);
+        assert_eq!(answer.status, status, "{code}: {}", answer.body);
+        assert_eq!(answer.body["error"]["code"], code, "{}", answer.body);
+        if status == 503 {
+            assert!(answer.retry_after.is_some(), "a 503 says when to retry");
+        }
+    }
+    assert_eq!(chain.balances(&alice).await.expect("balances"), start, "no transaction was sent");
+
+    // Judged by the worker's engine: a prompt longer than the model's context. The job is
+    // refused on chain at once with its reason; Alice pays the submission's fee and nothing
+    // else; no escrow stays held; Bob's bond does not move and his slot is free again.
+    let from = best(&chain).await;
+    let answer = request(
+        &completions,
+        json!({"model": model, "prompt": "hi ".repeat(9_000), "max_tokens": 16}),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "prompt_too_long", "{}", answer.body);
+    let message = answer.body["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("refunded"), "{message}");
+    let job = the_job_in(&chain, from, &alice).await;
+    closed(&chain, job, 60).await;
+    let refused = chain.refusals([job].into()).await.expect("events");
+    assert_eq!(refused[&job].reason, RefusalReason::PromptTooLong);
+    let to = best(&chain).await;
+    let moved = flows(&chain, from, to).await;
+    let now = chain.balances(&alice).await.expect("balances");
+    assert_eq!(moved.txs_of.get(&alice), Some(&1), "one transaction: the submission");
+    assert_eq!(now, (start.0 - moved.fees_of[&alice], start.1), "only the submission fee");
+    assert_eq!(chain.balances(&bob).await.expect("balances").1, bond, "no slash");
+    assert!(chain.quote(adapter, 16).await.expect("quotes").is_some(), "the slot is free");
+}
+
+/// The job Alice submitted after block `from` (from its `JobAssigned` event).
+async fn the_job_in(chain: &ChainClient, from: u64, submitter: &AccountId32) -> JobId {
+    let started = Instant::now();
+    loop {
+        for number in from + 1..=best(chain).await {
+            let at = chain.subxt().at_block(number).await.expect("a block");
+            for ev in at.events().fetch().await.expect("events").iter() {
+                let ev = ev.expect("an event");
+                if ev.pallet_name() == "Jobs" && ev.event_name() == "JobAssigned" {
+                    let assigned = ev
+                        .decode_fields_unchecked_as::<openledger_worker::chain::JobAssigned>()
+                        .expect("JobAssigned");
+                    if assigned.submitter == *submitter {
+                        return assigned.job;
+                    }
+                }
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no job was submitted");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A streamed completion read on a thread: each event's JSON is sent on as it arrives; the
+/// thread stops reading (closing the connection) after `read_at_most` events.
+fn stream(url: String, body: Value, read_at_most: usize) -> std::sync::mpsc::Receiver<Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let response = ureq::post(&url)
+            .set("Authorization", "Bearer alice-key")
+            .timeout(Duration::from_secs(120))
+            .send_json(body)
+            .expect("the stream opens");
+        let mut reader = std::io::BufReader::new(response.into_reader());
+        let mut read = 0;
+        let mut line = String::new();
+        while read < read_at_most && reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(data) = line.trim().strip_prefix("data:") {
+                let data = data.trim();
+                let event = if data == "[DONE]" {
+                    json!("[DONE]")
+                } else {
+                    serde_json::from_str(data).expect("JSON event")
+                };
+                read += 1;
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+            line.clear();
+        }
+    });
+    rx
+}
+
+/// Check the receipt of `job` charged exactly the tokens whose text is `delivered`: the output
+/// hash is that text's, the charge is the metered price of its tokens and the prompt's, fewer
+/// than `max_tokens` were charged, and the rest of the escrow went back.
+async fn charged_for_delivered_only(
+    chain: &ChainClient,
+    job: JobId,
+    delivered: Option<&str>,
+    max_tokens: u32,
+) {
+    closed(chain, job, 60).await;
+    let settled = chain.settlements([job].into()).await.expect("events");
+    let settled = settled.get(&job).expect("the job settled with a receipt");
+    if let Some(text) = delivered {
+        assert_eq!(
+            settled.output_hash.0,
+            blake2_256(text.as_bytes()),
+            "charged text = delivered text"
+        );
+    }
+    assert!(settled.output_tokens < max_tokens, "stopped early: {}", settled.output_tokens);
+    let tokens = u64::from(settled.input_tokens + settled.output_tokens);
+    assert_eq!(settled.charged, fee_for(tokens, PRICE), "the metered charge of what was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_provider_is_a_503_and_a_cancelled_job_pays_for_what_was_delivered() {
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+    let adapter = demo_adapter(&chain, dir.path()).await;
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
+    let mut bob = worker_with(
+        &node.ws_url(),
+        "//Bob",
+        dir.path(),
+        &dir.path().join("adapters"),
+        &p2p,
+        &["--max-concurrent", "1", "--metrics", "127.0.0.1:0"],
+    );
+    let metrics = bob.wait_for("worker metrics:", 5);
+    let alice = account(&dev::alice());
+    let from = best(&chain).await;
+    let (start_free, start_held) = chain.balances(&alice).await.expect("balances");
+
+    // One long streamed story takes Bob's only slot.
+    let model = format!("adapter-{adapter}");
+    let story = json!({"model": model, "prompt": "Tell a long story:", "max_tokens": 400,
+                       "temperature": 0.8, "seed": 1, "stream": true});
+    let events = stream(format!("{http}/completions"), story, usize::MAX);
+    let first = events.recv_timeout(Duration::from_secs(90)).expect("first tokens");
+    let job = first["openledger"]["job"].as_u64().expect("the event names its job");
+
+    // A second request finds no free slot: a 503 with Retry-After, and no transaction.
+    let busy = request(&format!("{http}/completions"), json!({"model": model, "prompt": "Hi"}));
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert!(busy.retry_after.is_some());
+
+    // Cancel the story: the stream ends with finish_reason `cancelled`, the worker stops.
+    let cancel = ureq::post(&format!("{http}/jobs/{job}/cancel"))
+        .set("Authorization", "Bearer alice-key")
+        .call()
+        .expect("cancel answers 200")
+        .into_json::<Value>()
+        .expect("JSON");
+    assert_eq!(cancel["cancelled"], true);
+    let mut text = first["choices"][0]["text"].as_str().unwrap_or_default().to_string();
+    let mut finish = Value::Null;
+    while let Ok(event) = events.recv_timeout(Duration::from_secs(30)) {
+        if event == json!("[DONE]") {
+            break;
+        }
+        text.push_str(event["choices"][0]["text"].as_str().unwrap_or_default());
+        finish = event["choices"][0]["finish_reason"].clone();
+    }
+    assert_eq!(finish, "cancelled");
+    charged_for_delivered_only(&chain, job, Some(&text), 400).await;
+    engine_idle(&metrics);
+
+    // Where every planck went: Alice paid one submission fee and the charge; nothing is held.
+    let to = best(&chain).await;
+    let moved = flows(&chain, from, to).await;
+    assert_eq!(moved.txs_of.get(&alice), Some(&1), "the 503 sent no transaction");
+    let charged = moved.charges[&job];
+    let (free, held) = chain.balances(&alice).await.expect("balances");
+    assert_eq!((free, held), (start_free - moved.fees_of[&alice] - charged, start_held));
+    bob.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_pays_only_for_what_was_delivered() {
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+    let adapter = demo_adapter(&chain, dir.path()).await;
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
+    let mut bob = worker_with(
+        &node.ws_url(),
+        "//Bob",
+        dir.path(),
+        &dir.path().join("adapters"),
+        &p2p,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let metrics = bob.wait_for("worker metrics:", 5);
+    let (alice, provider) = (account(&dev::alice()), account(&dev::bob()));
+    let held_before = chain.balances(&alice).await.expect("balances").1;
+    let model = format!("adapter-{adapter}");
+    let story = |stream: bool| {
+        json!({"model": model, "prompt": "Tell a long story:", "max_tokens": 400,
+               "temperature": 0.8, "seed": 2, "stream": stream})
+    };
+
+    // Streaming: the client reads two events and hangs up.
+    let events = stream(format!("{http}/completions"), story(true), 2);
+    let first = events.recv_timeout(Duration::from_secs(90)).expect("first tokens");
+    let job = first["openledger"]["job"].as_u64().expect("a job id");
+    while events.recv_timeout(Duration::from_secs(30)).is_ok() {}
+    charged_for_delivered_only(&chain, job, None, 400).await;
+    engine_idle(&metrics);
+
+    // Not streaming: the client gives up after a few seconds.
+    let url = format!("{http}/completions");
+    let body = story(false);
+    let waiting = std::thread::spawn(move || {
+        ureq::post(&url)
+            .set("Authorization", "Bearer alice-key")
+            .timeout(Duration::from_secs(6))
+            .send_json(body)
+            .map(|_| ())
+    });
+    let job = the_open_job(&chain, &provider).await;
+    assert!(waiting.join().expect("client thread").is_err(), "the client timed out");
+    charged_for_delivered_only(&chain, job, None, 400).await;
+    engine_idle(&metrics);
+    assert_eq!(chain.balances(&alice).await.expect("balances").1, held_before, "nothing held");
+    bob.kill();
+}
+
+/// Terms of a provider whose worker never runs (the keeper test's).
+fn idle_terms(worker_key: [u8; 32]) -> ProviderTerms {
+    ProviderTerms {
+        spec: GpuSpec {
+            model: b"NVIDIA H200".to_vec(),
+            memory_gib: 141,
+            gpu_count: 1,
+            bf16_tflops: None,
+        },
+        region: *b"FR",
+        endpoint: Endpoint { peer_id: vec![1; 38], multiaddrs: vec![] },
+        worker_key,
+        worker_account: None,
+        base_models: vec![0],
+        price_per_1k: 2 * MILLI,
+        max_concurrent: 4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keeper_expires_abandoned_jobs_and_slashes_only_after_an_acknowledgement() {
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+    let adapter = demo_adapter(&chain, dir.path()).await;
+    short_deadlines(&chain, 4).await;
+    // Ferdie registers a provider whose worker never comes.
+    let (ferdie, alice, charlie) = (dev::ferdie(), dev::alice(), dev::charlie());
+    let provider = account(&ferdie);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes();
+    chain.register_provider(&ferdie, &idle_terms(key), 1_000 * OPEN).await.expect("registers");
+    chain.set_served_adapters(&ferdie, &provider, &[adapter]).await.expect("declares");
+    let _keeper: Proc = keeper(&node.ws_url(), "//Charlie");
+    let (bond, charlie_before) = (
+        chain.balances(&provider).await.expect("balances").1,
+        chain.balances(&account(&charlie)).await.expect("balances"),
+    );
+    let (alice_free, alice_held) = chain.balances(&account(&alice)).await.expect("balances");
+    let from = best(&chain).await;
+
+    // One job never acknowledged, one acknowledged and then left.
+    let escrow = OPEN / 10;
+    let never = chain.submit_job(&alice, adapter, [1; 32], 16, escrow, b"gw").await.expect("job");
+    let left = chain.submit_job(&alice, adapter, [2; 32], 16, escrow, b"gw").await.expect("job");
+    chain.acknowledge(&ferdie, left.job).await.expect("acknowledged");
+    for job in [never.job, left.job] {
+        closed(&chain, job, 90).await;
+    }
+    let expired = chain.expiries(BTreeSet::from([never.job, left.job])).await.expect("events");
+    assert_eq!((expired[&never.job].refunded, expired[&never.job].slashed), (escrow, 0));
+    let slashed = expired[&left.job].slashed;
+    assert_eq!(expired[&left.job].refunded, escrow);
+    assert_eq!(slashed, 1_000 * OPEN / 10, "the runtime's slash fraction of the bond");
+    assert_eq!(chain.balances(&provider).await.expect("balances").1, bond - slashed);
+    // Alice got both escrows back and the slash, less her two submissions' fees.
+    let moved = flows(&chain, from, best(&chain).await).await;
+    let alice_id = account(&alice);
+    assert_eq!(moved.txs_of.get(&alice_id), Some(&2));
+    let (free, held) = chain.balances(&alice_id).await.expect("balances");
+    assert_eq!((free, held), (alice_free - moved.fees_of[&alice_id] + slashed, alice_held));
+    // The keeper paid nothing for its expiries.
+    assert_eq!(chain.balances(&account(&charlie)).await.expect("balances"), charlie_before);
+}
