@@ -30,12 +30,12 @@ mod weights;
 pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use config::{ModelConfig, Projection, RopeStyle};
-pub use error::{EngineError, Result};
+pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::{Model, SeqChunk, GPU_DTYPE};
 pub use sampling::SamplingParams;
 pub use scheduler::{
-    load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,
-    StepReport, StreamEvent,
+    load_tokenizer, Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest,
+    ModelSource, RequestId, StepReport, StreamEvent,
 };
 pub use synthetic::write_random_adapter;
