@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::adapter_check::AdapterError;
+
 /// Result of engine operations.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
@@ -15,10 +17,10 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
-    /// A JSON file (config.json, adapter_config.json, tokenizer.json) is malformed.
+    /// A JSON file (config.json, tokenizer.json) is malformed.
     #[error("{path}: {message}")]
     BadConfig { path: PathBuf, message: String },
-    /// A weights file lacks a tensor the model or adapter needs.
+    /// A weights file lacks a tensor the model needs.
     #[error("{path}: missing tensor `{tensor}`")]
     MissingTensor { path: PathBuf, tensor: String },
     /// A tensor has the wrong shape for this base model.
@@ -30,6 +32,9 @@ pub enum EngineError {
     /// A weights file could not be parsed at all.
     #[error("{path}: {message}")]
     BadWeightsFile { path: PathBuf, message: String },
+    /// A PEFT adapter folder that cannot be served (see [`AdapterError`]'s variants).
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
     /// The tokenizer failed on an input or could not be built.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -131,6 +136,7 @@ impl EngineError {
             | Self::TensorShape { .. }
             | Self::BadTensor { .. }
             | Self::BadWeightsFile { .. }
+            | Self::Adapter(_)
             | Self::Tokenizer(_)
             | Self::BadChunk { .. }
             | Self::Stopped
