@@ -5,6 +5,11 @@
 //! between steps and forwards each request's tokens to an async channel, so the worker's
 //! network and chain tasks never block on the model, and requests from many jobs share every
 //! step.
+//!
+//! A caller that drops its receiver cancels its request: before every step the thread looks
+//! for closed receivers and takes their requests out of the engine, so nothing more is
+//! computed for a caller that went away. A step that fails fails only the requests in it;
+//! the thread goes on serving the others and new ones.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -13,7 +18,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use crate::engine::{Engine, EngineError, GenerationRequest, StreamEvent};
+use crate::engine::{Engine, EngineError, EngineStatus, GenerationRequest, RequestId, StreamEvent};
 
 enum Command {
     Generate {
@@ -29,6 +34,10 @@ enum Command {
     Adapters {
         reply: oneshot::Sender<AdapterTiers>,
     },
+    Status {
+        reply: oneshot::Sender<EngineStatus>,
+    },
+    FailNextStep,
 }
 
 /// Which adapters each cache tier holds now.
@@ -59,7 +68,7 @@ pub struct EngineHost {
 
 /// What [`EngineHost`] calls return when the engine thread is gone.
 fn gone() -> EngineError {
-    EngineError::BadRequest { request: 0, message: "the engine thread has stopped".into() }
+    EngineError::Stopped
 }
 
 impl EngineHost {
@@ -76,7 +85,10 @@ impl EngineHost {
     }
 
     /// Queue a request; its tokens arrive on the returned channel, ending with
-    /// [`StreamEvent::Finished`] or [`StreamEvent::Failed`].
+    /// [`StreamEvent::Finished`] or [`StreamEvent::Failed`]. A request the engine refuses
+    /// returns its error here, before anything runs: [`EngineError::rejection`] says whether
+    /// the request itself is at fault. Dropping the receiver cancels the request before the
+    /// engine's next step.
     pub async fn generate(
         &self,
         request: GenerationRequest,
@@ -106,6 +118,20 @@ impl EngineHost {
         answer.await.unwrap_or_default()
     }
 
+    /// Requests, KV blocks and adapter pins the engine holds now, and steps run so far.
+    pub async fn status(&self) -> Result<EngineStatus, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Status { reply }).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Makes the engine's next forward pass fail (fault injection, for tests of the failure
+    /// path; see [`Engine::fail_next_step`]).
+    #[doc(hidden)]
+    pub fn fail_next_step(&self) {
+        let _ = self.commands.send(Command::FailNextStep);
+    }
+
     /// Batch size and queue depth of the last step.
     pub fn load(&self) -> EngineLoad {
         self.load.lock().map(|l| *l).unwrap_or_default()
@@ -114,6 +140,7 @@ impl EngineHost {
 
 /// One request's engine channel and where its events go.
 struct Forward {
+    id: RequestId,
     from: Receiver<StreamEvent>,
     to: async_mpsc::UnboundedSender<StreamEvent>,
 }
@@ -126,7 +153,7 @@ impl Forward {
                 Ok(event) => {
                     let last =
                         matches!(event, StreamEvent::Finished { .. } | StreamEvent::Failed(_));
-                    // A caller that went away still lets its sequence finish in the engine.
+                    // A caller that went away is cancelled before the next step.
                     let _ = self.to.send(event);
                     if last {
                         return false;
@@ -142,8 +169,8 @@ impl Forward {
 fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
     match command {
         Command::Generate { request, events, accepted } => match engine.submit(request) {
-            Ok((_, from)) => {
-                forwards.push(Forward { from, to: events });
+            Ok((id, from)) => {
+                forwards.push(Forward { id, from, to: events });
                 let _ = accepted.send(Ok(()));
             },
             Err(e) => {
@@ -161,7 +188,24 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
             };
             let _ = reply.send(tiers);
         },
+        Command::Status { reply } => {
+            let _ = reply.send(engine.status());
+        },
+        Command::FailNextStep => engine.fail_next_step(),
     }
+}
+
+/// Takes the requests whose callers dropped their receivers out of the engine.
+fn cancel_abandoned(engine: &mut Engine, forwards: &mut Vec<Forward>) {
+    forwards.retain(|f| {
+        if !f.to.is_closed() {
+            return true;
+        }
+        if engine.cancel(f.id) {
+            tracing::debug!(request = f.id, "caller went away; request cancelled");
+        }
+        false
+    });
 }
 
 fn run(mut engine: Engine, inbox: Receiver<Command>, load: Arc<Mutex<EngineLoad>>) {
@@ -176,6 +220,7 @@ fn run(mut engine: Engine, inbox: Receiver<Command>, load: Arc<Mutex<EngineLoad>
         while let Ok(command) = inbox.try_recv() {
             handle(&mut engine, &mut forwards, command);
         }
+        cancel_abandoned(&mut engine, &mut forwards);
         if !engine.is_idle() {
             match engine.step() {
                 Ok(report) => {
@@ -183,13 +228,9 @@ fn run(mut engine: Engine, inbox: Receiver<Command>, load: Arc<Mutex<EngineLoad>
                         *l = EngineLoad { batch: report.sequences, waiting: report.waiting };
                     }
                 },
-                Err(e) => {
-                    tracing::error!(error = %e, "engine step failed; failing its requests");
-                    for f in forwards.drain(..) {
-                        let _ = f.to.send(StreamEvent::Failed(e.to_string()));
-                    }
-                    continue;
-                },
+                // The engine has failed and removed the step's requests (their Failed events
+                // are forwarded below); the others carry on.
+                Err(e) => tracing::error!(error = %e, "engine step failed; failed its requests"),
             }
         } else if let Ok(mut l) = load.lock() {
             *l = EngineLoad::default();

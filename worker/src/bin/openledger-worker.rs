@@ -14,13 +14,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
-use openledger_worker::chain::{
-    blake2_256, AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms,
-};
+use openledger_worker::chain::{AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
 use openledger_worker::cli;
 use openledger_worker::engine::{
-    write_random_adapter, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelSource,
-    Projection,
+    scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
+    EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
 };
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
@@ -118,10 +116,15 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Register a PEFT adapter directory on chain (content hash of its safetensors).
+    /// Register a PEFT adapter directory on chain (content hash of its safetensors), once it
+    /// passes the checks a worker's engine makes when loading it.
     RegisterAdapter {
         /// The adapter directory.
         dir: PathBuf,
+        /// The base model it adapts (GGUF file or Hugging Face directory; only its
+        /// configuration is read).
+        #[arg(long, env = "OPENLEDGER_MODEL")]
+        model: PathBuf,
         /// Price per 1,000 tokens, in milli-OPEN.
         #[arg(long, default_value_t = 1)]
         price_milli: u128,
@@ -200,18 +203,21 @@ async fn run() -> Result<()> {
             println!("{}", dir.display());
             return Ok(());
         },
-        Some(Command::RegisterAdapter { dir, price_milli, base_model, training }) => {
+        Some(Command::RegisterAdapter { dir, model, price_milli, base_model, training }) => {
             let signer = cli::account_key(args.operator.as_deref(), args.operator_file.as_deref())?;
-            let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(10)).await?;
-            let (hash, config) = adapter_files(dir)?;
+            let base = ModelConfig::read(model)
+                .with_context(|| format!("cannot read the base model {}", model.display()))?;
+            let adapter = validate_adapter_dir(dir, &base)
+                .context("the adapter cannot be served; not registering it")?;
             let training = training.iter().map(|t| parse_share(t)).collect::<Result<Vec<_>>>()?;
+            let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(10)).await?;
             let id = chain
                 .register_adapter(
                     &signer,
                     *base_model,
-                    hash,
-                    config.rank,
-                    config.target_modules,
+                    adapter.content_hash,
+                    adapter.rank,
+                    adapter.target_modules,
                     price_milli * (OPEN / 1_000),
                     &training,
                 )
@@ -237,36 +243,45 @@ fn parse_share(text: &str) -> Result<(u32, u32)> {
     Ok((d.parse().context("DataNet id")?, ppm.parse().context("share in ppm")?))
 }
 
-/// What the chain needs to know of a PEFT adapter directory.
-struct PeftSummary {
-    rank: u32,
-    target_modules: u8,
-}
-
-/// The content hash of `dir`'s weights and the rank and targets of its config.
-fn adapter_files(dir: &Path) -> Result<([u8; 32], PeftSummary)> {
-    let weights = dir.join("adapter_model.safetensors");
-    let bytes = std::fs::read(&weights)
-        .with_context(|| format!("cannot read the adapter weights {}", weights.display()))?;
-    let config_path = dir.join("adapter_config.json");
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&config_path)
-            .with_context(|| format!("cannot read {}", config_path.display()))?,
-    )
-    .with_context(|| format!("{} is not JSON", config_path.display()))?;
-    let rank =
-        config["r"].as_u64().with_context(|| format!("{}: no `r`", config_path.display()))?;
-    let names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    let mut target_modules = 0u8;
-    for m in config["target_modules"].as_array().into_iter().flatten() {
-        if let Some(i) = m.as_str().and_then(|m| names.iter().position(|n| *n == m)) {
-            target_modules |= 1 << i;
+/// Checks every adapter folder in `dir` and loads into the engine those registered on chain
+/// (matched by content hash); a folder that cannot be served is skipped with a warning
+/// naming it and why. Fails when none is left: a worker would otherwise declare capacity for
+/// jobs it can only refuse.
+async fn serve_adapters(
+    engine: &EngineHost,
+    chain: &ChainClient,
+    dir: &Path,
+    base: &ModelConfig,
+) -> Result<HashMap<AdapterId, String>> {
+    let scan = scan_adapter_dirs(dir, base)
+        .with_context(|| format!("cannot read the adapter directory {}", dir.display()))?;
+    for (path, reason) in &scan.skipped {
+        tracing::warn!(dir = %path.display(), %reason, "adapter folder skipped");
+    }
+    let on_chain = chain.adapters().await?;
+    let mut adapters = HashMap::new();
+    for (path, summary) in scan.adapters {
+        let Some((id, _)) =
+            on_chain.iter().find(|(_, a)| a.content_hash.0 == summary.content_hash && !a.retired)
+        else {
+            tracing::warn!(dir = %path.display(), "no registered adapter has this content hash; not served");
+            continue;
+        };
+        let name = id.to_string();
+        if let Err(reason) = engine.register_adapter(&name, path.clone()).await {
+            tracing::warn!(dir = %path.display(), %reason, "adapter folder skipped");
+            continue;
         }
+        tracing::info!(adapter = id, dir = %path.display(), "serving adapter");
+        adapters.insert(*id, name);
     }
-    if target_modules == 0 {
-        bail!("{}: `target_modules` names none of {names:?}", config_path.display());
+    if adapters.is_empty() {
+        bail!(
+            "nothing to serve: no adapter in {} is loadable and registered on chain; not registering capacity",
+            dir.display()
+        );
     }
-    Ok((blake2_256(&bytes), PeftSummary { rank: rank as u32, target_modules }))
+    Ok(adapters)
 }
 
 async fn serve(args: &Args) -> Result<()> {
@@ -302,35 +317,14 @@ async fn serve(args: &Args) -> Result<()> {
         model.display(),
         started.elapsed().as_secs_f64()
     ));
+    let base = engine.model().config().clone();
     let (engine, _thread) = EngineHost::spawn(engine);
 
     // Adapters: local directories matched to on-chain registrations by content hash.
-    let mut adapters: HashMap<AdapterId, String> = HashMap::new();
-    if let Some(dir) = &s.adapters {
-        let on_chain = chain.adapters().await?;
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the adapter directory {}", dir.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            if !path.join("adapter_model.safetensors").exists() {
-                continue;
-            }
-            let (hash, _) = adapter_files(&path)?;
-            let Some((id, _)) =
-                on_chain.iter().find(|(_, a)| a.content_hash.0 == hash && !a.retired)
-            else {
-                tracing::warn!(dir = %path.display(), "no registered adapter has this content hash; not served");
-                continue;
-            };
-            let name = id.to_string();
-            engine
-                .register_adapter(&name, path.clone())
-                .await
-                .with_context(|| format!("cannot load the adapter {}", path.display()))?;
-            tracing::info!(adapter = id, dir = %path.display(), "serving adapter");
-            adapters.insert(*id, name);
-        }
-    }
+    let adapters = match &s.adapters {
+        Some(dir) => serve_adapters(&engine, &chain, dir, &base).await?,
+        None => HashMap::new(),
+    };
 
     // The network: the worker key is the libp2p identity, so gateways can check it.
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(worker_key.to_bytes())?);

@@ -178,6 +178,11 @@ impl AdapterCache {
         self.slots.iter().flatten().map(|e| e.bytes).sum()
     }
 
+    /// Pins held by running sequences, over all slots.
+    pub fn pins(&self) -> usize {
+        self.slots.iter().flatten().map(|e| e.pins).sum()
+    }
+
     /// Unpins a slot acquired for a sequence that has finished.
     pub fn release(&mut self, slot: u32) {
         if let Some(Some(e)) = self.slots.get_mut(slot as usize) {

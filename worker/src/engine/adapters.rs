@@ -5,27 +5,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
-use serde::Deserialize;
 
+use super::adapter_check::read_adapter;
 use super::config::{ModelConfig, Projection};
 use super::error::{EngineError, Result};
 use super::model::StepSegments;
-
-#[derive(Deserialize)]
-struct PeftConfig {
-    r: usize,
-    lora_alpha: f64,
-    target_modules: TargetModules,
-    #[serde(default)]
-    use_rslora: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TargetModules {
-    List(Vec<String>),
-    One(String),
-}
 
 /// How adapter weights are kept once loaded: bf16 (as most adapters are trained and shipped).
 /// The SGMV step is bandwidth-bound on a CPU (each adapter's weights are read once per step
@@ -46,110 +30,18 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// Loads `adapter_config.json` and `adapter_model.safetensors` from `dir`, checking every
-    /// tensor against the base model's shapes.
+    /// Loads `adapter_config.json` and `adapter_model.safetensors` from `dir`, with every
+    /// check of [`validate_adapter_dir`](super::validate_adapter_dir) (the same function).
     pub fn load(dir: &Path, base: &ModelConfig, device: &Device) -> Result<Self> {
-        let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-        let cfg: PeftConfig =
-            serde_json::from_str(&text).map_err(|e| EngineError::config(&cfg_path, e))?;
-        if cfg.r == 0 {
-            return Err(EngineError::config(&cfg_path, "r must be positive"));
-        }
-        if !(cfg.lora_alpha.is_finite()) {
-            return Err(EngineError::config(&cfg_path, "lora_alpha must be a finite number"));
-        }
-        let modules = match cfg.target_modules {
-            TargetModules::List(l) => l,
-            TargetModules::One(s) => vec![s],
-        };
-        let mut targets = [false; 7];
-        for m in &modules {
-            let Some(p) = Projection::from_module_name(m) else {
-                return Err(EngineError::config(
-                    &cfg_path,
-                    format!("target module `{m}` is not one of q/k/v/o/gate/up/down_proj"),
-                ));
-            };
-            targets[p.index()] = true;
-        }
-        if !targets.iter().any(|&t| t) {
-            return Err(EngineError::config(&cfg_path, "target_modules is empty"));
-        }
-        let scale = if cfg.use_rslora {
-            cfg.lora_alpha / (cfg.r as f64).sqrt()
-        } else {
-            cfg.lora_alpha / cfg.r as f64
-        } as f32;
-
-        let st_path = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&st_path).map_err(|e| EngineError::io(&st_path, e))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-            EngineError::BadWeightsFile { path: st_path.clone(), message: e.to_string() }
-        })?;
-        let get = |name: &str, shape: [usize; 2]| -> Result<Tensor> {
-            let t = tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
-                path: st_path.clone(),
-                tensor: name.to_string(),
-            })?;
-            if t.dims() != shape {
-                return Err(EngineError::TensorShape {
-                    path: st_path.clone(),
-                    tensor: name.to_string(),
-                    expected: shape.to_vec(),
-                    actual: t.dims().to_vec(),
-                });
-            }
-            let t = t.to_dtype(DType::F32)?.contiguous()?;
-            let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
-            if !finite {
-                return Err(EngineError::BadTensor {
-                    path: st_path.clone(),
-                    tensor: name.to_string(),
-                    message: "holds NaN or infinite values".into(),
-                });
-            }
-            Ok(t.to_dtype(ADAPTER_DTYPE)?)
-        };
-        let mut weights = Vec::with_capacity(base.num_layers);
-        let mut used = 0usize;
-        for l in 0..base.num_layers {
-            let mut layer = Vec::with_capacity(7);
-            for p in Projection::ALL {
-                if !targets[p.index()] {
-                    layer.push(None);
-                    continue;
-                }
-                let (d_in, d_out) = base.proj_dims(p);
-                let pre = format!("base_model.model.model.layers.{l}.{}", p.hf_path());
-                let a = get(&format!("{pre}.lora_A.weight"), [cfg.r, d_in])?;
-                let b = get(&format!("{pre}.lora_B.weight"), [d_out, cfg.r])?;
-                used += 2;
-                layer.push(Some((a, b)));
-            }
-            weights.push(layer);
-        }
-        // A tensor for a layer the base lacks means the adapter was trained for another model.
-        if let Some(extra) = tensors.keys().find(|k| {
-            k.split('.')
-                .nth(4)
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i >= base.num_layers)
-        }) {
-            return Err(EngineError::BadTensor {
-                path: st_path,
-                tensor: extra.clone(),
-                message: format!("the base model has only {} layers", base.num_layers),
-            });
-        }
-        tracing::debug!(dir = %dir.display(), rank = cfg.r, tensors = used, "loaded adapter");
+        let checked = read_adapter(dir, base, ADAPTER_DTYPE, device)?;
+        tracing::debug!(dir = %dir.display(), rank = checked.rank, "loaded adapter");
         Ok(Self {
             dir: dir.to_path_buf(),
-            rank: cfg.r,
-            scale,
-            targets,
-            weights,
-            bytes: bytes.len(),
+            rank: checked.rank,
+            scale: checked.scale,
+            targets: checked.targets,
+            weights: checked.weights,
+            bytes: checked.file_bytes,
         })
     }
 

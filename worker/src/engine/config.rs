@@ -128,6 +128,16 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The hyper-parameters of a base model without loading its weights: `config.json` of a
+    /// Hugging Face directory, or the metadata of a GGUF file.
+    pub fn read(model: &Path) -> Result<Self> {
+        if model.is_dir() {
+            Self::from_hf_file(&model.join("config.json"))
+        } else {
+            super::gguf::read_config(model)
+        }
+    }
+
     /// Checks the shape is self-consistent (GQA groups divide evenly, even head_dim).
     pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let positive = [

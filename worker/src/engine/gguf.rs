@@ -93,19 +93,33 @@ impl Reader<'_> {
     }
 }
 
-/// Reads a llama-architecture GGUF file.
-pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+/// Opens a GGUF file and reads its metadata and tensor index (not the tensors' data).
+fn open(path: &Path) -> Result<Reader<'_>> {
     let mut file = File::open(path).map_err(|e| EngineError::io(path, e))?;
     let content = Content::read(&mut file).map_err(|e| EngineError::BadWeightsFile {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut r = Reader { path, content, file };
+    Ok(Reader { path, content, file })
+}
+
+/// The hyper-parameters of a GGUF file, from its metadata alone (no tensor is read), with
+/// the chat models' turn-end tokens among the end-of-sequence tokens as [`load`] sets them.
+pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
+    let r = open(path)?;
+    let tokens = r.meta_strings("tokenizer.ggml.tokens")?;
+    let mut config = config_of(&r, tokens.len())?;
+    add_turn_ends(&tokens, &mut config);
+    Ok(config)
+}
+
+/// The model's shape from the metadata (architecture llama or mistral).
+fn config_of(r: &Reader<'_>, vocab_size: usize) -> Result<ModelConfig> {
+    let path = r.path;
     let arch = r.meta("general.architecture")?.to_string().cloned().unwrap_or_default();
     if arch != "llama" && arch != "mistral" {
         return Err(EngineError::config(path, format!("unsupported architecture `{arch}`")));
     }
-    let tokens = r.meta_strings("tokenizer.ggml.tokens")?;
     let hidden = r.meta_u32(&format!("{arch}.embedding_length"))? as usize;
     let num_heads = r.meta_u32(&format!("{arch}.attention.head_count"))? as usize;
     let num_kv_heads =
@@ -115,8 +129,8 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         Err(_) => hidden / num_heads.max(1),
     };
     let has_output = r.content.tensor_infos.contains_key("output.weight");
-    let mut config = ModelConfig {
-        vocab_size: tokens.len(),
+    let config = ModelConfig {
+        vocab_size,
         hidden_size: hidden,
         intermediate_size: r.meta_u32(&format!("{arch}.feed_forward_length"))? as usize,
         num_layers: r.meta_u32(&format!("{arch}.block_count"))? as usize,
@@ -135,7 +149,16 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         bos_token_id: r.meta_u32("tokenizer.ggml.bos_token_id").ok(),
     };
     config.validate().map_err(|m| EngineError::config(path, m))?;
+    Ok(config)
+}
 
+/// Reads a llama-architecture GGUF file.
+pub(crate) fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+    let mut r = open(path)?;
+    let tokens = r.meta_strings("tokenizer.ggml.tokens")?;
+    let mut config = config_of(&r, tokens.len())?;
+    let has_output = r.content.tensor_infos.contains_key("output.weight");
+    let hidden = config.hidden_size;
     let h = hidden;
     let embed_q = r.tensor("token_embd.weight", &[config.vocab_size, h], device)?;
     let embed = Linear::from_qtensor(embed_q)?;
@@ -225,13 +248,17 @@ fn tokenizer_from_metadata(
         .map(|(s, _)| AddedToken::from(s.clone(), true))
         .collect();
     tok.add_special_tokens(special).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-    // Chat models end a turn with <|im_end|>; stop there as well as at the declared EOS.
+    add_turn_ends(&tokens, config);
+    Ok(tok)
+}
+
+/// Chat models end a turn with <|im_end|>; stop there as well as at the declared EOS.
+fn add_turn_ends(tokens: &[String], config: &mut ModelConfig) {
     for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-        if let Some(&id) = tokens.iter().position(|t| t == name).map(|i| i as u32).as_ref() {
+        if let Some(id) = tokens.iter().position(|t| t == name).map(|i| i as u32) {
             if !config.eos_token_ids.contains(&id) {
                 config.eos_token_ids.push(id);
             }
         }
     }
-    Ok(tok)
 }

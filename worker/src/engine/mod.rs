@@ -14,6 +14,7 @@
 //! streaming are the same for both.
 
 mod adapter_cache;
+mod adapter_check;
 mod adapters;
 mod attention;
 mod config;
@@ -28,14 +29,17 @@ mod tensor_model;
 mod weights;
 
 pub use adapter_cache::{AdapterCache, AdapterCacheConfig};
+pub use adapter_check::{
+    scan_adapter_dirs, validate_adapter_dir, AdapterError, AdapterScan, AdapterSummary,
+};
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use config::{ModelConfig, Projection, RopeStyle};
-pub use error::{EngineError, Result};
+pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::{Model, SeqChunk, GPU_DTYPE};
 pub use sampling::SamplingParams;
 pub use scheduler::{
-    load_tokenizer, Engine, EngineConfig, FinishReason, GenerationRequest, ModelSource, RequestId,
-    StepReport, StreamEvent,
+    load_tokenizer, Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest,
+    ModelSource, RequestId, StepReport, StreamEvent,
 };
 pub use synthetic::write_random_adapter;

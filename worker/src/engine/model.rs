@@ -207,8 +207,8 @@ impl Model {
         for (i, c) in chunks.iter().enumerate() {
             let end = c.start + c.tokens.len();
             if c.tokens.is_empty() || end > cfg.max_position {
-                return Err(EngineError::BadRequest {
-                    request: i as u64,
+                return Err(EngineError::BadChunk {
+                    chunk: i,
                     message: format!(
                         "chunk of {} tokens at {} exceeds the model's {} positions",
                         c.tokens.len(),
@@ -221,8 +221,8 @@ impl Model {
                 return Err(EngineError::OutOfBlocks { total: cache.config().num_blocks });
             }
             if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(EngineError::BadRequest {
-                    request: i as u64,
+                return Err(EngineError::BadChunk {
+                    chunk: i,
                     message: format!("token id {t} is outside the vocabulary"),
                 });
             }

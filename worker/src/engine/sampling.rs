@@ -38,6 +38,26 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Why no sampler can use these parameters, if so: a temperature that is negative or
+    /// not a finite number, a top_p outside (0, 1], or no token to generate.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!(
+                "temperature must be a finite number >= 0 (0: greedy), got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.max_tokens == 0 {
+            return Err("max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// A request's sampler: its parameters and generator.
 pub(crate) struct Sampler {
     params: SamplingParams,

@@ -4,6 +4,11 @@
 //!
 //! Admission reserves a sequence's worst-case KV blocks (prompt + max_tokens) up front, so a
 //! running sequence can never run out; a request that does not fit waits in the queue.
+//!
+//! A request leaves early in two ways, both giving back its KV blocks and adapter pin at
+//! once: [`Engine::cancel`] (its caller went away), or a forward pass that fails, which fails
+//! the sequences of that step (each gets [`StreamEvent::Failed`]) and leaves the others
+//! running.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -121,6 +126,23 @@ pub struct StepReport {
     pub waiting: usize,
 }
 
+/// What the engine holds now: requests, KV blocks, adapter pins and steps run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Requests queued for admission.
+    pub waiting: usize,
+    /// Sequences admitted and not yet finished.
+    pub running: usize,
+    /// KV cache blocks no sequence holds.
+    pub kv_free_blocks: usize,
+    /// KV cache blocks in all.
+    pub kv_blocks: usize,
+    /// Adapter pins held by running sequences (one per sequence with an adapter).
+    pub adapter_pins: usize,
+    /// Forward passes run so far, failed ones included.
+    pub steps: u64,
+}
+
 /// The engine: base model, tokenizer, adapter cache, KV cache and scheduler.
 pub struct Engine {
     model: Model,
@@ -131,6 +153,10 @@ pub struct Engine {
     waiting: VecDeque<Pending>,
     running: Vec<Sequence>,
     next_id: RequestId,
+    /// Forward passes run so far.
+    steps: u64,
+    /// Fail the next forward pass (fault injection for tests: [`Engine::fail_next_step`]).
+    fail_next_step: bool,
     /// Every step runs inside this pool, so the calling thread is one of its workers and the
     /// many short parallel loops of a step cost no thread hand-offs.
     pool: Option<Arc<rayon::ThreadPool>>,
@@ -152,6 +178,8 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
+            steps: 0,
+            fail_next_step: false,
             pool,
         })
     }
@@ -219,30 +247,39 @@ impl Engine {
     ) -> Result<(RequestId, Receiver<StreamEvent>)> {
         let id = self.next_id;
         self.next_id += 1;
-        let bad = |message: String| EngineError::BadRequest { request: id, message };
-        let vocab = self.model.config().vocab_size;
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(bad(format!("token id {t} is outside the vocabulary of {vocab}")));
-        }
-        let req = GenerationRequest { prompt: String::new(), adapter, params };
         if tokens.is_empty() {
-            return Err(bad("the prompt is empty".into()));
+            return Err(EngineError::EmptyPrompt { request: id });
         }
-        if let Some(name) = &req.adapter {
+        let vocab = self.model.config().vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfVocabulary { request: id, token, vocab });
+        }
+        params.check().map_err(|message| EngineError::InvalidSampling { request: id, message })?;
+        if let Some(name) = &adapter {
             if !self.adapters.contains(name) {
                 return Err(EngineError::UnknownAdapter(name.clone()));
             }
         }
-        let max_pos = self.model.config().max_position;
-        let worst = self.worst_case_len(tokens.len(), &req.params);
-        if tokens.len() >= max_pos || self.cache.blocks_for(worst) > self.cache.config().num_blocks
-        {
-            return Err(bad(format!(
-                "{} prompt tokens + {} new tokens do not fit the KV cache or context",
-                tokens.len(),
-                req.params.max_tokens
-            )));
+        let context = self.model.config().max_position;
+        if tokens.len() >= context {
+            return Err(EngineError::PromptTooLong {
+                request: id,
+                prompt_tokens: tokens.len(),
+                context,
+            });
         }
+        let blocks = self.cache.blocks_for(self.worst_case_len(tokens.len(), &params));
+        let capacity = self.cache.config().num_blocks;
+        if blocks > capacity {
+            return Err(EngineError::ExceedsKvCache {
+                request: id,
+                prompt_tokens: tokens.len(),
+                max_tokens: params.max_tokens,
+                blocks,
+                capacity,
+            });
+        }
+        let req = GenerationRequest { prompt: String::new(), adapter, params };
         if let Some(name) = &req.adapter {
             self.adapters.prefetch(name);
         }
@@ -266,6 +303,52 @@ impl Engine {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
+    /// Requests, KV blocks and adapter pins held now, and steps run so far.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            kv_free_blocks: self.cache.free_blocks(),
+            kv_blocks: self.cache.config().num_blocks,
+            adapter_pins: self.adapters.pins(),
+            steps: self.steps,
+        }
+    }
+
+    /// Stops request `id` whether queued or running: it leaves the engine at once with its KV
+    /// blocks and adapter pin given back, nothing more is computed for it, and its channel
+    /// closes without a final event. False when no such request is queued or running (it
+    /// finished already, or was never submitted).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if let Some(i) = self.waiting.iter().position(|p| p.id == id) {
+            self.waiting.remove(i);
+            tracing::debug!(request = id, "cancelled while queued");
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let mut s = self.running.remove(i);
+            self.release(&mut s);
+            tracing::debug!(request = id, generated = s.tokens.len() - s.prompt_len, "cancelled");
+            return true;
+        }
+        false
+    }
+
+    /// Makes the next forward pass fail as a backend error would (fault injection, for
+    /// tests of the failure path).
+    #[doc(hidden)]
+    pub fn fail_next_step(&mut self) {
+        self.fail_next_step = true;
+    }
+
+    /// Gives back a sequence's KV blocks and adapter pin.
+    fn release(&mut self, s: &mut Sequence) {
+        self.cache.release(&mut s.table);
+        if let Some((_, slot)) = s.adapter.take() {
+            self.adapters.release(slot);
+        }
+    }
+
     /// Runs steps until every request has finished.
     pub fn run_until_idle(&mut self) -> Result<()> {
         while !self.is_idle() {
@@ -275,6 +358,11 @@ impl Engine {
     }
 
     /// Admits what fits, runs one batched forward pass, samples and streams.
+    ///
+    /// When the forward pass fails, the sequences of this step are failed (each gets
+    /// [`StreamEvent::Failed`] with the error) and removed with their KV blocks and adapter
+    /// pins given back, and the error is returned; the sequences that were not in the step
+    /// and the queue are untouched, and the engine can step again.
     pub fn step(&mut self) -> Result<StepReport> {
         match self.pool.clone() {
             Some(pool) => pool.install(|| self.step_in_pool()),
@@ -284,8 +372,46 @@ impl Engine {
 
     fn step_in_pool(&mut self) -> Result<StepReport> {
         self.admit()?;
+        let plan = self.plan();
+        let tokens = plan.iter().map(|&(_, n)| n).sum();
+        let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
+        if !plan.is_empty() {
+            self.steps += 1;
+            let ran = if std::mem::take(&mut self.fail_next_step) {
+                Err(EngineError::Backend("injected failure of this step".into()))
+            } else {
+                self.run_plan(&plan)
+            };
+            if let Err(e) = ran {
+                self.fail_plan(&plan, &e);
+                return Err(e);
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.emit(i) {
+                Some(reason) => {
+                    let mut s = self.running.remove(i);
+                    self.release(&mut s);
+                    let _ = s.tx.send(StreamEvent::Finished {
+                        reason,
+                        prompt_tokens: s.prompt_len,
+                        completion_tokens: s.tokens.len() - s.prompt_len,
+                    });
+                    tracing::debug!(request = s.id, ?reason, "finished");
+                    report.finished += 1;
+                },
+                None => i += 1,
+            }
+        }
+        report.waiting = self.waiting.len();
+        Ok(report)
+    }
+
+    /// This step's chunks as `(index in running, tokens)`, in running order: every decoding
+    /// sequence's token first, then prefill chunks with what budget is left.
+    fn plan(&self) -> Vec<(usize, usize)> {
         let budget = self.config.max_batch_tokens.max(1);
-        // Decode tokens first (one each), then prefill chunks with what budget is left.
         let mut plan: Vec<(usize, usize)> = Vec::new();
         let mut used = 0;
         for (i, s) in self.running.iter().enumerate() {
@@ -303,73 +429,67 @@ impl Engine {
             }
         }
         plan.sort_unstable();
-        let mut report = StepReport { sequences: plan.len(), tokens: used, ..Default::default() };
-        if !plan.is_empty() {
-            let chunks: Vec<SeqChunk<'_>> = plan
-                .iter()
-                .map(|&(i, n)| {
-                    let s = &self.running[i];
-                    SeqChunk {
-                        tokens: &s.tokens[s.processed..s.processed + n],
-                        table: &s.table,
-                        start: s.processed,
-                        adapter: s.adapter.as_ref().map(|a| a.1),
-                    }
-                })
-                .collect();
-            let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
-            drop(chunks);
-            // On a GPU, when every row is greedy, only each row's argmax crosses to the host
-            // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
-            let greedy_on_device = !logits.device().is_cpu()
-                && plan.iter().all(|&(i, _)| self.running[i].sampler.is_greedy());
-            let (rows, picks) = if greedy_on_device {
-                (Vec::new(), logits.argmax(1)?.to_vec1::<u32>()?)
-            } else {
-                (logits.to_vec2::<f32>()?, Vec::new())
-            };
-            for (k, &(i, n)) in plan.iter().enumerate() {
-                let s = &mut self.running[i];
-                s.processed += n;
-                s.table.len = s.processed;
-                if s.processed == s.tokens.len() {
-                    let t = match (rows.get(k), picks.get(k)) {
-                        (Some(row), _) => s.sampler.sample(row),
-                        (None, Some(&t)) => t,
-                        (None, None) => {
-                            return Err(EngineError::Backend(format!(
-                                "the model returned {} logits rows for {} chunks",
-                                rows.len().max(picks.len()),
-                                plan.len()
-                            )))
-                        },
-                    };
-                    s.tokens.push(t);
+        plan
+    }
+
+    /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
+    fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
+        let chunks: Vec<SeqChunk<'_>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                SeqChunk {
+                    tokens: &s.tokens[s.processed..s.processed + n],
+                    table: &s.table,
+                    start: s.processed,
+                    adapter: s.adapter.as_ref().map(|a| a.1),
                 }
+            })
+            .collect();
+        let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
+        drop(chunks);
+        // On a GPU, when every row is greedy, only each row's argmax crosses to the host
+        // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
+        let greedy_on_device = !logits.device().is_cpu()
+            && plan.iter().all(|&(i, _)| self.running[i].sampler.is_greedy());
+        let (rows, picks) = if greedy_on_device {
+            (Vec::new(), logits.argmax(1)?.to_vec1::<u32>()?)
+        } else {
+            (logits.to_vec2::<f32>()?, Vec::new())
+        };
+        if rows.len().max(picks.len()) != plan.len() {
+            return Err(EngineError::Backend(format!(
+                "the model returned {} logits rows for {} chunks",
+                rows.len().max(picks.len()),
+                plan.len()
+            )));
+        }
+        for (k, &(i, n)) in plan.iter().enumerate() {
+            let s = &mut self.running[i];
+            s.processed += n;
+            s.table.len = s.processed;
+            if s.processed == s.tokens.len() {
+                let t = match (rows.get(k), picks.get(k)) {
+                    (Some(row), _) => s.sampler.sample(row),
+                    (None, Some(&t)) => t,
+                    (None, None) => continue,
+                };
+                s.tokens.push(t);
             }
         }
-        let mut i = 0;
-        while i < self.running.len() {
-            match self.emit(i) {
-                Some(reason) => {
-                    let mut s = self.running.remove(i);
-                    self.cache.release(&mut s.table);
-                    if let Some((_, slot)) = s.adapter {
-                        self.adapters.release(slot);
-                    }
-                    let _ = s.tx.send(StreamEvent::Finished {
-                        reason,
-                        prompt_tokens: s.prompt_len,
-                        completion_tokens: s.tokens.len() - s.prompt_len,
-                    });
-                    tracing::debug!(request = s.id, ?reason, "finished");
-                    report.finished += 1;
-                },
-                None => i += 1,
-            }
+        Ok(())
+    }
+
+    /// Fails and removes the sequences of a step whose forward pass failed.
+    fn fail_plan(&mut self, plan: &[(usize, usize)], error: &EngineError) {
+        let message = format!("the engine step failed: {error}");
+        // Highest index first, so the lower indices stay valid.
+        for &(i, _) in plan.iter().rev() {
+            let mut s = self.running.remove(i);
+            self.release(&mut s);
+            let _ = s.tx.send(StreamEvent::Failed(message.clone()));
+            tracing::warn!(request = s.id, %error, "request failed with its step");
         }
-        report.waiting = self.waiting.len();
-        Ok(report)
     }
 
     /// Moves queued requests to running while sequences, KV blocks and adapter slots allow.
@@ -393,15 +513,22 @@ impl Engine {
                     Ok(slot) => Some((name.clone(), slot)),
                     Err(EngineError::AdapterSlotsFull { .. }) => break,
                     Err(e) => {
-                        let p = self.waiting.pop_front().expect("front exists");
-                        let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                        if let Some(p) = self.waiting.pop_front() {
+                            let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                        }
                         continue;
                     },
                 },
             };
-            let p = self.waiting.pop_front().expect("front exists");
+            let Some(p) = self.waiting.pop_front() else { break };
             let mut table = BlockTable::default();
-            self.cache.reserve(&mut table, worst)?;
+            if let Err(e) = self.cache.reserve(&mut table, worst) {
+                if let Some((_, slot)) = adapter {
+                    self.adapters.release(slot);
+                }
+                let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                return Err(e);
+            }
             tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
             self.running.push(Sequence {
                 id: p.id,
