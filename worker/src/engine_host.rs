@@ -24,7 +24,8 @@ enum Command {
     Generate {
         request: GenerationRequest,
         events: async_mpsc::UnboundedSender<StreamEvent>,
-        accepted: oneshot::Sender<Result<(), EngineError>>,
+        /// The prompt's token count once the engine has accepted the request.
+        accepted: oneshot::Sender<Result<usize, EngineError>>,
     },
     RegisterAdapter {
         name: String,
@@ -93,11 +94,20 @@ impl EngineHost {
         &self,
         request: GenerationRequest,
     ) -> Result<async_mpsc::UnboundedReceiver<StreamEvent>, EngineError> {
+        Ok(self.generate_counted(request).await?.1)
+    }
+
+    /// [`Self::generate`], also returning how many tokens the prompt has (what a receipt
+    /// charges as input even when the request is cancelled before it finishes).
+    pub async fn generate_counted(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<(usize, async_mpsc::UnboundedReceiver<StreamEvent>), EngineError> {
         let (events, rx) = async_mpsc::unbounded_channel();
         let (accepted, answer) = oneshot::channel();
         self.commands.send(Command::Generate { request, events, accepted }).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())??;
-        Ok(rx)
+        let prompt_tokens = answer.await.map_err(|_| gone())??;
+        Ok((prompt_tokens, rx))
     }
 
     /// Register a PEFT adapter directory under `name` (validated on the engine thread).
@@ -168,14 +178,19 @@ impl Forward {
 
 fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
     match command {
-        Command::Generate { request, events, accepted } => match engine.submit(request) {
-            Ok((id, from)) => {
-                forwards.push(Forward { id, from, to: events });
-                let _ = accepted.send(Ok(()));
-            },
-            Err(e) => {
-                let _ = accepted.send(Err(e));
-            },
+        Command::Generate { request, events, accepted } => {
+            match engine.tokenize(&request.prompt).and_then(|tokens| {
+                let n = tokens.len();
+                engine.submit_tokens(tokens, request.adapter, request.params).map(|r| (n, r))
+            }) {
+                Ok((n, (id, from))) => {
+                    forwards.push(Forward { id, from, to: events });
+                    let _ = accepted.send(Ok(n));
+                },
+                Err(e) => {
+                    let _ = accepted.send(Err(e));
+                },
+            }
         },
         Command::RegisterAdapter { name, dir, done } => {
             let _ = done.send(engine.register_adapter(&name, &dir));

@@ -30,7 +30,7 @@ use crate::chain::{
     sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
     ReceiptOutcome, RefusalReason,
 };
-use crate::engine::{EngineError, FinishReason, GenerationRequest, StreamEvent};
+use crate::engine::{EngineError, FinishReason, GenerationRequest, Rejection, StreamEvent};
 use crate::engine_host::EngineHost;
 use crate::job_payload::{self, JobPayload};
 use crate::metrics::WorkerMetrics;
@@ -214,9 +214,9 @@ impl Worker {
         }
         // The engine checks the request before anything is acknowledged: a request it refuses
         // is refused on chain, never acknowledged and left to expire.
-        let mut events = self
+        let (prompt_tokens, mut events) = self
             .engine
-            .generate(GenerationRequest {
+            .generate_counted(GenerationRequest {
                 prompt: payload.prompt.clone(),
                 adapter: Some(adapter),
                 params: payload.sampling(),
@@ -236,7 +236,6 @@ impl Worker {
         let mut pending = Pending::default();
         let mut seq = 0u32;
         let mut last_sent = tokio::time::Instant::now();
-        let mut prompt_tokens = 0usize;
         let mut finished: Option<&'static str> = None;
         let mut cancelled = false;
         while let Some(event) = events.recv().await {
@@ -262,8 +261,7 @@ impl Worker {
                         last_sent = tokio::time::Instant::now();
                     }
                 },
-                StreamEvent::Finished { reason, prompt_tokens: prompt, .. } => {
-                    prompt_tokens = prompt;
+                StreamEvent::Finished { reason, .. } => {
                     let reason = finish_reason(reason);
                     finished = Some(reason);
                     // The last chunk carries the totals; if the gateway takes it, every token
@@ -276,7 +274,7 @@ impl Worker {
                         text: pending.text.clone(),
                         finish: Some(Finish {
                             reason: reason.into(),
-                            input_tokens: u32::try_from(prompt).unwrap_or(u32::MAX),
+                            input_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
                             output_tokens: all.tokens,
                             output_hash: job_payload::hash(all.text.as_bytes()),
                         }),
@@ -519,12 +517,14 @@ impl Delivered {
 
 /// The refusal reason for a request the engine would not take.
 fn refusal_for(error: &EngineError) -> RefusalReason {
-    match error {
-        EngineError::UnknownAdapter(_) => RefusalReason::AdapterNotServed,
-        EngineError::BadRequest { .. } | EngineError::Tokenizer(_) => {
+    match error.rejection() {
+        Some(Rejection::EmptyPrompt) => RefusalReason::EmptyPrompt,
+        Some(Rejection::PromptTooLong) => RefusalReason::PromptTooLong,
+        Some(Rejection::UnknownAdapter) => RefusalReason::AdapterNotServed,
+        Some(Rejection::InvalidSampling | Rejection::InvalidToken) => {
             RefusalReason::InvalidParameters
         },
-        _ => RefusalReason::WorkerFault,
+        None => RefusalReason::WorkerFault,
     }
 }
 

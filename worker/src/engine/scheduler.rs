@@ -229,13 +229,19 @@ impl Engine {
 
     /// Queues a request; its tokens arrive on the returned channel as steps run.
     pub fn submit(&mut self, req: GenerationRequest) -> Result<(RequestId, Receiver<StreamEvent>)> {
-        let enc = self
-            .tokenizer
-            .encode(req.prompt.as_str(), true)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let tokens = self.tokenize(&req.prompt)?;
+        self.submit_tokens(tokens, req.adapter, req.params)
+    }
+
+    /// The prompt's token ids, as [`Self::submit`] queues them.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
         // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
         // model expects it (Llama 2/3); byte-level chat models add nothing.
-        self.submit_tokens(enc.get_ids().to_vec(), req.adapter, req.params)
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Queues a prompt given as token ids (as OpenAI's completions API allows).
