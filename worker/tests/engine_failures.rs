@@ -169,7 +169,9 @@ fn refused_requests_say_why() {
         f(&mut params);
         params
     };
-    let cases: Vec<(Vec<u32>, Option<&str>, SamplingParams, Rejection, &str)> = vec![
+    // Prompt, adapter, sampling, the reason expected, and a word its message must hold.
+    type Case = (Vec<u32>, Option<&'static str>, SamplingParams, Rejection, &'static str);
+    let cases: Vec<Case> = vec![
         (vec![], None, SamplingParams::default(), Rejection::EmptyPrompt, "empty"),
         (vec![1, vocab as u32], None, SamplingParams::default(), Rejection::InvalidToken, "vocab"),
         (vec![1; 100], None, sampling(|p| p.max_tokens = 100), Rejection::PromptTooLong, "KV"),

@@ -175,3 +175,70 @@ fn a_cold_adapter_is_read_in_the_background_and_gives_the_same_tokens() {
     fresh.run_until_idle().unwrap();
     assert_eq!(finish(&rx), cold);
 }
+
+/// The token ids a request has streamed so far, and whether it has finished.
+fn tokens_so_far(rx: &Receiver<StreamEvent>) -> (Vec<u32>, bool) {
+    let mut ids = Vec::new();
+    for ev in rx.try_iter() {
+        match ev {
+            StreamEvent::Token { id, .. } => ids.push(id),
+            StreamEvent::Finished { .. } => return (ids, true),
+            StreamEvent::Failed(e) => panic!("failed: {e}"),
+        }
+    }
+    (ids, false)
+}
+
+#[test]
+fn a_short_prompt_gets_its_first_token_in_the_next_step_beside_a_long_prefill() {
+    let config = EngineConfig { max_batch_tokens: 8, ..Default::default() };
+    let (_dir, mut e) = engine(config, 1);
+    // Alone first: the short request's tokens, to compare with.
+    let (_, alone) = e.submit(req("hi", Some("a0"), 3)).unwrap();
+    e.run_until_idle().unwrap();
+    let (want, _) = tokens_so_far(&alone);
+    assert_eq!(want.len(), 3);
+
+    let (_, long) = e.submit(req(&"x".repeat(60), None, 2)).unwrap();
+    e.step().unwrap();
+    e.step().unwrap();
+    let (_, short) = e.submit(req("hi", Some("a0"), 3)).unwrap();
+    let report = e.step().unwrap();
+    // The short prompt was prefilled whole (2 tokens) and sampled at once; the long one's
+    // partial chunk waited for the next step.
+    assert_eq!((report.sequences, report.tokens), (1, 2), "{report:?}");
+    let mut got = tokens_so_far(&short).0;
+    assert_eq!(got.len(), 1);
+    let report = e.step().unwrap();
+    assert_eq!((report.sequences, report.tokens), (2, 8), "{report:?}");
+    got.extend(tokens_so_far(&short).0);
+    while !e.is_idle() {
+        e.step().unwrap();
+        got.extend(tokens_so_far(&short).0);
+    }
+    assert_eq!(got, want);
+    assert_eq!(finish(&long).2, 2);
+}
+
+#[test]
+fn short_requests_at_every_step_do_not_starve_a_long_prefill() {
+    let config = EngineConfig { max_batch_tokens: 8, ..Default::default() };
+    let (_dir, mut e) = engine(config, 0);
+    let (_, long) = e.submit(req(&"x".repeat(60), None, 1)).unwrap();
+    let mut shorts = Vec::new();
+    let mut steps = 0;
+    loop {
+        shorts.push(e.submit(req("ab", None, 1)).unwrap().1);
+        e.step().unwrap();
+        steps += 1;
+        if tokens_so_far(&long).1 {
+            break;
+        }
+        // Held back at most every other step: 60 tokens at 6 or more per two steps.
+        assert!(steps < 24, "the long prompt is still prefilling after {steps} steps");
+    }
+    e.run_until_idle().unwrap();
+    for rx in &shorts {
+        assert!(tokens_so_far(rx).1);
+    }
+}

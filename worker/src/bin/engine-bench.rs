@@ -64,6 +64,7 @@ fn main() -> Result<()> {
             ..AdapterCacheConfig::default()
         },
         max_batch_tokens: args.prompt.max(512),
+        max_prefill_chunk: 0,
         max_running: max_seqs,
         threads: args.threads,
     };

@@ -429,6 +429,7 @@ fn engine_runs(
             host_bytes: 3 * file,
         },
         max_batch_tokens: args.prefill.max(512),
+        max_prefill_chunk: 0,
         max_running: batch,
         threads: 2,
     };

@@ -95,7 +95,7 @@ pub enum AdapterError {
         path: PathBuf,
         tensor: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -190,55 +190,56 @@ pub(crate) fn read_adapter(
         }
     }
     let r = config.rank;
-    let tensor = |name: &str,
-                  [d0, d1]: [usize; 2],
-                  rank_dim: usize|
-     -> Result<Tensor, AdapterError> {
-        let err_path = || path.clone();
-        let view = file.tensor(name).map_err(|_| AdapterError::MissingTensor {
-            path: err_path(),
-            tensor: name.to_string(),
-        })?;
-        if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
-            return Err(AdapterError::NotFloat {
+    let tensor =
+        |name: &str, [d0, d1]: [usize; 2], rank_dim: usize| -> Result<Tensor, AdapterError> {
+            let err_path = || path.clone();
+            let view = file.tensor(name).map_err(|_| AdapterError::MissingTensor {
                 path: err_path(),
                 tensor: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            });
-        }
-        let actual = view.shape().to_vec();
-        let expected = vec![d0, d1];
-        if actual.len() == 2 && actual[1 - rank_dim] == expected[1 - rank_dim] {
-            if actual[rank_dim] != r {
-                return Err(AdapterError::RankMismatch {
+            })?;
+            if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+                return Err(AdapterError::NotFloat {
                     path: err_path(),
                     tensor: name.to_string(),
-                    config_rank: r,
-                    tensor_rank: actual[rank_dim],
+                    dtype: format!("{:?}", view.dtype()),
                 });
             }
-        } else {
-            return Err(AdapterError::ShapeMismatch {
+            let actual = view.shape().to_vec();
+            let expected = vec![d0, d1];
+            if actual.len() == 2 && actual[1 - rank_dim] == expected[1 - rank_dim] {
+                if actual[rank_dim] != r {
+                    return Err(AdapterError::RankMismatch {
+                        path: err_path(),
+                        tensor: name.to_string(),
+                        config_rank: r,
+                        tensor_rank: actual[rank_dim],
+                    });
+                }
+            } else {
+                return Err(AdapterError::ShapeMismatch {
+                    path: err_path(),
+                    tensor: name.to_string(),
+                    expected,
+                    actual,
+                });
+            }
+            let failed = |source: candle_core::Error| AdapterError::Tensor {
                 path: err_path(),
                 tensor: name.to_string(),
-                expected,
-                actual,
-            });
-        }
-        let failed =
-            |source| AdapterError::Tensor { path: err_path(), tensor: name.to_string(), source };
-        let t = view.load(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(failed)?;
-        let finite = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(failed)?
-            .iter()
-            .all(|x| x.is_finite());
-        if !finite {
-            return Err(AdapterError::NonFinite { path: err_path(), tensor: name.to_string() });
-        }
-        t.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(failed)
-    };
+                source: Box::new(source),
+            };
+            let t = view.load(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(failed)?;
+            let finite = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(failed)?
+                .iter()
+                .all(|x| x.is_finite());
+            if !finite {
+                return Err(AdapterError::NonFinite { path: err_path(), tensor: name.to_string() });
+            }
+            t.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(failed)
+        };
     let mut weights = Vec::with_capacity(base.num_layers);
     for l in 0..base.num_layers {
         let mut layer = Vec::with_capacity(Projection::ALL.len());

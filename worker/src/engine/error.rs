@@ -32,9 +32,10 @@ pub enum EngineError {
     /// A weights file could not be parsed at all.
     #[error("{path}: {message}")]
     BadWeightsFile { path: PathBuf, message: String },
-    /// A PEFT adapter folder that cannot be served (see [`AdapterError`]'s variants).
+    /// A PEFT adapter folder that cannot be served (see [`AdapterError`]'s variants; boxed,
+    /// as the largest of them would double the size of every engine result).
     #[error(transparent)]
-    Adapter(#[from] AdapterError),
+    Adapter(Box<AdapterError>),
     /// The tokenizer failed on an input or could not be built.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -107,6 +108,12 @@ pub enum Rejection {
     InvalidSampling,
     /// A prompt token id outside the vocabulary.
     InvalidToken,
+}
+
+impl From<AdapterError> for EngineError {
+    fn from(e: AdapterError) -> Self {
+        Self::Adapter(Box::new(e))
+    }
 }
 
 impl EngineError {

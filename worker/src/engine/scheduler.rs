@@ -2,6 +2,13 @@
 //! sequence's decode token plus prefill chunks up to a token budget, runs them as one batch,
 //! samples, and streams tokens to each caller through its channel.
 //!
+//! Prefills are served shortest remaining first: a short prompt that arrives while a long one
+//! is being prefilled is prefilled whole in the next step, so one long prompt never holds
+//! every new request back for its whole prefill. A step that completes a prefill leaves out
+//! the partial chunks of longer prompts, so the short prompt's first token costs a short step
+//! rather than a long chunk beside it; a long prompt is never left out two steps running, so
+//! a stream of short requests cannot starve it.
+//!
 //! Admission reserves a sequence's worst-case KV blocks (prompt + max_tokens) up front, so a
 //! running sequence can never run out; a request that does not fit waits in the queue.
 //!
@@ -32,6 +39,10 @@ pub struct EngineConfig {
     pub adapters: AdapterCacheConfig,
     /// Token rows per step, prefill and decode together.
     pub max_batch_tokens: usize,
+    /// Prompt tokens one sequence may prefill per step (0: up to `max_batch_tokens`). A
+    /// smaller chunk shortens the steps a long prompt takes part in, so the sequences that
+    /// decode beside it stream faster, at some cost to the long prompt's own prefill rate.
+    pub max_prefill_chunk: usize,
     /// Sequences running at once.
     pub max_running: usize,
     /// Threads of the engine's compute pool (0: one per CPU).
@@ -44,6 +55,7 @@ impl Default for EngineConfig {
             kv_cache: KvCacheConfig::default(),
             adapters: AdapterCacheConfig::default(),
             max_batch_tokens: 512,
+            max_prefill_chunk: 0,
             max_running: 64,
             threads: 0,
         }
@@ -117,6 +129,13 @@ struct Pending {
     tx: Sender<StreamEvent>,
 }
 
+/// The chunks of one step, as `(index in running, tokens)` in running order.
+struct StepPlan {
+    chunks: Vec<(usize, usize)>,
+    /// Partial prefill chunks were left out of this step.
+    held_back: bool,
+}
+
 /// What one step did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepReport {
@@ -155,6 +174,8 @@ pub struct Engine {
     next_id: RequestId,
     /// Forward passes run so far.
     steps: u64,
+    /// The last step left out partial prefill chunks (see [`Engine::plan`]).
+    held_back_partials: bool,
     /// Fail the next forward pass (fault injection for tests: [`Engine::fail_next_step`]).
     fail_next_step: bool,
     /// Every step runs inside this pool, so the calling thread is one of its workers and the
@@ -179,6 +200,7 @@ impl Engine {
             running: Vec::new(),
             next_id: 0,
             steps: 0,
+            held_back_partials: false,
             fail_next_step: false,
             pool,
         })
@@ -379,6 +401,8 @@ impl Engine {
     fn step_in_pool(&mut self) -> Result<StepReport> {
         self.admit()?;
         let plan = self.plan();
+        self.held_back_partials = plan.held_back;
+        let plan = plan.chunks;
         let tokens = plan.iter().map(|&(_, n)| n).sum();
         let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
         if !plan.is_empty() {
@@ -414,28 +438,54 @@ impl Engine {
         Ok(report)
     }
 
-    /// This step's chunks as `(index in running, tokens)`, in running order: every decoding
-    /// sequence's token first, then prefill chunks with what budget is left.
-    fn plan(&self) -> Vec<(usize, usize)> {
+    /// This step's chunks. Every decoding sequence gets its token first; then prefills
+    /// shortest remaining first (ties: the earlier admitted), each at most
+    /// `max_prefill_chunk` tokens, within the step's budget. When some prefill completes in
+    /// this step, the partial chunks of longer prompts are held back for one step, unless
+    /// they were held back in the last one.
+    fn plan(&self) -> StepPlan {
         let budget = self.config.max_batch_tokens.max(1);
-        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let chunk = match self.config.max_prefill_chunk {
+            0 => budget,
+            n => n,
+        };
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
         let mut used = 0;
         for (i, s) in self.running.iter().enumerate() {
             if s.processed + 1 == s.tokens.len() && used < budget {
-                plan.push((i, 1));
+                chunks.push((i, 1));
                 used += 1;
             }
         }
-        for (i, s) in self.running.iter().enumerate() {
-            let left = s.tokens.len() - s.processed;
-            if left > 1 && used < budget {
-                let n = left.min(budget - used);
-                plan.push((i, n));
-                used += n;
+        let mut prefills: Vec<(usize, usize)> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.tokens.len() - s.processed, i))
+            .filter(|&(left, _)| left > 1)
+            .collect();
+        prefills.sort_unstable();
+        let mut partial = Vec::new();
+        let mut completes = false;
+        for (left, i) in prefills {
+            if used >= budget {
+                break;
             }
+            let n = left.min(budget - used).min(chunk);
+            if n == left {
+                completes = true;
+                chunks.push((i, n));
+            } else {
+                partial.push((i, n));
+            }
+            used += n;
         }
-        plan.sort_unstable();
-        plan
+        let held_back = completes && !partial.is_empty() && !self.held_back_partials;
+        if !held_back {
+            chunks.extend(partial);
+        }
+        chunks.sort_unstable();
+        StepPlan { chunks, held_back }
     }
 
     /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
