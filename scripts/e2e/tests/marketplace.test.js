@@ -381,7 +381,8 @@ describe('GPU marketplace through polkadot.js', () => {
   });
 
   test('an unacknowledged job past its deadline expires: full refund, reputation lost, no slash', async () => {
-    const { ferdie, eve, bob } = keys;
+    const { ferdie, eve, bob, charlie } = keys;
+    await sendAndWait(api, api.tx.compute.heartbeat(bob.address, [ADAPTER], 4), charlie);
     const maxFee = OPEN / 2n;
     const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('never taken'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
     const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
@@ -410,6 +411,8 @@ describe('GPU marketplace through polkadot.js', () => {
     const key = xxhashAsU8a(':JobReceiptTimeout:', 128);
     const set = api.tx.system.setStorage([[u8aToHex(key), u8aToHex(bnToU8a(4, { bitLength: 32, isLe: true }))]]);
     await sendAndWait(api, api.tx.sudo.sudo(set), keys.alice);
+    // Bob's worker is still alive (a heartbeat keeps it eligible after the waits above).
+    await sendAndWait(api, api.tx.compute.heartbeat(bob.address, [ADAPTER], 4), charlie);
     const maxFee = OPEN / 2n;
     const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('late'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
     const [assigned] = find(api, sub.events, api.events.jobs.JobAssigned);
