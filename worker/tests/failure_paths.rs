@@ -229,20 +229,9 @@ async fn charged_for_delivered_only(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_provider_is_a_503_and_a_cancelled_job_pays_for_what_was_delivered() {
     let _serial = common::procs::serial();
-    let node = DevNode::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
-    let adapter = demo_adapter(&chain, dir.path()).await;
-    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
-    let mut bob = worker_with(
-        &node.ws_url(),
-        "//Bob",
-        dir.path(),
-        &dir.path().join("adapters"),
-        &p2p,
-        &["--max-concurrent", "1", "--metrics", "127.0.0.1:0"],
-    );
-    let metrics = bob.wait_for("worker metrics:", 5);
+    let market = Market::start(&["--max-concurrent", "1"]).await;
+    let (chain, http, adapter, metrics) =
+        (&market.chain, &market.http, market.adapter, &market.metrics);
     let alice = account(&dev::alice());
     let from = best(&chain).await;
     let (start_free, start_held) = chain.balances(&alice).await.expect("balances");
@@ -288,26 +277,14 @@ async fn a_full_provider_is_a_503_and_a_cancelled_job_pays_for_what_was_delivere
     let charged = moved.charges[&job];
     let (free, held) = chain.balances(&alice).await.expect("balances");
     assert_eq!((free, held), (start_free - moved.fees_of[&alice] - charged, start_held));
-    bob.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_pays_only_for_what_was_delivered() {
     let _serial = common::procs::serial();
-    let node = DevNode::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
-    let adapter = demo_adapter(&chain, dir.path()).await;
-    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
-    let mut bob = worker_with(
-        &node.ws_url(),
-        "//Bob",
-        dir.path(),
-        &dir.path().join("adapters"),
-        &p2p,
-        &["--metrics", "127.0.0.1:0"],
-    );
-    let metrics = bob.wait_for("worker metrics:", 5);
+    let market = Market::start(&[]).await;
+    let (chain, http, adapter, metrics) =
+        (&market.chain, &market.http, market.adapter, &market.metrics);
     let (alice, provider) = (account(&dev::alice()), account(&dev::bob()));
     let held_before = chain.balances(&alice).await.expect("balances").1;
     let model = format!("adapter-{adapter}");
@@ -339,7 +316,35 @@ async fn a_client_that_goes_away_pays_only_for_what_was_delivered() {
     charged_for_delivered_only(&chain, job, None, 400).await;
     engine_idle(&metrics);
     assert_eq!(chain.balances(&alice).await.expect("balances").1, held_before, "nothing held");
-    bob.kill();
+}
+
+/// A dev node, the demo adapter, a gateway (90-s timeout) and Bob's worker with its metrics on
+/// a free port and `extra` flags: the processes stop when it is dropped.
+struct Market {
+    chain: ChainClient,
+    http: String,
+    adapter: u32,
+    metrics: String,
+    _procs: (Proc, Proc),
+    _dir: tempfile::TempDir,
+    _node: DevNode,
+}
+
+impl Market {
+    async fn start(extra: &[&str]) -> Self {
+        let node = DevNode::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chain =
+            ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+        let adapter = demo_adapter(&chain, dir.path()).await;
+        let (gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 90);
+        let flags: Vec<&str> =
+            ["--metrics", "127.0.0.1:0"].into_iter().chain(extra.iter().copied()).collect();
+        let adapters = dir.path().join("adapters");
+        let mut bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters, &p2p, &flags);
+        let metrics = bob.wait_for("worker metrics:", 5);
+        Self { chain, http, adapter, metrics, _procs: (bob, gateway), _dir: dir, _node: node }
+    }
 }
 
 /// Terms of a provider whose worker never runs (the keeper test's).

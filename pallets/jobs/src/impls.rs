@@ -112,6 +112,16 @@ impl<T: Config> Pallet<T> {
         })
     }
 
+    /// Release all of `record`'s escrow to its submitter's free balance; returns the amount.
+    fn release_escrow(record: &Job<T>) -> Result<BalanceOf<T>, DispatchError> {
+        T::Currency::release(
+            &HoldReason::JobEscrow.into(),
+            &record.submitter,
+            record.escrow,
+            Precision::Exact,
+        )
+    }
+
     /// Delete `job`'s record and index entries.
     fn close(job: JobId, record: &Job<T>) {
         Jobs::<T>::remove(job);
@@ -172,12 +182,7 @@ impl<T: Config> Pallet<T> {
         let charged = fee_for(tokens, record.price_per_1k).min(record.escrow);
         let refunded = record.escrow.saturating_sub(charged);
         // Release the whole escrow: the refund stays with the user, the charge is paid on.
-        T::Currency::release(
-            &HoldReason::JobEscrow.into(),
-            &record.submitter,
-            record.escrow,
-            Precision::Exact,
-        )?;
+        Self::release_escrow(&record)?;
         let weight = if charged.is_zero() {
             Weight::zero()
         } else {
@@ -211,12 +216,7 @@ impl<T: Config> Pallet<T> {
             frame_system::Pallet::<T>::block_number() > record.deadline,
             Error::<T>::NotExpired
         );
-        let refunded = T::Currency::release(
-            &HoldReason::JobEscrow.into(),
-            &record.submitter,
-            record.escrow,
-            Precision::Exact,
-        )?;
+        let refunded = Self::release_escrow(&record)?;
         let slashed = match record.phase {
             JobPhase::Acknowledged => {
                 T::Providers::job_expired(&record.provider, &record.submitter)?
@@ -248,12 +248,7 @@ impl<T: Config> Pallet<T> {
             frame_system::Pallet::<T>::block_number() <= record.deadline,
             Error::<T>::DeadlinePassed
         );
-        let refunded = T::Currency::release(
-            &HoldReason::JobEscrow.into(),
-            &record.submitter,
-            record.escrow,
-            Precision::Exact,
-        )?;
+        let refunded = Self::release_escrow(&record)?;
         T::Providers::job_refused(&record.provider);
         Self::close(job, &record);
         Self::deposit_event(Event::JobRefused { job, provider: record.provider, reason, refunded });
