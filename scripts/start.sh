@@ -61,7 +61,8 @@ adapter="${adapters[0]}"
 
 "$bin/openledger-gateway" --chain-url "$ws" --http "127.0.0.1:$http_port" \
     --listen "/ip4/127.0.0.1/tcp/$p2p_port" --key "$state/gateway.key" \
-    --api-key demo-key=//Alice >"$state/logs/gateway.out" 2>"$state/logs/gateway.log" &
+    --api-key demo-key=//Alice --model "$OPENLEDGER_MODEL" \
+    >"$state/logs/gateway.out" 2>"$state/logs/gateway.log" &
 pids+=($!)
 gateway_p2p=""
 for _ in $(seq 1 60); do

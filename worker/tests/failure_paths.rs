@@ -22,7 +22,9 @@ use subxt_signer::sr25519::{dev, Keypair};
 use common::ledger::flows;
 use common::market::{demo_adapter, short_deadlines, MILLI, OPEN};
 use common::node::DevNode;
-use common::procs::{gateway, keeper, request, worker, worker_with, Proc};
+use common::procs::{
+    gateway, gateway_with, keeper, model as base_model_file, request, worker, worker_with, Proc,
+};
 
 fn account(key: &Keypair) -> AccountId32 {
     AccountId32(key.public_key().0)
@@ -122,14 +124,26 @@ async fn bad_requests_are_refused_before_paying_or_refunded_in_full() {
     }
     assert_eq!(chain.balances(&alice).await.expect("balances"), start, "no transaction was sent");
 
-    // Judged by the worker's engine: a prompt longer than the model's context. The job is
+    // A gateway that has the base model counts the prompt's tokens itself: a prompt longer
+    // than the model's context is refused before anything is paid.
+    let counting = dir.path().join("counting");
+    std::fs::create_dir_all(&counting).expect("a folder");
+    let model_path = base_model_file();
+    let model_flag = model_path.to_str().expect("a UTF-8 path");
+    let (_counting, counting_http, _) =
+        gateway_with(&node.ws_url(), &counting, 60, &["--model", model_flag]);
+    let too_long = json!({"model": model, "prompt": "hi ".repeat(9_000), "max_tokens": 16});
+    let answer = request(&format!("{counting_http}/completions"), too_long.clone());
+    assert_eq!((answer.status, &answer.body["error"]["code"]), (400, &json!("prompt_too_long")));
+    let message = answer.body["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("8192") && message.contains("nothing was submitted"), "{message}");
+    assert_eq!(chain.balances(&alice).await.expect("balances"), start, "no transaction was sent");
+
+    // A gateway without the model leaves the judgement to the worker's engine. The job is
     // refused on chain at once with its reason; Alice pays the submission's fee and nothing
     // else; no escrow stays held; Bob's bond does not move and his slot is free again.
     let from = best(&chain).await;
-    let answer = request(
-        &completions,
-        json!({"model": model, "prompt": "hi ".repeat(9_000), "max_tokens": 16}),
-    );
+    let answer = request(&completions, too_long);
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert_eq!(answer.body["error"]["code"], "prompt_too_long", "{}", answer.body);
     let message = answer.body["error"]["message"].as_str().expect("a message");

@@ -12,7 +12,7 @@ use clap::Parser;
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 use openledger_worker::chain::ChainClient;
 use openledger_worker::cli;
-use openledger_worker::gateway::{bind, Gateway, GatewayConfig};
+use openledger_worker::gateway::{bind, Gateway, GatewayConfig, ModelCard};
 
 const OPEN: u128 = 1_000_000_000_000_000_000;
 
@@ -47,6 +47,15 @@ struct Args {
     /// jobs together).
     #[arg(long, default_value_t = 2000)]
     peer_requests_per_sec: u32,
+    /// The base model (GGUF file or Hugging Face directory) whose tokenizer counts prompts:
+    /// a prompt too long for its context is refused before anything is paid, and escrows are
+    /// sized by the exact token count. Without it, workers refuse such prompts (the user pays
+    /// the submission's fee) and escrows assume one token per byte.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The on-chain id of `--model`'s base model.
+    #[arg(long, default_value_t = 0)]
+    base_model: u32,
     /// Seconds a 503 answer (no provider has a free slot) tells the client to wait before
     /// retrying (`Retry-After`).
     #[arg(long, default_value_t = 6)]
@@ -70,6 +79,10 @@ async fn run() -> Result<()> {
             entry.split_once('=').context("--api-key takes `KEY=<secret URI of the payer>`")?;
         api_keys.insert(key.to_string(), cli::account_key(Some(uri), None)?);
     }
+    let model = match &args.model {
+        Some(path) => Some(ModelCard::read(args.base_model, path)?),
+        None => None,
+    };
     let chain = ChainClient::connect(&args.chain_url, Duration::from_secs(30)).await?;
     let secret = cli::worker_key(&args.key, true)?;
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(secret.to_bytes())?);
@@ -90,6 +103,7 @@ async fn run() -> Result<()> {
             job_timeout: Duration::from_secs(args.job_timeout_secs),
             retry_after: Duration::from_secs(args.retry_after_secs),
             max_payload_bytes: P2pConfig::DEFAULT_MAX_PAYLOAD_BYTES,
+            model,
         },
     );
     for addr in &listen {

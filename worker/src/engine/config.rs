@@ -138,6 +138,18 @@ impl ModelConfig {
         }
     }
 
+    /// [`Self::read`] and the model's tokenizer (`tokenizer.json` of a Hugging Face directory,
+    /// or a GGUF file's metadata), still without its weights.
+    pub fn read_with_tokenizer(model: &Path) -> Result<(Self, tokenizers::Tokenizer)> {
+        if model.is_dir() {
+            let config = Self::from_hf_file(&model.join("config.json"))?;
+            let tokenizer = super::scheduler::load_tokenizer(&model.join("tokenizer.json"))?;
+            Ok((config, tokenizer))
+        } else {
+            super::gguf::read_config_and_tokenizer(model)
+        }
+    }
+
     /// Checks the shape is self-consistent (GQA groups divide evenly, even head_dim).
     pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let positive = [

@@ -113,6 +113,16 @@ pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
     Ok(config)
 }
 
+/// The hyper-parameters and the tokenizer of a GGUF file, from its metadata alone (no tensor
+/// is read): what a gateway needs to count a prompt's tokens as the worker will.
+pub(crate) fn read_config_and_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)> {
+    let r = open(path)?;
+    let tokens = r.meta_strings("tokenizer.ggml.tokens")?;
+    let mut config = config_of(&r, tokens.len())?;
+    let tokenizer = tokenizer_from_metadata(&r, tokens, &mut config)?;
+    Ok((config, tokenizer))
+}
+
 /// The model's shape from the metadata (architecture llama or mistral).
 fn config_of(r: &Reader<'_>, vocab_size: usize) -> Result<ModelConfig> {
     let path = r.path;

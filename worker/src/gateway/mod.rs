@@ -60,6 +60,51 @@ pub struct GatewayConfig {
     pub retry_after: Duration,
     /// Largest payload the gateway offers (the p2p layer's limit).
     pub max_payload_bytes: usize,
+    /// The base model the gateway can count tokens for, if it was given one.
+    pub model: Option<ModelCard>,
+}
+
+/// What the gateway knows of a base model: enough to count a prompt's tokens exactly as the
+/// worker will and check them against the model's context before anything is paid.
+#[derive(Clone)]
+pub struct ModelCard {
+    /// The on-chain base model id it describes.
+    pub base_model: u32,
+    /// The model's tokenizer.
+    pub tokenizer: tokenizers::Tokenizer,
+    /// The model's context, in positions.
+    pub context: usize,
+}
+
+impl ModelCard {
+    /// The card of the model at `path` (a GGUF file or a Hugging Face directory), read
+    /// without its weights.
+    pub fn read(base_model: u32, path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let (config, tokenizer) = crate::engine::ModelConfig::read_with_tokenizer(path)
+            .with_context(|| format!("cannot read the model {}", path.display()))?;
+        Ok(Self { base_model, tokenizer, context: config.max_position })
+    }
+
+    /// The prompt's token count, or the error a prompt that fills the context gets.
+    fn prompt_tokens(&self, prompt: &str) -> Result<usize, ApiError> {
+        let tokens = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?
+            .len();
+        if tokens >= self.context {
+            return Err(ApiError::bad_request(
+                "prompt_too_long",
+                format!(
+                    "the prompt has {tokens} tokens, which leaves no room for an answer in the \
+                     model's context of {} positions; nothing was submitted or paid",
+                    self.context
+                ),
+            ));
+        }
+        Ok(tokens)
+    }
 }
 
 /// The gateway's shared state.
@@ -236,8 +281,8 @@ impl Gateway {
                 self.config.retry_after.as_secs(),
             ));
         };
-        let tokens =
-            payload.prompt.len() as u64 + PROMPT_SPECIAL_TOKENS + payload.max_tokens as u64;
+        let prompt = self.prompt_tokens(adapter, &payload.prompt).await?;
+        let tokens = prompt + PROMPT_SPECIAL_TOKENS + u64::from(payload.max_tokens);
         let fee = fee_for(tokens, quote.price_per_1k);
         if fee > self.config.max_fee {
             return Err(ApiError::bad_request(
@@ -252,6 +297,23 @@ impl Gateway {
         }
         // Never below the quote's own minimum (a provider cheaper than the prompt estimate).
         Ok(fee.max(quote.min_max_fee))
+    }
+
+    /// How many tokens the prompt can count at most: exactly, with the model's tokenizer, when
+    /// the gateway has the adapter's base model (and a prompt that fills its context is refused
+    /// here); else one per byte.
+    async fn prompt_tokens(&self, adapter: AdapterId, prompt: &str) -> Result<u64, ApiError> {
+        let Some(card) = &self.config.model else { return Ok(prompt.len() as u64) };
+        let base = self
+            .chain
+            .adapter(adapter)
+            .await
+            .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
+            .map(|a| a.base_model);
+        if base != Some(card.base_model) {
+            return Ok(prompt.len() as u64);
+        }
+        Ok(card.prompt_tokens(prompt)? as u64)
     }
 
     /// Register where `job`'s chunks go, allowed only from its provider's worker key.
@@ -412,7 +474,8 @@ impl Gateway {
     }
 }
 
-/// Tokens a tokenizer may add around a prompt (BOS and the like), on top of one per byte.
+/// Tokens a tokenizer may add around a prompt (BOS and the like) on top of the count, and a
+/// margin for a worker whose tokenizer differs slightly.
 const PROMPT_SPECIAL_TOKENS: u64 = 8;
 
 /// The worker peer registered for `job` (just inserted by [`Gateway::relay`]).

@@ -88,13 +88,24 @@ impl Drop for Proc {
 /// `openledger-gateway` on free loopback ports with API key `alice-key` (paid by Alice);
 /// returns it, its API base URL and its libp2p address.
 pub fn gateway(ws: &str, dir: &Path, job_timeout_secs: u64) -> (Proc, String, String) {
+    gateway_with(ws, dir, job_timeout_secs, &[])
+}
+
+/// [`gateway`] with `extra` flags.
+pub fn gateway_with(
+    ws: &str,
+    dir: &Path,
+    job_timeout_secs: u64,
+    extra: &[&str],
+) -> (Proc, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openledger-gateway"));
     cmd.args(["--chain-url", ws, "--http", "127.0.0.1:0"])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
         .arg("--key")
         .arg(dir.join("gateway.key"))
         .args(["--api-key", "alice-key=//Alice"])
-        .args(["--job-timeout-secs", &job_timeout_secs.to_string()]);
+        .args(["--job-timeout-secs", &job_timeout_secs.to_string()])
+        .args(extra);
     let mut proc = Proc::spawn("openledger-gateway", cmd);
     let p2p = proc.wait_for("gateway p2p:", 60);
     let http = proc.wait_for("gateway http:", 60);
