@@ -425,3 +425,15 @@ async fn the_keeper_expires_abandoned_jobs_and_slashes_only_after_an_acknowledge
     // The keeper paid nothing for its expiries.
     assert_eq!(chain.balances(&account(&charlie)).await.expect("balances"), charlie_before);
 }
+
+#[test]
+fn a_worker_with_no_adapters_says_so_and_registers_nothing() {
+    // No node is needed: the worker stops before it connects to one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+        .args(["--chain-url", "ws://127.0.0.1:9", "--operator", "//Bob"])
+        .output()
+        .expect("the worker runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing to serve") && stderr.contains("--adapters"), "{stderr}");
+}

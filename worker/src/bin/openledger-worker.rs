@@ -286,6 +286,13 @@ async fn serve_adapters(
 
 async fn serve(args: &Args) -> Result<()> {
     let s = &args.serve;
+    // Checked before anything is loaded: a worker with no adapter serves no job.
+    let Some(adapters_dir) = s.adapters.clone() else {
+        bail!(
+            "nothing to serve: pass --adapters <dir> with PEFT adapters registered on chain; \
+             not registering capacity"
+        )
+    };
     let signer = cli::account_key(args.operator.as_deref(), args.operator_file.as_deref())?;
     let provider = AccountId32(signer.public_key().0);
     let worker_key = cli::worker_key(&s.worker_key, true)?;
@@ -321,10 +328,7 @@ async fn serve(args: &Args) -> Result<()> {
     let (engine, _thread) = EngineHost::spawn(engine);
 
     // Adapters: local directories matched to on-chain registrations by content hash.
-    let adapters = match &s.adapters {
-        Some(dir) => serve_adapters(&engine, &chain, dir, &base).await?,
-        None => HashMap::new(),
-    };
+    let adapters = serve_adapters(&engine, &chain, &adapters_dir, &base).await?;
 
     // The network: the worker key is the libp2p identity, so gateways can check it.
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(worker_key.to_bytes())?);
