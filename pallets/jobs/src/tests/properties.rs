@@ -95,6 +95,18 @@ impl Model {
     }
 }
 
+/// `USERS[user]` submits a job for adapter 1, which may fail (a failed call changes nothing).
+fn try_submit(user: usize, max_output_tokens: u32, max_fee: Balance) {
+    let _ = Jobs::submit_job(
+        RuntimeOrigin::signed(USERS[user]),
+        1,
+        H256::zero(),
+        max_output_tokens,
+        max_fee,
+        Default::default(),
+    );
+}
+
 fn bond(provider: AccountId) -> Balance {
     pallet_compute::ProviderStates::<Test>::get(provider).map_or(0, |state| state.bond)
 }
@@ -125,14 +137,7 @@ fn run(action: &Action, model: &mut Model) {
             }
         },
         Action::Submit { user, max_output_tokens, max_fee } => {
-            let _ = Jobs::submit_job(
-                RuntimeOrigin::signed(USERS[user]),
-                1,
-                H256::zero(),
-                max_output_tokens,
-                max_fee,
-                Default::default(),
-            );
+            try_submit(user, max_output_tokens, max_fee);
         },
         Action::Acknowledge { job } => {
             let job = pick(job);
@@ -359,14 +364,7 @@ proptest! {
             for step in &moves {
                 match step.clone() {
                     UserMove::Submit { user, max_output_tokens, max_fee } => {
-                        let _ = Jobs::submit_job(
-                            RuntimeOrigin::signed(USERS[user]),
-                            1,
-                            H256::zero(),
-                            max_output_tokens,
-                            max_fee,
-                            Default::default(),
-                        );
+                        try_submit(user, max_output_tokens, max_fee);
                     },
                     UserMove::Expire { job } => {
                         let _ = Jobs::expire(RuntimeOrigin::signed(ALICE), job);
