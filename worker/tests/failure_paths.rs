@@ -137,6 +137,9 @@ async fn bad_requests_are_refused_before_paying_or_refunded_in_full() {
     assert_eq!((answer.status, &answer.body["error"]["code"]), (400, &json!("prompt_too_long")));
     let message = answer.body["error"]["message"].as_str().expect("a message");
     assert!(message.contains("8192") && message.contains("nothing was submitted"), "{message}");
+    let too_many = json!({"model": model, "prompt": "Hi", "max_tokens": 8192});
+    let answer = request(&format!("{counting_http}/completions"), too_many);
+    assert_eq!(answer.body["error"]["code"], "max_tokens_exceeds_context", "{}", answer.body);
     assert_eq!(chain.balances(&alice).await.expect("balances"), start, "no transaction was sent");
 
     // A gateway without the model leaves the judgement to the worker's engine. The job is

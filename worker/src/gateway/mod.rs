@@ -86,8 +86,9 @@ impl ModelCard {
         Ok(Self { base_model, tokenizer, context: config.max_position })
     }
 
-    /// The prompt's token count, or the error a prompt that fills the context gets.
-    fn prompt_tokens(&self, prompt: &str) -> Result<usize, ApiError> {
+    /// The prompt's token count, or the error a prompt (with its `max_tokens`) that does not
+    /// fit the context gets.
+    fn prompt_tokens(&self, prompt: &str, max_tokens: u32) -> Result<usize, ApiError> {
         let tokens = self
             .tokenizer
             .encode(prompt, true)
@@ -100,6 +101,18 @@ impl ModelCard {
                     "the prompt has {tokens} tokens, which leaves no room for an answer in the \
                      model's context of {} positions; nothing was submitted or paid",
                     self.context
+                ),
+            ));
+        }
+        if tokens.saturating_add(max_tokens as usize) > self.context {
+            return Err(ApiError::bad_request(
+                "max_tokens_exceeds_context",
+                format!(
+                    "the prompt's {tokens} tokens plus max_tokens {max_tokens} exceed the model's \
+                     context of {} positions: ask for at most {} tokens; nothing was submitted \
+                     or paid",
+                    self.context,
+                    self.context - tokens
                 ),
             ));
         }
@@ -281,7 +294,7 @@ impl Gateway {
                 self.config.retry_after.as_secs(),
             ));
         };
-        let prompt = self.prompt_tokens(adapter, &payload.prompt).await?;
+        let prompt = self.prompt_tokens(adapter, payload).await?;
         let tokens = prompt + PROMPT_SPECIAL_TOKENS + u64::from(payload.max_tokens);
         let fee = fee_for(tokens, quote.price_per_1k);
         if fee > self.config.max_fee {
@@ -302,7 +315,12 @@ impl Gateway {
     /// How many tokens the prompt can count at most: exactly, with the model's tokenizer, when
     /// the gateway has the adapter's base model (and a prompt that fills its context is refused
     /// here); else one per byte.
-    async fn prompt_tokens(&self, adapter: AdapterId, prompt: &str) -> Result<u64, ApiError> {
+    async fn prompt_tokens(
+        &self,
+        adapter: AdapterId,
+        payload: &JobPayload,
+    ) -> Result<u64, ApiError> {
+        let prompt = &payload.prompt;
         let Some(card) = &self.config.model else { return Ok(prompt.len() as u64) };
         let base = self
             .chain
@@ -313,7 +331,7 @@ impl Gateway {
         if base != Some(card.base_model) {
             return Ok(prompt.len() as u64);
         }
-        Ok(card.prompt_tokens(prompt)? as u64)
+        Ok(card.prompt_tokens(prompt, payload.max_tokens)? as u64)
     }
 
     /// Register where `job`'s chunks go, allowed only from its provider's worker key.
