@@ -6,7 +6,7 @@
 #                          fatbin (for cuobjdump) -> gpu-bin/attn-gpu.tar.xz
 #   pack-gpu-bin.sh engine the worker's CUDA path: gpu_engine + engine-gpu-bench
 #                          -> gpu-bin/engine-gpu.tar.xz (build them with
-#                          `cargo test/build -p openledger-worker --features cuda` first)
+#                          `cargo test -p openledger-engine` and `cargo build -p openledger-bench`, both `--features cuda`, first)
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -16,7 +16,7 @@ case $WHAT in
   sgmv) TEST=tensor_api; BENCH=sgmv-bench; SCRIPTS="gpu-run.sh sgmv_baselines.py"; EXTRA="" ;;
   attn) TEST=paged_attention; BENCH=attn-bench; SCRIPTS="gpu-run-attn.sh attn_baseline.py"
         EXTRA=$(ls -t "$T"/build/openledger-kernels-*/out/paged_attention.fatbin | head -1) ;;
-  engine) TEST=gpu_engine; BENCH=engine-gpu-bench; SCRIPTS="../../worker/bench/gpu-run-engine.sh"
+  engine) TEST=gpu_engine; BENCH=engine-gpu-bench; SCRIPTS="../../bench/gpu-run-engine.sh"
         EXTRA="$T/engine-logits" ;;
   *) echo "usage: $0 [sgmv|attn|engine]" >&2; exit 2 ;;
 esac

@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use crate::engine::{Engine, EngineError, EngineStatus, GenerationRequest, RequestId, StreamEvent};
+use openledger_engine::{
+    Engine, EngineError, EngineStatus, GenerationRequest, RequestId, StreamEvent,
+};
 
 enum Command {
     Generate {

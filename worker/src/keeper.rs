@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use subxt_signer::sr25519::Keypair;
 
-use crate::chain::{ChainClient, ChainError, JobId};
+use openledger_chain_client::{ChainClient, ChainError, JobId, JobsError, RuntimeError};
 
 /// Most jobs asked for per deadline block at a time (more are fetched after these expire).
 const DUE_PAGE: u32 = 64;
@@ -88,9 +88,11 @@ impl Keeper {
                 },
                 // Settled, refused or expired by someone else meanwhile, or acknowledged and
                 // given a later deadline: nothing to do now (a later deadline is scanned then).
-                Err(ChainError::Dispatch { ref error, .. })
-                    if error.contains("JobClosed") || error.contains("NotExpired") =>
-                {
+                Err(ChainError::Dispatch {
+                    error:
+                        ref error @ RuntimeError::Jobs(JobsError::JobClosed | JobsError::NotExpired),
+                    ..
+                }) => {
                     tracing::debug!(job, %error, "nothing to expire");
                 },
                 Err(e) => {

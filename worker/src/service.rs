@@ -21,18 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use openledger_p2p::{FetchError, Finish, P2pError, P2pHandle, PeerId, TokenChunk};
+use openledger_chain_client::{
+    sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
+    ReceiptOutcome, RefusalReason,
+};
+use openledger_engine::{
+    EngineError, FinishReason, GenerationRequest, Rejection, SamplingParams, StreamEvent,
+};
+use openledger_p2p::payload::{self as job_payload, JobPayload};
+use openledger_p2p::{FetchError, Finish, P2pError, P2pHandle, PeerId, TokenChunk, REFUSED_PREFIX};
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::chain::{
-    sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
-    ReceiptOutcome, RefusalReason,
-};
-use crate::engine::{EngineError, FinishReason, GenerationRequest, Rejection, StreamEvent};
 use crate::engine_host::EngineHost;
-use crate::job_payload::{self, JobPayload};
 use crate::metrics::WorkerMetrics;
 
 /// Shortest time between two token chunks of one job.
@@ -219,7 +221,7 @@ impl Worker {
             .generate_counted(GenerationRequest {
                 prompt: payload.prompt.clone(),
                 adapter: Some(adapter),
-                params: payload.sampling(),
+                params: sampling(&payload),
             })
             .await
             .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))?;
@@ -477,9 +479,18 @@ impl Refusal {
     }
 }
 
-/// What a final token chunk's `reason` starts with when the worker refused the job; the rest
-/// is the [`RefusalReason::code`].
-pub const REFUSED_PREFIX: &str = "refused:";
+/// The engine's sampling parameters for a job's payload.
+pub fn sampling(payload: &JobPayload) -> SamplingParams {
+    SamplingParams {
+        temperature: payload.temperature,
+        top_p: payload.top_p,
+        top_k: payload.top_k as usize,
+        seed: payload.seed,
+        max_tokens: payload.max_tokens as usize,
+        stop: payload.stop.clone(),
+        ignore_eos: false,
+    }
+}
 
 /// Tokens streamed to the gateway, or waiting to be.
 #[derive(Clone, Default)]

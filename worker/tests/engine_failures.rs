@@ -4,14 +4,14 @@
 //! engine goes on serving; a refused request says why, in a form the worker can map to a
 //! reason code.
 
-mod common;
+use openledger_testkit as common;
 
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use candle_core::Device;
 use common::procs::model;
-use openledger_worker::engine::{
+use openledger_engine::{
     write_random_adapter, Engine, EngineConfig, EngineError, EngineStatus, GenerationRequest,
     KvCacheConfig, ModelSource, Projection, Rejection, SamplingParams, StreamEvent,
 };

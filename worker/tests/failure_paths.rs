@@ -6,13 +6,13 @@
 //! received; and the keeper expires what nobody finishes, slashing only a provider that had
 //! acknowledged the job.
 
-mod common;
+use openledger_testkit as common;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use openledger_worker::chain::{
+use openledger_chain_client::{
     blake2_256, fee_for, ChainClient, Endpoint, GpuSpec, JobId, ProviderTerms, RefusalReason,
 };
 use serde_json::{json, Value};
@@ -174,7 +174,7 @@ async fn the_job_in(chain: &ChainClient, from: u64, submitter: &AccountId32) -> 
                 let ev = ev.expect("an event");
                 if ev.pallet_name() == "Jobs" && ev.event_name() == "JobAssigned" {
                     let assigned = ev
-                        .decode_fields_unchecked_as::<openledger_worker::chain::JobAssigned>()
+                        .decode_fields_unchecked_as::<openledger_chain_client::JobAssigned>()
                         .expect("JobAssigned");
                     if assigned.submitter == *submitter {
                         return assigned.job;

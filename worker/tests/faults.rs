@@ -4,13 +4,13 @@
 //! refuses it on chain at once: the escrow comes back, nothing is charged or slashed), and a
 //! node restarted under a running worker and gateway (they carry on; no job runs twice).
 
-mod common;
+use openledger_testkit as common;
 
 use std::time::{Duration, Instant};
 
+use openledger_chain_client::{blake2_256, ChainClient};
+use openledger_p2p::payload::JobPayload;
 use openledger_p2p::{keypair_from_ed25519_secret, P2pConfig};
-use openledger_worker::chain::{blake2_256, ChainClient};
-use openledger_worker::job_payload::JobPayload;
 use serde_json::json;
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
@@ -82,7 +82,7 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
     let expired = chain.expire(&dev::ferdie(), job).await.expect("expires");
     assert_eq!(expired.refunded, record.escrow);
     // The worker acknowledged the job before streaming and then failed: it is slashed.
-    assert_eq!(record.phase, openledger_worker::chain::JobPhase::Acknowledged);
+    assert_eq!(record.phase, openledger_chain_client::JobPhase::Acknowledged);
     assert!(expired.slashed > 0, "the provider is slashed");
     let after = chain.free_balance(&alice).await.expect("balance");
     assert_eq!(after - before, record.escrow + expired.slashed);
@@ -148,7 +148,7 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
     }
     let refusals = chain.refusals([assigned.job].into()).await.expect("events");
     let refused = refusals.get(&assigned.job).expect("a JobRefused event");
-    assert_eq!(refused.reason, openledger_worker::chain::RefusalReason::PayloadMismatch);
+    assert_eq!(refused.reason, openledger_chain_client::RefusalReason::PayloadMismatch);
     assert_eq!(refused.refunded, assigned.escrow);
     let after = chain.balances(&alice_id).await.expect("balance");
     assert_eq!(after, (before - fee, held_before), "only the submission fee was paid");

@@ -5,14 +5,14 @@
 //! through a receipt signed by its worker, and each adapter owner's balance grows by exactly
 //! its share of the charges.
 
-mod common;
+use openledger_testkit as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use openledger_worker::chain::{blake2_256, ChainClient};
-use openledger_worker::engine::{Engine, EngineConfig, ModelSource, Projection};
+use openledger_chain_client::{blake2_256, ChainClient};
+use openledger_engine::{Engine, EngineConfig, ModelSource, Projection};
 use serde_json::{json, Value};
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;

@@ -3,17 +3,15 @@
 //! worker here starts from a TOML config file (flags on its command line win) and serves
 //! Prometheus metrics, which must count the job it served.
 
-mod common;
+use openledger_testkit as common;
 
 use std::time::Duration;
 
 use candle_core::Device;
+use openledger_chain_client::{blake2_256, ChainClient};
+use openledger_engine::{write_random_adapter, Engine, EngineConfig, ModelSource, Projection};
+use openledger_p2p::payload::{self as job_payload, JobPayload};
 use openledger_p2p::PeerId;
-use openledger_worker::chain::{blake2_256, ChainClient};
-use openledger_worker::engine::{
-    write_random_adapter, Engine, EngineConfig, ModelSource, Projection,
-};
-use openledger_worker::job_payload::{self, JobPayload};
 use serde_json::Value;
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
-use openledger_worker::chain::{AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
-use openledger_worker::cli;
-use openledger_worker::engine::{
+use openledger_chain_client::cli;
+use openledger_chain_client::{AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
+use openledger_engine::{
     scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
     EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
 };
+use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
 use openledger_worker::metrics::WorkerMetrics;
@@ -316,7 +316,7 @@ async fn serve(args: &Args) -> Result<()> {
         threads: s.threads,
         ..EngineConfig::default()
     };
-    let device = cli::device(&s.device)?;
+    let device = openledger_engine::device(&s.device)?;
     let engine = Engine::load(&source, config, &device)
         .with_context(|| format!("cannot load the model {} on {}", model.display(), s.device))?;
     progress.finish_with_message(format!(

@@ -1,0 +1,500 @@
+//! GPU benchmark of the engine (issue 8, `docs/benchmarks.md` "Engine on GPU"): a model of
+//! Llama-3-8B's shape with random bf16 weights generated on the device, served through the
+//! tensor path (cuBLAS projections, CUDA SGMV, paged decode attention).
+//!
+//! Prints one JSON object per measurement:
+//! - `copy`: device-to-device copy bandwidth (1 GiB, read + write), the yardstick;
+//! - `decode`: one decode step of the model for B sequences at a fixed context, with A
+//!   distinct rank-16 adapters on q/k/v/o (and one configuration on all seven projections):
+//!   median step time, tokens/s, bytes of weights (base + distinct adapters) and KV read per
+//!   step, the floor those bytes set at the copy bandwidth, and the weight-read bandwidth
+//!   achieved;
+//! - `prefill`: one 512-token prompt through the model, without and with an adapter;
+//! - `engine_*`: the same through the whole engine (scheduler, logits to the host, sampling,
+//!   streaming): prefill, time to first token with a cold adapter (on disk), one in host
+//!   memory and a hot one (on the GPU), and aggregate decode;
+//! - `memory`: GPU memory in use (driver's view: total - free) at each phase.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{CudaDevice, DType, Device};
+use clap::Parser;
+use openledger_bench::harness::median;
+use openledger_engine::{
+    write_random_adapter, AdapterCacheConfig, BlockTable, Engine, EngineConfig, KvCache,
+    KvCacheConfig, LoraAdapter, LoraSlots, Model, ModelConfig, Projection, RopeStyle,
+    SamplingParams, SeqChunk, StreamEvent,
+};
+
+#[derive(Parser)]
+#[command(about = "Engine GPU benchmark on a Llama-3-8B-shaped random bf16 model")]
+struct Args {
+    #[arg(long, default_value_t = 32)]
+    layers: usize,
+    #[arg(long, default_value_t = 4096)]
+    hidden: usize,
+    #[arg(long, default_value_t = 14336)]
+    ffn: usize,
+    #[arg(long, default_value_t = 32)]
+    heads: usize,
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 128256)]
+    vocab: usize,
+    /// Decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
+    batch: Vec<usize>,
+    /// Distinct adapters per decode batch (capped at the batch size).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,8,32,128")]
+    adapters: Vec<usize>,
+    /// The all-seven-projections configuration: batch and distinct adapters.
+    #[arg(long, default_value_t = 64)]
+    all7_batch: usize,
+    #[arg(long, default_value_t = 32)]
+    all7_adapters: usize,
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Cached positions of every sequence in the decode runs.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Timed decode steps per configuration (after 3 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Prompt tokens of the prefill and first-token runs.
+    #[arg(long, default_value_t = 512)]
+    prefill: usize,
+    /// Skip the engine-level runs.
+    #[arg(long)]
+    no_engine: bool,
+    /// Run everything on the CPU in f32 (a check of the benchmark's own logic on a machine
+    /// without a GPU; use tiny shapes).
+    #[arg(long)]
+    cpu_dry_run: bool,
+}
+
+/// GPU memory in use (total - free), in bytes (0 on the CPU).
+fn used_memory(dev: Option<&CudaDevice>) -> Result<usize> {
+    let Some(dev) = dev else { return Ok(0) };
+    let (free, total) = dev.cuda_stream().context().mem_get_info()?;
+    Ok(total - free)
+}
+
+fn report_memory(dev: Option<&CudaDevice>, phase: &str, peak: &mut usize) -> Result<()> {
+    let used = used_memory(dev)?;
+    *peak = (*peak).max(used);
+    println!(
+        "{{\"measure\":\"memory\",\"phase\":\"{phase}\",\"used_gib\":{:.2}}}",
+        used as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// Device-to-device copy of 1 GiB: bytes read + written per second (median of 20).
+fn copy_bandwidth(dev: &CudaDevice) -> Result<f64> {
+    let stream = dev.cuda_stream();
+    let n = 1usize << 30;
+    let src = stream.alloc_zeros::<u8>(n)?;
+    let mut dst = stream.alloc_zeros::<u8>(n)?;
+    for _ in 0..3 {
+        stream.memcpy_dtod(&src, &mut dst)?;
+    }
+    stream.synchronize()?;
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        stream.memcpy_dtod(&src, &mut dst)?;
+        stream.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * n as f64 / median(&mut times))
+}
+
+/// Median time of one decode step of `slots.len()` sequences at `context` cached positions,
+/// and the median time the host took to enqueue it (the step is host-bound when the two
+/// are close).
+fn decode_step(
+    model: &Model,
+    lora: &LoraSlots,
+    cache: &mut KvCache,
+    slots: &[Option<u32>],
+    context: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let vocab = model.config().vocab_size;
+    let mut tables = vec![BlockTable::default(); slots.len()];
+    for t in &mut tables {
+        cache.reserve(t, context + steps + 4)?;
+    }
+    let tokens: Vec<[u32; 1]> =
+        (0..slots.len()).map(|i| [((i * 7919 + 11) % vocab) as u32]).collect();
+    let (mut times, mut enqueue) = (Vec::new(), Vec::new());
+    for s in 0..steps + 3 {
+        let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
+            .map(|i| SeqChunk {
+                tokens: &tokens[i],
+                table: &tables[i],
+                start: context + s,
+                adapter: slots[i],
+            })
+            .collect();
+        device.synchronize()?;
+        let t = Instant::now();
+        let logits = model.forward(&chunks, cache, lora)?;
+        let queued = t.elapsed().as_secs_f64();
+        device.synchronize()?;
+        if s >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+            enqueue.push(queued);
+        }
+        drop(logits);
+    }
+    for t in &mut tables {
+        cache.release(t);
+    }
+    Ok((median(&mut times), median(&mut enqueue)))
+}
+
+/// Median time of one prefill of `prompt` tokens as a single chunk.
+fn prefill_time(
+    model: &Model,
+    lora: &LoraSlots,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    slot: Option<u32>,
+    device: &Device,
+) -> Result<f64> {
+    let mut times = Vec::new();
+    for run in 0..6 {
+        let mut table = BlockTable::default();
+        cache.reserve(&mut table, prompt.len())?;
+        let chunk = SeqChunk { tokens: prompt, table: &table, start: 0, adapter: slot };
+        device.synchronize()?;
+        let t = Instant::now();
+        let logits = model.forward(&[chunk], cache, lora)?;
+        device.synchronize()?;
+        if run > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        drop(logits);
+        cache.release(&mut table);
+    }
+    Ok(median(&mut times))
+}
+
+fn tokens_streamed(rx: &Receiver<StreamEvent>) -> usize {
+    rx.try_iter().filter(|e| matches!(e, StreamEvent::Token { .. })).count()
+}
+
+/// Seconds from submitting `prompt` (with `adapter`) to its first streamed token.
+fn first_token(engine: &mut Engine, prompt: &[u32], adapter: Option<&str>) -> Result<f64> {
+    let params = SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() };
+    let t = Instant::now();
+    let (_, rx) = engine.submit_tokens(prompt.to_vec(), adapter.map(str::to_string), params)?;
+    while tokens_streamed(&rx) == 0 {
+        if engine.is_idle() {
+            bail!("the request finished without a token");
+        }
+        engine.step()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    engine.run_until_idle()?;
+    Ok(secs)
+}
+
+/// Aggregate decode tokens/s of `n` sequences through the engine (time from the step that
+/// gave every sequence its first token to the end).
+fn engine_decode(
+    engine: &mut Engine,
+    prompts: &[Vec<u32>],
+    adapters: &[Option<String>],
+    generate: usize,
+) -> Result<f64> {
+    let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
+    let rx = prompts
+        .iter()
+        .zip(adapters)
+        .map(|(p, a)| Ok(engine.submit_tokens(p.clone(), a.clone(), params.clone())?.1))
+        .collect::<Result<Vec<_>>>()?;
+    let mut got = vec![0usize; rx.len()];
+    let mut start = None;
+    while !engine.is_idle() {
+        engine.step()?;
+        for (g, r) in got.iter_mut().zip(&rx) {
+            *g += tokens_streamed(r);
+        }
+        if start.is_none() && got.iter().all(|&g| g >= 1) {
+            start = Some((Instant::now(), got.iter().sum::<usize>()));
+        }
+    }
+    let Some((t0, base)) = start else { bail!("no sequence produced a token") };
+    let total: usize = got.iter().sum();
+    if total != rx.len() * generate {
+        bail!("{total} tokens generated, {} expected", rx.len() * generate);
+    }
+    Ok((total - base) as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn file_size(dir: &Path) -> usize {
+    std::fs::metadata(dir.join("adapter_model.safetensors")).map_or(0, |m| m.len() as usize)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (device, dtype) = if args.cpu_dry_run {
+        (Device::Cpu, DType::F32)
+    } else {
+        (Device::new_cuda(0).context("no CUDA device")?, DType::BF16)
+    };
+    let dev = match &device {
+        Device::Cuda(d) => Some(d),
+        _ => None,
+    };
+    let name = dev.map(|d| d.cuda_stream().context().name().unwrap_or_default());
+    println!("{{\"measure\":\"device\",\"name\":\"{}\"}}", name.as_deref().unwrap_or("cpu"));
+    let mut peak = 0usize;
+    report_memory(dev, "start", &mut peak)?;
+
+    let bw = match dev {
+        Some(d) => copy_bandwidth(d)?,
+        None => 1e10,
+    };
+    println!("{{\"measure\":\"copy\",\"bytes\":1073741824,\"gb_per_s\":{:.1}}}", bw / 1e9);
+
+    let cfg = ModelConfig {
+        vocab_size: args.vocab,
+        hidden_size: args.hidden,
+        intermediate_size: args.ffn,
+        num_layers: args.layers,
+        num_heads: args.heads,
+        num_kv_heads: args.kv_heads,
+        head_dim: args.hidden / args.heads,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_style: RopeStyle::Half,
+        max_position: 8192,
+        tie_word_embeddings: false,
+        eos_token_ids: Vec::new(),
+        bos_token_id: None,
+    };
+    let t = Instant::now();
+    let model = Model::random_tensors(cfg.clone(), &device, dtype, 7)?;
+    device.synchronize()?;
+    let base_bytes = model.weight_bytes_per_step().unwrap_or(0);
+    println!(
+        "{{\"measure\":\"model\",\"layers\":{},\"weight_gib\":{:.2},\"read_per_step_gib\":{:.2},\"generated_s\":{:.1}}}",
+        cfg.num_layers,
+        model.weight_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+        base_bytes as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64()
+    );
+    report_memory(dev, "model", &mut peak)?;
+
+    // Adapters: one random file per target set, installed into many slots (each slot its
+    // own device copy, so distinct adapters really are distinct memory).
+    let dir = tempfile::tempdir()?;
+    let qkvo_dir = dir.path().join("qkvo");
+    let all7_dir = dir.path().join("all7");
+    let qkvo = [Projection::Q, Projection::K, Projection::V, Projection::O];
+    write_random_adapter(&qkvo_dir, &cfg, args.rank, &qkvo, 1)?;
+    write_random_adapter(&all7_dir, &cfg, args.rank, &Projection::ALL, 2)?;
+    let qkvo_adapter = LoraAdapter::load(&qkvo_dir, &cfg, &Device::Cpu)?;
+    let all7_adapter = LoraAdapter::load(&all7_dir, &cfg, &Device::Cpu)?;
+    let max_a = args.adapters.iter().copied().max().unwrap_or(0).max(1);
+    let mut lora = LoraSlots::new(&cfg, &device, max_a + args.all7_adapters);
+    let t = Instant::now();
+    for s in 0..max_a {
+        lora.install(s as u32, &qkvo_adapter)?;
+    }
+    device.synchronize()?;
+    let upload = t.elapsed().as_secs_f64() / max_a as f64;
+    for s in 0..args.all7_adapters {
+        lora.install((max_a + s) as u32, &all7_adapter)?;
+    }
+    println!(
+        "{{\"measure\":\"adapter\",\"targets\":\"qkvo\",\"rank\":{},\"bytes\":{},\"file_bytes\":{},\"upload_ms\":{:.2}}}",
+        args.rank,
+        qkvo_adapter.weight_bytes(),
+        file_size(&qkvo_dir),
+        upload * 1e3
+    );
+    println!(
+        "{{\"measure\":\"adapter\",\"targets\":\"all7\",\"rank\":{},\"bytes\":{}}}",
+        args.rank,
+        all7_adapter.weight_bytes()
+    );
+
+    let max_b = args.batch.iter().copied().max().unwrap_or(1).max(args.all7_batch);
+    let per_seq = (args.context + args.steps + 8).max(args.prefill);
+    let kv_config = KvCacheConfig { block_size: 16, num_blocks: max_b * per_seq.div_ceil(16) };
+    let mut cache = KvCache::for_model(kv_config, &model)?;
+    report_memory(dev, "kv_and_adapters", &mut peak)?;
+    let kv_per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2;
+
+    let mut decode = |batch: usize,
+                      distinct: usize,
+                      first_slot: usize,
+                      per: usize,
+                      targets: &str|
+     -> Result<()> {
+        let slots: Vec<Option<u32>> = (0..batch)
+            .map(|i| (distinct > 0).then(|| (first_slot + i % distinct) as u32))
+            .collect();
+        let (step, enqueue) =
+            decode_step(&model, &lora, &mut cache, &slots, args.context, args.steps, &device)?;
+        let weights = base_bytes + distinct * per;
+        let kv = batch * (args.context + args.steps / 2) * kv_per_position;
+        let floor = (weights + kv) as f64 / bw;
+        println!(
+            "{{\"measure\":\"decode\",\"batch\":{batch},\"adapters\":{distinct},\"targets\":\"{targets}\",\"context\":{},\"step_ms\":{:.3},\"enqueue_ms\":{:.3},\"tok_per_s\":{:.1},\"weight_bytes\":{weights},\"kv_bytes\":{kv},\"floor_ms\":{:.3},\"x_floor\":{:.2},\"weight_read_gb_per_s\":{:.1},\"weight_read_pct_copy\":{:.1}}}",
+            args.context,
+            step * 1e3,
+            enqueue * 1e3,
+            batch as f64 / step,
+            floor * 1e3,
+            step / floor,
+            weights as f64 / step / 1e9,
+            100.0 * weights as f64 / step / bw
+        );
+        Ok(())
+    };
+    let mut seen = HashSet::new();
+    for &b in &args.batch {
+        for &a in &args.adapters {
+            let d = a.min(b);
+            if seen.insert((b, d)) {
+                decode(b, d, 0, qkvo_adapter.weight_bytes(), "qkvo")?;
+            }
+        }
+    }
+    decode(args.all7_batch, args.all7_adapters, max_a, all7_adapter.weight_bytes(), "all7")?;
+    report_memory(dev, "decode", &mut peak)?;
+
+    let vocab = cfg.vocab_size as u32;
+    let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 2654435761u32) % vocab).collect();
+    for slot in [None, Some(0u32)] {
+        let secs = prefill_time(&model, &lora, &mut cache, &prompt, slot, &device)?;
+        println!(
+            "{{\"measure\":\"prefill\",\"tokens\":{},\"adapter\":{},\"ms\":{:.2},\"tok_per_s\":{:.0}}}",
+            prompt.len(),
+            slot.is_some(),
+            secs * 1e3,
+            prompt.len() as f64 / secs
+        );
+    }
+    report_memory(dev, "prefill", &mut peak)?;
+    drop(cache);
+    drop(lora);
+
+    if !args.no_engine {
+        engine_runs(&args, model, &qkvo_dir, &prompt, dev, &mut peak)?;
+    }
+    println!(
+        "{{\"measure\":\"memory\",\"phase\":\"peak_sampled\",\"used_gib\":{:.2}}}",
+        peak as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// The engine-level runs: prefill, first token by adapter tier, aggregate decode.
+fn engine_runs(
+    args: &Args,
+    model: Model,
+    qkvo_dir: &Path,
+    prompt: &[u32],
+    dev: Option<&CudaDevice>,
+    peak: &mut usize,
+) -> Result<()> {
+    let file = file_size(qkvo_dir);
+    let batch = 64usize;
+    let generate = 32usize;
+    let batch_prompt = 128usize;
+    let config = EngineConfig {
+        kv_cache: KvCacheConfig {
+            block_size: 16,
+            num_blocks: batch * (batch_prompt + generate + 16).div_ceil(16) + 64,
+        },
+        adapters: AdapterCacheConfig {
+            compute_slots: 64,
+            compute_bytes: 8 << 30,
+            // Three parsed adapters in host memory: the last three registered.
+            host_bytes: 3 * file,
+        },
+        max_batch_tokens: args.prefill.max(512),
+        max_prefill_chunk: 0,
+        max_running: batch,
+        threads: 2,
+    };
+    let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
+    let mut engine = Engine::new(model, tokenizer, config)?;
+    // Registered first, so trimmed from host memory by the later ones: on disk only.
+    for i in 0..3 {
+        engine.register_adapter(&format!("cold{i}"), qkvo_dir)?;
+    }
+    for i in 0..3 {
+        engine.register_adapter(&format!("host{i}"), qkvo_dir)?;
+    }
+    let short = &prompt[..batch_prompt.min(prompt.len())];
+    let mut base = Vec::new();
+    for _ in 0..3 {
+        base.push(first_token(&mut engine, short, None)?);
+    }
+    // Host-tier ones first: a cold one read from disk would push one of them out of the
+    // three-adapter host budget.
+    let mut host = Vec::new();
+    for i in 0..3 {
+        host.push(first_token(&mut engine, short, Some(&format!("host{i}")))?);
+    }
+    let mut cold = Vec::new();
+    for i in 0..3 {
+        cold.push(first_token(&mut engine, short, Some(&format!("cold{i}")))?);
+    }
+    let mut hot = Vec::new();
+    for i in 0..3 {
+        hot.push(first_token(&mut engine, short, Some(&format!("cold{i}")))?);
+    }
+    for (tier, v) in
+        [("none", &mut base), ("disk", &mut cold), ("host", &mut host), ("gpu", &mut hot)]
+    {
+        println!(
+            "{{\"measure\":\"engine_first_token\",\"prompt\":{},\"adapter_tier\":\"{tier}\",\"ms\":{:.2},\"runs_ms\":{:?}}}",
+            short.len(),
+            median(v) * 1e3,
+            v.iter().map(|s| (s * 1e4).round() / 10.0).collect::<Vec<_>>()
+        );
+    }
+    let mut pre = Vec::new();
+    for _ in 0..3 {
+        pre.push(first_token(&mut engine, prompt, None)?);
+    }
+    println!(
+        "{{\"measure\":\"engine_prefill\",\"tokens\":{},\"tok_per_s\":{:.0}}}",
+        prompt.len(),
+        prompt.len() as f64 / median(&mut pre)
+    );
+    report_memory(dev, "engine_first_token", peak)?;
+
+    let vocab = engine.model().config().vocab_size as u32;
+    for i in 0..32 {
+        engine.register_adapter(&format!("d{i}"), qkvo_dir)?;
+    }
+    for (n, distinct) in [(1usize, 0usize), (64, 0), (64, 32)] {
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|s| (0..batch_prompt as u32).map(|i| (i * 31 + s as u32 * 977) % vocab).collect())
+            .collect();
+        let adapters: Vec<Option<String>> =
+            (0..n).map(|s| (distinct > 0).then(|| format!("d{}", s % distinct))).collect();
+        // Once to load and install the adapters, then measured.
+        engine_decode(&mut engine, &prompts, &adapters, 4)?;
+        let rate = engine_decode(&mut engine, &prompts, &adapters, generate)?;
+        println!(
+            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1}}}"
+        );
+    }
+    report_memory(dev, "engine_decode", peak)?;
+    Ok(())
+}

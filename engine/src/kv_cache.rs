@@ -1,0 +1,240 @@
+//! Paged KV cache: keys and values in fixed-size blocks from one pool, so sequences of any
+//! length share memory without fragmentation, and a block budget bounds what is admitted.
+//!
+//! The pool lives where the model runs: plain f32 buffers in host memory for the CPU path,
+//! or one tensor per layer on the model's device (CUDA: in the activations' dtype, the
+//! layout the kernels crate's paged attention reads). Block bookkeeping is the same for both.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// Sizes of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Token positions per block.
+    pub block_size: usize,
+    /// Blocks in the pool (the budget shared by all running sequences).
+    pub num_blocks: usize,
+}
+
+impl Default for KvCacheConfig {
+    fn default() -> Self {
+        Self { block_size: 16, num_blocks: 512 }
+    }
+}
+
+/// The blocks of one sequence, in position order, and how many positions hold data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    pub(crate) blocks: Vec<u32>,
+    pub(crate) len: usize,
+}
+
+impl BlockTable {
+    /// Positions written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The pool: per layer, keys and values laid out `[block][slot][kv_head][head_dim]`.
+pub struct KvCache {
+    config: KvCacheConfig,
+    row: usize,
+    /// Host buffers (CPU path); empty for a device pool.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    /// Device tensors, one `[num_blocks * block_size, num_kv_heads * head_dim]` pair per layer.
+    device: Option<DevicePool>,
+    free: Vec<u32>,
+}
+
+/// The pool's tensors on a device.
+pub(crate) struct DevicePool {
+    pub keys: Vec<Tensor>,
+    pub values: Vec<Tensor>,
+}
+
+impl KvCache {
+    /// An empty pool for `num_layers` layers of `num_kv_heads * head_dim` values per token.
+    pub fn new(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let row = num_kv_heads * head_dim;
+        let len = config.num_blocks * config.block_size * row;
+        Self {
+            config,
+            row,
+            keys: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            values: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            device: None,
+            // Popped from the end: block 0 is handed out first.
+            free: (0..config.num_blocks as u32).rev().collect(),
+        }
+    }
+
+    /// An empty pool of `dtype` tensors on `device` (zero-filled, so a position never
+    /// written reads as zero rather than as stale memory).
+    pub fn on_device(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let row = num_kv_heads * head_dim;
+        let shape = (config.num_blocks * config.block_size, row);
+        let mut keys = Vec::with_capacity(num_layers);
+        let mut values = Vec::with_capacity(num_layers);
+        for _ in 0..num_layers {
+            keys.push(Tensor::zeros(shape, dtype, device)?);
+            values.push(Tensor::zeros(shape, dtype, device)?);
+        }
+        Ok(Self {
+            config,
+            row,
+            keys: Vec::new(),
+            values: Vec::new(),
+            device: Some(DevicePool { keys, values }),
+            free: (0..config.num_blocks as u32).rev().collect(),
+        })
+    }
+
+    /// A pool where `model` computes: host buffers for the CPU path, device tensors for the
+    /// tensor path.
+    pub fn for_model(config: KvCacheConfig, model: &crate::model::Model) -> Result<Self> {
+        let c = model.config();
+        match model.tensor_dtype() {
+            None => Ok(Self::new(config, c.num_layers, c.num_kv_heads, c.head_dim)),
+            Some(dtype) => Self::on_device(
+                config,
+                c.num_layers,
+                c.num_kv_heads,
+                c.head_dim,
+                model.device(),
+                dtype,
+            ),
+        }
+    }
+
+    /// The device tensors, for a pool made by [`KvCache::on_device`].
+    pub(crate) fn device_pool(&self) -> Option<&DevicePool> {
+        self.device.as_ref()
+    }
+
+    /// Bytes the pool holds (keys and values of every layer).
+    pub fn bytes(&self) -> usize {
+        match &self.device {
+            Some(p) => p
+                .keys
+                .iter()
+                .chain(&p.values)
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum(),
+            None => self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum(),
+        }
+    }
+
+    /// Cache slot (`block * block_size + offset`) of each position `start..start + n` of a
+    /// sequence, for the device pool's scatter and gather.
+    pub(crate) fn slots(&self, table: &BlockTable, start: usize, n: usize) -> Vec<u32> {
+        let bs = self.config.block_size;
+        (start..start + n).map(|p| table.blocks[p / bs] * bs as u32 + (p % bs) as u32).collect()
+    }
+
+    /// The cache's sizes.
+    pub fn config(&self) -> KvCacheConfig {
+        self.config
+    }
+
+    /// Blocks not held by any sequence.
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Blocks a sequence needs to hold `len` positions.
+    pub fn blocks_for(&self, len: usize) -> usize {
+        len.div_ceil(self.config.block_size)
+    }
+
+    /// Extra blocks `table` needs to grow to `new_len` positions.
+    pub fn blocks_to_grow(&self, table: &BlockTable, new_len: usize) -> usize {
+        self.blocks_for(new_len).saturating_sub(table.blocks.len())
+    }
+
+    /// Gives `table` enough blocks for `new_len` positions, all or nothing.
+    pub fn reserve(&mut self, table: &mut BlockTable, new_len: usize) -> Result<()> {
+        let need = self.blocks_to_grow(table, new_len);
+        if need > self.free.len() {
+            return Err(EngineError::OutOfBlocks { total: self.config.num_blocks });
+        }
+        for _ in 0..need {
+            if let Some(b) = self.free.pop() {
+                table.blocks.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns a finished sequence's blocks to the pool.
+    pub fn release(&mut self, table: &mut BlockTable) {
+        self.free.extend(table.blocks.drain(..).rev());
+        table.len = 0;
+    }
+
+    /// Offset of position `pos` of a sequence in a layer's buffers.
+    fn offset(&self, table: &BlockTable, pos: usize) -> usize {
+        let bs = self.config.block_size;
+        (table.blocks[pos / bs] as usize * bs + pos % bs) * self.row
+    }
+
+    /// Writes the keys and values (`[n, row]`, row-major) of positions `start..start + n`.
+    /// The table must already hold blocks for them ([`KvCache::reserve`]).
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        table: &BlockTable,
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        let n = k.len() / self.row;
+        for i in 0..n {
+            let off = self.offset(table, start + i);
+            let src = i * self.row..(i + 1) * self.row;
+            self.keys[layer][off..off + self.row].copy_from_slice(&k[src.clone()]);
+            self.values[layer][off..off + self.row].copy_from_slice(&v[src]);
+        }
+    }
+
+    /// Key and value rows of positions `0..len` of a sequence, in order, block by block.
+    pub(crate) fn positions<'a>(
+        &'a self,
+        layer: usize,
+        table: &'a BlockTable,
+        len: usize,
+    ) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + 'a {
+        let (bs, row) = (self.config.block_size, self.row);
+        let (keys, values) = (&self.keys[layer], &self.values[layer]);
+        table
+            .blocks
+            .iter()
+            .flat_map(move |&b| {
+                let base = b as usize * bs * row;
+                let k = &keys[base..base + bs * row];
+                let v = &values[base..base + bs * row];
+                k.chunks_exact(row).zip(v.chunks_exact(row))
+            })
+            .take(len)
+    }
+}

@@ -1,0 +1,372 @@
+//! The Llama-family decoder (Llama 2/3, Mistral-style GQA, SmolLM2), written for batches:
+//! every step flattens all sequences' new tokens (prefill chunks and decode tokens alike) to
+//! `[total_tokens, hidden]`, runs each base projection once for the whole batch, adds every
+//! row's LoRA delta through one SGMV call per projection, and attends per sequence over its
+//! KV blocks.
+//!
+//! Two backends compute the same function, chosen by the device the model is loaded on: the
+//! host path below (f32 buffers, quantized matmuls, on the CPU) and the tensor path
+//! ([`crate::tensor_model`]: candle tensors, bf16 on a CUDA device). The step's validation
+//! and segment maps are shared.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use openledger_kernels::BatchSegments;
+use rayon::prelude::*;
+
+use crate::adapters::LoraSlots;
+use crate::attention::{attend, Rope, RowContext};
+use crate::config::{ModelConfig, Projection};
+use crate::error::{EngineError, Result};
+use crate::kv_cache::{BlockTable, KvCache};
+use crate::tensor_model::TensorModel;
+use crate::weights::{self, forward_group, BaseWeights, Input, Linear};
+
+/// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// The sequence's blocks, already reserved for `start + tokens.len()` positions.
+    pub table: &'a BlockTable,
+    pub start: usize,
+    /// Adapter slot ([`LoraSlots`]), or `None` for the base model alone.
+    pub adapter: Option<u32>,
+}
+
+/// The base model: weights, shape and rotary tables.
+pub struct Model {
+    config: ModelConfig,
+    backend: Backend,
+    device: Device,
+}
+
+/// Where and how the forward pass runs.
+enum Backend {
+    /// f32 / block-quantized weights in host memory, the CPU path.
+    Host { weights: BaseWeights, rope: Rope },
+    /// Candle tensors on a device (bf16 on CUDA).
+    Tensor(TensorModel),
+}
+
+/// Activations' dtype of the tensor path on a GPU.
+pub const GPU_DTYPE: DType = DType::BF16;
+
+impl Model {
+    /// The host-path model over `weights`.
+    pub(crate) fn new(config: ModelConfig, weights: BaseWeights, device: Device) -> Self {
+        let rope =
+            Rope::new(config.head_dim, config.max_position, config.rope_theta, config.rope_style);
+        Self { config, backend: Backend::Host { weights, rope }, device }
+    }
+
+    /// Host weights on the CPU, or dequantized to [`GPU_DTYPE`] on another device (GGUF on
+    /// a GPU).
+    pub(crate) fn from_host_weights(
+        config: ModelConfig,
+        weights: BaseWeights,
+        device: &Device,
+    ) -> Result<Self> {
+        if device.is_cpu() {
+            return Ok(Self::new(config, weights, Device::Cpu));
+        }
+        let t = TensorModel::from_host(&config, &weights, device, GPU_DTYPE)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// Loads a Hugging Face checkpoint directory (`config.json` + `*.safetensors`): as f32
+    /// for the host path on the CPU, as [`GPU_DTYPE`] tensors on any other device.
+    pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            return Self::load_hf_tensors(dir, device, GPU_DTYPE);
+        }
+        let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+        let weights = weights::load_hf(&config, dir, device)?;
+        Ok(Self::new(config, weights, device.clone()))
+    }
+
+    /// Loads a Hugging Face checkpoint for the tensor path on `device` as `dtype` (on the
+    /// CPU in f32 this is how tests check the GPU code against the host path).
+    pub fn load_hf_tensors(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+        let t = TensorModel::load_hf(&config, dir, device, dtype)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// A model of shape `config` with random weights generated on `device` as `dtype`
+    /// (tensor path; for benchmarks).
+    pub fn random_tensors(
+        config: ModelConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate().map_err(|m| EngineError::config("<random model>", m))?;
+        let t = TensorModel::random(&config, device, dtype, seed)?;
+        Ok(Self { config, backend: Backend::Tensor(t), device: device.clone() })
+    }
+
+    /// The same model on the tensor path, on `device` as `dtype`, its host weights
+    /// dequantized: how a GGUF model runs on a GPU, and (on the CPU in f32) how tests check
+    /// that path against the host path.
+    pub fn to_tensors(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let Backend::Host { weights, .. } = &self.backend else {
+            return Err(EngineError::Backend("the model is already on the tensor path".into()));
+        };
+        let t = TensorModel::from_host(&self.config, weights, device, dtype)?;
+        Ok(Self {
+            config: self.config.clone(),
+            backend: Backend::Tensor(t),
+            device: device.clone(),
+        })
+    }
+
+    /// The activations' dtype of the tensor path; `None` for the host path.
+    pub fn tensor_dtype(&self) -> Option<DType> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.dtype()),
+        }
+    }
+
+    /// Bytes of base weights a forward step reads (tensor path; `None` on the host path).
+    pub fn weight_bytes_per_step(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.weight_bytes_per_step()),
+        }
+    }
+
+    /// Bytes of base weights held on the device (tensor path; `None` on the host path).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Host { .. } => None,
+            Backend::Tensor(t) => Some(t.weight_bytes()),
+        }
+    }
+
+    /// The same model with every projection in f32 (dequantized): the reference the
+    /// quantized paths are checked against (host path only).
+    pub fn f32_reference(&self) -> Result<Self> {
+        let Backend::Host { weights: w, .. } = &self.backend else {
+            return Err(EngineError::Backend(
+                "f32_reference is for the host path; load the model on the CPU".into(),
+            ));
+        };
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(weights::LayerWeights {
+                    attn_norm: l.attn_norm.clone(),
+                    ffn_norm: l.ffn_norm.clone(),
+                    proj: l.proj.iter().map(|p| p.dequantized()).collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let weights = BaseWeights {
+            embed: w.embed.clone(),
+            layers,
+            norm: w.norm.clone(),
+            lm_head: w.lm_head.dequantized()?,
+        };
+        Ok(Self::new(self.config.clone(), weights, self.device.clone()))
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs one step and returns the logits of each chunk's last token, `[chunks, vocab]`.
+    ///
+    /// Writes the chunks' keys and values into `cache`; the caller then records the new
+    /// lengths in the block tables.
+    pub fn forward(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let on_device = cache.device_pool().is_some();
+        if on_device != matches!(self.backend, Backend::Tensor(_)) {
+            return Err(EngineError::Backend(
+                "the KV cache does not match the model's backend: make it with KvCache::for_model"
+                    .into(),
+            ));
+        }
+        let mut tokens = Vec::new();
+        let mut rows = Vec::new();
+        let mut positions = Vec::new();
+        let mut last_rows = Vec::with_capacity(chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            let end = c.start + c.tokens.len();
+            if c.tokens.is_empty() || end > cfg.max_position {
+                return Err(EngineError::BadChunk {
+                    chunk: i,
+                    message: format!(
+                        "chunk of {} tokens at {} exceeds the model's {} positions",
+                        c.tokens.len(),
+                        c.start,
+                        cfg.max_position
+                    ),
+                });
+            }
+            if cache.blocks_to_grow(c.table, end) > 0 {
+                return Err(EngineError::OutOfBlocks { total: cache.config().num_blocks });
+            }
+            if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(EngineError::BadChunk {
+                    chunk: i,
+                    message: format!("token id {t} is outside the vocabulary"),
+                });
+            }
+            tokens.extend_from_slice(c.tokens);
+            for p in c.start..end {
+                rows.push(RowContext { table: c.table, pos: p });
+                positions.push(p);
+            }
+            last_rows.push((tokens.len() - 1) as u32);
+        }
+        let adapters: Vec<Option<u32>> = chunks.iter().map(|c| c.adapter).collect();
+        let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+        // Built once per step, shared by every layer.
+        let segments = lora.segments(&adapters, &lens)?;
+        let (weights, rope) = match &self.backend {
+            Backend::Host { weights, rope } => (weights, rope),
+            Backend::Tensor(t) => {
+                return t
+                    .forward(cfg, chunks, &tokens, &positions, &last_rows, cache, lora, &segments)
+            },
+        };
+
+        // The hidden state lives in plain row-major buffers: every element-wise step runs on
+        // this crate's thread pool, never on a second one competing for the same cores.
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let hidden = cfg.hidden_size;
+        let eps = cfg.rms_norm_eps as f32;
+        let n = tokens.len();
+        let mut x = embed(weights, hidden, &tokens)?;
+        let mut h = vec![0f32; n * hidden];
+        for (l, layer) in weights.layers.iter().enumerate() {
+            // The base projections of one input in one parallel loop, then each one's LoRA.
+            let projs = |ps: &[Projection], input: &mut Input<'_>| -> Result<Vec<Vec<f32>>> {
+                let linears: Vec<&Linear> = ps.iter().map(|p| &layer.proj[p.index()]).collect();
+                let mut ys = forward_group(&linears, input)?;
+                // The input as a tensor for the LoRA kernels: made once for the group, and
+                // only when one of its projections has adapters in this batch.
+                let mut x_lora = None;
+                for (&p, y) in ps.iter().zip(ys.iter_mut()) {
+                    if let Some(seg) = &segments[p.index()] {
+                        let x_t = match x_lora.take() {
+                            Some(t) => t,
+                            None => input.tensor()?,
+                        };
+                        let d_out = y.len() / n;
+                        let yt = Tensor::from_vec(std::mem::take(y), (n, d_out), &self.device)?;
+                        lora.apply(l, p, &x_t, &yt, seg)?;
+                        *y = flat(&yt)?;
+                        x_lora = Some(x_t);
+                    }
+                }
+                Ok(ys)
+            };
+            let proj = |p: Projection, input: &mut Input<'_>| -> Result<Vec<f32>> {
+                Ok(projs(&[p], input)?.pop().unwrap_or_default())
+            };
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            let mut h_in = Input::new(&h, n);
+            let [mut q, mut k, v]: [Vec<f32>; 3] = projs(&QKV, &mut h_in)?
+                .try_into()
+                .map_err(|_| EngineError::Backend("q, k, v projections missing".into()))?;
+            rope.apply(&mut q, &positions, nh);
+            rope.apply(&mut k, &positions, nkv);
+            let row = nkv * hd;
+            let mut offset = 0;
+            for c in chunks {
+                let span = offset * row..(offset + c.tokens.len()) * row;
+                cache.write(l, c.table, c.start, &k[span.clone()], &v[span]);
+                offset += c.tokens.len();
+            }
+            let attn = attend(&q, &rows, cache, l, nh, nkv, hd);
+            add_assign(&mut x, &proj(Projection::O, &mut Input::new(&attn, n))?);
+
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            let mut h_in = Input::new(&h, n);
+            let [mut gate, up]: [Vec<f32>; 2] =
+                projs(&[Projection::Gate, Projection::Up], &mut h_in)?
+                    .try_into()
+                    .map_err(|_| EngineError::Backend("gate and up projections missing".into()))?;
+            silu_mul(&mut gate, &up);
+            add_assign(&mut x, &proj(Projection::Down, &mut Input::new(&gate, n))?);
+        }
+        let mut last = Vec::with_capacity(last_rows.len() * hidden);
+        for &r in &last_rows {
+            let r = r as usize;
+            last.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &weights.norm, eps, &mut normed);
+        let logits = weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
+        Ok(Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?)
+    }
+}
+
+/// The projections of a layer's attention input, run together.
+const QKV: [Projection; 3] = [Projection::Q, Projection::K, Projection::V];
+
+/// Embedding rows of `tokens`, `[n, hidden]`.
+fn embed(weights: &BaseWeights, hidden: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+    let mut x = vec![0f32; tokens.len() * hidden];
+    for (row, &t) in x.chunks_exact_mut(hidden).zip(tokens) {
+        weights.embed.row(t as usize, row)?;
+    }
+    Ok(x)
+}
+
+/// Rows at least this many per task in element-wise steps (smaller batches run inline).
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[r] = x[r] / rms(x[r]) * w`, row by row.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).with_min_len(ROWS_PER_TASK).zip(x.par_chunks(d)).for_each(|(o, x)| {
+        let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * inv * w;
+        }
+    });
+}
+
+/// `gate = silu(gate) * up`.
+fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+}
+
+/// `x += y`.
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| {
+        for (x, y) in x.iter_mut().zip(y) {
+            *x += y;
+        }
+    });
+}
+
+/// A contiguous 2-D f32 tensor as a flat vector.
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Segment maps of a step, one per projection kind (`None` where no adapter in the batch
+/// targets it).
+pub(crate) type StepSegments = Vec<Option<BatchSegments>>;

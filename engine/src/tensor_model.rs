@@ -1,0 +1,513 @@
+//! The decoder on candle tensors: the path a CUDA device runs (bf16 weights and activations,
+//! projections as cuBLAS matmuls, LoRA through the kernels crate's CUDA SGMV, decode
+//! attention through its paged kernel). The same code runs on the CPU in f32, where the tests
+//! check it against the host path ([`crate::model`]) without a GPU.
+//!
+//! A step is planned once on the host ([`StepPlan`]: token ids, positions, cache slots,
+//! which rows decode and which prefill, block tables) and every layer reuses the plan's
+//! device tensors. Keys and values are scattered into the paged pool; one-token chunks
+//! attend through the paged decode kernel, longer chunks (prefill) gather their sequence's
+//! cached positions and attend causally with matmuls and a softmax in f32.
+
+use candle_core::{DType, Device, Tensor};
+use openledger_kernels::{
+    attention::HEAD_DIMS, paged_decode_attention_with, scatter_rows, DecodeBlocks, RowIndex,
+};
+
+use crate::adapters::LoraSlots;
+use crate::config::{ModelConfig, Projection, RopeStyle};
+use crate::error::{EngineError, Result};
+use crate::kv_cache::{DevicePool, KvCache};
+use crate::model::{SeqChunk, StepSegments};
+use crate::weights::{self, BaseWeights, HfLayer};
+
+/// Weights of one decoder layer as tensors.
+/// Projections `[d_out, d_in]`.
+type LayerTensors = HfLayer<Tensor>;
+
+/// The base model on a device.
+pub(crate) struct TensorModel {
+    /// `[vocab, hidden]`.
+    embed: Tensor,
+    layers: Vec<LayerTensors>,
+    norm: Tensor,
+    /// `[vocab, hidden]` (the embedding itself when the model ties them).
+    lm_head: Tensor,
+    tied: bool,
+    /// `[max_position, head_dim / 2]` in the activations' dtype.
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl TensorModel {
+    /// The host weights (f32 or block-quantized, e.g. from GGUF) dequantized and moved to
+    /// `device` as `dtype`, one matrix at a time.
+    pub(crate) fn from_host(
+        cfg: &ModelConfig,
+        w: &BaseWeights,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let put = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+        let vector =
+            |v: &[f32]| -> Result<Tensor> { put(Tensor::from_slice(v, v.len(), &Device::Cpu)?) };
+        let embed = put(w.embed.to_tensor()?)?;
+        let tied = w.embed.shares(&w.lm_head);
+        let lm_head = if tied { embed.clone() } else { put(w.lm_head.to_tensor()?)? };
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(LayerTensors {
+                attn_norm: vector(&l.attn_norm)?,
+                ffn_norm: vector(&l.ffn_norm)?,
+                proj: l.proj.iter().map(|p| put(p.to_tensor()?)).collect::<Result<_>>()?,
+            });
+        }
+        Self::assemble(cfg, embed, layers, vector(&w.norm)?, (lm_head, tied), device, dtype)
+    }
+
+    /// Loads a Hugging Face checkpoint directly onto `device` as `dtype`.
+    pub(crate) fn load_hf(
+        cfg: &ModelConfig,
+        dir: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let st = weights::open_hf(dir)?;
+        let hf = weights::read_hf(cfg, &st, |name, shape| st.get_as(name, shape, device, dtype))?;
+        let lm_head = match hf.lm_head {
+            Some(t) => (t, false),
+            None => (hf.embed.clone(), true),
+        };
+        let (embed, norm) = (hf.embed, hf.norm);
+        Self::assemble(cfg, embed, hf.layers, norm, lm_head, device, dtype)
+    }
+
+    /// Random weights generated on `device` (benchmarks): normal with standard deviation
+    /// 0.02 (Llama's initializer range), norms at one.
+    pub(crate) fn random(
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        // The CPU generator cannot be seeded; CPU runs of this (tests) are not reproducible.
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        let randn = |shape: (usize, usize)| -> Result<Tensor> {
+            Ok(Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?)
+        };
+        let h = cfg.hidden_size;
+        let ones = || -> Result<Tensor> { Ok(Tensor::ones(h, dtype, device)?) };
+        let embed = randn((cfg.vocab_size, h))?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            let proj = Projection::ALL
+                .iter()
+                .map(|&p| {
+                    let (d_in, d_out) = cfg.proj_dims(p);
+                    randn((d_out, d_in))
+                })
+                .collect::<Result<_>>()?;
+            layers.push(LayerTensors { attn_norm: ones()?, ffn_norm: ones()?, proj });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            (embed.clone(), true)
+        } else {
+            (randn((cfg.vocab_size, h))?, false)
+        };
+        Self::assemble(cfg, embed, layers, ones()?, lm_head, device, dtype)
+    }
+
+    fn assemble(
+        cfg: &ModelConfig,
+        embed: Tensor,
+        layers: Vec<LayerTensors>,
+        norm: Tensor,
+        (lm_head, tied): (Tensor, bool),
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        single_stream(device);
+        let half = cfg.head_dim / 2;
+        let mut cos = Vec::with_capacity(cfg.max_position * half);
+        let mut sin = Vec::with_capacity(cfg.max_position * half);
+        for pos in 0..cfg.max_position {
+            for i in 0..half {
+                let freq = 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / cfg.head_dim as f64);
+                let angle = pos as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (cfg.max_position, half), &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?)
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            tied,
+            cos: table(cos)?,
+            sin: table(sin)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Element type of weights, activations and the KV pool.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of base weights one forward step reads (every projection, the norms, and the
+    /// LM head; embedding rows are gathered, not read whole).
+    pub(crate) fn weight_bytes_per_step(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                bytes(&l.attn_norm) + bytes(&l.ffn_norm) + l.proj.iter().map(bytes).sum::<usize>()
+            })
+            .sum();
+        layers + bytes(&self.norm) + bytes(&self.lm_head)
+    }
+
+    /// Bytes of every weight held on the device (the embedding counted once when tied).
+    pub(crate) fn weight_bytes(&self) -> usize {
+        let embed = self.embed.elem_count() * self.dtype.size_in_bytes();
+        self.weight_bytes_per_step() + if self.tied { 0 } else { embed }
+    }
+
+    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`.
+    /// `positions` and `last_rows` are those [`crate::model::Model::forward`] computed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        cfg: &ModelConfig,
+        chunks: &[SeqChunk<'_>],
+        tokens: &[u32],
+        positions: &[usize],
+        last_rows: &[u32],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        segments: &StepSegments,
+    ) -> Result<Tensor> {
+        let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache)?;
+        let pool = cache.device_pool().ok_or_else(|| wrong_cache(&self.device))?;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let fits = |t: &Tensor| t.dims().get(1) == Some(&(nkv * hd)) && t.dtype() == self.dtype;
+        if pool.keys.len() != self.layers.len()
+            || pool.values.len() != self.layers.len()
+            || !pool.keys.iter().chain(&pool.values).all(fits)
+        {
+            return Err(EngineError::Backend(format!(
+                "the KV cache was made for another model (this one needs {} layers of {} x {:?} \
+                 per position): make it with KvCache::for_model",
+                self.layers.len(),
+                nkv * hd,
+                self.dtype
+            )));
+        }
+        let n = tokens.len();
+        let eps = cfg.rms_norm_eps as f32;
+        let mut x = self.embed.index_select(&plan.ids, 0)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let proj = |p: Projection, input: &Tensor| -> Result<Tensor> {
+                let y = input.matmul(&layer.proj[p.index()].t()?)?;
+                if let Some(seg) = &segments[p.index()] {
+                    lora.apply(l, p, input, &y, seg)?;
+                }
+                Ok(y)
+            };
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let q = self.rope(&proj(Projection::Q, &h)?, &plan, n, nh, hd)?;
+            let k = self.rope(&proj(Projection::K, &h)?, &plan, n, nkv, hd)?;
+            let v = proj(Projection::V, &h)?;
+            scatter_rows(&pool.keys[l], &plan.kv_slots, &k)?;
+            scatter_rows(&pool.values[l], &plan.kv_slots, &v)?;
+            let attn = self.attend(cfg, l, &q, pool, &plan)?;
+            x = (x + proj(Projection::O, &attn)?)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = proj(Projection::Gate, &h)?;
+            let up = proj(Projection::Up, &h)?;
+            let act = (candle_nn::ops::silu(&gate)? * up)?;
+            x = (x + proj(Projection::Down, &act)?)?;
+        }
+        let last = x.index_select(&plan.last_rows, 0)?;
+        let normed = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        Ok(normed.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Rotates every head of `x` (`[n, heads * head_dim]`) at the plan's positions.
+    fn rope(
+        &self,
+        x: &Tensor,
+        plan: &StepPlan,
+        n: usize,
+        heads: usize,
+        hd: usize,
+    ) -> Result<Tensor> {
+        // [n, heads, 1, hd] with cos/sin [n, 1, hd / 2]: one "batch" entry per row, so every
+        // row takes its own position and no copy is needed.
+        let x4 = x.reshape((n, heads, 1, hd))?;
+        let out = match plan.rope_style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&x4, &plan.cos, &plan.sin)?,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &plan.cos, &plan.sin)?,
+        };
+        Ok(out.reshape((n, heads * hd))?)
+    }
+
+    /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached
+    /// positions; returns the same shape, rows in batch order.
+    fn attend(
+        &self,
+        cfg: &ModelConfig,
+        layer: usize,
+        q: &Tensor,
+        pool: &DevicePool,
+        plan: &StepPlan,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut parts = Vec::with_capacity(1 + plan.prefill.len());
+        if let Some(dec) = &plan.decode {
+            let qd = match &dec.rows {
+                Some(rows) => q.index_select(rows, 0)?,
+                None => q.clone(),
+            };
+            let m = dec.blocks.num_seqs();
+            let qd = qd.reshape((m, nh, hd))?;
+            let cache_shape = (plan.num_blocks, plan.block_size, nkv, hd);
+            let kc = pool.keys[layer].reshape(cache_shape)?;
+            let vc = pool.values[layer].reshape(cache_shape)?;
+            let out = paged_decode_attention_with(&qd, &kc, &vc, &dec.blocks, scale as f32)?;
+            parts.push(out.reshape((m, nh * hd))?);
+        }
+        for c in &plan.prefill {
+            let qs = q.narrow(0, c.row, c.len)?;
+            let k = pool.keys[layer].index_select(&c.gather, 0)?;
+            let v = pool.values[layer].index_select(&c.gather, 0)?;
+            parts.push(causal_attention(&qs, &k, &v, c.mask.as_ref(), nh, nkv, hd, scale)?);
+        }
+        let out = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? };
+        Ok(match &plan.order {
+            Some(order) => out.index_select(order, 0)?,
+            None => out,
+        })
+    }
+}
+
+/// Turns off cudarc's per-buffer event tracking on a CUDA device. With it on, every buffer
+/// candle allocates (several per operation, a few hundred operations per layer step) gets
+/// two CUDA events created and destroyed with it, host time the decode steps, which are
+/// bound by the host's launch rate, pay directly. The events only order a buffer's uses
+/// across streams, and everything here runs on candle's one stream.
+/// `OPENLEDGER_CUDA_EVENTS=on` leaves tracking on (for comparison runs).
+fn single_stream(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        if std::env::var("OPENLEDGER_CUDA_EVENTS").is_ok_and(|v| v == "on") {
+            return;
+        }
+        // SAFETY: the engine, candle and the kernels crate issue all work on this device on
+        // candle's single stream (`CudaDevice::cuda_stream`), so no buffer is used from two
+        // streams and the events have nothing to order. Buffers made before this call keep
+        // their events, which stay valid.
+        unsafe { d.disable_event_tracking() };
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
+fn wrong_cache(device: &Device) -> EngineError {
+    EngineError::Backend(format!(
+        "the KV cache is not a device pool on {:?}: make it with KvCache::for_model",
+        device.location()
+    ))
+}
+
+/// Causal attention of one chunk: `q` `[t, nh * hd]` at the last `t` of the `L` positions
+/// whose keys and values are `k`, `v` (`[L, nkv * hd]`); `mask` `[group * t, L]` (0 or -inf),
+/// absent when `t == 1`. Scores, softmax and the weighted sum in f32.
+#[allow(clippy::too_many_arguments)]
+fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (t, dtype) = (q.dim(0)?, q.dtype());
+    let ctx = k.dim(0)?;
+    let group = nh / nkv;
+    // Query heads h = kv_head * group + j, so [nh, t, hd] regroups as [nkv, group * t, hd].
+    let q = q
+        .reshape((t, nh, hd))?
+        .transpose(0, 1)?
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .reshape((nkv, group * t, hd))?;
+    let heads = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.reshape((ctx, nkv, hd))?.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?)
+    };
+    let (k, v) = (heads(k)?, heads(v)?);
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v)?; // [nkv, group * t, hd]
+    Ok(out
+        .reshape((nh, t, hd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((t, nh * hd))?
+        .to_dtype(dtype)?)
+}
+
+/// What a step's layers share: inputs and indices on the device, built once.
+struct StepPlan {
+    ids: Tensor,
+    /// `[n, 1, head_dim / 2]`: each row's rotary angles.
+    cos: Tensor,
+    sin: Tensor,
+    rope_style: RopeStyle,
+    /// The pool row each batch row's keys and values go to.
+    kv_slots: RowIndex,
+    last_rows: Tensor,
+    decode: Option<DecodeRows>,
+    prefill: Vec<PrefillChunk>,
+    /// Batch row of each row of the concatenated attention outputs, when not the identity.
+    order: Option<Tensor>,
+    num_blocks: usize,
+    block_size: usize,
+}
+
+/// The one-token chunks, attended through the paged decode kernel.
+struct DecodeRows {
+    /// Their batch rows, when not all rows decode.
+    rows: Option<Tensor>,
+    blocks: DecodeBlocks,
+}
+
+/// A chunk attended by gathering its sequence's positions.
+struct PrefillChunk {
+    row: usize,
+    len: usize,
+    /// u32 pool rows of positions `0..start + len`.
+    gather: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl StepPlan {
+    fn new(
+        model: &TensorModel,
+        cfg: &ModelConfig,
+        chunks: &[SeqChunk<'_>],
+        tokens: &[u32],
+        positions: &[usize],
+        last_rows: &[u32],
+        cache: &KvCache,
+    ) -> Result<Self> {
+        let dev = &model.device;
+        let n = tokens.len();
+        let kc = cache.config();
+        let half = cfg.head_dim / 2;
+        let pos =
+            Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), n, dev)?;
+        let cos = model.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
+        let sin = model.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
+
+        let mut slots = Vec::with_capacity(n);
+        // The paged kernel takes head sizes 64 and 128 and power-of-two blocks; other shapes
+        // (the tiny test models) attend one-token chunks by gathering, like prefill.
+        let paged = HEAD_DIMS.contains(&cfg.head_dim) && kc.block_size.is_power_of_two();
+        let (mut dec_rows, mut dec_tables, mut dec_lens) = (Vec::new(), Vec::new(), Vec::new());
+        let mut prefill = Vec::new();
+        let mut prefill_rows = Vec::new();
+        let mut offset = 0;
+        for c in chunks {
+            let t = c.tokens.len();
+            slots.extend(cache.slots(c.table, c.start, t));
+            let end = c.start + t;
+            if paged && t == 1 {
+                dec_rows.push(offset as u32);
+                dec_tables.push(&c.table.blocks[..cache.blocks_for(end)]);
+                dec_lens.push(end as u32);
+            } else {
+                let gather = Tensor::from_vec(cache.slots(c.table, 0, end), end, dev)?;
+                let mask = (t > 1).then(|| causal_mask(cfg, c.start, t, dev)).transpose()?;
+                prefill.push(PrefillChunk { row: offset, len: t, gather, mask });
+                prefill_rows.extend(offset as u32..(offset + t) as u32);
+            }
+            offset += t;
+        }
+        let decode = if dec_rows.is_empty() {
+            None
+        } else {
+            let m = dec_rows.len();
+            let width = dec_tables.iter().map(|b| b.len()).max().unwrap_or(1).max(1);
+            let mut flat = vec![0u32; m * width];
+            for (i, b) in dec_tables.iter().enumerate() {
+                flat[i * width..i * width + b.len()].copy_from_slice(b);
+            }
+            let tables = Tensor::from_vec(flat, (m, width), &Device::Cpu)?;
+            let lens = Tensor::from_vec(dec_lens, m, &Device::Cpu)?;
+            let blocks = DecodeBlocks::new(&tables, &lens, kc.block_size, cfg.max_position)?;
+            let rows = (m != n).then(|| Tensor::from_slice(&dec_rows, m, dev)).transpose()?;
+            Some(DecodeRows { rows, blocks })
+        };
+        let mut order_rows = dec_rows;
+        order_rows.extend(prefill_rows);
+        // order_rows[i] is the batch row of output row i; the gather needs the inverse.
+        let identity = order_rows.iter().enumerate().all(|(i, &r)| i == r as usize);
+        let order = if identity {
+            None
+        } else {
+            let mut inverse = vec![0u32; n];
+            for (i, &r) in order_rows.iter().enumerate() {
+                inverse[r as usize] = i as u32;
+            }
+            Some(Tensor::from_vec(inverse, n, dev)?)
+        };
+        Ok(Self {
+            ids: Tensor::from_slice(tokens, n, dev)?,
+            cos,
+            sin,
+            rope_style: cfg.rope_style,
+            kv_slots: RowIndex::new(slots),
+            last_rows: Tensor::from_slice(last_rows, last_rows.len(), dev)?,
+            decode,
+            prefill,
+            order,
+            num_blocks: kc.num_blocks,
+            block_size: kc.block_size,
+        })
+    }
+}
+
+/// `[group * t, start + t]` f32: 0 where query `i` (row `j * t + i`) may see the position,
+/// -inf after it.
+fn causal_mask(cfg: &ModelConfig, start: usize, t: usize, dev: &Device) -> Result<Tensor> {
+    let group = cfg.num_heads / cfg.num_kv_heads;
+    let ctx = start + t;
+    let mut m = vec![0f32; group * t * ctx];
+    for (r, row) in m.chunks_exact_mut(ctx).enumerate() {
+        let i = r % t;
+        for v in &mut row[start + i + 1..] {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Tensor::from_vec(m, (group * t, ctx), dev)?)
+}

@@ -1,0 +1,222 @@
+//! The engine on a CUDA device (feature `cuda`; runs on the GPU machine, never in CI): the
+//! bf16 tensor path against the host f32 path on the same batch (prefill chunks next to
+//! decode tokens, adapters of ranks 4, 8 and 16 on different projections, a sequence
+//! without adapter), and the whole engine (scheduler, GPU adapter tier with eviction,
+//! sampling) against the CPU engine.
+//!
+//! Tolerance. A bf16 rounding errs by at most 2^-9 of the value, about 0.11% rms. On the way
+//! from embedding to logits a value passes some 30 roundings (weights of each projection and
+//! its output, the adapters' outputs, norms, residual adds, the KV cache, the logits), which,
+//! independent, give about 0.11% x sqrt(30) = 0.6% rms of the logit scale; the tensor path
+//! run in bf16 on the CPU measured 0.5-1.0% rms on these models (max over the 15,000 logits
+//! of a run: 5-6%, tails from adapters whose deltas are several times the base output).
+//! Bounds: rms below 1.5e-2 and no logit off by more than 1e-1 of its row's largest logit;
+//! removing the adapters moves the logits by far more (checked, so the bounds can fail).
+//! Greedy tokens are compared where they are well-defined: where the CPU's top-2 margin
+//! exceeds twice that row's measured error, no error of that size can flip the choice.
+#![cfg(feature = "cuda")]
+
+use openledger_testkit as common;
+
+use candle_core::{DType, Device};
+use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
+use common::{write_adapter, write_model_with};
+use openledger_engine::{
+    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
+};
+use openledger_kernels::{scatter_rows, RowIndex};
+
+/// Root-mean-square logit error allowed, relative to each row's largest logit.
+const RMS_TOLERANCE: f64 = 1.5e-2;
+/// Largest single logit error allowed, relative to its row's largest logit.
+const MAX_TOLERANCE: f64 = 1e-1;
+/// Seed of the random model of the logits test.
+const MODEL_SEED: u64 = 5;
+/// Seed of the tied-embedding model of the greedy tests: its greedy choices are far from
+/// ties (the tensor path in bf16 on the CPU left 34 of the 40 tokens well-conditioned),
+/// where an untied random LM head gives margins of a few tenths of a percent.
+const GREEDY_SEED: u64 = 3;
+/// Tokens generated per sequence.
+const GENERATE: usize = 8;
+
+fn cuda() -> Device {
+    Device::new_cuda(0).expect("a CUDA device (these tests run on the GPU machine)")
+}
+
+/// The errors of a GPU run against the CPU reference, checked against the bounds.
+fn check_errors(what: &str, want: &batch::Run, got: &batch::Run) {
+    let rms = batch::rms_relative_error(want, got);
+    let max = batch::max_relative_error(want, got);
+    eprintln!("{what}: |cuda - cpu| / row scale: rms {rms:.3e}, max {max:.3e}");
+    assert!(rms < RMS_TOLERANCE, "{what}: rms relative logit error {rms:e}");
+    assert!(max < MAX_TOLERANCE, "{what}: max relative logit error {max:e}");
+}
+
+#[test]
+fn cuda_logits_match_cpu_f32_within_bf16_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let gpu = cuda();
+    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    assert_eq!(model.tensor_dtype(), Some(DType::BF16));
+    let lora_cpu = slots(dir.path(), &cfg, &Device::Cpu);
+    let lora_gpu = slots(dir.path(), &cfg, &gpu);
+    for block_size in [16, 4] {
+        let want = batch::run(&host, &lora_cpu, &seqs(), 4, GENERATE, block_size, None);
+        let got =
+            batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, block_size, Some(&want.generated));
+        check_errors(&format!("block size {block_size}"), &want, &got);
+        if block_size == 16 {
+            // The same inputs without adapters: far outside the bounds, so a lost or
+            // misrouted adapter could not pass.
+            let bare: Vec<_> = seqs().into_iter().map(|s| SeqSpec { slot: None, ..s }).collect();
+            let off = batch::run(&model, &lora_gpu, &bare, 4, GENERATE, 16, Some(&want.generated));
+            let moved = batch::max_relative_error(&want, &off);
+            eprintln!("without adapters: max {moved:.3e}");
+            assert!(moved > 3.0 * MAX_TOLERANCE, "adapters barely matter here ({moved:e})");
+        }
+    }
+}
+
+#[test]
+fn cuda_row_scatter_matches_cpu() {
+    let gpu = cuda();
+    // bf16 rows of 128 (16-byte vectors), f32 rows of 3 (4-byte), bf16 rows of 3 (2-byte).
+    for (dtype, width) in [(DType::BF16, 128), (DType::F32, 3), (DType::BF16, 3)] {
+        let src = candle_core::Tensor::randn(0f32, 1.0, (5, width), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let index = RowIndex::new(vec![7, 0, 3, 9, 4]);
+        let cpu = candle_core::Tensor::zeros((10, width), dtype, &Device::Cpu).unwrap();
+        scatter_rows(&cpu, &index, &src).unwrap();
+        let dst = candle_core::Tensor::zeros((10, width), dtype, &gpu).unwrap();
+        scatter_rows(&dst, &index, &src.to_device(&gpu).unwrap()).unwrap();
+        let (a, b) = (cpu.to_dtype(DType::F32).unwrap(), dst.to_dtype(DType::F32).unwrap());
+        assert_eq!(
+            a.to_vec2::<f32>().unwrap(),
+            b.to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+            "{dtype:?} x {width}"
+        );
+    }
+}
+
+/// The tied model of the greedy tests, its CPU greedy run, and per sequence how many of
+/// its first tokens are well-conditioned (see the module doc).
+fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch::Run, Vec<usize>) {
+    let mut config = wide_config();
+    config["tie_word_embeddings"] = true.into();
+    let cfg = write_model_with(dir, &config, GREEDY_SEED);
+    let host = Model::load_hf(dir, &Device::Cpu).unwrap();
+    let model = Model::load_hf(dir, gpu).unwrap();
+    let want = batch::run(&host, &slots(dir, &cfg, &Device::Cpu), &seqs(), 4, GENERATE, 16, None);
+    let lora_gpu = slots(dir, &cfg, gpu);
+    let got = batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, 16, Some(&want.generated));
+    // The logits test bounds the largest error; here only the typical one matters (the
+    // prefix below uses each row's own error).
+    let rms = batch::rms_relative_error(&want, &got);
+    let max = batch::max_relative_error(&want, &got);
+    eprintln!("tied model: |cuda - cpu| / row scale: rms {rms:.3e}, max {max:.3e}");
+    assert!(rms < RMS_TOLERANCE, "tied model: rms relative logit error {rms:e}");
+    let prefix = batch::well_conditioned_prefix(&want, &got);
+    let checked: usize = prefix.iter().sum();
+    eprintln!("tied model: well-conditioned greedy tokens per sequence {prefix:?}");
+    assert!(checked >= seqs().len() * GENERATE / 2, "too few well-conditioned tokens");
+    (cfg, want, prefix)
+}
+
+#[test]
+fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = cuda();
+    let (cfg, want, prefix) = greedy_reference(dir.path(), &gpu);
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let free = batch::run(&model, &slots(dir.path(), &cfg, &gpu), &seqs(), 4, GENERATE, 16, None);
+    for (i, &n) in prefix.iter().enumerate() {
+        assert_eq!(free.generated[i][..n], want.generated[i][..n], "sequence {i}, first {n}");
+    }
+}
+
+#[test]
+fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = cuda();
+    let (cfg, reference, prefix) = greedy_reference(dir.path(), &gpu);
+    let tok = openledger_engine::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+    let mut outputs = Vec::new();
+    for device in [Device::Cpu, gpu] {
+        let model = Model::load_hf(dir.path(), &device).unwrap();
+        // Two compute slots for three adapters and two running sequences: adapters are
+        // evicted from the GPU and uploaded again while the batch runs.
+        let config = EngineConfig {
+            kv_cache: KvCacheConfig { block_size: 16, num_blocks: 32 },
+            adapters: AdapterCacheConfig { compute_slots: 2, ..AdapterCacheConfig::default() },
+            max_running: 2,
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(model, tok.clone(), config).unwrap();
+        for (i, spec) in SPECS.iter().enumerate() {
+            // The same files (seeds 20..22) as `slots` installs.
+            let a = write_adapter(&dir.path().join(format!("a{i}")), &cfg, spec, 20 + i as u64);
+            engine.register_adapter(&format!("a{i}"), &a).unwrap();
+        }
+        let params =
+            SamplingParams { max_tokens: GENERATE, ignore_eos: true, ..Default::default() };
+        let rx: Vec<_> = seqs()
+            .into_iter()
+            .map(|s| {
+                let adapter = s.slot.map(|k| format!("a{k}"));
+                engine.submit_tokens(s.prompt, adapter, params.clone()).unwrap().1
+            })
+            .collect();
+        engine.run_until_idle().unwrap();
+        assert!(engine.adapters().compute_bytes_used() > 0);
+        outputs.push(common::streamed_tokens(&rx));
+    }
+    for (i, n) in prefix.iter().enumerate() {
+        assert_eq!(outputs[0][i].len(), GENERATE);
+        assert_eq!(outputs[1][i].len(), GENERATE);
+        // The CPU engine is bitwise batch-invariant: it reproduces the reference schedule.
+        assert_eq!(outputs[0][i], reference.generated[i], "request {i}: CPU engine");
+        assert_eq!(outputs[1][i][..*n], outputs[0][i][..*n], "request {i}: CUDA engine");
+    }
+}
+
+/// Isolation on the GPU: each request's logits alone equal, within the bf16 bounds, its
+/// logits inside the batch of the other four (other adapters, other lengths, prefill chunks
+/// next to decode tokens). cuBLAS picks its algorithm by row count, so the bits may differ;
+/// the rows of the same request must not move by more than bf16 rounding can explain.
+#[test]
+fn cuda_requests_get_the_same_logits_alone_and_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let gpu = cuda();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let lora = slots(dir.path(), &cfg, &gpu);
+    let all = seqs();
+    let batched = batch::run(&model, &lora, &all, 4, GENERATE, 16, None);
+    let (mut worst_rms, mut worst_max) = (0f64, 0f64);
+    for (i, spec) in all.iter().enumerate() {
+        let forced = [batched.generated[i].clone()];
+        let alone =
+            batch::run(&model, &lora, std::slice::from_ref(spec), 4, GENERATE, 16, Some(&forced));
+        let mine: Vec<&batch::Row> = batched.rows.iter().filter(|r| r.seq == i).collect();
+        assert_eq!(mine.len(), alone.rows.len(), "request {i}: the same chunks alone");
+        let (mut sum_sq, mut count) = (0f64, 0usize);
+        for (b, a) in mine.iter().zip(&alone.rows) {
+            assert_eq!(b.len, a.len, "request {i}: rows in the same order");
+            let scale = a.logits.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            for (x, y) in a.logits.iter().zip(&b.logits) {
+                let e = (*x as f64 - *y as f64).abs() / scale;
+                worst_max = worst_max.max(e);
+                sum_sq += e * e;
+                count += 1;
+            }
+        }
+        worst_rms = worst_rms.max((sum_sq / count as f64).sqrt());
+    }
+    eprintln!("alone vs batched on CUDA: worst rms {worst_rms:.3e}, worst max {worst_max:.3e}");
+    assert!(worst_rms < RMS_TOLERANCE, "rms relative logit change {worst_rms:e}");
+    assert!(worst_max < MAX_TOLERANCE, "max relative logit change {worst_max:e}");
+}

@@ -1,0 +1,114 @@
+//! The tensor path (what a CUDA device runs) computes the same function as the host path:
+//! run here on the CPU in f32, its logits match the host path's on a batch mixing prefill
+//! chunks, decode tokens and adapters of different ranks, both with the paged decode kernel
+//! (head size 64, power-of-two blocks) and with the gathered fallback (head size 8).
+
+use openledger_testkit as common;
+
+use candle_core::{DType, Device};
+use common::batch::{self, seqs, slots, wide_config, SPECS};
+use common::{write_adapter, write_model, write_model_with};
+use openledger_engine::{
+    BlockTable, Engine, EngineConfig, EngineError, GenerationRequest, KvCache, KvCacheConfig,
+    LoraSlots, Model, SamplingParams, SeqChunk,
+};
+
+fn compare(config: &serde_json::Value, block_size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), config, 5);
+    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
+    let tensor = Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(tensor.tensor_dtype(), Some(DType::F32));
+    let lora = slots(dir.path(), &cfg, &Device::Cpu);
+    let want = batch::run(&host, &lora, &seqs(), 4, 6, block_size, None);
+    let got = batch::run(&tensor, &lora, &seqs(), 4, 6, block_size, Some(&want.generated));
+    let err = batch::max_relative_error(&want, &got);
+    assert!(err < 1e-4, "tensor path differs from the host path: {err:e}");
+    // The schedule really mixed phases and adapters.
+    assert!(want.rows.iter().any(|r| r.step == 2 && r.seq == 0 && r.len == 8));
+}
+
+#[test]
+fn tensor_path_matches_host_path_with_paged_decode_kernel() {
+    compare(&wide_config(), 4);
+}
+
+#[test]
+fn tensor_path_matches_host_path_with_gathered_attention() {
+    // Head size 8 and blocks of 3: no paged kernel, every chunk gathers its positions.
+    compare(&common::config_json(), 3);
+}
+
+#[test]
+fn engine_on_tensor_path_generates_what_the_host_path_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model(dir.path(), 8);
+    let config = EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 4, num_blocks: 64 },
+        ..EngineConfig::default()
+    };
+    let tok = openledger_engine::load_tokenizer(&dir.path().join("tokenizer.json"));
+    let engines = [
+        Model::load_hf(dir.path(), &Device::Cpu).unwrap(),
+        Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap(),
+    ]
+    .map(|m| {
+        let mut e = Engine::new(m, tok.as_ref().unwrap().clone(), config.clone()).unwrap();
+        for (i, spec) in SPECS.iter().enumerate() {
+            let a = write_adapter(&dir.path().join(format!("a{i}")), &cfg, spec, 30 + i as u64);
+            e.register_adapter(&format!("a{i}"), &a).unwrap();
+        }
+        e
+    });
+    let outputs: Vec<Vec<Vec<u32>>> = engines
+        .into_iter()
+        .map(|mut e| {
+            let rx: Vec<_> = ["hello", "a longer prompt here", "x", "adapters!"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let req = GenerationRequest {
+                        prompt: p.to_string(),
+                        adapter: (i < 3).then(|| format!("a{i}")),
+                        params: SamplingParams {
+                            max_tokens: 8,
+                            ignore_eos: true,
+                            ..Default::default()
+                        },
+                    };
+                    e.submit(req).unwrap().1
+                })
+                .collect();
+            e.run_until_idle().unwrap();
+            common::streamed_tokens(&rx)
+        })
+        .collect();
+    assert_eq!(outputs[0].iter().map(Vec::len).collect::<Vec<_>>(), vec![8; 4]);
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn a_kv_cache_made_for_another_model_or_backend_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model(dir.path(), 2);
+    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
+    let tensor = Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let lora = LoraSlots::new(&cfg, &Device::Cpu, 1);
+    let kc = KvCacheConfig { block_size: 4, num_blocks: 4 };
+    let (l, kv, hd) = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
+    let caches = [
+        (&host, KvCache::on_device(kc, l, kv, hd, &Device::Cpu, DType::F32).unwrap()),
+        (&tensor, KvCache::new(kc, l, kv, hd)),
+        (&tensor, KvCache::on_device(kc, l + 1, kv, hd, &Device::Cpu, DType::F32).unwrap()),
+        (&tensor, KvCache::on_device(kc, l, kv, hd, &Device::Cpu, DType::BF16).unwrap()),
+    ];
+    for (i, (model, mut cache)) in caches.into_iter().enumerate() {
+        let mut table = BlockTable::default();
+        cache.reserve(&mut table, 2).unwrap();
+        let chunk = SeqChunk { tokens: &[1, 2], table: &table, start: 0, adapter: None };
+        match model.forward(&[chunk], &mut cache, &lora) {
+            Err(EngineError::Backend(m)) => assert!(m.contains("KvCache::for_model"), "{m}"),
+            other => panic!("case {i}: expected a backend error, got {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Setting up the marketplace for tests against a real node: a demo adapter registered on
+//! chain, short job deadlines, waiting for blocks.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use openledger_chain_client::{blake2_256, ChainClient};
+use openledger_engine::{write_random_adapter, Engine, EngineConfig, ModelSource, Projection};
+use subxt_signer::sr25519::dev;
+
+use crate::procs::model;
+
+pub const OPEN: u128 = 1_000_000_000_000_000_000;
+pub const MILLI: u128 = OPEN / 1_000;
+
+/// Write the demo adapter into `dir/adapters/demo` and register it (owner Dave).
+pub async fn demo_adapter(chain: &ChainClient, dir: &Path) -> u32 {
+    let engine = Engine::load(&ModelSource::Gguf(model()), EngineConfig::default(), &Device::Cpu)
+        .expect("the model loads");
+    let path = dir.join("adapters").join("demo");
+    write_random_adapter(&path, engine.model().config(), 8, &[Projection::Q, Projection::V], 3)
+        .expect("adapter written");
+    let weights = std::fs::read(path.join("adapter_model.safetensors")).expect("weights");
+    chain
+        .register_adapter(&dev::dave(), 0, blake2_256(&weights), 8, 0b101, MILLI, &[])
+        .await
+        .expect("adapter registers")
+}
+
+/// Shorten the acknowledgement and receipt deadlines (root-settable runtime parameters).
+pub async fn short_deadlines(chain: &ChainClient, blocks: u32) {
+    let key = |name: &str| sp_crypto_hashing::twox_128(format!(":{name}:").as_bytes()).to_vec();
+    chain
+        .sudo_set_storage(
+            &dev::alice(),
+            vec![
+                (key("JobAckTimeout"), blocks.to_le_bytes().to_vec()),
+                (key("JobReceiptTimeout"), blocks.to_le_bytes().to_vec()),
+            ],
+        )
+        .await
+        .expect("sudo sets the deadlines");
+}
+
+pub async fn wait_past(chain: &ChainClient, deadline: u32) {
+    let started = Instant::now();
+    while chain.best().await.expect("best block").block_number() <= u64::from(deadline) {
+        assert!(started.elapsed() < Duration::from_secs(120), "block {deadline} never came");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
