@@ -7,8 +7,10 @@ OPENLEDGER_SGMV_DEBUG=1). Output: the constants whose choice loses least against
 variant of each shape (mean of log(chosen time / fastest time)), and that loss.
 
 Usage: python3 fit_variant_model.py CLUSTER.csv PAIR.csv SOLO.csv [CAP_CLUSTER CAP_PAIR CAP_SOLO]
-(H200, session 6: results/h200-v3-run1-cluster.csv results/h200-v3-run2-pair.csv
-results/h200-v3-run1-solo.csv 30 62 264)
+The constants in v3.rs were fitted on an H200 (2026-11-28) with capacities 30 62 264, from
+gpu-run.sh runs with BENCH_VARIANTS="cluster pair solo" (its ours_<variant>.csv). Those CSVs
+are no longer in the tree; git keeps them:
+  git show 54ffa69:kernels/bench/results/h200-v3-run1-cluster.csv   (likewise -run2-pair, -run1-solo)
 """
 import csv
 import itertools
