@@ -15,8 +15,8 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::adapters::{LoraAdapter, LoraSlots};
-use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use openledger_model::ModelConfig;
 
 /// Budgets of the cache tiers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::adapters::ADAPTER_DTYPE;
-use crate::config::{ModelConfig, Projection};
+use openledger_model::{ModelConfig, Projection};
 
 /// What the chain records of an adapter, read from a folder that passed every check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

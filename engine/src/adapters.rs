@@ -7,9 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
 
 use crate::adapter_check::read_adapter;
-use crate::config::{ModelConfig, Projection};
 use crate::error::{EngineError, Result};
 use crate::model::StepSegments;
+use openledger_model::{ModelConfig, Projection};
 
 /// How adapter weights are kept once loaded: bf16 (as most adapters are trained and shipped).
 /// The SGMV step is bandwidth-bound on a CPU (each adapter's weights are read once per step

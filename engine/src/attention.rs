@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::config::RopeStyle;
 use crate::kv_cache::{BlockTable, KvCache};
+use openledger_model::RopeStyle;
 
 /// Precomputed cos/sin of every position, `[max_position][head_dim / 2]`.
 pub(crate) struct Rope {

@@ -37,6 +37,10 @@ pub enum EngineError {
     #[error(transparent)]
     Adapter(Box<AdapterError>),
     /// The tokenizer failed on an input or could not be built.
+    /// The base model's files (config, tokenizer, template) could not be read.
+    #[error(transparent)]
+    Model(#[from] openledger_model::ModelError),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// An adapter name that was never registered: register it before submitting requests
@@ -144,6 +148,7 @@ impl EngineError {
             | Self::BadTensor { .. }
             | Self::BadWeightsFile { .. }
             | Self::Adapter(_)
+            | Self::Model(_)
             | Self::Tokenizer(_)
             | Self::BadChunk { .. }
             | Self::Stopped

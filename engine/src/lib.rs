@@ -17,7 +17,6 @@ mod adapter_cache;
 mod adapter_check;
 mod adapters;
 mod attention;
-mod config;
 mod device;
 mod error;
 mod gguf;
@@ -34,14 +33,14 @@ pub use adapter_check::{
     scan_adapter_dirs, validate_adapter_dir, AdapterError, AdapterScan, AdapterSummary,
 };
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
-pub use config::{ModelConfig, Projection, RopeStyle};
 pub use device::device;
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::{Model, SeqChunk, GPU_DTYPE};
+pub use openledger_model::{load_tokenizer, ModelConfig, Projection, RopeStyle};
 pub use sampling::SamplingParams;
 pub use scheduler::{
-    load_tokenizer, Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest,
-    ModelSource, RequestId, StepReport, StreamEvent,
+    Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest, ModelSource, RequestId,
+    StepReport, StreamEvent,
 };
 pub use synthetic::write_random_adapter;

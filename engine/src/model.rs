@@ -17,11 +17,11 @@ use rayon::prelude::*;
 
 use crate::adapters::LoraSlots;
 use crate::attention::{attend, Rope, RowContext};
-use crate::config::{ModelConfig, Projection};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
 use crate::tensor_model::TensorModel;
 use crate::weights::{self, forward_group, BaseWeights, Input, Linear};
+use openledger_model::{ModelConfig, Projection};
 
 /// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
 pub struct SeqChunk<'a> {

@@ -211,7 +211,7 @@ impl Engine {
         let (model, tokenizer) = match source {
             ModelSource::HuggingFace(dir) => {
                 let model = Model::load_hf(dir, device)?;
-                (model, load_tokenizer(&dir.join("tokenizer.json"))?)
+                (model, openledger_model::load_tokenizer(&dir.join("tokenizer.json"))?)
             },
             ModelSource::Gguf(path) => {
                 // Read on the host (candle's block formats), dequantized for a GPU.
@@ -655,12 +655,6 @@ impl Engine {
         let _ = s.tx.send(StreamEvent::Token { id: last, text: new });
         reason
     }
-}
-
-/// Reads a Hugging Face `tokenizer.json`.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path)
-        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 /// A pool of `threads` workers (0: one per CPU); `None` (steps then use rayon's global pool)

@@ -9,8 +9,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::config::{ModelConfig, Projection};
 use crate::error::{EngineError, Result};
+use openledger_model::{ModelConfig, Projection};
 
 /// Writes a PEFT adapter of rank `rank` on `targets` for the model `cfg` into `dir`, with
 /// weights drawn uniformly from ±0.02 by a generator seeded with `seed`.

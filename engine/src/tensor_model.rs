@@ -15,11 +15,11 @@ use openledger_kernels::{
 };
 
 use crate::adapters::LoraSlots;
-use crate::config::{ModelConfig, Projection, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{DevicePool, KvCache};
 use crate::model::{SeqChunk, StepSegments};
 use crate::weights::{self, BaseWeights, HfLayer};
+use openledger_model::{ModelConfig, Projection, RopeStyle};
 
 /// Weights of one decoder layer as tensors.
 /// Projections `[d_out, d_in]`.

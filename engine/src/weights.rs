@@ -7,8 +7,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use openledger_kernels::quant::{matmul_group, QActivations, QFormat, QMatrix};
 
-use crate::config::{ModelConfig, Projection};
 use crate::error::{EngineError, Result};
+use openledger_model::{ModelConfig, Projection};
 
 /// A base projection `y = x W^T` on the CPU: f32, block-quantized through the kernels crate's
 /// batched quantized matmul (Q4_1, Q8_0), or block-quantized through candle's quantized

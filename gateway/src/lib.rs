@@ -209,7 +209,7 @@ impl Gateway {
         adapter: AdapterId,
         payload: &JobPayload,
     ) -> Result<u64, ApiError> {
-        let prompt = &payload.prompt;
+        let prompt = self.prompt_text(payload)?;
         let Some(card) = &self.config.model else { return Ok(prompt.len() as u64) };
         let base = self
             .chain
@@ -220,7 +220,21 @@ impl Gateway {
         if base != Some(card.base_model) {
             return Ok(prompt.len() as u64);
         }
-        Ok(card.prompt_tokens(prompt, payload.max_tokens)? as u64)
+        Ok(card.prompt_tokens(&prompt, payload.max_tokens)? as u64)
+    }
+
+    /// The text the worker will feed its model: a completion's prompt, or a chat's messages
+    /// rendered with the model's own template (ChatML when the gateway was given no model, or
+    /// the model ships none), as the worker renders them.
+    pub(crate) fn prompt_text(&self, payload: &JobPayload) -> Result<String, ApiError> {
+        if payload.messages.is_empty() {
+            return Ok(payload.prompt.clone());
+        }
+        let rendered = match &self.config.model {
+            Some(model) => model.card.render_chat(&payload.messages, true),
+            None => openledger_model::ChatTemplate::chatml().render(&payload.messages, true),
+        };
+        rendered.map_err(|e| ApiError::bad_request("invalid_messages", e.to_string()))
     }
     /// The API error for a failed `submit_job`.
     pub(crate) fn chain_error(&self, model: &str, e: ChainError) -> ApiError {

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+pub use openledger_model::ChatMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -42,15 +43,6 @@ pub struct GenerationRequest {
     /// Stream tokens as server-sent events.
     #[serde(default)]
     pub stream: bool,
-}
-
-/// One chat message.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
 }
 
 /// `stop`: a string or a list of strings.

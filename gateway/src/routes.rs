@@ -16,7 +16,7 @@ use crate::openai::{ApiError, ChainInfo, GenerationRequest, Usage};
 use crate::relay::{relay_worker, Outcome, Relay};
 use crate::Gateway;
 use openledger_chain_client::JobAssigned;
-use openledger_p2p::payload::{self as job_payload, chat_prompt, JobPayload};
+use openledger_p2p::payload::{self as job_payload, ChatMessage, JobPayload};
 
 pub(crate) fn created() -> u64 {
     std::time::SystemTime::now()
@@ -60,6 +60,7 @@ pub(crate) fn sampling(
     }
     Ok(JobPayload {
         prompt,
+        messages: Vec::new(),
         max_tokens,
         temperature,
         top_p,
@@ -132,10 +133,8 @@ pub(crate) async fn chat_completions(
     };
     let result = async {
         let payer = gateway.payer(&headers)?;
-        let messages: Vec<(String, String)> = match &req.messages {
-            Some(list) if !list.is_empty() => {
-                list.iter().map(|m| (m.role.clone(), m.content.clone())).collect()
-            },
+        let messages: Vec<ChatMessage> = match &req.messages {
+            Some(list) if !list.is_empty() => list.clone(),
             _ => {
                 return Err(ApiError::bad_request(
                     "empty_messages",
@@ -143,7 +142,8 @@ pub(crate) async fn chat_completions(
                 ))
             },
         };
-        let payload = sampling(chat_prompt(&messages), req.max_tokens.unwrap_or(256), &req)?;
+        let mut payload = sampling(String::new(), req.max_tokens.unwrap_or(256), &req)?;
+        payload.messages = messages;
         gateway.start_job(payer, &req.model, &payload).await
     }
     .await;

@@ -5,13 +5,19 @@
 //! differs. The output hash a receipt carries is the BLAKE2b-256 of the completion's UTF-8
 //! text.
 
+pub use openledger_model::ChatMessage;
 use serde::{Deserialize, Serialize};
 
 /// A generation request as it travels from gateway to worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobPayload {
-    /// The full prompt (chat requests arrive with their template applied).
+    /// The prompt of a completion request (empty for a chat request).
+    #[serde(default)]
     pub prompt: String,
+    /// The conversation of a chat request, which the worker renders with its model's own chat
+    /// template (absent from the JSON of a completion request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
     /// Most tokens to generate (also the job's `max_output_tokens`).
     pub max_tokens: u32,
     /// 0 for greedy.
@@ -53,21 +59,6 @@ pub fn hash(bytes: &[u8]) -> [u8; 32] {
     sp_crypto_hashing::blake2_256(bytes)
 }
 
-/// A chat conversation as one prompt, in the ChatML template of SmolLM2-Instruct and many
-/// other instruction-tuned models, ending where the assistant's answer begins.
-pub fn chat_prompt(messages: &[(String, String)]) -> String {
-    let mut prompt = String::new();
-    for (role, content) in messages {
-        prompt.push_str("<|im_start|>");
-        prompt.push_str(role);
-        prompt.push('\n');
-        prompt.push_str(content);
-        prompt.push_str("<|im_end|>\n");
-    }
-    prompt.push_str("<|im_start|>assistant\n");
-    prompt
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +67,7 @@ mod tests {
     fn payload_round_trips_and_its_hash_covers_every_field() {
         let p = JobPayload {
             prompt: "Hi".into(),
+            messages: Vec::new(),
             max_tokens: 8,
             temperature: 0.5,
             top_p: 0.9,
@@ -87,11 +79,17 @@ mod tests {
         let mut q = p.clone();
         q.seed = 8;
         assert_ne!(hash(&p.to_bytes()), hash(&q.to_bytes()));
+        // A completion's JSON has no `messages` key: payloads built by other clients
+        // (polkadot.js users hashing their own JSON) keep their hash.
+        assert!(!String::from_utf8_lossy(&p.to_bytes()).contains("messages"));
     }
 
     #[test]
-    fn chat_template_ends_at_the_assistant_turn() {
-        let prompt = chat_prompt(&[("user".into(), "Hello".into())]);
-        assert_eq!(prompt, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
+    fn a_chat_payload_carries_its_messages_not_a_rendered_prompt() {
+        let json = r#"{"messages":[{"role":"user","content":"Hello"}],"max_tokens":4}"#;
+        let p = JobPayload::from_bytes(json.as_bytes()).expect("parses");
+        assert_eq!(p.messages, vec![ChatMessage::new("user", "Hello")]);
+        assert_eq!(p.prompt, "");
+        assert_eq!(JobPayload::from_bytes(&p.to_bytes()).expect("round trip"), p);
     }
 }

@@ -28,6 +28,7 @@ use openledger_chain_client::{
 use openledger_engine::{
     EngineError, FinishReason, GenerationRequest, Rejection, SamplingParams, StreamEvent,
 };
+use openledger_model::ChatTemplate;
 use openledger_p2p::payload::{self as job_payload, JobPayload};
 use openledger_p2p::{FetchError, Finish, P2pError, P2pHandle, PeerId, TokenChunk, REFUSED_PREFIX};
 use subxt::utils::AccountId32;
@@ -64,6 +65,8 @@ pub struct WorkerConfig {
     pub receipt_flush: Duration,
     /// How long to keep trying to fetch a payload the gateway has not offered yet.
     pub fetch_patience: Duration,
+    /// The model's chat template, which renders a chat payload's messages into its prompt.
+    pub chat_template: ChatTemplate,
 }
 
 /// The running worker.
@@ -219,7 +222,7 @@ impl Worker {
         let (prompt_tokens, mut events) = self
             .engine
             .generate_counted(GenerationRequest {
-                prompt: payload.prompt.clone(),
+                prompt: self.prompt_of(&payload)?,
                 adapter: Some(adapter),
                 params: sampling(&payload),
             })
@@ -332,6 +335,21 @@ impl Worker {
 
     /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
     /// rate-limits us (for up to `CHUNK_PATIENCE`); other failures are returned at once.
+    /// The text the engine runs for a payload: a completion's prompt, or a chat's messages
+    /// rendered with the model's chat template. A conversation the template refuses (its
+    /// `raise_exception`, such as roles that do not alternate) is the request's fault.
+    fn prompt_of(&self, payload: &JobPayload) -> Result<String, Refusal> {
+        if payload.messages.is_empty() {
+            return Ok(payload.prompt.clone());
+        }
+        self.config.chat_template.render(&payload.messages, true).map_err(|e| {
+            Refusal::new(
+                RefusalReason::InvalidParameters,
+                format!("the chat cannot be rendered: {e}"),
+            )
+        })
+    }
+
     async fn send_chunk(&self, gateway: PeerId, chunk: TokenChunk) -> Result<(), P2pError> {
         let give_up = tokio::time::Instant::now() + CHUNK_PATIENCE;
         loop {

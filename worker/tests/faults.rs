@@ -106,6 +106,7 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
     let _bob = worker(&node.ws_url(), "//Bob", dir.path(), &dir.path().join("adapters"), &dial);
 
     let promised = JobPayload {
+        messages: Vec::new(),
         prompt: "What is 2 + 2?".into(),
         max_tokens: 8,
         temperature: 0.0,

@@ -102,6 +102,7 @@ metrics = "127.0.0.1:0"
 
     // Eve submits the job herself, naming the gateway; then uploads the payload.
     let payload = JobPayload {
+        messages: Vec::new(),
         prompt: "The capital of France is".into(),
         max_tokens: 24,
         temperature: 0.0,

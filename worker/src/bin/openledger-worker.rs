@@ -19,6 +19,7 @@ use openledger_engine::{
     scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
     EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
 };
+use openledger_model::ChatTemplate;
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
@@ -326,6 +327,13 @@ async fn serve(args: &Args) -> Result<()> {
     ));
     let base = engine.model().config().clone();
     let (engine, _thread) = EngineHost::spawn(engine);
+    // Chat requests arrive as messages, rendered with the template the model ships.
+    let chat_template = ChatTemplate::read(&model)
+        .with_context(|| format!("cannot read the chat template of {}", model.display()))?
+        .unwrap_or_else(|| {
+            tracing::warn!("the model ships no chat template; chats are rendered as ChatML");
+            ChatTemplate::chatml()
+        });
 
     // Adapters: local directories matched to on-chain registrations by content hash.
     let adapters = serve_adapters(&engine, &chain, &adapters_dir, &base).await?;
@@ -409,6 +417,7 @@ async fn serve(args: &Args) -> Result<()> {
             receipt_batch: 16,
             receipt_flush: Duration::from_millis(1500),
             fetch_patience: Duration::from_secs(20),
+            chat_template,
         },
         metrics,
     );
