@@ -1,18 +1,22 @@
-//! With the `cuda` feature, compiles `cuda/sgmv.cu` (and `sgmv_v2.cu`), `cuda/paged_attention.cu` and
-//! `cuda/scatter_rows.cu` to fatbins (sm_90 SASS + compute_90
-//! PTX, so newer GPUs can JIT them) that `src/cuda.rs` and `src/attention/cuda.rs` embed. Without it, does nothing: CI
-//! needs no CUDA toolkit.
+//! With the `cuda` feature, compiles the kernels in `cuda/` (`sgmv_fused.cu`,
+//! `sgmv_two_stage.cu`, `paged_attention.cu`, `scatter_rows.cu`) to fatbins (sm_90 SASS +
+//! compute_90 PTX, so newer GPUs can JIT them) that `src/cuda.rs`, `src/cuda/fused.rs`,
+//! `src/attention/cuda.rs` and `src/scatter.rs` embed. Without it, does nothing: CI needs no
+//! CUDA toolkit.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The kernel sources, by role: SGMV shrink-reduce-expand in one launch (bf16 / f16, ranks
+/// up to 128), SGMV in two stages (f32 and larger ranks), decode attention over the paged KV
+/// cache, and the KV cache's row scatter.
+const KERNELS: [&str; 4] = ["sgmv_fused", "sgmv_two_stage", "paged_attention", "scatter_rows"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=cuda/sgmv.cu");
-    println!("cargo:rerun-if-changed=cuda/sgmv_v2.cu");
-    println!("cargo:rerun-if-changed=cuda/paged_attention.cu");
-    println!("cargo:rerun-if-changed=cuda/paged_attention_v1.cu");
-    println!("cargo:rerun-if-changed=cuda/scatter_rows.cu");
+    for name in KERNELS {
+        println!("cargo:rerun-if-changed=cuda/{name}.cu");
+    }
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -26,7 +30,7 @@ fn main() {
             }
         });
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for name in ["sgmv", "sgmv_v2", "paged_attention", "paged_attention_v1", "scatter_rows"] {
+    for name in KERNELS {
         let fatbin = out.join(format!("{name}.fatbin"));
         let source = format!("cuda/{name}.cu");
         let status = Command::new(&nvcc)

@@ -15,6 +15,7 @@
 
 mod calls;
 pub mod cli;
+mod datanets;
 mod errors;
 mod reads;
 mod receipt;
@@ -36,7 +37,9 @@ use subxt::{OnlineClient, SubstrateConfig};
 use subxt_signer::sr25519::Keypair;
 use thiserror::Error;
 
+pub use datanets::{ContextError, DataNet};
 pub use errors::{AttributionError, ComputeError, JobsError, RuntimeError};
+pub use openledger_primitives::token::{MILLI_OPEN, OPEN};
 pub use receipt::{blake2_256, sign_receipt};
 pub use types::*;
 pub use watcher::AssignmentWatcher;

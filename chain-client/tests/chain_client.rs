@@ -17,7 +17,7 @@ use subxt_signer::sr25519::dev;
 
 use common::node::DevNode;
 
-const OPEN: u128 = 1_000_000_000_000_000_000;
+use openledger_chain_client::OPEN;
 const MILLI: u128 = OPEN / 1_000;
 
 fn account(k: &subxt_signer::sr25519::Keypair) -> AccountId32 {

@@ -7,15 +7,10 @@ use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
 
 use crate::adapter_check::read_adapter;
+pub use crate::adapter_check::ADAPTER_DTYPE;
 use crate::error::{EngineError, Result};
-use crate::model::StepSegments;
+use crate::step::StepSegments;
 use openledger_model::{ModelConfig, Projection};
-
-/// How adapter weights are kept once loaded: bf16 (as most adapters are trained and shipped).
-/// The SGMV step is bandwidth-bound on a CPU (each adapter's weights are read once per step
-/// for the few tokens that use it), so half the bytes of f32 is close to half the time;
-/// arithmetic stays f32 with f32 activations.
-pub const ADAPTER_DTYPE: DType = DType::BF16;
 
 /// A PEFT LoRA adapter loaded into host memory.
 pub struct LoraAdapter {

@@ -124,10 +124,11 @@ enum Simd {
 }
 
 impl Simd {
+    /// The process's SIMD level (`openledger_kernels::options::simd`, detected once).
     fn detect() -> Self {
+        use openledger_kernels::options::{simd, SimdLevel};
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if simd() >= SimdLevel::Avx2 {
             return Simd::Avx2;
         }
         Simd::Portable

@@ -110,23 +110,6 @@ impl KvCache {
         })
     }
 
-    /// A pool where `model` computes: host buffers for the CPU path, device tensors for the
-    /// tensor path.
-    pub fn for_model(config: KvCacheConfig, model: &crate::model::Model) -> Result<Self> {
-        let c = model.config();
-        match model.tensor_dtype() {
-            None => Ok(Self::new(config, c.num_layers, c.num_kv_heads, c.head_dim)),
-            Some(dtype) => Self::on_device(
-                config,
-                c.num_layers,
-                c.num_kv_heads,
-                c.head_dim,
-                model.device(),
-                dtype,
-            ),
-        }
-    }
-
     /// The device tensors, for a pool made by [`KvCache::on_device`].
     pub(crate) fn device_pool(&self) -> Option<&DevicePool> {
         self.device.as_ref()

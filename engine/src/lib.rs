@@ -24,6 +24,7 @@ mod kv_cache;
 mod model;
 mod sampling;
 mod scheduler;
+mod step;
 mod synthetic;
 mod tensor_model;
 mod weights;
@@ -36,11 +37,12 @@ pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use device::device;
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
-pub use model::{Model, SeqChunk, GPU_DTYPE};
+pub use model::Model;
 pub use openledger_model::{load_tokenizer, ModelConfig, Projection, RopeStyle};
 pub use sampling::SamplingParams;
 pub use scheduler::{
     Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest, ModelSource, RequestId,
     StepReport, StreamEvent,
 };
+pub use step::{SeqChunk, GPU_DTYPE};
 pub use synthetic::write_random_adapter;

@@ -12,26 +12,16 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::BatchSegments;
 use rayon::prelude::*;
 
 use crate::adapters::LoraSlots;
 use crate::attention::{attend, Rope, RowContext};
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{BlockTable, KvCache};
+use crate::kv_cache::{KvCache, KvCacheConfig};
+use crate::step::{SeqChunk, GPU_DTYPE};
 use crate::tensor_model::TensorModel;
 use crate::weights::{self, forward_group, BaseWeights, Input, Linear};
 use openledger_model::{ModelConfig, Projection};
-
-/// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
-pub struct SeqChunk<'a> {
-    pub tokens: &'a [u32],
-    /// The sequence's blocks, already reserved for `start + tokens.len()` positions.
-    pub table: &'a BlockTable,
-    pub start: usize,
-    /// Adapter slot ([`LoraSlots`]), or `None` for the base model alone.
-    pub adapter: Option<u32>,
-}
 
 /// The base model: weights, shape and rotary tables.
 pub struct Model {
@@ -47,9 +37,6 @@ enum Backend {
     /// Candle tensors on a device (bf16 on CUDA).
     Tensor(TensorModel),
 }
-
-/// Activations' dtype of the tensor path on a GPU.
-pub const GPU_DTYPE: DType = DType::BF16;
 
 impl Model {
     /// The host-path model over `weights`.
@@ -367,6 +354,21 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Segment maps of a step, one per projection kind (`None` where no adapter in the batch
-/// targets it).
-pub(crate) type StepSegments = Vec<Option<BatchSegments>>;
+impl KvCache {
+    /// A pool where `model` computes: host buffers for the CPU path, device tensors for the
+    /// tensor path.
+    pub fn for_model(config: KvCacheConfig, model: &Model) -> Result<Self> {
+        let c = model.config();
+        match model.tensor_dtype() {
+            None => Ok(Self::new(config, c.num_layers, c.num_kv_heads, c.head_dim)),
+            Some(dtype) => Self::on_device(
+                config,
+                c.num_layers,
+                c.num_kv_heads,
+                c.head_dim,
+                model.device(),
+                dtype,
+            ),
+        }
+    }
+}

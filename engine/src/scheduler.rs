@@ -29,8 +29,9 @@ use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
 use crate::error::{EngineError, Result};
 use crate::gguf;
 use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
-use crate::model::{Model, SeqChunk};
+use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::step::SeqChunk;
 
 /// Sizes and budgets of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]

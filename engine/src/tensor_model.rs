@@ -17,7 +17,7 @@ use openledger_kernels::{
 use crate::adapters::LoraSlots;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{DevicePool, KvCache};
-use crate::model::{SeqChunk, StepSegments};
+use crate::step::{SeqChunk, StepSegments};
 use crate::weights::{self, BaseWeights, HfLayer};
 use openledger_model::{ModelConfig, Projection, RopeStyle};
 
@@ -314,7 +314,7 @@ impl TensorModel {
 fn single_stream(device: &Device) {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
-        if std::env::var("OPENLEDGER_CUDA_EVENTS").is_ok_and(|v| v == "on") {
+        if openledger_kernels::options::options().cuda_events {
             return;
         }
         // SAFETY: the engine, candle and the kernels crate issue all work on this device on

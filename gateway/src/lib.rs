@@ -132,6 +132,16 @@ impl Gateway {
                 ),
             ));
         }
+        match self.chain.check_context(&payload.context_shares()).await {
+            Ok(Ok(())) => {},
+            Ok(Err(bad)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_context",
+                    format!("{bad}; nothing was submitted or paid"),
+                ))
+            },
+            Err(e) => return Err(ApiError::upstream("chain_error", e.to_string())),
+        }
         let max_fee = self.escrow_for(adapter, model, payload).await?;
         let me = self.p2p.local_peer_id().to_bytes();
         let submitted = std::time::Instant::now();

@@ -14,7 +14,7 @@ use openledger_chain_client::ChainClient;
 use openledger_gateway::{bind, Gateway, GatewayConfig, ModelCard};
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 
-const OPEN: u128 = 1_000_000_000_000_000_000;
+use openledger_chain_client::OPEN;
 
 #[derive(Parser)]
 #[command(name = "openledger-gateway", version, about = "OpenLedger OpenAI-compatible gateway")]

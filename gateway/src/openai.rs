@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 pub use openledger_model::ChatMessage;
+use openledger_p2p::payload::ContextShare;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -43,6 +44,11 @@ pub struct GenerationRequest {
     /// Stream tokens as server-sent events.
     #[serde(default)]
     pub stream: bool,
+    /// OpenLedger's extension: DataNets whose records were retrieved as context for this
+    /// request, with their shares (`[{"datanet": 3, "share_ppm": 250000}]`); each is paid its
+    /// share of the charge's DataNet part when the job settles.
+    #[serde(default)]
+    pub context: Vec<ContextShare>,
 }
 
 /// `stop`: a string or a list of strings.

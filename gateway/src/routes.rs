@@ -61,6 +61,7 @@ pub(crate) fn sampling(
     Ok(JobPayload {
         prompt,
         messages: Vec::new(),
+        context: sampling.context.clone(),
         max_tokens,
         temperature,
         top_p,

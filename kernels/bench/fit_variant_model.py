@@ -1,4 +1,4 @@
-"""Fits the constants of v3's variant cost model (`estimate_us` in kernels/src/cuda/v3.rs).
+"""Fits the constants of v3's variant cost model (`estimate_us` in kernels/src/cuda/fused.rs).
 
 Input: sgmv-bench CSVs of the same device with each variant forced
 (`OPENLEDGER_SGMV_VARIANT=cluster|pair|solo`, gpu-run.sh's BENCH_VARIANTS), and the number

@@ -20,8 +20,6 @@ for P in 128 256; do
   echo "== tests, partition $P" | tee -a "$CHECKS"
   OPENLEDGER_ATTN_PARTITION=$P timeout ${TEST_TIMEOUT:-120} /tmp/ga/paged_attention --test-threads=4 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|error"
 done
-echo "== tests, first version" | tee -a "$CHECKS"
-OPENLEDGER_ATTN_KERNEL=v1 timeout ${TEST_TIMEOUT:-120} /tmp/ga/paged_attention --test-threads=4 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|error"
 echo "== memcheck" | tee -a "$CHECKS"
 ATTN_CASES=3 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/ga/paged_attention --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
 echo "== racecheck" | tee -a "$CHECKS"
@@ -33,6 +31,4 @@ echo "== bench, partition 128"; echo "== partition 128" >> "$OUT/bench.log"
 OPENLEDGER_ATTN_PARTITION=128 timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours_p128.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
 echo "== bench, partition 256"; echo "== partition 256" >> "$OUT/bench.log"
 OPENLEDGER_ATTN_PARTITION=256 timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours_p256.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
-echo "== bench, first version"; echo "== first version" >> "$OUT/bench.log"
-OPENLEDGER_ATTN_KERNEL=v1 timeout ${BENCH_TIMEOUT:-150} /tmp/ga/attn-bench "$OUT/ours_v1.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
-echo "== baselines"; PYTHONUNBUFFERED=1 timeout ${BASELINE_TIMEOUT:-170} python3 gpu-bin/attn_baseline.py "$OUT/ours.csv" "$OUT/table.md" "$OUT/ours_p128.csv" "partition 128" "$OUT/ours_p256.csv" "partition 256" "$OUT/ours_v1.csv" "v1" > "$OUT/baselines.log" 2>&1; tail -4 "$OUT/baselines.log"
+echo "== baselines"; PYTHONUNBUFFERED=1 timeout ${BASELINE_TIMEOUT:-170} python3 gpu-bin/attn_baseline.py "$OUT/ours.csv" "$OUT/table.md" "$OUT/ours_p128.csv" "partition 128" "$OUT/ours_p256.csv" "partition 256" > "$OUT/baselines.log" 2>&1; tail -4 "$OUT/baselines.log"

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call: GPU tests (v3 with its own choice of variant, with each variant forced,
-# and v2 with OPENLEDGER_SGMV_KERNEL=v2), compute-sanitizer memcheck + racecheck, benchmark
+# and v2 with OPENLEDGER_SGMV_KERNEL=two-stage), compute-sanitizer memcheck + racecheck, benchmark
 # of both versions, PyTorch baselines, and (NCU=1) Nsight Compute on a few configurations.
 # Run from the repository root with gpu-bin/ carried (kernels/bench/pack-gpu-bin.sh fills
 # it). Writes under $OUT (the device tool returns at most eight files): checks.log,
@@ -31,7 +31,7 @@ done | tee -a "$CHECKS" | grep -c "^cluster =" | sed 's/$/ files equal/'
 grep DIFFERENT "$CHECKS"
 if [ -z "$SKIP_V2" ]; then
   echo "== tests (v2)" | tee -a "$CHECKS"
-  OPENLEDGER_SGMV_KERNEL=v2 timeout 60 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
+  OPENLEDGER_SGMV_KERNEL=two-stage timeout 60 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "test result|panicked|relative|Error"
 fi
 echo "== memcheck" | tee -a "$CHECKS"
 SGMV_CASES=3 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gb/tensor_api --test-threads=1 2>&1 | tee -a "$CHECKS" | grep -E "ERROR SUMMARY|test result|Invalid|error" | head -20
@@ -49,7 +49,7 @@ for v in $BENCH_VARIANTS; do
 done
 V2CSV=""
 if [ -z "$SKIP_V2" ]; then
-  echo "== bench v2"; echo "== v2" >> "$OUT/bench.log"; OPENLEDGER_SGMV_KERNEL=v2 timeout 100 /tmp/gb/sgmv-bench "$OUT/ours_v2.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
+  echo "== bench v2"; echo "== v2" >> "$OUT/bench.log"; OPENLEDGER_SGMV_KERNEL=two-stage timeout 100 /tmp/gb/sgmv-bench "$OUT/ours_v2.csv" >> "$OUT/bench.log" 2>&1; tail -1 "$OUT/bench.log"
   V2CSV="$OUT/ours_v2.csv"
 fi
 if [ -n "$NCU" ]; then

@@ -72,20 +72,9 @@ fn dot<A: Element, B: Element, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Whether this CPU runs the AVX2 + FMA builds of the inner loops (checked once).
+/// Whether the AVX2 + FMA builds of the inner loops run (the CPU's level, detected once).
 fn simd() -> bool {
-    static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2_FMA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::options::simd() >= crate::options::SimdLevel::Avx2
 }
 
 /// One shrink work item: rank rows `j0..j1` for the tokens of `tile`.

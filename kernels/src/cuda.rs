@@ -1,13 +1,13 @@
-//! CUDA path: the kernels of `cuda/sgmv.cu` (v3) and `cuda/sgmv_v2.cu`, compiled at build
+//! CUDA path: the kernels of `cuda/sgmv_fused.cu` and `cuda/sgmv_two_stage.cu`, compiled at build
 //! time and embedded, launched through cudarc on candle's stream.
 //!
 //! Per step, [`DeviceSegments`] uploads the segment map once (one copy) with the tile lists
-//! of both kernel versions and the per-tile counters v2's shrink reduction uses; per table,
+//! of both kernel versions and the per-tile counters the two-stage kernels' shrink reduction uses; per table,
 //! [`DeviceTable`] is the device array of `(lora_A, lora_B)` pointers per slot.
 //!
-//! v3 (bf16 / f16, ranks up to 128) does shrink and expand in one launch of thread-block
-//! clusters; v2 (two launches) serves f32, larger ranks, and comparison runs
-//! (`OPENLEDGER_SGMV_KERNEL=v2`). See kernels/NOTES.md.
+//! The fused kernel (bf16 / f16, ranks up to 128) does shrink and expand in one launch of thread-block
+//! clusters; the two-stage kernels (two launches) serves f32, larger ranks, and comparison runs
+//! (`OPENLEDGER_SGMV_KERNEL=two-stage`). See kernels/NOTES.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,21 +24,21 @@ use half::{bf16, f16};
 use crate::candle_ops::{AdapterTable, BatchSegments};
 use crate::error::{KernelError, Result};
 
-mod v3;
+mod fused;
 
-/// The second version, for what v3 does not cover and for comparison runs.
-static FATBIN_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_v2.fatbin"));
+/// The second version, for what the fused kernel does not cover and for comparison runs.
+static FATBIN_TWO_STAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_two_stage.fatbin"));
 
-/// Tokens per v2 tile (`TILE_M` in sgmv_v2.cu).
+/// Tokens per two-stage tile (`TILE_M` in sgmv_two_stage.cu).
 const TILE_TOKENS: usize = 64;
-/// Columns per v2 block (`TILE_N` in sgmv_v2.cu).
+/// Columns per two-stage block (`TILE_N` in sgmv_two_stage.cu).
 const TILE_N: usize = 128;
-/// d_in per v2 shrink block (`KSPLIT_K` in sgmv_v2.cu); fixed so that the reduction order,
+/// d_in per two-stage shrink block (`KSPLIT_K` in sgmv_two_stage.cu); fixed so that the reduction order,
 /// and so the result, depends on d_in alone.
 const KSPLIT_K: usize = 256;
 const THREADS: u32 = 128;
 
-/// v2 kernel parameters, laid out as `SgmvParams` in sgmv_v2.cu.
+/// two-stage kernel parameters, laid out as `SgmvParams` in sgmv_two_stage.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct SgmvParams {
@@ -73,8 +73,8 @@ struct Kernels {
     expand: [CudaFunction; 3],
     /// Variants for batches whose segments all have <= 16 tokens.
     small: ([CudaFunction; 3], [CudaFunction; 3]),
-    /// v3; `None` when `OPENLEDGER_SGMV_KERNEL=v2`.
-    v3: Option<v3::Kernels>,
+    /// The fused kernel; `None` when `OPENLEDGER_SGMV_KERNEL=two-stage`.
+    fused: Option<fused::Kernels>,
 }
 
 /// The module, loaded once per CUDA context.
@@ -87,19 +87,21 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     if let Some(k) = loaded.get(&key) {
         return Ok(k.clone());
     }
-    let v2_only = std::env::var("OPENLEDGER_SGMV_KERNEL").is_ok_and(|v| v == "v2");
-    let v2 = ctx.load_module(Ptx::from_binary(FATBIN_V2.to_vec())).map_err(cuda_err)?;
-    let f =
-        |stage: &str, ty: &str| v2.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err);
+    let two_stage_only = crate::options::options().sgmv_two_stage_only;
+    let two_stage =
+        ctx.load_module(Ptx::from_binary(FATBIN_TWO_STAGE.to_vec())).map_err(cuda_err)?;
+    let f = |stage: &str, ty: &str| {
+        two_stage.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err)
+    };
     let all = |stage: &str| -> Result<[CudaFunction; 3]> {
         Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
     };
-    let v3 = if v2_only { None } else { Some(v3::load(ctx, &stream)?) };
+    let fused = if two_stage_only { None } else { Some(fused::load(ctx, &stream)?) };
     let k = Arc::new(Kernels {
         shrink: all("shrink")?,
         expand: all("expand")?,
         small: (all("shrink_small")?, all("expand_small")?),
-        v3,
+        fused,
     });
     loaded.insert(key, k.clone());
     Ok(k)
@@ -147,9 +149,9 @@ pub(crate) struct DeviceSegments {
     offsets: [usize; 5],
     /// Every tile has at most 16 tokens: the small kernels apply.
     small_tiles: bool,
-    /// v3: the tile records and their device address.
-    v3_tiles: v3::Tiles,
-    v3_records: u64,
+    /// The fused kernel: the tile records and their device address.
+    fused_tiles: fused::Tiles,
+    fused_records: u64,
     /// v and the shrink partials, grown to the largest d_in seen and reused by every layer
     /// (no allocation per call). Held locked for the two launches of one call.
     scratch: Mutex<Option<Scratch>>,
@@ -196,7 +198,7 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
         }
     }
     let num_tiles = tiles.len() / 3;
-    let v3 = v3::Tiles::new(map);
+    let fused = fused::Tiles::new(map);
     let mut meta: Vec<u32> = map.rows().to_vec();
     let mut offsets = [0; 5];
     offsets[0] = meta.len();
@@ -208,9 +210,9 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
     offsets[3] = meta.len();
     meta.extend(map.scales().iter().map(|s| s.to_bits()));
     offsets[4] = meta.len();
-    meta.resize(meta.len().next_multiple_of(4), 0); // v3 records are read as 16-byte vectors
-    let v3_offset = meta.len();
-    meta.extend(&v3.records);
+    meta.resize(meta.len().next_multiple_of(4), 0); // fused records are read as 16-byte vectors
+    let fused_offset = meta.len();
+    meta.extend(&fused.records);
     meta.push(0); // never empty
     let rank_chunks = map.max_rank().div_ceil(TILE_N).max(1);
     let meta = dev.clone_htod(&meta)?;
@@ -226,8 +228,8 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
         rank_chunks,
         offsets,
         small_tiles: tiles.chunks(3).all(|t| t[2] - t[1] <= 16),
-        v3_records: meta_ptr + 4 * v3_offset as u64,
-        v3_tiles: v3,
+        fused_records: meta_ptr + 4 * fused_offset as u64,
+        fused_tiles: fused,
         scratch: Mutex::new(None),
     });
     *cached = Some(d.clone());
@@ -332,15 +334,16 @@ struct Call {
     stream: Arc<CudaStream>,
     dtype: usize,
     vec_elems: usize,
-    /// v3's element type (0: bf16, 1: f16), if v3 covers this call.
-    v3: Option<usize>,
+    /// The fused kernel's element type (0: bf16, 1: f16), if the fused kernel covers this call.
+    fused: Option<usize>,
 }
 
 fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> Result<Call> {
     let (p, seg, kernels) = params(segments, table, dev)?;
     let dtype = dtype_index(table.dtype())?;
-    let v3 = (kernels.v3.is_some() && dtype > 0 && segments.map().max_rank() <= v3::MAX_RANK)
-        .then(|| dtype - 1);
+    let fused =
+        (kernels.fused.is_some() && dtype > 0 && segments.map().max_rank() <= fused::MAX_RANK)
+            .then(|| dtype - 1);
     Ok(Call {
         p,
         seg,
@@ -348,17 +351,17 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
         stream: dev.cuda_stream(),
         dtype,
         vec_elems: 16 / table.dtype().size_in_bytes(),
-        v3,
+        fused,
     })
 }
 
-/// Launches v3 in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
+/// Launches the fused kernel in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
 /// `v`).
-fn launch_v3(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
-    let Some(k) = &call.kernels.v3 else {
-        return Err(KernelError::Cuda("SGMV v3 is not loaded".into()));
+fn launch_fused(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
+    let Some(k) = &call.kernels.fused else {
+        return Err(KernelError::Cuda("the fused SGMV kernel is not loaded".into()));
     };
-    let launch = v3::Launch {
+    let launch = fused::Launch {
         mode,
         x,
         y,
@@ -371,7 +374,7 @@ fn launch_v3(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) -> Re
         a_aligned: (call.p.vec_ok & 1) != 0,
         b_aligned: (call.p.vec_ok & 2) != 0,
     };
-    v3::launch(k, &call.seg.v3_tiles, call.seg.v3_records, dtype, &call.stream, &launch)
+    fused::launch(k, &call.seg.fused_tiles, call.seg.fused_records, dtype, &call.stream, &launch)
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
@@ -407,7 +410,7 @@ fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
     launch(f, &call.stream, grid, &call.p)
 }
 
-/// `y += delta` on the device: v3 in one launch, or v2's shrink then expand (two launches,
+/// `y += delta` on the device: the fused kernel in one launch, or the two-stage kernels' shrink then expand (two launches,
 /// with v and the partials in the step's scratch buffer).
 pub(crate) fn lora_delta(
     x: &CudaStorage,
@@ -423,8 +426,8 @@ pub(crate) fn lora_delta(
         return Ok(());
     }
     let (x, y) = (storage_address(x, xl, &call.stream)?, storage_address(y, yl, &call.stream)?);
-    if let Some(dtype) = call.v3 {
-        return launch_v3(&call, dtype, 0, x, y, 0);
+    if let Some(dtype) = call.fused {
+        return launch_fused(&call, dtype, 0, x, y, 0);
     }
     let v_len = call.p.num_tokens as usize * call.p.width as usize;
     let seg = call.seg.clone();
@@ -447,8 +450,8 @@ pub(crate) fn shrink(
     if call.seg.num_tiles > 0 {
         let x = storage_address(x, xl, &call.stream)?;
         let v_addr = slice_address(&v, &call.stream);
-        if let Some(dtype) = call.v3 {
-            launch_v3(&call, dtype, 1, x, 0, v_addr)?;
+        if let Some(dtype) = call.fused {
+            launch_fused(&call, dtype, 1, x, 0, v_addr)?;
             return Ok(CudaStorage::wrap_cuda_slice(v, dev));
         }
         let seg = call.seg.clone();
@@ -475,8 +478,8 @@ pub(crate) fn expand(
     }
     let v = address::<f32>(v, vl, &call.stream)?;
     let y = storage_address(y, yl, &call.stream)?;
-    if let Some(dtype) = call.v3 {
-        return launch_v3(&call, dtype, 2, 0, y, v);
+    if let Some(dtype) = call.fused {
+        return launch_fused(&call, dtype, 2, 0, y, v);
     }
     expand_from(&mut call, v, y)
 }

@@ -21,12 +21,12 @@
 //!
 //! Three implementations compute the same function:
 //! - [`cpu`]: multithreaded (rayon) over slices, f32 arithmetic, for CPU workers and CI;
-//! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv.cu` (v3) and
-//!   `cuda/sgmv_v2.cu` into fatbins (sm_90 SASS + compute_90 PTX), reading adapters through a
-//!   device array of per-slot pointers (no gather copy). bf16/f16 with ranks up to 128: v3,
+//! - `cuda` (feature `cuda`): kernels compiled at build time from `cuda/sgmv_fused.cu` and
+//!   `cuda/sgmv_two_stage.cu` into fatbins (sm_90 SASS + compute_90 PTX), reading adapters through a
+//!   device array of per-slot pointers (no gather copy). bf16/f16 with ranks up to 128: the fused kernel,
 //!   one launch for the whole batch and both stages (thread-block clusters, the tile's v kept
-//!   on chip), tensor cores with f32 accumulation; f32 and larger ranks: v2, one launch per
-//!   stage (`OPENLEDGER_SGMV_KERNEL=v2` runs v2 for everything, for comparison);
+//!   on chip), tensor cores with f32 accumulation; f32 and larger ranks: the two-stage kernels, one launch per
+//!   stage (`OPENLEDGER_SGMV_KERNEL=two-stage` runs the two-stage kernels for everything, for comparison);
 //!   measurements in `docs/benchmarks.md` and `kernels/NOTES.md`;
 //! - [`reference`](mod@reference): naive f64, for tests only.
 //!
@@ -43,6 +43,7 @@ pub mod cpu;
 mod cuda;
 mod element;
 mod error;
+pub mod options;
 pub mod quant;
 pub mod reference;
 mod scatter;

@@ -350,41 +350,37 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// Every kernel this CPU can run, the portable one first.
+    /// Every kernel this CPU can run, the portable one first (the tests compare them all).
+    #[cfg(test)]
     fn available() -> Vec<Self> {
+        use crate::options::{supported_simd, SimdLevel};
         #[allow(unused_mut)]
         let mut kernels = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") && has!("f16c") {
+            if supported_simd() >= SimdLevel::Avx2 {
                 kernels.push(Kernel::Avx2);
-                if has!("avx512vnni") && has!("avx512vl") {
-                    kernels.push(Kernel::Avx512);
-                }
+            }
+            if supported_simd() >= SimdLevel::Avx512Vnni {
+                kernels.push(Kernel::Avx512);
             }
         }
         kernels
     }
 
-    /// The fastest kernel this CPU runs, chosen once per process. `OPENLEDGER_NO_SIMD=1`
-    /// forces the portable one, `OPENLEDGER_NO_AVX512=1` the AVX2 one (for comparisons).
+    /// The fastest kernel at the process's SIMD level ([`crate::options::simd`]:
+    /// `OPENLEDGER_NO_SIMD=1` forces the portable one, `OPENLEDGER_NO_AVX512=1` the AVX2 one).
     fn best() -> Self {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            let no = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
-            Kernel::available()
-                .into_iter()
-                .rev()
-                .find(|k| match k {
-                    Kernel::Portable => true,
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => !no("OPENLEDGER_NO_SIMD"),
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512 => !no("OPENLEDGER_NO_SIMD") && !no("OPENLEDGER_NO_AVX512"),
-                })
-                .unwrap_or(Kernel::Portable)
-        })
+        use crate::options::{simd, SimdLevel};
+        match simd() {
+            SimdLevel::Portable => Kernel::Portable,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512Vnni => Kernel::Avx512,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => Kernel::Portable,
+        }
     }
 
     fn name(self) -> &'static str {

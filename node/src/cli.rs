@@ -48,8 +48,19 @@ pub enum Subcommand {
     Revert(sc_cli::RevertCmd),
 
     /// Benchmarks: `pallet` generates weights, `machine` checks validator hardware.
+    #[cfg(feature = "benchmark-cli")]
     #[command(subcommand)]
     Benchmark(frame_benchmarking_cli::BenchmarkCmd),
+
+    /// Benchmarks (needs a node built with `--features benchmark-cli`, as
+    /// `scripts/benchmark/weights.sh` builds it).
+    #[cfg(not(feature = "benchmark-cli"))]
+    #[command(disable_help_flag = true)]
+    Benchmark {
+        /// Ignored: this node has no benchmark command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 
     /// Database metadata.
     ChainInfo(sc_cli::ChainInfoCmd),

@@ -5,6 +5,7 @@ use crate::{
     cli::{Cli, Subcommand},
     service,
 };
+#[cfg(feature = "benchmark-cli")]
 use frame_benchmarking_cli::{BenchmarkCmd, SUBSTRATE_REFERENCE_HARDWARE};
 use openledger_runtime::opaque::Block;
 use sc_cli::SubstrateCli;
@@ -106,6 +107,12 @@ pub fn run() -> sc_cli::Result<()> {
                 Ok((cmd.run(client, backend, Some(aux_revert)), task_manager))
             })
         },
+        #[cfg(not(feature = "benchmark-cli"))]
+        Some(Subcommand::Benchmark { .. }) => Err("this openledger-node was built without the \
+            `benchmark` command: build it with `cargo build --release -p openledger-node \
+            --features benchmark-cli` (scripts/benchmark/weights.sh does)"
+            .into()),
+        #[cfg(feature = "benchmark-cli")]
         Some(Subcommand::Benchmark(cmd)) => {
             let runner = cli.create_runner(cmd)?;
             runner.sync_run(|config| match cmd {

@@ -18,6 +18,11 @@ pub struct JobPayload {
     /// template (absent from the JSON of a completion request).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<ChatMessage>,
+    /// DataNets whose records were retrieved as context for the answer, with their shares:
+    /// the worker signs them into the job's receipt, and the chain pays each its share of the
+    /// charge's DataNet part (absent from the JSON when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<ContextShare>,
     /// Most tokens to generate (also the job's `max_output_tokens`).
     pub max_tokens: u32,
     /// 0 for greedy.
@@ -37,11 +42,26 @@ pub struct JobPayload {
     pub stop: Vec<String>,
 }
 
+/// One DataNet of a payload's retrieval context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextShare {
+    /// The DataNet's on-chain id.
+    pub datanet: u32,
+    /// Its share of the context part, in parts per million (the shares sum to at most
+    /// 1,000,000).
+    pub share_ppm: u32,
+}
+
 fn one() -> f32 {
     1.0
 }
 
 impl JobPayload {
+    /// The context as the receipt carries it: (DataNet, share in parts per million).
+    pub fn context_shares(&self) -> Vec<(u32, u32)> {
+        self.context.iter().map(|c| (c.datanet, c.share_ppm)).collect()
+    }
+
     /// The bytes whose hash goes on chain.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing a struct of strings and numbers cannot fail.
@@ -68,6 +88,7 @@ mod tests {
         let p = JobPayload {
             prompt: "Hi".into(),
             messages: Vec::new(),
+            context: Vec::new(),
             max_tokens: 8,
             temperature: 0.5,
             top_p: 0.9,

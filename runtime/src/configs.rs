@@ -269,6 +269,7 @@ parameter_types! {
 impl pallet_attribution::Config for Runtime {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
+    type AdminOrigin = frame_system::EnsureRoot<AccountId>;
     type PalletId = AttributionPalletId;
     type Treasury = TreasuryAccount;
     type DataNetDeposit = frame_support::traits::ConstU128<{ 10 * token::OPEN }>;

@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/env.sh
 wasm="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
-[ -x "$OPENLEDGER_NODE" ] && [ -f "$wasm" ] || bash scripts/build.sh --quiet
+# The `benchmark` command is only in a node built with `benchmark-cli` (it pulls in much of
+# polkadot's node, which the README's two commands never need).
+cargo build --release --locked -p openledger-node --features benchmark-cli --quiet
 pallets=("$@")
 [ "${#pallets[@]}" -gt 0 ] || pallets=(pallet_compute pallet_jobs pallet_attribution)
 for p in "${pallets[@]}"; do

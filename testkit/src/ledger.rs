@@ -10,10 +10,10 @@ use subxt::utils::AccountId32;
 
 #[derive(DecodeAsType)]
 #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
-#[allow(dead_code)] // the DataNet ids are decoded, not read
 enum Payee {
     Provider(AccountId32),
     AdapterOwner(AccountId32),
+    #[allow(dead_code)] // decoded to reach the next payouts; training payouts are not tallied
     TrainingDataNet(u32),
     ContextDataNet(u32),
     Treasury(AccountId32),
@@ -45,6 +45,8 @@ pub struct Flows {
     pub txs_of: BTreeMap<AccountId32, u32>,
     /// Jobs split, with their charge.
     pub charges: BTreeMap<u64, u128>,
+    /// What each job paid each of its context DataNets.
+    pub context_paid: BTreeMap<(u64, u32), u128>,
 }
 
 impl Flows {
@@ -69,10 +71,14 @@ pub async fn flows(chain: &ChainClient, from: u64, to: u64) -> Flows {
                     assert_eq!(total, split.charge, "job {}: payouts sum to the charge", split.job);
                     flows.charges.insert(split.job, split.charge);
                     for (payee, amount) in split.payouts {
-                        if let Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) =
-                            payee
-                        {
-                            *flows.paid_to.entry(a).or_default() += amount;
+                        match payee {
+                            Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) => {
+                                *flows.paid_to.entry(a).or_default() += amount;
+                            },
+                            Payee::ContextDataNet(d) => {
+                                *flows.context_paid.entry((split.job, d)).or_default() += amount;
+                            },
+                            Payee::TrainingDataNet(_) => {},
                         }
                     }
                 },

@@ -11,8 +11,7 @@ use subxt_signer::sr25519::dev;
 
 use crate::procs::model;
 
-pub const OPEN: u128 = 1_000_000_000_000_000_000;
-pub const MILLI: u128 = OPEN / 1_000;
+pub use openledger_chain_client::{MILLI_OPEN as MILLI, OPEN};
 
 /// Write the demo adapter into `dir/adapters/demo` and register it (owner Dave).
 pub async fn demo_adapter(chain: &ChainClient, dir: &Path) -> u32 {
@@ -48,5 +47,24 @@ pub async fn wait_past(chain: &ChainClient, deadline: u32) {
     while chain.best().await.expect("best block").block_number() <= u64::from(deadline) {
         assert!(started.elapsed() < Duration::from_secs(120), "block {deadline} never came");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The account of a dev key.
+pub fn account(key: &subxt_signer::sr25519::Keypair) -> subxt::utils::AccountId32 {
+    subxt::utils::AccountId32(key.public_key().0)
+}
+
+/// The best block's number.
+pub async fn best(chain: &ChainClient) -> u64 {
+    chain.best().await.expect("best block").block_number()
+}
+
+/// Wait until `job` is closed on chain (settled, refused or expired), at most `secs`.
+pub async fn closed(chain: &ChainClient, job: u64, secs: u64) {
+    let started = Instant::now();
+    while chain.job(job).await.expect("reads").is_some() {
+        assert!(started.elapsed() < Duration::from_secs(secs), "job {job} stayed open");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

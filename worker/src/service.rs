@@ -208,6 +208,22 @@ impl Worker {
         let payload = JobPayload::from_bytes(&bytes).map_err(|e| {
             Refusal::new(RefusalReason::MalformedPayload, format!("not a job payload: {e}"))
         })?;
+        let context = payload.context_shares();
+        match self.chain().await.check_context(&context).await {
+            Ok(Ok(())) => {},
+            Ok(Err(bad)) => {
+                return Err(Refusal::new(
+                    RefusalReason::InvalidParameters,
+                    format!("the retrieval context cannot be paid: {bad}"),
+                ))
+            },
+            Err(e) => {
+                return Err(Refusal::new(
+                    RefusalReason::WorkerFault,
+                    format!("cannot check the retrieval context on chain: {e}"),
+                ))
+            },
+        }
         if payload.max_tokens > record.max_output_tokens {
             return Err(Refusal::new(
                 RefusalReason::InvalidParameters,
@@ -326,15 +342,13 @@ impl Worker {
             job_payload::hash(delivered.text.as_bytes()),
             u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
             delivered.tokens,
-            &[],
+            &context,
         )
         .map_err(|e| Refusal::new(RefusalReason::WorkerFault, e.to_string()))?;
         let _ = self.receipts.send(receipt);
         Ok(())
     }
 
-    /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
-    /// rate-limits us (for up to `CHUNK_PATIENCE`); other failures are returned at once.
     /// The text the engine runs for a payload: a completion's prompt, or a chat's messages
     /// rendered with the model's chat template. A conversation the template refuses (its
     /// `raise_exception`, such as roles that do not alternate) is the request's fault.
@@ -350,6 +364,8 @@ impl Worker {
         })
     }
 
+    /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
+    /// rate-limits us (for up to `CHUNK_PATIENCE`); other failures are returned at once.
     async fn send_chunk(&self, gateway: PeerId, chunk: TokenChunk) -> Result<(), P2pError> {
         let give_up = tokio::time::Instant::now() + CHUNK_PATIENCE;
         loop {

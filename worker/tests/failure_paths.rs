@@ -17,34 +17,17 @@ use openledger_chain_client::{
 };
 use serde_json::{json, Value};
 use subxt::utils::AccountId32;
-use subxt_signer::sr25519::{dev, Keypair};
+use subxt_signer::sr25519::dev;
 
 use common::ledger::flows;
-use common::market::{demo_adapter, short_deadlines, MILLI, OPEN};
+use common::market::{account, best, closed, demo_adapter, short_deadlines, MILLI, OPEN};
 use common::node::DevNode;
 use common::procs::{
     gateway, gateway_with, keeper, model as base_model_file, request, worker, worker_with, Proc,
 };
 
-fn account(key: &Keypair) -> AccountId32 {
-    AccountId32(key.public_key().0)
-}
-
 /// Provider price plus the demo adapter's, per 1,000 tokens (the workers ask 2 mOPEN).
 const PRICE: u128 = 3 * MILLI;
-
-async fn best(chain: &ChainClient) -> u64 {
-    chain.best().await.expect("best block").block_number()
-}
-
-/// Wait until `job` is closed on chain.
-async fn closed(chain: &ChainClient, job: JobId, secs: u64) {
-    let started = Instant::now();
-    while chain.job(job).await.expect("reads").is_some() {
-        assert!(started.elapsed() < Duration::from_secs(secs), "job {job} stayed open");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 /// The one job `provider` has open, once it has one.
 async fn the_open_job(chain: &ChainClient, provider: &AccountId32) -> JobId {

@@ -107,6 +107,7 @@ async fn a_payload_not_matching_its_hash_is_refused_and_nothing_is_charged() {
 
     let promised = JobPayload {
         messages: Vec::new(),
+        context: Vec::new(),
         prompt: "What is 2 + 2?".into(),
         max_tokens: 8,
         temperature: 0.0,

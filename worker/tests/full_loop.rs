@@ -21,7 +21,7 @@ use common::node::DevNode;
 use common::procs::{gateway, model, post, post_streamed, worker};
 use common::{ledger, write_adapter, AdapterSpec};
 
-const OPEN: u128 = 1_000_000_000_000_000_000;
+use openledger_chain_client::OPEN;
 const MILLI: u128 = OPEN / 1_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

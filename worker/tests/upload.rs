@@ -19,7 +19,7 @@ use subxt_signer::sr25519::dev;
 use common::node::DevNode;
 use common::procs::{gateway, model, Proc};
 
-const OPEN: u128 = 1_000_000_000_000_000_000;
+use openledger_chain_client::OPEN;
 const MILLI: u128 = OPEN / 1_000;
 
 /// `PUT` raw bytes; the status and the JSON body (success or OpenAI-style error).
@@ -103,6 +103,7 @@ metrics = "127.0.0.1:0"
     // Eve submits the job herself, naming the gateway; then uploads the payload.
     let payload = JobPayload {
         messages: Vec::new(),
+        context: Vec::new(),
         prompt: "The capital of France is".into(),
         max_tokens: 24,
         temperature: 0.0,

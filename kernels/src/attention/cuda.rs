@@ -1,9 +1,6 @@
-//! CUDA path: the kernels of `cuda/paged_attention.cu` (v5 in kernels/NOTES.md), compiled at
-//! build time and embedded, launched through cudarc on candle's stream: one launch for the
-//! batch, and a second that merges the partitions of sequences longer than one.
-//!
-//! The first version (`cuda/paged_attention_v1.cu`: two passes per partition and a second
-//! launch for the merge) stays embedded for comparison runs (`OPENLEDGER_ATTN_KERNEL=v1`).
+//! CUDA path: the kernels of `cuda/paged_attention.cu` (kernels/NOTES.md), compiled at build
+//! time and embedded, launched through cudarc on candle's stream: one launch for the batch,
+//! and a second that merges the partitions of sequences longer than one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,7 +18,6 @@ use super::{DecodeBlocks, Geometry};
 use crate::error::{KernelError, Result};
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
-static FATBIN_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention_v1.fatbin"));
 
 /// Threads per block (`NT` in the kernel).
 const THREADS: u32 = 128;
@@ -68,27 +64,11 @@ fn cuda_err(e: impl std::fmt::Display) -> KernelError {
 fn partition() -> usize {
     static PART: OnceLock<usize> = OnceLock::new();
     *PART.get_or_init(|| {
-        std::env::var("OPENLEDGER_ATTN_PARTITION")
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&p| p.is_power_of_two() && (32..=max_part()).contains(&p))
-            .unwrap_or(DEFAULT_PART.min(max_part()))
+        crate::options::options()
+            .attn_partition
+            .filter(|&p| p.is_power_of_two() && (32..=MAX_PART).contains(&p))
+            .unwrap_or(DEFAULT_PART.min(MAX_PART))
     })
-}
-
-/// Largest partition of the kernel in use (the first version holds 256 positions).
-fn max_part() -> usize {
-    if first_version() {
-        256
-    } else {
-        MAX_PART
-    }
-}
-
-/// Whether the first kernel version was asked for (`OPENLEDGER_ATTN_KERNEL=v1`).
-fn first_version() -> bool {
-    static V1: OnceLock<bool> = OnceLock::new();
-    *V1.get_or_init(|| std::env::var("OPENLEDGER_ATTN_KERNEL").is_ok_and(|v| v == "v1"))
 }
 
 /// The module, loaded once per CUDA context.
@@ -102,8 +82,7 @@ fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::dri
     if let Some(m) = loaded.get(&key) {
         return Ok(m.clone());
     }
-    let image = if first_version() { FATBIN_V1 } else { FATBIN };
-    let m = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(cuda_err)?;
+    let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
     loaded.insert(key, m.clone());
     Ok(m)
 }

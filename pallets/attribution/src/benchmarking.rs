@@ -8,7 +8,7 @@ use frame_benchmarking::v2::*;
 use frame_support::{
     traits::{
         fungible::{Inspect, Mutate},
-        Get,
+        EnsureOrigin, Get,
     },
     BoundedVec,
 };
@@ -257,10 +257,13 @@ mod benchmarks {
     }
 
     #[benchmark]
-    fn set_split() {
+    fn set_split() -> Result<(), BenchmarkError> {
+        let origin =
+            T::AdminOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
         let split = FeeSplit::default();
         #[extrinsic_call]
-        _(RawOrigin::Root, split);
+        _(origin as T::RuntimeOrigin, split);
+        Ok(())
     }
 
     impl_benchmark_test_suite!(Attribution, crate::mock::new_test_ext(), crate::mock::Test);

@@ -35,7 +35,7 @@
 //!
 //! ## The split
 //!
-//! [`FeeSplit`] (on-chain, set by root with [`Pallet::set_split`], validated to sum to 100%)
+//! [`FeeSplit`] (on-chain, set by the `AdminOrigin` (root on the development runtime) with [`Pallet::set_split`], validated to sum to 100%)
 //! divides a charge into provider, adapter owner, DataNets and treasury parts. The DataNet
 //! part goes first to the receipt's context DataNets by their shares, then what is left of it
 //! to the adapter's training DataNets by their shares; what no DataNet takes (shares below
@@ -85,7 +85,12 @@ pub mod pallet {
         ArithmeticError, Permill,
     };
 
+    /// The layout of this pallet's storage; a change to it comes with a migration that
+    /// bumps it.
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
     #[pallet::pallet]
+    #[pallet::storage_version(STORAGE_VERSION)]
     pub struct Pallet<T>(_);
 
     #[pallet::config]
@@ -96,6 +101,10 @@ pub mod pallet {
 
         /// The overarching hold reason.
         type RuntimeHoldReason: From<HoldReason>;
+
+        /// Who may change the fee split ([`Pallet::set_split`]): root on a development chain,
+        /// a governance origin on a network.
+        type AdminOrigin: EnsureOrigin<Self::RuntimeOrigin>;
 
         /// The pallet's account, which holds contributors' rewards until claimed.
         #[pallet::constant]
@@ -607,11 +616,11 @@ pub mod pallet {
             Ok(())
         }
 
-        /// Set the fee split (root only); its parts must sum to exactly 100%.
+        /// Set the fee split (the `AdminOrigin` only); its parts must sum to exactly 100%.
         #[pallet::call_index(11)]
         #[pallet::weight(T::WeightInfo::set_split())]
         pub fn set_split(origin: OriginFor<T>, split: FeeSplit) -> DispatchResult {
-            ensure_root(origin)?;
+            T::AdminOrigin::ensure_origin(origin)?;
             ensure!(split.is_valid(), Error::<T>::BadSplit);
             Split::<T>::put(split);
             Self::deposit_event(Event::SplitUpdated { split });

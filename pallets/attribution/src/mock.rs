@@ -52,6 +52,7 @@ parameter_types! {
 impl pallet_attribution::Config for Test {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
+    type AdminOrigin = frame_system::EnsureRoot<AccountId>;
     type PalletId = AttributionPalletId;
     type Treasury = Treasury;
     type DataNetDeposit = ConstU128<DATANET_DEPOSIT>;

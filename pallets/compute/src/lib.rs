@@ -103,7 +103,12 @@ pub mod pallet {
     };
     use sp_runtime::{traits::Zero, Perbill, Saturating};
 
+    /// The layout of this pallet's storage; a change to it comes with a migration that
+    /// bumps it.
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
     #[pallet::pallet]
+    #[pallet::storage_version(STORAGE_VERSION)]
     pub struct Pallet<T>(_);
 
     #[pallet::config]

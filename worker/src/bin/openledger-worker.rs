@@ -27,7 +27,7 @@ use openledger_worker::metrics::WorkerMetrics;
 use openledger_worker::service::{Worker, WorkerConfig};
 use subxt::utils::AccountId32;
 
-const OPEN: u128 = 1_000_000_000_000_000_000;
+use openledger_chain_client::OPEN;
 
 #[derive(Parser)]
 #[command(name = "openledger-worker", version, about = "OpenLedger GPU worker")]

@@ -1,4 +1,4 @@
-//! Host side of SGMV v3 (`cuda/sgmv.cu`): loading its kernels, the tile records of a step,
+//! Host side of the fused SGMV kernel (`cuda/sgmv_fused.cu`): loading its kernels, the tile records of a step,
 //! the choice of variant per launch (a cost model), and the launch. See kernels/NOTES.md.
 
 use std::sync::{Arc, Mutex};
@@ -11,17 +11,17 @@ use super::cuda_err;
 use crate::error::Result;
 use crate::SegmentMap;
 
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv.fatbin"));
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_fused.fatbin"));
 
-/// Blocks per tile of a cluster variant (`CLUSTER` in sgmv.cu), threads per block.
+/// Blocks per tile of a cluster variant (`CLUSTER` in sgmv_fused.cu), threads per block.
 const CLUSTER: u32 = 8;
 const THREADS: u32 = 256;
-/// The largest rank v3 takes (v2 serves larger ones).
+/// The largest rank the fused kernel takes (the two-stage kernels serve larger ones).
 pub(super) const MAX_RANK: usize = 128;
 /// Clusters of 4 take ranks up to 64 only (a block's reduction buffer holds its two
 /// leaves' partials, two groups of 32 ranks each).
 const PAIR_MAX_RANK: usize = 64;
-/// Dynamic shared memory of the kernels (`Layout<1>::BYTES` in sgmv.cu: the load ring, the
+/// Dynamic shared memory of the kernels (`Layout<1>::BYTES` in sgmv_fused.cu: the load ring, the
 /// block's partial v, the rounded v).
 const SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
 /// Tokens per tile (16 rows of the tensor cores' m16n8k16). 64-token tiles (clusters of 8
@@ -29,7 +29,7 @@ const SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
 /// kernels/NOTES.md) and are no longer built.
 const TILE_TOKENS: usize = 16;
 
-/// The kernels of sgmv.cu. All three give the same bits for a token row (the same runs of
+/// The kernels of sgmv_fused.cu. All three give the same bits for a token row (the same runs of
 /// d_in, summed in the same order, combined in the same tree), so the choice per launch is
 /// free to follow the batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,7 +90,7 @@ const FIXED_US: f64 = 5.0;
 const BLOCK_BYTES_PER_US: f64 = 12e3;
 const DRAM_BYTES_PER_US: f64 = 3.5e6;
 
-/// Kernel parameters, laid out as `Params` in sgmv.cu.
+/// Kernel parameters, laid out as `Params` in sgmv_fused.cu.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Params {
@@ -109,7 +109,7 @@ struct Params {
     flags: i32,
 }
 
-/// The v3 kernels of one CUDA context.
+/// The fused kernels of one CUDA context.
 pub(super) struct Kernels {
     /// By [dtype: bf16, f16][`Variant`].
     functions: [[CudaFunction; 3]; 2],
@@ -124,7 +124,7 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
     let f = |ty: &str, v: Variant| -> Result<CudaFunction> {
         let func =
-            module.load_function(&format!("sgmv_v3_{ty}_{}", v.suffix())).map_err(cuda_err)?;
+            module.load_function(&format!("sgmv_fused_{ty}_{}", v.suffix())).map_err(cuda_err)?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             SMEM as i32,
@@ -140,11 +140,11 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
     for v in VARIANTS {
         capacity[v as usize] = max_active_clusters(&functions[0][v as usize], v, stream)?.max(1);
     }
-    let debug = std::env::var_os("OPENLEDGER_SGMV_DEBUG").is_some();
+    let debug = crate::options::options().sgmv_debug;
     if debug {
-        eprintln!("sgmv v3: tiles at once: {capacity:?} (cluster, pair, solo)");
+        eprintln!("sgmv fused: tiles at once: {capacity:?} (cluster, pair, solo)");
     }
-    let forced = std::env::var("OPENLEDGER_SGMV_VARIANT").ok().and_then(|v| Variant::parse(&v));
+    let forced = crate::options::options().sgmv_variant.as_deref().and_then(Variant::parse);
     Ok(Kernels { functions, capacity, forced, debug })
 }
 
@@ -206,7 +206,7 @@ fn launch_config(
     }
 }
 
-/// A step's tiles: their records (sgmv.cu's `Params::tiles`, 8 words a tile) and the
+/// A step's tiles: their records (sgmv_fused.cu's `Params::tiles`, 8 words a tile) and the
 /// variant chosen for each projection shape seen so far.
 pub(super) struct Tiles {
     pub(super) records: Vec<u32>,
@@ -246,7 +246,7 @@ impl Tiles {
         if k.debug {
             let list: Vec<String> =
                 costs.iter().map(|(v, c)| format!("{} {c:.1} us", v.suffix())).collect();
-            eprintln!("sgmv v3: {d_in}x{d_out}: {} ({})", best.suffix(), list.join(", "));
+            eprintln!("sgmv fused: {d_in}x{d_out}: {} ({})", best.suffix(), list.join(", "));
         }
         chosen.push(((d_in, d_out), best));
         best

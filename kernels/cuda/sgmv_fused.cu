@@ -1,4 +1,4 @@
-// SGMV v3: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
+// SGMV fused: shrink and expand of a whole batch in one launch (bf16 / f16, ranks <= 128).
 //
 // Work unit: a tile = up to 16 * MT tokens of one segment (MT = 1 in the kernels built).
 // d_in is cut into CLUSTER "leaves"; a tile's blocks share them out:
@@ -172,7 +172,7 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // All sum the same runs in the same order and combine them in the same tree, so they give
 // the same bits (module comment).
 template <typename T, int MT, int LPB>
-__device__ __forceinline__ void sgmv_v3(const Params& p) {
+__device__ __forceinline__ void sgmv_fused(const Params& p) {
     constexpr bool SOLO = LPB == CLUSTER;
     constexpr int NBLK = CLUSTER / LPB;  // blocks per tile
     static_assert(MT == 1 || LPB == 1, "64-token tiles come in clusters of 8");
@@ -515,15 +515,15 @@ __device__ __forceinline__ void sgmv_v3(const Params& p) {
 // takes MT = 4, 64-token tiles in clusters of 8 blocks of one per SM, for long segments; that
 // variant was slower than one of these on every benchmark shape on the H200 and is no longer
 // built: kernels/NOTES.md.)
-#define SGMV_V3(NAME, T)                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_cluster(Params p) {   \
-        sgmv_v3<T, 1, 1>(p);                                                                    \
+#define SGMV_FUSED(NAME, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_cluster(Params p) {   \
+        sgmv_fused<T, 1, 1>(p);                                                                    \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_pair(Params p) {  \
-        sgmv_v3<T, 1, 2>(p);                                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_pair(Params p) {  \
+        sgmv_fused<T, 1, 2>(p);                                                                    \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_v3_##NAME##_solo(Params p) {  \
-        sgmv_v3<T, 1, CLUSTER>(p);                                                              \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_solo(Params p) {  \
+        sgmv_fused<T, 1, CLUSTER>(p);                                                              \
     }
-SGMV_V3(bf16, __nv_bfloat16)
-SGMV_V3(f16, __half)
+SGMV_FUSED(bf16, __nv_bfloat16)
+SGMV_FUSED(f16, __half)
