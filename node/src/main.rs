@@ -5,6 +5,9 @@
 //! single-validator development chain, `--chain local` for the four-validator testnet
 //! preset, or `--chain <path>` for a chain spec file.
 
+// `sc_cli::Error` and `sc_service::Error` are Substrate's types, returned as they come.
+#![allow(clippy::result_large_err)]
+
 mod chain_spec;
 mod cli;
 mod command;

@@ -154,7 +154,7 @@ pub fn is_small_order_encoding(p: &[u8; 32]) -> bool {
     if let Some(sign_byte) = y.last_mut() {
         *sign_byte &= 0x7f;
     }
-    SMALL_ORDER_Y.iter().any(|s| *s == y)
+    SMALL_ORDER_Y.contains(&y)
 }
 
 /// Encodings (sign bit cleared) of the small-order points: their canonical y-coordinates and

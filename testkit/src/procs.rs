@@ -216,7 +216,16 @@ pub fn post_streamed(url: &str, body: Value) -> Result<(String, Value), String> 
 
 /// Held by each test that starts a node and worker processes, so the tests of one binary run
 /// them one at a time (two cores cannot run several models and chains at once in time).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+///
+/// It is held for the whole test, across its awaits, on purpose: each test owns its own
+/// runtime, so a test waiting for it blocks only its own thread, never the holder.
+#[must_use = "the tests run one at a time only while this is held"]
+pub struct Serial {
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Wait for the other process-starting tests of this binary to finish, and hold them off.
+pub fn serial() -> Serial {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    Serial { _guard: SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) }
 }

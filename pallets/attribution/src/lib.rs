@@ -42,6 +42,9 @@
 //! 100%, a DataNet with no approved weight) and every rounding remainder go to the treasury.
 //! [`Event::FeeSplit`] lists every payee and amount of a settlement.
 #![cfg_attr(not(feature = "std"), no_std)]
+// FRAME's generic types (payouts of `Payee<T::AccountId>` and `BalanceOf<T>`) read better
+// spelled out than behind one-use aliases.
+#![allow(clippy::type_complexity)]
 
 extern crate alloc;
 

@@ -94,7 +94,7 @@ impl<T: Config> Pallet<T> {
                 bond.saturating_mul(offer.reputation.into()),
                 sp_io::hashing::blake2_256(&(seed, &candidate).encode()),
             );
-            if best.as_ref().map_or(true, |(best_key, _, _)| key > *best_key) {
+            if best.as_ref().is_none_or(|(best_key, _, _)| key > *best_key) {
                 best = Some((key, candidate, price));
             }
         }

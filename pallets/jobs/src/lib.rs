@@ -71,6 +71,9 @@
 //! Per receipt the work is constant: one job read and delete, two index deletes, one provider
 //! record read and write, the escrow release and the settlement transfer, one signature check.
 #![cfg_attr(not(feature = "std"), no_std)]
+// FRAME's generic types (payouts of `Payee<T::AccountId>` and `BalanceOf<T>`) read better
+// spelled out than behind one-use aliases.
+#![allow(clippy::type_complexity)]
 
 extern crate alloc;
 

@@ -235,8 +235,8 @@ fn wind_down(model: &mut Model) {
     for job in 0..NextJobId::<Test>::get() {
         run(&Action::Expire { job }, model);
     }
-    for provider in 0..PROVIDERS.len() {
-        let _ = Compute::unregister(RuntimeOrigin::signed(PROVIDERS[provider]));
+    for provider in PROVIDERS {
+        let _ = Compute::unregister(RuntimeOrigin::signed(provider));
     }
     run_to_block(System::block_number() + UNBONDING);
     for provider in PROVIDERS {

@@ -85,7 +85,7 @@ fn small_order_list_is_exactly_the_eight_torsion_points() {
     for bytes in [p, p_plus_1] {
         assert!(is_small_order_encoding(&bytes));
         let decoded = CompressedEdwardsY(bytes).decompress();
-        assert!(decoded.map_or(true, |point| point.is_small_order()));
+        assert!(decoded.is_none_or(|point| point.is_small_order()));
     }
     // Ordinary keys are not on the list.
     for seed in 0..64u8 {
