@@ -7,8 +7,8 @@ use libp2p::{
 
 use crate::{
     wire::{
-        FrameCodec, PayloadRequest, PayloadResponse, TokenChunk, TokensResponse, PAYLOAD_PROTOCOL,
-        PAYLOAD_RESPONSE_OVERHEAD, SMALL_MESSAGE_MAX, TOKENS_PROTOCOL,
+        payload_response_max, FrameCodec, PayloadRequest, PayloadResponse, TokenChunk,
+        TokensResponse, PAYLOAD_PROTOCOL, SMALL_MESSAGE_MAX, TOKENS_PROTOCOL,
     },
     P2pConfig,
 };
@@ -34,10 +34,8 @@ impl Behaviour {
     pub(crate) fn new(public: PublicKey, config: &P2pConfig) -> Self {
         let requests =
             request_response::Config::default().with_request_timeout(config.request_timeout);
-        let payload_codec = PayloadCodec::new(
-            SMALL_MESSAGE_MAX,
-            config.max_payload_bytes.saturating_add(PAYLOAD_RESPONSE_OVERHEAD),
-        );
+        let payload_codec =
+            PayloadCodec::new(SMALL_MESSAGE_MAX, payload_response_max(config.max_payload_bytes));
         let tokens_codec = TokensCodec::new(config.max_chunk_bytes, SMALL_MESSAGE_MAX);
         Self {
             identify: identify::Behaviour::new(identify::Config::new(

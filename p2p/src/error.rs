@@ -130,9 +130,10 @@ pub enum FetchError {
     TooLarge {
         /// The gateway asked.
         gateway: PeerId,
-        /// Size the gateway announced (payload plus a one-byte tag).
+        /// Size the gateway announced: the payload with its compact length and a one-byte
+        /// variant index (the answer SCALE-encoded).
         size: usize,
-        /// The limit that refused it (payload limit plus the tag).
+        /// The limit that refused it: the largest payload's size counted the same way.
         max: usize,
     },
     /// The gateway refused because this worker sent too many requests; retry after a pause.

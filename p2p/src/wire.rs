@@ -3,12 +3,14 @@
 //! Every message is one frame: a 4-byte big-endian length, then that many bytes of body. The
 //! length is checked against the protocol's limit *before* anything is allocated, so a peer
 //! announcing a 4 GiB message costs us four bytes of reading, not four gigabytes of memory.
-//! Bodies use a small fixed binary layout (the schemas are tiny and stable; a self-describing
-//! format would only add bytes to the payloads and a dependency).
+//! The body is the message SCALE-encoded, as the chain's own types are: the derived layout is
+//! the whole schema, since gateway and worker ship together. A body must decode exactly: a
+//! truncated one, or one with bytes left over, is refused as malformed.
 
 use std::{fmt, io, marker::PhantomData};
 
 use async_trait::async_trait;
+use codec::{Compact, CompactLen, Decode, DecodeAll, Encode};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 use serde::{Deserialize, Serialize};
@@ -18,13 +20,13 @@ pub const PAYLOAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/pa
 /// The protocol a worker uses to stream a job's output tokens back to its gateway.
 pub const TOKENS_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/tokens/1");
 
-/// Bytes a [`PayloadResponse`] adds around the payload itself (its tag).
-pub(crate) const PAYLOAD_RESPONSE_OVERHEAD: usize = 1;
 /// Upper bound of every fixed-size message (payload requests, token acknowledgements).
 pub(crate) const SMALL_MESSAGE_MAX: usize = 64;
+/// The largest body a frame can announce: its length is a `u32`.
+const FRAME_MAX: usize = u32::MAX as usize;
 
 /// One piece of a job's output, streamed from the worker to the gateway.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct TokenChunk {
     /// The on-chain job this output belongs to.
     pub job: u64,
@@ -41,7 +43,7 @@ pub struct TokenChunk {
 pub const REFUSED_PREFIX: &str = "refused:";
 
 /// How a job's output ended, carried by its last [`TokenChunk`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct Finish {
     /// Why generation stopped (`"stop"`, `"length"`, ...).
     pub reason: String,
@@ -54,13 +56,13 @@ pub struct Finish {
 }
 
 /// A worker's request for a job's payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct PayloadRequest {
     pub job: u64,
 }
 
 /// The gateway's answer to a [`PayloadRequest`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub(crate) enum PayloadResponse {
     Payload(Vec<u8>),
     Denied,
@@ -69,7 +71,7 @@ pub(crate) enum PayloadResponse {
 }
 
 /// The gateway's answer to a [`TokenChunk`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub(crate) enum TokensResponse {
     /// The chunk was handed to the gateway application.
     Ack,
@@ -104,169 +106,53 @@ impl FrameTooLarge {
     }
 }
 
-/// A message body: encodes itself, and decodes from a complete, size-checked body.
-pub(crate) trait Message: Sized + Send + Sync {
-    fn encode(&self, out: &mut Vec<u8>);
-    fn decode(body: &[u8]) -> io::Result<Self>;
-}
-
-fn malformed(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("malformed {what}"))
-}
-
-/// Reads fields off the front of a body, failing on truncation instead of panicking.
-struct Reader<'a> {
-    rest: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        if self.rest.len() < n {
-            return Err(malformed(self.what));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
-        self.take(N)?.try_into().map_err(|_| malformed(self.what))
-    }
-
-    fn u8(&mut self) -> io::Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn string(&mut self) -> io::Result<String> {
-        let len = usize::try_from(self.u32()?).map_err(|_| malformed(self.what))?;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| malformed(self.what))
-    }
-
-    fn finish(self) -> io::Result<()> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed(self.what))
-        }
-    }
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Strings are bounded by the frame limit (u32), checked before sending.
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+/// A message of one of the two protocols: SCALE-encoded, and named in the error a malformed
+/// one gives.
+pub(crate) trait Message: Encode + Decode + Send + Sync {
+    /// What the message is, as an error names it.
+    const NAME: &'static str;
 }
 
 impl Message for PayloadRequest {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.job.to_be_bytes());
-    }
-
-    fn decode(body: &[u8]) -> io::Result<Self> {
-        let mut r = Reader { rest: body, what: "payload request" };
-        let job = r.u64()?;
-        r.finish()?;
-        Ok(Self { job })
-    }
+    const NAME: &'static str = "payload request";
 }
 
 impl Message for PayloadResponse {
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Payload(bytes) => {
-                out.push(0);
-                out.extend_from_slice(bytes);
-            },
-            Self::Denied => out.push(1),
-            Self::Unknown => out.push(2),
-            Self::RateLimited => out.push(3),
-        }
-    }
-
-    fn decode(body: &[u8]) -> io::Result<Self> {
-        match body.split_first() {
-            Some((0, payload)) => Ok(Self::Payload(payload.to_vec())),
-            Some((1, [])) => Ok(Self::Denied),
-            Some((2, [])) => Ok(Self::Unknown),
-            Some((3, [])) => Ok(Self::RateLimited),
-            _ => Err(malformed("payload response")),
-        }
-    }
+    const NAME: &'static str = "payload response";
 }
 
 impl Message for TokenChunk {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.job.to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        put_string(out, &self.text);
-        match &self.finish {
-            None => out.push(0),
-            Some(finish) => {
-                out.push(1);
-                put_string(out, &finish.reason);
-                out.extend_from_slice(&finish.input_tokens.to_be_bytes());
-                out.extend_from_slice(&finish.output_tokens.to_be_bytes());
-                out.extend_from_slice(&finish.output_hash);
-            },
-        }
-    }
-
-    fn decode(body: &[u8]) -> io::Result<Self> {
-        let mut r = Reader { rest: body, what: "token chunk" };
-        let job = r.u64()?;
-        let seq = r.u32()?;
-        let text = r.string()?;
-        let finish = match r.u8()? {
-            0 => None,
-            1 => Some(Finish {
-                reason: r.string()?,
-                input_tokens: r.u32()?,
-                output_tokens: r.u32()?,
-                output_hash: r.array()?,
-            }),
-            _ => return Err(malformed("token chunk")),
-        };
-        r.finish()?;
-        Ok(Self { job, seq, text, finish })
-    }
+    const NAME: &'static str = "token chunk";
 }
 
 impl Message for TokensResponse {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.push(match self {
-            Self::Ack => 0,
-            Self::RateLimited => 1,
-            Self::Busy => 2,
-            Self::Cancelled => 3,
-        });
-    }
+    const NAME: &'static str = "tokens response";
+}
 
-    fn decode(body: &[u8]) -> io::Result<Self> {
-        match body {
-            [0] => Ok(Self::Ack),
-            [1] => Ok(Self::RateLimited),
-            [2] => Ok(Self::Busy),
-            [3] => Ok(Self::Cancelled),
-            _ => Err(malformed("tokens response")),
-        }
-    }
+/// Decodes a complete, size-checked body; bytes left over make it malformed, as does a
+/// truncation.
+fn decode_body<M: Message>(mut body: &[u8]) -> io::Result<M> {
+    M::decode_all(&mut body).map_err(|error| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("malformed {}: {error}", M::NAME))
+    })
 }
 
 /// The encoded size of a message, frame header excluded.
-pub(crate) fn encoded_len<M: Message>(message: &M) -> usize {
-    let mut body = Vec::new();
-    message.encode(&mut body);
-    body.len()
+pub(crate) fn encoded_len<M: Encode>(message: &M) -> usize {
+    // SCALE cannot length-prefix a string or vector longer than `u32::MAX` (encoding one
+    // panics), and no frame could carry it anyway. The size hint counts every such length in
+    // full, so a hint beyond a frame's reach stands in for the size, without encoding.
+    match message.size_hint() {
+        hint if hint > FRAME_MAX => hint,
+        _ => message.encoded_size(),
+    }
+}
+
+/// The largest [`PayloadResponse`] body that carries a payload of at most `max_payload`
+/// bytes: the payload, its compact length and the variant index.
+pub(crate) fn payload_response_max(max_payload: usize) -> usize {
+    let len = u32::try_from(max_payload).unwrap_or(u32::MAX);
+    max_payload.saturating_add(1 + Compact::<u32>::compact_len(&len))
 }
 
 async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
@@ -289,14 +175,14 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Message,
 {
-    let mut frame = vec![0u8; 4];
-    message.encode(&mut frame);
-    let size = frame.len() - 4;
+    let size = encoded_len(message);
     let header = match u32::try_from(size) {
         Ok(header) if size <= max => header,
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, FrameTooLarge { size, max })),
     };
-    frame[..4].copy_from_slice(&header.to_be_bytes());
+    let mut frame = Vec::with_capacity(4 + size);
+    frame.extend_from_slice(&header.to_be_bytes());
+    message.encode_to(&mut frame);
     io.write_all(&frame).await?;
     io.flush().await
 }
@@ -335,14 +221,14 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        Req::decode(&read_frame(io, self.max_request).await?)
+        decode_body(&read_frame(io, self.max_request).await?)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Resp::decode(&read_frame(io, self.max_response).await?)
+        decode_body(&read_frame(io, self.max_response).await?)
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
@@ -369,35 +255,8 @@ where
 mod tests {
     use super::*;
 
-    fn round_trip<M: Message + fmt::Debug + PartialEq>(message: M) -> Vec<u8> {
-        let mut body = Vec::new();
-        message.encode(&mut body);
-        assert_eq!(M::decode(&body).unwrap(), message);
-        body
-    }
-
-    /// Round trip, and every strict prefix is rejected rather than misread. (Not for a
-    /// payload, whose bytes run to the end of the frame.)
-    fn round_trip_strict<M: Message + fmt::Debug + PartialEq>(message: M) {
-        let body = round_trip(message);
-        for cut in 0..body.len() {
-            assert!(M::decode(&body[..cut]).is_err(), "prefix of {cut} bytes accepted");
-        }
-    }
-
-    #[test]
-    fn messages_round_trip_and_reject_truncation() {
-        round_trip_strict(PayloadRequest { job: u64::MAX - 3 });
-        round_trip(PayloadResponse::Payload(vec![0, 1, 2, 255]));
-        round_trip(PayloadResponse::Payload(Vec::new()));
-        round_trip_strict(PayloadResponse::Denied);
-        round_trip_strict(PayloadResponse::Unknown);
-        round_trip_strict(PayloadResponse::RateLimited);
-        round_trip_strict(TokensResponse::Ack);
-        round_trip_strict(TokensResponse::Busy);
-        round_trip_strict(TokensResponse::Cancelled);
-        round_trip_strict(TokenChunk { job: 7, seq: 0, text: "héllo".into(), finish: None });
-        round_trip_strict(TokenChunk {
+    fn finished_chunk() -> TokenChunk {
+        TokenChunk {
             job: 7,
             seq: 9,
             text: String::new(),
@@ -407,17 +266,91 @@ mod tests {
                 output_tokens: 34,
                 output_hash: [0xab; 32],
             }),
-        });
+        }
+    }
+
+    /// Round trip; the size is the one [`encoded_len`] announces; every strict prefix and
+    /// the body with a byte appended are refused rather than misread.
+    fn round_trip<M: Message + fmt::Debug + PartialEq>(message: M) {
+        let body = message.encode();
+        assert_eq!(encoded_len(&message), body.len());
+        assert_eq!(decode_body::<M>(&body).unwrap(), message);
+        for cut in 0..body.len() {
+            assert!(decode_body::<M>(&body[..cut]).is_err(), "prefix of {cut} bytes accepted");
+        }
+        let mut trailing = body;
+        trailing.push(0);
+        let error = decode_body::<M>(&trailing).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().starts_with(&format!("malformed {}", M::NAME)), "{error}");
     }
 
     #[test]
-    fn trailing_bytes_and_bad_utf8_are_rejected() {
-        assert!(PayloadRequest::decode(&[0; 9]).is_err());
-        assert!(TokensResponse::decode(&[0, 0]).is_err());
-        let mut body = Vec::new();
-        TokenChunk { job: 1, seq: 1, text: "ab".into(), finish: None }.encode(&mut body);
-        body[16] = 0xff; // first byte of the text
-        assert!(TokenChunk::decode(&body).is_err());
+    fn every_message_round_trips_and_refuses_truncation_and_trailing_bytes() {
+        round_trip(PayloadRequest { job: u64::MAX - 3 });
+        round_trip(PayloadResponse::Payload(vec![0, 1, 2, 255]));
+        round_trip(PayloadResponse::Payload(Vec::new()));
+        round_trip(PayloadResponse::Denied);
+        round_trip(PayloadResponse::Unknown);
+        round_trip(PayloadResponse::RateLimited);
+        round_trip(TokensResponse::Ack);
+        round_trip(TokensResponse::RateLimited);
+        round_trip(TokensResponse::Busy);
+        round_trip(TokensResponse::Cancelled);
+        round_trip(TokenChunk { job: 7, seq: 0, text: "héllo".into(), finish: None });
+        round_trip(finished_chunk());
+    }
+
+    #[test]
+    fn bad_utf8_and_unknown_variants_are_refused() {
+        let mut body = TokenChunk { job: 1, seq: 1, text: "ab".into(), finish: None }.encode();
+        // job (8 bytes), seq (4), the text's compact length (1), then its first byte.
+        body[13] = 0xff;
+        let error = decode_body::<TokenChunk>(&body).unwrap_err();
+        assert!(error.to_string().starts_with("malformed token chunk"), "{error}");
+        assert!(decode_body::<TokensResponse>(&[4]).is_err());
+        assert!(decode_body::<PayloadResponse>(&[4]).is_err());
+    }
+
+    #[test]
+    fn fixed_size_messages_fit_the_small_limit() {
+        assert!(encoded_len(&PayloadRequest { job: u64::MAX }) <= SMALL_MESSAGE_MAX);
+        assert!(encoded_len(&TokensResponse::Cancelled) <= SMALL_MESSAGE_MAX);
+    }
+
+    #[test]
+    fn the_payload_response_limit_is_exact() {
+        for len in [0, 63, 64, (1 << 14) - 1, 1 << 14, 1 << 20, (1 << 30) - 1] {
+            let response = PayloadResponse::Payload(vec![0; len]);
+            assert_eq!(payload_response_max(len), encoded_len(&response), "{len}-byte payload");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_cross_the_codec_framed() {
+        use request_response::Codec;
+
+        let mut codec = FrameCodec::<TokenChunk, TokensResponse>::new(1024, SMALL_MESSAGE_MAX);
+        let protocol = TOKENS_PROTOCOL;
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        codec.write_request(&protocol, &mut wire, finished_chunk()).await.unwrap();
+        let frame = wire.into_inner();
+        let body_len = u32::from_be_bytes(frame[..4].try_into().unwrap());
+        assert_eq!(usize::try_from(body_len).unwrap(), frame.len() - 4);
+
+        let mut wire = futures::io::Cursor::new(frame);
+        let read = codec.read_request(&protocol, &mut wire).await.unwrap();
+        assert_eq!(read, finished_chunk());
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_refused() {
+        let mut frame = 100u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 60]);
+        let error = read_frame(&mut futures::io::Cursor::new(frame), 1024).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let error = read_frame(&mut futures::io::Cursor::new(vec![0, 0]), 1024).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
@@ -431,7 +364,8 @@ mod tests {
         let mut sink = futures::io::Cursor::new(Vec::new());
         let big = PayloadResponse::Payload(vec![0; 2048]);
         let err = write_frame(&mut sink, &big, 1024).await.unwrap_err();
-        assert_eq!(FrameTooLarge::find(&err), Some(FrameTooLarge { size: 2049, max: 1024 }));
+        // The payload, its two-byte compact length and the variant index.
+        assert_eq!(FrameTooLarge::find(&err), Some(FrameTooLarge { size: 2051, max: 1024 }));
         assert!(sink.into_inner().is_empty(), "nothing written for an oversize message");
     }
 }

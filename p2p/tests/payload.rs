@@ -72,7 +72,8 @@ async fn oversize_payloads_are_refused_on_both_sides() {
     let refused = worker.handle.fetch_payload(gateway.peer_id(), JOB).await;
     match refused {
         Err(error @ FetchError::TooLarge { size, max, .. }) => {
-            assert_eq!((size, max), (2 * MIB + 1, MIB + 1));
+            // Each counts the payload's 4-byte compact length and the 1-byte variant index.
+            assert_eq!((size, max), (2 * MIB + 5, MIB + 5));
             assert!(error.to_string().contains("exceed"), "{error}");
         },
         other => panic!("expected TooLarge, got {other:?}"),
