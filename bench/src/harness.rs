@@ -35,7 +35,7 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 #[cfg(feature = "cuda")]
-pub use gpu::{generated, GpuTimer};
+pub use gpu::{copy_gbs, generated, GpuTimer};
 
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -58,6 +58,19 @@ mod gpu {
         let c = Tensor::arange(0u32, cols as u32, dev)?.to_dtype(DType::F32)?.affine(0.91, 0.0)?;
         let grid = r.reshape((rows, 1))?.broadcast_add(&c.reshape((1, cols))?)?;
         Ok(grid.sin()?.affine(amp, 0.0)?.to_dtype(DType::BF16)?)
+    }
+
+    /// The device-to-device copy bandwidth (bytes read plus written per second, in GB/s) of
+    /// a 1 GiB copy, the median of `reps` timed as every kernel is: the yardstick each GPU
+    /// benchmark prints its achieved bandwidth against, measured in the same run.
+    pub fn copy_gbs(timer: &mut GpuTimer, stream: &CudaStream, reps: usize) -> Result<f64> {
+        let n = 1usize << 30;
+        let src = stream.alloc_zeros::<u8>(n)?;
+        let mut dst = stream.alloc_zeros::<u8>(n)?;
+        let ms = timer.median_ms(stream, 3, reps, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
+        let gbs = 2.0 * n as f64 / (ms * 1e-3) / 1e9;
+        eprintln!("device-to-device copy: {gbs:.0} GB/s");
+        Ok(gbs)
     }
 
     /// Times device work with CUDA events, each repetition after an L2 flush: a reduction

@@ -118,6 +118,16 @@ pub fn init_logging() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// A binary's `main`: logging set up, then `run`; an error is printed as one line with its
+/// causes (`error: ...: ...`) and the process exits with status 1.
+pub async fn main(run: impl std::future::Future<Output = Result<()>>) {
+    init_logging();
+    if let Err(e) = run.await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

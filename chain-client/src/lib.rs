@@ -19,6 +19,7 @@ mod datanets;
 mod errors;
 mod reads;
 mod receipt;
+pub mod retry;
 #[cfg(feature = "testing")]
 mod testing;
 pub mod types;
@@ -152,51 +153,46 @@ impl ChainClient {
     /// Connect to the node at `url` (`ws://127.0.0.1:9944`), trying for up to `patience`.
     pub async fn connect(url: &str, patience: Duration) -> Result<Self, ChainError> {
         let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            // A reconnecting RPC client: once connected, a node restart or a dropped socket
-            // is retried underneath, so long-lived workers and gateways keep one client.
-            let attempt = async {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let reconnecting = tokio::time::timeout(
-                    left.max(Duration::from_millis(100)),
-                    ReconnectingRpcClient::builder()
-                        .retry_policy(FixedInterval::from_millis(500))
-                        .build(url),
-                )
-                .await
-                .map_err(|_| {
-                    subxt::Error::from(subxt::error::BackendError::Other(
-                        "no answer before the deadline".into(),
-                    ))
-                })?
-                .map_err(|e| {
-                    subxt::Error::from(subxt::error::BackendError::Other(e.to_string().into()))
-                })?;
-                let rpc = subxt::rpcs::RpcClient::new(reconnecting);
-                let client = OnlineClient::<Config>::from_rpc_client(rpc.clone()).await?;
-                Ok::<_, subxt::Error>((rpc, client))
-            };
-            match attempt.await {
-                Ok((rpc, client)) => {
-                    return Ok(Self {
-                        client,
-                        rpc,
-                        url: url.to_string(),
-                        submitting: Arc::new(tokio::sync::Mutex::new(Default::default())),
-                    })
-                },
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(ChainError::Unreachable {
-                        url: url.to_string(),
-                        source: Box::new(e),
-                    })
-                },
-                Err(e) => {
-                    tracing::debug!(url, error = %e, "chain node not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                },
-            }
-        }
+        // A reconnecting RPC client: once connected, a node restart or a dropped socket is
+        // retried underneath, so long-lived workers and gateways keep one client.
+        let attempt = || async {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reconnecting = tokio::time::timeout(
+                left.max(Duration::from_millis(100)),
+                ReconnectingRpcClient::builder()
+                    .retry_policy(FixedInterval::from_millis(500))
+                    .build(url),
+            )
+            .await
+            .map_err(|_| {
+                subxt::Error::from(subxt::error::BackendError::Other(
+                    "no answer before the deadline".into(),
+                ))
+            })?
+            .map_err(|e| {
+                subxt::Error::from(subxt::error::BackendError::Other(e.to_string().into()))
+            })?;
+            let rpc = subxt::rpcs::RpcClient::new(reconnecting);
+            let client = OnlineClient::<Config>::from_rpc_client(rpc.clone()).await?;
+            Ok::<_, subxt::Error>((rpc, client))
+        };
+        let backoff = retry::Backoff::exponential(
+            Duration::from_millis(250),
+            Duration::from_secs(2),
+            patience,
+        );
+        let (rpc, client) = retry::retry(backoff, attempt, |e| {
+            tracing::debug!(url, error = %e, "chain node not reachable yet; retrying");
+            true
+        })
+        .await
+        .map_err(|e| ChainError::Unreachable { url: url.to_string(), source: Box::new(e) })?;
+        Ok(Self {
+            client,
+            rpc,
+            url: url.to_string(),
+            submitting: Arc::new(tokio::sync::Mutex::new(Default::default())),
+        })
     }
 
     /// The node's RPC URL.

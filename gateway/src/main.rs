@@ -64,11 +64,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    cli::init_logging();
-    if let Err(e) = run().await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    cli::main(run()).await
 }
 
 async fn run() -> Result<()> {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use openledger_chain_client::retry::{retry, Backoff};
 use openledger_chain_client::{
     sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
     ReceiptOutcome, RefusalReason,
@@ -367,46 +368,50 @@ impl Worker {
     /// Send one chunk, waiting and retrying while the gateway answers that it is busy or
     /// rate-limits us (for up to `CHUNK_PATIENCE`); other failures are returned at once.
     async fn send_chunk(&self, gateway: PeerId, chunk: TokenChunk) -> Result<(), P2pError> {
-        let give_up = tokio::time::Instant::now() + CHUNK_PATIENCE;
-        loop {
-            match self.p2p.send_tokens(gateway, chunk.clone()).await {
-                Err(P2pError::RateLimited { .. } | P2pError::Busy { .. })
-                    if tokio::time::Instant::now() < give_up =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                },
-                other => return other,
-            }
-        }
+        let backoff = Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            CHUNK_PATIENCE,
+        );
+        retry(
+            backoff,
+            || self.p2p.send_tokens(gateway, chunk.clone()),
+            |e| matches!(e, P2pError::RateLimited { .. } | P2pError::Busy { .. }),
+        )
+        .await
     }
 
     /// Fetch the payload, retrying while the gateway has not offered it yet.
     async fn fetch_payload(&self, gateway: PeerId, job: JobId) -> Result<Vec<u8>, Refusal> {
-        let deadline = tokio::time::Instant::now() + self.config.fetch_patience;
-        loop {
-            match self.p2p.fetch_payload(gateway, job).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(e @ FetchError::TooLarge { .. }) => {
-                    return Err(Refusal::new(RefusalReason::PayloadTooLarge, e.to_string()))
-                },
-                Err(e @ FetchError::Denied { .. }) => {
-                    return Err(Refusal::new(
-                        RefusalReason::PayloadUnavailable,
-                        format!("payload refused: {e}"),
-                    ))
-                },
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(Refusal::new(
-                        RefusalReason::PayloadUnavailable,
-                        format!("no payload from the gateway: {e}"),
-                    ))
-                },
-                Err(e) => {
+        let backoff = Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            self.config.fetch_patience,
+        );
+        let fetched = retry(
+            backoff,
+            || self.p2p.fetch_payload(gateway, job),
+            |e| {
+                let later = !matches!(e, FetchError::TooLarge { .. } | FetchError::Denied { .. });
+                if later {
                     tracing::debug!(job, error = %e, "payload not available yet");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                },
-            }
-        }
+                }
+                later
+            },
+        )
+        .await;
+        fetched.map_err(|e| match e {
+            FetchError::TooLarge { .. } => {
+                Refusal::new(RefusalReason::PayloadTooLarge, e.to_string())
+            },
+            FetchError::Denied { .. } => {
+                Refusal::new(RefusalReason::PayloadUnavailable, format!("payload refused: {e}"))
+            },
+            e => Refusal::new(
+                RefusalReason::PayloadUnavailable,
+                format!("no payload from the gateway: {e}"),
+            ),
+        })
     }
 
     /// Send receipts in batches: when `receipt_batch` are waiting or the oldest has waited

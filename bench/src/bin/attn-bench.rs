@@ -13,7 +13,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use openledger_bench::harness::{generated, GpuTimer};
+use openledger_bench::harness::{copy_gbs, generated, GpuTimer};
 use openledger_kernels::{paged_decode_attention_with, DecodeBlocks};
 
 /// (name, query heads, key/value heads, head_dim).
@@ -45,13 +45,7 @@ fn main() -> Result<()> {
     let mut timer = GpuTimer::new(&dev)?;
 
     // Copy bandwidth: a 1 GiB device-to-device copy, bytes read plus written.
-    let n_copy = 1usize << 30;
-    let src = stream.alloc_zeros::<u8>(n_copy)?;
-    let mut dst = stream.alloc_zeros::<u8>(n_copy)?;
-    let copy_ms = timer.median_ms(&stream, 3, 30, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
-    let copy_gbs = 2.0 * n_copy as f64 / (copy_ms * 1e-3) / 1e9;
-    drop((src, dst));
-    eprintln!("device-to-device copy: {copy_gbs:.0} GB/s");
+    let copy_gbs = copy_gbs(&mut timer, &stream, 30)?;
 
     let mut out = std::fs::File::create(out_path)?;
     writeln!(out, "# copy_gbs={copy_gbs:.1}")?;

@@ -16,7 +16,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use openledger_bench::harness::{generated, GpuTimer};
+use openledger_bench::harness::{copy_gbs, generated, GpuTimer};
 use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
 
 const SHAPES: [(usize, usize); 4] = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)];
@@ -40,13 +40,7 @@ fn main() -> Result<()> {
     let mut timer = GpuTimer::new(&dev)?;
 
     // Copy bandwidth: a 1 GiB device-to-device copy, bytes read plus written.
-    let n_copy = 1usize << 30;
-    let src = stream.alloc_zeros::<u8>(n_copy)?;
-    let mut dst = stream.alloc_zeros::<u8>(n_copy)?;
-    let copy_ms = timer.median_ms(&stream, 3, 20, |_| Ok(stream.memcpy_dtod(&src, &mut dst)?))?;
-    let copy_gbs = 2.0 * n_copy as f64 / (copy_ms * 1e-3) / 1e9;
-    drop((src, dst));
-    eprintln!("device-to-device copy: {copy_gbs:.0} GB/s");
+    let copy_gbs = copy_gbs(&mut timer, &stream, 20)?;
     // The least any call can take when timed this way: one tiny kernel (candle's affine on one
     // element), after the same flush.
     let one = Tensor::zeros(1, DType::F32, &dev)?;

@@ -168,11 +168,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
-    cli::init_logging();
-    if let Err(e) = run().await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    cli::main(run()).await
 }
 
 async fn run() -> Result<()> {
