@@ -39,6 +39,8 @@ pub use gpu::{copy_gbs, generated, GpuTimer};
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use std::sync::Arc;
+
     use anyhow::Result;
     use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
     use candle_core::cuda_backend::cudarc::driver::CudaStream;
@@ -62,8 +64,9 @@ mod gpu {
 
     /// The device-to-device copy bandwidth (bytes read plus written per second, in GB/s) of
     /// a 1 GiB copy, the median of `reps` timed as every kernel is: the yardstick each GPU
-    /// benchmark prints its achieved bandwidth against, measured in the same run.
-    pub fn copy_gbs(timer: &mut GpuTimer, stream: &CudaStream, reps: usize) -> Result<f64> {
+    /// benchmark prints its achieved bandwidth against, measured in the same run. Takes the
+    /// stream's `Arc` (candle's `cuda_stream()`): cudarc allocates and copies through it.
+    pub fn copy_gbs(timer: &mut GpuTimer, stream: &Arc<CudaStream>, reps: usize) -> Result<f64> {
         let n = 1usize << 30;
         let src = stream.alloc_zeros::<u8>(n)?;
         let mut dst = stream.alloc_zeros::<u8>(n)?;
