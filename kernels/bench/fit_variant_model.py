@@ -7,7 +7,7 @@ OPENLEDGER_SGMV_DEBUG=1). Output: the constants whose choice loses least against
 variant of each shape (mean of log(chosen time / fastest time)), and that loss.
 
 Usage: python3 fit_variant_model.py CLUSTER.csv PAIR.csv SOLO.csv [CAP_CLUSTER CAP_PAIR CAP_SOLO]
-The constants in v3.rs were fitted on an H200 (2026-11-28) with capacities 30 62 264, from
+The constants in fused.rs were fitted on an H200 (2026-11-28) with capacities 30 62 264, from
 gpu-run.sh runs with BENCH_VARIANTS="cluster pair solo" (its ours_<variant>.csv). Those CSVs
 are no longer in the tree; git keeps them:
   git show 54ffa69:kernels/bench/results/h200-v3-run1-cluster.csv   (likewise -run2-pair, -run1-solo)
@@ -30,7 +30,7 @@ def load(path):
 
 
 def tiles(key):
-    """(slot, rank, rows) per tile, as v3.rs's `records` cuts sgmv-bench's segments."""
+    """(slot, rank, rows) per tile, as fused.rs's `records` cuts sgmv-bench's segments."""
     rank, t, n = key[2], int(key[3]), int(key[4])
     out = []
     for i in range(n):

@@ -56,7 +56,7 @@ if [ -n "$NCU" ]; then
   echo "== ncu" | tee "$OUT/ncu.txt"
   for cfg in ${NCU_CONFIGS:-4096,4096,64,64,64 4096,14336,64,256,64 4096,4096,8,1,1 14336,4096,64,1024,1}; do
     echo "=== $cfg" >> "$OUT/ncu.txt"
-    timeout 60 ncu --clock-control none --kernel-name regex:sgmv_v3 --launch-skip 2 --launch-count 1 \
+    timeout 60 ncu --clock-control none --kernel-name regex:sgmv_fused --launch-skip 2 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
       --section SchedulerStats --section WarpStateStats \
       /tmp/gb/sgmv-bench /tmp/ncu.csv --only "$cfg" >> "$OUT/ncu.txt" 2>&1
