@@ -17,8 +17,8 @@ if [ "${1:-}" = "--then" ]; then shift; then_cmd=("$@"); fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-echo "building (first run: ~45 min on 2 cores; then seconds)..."
-bash scripts/build.sh --quiet
+echo "building (first run: ~30 min on 2 cores; then seconds)..."
+bash scripts/build.sh --quiet --bins
 
 bin="$CARGO_TARGET_DIR/release"
 rpc_port="${RPC_PORT:-9944}"

@@ -1,12 +1,15 @@
-//! Rotary position embeddings and causal attention over each sequence's KV blocks, on the CPU.
-//!
-//! Both work on plain row-major slices, one token row at a time, so a row's result depends
-//! only on its own sequence: the batch around it cannot change a single bit.
+//! The host path's rotary position embeddings and causal attention over each sequence's KV
+//! blocks (the kernels crate's CPU paged attention), on plain row-major f32 buffers, one
+//! token row at a time: a row's result depends only on its own sequence, so the batch
+//! around it cannot change a single bit.
 
+use openledger_kernels::{paged_decode_attention_host, DecodeBlocks, HeadShape};
+use openledger_model::{ModelConfig, RopeStyle};
 use rayon::prelude::*;
 
-use crate::kv_cache::{BlockTable, KvCache};
-use openledger_model::RopeStyle;
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCache;
+use crate::step::SeqChunk;
 
 /// Precomputed cos/sin of every position, `[max_position][head_dim / 2]`.
 pub(crate) struct Rope {
@@ -52,164 +55,67 @@ impl Rope {
     }
 }
 
-/// Where a batch row's sequence keeps its cache and which position the row is at.
-pub(crate) struct RowContext<'a> {
-    pub table: &'a BlockTable,
-    pub pos: usize,
+/// A step's attention on the host path, planned once and run for every layer: each token row
+/// is one query of the kernels crate's CPU paged attention whose context is its sequence's
+/// positions `0..=pos`, so prefill and decode rows go through the same function (causal by
+/// construction) and a row's result depends only on its own sequence.
+pub(crate) struct HostAttention {
+    blocks: DecodeBlocks,
+    heads: HeadShape,
+    scale: f32,
 }
 
-/// Causal attention: row `r` attends to positions `0..=rows[r].pos` of its own sequence,
-/// whose keys and values are already in the cache. `q` is `[n][num_heads * head_dim]`;
-/// returns the same shape.
-///
-/// Work is split into (row, KV head) items, so one decoding sequence still uses every
-/// thread; an item computes the query heads that share its KV head in one pass over the
-/// sequence's blocks (each key and value row is loaded once for the group).
-pub(crate) fn attend(
-    q: &[f32],
-    rows: &[RowContext<'_>],
-    cache: &KvCache,
-    layer: usize,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-) -> Vec<f32> {
-    let width = num_heads * head_dim;
-    let group = num_heads / num_kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let simd = Simd::detect();
-    let mut out = vec![0.0f32; rows.len() * width];
-    // One item per (row, KV head): the `group` query heads' outputs, contiguous in a row.
-    out.par_chunks_mut(group * head_dim).enumerate().for_each(|(item, out_group)| {
-        let (r, kvh) = (item / num_kv_heads, item % num_kv_heads);
-        let ctx = &rows[r];
-        let ctx_len = ctx.pos + 1;
-        let q_group = &q[r * width + kvh * group * head_dim..][..group * head_dim];
-        let mut scores = vec![0.0f32; group * ctx_len];
-        for (p, (k, _)) in cache.positions(layer, ctx.table, ctx_len).enumerate() {
-            let kh = &k[kvh * head_dim..(kvh + 1) * head_dim];
-            for (h, qh) in q_group.chunks_exact(head_dim).enumerate() {
-                scores[h * ctx_len + p] = simd.dot(qh, kh) * scale;
+impl HostAttention {
+    /// The plan for `chunks`, whose blocks are already reserved in `cache`.
+    pub(crate) fn new(chunks: &[SeqChunk<'_>], cache: &KvCache, cfg: &ModelConfig) -> Result<Self> {
+        let tables: Vec<&[u32]> = chunks
+            .iter()
+            .map(|c| &c.table.blocks[..cache.blocks_for(c.start + c.tokens.len())])
+            .collect();
+        let width = tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let (mut flat, mut lens) = (vec![0u32; rows * width], Vec::with_capacity(rows));
+        for (c, table) in chunks.iter().zip(&tables) {
+            for p in c.start..c.start + c.tokens.len() {
+                let r = lens.len();
+                flat[r * width..r * width + table.len()].copy_from_slice(table);
+                lens.push(p as u32 + 1);
             }
         }
-        for s in scores.chunks_exact_mut(ctx_len) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for v in s.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            for v in s.iter_mut() {
-                *v *= inv;
-            }
-        }
-        for (p, (_, v)) in cache.positions(layer, ctx.table, ctx_len).enumerate() {
-            let vh = &v[kvh * head_dim..(kvh + 1) * head_dim];
-            for (h, oh) in out_group.chunks_exact_mut(head_dim).enumerate() {
-                simd.axpy(scores[h * ctx_len + p], vh, oh);
-            }
-        }
-    });
-    out
-}
-
-/// Vector helpers with AVX2 + FMA when the CPU has them (chosen at run time), portable code
-/// with the same fixed reduction order otherwise.
-#[derive(Clone, Copy)]
-enum Simd {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
-impl Simd {
-    /// The process's SIMD level (`openledger_kernels::options::simd`, detected once).
-    fn detect() -> Self {
-        use openledger_kernels::options::{simd, SimdLevel};
-        #[cfg(target_arch = "x86_64")]
-        if simd() >= SimdLevel::Avx2 {
-            return Simd::Avx2;
-        }
-        Simd::Portable
-    }
-
-    #[inline]
-    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        match self {
-            // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { avx2::dot(a, b) },
-            Simd::Portable => crate::weights::dot(a, b),
-        }
-    }
-
-    /// `y += a * x`.
-    #[inline]
-    fn axpy(self, a: f32, x: &[f32], y: &mut [f32]) {
-        match self {
-            // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { avx2::axpy(a, x, y) },
-            Simd::Portable => {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y += a * x;
-                }
+        let blocks = DecodeBlocks::from_host(
+            flat,
+            lens,
+            width,
+            cache.config().block_size,
+            cfg.max_position,
+        )?;
+        Ok(Self {
+            blocks,
+            heads: HeadShape {
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
             },
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                s0,
-            );
-            s1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
-                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
-                s1,
-            );
-            i += 16;
-        }
-        let s = _mm256_add_ps(s0, s1);
-        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        let mut sum = _mm_cvtss_f32(h);
-        while i < n {
-            sum += a[i] * b[i];
-            i += 1;
-        }
-        sum
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        })
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                yp,
-                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
-            );
-            i += 8;
-        }
-        while i < n {
-            y[i] += a * x[i];
-            i += 1;
-        }
+    /// Causal attention of `q` (`[rows][num_heads * head_dim]`) over `layer`'s cache, whose
+    /// keys and values of these rows are already written; returns the same shape.
+    pub(crate) fn run(&self, q: &[f32], cache: &KvCache, layer: usize) -> Result<Vec<f32>> {
+        let (keys, values) = cache.host_layer(layer).ok_or_else(|| {
+            EngineError::Backend(format!("the KV cache has no host layer {layer}"))
+        })?;
+        let mut out = vec![0f32; q.len()];
+        paged_decode_attention_host(
+            q,
+            keys,
+            values,
+            &mut out,
+            self.heads,
+            &self.blocks,
+            self.scale,
+        )?;
+        Ok(out)
     }
 }

@@ -200,24 +200,9 @@ impl KvCache {
         }
     }
 
-    /// Key and value rows of positions `0..len` of a sequence, in order, block by block.
-    pub(crate) fn positions<'a>(
-        &'a self,
-        layer: usize,
-        table: &'a BlockTable,
-        len: usize,
-    ) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + 'a {
-        let (bs, row) = (self.config.block_size, self.row);
-        let (keys, values) = (&self.keys[layer], &self.values[layer]);
-        table
-            .blocks
-            .iter()
-            .flat_map(move |&b| {
-                let base = b as usize * bs * row;
-                let k = &keys[base..base + bs * row];
-                let v = &values[base..base + bs * row];
-                k.chunks_exact(row).zip(v.chunks_exact(row))
-            })
-            .take(len)
+    /// One layer's host keys and values (`[num_blocks, block_size, num_kv_heads, head_dim]`
+    /// each), or `None` for a pool on a device.
+    pub(crate) fn host_layer(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        Some((self.keys.get(layer)?, self.values.get(layer)?))
     }
 }

@@ -24,6 +24,7 @@ mod kv_cache;
 mod model;
 mod sampling;
 mod scheduler;
+mod sequence;
 mod step;
 mod synthetic;
 mod tensor_model;
@@ -44,5 +45,6 @@ pub use scheduler::{
     Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest, ModelSource, RequestId,
     StepReport, StreamEvent,
 };
+pub use sequence::Detokenizer;
 pub use step::{SeqChunk, GPU_DTYPE};
 pub use synthetic::write_random_adapter;

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::adapters::LoraSlots;
-use crate::attention::{attend, Rope, RowContext};
+use crate::attention::{HostAttention, Rope};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::step::{SeqChunk, GPU_DTYPE};
@@ -188,7 +188,6 @@ impl Model {
             ));
         }
         let mut tokens = Vec::new();
-        let mut rows = Vec::new();
         let mut positions = Vec::new();
         let mut last_rows = Vec::with_capacity(chunks.len());
         for (i, c) in chunks.iter().enumerate() {
@@ -214,10 +213,7 @@ impl Model {
                 });
             }
             tokens.extend_from_slice(c.tokens);
-            for p in c.start..end {
-                rows.push(RowContext { table: c.table, pos: p });
-                positions.push(p);
-            }
+            positions.extend(c.start..end);
             last_rows.push((tokens.len() - 1) as u32);
         }
         let adapters: Vec<Option<u32>> = chunks.iter().map(|c| c.adapter).collect();
@@ -238,6 +234,7 @@ impl Model {
         let hidden = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
         let n = tokens.len();
+        let attention = HostAttention::new(chunks, cache, cfg)?;
         let mut x = embed(weights, hidden, &tokens)?;
         let mut h = vec![0f32; n * hidden];
         for (l, layer) in weights.layers.iter().enumerate() {
@@ -280,7 +277,7 @@ impl Model {
                 cache.write(l, c.table, c.start, &k[span.clone()], &v[span]);
                 offset += c.tokens.len();
             }
-            let attn = attend(&q, &rows, cache, l, nh, nkv, hd);
+            let attn = attention.run(&q, cache, l)?;
             add_assign(&mut x, &proj(Projection::O, &mut Input::new(&attn, n))?);
 
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);

@@ -31,6 +31,7 @@ use crate::gguf;
 use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::sequence::{Limits, Sequence};
 use crate::step::SeqChunk;
 
 /// Sizes and budgets of an engine.
@@ -106,21 +107,6 @@ pub enum StreamEvent {
 
 /// Identifies a submitted request.
 pub type RequestId = u64;
-
-struct Sequence {
-    id: RequestId,
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    /// Tokens whose keys and values are in the cache.
-    processed: usize,
-    table: BlockTable,
-    adapter: Option<(String, u32)>,
-    sampler: Sampler,
-    tx: Sender<StreamEvent>,
-    emitted: usize,
-    /// Bytes of the decoded text already streamed.
-    sent: usize,
-}
 
 struct Pending {
     id: RequestId,
@@ -357,7 +343,7 @@ impl Engine {
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
             let mut s = self.running.remove(i);
             self.release(&mut s);
-            tracing::debug!(request = id, generated = s.tokens.len() - s.prompt_len, "cancelled");
+            tracing::debug!(request = id, generated = s.generated().len(), "cancelled");
             return true;
         }
         false
@@ -418,9 +404,12 @@ impl Engine {
                 return Err(e);
             }
         }
+        let config = self.model.config();
+        let eos = config.eos_token_ids.clone();
+        let limits = Limits { eos: &eos, max_position: config.max_position };
         let mut i = 0;
         while i < self.running.len() {
-            match self.emit(i) {
+            match self.running[i].emit(&self.tokenizer, &limits) {
                 Some(reason) => {
                     let mut s = self.running.remove(i);
                     self.release(&mut s);
@@ -491,18 +480,8 @@ impl Engine {
 
     /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
     fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
-        let chunks: Vec<SeqChunk<'_>> = plan
-            .iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                SeqChunk {
-                    tokens: &s.tokens[s.processed..s.processed + n],
-                    table: &s.table,
-                    start: s.processed,
-                    adapter: s.adapter.as_ref().map(|a| a.1),
-                }
-            })
-            .collect();
+        let chunks: Vec<SeqChunk<'_>> =
+            plan.iter().map(|&(i, n)| self.running[i].chunk(n)).collect();
         let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
         drop(chunks);
         // On a GPU, when every row is greedy, only each row's argmax crosses to the host
@@ -587,74 +566,16 @@ impl Engine {
                 return Err(e);
             }
             tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
-            self.running.push(Sequence {
-                id: p.id,
-                prompt_len: p.tokens.len(),
-                tokens: p.tokens,
-                processed: 0,
+            self.running.push(Sequence::new(
+                p.id,
+                p.tokens,
                 table,
                 adapter,
-                sampler: Sampler::new(p.params),
-                tx: p.tx,
-                emitted: 0,
-                sent: 0,
-            });
+                Sampler::new(p.params),
+                p.tx,
+            ));
         }
         Ok(())
-    }
-
-    /// Streams sequence `i`'s new token and text; returns why it finished, if it did.
-    ///
-    /// Text that could still become a stop string, or an incomplete UTF-8 character, is
-    /// held back until the next token settles it.
-    fn emit(&mut self, i: usize) -> Option<FinishReason> {
-        let max_pos = self.model.config().max_position;
-        let eos = &self.model.config().eos_token_ids;
-        let s = &mut self.running[i];
-        let generated = &s.tokens[s.prompt_len..];
-        let &last = generated.last()?;
-        if generated.len() <= s.emitted {
-            return None;
-        }
-        s.emitted = generated.len();
-        let params = s.sampler.params();
-        let text = self.tokenizer.decode(generated, true).unwrap_or_default();
-        let stop_at = params
-            .stop
-            .iter()
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| text.find(p.as_str()))
-            .min();
-        let reason = if stop_at.is_some() {
-            Some(FinishReason::Stop)
-        } else if eos.contains(&last) && !params.ignore_eos {
-            Some(FinishReason::Eos)
-        } else if generated.len() >= params.max_tokens || s.tokens.len() >= max_pos {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        let mut end = match (reason, stop_at) {
-            (_, Some(at)) => at,
-            (Some(_), None) => text.len(),
-            (None, None) => {
-                let hold = params.stop.iter().map(|p| p.chars().count()).max().unwrap_or(1);
-                let keep = text.char_indices().rev().nth(hold.saturating_sub(1)).map(|(b, _)| b);
-                let mut end = if hold > 1 { keep.unwrap_or(0) } else { text.len() };
-                if text[..end].ends_with('\u{FFFD}') {
-                    end -= '\u{FFFD}'.len_utf8();
-                }
-                end
-            },
-        };
-        end = end.max(s.sent.min(text.len()));
-        let new = match text.get(s.sent..end) {
-            Some(new) => new.to_string(),
-            None => String::new(),
-        };
-        s.sent = end;
-        let _ = s.tx.send(StreamEvent::Token { id: last, text: new });
-        reason
     }
 }
 

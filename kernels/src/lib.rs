@@ -48,9 +48,11 @@ pub mod quant;
 pub mod reference;
 mod scatter;
 mod segments;
+pub mod simd;
 
 pub use attention::{
-    paged_decode_attention, paged_decode_attention_into, paged_decode_attention_with, DecodeBlocks,
+    paged_decode_attention, paged_decode_attention_host, paged_decode_attention_into,
+    paged_decode_attention_with, DecodeBlocks, HeadShape,
 };
 pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
 pub use element::{AdapterWeights, BLayout, Element, LoraWeights};

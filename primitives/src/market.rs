@@ -134,3 +134,60 @@ pub trait Settlement<AccountId, Balance> {
     /// so batches of receipts for different adapters never exceed their declared weight.
     fn settle_weight() -> sp_runtime::Weight;
 }
+
+/// The projections of a Llama-family block an adapter may target, as the bits of the
+/// `target_modules` byte an adapter is registered with: bit `i` is the projection whose PEFT
+/// module name is [`target::MODULE_NAMES`]`[i]`. The pallet checks the byte, the engine
+/// computes it from `adapter_config.json`, and clients read it back, all from here.
+pub mod target {
+    pub const Q: u8 = 1 << 0;
+    pub const K: u8 = 1 << 1;
+    pub const V: u8 = 1 << 2;
+    pub const O: u8 = 1 << 3;
+    pub const GATE: u8 = 1 << 4;
+    pub const UP: u8 = 1 << 5;
+    pub const DOWN: u8 = 1 << 6;
+    /// Every valid bit.
+    pub const ALL: u8 = 0x7f;
+    /// PEFT's module name of each bit, lowest bit first.
+    pub const MODULE_NAMES: [&str; 7] =
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    /// The bit of a PEFT module name (`q_proj`, ...), if it is one of the seven.
+    pub fn bit_of(module: &str) -> Option<u8> {
+        MODULE_NAMES.iter().position(|m| *m == module).map(|i| 1 << i)
+    }
+
+    /// Whether `bits` names at least one projection and nothing else.
+    pub fn is_valid(bits: u8) -> bool {
+        bits != 0 && bits & !ALL == 0
+    }
+
+    /// The module names of `bits`, lowest bit first (invalid bits ignored).
+    pub fn modules(bits: u8) -> impl Iterator<Item = &'static str> {
+        MODULE_NAMES
+            .into_iter()
+            .enumerate()
+            .filter(move |(i, _)| bits & (1 << i) != 0)
+            .map(|(_, m)| m)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_and_bits_agree() {
+            let bits = [Q, K, V, O, GATE, UP, DOWN];
+            for (name, bit) in MODULE_NAMES.iter().zip(bits) {
+                assert_eq!(bit_of(name), Some(bit));
+                assert_eq!(modules(bit).collect::<Vec<_>>(), [*name]);
+            }
+            assert_eq!(bits.iter().fold(0, |a, b| a | b), ALL);
+            assert_eq!(bit_of("lm_head"), None);
+            assert!(is_valid(Q | DOWN) && is_valid(ALL));
+            assert!(!is_valid(0) && !is_valid(0x80) && !is_valid(Q | 0x80));
+            assert_eq!(modules(ALL).count(), 7);
+        }
+    }
+}

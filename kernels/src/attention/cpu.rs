@@ -1,13 +1,15 @@
 //! The CPU path: one rayon task per (sequence, key/value head), which reads each cached key
-//! and value row once for all the query heads of its group. Two passes over the context
-//! (scores, then the weighted sum of values) with the exact maximum in between, f32
-//! throughout; each task's order of operations is fixed, so results do not depend on the
-//! batch or the thread count.
+//! and value row for all the query heads of its group. Two passes over the context (scores
+//! eight positions at a time, then the weighted sum of values with the accumulators held in
+//! registers) with the exact maximum in between, f32 throughout, on the vector primitives of
+//! [`crate::simd`]. Each task's order of operations is fixed by its context length, so results
+//! do not depend on the batch, the thread count, or whether a row is decoded or prefilled.
 
 use rayon::prelude::*;
 
 use super::{DecodeBlocks, Geometry};
 use crate::element::Element;
+use crate::simd::Simd;
 
 /// Fills `out` (`[num_seqs, num_heads, head_dim]`) from `q`, the caches and the validated
 /// `blocks`; the slices have the sizes `geometry` gives (checked by the caller).
@@ -24,6 +26,7 @@ pub(crate) fn decode<T: Element>(
     let group = geometry.group();
     let row = num_kv_heads * head_dim;
     let table_width = blocks.max_blocks_per_seq();
+    let simd = Simd::detect();
     out.par_chunks_mut(group * head_dim).enumerate().for_each(|(task, out)| {
         let (seq, kv_head) = (task / num_kv_heads, task % num_kv_heads);
         let len = blocks.context_lens()[seq] as usize;
@@ -39,59 +42,78 @@ pub(crate) fn decode<T: Element>(
         let q_start = (seq * num_heads + kv_head * group) * head_dim;
         let qs: Vec<f32> =
             q[q_start..q_start + group * head_dim].iter().map(|e| e.to_f32() * scale).collect();
-
-        // Scores, [group][len].
-        let mut scores = vec![0f32; group * len];
-        let mut widened = vec![0f32; head_dim];
-        for t in 0..len {
-            let at = position(t);
-            widen(&k_cache[at..at + head_dim], &mut widened);
-            for (g, q) in qs.chunks_exact(head_dim).enumerate() {
-                scores[g * len + t] = dot(q, &widened);
-            }
-        }
-        let mut sums = vec![0f32; group];
-        for (g, s) in scores.chunks_exact_mut(len).enumerate() {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for e in s.iter_mut() {
-                *e = (*e - max).exp();
-            }
-            sums[g] = s.iter().sum();
-        }
-
         let mut acc = vec![0f32; group * head_dim];
-        for t in 0..len {
-            let at = position(t);
-            widen(&v_cache[at..at + head_dim], &mut widened);
-            for (g, acc) in acc.chunks_exact_mut(head_dim).enumerate() {
-                let p = scores[g * len + t];
-                for (a, v) in acc.iter_mut().zip(&widened) {
-                    *a += p * v;
-                }
-            }
+        match (T::as_f32(k_cache), T::as_f32(v_cache)) {
+            (Some(k), Some(v)) => attend(
+                simd,
+                &qs,
+                head_dim,
+                len,
+                |t| &k[position(t)..position(t) + head_dim],
+                |t| &v[position(t)..position(t) + head_dim],
+                &mut acc,
+            ),
+            _ => {
+                // Narrow caches: the task's rows widened once into contiguous f32.
+                let widen = |cache: &[T]| -> Vec<f32> {
+                    (0..len)
+                        .flat_map(|t| cache[position(t)..position(t) + head_dim].iter())
+                        .map(|e| e.to_f32())
+                        .collect()
+                };
+                let (k, v) = (widen(k_cache), widen(v_cache));
+                attend(
+                    simd,
+                    &qs,
+                    head_dim,
+                    len,
+                    |t| &k[t * head_dim..(t + 1) * head_dim],
+                    |t| &v[t * head_dim..(t + 1) * head_dim],
+                    &mut acc,
+                );
+            },
         }
-        for ((o, a), g) in
-            out.iter_mut().zip(&acc).zip((0..group).flat_map(|g| std::iter::repeat_n(g, head_dim)))
-        {
-            *o = T::from_f32(a / sums[g]);
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = T::from_f32(*a);
         }
     });
 }
 
-fn widen<T: Element>(src: &[T], dst: &mut [f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s.to_f32();
+/// `softmax(q_g . K^T) . V` for each query head `g` of `qs` (`[group][head_dim]`, already
+/// scaled) over positions `0..len`, whose key and value rows `key(t)` and `value(t)` hold
+/// `head_dim` elements; writes `out` (`[group][head_dim]`).
+fn attend<'a>(
+    simd: Simd,
+    qs: &[f32],
+    head_dim: usize,
+    len: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    let group = qs.len() / head_dim;
+    // Scores, [group][len]: eight positions' keys read together for every head.
+    let mut scores = vec![0f32; group * len];
+    let mut t = 0;
+    while t + 8 <= len {
+        let rows: [&[f32]; 8] = std::array::from_fn(|j| key(t + j));
+        for (g, q) in qs.chunks_exact(head_dim).enumerate() {
+            scores[g * len + t..g * len + t + 8].copy_from_slice(&simd.dot8(q, rows));
+        }
+        t += 8;
     }
-}
-
-/// Dot product in eight interleaved sums, which the compiler keeps in one vector register
-/// (head sizes are multiples of 8).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
+    for t in t..len {
+        let k = key(t);
+        for (g, q) in qs.chunks_exact(head_dim).enumerate() {
+            scores[g * len + t] = simd.dot(q, k);
         }
     }
-    acc.iter().sum()
+    for (s, o) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(head_dim)) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / simd.exp_shifted(s, max);
+        simd.weighted_sum(s, &value, o);
+        for v in o.iter_mut() {
+            *v *= inv;
+        }
+    }
 }

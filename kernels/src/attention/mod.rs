@@ -2,7 +2,7 @@
 //! every cached position of that sequence, reading keys and values block by block through
 //! the sequence's block table.
 //!
-//! Layouts are the engine's (`worker/src/engine/kv_cache.rs`):
+//! Layouts are the engine's (`engine/src/kv_cache.rs`):
 //! - `q`: `[num_seqs, num_heads, head_dim]`;
 //! - `k_cache`, `v_cache`: `[num_blocks, block_size, num_kv_heads, head_dim]`, one layer's
 //!   pool; position `p` of a sequence lives in block `block_tables[seq][p / block_size]`, slot
@@ -25,9 +25,12 @@
 //! batch: the partitioning and every reduction order are fixed by the sequence's own length
 //! and the model's shape.
 //!
-//! The engine validates a step's block tables once ([`DecodeBlocks::new`]) and calls
-//! [`paged_decode_attention_with`] for every layer; [`paged_decode_attention`] does both in
-//! one call.
+//! The engine validates a step's block tables once ([`DecodeBlocks::new`], or
+//! [`DecodeBlocks::from_host`]) and calls [`paged_decode_attention_with`] for every layer;
+//! [`paged_decode_attention`] does both in one call. The CPU engine's host path, whose
+//! activations and cache are plain f32 buffers, calls the same CPU implementation through
+//! [`paged_decode_attention_host`]: prefill rows are rows whose context ends at their own
+//! position, so one function serves both.
 
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -99,6 +102,29 @@ impl DecodeBlocks {
         check_shape("context_lens", &[num_seqs], context_lens.dims())?;
         let tables: Vec<u32> = block_tables.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
         let lens: Vec<u32> = context_lens.to_device(&Device::Cpu)?.to_vec1()?;
+        Self::from_host(tables, lens, max_blocks_per_seq, block_size, max_context_len)
+    }
+
+    /// [`DecodeBlocks::new`] from host vectors: `tables` is `[num_seqs, max_blocks_per_seq]`
+    /// row-major, `context_lens` `[num_seqs]`. Any block size of at least one position is
+    /// accepted here; the tensor calls also need a power of two.
+    pub fn from_host(
+        tables: Vec<u32>,
+        context_lens: Vec<u32>,
+        max_blocks_per_seq: usize,
+        block_size: usize,
+        max_context_len: usize,
+    ) -> Result<Self> {
+        if block_size == 0 {
+            return Err(KernelError::BlockSize(block_size));
+        }
+        let num_seqs = context_lens.len();
+        check_shape(
+            "block_tables (expected [num_seqs, max_blocks_per_seq])",
+            &[num_seqs * max_blocks_per_seq],
+            &[tables.len()],
+        )?;
+        let lens = context_lens;
         let mut max_block: Option<(u32, usize, usize)> = None;
         for (seq, &len) in lens.iter().enumerate() {
             let len = len as usize;
@@ -232,6 +258,9 @@ pub(crate) fn check_call(
     v_cache: &Tensor,
     blocks: &DecodeBlocks,
 ) -> Result<Geometry> {
+    if !blocks.block_size.is_power_of_two() {
+        return Err(KernelError::BlockSize(blocks.block_size));
+    }
     let dtype = q.dtype();
     if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(KernelError::UnsupportedDType(dtype));
@@ -273,6 +302,54 @@ pub(crate) fn check_call(
     }
     blocks.check_cache(num_blocks, block_size)?;
     Ok(Geometry { num_seqs, num_heads, num_kv_heads, head_dim, block_size })
+}
+
+/// The heads of a host call ([`paged_decode_attention_host`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// [`paged_decode_attention_with`] on host f32 slices, the CPU engine's path: `q` and `out`
+/// are `[num_seqs, num_heads, head_dim]`, the caches one layer's pool
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`. Any head size and any block size
+/// (the tensor calls take head sizes 64 and 128 and power-of-two blocks).
+pub fn paged_decode_attention_host(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    out: &mut [f32],
+    heads: HeadShape,
+    blocks: &DecodeBlocks,
+    scale: f32,
+) -> Result<()> {
+    let HeadShape { num_heads, num_kv_heads, head_dim } = heads;
+    if num_kv_heads == 0 || num_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+        return Err(KernelError::HeadGroups { num_heads, num_kv_heads });
+    }
+    let num_seqs = blocks.num_seqs;
+    check_shape(
+        "q (elements of [num_seqs, num_heads, head_dim])",
+        &[num_seqs * num_heads * head_dim],
+        &[q.len()],
+    )?;
+    check_shape("out (elements)", &[q.len()], &[out.len()])?;
+    check_shape("v_cache (elements, must match k_cache)", &[k_cache.len()], &[v_cache.len()])?;
+    let block = blocks.block_size * num_kv_heads * head_dim;
+    if block == 0 || !k_cache.len().is_multiple_of(block) {
+        return Err(KernelError::Shape {
+            tensor: "k_cache (expected [num_blocks, block_size, num_kv_heads, head_dim])".into(),
+            expected: vec![k_cache.len() / block.max(1), blocks.block_size, num_kv_heads, head_dim],
+            actual: vec![k_cache.len()],
+        });
+    }
+    blocks.check_cache(k_cache.len() / block, blocks.block_size)?;
+    let geometry =
+        Geometry { num_seqs, num_heads, num_kv_heads, head_dim, block_size: blocks.block_size };
+    cpu::decode(q, k_cache, v_cache, out, &geometry, blocks, scale);
+    Ok(())
 }
 
 /// `softmax(q . K^T * scale) . V` for each sequence and query head over the sequence's

@@ -541,10 +541,7 @@ pub mod pallet {
         ) -> DispatchResult {
             let owner = ensure_signed(origin)?;
             ensure!(rank >= 1 && rank <= T::MaxRank::get(), Error::<T>::BadRank);
-            ensure!(
-                target_modules != 0 && target_modules & !target::ALL == 0,
-                Error::<T>::BadTargetModules
-            );
+            ensure!(target::is_valid(target_modules), Error::<T>::BadTargetModules);
             ensure!(Self::valid_shares(&training), Error::<T>::BadTrainingShares);
             let adapter = NextAdapterId::<T>::get();
             let mut record = Adapter {

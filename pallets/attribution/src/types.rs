@@ -97,18 +97,8 @@ pub struct Stake {
     pub owed_scaled: U256,
 }
 
-/// The projections of a Llama-family block an adapter may target, as bits.
-pub mod target {
-    pub const Q: u8 = 1 << 0;
-    pub const K: u8 = 1 << 1;
-    pub const V: u8 = 1 << 2;
-    pub const O: u8 = 1 << 3;
-    pub const GATE: u8 = 1 << 4;
-    pub const UP: u8 = 1 << 5;
-    pub const DOWN: u8 = 1 << 6;
-    /// Every valid bit.
-    pub const ALL: u8 = 0x7f;
-}
+/// The projections an adapter may target, as bits (shared with the engine and clients).
+pub use openledger_primitives::market::target;
 
 /// A registered LoRA adapter.
 #[derive(

@@ -166,9 +166,13 @@ fn non_canonical_s_is_rejected_everywhere() {
 /// A signature with `R` = the identity point that satisfies the cofactored verification
 /// equation: only the key holder can make it (`s = H(R, A, M) * a`).
 fn sign_with_identity_r(key: &SigningKey, message: &[u8]) -> [u8; 64] {
-    let expanded = ed25519_dalek::hazmat::ExpandedSecretKey::from_bytes(
-        &Sha512::digest(key.to_bytes()).into(),
-    );
+    // The secret scalar of RFC 8032: the clamped low half of SHA-512 of the seed.
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&Sha512::digest(key.to_bytes())[..32]);
+    a[0] &= 248;
+    a[31] &= 127;
+    a[31] |= 64;
+    let secret = Scalar::from_bytes_mod_order(a);
     let mut r = [0u8; 32];
     r[0] = 1;
     let mut hasher = Sha512::new();
@@ -176,7 +180,7 @@ fn sign_with_identity_r(key: &SigningKey, message: &[u8]) -> [u8; 64] {
     hasher.update(key.verifying_key().to_bytes());
     hasher.update(message);
     let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
-    let s = k * expanded.scalar;
+    let s = k * secret;
     let mut signature = [0u8; 64];
     signature[..32].copy_from_slice(&r);
     signature[32..].copy_from_slice(s.as_bytes());

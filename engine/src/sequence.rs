@@ -1,0 +1,219 @@
+//! One request inside the engine: its tokens, KV blocks, adapter pin and sampler, and the
+//! text it has streamed so far.
+//!
+//! Text is produced incrementally ([`Detokenizer`]): each step decodes a window of a few
+//! tokens, never the whole generation, and holds back an incomplete UTF-8 character until
+//! the token that completes it. Stop strings are searched only in text not streamed yet.
+
+use std::sync::mpsc::Sender;
+
+use tokenizers::Tokenizer;
+
+use crate::kv_cache::BlockTable;
+use crate::sampling::Sampler;
+use crate::scheduler::{FinishReason, RequestId, StreamEvent};
+use crate::step::SeqChunk;
+
+/// Turns generated token ids into text a piece at a time, with two offsets into the tokens:
+/// `prefix`, where the decoded window starts (the token before the new ones, so a tokenizer
+/// that drops a leading space at the start of a decode drops it from both texts it
+/// compares), and `read`, the end of what has been turned into text.
+///
+/// The pieces concatenate to the decode of all the tokens at once, for byte-level and
+/// SentencePiece-style tokenizers alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detokenizer {
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// The text that `tokens` (all generated so far; earlier calls saw a prefix of them)
+    /// add, or `""` while they end inside a multi-byte character.
+    pub fn next(&mut self, tokenizer: &Tokenizer, tokens: &[u32]) -> String {
+        self.advance(tokenizer, tokens, false)
+    }
+
+    /// Whatever [`Detokenizer::next`] still holds back (an unfinished character decodes to
+    /// U+FFFD): for the last piece of a finished sequence.
+    pub fn flush(&mut self, tokenizer: &Tokenizer, tokens: &[u32]) -> String {
+        self.advance(tokenizer, tokens, true)
+    }
+
+    fn advance(&mut self, tokenizer: &Tokenizer, tokens: &[u32], flush: bool) -> String {
+        let read = self.read.min(tokens.len());
+        let prefix = self.prefix.min(read);
+        let decode = |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default();
+        let before = decode(&tokens[prefix..read]);
+        let now = decode(&tokens[prefix..]);
+        if now.len() <= before.len() || (!flush && now.ends_with('\u{FFFD}')) {
+            return String::new();
+        }
+        let Some(new) = now.get(before.len()..) else { return String::new() };
+        self.prefix = read;
+        self.read = tokens.len();
+        new.to_string()
+    }
+}
+
+/// A running request.
+pub(crate) struct Sequence {
+    pub id: RequestId,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose keys and values are in the cache.
+    pub processed: usize,
+    pub table: BlockTable,
+    /// The adapter's name and compute slot, while pinned.
+    pub adapter: Option<(String, u32)>,
+    pub sampler: Sampler,
+    pub tx: Sender<StreamEvent>,
+    /// Generated tokens already streamed as events.
+    emitted: usize,
+    detokenizer: Detokenizer,
+    /// The generated text so far (complete characters).
+    text: String,
+    /// Bytes of `text` already streamed.
+    sent: usize,
+}
+
+/// What finishing a sequence needs from the model.
+pub(crate) struct Limits<'a> {
+    pub eos: &'a [u32],
+    pub max_position: usize,
+}
+
+impl Sequence {
+    pub fn new(
+        id: RequestId,
+        tokens: Vec<u32>,
+        table: BlockTable,
+        adapter: Option<(String, u32)>,
+        sampler: Sampler,
+        tx: Sender<StreamEvent>,
+    ) -> Self {
+        Self {
+            id,
+            prompt_len: tokens.len(),
+            tokens,
+            processed: 0,
+            table,
+            adapter,
+            sampler,
+            tx,
+            emitted: 0,
+            detokenizer: Detokenizer::default(),
+            text: String::new(),
+            sent: 0,
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// The next `n` unprocessed tokens as a step's chunk.
+    pub fn chunk(&self, n: usize) -> SeqChunk<'_> {
+        SeqChunk {
+            tokens: &self.tokens[self.processed..self.processed + n],
+            table: &self.table,
+            start: self.processed,
+            adapter: self.adapter.as_ref().map(|a| a.1),
+        }
+    }
+
+    /// Streams the newest token and the text it settles; returns why the sequence finished,
+    /// if it did.
+    ///
+    /// Text that could still become the start of a stop string is held back until the next
+    /// token settles it; a stop string ends the text where it begins.
+    pub fn emit(&mut self, tokenizer: &Tokenizer, limits: &Limits<'_>) -> Option<FinishReason> {
+        let generated = &self.tokens[self.prompt_len..];
+        let &last = generated.last()?;
+        if generated.len() <= self.emitted {
+            return None;
+        }
+        self.emitted = generated.len();
+        let params = self.sampler.params();
+        let piece = self.detokenizer.next(tokenizer, generated);
+        self.text.push_str(&piece);
+        // A stop string that began in streamed text would have been complete, and found,
+        // before that text was streamed (enough characters are always held back).
+        let unsent = self.text.get(self.sent..).unwrap_or_default();
+        let stop_at = params
+            .stop
+            .iter()
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| unsent.find(p.as_str()))
+            .min()
+            .map(|at| self.sent + at);
+        let reason = if stop_at.is_some() {
+            Some(FinishReason::Stop)
+        } else if limits.eos.contains(&last) && !params.ignore_eos {
+            Some(FinishReason::Eos)
+        } else if generated.len() >= params.max_tokens || self.tokens.len() >= limits.max_position {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let text = &mut self.text;
+        let end = match (reason, stop_at) {
+            (_, Some(at)) => at,
+            (Some(_), None) => {
+                text.push_str(&self.detokenizer.flush(tokenizer, &self.tokens[self.prompt_len..]));
+                text.len()
+            },
+            (None, None) => {
+                let hold = params.stop.iter().map(|p| p.chars().count()).max().unwrap_or(1);
+                if hold > 1 {
+                    text.char_indices().rev().nth(hold - 1).map_or(0, |(b, _)| b)
+                } else {
+                    text.len()
+                }
+            },
+        };
+        let end = end.max(self.sent.min(text.len()));
+        let new = text.get(self.sent..end).unwrap_or_default().to_string();
+        self.sent = end;
+        let _ = self.tx.send(StreamEvent::Token { id: last, text: new });
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece-style tokenizer (Metaspace: a word's leading space is part of its
+    /// token, and dropped at the start of a decode).
+    fn metaspace() -> Tokenizer {
+        let json = r#"{
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "post_processor": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "model": {"type": "WordLevel", "unk_token": "<unk>",
+                      "vocab": {"<unk>": 0, "▁hello": 1, "▁world": 2, "▁grüße": 3, "!": 4}}
+        }"#;
+        json.parse().expect("tokenizer")
+    }
+
+    #[test]
+    fn pieces_keep_the_spaces_a_window_decode_would_drop() {
+        let tok = metaspace();
+        let ids = [1u32, 2, 3, 4, 2];
+        let full = tok.decode(&ids, true).expect("decode");
+        assert_eq!(full, "hello world grüße! world");
+        assert_eq!(
+            tok.decode(&ids[1..2], true).expect("decode"),
+            "world",
+            "the space a window drops"
+        );
+        let mut d = Detokenizer::default();
+        let pieces: Vec<String> = (1..=ids.len()).map(|n| d.next(&tok, &ids[..n])).collect();
+        assert_eq!(pieces, ["hello", " world", " grüße", "!", " world"]);
+        assert_eq!(d.flush(&tok, &ids), "");
+    }
+}

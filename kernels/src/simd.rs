@@ -1,0 +1,399 @@
+//! f32 vector primitives of the CPU paths: dot products, `y += a * x`, the shifted
+//! exponentials of a softmax and weighted sums of rows, with AVX2 + FMA where the CPU has
+//! them (chosen once per process by [`options::simd`](crate::options::simd)) and portable
+//! code otherwise.
+//!
+//! Every function's order of operations is fixed by the lengths of its arguments alone, so a
+//! result never depends on what else runs beside it. The two builds round differently (the
+//! vector exponential is a degree-7 polynomial within 2 ulp of `f32::exp`), so they agree to
+//! within f32 rounding, not bit for bit.
+
+/// The vector hardware the primitives use. `Copy`: detect once, pass it into loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// Plain Rust, which the compiler vectorises for the build's baseline target.
+    Portable,
+    /// AVX2 and FMA intrinsics.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Simd {
+    /// The level this process runs at (see [`options::simd`](crate::options::simd)).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if crate::options::simd() >= crate::options::SimdLevel::Avx2 {
+            return Simd::Avx2;
+        }
+        Simd::Portable
+    }
+
+    /// `sum(a[i] * b[i])` over the shorter of the two.
+    #[inline]
+    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { avx2::dot(a, b) },
+            Simd::Portable => portable::dot(a, b),
+        }
+    }
+
+    /// `y[i] += a * x[i]` over the shorter of the two.
+    #[inline]
+    pub fn axpy(self, a: f32, x: &[f32], y: &mut [f32]) {
+        match self {
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { avx2::axpy(a, x, y) },
+            Simd::Portable => portable::axpy(a, x, y),
+        }
+    }
+
+    /// The eight dot products of `q` with `rows[j][..q.len()]` (each row at least as long
+    /// as `q`; a shorter one panics).
+    #[inline]
+    pub fn dot8(self, q: &[f32], rows: [&[f32]; 8]) -> [f32; 8] {
+        let rows = rows.map(|r| &r[..q.len()]);
+        match self {
+            // SAFETY: as in `dot`; every row holds `q.len()` elements (sliced above).
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { avx2::dot8(q, rows) },
+            Simd::Portable => rows.map(|r| portable::dot(q, r)),
+        }
+    }
+
+    /// Replaces every `s[i]` by `exp(s[i] - max)` and returns their sum (the numerator and
+    /// denominator of a softmax whose maximum is `max`).
+    #[inline]
+    pub fn exp_shifted(self, s: &mut [f32], max: f32) -> f32 {
+        match self {
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { avx2::exp_shifted(s, max) },
+            Simd::Portable => {
+                let mut sum = 0f32;
+                for v in s.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                sum
+            },
+        }
+    }
+
+    /// `out = sum over t of w[t] * row(t)[..out.len()]`, overwriting `out`; each row at least
+    /// `out.len()` long (a shorter one panics). The accumulators stay in registers across
+    /// the rows, so `out` is written once.
+    #[inline]
+    pub fn weighted_sum<'a>(self, w: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+        match self {
+            // SAFETY: as in `dot`; the rows are sliced to `out.len()` before any pointer use.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { avx2::weighted_sum(w, row, out) },
+            Simd::Portable => {
+                out.fill(0.0);
+                for (t, &wt) in w.iter().enumerate() {
+                    portable::axpy(wt, &row(t)[..out.len()], out);
+                }
+            },
+        }
+    }
+}
+
+mod portable {
+    /// Eight interleaved partial sums (one vector register where the target has one).
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0f32; 8];
+        for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += ca[i] * cb[i];
+            }
+        }
+        let mut tail = 0f32;
+        for (x, y) in a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()) {
+            tail += x * y;
+        }
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    }
+
+    pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += a * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The sum of a register's eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 =
+                _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                yp,
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+            );
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
+    }
+
+    /// Eight dot products, then one transposing reduction of the eight accumulators (three
+    /// rounds of horizontal adds) instead of eight separate ones.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot8(q: &[f32], rows: [&[f32]; 8]) -> [f32; 8] {
+        let n = q.len();
+        let p = rows.map(|r| r.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 8 <= n {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+            for j in 0..8 {
+                acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(p[j].add(i)), acc[j]);
+            }
+            i += 8;
+        }
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        // Lane j of each 128-bit half: row j's partial sum over that half of the lanes.
+        let h0123 = _mm256_hadd_ps(h01, h23);
+        let h4567 = _mm256_hadd_ps(h45, h67);
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(h0123, h4567),
+            _mm256_permute2f128_ps::<0x31>(h0123, h4567),
+        );
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), sums);
+        while i < n {
+            for (o, r) in out.iter_mut().zip(&rows) {
+                *o += q[i] * r[i];
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// `exp` of eight lanes: `x = n ln2 + r` with `|r| <= ln2 / 2`, `e^r` by its degree-7
+    /// Taylor polynomial (error below 3e-8 relative), `2^n` built in the exponent bits.
+    /// Inputs are clamped to the range where the result is a normal f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // ln 2 in two parts, the first exact in 9 bits, so `n * LN2_HI` is exact.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+        let n = s.len();
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let p = s.as_mut_ptr().add(i);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), m));
+            _mm256_storeu_ps(p, e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        if i < n {
+            // The tail through the same polynomial, in a padded register.
+            let mut buf = [max; 8];
+            buf[..n - i].copy_from_slice(&s[i..]);
+            let mut e = [0f32; 8];
+            _mm256_storeu_ps(e.as_mut_ptr(), exp8(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), m)));
+            for (d, v) in s[i..].iter_mut().zip(e) {
+                *d = v;
+                sum += v;
+            }
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum<'a>(
+        w: &[f32],
+        row: impl Fn(usize) -> &'a [f32],
+        out: &mut [f32],
+    ) {
+        let d = out.len();
+        let mut c = 0;
+        // 64 columns at a time: eight accumulators, held in registers over all the rows.
+        while c + 64 <= d {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (t, &wt) in w.iter().enumerate() {
+                let r = &row(t)[c..c + 64];
+                let wv = _mm256_set1_ps(wt);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.as_ptr().add(8 * j)), *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * j), *a);
+            }
+            c += 64;
+        }
+        while c + 8 <= d {
+            let mut acc = _mm256_setzero_ps();
+            for (t, &wt) in w.iter().enumerate() {
+                let r = &row(t)[c..c + 8];
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(r.as_ptr()), acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
+            c += 8;
+        }
+        if c < d {
+            out[c..].fill(0.0);
+            for (t, &wt) in w.iter().enumerate() {
+                for (o, x) in out[c..].iter_mut().zip(&row(t)[c..d]) {
+                    *o += wt * x;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels() -> Vec<Simd> {
+        let mut l = vec![Simd::Portable];
+        if Simd::detect() != Simd::Portable {
+            l.push(Simd::detect());
+        }
+        l
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    fn close(a: f32, b: f64, tol: f64) -> bool {
+        (a as f64 - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn every_primitive_matches_f64_at_every_length() {
+        for s in levels() {
+            for n in [0, 1, 7, 8, 9, 16, 63, 64, 65, 128, 131] {
+                let (a, b) = (data(n, 1), data(n, 2));
+                let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                assert!(close(s.dot(&a, &b), exact, 1e-5), "{s:?} dot n={n}");
+
+                let rows: Vec<Vec<f32>> = (0..8).map(|j| data(n + 3, 10 + j)).collect();
+                let got = s.dot8(&a, std::array::from_fn(|j| rows[j].as_slice()));
+                for (j, g) in got.iter().enumerate() {
+                    let e: f64 = a.iter().zip(&rows[j]).map(|(x, y)| *x as f64 * *y as f64).sum();
+                    assert!(close(*g, e, 1e-5), "{s:?} dot8 n={n} row {j}: {g} vs {e}");
+                }
+
+                let mut y = b.clone();
+                s.axpy(0.5, &a, &mut y);
+                for i in 0..n {
+                    assert!(close(y[i], b[i] as f64 + 0.5 * a[i] as f64, 1e-6), "{s:?} axpy");
+                }
+
+                let mut e: Vec<f32> = data(n, 3).iter().map(|v| v * 40.0).collect();
+                let inputs = e.clone();
+                let max = inputs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum = s.exp_shifted(&mut e, max);
+                let mut want_sum = 0f64;
+                for (got, x) in e.iter().zip(&inputs) {
+                    let want = ((*x - max) as f64).exp();
+                    want_sum += want;
+                    assert!(close(*got, want, 1e-6), "{s:?} exp({}) = {got}", x - max);
+                }
+                assert!(close(sum, want_sum, 1e-5), "{s:?} exp sum n={n}");
+
+                for d in [1, 8, 13, 64, 72, 128] {
+                    let rows: Vec<Vec<f32>> = (0..n).map(|t| data(d, 100 + t as u32)).collect();
+                    let mut out = vec![f32::NAN; d];
+                    s.weighted_sum(&a, |t| rows[t].as_slice(), &mut out);
+                    for (c, o) in out.iter().enumerate() {
+                        let want: f64 = (0..n).map(|t| a[t] as f64 * rows[t][c] as f64).sum();
+                        assert!(close(*o, want, 1e-5), "{s:?} weighted_sum n={n} d={d}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_exponential_covers_the_softmax_range() {
+        for s in levels() {
+            let mut v: Vec<f32> = (0..=200).map(|i| -100.0 + i as f32 * 0.5).collect();
+            let x = v.clone();
+            s.exp_shifted(&mut v, 0.0);
+            for (got, x) in v.iter().zip(&x) {
+                assert!(got.is_finite() && *got >= 0.0, "{s:?} exp({x}) = {got}");
+                if *x >= -80.0 {
+                    assert!(close(*got, (*x as f64).exp(), 1e-6), "{s:?} exp({x}) = {got}");
+                } else {
+                    assert!(*got < 1e-34, "{s:?} exp({x}) = {got}");
+                }
+            }
+        }
+    }
+}
