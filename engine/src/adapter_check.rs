@@ -261,12 +261,8 @@ pub(crate) fn read_adapter(
         }
         weights.push(layer);
     }
-    let target_modules = config
-        .targets
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| t)
-        .fold(0u8, |bits, (i, _)| bits | 1 << i);
+    let target_modules =
+        Projection::bits(Projection::ALL.into_iter().filter(|p| config.targets[p.index()]));
     Ok(CheckedAdapter {
         summary: AdapterSummary {
             rank: r as u32,

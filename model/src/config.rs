@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use openledger_primitives::market::target;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -262,15 +263,18 @@ impl Projection {
 
     /// PEFT's module name (`q_proj`, ...).
     pub fn module_name(self) -> &'static str {
-        match self {
-            Projection::Q => "q_proj",
-            Projection::K => "k_proj",
-            Projection::V => "v_proj",
-            Projection::O => "o_proj",
-            Projection::Gate => "gate_proj",
-            Projection::Up => "up_proj",
-            Projection::Down => "down_proj",
-        }
+        target::MODULE_NAMES[self.index()]
+    }
+
+    /// This projection's bit in an adapter's `target_modules` byte (the chain's encoding,
+    /// [`openledger_primitives::market::target`]).
+    pub fn bit(self) -> u8 {
+        1 << self.index()
+    }
+
+    /// The `target_modules` byte of a set of projections.
+    pub fn bits(projections: impl IntoIterator<Item = Projection>) -> u8 {
+        projections.into_iter().fold(0, |bits, p| bits | p.bit())
     }
 
     /// Module path inside a Hugging Face layer (`self_attn.q_proj`, `mlp.up_proj`).
@@ -301,13 +305,26 @@ impl Projection {
 
     /// Parses a PEFT target module name.
     pub fn from_module_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.module_name() == name)
+        let bit = target::bit_of(name)?;
+        Self::ALL.into_iter().find(|p| p.bit() == bit)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projection_bits_are_the_chains() {
+        let chain =
+            [target::Q, target::K, target::V, target::O, target::GATE, target::UP, target::DOWN];
+        for (p, bit) in Projection::ALL.into_iter().zip(chain) {
+            assert_eq!(p.bit(), bit, "{p:?}");
+            assert_eq!(Projection::from_module_name(p.module_name()), Some(p));
+        }
+        assert_eq!(Projection::bits(Projection::ALL), target::ALL);
+        assert_eq!(Projection::from_module_name("lm_head"), None);
+    }
 
     fn parse(extra: serde_json::Value) -> Result<ModelConfig> {
         let mut cfg = serde_json::json!({
