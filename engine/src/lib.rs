@@ -18,6 +18,7 @@ mod adapter_check;
 mod adapters;
 mod attention;
 mod device;
+mod engine;
 mod error;
 mod gguf;
 mod kv_cache;
@@ -36,15 +37,12 @@ pub use adapter_check::{
 };
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use device::device;
+pub use engine::{Engine, EngineConfig, EngineStatus, GenerationRequest, ModelSource, StepReport};
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::Model;
 pub use openledger_model::{load_tokenizer, ModelConfig, Projection, RopeStyle};
 pub use sampling::SamplingParams;
-pub use scheduler::{
-    Engine, EngineConfig, EngineStatus, FinishReason, GenerationRequest, ModelSource, RequestId,
-    StepReport, StreamEvent,
-};
-pub use sequence::Detokenizer;
+pub use sequence::{Detokenizer, FinishReason, RequestId, StreamEvent};
 pub use step::{SeqChunk, GPU_DTYPE};
 pub use synthetic::write_random_adapter;

@@ -1,6 +1,6 @@
-//! Continuous batching: requests join and leave at every step. Each step takes every running
-//! sequence's decode token plus prefill chunks up to a token budget, runs them as one batch,
-//! samples, and streams tokens to each caller through its channel.
+//! Continuous batching: which requests run and what each step computes. Requests join and
+//! leave at every step. Each step takes every running sequence's decode token plus prefill
+//! chunks up to a token budget.
 //!
 //! Prefills are served shortest remaining first: a short prompt that arrives while a long one
 //! is being prefilled is prefilled whole in the next step, so one long prompt never holds
@@ -11,306 +11,61 @@
 //!
 //! Admission reserves a sequence's worst-case KV blocks (prompt + max_tokens) up front, so a
 //! running sequence can never run out; a request that does not fit waits in the queue.
-//!
-//! A request leaves early in two ways, both giving back its KV blocks and adapter pin at
-//! once: [`Engine::cancel`] (its caller went away), or a forward pass that fails, which fails
-//! the sequences of that step (each gets [`StreamEvent::Failed`]) and leaves the others
-//! running.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
-use candle_core::Device;
-use tokenizers::Tokenizer;
-
-use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
+use crate::adapter_cache::AdapterCache;
 use crate::error::{EngineError, Result};
-use crate::gguf;
-use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
-use crate::model::Model;
+use crate::kv_cache::{BlockTable, KvCache};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::sequence::{Limits, Sequence};
-use crate::step::SeqChunk;
+use crate::sequence::{RequestId, Sequence, StreamEvent};
 
-/// Sizes and budgets of an engine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EngineConfig {
-    pub kv_cache: KvCacheConfig,
-    pub adapters: AdapterCacheConfig,
-    /// Token rows per step, prefill and decode together.
-    pub max_batch_tokens: usize,
-    /// Prompt tokens one sequence may prefill per step (0: up to `max_batch_tokens`). A
-    /// smaller chunk shortens the steps a long prompt takes part in, so the sequences that
-    /// decode beside it stream faster, at some cost to the long prompt's own prefill rate.
-    pub max_prefill_chunk: usize,
-    /// Sequences running at once.
-    pub max_running: usize,
-    /// Threads of the engine's compute pool (0: one per CPU).
-    pub threads: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            kv_cache: KvCacheConfig::default(),
-            adapters: AdapterCacheConfig::default(),
-            max_batch_tokens: 512,
-            max_prefill_chunk: 0,
-            max_running: 64,
-            threads: 0,
-        }
-    }
-}
-
-/// Where the base model comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A directory with `config.json`, `*.safetensors` and `tokenizer.json`.
-    HuggingFace(PathBuf),
-    /// A GGUF file (quantized weights; tokenizer from its metadata).
-    Gguf(PathBuf),
-}
-
-/// What a caller asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GenerationRequest {
-    pub prompt: String,
-    /// A registered adapter, or `None` for the base model.
+/// A request waiting for admission.
+pub(crate) struct Pending {
+    pub id: RequestId,
+    pub tokens: Vec<u32>,
     pub adapter: Option<String>,
     pub params: SamplingParams,
-}
-
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token.
-    Eos,
-    /// A stop string.
-    Stop,
-    /// `max_tokens`, or the model's context length.
-    Length,
-}
-
-/// What the engine streams back for a request.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StreamEvent {
-    /// A generated token and the text it completes (may be empty while a multi-byte
-    /// character or a possible stop string is pending).
-    Token { id: u32, text: String },
-    /// The request is done; no more events follow.
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
-    /// The request failed; no more events follow.
-    Failed(String),
-}
-
-/// Identifies a submitted request.
-pub type RequestId = u64;
-
-struct Pending {
-    id: RequestId,
-    tokens: Vec<u32>,
-    adapter: Option<String>,
-    params: SamplingParams,
-    tx: Sender<StreamEvent>,
+    pub tx: Sender<StreamEvent>,
 }
 
 /// The chunks of one step, as `(index in running, tokens)` in running order.
-struct StepPlan {
-    chunks: Vec<(usize, usize)>,
-    /// Partial prefill chunks were left out of this step.
-    held_back: bool,
+pub(crate) struct StepPlan {
+    pub chunks: Vec<(usize, usize)>,
 }
 
-/// What one step did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StepReport {
-    pub sequences: usize,
-    pub tokens: usize,
-    pub finished: usize,
-    pub waiting: usize,
-}
-
-/// What the engine holds now: requests, KV blocks, adapter pins and steps run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStatus {
-    /// Requests queued for admission.
-    pub waiting: usize,
-    /// Sequences admitted and not yet finished.
+/// The budgets the scheduler keeps to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budgets {
+    /// Token rows per step.
+    pub batch_tokens: usize,
+    /// Prompt tokens one sequence may prefill per step (0: up to `batch_tokens`).
+    pub prefill_chunk: usize,
+    /// Sequences running at once.
     pub running: usize,
-    /// KV cache blocks no sequence holds.
-    pub kv_free_blocks: usize,
-    /// KV cache blocks in all.
-    pub kv_blocks: usize,
-    /// Adapter pins held by running sequences (one per sequence with an adapter).
-    pub adapter_pins: usize,
-    /// Forward passes run so far, failed ones included.
-    pub steps: u64,
+    /// The model's context length (the longest a sequence may grow).
+    pub max_position: usize,
 }
 
-/// The engine: base model, tokenizer, adapter cache, KV cache and scheduler.
-pub struct Engine {
-    model: Model,
-    tokenizer: Tokenizer,
-    config: EngineConfig,
-    cache: KvCache,
-    adapters: AdapterCache,
-    waiting: VecDeque<Pending>,
-    running: Vec<Sequence>,
-    next_id: RequestId,
-    /// Forward passes run so far.
-    steps: u64,
-    /// The last step left out partial prefill chunks (see [`Engine::plan`]).
+/// The queue and the running batch.
+pub(crate) struct Scheduler {
+    budgets: Budgets,
+    pub waiting: VecDeque<Pending>,
+    pub running: Vec<Sequence>,
+    /// The last step left out partial prefill chunks (see [`Scheduler::plan`]).
     held_back_partials: bool,
-    /// Fail the next forward pass (fault injection for tests: [`Engine::fail_next_step`]).
-    fail_next_step: bool,
-    /// Every step runs inside this pool, so the calling thread is one of its workers and the
-    /// many short parallel loops of a step cost no thread hand-offs.
-    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
-impl Engine {
-    /// An engine over an already loaded model and tokenizer; the KV cache and the adapters'
-    /// compute tier are made where the model runs (host memory, or its GPU).
-    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
-        let pool = compute_pool(config.threads);
-        let cache = KvCache::for_model(config.kv_cache, &model)?;
-        let adapters = AdapterCache::new(config.adapters, model.config(), model.device());
-        Ok(Self {
-            model,
-            tokenizer,
-            config,
-            cache,
-            adapters,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            next_id: 0,
-            steps: 0,
-            held_back_partials: false,
-            fail_next_step: false,
-            pool,
-        })
+impl Scheduler {
+    pub fn new(budgets: Budgets) -> Self {
+        Self { budgets, waiting: VecDeque::new(), running: Vec::new(), held_back_partials: false }
     }
 
-    /// Loads the base model and its tokenizer.
-    pub fn load(source: &ModelSource, config: EngineConfig, device: &Device) -> Result<Self> {
-        let (model, tokenizer) = match source {
-            ModelSource::HuggingFace(dir) => {
-                let model = Model::load_hf(dir, device)?;
-                (model, openledger_model::load_tokenizer(&dir.join("tokenizer.json"))?)
-            },
-            ModelSource::Gguf(path) => {
-                // Read on the host (candle's block formats), dequantized for a GPU.
-                let g = gguf::load(path, &Device::Cpu)?;
-                (Model::from_host_weights(g.config, g.weights, device)?, g.tokenizer)
-            },
-        };
-        Self::new(model, tokenizer, config)
-    }
-
-    /// The base model.
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    /// The adapter cache (tiers, residency).
-    pub fn adapters(&self) -> &AdapterCache {
-        &self.adapters
-    }
-
-    /// Waits until the adapters queued requests need have been read from disk, so that the
-    /// next step admits by slots and KV blocks alone (tests and benchmarks that must not
-    /// depend on how fast a background read is; a server never needs this).
-    pub fn wait_for_adapter_loads(&mut self) {
-        self.adapters.wait_for_prefetches();
-    }
-
-    /// Registers a PEFT adapter directory under `name` (validated now).
-    pub fn register_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
-        self.adapters.register(name, dir)
-    }
-
-    /// Queues a request; its tokens arrive on the returned channel as steps run.
-    pub fn submit(&mut self, req: GenerationRequest) -> Result<(RequestId, Receiver<StreamEvent>)> {
-        let tokens = self.tokenize(&req.prompt)?;
-        self.submit_tokens(tokens, req.adapter, req.params)
-    }
-
-    /// The prompt's token ids, as [`Self::submit`] queues them.
-    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
-        // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
-        // model expects it (Llama 2/3); byte-level chat models add nothing.
-        let enc = self
-            .tokenizer
-            .encode(prompt, true)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// Queues a prompt given as token ids (as OpenAI's completions API allows).
-    pub fn submit_tokens(
-        &mut self,
-        tokens: Vec<u32>,
-        adapter: Option<String>,
-        params: SamplingParams,
-    ) -> Result<(RequestId, Receiver<StreamEvent>)> {
-        let id = self.next_id;
-        self.next_id += 1;
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt { request: id });
-        }
-        let vocab = self.model.config().vocab_size;
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::TokenOutOfVocabulary { request: id, token, vocab });
-        }
-        params.check().map_err(|message| EngineError::InvalidSampling { request: id, message })?;
-        if let Some(name) = &adapter {
-            if !self.adapters.contains(name) {
-                return Err(EngineError::UnknownAdapter(name.clone()));
-            }
-        }
-        let context = self.model.config().max_position;
-        if tokens.len() >= context {
-            return Err(EngineError::PromptTooLong {
-                request: id,
-                prompt_tokens: tokens.len(),
-                context,
-            });
-        }
-        let blocks = self.cache.blocks_for(self.worst_case_len(tokens.len(), &params));
-        let capacity = self.cache.config().num_blocks;
-        if blocks > capacity {
-            return Err(EngineError::ExceedsKvCache {
-                request: id,
-                prompt_tokens: tokens.len(),
-                max_tokens: params.max_tokens,
-                blocks,
-                capacity,
-            });
-        }
-        let req = GenerationRequest { prompt: String::new(), adapter, params };
-        if let Some(name) = &req.adapter {
-            self.adapters.prefetch(name);
-        }
-        let (tx, rx) = channel();
-        self.waiting.push_back(Pending {
-            id,
-            tokens,
-            adapter: req.adapter,
-            params: req.params,
-            tx,
-        });
-        Ok((id, rx))
-    }
-
-    fn worst_case_len(&self, prompt: usize, params: &SamplingParams) -> usize {
-        (prompt + params.max_tokens).min(self.model.config().max_position)
+    /// Positions a request may come to fill: its prompt and every token it may generate,
+    /// within the model's context.
+    pub fn worst_case_len(&self, prompt: usize, params: &SamplingParams) -> usize {
+        (prompt + params.max_tokens).min(self.budgets.max_position)
     }
 
     /// Whether nothing is queued or running.
@@ -318,124 +73,79 @@ impl Engine {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Requests, KV blocks and adapter pins held now, and steps run so far.
-    pub fn status(&self) -> EngineStatus {
-        EngineStatus {
-            waiting: self.waiting.len(),
-            running: self.running.len(),
-            kv_free_blocks: self.cache.free_blocks(),
-            kv_blocks: self.cache.config().num_blocks,
-            adapter_pins: self.adapters.pins(),
-            steps: self.steps,
-        }
-    }
-
-    /// Stops request `id` whether queued or running: it leaves the engine at once with its KV
-    /// blocks and adapter pin given back, nothing more is computed for it, and its channel
-    /// closes without a final event. False when no such request is queued or running (it
-    /// finished already, or was never submitted).
-    pub fn cancel(&mut self, id: RequestId) -> bool {
-        if let Some(i) = self.waiting.iter().position(|p| p.id == id) {
-            self.waiting.remove(i);
-            tracing::debug!(request = id, "cancelled while queued");
-            return true;
-        }
-        if let Some(i) = self.running.iter().position(|s| s.id == id) {
-            let mut s = self.running.remove(i);
-            self.release(&mut s);
-            tracing::debug!(request = id, generated = s.generated().len(), "cancelled");
-            return true;
-        }
-        false
-    }
-
-    /// Makes the next forward pass fail as a backend error would (fault injection, for
-    /// tests of the failure path).
-    #[doc(hidden)]
-    pub fn fail_next_step(&mut self) {
-        self.fail_next_step = true;
-    }
-
-    /// Gives back a sequence's KV blocks and adapter pin.
-    fn release(&mut self, s: &mut Sequence) {
-        self.cache.release(&mut s.table);
+    /// Removes running sequence `i`, its KV blocks and adapter pin given back.
+    pub fn remove(
+        &mut self,
+        i: usize,
+        cache: &mut KvCache,
+        adapters: &mut AdapterCache,
+    ) -> Sequence {
+        let mut s = self.running.remove(i);
+        cache.release(&mut s.table);
         if let Some((_, slot)) = s.adapter.take() {
-            self.adapters.release(slot);
+            adapters.release(slot);
         }
+        s
     }
 
-    /// Runs steps until every request has finished.
-    pub fn run_until_idle(&mut self) -> Result<()> {
-        while !self.is_idle() {
-            self.step()?;
+    /// Moves queued requests to running while sequences, KV blocks and adapter slots allow.
+    pub fn admit(&mut self, cache: &mut KvCache, adapters: &mut AdapterCache) -> Result<()> {
+        while self.running.len() < self.budgets.running {
+            let Some(p) = self.waiting.front() else { break };
+            let worst = self.worst_case_len(p.tokens.len(), &p.params);
+            if cache.blocks_for(worst) > cache.free_blocks() {
+                break;
+            }
+            // A cold adapter still loading: keep stepping the running batch meanwhile (with
+            // nothing running, admission waits for it in `acquire`).
+            if let Some(name) = &p.adapter {
+                if !self.running.is_empty() && adapters.is_loading(name) {
+                    break;
+                }
+            }
+            let adapter = match &p.adapter {
+                None => None,
+                Some(name) => match adapters.acquire(name) {
+                    Ok(slot) => Some((name.clone(), slot)),
+                    Err(EngineError::AdapterSlotsFull { .. }) => break,
+                    Err(e) => {
+                        if let Some(p) = self.waiting.pop_front() {
+                            let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                        }
+                        continue;
+                    },
+                },
+            };
+            let Some(p) = self.waiting.pop_front() else { break };
+            let mut table = BlockTable::default();
+            if let Err(e) = cache.reserve(&mut table, worst) {
+                if let Some((_, slot)) = adapter {
+                    adapters.release(slot);
+                }
+                let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
+                return Err(e);
+            }
+            tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
+            self.running.push(Sequence::new(
+                p.id,
+                p.tokens,
+                table,
+                adapter,
+                Sampler::new(p.params),
+                p.tx,
+            ));
         }
         Ok(())
     }
 
-    /// Admits what fits, runs one batched forward pass, samples and streams.
-    ///
-    /// When the forward pass fails, the sequences of this step are failed (each gets
-    /// [`StreamEvent::Failed`] with the error) and removed with their KV blocks and adapter
-    /// pins given back, and the error is returned; the sequences that were not in the step
-    /// and the queue are untouched, and the engine can step again.
-    pub fn step(&mut self) -> Result<StepReport> {
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| self.step_in_pool()),
-            None => self.step_in_pool(),
-        }
-    }
-
-    fn step_in_pool(&mut self) -> Result<StepReport> {
-        self.admit()?;
-        let plan = self.plan();
-        self.held_back_partials = plan.held_back;
-        let plan = plan.chunks;
-        let tokens = plan.iter().map(|&(_, n)| n).sum();
-        let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
-        if !plan.is_empty() {
-            self.steps += 1;
-            let ran = if std::mem::take(&mut self.fail_next_step) {
-                Err(EngineError::Backend("injected failure of this step".into()))
-            } else {
-                self.run_plan(&plan)
-            };
-            if let Err(e) = ran {
-                self.fail_plan(&plan, &e);
-                return Err(e);
-            }
-        }
-        let config = self.model.config();
-        let eos = config.eos_token_ids.clone();
-        let limits = Limits { eos: &eos, max_position: config.max_position };
-        let mut i = 0;
-        while i < self.running.len() {
-            match self.running[i].emit(&self.tokenizer, &limits) {
-                Some(reason) => {
-                    let mut s = self.running.remove(i);
-                    self.release(&mut s);
-                    let _ = s.tx.send(StreamEvent::Finished {
-                        reason,
-                        prompt_tokens: s.prompt_len,
-                        completion_tokens: s.tokens.len() - s.prompt_len,
-                    });
-                    tracing::debug!(request = s.id, ?reason, "finished");
-                    report.finished += 1;
-                },
-                None => i += 1,
-            }
-        }
-        report.waiting = self.waiting.len();
-        Ok(report)
-    }
-
     /// This step's chunks. Every decoding sequence gets its token first; then prefills
     /// shortest remaining first (ties: the earlier admitted), each at most
-    /// `max_prefill_chunk` tokens, within the step's budget. When some prefill completes in
+    /// `prefill_chunk` tokens, within the step's budget. When some prefill completes in
     /// this step, the partial chunks of longer prompts are held back for one step, unless
     /// they were held back in the last one.
-    fn plan(&self) -> StepPlan {
-        let budget = self.config.max_batch_tokens.max(1);
-        let chunk = match self.config.max_prefill_chunk {
+    pub fn plan(&mut self) -> StepPlan {
+        let budget = self.budgets.batch_tokens.max(1);
+        let chunk = match self.budgets.prefill_chunk {
             0 => budget,
             n => n,
         };
@@ -474,119 +184,8 @@ impl Engine {
         if !held_back {
             chunks.extend(partial);
         }
+        self.held_back_partials = held_back;
         chunks.sort_unstable();
-        StepPlan { chunks, held_back }
+        StepPlan { chunks }
     }
-
-    /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
-    fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
-        let chunks: Vec<SeqChunk<'_>> =
-            plan.iter().map(|&(i, n)| self.running[i].chunk(n)).collect();
-        let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
-        drop(chunks);
-        // On a GPU, when every row is greedy, only each row's argmax crosses to the host
-        // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
-        let greedy_on_device = !logits.device().is_cpu()
-            && plan.iter().all(|&(i, _)| self.running[i].sampler.is_greedy());
-        let (rows, picks) = if greedy_on_device {
-            (Vec::new(), logits.argmax(1)?.to_vec1::<u32>()?)
-        } else {
-            (logits.to_vec2::<f32>()?, Vec::new())
-        };
-        if rows.len().max(picks.len()) != plan.len() {
-            return Err(EngineError::Backend(format!(
-                "the model returned {} logits rows for {} chunks",
-                rows.len().max(picks.len()),
-                plan.len()
-            )));
-        }
-        for (k, &(i, n)) in plan.iter().enumerate() {
-            let s = &mut self.running[i];
-            s.processed += n;
-            s.table.len = s.processed;
-            if s.processed == s.tokens.len() {
-                let t = match (rows.get(k), picks.get(k)) {
-                    (Some(row), _) => s.sampler.sample(row),
-                    (None, Some(&t)) => t,
-                    (None, None) => continue,
-                };
-                s.tokens.push(t);
-            }
-        }
-        Ok(())
-    }
-
-    /// Fails and removes the sequences of a step whose forward pass failed.
-    fn fail_plan(&mut self, plan: &[(usize, usize)], error: &EngineError) {
-        let message = format!("the engine step failed: {error}");
-        // Highest index first, so the lower indices stay valid.
-        for &(i, _) in plan.iter().rev() {
-            let mut s = self.running.remove(i);
-            self.release(&mut s);
-            let _ = s.tx.send(StreamEvent::Failed(message.clone()));
-            tracing::warn!(request = s.id, %error, "request failed with its step");
-        }
-    }
-
-    /// Moves queued requests to running while sequences, KV blocks and adapter slots allow.
-    fn admit(&mut self) -> Result<()> {
-        while self.running.len() < self.config.max_running {
-            let Some(p) = self.waiting.front() else { break };
-            let worst = self.worst_case_len(p.tokens.len(), &p.params);
-            if self.cache.blocks_for(worst) > self.cache.free_blocks() {
-                break;
-            }
-            // A cold adapter still loading: keep stepping the running batch meanwhile (with
-            // nothing running, admission waits for it in `acquire`).
-            if let Some(name) = &p.adapter {
-                if !self.running.is_empty() && self.adapters.is_loading(name) {
-                    break;
-                }
-            }
-            let adapter = match &p.adapter {
-                None => None,
-                Some(name) => match self.adapters.acquire(name) {
-                    Ok(slot) => Some((name.clone(), slot)),
-                    Err(EngineError::AdapterSlotsFull { .. }) => break,
-                    Err(e) => {
-                        if let Some(p) = self.waiting.pop_front() {
-                            let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
-                        }
-                        continue;
-                    },
-                },
-            };
-            let Some(p) = self.waiting.pop_front() else { break };
-            let mut table = BlockTable::default();
-            if let Err(e) = self.cache.reserve(&mut table, worst) {
-                if let Some((_, slot)) = adapter {
-                    self.adapters.release(slot);
-                }
-                let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
-                return Err(e);
-            }
-            tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
-            self.running.push(Sequence::new(
-                p.id,
-                p.tokens,
-                table,
-                adapter,
-                Sampler::new(p.params),
-                p.tx,
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A pool of `threads` workers (0: one per CPU); `None` (steps then use rayon's global pool)
-/// if the OS refuses the threads.
-fn compute_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("engine-{i}"))
-        .build()
-        .map_err(|e| tracing::warn!(error = %e, "no thread pool for the engine; using rayon's"))
-        .ok()
-        .map(Arc::new)
 }

@@ -11,7 +11,6 @@ use tokenizers::Tokenizer;
 
 use crate::kv_cache::BlockTable;
 use crate::sampling::Sampler;
-use crate::scheduler::{FinishReason, RequestId, StreamEvent};
 use crate::step::SeqChunk;
 
 /// Turns generated token ids into text a piece at a time, with two offsets into the tokens:
@@ -55,6 +54,32 @@ impl Detokenizer {
         new.to_string()
     }
 }
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop string.
+    Stop,
+    /// `max_tokens`, or the model's context length.
+    Length,
+}
+
+/// What the engine streams back for a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// A generated token and the text it completes (may be empty while a multi-byte
+    /// character or a possible stop string is pending).
+    Token { id: u32, text: String },
+    /// The request is done; no more events follow.
+    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The request failed; no more events follow.
+    Failed(String),
+}
+
+/// Identifies a submitted request.
+pub type RequestId = u64;
 
 /// A running request.
 pub(crate) struct Sequence {

@@ -178,3 +178,31 @@ fn tensor_path_from_gguf_matches_the_f32_reference() {
         assert!(err < 1e-4 * scale, "max error {err} at logit scale {scale}");
     }
 }
+
+/// The incremental detokenizer against the model's own byte-level tokenizer: pieces fed one
+/// token at a time join to the decode of all the tokens, and no piece carries the U+FFFD of
+/// a character split between tokens.
+#[test]
+fn streamed_pieces_join_to_the_whole_decode() {
+    let Some(path) = model_path() else { return };
+    let engine =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let tok = engine.tokenizer();
+    for text in [
+        "Grüße aus Köln, 你好世界 🙂🚀 — ça va? naïve café",
+        "plain ascii words only",
+        "日本語のテキスト",
+    ] {
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        let mut d = openledger_engine::Detokenizer::default();
+        let mut joined = String::new();
+        for n in 1..=ids.len() {
+            let piece = d.next(tok, &ids[..n]);
+            assert!(!piece.contains('\u{FFFD}'), "piece {piece:?} after {n} tokens of {text:?}");
+            joined.push_str(&piece);
+        }
+        joined.push_str(&d.flush(tok, &ids));
+        assert_eq!(joined, tok.decode(&ids, true).unwrap());
+        assert_eq!(joined, text);
+    }
+}

@@ -1,0 +1,424 @@
+//! The engine's façade: load a model, register adapters, submit requests, step. Each step
+//! admits what fits and plans the batch ([`crate::scheduler`]), runs one forward pass
+//! ([`crate::model`]), samples, and streams each sequence's tokens and text to its caller
+//! through its channel ([`crate::sequence`]).
+//!
+//! A request leaves early in two ways, both giving back its KV blocks and adapter pin at
+//! once: [`Engine::cancel`] (its caller went away), or a forward pass that fails, which fails
+//! the sequences of that step (each gets [`StreamEvent::Failed`]) and leaves the others
+//! running.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+
+use candle_core::Device;
+use tokenizers::Tokenizer;
+
+use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
+use crate::error::{EngineError, Result};
+use crate::gguf;
+use crate::kv_cache::{KvCache, KvCacheConfig};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Budgets, Pending, Scheduler};
+use crate::sequence::{Limits, RequestId, StreamEvent};
+use crate::step::SeqChunk;
+
+/// Sizes and budgets of an engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub kv_cache: KvCacheConfig,
+    pub adapters: AdapterCacheConfig,
+    /// Token rows per step, prefill and decode together.
+    pub max_batch_tokens: usize,
+    /// Prompt tokens one sequence may prefill per step (0: up to `max_batch_tokens`). A
+    /// smaller chunk shortens the steps a long prompt takes part in, so the sequences that
+    /// decode beside it stream faster, at some cost to the long prompt's own prefill rate.
+    pub max_prefill_chunk: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+    /// Threads of the engine's compute pool (0: one per CPU).
+    pub threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kv_cache: KvCacheConfig::default(),
+            adapters: AdapterCacheConfig::default(),
+            max_batch_tokens: 512,
+            max_prefill_chunk: 0,
+            max_running: 64,
+            threads: 0,
+        }
+    }
+}
+
+/// Where the base model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory with `config.json`, `*.safetensors` and `tokenizer.json`.
+    HuggingFace(PathBuf),
+    /// A GGUF file (quantized weights; tokenizer from its metadata).
+    Gguf(PathBuf),
+}
+
+/// What a caller asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt: String,
+    /// A registered adapter, or `None` for the base model.
+    pub adapter: Option<String>,
+    pub params: SamplingParams,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub finished: usize,
+    pub waiting: usize,
+}
+
+/// What the engine holds now: requests, KV blocks, adapter pins and steps run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Requests queued for admission.
+    pub waiting: usize,
+    /// Sequences admitted and not yet finished.
+    pub running: usize,
+    /// KV cache blocks no sequence holds.
+    pub kv_free_blocks: usize,
+    /// KV cache blocks in all.
+    pub kv_blocks: usize,
+    /// Adapter pins held by running sequences (one per sequence with an adapter).
+    pub adapter_pins: usize,
+    /// Forward passes run so far, failed ones included.
+    pub steps: u64,
+}
+
+/// The engine: base model, tokenizer, adapter cache, KV cache and scheduler.
+pub struct Engine {
+    model: Model,
+    tokenizer: Tokenizer,
+    cache: KvCache,
+    adapters: AdapterCache,
+    scheduler: Scheduler,
+    next_id: RequestId,
+    /// Forward passes run so far.
+    steps: u64,
+    /// Fail the next forward pass (fault injection for tests: [`Engine::fail_next_step`]).
+    fail_next_step: bool,
+    /// Every step runs inside this pool, so the calling thread is one of its workers and the
+    /// many short parallel loops of a step cost no thread hand-offs.
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Engine {
+    /// An engine over an already loaded model and tokenizer; the KV cache and the adapters'
+    /// compute tier are made where the model runs (host memory, or its GPU).
+    pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
+        let pool = compute_pool(config.threads);
+        let cache = KvCache::for_model(config.kv_cache, &model)?;
+        let adapters = AdapterCache::new(config.adapters, model.config(), model.device());
+        let scheduler = Scheduler::new(Budgets {
+            batch_tokens: config.max_batch_tokens,
+            prefill_chunk: config.max_prefill_chunk,
+            running: config.max_running,
+            max_position: model.config().max_position,
+        });
+        Ok(Self {
+            model,
+            tokenizer,
+            cache,
+            adapters,
+            scheduler,
+            next_id: 0,
+            steps: 0,
+            fail_next_step: false,
+            pool,
+        })
+    }
+
+    /// Loads the base model and its tokenizer.
+    pub fn load(source: &ModelSource, config: EngineConfig, device: &Device) -> Result<Self> {
+        let (model, tokenizer) = match source {
+            ModelSource::HuggingFace(dir) => {
+                let model = Model::load_hf(dir, device)?;
+                (model, openledger_model::load_tokenizer(&dir.join("tokenizer.json"))?)
+            },
+            ModelSource::Gguf(path) => {
+                // Read on the host (candle's block formats), dequantized for a GPU.
+                let g = gguf::load(path, &Device::Cpu)?;
+                (Model::from_host_weights(g.config, g.weights, device)?, g.tokenizer)
+            },
+        };
+        Self::new(model, tokenizer, config)
+    }
+
+    /// The base model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The adapter cache (tiers, residency).
+    pub fn adapters(&self) -> &AdapterCache {
+        &self.adapters
+    }
+
+    /// Waits until the adapters queued requests need have been read from disk, so that the
+    /// next step admits by slots and KV blocks alone (tests and benchmarks that must not
+    /// depend on how fast a background read is; a server never needs this).
+    pub fn wait_for_adapter_loads(&mut self) {
+        self.adapters.wait_for_prefetches();
+    }
+
+    /// Registers a PEFT adapter directory under `name` (validated now).
+    pub fn register_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
+        self.adapters.register(name, dir)
+    }
+
+    /// Queues a request; its tokens arrive on the returned channel as steps run.
+    pub fn submit(&mut self, req: GenerationRequest) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        let tokens = self.tokenize(&req.prompt)?;
+        self.submit_tokens(tokens, req.adapter, req.params)
+    }
+
+    /// The prompt's token ids, as [`Self::submit`] queues them.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        // With add_special_tokens, a tokenizer.json's post-processor adds BOS where the
+        // model expects it (Llama 2/3); byte-level chat models add nothing.
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Queues a prompt given as token ids (as OpenAI's completions API allows).
+    pub fn submit_tokens(
+        &mut self,
+        tokens: Vec<u32>,
+        adapter: Option<String>,
+        params: SamplingParams,
+    ) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt { request: id });
+        }
+        let vocab = self.model.config().vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfVocabulary { request: id, token, vocab });
+        }
+        params.check().map_err(|message| EngineError::InvalidSampling { request: id, message })?;
+        if let Some(name) = &adapter {
+            if !self.adapters.contains(name) {
+                return Err(EngineError::UnknownAdapter(name.clone()));
+            }
+        }
+        let context = self.model.config().max_position;
+        if tokens.len() >= context {
+            return Err(EngineError::PromptTooLong {
+                request: id,
+                prompt_tokens: tokens.len(),
+                context,
+            });
+        }
+        let blocks = self.cache.blocks_for(self.scheduler.worst_case_len(tokens.len(), &params));
+        let capacity = self.cache.config().num_blocks;
+        if blocks > capacity {
+            return Err(EngineError::ExceedsKvCache {
+                request: id,
+                prompt_tokens: tokens.len(),
+                max_tokens: params.max_tokens,
+                blocks,
+                capacity,
+            });
+        }
+        let req = GenerationRequest { prompt: String::new(), adapter, params };
+        if let Some(name) = &req.adapter {
+            self.adapters.prefetch(name);
+        }
+        let (tx, rx) = channel();
+        self.scheduler.waiting.push_back(Pending {
+            id,
+            tokens,
+            adapter: req.adapter,
+            params: req.params,
+            tx,
+        });
+        Ok((id, rx))
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.scheduler.is_idle()
+    }
+
+    /// Requests, KV blocks and adapter pins held now, and steps run so far.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            waiting: self.scheduler.waiting.len(),
+            running: self.scheduler.running.len(),
+            kv_free_blocks: self.cache.free_blocks(),
+            kv_blocks: self.cache.config().num_blocks,
+            adapter_pins: self.adapters.pins(),
+            steps: self.steps,
+        }
+    }
+
+    /// Stops request `id` whether queued or running: it leaves the engine at once with its KV
+    /// blocks and adapter pin given back, nothing more is computed for it, and its channel
+    /// closes without a final event. False when no such request is queued or running (it
+    /// finished already, or was never submitted).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if let Some(i) = self.scheduler.waiting.iter().position(|p| p.id == id) {
+            self.scheduler.waiting.remove(i);
+            tracing::debug!(request = id, "cancelled while queued");
+            return true;
+        }
+        if let Some(i) = self.scheduler.running.iter().position(|s| s.id == id) {
+            let s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+            tracing::debug!(request = id, generated = s.generated().len(), "cancelled");
+            return true;
+        }
+        false
+    }
+
+    /// Makes the next forward pass fail as a backend error would (fault injection, for
+    /// tests of the failure path).
+    #[doc(hidden)]
+    pub fn fail_next_step(&mut self) {
+        self.fail_next_step = true;
+    }
+
+    /// Runs steps until every request has finished.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        while !self.is_idle() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Admits what fits, runs one batched forward pass, samples and streams.
+    ///
+    /// When the forward pass fails, the sequences of this step are failed (each gets
+    /// [`StreamEvent::Failed`] with the error) and removed with their KV blocks and adapter
+    /// pins given back, and the error is returned; the sequences that were not in the step
+    /// and the queue are untouched, and the engine can step again.
+    pub fn step(&mut self) -> Result<StepReport> {
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.step_in_pool()),
+            None => self.step_in_pool(),
+        }
+    }
+
+    fn step_in_pool(&mut self) -> Result<StepReport> {
+        self.scheduler.admit(&mut self.cache, &mut self.adapters)?;
+        let plan = self.scheduler.plan().chunks;
+        let tokens = plan.iter().map(|&(_, n)| n).sum();
+        let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
+        if !plan.is_empty() {
+            self.steps += 1;
+            let ran = if std::mem::take(&mut self.fail_next_step) {
+                Err(EngineError::Backend("injected failure of this step".into()))
+            } else {
+                self.run_plan(&plan)
+            };
+            if let Err(e) = ran {
+                self.fail_plan(&plan, &e);
+                return Err(e);
+            }
+        }
+        let config = self.model.config();
+        let eos = config.eos_token_ids.clone();
+        let limits = Limits { eos: &eos, max_position: config.max_position };
+        let mut i = 0;
+        while i < self.scheduler.running.len() {
+            match self.scheduler.running[i].emit(&self.tokenizer, &limits) {
+                Some(reason) => {
+                    let s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+                    let _ = s.tx.send(StreamEvent::Finished {
+                        reason,
+                        prompt_tokens: s.prompt_len,
+                        completion_tokens: s.tokens.len() - s.prompt_len,
+                    });
+                    tracing::debug!(request = s.id, ?reason, "finished");
+                    report.finished += 1;
+                },
+                None => i += 1,
+            }
+        }
+        report.waiting = self.scheduler.waiting.len();
+        Ok(report)
+    }
+
+    /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
+    fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
+        let chunks: Vec<SeqChunk<'_>> =
+            plan.iter().map(|&(i, n)| self.scheduler.running[i].chunk(n)).collect();
+        let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
+        drop(chunks);
+        // On a GPU, when every row is greedy, only each row's argmax crosses to the host
+        // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
+        let greedy_on_device = !logits.device().is_cpu()
+            && plan.iter().all(|&(i, _)| self.scheduler.running[i].sampler.is_greedy());
+        let (rows, picks) = if greedy_on_device {
+            (Vec::new(), logits.argmax(1)?.to_vec1::<u32>()?)
+        } else {
+            (logits.to_vec2::<f32>()?, Vec::new())
+        };
+        if rows.len().max(picks.len()) != plan.len() {
+            return Err(EngineError::Backend(format!(
+                "the model returned {} logits rows for {} chunks",
+                rows.len().max(picks.len()),
+                plan.len()
+            )));
+        }
+        for (k, &(i, n)) in plan.iter().enumerate() {
+            let s = &mut self.scheduler.running[i];
+            s.processed += n;
+            s.table.len = s.processed;
+            if s.processed == s.tokens.len() {
+                let t = match (rows.get(k), picks.get(k)) {
+                    (Some(row), _) => s.sampler.sample(row),
+                    (None, Some(&t)) => t,
+                    (None, None) => continue,
+                };
+                s.tokens.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails and removes the sequences of a step whose forward pass failed.
+    fn fail_plan(&mut self, plan: &[(usize, usize)], error: &EngineError) {
+        let message = format!("the engine step failed: {error}");
+        // Highest index first, so the lower indices stay valid.
+        for &(i, _) in plan.iter().rev() {
+            let s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+            let _ = s.tx.send(StreamEvent::Failed(message.clone()));
+            tracing::warn!(request = s.id, %error, "request failed with its step");
+        }
+    }
+}
+
+/// A pool of `threads` workers (0: one per CPU); `None` (steps then use rayon's global pool)
+/// if the OS refuses the threads.
+fn compute_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("engine-{i}"))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no thread pool for the engine; using rayon's"))
+        .ok()
+        .map(Arc::new)
+}
