@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, clippy (warnings are errors), the Rust tests
 # (pallets, runtime, a real node process, the services as real processes), the polkadot.js
-# end-to-end suite against a real node, and the zombienet tests of a four-validator network.
+# end-to-end suite against a real node, and the zombienet tests of a four-validator network
+# (those two beside the Rust tests).
 # `scripts/check.sh` is the fast lane (formatting, clippy, unit tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,15 +22,37 @@ echo "== cargo clippy (warnings are errors)"
 bash scripts/lint.sh
 t1=$(secs)
 
-echo "== cargo test"
-cargo test --release --locked --workspace --no-fail-fast
+# The chain suites (the polkadot.js suite, then zombienet) wait on block times far more than
+# they compute: they run beside the Rust tests, each on its own free loopback ports, their
+# output kept and printed after the Rust tests' summaries.
+chain_log=$(mktemp "${TMPDIR:-/tmp}/openledger-chain-suites.XXXXXX")
+(
+    status=0
+    echo "== polkadot.js end-to-end suite"
+    js_start=$(secs)
+    (cd scripts/e2e && node --test --test-concurrency=1 tests/) || status=1
+    echo "polkadot.js suite: $(( $(secs) - js_start )) s"
+    echo "== zombienet: four validators, finality, one validator down and back"
+    zn_start=$(secs)
+    bash scripts/zombienet.sh test || status=1
+    echo "zombienet: $(( $(secs) - zn_start )) s"
+    exit "$status"
+) >"$chain_log" 2>&1 &
+chain_pid=$!
+trap 'kill "$chain_pid" 2>/dev/null || true; rm -f "$chain_log"' EXIT
 
-echo "== polkadot.js end-to-end suite"
-(cd scripts/e2e && node --test --test-concurrency=1 tests/)
+echo "== cargo test (the chain suites run beside it)"
+rust_status=0
+cargo test --release --locked --workspace --no-fail-fast || rust_status=$?
 t2=$(secs)
 
-echo "== zombienet: four validators, finality, one validator down and back"
-bash scripts/zombienet.sh test
+chain_status=0
+wait "$chain_pid" || chain_status=$?
 t3=$(secs)
+cat "$chain_log"
 
-echo "build and lint: $((t1 - t0)) s, tests: $((t2 - t1)) s, zombienet: $((t3 - t2)) s, total: $((t3 - t0)) s"
+echo "build and lint: $((t1 - t0)) s, Rust tests: $((t2 - t1)) s, chain suites finished $((t3 - t1)) s after the build, total: $((t3 - t0)) s"
+if [ "$rust_status" -ne 0 ] || [ "$chain_status" -ne 0 ]; then
+    echo "test: FAILED (Rust tests exit $rust_status, chain suites exit $chain_status)" >&2
+    exit 1
+fi
