@@ -68,27 +68,18 @@ pub(crate) struct HostAttention {
 impl HostAttention {
     /// The plan for `chunks`, whose blocks are already reserved in `cache`.
     pub(crate) fn new(chunks: &[SeqChunk<'_>], cache: &KvCache, cfg: &ModelConfig) -> Result<Self> {
-        let tables: Vec<&[u32]> = chunks
-            .iter()
-            .map(|c| &c.table.blocks[..cache.blocks_for(c.start + c.tokens.len())])
-            .collect();
-        let width = tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
-        let rows: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let (mut flat, mut lens) = (vec![0u32; rows * width], Vec::with_capacity(rows));
-        for (c, table) in chunks.iter().zip(&tables) {
-            for p in c.start..c.start + c.tokens.len() {
-                let r = lens.len();
-                flat[r * width..r * width + table.len()].copy_from_slice(table);
+        // One query row per token; its context is its sequence's positions up to its own.
+        let (mut tables, mut lens) = (Vec::new(), Vec::new());
+        for c in chunks {
+            let end = c.start + c.tokens.len();
+            let table = &c.table.blocks[..cache.blocks_for(end)];
+            for p in c.start..end {
+                tables.push(table);
                 lens.push(p as u32 + 1);
             }
         }
-        let blocks = DecodeBlocks::from_host(
-            flat,
-            lens,
-            width,
-            cache.config().block_size,
-            cfg.max_position,
-        )?;
+        let blocks =
+            DecodeBlocks::from_tables(&tables, lens, cache.config().block_size, cfg.max_position)?;
         Ok(Self {
             blocks,
             heads: HeadShape {

@@ -339,8 +339,7 @@ impl Engine {
             }
         }
         let config = self.model.config();
-        let eos = config.eos_token_ids.clone();
-        let limits = Limits { eos: &eos, max_position: config.max_position };
+        let limits = Limits { eos: &config.eos_token_ids, max_position: config.max_position };
         let mut i = 0;
         while i < self.scheduler.running.len() {
             match self.scheduler.running[i].emit(&self.tokenizer, &limits) {

@@ -457,14 +457,8 @@ impl StepPlan {
             None
         } else {
             let m = dec_rows.len();
-            let width = dec_tables.iter().map(|b| b.len()).max().unwrap_or(1).max(1);
-            let mut flat = vec![0u32; m * width];
-            for (i, b) in dec_tables.iter().enumerate() {
-                flat[i * width..i * width + b.len()].copy_from_slice(b);
-            }
-            let tables = Tensor::from_vec(flat, (m, width), &Device::Cpu)?;
-            let lens = Tensor::from_vec(dec_lens, m, &Device::Cpu)?;
-            let blocks = DecodeBlocks::new(&tables, &lens, kc.block_size, cfg.max_position)?;
+            let blocks =
+                DecodeBlocks::from_tables(&dec_tables, dec_lens, kc.block_size, cfg.max_position)?;
             let rows = (m != n).then(|| Tensor::from_slice(&dec_rows, m, dev)).transpose()?;
             Some(DecodeRows { rows, blocks })
         };

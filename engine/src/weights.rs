@@ -180,6 +180,7 @@ pub(crate) fn forward_group(linears: &[&Linear], input: &mut Input<'_>) -> Resul
 /// picks its blocking from the number of rows, which would make a request's bits depend on
 /// how many others share its batch.
 fn dense_cpu(x: &[f32], rows: usize, m: &DenseMatrix) -> Vec<f32> {
+    use openledger_kernels::simd::Simd;
     use rayon::prelude::*;
     let (d_in, d_out) = (m.cols, m.rows);
     let mut y = vec![0f32; rows * d_out];
@@ -188,24 +189,11 @@ fn dense_cpu(x: &[f32], rows: usize, m: &DenseMatrix) -> Vec<f32> {
         y_row.par_chunks_mut(OUT_TILE).enumerate().for_each(|(t, ys)| {
             for (j, yv) in ys.iter_mut().enumerate() {
                 let o = t * OUT_TILE + j;
-                *yv = dot(x_row, &m.w[o * d_in..(o + 1) * d_in]);
+                *yv = Simd::Portable.dot(x_row, &m.w[o * d_in..(o + 1) * d_in]);
             }
         });
     });
     y
-}
-
-/// Dot product with eight independent accumulators (vectorizes; order fixed by length).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Weights of one decoder layer.

@@ -53,7 +53,7 @@ impl<T> DisjointOut<T> {
 /// the loop vectorises (8 lanes under AVX2, two 4-lane registers otherwise). With `FMA`, each
 /// step is a fused multiply-add (only where the CPU has one: see [`simd`]).
 #[inline(always)]
-fn dot<A: Element, B: Element, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
+pub(crate) fn dot<A: Element, B: Element, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];

@@ -102,21 +102,9 @@ impl Simd {
 }
 
 mod portable {
-    /// Eight interleaved partial sums (one vector register where the target has one).
+    /// The CPU SGMV's dot product (eight interleaved partial sums), without FMA.
     pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0f32; 8];
-        for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            for i in 0..8 {
-                acc[i] += ca[i] * cb[i];
-            }
-        }
-        let mut tail = 0f32;
-        for (x, y) in a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()) {
-            tail += x * y;
-        }
-        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+        crate::cpu::dot::<f32, f32, false>(a, b)
     }
 
     pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {

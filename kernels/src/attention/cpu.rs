@@ -49,15 +49,15 @@ pub(crate) fn decode<T: Element>(
                 &qs,
                 head_dim,
                 len,
-                |t| &k[position(t)..position(t) + head_dim],
-                |t| &v[position(t)..position(t) + head_dim],
+                |t| &k[position(t)..][..head_dim],
+                |t| &v[position(t)..][..head_dim],
                 &mut acc,
             ),
             _ => {
                 // Narrow caches: the task's rows widened once into contiguous f32.
                 let widen = |cache: &[T]| -> Vec<f32> {
                     (0..len)
-                        .flat_map(|t| cache[position(t)..position(t) + head_dim].iter())
+                        .flat_map(|t| cache[position(t)..][..head_dim].iter())
                         .map(|e| e.to_f32())
                         .collect()
                 };

@@ -105,6 +105,22 @@ impl DecodeBlocks {
         Self::from_host(tables, lens, max_blocks_per_seq, block_size, max_context_len)
     }
 
+    /// [`DecodeBlocks::from_host`] from one block list per row (each a prefix of its
+    /// sequence's blocks), padded to the longest into the row-major table.
+    pub fn from_tables(
+        tables: &[&[u32]],
+        context_lens: Vec<u32>,
+        block_size: usize,
+        max_context_len: usize,
+    ) -> Result<Self> {
+        let width = tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        let mut flat = vec![0u32; tables.len() * width];
+        for (row, t) in flat.chunks_exact_mut(width).zip(tables) {
+            row[..t.len()].copy_from_slice(t);
+        }
+        Self::from_host(flat, context_lens, width, block_size, max_context_len)
+    }
+
     /// [`DecodeBlocks::new`] from host vectors: `tables` is `[num_seqs, max_blocks_per_seq]`
     /// row-major, `context_lens` `[num_seqs]`. Any block size of at least one position is
     /// accepted here; the tensor calls also need a power of two.
