@@ -8,7 +8,7 @@ use openledger_model::{ModelConfig, RopeStyle};
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{HostLayer, KvCache};
 use crate::step::SeqChunk;
 
 /// Precomputed cos/sin of every position, `[max_position][head_dim / 2]`.
@@ -94,19 +94,19 @@ impl HostAttention {
     /// Causal attention of `q` (`[rows][num_heads * head_dim]`) over `layer`'s cache, whose
     /// keys and values of these rows are already written; returns the same shape.
     pub(crate) fn run(&self, q: &[f32], cache: &KvCache, layer: usize) -> Result<Vec<f32>> {
-        let (keys, values) = cache.host_layer(layer).ok_or_else(|| {
+        let layer_kv = cache.host_layer(layer).ok_or_else(|| {
             EngineError::Backend(format!("the KV cache has no host layer {layer}"))
         })?;
         let mut out = vec![0f32; q.len()];
-        paged_decode_attention_host(
-            q,
-            keys,
-            values,
-            &mut out,
-            self.heads,
-            &self.blocks,
-            self.scale,
-        )?;
+        let (heads, blocks, scale) = (self.heads, &self.blocks, self.scale);
+        match layer_kv {
+            HostLayer::F32(k, v) => {
+                paged_decode_attention_host(q, k, v, &mut out, heads, blocks, scale)
+            },
+            HostLayer::F16(k, v) => {
+                paged_decode_attention_host(q, k, v, &mut out, heads, blocks, scale)
+            },
+        }?;
         Ok(out)
     }
 }

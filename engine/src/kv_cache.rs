@@ -1,11 +1,16 @@
 //! Paged KV cache: keys and values in fixed-size blocks from one pool, so sequences of any
 //! length share memory without fragmentation, and a block budget bounds what is admitted.
 //!
-//! The pool lives where the model runs: plain f32 buffers in host memory for the CPU path,
-//! or one tensor per layer on the model's device (CUDA: in the activations' dtype, the
+//! The pool lives where the model runs: buffers in host memory for the CPU path, f16 for a
+//! block-quantized model (half the memory and memory traffic of f32, which is what attention
+//! over a long context waits on; attention widens rows to f32 in registers and computes in
+//! f32) and f32 for an f32 model (the reference paths stay f32 throughout), or one tensor per
+//! layer on the model's device (CUDA: in the activations' dtype, the
 //! layout the kernels crate's paged attention reads). Block bookkeeping is the same for both.
 
 use candle_core::{DType, Device, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::error::{EngineError, Result};
 
@@ -48,11 +53,22 @@ pub struct KvCache {
     config: KvCacheConfig,
     row: usize,
     /// Host buffers (CPU path); empty for a device pool.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    host: HostPool,
     /// Device tensors, one `[num_blocks * block_size, num_kv_heads * head_dim]` pair per layer.
     device: Option<DevicePool>,
     free: Vec<u32>,
+}
+
+/// Per layer, the host keys and values.
+enum HostPool {
+    F32 { keys: Vec<Vec<f32>>, values: Vec<Vec<f32>> },
+    F16 { keys: Vec<Vec<f16>>, values: Vec<Vec<f16>> },
+}
+
+/// One layer's host keys and values (`[num_blocks, block_size, num_kv_heads, head_dim]` each).
+pub(crate) enum HostLayer<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
 }
 
 /// The pool's tensors on a device.
@@ -62,20 +78,45 @@ pub(crate) struct DevicePool {
 }
 
 impl KvCache {
-    /// An empty pool for `num_layers` layers of `num_kv_heads * head_dim` values per token.
+    /// An empty f32 host pool for `num_layers` layers of `num_kv_heads * head_dim` values
+    /// per token.
     pub fn new(
         config: KvCacheConfig,
         num_layers: usize,
         num_kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let row = num_kv_heads * head_dim;
-        let len = config.num_blocks * config.block_size * row;
+        let len = config.num_blocks * config.block_size * num_kv_heads * head_dim;
+        let layers = || (0..num_layers).map(|_| vec![0f32; len]).collect();
+        Self::host(
+            config,
+            num_kv_heads * head_dim,
+            HostPool::F32 { keys: layers(), values: layers() },
+        )
+    }
+
+    /// An empty f16 host pool (the CPU engine's, for a block-quantized model): keys and values
+    /// rounded to f16 when written.
+    pub fn new_f16(
+        config: KvCacheConfig,
+        num_layers: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let len = config.num_blocks * config.block_size * num_kv_heads * head_dim;
+        let layers = || (0..num_layers).map(|_| vec![f16::ZERO; len]).collect();
+        Self::host(
+            config,
+            num_kv_heads * head_dim,
+            HostPool::F16 { keys: layers(), values: layers() },
+        )
+    }
+
+    fn host(config: KvCacheConfig, row: usize, host: HostPool) -> Self {
         Self {
             config,
             row,
-            keys: (0..num_layers).map(|_| vec![0.0; len]).collect(),
-            values: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            host,
             device: None,
             // Popped from the end: block 0 is handed out first.
             free: (0..config.num_blocks as u32).rev().collect(),
@@ -103,8 +144,7 @@ impl KvCache {
         Ok(Self {
             config,
             row,
-            keys: Vec::new(),
-            values: Vec::new(),
+            host: HostPool::F32 { keys: Vec::new(), values: Vec::new() },
             device: Some(DevicePool { keys, values }),
             free: (0..config.num_blocks as u32).rev().collect(),
         })
@@ -124,7 +164,14 @@ impl KvCache {
                 .chain(&p.values)
                 .map(|t| t.elem_count() * t.dtype().size_in_bytes())
                 .sum(),
-            None => self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum(),
+            None => match &self.host {
+                HostPool::F32 { keys, values } => {
+                    keys.iter().chain(values).map(|v| v.len() * 4).sum()
+                },
+                HostPool::F16 { keys, values } => {
+                    keys.iter().chain(values).map(|v| v.len() * 2).sum()
+                },
+            },
         }
     }
 
@@ -181,8 +228,9 @@ impl KvCache {
         (table.blocks[pos / bs] as usize * bs + pos % bs) * self.row
     }
 
-    /// Writes the keys and values (`[n, row]`, row-major) of positions `start..start + n`.
-    /// The table must already hold blocks for them ([`KvCache::reserve`]).
+    /// Writes the keys and values (`[n, row]`, row-major) of positions `start..start + n`
+    /// (rounded to f16 in an f16 pool). The table must already hold blocks for them
+    /// ([`KvCache::reserve`]).
     pub(crate) fn write(
         &mut self,
         layer: usize,
@@ -195,14 +243,25 @@ impl KvCache {
         for i in 0..n {
             let off = self.offset(table, start + i);
             let src = i * self.row..(i + 1) * self.row;
-            self.keys[layer][off..off + self.row].copy_from_slice(&k[src.clone()]);
-            self.values[layer][off..off + self.row].copy_from_slice(&v[src]);
+            let (k, v) = (&k[src.clone()], &v[src]);
+            match &mut self.host {
+                HostPool::F32 { keys, values } => {
+                    keys[layer][off..off + self.row].copy_from_slice(k);
+                    values[layer][off..off + self.row].copy_from_slice(v);
+                },
+                HostPool::F16 { keys, values } => {
+                    keys[layer][off..off + self.row].convert_from_f32_slice(k);
+                    values[layer][off..off + self.row].convert_from_f32_slice(v);
+                },
+            }
         }
     }
 
-    /// One layer's host keys and values (`[num_blocks, block_size, num_kv_heads, head_dim]`
-    /// each), or `None` for a pool on a device.
-    pub(crate) fn host_layer(&self, layer: usize) -> Option<(&[f32], &[f32])> {
-        Some((self.keys.get(layer)?, self.values.get(layer)?))
+    /// One layer's host keys and values, or `None` for a pool on a device.
+    pub(crate) fn host_layer(&self, layer: usize) -> Option<HostLayer<'_>> {
+        Some(match &self.host {
+            HostPool::F32 { keys, values } => HostLayer::F32(keys.get(layer)?, values.get(layer)?),
+            HostPool::F16 { keys, values } => HostLayer::F16(keys.get(layer)?, values.get(layer)?),
+        })
     }
 }

@@ -107,6 +107,19 @@ impl Model {
         })
     }
 
+    /// Whether this is a host-path model with block-quantized projections (a GGUF model as
+    /// loaded), whose KV cache is kept in f16 ([`KvCache::for_model`]).
+    pub fn is_block_quantized(&self) -> bool {
+        match &self.backend {
+            Backend::Host { weights, .. } => weights
+                .layers
+                .iter()
+                .flat_map(|l| &l.proj)
+                .any(|p| !matches!(p, crate::weights::Linear::Dense(_))),
+            Backend::Tensor(_) => false,
+        }
+    }
+
     /// The activations' dtype of the tensor path; `None` for the host path.
     pub fn tensor_dtype(&self) -> Option<DType> {
         match &self.backend {
@@ -357,6 +370,9 @@ impl KvCache {
     pub fn for_model(config: KvCacheConfig, model: &Model) -> Result<Self> {
         let c = model.config();
         match model.tensor_dtype() {
+            None if model.is_block_quantized() => {
+                Ok(Self::new_f16(config, c.num_layers, c.num_kv_heads, c.head_dim))
+            },
             None => Ok(Self::new(config, c.num_layers, c.num_kv_heads, c.head_dim)),
             Some(dtype) => Self::on_device(
                 config,

@@ -15,11 +15,6 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn storage(s: &CpuStorage) -> Option<&[Self]>;
     /// The elements of a candle CPU storage of this dtype, mutably.
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
-    /// `s` itself when this type is f32 (rows read in place instead of widened).
-    fn as_f32(s: &[Self]) -> Option<&[f32]> {
-        let _ = s;
-        None
-    }
 }
 
 macro_rules! storage_access {
@@ -42,9 +37,6 @@ macro_rules! storage_access {
 impl Element for f32 {
     storage_access!(F32);
     const DTYPE: candle_core::DType = candle_core::DType::F32;
-    fn as_f32(s: &[Self]) -> Option<&[f32]> {
-        Some(s)
-    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self

@@ -5,7 +5,8 @@
 //! | variable | effect |
 //! |---|---|
 //! | `OPENLEDGER_NO_SIMD=1` | portable CPU code everywhere (no AVX2 or AVX-512) |
-//! | `OPENLEDGER_NO_AVX512=1` | AVX2 where AVX-512 VNNI would be used (the quantized matmul) |
+//! | `OPENLEDGER_NO_AVX512=1` | AVX2 where AVX-512 VNNI or AMX would be used (the quantized matmul) |
+//! | `OPENLEDGER_NO_AMX=1` | AVX-512 VNNI where AMX tiles would be used (the quantized matmul) |
 //! | `OPENLEDGER_SGMV_KERNEL=two-stage` | the two-stage CUDA SGMV kernels for every call, not the fused one |
 //! | `OPENLEDGER_SGMV_VARIANT=cluster\|pair\|solo` | force one variant of the fused kernel where it applies |
 //! | `OPENLEDGER_SGMV_DEBUG=1` | print the fused kernel's occupancy and variant choices |
@@ -21,6 +22,8 @@ pub struct Options {
     pub no_simd: bool,
     /// `OPENLEDGER_NO_AVX512`.
     pub no_avx512: bool,
+    /// `OPENLEDGER_NO_AMX`.
+    pub no_amx: bool,
     /// `OPENLEDGER_SGMV_KERNEL=two-stage` (or its old name, `v2`).
     pub sgmv_two_stage_only: bool,
     /// `OPENLEDGER_SGMV_VARIANT`, as given.
@@ -40,6 +43,7 @@ impl Options {
         Self {
             no_simd: on("OPENLEDGER_NO_SIMD"),
             no_avx512: on("OPENLEDGER_NO_AVX512"),
+            no_amx: on("OPENLEDGER_NO_AMX"),
             sgmv_two_stage_only: var("OPENLEDGER_SGMV_KERNEL")
                 .is_some_and(|v| v == "two-stage" || v == "v2"),
             sgmv_variant: var("OPENLEDGER_SGMV_VARIANT"),
@@ -63,27 +67,80 @@ pub enum SimdLevel {
     Portable,
     /// AVX2 with FMA and F16C (every x86-64-v3 CPU).
     Avx2,
-    /// AVX2 plus AVX-512 VNNI and VL (the quantized matmul's integer dot products).
+    /// AVX2 plus AVX-512 F, BW, VL and VNNI (the quantized matmul's integer dot products).
     Avx512Vnni,
+    /// All of the above plus AMX-INT8 tiles, which the kernel (Linux 5.16+) let this process
+    /// use.
+    Amx,
 }
 
-/// The most this CPU supports, whatever the switches say.
+/// The most this CPU supports, whatever the switches say. Detected once; on a CPU with AMX
+/// this asks Linux for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), without which an
+/// AMX instruction would kill the process.
 pub fn supported_simd() -> SimdLevel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") && has!("f16c") {
-            if has!("avx512vnni") && has!("avx512vl") {
-                return SimdLevel::Avx512Vnni;
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    if amx_int8() && amx_permitted() {
+                        return SimdLevel::Amx;
+                    }
+                    return SimdLevel::Avx512Vnni;
+                }
+                return SimdLevel::Avx2;
             }
-            return SimdLevel::Avx2;
         }
-    }
-    SimdLevel::Portable
+        SimdLevel::Portable
+    })
 }
 
-/// The level the SIMD paths run at: what the CPU supports, lowered by `OPENLEDGER_NO_SIMD`
-/// and `OPENLEDGER_NO_AVX512`. Detected once per process.
+/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
+#[cfg(target_arch = "x86_64")]
+fn amx_int8() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    // Leaf 7 exists where the maximum leaf (leaf 0's eax) reaches it.
+    if __cpuid_count(0, 0).eax < 7 {
+        return false;
+    }
+    let edx = __cpuid_count(7, 0).edx;
+    edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+}
+
+/// Asks Linux for permission to use the AMX tile data (state component 18) in this process.
+#[cfg(target_arch = "x86_64")]
+fn amx_permitted() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SYS_ARCH_PRCTL: usize = 158;
+        const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+        const XFEATURE_XTILEDATA: usize = 18;
+        let ret: isize;
+        // SAFETY: a plain system call; it changes only which register state the kernel saves
+        // for this process, and returns an error where the kernel or CPU lacks AMX.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// The level the SIMD paths run at: what the CPU supports, lowered by `OPENLEDGER_NO_SIMD`,
+/// `OPENLEDGER_NO_AVX512` and `OPENLEDGER_NO_AMX`. Detected once per process.
 pub fn simd() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -92,8 +149,10 @@ pub fn simd() -> SimdLevel {
             SimdLevel::Portable
         } else if o.no_avx512 {
             SimdLevel::Avx2
-        } else {
+        } else if o.no_amx {
             SimdLevel::Avx512Vnni
+        } else {
+            SimdLevel::Amx
         };
         supported_simd().min(cap)
     })
@@ -112,12 +171,13 @@ mod tests {
         let o = Options::from_vars(vars(&[
             ("OPENLEDGER_NO_SIMD", "1"),
             ("OPENLEDGER_NO_AVX512", "0"),
+            ("OPENLEDGER_NO_AMX", "1"),
             ("OPENLEDGER_SGMV_KERNEL", "two-stage"),
             ("OPENLEDGER_SGMV_VARIANT", "pair"),
             ("OPENLEDGER_ATTN_PARTITION", "128"),
             ("OPENLEDGER_CUDA_EVENTS", "on"),
         ]));
-        assert!(o.no_simd && !o.no_avx512 && o.sgmv_two_stage_only && o.cuda_events);
+        assert!(o.no_simd && !o.no_avx512 && o.no_amx && o.sgmv_two_stage_only && o.cuda_events);
         assert_eq!((o.sgmv_variant.as_deref(), o.attn_partition), (Some("pair"), Some(128)));
         assert!(!o.sgmv_debug);
     }

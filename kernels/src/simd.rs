@@ -1,12 +1,16 @@
 //! f32 vector primitives of the CPU paths: dot products, `y += a * x`, the shifted
 //! exponentials of a softmax and weighted sums of rows, with AVX2 + FMA where the CPU has
 //! them (chosen once per process by [`options::simd`](crate::options::simd)) and portable
-//! code otherwise.
+//! code otherwise. The rows that attention reads (dot products against a query, weighted
+//! sums) may be f32, f16 or bf16: narrow rows are widened in registers (F16C for f16), so a
+//! half-precision KV cache costs half the memory traffic and no extra pass.
 //!
 //! Every function's order of operations is fixed by the lengths of its arguments alone, so a
 //! result never depends on what else runs beside it. The two builds round differently (the
 //! vector exponential is a degree-7 polynomial within 2 ulp of `f32::exp`), so they agree to
 //! within f32 rounding, not bit for bit.
+
+use crate::element::Element;
 
 /// The vector hardware the primitives use. `Copy`: detect once, pass it into loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +34,7 @@ impl Simd {
 
     /// `sum(a[i] * b[i])` over the shorter of the two.
     #[inline]
-    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+    pub fn dot<E: Element>(self, a: &[f32], b: &[E]) -> f32 {
         match self {
             // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
             #[cfg(target_arch = "x86_64")]
@@ -53,7 +57,7 @@ impl Simd {
     /// The eight dot products of `q` with `rows[j][..q.len()]` (each row at least as long
     /// as `q`; a shorter one panics).
     #[inline]
-    pub fn dot8(self, q: &[f32], rows: [&[f32]; 8]) -> [f32; 8] {
+    pub fn dot8<E: Element>(self, q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
         let rows = rows.map(|r| &r[..q.len()]);
         match self {
             // SAFETY: as in `dot`; every row holds `q.len()` elements (sliced above).
@@ -86,7 +90,12 @@ impl Simd {
     /// `out.len()` long (a shorter one panics). The accumulators stay in registers across
     /// the rows, so `out` is written once.
     #[inline]
-    pub fn weighted_sum<'a>(self, w: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+    pub fn weighted_sum<'a, E: Element>(
+        self,
+        w: &[f32],
+        row: impl Fn(usize) -> &'a [E],
+        out: &mut [f32],
+    ) {
         match self {
             // SAFETY: as in `dot`; the rows are sliced to `out.len()` before any pointer use.
             #[cfg(target_arch = "x86_64")]
@@ -102,14 +111,16 @@ impl Simd {
 }
 
 mod portable {
+    use crate::element::Element;
+
     /// The CPU SGMV's dot product (eight interleaved partial sums), without FMA.
-    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-        crate::cpu::dot::<f32, f32, false>(a, b)
+    pub(super) fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
+        crate::cpu::dot::<f32, E, false>(a, b)
     }
 
-    pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    pub(super) fn axpy<E: Element>(a: f32, x: &[E], y: &mut [f32]) {
         for (y, x) in y.iter_mut().zip(x) {
-            *y += a * x;
+            *y += a * x.to_f32();
         }
     }
 }
@@ -117,6 +128,23 @@ mod portable {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    use candle_core::DType;
+
+    use crate::element::Element;
+
+    /// Eight elements from `p` as f32 (the match is on a constant: one load per type).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<E: Element>(p: *const E) -> __m256 {
+        match E::DTYPE {
+            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            DType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p as *const __m128i),
+            ))),
+            _ => _mm256_loadu_ps(p as *const f32),
+        }
+    }
 
     /// The sum of a register's eight lanes.
     #[inline]
@@ -127,25 +155,24 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 =
-                _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load8(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), load8(pb.add(i + 8)), s1);
             i += 16;
         }
         if i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), load8(pb.add(i)), s0);
             i += 8;
         }
         let mut sum = hsum(_mm256_add_ps(s0, s1));
         while i < n {
-            sum += a[i] * b[i];
+            sum += a[i] * b[i].to_f32();
             i += 1;
         }
         sum
@@ -172,8 +199,8 @@ mod avx2 {
 
     /// Eight dot products, then one transposing reduction of the eight accumulators (three
     /// rounds of horizontal adds) instead of eight separate ones.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot8(q: &[f32], rows: [&[f32]; 8]) -> [f32; 8] {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot8<E: Element>(q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
         let n = q.len();
         let p = rows.map(|r| r.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -181,7 +208,7 @@ mod avx2 {
         while i + 8 <= n {
             let qv = _mm256_loadu_ps(q.as_ptr().add(i));
             for j in 0..8 {
-                acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(p[j].add(i)), acc[j]);
+                acc[j] = _mm256_fmadd_ps(qv, load8(p[j].add(i)), acc[j]);
             }
             i += 8;
         }
@@ -200,7 +227,7 @@ mod avx2 {
         _mm256_storeu_ps(out.as_mut_ptr(), sums);
         while i < n {
             for (o, r) in out.iter_mut().zip(&rows) {
-                *o += q[i] * r[i];
+                *o += q[i] * r[i].to_f32();
             }
             i += 1;
         }
@@ -259,10 +286,10 @@ mod avx2 {
         sum
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum<'a>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum<'a, E: Element>(
         w: &[f32],
-        row: impl Fn(usize) -> &'a [f32],
+        row: impl Fn(usize) -> &'a [E],
         out: &mut [f32],
     ) {
         let d = out.len();
@@ -274,7 +301,7 @@ mod avx2 {
                 let r = &row(t)[c..c + 64];
                 let wv = _mm256_set1_ps(wt);
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.as_ptr().add(8 * j)), *a);
+                    *a = _mm256_fmadd_ps(wv, load8(r.as_ptr().add(8 * j)), *a);
                 }
             }
             for (j, a) in acc.iter().enumerate() {
@@ -286,7 +313,7 @@ mod avx2 {
             let mut acc = _mm256_setzero_ps();
             for (t, &wt) in w.iter().enumerate() {
                 let r = &row(t)[c..c + 8];
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(r.as_ptr()), acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), load8(r.as_ptr()), acc);
             }
             _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
             c += 8;
@@ -295,7 +322,7 @@ mod avx2 {
             out[c..].fill(0.0);
             for (t, &wt) in w.iter().enumerate() {
                 for (o, x) in out[c..].iter_mut().zip(&row(t)[c..d]) {
-                    *o += wt * x;
+                    *o += wt * x.to_f32();
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! The CPU path: one rayon task per (sequence, key/value head), which reads each cached key
 //! and value row for all the query heads of its group. Two passes over the context (scores
 //! eight positions at a time, then the weighted sum of values with the accumulators held in
-//! registers) with the exact maximum in between, f32 throughout, on the vector primitives of
-//! [`crate::simd`]. Each task's order of operations is fixed by its context length, so results
+//! registers) with the exact maximum in between, on the vector primitives of [`crate::simd`]:
+//! f32 arithmetic on rows read in their own type (f16 and bf16 widened in registers). Each task's order of operations is fixed by its context length, so results
 //! do not depend on the batch, the thread count, or whether a row is decoded or prefilled.
 
 use rayon::prelude::*;
@@ -13,10 +13,10 @@ use crate::simd::Simd;
 
 /// Fills `out` (`[num_seqs, num_heads, head_dim]`) from `q`, the caches and the validated
 /// `blocks`; the slices have the sizes `geometry` gives (checked by the caller).
-pub(crate) fn decode<T: Element>(
+pub(crate) fn decode<T: Element, C: Element>(
     q: &[T],
-    k_cache: &[T],
-    v_cache: &[T],
+    k_cache: &[C],
+    v_cache: &[C],
     out: &mut [T],
     geometry: &Geometry,
     blocks: &DecodeBlocks,
@@ -43,36 +43,15 @@ pub(crate) fn decode<T: Element>(
         let qs: Vec<f32> =
             q[q_start..q_start + group * head_dim].iter().map(|e| e.to_f32() * scale).collect();
         let mut acc = vec![0f32; group * head_dim];
-        match (T::as_f32(k_cache), T::as_f32(v_cache)) {
-            (Some(k), Some(v)) => attend(
-                simd,
-                &qs,
-                head_dim,
-                len,
-                |t| &k[position(t)..][..head_dim],
-                |t| &v[position(t)..][..head_dim],
-                &mut acc,
-            ),
-            _ => {
-                // Narrow caches: the task's rows widened once into contiguous f32.
-                let widen = |cache: &[T]| -> Vec<f32> {
-                    (0..len)
-                        .flat_map(|t| cache[position(t)..][..head_dim].iter())
-                        .map(|e| e.to_f32())
-                        .collect()
-                };
-                let (k, v) = (widen(k_cache), widen(v_cache));
-                attend(
-                    simd,
-                    &qs,
-                    head_dim,
-                    len,
-                    |t| &k[t * head_dim..(t + 1) * head_dim],
-                    |t| &v[t * head_dim..(t + 1) * head_dim],
-                    &mut acc,
-                );
-            },
-        }
+        attend(
+            simd,
+            &qs,
+            head_dim,
+            len,
+            |t| &k_cache[position(t)..][..head_dim],
+            |t| &v_cache[position(t)..][..head_dim],
+            &mut acc,
+        );
         for (o, a) in out.iter_mut().zip(&acc) {
             *o = T::from_f32(*a);
         }
@@ -82,13 +61,13 @@ pub(crate) fn decode<T: Element>(
 /// `softmax(q_g . K^T) . V` for each query head `g` of `qs` (`[group][head_dim]`, already
 /// scaled) over positions `0..len`, whose key and value rows `key(t)` and `value(t)` hold
 /// `head_dim` elements; writes `out` (`[group][head_dim]`).
-fn attend<'a>(
+fn attend<'a, E: Element>(
     simd: Simd,
     qs: &[f32],
     head_dim: usize,
     len: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
+    key: impl Fn(usize) -> &'a [E],
+    value: impl Fn(usize) -> &'a [E],
     out: &mut [f32],
 ) {
     let group = qs.len() / head_dim;
@@ -96,7 +75,7 @@ fn attend<'a>(
     let mut scores = vec![0f32; group * len];
     let mut t = 0;
     while t + 8 <= len {
-        let rows: [&[f32]; 8] = std::array::from_fn(|j| key(t + j));
+        let rows: [&[E]; 8] = std::array::from_fn(|j| key(t + j));
         for (g, q) in qs.chunks_exact(head_dim).enumerate() {
             scores[g * len + t..g * len + t + 8].copy_from_slice(&simd.dot8(q, rows));
         }

@@ -43,6 +43,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::element::Element;
 use crate::error::{check_shape, KernelError, Result};
 
 pub use op::{paged_decode_attention_into, paged_decode_attention_with};
@@ -328,14 +329,14 @@ pub struct HeadShape {
     pub head_dim: usize,
 }
 
-/// [`paged_decode_attention_with`] on host f32 slices, the CPU engine's path: `q` and `out`
-/// are `[num_seqs, num_heads, head_dim]`, the caches one layer's pool
-/// `[num_blocks, block_size, num_kv_heads, head_dim]`. Any head size and any block size
+/// [`paged_decode_attention_with`] on host slices, the CPU engine's path: `q` and `out` are
+/// f32 `[num_seqs, num_heads, head_dim]`, the caches one layer's pool
+/// `[num_blocks, block_size, num_kv_heads, head_dim]` in f32, f16 or bf16. Any head size and any block size
 /// (the tensor calls take head sizes 64 and 128 and power-of-two blocks).
-pub fn paged_decode_attention_host(
+pub fn paged_decode_attention_host<C: Element>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[C],
+    v_cache: &[C],
     out: &mut [f32],
     heads: HeadShape,
     blocks: &DecodeBlocks,
