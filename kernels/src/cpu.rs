@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::element::{AdapterWeights, BLayout, Element, LoraWeights};
 use crate::error::{KernelError, Result};
 use crate::segments::{SegmentMap, CPU_TILE_TOKENS};
+use crate::simd::Simd;
 
 /// Rank rows per shrink work item.
 const SHRINK_RANK_BLOCK: usize = 8;
@@ -90,45 +91,40 @@ struct ShrinkItem<'a, T, E> {
     tile: std::ops::Range<usize>,
 }
 
-#[inline(always)]
-fn shrink_item<T: Element, E: Element, const FMA: bool>(
-    it: &ShrinkItem<'_, T, E>,
-    out: DisjointOut<f32>,
-) {
-    let d_in = it.d_in;
-    for j in it.j0..it.j1 {
-        let a_row = (j < it.rank).then(|| &it.a[j * d_in..(j + 1) * d_in]);
-        for p in it.tile.clone() {
-            let value = match a_row {
-                Some(a_row) => {
-                    let row = it.rows[p] as usize;
-                    dot::<T, E, FMA>(&it.x[row * d_in..(row + 1) * d_in], a_row)
-                },
-                None => 0.0,
+/// Eight rank rows at a time against each token's row ([`Simd::dot8`]: eight streams of
+/// lora_A read together, one transposed reduction), the token's row widened to f32 once.
+/// Rows past the segment's rank give 0. A row's value does not depend on the other rows of
+/// its group of eight, so the two-stage and fused paths agree bit for bit.
+fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: DisjointOut<f32>) {
+    let (d_in, rank) = (it.d_in, it.rank);
+    let simd = Simd::detect();
+    let mut x_row = vec![0f32; d_in];
+    for p in it.tile.clone() {
+        let row = it.rows[p] as usize;
+        for (o, v) in x_row.iter_mut().zip(&it.x[row * d_in..(row + 1) * d_in]) {
+            *o = v.to_f32();
+        }
+        for j0 in (it.j0..it.j1).step_by(8) {
+            let values = if rank == 0 {
+                [0f32; 8]
+            } else {
+                let a_rows: [&[E]; 8] = std::array::from_fn(|i| {
+                    let j = (j0 + i).min(rank - 1);
+                    &it.a[j * d_in..(j + 1) * d_in]
+                });
+                simd.dot8(&x_row, a_rows)
             };
-            // SAFETY: (p, j) lies in this item's tile and rank block only; in bounds by the
-            // shape check of the caller.
-            unsafe { *out.ptr().add(p * it.width + j) = value };
+            for (i, value) in values.iter().enumerate() {
+                let j = j0 + i;
+                if j < it.j1 {
+                    let value = if j < rank { *value } else { 0.0 };
+                    // SAFETY: (p, j) lies in this item's tile and rank block only; in bounds
+                    // by the shape check of the caller.
+                    unsafe { *out.ptr().add(p * it.width + j) = value };
+                }
+            }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn shrink_item_avx2<T: Element, E: Element>(
-    it: &ShrinkItem<'_, T, E>,
-    out: DisjointOut<f32>,
-) {
-    shrink_item::<T, E, true>(it, out)
-}
-
-fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: DisjointOut<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
-        return unsafe { shrink_item_avx2(it, out) };
-    }
-    shrink_item::<T, E, false>(it, out)
 }
 
 /// One expand work item: output columns `o0..o1` for the tokens of `tile`.
@@ -164,20 +160,15 @@ fn expand_item<T: Element, E: Element, const FMA: bool>(
         // B already transposed: each rank index's columns are one contiguous run. Per token
         // and column the sum runs over j in order, as in the transposing path below, so both
         // layouts give the same bits for tiles of 4 tokens or more.
+        // The sums over j as weighted sums of B's rows, the accumulators in registers.
+        let simd = Simd::detect();
         let mut acc = [0f32; EXPAND_BT_COLS];
         for c0 in (it.o0..it.o1).step_by(EXPAND_BT_COLS) {
             let c1 = (c0 + EXPAND_BT_COLS).min(it.o1);
             for p in it.tile.clone() {
                 let v_row = &it.v[p * it.width..p * it.width + rank];
                 let acc = &mut acc[..c1 - c0];
-                acc.fill(0.0);
-                for (j, &coef) in v_row.iter().enumerate() {
-                    let bt_j = &it.b[j * it.d_out + c0..j * it.d_out + c1];
-                    for (a, &w) in acc.iter_mut().zip(bt_j) {
-                        *a =
-                            if FMA { coef.mul_add(w.to_f32(), *a) } else { *a + coef * w.to_f32() };
-                    }
-                }
+                simd.weighted_sum(v_row, |j| &it.b[j * it.d_out + c0..j * it.d_out + c1], acc);
                 let row = it.rows[p] as usize;
                 // SAFETY: as below.
                 let y = unsafe {

@@ -321,8 +321,9 @@ mod avx2 {
         if c < d {
             out[c..].fill(0.0);
             for (t, &wt) in w.iter().enumerate() {
+                // Fused, as the vector lanes are (the CPU SGMV's expand relies on it).
                 for (o, x) in out[c..].iter_mut().zip(&row(t)[c..d]) {
-                    *o += wt * x.to_f32();
+                    *o = wt.mul_add(x.to_f32(), *o);
                 }
             }
         }

@@ -382,7 +382,10 @@ fn quantize_block(x: &[f32], q: &mut [i16], d: &mut f32, s: &mut f32) -> i32 {
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     let mut sum = 0i32;
     for (q, v) in q.iter_mut().zip(x) {
-        let r = (v * inv).round().clamp(-QMAX, QMAX) as i16;
+        // Round to nearest even by the float adder (1.5 * 2^23 leaves no fraction bits for
+        // |v * inv| <= QMAX), not a libm call per value.
+        const ROUND: f32 = 12_582_912.0;
+        let r = ((v * inv + ROUND) - ROUND).clamp(-QMAX, QMAX) as i16;
         sum += r as i32;
         *q = r;
     }

@@ -229,9 +229,9 @@ pub(super) mod amx {
     /// Tokens per tile (the rows of the A and C tiles).
     const TOKENS: usize = 16;
 
-    /// The tile shapes (palette 1): tmm0 and tmm1 the i32 products of the low and high
-    /// bytes (16 tokens x 16 rows), tmm2 and tmm3 those bytes (16 tokens x 32), tmm4 the
-    /// weights (8 x 64 bytes: 32 columns x 16 rows).
+    /// The tile shapes (palette 1): tmm0 and tmm1 (and tmm5 and tmm6, for the next block) the
+    /// i32 products of the low and high bytes (16 tokens x 16 rows), tmm2 and tmm3 those bytes
+    /// (16 tokens x 32), tmm4 the weights (8 x 64 bytes: 32 columns x 16 rows).
     #[repr(C, align(64))]
     struct Config {
         palette: u8,
@@ -254,6 +254,10 @@ pub(super) mod amx {
         c.rows[3] = TOKENS as u8;
         c.colsb[4] = 64;
         c.rows[4] = (BLOCK / 4) as u8;
+        c.colsb[5] = 64;
+        c.rows[5] = TOKENS as u8;
+        c.colsb[6] = 64;
+        c.rows[6] = TOKENS as u8;
         c
     };
 
@@ -289,43 +293,62 @@ pub(super) mod amx {
         super::avx512::run(w, p, x, g0, g1, full, x.rows, y);
     }
 
-    /// Outputs `[t..t + 16][group g]`.
+    /// Multiplies one block: the low and high bytes of 16 tokens' activations (`a`, rows
+    /// `stride` apart) by the 16 rows' weights `w`, the i32 products stored to `c` (`[32][16]`:
+    /// 16 rows of low-byte sums, then 16 of high-byte sums).
+    macro_rules! products {
+        ($c_lo:literal, $c_hi:literal, $a:expr, $stride:expr, $w:expr, $c:expr) => {
+            asm!(
+                concat!("tilezero ", $c_lo),
+                concat!("tilezero ", $c_hi),
+                "tileloadd tmm2, [{lo} + {stride} * 1]",
+                "tileloadd tmm3, [{hi} + {stride} * 1]",
+                "tileloadd tmm4, [{w} + {wstride} * 1]",
+                // tdpbsud: signed activation bytes (A) times unsigned weight bytes (B).
+                concat!("tdpbsud ", $c_lo, ", tmm2, tmm4"),
+                concat!("tdpbsud ", $c_hi, ", tmm3, tmm4"),
+                concat!("tilestored [{c_lo} + {cstride} * 1], ", $c_lo),
+                concat!("tilestored [{c_hi} + {cstride} * 1], ", $c_hi),
+                lo = in(reg) $a,
+                hi = in(reg) $a.add(BLOCK),
+                stride = in(reg) $stride,
+                w = in(reg) $w,
+                wstride = in(reg) 64usize,
+                c_lo = in(reg) $c,
+                c_hi = in(reg) $c.add(TOKENS),
+                cstride = in(reg) ROWS * 4,
+                options(nostack),
+            )
+        };
+    }
+
+    /// Outputs `[t..t + 16][group g]`. The tile products of block `b + 1` are issued before
+    /// the vector steps read block `b`'s (two pairs of C tiles, two buffers), so the vector
+    /// loads do not wait on the tile stores just issued.
     #[inline(always)]
     unsafe fn tile(w: &QMatrix, p: &Packed, x: &QActivations, g: usize, t: usize, y: SyncPtr) {
         let nb = p.nb;
         let q4_1 = w.format == QFormat::Q4_1;
         let stride = nb * 2 * BLOCK;
-        let mut c = Products([[0; ROWS]; 2 * TOKENS]);
+        let mut c = [Products([[0; ROWS]; 2 * TOKENS]), Products([[0; ROWS]; 2 * TOKENS])];
         let mut acc = [_mm512_setzero_ps(); TOKENS];
+        let a = |b: usize| x.split.as_ptr().add((t * nb + b) * 2 * BLOCK);
+        let wt = |b: usize| p.w.as_ptr().add((g * nb + b) * TILE);
+        products!("tmm0", "tmm1", a(0), stride, wt(0), c[0].0.as_mut_ptr());
         for b in 0..nb {
-            let at = g * nb + b;
-            let a = x.split.as_ptr().add((t * nb + b) * 2 * BLOCK);
-            let products = c.0.as_mut_ptr();
-            // tdpbsud: signed activation bytes (A) times unsigned weight bytes (B).
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tileloadd tmm2, [{lo} + {stride} * 1]",
-                "tileloadd tmm3, [{hi} + {stride} * 1]",
-                "tileloadd tmm4, [{w} + {wstride} * 1]",
-                "tdpbsud tmm0, tmm2, tmm4",
-                "tdpbsud tmm1, tmm3, tmm4",
-                "tilestored [{c_lo} + {cstride} * 1], tmm0",
-                "tilestored [{c_hi} + {cstride} * 1], tmm1",
-                lo = in(reg) a,
-                hi = in(reg) a.add(BLOCK),
-                stride = in(reg) stride,
-                w = in(reg) p.w.as_ptr().add(at * TILE),
-                wstride = in(reg) 64usize,
-                c_lo = in(reg) products,
-                c_hi = in(reg) products.add(TOKENS),
-                cstride = in(reg) ROWS * 4,
-                options(nostack),
-            );
-            let (wd, wm) = scales(p, at, q4_1);
+            if b + 1 < nb {
+                let next = c[(b + 1) % 2].0.as_mut_ptr();
+                if b % 2 == 0 {
+                    products!("tmm5", "tmm6", a(b + 1), stride, wt(b + 1), next);
+                } else {
+                    products!("tmm0", "tmm1", a(b + 1), stride, wt(b + 1), next);
+                }
+            }
+            let (wd, wm) = scales(p, g * nb + b, q4_1);
+            let products = &c[b % 2].0;
             for (j, acc) in acc.iter_mut().enumerate() {
-                let lo = _mm512_load_si512(c.0[j].as_ptr() as *const __m512i);
-                let hi = _mm512_load_si512(c.0[TOKENS + j].as_ptr() as *const __m512i);
+                let lo = _mm512_load_si512(products[j].as_ptr() as *const __m512i);
+                let hi = _mm512_load_si512(products[TOKENS + j].as_ptr() as *const __m512i);
                 *acc = accumulate(*acc, lo, hi, wd, wm, x, (t + j) * nb + b, q4_1);
             }
         }
