@@ -87,10 +87,16 @@ fn attend<'a, E: Element>(
             scores[g * len + t] = simd.dot(q, k);
         }
     }
-    for (s, o) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(head_dim)) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let inv = 1.0 / simd.exp_shifted(s, max);
-        simd.weighted_sum(s, &value, o);
+    let inv: Vec<f32> = scores
+        .chunks_exact_mut(len)
+        .map(|s| {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            1.0 / simd.exp_shifted(s, max)
+        })
+        .collect();
+    // Each value row read once for all the heads of the group.
+    simd.weighted_sums(&scores, len, value, out);
+    for (o, inv) in out.chunks_exact_mut(head_dim).zip(inv) {
         for v in o.iter_mut() {
             *v *= inv;
         }
