@@ -121,8 +121,8 @@ impl Simd {
         row: impl Fn(usize) -> &'a [E],
         out: &mut [f32],
     ) {
-        let group = if len == 0 { 0 } else { w.len() / len };
-        let d = if group == 0 { 0 } else { out.len() / group };
+        let group = w.len().checked_div(len).unwrap_or(0);
+        let d = out.len().checked_div(group).unwrap_or(0);
         match self {
             // SAFETY: as in `dot`; rows are sliced to `d` columns before any pointer use.
             #[cfg(target_arch = "x86_64")]
