@@ -24,7 +24,7 @@
 //! give bitwise the same outputs; every output's float operations are the same whichever tile
 //! or kernel path computes it, so a row's result does not depend on the batch around it.
 //!
-//! Three designs of the activations were measured before (`worker/NOTES.md`): llama.cpp's
+//! Three designs of the activations were measured before (`engine/NOTES.md`): llama.cpp's
 //! 8-bit activations (fastest, but the embedded model's greedy tokens left its f32 reference
 //! within 6 tokens); f32 activations against expanded blocks (exact, slow for one token); and
 //! these 16-bit ones: ~0.002% rounding of a block's largest value (greedy tokens equal the
