@@ -71,6 +71,12 @@ pub(crate) enum HostLayer<'a> {
     F16(&'a [f16], &'a [f16]),
 }
 
+/// Per layer, a zeroed buffer of the pool's positions.
+fn zeroed<T: Clone>(config: KvCacheConfig, num_layers: usize, row: usize, zero: T) -> Vec<Vec<T>> {
+    let len = config.num_blocks * config.block_size * row;
+    (0..num_layers).map(|_| vec![zero.clone(); len]).collect()
+}
+
 /// The pool's tensors on a device.
 pub(crate) struct DevicePool {
     pub keys: Vec<Tensor>,
@@ -86,13 +92,9 @@ impl KvCache {
         num_kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let len = config.num_blocks * config.block_size * num_kv_heads * head_dim;
-        let layers = || (0..num_layers).map(|_| vec![0f32; len]).collect();
-        Self::host(
-            config,
-            num_kv_heads * head_dim,
-            HostPool::F32 { keys: layers(), values: layers() },
-        )
+        let row = num_kv_heads * head_dim;
+        let layers = || zeroed(config, num_layers, row, 0f32);
+        Self::host(config, row, HostPool::F32 { keys: layers(), values: layers() })
     }
 
     /// An empty f16 host pool (the CPU engine's, for a block-quantized model): keys and values
@@ -103,13 +105,9 @@ impl KvCache {
         num_kv_heads: usize,
         head_dim: usize,
     ) -> Self {
-        let len = config.num_blocks * config.block_size * num_kv_heads * head_dim;
-        let layers = || (0..num_layers).map(|_| vec![f16::ZERO; len]).collect();
-        Self::host(
-            config,
-            num_kv_heads * head_dim,
-            HostPool::F16 { keys: layers(), values: layers() },
-        )
+        let row = num_kv_heads * head_dim;
+        let layers = || zeroed(config, num_layers, row, f16::ZERO);
+        Self::host(config, row, HostPool::F16 { keys: layers(), values: layers() })
     }
 
     fn host(config: KvCacheConfig, row: usize, host: HostPool) -> Self {
