@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::{DecodeBlocks, Geometry};
 use crate::element::Element;
-use crate::simd::Simd;
+use crate::simd::{prefetch, Simd, PREFETCH_AHEAD};
 
 /// Fills `out` (`[num_seqs, num_heads, head_dim]`) from `q`, the caches and the validated
 /// `blocks`; the slices have the sizes `geometry` gives (checked by the caller).
@@ -35,10 +35,18 @@ pub(crate) fn decode<T: Element, C: Element>(
             return;
         }
         let table = &blocks.tables()[seq * table_width..(seq + 1) * table_width];
-        let position = |t: usize| {
-            (table[t / block_size] as usize * block_size + t % block_size) * row
-                + kv_head * head_dim
-        };
+        // Each position's row offset, walked block by block once: the passes below look rows
+        // up several times each, and a division per lookup cost more than the arithmetic.
+        let mut offsets = Vec::with_capacity(len);
+        for &block in table {
+            let base = block as usize * block_size * row + kv_head * head_dim;
+            let n = block_size.min(len - offsets.len());
+            offsets.extend((0..n).map(|i| base + i * row));
+            if offsets.len() == len {
+                break;
+            }
+        }
+        let position = |t: usize| offsets[t];
         let q_start = (seq * num_heads + kv_head * group) * head_dim;
         let qs: Vec<f32> =
             q[q_start..q_start + group * head_dim].iter().map(|e| e.to_f32() * scale).collect();
@@ -75,6 +83,11 @@ fn attend<'a, E: Element>(
     let mut scores = vec![0f32; group * len];
     let mut t = 0;
     while t + 8 <= len {
+        // Keys a few blocks ahead, and the values of the same positions for the second pass.
+        for ahead in t + PREFETCH_AHEAD..(t + PREFETCH_AHEAD + 8).min(len) {
+            prefetch(key(ahead));
+            prefetch(value(ahead));
+        }
         let rows: [&[E]; 8] = std::array::from_fn(|j| key(t + j));
         for (g, q) in qs.chunks_exact(head_dim).enumerate() {
             scores[g * len + t..g * len + t + 8].copy_from_slice(&simd.dot8(q, rows));
