@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::{lora_delta, AdapterSlot, AdapterTable, BatchSegments, SegmentMap};
+use openledger_kernels::{
+    lora_delta, lora_delta_host, AdapterSlot, AdapterTable, BatchSegments, SegmentMap,
+};
 
 use crate::adapter_check::read_adapter;
 pub use crate::adapter_check::ADAPTER_DTYPE;
@@ -229,6 +231,20 @@ impl LoraSlots {
         segments: &BatchSegments,
     ) -> Result<()> {
         lora_delta(x, y, segments, &self.tables[layer][proj.index()])?;
+        Ok(())
+    }
+
+    /// [`LoraSlots::apply`] on host f32 rows (`x` `[rows, d_in]`, `y` `[rows, d_out]`), for
+    /// tables on the CPU: the host path's buffers used in place.
+    pub(crate) fn apply_host(
+        &self,
+        layer: usize,
+        proj: Projection,
+        x: &[f32],
+        y: &mut [f32],
+        segments: &BatchSegments,
+    ) -> Result<()> {
+        lora_delta_host(x, y, segments, &self.tables[layer][proj.index()])?;
         Ok(())
     }
 }

@@ -255,20 +255,9 @@ impl Model {
             let projs = |ps: &[Projection], input: &mut Input<'_>| -> Result<Vec<Vec<f32>>> {
                 let linears: Vec<&Linear> = ps.iter().map(|p| &layer.proj[p.index()]).collect();
                 let mut ys = forward_group(&linears, input)?;
-                // The input as a tensor for the LoRA kernels: made once for the group, and
-                // only when one of its projections has adapters in this batch.
-                let mut x_lora = None;
                 for (&p, y) in ps.iter().zip(ys.iter_mut()) {
                     if let Some(seg) = &segments[p.index()] {
-                        let x_t = match x_lora.take() {
-                            Some(t) => t,
-                            None => input.tensor()?,
-                        };
-                        let d_out = y.len() / n;
-                        let yt = Tensor::from_vec(std::mem::take(y), (n, d_out), &self.device)?;
-                        lora.apply(l, p, &x_t, &yt, seg)?;
-                        *y = flat(&yt)?;
-                        x_lora = Some(x_t);
+                        lora.apply_host(l, p, input.x, y, seg)?;
                     }
                 }
                 Ok(ys)
@@ -357,11 +346,6 @@ fn add_assign(x: &mut [f32], y: &[f32]) {
             *x += y;
         }
     });
-}
-
-/// A contiguous 2-D f32 tensor as a flat vector.
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl KvCache {

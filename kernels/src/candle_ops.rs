@@ -325,6 +325,36 @@ pub fn lora_delta(
     Ok(())
 }
 
+/// [`lora_delta`] on host f32 slices, for a table on the CPU: the CPU engine's path, which
+/// holds its activations in plain buffers (no tensor made or copied per projection).
+pub fn lora_delta_host(
+    x: &[f32],
+    y: &mut [f32],
+    segments: &BatchSegments,
+    table: &AdapterTable,
+) -> Result<()> {
+    let map = &segments.map;
+    if !table.device.is_cpu() {
+        return Err(KernelError::Device {
+            tensor: "adapter table (lora_delta_host)".into(),
+            expected: "cpu".into(),
+            actual: format!("{:?}", table.device.location()),
+        });
+    }
+    table.check_segments(map)?;
+    if map.num_tokens() == 0 {
+        return Ok(());
+    }
+    with_element!(table.dtype, E => {
+        // Taken out for the call (see `LoraDeltaOp`).
+        let mut ws = WORKSPACE.take();
+        let done =
+            cpu::lora_delta(x, y, table.d_in, table.d_out, map, &view::<E>(table), &mut ws);
+        WORKSPACE.set(ws);
+        done
+    })
+}
+
 /// The shrink half alone: returns `v`, f32 `[num_tokens, max_rank]` in sorted order
 /// (`v[p, j] = lora_A_s[j] . x[rows[p]]`, zero for `j >= rank_s`).
 pub fn sgmv_shrink(x: &Tensor, segments: &BatchSegments, table: &AdapterTable) -> Result<Tensor> {

@@ -54,7 +54,9 @@ pub use attention::{
     paged_decode_attention, paged_decode_attention_host, paged_decode_attention_into,
     paged_decode_attention_with, DecodeBlocks, HeadShape,
 };
-pub use candle_ops::{lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments};
+pub use candle_ops::{
+    lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments,
+};
 pub use element::{AdapterWeights, BLayout, Element, LoraWeights};
 pub use error::{KernelError, Result};
 pub use scatter::{scatter_rows, RowIndex};
