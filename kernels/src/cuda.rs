@@ -107,7 +107,8 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     Ok(k)
 }
 
-fn dtype_index(dtype: DType) -> Result<usize> {
+/// Index of a kernel family's f32 / bf16 / f16 instance.
+pub(crate) fn dtype_index(dtype: DType) -> Result<usize> {
     match dtype {
         DType::F32 => Ok(0),
         DType::BF16 => Ok(1),
