@@ -6,9 +6,14 @@
 # (prefill, first token, engine decode). Run from the repository root with gpu-bin/ carried
 # (`BEFORE_BENCH=<engine-gpu-bench built at the base commit> kernels/bench/pack-gpu-bin.sh
 # engine` fills it: engine-gpu.tar.xz, engine-before.tar.xz, hf_decode_anchor.py).
-# Writes under $OUT: before{1,2}.jsonl, after{1,2}.jsonl, anchor.jsonl, full.jsonl and logs.
+# Writes under $OUT (at most 8 files come back): tests.log, hf_peft_cuda.log, decode.jsonl
+# (every decode run's lines, tagged "run": before1 | after1 | before2 | after2), bench.log
+# (the runs' stderr and the anchor's output), anchor.jsonl, full.jsonl, table.md.
+# Two calls fit the device's 10 minutes: `TESTS=1 SKIP_BENCH=1`, then `FULL=1`.
 #   BATCHES          decode batch sizes (default 1,8,32,64,128), adapters 0 and 32
-#   TESTS=1          first the GPU tests and the transformers + PEFT check (gpu-run-engine.sh's)
+#   SKIP_BENCH=1     tests only
+#   TESTS=1          first the GPU tests and the transformers + PEFT check (gpu-run-engine.sh's),
+#                    and the SGMV tensor API tests when gpu-bin/sgmv-gpu.tar.xz is there
 #   ANCHOR_DEADLINE  seconds after the anchor's start past which it compiles no more sizes
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -17,7 +22,7 @@ tar -xJf gpu-bin/engine-gpu.tar.xz -C /tmp/gd/after || exit 1
 [ -f gpu-bin/engine-before.tar.xz ] && { tar -xJf gpu-bin/engine-before.tar.xz -C /tmp/gd/before || exit 1; }
 LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$OUT/env.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee -a "$OUT/tests.log"
 if [ -n "${TESTS:-}" ]; then
   echo "== tests" | tee -a "$OUT/tests.log"
   timeout ${TEST_TIMEOUT:-200} /tmp/gd/after/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" \
@@ -27,32 +32,39 @@ if [ -n "${TESTS:-}" ]; then
     --engine-device cuda --out /tmp/gd/peft > "$OUT/hf_peft_cuda.log" 2>&1
   echo "hf_peft_check exit $?" | tee -a "$OUT/tests.log"
   tail -22 "$OUT/hf_peft_cuda.log"
+  if [ -f gpu-bin/sgmv-gpu.tar.xz ]; then  # the SGMV's own tests (y as columns of a wider output)
+    mkdir -p /tmp/gd/sgmv && tar -xJf gpu-bin/sgmv-gpu.tar.xz -C /tmp/gd/sgmv
+    echo "== SGMV tensor API tests" | tee -a "$OUT/tests.log"
+    timeout 150 /tmp/gd/sgmv/tensor_api --test-threads=1 2>&1 | tee -a "$OUT/tests.log" \
+      | grep -E "^test |test result|panicked|relative|Error"
+  fi
 fi
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
-bench() { # name binary args...
-  local name=$1 bin=$2; shift 2
-  echo "== $name $(date -u +%T)"
-  timeout ${BENCH_TIMEOUT:-200} "$bin" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.log"
+bench() { # name output binary args...: the JSON lines tagged with the run's name
+  local name=$1 out=$2 bin=$3; shift 3
+  echo "== $name $(date -u +%T)" | tee -a "$OUT/bench.log"
+  timeout ${BENCH_TIMEOUT:-200} "$bin" "$@" 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$OUT/$out"
   echo "exit $?"
 }
 for r in 1 2; do
-  [ -x /tmp/gd/before/engine-gpu-bench ] && bench before$r /tmp/gd/before/engine-gpu-bench $DECODE
-  bench after$r /tmp/gd/after/engine-gpu-bench $DECODE
+  [ -x /tmp/gd/before/engine-gpu-bench ] && bench before$r decode.jsonl /tmp/gd/before/engine-gpu-bench $DECODE
+  bench after$r decode.jsonl /tmp/gd/after/engine-gpu-bench $DECODE
 done
 if [ -f gpu-bin/hf_decode_anchor.py ]; then
   echo "== anchor $(date -u +%T)"
   PYTHONUNBUFFERED=1 timeout ${ANCHOR_TIMEOUT:-300} python3 gpu-bin/hf_decode_anchor.py "$OUT/anchor.jsonl" \
-    --deadline ${ANCHOR_DEADLINE:-200} > "$OUT/anchor.log" 2>&1
+    --deadline ${ANCHOR_DEADLINE:-200} >> "$OUT/bench.log" 2>&1
   echo "anchor exit $?"
 fi
-[ -n "${FULL:-}" ] && bench full /tmp/gd/after/engine-gpu-bench
+[ -n "${FULL:-}" ] && bench full full.jsonl /tmp/gd/after/engine-gpu-bench
 # The table: step ms per run, x floor of the first after-run, copy bandwidth of each run.
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, os, sys
 out = sys.argv[1]
 runs = {}
-for name in ("before1", "after1", "before2", "after2", "full"):
-    p = os.path.join(out, name + ".jsonl")
+for f in ("decode.jsonl", "full.jsonl"):
+    p = os.path.join(out, f)
     if not os.path.exists(p):
         continue
     for line in open(p):
@@ -60,6 +72,7 @@ for name in ("before1", "after1", "before2", "after2", "full"):
             d = json.loads(line)
         except ValueError:
             continue
+        name = d.get("run")
         if d.get("measure") == "copy":
             runs.setdefault(name, {})["copy"] = d["gb_per_s"]
         if d.get("measure") == "decode":

@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
     add_rms_norm, attention::HEAD_DIMS, paged_decode_attention_with, rope_store_kv, silu_mul,
-    BatchSegments, DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
+    DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
 };
 
 use crate::adapters::LoraSlots;
@@ -259,7 +259,8 @@ impl TensorModel {
             for &p in stack {
                 let width = cfg.proj_dims(p).1;
                 if let Some(seg) = &segments[p.index()] {
-                    apply_lora_columns(lora, l, p, seg, input, y, offset, width)?;
+                    // SGMV takes rows further apart than its d_out: the columns in place.
+                    lora.apply(l, p, input, &y.narrow(1, offset, width)?, seg)?;
                 }
                 offset += width;
             }
@@ -362,32 +363,6 @@ fn single_stream(device: &Device) {
     }
     #[cfg(not(feature = "cuda"))]
     let _ = device;
-}
-
-/// `y[.., offset..offset + width] += delta(x)` for projection `p` of layer `l`, where `y`
-/// holds several stacked projections' outputs side by side. The SGMV kernels write
-/// contiguous rows, so unless the columns are contiguous already (one row, or the whole
-/// width) they are copied out, updated and copied back (the same arithmetic as on a
-/// projection of its own).
-#[allow(clippy::too_many_arguments)]
-fn apply_lora_columns(
-    lora: &LoraSlots,
-    l: usize,
-    p: Projection,
-    seg: &BatchSegments,
-    x: &Tensor,
-    y: &Tensor,
-    offset: usize,
-    width: usize,
-) -> Result<()> {
-    let part = y.narrow(1, offset, width)?;
-    if part.is_contiguous() {
-        return lora.apply(l, p, x, &part, seg);
-    }
-    let part = part.contiguous()?;
-    lora.apply(l, p, x, &part, seg)?;
-    y.slice_set(&part, 1, offset)?;
-    Ok(())
 }
 
 fn wrong_cache(device: &Device) -> EngineError {

@@ -6,11 +6,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
-use half::{bf16, f16};
+use candle_core::{CudaDevice, CudaStorage, Layout, Storage, Tensor};
 
 use super::{QkvHeads, RotaryPairs};
-use crate::cuda::{cuda_err, dtype_index, slice_address, storage_address};
+use crate::cuda::{alloc_uninit, cuda_err, dtype_index, slice_address, storage_address};
 use crate::error::{KernelError, Result};
 use crate::scatter::RowIndex;
 
@@ -42,21 +41,6 @@ fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
     Ok(fs)
 }
 
-/// An uninitialised buffer of `len` elements of `dtype`, every one written by the launch
-/// that follows.
-fn alloc(dev: &CudaDevice, dtype: DType, len: usize) -> Result<CudaStorage> {
-    let len = len.max(1);
-    // SAFETY: the kernel launched next writes every element before anything reads it.
-    Ok(unsafe {
-        match dtype {
-            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(len)?, dev.clone()),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<bf16>(len)?, dev.clone()),
-            DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<f16>(len)?, dev.clone()),
-            other => return Err(KernelError::UnsupportedDType(other)),
-        }
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn add_rms_norm(
     x: &CudaStorage,
@@ -72,7 +56,7 @@ pub(super) fn add_rms_norm(
     let dev = x.device().clone();
     let stream = dev.cuda_stream();
     let f = &functions(&dev)?[dtype_index(x.dtype())?][0];
-    let out = alloc(&dev, x.dtype(), 2 * rows * width)?;
+    let out = alloc_uninit(&dev, x.dtype(), 2 * rows * width)?;
     let (xa, da, wa) = (
         storage_address(x, xl, &stream)?,
         storage_address(d, dl, &stream)?,
@@ -101,7 +85,7 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Re
     let dev = s.device().clone();
     let stream = dev.cuda_stream();
     let func = &functions(&dev)?[dtype_index(s.dtype())?][1];
-    let out = alloc(&dev, s.dtype(), rows * f)?;
+    let out = alloc_uninit(&dev, s.dtype(), rows * f)?;
     let (ga, oa) = (
         storage_address(s, l, &stream)?,
         storage_address(&out, &Layout::contiguous(rows * f), &stream)?,
@@ -160,7 +144,7 @@ pub(super) fn rope_store_kv(
     let func = &functions(&dev)?[dtype_index(qkv.dtype())?][2];
     let rows = slots.len();
     let q_len = rows * h.heads * h.head_dim;
-    let out = alloc(&dev, qkv.dtype(), q_len)?;
+    let out = alloc_uninit(&dev, qkv.dtype(), q_len)?;
     let index = slots.device_rows(&dev)?;
     let (qa, ca, sa, oa) = (
         storage_address(qkv, ql, &stream)?,
