@@ -1,7 +1,7 @@
 //! With the `cuda` feature, compiles the kernels in `cuda/` (`sgmv_fused.cu`,
-//! `sgmv_two_stage.cu`, `paged_attention.cu`, `scatter_rows.cu`) to fatbins (sm_90 SASS +
+//! `sgmv_two_stage.cu`, `paged_attention.cu`, `scatter_rows.cu`, `layer_ops.cu`) to fatbins (sm_90 SASS +
 //! compute_90 PTX, so newer GPUs can JIT them) that `src/cuda.rs`, `src/cuda/fused.rs`,
-//! `src/attention/cuda.rs` and `src/scatter.rs` embed. Without it, does nothing: CI needs no
+//! `src/attention/cuda.rs`, `src/scatter.rs` and `src/layer_ops/cuda.rs` embed. Without it, does nothing: CI needs no
 //! CUDA toolkit.
 
 use std::path::PathBuf;
@@ -9,8 +9,9 @@ use std::process::Command;
 
 /// The kernel sources, by role: SGMV shrink-reduce-expand in one launch (bf16 / f16, ranks
 /// up to 128), SGMV in two stages (f32 and larger ranks), decode attention over the paged KV
-/// cache, and the KV cache's row scatter.
-const KERNELS: [&str; 4] = ["sgmv_fused", "sgmv_two_stage", "paged_attention", "scatter_rows"];
+/// cache, the KV cache's row scatter, and the decoder layer's fused elementwise steps.
+const KERNELS: [&str; 5] =
+    ["sgmv_fused", "sgmv_two_stage", "paged_attention", "scatter_rows", "layer_ops"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

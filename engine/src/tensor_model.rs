@@ -5,13 +5,19 @@
 //!
 //! A step is planned once on the host ([`StepPlan`]: token ids, positions, cache slots,
 //! which rows decode and which prefill, block tables) and every layer reuses the plan's
-//! device tensors. Keys and values are scattered into the paged pool; one-token chunks
-//! attend through the paged decode kernel, longer chunks (prefill) gather their sequence's
-//! cached positions and attend causally with matmuls and a softmax in f32.
+//! device tensors. A decode step is bound by the host's launch rate (each candle operation
+//! costs ~13 us of host time), so a layer is few launches: q/k/v and gate/up are one GEMM
+//! each (weights stacked at load), the kernels crate's fused steps rotate q and k and write
+//! k and v to the paged pool in one launch (`rope_store_kv`), take SiLU(gate) x up in one
+//! (`silu_mul`), and add each residual together with the RMSNorm that follows it
+//! (`add_rms_norm`). One-token chunks attend through the paged decode kernel, longer chunks
+//! (prefill) gather their sequence's cached positions and attend causally with matmuls and
+//! a softmax in f32.
 
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
-    attention::HEAD_DIMS, paged_decode_attention_with, scatter_rows, DecodeBlocks, RowIndex,
+    add_rms_norm, attention::HEAD_DIMS, paged_decode_attention_with, rope_store_kv, silu_mul,
+    DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
 };
 
 use crate::adapters::LoraSlots;
@@ -21,9 +27,35 @@ use crate::step::{SeqChunk, StepSegments};
 use crate::weights::{self, BaseWeights, HfLayer};
 use openledger_model::{ModelConfig, Projection, RopeStyle};
 
-/// Weights of one decoder layer as tensors.
-/// Projections `[d_out, d_in]`.
-type LayerTensors = HfLayer<Tensor>;
+/// Weights of one decoder layer on the device, projections `[d_out, d_in]`. The projections
+/// that read the same input are stacked at load time, so each is one GEMM per layer: q, k
+/// and v (their outputs side by side in one `[rows, q + k + v]` tensor), and gate and up.
+struct LayerTensors {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    /// `[q_out + k_out + v_out, hidden]`.
+    qkv: Tensor,
+    o: Tensor,
+    /// `[2 * intermediate, hidden]`: gate's rows, then up's.
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+impl LayerTensors {
+    /// Stacks a checkpoint layer's projections (the separate matrices are dropped).
+    fn stack(layer: HfLayer<Tensor>) -> Result<Self> {
+        let HfLayer { attn_norm, ffn_norm, proj } = layer;
+        let p = |q: Projection| &proj[q.index()];
+        let qkv = Tensor::cat(&[p(Projection::Q), p(Projection::K), p(Projection::V)], 0)?;
+        let gate_up = Tensor::cat(&[p(Projection::Gate), p(Projection::Up)], 0)?;
+        let (o, down) = (p(Projection::O).clone(), p(Projection::Down).clone());
+        Ok(Self { attn_norm, ffn_norm, qkv, o, gate_up, down })
+    }
+
+    fn tensors(&self) -> [&Tensor; 6] {
+        [&self.attn_norm, &self.ffn_norm, &self.qkv, &self.o, &self.gate_up, &self.down]
+    }
+}
 
 /// The base model on a device.
 pub(crate) struct TensorModel {
@@ -58,11 +90,11 @@ impl TensorModel {
         let lm_head = if tied { embed.clone() } else { put(w.lm_head.to_tensor()?)? };
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
-            layers.push(LayerTensors {
+            layers.push(LayerTensors::stack(HfLayer {
                 attn_norm: vector(&l.attn_norm)?,
                 ffn_norm: vector(&l.ffn_norm)?,
                 proj: l.proj.iter().map(|p| put(p.to_tensor()?)).collect::<Result<_>>()?,
-            });
+            })?);
         }
         Self::assemble(cfg, embed, layers, vector(&w.norm)?, (lm_head, tied), device, dtype)
     }
@@ -81,7 +113,8 @@ impl TensorModel {
             None => (hf.embed.clone(), true),
         };
         let (embed, norm) = (hf.embed, hf.norm);
-        Self::assemble(cfg, embed, hf.layers, norm, lm_head, device, dtype)
+        let layers = hf.layers.into_iter().map(LayerTensors::stack).collect::<Result<_>>()?;
+        Self::assemble(cfg, embed, layers, norm, lm_head, device, dtype)
     }
 
     /// Random weights generated on `device` (benchmarks): normal with standard deviation
@@ -111,7 +144,11 @@ impl TensorModel {
                     randn((d_out, d_in))
                 })
                 .collect::<Result<_>>()?;
-            layers.push(LayerTensors { attn_norm: ones()?, ffn_norm: ones()?, proj });
+            layers.push(LayerTensors::stack(HfLayer {
+                attn_norm: ones()?,
+                ffn_norm: ones()?,
+                proj,
+            })?);
         }
         let lm_head = if cfg.tie_word_embeddings {
             (embed.clone(), true)
@@ -169,13 +206,8 @@ impl TensorModel {
     /// LM head; embedding rows are gathered, not read whole).
     pub(crate) fn weight_bytes_per_step(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                bytes(&l.attn_norm) + bytes(&l.ffn_norm) + l.proj.iter().map(bytes).sum::<usize>()
-            })
-            .sum();
+        let layers: usize =
+            self.layers.iter().map(|l| l.tensors().into_iter().map(bytes).sum::<usize>()).sum();
         layers + bytes(&self.norm) + bytes(&self.lm_head)
     }
 
@@ -215,54 +247,60 @@ impl TensorModel {
                 self.dtype
             )));
         }
-        let n = tokens.len();
         let eps = cfg.rms_norm_eps as f32;
-        let mut x = self.embed.index_select(&plan.ids, 0)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let proj = |p: Projection, input: &Tensor| -> Result<Tensor> {
-                let y = input.matmul(&layer.proj[p.index()].t()?)?;
-                if let Some(seg) = &segments[p.index()] {
-                    lora.apply(l, p, input, &y, seg)?;
-                }
-                Ok(y)
-            };
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let q = self.rope(&proj(Projection::Q, &h)?, &plan, n, nh, hd)?;
-            let k = self.rope(&proj(Projection::K, &h)?, &plan, n, nkv, hd)?;
-            let v = proj(Projection::V, &h)?;
-            scatter_rows(&pool.keys[l], &plan.kv_slots, &k)?;
-            scatter_rows(&pool.values[l], &plan.kv_slots, &v)?;
-            let attn = self.attend(cfg, l, &q, pool, &plan)?;
-            x = (x + proj(Projection::O, &attn)?)?;
-
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = proj(Projection::Gate, &h)?;
-            let up = proj(Projection::Up, &h)?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + proj(Projection::Down, &act)?)?;
-        }
-        let last = x.index_select(&plan.last_rows, 0)?;
-        let normed = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(normed.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
-    }
-
-    /// Rotates every head of `x` (`[n, heads * head_dim]`) at the plan's positions.
-    fn rope(
-        &self,
-        x: &Tensor,
-        plan: &StepPlan,
-        n: usize,
-        heads: usize,
-        hd: usize,
-    ) -> Result<Tensor> {
-        // [n, heads, 1, hd] with cos/sin [n, 1, hd / 2]: one "batch" entry per row, so every
-        // row takes its own position and no copy is needed.
-        let x4 = x.reshape((n, heads, 1, hd))?;
-        let out = match plan.rope_style {
-            RopeStyle::Half => candle_nn::rotary_emb::rope(&x4, &plan.cos, &plan.sin)?,
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &plan.cos, &plan.sin)?,
+        let heads = QkvHeads { heads: nh, kv_heads: nkv, head_dim: hd };
+        let pairs = match plan.rope_style {
+            RopeStyle::Half => RotaryPairs::Halves,
+            RopeStyle::Interleaved => RotaryPairs::Adjacent,
         };
-        Ok(out.reshape((n, heads * hd))?)
+        // LoRA deltas of the stacked projections go into their columns of the one output.
+        let lora_into = |l: usize, stack: &[Projection], input: &Tensor, y: &Tensor| {
+            let mut offset = 0;
+            for &p in stack {
+                let width = cfg.proj_dims(p).1;
+                if let Some(seg) = &segments[p.index()] {
+                    // SGMV takes rows further apart than its d_out: the columns in place.
+                    lora.apply(l, p, input, &y.narrow(1, offset, width)?, seg)?;
+                }
+                offset += width;
+            }
+            Result::Ok(())
+        };
+        let mut x = self.embed.index_select(&plan.ids, 0)?;
+        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
+        let mut h = candle_nn::ops::rms_norm(&x, first_norm, eps)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let qkv = h.matmul(&layer.qkv.t()?)?;
+            lora_into(l, &[Projection::Q, Projection::K, Projection::V], &h, &qkv)?;
+            let (keys, values) = (&pool.keys[l], &pool.values[l]);
+            let q = rope_store_kv(
+                &qkv,
+                &plan.cos,
+                &plan.sin,
+                pairs,
+                heads,
+                &plan.kv_slots,
+                keys,
+                values,
+            )?;
+            let attn = self.attend(cfg, l, &q, pool, &plan)?;
+            let o = attn.matmul(&layer.o.t()?)?;
+            lora_into(l, &[Projection::O], &attn, &o)?;
+            (x, h) = add_rms_norm(&x, &o, &layer.ffn_norm, eps)?;
+
+            let gate_up = h.matmul(&layer.gate_up.t()?)?;
+            lora_into(l, &[Projection::Gate, Projection::Up], &h, &gate_up)?;
+            let act = silu_mul(&gate_up)?;
+            let down = act.matmul(&layer.down.t()?)?;
+            lora_into(l, &[Projection::Down], &act, &down)?;
+            // The residual add fused with the next norm: the next layer's, or the final one.
+            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |next| &next.attn_norm);
+            (x, h) = add_rms_norm(&x, &down, next_norm, eps)?;
+        }
+        // `h` is now every row through the final norm (rows are independent); the logits
+        // need the chunks' last rows.
+        let last = h.index_select(&plan.last_rows, 0)?;
+        Ok(last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
     }
 
     /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached
@@ -379,7 +417,7 @@ fn causal_attention(
 /// What a step's layers share: inputs and indices on the device, built once.
 struct StepPlan {
     ids: Tensor,
-    /// `[n, 1, head_dim / 2]`: each row's rotary angles.
+    /// `[n, head_dim / 2]`: each row's rotary angles.
     cos: Tensor,
     sin: Tensor,
     rope_style: RopeStyle,
@@ -423,11 +461,10 @@ impl StepPlan {
         let dev = &model.device;
         let n = tokens.len();
         let kc = cache.config();
-        let half = cfg.head_dim / 2;
         let pos =
             Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), n, dev)?;
-        let cos = model.cos.index_select(&pos, 0)?.reshape((n, 1, half))?;
-        let sin = model.sin.index_select(&pos, 0)?.reshape((n, 1, half))?;
+        let cos = model.cos.index_select(&pos, 0)?;
+        let sin = model.sin.index_select(&pos, 0)?;
 
         let mut slots = Vec::with_capacity(n);
         // The paged kernel takes head sizes 64 and 128 and power-of-two blocks; other shapes

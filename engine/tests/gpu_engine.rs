@@ -18,13 +18,16 @@
 
 use openledger_testkit as common;
 
+use candle_core::Tensor;
 use candle_core::{DType, Device};
 use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
 use common::{write_adapter, write_model_with};
 use openledger_engine::{
     AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
 };
-use openledger_kernels::{scatter_rows, RowIndex};
+use openledger_kernels::{
+    add_rms_norm, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs, RowIndex,
+};
 
 /// Root-mean-square logit error allowed, relative to each row's largest logit.
 const RMS_TOLERANCE: f64 = 1.5e-2;
@@ -99,6 +102,81 @@ fn cuda_row_scatter_matches_cpu() {
             b.to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
             "{dtype:?} x {width}"
         );
+    }
+}
+
+/// Elements of `got` that differ from `want` (both bf16, compared as f32), and the largest
+/// difference relative to the largest magnitude of `want`.
+fn differences(what: &str, want: &Tensor, got: &Tensor) -> (usize, f32) {
+    let flat = |t: &Tensor| -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let (a, b) = (flat(want), flat(got));
+    assert_eq!(a.len(), b.len(), "{what}: sizes");
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    // By value (+0 and -0 equal); the outputs are checked finite below.
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale;
+    assert!(b.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    eprintln!("{what}: {differ} of {} elements differ, largest difference {max:.2e}", a.len());
+    (differ, max)
+}
+
+/// The fused layer steps (`add_rms_norm`, `silu_mul`, `rope_store_kv`) against the candle
+/// operations the tensor path ran before them, on CUDA in bf16, at a small and the 8B
+/// width (rmsnorm's 32- and 1024-thread reductions). They are written to round as those do;
+/// the bound is one bf16 rounding of the output's scale.
+#[test]
+fn cuda_fused_layer_steps_match_the_candle_ops_they_replace() {
+    let gpu = cuda();
+    let randn = |shape: &[usize]| {
+        Tensor::randn(0f32, 1.0, shape, &gpu).unwrap().to_dtype(DType::BF16).unwrap()
+    };
+    let bound = 2f32.powi(-8);
+    for (rows, hidden, ffn) in [(5, 256, 704), (64, 4096, 14336)] {
+        let (x, d, w) = (randn(&[rows, hidden]), randn(&[rows, hidden]), randn(&[hidden]));
+        let (res, h) = add_rms_norm(&x, &d, &w, 1e-5).unwrap();
+        let sum = (&x + &d).unwrap();
+        let want = candle_nn::ops::rms_norm(&sum, &w, 1e-5).unwrap();
+        assert_eq!(differences(&format!("residual add {rows}x{hidden}"), &sum, &res).0, 0);
+        assert!(differences(&format!("add + rms_norm {rows}x{hidden}"), &want, &h).1 <= bound);
+
+        let gu = randn(&[rows, 2 * ffn]);
+        let (g, u) = (gu.narrow(1, 0, ffn).unwrap(), gu.narrow(1, ffn, ffn).unwrap());
+        let want = (candle_nn::ops::silu(&g).unwrap() * u).unwrap();
+        let got = silu_mul(&gu).unwrap();
+        assert!(differences(&format!("silu x up {rows}x{ffn}"), &want, &got).1 <= bound);
+    }
+    for (pairs, heads) in [
+        (RotaryPairs::Halves, QkvHeads { heads: 32, kv_heads: 8, head_dim: 128 }),
+        (RotaryPairs::Adjacent, QkvHeads { heads: 4, kv_heads: 2, head_dim: 64 }),
+    ] {
+        let (nh, nkv, hd) = (heads.heads, heads.kv_heads, heads.head_dim);
+        let rows = 7;
+        let qkv = randn(&[rows, (nh + 2 * nkv) * hd]);
+        let (cos, sin) = (randn(&[rows, hd / 2]), randn(&[rows, hd / 2]));
+        let slots = RowIndex::new(vec![11, 3, 0, 19, 7, 8, 2]);
+        let zeros = || Tensor::zeros((20, nkv * hd), DType::BF16, &gpu).unwrap();
+        let (keys, values, want_keys, want_values) = (zeros(), zeros(), zeros(), zeros());
+        let q = rope_store_kv(&qkv, &cos, &sin, pairs, heads, &slots, &keys, &values).unwrap();
+        let rope = |x: Tensor, h: usize| {
+            let x4 = x.reshape((rows, h, 1, hd)).unwrap();
+            let (c, s) =
+                (cos.reshape((rows, 1, hd / 2)).unwrap(), sin.reshape((rows, 1, hd / 2)).unwrap());
+            let out = match pairs {
+                RotaryPairs::Halves => candle_nn::rotary_emb::rope(&x4, &c, &s),
+                RotaryPairs::Adjacent => candle_nn::rotary_emb::rope_i(&x4, &c, &s),
+            };
+            out.unwrap().reshape((rows, h * hd)).unwrap()
+        };
+        let part = |s: usize, l: usize| qkv.narrow(1, s, l).unwrap().contiguous().unwrap();
+        let want_q = rope(part(0, nh * hd), nh);
+        scatter_rows(&want_keys, &slots, &rope(part(nh * hd, nkv * hd), nkv)).unwrap();
+        scatter_rows(&want_values, &slots, &part((nh + nkv) * hd, nkv * hd)).unwrap();
+        let what = format!("{pairs:?} {nh}/{nkv}x{hd}");
+        assert!(differences(&format!("rope q {what}"), &want_q, &q).1 <= bound);
+        assert!(differences(&format!("rope k to cache {what}"), &want_keys, &keys).1 <= bound);
+        assert_eq!(differences(&format!("v to cache {what}"), &want_values, &values).0, 0);
     }
 }
 

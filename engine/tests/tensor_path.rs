@@ -1,7 +1,8 @@
 //! The tensor path (what a CUDA device runs) computes the same function as the host path:
 //! run here on the CPU in f32, its logits match the host path's on a batch mixing prefill
 //! chunks, decode tokens and adapters of different ranks, both with the paged decode kernel
-//! (head size 64, power-of-two blocks) and with the gathered fallback (head size 8).
+//! (head size 64, power-of-two blocks) and with the gathered fallback (head size 8), and
+//! each sequence alone (one-row steps).
 
 use openledger_testkit as common;
 
@@ -31,6 +32,24 @@ fn compare(config: &serde_json::Value, block_size: usize) {
 #[test]
 fn tensor_path_matches_host_path_with_paged_decode_kernel() {
     compare(&wide_config(), 4);
+}
+
+#[test]
+fn tensor_path_matches_host_path_for_each_sequence_alone() {
+    // One-row decode steps: a stacked projection's columns (q, k, v; gate, up) are then
+    // contiguous, and the adapters' deltas go into them in place.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), 5);
+    let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
+    let tensor = Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let lora = slots(dir.path(), &cfg, &Device::Cpu);
+    for seq in seqs() {
+        let alone = [seq];
+        let want = batch::run(&host, &lora, &alone, 4, 6, 4, None);
+        let got = batch::run(&tensor, &lora, &alone, 4, 6, 4, Some(&want.generated));
+        let err = batch::max_relative_error(&want, &got);
+        assert!(err < 1e-4, "adapter {:?}: tensor path differs: {err:e}", alone[0].slot);
+    }
 }
 
 #[test]

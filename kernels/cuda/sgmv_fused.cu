@@ -51,7 +51,7 @@ constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte 
 // supported by the code but not built: see the kernels at the end).
 struct Params {
     const void* x;                    // [num_rows, d_in]
-    void* y;                          // [num_rows, d_out]
+    void* y;                          // [num_rows, d_out], rows ldy elements apart
     float* v;                         // [num_tokens, width]: output (mode 1) or input (mode 2)
     const unsigned long long* table;  // [slots][2]: lora_A, lora_B
     const unsigned int* rows;         // [num_tokens]: batch row of each sorted position
@@ -59,6 +59,7 @@ struct Params {
     int d_in, d_out, width;
     int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
     int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
+    int ldy;    // y's row stride (d_out, or more when y is some columns of a wider output)
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -205,7 +206,7 @@ __device__ __forceinline__ void sgmv_fused(const Params& p) {
         m_ok[i] = m < mrows;
         const size_t row = m_ok[i] ? p.rows[start + m] : 0;
         x_row[i] = static_cast<const T*>(p.x) + row * d_in;
-        y_row[i] = static_cast<T*>(p.y) + row * d_out;
+        y_row[i] = static_cast<T*>(p.y) + row * p.ldy;
     }
 
     // Shrink split (a function of d_in and rank only): the rank tiles in NG groups of up to

@@ -280,6 +280,21 @@ fn check_operand(
     dtype: DType,
     dims: &[usize],
 ) -> Result<()> {
+    check_kind(t, name, table, dtype, dims)?;
+    if !t.is_contiguous() {
+        return Err(KernelError::NotContiguous { tensor: name.to_string() });
+    }
+    Ok(())
+}
+
+/// dtype, device and shape.
+fn check_kind(
+    t: &Tensor,
+    name: &str,
+    table: &AdapterTable,
+    dtype: DType,
+    dims: &[usize],
+) -> Result<()> {
     if t.dtype() != dtype {
         return Err(KernelError::DType {
             tensor: name.to_string(),
@@ -294,17 +309,34 @@ fn check_operand(
             actual: format!("{:?}", t.device().location()),
         });
     }
-    check_shape(name, dims, t.dims())?;
-    if !t.is_contiguous() {
-        return Err(KernelError::NotContiguous { tensor: name.to_string() });
+    check_shape(name, dims, t.dims())
+}
+
+/// [`check_operand`] for a `[rows, cols]` operand whose rows may lie further apart than
+/// `cols` (some columns of a wider tensor); returns the row stride.
+fn check_row_strided(
+    t: &Tensor,
+    name: &str,
+    table: &AdapterTable,
+    dtype: DType,
+    dims: [usize; 2],
+) -> Result<usize> {
+    check_kind(t, name, table, dtype, &dims)?;
+    if t.is_contiguous() {
+        return Ok(dims[1]);
     }
-    Ok(())
+    match t.stride() {
+        [ld, 1] if *ld >= dims[1] => Ok(*ld),
+        _ => Err(KernelError::NotContiguous { tensor: name.to_string() }),
+    }
 }
 
 /// `y[row] += scale_s * lora_B_s @ (lora_A_s @ x[row])` for every row of every segment, in
-/// place. `x` is `[num_rows, d_in]`, `y` `[num_rows, d_out]`, both contiguous, on the table's
-/// device and of the table's dtype (on the CPU: of one dtype, which may differ from the
-/// table's). Rows in no segment are left as they were.
+/// place. `x` is `[num_rows, d_in]`, contiguous; `y` `[num_rows, d_out]`, contiguous rows
+/// that may lie further apart (`y` may be some columns of a wider output, as a projection's
+/// part of several stacked projections); both on the table's device and of the table's
+/// dtype (on the CPU: of one dtype, which may differ from the table's). Rows in no segment
+/// are left as they were, and so are the columns outside `y`.
 pub fn lora_delta(
     x: &Tensor,
     y: &Tensor,
@@ -316,12 +348,12 @@ pub fn lora_delta(
     // with bf16 adapters); x and y always share one.
     let act = if table.device.is_cpu() { x.dtype() } else { table.dtype };
     check_operand(x, "x", table, act, &[map.num_rows(), table.d_in])?;
-    check_operand(y, "y", table, act, &[map.num_rows(), table.d_out])?;
+    let ldy = check_row_strided(y, "y", table, act, [map.num_rows(), table.d_out])?;
     table.check_segments(map)?;
     if map.num_tokens() == 0 {
         return Ok(());
     }
-    y.inplace_op2(x, &LoraDeltaOp { segments, table })?;
+    y.inplace_op2(x, &LoraDeltaOp { segments, table, ldy })?;
     Ok(())
 }
 
@@ -425,6 +457,8 @@ fn view<T>(table: &AdapterTable) -> CpuTableView<'_, T> {
 struct LoraDeltaOp<'a> {
     segments: &'a BatchSegments,
     table: &'a AdapterTable,
+    /// Row stride of y.
+    ldy: usize,
 }
 
 impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
@@ -445,20 +479,36 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
             with_element!(x.dtype(), A => {
                 with_element!(t.dtype, E => {
                     let x = cpu_slice::<A>(x, xl, "x")?;
-                    let y = cpu_slice_mut::<A>(y, yl, "y")?;
+                    let map = &self.segments.map;
                     // Taken out for the call rather than borrowed: a rayon worker waiting
                     // inside this call may run another task that calls lora_delta on the
                     // same thread.
                     let mut ws = WORKSPACE.take();
-                    let done = cpu::lora_delta(
-                        x,
-                        y,
-                        t.d_in,
-                        t.d_out,
-                        &self.segments.map,
-                        &view::<E>(t),
-                        &mut ws,
-                    );
+                    let mut run = |y: &mut [A]| {
+                        cpu::lora_delta(x, y, t.d_in, t.d_out, map, &view::<E>(t), &mut ws)
+                    };
+                    let done = if self.ldy == t.d_out {
+                        run(cpu_slice_mut::<A>(y, yl, "y")?)
+                    } else {
+                        // Rows further apart: through a packed copy (the same arithmetic).
+                        let actual = y.dtype();
+                        let all = A::storage_mut(y).ok_or(KernelError::DType {
+                            tensor: "y".into(),
+                            expected: A::DTYPE,
+                            actual,
+                        })?;
+                        let (start, d) = (yl.start_offset(), t.d_out);
+                        let row = |r: usize| start + r * self.ldy..start + r * self.ldy + d;
+                        let mut packed = Vec::with_capacity(map.num_rows() * d);
+                        for r in 0..map.num_rows() {
+                            packed.extend_from_slice(&all[row(r)]);
+                        }
+                        let done = run(&mut packed);
+                        for (r, src) in packed.chunks_exact(d).enumerate() {
+                            all[row(r)].copy_from_slice(src);
+                        }
+                        done
+                    };
                     WORKSPACE.set(ws);
                     done
                 })
@@ -476,7 +526,8 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         #[cfg(feature = "cuda")]
         {
-            crate::cuda::lora_delta(x, xl, y, yl, self.segments, self.table).map_err(to_candle)
+            crate::cuda::lora_delta(x, xl, y, yl, self.ldy, self.segments, self.table)
+                .map_err(to_candle)
         }
         #[cfg(not(feature = "cuda"))]
         {

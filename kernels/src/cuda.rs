@@ -107,7 +107,8 @@ fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
     Ok(k)
 }
 
-fn dtype_index(dtype: DType) -> Result<usize> {
+/// Index of a kernel family's f32 / bf16 / f16 instance.
+pub(crate) fn dtype_index(dtype: DType) -> Result<usize> {
     match dtype {
         DType::F32 => Ok(0),
         DType::BF16 => Ok(1),
@@ -357,7 +358,16 @@ fn prepare(segments: &BatchSegments, table: &AdapterTable, dev: &CudaDevice) -> 
 
 /// Launches the fused kernel in `mode` (0: lora_delta, 1: shrink alone into `v`, 2: expand alone from
 /// `v`).
-fn launch_fused(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn launch_fused(
+    call: &Call,
+    dtype: usize,
+    mode: i32,
+    x: u64,
+    y: u64,
+    ldy: usize,
+    v: u64,
+) -> Result<()> {
     let Some(k) = &call.kernels.fused else {
         return Err(KernelError::Cuda("the fused SGMV kernel is not loaded".into()));
     };
@@ -370,6 +380,7 @@ fn launch_fused(call: &Call, dtype: usize, mode: i32, x: u64, y: u64, v: u64) ->
         rows: call.p.rows,
         d_in: call.p.d_in as usize,
         d_out: call.p.d_out as usize,
+        ldy,
         width: call.p.width as usize,
         a_aligned: (call.p.vec_ok & 1) != 0,
         b_aligned: (call.p.vec_ok & 2) != 0,
@@ -411,12 +422,16 @@ fn expand_from(call: &mut Call, v: u64, y: u64) -> Result<()> {
 }
 
 /// `y += delta` on the device: the fused kernel in one launch, or the two-stage kernels' shrink then expand (two launches,
-/// with v and the partials in the step's scratch buffer).
+/// with v and the partials in the step's scratch buffer). `y`'s rows are `ldy` elements apart;
+/// the two-stage kernels write contiguous rows, so there a `y` of wider rows goes through a
+/// contiguous copy.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lora_delta(
     x: &CudaStorage,
     xl: &Layout,
     y: &mut CudaStorage,
     yl: &Layout,
+    ldy: usize,
     segments: &BatchSegments,
     table: &AdapterTable,
 ) -> Result<()> {
@@ -425,15 +440,47 @@ pub(crate) fn lora_delta(
     if call.seg.num_tiles == 0 {
         return Ok(());
     }
-    let (x, y) = (storage_address(x, xl, &call.stream)?, storage_address(y, yl, &call.stream)?);
+    let x = storage_address(x, xl, &call.stream)?;
     if let Some(dtype) = call.fused {
-        return launch_fused(&call, dtype, 0, x, y, 0);
+        let y = storage_address(y, yl, &call.stream)?;
+        return launch_fused(&call, dtype, 0, x, y, ldy, 0);
     }
+    let (rows, d_out) = (segments.map().num_rows(), call.p.d_out as usize);
+    let mut packed = (ldy != d_out)
+        .then(|| -> Result<CudaStorage> {
+            let mut t = alloc_uninit(&dev, y.dtype(), rows * d_out)?;
+            y.copy2d(&mut t, rows, d_out, ldy, d_out, yl.start_offset(), 0)?;
+            Ok(t)
+        })
+        .transpose()?;
+    let y_addr = match &packed {
+        Some(t) => storage_address(t, &Layout::contiguous(rows * d_out), &call.stream)?,
+        None => storage_address(y, yl, &call.stream)?,
+    };
     let v_len = call.p.num_tokens as usize * call.p.width as usize;
     let seg = call.seg.clone();
     let (_guard, v) = seg.scratch(&dev, v_len * (1 + call.p.ksplit as usize))?;
     shrink_into(&mut call, x, v, v + 4 * v_len as u64)?;
-    expand_from(&mut call, v, y)
+    expand_from(&mut call, v, y_addr)?;
+    if let Some(t) = packed.take() {
+        t.copy2d(y, rows, d_out, d_out, ldy, 0, yl.start_offset())?;
+    }
+    Ok(())
+}
+
+/// An uninitialised buffer of `len` (at least one) elements of `dtype`, for a launch that
+/// writes every element before anything reads it.
+pub(crate) fn alloc_uninit(dev: &CudaDevice, dtype: DType, len: usize) -> Result<CudaStorage> {
+    let len = len.max(1);
+    // SAFETY: the callers' next launch (or copy) writes every element before any read.
+    Ok(unsafe {
+        match dtype {
+            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(len)?, dev.clone()),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<bf16>(len)?, dev.clone()),
+            DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<f16>(len)?, dev.clone()),
+            other => return Err(KernelError::UnsupportedDType(other)),
+        }
+    })
 }
 
 /// The shrink alone; the output starts NaN-filled so that an unwritten element shows.
@@ -451,7 +498,7 @@ pub(crate) fn shrink(
         let x = storage_address(x, xl, &call.stream)?;
         let v_addr = slice_address(&v, &call.stream);
         if let Some(dtype) = call.fused {
-            launch_fused(&call, dtype, 1, x, 0, v_addr)?;
+            launch_fused(&call, dtype, 1, x, 0, 0, v_addr)?;
             return Ok(CudaStorage::wrap_cuda_slice(v, dev));
         }
         let seg = call.seg.clone();
@@ -479,7 +526,7 @@ pub(crate) fn expand(
     let v = address::<f32>(v, vl, &call.stream)?;
     let y = storage_address(y, yl, &call.stream)?;
     if let Some(dtype) = call.fused {
-        return launch_fused(&call, dtype, 2, 0, y, v);
+        return launch_fused(&call, dtype, 2, 0, y, call.p.d_out as usize, v);
     }
     expand_from(&mut call, v, y)
 }

@@ -1,7 +1,8 @@
 //! The worker's GPU and CPU kernels: SGMV (segmented gather matrix-vector) for many LoRA
 //! adapters over one base model in one batch, decode attention over the paged KV cache
 //! ([`attention`]), and the row scatter that writes keys and values into that cache
-//! ([`scatter_rows`]).
+//! ([`scatter_rows`]), and the decoder layer's fused elementwise steps (residual + RMSNorm,
+//! SwiGLU, RoPE with the KV-cache write: [`add_rms_norm`], [`silu_mul`], [`rope_store_kv`]).
 //!
 //! A step's batch of `num_rows` token rows is grouped by adapter into segments
 //! ([`SegmentMap`], built once per step on the host and reused by every layer). For each
@@ -43,6 +44,7 @@ pub mod cpu;
 mod cuda;
 mod element;
 mod error;
+mod layer_ops;
 pub mod options;
 pub mod quant;
 pub mod reference;
@@ -59,5 +61,6 @@ pub use candle_ops::{
 };
 pub use element::{AdapterWeights, BLayout, Element, LoraWeights};
 pub use error::{KernelError, Result};
+pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, QkvHeads, RotaryPairs};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};

@@ -55,6 +55,23 @@ impl RowIndex {
     pub fn rows(&self) -> &[u32] {
         &self.rows
     }
+
+    /// The rows on `dev`, uploaded on the first call and shared by every later one.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device_rows(
+        &self,
+        dev: &candle_core::CudaDevice,
+    ) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>>> {
+        let mut cached = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some(r) => Ok(r.clone()),
+            None => {
+                let r = std::sync::Arc::new(dev.clone_htod(&self.rows)?);
+                *cached = Some(r.clone());
+                Ok(r)
+            },
+        }
+    }
 }
 
 /// `dst[index[i], ..] = src[i, ..]`: `dst` is `[num_rows, width]`, `src` `[index.len(),
@@ -191,17 +208,7 @@ mod cuda {
     ) -> Result<()> {
         let dev = dst.device().clone();
         let stream = dev.cuda_stream();
-        let rows = {
-            let mut cached = index.gpu.lock().unwrap_or_else(|e| e.into_inner());
-            match cached.as_ref() {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(dev.clone_htod(&index.rows)?);
-                    *cached = Some(r.clone());
-                    r
-                },
-            }
-        };
+        let rows = index.device_rows(&dev)?;
         let (d, s) = (storage_address(dst, dl, &stream)?, storage_address(src, sl, &stream)?);
         let row_bytes = width * src.dtype().size_in_bytes();
         let (f, vec) = match (row_bytes % 16, d % 16, s % 16, row_bytes % 4) {

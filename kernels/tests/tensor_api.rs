@@ -101,6 +101,55 @@ fn check_shrink_expand<T: Element>(dev: &Device, max_rows: usize) {
     }
 }
 
+/// `y` as some columns of a wider output (a projection among stacked ones): the same bits
+/// as a contiguous `y`, and the columns around it untouched. Pads of 8 keep 16-byte rows
+/// where d_out allows; 3 and 5 do not.
+fn check_columns<T: Element>(dev: &Device) {
+    let mut rng = rng(&format!("tensor lora_delta columns {} on {dev:?}", type_name::<T>()));
+    for (i, (left, right)) in (0..cases()).zip([(8, 8), (3, 5), (0, 8), (8, 0)].iter().cycle()) {
+        let case = Case::random::<T>(&mut rng, 40);
+        let table = table::<T>(&case, dev);
+        let segments = BatchSegments::new(case.map.clone());
+        let (rows, d_out) = (case.map.num_rows(), case.d_out);
+        let width = left + d_out + right;
+        let pad: Vec<f64> =
+            (0..rows * width).map(|e| ((e * 37 % 101) as f64 - 50.0) / 64.0).collect();
+        let mut wide_values = pad.clone();
+        for r in 0..rows {
+            let dst = r * width + left..r * width + left + d_out;
+            wide_values[dst].copy_from_slice(&case.y[r * d_out..(r + 1) * d_out]);
+        }
+        let wide = tensor::<T>(&wide_values, &[rows, width], dev);
+        let y = tensor::<T>(&case.y, &[rows, d_out], dev);
+        let x = tensor::<T>(&case.x, &[rows, case.d_in], dev);
+        lora_delta(&x, &y, &segments, &table).unwrap();
+        lora_delta(&x, &wide.narrow(1, *left, d_out).unwrap(), &segments, &table).unwrap();
+        let (want, got) = (values(&y), values(&wide));
+        let before = values(&tensor::<T>(&wide_values, &[rows, width], &Device::Cpu));
+        for r in 0..rows {
+            let inside = r * width + left..r * width + left + d_out;
+            assert_eq!(got[inside.clone()], want[r * d_out..(r + 1) * d_out], "case {i} row {r}");
+            for c in (r * width..inside.start).chain(inside.end..(r + 1) * width) {
+                assert_eq!(
+                    got[c],
+                    before[c],
+                    "case {i} row {r}: column {} outside y changed",
+                    c - r * width
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_delta_into_columns_of_a_wider_output_on_every_device() {
+    for dev in devices() {
+        check_columns::<f32>(&dev);
+        check_columns::<Bf16>(&dev);
+        check_columns::<F16>(&dev);
+    }
+}
+
 #[test]
 fn lora_delta_matches_reference_on_every_device() {
     for dev in devices() {

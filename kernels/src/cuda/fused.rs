@@ -107,6 +107,8 @@ struct Params {
     mode: i32,
     /// 1: x rows 16-byte loadable, 2: lora_A rows, 4: lora_B starts, 8: y rows.
     flags: i32,
+    /// Row stride of y.
+    ldy: i32,
 }
 
 /// The fused kernels of one CUDA context.
@@ -310,6 +312,8 @@ pub(super) struct Launch {
     pub(super) rows: u64,
     pub(super) d_in: usize,
     pub(super) d_out: usize,
+    /// Row stride of `y` (`d_out` unless `y` is some columns of a wider output).
+    pub(super) ldy: usize,
     pub(super) width: usize,
     /// Every lora_A / lora_B starts on a 16-byte boundary.
     pub(super) a_aligned: bool,
@@ -333,7 +337,7 @@ pub(super) fn launch(
     let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
         | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
         | bit(l.b_aligned, 4)
-        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8), 8);
+        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8) && l.ldy.is_multiple_of(8), 8);
     let mut p = Params {
         x: l.x,
         y: l.y,
@@ -346,6 +350,7 @@ pub(super) fn launch(
         width: l.width as i32,
         mode: l.mode,
         flags,
+        ldy: l.ldy as i32,
     };
     let mut attr = cluster_attribute(v.blocks_per_tile());
     let mut cfg = launch_config(num_tiles as u32 * v.blocks_per_tile(), stream, &mut attr);

@@ -1,0 +1,172 @@
+//! CUDA launchers of the fused layer steps (`cuda/layer_ops.cu`), on candle's stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::{CudaDevice, CudaStorage, Layout, Storage, Tensor};
+
+use super::{QkvHeads, RotaryPairs};
+use crate::cuda::{alloc_uninit, cuda_err, dtype_index, slice_address, storage_address};
+use crate::error::{KernelError, Result};
+use crate::scatter::RowIndex;
+
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/layer_ops.fatbin"));
+
+/// Per dtype (f32, bf16, f16): add_rms_norm, silu_mul, rope_store_kv.
+type Functions = [[CudaFunction; 3]; 3];
+
+fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Functions>>>> = OnceLock::new();
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let key = Arc::as_ptr(ctx) as usize;
+    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = loaded.get(&key) {
+        return Ok(f.clone());
+    }
+    let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
+    let f = |name: &str| module.load_function(name).map_err(cuda_err);
+    let per = |s: &str| -> Result<[CudaFunction; 3]> {
+        Ok([
+            f(&format!("add_rms_norm_{s}"))?,
+            f(&format!("silu_mul_{s}"))?,
+            f(&format!("rope_store_kv_{s}"))?,
+        ])
+    };
+    let fs = Arc::new([per("f32")?, per("bf16")?, per("f16")?]);
+    loaded.insert(key, fs.clone());
+    Ok(fs)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_rms_norm(
+    x: &CudaStorage,
+    xl: &Layout,
+    d: &CudaStorage,
+    dl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    rows: usize,
+    width: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = x.device().clone();
+    let stream = dev.cuda_stream();
+    let f = &functions(&dev)?[dtype_index(x.dtype())?][0];
+    let out = alloc_uninit(&dev, x.dtype(), 2 * rows * width)?;
+    let (xa, da, wa) = (
+        storage_address(x, xl, &stream)?,
+        storage_address(d, dl, &stream)?,
+        storage_address(w, wl, &stream)?,
+    );
+    let oa = storage_address(&out, &Layout::contiguous(2 * rows * width), &stream)?;
+    // candle's rmsnorm launch: one warp for short rows, 1024 threads otherwise.
+    let threads = if width < 1024 { 32 } else { 1024 };
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (r, c) = (rows as i32, width as i32);
+    let mut b = stream.launch_builder(f);
+    b.arg(&xa).arg(&da).arg(&wa).arg(&oa).arg(&r).arg(&c).arg(&eps);
+    if rows > 0 {
+        // SAFETY: x and delta address rows x width contiguous elements, w width, out
+        // 2 x rows x width (allocated above); all on this stream.
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    }
+    Ok(out)
+}
+
+pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Result<CudaStorage> {
+    let dev = s.device().clone();
+    let stream = dev.cuda_stream();
+    let func = &functions(&dev)?[dtype_index(s.dtype())?][1];
+    let out = alloc_uninit(&dev, s.dtype(), rows * f)?;
+    let (ga, oa) = (
+        storage_address(s, l, &stream)?,
+        storage_address(&out, &Layout::contiguous(rows * f), &stream)?,
+    );
+    let total = (rows * f) as u64;
+    let blocks = total.div_ceil(256).clamp(1, 65_535) as u32;
+    let cfg =
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (r, fi) = (rows as i64, f as i32);
+    let mut b = stream.launch_builder(func);
+    b.arg(&ga).arg(&oa).arg(&r).arg(&fi);
+    if total > 0 {
+        // SAFETY: gu addresses rows x 2f contiguous elements, out rows x f.
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    }
+    Ok(out)
+}
+
+/// Device addresses of the two caches [`super::rope_store_kv`] writes. The kernel writes
+/// them through these addresses: candle's storage locks are not taken, which is sound
+/// because all work runs on candle's one stream, in order, and the tensors outlive the
+/// launch (the caller holds them).
+pub(super) struct CacheAddresses {
+    keys: u64,
+    values: u64,
+}
+
+impl CacheAddresses {
+    pub(super) fn of(keys: &Tensor, values: &Tensor) -> Result<Self> {
+        let address = |t: &Tensor| -> Result<u64> {
+            let (storage, layout) = t.storage_and_layout();
+            match &*storage {
+                Storage::Cuda(s) => storage_address(s, layout, &s.device().cuda_stream()),
+                _ => Err(KernelError::Device {
+                    tensor: "keys / values".into(),
+                    expected: "cuda".into(),
+                    actual: format!("{:?}", t.device().location()),
+                }),
+            }
+        };
+        Ok(Self { keys: address(keys)?, values: address(values)? })
+    }
+}
+
+pub(super) fn rope_store_kv(
+    (qkv, ql): (&CudaStorage, &Layout),
+    (cos, cl): (&CudaStorage, &Layout),
+    (sin, sl): (&CudaStorage, &Layout),
+    pairs: RotaryPairs,
+    h: QkvHeads,
+    slots: &RowIndex,
+    caches: &CacheAddresses,
+) -> Result<CudaStorage> {
+    let dev = qkv.device().clone();
+    let stream = dev.cuda_stream();
+    let func = &functions(&dev)?[dtype_index(qkv.dtype())?][2];
+    let rows = slots.len();
+    let q_len = rows * h.heads * h.head_dim;
+    let out = alloc_uninit(&dev, qkv.dtype(), q_len)?;
+    let index = slots.device_rows(&dev)?;
+    let (qa, ca, sa, oa) = (
+        storage_address(qkv, ql, &stream)?,
+        storage_address(cos, cl, &stream)?,
+        storage_address(sin, sl, &stream)?,
+        storage_address(&out, &Layout::contiguous(q_len), &stream)?,
+    );
+    let ia = slice_address(&index, &stream);
+    let ld = h.width() as i64;
+    let (nh, nkv, hd) = (h.heads as i32, h.kv_heads as i32, h.head_dim as i32);
+    let interleaved = i32::from(pairs == RotaryPairs::Adjacent);
+    let cfg =
+        LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut b = stream.launch_builder(func);
+    b.arg(&qa).arg(&ca).arg(&sa).arg(&ia).arg(&oa).arg(&caches.keys).arg(&caches.values);
+    b.arg(&ld).arg(&nh).arg(&nkv).arg(&hd).arg(&interleaved);
+    if rows > 0 {
+        // SAFETY: qkv addresses rows x ld contiguous elements, cos / sin rows x hd / 2,
+        // out rows x nh x hd (allocated above); every slot was checked against the
+        // caches' rows by `rope_store_kv`, and the index (rows u32) is kept alive by the
+        // RowIndex.
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    }
+    Ok(out)
+}
