@@ -165,13 +165,13 @@ impl<Balance: Clone, A: Get<u32>, C: Get<u32>> Clone for Voucher<Balance, A, C> 
 
 impl<Balance: PartialEq, A: Get<u32>, C: Get<u32>> PartialEq for Voucher<Balance, A, C> {
     fn eq(&self, other: &Self) -> bool {
-        self.channel == other.channel &&
-            self.sequence == other.sequence &&
-            self.cumulative == other.cumulative &&
-            self.inferences == other.inferences &&
-            self.receipts_root == other.receipts_root &&
-            self.adapters == other.adapters &&
-            self.contexts == other.contexts
+        self.channel == other.channel
+            && self.sequence == other.sequence
+            && self.cumulative == other.cumulative
+            && self.inferences == other.inferences
+            && self.receipts_root == other.receipts_root
+            && self.adapters == other.adapters
+            && self.contexts == other.contexts
     }
 }
 
@@ -258,9 +258,9 @@ pub fn verify<Balance: Encode + Clone, A: Get<u32>, C: Get<u32>>(
     signature: &sp_core::ed25519::Signature,
     signer: &sp_core::ed25519::Public,
 ) -> bool {
-    crate::receipt::is_canonical_signature(signature) &&
-        !crate::receipt::is_small_order_encoding(&signer.0) &&
-        sp_io_free_verify(signature, &VoucherPayload::new(genesis_hash, voucher), signer)
+    crate::receipt::is_canonical_signature(signature)
+        && !crate::receipt::is_small_order_encoding(&signer.0)
+        && sp_io_free_verify(signature, &VoucherPayload::new(genesis_hash, voucher), signer)
 }
 
 /// `sp_core`'s ed25519 verification, which is what the runtime's host function runs natively.
@@ -288,9 +288,7 @@ mod tests {
             cumulative: 0x2122_2324_2526_2728_292a_2b2c_2d2e_2f30,
             inferences: 1_000_000,
             receipts_root: H256::repeat_byte(0xbb),
-            adapters: alloc::vec![AdapterCharge { adapter: 7, amount: 5u128 }]
-                .try_into()
-                .unwrap(),
+            adapters: alloc::vec![AdapterCharge { adapter: 7, amount: 5u128 }].try_into().unwrap(),
             contexts: alloc::vec![ContextCharge { adapter: 7, datanet: 3, amount: 2u128 }]
                 .try_into()
                 .unwrap(),

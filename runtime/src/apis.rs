@@ -17,9 +17,9 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Attribution, Aura, Balance, Block, BlockNumber, Channels, Compute, Executive, Grandpa,
-    InherentDataExt, Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
-    TransactionPayment, VERSION,
+    AccountId, Attribution, Aura, Balance, Block, BlockNumber, Channels, Compute, Executive,
+    Grandpa, InherentDataExt, Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys,
+    System, TransactionPayment, VERSION,
 };
 
 impl_runtime_apis! {

@@ -168,8 +168,10 @@ impl<T: Config> Pallet<T> {
         adapter: AdapterId,
         charge: BalanceOf<T>,
         context: &[(DataNetId, Permill)],
-    ) -> Result<(BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>, Weight), DispatchError>
-    {
+    ) -> Result<
+        (BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>, Weight),
+        DispatchError,
+    > {
         let record = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
         let payouts = Self::split_of(&record, provider, charge, context)?;
         // The benchmark's `d`: every DataNet the split looked up (training and context).

@@ -92,7 +92,8 @@ fn signed_voucher<T: Config>(
     };
     let genesis = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
     let payload = VoucherPayload::new(genesis, &voucher);
-    let signature = sp_io::crypto::ed25519_sign(KEY_TYPE, signer, &payload.signing_bytes()).unwrap();
+    let signature =
+        sp_io::crypto::ed25519_sign(KEY_TYPE, signer, &payload.signing_bytes()).unwrap();
     (voucher, signature)
 }
 

@@ -1,6 +1,8 @@
 //! Opening, redeeming and closing, queries for the runtime API, and the storage invariants.
 
-use crate::{pallet::*, BalanceOf, Channel, ChannelPhase, ChannelStatus, VoucherOf, VoucherPayload};
+use crate::{
+    pallet::*, BalanceOf, Channel, ChannelPhase, ChannelStatus, VoucherOf, VoucherPayload,
+};
 use alloc::{collections::btree_map::BTreeMap, vec::Vec};
 use frame_support::{
     pallet_prelude::*,
@@ -131,10 +133,8 @@ impl<T: Config> Pallet<T> {
             increment,
             Precision::Exact,
         )?;
-        let mut used = T::WeightInfo::redeem(
-            voucher.adapters.len() as u32,
-            voucher.contexts.len() as u32,
-        );
+        let mut used =
+            T::WeightInfo::redeem(voucher.adapters.len() as u32, voucher.contexts.len() as u32);
         for payment in payments {
             if payment.amount == 0 {
                 continue;
@@ -201,7 +201,8 @@ impl<T: Config> Pallet<T> {
             ensure!(seen.insert((entry.adapter, entry.datanet)), Error::<T>::DuplicateContext);
             let position =
                 *index.get(&entry.adapter).ok_or(Error::<T>::ContextForUnlistedAdapter)?;
-            let payment = payments.get_mut(position).ok_or(Error::<T>::ContextForUnlistedAdapter)?;
+            let payment =
+                payments.get_mut(position).ok_or(Error::<T>::ContextForUnlistedAdapter)?;
             let amount = to_u128(entry.amount);
             let sum = context_sums.entry(entry.adapter).or_insert(0);
             *sum = sum.checked_add(amount).ok_or(Error::<T>::ContextExceedsAdapterAmount)?;

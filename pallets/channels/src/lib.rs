@@ -72,6 +72,17 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types read better spelled out than behind one-use aliases.
 #![allow(clippy::type_complexity)]
+// Runtime code never panics: no unwrap, expect, indexing or unchecked arithmetic (the tests and
+// benchmarks may).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 extern crate alloc;
 
@@ -80,6 +91,12 @@ pub use types::*;
 pub use weights::WeightInfo;
 
 #[cfg(feature = "runtime-benchmarks")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod benchmarking;
 #[cfg(feature = "runtime-benchmarks")]
 pub use benchmarking::BenchmarkHelper;
@@ -366,8 +383,8 @@ pub mod pallet {
         pub fn request_close(origin: OriginFor<T>, channel: ChannelId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let mut record = Self::payers_open_channel(channel, &who)?;
-            let until = frame_system::Pallet::<T>::block_number()
-                .saturating_add(T::ChallengeWindow::get());
+            let until =
+                frame_system::Pallet::<T>::block_number().saturating_add(T::ChallengeWindow::get());
             record.phase = ChannelPhase::Closing { until };
             Channels::<T>::insert(channel, record);
             Self::deposit_event(Event::CloseRequested { channel, until });

@@ -271,7 +271,10 @@ pub fn open(payer: AccountId, provider: AccountId, deposit: Balance) -> u64 {
 }
 
 /// `redeem` from the relayer, its post-dispatch weight dropped so errors compare by name.
-pub fn redeem(voucher: VoucherOf<Test>, signature: ed25519::Signature) -> sp_runtime::DispatchResult {
+pub fn redeem(
+    voucher: VoucherOf<Test>,
+    signature: ed25519::Signature,
+) -> sp_runtime::DispatchResult {
     Channels::redeem(RuntimeOrigin::signed(RELAYER), voucher, signature)
         .map(|_| ())
         .map_err(|e| e.error)
@@ -319,8 +322,10 @@ pub struct BenchmarkWorld;
 
 #[cfg(feature = "runtime-benchmarks")]
 impl crate::BenchmarkHelper for BenchmarkWorld {
+    // Self-contained: between component runs the benchmark wipes storage back to genesis,
+    // which drops the DataNets and adapters `new_test_ext` sets up.
     fn adapters(n: u32) -> Vec<AdapterId> {
-        (0..n).map(|i| adapter(OWNER_A, (i % 2) as DataNetId)).collect()
+        (0..n).map(|i| adapter(OWNER_A, datanet(0x20 + i as u8))).collect()
     }
 
     fn datanets(n: u32) -> Vec<DataNetId> {

@@ -23,13 +23,16 @@ fn open_holds_the_deposit_and_numbers_channels_in_order() {
         assert_eq!((record.deposit, record.redeemed, record.sequence), (DEPOSIT, 0, 0));
         assert_eq!(record.phase, ChannelPhase::Open);
         assert_eq!(crate::Channels::<Test>::get(2).unwrap().payer, BOB);
-        assert_eq!(channel_events()[0], Event::ChannelOpened {
-            channel: 0,
-            payer: ALICE,
-            provider: P1,
-            signer,
-            deposit: DEPOSIT,
-        });
+        assert_eq!(
+            channel_events()[0],
+            Event::ChannelOpened {
+                channel: 0,
+                payer: ALICE,
+                provider: P1,
+                signer,
+                deposit: DEPOSIT,
+            }
+        );
     });
 }
 
@@ -52,8 +55,9 @@ fn open_refuses_nothing_a_small_order_key_and_more_than_the_payer_has() {
             ),
             Error::<Test>::BadSigner
         );
-        assert!(Pallet::<Test>::open(RuntimeOrigin::signed(ALICE), P1, ENDOWMENT + 1, signer)
-            .is_err());
+        assert!(
+            Pallet::<Test>::open(RuntimeOrigin::signed(ALICE), P1, ENDOWMENT + 1, signer).is_err()
+        );
         assert_eq!(held(ALICE), 0);
         assert_eq!(free(ALICE), ENDOWMENT);
     });

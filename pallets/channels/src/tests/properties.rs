@@ -115,22 +115,26 @@ fn step(model: &mut Model, action: &Action) -> (bool, bool) {
             )
             .is_ok();
             if ok {
-                model.channels.insert(id, ModelChannel {
-                    payer,
-                    provider,
-                    deposit,
-                    redeemed: 0,
-                    sequence: 0,
-                    key: 1,
-                    until: None,
-                });
+                model.channels.insert(
+                    id,
+                    ModelChannel {
+                        payer,
+                        provider,
+                        deposit,
+                        redeemed: 0,
+                        sequence: 0,
+                        key: 1,
+                        until: None,
+                    },
+                );
             }
             (ok, expected)
         },
         Action::TopUp { channel, amount, by_payer } => {
             let Some(c) = model.channels.get_mut(&channel) else {
-                let ok = crate::Pallet::<Test>::top_up(RuntimeOrigin::signed(ALICE), channel, amount)
-                    .is_ok();
+                let ok =
+                    crate::Pallet::<Test>::top_up(RuntimeOrigin::signed(ALICE), channel, amount)
+                        .is_ok();
                 return (ok, false);
             };
             let who = if by_payer { c.payer } else { c.provider };
@@ -160,25 +164,28 @@ fn step(model: &mut Model, action: &Action) -> (bool, bool) {
         },
         Action::Redeem { channel, owed, split_ppm, context_ppm, fault } => {
             let c = model.channels.get(&channel).cloned();
-            let (redeemed, sequence, key) = c.as_ref().map_or((0, 0, 1), |c| {
-                (c.redeemed, c.sequence, c.key)
-            });
+            let (redeemed, sequence, key) =
+                c.as_ref().map_or((0, 0, 1), |c| (c.redeemed, c.sequence, c.key));
             let cumulative = redeemed + owed;
             let sequence = if fault == Fault::OldSequence { sequence } else { sequence + 1 };
             let a = owed * Balance::from(split_ppm) / 1_000_000;
             let b = owed - a;
             let b = if fault == Fault::BadSum { b + 1 } else { b };
             let context = a * Balance::from(context_ppm) / 1_000_000;
-            let v = voucher(channel, sequence, cumulative, &[(ADAPTER_A, a), (ADAPTER_B, b)], &[(
-                ADAPTER_A, CONTEXT_1, context,
-            )]);
+            let v = voucher(
+                channel,
+                sequence,
+                cumulative,
+                &[(ADAPTER_A, a), (ADAPTER_B, b)],
+                &[(ADAPTER_A, CONTEXT_1, context)],
+            );
             let signing = if fault == Fault::WrongKey { key % 2 + 1 } else { key };
             let signature = sign(&signing_key(signing), &v);
             let expected = c.as_ref().is_some_and(|c| {
-                fault == Fault::None &&
-                    owed > 0 &&
-                    cumulative <= c.deposit &&
-                    c.until.is_none_or(|until| now() <= until)
+                fault == Fault::None
+                    && owed > 0
+                    && cumulative <= c.deposit
+                    && c.until.is_none_or(|until| now() <= until)
             });
             let ok = redeem(v, signature).is_ok();
             if ok {
@@ -249,13 +256,14 @@ fn check_against(model: &Model, issuance: Balance, payees_before: Balance) {
             .sum();
         assert_eq!(held(payer), unredeemed, "payer {payer}'s hold");
     }
-    let payees_now: Balance = payees().iter().map(|who| Balances::balance(who)).sum();
+    let payees_now: Balance = payees().iter().map(Balances::balance).sum();
     assert_eq!(payees_now - payees_before, model.redeemed, "payees gained what was redeemed");
     for (id, c) in &model.channels {
         let record = ChannelRecords::<Test>::get(id).expect("modelled channel exists");
-        assert_eq!((record.deposit, record.redeemed, record.sequence), (
-            c.deposit, c.redeemed, c.sequence
-        ));
+        assert_eq!(
+            (record.deposit, record.redeemed, record.sequence),
+            (c.deposit, c.redeemed, c.sequence)
+        );
     }
 }
 
@@ -268,7 +276,7 @@ proptest! {
     ) {
         new_test_ext().execute_with(|| {
             let issuance = Balances::total_issuance();
-            let payees_before: Balance = payees().iter().map(|who| Balances::balance(who)).sum();
+            let payees_before: Balance = payees().iter().map(Balances::balance).sum();
             let mut model = Model::default();
             for action in &actions {
                 let (ok, expected) = step(&mut model, action);

@@ -43,9 +43,13 @@ fn redeem_splits_each_adapter_as_a_receipt_and_every_planck_is_accounted_for() {
 
         // 10,000 owed: 6,000 for adapter A (half of it from receipts that retrieved DataNet 2,
         // i.e. a 50% context share), 4,000 for adapter B with no context.
-        let v = voucher(channel, 1, 10_000, &[(ADAPTER_A, 6_000), (ADAPTER_B, 4_000)], &[(
-            ADAPTER_A, CONTEXT_1, 3_000,
-        )]);
+        let v = voucher(
+            channel,
+            1,
+            10_000,
+            &[(ADAPTER_A, 6_000), (ADAPTER_B, 4_000)],
+            &[(ADAPTER_A, CONTEXT_1, 3_000)],
+        );
         assert_ok!(redeem_signed(v));
         let after = ledger(ALICE, P1);
 
@@ -64,7 +68,7 @@ fn redeem_splits_each_adapter_as_a_receipt_and_every_planck_is_accounted_for() {
         assert_eq!(after.datanet[3], before.datanet[3]);
         assert_eq!(after.treasury - before.treasury, 300 + 200);
         assert_eq!(after.relayer, before.relayer, "the relayer paid no fee in a direct call");
-        assert_eq!(7_000 + 600 + 400 + 450 + 600 + 450 + 500, 10_000);
+        // 7,000 + 600 + 400 + 450 + 600 + 450 + 500 = 10,000: every planck of the increment.
 
         // Exactly what one receipt of each charge and context would have been split into.
         let quote_a = pallet_attribution::Pallet::<Test>::quote_split(
@@ -297,23 +301,33 @@ fn the_breakdown_names_each_adapter_and_context_once_within_its_adapter() {
             Error::<Test>::DuplicateAdapter
         );
         assert_noop!(
-            redeem_signed(voucher(channel, 1, 1_000, &[(ADAPTER_A, 1_000)], &[
-                (ADAPTER_A, CONTEXT_1, 100),
-                (ADAPTER_A, CONTEXT_1, 100)
-            ])),
+            redeem_signed(voucher(
+                channel,
+                1,
+                1_000,
+                &[(ADAPTER_A, 1_000)],
+                &[(ADAPTER_A, CONTEXT_1, 100), (ADAPTER_A, CONTEXT_1, 100)]
+            )),
             Error::<Test>::DuplicateContext
         );
         assert_noop!(
-            redeem_signed(voucher(channel, 1, 1_000, &[(ADAPTER_A, 1_000)], &[(
-                ADAPTER_B, CONTEXT_1, 100
-            )])),
+            redeem_signed(voucher(
+                channel,
+                1,
+                1_000,
+                &[(ADAPTER_A, 1_000)],
+                &[(ADAPTER_B, CONTEXT_1, 100)]
+            )),
             Error::<Test>::ContextForUnlistedAdapter
         );
         assert_noop!(
-            redeem_signed(voucher(channel, 1, 1_000, &[(ADAPTER_A, 1_000)], &[
-                (ADAPTER_A, CONTEXT_1, 600),
-                (ADAPTER_A, CONTEXT_2, 401)
-            ])),
+            redeem_signed(voucher(
+                channel,
+                1,
+                1_000,
+                &[(ADAPTER_A, 1_000)],
+                &[(ADAPTER_A, CONTEXT_1, 600), (ADAPTER_A, CONTEXT_2, 401)]
+            )),
             Error::<Test>::ContextExceedsAdapterAmount
         );
         // The same DataNet under two adapters is two entries, each its adapter's share.
@@ -338,9 +352,13 @@ fn an_unknown_adapter_or_datanet_refuses_the_whole_voucher() {
             pallet_attribution::Error::<Test>::UnknownAdapter
         );
         assert_noop!(
-            redeem_signed(voucher(channel, 1, 1_000, &[(ADAPTER_A, 1_000)], &[(
-                ADAPTER_A, 55, 100
-            )])),
+            redeem_signed(voucher(
+                channel,
+                1,
+                1_000,
+                &[(ADAPTER_A, 1_000)],
+                &[(ADAPTER_A, 55, 100)]
+            )),
             pallet_attribution::Error::<Test>::BadContextShares
         );
     });
