@@ -1,4 +1,12 @@
 //! Opening, redeeming and closing, queries for the runtime API, and the storage invariants.
+// The pallet's logic never panics: no unwrap, expect, indexing or unchecked arithmetic. (The
+// crate as a whole cannot deny them: FRAME's macros expand to code that uses them.)
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use crate::{
     pallet::*, BalanceOf, Channel, ChannelPhase, ChannelStatus, VoucherOf, VoucherPayload,

@@ -72,17 +72,6 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types read better spelled out than behind one-use aliases.
 #![allow(clippy::type_complexity)]
-// Runtime code never panics: no unwrap, expect, indexing or unchecked arithmetic (the tests and
-// benchmarks may).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
 
 extern crate alloc;
 
@@ -91,12 +80,6 @@ pub use types::*;
 pub use weights::WeightInfo;
 
 #[cfg(feature = "runtime-benchmarks")]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 mod benchmarking;
 #[cfg(feature = "runtime-benchmarks")]
 pub use benchmarking::BenchmarkHelper;
