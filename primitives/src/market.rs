@@ -105,8 +105,9 @@ pub trait ProviderRegistry<AccountId, Balance> {
     fn job_expired(provider: &AccountId, victim: &AccountId) -> Result<Balance, DispatchError>;
 }
 
-/// Where the charge of a settled job goes. Implemented by `pallet-attribution`, which splits it
-/// between provider, adapter owner, DataNets and treasury.
+/// Where the charge of a settled job, or of a redeemed channel voucher, goes. Implemented by
+/// `pallet-attribution`, which splits it between provider, adapter owner, DataNets and
+/// treasury.
 ///
 /// `context` lists the DataNets whose records the answer retrieved as context, each with its
 /// share of the DataNets' portion of the charge (shares sum to at most 100%).
@@ -122,6 +123,20 @@ pub trait Settlement<AccountId, Balance> {
     /// the marketplace refunds what the worst-case bound over-charged.
     fn settle(
         job: JobId,
+        payer: &AccountId,
+        provider: &AccountId,
+        adapter: AdapterId,
+        charge: Balance,
+        context: &[(DataNetId, sp_runtime::Permill)],
+    ) -> Result<sp_runtime::Weight, sp_runtime::DispatchError>;
+
+    /// Pay out `charge` for `adapter` from a redeemed payment channel voucher (channel
+    /// `channel`, sequence `sequence`): the same split, with the same rules, as
+    /// [`Self::settle`] gives a job's charge, the payout named by the voucher instead of a job.
+    /// `charge` is free balance of `payer` when this is called; `context` is as for a receipt.
+    fn settle_voucher(
+        channel: crate::voucher::ChannelId,
+        sequence: u64,
         payer: &AccountId,
         provider: &AccountId,
         adapter: AdapterId,

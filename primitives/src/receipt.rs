@@ -144,6 +144,33 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
     }
 }
 
+/// Order of the ed25519 base point, little-endian: a signature's `s` must be below it.
+pub const GROUP_ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Whether the little-endian scalar `s` is fully reduced (`s < l`).
+fn is_canonical_scalar(s: &[u8]) -> bool {
+    // Compare from the most significant byte down.
+    for (a, b) in s.iter().rev().zip(GROUP_ORDER.iter().rev()) {
+        if a != b {
+            return a < b;
+        }
+    }
+    false
+}
+
+/// Whether `signature` is in the canonical form both ed25519 libraries accept: `s` reduced
+/// and `R` not of small order (see the module documentation). Receipts and vouchers are
+/// checked with it before the signature is verified.
+pub fn is_canonical_signature(signature: &ed25519::Signature) -> bool {
+    let bytes: &[u8; 64] = &signature.0;
+    let (r, s) = bytes.split_at(32);
+    let r: [u8; 32] = r.try_into().unwrap_or([0; 32]);
+    is_canonical_scalar(s) && !is_small_order_encoding(&r)
+}
+
 /// Whether the 32-byte point encoding `p` is one of the eight points of small order on
 /// edwards25519, in canonical or non-canonical form (the sign bit is ignored).
 ///

@@ -17,9 +17,9 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Attribution, Aura, Balance, Block, BlockNumber, Compute, Executive, Grandpa,
-    InherentDataExt, Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
-    TransactionPayment, VERSION,
+    AccountId, Attribution, Aura, Balance, Block, BlockNumber, Channels, Compute, Executive,
+    Grandpa, InherentDataExt, Jobs, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys,
+    System, TransactionPayment, VERSION,
 };
 
 impl_runtime_apis! {
@@ -222,6 +222,17 @@ impl_runtime_apis! {
             context: alloc::vec::Vec<(openledger_primitives::market::DataNetId, sp_runtime::Permill)>,
         ) -> Option<alloc::vec::Vec<(pallet_attribution::Payee<AccountId>, Balance)>> {
             Attribution::quote_split(adapter, provider, charge, context)
+        }
+    }
+
+    impl pallet_channels_runtime_api::ChannelsApi<
+        Block,
+        pallet_channels::ChannelStatus<Runtime>,
+    > for Runtime {
+        fn channel(
+            channel: openledger_primitives::voucher::ChannelId,
+        ) -> pallet_channels::ChannelStatus<Runtime> {
+            Channels::channel_status(channel)
         }
     }
 

@@ -17,6 +17,7 @@ frame_benchmarking::define_benchmarks!(
     [pallet_compute, Compute]
     [pallet_jobs, Jobs]
     [pallet_attribution, Attribution]
+    [pallet_channels, Channels]
 );
 
 use frame_benchmarking::baseline::Pallet as BaselineBench;

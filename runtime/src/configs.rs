@@ -284,3 +284,57 @@ impl pallet_attribution::Config for Runtime {
     type MaxRank = ConstU32<1024>;
     type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;
 }
+
+// ---- Payment channels: deposits, aggregate vouchers, the fee split per adapter. ----
+
+parameter_types! {
+    /// Blocks a provider has, after a payer asks to close a channel, to redeem its latest
+    /// voucher: 1 hour. Root may change it at `twox128(":ChannelChallengeWindow:")` (a `u32`),
+    /// for closes requested afterwards.
+    pub storage ChannelChallengeWindow: BlockNumber = 60 * MINUTES;
+}
+
+impl pallet_channels::Config for Runtime {
+    type Currency = Balances;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Settlement = Attribution;
+    type ChallengeWindow = ChannelChallengeWindow;
+    type MaxAdaptersPerVoucher = ConstU32<16>;
+    // Each adapter's context entries go to the settlement as one receipt's context.
+    type MaxContextsPerVoucher = ConstU32<{ openledger_primitives::receipt::MAX_RECEIPT_CONTEXT }>;
+    type WeightInfo = pallet_channels::weights::SubstrateWeight<Runtime>;
+    #[cfg(feature = "runtime-benchmarks")]
+    type BenchmarkHelper = ChannelsBenchmarkHelper;
+}
+
+/// Registers benchmark adapters and DataNets through `pallet-attribution` for
+/// `pallet-channels`' benchmarks.
+#[cfg(feature = "runtime-benchmarks")]
+pub struct ChannelsBenchmarkHelper;
+
+#[cfg(feature = "runtime-benchmarks")]
+impl pallet_channels::BenchmarkHelper for ChannelsBenchmarkHelper {
+    fn adapters(n: u32) -> alloc::vec::Vec<AdapterId> {
+        (0..n)
+            .map(|_| <JobsBenchmarkHelper as pallet_jobs::BenchmarkHelper<AccountId>>::adapter())
+            .collect()
+    }
+
+    fn datanets(n: u32) -> alloc::vec::Vec<openledger_primitives::market::DataNetId> {
+        use frame_support::traits::fungible::Mutate;
+        let owner: AccountId = frame_benchmarking::account("context owner", 0, 0);
+        let _ = Balances::set_balance(&owner, 1_000_000 * token::OPEN);
+        (0..n)
+            .map(|n| {
+                let id = pallet_attribution::NextDataNetId::<Runtime>::get();
+                let origin = || RuntimeOrigin::signed(owner.clone());
+                let record = sp_core::H256::repeat_byte(0x80 | n as u8);
+                let ok = Attribution::create_datanet(origin(), Default::default()).is_ok()
+                    && Attribution::contribute(origin(), id, record, 1).is_ok()
+                    && Attribution::approve_contribution(origin(), id, record).is_ok();
+                assert!(ok, "benchmark context DataNet set up");
+                id
+            })
+            .collect()
+    }
+}

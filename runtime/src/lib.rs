@@ -56,7 +56,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: Cow::Borrowed("openledger"),
     impl_name: Cow::Borrowed("openledger-runtime"),
     authoring_version: 1,
-    spec_version: 102,
+    spec_version: 103,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -174,6 +174,9 @@ mod runtime {
 
     #[runtime::pallet_index(10)]
     pub type Attribution = pallet_attribution;
+
+    #[runtime::pallet_index(11)]
+    pub type Channels = pallet_channels;
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use frame_support::{
     weights::Weight,
     BoundedVec,
 };
-use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, JobId, Settlement};
+use openledger_primitives::{
+    market::{AdapterCatalog, AdapterId, AdapterTerms, JobId, Settlement},
+    voucher::ChannelId,
+};
 use sp_core::U256;
 use sp_runtime::{
     traits::{CheckedAdd, CheckedSub, Saturating, Zero},
@@ -156,15 +159,19 @@ impl<T: Config> Pallet<T> {
     }
 }
 
-impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
-    fn settle(
-        job: JobId,
+impl<T: Config> Pallet<T> {
+    /// Split `charge` for `adapter` with `context` and move it out of `payer`: the body of
+    /// both settlements. Returns the payouts and the weight used.
+    fn pay_split(
         payer: &T::AccountId,
         provider: &T::AccountId,
         adapter: AdapterId,
         charge: BalanceOf<T>,
         context: &[(DataNetId, Permill)],
-    ) -> Result<Weight, DispatchError> {
+    ) -> Result<
+        (BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>, Weight),
+        DispatchError,
+    > {
         let record = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
         let payouts = Self::split_of(&record, provider, charge, context)?;
         // The benchmark's `d`: every DataNet the split looked up (training and context).
@@ -193,8 +200,36 @@ impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
         }
         let payouts: BoundedVec<_, MaxPayoutsOf<T>> =
             payouts.try_into().map_err(|_| Error::<T>::BadContextShares)?;
+        Ok((payouts, Self::settle_weight_of(looked_up)))
+    }
+}
+
+impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
+    fn settle(
+        job: JobId,
+        payer: &T::AccountId,
+        provider: &T::AccountId,
+        adapter: AdapterId,
+        charge: BalanceOf<T>,
+        context: &[(DataNetId, Permill)],
+    ) -> Result<Weight, DispatchError> {
+        let (payouts, weight) = Self::pay_split(payer, provider, adapter, charge, context)?;
         Self::deposit_event(Event::FeeSplit { job, adapter, charge, payouts });
-        Ok(Self::settle_weight_of(looked_up))
+        Ok(weight)
+    }
+
+    fn settle_voucher(
+        channel: ChannelId,
+        sequence: u64,
+        payer: &T::AccountId,
+        provider: &T::AccountId,
+        adapter: AdapterId,
+        charge: BalanceOf<T>,
+        context: &[(DataNetId, Permill)],
+    ) -> Result<Weight, DispatchError> {
+        let (payouts, weight) = Self::pay_split(payer, provider, adapter, charge, context)?;
+        Self::deposit_event(Event::VoucherFeeSplit { channel, sequence, adapter, charge, payouts });
+        Ok(weight)
     }
 
     /// The benchmarked settlement crediting the most DataNets a receipt can name (training

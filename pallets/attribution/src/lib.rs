@@ -41,6 +41,8 @@
 //! to the adapter's training DataNets by their shares; what no DataNet takes (shares below
 //! 100%, a DataNet with no approved weight) and every rounding remainder go to the treasury.
 //! [`Event::FeeSplit`] lists every payee and amount of a settlement.
+//! A redeemed payment-channel voucher (`pallet-channels`) is split the same way, once per
+//! adapter it names, and [`Event::VoucherFeeSplit`] lists its payees.
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types (payouts of `Payee<T::AccountId>` and `BalanceOf<T>`) read better
 // spelled out than behind one-use aliases.
@@ -265,6 +267,15 @@ pub mod pallet {
         /// A job's charge was split: every payee and its amount (they sum to `charge`).
         FeeSplit {
             job: openledger_primitives::market::JobId,
+            adapter: AdapterId,
+            charge: BalanceOf<T>,
+            payouts: BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>,
+        },
+        /// A redeemed channel voucher's charge for one adapter was split, as a job's is: every
+        /// payee and its amount (they sum to `charge`).
+        VoucherFeeSplit {
+            channel: openledger_primitives::voucher::ChannelId,
+            sequence: u64,
             adapter: AdapterId,
             charge: BalanceOf<T>,
             payouts: BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>,

@@ -18,7 +18,7 @@ use openledger_primitives::{
     market::{
         AdapterCatalog, AdapterId, AdapterTerms, BaseModelId, JobId, ProviderRegistry, Settlement,
     },
-    receipt::{is_small_order_encoding, Receipt, ReceiptPayload},
+    receipt::{Receipt, ReceiptPayload},
 };
 use sp_runtime::{
     traits::{Bounded, Hash, Saturating, UniqueSaturatedInto, Zero},
@@ -27,30 +27,9 @@ use sp_runtime::{
 
 use crate::weights::WeightInfo;
 
-/// Order of the ed25519 base point, little-endian: a signature's `s` must be below it.
-pub(crate) const GROUP_ORDER: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
-/// Whether the little-endian scalar `s` is fully reduced (`s < l`).
-fn is_canonical_scalar(s: &[u8]) -> bool {
-    // Compare from the most significant byte down.
-    for (a, b) in s.iter().rev().zip(GROUP_ORDER.iter().rev()) {
-        if a != b {
-            return a < b;
-        }
-    }
-    false
-}
-
-/// Whether `signature` is in the canonical form both ed25519 libraries accept.
-pub(crate) fn is_canonical_signature(signature: &sp_core::ed25519::Signature) -> bool {
-    let bytes: &[u8; 64] = &signature.0;
-    let (r, s) = bytes.split_at(32);
-    let r: [u8; 32] = r.try_into().unwrap_or([0; 32]);
-    is_canonical_scalar(s) && !is_small_order_encoding(&r)
-}
+pub(crate) use openledger_primitives::receipt::is_canonical_signature;
+#[cfg(test)]
+pub(crate) use openledger_primitives::receipt::GROUP_ORDER;
 
 /// `ceil(tokens * price_per_1k / 1000)`, saturating.
 pub fn fee_for<Balance: sp_runtime::traits::AtLeast32BitUnsigned + Copy>(
@@ -342,6 +321,19 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
 {
     fn settle(
         _job: JobId,
+        payer: &AccountId,
+        provider: &AccountId,
+        _adapter: AdapterId,
+        charge: Currency::Balance,
+        _context: &[(openledger_primitives::market::DataNetId, sp_runtime::Permill)],
+    ) -> Result<sp_runtime::Weight, DispatchError> {
+        Currency::transfer(payer, provider, charge, Preservation::Expendable)?;
+        Ok(sp_runtime::Weight::zero())
+    }
+
+    fn settle_voucher(
+        _channel: openledger_primitives::voucher::ChannelId,
+        _sequence: u64,
         payer: &AccountId,
         provider: &AccountId,
         _adapter: AdapterId,

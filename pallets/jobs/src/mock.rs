@@ -106,6 +106,20 @@ impl openledger_primitives::market::Settlement<AccountId, Balance> for Recording
         pallet_jobs::PayProvider::<Balances>::settle(job, payer, provider, adapter, charge, context)
     }
 
+    fn settle_voucher(
+        channel: openledger_primitives::voucher::ChannelId,
+        sequence: u64,
+        payer: &AccountId,
+        provider: &AccountId,
+        adapter: AdapterId,
+        charge: Balance,
+        context: &[(DataNetId, Permill)],
+    ) -> Result<frame_support::weights::Weight, sp_runtime::DispatchError> {
+        pallet_jobs::PayProvider::<Balances>::settle_voucher(
+            channel, sequence, payer, provider, adapter, charge, context,
+        )
+    }
+
     fn settle_weight() -> frame_support::weights::Weight {
         pallet_jobs::PayProvider::<Balances>::settle_weight()
     }

@@ -1,0 +1,5 @@
+//! Tests of `pallet-channels`, by feature.
+
+mod lifecycle;
+mod properties;
+mod redeem;
