@@ -9,6 +9,10 @@ source scripts/env.sh
 wasm="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
 # The `benchmark` command is only in a node built with `benchmark-cli` (it pulls in much of
 # polkadot's node, which the README's two commands never need).
+# That brings in `frame-storage-access-test-runtime`, whose WASM build looks itself up in our
+# workspace's metadata (WASM_BUILD_WORKSPACE_HINT), where it is absent without the feature, and
+# fails; `benchmark pallet` never uses it, so skip it.
+export SKIP_FRAME_STORAGE_ACCESS_TEST_RUNTIME_WASM_BUILD=1
 cargo build --release --locked -p openledger-node --features benchmark-cli --quiet
 pallets=("$@")
 [ "${#pallets[@]}" -gt 0 ] || pallets=(pallet_compute pallet_jobs pallet_attribution)
