@@ -377,14 +377,22 @@ pub fn lora_delta_host(
     if map.num_tokens() == 0 {
         return Ok(());
     }
-    with_element!(table.dtype, E => {
-        // Taken out for the call (see `LoraDeltaOp`).
-        let mut ws = WORKSPACE.take();
-        let done =
-            cpu::lora_delta(x, y, table.d_in, table.d_out, map, &view::<E>(table), &mut ws);
-        WORKSPACE.set(ws);
-        done
-    })
+    with_element!(table.dtype, E => cpu_lora_delta::<f32, E>(x, y, map, table))
+}
+
+/// [`cpu::lora_delta`] with this thread's workspace, taken out for the call rather than
+/// borrowed: a rayon worker waiting inside the call may run another task that calls
+/// lora_delta on the same thread.
+fn cpu_lora_delta<A: Element, E: Element>(
+    x: &[A],
+    y: &mut [A],
+    map: &SegmentMap,
+    table: &AdapterTable,
+) -> Result<()> {
+    let mut ws = WORKSPACE.take();
+    let done = cpu::lora_delta(x, y, table.d_in, table.d_out, map, &view::<E>(table), &mut ws);
+    WORKSPACE.set(ws);
+    done
 }
 
 /// The shrink half alone: returns `v`, f32 `[num_tokens, max_rank]` in sorted order
@@ -480,14 +488,8 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
                 with_element!(t.dtype, E => {
                     let x = cpu_slice::<A>(x, xl, "x")?;
                     let map = &self.segments.map;
-                    // Taken out for the call rather than borrowed: a rayon worker waiting
-                    // inside this call may run another task that calls lora_delta on the
-                    // same thread.
-                    let mut ws = WORKSPACE.take();
-                    let mut run = |y: &mut [A]| {
-                        cpu::lora_delta(x, y, t.d_in, t.d_out, map, &view::<E>(t), &mut ws)
-                    };
-                    let done = if self.ldy == t.d_out {
+                    let run = |y: &mut [A]| cpu_lora_delta::<A, E>(x, y, map, t);
+                    if self.ldy == t.d_out {
                         run(cpu_slice_mut::<A>(y, yl, "y")?)
                     } else {
                         // Rows further apart: through a packed copy (the same arithmetic).
@@ -508,9 +510,7 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
                             all[row(r)].copy_from_slice(src);
                         }
                         done
-                    };
-                    WORKSPACE.set(ws);
-                    done
+                    }
                 })
             })
         };
