@@ -2,8 +2,9 @@
 //! and value row for all the query heads of its group. Two passes over the context (scores
 //! eight positions at a time, then the weighted sum of values with the accumulators held in
 //! registers) with the exact maximum in between, on the vector primitives of [`crate::simd`]:
-//! f32 arithmetic on rows read in their own type (f16 and bf16 widened in registers). Each task's order of operations is fixed by its context length, so results
-//! do not depend on the batch, the thread count, or whether a row is decoded or prefilled.
+//! f32 arithmetic on rows read in their own type (f16 and bf16 widened in registers). Each
+//! task's order of operations is fixed by its context length, so results do not depend on the
+//! batch, the thread count, or whether a row is decoded or prefilled.
 
 use rayon::prelude::*;
 
