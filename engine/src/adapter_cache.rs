@@ -23,8 +23,9 @@ use openledger_model::ModelConfig;
 pub struct AdapterCacheConfig {
     /// Adapters installed for compute at once.
     pub compute_slots: usize,
-    /// Bytes of adapter weights installed for compute at once (GPU memory on a GPU; the
-    /// installed copies share the host tier's memory on the CPU).
+    /// Bytes of adapter weights installed for compute at once, counted as bf16 (GPU memory
+    /// on a GPU; on the CPU the installed tensors share the host tier's memory, and quantized
+    /// tables add their byte rows, half that count).
     pub compute_bytes: usize,
     /// Bytes of parsed adapters kept in host memory beyond those installed.
     pub host_bytes: usize,
@@ -61,10 +62,16 @@ pub struct AdapterCache {
 }
 
 impl AdapterCache {
-    /// Tiers for adapters of `base`, installed for compute on `device`.
-    pub fn new(config: AdapterCacheConfig, base: &ModelConfig, device: &Device) -> Self {
+    /// Tiers for adapters of `base`, installed for compute on `device`; with `quantized` (CPU
+    /// only), computed with from row-quantized bytes ([`LoraSlots::new`]).
+    pub fn new(
+        config: AdapterCacheConfig,
+        base: &ModelConfig,
+        device: &Device,
+        quantized: bool,
+    ) -> Self {
         Self {
-            tables: LoraSlots::new(base, device, config.compute_slots),
+            tables: LoraSlots::new(base, device, config.compute_slots, quantized),
             slots: (0..config.compute_slots).map(|_| None).collect(),
             config,
             base: base.clone(),

@@ -118,15 +118,21 @@ pub struct LoraSlots {
 }
 
 impl LoraSlots {
-    /// Empty tables of `num_slots` slots for `base`.
-    pub fn new(base: &ModelConfig, device: &Device, num_slots: usize) -> Self {
+    /// Empty tables of `num_slots` slots for `base`; with `quantized` (CPU only), tables that
+    /// compute with row-quantized bytes ([`AdapterTable::new_quantized`]).
+    pub fn new(base: &ModelConfig, device: &Device, num_slots: usize, quantized: bool) -> Self {
+        let quantized = quantized && device.is_cpu();
         let tables = (0..base.num_layers)
             .map(|_| {
                 Projection::ALL
                     .iter()
                     .map(|&p| {
                         let (d_in, d_out) = base.proj_dims(p);
-                        AdapterTable::new(device, ADAPTER_DTYPE, d_in, d_out, num_slots)
+                        if quantized {
+                            AdapterTable::new_quantized(ADAPTER_DTYPE, d_in, d_out, num_slots)
+                        } else {
+                            AdapterTable::new(device, ADAPTER_DTYPE, d_in, d_out, num_slots)
+                        }
                     })
                     .collect()
             })

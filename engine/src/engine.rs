@@ -122,7 +122,13 @@ impl Engine {
     pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
         let pool = compute_pool(config.threads);
         let cache = KvCache::for_model(config.kv_cache, &model)?;
-        let adapters = AdapterCache::new(config.adapters, model.config(), model.device());
+        // A CPU engine on a block-quantized model reads its adapters as row-quantized bytes:
+        // a decode step with many distinct adapters is bound by their bytes, and the base
+        // weights are already quantized coarser (`OPENLEDGER_ADAPTERS_BF16=1` opts out).
+        let quantized =
+            model.is_block_quantized() && !openledger_kernels::options::options().adapters_bf16;
+        let adapters =
+            AdapterCache::new(config.adapters, model.config(), model.device(), quantized);
         let scheduler = Scheduler::new(Budgets {
             batch_tokens: config.max_batch_tokens,
             prefill_chunk: config.max_prefill_chunk,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use openledger_engine::{
     BlockTable, Engine, EngineConfig, FinishReason, GenerationRequest, KvCache, KvCacheConfig,
-    LoraSlots, Model, ModelSource, SamplingParams, SeqChunk, StreamEvent,
+    LoraAdapter, LoraSlots, Model, ModelSource, SamplingParams, SeqChunk, StreamEvent,
 };
+use openledger_model::Projection;
 
 /// `OPENLEDGER_MODEL` (set by `scripts/env.sh`, which the test command sources: then the file
 /// must exist) or, for a bare `cargo test`, the path fetch-model.sh extracts to if present.
@@ -63,43 +64,90 @@ fn smollm2_q4_1_generates_deterministic_text() {
     assert_eq!((ids, text), (again.0, again.1));
 }
 
+/// Logits of `seqs` (tokens and adapter slot each) in one forward pass from position 0.
+fn logits(model: &Model, lora: &LoraSlots, seqs: &[(&[u32], Option<u32>)]) -> Vec<Vec<f32>> {
+    let cfg = model.config();
+    let mut cache = KvCache::new(
+        KvCacheConfig { block_size: 16, num_blocks: 8 },
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
+    let tables: Vec<BlockTable> = seqs
+        .iter()
+        .map(|(s, _)| {
+            let mut t = BlockTable::default();
+            cache.reserve(&mut t, s.len()).unwrap();
+            t
+        })
+        .collect();
+    let chunks: Vec<SeqChunk<'_>> = seqs
+        .iter()
+        .zip(&tables)
+        .map(|((s, adapter), t)| SeqChunk { tokens: s, table: t, start: 0, adapter: *adapter })
+        .collect();
+    model.forward(&chunks, &mut cache, lora).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 #[test]
 fn quantized_logits_are_bitwise_identical_alone_and_batched() {
     let Some(path) = model_path() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let model = engine.model();
-    let cfg = model.config();
-    let lora = LoraSlots::new(cfg, &Device::Cpu, 1);
+    let lora = LoraSlots::new(model.config(), &Device::Cpu, 1, false);
     let ids = |s: &str| engine.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
     let (a, b) =
         (ids("The quick brown fox jumps"), ids("Once upon a time in a land far away, there"));
-    let run = |seqs: &[&[u32]]| {
-        let mut cache = KvCache::new(
-            KvCacheConfig { block_size: 16, num_blocks: 8 },
-            cfg.num_layers,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-        );
-        let tables: Vec<BlockTable> = seqs
-            .iter()
-            .map(|s| {
-                let mut t = BlockTable::default();
-                cache.reserve(&mut t, s.len()).unwrap();
-                t
-            })
-            .collect();
-        let chunks: Vec<SeqChunk<'_>> = seqs
-            .iter()
-            .zip(&tables)
-            .map(|(s, t)| SeqChunk { tokens: s, table: t, start: 0, adapter: None })
-            .collect();
-        model.forward(&chunks, &mut cache, &lora).unwrap().to_vec2::<f32>().unwrap()
-    };
-    let alone = run(&[&a]);
-    let batched = run(&[&b, &a]);
-    assert!(alone[0].iter().zip(&batched[1]).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let alone = logits(model, &lora, &[(&a, None)]);
+    let batched = logits(model, &lora, &[(&b, None), (&a, None)]);
+    assert!(same_bits(&alone[0], &batched[1]));
     assert_ne!(batched[0], batched[1]);
+}
+
+/// Row-quantized adapter tables (what a CPU engine on a GGUF model installs): a request's
+/// logits are the same bits alone and batched beside another adapter's request, the adapter
+/// changes them, and they stay close to the bf16 tables' logits.
+#[test]
+fn quantized_adapter_tables_keep_logits_batch_independent_and_close_to_bf16() {
+    let Some(path) = model_path() else { return };
+    let engine =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let model = engine.model();
+    let cfg = model.config();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tables = [true, false].map(|q| LoraSlots::new(cfg, &Device::Cpu, 2, q));
+    for slot in 0..2u32 {
+        let path = dir.path().join(format!("a{slot}"));
+        openledger_engine::write_random_adapter(&path, cfg, 16, &Projection::ALL, 7 + slot as u64)
+            .unwrap();
+        let adapter =
+            LoraAdapter::load(&path, cfg, &Device::Cpu).unwrap().with_rank_major_b().unwrap();
+        for t in &mut tables {
+            t.install(slot, &adapter).unwrap();
+        }
+    }
+    let [q8, bf16] = &tables;
+    let ids = |s: &str| engine.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
+    let (a, b) =
+        (ids("The quick brown fox jumps"), ids("Once upon a time in a land far away, there"));
+    let alone = logits(model, q8, &[(&a, Some(0))]);
+    let batched = logits(model, q8, &[(&b, Some(1)), (&a, Some(0))]);
+    assert!(same_bits(&alone[0], &batched[1]), "alone and batched differ");
+    let base = logits(model, q8, &[(&a, None)]);
+    assert!(!same_bits(&alone[0], &base[0]), "the adapter changed nothing");
+    let reference = logits(model, bf16, &[(&a, Some(0))]);
+    let (diff, delta) = alone[0]
+        .iter()
+        .zip(&reference[0])
+        .zip(&base[0])
+        .fold((0f32, 0f32), |(d, e), ((q, r), b)| (d.max((q - r).abs()), e.max((r - b).abs())));
+    // The quantization moves the logits by a small part of what the adapter moves them.
+    assert!(diff < 0.1 * delta, "q8 vs bf16 {diff}, adapter's own effect {delta}");
 }
 
 /// The quantized CPU path (8-bit activations, integer block dot products) produces the same
@@ -152,7 +200,7 @@ fn tensor_path_from_gguf_matches_the_f32_reference() {
     let tensors = engine.model().to_tensors(&Device::Cpu, DType::F32).unwrap();
     assert!(tensors.to_tensors(&Device::Cpu, DType::F32).is_err());
     let cfg = engine.model().config();
-    let lora = LoraSlots::new(cfg, &Device::Cpu, 1);
+    let lora = LoraSlots::new(cfg, &Device::Cpu, 1, false);
     let prompt = engine.tokenizer().encode("The quick brown fox jumps over", false).unwrap();
     let prompt = prompt.get_ids();
     // A prefill chunk, then two decode steps: both attention paths.

@@ -69,7 +69,7 @@ fn logits_are_bitwise_identical_alone_and_batched() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model(dir.path(), 3);
     let model = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
-    let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4);
+    let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4, false);
     let specs = [
         AdapterSpec { r: 8, alpha: 16.0, rslora: false, targets: &Projection::ALL },
         AdapterSpec {

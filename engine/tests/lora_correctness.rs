@@ -201,7 +201,7 @@ fn adapter_logits_match_merged_f32_reference() {
             2.0,
         ),
     ];
-    let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4);
+    let mut lora = LoraSlots::new(&cfg, &Device::Cpu, 4, false);
     for (i, (spec, scale)) in cases.iter().enumerate() {
         let adir = write_adapter(&dir.path().join(format!("a{i}")), &cfg, spec, 10 + i as u64);
         let adapter = LoraAdapter::load(&adir, &cfg, &Device::Cpu).unwrap();

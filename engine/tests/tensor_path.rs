@@ -112,7 +112,7 @@ fn a_kv_cache_made_for_another_model_or_backend_is_refused() {
     let cfg = write_model(dir.path(), 2);
     let host = Model::load_hf(dir.path(), &Device::Cpu).unwrap();
     let tensor = Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap();
-    let lora = LoraSlots::new(&cfg, &Device::Cpu, 1);
+    let lora = LoraSlots::new(&cfg, &Device::Cpu, 1, false);
     let kc = KvCacheConfig { block_size: 4, num_blocks: 4 };
     let (l, kv, hd) = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
     let caches = [

@@ -9,13 +9,14 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, DType, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use crate::cpu::{self, CpuWorkspace};
-use crate::element::{AdapterWeights, Element, LoraWeights};
+use crate::element::{AdapterWeights, Element, Widen};
 use crate::error::{check_shape, KernelError, Result};
 use crate::segments::SegmentMap;
+use crate::table::{with_cpu_weights, AdapterTable};
 
 /// Calls `$body` with `$t` bound to the element type of `$dtype`.
 macro_rules! with_element {
@@ -38,212 +39,6 @@ macro_rules! with_element {
     };
 }
 pub(crate) use with_element;
-
-/// One slot of an [`AdapterTable`]. The tensors are kept so that the addresses stay valid.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) struct TableEntry {
-    pub(crate) a: Tensor,
-    pub(crate) b: Tensor,
-    pub(crate) rank: usize,
-    /// Host address of the first element of `a` / `b` (CPU tables only).
-    a_host: usize,
-    b_host: usize,
-}
-
-/// The adapters of one projection (for example layer 3's `q_proj`), addressed by slot.
-///
-/// Each slot holds PEFT's `lora_A.weight` (`[rank, d_in]`) and `lora_B.weight`
-/// (`[d_out, rank]`) as they were loaded, no copy into a packed buffer; except that a CPU
-/// table stores `lora_B` transposed, the layout its expand reads fastest (one copy at
-/// insertion, none when `lora_B` is already a transposed view of rank-major memory, as a CPU
-/// engine's adapter cache parses it). On CUDA the kernels read them through a device array of per-slot pointers,
-/// rebuilt after each change.
-pub struct AdapterTable {
-    device: Device,
-    dtype: DType,
-    d_in: usize,
-    d_out: usize,
-    entries: Vec<Option<TableEntry>>,
-    #[cfg(feature = "cuda")]
-    pub(crate) gpu: Mutex<Option<crate::cuda::DeviceTable>>,
-}
-
-impl AdapterTable {
-    /// An empty table of `num_slots` slots for a projection `d_in -> d_out`.
-    pub fn new(device: &Device, dtype: DType, d_in: usize, d_out: usize, num_slots: usize) -> Self {
-        Self {
-            device: device.clone(),
-            dtype,
-            d_in,
-            d_out,
-            entries: (0..num_slots).map(|_| None).collect(),
-            #[cfg(feature = "cuda")]
-            gpu: Mutex::new(None),
-        }
-    }
-
-    /// Puts an adapter in `slot`, replacing what was there. `a` must be `[rank, d_in]` and
-    /// `b` `[d_out, rank]`, of the table's dtype and device; they are made contiguous in the
-    /// table's layout (one copy at load time where they are not: on the CPU `lora_B` is held
-    /// transposed, so a `b` that is a transposed view of rank-major memory is taken as is).
-    pub fn insert(&mut self, slot: u32, a: &Tensor, b: &Tensor) -> Result<()> {
-        let slots = self.entries.len();
-        if slot as usize >= slots {
-            return Err(KernelError::SlotOutOfRange { slot, slots });
-        }
-        let (a_name, b_name) = (format!("lora_A of slot {slot}"), format!("lora_B of slot {slot}"));
-        for (t, name) in [(a, &a_name), (b, &b_name)] {
-            self.check_tensor(t, name)?;
-        }
-        let rank = a.dims().first().copied().unwrap_or(0);
-        if rank == 0 {
-            return Err(KernelError::ZeroRank { slot });
-        }
-        check_shape(&a_name, &[rank, self.d_in], a.dims())?;
-        check_shape(&b_name, &[self.d_out, rank], b.dims())?;
-        let a = a.contiguous()?;
-        // On the CPU lora_B is kept transposed, `[rank, d_out]` (see `BLayout::RankByOut`),
-        // and both are read in place through their host addresses.
-        let (b, a_host, b_host) = match self.device {
-            Device::Cpu => {
-                let b = b.t()?.contiguous()?;
-                let (a_host, b_host) = (host_address(&a)?, host_address(&b)?);
-                (b, a_host, b_host)
-            },
-            _ => (b.contiguous()?, 0, 0),
-        };
-        self.entries[slot as usize] = Some(TableEntry { a, b, rank, a_host, b_host });
-        self.invalidate_device_table();
-        Ok(())
-    }
-
-    /// Empties `slot` (the adapter was evicted).
-    pub fn remove(&mut self, slot: u32) {
-        if let Some(e) = self.entries.get_mut(slot as usize) {
-            *e = None;
-            self.invalidate_device_table();
-        }
-    }
-
-    /// Rank of the adapter in `slot`, if any.
-    pub fn rank(&self, slot: u32) -> Option<usize> {
-        self.entry(slot).map(|e| e.rank)
-    }
-
-    /// Input width of the projection.
-    pub fn d_in(&self) -> usize {
-        self.d_in
-    }
-
-    /// Output width of the projection.
-    pub fn d_out(&self) -> usize {
-        self.d_out
-    }
-
-    /// Element type of x, y and the weights.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Number of slots.
-    pub fn num_slots(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub(crate) fn entry(&self, slot: u32) -> Option<&TableEntry> {
-        self.entries.get(slot as usize).and_then(Option::as_ref)
-    }
-
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn entries(&self) -> &[Option<TableEntry>] {
-        &self.entries
-    }
-
-    fn invalidate_device_table(&mut self) {
-        #[cfg(feature = "cuda")]
-        {
-            *self.gpu.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-    }
-
-    fn check_tensor(&self, t: &Tensor, name: &str) -> Result<()> {
-        if t.dtype() != self.dtype {
-            return Err(KernelError::DType {
-                tensor: name.to_string(),
-                expected: self.dtype,
-                actual: t.dtype(),
-            });
-        }
-        if !t.device().same_device(&self.device) {
-            return Err(KernelError::Device {
-                tensor: name.to_string(),
-                expected: format!("{:?}", self.device.location()),
-                actual: format!("{:?}", t.device().location()),
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks that every segment's slot holds an adapter of the segment's rank.
-    fn check_segments(&self, map: &SegmentMap) -> Result<()> {
-        for s in 0..map.num_segments() {
-            let slot = map.slots()[s];
-            let expected = map.ranks()[s] as usize;
-            match self.rank(slot) {
-                None => {
-                    return Err(KernelError::EmptySlot {
-                        segment: s,
-                        slot,
-                        slots: self.num_slots(),
-                    })
-                },
-                Some(actual) if actual != expected => {
-                    return Err(KernelError::RankMismatch { segment: s, slot, expected, actual })
-                },
-                Some(_) => {},
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Address of the first element of a contiguous CPU tensor.
-fn host_address(t: &Tensor) -> Result<usize> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(KernelError::UnsupportedDevice(format!("{:?}", t.device().location())));
-    };
-    with_element!(t.dtype(), E => {
-        let data = E::storage(cpu).ok_or(KernelError::UnsupportedDType(t.dtype()))?;
-        Ok(data[layout.start_offset()..].as_ptr() as usize)
-    })
-}
-
-/// Reads a CPU table's weights in place, as slices of `T`.
-struct CpuTableView<'t, T> {
-    table: &'t AdapterTable,
-    _elem: std::marker::PhantomData<T>,
-}
-
-impl<T: Element> AdapterWeights<T> for CpuTableView<'_, T> {
-    fn weights(&self, slot: u32) -> Option<LoraWeights<'_, T>> {
-        let e = self.table.entry(slot)?;
-        let (a_len, b_len) = (e.rank * self.table.d_in, self.table.d_out * e.rank);
-        // SAFETY: the addresses point into the CPU storages of `e.a` and `e.b`, contiguous
-        // tensors of dtype T with these element counts (checked in `insert`); the entry owns
-        // those tensors, so the storages live as long as the borrow of the table, and candle
-        // never reallocates a storage in place.
-        unsafe {
-            Some(LoraWeights::with_b_transposed(
-                std::slice::from_raw_parts(e.a_host as *const T, a_len),
-                std::slice::from_raw_parts(e.b_host as *const T, b_len),
-            ))
-        }
-    }
-    fn num_slots(&self) -> usize {
-        self.table.num_slots()
-    }
-}
 
 /// The segments of one step, with their device copy made on first use and shared by every
 /// layer's call.
@@ -377,20 +172,30 @@ pub fn lora_delta_host(
     if map.num_tokens() == 0 {
         return Ok(());
     }
-    with_element!(table.dtype, E => cpu_lora_delta::<f32, E>(x, y, map, table))
+    cpu_lora_delta::<f32>(x, y, map, table)
 }
 
 /// [`cpu::lora_delta`] with this thread's workspace, taken out for the call rather than
 /// borrowed: a rayon worker waiting inside the call may run another task that calls
 /// lora_delta on the same thread.
-fn cpu_lora_delta<A: Element, E: Element>(
+fn cpu_lora_delta<A: Element>(
     x: &[A],
     y: &mut [A],
     map: &SegmentMap,
     table: &AdapterTable,
 ) -> Result<()> {
+    with_cpu_weights!(table, E, w => with_workspace::<A, E, _>(x, y, map, table, &w))
+}
+
+fn with_workspace<A: Element, E: Widen, W: AdapterWeights<E>>(
+    x: &[A],
+    y: &mut [A],
+    map: &SegmentMap,
+    table: &AdapterTable,
+    weights: &W,
+) -> Result<()> {
     let mut ws = WORKSPACE.take();
-    let done = cpu::lora_delta(x, y, table.d_in, table.d_out, map, &view::<E>(table), &mut ws);
+    let done = cpu::lora_delta(x, y, table.d_in, table.d_out, map, weights, &mut ws);
     WORKSPACE.set(ws);
     done
 }
@@ -458,10 +263,6 @@ pub(crate) fn cpu_slice_mut<'s, T: Element>(
     Ok(&mut data[start..end])
 }
 
-fn view<T>(table: &AdapterTable) -> CpuTableView<'_, T> {
-    CpuTableView { table, _elem: std::marker::PhantomData }
-}
-
 struct LoraDeltaOp<'a> {
     segments: &'a BatchSegments,
     table: &'a AdapterTable,
@@ -483,12 +284,12 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         let t = self.table;
         let mut run = || -> Result<()> {
-            // Activations (`A`) may differ from the adapters' dtype (`E`) on the CPU.
+            // Activations (`A`) may differ from the adapters' dtype on the CPU.
             with_element!(x.dtype(), A => {
-                with_element!(t.dtype, E => {
+                {
                     let x = cpu_slice::<A>(x, xl, "x")?;
                     let map = &self.segments.map;
-                    let run = |y: &mut [A]| cpu_lora_delta::<A, E>(x, y, map, t);
+                    let run = |y: &mut [A]| cpu_lora_delta::<A>(x, y, map, t);
                     if self.ldy == t.d_out {
                         run(cpu_slice_mut::<A>(y, yl, "y")?)
                     } else {
@@ -511,7 +312,7 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
                         }
                         done
                     }
-                })
+                }
             })
         };
         run().map_err(to_candle)
@@ -553,9 +354,9 @@ impl candle_core::CustomOp1 for ShrinkOp<'_> {
         let run = || -> Result<Vec<f32>> {
             // NaN-filled: an element the kernel failed to write cannot pass for a result.
             let mut v = vec![f32::NAN; map.num_tokens() * map.max_rank()];
-            with_element!(t.dtype, E => {
-                let x = cpu_slice::<E>(x, xl, "x")?;
-                cpu::sgmv_shrink(x, t.d_in, map, &view::<E>(t), &mut v)
+            with_element!(t.dtype, A => {
+                let x = cpu_slice::<A>(x, xl, "x")?;
+                with_cpu_weights!(t, E, w => cpu::sgmv_shrink::<A, E, _>(x, t.d_in, map, &w, &mut v))
             })?;
             Ok(v)
         };
@@ -598,9 +399,11 @@ impl candle_core::InplaceOp2 for ExpandOp<'_> {
         let t = self.table;
         let mut run = || -> Result<()> {
             let v = cpu_slice::<f32>(v, vl, "v")?;
-            with_element!(t.dtype, E => {
-                let y = cpu_slice_mut::<E>(y, yl, "y")?;
-                cpu::sgmv_expand(v, y, t.d_out, &self.segments.map, &view::<E>(t))
+            with_element!(t.dtype, A => {
+                let y = cpu_slice_mut::<A>(y, yl, "y")?;
+                with_cpu_weights!(t, E, w => {
+                    cpu::sgmv_expand::<A, E, _>(v, y, t.d_out, &self.segments.map, &w)
+                })
             })
         };
         run().map_err(to_candle)

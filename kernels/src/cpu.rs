@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::element::{AdapterWeights, BLayout, Element, LoraWeights};
+use crate::element::{AdapterWeights, BLayout, Element, LoraWeights, Widen};
 use crate::error::{KernelError, Result};
 use crate::segments::{SegmentMap, CPU_TILE_TOKENS};
 use crate::simd::Simd;
@@ -54,7 +54,7 @@ impl<T> DisjointOut<T> {
 /// the loop vectorises (8 lanes under AVX2, two 4-lane registers otherwise). With `FMA`, each
 /// step is a fused multiply-add (only where the CPU has one: see [`simd`]).
 #[inline(always)]
-pub(crate) fn dot<A: Element, B: Element, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
+pub(crate) fn dot<A: Widen, B: Widen, const FMA: bool>(a: &[A], b: &[B]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
@@ -82,6 +82,8 @@ fn simd() -> bool {
 struct ShrinkItem<'a, T, E> {
     x: &'a [T],
     a: &'a [E],
+    /// Per row of `a`, or empty (float weights).
+    a_scale: &'a [f32],
     rows: &'a [u32],
     d_in: usize,
     rank: usize,
@@ -94,8 +96,9 @@ struct ShrinkItem<'a, T, E> {
 /// Eight rank rows at a time against each token's row ([`Simd::dot8`]: eight streams of
 /// lora_A read together, one transposed reduction), the token's row widened to f32 once.
 /// Rows past the segment's rank give 0. A row's value does not depend on the other rows of
-/// its group of eight, so the two-stage and fused paths agree bit for bit.
-fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: DisjointOut<f32>) {
+/// its group of eight, so the two-stage and fused paths agree bit for bit. A quantized row's
+/// dot product is multiplied by the row's scale.
+fn run_shrink_item<T: Element, E: Widen>(it: &ShrinkItem<'_, T, E>, out: DisjointOut<f32>) {
     let (d_in, rank) = (it.d_in, it.rank);
     let simd = Simd::detect();
     let mut x_row = vec![0f32; d_in];
@@ -117,7 +120,11 @@ fn run_shrink_item<T: Element, E: Element>(it: &ShrinkItem<'_, T, E>, out: Disjo
             for (i, value) in values.iter().enumerate() {
                 let j = j0 + i;
                 if j < it.j1 {
-                    let value = if j < rank { *value } else { 0.0 };
+                    let value = match it.a_scale.get(j) {
+                        _ if j >= rank => 0.0,
+                        Some(scale) => *value * scale,
+                        None => *value,
+                    };
                     // SAFETY: (p, j) lies in this item's tile and rank block only; in bounds
                     // by the shape check of the caller.
                     unsafe { *out.ptr().add(p * it.width + j) = value };
@@ -132,6 +139,8 @@ struct ExpandItem<'a, E> {
     v: &'a [f32],
     b: &'a [E],
     b_layout: BLayout,
+    /// Per rank index of a transposed `b`, or empty (float weights).
+    b_scale: &'a [f32],
     rows: &'a [u32],
     d_out: usize,
     rank: usize,
@@ -146,10 +155,7 @@ struct ExpandItem<'a, E> {
 const EXPAND_RANK_BLOCK: usize = 32;
 
 #[inline(always)]
-fn expand_item<T: Element, E: Element, const FMA: bool>(
-    it: &ExpandItem<'_, E>,
-    out: DisjointOut<T>,
-) {
+fn expand_item<T: Element, E: Widen, const FMA: bool>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
     // lora_B rows are `rank` long, so a direct dot per output is short and pays a horizontal
     // sum each time. Instead transpose a [rank block x column block] of B to f32 once per
     // item and accumulate whole column blocks per token: contiguous, vectorised FMAs.
@@ -160,13 +166,29 @@ fn expand_item<T: Element, E: Element, const FMA: bool>(
         // B already transposed: each rank index's columns are one contiguous run. Per token
         // and column the sum runs over j in order, as in the transposing path below, so both
         // layouts give the same bits for tiles of 4 tokens or more.
-        // The sums over j as weighted sums of B's rows, the accumulators in registers.
+        // The sums over j as weighted sums of B's rows, the accumulators in registers. A
+        // quantized B's row scales multiply the weights first (`coef`).
         let simd = Simd::detect();
         let mut acc = [0f32; EXPAND_BT_COLS];
+        let (mut stack, mut heap) = ([0f32; 64], Vec::new());
+        let coef: &mut [f32] = match it.b_scale.len() {
+            0 => &mut [],
+            n if n <= stack.len() => &mut stack[..n],
+            n => {
+                heap.resize(n, 0.0);
+                &mut heap
+            },
+        };
         for c0 in (it.o0..it.o1).step_by(EXPAND_BT_COLS) {
             let c1 = (c0 + EXPAND_BT_COLS).min(it.o1);
             for p in it.tile.clone() {
-                let v_row = &it.v[p * it.width..p * it.width + rank];
+                let mut v_row = &it.v[p * it.width..p * it.width + rank];
+                if !coef.is_empty() {
+                    for ((c, v), s) in coef.iter_mut().zip(v_row).zip(it.b_scale) {
+                        *c = v * s;
+                    }
+                    v_row = &*coef;
+                }
                 let acc = &mut acc[..c1 - c0];
                 simd.weighted_sum(v_row, |j| &it.b[j * it.d_out + c0..j * it.d_out + c1], acc);
                 let row = it.rows[p] as usize;
@@ -238,11 +260,11 @@ fn expand_item<T: Element, E: Element, const FMA: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn expand_item_avx2<T: Element, E: Element>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
+unsafe fn expand_item_avx2<T: Element, E: Widen>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
     expand_item::<T, E, true>(it, out)
 }
 
-fn run_expand_item<T: Element, E: Element>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
+fn run_expand_item<T: Element, E: Widen>(it: &ExpandItem<'_, E>, out: DisjointOut<T>) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked by `simd`).
@@ -251,12 +273,14 @@ fn run_expand_item<T: Element, E: Element>(it: &ExpandItem<'_, E>, out: Disjoint
     expand_item::<T, E, false>(it, out)
 }
 
-/// Looks up and checks the weights of every segment before any work starts.
-fn check_weights<E: Element, W: AdapterWeights<E> + ?Sized>(
+/// Looks up and checks the weights of every segment before any work starts: `lora_A`'s
+/// length when `d_in` is given, `lora_B`'s when `d_out` is, and the row scales of quantized
+/// weights (one per rank index, `lora_B` transposed).
+fn check_weights<E: Widen, W: AdapterWeights<E> + ?Sized>(
     map: &SegmentMap,
     weights: &W,
-    d_in: usize,
-    d_out: usize,
+    d_in: Option<usize>,
+    d_out: Option<usize>,
 ) -> Result<()> {
     for s in 0..map.num_segments() {
         let slot = map.slots()[s];
@@ -266,17 +290,42 @@ fn check_weights<E: Element, W: AdapterWeights<E> + ?Sized>(
             slot,
             slots: weights.num_slots(),
         })?;
-        crate::error::check_shape(&format!("lora_A of slot {slot}"), &[rank * d_in], &[w.a.len()])?;
-        crate::error::check_shape(
-            &format!("lora_B of slot {slot}"),
-            &[d_out * rank],
-            &[w.b.len()],
-        )?;
+        if let Some(d_in) = d_in {
+            crate::error::check_shape(
+                &format!("lora_A of slot {slot}"),
+                &[rank * d_in],
+                &[w.a.len()],
+            )?;
+        }
+        if let Some(d_out) = d_out {
+            crate::error::check_shape(
+                &format!("lora_B of slot {slot}"),
+                &[d_out * rank],
+                &[w.b.len()],
+            )?;
+        }
+        if !(w.a_scale.is_empty() && w.b_scale.is_empty()) {
+            crate::error::check_shape(
+                &format!("lora_A scales of slot {slot}"),
+                &[rank],
+                &[w.a_scale.len()],
+            )?;
+            crate::error::check_shape(
+                &format!("lora_B scales of slot {slot}"),
+                &[rank],
+                &[w.b_scale.len()],
+            )?;
+            if w.b_layout != BLayout::RankByOut {
+                return Err(KernelError::QuantizedAdapter(format!(
+                    "lora_B of slot {slot} must be stored transposed ([rank, d_out])"
+                )));
+            }
+        }
     }
     Ok(())
 }
 
-fn segment_weights<'w, E: Element, W: AdapterWeights<E> + ?Sized>(
+fn segment_weights<'w, E: Widen, W: AdapterWeights<E> + ?Sized>(
     map: &SegmentMap,
     weights: &'w W,
     segment: usize,
@@ -288,7 +337,7 @@ fn segment_weights<'w, E: Element, W: AdapterWeights<E> + ?Sized>(
 /// `v[p, j] = sum_k x[rows[p], k] * A_s[j, k]` for every sorted position `p` of segment `s`
 /// and `j < rank_s`; `v[p, j] = 0` for `rank_s <= j < max_rank`. `v` is
 /// `[num_tokens, max_rank]` row-major; `x` is `[num_rows, d_in]`.
-pub fn sgmv_shrink<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
+pub fn sgmv_shrink<T: Element, E: Widen, W: AdapterWeights<E> + ?Sized>(
     x: &[T],
     d_in: usize,
     map: &SegmentMap,
@@ -298,25 +347,18 @@ pub fn sgmv_shrink<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
     let width = map.max_rank();
     crate::error::check_shape("x", &[map.num_rows() * d_in], &[x.len()])?;
     crate::error::check_shape("shrink output v", &[map.num_tokens() * width], &[v.len()])?;
-    for s in 0..map.num_segments() {
-        let slot = map.slots()[s];
-        let rank = map.ranks()[s] as usize;
-        let w = weights.weights(slot).ok_or(KernelError::EmptySlot {
-            segment: s,
-            slot,
-            slots: weights.num_slots(),
-        })?;
-        crate::error::check_shape(&format!("lora_A of slot {slot}"), &[rank * d_in], &[w.a.len()])?;
-    }
+    check_weights(map, weights, Some(d_in), None)?;
     let blocks = width.div_ceil(SHRINK_RANK_BLOCK).max(1);
     let out = DisjointOut(v.as_mut_ptr());
     (0..map.tiles().len() * blocks).into_par_iter().for_each(|item| {
         let tile = map.tiles()[item / blocks];
         let seg = tile.segment as usize;
         let j0 = (item % blocks) * SHRINK_RANK_BLOCK;
+        let w = segment_weights(map, weights, seg);
         let it = ShrinkItem {
             x,
-            a: segment_weights(map, weights, seg).a,
+            a: w.a,
+            a_scale: w.a_scale,
             rows: map.rows(),
             d_in,
             rank: map.ranks()[seg] as usize,
@@ -333,7 +375,7 @@ pub fn sgmv_shrink<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
 /// `y[rows[p], o] += scale_s * sum_{j < rank_s} v[p, j] * B_s[o, j]` for every sorted
 /// position `p` of segment `s`. `v` is `[num_tokens, max_rank]`, `y` is `[num_rows, d_out]`;
 /// rows of no segment are not touched.
-pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
+pub fn sgmv_expand<T: Element, E: Widen, W: AdapterWeights<E> + ?Sized>(
     v: &[f32],
     y: &mut [T],
     d_out: usize,
@@ -343,20 +385,7 @@ pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
     let width = map.max_rank();
     crate::error::check_shape("y", &[map.num_rows() * d_out], &[y.len()])?;
     crate::error::check_shape("expand input v", &[map.num_tokens() * width], &[v.len()])?;
-    for s in 0..map.num_segments() {
-        let slot = map.slots()[s];
-        let rank = map.ranks()[s] as usize;
-        let w = weights.weights(slot).ok_or(KernelError::EmptySlot {
-            segment: s,
-            slot,
-            slots: weights.num_slots(),
-        })?;
-        crate::error::check_shape(
-            &format!("lora_B of slot {slot}"),
-            &[d_out * rank],
-            &[w.b.len()],
-        )?;
-    }
+    check_weights(map, weights, None, Some(d_out))?;
     let blocks = d_out.div_ceil(EXPAND_COL_BLOCK);
     let out = DisjointOut(y.as_mut_ptr());
     (0..map.tiles().len() * blocks).into_par_iter().for_each(|item| {
@@ -368,6 +397,7 @@ pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
             v,
             b: w.b,
             b_layout: w.b_layout,
+            b_scale: w.b_scale,
             rows: map.rows(),
             d_out,
             rank: map.ranks()[seg] as usize,
@@ -385,7 +415,7 @@ pub fn sgmv_expand<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
 /// `y[row] += scale_s * B_s (A_s x[row])` for every row of every segment: shrink then
 /// expand, with the intermediate in `workspace`. `x` is `[num_rows, d_in]`, `y` is
 /// `[num_rows, d_out]`.
-pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
+pub fn lora_delta<T: Element, E: Widen, W: AdapterWeights<E> + ?Sized>(
     x: &[T],
     y: &mut [T],
     d_in: usize,
@@ -396,7 +426,7 @@ pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
 ) -> Result<()> {
     crate::error::check_shape("x", &[map.num_rows() * d_in], &[x.len()])?;
     crate::error::check_shape("y", &[map.num_rows() * d_out], &[y.len()])?;
-    check_weights(map, weights, d_in, d_out)?;
+    check_weights(map, weights, Some(d_in), Some(d_out))?;
     let len = map.num_tokens() * map.max_rank();
     if workspace.v.len() < len {
         workspace.v.resize(len, 0.0);
@@ -427,6 +457,7 @@ pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
         let shrink = ShrinkItem {
             x,
             a: w.a,
+            a_scale: w.a_scale,
             rows,
             d_in,
             rank,
@@ -449,6 +480,7 @@ pub fn lora_delta<T: Element, E: Element, W: AdapterWeights<E> + ?Sized>(
                 v,
                 b: w.b,
                 b_layout: w.b_layout,
+                b_scale: w.b_scale,
                 rows,
                 d_out,
                 rank,

@@ -21,8 +21,9 @@ use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage};
 use half::{bf16, f16};
 
-use crate::candle_ops::{AdapterTable, BatchSegments};
+use crate::candle_ops::BatchSegments;
 use crate::error::{KernelError, Result};
+use crate::table::AdapterTable;
 
 mod fused;
 

@@ -3,18 +3,43 @@
 use candle_core::CpuStorage;
 use half::{bf16, f16};
 
+/// How an element is stored, which decides how the SIMD loads widen it to f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    F16,
+    BF16,
+    /// A signed byte, the quantized adapter rows of a CPU table (their scale kept apart).
+    I8,
+}
+
+/// An element the kernels read and widen to f32: the float types of [`Element`], and the
+/// signed bytes of quantized adapter rows.
+pub trait Widen: Copy + Send + Sync + 'static {
+    /// How it is stored.
+    const FORMAT: Format;
+    /// Widens to f32 (exact for every type).
+    fn to_f32(self) -> f32;
+}
+
 /// A floating-point element the kernels read and write; arithmetic is done in f32.
-pub trait Element: Copy + Send + Sync + 'static {
+pub trait Element: Widen {
     /// The matching candle dtype.
     const DTYPE: candle_core::DType;
-    /// Widens to f32 (exact for all three types).
-    fn to_f32(self) -> f32;
     /// Rounds an f32 to this type (round to nearest even).
     fn from_f32(v: f32) -> Self;
     /// The elements of a candle CPU storage of this dtype.
     fn storage(s: &CpuStorage) -> Option<&[Self]>;
     /// The elements of a candle CPU storage of this dtype, mutably.
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
+}
+
+impl Widen for i8 {
+    const FORMAT: Format = Format::I8;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
 }
 
 macro_rules! storage_access {
@@ -34,27 +59,35 @@ macro_rules! storage_access {
     };
 }
 
-impl Element for f32 {
-    storage_access!(F32);
-    const DTYPE: candle_core::DType = candle_core::DType::F32;
+impl Widen for f32 {
+    const FORMAT: Format = Format::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
+}
+
+impl Element for f32 {
+    storage_access!(F32);
+    const DTYPE: candle_core::DType = candle_core::DType::F32;
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
     }
 }
 
-impl Element for bf16 {
-    storage_access!(BF16);
-    const DTYPE: candle_core::DType = candle_core::DType::BF16;
+impl Widen for bf16 {
+    const FORMAT: Format = Format::BF16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         // A bf16 is the top half of an f32: widening is a shift, which vectorises.
         f32::from_bits((self.to_bits() as u32) << 16)
     }
+}
+
+impl Element for bf16 {
+    storage_access!(BF16);
+    const DTYPE: candle_core::DType = candle_core::DType::BF16;
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         // Round to nearest even without branches, so that loops over rows vectorise; NaN
@@ -66,13 +99,17 @@ impl Element for bf16 {
     }
 }
 
-impl Element for f16 {
-    storage_access!(F16);
-    const DTYPE: candle_core::DType = candle_core::DType::F16;
+impl Widen for f16 {
+    const FORMAT: Format = Format::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
+}
+
+impl Element for f16 {
+    storage_access!(F16);
+    const DTYPE: candle_core::DType = candle_core::DType::F16;
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
@@ -94,6 +131,10 @@ pub enum BLayout {
 /// One adapter's weights for one projection: `a` is PEFT's `lora_A.weight`, `[rank, d_in]`
 /// row-major; `b` is `lora_B.weight` in the layout `b_layout` says. The delta of a row `x` is
 /// `scale * B @ (A @ x)`.
+///
+/// Quantized weights ([`LoraWeights::quantized`]) carry one f32 scale per row of `a` and per
+/// row of the transposed `b`: the value of `a[j][k]` is `a_scale[j] * a[j][k]`, that of
+/// `bt[j][o]` is `bt_scale[j] * bt[j][o]`. Float weights carry none (both scale slices empty).
 #[derive(Debug)]
 pub struct LoraWeights<'a, T> {
     /// `[rank, d_in]`, row-major.
@@ -101,17 +142,27 @@ pub struct LoraWeights<'a, T> {
     /// `d_out x rank` values, laid out as `b_layout` says.
     pub b: &'a [T],
     pub b_layout: BLayout,
+    /// Per row of `a` (`rank` values), or empty.
+    pub a_scale: &'a [f32],
+    /// Per rank index of `b` (`rank` values, `b` transposed), or empty.
+    pub b_scale: &'a [f32],
 }
 
 impl<'a, T> LoraWeights<'a, T> {
     /// Weights in PEFT's layout (`b` is `[d_out, rank]`).
     pub fn new(a: &'a [T], b: &'a [T]) -> Self {
-        Self { a, b, b_layout: BLayout::OutByRank }
+        Self { a, b, b_layout: BLayout::OutByRank, a_scale: &[], b_scale: &[] }
     }
 
     /// Weights whose `lora_B` is stored transposed (`bt` is `[rank, d_out]`).
     pub fn with_b_transposed(a: &'a [T], bt: &'a [T]) -> Self {
-        Self { a, b: bt, b_layout: BLayout::RankByOut }
+        Self { a, b: bt, b_layout: BLayout::RankByOut, a_scale: &[], b_scale: &[] }
+    }
+
+    /// Row-quantized weights: `a` `[rank, d_in]` and `bt` `[rank, d_out]` (lora_B
+    /// transposed), each row with its scale.
+    pub fn quantized(a: &'a [T], a_scale: &'a [f32], bt: &'a [T], b_scale: &'a [f32]) -> Self {
+        Self { a, b: bt, b_layout: BLayout::RankByOut, a_scale, b_scale }
     }
 }
 

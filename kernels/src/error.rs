@@ -41,6 +41,10 @@ pub enum KernelError {
     #[error("quantized matmul: {0}")]
     Quantized(String),
 
+    /// Row-quantized adapter weights in a form the kernels do not read (the message says which).
+    #[error("quantized adapter: {0}")]
+    QuantizedAdapter(String),
+
     /// A tensor or buffer has the wrong shape.
     #[error("{tensor}: expected shape {expected:?}, got {actual:?}")]
     Shape { tensor: String, expected: Vec<usize>, actual: Vec<usize> },

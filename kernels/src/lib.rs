@@ -51,16 +51,16 @@ pub mod reference;
 mod scatter;
 mod segments;
 pub mod simd;
+mod table;
 
 pub use attention::{
     paged_decode_attention, paged_decode_attention_host, paged_decode_attention_into,
     paged_decode_attention_with, DecodeBlocks, HeadShape,
 };
-pub use candle_ops::{
-    lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments,
-};
-pub use element::{AdapterWeights, BLayout, Element, LoraWeights};
+pub use candle_ops::{lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, BatchSegments};
+pub use element::{AdapterWeights, BLayout, Element, Format, LoraWeights, Widen};
 pub use error::{KernelError, Result};
 pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, QkvHeads, RotaryPairs};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};
+pub use table::{quantize_rows, AdapterTable};

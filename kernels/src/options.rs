@@ -12,6 +12,7 @@
 //! | `OPENLEDGER_SGMV_DEBUG=1` | print the fused kernel's occupancy and variant choices |
 //! | `OPENLEDGER_ATTN_PARTITION=N` | positions per partition of CUDA decode attention (a power of two, 32-512) |
 //! | `OPENLEDGER_CUDA_EVENTS=on` | keep cudarc's per-buffer event tracking (the engine turns it off) |
+//! | `OPENLEDGER_ADAPTERS_BF16=1` | a CPU engine on a block-quantized model computes LoRA from the adapters' bf16 weights, not from row-quantized bytes |
 
 use std::sync::OnceLock;
 
@@ -34,6 +35,8 @@ pub struct Options {
     pub attn_partition: Option<usize>,
     /// `OPENLEDGER_CUDA_EVENTS=on`.
     pub cuda_events: bool,
+    /// `OPENLEDGER_ADAPTERS_BF16`.
+    pub adapters_bf16: bool,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             sgmv_debug: var("OPENLEDGER_SGMV_DEBUG").is_some(),
             attn_partition: var("OPENLEDGER_ATTN_PARTITION").and_then(|v| v.parse().ok()),
             cuda_events: var("OPENLEDGER_CUDA_EVENTS").is_some_and(|v| v == "on"),
+            adapters_bf16: on("OPENLEDGER_ADAPTERS_BF16"),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! vector exponential is a degree-7 polynomial within 2 ulp of `f32::exp`), so they agree to
 //! within f32 rounding, not bit for bit.
 
-use crate::element::Element;
+use crate::element::Widen;
 
 /// The vector hardware the primitives use. `Copy`: detect once, pass it into loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ impl Simd {
 
     /// `sum(a[i] * b[i])` over the shorter of the two.
     #[inline]
-    pub fn dot<E: Element>(self, a: &[f32], b: &[E]) -> f32 {
+    pub fn dot<E: Widen>(self, a: &[f32], b: &[E]) -> f32 {
         match self {
             // SAFETY: the CPU has AVX2 and FMA (checked in `detect`).
             #[cfg(target_arch = "x86_64")]
@@ -57,7 +57,7 @@ impl Simd {
     /// The eight dot products of `q` with `rows[j][..q.len()]` (each row at least as long
     /// as `q`; a shorter one panics).
     #[inline]
-    pub fn dot8<E: Element>(self, q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
+    pub fn dot8<E: Widen>(self, q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
         let rows = rows.map(|r| &r[..q.len()]);
         match self {
             // SAFETY: as in `dot`; every row holds `q.len()` elements (sliced above).
@@ -90,7 +90,7 @@ impl Simd {
     /// `out.len()` long (a shorter one panics). The accumulators stay in registers across
     /// the rows, so `out` is written once.
     #[inline]
-    pub fn weighted_sum<'a, E: Element>(
+    pub fn weighted_sum<'a, E: Widen>(
         self,
         w: &[f32],
         row: impl Fn(usize) -> &'a [E],
@@ -114,7 +114,7 @@ impl Simd {
     /// read once for every group instead of once per group (the query heads that share a
     /// key/value head); every output gets exactly the operations `weighted_sum` gives it.
     #[inline]
-    pub fn weighted_sums<'a, E: Element>(
+    pub fn weighted_sums<'a, E: Widen>(
         self,
         w: &[f32],
         len: usize,
@@ -164,14 +164,14 @@ pub fn prefetch<E>(row: &[E]) {
 pub const PREFETCH_AHEAD: usize = 48;
 
 mod portable {
-    use crate::element::Element;
+    use crate::element::Widen;
 
     /// The CPU SGMV's dot product (eight interleaved partial sums), without FMA.
-    pub(super) fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
+    pub(super) fn dot<E: Widen>(a: &[f32], b: &[E]) -> f32 {
         crate::cpu::dot::<f32, E, false>(a, b)
     }
 
-    pub(super) fn axpy<E: Element>(a: f32, x: &[E], y: &mut [f32]) {
+    pub(super) fn axpy<E: Widen>(a: f32, x: &[E], y: &mut [f32]) {
         for (y, x) in y.iter_mut().zip(x) {
             *y += a * x.to_f32();
         }
@@ -182,20 +182,21 @@ mod portable {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use candle_core::DType;
-
-    use crate::element::Element;
+    use crate::element::{Format, Widen};
 
     /// Eight elements from `p` as f32 (the match is on a constant: one load per type).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8<E: Element>(p: *const E) -> __m256 {
-        match E::DTYPE {
-            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-            DType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+    unsafe fn load8<E: Widen>(p: *const E) -> __m256 {
+        match E::FORMAT {
+            Format::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            Format::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
                 _mm_loadu_si128(p as *const __m128i),
             ))),
-            _ => _mm256_loadu_ps(p as *const f32),
+            Format::I8 => {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+            },
+            Format::F32 => _mm256_loadu_ps(p as *const f32),
         }
     }
 
@@ -209,7 +210,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
+    pub(super) unsafe fn dot<E: Widen>(a: &[f32], b: &[E]) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -253,7 +254,7 @@ mod avx2 {
     /// Eight dot products, then one transposing reduction of the eight accumulators (three
     /// rounds of horizontal adds) instead of eight separate ones.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot8<E: Element>(q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
+    pub(super) unsafe fn dot8<E: Widen>(q: &[f32], rows: [&[E]; 8]) -> [f32; 8] {
         let n = q.len();
         let p = rows.map(|r| r.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -340,7 +341,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn weighted_sum<'a, E: Element>(
+    pub(super) unsafe fn weighted_sum<'a, E: Widen>(
         w: &[f32],
         row: impl Fn(usize) -> &'a [E],
         out: &mut [f32],
@@ -389,7 +390,7 @@ mod avx2 {
     /// pass, all `G * K` accumulators in registers; the columns past the last whole pass go
     /// through [`weighted_sum`] per group (the same operations per output).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn weighted_sums<'a, E: Element>(
+    pub(super) unsafe fn weighted_sums<'a, E: Widen>(
         w: &[f32],
         len: usize,
         group: usize,
@@ -412,7 +413,7 @@ mod avx2 {
     /// Columns `0..returned` of every group, in passes of `8 K` columns.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn grouped<'a, E: Element, const G: usize, const K: usize>(
+    unsafe fn grouped<'a, E: Widen, const G: usize, const K: usize>(
         w: &[f32],
         len: usize,
         d: usize,

@@ -188,7 +188,7 @@ pub const SPECS: [AdapterSpec<'static>; 3] = [
 
 /// The adapters of [`SPECS`] (written from seeds 20, 21, 22) in slots 0-2 on `device`.
 pub fn slots(dir: &std::path::Path, cfg: &ModelConfig, device: &Device) -> LoraSlots {
-    let mut lora = LoraSlots::new(cfg, device, 4);
+    let mut lora = LoraSlots::new(cfg, device, 4, false);
     for (i, spec) in SPECS.iter().enumerate() {
         let a = write_adapter(&dir.join(format!("a{i}")), cfg, spec, 20 + i as u64);
         lora.install(i as u32, &LoraAdapter::load(&a, cfg, &Device::Cpu).unwrap()).unwrap();

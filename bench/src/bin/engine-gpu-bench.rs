@@ -305,7 +305,7 @@ fn main() -> Result<()> {
     let qkvo_adapter = LoraAdapter::load(&qkvo_dir, &cfg, &Device::Cpu)?;
     let all7_adapter = LoraAdapter::load(&all7_dir, &cfg, &Device::Cpu)?;
     let max_a = args.adapters.iter().copied().max().unwrap_or(0).max(1);
-    let mut lora = LoraSlots::new(&cfg, &device, max_a + args.all7_adapters);
+    let mut lora = LoraSlots::new(&cfg, &device, max_a + args.all7_adapters, false);
     let t = Instant::now();
     for s in 0..max_a {
         lora.install(s as u32, &qkvo_adapter)?;

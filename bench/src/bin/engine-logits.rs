@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     let cfg = model.config().clone();
 
     let slot = args.adapter.as_ref().map(|_| 0u32);
-    let mut lora = LoraSlots::new(&cfg, &device, 1);
+    let mut lora = LoraSlots::new(&cfg, &device, 1, false);
     if let Some(dir) = &args.adapter {
         let adapter = LoraAdapter::load(dir, &cfg, &Device::Cpu)
             .with_context(|| format!("loading adapter {}", dir.display()))?;

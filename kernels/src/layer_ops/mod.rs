@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CudaStorage, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 
 use crate::candle_ops::{cpu_slice, to_candle, with_element};
-use crate::element::Element;
+use crate::element::{Element, Widen};
 use crate::error::{check_shape, KernelError, Result};
 use crate::scatter::{scatter_rows, RowIndex};
 
