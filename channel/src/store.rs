@@ -1,0 +1,131 @@
+//! The channel store: an embedded redb database that both sides write before they answer, so
+//! a restarted gateway or worker continues its channels where it left them.
+//!
+//! A gateway writes a channel's state and the receipt it vouched for in one transaction before
+//! it sends the voucher; a worker writes the receipt before it sends it and the voucher before
+//! it acknowledges it. A crash between two transactions leaves the earlier state, which is
+//! always one the protocol can continue from (a receipt resent, a voucher reissued).
+
+use std::path::Path;
+
+use codec::{Decode, Encode};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::ChannelError;
+use crate::payer::{Entry, PayerChannel};
+use crate::provider::ProviderChannel;
+use crate::receipt::SignedReceipt;
+
+/// A gateway's channels, without their entries.
+const PAYER: TableDefinition<u64, &[u8]> = TableDefinition::new("payer_channels");
+/// A gateway's vouched receipts not yet paid: (channel, request) -> entry.
+const PAYER_ENTRIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("payer_entries");
+/// A worker's channels.
+const PROVIDER: TableDefinition<u64, &[u8]> = TableDefinition::new("provider_channels");
+/// Every receipt a worker signed: (channel, request) -> signed receipt, its evidence.
+const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts");
+
+/// The database file of one gateway or worker.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if it does not exist.
+    pub fn open(path: &Path) -> Result<Self, ChannelError> {
+        let db = Database::create(path)
+            .map_err(|e| ChannelError::Store(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write()?;
+        txn.open_table(PAYER)?;
+        txn.open_table(PAYER_ENTRIES)?;
+        txn.open_table(PROVIDER)?;
+        txn.open_table(RECEIPTS)?;
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Writes a gateway channel's state with the entries `added` and without those of the
+    /// requests `removed` (paid by a redemption), in one transaction.
+    pub fn save_payer(
+        &self,
+        channel: &PayerChannel,
+        added: &[Entry],
+        removed: &[u64],
+    ) -> Result<(), ChannelError> {
+        let header = PayerChannel { entries: Vec::new(), ..channel.clone() };
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(PAYER)?.insert(channel.channel, header.encode().as_slice())?;
+            let mut entries = txn.open_table(PAYER_ENTRIES)?;
+            for e in added {
+                entries.insert((channel.channel, e.request), e.encode().as_slice())?;
+            }
+            for r in removed {
+                entries.remove((channel.channel, *r))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every gateway channel, with its entries in the order they were vouched for.
+    pub fn payer_channels(&self) -> Result<Vec<PayerChannel>, ChannelError> {
+        let txn = self.db.begin_read()?;
+        let (headers, entries) = (txn.open_table(PAYER)?, txn.open_table(PAYER_ENTRIES)?);
+        let mut out = Vec::new();
+        for row in headers.iter()? {
+            let (id, bytes) = row?;
+            let mut channel = PayerChannel::decode(&mut bytes.value())?;
+            for row in entries.range((id.value(), 0)..=(id.value(), u64::MAX))? {
+                channel.entries.push(Entry::decode(&mut row?.1.value())?);
+            }
+            channel.entries.sort_by_key(|e| e.sequence);
+            out.push(channel);
+        }
+        Ok(out)
+    }
+
+    /// Writes a worker channel's state, and `receipt` into the archive, in one transaction.
+    pub fn save_provider(
+        &self,
+        channel: &ProviderChannel,
+        receipt: Option<&SignedReceipt>,
+    ) -> Result<(), ChannelError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(PROVIDER)?.insert(channel.channel, channel.encode().as_slice())?;
+            if let Some(r) = receipt {
+                txn.open_table(RECEIPTS)?
+                    .insert((r.receipt.channel, r.receipt.request), r.encode().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every worker channel.
+    pub fn provider_channels(&self) -> Result<Vec<ProviderChannel>, ChannelError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PROVIDER)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(ProviderChannel::decode(&mut row?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A receipt the worker signed, from the archive.
+    pub fn receipt(
+        &self,
+        channel: u64,
+        request: u64,
+    ) -> Result<Option<SignedReceipt>, ChannelError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECEIPTS)?;
+        let found = table.get((channel, request))?;
+        Ok(match found {
+            Some(bytes) => Some(SignedReceipt::decode(&mut bytes.value())?),
+            None => None,
+        })
+    }
+}
