@@ -14,6 +14,7 @@
 //! [`AssignmentWatcher`]).
 
 mod calls;
+pub mod channels;
 pub mod cli;
 mod datanets;
 mod errors;

@@ -29,6 +29,16 @@ struct FeeSplit {
 
 #[derive(DecodeAsType)]
 #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+struct VoucherFeeSplit {
+    channel: u64,
+    sequence: u64,
+    adapter: u32,
+    charge: u128,
+    payouts: Vec<(Payee, u128)>,
+}
+
+#[derive(DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
 struct TransactionFeePaid {
     who: AccountId32,
     actual_fee: u128,
@@ -47,6 +57,10 @@ pub struct Flows {
     pub charges: BTreeMap<u64, u128>,
     /// What each job paid each of its context DataNets.
     pub context_paid: BTreeMap<(u64, u32), u128>,
+    /// Redeemed vouchers split, per (channel, sequence, adapter), with their charge.
+    pub voucher_charges: BTreeMap<(u64, u64, u32), u128>,
+    /// What each redeemed voucher paid each context DataNet, per (channel, sequence, DataNet).
+    pub voucher_context_paid: BTreeMap<(u64, u64, u32), u128>,
 }
 
 impl Flows {
@@ -70,17 +84,22 @@ pub async fn flows(chain: &ChainClient, from: u64, to: u64) -> Flows {
                     let total: u128 = split.payouts.iter().map(|(_, a)| a).sum();
                     assert_eq!(total, split.charge, "job {}: payouts sum to the charge", split.job);
                     flows.charges.insert(split.job, split.charge);
-                    for (payee, amount) in split.payouts {
-                        match payee {
-                            Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) => {
-                                *flows.paid_to.entry(a).or_default() += amount;
-                            },
-                            Payee::ContextDataNet(d) => {
-                                *flows.context_paid.entry((split.job, d)).or_default() += amount;
-                            },
-                            Payee::TrainingDataNet(_) => {},
-                        }
-                    }
+                    let job = split.job;
+                    tally(split.payouts, &mut flows.paid_to, |d, amount| {
+                        *flows.context_paid.entry((job, d)).or_default() += amount;
+                    });
+                },
+                ("Attribution", "VoucherFeeSplit") => {
+                    let split = ev
+                        .decode_fields_unchecked_as::<VoucherFeeSplit>()
+                        .expect("VoucherFeeSplit");
+                    let total: u128 = split.payouts.iter().map(|(_, a)| a).sum();
+                    let key = (split.channel, split.sequence);
+                    assert_eq!(total, split.charge, "voucher {key:?}: payouts sum to the charge");
+                    flows.voucher_charges.insert((key.0, key.1, split.adapter), split.charge);
+                    tally(split.payouts, &mut flows.paid_to, |d, amount| {
+                        *flows.voucher_context_paid.entry((key.0, key.1, d)).or_default() += amount;
+                    });
                 },
                 ("TransactionPayment", "TransactionFeePaid") => {
                     let fee = ev
@@ -94,4 +113,21 @@ pub async fn flows(chain: &ChainClient, from: u64, to: u64) -> Flows {
         }
     }
     flows
+}
+
+/// Adds a split's payouts to the accounts paid; a context DataNet's goes to `context`.
+fn tally(
+    payouts: Vec<(Payee, u128)>,
+    paid_to: &mut BTreeMap<AccountId32, u128>,
+    mut context: impl FnMut(u32, u128),
+) {
+    for (payee, amount) in payouts {
+        match payee {
+            Payee::Provider(a) | Payee::AdapterOwner(a) | Payee::Treasury(a) => {
+                *paid_to.entry(a).or_default() += amount;
+            },
+            Payee::ContextDataNet(d) => context(d, amount),
+            Payee::TrainingDataNet(_) => {},
+        }
+    }
 }

@@ -5,13 +5,33 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use openledger_chain_client::{blake2_256, ChainClient};
+use openledger_chain_client::{blake2_256, ChainClient, Endpoint, GpuSpec, ProviderTerms};
 use openledger_engine::{write_random_adapter, Engine, EngineConfig, ModelSource, Projection};
 use subxt_signer::sr25519::dev;
 
 use crate::procs::model;
 
 pub use openledger_chain_client::{MILLI_OPEN as MILLI, OPEN};
+
+/// Terms of a provider whose worker runs in the test itself (no endpoint to dial): an H200
+/// in France serving base model 0 at `price_per_1k`, with `worker_key` signing its receipts.
+pub fn idle_terms(worker_key: [u8; 32], price_per_1k: u128) -> ProviderTerms {
+    ProviderTerms {
+        spec: GpuSpec {
+            model: b"NVIDIA H200".to_vec(),
+            memory_gib: 141,
+            gpu_count: 1,
+            bf16_tflops: None,
+        },
+        region: *b"FR",
+        endpoint: Endpoint { peer_id: vec![1; 38], multiaddrs: vec![] },
+        worker_key,
+        worker_account: None,
+        base_models: vec![0],
+        price_per_1k,
+        max_concurrent: 4,
+    }
+}
 
 /// Write the demo adapter into `dir/adapters/demo` and register it (owner Dave).
 pub async fn demo_adapter(chain: &ChainClient, dir: &Path) -> u32 {

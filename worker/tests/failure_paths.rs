@@ -12,15 +12,15 @@ use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use openledger_chain_client::{
-    blake2_256, fee_for, ChainClient, Endpoint, GpuSpec, JobId, ProviderTerms, RefusalReason,
-};
+use openledger_chain_client::{blake2_256, fee_for, ChainClient, JobId, RefusalReason};
 use serde_json::{json, Value};
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
 
 use common::ledger::flows;
-use common::market::{account, best, closed, demo_adapter, short_deadlines, MILLI, OPEN};
+use common::market::{
+    account, best, closed, demo_adapter, idle_terms, short_deadlines, MILLI, OPEN,
+};
 use common::node::DevNode;
 use common::procs::{
     gateway, gateway_with, keeper, model as base_model_file, request, worker, worker_with, Proc,
@@ -349,25 +349,6 @@ impl Market {
     }
 }
 
-/// Terms of a provider whose worker never runs (the keeper test's).
-fn idle_terms(worker_key: [u8; 32]) -> ProviderTerms {
-    ProviderTerms {
-        spec: GpuSpec {
-            model: b"NVIDIA H200".to_vec(),
-            memory_gib: 141,
-            gpu_count: 1,
-            bf16_tflops: None,
-        },
-        region: *b"FR",
-        endpoint: Endpoint { peer_id: vec![1; 38], multiaddrs: vec![] },
-        worker_key,
-        worker_account: None,
-        base_models: vec![0],
-        price_per_1k: 2 * MILLI,
-        max_concurrent: 4,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keeper_expires_abandoned_jobs_and_slashes_only_after_an_acknowledgement() {
     let _serial = common::procs::serial();
@@ -380,7 +361,10 @@ async fn the_keeper_expires_abandoned_jobs_and_slashes_only_after_an_acknowledge
     let (ferdie, alice, charlie) = (dev::ferdie(), dev::alice(), dev::charlie());
     let provider = account(&ferdie);
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes();
-    chain.register_provider(&ferdie, &idle_terms(key), 1_000 * OPEN).await.expect("registers");
+    chain
+        .register_provider(&ferdie, &idle_terms(key, 2 * MILLI), 1_000 * OPEN)
+        .await
+        .expect("registers");
     chain.set_served_adapters(&ferdie, &provider, &[adapter]).await.expect("declares");
     let _keeper: Proc = keeper(&node.ws_url(), "//Charlie");
     let (bond, charlie_before) = (
