@@ -7,8 +7,9 @@ use libp2p::{
 
 use crate::{
     wire::{
-        payload_response_max, FrameCodec, PayloadRequest, PayloadResponse, TokenChunk,
-        TokensResponse, PAYLOAD_PROTOCOL, SMALL_MESSAGE_MAX, TOKENS_PROTOCOL,
+        channel_request_max, payload_response_max, ChannelRequest, ChannelResponse, FrameCodec,
+        PayloadRequest, PayloadResponse, TokenChunk, TokensResponse, CHANNEL_PROTOCOL,
+        CHANNEL_RESPONSE_MAX, PAYLOAD_PROTOCOL, SMALL_MESSAGE_MAX, TOKENS_PROTOCOL,
     },
     P2pConfig,
 };
@@ -19,6 +20,7 @@ const IDENTIFY_PROTOCOL: &str = "/openledger/1.0.0";
 
 pub(crate) type PayloadCodec = FrameCodec<PayloadRequest, PayloadResponse>;
 pub(crate) type TokensCodec = FrameCodec<TokenChunk, TokensResponse>;
+pub(crate) type ChannelCodec = FrameCodec<ChannelRequest, ChannelResponse>;
 
 /// Gateway and worker run the same behaviour: both sides of both protocols are cheap to
 /// support, and one node may well be both (a gateway that also serves).
@@ -28,6 +30,7 @@ pub(crate) struct Behaviour {
     pub ping: ping::Behaviour,
     pub payload: request_response::Behaviour<PayloadCodec>,
     pub tokens: request_response::Behaviour<TokensCodec>,
+    pub channel: request_response::Behaviour<ChannelCodec>,
 }
 
 impl Behaviour {
@@ -37,6 +40,8 @@ impl Behaviour {
         let payload_codec =
             PayloadCodec::new(SMALL_MESSAGE_MAX, payload_response_max(config.max_payload_bytes));
         let tokens_codec = TokensCodec::new(config.max_chunk_bytes, SMALL_MESSAGE_MAX);
+        let channel_codec =
+            ChannelCodec::new(channel_request_max(config.max_payload_bytes), CHANNEL_RESPONSE_MAX);
         Self {
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_owned(),
@@ -51,6 +56,11 @@ impl Behaviour {
             tokens: request_response::Behaviour::with_codec(
                 tokens_codec,
                 [(TOKENS_PROTOCOL, ProtocolSupport::Full)],
+                requests.clone(),
+            ),
+            channel: request_response::Behaviour::with_codec(
+                channel_codec,
+                [(CHANNEL_PROTOCOL, ProtocolSupport::Full)],
                 requests,
             ),
         }

@@ -98,6 +98,21 @@ pub enum P2pError {
         /// What failed.
         reason: String,
     },
+    /// A channel request of this size cannot be sent (its payload is over the limit).
+    #[error("channel request of {size} bytes exceeds the {max}-byte limit")]
+    ChannelRequestTooLarge {
+        /// Encoded size of the request.
+        size: usize,
+        /// The limit that refused it.
+        max: usize,
+    },
+    /// [`P2pHandle::answer_channel`](crate::P2pHandle::answer_channel) for a request that
+    /// timed out, was answered already, or never came.
+    #[error("no channel request {id} is waiting for an answer")]
+    UnknownChannelRequest {
+        /// The id given.
+        id: u64,
+    },
     /// The node's network task has stopped (shut down, or every handle dropped).
     #[error("the p2p network task has stopped")]
     Stopped,

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     error::{FetchError, P2pError},
-    wire::{self, TokenChunk},
+    wire::{self, ChannelRequest, ChannelResponse, TokenChunk},
 };
 
 /// What the network task tells the application.
@@ -37,6 +37,17 @@ pub enum P2pEvent {
         /// The job.
         job: u64,
     },
+    /// A peer asked something on the payment-channel path. The application answers with
+    /// [`P2pHandle::answer_channel`] and this `id` before the request timeout; `from` is
+    /// authenticated (noise).
+    ChannelRequest {
+        /// The asking peer.
+        from: PeerId,
+        /// What to answer with [`P2pHandle::answer_channel`].
+        id: u64,
+        /// The request, as sent.
+        request: ChannelRequest,
+    },
     /// The first connection to a peer opened.
     PeerConnected {
         /// The peer.
@@ -51,14 +62,50 @@ pub enum P2pEvent {
 
 /// A request from a handle to the network task.
 pub(crate) enum Command {
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, P2pError>> },
-    OfferPayload { job: u64, payload: Vec<u8>, allowed: PeerId, reply: oneshot::Sender<()> },
-    WithdrawPayload { job: u64, reply: oneshot::Sender<()> },
-    CancelJob { job: u64, reply: oneshot::Sender<()> },
-    FetchPayload { gateway: PeerId, job: u64, reply: oneshot::Sender<Result<Vec<u8>, FetchError>> },
-    SendTokens { gateway: PeerId, chunk: TokenChunk, reply: oneshot::Sender<Result<(), P2pError>> },
-    Shutdown { reply: oneshot::Sender<()> },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, P2pError>>,
+    },
+    OfferPayload {
+        job: u64,
+        payload: Vec<u8>,
+        allowed: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    WithdrawPayload {
+        job: u64,
+        reply: oneshot::Sender<()>,
+    },
+    CancelJob {
+        job: u64,
+        reply: oneshot::Sender<()>,
+    },
+    FetchPayload {
+        gateway: PeerId,
+        job: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+    },
+    SendTokens {
+        gateway: PeerId,
+        chunk: TokenChunk,
+        reply: oneshot::Sender<Result<(), P2pError>>,
+    },
+    AskChannel {
+        peer: PeerId,
+        request: ChannelRequest,
+        reply: oneshot::Sender<Result<ChannelResponse, P2pError>>,
+    },
+    AnswerChannel {
+        id: u64,
+        response: ChannelResponse,
+        reply: oneshot::Sender<Result<(), P2pError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on a running node. Cheap to clone; the node stops when [`P2pHandle::shutdown`]
@@ -160,6 +207,31 @@ impl P2pHandle {
             Ok(answer) => answer?,
             Err(_) => Err(P2pError::Timeout { peer: gateway, timeout }),
         }
+    }
+
+    /// Asks `peer` something on the payment-channel path and waits for its answer (within
+    /// the request timeout), dialling it by peer id if not connected.
+    pub async fn ask_channel(
+        &self,
+        peer: PeerId,
+        request: ChannelRequest,
+    ) -> Result<ChannelResponse, P2pError> {
+        let size = wire::encoded_len(&request);
+        let max = wire::channel_request_max(self.max_payload_bytes);
+        if size > max {
+            return Err(P2pError::ChannelRequestTooLarge { size, max });
+        }
+        let timeout = self.request_timeout;
+        let ask = self.ask(|reply| Command::AskChannel { peer, request, reply });
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(answer) => answer?,
+            Err(_) => Err(P2pError::Timeout { peer, timeout }),
+        }
+    }
+
+    /// Answers the [`P2pEvent::ChannelRequest`] numbered `id`.
+    pub async fn answer_channel(&self, id: u64, response: ChannelResponse) -> Result<(), P2pError> {
+        self.ask(|reply| Command::AnswerChannel { id, response, reply }).await?
     }
 
     /// Stops the node: closes its listeners and connections, and ends its event stream.

@@ -41,4 +41,7 @@ pub use handle::{P2pEvent, P2pHandle};
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use node::{spawn, CANCELLED_JOBS_REMEMBERED};
 pub use payload::JobPayload;
-pub use wire::{Finish, TokenChunk, PAYLOAD_PROTOCOL, REFUSED_PREFIX, TOKENS_PROTOCOL};
+pub use wire::{
+    ChannelRequest, ChannelResponse, Finish, TokenChunk, CHANNEL_PROTOCOL, PAYLOAD_PROTOCOL,
+    REFUSED_PREFIX, TOKENS_PROTOCOL,
+};

@@ -23,7 +23,10 @@ use crate::{
     error::{FetchError, P2pError, RequestFailure},
     handle::{Command, P2pEvent, P2pHandle},
     rate::RateLimiter,
-    wire::{PayloadRequest, PayloadResponse, TokenChunk, TokensResponse},
+    wire::{
+        ChannelRequest, ChannelResponse, PayloadRequest, PayloadResponse, TokenChunk,
+        TokensResponse,
+    },
     P2pConfig,
 };
 
@@ -91,6 +94,10 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         sends: HashMap::new(),
         sending_job: HashMap::new(),
         serving: HashMap::new(),
+        asks: HashMap::new(),
+        answers: HashMap::new(),
+        answer_ids: HashMap::new(),
+        next_answer: 0,
         request_timeout: config.request_timeout,
     };
     for addr in &config.bootstrap {
@@ -163,6 +170,13 @@ struct EventLoop {
     sending_job: HashMap<OutboundRequestId, u64>,
     /// Payload responses on their way, to report [`P2pEvent::PayloadFetched`] once sent.
     serving: HashMap<InboundRequestId, u64>,
+    /// Channel requests of ours in flight, and who waits for their answers.
+    asks: HashMap<OutboundRequestId, Reply<Result<ChannelResponse, P2pError>>>,
+    /// Channel requests the application has to answer, by the id its event carries.
+    answers: HashMap<u64, ResponseChannel<ChannelResponse>>,
+    /// The id of each unanswered inbound channel request (to forget it when it fails).
+    answer_ids: HashMap<InboundRequestId, u64>,
+    next_answer: u64,
     request_timeout: Duration,
 }
 
@@ -251,6 +265,27 @@ impl EventLoop {
             {
                 self.parked.entry(gateway).or_default().push(command);
             },
+            Command::AskChannel { peer, .. } if self.is_dialling(peer) => {
+                self.parked.entry(peer).or_default().push(command);
+            },
+            Command::AskChannel { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().channel.send_request(&peer, request);
+                self.asks.insert(id, reply);
+            },
+            Command::AnswerChannel { id, response, reply } => {
+                let result = match self.answers.remove(&id) {
+                    None => Err(P2pError::UnknownChannelRequest { id }),
+                    Some(channel) => {
+                        self.answer_ids.retain(|_, a| *a != id);
+                        self.swarm
+                            .behaviour_mut()
+                            .channel
+                            .send_response(channel, response)
+                            .map_err(|_| P2pError::UnknownChannelRequest { id })
+                    },
+                };
+                let _ = reply.send(result);
+            },
             Command::FetchPayload { gateway, job, reply } => {
                 let request = self
                     .swarm
@@ -309,6 +344,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Payload(event)) => self.on_payload_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Tokens(event)) => self.on_tokens_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Channel(event)) => self.on_channel_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -492,6 +528,60 @@ impl EventLoop {
                 debug!(%peer, %error, "inbound token chunk failed");
             },
             Event::ResponseSent { .. } => {},
+        }
+    }
+
+    fn on_channel_event(
+        &mut self,
+        event: request_response::Event<ChannelRequest, ChannelResponse>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message: Message::Request { request_id, request, channel },
+                ..
+            } => {
+                let refusal = if !self.rate.allow(peer, Instant::now()) {
+                    Some(ChannelResponse::RateLimited)
+                } else if self.events.is_closed() || self.backlog.len() >= EVENT_BACKLOG {
+                    Some(ChannelResponse::Busy)
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    debug!(%peer, ?refusal, "channel request refused by the node");
+                    let _ = self.swarm.behaviour_mut().channel.send_response(channel, refusal);
+                    return;
+                }
+                let id = self.next_answer;
+                self.next_answer += 1;
+                self.answers.insert(id, channel);
+                self.answer_ids.insert(request_id, id);
+                self.enqueue(P2pEvent::ChannelRequest { from: peer, id, request }, None);
+            },
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.asks.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            },
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let Some(reply) = self.asks.remove(&request_id) else { return };
+                debug!(%peer, %error, "channel request failed");
+                let _ = reply.send(Err(
+                    RequestFailure::from(error).into_p2p_error(peer, self.request_timeout)
+                ));
+            },
+            Event::InboundFailure { peer, request_id, error, .. } => {
+                // Timed out unanswered, or the asker went away: the answer can no longer go.
+                if let Some(id) = self.answer_ids.remove(&request_id) {
+                    self.answers.remove(&id);
+                }
+                debug!(%peer, %error, "inbound channel request failed");
+            },
+            Event::ResponseSent { request_id, .. } => {
+                self.answer_ids.remove(&request_id);
+            },
         }
     }
 

@@ -20,6 +20,13 @@ pub const PAYLOAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/pa
 /// The protocol a worker uses to stream a job's output tokens back to its gateway.
 pub const TOKENS_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/tokens/1");
 
+/// The payment-channel path's protocol: a gateway asks a worker to serve a request on a
+/// channel, a worker sends the gateway the signed receipt of what it served and gets the
+/// channel's next voucher back.
+pub const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/channel/1");
+/// Upper bound of a channel response (a voucher with a full breakdown is under 1 KiB).
+pub(crate) const CHANNEL_RESPONSE_MAX: usize = 4096;
+
 /// Upper bound of every fixed-size message (payload requests, token acknowledgements).
 pub(crate) const SMALL_MESSAGE_MAX: usize = 64;
 /// The largest body a frame can announce: its length is a `u32`.
@@ -53,6 +60,43 @@ pub struct Finish {
     pub output_tokens: u32,
     /// Hash of the full output, as it will appear in the job's on-chain receipt.
     pub output_hash: [u8; 32],
+}
+
+/// What one side of a payment channel asks the other.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ChannelRequest {
+    /// Gateway to worker: serve `payload` (a job payload's bytes) on `channel` for at most
+    /// `max_charge` planck; the output streams back as token chunks under `request`, then
+    /// the worker sends its receipt.
+    Serve {
+        /// The channel that pays.
+        channel: u64,
+        /// The gateway's id of the request, unique per channel.
+        request: u64,
+        /// The most the request may charge, planck.
+        max_charge: u128,
+        /// The job payload's bytes.
+        payload: Vec<u8>,
+    },
+    /// Worker to gateway: the signed receipt of a served request; answered with the voucher
+    /// that pays it.
+    Receipt(openledger_channel::SignedReceipt),
+}
+
+/// The answer to a [`ChannelRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ChannelResponse {
+    /// The worker takes the request.
+    Accepted,
+    /// Refused, with the reason (a [`openledger_channel::ChannelError`]'s message, or the
+    /// worker's).
+    Refused(String),
+    /// The channel's next voucher, paying the receipt.
+    Voucher(openledger_channel::SignedVoucher),
+    /// The sender exceeded its rate limit.
+    RateLimited,
+    /// The application is not keeping up (or not listening): try again later.
+    Busy,
 }
 
 /// A worker's request for a job's payload.
@@ -127,6 +171,20 @@ impl Message for TokenChunk {
 
 impl Message for TokensResponse {
     const NAME: &'static str = "tokens response";
+}
+
+impl Message for ChannelRequest {
+    const NAME: &'static str = "channel request";
+}
+
+impl Message for ChannelResponse {
+    const NAME: &'static str = "channel response";
+}
+
+/// The largest [`ChannelRequest`] body: a `Serve` with a payload of at most `max_payload`
+/// bytes (its fixed fields, the payload's compact length and a variant index).
+pub(crate) fn channel_request_max(max_payload: usize) -> usize {
+    payload_response_max(max_payload).saturating_add(8 + 8 + 16)
 }
 
 /// Decodes a complete, size-checked body; bytes left over make it malformed, as does a
