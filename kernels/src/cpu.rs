@@ -466,6 +466,10 @@ pub fn lora_delta<T: Element, E: Widen, W: AdapterWeights<E> + ?Sized>(
             j1: width,
             tile: tokens.clone(),
         };
+        // The item's weights are short runs anywhere in memory (an adapter's rows), too short
+        // for the hardware prefetcher to ramp up on: ask for all of them before the shrink.
+        crate::simd::prefetch(w.a);
+        crate::simd::prefetch(w.b);
         run_shrink_item(&shrink, v_tile);
         // SAFETY: the tile's rows of v, which only this item writes (tiles are disjoint) and
         // which it has just written; the loop borrows v mutably throughout.
