@@ -30,7 +30,7 @@ use sp_core::ConstU32;
 
 pub use error::ChannelError;
 pub use payer::{Entry, PayerChannel};
-pub use provider::ProviderChannel;
+pub use provider::{ProviderChannel, RedeemPolicy, RedeemReason};
 pub use receipt::{ContextShare, ServiceReceipt, SignedReceipt};
 pub use store::Store;
 

@@ -179,3 +179,47 @@ impl ProviderChannel {
         }
     }
 }
+
+/// When a worker redeems a channel's latest voucher: every `every_blocks` blocks since its
+/// last redemption, as soon as `amount` planck are waiting, and always while a close's
+/// challenge window is running (the payer asked to close: what is not redeemed before the
+/// window ends goes back to the payer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedeemPolicy {
+    pub every_blocks: u32,
+    pub amount: u128,
+}
+
+/// Why [`ProviderChannel::redeem_due`] says to redeem now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedeemReason {
+    /// The payer asked to close; the window ends at the block given.
+    Closing { until: u32 },
+    /// At least the policy's amount is waiting.
+    Amount,
+    /// The policy's interval has passed since the last redemption.
+    Interval,
+}
+
+impl ProviderChannel {
+    /// Whether to redeem the latest voucher at block `now`, the chain's last redemption of this
+    /// channel having been at block `last_redeemed_at` and `closing_until` the end of a close's
+    /// challenge window if one runs. `None` when there is nothing to redeem.
+    pub fn redeem_due(
+        &self,
+        policy: &RedeemPolicy,
+        now: u32,
+        last_redeemed_at: u32,
+        closing_until: Option<u32>,
+    ) -> Option<RedeemReason> {
+        let waiting = self.redeemable()?.voucher.cumulative - self.redeemed;
+        if let Some(until) = closing_until {
+            return Some(RedeemReason::Closing { until });
+        }
+        if waiting >= policy.amount {
+            return Some(RedeemReason::Amount);
+        }
+        (now.saturating_sub(last_redeemed_at) >= policy.every_blocks)
+            .then_some(RedeemReason::Interval)
+    }
+}

@@ -241,3 +241,24 @@ fn both_sides_continue_after_a_restart_from_their_stores() {
     let err = Store::open(&dir.path().join("missing/dir/x.redb")).err().unwrap().to_string();
     assert!(err.contains("missing/dir/x.redb"), "{err}");
 }
+
+#[test]
+fn a_worker_redeems_on_its_schedule_and_always_during_a_close() {
+    let mut s = sides(10_000);
+    let policy = openledger_channel::provider::RedeemPolicy { every_blocks: 100, amount: 5_000 };
+    use openledger_channel::provider::RedeemReason;
+    // Nothing vouched: nothing to redeem, even while closing.
+    assert_eq!(s.provider.redeem_due(&policy, 1_000, 0, Some(1_010)), None);
+    s.serve(receipt(1, 7, 1_000, &[]));
+    assert_eq!(s.provider.redeem_due(&policy, 50, 0, None), None);
+    assert_eq!(s.provider.redeem_due(&policy, 100, 0, None), Some(RedeemReason::Interval));
+    assert_eq!(
+        s.provider.redeem_due(&policy, 50, 0, Some(60)),
+        Some(RedeemReason::Closing { until: 60 })
+    );
+    s.serve(receipt(2, 7, 4_000, &[]));
+    assert_eq!(s.provider.redeem_due(&policy, 50, 0, None), Some(RedeemReason::Amount));
+    // Once the chain has paid it all, nothing is due.
+    s.provider.on_redeemed(5_000, 2);
+    assert_eq!(s.provider.redeem_due(&policy, 500, 0, Some(510)), None);
+}
