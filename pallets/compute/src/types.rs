@@ -115,7 +115,10 @@ pub enum ProviderStatus<BlockNumber> {
     Active,
     /// Unregistered: gets no new jobs; its bond can be withdrawn from block `unbonds_at` on,
     /// once no job of it is open.
-    Leaving { unbonds_at: BlockNumber },
+    Leaving {
+        /// The first block at which `withdraw_unbonded` may release the bond.
+        unbonds_at: BlockNumber,
+    },
 }
 
 /// The part of a provider's record that the marketplace touches on every job: kept apart from

@@ -1,6 +1,6 @@
 // Calls the chain's view functions (metadata V16) from polkadot.js, knowing only their pallet
 // and name: the id, argument types and answer type all come from the node's metadata.
-import { u8aConcat } from '@polkadot/util';
+import { compactAddLength, u8aConcat } from '@polkadot/util';
 
 /** The metadata of view function `name` of pallet `pallet` (`Jobs`, `receipt_signing_payload`). */
 export function viewFunctionMeta(api, pallet, name) {
@@ -23,9 +23,10 @@ export async function callView(api, pallet, name, args, at) {
     throw new Error(`${pallet}.${name} takes ${f.inputs.length} arguments, got ${args.length}`);
   }
   const typeOf = (ty) => api.registry.createLookupType(ty);
-  const input = u8aConcat(...f.inputs.map((param, i) => api.registry.createType(typeOf(param.ty), args[i]).toU8a()));
+  const input = u8aConcat(...f.inputs.map((param, i) => api.registry.createType(typeOf(param.type), args[i]).toU8a()));
   const q = at ? await api.at(at) : api;
-  const result = await q.call.runtimeViewFunction.executeViewFunction(f.id, input);
+  // A Uint8Array given for a `Vec<u8>` is read as SCALE (length first): add the length.
+  const result = await q.call.runtimeViewFunction.executeViewFunction(f.id, compactAddLength(input));
   if (result.isErr) throw new Error(`${pallet}.${name} failed: ${result.asErr.toString()}`);
   return api.registry.createType(typeOf(f.output), result.asOk.toU8a(true));
 }
