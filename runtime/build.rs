@@ -3,6 +3,7 @@
 #[cfg(all(feature = "std", feature = "metadata-hash"))]
 fn main() {
     substrate_wasm_builder::WasmBuilder::init_with_defaults()
+        .enable_feature("metadata-docs")
         .enable_metadata_hash(openledger_token::SYMBOL, openledger_token::DECIMALS)
         .build();
 }
@@ -16,7 +17,9 @@ mod openledger_token {
 
 #[cfg(all(feature = "std", not(feature = "metadata-hash")))]
 fn main() {
-    substrate_wasm_builder::WasmBuilder::build_using_defaults();
+    substrate_wasm_builder::WasmBuilder::init_with_defaults()
+        .enable_feature("metadata-docs")
+        .build();
 }
 
 // The WASM build compiles this crate without `std`: nothing to do then.

@@ -56,6 +56,15 @@ pub fn fee_for(tokens: u64, price_per_1k: Balance) -> Balance {
     u128::from(tokens).saturating_mul(price_per_1k).div_ceil(1000)
 }
 
+/// `account` as OpenLedger writes addresses: SS58 with the chain's prefix (7011), the format
+/// the node, polkadot.js and wallets show (subxt's `Display` uses the generic prefix 42).
+pub fn ss58(account: &subxt::utils::AccountId32) -> String {
+    use sp_core::crypto::{Ss58AddressFormat, Ss58Codec};
+    sp_core::crypto::AccountId32::new(account.0).to_ss58check_with_version(
+        Ss58AddressFormat::custom(openledger_primitives::token::SS58_PREFIX),
+    )
+}
+
 /// How many blocks back [`ChainClient::settlements`] looks.
 pub const SETTLEMENT_LOOKBACK: u64 = 600;
 
@@ -363,4 +372,22 @@ fn find_event<E: subxt::ext::scale_decode::DecodeAsFields>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod ss58_tests {
+    use super::ss58;
+    use sp_core::crypto::{Ss58AddressFormat, Ss58Codec};
+
+    #[test]
+    fn accounts_print_with_openledgers_prefix() {
+        let alice = subxt_signer::sr25519::dev::alice().public_key().to_account_id();
+        let printed = ss58(&alice);
+        let (decoded, format) =
+            sp_core::crypto::AccountId32::from_ss58check_with_version(&printed).unwrap();
+        assert_eq!(format, Ss58AddressFormat::custom(openledger_primitives::token::SS58_PREFIX));
+        assert_eq!(<[u8; 32]>::from(decoded), alice.0);
+        // Not the generic-prefix form subxt prints.
+        assert_ne!(printed, alice.to_string());
+    }
 }

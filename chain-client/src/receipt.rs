@@ -1,7 +1,10 @@
 //! Receipts signed with the worker key.
 
 use ed25519_dalek::{Signer as _, SigningKey};
-use openledger_primitives::receipt::{Receipt, ReceiptContext, ReceiptPayload};
+use openledger_primitives::{
+    market::DataNetShare,
+    receipt::{Receipt, ReceiptContext, ReceiptPayload},
+};
 use sp_core::{ed25519, H256 as SpH256};
 use subxt::utils::AccountId32;
 
@@ -24,7 +27,7 @@ pub fn sign_receipt(
 ) -> Result<ReceiptArg, ChainError> {
     let context_bounded: ReceiptContext = context
         .iter()
-        .map(|(d, ppm)| (*d, sp_runtime::Permill::from_parts(*ppm)))
+        .map(|(d, ppm)| DataNetShare::new(*d, sp_runtime::Permill::from_parts(*ppm)))
         .collect::<Vec<_>>()
         .try_into()
         .map_err(|_| ChainError::Invalid("a receipt names at most 8 context DataNets".into()))?;

@@ -7,7 +7,7 @@
 
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use scale_info::TypeInfo;
-use sp_runtime::{BoundedVec, DispatchError, DispatchResult};
+use sp_runtime::{BoundedVec, DispatchError, DispatchResult, Permill};
 
 /// Identifier of an inference job, assigned in submission order starting at 0.
 pub type JobId = u64;
@@ -24,6 +24,39 @@ pub type DataNetId = u32;
 
 /// A provider's reputation, in parts per million: 0 is the worst, [`Reputation::MAX`] the best.
 pub type Reputation = u32;
+
+/// A DataNet and its share of something: of an adapter's training attribution, or of the
+/// DataNets' portion of a charge when the DataNet's records were retrieved as context.
+///
+/// SCALE-encoded exactly as the pair `(DataNetId, Permill)`: the DataNet id as `u32`
+/// little-endian, then the share in parts per million as `u32` little-endian.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    Debug,
+    TypeInfo,
+    MaxEncodedLen,
+)]
+pub struct DataNetShare {
+    /// The DataNet.
+    pub datanet: DataNetId,
+    /// Its share, in parts per million (`1_000_000` is all of it).
+    pub share: Permill,
+}
+
+impl DataNetShare {
+    /// `datanet` with `share`.
+    pub const fn new(datanet: DataNetId, share: Permill) -> Self {
+        Self { datanet, share }
+    }
+}
 
 /// What the catalogue says about an adapter that a job may run.
 #[derive(
@@ -127,7 +160,7 @@ pub trait Settlement<AccountId, Balance> {
         provider: &AccountId,
         adapter: AdapterId,
         charge: Balance,
-        context: &[(DataNetId, sp_runtime::Permill)],
+        context: &[DataNetShare],
     ) -> Result<sp_runtime::Weight, sp_runtime::DispatchError>;
 
     /// Pay out `charge` for `adapter` from a redeemed payment channel voucher (channel
@@ -141,7 +174,7 @@ pub trait Settlement<AccountId, Balance> {
         provider: &AccountId,
         adapter: AdapterId,
         charge: Balance,
-        context: &[(DataNetId, sp_runtime::Permill)],
+        context: &[DataNetShare],
     ) -> Result<sp_runtime::Weight, sp_runtime::DispatchError>;
 
     /// Upper bound on the weight of one [`Self::settle`] call, whatever accounts and DataNets
@@ -155,12 +188,19 @@ pub trait Settlement<AccountId, Balance> {
 /// module name is [`target::MODULE_NAMES`]`[i]`. The pallet checks the byte, the engine
 /// computes it from `adapter_config.json`, and clients read it back, all from here.
 pub mod target {
+    /// The query projection, `q_proj`.
     pub const Q: u8 = 1 << 0;
+    /// The key projection, `k_proj`.
     pub const K: u8 = 1 << 1;
+    /// The value projection, `v_proj`.
     pub const V: u8 = 1 << 2;
+    /// The attention output projection, `o_proj`.
     pub const O: u8 = 1 << 3;
+    /// The MLP gate projection, `gate_proj`.
     pub const GATE: u8 = 1 << 4;
+    /// The MLP up projection, `up_proj`.
     pub const UP: u8 = 1 << 5;
+    /// The MLP down projection, `down_proj`.
     pub const DOWN: u8 = 1 << 6;
     /// Every valid bit.
     pub const ALL: u8 = 0x7f;

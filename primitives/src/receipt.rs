@@ -50,11 +50,11 @@
 //! of an honest signer and does not let anyone but the key holder sign, and since receipts are
 //! identified by job id rather than by signature, malleability cannot cause a double payment.
 
-use crate::market::{AdapterId, DataNetId, JobId};
+use crate::market::{AdapterId, DataNetShare, JobId};
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use scale_info::TypeInfo;
 use sp_core::{ed25519, ConstU32, H256};
-use sp_runtime::{BoundedVec, Permill};
+use sp_runtime::BoundedVec;
 
 /// Domain separation tag: the first bytes of every signed receipt.
 pub const RECEIPT_DOMAIN: [u8; 21] = *b"openledger/receipt/v2";
@@ -65,11 +65,11 @@ pub const RECEIPT_PAYLOAD_LEN: usize = 21 + 32 + 8 + 32 + 4 + 32 + 4 + 4 + 32;
 /// Most context DataNets one receipt may name.
 pub const MAX_RECEIPT_CONTEXT: u32 = 8;
 
-/// The retrieval context of a receipt: (DataNet, share of the DataNets' portion) pairs.
-pub type ReceiptContext = BoundedVec<(DataNetId, Permill), ConstU32<MAX_RECEIPT_CONTEXT>>;
+/// The retrieval context of a receipt: each DataNet with its share of the DataNets' portion.
+pub type ReceiptContext = BoundedVec<DataNetShare, ConstU32<MAX_RECEIPT_CONTEXT>>;
 
 /// The hash of a context list that a receipt's signature covers.
-pub fn context_hash(context: &[(DataNetId, Permill)]) -> H256 {
+pub fn context_hash(context: &[DataNetShare]) -> H256 {
     <sp_runtime::traits::BlakeTwo256 as sp_runtime::traits::Hash>::hash(&context.encode())
 }
 
@@ -90,6 +90,24 @@ pub struct Receipt {
     pub context: ReceiptContext,
     /// ed25519 signature by the provider's worker key over the [`ReceiptPayload`].
     pub signature: ed25519::Signature,
+}
+
+/// A receipt's fields before it is signed: what a client gives the chain's
+/// `Jobs::receipt_signing_payload` view function to get the exact bytes to sign.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,
+)]
+pub struct ReceiptFields {
+    /// The job the receipt settles.
+    pub job: JobId,
+    /// Hash of the output the worker returned to the gateway.
+    pub output_hash: H256,
+    /// Prompt tokens processed.
+    pub input_tokens: u32,
+    /// Tokens generated.
+    pub output_tokens: u32,
+    /// DataNets whose records the answer retrieved as context, with their shares.
+    pub context: ReceiptContext,
 }
 
 /// The message a worker signs. See the module documentation for its byte layout, which
@@ -125,16 +143,37 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
         adapter: AdapterId,
         receipt: &Receipt,
     ) -> Self {
+        Self::for_fields(
+            genesis_hash,
+            provider,
+            adapter,
+            &ReceiptFields {
+                job: receipt.job,
+                output_hash: receipt.output_hash,
+                input_tokens: receipt.input_tokens,
+                output_tokens: receipt.output_tokens,
+                context: receipt.context.clone(),
+            },
+        )
+    }
+
+    /// The payload for a receipt with `fields`, before it is signed.
+    pub fn for_fields(
+        genesis_hash: Hash,
+        provider: AccountId,
+        adapter: AdapterId,
+        fields: &ReceiptFields,
+    ) -> Self {
         Self {
             domain: RECEIPT_DOMAIN,
             genesis_hash,
-            job: receipt.job,
+            job: fields.job,
             provider,
             adapter,
-            output_hash: receipt.output_hash,
-            input_tokens: receipt.input_tokens,
-            output_tokens: receipt.output_tokens,
-            context_hash: context_hash(&receipt.context),
+            output_hash: fields.output_hash,
+            input_tokens: fields.input_tokens,
+            output_tokens: fields.output_tokens,
+            context_hash: context_hash(&fields.context),
         }
     }
 
@@ -229,7 +268,7 @@ const SMALL_ORDER_Y: [[u8; 32]; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sp_runtime::traits::Hash as _;
+    use sp_runtime::{traits::Hash as _, Permill};
 
     #[test]
     fn payload_layout_is_fixed() {
@@ -260,7 +299,10 @@ mod tests {
 
     #[test]
     fn context_is_hashed_as_a_scale_list_of_u32_pairs() {
-        let context = [(7, Permill::from_parts(250_000)), (0x0102_0304, Permill::from_percent(1))];
+        let context = [
+            DataNetShare::new(7, Permill::from_parts(250_000)),
+            DataNetShare::new(0x0102_0304, Permill::from_percent(1)),
+        ];
         let mut expected = alloc::vec![2 << 2];
         for (d, ppm) in [(7u32, 250_000u32), (0x0102_0304, 10_000)] {
             expected.extend_from_slice(&d.to_le_bytes());
@@ -268,6 +310,8 @@ mod tests {
         }
         assert_eq!(context_hash(&context), sp_runtime::traits::BlakeTwo256::hash(&expected));
         assert_ne!(context_hash(&context), context_hash(&context[..1]));
+        // The named struct encodes exactly as the (DataNet, share) pair it replaced.
+        assert_eq!(context[0].encode(), (7u32, Permill::from_parts(250_000)).encode());
     }
 
     #[test]

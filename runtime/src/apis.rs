@@ -206,7 +206,7 @@ impl_runtime_apis! {
             datanet: openledger_primitives::market::DataNetId,
             who: AccountId,
         ) -> Balance {
-            Attribution::pending_rewards(datanet, &who)
+            Attribution::pending_rewards(datanet, who)
         }
 
         fn adapter(
@@ -219,9 +219,9 @@ impl_runtime_apis! {
             adapter: openledger_primitives::market::AdapterId,
             provider: AccountId,
             charge: Balance,
-            context: alloc::vec::Vec<(openledger_primitives::market::DataNetId, sp_runtime::Permill)>,
+            context: alloc::vec::Vec<openledger_primitives::market::DataNetShare>,
         ) -> Option<alloc::vec::Vec<(pallet_attribution::Payee<AccountId>, Balance)>> {
-            Attribution::quote_split(adapter, provider, charge, context)
+            Attribution::split_quote(adapter, provider, charge, context)
         }
     }
 

@@ -228,7 +228,10 @@ impl pallet_jobs::BenchmarkHelper<AccountId> for JobsBenchmarkHelper {
                 && Attribution::contribute(origin(), id, record, 1).is_ok()
                 && Attribution::approve_contribution(origin(), id, record).is_ok();
             assert!(ok, "benchmark DataNet set up");
-            training.push((id, sp_runtime::Permill::from_rational(1, datanets)));
+            training.push(pallet_attribution::DataNetShare::new(
+                id,
+                sp_runtime::Permill::from_rational(1, datanets),
+            ));
         }
         let id = pallet_attribution::NextAdapterId::<Runtime>::get();
         let registered = Attribution::register_adapter(

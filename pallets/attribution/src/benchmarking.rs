@@ -59,8 +59,12 @@ fn approved<T: Config>(owner: &T::AccountId, d: DataNetId, who: &T::AccountId, n
 fn adapter_of<T: Config>(owner: &T::AccountId, training: &[DataNetId]) -> AdapterId {
     let id = NextAdapterId::<T>::get();
     let share = Permill::from_rational(1u32, training.len().max(1) as u32);
-    let list: BoundedVec<_, T::MaxTrainingDataNets> =
-        training.iter().map(|d| (*d, share)).collect::<Vec<_>>().try_into().expect("fits");
+    let list: BoundedVec<_, T::MaxTrainingDataNets> = training
+        .iter()
+        .map(|d| DataNetShare::new(*d, share))
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("fits");
     assert!(Attribution::<T>::register_adapter(
         RawOrigin::Signed(owner.clone()).into(),
         1,
@@ -188,8 +192,12 @@ mod benchmarks {
         let owner = funded::<T>("owner", 0);
         let list: Vec<_> = (0..t).map(|_| datanet_with::<T>(&owner, 0)).collect();
         let share = Permill::from_rational(1u32, t.max(1));
-        let training: BoundedVec<_, T::MaxTrainingDataNets> =
-            list.iter().map(|d| (*d, share)).collect::<Vec<_>>().try_into().expect("fits");
+        let training: BoundedVec<_, T::MaxTrainingDataNets> = list
+            .iter()
+            .map(|d| DataNetShare::new(*d, share))
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("fits");
         #[extrinsic_call]
         _(
             RawOrigin::Signed(owner),
@@ -240,8 +248,8 @@ mod benchmarks {
         let training_len = (d as usize).min(T::MaxTrainingDataNets::get() as usize);
         let a = adapter_of::<T>(&owner, &nets[..training_len]);
         let share = Permill::from_rational(1u32, T::MaxContextDataNets::get().max(1));
-        let context: Vec<(DataNetId, Permill)> =
-            nets[training_len..].iter().map(|n| (*n, share)).collect();
+        let context: Vec<DataNetShare> =
+            nets[training_len..].iter().map(|n| DataNetShare::new(*n, share)).collect();
         let payer = funded::<T>("payer", 0);
         // Providers are bonded, so their accounts exist.
         let provider = funded::<T>("provider", 0);

@@ -16,12 +16,12 @@ use openledger_primitives::{
 use sp_core::U256;
 use sp_runtime::{
     traits::{CheckedAdd, CheckedSub, Saturating, Zero},
-    ArithmeticError, DispatchError, DispatchResult, Permill,
+    ArithmeticError, DispatchError, DispatchResult,
 };
 
 use crate::{
-    Adapter, Adapters, BalanceOf, Config, DataNetId, DataNets, Error, Event, MaxPayoutsOf, Pallet,
-    Payee, Split, REWARD_SCALE,
+    Adapter, Adapters, BalanceOf, Config, DataNetId, DataNetShare, DataNets, Error, Event,
+    MaxPayoutsOf, Pallet, Payee, Split, REWARD_SCALE,
 };
 
 impl<T: Config> AdapterCatalog<BalanceOf<T>> for Pallet<T> {
@@ -39,7 +39,7 @@ impl<T: Config> Pallet<T> {
         adapter: &Adapter<T>,
         provider: &T::AccountId,
         charge: BalanceOf<T>,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<Vec<(Payee<T::AccountId>, BalanceOf<T>)>, DispatchError> {
         ensure!(
             context.len() <= T::MaxContextDataNets::get() as usize && Self::valid_shares(context),
@@ -56,19 +56,19 @@ impl<T: Config> Pallet<T> {
         // Context DataNets first, by their shares of the DataNet part; the training DataNets
         // share what is left, by theirs.
         let mut context_total: BalanceOf<T> = Zero::zero();
-        for (d, share) in context {
-            let amount = *share * datanet_part;
-            if Self::can_credit(*d) {
-                out.push((Payee::ContextDataNet(*d), amount));
+        for &DataNetShare { datanet, share } in context {
+            let amount = share * datanet_part;
+            if Self::can_credit(datanet) {
+                out.push((Payee::ContextDataNet(datanet), amount));
                 given = given.saturating_add(amount);
             }
             context_total = context_total.saturating_add(amount);
         }
         let training_part = datanet_part.saturating_sub(context_total);
-        for (d, share) in &adapter.training {
-            let amount = *share * training_part;
-            if Self::can_credit(*d) {
-                out.push((Payee::TrainingDataNet(*d), amount));
+        for &DataNetShare { datanet, share } in &adapter.training {
+            let amount = share * training_part;
+            if Self::can_credit(datanet) {
+                out.push((Payee::TrainingDataNet(datanet), amount));
                 given = given.saturating_add(amount);
             }
         }
@@ -108,12 +108,13 @@ impl<T: Config> Pallet<T> {
         })
     }
 
-    /// A quote of the split of `charge` for `adapter` with `context`, as if `provider` ran it.
-    pub fn quote_split(
+    /// A quote of the split of `charge` for `adapter` with `context`, as if `provider` ran it
+    /// (the `quote_split` view function and runtime API).
+    pub fn split_quote(
         adapter: AdapterId,
         provider: T::AccountId,
         charge: BalanceOf<T>,
-        context: Vec<(DataNetId, Permill)>,
+        context: Vec<DataNetShare>,
     ) -> Option<Vec<(Payee<T::AccountId>, BalanceOf<T>)>> {
         let record = Adapters::<T>::get(adapter)?;
         Self::split_of(&record, &provider, charge, &context).ok()
@@ -167,7 +168,7 @@ impl<T: Config> Pallet<T> {
         provider: &T::AccountId,
         adapter: AdapterId,
         charge: BalanceOf<T>,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<
         (BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>, Weight),
         DispatchError,
@@ -211,7 +212,7 @@ impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
         provider: &T::AccountId,
         adapter: AdapterId,
         charge: BalanceOf<T>,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<Weight, DispatchError> {
         let (payouts, weight) = Self::pay_split(payer, provider, adapter, charge, context)?;
         Self::deposit_event(Event::FeeSplit { job, adapter, charge, payouts });
@@ -225,7 +226,7 @@ impl<T: Config> Settlement<T::AccountId, BalanceOf<T>> for Pallet<T> {
         provider: &T::AccountId,
         adapter: AdapterId,
         charge: BalanceOf<T>,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<Weight, DispatchError> {
         let (payouts, weight) = Self::pay_split(payer, provider, adapter, charge, context)?;
         Self::deposit_event(Event::VoucherFeeSplit { channel, sequence, adapter, charge, payouts });

@@ -1,48 +1,6 @@
-//! # Attribution pallet: Proof of Attribution and the fee split
-//!
-//! Every paid inference pays everyone who made it possible, in the block that proves it: the
-//! GPU provider, the adapter's owner, the contributors of the DataNets the adapter was trained
-//! on, the contributors of the DataNets whose records the answer retrieved as context, and the
-//! treasury. `pallet-jobs` settles each receipt through this pallet's [`Settlement`]
-//! implementation and finds adapters through its [`AdapterCatalog`].
-//!
-//! ## DataNets and contributions
-//!
-//! Anyone creates a DataNet ([`Pallet::create_datanet`], a deposit held) and names curators.
-//! A contribution is a record hash with a weight. **Contributions need curator approval**:
-//! [`Pallet::contribute`] holds a deposit from the contributor and files the record as
-//! pending; only when a curator (or the owner) calls [`Pallet::approve_contribution`] does its
-//! weight start to earn. Why approval and not a deposit alone: the weight decides how much of
-//! every fee a contributor receives, so an unchecked weight is a claim on other people's
-//! money; a deposit prices spam but cannot tell a good record from a bad one, a curator can.
-//! The deposit still pays for the storage and comes back when the record is removed or
-//! rejected. Curators may also remove approved records later.
-//!
-//! ## Rewards within a DataNet
-//!
-//! A DataNet's portion of a fee is credited in O(1) whatever the number of contributors: the
-//! pallet adds `amount x 10^18 / total_weight` to the DataNet's `reward_per_weight`, and each
-//! contributor's [`Stake`] remembers the accumulator's value when it last changed (the pattern
-//! of staking reward pools). A contributor is owed `weight x (accumulator - snapshot)`; the
-//! stake is brought up to date before its weight changes, so a contribution added later does
-//! not share in past fees and one removed does not lose what it earned. Owed rewards are kept
-//! scaled by 10^18, so no fraction of a planck is dropped; [`Pallet::claim_rewards`] pays the
-//! whole planck. The pallet account holds each DataNet's `balance`: everything credited
-//! minus everything claimed; what the accumulator's rounding leaves unassigned (less than one
-//! planck per settlement) stays in that balance as accounted dust. Nothing is minted or lost:
-//! `try_state` checks that the pallet account holds exactly the sum of DataNet balances and
-//! that each balance covers what its contributors are owed.
-//!
-//! ## The split
-//!
-//! [`FeeSplit`] (on-chain, set by the `AdminOrigin` (root on the development runtime) with [`Pallet::set_split`], validated to sum to 100%)
-//! divides a charge into provider, adapter owner, DataNets and treasury parts. The DataNet
-//! part goes first to the receipt's context DataNets by their shares, then what is left of it
-//! to the adapter's training DataNets by their shares; what no DataNet takes (shares below
-//! 100%, a DataNet with no approved weight) and every rounding remainder go to the treasury.
-//! [`Event::FeeSplit`] lists every payee and amount of a settlement.
-//! A redeemed payment-channel voucher (`pallet-channels`) is split the same way, once per
-//! adapter it names, and [`Event::VoucherFeeSplit`] lists its payees.
+// The overview is README.md: rustdoc shows it as the crate's documentation and
+// `#[pallet_doc]` puts it in the runtime metadata, where wallets and explorers read it.
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types (payouts of `Payee<T::AccountId>` and `BalanceOf<T>`) read better
 // spelled out than behind one-use aliases.
@@ -65,13 +23,16 @@ pub mod types;
 pub mod weights;
 
 use frame_support::traits::fungible::Inspect;
-pub use openledger_primitives::market::{AdapterCatalog, AdapterId, DataNetId, Settlement};
+pub use openledger_primitives::market::{
+    AdapterCatalog, AdapterId, DataNetId, DataNetShare, Settlement,
+};
 
 /// The balance type of the pallet's currency.
 pub type BalanceOf<T> =
     <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
 
 #[frame_support::pallet]
+#[pallet_doc("../README.md")]
 pub mod pallet {
     use super::*;
     use frame_support::{
@@ -116,6 +77,7 @@ pub mod pallet {
         type PalletId: Get<PalletId>;
 
         /// Receives the treasury part of fees and every rounding remainder.
+        #[pallet::constant]
         type Treasury: Get<Self::AccountId>;
 
         /// Held from a DataNet's owner while it exists.
@@ -230,54 +192,126 @@ pub mod pallet {
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
         /// A DataNet was created.
-        DataNetCreated { datanet: DataNetId, owner: T::AccountId },
+        DataNetCreated {
+            /// Its id.
+            datanet: DataNetId,
+            /// Its owner, who paid its deposit.
+            owner: T::AccountId,
+        },
         /// A curator was added to a DataNet.
-        CuratorAdded { datanet: DataNetId, curator: T::AccountId },
+        CuratorAdded {
+            /// The DataNet.
+            datanet: DataNetId,
+            /// The new curator.
+            curator: T::AccountId,
+        },
         /// A curator was removed from a DataNet.
-        CuratorRemoved { datanet: DataNetId, curator: T::AccountId },
+        CuratorRemoved {
+            /// The DataNet.
+            datanet: DataNetId,
+            /// The former curator.
+            curator: T::AccountId,
+        },
         /// A record was contributed and awaits a curator.
         ContributionSubmitted {
+            /// The DataNet.
             datanet: DataNetId,
+            /// The record's content hash.
             record: H256,
+            /// Who contributed it and paid its deposit.
             contributor: T::AccountId,
+            /// Its weight: its share of the DataNet's rewards once approved.
             weight: u128,
         },
         /// A curator approved a record: its weight earns from now on.
-        ContributionApproved { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        ContributionApproved {
+            /// The DataNet.
+            datanet: DataNetId,
+            /// The record's content hash.
+            record: H256,
+            /// Its contributor.
+            contributor: T::AccountId,
+        },
         /// A curator rejected a pending record; its deposit went back.
-        ContributionRejected { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        ContributionRejected {
+            /// The DataNet.
+            datanet: DataNetId,
+            /// The record's content hash.
+            record: H256,
+            /// Its contributor, refunded.
+            contributor: T::AccountId,
+        },
         /// A record was removed; its deposit went back.
-        ContributionRemoved { datanet: DataNetId, record: H256, contributor: T::AccountId },
+        ContributionRemoved {
+            /// The DataNet.
+            datanet: DataNetId,
+            /// The record's content hash.
+            record: H256,
+            /// Its contributor, refunded.
+            contributor: T::AccountId,
+        },
         /// A contributor claimed its rewards.
-        RewardsClaimed { datanet: DataNetId, who: T::AccountId, amount: BalanceOf<T> },
+        RewardsClaimed {
+            /// The DataNet paid from.
+            datanet: DataNetId,
+            /// The contributor.
+            who: T::AccountId,
+            /// What it received.
+            amount: BalanceOf<T>,
+        },
         /// An adapter was registered.
         AdapterRegistered {
+            /// Its id.
             adapter: AdapterId,
+            /// Its owner, who receives the owner's share of its fees.
             owner: T::AccountId,
+            /// The base model it applies to.
             base_model: BaseModelId,
+            /// Its price per 1,000 tokens, on top of the provider's.
             price_per_1k: BalanceOf<T>,
+            /// The deposit held from its owner.
             deposit: BalanceOf<T>,
         },
         /// An adapter's price changed.
-        AdapterPriceUpdated { adapter: AdapterId, price_per_1k: BalanceOf<T> },
+        AdapterPriceUpdated {
+            /// The adapter.
+            adapter: AdapterId,
+            /// Its new price per 1,000 tokens.
+            price_per_1k: BalanceOf<T>,
+        },
         /// An adapter was retired: no new jobs; its deposit went back.
-        AdapterRetired { adapter: AdapterId },
+        AdapterRetired {
+            /// The adapter.
+            adapter: AdapterId,
+        },
         /// The fee split changed.
-        SplitUpdated { split: FeeSplit },
+        SplitUpdated {
+            /// The new split.
+            split: FeeSplit,
+        },
         /// A job's charge was split: every payee and its amount (they sum to `charge`).
         FeeSplit {
+            /// The settled job.
             job: openledger_primitives::market::JobId,
+            /// The adapter it ran.
             adapter: AdapterId,
+            /// What the job was charged.
             charge: BalanceOf<T>,
+            /// Every payee and what it got.
             payouts: BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>,
         },
         /// A redeemed channel voucher's charge for one adapter was split, as a job's is: every
         /// payee and its amount (they sum to `charge`).
         VoucherFeeSplit {
+            /// The channel the voucher drew on.
             channel: openledger_primitives::voucher::ChannelId,
+            /// The voucher's sequence number.
             sequence: u64,
+            /// The adapter this part of the voucher paid for.
             adapter: AdapterId,
+            /// The adapter's amount in the voucher.
             charge: BalanceOf<T>,
+            /// Every payee and what it got.
             payouts: BoundedVec<(Payee<T::AccountId>, BalanceOf<T>), MaxPayoutsOf<T>>,
         },
     }
@@ -548,7 +582,7 @@ pub mod pallet {
             rank: u32,
             target_modules: u8,
             #[pallet::compact] price_per_1k: BalanceOf<T>,
-            training: BoundedVec<(DataNetId, Permill), T::MaxTrainingDataNets>,
+            training: BoundedVec<DataNetShare, T::MaxTrainingDataNets>,
         ) -> DispatchResult {
             let owner = ensure_signed(origin)?;
             ensure!(rank >= 1 && rank <= T::MaxRank::get(), Error::<T>::BadRank);
@@ -639,6 +673,40 @@ pub mod pallet {
         }
     }
 
+    #[pallet::extra_constants]
+    impl<T: Config> Pallet<T> {
+        /// The pallet's account (derived from `PalletId`): it holds DataNets' rewards until
+        /// their contributors claim them, plus its existential deposit.
+        #[pallet::constant_name(PalletAccount)]
+        fn pallet_account() -> T::AccountId {
+            Self::account_id()
+        }
+    }
+
+    /// Reads for clients, answered from the chain's state (metadata V16 view functions).
+    #[pallet::view_functions]
+    impl<T: Config> Pallet<T> {
+        /// What `who` could claim from `datanet` now with `claim`, in planck: its share of the
+        /// DataNet's rewards since it contributed, by the weight of its approved records. Zero
+        /// for an unknown DataNet or a non-contributor.
+        pub fn pending_rewards(datanet: DataNetId, who: T::AccountId) -> BalanceOf<T> {
+            Self::rewards_owed(datanet, &who)
+        }
+
+        /// How `charge` for a job on `adapter` run by `provider`, with retrieval `context`,
+        /// would be split now: every payee and its amount, summing to `charge`. `None` for an
+        /// unknown adapter or an invalid context (too many entries, a DataNet named twice or
+        /// unknown, shares above 100%).
+        pub fn quote_split(
+            adapter: AdapterId,
+            provider: T::AccountId,
+            charge: BalanceOf<T>,
+            context: BoundedVec<DataNetShare, T::MaxContextDataNets>,
+        ) -> Option<alloc::vec::Vec<(Payee<T::AccountId>, BalanceOf<T>)>> {
+            Self::split_quote(adapter, provider, charge, context.into_inner())
+        }
+    }
+
     impl<T: Config> Pallet<T> {
         /// The account holding contributors' rewards.
         pub fn account_id() -> T::AccountId {
@@ -675,15 +743,15 @@ pub mod pallet {
             &d.owner == who || d.curators.contains(who)
         }
 
-        pub(crate) fn valid_shares(shares: &[(DataNetId, Permill)]) -> bool {
-            let total: u64 = shares.iter().map(|(_, s)| u64::from(s.deconstruct())).sum();
+        pub(crate) fn valid_shares(shares: &[DataNetShare]) -> bool {
+            let total: u64 = shares.iter().map(|s| u64::from(s.share.deconstruct())).sum();
             let unique = shares
                 .iter()
                 .enumerate()
-                .all(|(i, (d, _))| shares.iter().skip(i + 1).all(|(e, _)| e != d));
+                .all(|(i, a)| shares.iter().skip(i + 1).all(|b| b.datanet != a.datanet));
             total <= u64::from(Permill::one().deconstruct())
                 && unique
-                && shares.iter().all(|(d, _)| DataNets::<T>::contains_key(d))
+                && shares.iter().all(|s| DataNets::<T>::contains_key(s.datanet))
         }
 
         /// Removes a record, releasing its deposit.
@@ -751,8 +819,9 @@ pub mod pallet {
             Ok(())
         }
 
-        /// Rewards `who` could claim from `datanet` now, in planck.
-        pub fn pending_rewards(datanet: DataNetId, who: &T::AccountId) -> BalanceOf<T> {
+        /// Rewards `who` could claim from `datanet` now, in planck (the `pending_rewards` view
+        /// function and runtime API).
+        pub(crate) fn rewards_owed(datanet: DataNetId, who: &T::AccountId) -> BalanceOf<T> {
             let (Some(d), Some(mut stake)) =
                 (DataNets::<T>::get(datanet), Stakes::<T>::get(datanet, who))
             else {

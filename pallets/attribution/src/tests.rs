@@ -39,8 +39,12 @@ fn approved(d: DataNetId, who: AccountId, n: u64, weight: u128) {
     assert_ok!(Attribution::approve_contribution(origin(2), d, rec(n)));
 }
 
-fn training(list: &[(DataNetId, u32)]) -> BoundedVec<(DataNetId, Permill), ConstU32<4>> {
-    list.iter().map(|&(d, p)| (d, Permill::from_percent(p))).collect::<Vec<_>>().try_into().unwrap()
+fn training(list: &[(DataNetId, u32)]) -> BoundedVec<DataNetShare, ConstU32<4>> {
+    list.iter()
+        .map(|&(d, p)| DataNetShare::new(d, Permill::from_percent(p)))
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
 }
 
 use frame_support::traits::ConstU32;
@@ -236,7 +240,7 @@ fn a_settlement_pays_every_payee_and_names_them() {
         let (provider, owner) = (8, 5);
         let before = [free(PAYER), free(provider), free(owner), free(TREASURY)];
         let charge: Balance = 1_000_000;
-        let context = [(ctx, Permill::from_percent(20))];
+        let context = [DataNetShare::new(ctx, Permill::from_percent(20))];
         assert_ok!(<Attribution as Settlement<AccountId, Balance>>::settle(
             42, &PAYER, &provider, a, charge, &context
         ));
@@ -249,9 +253,9 @@ fn a_settlement_pays_every_payee_and_names_them() {
         assert_eq!(DataNets::<Test>::get(ctx).unwrap().balance, 30_000);
         assert_eq!(DataNets::<Test>::get(d1).unwrap().balance, 60_000);
         assert_eq!(DataNets::<Test>::get(d2).unwrap().balance, 36_000);
-        assert_eq!(Attribution::pending_rewards(d1, &3), 15_000);
-        assert_eq!(Attribution::pending_rewards(d1, &4), 45_000);
-        assert_eq!(Attribution::pending_rewards(d2, &6), 36_000);
+        assert_eq!(Attribution::pending_rewards(d1, 3), 15_000);
+        assert_eq!(Attribution::pending_rewards(d1, 4), 45_000);
+        assert_eq!(Attribution::pending_rewards(d2, 6), 36_000);
         let RuntimeEvent::Attribution(Event::FeeSplit { job, charge: c, payouts, .. }) =
             last_event()
         else {
@@ -287,7 +291,10 @@ fn datanets_without_weight_and_bad_context_go_to_the_treasury_or_fail() {
         ));
         // No approved weight in d: its 15% joins the treasury's 5%.
         assert_eq!(free(TREASURY) - before, 200);
-        let too_much = [(d, Permill::from_percent(60)), (d, Permill::from_percent(50))];
+        let too_much = [
+            DataNetShare::new(d, Permill::from_percent(60)),
+            DataNetShare::new(d, Permill::from_percent(50)),
+        ];
         assert_noop!(
             <Attribution as Settlement<AccountId, Balance>>::settle(
                 2, &PAYER, &8, a, 1_000, &too_much
@@ -308,7 +315,7 @@ fn a_settlement_reports_the_weight_of_the_datanets_it_looked_up() {
         let d = datanet();
         approved(d, 3, 1, 10);
         let a = adapter(&[(d, 100)]);
-        let settle = |job, context: &[(DataNetId, Permill)]| {
+        let settle = |job, context: &[DataNetShare]| {
             <Attribution as Settlement<AccountId, Balance>>::settle(
                 job, &PAYER, &8, a, 1_000, context,
             )
@@ -317,8 +324,14 @@ fn a_settlement_reports_the_weight_of_the_datanets_it_looked_up() {
         let one = settle(1, &[]).expect("settles");
         assert_eq!(one, <() as WeightInfo>::settle(1, 100));
         let e = datanet();
-        let three = settle(2, &[(d, Permill::from_percent(10)), (e, Permill::from_percent(10))])
-            .expect("settles");
+        let three = settle(
+            2,
+            &[
+                DataNetShare::new(d, Permill::from_percent(10)),
+                DataNetShare::new(e, Permill::from_percent(10)),
+            ],
+        )
+        .expect("settles");
         assert_eq!(three, <() as WeightInfo>::settle(3, 100));
         assert!(one.all_lt(three) && three.all_lte(worst), "{one:?} < {three:?} <= {worst:?}");
     });
@@ -340,7 +353,7 @@ fn later_contributions_do_not_share_past_fees_and_removed_ones_keep_theirs() {
             &[]
         ));
         approved(d, 4, 2, 30);
-        assert_eq!(Attribution::pending_rewards(d, &4), 0);
+        assert_eq!(Attribution::pending_rewards(d, 4), 0);
         assert_ok!(<Attribution as Settlement<AccountId, Balance>>::settle(
             2,
             &PAYER,
@@ -349,8 +362,8 @@ fn later_contributions_do_not_share_past_fees_and_removed_ones_keep_theirs() {
             1_000_000,
             &[]
         ));
-        assert_eq!(Attribution::pending_rewards(d, &3), 150_000 + 37_500);
-        assert_eq!(Attribution::pending_rewards(d, &4), 112_500);
+        assert_eq!(Attribution::pending_rewards(d, 3), 150_000 + 37_500);
+        assert_eq!(Attribution::pending_rewards(d, 4), 112_500);
         assert_ok!(Attribution::remove_contribution(origin(2), d, rec(1)));
         assert_ok!(<Attribution as Settlement<AccountId, Balance>>::settle(
             3,
@@ -360,8 +373,8 @@ fn later_contributions_do_not_share_past_fees_and_removed_ones_keep_theirs() {
             1_000_000,
             &[]
         ));
-        assert_eq!(Attribution::pending_rewards(d, &3), 187_500);
-        assert_eq!(Attribution::pending_rewards(d, &4), 262_500);
+        assert_eq!(Attribution::pending_rewards(d, 3), 187_500);
+        assert_eq!(Attribution::pending_rewards(d, 4), 262_500);
         assert_ok!(Attribution::claim_rewards(origin(3), d));
         assert!(Stakes::<Test>::get(d, 3).is_none(), "an empty stake is deleted");
     });
@@ -480,7 +493,7 @@ mod properties {
                 prop_assert_eq!(paid_out + held, charges, "payouts + held != charges");
                 prop_assert_eq!(Balances::balance(&Attribution::account_id()), held + ED);
                 for (i, c) in contributors.iter().enumerate() {
-                    let got = (claimed[i] + Attribution::pending_rewards(d, c)) as f64;
+                    let got = (claimed[i] + Attribution::pending_rewards(d, *c)) as f64;
                     prop_assert!(
                         (got - direct[i]).abs() <= 1.0 + settlements as f64 * 1e-6,
                         "contributor {}: {} vs direct {}", c, got, direct[i]
@@ -492,4 +505,58 @@ mod properties {
             })?;
         }
     }
+}
+
+#[test]
+fn clients_read_pending_rewards_and_split_quotes_through_view_functions() {
+    use codec::{Decode, Encode};
+    use frame_support::view_functions::ViewFunction;
+    build_and_execute(|| {
+        let d = datanet();
+        approved(d, 3, 1, 1);
+        let a = adapter(&[(d, 100)]);
+        assert_ok!(<Attribution as Settlement<AccountId, Balance>>::settle(
+            1,
+            &PAYER,
+            &8,
+            a,
+            1_000_000,
+            &[]
+        ));
+        // Dispatched by id with SCALE-encoded arguments, as a client calls them.
+        type Pending = PendingRewardsViewFunction<Test>;
+        let output =
+            Test::execute_view_function(Pending::id(), Pending::new(d, 3).encode()).unwrap();
+        // 15% of the charge to the DataNet, all of it to its one contributor.
+        assert_eq!(Balance::decode(&mut &output[..]).unwrap(), 150_000);
+        let output =
+            Test::execute_view_function(Pending::id(), Pending::new(d, 4).encode()).unwrap();
+        assert_eq!(Balance::decode(&mut &output[..]).unwrap(), 0);
+
+        type Quote = QuoteSplitViewFunction<Test>;
+        let input = Quote::new(a, 8, 1_000, Default::default()).encode();
+        let output = Test::execute_view_function(Quote::id(), input).unwrap();
+        let quote = Option::<Vec<(Payee<AccountId>, Balance)>>::decode(&mut &output[..])
+            .unwrap()
+            .expect("a registered adapter");
+        assert_eq!(quote.iter().map(|(_, v)| v).sum::<Balance>(), 1_000);
+        assert!(quote.contains(&(Payee::Provider(8), 700)));
+        assert!(quote.contains(&(Payee::TrainingDataNet(d), 150)));
+        let input = Quote::new(99, 8, 1_000, Default::default()).encode();
+        let output = Test::execute_view_function(Quote::id(), input).unwrap();
+        assert_eq!(Option::<Vec<(Payee<AccountId>, Balance)>>::decode(&mut &output[..]), Ok(None));
+    });
+}
+
+#[test]
+fn treasury_and_pallet_account_are_constants_in_the_metadata() {
+    use codec::Decode;
+    let constants = Attribution::pallet_constants_metadata();
+    let value_of = |name: &str| {
+        let constant = constants.iter().find(|c| c.name == name).expect("constant in metadata");
+        assert!(!constant.docs.is_empty(), "{name} is documented");
+        AccountId::decode(&mut &constant.value[..]).expect("an account")
+    };
+    assert_eq!(value_of("Treasury"), TREASURY);
+    assert_eq!(value_of("PalletAccount"), Attribution::account_id());
 }

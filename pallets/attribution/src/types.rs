@@ -2,7 +2,7 @@
 
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use frame_support::{BoundedVec, CloneNoBound, DebugNoBound, EqNoBound, PartialEqNoBound};
-use openledger_primitives::market::{BaseModelId, DataNetId};
+use openledger_primitives::market::{BaseModelId, DataNetId, DataNetShare};
 use scale_info::TypeInfo;
 use sp_core::{H256, U256};
 use sp_runtime::Permill;
@@ -67,8 +67,11 @@ pub enum RecordStatus {
 )]
 #[scale_info(skip_type_params(T))]
 pub struct Record<T: Config> {
+    /// Who contributed it (and paid its deposit); earns by its weight once approved.
     pub contributor: T::AccountId,
+    /// Its weight: its share of the DataNet's rewards, against the sum of approved weights.
     pub weight: u128,
+    /// Pending a curator, or approved.
     pub status: RecordStatus,
     /// Held from the contributor while the record exists.
     pub deposit: BalanceOf<T>,
@@ -110,17 +113,19 @@ pub struct Adapter<T: Config> {
     pub owner: T::AccountId,
     /// The base model the adapter is trained against.
     pub base_model: BaseModelId,
-    /// Hash of the adapter's weights file (what workers load and check).
+    /// BLAKE2b-256 of the adapter's `adapter_model.safetensors` (what workers load and check).
     pub content_hash: H256,
     /// LoRA rank.
     pub rank: u32,
-    /// Targeted projections ([`target`] bits).
+    /// The projections the adapter targets, one bit each ([`target`]): bit 0 `q_proj`, 1
+    /// `k_proj`, 2 `v_proj`, 3 `o_proj`, 4 `gate_proj`, 5 `up_proj`, 6 `down_proj` (PEFT's
+    /// module names); at least one bit set, bit 7 never.
     pub target_modules: u8,
     /// Price per 1,000 tokens, paid on top of the provider's price.
     pub price_per_1k: BalanceOf<T>,
     /// The DataNets the adapter was trained on and their shares of the DataNet portion of its
     /// fees (summing to at most 100%; the rest of that portion goes to the treasury).
-    pub training: BoundedVec<(DataNetId, Permill), T::MaxTrainingDataNets>,
+    pub training: BoundedVec<DataNetShare, T::MaxTrainingDataNets>,
     /// Held from the owner until the adapter is retired.
     pub deposit: BalanceOf<T>,
     /// Retired adapters take no new jobs; the record stays so open jobs still settle.

@@ -18,7 +18,7 @@ use frame_support::{
 };
 use frame_system::pallet_prelude::BlockNumberFor;
 use openledger_primitives::{
-    market::{AdapterId, DataNetId, Settlement},
+    market::{AdapterId, DataNetShare, Settlement},
     receipt::{is_canonical_signature, is_small_order_encoding},
     voucher::ChannelId,
 };
@@ -34,7 +34,7 @@ use crate::weights::WeightInfo;
 struct AdapterPayment {
     adapter: AdapterId,
     amount: u128,
-    context: Vec<(DataNetId, Permill)>,
+    context: Vec<DataNetShare>,
 }
 
 impl<T: Config> Pallet<T> {
@@ -216,12 +216,20 @@ impl<T: Config> Pallet<T> {
             *sum = sum.checked_add(amount).ok_or(Error::<T>::ContextExceedsAdapterAmount)?;
             ensure!(*sum <= payment.amount, Error::<T>::ContextExceedsAdapterAmount);
             if payment.amount > 0 {
-                payment
-                    .context
-                    .push((entry.datanet, Permill::from_rational(amount, payment.amount)));
+                payment.context.push(DataNetShare::new(
+                    entry.datanet,
+                    Permill::from_rational(amount, payment.amount),
+                ));
             }
         }
         Ok(payments)
+    }
+
+    /// The exact bytes a channel's signer signs for `voucher` on this chain (the
+    /// `voucher_signing_payload` view function).
+    pub(crate) fn voucher_payload_of(voucher: &VoucherOf<T>) -> Vec<u8> {
+        let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+        VoucherPayload::new(genesis_hash, voucher).signing_bytes()
     }
 
     /// Release what is left of `record`'s deposit to its payer and delete the channel.
@@ -249,8 +257,9 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// What is known about channel id `channel`, for the runtime API.
-    pub fn channel_status(channel: ChannelId) -> ChannelStatus<T> {
+    /// What is known about channel id `channel` (the `channel_status` view function and
+    /// runtime API).
+    pub(crate) fn status_of(channel: ChannelId) -> ChannelStatus<T> {
         match Channels::<T>::get(channel) {
             Some(record) => ChannelStatus::Open(record),
             None if channel < NextChannelId::<T>::get() => ChannelStatus::Closed,

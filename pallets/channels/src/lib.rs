@@ -1,74 +1,6 @@
-//! # Channels pallet: payment channels paid by signed aggregate vouchers
-//!
-//! The volume path of paying for inference. A payer opens a one-way channel to a provider with
-//! a deposit, held from its account, and authorises an ed25519 *signer* (a key the gateway
-//! holds, never the payer's account key). Requests then run off chain: the provider's worker
-//! serves them at once and signs a receipt for each, and the gateway answers each receipt with
-//! a new [`Voucher`](openledger_primitives::voucher::Voucher) signed by the channel's signer,
-//! saying how much the channel owes in all. The provider redeems the latest voucher now and
-//! then: one transaction pays for any number of inferences, and the payment is split through
-//! [`Config::Settlement`] (`pallet-attribution`) exactly as a job's charge is, once per adapter
-//! the voucher names (with its context DataNets), not once per inference. This is the pattern
-//! of The Graph's Timeline Aggregation Protocol and Livepeer's tickets; the per-job path of
-//! `pallet-jobs` stays for clients that want every job on chain.
-//!
-//! A provider's risk is the amount it served but holds no voucher for; a payer's is its
-//! deposit. The chain never sees a request, only the sums.
-//!
-//! ## Lifecycle of a channel
-//!
-//! 1. [`Pallet::open`]: the sender (the payer) names the `provider`, a `deposit` and the
-//!    `signer`. The deposit is held under [`HoldReason::ChannelDeposit`]; the channel gets the
-//!    next [`ChannelId`] ([`Event::ChannelOpened`]).
-//! 2. While the channel is open, the payer may add to the deposit with [`Pallet::top_up`] and
-//!    replace the signer with [`Pallet::rotate_signer`] (vouchers signed by the old key are no
-//!    longer accepted; a provider should redeem before serving under a new key).
-//! 3. Anyone may [`Pallet::redeem`] a voucher on the provider's behalf, while the channel is open
-//!    or within the challenge window of a close. A voucher is accepted when it is signed by the
-//!    channel's signer over its [`VoucherPayload`] for this chain's genesis hash, its sequence
-//!    is above the last redeemed one, its cumulative amount is above the redeemed amount and at
-//!    most the deposit, and its breakdown by adapter sums to the increment (see *Vouchers*).
-//!    The increment `cumulative - redeemed` is released from the payer's hold and paid out
-//!    through the settlement; the channel records the new redeemed amount, sequence, Merkle
-//!    root and inference count ([`Event::VoucherRedeemed`]).
-//! 4. The payer ends the channel with [`Pallet::request_close`]: the channel enters its
-//!    challenge window of [`Config::ChallengeWindow`] blocks, during which the provider can still
-//!    redeem its latest voucher ([`Event::CloseRequested`]). From the block after the window,
-//!    anyone may [`Pallet::finalize_close`], which releases what is left of the deposit to the
-//!    payer and deletes the channel ([`Event::ChannelClosed`]).
-//! 5. The provider may close at once with [`Pallet::close_by_provider`] (after redeeming what it
-//!    holds): the rest of the deposit goes back to the payer the same way.
-//!
-//! Closed channels are deleted. Channel ids are assigned in order, so an id below
-//! [`NextChannelId`] with no record is a closed channel: anything sent to it fails with
-//! [`Error::ChannelClosed`].
-//!
-//! ## Vouchers
-//!
-//! A voucher carries the channel, a sequence number, the cumulative amount owed since the
-//! channel opened, the number of inferences and the Merkle root of the receipts that make up
-//! the *increment* over the channel's redeemed amount, and the increment's breakdown: one
-//! [`AdapterCharge`] per adapter (summing to the increment) and one [`ContextCharge`] per
-//! (adapter, DataNet) whose records the adapter's receipts retrieved (summing, per adapter, to
-//! at most its amount). The exact signed bytes, for clients in any language, are documented in
-//! `openledger_primitives::voucher`.
-//!
-//! On redemption each adapter's amount is one settlement: the settlement gets the adapter's
-//! amount as the charge and each of its context DataNets at the share `context amount /
-//! adapter amount` (rounded down to the ppm), exactly the arguments a receipt with that charge
-//! and context would give it. So the provider, the adapter's owner, its training DataNets, the
-//! context DataNets and the treasury receive what the per-job path would have paid them for the
-//! same receipts, up to rounding.
-//!
-//! A voucher made before another voucher was redeemed describes an increment that no longer
-//! exists and fails with [`Error::AmountsDoNotSumToIncrement`]; a voucher with a sequence at or
-//! below the last redeemed one fails with [`Error::StaleSequence`], so no voucher is paid twice.
-//!
-//! ## Weights
-//!
-//! A redemption's cost grows with the adapters and context DataNets its voucher names (each a
-//! settlement), never with the number of inferences it covers: redeeming a voucher for one
-//! inference and for a million costs the same.
+// The overview is README.md: rustdoc shows it as the crate's documentation and
+// `#[pallet_doc]` puts it in the runtime metadata, where wallets and explorers read it.
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types read better spelled out than behind one-use aliases.
 #![allow(clippy::type_complexity)]
@@ -99,6 +31,7 @@ pub type BalanceOf<T> =
     <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
 
 #[frame_support::pallet]
+#[pallet_doc("../README.md")]
 pub mod pallet {
     use super::*;
     use frame_support::{
@@ -177,38 +110,74 @@ pub mod pallet {
         /// A channel was opened and `deposit` held from `payer`; vouchers signed by `signer`
         /// pay `provider`.
         ChannelOpened {
+            /// Its id.
             channel: ChannelId,
+            /// Who deposited.
             payer: T::AccountId,
+            /// Who redeems its vouchers.
             provider: T::AccountId,
+            /// The ed25519 key whose vouchers it honours.
             signer: ed25519::Public,
+            /// The deposit held from the payer.
             deposit: BalanceOf<T>,
         },
         /// The payer added `amount` to the channel's deposit, now `deposit`.
-        ChannelToppedUp { channel: ChannelId, amount: BalanceOf<T>, deposit: BalanceOf<T> },
+        ChannelToppedUp {
+            /// The channel.
+            channel: ChannelId,
+            /// What was added.
+            amount: BalanceOf<T>,
+            /// Everything deposited into it now.
+            deposit: BalanceOf<T>,
+        },
         /// The payer replaced the channel's signer with `signer`.
-        SignerRotated { channel: ChannelId, signer: ed25519::Public },
+        SignerRotated {
+            /// The channel.
+            channel: ChannelId,
+            /// The new signer key.
+            signer: ed25519::Public,
+        },
         /// A voucher was redeemed: `paid` (the increment, for `covered` inferences) went through
         /// the settlement, once per adapter; the channel has now paid out `redeemed` for
         /// `inferences` inferences in all.
         VoucherRedeemed {
+            /// The channel.
             channel: ChannelId,
+            /// Its provider.
             provider: T::AccountId,
+            /// The voucher's sequence number.
             sequence: u64,
+            /// What this redemption paid: the voucher's cumulative amount less what the channel
+            /// had paid before.
             paid: BalanceOf<T>,
+            /// Everything the channel has paid out now.
             redeemed: BalanceOf<T>,
+            /// Inferences this redemption paid for.
             covered: u64,
+            /// Inferences the channel has paid for in all.
             inferences: u64,
+            /// Merkle root of the receipts this redemption covered.
             receipts_root: H256,
         },
         /// The payer asked to close the channel: the provider may redeem until block `until`.
-        CloseRequested { channel: ChannelId, until: BlockNumberFor<T> },
+        CloseRequested {
+            /// The channel.
+            channel: ChannelId,
+            /// The last block of the challenge window.
+            until: BlockNumberFor<T>,
+        },
         /// The channel closed: it paid out `redeemed` in all and `refunded` went back to the
         /// payer.
         ChannelClosed {
+            /// The channel.
             channel: ChannelId,
+            /// Its payer.
             payer: T::AccountId,
+            /// Its provider.
             provider: T::AccountId,
+            /// Everything it paid out.
             redeemed: BalanceOf<T>,
+            /// What was left of the deposit, released to the payer.
             refunded: BalanceOf<T>,
         },
     }
@@ -400,6 +369,27 @@ pub mod pallet {
             let record = Self::channel(channel)?;
             ensure!(record.provider == who, Error::<T>::NotProvider);
             Self::close(channel, record)
+        }
+    }
+
+    /// Reads for clients, answered from the chain's state (metadata V16 view functions).
+    #[pallet::view_functions]
+    impl<T: Config> Pallet<T> {
+        /// The exact bytes a channel's signer signs for `voucher` on this chain: the SCALE
+        /// encoding of `VoucherPayload` (domain `openledger/voucher/v1`, this chain's genesis
+        /// hash, the channel, sequence, cumulative amount, inferences, receipts root, and the
+        /// BLAKE2b-256 of the SCALE-encoded adapter and context lists). Sign them as they are
+        /// with ed25519 (no pre-hashing) and pass the signature to `redeem` beside the voucher.
+        /// The bytes depend on the voucher and the chain only: whether `redeem` accepts it
+        /// depends on the channel's state when it runs.
+        pub fn voucher_signing_payload(voucher: VoucherOf<T>) -> alloc::vec::Vec<u8> {
+            Self::voucher_payload_of(&voucher)
+        }
+
+        /// What is known about channel id `channel`: open or closing (with its record: payer,
+        /// provider, signer, deposit, redeemed amount, last sequence), closed, or unknown.
+        pub fn channel_status(channel: ChannelId) -> ChannelStatus<T> {
+            Self::status_of(channel)
         }
     }
 }

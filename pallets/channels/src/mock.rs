@@ -11,7 +11,7 @@ use frame_support::{
     },
     PalletId,
 };
-use openledger_primitives::market::{AdapterId, DataNetId};
+use openledger_primitives::market::{AdapterId, DataNetId, DataNetShare};
 use sp_core::{ed25519, H256};
 use sp_runtime::{BuildStorage, Permill};
 
@@ -156,7 +156,7 @@ fn adapter(owner: AccountId, training: DataNetId) -> AdapterId {
         16,
         pallet_attribution::target::ALL,
         5,
-        vec![(training, Permill::one())].try_into().unwrap(),
+        vec![DataNetShare::new(training, Permill::one())].try_into().unwrap(),
     ));
     id
 }

@@ -1,66 +1,6 @@
-//! # Compute pallet: the registry of GPU providers
-//!
-//! A *provider* is an operator account that runs a GPU worker and sells inference on it. This
-//! pallet records what each provider declared (hardware, region, libp2p endpoint, the worker's
-//! ed25519 key, base models served, price, concurrency), holds its bond, tracks its liveness
-//! (heartbeats), its load and its reputation, and slashes its bond when it lets a job expire.
-//! `pallet-jobs` reads it through [`ProviderRegistry`], which this pallet implements.
-//!
-//! ## Lifecycle
-//!
-//! 1. The operator calls [`Pallet::register_provider`] with its [`ProviderTerms`] and a bond of
-//!    at least [`Config::MinProviderBond`], held from its balance under
-//!    [`HoldReason::ProviderBond`]. Registration counts as a first heartbeat.
-//! 2. While active, the worker (or the operator) sends [`Pallet::heartbeat`] at least every
-//!    [`Config::HeartbeatTimeout`] blocks, reporting the adapters it has loaded on its GPU and
-//!    its free job slots. A provider is *eligible* for a new job when it is active, its last
-//!    heartbeat is at most `HeartbeatTimeout` blocks old, its bond is at least
-//!    `MinProviderBond`, and it has fewer open jobs than both `max_concurrent` and its reported
-//!    free slots (each assignment uses up one reported slot and each settlement returns
-//!    one, up to `max_concurrent`; a heartbeat resets the count to what the worker reports).
-//! 3. The worker (or the operator) declares the adapters it can serve with
-//!    [`Pallet::set_served_adapters`] (at most [`Config::MaxServedAdapters`]); matching assigns a
-//!    job only to providers that declared its adapter, so a provider of the right base model that
-//!    lacks the adapter is never given a job it cannot run.
-//! 4. The operator may change its terms with [`Pallet::update_provider`] and add to its bond
-//!    with [`Pallet::bond_extra`].
-//! 5. [`Pallet::unregister`] stops new assignments at once and starts an unbonding period of
-//!    [`Config::UnbondingPeriod`] blocks. Once it has passed and no job of the provider is open,
-//!    [`Pallet::withdraw_unbonded`] releases the bond and deletes the provider.
-//!
-//! ## Reputation
-//!
-//! A score in parts per million, starting at [`NEUTRAL_REPUTATION`] (500,000). Each settled job
-//! adds [`Config::ReputationReward`], each expired job (acknowledged or not) subtracts
-//! [`Config::ReputationPenalty`], each refused job subtracts [`Config::RefusalPenalty`] (clamped
-//! to `0..=1_000_000`): a worker that refuses everything sinks below those that serve. Between updates the distance to neutral halves every
-//! [`Config::ReputationHalfLife`] blocks, so old behaviour fades. Matching prefers providers
-//! with a higher `reputation x bond`.
-//!
-//! ## Slashing
-//!
-//! When a job its worker *acknowledged* expires without a receipt, [`Config::SlashFraction`] of
-//! the provider's
-//! current bond is moved from its hold to the job's submitter, **all of it as compensation to
-//! the user** (nothing goes to a treasury; the chain has none yet). Total issuance does not
-//! change. If the bond falls below `MinProviderBond` the provider gets no new jobs until it
-//! bonds more. A job that expires unacknowledged (the worker never took it, for instance because
-//! the payload never reached it) and a job the worker refused cost the provider reputation only:
-//! the user gets the whole escrow back either way, and the fault may have been the request's.
-//!
-//! ## Calls
-//!
-//! - `register_provider(terms, bond)`: by an account that is not a provider. Fails on an empty
-//!   or duplicated base-model list, zero concurrency, a small-order worker key, a bond below
-//!   the minimum, or a base model that already has [`Config::MaxProvidersPerModel`] providers.
-//! - `update_provider(terms)`: by an active provider; same checks as registration.
-//! - `bond_extra(amount)`: by an active provider.
-//! - `heartbeat(provider, hot_adapters, free_slots)`: by the provider's operator or its
-//!   `worker_account`; allowed while leaving (the worker still finishes its jobs).
-//! - `set_served_adapters(provider, adapters)`: by the provider's operator or its
-//!   `worker_account`; replaces the declared set (duplicates count once).
-//! - `unregister()`: by an active provider.
-//! - `withdraw_unbonded()`: by a leaving provider once unbonded and without open jobs.
+// The overview is README.md: rustdoc shows it as the crate's documentation and
+// `#[pallet_doc]` puts it in the runtime metadata, where wallets and explorers read it.
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
@@ -87,6 +27,7 @@ pub type BalanceOf<T> =
     <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
 
 #[frame_support::pallet]
+#[pallet_doc("../README.md")]
 pub mod pallet {
     use super::*;
     use frame_support::{
@@ -98,7 +39,7 @@ pub mod pallet {
     };
     use frame_system::pallet_prelude::*;
     use openledger_primitives::{
-        market::{AdapterId, BaseModelId},
+        market::{AdapterId, BaseModelId, ProviderOffer},
         receipt::is_small_order_encoding,
     };
     use sp_runtime::{traits::Zero, Perbill, Saturating};
@@ -253,21 +194,65 @@ pub mod pallet {
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
         /// A provider registered and bonded.
-        ProviderRegistered { provider: T::AccountId, bond: BalanceOf<T> },
+        ProviderRegistered {
+            /// The provider (its operator account).
+            provider: T::AccountId,
+            /// The bond now held from it.
+            bond: BalanceOf<T>,
+        },
         /// A provider changed its terms.
-        ProviderUpdated { provider: T::AccountId },
+        ProviderUpdated {
+            /// The provider.
+            provider: T::AccountId,
+        },
         /// A provider added to its bond.
-        Bonded { provider: T::AccountId, amount: BalanceOf<T>, bond: BalanceOf<T> },
+        Bonded {
+            /// The provider.
+            provider: T::AccountId,
+            /// What it added.
+            amount: BalanceOf<T>,
+            /// Its bond now.
+            bond: BalanceOf<T>,
+        },
         /// A provider's worker reported in.
-        HeartbeatReceived { provider: T::AccountId, hot_adapters: u32, free_slots: u32 },
+        HeartbeatReceived {
+            /// The provider.
+            provider: T::AccountId,
+            /// How many adapters the worker reported loaded on its GPU.
+            hot_adapters: u32,
+            /// How many more jobs the worker says it can take now.
+            free_slots: u32,
+        },
         /// A provider stopped taking jobs; its bond unbonds from `unbonds_at`.
-        ProviderUnregistered { provider: T::AccountId, unbonds_at: BlockNumberFor<T> },
+        ProviderUnregistered {
+            /// The provider.
+            provider: T::AccountId,
+            /// The first block at which `withdraw_unbonded` releases its bond.
+            unbonds_at: BlockNumberFor<T>,
+        },
         /// A provider withdrew its bond and left the registry.
-        Withdrawn { provider: T::AccountId, amount: BalanceOf<T> },
+        Withdrawn {
+            /// The former provider.
+            provider: T::AccountId,
+            /// The bond released to it.
+            amount: BalanceOf<T>,
+        },
         /// A provider declared the adapters it serves; `served` is how many (duplicates once).
-        AdaptersServed { provider: T::AccountId, served: u32 },
+        AdaptersServed {
+            /// The provider.
+            provider: T::AccountId,
+            /// How many distinct adapters it now serves.
+            served: u32,
+        },
         /// A provider's bond was slashed to compensate the user of an expired job.
-        Slashed { provider: T::AccountId, victim: T::AccountId, amount: BalanceOf<T> },
+        Slashed {
+            /// The provider.
+            provider: T::AccountId,
+            /// Who received the slashed amount (the expired job's submitter).
+            victim: T::AccountId,
+            /// What was taken from the bond.
+            amount: BalanceOf<T>,
+        },
     }
 
     #[pallet::error]
@@ -517,6 +502,33 @@ pub mod pallet {
             let served = Self::clear_served_adapters(&who);
             Self::deposit_event(Event::Withdrawn { provider: who, amount: released });
             Ok(Some(T::WeightInfo::withdraw_unbonded(served)).into())
+        }
+    }
+
+    /// Reads for clients, answered from the chain's state (metadata V16 view functions).
+    #[pallet::view_functions]
+    impl<T: Config> Pallet<T> {
+        /// `provider`'s terms and state, its reputation now, whether it is eligible for jobs now
+        /// (active, heartbeat fresh, bond at least `MinProviderBond`, a free slot) and the
+        /// adapters its worker reported loaded. `None` for an account that is not a provider.
+        pub fn provider(provider: T::AccountId) -> Option<ProviderInfo<T>> {
+            Self::provider_info(&provider)
+        }
+
+        /// Whether `provider` would be offered a job on `adapter` (of base model `base_model`)
+        /// now, and on what terms: its price, bond, reputation now and whether the adapter is
+        /// loaded on its GPU. `None` when it would not: not a provider, leaving, heartbeat
+        /// stale, bond too low, no free slot, or `adapter` not among those it declared. Matching
+        /// (`pallet-jobs`) also requires it to serve the adapter's base model and its price to
+        /// be within the job's `max_fee`.
+        pub fn provider_offer(
+            provider: T::AccountId,
+            base_model: BaseModelId,
+            adapter: AdapterId,
+        ) -> Option<ProviderOffer<BalanceOf<T>>> {
+            <Self as ProviderRegistry<T::AccountId, BalanceOf<T>>>::offer(
+                &provider, base_model, adapter,
+            )
         }
     }
 

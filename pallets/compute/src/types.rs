@@ -55,7 +55,8 @@ pub struct GpuSpec<T: Config> {
 pub struct Endpoint<T: Config> {
     /// The worker's libp2p peer id, in its binary (multihash) form.
     pub peer_id: BoundedVec<u8, T::MaxPeerIdLen>,
-    /// Multiaddresses in their binary form.
+    /// Addresses the worker listens on, each a multiaddr in its binary encoding (the bytes of
+    /// `/ip4/203.0.113.7/tcp/4001`, as libp2p's `Multiaddr::to_vec` gives them).
     pub multiaddrs: BoundedVec<BoundedVec<u8, T::MaxMultiaddrLen>, T::MaxMultiaddrs>,
 }
 
@@ -77,7 +78,8 @@ pub struct Endpoint<T: Config> {
 pub struct ProviderTerms<T: Config> {
     /// The hardware.
     pub spec: GpuSpec<T>,
-    /// Where the hardware is.
+    /// Where the hardware is: an ISO 3166-1 alpha-2 country code, two upper-case ASCII
+    /// letters (`DE` is `[0x44, 0x45]`).
     pub region: RegionCode,
     /// How to reach the worker.
     pub endpoint: Endpoint<T>,
@@ -113,7 +115,10 @@ pub enum ProviderStatus<BlockNumber> {
     Active,
     /// Unregistered: gets no new jobs; its bond can be withdrawn from block `unbonds_at` on,
     /// once no job of it is open.
-    Leaving { unbonds_at: BlockNumber },
+    Leaving {
+        /// The first block at which `withdraw_unbonded` may release the bond.
+        unbonds_at: BlockNumber,
+    },
 }
 
 /// The part of a provider's record that the marketplace touches on every job: kept apart from

@@ -12,7 +12,7 @@ use frame_support::{
     traits::fungible::{Inspect, Mutate},
 };
 use frame_system::{pallet_prelude::BlockNumberFor, RawOrigin};
-use openledger_primitives::market::{AdapterId, JobId};
+use openledger_primitives::market::{AdapterId, DataNetShare, JobId};
 use sp_core::{crypto::KeyTypeId, ed25519, H256};
 use sp_runtime::traits::{Saturating, Zero};
 
@@ -62,7 +62,7 @@ fn submit<T: Config>(user: &T::AccountId, adapter: AdapterId) -> JobId {
         H256::repeat_byte(1),
         1_000,
         budget::<T>(),
-        BoundedVec::truncate_from(alloc::vec![7u8; T::MaxPeerIdLen::get() as usize]),
+        alloc::vec![7u8; T::MaxPeerIdLen::get() as usize],
     )
     .unwrap();
     job
@@ -79,7 +79,7 @@ fn signed_receipt<T: Config>(job: JobId, key: &ed25519::Public) -> Receipt {
         // The largest receipt: a full retrieval context (decoded and hashed per receipt).
         context: BoundedVec::truncate_from(
             (0..openledger_primitives::receipt::MAX_RECEIPT_CONTEXT)
-                .map(|d| (d, sp_runtime::Permill::from_percent(1)))
+                .map(|d| DataNetShare::new(d, sp_runtime::Permill::from_percent(1)))
                 .collect(),
         ),
         signature: ed25519::Signature::from_raw([0; 64]),
@@ -109,7 +109,7 @@ mod benchmarks {
             provider::<T>(i, adapter);
         }
         let user = funded::<T>("user", 0);
-        let gateway = BoundedVec::truncate_from(alloc::vec![7u8; T::MaxPeerIdLen::get() as usize]);
+        let gateway = alloc::vec![7u8; T::MaxPeerIdLen::get() as usize];
 
         #[extrinsic_call]
         _(RawOrigin::Signed(user), adapter, H256::repeat_byte(1), 1_000, budget::<T>(), gateway);

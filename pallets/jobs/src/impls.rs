@@ -18,7 +18,7 @@ use openledger_primitives::{
     market::{
         AdapterCatalog, AdapterId, AdapterTerms, BaseModelId, JobId, ProviderRegistry, Settlement,
     },
-    receipt::{Receipt, ReceiptPayload},
+    receipt::{Receipt, ReceiptFields, ReceiptPayload},
 };
 use sp_runtime::{
     traits::{Bounded, Hash, Saturating, UniqueSaturatedInto, Zero},
@@ -107,6 +107,17 @@ impl<T: Config> Pallet<T> {
         JobsByDeadline::<T>::remove(record.deadline, job);
         JobsByProvider::<T>::remove(&record.provider, job);
         TotalEscrow::<T>::mutate(|total| *total = total.saturating_sub(record.escrow));
+    }
+
+    /// The exact bytes the worker of open job `fields.job` signs for a receipt with `fields`
+    /// (the `receipt_signing_payload` view function), or `None` when the job is not open.
+    pub(crate) fn receipt_payload_of(fields: &ReceiptFields) -> Option<alloc::vec::Vec<u8>> {
+        let record = Jobs::<T>::get(fields.job)?;
+        let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+        Some(
+            ReceiptPayload::for_fields(genesis_hash, record.provider, record.adapter, fields)
+                .signing_bytes(),
+        )
     }
 
     /// Settle each receipt in its own storage layer, so a rejected one leaves no trace.
@@ -234,8 +245,8 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// What is known about job id `job`, for the runtime API.
-    pub fn job_status(job: JobId) -> JobStatus<T> {
+    /// What is known about job id `job` (the `job_status` view function and runtime API).
+    pub(crate) fn status_of(job: JobId) -> JobStatus<T> {
         match Jobs::<T>::get(job) {
             Some(record) => JobStatus::Open(record),
             None if job < NextJobId::<T>::get() => JobStatus::Closed,
@@ -254,8 +265,9 @@ impl<T: Config> Pallet<T> {
     }
 
     /// The provider `submit_job` would pick now for `adapter` and `max_output_tokens` with an
-    /// unlimited budget, and the smallest `max_fee` it would accept.
-    pub fn quote(adapter: AdapterId, max_output_tokens: u32) -> Option<Quote<T>> {
+    /// unlimited budget, and the smallest `max_fee` it would accept (the `quote` view function
+    /// and runtime API).
+    pub(crate) fn quote_for(adapter: AdapterId, max_output_tokens: u32) -> Option<Quote<T>> {
         let terms = T::Adapters::adapter(adapter)?;
         let job = NextJobId::<T>::get();
         let unlimited = BalanceOf::<T>::max_value();
@@ -325,7 +337,7 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
         provider: &AccountId,
         _adapter: AdapterId,
         charge: Currency::Balance,
-        _context: &[(openledger_primitives::market::DataNetId, sp_runtime::Permill)],
+        _context: &[openledger_primitives::market::DataNetShare],
     ) -> Result<sp_runtime::Weight, DispatchError> {
         Currency::transfer(payer, provider, charge, Preservation::Expendable)?;
         Ok(sp_runtime::Weight::zero())
@@ -338,7 +350,7 @@ impl<AccountId: Eq, Currency: Mutate<AccountId>> Settlement<AccountId, Currency:
         provider: &AccountId,
         _adapter: AdapterId,
         charge: Currency::Balance,
-        _context: &[(openledger_primitives::market::DataNetId, sp_runtime::Permill)],
+        _context: &[openledger_primitives::market::DataNetShare],
     ) -> Result<sp_runtime::Weight, DispatchError> {
         Currency::transfer(payer, provider, charge, Preservation::Expendable)?;
         Ok(sp_runtime::Weight::zero())

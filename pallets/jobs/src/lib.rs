@@ -1,75 +1,6 @@
-//! # Jobs pallet: the inference marketplace
-//!
-//! Users submit inference jobs with an OPEN budget; the pallet holds the budget, assigns the job
-//! to a GPU provider in the same call, and pays the provider when its worker submits a receipt
-//! signed with the worker key the provider registered. A worker that cannot serve a job refuses
-//! it with a reason, which refunds the user at once. Jobs nobody finishes in time can be expired
-//! by anyone, refunding the user, and slashing the provider when its worker had acknowledged the
-//! job.
-//!
-//! The pallet owns jobs and escrow only. Providers live in a [`ProviderRegistry`]
-//! (`pallet-compute`), adapters and their prices in an [`AdapterCatalog`] and the destination of
-//! each charge is a [`Settlement`] (both from `pallet-attribution` once it exists; until then
-//! [`PayProvider`] pays the provider the whole charge).
-//!
-//! ## Lifecycle of a job
-//!
-//! 1. [`Pallet::submit_job`] looks up the adapter, holds `max_fee` from the sender under
-//!    [`HoldReason::JobEscrow`], and assigns the job to the best eligible provider that declared
-//!    the adapter (see *Matching*), emitting [`Event::JobAssigned`]. With no eligible provider the call fails
-//!    with [`Error::NoProviderAvailable`] and nothing is held. The job must be acknowledged
-//!    within [`Config::AckTimeout`] blocks.
-//! 2. The provider's worker (its operator or authorised worker account) calls
-//!    [`Pallet::acknowledge`]; from then the job must be settled within [`Config::JobTimeout`]
-//!    blocks.
-//! 3. Anyone submits the worker's signed receipts with [`Pallet::submit_receipts`], in batches
-//!    of up to [`Config::MaxReceiptsPerBatch`]. Each valid receipt settles its job: the charge
-//!    `min(escrow, ceil((input_tokens + output_tokens) * price_per_1k / 1000))` goes through
-//!    [`Config::Settlement`], the rest of the escrow is released back to the user, and
-//!    [`Event::JobSettled`] is emitted. A receipt may come before the acknowledgement (within the
-//!    acknowledgement deadline); a receipt after the job's current deadline is rejected.
-//! 4. Instead of a receipt, the worker may [`Pallet::refuse`] the job with a [`RefusalReason`]
-//!    (the payload never arrived, failed its hash, asks for more than the model's context, names
-//!    an adapter the worker cannot load, ...): the whole escrow is released to the user at once,
-//!    the provider's slot is freed, its reputation drops by the registry's refusal penalty, and
-//!    nothing is slashed ([`Event::JobRefused`]). Refusals are allowed until the job's deadline,
-//!    acknowledged or not. A worker that refuses everything earns nothing and sinks in matching;
-//!    a refusal for a reason the payload disproves will be slashable once verification exists.
-//! 5. After its deadline, anyone may call [`Pallet::expire`] (free of fees when it succeeds, so
-//!    keepers are not out of pocket): the whole escrow is released to the user and the provider's
-//!    reputation drops ([`Event::JobExpired`]). The provider's bond is slashed to the user only
-//!    if its worker had acknowledged the job: an unacknowledged job may have failed through no
-//!    fault of the provider's (a payload never delivered), and costs it reputation only.
-//!
-//! Settled, refused and expired jobs are deleted. Job ids are assigned in order, so an id below
-//! [`NextJobId`] with no record is a closed job: a second receipt for it is a replay and fails
-//! with [`Error::JobClosed`]. Open jobs are also indexed by deadline ([`JobsByDeadline`]) and by
-//! provider ([`JobsByProvider`]), so keepers find expirable jobs and workers their assignments
-//! without scanning all jobs.
-//!
-//! ## Matching
-//!
-//! Candidates are the providers the registry lists for the adapter's base model (at most
-//! `MaxCandidates`, which bounds the call's weight). A candidate is eligible when the registry
-//! offers it (active, fresh heartbeat, bond at least the minimum, a free slot, the adapter among
-//! those it declared) and its price
-//! for `max_output_tokens` output tokens plus the adapter's price is within `max_fee`. Among
-//! eligible candidates the pallet prefers, in order: the adapter already loaded on the
-//! provider's GPU; a higher `reputation x bond`; then a pseudo-random order drawn from
-//! [`Config::Randomness`] and the job id (deterministic for block producers and importers).
-//!
-//! ## Receipts
-//!
-//! A receipt names the job, the output hash and token counts, and carries an ed25519
-//! signature over [`ReceiptPayload`], which binds this chain's genesis hash, the job, the
-//! provider, the adapter and every receipt field. The runtime checks it with
-//! `sp_io::crypto::ed25519_verify` and rejects signatures with a non-canonical `s` or a
-//! small-order `R` (see `openledger_primitives::receipt` for the exact rules). A batch settles
-//! every valid receipt; each rejected one emits [`Event::ReceiptRejected`] with its error. If
-//! no receipt of a batch is valid the call fails with the first receipt's error.
-//!
-//! Per receipt the work is constant: one job read and delete, two index deletes, one provider
-//! record read and write, the escrow release and the settlement transfer, one signature check.
+// The overview is README.md: rustdoc shows it as the crate's documentation and
+// `#[pallet_doc]` puts it in the runtime metadata, where wallets and explorers read it.
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(feature = "std"), no_std)]
 // FRAME's generic types (payouts of `Payee<T::AccountId>` and `BalanceOf<T>`) read better
 // spelled out than behind one-use aliases.
@@ -97,7 +28,7 @@ use frame_support::traits::fungible::Inspect;
 pub use impls::{fee_for, AnyAdapterOn, ParentHashRandomness, PayProvider};
 pub use openledger_primitives::{
     market::{AdapterCatalog, ProviderRegistry, Settlement},
-    receipt::{Receipt, ReceiptPayload},
+    receipt::{Receipt, ReceiptContext, ReceiptFields, ReceiptPayload},
 };
 
 /// The balance type of the pallet's currency.
@@ -105,6 +36,7 @@ pub type BalanceOf<T> =
     <<T as Config>::Currency as Inspect<<T as frame_system::Config>::AccountId>>::Balance;
 
 #[frame_support::pallet]
+#[pallet_doc("../README.md")]
 pub mod pallet {
     use super::*;
     use frame_support::{
@@ -208,44 +140,82 @@ pub mod pallet {
         /// A job was submitted, its budget held, and assigned to `provider`, which must
         /// acknowledge it by block `deadline`.
         JobAssigned {
+            /// The job's id.
             job: JobId,
+            /// Who submitted and pays for it.
             submitter: T::AccountId,
+            /// The provider it was assigned to.
             provider: T::AccountId,
+            /// The adapter to run.
             adapter: AdapterId,
+            /// BLAKE2b-256 of the payload the gateway holds.
             input_hash: H256,
+            /// Most tokens the answer may have.
             max_output_tokens: u32,
+            /// The budget held from the submitter (its `max_fee`).
             escrow: BalanceOf<T>,
+            /// The libp2p peer id of the gateway holding the payload, in its binary (multihash)
+            /// form.
             gateway: BoundedVec<u8, T::MaxPeerIdLen>,
+            /// The last block at which the worker may acknowledge it.
             deadline: BlockNumberFor<T>,
         },
         /// The provider's worker acknowledged a job; it must settle it by block `deadline`.
-        JobAcknowledged { job: JobId, provider: T::AccountId, deadline: BlockNumberFor<T> },
+        JobAcknowledged {
+            /// The job.
+            job: JobId,
+            /// Its provider.
+            provider: T::AccountId,
+            /// The last block at which a receipt settles it.
+            deadline: BlockNumberFor<T>,
+        },
         /// A receipt settled a job: `charged` went to settlement, `refunded` back to the user.
         JobSettled {
+            /// The job.
             job: JobId,
+            /// Its provider.
             provider: T::AccountId,
+            /// Hash of the output, as the receipt states it.
             output_hash: H256,
+            /// Prompt tokens processed.
             input_tokens: u32,
+            /// Tokens generated.
             output_tokens: u32,
+            /// What the job cost: `min(escrow, ceil(tokens x price_per_1k / 1000))`, split by
+            /// the settlement (see `attribution.FeeSplit`).
             charged: BalanceOf<T>,
+            /// The rest of the escrow, released back to the submitter.
             refunded: BalanceOf<T>,
         },
         /// A receipt of a batch was rejected; the rest of the batch was processed.
-        ReceiptRejected { job: JobId, error: DispatchError },
+        ReceiptRejected {
+            /// The job the receipt named.
+            job: JobId,
+            /// Why it was rejected.
+            error: DispatchError,
+        },
         /// The provider's worker refused a job for `reason`: the user got its whole escrow
         /// back, nothing was charged or slashed.
         JobRefused {
+            /// The job.
             job: JobId,
+            /// Its provider.
             provider: T::AccountId,
+            /// Why the worker could not serve it.
             reason: RefusalReason,
+            /// The escrow released back to the submitter.
             refunded: BalanceOf<T>,
         },
         /// A job passed its deadline: the user got its escrow back and `slashed` from the
         /// provider's bond (zero when the worker had not acknowledged the job).
         JobExpired {
+            /// The job.
             job: JobId,
+            /// Its provider.
             provider: T::AccountId,
+            /// The escrow released back to the submitter.
             refunded: BalanceOf<T>,
+            /// What the submitter received from the provider's bond.
             slashed: BalanceOf<T>,
         },
     }
@@ -289,6 +259,9 @@ pub mod pallet {
         /// The provider of the job is no longer registered. (Cannot happen while the registry
         /// keeps providers with open jobs; reported rather than assumed.)
         UnknownProvider,
+        /// `gateway` is longer than `MaxPeerIdLen` bytes. Pass the gateway's libp2p peer id in
+        /// its binary form (38 bytes for an ed25519 key).
+        GatewayTooLong,
     }
 
     #[pallet::hooks]
@@ -303,6 +276,10 @@ pub mod pallet {
     impl<T: Config> Pallet<T> {
         /// Submit a job: run `adapter` on the payload with hash `input_hash`, which `gateway`
         /// holds, generating at most `max_output_tokens`, for at most `max_fee`.
+        ///
+        /// `gateway` is the gateway's libp2p peer id in its binary (multihash) form, at most
+        /// `MaxPeerIdLen` bytes. It is taken as plain bytes and checked here, so a longer one
+        /// fails with [`Error::GatewayTooLong`] rather than an undecodable transaction.
         #[pallet::call_index(0)]
         #[pallet::weight(T::WeightInfo::submit_job(
             <T::Providers as ProviderRegistry<T::AccountId, BalanceOf<T>>>::MaxCandidates::get()
@@ -313,9 +290,11 @@ pub mod pallet {
             input_hash: H256,
             max_output_tokens: u32,
             #[pallet::compact] max_fee: BalanceOf<T>,
-            gateway: BoundedVec<u8, T::MaxPeerIdLen>,
+            gateway: alloc::vec::Vec<u8>,
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
+            let gateway: BoundedVec<u8, T::MaxPeerIdLen> =
+                gateway.try_into().map_err(|_| Error::<T>::GatewayTooLong)?;
             ensure!(max_output_tokens > 0, Error::<T>::ZeroOutputTokens);
             let terms = T::Adapters::adapter(adapter).ok_or(Error::<T>::UnknownAdapter)?;
             let job = NextJobId::<T>::get();
@@ -421,6 +400,45 @@ pub mod pallet {
             let who = ensure_signed(origin)?;
             Self::do_refuse(&who, job, reason)?;
             Ok(Pays::No.into())
+        }
+    }
+
+    /// Reads for clients, answered from the chain's state (metadata V16 view functions).
+    #[pallet::view_functions]
+    impl<T: Config> Pallet<T> {
+        /// The exact bytes the worker of open job `job` signs, with the key its provider
+        /// registered, for a receipt with these fields: the SCALE encoding of `ReceiptPayload`
+        /// (domain `openledger/receipt/v2`, this chain's genesis hash, the job, its provider and
+        /// adapter, the fields, and the BLAKE2b-256 of the SCALE-encoded `context`). Sign them as
+        /// they are with ed25519 (no pre-hashing) and submit the receipt with
+        /// `submit_receipts`. `None` when no open job has this id (never assigned, or closed).
+        pub fn receipt_signing_payload(
+            job: JobId,
+            output_hash: H256,
+            input_tokens: u32,
+            output_tokens: u32,
+            context: ReceiptContext,
+        ) -> Option<alloc::vec::Vec<u8>> {
+            Self::receipt_payload_of(&ReceiptFields {
+                job,
+                output_hash,
+                input_tokens,
+                output_tokens,
+                context,
+            })
+        }
+
+        /// What is known about job id `job`: open (with its record: phase, provider, escrow,
+        /// deadline), closed (settled, refused or expired; its events say which), or unknown.
+        pub fn job_status(job: JobId) -> JobStatus<T> {
+            Self::status_of(job)
+        }
+
+        /// The provider `submit_job` would assign now for a job on `adapter` generating at most
+        /// `max_output_tokens`, its price, and the smallest `max_fee` that provider accepts.
+        /// `None` when the adapter is unknown or no provider can take the job now.
+        pub fn quote(adapter: AdapterId, max_output_tokens: u32) -> Option<Quote<T>> {
+            Self::quote_for(adapter, max_output_tokens)
         }
     }
 }

@@ -6,9 +6,9 @@ use frame_support::{
     assert_ok, derive_impl, parameter_types,
     traits::{ConstU128, ConstU32, ConstU64, VariantCountOf},
 };
-use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, DataNetId, JobId};
+use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, DataNetShare, JobId};
 use sp_core::{ed25519, H256};
-use sp_runtime::{BuildStorage, Perbill, Permill};
+use sp_runtime::{BuildStorage, Perbill};
 
 pub type AccountId = u64;
 pub type Balance = u128;
@@ -86,7 +86,7 @@ pub const ADAPTER_PRICE: Balance = 5;
 
 std::thread_local! {
     /// The retrieval context of each settlement, in order.
-    pub static SETTLED_CONTEXTS: core::cell::RefCell<Vec<(JobId, Vec<(DataNetId, Permill)>)>> =
+    pub static SETTLED_CONTEXTS: core::cell::RefCell<Vec<(JobId, Vec<DataNetShare>)>> =
         const { core::cell::RefCell::new(Vec::new()) };
 }
 
@@ -100,7 +100,7 @@ impl openledger_primitives::market::Settlement<AccountId, Balance> for Recording
         provider: &AccountId,
         adapter: AdapterId,
         charge: Balance,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<frame_support::weights::Weight, sp_runtime::DispatchError> {
         SETTLED_CONTEXTS.with(|c| c.borrow_mut().push((job, context.to_vec())));
         pallet_jobs::PayProvider::<Balances>::settle(job, payer, provider, adapter, charge, context)
@@ -113,7 +113,7 @@ impl openledger_primitives::market::Settlement<AccountId, Balance> for Recording
         provider: &AccountId,
         adapter: AdapterId,
         charge: Balance,
-        context: &[(DataNetId, Permill)],
+        context: &[DataNetShare],
     ) -> Result<frame_support::weights::Weight, sp_runtime::DispatchError> {
         pallet_jobs::PayProvider::<Balances>::settle_voucher(
             channel, sequence, payer, provider, adapter, charge, context,
@@ -272,7 +272,7 @@ pub fn receipt_with_context(
     job: JobId,
     input_tokens: u32,
     output_tokens: u32,
-    context: Vec<(DataNetId, Permill)>,
+    context: Vec<DataNetShare>,
 ) -> Receipt {
     let record = crate::Jobs::<Test>::get(job).expect("job is open");
     let mut receipt = receipt(job, input_tokens, output_tokens);

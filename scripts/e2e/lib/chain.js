@@ -19,13 +19,14 @@ export function devAccounts(api) {
 }
 
 /**
- * Signs and sends `tx`, resolving once it is in a block with its events and the block hash.
+ * Signs and sends `tx` (with polkadot.js signer `options`: nonce, tip, `mode` and `metadataHash`),
+ * resolving once it is in a block with its events and the block hash.
  * Rejects with the decoded module error (`pallet.Error`) if the dispatch failed.
  */
-export function sendAndWait(api, tx, signer) {
+export function sendAndWait(api, tx, signer, options = {}) {
   return new Promise((resolve, reject) => {
     let unsub = null;
-    tx.signAndSend(signer, (result) => {
+    tx.signAndSend(signer, options, (result) => {
       const { status, events, dispatchError } = result;
       if (status.isInBlock) {
         if (unsub) unsub();

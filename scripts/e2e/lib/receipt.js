@@ -7,12 +7,13 @@ const u32 = (n) => bnToU8a(n, { bitLength: 32, isLe: true });
 const u64 = (n) => bnToU8a(n, { bitLength: 64, isLe: true });
 
 /**
- * BLAKE2b-256 of the retrieval context as SCALE encodes a `Vec<(u32, u32)>`: compact length,
- * then each (DataNet id, share in parts per million) as two little-endian u32.
+ * BLAKE2b-256 of the retrieval context (`{ datanet, share }` entries, the share in parts per
+ * million) as SCALE encodes it: compact length, then each DataNet id and share as two
+ * little-endian u32.
  */
 export function contextHash(context = []) {
   const parts = [compactToU8a(context.length)];
-  for (const [datanet, ppm] of context) parts.push(u32(datanet), u32(ppm));
+  for (const { datanet, share } of context) parts.push(u32(datanet), u32(share));
   return blake2AsU8a(u8aConcat(...parts), 256);
 }
 

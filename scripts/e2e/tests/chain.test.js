@@ -1,6 +1,8 @@
 // The chain foundation as a polkadot.js user sees it: token properties and a signed transfer.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { merkleizeMetadata } from '@polkadot-api/merkleize-metadata';
+import { u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, freeBalance, sendAndWait } from '../lib/chain.js';
 
@@ -57,6 +59,60 @@ describe('OpenLedger dev chain through polkadot.js', () => {
     const bobAfter = await freeBalance(api, bob.address, blockHash);
     assert.equal(bobAfter - bobBefore, amount);
     assert.equal(aliceBefore - aliceAfter, amount + fee);
+  });
+
+  test('a transfer carrying the metadata hash (CheckMetadataHash, as offline signers send it) is accepted; a wrong hash is not', async () => {
+    const { alice, bob } = devAccounts(api);
+    // The RFC-78 digest of the node's metadata, computed by a library other than the runtime's
+    // build (PAPI's merkleizer), from the metadata and the token's symbol and decimals alone.
+    const metadata = (await api.call.metadata.metadataAtVersion(15)).unwrap().toU8a(true);
+    const digest = merkleizeMetadata(metadata, { decimals: 18, tokenSymbol: 'OPEN' }).digest();
+    const amount = OPEN / 100n;
+    const bobBefore = await freeBalance(api, bob.address);
+    const { events, blockHash } = await sendAndWait(
+      api, api.tx.balances.transferKeepAlive(bob.address, amount), alice, { mode: 1, metadataHash: u8aToHex(digest) });
+    assert.ok(events.some(({ event }) => api.events.balances.Transfer.is(event)));
+    assert.equal(await freeBalance(api, bob.address, blockHash) - bobBefore, amount);
+    // The signature covers the hash the runtime holds: any other hash invalidates it.
+    const wrong = new Uint8Array(digest);
+    wrong[0] ^= 1;
+    await assert.rejects(
+      sendAndWait(api, api.tx.balances.transferKeepAlive(bob.address, amount), alice, { mode: 1, metadataHash: u8aToHex(wrong) }),
+      /Invalid Transaction|bad signature|BadProof|1010/i,
+    );
+  });
+
+  test('every type of our pallets and primitives in the metadata is documented, with each field and variant', () => {
+    const ours = /^(pallet_(compute|jobs|attribution|channels)|openledger_primitives)::/;
+    const missing = [];
+    for (const { id, type } of api.runtimeMetadata.asLatest.lookup.types) {
+      const path = type.path.map((s) => s.toString()).join('::');
+      if (!ours.test(path)) continue;
+      const name = `${path} (#${id.toNumber()})`;
+      const generated = /::pallet::(Call|Event|Error)$/.test(path);
+      if (!generated && type.docs.length === 0) missing.push(name);
+      const def = type.def;
+      const fieldsOf = (fields, where) => {
+        for (const f of fields) {
+          if (f.name.isSome && f.docs.length === 0) missing.push(`${where}.${f.name.unwrap()}`);
+        }
+      };
+      if (def.isComposite) fieldsOf(def.asComposite.fields, name);
+      if (def.isVariant) {
+        for (const v of def.asVariant.variants) {
+          if (v.docs.length === 0) missing.push(`${name}::${v.name}`);
+          // A call's arguments are described in the call's docs.
+          if (!/::pallet::Call$/.test(path)) fieldsOf(v.fields, `${name}::${v.name}`);
+        }
+      }
+    }
+    assert.deepEqual(missing, [], `undocumented in the metadata:\n${missing.join('\n')}`);
+    // The pallets' overviews reach the metadata too.
+    for (const pallet of ['Compute', 'Jobs', 'Attribution', 'Channels']) {
+      const p = api.runtimeMetadata.asLatest.pallets.find((x) => x.name.toString() === pallet);
+      const text = p.docs.map((d) => d.toString()).join('\n');
+      assert.ok(text.length > 1000 && text.includes(`# ${pallet} pallet`), `${pallet} has its overview in the metadata`);
+    }
   });
 
   test('blocks are produced and finalized', async () => {

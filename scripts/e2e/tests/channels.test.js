@@ -7,11 +7,12 @@
 // challenge window (the provider redeems within it); a provider closes at once.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { blake2AsU8a, ed25519PairFromSeed, encodeAddress, randomAsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
+import { blake2AsU8a, ed25519PairFromSeed, ed25519Sign, encodeAddress, randomAsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
 import { bnToU8a, stringToU8a, u8aConcat, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
 import { signVoucher, voucherPayload } from '../lib/voucher.js';
+import { callView } from '../lib/view.js';
 
 const OPEN = 10n ** 18n;
 
@@ -89,7 +90,7 @@ describe('payment channels through polkadot.js', () => {
     }
     [training, context] = ids;
     const reg = await sendAndWait(api, api.tx.attribution.registerAdapter(
-      0, blake2AsU8a('channel adapter'), 16, 0x7f, OPEN / 1000n, [[training, 1_000_000]]), dave);
+      0, blake2AsU8a('channel adapter'), 16, 0x7f, OPEN / 1000n, [{ datanet: training, share: 1_000_000 }]), dave);
     adapter = find(api, reg.events, api.events.attribution.AdapterRegistered)[0].adapter.toNumber();
   });
 
@@ -162,7 +163,7 @@ describe('payment channels through polkadot.js', () => {
     assert.equal(payouts.reduce((s, [, a]) => s + a, 0n), 3n * OPEN);
 
     // The same split the per-job path gives a receipt of 3 OPEN with a 1/3 context share.
-    const quote = (await api.call.attributionApi.quoteSplit(adapter, bob.address, 3n * OPEN, [[context, 333_333]])).unwrap();
+    const quote = (await api.call.attributionApi.quoteSplit(adapter, bob.address, 3n * OPEN, [{ datanet: context, share: 333_333 }])).unwrap();
     assert.deepEqual(payouts, quote.map(([payee, amount]) => [payee.toJSON(), amount.toBigInt()]));
 
     const after = {
@@ -207,6 +208,31 @@ describe('payment channels through polkadot.js', () => {
     }
     const status = (await api.call.channelsApi.channel(channel)).asOpen;
     assert.equal(status.redeemed.toBigInt(), 3n * OPEN);
+  });
+
+  test('a voucher signed over the bytes the chain hands out is redeemed', async () => {
+    const { ferdie, bob } = keys;
+    const opened = await sendAndWait(api, api.tx.channels.open(bob.address, 2n * OPEN, u8aToHex(signer.publicKey)), ferdie);
+    const fresh = find(api, opened.events, api.events.channels.ChannelOpened)[0].channel.toNumber();
+    const status = await callView(api, 'Channels', 'channel_status', [fresh]);
+    assert.ok(status.isOpen && status.asOpen.deposit.toBigInt() === 2n * OPEN);
+
+    const voucher = {
+      channel: fresh, sequence: 1, cumulative: OPEN, inferences: 42, receiptsRoot: blake2AsU8a('from the metadata'),
+      adapters: [{ adapter, amount: OPEN }], contexts: [{ adapter, datanet: context, amount: OPEN / 4n }],
+    };
+    const bytes = (await callView(api, 'Channels', 'voucher_signing_payload', [voucher])).toU8a(true);
+    // Exactly the bytes of the documented layout (what lib/voucher.js builds by hand).
+    assert.deepEqual(bytes, voucherPayload({ genesisHash, ...voucher }));
+
+    const { events } = await sendAndWait(api, api.tx.channels.redeem(voucher, u8aToHex(ed25519Sign(bytes, signer))), bob);
+    const [redeemed] = find(api, events, api.events.channels.VoucherRedeemed);
+    assert.equal(redeemed.channel.toNumber(), fresh);
+    assert.equal(redeemed.paid.toBigInt(), OPEN);
+    const after = (await callView(api, 'Channels', 'channel_status', [fresh])).asOpen;
+    assert.equal(after.redeemed.toBigInt(), OPEN);
+    await sendAndWait(api, api.tx.channels.closeByProvider(fresh), bob);
+    assert.ok((await callView(api, 'Channels', 'channel_status', [fresh])).isClosed);
   });
 
   test('the payer rotates the signer: the old key\'s vouchers are refused, the new one\'s paid', async () => {

@@ -6,11 +6,12 @@
 // OPEN.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomAsU8a, ed25519PairFromSeed, blake2AsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
+import { randomAsU8a, ed25519PairFromSeed, ed25519Sign, blake2AsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
 import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
-import { signReceipt } from '../lib/receipt.js';
+import { receiptPayload, signReceipt } from '../lib/receipt.js';
+import { callView } from '../lib/view.js';
 
 const OPEN = 10n ** 18n;
 const MILLI = OPEN / 1000n;
@@ -72,7 +73,7 @@ describe('GPU marketplace through polkadot.js', () => {
     assert.equal(net.totalWeight.toBigInt(), 4n);
 
     const reg = await sendAndWait(api, api.tx.attribution.registerAdapter(
-      0, blake2AsU8a('adapter weights'), 16, 0x7f, MILLI, [[DATANET, 1_000_000]]), dave);
+      0, blake2AsU8a('adapter weights'), 16, 0x7f, MILLI, [{ datanet: DATANET, share: 1_000_000 }]), dave);
     ADAPTER = find(api, reg.events, api.events.attribution.AdapterRegistered)[0].adapter.toNumber();
     const terms = (await api.query.attribution.adapters(ADAPTER)).unwrap();
     assert.equal(terms.owner.toString(), dave.address);
@@ -260,13 +261,13 @@ describe('GPU marketplace through polkadot.js', () => {
       outputHash: blake2AsU8a('an answer from the FAQ'), inputTokens: 4000, outputTokens: 500,
     };
     // Shares above 100% are refused by name; the signature itself is valid.
-    const tooMuch = signReceipt(worker, { ...fields, context: [[faq, 600000], [DATANET, 600000]] });
+    const tooMuch = signReceipt(worker, { ...fields, context: [{ datanet: faq, share: 600000 }, { datanet: DATANET, share: 600000 }] });
     await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([tooMuch]), eve), (e) => {
       assert.equal(e.dispatchError, 'attribution.BadContextShares');
       return true;
     });
     // Context signed as 40% and submitted as 60%: the signature no longer matches.
-    const reweighed = { ...signReceipt(worker, { ...fields, context: [[faq, 400000]] }), context: [[faq, 600000]] };
+    const reweighed = { ...signReceipt(worker, { ...fields, context: [{ datanet: faq, share: 400000 }] }), context: [{ datanet: faq, share: 600000 }] };
     await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([reweighed]), eve), (e) => {
       assert.equal(e.dispatchError, 'jobs.BadSignature');
       return true;
@@ -274,7 +275,7 @@ describe('GPU marketplace through polkadot.js', () => {
 
     const pendingBefore = (await api.call.attributionApi.pendingRewards(faq, alice.address)).toBigInt();
     assert.equal(pendingBefore, 0n);
-    const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([signReceipt(worker, { ...fields, context: [[faq, 400000]] })]), eve);
+    const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([signReceipt(worker, { ...fields, context: [{ datanet: faq, share: 400000 }] })]), eve);
     const [done] = find(api, settled.events, api.events.jobs.JobSettled);
     const charge = done.charged.toBigInt();
     const [split] = find(api, settled.events, api.events.attribution.FeeSplit);
@@ -292,6 +293,47 @@ describe('GPU marketplace through polkadot.js', () => {
     // Alice, the FAQ's only contributor, is owed the context share (less under a planck of dust).
     const pending = (await api.call.attributionApi.pendingRewards(faq, alice.address)).toBigInt();
     assert.ok(pending <= toContext && toContext - pending <= 1n, `pending ${pending} of ${toContext}`);
+  });
+
+  test('a client that knows only the metadata gets the bytes to sign from the chain, and its receipt settles', async () => {
+    const { alice, bob, charlie, eve } = keys;
+    // The reads a client makes, through the view functions, agree with the runtime APIs.
+    const quote = (await callView(api, 'Jobs', 'quote', [ADAPTER, 64])).unwrap();
+    const apiQuote = (await api.call.jobsApi.quote(ADAPTER, 64)).unwrap();
+    assert.equal(quote.provider.toString(), bob.address);
+    assert.equal(quote.minMaxFee.toBigInt(), apiQuote.minMaxFee.toBigInt());
+    const offer = (await callView(api, 'Compute', 'provider_offer', [bob.address, 0, ADAPTER])).unwrap();
+    assert.equal(offer.pricePer1k.toBigInt(), price);
+    assert.ok((await callView(api, 'Compute', 'provider', [bob.address])).unwrap().eligible.isTrue);
+
+    const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('sign from metadata'), 64, quote.minMaxFee.toBigInt() * 10n, u8aToHex(randomAsU8a(38))), alice);
+    const job = find(api, sub.events, api.events.jobs.JobAssigned)[0].job.toNumber();
+    const status = await callView(api, 'Jobs', 'job_status', [job]);
+    assert.ok(status.isOpen && status.asOpen.provider.toString() === bob.address);
+    await sendAndWait(api, api.tx.jobs.acknowledge(job), charlie);
+
+    const outputHash = blake2AsU8a('an answer signed from the metadata');
+    const context = [{ datanet: DATANET, share: 250_000 }];
+    const bytes = (await callView(api, 'Jobs', 'receipt_signing_payload', [job, outputHash, 12, 34, context])).unwrap().toU8a(true);
+    // Exactly the bytes of the documented layout (what lib/receipt.js builds by hand).
+    assert.deepEqual(bytes, receiptPayload({
+      genesisHash, job, provider: bob.address, adapter: ADAPTER, outputHash, inputTokens: 12, outputTokens: 34, context,
+    }));
+    // A job that does not exist has nothing to sign.
+    assert.ok((await callView(api, 'Jobs', 'receipt_signing_payload', [job + 1000, outputHash, 12, 34, []])).isNone);
+
+    const receipt = { job, outputHash, inputTokens: 12, outputTokens: 34, context, signature: ed25519Sign(bytes, worker) };
+    const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([receipt]), eve);
+    const [done] = find(api, settled.events, api.events.jobs.JobSettled);
+    assert.equal(done.job.toNumber(), job);
+    assert.equal(done.charged.toBigInt(), (46n * (price + MILLI) + 999n) / 1000n);
+    assert.ok((await callView(api, 'Jobs', 'job_status', [job])).isClosed);
+
+    // Pending rewards read through the view function equal the runtime API's.
+    const viaView = (await callView(api, 'Attribution', 'pending_rewards', [DATANET, keys.ferdie.address])).toBigInt();
+    const viaApi = (await api.call.attributionApi.pendingRewards(DATANET, keys.ferdie.address)).toBigInt();
+    assert.equal(viaView, viaApi);
+    assert.ok(viaView > 0n);
   });
 
   test('a receipt or acknowledgement from another provider\'s worker is refused; no OPEN moves', async () => {

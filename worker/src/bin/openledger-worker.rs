@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_chain_client::cli;
-use openledger_chain_client::{AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
+use openledger_chain_client::{ss58, AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
 use openledger_engine::{
     scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
     EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
@@ -368,10 +368,10 @@ async fn serve(args: &Args) -> Result<()> {
         };
         if chain.provider(&provider).await?.is_some() {
             chain.update_provider(&signer, &terms).await?;
-            tracing::info!(%provider, "provider terms updated");
+            tracing::info!(provider = %ss58(&provider), "provider terms updated");
         } else {
             chain.register_provider(&signer, &terms, s.bond * OPEN).await?;
-            tracing::info!(%provider, bond = s.bond, "provider registered");
+            tracing::info!(provider = %ss58(&provider), bond = s.bond, "provider registered");
         }
     }
 
@@ -379,14 +379,17 @@ async fn serve(args: &Args) -> Result<()> {
     let mut served: Vec<AdapterId> = adapters.keys().copied().collect();
     served.sort_unstable();
     chain.set_served_adapters(&signer, &provider, &served).await.with_context(|| {
-        format!("declaring the served adapters {served:?} for provider {provider} failed (is it registered? pass --register)")
+        format!("declaring the served adapters {served:?} for provider {} failed (is it registered? pass --register)", ss58(&provider))
     })?;
     tracing::info!(adapters = ?served, "declared the adapters this worker serves");
 
     // A first heartbeat before announcing readiness: jobs can be matched to us from the next
     // block on. It also proves the provider is registered.
     chain.heartbeat(&signer, &provider, &[], s.max_concurrent).await.with_context(|| {
-        format!("the first heartbeat for provider {provider} failed (is it registered? pass --register)")
+        format!(
+            "the first heartbeat for provider {} failed (is it registered? pass --register)",
+            ss58(&provider)
+        )
     })?;
     let metrics = WorkerMetrics::new();
     if let Some(addr) = s.metrics {
@@ -398,7 +401,7 @@ async fn serve(args: &Args) -> Result<()> {
         tokio::spawn(async move { axum::serve(listener, router).await });
         println!("worker metrics: http://{bound}/metrics");
     }
-    let provider_name = provider.to_string();
+    let provider_name = ss58(&provider);
     let (worker, queue) = Worker::new(
         chain,
         p2p,

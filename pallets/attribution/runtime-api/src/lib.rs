@@ -8,8 +8,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use codec::Codec;
-pub use openledger_primitives::market::{AdapterId, DataNetId};
-use sp_runtime::Permill;
+pub use openledger_primitives::market::{AdapterId, DataNetId, DataNetShare};
 
 sp_api::decl_runtime_apis! {
     /// Queries about attribution and fee splits.
@@ -33,7 +32,7 @@ sp_api::decl_runtime_apis! {
             adapter: AdapterId,
             provider: AccountId,
             charge: Balance,
-            context: Vec<(DataNetId, Permill)>,
+            context: Vec<DataNetShare>,
         ) -> Option<Vec<(Payee, Balance)>>;
     }
 }

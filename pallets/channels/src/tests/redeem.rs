@@ -1,8 +1,8 @@
 //! Redeeming vouchers: where every planck goes, and every way a voucher is refused.
 
-use crate::{mock::*, Error, Event};
+use crate::{mock::*, Error, Event, VoucherOf, VoucherPayload};
 use frame_support::{assert_noop, assert_ok};
-use openledger_primitives::receipt::GROUP_ORDER;
+use openledger_primitives::{market::DataNetShare, receipt::GROUP_ORDER};
 use sp_core::{ed25519, H256};
 use sp_runtime::Permill;
 
@@ -71,11 +71,11 @@ fn redeem_splits_each_adapter_as_a_receipt_and_every_planck_is_accounted_for() {
         // 7,000 + 600 + 400 + 450 + 600 + 450 + 500 = 10,000: every planck of the increment.
 
         // Exactly what one receipt of each charge and context would have been split into.
-        let quote_a = pallet_attribution::Pallet::<Test>::quote_split(
+        let quote_a = pallet_attribution::Pallet::<Test>::split_quote(
             ADAPTER_A,
             P1,
             6_000,
-            vec![(CONTEXT_1, Permill::from_percent(50))],
+            vec![DataNetShare::new(CONTEXT_1, Permill::from_percent(50))],
         )
         .unwrap();
         let split_events: Vec<_> = System::events()
@@ -393,5 +393,45 @@ fn a_rotated_signer_invalidates_the_old_key() {
         assert_noop!(redeem_signed(v.clone()), Error::<Test>::BadSignature);
         let signature = sign(&signing_key(2), &v);
         assert_ok!(redeem(v, signature));
+    });
+}
+
+/// Asks the runtime, as a client does, for the bytes to sign for `voucher`: the view function
+/// dispatched by its id with the SCALE-encoded voucher, its answer decoded.
+fn signing_payload_from_chain(voucher: &VoucherOf<Test>) -> Vec<u8> {
+    use codec::{Decode, Encode};
+    use frame_support::view_functions::ViewFunction;
+    type Query = crate::VoucherSigningPayloadViewFunction<Test>;
+    let input = Query::new(voucher.clone()).encode();
+    let output = Test::execute_view_function(Query::id(), input).expect("view function exists");
+    Vec::<u8>::decode(&mut &output[..]).expect("answer decodes")
+}
+
+#[test]
+fn a_voucher_signed_over_the_chains_signing_payload_is_redeemed() {
+    use ed25519_dalek::Signer;
+    build_and_execute(|| {
+        let channel = open(ALICE, P1, DEPOSIT);
+        let v = voucher(channel, 1, 5_000, &[(ADAPTER_A, 5_000)], &[(ADAPTER_A, CONTEXT_1, 1_000)]);
+        let bytes = signing_payload_from_chain(&v);
+        assert_eq!(bytes.len(), openledger_primitives::voucher::VOUCHER_PAYLOAD_LEN);
+        assert_eq!(bytes[..21], openledger_primitives::voucher::VOUCHER_DOMAIN);
+        assert_eq!(bytes, VoucherPayload::new(genesis_hash(), &v).signing_bytes());
+
+        // Signed by the channel's signer from these bytes alone, the voucher pays.
+        let signature = ed25519::Signature::from_raw(signing_key(1).sign(&bytes).to_bytes());
+        let provider_before = free(P1);
+        assert_ok!(redeem(v.clone(), signature));
+        assert_eq!(crate::Channels::<Test>::get(channel).unwrap().redeemed, 5_000);
+        // 70% of 5,000 to the provider; the split itself is tested above.
+        assert_eq!(free(P1) - provider_before, 3_500);
+
+        // Any change to the voucher changes the bytes.
+        let mut other = v.clone();
+        other.inferences += 1;
+        assert_ne!(signing_payload_from_chain(&other), bytes);
+        let mut other = v;
+        other.contexts = Default::default();
+        assert_ne!(signing_payload_from_chain(&other), bytes);
     });
 }

@@ -292,3 +292,37 @@ fn refused_and_abandoned_jobs_free_the_slot_without_slashing() {
         assert_eq!(state.bond, MIN_BOND);
     });
 }
+
+#[test]
+fn clients_read_eligibility_and_offers_through_view_functions() {
+    use codec::{Decode, Encode};
+    use frame_support::view_functions::ViewFunction;
+    type Offer = crate::ProviderOfferViewFunction<Test>;
+    type Provider = crate::ProviderViewFunction<Test>;
+    let offer_of = |who: AccountId, adapter: u32| {
+        let input = Offer::new(who, 3, adapter).encode();
+        let output = Test::execute_view_function(Offer::id(), input).unwrap();
+        Option::<openledger_primitives::market::ProviderOffer<Balance>>::decode(&mut &output[..])
+            .unwrap()
+    };
+    let info_of = |who: AccountId| {
+        let output = Test::execute_view_function(Provider::id(), Provider::new(who).encode());
+        Option::<crate::ProviderInfo<Test>>::decode(&mut &output.unwrap()[..]).unwrap()
+    };
+    build_and_execute(|| {
+        register(1, 25);
+        // Dispatched by id with SCALE-encoded arguments, as a client calls them: the same
+        // answer the marketplace gets.
+        assert_eq!(offer_of(1, 42), offer(1));
+        assert_eq!(offer_of(1, 42).map(|o| o.price_per_1k), Some(25));
+        assert_eq!(offer_of(1, 7), None, "adapter 7 was not declared");
+        assert_eq!(offer_of(2, 42), None, "not a provider");
+        assert!(info_of(1).is_some_and(|info| info.eligible));
+        assert!(info_of(2).is_none());
+
+        // A stale heartbeat makes it ineligible, and both reads say so.
+        run_to_block(HEARTBEAT_TIMEOUT + 2);
+        assert_eq!(offer_of(1, 42), None);
+        assert!(info_of(1).is_some_and(|info| !info.eligible));
+    });
+}

@@ -230,3 +230,25 @@ fn a_provider_without_the_adapter_is_never_matched() {
         assert_eq!(escrow_of(ALICE), held);
     });
 }
+
+#[test]
+fn a_gateway_over_its_bound_is_a_named_error_and_holds_nothing() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let too_long = vec![1u8; 65];
+        assert_noop!(
+            Jobs::submit_job(RuntimeOrigin::signed(ALICE), 1, H256::zero(), 10, 1_000, too_long),
+            Error::<Test>::GatewayTooLong
+        );
+        assert_eq!(escrow_of(ALICE), 0);
+        // At the bound it is accepted.
+        assert_ok!(Jobs::submit_job(
+            RuntimeOrigin::signed(ALICE),
+            1,
+            H256::zero(),
+            10,
+            1_000,
+            vec![1u8; 64]
+        ));
+    });
+}

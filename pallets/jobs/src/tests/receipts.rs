@@ -3,6 +3,10 @@
 use super::matching::escrow_of;
 use crate::{mock::*, Error, Event, Receipt, TotalEscrow};
 use frame_support::{assert_noop, assert_ok, traits::fungible::Inspect};
+use openledger_primitives::{
+    market::DataNetShare,
+    receipt::{ReceiptContext, RECEIPT_DOMAIN, RECEIPT_PAYLOAD_LEN},
+};
 use sp_core::{ed25519, H256};
 use sp_runtime::Permill;
 
@@ -152,7 +156,10 @@ fn altered_fields_are_rejected() {
             Box::new(|r| r.output_hash = H256::repeat_byte(1)),
             Box::new(|r| r.input_tokens += 1),
             Box::new(|r| r.output_tokens -= 1),
-            Box::new(|r| r.context = vec![(1, Permill::from_percent(10))].try_into().unwrap()),
+            Box::new(|r| {
+                r.context =
+                    vec![DataNetShare::new(1, Permill::from_percent(10))].try_into().unwrap()
+            }),
         ];
         for alter in alterations {
             let mut altered = valid.clone();
@@ -168,15 +175,21 @@ fn retrieval_context_reaches_the_settlement_and_is_signed() {
     build_and_execute(|| {
         register(P1, &[3], 10, 4);
         let job = submit(ALICE, 1, 1_000, 100);
-        let context = vec![(4, Permill::from_percent(30)), (9, Permill::from_percent(70))];
+        let context = vec![
+            DataNetShare::new(4, Permill::from_percent(30)),
+            DataNetShare::new(9, Permill::from_percent(70)),
+        ];
         let valid = receipt_with_context(job, 10, 10, context.clone());
         // Reweighing, dropping or adding a context DataNet after signing breaks the signature.
         let mut reweighed = valid.clone();
-        reweighed.context = vec![(4, Permill::from_percent(70)), (9, Permill::from_percent(30))]
-            .try_into()
-            .unwrap();
+        reweighed.context = vec![
+            DataNetShare::new(4, Permill::from_percent(70)),
+            DataNetShare::new(9, Permill::from_percent(30)),
+        ]
+        .try_into()
+        .unwrap();
         let mut dropped = valid.clone();
-        dropped.context = vec![(4, Permill::from_percent(30))].try_into().unwrap();
+        dropped.context = vec![DataNetShare::new(4, Permill::from_percent(30))].try_into().unwrap();
         for altered in [reweighed, dropped] {
             assert_noop!(settle(vec![altered]), Error::<Test>::BadSignature);
         }
@@ -361,5 +374,94 @@ fn a_settled_job_frees_its_slot_before_the_next_heartbeat() {
         let state = pallet_compute::ProviderStates::<Test>::get(P1).expect("registered");
         assert_eq!((state.open_jobs, state.free_slots), (0, 1));
         submit(ALICE, 1, 1_000, 100);
+    });
+}
+
+/// Asks the runtime, as a client does, for the bytes to sign: the view function dispatched by
+/// its id with SCALE-encoded arguments, its answer decoded.
+fn signing_payload_from_chain(
+    job: u64,
+    output_hash: H256,
+    input_tokens: u32,
+    output_tokens: u32,
+    context: ReceiptContext,
+) -> Option<Vec<u8>> {
+    use codec::{Decode, Encode};
+    use frame_support::view_functions::ViewFunction;
+    type Query = crate::ReceiptSigningPayloadViewFunction<Test>;
+    let input = Query::new(job, output_hash, input_tokens, output_tokens, context).encode();
+    let output = Test::execute_view_function(Query::id(), input).expect("view function exists");
+    Option::<Vec<u8>>::decode(&mut &output[..]).expect("answer decodes")
+}
+
+#[test]
+fn a_receipt_signed_over_the_chains_signing_payload_settles() {
+    use ed25519_dalek::Signer;
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let output_hash = H256::repeat_byte(0x5a);
+        let context: ReceiptContext =
+            vec![DataNetShare::new(4, Permill::from_percent(25))].try_into().unwrap();
+        let bytes = signing_payload_from_chain(job, output_hash, 7, 9, context.clone())
+            .expect("the job is open");
+        // The documented layout: the domain tag first, 169 bytes in all with OpenLedger's
+        // 32-byte accounts (the mock's are 8 bytes).
+        assert_eq!(bytes.len(), RECEIPT_PAYLOAD_LEN - 32 + core::mem::size_of::<AccountId>());
+        assert_eq!(bytes[..RECEIPT_DOMAIN.len()], RECEIPT_DOMAIN);
+
+        // A client that knows nothing but these bytes signs them with the worker key.
+        let signature = ed25519::Signature::from_raw(signing_key(P1).sign(&bytes).to_bytes());
+        let receipt =
+            Receipt { job, output_hash, input_tokens: 7, output_tokens: 9, context, signature };
+        assert_ok!(settle(vec![receipt]));
+        assert!(job_events().iter().any(|e| matches!(
+            e,
+            Event::JobSettled { job: j, input_tokens: 7, output_tokens: 9, .. } if *j == job
+        )));
+
+        // A closed job, or one never assigned, has nothing to sign.
+        assert_eq!(signing_payload_from_chain(job, output_hash, 7, 9, Default::default()), None);
+        assert_eq!(signing_payload_from_chain(99, output_hash, 7, 9, Default::default()), None);
+    });
+}
+
+#[test]
+fn the_chains_signing_payload_binds_every_field() {
+    build_and_execute(|| {
+        register(P1, &[3], 10, 4);
+        let job = submit(ALICE, 1, 1_000, 100);
+        let h = H256::repeat_byte(1);
+        let base = signing_payload_from_chain(job, h, 1, 2, Default::default()).unwrap();
+        let context: ReceiptContext =
+            vec![DataNetShare::new(4, Permill::from_percent(1))].try_into().unwrap();
+        for other in [
+            signing_payload_from_chain(job, H256::repeat_byte(2), 1, 2, Default::default()),
+            signing_payload_from_chain(job, h, 2, 2, Default::default()),
+            signing_payload_from_chain(job, h, 1, 3, Default::default()),
+            signing_payload_from_chain(job, h, 1, 2, context),
+        ] {
+            assert_ne!(other.unwrap(), base);
+        }
+        // The same bytes the worker library builds (`ReceiptPayload`), for this chain's genesis,
+        // the job's provider and adapter.
+        let record = crate::Jobs::<Test>::get(job).unwrap();
+        let fields = crate::ReceiptFields {
+            job,
+            output_hash: h,
+            input_tokens: 1,
+            output_tokens: 2,
+            context: Default::default(),
+        };
+        assert_eq!(
+            crate::ReceiptPayload::for_fields(
+                genesis_hash(),
+                record.provider,
+                record.adapter,
+                &fields
+            )
+            .signing_bytes(),
+            base
+        );
     });
 }
