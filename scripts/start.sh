@@ -7,6 +7,7 @@
 #
 #   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
 #   RPC_PORT=9955 HTTP_PORT=8081 scripts/start.sh
+#   GATEWAY_FLAGS=--no-channels scripts/start.sh   # every request a job on chain
 #   DEMO_ADAPTERS=4 scripts/start.sh --then CMD ARGS...
 #       # with four demo adapters; runs CMD once all is up (OPENLEDGER_HTTP, OPENLEDGER_WS and
 #       # OPENLEDGER_ADAPTERS, a comma list of adapter ids, in its environment), then stops
@@ -36,6 +37,8 @@ trap cleanup EXIT INT TERM
 base="${OPENLEDGER_BASE_PATH:-}"
 node_args=(--dev --rpc-port "$rpc_port" --prometheus-port "$prom_port" --rpc-cors all)
 if [ -n "$base" ]; then node_args+=(--base-path "$base"); else node_args+=(--tmp); fi
+# A fresh chain: channel stores of an earlier run name channels it never had.
+[ -n "$base" ] || rm -f "$state/gateway-channels.redb" "$state/bob-channels.redb"
 "$OPENLEDGER_NODE" "${node_args[@]}" >"$state/logs/node.log" 2>&1 &
 pids+=($!)
 for i in $(seq 1 120); do
@@ -62,6 +65,7 @@ adapter="${adapters[0]}"
 "$bin/openledger-gateway" --chain-url "$ws" --http "127.0.0.1:$http_port" \
     --listen "/ip4/127.0.0.1/tcp/$p2p_port" --key "$state/gateway.key" \
     --api-key demo-key=//Alice --model "$OPENLEDGER_MODEL" \
+    --channel-store "$state/gateway-channels.redb" ${GATEWAY_FLAGS:-} \
     >"$state/logs/gateway.out" 2>"$state/logs/gateway.log" &
 pids+=($!)
 gateway_p2p=""
@@ -76,6 +80,7 @@ done
 "$bin/openledger-worker" --chain-url "$ws" --operator //Bob --worker-key "$state/bob.key" \
     --model "$OPENLEDGER_MODEL" --adapters "$state/adapters" --gateway "$gateway_p2p" \
     --register --price-milli 2 --max-concurrent "${MAX_CONCURRENT:-16}" \
+    --channel-store "$state/bob-channels.redb" \
     >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
 pids+=($!)
 for i in $(seq 1 120); do
@@ -107,13 +112,18 @@ Bob) serving SmolLM2-135M-Instruct with demo adapter $adapter (owner Dave).
       -H 'content-type: application/json' \\
       -d '{"model": "adapter-$adapter", "prompt": "OpenLedger is", "max_tokens": 32}'
 
-  The answer names its on-chain job ("openledger": {"job": ...}). A few seconds later the
-  worker's receipt settles it: see the jobs.JobSettled and attribution.FeeSplit events (every
-  payee and amount) in polkadot.js Apps:
+  The first request opens a payment channel from Alice to Bob (channels.ChannelOpened, one
+  block); from then on requests go to the worker at once, with no transaction: the answer
+  names its channel and request ("openledger": {"channel": ..., "request": ...}), and the
+  gateway answers each signed receipt with a voucher. The worker redeems its latest voucher
+  every 100 blocks or once 1 OPEN is waiting: see channels.VoucherRedeemed and
+  channels.VoucherFeeSplit (every payee and amount) in polkadot.js Apps:
     https://polkadot.js.org/apps/?rpc=ws%3A%2F%2F127.0.0.1%3A$rpc_port#/explorer
+  (GATEWAY_FLAGS=--no-channels makes each request a job on chain: jobs.JobSettled and
+  attribution.FeeSplit instead.)
 
-  Cancel a running job (the worker stops and charges only what was delivered):
-    curl -s -X POST http://127.0.0.1:$http_port/v1/jobs/<job>/cancel -H 'Authorization: Bearer demo-key'
+  Cancel a running request (the worker stops and charges only what was delivered):
+    curl -s -X POST http://127.0.0.1:$http_port/v1/jobs/<job or request>/cancel -H 'Authorization: Bearer demo-key'
 
   Chain JSON-RPC: $ws    Prometheus: http://127.0.0.1:$prom_port/metrics
   Models:         curl -s http://127.0.0.1:$http_port/v1/models

@@ -149,6 +149,28 @@ impl ChainClient {
         )
     }
 
+    /// Adds `amount` to the deposit of `channel` (sent by its payer, while it is open).
+    pub async fn top_up_channel(
+        &self,
+        payer: &Keypair,
+        channel: ChannelId,
+        amount: Balance,
+    ) -> Result<(), ChainError> {
+        self.submit("Channels", "top_up", (channel, amount), payer).await?;
+        Ok(())
+    }
+
+    /// Starts the close of `channel` (sent by its payer): its provider may still redeem during
+    /// the challenge window, after which `finalize_close` returns the rest of the deposit.
+    pub async fn request_close_channel(
+        &self,
+        payer: &Keypair,
+        channel: ChannelId,
+    ) -> Result<(), ChainError> {
+        self.submit("Channels", "request_close", (channel,), payer).await?;
+        Ok(())
+    }
+
     /// Redeems `voucher` with the channel signer's `signature` (sent by `sender`, the provider
     /// or anyone on its behalf); returns what the chain paid.
     pub async fn redeem_voucher(

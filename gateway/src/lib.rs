@@ -19,11 +19,13 @@
 //! payload with `PUT /v1/jobs/{id}/payload`, which the gateway checks against the job's
 //! on-chain hash before offering it.
 
+mod channels;
 mod model_card;
 pub mod openai;
 mod relay;
 mod routes;
 
+pub use channels::{ChannelConfig, PayerBook};
 pub use model_card::ModelCard;
 
 use std::collections::HashMap;
@@ -39,12 +41,14 @@ use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::openai::{adapter_id, ApiError};
-use crate::relay::{relay_worker, route_chunks, JobSink, Relay};
+use crate::relay::{relay_worker, route_chunks, JobSink, Relay, Route};
 use crate::routes::{cancel_job, chat_completions, completions, list_models, upload_payload};
 use openledger_chain_client::{
-    fee_for, AdapterId, Balance, ChainClient, ChainError, JobsError, RuntimeError,
+    fee_for, AdapterId, Balance, ChainClient, ChainError, JobsError, Quote, RuntimeError,
 };
 use openledger_p2p::payload::{self as job_payload, JobPayload};
+use openledger_p2p::{peer_id_of_ed25519_public, ChannelResponse, Multiaddr, P2pError};
+use subxt::utils::AccountId32;
 
 /// How the gateway runs.
 #[derive(Clone)]
@@ -68,20 +72,31 @@ pub struct Gateway {
     pub(crate) chain: ChainClient,
     pub(crate) p2p: P2pHandle,
     pub(crate) config: GatewayConfig,
-    /// Open jobs: where their token chunks go and which peer may send them.
+    /// Open jobs and channel requests: where their token chunks go and which peer may send
+    /// them.
     pub(crate) jobs: Arc<Mutex<HashMap<u64, JobSink>>>,
+    /// The payment channels requests go through, unless the gateway was started without.
+    pub(crate) channels: Option<PayerBook>,
 }
 
 impl Gateway {
-    /// A gateway over `chain` and the libp2p node `p2p`, whose events `events` it consumes.
+    /// A gateway over `chain` and the libp2p node `p2p`, whose events `events` it consumes;
+    /// requests go through payment channels when `channels` is given, else each is a job on
+    /// chain.
     pub fn new(
         chain: ChainClient,
         p2p: P2pHandle,
         events: mpsc::Receiver<P2pEvent>,
         config: GatewayConfig,
+        channels: Option<PayerBook>,
     ) -> Arc<Self> {
-        let gateway =
-            Arc::new(Self { chain, p2p, config, jobs: Arc::new(Mutex::new(HashMap::new())) });
+        let gateway = Arc::new(Self {
+            chain,
+            p2p,
+            config,
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+            channels,
+        });
         tokio::spawn(route_chunks(Arc::clone(&gateway), events));
         gateway
     }
@@ -142,7 +157,10 @@ impl Gateway {
             },
             Err(e) => return Err(ApiError::upstream("chain_error", e.to_string())),
         }
-        let max_fee = self.escrow_for(adapter, model, payload).await?;
+        let (quote, max_fee) = self.escrow_for(adapter, model, payload).await?;
+        if let Some(book) = &self.channels {
+            return self.start_on_channel(book, payer, adapter, &quote, max_fee, bytes).await;
+        }
         let me = self.p2p.local_peer_id().to_bytes();
         let submitted = std::time::Instant::now();
         let job = self
@@ -159,16 +177,100 @@ impl Gateway {
         Ok(relay)
     }
 
-    /// The escrow a request holds: what the chain's quote says its prompt (counted generously,
-    /// one token per byte plus special tokens) and `max_tokens` can cost at most. Fails, before
-    /// anything is paid, when the adapter is unknown, no provider serving it has a free slot,
-    /// or the request could cost more than the gateway's limit.
+    /// Sends the request to the quoted provider's worker on the payer's channel to it (opened
+    /// or topped up first when needed): no transaction, the tokens stream at once.
+    async fn start_on_channel(
+        &self,
+        book: &PayerBook,
+        payer: &Keypair,
+        adapter: AdapterId,
+        quote: &Quote,
+        max_charge: Balance,
+        bytes: Vec<u8>,
+    ) -> Result<Relay, ApiError> {
+        let terms = self
+            .chain
+            .provider(&quote.provider)
+            .await
+            .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::no_provider(
+                    "the quoted provider is no longer registered",
+                    self.config.retry_after.as_secs(),
+                )
+            })?;
+        let worker = peer_id_of_ed25519_public(&terms.worker_key)
+            .map_err(|e| ApiError::upstream("bad_worker_key", e.to_string()))?;
+        let started = std::time::Instant::now();
+        let route = book
+            .reserve(
+                &self.chain,
+                payer,
+                quote,
+                terms.worker_key,
+                adapter,
+                max_charge,
+                job_payload::hash(&bytes),
+            )
+            .await?;
+        let request = PayerBook::serve_request(&route, adapter, bytes);
+        let submitter = AccountId32(payer.public_key().0);
+        let mut relay =
+            self.relay_from(worker, submitter, route.request, Route::Channel(route.clone())).await;
+        relay.assigned_after = started.elapsed();
+        let mut answer = self.p2p.ask_channel(worker, request.clone()).await;
+        if matches!(answer, Err(P2pError::Unreachable { .. })) {
+            // Never delivered: dial the worker where the chain says it listens, and ask again.
+            for addr in &terms.endpoint.multiaddrs {
+                let Ok(addr) = Multiaddr::try_from(addr.clone()) else { continue };
+                let addr = addr.with_p2p(worker).unwrap_or_else(|a| a);
+                if self.p2p.dial(addr).await.is_ok() {
+                    answer = self.p2p.ask_channel(worker, request).await;
+                    break;
+                }
+            }
+        }
+        match answer {
+            Ok(ChannelResponse::Accepted) => Ok(relay),
+            answer => {
+                // Nothing was served: nothing is owed, the room comes back.
+                relay.done = true;
+                book.cancel(&route).await;
+                Err(match answer {
+                    Ok(ChannelResponse::Refused(reason)) => ApiError::no_provider(
+                        format!(
+                            "the provider's worker refused the request: {reason}; nothing was paid"
+                        ),
+                        self.config.retry_after.as_secs(),
+                    ),
+                    Ok(ChannelResponse::RateLimited | ChannelResponse::Busy) => {
+                        ApiError::no_provider(
+                            "the provider's worker is busy; nothing was paid",
+                            self.config.retry_after.as_secs(),
+                        )
+                    },
+                    Ok(other) => {
+                        ApiError::upstream("p2p_error", format!("unexpected answer {other:?}"))
+                    },
+                    Err(e) => ApiError::upstream(
+                        "p2p_error",
+                        format!("the provider's worker cannot be reached: {e}; nothing was paid"),
+                    ),
+                })
+            },
+        }
+    }
+
+    /// The quote and the escrow a request holds: what the chain's quote says its prompt
+    /// (counted generously, one token per byte plus special tokens) and `max_tokens` can cost
+    /// at most. Fails, before anything is paid, when the adapter is unknown, no provider
+    /// serving it has a free slot, or the request could cost more than the gateway's limit.
     pub(crate) async fn escrow_for(
         &self,
         adapter: AdapterId,
         model: &str,
         payload: &JobPayload,
-    ) -> Result<Balance, ApiError> {
+    ) -> Result<(Quote, Balance), ApiError> {
         let quote = self
             .chain
             .quote(adapter, payload.max_tokens)
@@ -208,7 +310,8 @@ impl Gateway {
             ));
         }
         // Never below the quote's own minimum (a provider cheaper than the prompt estimate).
-        Ok(fee.max(quote.min_max_fee))
+        let escrow = fee.max(quote.min_max_fee);
+        Ok((quote, escrow))
     }
 
     /// How many tokens the prompt can count at most: exactly, with the model's tokenizer, when

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use openledger_chain_client::cli;
 use openledger_chain_client::ChainClient;
-use openledger_gateway::{bind, Gateway, GatewayConfig, ModelCard};
+use openledger_gateway::{bind, ChannelConfig, Gateway, GatewayConfig, ModelCard, PayerBook};
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 
 use openledger_chain_client::OPEN;
@@ -60,6 +60,17 @@ struct Args {
     /// retrying (`Retry-After`).
     #[arg(long, default_value_t = 6)]
     retry_after_secs: u64,
+    /// Submit every request as a job on chain (the per-job path) instead of sending it on a
+    /// payment channel.
+    #[arg(long)]
+    no_channels: bool,
+    /// The payment-channel store (channels and the receipts vouched for), a redb file.
+    #[arg(long, default_value = "gateway-channels.redb")]
+    channel_store: PathBuf,
+    /// The deposit a new channel to a provider is opened with (and a top-up's amount), in
+    /// milli-OPEN, held from the payer until the channel closes.
+    #[arg(long, default_value_t = 10_000)]
+    channel_deposit_milli: u128,
 }
 
 #[tokio::main]
@@ -85,6 +96,16 @@ async fn run() -> Result<()> {
     p2p_config.listen = args.listen.clone();
     p2p_config.requests_per_second_per_peer = args.peer_requests_per_sec;
     let (p2p, events) = openledger_p2p::spawn(p2p_config)?;
+    // The gateway's libp2p key signs its channels' vouchers: workers know who may ask.
+    let channels = if args.no_channels {
+        None
+    } else {
+        let config = ChannelConfig {
+            store: args.channel_store.clone(),
+            deposit: args.channel_deposit_milli * (OPEN / 1_000),
+        };
+        Some(PayerBook::open(&chain, config, secret.clone()).await?)
+    };
     let peer_id = p2p.local_peer_id();
     let listen = p2p.listen_addrs().await?;
     let listener = bind(args.http).await?;
@@ -101,6 +122,7 @@ async fn run() -> Result<()> {
             max_payload_bytes: P2pConfig::DEFAULT_MAX_PAYLOAD_BYTES,
             model,
         },
+        channels,
     );
     for addr in &listen {
         println!("gateway p2p: {addr}/p2p/{peer_id}");

@@ -85,13 +85,22 @@ pub struct Usage {
 /// What happened on chain for a response: the job and where to see its settlement.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChainInfo {
-    /// The on-chain job id.
-    pub job: u64,
+    /// The on-chain job id (per-job path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+    /// The payment channel that pays for it (channel path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<u64>,
+    /// The request's id on that channel, a decimal string (over 2^53) (channel path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
     /// The provider (SS58) that ran it.
     pub provider: String,
-    /// Escrow held for it, in plancks.
+    /// What it may cost at most, in plancks: the escrow held on chain (per-job path), or the
+    /// most the channel's voucher may grow by (channel path).
     pub escrow: String,
-    /// Milliseconds from submitting the job to its assignment being in a best block.
+    /// Milliseconds from submitting the job to its assignment being in a best block (zero
+    /// on the channel path: nothing waits for a block).
     pub assigned_after_ms: f64,
 }
 

@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use axum::response::sse::Event;
 use futures::stream::{Stream, StreamExt};
-use openledger_p2p::{peer_id_of_ed25519_public, P2pEvent, P2pHandle, PeerId, TokenChunk};
+use openledger_p2p::{
+    peer_id_of_ed25519_public, ChannelRequest, ChannelResponse, P2pEvent, P2pHandle, PeerId,
+    TokenChunk, CHANNEL_ROUTE_BIT,
+};
 use serde_json::json;
 use subxt::utils::AccountId32;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::channels::ChannelRoute;
 use crate::openai::ApiError;
 use crate::Gateway;
 use openledger_chain_client::{JobAssigned, JobPhase, RefusalReason};
@@ -25,10 +29,19 @@ pub(crate) struct JobSink {
     pub(crate) chunks: mpsc::UnboundedSender<TokenChunk>,
 }
 
+/// What a relay's answer comes from: an on-chain job, or a request on a payment channel.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    Job(JobAssigned),
+    Channel(ChannelRoute),
+}
+
 /// A job the gateway is relaying. Dropped before its last chunk (the client went away), it
 /// cancels the job, so the worker stops and charges only what was delivered.
 pub(crate) struct Relay {
-    pub(crate) job: JobAssigned,
+    /// The id its chunks carry: the job's, or the channel request's.
+    pub(crate) id: u64,
+    pub(crate) route: Route,
     pub(crate) chunks: mpsc::UnboundedReceiver<TokenChunk>,
     /// How long the submission took to be assigned (zero for uploaded payloads).
     pub(crate) assigned_after: Duration,
@@ -40,7 +53,7 @@ pub(crate) struct Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let job = self.job.job;
+        let job = self.id;
         let (p2p, jobs, done) = (self.p2p.clone(), Arc::clone(&self.jobs), self.done);
         // Drop cannot wait; the runtime is there as long as the server is.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -76,19 +89,28 @@ impl Gateway {
     /// Register where `job`'s chunks go, allowed only from its provider's worker key.
     pub(crate) async fn relay(&self, job: JobAssigned) -> Result<Relay, ApiError> {
         let worker = self.worker_peer(&job.provider).await?;
+        Ok(self.relay_from(worker, job.submitter, job.job, Route::Job(job)).await)
+    }
+
+    /// Register where the chunks with `id` go, allowed only from `worker`.
+    pub(crate) async fn relay_from(
+        &self,
+        worker: PeerId,
+        submitter: AccountId32,
+        id: u64,
+        route: Route,
+    ) -> Relay {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.jobs
-            .lock()
-            .await
-            .insert(job.job, JobSink { worker, submitter: job.submitter, chunks: tx });
-        Ok(Relay {
-            job,
+        self.jobs.lock().await.insert(id, JobSink { worker, submitter, chunks: tx });
+        Relay {
+            id,
+            route,
             chunks: rx,
             assigned_after: Duration::ZERO,
             done: false,
             p2p: self.p2p.clone(),
             jobs: Arc::clone(&self.jobs),
-        })
+        }
     }
 
     pub(crate) async fn worker_peer(&self, provider: &AccountId32) -> Result<PeerId, ApiError> {
@@ -109,7 +131,7 @@ impl Gateway {
 
     /// Collect a whole answer.
     pub(crate) async fn collect(&self, mut relay: Relay) -> Result<Outcome, ApiError> {
-        let job = relay.job.job;
+        let job = relay.id;
         let deadline = tokio::time::Instant::now() + self.config.job_timeout;
         let mut text = String::new();
         loop {
@@ -132,9 +154,16 @@ impl Gateway {
 
     /// Cancel a job that ran past the timeout, and say what will happen to its escrow.
     pub(crate) async fn timed_out(&self, relay: &Relay) -> ApiError {
-        let job = relay.job.job;
+        let job = relay.id;
         let _ = self.p2p.cancel_job(job).await;
         let secs = self.config.job_timeout.as_secs();
+        if let Route::Channel(route) = &relay.route {
+            return ApiError::timeout(format!(
+                "request {job} on channel {} gave no complete answer within {secs} s; the \
+                 gateway cancelled it and vouches only for the tokens it received",
+                route.channel
+            ));
+        }
         let message = match self.chain.job(job).await {
             Ok(Some(record)) => match record.phase {
                 JobPhase::Acknowledged => format!(
@@ -174,7 +203,7 @@ impl Gateway {
         event: impl Fn(&TokenChunk) -> serde_json::Value + Send + 'static,
     ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
         let deadline = tokio::time::Instant::now() + self.config.job_timeout;
-        let job = relay.job.job;
+        let job = relay.id;
         let state = (relay, self, false);
         let event = Arc::new(event);
         let error_event = |error: ApiError| {
@@ -230,6 +259,11 @@ pub(crate) async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiv
     while let Some(event) = events.recv().await {
         match event {
             P2pEvent::Tokens { from, chunk } => {
+                if chunk.job & CHANNEL_ROUTE_BIT != 0 {
+                    if let Some(book) = &gateway.channels {
+                        book.relayed(from, chunk.job, &chunk.text).await;
+                    }
+                }
                 let jobs = gateway.jobs.lock().await;
                 match jobs.get(&chunk.job) {
                     Some(sink) if sink.worker == from => {
@@ -264,6 +298,25 @@ pub(crate) async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiv
                 tracing::debug!(job, %by, "payload delivered");
                 // The worker has it; keep no copy longer than needed.
                 let _ = gateway.p2p.withdraw_payload(job).await;
+            },
+            P2pEvent::ChannelRequest { from, id, request } => {
+                let gateway = Arc::clone(&gateway);
+                tokio::spawn(async move {
+                    let answer = match (&gateway.channels, request) {
+                        (Some(book), ChannelRequest::Receipt(receipt)) => {
+                            book.vouch(&gateway.chain, from, receipt).await
+                        },
+                        (None, _) => {
+                            ChannelResponse::Refused("this gateway pays on no channels".into())
+                        },
+                        (Some(_), ChannelRequest::Serve { .. }) => {
+                            ChannelResponse::Refused("a gateway serves no requests".into())
+                        },
+                    };
+                    if let Err(e) = gateway.p2p.answer_channel(id, answer).await {
+                        tracing::warn!(%from, error = %e, "could not answer a channel request");
+                    }
+                });
             },
             _ => {},
         }

@@ -13,9 +13,9 @@ use serde_json::json;
 use subxt::utils::AccountId32;
 
 use crate::openai::{ApiError, ChainInfo, GenerationRequest, Usage};
-use crate::relay::{relay_worker, Outcome, Relay};
+use crate::relay::{relay_worker, Outcome, Relay, Route};
 use crate::Gateway;
-use openledger_chain_client::JobAssigned;
+use openledger_chain_client::{ss58, JobAssigned};
 use openledger_p2p::payload::{self as job_payload, ChatMessage, JobPayload};
 
 pub(crate) fn created() -> u64 {
@@ -34,11 +34,23 @@ pub(crate) fn usage(finish: &openledger_p2p::Finish) -> Usage {
 }
 
 pub(crate) fn chain_info(relay: &Relay) -> ChainInfo {
-    ChainInfo {
-        job: relay.job.job,
-        provider: relay.job.provider.to_string(),
-        escrow: relay.job.escrow.to_string(),
-        assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+    match &relay.route {
+        Route::Job(job) => ChainInfo {
+            job: Some(job.job),
+            channel: None,
+            request: None,
+            provider: ss58(&job.provider),
+            escrow: job.escrow.to_string(),
+            assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+        },
+        Route::Channel(route) => ChainInfo {
+            job: None,
+            channel: Some(route.channel),
+            request: Some(route.request.to_string()),
+            provider: ss58(&route.provider),
+            escrow: route.max_charge.to_string(),
+            assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+        },
     }
 }
 
@@ -201,7 +213,7 @@ pub(crate) async fn answer(
     stream: bool,
     flavor: Flavor,
 ) -> Response {
-    let id = flavor.id(relay.job.job);
+    let id = flavor.id(relay.id);
     let chain = chain_info(&relay);
     if stream {
         let events = Arc::clone(&gateway).stream(relay, move |chunk| {

@@ -42,6 +42,6 @@ pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
 pub use node::{spawn, CANCELLED_JOBS_REMEMBERED};
 pub use payload::JobPayload;
 pub use wire::{
-    ChannelRequest, ChannelResponse, Finish, TokenChunk, CHANNEL_PROTOCOL, PAYLOAD_PROTOCOL,
-    REFUSED_PREFIX, TOKENS_PROTOCOL,
+    ChannelRequest, ChannelResponse, Finish, TokenChunk, CHANNEL_PROTOCOL, CHANNEL_ROUTE_BIT,
+    PAYLOAD_PROTOCOL, REFUSED_PREFIX, TOKENS_PROTOCOL,
 };

@@ -62,6 +62,11 @@ pub struct Finish {
     pub output_hash: [u8; 32],
 }
 
+/// The bit set in the id of every channel request ([`ChannelRequest::Serve`]'s `request`),
+/// which its token chunks carry as their [`TokenChunk::job`]: chain job ids count up from 0
+/// and never reach it, so both kinds of stream share the tokens protocol without meeting.
+pub const CHANNEL_ROUTE_BIT: u64 = 1 << 63;
+
 /// What one side of a payment channel asks the other.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum ChannelRequest {
@@ -71,8 +76,12 @@ pub enum ChannelRequest {
     Serve {
         /// The channel that pays.
         channel: u64,
-        /// The gateway's id of the request, unique per channel.
+        /// The gateway's id of the request, unique per channel. Token chunks of the answer
+        /// carry it in [`TokenChunk::job`]; ids of channel requests have their top bit set
+        /// ([`CHANNEL_ROUTE_BIT`]), so they never meet an on-chain job id.
         request: u64,
+        /// The on-chain adapter the request is for.
+        adapter: u32,
         /// The most the request may charge, planck.
         max_charge: u128,
         /// The job payload's bytes.
@@ -184,7 +193,7 @@ impl Message for ChannelResponse {
 /// The largest [`ChannelRequest`] body: a `Serve` with a payload of at most `max_payload`
 /// bytes (its fixed fields, the payload's compact length and a variant index).
 pub(crate) fn channel_request_max(max_payload: usize) -> usize {
-    payload_response_max(max_payload).saturating_add(8 + 8 + 16)
+    payload_response_max(max_payload).saturating_add(8 + 8 + 4 + 16)
 }
 
 /// Decodes a complete, size-checked body; bytes left over make it malformed, as does a

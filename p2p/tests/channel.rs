@@ -34,6 +34,7 @@ async fn serve_then_receipt_for_voucher() {
         let request = ChannelRequest::Serve {
             channel: 1,
             request: 7,
+            adapter: 0,
             max_charge: 500,
             payload: b"{}".to_vec(),
         };
@@ -87,7 +88,13 @@ async fn serve_then_receipt_for_voucher() {
 async fn an_unanswered_request_times_out_and_its_late_answer_is_refused() {
     let (gateway, mut worker) = (node(4), node(5));
     gateway.handle.dial(worker.address().await).await.unwrap();
-    let request = ChannelRequest::Serve { channel: 1, request: 1, max_charge: 1, payload: vec![] };
+    let request = ChannelRequest::Serve {
+        channel: 1,
+        request: 1,
+        adapter: 0,
+        max_charge: 1,
+        payload: vec![],
+    };
     let err = gateway.handle.ask_channel(worker.peer_id(), request).await.unwrap_err();
     assert!(matches!(err, P2pError::Timeout { .. } | P2pError::RequestFailed { .. }), "{err}");
     let P2pEvent::ChannelRequest { id, .. } = worker.next_app_event().await else {
@@ -104,6 +111,7 @@ async fn an_oversized_request_is_refused_before_sending() {
     let max_payload = openledger_p2p::P2pConfig::new(keypair_from_ed25519_secret([6; 32]).unwrap())
         .max_payload_bytes;
     let request = ChannelRequest::Serve {
+        adapter: 0,
         channel: 1,
         request: 1,
         max_charge: 1,

@@ -85,8 +85,9 @@ impl Drop for Proc {
     }
 }
 
-/// `openledger-gateway` on free loopback ports with API key `alice-key` (paid by Alice);
-/// returns it, its API base URL and its libp2p address.
+/// `openledger-gateway` on free loopback ports with API key `alice-key` (paid by Alice),
+/// submitting each request as a job on chain (`--no-channels`); returns it, its API base URL
+/// and its libp2p address.
 pub fn gateway(ws: &str, dir: &Path, job_timeout_secs: u64) -> (Proc, String, String) {
     gateway_with(ws, dir, job_timeout_secs, &[])
 }
@@ -98,11 +99,35 @@ pub fn gateway_with(
     job_timeout_secs: u64,
     extra: &[&str],
 ) -> (Proc, String, String) {
+    let mut flags = vec!["--no-channels"];
+    flags.extend_from_slice(extra);
+    launch_gateway(ws, dir, job_timeout_secs, &flags)
+}
+
+/// `openledger-gateway` as it runs by default: requests sent on payment channels (its store
+/// in `dir`), with `extra` flags.
+pub fn channel_gateway(
+    ws: &str,
+    dir: &Path,
+    job_timeout_secs: u64,
+    extra: &[&str],
+) -> (Proc, String, String) {
+    launch_gateway(ws, dir, job_timeout_secs, extra)
+}
+
+fn launch_gateway(
+    ws: &str,
+    dir: &Path,
+    job_timeout_secs: u64,
+    extra: &[&str],
+) -> (Proc, String, String) {
     let mut cmd = Command::new(crate::node::binary("openledger-gateway"));
     cmd.args(["--chain-url", ws, "--http", "127.0.0.1:0"])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
         .arg("--key")
         .arg(dir.join("gateway.key"))
+        .arg("--channel-store")
+        .arg(dir.join("gateway-channels.redb"))
         .args(["--api-key", "alice-key=//Alice"])
         .args(["--job-timeout-secs", &job_timeout_secs.to_string()])
         .args(extra);
@@ -127,10 +152,13 @@ pub fn worker_with(
     gateway: &str,
     extra: &[&str],
 ) -> Proc {
+    let name = operator.trim_start_matches('/');
     let mut cmd = Command::new(crate::node::binary("openledger-worker"));
     cmd.args(["--chain-url", ws, "--operator", operator])
         .arg("--worker-key")
-        .arg(dir.join(format!("{}.key", operator.trim_start_matches('/'))))
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--channel-store")
+        .arg(dir.join(format!("{name}-channels.redb")))
         .arg("--model")
         .arg(model())
         .arg("--adapters")

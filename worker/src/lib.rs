@@ -7,10 +7,13 @@
 //! - [`service`]: the job loop: assignments from the chain, payloads pulled over libp2p and
 //!   checked against their on-chain hash, the engine's admission, acknowledgement, token
 //!   streams, refusals, cancellations and batched signed receipts.
+//! - [`channels`]: requests served on payment channels: checked, streamed, paid by
+//!   vouchers traded for signed receipts, redeemed on chain on a schedule.
 //! - [`engine_host`]: the engine on its own thread, for async callers.
 //! - [`keeper`]: expires jobs past their deadline, so no escrow stays held.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
+pub mod channels;
 pub mod engine_host;
 pub mod keeper;
 pub mod metrics;

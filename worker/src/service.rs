@@ -26,16 +26,20 @@ use openledger_chain_client::{
     sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
     ReceiptOutcome, RefusalReason,
 };
+use openledger_channel::ChannelError;
 use openledger_engine::{
     EngineError, FinishReason, GenerationRequest, Rejection, SamplingParams, StreamEvent,
 };
 use openledger_model::ChatTemplate;
 use openledger_p2p::payload::{self as job_payload, JobPayload};
-use openledger_p2p::{FetchError, Finish, P2pError, P2pHandle, PeerId, TokenChunk, REFUSED_PREFIX};
+use openledger_p2p::{
+    FetchError, Finish, P2pError, P2pEvent, P2pHandle, PeerId, TokenChunk, REFUSED_PREFIX,
+};
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::channels::{ChannelBook, ChannelSettings};
 use crate::engine_host::EngineHost;
 use crate::metrics::WorkerMetrics;
 
@@ -73,24 +77,29 @@ pub struct WorkerConfig {
 /// The running worker.
 pub struct Worker {
     chain: Mutex<ChainClient>,
-    p2p: P2pHandle,
-    engine: EngineHost,
-    config: WorkerConfig,
-    genesis_hash: [u8; 32],
+    pub(crate) p2p: P2pHandle,
+    pub(crate) engine: EngineHost,
+    pub(crate) config: WorkerConfig,
+    pub(crate) genesis_hash: [u8; 32],
     receipts: mpsc::UnboundedSender<ReceiptArg>,
-    metrics: Arc<WorkerMetrics>,
+    pub(crate) metrics: Arc<WorkerMetrics>,
     running: Mutex<u32>,
+    /// The payment channels served, when the worker serves any.
+    pub(crate) channels: Option<ChannelBook>,
 }
 
 impl Worker {
-    /// A worker serving `config.provider`'s jobs.
+    /// A worker serving `config.provider`'s jobs, and requests on payment channels to it
+    /// when `channels` is given (fails when the channel store cannot be opened).
     pub fn new(
         chain: ChainClient,
         p2p: P2pHandle,
         engine: EngineHost,
         config: WorkerConfig,
         metrics: Arc<WorkerMetrics>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ReceiptArg>) {
+        channels: Option<ChannelSettings>,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<ReceiptArg>), ChannelError> {
+        let channels = channels.map(ChannelBook::open).transpose()?;
         let (receipts, queue) = mpsc::unbounded_channel();
         let genesis_hash = chain.genesis_hash();
         let worker = Arc::new(Self {
@@ -102,17 +111,25 @@ impl Worker {
             receipts,
             metrics,
             running: Mutex::new(0),
+            channels,
         });
-        (worker, queue)
+        Ok((worker, queue))
     }
 
-    async fn chain(&self) -> ChainClient {
+    pub(crate) async fn chain(&self) -> ChainClient {
         self.chain.lock().await.clone()
     }
 
-    /// Run the job loop, the receipt batcher and the heartbeats until the process ends.
-    pub async fn run(self: Arc<Self>, queue: mpsc::UnboundedReceiver<ReceiptArg>) {
+    /// Run the job loop, the receipt batcher, the heartbeats, and the channel requests of the
+    /// p2p node's `events` with their redeemer, until the process ends.
+    pub async fn run(
+        self: Arc<Self>,
+        queue: mpsc::UnboundedReceiver<ReceiptArg>,
+        events: mpsc::Receiver<P2pEvent>,
+    ) {
         tokio::spawn(Arc::clone(&self).submit_receipts(queue));
+        tokio::spawn(Arc::clone(&self).channel_requests(events));
+        tokio::spawn(Arc::clone(&self).redeem_vouchers());
         tokio::spawn(Arc::clone(&self).heartbeats());
         tokio::spawn(Arc::clone(&self).engine_metrics());
         let mut watcher = AssignmentWatcher::new(self.chain().await, self.config.provider);
@@ -236,7 +253,7 @@ impl Worker {
         }
         // The engine checks the request before anything is acknowledged: a request it refuses
         // is refused on chain, never acknowledged and left to expire.
-        let (prompt_tokens, mut events) = self
+        let (prompt_tokens, events) = self
             .engine
             .generate_counted(GenerationRequest {
                 prompt: self.prompt_of(&payload)?,
@@ -251,82 +268,16 @@ impl Worker {
         let signer = self.config.signer.clone();
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
-        // Tokens are coalesced: at most one chunk per job every `CHUNK_INTERVAL`, so a worker
-        // streaming many jobs stays within the gateway's per-peer request rate. Only what the
-        // gateway accepted is charged: `delivered` counts it.
-        let mut delivered = Delivered::default();
-        let mut pending = Pending::default();
-        let mut seq = 0u32;
-        let mut last_sent = tokio::time::Instant::now();
-        let mut finished: Option<&'static str> = None;
-        let mut cancelled = false;
-        while let Some(event) = events.recv().await {
-            match event {
-                StreamEvent::Token { text: piece, .. } => {
-                    self.metrics.tokens.inc();
-                    pending.push(&piece);
-                    if last_sent.elapsed() >= CHUNK_INTERVAL && !pending.text.is_empty() {
-                        let chunk =
-                            TokenChunk { job, seq, text: pending.text.clone(), finish: None };
-                        seq += 1;
-                        match self.send_chunk(gateway, chunk).await {
-                            Ok(()) => delivered.take(&mut pending),
-                            Err(P2pError::Cancelled { .. }) => {
-                                cancelled = true;
-                                break;
-                            },
-                            Err(e) => {
-                                tracing::warn!(job, error = %e, "could not stream tokens to the gateway");
-                                pending.clear();
-                            },
-                        }
-                        last_sent = tokio::time::Instant::now();
-                    }
-                },
-                StreamEvent::Finished { reason, .. } => {
-                    let reason = finish_reason(reason);
-                    finished = Some(reason);
-                    // The last chunk carries the totals; if the gateway takes it, every token
-                    // was delivered.
-                    let mut all = delivered.clone();
-                    all.take(&mut pending.clone());
-                    let last = TokenChunk {
-                        job,
-                        seq,
-                        text: pending.text.clone(),
-                        finish: Some(Finish {
-                            reason: reason.into(),
-                            input_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
-                            output_tokens: all.tokens,
-                            output_hash: job_payload::hash(all.text.as_bytes()),
-                        }),
-                    };
-                    match self.send_chunk(gateway, last).await {
-                        Ok(()) => delivered = all,
-                        Err(P2pError::Cancelled { .. }) => cancelled = true,
-                        Err(e) => tracing::warn!(job, error = %e, "could not send the final chunk"),
-                    }
-                    break;
-                },
-                StreamEvent::Failed(e) => {
-                    return Err(Refusal::new(
-                        RefusalReason::WorkerFault,
-                        format!("generation failed: {e}"),
-                    ))
-                },
-            }
-        }
-        // Dropping the stream cancels the request in the engine within one step.
-        drop(events);
-        if cancelled {
-            tracing::info!(job, tokens = delivered.tokens, "the gateway cancelled the job");
+        let streamed = self.stream_answer(gateway, job, prompt_tokens, events).await?;
+        if streamed.cancelled {
+            tracing::info!(
+                job,
+                tokens = streamed.delivered.tokens,
+                "the gateway cancelled the job"
+            );
             self.metrics.jobs.with_label_values(&["cancelled"]).inc();
-        } else if finished.is_none() {
-            return Err(Refusal::new(
-                RefusalReason::WorkerFault,
-                "the engine stopped before the job finished",
-            ));
         }
+        let delivered = streamed.delivered;
         // A receipt settles an assigned job whether or not its acknowledgement made it into a
         // block, so a failed acknowledgement is only reported.
         match ack.await {
@@ -350,10 +301,102 @@ impl Worker {
         Ok(())
     }
 
+    /// Streams an answer's tokens to `gateway` as chunks under `route` (an on-chain job id,
+    /// or a channel request's id) until the engine finishes it or the gateway cancels it.
+    /// Tokens are coalesced: at most one chunk per answer every `CHUNK_INTERVAL`, so a worker
+    /// streaming many answers stays within the gateway's per-peer request rate. Only what the
+    /// gateway accepted counts as delivered (and is charged). A generation that fails, or an
+    /// engine that stops before the answer is finished, is an error.
+    pub(crate) async fn stream_answer(
+        &self,
+        gateway: PeerId,
+        route: u64,
+        prompt_tokens: usize,
+        mut events: mpsc::UnboundedReceiver<StreamEvent>,
+    ) -> Result<Streamed, Refusal> {
+        let mut delivered = Delivered::default();
+        let mut pending = Pending::default();
+        let mut seq = 0u32;
+        let mut last_sent = tokio::time::Instant::now();
+        let mut finished = false;
+        let mut cancelled = false;
+        while let Some(event) = events.recv().await {
+            match event {
+                StreamEvent::Token { text: piece, .. } => {
+                    self.metrics.tokens.inc();
+                    pending.push(&piece);
+                    if last_sent.elapsed() >= CHUNK_INTERVAL && !pending.text.is_empty() {
+                        let chunk = TokenChunk {
+                            job: route,
+                            seq,
+                            text: pending.text.clone(),
+                            finish: None,
+                        };
+                        seq += 1;
+                        match self.send_chunk(gateway, chunk).await {
+                            Ok(()) => delivered.take(&mut pending),
+                            Err(P2pError::Cancelled { .. }) => {
+                                cancelled = true;
+                                break;
+                            },
+                            Err(e) => {
+                                tracing::warn!(route, error = %e, "could not stream tokens to the gateway");
+                                pending.clear();
+                            },
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                },
+                StreamEvent::Finished { reason, .. } => {
+                    let reason = finish_reason(reason);
+                    finished = true;
+                    // The last chunk carries the totals; if the gateway takes it, every token
+                    // was delivered.
+                    let mut all = delivered.clone();
+                    all.take(&mut pending.clone());
+                    let last = TokenChunk {
+                        job: route,
+                        seq,
+                        text: pending.text.clone(),
+                        finish: Some(Finish {
+                            reason: reason.into(),
+                            input_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+                            output_tokens: all.tokens,
+                            output_hash: job_payload::hash(all.text.as_bytes()),
+                        }),
+                    };
+                    match self.send_chunk(gateway, last).await {
+                        Ok(()) => delivered = all,
+                        Err(P2pError::Cancelled { .. }) => cancelled = true,
+                        Err(e) => {
+                            tracing::warn!(route, error = %e, "could not send the final chunk")
+                        },
+                    }
+                    break;
+                },
+                StreamEvent::Failed(e) => {
+                    return Err(Refusal::new(
+                        RefusalReason::WorkerFault,
+                        format!("generation failed: {e}"),
+                    ))
+                },
+            }
+        }
+        // Dropping the stream cancels the request in the engine within one step.
+        drop(events);
+        if !cancelled && !finished {
+            return Err(Refusal::new(
+                RefusalReason::WorkerFault,
+                "the engine stopped before the answer finished",
+            ));
+        }
+        Ok(Streamed { delivered, cancelled })
+    }
+
     /// The text the engine runs for a payload: a completion's prompt, or a chat's messages
     /// rendered with the model's chat template. A conversation the template refuses (its
     /// `raise_exception`, such as roles that do not alternate) is the request's fault.
-    fn prompt_of(&self, payload: &JobPayload) -> Result<String, Refusal> {
+    pub(crate) fn prompt_of(&self, payload: &JobPayload) -> Result<String, Refusal> {
         if payload.messages.is_empty() {
             return Ok(payload.prompt.clone());
         }
@@ -507,13 +550,19 @@ impl Worker {
 }
 
 /// Why a job is refused, and the detail logged and shown to the user.
-struct Refusal {
-    reason: RefusalReason,
-    detail: String,
+pub(crate) struct Refusal {
+    pub(crate) reason: RefusalReason,
+    pub(crate) detail: String,
+}
+
+/// How a streamed answer ended: what the gateway accepted, and whether it cancelled.
+pub(crate) struct Streamed {
+    pub(crate) delivered: Delivered,
+    pub(crate) cancelled: bool,
 }
 
 impl Refusal {
-    fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
     }
 }
@@ -533,9 +582,9 @@ pub fn sampling(payload: &JobPayload) -> SamplingParams {
 
 /// Tokens streamed to the gateway, or waiting to be.
 #[derive(Clone, Default)]
-struct Delivered {
-    text: String,
-    tokens: u32,
+pub(crate) struct Delivered {
+    pub(crate) text: String,
+    pub(crate) tokens: u32,
 }
 
 /// Tokens generated since the last chunk.
@@ -566,7 +615,7 @@ impl Delivered {
 }
 
 /// The refusal reason for a request the engine would not take.
-fn refusal_for(error: &EngineError) -> RefusalReason {
+pub(crate) fn refusal_for(error: &EngineError) -> RefusalReason {
     match error.rejection() {
         Some(Rejection::EmptyPrompt) => RefusalReason::EmptyPrompt,
         Some(Rejection::PromptTooLong) => RefusalReason::PromptTooLong,

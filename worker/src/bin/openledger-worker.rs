@@ -15,12 +15,14 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use openledger_chain_client::cli;
 use openledger_chain_client::{ss58, AdapterId, ChainClient, Endpoint, GpuSpec, ProviderTerms};
+use openledger_channel::RedeemPolicy;
 use openledger_engine::{
     scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
     EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
 };
 use openledger_model::ChatTemplate;
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
+use openledger_worker::channels::ChannelSettings;
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
 use openledger_worker::metrics::WorkerMetrics;
@@ -113,6 +115,23 @@ struct ServeArgs {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 30)]
     heartbeat_secs: u64,
+    /// The payment-channel store (receipts signed and vouchers held), a redb file.
+    #[arg(long, default_value = "worker-channels.redb")]
+    channel_store: PathBuf,
+    /// Serve no payment channels (only on-chain jobs).
+    #[arg(long)]
+    no_channels: bool,
+    /// The most this worker serves one channel ahead of its vouchers, in milli-OPEN (its
+    /// credit risk on a payer that stops vouching).
+    #[arg(long, default_value_t = 1_000)]
+    channel_credit_milli: u128,
+    /// Redeem a channel's latest voucher at least every this many blocks after the last
+    /// redemption.
+    #[arg(long, default_value_t = 100)]
+    redeem_every_blocks: u32,
+    /// Redeem a channel's latest voucher as soon as this many milli-OPEN are waiting.
+    #[arg(long, default_value_t = 1_000)]
+    redeem_amount_milli: u128,
 }
 
 #[derive(Subcommand)]
@@ -338,7 +357,7 @@ async fn serve(args: &Args) -> Result<()> {
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(worker_key.to_bytes())?);
     p2p_config.listen = s.listen.clone();
     p2p_config.bootstrap = s.gateway.clone();
-    let (p2p, _events) = openledger_p2p::spawn(p2p_config)?;
+    let (p2p, events) = openledger_p2p::spawn(p2p_config)?;
     let peer_id = p2p.local_peer_id();
     let listen = p2p.listen_addrs().await?;
     tracing::info!(%peer_id, ?listen, "libp2p node up");
@@ -419,8 +438,18 @@ async fn serve(args: &Args) -> Result<()> {
             chat_template,
         },
         metrics,
-    );
+        (!s.no_channels).then(|| ChannelSettings {
+            store: s.channel_store.clone(),
+            credit_limit: s.channel_credit_milli * (OPEN / 1_000),
+            policy: RedeemPolicy {
+                every_blocks: s.redeem_every_blocks,
+                amount: s.redeem_amount_milli * (OPEN / 1_000),
+            },
+            poll: Duration::from_secs(3),
+        }),
+    )
+    .with_context(|| format!("cannot open the channel store {}", s.channel_store.display()))?;
     println!("worker ready: provider {provider_name}, peer {peer_id}");
-    worker.run(queue).await;
+    worker.run(queue, events).await;
     Ok(())
 }
