@@ -317,7 +317,9 @@ impl Worker {
         let mut delivered = Delivered::default();
         let mut pending = Pending::default();
         let mut seq = 0u32;
-        let mut last_sent = tokio::time::Instant::now();
+        // The first token goes out at once (the time to first token); later ones coalesce.
+        let now = tokio::time::Instant::now();
+        let mut last_sent = now.checked_sub(CHUNK_INTERVAL).unwrap_or(now);
         let mut finished = false;
         let mut cancelled = false;
         while let Some(event) = events.recv().await {
