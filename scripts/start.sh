@@ -8,9 +8,11 @@
 #   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
 #   RPC_PORT=9955 HTTP_PORT=8081 scripts/start.sh
 #   GATEWAY_FLAGS=--no-channels scripts/start.sh   # every request a job on chain
+#   WORKER_FLAGS="--redeem-every-blocks 2" scripts/start.sh
 #   DEMO_ADAPTERS=4 scripts/start.sh --then CMD ARGS...
-#       # with four demo adapters; runs CMD once all is up (OPENLEDGER_HTTP, OPENLEDGER_WS and
-#       # OPENLEDGER_ADAPTERS, a comma list of adapter ids, in its environment), then stops
+#       # with four demo adapters; runs CMD once all is up (OPENLEDGER_HTTP, OPENLEDGER_WS,
+#       # OPENLEDGER_DEMO_DIR (adapters/ holds the demo adapters) and OPENLEDGER_ADAPTERS, a
+#       # comma list of their ids, in its environment), then stops
 #       # everything and exits with CMD's status (scripts/bench-loop.sh uses this)
 set -euo pipefail
 then_cmd=()
@@ -80,7 +82,7 @@ done
 "$bin/openledger-worker" --chain-url "$ws" --operator //Bob --worker-key "$state/bob.key" \
     --model "$OPENLEDGER_MODEL" --adapters "$state/adapters" --gateway "$gateway_p2p" \
     --register --price-milli 2 --max-concurrent "${MAX_CONCURRENT:-16}" \
-    --channel-store "$state/bob-channels.redb" \
+    --channel-store "$state/bob-channels.redb" ${WORKER_FLAGS:-} \
     >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
 pids+=($!)
 for i in $(seq 1 120); do
@@ -97,7 +99,7 @@ pids+=($!)
 
 if [ "${#then_cmd[@]}" -gt 0 ]; then
     status=0
-    OPENLEDGER_HTTP="http://127.0.0.1:$http_port/v1" OPENLEDGER_WS="$ws" \
+    OPENLEDGER_HTTP="http://127.0.0.1:$http_port/v1" OPENLEDGER_WS="$ws" OPENLEDGER_DEMO_DIR="$state" \
         OPENLEDGER_ADAPTERS="$(IFS=,; echo "${adapters[*]}")" "${then_cmd[@]}" || status=$?
     exit "$status"
 fi
