@@ -47,7 +47,7 @@ use openledger_chain_client::{
     fee_for, AdapterId, Balance, ChainClient, ChainError, JobsError, Quote, RuntimeError,
 };
 use openledger_p2p::payload::{self as job_payload, JobPayload};
-use openledger_p2p::{peer_id_of_ed25519_public, ChannelResponse, Multiaddr, P2pError};
+use openledger_p2p::{ChannelResponse, Multiaddr, P2pError};
 use subxt::utils::AccountId32;
 
 /// How the gateway runs.
@@ -188,19 +188,7 @@ impl Gateway {
         max_charge: Balance,
         bytes: Vec<u8>,
     ) -> Result<Relay, ApiError> {
-        let terms = self
-            .chain
-            .provider(&quote.provider)
-            .await
-            .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
-            .ok_or_else(|| {
-                ApiError::no_provider(
-                    "the quoted provider is no longer registered",
-                    self.config.retry_after.as_secs(),
-                )
-            })?;
-        let worker = peer_id_of_ed25519_public(&terms.worker_key)
-            .map_err(|e| ApiError::upstream("bad_worker_key", e.to_string()))?;
+        let (worker, terms) = self.provider_worker(&quote.provider).await?;
         let started = std::time::Instant::now();
         let route = book
             .reserve(

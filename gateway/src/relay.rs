@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::channels::ChannelRoute;
 use crate::openai::ApiError;
 use crate::Gateway;
-use openledger_chain_client::{JobAssigned, JobPhase, RefusalReason};
+use openledger_chain_client::{JobAssigned, JobPhase, ProviderTerms, RefusalReason};
 use openledger_p2p::REFUSED_PREFIX;
 
 pub(crate) struct JobSink {
@@ -114,6 +114,15 @@ impl Gateway {
     }
 
     pub(crate) async fn worker_peer(&self, provider: &AccountId32) -> Result<PeerId, ApiError> {
+        Ok(self.provider_worker(provider).await?.0)
+    }
+
+    /// The peer id of `provider`'s worker (derived from the worker key it registered) and its
+    /// registered terms.
+    pub(crate) async fn provider_worker(
+        &self,
+        provider: &AccountId32,
+    ) -> Result<(PeerId, ProviderTerms), ApiError> {
         let terms = self
             .chain
             .provider(provider)
@@ -121,12 +130,13 @@ impl Gateway {
             .map_err(|e| ApiError::upstream("chain_error", e.to_string()))?
             .ok_or_else(|| {
                 ApiError::no_provider(
-                    "the assigned provider is no longer registered",
+                    "the provider is no longer registered",
                     self.config.retry_after.as_secs(),
                 )
             })?;
-        peer_id_of_ed25519_public(&terms.worker_key)
-            .map_err(|e| ApiError::upstream("bad_worker_key", e.to_string()))
+        let peer = peer_id_of_ed25519_public(&terms.worker_key)
+            .map_err(|e| ApiError::upstream("bad_worker_key", e.to_string()))?;
+        Ok((peer, terms))
     }
 
     /// Collect a whole answer.

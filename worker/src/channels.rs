@@ -188,9 +188,12 @@ impl Worker {
         if let Err(e) = self.p2p.answer_channel(id, ChannelResponse::Accepted).await {
             tracing::warn!(channel, request, error = %e, "could not accept the channel request");
         }
+        // A slot taken, as a job's: the heartbeats (and so the matcher) see it.
+        *self.running.lock().await += 1;
         self.metrics.running_jobs.inc();
         let streamed = self.stream_answer(from, request, prompt_tokens, events).await;
         self.metrics.running_jobs.dec();
+        *self.running.lock().await -= 1;
         book.release(channel, max_charge).await;
         let streamed = match streamed {
             Ok(s) => s,

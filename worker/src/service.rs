@@ -83,7 +83,8 @@ pub struct Worker {
     pub(crate) genesis_hash: [u8; 32],
     receipts: mpsc::UnboundedSender<ReceiptArg>,
     pub(crate) metrics: Arc<WorkerMetrics>,
-    running: Mutex<u32>,
+    /// Jobs and channel requests being served (what heartbeats count as taken slots).
+    pub(crate) running: Mutex<u32>,
     /// The payment channels served, when the worker serves any.
     pub(crate) channels: Option<ChannelBook>,
 }

@@ -37,6 +37,28 @@ fn served_on(response: &Value, price_per_1k: u128) -> (u64, u128) {
     (channel, fee_for(tokens, price_per_1k))
 }
 
+/// A dev node with the demo adapter registered (files in `adapters`).
+struct Market {
+    _node: DevNode,
+    dir: tempfile::TempDir,
+    chain: ChainClient,
+    adapter: u32,
+    adapters: std::path::PathBuf,
+    ws: String,
+}
+
+impl Market {
+    async fn start() -> Self {
+        let node = DevNode::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ws = node.ws_url();
+        let chain = ChainClient::connect(&ws, Duration::from_secs(60)).await.expect("node");
+        let adapter = demo_adapter(&chain, dir.path()).await;
+        let adapters = dir.path().join("adapters");
+        Self { _node: node, dir, chain, adapter, adapters, ws }
+    }
+}
+
 async fn wait_redeemed(chain: &ChainClient, channel: u64, inferences: u64) -> (u128, u64) {
     let started = Instant::now();
     loop {
@@ -53,12 +75,7 @@ async fn wait_redeemed(chain: &ChainClient, channel: u64, inferences: u64) -> (u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeems_them() {
     let _serial = common::procs::serial();
-    let node = DevNode::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
-    let adapter = demo_adapter(&chain, dir.path()).await;
-    let adapters = dir.path().join("adapters");
-    let ws = node.ws_url();
+    let Market { _node, dir, chain, adapter, adapters, ws } = Market::start().await;
     let (mut gateway, http, p2p) = channel_gateway(&ws, dir.path(), 90, &[]);
     // Holds its vouchers: no redemption comes due while it runs.
     let hold = ["--redeem-every-blocks", "1000000", "--redeem-amount-milli", "1000000"];
@@ -165,12 +182,7 @@ async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_answer_is_paid_nothing_for_it() {
     let _serial = common::procs::serial();
-    let node = DevNode::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
-    let adapter = demo_adapter(&chain, dir.path()).await;
-    let adapters = dir.path().join("adapters");
-    let ws = node.ws_url();
+    let Market { _node, dir, chain, adapter, adapters, ws } = Market::start().await;
     let (_gateway, http, p2p) = channel_gateway(&ws, dir.path(), 15, &[]);
     let hold = ["--redeem-every-blocks", "1000000", "--redeem-amount-milli", "1000000"];
     let mut bob = worker_with(&ws, "//Bob", dir.path(), &adapters, &p2p, &hold);
