@@ -32,7 +32,12 @@ use subxt::utils::AccountId32;
 use openledger_chain_client::OPEN;
 
 #[derive(Parser)]
-#[command(name = "openledger-worker", version, about = "OpenLedger GPU worker", args_override_self = true)]
+#[command(
+    name = "openledger-worker",
+    version,
+    about = "OpenLedger GPU worker",
+    args_override_self = true
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
