@@ -314,7 +314,7 @@ pub fn submit(
         H256::repeat_byte(0xab),
         max_output_tokens,
         max_fee,
-        vec![0x12; 4].try_into().unwrap()
+        vec![0x12; 4]
     ));
     job
 }

@@ -365,7 +365,7 @@ fn a_settled_job_frees_its_slot_before_the_next_heartbeat() {
                 H256::repeat_byte(2),
                 1_000,
                 100,
-                b"gw".to_vec().try_into().unwrap()
+                b"gw".to_vec()
             ),
             Error::<Test>::NoProviderAvailable
         );
