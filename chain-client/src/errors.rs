@@ -58,7 +58,7 @@ pallet_errors!(
     JobsError, "Jobs" {
         UnknownAdapter, ZeroOutputTokens, NoProviderAvailable, UnknownJob, JobClosed,
         NotAssignedWorker, AlreadyAcknowledged, DeadlinePassed, NotExpired, BadSignature,
-        MalformedSignature, OutputTooLong, UnknownProvider,
+        MalformedSignature, OutputTooLong, UnknownProvider, GatewayTooLong,
     }
 );
 
