@@ -25,9 +25,10 @@ const PROVIDER: TableDefinition<u64, &[u8]> = TableDefinition::new("provider_cha
 /// Every receipt a worker signed: (channel, request) -> signed receipt, its evidence.
 const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts");
 
-/// The database file of one gateway or worker.
+/// The database file of one gateway or worker (a handle: clones share the database).
+#[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 impl Store {
@@ -41,7 +42,21 @@ impl Store {
         txn.open_table(PROVIDER)?;
         txn.open_table(RECEIPTS)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self { db: std::sync::Arc::new(db) })
+    }
+
+    /// Runs `work` on this store on tokio's blocking threads. A write commits durably (it
+    /// waits for the disk: tens of milliseconds on some), which must not stall an async
+    /// runtime's threads, where the chain client's and libp2p's tasks run.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, ChannelError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, ChannelError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| ChannelError::Store(format!("the store's writer stopped: {e}")))?
     }
 
     /// Writes a gateway channel's state with the entries `added` and without those of the

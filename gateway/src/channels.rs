@@ -324,7 +324,11 @@ impl PayerBook {
             // the same state, signed again.
             let voucher =
                 next.reissue(&self.signer, self.genesis_hash).map_err(|e| e.to_string())?;
-            self.store.save_payer(&next, &[], &removed).map_err(|e| e.to_string())?;
+            let saved = next.clone();
+            self.store
+                .blocking(move |s| s.save_payer(&saved, &[], &removed))
+                .await
+                .map_err(|e| e.to_string())?;
             paying.channel = next;
             return Ok(ChannelResponse::Voucher(voucher));
         }
@@ -357,7 +361,11 @@ impl PayerBook {
             .vouch(&signed, max_charge, &self.signer, self.genesis_hash)
             .map_err(|e| e.to_string())?;
         let added: Vec<_> = next.entries.last().cloned().into_iter().collect();
-        self.store.save_payer(&next, &added, &removed).map_err(|e| e.to_string())?;
+        let saved = next.clone();
+        self.store
+            .blocking(move |s| s.save_payer(&saved, &added, &removed))
+            .await
+            .map_err(|e| e.to_string())?;
         paying.channel = next;
         paying.pending.remove(&r.request);
         paying.reserved = paying.reserved.saturating_sub(max_charge);

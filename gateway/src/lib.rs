@@ -157,7 +157,9 @@ impl Gateway {
             },
             Err(e) => return Err(ApiError::upstream("chain_error", e.to_string())),
         }
+        let priced = std::time::Instant::now();
         let (quote, max_fee) = self.escrow_for(adapter, model, payload).await?;
+        tracing::debug!(adapter, took_ms = priced.elapsed().as_secs_f64() * 1e3, "quoted");
         if let Some(book) = &self.channels {
             return self.start_on_channel(book, payer, adapter, &quote, max_fee, bytes).await;
         }
@@ -188,7 +190,9 @@ impl Gateway {
         max_charge: Balance,
         bytes: Vec<u8>,
     ) -> Result<Relay, ApiError> {
+        let started = std::time::Instant::now();
         let (worker, terms) = self.provider_worker(&quote.provider).await?;
+        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "provider's worker read");
         let started = std::time::Instant::now();
         let route = book
             .reserve(
@@ -218,6 +222,11 @@ impl Gateway {
                 }
             }
         }
+        tracing::debug!(
+            request = route.request,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "channel request answered"
+        );
         match answer {
             Ok(ChannelResponse::Accepted) => Ok(relay),
             answer => {

@@ -211,6 +211,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The operator sees every failure the gateway answered; a client's own mistakes only
+        // at debug level.
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = %self.status, code = self.code, message = %self.message, "request refused");
+        }
         let body = json!({
             "error": { "message": self.message, "type": self.kind, "code": self.code, "param": null }
         });

@@ -381,6 +381,7 @@ impl Worker {
                     match book.accept(request, channel, voucher, self.genesis_hash).await {
                         Ok(()) => {
                             tracing::debug!(channel, request, "voucher accepted");
+                            self.metrics.jobs.with_label_values(&["vouched"]).inc();
                             return;
                         },
                         Err(e) => {
@@ -592,7 +593,8 @@ impl ChannelBook {
             .ok_or(ChannelError::UnknownRequest(receipt.receipt.request))?;
         let mut next = served.channel.clone();
         next.served(receipt.clone())?;
-        self.store.save_provider(&next, Some(receipt))?;
+        let (saved, receipt) = (next.clone(), receipt.clone());
+        self.store.blocking(move |s| s.save_provider(&saved, Some(&receipt))).await?;
         served.channel = next;
         Ok(())
     }
@@ -609,7 +611,8 @@ impl ChannelBook {
         let served = channels.get_mut(&channel).ok_or(ChannelError::UnknownRequest(request))?;
         let mut next = served.channel.clone();
         next.accept(request, voucher, genesis_hash)?;
-        self.store.save_provider(&next, None)?;
+        let saved = next.clone();
+        self.store.blocking(move |s| s.save_provider(&saved, None)).await?;
         served.channel = next;
         Ok(())
     }

@@ -72,6 +72,20 @@ async fn wait_redeemed(chain: &ChainClient, channel: u64, inferences: u64) -> (u
     }
 }
 
+/// Waits until the worker at `metrics` has accepted `count` vouchers.
+fn wait_vouched(metrics: &str, count: u64) {
+    let wanted = format!("openledger_worker_jobs_total{{state=\"vouched\"}} {count}");
+    let started = Instant::now();
+    loop {
+        let text = ureq::get(metrics).call().ok().and_then(|r| r.into_string().ok());
+        if text.is_some_and(|t| t.lines().any(|l| l == wanted)) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no {count} vouchers at {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeems_them() {
     let _serial = common::procs::serial();
@@ -79,7 +93,9 @@ async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeem
     let (mut gateway, http, p2p) = channel_gateway(&ws, dir.path(), 90, &[]);
     // Holds its vouchers: no redemption comes due while it runs.
     let hold = ["--redeem-every-blocks", "1000000", "--redeem-amount-milli", "1000000"];
-    let mut bob = worker_with(&ws, "//Bob", dir.path(), &adapters, &p2p, &hold);
+    let watched = [&hold[..], &["--metrics", "127.0.0.1:0"]].concat();
+    let mut bob = worker_with(&ws, "//Bob", dir.path(), &adapters, &p2p, &watched);
+    let metrics = bob.wait_for("worker metrics:", 5);
     let (alice, bob_account, dave) =
         (account(&dev::alice()), account(&dev::bob()), account(&dev::dave()));
     // The provider is registered (its bond held): from here balances move by fees, deposits
@@ -132,6 +148,9 @@ async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeem
     assert_eq!((record.redeemed, record.inferences), (0, 0), "nothing on chain per request");
     assert!(best(&chain).await - blocks_before < 10, "served off the block clock");
 
+    // The answers are complete; their receipts' vouchers come just after: the worker holds
+    // all three before it dies.
+    wait_vouched(&metrics, 3);
     // The worker dies holding its vouchers; Alice asks to close meanwhile. Restarted with
     // the same schedule, the worker redeems from its store within the challenge window.
     bob.kill();

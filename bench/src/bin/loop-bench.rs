@@ -97,7 +97,13 @@ fn one_request(args: &Args, adapter: u32, i: usize) -> Result<Sample> {
         .set("Authorization", &format!("Bearer {}", args.api_key))
         .timeout(Duration::from_secs(300))
         .send_json(body)
-        .map_err(|e| anyhow::anyhow!("request failed: {e}"))?;
+        .map_err(|e| match e {
+            ureq::Error::Status(status, r) => anyhow::anyhow!(
+                "the gateway answered {status}: {}",
+                r.into_string().unwrap_or_default()
+            ),
+            e => anyhow::anyhow!("request failed: {e}"),
+        })?;
     let mut first_token = None;
     let mut info = Value::Null;
     for line in BufReader::new(response.into_reader()).lines() {
