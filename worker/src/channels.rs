@@ -87,7 +87,15 @@ pub(crate) struct ChannelBook {
     /// this provider, with when they were read: a request does not wait for the chain to
     /// price it.
     prices: Mutex<HashMap<Option<AdapterId>, (Balance, Instant)>>,
+    /// Unvouched receipts by (channel, request): since when (or since their last retry), and
+    /// how often they were sent again.
+    unvouched_since: Mutex<HashMap<(u64, u64), (Instant, u32)>>,
 }
+
+/// How long a receipt stays unvouched before it is sent again.
+const RETRADE_AFTER: Duration = Duration::from_secs(10);
+/// How often an unvouched receipt is sent again (per process).
+const RETRADES: u32 = 5;
 
 /// How long a price read from the chain is used before it is read again.
 const PRICE_FRESH_FOR: Duration = Duration::from_secs(30);
@@ -103,6 +111,7 @@ impl ChannelBook {
             store,
             channels: Mutex::new(channels),
             prices: Mutex::new(HashMap::new()),
+            unvouched_since: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -225,7 +234,7 @@ impl Worker {
             tracing::error!(channel, request, error = %e, "cannot record the receipt; not sending it");
             return;
         }
-        self.trade_receipt(book, from, admitted, receipt).await;
+        self.trade_receipt(book, from, admitted.channel, admitted.request, receipt, 5).await;
     }
 
     /// The checks made before a channel request runs; a refusal says what failed.
@@ -364,13 +373,18 @@ impl Worker {
         &self,
         book: &ChannelBook,
         gateway: PeerId,
-        admitted: Admitted,
+        channel: u64,
+        request: u64,
         receipt: SignedReceipt,
+        attempts: u32,
     ) {
-        let (channel, request) = (admitted.channel, admitted.request);
         let Some(exchange) = book.exchange_lock(channel).await else { return };
         let _turn = exchange.lock().await;
-        for attempt in 0..5u32 {
+        for attempt in 0..attempts {
+            if !book.is_unvouched(channel, request).await {
+                // Another trade of it (a retry of an unvouched receipt) got its voucher.
+                return;
+            }
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
             }
@@ -439,15 +453,63 @@ impl Worker {
         }
     }
 
-    /// Redeems each channel's latest voucher when the policy says so, until the process ends.
+    /// Redeems each channel's latest voucher when the policy says so, and sends again the
+    /// receipts no voucher came for, until the process ends.
     pub(crate) async fn redeem_vouchers(self: Arc<Self>) {
         let Some(book) = self.channels.as_ref() else { return };
+        // Retries wait on gateways that may not answer: beside the redemptions, not before.
+        let retrader = Arc::clone(&self);
+        tokio::spawn(async move {
+            let Some(book) = retrader.channels.as_ref() else { return };
+            loop {
+                retrader.retrade_unvouched(book).await;
+                tokio::time::sleep(book.settings.poll.max(Duration::from_secs(1))).await;
+            }
+        });
         loop {
             let ids: Vec<u64> = book.channels.lock().await.keys().copied().collect();
             for channel in ids {
                 self.redeem_if_due(book, channel).await;
             }
             tokio::time::sleep(book.settings.poll).await;
+        }
+    }
+
+    /// Sends again the receipts that stayed unvouched for [`RETRADE_AFTER`] (the gateway did
+    /// not answer, or the worker restarted before the voucher came) to the gateway that holds
+    /// the channel's signer key, at most [`RETRADES`] times each in this process's life: the
+    /// gateway answers a receipt it has vouched for with its latest voucher, and one it is
+    /// still waiting for with the next.
+    async fn retrade_unvouched(&self, book: &ChannelBook) {
+        let owed: Vec<(u64, [u8; 32], SignedReceipt)> = {
+            let channels = book.channels.lock().await;
+            channels
+                .iter()
+                .flat_map(|(id, s)| {
+                    s.channel.unvouched.iter().map(move |r| (*id, s.channel.signer, r.clone()))
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut seen = book.unvouched_since.lock().await;
+            seen.retain(|key, _| owed.iter().any(|(c, _, r)| (*c, r.receipt.request) == *key));
+            for (channel, signer, receipt) in owed {
+                let key = (channel, receipt.receipt.request);
+                let (since, tries) = seen.entry(key).or_insert((now, 0));
+                if now.duration_since(*since) >= RETRADE_AFTER && *tries < RETRADES {
+                    *tries += 1;
+                    *since = now;
+                    due.push((channel, signer, receipt));
+                }
+            }
+        }
+        for (channel, signer, receipt) in due {
+            let request = receipt.receipt.request;
+            let Ok(gateway) = peer_id_of_ed25519_public(&signer) else { continue };
+            tracing::info!(channel, request, "sending an unvouched receipt again");
+            self.trade_receipt(book, gateway, channel, request, receipt, 1).await;
         }
     }
 
@@ -615,6 +677,15 @@ impl ChannelBook {
         self.store.blocking(move |s| s.save_provider(&saved, None)).await?;
         served.channel = next;
         Ok(())
+    }
+
+    /// Whether `request`'s receipt on `channel` still waits for its voucher.
+    async fn is_unvouched(&self, channel: u64, request: u64) -> bool {
+        self.channels
+            .lock()
+            .await
+            .get(&channel)
+            .is_some_and(|s| s.channel.unvouched.iter().any(|r| r.receipt.request == request))
     }
 
     async fn exchange_lock(&self, channel: u64) -> Option<Arc<Mutex<()>>> {

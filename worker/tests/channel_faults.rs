@@ -3,7 +3,9 @@
 //! `openledger-channel`'s issuer). It vouches for the first answer, then refuses every
 //! receipt: the worker keeps serving only while its unvouched amount stays under its credit
 //! limit, then refuses the channel by name, and redeems the voucher it holds. The payer pays
-//! exactly the vouched answer; Bob's and Dave's balances move by what the events say.
+//! exactly the vouched answer. When the gateway answers again, the worker's retries of its
+//! unvouched receipts are vouched for and redeemed: every answer served is paid once. Bob's
+//! and Dave's balances move by what the events say.
 
 use openledger_testkit as common;
 
@@ -59,6 +61,7 @@ async fn ask(
 /// Waits for the worker's receipt of `request` (its token chunks pass by) and returns the
 /// asking id with the receipt.
 async fn receipt(
+    p2p: &P2pHandle,
     events: &mut mpsc::Receiver<P2pEvent>,
     request: u64,
 ) -> (u64, openledger_channel::SignedReceipt) {
@@ -69,8 +72,11 @@ async fn receipt(
             .expect("a receipt within 60 s")
             .expect("the node runs");
         if let P2pEvent::ChannelRequest { id, request: ChannelRequest::Receipt(r), .. } = event {
-            assert_eq!(r.receipt.request, CHANNEL_ROUTE_BIT | request);
-            return (id, r);
+            if r.receipt.request == CHANNEL_ROUTE_BIT | request {
+                return (id, r);
+            }
+            // An earlier receipt sent again (the worker retries unvouched ones): not now.
+            let _ = p2p.answer_channel(id, ChannelResponse::Refused("not now".into())).await;
         }
     }
 }
@@ -142,19 +148,19 @@ async fn a_gateway_that_stops_countersigning_is_cut_off_at_the_credit_limit() {
         ask(&p2p, worker, opened.channel, 1, adapter, max_charge).await,
         ChannelResponse::Accepted
     );
-    let (id, first) = receipt(&mut events, 1).await;
+    let (id, first) = receipt(&p2p, &mut events, 1).await;
     assert!(first.receipt.charge > 0 && first.receipt.charge <= max_charge, "{:?}", first.receipt);
     let voucher = payer.vouch(&first, max_charge, &signer, genesis).expect("vouched");
     p2p.answer_channel(id, ChannelResponse::Voucher(voucher.clone())).await.expect("answered");
 
     // Then no more vouchers: the worker serves while its credit lasts, then says why not.
-    let mut served = 0;
+    let mut served = 0u64;
     let mut refusal = None;
     for request in 2..10u64 {
         match ask(&p2p, worker, opened.channel, request, adapter, max_charge).await {
             ChannelResponse::Accepted => {
                 served += 1;
-                let (id, _) = receipt(&mut events, request).await;
+                let (id, _) = receipt(&p2p, &mut events, request).await;
                 let no = ChannelResponse::Refused("this payer stopped countersigning".into());
                 p2p.answer_channel(id, no).await.expect("answered");
                 // The worker asks again a few times; refuse those too.
@@ -184,25 +190,72 @@ async fn a_gateway_that_stops_countersigning_is_cut_off_at_the_credit_limit() {
     );
 
     // The worker redeems the voucher it holds: the payer pays that and nothing more.
+    let redeemed = wait_redeemed(&chain, opened.channel, 1).await;
+    assert_eq!((redeemed.redeemed, redeemed.inferences), (voucher.voucher.cumulative, 1));
+    assert_eq!(voucher.voucher.cumulative, first.receipt.charge);
+    let held = chain.balances(&alice).await.expect("balances").1;
+    assert_eq!(held, alice_held + deposit - first.receipt.charge);
+    // As a gateway does, the payer takes the redemption in: later vouchers break down the
+    // increment over what the chain has paid.
+    payer.on_redeemed(redeemed.redeemed, redeemed.sequence);
+
+    // The gateway comes back: the worker sends the receipts it served without a voucher
+    // again, and is paid for them. (A retry the test reads after the worker stopped waiting
+    // is answered anyway; the next retry of that receipt gets the same voucher.)
+    let mut charged = first.receipt.charge;
+    let mut vouched = std::collections::HashMap::new();
     let started = Instant::now();
     let redeemed = loop {
         if let ChannelStatus::Open(c) = chain.channel(opened.channel).await.expect("reads") {
-            if c.redeemed > 0 {
+            if c.inferences >= 1 + served {
                 break c;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "never redeemed");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(started.elapsed() < Duration::from_secs(90), "the unvouched receipts never paid");
+        let event = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        if let Ok(Some(P2pEvent::ChannelRequest {
+            id, request: ChannelRequest::Receipt(r), ..
+        })) = event
+        {
+            let voucher = match vouched.get(&r.receipt.request) {
+                Some(v) => Clone::clone(v),
+                None => {
+                    let v = payer.vouch(&r, max_charge, &signer, genesis).expect("vouched");
+                    charged += r.receipt.charge;
+                    vouched.insert(r.receipt.request, v.clone());
+                    v
+                },
+            };
+            let _ = p2p.answer_channel(id, ChannelResponse::Voucher(voucher)).await;
+        }
     };
-    assert_eq!((redeemed.redeemed, redeemed.inferences), (voucher.voucher.cumulative, 1));
-    assert_eq!(voucher.voucher.cumulative, first.receipt.charge);
+    assert_eq!(vouched.len() as u64, served, "each unvouched receipt is sent again");
+    assert_eq!(redeemed.redeemed, charged, "every answer served is paid once");
     let to = best(&chain).await;
     let held = chain.balances(&alice).await.expect("balances").1;
-    assert_eq!(held, alice_held + deposit - first.receipt.charge);
+    assert_eq!(held, alice_held + deposit - charged);
     let f = flows(&chain, from, to).await;
-    assert_eq!(f.voucher_charges.values().sum::<u128>(), first.receipt.charge);
+    assert_eq!(f.voucher_charges.values().sum::<u128>(), charged);
     assert_eq!(free_at(&bob, to).await as i128 - bob_free as i128, f.net(&bob));
     assert_eq!(free_at(&dave, to).await as i128 - dave_free as i128, f.net(&dave));
+}
+
+/// Waits until `channel` has paid for `inferences` inferences on chain; returns its state.
+async fn wait_redeemed(
+    chain: &ChainClient,
+    channel: u64,
+    inferences: u64,
+) -> openledger_chain_client::channels::Channel {
+    let started = Instant::now();
+    loop {
+        if let ChannelStatus::Open(c) = chain.channel(channel).await.expect("reads") {
+            if c.inferences >= inferences {
+                return c;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never redeemed {inferences}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `addr` (bytes from the chain) with `/p2p/<peer>`.
