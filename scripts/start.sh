@@ -2,8 +2,8 @@
 # Starts OpenLedger on embedded defaults, all on this machine: a single-validator development
 # chain, an OpenAI-compatible gateway, one CPU worker serving the embedded
 # SmolLM2-135M-Instruct Q4_1 with a demo adapter registered on chain, and a keeper that
-# expires jobs past their deadline. Prints a curl line that
-# returns a completion, and where to see its payout split; runs until Ctrl-C.
+# expires jobs past their deadline. Prints the link of Open Chat (the gateway's web page) and
+# a curl line that returns a completion, and where to see its payout split; runs until Ctrl-C.
 #
 #   scripts/start.sh                  # chain ws://127.0.0.1:9944, API http://127.0.0.1:8080/v1
 #   RPC_PORT=9955 HTTP_PORT=8081 scripts/start.sh
@@ -11,8 +11,9 @@
 #   WORKER_FLAGS="--redeem-every-blocks 2" scripts/start.sh
 #   DEMO_ADAPTERS=4 scripts/start.sh --then CMD ARGS...
 #       # with four demo adapters; runs CMD once all is up (OPENLEDGER_HTTP, OPENLEDGER_WS,
-#       # OPENLEDGER_DEMO_DIR (adapters/ holds the demo adapters) and OPENLEDGER_ADAPTERS, a
-#       # comma list of their ids, in its environment), then stops
+#       # OPENLEDGER_DEMO_DIR (adapters/ holds the demo adapters), OPENLEDGER_ADAPTERS, a
+#       # comma list of their ids, and OPENLEDGER_NODE_PID / OPENLEDGER_GATEWAY_PID in its
+#       # environment), then stops
 #       # everything and exits with CMD's status (scripts/bench-loop.sh uses this)
 set -euo pipefail
 then_cmd=()
@@ -67,7 +68,8 @@ adapter="${adapters[0]}"
 "$bin/openledger-gateway" --chain-url "$ws" --http "127.0.0.1:$http_port" \
     --listen "/ip4/127.0.0.1/tcp/$p2p_port" --key "$state/gateway.key" \
     --api-key demo-key=//Alice --model "$OPENLEDGER_MODEL" \
-    --channel-store "$state/gateway-channels.redb" ${GATEWAY_FLAGS:-} \
+    --channel-store "$state/gateway-channels.redb" --web "$PWD/web/dist" --web-key demo-key \
+    ${GATEWAY_FLAGS:-} \
     >"$state/logs/gateway.out" 2>"$state/logs/gateway.log" &
 pids+=($!)
 gateway_p2p=""
@@ -100,6 +102,7 @@ pids+=($!)
 if [ "${#then_cmd[@]}" -gt 0 ]; then
     status=0
     OPENLEDGER_HTTP="http://127.0.0.1:$http_port/v1" OPENLEDGER_WS="$ws" OPENLEDGER_DEMO_DIR="$state" \
+        OPENLEDGER_NODE_PID="${pids[0]}" OPENLEDGER_GATEWAY_PID="${pids[1]}" \
         OPENLEDGER_ADAPTERS="$(IFS=,; echo "${adapters[*]}")" "${then_cmd[@]}" || status=$?
     exit "$status"
 fi
@@ -108,6 +111,8 @@ cat <<MSG
 
 OpenLedger is running: a dev chain (validator Alice), a gateway and a CPU worker (provider
 Bob) serving SmolLM2-135M-Instruct with demo adapter $adapter (owner Dave).
+
+  Open Chat (chat with the adapter, see whom each answer pays):  http://127.0.0.1:$http_port/
 
   Ask for a completion (paid by Alice's account through the API key demo-key):
     curl -s http://127.0.0.1:$http_port/v1/completions -H 'Authorization: Bearer demo-key' \\

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, clippy (warnings are errors), the Rust tests
 # (pallets, runtime, a real node process, the services as real processes), the polkadot.js
-# end-to-end suite against a real node, and the zombienet tests of a four-validator network
-# (those two beside the Rust tests).
+# end-to-end suite against a real node, the zombienet tests of a four-validator network and
+# Open Chat's browser tests (those three beside the Rust tests).
 # `scripts/check.sh` is the fast lane (formatting, clippy, unit tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +36,10 @@ chain_log=$(mktemp "${TMPDIR:-/tmp}/openledger-chain-suites.XXXXXX")
     zn_start=$(secs)
     bash scripts/zombienet.sh test || status=1
     echo "zombienet: $(( $(secs) - zn_start )) s"
+    echo "== Open Chat in a real browser (chromium) against node, gateway and worker"
+    web_start=$(secs)
+    bash scripts/test-web.sh || status=1
+    echo "Open Chat browser tests: $(( $(secs) - web_start )) s"
     exit "$status"
 ) >"$chain_log" 2>&1 &
 chain_pid=$!

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use openledger_chain_client::channels::{ChannelPhase, ChannelStatus};
-use openledger_chain_client::{blake2_256, fee_for, AdapterId, Balance, ChainClient, Quote};
+use openledger_chain_client::{blake2_256, fee_for, ss58, AdapterId, Balance, ChainClient, Quote};
 use openledger_channel::{PayerChannel, SignedReceipt, Store};
 use openledger_p2p::{
     peer_id_of_ed25519_public, ChannelRequest, ChannelResponse, PeerId, CHANNEL_ROUTE_BIT,
@@ -253,6 +253,41 @@ impl PayerBook {
                 Ok(())
             },
         }
+    }
+
+    /// Where request `request` on `channel` stands, as JSON for `GET
+    /// /v1/channels/{channel}/requests/{request}`: `pending` (sent, its receipt not vouched
+    /// for yet) or `vouched` (its charge, the first voucher that covers it, and whether the
+    /// chain has redeemed a voucher that far); `None` when this gateway does not know it (never
+    /// sent, or redeemed and forgotten).
+    pub(crate) async fn request_status(
+        &self,
+        channel: u64,
+        request: u64,
+    ) -> Option<serde_json::Value> {
+        let channels = self.channels.lock().await;
+        let paying = channels.get(&channel)?;
+        let c = &paying.channel;
+        if let Some(p) = paying.pending.get(&request) {
+            return Some(serde_json::json!({
+                "channel": channel, "request": request.to_string(), "state": "pending",
+                "adapter": p.adapter, "max_charge": p.max_charge.to_string(),
+            }));
+        }
+        let entry = c.entries.iter().find(|e| e.request == request)?;
+        let shares: Vec<_> = entry
+            .contexts
+            .iter()
+            .map(|s| serde_json::json!({"datanet": s.datanet, "share_ppm": s.ppm}))
+            .collect();
+        Some(serde_json::json!({
+            "channel": channel, "request": request.to_string(), "state": "vouched",
+            "adapter": entry.adapter, "charge": entry.charge.to_string(), "context": shares,
+            "sequence": entry.sequence, "voucher_sequence": c.sequence,
+            "cumulative": c.cumulative.to_string(),
+            "redeemed": entry.sequence <= c.redeemed_sequence,
+            "provider": ss58(&paying.provider),
+        }))
     }
 
     /// A request that was never served (refused, or not delivered) gives its room back.

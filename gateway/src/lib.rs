@@ -24,9 +24,11 @@ mod model_card;
 pub mod openai;
 mod relay;
 mod routes;
+mod web;
 
 pub use channels::{ChannelConfig, PayerBook};
 pub use model_card::ModelCard;
+pub use web::WebConfig;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +42,7 @@ use openledger_p2p::{P2pEvent, P2pHandle};
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::openai::{adapter_id, ApiError};
+use crate::openai::{adapter_id, ApiError, Settle};
 use crate::relay::{relay_worker, route_chunks, JobSink, Relay, Route};
 use crate::routes::{cancel_job, chat_completions, completions, list_models, upload_payload};
 use openledger_chain_client::{
@@ -65,6 +67,8 @@ pub struct GatewayConfig {
     pub max_payload_bytes: usize,
     /// The base model the gateway can count tokens for, if it was given one.
     pub model: Option<ModelCard>,
+    /// Open Chat, the web page at `/`, when it is served.
+    pub web: Option<WebConfig>,
 }
 
 /// The gateway's shared state.
@@ -103,14 +107,18 @@ impl Gateway {
 
     /// The HTTP API.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let api = Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/completions", post(completions))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/jobs/{job}/payload", put(upload_payload))
             .route("/v1/jobs/{job}/cancel", post(cancel_job))
+            .route("/v1/channels/{channel}/requests/{request}", get(web::channel_request))
+            .route("/chat/config", get(web::config))
+            .route("/chat/v1/chat/completions", post(web::chat))
             .route("/health", get(|| async { "ok" }))
-            .with_state(Arc::clone(self))
+            .fallback(web::asset);
+        api.with_state(Arc::clone(self))
     }
 
     /// Serve the API on `addr` until the process ends.
@@ -127,14 +135,28 @@ impl Gateway {
         self.config.api_keys.get(key.trim()).ok_or_else(ApiError::unauthorized)
     }
 
-    /// Check the request against the chain's quote, submit the job on chain, then offer its
-    /// payload to the assigned worker only.
+    /// Check the request against the chain's quote, then send it on the payer's channel to the
+    /// quoted provider (where the gateway pays on channels and `settle` does not ask for a
+    /// job), or submit the job on chain and offer its payload to the assigned worker only.
     pub(crate) async fn start_job(
         &self,
         payer: &Keypair,
         model: &str,
         payload: &JobPayload,
+        settle: Option<Settle>,
     ) -> Result<Relay, ApiError> {
+        let channels = match (settle, &self.channels) {
+            (Some(Settle::Job), _) => None,
+            (_, Some(book)) => Some(book),
+            (Some(Settle::Channel), None) => {
+                return Err(ApiError::bad_request(
+                    "channels_off",
+                    "this gateway pays on no channels (started with --no-channels): leave \
+                     `settle` out or ask for \"job\"",
+                ))
+            },
+            (None, None) => None,
+        };
         let adapter = adapter_id(model).ok_or_else(|| ApiError::unknown_model(model))?;
         let bytes = payload.to_bytes();
         if bytes.len() > self.config.max_payload_bytes {
@@ -160,8 +182,11 @@ impl Gateway {
         let priced = std::time::Instant::now();
         let (quote, max_fee) = self.escrow_for(adapter, model, payload).await?;
         tracing::debug!(adapter, took_ms = priced.elapsed().as_secs_f64() * 1e3, "quoted");
-        if let Some(book) = &self.channels {
-            return self.start_on_channel(book, payer, adapter, &quote, max_fee, bytes).await;
+        if let Some(book) = channels {
+            let mut relay =
+                self.start_on_channel(book, payer, adapter, &quote, max_fee, bytes).await?;
+            relay.price_per_1k = Some(quote.price_per_1k);
+            return Ok(relay);
         }
         let me = self.p2p.local_peer_id().to_bytes();
         let submitted = std::time::Instant::now();
@@ -172,6 +197,9 @@ impl Gateway {
             .map_err(|e| self.chain_error(model, e))?;
         let mut relay = self.relay(job.clone()).await?;
         relay.assigned_after = submitted.elapsed();
+        // Matching may have picked another provider than the quote's (then its price is the
+        // job's to state, at settlement).
+        relay.price_per_1k = (job.provider == quote.provider).then_some(quote.price_per_1k);
         self.p2p
             .offer_payload(job.job, bytes, relay_worker(&self.jobs, job.job).await?)
             .await

@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use openledger_chain_client::cli;
 use openledger_chain_client::ChainClient;
-use openledger_gateway::{bind, ChannelConfig, Gateway, GatewayConfig, ModelCard, PayerBook};
+use openledger_gateway::{
+    bind, ChannelConfig, Gateway, GatewayConfig, ModelCard, PayerBook, WebConfig,
+};
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 
 use openledger_chain_client::OPEN;
@@ -71,6 +73,19 @@ struct Args {
     /// milli-OPEN, held from the payer until the channel closes.
     #[arg(long, default_value_t = 10_000)]
     channel_deposit_milli: u128,
+    /// Serve Open Chat, the web page in this folder (`web/dist`, built by
+    /// `scripts/build-web.sh`), at `/`.
+    #[arg(long)]
+    web: Option<PathBuf>,
+    /// The API key (one of `--api-key`'s) that pays for the page's requests; it stays on the
+    /// server, and anyone who can load the page spends from its account. Without it the page
+    /// asks each visitor for an API key of this gateway.
+    #[arg(long)]
+    web_key: Option<String>,
+    /// The chain RPC the page's browser reads (`--chain-url` when absent); the node must
+    /// accept the page's origin (`--rpc-cors`).
+    #[arg(long)]
+    web_chain_url: Option<String>,
 }
 
 #[tokio::main]
@@ -86,6 +101,27 @@ async fn run() -> Result<()> {
             entry.split_once('=').context("--api-key takes `KEY=<secret URI of the payer>`")?;
         api_keys.insert(key.to_string(), cli::account_key(Some(uri), None)?);
     }
+    if let Some(key) = &args.web_key {
+        anyhow::ensure!(
+            api_keys.contains_key(key),
+            "--web-key {key:?} is not one of the keys given with --api-key"
+        );
+    }
+    let web = match &args.web {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.join("index.html").is_file(),
+                "--web {}: no index.html there (scripts/build-web.sh builds web/dist)",
+                dir.display()
+            );
+            Some(WebConfig {
+                dir: dir.clone(),
+                key: args.web_key.clone(),
+                chain_url: args.web_chain_url.clone().unwrap_or_else(|| args.chain_url.clone()),
+            })
+        },
+        None => None,
+    };
     let model = match &args.model {
         Some(path) => Some(ModelCard::read(args.base_model, path)?),
         None => None,
@@ -121,6 +157,7 @@ async fn run() -> Result<()> {
             retry_after: Duration::from_secs(args.retry_after_secs),
             max_payload_bytes: P2pConfig::DEFAULT_MAX_PAYLOAD_BYTES,
             model,
+            web: web.clone(),
         },
         channels,
     );
@@ -128,6 +165,16 @@ async fn run() -> Result<()> {
         println!("gateway p2p: {addr}/p2p/{peer_id}");
     }
     println!("gateway http: http://{http}/v1");
+    match &web {
+        Some(WebConfig { key: Some(key), .. }) => {
+            println!("open chat: http://{http}/ (the page's requests are paid with API key {key})")
+        },
+        Some(_) => println!(
+            "open chat: http://{http}/ (each visitor enters an API key; --web-key KEY pays for \
+             the page's requests with one of yours)"
+        ),
+        None => {},
+    }
     gateway.serve(listener).await.context("the HTTP server stopped")?;
     Ok(())
 }

@@ -49,6 +49,21 @@ pub struct GenerationRequest {
     /// share of the charge's DataNet part when the job settles.
     #[serde(default)]
     pub context: Vec<ContextShare>,
+    /// OpenLedger's extension: how this request is paid, `"job"` (a job on chain, settled by
+    /// its receipt) or `"channel"` (the payer's payment channel to the provider). Absent: on a
+    /// channel where the gateway pays on channels, else as a job.
+    #[serde(default)]
+    pub settle: Option<Settle>,
+}
+
+/// How a request is paid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settle {
+    /// A job on chain, settled by the worker's receipt (the per-job path).
+    Job,
+    /// The payer's payment channel to the provider (the channel path).
+    Channel,
 }
 
 /// `stop`: a string or a list of strings.
@@ -102,6 +117,10 @@ pub struct ChainInfo {
     /// Milliseconds from submitting the job to its assignment being in a best block (zero
     /// on the channel path: nothing waits for a block).
     pub assigned_after_ms: f64,
+    /// The price per 1,000 tokens (prompt and output) it was quoted at, in plancks: its charge
+    /// is `ceil(tokens x price / 1000)`. Absent for a job submitted elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_1k: Option<String>,
 }
 
 /// An OpenAI-style error: `{"error": {"message", "type", "code"}}` with an HTTP status.
@@ -138,6 +157,22 @@ impl ApiError {
             kind: "invalid_request_error",
             code: "invalid_api_key",
             message: "missing or unknown API key: send `Authorization: Bearer <key>`".into(),
+            retry_after: None,
+        }
+    }
+
+    /// 401 with a reason of its own.
+    pub fn unauthorized_because(message: impl Into<String>) -> Self {
+        Self { message: message.into(), ..Self::unauthorized() }
+    }
+
+    /// 404: nothing by that name.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code,
+            message: message.into(),
             retry_after: None,
         }
     }

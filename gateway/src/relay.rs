@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::channels::ChannelRoute;
 use crate::openai::ApiError;
 use crate::Gateway;
-use openledger_chain_client::{JobAssigned, JobPhase, ProviderTerms, RefusalReason};
+use openledger_chain_client::{Balance, JobAssigned, JobPhase, ProviderTerms, RefusalReason};
 use openledger_p2p::REFUSED_PREFIX;
 
 pub(crate) struct JobSink {
@@ -45,6 +45,8 @@ pub(crate) struct Relay {
     pub(crate) chunks: mpsc::UnboundedReceiver<TokenChunk>,
     /// How long the submission took to be assigned (zero for uploaded payloads).
     pub(crate) assigned_after: Duration,
+    /// The price per 1,000 tokens it was quoted at (unknown for uploaded payloads).
+    pub(crate) price_per_1k: Option<Balance>,
     /// Set once the answer is complete (or the job was refused): nothing to cancel.
     pub(crate) done: bool,
     pub(crate) p2p: P2pHandle,
@@ -107,6 +109,7 @@ impl Gateway {
             route,
             chunks: rx,
             assigned_after: Duration::ZERO,
+            price_per_1k: None,
             done: false,
             p2p: self.p2p.clone(),
             jobs: Arc::clone(&self.jobs),

@@ -42,6 +42,7 @@ pub(crate) fn chain_info(relay: &Relay) -> ChainInfo {
             provider: ss58(&job.provider),
             escrow: job.escrow.to_string(),
             assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+            price_per_1k: relay.price_per_1k.map(|p| p.to_string()),
         },
         Route::Channel(route) => ChainInfo {
             job: None,
@@ -50,6 +51,7 @@ pub(crate) fn chain_info(relay: &Relay) -> ChainInfo {
             provider: ss58(&route.provider),
             escrow: route.max_charge.to_string(),
             assigned_after_ms: relay.assigned_after.as_secs_f64() * 1e3,
+            price_per_1k: relay.price_per_1k.map(|p| p.to_string()),
         },
     }
 }
@@ -125,7 +127,7 @@ pub(crate) async fn completions(
             return Err(ApiError::bad_request("empty_prompt", "the prompt is empty"));
         }
         let payload = sampling(prompt, req.max_tokens.unwrap_or(16), &req)?;
-        gateway.start_job(payer, &req.model, &payload).await
+        gateway.start_job(payer, &req.model, &payload, req.settle).await
     }
     .await;
     let relay = match result {
@@ -157,7 +159,7 @@ pub(crate) async fn chat_completions(
         };
         let mut payload = sampling(String::new(), req.max_tokens.unwrap_or(256), &req)?;
         payload.messages = messages;
-        gateway.start_job(payer, &req.model, &payload).await
+        gateway.start_job(payer, &req.model, &payload, req.settle).await
     }
     .await;
     let relay = match result {
@@ -218,11 +220,16 @@ pub(crate) async fn answer(
     if stream {
         let events = Arc::clone(&gateway).stream(relay, move |chunk| {
             let reason = chunk.finish.as_ref().map(|f| f.reason.as_str());
-            json!({
+            let mut event = json!({
                 "id": id, "object": flavor.object(true), "created": created(), "model": model,
                 "choices": [flavor.choice(&chunk.text, reason, true)],
                 "openledger": chain,
-            })
+            });
+            // The last chunk says what the answer counted (what it is charged for).
+            if let Some(finish) = &chunk.finish {
+                event["usage"] = json!(usage(finish));
+            }
+            event
         });
         return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     }
