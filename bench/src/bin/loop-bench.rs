@@ -81,7 +81,12 @@ struct Sample {
     assign_ms: f64,
     paid: Paid,
     answered: Instant,
+    /// 503s (no free slot) retried before it was taken.
+    retries: u32,
 }
+
+/// How often one request is retried after a 503.
+const MAX_RETRIES: u32 = 30;
 
 /// One streamed completion through the gateway.
 fn one_request(args: &Args, adapter: u32, i: usize) -> Result<Sample> {
@@ -93,17 +98,27 @@ fn one_request(args: &Args, adapter: u32, i: usize) -> Result<Sample> {
         "temperature": 0.0,
         "stream": true,
     });
-    let response = ureq::post(&format!("{}/completions", args.http))
-        .set("Authorization", &format!("Bearer {}", args.api_key))
-        .timeout(Duration::from_secs(300))
-        .send_json(body)
-        .map_err(|e| match e {
-            ureq::Error::Status(status, r) => anyhow::anyhow!(
-                "the gateway answered {status}: {}",
-                r.into_string().unwrap_or_default()
-            ),
-            e => anyhow::anyhow!("request failed: {e}"),
-        })?;
+    // A 503 (no provider has a free slot now) is retried after its Retry-After, as a client
+    // would; the wait counts in the request's latency.
+    let mut retries = 0u32;
+    let response = loop {
+        let sent = ureq::post(&format!("{}/completions", args.http))
+            .set("Authorization", &format!("Bearer {}", args.api_key))
+            .timeout(Duration::from_secs(300))
+            .send_json(body.clone());
+        match sent {
+            Ok(r) => break r,
+            Err(ureq::Error::Status(503, r)) if retries < MAX_RETRIES => {
+                let wait = r.header("Retry-After").and_then(|v| v.parse().ok()).unwrap_or(1);
+                retries += 1;
+                std::thread::sleep(Duration::from_secs(wait));
+            },
+            Err(ureq::Error::Status(status, r)) => {
+                bail!("the gateway answered {status}: {}", r.into_string().unwrap_or_default())
+            },
+            Err(e) => bail!("request failed: {e}"),
+        }
+    };
     let mut first_token = None;
     let mut info = Value::Null;
     for line in BufReader::new(response.into_reader()).lines() {
@@ -134,6 +149,7 @@ fn one_request(args: &Args, adapter: u32, i: usize) -> Result<Sample> {
         assign_ms: info["assigned_after_ms"].as_f64().unwrap_or(f64::NAN),
         paid,
         answered,
+        retries,
     })
 }
 
@@ -352,6 +368,7 @@ async fn main() -> Result<()> {
                 "last_token_to_settlement_ms_p50": percentile(&settle_ms, 50.0),
                 "last_token_to_settlement_ms_max": settle_ms.last().copied().unwrap_or(f64::NAN),
                 "settled": settle_ms.len(),
+                "retried_503": samples.iter().map(|s| u64::from(s.retries)).sum::<u64>(),
             })
         );
     }
