@@ -6,8 +6,8 @@
 #   with its standard-library sources and rust-lld);
 # - builds a `wasm32v1-none` sysroot for that compiler, keyed on its version,
 #   so `substrate-wasm-builder` can compile the runtime without rustup targets;
-# - installs the Node.js packages of the end-to-end suites and Open Chat, and builds Open
-#   Chat's page (web/dist) when its sources changed.
+# - installs the Node.js packages of the end-to-end suites (polkadot.js, PAPI), zombienet and
+#   Open Chat, and builds Open Chat's page (web/dist) when its sources changed.
 #
 # Prints one line saying what it did. Safe to run again: each step checks
 # whether it is already done.
@@ -80,8 +80,8 @@ TOML
     fi
 fi
 
-# --- Node.js packages of the end-to-end suite ------------------------------
-for dir in "$here"/scripts/e2e "$here"/zombienet "$here"/web; do
+# --- Node.js packages of the end-to-end suites ------------------------------
+for dir in "$here"/scripts/e2e "$here"/scripts/papi "$here"/zombienet "$here"/web; do
     if [ -f "$dir/package-lock.json" ]; then
         if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
             (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, clippy (warnings are errors), the Rust tests
 # (pallets, runtime, a real node process, the services as real processes), the polkadot.js
-# end-to-end suite against a real node, the zombienet tests of a four-validator network and
-# Open Chat's browser tests (those three beside the Rust tests).
+# and polkadot-api (PAPI) end-to-end suites against real nodes, the zombienet tests of a
+# four-validator network and Open Chat's browser tests (those four beside the Rust tests).
 # `scripts/check.sh` is the fast lane (formatting, clippy, unit tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,9 +22,9 @@ echo "== cargo clippy (warnings are errors)"
 bash scripts/lint.sh
 t1=$(secs)
 
-# The chain suites (the polkadot.js suite, then zombienet) wait on block times far more than
-# they compute: they run beside the Rust tests, each on its own free loopback ports, their
-# output kept and printed after the Rust tests' summaries.
+# The chain suites (the polkadot.js suite, the PAPI suite, then zombienet) wait on block times
+# far more than they compute: they run beside the Rust tests, each on its own free loopback
+# ports, their output kept and printed after the Rust tests' summaries.
 chain_log=$(mktemp "${TMPDIR:-/tmp}/openledger-chain-suites.XXXXXX")
 (
     status=0
@@ -32,6 +32,16 @@ chain_log=$(mktemp "${TMPDIR:-/tmp}/openledger-chain-suites.XXXXXX")
     js_start=$(secs)
     (cd scripts/e2e && node --test --test-concurrency=1 tests/) || status=1
     echo "polkadot.js suite: $(( $(secs) - js_start )) s"
+    # PAPI generates its descriptors from the node each test file starts; Node 20 has the
+    # WebSocket class PAPI needs only behind a flag (Node >= 22 by default).
+    echo "== polkadot-api (PAPI) end-to-end suite"
+    papi_start=$(secs)
+    ws_flag=()
+    if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 22 ]; then
+        ws_flag=(--experimental-websocket)
+    fi
+    (cd scripts/papi && node "${ws_flag[@]}" --test --test-concurrency=1 tests/) || status=1
+    echo "PAPI suite: $(( $(secs) - papi_start )) s"
     echo "== zombienet: four validators, finality, one validator down and back"
     zn_start=$(secs)
     bash scripts/zombienet.sh test || status=1
