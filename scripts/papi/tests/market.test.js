@@ -188,6 +188,10 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     assert.equal(await api.view.Jobs.receipt_signing_payload(job + 1000n, outputHash, 1, 1, []), undefined);
 
     const signature = Binary.toHex(ed25519.sign(payload, workerSecret));
+    // Anyone holding the receipt verifies it the way the chain will: the same bytes, the
+    // worker key the job's provider registered.
+    const { terms } = await api.view.Compute.provider(open.value.provider, { at: ack.block.hash });
+    assert.ok(ed25519.verify(Binary.fromHex(signature), payload, Binary.fromHex(terms.worker_key)));
     // A signature by another key, or over other fields, is refused by name and settles nothing.
     const stranger = ed25519.utils.randomSecretKey();
     await rejectsWith(submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...fields, signature: Binary.toHex(ed25519.sign(payload, stranger)) }] }), eve.signer), 'Jobs.BadSignature');
