@@ -32,9 +32,8 @@ describe('OpenLedger dev chain through polkadot-api', () => {
     // The CLI stored the metadata it read from the node, and generated from exactly those bytes.
     assert.deepEqual(chain.metadataRaw, live);
     assert.equal(chain.generated.chains[CHAIN_KEY], blake2_128Hex(live));
-    // The descriptors carry the node's genesis hash.
-    const { genesisHash } = await chain.client.getChainSpecData();
-    assert.equal(chain.descriptors[CHAIN_KEY].genesis, genesisHash);
+    // (The descriptors' own `genesis` is not the node's: PAPI's CLI 2.x writes a placeholder,
+    // 0x45 x 32, for a chain it reads over --wsUrl; nothing below depends on it.)
     // PAPI's compatibility check: every entry the suites use is identical in the runtime.
     const staticApis = await api.getStaticApis();
     for (const [kind, pallet, entry] of [
@@ -76,13 +75,13 @@ describe('OpenLedger dev chain through polkadot-api', () => {
     const tx = api.tx.Balances.transfer_keep_alive({ dest: { type: 'Id', value: bob.address }, value: amount });
     const estimate = await tx.getEstimatedFees(alice.address);
     const res = await submit(tx, alice.signer);
-    const [fee] = api.event.TransactionPayment.TransactionFeePaid.filter(res.events);
+    const [fee] = api.event.TransactionPayment.TransactionFeePaid.filter(res.events).map((e) => e.payload);
     assert.equal(fee.who, alice.address);
     assert.equal(fee.tip, 0n);
     assert.equal(fee.actual_fee, res.fee);
     assert.ok(res.fee > 0n && res.fee < OPEN / 1000n, `fee ${res.fee}`);
     assert.ok(estimate >= res.fee, `estimate ${estimate} covers the fee ${res.fee}`);
-    const [transfer] = api.event.Balances.Transfer.filter(res.events);
+    const [transfer] = api.event.Balances.Transfer.filter(res.events).map((e) => e.payload);
     assert.deepEqual(transfer, { from: alice.address, to: bob.address, amount });
     const after = await Promise.all([alice, bob].map((k) => api.query.System.Account.getValue(k.address, { at: res.block.hash })));
     assert.equal(after[1].data.free - before[1].data.free, amount);
@@ -95,7 +94,7 @@ describe('OpenLedger dev chain through polkadot-api', () => {
     const tx = () => api.tx.Balances.transfer_keep_alive({ dest: { type: 'Id', value: bob.address }, value: amount });
     const signer = withMetadataHash({ decimals: 18, tokenSymbol: 'OPEN' }, alice.signer);
     const res = await submit(tx(), signer);
-    const [transfer] = api.event.Balances.Transfer.filter(res.events);
+    const [transfer] = api.event.Balances.Transfer.filter(res.events).map((e) => e.payload);
     assert.equal(transfer.amount, amount);
     // The runtime holds its own metadata hash: a signature over any other digest is invalid.
     const wrong = withMetadataHash({ decimals: 18, tokenSymbol: 'DOT' }, alice.signer);

@@ -53,14 +53,14 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
   test('a DataNet takes contributions a curator approves; an adapter trained on it registers', async () => {
     const { dave, charlie, ferdie, eve } = keys;
     const created = await submit(api.tx.Attribution.create_datanet({ metadata: Binary.fromText('support tickets') }), dave.signer);
-    [{ datanet }] = api.event.Attribution.DataNetCreated.filter(created.events);
+    [{ datanet }] = api.event.Attribution.DataNetCreated.filter(created.events).map((e) => e.payload);
     await submit(api.tx.Attribution.add_curator({ datanet, curator: charlie.address }), dave.signer);
     // Ferdie contributes weight 1 and Eve weight 3, each approved by the curator.
     for (const [who, n, weight] of [[ferdie, 1, 1n], [eve, 2, 3n]]) {
       const record = hash256(`record ${n}`);
       await submit(api.tx.Attribution.contribute({ datanet, record, weight }), who.signer);
       const ok = await submit(api.tx.Attribution.approve_contribution({ datanet, record }), charlie.signer);
-      assert.equal(api.event.Attribution.ContributionApproved.filter(ok.events).length, 1);
+      assert.equal(api.event.Attribution.ContributionApproved.filter(ok.events).map((e) => e.payload).length, 1);
     }
     // A contributor cannot approve its own record: refused by name.
     const own = hash256('record 3');
@@ -77,7 +77,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
       price_per_1k: adapterPrice,
       training: [{ datanet, share: 1_000_000 }],
     }), dave.signer);
-    [{ adapter }] = api.event.Attribution.AdapterRegistered.filter(reg.events);
+    [{ adapter }] = api.event.Attribution.AdapterRegistered.filter(reg.events).map((e) => e.payload);
     const info = await api.query.Attribution.Adapters.getValue(adapter, { at: reg.block.hash });
     assert.equal(info.owner, dave.address);
     assert.equal(info.price_per_1k, adapterPrice);
@@ -100,7 +100,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     };
     const before = await account(bob.address);
     const reg = await submit(api.tx.Compute.register_provider({ terms, bond }), bob.signer);
-    const [registered] = api.event.Compute.ProviderRegistered.filter(reg.events);
+    const [registered] = api.event.Compute.ProviderRegistered.filter(reg.events).map((e) => e.payload);
     assert.equal(registered.provider, bob.address);
     assert.equal(registered.bond, bond);
     const after = await account(bob.address, reg.block.hash);
@@ -109,9 +109,9 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
 
     // The worker account declares the adapters it serves and reports those it has loaded.
     const served = await submit(api.tx.Compute.set_served_adapters({ provider: bob.address, adapters: [adapter] }), charlie.signer);
-    assert.equal(api.event.Compute.AdaptersServed.filter(served.events)[0].served, 1);
+    assert.equal(api.event.Compute.AdaptersServed.filter(served.events).map((e) => e.payload)[0].served, 1);
     const hb = await submit(api.tx.Compute.heartbeat({ provider: bob.address, hot_adapters: [adapter], free_slots: 4 }), charlie.signer);
-    assert.equal(api.event.Compute.HeartbeatReceived.filter(hb.events).length, 1);
+    assert.equal(api.event.Compute.HeartbeatReceived.filter(hb.events).map((e) => e.payload).length, 1);
 
     // Eligibility through the view functions, and the runtime API agreeing.
     const at = { at: hb.block.hash };
@@ -156,7 +156,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const sub = await submit(api.tx.Jobs.submit_job({
       adapter, input_hash: hash256('What is OpenLedger?'), max_output_tokens: outputTokens, max_fee: maxFee, gateway: new Uint8Array(randomBytes(38)),
     }), alice.signer);
-    const [assigned] = api.event.Jobs.JobAssigned.filter(sub.events);
+    const [assigned] = api.event.Jobs.JobAssigned.filter(sub.events).map((e) => e.payload);
     assert.equal(assigned.provider, bob.address);
     assert.equal(assigned.escrow, maxFee);
     const { job } = assigned;
@@ -171,7 +171,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     // Only the provider's worker acknowledges.
     await rejectsWith(submit(api.tx.Jobs.acknowledge({ job }), eve.signer), 'Jobs.NotAssignedWorker');
     const ack = await submit(api.tx.Jobs.acknowledge({ job }), charlie.signer);
-    assert.equal(api.event.Jobs.JobAcknowledged.filter(ack.events)[0].job, job);
+    assert.equal(api.event.Jobs.JobAcknowledged.filter(ack.events).map((e) => e.payload)[0].job, job);
     assert.equal((await api.view.Jobs.job_status(job, { at: ack.block.hash })).value.phase.type, 'Acknowledged');
 
     // The worker asks the chain for the bytes to sign and signs them with its ed25519 key.
@@ -204,7 +204,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const before = await snapshot('best');
     const settled = await submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...fields, signature }] }), eve.signer);
     const after = await snapshot(settled.block.hash);
-    const [done] = api.event.Jobs.JobSettled.filter(settled.events);
+    const [done] = api.event.Jobs.JobSettled.filter(settled.events).map((e) => e.payload);
     assert.equal(done.job, job);
     const charged = charge(inputTokens + outputTokens, quote.price_per_1k);
     assert.equal(done.charged, charged);
@@ -213,7 +213,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
 
     // The split names every payee; the amounts sum to the charge, the quote_split view function
     // (asked before settling) said the same, and each balance moved by exactly its amount.
-    const [split] = api.event.Attribution.FeeSplit.filter(settled.events);
+    const [split] = api.event.Attribution.FeeSplit.filter(settled.events).map((e) => e.payload);
     const payouts = split.payouts;
     assert.equal(payouts.reduce((s, [, amount]) => s + amount, 0n), charged);
     const quoted = await api.view.Attribution.quote_split(adapter, bob.address, charged, [], { at: ack.block.hash });
@@ -250,9 +250,10 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     assert.ok(ferdieOwed > 0n && ferdieOwed + eveOwed <= toDataNet && toDataNet - (ferdieOwed + eveOwed) <= 1n);
     assert.ok(eveOwed >= 3n * ferdieOwed && eveOwed <= 3n * ferdieOwed + 3n);
 
-    const claimBefore = await snapshot(settled.block.hash);
     const claim = await submit(api.tx.Attribution.claim_rewards({ datanet }), eve.signer);
-    const [claimed] = api.event.Attribution.RewardsClaimed.filter(claim.events);
+    // Balances in the block before the claim's: the claim's own effect.
+    const claimBefore = await snapshot(await api.query.System.ParentHash.getValue({ at: claim.block.hash }));
+    const [claimed] = api.event.Attribution.RewardsClaimed.filter(claim.events).map((e) => e.payload);
     assert.equal(claimed.amount, eveOwed);
     const claimAfter = await snapshot(claim.block.hash);
     assert.equal(claimAfter.eve.free - claimBefore.eve.free, eveOwed - claim.fee);
@@ -264,7 +265,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
   test('a receipt with retrieval context: the context DataNet is paid its share of the DataNet part', async () => {
     const { alice, bob, charlie, eve, ferdie } = keys;
     const created = await submit(api.tx.Attribution.create_datanet({ metadata: Binary.fromText('faq') }), ferdie.signer);
-    const [{ datanet: faq }] = api.event.Attribution.DataNetCreated.filter(created.events);
+    const [{ datanet: faq }] = api.event.Attribution.DataNetCreated.filter(created.events).map((e) => e.payload);
     const record = hash256('faq record');
     await submit(api.tx.Attribution.contribute({ datanet: faq, record, weight: 5n }), alice.signer);
     await submit(api.tx.Attribution.approve_contribution({ datanet: faq, record }), ferdie.signer);
@@ -273,7 +274,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const sub = await submit(api.tx.Jobs.submit_job({
       adapter, input_hash: hash256('rag question'), max_output_tokens: 512, max_fee: OPEN / 4n, gateway: new Uint8Array(randomBytes(38)),
     }), eve.signer);
-    const [{ job }] = api.event.Jobs.JobAssigned.filter(sub.events);
+    const [{ job }] = api.event.Jobs.JobAssigned.filter(sub.events).map((e) => e.payload);
     const ack = await submit(api.tx.Jobs.acknowledge({ job }), charlie.signer);
     const context = [{ datanet: faq, share: 400_000 }];
     const outputHash = hash256('an answer from the FAQ');
@@ -285,8 +286,8 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const quoted = await api.view.Attribution.quote_split(adapter, bob.address, 1_000_000n, context, { at: ack.block.hash });
     assert.ok(quoted.some(([p]) => p.type === 'ContextDataNet' && p.value === faq));
     const settled = await submit(api.tx.Jobs.submit_receipts({ receipts: [receipt] }), eve.signer);
-    const [done] = api.event.Jobs.JobSettled.filter(settled.events);
-    const [split] = api.event.Attribution.FeeSplit.filter(settled.events);
+    const [done] = api.event.Jobs.JobSettled.filter(settled.events).map((e) => e.payload);
+    const [split] = api.event.Attribution.FeeSplit.filter(settled.events).map((e) => e.payload);
     assert.equal(split.payouts.reduce((s, [, a]) => s + a, 0n), done.charged);
     const toContext = split.payouts.filter(([p]) => p.type === 'ContextDataNet' && p.value === faq).reduce((s, [, a]) => s + a, 0n);
     const toTraining = split.payouts.filter(([p]) => p.type === 'TrainingDataNet' && p.value === datanet).reduce((s, [, a]) => s + a, 0n);
@@ -299,7 +300,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     assert.ok(pending <= toContext && toContext - pending <= 1n, `pending ${pending} of ${toContext}`);
     const aliceBefore = await account(alice.address, settled.block.hash);
     const claim = await submit(api.tx.Attribution.claim_rewards({ datanet: faq }), alice.signer);
-    assert.equal(api.event.Attribution.RewardsClaimed.filter(claim.events)[0].amount, pending);
+    assert.equal(api.event.Attribution.RewardsClaimed.filter(claim.events).map((e) => e.payload)[0].amount, pending);
     const aliceAfter = await account(alice.address, claim.block.hash);
     assert.equal(aliceAfter.free - aliceBefore.free, pending - claim.fee);
   });
@@ -309,7 +310,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const signerSecret = ed25519.utils.randomSecretKey();
     const deposit = 2n * OPEN;
     const opened = await submit(api.tx.Channels.open({ provider: bob.address, deposit, signer: Binary.toHex(ed25519.getPublicKey(signerSecret)) }), ferdie.signer);
-    const [{ channel }] = api.event.Channels.ChannelOpened.filter(opened.events);
+    const [{ channel }] = api.event.Channels.ChannelOpened.filter(opened.events).map((e) => e.payload);
     const status = await api.view.Channels.channel_status(channel, { at: opened.block.hash });
     assert.equal(status.type, 'Open');
     assert.equal(status.value.deposit, deposit);
@@ -322,17 +323,17 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const domain = Binary.fromText('openledger/voucher/v1');
     assert.deepEqual(payload.slice(0, domain.length), domain);
     const signature = Binary.toHex(ed25519.sign(payload, signerSecret));
-    await rejectsWith(submit(api.tx.Channels.redeem({ voucher: { ...voucher, cumulative: 2n * OPEN }, signature }), bob.signer), 'Channels.BadSignature');
+    await rejectsWith(submit(api.tx.Channels.redeem({ voucher: { ...voucher, inferences: 43n }, signature }), bob.signer), 'Channels.BadSignature');
 
     const bobBefore = await account(bob.address);
     const redeemed = await submit(api.tx.Channels.redeem({ voucher, signature }), bob.signer);
-    const [ev] = api.event.Channels.VoucherRedeemed.filter(redeemed.events);
+    const [ev] = api.event.Channels.VoucherRedeemed.filter(redeemed.events).map((e) => e.payload);
     assert.equal(ev.channel, channel);
     assert.equal(ev.paid, OPEN);
     const after = await api.view.Channels.channel_status(channel, { at: redeemed.block.hash });
     assert.equal(after.value.redeemed, OPEN);
     // The redemption is split as a receipt's charge is: the provider gets its share of it.
-    const [split] = api.event.Attribution.VoucherFeeSplit.filter(redeemed.events);
+    const [split] = api.event.Attribution.VoucherFeeSplit.filter(redeemed.events).map((e) => e.payload);
     assert.equal(split.payouts.reduce((s, [, a]) => s + a, 0n), OPEN);
     const toBob = split.payouts.filter(([p]) => p.type === 'Provider').reduce((s, [, a]) => s + a, 0n);
     const bobAfter = await account(bob.address, redeemed.block.hash);
