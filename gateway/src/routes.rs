@@ -96,7 +96,7 @@ pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response
                         "id": format!("adapter-{id}"),
                         "object": "model",
                         "created": 0,
-                        "owned_by": a.owner.to_string(),
+                        "owned_by": ss58(&a.owner),
                         "base_model": a.base_model,
                         "rank": a.rank,
                         "price_per_1k_tokens": a.price_per_1k.to_string(),
