@@ -30,6 +30,17 @@ export function payeeLabel(payee) {
   }
 }
 
+/** A storage map keyed by one numeric id, as `[id, value]` pairs (values unwrapped) by id. */
+export async function byId(map) {
+  const entries = await map.entries();
+  return entries.map(([key, value]) => [key.args[0].toNumber(), value.unwrap()]).sort((a, b) => a[0] - b[0]);
+}
+
+/** A DataNet share (`DataNetShare`) as `#id (p%)`. */
+export function shareText(share) {
+  return `#${share.datanet} (${(share.share.toNumber() / 10_000).toFixed(1)}%)`;
+}
+
 /** Decodes bounded bytes that hold text. */
 export function text(bytes) {
   try {

@@ -1,6 +1,6 @@
 // The chat: pick an adapter, talk to it with streaming through the gateway's OpenAI route,
 // and under each answer show what it cost and whom it paid, read from the chain.
-import { formatOpen, payeeLabel, text } from './chain.js';
+import { byId, formatOpen, payeeLabel, shareText, text } from './chain.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -80,11 +80,9 @@ export class Chat {
 
   /** Fills the context picker with the chain's DataNets (keeping the choice). */
   async loadDataNets() {
-    const api = this.chain.api;
-    const entries = await api.query.attribution.dataNets.entries();
+    const ids = await byId(this.chain.api.query.attribution.dataNets);
     const select = $('context');
     const chosen = new Set([...select.selectedOptions].map((o) => o.value));
-    const ids = entries.map(([k, v]) => [k.args[0].toNumber(), v.unwrap()]).sort((a, b) => a[0] - b[0]);
     if (ids.map(([id]) => String(id)).join() === [...select.options].map((o) => o.value).join()) return;
     select.replaceChildren(...ids.map(([id, d]) => {
       const option = document.createElement('option');
@@ -117,8 +115,7 @@ export class Chat {
       if (api?.isConnected) {
         const onChain = await api.query.attribution.adapters(id);
         if (onChain.isSome) {
-          const training = onChain.unwrap().training.map((s) =>
-            `#${s.datanet.toString()} (${(s.share.toNumber() / 10_000).toFixed(1)}%)`);
+          const training = onChain.unwrap().training.map(shareText);
           lines.push(`<div>trained on ${training.length ? training.join(', ') : 'no DataNet'}</div>`);
         }
       }

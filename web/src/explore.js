@@ -1,6 +1,6 @@
 // The explorer: providers, adapters, DataNets and recent settlements, read from the chain and
 // refreshed as blocks come.
-import { formatOpen, payeeLabel, text } from './chain.js';
+import { byId, formatOpen, payeeLabel, shareText, text } from './chain.js';
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
@@ -66,14 +66,9 @@ export class Explorer {
   }
 
   async adapters() {
-    const api = this.chain.api;
     const rows = [];
-    const entries = await api.query.attribution.adapters.entries();
-    entries.sort((a, b) => a[0].args[0].toNumber() - b[0].args[0].toNumber());
-    for (const [key, value] of entries) {
-      const id = key.args[0].toNumber();
-      const a = value.unwrap();
-      const training = a.training.map((s) => `#${s.datanet} (${(s.share.toNumber() / 10_000).toFixed(1)}%)`).join(', ') || '–';
+    for (const [id, a] of await byId(this.chain.api.query.attribution.adapters)) {
+      const training = a.training.map(shareText).join(', ') || '–';
       rows.push(`<tr data-adapter="${id}"${a.retired.isTrue ? ' class="retired"' : ''}><td>adapter-${id}${a.retired.isTrue ? ' (retired)' : ''}</td>`
         + `<td>${addr(a.owner.toString())}</td><td class="num">#${a.baseModel}</td><td class="num">${a.rank}</td>`
         + `<td class="num">${formatOpen(a.pricePer1k.toBigInt(), this.dec, 6)}</td><td>${training}</td>`
@@ -85,11 +80,7 @@ export class Explorer {
   async datanets() {
     const api = this.chain.api;
     const rows = [];
-    const entries = await api.query.attribution.dataNets.entries();
-    entries.sort((a, b) => a[0].args[0].toNumber() - b[0].args[0].toNumber());
-    for (const [key, value] of entries) {
-      const id = key.args[0].toNumber();
-      const d = value.unwrap();
+    for (const [id, d] of await byId(api.query.attribution.dataNets)) {
       const stakes = await api.query.attribution.stakes.entries(id);
       const contributors = await Promise.all(stakes.map(async ([k, stake]) => {
         const who = k.args[1].toString();
