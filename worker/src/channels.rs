@@ -96,6 +96,8 @@ pub(crate) struct ChannelBook {
 const RETRADE_AFTER: Duration = Duration::from_secs(10);
 /// How often an unvouched receipt is sent again (per process).
 const RETRADES: u32 = 5;
+/// How often a receipt is offered when it is new (with growing pauses between).
+const TRADE_ATTEMPTS: u32 = 5;
 
 /// How long a price read from the chain is used before it is read again.
 const PRICE_FRESH_FOR: Duration = Duration::from_secs(30);
@@ -118,8 +120,6 @@ impl ChannelBook {
 
 /// A request the worker admitted on a channel.
 struct Admitted {
-    channel: u64,
-    request: u64,
     adapter: AdapterId,
     max_charge: Balance,
     price_per_1k: Balance,
@@ -234,7 +234,7 @@ impl Worker {
             tracing::error!(channel, request, error = %e, "cannot record the receipt; not sending it");
             return;
         }
-        self.trade_receipt(book, from, admitted.channel, admitted.request, receipt, 5).await;
+        self.trade_receipt(book, from, channel, request, receipt, TRADE_ATTEMPTS).await;
     }
 
     /// The checks made before a channel request runs; a refusal says what failed.
@@ -268,8 +268,6 @@ impl Worker {
         let price_per_1k = self.channel_price(book, adapter).await?;
         book.admit(self, from, channel, max_charge).await?;
         Ok(Admitted {
-            channel,
-            request,
             adapter,
             max_charge,
             price_per_1k,
@@ -494,7 +492,9 @@ impl Worker {
         let mut due = Vec::new();
         {
             let mut seen = book.unvouched_since.lock().await;
-            seen.retain(|key, _| owed.iter().any(|(c, _, r)| (*c, r.receipt.request) == *key));
+            let owed_keys: std::collections::HashSet<(u64, u64)> =
+                owed.iter().map(|(c, _, r)| (*c, r.receipt.request)).collect();
+            seen.retain(|key, _| owed_keys.contains(key));
             for (channel, signer, receipt) in owed {
                 let key = (channel, receipt.receipt.request);
                 let (since, tries) = seen.entry(key).or_insert((now, 0));
