@@ -33,13 +33,15 @@ describe('OpenLedger dev chain through polkadot.js', () => {
     assert.equal(api.consts.balances.existentialDeposit.toBigInt(), OPEN / 1000n);
   });
 
-  test('a signed transfer moves exactly the amount, and the sender pays exactly the reported fee', async () => {
+  test('a signed transfer moves exactly the amount, and the sender pays exactly the reported fee', async (t) => {
     const { alice, bob } = devAccounts(api);
     const amount = 12_345n * OPEN / 1000n; // 12.345 OPEN
     const aliceBefore = await freeBalance(api, alice.address);
     const bobBefore = await freeBalance(api, bob.address);
 
     const tx = api.tx.balances.transferKeepAlive(bob.address, amount);
+    // What a wallet shows before signing (TransactionPaymentApi.query_info).
+    const estimate = (await tx.paymentInfo(alice)).partialFee.toBigInt();
     const { events, blockHash } = await sendAndWait(api, tx, alice);
 
     const feeEvent = events.find(({ event }) => api.events.transactionPayment.TransactionFeePaid.is(event));
@@ -50,6 +52,9 @@ describe('OpenLedger dev chain through polkadot.js', () => {
     const fee = actualFee.toBigInt();
     assert.ok(fee > 0n, 'a transfer is not free');
     assert.ok(fee < OPEN / 1000n, `fee ${fee} under 0.001 OPEN`);
+    assert.equal(fee, estimate, 'the fee paid is the fee the wallet was shown');
+    // The figure the README gives (its section "The chain").
+    t.diagnostic(`transfer_keep_alive fee: ${fee} planck = ${Number(fee) / 1e18} OPEN`);
 
     const transfer = events.find(({ event }) => api.events.balances.Transfer.is(event));
     assert.ok(transfer, 'Transfer event emitted');
