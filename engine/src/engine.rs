@@ -16,13 +16,14 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 
 use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
+use crate::commitment::{ActivationCommitment, VerifyReport};
 use crate::error::{EngineError, Result};
 use crate::gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::model::Model;
 use crate::sampling::SamplingParams;
 use crate::scheduler::{Budgets, Pending, Scheduler};
-use crate::sequence::{Limits, RequestId, StreamEvent};
+use crate::sequence::{Limits, RequestId, StreamEvent, Verification};
 use crate::step::SeqChunk;
 
 /// Sizes and budgets of an engine.
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Threads of the engine's compute pool (0: one per CPU).
     pub threads: usize,
+    /// Commit to every generated token's activations ([`crate::commitment`]): each
+    /// request's [`StreamEvent::Finished`] then carries its commitment.
+    pub commit_activations: bool,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             max_prefill_chunk: 0,
             max_running: 64,
             threads: 0,
+            commit_activations: true,
         }
     }
 }
@@ -114,6 +119,7 @@ pub struct Engine {
     /// Every step runs inside this pool, so the calling thread is one of its workers and the
     /// many short parallel loops of a step cost no thread hand-offs.
     pool: Option<Arc<rayon::ThreadPool>>,
+    commit_activations: bool,
 }
 
 impl Engine {
@@ -145,6 +151,7 @@ impl Engine {
             steps: 0,
             fail_next_step: false,
             pool,
+            commit_activations: config.commit_activations,
         })
     }
 
@@ -215,6 +222,83 @@ impl Engine {
         adapter: Option<String>,
         params: SamplingParams,
     ) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        let id = self.check_request(&tokens, adapter.as_deref(), &params)?;
+        let (tx, rx) = channel();
+        if let Some(name) = &adapter {
+            self.adapters.prefetch(name);
+        }
+        let commit = self.commit_activations;
+        self.scheduler.waiting.push_back(Pending {
+            id,
+            tokens,
+            adapter,
+            params,
+            tx,
+            commit,
+            verify: None,
+        });
+        Ok((id, rx))
+    }
+
+    /// Queues a verification of another worker's output: recomputes, in prefill passes
+    /// batched with the running requests, the rows that picked each of `output`'s tokens
+    /// after `prompt` (with `adapter`), and compares them with `claimed`
+    /// ([`crate::commitment::compare_row`], values within `relative`). The channel gets one
+    /// [`StreamEvent::Verified`] with the findings (or [`StreamEvent::Failed`]).
+    pub fn submit_verification(
+        &mut self,
+        prompt: &[u32],
+        output: &[u32],
+        adapter: Option<String>,
+        claimed: ActivationCommitment,
+        relative: f32,
+    ) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        if prompt.is_empty() {
+            let request = self.next_id;
+            self.next_id += 1;
+            return Err(EngineError::EmptyPrompt { request });
+        }
+        // The row that picked output token j sits at position prompt.len() - 1 + j: the
+        // prompt and every output token but the last go in.
+        let mut tokens = prompt.to_vec();
+        tokens.extend_from_slice(output.get(..output.len().saturating_sub(1)).unwrap_or(&[]));
+        let params = SamplingParams { max_tokens: 1, ..SamplingParams::default() };
+        let id = self.check_request(&tokens, adapter.as_deref(), &params)?;
+        let (tx, rx) = channel();
+        let report = VerifyReport::new(&claimed);
+        let verify = Verification {
+            claimed,
+            first_row: prompt.len() - 1,
+            rows: output.len(),
+            relative,
+            report,
+        };
+        if output.is_empty() {
+            let _ = tx.send(StreamEvent::Verified(verify.report));
+            return Ok((id, rx));
+        }
+        if let Some(name) = &adapter {
+            self.adapters.prefetch(name);
+        }
+        self.scheduler.waiting.push_back(Pending {
+            id,
+            tokens,
+            adapter,
+            params,
+            tx,
+            commit: false,
+            verify: Some(verify),
+        });
+        Ok((id, rx))
+    }
+
+    /// Checks a request before it is queued; returns its id.
+    fn check_request(
+        &mut self,
+        tokens: &[u32],
+        adapter: Option<&str>,
+        params: &SamplingParams,
+    ) -> Result<RequestId> {
         let id = self.next_id;
         self.next_id += 1;
         if tokens.is_empty() {
@@ -225,9 +309,9 @@ impl Engine {
             return Err(EngineError::TokenOutOfVocabulary { request: id, token, vocab });
         }
         params.check().map_err(|message| EngineError::InvalidSampling { request: id, message })?;
-        if let Some(name) = &adapter {
+        if let Some(name) = adapter {
             if !self.adapters.contains(name) {
-                return Err(EngineError::UnknownAdapter(name.clone()));
+                return Err(EngineError::UnknownAdapter(name.to_string()));
             }
         }
         let context = self.model.config().max_position;
@@ -238,7 +322,7 @@ impl Engine {
                 context,
             });
         }
-        let blocks = self.cache.blocks_for(self.scheduler.worst_case_len(tokens.len(), &params));
+        let blocks = self.cache.blocks_for(self.scheduler.worst_case_len(tokens.len(), params));
         let capacity = self.cache.config().num_blocks;
         if blocks > capacity {
             return Err(EngineError::ExceedsKvCache {
@@ -249,19 +333,7 @@ impl Engine {
                 capacity,
             });
         }
-        let req = GenerationRequest { prompt: String::new(), adapter, params };
-        if let Some(name) = &req.adapter {
-            self.adapters.prefetch(name);
-        }
-        let (tx, rx) = channel();
-        self.scheduler.waiting.push_back(Pending {
-            id,
-            tokens,
-            adapter: req.adapter,
-            params: req.params,
-            tx,
-        });
-        Ok((id, rx))
+        Ok(id)
     }
 
     /// Whether nothing is queued or running.
@@ -348,13 +420,24 @@ impl Engine {
         let limits = Limits { eos: &config.eos_token_ids, max_position: config.max_position };
         let mut i = 0;
         while i < self.scheduler.running.len() {
+            let s = &self.scheduler.running[i];
+            if s.verify.is_some() && s.processed == s.tokens.len() {
+                let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+                if let Some(v) = s.verify.take() {
+                    tracing::debug!(request = s.id, report = ?v.report, "verified");
+                    let _ = s.tx.send(StreamEvent::Verified(v.report));
+                }
+                report.finished += 1;
+                continue;
+            }
             match self.scheduler.running[i].emit(&self.tokenizer, &limits) {
                 Some(reason) => {
-                    let s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+                    let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
                     let _ = s.tx.send(StreamEvent::Finished {
                         reason,
                         prompt_tokens: s.prompt_len,
                         completion_tokens: s.tokens.len() - s.prompt_len,
+                        activations: s.activations.take(),
                     });
                     tracing::debug!(request = s.id, ?reason, "finished");
                     report.finished += 1;
@@ -370,8 +453,38 @@ impl Engine {
     fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
         let chunks: Vec<SeqChunk<'_>> =
             plan.iter().map(|&(i, n)| self.scheduler.running[i].chunk(n)).collect();
-        let logits = self.model.forward(&chunks, &mut self.cache, self.adapters.tables())?;
+        // The final-norm rows this step commits to or verifies, in step-row order.
+        let mut hidden_rows = Vec::new();
+        let mut offset = 0;
+        for &(i, n) in plan {
+            for r in self.scheduler.running[i].rows_to_read(n) {
+                hidden_rows.push((offset + r) as u32);
+            }
+            offset += n;
+        }
+        let out = self.model.forward_step(
+            &chunks,
+            &mut self.cache,
+            self.adapters.tables(),
+            &hidden_rows,
+        )?;
         drop(chunks);
+        let logits = out.logits;
+        if !hidden_rows.is_empty() {
+            let hidden = out.hidden.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+            let mut rows = hidden.iter();
+            for &(i, n) in plan {
+                let s = &mut self.scheduler.running[i];
+                for r in s.rows_to_read(n) {
+                    let row = rows.next().ok_or_else(|| {
+                        EngineError::Backend(
+                            "the model returned fewer hidden rows than asked".into(),
+                        )
+                    })?;
+                    s.take_row(r, row)?;
+                }
+            }
+        }
         // On a GPU, when every row is greedy, only each row's argmax crosses to the host
         // (4 bytes instead of a vocabulary of f32 logits per row, and no host scan).
         let greedy_on_device = !logits.device().is_cpu()
@@ -392,7 +505,7 @@ impl Engine {
             let s = &mut self.scheduler.running[i];
             s.processed += n;
             s.table.len = s.processed;
-            if s.processed == s.tokens.len() {
+            if s.processed == s.tokens.len() && s.verify.is_none() {
                 let t = match (rows.get(k), picks.get(k)) {
                     (Some(row), _) => s.sampler.sample(row),
                     (None, Some(&t)) => t,

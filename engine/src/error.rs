@@ -90,6 +90,10 @@ pub enum EngineError {
     /// a host-path-only operation on a GPU model), or a step failed on the device.
     #[error("backend: {0}")]
     Backend(String),
+
+    /// An activation commitment that does not decode, or a row it cannot encode.
+    #[error("activation commitment: {0}")]
+    BadCommitment(String),
     /// An SGMV kernel rejected its inputs.
     #[error("kernel: {0}")]
     Kernel(#[from] openledger_kernels::KernelError),
@@ -155,6 +159,7 @@ impl EngineError {
             | Self::AdapterSlotsFull { .. }
             | Self::OutOfBlocks { .. }
             | Self::Backend(_)
+            | Self::BadCommitment(_)
             | Self::Kernel(_)
             | Self::Candle(_) => None,
         }

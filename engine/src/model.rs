@@ -172,6 +172,62 @@ impl Model {
         Ok(Self::new(self.config.clone(), weights, self.device.clone()))
     }
 
+    /// The same model without its last `n` layers (host path): what a worker cutting
+    /// corners would serve, for the verifier's tests and benchmarks.
+    #[doc(hidden)]
+    pub fn without_last_layers(&self, n: usize) -> Result<Self> {
+        let Backend::Host { weights: w, .. } = &self.backend else {
+            return Err(EngineError::Backend("without_last_layers is for the host path".into()));
+        };
+        let keep = w.layers.len().checked_sub(n).filter(|&k| k > 0).ok_or_else(|| {
+            EngineError::Backend(format!("cannot drop {n} of {} layers", w.layers.len()))
+        })?;
+        let weights = BaseWeights {
+            embed: w.embed.clone(),
+            layers: w.layers[..keep].to_vec(),
+            norm: w.norm.clone(),
+            lm_head: w.lm_head.clone(),
+        };
+        let config = ModelConfig { num_layers: keep, ..self.config.clone() };
+        Ok(Self::new(config, weights, self.device.clone()))
+    }
+
+    /// The same model with every projection dequantized and quantized again as `dtype` (a
+    /// GGUF block format; host path): a model served in another numeric format than the one
+    /// registered, for the verifier's tests and benchmarks.
+    #[doc(hidden)]
+    pub fn requantized(&self, dtype: candle_core::quantized::GgmlDType) -> Result<Self> {
+        let Backend::Host { weights: w, .. } = &self.backend else {
+            return Err(EngineError::Backend("requantized is for the host path".into()));
+        };
+        let convert = |l: &Linear| -> Result<Linear> {
+            let Linear::Dense(d) = l.dequantized()? else {
+                return Err(EngineError::Backend("dequantizing gave no dense matrix".into()));
+            };
+            let t = d.to_tensor()?;
+            let q = candle_core::quantized::QTensor::quantize(&t, dtype)?;
+            Linear::from_qtensor(std::sync::Arc::new(q))
+        };
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(weights::LayerWeights {
+                    attn_norm: l.attn_norm.clone(),
+                    ffn_norm: l.ffn_norm.clone(),
+                    proj: l.proj.iter().map(convert).collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let weights = BaseWeights {
+            embed: w.embed.clone(),
+            layers,
+            norm: w.norm.clone(),
+            lm_head: w.lm_head.clone(),
+        };
+        Ok(Self::new(self.config.clone(), weights, self.device.clone()))
+    }
+
     /// The model's shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -192,6 +248,20 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
     ) -> Result<Tensor> {
+        Ok(self.forward_step(chunks, cache, lora, &[])?.logits)
+    }
+
+    /// [`Self::forward`], also returning the final norm's output (the rows the LM head
+    /// reads) at `hidden_rows`, indices into the step's rows (the chunks' tokens one after
+    /// another), as `[hidden_rows, hidden]` f32 on the host: what activation commitments
+    /// ([`crate::commitment`]) are made of.
+    pub fn forward_step(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        hidden_rows: &[u32],
+    ) -> Result<StepOutput> {
         let cfg = &self.config;
         let on_device = cache.device_pool().is_some();
         if on_device != matches!(self.backend, Backend::Tensor(_)) {
@@ -229,6 +299,12 @@ impl Model {
             positions.extend(c.start..end);
             last_rows.push((tokens.len() - 1) as u32);
         }
+        if let Some(&r) = hidden_rows.iter().find(|&&r| r as usize >= tokens.len()) {
+            return Err(EngineError::Backend(format!(
+                "hidden row {r} asked of a step of {} rows",
+                tokens.len()
+            )));
+        }
         let adapters: Vec<Option<u32>> = chunks.iter().map(|c| c.adapter).collect();
         let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         // Built once per step, shared by every layer.
@@ -236,8 +312,18 @@ impl Model {
         let (weights, rope) = match &self.backend {
             Backend::Host { weights, rope } => (weights, rope),
             Backend::Tensor(t) => {
-                return t
-                    .forward(cfg, chunks, &tokens, &positions, &last_rows, cache, lora, &segments)
+                let (logits, hidden) = t.forward(
+                    cfg,
+                    chunks,
+                    &tokens,
+                    &positions,
+                    &last_rows,
+                    hidden_rows,
+                    cache,
+                    lora,
+                    &segments,
+                )?;
+                return Ok(StepOutput { logits, hidden });
             },
         };
 
@@ -299,8 +385,26 @@ impl Model {
         let mut normed = vec![0f32; last.len()];
         rms_norm(&last, &weights.norm, eps, &mut normed);
         let logits = weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
-        Ok(Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?)
+        let logits = Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?;
+        // Rows are independent through the norm: the asked rows alone.
+        let mut rows = Vec::with_capacity(hidden_rows.len() * hidden);
+        for &r in hidden_rows {
+            let r = r as usize;
+            rows.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+        }
+        let mut hidden_out = vec![0f32; rows.len()];
+        rms_norm(&rows, &weights.norm, eps, &mut hidden_out);
+        let hidden = Tensor::from_vec(hidden_out, (hidden_rows.len(), hidden), &self.device)?;
+        Ok(StepOutput { logits, hidden })
     }
+}
+
+/// What a step computed: each chunk's last-token logits and the asked final-norm rows.
+pub struct StepOutput {
+    /// `[chunks, vocab]` f32.
+    pub logits: Tensor,
+    /// `[hidden_rows, hidden]`, f32 on the host path, the model's dtype on a device.
+    pub hidden: Tensor,
 }
 
 /// The projections of a layer's attention input, run together.

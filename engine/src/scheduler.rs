@@ -19,7 +19,7 @@ use crate::adapter_cache::AdapterCache;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::sequence::{RequestId, Sequence, StreamEvent};
+use crate::sequence::{RequestId, Sequence, StreamEvent, Verification};
 
 /// A request waiting for admission.
 pub(crate) struct Pending {
@@ -28,6 +28,11 @@ pub(crate) struct Pending {
     pub adapter: Option<String>,
     pub params: SamplingParams,
     pub tx: Sender<StreamEvent>,
+    /// Whether to commit to the generated tokens' activations.
+    pub commit: bool,
+    /// A verification instead of a generation: the tokens are the prompt and the output
+    /// but its last token, and nothing is sampled.
+    pub verify: Option<Verification>,
 }
 
 /// The chunks of one step, as `(index in running, tokens)` in running order.
@@ -126,14 +131,10 @@ impl Scheduler {
                 return Err(e);
             }
             tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
-            self.running.push(Sequence::new(
-                p.id,
-                p.tokens,
-                table,
-                adapter,
-                Sampler::new(p.params),
-                p.tx,
-            ));
+            let mut s = Sequence::new(p.id, p.tokens, table, adapter, Sampler::new(p.params), p.tx);
+            s.activations = p.commit.then(Default::default);
+            s.verify = p.verify;
+            self.running.push(s);
         }
         Ok(())
     }

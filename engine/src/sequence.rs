@@ -9,6 +9,7 @@ use std::sync::mpsc::Sender;
 
 use tokenizers::Tokenizer;
 
+use crate::commitment::{ActivationCommitment, VerifyReport};
 use crate::kv_cache::BlockTable;
 use crate::sampling::Sampler;
 use crate::step::SeqChunk;
@@ -72,8 +73,17 @@ pub enum StreamEvent {
     /// A generated token and the text it completes (may be empty while a multi-byte
     /// character or a possible stop string is pending).
     Token { id: u32, text: String },
-    /// The request is done; no more events follow.
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The request is done; no more events follow. `activations` is the commitment to the
+    /// generated tokens' activations ([`crate::commitment`]) when the engine commits.
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        activations: Option<ActivationCommitment>,
+    },
+    /// A verification request ([`crate::Engine::submit_verification`]) is done: how the
+    /// recomputed activations compare with the commitment. No more events follow.
+    Verified(VerifyReport),
     /// The request failed; no more events follow.
     Failed(String),
 }
@@ -101,6 +111,21 @@ pub(crate) struct Sequence {
     text: String,
     /// Bytes of `text` already streamed.
     sent: usize,
+    /// The commitment to the generated tokens' activations so far, when committing.
+    pub activations: Option<ActivationCommitment>,
+    /// A verification request's claim and findings so far.
+    pub verify: Option<Verification>,
+}
+
+/// A verification in progress: the claimed commitment, the position of the row that picked
+/// the output's first token (the prompt's last), and what the recomputed rows showed so far.
+pub(crate) struct Verification {
+    pub claimed: ActivationCommitment,
+    pub first_row: usize,
+    /// Rows to compare (the output's tokens).
+    pub rows: usize,
+    pub relative: f32,
+    pub report: VerifyReport,
 }
 
 /// What finishing a sequence needs from the model.
@@ -131,12 +156,44 @@ impl Sequence {
             detokenizer: Detokenizer::default(),
             text: String::new(),
             sent: 0,
+            activations: None,
+            verify: None,
         }
     }
 
     /// Tokens generated so far.
     pub fn generated(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
+    }
+
+    /// Which rows of this step's chunk of `n` tokens (offsets into the chunk) the sequence
+    /// needs through the final norm: a verification every row it checks, a committing
+    /// generation the row that samples its next token.
+    pub fn rows_to_read(&self, n: usize) -> std::ops::Range<usize> {
+        let start = self.processed;
+        if let Some(v) = &self.verify {
+            let from = v.first_row.clamp(start, start + n);
+            let to = (v.first_row + v.rows).clamp(start, start + n);
+            return from - start..to - start;
+        }
+        if self.activations.is_some() && start + n == self.tokens.len() && n > 0 {
+            return n - 1..n;
+        }
+        0..0
+    }
+
+    /// Takes the final-norm row at offset `r` of this step's chunk (one
+    /// [`Self::rows_to_read`] named; called before `processed` moves on).
+    pub fn take_row(&mut self, r: usize, row: &[f32]) -> crate::error::Result<()> {
+        if let Some(v) = &mut self.verify {
+            let token = self.processed + r - v.first_row;
+            crate::commitment::compare_row(&v.claimed, token, row, v.relative, &mut v.report);
+            return Ok(());
+        }
+        match &mut self.activations {
+            Some(c) => c.push_row(row),
+            None => Ok(()),
+        }
     }
 
     /// The next `n` unprocessed tokens as a step's chunk.

@@ -227,10 +227,11 @@ impl TensorModel {
         tokens: &[u32],
         positions: &[usize],
         last_rows: &[u32],
+        hidden_rows: &[u32],
         cache: &mut KvCache,
         lora: &LoraSlots,
         segments: &StepSegments,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache)?;
         let pool = cache.device_pool().ok_or_else(|| wrong_cache(&self.device))?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -300,7 +301,12 @@ impl TensorModel {
         // `h` is now every row through the final norm (rows are independent); the logits
         // need the chunks' last rows.
         let last = h.index_select(&plan.last_rows, 0)?;
-        Ok(last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        if hidden_rows.is_empty() {
+            return Ok((logits, Tensor::zeros((0, cfg.hidden_size), self.dtype, &self.device)?));
+        }
+        let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), &self.device)?;
+        Ok((logits, h.index_select(&rows, 0)?))
     }
 
     /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached

@@ -31,6 +31,13 @@ pub(crate) struct DenseMatrix {
     w: Vec<f32>,
 }
 
+impl DenseMatrix {
+    /// The matrix as a `[rows, cols]` CPU tensor.
+    pub(crate) fn to_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_slice(&self.w, (self.rows, self.cols), &Device::Cpu)?)
+    }
+}
+
 /// One projection input, `[rows, d_in]` row-major, with its 16-bit quantization made on first
 /// use and shared by every projection that reads the same input (q, k and v; gate and up).
 pub(crate) struct Input<'a> {
@@ -197,6 +204,7 @@ fn dense_cpu(x: &[f32], rows: usize, m: &DenseMatrix) -> Vec<f32> {
 }
 
 /// Weights of one decoder layer.
+#[derive(Clone)]
 pub(crate) struct LayerWeights {
     pub attn_norm: Vec<f32>,
     pub ffn_norm: Vec<f32>,

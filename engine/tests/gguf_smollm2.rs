@@ -42,6 +42,7 @@ fn generate(engine: &mut Engine, prompt: &str) -> (Vec<u32>, String, FinishReaso
             },
             StreamEvent::Finished { reason, .. } => return (ids, text, reason),
             StreamEvent::Failed(e) => panic!("request failed: {e}"),
+            StreamEvent::Verified(r) => panic!("a generation answered with {r:?}"),
         }
     }
     panic!("no Finished event");

@@ -125,6 +125,7 @@ fn collect(rx: std::sync::mpsc::Receiver<StreamEvent>) -> (Vec<u32>, String) {
             },
             StreamEvent::Finished { .. } => return (ids, text),
             StreamEvent::Failed(e) => panic!("failed: {e}"),
+            StreamEvent::Verified(r) => panic!("a generation answered with {r:?}"),
         }
     }
     panic!("unfinished request");

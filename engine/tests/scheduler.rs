@@ -41,6 +41,7 @@ fn finish(rx: &Receiver<StreamEvent>) -> (String, FinishReason, usize) {
                 return (text, reason, completion_tokens)
             },
             StreamEvent::Failed(e) => panic!("failed: {e}"),
+            StreamEvent::Verified(r) => panic!("a generation answered with {r:?}"),
         }
     }
     panic!("unfinished");
@@ -184,6 +185,7 @@ fn tokens_so_far(rx: &Receiver<StreamEvent>) -> (Vec<u32>, bool) {
             StreamEvent::Token { id, .. } => ids.push(id),
             StreamEvent::Finished { .. } => return (ids, true),
             StreamEvent::Failed(e) => panic!("failed: {e}"),
+            StreamEvent::Verified(r) => panic!("a generation answered with {r:?}"),
         }
     }
     (ids, false)

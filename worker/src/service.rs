@@ -383,6 +383,12 @@ impl Worker {
                         format!("generation failed: {e}"),
                     ))
                 },
+                StreamEvent::Verified(_) => {
+                    return Err(Refusal::new(
+                        RefusalReason::WorkerFault,
+                        "the engine answered a generation with a verification",
+                    ))
+                },
             }
         }
         // Dropping the stream cancels the request in the engine within one step.

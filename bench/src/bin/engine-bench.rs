@@ -48,6 +48,10 @@ struct Args {
     /// Runs per figure (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Do not commit to the activations (the default commits, as a worker does): run both
+    /// ways to measure the commitment's cost.
+    #[arg(long)]
+    no_commit: bool,
     /// Only these measurements (prefill, decode, aggregate, adapters).
     #[arg(long, value_delimiter = ',', default_value = "prefill,decode,aggregate,adapters")]
     only: Vec<String>,
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
         max_prefill_chunk: 0,
         max_running: max_seqs,
         threads: args.threads,
+        commit_activations: !args.no_commit,
     };
     let t = Instant::now();
     let mut engine = Engine::load(&ModelSource::Gguf(args.model.clone()), config, &Device::Cpu)

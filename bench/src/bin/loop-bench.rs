@@ -212,6 +212,7 @@ fn engine_alone(
                         break;
                     },
                     Ok(StreamEvent::Failed(e)) => bail!("the engine failed a request: {e}"),
+                    Ok(StreamEvent::Verified(r)) => bail!("a generation answered with {r:?}"),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => bail!("a request vanished"),
                 }

@@ -1,0 +1,287 @@
+//! Verifiable inference on the CPU (issue 23, `docs/benchmarks.md`, "Verifiable inference"):
+//! how often a verifier's prefill pass catches each way of cheating, how often it wrongly
+//! refuses an honest worker, and what verifying costs next to the generation it checks.
+//!
+//! Every job is a random prompt (16 to 64 token ids) with one of `--adapters` random rank-16
+//! adapters, generating `--tokens` tokens greedily. Honest jobs are generated in batches of
+//! 1, 8 and 32 on `--threads` threads and verified on `--verifier-threads`; each cheat
+//! generates the same jobs its own way and claims the honest model and adapter:
+//! - `adapter-skipped`: the base model alone;
+//! - `other-adapter`: the next adapter;
+//! - `lower-precision`: the registered Q4_1 weights served as Q4_0;
+//! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none).
+//!
+//! Prints one JSON object per scenario and a table.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
+use candle_core::Device;
+use clap::Parser;
+use openledger_engine::{
+    write_random_adapter, ActivationCommitment, Engine, EngineConfig, KvCacheConfig, Model,
+    ModelSource, Projection, SamplingParams, StreamEvent, Tolerance, VerifyReport,
+};
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+#[command(about = "Verifiable inference: detection rates, false positives, verification cost")]
+struct Args {
+    /// GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1).
+    #[arg(long, env = "OPENLEDGER_MODEL")]
+    model: PathBuf,
+    /// Jobs per scenario.
+    #[arg(long, default_value_t = 1000)]
+    jobs: usize,
+    /// Tokens generated per job.
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// Distinct adapters the jobs use.
+    #[arg(long, default_value_t = 8)]
+    adapters: usize,
+    /// Threads of the generating engines.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Threads of the verifier's engine.
+    #[arg(long, default_value_t = 1)]
+    verifier_threads: usize,
+    /// Layers the `layers-skipped` cheat drops.
+    #[arg(long, default_value_t = 2)]
+    skip_layers: usize,
+    /// Only these scenarios.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "honest,adapter-skipped,other-adapter,lower-precision,layers-skipped"
+    )]
+    only: Vec<String>,
+}
+
+/// One job: its prompt and the adapter it is claimed to use.
+struct Job {
+    prompt: Vec<u32>,
+    adapter: Option<String>,
+}
+
+/// What a worker returned for a job.
+struct Served {
+    output: Vec<u32>,
+    commitment: ActivationCommitment,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let load = || -> Result<Engine> {
+        Engine::load(&ModelSource::Gguf(args.model.clone()), config(1, 1), &Device::Cpu)
+            .with_context(|| format!("loading {}", args.model.display()))
+    };
+    let base = load()?;
+    let tokenizer = base.tokenizer().clone();
+    let cfg = base.model().config().clone();
+    let dir = tempfile::tempdir()?;
+    let names: Vec<String> = (0..args.adapters).map(|i| format!("a{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write_random_adapter(&dir.path().join(n), &cfg, 16, &Projection::ALL, 100 + i as u64)?;
+    }
+    let engine = |model: Model, threads: usize, batch: usize, adapters: bool| -> Result<Engine> {
+        let mut e = Engine::new(model, tokenizer.clone(), config(threads, batch))?;
+        if adapters {
+            for n in &names {
+                e.register_adapter(n, &dir.path().join(n))?;
+            }
+        }
+        Ok(e)
+    };
+    let same = || base.model().without_last_layers(0);
+    let mut verifier = engine(same()?, args.verifier_threads, 32, true)?;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let vocab = cfg.vocab_size as u32;
+    let jobs: Vec<Job> = (0..args.jobs)
+        .map(|i| Job {
+            prompt: (0..rng.random_range(16..=64)).map(|_| rng.random_range(100..vocab)).collect(),
+            adapter: Some(names[i % names.len()].clone()),
+        })
+        .collect();
+    let tol = Tolerance::default();
+    println!(
+        "{:<16} {:>6} {:>9} {:>9} {:>12} {:>12} {:>10}",
+        "scenario", "jobs", "refused", "rate", "mean_err", "max_err", "verify/gen"
+    );
+    for scenario in &args.only {
+        let (served, gen_time): (Vec<(usize, Served)>, Duration) = match scenario.as_str() {
+            "honest" => {
+                // Batches of 1, 8 and 32 in turn, each on its own engine.
+                let mut all = Vec::new();
+                let mut time = Duration::ZERO;
+                for (k, &b) in [1usize, 8, 32].iter().enumerate() {
+                    let mut e = engine(same()?, args.threads, b, true)?;
+                    let part: Vec<usize> = (k..jobs.len()).step_by(3).collect();
+                    let (s, t) =
+                        serve(&mut e, &jobs, &part, b, args.tokens, |j| j.adapter.clone())?;
+                    all.extend(s);
+                    time += t;
+                }
+                (all, time)
+            },
+            "adapter-skipped" => {
+                let mut e = engine(same()?, args.threads, 32, true)?;
+                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |_| None)?
+            },
+            "other-adapter" => {
+                let mut e = engine(same()?, args.threads, 32, true)?;
+                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| {
+                    let i = names.iter().position(|n| Some(n) == j.adapter.as_ref())?;
+                    Some(names[(i + 1) % names.len()].clone())
+                })?
+            },
+            "lower-precision" => {
+                let mut e =
+                    engine(base.model().requantized(GgmlDType::Q4_0)?, args.threads, 32, true)?;
+                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| j.adapter.clone())?
+            },
+            "layers-skipped" => {
+                let mut e = engine(
+                    base.model().without_last_layers(args.skip_layers)?,
+                    args.threads,
+                    32,
+                    false,
+                )?;
+                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |_| None)?
+            },
+            other => bail!("unknown scenario {other}"),
+        };
+        // Claims: the honest adapter, except the layers cheat (which served no adapter).
+        let claim = |j: &Job| if scenario == "layers-skipped" { None } else { j.adapter.clone() };
+        let t = Instant::now();
+        let reports = verify(&mut verifier, &jobs, &served, &claim, &tol)?;
+        let verify_time = t.elapsed();
+        let refused = reports.iter().filter(|r| !r.passes(&tol)).count();
+        let mean = reports.iter().map(|r| r.mean_relative_error()).sum::<f64>()
+            / reports.len().max(1) as f64;
+        let max = reports.iter().map(|r| r.max_relative_error).fold(0f32, f32::max);
+        let worst_mean = reports.iter().map(|r| r.mean_relative_error()).fold(0f64, f64::max);
+        let best_mean =
+            reports.iter().map(|r| r.mean_relative_error()).fold(f64::INFINITY, f64::min);
+        let rate = refused as f64 / reports.len().max(1) as f64;
+        let cost = verify_time.as_secs_f64() / gen_time.as_secs_f64().max(1e-9);
+        println!(
+            "{:<16} {:>6} {:>9} {:>8.2}% {:>12.5} {:>12.5} {:>9.1}%",
+            scenario,
+            reports.len(),
+            refused,
+            rate * 100.0,
+            mean,
+            max,
+            cost * 100.0
+        );
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": scenario, "jobs": reports.len(), "refused": refused, "rate": rate,
+                "mean_relative_error": mean, "max_relative_error": max,
+                "worst_job_mean_error": worst_mean, "best_job_mean_error": best_mean,
+                "generate_s": gen_time.as_secs_f64(), "verify_s": verify_time.as_secs_f64(),
+                "tokens_per_job": args.tokens, "threads": args.threads,
+                "verifier_threads": args.verifier_threads,
+                "bytes_per_32_tokens": 32 * openledger_engine::commitment::TOKEN_BYTES,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn all(jobs: &[Job]) -> Vec<usize> {
+    (0..jobs.len()).collect()
+}
+
+fn config(threads: usize, batch: usize) -> EngineConfig {
+    EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 16, num_blocks: 64 * 8 },
+        max_running: batch.max(1),
+        threads,
+        ..EngineConfig::default()
+    }
+}
+
+/// Generates jobs `which` on `e`, `batch` at a time, with the adapter `pick` chooses;
+/// returns what was served (by job index) and the time it took.
+fn serve(
+    e: &mut Engine,
+    jobs: &[Job],
+    which: &[usize],
+    batch: usize,
+    tokens: usize,
+    pick: impl Fn(&Job) -> Option<String>,
+) -> Result<(Vec<(usize, Served)>, Duration)> {
+    let params = SamplingParams { max_tokens: tokens, ignore_eos: true, ..Default::default() };
+    let mut out = Vec::new();
+    let t = Instant::now();
+    for group in which.chunks(batch.max(1)) {
+        let rxs = group
+            .iter()
+            .map(|&i| {
+                Ok((i, e.submit_tokens(jobs[i].prompt.clone(), pick(&jobs[i]), params.clone())?.1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        e.run_until_idle()?;
+        for (i, rx) in rxs {
+            out.push((i, finished(&rx)?));
+        }
+    }
+    Ok((out, t.elapsed()))
+}
+
+fn finished(rx: &Receiver<StreamEvent>) -> Result<Served> {
+    let mut output = Vec::new();
+    for ev in rx.try_iter() {
+        match ev {
+            StreamEvent::Token { id, .. } => output.push(id),
+            StreamEvent::Finished { activations: Some(commitment), .. } => {
+                return Ok(Served { output, commitment })
+            },
+            StreamEvent::Finished { activations: None, .. } => bail!("no commitment"),
+            StreamEvent::Failed(e) => bail!("a job failed: {e}"),
+            StreamEvent::Verified(r) => bail!("a generation answered with {r:?}"),
+        }
+    }
+    bail!("a job did not finish")
+}
+
+/// Verifies every served job, 32 at a time, claiming `claim`'s adapter.
+fn verify(
+    e: &mut Engine,
+    jobs: &[Job],
+    served: &[(usize, Served)],
+    claim: &dyn Fn(&Job) -> Option<String>,
+    tol: &Tolerance,
+) -> Result<Vec<VerifyReport>> {
+    let mut reports = Vec::new();
+    for group in served.chunks(32) {
+        let rxs = group
+            .iter()
+            .map(|(i, s)| {
+                let j = &jobs[*i];
+                Ok(e.submit_verification(
+                    &j.prompt,
+                    &s.output,
+                    claim(j),
+                    s.commitment.clone(),
+                    tol.relative,
+                )?
+                .1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        e.run_until_idle()?;
+        for rx in rxs {
+            match rx.try_iter().next() {
+                Some(StreamEvent::Verified(r)) => reports.push(r),
+                other => bail!("expected a verification report, got {other:?}"),
+            }
+        }
+    }
+    Ok(reports)
+}

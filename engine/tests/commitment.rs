@@ -1,0 +1,209 @@
+//! Activation commitments on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF): an
+//! honest generation's commitment does not depend on its batch or the thread count and
+//! verifies in a prefill pass; a generation that skipped the adapter, used another adapter or
+//! dropped layers does not.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use openledger_engine::commitment::TOKEN_BYTES;
+use openledger_engine::{
+    ActivationCommitment, Engine, EngineConfig, Model, ModelSource, Projection, SamplingParams,
+    StreamEvent, Tolerance, VerifyReport,
+};
+
+fn model_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from) {
+        assert!(path.exists(), "OPENLEDGER_MODEL={} does not exist", path.display());
+        return Some(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let path =
+        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {} is absent; run scripts/fetch-model.sh", path.display());
+        None
+    }
+}
+
+const PROMPTS: [&str; 4] = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "The history of the Roman Empire begins",
+    "<|im_start|>user\nWrite a haiku about GPUs.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):",
+];
+
+/// An engine over `model` with adapters `a` and `b` (random rank-16 adapters on every
+/// projection, written to `dir`).
+fn engine_with(
+    model: Model,
+    tokenizer: tokenizers::Tokenizer,
+    dir: &std::path::Path,
+    threads: usize,
+) -> Engine {
+    let cfg = model.config().clone();
+    let mut e =
+        Engine::new(model, tokenizer, EngineConfig { threads, ..Default::default() }).unwrap();
+    for (name, seed) in [("a", 11), ("b", 12)] {
+        let path = dir.join(name);
+        if !path.exists() {
+            openledger_engine::write_random_adapter(&path, &cfg, 16, &Projection::ALL, seed)
+                .unwrap();
+        }
+        e.register_adapter(name, &path).unwrap();
+    }
+    e
+}
+
+/// Submits every `(prompt, adapter)` at once, runs them as one batch, and returns each one's
+/// prompt tokens, output tokens and commitment.
+fn generate(
+    e: &mut Engine,
+    requests: &[(&str, Option<&str>)],
+) -> Vec<(Vec<u32>, Vec<u32>, ActivationCommitment)> {
+    let params = SamplingParams { max_tokens: 40, ignore_eos: true, ..Default::default() };
+    let rxs: Vec<_> = requests
+        .iter()
+        .map(|(p, a)| {
+            let tokens = e.tokenize(p).unwrap();
+            let (_, rx) =
+                e.submit_tokens(tokens.clone(), a.map(str::to_string), params.clone()).unwrap();
+            (tokens, rx)
+        })
+        .collect();
+    e.run_until_idle().unwrap();
+    rxs.into_iter()
+        .map(|(prompt, rx)| {
+            let mut out = Vec::new();
+            for ev in rx.try_iter() {
+                match ev {
+                    StreamEvent::Token { id, .. } => out.push(id),
+                    StreamEvent::Finished { activations, completion_tokens, .. } => {
+                        let c = activations.expect("the engine commits by default");
+                        assert_eq!(c.tokens(), completion_tokens);
+                        assert_eq!(c.as_bytes().len(), completion_tokens * TOKEN_BYTES);
+                        return (prompt, out, c);
+                    },
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            panic!("no Finished event");
+        })
+        .collect()
+}
+
+/// A worker's claim: prompt, output, adapter and commitment.
+type Claim<'a> = (&'a [u32], &'a [u32], Option<&'a str>, &'a ActivationCommitment);
+
+/// Verifies each claim, all queued at once.
+fn verify(e: &mut Engine, claims: &[Claim<'_>]) -> Vec<VerifyReport> {
+    let tol = Tolerance::default();
+    let rxs: Vec<_> = claims
+        .iter()
+        .map(|(p, o, a, c)| {
+            e.submit_verification(p, o, a.map(str::to_string), (*c).clone(), tol.relative)
+                .unwrap()
+                .1
+        })
+        .collect();
+    e.run_until_idle().unwrap();
+    rxs.into_iter()
+        .map(|rx| match rx.try_iter().next() {
+            Some(StreamEvent::Verified(r)) => r,
+            other => panic!("expected a verification report, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn honest_commitments_are_batch_independent_and_verify() {
+    let Some(path) = model_path() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let tokenizer = base.tokenizer().clone();
+    // The same weights (layers shared, nothing dropped) under a second engine.
+    let mut e =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let alone = generate(&mut e, &[(PROMPTS[0], Some("a"))]);
+    let batched = generate(
+        &mut e,
+        &[
+            (PROMPTS[1], Some("b")),
+            (PROMPTS[0], Some("a")),
+            (PROMPTS[2], None),
+            (PROMPTS[3], Some("a")),
+        ],
+    );
+    assert_eq!(alone[0].1, batched[1].1, "the same tokens alone and batched");
+    assert_eq!(alone[0].2, batched[1].2, "the same commitment alone and batched");
+    assert_ne!(batched[0].2, batched[1].2);
+
+    // Another engine on one thread verifies every claim, queued together.
+    let mut verifier =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
+    let adapters = [Some("b"), Some("a"), None, Some("a")];
+    let claims: Vec<_> = batched
+        .iter()
+        .zip(adapters)
+        .map(|((p, o, c), a)| (p.as_slice(), o.as_slice(), a, c))
+        .collect();
+    let tol = Tolerance::default();
+    for (r, (p, ..)) in verify(&mut verifier, &claims).iter().zip(&batched) {
+        eprintln!("honest: prompt {} tokens: {r:?}", p.len());
+        assert_eq!((r.committed_tokens, r.recomputed_tokens, r.entries), (40, 40, 80));
+        assert!(r.passes(&tol), "an honest commitment refused: {r:?}");
+    }
+}
+
+#[test]
+fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
+    let Some(path) = model_path() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let tokenizer = base.tokenizer().clone();
+    let mut honest =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    // Dropping layers is checked on the base model alone (the adapters have every layer).
+    let mut shallow = Engine::new(
+        base.model().without_last_layers(2).unwrap(),
+        tokenizer,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let served = generate(
+        &mut honest,
+        &[(PROMPTS[0], None), (PROMPTS[1], Some("b")), (PROMPTS[2], Some("a"))],
+    );
+    let cut = generate(&mut shallow, &[(PROMPTS[3], None)]);
+    let tol = Tolerance::default();
+    let [(p0, o0, c0), (p1, o1, c1), (p2, o2, c2)] = &served[..] else { unreachable!() };
+    let (p3, o3, c3) = &cut[0];
+    // Each claims adapter `a` on the full model (the shallow one: no adapter).
+    let truncated = ActivationCommitment::from_bytes(
+        c2.as_bytes()[..c2.as_bytes().len() - TOKEN_BYTES].to_vec(),
+    )
+    .unwrap();
+    let reports = verify(
+        &mut honest,
+        &[
+            (p0, o0, Some("a"), c0),
+            (p1, o1, Some("a"), c1),
+            (p3, o3, None, c3),
+            (p2, o2, Some("a"), &truncated),
+            (p2, o2, Some("a"), c2),
+        ],
+    );
+    for (what, r) in
+        ["adapter skipped", "another adapter", "last 2 layers skipped", "a token short"]
+            .iter()
+            .zip(&reports)
+    {
+        eprintln!("{what}: {r:?}");
+        assert!(!r.passes(&tol), "{what} passed: {r:?}");
+    }
+    assert!(reports[4].passes(&tol), "the honest claim beside them: {:?}", reports[4]);
+}
