@@ -159,6 +159,8 @@ pub fn worker_with(
         .arg(dir.join(format!("{name}.key")))
         .arg("--channel-store")
         .arg(dir.join(format!("{name}-channels.redb")))
+        .arg("--answers-dir")
+        .arg(dir.join(format!("{name}-answers")))
         .arg("--model")
         .arg(model())
         .arg("--adapters")

@@ -193,7 +193,8 @@ impl Worker {
                 return;
             },
         };
-        let (prompt_tokens, events) = started;
+        let (prompt, events) = started;
+        let prompt_tokens = prompt.len();
         if let Err(e) = self.p2p.answer_channel(id, ChannelResponse::Accepted).await {
             tracing::warn!(channel, request, error = %e, "could not accept the channel request");
         }
@@ -213,6 +214,12 @@ impl Worker {
                 return;
             },
         };
+        self.keep_answer(
+            format!("channel-{channel}-{request}"),
+            admitted.adapter,
+            &prompt,
+            &streamed,
+        );
         let tokens = (prompt_tokens as u64).saturating_add(u64::from(streamed.delivered.tokens));
         let receipt = ServiceReceipt {
             channel,
@@ -284,7 +291,7 @@ impl Worker {
         &self,
         payload: &[u8],
         adapter: AdapterId,
-    ) -> Result<(usize, mpsc::UnboundedReceiver<openledger_engine::StreamEvent>), Refusal> {
+    ) -> Result<(Vec<u32>, mpsc::UnboundedReceiver<openledger_engine::StreamEvent>), Refusal> {
         let payload = JobPayload::from_bytes(payload).map_err(|e| {
             Refusal::new(RefusalReason::MalformedPayload, format!("not a job payload: {e}"))
         })?;

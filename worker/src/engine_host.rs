@@ -27,7 +27,7 @@ enum Command {
         request: GenerationRequest,
         events: async_mpsc::UnboundedSender<StreamEvent>,
         /// The prompt's token count once the engine has accepted the request.
-        accepted: oneshot::Sender<Result<usize, EngineError>>,
+        accepted: oneshot::Sender<Result<Vec<u32>, EngineError>>,
     },
     RegisterAdapter {
         name: String,
@@ -99,12 +99,12 @@ impl EngineHost {
         Ok(self.generate_counted(request).await?.1)
     }
 
-    /// [`Self::generate`], also returning how many tokens the prompt has (what a receipt
-    /// charges as input even when the request is cancelled before it finishes).
+    /// [`Self::generate`], also returning the prompt's token ids (their count is what a
+    /// receipt charges as input even when the request is cancelled before it finishes).
     pub async fn generate_counted(
         &self,
         request: GenerationRequest,
-    ) -> Result<(usize, async_mpsc::UnboundedReceiver<StreamEvent>), EngineError> {
+    ) -> Result<(Vec<u32>, async_mpsc::UnboundedReceiver<StreamEvent>), EngineError> {
         let (events, rx) = async_mpsc::unbounded_channel();
         let (accepted, answer) = oneshot::channel();
         self.commands.send(Command::Generate { request, events, accepted }).map_err(|_| gone())?;
@@ -182,8 +182,8 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
     match command {
         Command::Generate { request, events, accepted } => {
             match engine.tokenize(&request.prompt).and_then(|tokens| {
-                let n = tokens.len();
-                engine.submit_tokens(tokens, request.adapter, request.params).map(|r| (n, r))
+                let prompt = tokens.clone();
+                engine.submit_tokens(tokens, request.adapter, request.params).map(|r| (prompt, r))
             }) {
                 Ok((n, (id, from))) => {
                     forwards.push(Forward { id, from, to: events });

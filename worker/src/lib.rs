@@ -9,10 +9,13 @@
 //!   streams, refusals, cancellations and batched signed receipts.
 //! - [`channels`]: requests served on payment channels: checked, streamed, paid by
 //!   vouchers traded for signed receipts, redeemed on chain on a schedule.
+//! - [`answers`]: each answer's tokens and activation commitment, kept for the challenge
+//!   window so a verifier can recompute it (`openledger-worker verify`).
 //! - [`engine_host`]: the engine on its own thread, for async callers.
 //! - [`keeper`]: expires jobs past their deadline, so no escrow stays held.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
+pub mod answers;
 pub mod channels;
 pub mod engine_host;
 pub mod keeper;

@@ -28,7 +28,8 @@ use openledger_chain_client::{
 };
 use openledger_channel::ChannelError;
 use openledger_engine::{
-    EngineError, FinishReason, GenerationRequest, Rejection, SamplingParams, StreamEvent,
+    ActivationCommitment, EngineError, FinishReason, GenerationRequest, Rejection, SamplingParams,
+    StreamEvent,
 };
 use openledger_model::ChatTemplate;
 use openledger_p2p::payload::{self as job_payload, JobPayload};
@@ -39,6 +40,7 @@ use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::answers::{self, AnswerRecord, AnswerStore};
 use crate::channels::{ChannelBook, ChannelSettings};
 use crate::engine_host::EngineHost;
 use crate::metrics::WorkerMetrics;
@@ -72,6 +74,11 @@ pub struct WorkerConfig {
     pub fetch_patience: Duration,
     /// The model's chat template, which renders a chat payload's messages into its prompt.
     pub chat_template: ChatTemplate,
+    /// On-chain adapter id -> the BLAKE2b-256 of its weights file (what answer records name).
+    pub adapter_hashes: HashMap<AdapterId, [u8; 32]>,
+    /// Where each answer's tokens and activation commitment are kept for the challenge
+    /// window; `None` keeps nothing.
+    pub answers: Option<AnswerStore>,
 }
 
 /// The running worker.
@@ -254,7 +261,7 @@ impl Worker {
         }
         // The engine checks the request before anything is acknowledged: a request it refuses
         // is refused on chain, never acknowledged and left to expire.
-        let (prompt_tokens, events) = self
+        let (prompt, events) = self
             .engine
             .generate_counted(GenerationRequest {
                 prompt: self.prompt_of(&payload)?,
@@ -263,6 +270,7 @@ impl Worker {
             })
             .await
             .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))?;
+        let prompt_tokens = prompt.len();
         // Acknowledge while the engine runs: tokens stream to the gateway at once, and only
         // the receipt waits for the acknowledgement to be in a block.
         let chain = self.chain().await;
@@ -270,6 +278,7 @@ impl Worker {
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
         let streamed = self.stream_answer(gateway, job, prompt_tokens, events).await?;
+        self.keep_answer(format!("job-{job}"), record.adapter, &prompt, &streamed);
         if streamed.cancelled {
             tracing::info!(
                 job,
@@ -323,9 +332,12 @@ impl Worker {
         let mut last_sent = now.checked_sub(CHUNK_INTERVAL).unwrap_or(now);
         let mut finished = false;
         let mut cancelled = false;
+        let mut output = Vec::new();
+        let mut answer = None;
         while let Some(event) = events.recv().await {
             match event {
-                StreamEvent::Token { text: piece, .. } => {
+                StreamEvent::Token { id, text: piece } => {
+                    output.push(id);
                     self.metrics.tokens.inc();
                     pending.push(&piece);
                     if last_sent.elapsed() >= CHUNK_INTERVAL && !pending.text.is_empty() {
@@ -350,9 +362,10 @@ impl Worker {
                         last_sent = tokio::time::Instant::now();
                     }
                 },
-                StreamEvent::Finished { reason, .. } => {
+                StreamEvent::Finished { reason, activations, .. } => {
                     let reason = finish_reason(reason);
                     finished = true;
+                    answer = activations.map(|a| (std::mem::take(&mut output), a));
                     // The last chunk carries the totals; if the gateway takes it, every token
                     // was delivered.
                     let mut all = delivered.clone();
@@ -399,7 +412,33 @@ impl Worker {
                 "the engine stopped before the answer finished",
             ));
         }
-        Ok(Streamed { delivered, cancelled })
+        Ok(Streamed { delivered, cancelled, answer })
+    }
+
+    /// Keeps an answer's tokens and commitment for the challenge window (when the worker
+    /// keeps answers and the engine committed): written before the receipt leaves.
+    pub(crate) fn keep_answer(
+        &self,
+        key: String,
+        adapter: AdapterId,
+        prompt: &[u32],
+        streamed: &Streamed,
+    ) {
+        let (Some(store), Some((output, activations))) = (&self.config.answers, &streamed.answer)
+        else {
+            return;
+        };
+        let record = AnswerRecord {
+            key,
+            adapter: self.config.adapter_hashes.get(&adapter).map(|h| (adapter, *h)),
+            prompt_tokens: prompt.to_vec(),
+            output_tokens: output.clone(),
+            activations: activations.clone(),
+            kept_at: answers::now_secs(),
+        };
+        if let Err(e) = store.keep(&record) {
+            tracing::error!(key = record.key, error = %e, "cannot keep the answer for verification");
+        }
     }
 
     /// The text the engine runs for a payload: a completion's prompt, or a chat's messages
@@ -568,6 +607,9 @@ pub(crate) struct Refusal {
 pub(crate) struct Streamed {
     pub(crate) delivered: Delivered,
     pub(crate) cancelled: bool,
+    /// Every generated token and the engine's activation commitment, for an answer the
+    /// engine finished (not one cancelled).
+    pub(crate) answer: Option<(Vec<u32>, ActivationCommitment)>,
 }
 
 impl Refusal {

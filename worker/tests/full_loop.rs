@@ -175,4 +175,47 @@ async fn ten_concurrent_requests_over_two_workers_all_settle_and_pay_the_adapter
         change(&alice, before[&alice]).await,
         -(charges as i128) - flows.fees_of.get(&alice).copied().unwrap_or(0) as i128
     );
+
+    // Every answer was kept for verifiers by the worker that served it, and
+    // `openledger-worker verify` recomputes them all with the same model and adapters.
+    let records: Vec<std::path::PathBuf> = ["Bob", "Charlie"]
+        .iter()
+        .flat_map(|n| std::fs::read_dir(dir.path().join(format!("{n}-answers"))).expect("answers"))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), jobs.len(), "{records:?}");
+    for (_, job) in &jobs {
+        assert!(records.iter().any(|p| p.ends_with(format!("job-{job}.json"))), "job {job}");
+    }
+    let verify = |records: &[std::path::PathBuf]| {
+        let out = std::process::Command::new(common::node::binary("openledger-worker"))
+            .arg("verify")
+            .args(records)
+            .arg("--model")
+            .arg(model())
+            .arg("--adapters")
+            .arg(&adapters_dir)
+            .args(["--threads", "1"])
+            .output()
+            .expect("openledger-worker verify runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = verify(&records);
+    assert!(ok && text.contains(&format!("all {} answers verified", jobs.len())), "{text}");
+    // An answer served with adapter a but claimed as adapter b is refused.
+    let (_, job_a) = jobs.iter().find(|(a, _)| *a == id_a).expect("a job of adapter a");
+    let path = records.iter().find(|p| p.ends_with(format!("job-{job_a}.json"))).expect("kept");
+    let mut record: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("record")).expect("json");
+    record["adapter"] = json!({"id": id_b, "content_hash": format!("0x{}", hex::encode(hash(&b)))});
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, record.to_string()).expect("write");
+    let (ok, text) = verify(&[forged]);
+    assert!(!ok && text.contains("refused") && text.contains("1 of 1 answers refused"), "{text}");
 }

@@ -18,10 +18,11 @@ use openledger_chain_client::{ss58, AdapterId, ChainClient, Endpoint, GpuSpec, P
 use openledger_channel::RedeemPolicy;
 use openledger_engine::{
     scan_adapter_dirs, validate_adapter_dir, write_random_adapter, AdapterCacheConfig, Engine,
-    EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection,
+    EngineConfig, KvCacheConfig, ModelConfig, ModelSource, Projection, StreamEvent, Tolerance,
 };
 use openledger_model::ChatTemplate;
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
+use openledger_worker::answers::{AnswerRecord, AnswerStore};
 use openledger_worker::channels::ChannelSettings;
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
@@ -137,6 +138,13 @@ struct ServeArgs {
     /// Redeem a channel's latest voucher as soon as this many milli-OPEN are waiting.
     #[arg(long, default_value_t = 1_000)]
     redeem_amount_milli: u128,
+    /// Where each answer's tokens and activation commitment are kept for verifiers (one
+    /// JSON file per answer; `openledger-worker verify` reads them).
+    #[arg(long, default_value = "worker-answers")]
+    answers_dir: PathBuf,
+    /// How long answers are kept, in seconds (the challenge window).
+    #[arg(long, default_value_t = 86_400)]
+    answer_retention_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +190,24 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         poll_ms: u64,
     },
+    /// Verify answers another worker kept (its `--answers-dir` files): recompute each one's
+    /// activations with this model and these adapters in prefill passes and compare them
+    /// with its commitment. Prints a verdict per answer; exits non-zero when any is refused.
+    Verify {
+        /// Answer records (`job-<id>.json`, `channel-<c>-<r>.json`).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// The registered base model (GGUF file or Hugging Face directory), in the same
+        /// numeric format as registered.
+        #[arg(long, env = "OPENLEDGER_MODEL")]
+        model: PathBuf,
+        /// Directory of PEFT adapter directories, matched to the records by content hash.
+        #[arg(long)]
+        adapters: Option<PathBuf>,
+        /// Engine threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Print the peer id and public key of a worker key file (creating it when missing).
     KeyInfo {
         /// The key file.
@@ -208,6 +234,9 @@ async fn run() -> Result<()> {
             println!("keeper ready: expiring jobs past their deadline on {}", args.chain_url);
             Keeper::new(chain, signer, config).run().await;
             return Ok(());
+        },
+        Some(Command::Verify { records, model, adapters, threads }) => {
+            return verify(records, model, adapters.as_deref(), *threads);
         },
         Some(Command::KeyInfo { worker_key }) => {
             let key = cli::worker_key(worker_key, true)?;
@@ -273,7 +302,7 @@ async fn serve_adapters(
     chain: &ChainClient,
     dir: &Path,
     base: &ModelConfig,
-) -> Result<HashMap<AdapterId, String>> {
+) -> Result<(HashMap<AdapterId, String>, HashMap<AdapterId, [u8; 32]>)> {
     let scan = scan_adapter_dirs(dir, base)
         .with_context(|| format!("cannot read the adapter directory {}", dir.display()))?;
     for (path, reason) in &scan.skipped {
@@ -281,6 +310,7 @@ async fn serve_adapters(
     }
     let on_chain = chain.adapters().await?;
     let mut adapters = HashMap::new();
+    let mut hashes = HashMap::new();
     for (path, summary) in scan.adapters {
         let Some((id, _)) =
             on_chain.iter().find(|(_, a)| a.content_hash.0 == summary.content_hash && !a.retired)
@@ -295,6 +325,7 @@ async fn serve_adapters(
         }
         tracing::info!(adapter = id, dir = %path.display(), "serving adapter");
         adapters.insert(*id, name);
+        hashes.insert(*id, summary.content_hash);
     }
     if adapters.is_empty() {
         bail!(
@@ -302,7 +333,95 @@ async fn serve_adapters(
             dir.display()
         );
     }
-    Ok(adapters)
+    Ok((adapters, hashes))
+}
+
+/// `openledger-worker verify`: the verifier's side of issue 23 for kept answers.
+fn verify(
+    records: &[PathBuf],
+    model: &Path,
+    adapters: Option<&Path>,
+    threads: usize,
+) -> Result<()> {
+    let records =
+        records.iter().map(|p| Ok((p, AnswerRecord::read(p)?))).collect::<Result<Vec<_>>>()?;
+    let longest = records
+        .iter()
+        .map(|(_, r)| r.prompt_tokens.len() + r.output_tokens.len())
+        .max()
+        .unwrap_or(1);
+    let config = EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 16, num_blocks: 64.max(4 * longest.div_ceil(16)) },
+        threads,
+        commit_activations: false,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::load(&model_source(model), config, &Device::Cpu)
+        .with_context(|| format!("cannot load the model {}", model.display()))?;
+    // The adapters, named by content hash: a record names the weights it was served with.
+    if let Some(dir) = adapters {
+        let scan = scan_adapter_dirs(dir, engine.model().config())
+            .with_context(|| format!("cannot read the adapter directory {}", dir.display()))?;
+        for (path, summary) in scan.adapters {
+            engine.register_adapter(&hex::encode(summary.content_hash), &path)?;
+        }
+    }
+    let tol = Tolerance::default();
+    let mut pending = Vec::new();
+    for (path, r) in &records {
+        let adapter = match r.adapter {
+            None => None,
+            Some((id, hash)) => {
+                let name = hex::encode(hash);
+                if !engine.adapters().contains(&name) {
+                    bail!(
+                        "{}: adapter {id} (content hash 0x{name}) is not among the adapters given                          (--adapters); cannot verify like with like",
+                        path.display()
+                    );
+                }
+                Some(name)
+            },
+        };
+        let (_, rx) = engine
+            .submit_verification(
+                &r.prompt_tokens,
+                &r.output_tokens,
+                adapter,
+                r.activations.clone(),
+                tol.relative,
+            )
+            .with_context(|| format!("{}: cannot be verified", path.display()))?;
+        pending.push((path, r, rx));
+    }
+    engine.run_until_idle()?;
+    let mut refused = 0;
+    for (path, r, rx) in pending {
+        let report = match rx.try_iter().next() {
+            Some(StreamEvent::Verified(report)) => report,
+            Some(StreamEvent::Failed(e)) => {
+                bail!("{}: the verification failed: {e}", path.display())
+            },
+            other => bail!("{}: no verification report ({other:?})", path.display()),
+        };
+        let verdict = if report.passes(&tol) { "verified" } else { "refused" };
+        refused += usize::from(!report.passes(&tol));
+        println!(
+            "{}: {verdict}: {} of {} tokens committed, {} entries, {} value and {} index mismatches, mean error {:.5}, max {:.5}",
+            r.key,
+            report.committed_tokens,
+            report.recomputed_tokens,
+            report.entries,
+            report.value_mismatches,
+            report.index_mismatches,
+            report.mean_relative_error(),
+            report.max_relative_error
+        );
+    }
+    if refused > 0 {
+        bail!("{refused} of {} answers refused", records.len());
+    }
+    println!("all {} answers verified", records.len());
+    Ok(())
 }
 
 async fn serve(args: &Args) -> Result<()> {
@@ -356,7 +475,20 @@ async fn serve(args: &Args) -> Result<()> {
         });
 
     // Adapters: local directories matched to on-chain registrations by content hash.
-    let adapters = serve_adapters(&engine, &chain, &adapters_dir, &base).await?;
+    let (adapters, adapter_hashes) = serve_adapters(&engine, &chain, &adapters_dir, &base).await?;
+    let answers = AnswerStore::open(&s.answers_dir, Duration::from_secs(s.answer_retention_secs))?;
+    {
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            loop {
+                let gone = answers.prune();
+                if gone > 0 {
+                    tracing::info!(gone, "answers past the retention deleted");
+                }
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+        });
+    }
 
     // The network: the worker key is the libp2p identity, so gateways can check it.
     let mut p2p_config = P2pConfig::new(keypair_from_ed25519_secret(worker_key.to_bytes())?);
@@ -441,6 +573,8 @@ async fn serve(args: &Args) -> Result<()> {
             receipt_flush: Duration::from_millis(1500),
             fetch_patience: Duration::from_secs(20),
             chat_template,
+            adapter_hashes,
+            answers: Some(answers),
         },
         metrics,
         (!s.no_channels).then(|| ChannelSettings {

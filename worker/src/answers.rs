@@ -1,0 +1,202 @@
+//! What a worker keeps of each answer for the challenge window, so that a verifier can
+//! recompute it (issue 23): the prompt's and the output's token ids, the adapter by its
+//! registered content hash, and the activation commitment the engine made while generating
+//! ([`openledger_engine::commitment`]). One JSON file per answer in the answers directory,
+//! named by what was paid for it (`job-<id>.json`, `channel-<c>-<r>.json`), written before
+//! the receipt leaves the worker and deleted once older than the retention.
+//!
+//! `openledger-worker verify <file>...` checks such files against a model and adapters
+//! ([`AnswerRecord::read`], [`openledger_engine::Engine::submit_verification`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use openledger_engine::ActivationCommitment;
+use serde_json::{json, Value};
+
+/// The record format's version.
+pub const RECORD_VERSION: u64 = 1;
+
+/// One kept answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerRecord {
+    /// What was paid for it: `job-<id>` or `channel-<c>-<r>`.
+    pub key: String,
+    /// The on-chain adapter and the BLAKE2b-256 of its `adapter_model.safetensors`; `None`
+    /// for the base model alone.
+    pub adapter: Option<(u32, [u8; 32])>,
+    pub prompt_tokens: Vec<u32>,
+    pub output_tokens: Vec<u32>,
+    pub activations: ActivationCommitment,
+    /// Seconds since the Unix epoch when it was kept.
+    pub kept_at: u64,
+}
+
+impl AnswerRecord {
+    /// The record as the JSON the answers directory holds.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "version": RECORD_VERSION,
+            "key": self.key,
+            "adapter": self.adapter.map(|(id, hash)| json!({"id": id, "content_hash": format!("0x{}", hex::encode(hash))})),
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "activations": format!("0x{}", hex::encode(self.activations.as_bytes())),
+            "kept_at": self.kept_at,
+        })
+    }
+
+    /// Reads a record, naming the file and the field in any error.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the answer record {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("{}: not an answer record", path.display()))
+    }
+
+    /// Parses a record's JSON.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text)?;
+        match v["version"].as_u64() {
+            Some(RECORD_VERSION) => {},
+            other => bail!("version {other:?}, this worker reads version {RECORD_VERSION}"),
+        }
+        let tokens = |field: &str| -> Result<Vec<u32>> {
+            v[field]
+                .as_array()
+                .with_context(|| format!("`{field}` is not a list"))?
+                .iter()
+                .map(|t| {
+                    t.as_u64()
+                        .and_then(|t| u32::try_from(t).ok())
+                        .with_context(|| format!("`{field}` holds {t}, not a token id"))
+                })
+                .collect()
+        };
+        let hex_field = |field: &Value, name: &str| -> Result<Vec<u8>> {
+            let s = field.as_str().with_context(|| format!("`{name}` is not a string"))?;
+            hex::decode(s.trim_start_matches("0x")).with_context(|| format!("`{name}` is not hex"))
+        };
+        let adapter = match &v["adapter"] {
+            Value::Null => None,
+            a => {
+                let id = a["id"]
+                    .as_u64()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .context("`adapter.id` is not an adapter id")?;
+                let hash: [u8; 32] = hex_field(&a["content_hash"], "adapter.content_hash")?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("`adapter.content_hash` is not 32 bytes"))?;
+                Some((id, hash))
+            },
+        };
+        let activations =
+            ActivationCommitment::from_bytes(hex_field(&v["activations"], "activations")?)?;
+        Ok(Self {
+            key: v["key"].as_str().context("`key` is not a string")?.to_string(),
+            adapter,
+            prompt_tokens: tokens("prompt_tokens")?,
+            output_tokens: tokens("output_tokens")?,
+            activations,
+            kept_at: v["kept_at"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// The answers directory and how long its records are kept.
+#[derive(Clone, Debug)]
+pub struct AnswerStore {
+    dir: PathBuf,
+    retention: Duration,
+}
+
+impl AnswerStore {
+    /// Opens (creating) `dir`.
+    pub fn open(dir: &Path, retention: Duration) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the answers directory {}", dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), retention })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `record` (to a temporary name first, so a reader never sees half a file).
+    pub fn keep(&self, record: &AnswerRecord) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{}.json", record.key));
+        let tmp = self.dir.join(format!(".{}.json.tmp", record.key));
+        std::fs::write(&tmp, record.to_json().to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Deletes the records kept longer than the retention; returns how many.
+    pub fn prune(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let now = SystemTime::now();
+        let mut gone = 0;
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > self.retention);
+            let ours = e.file_name().to_string_lossy().ends_with(".json");
+            if old && ours && std::fs::remove_file(e.path()).is_ok() {
+                gone += 1;
+            }
+        }
+        gone
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_bad_ones_are_named() {
+        let mut activations = ActivationCommitment::default();
+        activations.push_row(&[0.5, -2.0, 1.0]).unwrap();
+        let record = AnswerRecord {
+            key: "job-7".into(),
+            adapter: Some((3, [0xab; 32])),
+            prompt_tokens: vec![1, 2, 3],
+            output_tokens: vec![9],
+            activations,
+            kept_at: 1_700_000_000,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            AnswerStore::open(&dir.path().join("answers"), Duration::from_secs(3600)).unwrap();
+        let path = store.keep(&record).unwrap();
+        assert_eq!(path.file_name().unwrap(), "job-7.json");
+        assert_eq!(AnswerRecord::read(&path).unwrap(), record);
+        assert_eq!(store.prune(), 0, "a fresh record stays");
+
+        let mut v = record.to_json();
+        v["activations"] = json!("0x0102");
+        let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(format!("{e:#}").contains("whole number"), "{e:#}");
+        let mut v = record.to_json();
+        v["output_tokens"] = json!([1, -4]);
+        let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(format!("{e:#}").contains("output_tokens"), "{e:#}");
+        let e = AnswerRecord::read(&dir.path().join("missing.json")).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.json"), "{e:#}");
+
+        let short = AnswerStore::open(store.dir(), Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(short.prune(), 1, "past the retention it goes");
+        assert!(!path.exists());
+    }
+}
