@@ -84,7 +84,7 @@ done
 "$bin/openledger-worker" --chain-url "$ws" --operator //Bob --worker-key "$state/bob.key" \
     --model "$OPENLEDGER_MODEL" --adapters "$state/adapters" --gateway "$gateway_p2p" \
     --register --price-milli 2 --max-concurrent "${MAX_CONCURRENT:-16}" \
-    --channel-store "$state/bob-channels.redb" ${WORKER_FLAGS:-} \
+    --channel-store "$state/bob-channels.redb" --answers-dir "$state/answers" ${WORKER_FLAGS:-} \
     >"$state/logs/worker.out" 2>"$state/logs/worker.log" &
 pids+=($!)
 for i in $(seq 1 120); do

@@ -93,6 +93,7 @@ metrics = "127.0.0.1:0"
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openledger-worker"));
     command.arg("--config").arg(&config).args(["--price-milli", "2"]);
     command.arg("--channel-store").arg(dir.path().join("bob-channels.redb"));
+    command.arg("--answers-dir").arg(dir.path().join("bob-answers"));
     let mut worker = Proc::spawn("openledger-worker", command);
     let metrics_url = worker.wait_for("worker metrics:", 120);
     worker.wait_for("worker ready:", 120);
