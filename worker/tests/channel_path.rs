@@ -23,6 +23,7 @@ use common::ledger::flows;
 use common::market::{account, best, demo_adapter, MILLI};
 use common::node::DevNode;
 use common::procs::{channel_gateway, post, post_streamed, worker_with};
+use openledger_worker::answers::AnswerRecord;
 
 /// The channel a response was served on, and what its usage costs at `price_per_1k`.
 fn served_on(response: &Value, price_per_1k: u128) -> (u64, u128) {
@@ -151,6 +152,19 @@ async fn requests_on_a_channel_need_no_transaction_and_a_restarted_worker_redeem
     // The answers are complete; their receipts' vouchers come just after: the worker holds
     // all three before it dies.
     wait_vouched(&metrics, 3);
+    // Each answer was kept for verifiers under its channel and request, with the adapter's
+    // content hash and a commitment covering every generated token.
+    let kept: Vec<AnswerRecord> = std::fs::read_dir(dir.path().join("Bob-answers"))
+        .expect("answers")
+        .map(|e| AnswerRecord::read(&e.expect("entry").path()).expect("a record"))
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    for r in &kept {
+        assert!(r.key.starts_with(&format!("channel-{channel}-")), "{}", r.key);
+        assert_eq!(r.adapter.map(|(id, _)| id), Some(adapter));
+        assert!(!r.output_tokens.is_empty() && !r.prompt_tokens.is_empty());
+        assert_eq!(r.activations.tokens(), r.output_tokens.len());
+    }
     // The worker dies holding its vouchers; Alice asks to close meanwhile. Restarted with
     // the same schedule, the worker redeems from its store within the challenge window.
     bob.kill();
