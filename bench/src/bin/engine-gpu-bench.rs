@@ -428,6 +428,8 @@ fn engine_runs(
         max_prefill_chunk: 0,
         max_running: batch,
         threads: 2,
+        // Activation commitments on, as a worker serves.
+        commit_activations: true,
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let mut engine = Engine::new(model, tokenizer, config)?;
