@@ -197,25 +197,64 @@ impl Model {
     /// registered, for the verifier's tests and benchmarks.
     #[doc(hidden)]
     pub fn requantized(&self, dtype: candle_core::quantized::GgmlDType) -> Result<Self> {
+        self.rebuilt(dtype, |_, w| Ok(w))
+    }
+
+    /// Another base model of the same shape: every projection's weights moved by uniform
+    /// noise of standard deviation `relative` x the matrix's RMS (seeded), quantized as
+    /// `dtype` (host path): what a worker serving a different checkpoint under the
+    /// registered model's name would run, for the verifier's tests and benchmarks.
+    #[doc(hidden)]
+    pub fn perturbed(
+        &self,
+        relative: f32,
+        seed: u64,
+        dtype: candle_core::quantized::GgmlDType,
+    ) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        self.rebuilt(dtype, |i, w| {
+            let rms = (w.sqr()?.mean_all()?.to_scalar::<f32>()?).sqrt();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+            // Uniform on [-a, a] has standard deviation a / sqrt(3).
+            let a = relative * rms * 3f32.sqrt();
+            let noise: Vec<f32> = (0..w.elem_count()).map(|_| rng.random_range(-a..=a)).collect();
+            Ok((w.clone() + Tensor::from_vec(noise, w.dims(), &Device::Cpu)?)?)
+        })
+    }
+
+    /// The host-path model with each projection (numbered in layer order) dequantized,
+    /// passed through `f` and quantized as `dtype`.
+    fn rebuilt(
+        &self,
+        dtype: candle_core::quantized::GgmlDType,
+        f: impl Fn(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
         let Backend::Host { weights: w, .. } = &self.backend else {
-            return Err(EngineError::Backend("requantized is for the host path".into()));
+            return Err(EngineError::Backend("rebuilding weights is for the host path".into()));
         };
-        let convert = |l: &Linear| -> Result<Linear> {
+        let convert = |i: usize, l: &Linear| -> Result<Linear> {
             let Linear::Dense(d) = l.dequantized()? else {
                 return Err(EngineError::Backend("dequantizing gave no dense matrix".into()));
             };
-            let t = d.to_tensor()?;
+            let t = f(i, d.to_tensor()?)?;
             let q = candle_core::quantized::QTensor::quantize(&t, dtype)?;
             Linear::from_qtensor(std::sync::Arc::new(q))
         };
+        let per_layer = w.layers.first().map_or(0, |l| l.proj.len());
         let layers = w
             .layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(n, l)| {
                 Ok(weights::LayerWeights {
                     attn_norm: l.attn_norm.clone(),
                     ffn_norm: l.ffn_norm.clone(),
-                    proj: l.proj.iter().map(convert).collect::<Result<_>>()?,
+                    proj: l
+                        .proj
+                        .iter()
+                        .enumerate()
+                        .map(|(j, p)| convert(n * per_layer + j, p))
+                        .collect::<Result<_>>()?,
                 })
             })
             .collect::<Result<_>>()?;

@@ -9,7 +9,9 @@
 //! - `adapter-skipped`: the base model alone;
 //! - `other-adapter`: the next adapter;
 //! - `lower-precision`: the registered Q4_1 weights served as Q4_0;
-//! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none).
+//! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none);
+//! - `other-model`: another checkpoint of the same shape (every weight moved by noise of
+//!   `--perturb` x its matrix's RMS, requantized to Q4_1), with the job's adapter.
 //!
 //! Prints one JSON object per scenario and a table.
 
@@ -51,11 +53,14 @@ struct Args {
     /// Layers the `layers-skipped` cheat drops.
     #[arg(long, default_value_t = 2)]
     skip_layers: usize,
+    /// Noise of the `other-model` cheat's weights, relative to each matrix's RMS.
+    #[arg(long, default_value_t = 0.05)]
+    perturb: f32,
     /// Only these scenarios.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "honest,adapter-skipped,other-adapter,lower-precision,layers-skipped"
+        default_value = "honest,adapter-skipped,other-adapter,lower-precision,layers-skipped,other-model"
     )]
     only: Vec<String>,
 }
@@ -151,6 +156,11 @@ fn main() -> Result<()> {
                     false,
                 )?;
                 serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |_| None)?
+            },
+            "other-model" => {
+                let model = base.model().perturbed(args.perturb, 5, GgmlDType::Q4_1)?;
+                let mut e = engine(model, args.threads, 32, true)?;
+                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| j.adapter.clone())?
             },
             other => bail!("unknown scenario {other}"),
         };
