@@ -223,21 +223,7 @@ impl Engine {
         params: SamplingParams,
     ) -> Result<(RequestId, Receiver<StreamEvent>)> {
         let id = self.check_request(&tokens, adapter.as_deref(), &params)?;
-        let (tx, rx) = channel();
-        if let Some(name) = &adapter {
-            self.adapters.prefetch(name);
-        }
-        let commit = self.commit_activations;
-        self.scheduler.waiting.push_back(Pending {
-            id,
-            tokens,
-            adapter,
-            params,
-            tx,
-            commit,
-            verify: None,
-        });
-        Ok((id, rx))
+        Ok((id, self.queue(id, tokens, adapter, params, None)))
     }
 
     /// Queues a verification of another worker's output: recomputes, in prefill passes
@@ -264,8 +250,12 @@ impl Engine {
         tokens.extend_from_slice(output.get(..output.len().saturating_sub(1)).unwrap_or(&[]));
         let params = SamplingParams { max_tokens: 1, ..SamplingParams::default() };
         let id = self.check_request(&tokens, adapter.as_deref(), &params)?;
-        let (tx, rx) = channel();
         let report = VerifyReport::new(&claimed);
+        if output.is_empty() {
+            let (tx, rx) = channel();
+            let _ = tx.send(StreamEvent::Verified(report));
+            return Ok((id, rx));
+        }
         let verify = Verification {
             claimed,
             first_row: prompt.len() - 1,
@@ -273,23 +263,35 @@ impl Engine {
             relative,
             report,
         };
-        if output.is_empty() {
-            let _ = tx.send(StreamEvent::Verified(verify.report));
-            return Ok((id, rx));
-        }
+        Ok((id, self.queue(id, tokens, adapter, params, Some(verify))))
+    }
+
+    /// Queues a checked request (a generation, or a verification when `verify` is set) and
+    /// starts loading its adapter; returns its event channel.
+    fn queue(
+        &mut self,
+        id: RequestId,
+        tokens: Vec<u32>,
+        adapter: Option<String>,
+        params: SamplingParams,
+        verify: Option<Verification>,
+    ) -> Receiver<StreamEvent> {
+        let (tx, rx) = channel();
         if let Some(name) = &adapter {
             self.adapters.prefetch(name);
         }
+        // A verification recomputes another worker's rows: nothing of its own to commit.
+        let commit = self.commit_activations && verify.is_none();
         self.scheduler.waiting.push_back(Pending {
             id,
             tokens,
             adapter,
             params,
             tx,
-            commit: false,
-            verify: Some(verify),
+            commit,
+            verify,
         });
-        Ok((id, rx))
+        rx
     }
 
     /// Checks a request before it is queued; returns its id.

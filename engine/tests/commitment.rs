@@ -3,7 +3,7 @@
 //! verifies in a prefill pass; a generation that skipped the adapter, used another adapter or
 //! dropped layers does not.
 
-use std::path::PathBuf;
+use openledger_testkit::procs::model_if_present;
 
 use candle_core::Device;
 use openledger_engine::commitment::TOKEN_BYTES;
@@ -11,22 +11,6 @@ use openledger_engine::{
     ActivationCommitment, Engine, EngineConfig, Model, ModelSource, Projection, SamplingParams,
     StreamEvent, Tolerance, VerifyReport,
 };
-
-fn model_path() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from) {
-        assert!(path.exists(), "OPENLEDGER_MODEL={} does not exist", path.display());
-        return Some(path);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    let path =
-        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: {} is absent; run scripts/fetch-model.sh", path.display());
-        None
-    }
-}
 
 const PROMPTS: [&str; 4] = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
@@ -119,7 +103,7 @@ fn verify(e: &mut Engine, claims: &[Claim<'_>]) -> Vec<VerifyReport> {
 
 #[test]
 fn honest_commitments_are_batch_independent_and_verify() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
     let base =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
@@ -160,7 +144,7 @@ fn honest_commitments_are_batch_independent_and_verify() {
 
 #[test]
 fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
     let base =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();

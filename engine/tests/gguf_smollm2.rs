@@ -1,6 +1,6 @@
 //! The real default base model: SmolLM2-135M-Instruct, Q4_1 GGUF (`scripts/fetch-model.sh`).
 
-use std::path::PathBuf;
+use openledger_testkit::procs::model_if_present;
 
 use candle_core::{DType, Device};
 use openledger_engine::{
@@ -8,24 +8,6 @@ use openledger_engine::{
     LoraAdapter, LoraSlots, Model, ModelSource, SamplingParams, SeqChunk, StreamEvent,
 };
 use openledger_model::Projection;
-
-/// `OPENLEDGER_MODEL` (set by `scripts/env.sh`, which the test command sources: then the file
-/// must exist) or, for a bare `cargo test`, the path fetch-model.sh extracts to if present.
-fn model_path() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("OPENLEDGER_MODEL").map(PathBuf::from) {
-        assert!(path.exists(), "OPENLEDGER_MODEL={} does not exist", path.display());
-        return Some(path);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    let path =
-        home.join(".cache/openledger/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: {} is absent; run scripts/fetch-model.sh", path.display());
-        None
-    }
-}
 
 fn generate(engine: &mut Engine, prompt: &str) -> (Vec<u32>, String, FinishReason) {
     let params = SamplingParams { max_tokens: 24, ..Default::default() };
@@ -50,7 +32,7 @@ fn generate(engine: &mut Engine, prompt: &str) -> (Vec<u32>, String, FinishReaso
 
 #[test]
 fn smollm2_q4_1_generates_deterministic_text() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let mut engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let cfg = engine.model().config().clone();
@@ -96,7 +78,7 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn quantized_logits_are_bitwise_identical_alone_and_batched() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let model = engine.model();
@@ -115,7 +97,7 @@ fn quantized_logits_are_bitwise_identical_alone_and_batched() {
 /// changes them, and they stay close to the bf16 tables' logits.
 #[test]
 fn quantized_adapter_tables_keep_logits_batch_independent_and_close_to_bf16() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let model = engine.model();
@@ -155,7 +137,7 @@ fn quantized_adapter_tables_keep_logits_batch_independent_and_close_to_bf16() {
 /// greedy tokens as the same weights dequantized to f32 and multiplied in f32.
 #[test]
 fn quantized_greedy_tokens_match_the_f32_reference() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let reference = engine.model().f32_reference().unwrap();
@@ -194,7 +176,7 @@ fn quantized_greedy_tokens_match_the_f32_reference() {
 /// path does with the same dequantized weights: run here on the CPU in f32.
 #[test]
 fn tensor_path_from_gguf_matches_the_f32_reference() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let reference = engine.model().f32_reference().unwrap();
@@ -233,7 +215,7 @@ fn tensor_path_from_gguf_matches_the_f32_reference() {
 /// a character split between tokens.
 #[test]
 fn streamed_pieces_join_to_the_whole_decode() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = model_if_present() else { return };
     let engine =
         Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
     let tok = engine.tokenizer();
