@@ -219,7 +219,8 @@ impl Worker {
             admitted.adapter,
             &prompt,
             &streamed,
-        );
+        )
+        .await;
         let tokens = (prompt_tokens as u64).saturating_add(u64::from(streamed.delivered.tokens));
         let receipt = ServiceReceipt {
             channel,

@@ -278,7 +278,7 @@ impl Worker {
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
         let streamed = self.stream_answer(gateway, job, prompt_tokens, events).await?;
-        self.keep_answer(format!("job-{job}"), record.adapter, &prompt, &streamed);
+        self.keep_answer(format!("job-{job}"), record.adapter, &prompt, &streamed).await;
         if streamed.cancelled {
             tracing::info!(
                 job,
@@ -416,8 +416,9 @@ impl Worker {
     }
 
     /// Keeps an answer's tokens and commitment for the challenge window (when the worker
-    /// keeps answers and the engine committed): written before the receipt leaves.
-    pub(crate) fn keep_answer(
+    /// keeps answers and the engine committed): written before the receipt leaves, on a
+    /// blocking thread rather than the async ones serving other answers.
+    pub(crate) async fn keep_answer(
         &self,
         key: String,
         adapter: AdapterId,
@@ -436,8 +437,14 @@ impl Worker {
             activations: activations.clone(),
             kept_at: answers::now_secs(),
         };
-        if let Err(e) = store.keep(&record) {
-            tracing::error!(key = record.key, error = %e, "cannot keep the answer for verification");
+        let (store, key) = (store.clone(), record.key.clone());
+        let kept = tokio::task::spawn_blocking(move || store.keep(&record)).await;
+        match kept {
+            Ok(Ok(_)) => {},
+            Ok(Err(e)) => {
+                tracing::error!(key, error = %e, "cannot keep the answer for verification")
+            },
+            Err(e) => tracing::error!(key, error = %e, "the task keeping the answer failed"),
         }
     }
 

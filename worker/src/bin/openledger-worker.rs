@@ -481,7 +481,8 @@ async fn serve(args: &Args) -> Result<()> {
         let answers = answers.clone();
         tokio::spawn(async move {
             loop {
-                let gone = answers.prune();
+                let store = answers.clone();
+                let gone = tokio::task::spawn_blocking(move || store.prune()).await.unwrap_or(0);
                 if gone > 0 {
                     tracing::info!(gone, "answers past the retention deleted");
                 }
