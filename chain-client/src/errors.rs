@@ -73,6 +73,14 @@ pallet_errors!(
     }
 );
 
+pallet_errors!(
+    /// `pallet-verification`'s errors (see its `Error` enum for when each happens).
+    VerificationError, "Verification" {
+        UnknownAudit, NotAssignedVerifier, NotAwaitingVerdicts, NotTheProvider, NotContestable,
+        NoVerifierAvailable,
+    }
+);
+
 /// Why the runtime refused a call.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
@@ -85,6 +93,9 @@ pub enum RuntimeError {
     /// `pallet-attribution` refused it.
     #[error("Attribution.{}", .0.name())]
     Attribution(AttributionError),
+    /// `pallet-verification` refused it.
+    #[error("Verification.{}", .0.name())]
+    Verification(VerificationError),
     /// The account could not pay or hold the amount (a token error, or balances'
     /// `InsufficientBalance`).
     #[error("insufficient funds ({0})")]
@@ -109,6 +120,9 @@ impl RuntimeError {
             ComputeError::PALLET => ComputeError::from_name(error).map(Self::Compute),
             JobsError::PALLET => JobsError::from_name(error).map(Self::Jobs),
             AttributionError::PALLET => AttributionError::from_name(error).map(Self::Attribution),
+            VerificationError::PALLET => {
+                VerificationError::from_name(error).map(Self::Verification)
+            },
             "Balances" if error == "InsufficientBalance" => {
                 Some(Self::InsufficientFunds(format!("{pallet}.{error}")))
             },

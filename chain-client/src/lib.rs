@@ -24,6 +24,7 @@ pub mod retry;
 #[cfg(feature = "testing")]
 mod testing;
 pub mod types;
+mod verification;
 mod watcher;
 
 use std::sync::Arc;
@@ -40,10 +41,11 @@ use subxt_signer::sr25519::Keypair;
 use thiserror::Error;
 
 pub use datanets::{ContextError, DataNet};
-pub use errors::{AttributionError, ComputeError, JobsError, RuntimeError};
+pub use errors::{AttributionError, ComputeError, JobsError, RuntimeError, VerificationError};
 pub use openledger_primitives::token::{MILLI_OPEN, OPEN};
-pub use receipt::{blake2_256, sign_receipt};
+pub use receipt::{blake2_256, commitment_hash, sign_receipt, ReceiptDraft};
 pub use types::*;
+pub use verification::{Assignment, Audit, AuditOutcome, AuditStage, ProviderSlashed, Verdict};
 pub use watcher::AssignmentWatcher;
 
 /// The client configuration: OpenLedger uses Substrate's account, signature and hashing
@@ -262,7 +264,12 @@ impl ChainClient {
         let at = self.best().await?;
         let metadata = at.metadata_ref();
         let mut untyped = Vec::new();
-        for pallet in [ComputeError::PALLET, JobsError::PALLET, AttributionError::PALLET] {
+        for pallet in [
+            ComputeError::PALLET,
+            JobsError::PALLET,
+            AttributionError::PALLET,
+            VerificationError::PALLET,
+        ] {
             let variants =
                 metadata.pallet_by_name(pallet).and_then(|p| p.error_variants()).ok_or_else(
                     || ChainError::Incompatible(format!("no {pallet} errors in the metadata")),
@@ -276,6 +283,30 @@ impl ChainClient {
             }
         }
         Ok(untyped)
+    }
+
+    /// Dispatch `call` (a runtime call as a value: pallet variant, then call variant) as root
+    /// through `sudo`, signed by the sudo key; `what` names it in errors.
+    pub(crate) async fn sudo(
+        &self,
+        sudo: &Keypair,
+        call: subxt::ext::scale_value::Value,
+        what: &str,
+    ) -> Result<(), ChainError> {
+        let events = self.submit("Sudo", "sudo", (call,), sudo).await?;
+        #[derive(subxt::ext::scale_decode::DecodeAsType)]
+        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+        struct Sudid {
+            sudo_result: Result<(), subxt::ext::scale_value::Value>,
+        }
+        match find_event::<Sudid>(&events, "Sudo", "Sudid")?.into_iter().next() {
+            Some(Sudid { sudo_result: Ok(()) }) => Ok(()),
+            Some(Sudid { sudo_result: Err(e) }) => Err(ChainError::Dispatch {
+                call: format!("Sudo.sudo({what})"),
+                error: RuntimeError::Other(e.to_string()),
+            }),
+            None => Err(ChainError::MissingEvent { call: "Sudo.sudo".into(), event: "Sudo.Sudid" }),
+        }
     }
 
     /// Sign `call_data` for `pallet.call` with `signer`, submit it, wait until it is in a

@@ -10,9 +10,9 @@ use subxt::dynamic;
 use subxt::utils::{AccountId32, MultiAddress};
 use subxt_signer::sr25519::Keypair;
 
-use crate::errors::RuntimeError;
 use crate::types::*;
-use crate::{find_event, rpc_err, ChainClient, ChainError, Config, SETTLEMENT_LOOKBACK};
+use crate::verification::{AuditOutcome, ProviderSlashed};
+use crate::{rpc_err, ChainClient, ChainError, Config, SETTLEMENT_LOOKBACK};
 
 impl ChainClient {
     /// Set raw storage items through `sudo` (root): how a testnet's governance changes the
@@ -31,20 +31,7 @@ impl ChainClient {
             "System",
             [Value::named_variant("set_storage", [("items", items)])],
         );
-        let events = self.submit("Sudo", "sudo", (call,), sudo).await?;
-        #[derive(subxt::ext::scale_decode::DecodeAsType)]
-        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
-        struct Sudid {
-            sudo_result: Result<(), subxt::ext::scale_value::Value>,
-        }
-        match find_event::<Sudid>(&events, "Sudo", "Sudid")?.into_iter().next() {
-            Some(Sudid { sudo_result: Ok(()) }) => Ok(()),
-            Some(Sudid { sudo_result: Err(e) }) => Err(ChainError::Dispatch {
-                call: "Sudo.sudo(System.set_storage)".into(),
-                error: RuntimeError::Other(e.to_string()),
-            }),
-            None => Err(ChainError::MissingEvent { call: "Sudo.sudo".into(), event: "Sudo.Sudid" }),
-        }
+        self.sudo(sudo, call, "System.set_storage").await
     }
 
     /// Transfer `amount` to `dest`, keeping the sender alive.
@@ -108,6 +95,51 @@ impl ChainClient {
                     if jobs.contains(&job_of(&decoded)) {
                         found.entry(job_of(&decoded)).or_insert(decoded);
                     }
+                }
+            }
+            number -= 1;
+        }
+        Ok(found)
+    }
+
+    /// What became of the audits of `jobs` (`Verification.WorkConfirmed`,
+    /// `ProviderSlashed` or `AuditAbandoned`) in the best chain's last
+    /// [`SETTLEMENT_LOOKBACK`] blocks; a job not yet decided is absent.
+    pub async fn audit_outcomes(
+        &self,
+        jobs: BTreeSet<JobId>,
+    ) -> Result<BTreeMap<JobId, AuditOutcome>, ChainError> {
+        #[derive(subxt::ext::scale_decode::DecodeAsType)]
+        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+        struct Closed {
+            job: JobId,
+        }
+        let best = self.best().await?.block_number();
+        let mut found = BTreeMap::new();
+        let oldest = best.saturating_sub(SETTLEMENT_LOOKBACK);
+        let mut number = best;
+        while number > oldest && found.len() < jobs.len() {
+            let at = self.client.at_block(number).await.map_err(rpc_err("opening a block"))?;
+            let events = at.events().fetch().await.map_err(rpc_err("reading a block's events"))?;
+            for ev in events.iter() {
+                let ev = ev.map_err(rpc_err("decoding an event"))?;
+                if ev.pallet_name() != "Verification" {
+                    continue;
+                }
+                let outcome = match ev.event_name() {
+                    "ProviderSlashed" => AuditOutcome::Slashed(
+                        ev.decode_fields_unchecked_as::<ProviderSlashed>()
+                            .map_err(rpc_err("decoding Verification.ProviderSlashed"))?,
+                    ),
+                    "WorkConfirmed" => AuditOutcome::Confirmed,
+                    "AuditAbandoned" => AuditOutcome::Abandoned,
+                    _ => continue,
+                };
+                let Closed { job } = ev
+                    .decode_fields_unchecked_as::<Closed>()
+                    .map_err(rpc_err("decoding a Verification event's job"))?;
+                if jobs.contains(&job) {
+                    found.entry(job).or_insert(outcome);
                 }
             }
             number -= 1;

@@ -143,6 +143,8 @@ pub struct ReceiptArg {
     pub output_tokens: u32,
     /// Retrieval context: (DataNet, share in parts per million).
     pub context: Vec<(DataNetId, u32)>,
+    /// BLAKE2b-256 of the answer's activation commitment (zeros: none).
+    pub commitment_hash: [u8; 32],
     /// ed25519 signature over the receipt payload.
     pub signature: [u8; 64],
 }
@@ -189,6 +191,8 @@ pub struct JobSettled {
     pub charged: Balance,
     /// Returned to the submitter.
     pub refunded: Balance,
+    /// The receipt's activation commitment hash (zeros: none).
+    pub commitment_hash: H256,
 }
 
 /// `jobs.ReceiptRejected`: only the job; the error is read from the metadata when shown.

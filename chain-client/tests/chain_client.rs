@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use openledger_chain_client::{
-    blake2_256, sign_receipt, AssignmentWatcher, ChainClient, ChainError, ComputeError, Endpoint,
-    GpuSpec, JobPhase, JobsError, ProviderTerms, ReceiptOutcome, RefusalReason, RuntimeError,
+    blake2_256, commitment_hash, sign_receipt, AssignmentWatcher, ChainClient, ChainError,
+    ComputeError, Endpoint, GpuSpec, JobPhase, JobsError, ProviderTerms, ReceiptDraft,
+    ReceiptOutcome, RefusalReason, RuntimeError,
 };
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
@@ -133,16 +134,20 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
     let bob_before = chain.free_balance(&account(&bob)).await.expect("balance");
     let alice_before = chain.free_balance(&account(&alice)).await.expect("balance");
     let output_hash = blake2_256(b"A chain that pays for AI.");
+    let draft = ReceiptDraft {
+        job: *job,
+        output_hash,
+        input_tokens: 300,
+        output_tokens: 200,
+        context: Vec::new(),
+        commitment_hash: commitment_hash(&[1, 2, 3, 4, 5, 6, 7, 8]),
+    };
     let forged = sign_receipt(
         &SigningKey::from_bytes(&[9; 32]),
         chain.genesis_hash(),
         &account(&bob),
         adapter,
-        *job,
-        output_hash,
-        300,
-        200,
-        &[],
+        draft.clone(),
     )
     .expect("signs");
     let refused = chain.submit_receipts(&dave, &[forged]).await;
@@ -153,18 +158,22 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
         ),
         "{refused:?}"
     );
-    let receipt = sign_receipt(
-        &worker_key,
-        chain.genesis_hash(),
-        &account(&bob),
-        adapter,
-        *job,
-        output_hash,
-        300,
-        200,
-        &[],
-    )
-    .expect("signs");
+    // A receipt whose commitment hash was changed after signing is rejected too.
+    let mut altered =
+        sign_receipt(&worker_key, chain.genesis_hash(), &account(&bob), adapter, draft.clone())
+            .expect("signs");
+    altered.commitment_hash = commitment_hash(&[8, 7, 6, 5, 4, 3, 2, 1]);
+    let refused = chain.submit_receipts(&dave, &[altered]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ChainError::Dispatch { error: RuntimeError::Jobs(JobsError::BadSignature), .. })
+        ),
+        "{refused:?}"
+    );
+    let receipt =
+        sign_receipt(&worker_key, chain.genesis_hash(), &account(&bob), adapter, draft.clone())
+            .expect("signs");
     let outcomes = chain.submit_receipts(&dave, &[receipt]).await.expect("settles");
     let [ReceiptOutcome::Settled(settled)] = outcomes.as_slice() else {
         panic!("one settlement expected, got {outcomes:?}");
@@ -172,6 +181,7 @@ async fn a_worker_registers_finds_its_jobs_once_and_settles_them_with_signed_rec
     // 500 tokens at (2 + 1) mOPEN per 1k.
     assert_eq!(settled.charged, 500 * 3 * MILLI / 1_000);
     assert_eq!(settled.refunded, OPEN / 10 - settled.charged);
+    assert_eq!(settled.commitment_hash.0, draft.commitment_hash, "the event names the commitment");
     let bob_after = chain.free_balance(&account(&bob)).await.expect("balance");
     let alice_after = chain.free_balance(&account(&alice)).await.expect("balance");
     assert_eq!(bob_after - bob_before, settled.charged * 70 / 100, "the provider's 70%");

@@ -6,13 +6,14 @@
 //!
 //! # Byte layout of the signed message
 //!
-//! The SCALE encoding of [`ReceiptPayload`]: fixed-width little-endian integers, raw hashes, and
-//! the context list as a SCALE vector (compact length, then each DataNet id `u32` and share
-//! `u32` in parts per million). Signed with the worker's ed25519 key as is (not pre-hashed).
+//! The SCALE encoding of the domain, the genesis hash and the receipt's fields: fixed-width
+//! little-endian integers, raw hashes, and the context list as a SCALE vector (compact length,
+//! then each DataNet id `u32` and share `u32` in parts per million), then the hash of the
+//! answer's activation commitment. Signed with the worker's ed25519 key as is (not pre-hashed).
 //!
 //! | offset | size | field | encoding |
 //! |-------:|-----:|-------|----------|
-//! | 0 | 29 | `domain` | ASCII `openledger/service-receipt/v1` ([`SERVICE_RECEIPT_DOMAIN`]) |
+//! | 0 | 29 | `domain` | ASCII `openledger/service-receipt/v2` ([`SERVICE_RECEIPT_DOMAIN`]) |
 //! | 29 | 32 | `genesis_hash` | the chain's genesis block hash |
 //! | 61 | 8 | `channel` | `u64` |
 //! | 69 | 8 | `request` | `u64`, the gateway's id of the request, unique per channel |
@@ -23,6 +24,11 @@
 //! | 149 | 4 | `output_tokens` | `u32` |
 //! | 153 | 16 | `charge` | `u128`, planck |
 //! | 169 | 1 + 8n | `contexts` | compact `n`, then `n` x (`u32` DataNet, `u32` ppm) |
+//! | 170 + 8n | 32 | `commitment_hash` | BLAKE2b-256 of the activation commitment, zeros for none |
+//!
+//! A version 1 receipt (domain `openledger/service-receipt/v1`, signed before receipts carried
+//! commitments) is the same without the last field; one a worker kept from then still verifies
+//! and keeps its leaf ([`ServiceReceipt::commitment_hash`] is `None`).
 //!
 //! The receipt's leaf in a voucher's Merkle tree is the BLAKE2b-256 of these bytes.
 
@@ -34,7 +40,10 @@ use openledger_primitives::voucher::ChannelId;
 use crate::error::ChannelError;
 
 /// Domain separation tag: the first bytes of every signed service receipt.
-pub const SERVICE_RECEIPT_DOMAIN: [u8; 29] = *b"openledger/service-receipt/v1";
+pub const SERVICE_RECEIPT_DOMAIN: [u8; 29] = *b"openledger/service-receipt/v2";
+
+/// The tag of version 1 receipts, which carried no commitment hash.
+pub const SERVICE_RECEIPT_DOMAIN_V1: [u8; 29] = *b"openledger/service-receipt/v1";
 
 /// Retrieval-context DataNets a receipt may name (as many as a voucher's context list holds).
 pub const MAX_RECEIPT_CONTEXTS: usize =
@@ -62,14 +71,82 @@ pub struct ServiceReceipt {
     /// Planck the request costs the channel.
     pub charge: u128,
     pub contexts: Vec<ContextShare>,
+    /// BLAKE2b-256 of the answer's activation commitment, which the worker keeps for
+    /// verifiers (zeros: it committed none). `None` only for a version 1 receipt, signed
+    /// before receipts carried it.
+    pub commitment_hash: Option<[u8; 32]>,
 }
 
-/// The message a worker signs (see the module documentation for its bytes).
+/// The fields every receipt version signs, in their order (see the module documentation).
 #[derive(Encode)]
-pub struct ReceiptPayload<'r> {
-    pub domain: [u8; 29],
-    pub genesis_hash: [u8; 32],
-    pub receipt: &'r ServiceReceipt,
+struct SignedFields<'r> {
+    channel: ChannelId,
+    request: u64,
+    adapter: AdapterId,
+    input_hash: &'r [u8; 32],
+    output_hash: &'r [u8; 32],
+    input_tokens: u32,
+    output_tokens: u32,
+    charge: u128,
+    contexts: &'r [ContextShare],
+}
+
+/// A version 1 receipt as a worker's store kept it before receipts carried a commitment hash.
+#[derive(Decode)]
+pub(crate) struct SignedReceiptV1 {
+    channel: ChannelId,
+    request: u64,
+    adapter: AdapterId,
+    input_hash: [u8; 32],
+    output_hash: [u8; 32],
+    input_tokens: u32,
+    output_tokens: u32,
+    charge: u128,
+    contexts: Vec<ContextShare>,
+    signature: [u8; 64],
+}
+
+impl SignedReceipt {
+    /// The bytes a version 1 worker stored for this receipt: its fields and signature, no
+    /// commitment hash (for tests of reading them back).
+    #[cfg(test)]
+    pub(crate) fn version_1_bytes(&self) -> Vec<u8> {
+        let r = &self.receipt;
+        let mut bytes = (
+            r.channel,
+            r.request,
+            r.adapter,
+            r.input_hash,
+            r.output_hash,
+            r.input_tokens,
+            r.output_tokens,
+            r.charge,
+            &r.contexts,
+        )
+            .encode();
+        bytes.extend_from_slice(&self.signature);
+        bytes
+    }
+}
+
+impl From<SignedReceiptV1> for SignedReceipt {
+    fn from(v1: SignedReceiptV1) -> Self {
+        SignedReceipt {
+            receipt: ServiceReceipt {
+                channel: v1.channel,
+                request: v1.request,
+                adapter: v1.adapter,
+                input_hash: v1.input_hash,
+                output_hash: v1.output_hash,
+                input_tokens: v1.input_tokens,
+                output_tokens: v1.output_tokens,
+                charge: v1.charge,
+                contexts: v1.contexts,
+                commitment_hash: None,
+            },
+            signature: v1.signature,
+        }
+    }
 }
 
 /// A receipt with the worker's signature.
@@ -82,7 +159,21 @@ pub struct SignedReceipt {
 impl ServiceReceipt {
     /// The exact bytes the worker signs for the chain with `genesis_hash`.
     pub fn signing_bytes(&self, genesis_hash: [u8; 32]) -> Vec<u8> {
-        ReceiptPayload { domain: SERVICE_RECEIPT_DOMAIN, genesis_hash, receipt: self }.encode()
+        let fields = SignedFields {
+            channel: self.channel,
+            request: self.request,
+            adapter: self.adapter,
+            input_hash: &self.input_hash,
+            output_hash: &self.output_hash,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            charge: self.charge,
+            contexts: &self.contexts,
+        };
+        match &self.commitment_hash {
+            Some(commitment) => (SERVICE_RECEIPT_DOMAIN, genesis_hash, fields, commitment).encode(),
+            None => (SERVICE_RECEIPT_DOMAIN_V1, genesis_hash, fields).encode(),
+        }
     }
 
     /// The receipt's leaf in a voucher's Merkle tree.
@@ -152,6 +243,7 @@ mod tests {
             output_tokens: 16,
             charge: 1_234_567,
             contexts: vec![ContextShare { datanet: 5, ppm: 250_000 }],
+            commitment_hash: Some([0x33; 32]),
         }
     }
 
@@ -159,8 +251,8 @@ mod tests {
     fn payload_layout_is_fixed() {
         let r = receipt();
         let bytes = r.signing_bytes([0xaa; 32]);
-        assert_eq!(bytes.len(), 169 + 1 + 8);
-        assert_eq!(&bytes[0..29], b"openledger/service-receipt/v1");
+        assert_eq!(bytes.len(), 169 + 1 + 8 + 32);
+        assert_eq!(&bytes[0..29], b"openledger/service-receipt/v2");
         assert_eq!(&bytes[29..61], &[0xaa; 32]);
         assert_eq!(&bytes[61..69], &r.channel.to_le_bytes());
         assert_eq!(&bytes[69..77], &9u64.to_le_bytes());
@@ -173,6 +265,29 @@ mod tests {
         assert_eq!(bytes[169], 1 << 2);
         assert_eq!(&bytes[170..174], &5u32.to_le_bytes());
         assert_eq!(&bytes[174..178], &250_000u32.to_le_bytes());
+        assert_eq!(&bytes[178..210], &[0x33; 32]);
+        // Version 1: its own tag, no commitment hash.
+        let v1 = ServiceReceipt { commitment_hash: None, ..r };
+        let old = v1.signing_bytes([0xaa; 32]);
+        assert_eq!(&old[0..29], b"openledger/service-receipt/v1");
+        assert_eq!(old[29..], bytes[29..178]);
+    }
+
+    #[test]
+    fn a_version_1_receipt_kept_by_an_older_worker_still_verifies() {
+        // The bytes an older worker's store holds: the receipt's fields and signature, no
+        // commitment hash, signed over the version 1 layout.
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let kept = ServiceReceipt { commitment_hash: None, ..receipt() }.sign(&key, [1; 32]);
+        let bytes = kept.version_1_bytes();
+        let signed = SignedReceipt::from(SignedReceiptV1::decode(&mut &bytes[..]).unwrap());
+        assert_eq!(signed, kept);
+        assert_eq!(signed.receipt.commitment_hash, None);
+        signed.verify(&key.verifying_key(), [1; 32]).unwrap();
+        // A commitment added afterwards breaks the signature.
+        let mut changed = signed.clone();
+        changed.receipt.commitment_hash = Some([0; 32]);
+        assert!(changed.verify(&key.verifying_key(), [1; 32]).is_err());
     }
 
     #[test]
@@ -186,6 +301,9 @@ mod tests {
         let mut changed = signed.clone();
         changed.receipt.charge += 1;
         assert!(changed.verify(&key.verifying_key(), [1; 32]).is_err(), "a changed charge");
+        let mut changed = signed.clone();
+        changed.receipt.commitment_hash = Some([0x34; 32]);
+        assert!(changed.verify(&key.verifying_key(), [1; 32]).is_err(), "another commitment");
     }
 
     #[test]

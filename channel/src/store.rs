@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::error::ChannelError;
 use crate::payer::{Entry, PayerChannel};
 use crate::provider::ProviderChannel;
-use crate::receipt::SignedReceipt;
+use crate::receipt::{SignedReceipt, SignedReceiptV1};
 
 /// A gateway's channels, without their entries.
 const PAYER: TableDefinition<u64, &[u8]> = TableDefinition::new("payer_channels");
@@ -23,7 +23,9 @@ const PAYER_ENTRIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("
 /// A worker's channels.
 const PROVIDER: TableDefinition<u64, &[u8]> = TableDefinition::new("provider_channels");
 /// Every receipt a worker signed: (channel, request) -> signed receipt, its evidence.
-const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts");
+const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts_v2");
+/// Receipts a worker signed before they carried a commitment hash (version 1), read only.
+const RECEIPTS_V1: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts");
 
 /// The database file of one gateway or worker (a handle: clones share the database).
 #[derive(Clone)]
@@ -41,6 +43,7 @@ impl Store {
         txn.open_table(PAYER_ENTRIES)?;
         txn.open_table(PROVIDER)?;
         txn.open_table(RECEIPTS)?;
+        txn.open_table(RECEIPTS_V1)?;
         txn.commit()?;
         Ok(Self { db: std::sync::Arc::new(db) })
     }
@@ -136,11 +139,67 @@ impl Store {
         request: u64,
     ) -> Result<Option<SignedReceipt>, ChannelError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(RECEIPTS)?;
-        let found = table.get((channel, request))?;
+        let current = txn.open_table(RECEIPTS)?;
+        if let Some(bytes) = current.get((channel, request))? {
+            return Ok(Some(SignedReceipt::decode(&mut bytes.value())?));
+        }
+        let version_1 = txn.open_table(RECEIPTS_V1)?;
+        let found = version_1.get((channel, request))?;
         Ok(match found {
-            Some(bytes) => Some(SignedReceipt::decode(&mut bytes.value())?),
+            Some(bytes) => Some(SignedReceiptV1::decode(&mut bytes.value())?.into()),
             None => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receipt::{ContextShare, ServiceReceipt};
+    use ed25519_dalek::SigningKey;
+
+    fn receipt(request: u64, commitment_hash: Option<[u8; 32]>) -> ServiceReceipt {
+        ServiceReceipt {
+            channel: 4,
+            request,
+            adapter: 2,
+            input_hash: [1; 32],
+            output_hash: [2; 32],
+            input_tokens: 30,
+            output_tokens: 12,
+            charge: 9_000,
+            contexts: vec![ContextShare { datanet: 1, ppm: 100_000 }],
+            commitment_hash,
+        }
+    }
+
+    #[test]
+    fn receipts_kept_before_commitments_existed_are_still_read_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.redb");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let genesis = [9; 32];
+        // What an older worker's store holds: version 1 receipts in the first receipts table.
+        let old = receipt(1, None).sign(&key, genesis);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let bytes = old.version_1_bytes();
+            txn.open_table(RECEIPTS_V1).unwrap().insert((4, 1), bytes.as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let channel = ProviderChannel::new(4, [5; 32], 1_000_000, 100_000);
+        let new = receipt(2, Some([7; 32])).sign(&key, genesis);
+        store.save_provider(&channel, Some(&new)).unwrap();
+
+        let read_old = store.receipt(4, 1).unwrap().expect("the version 1 receipt is kept");
+        assert_eq!(read_old, old);
+        read_old.verify(&key.verifying_key(), genesis).unwrap();
+        assert_eq!(read_old.receipt.leaf(genesis), old.receipt.leaf(genesis));
+        let read_new = store.receipt(4, 2).unwrap().expect("the new receipt is kept");
+        assert_eq!(read_new.receipt.commitment_hash, Some([7; 32]));
+        read_new.verify(&key.verifying_key(), genesis).unwrap();
+        assert_eq!(store.receipt(4, 3).unwrap(), None);
     }
 }

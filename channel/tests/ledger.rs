@@ -39,6 +39,7 @@ fn receipt(request: u64, adapter: u32, charge: u128, contexts: &[(u32, u32)]) ->
         output_tokens: 20,
         charge,
         contexts: contexts.iter().map(|&(datanet, ppm)| ContextShare { datanet, ppm }).collect(),
+        commitment_hash: Some([request as u8 ^ 0x5a; 32]),
     }
 }
 

@@ -325,6 +325,9 @@ pub(crate) async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiv
                         (Some(_), ChannelRequest::Serve { .. }) => {
                             ChannelResponse::Refused("a gateway serves no requests".into())
                         },
+                        (Some(_), ChannelRequest::AnswerRecord { .. }) => {
+                            ChannelResponse::Refused("a gateway keeps no answer records".into())
+                        },
                     };
                     if let Err(e) = gateway.p2p.answer_channel(id, answer).await {
                         tracing::warn!(%from, error = %e, "could not answer a channel request");

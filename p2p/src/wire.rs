@@ -24,8 +24,10 @@ pub const TOKENS_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/tok
 /// channel, a worker sends the gateway the signed receipt of what it served and gets the
 /// channel's next voucher back.
 pub const CHANNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/openledger/channel/1");
-/// Upper bound of a channel response (a voucher with a full breakdown is under 1 KiB).
-pub(crate) const CHANNEL_RESPONSE_MAX: usize = 4096;
+/// Upper bound of a channel response: a voucher with a full breakdown is under 1 KiB, a kept
+/// answer record of a long job (its prompt's and output's token ids and commitment, as JSON)
+/// tens of KiB.
+pub(crate) const CHANNEL_RESPONSE_MAX: usize = 1 << 20;
 
 /// Upper bound of every fixed-size message (payload requests, token acknowledgements).
 pub(crate) const SMALL_MESSAGE_MAX: usize = 64;
@@ -90,6 +92,13 @@ pub enum ChannelRequest {
     /// Worker to gateway: the signed receipt of a served request; answered with the voucher
     /// that pays it.
     Receipt(openledger_channel::SignedReceipt),
+    /// Verifier to worker: the kept answer record of on-chain job `job`, which the chain
+    /// opened for verification; answered with [`ChannelResponse::AnswerRecord`] only to a
+    /// verifier of that audit.
+    AnswerRecord {
+        /// The audited job.
+        job: u64,
+    },
 }
 
 /// The answer to a [`ChannelRequest`].
@@ -102,6 +111,8 @@ pub enum ChannelResponse {
     Refused(String),
     /// The channel's next voucher, paying the receipt.
     Voucher(openledger_channel::SignedVoucher),
+    /// An audited job's kept answer record (the worker's JSON answer record).
+    AnswerRecord(Vec<u8>),
     /// The sender exceeded its rate limit.
     RateLimited,
     /// The application is not keeping up (or not listening): try again later.

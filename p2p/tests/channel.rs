@@ -65,6 +65,7 @@ async fn serve_then_receipt_for_voucher() {
         output_tokens: 4,
         charge: 450,
         contexts: vec![],
+        commitment_hash: Some([5; 32]),
     }
     .sign(&worker_key, genesis);
     let ask = {

@@ -136,6 +136,61 @@ pub trait ProviderRegistry<AccountId, Balance> {
     /// A job `provider`'s worker acknowledged expired without a receipt: release its slot,
     /// lower its reputation and slash its bond to `victim`. Returns the amount slashed.
     fn job_expired(provider: &AccountId, victim: &AccountId) -> Result<Balance, DispatchError>;
+
+    /// The bond `provider` has at stake now (zero when it is not registered).
+    fn bond_of(provider: &AccountId) -> Balance;
+
+    /// Whether `provider` declared that it serves `adapter` (whatever its load now).
+    fn serves(provider: &AccountId, adapter: AdapterId) -> bool;
+
+    /// Move up to `amount` of `provider`'s bond to `to`, for work a verification found wrong
+    /// (or a verification it did not answer). Returns what was moved: less than `amount`
+    /// when the bond is smaller. Its reputation is not touched here.
+    fn slash_bond(
+        provider: &AccountId,
+        amount: Balance,
+        to: &AccountId,
+    ) -> Result<Balance, DispatchError>;
+}
+
+/// A job that settled: what a verification of it needs to know. `charged` is what the payer
+/// paid for it, refunded from the provider's bond if a verification finds the work wrong.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,
+)]
+pub struct SettledWork<AccountId, Balance> {
+    /// The job.
+    pub job: JobId,
+    /// Who paid for it.
+    pub payer: AccountId,
+    /// The provider that served it.
+    pub provider: AccountId,
+    /// The adapter it ran (and through it, the base model).
+    pub adapter: AdapterId,
+    /// What the payer was charged.
+    pub charged: Balance,
+    /// The receipt's hash of the answer's activation commitment (zeros: none).
+    pub commitment_hash: sp_core::H256,
+}
+
+/// Settled work offered for verification (`pallet-verification` samples a share of it).
+/// Implemented by `()` for a chain that verifies nothing.
+pub trait WorkAudit<AccountId, Balance> {
+    /// `work` settled in this block. Returns the weight used, at most [`Self::offer_weight`].
+    fn offer(work: SettledWork<AccountId, Balance>) -> sp_runtime::Weight;
+
+    /// Upper bound on the weight of one [`Self::offer`].
+    fn offer_weight() -> sp_runtime::Weight;
+}
+
+impl<AccountId, Balance> WorkAudit<AccountId, Balance> for () {
+    fn offer(_work: SettledWork<AccountId, Balance>) -> sp_runtime::Weight {
+        sp_runtime::Weight::zero()
+    }
+
+    fn offer_weight() -> sp_runtime::Weight {
+        sp_runtime::Weight::zero()
+    }
 }
 
 /// Where the charge of a settled job, or of a redeemed channel voucher, goes. Implemented by

@@ -10,7 +10,14 @@
 //! 1,000,000, no DataNet twice, at most [`MAX_RECEIPT_CONTEXT`]). The worker signs a hash of
 //! that list, so nobody can add, drop or reweigh a context DataNet after signing.
 //!
-//! # Byte layout of the signed message (169 bytes)
+//! A receipt also carries the BLAKE2b-256 hash of the answer's activation commitment (the
+//! engine's `ActivationCommitment` bytes: two 32-bit entries per generated token, see
+//! `openledger_engine::commitment`), or all zeros when the worker committed none. The worker
+//! keeps the commitment for the challenge window; a verifier sampled to check the job compares
+//! what the worker hands over with this hash before recomputing it, so the commitment cannot be
+//! chosen after the job was sampled.
+//!
+//! # Byte layout of the signed message (201 bytes)
 //!
 //! The message is the SCALE encoding of [`ReceiptPayload`]: fixed-width fields, little-endian
 //! integers, no length prefixes, concatenated in this order. It is signed as is (ed25519
@@ -18,7 +25,7 @@
 //!
 //! | offset | size | field           | encoding                                        |
 //! |-------:|-----:|-----------------|-------------------------------------------------|
-//! |      0 |   21 | `domain`        | ASCII `openledger/receipt/v2` ([`RECEIPT_DOMAIN`]) |
+//! |      0 |   21 | `domain`        | ASCII `openledger/receipt/v3` ([`RECEIPT_DOMAIN`]) |
 //! |     21 |   32 | `genesis_hash`  | the chain's genesis block hash                  |
 //! |     53 |    8 | `job`           | `u64` little-endian                             |
 //! |     61 |   32 | `provider`      | the provider's operator account (32 raw bytes)  |
@@ -27,17 +34,18 @@
 //! |    129 |    4 | `input_tokens`  | `u32` little-endian                             |
 //! |    133 |    4 | `output_tokens` | `u32` little-endian                             |
 //! |    137 |   32 | `context_hash`  | BLAKE2b-256 of the SCALE-encoded context list   |
+//! |    169 |   32 | `commitment_hash` | BLAKE2b-256 of the activation commitment, or zeros |
 //!
 //! The context list is encoded as SCALE encodes a `Vec<(u32, u32)>`: a compact length prefix
 //! (`4 x n` as one byte for n < 64), then each (DataNet id, share in ppm) as two `u32`
 //! little-endian. The empty list encodes as the single byte `0x00`.
 //!
 //! A JavaScript client builds it with
-//! `u8aConcat(stringToU8a('openledger/receipt/v2'), genesisHash, bnToU8a(job, {bitLength: 64}),
+//! `u8aConcat(stringToU8a('openledger/receipt/v3'), genesisHash, bnToU8a(job, {bitLength: 64}),
 //! decodeAddress(provider), bnToU8a(adapter, {bitLength: 32}), outputHash,
 //! bnToU8a(inputTokens, {bitLength: 32}), bnToU8a(outputTokens, {bitLength: 32}),
 //! blake2AsU8a(u8aConcat(compactToU8a(ctx.length), ...ctx.flatMap(([d, ppm]) =>
-//! [bnToU8a(d, {bitLength: 32}), bnToU8a(ppm, {bitLength: 32})])), 256))`.
+//! [bnToU8a(d, {bitLength: 32}), bnToU8a(ppm, {bitLength: 32})])), 256), commitmentHash)`.
 //!
 //! # Which signatures are accepted
 //!
@@ -57,10 +65,18 @@ use sp_core::{ed25519, ConstU32, H256};
 use sp_runtime::BoundedVec;
 
 /// Domain separation tag: the first bytes of every signed receipt.
-pub const RECEIPT_DOMAIN: [u8; 21] = *b"openledger/receipt/v2";
+pub const RECEIPT_DOMAIN: [u8; 21] = *b"openledger/receipt/v3";
 
 /// Length of [`ReceiptPayload::signing_bytes`] for a 32-byte account id.
-pub const RECEIPT_PAYLOAD_LEN: usize = 21 + 32 + 8 + 32 + 4 + 32 + 4 + 4 + 32;
+pub const RECEIPT_PAYLOAD_LEN: usize = 21 + 32 + 8 + 32 + 4 + 32 + 4 + 4 + 32 + 32;
+
+/// The `commitment_hash` of a receipt whose worker committed no activations.
+pub const NO_COMMITMENT: H256 = H256::zero();
+
+/// The hash of an activation commitment's bytes that a receipt's signature covers.
+pub fn commitment_hash(commitment: &[u8]) -> H256 {
+    <sp_runtime::traits::BlakeTwo256 as sp_runtime::traits::Hash>::hash(commitment)
+}
 
 /// Most context DataNets one receipt may name.
 pub const MAX_RECEIPT_CONTEXT: u32 = 8;
@@ -88,6 +104,8 @@ pub struct Receipt {
     pub output_tokens: u32,
     /// DataNets whose records the answer retrieved as context, with their shares.
     pub context: ReceiptContext,
+    /// [`commitment_hash`] of the answer's activation commitment ([`NO_COMMITMENT`]: none).
+    pub commitment_hash: H256,
     /// ed25519 signature by the provider's worker key over the [`ReceiptPayload`].
     pub signature: ed25519::Signature,
 }
@@ -108,6 +126,8 @@ pub struct ReceiptFields {
     pub output_tokens: u32,
     /// DataNets whose records the answer retrieved as context, with their shares.
     pub context: ReceiptContext,
+    /// [`commitment_hash`] of the answer's activation commitment ([`NO_COMMITMENT`]: none).
+    pub commitment_hash: H256,
 }
 
 /// The message a worker signs. See the module documentation for its byte layout, which
@@ -132,6 +152,8 @@ pub struct ReceiptPayload<AccountId, Hash = H256> {
     pub output_tokens: u32,
     /// [`context_hash`] of the receipt's context list.
     pub context_hash: H256,
+    /// The receipt's [`commitment_hash`].
+    pub commitment_hash: H256,
 }
 
 impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
@@ -153,6 +175,7 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
                 input_tokens: receipt.input_tokens,
                 output_tokens: receipt.output_tokens,
                 context: receipt.context.clone(),
+                commitment_hash: receipt.commitment_hash,
             },
         )
     }
@@ -174,6 +197,7 @@ impl<AccountId: Encode, Hash: Encode> ReceiptPayload<AccountId, Hash> {
             input_tokens: fields.input_tokens,
             output_tokens: fields.output_tokens,
             context_hash: context_hash(&fields.context),
+            commitment_hash: fields.commitment_hash,
         }
     }
 
@@ -278,13 +302,14 @@ mod tests {
             input_tokens: 0x11223344,
             output_tokens: 0x55667788,
             context: ReceiptContext::default(),
+            commitment_hash: H256::repeat_byte(0xdd),
             signature: ed25519::Signature::from_raw([0; 64]),
         };
         let payload =
             ReceiptPayload::new(H256::repeat_byte(0xaa), [0xcc_u8; 32], 0x0a0b0c0d, &receipt);
         let bytes = payload.signing_bytes();
         assert_eq!(bytes.len(), RECEIPT_PAYLOAD_LEN);
-        assert_eq!(&bytes[0..21], b"openledger/receipt/v2");
+        assert_eq!(&bytes[0..21], b"openledger/receipt/v3");
         assert_eq!(&bytes[21..53], &[0xaa; 32]);
         assert_eq!(&bytes[53..61], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(&bytes[61..93], &[0xcc; 32]);
@@ -295,6 +320,7 @@ mod tests {
         // The empty list encodes as one zero byte.
         assert_eq!(&bytes[137..169], context_hash(&[]).as_bytes());
         assert_eq!(context_hash(&[]), sp_runtime::traits::BlakeTwo256::hash(&[0]));
+        assert_eq!(&bytes[169..201], &[0xdd; 32]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ frame_benchmarking::define_benchmarks!(
     [pallet_jobs, Jobs]
     [pallet_attribution, Attribution]
     [pallet_channels, Channels]
+    [pallet_verification, Verification]
 );
 
 use frame_benchmarking::baseline::Pallet as BaselineBench;

@@ -21,8 +21,8 @@ use sp_version::RuntimeVersion;
 use super::{
     token, AccountId, Attribution, Aura, Balance, Balances, Block, BlockNumber, Compute, Hash,
     Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
-    RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, DAYS, EXISTENTIAL_DEPOSIT, MINUTES,
-    SLOT_DURATION, VERSION,
+    RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, Verification, DAYS, EXISTENTIAL_DEPOSIT,
+    MINUTES, SLOT_DURATION, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -196,6 +196,7 @@ impl pallet_jobs::Config for Runtime {
     type Providers = Compute;
     type Adapters = Attribution;
     type Settlement = Attribution;
+    type Audit = Verification;
     type Randomness = pallet_jobs::ParentHashRandomness<Runtime>;
     type AckTimeout = JobAckTimeout;
     type JobTimeout = JobReceiptTimeout;
@@ -339,5 +340,77 @@ impl pallet_channels::BenchmarkHelper for ChannelsBenchmarkHelper {
                 id
             })
             .collect()
+    }
+}
+
+// ---- Verification: a sampled share of settled jobs recomputed by another provider. ----
+
+parameter_types! {
+    /// The share of settled jobs audited until governance sets another
+    /// (`verification.set_sample_share`).
+    pub const DefaultSampleShare: Perbill = Perbill::from_percent(2);
+    /// A provider whose work is found wrong loses 20% of its bond (the payer's refund, the
+    /// verifiers' reward and the treasury's share come out of it).
+    pub const FaultSlash: Perbill = Perbill::from_percent(20);
+    /// Half of what a fault slash leaves after the refund goes to the verifiers who found it.
+    pub const VerifierReward: Perbill = Perbill::from_percent(50);
+    /// A verifier that answers late, or whose verdict the majority overturns, loses 1%.
+    pub const VerifierSlash: Perbill = Perbill::from_percent(1);
+    /// Blocks a verifier has to post its verdict: 10 minutes. Root may change it at
+    /// `twox128(":VerdictTimeout:")` (a `u32`), for verifiers assigned afterwards.
+    pub storage VerdictTimeout: BlockNumber = 10 * MINUTES;
+    /// Blocks a provider found at fault has to contest: 10 minutes. Root may change it at
+    /// `twox128(":ContestWindow:")` (a `u32`), for accusations made afterwards.
+    pub storage ContestWindow: BlockNumber = 10 * MINUTES;
+}
+
+impl pallet_verification::Config for Runtime {
+    type Currency = Balances;
+    type Providers = Compute;
+    type Adapters = Attribution;
+    // Drawn in the block after the receipt's: its hash was unknown when the receipt was sent.
+    type Randomness = pallet_jobs::ParentHashRandomness<Runtime>;
+    type Treasury = TreasuryAccount;
+    type DefaultSampleShare = DefaultSampleShare;
+    type VerdictTimeout = VerdictTimeout;
+    type ContestWindow = ContestWindow;
+    type FaultSlash = FaultSlash;
+    type VerifierReward = VerifierReward;
+    type VerifierSlash = VerifierSlash;
+    type MaxOffersPerBlock = ConstU32<1_024>;
+    type MaxOpenAudits = ConstU32<4_096>;
+    type WeightInfo = pallet_verification::weights::SubstrateWeight<Runtime>;
+    #[cfg(feature = "runtime-benchmarks")]
+    type BenchmarkHelper = VerificationBenchmarkHelper;
+}
+
+/// Registers benchmark providers through `pallet-compute` for `pallet-verification`'s
+/// benchmarks, all serving one adapter of the default base model.
+#[cfg(feature = "runtime-benchmarks")]
+pub struct VerificationBenchmarkHelper;
+
+#[cfg(feature = "runtime-benchmarks")]
+impl pallet_verification::BenchmarkHelper<AccountId> for VerificationBenchmarkHelper {
+    fn adapter() -> AdapterId {
+        let next = pallet_attribution::NextAdapterId::<Runtime>::get();
+        match next.checked_sub(1) {
+            // One adapter for every benchmark run in this state.
+            Some(last) if pallet_attribution::Adapters::<Runtime>::contains_key(last) => last,
+            _ => <JobsBenchmarkHelper as pallet_jobs::BenchmarkHelper<AccountId>>::adapter(),
+        }
+    }
+
+    fn provider(who: &AccountId, adapter: AdapterId) {
+        // Any key of full order: the benchmarks never sign with it.
+        use codec::Encode;
+        use sp_runtime::traits::Hash;
+        let seed = sp_runtime::traits::BlakeTwo256::hash(&who.encode());
+        let key = sp_core::ed25519::Public::from_raw(seed.0);
+        pallet_compute::benchmarking::register_eligible::<Runtime>(
+            who,
+            key,
+            DefaultBaseModel::get(),
+            adapter,
+        );
     }
 }

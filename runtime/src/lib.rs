@@ -177,6 +177,9 @@ mod runtime {
 
     #[runtime::pallet_index(11)]
     pub type Channels = pallet_channels;
+
+    #[runtime::pallet_index(12)]
+    pub type Verification = pallet_verification;
 }
 
 #[cfg(test)]

@@ -49,17 +49,15 @@ pub async fn demo_adapter(chain: &ChainClient, dir: &Path) -> u32 {
 
 /// Shorten the acknowledgement and receipt deadlines (root-settable runtime parameters).
 pub async fn short_deadlines(chain: &ChainClient, blocks: u32) {
+    set_block_parameters(chain, &["JobAckTimeout", "JobReceiptTimeout"], blocks).await;
+}
+
+/// Set the runtime's storage-backed parameters `names` (each a `u32` number of blocks at
+/// `twox128(":<name>:")`) to `blocks`, through sudo.
+pub async fn set_block_parameters(chain: &ChainClient, names: &[&str], blocks: u32) {
     let key = |name: &str| sp_crypto_hashing::twox_128(format!(":{name}:").as_bytes()).to_vec();
-    chain
-        .sudo_set_storage(
-            &dev::alice(),
-            vec![
-                (key("JobAckTimeout"), blocks.to_le_bytes().to_vec()),
-                (key("JobReceiptTimeout"), blocks.to_le_bytes().to_vec()),
-            ],
-        )
-        .await
-        .expect("sudo sets the deadlines");
+    let items = names.iter().map(|n| (key(n), blocks.to_le_bytes().to_vec())).collect();
+    chain.sudo_set_storage(&dev::alice(), items).await.expect("sudo sets the parameters");
 }
 
 pub async fn wait_past(chain: &ChainClient, deadline: u32) {

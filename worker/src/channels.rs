@@ -152,6 +152,10 @@ impl Worker {
                         .answer_channel(id, refused("a worker does not vouch for receipts"))
                         .await;
                 },
+                ChannelRequest::AnswerRecord { job } => {
+                    let worker = Arc::clone(&self);
+                    tokio::spawn(async move { worker.answer_record_request(from, id, job).await });
+                },
             }
         }
     }
@@ -232,6 +236,7 @@ impl Worker {
             output_tokens: streamed.delivered.tokens,
             charge: fee_for(tokens, admitted.price_per_1k).min(admitted.max_charge),
             contexts: admitted.contexts.clone(),
+            commitment_hash: Some(streamed.commitment_hash()),
         }
         .sign(&self.config.worker_key, self.genesis_hash);
         self.metrics

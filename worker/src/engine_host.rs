@@ -19,7 +19,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use openledger_engine::{
-    Engine, EngineError, EngineStatus, GenerationRequest, RequestId, StreamEvent,
+    ActivationCommitment, Engine, EngineError, EngineStatus, GenerationRequest, RequestId,
+    StreamEvent, VerifyReport,
 };
 
 enum Command {
@@ -39,6 +40,15 @@ enum Command {
     },
     Status {
         reply: oneshot::Sender<EngineStatus>,
+    },
+    Verify {
+        prompt: Vec<u32>,
+        output: Vec<u32>,
+        adapter: Option<String>,
+        claimed: ActivationCommitment,
+        relative: f32,
+        events: async_mpsc::UnboundedSender<StreamEvent>,
+        accepted: oneshot::Sender<Result<(), EngineError>>,
     },
     FailNextStep,
 }
@@ -112,6 +122,33 @@ impl EngineHost {
         Ok((prompt_tokens, rx))
     }
 
+    /// Recompute the activations of an answer (`prompt` then `output` token ids, with
+    /// `adapter`) in prefill passes batched with the running requests, and compare them with
+    /// `claimed` (see [`Engine::submit_verification`]).
+    pub async fn verify(
+        &self,
+        prompt: Vec<u32>,
+        output: Vec<u32>,
+        adapter: Option<String>,
+        claimed: ActivationCommitment,
+        relative: f32,
+    ) -> Result<VerifyReport, EngineError> {
+        let (events, mut rx) = async_mpsc::unbounded_channel();
+        let (accepted, answer) = oneshot::channel();
+        let command =
+            Command::Verify { prompt, output, adapter, claimed, relative, events, accepted };
+        self.commands.send(command).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())??;
+        while let Some(event) = rx.recv().await {
+            match event {
+                StreamEvent::Verified(report) => return Ok(report),
+                StreamEvent::Failed(message) => return Err(EngineError::Backend(message)),
+                _ => {},
+            }
+        }
+        Err(gone())
+    }
+
     /// Register a PEFT adapter directory under `name` (validated on the engine thread).
     pub async fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), EngineError> {
         let (done, answer) = oneshot::channel();
@@ -163,8 +200,12 @@ impl Forward {
         loop {
             match self.from.try_recv() {
                 Ok(event) => {
-                    let last =
-                        matches!(event, StreamEvent::Finished { .. } | StreamEvent::Failed(_));
+                    let last = matches!(
+                        event,
+                        StreamEvent::Finished { .. }
+                            | StreamEvent::Failed(_)
+                            | StreamEvent::Verified(_)
+                    );
                     // A caller that went away is cancelled before the next step.
                     let _ = self.to.send(event);
                     if last {
@@ -188,6 +229,17 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
                 Ok((n, (id, from))) => {
                     forwards.push(Forward { id, from, to: events });
                     let _ = accepted.send(Ok(n));
+                },
+                Err(e) => {
+                    let _ = accepted.send(Err(e));
+                },
+            }
+        },
+        Command::Verify { prompt, output, adapter, claimed, relative, events, accepted } => {
+            match engine.submit_verification(&prompt, &output, adapter, claimed, relative) {
+                Ok((id, from)) => {
+                    forwards.push(Forward { id, from, to: events });
+                    let _ = accepted.send(Ok(()));
                 },
                 Err(e) => {
                     let _ = accepted.send(Err(e));

@@ -11,11 +11,14 @@
 //!   vouchers traded for signed receipts, redeemed on chain on a schedule.
 //! - [`answers`]: each answer's tokens and activation commitment, kept for the challenge
 //!   window so a verifier can recompute it (`openledger-worker verify`).
+//! - [`audits`]: on-chain verification: kept answers handed to the verifiers of an audited
+//!   job only, and the audits this provider owes verified and answered with a verdict.
 //! - [`engine_host`]: the engine on its own thread, for async callers.
 //! - [`keeper`]: expires jobs past their deadline, so no escrow stays held.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
 pub mod answers;
+pub mod audits;
 pub mod channels;
 pub mod engine_host;
 pub mod keeper;

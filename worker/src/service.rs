@@ -23,8 +23,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use openledger_chain_client::retry::{retry, Backoff};
 use openledger_chain_client::{
-    sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job, JobId, ReceiptArg,
-    ReceiptOutcome, RefusalReason,
+    commitment_hash, sign_receipt, AdapterId, AssignmentWatcher, ChainClient, ChainError, Job,
+    JobId, ReceiptArg, ReceiptDraft, ReceiptOutcome, RefusalReason,
 };
 use openledger_channel::ChannelError;
 use openledger_engine::{
@@ -79,6 +79,9 @@ pub struct WorkerConfig {
     /// Where each answer's tokens and activation commitment are kept for the challenge
     /// window; `None` keeps nothing.
     pub answers: Option<AnswerStore>,
+    /// Test only: run jobs without their adapter while claiming it (a cheat verification
+    /// must catch).
+    pub cheat_skip_adapter: bool,
 }
 
 /// The running worker.
@@ -140,6 +143,7 @@ impl Worker {
         tokio::spawn(Arc::clone(&self).redeem_vouchers());
         tokio::spawn(Arc::clone(&self).heartbeats());
         tokio::spawn(Arc::clone(&self).engine_metrics());
+        tokio::spawn(Arc::clone(&self).audits());
         let mut watcher = AssignmentWatcher::new(self.chain().await, self.config.provider);
         loop {
             match watcher.next_batch().await {
@@ -265,7 +269,7 @@ impl Worker {
             .engine
             .generate_counted(GenerationRequest {
                 prompt: self.prompt_of(&payload)?,
-                adapter: Some(adapter),
+                adapter: (!self.config.cheat_skip_adapter).then_some(adapter),
                 params: sampling(&payload),
             })
             .await
@@ -287,6 +291,7 @@ impl Worker {
             );
             self.metrics.jobs.with_label_values(&["cancelled"]).inc();
         }
+        let commitment = streamed.commitment_hash();
         let delivered = streamed.delivered;
         // A receipt settles an assigned job whether or not its acknowledgement made it into a
         // block, so a failed acknowledgement is only reported.
@@ -295,16 +300,20 @@ impl Worker {
             Ok(Err(e)) => tracing::warn!(job, error = %e, "acknowledgement failed"),
             Err(e) => tracing::warn!(job, error = %e, "acknowledgement task failed"),
         }
+        let draft = ReceiptDraft {
+            job,
+            output_hash: job_payload::hash(delivered.text.as_bytes()),
+            input_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+            output_tokens: delivered.tokens,
+            context,
+            commitment_hash: commitment,
+        };
         let receipt = sign_receipt(
             &self.config.worker_key,
             self.genesis_hash,
             &self.config.provider,
             record.adapter,
-            job,
-            job_payload::hash(delivered.text.as_bytes()),
-            u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
-            delivered.tokens,
-            &context,
+            draft,
         )
         .map_err(|e| Refusal::new(RefusalReason::WorkerFault, e.to_string()))?;
         let _ = self.receipts.send(receipt);
@@ -617,6 +626,14 @@ pub(crate) struct Streamed {
     /// Every generated token and the engine's activation commitment, for an answer the
     /// engine finished (not one cancelled).
     pub(crate) answer: Option<(Vec<u32>, ActivationCommitment)>,
+}
+
+impl Streamed {
+    /// The hash of the answer's activation commitment that its receipt carries: zeros when
+    /// the engine finished none (a cancelled answer, or commitments switched off).
+    pub(crate) fn commitment_hash(&self) -> [u8; 32] {
+        self.answer.as_ref().map_or([0; 32], |(_, a)| commitment_hash(a.as_bytes()))
+    }
 }
 
 impl Refusal {

@@ -221,17 +221,35 @@ impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
         provider: &T::AccountId,
         victim: &T::AccountId,
     ) -> Result<BalanceOf<T>, DispatchError> {
-        let mut state =
+        let state =
             Self::close_job(provider, ReputationChange::Penalty(T::ReputationPenalty::get()))
                 .ok_or(Error::<T>::NotRegistered)?;
         let due = T::SlashFraction::get().mul_floor(state.bond);
+        Self::slash_bond(provider, due, victim)
+    }
+
+    fn serves(provider: &T::AccountId, adapter: AdapterId) -> bool {
+        ServedAdapters::<T>::contains_key(provider, adapter)
+    }
+
+    fn bond_of(provider: &T::AccountId) -> BalanceOf<T> {
+        ProviderStates::<T>::get(provider).map_or_else(Zero::zero, |state| state.bond)
+    }
+
+    fn slash_bond(
+        provider: &T::AccountId,
+        amount: BalanceOf<T>,
+        to: &T::AccountId,
+    ) -> Result<BalanceOf<T>, DispatchError> {
+        let mut state = ProviderStates::<T>::get(provider).ok_or(Error::<T>::NotRegistered)?;
+        let due = amount.min(state.bond);
         let slashed = if due.is_zero() {
             due
         } else {
             T::Currency::transfer_on_hold(
                 &HoldReason::ProviderBond.into(),
                 provider,
-                victim,
+                to,
                 due,
                 Precision::BestEffort,
                 Restriction::Free,
@@ -244,7 +262,7 @@ impl<T: Config> ProviderRegistry<T::AccountId, BalanceOf<T>> for Pallet<T> {
         if !slashed.is_zero() {
             Self::deposit_event(Event::Slashed {
                 provider: provider.clone(),
-                victim: victim.clone(),
+                victim: to.clone(),
                 amount: slashed,
             });
         }

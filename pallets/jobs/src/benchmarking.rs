@@ -82,6 +82,7 @@ fn signed_receipt<T: Config>(job: JobId, key: &ed25519::Public) -> Receipt {
                 .map(|d| DataNetShare::new(d, sp_runtime::Permill::from_percent(1)))
                 .collect(),
         ),
+        commitment_hash: H256::repeat_byte(3),
         signature: ed25519::Signature::from_raw([0; 64]),
     };
     let payload = ReceiptPayload::new(genesis, record.provider, record.adapter, &receipt);

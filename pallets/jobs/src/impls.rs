@@ -16,7 +16,8 @@ use frame_support::{
 use frame_system::pallet_prelude::BlockNumberFor;
 use openledger_primitives::{
     market::{
-        AdapterCatalog, AdapterId, AdapterTerms, BaseModelId, JobId, ProviderRegistry, Settlement,
+        AdapterCatalog, AdapterId, AdapterTerms, BaseModelId, JobId, ProviderRegistry, SettledWork,
+        Settlement, WorkAudit,
     },
     receipt::{Receipt, ReceiptFields, ReceiptPayload},
 };
@@ -139,7 +140,9 @@ impl<T: Config> Pallet<T> {
                     used = used.saturating_add(weight);
                 },
                 Err(error) => {
-                    used = used.saturating_add(T::Settlement::settle_weight());
+                    used = used
+                        .saturating_add(T::Settlement::settle_weight())
+                        .saturating_add(T::Audit::offer_weight());
                     first_error.get_or_insert(error);
                     Self::deposit_event(Event::ReceiptRejected { job: receipt.job, error });
                 },
@@ -186,6 +189,14 @@ impl<T: Config> Pallet<T> {
             )?
         };
         T::Providers::job_settled(&record.provider);
+        let offered = T::Audit::offer(SettledWork {
+            job: receipt.job,
+            payer: record.submitter.clone(),
+            provider: record.provider.clone(),
+            adapter: record.adapter,
+            charged,
+            commitment_hash: receipt.commitment_hash,
+        });
         Self::close(receipt.job, &record);
         Self::deposit_event(Event::JobSettled {
             job: receipt.job,
@@ -195,8 +206,9 @@ impl<T: Config> Pallet<T> {
             output_tokens: receipt.output_tokens,
             charged,
             refunded,
+            commitment_hash: receipt.commitment_hash,
         });
-        Ok(weight)
+        Ok(weight.saturating_add(offered))
     }
 
     /// Expire `job` if its deadline has passed.

@@ -27,7 +27,7 @@ pub mod weights;
 use frame_support::traits::fungible::Inspect;
 pub use impls::{fee_for, AnyAdapterOn, ParentHashRandomness, PayProvider};
 pub use openledger_primitives::{
-    market::{AdapterCatalog, ProviderRegistry, Settlement},
+    market::{AdapterCatalog, ProviderRegistry, Settlement, WorkAudit},
     receipt::{Receipt, ReceiptContext, ReceiptFields, ReceiptPayload},
 };
 
@@ -76,6 +76,10 @@ pub mod pallet {
 
         /// Where a settled job's charge goes.
         type Settlement: Settlement<Self::AccountId, BalanceOf<Self>>;
+
+        /// Where settled jobs are offered for verification (`pallet-verification`; `()`
+        /// verifies nothing).
+        type Audit: WorkAudit<Self::AccountId, BalanceOf<Self>>;
 
         /// Source of the tie-breaking seed of matching.
         type Randomness: Randomness<Self::Hash, BlockNumberFor<Self>>;
@@ -186,6 +190,9 @@ pub mod pallet {
             charged: BalanceOf<T>,
             /// The rest of the escrow, released back to the submitter.
             refunded: BalanceOf<T>,
+            /// BLAKE2b-256 of the answer's activation commitment, as the receipt states it
+            /// (zeros: the worker committed none).
+            commitment_hash: H256,
         },
         /// A receipt of a batch was rejected; the rest of the batch was processed.
         ReceiptRejected {
@@ -366,7 +373,9 @@ pub mod pallet {
         /// others in the batch are rejected.
         #[pallet::call_index(2)]
         #[pallet::weight(T::WeightInfo::submit_receipts(receipts.len() as u32).saturating_add(
-            T::Settlement::settle_weight().saturating_mul(receipts.len() as u64)
+            T::Settlement::settle_weight()
+                .saturating_add(T::Audit::offer_weight())
+                .saturating_mul(receipts.len() as u64)
         ))]
         pub fn submit_receipts(
             origin: OriginFor<T>,
@@ -408,8 +417,10 @@ pub mod pallet {
     impl<T: Config> Pallet<T> {
         /// The exact bytes the worker of open job `job` signs, with the key its provider
         /// registered, for a receipt with these fields: the SCALE encoding of `ReceiptPayload`
-        /// (domain `openledger/receipt/v2`, this chain's genesis hash, the job, its provider and
-        /// adapter, the fields, and the BLAKE2b-256 of the SCALE-encoded `context`). Sign them as
+        /// (domain `openledger/receipt/v3`, this chain's genesis hash, the job, its provider and
+        /// adapter, the fields, the BLAKE2b-256 of the SCALE-encoded `context`, then
+        /// `commitment_hash`: the BLAKE2b-256 of the answer's activation commitment, zeros for
+        /// none). Sign them as
         /// they are with ed25519 (no pre-hashing) and submit the receipt with
         /// `submit_receipts`. `None` when no open job has this id (never assigned, or closed).
         pub fn receipt_signing_payload(
@@ -418,6 +429,7 @@ pub mod pallet {
             input_tokens: u32,
             output_tokens: u32,
             context: ReceiptContext,
+            commitment_hash: H256,
         ) -> Option<alloc::vec::Vec<u8>> {
             Self::receipt_payload_of(&ReceiptFields {
                 job,
@@ -425,6 +437,7 @@ pub mod pallet {
                 input_tokens,
                 output_tokens,
                 context,
+                commitment_hash,
             })
         }
 

@@ -125,12 +125,35 @@ impl openledger_primitives::market::Settlement<AccountId, Balance> for Recording
     }
 }
 
+std::thread_local! {
+    /// Every settled job offered for verification, in order.
+    pub static OFFERED: core::cell::RefCell<Vec<openledger_primitives::market::SettledWork<AccountId, Balance>>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records what the marketplace offers for verification.
+pub struct RecordingAudit;
+
+impl openledger_primitives::market::WorkAudit<AccountId, Balance> for RecordingAudit {
+    fn offer(
+        work: openledger_primitives::market::SettledWork<AccountId, Balance>,
+    ) -> frame_support::weights::Weight {
+        OFFERED.with(|o| o.borrow_mut().push(work));
+        Self::offer_weight()
+    }
+
+    fn offer_weight() -> frame_support::weights::Weight {
+        frame_support::weights::Weight::from_parts(1_000, 0)
+    }
+}
+
 impl pallet_jobs::Config for Test {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type Providers = Compute;
     type Adapters = TestAdapters;
     type Settlement = RecordingSettlement;
+    type Audit = RecordingAudit;
     type Randomness = pallet_jobs::ParentHashRandomness<Test>;
     type AckTimeout = ConstU64<ACK_TIMEOUT>;
     type JobTimeout = ConstU64<JOB_TIMEOUT>;
@@ -254,6 +277,7 @@ pub fn receipt_signed_by(
         input_tokens,
         output_tokens,
         context: Default::default(),
+        commitment_hash: H256::repeat_byte(0xc0),
         signature: ed25519::Signature::from_raw([0; 64]),
     };
     sign(key, provider, adapter, &mut receipt);

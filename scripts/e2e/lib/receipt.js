@@ -17,10 +17,16 @@ export function contextHash(context = []) {
   return blake2AsU8a(u8aConcat(...parts), 256);
 }
 
-/** The 169 bytes a worker signs for a receipt. */
-export function receiptPayload({ genesisHash, job, provider, adapter, outputHash, inputTokens, outputTokens, context = [] }) {
+/** A receipt's `commitmentHash` when the worker committed no activations. */
+export const NO_COMMITMENT = new Uint8Array(32);
+
+/**
+ * The 201 bytes a worker signs for a receipt. `commitmentHash` is the BLAKE2b-256 of the
+ * answer's activation commitment (32 zero bytes: none).
+ */
+export function receiptPayload({ genesisHash, job, provider, adapter, outputHash, inputTokens, outputTokens, context = [], commitmentHash = NO_COMMITMENT }) {
   const bytes = u8aConcat(
-    stringToU8a('openledger/receipt/v2'),
+    stringToU8a('openledger/receipt/v3'),
     genesisHash,
     u64(job),
     decodeAddress(provider),
@@ -29,8 +35,9 @@ export function receiptPayload({ genesisHash, job, provider, adapter, outputHash
     u32(inputTokens),
     u32(outputTokens),
     contextHash(context),
+    commitmentHash,
   );
-  if (bytes.length !== 169) throw new Error(`receipt payload is ${bytes.length} bytes, expected 169`);
+  if (bytes.length !== 201) throw new Error(`receipt payload is ${bytes.length} bytes, expected 201`);
   return bytes;
 }
 
@@ -43,6 +50,7 @@ export function signReceipt(workerPair, fields) {
     inputTokens: fields.inputTokens,
     outputTokens: fields.outputTokens,
     context: fields.context ?? [],
+    commitmentHash: fields.commitmentHash ?? NO_COMMITMENT,
     signature,
   };
 }

@@ -10,7 +10,7 @@ import { randomAsU8a, ed25519PairFromSeed, ed25519Sign, blake2AsU8a, xxhashAsU8a
 import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
 import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
-import { receiptPayload, signReceipt } from '../lib/receipt.js';
+import { NO_COMMITMENT, receiptPayload, signReceipt } from '../lib/receipt.js';
 import { callView } from '../lib/view.js';
 
 const OPEN = 10n ** 18n;
@@ -179,6 +179,7 @@ describe('GPU marketplace through polkadot.js', () => {
     const fields = {
       genesisHash, job, provider: bob.address, adapter: ADAPTER,
       outputHash: blake2AsU8a('a decentralized AI chain'), inputTokens: 300, outputTokens: 200,
+      commitmentHash: blake2AsU8a('the activation commitment'),
     };
     // A receipt signed by a key that is not the provider's worker key is rejected by name.
     const forged = signReceipt(stranger, fields);
@@ -192,6 +193,12 @@ describe('GPU marketplace through polkadot.js', () => {
       assert.equal(e.dispatchError, 'jobs.BadSignature');
       return true;
     });
+    // So does a commitment swapped after signing (a worker cannot pick its commitment later).
+    const swapped = { ...signReceipt(worker, fields), commitmentHash: blake2AsU8a('another commitment') };
+    await assert.rejects(sendAndWait(api, api.tx.jobs.submitReceipts([swapped]), eve), (e) => {
+      assert.equal(e.dispatchError, 'jobs.BadSignature');
+      return true;
+    });
 
     const bobBefore = await account(api, bob.address);
     const daveBefore = await account(api, keys.dave.address);
@@ -202,6 +209,7 @@ describe('GPU marketplace through polkadot.js', () => {
     const expected = (500n * (price + MILLI) + 999n) / 1000n; // provider + adapter price
     assert.equal(done.charged.toBigInt(), expected);
     assert.equal(done.refunded.toBigInt(), maxFee - expected);
+    assert.deepEqual(done.commitmentHash.toU8a(), fields.commitmentHash, 'the event names the commitment');
 
     const aliceAfter = await account(api, alice.address, settled.blockHash);
     const bobAfter = await account(api, bob.address, settled.blockHash);
@@ -314,15 +322,16 @@ describe('GPU marketplace through polkadot.js', () => {
 
     const outputHash = blake2AsU8a('an answer signed from the metadata');
     const context = [{ datanet: DATANET, share: 250_000 }];
-    const bytes = (await callView(api, 'Jobs', 'receipt_signing_payload', [job, outputHash, 12, 34, context])).unwrap().toU8a(true);
+    const commitmentHash = blake2AsU8a('activations of the answer');
+    const bytes = (await callView(api, 'Jobs', 'receipt_signing_payload', [job, outputHash, 12, 34, context, commitmentHash])).unwrap().toU8a(true);
     // Exactly the bytes of the documented layout (what lib/receipt.js builds by hand).
     assert.deepEqual(bytes, receiptPayload({
-      genesisHash, job, provider: bob.address, adapter: ADAPTER, outputHash, inputTokens: 12, outputTokens: 34, context,
+      genesisHash, job, provider: bob.address, adapter: ADAPTER, outputHash, inputTokens: 12, outputTokens: 34, context, commitmentHash,
     }));
     // A job that does not exist has nothing to sign.
-    assert.ok((await callView(api, 'Jobs', 'receipt_signing_payload', [job + 1000, outputHash, 12, 34, []])).isNone);
+    assert.ok((await callView(api, 'Jobs', 'receipt_signing_payload', [job + 1000, outputHash, 12, 34, [], NO_COMMITMENT])).isNone);
 
-    const receipt = { job, outputHash, inputTokens: 12, outputTokens: 34, context, signature: ed25519Sign(bytes, worker) };
+    const receipt = { job, outputHash, inputTokens: 12, outputTokens: 34, context, commitmentHash, signature: ed25519Sign(bytes, worker) };
     const settled = await sendAndWait(api, api.tx.jobs.submitReceipts([receipt]), eve);
     const [done] = find(api, settled.events, api.events.jobs.JobSettled);
     assert.equal(done.job.toNumber(), job);

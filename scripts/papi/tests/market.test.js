@@ -176,16 +176,20 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
 
     // The worker asks the chain for the bytes to sign and signs them with its ed25519 key.
     const outputHash = hash256('a decentralized AI chain');
-    const fields = { job, output_hash: outputHash, input_tokens: inputTokens, output_tokens: outputTokens, context: [] };
-    const payload = await api.view.Jobs.receipt_signing_payload(job, outputHash, inputTokens, outputTokens, [], { at: ack.block.hash });
-    assert.ok(payload instanceof Uint8Array && payload.length > 0);
-    // The bytes start with the domain the view function's docs name, then this chain's genesis hash.
-    const domain = Binary.fromText('openledger/receipt/v2');
+    // The hash of the answer's activation commitment, which the worker keeps for verifiers.
+    const commitmentHash = hash256(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]));
+    const fields = { job, output_hash: outputHash, input_tokens: inputTokens, output_tokens: outputTokens, context: [], commitment_hash: commitmentHash };
+    const payload = await api.view.Jobs.receipt_signing_payload(job, outputHash, inputTokens, outputTokens, [], commitmentHash, { at: ack.block.hash });
+    assert.ok(payload instanceof Uint8Array && payload.length === 201);
+    // The bytes start with the domain the view function's docs name, then this chain's genesis
+    // hash, and end with the commitment's hash.
+    const domain = Binary.fromText('openledger/receipt/v3');
     assert.deepEqual(payload.slice(0, domain.length), domain);
     const { genesisHash: genesis } = await chain.client.getChainSpecData();
     assert.equal(Binary.toHex(payload.slice(domain.length, domain.length + 32)), genesis);
+    assert.equal(Binary.toHex(payload.slice(169)), commitmentHash);
     // No open job, nothing to sign.
-    assert.equal(await api.view.Jobs.receipt_signing_payload(job + 1000n, outputHash, 1, 1, []), undefined);
+    assert.equal(await api.view.Jobs.receipt_signing_payload(job + 1000n, outputHash, 1, 1, [], commitmentHash), undefined);
 
     const signature = Binary.toHex(ed25519.sign(payload, workerSecret));
     // Anyone holding the receipt verifies it the way the chain will: the same bytes, the
@@ -196,6 +200,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const stranger = ed25519.utils.randomSecretKey();
     await rejectsWith(submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...fields, signature: Binary.toHex(ed25519.sign(payload, stranger)) }] }), eve.signer), 'Jobs.BadSignature');
     await rejectsWith(submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...fields, output_tokens: 1, signature }] }), eve.signer), 'Jobs.BadSignature');
+    await rejectsWith(submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...fields, commitment_hash: hash256('another commitment'), signature }] }), eve.signer), 'Jobs.BadSignature');
 
     const treasury = await api.constants.Attribution.Treasury();
     const pot = await api.constants.Attribution.PalletAccount();
@@ -209,6 +214,7 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const charged = charge(inputTokens + outputTokens, quote.price_per_1k);
     assert.equal(done.charged, charged);
     assert.equal(done.refunded, maxFee - charged);
+    assert.equal(done.commitment_hash, commitmentHash);
     assert.equal((await api.view.Jobs.job_status(job, { at: settled.block.hash })).type, 'Closed');
 
     // The split names every payee; the amounts sum to the charge, the quote_split view function
@@ -278,8 +284,9 @@ describe('GPU marketplace through polkadot-api (descriptors from the running nod
     const ack = await submit(api.tx.Jobs.acknowledge({ job }), charlie.signer);
     const context = [{ datanet: faq, share: 400_000 }];
     const outputHash = hash256('an answer from the FAQ');
-    const payload = await api.view.Jobs.receipt_signing_payload(job, outputHash, 4000, 500, context, { at: ack.block.hash });
-    const receipt = { job, output_hash: outputHash, input_tokens: 4000, output_tokens: 500, context, signature: Binary.toHex(ed25519.sign(payload, workerSecret)) };
+    const none = Binary.toHex(new Uint8Array(32));
+    const payload = await api.view.Jobs.receipt_signing_payload(job, outputHash, 4000, 500, context, none, { at: ack.block.hash });
+    const receipt = { job, output_hash: outputHash, input_tokens: 4000, output_tokens: 500, context, commitment_hash: none, signature: Binary.toHex(ed25519.sign(payload, workerSecret)) };
     // Context signed as 40% and submitted as 60%: the signature no longer matches.
     await rejectsWith(submit(api.tx.Jobs.submit_receipts({ receipts: [{ ...receipt, context: [{ datanet: faq, share: 600_000 }] }] }), eve.signer), 'Jobs.BadSignature');
 

@@ -145,6 +145,10 @@ struct ServeArgs {
     /// How long answers are kept, in seconds (the challenge window).
     #[arg(long, default_value_t = 86_400)]
     answer_retention_secs: u64,
+    /// Test only: generate without the job's adapter while claiming it in receipts and kept
+    /// answers, a cheat verification must catch (and slash).
+    #[arg(long, hide = true)]
+    cheat_skip_adapter: bool,
 }
 
 #[derive(Subcommand)]
@@ -576,6 +580,7 @@ async fn serve(args: &Args) -> Result<()> {
             chat_template,
             adapter_hashes,
             answers: Some(answers),
+            cheat_skip_adapter: s.cheat_skip_adapter,
         },
         metrics,
         (!s.no_channels).then(|| ChannelSettings {

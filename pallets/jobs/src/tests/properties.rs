@@ -156,6 +156,7 @@ fn run(action: &Action, model: &mut Model) {
                         input_tokens,
                         output_tokens,
                         context: Default::default(),
+                        commitment_hash: H256::zero(),
                         signature: sp_core::ed25519::Signature::from_raw([1; 64]),
                     }]
                     .try_into()

@@ -39,6 +39,7 @@ fn receipt_charges_tokens_and_refunds_the_rest() {
                 output_tokens: 1_000,
                 charged: 34,
                 refunded: 66,
+                commitment_hash: H256::repeat_byte(0xc0),
             })
         );
         let state = pallet_compute::ProviderStates::<Test>::get(P1).unwrap();
@@ -160,6 +161,7 @@ fn altered_fields_are_rejected() {
                 r.context =
                     vec![DataNetShare::new(1, Permill::from_percent(10))].try_into().unwrap()
             }),
+            Box::new(|r| r.commitment_hash = H256::zero()),
         ];
         for alter in alterations {
             let mut altered = valid.clone();
@@ -211,10 +213,14 @@ fn batch_is_charged_its_measured_cost_plus_what_each_settlement_reports() {
         let batch = vec![receipt(jobs[0], 10, 10), forged];
         let info = Jobs::submit_receipts(RuntimeOrigin::signed(BOB), batch.try_into().unwrap())
             .expect("one receipt is valid");
-        // The settled receipt reports its own settlement weight; the rejected one is charged
-        // the settlement's worst case.
+        // The settled receipt reports its own settlement's and offer's weight; the rejected
+        // one is charged the settlement's and the offer's worst case.
+        let offer =
+            <RecordingAudit as openledger_primitives::market::WorkAudit<_, _>>::offer_weight();
         let expected = <() as WeightInfo>::submit_receipts(2)
-            .saturating_add(RecordingSettlement::settle_weight());
+            .saturating_add(RecordingSettlement::settle_weight())
+            .saturating_add(offer)
+            .saturating_add(offer);
         assert_eq!(info.actual_weight, Some(expected));
         // A batch with no valid receipt fails, and is still charged what it used.
         let mut forged = receipt(jobs[1], 10, 10);
@@ -228,6 +234,7 @@ fn batch_is_charged_its_measured_cost_plus_what_each_settlement_reports() {
             Some(
                 <() as WeightInfo>::submit_receipts(1)
                     .saturating_add(RecordingSettlement::settle_weight())
+                    .saturating_add(offer)
             )
         );
     });
@@ -385,11 +392,13 @@ fn signing_payload_from_chain(
     input_tokens: u32,
     output_tokens: u32,
     context: ReceiptContext,
+    commitment_hash: H256,
 ) -> Option<Vec<u8>> {
     use codec::{Decode, Encode};
     use frame_support::view_functions::ViewFunction;
     type Query = crate::ReceiptSigningPayloadViewFunction<Test>;
-    let input = Query::new(job, output_hash, input_tokens, output_tokens, context).encode();
+    let input = Query::new(job, output_hash, input_tokens, output_tokens, context, commitment_hash)
+        .encode();
     let output = Test::execute_view_function(Query::id(), input).expect("view function exists");
     Option::<Vec<u8>>::decode(&mut &output[..]).expect("answer decodes")
 }
@@ -403,26 +412,43 @@ fn a_receipt_signed_over_the_chains_signing_payload_settles() {
         let output_hash = H256::repeat_byte(0x5a);
         let context: ReceiptContext =
             vec![DataNetShare::new(4, Permill::from_percent(25))].try_into().unwrap();
-        let bytes = signing_payload_from_chain(job, output_hash, 7, 9, context.clone())
-            .expect("the job is open");
-        // The documented layout: the domain tag first, 169 bytes in all with OpenLedger's
+        let commitment_hash = H256::repeat_byte(0xc3);
+        let bytes =
+            signing_payload_from_chain(job, output_hash, 7, 9, context.clone(), commitment_hash)
+                .expect("the job is open");
+        // The documented layout: the domain tag first, 201 bytes in all with OpenLedger's
         // 32-byte accounts (the mock's are 8 bytes).
         assert_eq!(bytes.len(), RECEIPT_PAYLOAD_LEN - 32 + core::mem::size_of::<AccountId>());
         assert_eq!(bytes[..RECEIPT_DOMAIN.len()], RECEIPT_DOMAIN);
 
         // A client that knows nothing but these bytes signs them with the worker key.
         let signature = ed25519::Signature::from_raw(signing_key(P1).sign(&bytes).to_bytes());
-        let receipt =
-            Receipt { job, output_hash, input_tokens: 7, output_tokens: 9, context, signature };
+        let receipt = Receipt {
+            job,
+            output_hash,
+            input_tokens: 7,
+            output_tokens: 9,
+            context,
+            commitment_hash,
+            signature,
+        };
         assert_ok!(settle(vec![receipt]));
         assert!(job_events().iter().any(|e| matches!(
             e,
-            Event::JobSettled { job: j, input_tokens: 7, output_tokens: 9, .. } if *j == job
+            Event::JobSettled { job: j, input_tokens: 7, output_tokens: 9, commitment_hash: c, .. }
+                if *j == job && *c == commitment_hash
         )));
 
         // A closed job, or one never assigned, has nothing to sign.
-        assert_eq!(signing_payload_from_chain(job, output_hash, 7, 9, Default::default()), None);
-        assert_eq!(signing_payload_from_chain(99, output_hash, 7, 9, Default::default()), None);
+        let none = H256::zero();
+        assert_eq!(
+            signing_payload_from_chain(job, output_hash, 7, 9, Default::default(), none),
+            None
+        );
+        assert_eq!(
+            signing_payload_from_chain(99, output_hash, 7, 9, Default::default(), none),
+            None
+        );
     });
 }
 
@@ -432,14 +458,16 @@ fn the_chains_signing_payload_binds_every_field() {
         register(P1, &[3], 10, 4);
         let job = submit(ALICE, 1, 1_000, 100);
         let h = H256::repeat_byte(1);
-        let base = signing_payload_from_chain(job, h, 1, 2, Default::default()).unwrap();
+        let none = H256::zero();
+        let base = signing_payload_from_chain(job, h, 1, 2, Default::default(), none).unwrap();
         let context: ReceiptContext =
             vec![DataNetShare::new(4, Permill::from_percent(1))].try_into().unwrap();
         for other in [
-            signing_payload_from_chain(job, H256::repeat_byte(2), 1, 2, Default::default()),
-            signing_payload_from_chain(job, h, 2, 2, Default::default()),
-            signing_payload_from_chain(job, h, 1, 3, Default::default()),
-            signing_payload_from_chain(job, h, 1, 2, context),
+            signing_payload_from_chain(job, H256::repeat_byte(2), 1, 2, Default::default(), none),
+            signing_payload_from_chain(job, h, 2, 2, Default::default(), none),
+            signing_payload_from_chain(job, h, 1, 3, Default::default(), none),
+            signing_payload_from_chain(job, h, 1, 2, context, none),
+            signing_payload_from_chain(job, h, 1, 2, Default::default(), H256::repeat_byte(9)),
         ] {
             assert_ne!(other.unwrap(), base);
         }
@@ -452,6 +480,7 @@ fn the_chains_signing_payload_binds_every_field() {
             input_tokens: 1,
             output_tokens: 2,
             context: Default::default(),
+            commitment_hash: none,
         };
         assert_eq!(
             crate::ReceiptPayload::for_fields(
@@ -462,6 +491,32 @@ fn the_chains_signing_payload_binds_every_field() {
             )
             .signing_bytes(),
             base
+        );
+    });
+}
+
+#[test]
+fn settled_jobs_are_offered_for_verification_with_their_commitment() {
+    build_and_execute(|| {
+        crate::mock::OFFERED.with(|o| o.borrow_mut().clear());
+        register(P1, &[3], 10, 4);
+        let settled = submit(ALICE, 1, 1_000, 100);
+        let rejected = submit(ALICE, 1, 1_000, 100);
+        let mut bad = receipt(rejected, 10, 10);
+        bad.commitment_hash = H256::repeat_byte(0xee);
+        assert_ok!(submit_receipts(vec![receipt(settled, 1_234, 1_000), bad]));
+        let offered = crate::mock::OFFERED.with(|o| o.borrow().clone());
+        assert_eq!(
+            offered,
+            vec![openledger_primitives::market::SettledWork {
+                job: settled,
+                payer: ALICE,
+                provider: P1,
+                adapter: 1,
+                charged: 34,
+                commitment_hash: H256::repeat_byte(0xc0),
+            }],
+            "only the settled job, with what it cost and the commitment its receipt signed"
         );
     });
 }

@@ -35,6 +35,7 @@ fn payload(provider: AccountId, job: u64) -> Vec<u8> {
         input_tokens: 5,
         output_tokens: 6,
         context: Default::default(),
+        commitment_hash: H256::repeat_byte(4),
         signature: ed25519::Signature::from_raw([0; 64]),
     };
     ReceiptPayload::new(H256::repeat_byte(69), provider, 1, &receipt).signing_bytes()

@@ -1,0 +1,186 @@
+//! Benchmarks of `pallet-verification`, each at the worst case its weight function covers.
+
+use super::*;
+use crate::Pallet as Verification;
+use alloc::vec::Vec;
+use frame_benchmarking::v2::*;
+use frame_support::{pallet_prelude::*, traits::Hooks};
+use frame_system::{pallet_prelude::BlockNumberFor, RawOrigin};
+use openledger_primitives::market::{AdapterId, JobId};
+use sp_core::H256;
+use sp_runtime::{traits::Saturating, Perbill};
+
+/// Sets up the world the benchmarks need; implemented by the runtime (and the mock).
+pub trait BenchmarkHelper<AccountId> {
+    /// An adapter the catalogue knows.
+    fn adapter() -> AdapterId;
+
+    /// Make `who` a bonded provider of `adapter`'s base model.
+    fn provider(who: &AccountId, adapter: AdapterId);
+}
+
+/// As many providers of the adapter's base model as the registry lists (index 0 is the
+/// audited one).
+fn providers<T: Config>() -> Vec<T::AccountId> {
+    let adapter = T::BenchmarkHelper::adapter();
+    let max = <T::Providers as ProviderRegistry<_, _>>::MaxCandidates::get();
+    (0..max)
+        .map(|i| {
+            let who: T::AccountId = account("provider", i, 0);
+            T::BenchmarkHelper::provider(&who, adapter);
+            who
+        })
+        .collect()
+}
+
+fn work<T: Config>(job: JobId, provider: &T::AccountId) -> SettledWork<T::AccountId, BalanceOf<T>> {
+    SettledWork {
+        job,
+        payer: account("payer", 0, 0),
+        provider: provider.clone(),
+        adapter: T::BenchmarkHelper::adapter(),
+        charged: 1_000u32.into(),
+        commitment_hash: H256::repeat_byte(1),
+    }
+}
+
+/// An audit of `job` of `providers[0]` in `stage`, with the given verifiers (verdicts given
+/// or not), stored with its index entries.
+fn insert_audit<T: Config>(
+    job: JobId,
+    providers: &[T::AccountId],
+    verifiers: &[(usize, Option<Verdict>)],
+    stage: Stage<BlockNumberFor<T>>,
+    deadline: BlockNumberFor<T>,
+    wake: BlockNumberFor<T>,
+) {
+    let assignments: Vec<Assignment<T>> = verifiers
+        .iter()
+        .map(|(i, verdict)| Assignment {
+            verifier: providers[*i].clone(),
+            deadline,
+            verdict: verdict.map(|v| (v, H256::repeat_byte(2))),
+        })
+        .collect();
+    for a in assignments.iter().filter(|a| a.verdict.is_none()) {
+        AuditsByVerifier::<T>::insert(&a.verifier, job, ());
+    }
+    AuditsByWake::<T>::insert(wake, job, ());
+    Audits::<T>::insert(
+        job,
+        Audit {
+            provider: providers[0].clone(),
+            payer: account("payer", 0, 0),
+            adapter: T::BenchmarkHelper::adapter(),
+            base_model: T::Adapters::adapter(T::BenchmarkHelper::adapter())
+                .map(|terms| terms.base_model)
+                .unwrap_or_default(),
+            charged: 1_000u32.into(),
+            commitment_hash: H256::repeat_byte(1),
+            verifiers: assignments.try_into().unwrap(),
+            dismissed: BoundedVec::new(),
+            stage,
+            wake,
+        },
+    );
+}
+
+#[benchmarks]
+mod benchmarks {
+    use super::*;
+
+    /// One settled job appended to a nearly full block's offers.
+    #[benchmark]
+    fn offer() {
+        let providers = providers::<T>();
+        for job in 1..T::MaxOffersPerBlock::get() {
+            Verification::<T>::offer(work::<T>(job.into(), &providers[0]));
+        }
+        #[block]
+        {
+            Verification::<T>::offer(work::<T>(0, &providers[0]));
+        }
+        assert_eq!(Offered::<T>::get().len() as u32, T::MaxOffersPerBlock::get());
+    }
+
+    /// `d` offered jobs, all drawn, each assigned a verifier among a full list of providers;
+    /// `w` contested audits due, each with two verifiers late: both slashed and replaced.
+    #[benchmark]
+    fn on_initialize(d: Linear<0, 64>, w: Linear<0, 64>) {
+        let providers = providers::<T>();
+        SampleShare::<T>::put(Perbill::one());
+        for job in 0..d {
+            Verification::<T>::offer(work::<T>(job.into(), &providers[0]));
+        }
+        let now = frame_system::Pallet::<T>::block_number().saturating_add(10u32.into());
+        let late = now.saturating_sub(1u32.into());
+        for job in 0..w {
+            insert_audit::<T>(
+                1_000_000u64.saturating_add(job.into()),
+                &providers,
+                &[(1, Some(Verdict::Mismatch)), (2, None), (3, None)],
+                Stage::Contested,
+                late,
+                now,
+            );
+        }
+        frame_system::Pallet::<T>::set_block_number(now);
+        #[block]
+        {
+            Verification::<T>::on_initialize(now);
+        }
+        // Every late verifier was replaced, and every offered job audited (the runtime's
+        // MaxOpenAudits exceeds both ranges together).
+        assert!(Audits::<T>::iter().filter(|(_, a)| a.dismissed.len() == 2).count() as u32 == w);
+        assert_eq!(Audits::<T>::count(), d.saturating_add(w));
+    }
+
+    /// The last verdict of a contest: it finds the fault, slashing the provider to the payer,
+    /// two finders and the treasury, and the overturned verifier to the treasury.
+    #[benchmark]
+    fn submit_verdict() {
+        let providers = providers::<T>();
+        let now = frame_system::Pallet::<T>::block_number();
+        let deadline = now.saturating_add(5u32.into());
+        insert_audit::<T>(
+            1,
+            &providers,
+            &[(1, Some(Verdict::Mismatch)), (2, Some(Verdict::Match)), (3, None)],
+            Stage::Contested,
+            deadline,
+            deadline.saturating_add(1u32.into()),
+        );
+        let verifier = providers[3].clone();
+        #[extrinsic_call]
+        _(RawOrigin::Signed(verifier), 1, Verdict::Mismatch, H256::repeat_byte(3));
+        assert_eq!(Audits::<T>::count(), 0);
+    }
+
+    /// A contest choosing two verifiers among a full list of providers.
+    #[benchmark]
+    fn contest() {
+        let providers = providers::<T>();
+        let now = frame_system::Pallet::<T>::block_number();
+        let until = now.saturating_add(5u32.into());
+        insert_audit::<T>(
+            1,
+            &providers,
+            &[(1, Some(Verdict::Mismatch))],
+            Stage::Accused { until },
+            now,
+            until.saturating_add(1u32.into()),
+        );
+        #[extrinsic_call]
+        _(RawOrigin::Signed(providers[0].clone()), 1);
+        assert_eq!(Audits::<T>::get(1).map(|a| a.verifiers.len()), Some(3));
+    }
+
+    #[benchmark]
+    fn set_sample_share() {
+        #[extrinsic_call]
+        _(RawOrigin::Root, Perbill::from_percent(3));
+        assert_eq!(SampleShare::<T>::get(), Perbill::from_percent(3));
+    }
+
+    impl_benchmark_test_suite!(Verification, crate::mock::new_test_ext(), crate::mock::Test);
+}

@@ -1,0 +1,112 @@
+//! Plain data types of verification.
+
+use crate::{BalanceOf, Config};
+use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
+use frame_support::{
+    pallet_prelude::{BoundedVec, ConstU32},
+    CloneNoBound, DebugNoBound, EqNoBound, PartialEqNoBound,
+};
+use frame_system::pallet_prelude::BlockNumberFor;
+use openledger_primitives::market::{AdapterId, BaseModelId};
+use scale_info::TypeInfo;
+use sp_core::H256;
+
+/// Most verifiers one audit has: the first, and two more if the provider contests.
+pub const MAX_VERIFIERS: u32 = 3;
+
+/// What a verifier found when it recomputed a job.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    TypeInfo,
+    MaxEncodedLen,
+    Debug,
+)]
+pub enum Verdict {
+    /// The recomputed activations match the commitment within tolerance: the work stands.
+    #[codec(index = 0)]
+    Match,
+    /// They do not: the provider ran another model, adapter or precision than it registered.
+    #[codec(index = 1)]
+    Mismatch,
+    /// The provider's worker could not hand over the job's prompt, output and commitment, or
+    /// the commitment it handed over does not hash to the receipt's: treated as a mismatch.
+    #[codec(index = 2)]
+    Unavailable,
+}
+
+impl Verdict {
+    /// Whether this verdict finds against the provider.
+    pub fn faults(self) -> bool {
+        !matches!(self, Verdict::Match)
+    }
+}
+
+/// One verifier of an audit.
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, DebugNoBound, Encode, Decode, TypeInfo, MaxEncodedLen,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct Assignment<T: Config> {
+    /// The provider (operator account) assigned to verify; its worker answers.
+    pub verifier: T::AccountId,
+    /// The last block in which its verdict is accepted.
+    pub deadline: BlockNumberFor<T>,
+    /// Its verdict and the hash of the evidence it recomputed, once given.
+    pub verdict: Option<(Verdict, H256)>,
+}
+
+/// Where an audit is.
+#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode, TypeInfo, MaxEncodedLen, Debug)]
+pub enum Stage<BlockNumber> {
+    /// One verifier is recomputing the job.
+    Open,
+    /// The verifier found against the provider, which may contest until the block given;
+    /// after it, the provider is slashed.
+    Accused {
+        /// The last block in which `contest` is accepted.
+        until: BlockNumber,
+    },
+    /// The provider contested: two more verifiers recompute it, and the majority of all
+    /// verdicts decides (a tie clears the provider).
+    Contested,
+}
+
+/// A settled job opened for verification.
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, DebugNoBound, Encode, Decode, TypeInfo, MaxEncodedLen,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct Audit<T: Config> {
+    /// The provider whose work is checked.
+    pub provider: T::AccountId,
+    /// Who paid for the job, refunded if the work is found wrong.
+    pub payer: T::AccountId,
+    /// The adapter the job ran.
+    pub adapter: AdapterId,
+    /// Its base model: verifiers are providers that serve it too.
+    pub base_model: BaseModelId,
+    /// What the payer was charged.
+    pub charged: BalanceOf<T>,
+    /// The receipt's hash of the activation commitment the verifiers check.
+    pub commitment_hash: H256,
+    /// The verifiers, in the order they were assigned.
+    pub verifiers: BoundedVec<Assignment<T>, ConstU32<MAX_VERIFIERS>>,
+    /// Verifiers replaced for not answering in time (never assigned again to this audit).
+    pub dismissed: BoundedVec<T::AccountId, ConstU32<MAX_DISMISSED>>,
+    /// Where it is.
+    pub stage: Stage<BlockNumberFor<T>>,
+    /// The block at which the chain looks at it next (a verdict or contest deadline); it is
+    /// indexed under this block in `AuditsByDeadline`.
+    pub wake: BlockNumberFor<T>,
+}
+
+/// Most verifiers an audit replaces for not answering before it is abandoned.
+pub const MAX_DISMISSED: u32 = 4;

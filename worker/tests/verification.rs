@@ -1,0 +1,148 @@
+//! Verification end to end, as real processes on loopback: a dev node auditing every settled
+//! job, `openledger-gateway`, two honest `openledger-worker`s and one started with the
+//! test-only `--cheat-skip-adapter` (it runs jobs without their adapter while claiming it).
+//! Six concurrent requests spread over the three (two slots each). Every job settles, is
+//! drawn for verification and recomputed by another worker, which fetches the kept answer
+//! over libp2p: the cheater's jobs are found wrong and its bond pays the payer back, the
+//! verifiers and the treasury, to the planck; the honest workers' jobs are confirmed and
+//! their bonds untouched.
+
+use openledger_testkit as common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use openledger_chain_client::{blake2_256, AuditOutcome, ChainClient};
+use openledger_engine::{Engine, EngineConfig, ModelSource, Projection};
+use serde_json::json;
+use subxt::utils::AccountId32;
+use subxt_signer::sr25519::dev;
+
+use common::node::DevNode;
+use common::procs::{gateway, model, post, worker_with};
+use common::{write_adapter, AdapterSpec};
+
+use openledger_chain_client::OPEN;
+
+/// Blocks a verifier has for its verdict, and an accused provider to contest.
+const WINDOW: u32 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not() {
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
+
+    // Every settled job is audited; verdicts and contests have WINDOW blocks.
+    chain.sudo_set_sample_share(&dev::alice(), 1_000_000_000).await.expect("share set");
+    common::market::set_block_parameters(&chain, &["VerdictTimeout", "ContestWindow"], WINDOW)
+        .await;
+
+    // One adapter (rank 8 on q and v, clearly away from the base model), owned by Eve.
+    let config = Engine::load(&ModelSource::Gguf(model()), EngineConfig::default(), &Device::Cpu)
+        .expect("the model loads")
+        .model()
+        .config()
+        .clone();
+    let adapters_dir = dir.path().join("adapters");
+    let path = write_adapter(
+        &adapters_dir.join("support"),
+        &config,
+        &AdapterSpec { r: 8, alpha: 32.0, rslora: false, targets: &[Projection::Q, Projection::V] },
+        7,
+    );
+    let weights = std::fs::read(path.join("adapter_model.safetensors")).expect("weights");
+    let adapter = chain
+        .register_adapter(&dev::eve(), 0, blake2_256(&weights), 8, 0b101, OPEN / 1_000, &[])
+        .await
+        .expect("adapter registers");
+
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
+    let slots = ["--max-concurrent", "2"];
+    let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &slots);
+    let _charlie =
+        worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &slots);
+    let cheat = ["--max-concurrent", "2", "--cheat-skip-adapter"];
+    let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &cheat);
+    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
+    let (bob, charlie, ferdie) =
+        (account(&dev::bob()), account(&dev::charlie()), account(&dev::ferdie()));
+    // Held balances (the bonds) once all three are registered.
+    let mut held = BTreeMap::new();
+    for who in [&bob, &charlie, &ferdie] {
+        held.insert(*who, chain.balances(who).await.expect("balance").1);
+    }
+
+    // Six concurrent requests: two slots on each worker.
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let http = http.clone();
+            std::thread::spawn(move || {
+                let body = json!({"model": format!("adapter-{adapter}"),
+                    "prompt": format!("Question {i}: what is a ledger?"), "max_tokens": 12});
+                let response = post(&format!("{http}/completions"), body)?;
+                response["openledger"]["job"].as_u64().ok_or(format!("no job in {response}"))
+            })
+        })
+        .collect();
+    let jobs: BTreeSet<u64> =
+        threads.into_iter().map(|t| t.join().expect("thread").expect("an answer")).collect();
+    assert_eq!(jobs.len(), 6);
+    for job in &jobs {
+        common::market::closed(&chain, *job, 120).await;
+    }
+    let settled = chain.settlements(jobs.clone()).await.expect("settlements");
+    assert_eq!(settled.len(), 6, "every job settled");
+    let served_by = |who: &AccountId32| -> BTreeSet<u64> {
+        settled.iter().filter(|(_, s)| s.provider == *who).map(|(j, _)| *j).collect()
+    };
+    let (cheated, honest): (BTreeSet<u64>, BTreeSet<u64>) = (
+        served_by(&ferdie),
+        jobs.iter().copied().filter(|j| !served_by(&ferdie).contains(j)).collect(),
+    );
+    assert!(!cheated.is_empty(), "the cheater served no job: {settled:?}");
+    assert!(!honest.is_empty(), "the honest workers served no job: {settled:?}");
+
+    // Every audit ends: verified by another worker, the cheater's found wrong (and slashed
+    // once its contest window passed), the honest ones confirmed.
+    let started = Instant::now();
+    let outcomes = loop {
+        let outcomes = chain.audit_outcomes(jobs.clone()).await.expect("events");
+        if outcomes.len() == jobs.len() {
+            break outcomes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "audits still open after 240 s: decided {outcomes:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let mut slashed_total = 0;
+    for job in &jobs {
+        match &outcomes[job] {
+            AuditOutcome::Slashed(s) => {
+                assert!(cheated.contains(job), "honest job {job} slashed: {s:?}");
+                assert_eq!(s.provider, ferdie);
+                // The payer gets the whole charge back; the rest of the 20% splits evenly
+                // between the finders and the treasury.
+                assert_eq!(s.refunded, settled[job].charged, "job {job}: the payer is refunded");
+                assert!(s.rewarded > 0 && s.to_treasury >= s.rewarded, "{s:?}");
+                slashed_total += s.refunded + s.rewarded + s.to_treasury;
+            },
+            AuditOutcome::Confirmed => {
+                assert!(honest.contains(job), "the cheater's job {job} passed verification")
+            },
+            AuditOutcome::Abandoned => panic!("job {job}: no verifier answered"),
+        }
+    }
+    // Bonds: the cheater's lost exactly what the slashes paid out; the honest ones, nothing.
+    let held_now = |who: AccountId32| {
+        let chain = chain.clone();
+        async move { chain.balances(&who).await.expect("balance").1 }
+    };
+    assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
+    assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
+    assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+}
