@@ -1,0 +1,215 @@
+//! CUDA graphs for decode steps (issue 21, item 1). A decode step of the 8B shape is ~300
+//! launches whose device work is a few milliseconds; issued one by one, the host's launch
+//! rate bounds it. Here a step of `n` one-token chunks without adapters is captured once per
+//! batch size `n` and replayed: the host then writes the step's inputs (token ids,
+//! positions, cache rows, block tables and lengths) into the device buffers the graph was
+//! captured with and launches it, one call.
+//!
+//! What makes the step replayable: every launch of [`TensorModel::forward_planned`] reads
+//! its inputs from the plan's device buffers, never from the host, and the plan's launch
+//! shapes depend on the batch size alone (block tables padded to the widest context,
+//! [`DecodeBlocks::fixed_launch`]). The step's temporaries are allocated and freed inside
+//! the capture (candle allocates on its stream with `cuMemAllocAsync`, which a capture
+//! records as graph memory nodes); the logits go into a buffer allocated before it. The
+//! graph reads the weights and the cache's pool at their captured addresses: one graph set
+//! serves one cache (another cache's steps capture anew).
+//!
+//! Replays launch exactly what the eager path launches for the same step, so the logits
+//! are the same bits (tested in `tests/gpu_engine.rs`). Steps with adapters or prefill
+//! chunks stay eager.
+
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::{DType, Device, Tensor};
+use openledger_kernels::{attention::HEAD_DIMS, overwrite_u32};
+
+use crate::adapters::LoraSlots;
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCache;
+use crate::step::{SeqChunk, StepSegments};
+use crate::tensor_model::{padded_tables, StepPlan, TensorModel};
+use openledger_model::ModelConfig;
+
+/// Graphs kept at once (one per batch size); the least recently used goes first.
+const MAX_GRAPHS: usize = 8;
+
+/// One captured step and the buffers it reads and writes.
+struct DecodeGraph {
+    batch: usize,
+    /// The candle id of the pool tensor the graph was captured against (layer 0's keys).
+    pool: Option<candle_core::TensorId>,
+    plan: StepPlan,
+    /// f32 `[batch, vocab]`, written by every replay.
+    logits: Tensor,
+    graph: CudaGraph,
+    last_used: u64,
+}
+
+/// A model's captured decode steps.
+#[derive(Default)]
+pub(crate) struct DecodeGraphs {
+    graphs: Vec<DecodeGraph>,
+    clock: u64,
+}
+
+impl DecodeGraphs {
+    /// Graphs held.
+    pub(crate) fn len(&self) -> usize {
+        self.graphs.len()
+    }
+}
+
+// SAFETY: the graphs are only touched under the model's mutex, one thread at a time (CUDA
+// graph objects need external synchronisation, not thread affinity); the buffers they
+// hold are candle tensors, which are Send.
+unsafe impl Send for DecodeGraphs {}
+
+/// Whether this step is replayed from a graph: a CUDA device, every chunk one token on the
+/// paged decode kernel, and no adapter on any projection.
+pub(crate) fn applies(
+    model: &TensorModel,
+    cfg: &ModelConfig,
+    chunks: &[SeqChunk<'_>],
+    segments: &StepSegments,
+) -> bool {
+    model.device().is_cuda()
+        && !chunks.is_empty()
+        && chunks.iter().all(|c| c.tokens.len() == 1)
+        && HEAD_DIMS.contains(&cfg.head_dim)
+        && segments.iter().all(Option::is_none)
+}
+
+/// The host inputs of a decode step, in the layouts the plan's buffers hold.
+struct StepInputs {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    tables: Vec<u32>,
+    lens: Vec<u32>,
+}
+
+impl StepInputs {
+    fn new(cfg: &ModelConfig, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Self {
+        let width = cache.blocks_for(cfg.max_position);
+        let ends: Vec<usize> = chunks.iter().map(|c| c.start + 1).collect();
+        let tables: Vec<&[u32]> = chunks
+            .iter()
+            .zip(&ends)
+            .map(|(c, &e)| &c.table.blocks[..cache.blocks_for(e)])
+            .collect();
+        Self {
+            tokens: chunks.iter().map(|c| c.tokens[0]).collect(),
+            positions: chunks.iter().map(|c| c.start as u32).collect(),
+            slots: chunks.iter().flat_map(|c| cache.slots(c.table, c.start, 1)).collect(),
+            tables: padded_tables(&tables, width),
+            lens: ends.iter().map(|&e| e as u32).collect(),
+        }
+    }
+}
+
+/// One decode step through its batch size's graph, captured on first use: returns the
+/// logits `[chunks, vocab]` (a copy: the graph's buffer is rewritten by the next replay).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    model: &TensorModel,
+    cfg: &ModelConfig,
+    chunks: &[SeqChunk<'_>],
+    tokens: &[u32],
+    positions: &[usize],
+    cache: &KvCache,
+    lora: &LoraSlots,
+    segments: &StepSegments,
+) -> Result<Tensor> {
+    let pool = model.check_pool(cfg, cache)?;
+    let pool_id = pool.keys.first().map(Tensor::id);
+    let n = chunks.len();
+    let mut graphs = model.graphs().lock().unwrap_or_else(|e| e.into_inner());
+    graphs.clock += 1;
+    let now = graphs.clock;
+    if let Some(g) = graphs.graphs.iter_mut().find(|g| g.batch == n && g.pool == pool_id) {
+        let inputs = StepInputs::new(cfg, chunks, cache);
+        let kc = cache.config();
+        let rows = kc.num_blocks * kc.block_size;
+        if let Some(&bad) = inputs.slots.iter().find(|&&s| s as usize >= rows) {
+            return Err(EngineError::Backend(format!(
+                "cache row {bad} is outside the pool's {rows} rows"
+            )));
+        }
+        overwrite_u32(&g.plan.ids, &inputs.tokens)?;
+        overwrite_u32(&g.plan.pos, &inputs.positions)?;
+        g.plan.kv_slots.overwrite(inputs.slots)?;
+        let dec = g.plan.decode.as_mut().ok_or_else(|| {
+            EngineError::Backend("a decode graph's plan has no decode rows".into())
+        })?;
+        dec.blocks.overwrite(inputs.tables, inputs.lens, kc.num_blocks)?;
+        g.graph.launch().map_err(cuda_err)?;
+        g.last_used = now;
+        return Ok(g.logits.copy()?);
+    }
+    // First step of this batch size: plan it with fixed launch shapes, run it eagerly (its
+    // result is this step's; it also loads every module, uploads the plan's tables and
+    // reserves the attention's scratch, none of which a capture may do), then capture it.
+    let last_rows: Vec<u32> = (0..n as u32).collect();
+    let plan = StepPlan::new(model, cfg, chunks, tokens, positions, &last_rows, cache, true)?;
+    let eager = model.forward_planned(cfg, &plan, pool, lora, segments)?;
+    let logits = Tensor::zeros((n, cfg.vocab_size), DType::F32, model.device())?;
+    let graph = capture(model, cfg, &plan, cache, lora, segments, &logits)?;
+    if graphs.graphs.len() >= MAX_GRAPHS {
+        if let Some(oldest) =
+            graphs.graphs.iter().enumerate().min_by_key(|(_, g)| g.last_used).map(|(i, _)| i)
+        {
+            graphs.graphs.swap_remove(oldest);
+        }
+    }
+    graphs.graphs.push(DecodeGraph {
+        batch: n,
+        pool: pool_id,
+        plan,
+        logits,
+        graph,
+        last_used: now,
+    });
+    Ok(eager)
+}
+
+/// Captures the planned step on candle's stream; the logits are copied into `logits`, and
+/// every temporary is freed before the capture ends (the graph owns no memory it does not
+/// free, so it can be replayed any number of times).
+fn capture(
+    model: &TensorModel,
+    cfg: &ModelConfig,
+    plan: &StepPlan,
+    cache: &KvCache,
+    lora: &LoraSlots,
+    segments: &StepSegments,
+    logits: &Tensor,
+) -> Result<CudaGraph> {
+    let Device::Cuda(dev) = model.device() else {
+        return Err(EngineError::Backend("decode graphs need a CUDA device".into()));
+    };
+    let pool = model.check_pool(cfg, cache)?;
+    let stream = dev.cuda_stream();
+    stream.synchronize().map_err(cuda_err)?;
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(cuda_err)?;
+    let recorded = (|| -> Result<()> {
+        let out = model.forward_planned(cfg, plan, pool, lora, segments)?;
+        logits.slice_set(&out, 0, 0)?;
+        Ok(())
+    })();
+    // End the capture whatever happened, so that the stream leaves capture mode.
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    recorded?;
+    let graph = graph
+        .map_err(cuda_err)?
+        .ok_or_else(|| EngineError::Backend("the captured decode step is empty".into()))?;
+    graph.upload().map_err(cuda_err)?;
+    Ok(graph)
+}
+
+fn cuda_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Backend(format!("CUDA graph: {e}"))
+}
