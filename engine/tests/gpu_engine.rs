@@ -340,9 +340,20 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
     for seqs in schedule {
         for _ in 0..6 {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
-            let want = model.forward(&chunks(&eager_tables), &mut eager_cache, &lora).unwrap();
-            let got =
-                model.forward_graphed(&chunks(&graph_tables), &mut graph_cache, &lora).unwrap();
+            let want = model
+                .forward(
+                    &decode_chunks(seqs, &tokens, &eager_tables, &pos),
+                    &mut eager_cache,
+                    &lora,
+                )
+                .unwrap();
+            let got = model
+                .forward_graphed(
+                    &decode_chunks(seqs, &tokens, &graph_tables, &pos),
+                    &mut graph_cache,
+                    &lora,
+                )
+                .unwrap();
             let (want, got) = (want.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap());
             for (r, (w, g)) in want.iter().zip(&got).enumerate() {
                 let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
