@@ -138,33 +138,39 @@ fn decode_step(
     let tokens: Vec<[u32; 1]> =
         (0..slots.len()).map(|i| [((i * 7919 + 11) % vocab) as u32]).collect();
     let (mut times, mut enqueue) = (Vec::new(), Vec::new());
-    for s in 0..steps + 3 {
-        let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
-            .map(|i| SeqChunk {
-                tokens: &tokens[i],
-                table: &tables[i],
-                start: context + s,
-                adapter: slots[i],
-            })
-            .collect();
-        device.synchronize()?;
-        let t = Instant::now();
-        let logits = if graphed {
-            model.forward_graphed(&chunks, cache, lora)?
-        } else {
-            model.forward(&chunks, cache, lora)?
-        };
-        let queued = t.elapsed().as_secs_f64();
-        device.synchronize()?;
-        if s >= 3 {
-            times.push(t.elapsed().as_secs_f64());
-            enqueue.push(queued);
+    let mut run = || -> Result<()> {
+        for s in 0..steps + 3 {
+            let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
+                .map(|i| SeqChunk {
+                    tokens: &tokens[i],
+                    table: &tables[i],
+                    start: context + s,
+                    adapter: slots[i],
+                })
+                .collect();
+            device.synchronize()?;
+            let t = Instant::now();
+            let logits = if graphed {
+                model.forward_graphed(&chunks, cache, lora)?
+            } else {
+                model.forward(&chunks, cache, lora)?
+            };
+            let queued = t.elapsed().as_secs_f64();
+            device.synchronize()?;
+            if s >= 3 {
+                times.push(t.elapsed().as_secs_f64());
+                enqueue.push(queued);
+            }
+            drop(logits);
         }
-        drop(logits);
-    }
+        Ok(())
+    };
+    // The blocks go back to the cache whether the steps ran or failed.
+    let ran = run();
     for t in &mut tables {
         cache.release(t);
     }
+    ran?;
     Ok((median(&mut times), median(&mut enqueue)))
 }
 
@@ -360,7 +366,7 @@ fn main() -> Result<()> {
             if graph && (distinct > 0 || !args.graphs) {
                 continue;
             }
-            let (step, enqueue) = decode_step(
+            let timed = decode_step(
                 &model,
                 &lora,
                 &mut cache,
@@ -369,7 +375,18 @@ fn main() -> Result<()> {
                 args.steps,
                 &device,
                 graph,
-            )?;
+            );
+            // A failed graph step is reported and the eager runs go on.
+            let (step, enqueue) = match timed {
+                Err(e) if graph => {
+                    let error = serde_json::to_string(&format!("{e:#}"))?;
+                    println!(
+                        "{{\"measure\":\"error\",\"batch\":{batch},\"graph\":true,\"error\":{error}}}"
+                    );
+                    continue;
+                },
+                other => other?,
+            };
             println!(
             "{{\"measure\":\"decode\",\"batch\":{batch},\"adapters\":{distinct},\"targets\":\"{targets}\",\"graph\":{graph},\"context\":{},\"step_ms\":{:.3},\"enqueue_ms\":{:.3},\"tok_per_s\":{:.1},\"weight_bytes\":{weights},\"kv_bytes\":{kv},\"floor_ms\":{:.3},\"x_floor\":{:.2},\"weight_read_gb_per_s\":{:.1},\"weight_read_pct_copy\":{:.1}}}",
             args.context,
