@@ -358,7 +358,7 @@ impl TensorModel {
             lora_into(l, &[Projection::Q, Projection::K, Projection::V], &h, &qkv)?;
             let (keys, values) = (&pool.keys[l], &pool.values[l]);
             let q = rope_store_kv(&qkv, &cos, &sin, pairs, heads, &plan.kv_slots, keys, values)?;
-            let attn = self.attend(cfg, l, &q, pool, &plan)?;
+            let attn = self.attend(cfg, l, &q, pool, plan)?;
             let o = attn.matmul(&layer.o.t()?)?;
             lora_into(l, &[Projection::O], &attn, &o)?;
             (x, h) = add_rms_norm(&x, &o, &layer.ffn_norm, eps)?;
