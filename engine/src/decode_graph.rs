@@ -23,13 +23,13 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 };
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::{attention::HEAD_DIMS, overwrite_u32};
+use openledger_kernels::overwrite_u32;
 
 use crate::adapters::LoraSlots;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::step::{SeqChunk, StepSegments};
-use crate::tensor_model::{padded_tables, StepPlan, TensorModel};
+use crate::tensor_model::{padded_tables, paged_decode, StepPlan, TensorModel};
 use openledger_model::ModelConfig;
 
 /// Graphs kept at once (one per batch size); the least recently used goes first.
@@ -67,17 +67,19 @@ impl DecodeGraphs {
 unsafe impl Send for DecodeGraphs {}
 
 /// Whether this step is replayed from a graph: a CUDA device, every chunk one token on the
-/// paged decode kernel, and no adapter on any projection.
+/// paged decode kernel (a head size it takes and power-of-two cache blocks, as
+/// [`StepPlan::new`] decides), and no adapter on any projection. Other steps run eagerly.
 pub(crate) fn applies(
     model: &TensorModel,
     cfg: &ModelConfig,
     chunks: &[SeqChunk<'_>],
+    cache: &KvCache,
     segments: &StepSegments,
 ) -> bool {
     model.device().is_cuda()
         && !chunks.is_empty()
         && chunks.iter().all(|c| c.tokens.len() == 1)
-        && HEAD_DIMS.contains(&cfg.head_dim)
+        && paged_decode(cfg, cache.config().block_size)
         && segments.iter().all(Option::is_none)
 }
 

@@ -258,7 +258,7 @@ impl TensorModel {
         #[cfg(feature = "cuda")]
         if graphs
             && hidden_rows.is_empty()
-            && crate::decode_graph::applies(self, cfg, chunks, segments)
+            && crate::decode_graph::applies(self, cfg, chunks, cache, segments)
         {
             let logits = crate::decode_graph::forward(
                 self, cfg, chunks, tokens, positions, cache, lora, segments,
@@ -547,7 +547,7 @@ impl StepPlan {
         let mut slots = Vec::with_capacity(n);
         // The paged kernel takes head sizes 64 and 128 and power-of-two blocks; other shapes
         // (the tiny test models) attend one-token chunks by gathering, like prefill.
-        let paged = HEAD_DIMS.contains(&cfg.head_dim) && kc.block_size.is_power_of_two();
+        let paged = paged_decode(cfg, kc.block_size);
         let (mut dec_rows, mut dec_tables, mut dec_lens) = (Vec::new(), Vec::new(), Vec::new());
         let mut prefill = Vec::new();
         let mut prefill_rows = Vec::new();
@@ -614,6 +614,13 @@ impl StepPlan {
             block_size: kc.block_size,
         })
     }
+}
+
+/// Whether one-token chunks attend through the paged decode kernel: head sizes 64 and 128
+/// and power-of-two cache blocks (other shapes, such as the tiny test models', gather their
+/// positions like prefill).
+pub(crate) fn paged_decode(cfg: &ModelConfig, block_size: usize) -> bool {
+    HEAD_DIMS.contains(&cfg.head_dim) && block_size.is_power_of_two()
 }
 
 /// Block tables, one per row, each padded with block 0 to `width` entries (row-major).

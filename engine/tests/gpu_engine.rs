@@ -304,11 +304,36 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 /// Five sequences of 3 to 600 cached positions (one past a 512-position attention
 /// partition, so the merge runs), crossing block boundaries as they grow; the batch shrinks
 /// to three and grows back, so one graph is replayed at positions other than its capture's
-/// and a second is captured. The eager steps run on one cache, the graphed on another with
-/// the same contents.
+/// and a second is captured; a last batch of four leaves the long sequence out, so the eager
+/// steps attend in one partition with no merge launch while the graph (its launch shape
+/// fixed by the model's positions) still runs the merge, which skips every sequence. The
+/// eager steps run on one cache, the graphed on another with the same contents.
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
+    let schedule: [&[usize]; 4] = [&[0, 1, 2, 3, 4], &[0, 2, 3], &[0, 1, 2, 3, 4], &[0, 1, 2, 4]];
+    let (compared, graphs) = graphed_vs_eager(16, &[3, 17, 130, 600, 31], &schedule);
+    assert_eq!(graphs, 3, "one graph per batch size");
+    eprintln!("{compared} decode steps, graphed = eager bit for bit");
+}
+
+/// With cache blocks of a size the paged decode kernel does not take (not a power of two),
+/// `forward_graphed` runs every step eagerly (the gathering attention), captures nothing,
+/// and gives `forward`'s logits.
+#[test]
+fn cuda_decode_graphs_leave_other_block_sizes_eager() {
+    let schedule: [&[usize]; 2] = [&[0, 1, 2], &[0, 2]];
+    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule);
+    assert_eq!(graphs, 0, "no graph for 12-position blocks");
+    eprintln!("{compared} decode steps with 12-position blocks, eager either way");
+}
+
+/// Prefills sequences of `lens` tokens into two caches of `block_size`-position blocks, then
+/// runs six decode steps for each batch of `schedule` (indices into `lens`) through
+/// `Model::forward` on one cache and `Model::forward_graphed` on the other, asserting equal
+/// logits bit for bit; returns the steps compared and the graphs held at the end.
+fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) -> (usize, usize) {
     use openledger_engine::{BlockTable, KvCache, LoraSlots, SeqChunk};
+    const STEPS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
     let mut json = wide_config();
     json["max_position_embeddings"] = 2048.into();
@@ -316,8 +341,7 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
     let gpu = cuda();
     let model = Model::load_hf(dir.path(), &gpu).unwrap();
     let lora = LoraSlots::new(&cfg, &gpu, 1, false);
-    let kc = KvCacheConfig { block_size: 16, num_blocks: 128 };
-    let lens = [3usize, 17, 130, 600, 31];
+    let kc = KvCacheConfig { block_size, num_blocks: 2048 / block_size + 8 };
     let mut eager_cache = KvCache::for_model(kc, &model).unwrap();
     let mut graph_cache = KvCache::for_model(kc, &model).unwrap();
     let mut eager_tables = vec![BlockTable::default(); lens.len()];
@@ -325,20 +349,20 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
     let mut next = vec![0u32; lens.len()];
     for (i, &len) in lens.iter().enumerate() {
         let prompt: Vec<u32> = (0..len).map(|p| ((p * 31 + i * 7) % 256) as u32).collect();
+        let steps = STEPS * schedule.iter().filter(|s| s.contains(&i)).count();
         for (cache, table) in
             [(&mut eager_cache, &mut eager_tables[i]), (&mut graph_cache, &mut graph_tables[i])]
         {
-            cache.reserve(table, len + 24).unwrap();
+            cache.reserve(table, len + steps).unwrap();
             let chunk = SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: None };
             let logits = model.forward(&[chunk], cache, &lora).unwrap();
             next[i] = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
         }
     }
     let mut pos = lens.to_vec();
-    let schedule: [&[usize]; 3] = [&[0, 1, 2, 3, 4], &[0, 2, 3], &[0, 1, 2, 3, 4]];
     let mut compared = 0;
-    for seqs in schedule {
-        for _ in 0..6 {
+    for &seqs in schedule {
+        for _ in 0..STEPS {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
             let want = model
                 .forward(
@@ -367,8 +391,7 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
             compared += 1;
         }
     }
-    assert_eq!(model.decode_graphs(), 2, "one graph per batch size");
-    eprintln!("{compared} decode steps, graphed = eager bit for bit");
+    (compared, model.decode_graphs())
 }
 
 /// One one-token chunk per sequence of `seqs`, at its position.
