@@ -157,6 +157,9 @@ pub(crate) fn forward(
     let plan = StepPlan::new(model, cfg, chunks, tokens, positions, &last_rows, cache, true)?;
     let eager = model.forward_planned(cfg, &plan, pool, lora, segments)?;
     let logits = Tensor::zeros((n, cfg.vocab_size), DType::F32, model.device())?;
+    // The copy into the graph's logits, once outside the capture: it loads candle's copy
+    // kernel, which a capture must not do.
+    logits.slice_set(&eager, 0, 0)?;
     let graph = capture(model, cfg, &plan, cache, lora, segments, &logits)?;
     if graphs.graphs.len() >= MAX_GRAPHS {
         if let Some(oldest) =
@@ -179,6 +182,15 @@ pub(crate) fn forward(
 /// Captures the planned step on candle's stream; the logits are copied into `logits`, and
 /// every temporary is freed before the capture ends (the graph owns no memory it does not
 /// free, so it can be replayed any number of times).
+///
+/// Candle uploads some kernels' shape parameters from the host on every call (`index_select`
+/// always does: the ids' dims and strides). Captured, such a copy would read a host buffer
+/// freed right after, on every replay. Under candle's graph cache
+/// (`CudaDevice::enable_cuda_graph_htod_cache`) those parameters come from device buffers
+/// that candle keeps for the process, filled by an eager run of the same step before the
+/// capture (a step's parameters depend on its shapes alone); a host copy the cache lacks
+/// fails the capture rather than being recorded. The eager run rewrites the same keys and
+/// values into the same cache rows, so the cache's contents do not change.
 fn capture(
     model: &TensorModel,
     cfg: &ModelConfig,
@@ -193,6 +205,8 @@ fn capture(
     };
     let pool = model.check_pool(cfg, cache)?;
     let stream = dev.cuda_stream();
+    let _cache = dev.enable_cuda_graph_htod_cache();
+    drop(model.forward_planned(cfg, plan, pool, lora, segments)?);
     stream.synchronize().map_err(cuda_err)?;
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
