@@ -120,6 +120,7 @@ fn copy_bandwidth(dev: &CudaDevice) -> Result<f64> {
 /// Median time of one decode step of `slots.len()` sequences at `context` cached positions,
 /// and the median time the host took to enqueue it (the step is host-bound when the two
 /// are close).
+#[allow(clippy::too_many_arguments)]
 fn decode_step(
     model: &Model,
     lora: &LoraSlots,
