@@ -216,8 +216,13 @@ fn capture(
         logits.slice_set(&out, 0, 0)?;
         Ok(())
     })();
-    // End the capture whatever happened, so that the stream leaves capture mode.
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    // End the capture whatever happened, so that the stream leaves capture mode. Our own
+    // temporaries are freed inside the capture; auto-free on launch is for an allocation a
+    // library might make while capturing and leave to the graph (cuBLAS since 12.2 takes
+    // its workspace with stream-ordered allocations), which without it would make every
+    // replay after the first fail. A defence: whether cuBLAS does so is unchecked.
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
     recorded?;
     let graph = graph
         .map_err(cuda_err)?
