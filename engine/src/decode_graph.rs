@@ -5,17 +5,18 @@
 //! positions, cache rows, block tables and lengths) into the device buffers the graph was
 //! captured with and launches it, one call.
 //!
-//! What makes the step replayable: every launch of [`TensorModel::forward_planned`] reads
+//! What makes the step replayable: every launch of [`TensorModel::forward_planned_rows`] reads
 //! its inputs from the plan's device buffers, never from the host, and the plan's launch
 //! shapes depend on the batch size alone (block tables padded to the widest context,
 //! [`DecodeBlocks::fixed_launch`]). The step's temporaries are allocated and freed inside
 //! the capture (candle allocates on its stream with `cuMemAllocAsync`, which a capture
-//! records as graph memory nodes); the logits go into a buffer allocated before it. The
+//! records as graph memory nodes); the logits and the final norm's rows go into buffers
+//! allocated before it. The
 //! graph reads the weights and the cache's pool at their captured addresses: one graph set
 //! serves one cache (another cache's steps capture anew).
 //!
 //! Replays launch exactly what the eager path launches for the same step, so the logits
-//! are the same bits (tested in `tests/gpu_engine.rs`). Steps with adapters or prefill
+//! (and the final-norm rows) are the same bits (tested in `tests/gpu_engine.rs`). Steps with adapters or prefill
 //! chunks stay eager.
 
 use candle_core::cuda_backend::cudarc::driver::sys::{
@@ -43,6 +44,10 @@ struct DecodeGraph {
     plan: StepPlan,
     /// f32 `[batch, vocab]`, written by every replay.
     logits: Tensor,
+    /// `[batch, hidden]` in the model's dtype, written by every replay: every row of the step
+    /// through the final norm (row `i` is chunk `i`'s one token), what activation
+    /// commitments read.
+    hidden: Tensor,
     graph: CudaGraph,
     last_used: u64,
 }
@@ -112,7 +117,16 @@ impl StepInputs {
 }
 
 /// One decode step through its batch size's graph, captured on first use: returns the
-/// logits `[chunks, vocab]` (a copy: the graph's buffer is rewritten by the next replay).
+/// logits `[chunks, vocab]` and the final-norm rows at `hidden_rows` (`[hidden_rows,
+/// hidden]`, the model's dtype), both copies: the graph's buffers are rewritten by the next
+/// replay.
+///
+/// Activation commitments (on by default) ask every decode step for its rows, so a graph
+/// that gave the logits alone would send every such step down the eager path. The captured
+/// step already computes every row through the final norm (a decode step's rows are its
+/// chunks' last rows, all read by the LM head); the graph copies them into `hidden` beside
+/// the logits, and the asked rows are gathered from there after the replay (one
+/// `index_select`, or one copy when every row is asked), outside the graph.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     model: &TensorModel,
@@ -120,10 +134,11 @@ pub(crate) fn forward(
     chunks: &[SeqChunk<'_>],
     tokens: &[u32],
     positions: &[usize],
+    hidden_rows: &[u32],
     cache: &KvCache,
     lora: &LoraSlots,
     segments: &StepSegments,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     let pool = model.check_pool(cfg, cache)?;
     let pool_id = pool.keys.first().map(Tensor::id);
     let n = chunks.len();
@@ -148,19 +163,23 @@ pub(crate) fn forward(
         dec.blocks.overwrite(inputs.tables, inputs.lens, kc.num_blocks)?;
         g.graph.launch().map_err(cuda_err)?;
         g.last_used = now;
-        return Ok(g.logits.copy()?);
+        let rows = gather_rows(model, cfg, &g.hidden, hidden_rows)?;
+        return Ok((g.logits.copy()?, rows));
     }
     // First step of this batch size: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
     // reserves the attention's scratch, none of which a capture may do), then capture it.
     let last_rows: Vec<u32> = (0..n as u32).collect();
     let plan = StepPlan::new(model, cfg, chunks, tokens, positions, &last_rows, cache, true)?;
-    let eager = model.forward_planned(cfg, &plan, pool, lora, segments)?;
+    let (eager, eager_hidden) = model.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
     let logits = Tensor::zeros((n, cfg.vocab_size), DType::F32, model.device())?;
-    // The copy into the graph's logits, once outside the capture: it loads candle's copy
-    // kernel, which a capture must not do.
+    let hidden = Tensor::zeros((n, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
+    // The copies into the graph's buffers, once outside the capture: they load candle's copy
+    // kernels (one per dtype), which a capture must not do.
     logits.slice_set(&eager, 0, 0)?;
-    let graph = capture(model, cfg, &plan, cache, lora, segments, &logits)?;
+    hidden.slice_set(&eager_hidden, 0, 0)?;
+    let rows = gather_rows(model, cfg, &eager_hidden, hidden_rows)?;
+    let graph = capture(model, cfg, &plan, cache, lora, segments, &logits, &hidden)?;
     if graphs.graphs.len() >= MAX_GRAPHS {
         if let Some(oldest) =
             graphs.graphs.iter().enumerate().min_by_key(|(_, g)| g.last_used).map(|(i, _)| i)
@@ -173,13 +192,39 @@ pub(crate) fn forward(
         pool: pool_id,
         plan,
         logits,
+        hidden,
         graph,
         last_used: now,
     });
-    Ok(eager)
+    Ok((eager, rows))
 }
 
-/// Captures the planned step on candle's stream; the logits are copied into `logits`, and
+/// The final-norm rows at `hidden_rows` of a step's `[batch, hidden]` rows, as a new tensor
+/// (`[0, hidden]` when none is asked).
+fn gather_rows(
+    model: &TensorModel,
+    cfg: &ModelConfig,
+    hidden: &Tensor,
+    hidden_rows: &[u32],
+) -> Result<Tensor> {
+    let n = hidden.dim(0)?;
+    if hidden_rows.is_empty() {
+        return model.no_rows(cfg);
+    }
+    if hidden_rows.iter().copied().eq(0..n as u32) {
+        return Ok(hidden.copy()?);
+    }
+    if let Some(&r) = hidden_rows.iter().find(|&&r| r as usize >= n) {
+        return Err(EngineError::Backend(format!(
+            "hidden row {r} asked of a decode step of {n} rows"
+        )));
+    }
+    let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), model.device())?;
+    Ok(hidden.index_select(&rows, 0)?)
+}
+
+/// Captures the planned step on candle's stream; the logits are copied into `logits` and the
+/// final-norm rows into `hidden`, and
 /// every temporary is freed before the capture ends (the graph owns no memory it does not
 /// free, so it can be replayed any number of times).
 ///
@@ -191,6 +236,7 @@ pub(crate) fn forward(
 /// capture (a step's parameters depend on its shapes alone); a host copy the cache lacks
 /// fails the capture rather than being recorded. The eager run rewrites the same keys and
 /// values into the same cache rows, so the cache's contents do not change.
+#[allow(clippy::too_many_arguments)]
 fn capture(
     model: &TensorModel,
     cfg: &ModelConfig,
@@ -199,6 +245,7 @@ fn capture(
     lora: &LoraSlots,
     segments: &StepSegments,
     logits: &Tensor,
+    hidden: &Tensor,
 ) -> Result<CudaGraph> {
     let Device::Cuda(dev) = model.device() else {
         return Err(EngineError::Backend("decode graphs need a CUDA device".into()));
@@ -206,14 +253,15 @@ fn capture(
     let pool = model.check_pool(cfg, cache)?;
     let stream = dev.cuda_stream();
     let _cache = dev.enable_cuda_graph_htod_cache();
-    drop(model.forward_planned(cfg, plan, pool, lora, segments)?);
+    drop(model.forward_planned_rows(cfg, plan, pool, lora, segments)?);
     stream.synchronize().map_err(cuda_err)?;
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(cuda_err)?;
     let recorded = (|| -> Result<()> {
-        let out = model.forward_planned(cfg, plan, pool, lora, segments)?;
+        let (out, rows) = model.forward_planned_rows(cfg, plan, pool, lora, segments)?;
         logits.slice_set(&out, 0, 0)?;
+        hidden.slice_set(&rows, 0, 0)?;
         Ok(())
     })();
     // End the capture whatever happened, so that the stream leaves capture mode. Our own

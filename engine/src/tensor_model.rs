@@ -233,11 +233,12 @@ impl TensorModel {
         self.weight_bytes_per_step() + if self.tied { 0 } else { embed }
     }
 
-    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`.
+    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`, and
+    /// the final-norm rows at `hidden_rows` (`[hidden_rows, hidden]`, the model's dtype).
     /// `positions` and `last_rows` are those [`crate::model::Model::forward`] computed.
     /// With `graphs` (CUDA builds), a step of one-token chunks without adapters replays a
     /// CUDA graph of the step captured for its batch size (`decode_graph.rs`); the same
-    /// launches, so the same logits.
+    /// launches, so the same logits and rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -253,17 +254,23 @@ impl TensorModel {
         graphs: bool,
     ) -> Result<(Tensor, Tensor)> {
         let pool = self.check_pool(cfg, cache)?;
-        // A graphed step returns the logits alone: a step asking for final-norm rows
-        // (activation commitments) runs eagerly.
+        // A graphed step also gives the asked final-norm rows (activation commitments): the
+        // graph keeps every row through the final norm, gathered after the replay
+        // (`decode_graph::forward`), so commitments do not send decode steps down the eager
+        // path.
         #[cfg(feature = "cuda")]
-        if graphs
-            && hidden_rows.is_empty()
-            && crate::decode_graph::applies(self, cfg, chunks, cache, segments)
-        {
-            let logits = crate::decode_graph::forward(
-                self, cfg, chunks, tokens, positions, cache, lora, segments,
-            )?;
-            return Ok((logits, self.no_rows(cfg)?));
+        if graphs && crate::decode_graph::applies(self, cfg, chunks, cache, segments) {
+            return crate::decode_graph::forward(
+                self,
+                cfg,
+                chunks,
+                tokens,
+                positions,
+                hidden_rows,
+                cache,
+                lora,
+                segments,
+            );
         }
         #[cfg(not(feature = "cuda"))]
         let _ = graphs;
@@ -277,7 +284,7 @@ impl TensorModel {
     }
 
     /// No final-norm rows: `[0, hidden]` in the model's dtype.
-    fn no_rows(&self, cfg: &ModelConfig) -> Result<Tensor> {
+    pub(crate) fn no_rows(&self, cfg: &ModelConfig) -> Result<Tensor> {
         Ok(Tensor::zeros((0, cfg.hidden_size), self.dtype, &self.device)?)
     }
 
@@ -306,20 +313,9 @@ impl TensorModel {
     }
 
     /// The step's device work after planning: every launch reads the plan's device tensors,
-    /// never the host (so it can be captured in a CUDA graph and replayed).
-    pub(crate) fn forward_planned(
-        &self,
-        cfg: &ModelConfig,
-        plan: &StepPlan,
-        pool: &DevicePool,
-        lora: &LoraSlots,
-        segments: &StepSegments,
-    ) -> Result<Tensor> {
-        Ok(self.forward_planned_rows(cfg, plan, pool, lora, segments)?.0)
-    }
-
-    /// [`Self::forward_planned`], also returning every row through the final norm
-    /// (`[rows, hidden]`, the model's dtype): what activation commitments read.
+    /// never the host (so it can be captured in a CUDA graph and replayed). Returns the
+    /// logits of the plan's last rows and every row through the final norm (`[rows,
+    /// hidden]`, the model's dtype), what activation commitments read.
     pub(crate) fn forward_planned_rows(
         &self,
         cfg: &ModelConfig,

@@ -299,8 +299,8 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
     assert!(worst_max < MAX_TOLERANCE, "max relative logit change {worst_max:e}");
 }
 
-/// Decode steps replayed from CUDA graphs (`Model::forward_graphed`) give the eager steps'
-/// logits bit for bit: the same launches read the inputs written into the captured buffers.
+/// Decode steps replayed from CUDA graphs (`Model::forward_step_graphed`) give the eager
+/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same launches read the inputs written into the captured buffers.
 /// Five sequences of 3 to 600 cached positions (one past a 512-position attention
 /// partition, so the merge runs), crossing block boundaries as they grow; the batch shrinks
 /// to three and grows back, so one graph is replayed at positions other than its capture's
@@ -329,8 +329,9 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 
 /// Prefills sequences of `lens` tokens into two caches of `block_size`-position blocks, then
 /// runs six decode steps for each batch of `schedule` (indices into `lens`) through
-/// `Model::forward` on one cache and `Model::forward_graphed` on the other, asserting equal
-/// logits bit for bit; returns the steps compared and the graphs held at the end.
+/// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
+/// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
+/// bit; returns the steps compared and the graphs held at the end.
 fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) -> (usize, usize) {
     use openledger_engine::{BlockTable, KvCache, LoraSlots, SeqChunk};
     const STEPS: usize = 6;
@@ -364,21 +365,38 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     for &seqs in schedule {
         for _ in 0..STEPS {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
+            // The final-norm rows asked (activation commitments): every row, the odd rows
+            // backwards, or none, in turn.
+            let n = seqs.len() as u32;
+            let hidden_rows: Vec<u32> = match compared % 3 {
+                0 => (0..n).collect(),
+                1 => (0..n).filter(|r| r % 2 == 1).rev().collect(),
+                _ => Vec::new(),
+            };
             let want = model
-                .forward(
+                .forward_step(
                     &decode_chunks(seqs, &tokens, &eager_tables, &pos),
                     &mut eager_cache,
                     &lora,
+                    &hidden_rows,
                 )
                 .unwrap();
             let got = model
-                .forward_graphed(
+                .forward_step_graphed(
                     &decode_chunks(seqs, &tokens, &graph_tables, &pos),
                     &mut graph_cache,
                     &lora,
+                    &hidden_rows,
                 )
                 .unwrap();
-            let (want, got) = (want.to_vec2::<f32>().unwrap(), got.to_vec2::<f32>().unwrap());
+            let f32_rows = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            let (want_hidden, got_hidden) = (f32_rows(&want.hidden), f32_rows(&got.hidden));
+            assert_eq!(got_hidden.len(), hidden_rows.len(), "step {compared}: hidden rows");
+            for (r, (w, g)) in want_hidden.iter().zip(&got_hidden).enumerate() {
+                let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "step {compared}, hidden row {r}: {differ} values differ");
+            }
+            let (want, got) = (f32_rows(&want.logits), f32_rows(&got.logits));
             for (r, (w, g)) in want.iter().zip(&got).enumerate() {
                 let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(differ, 0, "step {compared}, row {r}: {differ} logits differ");

@@ -12,7 +12,7 @@
 //! | `OPENLEDGER_SGMV_DEBUG=1` | print the fused kernel's occupancy and variant choices |
 //! | `OPENLEDGER_ATTN_PARTITION=N` | positions per partition of CUDA decode attention (a power of two, 32-512) |
 //! | `OPENLEDGER_CUDA_EVENTS=on` | keep cudarc's per-buffer event tracking (the engine turns it off) |
-//! | `OPENLEDGER_CUDA_GRAPHS=1` | the engine replays its decode steps without adapters from CUDA graphs (`Model::forward_graphed`) |
+//! | `OPENLEDGER_CUDA_GRAPHS=1` | the engine replays its decode steps without adapters from CUDA graphs (`Model::forward_step_graphed`) |
 //! | `OPENLEDGER_ADAPTERS_BF16=1` | a CPU engine on a block-quantized model computes LoRA from the adapters' bf16 weights, not from row-quantized bytes |
 
 use std::sync::OnceLock;
