@@ -14,9 +14,22 @@
 #   SKIP_BENCH=1     tests only
 #   TESTS=1          first the GPU tests and the transformers + PEFT check (gpu-run-engine.sh's),
 #                    and the SGMV tensor API tests when gpu-bin/sgmv-gpu.tar.xz is there
+#   SKIP_PEFT=1      with TESTS=1: no transformers + PEFT check
+#   SANITIZE=1       with TESTS=1: compute-sanitizer memcheck on SANITIZE_TESTS (default: the
+#                    fused layer steps and the decode graphs) and the SGMV (into columns of a
+#                    stacked output too), and racecheck on the fused layer steps
+#   SANITIZE_RACE=0  no racecheck
+#   AFTER_ARGS       extra engine-gpu-bench arguments for the new binary only (e.g. --graphs)
+#   FULL_GRAPHS=1    with FULL=1: the whole benchmark again with OPENLEDGER_CUDA_GRAPHS=1 (the
+#                    engine's decode steps replayed from CUDA graphs), tagged "full_graphs"
 #   ANCHOR_DEADLINE  seconds after the anchor's start past which it compiles no more sizes
+#   END_S            seconds after the start by which every step has ended (default 570):
+#                    each step's timeout is cut to what is left
 set -o pipefail
 OUT=${OUT:-/tmp/out}
+T0=$(date +%s)
+# left N: N, or the seconds left before END_S less 10 if fewer (at least 1).
+left() { local l=$(( T0 + ${END_S:-570} - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 mkdir -p "$OUT" /tmp/gd/after /tmp/gd/before
 tar -xJf gpu-bin/engine-gpu.tar.xz -C /tmp/gd/after || exit 1
 [ -f gpu-bin/engine-before.tar.xz ] && { tar -xJf gpu-bin/engine-before.tar.xz -C /tmp/gd/before || exit 1; }
@@ -25,18 +38,32 @@ export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee -a "$OUT/tests.log"
 if [ -n "${TESTS:-}" ]; then
   echo "== tests" | tee -a "$OUT/tests.log"
-  timeout ${TEST_TIMEOUT:-200} /tmp/gd/after/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" \
+  timeout $(left ${TEST_TIMEOUT:-200}) /tmp/gd/after/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" \
     | grep -E "^test |test result|panicked|differ|rms|greedy|error" | head -60
-  echo "== transformers + PEFT vs the engine's bf16 CUDA path" | tee -a "$OUT/tests.log"
-  timeout ${PEFT_TIMEOUT:-260} python3 bench/scripts/hf_peft_check.py --engine /tmp/gd/after/engine-logits \
-    --engine-device cuda --out /tmp/gd/peft > "$OUT/hf_peft_cuda.log" 2>&1
-  echo "hf_peft_check exit $?" | tee -a "$OUT/tests.log"
-  tail -22 "$OUT/hf_peft_cuda.log"
+  if [ -z "${SKIP_PEFT:-}" ]; then
+    echo "== transformers + PEFT vs the engine's bf16 CUDA path" | tee -a "$OUT/tests.log"
+    timeout $(left ${PEFT_TIMEOUT:-260}) python3 bench/scripts/hf_peft_check.py --engine /tmp/gd/after/engine-logits \
+      --engine-device cuda --out /tmp/gd/peft > "$OUT/hf_peft_cuda.log" 2>&1
+    echo "hf_peft_check exit $?" | tee -a "$OUT/tests.log"
+    tail -22 "$OUT/hf_peft_cuda.log"
+  fi
   if [ -f gpu-bin/sgmv-gpu.tar.xz ]; then  # the SGMV's own tests (y as columns of a wider output)
     mkdir -p /tmp/gd/sgmv && tar -xJf gpu-bin/sgmv-gpu.tar.xz -C /tmp/gd/sgmv
     echo "== SGMV tensor API tests" | tee -a "$OUT/tests.log"
     timeout 150 /tmp/gd/sgmv/tensor_api --test-threads=1 2>&1 | tee -a "$OUT/tests.log" \
       | grep -E "^test |test result|panicked|relative|Error"
+  fi
+  if [ -n "${SANITIZE:-}" ]; then
+    echo "== compute-sanitizer $(date -u +%T)" | tee -a "$OUT/tests.log"
+    for t in ${SANITIZE_TESTS:-cuda_fused_layer_steps cuda_decode_graphs}; do
+      timeout $(left 120) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gd/after/gpu_engine \
+        --test-threads=1 $t 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
+    done
+    [ "${SANITIZE_RACE:-1}" = 1 ] && timeout $(left 120) compute-sanitizer --tool racecheck --error-exitcode 3 /tmp/gd/after/gpu_engine \
+      --test-threads=1 cuda_fused_layer_steps 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard|rror" | head -8
+    [ -x /tmp/gd/sgmv/tensor_api ] && SGMV_CASES=3 timeout $(left 150) compute-sanitizer --tool memcheck \
+      --error-exitcode 3 /tmp/gd/sgmv/tensor_api --test-threads=1 2>&1 | tee -a "$OUT/tests.log" \
+      | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
   fi
 fi
 [ -n "${SKIP_BENCH:-}" ] && exit 0
@@ -44,20 +71,33 @@ DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
 bench() { # name output binary args...: the JSON lines tagged with the run's name
   local name=$1 out=$2 bin=$3; shift 3
   echo "== $name $(date -u +%T)" | tee -a "$OUT/bench.log"
-  timeout ${BENCH_TIMEOUT:-200} "$bin" "$@" 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$OUT/$out"
+  timeout $(left ${BENCH_TIMEOUT:-200}) "$bin" "$@" 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$OUT/$out"
   echo "exit $?"
 }
 for r in 1 2; do
   [ -x /tmp/gd/before/engine-gpu-bench ] && bench before$r decode.jsonl /tmp/gd/before/engine-gpu-bench $DECODE
-  bench after$r decode.jsonl /tmp/gd/after/engine-gpu-bench $DECODE
+  bench after$r decode.jsonl /tmp/gd/after/engine-gpu-bench $DECODE ${AFTER_ARGS:-}
 done
 if [ -f gpu-bin/hf_decode_anchor.py ]; then
   echo "== anchor $(date -u +%T)"
-  PYTHONUNBUFFERED=1 timeout ${ANCHOR_TIMEOUT:-300} python3 gpu-bin/hf_decode_anchor.py "$OUT/anchor.jsonl" \
-    --deadline ${ANCHOR_DEADLINE:-200} >> "$OUT/bench.log" 2>&1
+  # No new compile starts later than 90 s before the step's end (one takes up to ~60 s).
+  a_left=$(left ${ANCHOR_TIMEOUT:-300}); a_dl=$(( a_left - 90 < ${ANCHOR_DEADLINE:-200} ? a_left - 90 : ${ANCHOR_DEADLINE:-200} ))
+  PYTHONUNBUFFERED=1 timeout $a_left python3 gpu-bin/hf_decode_anchor.py "$OUT/anchor.jsonl" \
+    --deadline $a_dl >> "$OUT/bench.log" 2>&1
   echo "anchor exit $?"
 fi
-[ -n "${FULL:-}" ] && bench full full.jsonl /tmp/gd/after/engine-gpu-bench
+[ -n "${FULL:-}" ] && bench full full.jsonl /tmp/gd/after/engine-gpu-bench ${AFTER_ARGS:-}
+[ -n "${FULL:-}" ] && [ -n "${FULL_GRAPHS:-}" ] && OPENLEDGER_CUDA_GRAPHS=1 bench full_graphs full.jsonl /tmp/gd/after/engine-gpu-bench ${AFTER_ARGS:-}
+# The bf16 matrix rate for the prefill's FLOP floor, measured here (torch, 8192^3, random).
+python3 - <<'PY' >> "$OUT/anchor.jsonl" 2>> "$OUT/bench.log"
+import json, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16); b = torch.randn_like(a)
+for _ in range(3): a @ b
+torch.cuda.synchronize(); s, e = torch.cuda.Event(True), torch.cuda.Event(True); ts = []
+for _ in range(10):
+    s.record(); a @ b; e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e) / 1e3)
+ts.sort(); print(json.dumps({"measure": "matmul", "tflop_per_s": round(2 * 8192**3 / ts[5] / 1e12, 1)}))
+PY
 # The table: step ms per run, x floor of the first after-run, copy bandwidth of each run.
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, os, sys
@@ -76,7 +116,10 @@ for f in ("decode.jsonl", "full.jsonl"):
         if d.get("measure") == "copy":
             runs.setdefault(name, {})["copy"] = d["gb_per_s"]
         if d.get("measure") == "decode":
-            runs.setdefault(name, {})[(d["batch"], d["adapters"], d["targets"])] = d
+            key = (d["batch"], d["adapters"], d["targets"] + (" graph" if d.get("graph") else ""))
+            runs.setdefault(name, {})[key] = d
+        if d.get("measure") in ("prefill", "engine_first_token", "engine_prefill", "engine_decode"):
+            runs.setdefault(name, {}).setdefault("other", []).append(d)
 anchor = {}
 p = os.path.join(out, "anchor.jsonl")
 if os.path.exists(p):
@@ -86,15 +129,42 @@ if os.path.exists(p):
             anchor[(d["mode"], d["batch"])] = d["step_ms"]
         if d.get("measure") == "copy":
             anchor["copy"] = d["gb_per_s"]
+        if d.get("measure") == "matmul":
+            anchor["tflops"] = d["tflop_per_s"]
 names = [n for n in ("before1", "before2", "after1", "after2") if n in runs]
 print("copy GB/s: " + ", ".join(f"{n} {runs[n].get('copy')}" for n in names) + f", anchor {anchor.get('copy')}")
-keys = sorted({k for n in names for k in runs[n] if k != "copy"}, key=lambda k: (k[2], k[0], k[1]))
-print("| batch | adapters | targets | " + " | ".join(f"{n} ms" for n in names) + " | after x floor | floor ms | compile anchor ms |")
+keys = sorted({k for n in names for k in runs[n] if k not in ("copy", "other")}, key=lambda k: (k[2], k[0], k[1]))
+print("| batch | adapters | targets | " + " | ".join(f"{n} ms" for n in names)
+      + " | after1 host enqueue ms | after x floor | floor ms | compile anchor ms | graph anchor ms |")
 for k in keys:
     cells = [f"{runs[n][k]['step_ms']:.2f}" if k in runs[n] else "-" for n in names]
     a = runs.get("after1", {}).get(k)
     comp = anchor.get(("compile", k[0])) if k[1] == 0 else None
+    graph = anchor.get(("graph", k[0])) if k[1] == 0 else None
     print(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells)
-          + f" | {a['x_floor'] if a else '-'} | {a['floor_ms'] if a else '-'} | {comp if comp else '-'} |")
+          + f" | {a['enqueue_ms'] if a else '-'} | {a['x_floor'] if a else '-'} | {a['floor_ms'] if a else '-'}"
+          + f" | {comp if comp else '-'} | {graph if graph else '-'} |")
+# Decode without adapters, eager against graphed (the after runs), beside the anchor.
+print()
+print("| batch | eager ms | graph ms | floor ms | graph x floor | eager x floor | compile anchor ms | eager anchor ms |")
+for b in sorted({k[0] for k in keys if k[1] == 0}):
+    e = [runs[n][(b, 0, "qkvo")]["step_ms"] for n in names if (b, 0, "qkvo") in runs[n]]
+    g = [runs[n][(b, 0, "qkvo graph")]["step_ms"] for n in names if (b, 0, "qkvo graph") in runs[n]]
+    fl = next((runs[n][(b, 0, "qkvo")]["floor_ms"] for n in names if (b, 0, "qkvo") in runs[n]), None)
+    f = lambda v: " / ".join(f"{x:.2f}" for x in v) or "-"
+    print(f"| {b} | {f(e)} | {f(g)} | {fl} | {min(g) / fl:.2f} | {min(e) / fl:.2f} | {anchor.get(('compile', b), '-')} | {anchor.get(('eager', b), '-')} |"
+          if g and e and fl else f"| {b} | {f(e)} | {f(g)} | {fl} | - | - | - | - |")
+# Prefill of the 8B shape: 2 x (projection parameters) x tokens + causal attention, over the
+# matrix rate measured above.
+L, H, KV, F, T = 32, 4096, 1024, 14336, 512
+proj = L * (H * (H + 2 * KV) + H * H + 3 * H * F)
+flops = 2 * proj * T + L * 2 * 2 * (T * (T + 1) / 2) * H
+for d in [d for n in ("after1", "after2", "full", "full_graphs") for d in runs.get(n, {}).get("other", [])]:
+    if d["measure"] == "prefill" and anchor.get("tflops"):
+        floor = flops / (anchor["tflops"] * 1e12) * 1e3
+        print(f"{d['run']}: prefill {d['tokens']} tokens, adapter {d['adapter']}: {d['ms']} ms, FLOP floor {floor:.2f} ms "
+              f"({flops / 1e12:.2f} TFLOP at {anchor['tflops']} TFLOP/s measured): {d['ms'] / floor:.2f}x")
+    else:
+        print(json.dumps(d))
 PY
 echo "== done $(date -u +%T)"

@@ -464,12 +464,21 @@ impl Engine {
             }
             offset += n;
         }
-        let out = self.model.forward_step(
-            &chunks,
-            &mut self.cache,
-            self.adapters.tables(),
-            &hidden_rows,
-        )?;
+        let out = if openledger_kernels::options::options().cuda_graphs {
+            self.model.forward_step_graphed(
+                &chunks,
+                &mut self.cache,
+                self.adapters.tables(),
+                &hidden_rows,
+            )?
+        } else {
+            self.model.forward_step(
+                &chunks,
+                &mut self.cache,
+                self.adapters.tables(),
+                &hidden_rows,
+            )?
+        };
         drop(chunks);
         let logits = out.logits;
         if !hidden_rows.is_empty() {

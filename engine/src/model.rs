@@ -290,6 +290,31 @@ impl Model {
         Ok(self.forward_step(chunks, cache, lora, &[])?.logits)
     }
 
+    /// [`Model::forward`], with decode steps replayed from CUDA graphs where they can be:
+    /// on a CUDA device (a `cuda` build), a step of one-token chunks without adapters is
+    /// captured once per batch size and replayed after (the same launches, so the same
+    /// logits); any other step, and every step elsewhere, runs as [`Model::forward`] runs
+    /// it. A graph reads the cache it was captured with: steps on another cache capture
+    /// their own.
+    pub fn forward_graphed(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+    ) -> Result<Tensor> {
+        Ok(self.forward_step_with(chunks, cache, lora, &[], true)?.logits)
+    }
+
+    /// Decode steps held as CUDA graphs (one per batch size and cache; 0 without `cuda`, or
+    /// on the host path).
+    pub fn decode_graphs(&self) -> usize {
+        match &self.backend {
+            #[cfg(feature = "cuda")]
+            Backend::Tensor(t) => t.graphs().lock().map_or(0, |g| g.len()),
+            _ => 0,
+        }
+    }
+
     /// [`Self::forward`], also returning the final norm's output (the rows the LM head
     /// reads) at `hidden_rows`, indices into the step's rows (the chunks' tokens one after
     /// another), as `[hidden_rows, hidden]` f32 on the host: what activation commitments
@@ -300,6 +325,29 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
         hidden_rows: &[u32],
+    ) -> Result<StepOutput> {
+        self.forward_step_with(chunks, cache, lora, hidden_rows, false)
+    }
+
+    /// [`Self::forward_step`], with decode steps replayed from CUDA graphs where they can
+    /// be, as [`Self::forward_graphed`] does.
+    pub fn forward_step_graphed(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        hidden_rows: &[u32],
+    ) -> Result<StepOutput> {
+        self.forward_step_with(chunks, cache, lora, hidden_rows, true)
+    }
+
+    fn forward_step_with(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        hidden_rows: &[u32],
+        graphs: bool,
     ) -> Result<StepOutput> {
         let cfg = &self.config;
         let on_device = cache.device_pool().is_some();
@@ -361,6 +409,7 @@ impl Model {
                     cache,
                     lora,
                     &segments,
+                    graphs,
                 )?;
                 return Ok(StepOutput { logits, hidden });
             },

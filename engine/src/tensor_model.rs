@@ -71,6 +71,9 @@ pub(crate) struct TensorModel {
     sin: Tensor,
     dtype: DType,
     device: Device,
+    /// Decode steps captured as CUDA graphs, one per batch size (`decode_graph.rs`).
+    #[cfg(feature = "cuda")]
+    graphs: std::sync::Mutex<crate::decode_graph::DecodeGraphs>,
 }
 
 impl TensorModel {
@@ -194,12 +197,25 @@ impl TensorModel {
             sin: table(sin)?,
             dtype,
             device: device.clone(),
+            #[cfg(feature = "cuda")]
+            graphs: Default::default(),
         })
     }
 
     /// Element type of weights, activations and the KV pool.
     pub(crate) fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The device the weights live on.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn graphs(&self) -> &std::sync::Mutex<crate::decode_graph::DecodeGraphs> {
+        &self.graphs
     }
 
     /// Bytes of base weights one forward step reads (every projection, the norms, and the
@@ -217,8 +233,12 @@ impl TensorModel {
         self.weight_bytes_per_step() + if self.tied { 0 } else { embed }
     }
 
-    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`.
+    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`, and
+    /// the final-norm rows at `hidden_rows` (`[hidden_rows, hidden]`, the model's dtype).
     /// `positions` and `last_rows` are those [`crate::model::Model::forward`] computed.
+    /// With `graphs` (CUDA builds), a step of one-token chunks without adapters replays a
+    /// CUDA graph of the step captured for its batch size (`decode_graph.rs`); the same
+    /// launches, so the same logits and rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -231,10 +251,51 @@ impl TensorModel {
         cache: &mut KvCache,
         lora: &LoraSlots,
         segments: &StepSegments,
+        graphs: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache)?;
+        let pool = self.check_pool(cfg, cache)?;
+        // A graphed step also gives the asked final-norm rows (activation commitments): the
+        // graph keeps every row through the final norm, gathered after the replay
+        // (`decode_graph::forward`), so commitments do not send decode steps down the eager
+        // path.
+        #[cfg(feature = "cuda")]
+        if graphs && crate::decode_graph::applies(self, cfg, chunks, cache, segments) {
+            return crate::decode_graph::forward(
+                self,
+                cfg,
+                chunks,
+                tokens,
+                positions,
+                hidden_rows,
+                cache,
+                lora,
+                segments,
+            );
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = graphs;
+        let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, false)?;
+        let (logits, h) = self.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
+        if hidden_rows.is_empty() {
+            return Ok((logits, self.no_rows(cfg)?));
+        }
+        let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), &self.device)?;
+        Ok((logits, h.index_select(&rows, 0)?))
+    }
+
+    /// No final-norm rows: `[0, hidden]` in the model's dtype.
+    pub(crate) fn no_rows(&self, cfg: &ModelConfig) -> Result<Tensor> {
+        Ok(Tensor::zeros((0, cfg.hidden_size), self.dtype, &self.device)?)
+    }
+
+    /// The cache's device pool, checked against this model's layers, width and dtype.
+    pub(crate) fn check_pool<'c>(
+        &self,
+        cfg: &ModelConfig,
+        cache: &'c KvCache,
+    ) -> Result<&'c DevicePool> {
         let pool = cache.device_pool().ok_or_else(|| wrong_cache(&self.device))?;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (nkv, hd) = (cfg.num_kv_heads, cfg.head_dim);
         let fits = |t: &Tensor| t.dims().get(1) == Some(&(nkv * hd)) && t.dtype() == self.dtype;
         if pool.keys.len() != self.layers.len()
             || pool.values.len() != self.layers.len()
@@ -248,6 +309,22 @@ impl TensorModel {
                 self.dtype
             )));
         }
+        Ok(pool)
+    }
+
+    /// The step's device work after planning: every launch reads the plan's device tensors,
+    /// never the host (so it can be captured in a CUDA graph and replayed). Returns the
+    /// logits of the plan's last rows and every row through the final norm (`[rows,
+    /// hidden]`, the model's dtype), what activation commitments read.
+    pub(crate) fn forward_planned_rows(
+        &self,
+        cfg: &ModelConfig,
+        plan: &StepPlan,
+        pool: &DevicePool,
+        lora: &LoraSlots,
+        segments: &StepSegments,
+    ) -> Result<(Tensor, Tensor)> {
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
         let heads = QkvHeads { heads: nh, kv_heads: nkv, head_dim: hd };
         let pairs = match plan.rope_style {
@@ -267,6 +344,8 @@ impl TensorModel {
             }
             Result::Ok(())
         };
+        let cos = self.cos.index_select(&plan.pos, 0)?;
+        let sin = self.sin.index_select(&plan.pos, 0)?;
         let mut x = self.embed.index_select(&plan.ids, 0)?;
         let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
         let mut h = candle_nn::ops::rms_norm(&x, first_norm, eps)?;
@@ -274,17 +353,8 @@ impl TensorModel {
             let qkv = h.matmul(&layer.qkv.t()?)?;
             lora_into(l, &[Projection::Q, Projection::K, Projection::V], &h, &qkv)?;
             let (keys, values) = (&pool.keys[l], &pool.values[l]);
-            let q = rope_store_kv(
-                &qkv,
-                &plan.cos,
-                &plan.sin,
-                pairs,
-                heads,
-                &plan.kv_slots,
-                keys,
-                values,
-            )?;
-            let attn = self.attend(cfg, l, &q, pool, &plan)?;
+            let q = rope_store_kv(&qkv, &cos, &sin, pairs, heads, &plan.kv_slots, keys, values)?;
+            let attn = self.attend(cfg, l, &q, pool, plan)?;
             let o = attn.matmul(&layer.o.t()?)?;
             lora_into(l, &[Projection::O], &attn, &o)?;
             (x, h) = add_rms_norm(&x, &o, &layer.ffn_norm, eps)?;
@@ -302,11 +372,7 @@ impl TensorModel {
         // need the chunks' last rows.
         let last = h.index_select(&plan.last_rows, 0)?;
         let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-        if hidden_rows.is_empty() {
-            return Ok((logits, Tensor::zeros((0, cfg.hidden_size), self.dtype, &self.device)?));
-        }
-        let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), &self.device)?;
-        Ok((logits, h.index_select(&rows, 0)?))
+        Ok((logits, h))
     }
 
     /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached
@@ -421,16 +487,15 @@ fn causal_attention(
 }
 
 /// What a step's layers share: inputs and indices on the device, built once.
-struct StepPlan {
-    ids: Tensor,
-    /// `[n, head_dim / 2]`: each row's rotary angles.
-    cos: Tensor,
-    sin: Tensor,
+pub(crate) struct StepPlan {
+    pub(crate) ids: Tensor,
+    /// u32 `[n]`: each row's position (its rotary rows are gathered on the device).
+    pub(crate) pos: Tensor,
     rope_style: RopeStyle,
     /// The pool row each batch row's keys and values go to.
-    kv_slots: RowIndex,
+    pub(crate) kv_slots: RowIndex,
     last_rows: Tensor,
-    decode: Option<DecodeRows>,
+    pub(crate) decode: Option<DecodeRows>,
     prefill: Vec<PrefillChunk>,
     /// Batch row of each row of the concatenated attention outputs, when not the identity.
     order: Option<Tensor>,
@@ -439,10 +504,10 @@ struct StepPlan {
 }
 
 /// The one-token chunks, attended through the paged decode kernel.
-struct DecodeRows {
+pub(crate) struct DecodeRows {
     /// Their batch rows, when not all rows decode.
     rows: Option<Tensor>,
-    blocks: DecodeBlocks,
+    pub(crate) blocks: DecodeBlocks,
 }
 
 /// A chunk attended by gathering its sequence's positions.
@@ -455,7 +520,11 @@ struct PrefillChunk {
 }
 
 impl StepPlan {
-    fn new(
+    /// `fixed_tables`: the decode rows' block tables padded to the width of a
+    /// `max_position` context and launched with a shape fixed by that bound
+    /// ([`DecodeBlocks::fixed_launch`]), for a step captured in a CUDA graph.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
         model: &TensorModel,
         cfg: &ModelConfig,
         chunks: &[SeqChunk<'_>],
@@ -463,19 +532,18 @@ impl StepPlan {
         positions: &[usize],
         last_rows: &[u32],
         cache: &KvCache,
+        fixed_tables: bool,
     ) -> Result<Self> {
         let dev = &model.device;
         let n = tokens.len();
         let kc = cache.config();
         let pos =
             Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), n, dev)?;
-        let cos = model.cos.index_select(&pos, 0)?;
-        let sin = model.sin.index_select(&pos, 0)?;
 
         let mut slots = Vec::with_capacity(n);
         // The paged kernel takes head sizes 64 and 128 and power-of-two blocks; other shapes
         // (the tiny test models) attend one-token chunks by gathering, like prefill.
-        let paged = HEAD_DIMS.contains(&cfg.head_dim) && kc.block_size.is_power_of_two();
+        let paged = paged_decode(cfg, kc.block_size);
         let (mut dec_rows, mut dec_tables, mut dec_lens) = (Vec::new(), Vec::new(), Vec::new());
         let mut prefill = Vec::new();
         let mut prefill_rows = Vec::new();
@@ -500,8 +568,19 @@ impl StepPlan {
             None
         } else {
             let m = dec_rows.len();
-            let blocks =
-                DecodeBlocks::from_tables(&dec_tables, dec_lens, kc.block_size, cfg.max_position)?;
+            let blocks = if fixed_tables {
+                let width = cache.blocks_for(cfg.max_position);
+                DecodeBlocks::from_host(
+                    padded_tables(&dec_tables, width),
+                    dec_lens,
+                    width,
+                    kc.block_size,
+                    cfg.max_position,
+                )?
+                .fixed_launch()
+            } else {
+                DecodeBlocks::from_tables(&dec_tables, dec_lens, kc.block_size, cfg.max_position)?
+            };
             let rows = (m != n).then(|| Tensor::from_slice(&dec_rows, m, dev)).transpose()?;
             Some(DecodeRows { rows, blocks })
         };
@@ -520,8 +599,7 @@ impl StepPlan {
         };
         Ok(Self {
             ids: Tensor::from_slice(tokens, n, dev)?,
-            cos,
-            sin,
+            pos,
             rope_style: cfg.rope_style,
             kv_slots: RowIndex::new(slots),
             last_rows: Tensor::from_slice(last_rows, last_rows.len(), dev)?,
@@ -532,6 +610,23 @@ impl StepPlan {
             block_size: kc.block_size,
         })
     }
+}
+
+/// Whether one-token chunks attend through the paged decode kernel: head sizes 64 and 128
+/// and power-of-two cache blocks (other shapes, such as the tiny test models', gather their
+/// positions like prefill).
+pub(crate) fn paged_decode(cfg: &ModelConfig, block_size: usize) -> bool {
+    HEAD_DIMS.contains(&cfg.head_dim) && block_size.is_power_of_two()
+}
+
+/// Block tables, one per row, each padded with block 0 to `width` entries (row-major).
+pub(crate) fn padded_tables(tables: &[&[u32]], width: usize) -> Vec<u32> {
+    let mut flat = vec![0u32; tables.len() * width];
+    for (row, t) in flat.chunks_exact_mut(width.max(1)).zip(tables) {
+        let k = t.len().min(width);
+        row[..k].copy_from_slice(&t[..k]);
+    }
+    flat
 }
 
 /// `[group * t, start + t]` f32: 0 where query `i` (row `j * t + i`) may see the position,

@@ -298,3 +298,142 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
     assert!(worst_rms < RMS_TOLERANCE, "rms relative logit change {worst_rms:e}");
     assert!(worst_max < MAX_TOLERANCE, "max relative logit change {worst_max:e}");
 }
+
+/// Decode steps replayed from CUDA graphs (`Model::forward_step_graphed`) give the eager
+/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same launches read the inputs written into the captured buffers.
+/// Five sequences of 3 to 600 cached positions (one past a 512-position attention
+/// partition, so the merge runs), crossing block boundaries as they grow; the batch shrinks
+/// to three and grows back, so one graph is replayed at positions other than its capture's
+/// and a second is captured; a last batch of four leaves the long sequence out, so the eager
+/// steps attend in one partition with no merge launch while the graph (its launch shape
+/// fixed by the model's positions) still runs the merge, which skips every sequence. The
+/// eager steps run on one cache, the graphed on another with the same contents.
+#[test]
+fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
+    let schedule: [&[usize]; 4] = [&[0, 1, 2, 3, 4], &[0, 2, 3], &[0, 1, 2, 3, 4], &[0, 1, 2, 4]];
+    let (compared, graphs) = graphed_vs_eager(16, &[3, 17, 130, 600, 31], &schedule);
+    assert_eq!(graphs, 3, "one graph per batch size");
+    eprintln!("{compared} decode steps, graphed = eager bit for bit");
+}
+
+/// With cache blocks of a size the paged decode kernel does not take (not a power of two),
+/// `forward_graphed` runs every step eagerly (the gathering attention), captures nothing,
+/// and gives `forward`'s logits.
+#[test]
+fn cuda_decode_graphs_leave_other_block_sizes_eager() {
+    let schedule: [&[usize]; 2] = [&[0, 1, 2], &[0, 2]];
+    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule);
+    assert_eq!(graphs, 0, "no graph for 12-position blocks");
+    eprintln!("{compared} decode steps with 12-position blocks, eager either way");
+}
+
+/// Prefills sequences of `lens` tokens into two caches of `block_size`-position blocks, then
+/// runs six decode steps for each batch of `schedule` (indices into `lens`) through
+/// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
+/// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
+/// bit; returns the steps compared and the graphs held at the end.
+fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) -> (usize, usize) {
+    use openledger_engine::{BlockTable, KvCache, LoraSlots, SeqChunk};
+    const STEPS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let mut json = wide_config();
+    json["max_position_embeddings"] = 2048.into();
+    let cfg = write_model_with(dir.path(), &json, MODEL_SEED);
+    let gpu = cuda();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let lora = LoraSlots::new(&cfg, &gpu, 1, false);
+    let kc = KvCacheConfig { block_size, num_blocks: 2048 / block_size + 8 };
+    let mut eager_cache = KvCache::for_model(kc, &model).unwrap();
+    let mut graph_cache = KvCache::for_model(kc, &model).unwrap();
+    let mut eager_tables = vec![BlockTable::default(); lens.len()];
+    let mut graph_tables = vec![BlockTable::default(); lens.len()];
+    let mut next = vec![0u32; lens.len()];
+    for (i, &len) in lens.iter().enumerate() {
+        let prompt: Vec<u32> = (0..len).map(|p| ((p * 31 + i * 7) % 256) as u32).collect();
+        let steps = STEPS * schedule.iter().filter(|s| s.contains(&i)).count();
+        for (cache, table) in
+            [(&mut eager_cache, &mut eager_tables[i]), (&mut graph_cache, &mut graph_tables[i])]
+        {
+            cache.reserve(table, len + steps).unwrap();
+            let chunk = SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: None };
+            let logits = model.forward(&[chunk], cache, &lora).unwrap();
+            next[i] = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
+        }
+    }
+    let mut pos = lens.to_vec();
+    let mut compared = 0;
+    for &seqs in schedule {
+        for _ in 0..STEPS {
+            let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
+            // The final-norm rows asked (activation commitments): every row, the odd rows
+            // backwards, or none, in turn.
+            let n = seqs.len() as u32;
+            let hidden_rows: Vec<u32> = match compared % 3 {
+                0 => (0..n).collect(),
+                1 => (0..n).filter(|r| r % 2 == 1).rev().collect(),
+                _ => Vec::new(),
+            };
+            let want = model
+                .forward_step(
+                    &decode_chunks(seqs, &tokens, &eager_tables, &pos),
+                    &mut eager_cache,
+                    &lora,
+                    &hidden_rows,
+                )
+                .unwrap();
+            let got = model
+                .forward_step_graphed(
+                    &decode_chunks(seqs, &tokens, &graph_tables, &pos),
+                    &mut graph_cache,
+                    &lora,
+                    &hidden_rows,
+                )
+                .unwrap();
+            // No rows asked gives a `[0, hidden]` tensor: candle's CUDA cast of zero elements
+            // launches an empty grid (CUDA_ERROR_INVALID_VALUE), so it is not converted (the
+            // engine's run_plan reads no rows then either).
+            let f32_rows = |t: &Tensor| {
+                if t.elem_count() == 0 {
+                    return vec![Vec::new(); t.dim(0).unwrap()];
+                }
+                t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
+            };
+            let (want_hidden, got_hidden) = (f32_rows(&want.hidden), f32_rows(&got.hidden));
+            assert_eq!(got_hidden.len(), hidden_rows.len(), "step {compared}: hidden rows");
+            for (r, (w, g)) in want_hidden.iter().zip(&got_hidden).enumerate() {
+                let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "step {compared}, hidden row {r}: {differ} values differ");
+            }
+            let (want, got) = (f32_rows(&want.logits), f32_rows(&got.logits));
+            for (r, (w, g)) in want.iter().zip(&got).enumerate() {
+                let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "step {compared}, row {r}: {differ} logits differ");
+            }
+            for (r, &i) in seqs.iter().enumerate() {
+                let row = &want[r];
+                next[i] = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32;
+                pos[i] += 1;
+            }
+            compared += 1;
+        }
+    }
+    (compared, model.decode_graphs())
+}
+
+/// One one-token chunk per sequence of `seqs`, at its position.
+fn decode_chunks<'a>(
+    seqs: &[usize],
+    tokens: &'a [[u32; 1]],
+    tables: &'a [openledger_engine::BlockTable],
+    pos: &[usize],
+) -> Vec<openledger_engine::SeqChunk<'a>> {
+    seqs.iter()
+        .zip(tokens)
+        .map(|(&i, t)| openledger_engine::SeqChunk {
+            tokens: t,
+            table: &tables[i],
+            start: pos[i],
+            adapter: None,
+        })
+        .collect()
+}

@@ -44,6 +44,8 @@ pub mod cpu;
 mod cuda;
 mod element;
 mod error;
+#[cfg(feature = "cuda")]
+mod graph_inputs;
 mod layer_ops;
 pub mod options;
 pub mod quant;
@@ -60,6 +62,8 @@ pub use attention::{
 pub use candle_ops::{lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, BatchSegments};
 pub use element::{AdapterWeights, BLayout, Element, Format, LoraWeights, Widen};
 pub use error::{KernelError, Result};
+#[cfg(feature = "cuda")]
+pub use graph_inputs::overwrite_u32;
 pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, QkvHeads, RotaryPairs};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};

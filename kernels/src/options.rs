@@ -12,6 +12,7 @@
 //! | `OPENLEDGER_SGMV_DEBUG=1` | print the fused kernel's occupancy and variant choices |
 //! | `OPENLEDGER_ATTN_PARTITION=N` | positions per partition of CUDA decode attention (a power of two, 32-512) |
 //! | `OPENLEDGER_CUDA_EVENTS=on` | keep cudarc's per-buffer event tracking (the engine turns it off) |
+//! | `OPENLEDGER_CUDA_GRAPHS=1` | the engine replays its decode steps without adapters from CUDA graphs (`Model::forward_step_graphed`) |
 //! | `OPENLEDGER_ADAPTERS_BF16=1` | a CPU engine on a block-quantized model computes LoRA from the adapters' bf16 weights, not from row-quantized bytes |
 
 use std::sync::OnceLock;
@@ -37,6 +38,8 @@ pub struct Options {
     pub cuda_events: bool,
     /// `OPENLEDGER_ADAPTERS_BF16`.
     pub adapters_bf16: bool,
+    /// `OPENLEDGER_CUDA_GRAPHS`.
+    pub cuda_graphs: bool,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Options {
             attn_partition: var("OPENLEDGER_ATTN_PARTITION").and_then(|v| v.parse().ok()),
             cuda_events: var("OPENLEDGER_CUDA_EVENTS").is_some_and(|v| v == "on"),
             adapters_bf16: on("OPENLEDGER_ADAPTERS_BF16"),
+            cuda_graphs: on("OPENLEDGER_CUDA_GRAPHS"),
         }
     }
 }

@@ -56,6 +56,26 @@ impl RowIndex {
         &self.rows
     }
 
+    /// Replaces the rows with as many others, on the host and, when they were uploaded, in
+    /// place on the device (the same device buffer: a captured CUDA graph that reads it sees
+    /// the new rows on its next replay). The copy is ordered on candle's stream after the
+    /// work already queued there.
+    pub fn overwrite(&mut self, rows: Vec<u32>) -> Result<()> {
+        check_shape("rows (a RowIndex keeps its length)", &[self.rows.len()], &[rows.len()])?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            crate::graph_inputs::upload_into(gpu, &rows)?;
+        }
+        self.max = rows.iter().copied().max();
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// The largest destination row.
+    pub fn max_row(&self) -> Option<u32> {
+        self.max
+    }
+
     /// The rows on `dev`, uploaded on the first call and shared by every later one.
     #[cfg(feature = "cuda")]
     pub(crate) fn device_rows(

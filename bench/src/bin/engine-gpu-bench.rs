@@ -67,6 +67,10 @@ struct Args {
     /// Prompt tokens of the prefill and first-token runs.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
+    /// Also time every decode configuration without adapters with the step replayed from
+    /// a CUDA graph (`Model::forward_graphed`), after its eager run.
+    #[arg(long)]
+    graphs: bool,
     /// Skip the engine-level runs.
     #[arg(long)]
     no_engine: bool,
@@ -116,6 +120,7 @@ fn copy_bandwidth(dev: &CudaDevice) -> Result<f64> {
 /// Median time of one decode step of `slots.len()` sequences at `context` cached positions,
 /// and the median time the host took to enqueue it (the step is host-bound when the two
 /// are close).
+#[allow(clippy::too_many_arguments)]
 fn decode_step(
     model: &Model,
     lora: &LoraSlots,
@@ -124,6 +129,7 @@ fn decode_step(
     context: usize,
     steps: usize,
     device: &Device,
+    graphed: bool,
 ) -> Result<(f64, f64)> {
     let vocab = model.config().vocab_size;
     let mut tables = vec![BlockTable::default(); slots.len()];
@@ -133,29 +139,39 @@ fn decode_step(
     let tokens: Vec<[u32; 1]> =
         (0..slots.len()).map(|i| [((i * 7919 + 11) % vocab) as u32]).collect();
     let (mut times, mut enqueue) = (Vec::new(), Vec::new());
-    for s in 0..steps + 3 {
-        let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
-            .map(|i| SeqChunk {
-                tokens: &tokens[i],
-                table: &tables[i],
-                start: context + s,
-                adapter: slots[i],
-            })
-            .collect();
-        device.synchronize()?;
-        let t = Instant::now();
-        let logits = model.forward(&chunks, cache, lora)?;
-        let queued = t.elapsed().as_secs_f64();
-        device.synchronize()?;
-        if s >= 3 {
-            times.push(t.elapsed().as_secs_f64());
-            enqueue.push(queued);
+    let mut run = || -> Result<()> {
+        for s in 0..steps + 3 {
+            let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
+                .map(|i| SeqChunk {
+                    tokens: &tokens[i],
+                    table: &tables[i],
+                    start: context + s,
+                    adapter: slots[i],
+                })
+                .collect();
+            device.synchronize()?;
+            let t = Instant::now();
+            let logits = if graphed {
+                model.forward_graphed(&chunks, cache, lora)?
+            } else {
+                model.forward(&chunks, cache, lora)?
+            };
+            let queued = t.elapsed().as_secs_f64();
+            device.synchronize()?;
+            if s >= 3 {
+                times.push(t.elapsed().as_secs_f64());
+                enqueue.push(queued);
+            }
+            drop(logits);
         }
-        drop(logits);
-    }
+        Ok(())
+    };
+    // The blocks go back to the cache whether the steps ran or failed.
+    let ran = run();
     for t in &mut tables {
         cache.release(t);
     }
+    ran?;
     Ok((median(&mut times), median(&mut enqueue)))
 }
 
@@ -344,13 +360,36 @@ fn main() -> Result<()> {
         let slots: Vec<Option<u32>> = (0..batch)
             .map(|i| (distinct > 0).then(|| (first_slot + i % distinct) as u32))
             .collect();
-        let (step, enqueue) =
-            decode_step(&model, &lora, &mut cache, &slots, args.context, args.steps, &device)?;
         let weights = base_bytes + distinct * per;
         let kv = batch * (args.context + args.steps / 2) * kv_per_position;
         let floor = (weights + kv) as f64 / bw;
-        println!(
-            "{{\"measure\":\"decode\",\"batch\":{batch},\"adapters\":{distinct},\"targets\":\"{targets}\",\"context\":{},\"step_ms\":{:.3},\"enqueue_ms\":{:.3},\"tok_per_s\":{:.1},\"weight_bytes\":{weights},\"kv_bytes\":{kv},\"floor_ms\":{:.3},\"x_floor\":{:.2},\"weight_read_gb_per_s\":{:.1},\"weight_read_pct_copy\":{:.1}}}",
+        for graph in [false, true] {
+            if graph && (distinct > 0 || !args.graphs) {
+                continue;
+            }
+            let timed = decode_step(
+                &model,
+                &lora,
+                &mut cache,
+                &slots,
+                args.context,
+                args.steps,
+                &device,
+                graph,
+            );
+            // A failed graph step is reported and the eager runs go on.
+            let (step, enqueue) = match timed {
+                Err(e) if graph => {
+                    let error = serde_json::to_string(&format!("{e:#}"))?;
+                    println!(
+                        "{{\"measure\":\"error\",\"batch\":{batch},\"graph\":true,\"error\":{error}}}"
+                    );
+                    continue;
+                },
+                other => other?,
+            };
+            println!(
+            "{{\"measure\":\"decode\",\"batch\":{batch},\"adapters\":{distinct},\"targets\":\"{targets}\",\"graph\":{graph},\"context\":{},\"step_ms\":{:.3},\"enqueue_ms\":{:.3},\"tok_per_s\":{:.1},\"weight_bytes\":{weights},\"kv_bytes\":{kv},\"floor_ms\":{:.3},\"x_floor\":{:.2},\"weight_read_gb_per_s\":{:.1},\"weight_read_pct_copy\":{:.1}}}",
             args.context,
             step * 1e3,
             enqueue * 1e3,
@@ -360,6 +399,7 @@ fn main() -> Result<()> {
             weights as f64 / step / 1e9,
             100.0 * weights as f64 / step / bw
         );
+        }
         Ok(())
     };
     let mut seen = HashSet::new();

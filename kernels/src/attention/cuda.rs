@@ -164,6 +164,17 @@ fn device_blocks(blocks: &DecodeBlocks, dev: &CudaDevice) -> Result<Arc<DeviceBl
     Ok(d)
 }
 
+/// Rewrites the uploaded tables and lengths of `blocks` in place (nothing when they were
+/// never uploaded: the next call uploads the host copies).
+pub(crate) fn overwrite_device(blocks: &DecodeBlocks, tables: &[u32], lens: &[u32]) -> Result<()> {
+    let cached = blocks.gpu.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = cached.as_ref() {
+        crate::graph_inputs::upload_into(&d.tables, tables)?;
+        crate::graph_inputs::upload_into(&d.lens, lens)?;
+    }
+    Ok(())
+}
+
 /// Device address of the first element of a CUDA storage of element type `T`.
 fn address<T: CudaDType>(s: &CudaStorage, l: &Layout, stream: &CudaStream) -> Result<u64> {
     let slice = s.as_cuda_slice::<T>()?;
@@ -210,7 +221,8 @@ fn launch(
     let gh = heads_per_block(g.group());
     let (attn, reduce) = functions(dev, dtype, g.head_dim, gh)?;
     let device_blocks = device_blocks(blocks, dev)?;
-    let long = blocks.context_lens().iter().any(|&l| l as usize > part);
+    let long = (blocks.is_fixed_launch() && max_parts > 1)
+        || blocks.context_lens().iter().any(|&l| l as usize > part);
     let grid_y = g.num_kv_heads * (g.group() / gh);
     // Partials of sequences longer than one partition (f32 sums, then max and sum), held
     // for the launches (the stream orders later calls after them).

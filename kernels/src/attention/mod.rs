@@ -65,6 +65,9 @@ pub struct DecodeBlocks {
     /// The largest cache block any sequence reads, with the sequence and table index
     /// naming it (for the error when a cache is smaller).
     max_block: Option<(u32, usize, usize)>,
+    /// Whether the CUDA launches take their shape from the bounds alone
+    /// ([`DecodeBlocks::fixed_launch`]).
+    fixed_launch: bool,
     /// Device copies of `tables` and `context_lens`, uploaded on the first CUDA call.
     #[cfg(feature = "cuda")]
     pub(crate) gpu: Mutex<Option<std::sync::Arc<cuda::DeviceBlocks>>>,
@@ -173,9 +176,56 @@ impl DecodeBlocks {
             tables,
             context_lens: lens,
             max_block,
+            fixed_launch: false,
             #[cfg(feature = "cuda")]
             gpu: Mutex::new(None),
         })
+    }
+
+    /// The same tables, launched on CUDA with a shape that depends on `max_context_len` and
+    /// the table's width alone, never on the current lengths (the partitions' merge runs
+    /// whenever `max_context_len` spans more than one partition; it skips sequences that
+    /// have one). For a step captured in a CUDA graph and replayed after
+    /// [`DecodeBlocks::overwrite`] with other lengths. Results are the same bits either way.
+    pub fn fixed_launch(mut self) -> Self {
+        self.fixed_launch = true;
+        self
+    }
+
+    /// Whether [`DecodeBlocks::fixed_launch`] was asked for.
+    pub fn is_fixed_launch(&self) -> bool {
+        self.fixed_launch
+    }
+
+    /// Replaces the tables and lengths with others of the same shape and bounds, checked as
+    /// [`DecodeBlocks::from_host`] checks them and against a cache of `num_blocks` blocks;
+    /// when they were uploaded, the device copies are rewritten in place (the buffers a
+    /// captured CUDA graph reads), ordered on candle's stream after the work queued there.
+    pub fn overwrite(
+        &mut self,
+        tables: Vec<u32>,
+        context_lens: Vec<u32>,
+        num_blocks: usize,
+    ) -> Result<()> {
+        check_shape(
+            "context_lens (DecodeBlocks keeps its rows)",
+            &[self.num_seqs],
+            &[context_lens.len()],
+        )?;
+        let new = Self::from_host(
+            tables,
+            context_lens,
+            self.max_blocks_per_seq,
+            self.block_size,
+            self.max_context_len,
+        )?;
+        new.check_cache(num_blocks, self.block_size)?;
+        #[cfg(feature = "cuda")]
+        cuda::overwrite_device(self, &new.tables, &new.context_lens)?;
+        self.tables = new.tables;
+        self.context_lens = new.context_lens;
+        self.max_block = new.max_block;
+        Ok(())
     }
 
     /// Number of sequences.
