@@ -106,20 +106,27 @@ pub enum AuditOutcome {
 impl ChainClient {
     /// The jobs `verifier` (a provider) must give a verdict on now, at the best block.
     pub async fn audits_to_verify(&self, verifier: &AccountId32) -> Result<Vec<JobId>, ChainError> {
+        self.audit_index("AuditsByVerifier", verifier).await
+    }
+
+    /// The open audits of `provider`'s work, at the best block.
+    pub async fn audits_of_provider(
+        &self,
+        provider: &AccountId32,
+    ) -> Result<Vec<JobId>, ChainError> {
+        self.audit_index("AuditsByProvider", provider).await
+    }
+
+    /// The jobs under `who` in `Verification.<index>` (a map account -> job -> ()).
+    async fn audit_index(&self, index: &str, who: &AccountId32) -> Result<Vec<JobId>, ChainError> {
         let at = self.best().await?;
-        let addr = dynamic::storage::<(AccountId32, JobId), ()>("Verification", "AuditsByVerifier");
-        let mut entries = at
-            .storage()
-            .iter(addr, (*verifier,))
-            .await
-            .map_err(rpc_err("reading Verification.AuditsByVerifier"))?;
+        let what = format!("reading Verification.{index}");
+        let addr = dynamic::storage::<(AccountId32, JobId), ()>("Verification", index);
+        let mut entries = at.storage().iter(addr, (*who,)).await.map_err(rpc_err(&what))?;
         let mut out = Vec::new();
         while let Some(entry) = entries.next().await {
-            let entry = entry.map_err(rpc_err("reading Verification.AuditsByVerifier"))?;
-            let (_, job) = entry
-                .key()
-                .and_then(|k| k.decode())
-                .map_err(rpc_err("decoding a Verification.AuditsByVerifier key"))?;
+            let entry = entry.map_err(rpc_err(&what))?;
+            let (_, job) = entry.key().and_then(|k| k.decode()).map_err(rpc_err(&what))?;
             out.push(job);
         }
         out.sort_unstable();

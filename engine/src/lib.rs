@@ -18,8 +18,6 @@ mod adapter_check;
 mod adapters;
 mod attention;
 pub mod commitment;
-#[cfg(feature = "cuda")]
-mod decode_graph;
 mod device;
 mod engine;
 mod error;

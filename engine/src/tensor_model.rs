@@ -14,6 +14,11 @@
 //! (prefill) gather their sequence's cached positions and attend causally with matmuls and
 //! a softmax in f32.
 
+// The graphed decode step is part of the tensor path: it captures and replays this
+// module's own step.
+#[cfg(feature = "cuda")]
+pub(crate) mod decode_graph;
+
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
     add_rms_norm, attention::HEAD_DIMS, paged_decode_attention_with, rope_store_kv, silu_mul,
@@ -73,7 +78,7 @@ pub(crate) struct TensorModel {
     device: Device,
     /// Decode steps captured as CUDA graphs, one per batch size (`decode_graph.rs`).
     #[cfg(feature = "cuda")]
-    graphs: std::sync::Mutex<crate::decode_graph::DecodeGraphs>,
+    graphs: std::sync::Mutex<decode_graph::DecodeGraphs>,
 }
 
 impl TensorModel {
@@ -214,7 +219,7 @@ impl TensorModel {
     }
 
     #[cfg(feature = "cuda")]
-    pub(crate) fn graphs(&self) -> &std::sync::Mutex<crate::decode_graph::DecodeGraphs> {
+    pub(crate) fn graphs(&self) -> &std::sync::Mutex<decode_graph::DecodeGraphs> {
         &self.graphs
     }
 
@@ -259,8 +264,8 @@ impl TensorModel {
         // (`decode_graph::forward`), so commitments do not send decode steps down the eager
         // path.
         #[cfg(feature = "cuda")]
-        if graphs && crate::decode_graph::applies(self, cfg, chunks, cache, segments) {
-            return crate::decode_graph::forward(
+        if graphs && decode_graph::applies(self, cfg, chunks, cache, segments) {
+            return decode_graph::forward(
                 self,
                 cfg,
                 chunks,

@@ -14,12 +14,17 @@
 //! adapter in one prefill pass ([`EngineHost::verify`]), and posts the verdict with the hash
 //! of its findings: `Match`, `Mismatch`, or `Unavailable` when the record cannot be had or
 //! does not hash to the receipt's commitment.
+//!
+//! **Contesting.** A verdict against this worker's own work is contested at once (two more
+//! verifiers recompute it and the majority decides): the worker ran it as registered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openledger_chain_client::{blake2_256, commitment_hash, Audit, ChainClient, JobId, Verdict};
+use openledger_chain_client::{
+    blake2_256, commitment_hash, Audit, AuditStage, ChainClient, JobId, Verdict,
+};
 use openledger_engine::{EngineError, Tolerance, VerifyReport};
 use openledger_p2p::{
     peer_id_of_ed25519_public, ChannelRequest, ChannelResponse, Multiaddr, PeerId,
@@ -122,12 +127,15 @@ impl Worker {
         }
     }
 
-    /// Verifies the audits this worker's provider owes, until the process ends.
+    /// Verifies the audits this worker's provider owes, and contests any verdict that found
+    /// its own work wrong (this worker ran it as registered: a second opinion is due), until
+    /// the process ends.
     pub(crate) async fn audits(self: Arc<Self>) {
         let in_flight = Arc::new(AuditsInFlight::default());
         let mut tick = tokio::time::interval(AUDIT_POLL);
         loop {
             tick.tick().await;
+            self.contest_accusations().await;
             let owed = match self.chain().await.audits_to_verify(&self.config.provider).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -144,6 +152,24 @@ impl Worker {
                     worker.verify_audit(job).await;
                     in_flight.0.lock().await.remove(&job);
                 });
+            }
+        }
+    }
+
+    /// Contests each open accusation against this provider's work.
+    async fn contest_accusations(&self) {
+        let chain = self.chain().await;
+        let Ok(audited) = chain.audits_of_provider(&self.config.provider).await else { return };
+        for job in audited {
+            let Ok(Some(audit)) = chain.audit(job).await else { continue };
+            if !matches!(audit.stage, AuditStage::Accused { .. }) {
+                continue;
+            }
+            match chain.contest(&self.config.signer, job).await {
+                Ok(()) => {
+                    tracing::warn!(job, "a verifier found this worker's answer wrong; contested")
+                },
+                Err(e) => tracing::warn!(job, error = %e, "could not contest an accusation"),
             }
         }
     }

@@ -3,9 +3,10 @@
 //! test-only `--cheat-skip-adapter` (it runs jobs without their adapter while claiming it).
 //! Six concurrent requests spread over the three (two slots each). Every job settles, is
 //! drawn for verification and recomputed by another worker, which fetches the kept answer
-//! over libp2p: the cheater's jobs are found wrong and its bond pays the payer back, the
-//! verifiers and the treasury, to the planck; the honest workers' jobs are confirmed and
-//! their bonds untouched.
+//! over libp2p: the cheater's jobs are found wrong (its worker contests, as every worker
+//! does, and the second verifier agrees) and its bond pays the payer back, the verifiers and
+//! the treasury, to the planck; the honest workers' jobs are confirmed and their bonds
+//! untouched.
 
 use openledger_testkit as common;
 

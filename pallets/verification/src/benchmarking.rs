@@ -66,6 +66,7 @@ fn insert_audit<T: Config>(
         AuditsByVerifier::<T>::insert(&a.verifier, job, ());
     }
     AuditsByWake::<T>::insert(wake, job, ());
+    AuditsByProvider::<T>::insert(&providers[0], job, ());
     Audits::<T>::insert(
         job,
         Audit {

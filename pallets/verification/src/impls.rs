@@ -112,6 +112,7 @@ impl<T: Config> Pallet<T> {
             return Self::deposit_event(skipped);
         }
         AuditsByVerifier::<T>::insert(&verifier, work.job, ());
+        AuditsByProvider::<T>::insert(&audit.provider, work.job, ());
         AuditsByWake::<T>::insert(audit.wake, work.job, ());
         Self::deposit_event(Event::AuditOpened {
             job: work.job,
@@ -214,6 +215,7 @@ impl<T: Config> Pallet<T> {
     /// Delete `audit` and its index entries.
     fn close(job: JobId, audit: &Audit<T>) {
         Audits::<T>::remove(job);
+        AuditsByProvider::<T>::remove(&audit.provider, job);
         AuditsByWake::<T>::remove(audit.wake, job);
         for a in audit.verifiers.iter().filter(|a| a.verdict.is_none()) {
             AuditsByVerifier::<T>::remove(&a.verifier, job);
@@ -373,6 +375,13 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
+    /// Open audits of `provider`'s work, at most `limit`.
+    pub fn audits_of_provider(provider: &T::AccountId, limit: u32) -> Vec<JobId> {
+        AuditsByProvider::<T>::iter_key_prefix(provider)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+    }
+
     /// Audits `verifier` must answer now, at most `limit` (for its worker and the runtime API).
     pub fn audits_of_verifier(verifier: &T::AccountId, limit: u32) -> Vec<JobId> {
         AuditsByVerifier::<T>::iter_key_prefix(verifier)
@@ -384,7 +393,8 @@ impl<T: Config> Pallet<T> {
     /// - every audit has between one and [`MAX_VERIFIERS`] verifiers, is indexed under its
     ///   `wake` and nowhere else, and its `wake` is after the current block;
     /// - an accused audit has every verdict; an open one has one verifier;
-    /// - `AuditsByVerifier` holds exactly the verifiers still owing a verdict;
+    /// - `AuditsByVerifier` holds exactly the verifiers still owing a verdict, and
+    ///   `AuditsByProvider` each open audit under its provider;
     /// - at most `MaxOpenAudits` audits are open.
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
         let now = frame_system::Pallet::<T>::block_number();
@@ -393,6 +403,10 @@ impl<T: Config> Pallet<T> {
             let n = audit.verifiers.len();
             ensure!(n >= 1 && n <= MAX_VERIFIERS as usize, "audit without verifiers");
             ensure!(AuditsByWake::<T>::contains_key(audit.wake, job), "audit not indexed");
+            ensure!(
+                AuditsByProvider::<T>::contains_key(&audit.provider, job),
+                "audit not indexed under its provider"
+            );
             ensure!(audit.wake > now, "audit wakes in the past");
             match audit.stage {
                 Stage::Open => ensure!(n == 1, "open audit with several verifiers"),
@@ -417,6 +431,10 @@ impl<T: Config> Pallet<T> {
         ensure!(
             AuditsByVerifier::<T>::iter().count() == owing,
             "verifier index names a verdict not owed"
+        );
+        ensure!(
+            AuditsByProvider::<T>::iter().count() == Audits::<T>::count() as usize,
+            "provider index names a closed audit"
         );
         ensure!(Audits::<T>::count() <= T::MaxOpenAudits::get(), "too many audits");
         ensure!(

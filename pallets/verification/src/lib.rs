@@ -137,6 +137,18 @@ pub mod pallet {
         OptionQuery,
     >;
 
+    /// Each audited provider's open audits (so its worker sees an accusation to contest).
+    #[pallet::storage]
+    pub type AuditsByProvider<T: Config> = StorageDoubleMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        Blake2_128Concat,
+        JobId,
+        (),
+        OptionQuery,
+    >;
+
     /// Each verifier's pending work: the audits it must answer.
     #[pallet::storage]
     pub type AuditsByVerifier<T: Config> = StorageDoubleMap<
@@ -277,6 +289,11 @@ pub mod pallet {
         /// The open audit of `job` (its provider, verifiers, verdicts and stage), if any.
         pub fn audit(job: JobId) -> Option<Audit<T>> {
             Audits::<T>::get(job)
+        }
+
+        /// The open audits of `provider`'s work, at most `limit`.
+        pub fn audits_of(provider: T::AccountId, limit: u32) -> alloc::vec::Vec<JobId> {
+            Self::audits_of_provider(&provider, limit)
         }
 
         /// The jobs `verifier` (a provider) must give its verdict on now, at most `limit`.

@@ -123,6 +123,7 @@ fn a_match_confirms_the_work_and_moves_nothing() {
     build_and_execute(|| {
         let before = ledger();
         let verifier = audited(1, 500);
+        assert_eq!(Verification::audits_of_provider(&P1, 10), vec![1]);
         // Only the assigned verifier answers, once.
         let other = if verifier == P2 { P3 } else { P2 };
         assert_noop!(verdict(other, 1, Verdict::Mismatch), Error::<Test>::NotAssignedVerifier);
@@ -130,6 +131,7 @@ fn a_match_confirms_the_work_and_moves_nothing() {
         assert_ok!(verdict(verifier, 1, Verdict::Match));
         assert!(events().contains(&Event::WorkConfirmed { job: 1, provider: P1 }));
         assert_eq!(Audits::<Test>::count(), 0);
+        assert!(Verification::audits_of_provider(&P1, 10).is_empty());
         assert_noop!(verdict(verifier, 1, Verdict::Match), Error::<Test>::UnknownAudit);
         assert_eq!(ledger(), before);
     });

@@ -26,11 +26,11 @@ use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::overwrite_u32;
 
+use super::{padded_tables, paged_decode, StepPlan, TensorModel};
 use crate::adapters::LoraSlots;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::step::{SeqChunk, StepSegments};
-use crate::tensor_model::{padded_tables, paged_decode, StepPlan, TensorModel};
 use openledger_model::ModelConfig;
 
 /// Graphs kept at once (one per batch size); the least recently used goes first.
