@@ -103,6 +103,11 @@ impl AnswerRecord {
     }
 }
 
+/// The key of an on-chain job's record (`job-<id>`).
+pub fn job_key(job: u64) -> String {
+    format!("job-{job}")
+}
+
 /// The answers directory and how long its records are kept.
 #[derive(Clone, Debug)]
 pub struct AnswerStore {
@@ -123,9 +128,14 @@ impl AnswerStore {
         &self.dir
     }
 
+    /// The file of the record with `key`.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
     /// Writes `record` (to a temporary name first, so a reader never sees half a file).
     pub fn keep(&self, record: &AnswerRecord) -> Result<PathBuf> {
-        let path = self.dir.join(format!("{}.json", record.key));
+        let path = self.path(&record.key);
         let tmp = self.dir.join(format!(".{}.json.tmp", record.key));
         std::fs::write(&tmp, record.to_json().to_string())
             .and_then(|()| std::fs::rename(&tmp, &path))

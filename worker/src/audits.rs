@@ -31,7 +31,7 @@ use openledger_p2p::{
 };
 use tokio::sync::Mutex;
 
-use crate::answers::AnswerRecord;
+use crate::answers::{job_key, AnswerRecord};
 use crate::service::Worker;
 
 /// How often the worker asks the chain for the audits it owes.
@@ -118,7 +118,7 @@ impl Worker {
             return Err(format!("the peer is not a verifier of job {job} owing its verdict"));
         }
         let store = self.config.answers.as_ref().ok_or("this worker keeps no answers")?;
-        let path = store.dir().join(format!("job-{job}.json"));
+        let path = store.path(&job_key(job));
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
         match read {
             Ok(Ok(bytes)) => Ok(bytes),
@@ -214,7 +214,7 @@ impl Worker {
                 "the record's commitment is not the one the receipt signed",
             );
         }
-        if record.key != format!("job-{job}") {
+        if record.key != job_key(job) {
             return Finding::unavailable(format!(
                 "the record is for {}, not job {job}",
                 record.key
