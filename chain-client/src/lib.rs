@@ -45,7 +45,10 @@ pub use errors::{AttributionError, ComputeError, JobsError, RuntimeError, Verifi
 pub use openledger_primitives::token::{MILLI_OPEN, OPEN};
 pub use receipt::{blake2_256, commitment_hash, sign_receipt, ReceiptDraft};
 pub use types::*;
-pub use verification::{Assignment, Audit, AuditOutcome, AuditStage, ProviderSlashed, Verdict};
+pub use verification::{
+    Assignment, Audit, AuditOutcome, AuditStage, Leaf, PendingReveal, ProviderSlashed, Subject,
+    Verdict,
+};
 pub use watcher::AssignmentWatcher;
 
 /// The client configuration: OpenLedger uses Substrate's account, signature and hashing

@@ -11,7 +11,7 @@ use subxt::utils::{AccountId32, MultiAddress};
 use subxt_signer::sr25519::Keypair;
 
 use crate::types::*;
-use crate::verification::{AuditOutcome, ProviderSlashed};
+use crate::verification::{AuditOutcome, ProviderSlashed, Subject};
 use crate::{rpc_err, ChainClient, ChainError, Config, SETTLEMENT_LOOKBACK};
 
 impl ChainClient {
@@ -102,17 +102,17 @@ impl ChainClient {
         Ok(found)
     }
 
-    /// What became of the audits of `jobs` (`Verification.WorkConfirmed`,
+    /// What became of the audits of `subjects` (`Verification.WorkConfirmed`,
     /// `ProviderSlashed` or `AuditAbandoned`) in the best chain's last
-    /// [`SETTLEMENT_LOOKBACK`] blocks; a job not yet decided is absent.
+    /// [`SETTLEMENT_LOOKBACK`] blocks; work not yet decided is absent.
     pub async fn audit_outcomes(
         &self,
-        jobs: BTreeSet<JobId>,
-    ) -> Result<BTreeMap<JobId, AuditOutcome>, ChainError> {
+        jobs: BTreeSet<Subject>,
+    ) -> Result<BTreeMap<Subject, AuditOutcome>, ChainError> {
         #[derive(subxt::ext::scale_decode::DecodeAsType)]
         #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
         struct Closed {
-            job: JobId,
+            subject: Subject,
         }
         let best = self.best().await?.block_number();
         let mut found = BTreeMap::new();
@@ -135,9 +135,9 @@ impl ChainClient {
                     "AuditAbandoned" => AuditOutcome::Abandoned,
                     _ => continue,
                 };
-                let Closed { job } = ev
+                let Closed { subject: job } = ev
                     .decode_fields_unchecked_as::<Closed>()
-                    .map_err(rpc_err("decoding a Verification event's job"))?;
+                    .map_err(rpc_err("decoding a Verification event's subject"))?;
                 if jobs.contains(&job) {
                     found.entry(job).or_insert(outcome);
                 }

@@ -1,5 +1,5 @@
 //! Verification (`pallet-verification`): the audits a verifier owes, their records, verdicts
-//! and contests.
+//! and contests, and the receipts of redeemed vouchers a provider must reveal.
 
 use subxt::dynamic;
 use subxt::ext::{scale_decode::DecodeAsType, scale_encode::EncodeAsType};
@@ -21,6 +21,64 @@ pub enum Verdict {
     /// The serving worker could not hand the job's records over, or they do not hash to the
     /// receipt's commitment.
     Unavailable,
+}
+
+/// What an audit checks (`pallet_verification::Subject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeAsType, DecodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub enum Subject {
+    /// An on-chain job.
+    Job(JobId),
+    /// A request served on a payment channel, revealed from a redeemed voucher.
+    Request {
+        /// The channel.
+        channel: u64,
+        /// The gateway's id of the request.
+        request: u64,
+    },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Job(job) => write!(f, "job {job}"),
+            Subject::Request { channel, request } => {
+                write!(f, "request {request} of channel {channel}")
+            },
+        }
+    }
+}
+
+/// A leaf of a redeemed voucher's receipts tree (`pallet_verification::Leaf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, EncodeAsType, DecodeAsType)]
+#[encode_as_type(crate_path = "subxt::ext::scale_encode")]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct Leaf {
+    /// The channel.
+    pub channel: u64,
+    /// The redeemed voucher's sequence.
+    pub sequence: u64,
+    /// The leaf's index in the tree.
+    pub index: u64,
+}
+
+/// A drawn leaf waiting for its receipt (`pallet_verification::PendingReveal`).
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct PendingReveal {
+    /// The provider that must reveal it.
+    pub provider: AccountId32,
+    /// The channel's payer.
+    pub payer: AccountId32,
+    /// The redeemed voucher's receipts root.
+    pub receipts_root: H256,
+    /// Its leaves.
+    pub inferences: u64,
+    /// What the redemption paid.
+    pub amount: Balance,
+    /// The last block a reveal is accepted in.
+    pub until: u32,
 }
 
 /// One verifier of an audit (`pallet_verification::Assignment`).
@@ -50,7 +108,7 @@ pub enum AuditStage {
     Contested,
 }
 
-/// A settled job opened for verification (`pallet_verification::Audit`).
+/// Settled work opened for verification (`pallet_verification::Audit`).
 #[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
 #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
 pub struct Audit {
@@ -80,8 +138,8 @@ pub struct Audit {
 #[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
 #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
 pub struct ProviderSlashed {
-    /// The audited job.
-    pub job: JobId,
+    /// The audited work.
+    pub subject: Subject,
     /// The provider slashed.
     pub provider: AccountId32,
     /// Back to the payer.
@@ -104,42 +162,73 @@ pub enum AuditOutcome {
 }
 
 impl ChainClient {
-    /// The jobs `verifier` (a provider) must give a verdict on now, at the best block.
-    pub async fn audits_to_verify(&self, verifier: &AccountId32) -> Result<Vec<JobId>, ChainError> {
-        self.audit_index("AuditsByVerifier", verifier).await
+    /// The work `verifier` (a provider) must give a verdict on now, at the best block.
+    pub async fn audits_to_verify(
+        &self,
+        verifier: &AccountId32,
+    ) -> Result<Vec<Subject>, ChainError> {
+        self.index_of("AuditsByVerifier", verifier).await
     }
 
     /// The open audits of `provider`'s work, at the best block.
     pub async fn audits_of_provider(
         &self,
         provider: &AccountId32,
-    ) -> Result<Vec<JobId>, ChainError> {
-        self.audit_index("AuditsByProvider", provider).await
+    ) -> Result<Vec<Subject>, ChainError> {
+        self.index_of("AuditsByProvider", provider).await
     }
 
-    /// The jobs under `who` in `Verification.<index>` (a map account -> job -> ()).
-    async fn audit_index(&self, index: &str, who: &AccountId32) -> Result<Vec<JobId>, ChainError> {
+    /// The drawn receipts `provider` must reveal now, with what they are checked against, at
+    /// the best block.
+    pub async fn reveals_owed(
+        &self,
+        provider: &AccountId32,
+    ) -> Result<Vec<(Leaf, PendingReveal)>, ChainError> {
+        let leaves: Vec<Leaf> = self.index_of("RevealsByProvider", provider).await?;
+        let at = self.best().await?;
+        let mut out = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            let addr = dynamic::storage::<(Leaf,), PendingReveal>("Verification", "Reveals");
+            let value = at
+                .storage()
+                .try_fetch(addr, (leaf,))
+                .await
+                .map_err(rpc_err("reading Verification.Reveals"))?;
+            if let Some(v) = value {
+                let pending =
+                    v.decode_as().map_err(rpc_err("decoding Verification.Reveals"))?;
+                out.push((leaf, pending));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys under `who` in `Verification.<index>` (a map account -> key -> ()).
+    async fn index_of<K>(&self, index: &str, who: &AccountId32) -> Result<Vec<K>, ChainError>
+    where
+        K: DecodeAsType + EncodeAsType + Ord + 'static,
+    {
         let at = self.best().await?;
         let what = format!("reading Verification.{index}");
-        let addr = dynamic::storage::<(AccountId32, JobId), ()>("Verification", index);
+        let addr = dynamic::storage::<(AccountId32, K), ()>("Verification", index);
         let mut entries = at.storage().iter(addr, (*who,)).await.map_err(rpc_err(&what))?;
         let mut out = Vec::new();
         while let Some(entry) = entries.next().await {
             let entry = entry.map_err(rpc_err(&what))?;
-            let (_, job) = entry.key().and_then(|k| k.decode()).map_err(rpc_err(&what))?;
-            out.push(job);
+            let (_, key) = entry.key().and_then(|k| k.decode()).map_err(rpc_err(&what))?;
+            out.push(key);
         }
         out.sort_unstable();
         Ok(out)
     }
 
-    /// The open audit of `job`, if there is one.
-    pub async fn audit(&self, job: JobId) -> Result<Option<Audit>, ChainError> {
+    /// The open audit of `subject`, if there is one.
+    pub async fn audit(&self, subject: Subject) -> Result<Option<Audit>, ChainError> {
         let at = self.best().await?;
-        let addr = dynamic::storage::<(JobId,), Audit>("Verification", "Audits");
+        let addr = dynamic::storage::<(Subject,), Audit>("Verification", "Audits");
         let value = at
             .storage()
-            .try_fetch(addr, (job,))
+            .try_fetch(addr, (subject,))
             .await
             .map_err(rpc_err("reading Verification.Audits"))?;
         value
@@ -148,22 +237,36 @@ impl ChainClient {
             .map_err(rpc_err("decoding Verification.Audits"))
     }
 
-    /// Post a verifier's verdict on `job` with the hash of the evidence it recomputed.
+    /// Post a verifier's verdict on `subject` with the hash of the evidence it recomputed.
     pub async fn submit_verdict(
         &self,
         signer: &Keypair,
-        job: JobId,
+        subject: Subject,
         verdict: Verdict,
         evidence: [u8; 32],
     ) -> Result<(), ChainError> {
-        self.submit("Verification", "submit_verdict", (job, verdict, H256(evidence)), signer)
-            .await?;
+        let args = (subject, verdict, H256(evidence));
+        self.submit("Verification", "submit_verdict", args, signer).await?;
         Ok(())
     }
 
-    /// Contest the verdict that found `job`'s work wrong (the audited provider's worker).
-    pub async fn contest(&self, signer: &Keypair, job: JobId) -> Result<(), ChainError> {
-        self.submit("Verification", "contest", (job,), signer).await?;
+    /// Contest the verdict that found `subject`'s work wrong (the audited provider's worker).
+    pub async fn contest(&self, signer: &Keypair, subject: Subject) -> Result<(), ChainError> {
+        self.submit("Verification", "contest", (subject,), signer).await?;
+        Ok(())
+    }
+
+    /// Reveal the receipt at `leaf` (its signed bytes and its path to the voucher's root,
+    /// bottom up), so the chain opens the audit of its request.
+    pub async fn reveal(
+        &self,
+        signer: &Keypair,
+        leaf: Leaf,
+        receipt: Vec<u8>,
+        proof: Vec<Option<[u8; 32]>>,
+    ) -> Result<(), ChainError> {
+        let proof: Vec<Option<H256>> = proof.into_iter().map(|s| s.map(H256)).collect();
+        self.submit("Verification", "reveal", (leaf, receipt, proof), signer).await?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ pub use error::ChannelError;
 pub use payer::{Entry, PayerChannel};
 pub use provider::{ProviderChannel, RedeemPolicy, RedeemReason};
 pub use receipt::{ContextShare, ServiceReceipt, SignedReceipt};
-pub use store::Store;
+pub use store::{RedeemedTree, Revealed, Store};
 
 /// Adapters one voucher's breakdown names (the runtime's `MaxAdaptersPerVoucher`).
 pub const MAX_VOUCHER_ADAPTERS: usize = 16;

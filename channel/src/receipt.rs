@@ -39,8 +39,9 @@ use openledger_primitives::voucher::ChannelId;
 
 use crate::error::ChannelError;
 
-/// Domain separation tag: the first bytes of every signed service receipt.
-pub const SERVICE_RECEIPT_DOMAIN: [u8; 29] = *b"openledger/service-receipt/v2";
+/// Domain separation tag: the first bytes of every signed service receipt (the chain decodes
+/// revealed receipts with the same tag).
+pub use openledger_primitives::service_receipt::SERVICE_RECEIPT_DOMAIN;
 
 /// The tag of version 1 receipts, which carried no commitment hash.
 pub const SERVICE_RECEIPT_DOMAIN_V1: [u8; 29] = *b"openledger/service-receipt/v1";

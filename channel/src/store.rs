@@ -26,6 +26,32 @@ const PROVIDER: TableDefinition<u64, &[u8]> = TableDefinition::new("provider_cha
 const RECEIPTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts_v2");
 /// Receipts a worker signed before they carried a commitment hash (version 1), read only.
 const RECEIPTS_V1: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_receipts");
+/// A worker's receipts vouched for and not yet redeemed: (channel, request) -> (the sequence
+/// of the voucher that answered it, its leaf).
+const VOUCHED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_vouched");
+/// The receipts each redeemed voucher paid for, in tree order: (channel, sequence) ->
+/// requests. What a worker reveals from when the chain draws one for an audit.
+const TREES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("provider_trees");
+
+/// The receipts a redeemed voucher paid for, as the worker recorded them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedeemedTree {
+    /// The requests, in the order of the tree's leaves.
+    pub requests: Vec<u64>,
+    /// The Merkle root of their leaves.
+    pub root: [u8; 32],
+}
+
+/// A receipt revealed from a redeemed voucher's tree, with its path to the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revealed {
+    /// The receipt's signed bytes (its leaf is their hash).
+    pub bytes: Vec<u8>,
+    /// Its siblings from the bottom up.
+    pub proof: Vec<Option<[u8; 32]>>,
+    /// The tree's root.
+    pub root: [u8; 32],
+}
 
 /// The database file of one gateway or worker (a handle: clones share the database).
 #[derive(Clone)]
@@ -44,6 +70,8 @@ impl Store {
         txn.open_table(PROVIDER)?;
         txn.open_table(RECEIPTS)?;
         txn.open_table(RECEIPTS_V1)?;
+        txn.open_table(VOUCHED)?;
+        txn.open_table(TREES)?;
         txn.commit()?;
         Ok(Self { db: std::sync::Arc::new(db) })
     }
@@ -132,6 +160,93 @@ impl Store {
         Ok(out)
     }
 
+    /// Records that the gateway's voucher `sequence` answered the receipt of `request` on
+    /// `channel` (whose leaf is `leaf`): the gateway's tree orders receipts by that sequence.
+    pub fn note_vouched(
+        &self,
+        channel: u64,
+        request: u64,
+        sequence: u64,
+        leaf: [u8; 32],
+    ) -> Result<(), ChannelError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(VOUCHED)?.insert((channel, request), (sequence, leaf).encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The chain redeemed voucher `upto` of `channel`, the one before having been `after`: the
+    /// receipts vouched between them, ordered by the voucher that answered each, are the
+    /// redeemed tree's leaves. Keeps their requests under `(channel, upto)`, forgets them as
+    /// vouched, and returns the tree.
+    pub fn seal_tree(
+        &self,
+        channel: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<RedeemedTree, ChannelError> {
+        let txn = self.db.begin_write()?;
+        let tree = {
+            let mut vouched = txn.open_table(VOUCHED)?;
+            let mut covered: Vec<(u64, u64, [u8; 32])> = Vec::new();
+            for row in vouched.range((channel, 0)..=(channel, u64::MAX))? {
+                let (key, value) = row?;
+                let (sequence, leaf) = <(u64, [u8; 32])>::decode(&mut value.value())?;
+                if sequence > after && sequence <= upto {
+                    covered.push((sequence, key.value().1, leaf));
+                }
+            }
+            covered.sort_unstable();
+            for (_, request, _) in &covered {
+                vouched.remove((channel, *request))?;
+            }
+            let leaves: Vec<[u8; 32]> = covered.iter().map(|c| c.2).collect();
+            let requests: Vec<u64> = covered.iter().map(|c| c.1).collect();
+            txn.open_table(TREES)?.insert((channel, upto), requests.encode().as_slice())?;
+            RedeemedTree { requests, root: crate::merkle::root(&leaves) }
+        };
+        txn.commit()?;
+        Ok(tree)
+    }
+
+    /// The receipt at `index` of redeemed voucher `sequence`'s tree on `channel`, with its
+    /// path, for the chain with `genesis_hash`.
+    pub fn reveal(
+        &self,
+        channel: u64,
+        sequence: u64,
+        index: u64,
+        genesis_hash: [u8; 32],
+    ) -> Result<Revealed, ChannelError> {
+        let missing = |what: String| ChannelError::Store(what);
+        let requests = {
+            let txn = self.db.begin_read()?;
+            let trees = txn.open_table(TREES)?;
+            let bytes = trees
+                .get((channel, sequence))?
+                .ok_or_else(|| missing(format!("no tree of voucher {sequence} on channel {channel}")))?;
+            Vec::<u64>::decode(&mut bytes.value())?
+        };
+        let mut leaves = Vec::with_capacity(requests.len());
+        let mut found = None;
+        for (i, request) in requests.iter().enumerate() {
+            let receipt = self
+                .receipt(channel, *request)?
+                .ok_or_else(|| missing(format!("receipt {request} of channel {channel} is gone")))?;
+            let bytes = receipt.receipt.signing_bytes(genesis_hash);
+            leaves.push(sp_crypto_hashing::blake2_256(&bytes));
+            if i as u64 == index {
+                found = Some(bytes);
+            }
+        }
+        let bytes = found.ok_or_else(|| {
+            missing(format!("voucher {sequence} of channel {channel} has {} receipts, not {}", requests.len(), index + 1))
+        })?;
+        let proof = crate::merkle::proof(&leaves, index as usize)
+            .ok_or_else(|| missing(format!("no path to leaf {index}")))?;
+        Ok(Revealed { bytes, proof, root: crate::merkle::root(&leaves) })
+    }
+
     /// A receipt the worker signed, from the archive.
     pub fn receipt(
         &self,
@@ -171,6 +286,51 @@ mod tests {
             contexts: vec![ContextShare { datanet: 1, ppm: 100_000 }],
             commitment_hash,
         }
+    }
+
+    #[test]
+    fn a_redeemed_voucher_seals_its_tree_in_voucher_order_and_reveals_any_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("worker.redb")).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let genesis = [9; 32];
+        let mut channel = ProviderChannel::new(4, [5; 32], 1_000_000, 100_000);
+        // Requests 10..15 signed; their vouchers came back in another order than they were
+        // sent (voucher sequences 3, 1, 2, 5, 4), and 15 was vouched after the redemption.
+        let order = [(10, 3), (11, 1), (12, 2), (13, 5), (14, 4), (15, 7)];
+        for (request, sequence) in order {
+            let signed = receipt(request, Some([request as u8; 32])).sign(&key, genesis);
+            channel.unvouched.push(signed.clone());
+            store.save_provider(&channel, Some(&signed)).unwrap();
+            store.note_vouched(4, request, sequence, signed.receipt.leaf(genesis)).unwrap();
+        }
+        // Voucher 5 was redeemed, after voucher 0 (none before).
+        let tree = store.seal_tree(4, 0, 5).unwrap();
+        assert_eq!(tree.requests, [11, 12, 10, 14, 13]);
+        let leaves: Vec<[u8; 32]> = tree
+            .requests
+            .iter()
+            .map(|r| store.receipt(4, *r).unwrap().unwrap().receipt.leaf(genesis))
+            .collect();
+        assert_eq!(tree.root, crate::merkle::root(&leaves));
+        for index in 0..5u64 {
+            let revealed = store.reveal(4, 5, index, genesis).unwrap();
+            assert_eq!(revealed.root, tree.root);
+            let leaf = sp_crypto_hashing::blake2_256(&revealed.bytes);
+            assert!(crate::merkle::verify(&tree.root, leaf, index, 5, &revealed.proof));
+            let message =
+                openledger_primitives::service_receipt::ServiceReceiptMessage::decode_v2(
+                    &revealed.bytes,
+                )
+                .expect("a version 2 receipt the chain decodes");
+            assert_eq!(message.request, tree.requests[index as usize]);
+            assert_eq!(message.commitment_hash.0, [message.request as u8; 32]);
+        }
+        let e = store.reveal(4, 5, 5, genesis).unwrap_err();
+        assert!(e.to_string().contains("has 5 receipts, not 6"), "{e}");
+        assert!(store.reveal(4, 6, 0, genesis).is_err(), "no tree of an unredeemed voucher");
+        // Request 15 stays vouched for the next redemption.
+        assert_eq!(store.seal_tree(4, 5, 9).unwrap().requests, [15]);
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn every_voucher_covers_the_receipts_since_the_last_redemption() {
     assert_eq!(v.receipts_root.0, merkle::root(&leaves));
     for (i, leaf) in leaves.iter().enumerate() {
         let path = merkle::proof(&leaves, i).unwrap();
-        assert!(merkle::verify(v.receipts_root.0, *leaf, i, &path));
+        assert!(merkle::verify(&v.receipts_root.0, *leaf, i as u64, leaves.len() as u64, &path));
     }
     assert_eq!(s.provider.redeemable().map(|v| v.voucher.sequence), Some(3));
     assert!(s.provider.unvouched.is_empty());

@@ -163,6 +163,9 @@ pub struct Tolerance {
     /// Largest mean relative error of the committed values: the statistic that separates
     /// small but systematic changes (an adapter skipped) from rounding.
     pub max_mean_relative_error: f32,
+    /// Share of replayed output tokens allowed to differ from what the request's own sampler
+    /// picks from the recomputed logits (see [`VerifyReport::replay_mismatches`]).
+    pub max_replay_mismatch_share: f32,
 }
 
 impl Default for Tolerance {
@@ -175,6 +178,7 @@ impl Default for Tolerance {
             max_value_mismatch_share: 0.05,
             max_index_mismatch_share: 0.10,
             max_mean_relative_error: 0.001,
+            max_replay_mismatch_share: 0.05,
         }
     }
 }
@@ -196,6 +200,16 @@ pub struct VerifyReport {
     pub max_relative_error: f32,
     /// Sum of the relative errors (mean = sum / entries).
     pub sum_relative_error: f64,
+    /// Output tokens replayed: the request's sampler (its temperature, top-k, top-p and seed)
+    /// run again over the logits the verifier recomputed at each output position.
+    pub replayed_tokens: usize,
+    /// Replayed output tokens that differ from the output: the tokens did not come from this
+    /// model and adapter under the claimed sampling, even where the commitment was computed
+    /// honestly afterwards (a cheater that generates with a cheaper model, then prefills
+    /// the output once with the registered one to commit).
+    pub replay_mismatches: usize,
+    /// The commitment the verifier's own rows make (the evidence it recomputed).
+    pub recomputed: ActivationCommitment,
 }
 
 impl VerifyReport {
@@ -208,10 +222,34 @@ impl VerifyReport {
     /// output's tokens and its mismatches are within `tol`.
     pub fn passes(&self, tol: &Tolerance) -> bool {
         let share = |n: usize| if self.entries == 0 { 0.0 } else { n as f32 / self.entries as f32 };
+        let replay_share = if self.replayed_tokens == 0 {
+            0.0
+        } else {
+            self.replay_mismatches as f32 / self.replayed_tokens as f32
+        };
         self.committed_tokens == self.recomputed_tokens
+            && replay_share <= tol.max_replay_mismatch_share
             && share(self.value_mismatches) <= tol.max_value_mismatch_share
             && share(self.index_mismatches) <= tol.max_index_mismatch_share
             && self.mean_relative_error() <= f64::from(tol.max_mean_relative_error)
+    }
+
+    /// The findings in words: the commitment's coverage, its mismatches and errors, and the
+    /// replay's.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} of {} tokens committed; {} value and {} index mismatches in {} entries, mean \
+             error {:.5}, max {:.5}; {} of {} replayed tokens differ",
+            self.committed_tokens,
+            self.recomputed_tokens,
+            self.value_mismatches,
+            self.index_mismatches,
+            self.entries,
+            self.mean_relative_error(),
+            self.max_relative_error,
+            self.replay_mismatches,
+            self.replayed_tokens
+        )
     }
 
     /// Mean relative error of the committed values.
@@ -234,6 +272,9 @@ pub fn compare_row(
     report: &mut VerifyReport,
 ) {
     report.recomputed_tokens += 1;
+    // A row wider than the encoding is left out, which leaves `recomputed` short of the
+    // output: no claim could have been committed from such a model either.
+    let _ = report.recomputed.push_row(row);
     let Some(entries) = commitment.entries(t) else { return };
     let top = top_dims(row, TOP_K + INDEX_SLACK);
     for e in entries {

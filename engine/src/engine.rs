@@ -21,9 +21,9 @@ use crate::error::{EngineError, Result};
 use crate::gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::model::Model;
-use crate::sampling::SamplingParams;
+use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Budgets, Pending, Scheduler};
-use crate::sequence::{Limits, RequestId, StreamEvent, Verification};
+use crate::sequence::{Limits, Replay, RequestId, StreamEvent, Verification};
 use crate::step::SeqChunk;
 
 /// Sizes and budgets of an engine.
@@ -229,8 +229,11 @@ impl Engine {
     /// Queues a verification of another worker's output: recomputes, in prefill passes
     /// batched with the running requests, the rows that picked each of `output`'s tokens
     /// after `prompt` (with `adapter`), and compares them with `claimed`
-    /// ([`crate::commitment::compare_row`], values within `relative`). The channel gets one
-    /// [`StreamEvent::Verified`] with the findings (or [`StreamEvent::Failed`]).
+    /// ([`crate::commitment::compare_row`], values within `relative`). With `replay` (the
+    /// request's sampling parameters, its seed included), it also runs the request's sampler
+    /// over the logits of those rows and counts the output tokens it does not reproduce. The
+    /// channel gets one [`StreamEvent::Verified`] with the findings (or
+    /// [`StreamEvent::Failed`]).
     pub fn submit_verification(
         &mut self,
         prompt: &[u32],
@@ -238,7 +241,13 @@ impl Engine {
         adapter: Option<String>,
         claimed: ActivationCommitment,
         relative: f32,
+        replay: Option<SamplingParams>,
     ) -> Result<(RequestId, Receiver<StreamEvent>)> {
+        if let Some(Err(e)) = replay.as_ref().map(SamplingParams::check) {
+            let request = self.next_id;
+            self.next_id += 1;
+            return Err(EngineError::InvalidSampling { request, message: e });
+        }
         if prompt.is_empty() {
             let request = self.next_id;
             self.next_id += 1;
@@ -262,6 +271,7 @@ impl Engine {
             rows: output.len(),
             relative,
             report,
+            replay: replay.map(|p| Replay { sampler: Sampler::new(p), output: output.to_vec() }),
         };
         Ok((id, self.queue(id, tokens, adapter, params, Some(verify))))
     }
@@ -482,17 +492,24 @@ impl Engine {
         drop(chunks);
         let logits = out.logits;
         if !hidden_rows.is_empty() {
+            // Verifications that replay sampling need each row's logits too.
+            let replaying = plan.iter().any(|&(i, _)| self.scheduler.running[i].replays());
+            let row_logits = if replaying {
+                self.model.logits_of(&out.hidden)?.to_vec2::<f32>()?
+            } else {
+                Vec::new()
+            };
             let hidden = out.hidden.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-            let mut rows = hidden.iter();
+            let mut rows = hidden.iter().enumerate();
             for &(i, n) in plan {
                 let s = &mut self.scheduler.running[i];
                 for r in s.rows_to_read(n) {
-                    let row = rows.next().ok_or_else(|| {
+                    let (k, row) = rows.next().ok_or_else(|| {
                         EngineError::Backend(
                             "the model returned fewer hidden rows than asked".into(),
                         )
                     })?;
-                    s.take_row(r, row)?;
+                    s.take_row(r, row, row_logits.get(k).map(Vec::as_slice))?;
                 }
             }
         }

@@ -277,6 +277,27 @@ impl Model {
         &self.device
     }
 
+    /// The logits of final-norm rows (a [`StepOutput::hidden`]), `[rows, vocab]` f32: the
+    /// LM head as a step applies it to a chunk's last row, so a row gives the logits it gave
+    /// there (bit for bit on the host path, whose LM head is row-independent).
+    pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.backend {
+            Backend::Tensor(t) => t.logits_of(hidden),
+            Backend::Host { weights, .. } => {
+                let (n, width) = hidden.dims2()?;
+                let rows = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let logits = weights.lm_head.forward_input(&mut Input::new(&rows, n))?;
+                if n > 0 && logits.len() != n * self.config.vocab_size {
+                    return Err(EngineError::Backend(format!(
+                        "the LM head gave {} values for {n} rows of {width}",
+                        logits.len()
+                    )));
+                }
+                Ok(Tensor::from_vec(logits, (n, self.config.vocab_size), &self.device)?)
+            },
+        }
+    }
+
     /// Runs one step and returns the logits of each chunk's last token, `[chunks, vocab]`.
     ///
     /// Writes the chunks' keys and values into `cache`; the caller then records the new

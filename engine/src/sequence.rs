@@ -126,6 +126,15 @@ pub(crate) struct Verification {
     pub rows: usize,
     pub relative: f32,
     pub report: VerifyReport,
+    /// The request's sampling, replayed over the recomputed logits, when it is known.
+    pub replay: Option<Replay>,
+}
+
+/// A generation's sampling run again by its verifier: the sampler seeded as the request's
+/// was, and the output it has to reproduce.
+pub(crate) struct Replay {
+    pub sampler: Sampler,
+    pub output: Vec<u32>,
 }
 
 /// What finishing a sequence needs from the model.
@@ -182,12 +191,32 @@ impl Sequence {
         0..0
     }
 
+    /// Whether this is a verification that replays the request's sampling (its rows' logits
+    /// are needed too).
+    pub fn replays(&self) -> bool {
+        self.verify.as_ref().is_some_and(|v| v.replay.is_some())
+    }
+
     /// Takes the final-norm row at offset `r` of this step's chunk (one
-    /// [`Self::rows_to_read`] named; called before `processed` moves on).
-    pub fn take_row(&mut self, r: usize, row: &[f32]) -> crate::error::Result<()> {
+    /// [`Self::rows_to_read`] named; called before `processed` moves on), and its logits
+    /// when [`Self::replays`].
+    pub fn take_row(
+        &mut self,
+        r: usize,
+        row: &[f32],
+        logits: Option<&[f32]>,
+    ) -> crate::error::Result<()> {
         if let Some(v) = &mut self.verify {
             let token = self.processed + r - v.first_row;
             crate::commitment::compare_row(&v.claimed, token, row, v.relative, &mut v.report);
+            if let (Some(replay), Some(logits)) = (&mut v.replay, logits) {
+                // Rows arrive in position order, so the sampler draws as the generator did.
+                let picked = replay.sampler.sample(logits);
+                v.report.replayed_tokens += 1;
+                if replay.output.get(token) != Some(&picked) {
+                    v.report.replay_mismatches += 1;
+                }
+            }
             return Ok(());
         }
         match &mut self.activations {

@@ -380,6 +380,13 @@ impl TensorModel {
         Ok((logits, h))
     }
 
+    /// The logits of final-norm rows in the model's dtype (`[rows, hidden]`), as
+    /// [`Self::forward`] computes them for the chunks' last rows.
+    pub(crate) fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = hidden.to_dtype(self.dtype())?;
+        Ok(h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+
     /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached
     /// positions; returns the same shape, rows in batch order.
     fn attend(

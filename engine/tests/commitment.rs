@@ -1,7 +1,8 @@
 //! Activation commitments on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF): an
 //! honest generation's commitment does not depend on its batch or the thread count and
 //! verifies in a prefill pass; a generation that skipped the adapter, used another adapter or
-//! dropped layers does not.
+//! dropped layers does not; and tokens generated another way but committed with the
+//! registered model afterwards fail the replay of the request's sampling.
 
 use openledger_testkit::procs::model_if_present;
 
@@ -41,13 +42,26 @@ fn engine_with(
     e
 }
 
+/// 40 greedy tokens.
+fn greedy() -> SamplingParams {
+    SamplingParams { max_tokens: 40, ignore_eos: true, ..Default::default() }
+}
+
 /// Submits every `(prompt, adapter)` at once, runs them as one batch, and returns each one's
 /// prompt tokens, output tokens and commitment.
 fn generate(
     e: &mut Engine,
     requests: &[(&str, Option<&str>)],
 ) -> Vec<(Vec<u32>, Vec<u32>, ActivationCommitment)> {
-    let params = SamplingParams { max_tokens: 40, ignore_eos: true, ..Default::default() };
+    generate_with(e, requests, &greedy())
+}
+
+/// [`generate`] with `params`.
+fn generate_with(
+    e: &mut Engine,
+    requests: &[(&str, Option<&str>)],
+    params: &SamplingParams,
+) -> Vec<(Vec<u32>, Vec<u32>, ActivationCommitment)> {
     let rxs: Vec<_> = requests
         .iter()
         .map(|(p, a)| {
@@ -83,13 +97,21 @@ type Claim<'a> = (&'a [u32], &'a [u32], Option<&'a str>, &'a ActivationCommitmen
 
 /// Verifies each claim, all queued at once.
 fn verify(e: &mut Engine, claims: &[Claim<'_>]) -> Vec<VerifyReport> {
+    verify_replaying(e, claims, None)
+}
+
+/// [`verify`], replaying `sampling` over the recomputed logits when given.
+fn verify_replaying(
+    e: &mut Engine,
+    claims: &[Claim<'_>],
+    sampling: Option<&SamplingParams>,
+) -> Vec<VerifyReport> {
     let tol = Tolerance::default();
     let rxs: Vec<_> = claims
         .iter()
         .map(|(p, o, a, c)| {
-            e.submit_verification(p, o, a.map(str::to_string), (*c).clone(), tol.relative)
-                .unwrap()
-                .1
+            let (a, c) = (a.map(str::to_string), (*c).clone());
+            e.submit_verification(p, o, a, c, tol.relative, sampling.cloned()).unwrap().1
         })
         .collect();
     e.run_until_idle().unwrap();
@@ -190,4 +212,49 @@ fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
         assert!(!r.passes(&tol), "{what} passed: {r:?}");
     }
     assert!(reports[4].passes(&tol), "the honest claim beside them: {:?}", reports[4]);
+}
+
+#[test]
+fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
+    let Some(path) = model_if_present() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let tokenizer = base.tokenizer().clone();
+    let mut e =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let mut verifier =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
+    let tol = Tolerance::default();
+    let sampled = SamplingParams { temperature: 0.8, top_p: 0.95, seed: 5, ..greedy() };
+    for params in [greedy(), sampled] {
+        // Honest: adapter `a`, batched with another request; the replay reproduces every token.
+        let honest = generate_with(&mut e, &[(PROMPTS[1], Some("a")), (PROMPTS[0], Some("b"))], &params);
+        let (p, o, c) = &honest[0];
+        let r = &verify_replaying(&mut verifier, &[(p, o, Some("a"), c)], Some(&params))[0];
+        assert_eq!((r.replayed_tokens, r.replay_mismatches), (40, 0), "{r:?}");
+        assert!(r.passes(&tol), "honest ({params:?}): {r:?}");
+        // The replay is a check, not a rubber stamp: another seed does not reproduce them.
+        if params.temperature > 0.0 {
+            let other = SamplingParams { seed: 6, ..params.clone() };
+            let r = &verify_replaying(&mut verifier, &[(p, o, Some("a"), c)], Some(&other))[0];
+            assert!(r.replay_mismatches > 0 && !r.passes(&tol), "another seed: {r:?}");
+        }
+
+        // The cheater generates with adapter `b` (or none), then commits honestly: the
+        // registered model and adapter `a` run once over its prompt and output.
+        for cheat in [Some("b"), None] {
+            let served = generate_with(&mut e, &[(PROMPTS[1], cheat)], &params);
+            let (p, o, c) = &served[0];
+            let rows = &verify(&mut verifier, &[(p, o, Some("a"), c)])[0];
+            let recommitted = rows.recomputed.clone();
+            assert_eq!(recommitted.tokens(), 40);
+            let r = &verify_replaying(&mut verifier, &[(p, o, Some("a"), &recommitted)], Some(&params))[0];
+            eprintln!("{cheat:?} at temperature {}: {}", params.temperature, r.summary());
+            // The commitment alone cannot tell: it was computed with the registered weights.
+            assert_eq!((r.value_mismatches, r.index_mismatches), (0, 0), "{r:?}");
+            assert!(r.replay_mismatches > 0, "{r:?}");
+            assert!(!r.passes(&tol), "a recommitted cheat passed: {r:?}");
+        }
+    }
 }

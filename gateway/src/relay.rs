@@ -325,7 +325,11 @@ pub(crate) async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiv
                         (Some(_), ChannelRequest::Serve { .. }) => {
                             ChannelResponse::Refused("a gateway serves no requests".into())
                         },
-                        (Some(_), ChannelRequest::AnswerRecord { .. }) => {
+                        (
+                            Some(_),
+                            ChannelRequest::AnswerRecord { .. }
+                            | ChannelRequest::RequestAnswerRecord { .. },
+                        ) => {
                             ChannelResponse::Refused("a gateway keeps no answer records".into())
                         },
                     };

@@ -99,6 +99,15 @@ pub enum ChannelRequest {
         /// The audited job.
         job: u64,
     },
+    /// Verifier to worker: the kept answer record of request `request` on `channel`, whose
+    /// receipt the chain drew from a redeemed voucher for verification; answered as
+    /// [`ChannelRequest::AnswerRecord`] is.
+    RequestAnswerRecord {
+        /// The channel.
+        channel: u64,
+        /// The gateway's id of the request.
+        request: u64,
+    },
 }
 
 /// The answer to a [`ChannelRequest`].

@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod market;
 pub mod receipt;
+pub mod service_receipt;
 pub mod voucher;
 
 use sp_runtime::{

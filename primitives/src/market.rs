@@ -173,6 +173,29 @@ pub struct SettledWork<AccountId, Balance> {
     pub commitment_hash: sp_core::H256,
 }
 
+/// A redeemed payment-channel voucher: what a verification of the requests it paid for needs
+/// to know. The requests themselves stay off chain; `receipts_root` commits to their receipts
+/// (`crate::service_receipt`), so a sampled one can be revealed and proven.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,
+)]
+pub struct RedeemedWork<AccountId, Balance> {
+    /// The channel.
+    pub channel: crate::voucher::ChannelId,
+    /// The redeemed voucher's sequence.
+    pub sequence: u64,
+    /// The channel's payer, refunded if a request is found served wrong.
+    pub payer: AccountId,
+    /// The channel's provider.
+    pub provider: AccountId,
+    /// The Merkle root of the receipts the redemption paid for.
+    pub receipts_root: sp_core::H256,
+    /// How many receipts (leaves) that is.
+    pub inferences: u64,
+    /// What the redemption paid in all.
+    pub amount: Balance,
+}
+
 /// Settled work offered for verification (`pallet-verification` samples a share of it).
 /// Implemented by `()` for a chain that verifies nothing.
 pub trait WorkAudit<AccountId, Balance> {
@@ -181,6 +204,10 @@ pub trait WorkAudit<AccountId, Balance> {
 
     /// Upper bound on the weight of one [`Self::offer`].
     fn offer_weight() -> sp_runtime::Weight;
+
+    /// A channel voucher was redeemed in this block, paying for `work.inferences` requests.
+    /// Returns the weight used, at most [`Self::offer_weight`].
+    fn offer_redemption(work: RedeemedWork<AccountId, Balance>) -> sp_runtime::Weight;
 }
 
 impl<AccountId, Balance> WorkAudit<AccountId, Balance> for () {
@@ -189,6 +216,10 @@ impl<AccountId, Balance> WorkAudit<AccountId, Balance> for () {
     }
 
     fn offer_weight() -> sp_runtime::Weight {
+        sp_runtime::Weight::zero()
+    }
+
+    fn offer_redemption(_work: RedeemedWork<AccountId, Balance>) -> sp_runtime::Weight {
         sp_runtime::Weight::zero()
     }
 }

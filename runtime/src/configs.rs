@@ -302,6 +302,7 @@ impl pallet_channels::Config for Runtime {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type Settlement = Attribution;
+    type Audit = Verification;
     type ChallengeWindow = ChannelChallengeWindow;
     type MaxAdaptersPerVoucher = ConstU32<16>;
     // Each adapter's context entries go to the settlement as one receipt's context.
@@ -379,6 +380,7 @@ impl pallet_verification::Config for Runtime {
     type VerifierSlash = VerifierSlash;
     type MaxOffersPerBlock = ConstU32<1_024>;
     type MaxOpenAudits = ConstU32<4_096>;
+    type MaxSamplesPerRedemption = ConstU32<4>;
     type WeightInfo = pallet_verification::weights::SubstrateWeight<Runtime>;
     #[cfg(feature = "runtime-benchmarks")]
     type BenchmarkHelper = VerificationBenchmarkHelper;

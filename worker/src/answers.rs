@@ -1,7 +1,8 @@
 //! What a worker keeps of each answer for the challenge window, so that a verifier can
 //! recompute it (issue 23): the prompt's and the output's token ids, the adapter by its
-//! registered content hash, and the activation commitment the engine made while generating
-//! ([`openledger_engine::commitment`]). One JSON file per answer in the answers directory,
+//! registered content hash, the sampling that picked the output (temperature, top-k, top-p,
+//! seed: a verifier replays it over its own logits), and the activation commitment the
+//! engine made while generating ([`openledger_engine::commitment`]). One JSON file per answer in the answers directory,
 //! named by what was paid for it (`job-<id>.json`, `channel-<c>-<r>.json`), written before
 //! the receipt leaves the worker and deleted once older than the retention.
 //!
@@ -12,11 +13,48 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use openledger_engine::ActivationCommitment;
+use openledger_engine::{ActivationCommitment, SamplingParams};
 use serde_json::{json, Value};
 
-/// The record format's version.
-pub const RECORD_VERSION: u64 = 1;
+/// The record format's version. Version 1 records (kept before records named their
+/// sampling) are still read, with `sampling` `None`: their verification checks the
+/// commitment alone.
+pub const RECORD_VERSION: u64 = 2;
+
+/// How a kept answer's tokens were picked: what a verifier needs to replay the sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecordedSampling {
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0: all tokens.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl RecordedSampling {
+    /// What a generation with `params` records.
+    pub fn of(params: &SamplingParams) -> Self {
+        Self {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            top_k: params.top_k,
+            seed: params.seed,
+        }
+    }
+
+    /// The sampler settings that replay the `output_tokens` of a record.
+    pub fn replay(&self, output_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            max_tokens: output_tokens.max(1),
+            ..SamplingParams::default()
+        }
+    }
+}
 
 /// One kept answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +66,8 @@ pub struct AnswerRecord {
     pub adapter: Option<(u32, [u8; 32])>,
     pub prompt_tokens: Vec<u32>,
     pub output_tokens: Vec<u32>,
+    /// How the output was sampled (`None` in a version 1 record).
+    pub sampling: Option<RecordedSampling>,
     pub activations: ActivationCommitment,
     /// Seconds since the Unix epoch when it was kept.
     pub kept_at: u64,
@@ -42,6 +82,12 @@ impl AnswerRecord {
             "adapter": self.adapter.map(|(id, hash)| json!({"id": id, "content_hash": format!("0x{}", hex::encode(hash))})),
             "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens,
+            "sampling": self.sampling.map(|p| json!({
+                "temperature": p.temperature,
+                "top_p": p.top_p,
+                "top_k": p.top_k,
+                "seed": p.seed,
+            })),
             "activations": format!("0x{}", hex::encode(self.activations.as_bytes())),
             "kept_at": self.kept_at,
         })
@@ -57,10 +103,10 @@ impl AnswerRecord {
     /// Parses a record's JSON.
     pub fn from_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)?;
-        match v["version"].as_u64() {
-            Some(RECORD_VERSION) => {},
-            other => bail!("version {other:?}, this worker reads version {RECORD_VERSION}"),
-        }
+        let version = match v["version"].as_u64() {
+            Some(n @ (1 | RECORD_VERSION)) => n,
+            other => bail!("version {other:?}, this worker reads versions 1 to {RECORD_VERSION}"),
+        };
         let tokens = |field: &str| -> Result<Vec<u32>> {
             v[field]
                 .as_array()
@@ -90,6 +136,26 @@ impl AnswerRecord {
                 Some((id, hash))
             },
         };
+        let sampling = match (&v["sampling"], version) {
+            (Value::Null, 1) => None,
+            (Value::Null, _) => bail!("`sampling` is missing"),
+            (p, _) => {
+                let number = |name: &str| {
+                    p[name].as_f64().with_context(|| format!("`sampling.{name}` is not a number"))
+                };
+                let integer = |name: &str| {
+                    p[name]
+                        .as_u64()
+                        .with_context(|| format!("`sampling.{name}` is not a whole number"))
+                };
+                Some(RecordedSampling {
+                    temperature: number("temperature")? as f32,
+                    top_p: number("top_p")? as f32,
+                    top_k: usize::try_from(integer("top_k")?)?,
+                    seed: integer("seed")?,
+                })
+            },
+        };
         let activations =
             ActivationCommitment::from_bytes(hex_field(&v["activations"], "activations")?)?;
         Ok(Self {
@@ -97,6 +163,7 @@ impl AnswerRecord {
             adapter,
             prompt_tokens: tokens("prompt_tokens")?,
             output_tokens: tokens("output_tokens")?,
+            sampling,
             activations,
             kept_at: v["kept_at"].as_u64().unwrap_or(0),
         })
@@ -106,6 +173,11 @@ impl AnswerRecord {
 /// The key of an on-chain job's record (`job-<id>`).
 pub fn job_key(job: u64) -> String {
     format!("job-{job}")
+}
+
+/// The key of the record of request `request` on channel `channel` (`channel-<c>-<r>`).
+pub fn request_key(channel: u64, request: u64) -> String {
+    format!("channel-{channel}-{request}")
 }
 
 /// The answers directory and how long its records are kept.
@@ -182,6 +254,7 @@ mod tests {
             adapter: Some((3, [0xab; 32])),
             prompt_tokens: vec![1, 2, 3],
             output_tokens: vec![9],
+            sampling: Some(RecordedSampling { temperature: 0.7, top_p: 0.9, top_k: 40, seed: 11 }),
             activations,
             kept_at: 1_700_000_000,
         };
@@ -201,6 +274,19 @@ mod tests {
         v["output_tokens"] = json!([1, -4]);
         let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
         assert!(format!("{e:#}").contains("output_tokens"), "{e:#}");
+        // The temperature comes back as the same f32 bits (the verifier replays with it).
+        let again = AnswerRecord::from_json(&record.to_json().to_string()).unwrap();
+        assert_eq!(again.sampling.unwrap().temperature.to_bits(), 0.7f32.to_bits());
+        let mut v = record.to_json();
+        v["sampling"] = Value::Null;
+        let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(format!("{e:#}").contains("`sampling` is missing"), "{e:#}");
+        // A version 1 record (no sampling) still reads.
+        v["version"] = json!(1);
+        assert_eq!(AnswerRecord::from_json(&v.to_string()).unwrap().sampling, None);
+        v["version"] = json!(3);
+        let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(format!("{e:#}").contains("version Some(3)"), "{e:#}");
         let e = AnswerRecord::read(&dir.path().join("missing.json")).unwrap_err();
         assert!(format!("{e:#}").contains("missing.json"), "{e:#}");
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openledger_chain_client::channels::{ChannelPhase, ChannelStatus, VoucherArg};
-use openledger_chain_client::{fee_for, AdapterId, Balance, RefusalReason};
+use openledger_chain_client::{fee_for, AdapterId, Balance, RefusalReason, Subject};
 use openledger_channel::{
     ChannelError, ContextShare, ProviderChannel, RedeemPolicy, ServiceReceipt, SignedReceipt, Store,
 };
@@ -38,7 +38,13 @@ use openledger_p2p::{
 };
 use tokio::sync::{mpsc, Mutex};
 
+use crate::answers::{self, RecordedSampling};
 use crate::service::{refusal_for, sampling, Refusal, Worker};
+
+/// A channel request's generation, started: its prompt tokens, the engine's events, and the
+/// sampling its answer record names.
+type Started =
+    (Vec<u32>, mpsc::UnboundedReceiver<openledger_engine::StreamEvent>, RecordedSampling);
 
 /// How the worker serves channels.
 #[derive(Clone, Debug)]
@@ -154,7 +160,13 @@ impl Worker {
                 },
                 ChannelRequest::AnswerRecord { job } => {
                     let worker = Arc::clone(&self);
-                    tokio::spawn(async move { worker.answer_record_request(from, id, job).await });
+                    let subject = Subject::Job(job);
+                    tokio::spawn(async move { worker.answer_record_request(from, id, subject).await });
+                },
+                ChannelRequest::RequestAnswerRecord { channel, request } => {
+                    let worker = Arc::clone(&self);
+                    let subject = Subject::Request { channel, request };
+                    tokio::spawn(async move { worker.answer_record_request(from, id, subject).await });
                 },
             }
         }
@@ -197,7 +209,7 @@ impl Worker {
                 return;
             },
         };
-        let (prompt, events) = started;
+        let (prompt, events, recorded) = started;
         let prompt_tokens = prompt.len();
         if let Err(e) = self.p2p.answer_channel(id, ChannelResponse::Accepted).await {
             tracing::warn!(channel, request, error = %e, "could not accept the channel request");
@@ -219,9 +231,10 @@ impl Worker {
             },
         };
         self.keep_answer(
-            format!("channel-{channel}-{request}"),
+            answers::request_key(channel, request),
             admitted.adapter,
             &prompt,
+            recorded,
             &streamed,
         )
         .await;
@@ -297,19 +310,24 @@ impl Worker {
         &self,
         payload: &[u8],
         adapter: AdapterId,
-    ) -> Result<(Vec<u32>, mpsc::UnboundedReceiver<openledger_engine::StreamEvent>), Refusal> {
+    ) -> Result<Started, Refusal> {
         let payload = JobPayload::from_bytes(payload).map_err(|e| {
             Refusal::new(RefusalReason::MalformedPayload, format!("not a job payload: {e}"))
         })?;
-        let name = self.config.adapters.get(&adapter).cloned();
-        self.engine
+        // The test-only cheat runs the base model alone while the receipt names the adapter.
+        let name = self.config.adapters.get(&adapter).cloned().filter(|_| !self.config.cheat_skip_adapter);
+        let params = sampling(&payload);
+        let recorded = RecordedSampling::of(&params);
+        let (prompt, events) = self
+            .engine
             .generate_counted(GenerationRequest {
                 prompt: self.prompt_of(&payload)?,
                 adapter: name,
-                params: sampling(&payload),
+                params,
             })
             .await
-            .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))
+            .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))?;
+        Ok((prompt, events, recorded))
     }
 
     /// The provider's price plus the adapter's, per 1,000 tokens: what a channel request is
@@ -439,7 +457,7 @@ impl Worker {
         match status {
             Ok(ChannelStatus::Open(c)) => {
                 if let Some(served) = channels.get_mut(&channel) {
-                    served.channel.on_redeemed(c.redeemed, c.sequence);
+                    book.redeemed(served, c.redeemed, c.sequence, Some(c.receipts_root.0));
                     served.channel.deposit = c.deposit;
                     served.closing = match c.phase {
                         ChannelPhase::Closing { until } => Some(until),
@@ -565,7 +583,8 @@ impl Worker {
                 self.metrics.jobs.with_label_values(&["settled"]).inc_by(paid.covered);
                 let mut channels = book.channels.lock().await;
                 if let Some(served) = channels.get_mut(&channel) {
-                    served.channel.on_redeemed(paid.redeemed, paid.sequence);
+                    let root = Some(voucher.voucher.receipts_root.0);
+                    book.redeemed(served, paid.redeemed, paid.sequence, root);
                     served.last_redeemed_at = now;
                     if let Err(e) = book.store.save_provider(&served.channel, None) {
                         tracing::warn!(channel, error = %e, "cannot save the channel");
@@ -644,7 +663,7 @@ impl ChannelBook {
         served.channel.signer = c.signer;
         served.channel.deposit = c.deposit;
         served.channel.credit_limit = self.settings.credit_limit;
-        served.channel.on_redeemed(c.redeemed, c.sequence);
+        self.redeemed(served, c.redeemed, c.sequence, Some(c.receipts_root.0));
         served.closing = match c.phase {
             ChannelPhase::Closing { until } => Some(until),
             ChannelPhase::Open => None,
@@ -684,12 +703,61 @@ impl ChannelBook {
     ) -> Result<(), ChannelError> {
         let mut channels = self.channels.lock().await;
         let served = channels.get_mut(&channel).ok_or(ChannelError::UnknownRequest(request))?;
+        // The voucher that answers a receipt places it in the gateway's tree (by its sequence),
+        // whether or not it is the newest: what a reveal of a redeemed voucher is built from.
+        let leaf = served
+            .channel
+            .unvouched
+            .iter()
+            .find(|r| r.receipt.request == request)
+            .map(|r| r.receipt.leaf(genesis_hash));
+        let sequence = voucher.voucher.sequence;
         let mut next = served.channel.clone();
-        next.accept(request, voucher, genesis_hash)?;
+        let accepted = next.accept(request, voucher, genesis_hash);
+        if let (Some(leaf), Ok(()) | Err(ChannelError::StaleVoucher { .. })) = (leaf, &accepted) {
+            self.store.blocking(move |s| s.note_vouched(channel, request, sequence, leaf)).await?;
+        }
+        accepted?;
         let saved = next.clone();
         self.store.blocking(move |s| s.save_provider(&saved, None)).await?;
         served.channel = next;
         Ok(())
+    }
+
+    /// The chain redeemed up to voucher `sequence` of `served`'s channel (`redeemed` planck in
+    /// all; its receipts root `root`, when known): records it, and seals the tree of the
+    /// receipts that voucher paid for, for reveals.
+    fn redeemed(&self, served: &mut Served, redeemed: Balance, sequence: u64, root: Option<[u8; 32]>) {
+        let (channel, before) = (served.channel.channel, served.channel.redeemed_sequence);
+        served.channel.on_redeemed(redeemed, sequence);
+        if served.channel.redeemed_sequence <= before {
+            return;
+        }
+        match self.store.seal_tree(channel, before, sequence) {
+            Ok(tree) if !tree.requests.is_empty() && root.is_some_and(|r| r != tree.root) => tracing::error!(
+                channel,
+                sequence,
+                receipts = tree.requests.len(),
+                "the redeemed voucher's receipts root is not the root of the receipts this worker \
+                 was vouched for: they cannot be revealed if the chain draws one"
+            ),
+            Ok(tree) => {
+                tracing::debug!(channel, sequence, receipts = tree.requests.len(), "tree sealed")
+            },
+            Err(e) => tracing::warn!(channel, sequence, error = %e, "cannot seal the redeemed tree"),
+        }
+    }
+
+    /// The receipt at `leaf` of a redeemed voucher's tree, with its path, for the chain with
+    /// `genesis_hash`.
+    pub(crate) async fn reveal(
+        &self,
+        channel: u64,
+        sequence: u64,
+        index: u64,
+        genesis_hash: [u8; 32],
+    ) -> Result<openledger_channel::Revealed, ChannelError> {
+        self.store.blocking(move |s| s.reveal(channel, sequence, index, genesis_hash)).await
     }
 
     /// Whether `request`'s receipt on `channel` still waits for its voucher.

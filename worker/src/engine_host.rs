@@ -20,7 +20,7 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use openledger_engine::{
     ActivationCommitment, Engine, EngineError, EngineStatus, GenerationRequest, RequestId,
-    StreamEvent, VerifyReport,
+    SamplingParams, StreamEvent, VerifyReport,
 };
 
 enum Command {
@@ -47,6 +47,7 @@ enum Command {
         adapter: Option<String>,
         claimed: ActivationCommitment,
         relative: f32,
+        replay: Option<SamplingParams>,
         events: async_mpsc::UnboundedSender<StreamEvent>,
         accepted: oneshot::Sender<Result<(), EngineError>>,
     },
@@ -124,7 +125,8 @@ impl EngineHost {
 
     /// Recompute the activations of an answer (`prompt` then `output` token ids, with
     /// `adapter`) in prefill passes batched with the running requests, and compare them with
-    /// `claimed` (see [`Engine::submit_verification`]).
+    /// `claimed`, replaying the request's sampling when `replay` gives it (see
+    /// [`Engine::submit_verification`]).
     pub async fn verify(
         &self,
         prompt: Vec<u32>,
@@ -132,11 +134,20 @@ impl EngineHost {
         adapter: Option<String>,
         claimed: ActivationCommitment,
         relative: f32,
+        replay: Option<SamplingParams>,
     ) -> Result<VerifyReport, EngineError> {
         let (events, mut rx) = async_mpsc::unbounded_channel();
         let (accepted, answer) = oneshot::channel();
-        let command =
-            Command::Verify { prompt, output, adapter, claimed, relative, events, accepted };
+        let command = Command::Verify {
+            prompt,
+            output,
+            adapter,
+            claimed,
+            relative,
+            replay,
+            events,
+            accepted,
+        };
         self.commands.send(command).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())??;
         while let Some(event) = rx.recv().await {
@@ -235,8 +246,9 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
                 },
             }
         },
-        Command::Verify { prompt, output, adapter, claimed, relative, events, accepted } => {
-            match engine.submit_verification(&prompt, &output, adapter, claimed, relative) {
+        Command::Verify { prompt, output, adapter, claimed, relative, replay, events, accepted } => {
+            match engine.submit_verification(&prompt, &output, adapter, claimed, relative, replay)
+            {
                 Ok((id, from)) => {
                     forwards.push(Forward { id, from, to: events });
                     let _ = accepted.send(Ok(()));

@@ -40,7 +40,7 @@ use subxt::utils::AccountId32;
 use subxt_signer::sr25519::Keypair;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::answers::{self, AnswerRecord, AnswerStore};
+use crate::answers::{self, AnswerRecord, AnswerStore, RecordedSampling};
 use crate::channels::{ChannelBook, ChannelSettings};
 use crate::engine_host::EngineHost;
 use crate::metrics::WorkerMetrics;
@@ -265,12 +265,14 @@ impl Worker {
         }
         // The engine checks the request before anything is acknowledged: a request it refuses
         // is refused on chain, never acknowledged and left to expire.
+        let params = sampling(&payload);
+        let recorded = RecordedSampling::of(&params);
         let (prompt, events) = self
             .engine
             .generate_counted(GenerationRequest {
                 prompt: self.prompt_of(&payload)?,
                 adapter: (!self.config.cheat_skip_adapter).then_some(adapter),
-                params: sampling(&payload),
+                params,
             })
             .await
             .map_err(|e| Refusal::new(refusal_for(&e), e.to_string()))?;
@@ -282,7 +284,8 @@ impl Worker {
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
         let streamed = self.stream_answer(gateway, job, prompt_tokens, events).await?;
-        self.keep_answer(answers::job_key(job), record.adapter, &prompt, &streamed).await;
+        self.keep_answer(answers::job_key(job), record.adapter, &prompt, recorded, &streamed)
+            .await;
         if streamed.cancelled {
             tracing::info!(
                 job,
@@ -432,6 +435,7 @@ impl Worker {
         key: String,
         adapter: AdapterId,
         prompt: &[u32],
+        sampling: RecordedSampling,
         streamed: &Streamed,
     ) {
         let (Some(store), Some((output, activations))) = (&self.config.answers, &streamed.answer)
@@ -443,6 +447,7 @@ impl Worker {
             adapter: self.config.adapter_hashes.get(&adapter).map(|h| (adapter, *h)),
             prompt_tokens: prompt.to_vec(),
             output_tokens: output.clone(),
+            sampling: Some(sampling),
             activations: activations.clone(),
             kept_at: answers::now_secs(),
         };

@@ -7,6 +7,12 @@
 //! does, and the second verifier agrees) and its bond pays the payer back, the verifiers and
 //! the treasury, to the planck; the honest workers' jobs are confirmed and their bonds
 //! untouched.
+//!
+//! The same cheat on the payment-channel path: the cheater serves requests on Alice's
+//! channel; when the channel closes it redeems its voucher, the chain draws its requests by
+//! their leaves in the voucher's receipts tree, the cheater's worker reveals each receipt with
+//! its Merkle path, and the audits that open find the work wrong and refund Alice each
+//! request's charge from the cheater's bond.
 
 use openledger_testkit as common;
 
@@ -14,14 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use openledger_chain_client::{blake2_256, AuditOutcome, ChainClient};
+use openledger_chain_client::{blake2_256, fee_for, AuditOutcome, ChainClient, Subject};
 use openledger_engine::{Engine, EngineConfig, ModelSource, Projection};
 use serde_json::json;
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
 
 use common::node::DevNode;
-use common::procs::{gateway, model, post, worker_with};
+use common::procs::{channel_gateway, gateway, model, post, worker_with};
 use common::{write_adapter, AdapterSpec};
 
 use openledger_chain_client::OPEN;
@@ -29,25 +35,26 @@ use openledger_chain_client::OPEN;
 /// Blocks a verifier has for its verdict, and an accused provider to contest.
 const WINDOW: u32 = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not() {
-    let _serial = common::procs::serial();
+/// A dev node auditing all settled work, with verdict and contest windows of WINDOW blocks.
+async fn auditing_chain() -> (DevNode, tempfile::TempDir, ChainClient) {
     let node = DevNode::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(60)).await.expect("node");
-
-    // Every settled job is audited; verdicts and contests have WINDOW blocks.
     chain.sudo_set_sample_share(&dev::alice(), 1_000_000_000).await.expect("share set");
     common::market::set_block_parameters(&chain, &["VerdictTimeout", "ContestWindow"], WINDOW)
         .await;
+    (node, dir, chain)
+}
 
-    // One adapter (rank 8 on q and v, clearly away from the base model), owned by Eve.
+/// Eve's adapter (rank 8 on q and v, clearly away from the base model), written under
+/// `dir/adapters` and registered; returns its id and the adapters directory.
+async fn support_adapter(chain: &ChainClient, dir: &std::path::Path) -> (u32, std::path::PathBuf) {
     let config = Engine::load(&ModelSource::Gguf(model()), EngineConfig::default(), &Device::Cpu)
         .expect("the model loads")
         .model()
         .config()
         .clone();
-    let adapters_dir = dir.path().join("adapters");
+    let adapters_dir = dir.join("adapters");
     let path = write_adapter(
         &adapters_dir.join("support"),
         &config,
@@ -59,6 +66,33 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
         .register_adapter(&dev::eve(), 0, blake2_256(&weights), 8, 0b101, OPEN / 1_000, &[])
         .await
         .expect("adapter registers");
+    (adapter, adapters_dir)
+}
+
+/// Waits until every audit of `subjects` is decided.
+async fn outcomes_of(
+    chain: &ChainClient,
+    subjects: &BTreeSet<Subject>,
+) -> BTreeMap<Subject, AuditOutcome> {
+    let started = Instant::now();
+    loop {
+        let outcomes = chain.audit_outcomes(subjects.clone()).await.expect("events");
+        if outcomes.len() == subjects.len() {
+            return outcomes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "audits still open after 240 s: decided {outcomes:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not() {
+    let _serial = common::procs::serial();
+    let (node, dir, chain) = auditing_chain().await;
+    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
 
     let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
     let slots = ["--max-concurrent", "2"];
@@ -108,21 +142,11 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
 
     // Every audit ends: verified by another worker, the cheater's found wrong (and slashed
     // once its contest window passed), the honest ones confirmed.
-    let started = Instant::now();
-    let outcomes = loop {
-        let outcomes = chain.audit_outcomes(jobs.clone()).await.expect("events");
-        if outcomes.len() == jobs.len() {
-            break outcomes;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "audits still open after 240 s: decided {outcomes:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let subjects: BTreeSet<Subject> = jobs.iter().map(|j| Subject::Job(*j)).collect();
+    let outcomes = outcomes_of(&chain, &subjects).await;
     let mut slashed_total = 0;
     for job in &jobs {
-        match &outcomes[job] {
+        match &outcomes[&Subject::Job(*job)] {
             AuditOutcome::Slashed(s) => {
                 assert!(cheated.contains(job), "honest job {job} slashed: {s:?}");
                 assert_eq!(s.provider, ferdie);
@@ -146,4 +170,71 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
     assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
     assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
     assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheater_on_a_payment_channel_reveals_its_receipts_and_is_slashed() {
+    let _serial = common::procs::serial();
+    let (node, dir, chain) = auditing_chain().await;
+    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
+    let (_gateway, http, p2p) = channel_gateway(&node.ws_url(), dir.path(), 120, &[]);
+    // The cheater alone serves the channel and holds its vouchers until the channel closes.
+    let hold = ["--redeem-every-blocks", "1000000", "--redeem-amount-milli", "1000000"];
+    let cheat = [&hold[..], &["--cheat-skip-adapter"]].concat();
+    let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &cheat);
+    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
+    let ferdie = account(&dev::ferdie());
+
+    let mut requests = Vec::new();
+    let mut channel = None;
+    for i in 0..3 {
+        let body = json!({"model": format!("adapter-{adapter}"),
+            "prompt": format!("Question {i}: what is a ledger?"), "max_tokens": 10});
+        let response = post(&format!("{http}/completions"), body).expect("an answer");
+        let info = &response["openledger"];
+        assert!(info["job"].is_null(), "served on the channel: {response}");
+        channel = info["channel"].as_u64();
+        let request: u64 = info["request"].as_str().and_then(|r| r.parse().ok()).expect("id");
+        let usage = &response["usage"];
+        let tokens = usage["prompt_tokens"].as_u64().expect("usage")
+            + usage["completion_tokens"].as_u64().expect("usage");
+        // Ferdie's 2 milli-OPEN per 1,000 tokens (the testkit worker's price) plus the
+        // adapter's 1: what the receipt charged.
+        requests.push((request, fee_for(tokens, 3 * OPEN / 1_000)));
+    }
+    let channel = channel.expect("a channel");
+    // Two honest verifiers join (after the requests, so none of them served on the channel).
+    let (bob, charlie) = (account(&dev::bob()), account(&dev::charlie()));
+    let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &[]);
+    let _charlie = worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &[]);
+    let mut held = BTreeMap::new();
+    for who in [&bob, &charlie, &ferdie] {
+        held.insert(*who, chain.balances(who).await.expect("balance").1);
+    }
+
+    // Alice closes the channel: the cheater redeems its voucher within the window, every one
+    // of its three requests is drawn and revealed, and the audits that open find them wrong.
+    chain.request_close_channel(&dev::alice(), channel).await.expect("Alice asks to close");
+    let subjects: BTreeSet<Subject> =
+        requests.iter().map(|(r, _)| Subject::Request { channel, request: *r }).collect();
+    let outcomes = outcomes_of(&chain, &subjects).await;
+    let mut slashed_total = 0;
+    for (request, charged) in &requests {
+        let subject = Subject::Request { channel, request: *request };
+        let AuditOutcome::Slashed(s) = &outcomes[&subject] else {
+            panic!("the cheater's {subject} was not found wrong: {:?}", outcomes[&subject])
+        };
+        assert_eq!(s.provider, ferdie);
+        // Alice, the channel's payer, gets the request's charge back from the slash.
+        assert_eq!(s.refunded, *charged, "{subject}: the payer is refunded its charge");
+        assert!(s.rewarded > 0 && s.to_treasury >= s.rewarded, "{s:?}");
+        slashed_total += s.refunded + s.rewarded + s.to_treasury;
+    }
+    let held_now = |who: AccountId32| {
+        let chain = chain.clone();
+        async move { chain.balances(&who).await.expect("balance").1 }
+    };
+    assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
+    assert_eq!(held_now(bob).await, held[&bob], "an honest verifier's bond was touched");
+    assert_eq!(held_now(charlie).await, held[&charlie], "an honest verifier's bond was touched");
 }

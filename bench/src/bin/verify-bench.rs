@@ -3,7 +3,8 @@
 //! refuses an honest worker, and what verifying costs next to the generation it checks.
 //!
 //! Every job is a random prompt (16 to 64 token ids) with one of `--adapters` random rank-16
-//! adapters, generating `--tokens` tokens greedily. Honest jobs are generated in batches of
+//! adapters, generating `--tokens` tokens (greedily, or at `--temperature` with top-p 0.95
+//! and the job's own seed). Honest jobs are generated in batches of
 //! 1, 8 and 32 on `--threads` threads and verified on `--verifier-threads`; each cheat
 //! generates the same jobs its own way and claims the honest model and adapter:
 //! - `adapter-skipped`: the base model alone;
@@ -11,7 +12,11 @@
 //! - `lower-precision`: the registered Q4_1 weights served as Q4_0;
 //! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none);
 //! - `other-model`: another checkpoint of the same shape (every weight moved by noise of
-//!   `--perturb` x its matrix's RMS, requantized to Q4_1), with the job's adapter.
+//!   `--perturb` x its matrix's RMS, requantized to Q4_1), with the job's adapter;
+//! - any of these with `+commit`: the cheater generates that way, then runs the registered
+//!   model and adapter over the prompt and its output once (a prefill, far cheaper than
+//!   generating on a GPU) to commit honest activations; only replaying the request's sampling
+//!   over the verifier's logits can tell.
 //!
 //! Prints one JSON object per scenario and a table.
 
@@ -56,6 +61,9 @@ struct Args {
     /// Noise of the `other-model` cheat's weights, relative to each matrix's RMS.
     #[arg(long, default_value_t = 0.05)]
     perturb: f32,
+    /// Sampling temperature of every job (0: greedy; above 0, top-p 0.95 and a seed per job).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
     /// Only these scenarios.
     #[arg(
         long,
@@ -65,10 +73,11 @@ struct Args {
     only: Vec<String>,
 }
 
-/// One job: its prompt and the adapter it is claimed to use.
+/// One job: its prompt, the adapter it is claimed to use, and its sampling.
 struct Job {
     prompt: Vec<u32>,
     adapter: Option<String>,
+    params: SamplingParams,
 }
 
 /// What a worker returned for a job.
@@ -109,15 +118,27 @@ fn main() -> Result<()> {
         .map(|i| Job {
             prompt: (0..rng.random_range(16..=64)).map(|_| rng.random_range(100..vocab)).collect(),
             adapter: Some(names[i % names.len()].clone()),
+            params: SamplingParams {
+                temperature: args.temperature,
+                top_p: if args.temperature > 0.0 { 0.95 } else { 1.0 },
+                seed: i as u64,
+                max_tokens: args.tokens,
+                ignore_eos: true,
+                ..Default::default()
+            },
         })
         .collect();
     let tol = Tolerance::default();
     println!(
-        "{:<16} {:>6} {:>9} {:>9} {:>12} {:>12} {:>10}",
-        "scenario", "jobs", "refused", "rate", "mean_err", "max_err", "verify/gen"
+        "{:<24} {:>6} {:>9} {:>9} {:>12} {:>12} {:>10} {:>10}",
+        "scenario", "jobs", "refused", "rate", "mean_err", "max_err", "replay_off", "verify/gen"
     );
     for scenario in &args.only {
-        let (served, gen_time): (Vec<(usize, Served)>, Duration) = match scenario.as_str() {
+        let (generator, recommit) = match scenario.strip_suffix("+commit") {
+            Some(g) => (g, true),
+            None => (scenario.as_str(), false),
+        };
+        let (mut served, gen_time): (Vec<(usize, Served)>, Duration) = match generator {
             "honest" => {
                 // Batches of 1, 8 and 32 in turn, each on its own engine.
                 let mut all = Vec::new();
@@ -125,8 +146,7 @@ fn main() -> Result<()> {
                 for (k, &b) in [1usize, 8, 32].iter().enumerate() {
                     let mut e = engine(same()?, args.threads, b, true)?;
                     let part: Vec<usize> = (k..jobs.len()).step_by(3).collect();
-                    let (s, t) =
-                        serve(&mut e, &jobs, &part, b, args.tokens, |j| j.adapter.clone())?;
+                    let (s, t) = serve(&mut e, &jobs, &part, b, |j| j.adapter.clone())?;
                     all.extend(s);
                     time += t;
                 }
@@ -134,11 +154,11 @@ fn main() -> Result<()> {
             },
             "adapter-skipped" => {
                 let mut e = engine(same()?, args.threads, 32, true)?;
-                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |_| None)?
+                serve(&mut e, &jobs, &all(&jobs), 32, |_| None)?
             },
             "other-adapter" => {
                 let mut e = engine(same()?, args.threads, 32, true)?;
-                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| {
+                serve(&mut e, &jobs, &all(&jobs), 32, |j| {
                     let i = names.iter().position(|n| Some(n) == j.adapter.as_ref())?;
                     Some(names[(i + 1) % names.len()].clone())
                 })?
@@ -146,7 +166,7 @@ fn main() -> Result<()> {
             "lower-precision" => {
                 let mut e =
                     engine(base.model().requantized(GgmlDType::Q4_0)?, args.threads, 32, true)?;
-                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| j.adapter.clone())?
+                serve(&mut e, &jobs, &all(&jobs), 32, |j| j.adapter.clone())?
             },
             "layers-skipped" => {
                 let mut e = engine(
@@ -155,19 +175,27 @@ fn main() -> Result<()> {
                     32,
                     false,
                 )?;
-                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |_| None)?
+                serve(&mut e, &jobs, &all(&jobs), 32, |_| None)?
             },
             "other-model" => {
                 let model = base.model().perturbed(args.perturb, 5, GgmlDType::Q4_1)?;
                 let mut e = engine(model, args.threads, 32, true)?;
-                serve(&mut e, &jobs, &all(&jobs), 32, args.tokens, |j| j.adapter.clone())?
+                serve(&mut e, &jobs, &all(&jobs), 32, |j| j.adapter.clone())?
             },
             other => bail!("unknown scenario {other}"),
         };
         // Claims: the honest adapter, except the layers cheat (which served no adapter).
-        let claim = |j: &Job| if scenario == "layers-skipped" { None } else { j.adapter.clone() };
+        let claim = |j: &Job| if generator == "layers-skipped" { None } else { j.adapter.clone() };
+        if recommit {
+            // The cheater's honest prefill: the registered model's rows over its own output
+            // make the commitment it claims (what a verifier recomputes, so taken from one).
+            let rows = verify(&mut verifier, &jobs, &served, &claim, &tol, false)?;
+            for ((_, s), r) in served.iter_mut().zip(rows) {
+                s.commitment = r.recomputed;
+            }
+        }
         let t = Instant::now();
-        let reports = verify(&mut verifier, &jobs, &served, &claim, &tol)?;
+        let reports = verify(&mut verifier, &jobs, &served, &claim, &tol, true)?;
         let verify_time = t.elapsed();
         let refused = reports.iter().filter(|r| !r.passes(&tol)).count();
         let mean = reports.iter().map(|r| r.mean_relative_error()).sum::<f64>()
@@ -177,15 +205,27 @@ fn main() -> Result<()> {
         let best_mean =
             reports.iter().map(|r| r.mean_relative_error()).fold(f64::INFINITY, f64::min);
         let rate = refused as f64 / reports.len().max(1) as f64;
+        let replayed: usize = reports.iter().map(|r| r.replayed_tokens).sum();
+        let replay_off: usize = reports.iter().map(|r| r.replay_mismatches).sum();
+        let replay_share = replay_off as f64 / replayed.max(1) as f64;
+        let worst_replay = reports
+            .iter()
+            .map(|r| r.replay_mismatches as f64 / r.replayed_tokens.max(1) as f64)
+            .fold(0f64, f64::max);
+        let best_replay = reports
+            .iter()
+            .map(|r| r.replay_mismatches as f64 / r.replayed_tokens.max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
         let cost = verify_time.as_secs_f64() / gen_time.as_secs_f64().max(1e-9);
         println!(
-            "{:<16} {:>6} {:>9} {:>8.2}% {:>12.5} {:>12.5} {:>9.1}%",
+            "{:<24} {:>6} {:>9} {:>8.2}% {:>12.5} {:>12.5} {:>9.1}% {:>9.1}%",
             scenario,
             reports.len(),
             refused,
             rate * 100.0,
             mean,
             max,
+            replay_share * 100.0,
             cost * 100.0
         );
         println!(
@@ -194,6 +234,10 @@ fn main() -> Result<()> {
                 "scenario": scenario, "jobs": reports.len(), "refused": refused, "rate": rate,
                 "mean_relative_error": mean, "max_relative_error": max,
                 "worst_job_mean_error": worst_mean, "best_job_mean_error": best_mean,
+                "replayed_tokens": replayed, "replay_mismatches": replay_off,
+                "worst_job_replay_mismatch_share": worst_replay,
+                "best_job_replay_mismatch_share": best_replay,
+                "temperature": args.temperature,
                 "generate_s": gen_time.as_secs_f64(), "verify_s": verify_time.as_secs_f64(),
                 "tokens_per_job": args.tokens, "threads": args.threads,
                 "verifier_threads": args.verifier_threads,
@@ -224,17 +268,16 @@ fn serve(
     jobs: &[Job],
     which: &[usize],
     batch: usize,
-    tokens: usize,
     pick: impl Fn(&Job) -> Option<String>,
 ) -> Result<(Vec<(usize, Served)>, Duration)> {
-    let params = SamplingParams { max_tokens: tokens, ignore_eos: true, ..Default::default() };
     let mut out = Vec::new();
     let t = Instant::now();
     for group in which.chunks(batch.max(1)) {
         let rxs = group
             .iter()
             .map(|&i| {
-                Ok((i, e.submit_tokens(jobs[i].prompt.clone(), pick(&jobs[i]), params.clone())?.1))
+                let j = &jobs[i];
+                Ok((i, e.submit_tokens(j.prompt.clone(), pick(j), j.params.clone())?.1))
             })
             .collect::<Result<Vec<_>>>()?;
         e.run_until_idle()?;
@@ -261,13 +304,15 @@ fn finished(rx: &Receiver<StreamEvent>) -> Result<Served> {
     bail!("a job did not finish")
 }
 
-/// Verifies every served job, 32 at a time, claiming `claim`'s adapter.
+/// Verifies every served job, 32 at a time, claiming `claim`'s adapter (and the job's
+/// sampling, replayed, when `replay`).
 fn verify(
     e: &mut Engine,
     jobs: &[Job],
     served: &[(usize, Served)],
     claim: &dyn Fn(&Job) -> Option<String>,
     tol: &Tolerance,
+    replay: bool,
 ) -> Result<Vec<VerifyReport>> {
     let mut reports = Vec::new();
     for group in served.chunks(32) {
@@ -281,6 +326,7 @@ fn verify(
                     claim(j),
                     s.commitment.clone(),
                     tol.relative,
+                    replay.then(|| j.params.clone()),
                 )?
                 .1)
             })

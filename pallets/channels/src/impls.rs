@@ -18,7 +18,7 @@ use frame_support::{
 };
 use frame_system::pallet_prelude::BlockNumberFor;
 use openledger_primitives::{
-    market::{AdapterId, DataNetShare, Settlement},
+    market::{AdapterId, DataNetShare, RedeemedWork, Settlement, WorkAudit},
     receipt::{is_canonical_signature, is_small_order_encoding},
     voucher::ChannelId,
 };
@@ -43,6 +43,7 @@ impl<T: Config> Pallet<T> {
     pub fn redeem_weight(adapters: u32, contexts: u32) -> Weight {
         T::WeightInfo::redeem(adapters, contexts)
             .saturating_add(T::Settlement::settle_weight().saturating_mul(adapters.into()))
+            .saturating_add(T::Audit::offer_weight())
     }
 
     /// Refuse small-order signer keys (see `openledger_primitives::receipt`).
@@ -167,6 +168,16 @@ impl<T: Config> Pallet<T> {
         TotalHeld::<T>::mutate(|total| *total = total.saturating_sub(increment));
         let (provider, redeemed, inferences) =
             (record.provider.clone(), record.redeemed, record.inferences);
+        let offered = T::Audit::offer_redemption(RedeemedWork {
+            channel: voucher.channel,
+            sequence: voucher.sequence,
+            payer: record.payer.clone(),
+            provider: provider.clone(),
+            receipts_root: voucher.receipts_root,
+            inferences: voucher.inferences,
+            amount: increment,
+        });
+        used = used.saturating_add(offered);
         Channels::<T>::insert(voucher.channel, record);
         Self::deposit_event(Event::VoucherRedeemed {
             channel: voucher.channel,

@@ -24,7 +24,7 @@ pub mod types;
 pub mod weights;
 
 use frame_support::traits::fungible::Inspect;
-pub use openledger_primitives::market::Settlement;
+pub use openledger_primitives::market::{RedeemedWork, Settlement, WorkAudit};
 
 /// The balance type of the pallet's currency.
 pub type BalanceOf<T> =
@@ -61,6 +61,10 @@ pub mod pallet {
 
         /// Where a redeemed voucher's payment goes, per adapter (`pallet-attribution`).
         type Settlement: Settlement<Self::AccountId, BalanceOf<Self>>;
+
+        /// Where each redemption is offered for verification (`pallet-verification` draws a
+        /// share of the requests it paid for and has their receipts revealed).
+        type Audit: WorkAudit<Self::AccountId, BalanceOf<Self>>;
 
         /// Blocks after [`Pallet::request_close`] during which the provider may still redeem.
         #[pallet::constant]

@@ -75,10 +75,39 @@ pub const CHALLENGE_WINDOW: u64 = 10;
 pub const MAX_ADAPTERS: u32 = 4;
 pub const MAX_CONTEXTS: u32 = 4;
 
+thread_local! {
+    /// Every redemption offered for verification, in order.
+    pub static OFFERED: core::cell::RefCell<Vec<openledger_primitives::market::RedeemedWork<AccountId, Balance>>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records what redemptions offer for verification.
+pub struct RecordingAudit;
+
+impl openledger_primitives::market::WorkAudit<AccountId, Balance> for RecordingAudit {
+    fn offer(
+        _work: openledger_primitives::market::SettledWork<AccountId, Balance>,
+    ) -> frame_support::weights::Weight {
+        Self::offer_weight()
+    }
+
+    fn offer_weight() -> frame_support::weights::Weight {
+        frame_support::weights::Weight::from_parts(1_000, 0)
+    }
+
+    fn offer_redemption(
+        work: openledger_primitives::market::RedeemedWork<AccountId, Balance>,
+    ) -> frame_support::weights::Weight {
+        OFFERED.with(|o| o.borrow_mut().push(work));
+        Self::offer_weight()
+    }
+}
+
 impl pallet_channels::Config for Test {
     type Currency = Balances;
     type RuntimeHoldReason = RuntimeHoldReason;
     type Settlement = Attribution;
+    type Audit = RecordingAudit;
     type ChallengeWindow = ConstU64<CHALLENGE_WINDOW>;
     type MaxAdaptersPerVoucher = ConstU32<MAX_ADAPTERS>;
     type MaxContextsPerVoucher = ConstU32<MAX_CONTEXTS>;

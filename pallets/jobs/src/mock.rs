@@ -145,6 +145,12 @@ impl openledger_primitives::market::WorkAudit<AccountId, Balance> for RecordingA
     fn offer_weight() -> frame_support::weights::Weight {
         frame_support::weights::Weight::from_parts(1_000, 0)
     }
+
+    fn offer_redemption(
+        _work: openledger_primitives::market::RedeemedWork<AccountId, Balance>,
+    ) -> frame_support::weights::Weight {
+        Self::offer_weight()
+    }
 }
 
 impl pallet_jobs::Config for Test {

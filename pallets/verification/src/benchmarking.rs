@@ -7,6 +7,7 @@ use frame_benchmarking::v2::*;
 use frame_support::{pallet_prelude::*, traits::Hooks};
 use frame_system::{pallet_prelude::BlockNumberFor, RawOrigin};
 use openledger_primitives::market::{AdapterId, JobId};
+use openledger_primitives::service_receipt::{node, ServiceReceiptMessage, SERVICE_RECEIPT_DOMAIN};
 use sp_core::H256;
 use sp_runtime::{traits::Saturating, Perbill};
 
@@ -44,6 +45,44 @@ fn work<T: Config>(job: JobId, provider: &T::AccountId) -> SettledWork<T::Accoun
     }
 }
 
+fn redemption<T: Config>(
+    channel: u64,
+    provider: &T::AccountId,
+) -> RedeemedWork<T::AccountId, BalanceOf<T>> {
+    RedeemedWork {
+        channel,
+        sequence: 1,
+        payer: account("payer", 0, 0),
+        provider: provider.clone(),
+        receipts_root: H256::repeat_byte(4),
+        inferences: 1_000_000,
+        amount: 1_000_000u32.into(),
+    }
+}
+
+/// A pending reveal of `leaf` for `providers[0]`, due by `until`.
+fn insert_reveal<T: Config>(
+    leaf: Leaf,
+    provider: &T::AccountId,
+    receipts_root: H256,
+    inferences: u64,
+    until: BlockNumberFor<T>,
+) {
+    RevealsByWake::<T>::insert(until.saturating_add(1u32.into()), leaf, ());
+    RevealsByProvider::<T>::insert(provider, leaf, ());
+    Reveals::<T>::insert(
+        leaf,
+        PendingReveal {
+            provider: provider.clone(),
+            payer: account("payer", 0, 0),
+            receipts_root,
+            inferences,
+            amount: 1_000_000u32.into(),
+            until,
+        },
+    );
+}
+
 /// An audit of `job` of `providers[0]` in `stage`, with the given verifiers (verdicts given
 /// or not), stored with its index entries.
 fn insert_audit<T: Config>(
@@ -62,6 +101,7 @@ fn insert_audit<T: Config>(
             verdict: verdict.map(|v| (v, H256::repeat_byte(2))),
         })
         .collect();
+    let job = Subject::Job(job);
     for a in assignments.iter().filter(|a| a.verdict.is_none()) {
         AuditsByVerifier::<T>::insert(&a.verifier, job, ());
     }
@@ -105,13 +145,18 @@ mod benchmarks {
     }
 
     /// `d` offered jobs, all drawn, each assigned a verifier among a full list of providers;
-    /// `w` contested audits due, each with two verifiers late: both slashed and replaced.
+    /// `s` redeemed vouchers, each drawing `MaxSamplesPerRedemption` leaves; `w` contested
+    /// audits due, each with two verifiers late: both slashed and replaced; `r` reveals
+    /// missed, each slashing the provider to the payer and the treasury.
     #[benchmark]
-    fn on_initialize(d: Linear<0, 64>, w: Linear<0, 64>) {
+    fn on_initialize(d: Linear<0, 64>, s: Linear<0, 64>, w: Linear<0, 64>, r: Linear<0, 64>) {
         let providers = providers::<T>();
         SampleShare::<T>::put(Perbill::one());
         for job in 0..d {
             Verification::<T>::offer(work::<T>(job.into(), &providers[0]));
+        }
+        for channel in 0..s {
+            Verification::<T>::offer_redemption(redemption::<T>(channel.into(), &providers[0]));
         }
         let now = frame_system::Pallet::<T>::block_number().saturating_add(10u32.into());
         let late = now.saturating_sub(1u32.into());
@@ -125,15 +170,59 @@ mod benchmarks {
                 now,
             );
         }
+        for index in 0..r {
+            let leaf = Leaf { channel: 1_000_000, sequence: 1, index: index.into() };
+            insert_reveal::<T>(leaf, &providers[0], H256::repeat_byte(5), 1_000, late);
+        }
         frame_system::Pallet::<T>::set_block_number(now);
         #[block]
         {
             Verification::<T>::on_initialize(now);
         }
-        // Every late verifier was replaced, and every offered job audited (the runtime's
-        // MaxOpenAudits exceeds both ranges together).
+        // Every late verifier was replaced, every offered job audited, every voucher's leaves
+        // drawn and every missed reveal settled (the runtime's MaxOpenAudits exceeds the
+        // ranges together).
         assert!(Audits::<T>::iter().filter(|(_, a)| a.dismissed.len() == 2).count() as u32 == w);
         assert_eq!(Audits::<T>::count(), d.saturating_add(w));
+        assert_eq!(Reveals::<T>::count(), s.saturating_mul(T::MaxSamplesPerRedemption::get()));
+    }
+
+    /// A receipt revealed at a leaf `p` levels deep, its audit opened with a verifier chosen
+    /// among a full list of providers.
+    #[benchmark]
+    fn reveal(p: Linear<1, 32>) {
+        let providers = providers::<T>();
+        let genesis = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+        let receipt = ServiceReceiptMessage {
+            domain: SERVICE_RECEIPT_DOMAIN,
+            genesis_hash: H256::from_slice(genesis.as_ref()),
+            channel: 3,
+            request: 9,
+            adapter: T::BenchmarkHelper::adapter(),
+            input_hash: H256::repeat_byte(6),
+            output_hash: H256::repeat_byte(7),
+            input_tokens: 100,
+            output_tokens: 100,
+            charge: 1_000,
+            contexts: BoundedVec::new(),
+            commitment_hash: H256::repeat_byte(8),
+        }
+        .encode();
+        let siblings: Vec<Option<H256>> =
+            (0..p).map(|i| Some(H256::repeat_byte(i as u8))).collect();
+        let mut root = openledger_primitives::service_receipt::leaf(&receipt);
+        for s in &siblings {
+            root = node(&root, &s.unwrap_or_default().0);
+        }
+        let leaf = Leaf { channel: 3, sequence: 1, index: 0 };
+        let until = frame_system::Pallet::<T>::block_number().saturating_add(5u32.into());
+        insert_reveal::<T>(leaf, &providers[0], H256(root), 1u64 << p, until);
+        let receipt: BoundedVec<u8, _> = receipt.try_into().unwrap();
+        let proof: BoundedVec<Option<H256>, _> = siblings.try_into().unwrap();
+        #[extrinsic_call]
+        _(RawOrigin::Signed(providers[1].clone()), leaf, receipt, proof);
+        assert_eq!(Reveals::<T>::count(), 0);
+        assert!(Audits::<T>::contains_key(Subject::Request { channel: 3, request: 9 }));
     }
 
     /// The last verdict of a contest: it finds the fault, slashing the provider to the payer,
@@ -153,7 +242,7 @@ mod benchmarks {
         );
         let verifier = providers[3].clone();
         #[extrinsic_call]
-        _(RawOrigin::Signed(verifier), 1, Verdict::Mismatch, H256::repeat_byte(3));
+        _(RawOrigin::Signed(verifier), Subject::Job(1), Verdict::Mismatch, H256::repeat_byte(3));
         assert_eq!(Audits::<T>::count(), 0);
     }
 
@@ -172,8 +261,8 @@ mod benchmarks {
             until.saturating_add(1u32.into()),
         );
         #[extrinsic_call]
-        _(RawOrigin::Signed(providers[0].clone()), 1);
-        assert_eq!(Audits::<T>::get(1).map(|a| a.verifiers.len()), Some(3));
+        _(RawOrigin::Signed(providers[0].clone()), Subject::Job(1));
+        assert_eq!(Audits::<T>::get(Subject::Job(1)).map(|a| a.verifiers.len()), Some(3));
     }
 
     #[benchmark]

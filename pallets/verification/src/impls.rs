@@ -8,7 +8,10 @@
     clippy::arithmetic_side_effects
 )]
 
-use crate::{pallet::*, Assignment, Audit, BalanceOf, Stage, Verdict, MAX_VERIFIERS};
+use crate::{
+    pallet::*, Assignment, Audit, BalanceOf, Leaf, Offer, PendingReveal, Stage, Subject, Verdict,
+    Work, MAX_VERIFIERS,
+};
 use alloc::vec::Vec;
 use codec::Encode;
 use frame_support::{
@@ -17,21 +20,37 @@ use frame_support::{
     traits::{Get, Randomness},
 };
 use frame_system::pallet_prelude::BlockNumberFor;
-use openledger_primitives::market::{AdapterCatalog, JobId, ProviderRegistry, SettledWork};
+use openledger_primitives::market::{AdapterCatalog, ProviderRegistry, RedeemedWork, SettledWork};
+use openledger_primitives::service_receipt::{self, ServiceReceiptMessage};
+use sp_core::H256;
 use sp_runtime::{
-    traits::{CheckedDiv, Saturating, Zero},
-    PerThing, Perbill,
+    traits::{CheckedDiv, SaturatedConversion, Saturating, Zero},
+    DispatchError, PerThing, Perbill,
 };
 
 /// Domain tags of the random draws, so that no two draws share a subject.
 const DRAW_SAMPLE: &[u8] = b"openledger/verification/sample";
 const DRAW_REPLACE: &[u8] = b"openledger/verification/replace";
 const DRAW_CONTEST: &[u8] = b"openledger/verification/contest";
+const DRAW_LEAF: &[u8] = b"openledger/verification/leaf";
+
+impl<AccountId, Balance> From<SettledWork<AccountId, Balance>> for Work<AccountId, Balance> {
+    fn from(w: SettledWork<AccountId, Balance>) -> Self {
+        Self {
+            subject: Subject::Job(w.job),
+            payer: w.payer,
+            provider: w.provider,
+            adapter: w.adapter,
+            charged: w.charged,
+            commitment_hash: w.commitment_hash,
+        }
+    }
+}
 
 impl<T: Config> Pallet<T> {
     /// Two 32-bit words of the chain's randomness for `subject`.
-    fn draw(tag: &[u8], job: JobId, round: u32) -> (u32, u32) {
-        let (seed, _) = T::Randomness::random(&(tag, job, round).encode());
+    fn draw(tag: &[u8], subject: &impl Encode, round: u32) -> (u32, u32) {
+        let (seed, _) = T::Randomness::random(&(tag, subject, round).encode());
         let bytes = seed.as_ref();
         let word = |at: usize| {
             bytes
@@ -64,30 +83,169 @@ impl<T: Config> Pallet<T> {
         eligible.get(usize::try_from(word.checked_rem(len)?).ok()?).cloned()
     }
 
-    /// Draw the jobs settled in the last block: each is audited with the sample share's
-    /// probability. Returns how many were drawn.
-    pub(crate) fn draw_offered() -> u32 {
+    /// Draw the work offered in the last block: each settled job is audited with the sample
+    /// share's probability, and each request a redeemed voucher paid for too (as many leaves
+    /// drawn as the share of its requests, the fraction drawn by chance, at most
+    /// `MaxSamplesPerRedemption`). Returns how many jobs and redemptions were drawn.
+    pub(crate) fn draw_offered() -> (u32, u32) {
         let offered = Offered::<T>::take();
         let share = SampleShare::<T>::get();
-        let drawn = u32::try_from(offered.len()).unwrap_or(u32::MAX);
-        for work in offered {
-            let (sample, choice) = Self::draw(DRAW_SAMPLE, work.job, 0);
-            let parts = sample.checked_rem(Perbill::ACCURACY).unwrap_or(0);
-            if Perbill::from_parts(parts) >= share {
+        let (mut jobs, mut redemptions) = (0u32, 0u32);
+        for offer in offered {
+            match offer {
+                Offer::Job(work) => {
+                    jobs = jobs.saturating_add(1);
+                    let subject = Subject::Job(work.job);
+                    let (sample, choice) = Self::draw(DRAW_SAMPLE, &subject, 0);
+                    let parts = sample.checked_rem(Perbill::ACCURACY).unwrap_or(0);
+                    if Perbill::from_parts(parts) < share {
+                        Self::open_audit(work.into(), choice);
+                    }
+                },
+                Offer::Redemption(work) => {
+                    redemptions = redemptions.saturating_add(1);
+                    Self::draw_leaves(work, share);
+                },
+            }
+        }
+        (jobs, redemptions)
+    }
+
+    /// How many of `inferences` requests `share` draws: the whole part of `share x
+    /// inferences`, one more with the probability of its fraction (`sample` decides), at most
+    /// `MaxSamplesPerRedemption` and `inferences`.
+    pub(crate) fn leaves_to_draw(inferences: u64, share: Perbill, sample: u32) -> u64 {
+        let scaled = u128::from(share.deconstruct()).saturating_mul(u128::from(inferences));
+        let accuracy = u128::from(Perbill::ACCURACY);
+        let whole = scaled.checked_div(accuracy).unwrap_or(0);
+        let fraction = scaled.checked_rem(accuracy).unwrap_or(0);
+        let chance = u128::from(sample.checked_rem(Perbill::ACCURACY).unwrap_or(0));
+        let drawn = whole.saturating_add(u128::from(chance < fraction));
+        let cap = u128::from(T::MaxSamplesPerRedemption::get()).min(u128::from(inferences));
+        u64::try_from(drawn.min(cap)).unwrap_or(0)
+    }
+
+    /// Draw the leaves of a redeemed voucher whose receipts the provider must reveal.
+    fn draw_leaves(work: RedeemedWork<T::AccountId, BalanceOf<T>>, share: Perbill) {
+        let voucher = (work.channel, work.sequence);
+        let (sample, _) = Self::draw(DRAW_SAMPLE, &voucher, 0);
+        let count = Self::leaves_to_draw(work.inferences, share, sample);
+        let now = frame_system::Pallet::<T>::block_number();
+        let until = now.saturating_add(T::VerdictTimeout::get());
+        let mut drawn: Vec<u64> = Vec::new();
+        for round in 0..count {
+            let (low, high) = Self::draw(DRAW_LEAF, &voucher, u32::try_from(round).unwrap_or(0));
+            let word = u64::from(low) | u64::from(high).checked_shl(32).unwrap_or(0);
+            let Some(mut index) = word.checked_rem(work.inferences) else { return };
+            // Distinct leaves: a leaf drawn already moves on to the next free one (there is
+            // one: at most `inferences` are drawn).
+            while drawn.contains(&index) {
+                index = index.saturating_add(1).checked_rem(work.inferences).unwrap_or(0);
+            }
+            drawn.push(index);
+            let leaf = Leaf { channel: work.channel, sequence: work.sequence, index };
+            if Reveals::<T>::contains_key(leaf) || Reveals::<T>::count() >= T::MaxOpenAudits::get()
+            {
                 continue;
             }
-            Self::open_audit(work, choice);
+            let reveal = PendingReveal::<T> {
+                provider: work.provider.clone(),
+                payer: work.payer.clone(),
+                receipts_root: work.receipts_root,
+                inferences: work.inferences,
+                amount: work.amount,
+                until,
+            };
+            RevealsByWake::<T>::insert(until.saturating_add(1u32.into()), leaf, ());
+            RevealsByProvider::<T>::insert(&work.provider, leaf, ());
+            Reveals::<T>::insert(leaf, reveal);
+            Self::deposit_event(Event::RevealRequested {
+                leaf,
+                provider: work.provider.clone(),
+                until,
+            });
         }
-        drawn
+    }
+
+    /// Check a revealed receipt against its drawn leaf and open the audit of its request.
+    pub(crate) fn do_reveal(
+        leaf: Leaf,
+        receipt: &[u8],
+        proof: &[Option<H256>],
+    ) -> Result<(), DispatchError> {
+        let pending = Reveals::<T>::get(leaf).ok_or(Error::<T>::NoRevealPending)?;
+        let path: Vec<Option<[u8; 32]>> = proof.iter().map(|s| s.map(|h| h.0)).collect();
+        ensure!(
+            service_receipt::verify(
+                &pending.receipts_root.0,
+                service_receipt::leaf(receipt),
+                leaf.index,
+                pending.inferences,
+                &path,
+            ),
+            Error::<T>::BadProof
+        );
+        let message = ServiceReceiptMessage::decode_v2(receipt).ok_or(Error::<T>::BadReceipt)?;
+        let genesis = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+        ensure!(
+            message.genesis_hash.as_ref() == genesis.as_ref() && message.channel == leaf.channel,
+            Error::<T>::BadReceipt
+        );
+        Self::forget_reveal(leaf, &pending);
+        Self::deposit_event(Event::ReceiptRevealed { leaf, request: message.request });
+        let subject = Subject::Request { channel: leaf.channel, request: message.request };
+        let (_, choice) = Self::draw(DRAW_SAMPLE, &subject, 1);
+        let charged = message.charge.saturated_into::<BalanceOf<T>>().min(pending.amount);
+        Self::open_audit(
+            Work {
+                subject,
+                payer: pending.payer,
+                provider: pending.provider,
+                adapter: message.adapter,
+                charged,
+                commitment_hash: message.commitment_hash,
+            },
+            choice,
+        );
+        Ok(())
+    }
+
+    fn forget_reveal(leaf: Leaf, pending: &PendingReveal<T>) {
+        Reveals::<T>::remove(leaf);
+        RevealsByProvider::<T>::remove(&pending.provider, leaf);
+        RevealsByWake::<T>::remove(pending.until.saturating_add(1u32.into()), leaf);
+    }
+
+    /// Slash every provider that let a reveal due before `now` pass, as for work found wrong
+    /// (the payer refunded the redemption's mean charge per request). Returns how many.
+    pub(crate) fn wake_reveals(now: BlockNumberFor<T>) -> u32 {
+        let due: Vec<Leaf> = RevealsByWake::<T>::drain_prefix(now).map(|(leaf, ())| leaf).collect();
+        let missed = u32::try_from(due.len()).unwrap_or(u32::MAX);
+        for leaf in due {
+            let Some(pending) = Reveals::<T>::take(leaf) else { continue };
+            RevealsByProvider::<T>::remove(&pending.provider, leaf);
+            let leaves: BalanceOf<T> = pending.inferences.saturated_into();
+            let mean = CheckedDiv::checked_div(&pending.amount, &leaves).unwrap_or(pending.amount);
+            let (refunded, _, to_treasury) =
+                Self::slash_for_fault(&pending.provider, &pending.payer, mean, &[]);
+            Self::deposit_event(Event::RevealMissed {
+                leaf,
+                provider: pending.provider,
+                refunded,
+                to_treasury,
+            });
+        }
+        missed
     }
 
     /// Open an audit of `work` with a verifier chosen by `choice`, or say why not.
-    fn open_audit(work: SettledWork<T::AccountId, BalanceOf<T>>, choice: u32) {
-        let skipped = Event::<T>::AuditSkipped { job: work.job, provider: work.provider.clone() };
+    fn open_audit(work: Work<T::AccountId, BalanceOf<T>>, choice: u32) {
+        let subject = work.subject;
+        let skipped = Event::<T>::AuditSkipped { subject, provider: work.provider.clone() };
         let Some(terms) = T::Adapters::adapter(work.adapter) else {
             return Self::deposit_event(skipped);
         };
-        if Audits::<T>::count() >= T::MaxOpenAudits::get() || Audits::<T>::contains_key(work.job) {
+        if Audits::<T>::count() >= T::MaxOpenAudits::get() || Audits::<T>::contains_key(subject) {
             return Self::deposit_event(skipped);
         }
         let now = frame_system::Pallet::<T>::block_number();
@@ -111,37 +269,37 @@ impl<T: Config> Pallet<T> {
         if audit.verifiers.try_push(assignment).is_err() {
             return Self::deposit_event(skipped);
         }
-        AuditsByVerifier::<T>::insert(&verifier, work.job, ());
-        AuditsByProvider::<T>::insert(&audit.provider, work.job, ());
-        AuditsByWake::<T>::insert(audit.wake, work.job, ());
+        AuditsByVerifier::<T>::insert(&verifier, subject, ());
+        AuditsByProvider::<T>::insert(&audit.provider, subject, ());
+        AuditsByWake::<T>::insert(audit.wake, subject, ());
         Self::deposit_event(Event::AuditOpened {
-            job: work.job,
+            subject,
             provider: audit.provider.clone(),
             verifier,
             commitment_hash: audit.commitment_hash,
             deadline,
         });
-        Audits::<T>::insert(work.job, audit);
+        Audits::<T>::insert(subject, audit);
     }
 
     /// Look at every audit due at `now`: a contest window that ended, or verdicts not given
     /// in time. Returns how many.
     pub(crate) fn wake_audits(now: BlockNumberFor<T>) -> u32 {
-        let due: Vec<JobId> = AuditsByWake::<T>::drain_prefix(now).map(|(job, ())| job).collect();
+        let due: Vec<Subject> = AuditsByWake::<T>::drain_prefix(now).map(|(s, ())| s).collect();
         let woken = u32::try_from(due.len()).unwrap_or(u32::MAX);
-        for job in due {
-            if let Some(audit) = Audits::<T>::get(job) {
-                Self::wake(job, audit, now);
+        for subject in due {
+            if let Some(audit) = Audits::<T>::get(subject) {
+                Self::wake(subject, audit, now);
             }
         }
         woken
     }
 
-    fn wake(job: JobId, mut audit: Audit<T>, now: BlockNumberFor<T>) {
+    fn wake(subject: Subject, mut audit: Audit<T>, now: BlockNumberFor<T>) {
         match audit.stage {
             Stage::Accused { until } if until < now => {
                 let finders = Self::verifiers_with(&audit, true);
-                return Self::find_at_fault(job, audit, finders);
+                return Self::find_at_fault(subject, audit, finders);
             },
             Stage::Accused { .. } => {},
             Stage::Open | Stage::Contested => {
@@ -157,11 +315,11 @@ impl<T: Config> Pallet<T> {
                     let Some(late) = audit.verifiers.get(index).map(|a| a.verifier.clone()) else {
                         continue;
                     };
-                    Self::slash_verifier(job, &late);
-                    AuditsByVerifier::<T>::remove(&late, job);
+                    Self::slash_verifier(subject, &late);
+                    AuditsByVerifier::<T>::remove(&late, subject);
                     let (_, choice) = Self::draw(
                         DRAW_REPLACE,
-                        job,
+                        &subject,
                         u32::try_from(audit.dismissed.len().saturating_add(round)).unwrap_or(0),
                     );
                     let replacement = if audit.dismissed.try_push(late.clone()).is_ok() {
@@ -172,13 +330,13 @@ impl<T: Config> Pallet<T> {
                     let (Some(replacement), Some(slot)) =
                         (replacement, audit.verifiers.get_mut(index))
                     else {
-                        return Self::abandon(job, audit);
+                        return Self::abandon(subject, audit);
                     };
                     let deadline = now.saturating_add(T::VerdictTimeout::get());
                     *slot = Assignment { verifier: replacement.clone(), deadline, verdict: None };
-                    AuditsByVerifier::<T>::insert(&replacement, job, ());
+                    AuditsByVerifier::<T>::insert(&replacement, subject, ());
                     Self::deposit_event(Event::VerifierReplaced {
-                        job,
+                        subject,
                         dismissed: late,
                         replacement,
                         deadline,
@@ -187,7 +345,7 @@ impl<T: Config> Pallet<T> {
             },
         }
         let wake = Self::next_wake(&audit, now);
-        Self::reschedule(job, audit, wake);
+        Self::reschedule(subject, audit, wake);
     }
 
     /// The block after the earliest pending deadline (or the end of the contest window).
@@ -205,26 +363,26 @@ impl<T: Config> Pallet<T> {
         last.max(now).saturating_add(1u32.into())
     }
 
-    fn reschedule(job: JobId, mut audit: Audit<T>, wake: BlockNumberFor<T>) {
-        AuditsByWake::<T>::remove(audit.wake, job);
+    fn reschedule(subject: Subject, mut audit: Audit<T>, wake: BlockNumberFor<T>) {
+        AuditsByWake::<T>::remove(audit.wake, subject);
         audit.wake = wake;
-        AuditsByWake::<T>::insert(wake, job, ());
-        Audits::<T>::insert(job, audit);
+        AuditsByWake::<T>::insert(wake, subject, ());
+        Audits::<T>::insert(subject, audit);
     }
 
     /// Delete `audit` and its index entries.
-    fn close(job: JobId, audit: &Audit<T>) {
-        Audits::<T>::remove(job);
-        AuditsByProvider::<T>::remove(&audit.provider, job);
-        AuditsByWake::<T>::remove(audit.wake, job);
+    fn close(subject: Subject, audit: &Audit<T>) {
+        Audits::<T>::remove(subject);
+        AuditsByProvider::<T>::remove(&audit.provider, subject);
+        AuditsByWake::<T>::remove(audit.wake, subject);
         for a in audit.verifiers.iter().filter(|a| a.verdict.is_none()) {
-            AuditsByVerifier::<T>::remove(&a.verifier, job);
+            AuditsByVerifier::<T>::remove(&a.verifier, subject);
         }
     }
 
-    fn abandon(job: JobId, audit: Audit<T>) {
-        Self::close(job, &audit);
-        Self::deposit_event(Event::AuditAbandoned { job, provider: audit.provider });
+    fn abandon(subject: Subject, audit: Audit<T>) {
+        Self::close(subject, &audit);
+        Self::deposit_event(Event::AuditAbandoned { subject, provider: audit.provider });
     }
 
     /// The verifiers whose verdict found against the provider (`faulting`) or for it.
@@ -238,22 +396,40 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Slash a verifier's bond by `VerifierSlash` to the treasury.
-    fn slash_verifier(job: JobId, verifier: &T::AccountId) {
+    fn slash_verifier(subject: Subject, verifier: &T::AccountId) {
         let due = T::VerifierSlash::get().mul_floor(T::Providers::bond_of(verifier));
         let slashed =
             T::Providers::slash_bond(verifier, due, &T::Treasury::get()).unwrap_or_default();
-        Self::deposit_event(Event::VerifierSlashed { job, verifier: verifier.clone(), slashed });
+        Self::deposit_event(Event::VerifierSlashed { subject, verifier: verifier.clone(), slashed });
     }
 
-    /// The work was found wrong: slash the provider's bond by `FaultSlash`, refund the payer
-    /// its charge from it, reward `finders` from what is left and give the rest to the
-    /// treasury; close the audit.
-    fn find_at_fault(job: JobId, audit: Audit<T>, finders: Vec<T::AccountId>) {
-        Self::close(job, &audit);
-        let provider = &audit.provider;
+    /// The work was found wrong: slash the provider's bond and close the audit (see
+    /// [`Self::slash_for_fault`]).
+    fn find_at_fault(subject: Subject, audit: Audit<T>, finders: Vec<T::AccountId>) {
+        Self::close(subject, &audit);
+        let (refunded, rewarded, to_treasury) =
+            Self::slash_for_fault(&audit.provider, &audit.payer, audit.charged, &finders);
+        Self::deposit_event(Event::ProviderSlashed {
+            subject,
+            provider: audit.provider.clone(),
+            refunded,
+            rewarded,
+            to_treasury,
+        });
+    }
+
+    /// Slash `provider`'s bond by `FaultSlash`: `charged` back to `payer` first, then
+    /// `VerifierReward` of the rest split evenly among `finders`, and what is left to the
+    /// treasury. Returns what each got: (refunded, rewarded in all, to the treasury).
+    fn slash_for_fault(
+        provider: &T::AccountId,
+        payer: &T::AccountId,
+        charged: BalanceOf<T>,
+        finders: &[T::AccountId],
+    ) -> (BalanceOf<T>, BalanceOf<T>, BalanceOf<T>) {
         let due = T::FaultSlash::get().mul_floor(T::Providers::bond_of(provider));
-        let refunded = T::Providers::slash_bond(provider, audit.charged.min(due), &audit.payer)
-            .unwrap_or_default();
+        let refunded =
+            T::Providers::slash_bond(provider, charged.min(due), payer).unwrap_or_default();
         let rest = due.saturating_sub(refunded);
         let reward = T::VerifierReward::get().mul_floor(rest);
         let each = u32::try_from(finders.len())
@@ -262,29 +438,23 @@ impl<T: Config> Pallet<T> {
             .and_then(|n| CheckedDiv::checked_div(&reward, &n.into()))
             .unwrap_or_default();
         let mut rewarded = BalanceOf::<T>::zero();
-        for finder in &finders {
+        for finder in finders {
             let paid = T::Providers::slash_bond(provider, each, finder).unwrap_or_default();
             rewarded = rewarded.saturating_add(paid);
         }
         let left = due.saturating_sub(refunded).saturating_sub(rewarded);
         let to_treasury =
             T::Providers::slash_bond(provider, left, &T::Treasury::get()).unwrap_or_default();
-        Self::deposit_event(Event::ProviderSlashed {
-            job,
-            provider: audit.provider.clone(),
-            refunded,
-            rewarded,
-            to_treasury,
-        });
+        (refunded, rewarded, to_treasury)
     }
 
     pub(crate) fn do_submit_verdict(
         who: &T::AccountId,
-        job: JobId,
+        subject: Subject,
         verdict: Verdict,
         evidence: sp_core::H256,
     ) -> DispatchResult {
-        let mut audit = Audits::<T>::get(job).ok_or(Error::<T>::UnknownAudit)?;
+        let mut audit = Audits::<T>::get(subject).ok_or(Error::<T>::UnknownAudit)?;
         ensure!(
             matches!(audit.stage, Stage::Open | Stage::Contested),
             Error::<T>::NotAwaitingVerdicts
@@ -301,59 +471,59 @@ impl<T: Config> Pallet<T> {
             .ok_or(Error::<T>::NotAssignedVerifier)?;
         slot.verdict = Some((verdict, evidence));
         let verifier = slot.verifier.clone();
-        AuditsByVerifier::<T>::remove(&verifier, job);
-        Self::deposit_event(Event::VerdictGiven { job, verifier, verdict, evidence });
+        AuditsByVerifier::<T>::remove(&verifier, subject);
+        Self::deposit_event(Event::VerdictGiven { subject, verifier, verdict, evidence });
 
         if audit.verifiers.iter().any(|a| a.verdict.is_none()) {
-            Audits::<T>::insert(job, audit);
+            Audits::<T>::insert(subject, audit);
             return Ok(());
         }
         let faulting = Self::verifiers_with(&audit, true);
         let clearing = Self::verifiers_with(&audit, false);
         match audit.stage {
-            Stage::Open if faulting.is_empty() => Self::confirm(job, audit),
+            Stage::Open if faulting.is_empty() => Self::confirm(subject, audit),
             Stage::Open => {
                 let until = now.saturating_add(T::ContestWindow::get());
                 audit.stage = Stage::Accused { until };
                 Self::deposit_event(Event::ProviderAccused {
-                    job,
+                    subject,
                     provider: audit.provider.clone(),
                     until,
                 });
                 let wake = Self::next_wake(&audit, now);
-                Self::reschedule(job, audit, wake);
+                Self::reschedule(subject, audit, wake);
             },
             // Contested: the majority decides, a tie clears the provider; the verifiers it
             // overturned are slashed.
             _ if faulting.len() > clearing.len() => {
                 for v in &clearing {
-                    Self::slash_verifier(job, v);
+                    Self::slash_verifier(subject, v);
                 }
-                Self::find_at_fault(job, audit, faulting);
+                Self::find_at_fault(subject, audit, faulting);
             },
             _ => {
                 for v in &faulting {
-                    Self::slash_verifier(job, v);
+                    Self::slash_verifier(subject, v);
                 }
-                Self::confirm(job, audit);
+                Self::confirm(subject, audit);
             },
         }
         Ok(())
     }
 
-    fn confirm(job: JobId, audit: Audit<T>) {
-        Self::close(job, &audit);
-        Self::deposit_event(Event::WorkConfirmed { job, provider: audit.provider });
+    fn confirm(subject: Subject, audit: Audit<T>) {
+        Self::close(subject, &audit);
+        Self::deposit_event(Event::WorkConfirmed { subject, provider: audit.provider });
     }
 
-    pub(crate) fn do_contest(who: &T::AccountId, job: JobId) -> DispatchResult {
-        let mut audit = Audits::<T>::get(job).ok_or(Error::<T>::UnknownAudit)?;
+    pub(crate) fn do_contest(who: &T::AccountId, subject: Subject) -> DispatchResult {
+        let mut audit = Audits::<T>::get(subject).ok_or(Error::<T>::UnknownAudit)?;
         ensure!(T::Providers::is_worker(&audit.provider, who), Error::<T>::NotTheProvider);
         ensure!(matches!(audit.stage, Stage::Accused { .. }), Error::<T>::NotContestable);
         let now = frame_system::Pallet::<T>::block_number();
         let deadline = now.saturating_add(T::VerdictTimeout::get());
         let mut added = BoundedVec::new();
-        let (first, second) = Self::draw(DRAW_CONTEST, job, 0);
+        let (first, second) = Self::draw(DRAW_CONTEST, &subject, 0);
         for choice in [first, second] {
             let Some(verifier) = Self::pick(&Self::eligible_verifiers(&audit), choice) else {
                 break;
@@ -366,24 +536,35 @@ impl<T: Config> Pallet<T> {
         }
         ensure!(!added.is_empty(), Error::<T>::NoVerifierAvailable);
         for v in added.iter() {
-            AuditsByVerifier::<T>::insert(v, job, ());
+            AuditsByVerifier::<T>::insert(v, subject, ());
         }
         audit.stage = Stage::Contested;
-        Self::deposit_event(Event::Contested { job, verifiers: added, deadline });
+        Self::deposit_event(Event::Contested { subject, verifiers: added, deadline });
         let wake = Self::next_wake(&audit, now);
-        Self::reschedule(job, audit, wake);
+        Self::reschedule(subject, audit, wake);
         Ok(())
     }
 
+    /// Receipts `provider` must reveal now, at most `limit`.
+    pub fn reveals_of_provider(
+        provider: &T::AccountId,
+        limit: u32,
+    ) -> Vec<(Leaf, PendingReveal<T>)> {
+        RevealsByProvider::<T>::iter_key_prefix(provider)
+            .filter_map(|leaf| Reveals::<T>::get(leaf).map(|r| (leaf, r)))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+    }
+
     /// Open audits of `provider`'s work, at most `limit`.
-    pub fn audits_of_provider(provider: &T::AccountId, limit: u32) -> Vec<JobId> {
+    pub fn audits_of_provider(provider: &T::AccountId, limit: u32) -> Vec<Subject> {
         AuditsByProvider::<T>::iter_key_prefix(provider)
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
     }
 
     /// Audits `verifier` must answer now, at most `limit` (for its worker and the runtime API).
-    pub fn audits_of_verifier(verifier: &T::AccountId, limit: u32) -> Vec<JobId> {
+    pub fn audits_of_verifier(verifier: &T::AccountId, limit: u32) -> Vec<Subject> {
         AuditsByVerifier::<T>::iter_key_prefix(verifier)
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
@@ -395,16 +576,19 @@ impl<T: Config> Pallet<T> {
     /// - an accused audit has every verdict; an open one has one verifier;
     /// - `AuditsByVerifier` holds exactly the verifiers still owing a verdict, and
     ///   `AuditsByProvider` each open audit under its provider;
-    /// - at most `MaxOpenAudits` audits are open.
+    /// - at most `MaxOpenAudits` audits are open;
+    /// - every pending reveal is indexed under the block after its last one (in the future)
+    ///   and under its provider, and nothing else is; its leaf is inside its tree; at most
+    ///   `MaxOpenAudits` are pending.
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
         let now = frame_system::Pallet::<T>::block_number();
         let mut owing = 0usize;
-        for (job, audit) in Audits::<T>::iter() {
+        for (subject, audit) in Audits::<T>::iter() {
             let n = audit.verifiers.len();
             ensure!(n >= 1 && n <= MAX_VERIFIERS as usize, "audit without verifiers");
-            ensure!(AuditsByWake::<T>::contains_key(audit.wake, job), "audit not indexed");
+            ensure!(AuditsByWake::<T>::contains_key(audit.wake, subject), "audit not indexed");
             ensure!(
-                AuditsByProvider::<T>::contains_key(&audit.provider, job),
+                AuditsByProvider::<T>::contains_key(&audit.provider, subject),
                 "audit not indexed under its provider"
             );
             ensure!(audit.wake > now, "audit wakes in the past");
@@ -418,14 +602,14 @@ impl<T: Config> Pallet<T> {
             }
             for a in audit.verifiers.iter().filter(|a| a.verdict.is_none()) {
                 ensure!(
-                    AuditsByVerifier::<T>::contains_key(&a.verifier, job),
+                    AuditsByVerifier::<T>::contains_key(&a.verifier, subject),
                     "pending verifier not indexed"
                 );
                 owing = owing.saturating_add(1);
             }
         }
-        for (wake, job, ()) in AuditsByWake::<T>::iter() {
-            let audit = Audits::<T>::get(job).ok_or("wake entry of no audit")?;
+        for (wake, subject, ()) in AuditsByWake::<T>::iter() {
+            let audit = Audits::<T>::get(subject).ok_or("wake entry of no audit")?;
             ensure!(audit.wake == wake, "audit indexed under another block");
         }
         ensure!(
@@ -441,6 +625,22 @@ impl<T: Config> Pallet<T> {
             Audits::<T>::count() as usize == Audits::<T>::iter().count(),
             "audit counter is off"
         );
+        let mut reveals = 0usize;
+        for (leaf, pending) in Reveals::<T>::iter() {
+            let wake = pending.until.saturating_add(1u32.into());
+            ensure!(RevealsByWake::<T>::contains_key(wake, leaf), "reveal not indexed");
+            ensure!(wake > now, "reveal due in the past");
+            ensure!(
+                RevealsByProvider::<T>::contains_key(&pending.provider, leaf),
+                "reveal not indexed under its provider"
+            );
+            ensure!(leaf.index < pending.inferences, "leaf outside its tree");
+            reveals = reveals.saturating_add(1);
+        }
+        ensure!(RevealsByWake::<T>::iter().count() == reveals, "stray reveal wake entry");
+        ensure!(RevealsByProvider::<T>::iter().count() == reveals, "stray reveal provider entry");
+        ensure!(Reveals::<T>::count() as usize == reveals, "reveal counter is off");
+        ensure!(Reveals::<T>::count() <= T::MaxOpenAudits::get(), "too many reveals");
         Ok(())
     }
 }

@@ -22,7 +22,9 @@ pub mod types;
 pub mod weights;
 
 use frame_support::traits::fungible::Inspect;
-pub use openledger_primitives::market::{AdapterCatalog, ProviderRegistry, SettledWork, WorkAudit};
+pub use openledger_primitives::market::{
+    AdapterCatalog, ProviderRegistry, RedeemedWork, SettledWork, WorkAudit,
+};
 
 /// The balance type of the pallet's currency.
 pub type BalanceOf<T> =
@@ -34,7 +36,7 @@ pub mod pallet {
     use super::*;
     use frame_support::{pallet_prelude::*, traits::Randomness};
     use frame_system::pallet_prelude::*;
-    use openledger_primitives::market::JobId;
+    use openledger_primitives::service_receipt::{MAX_PROOF_DEPTH, MAX_SERVICE_RECEIPT_BYTES};
     use sp_core::H256;
     use sp_runtime::Perbill;
 
@@ -69,7 +71,7 @@ pub mod pallet {
         #[pallet::constant]
         type DefaultSampleShare: Get<Perbill>;
 
-        /// Blocks a verifier has to post its verdict.
+        /// Blocks a verifier has to post its verdict, and a provider to reveal a drawn receipt.
         #[pallet::constant]
         type VerdictTimeout: Get<BlockNumberFor<Self>>;
 
@@ -96,9 +98,14 @@ pub mod pallet {
         #[pallet::constant]
         type MaxOffersPerBlock: Get<u32>;
 
-        /// Most audits open at once (no new one is opened beyond it).
+        /// Most audits open at once (no new one is opened beyond it), and most receipts
+        /// waiting to be revealed.
         #[pallet::constant]
         type MaxOpenAudits: Get<u32>;
+
+        /// Most requests of one redeemed voucher drawn for verification.
+        #[pallet::constant]
+        type MaxSamplesPerRedemption: Get<u32>;
 
         /// Weights of this pallet's calls and hooks.
         type WeightInfo: WeightInfo;
@@ -113,17 +120,47 @@ pub mod pallet {
     pub type SampleShare<T: Config> =
         StorageValue<_, Perbill, ValueQuery, <T as Config>::DefaultSampleShare>;
 
-    /// Jobs settled in this block, drawn for verification at the start of the next one.
+    /// Jobs settled and vouchers redeemed in this block, drawn for verification at the start
+    /// of the next one.
     #[pallet::storage]
     pub type Offered<T: Config> = StorageValue<
         _,
-        BoundedVec<SettledWork<T::AccountId, BalanceOf<T>>, T::MaxOffersPerBlock>,
+        BoundedVec<Offer<T::AccountId, BalanceOf<T>>, T::MaxOffersPerBlock>,
         ValueQuery,
     >;
 
-    /// Open audits, by job.
+    /// Open audits, by what they check.
     #[pallet::storage]
-    pub type Audits<T: Config> = CountedStorageMap<_, Blake2_128Concat, JobId, Audit<T>>;
+    pub type Audits<T: Config> = CountedStorageMap<_, Blake2_128Concat, Subject, Audit<T>>;
+
+    /// Leaves of redeemed vouchers drawn for verification, waiting for their provider to
+    /// reveal the receipt (then an audit of that request opens).
+    #[pallet::storage]
+    pub type Reveals<T: Config> = CountedStorageMap<_, Blake2_128Concat, Leaf, PendingReveal<T>>;
+
+    /// Each pending reveal under the block after its last one.
+    #[pallet::storage]
+    pub type RevealsByWake<T: Config> = StorageDoubleMap<
+        _,
+        Twox64Concat,
+        BlockNumberFor<T>,
+        Blake2_128Concat,
+        Leaf,
+        (),
+        OptionQuery,
+    >;
+
+    /// Each provider's pending reveals (so its worker sees what to reveal).
+    #[pallet::storage]
+    pub type RevealsByProvider<T: Config> = StorageDoubleMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        Blake2_128Concat,
+        Leaf,
+        (),
+        OptionQuery,
+    >;
 
     /// Each open audit under the block at which it is looked at next (its `wake`).
     #[pallet::storage]
@@ -132,7 +169,7 @@ pub mod pallet {
         Twox64Concat,
         BlockNumberFor<T>,
         Blake2_128Concat,
-        JobId,
+        Subject,
         (),
         OptionQuery,
     >;
@@ -144,7 +181,7 @@ pub mod pallet {
         Blake2_128Concat,
         T::AccountId,
         Blake2_128Concat,
-        JobId,
+        Subject,
         (),
         OptionQuery,
     >;
@@ -156,7 +193,7 @@ pub mod pallet {
         Blake2_128Concat,
         T::AccountId,
         Blake2_128Concat,
-        JobId,
+        Subject,
         (),
         OptionQuery,
     >;
@@ -164,34 +201,34 @@ pub mod pallet {
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
-        /// A settled job was drawn for verification and `verifier` assigned to recompute it
+        /// Settled work was drawn for verification and `verifier` assigned to recompute it
         /// by block `deadline`.
         AuditOpened {
-            job: JobId,
+            subject: Subject,
             provider: T::AccountId,
             verifier: T::AccountId,
             commitment_hash: H256,
             deadline: BlockNumberFor<T>,
         },
-        /// A job drawn for verification could not be audited: no other provider serves its
+        /// Work drawn for verification could not be audited: no other provider serves its
         /// adapter, the adapter is gone, or too many audits are open.
-        AuditSkipped { job: JobId, provider: T::AccountId },
+        AuditSkipped { subject: Subject, provider: T::AccountId },
         /// A verifier posted its verdict.
-        VerdictGiven { job: JobId, verifier: T::AccountId, verdict: Verdict, evidence: H256 },
+        VerdictGiven { subject: Subject, verifier: T::AccountId, verdict: Verdict, evidence: H256 },
         /// The verifier found against the provider, which may contest until block `until`.
-        ProviderAccused { job: JobId, provider: T::AccountId, until: BlockNumberFor<T> },
-        /// The provider contested: `verifiers` were added to recompute the job.
+        ProviderAccused { subject: Subject, provider: T::AccountId, until: BlockNumberFor<T> },
+        /// The provider contested: `verifiers` were added to recompute the work.
         Contested {
-            job: JobId,
+            subject: Subject,
             verifiers: BoundedVec<T::AccountId, ConstU32<MAX_VERIFIERS>>,
             deadline: BlockNumberFor<T>,
         },
         /// The work stands; the audit is closed.
-        WorkConfirmed { job: JobId, provider: T::AccountId },
+        WorkConfirmed { subject: Subject, provider: T::AccountId },
         /// The work was found wrong: the provider's bond paid `refunded` back to the payer,
         /// `rewarded` to the verifiers who found it and `to_treasury` to the treasury.
         ProviderSlashed {
-            job: JobId,
+            subject: Subject,
             provider: T::AccountId,
             refunded: BalanceOf<T>,
             rewarded: BalanceOf<T>,
@@ -199,23 +236,38 @@ pub mod pallet {
         },
         /// A verifier gave no verdict in time (or one the majority overturned) and lost
         /// `slashed` of its bond to the treasury.
-        VerifierSlashed { job: JobId, verifier: T::AccountId, slashed: BalanceOf<T> },
+        VerifierSlashed { subject: Subject, verifier: T::AccountId, slashed: BalanceOf<T> },
         /// A verifier that did not answer was replaced by `replacement`.
         VerifierReplaced {
-            job: JobId,
+            subject: Subject,
             dismissed: T::AccountId,
             replacement: T::AccountId,
             deadline: BlockNumberFor<T>,
         },
         /// No verifier could be found to finish the audit; it is closed without a verdict.
-        AuditAbandoned { job: JobId, provider: T::AccountId },
-        /// Governance set the share of settled jobs verified.
+        AuditAbandoned { subject: Subject, provider: T::AccountId },
+        /// Governance set the share of settled work verified.
         SampleShareSet { share: Perbill },
+        /// A request paid by a redeemed voucher was drawn for verification: its provider must
+        /// reveal the receipt at `leaf` by block `until`.
+        RevealRequested { leaf: Leaf, provider: T::AccountId, until: BlockNumberFor<T> },
+        /// The receipt at `leaf` was revealed and proven: it is request `request` of the
+        /// channel (an audit of it opens, or is skipped, in the same block).
+        ReceiptRevealed { leaf: Leaf, request: u64 },
+        /// The provider did not reveal the receipt at `leaf` in time: treated as work found
+        /// wrong, its bond paid `refunded` (the redemption's mean charge per request) back to
+        /// the payer and `to_treasury` to the treasury.
+        RevealMissed {
+            leaf: Leaf,
+            provider: T::AccountId,
+            refunded: BalanceOf<T>,
+            to_treasury: BalanceOf<T>,
+        },
     }
 
     #[pallet::error]
     pub enum Error<T> {
-        /// No open audit for this job.
+        /// No open audit of this work.
         UnknownAudit,
         /// The sender does not act for a verifier of this audit still owing a verdict.
         NotAssignedVerifier,
@@ -228,14 +280,21 @@ pub mod pallet {
         NotContestable,
         /// No other provider of the base model is free to verify: the accusation stands.
         NoVerifierAvailable,
+        /// No receipt of this leaf is waiting to be revealed.
+        NoRevealPending,
+        /// The path does not lead from the receipt's hash at this leaf to the voucher's root.
+        BadProof,
+        /// The bytes are not a version 2 service receipt of this channel on this chain.
+        BadReceipt,
     }
 
     #[pallet::hooks]
     impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
         fn on_initialize(now: BlockNumberFor<T>) -> Weight {
-            let drawn = Self::draw_offered();
+            let (jobs, redemptions) = Self::draw_offered();
             let woken = Self::wake_audits(now);
-            T::WeightInfo::on_initialize(drawn, woken)
+            let missed = Self::wake_reveals(now);
+            T::WeightInfo::on_initialize(jobs, redemptions, woken, missed)
         }
 
         #[cfg(feature = "try-runtime")]
@@ -246,33 +305,34 @@ pub mod pallet {
 
     #[pallet::call]
     impl<T: Config> Pallet<T> {
-        /// Post the verdict of a verifier assigned to `job`, with the hash of the evidence it
-        /// recomputed. Sent by the verifier provider or its worker account; free when
+        /// Post the verdict of a verifier assigned to `subject`, with the hash of the evidence
+        /// it recomputed. Sent by the verifier provider or its worker account; free when
         /// accepted.
         #[pallet::call_index(0)]
         #[pallet::weight(T::WeightInfo::submit_verdict())]
         pub fn submit_verdict(
             origin: OriginFor<T>,
-            job: JobId,
+            subject: Subject,
             verdict: Verdict,
             evidence: H256,
         ) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
-            Self::do_submit_verdict(&who, job, verdict, evidence)?;
+            Self::do_submit_verdict(&who, subject, verdict, evidence)?;
             Ok(Pays::No.into())
         }
 
-        /// Contest the verdict that found `job`'s work wrong, once, before the contest window
+        /// Contest the verdict that found the work of `subject` wrong, once, before the contest window
         /// ends: two more verifiers recompute it and the majority of the three decides. Sent
         /// by the provider or its worker account.
         #[pallet::call_index(1)]
         #[pallet::weight(T::WeightInfo::contest())]
-        pub fn contest(origin: OriginFor<T>, job: JobId) -> DispatchResult {
+        pub fn contest(origin: OriginFor<T>, subject: Subject) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            Self::do_contest(&who, job)
+            Self::do_contest(&who, subject)
         }
 
-        /// Set the share of settled jobs that are verified (root).
+        /// Set the share of settled work that is verified (root): of jobs, and of the requests
+        /// a redeemed voucher paid for.
         #[pallet::call_index(2)]
         #[pallet::weight(T::WeightInfo::set_sample_share())]
         pub fn set_sample_share(origin: OriginFor<T>, share: Perbill) -> DispatchResult {
@@ -281,35 +341,67 @@ pub mod pallet {
             Self::deposit_event(Event::SampleShareSet { share });
             Ok(())
         }
+
+        /// Reveal the receipt at a drawn `leaf` of a redeemed voucher: its signed bytes and
+        /// the siblings on the path from its hash to the voucher's root, bottom up (`None`
+        /// where a node had no neighbour). Once proven, an audit of that request opens as one
+        /// of a settled job does, with the receipt's adapter, charge and commitment hash. Sent
+        /// by anyone (the bytes prove themselves); free when accepted.
+        #[pallet::call_index(3)]
+        #[pallet::weight(T::WeightInfo::reveal(proof.len() as u32))]
+        pub fn reveal(
+            origin: OriginFor<T>,
+            leaf: Leaf,
+            receipt: BoundedVec<u8, ConstU32<MAX_SERVICE_RECEIPT_BYTES>>,
+            proof: BoundedVec<Option<H256>, ConstU32<MAX_PROOF_DEPTH>>,
+        ) -> DispatchResultWithPostInfo {
+            ensure_signed(origin)?;
+            Self::do_reveal(leaf, &receipt, &proof)?;
+            Ok(Pays::No.into())
+        }
     }
 
     /// Reads for clients, answered from the chain's state (metadata V16 view functions).
     #[pallet::view_functions]
     impl<T: Config> Pallet<T> {
-        /// The open audit of `job` (its provider, verifiers, verdicts and stage), if any.
-        pub fn audit(job: JobId) -> Option<Audit<T>> {
-            Audits::<T>::get(job)
+        /// The open audit of `subject` (its provider, verifiers, verdicts and stage), if any.
+        pub fn audit(subject: Subject) -> Option<Audit<T>> {
+            Audits::<T>::get(subject)
         }
 
         /// The open audits of `provider`'s work, at most `limit`.
-        pub fn audits_of(provider: T::AccountId, limit: u32) -> alloc::vec::Vec<JobId> {
+        pub fn audits_of(provider: T::AccountId, limit: u32) -> alloc::vec::Vec<Subject> {
             Self::audits_of_provider(&provider, limit)
         }
 
-        /// The jobs `verifier` (a provider) must give its verdict on now, at most `limit`.
-        pub fn audits_owed(verifier: T::AccountId, limit: u32) -> alloc::vec::Vec<JobId> {
+        /// The work `verifier` (a provider) must give its verdict on now, at most `limit`.
+        pub fn audits_owed(verifier: T::AccountId, limit: u32) -> alloc::vec::Vec<Subject> {
             Self::audits_of_verifier(&verifier, limit)
+        }
+
+        /// The drawn receipts `provider` must reveal now, at most `limit`, with what they
+        /// are checked against.
+        pub fn reveals_owed(
+            provider: T::AccountId,
+            limit: u32,
+        ) -> alloc::vec::Vec<(Leaf, PendingReveal<T>)> {
+            Self::reveals_of_provider(&provider, limit)
         }
     }
 
     impl<T: Config> WorkAudit<T::AccountId, BalanceOf<T>> for Pallet<T> {
         fn offer(work: SettledWork<T::AccountId, BalanceOf<T>>) -> Weight {
-            // A job past the block's bound is simply not verifiable; the settlement stands.
-            let _ = Offered::<T>::try_append(work);
+            // Work past the block's bound is simply not verifiable; the settlement stands.
+            let _ = Offered::<T>::try_append(Offer::Job(work));
             T::WeightInfo::offer()
         }
 
         fn offer_weight() -> Weight {
+            T::WeightInfo::offer()
+        }
+
+        fn offer_redemption(work: RedeemedWork<T::AccountId, BalanceOf<T>>) -> Weight {
+            let _ = Offered::<T>::try_append(Offer::Redemption(work));
             T::WeightInfo::offer()
         }
     }

@@ -1,11 +1,13 @@
 //! A runtime with System, Balances, the real Compute registry and Verification, for the tests.
 
-use crate::{self as pallet_verification, SettledWork, WorkAudit};
+use crate::{self as pallet_verification, RedeemedWork, SettledWork, WorkAudit};
 use frame_support::{
     assert_ok, derive_impl, parameter_types,
     traits::{ConstU128, ConstU32, ConstU64, Hooks, Randomness, VariantCountOf},
 };
+use codec::Encode;
 use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, JobId};
+use openledger_primitives::service_receipt::{self, ServiceReceiptMessage, SERVICE_RECEIPT_DOMAIN};
 use sp_core::{ed25519, H256};
 use sp_runtime::{traits::Hash as _, BuildStorage, Perbill};
 
@@ -101,6 +103,7 @@ impl Randomness<H256, u64> for TestRandomness {
 pub const VERDICT_TIMEOUT: u64 = 5;
 pub const CONTEST_WINDOW: u64 = 4;
 pub const MAX_OPEN: u32 = 160;
+pub const MAX_SAMPLES: u32 = 4;
 
 impl pallet_verification::Config for Test {
     type Currency = Balances;
@@ -116,6 +119,7 @@ impl pallet_verification::Config for Test {
     type VerifierSlash = VerifierSlash;
     type MaxOffersPerBlock = ConstU32<64>;
     type MaxOpenAudits = ConstU32<MAX_OPEN>;
+    type MaxSamplesPerRedemption = ConstU32<MAX_SAMPLES>;
     type WeightInfo = ();
     #[cfg(feature = "runtime-benchmarks")]
     type BenchmarkHelper = BenchmarkProviders;
@@ -227,6 +231,48 @@ pub fn offer_work(job: JobId, provider: AccountId, adapter: AdapterId, charged: 
         charged,
         commitment_hash: H256::repeat_byte(job as u8),
     });
+}
+
+/// The signed bytes of a version 2 receipt of request `request` on `channel`, for adapter
+/// `adapter` and `charge`, on this chain (or the chain with `genesis`).
+pub fn receipt_bytes(
+    channel: u64,
+    request: u64,
+    adapter: AdapterId,
+    charge: Balance,
+    genesis: Option<H256>,
+) -> Vec<u8> {
+    ServiceReceiptMessage {
+        domain: SERVICE_RECEIPT_DOMAIN,
+        genesis_hash: genesis.unwrap_or_else(|| System::block_hash(0)),
+        channel,
+        request,
+        adapter,
+        input_hash: H256::repeat_byte(1),
+        output_hash: H256::repeat_byte(2),
+        input_tokens: 20,
+        output_tokens: 30,
+        charge,
+        contexts: Default::default(),
+        commitment_hash: H256::repeat_byte(request as u8),
+    }
+    .encode()
+}
+
+/// A voucher of `channel` (sequence `sequence`, P1 paid by Alice) redeemed for `receipts`:
+/// offered for verification; returns the leaves of its tree.
+pub fn redeem(channel: u64, sequence: u64, receipts: &[Vec<u8>], amount: Balance) -> Vec<[u8; 32]> {
+    let leaves: Vec<[u8; 32]> = receipts.iter().map(|r| service_receipt::leaf(r)).collect();
+    Verification::offer_redemption(RedeemedWork {
+        channel,
+        sequence,
+        payer: ALICE,
+        provider: P1,
+        receipts_root: H256(service_receipt::root(&leaves)),
+        inferences: leaves.len() as u64,
+        amount,
+    });
+    leaves
 }
 
 /// Move to block `n`, running the verification hook of each block on the way.

@@ -7,7 +7,8 @@ use frame_support::{
     CloneNoBound, DebugNoBound, EqNoBound, PartialEqNoBound,
 };
 use frame_system::pallet_prelude::BlockNumberFor;
-use openledger_primitives::market::{AdapterId, BaseModelId};
+use openledger_primitives::market::{AdapterId, BaseModelId, JobId, RedeemedWork, SettledWork};
+use openledger_primitives::voucher::ChannelId;
 use scale_info::TypeInfo;
 use sp_core::H256;
 
@@ -78,7 +79,7 @@ pub enum Stage<BlockNumber> {
     Contested,
 }
 
-/// A settled job opened for verification.
+/// Settled work (a job, or a request on a channel) opened for verification.
 #[derive(
     CloneNoBound, PartialEqNoBound, EqNoBound, DebugNoBound, Encode, Decode, TypeInfo, MaxEncodedLen,
 )]
@@ -87,9 +88,9 @@ pub enum Stage<BlockNumber> {
 pub struct Audit<T: Config> {
     /// The provider whose work is checked.
     pub provider: T::AccountId,
-    /// Who paid for the job, refunded if the work is found wrong.
+    /// Who paid for the work, refunded if it is found wrong.
     pub payer: T::AccountId,
-    /// The adapter the job ran.
+    /// The adapter the work ran.
     pub adapter: AdapterId,
     /// Its base model: verifiers are providers that serve it too.
     pub base_model: BaseModelId,
@@ -104,9 +105,105 @@ pub struct Audit<T: Config> {
     /// Where it is.
     pub stage: Stage<BlockNumberFor<T>>,
     /// The block at which the chain looks at it next (a verdict or contest deadline); it is
-    /// indexed under this block in `AuditsByDeadline`.
+    /// indexed under this block in `AuditsByWake`.
     pub wake: BlockNumberFor<T>,
 }
 
 /// Most verifiers an audit replaces for not answering before it is abandoned.
 pub const MAX_DISMISSED: u32 = 4;
+
+/// What an audit checks.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    TypeInfo,
+    MaxEncodedLen,
+    Debug,
+)]
+pub enum Subject {
+    /// A job of the per-job path (`pallet-jobs`), settled by its receipt.
+    #[codec(index = 0)]
+    Job(JobId),
+    /// One request served on a payment channel (`pallet-channels`): a receipt of a redeemed
+    /// voucher, drawn by its leaf and revealed by the provider.
+    #[codec(index = 1)]
+    Request {
+        /// The channel.
+        channel: ChannelId,
+        /// The gateway's id of the request (unique per channel).
+        request: u64,
+    },
+}
+
+/// One leaf of a redeemed voucher's receipts tree.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    TypeInfo,
+    MaxEncodedLen,
+    Debug,
+)]
+pub struct Leaf {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The sequence of the redeemed voucher.
+    pub sequence: u64,
+    /// The leaf's index in its tree (the order the voucher's signer vouched for them).
+    pub index: u64,
+}
+
+/// A leaf drawn for an audit whose receipt the provider has not revealed yet.
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, DebugNoBound, Encode, Decode, TypeInfo, MaxEncodedLen,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct PendingReveal<T: Config> {
+    /// The channel's provider, which must reveal it.
+    pub provider: T::AccountId,
+    /// The channel's payer, refunded if the request is found served wrong.
+    pub payer: T::AccountId,
+    /// The redeemed voucher's Merkle root of its receipts.
+    pub receipts_root: H256,
+    /// The tree's leaves.
+    pub inferences: u64,
+    /// What the redemption paid in all (a missed reveal refunds the mean request's share).
+    pub amount: BalanceOf<T>,
+    /// The last block in which `reveal` is accepted.
+    pub until: BlockNumberFor<T>,
+}
+
+/// Work offered for verification in a block, drawn in the next.
+#[derive(Clone, PartialEq, Eq, Encode, Decode, TypeInfo, MaxEncodedLen, Debug)]
+pub enum Offer<AccountId, Balance> {
+    /// A settled job.
+    #[codec(index = 0)]
+    Job(SettledWork<AccountId, Balance>),
+    /// A redeemed channel voucher, its requests drawn by leaf.
+    #[codec(index = 1)]
+    Redemption(RedeemedWork<AccountId, Balance>),
+}
+
+/// Work that an audit opens on: a settled job, or a revealed channel request.
+pub(crate) struct Work<AccountId, Balance> {
+    pub subject: Subject,
+    pub payer: AccountId,
+    pub provider: AccountId,
+    pub adapter: AdapterId,
+    pub charged: Balance,
+    pub commitment_hash: H256,
+}

@@ -379,7 +379,8 @@ fn verify(
                 let name = hex::encode(hash);
                 if !engine.adapters().contains(&name) {
                     bail!(
-                        "{}: adapter {id} (content hash 0x{name}) is not among the adapters given                          (--adapters); cannot verify like with like",
+                        "{}: adapter {id} (content hash 0x{name}) is not among the adapters given \
+                         (--adapters); cannot verify like with like",
                         path.display()
                     );
                 }
@@ -393,6 +394,7 @@ fn verify(
                 adapter,
                 r.activations.clone(),
                 tol.relative,
+                r.sampling.map(|p| p.replay(r.output_tokens.len())),
             )
             .with_context(|| format!("{}: cannot be verified", path.display()))?;
         pending.push((path, r, rx));
@@ -409,17 +411,7 @@ fn verify(
         };
         let verdict = if report.passes(&tol) { "verified" } else { "refused" };
         refused += usize::from(!report.passes(&tol));
-        println!(
-            "{}: {verdict}: {} of {} tokens committed, {} entries, {} value and {} index mismatches, mean error {:.5}, max {:.5}",
-            r.key,
-            report.committed_tokens,
-            report.recomputed_tokens,
-            report.entries,
-            report.value_mismatches,
-            report.index_mismatches,
-            report.mean_relative_error(),
-            report.max_relative_error
-        );
+        println!("{}: {verdict}: {}", r.key, report.summary());
     }
     if refused > 0 {
         bail!("{refused} of {} answers refused", records.len());

@@ -124,6 +124,18 @@ fn redeem_splits_each_adapter_as_a_receipt_and_every_planck_is_accounted_for() {
         assert_eq!(last.datanet[1] - after.datanet[1], 750);
         assert_eq!(last.treasury - after.treasury, 250);
         assert_eq!(crate::Channels::<Test>::get(channel).unwrap().inferences, 2_000);
+
+        // Each redemption is offered for verification with what it paid for.
+        let offered = OFFERED.with(|o| o.borrow().clone());
+        let summary: Vec<_> = offered
+            .iter()
+            .map(|w| (w.channel, w.sequence, w.payer, w.provider, w.inferences, w.amount))
+            .collect();
+        assert_eq!(
+            summary,
+            [(channel, 1, ALICE, P1, 1_000, 10_000), (channel, 2, ALICE, P1, 1_000, 5_000)]
+        );
+        assert_eq!(offered[0].receipts_root, H256::repeat_byte(1));
     });
 }
 
