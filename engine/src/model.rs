@@ -285,7 +285,7 @@ impl Model {
             Backend::Tensor(t) => t.logits_of(hidden),
             Backend::Host { weights, .. } => {
                 let (n, width) = hidden.dims2()?;
-                let rows = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let rows: Vec<f32> = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 let logits = weights.lm_head.forward_input(&mut Input::new(&rows, n))?;
                 if n > 0 && logits.len() != n * self.config.vocab_size {
                     return Err(EngineError::Backend(format!(

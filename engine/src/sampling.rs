@@ -81,8 +81,43 @@ impl Sampler {
 
     /// Picks a token from one row of logits.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.draw(logits).0
+    }
+
+    /// Replays the pick of one row against the token `claimed` (a verifier's recomputed
+    /// logits, a generator's token): whether `claimed` is what this sampler picks, or sits
+    /// within a rounding of the pick (a greedy near tie within [`REPLAY_TIE`] of the largest
+    /// logit, relative; a draw within [`REPLAY_TIE`] of the claimed token's share of the
+    /// distribution), which another machine's arithmetic can honestly flip. Draws as
+    /// [`Self::sample`] does, so the rows must come in order.
+    pub(crate) fn replays(&mut self, logits: &[f32], claimed: u32) -> bool {
+        let (picked, draw) = self.draw(logits);
+        if picked == claimed {
+            return true;
+        }
+        let Some(&c) = logits.get(claimed as usize) else { return false };
+        let Some(&p) = logits.get(picked as usize) else { return false };
+        match draw {
+            // Greedy: the claimed logit is the largest but for rounding.
+            None => p - c <= REPLAY_TIE * p.abs().max(1.0),
+            // Sampled: the draw falls at the edge of the claimed token's interval.
+            Some(Draw { r, ref cand, ref probs }) => {
+                let mut lo = 0.0;
+                for (&(t, _), &q) in cand.iter().zip(probs) {
+                    if t == claimed {
+                        return r >= lo - REPLAY_TIE && r < lo + q + REPLAY_TIE;
+                    }
+                    lo += q;
+                }
+                false
+            },
+        }
+    }
+
+    /// The pick, and for a sampled one the draw and the distribution it was made from.
+    fn draw(&mut self, logits: &[f32]) -> (u32, Option<Draw>) {
         if self.params.temperature <= 0.0 || logits.len() < 2 {
-            return argmax(logits);
+            return (argmax(logits), None);
         }
         let t = self.params.temperature;
         let mut cand: Vec<(u32, f32)> = logits
@@ -92,7 +127,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l / t))
             .collect();
         if cand.is_empty() {
-            return argmax(logits);
+            return (argmax(logits), None);
         }
         // Ties broken by token id, so the order (and the draw) is fully determined.
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -117,15 +152,30 @@ impl Sampler {
             cand.truncate(keep);
         }
         let total: f32 = probs.iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
+        let r = self.rng.random::<f32>() * total;
+        let mut left = r;
+        let mut picked = cand[cand.len() - 1].0;
         for (i, p) in probs.iter().enumerate() {
-            if r < *p {
-                return cand[i].0;
+            if left < *p {
+                picked = cand[i].0;
+                break;
             }
-            r -= p;
+            left -= p;
         }
-        cand[cand.len() - 1].0
+        (picked, Some(Draw { r, cand, probs }))
     }
+}
+
+/// How far (relative to the largest logit when greedy; in probability when sampling) a
+/// replayed pick may sit from the claimed token and still count as the same pick.
+pub const REPLAY_TIE: f32 = 1e-4;
+
+/// A sampled pick's draw: the point `r` in the distribution's cumulative probabilities and
+/// the candidates (sorted as drawn) with their probabilities.
+struct Draw {
+    r: f32,
+    cand: Vec<(u32, f32)>,
+    probs: Vec<f32>,
 }
 
 /// Index of the largest logit (the first on ties; NaN never wins).
@@ -171,5 +221,22 @@ mod tests {
         assert!(a.iter().all(|&t| t < 2), "tail token drawn: {a:?}");
         assert!(a.contains(&0) && a.contains(&1));
         assert_eq!(a, draw(&params));
+    }
+
+    #[test]
+    fn a_replay_accepts_the_pick_and_near_ties_only() {
+        let mut greedy = Sampler::new(SamplingParams::default());
+        assert!(greedy.replays(&[0.1, 3.0, -1.0], 1));
+        assert!(!greedy.replays(&[0.1, 3.0, 2.9], 2), "a clear second is not the pick");
+        assert!(greedy.replays(&[0.1, 3.0, 2.99999], 2), "a near tie may flip");
+        // Sampled: the same seed accepts its own draws, and refuses a token far from them.
+        let params = SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
+        let logits = [2.0, 1.0, 0.0, -30.0];
+        let mut generator = Sampler::new(params.clone());
+        let picks: Vec<u32> = (0..50).map(|_| generator.sample(&logits)).collect();
+        let mut verifier = Sampler::new(params.clone());
+        assert!(picks.iter().all(|&t| verifier.replays(&logits, t)));
+        let mut verifier = Sampler::new(params);
+        assert!(picks.iter().any(|_| !verifier.replays(&logits, 3)), "an improbable token");
     }
 }

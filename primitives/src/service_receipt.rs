@@ -61,9 +61,13 @@ impl ServiceReceiptMessage {
     }
 }
 
+fn blake2_256(bytes: &[u8]) -> [u8; 32] {
+    <sp_runtime::traits::BlakeTwo256 as sp_runtime::traits::Hash>::hash(bytes).0
+}
+
 /// A receipt's leaf: BLAKE2b-256 of its signed bytes.
 pub fn leaf(signed_bytes: &[u8]) -> [u8; 32] {
-    sp_core::hashing::blake2_256(signed_bytes)
+    blake2_256(signed_bytes)
 }
 
 /// The parent of two nodes.
@@ -72,7 +76,7 @@ pub fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     bytes[0] = 1;
     bytes[1..33].copy_from_slice(left);
     bytes[33..].copy_from_slice(right);
-    sp_core::hashing::blake2_256(&bytes)
+    blake2_256(&bytes)
 }
 
 /// The root of `leaves` (see the module documentation).
