@@ -300,20 +300,35 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 }
 
 /// Decode steps replayed from CUDA graphs (`Model::forward_step_graphed`) give the eager
-/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same launches read the inputs written into the captured buffers.
-/// Five sequences of 3 to 600 cached positions (one past a 512-position attention
-/// partition, so the merge runs), crossing block boundaries as they grow; the batch shrinks
-/// to three and grows back, so one graph is replayed at positions other than its capture's
-/// and a second is captured; a last batch of four leaves the long sequence out, so the eager
-/// steps attend in one partition with no merge launch while the graph (its launch shape
-/// fixed by the model's positions) still runs the merge, which skips every sequence. The
-/// eager steps run on one cache, the graphed on another with the same contents.
+/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same
+/// launches read the inputs written into the captured buffers, and the padding rows that
+/// fill a step up to its batch-size bucket (1, 2, 4, 8, ...) touch none of the real rows.
+/// Eight sequences of 3 to 600 cached positions (one past a 512-position attention
+/// partition, so the merge runs), crossing block boundaries as they grow. The batch shrinks
+/// and grows across buckets: 8 (bucket 8, no padding), 3 (bucket 4, one padding row), 5 and
+/// 6 (the bucket-8 graph again, with 3 and 2 padding rows, other sequences in other orders),
+/// 2, 1, then 4 (the bucket-4 graph captured at 3 rows, now full) and 7; the 4-row batch
+/// leaves the long sequence out, so the eager steps attend in one partition with no merge
+/// launch while the graph (its launch shape fixed by the model's positions) still runs the
+/// merge, which skips every sequence. The eager steps run unpadded on one cache, the graphed
+/// on another with the same contents. Four graphs at the end, one per bucket (a graph per
+/// batch size would be seven).
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
-    let schedule: [&[usize]; 4] = [&[0, 1, 2, 3, 4], &[0, 2, 3], &[0, 1, 2, 3, 4], &[0, 1, 2, 4]];
-    let (compared, graphs) = graphed_vs_eager(16, &[3, 17, 130, 600, 31], &schedule);
-    assert_eq!(graphs, 3, "one graph per batch size");
-    eprintln!("{compared} decode steps, graphed = eager bit for bit");
+    let schedule: [&[usize]; 8] = [
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+        &[0, 2, 3],
+        &[0, 1, 2, 3, 4],
+        &[7, 5, 6, 0, 1, 3],
+        &[1, 3],
+        &[3],
+        &[0, 1, 2, 4],
+        &[6, 5, 4, 3, 2, 1, 0],
+    ];
+    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
+    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule);
+    assert_eq!(graphs, 4, "one graph per bucket (8, 4, 2, 1)");
+    eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
 }
 
 /// With cache blocks of a size the paged decode kernel does not take (not a power of two),

@@ -71,6 +71,10 @@ struct Args {
     /// a CUDA graph (`Model::forward_graphed`), after its eager run.
     #[arg(long)]
     graphs: bool,
+    /// Batch sizes of the engine decode runs without adapters (the largest of them, at least
+    /// 64, is also run with 32 adapters and sets the engine's running limit).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    engine_batch: Vec<usize>,
     /// Skip the engine-level runs.
     #[arg(long)]
     no_engine: bool,
@@ -222,14 +226,16 @@ fn first_token(engine: &mut Engine, prompt: &[u32], adapter: Option<&str>) -> Re
     Ok(secs)
 }
 
-/// Aggregate decode tokens/s of `n` sequences through the engine (time from the step that
-/// gave every sequence its first token to the end).
+/// Decode tokens/s of `n` sequences through the engine: aggregate (from the step that gave
+/// every sequence its first token to the end, the batch shrinking as sequences finish a few
+/// at a time, as they were admitted) and full-batch (over the steps that decoded all `n`
+/// sequences and nothing else, the figure to set beside the model step at batch `n`).
 fn engine_decode(
     engine: &mut Engine,
     prompts: &[Vec<u32>],
     adapters: &[Option<String>],
     generate: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
     let rx = prompts
         .iter()
@@ -238,10 +244,16 @@ fn engine_decode(
         .collect::<Result<Vec<_>>>()?;
     let mut got = vec![0usize; rx.len()];
     let mut start = None;
+    let (mut full_steps, mut full_secs) = (0usize, 0f64);
     while !engine.is_idle() {
-        engine.step()?;
+        let t = Instant::now();
+        let report = engine.step()?;
         for (g, r) in got.iter_mut().zip(&rx) {
             *g += tokens_streamed(r);
+        }
+        if start.is_some() && report.sequences == rx.len() && report.tokens == rx.len() {
+            full_steps += 1;
+            full_secs += t.elapsed().as_secs_f64();
         }
         if start.is_none() && got.iter().all(|&g| g >= 1) {
             start = Some((Instant::now(), got.iter().sum::<usize>()));
@@ -252,7 +264,9 @@ fn engine_decode(
     if total != rx.len() * generate {
         bail!("{total} tokens generated, {} expected", rx.len() * generate);
     }
-    Ok((total - base) as f64 / t0.elapsed().as_secs_f64())
+    let aggregate = (total - base) as f64 / t0.elapsed().as_secs_f64();
+    let full = if full_steps > 0 { (full_steps * rx.len()) as f64 / full_secs } else { 0.0 };
+    Ok((aggregate, full))
 }
 
 fn file_size(dir: &Path) -> usize {
@@ -450,7 +464,7 @@ fn engine_runs(
     peak: &mut usize,
 ) -> Result<()> {
     let file = file_size(qkvo_dir);
-    let batch = 64usize;
+    let batch = args.engine_batch.iter().copied().max().unwrap_or(0).max(64);
     let generate = 32usize;
     let batch_prompt = 128usize;
     let config = EngineConfig {
@@ -524,17 +538,21 @@ fn engine_runs(
     for i in 0..32 {
         engine.register_adapter(&format!("d{i}"), qkvo_dir)?;
     }
-    for (n, distinct) in [(1usize, 0usize), (64, 0), (64, 32)] {
+    let runs = args.engine_batch.iter().map(|&n| (n, 0)).chain([(batch, 32usize)]);
+    for (n, distinct) in runs {
         let prompts: Vec<Vec<u32>> = (0..n)
             .map(|s| (0..batch_prompt as u32).map(|i| (i * 31 + s as u32 * 977) % vocab).collect())
             .collect();
         let adapters: Vec<Option<String>> =
             (0..n).map(|s| (distinct > 0).then(|| format!("d{}", s % distinct))).collect();
-        // Once to load and install the adapters, then measured.
-        engine_decode(&mut engine, &prompts, &adapters, 4)?;
-        let rate = engine_decode(&mut engine, &prompts, &adapters, generate)?;
+        // Once to load and install the adapters and (with graphs) capture every batch-size
+        // bucket the run passes through, as a serving engine has long since done; then
+        // measured.
+        engine_decode(&mut engine, &prompts, &adapters, generate)?;
+        let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
         println!(
-            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1}}}"
+            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"graphs\":{}}}",
+            engine.model().decode_graphs()
         );
     }
     report_memory(dev, "engine_decode", peak)?;
