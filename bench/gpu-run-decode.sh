@@ -25,6 +25,10 @@
 #                    "full" then runs with OPENLEDGER_CUDA_GRAPHS=0 (eager, whatever the default)
 #   GRAPHS_TEST      with TESTS=1: OPENLEDGER_CUDA_GRAPHS for the second run of the engine tests
 #                    (default 1; the first run takes the process default)
+#   ENGINE_AB=N      the engine's decode alone (--engine-only), eager (OPENLEDGER_CUDA_GRAPHS=0)
+#                    and graphed (=1) in turn, N rounds, then a pair without activation
+#                    commitments (--no-commit): engine.jsonl, engine_table.md (with SKIP_BENCH=1:
+#                    nothing else after)
 #   ANCHOR_DEADLINE  seconds after the anchor's start past which it compiles no more sizes
 #   END_S            seconds after the start by which every step has ended (default 570):
 #                    each step's timeout is cut to what is left
@@ -74,14 +78,43 @@ if [ -n "${TESTS:-}" ]; then
       | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
   fi
 fi
-[ -n "${SKIP_BENCH:-}" ] && exit 0
-DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
 bench() { # name output binary args...: the JSON lines tagged with the run's name
   local name=$1 out=$2 bin=$3; shift 3
   echo "== $name $(date -u +%T)" | tee -a "$OUT/bench.log"
   timeout $(left ${BENCH_TIMEOUT:-200}) "$bin" "$@" 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$OUT/$out"
   echo "exit $?"
 }
+if [ -n "${ENGINE_AB:-}" ]; then
+  # The engine's decode alone (engine-gpu-bench --engine-only), eager and with graphs in
+  # turn, ENGINE_AB rounds, then one pair without activation commitments: engine.jsonl.
+  for r in $(seq ${ENGINE_AB}); do
+    OPENLEDGER_CUDA_GRAPHS=0 bench eager$r engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only
+    OPENLEDGER_CUDA_GRAPHS=1 bench graphs$r engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only
+  done
+  OPENLEDGER_CUDA_GRAPHS=0 bench eager_nocommit engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only --no-commit
+  OPENLEDGER_CUDA_GRAPHS=1 bench graphs_nocommit engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only --no-commit
+  python3 - "$OUT/engine.jsonl" <<'PY' | tee "$OUT/engine_table.md"
+import json, sys
+rows, names = {}, []
+for line in open(sys.argv[1]):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        continue
+    if d.get("measure") != "engine_decode":
+        continue
+    if d["run"] not in names:
+        names.append(d["run"])
+    rows.setdefault((d["batch"], d["adapters"]), {})[d["run"]] = d
+print("engine decode tok/s, aggregate / full batch, per run:")
+print("| batch | adapters | " + " | ".join(names) + " |")
+for (b, a), r in sorted(rows.items()):
+    cells = [f"{r[n]['tok_per_s']:.0f} / {r[n]['full_batch_tok_per_s']:.0f}" if n in r else "-" for n in names]
+    print(f"| {b} | {a} | " + " | ".join(cells) + " |")
+PY
+fi
+[ -n "${SKIP_BENCH:-}" ] && exit 0
+DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
 for r in 1 2; do
   [ -x /tmp/gd/before/engine-gpu-bench ] && bench before$r decode.jsonl /tmp/gd/before/engine-gpu-bench $DECODE
   bench after$r decode.jsonl /tmp/gd/after/engine-gpu-bench $DECODE ${AFTER_ARGS:-}

@@ -78,6 +78,13 @@ struct Args {
     /// Skip the engine-level runs.
     #[arg(long)]
     no_engine: bool,
+    /// Only the engine-level runs (no model-step decode or prefill configurations).
+    #[arg(long)]
+    engine_only: bool,
+    /// The engine without activation commitments (the final-norm rows of every step are
+    /// then neither copied to the host nor hashed): what they cost a decode step.
+    #[arg(long)]
+    no_commit: bool,
     /// Run everything on the CPU in f32 (a check of the benchmark's own logic on a machine
     /// without a GPU; use tiny shapes).
     #[arg(long)]
@@ -416,21 +423,24 @@ fn main() -> Result<()> {
         }
         Ok(())
     };
-    let mut seen = HashSet::new();
-    for &b in &args.batch {
-        for &a in &args.adapters {
-            let d = a.min(b);
-            if seen.insert((b, d)) {
-                decode(b, d, 0, qkvo_adapter.weight_bytes(), "qkvo")?;
+    if !args.engine_only {
+        let mut seen = HashSet::new();
+        for &b in &args.batch {
+            for &a in &args.adapters {
+                let d = a.min(b);
+                if seen.insert((b, d)) {
+                    decode(b, d, 0, qkvo_adapter.weight_bytes(), "qkvo")?;
+                }
             }
         }
+        decode(args.all7_batch, args.all7_adapters, max_a, all7_adapter.weight_bytes(), "all7")?;
+        report_memory(dev, "decode", &mut peak)?;
     }
-    decode(args.all7_batch, args.all7_adapters, max_a, all7_adapter.weight_bytes(), "all7")?;
-    report_memory(dev, "decode", &mut peak)?;
 
     let vocab = cfg.vocab_size as u32;
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 2654435761u32) % vocab).collect();
-    for slot in [None, Some(0u32)] {
+    let prefills: &[Option<u32>] = if args.engine_only { &[] } else { &[None, Some(0)] };
+    for &slot in prefills {
         let secs = prefill_time(&model, &lora, &mut cache, &prompt, slot, &device)?;
         println!(
             "{{\"measure\":\"prefill\",\"tokens\":{},\"adapter\":{},\"ms\":{:.2},\"tok_per_s\":{:.0}}}",
@@ -482,8 +492,8 @@ fn engine_runs(
         max_prefill_chunk: 0,
         max_running: batch,
         threads: 2,
-        // Activation commitments on, as a worker serves.
-        commit_activations: true,
+        // Activation commitments on, as a worker serves (unless `--no-commit`).
+        commit_activations: !args.no_commit,
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let mut engine = Engine::new(model, tokenizer, config)?;
@@ -551,8 +561,9 @@ fn engine_runs(
         engine_decode(&mut engine, &prompts, &adapters, generate)?;
         let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
         println!(
-            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"graphs\":{}}}",
-            engine.model().decode_graphs()
+            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"graphs\":{},\"commit\":{}}}",
+            engine.model().decode_graphs(),
+            !args.no_commit
         );
     }
     report_memory(dev, "engine_decode", peak)?;
