@@ -40,7 +40,7 @@ pub struct Options {
     /// `OPENLEDGER_ADAPTERS_BF16`.
     pub adapters_bf16: bool,
     /// Decode steps from CUDA graphs: on unless `OPENLEDGER_CUDA_GRAPHS=0`. The engine with
-    /// graphs per batch-size bucket decoded 1.5-4.8% faster than eager at batch 1-64 without
+    /// graphs per batch-size bucket decoded 1.5-10.5% faster than eager at batch 1-64 without
     /// adapters (H100, 2026-12-06, `docs/benchmarks.md`); steps with adapters stay eager.
     pub cuda_graphs: bool,
 }
