@@ -21,7 +21,14 @@
 #   SANITIZE_RACE=0  no racecheck
 #   AFTER_ARGS       extra engine-gpu-bench arguments for the new binary only (e.g. --graphs)
 #   FULL_GRAPHS=1    with FULL=1: the whole benchmark again with OPENLEDGER_CUDA_GRAPHS=1 (the
-#                    engine's decode steps replayed from CUDA graphs), tagged "full_graphs"
+#                    engine's decode steps replayed from CUDA graphs), tagged "full_graphs";
+#                    "full" then runs with OPENLEDGER_CUDA_GRAPHS=0 (eager, whatever the default)
+#   GRAPHS_TEST      with TESTS=1: OPENLEDGER_CUDA_GRAPHS for the second run of the engine tests
+#                    (default 1; the first run takes the process default)
+#   ENGINE_AB=N      the engine's decode alone (--engine-only), eager (OPENLEDGER_CUDA_GRAPHS=0)
+#                    and graphed (=1) in turn, N rounds, then a pair without activation
+#                    commitments (--no-commit): engine.jsonl, engine_table.md (with SKIP_BENCH=1:
+#                    nothing else after)
 #   ANCHOR_DEADLINE  seconds after the anchor's start past which it compiles no more sizes
 #   END_S            seconds after the start by which every step has ended (default 570):
 #                    each step's timeout is cut to what is left
@@ -40,6 +47,11 @@ if [ -n "${TESTS:-}" ]; then
   echo "== tests" | tee -a "$OUT/tests.log"
   timeout $(left ${TEST_TIMEOUT:-200}) /tmp/gd/after/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" \
     | grep -E "^test |test result|panicked|differ|rms|greedy|error" | head -60
+  # The engine tests again with the engine's decode steps from CUDA graphs (the switch is
+  # read once per process).
+  echo "== engine tests, OPENLEDGER_CUDA_GRAPHS=${GRAPHS_TEST:-1}" | tee -a "$OUT/tests.log"
+  OPENLEDGER_CUDA_GRAPHS=${GRAPHS_TEST:-1} timeout $(left 120) /tmp/gd/after/gpu_engine --test-threads=1 --nocapture cuda_engine 2>&1 \
+    | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|error" | head -20
   if [ -z "${SKIP_PEFT:-}" ]; then
     echo "== transformers + PEFT vs the engine's bf16 CUDA path" | tee -a "$OUT/tests.log"
     timeout $(left ${PEFT_TIMEOUT:-260}) python3 bench/scripts/hf_peft_check.py --engine /tmp/gd/after/engine-logits \
@@ -66,14 +78,43 @@ if [ -n "${TESTS:-}" ]; then
       | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
   fi
 fi
-[ -n "${SKIP_BENCH:-}" ] && exit 0
-DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
 bench() { # name output binary args...: the JSON lines tagged with the run's name
   local name=$1 out=$2 bin=$3; shift 3
   echo "== $name $(date -u +%T)" | tee -a "$OUT/bench.log"
   timeout $(left ${BENCH_TIMEOUT:-200}) "$bin" "$@" 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$OUT/$out"
   echo "exit $?"
 }
+if [ -n "${ENGINE_AB:-}" ]; then
+  # The engine's decode alone (engine-gpu-bench --engine-only), eager and with graphs in
+  # turn, ENGINE_AB rounds, then one pair without activation commitments: engine.jsonl.
+  for r in $(seq ${ENGINE_AB}); do
+    OPENLEDGER_CUDA_GRAPHS=0 bench eager$r engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only
+    OPENLEDGER_CUDA_GRAPHS=1 bench graphs$r engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only
+  done
+  OPENLEDGER_CUDA_GRAPHS=0 bench eager_nocommit engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only --no-commit
+  OPENLEDGER_CUDA_GRAPHS=1 bench graphs_nocommit engine.jsonl /tmp/gd/after/engine-gpu-bench --engine-only --no-commit
+  python3 - "$OUT/engine.jsonl" <<'PY' | tee "$OUT/engine_table.md"
+import json, sys
+rows, names = {}, []
+for line in open(sys.argv[1]):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        continue
+    if d.get("measure") != "engine_decode":
+        continue
+    if d["run"] not in names:
+        names.append(d["run"])
+    rows.setdefault((d["batch"], d["adapters"]), {})[d["run"]] = d
+print("engine decode tok/s, aggregate / full batch, per run:")
+print("| batch | adapters | " + " | ".join(names) + " |")
+for (b, a), r in sorted(rows.items()):
+    cells = [f"{r[n]['tok_per_s']:.0f} / {r[n]['full_batch_tok_per_s']:.0f}" if n in r else "-" for n in names]
+    print(f"| {b} | {a} | " + " | ".join(cells) + " |")
+PY
+fi
+[ -n "${SKIP_BENCH:-}" ] && exit 0
+DECODE="--no-engine --batch ${BATCHES:-1,8,32,64,128} --adapters 0,32"
 for r in 1 2; do
   [ -x /tmp/gd/before/engine-gpu-bench ] && bench before$r decode.jsonl /tmp/gd/before/engine-gpu-bench $DECODE
   bench after$r decode.jsonl /tmp/gd/after/engine-gpu-bench $DECODE ${AFTER_ARGS:-}
@@ -86,7 +127,7 @@ if [ -f gpu-bin/hf_decode_anchor.py ]; then
     --deadline $a_dl >> "$OUT/bench.log" 2>&1
   echo "anchor exit $?"
 fi
-[ -n "${FULL:-}" ] && bench full full.jsonl /tmp/gd/after/engine-gpu-bench ${AFTER_ARGS:-}
+[ -n "${FULL:-}" ] && OPENLEDGER_CUDA_GRAPHS=${FULL_GRAPHS:+0} bench full full.jsonl /tmp/gd/after/engine-gpu-bench ${AFTER_ARGS:-}
 [ -n "${FULL:-}" ] && [ -n "${FULL_GRAPHS:-}" ] && OPENLEDGER_CUDA_GRAPHS=1 bench full_graphs full.jsonl /tmp/gd/after/engine-gpu-bench ${AFTER_ARGS:-}
 # The bf16 matrix rate for the prefill's FLOP floor, measured here (torch, 8192^3, random).
 python3 - <<'PY' >> "$OUT/anchor.jsonl" 2>> "$OUT/bench.log"
@@ -154,6 +195,27 @@ for b in sorted({k[0] for k in keys if k[1] == 0}):
     f = lambda v: " / ".join(f"{x:.2f}" for x in v) or "-"
     print(f"| {b} | {f(e)} | {f(g)} | {fl} | {min(g) / fl:.2f} | {min(e) / fl:.2f} | {anchor.get(('compile', b), '-')} | {anchor.get(('eager', b), '-')} |"
           if g and e and fl else f"| {b} | {f(e)} | {f(g)} | {fl} | - | - | - | - |")
+# The engine's decode (scheduler, sampling, streaming) eager (`full`) and with graphs
+# (`full_graphs`) against the model step alone at the same batch (after1's eager and graphed
+# steps): aggregate tok/s (the batch shrinking at the end) and over the full-batch steps.
+eng = {}
+for n in ("full", "full_graphs"):
+    for d in runs.get(n, {}).get("other", []):
+        if d["measure"] == "engine_decode":
+            eng[(n, d["batch"], d["adapters"])] = d
+if eng:
+    print()
+    print("| batch | adapters | engine eager tok/s (aggregate / full batch) | engine graphs tok/s | graphs / eager (full batch) | model step eager / graphed tok/s | engine / model step, eager / graphs (full batch) | graphs held |")
+    for b, a in sorted({(k[1], k[2]) for k in eng}):
+        e, g = eng.get(("full", b, a)), eng.get(("full_graphs", b, a))
+        key = (b, a, "qkvo")
+        me = runs.get("after1", {}).get(key, {}).get("tok_per_s")
+        mg = runs.get("after1", {}).get((b, a, "qkvo graph"), {}).get("tok_per_s") or me
+        cell = lambda d: f"{d['tok_per_s']:.0f} / {d.get('full_batch_tok_per_s', 0):.0f}" if d else "-"
+        ratio = f"{g['full_batch_tok_per_s'] / e['full_batch_tok_per_s']:.3f}" if e and g and e.get("full_batch_tok_per_s") else "-"
+        re = f"{e['full_batch_tok_per_s'] / me:.2f}" if e and me else "-"
+        rg = f"{g['full_batch_tok_per_s'] / mg:.2f}" if g and mg else "-"
+        print(f"| {b} | {a} | {cell(e)} | {cell(g)} | {ratio} | {me or '-'} / {mg or '-'} | {re} / {rg} | {g.get('graphs', '-') if g else '-'} |")
 # Prefill of the 8B shape: 2 x (projection parameters) x tokens + causal attention, over the
 # matrix rate measured above.
 L, H, KV, F, T = 32, 4096, 1024, 14336, 512

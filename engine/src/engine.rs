@@ -127,7 +127,13 @@ impl Engine {
     /// compute tier are made where the model runs (host memory, or its GPU).
     pub fn new(model: Model, tokenizer: Tokenizer, config: EngineConfig) -> Result<Self> {
         let pool = compute_pool(config.threads);
-        let cache = KvCache::for_model(config.kv_cache, &model)?;
+        let mut cache = KvCache::for_model(config.kv_cache, &model)?;
+        // Decode steps replayed from CUDA graphs are padded to their bucket, the padding rows
+        // writing to a block no sequence holds: taken now, before admission can hand every
+        // block out (a step with no padding block would run eagerly).
+        if openledger_kernels::options::options().cuda_graphs && model.device().is_cuda() {
+            cache.padding_block();
+        }
         // A CPU engine on a block-quantized model reads its adapters as row-quantized bytes:
         // a decode step with many distinct adapters is bound by their bytes, and the base
         // weights are already quantized coarser (`OPENLEDGER_ADAPTERS_BF16=1` opts out).

@@ -57,6 +57,11 @@ pub struct KvCache {
     /// Device tensors, one `[num_blocks * block_size, num_kv_heads * head_dim]` pair per layer.
     device: Option<DevicePool>,
     free: Vec<u32>,
+    /// A block no sequence holds, taken from the pool once (on a CUDA device, by a graphed
+    /// decode step or by an engine that replays them): the padding rows of a step padded up
+    /// to its graph's batch size write their keys and values there and read them back, so
+    /// they never touch a sequence's positions.
+    padding: Option<u32>,
 }
 
 /// Per layer, the host keys and values.
@@ -118,6 +123,7 @@ impl KvCache {
             device: None,
             // Popped from the end: block 0 is handed out first.
             free: (0..config.num_blocks as u32).rev().collect(),
+            padding: None,
         }
     }
 
@@ -145,6 +151,7 @@ impl KvCache {
             host: HostPool::F32 { keys: Vec::new(), values: Vec::new() },
             device: Some(DevicePool { keys, values }),
             free: (0..config.num_blocks as u32).rev().collect(),
+            padding: None,
         })
     }
 
@@ -214,6 +221,15 @@ impl KvCache {
         Ok(())
     }
 
+    /// The padding block (see the field), taken from the free blocks on the first call;
+    /// `None` when every block is held. It stays out of the pool for the cache's life.
+    pub(crate) fn padding_block(&mut self) -> Option<u32> {
+        if self.padding.is_none() {
+            self.padding = self.free.pop();
+        }
+        self.padding
+    }
+
     /// Returns a finished sequence's blocks to the pool.
     pub fn release(&mut self, table: &mut BlockTable) {
         self.free.extend(table.blocks.drain(..).rev());
@@ -261,5 +277,28 @@ impl KvCache {
             HostPool::F32 { keys, values } => HostLayer::F32(keys.get(layer)?, values.get(layer)?),
             HostPool::F16 { keys, values } => HostLayer::F16(keys.get(layer)?, values.get(layer)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_padding_block_is_taken_once_and_never_handed_to_a_sequence() {
+        let mut cache = KvCache::new(KvCacheConfig { block_size: 4, num_blocks: 3 }, 1, 1, 2);
+        let pad = cache.padding_block().unwrap();
+        assert_eq!(cache.padding_block(), Some(pad), "the same block on every call");
+        assert_eq!(cache.free_blocks(), 2);
+        let mut table = BlockTable::default();
+        cache.reserve(&mut table, 8).unwrap();
+        assert!(!table.blocks.contains(&pad));
+        assert!(cache.reserve(&mut BlockTable::default(), 1).is_err(), "the pool is spent");
+        cache.release(&mut table);
+        assert_eq!(cache.free_blocks(), 2, "release gives back the sequence's blocks alone");
+
+        let mut full = KvCache::new(KvCacheConfig { block_size: 4, num_blocks: 1 }, 1, 1, 2);
+        full.reserve(&mut BlockTable::default(), 4).unwrap();
+        assert_eq!(full.padding_block(), None, "no block free, no padding block");
     }
 }

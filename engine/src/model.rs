@@ -313,10 +313,12 @@ impl Model {
 
     /// [`Model::forward`], with decode steps replayed from CUDA graphs where they can be:
     /// on a CUDA device (a `cuda` build), a step of one-token chunks without adapters is
-    /// captured once per batch size and replayed after (the same launches, so the same
-    /// logits); any other step, and every step elsewhere, runs as [`Model::forward`] runs
-    /// it. A graph reads the cache it was captured with: steps on another cache capture
-    /// their own.
+    /// padded up to its batch-size bucket (1, 2, 4, 8, 16, 24, 32, 48, 64, ... 256; the
+    /// padding rows write only the cache's padding block, which this takes from the free
+    /// blocks once, and their results are dropped), captured once per bucket and replayed
+    /// after; any other step, and every step elsewhere, runs as [`Model::forward`] runs it.
+    /// A graph reads the cache it was captured with: steps on another cache capture their
+    /// own.
     pub fn forward_graphed(
         &self,
         chunks: &[SeqChunk<'_>],
@@ -326,8 +328,8 @@ impl Model {
         Ok(self.forward_step_with(chunks, cache, lora, &[], true)?.logits)
     }
 
-    /// Decode steps held as CUDA graphs (one per batch size and cache; 0 without `cuda`, or
-    /// on the host path).
+    /// Decode steps held as CUDA graphs (one per batch-size bucket and cache; 0 without
+    /// `cuda`, or on the host path).
     pub fn decode_graphs(&self) -> usize {
         match &self.backend {
             #[cfg(feature = "cuda")]

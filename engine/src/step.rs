@@ -7,6 +7,7 @@ use openledger_kernels::BatchSegments;
 use crate::kv_cache::BlockTable;
 
 /// One sequence's share of a step: its new tokens, at positions `start..start + tokens.len()`.
+#[derive(Clone, Copy)]
 pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     /// The sequence's blocks, already reserved for `start + tokens.len()` positions.

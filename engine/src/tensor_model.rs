@@ -242,8 +242,9 @@ impl TensorModel {
     /// the final-norm rows at `hidden_rows` (`[hidden_rows, hidden]`, the model's dtype).
     /// `positions` and `last_rows` are those [`crate::model::Model::forward`] computed.
     /// With `graphs` (CUDA builds), a step of one-token chunks without adapters replays a
-    /// CUDA graph of the step captured for its batch size (`decode_graph.rs`); the same
-    /// launches, so the same logits and rows.
+    /// CUDA graph of the step captured for its batch-size bucket ([`graph_bucket`], padded
+    /// with rows whose results are dropped; `decode_graph.rs`); the same launches, so the
+    /// same logits and rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
@@ -258,27 +259,21 @@ impl TensorModel {
         segments: &StepSegments,
         graphs: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let pool = self.check_pool(cfg, cache)?;
         // A graphed step also gives the asked final-norm rows (activation commitments): the
         // graph keeps every row through the final norm, gathered after the replay
         // (`decode_graph::forward`), so commitments do not send decode steps down the eager
         // path.
         #[cfg(feature = "cuda")]
         if graphs && decode_graph::applies(self, cfg, chunks, cache, segments) {
-            return decode_graph::forward(
-                self,
-                cfg,
-                chunks,
-                tokens,
-                positions,
-                hidden_rows,
-                cache,
-                lora,
-                segments,
-            );
+            if let Some(out) =
+                decode_graph::forward(self, cfg, chunks, hidden_rows, cache, lora, segments)?
+            {
+                return Ok(out);
+            }
         }
         #[cfg(not(feature = "cuda"))]
         let _ = graphs;
+        let pool = self.check_pool(cfg, cache)?;
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, false)?;
         let (logits, h) = self.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
         if hidden_rows.is_empty() {
@@ -624,6 +619,26 @@ impl StepPlan {
     }
 }
 
+/// The batch sizes a decode step is captured at as a CUDA graph: a step of `n` sequences
+/// is padded up to the first bucket of at least `n` rows. Powers of two to 8, then steps of
+/// a third to a half (16, 24, 32, 48, 64, ...): a decode step's GEMMs read the whole weights
+/// at any of these row counts, so padding costs little device time, while each bucket is
+/// one capture (an eager step, a capture, an instantiation: a few steps' time, once) and
+/// one graph held. A server's batch shrinks and grows through every size as sequences
+/// finish and join; graphs per exact size were captured and hardly replayed (the engine's
+/// batch-64 decode ran 39% slower with them, `docs/benchmarks.md`).
+pub(crate) const GRAPH_BUCKETS: [usize; 13] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+
+/// The bucket a decode step of `n` sequences is padded to, `None` over the largest (such a
+/// step runs eagerly) or for an empty step.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn graph_bucket(n: usize) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    GRAPH_BUCKETS.iter().copied().find(|&b| b >= n)
+}
+
 /// Whether one-token chunks attend through the paged decode kernel: head sizes 64 and 128
 /// and power-of-two cache blocks (other shapes, such as the tiny test models', gather their
 /// positions like prefill).
@@ -654,4 +669,29 @@ fn causal_mask(cfg: &ModelConfig, start: usize, t: usize, dev: &Device) -> Resul
         }
     }
     Ok(Tensor::from_vec(m, (group * t, ctx), dev)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_batch_size_pads_to_the_smallest_bucket_that_holds_it() {
+        assert_eq!(graph_bucket(0), None);
+        let largest = *GRAPH_BUCKETS.last().unwrap();
+        for n in 1..=largest {
+            let b = graph_bucket(n).unwrap();
+            assert!(b >= n && GRAPH_BUCKETS.contains(&b), "{n} -> {b}");
+            // No smaller bucket holds n.
+            assert!(GRAPH_BUCKETS.iter().all(|&s| s >= b || s < n), "{n} -> {b}");
+            // Padding: fewer rows than the step's own, at most half of them past 16.
+            assert!(b < 2 * n || b == 1, "{n} -> {b}");
+            assert!(n <= 16 || 2 * b <= 3 * n, "{n} -> {b}");
+        }
+        assert_eq!(graph_bucket(largest + 1), None);
+        assert_eq!(
+            (graph_bucket(5), graph_bucket(33), graph_bucket(64)),
+            (Some(8), Some(48), Some(64))
+        );
+    }
 }

@@ -41,6 +41,8 @@ const MODEL_SEED: u64 = 5;
 const GREEDY_SEED: u64 = 3;
 /// Tokens generated per sequence.
 const GENERATE: usize = 8;
+/// Well-conditioned greedy tokens the tests with adapters need at least (of 5 x 8).
+const HALF_THE_TOKENS: usize = 20;
 
 fn cuda() -> Device {
     Device::new_cuda(0).expect("a CUDA device (these tests run on the GPU machine)")
@@ -180,17 +182,23 @@ fn cuda_fused_layer_steps_match_the_candle_ops_they_replace() {
     }
 }
 
-/// The tied model of the greedy tests, its CPU greedy run, and per sequence how many of
-/// its first tokens are well-conditioned (see the module doc).
-fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch::Run, Vec<usize>) {
+/// The tied model of the greedy tests, its CPU greedy run of `specs`, and per sequence how
+/// many of its first tokens are well-conditioned (see the module doc), at least
+/// `min_checked` in all.
+fn greedy_reference(
+    dir: &std::path::Path,
+    gpu: &Device,
+    specs: &[SeqSpec],
+    min_checked: usize,
+) -> (ModelConfig, batch::Run, Vec<usize>) {
     let mut config = wide_config();
     config["tie_word_embeddings"] = true.into();
     let cfg = write_model_with(dir, &config, GREEDY_SEED);
     let host = Model::load_hf(dir, &Device::Cpu).unwrap();
     let model = Model::load_hf(dir, gpu).unwrap();
-    let want = batch::run(&host, &slots(dir, &cfg, &Device::Cpu), &seqs(), 4, GENERATE, 16, None);
+    let want = batch::run(&host, &slots(dir, &cfg, &Device::Cpu), specs, 4, GENERATE, 16, None);
     let lora_gpu = slots(dir, &cfg, gpu);
-    let got = batch::run(&model, &lora_gpu, &seqs(), 4, GENERATE, 16, Some(&want.generated));
+    let got = batch::run(&model, &lora_gpu, specs, 4, GENERATE, 16, Some(&want.generated));
     // The logits test bounds the largest error; here only the typical one matters (the
     // prefix below uses each row's own error).
     let rms = batch::rms_relative_error(&want, &got);
@@ -200,7 +208,7 @@ fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch:
     let prefix = batch::well_conditioned_prefix(&want, &got);
     let checked: usize = prefix.iter().sum();
     eprintln!("tied model: well-conditioned greedy tokens per sequence {prefix:?}");
-    assert!(checked >= seqs().len() * GENERATE / 2, "too few well-conditioned tokens");
+    assert!(checked >= min_checked, "too few well-conditioned tokens ({checked})");
     (cfg, want, prefix)
 }
 
@@ -208,7 +216,7 @@ fn greedy_reference(dir: &std::path::Path, gpu: &Device) -> (ModelConfig, batch:
 fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
     let dir = tempfile::tempdir().unwrap();
     let gpu = cuda();
-    let (cfg, want, prefix) = greedy_reference(dir.path(), &gpu);
+    let (cfg, want, prefix) = greedy_reference(dir.path(), &gpu, &seqs(), HALF_THE_TOKENS);
     let model = Model::load_hf(dir.path(), &gpu).unwrap();
     let free = batch::run(&model, &slots(dir.path(), &cfg, &gpu), &seqs(), 4, GENERATE, 16, None);
     for (i, &n) in prefix.iter().enumerate() {
@@ -220,7 +228,7 @@ fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
 fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
     let dir = tempfile::tempdir().unwrap();
     let gpu = cuda();
-    let (cfg, reference, prefix) = greedy_reference(dir.path(), &gpu);
+    let (cfg, reference, prefix) = greedy_reference(dir.path(), &gpu, &seqs(), HALF_THE_TOKENS);
     let tok = openledger_engine::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
     let mut outputs = Vec::new();
     for device in [Device::Cpu, gpu] {
@@ -258,6 +266,54 @@ fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
         // The CPU engine is bitwise batch-invariant: it reproduces the reference schedule.
         assert_eq!(outputs[0][i], reference.generated[i], "request {i}: CPU engine");
         assert_eq!(outputs[1][i][..*n], outputs[0][i][..*n], "request {i}: CUDA engine");
+    }
+}
+
+/// The CUDA engine's decode steps without adapters replayed from CUDA graphs (the default;
+/// the GPU script runs the engine tests again with `OPENLEDGER_CUDA_GRAPHS=0`): five requests
+/// without adapters that ask for 8, 7, 6, 5 and 4 tokens, so after the prefill step the batch
+/// shrinks 5, 4, 3, 2, 1 through the buckets 8, 4, 2 and 1 with padding rows, generate what
+/// the CPU engine does where the choice is well-conditioned, and the CUDA engine holds
+/// graphs exactly when they are on.
+#[test]
+fn cuda_engine_without_adapters_generates_what_the_cpu_engine_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = cuda();
+    let bare: Vec<SeqSpec> = seqs().into_iter().map(|s| SeqSpec { slot: None, ..s }).collect();
+    let (_, reference, prefix) = greedy_reference(dir.path(), &gpu, &bare, 10);
+    let tok = openledger_engine::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+    let (mut outputs, mut graphs) = (Vec::new(), Vec::new());
+    for device in [Device::Cpu, gpu] {
+        let model = Model::load_hf(dir.path(), &device).unwrap();
+        let config = EngineConfig {
+            kv_cache: KvCacheConfig { block_size: 16, num_blocks: 32 },
+            max_running: bare.len(),
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(model, tok.clone(), config).unwrap();
+        let rx: Vec<_> = bare
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let max_tokens = GENERATE - i;
+                let params = SamplingParams { max_tokens, ignore_eos: true, ..Default::default() };
+                engine.submit_tokens(s.prompt.clone(), None, params).unwrap().1
+            })
+            .collect();
+        engine.run_until_idle().unwrap();
+        graphs.push(engine.model().decode_graphs());
+        outputs.push(common::streamed_tokens(&rx));
+    }
+    let on = openledger_kernels::options::options().cuda_graphs;
+    eprintln!("CUDA engine: {} decode graphs held (graphs on: {on}); prefix {prefix:?}", graphs[1]);
+    assert_eq!(graphs[0], 0, "the CPU engine captures nothing");
+    assert_eq!(graphs[1] > 0, on, "the CUDA engine holds graphs exactly when they are on");
+    for (i, &n) in prefix.iter().enumerate() {
+        let len = GENERATE - i;
+        assert_eq!((outputs[0][i].len(), outputs[1][i].len()), (len, len), "request {i}");
+        assert_eq!(outputs[0][i], reference.generated[i][..len], "request {i}: CPU engine");
+        let k = n.min(len);
+        assert_eq!(outputs[1][i][..k], outputs[0][i][..k], "request {i}: CUDA engine");
     }
 }
 
@@ -300,20 +356,35 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 }
 
 /// Decode steps replayed from CUDA graphs (`Model::forward_step_graphed`) give the eager
-/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same launches read the inputs written into the captured buffers.
-/// Five sequences of 3 to 600 cached positions (one past a 512-position attention
-/// partition, so the merge runs), crossing block boundaries as they grow; the batch shrinks
-/// to three and grows back, so one graph is replayed at positions other than its capture's
-/// and a second is captured; a last batch of four leaves the long sequence out, so the eager
-/// steps attend in one partition with no merge launch while the graph (its launch shape
-/// fixed by the model's positions) still runs the merge, which skips every sequence. The
-/// eager steps run on one cache, the graphed on another with the same contents.
+/// steps' logits and asked final-norm rows (activation commitments) bit for bit: the same
+/// launches read the inputs written into the captured buffers, and the padding rows that
+/// fill a step up to its batch-size bucket (1, 2, 4, 8, ...) touch none of the real rows.
+/// Eight sequences of 3 to 600 cached positions (one past a 512-position attention
+/// partition, so the merge runs), crossing block boundaries as they grow. The batch shrinks
+/// and grows across buckets: 8 (bucket 8, no padding), 3 (bucket 4, one padding row), 5 and
+/// 6 (the bucket-8 graph again, with 3 and 2 padding rows, other sequences in other orders),
+/// 2, 1, then 4 (the bucket-4 graph captured at 3 rows, now full) and 7; the 4-row batch
+/// leaves the long sequence out, so the eager steps attend in one partition with no merge
+/// launch while the graph (its launch shape fixed by the model's positions) still runs the
+/// merge, which skips every sequence. The eager steps run unpadded on one cache, the graphed
+/// on another with the same contents. Four graphs at the end, one per bucket (a graph per
+/// batch size would be seven).
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
-    let schedule: [&[usize]; 4] = [&[0, 1, 2, 3, 4], &[0, 2, 3], &[0, 1, 2, 3, 4], &[0, 1, 2, 4]];
-    let (compared, graphs) = graphed_vs_eager(16, &[3, 17, 130, 600, 31], &schedule);
-    assert_eq!(graphs, 3, "one graph per batch size");
-    eprintln!("{compared} decode steps, graphed = eager bit for bit");
+    let schedule: [&[usize]; 8] = [
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+        &[0, 2, 3],
+        &[0, 1, 2, 3, 4],
+        &[7, 5, 6, 0, 1, 3],
+        &[1, 3],
+        &[3],
+        &[0, 1, 2, 4],
+        &[6, 5, 4, 3, 2, 1, 0],
+    ];
+    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
+    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule);
+    assert_eq!(graphs, 4, "one graph per bucket (8, 4, 2, 1)");
+    eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
 }
 
 /// With cache blocks of a size the paged decode kernel does not take (not a power of two),

@@ -71,9 +71,20 @@ struct Args {
     /// a CUDA graph (`Model::forward_graphed`), after its eager run.
     #[arg(long)]
     graphs: bool,
+    /// Batch sizes of the engine decode runs without adapters (the largest of them, at least
+    /// 64, is also run with 32 adapters and sets the engine's running limit).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    engine_batch: Vec<usize>,
     /// Skip the engine-level runs.
     #[arg(long)]
     no_engine: bool,
+    /// Only the engine-level runs (no model-step decode or prefill configurations).
+    #[arg(long)]
+    engine_only: bool,
+    /// The engine without activation commitments (the final-norm rows of every step are
+    /// then neither copied to the host nor hashed): what they cost a decode step.
+    #[arg(long)]
+    no_commit: bool,
     /// Run everything on the CPU in f32 (a check of the benchmark's own logic on a machine
     /// without a GPU; use tiny shapes).
     #[arg(long)]
@@ -222,14 +233,16 @@ fn first_token(engine: &mut Engine, prompt: &[u32], adapter: Option<&str>) -> Re
     Ok(secs)
 }
 
-/// Aggregate decode tokens/s of `n` sequences through the engine (time from the step that
-/// gave every sequence its first token to the end).
+/// Decode tokens/s of `n` sequences through the engine: aggregate (from the step that gave
+/// every sequence its first token to the end, the batch shrinking as sequences finish a few
+/// at a time, as they were admitted) and full-batch (over the steps that decoded all `n`
+/// sequences and nothing else, the figure to set beside the model step at batch `n`).
 fn engine_decode(
     engine: &mut Engine,
     prompts: &[Vec<u32>],
     adapters: &[Option<String>],
     generate: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
     let rx = prompts
         .iter()
@@ -238,10 +251,16 @@ fn engine_decode(
         .collect::<Result<Vec<_>>>()?;
     let mut got = vec![0usize; rx.len()];
     let mut start = None;
+    let (mut full_steps, mut full_secs) = (0usize, 0f64);
     while !engine.is_idle() {
-        engine.step()?;
+        let t = Instant::now();
+        let report = engine.step()?;
         for (g, r) in got.iter_mut().zip(&rx) {
             *g += tokens_streamed(r);
+        }
+        if start.is_some() && report.sequences == rx.len() && report.tokens == rx.len() {
+            full_steps += 1;
+            full_secs += t.elapsed().as_secs_f64();
         }
         if start.is_none() && got.iter().all(|&g| g >= 1) {
             start = Some((Instant::now(), got.iter().sum::<usize>()));
@@ -252,7 +271,9 @@ fn engine_decode(
     if total != rx.len() * generate {
         bail!("{total} tokens generated, {} expected", rx.len() * generate);
     }
-    Ok((total - base) as f64 / t0.elapsed().as_secs_f64())
+    let aggregate = (total - base) as f64 / t0.elapsed().as_secs_f64();
+    let full = if full_steps > 0 { (full_steps * rx.len()) as f64 / full_secs } else { 0.0 };
+    Ok((aggregate, full))
 }
 
 fn file_size(dir: &Path) -> usize {
@@ -402,21 +423,24 @@ fn main() -> Result<()> {
         }
         Ok(())
     };
-    let mut seen = HashSet::new();
-    for &b in &args.batch {
-        for &a in &args.adapters {
-            let d = a.min(b);
-            if seen.insert((b, d)) {
-                decode(b, d, 0, qkvo_adapter.weight_bytes(), "qkvo")?;
+    if !args.engine_only {
+        let mut seen = HashSet::new();
+        for &b in &args.batch {
+            for &a in &args.adapters {
+                let d = a.min(b);
+                if seen.insert((b, d)) {
+                    decode(b, d, 0, qkvo_adapter.weight_bytes(), "qkvo")?;
+                }
             }
         }
+        decode(args.all7_batch, args.all7_adapters, max_a, all7_adapter.weight_bytes(), "all7")?;
+        report_memory(dev, "decode", &mut peak)?;
     }
-    decode(args.all7_batch, args.all7_adapters, max_a, all7_adapter.weight_bytes(), "all7")?;
-    report_memory(dev, "decode", &mut peak)?;
 
     let vocab = cfg.vocab_size as u32;
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 2654435761u32) % vocab).collect();
-    for slot in [None, Some(0u32)] {
+    let prefills: &[Option<u32>] = if args.engine_only { &[] } else { &[None, Some(0)] };
+    for &slot in prefills {
         let secs = prefill_time(&model, &lora, &mut cache, &prompt, slot, &device)?;
         println!(
             "{{\"measure\":\"prefill\",\"tokens\":{},\"adapter\":{},\"ms\":{:.2},\"tok_per_s\":{:.0}}}",
@@ -450,7 +474,7 @@ fn engine_runs(
     peak: &mut usize,
 ) -> Result<()> {
     let file = file_size(qkvo_dir);
-    let batch = 64usize;
+    let batch = args.engine_batch.iter().copied().max().unwrap_or(0).max(64);
     let generate = 32usize;
     let batch_prompt = 128usize;
     let config = EngineConfig {
@@ -468,8 +492,8 @@ fn engine_runs(
         max_prefill_chunk: 0,
         max_running: batch,
         threads: 2,
-        // Activation commitments on, as a worker serves.
-        commit_activations: true,
+        // Activation commitments on, as a worker serves (unless `--no-commit`).
+        commit_activations: !args.no_commit,
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let mut engine = Engine::new(model, tokenizer, config)?;
@@ -524,17 +548,22 @@ fn engine_runs(
     for i in 0..32 {
         engine.register_adapter(&format!("d{i}"), qkvo_dir)?;
     }
-    for (n, distinct) in [(1usize, 0usize), (64, 0), (64, 32)] {
+    let runs = args.engine_batch.iter().map(|&n| (n, 0)).chain([(batch, 32usize)]);
+    for (n, distinct) in runs {
         let prompts: Vec<Vec<u32>> = (0..n)
             .map(|s| (0..batch_prompt as u32).map(|i| (i * 31 + s as u32 * 977) % vocab).collect())
             .collect();
         let adapters: Vec<Option<String>> =
             (0..n).map(|s| (distinct > 0).then(|| format!("d{}", s % distinct))).collect();
-        // Once to load and install the adapters, then measured.
-        engine_decode(&mut engine, &prompts, &adapters, 4)?;
-        let rate = engine_decode(&mut engine, &prompts, &adapters, generate)?;
+        // Once to load and install the adapters and (with graphs) capture every batch-size
+        // bucket the run passes through, as a serving engine has long since done; then
+        // measured.
+        engine_decode(&mut engine, &prompts, &adapters, generate)?;
+        let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
         println!(
-            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1}}}"
+            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"graphs\":{},\"commit\":{}}}",
+            engine.model().decode_graphs(),
+            !args.no_commit
         );
     }
     report_memory(dev, "engine_decode", peak)?;

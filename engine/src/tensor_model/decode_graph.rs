@@ -1,9 +1,19 @@
 //! CUDA graphs for decode steps (issue 21, item 1). A decode step of the 8B shape is ~300
 //! launches whose device work is a few milliseconds; issued one by one, the host's launch
-//! rate bounds it. Here a step of `n` one-token chunks without adapters is captured once per
-//! batch size `n` and replayed: the host then writes the step's inputs (token ids,
-//! positions, cache rows, block tables and lengths) into the device buffers the graph was
-//! captured with and launches it, one call.
+//! rate bounds it. Here a step of `n` one-token chunks without adapters is padded up to its
+//! batch-size bucket ([`graph_bucket`]: 1, 2, 4, 8, 16, 24, 32, 48, 64, ...), captured once
+//! per bucket and replayed: the host then writes the step's inputs (token ids, positions,
+//! cache rows, block tables and lengths) into the device buffers the graph was captured
+//! with and launches it, one call. One graph serves every batch size of its bucket, so a
+//! batch that shrinks as sequences finish keeps replaying the graphs it has.
+//!
+//! Padding rows are token 0 at position 0 of the cache's padding block
+//! ([`KvCache::padding_block`], held by no sequence): each writes its key and value there
+//! and attends to that one position; their logits and final-norm rows are dropped. Every
+//! launch of a step computes each row from that row alone (GEMM rows, norms, the fused
+//! layer steps, paged attention over the row's own table), so the real rows get the bits
+//! an eager step of the real rows alone gets wherever cuBLAS computes a row the same at
+//! both row counts (tested in `tests/gpu_engine.rs` at buckets 1 to 8).
 //!
 //! What makes the step replayable: every launch of [`TensorModel::forward_planned_rows`] reads
 //! its inputs from the plan's device buffers, never from the host, and the plan's launch
@@ -11,13 +21,12 @@
 //! [`DecodeBlocks::fixed_launch`]). The step's temporaries are allocated and freed inside
 //! the capture (candle allocates on its stream with `cuMemAllocAsync`, which a capture
 //! records as graph memory nodes); the logits and the final norm's rows go into buffers
-//! allocated before it. The
-//! graph reads the weights and the cache's pool at their captured addresses: one graph set
-//! serves one cache (another cache's steps capture anew).
+//! allocated before it. The graph reads the weights and the cache's pool at their captured
+//! addresses: one graph set serves one cache (another cache's steps capture anew).
 //!
-//! Replays launch exactly what the eager path launches for the same step, so the logits
-//! (and the final-norm rows) are the same bits (tested in `tests/gpu_engine.rs`). Steps with adapters or prefill
-//! chunks stay eager.
+//! Steps with adapters or prefill chunks, and steps over the largest bucket, stay eager.
+//!
+//! [`DecodeBlocks::fixed_launch`]: openledger_kernels::DecodeBlocks::fixed_launch
 
 use candle_core::cuda_backend::cudarc::driver::sys::{
     CUgraphInstantiate_flags, CUstreamCaptureMode,
@@ -26,30 +35,47 @@ use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::overwrite_u32;
 
-use super::{padded_tables, paged_decode, StepPlan, TensorModel};
+use super::{graph_bucket, padded_tables, paged_decode, StepPlan, TensorModel};
 use crate::adapters::LoraSlots;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{BlockTable, KvCache};
 use crate::step::{SeqChunk, StepSegments};
 use openledger_model::ModelConfig;
 
-/// Graphs kept at once (one per batch size); the least recently used goes first.
-const MAX_GRAPHS: usize = 8;
+/// Graphs kept at once (one per bucket and cache); the least recently used goes first.
+const MAX_GRAPHS: usize = 16;
+
+/// Bytes of the graphs' own output buffers (logits and final-norm rows) kept at once; the
+/// least recently used graphs go first past it. For the 8B shape a bucket of 64 holds 33 MB
+/// of f32 logits, so the buckets up to 64 hold ~100 MB together and this bound is met only
+/// past 128.
+const MAX_GRAPH_BYTES: usize = 512 << 20;
+
+/// The token a padding row feeds (any id in the vocabulary would do).
+const PADDING_TOKEN: u32 = 0;
 
 /// One captured step and the buffers it reads and writes.
 struct DecodeGraph {
-    batch: usize,
+    /// Rows of the step (its bucket): real rows first, padding after.
+    bucket: usize,
     /// The candle id of the pool tensor the graph was captured against (layer 0's keys).
     pool: Option<candle_core::TensorId>,
     plan: StepPlan,
-    /// f32 `[batch, vocab]`, written by every replay.
+    /// f32 `[bucket, vocab]`, written by every replay.
     logits: Tensor,
-    /// `[batch, hidden]` in the model's dtype, written by every replay: every row of the step
-    /// through the final norm (row `i` is chunk `i`'s one token), what activation
+    /// `[bucket, hidden]` in the model's dtype, written by every replay: every row of the
+    /// step through the final norm (row `i` is chunk `i`'s one token), what activation
     /// commitments read.
     hidden: Tensor,
     graph: CudaGraph,
     last_used: u64,
+}
+
+impl DecodeGraph {
+    fn bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        bytes(&self.logits) + bytes(&self.hidden)
+    }
 }
 
 /// A model's captured decode steps.
@@ -64,6 +90,22 @@ impl DecodeGraphs {
     pub(crate) fn len(&self) -> usize {
         self.graphs.len()
     }
+
+    /// Drops the least recently used graphs until `incoming` more output bytes and one
+    /// more graph fit the bounds.
+    fn make_room(&mut self, incoming: usize) {
+        while !self.graphs.is_empty()
+            && (self.graphs.len() >= MAX_GRAPHS
+                || self.graphs.iter().map(DecodeGraph::bytes).sum::<usize>() + incoming
+                    > MAX_GRAPH_BYTES)
+        {
+            if let Some(oldest) =
+                self.graphs.iter().enumerate().min_by_key(|(_, g)| g.last_used).map(|(i, _)| i)
+            {
+                self.graphs.swap_remove(oldest);
+            }
+        }
+    }
 }
 
 // SAFETY: the graphs are only touched under the model's mutex, one thread at a time (CUDA
@@ -71,9 +113,10 @@ impl DecodeGraphs {
 // hold are candle tensors, which are Send.
 unsafe impl Send for DecodeGraphs {}
 
-/// Whether this step is replayed from a graph: a CUDA device, every chunk one token on the
-/// paged decode kernel (a head size it takes and power-of-two cache blocks, as
-/// [`StepPlan::new`] decides), and no adapter on any projection. Other steps run eagerly.
+/// Whether this step can be replayed from a graph: a CUDA device, every chunk one token on
+/// the paged decode kernel (a head size it takes and power-of-two cache blocks, as
+/// [`StepPlan::new`] decides), no adapter on any projection, and a batch within the largest
+/// bucket. [`forward`] may still decline it (no padding block free). Other steps run eagerly.
 pub(crate) fn applies(
     model: &TensorModel,
     cfg: &ModelConfig,
@@ -82,7 +125,7 @@ pub(crate) fn applies(
     segments: &StepSegments,
 ) -> bool {
     model.device().is_cuda()
-        && !chunks.is_empty()
+        && graph_bucket(chunks.len()).is_some()
         && chunks.iter().all(|c| c.tokens.len() == 1)
         && paged_decode(cfg, cache.config().block_size)
         && segments.iter().all(Option::is_none)
@@ -116,37 +159,49 @@ impl StepInputs {
     }
 }
 
-/// One decode step through its batch size's graph, captured on first use: returns the
-/// logits `[chunks, vocab]` and the final-norm rows at `hidden_rows` (`[hidden_rows,
-/// hidden]`, the model's dtype), both copies: the graph's buffers are rewritten by the next
-/// replay.
+/// One decode step through its bucket's graph, captured on the bucket's first use: returns
+/// the logits `[chunks, vocab]` and the final-norm rows at `hidden_rows` (`[hidden_rows,
+/// hidden]`, the model's dtype), both copies: the graph's buffers are rewritten by the
+/// next replay. `None` when the step needs padding rows and the cache has no block free
+/// for them: the caller runs it eagerly.
 ///
 /// Activation commitments (on by default) ask every decode step for its rows, so a graph
 /// that gave the logits alone would send every such step down the eager path. The captured
 /// step already computes every row through the final norm (a decode step's rows are its
 /// chunks' last rows, all read by the LM head); the graph copies them into `hidden` beside
 /// the logits, and the asked rows are gathered from there after the replay (one
-/// `index_select`, or one copy when every row is asked), outside the graph.
-#[allow(clippy::too_many_arguments)]
+/// `index_select`, or one copy when every real row is asked), outside the graph.
 pub(crate) fn forward(
     model: &TensorModel,
     cfg: &ModelConfig,
     chunks: &[SeqChunk<'_>],
-    tokens: &[u32],
-    positions: &[usize],
     hidden_rows: &[u32],
-    cache: &KvCache,
+    cache: &mut KvCache,
     lora: &LoraSlots,
     segments: &StepSegments,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<Option<(Tensor, Tensor)>> {
+    let n = chunks.len();
+    let Some(bucket) = graph_bucket(n) else { return Ok(None) };
+    let padding = if bucket > n {
+        match cache.padding_block() {
+            Some(block) => BlockTable { blocks: vec![block], len: 0 },
+            None => return Ok(None),
+        }
+    } else {
+        BlockTable::default()
+    };
+    let cache = &*cache;
+    let pad_token = [PADDING_TOKEN];
+    let pad = SeqChunk { tokens: &pad_token, table: &padding, start: 0, adapter: None };
+    let mut padded = chunks.to_vec();
+    padded.resize(bucket, pad);
     let pool = model.check_pool(cfg, cache)?;
     let pool_id = pool.keys.first().map(Tensor::id);
-    let n = chunks.len();
     let mut graphs = model.graphs().lock().unwrap_or_else(|e| e.into_inner());
     graphs.clock += 1;
     let now = graphs.clock;
-    if let Some(g) = graphs.graphs.iter_mut().find(|g| g.batch == n && g.pool == pool_id) {
-        let inputs = StepInputs::new(cfg, chunks, cache);
+    if let Some(g) = graphs.graphs.iter_mut().find(|g| g.bucket == bucket && g.pool == pool_id) {
+        let inputs = StepInputs::new(cfg, &padded, cache);
         let kc = cache.config();
         let rows = kc.num_blocks * kc.block_size;
         if let Some(&bad) = inputs.slots.iter().find(|&&s| s as usize >= rows) {
@@ -163,61 +218,51 @@ pub(crate) fn forward(
         dec.blocks.overwrite(inputs.tables, inputs.lens, kc.num_blocks)?;
         g.graph.launch().map_err(cuda_err)?;
         g.last_used = now;
-        let rows = gather_rows(model, cfg, &g.hidden, hidden_rows)?;
-        return Ok((g.logits.copy()?, rows));
+        let rows = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
+        return Ok(Some((g.logits.narrow(0, 0, n)?.copy()?, rows)));
     }
-    // First step of this batch size: plan it with fixed launch shapes, run it eagerly (its
+    // First step of this bucket: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
     // reserves the attention's scratch, none of which a capture may do), then capture it.
-    let last_rows: Vec<u32> = (0..n as u32).collect();
-    let plan = StepPlan::new(model, cfg, chunks, tokens, positions, &last_rows, cache, true)?;
+    let tokens: Vec<u32> = padded.iter().map(|c| c.tokens[0]).collect();
+    let positions: Vec<usize> = padded.iter().map(|c| c.start).collect();
+    let last_rows: Vec<u32> = (0..bucket as u32).collect();
+    let plan = StepPlan::new(model, cfg, &padded, &tokens, &positions, &last_rows, cache, true)?;
     let (eager, eager_hidden) = model.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
-    let logits = Tensor::zeros((n, cfg.vocab_size), DType::F32, model.device())?;
-    let hidden = Tensor::zeros((n, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
+    let logits = Tensor::zeros((bucket, cfg.vocab_size), DType::F32, model.device())?;
+    let hidden = Tensor::zeros((bucket, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
     // The copies into the graph's buffers, once outside the capture: they load candle's copy
     // kernels (one per dtype), which a capture must not do.
     logits.slice_set(&eager, 0, 0)?;
     hidden.slice_set(&eager_hidden, 0, 0)?;
-    let rows = gather_rows(model, cfg, &eager_hidden, hidden_rows)?;
+    let rows = gather_rows(model, cfg, &eager_hidden, n, hidden_rows)?;
     let graph = capture(model, cfg, &plan, cache, lora, segments, &logits, &hidden)?;
-    if graphs.graphs.len() >= MAX_GRAPHS {
-        if let Some(oldest) =
-            graphs.graphs.iter().enumerate().min_by_key(|(_, g)| g.last_used).map(|(i, _)| i)
-        {
-            graphs.graphs.swap_remove(oldest);
-        }
-    }
-    graphs.graphs.push(DecodeGraph {
-        batch: n,
-        pool: pool_id,
-        plan,
-        logits,
-        hidden,
-        graph,
-        last_used: now,
-    });
-    Ok((eager, rows))
+    let captured =
+        DecodeGraph { bucket, pool: pool_id, plan, logits, hidden, graph, last_used: now };
+    graphs.make_room(captured.bytes());
+    graphs.graphs.push(captured);
+    Ok(Some((eager.narrow(0, 0, n)?, rows)))
 }
 
-/// The final-norm rows at `hidden_rows` of a step's `[batch, hidden]` rows, as a new tensor
-/// (`[0, hidden]` when none is asked).
+/// The final-norm rows at `hidden_rows` (each below `n`, the step's real rows) of a step's
+/// `[bucket, hidden]` rows, as a new tensor (`[0, hidden]` when none is asked).
 fn gather_rows(
     model: &TensorModel,
     cfg: &ModelConfig,
     hidden: &Tensor,
+    n: usize,
     hidden_rows: &[u32],
 ) -> Result<Tensor> {
-    let n = hidden.dim(0)?;
     if hidden_rows.is_empty() {
         return model.no_rows(cfg);
-    }
-    if hidden_rows.iter().copied().eq(0..n as u32) {
-        return Ok(hidden.copy()?);
     }
     if let Some(&r) = hidden_rows.iter().find(|&&r| r as usize >= n) {
         return Err(EngineError::Backend(format!(
             "hidden row {r} asked of a decode step of {n} rows"
         )));
+    }
+    if hidden_rows.iter().copied().eq(0..n as u32) {
+        return Ok(hidden.narrow(0, 0, n)?.copy()?);
     }
     let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), model.device())?;
     Ok(hidden.index_select(&rows, 0)?)
