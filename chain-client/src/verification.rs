@@ -195,8 +195,7 @@ impl ChainClient {
                 .await
                 .map_err(rpc_err("reading Verification.Reveals"))?;
             if let Some(v) = value {
-                let pending =
-                    v.decode_as().map_err(rpc_err("decoding Verification.Reveals"))?;
+                let pending = v.decode_as().map_err(rpc_err("decoding Verification.Reveals"))?;
                 out.push((leaf, pending));
             }
         }

@@ -170,7 +170,8 @@ impl Store {
         leaf: [u8; 32],
     ) -> Result<(), ChannelError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(VOUCHED)?.insert((channel, request), (sequence, leaf).encode().as_slice())?;
+        txn.open_table(VOUCHED)?
+            .insert((channel, request), (sequence, leaf).encode().as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -222,17 +223,17 @@ impl Store {
         let requests = {
             let txn = self.db.begin_read()?;
             let trees = txn.open_table(TREES)?;
-            let bytes = trees
-                .get((channel, sequence))?
-                .ok_or_else(|| missing(format!("no tree of voucher {sequence} on channel {channel}")))?;
+            let bytes = trees.get((channel, sequence))?.ok_or_else(|| {
+                missing(format!("no tree of voucher {sequence} on channel {channel}"))
+            })?;
             Vec::<u64>::decode(&mut bytes.value())?
         };
         let mut leaves = Vec::with_capacity(requests.len());
         let mut found = None;
         for (i, request) in requests.iter().enumerate() {
-            let receipt = self
-                .receipt(channel, *request)?
-                .ok_or_else(|| missing(format!("receipt {request} of channel {channel} is gone")))?;
+            let receipt = self.receipt(channel, *request)?.ok_or_else(|| {
+                missing(format!("receipt {request} of channel {channel} is gone"))
+            })?;
             let bytes = receipt.receipt.signing_bytes(genesis_hash);
             leaves.push(sp_crypto_hashing::blake2_256(&bytes));
             if i as u64 == index {
@@ -240,7 +241,11 @@ impl Store {
             }
         }
         let bytes = found.ok_or_else(|| {
-            missing(format!("voucher {sequence} of channel {channel} has {} receipts, not {}", requests.len(), index + 1))
+            missing(format!(
+                "voucher {sequence} of channel {channel} has {} receipts, not {}",
+                requests.len(),
+                index + 1
+            ))
         })?;
         let proof = crate::merkle::proof(&leaves, index as usize)
             .ok_or_else(|| missing(format!("no path to leaf {index}")))?;
@@ -318,11 +323,10 @@ mod tests {
             assert_eq!(revealed.root, tree.root);
             let leaf = sp_crypto_hashing::blake2_256(&revealed.bytes);
             assert!(crate::merkle::verify(&tree.root, leaf, index, 5, &revealed.proof));
-            let message =
-                openledger_primitives::service_receipt::ServiceReceiptMessage::decode_v2(
-                    &revealed.bytes,
-                )
-                .expect("a version 2 receipt the chain decodes");
+            let message = openledger_primitives::service_receipt::ServiceReceiptMessage::decode_v2(
+                &revealed.bytes,
+            )
+            .expect("a version 2 receipt the chain decodes");
             assert_eq!(message.request, tree.requests[index as usize]);
             assert_eq!(message.commitment_hash.0, [message.request as u8; 32]);
         }

@@ -229,7 +229,8 @@ fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.95, seed: 5, ..greedy() };
     for params in [greedy(), sampled] {
         // Honest: adapter `a`, batched with another request; the replay reproduces every token.
-        let honest = generate_with(&mut e, &[(PROMPTS[1], Some("a")), (PROMPTS[0], Some("b"))], &params);
+        let honest =
+            generate_with(&mut e, &[(PROMPTS[1], Some("a")), (PROMPTS[0], Some("b"))], &params);
         let (p, o, c) = &honest[0];
         let r = &verify_replaying(&mut verifier, &[(p, o, Some("a"), c)], Some(&params))[0];
         assert_eq!((r.replayed_tokens, r.replay_mismatches), (40, 0), "{r:?}");
@@ -249,7 +250,9 @@ fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
             let rows = &verify(&mut verifier, &[(p, o, Some("a"), c)])[0];
             let recommitted = rows.recomputed.clone();
             assert_eq!(recommitted.tokens(), 40);
-            let r = &verify_replaying(&mut verifier, &[(p, o, Some("a"), &recommitted)], Some(&params))[0];
+            let r =
+                &verify_replaying(&mut verifier, &[(p, o, Some("a"), &recommitted)], Some(&params))
+                    [0];
             eprintln!("{cheat:?} at temperature {}: {}", params.temperature, r.summary());
             // The commitment alone cannot tell: it was computed with the registered weights.
             assert_eq!((r.value_mismatches, r.index_mismatches), (0, 0), "{r:?}");

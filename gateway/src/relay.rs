@@ -329,9 +329,7 @@ pub(crate) async fn route_chunks(gateway: Arc<Gateway>, mut events: mpsc::Receiv
                             Some(_),
                             ChannelRequest::AnswerRecord { .. }
                             | ChannelRequest::RequestAnswerRecord { .. },
-                        ) => {
-                            ChannelResponse::Refused("a gateway keeps no answer records".into())
-                        },
+                        ) => ChannelResponse::Refused("a gateway keeps no answer records".into()),
                     };
                     if let Err(e) = gateway.p2p.answer_channel(id, answer).await {
                         tracing::warn!(%from, error = %e, "could not answer a channel request");

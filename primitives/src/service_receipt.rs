@@ -14,9 +14,9 @@
 use crate::market::AdapterId;
 use crate::receipt::MAX_RECEIPT_CONTEXT;
 use crate::voucher::ChannelId;
+use alloc::vec::Vec;
 use codec::{Decode, DecodeAll, Encode};
 use sp_core::{ConstU32, H256};
-use alloc::vec::Vec;
 use sp_runtime::BoundedVec;
 
 /// Domain separation tag: the first bytes of every signed service receipt (version 2, the
@@ -138,7 +138,7 @@ pub fn verify(
         let has_sibling = index ^ 1 < leaves;
         match sibling {
             Some(s) if has_sibling => {
-                acc = if index % 2 == 0 { node(&acc, s) } else { node(s, &acc) };
+                acc = if index.is_multiple_of(2) { node(&acc, s) } else { node(s, &acc) };
             },
             None if !has_sibling => {},
             _ => return false,

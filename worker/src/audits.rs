@@ -183,7 +183,12 @@ impl Worker {
             let revealed = match book.reveal(channel, sequence, index, self.genesis_hash).await {
                 Ok(r) if r.root == pending.receipts_root.0 => r,
                 Ok(_) => {
-                    tracing::error!(channel, sequence, index, "the kept receipts do not make the redeemed voucher's root; cannot reveal");
+                    tracing::error!(
+                        channel,
+                        sequence,
+                        index,
+                        "the kept receipts do not make the redeemed voucher's root; cannot reveal"
+                    );
                     continue;
                 },
                 Err(e) => {
@@ -193,7 +198,9 @@ impl Worker {
             };
             match chain.reveal(&self.config.signer, leaf, revealed.bytes, revealed.proof).await {
                 Ok(()) => tracing::info!(channel, sequence, index, "drawn receipt revealed"),
-                Err(e) => tracing::warn!(channel, sequence, index, error = %e, "the reveal was not accepted"),
+                Err(e) => {
+                    tracing::warn!(channel, sequence, index, error = %e, "the reveal was not accepted")
+                },
             }
         }
     }

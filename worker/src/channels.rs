@@ -161,12 +161,16 @@ impl Worker {
                 ChannelRequest::AnswerRecord { job } => {
                     let worker = Arc::clone(&self);
                     let subject = Subject::Job(job);
-                    tokio::spawn(async move { worker.answer_record_request(from, id, subject).await });
+                    tokio::spawn(
+                        async move { worker.answer_record_request(from, id, subject).await },
+                    );
                 },
                 ChannelRequest::RequestAnswerRecord { channel, request } => {
                     let worker = Arc::clone(&self);
                     let subject = Subject::Request { channel, request };
-                    tokio::spawn(async move { worker.answer_record_request(from, id, subject).await });
+                    tokio::spawn(
+                        async move { worker.answer_record_request(from, id, subject).await },
+                    );
                 },
             }
         }
@@ -315,7 +319,8 @@ impl Worker {
             Refusal::new(RefusalReason::MalformedPayload, format!("not a job payload: {e}"))
         })?;
         // The test-only cheat runs the base model alone while the receipt names the adapter.
-        let name = self.config.adapters.get(&adapter).cloned().filter(|_| !self.config.cheat_skip_adapter);
+        let name =
+            self.config.adapters.get(&adapter).cloned().filter(|_| !self.config.cheat_skip_adapter);
         let params = sampling(&payload);
         let recorded = RecordedSampling::of(&params);
         let (prompt, events) = self
@@ -727,24 +732,34 @@ impl ChannelBook {
     /// The chain redeemed up to voucher `sequence` of `served`'s channel (`redeemed` planck in
     /// all; its receipts root `root`, when known): records it, and seals the tree of the
     /// receipts that voucher paid for, for reveals.
-    fn redeemed(&self, served: &mut Served, redeemed: Balance, sequence: u64, root: Option<[u8; 32]>) {
+    fn redeemed(
+        &self,
+        served: &mut Served,
+        redeemed: Balance,
+        sequence: u64,
+        root: Option<[u8; 32]>,
+    ) {
         let (channel, before) = (served.channel.channel, served.channel.redeemed_sequence);
         served.channel.on_redeemed(redeemed, sequence);
         if served.channel.redeemed_sequence <= before {
             return;
         }
         match self.store.seal_tree(channel, before, sequence) {
-            Ok(tree) if !tree.requests.is_empty() && root.is_some_and(|r| r != tree.root) => tracing::error!(
+            Ok(tree) if !tree.requests.is_empty() && root.is_some_and(|r| r != tree.root) => {
+                tracing::error!(
                 channel,
                 sequence,
                 receipts = tree.requests.len(),
                 "the redeemed voucher's receipts root is not the root of the receipts this worker \
                  was vouched for: they cannot be revealed if the chain draws one"
-            ),
+            )
+            },
             Ok(tree) => {
                 tracing::debug!(channel, sequence, receipts = tree.requests.len(), "tree sealed")
             },
-            Err(e) => tracing::warn!(channel, sequence, error = %e, "cannot seal the redeemed tree"),
+            Err(e) => {
+                tracing::warn!(channel, sequence, error = %e, "cannot seal the redeemed tree")
+            },
         }
     }
 

@@ -246,9 +246,17 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
                 },
             }
         },
-        Command::Verify { prompt, output, adapter, claimed, relative, replay, events, accepted } => {
-            match engine.submit_verification(&prompt, &output, adapter, claimed, relative, replay)
-            {
+        Command::Verify {
+            prompt,
+            output,
+            adapter,
+            claimed,
+            relative,
+            replay,
+            events,
+            accepted,
+        } => {
+            match engine.submit_verification(&prompt, &output, adapter, claimed, relative, replay) {
                 Ok((id, from)) => {
                     forwards.push(Forward { id, from, to: events });
                     let _ = accepted.send(Ok(()));

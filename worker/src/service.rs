@@ -284,8 +284,7 @@ impl Worker {
         let ack = tokio::spawn(async move { chain.acknowledge(&signer, job).await });
 
         let streamed = self.stream_answer(gateway, job, prompt_tokens, events).await?;
-        self.keep_answer(answers::job_key(job), record.adapter, &prompt, recorded, &streamed)
-            .await;
+        self.keep_answer(answers::job_key(job), record.adapter, &prompt, recorded, &streamed).await;
         if streamed.cancelled {
             tracing::info!(
                 job,

@@ -400,7 +400,11 @@ impl<T: Config> Pallet<T> {
         let due = T::VerifierSlash::get().mul_floor(T::Providers::bond_of(verifier));
         let slashed =
             T::Providers::slash_bond(verifier, due, &T::Treasury::get()).unwrap_or_default();
-        Self::deposit_event(Event::VerifierSlashed { subject, verifier: verifier.clone(), slashed });
+        Self::deposit_event(Event::VerifierSlashed {
+            subject,
+            verifier: verifier.clone(),
+            slashed,
+        });
     }
 
     /// The work was found wrong: slash the provider's bond and close the audit (see

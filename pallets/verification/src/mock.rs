@@ -1,11 +1,11 @@
 //! A runtime with System, Balances, the real Compute registry and Verification, for the tests.
 
 use crate::{self as pallet_verification, RedeemedWork, SettledWork, WorkAudit};
+use codec::Encode;
 use frame_support::{
     assert_ok, derive_impl, parameter_types,
     traits::{ConstU128, ConstU32, ConstU64, Hooks, Randomness, VariantCountOf},
 };
-use codec::Encode;
 use openledger_primitives::market::{AdapterCatalog, AdapterId, AdapterTerms, JobId};
 use openledger_primitives::service_receipt::{self, ServiceReceiptMessage, SERVICE_RECEIPT_DOMAIN};
 use sp_core::{ed25519, H256};

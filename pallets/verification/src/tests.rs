@@ -3,8 +3,8 @@
 use crate::{
     mock::*, Audits, Error, Event, Leaf, Pallet, Reveals, SampleShare, Stage, Subject, Verdict,
 };
-use openledger_primitives::service_receipt;
 use frame_support::{assert_noop, assert_ok};
+use openledger_primitives::service_receipt;
 use sp_core::H256;
 use sp_runtime::Perbill;
 
@@ -18,7 +18,11 @@ fn verdict(verifier: AccountId, job: u64, verdict: Verdict) -> sp_runtime::Dispa
     verdict_on(verifier, Subject::Job(job), verdict)
 }
 
-fn verdict_on(verifier: AccountId, subject: Subject, verdict: Verdict) -> sp_runtime::DispatchResult {
+fn verdict_on(
+    verifier: AccountId,
+    subject: Subject,
+    verdict: Verdict,
+) -> sp_runtime::DispatchResult {
     Verification::submit_verdict(
         RuntimeOrigin::signed(verifier),
         subject,
@@ -152,7 +156,11 @@ fn an_uncontested_fault_refunds_the_payer_and_pays_the_verifier_from_the_bond() 
         let issuance = Balances::total_issuance();
         assert_ok!(verdict(verifier, 1, Verdict::Mismatch));
         let until = System::block_number() + CONTEST_WINDOW;
-        assert!(events().contains(&Event::ProviderAccused { subject: Subject::Job(1), provider: P1, until }));
+        assert!(events().contains(&Event::ProviderAccused {
+            subject: Subject::Job(1),
+            provider: P1,
+            until
+        }));
         // Nothing moves while the provider may contest.
         run_to_block(until);
         assert_eq!(total(P1), p1);
@@ -299,7 +307,9 @@ fn a_contest_with_no_verifier_left_is_refused_and_the_accusation_stands() {
             Error::<Test>::NoVerifierAvailable
         );
         run_to_block(2 + CONTEST_WINDOW + 1);
-        assert!(events().iter().any(|e| matches!(e, Event::ProviderSlashed { subject: Subject::Job(1), .. })));
+        assert!(events()
+            .iter()
+            .any(|e| matches!(e, Event::ProviderSlashed { subject: Subject::Job(1), .. })));
         check_invariants();
     });
 }
@@ -340,7 +350,9 @@ fn a_silent_verifier_is_slashed_and_replaced_then_the_audit_is_abandoned() {
         let third = audit_of(1).0[0];
         assert!(![first, verifiers[0], P1].contains(&third));
         run_to_block(System::block_number() + VERDICT_TIMEOUT + 1);
-        assert!(events().contains(&Event::AuditAbandoned { subject: Subject::Job(1), provider: P1 }));
+        assert!(
+            events().contains(&Event::AuditAbandoned { subject: Subject::Job(1), provider: P1 })
+        );
         assert_eq!(Audits::<Test>::count(), 0);
         assert_eq!(total(TREASURY), treasury + 3 * 200);
     });
@@ -549,7 +561,8 @@ mod properties {
     fn moves() -> impl Strategy<Value = Vec<Move>> {
         let one = prop_oneof![
             (0u128..50_000).prop_map(|charged| Move::Offer { charged }),
-            (1u64..12, 0u128..50_000).prop_map(|(requests, amount)| Move::Redeem { requests, amount }),
+            (1u64..12, 0u128..50_000)
+                .prop_map(|(requests, amount)| Move::Redeem { requests, amount }),
             (0usize..32).prop_map(|pick| Move::Reveal { pick }),
             (0usize..32, 0u8..3).prop_map(|(pick, verdict)| Move::Verdict { pick, verdict }),
             (0usize..32, any::<bool>())
