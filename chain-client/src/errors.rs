@@ -77,7 +77,7 @@ pallet_errors!(
     /// `pallet-verification`'s errors (see its `Error` enum for when each happens).
     VerificationError, "Verification" {
         UnknownAudit, NotAssignedVerifier, NotAwaitingVerdicts, NotTheProvider, NotContestable,
-        NoVerifierAvailable,
+        NoVerifierAvailable, NoRevealPending, BadProof, BadReceipt,
     }
 );
 

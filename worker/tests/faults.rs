@@ -38,7 +38,7 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
             .timeout(Duration::from_secs(120))
             .send_json(
                 json!({"model": format!("adapter-{adapter}"), "prompt": "Tell a long story:",
-                              "max_tokens": 400, "temperature": 0.8, "seed": 1, "stream": true}),
+                              "max_tokens": 1000, "temperature": 0.8, "seed": 1, "stream": true}),
             )
             .expect("the stream opens");
         let mut events = Vec::new();
@@ -57,8 +57,18 @@ async fn a_worker_killed_mid_job_lets_the_job_expire_with_a_full_refund_and_a_sl
         &first_rx.recv_timeout(Duration::from_secs(90)).expect("first tokens"),
     )
     .expect("a JSON event");
-    bob.kill();
     let job = first["openledger"]["job"].as_u64().expect("the event names its job");
+    // The worker acknowledges while it streams: killed once the acknowledgement is in a
+    // block, it is a worker that took the job and failed it (on a loaded machine the first
+    // tokens can come before the acknowledgement lands).
+    let acked = Instant::now();
+    while chain.job(job).await.expect("reads").map(|j| j.phase)
+        != Some(openledger_chain_client::JobPhase::Acknowledged)
+    {
+        assert!(acked.elapsed() < Duration::from_secs(60), "job {job} never acknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bob.kill();
 
     // The HTTP caller's stream ends with a clear error, not a hang and not [DONE], saying what
     // happens to the escrow.
