@@ -81,17 +81,16 @@ impl ActivationCommitment {
     /// Appends the entries of one generated token's row. Rows wider than [`MAX_DIMS`]
     /// cannot be committed.
     pub fn push_row(&mut self, row: &[f32]) -> Result<()> {
-        if row.len() > MAX_DIMS {
-            return Err(EngineError::BadCommitment(format!(
-                "a row of {} dimensions is wider than the encoding's {MAX_DIMS}",
-                row.len()
-            )));
-        }
-        for &d in &top_dims(row, TOP_K) {
-            let word = (shorten(row[d]) << DIM_BITS) | d as u32;
-            self.bytes.extend_from_slice(&word.to_le_bytes());
-        }
+        self.push_words(&row_words(row)?);
         Ok(())
+    }
+
+    /// Appends encoded entries ([`row_words`], or the same words computed on a device:
+    /// `openledger_kernels::packed_top2` with [`DIM_BITS`]), [`TOP_K`] per token.
+    pub fn push_words(&mut self, words: &[u32]) {
+        for w in words {
+            self.bytes.extend_from_slice(&w.to_le_bytes());
+        }
     }
 
     /// The committed entries of token `t` (`None` past the end).
@@ -106,6 +105,22 @@ impl ActivationCommitment {
         }
         Some(out)
     }
+}
+
+/// The encoded entries of one row, largest first: what [`ActivationCommitment::push_row`]
+/// appends. Rows wider than [`MAX_DIMS`] cannot be committed.
+pub fn row_words(row: &[f32]) -> Result<Vec<u32>> {
+    if row.len() > MAX_DIMS {
+        return Err(too_wide(row.len()));
+    }
+    Ok(top_dims(row, TOP_K).into_iter().map(|d| (shorten(row[d]) << DIM_BITS) | d as u32).collect())
+}
+
+/// The error for a row of `width` dimensions, wider than the encoding takes.
+pub(crate) fn too_wide(width: usize) -> EngineError {
+    EngineError::BadCommitment(format!(
+        "a row of {width} dimensions is wider than the encoding's {MAX_DIMS}"
+    ))
 }
 
 /// The dimensions of the `k` largest magnitudes of `row`, largest first, ties to the lower
@@ -166,6 +181,24 @@ pub struct Tolerance {
     /// Share of replayed output tokens allowed to differ from what the request's own sampler
     /// picks from the recomputed logits (see [`VerifyReport::replay_mismatches`]).
     pub max_replay_mismatch_share: f32,
+    /// The replay's near-tie rule: a claimed token that is not the replayed pick still
+    /// counts as it when its logit is within this much of the pick's (relative to the
+    /// larger of the pick's magnitude and 1; greedy), or the draw within this much of the
+    /// claimed token's share of the distribution (sampled).
+    pub replay_tie: f32,
+}
+
+/// The numeric format a provider registers and its verifiers reproduce (like with like):
+/// how far an honest recomputation can stray depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumericFormat {
+    /// The CPU engine's host path (f32 activations over f32 or GGUF block weights): a
+    /// prefill recomputes a decode step's rows bit for bit, whatever the batch or threads.
+    Host,
+    /// bf16 activations and weights on a CUDA GPU (the tensor path): cuBLAS picks its
+    /// GEMM by the number of rows, so a prefill's rows differ from the decode steps' by bf16
+    /// roundings, which grow through the layers.
+    CudaBf16,
 }
 
 impl Default for Tolerance {
@@ -181,9 +214,33 @@ impl Default for Tolerance {
             // An honest replay on the CPU reproduces every token (near ties aside, which
             // the replay itself forgives: `docs/benchmarks.md`).
             max_replay_mismatch_share: 0.0,
+            replay_tie: crate::sampling::REPLAY_TIE,
         }
     }
 }
+
+impl Tolerance {
+    /// The tolerance fitted to honest runs in `format` (`docs/benchmarks.md`, "Verifiable
+    /// inference"): [`Tolerance::default`] for the host path; for bf16 on a GPU, bounds
+    /// fitted to honest jobs generated at batch sizes 1 to 64 with and without CUDA graphs
+    /// and verified by a prefill.
+    pub fn for_format(format: NumericFormat) -> Self {
+        match format {
+            NumericFormat::Host => Self::default(),
+            NumericFormat::CudaBf16 => CUDA_BF16,
+        }
+    }
+}
+
+/// [`Tolerance::for_format`]'s bounds for [`NumericFormat::CudaBf16`].
+const CUDA_BF16: Tolerance = Tolerance {
+    relative: 0.016,
+    max_value_mismatch_share: 0.05,
+    max_index_mismatch_share: 0.10,
+    max_mean_relative_error: 0.004,
+    max_replay_mismatch_share: 0.0,
+    replay_tie: 0.02,
+};
 
 /// What comparing recomputed rows with a commitment found.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -211,6 +268,10 @@ pub struct VerifyReport {
     /// honestly afterwards (a cheater that generates with a cheaper model, then prefills
     /// the output once with the registered one to commit).
     pub replay_mismatches: usize,
+    /// The largest distance of a replayed token from the pick, in the near-tie rule's units
+    /// ([`Tolerance::replay_tie`]; 0 when every claimed token was the pick): what fitting
+    /// that rule to honest runs reads.
+    pub max_replay_gap: f32,
     /// The commitment the verifier's own rows make (the evidence it recomputed).
     pub recomputed: ActivationCommitment,
 }

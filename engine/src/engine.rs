@@ -16,7 +16,7 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 
 use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
-use crate::commitment::{ActivationCommitment, VerifyReport};
+use crate::commitment::{ActivationCommitment, Tolerance, VerifyReport};
 use crate::error::{EngineError, Result};
 use crate::gguf;
 use crate::kv_cache::{KvCache, KvCacheConfig};
@@ -177,6 +177,12 @@ impl Engine {
         Self::new(model, tokenizer, config)
     }
 
+    /// Turns activation commitments on or off for requests queued from now on (those
+    /// already queued or running keep what they were submitted with).
+    pub fn set_commit_activations(&mut self, on: bool) {
+        self.commit_activations = on;
+    }
+
     /// The base model.
     pub fn model(&self) -> &Model {
         &self.model
@@ -235,18 +241,20 @@ impl Engine {
     /// Queues a verification of another worker's output: recomputes, in prefill passes
     /// batched with the running requests, the rows that picked each of `output`'s tokens
     /// after `prompt` (with `adapter`), and compares them with `claimed`
-    /// ([`crate::commitment::compare_row`], values within `relative`). With `replay` (the
-    /// request's sampling parameters, its seed included), it also runs the request's sampler
-    /// over the logits of those rows and counts the output tokens it does not reproduce. The
-    /// channel gets one [`StreamEvent::Verified`] with the findings (or
-    /// [`StreamEvent::Failed`]).
+    /// ([`crate::commitment::compare_row`], values within `tolerance.relative`). With
+    /// `replay` (the request's sampling parameters, its seed included), it also runs the
+    /// request's sampler over the logits of those rows and counts the output tokens it does
+    /// not reproduce (near ties within `tolerance.replay_tie` forgiven). The channel gets one
+    /// [`StreamEvent::Verified`] with the findings (or [`StreamEvent::Failed`]), which the
+    /// caller judges with [`VerifyReport::passes`] against the same `tolerance`
+    /// ([`crate::commitment::Tolerance::for_format`] of [`Model::numeric_format`]).
     pub fn submit_verification(
         &mut self,
         prompt: &[u32],
         output: &[u32],
         adapter: Option<String>,
         claimed: ActivationCommitment,
-        relative: f32,
+        tolerance: Tolerance,
         replay: Option<SamplingParams>,
     ) -> Result<(RequestId, Receiver<StreamEvent>)> {
         if let Some(Err(e)) = replay.as_ref().map(SamplingParams::check) {
@@ -275,7 +283,7 @@ impl Engine {
             claimed,
             first_row: prompt.len() - 1,
             rows: output.len(),
-            relative,
+            tolerance,
             report,
             replay: replay.map(|p| Replay { sampler: Sampler::new(p), output: output.to_vec() }),
         };
@@ -471,12 +479,15 @@ impl Engine {
     fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
         let chunks: Vec<SeqChunk<'_>> =
             plan.iter().map(|&(i, n)| self.scheduler.running[i].chunk(n)).collect();
-        // The final-norm rows this step commits to or verifies, in step-row order.
-        let mut hidden_rows = Vec::new();
+        // The final-norm rows this step verifies, and those it commits to (only their
+        // commitment entries come back), each in step-row order.
+        let (mut hidden_rows, mut commit_rows) = (Vec::new(), Vec::new());
         let mut offset = 0;
         for &(i, n) in plan {
-            for r in self.scheduler.running[i].rows_to_read(n) {
-                hidden_rows.push((offset + r) as u32);
+            let s = &self.scheduler.running[i];
+            let rows = if s.verify.is_some() { &mut hidden_rows } else { &mut commit_rows };
+            for r in s.rows_to_read(n) {
+                rows.push((offset + r) as u32);
             }
             offset += n;
         }
@@ -486,6 +497,7 @@ impl Engine {
                 &mut self.cache,
                 self.adapters.tables(),
                 &hidden_rows,
+                &commit_rows,
             )?
         } else {
             self.model.forward_step(
@@ -493,6 +505,7 @@ impl Engine {
                 &mut self.cache,
                 self.adapters.tables(),
                 &hidden_rows,
+                &commit_rows,
             )?
         };
         drop(chunks);
@@ -509,6 +522,9 @@ impl Engine {
             let mut rows = hidden.iter().enumerate();
             for &(i, n) in plan {
                 let s = &mut self.scheduler.running[i];
+                if s.verify.is_none() {
+                    continue;
+                }
                 for r in s.rows_to_read(n) {
                     let (k, row) = rows.next().ok_or_else(|| {
                         EngineError::Backend(
@@ -528,6 +544,30 @@ impl Engine {
         } else {
             (logits.to_vec2::<f32>()?, Vec::new())
         };
+        // The commitment entries were copied behind the step, which the logits above have
+        // waited for: they are on the host by now.
+        if !commit_rows.is_empty() {
+            let words = out.entries.wait()?;
+            if words.len() != commit_rows.len() {
+                return Err(EngineError::Backend(format!(
+                    "the model committed {} rows of the {} asked",
+                    words.len(),
+                    commit_rows.len()
+                )));
+            }
+            let mut words = words.iter();
+            for &(i, n) in plan {
+                let s = &mut self.scheduler.running[i];
+                if s.verify.is_some() {
+                    continue;
+                }
+                for _ in s.rows_to_read(n) {
+                    if let (Some(c), Some(w)) = (s.activations.as_mut(), words.next()) {
+                        c.push_words(w);
+                    }
+                }
+            }
+        }
         if rows.len().max(picks.len()) != plan.len() {
             return Err(EngineError::Backend(format!(
                 "the model returned {} logits rows for {} chunks",

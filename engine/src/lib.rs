@@ -37,12 +37,12 @@ pub use adapter_check::{
     scan_adapter_dirs, validate_adapter_dir, AdapterError, AdapterScan, AdapterSummary,
 };
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
-pub use commitment::{ActivationCommitment, Tolerance, VerifyReport};
+pub use commitment::{ActivationCommitment, NumericFormat, Tolerance, VerifyReport};
 pub use device::device;
 pub use engine::{Engine, EngineConfig, EngineStatus, GenerationRequest, ModelSource, StepReport};
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
-pub use model::{Model, StepOutput};
+pub use model::{Model, StepEntries, StepOutput};
 pub use openledger_model::{load_tokenizer, ModelConfig, Projection, RopeStyle};
 pub use sampling::SamplingParams;
 pub use sequence::{Detokenizer, FinishReason, RequestId, StreamEvent};

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::adapters::LoraSlots;
 use crate::attention::{HostAttention, Rope};
+use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::step::{SeqChunk, GPU_DTYPE};
@@ -117,6 +118,17 @@ impl Model {
                 .flat_map(|l| &l.proj)
                 .any(|p| !matches!(p, crate::weights::Linear::Dense(_))),
             Backend::Tensor(_) => false,
+        }
+    }
+
+    /// The numeric format this model computes in, which selects the tolerance a
+    /// verification on it is judged by ([`commitment::Tolerance::for_format`]).
+    pub fn numeric_format(&self) -> commitment::NumericFormat {
+        match &self.backend {
+            Backend::Host { .. } => commitment::NumericFormat::Host,
+            // The tensor path in f32 (tests on the CPU) has no fitted bounds of its own; bf16's
+            // are the looser.
+            Backend::Tensor(_) => commitment::NumericFormat::CudaBf16,
         }
     }
 
@@ -308,7 +320,7 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
     ) -> Result<Tensor> {
-        Ok(self.forward_step(chunks, cache, lora, &[])?.logits)
+        Ok(self.forward_step(chunks, cache, lora, &[], &[])?.logits)
     }
 
     /// [`Model::forward`], with decode steps replayed from CUDA graphs where they can be:
@@ -325,7 +337,7 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
     ) -> Result<Tensor> {
-        Ok(self.forward_step_with(chunks, cache, lora, &[], true)?.logits)
+        Ok(self.forward_step_with(chunks, cache, lora, &[], &[], true)?.logits)
     }
 
     /// Decode steps held as CUDA graphs (one per batch-size bucket and cache; 0 without
@@ -340,16 +352,20 @@ impl Model {
 
     /// [`Self::forward`], also returning the final norm's output (the rows the LM head
     /// reads) at `hidden_rows`, indices into the step's rows (the chunks' tokens one after
-    /// another), as `[hidden_rows, hidden]` f32 on the host: what activation commitments
-    /// ([`crate::commitment`]) are made of.
+    /// another), as `[hidden_rows, hidden]` (what a verifier compares with a commitment),
+    /// and the activation commitment's entries ([`crate::commitment`]) of the rows at
+    /// `commit_rows`, computed where the rows are: on a CUDA device by a kernel, only
+    /// [`crate::commitment::TOKEN_BYTES`] a row crossing to the host, copied behind the step
+    /// without waiting for it ([`StepEntries`]).
     pub fn forward_step(
         &self,
         chunks: &[SeqChunk<'_>],
         cache: &mut KvCache,
         lora: &LoraSlots,
         hidden_rows: &[u32],
+        commit_rows: &[u32],
     ) -> Result<StepOutput> {
-        self.forward_step_with(chunks, cache, lora, hidden_rows, false)
+        self.forward_step_with(chunks, cache, lora, hidden_rows, commit_rows, false)
     }
 
     /// [`Self::forward_step`], with decode steps replayed from CUDA graphs where they can
@@ -360,8 +376,9 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
         hidden_rows: &[u32],
+        commit_rows: &[u32],
     ) -> Result<StepOutput> {
-        self.forward_step_with(chunks, cache, lora, hidden_rows, true)
+        self.forward_step_with(chunks, cache, lora, hidden_rows, commit_rows, true)
     }
 
     fn forward_step_with(
@@ -370,6 +387,7 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
         hidden_rows: &[u32],
+        commit_rows: &[u32],
         graphs: bool,
     ) -> Result<StepOutput> {
         let cfg = &self.config;
@@ -409,7 +427,9 @@ impl Model {
             positions.extend(c.start..end);
             last_rows.push((tokens.len() - 1) as u32);
         }
-        if let Some(&r) = hidden_rows.iter().find(|&&r| r as usize >= tokens.len()) {
+        if let Some(&r) =
+            hidden_rows.iter().chain(commit_rows).find(|&&r| r as usize >= tokens.len())
+        {
             return Err(EngineError::Backend(format!(
                 "hidden row {r} asked of a step of {} rows",
                 tokens.len()
@@ -422,19 +442,18 @@ impl Model {
         let (weights, rope) = match &self.backend {
             Backend::Host { weights, rope } => (weights, rope),
             Backend::Tensor(t) => {
-                let (logits, hidden) = t.forward(
+                return t.forward(
                     cfg,
                     chunks,
                     &tokens,
                     &positions,
                     &last_rows,
-                    hidden_rows,
+                    (hidden_rows, commit_rows),
                     cache,
                     lora,
                     &segments,
                     graphs,
-                )?;
-                return Ok(StepOutput { logits, hidden });
+                );
             },
         };
 
@@ -498,24 +517,94 @@ impl Model {
         let logits = weights.lm_head.forward_input(&mut Input::new(&normed, last_rows.len()))?;
         let logits = Tensor::from_vec(logits, (last_rows.len(), cfg.vocab_size), &self.device)?;
         // Rows are independent through the norm: the asked rows alone.
-        let mut rows = Vec::with_capacity(hidden_rows.len() * hidden);
-        for &r in hidden_rows {
-            let r = r as usize;
-            rows.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
-        }
-        let mut hidden_out = vec![0f32; rows.len()];
-        rms_norm(&rows, &weights.norm, eps, &mut hidden_out);
-        let hidden = Tensor::from_vec(hidden_out, (hidden_rows.len(), hidden), &self.device)?;
-        Ok(StepOutput { logits, hidden })
+        let normed_rows = |asked: &[u32]| {
+            let mut rows = Vec::with_capacity(asked.len() * hidden);
+            for &r in asked {
+                let r = r as usize;
+                rows.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+            }
+            let mut out = vec![0f32; rows.len()];
+            rms_norm(&rows, &weights.norm, eps, &mut out);
+            out
+        };
+        let hidden_out = normed_rows(hidden_rows);
+        let hidden_out = Tensor::from_vec(hidden_out, (hidden_rows.len(), hidden), &self.device)?;
+        let committed = normed_rows(commit_rows);
+        let entries = StepEntries::of_host_rows(committed.chunks_exact(hidden.max(1)))?;
+        Ok(StepOutput { logits, hidden: hidden_out, entries })
     }
 }
 
-/// What a step computed: each chunk's last-token logits and the asked final-norm rows.
+/// What a step computed: each chunk's last-token logits, the asked final-norm rows, and the
+/// commitment entries of the rows asked for those.
 pub struct StepOutput {
     /// `[chunks, vocab]` f32.
     pub logits: Tensor,
     /// `[hidden_rows, hidden]`, f32 on the host path, the model's dtype on a device.
     pub hidden: Tensor,
+    /// The commitment entries of each of the `commit_rows`.
+    pub entries: StepEntries,
+}
+
+/// The activation-commitment entries of a step's committed rows, [`commitment::TOP_K`]
+/// encoded words a row ([`commitment::row_words`]). On a CUDA device they are computed
+/// there and their copy to the host is queued behind the step: [`StepEntries::wait`] returns
+/// at once when the caller has already waited for the step's logits.
+pub struct StepEntries {
+    rows: usize,
+    words: EntryWords,
+}
+
+enum EntryWords {
+    /// Encoded on the host, row by row.
+    Host(Vec<Vec<u32>>),
+    /// `[rows, TOP_K]` words on their way from the device.
+    Copying(openledger_kernels::HostCopy),
+}
+
+impl StepEntries {
+    /// No committed rows.
+    pub(crate) fn none() -> Self {
+        Self { rows: 0, words: EntryWords::Host(Vec::new()) }
+    }
+
+    /// Each row encoded on the host.
+    pub(crate) fn of_host_rows<'r>(rows: impl Iterator<Item = &'r [f32]>) -> Result<Self> {
+        let words = rows.map(commitment::row_words).collect::<Result<Vec<_>>>()?;
+        Ok(Self { rows: words.len(), words: EntryWords::Host(words) })
+    }
+
+    /// `[rows, TOP_K]` u32 words computed on a device; their copy to the host starts now.
+    pub(crate) fn copying(words: &Tensor) -> Result<Self> {
+        let rows = words.dim(0)?;
+        if rows == 0 {
+            return Ok(Self::none());
+        }
+        Ok(Self { rows, words: EntryWords::Copying(openledger_kernels::HostCopy::start(words)?) })
+    }
+
+    /// Rows committed.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Each committed row's words, in the order the rows were asked.
+    pub fn wait(self) -> Result<Vec<Vec<u32>>> {
+        match self.words {
+            EntryWords::Host(w) => Ok(w),
+            EntryWords::Copying(copy) => {
+                let flat = copy.wait()?;
+                if flat.len() != self.rows * commitment::TOP_K {
+                    return Err(EngineError::Backend(format!(
+                        "{} commitment words came back for {} rows",
+                        flat.len(),
+                        self.rows
+                    )));
+                }
+                Ok(flat.chunks_exact(commitment::TOP_K).map(<[u32]>::to_vec).collect())
+            },
+        }
+    }
 }
 
 /// The projections of a layer's attention input, run together.

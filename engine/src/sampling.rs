@@ -86,30 +86,40 @@ impl Sampler {
 
     /// Replays the pick of one row against the token `claimed` (a verifier's recomputed
     /// logits, a generator's token): whether `claimed` is what this sampler picks, or sits
-    /// within a rounding of the pick (a greedy near tie within [`REPLAY_TIE`] of the largest
-    /// logit, relative; a draw within [`REPLAY_TIE`] of the claimed token's share of the
-    /// distribution), which another machine's arithmetic can honestly flip. Draws as
-    /// [`Self::sample`] does, so the rows must come in order.
-    pub(crate) fn replays(&mut self, logits: &[f32], claimed: u32) -> bool {
+    /// within a rounding of the pick (a greedy near tie within `tie` of the largest logit,
+    /// relative; a draw within `tie` of the claimed token's share of the distribution),
+    /// which another machine's arithmetic can honestly flip ([`REPLAY_TIE`] on the CPU; a
+    /// GPU's bf16 needs more, `commitment::Tolerance`). Also returns how far the claim sat
+    /// from the pick, in those units (0 when it is the pick; infinite when it cannot be
+    /// one), so that the rule can be fitted to measured runs. Draws as [`Self::sample`] does,
+    /// so the rows must come in order.
+    pub(crate) fn replay(&mut self, logits: &[f32], claimed: u32, tie: f32) -> Replayed {
         let (picked, draw) = self.draw(logits);
         if picked == claimed {
-            return true;
+            return Replayed { accepted: true, gap: 0.0 };
         }
-        let Some(&c) = logits.get(claimed as usize) else { return false };
-        let Some(&p) = logits.get(picked as usize) else { return false };
+        let refused = Replayed { accepted: false, gap: f32::INFINITY };
+        let Some(&c) = logits.get(claimed as usize) else { return refused };
+        let Some(&p) = logits.get(picked as usize) else { return refused };
         match draw {
             // Greedy: the claimed logit is the largest but for rounding.
-            None => p - c <= REPLAY_TIE * p.abs().max(1.0),
+            None => {
+                let scale = p.abs().max(1.0);
+                Replayed { accepted: p - c <= tie * scale, gap: (p - c) / scale }
+            },
             // Sampled: the draw falls at the edge of the claimed token's interval.
             Some(Draw { r, ref cand, ref probs }) => {
                 let mut lo = 0.0;
                 for (&(t, _), &q) in cand.iter().zip(probs) {
                     if t == claimed {
-                        return r >= lo - REPLAY_TIE && r < lo + q + REPLAY_TIE;
+                        return Replayed {
+                            accepted: r >= lo - tie && r < lo + q + tie,
+                            gap: (lo - r).max(r - (lo + q)).max(0.0),
+                        };
                     }
                     lo += q;
                 }
-                false
+                refused
             },
         }
     }
@@ -170,6 +180,14 @@ impl Sampler {
 /// replayed pick may sit from the claimed token and still count as the same pick.
 pub const REPLAY_TIE: f32 = 1e-4;
 
+/// What replaying one pick found ([`Sampler::replay`]).
+pub(crate) struct Replayed {
+    /// The claimed token is the pick, or within the near-tie rule of it.
+    pub accepted: bool,
+    /// How far the claim sat from the pick (0 when it is the pick).
+    pub gap: f32,
+}
+
 /// A sampled pick's draw: the point `r` in the distribution's cumulative probabilities and
 /// the candidates (sorted as drawn) with their probabilities.
 struct Draw {
@@ -226,17 +244,21 @@ mod tests {
     #[test]
     fn a_replay_accepts_the_pick_and_near_ties_only() {
         let mut greedy = Sampler::new(SamplingParams::default());
-        assert!(greedy.replays(&[0.1, 3.0, -1.0], 1));
-        assert!(!greedy.replays(&[0.1, 3.0, 2.9], 2), "a clear second is not the pick");
-        assert!(greedy.replays(&[0.1, 3.0, 2.99999], 2), "a near tie may flip");
+        let replays = |s: &mut Sampler, l: &[f32], t: u32| s.replay(l, t, REPLAY_TIE).accepted;
+        assert!(replays(&mut greedy, &[0.1, 3.0, -1.0], 1));
+        assert!(!replays(&mut greedy, &[0.1, 3.0, 2.9], 2), "a clear second is not the pick");
+        assert!(replays(&mut greedy, &[0.1, 3.0, 2.99999], 2), "a near tie may flip");
+        let gap = greedy.replay(&[0.1, 3.0, 2.9], 2, REPLAY_TIE).gap;
+        assert!((gap - 0.1 / 3.0).abs() < 1e-6, "{gap}");
+        assert!(greedy.replay(&[0.1, 3.0, 2.9], 2, 0.04).accepted, "a looser rule forgives it");
         // Sampled: the same seed accepts its own draws, and refuses a token far from them.
         let params = SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
         let logits = [2.0, 1.0, 0.0, -30.0];
         let mut generator = Sampler::new(params.clone());
         let picks: Vec<u32> = (0..50).map(|_| generator.sample(&logits)).collect();
         let mut verifier = Sampler::new(params.clone());
-        assert!(picks.iter().all(|&t| verifier.replays(&logits, t)));
+        assert!(picks.iter().all(|&t| replays(&mut verifier, &logits, t)));
         let mut verifier = Sampler::new(params);
-        assert!(picks.iter().any(|_| !verifier.replays(&logits, 3)), "an improbable token");
+        assert!(picks.iter().any(|_| !replays(&mut verifier, &logits, 3)), "an improbable token");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 
 use tokenizers::Tokenizer;
 
-use crate::commitment::{ActivationCommitment, VerifyReport};
+use crate::commitment::{ActivationCommitment, Tolerance, VerifyReport};
 use crate::kv_cache::BlockTable;
 use crate::sampling::Sampler;
 use crate::step::SeqChunk;
@@ -124,7 +124,8 @@ pub(crate) struct Verification {
     pub first_row: usize,
     /// Rows to compare (the output's tokens).
     pub rows: usize,
-    pub relative: f32,
+    /// The bounds each row and replayed token is compared within.
+    pub tolerance: Tolerance,
     pub report: VerifyReport,
     /// The request's sampling, replayed over the recomputed logits, when it is known.
     pub replay: Option<Replay>,
@@ -199,7 +200,8 @@ impl Sequence {
 
     /// Takes the final-norm row at offset `r` of this step's chunk (one
     /// [`Self::rows_to_read`] named; called before `processed` moves on), and its logits
-    /// when [`Self::replays`].
+    /// when [`Self::replays`], into a verification (a generation takes its rows' commitment
+    /// entries instead, computed where the rows are).
     pub fn take_row(
         &mut self,
         r: usize,
@@ -208,21 +210,23 @@ impl Sequence {
     ) -> crate::error::Result<()> {
         if let Some(v) = &mut self.verify {
             let token = self.processed + r - v.first_row;
-            crate::commitment::compare_row(&v.claimed, token, row, v.relative, &mut v.report);
+            let tol = &v.tolerance;
+            crate::commitment::compare_row(&v.claimed, token, row, tol.relative, &mut v.report);
             if let (Some(replay), Some(logits)) = (&mut v.replay, logits) {
                 // Rows arrive in position order, so the sampler draws as the generator did.
                 v.report.replayed_tokens += 1;
-                let claimed = replay.output.get(token).copied();
-                if !claimed.is_some_and(|t| replay.sampler.replays(logits, t)) {
+                let found = replay
+                    .output
+                    .get(token)
+                    .map(|&t| replay.sampler.replay(logits, t, tol.replay_tie));
+                let (accepted, gap) = found.map_or((false, f32::INFINITY), |r| (r.accepted, r.gap));
+                if !accepted {
                     v.report.replay_mismatches += 1;
                 }
+                v.report.max_replay_gap = v.report.max_replay_gap.max(gap);
             }
-            return Ok(());
         }
-        match &mut self.activations {
-            Some(c) => c.push_row(row),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// The next `n` unprocessed tokens as a step's chunk.

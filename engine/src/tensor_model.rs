@@ -21,13 +21,15 @@ pub(crate) mod decode_graph;
 
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
-    add_rms_norm, attention::HEAD_DIMS, paged_decode_attention_with, rope_store_kv, silu_mul,
-    DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
+    add_rms_norm, attention::HEAD_DIMS, packed_top2, paged_decode_attention_with, rope_store_kv,
+    silu_mul, DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
 };
 
 use crate::adapters::LoraSlots;
+use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{DevicePool, KvCache};
+use crate::model::{StepEntries, StepOutput};
 use crate::step::{SeqChunk, StepSegments};
 use crate::weights::{self, BaseWeights, HfLayer};
 use openledger_model::{ModelConfig, Projection, RopeStyle};
@@ -238,8 +240,9 @@ impl TensorModel {
         self.weight_bytes_per_step() + if self.tied { 0 } else { embed }
     }
 
-    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`, and
-    /// the final-norm rows at `hidden_rows` (`[hidden_rows, hidden]`, the model's dtype).
+    /// One step: returns the f32 logits of each chunk's last token, `[chunks, vocab]`, the
+    /// final-norm rows at `hidden_rows` (`[hidden_rows, hidden]`, the model's dtype), and the
+    /// commitment entries of the final-norm rows at `commit_rows` ([`Self::commit_entries`]).
     /// `positions` and `last_rows` are those [`crate::model::Model::forward`] computed.
     /// With `graphs` (CUDA builds), a step of one-token chunks without adapters replays a
     /// CUDA graph of the step captured for its batch-size bucket ([`graph_bucket`], padded
@@ -253,21 +256,27 @@ impl TensorModel {
         tokens: &[u32],
         positions: &[usize],
         last_rows: &[u32],
-        hidden_rows: &[u32],
+        (hidden_rows, commit_rows): (&[u32], &[u32]),
         cache: &mut KvCache,
         lora: &LoraSlots,
         segments: &StepSegments,
         graphs: bool,
-    ) -> Result<(Tensor, Tensor)> {
-        // A graphed step also gives the asked final-norm rows (activation commitments): the
-        // graph keeps every row through the final norm, gathered after the replay
-        // (`decode_graph::forward`), so commitments do not send decode steps down the eager
-        // path.
+    ) -> Result<StepOutput> {
+        // A graphed step also gives the asked final-norm rows and commitment entries: the
+        // graph keeps every row through the final norm and computes every row's entries,
+        // gathered after the replay (`decode_graph::forward`), so commitments do not send
+        // decode steps down the eager path.
         #[cfg(feature = "cuda")]
         if graphs && decode_graph::applies(self, cfg, chunks, cache, segments) {
-            if let Some(out) =
-                decode_graph::forward(self, cfg, chunks, hidden_rows, cache, lora, segments)?
-            {
+            if let Some(out) = decode_graph::forward(
+                self,
+                cfg,
+                chunks,
+                (hidden_rows, commit_rows),
+                cache,
+                lora,
+                segments,
+            )? {
                 return Ok(out);
             }
         }
@@ -276,11 +285,34 @@ impl TensorModel {
         let pool = self.check_pool(cfg, cache)?;
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, false)?;
         let (logits, h) = self.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
-        if hidden_rows.is_empty() {
-            return Ok((logits, self.no_rows(cfg)?));
+        let hidden =
+            if hidden_rows.is_empty() { self.no_rows(cfg)? } else { select_rows(&h, hidden_rows)? };
+        let entries = if commit_rows.is_empty() {
+            StepEntries::none()
+        } else {
+            self.commit_entries(&select_rows(&h, commit_rows)?)?
+        };
+        Ok(StepOutput { logits, hidden, entries })
+    }
+
+    /// The activation-commitment entries of final-norm rows (`[rows, hidden]`, the model's
+    /// dtype): on a CUDA device computed there (`openledger_kernels::packed_top2`, the
+    /// encoding of [`commitment::row_words`]) with their copy to the host queued behind them;
+    /// elsewhere the rows are encoded on the host.
+    pub(crate) fn commit_entries(&self, rows: &Tensor) -> Result<StepEntries> {
+        let (n, width) = rows.dims2()?;
+        if width > commitment::MAX_DIMS {
+            return Err(commitment::too_wide(width));
         }
-        let rows = Tensor::from_slice(hidden_rows, hidden_rows.len(), &self.device)?;
-        Ok((logits, h.index_select(&rows, 0)?))
+        if n == 0 {
+            return Ok(StepEntries::none());
+        }
+        if rows.device().is_cuda() && width >= commitment::TOP_K {
+            let words = packed_top2(&rows.contiguous()?, commitment::DIM_BITS)?;
+            return StepEntries::copying(&words);
+        }
+        let host = rows.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        StepEntries::of_host_rows(host.iter().map(Vec::as_slice))
     }
 
     /// No final-norm rows: `[0, hidden]` in the model's dtype.
@@ -420,6 +452,16 @@ impl TensorModel {
             None => out,
         })
     }
+}
+
+/// Rows `rows` of `t` (`[n, width]`): a view when they are its first rows in order, else
+/// gathered.
+pub(crate) fn select_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    if rows.iter().copied().eq(0..rows.len() as u32) {
+        return Ok(t.narrow(0, 0, rows.len())?);
+    }
+    let index = Tensor::from_slice(rows, rows.len(), t.device())?;
+    Ok(t.index_select(&index, 0)?)
 }
 
 /// Turns off cudarc's per-buffer event tracking on a CUDA device. With it on, every buffer

@@ -111,7 +111,7 @@ fn verify_replaying(
         .iter()
         .map(|(p, o, a, c)| {
             let (a, c) = (a.map(str::to_string), (*c).clone());
-            e.submit_verification(p, o, a, c, tol.relative, sampling.cloned()).unwrap().1
+            e.submit_verification(p, o, a, c, tol, sampling.cloned()).unwrap().1
         })
         .collect();
     e.run_until_idle().unwrap();

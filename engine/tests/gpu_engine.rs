@@ -22,11 +22,13 @@ use candle_core::Tensor;
 use candle_core::{DType, Device};
 use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
 use common::{write_adapter, write_model_with};
+use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
     AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
 };
 use openledger_kernels::{
-    add_rms_norm, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs, RowIndex,
+    add_rms_norm, packed_top2, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs,
+    RowIndex,
 };
 
 /// Root-mean-square logit error allowed, relative to each row's largest logit.
@@ -436,13 +438,18 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     for &seqs in schedule {
         for _ in 0..STEPS {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
-            // The final-norm rows asked (activation commitments): every row, the odd rows
-            // backwards, or none, in turn.
+            // The final-norm rows asked (a verifier's) and the rows committed to (activation
+            // commitments, whose entries the graph computes): every row both, the odd rows
+            // backwards both (gathered), or no rows and the first half committed (a prefix
+            // of the graph's entries), in turn.
             let n = seqs.len() as u32;
-            let hidden_rows: Vec<u32> = match compared % 3 {
-                0 => (0..n).collect(),
-                1 => (0..n).filter(|r| r % 2 == 1).rev().collect(),
-                _ => Vec::new(),
+            let (hidden_rows, commit_rows): (Vec<u32>, Vec<u32>) = match compared % 3 {
+                0 => ((0..n).collect(), (0..n).collect()),
+                1 => {
+                    let odd: Vec<u32> = (0..n).filter(|r| r % 2 == 1).rev().collect();
+                    (odd.clone(), odd)
+                },
+                _ => (Vec::new(), (0..n.div_ceil(2)).collect()),
             };
             let want = model
                 .forward_step(
@@ -450,6 +457,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
                     &mut eager_cache,
                     &lora,
                     &hidden_rows,
+                    &commit_rows,
                 )
                 .unwrap();
             let got = model
@@ -458,6 +466,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
                     &mut graph_cache,
                     &lora,
                     &hidden_rows,
+                    &commit_rows,
                 )
                 .unwrap();
             // No rows asked gives a `[0, hidden]` tensor: candle's CUDA cast of zero elements
@@ -474,6 +483,17 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
             for (r, (w, g)) in want_hidden.iter().zip(&got_hidden).enumerate() {
                 let differ = w.iter().zip(g).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(differ, 0, "step {compared}, hidden row {r}: {differ} values differ");
+            }
+            // The entries computed on the device, graphed and eager, are the CPU encoding
+            // of the very rows (where the rows were asked too).
+            let (want_words, got_words) =
+                (want.entries.wait().unwrap(), got.entries.wait().unwrap());
+            assert_eq!(want_words.len(), commit_rows.len(), "step {compared}: committed rows");
+            assert_eq!(got_words, want_words, "step {compared}: graphed vs eager entries");
+            if hidden_rows == commit_rows {
+                for (row, words) in want_hidden.iter().zip(&want_words) {
+                    assert_eq!(&row_words(row).unwrap(), words, "step {compared}: encoding");
+                }
             }
             let (want, got) = (f32_rows(&want.logits), f32_rows(&got.logits));
             for (r, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -507,4 +527,72 @@ fn decode_chunks<'a>(
             adapter: None,
         })
         .collect()
+}
+
+/// The commitment entries computed on the device (`packed_top2`, what decode steps commit)
+/// are the CPU encoding (`commitment::row_words`) of the same rows, bit for bit, in f32,
+/// bf16 and f16, at widths from 2 to the encoding's widest (16,384 columns, the last one
+/// addressed by all 14 index bits): random rows, rows with their largest magnitude twice
+/// (a tie, + and -, far apart so that different threads hold them), NaN, infinities, zeros
+/// of both signs, and values whose shortening rounds up (a tie to even included).
+#[test]
+fn cuda_commitment_entries_match_the_cpu_encoding() {
+    use rand::{Rng, SeedableRng};
+    let gpu = cuda();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let mut checked = 0;
+    for &width in &[2usize, 3, 255, 256, 257, 576, 4096, 5000, MAX_DIMS] {
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for kind in 0..8 {
+            let mut row: Vec<f32> = (0..width).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+            let (a, b) = (rng.random_range(0..width), rng.random_range(0..width));
+            match kind {
+                // The largest magnitude at two columns, opposite signs.
+                1 => {
+                    row[a] = 9.5;
+                    row[b] = -9.5;
+                },
+                // Every entry the same magnitude: the first two columns win.
+                2 => row
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = if i % 2 == 0 { 1.5 } else { -1.5 }),
+                3 => {
+                    row[a] = f32::NAN;
+                    row[b] = f32::INFINITY;
+                },
+                4 => row
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = if i % 3 == 0 { -0.0 } else { 0.0 }),
+                // Shortening rounds: 1 + 2^-10 is a tie (to even), 1 + 3 x 2^-10 rounds up.
+                5 => {
+                    row[a] = 7.0 * (1.0 + 1.0 / 1024.0);
+                    row[b] = -7.0 * (1.0 + 3.0 / 1024.0);
+                },
+                6 => row.iter_mut().for_each(|v| *v = f32::NAN),
+                _ => {},
+            }
+            rows.push(row);
+        }
+        let flat: Vec<f32> = rows.concat();
+        let host = Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            // The rows as the device holds them (rounded to the dtype), widened back.
+            let held = host.to_dtype(dtype).unwrap();
+            let want: Vec<Vec<f32>> = held.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+            let words = packed_top2(&held.to_device(&gpu).unwrap(), DIM_BITS).unwrap();
+            let got: Vec<Vec<u32>> = words.to_vec2().unwrap();
+            for (k, (row, words)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(&row_words(row).unwrap(), words, "width {width}, {dtype:?}, row {k}");
+                checked += 1;
+            }
+        }
+    }
+    // Rows the encoding cannot take are refused, not truncated.
+    let wide = Tensor::zeros((1, MAX_DIMS + 1), DType::BF16, &gpu).unwrap();
+    assert!(packed_top2(&wide, DIM_BITS).is_err());
+    let narrow = Tensor::zeros((1, 1), DType::BF16, &gpu).unwrap();
+    assert!(packed_top2(&narrow, DIM_BITS).is_err());
+    eprintln!("{checked} rows: device entries = CPU encoding bit for bit");
 }

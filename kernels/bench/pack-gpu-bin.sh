@@ -12,6 +12,12 @@
 #                          (gpu-bin/engine-before.tar.xz) for gpu-run-decode.sh's before/after
 #                          runs, and the decode anchor (../shared/bench/hf_decode_anchor.py,
 #                          never committed) is copied beside them when it is there
+#   pack-gpu-bin.sh verify issue 23 on the GPU: gpu_engine + engine-gpu-bench + verify-bench
+#                          -> gpu-bin/verify-gpu.tar.xz (one xz stream with a dictionary
+#                          spanning the binaries, which share most of their code), and the
+#                          model (MODEL, default scripts/fetch-model.sh's) split in two parts,
+#                          the first filling what call 1 may still carry (model.part1,
+#                          model.part2, model.sha256), with gpu-run-verify.sh
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -26,16 +32,33 @@ case $WHAT in
         EXTRA="$T/engine-logits"
         ANCHOR="$ROOT/../shared/bench/hf_decode_anchor.py"
         [ -f "$ANCHOR" ] && SCRIPTS="$SCRIPTS ../../../shared/bench/hf_decode_anchor.py" ;;
-  *) echo "usage: $0 [sgmv|attn|engine]" >&2; exit 2 ;;
+  verify) TEST=gpu_engine; BENCH="engine-gpu-bench verify-bench"
+        SCRIPTS="../../bench/gpu-run-verify.sh"; EXTRA="" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify]" >&2; exit 2 ;;
 esac
 TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
 cp "$TEST_BIN" "/tmp/gpu-pack/$TEST"
-cp "$T/$BENCH" "/tmp/gpu-pack/$BENCH"
-strip "/tmp/gpu-pack/$TEST" "/tmp/gpu-pack/$BENCH"
+strip "/tmp/gpu-pack/$TEST"
+for b in $BENCH; do cp "$T/$b" "/tmp/gpu-pack/$b" && strip "/tmp/gpu-pack/$b"; done
 [ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
 [ -f /tmp/gpu-pack/engine-logits ] && strip /tmp/gpu-pack/engine-logits
-tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
+if [ "$WHAT" = verify ]; then
+  # The binaries share candle, cudarc and the kernels: a dictionary that spans them all
+  # stores that code once.
+  tar -cf - -C /tmp/gpu-pack . | xz -T1 --lzma2=preset=9,dict=256MiB > "$ROOT/gpu-bin/$WHAT-gpu.tar.xz"
+  MODEL=${MODEL:-$("$ROOT/scripts/fetch-model.sh")}
+  # A call carries at most 64 MiB with the tracked tree (~4 MiB): the first part takes
+  # what the binaries leave of 58 MiB, the second the rest (it must fit alone).
+  PART1=$(( 58 * 1024 * 1024 - $(stat -c %s "$ROOT/gpu-bin/$WHAT-gpu.tar.xz") ))
+  head -c "$PART1" "$MODEL" > "$ROOT/gpu-bin/model.part1"
+  tail -c +$(( PART1 + 1 )) "$MODEL" > "$ROOT/gpu-bin/model.part2"
+  sha256sum "$MODEL" > "$ROOT/gpu-bin/model.sha256"
+  [ "$(stat -c %s "$ROOT/gpu-bin/model.part2")" -le $(( 58 * 1024 * 1024 )) ] \
+    || { echo "the model's second part is over 58 MiB: it does not fit two calls" >&2; exit 1; }
+else
+  tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
+fi
 if [ "$WHAT" = engine ] && [ -n "${BEFORE_BENCH:-}" ]; then
   rm -rf /tmp/gpu-pack-before && mkdir -p /tmp/gpu-pack-before
   cp "$BEFORE_BENCH" /tmp/gpu-pack-before/engine-gpu-bench && strip /tmp/gpu-pack-before/engine-gpu-bench
@@ -49,6 +72,7 @@ MAIN=$(git -C "$ROOT" worktree list --porcelain | awk '/^worktree/{print $2; exi
 if [ "$MAIN" != "$ROOT" ]; then
   mkdir -p "$MAIN/gpu-bin"
   cp "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" "$MAIN/gpu-bin/"
+  [ "$WHAT" = verify ] && cp "$ROOT"/gpu-bin/model.{part1,part2,sha256} "$MAIN/gpu-bin/"
   [ "$WHAT" = engine ] && [ -n "${BEFORE_BENCH:-}" ] && cp "$ROOT/gpu-bin/engine-before.tar.xz" "$MAIN/gpu-bin/"
   for s in $SCRIPTS; do cp "$ROOT/gpu-bin/$s" "$MAIN/gpu-bin/"; done
 fi

@@ -50,6 +50,7 @@ mod layer_ops;
 pub mod options;
 pub mod quant;
 pub mod reference;
+mod row_top;
 mod scatter;
 mod segments;
 pub mod simd;
@@ -65,6 +66,7 @@ pub use error::{KernelError, Result};
 #[cfg(feature = "cuda")]
 pub use graph_inputs::overwrite_u32;
 pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, QkvHeads, RotaryPairs};
+pub use row_top::{packed_top2, HostCopy, TOP_ENTRIES};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};
 pub use table::{quantize_rows, AdapterTable};

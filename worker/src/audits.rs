@@ -35,7 +35,7 @@ use std::time::Duration;
 use openledger_chain_client::{
     blake2_256, commitment_hash, Audit, AuditStage, ChainClient, Leaf, Subject, Verdict,
 };
-use openledger_engine::{EngineError, Tolerance, VerifyReport};
+use openledger_engine::{EngineError, VerifyReport};
 use openledger_p2p::{
     peer_id_of_ed25519_public, ChannelRequest, ChannelResponse, Multiaddr, PeerId,
 };
@@ -304,7 +304,7 @@ impl Worker {
                 audit.adapter
             ));
         };
-        let tol = Tolerance::default();
+        let tol = self.engine.tolerance();
         match self
             .engine
             .verify(
@@ -312,7 +312,7 @@ impl Worker {
                 record.output_tokens.clone(),
                 Some(name),
                 record.activations.clone(),
-                tol.relative,
+                tol,
                 Some(sampling.replay(record.output_tokens.len())),
             )
             .await

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use openledger_engine::{
     ActivationCommitment, Engine, EngineError, EngineStatus, GenerationRequest, RequestId,
-    SamplingParams, StreamEvent, VerifyReport,
+    SamplingParams, StreamEvent, Tolerance, VerifyReport,
 };
 
 enum Command {
@@ -46,7 +46,7 @@ enum Command {
         output: Vec<u32>,
         adapter: Option<String>,
         claimed: ActivationCommitment,
-        relative: f32,
+        tolerance: Tolerance,
         replay: Option<SamplingParams>,
         events: async_mpsc::UnboundedSender<StreamEvent>,
         accepted: oneshot::Sender<Result<(), EngineError>>,
@@ -78,6 +78,9 @@ pub struct EngineLoad {
 pub struct EngineHost {
     commands: mpsc::Sender<Command>,
     load: Arc<Mutex<EngineLoad>>,
+    /// The bounds a verification on this engine is judged by: those fitted to its model's
+    /// numeric format.
+    tolerance: Tolerance,
 }
 
 /// What [`EngineHost`] calls return when the engine thread is gone.
@@ -91,11 +94,19 @@ impl EngineHost {
         let (commands, inbox) = mpsc::channel();
         let load = Arc::new(Mutex::new(EngineLoad::default()));
         let shared = Arc::clone(&load);
+        let tolerance = Tolerance::for_format(engine.model().numeric_format());
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || run(engine, inbox, shared))
             .unwrap_or_else(|e| panic!("cannot start the engine thread: {e}"));
-        (Self { commands, load }, thread)
+        (Self { commands, load, tolerance }, thread)
+    }
+
+    /// The bounds a verification on this engine is judged by ([`Tolerance::for_format`] of
+    /// its model's numeric format): pass them to [`Self::verify`] and to
+    /// [`VerifyReport::passes`].
+    pub fn tolerance(&self) -> Tolerance {
+        self.tolerance
     }
 
     /// Queue a request; its tokens arrive on the returned channel, ending with
@@ -133,7 +144,7 @@ impl EngineHost {
         output: Vec<u32>,
         adapter: Option<String>,
         claimed: ActivationCommitment,
-        relative: f32,
+        tolerance: Tolerance,
         replay: Option<SamplingParams>,
     ) -> Result<VerifyReport, EngineError> {
         let (events, mut rx) = async_mpsc::unbounded_channel();
@@ -143,7 +154,7 @@ impl EngineHost {
             output,
             adapter,
             claimed,
-            relative,
+            tolerance,
             replay,
             events,
             accepted,
@@ -251,12 +262,13 @@ fn handle(engine: &mut Engine, forwards: &mut Vec<Forward>, command: Command) {
             output,
             adapter,
             claimed,
-            relative,
+            tolerance,
             replay,
             events,
             accepted,
         } => {
-            match engine.submit_verification(&prompt, &output, adapter, claimed, relative, replay) {
+            match engine.submit_verification(&prompt, &output, adapter, claimed, tolerance, replay)
+            {
                 Ok((id, from)) => {
                     forwards.push(Forward { id, from, to: events });
                     let _ = accepted.send(Ok(()));

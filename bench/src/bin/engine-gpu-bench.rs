@@ -85,6 +85,11 @@ struct Args {
     /// then neither copied to the host nor hashed): what they cost a decode step.
     #[arg(long)]
     no_commit: bool,
+    /// The engine's decode runs with activation commitments on and off in turn, this many
+    /// rounds of each per configuration, in this one process (on the same engine, its CUDA
+    /// graphs already captured): what commitments cost a decode step, measured side by side.
+    #[arg(long, default_value_t = 0)]
+    commit_ab: usize,
     /// Run everything on the CPU in f32 (a check of the benchmark's own logic on a machine
     /// without a GPU; use tiny shapes).
     #[arg(long)]
@@ -559,12 +564,22 @@ fn engine_runs(
         // bucket the run passes through, as a serving engine has long since done; then
         // measured.
         engine_decode(&mut engine, &prompts, &adapters, generate)?;
-        let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
-        println!(
-            "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"graphs\":{},\"commit\":{}}}",
-            engine.model().decode_graphs(),
-            !args.no_commit
-        );
+        // Commitments as configured, or (--commit-ab) on and off in turn, the first of each
+        // round alternating so that neither always runs first.
+        let modes: Vec<(usize, bool)> = if args.commit_ab == 0 {
+            vec![(0, !args.no_commit)]
+        } else {
+            (0..args.commit_ab).flat_map(|r| [(r, r % 2 == 0), (r, r % 2 == 1)]).collect()
+        };
+        for (round, commit) in modes {
+            engine.set_commit_activations(commit);
+            let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
+            println!(
+                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round}}}",
+                if full > 0.0 { n as f64 / full * 1e3 } else { 0.0 },
+                engine.model().decode_graphs(),
+            );
+        }
     }
     report_memory(dev, "engine_decode", peak)?;
     Ok(())

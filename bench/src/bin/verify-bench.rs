@@ -18,6 +18,14 @@
 //!   generating on a GPU) to commit honest activations; only replaying the request's sampling
 //!   over the verifier's logits can tell.
 //!
+//! `--device cuda` (a `--features cuda` build) runs every engine, the verifier's too, on
+//! the GPU's bf16 tensor path (the GGUF's weights, and each cheat's, dequantized to bf16),
+//! judged by the tolerance fitted to that format (`Tolerance::for_format`); honest jobs are
+//! then served at `--batches` (add 64), and scenario `honest-base` serves and claims the
+//! same jobs without adapters, whose decode steps replay CUDA graphs (unless
+//! `OPENLEDGER_CUDA_GRAPHS=0`). `--reports FILE` writes every job's findings, one JSON
+//! object per line, for fitting the tolerance.
+//!
 //! Prints one JSON object per scenario and a table.
 
 use std::path::PathBuf;
@@ -30,7 +38,7 @@ use candle_core::Device;
 use clap::Parser;
 use openledger_engine::{
     write_random_adapter, ActivationCommitment, Engine, EngineConfig, KvCacheConfig, Model,
-    ModelSource, Projection, SamplingParams, StreamEvent, Tolerance, VerifyReport,
+    ModelSource, Projection, SamplingParams, StreamEvent, Tolerance, VerifyReport, GPU_DTYPE,
 };
 use rand::{Rng, SeedableRng};
 
@@ -71,6 +79,15 @@ struct Args {
         default_value = "honest,adapter-skipped,other-adapter,lower-precision,layers-skipped,other-model"
     )]
     only: Vec<String>,
+    /// Where every engine runs: `cpu`, or `cuda` (the bf16 tensor path; a `cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch sizes the honest jobs are generated at (a share of the jobs each).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batches: Vec<usize>,
+    /// Write each verified job's findings here, one JSON object per line.
+    #[arg(long)]
+    reports: Option<PathBuf>,
 }
 
 /// One job: its prompt, the adapter it is claimed to use, and its sampling.
@@ -88,6 +105,7 @@ struct Served {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let device = openledger_engine::device(&args.device)?;
     let load = || -> Result<Engine> {
         Engine::load(&ModelSource::Gguf(args.model.clone()), config(1, 1), &Device::Cpu)
             .with_context(|| format!("loading {}", args.model.display()))
@@ -100,7 +118,10 @@ fn main() -> Result<()> {
     for (i, n) in names.iter().enumerate() {
         write_random_adapter(&dir.path().join(n), &cfg, 16, &Projection::ALL, 100 + i as u64)?;
     }
+    // Every model is built on the host (the cheats rework host weights), then moved to the
+    // device: dequantized to the tensor path's bf16 on a GPU.
     let engine = |model: Model, threads: usize, batch: usize, adapters: bool| -> Result<Engine> {
+        let model = if device.is_cpu() { model } else { model.to_tensors(&device, GPU_DTYPE)? };
         let mut e = Engine::new(model, tokenizer.clone(), config(threads, batch))?;
         if adapters {
             for n in &names {
@@ -128,7 +149,14 @@ fn main() -> Result<()> {
             },
         })
         .collect();
-    let tol = Tolerance::default();
+    let tol = Tolerance::for_format(verifier.model().numeric_format());
+    let graphs = !device.is_cpu() && openledger_kernels::options::options().cuda_graphs;
+    let mut reports_out = match &args.reports {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     println!(
         "{:<24} {:>6} {:>9} {:>9} {:>12} {:>12} {:>10} {:>10}",
         "scenario", "jobs", "refused", "rate", "mean_err", "max_err", "replay_off", "verify/gen"
@@ -139,14 +167,23 @@ fn main() -> Result<()> {
             None => (scenario.as_str(), false),
         };
         let (mut served, gen_time): (Vec<(usize, Served)>, Duration) = match generator {
-            "honest" => {
-                // Batches of 1, 8 and 32 in turn, each on its own engine.
+            "honest" | "honest-base" => {
+                // Each of `--batches` in turn (a share of the jobs each), on its own engine;
+                // `honest-base` without adapters.
+                let base = generator == "honest-base";
                 let mut all = Vec::new();
                 let mut time = Duration::ZERO;
-                for (k, &b) in [1usize, 8, 32].iter().enumerate() {
-                    let mut e = engine(same()?, args.threads, b, true)?;
-                    let part: Vec<usize> = (k..jobs.len()).step_by(3).collect();
-                    let (s, t) = serve(&mut e, &jobs, &part, b, |j| j.adapter.clone())?;
+                let n = args.batches.len();
+                for (k, &b) in args.batches.iter().enumerate() {
+                    let mut e = engine(same()?, args.threads, b, !base)?;
+                    let part: Vec<usize> = (k..jobs.len()).step_by(n).collect();
+                    let (s, t) = serve(&mut e, &jobs, &part, b, |j| {
+                        if base {
+                            None
+                        } else {
+                            j.adapter.clone()
+                        }
+                    })?;
                     all.extend(s);
                     time += t;
                 }
@@ -185,7 +222,13 @@ fn main() -> Result<()> {
             other => bail!("unknown scenario {other}"),
         };
         // Claims: the honest adapter, except the layers cheat (which served no adapter).
-        let claim = |j: &Job| if generator == "layers-skipped" { None } else { j.adapter.clone() };
+        let claim = |j: &Job| {
+            if matches!(generator, "layers-skipped" | "honest-base") {
+                None
+            } else {
+                j.adapter.clone()
+            }
+        };
         if recommit {
             // The cheater's honest prefill: the registered model's rows over its own output
             // make the commitment it claims (what a verifier recomputes, so taken from one).
@@ -197,6 +240,26 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let reports = verify(&mut verifier, &jobs, &served, &claim, &tol, true)?;
         let verify_time = t.elapsed();
+        if let Some(out) = reports_out.as_mut() {
+            use std::io::Write;
+            let n = args.batches.len().max(1);
+            for ((i, _), r) in served.iter().zip(&reports) {
+                let batch = if generator.starts_with("honest") { args.batches[i % n] } else { 32 };
+                let line = serde_json::json!({
+                    "scenario": scenario, "job": i, "batch": batch, "graphs": graphs,
+                    "entries": r.entries, "value_mismatches": r.value_mismatches,
+                    "index_mismatches": r.index_mismatches,
+                    "mean_relative_error": r.mean_relative_error(),
+                    "max_relative_error": r.max_relative_error,
+                    "replayed_tokens": r.replayed_tokens, "replay_mismatches": r.replay_mismatches,
+                    "max_replay_gap": r.max_replay_gap,
+                    "tokens_match": r.committed_tokens == r.recomputed_tokens,
+                    "passes": r.passes(&tol),
+                });
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+        }
         let refused = reports.iter().filter(|r| !r.passes(&tol)).count();
         let mean = reports.iter().map(|r| r.mean_relative_error()).sum::<f64>()
             / reports.len().max(1) as f64;
@@ -241,6 +304,7 @@ fn main() -> Result<()> {
                 "generate_s": gen_time.as_secs_f64(), "verify_s": verify_time.as_secs_f64(),
                 "tokens_per_job": args.tokens, "threads": args.threads,
                 "verifier_threads": args.verifier_threads,
+                "device": args.device, "graphs": graphs, "tolerance": format!("{tol:?}"),
                 "bytes_per_32_tokens": 32 * openledger_engine::commitment::TOKEN_BYTES,
             })
         );
@@ -325,7 +389,7 @@ fn verify(
                     &s.output,
                     claim(j),
                     s.commitment.clone(),
-                    tol.relative,
+                    *tol,
                     replay.then(|| j.params.clone()),
                 )?
                 .1)

@@ -33,12 +33,14 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 };
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::overwrite_u32;
+use openledger_kernels::{overwrite_u32, packed_top2};
 
-use super::{graph_bucket, padded_tables, paged_decode, StepPlan, TensorModel};
+use super::{graph_bucket, padded_tables, paged_decode, select_rows, StepPlan, TensorModel};
 use crate::adapters::LoraSlots;
+use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
+use crate::model::{StepEntries, StepOutput};
 use crate::step::{SeqChunk, StepSegments};
 use openledger_model::ModelConfig;
 
@@ -64,9 +66,13 @@ struct DecodeGraph {
     /// f32 `[bucket, vocab]`, written by every replay.
     logits: Tensor,
     /// `[bucket, hidden]` in the model's dtype, written by every replay: every row of the
-    /// step through the final norm (row `i` is chunk `i`'s one token), what activation
-    /// commitments read.
+    /// step through the final norm (row `i` is chunk `i`'s one token), what a verifier's
+    /// rows are gathered from.
     hidden: Tensor,
+    /// u32 `[bucket, TOP_K]`, written by every replay: every row's activation-commitment
+    /// entries, computed inside the graph (`None` for rows the kernel does not take, whose
+    /// entries are then encoded on the host from `hidden`).
+    entries: Option<Tensor>,
     graph: CudaGraph,
     last_used: u64,
 }
@@ -74,7 +80,7 @@ struct DecodeGraph {
 impl DecodeGraph {
     fn bytes(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        bytes(&self.logits) + bytes(&self.hidden)
+        bytes(&self.logits) + bytes(&self.hidden) + self.entries.as_ref().map_or(0, bytes)
     }
 }
 
@@ -160,26 +166,30 @@ impl StepInputs {
 }
 
 /// One decode step through its bucket's graph, captured on the bucket's first use: returns
-/// the logits `[chunks, vocab]` and the final-norm rows at `hidden_rows` (`[hidden_rows,
-/// hidden]`, the model's dtype), both copies: the graph's buffers are rewritten by the
-/// next replay. `None` when the step needs padding rows and the cache has no block free
-/// for them: the caller runs it eagerly.
+/// the logits `[chunks, vocab]`, the final-norm rows at `hidden_rows` (`[hidden_rows,
+/// hidden]`, the model's dtype), both copies (the graph's buffers are rewritten by the
+/// next replay), and the commitment entries of the rows at `commit_rows`, their copy to the
+/// host queued behind the replay. `None` when the step needs padding rows and the cache has
+/// no block free for them: the caller runs it eagerly.
 ///
-/// Activation commitments (on by default) ask every decode step for its rows, so a graph
-/// that gave the logits alone would send every such step down the eager path. The captured
-/// step already computes every row through the final norm (a decode step's rows are its
-/// chunks' last rows, all read by the LM head); the graph copies them into `hidden` beside
-/// the logits, and the asked rows are gathered from there after the replay (one
-/// `index_select`, or one copy when every real row is asked), outside the graph.
+/// Activation commitments (on by default) ask every decode step for its rows' entries, so a
+/// graph that gave the logits alone would send every such step down the eager path. The
+/// captured step already computes every row through the final norm (a decode step's rows
+/// are its chunks' last rows, all read by the LM head); the graph computes every row's
+/// entries from there (`openledger_kernels::packed_top2`, 8 bytes a row) and copies them
+/// into `entries`, and the rows into `hidden`, beside the logits. After the replay the
+/// asked entries are copied to the host straight from `entries` when they are its first
+/// rows in order (every committing decode step), else gathered first; nothing of the rows
+/// themselves crosses unless a verifier asks for them.
 pub(crate) fn forward(
     model: &TensorModel,
     cfg: &ModelConfig,
     chunks: &[SeqChunk<'_>],
-    hidden_rows: &[u32],
+    (hidden_rows, commit_rows): (&[u32], &[u32]),
     cache: &mut KvCache,
     lora: &LoraSlots,
     segments: &StepSegments,
-) -> Result<Option<(Tensor, Tensor)>> {
+) -> Result<Option<StepOutput>> {
     let n = chunks.len();
     let Some(bucket) = graph_bucket(n) else { return Ok(None) };
     let padding = if bucket > n {
@@ -218,8 +228,10 @@ pub(crate) fn forward(
         dec.blocks.overwrite(inputs.tables, inputs.lens, kc.num_blocks)?;
         g.graph.launch().map_err(cuda_err)?;
         g.last_used = now;
-        let rows = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
-        return Ok(Some((g.logits.narrow(0, 0, n)?.copy()?, rows)));
+        let entries = step_entries(model, &g.hidden, g.entries.as_ref(), n, commit_rows)?;
+        let hidden = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
+        let logits = g.logits.narrow(0, 0, n)?.copy()?;
+        return Ok(Some(StepOutput { logits, hidden, entries }));
     }
     // First step of this bucket: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
@@ -232,16 +244,56 @@ pub(crate) fn forward(
     let logits = Tensor::zeros((bucket, cfg.vocab_size), DType::F32, model.device())?;
     let hidden = Tensor::zeros((bucket, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
     // The copies into the graph's buffers, once outside the capture: they load candle's copy
-    // kernels (one per dtype), which a capture must not do.
+    // kernels (one per dtype) and the entries' module, which a capture must not do.
     logits.slice_set(&eager, 0, 0)?;
     hidden.slice_set(&eager_hidden, 0, 0)?;
+    let entries = if entries_on_device(cfg) {
+        let words = packed_top2(&eager_hidden, commitment::DIM_BITS)?;
+        let buffer = Tensor::zeros((bucket, commitment::TOP_K), DType::U32, model.device())?;
+        buffer.slice_set(&words, 0, 0)?;
+        Some(buffer)
+    } else {
+        None
+    };
+    let step = step_entries(model, &eager_hidden, entries.as_ref(), n, commit_rows)?;
     let rows = gather_rows(model, cfg, &eager_hidden, n, hidden_rows)?;
-    let graph = capture(model, cfg, &plan, cache, lora, segments, &logits, &hidden)?;
+    let buffers = GraphOutputs { logits: &logits, hidden: &hidden, entries: entries.as_ref() };
+    let graph = capture(model, cfg, &plan, cache, lora, segments, &buffers)?;
     let captured =
-        DecodeGraph { bucket, pool: pool_id, plan, logits, hidden, graph, last_used: now };
+        DecodeGraph { bucket, pool: pool_id, plan, logits, hidden, entries, graph, last_used: now };
     graphs.make_room(captured.bytes());
     graphs.graphs.push(captured);
-    Ok(Some((eager.narrow(0, 0, n)?, rows)))
+    Ok(Some(StepOutput { logits: eager.narrow(0, 0, n)?, hidden: rows, entries: step }))
+}
+
+/// Whether a graph computes its rows' commitment entries on the device (rows of a width the
+/// kernel and the encoding take).
+fn entries_on_device(cfg: &ModelConfig) -> bool {
+    (commitment::TOP_K..=commitment::MAX_DIMS).contains(&cfg.hidden_size)
+}
+
+/// The commitment entries of the step's rows at `commit_rows` (each below `n`): from the
+/// graph's `entries` when it has them (their copy to the host starts now, straight from
+/// the buffer when they are its first rows in order), else encoded from the rows.
+fn step_entries(
+    model: &TensorModel,
+    hidden: &Tensor,
+    entries: Option<&Tensor>,
+    n: usize,
+    commit_rows: &[u32],
+) -> Result<StepEntries> {
+    if commit_rows.is_empty() {
+        return Ok(StepEntries::none());
+    }
+    if let Some(&r) = commit_rows.iter().find(|&&r| r as usize >= n) {
+        return Err(EngineError::Backend(format!(
+            "committed row {r} asked of a decode step of {n} rows"
+        )));
+    }
+    match entries {
+        Some(e) => StepEntries::copying(&select_rows(e, commit_rows)?),
+        None => model.commit_entries(&select_rows(hidden, commit_rows)?.contiguous()?),
+    }
 }
 
 /// The final-norm rows at `hidden_rows` (each below `n`, the step's real rows) of a step's
@@ -268,8 +320,16 @@ fn gather_rows(
     Ok(hidden.index_select(&rows, 0)?)
 }
 
-/// Captures the planned step on candle's stream; the logits are copied into `logits` and the
-/// final-norm rows into `hidden`, and
+/// The buffers a captured step writes: the logits, the final-norm rows, and (when the rows'
+/// width allows) their commitment entries.
+struct GraphOutputs<'a> {
+    logits: &'a Tensor,
+    hidden: &'a Tensor,
+    entries: Option<&'a Tensor>,
+}
+
+/// Captures the planned step on candle's stream; the logits, the final-norm rows and their
+/// commitment entries are copied into `out`'s buffers, and
 /// every temporary is freed before the capture ends (the graph owns no memory it does not
 /// free, so it can be replayed any number of times).
 ///
@@ -289,8 +349,7 @@ fn capture(
     cache: &KvCache,
     lora: &LoraSlots,
     segments: &StepSegments,
-    logits: &Tensor,
-    hidden: &Tensor,
+    out: &GraphOutputs<'_>,
 ) -> Result<CudaGraph> {
     let Device::Cuda(dev) = model.device() else {
         return Err(EngineError::Backend("decode graphs need a CUDA device".into()));
@@ -304,9 +363,12 @@ fn capture(
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(cuda_err)?;
     let recorded = (|| -> Result<()> {
-        let (out, rows) = model.forward_planned_rows(cfg, plan, pool, lora, segments)?;
-        logits.slice_set(&out, 0, 0)?;
-        hidden.slice_set(&rows, 0, 0)?;
+        let (logits, rows) = model.forward_planned_rows(cfg, plan, pool, lora, segments)?;
+        out.logits.slice_set(&logits, 0, 0)?;
+        out.hidden.slice_set(&rows, 0, 0)?;
+        if let Some(entries) = out.entries {
+            entries.slice_set(&packed_top2(&rows, commitment::DIM_BITS)?, 0, 0)?;
+        }
         Ok(())
     })();
     // End the capture whatever happened, so that the stream leaves capture mode. Our own

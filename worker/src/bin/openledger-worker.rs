@@ -370,7 +370,7 @@ fn verify(
             engine.register_adapter(&hex::encode(summary.content_hash), &path)?;
         }
     }
-    let tol = Tolerance::default();
+    let tol = Tolerance::for_format(engine.model().numeric_format());
     let mut pending = Vec::new();
     for (path, r) in &records {
         let adapter = match r.adapter {
@@ -393,7 +393,7 @@ fn verify(
                 &r.output_tokens,
                 adapter,
                 r.activations.clone(),
-                tol.relative,
+                tol,
                 r.sampling.map(|p| p.replay(r.output_tokens.len())),
             )
             .with_context(|| format!("{}: cannot be verified", path.display()))?;

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Fits and checks a verification tolerance on `verify-bench --reports` files (issue 23).
+
+Each line of a reports file is one verified job: its scenario, the batch size and CUDA-graph
+mode it was generated with, and the verifier's findings (entries compared, value and index
+mismatches counted at the run's `relative`, mean and largest relative error of the committed
+values, replayed tokens and mismatches under the run's near-tie rule, and the largest
+near-tie gap of a replayed token). This prints the honest jobs' worst findings per batch
+size and graph mode, the bounds they suggest, and how every scenario fares under a
+tolerance (the one given, or the suggested one): the verdict `VerifyReport::passes`
+computes, with two bounds moved after the run, which the reports determine exactly:
+- `--mean` (max_mean_relative_error): compared with each job's mean error;
+- `--tie` (replay_tie), with no replayed mismatch allowed: a job's replay passes when its
+  largest gap is within the tie.
+The value and index bounds can only be checked at the run's `relative` and slack.
+
+  python3 bench/scripts/fit_tolerance.py reports_graphs.jsonl reports_eager.jsonl \
+      [--mean M --tie T --value-share V --index-share I --margin 2]
+"""
+import argparse
+import json
+from collections import defaultdict
+
+
+def share(n, d):
+    return n / d if d else 0.0
+
+
+def passes(r, mean, tie, value_share, index_share):
+    return (
+        r["tokens_match"]
+        and r["max_replay_gap"] <= tie
+        and share(r["value_mismatches"], r["entries"]) <= value_share
+        and share(r["index_mismatches"], r["entries"]) <= index_share
+        and r["mean_relative_error"] <= mean
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("reports", nargs="+")
+    ap.add_argument("--mean", type=float)
+    ap.add_argument("--tie", type=float)
+    ap.add_argument("--value-share", type=float, default=0.05)
+    ap.add_argument("--index-share", type=float, default=0.10)
+    ap.add_argument("--margin", type=float, default=2.0,
+                    help="suggested bounds = the worst honest job's x this")
+    a = ap.parse_args()
+    jobs = []
+    for path in a.reports:
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{"):
+                j = json.loads(line)
+                # JSON has no infinity: serde writes null for it.
+                for k in ("max_replay_gap", "max_relative_error", "mean_relative_error"):
+                    if j.get(k) is None:
+                        j[k] = float("inf")
+                jobs.append(j)
+    honest = [j for j in jobs if j["scenario"].startswith("honest")]
+    groups = defaultdict(list)
+    for j in honest:
+        groups[(j["scenario"], j["batch"], j["graphs"])].append(j)
+    print("honest jobs, worst per group:")
+    print("| scenario | batch | graphs | jobs | mean error, worst | max error | value mismatch share | index mismatch share | replay gap, worst | replayed tokens differing |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (s, b, g), js in sorted(groups.items()):
+        print(f"| {s} | {b} | {'on' if g else 'off'} | {len(js)} "
+              f"| {max(j['mean_relative_error'] for j in js):.5f} "
+              f"| {max(j['max_relative_error'] for j in js):.5f} "
+              f"| {max(share(j['value_mismatches'], j['entries']) for j in js):.3f} "
+              f"| {max(share(j['index_mismatches'], j['entries']) for j in js):.3f} "
+              f"| {max(j['max_replay_gap'] for j in js):.5f} "
+              f"| {sum(1 for j in js if j['max_replay_gap'] > 0)} jobs |")
+    worst_mean = max(j["mean_relative_error"] for j in honest)
+    worst_gap = max(j["max_replay_gap"] for j in honest)
+    mean = a.mean if a.mean is not None else worst_mean * a.margin
+    tie = a.tie if a.tie is not None else worst_gap * a.margin
+    print(f"\nworst honest job: mean error {worst_mean:.5f}, replay gap {worst_gap:.5f}; "
+          f"checked with mean <= {mean:.5f}, tie <= {tie:.5f}, value share <= {a.value_share}, "
+          f"index share <= {a.index_share}")
+    by = defaultdict(list)
+    for j in jobs:
+        by[(j["scenario"], j["graphs"])].append(j)
+    print("\n| scenario | graphs | jobs | refused | rate | refused by: mean / replay / value / index / coverage | job mean error, lowest - highest |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for (s, g), js in sorted(by.items()):
+        refused = [j for j in js if not passes(j, mean, tie, a.value_share, a.index_share)]
+        why = [
+            sum(1 for j in js if j["mean_relative_error"] > mean),
+            sum(1 for j in js if j["max_replay_gap"] > tie),
+            sum(1 for j in js if share(j["value_mismatches"], j["entries"]) > a.value_share),
+            sum(1 for j in js if share(j["index_mismatches"], j["entries"]) > a.index_share),
+            sum(1 for j in js if not j["tokens_match"]),
+        ]
+        means = [j["mean_relative_error"] for j in js]
+        print(f"| {s} | {'on' if g else 'off'} | {len(js)} | {len(refused)} | {100 * len(refused) / len(js):.2f}% "
+              f"| {' / '.join(map(str, why))} | {min(means):.5f} - {max(means):.5f} |")
+
+
+if __name__ == "__main__":
+    main()
