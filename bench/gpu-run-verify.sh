@@ -5,15 +5,15 @@
 # it travels in two parts (gpu-bin/model.part1, gpu-bin/model.part2; `split -b`), and the
 # first call leaves the binaries and its part in /tmp/gv for the second. Pack with
 # `kernels/bench/pack-gpu-bin.sh verify` (build commands in docs/benchmarks.md).
-#   PART=1  the GPU tests (gpu_engine; memcheck of the commitment-entries and graph tests),
-#           then the engine's decode with activation commitments on and off in turn in one
-#           process (engine-gpu-bench --engine-only --commit-ab N), graphed and eager:
-#           tests.log, engine.jsonl, engine_table.md, bench.log
-#   PART=2  joins the model, then verify-bench --device cuda: every scenario with CUDA graphs
-#           on (the default), the honest ones again with them off: verify_graphs.jsonl,
-#           verify_eager.jsonl (one JSON object per scenario), reports_graphs.jsonl,
-#           reports_eager.jsonl (every job's findings), verify.log
-# Knobs: AB_ROUNDS (default 3), JOBS (default 1000; JOBS_EAGER, default 500, for the run
+#   PART=1  the GPU tests (gpu_engine; memcheck of the commitment-entries test), then the
+#           engine's decode with activation commitments on and off in turn in one process
+#           (engine-gpu-bench --engine-only --commit-ab N; graphs on, AB_GRAPHS="1 0" adds an
+#           eager process): tests.log, engine.jsonl, engine_table.md, bench.log
+#   PART=2  joins the model, then verify-bench --device cuda, three processes at once: the
+#           honest scenarios with CUDA graphs on (the default), the cheats, the honest ones
+#           with graphs off: verify.jsonl (one JSON object per scenario), reports_graphs.jsonl,
+#           reports_cheats.jsonl, reports_eager.jsonl (every job's findings), verify.log
+# Knobs: TESTS (gpu_engine's test filters; default all), AB_ROUNDS (default 2), JOBS (default 1000; JOBS_EAGER, default 500, for the run
 # with graphs off), END_S (seconds after the start by which
 # every step has ended, default 570).
 set -o pipefail
@@ -29,19 +29,14 @@ if [ "${PART:-1}" = 1 ]; then
   tar -xJf gpu-bin/verify-gpu.tar.xz -C /tmp/gv || exit 1
   cp gpu-bin/model.part1 /tmp/gv/ || exit 1
   echo "== tests" | tee -a "$OUT/tests.log"
-  timeout $(left 200) /tmp/gv/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/tests.log" \
+  timeout $(left 150) /tmp/gv/gpu_engine --test-threads=1 --nocapture ${TESTS:-} 2>&1 | tee -a "$OUT/tests.log" \
     | grep -E "^test |test result|panicked|differ|bit for bit|rms|error" | head -60
-  echo "== engine tests, OPENLEDGER_CUDA_GRAPHS=0" | tee -a "$OUT/tests.log"
-  OPENLEDGER_CUDA_GRAPHS=0 timeout $(left 120) /tmp/gv/gpu_engine --test-threads=1 --nocapture cuda_engine 2>&1 \
-    | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|error" | head -20
   echo "== memcheck" | tee -a "$OUT/tests.log"
-  for t in cuda_commitment_entries cuda_decode_graphs_give; do
-    timeout $(left 120) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gv/gpu_engine \
-      --test-threads=1 $t 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
-  done
-  for g in 1 0; do
+  timeout $(left 40) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gv/gpu_engine \
+    --test-threads=1 cuda_commitment_entries 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
+  for g in ${AB_GRAPHS:-1}; do
     echo "== engine decode, commitments on / off, OPENLEDGER_CUDA_GRAPHS=$g $(date -u +%T)" | tee -a "$OUT/bench.log"
-    OPENLEDGER_CUDA_GRAPHS=$g timeout $(left 200) /tmp/gv/engine-gpu-bench --engine-only --commit-ab ${AB_ROUNDS:-3} \
+    OPENLEDGER_CUDA_GRAPHS=$g timeout $(left 200) /tmp/gv/engine-gpu-bench --engine-only --commit-ab ${AB_ROUNDS:-2} \
       2>> "$OUT/bench.log" | sed "s/^{/{\"graphs_on\":$g,/" >> "$OUT/engine.jsonl"
     echo "exit $?"
   done
@@ -78,14 +73,22 @@ cat /tmp/gv/model.part1 gpu-bin/model.part2 > /tmp/gv/model.gguf || exit 1
 sha256sum /tmp/gv/model.gguf | tee -a "$OUT/verify.log"
 grep -q "$(cut -d' ' -f1 gpu-bin/model.sha256)" <(sha256sum /tmp/gv/model.gguf) || { echo "model checksum differs"; exit 1; }
 JOBS=${JOBS:-1000}
-echo "== verify-bench, graphs on $(date -u +%T)" | tee -a "$OUT/verify.log"
-timeout $(left 330) /tmp/gv/verify-bench --model /tmp/gv/model.gguf --device cuda --jobs $JOBS --batches 1,8,32,64 \
-  --only honest,honest-base,adapter-skipped,other-adapter,lower-precision,layers-skipped,other-model \
-  --reports "$OUT/reports_graphs.jsonl" 2>> "$OUT/verify.log" | tee -a "$OUT/verify.log" | grep -v '^{' 
-grep '^{' "$OUT/verify.log" > "$OUT/verify_graphs.jsonl"
-echo "== verify-bench, graphs off $(date -u +%T)" | tee -a "$OUT/verify.log"
-OPENLEDGER_CUDA_GRAPHS=0 timeout $(left 200) /tmp/gv/verify-bench --model /tmp/gv/model.gguf --device cuda --jobs ${JOBS_EAGER:-500} \
-  --batches 1,8,32,64 --only honest,honest-base --reports "$OUT/reports_eager.jsonl" 2> /tmp/gv/eager.err \
-  | tee /tmp/gv/eager.out | grep -v '^{'
-grep '^{' /tmp/gv/eager.out > "$OUT/verify_eager.jsonl"; cat /tmp/gv/eager.err >> "$OUT/verify.log"
+# Three processes at once (the steps of a 135M model are bound by the host's launches, and
+# the machine has 16 cores; the verify/generate costs they print are then not figures):
+# the honest jobs with graphs on, the cheats, and the honest jobs with graphs off. Honest
+# jobs take batch sizes in turn from BATCHES (1 in 8 alone, the rest 8, 32 and 64).
+BATCHES=${BATCHES:-1,8,32,64,64,32,8,64}
+V="/tmp/gv/verify-bench --model /tmp/gv/model.gguf --device cuda --threads 4"
+echo "== verify-bench x3 $(date -u +%T)" | tee -a "$OUT/verify.log"
+timeout $(left 400) $V --jobs $JOBS --batches $BATCHES --only honest,honest-base \
+  --reports "$OUT/reports_graphs.jsonl" > /tmp/gv/honest.out 2> /tmp/gv/honest.err &
+timeout $(left 400) $V --jobs $JOBS --only adapter-skipped,other-adapter,layers-skipped,other-model,lower-precision \
+  --reports "$OUT/reports_cheats.jsonl" > /tmp/gv/cheats.out 2> /tmp/gv/cheats.err &
+OPENLEDGER_CUDA_GRAPHS=0 timeout $(left 400) $V --jobs ${JOBS_EAGER:-500} --batches $BATCHES --only honest,honest-base \
+  --reports "$OUT/reports_eager.jsonl" > /tmp/gv/eager.out 2> /tmp/gv/eager.err &
+wait
+for r in honest cheats eager; do
+  echo "== $r" >> "$OUT/verify.log"; cat /tmp/gv/$r.err /tmp/gv/$r.out >> "$OUT/verify.log"
+  grep -v '^{' /tmp/gv/$r.out; grep '^{' /tmp/gv/$r.out >> "$OUT/verify.jsonl"
+done
 echo "== done $(date -u +%T)"

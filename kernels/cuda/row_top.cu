@@ -16,7 +16,15 @@
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+// A NaN widens as the host's conversion (the `half` crate, F16C) widens it: quiet, with its
+// payload, so that both sides shorten the same bits (`__half2float` gives a canonical NaN).
+__device__ __forceinline__ float to_float(__half x) {
+    const unsigned short h = __half_as_ushort(x);
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x03ff) != 0) {
+        return __uint_as_float(((uint32_t)(h & 0x8000) << 16) | 0x7fc00000u | ((uint32_t)(h & 0x03ff) << 13));
+    }
+    return __half2float(x);
+}
 
 // A candidate: its magnitude key (-1 for NaN, -2 for none) and its column.
 struct Cand {

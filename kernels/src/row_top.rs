@@ -124,7 +124,8 @@ mod cuda {
 
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaContext, CudaFunction, LaunchConfig, PinnedHostSlice, PushKernelArg,
+        result, CudaContext, CudaEvent, CudaFunction, DevicePtr, LaunchConfig, PinnedHostSlice,
+        PushKernelArg,
     };
     use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
     use candle_core::{CudaDevice, CudaStorage, Layout, Storage, Tensor};
@@ -185,9 +186,16 @@ mod cuda {
         Ok(out)
     }
 
+    /// A page-locked buffer and the event that marks the end of the last copy into it.
+    struct Staging {
+        context: usize,
+        buf: PinnedHostSlice<u32>,
+        done: CudaEvent,
+    }
+
     /// Page-locked buffers kept for reuse (allocating one costs far more than a copy),
     /// per CUDA context.
-    struct Pool(Mutex<Vec<(usize, PinnedHostSlice<u32>)>>);
+    struct Pool(Mutex<Vec<Staging>>);
 
     fn pool() -> &'static Pool {
         static POOL: OnceLock<Pool> = OnceLock::new();
@@ -199,7 +207,7 @@ mod cuda {
     const MIN_STAGING: usize = 4096;
 
     pub(super) struct Staged {
-        buf: Option<(usize, PinnedHostSlice<u32>)>,
+        staging: Option<Staging>,
         len: usize,
     }
 
@@ -217,38 +225,62 @@ mod cuda {
             let start = layout.start_offset();
             let taken = {
                 let mut p = pool().0.lock().unwrap_or_else(|e| e.into_inner());
-                p.iter().position(|(k, b)| *k == key && b.len() >= len).map(|i| p.swap_remove(i))
+                p.iter()
+                    .position(|b| b.context == key && b.buf.len() >= len)
+                    .map(|i| p.swap_remove(i))
             };
-            let mut buf = match taken {
+            let mut staging = match taken {
                 Some(b) => b,
-                // SAFETY: only the first `len` elements are read, after the copy below has
-                // written them.
-                None => (
-                    key,
-                    unsafe { ctx.alloc_pinned_with_flags::<u32>(len.max(MIN_STAGING), 0) }
+                None => Staging {
+                    context: key,
+                    // SAFETY: only the first `len` elements are read, after the copy below
+                    // has written them.
+                    buf: unsafe { ctx.alloc_pinned_with_flags::<u32>(len.max(MIN_STAGING), 0) }
                         .map_err(cuda_err)?,
-                ),
+                    done: ctx.new_event(None).map_err(cuda_err)?,
+                },
             };
             if len > 0 {
+                // The last copy into this buffer was waited for before it came back to the
+                // pool; cudarc's own event on it is never recorded, so this returns at once.
+                let host = staging.buf.as_mut_ptr().map_err(cuda_err)?;
                 let view = slice.slice(start..start + len);
-                // Queued on the stream after the work that writes `t`; the buffer's event
-                // records its completion, which `wait` waits for.
-                stream.memcpy_dtoh(&view, &mut buf.1).map_err(cuda_err)?;
+                let (src, _sync) = view.device_ptr(&stream);
+                ctx.bind_to_thread().map_err(cuda_err)?;
+                // SAFETY: `host` addresses at least `len` page-locked u32 that nothing else
+                // reads or writes until `done` has passed (`wait`, or the drop below); `src`
+                // addresses `len` u32 of `t`, which the stream's order keeps valid until the
+                // copy has run. (cudarc's `memcpy_dtoh` copies the whole destination buffer,
+                // hence the sized copy here.)
+                unsafe {
+                    let dst = std::slice::from_raw_parts_mut(host, len);
+                    result::memcpy_dtoh_async(dst, src, stream.cu_stream()).map_err(cuda_err)?;
+                }
+                staging.done.record(&stream).map_err(cuda_err)?;
             }
-            Ok(Self { buf: Some(buf), len })
+            Ok(Self { staging: Some(staging), len })
         }
 
         pub(super) fn wait(self) -> Result<Vec<u32>> {
-            let Some((_, buf)) = &self.buf else { return Ok(Vec::new()) };
-            Ok(buf.as_slice().map_err(cuda_err)?[..self.len].to_vec())
+            let Some(staging) = &self.staging else { return Ok(Vec::new()) };
+            if self.len == 0 {
+                return Ok(Vec::new());
+            }
+            staging.done.synchronize().map_err(cuda_err)?;
+            let host = staging.buf.as_ptr().map_err(cuda_err)?;
+            // SAFETY: the copy of `len` u32 into the buffer has completed (the event above).
+            Ok(unsafe { std::slice::from_raw_parts(host, self.len) }.to_vec())
         }
     }
 
     impl Drop for Staged {
         fn drop(&mut self) {
-            // Back to the pool; a later copy into it waits for this one's event first.
-            if let Some(b) = self.buf.take() {
-                pool().0.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+            // Back to the pool once no copy into it is in flight (a copy still running
+            // when its result is dropped unread is waited for here).
+            if let Some(b) = self.staging.take() {
+                if b.done.synchronize().is_ok() {
+                    pool().0.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+                }
             }
         }
     }
