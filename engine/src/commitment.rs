@@ -232,13 +232,24 @@ impl Tolerance {
     }
 }
 
-/// [`Tolerance::for_format`]'s bounds for [`NumericFormat::CudaBf16`].
+/// [`Tolerance::for_format`]'s bounds for [`NumericFormat::CudaBf16`], fitted on an H100
+/// (`docs/benchmarks.md`, "Verifiable inference on the GPU"): 4,000 honest jobs of
+/// SmolLM2-135M in bf16 (32 greedy tokens, with and without adapters, generated at batch
+/// sizes 1 to 64 with CUDA graphs on and off, verified by a prefill) strayed up to 0.0161 in
+/// mean relative error (median 0.0044), up to 28% of their values beyond 0.016 (bf16 keeps
+/// 8 significant bits: 0.4-0.8% a rounding, and a prefill's GEMMs round differently from
+/// decode steps'), 1.6% of their dimensions out of the top four, and one replayed token of
+/// 32 beyond a 0.02 near tie (one job in 3,000; its gap 0.069). Each bound sits above those
+/// worst honest figures; cheats that change the model (another checkpoint, layers
+/// skipped, lower precision) land far beyond them, while an adapter skipped or swapped
+/// (a random rank-16 adapter moves the committed entries 0.3-5%) mostly does not.
 const CUDA_BF16: Tolerance = Tolerance {
     relative: 0.016,
-    max_value_mismatch_share: 0.05,
+    max_value_mismatch_share: 0.35,
     max_index_mismatch_share: 0.10,
-    max_mean_relative_error: 0.004,
-    max_replay_mismatch_share: 0.0,
+    max_mean_relative_error: 0.025,
+    // One token of a 32-token job.
+    max_replay_mismatch_share: 0.04,
     replay_tie: 0.02,
 };
 
@@ -398,6 +409,36 @@ mod tests {
         assert_eq!(top_dims(&row, 2), vec![1, 3]);
         assert_eq!(top_dims(&row, 4), vec![1, 3, 2, 0]);
         assert_eq!(top_dims(&[1.0], 3), vec![0]);
+    }
+
+    #[test]
+    fn the_gpu_tolerance_forgives_bf16_rounding_the_cpu_one_does_not() {
+        let (cpu, gpu) = (
+            Tolerance::for_format(NumericFormat::Host),
+            Tolerance::for_format(NumericFormat::CudaBf16),
+        );
+        assert_eq!(cpu, Tolerance::default());
+        // An honest bf16 job at the measured extremes: mean error 0.016, 18 of 64 values
+        // beyond the relative bound, one of 32 replayed tokens past the near tie.
+        let bf16 = VerifyReport {
+            committed_tokens: 32,
+            recomputed_tokens: 32,
+            entries: 64,
+            value_mismatches: 18,
+            sum_relative_error: 0.016 * 64.0,
+            replayed_tokens: 32,
+            replay_mismatches: 1,
+            ..VerifyReport::default()
+        };
+        assert!(bf16.passes(&gpu), "{bf16:?}");
+        assert!(!bf16.passes(&cpu), "the CPU recomputes bit for bit: no such slack");
+        // Another checkpoint served on the GPU: mean error 0.0186 but 23 values off.
+        let other = VerifyReport { value_mismatches: 23, ..bf16.clone() };
+        assert!(!other.passes(&gpu));
+        let tokens = VerifyReport { replay_mismatches: 2, ..bf16.clone() };
+        assert!(!tokens.passes(&gpu), "two tokens of 32 past the tie");
+        let mean = VerifyReport { sum_relative_error: 0.026 * 64.0, ..bf16 };
+        assert!(!mean.passes(&gpu));
     }
 
     #[test]
