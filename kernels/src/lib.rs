@@ -1,8 +1,10 @@
 //! The worker's GPU and CPU kernels: SGMV (segmented gather matrix-vector) for many LoRA
 //! adapters over one base model in one batch, decode attention over the paged KV cache
 //! ([`attention`]), and the row scatter that writes keys and values into that cache
-//! ([`scatter_rows`]), and the decoder layer's fused elementwise steps (residual + RMSNorm,
-//! SwiGLU, RoPE with the KV-cache write: [`add_rms_norm`], [`silu_mul`], [`rope_store_kv`]).
+//! ([`scatter_rows`]), the decoder layer's fused elementwise steps (residual + RMSNorm,
+//! SwiGLU, RoPE with the KV-cache write: [`add_rms_norm`], [`silu_mul`], [`rope_store_kv`]),
+//! and each row's two largest entries packed on the device for activation commitments
+//! ([`packed_top2`], copied to the host behind the step by [`HostCopy`]).
 //!
 //! A step's batch of `num_rows` token rows is grouped by adapter into segments
 //! ([`SegmentMap`], built once per step on the host and reused by every layer). For each

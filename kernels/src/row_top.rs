@@ -58,7 +58,10 @@ impl CustomOp1 for PackedTop2 {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Err(to_candle(KernelError::UnsupportedDevice("packed_top2 on the CPU".into())))
+        Err(to_candle(KernelError::UnsupportedDevice(format!(
+            "packed_top2 (index bits {}) on the CPU",
+            self.index_bits
+        ))))
     }
 
     #[cfg(feature = "cuda")]
