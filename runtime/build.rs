@@ -1,4 +1,5 @@
-//! Builds the runtime's WASM blob (and embeds it in the native crate as `WASM_BINARY`).
+// Builds the runtime's WASM blob (and embeds it in the native crate as `WASM_BINARY`); the
+// parachain runtime's build script is this file too (`include!`).
 
 #[cfg(all(feature = "std", feature = "metadata-hash"))]
 fn main() {

@@ -10,22 +10,10 @@ use frame_support::build_struct_json_patch;
 use serde_json::Value;
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
 use sp_consensus_grandpa::AuthorityId as GrandpaId;
-use sp_genesis_builder::{self, PresetId};
 use sp_keyring::{Ed25519Keyring, Sr25519Keyring};
 
-use crate::{token::OPEN, AccountId, Balance, BalancesConfig, RuntimeGenesisConfig, SudoConfig};
-
-/// What each endowed development account starts with: one million OPEN.
-pub const ENDOWMENT: Balance = 1_000_000 * OPEN;
-
-/// The accounts endowed in both presets: the well-known dev keys and their stashes.
-pub fn endowed_accounts() -> Vec<AccountId> {
-    use Sr25519Keyring::*;
-    [Alice, Bob, Charlie, Dave, Eve, Ferdie, AliceStash, BobStash, CharlieStash, DaveStash]
-        .into_iter()
-        .map(|k| k.to_account_id())
-        .collect()
-}
+pub use crate::common::genesis::{endowed_accounts, get_preset, preset_names, ENDOWMENT};
+use crate::{AccountId, BalancesConfig, RuntimeGenesisConfig, SudoConfig};
 
 fn authority(key: Sr25519Keyring, finality: Ed25519Keyring) -> (AuraId, GrandpaId) {
     (key.public().into(), finality.public().into())
@@ -65,22 +53,4 @@ pub fn local_testnet() -> Value {
         ],
         Sr25519Keyring::Alice.to_account_id(),
     )
-}
-
-/// The JSON patch of the preset named `id`, if there is one.
-pub fn get_preset(id: &PresetId) -> Option<Vec<u8>> {
-    let patch = match id.as_ref() {
-        sp_genesis_builder::DEV_RUNTIME_PRESET => development(),
-        sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET => local_testnet(),
-        _ => return None,
-    };
-    serde_json::to_vec(&patch).ok()
-}
-
-/// Names of the presets this runtime provides.
-pub fn preset_names() -> Vec<PresetId> {
-    vec![
-        PresetId::from(sp_genesis_builder::DEV_RUNTIME_PRESET),
-        PresetId::from(sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET),
-    ]
 }

@@ -5,8 +5,11 @@
 //! charges fees in OPEN, Sudo governs the testnet and Utility batches calls. The GPU
 //! marketplace and attribution pallets are added to this runtime as they land.
 //!
-//! Layout: [`configs`] configures each pallet, [`apis`] implements the runtime APIs a client
-//! needs, [`genesis_config_presets`] holds the `development` and `local_testnet` presets.
+//! Layout: [`common`] holds what this runtime shares with the parachain's
+//! (`openledger-parachain-runtime`): the token, the transaction format, the marketplace
+//! pallets' configuration, the runtime APIs and the genesis accounts; [`configs`] configures
+//! this chain's own pallets, [`apis`] adds its consensus APIs to the shared ones,
+//! [`genesis_config_presets`] holds the `development` and `local_testnet` presets.
 #![cfg_attr(not(feature = "std"), no_std)]
 // `construct_runtime` expands to large types.
 #![recursion_limit = "256"]
@@ -16,6 +19,9 @@ include!(concat!(env!("OUT_DIR"), "/wasm_binary.rs"));
 
 extern crate alloc;
 
+#[macro_use]
+pub mod common;
+
 pub mod apis;
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarks;
@@ -23,25 +29,16 @@ pub mod configs;
 pub mod genesis_config_presets;
 
 use alloc::{borrow::Cow, vec::Vec};
-use sp_runtime::{generic, impl_opaque_keys, traits::BlakeTwo256};
+use sp_runtime::impl_opaque_keys;
 use sp_version::RuntimeVersion;
 
-pub use frame_system::Call as SystemCall;
-pub use openledger_primitives::{token, AccountId, Balance, BlockNumber, Hash, Nonce, Signature};
-pub use pallet_balances::Call as BalancesCall;
+pub use common::{
+    opaque, token, AccountId, Address, Balance, BalancesCall, Block, BlockNumber, Executive, Hash,
+    Header, Nonce, Signature, SignedPayload, SystemCall, TxExtension, UncheckedExtrinsic,
+    EXISTENTIAL_DEPOSIT,
+};
 #[cfg(any(feature = "std", test))]
 pub use sp_runtime::BuildStorage;
-
-/// Types the node and other clients use without knowing the runtime's extrinsic format.
-pub mod opaque {
-    use super::*;
-    pub use sp_runtime::OpaqueExtrinsic as UncheckedExtrinsic;
-
-    /// Block header.
-    pub type Header = generic::Header<BlockNumber, BlakeTwo256>;
-    /// Block with opaque extrinsics.
-    pub type Block = generic::Block<Header, UncheckedExtrinsic>;
-}
 
 impl_opaque_keys! {
     /// The keys a validator holds: Aura for authoring, GRANDPA for finality votes.
@@ -56,7 +53,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: Cow::Borrowed("openledger"),
     impl_name: Cow::Borrowed("openledger-runtime"),
     authoring_version: 1,
-    spec_version: 104,
+    spec_version: 105,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -77,53 +74,8 @@ pub const MINUTES: BlockNumber = 60_000 / (MILLISECS_PER_BLOCK as BlockNumber);
 pub const HOURS: BlockNumber = MINUTES * 60;
 pub const DAYS: BlockNumber = HOURS * 24;
 
-/// Existential deposit: 0.001 OPEN.
-///
-/// An account holding less is reaped, which bounds the state a spammer can create: opening
-/// a million dust accounts costs 1,000 OPEN. It stays small enough that contributors who
-/// earn tiny attribution rewards can still hold them once claimed.
-pub const EXISTENTIAL_DEPOSIT: Balance = token::MILLI_OPEN;
-
-/// Address format of extrinsics.
-pub type Address = sp_runtime::MultiAddress<AccountId, ()>;
-/// Block header.
-pub type Header = generic::Header<BlockNumber, BlakeTwo256>;
-/// Block of this runtime.
-pub type Block = generic::Block<Header, UncheckedExtrinsic>;
-
-/// The checks every signed transaction goes through, in order.
-pub type TxExtension = (
-    frame_system::CheckNonZeroSender<Runtime>,
-    frame_system::CheckSpecVersion<Runtime>,
-    frame_system::CheckTxVersion<Runtime>,
-    frame_system::CheckGenesis<Runtime>,
-    frame_system::CheckEra<Runtime>,
-    frame_system::CheckNonce<Runtime>,
-    frame_system::CheckWeight<Runtime>,
-    pallet_transaction_payment::ChargeTransactionPayment<Runtime>,
-    frame_metadata_hash_extension::CheckMetadataHash<Runtime>,
-    frame_system::WeightReclaim<Runtime>,
-);
-
-/// Extrinsic as it appears in a block.
-pub type UncheckedExtrinsic =
-    generic::UncheckedExtrinsic<Address, RuntimeCall, Signature, TxExtension>;
-
-/// The payload signed by a transaction's author.
-pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
-
 /// Storage migrations run on the next runtime upgrade.
 type Migrations = ();
-
-/// Dispatches blocks and extrinsics to the pallets.
-pub type Executive = frame_executive::Executive<
-    Runtime,
-    Block,
-    frame_system::ChainContext<Runtime>,
-    Runtime,
-    AllPalletsWithSystem,
-    Migrations,
->;
 
 #[frame_support::runtime]
 mod runtime {

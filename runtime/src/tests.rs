@@ -3,32 +3,8 @@
 use super::*;
 use frame_support::traits::{fungible::Inspect, Get};
 use sp_keyring::Sr25519Keyring;
-use sp_runtime::BuildStorage;
 
-/// Builds the genesis storage of a preset exactly as a chain spec would.
-fn build_preset(name: &str) -> sp_io::TestExternalities {
-    let id = sp_genesis_builder::PresetId::from(name);
-    let patch =
-        genesis_config_presets::get_preset(&id).unwrap_or_else(|| panic!("no preset {name}"));
-    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("preset is JSON");
-    let mut config = serde_json::to_value(RuntimeGenesisConfig::default()).expect("default config");
-    json_merge(&mut config, patch);
-    let config: RuntimeGenesisConfig =
-        serde_json::from_value(config).expect("preset fits the config");
-    let storage = config.build_storage().expect("genesis builds");
-    sp_io::TestExternalities::new(storage)
-}
-
-fn json_merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                json_merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        },
-        (b, p) => *b = p,
-    }
-}
+use crate::common::genesis::build_preset;
 
 #[test]
 fn development_preset_builds_with_alice_as_sole_authority() {

@@ -25,6 +25,9 @@
 //! same jobs without adapters, whose decode steps replay CUDA graphs (unless
 //! `OPENLEDGER_CUDA_GRAPHS=0`). `--reports FILE` writes every job's findings, one JSON
 //! object per line, for fitting the tolerance.
+//! `--save-served` writes what the honest scenario served and `--load-served` verifies such
+//! a file instead of generating: honest work from one CPU (or kernel path: AMX, AVX-512
+//! VNNI, AVX2, portable) checked on another.
 //!
 //! Prints one JSON object per scenario and a table.
 
@@ -88,6 +91,14 @@ struct Args {
     /// Write each verified job's findings here, one JSON object per line.
     #[arg(long)]
     reports: Option<PathBuf>,
+    /// Write what the honest scenario served (job, output tokens, commitment), one JSON
+    /// object per line, for another machine or kernel path to verify (`--load-served`).
+    #[arg(long)]
+    save_served: Option<PathBuf>,
+    /// Verify what a `--save-served` file holds instead of generating the honest jobs (same
+    /// model, `--jobs`, `--tokens`, `--adapters` and `--temperature` as the run that wrote it).
+    #[arg(long)]
+    load_served: Option<PathBuf>,
 }
 
 /// One job: its prompt, the adapter it is claimed to use, and its sampling.
@@ -167,6 +178,10 @@ fn main() -> Result<()> {
             None => (scenario.as_str(), false),
         };
         let (mut served, gen_time): (Vec<(usize, Served)>, Duration) = match generator {
+            "honest" if args.load_served.is_some() => {
+                let path = args.load_served.as_deref().unwrap_or(std::path::Path::new(""));
+                (load_served(path, &jobs)?, Duration::ZERO)
+            },
             "honest" | "honest-base" => {
                 // Each of `--batches` in turn (a share of the jobs each), on its own engine;
                 // `honest-base` without adapters.
@@ -186,6 +201,9 @@ fn main() -> Result<()> {
                     })?;
                     all.extend(s);
                     time += t;
+                }
+                if let (false, Some(path)) = (base, &args.save_served) {
+                    save_served(path, &all)?;
                 }
                 (all, time)
             },
@@ -279,7 +297,12 @@ fn main() -> Result<()> {
             .iter()
             .map(|r| r.replay_mismatches as f64 / r.replayed_tokens.max(1) as f64)
             .fold(f64::INFINITY, f64::min);
-        let cost = verify_time.as_secs_f64() / gen_time.as_secs_f64().max(1e-9);
+        // Loaded jobs were generated elsewhere: no cost to compare (NaN, printed as such).
+        let cost = if gen_time.is_zero() {
+            f64::NAN
+        } else {
+            verify_time.as_secs_f64() / gen_time.as_secs_f64()
+        };
         println!(
             "{:<24} {:>6} {:>9} {:>8.2}% {:>12.5} {:>12.5} {:>9.1}% {:>9.1}%",
             scenario,
@@ -305,11 +328,68 @@ fn main() -> Result<()> {
                 "tokens_per_job": args.tokens, "threads": args.threads,
                 "verifier_threads": args.verifier_threads,
                 "device": args.device, "graphs": graphs, "tolerance": format!("{tol:?}"),
+                "verifier_simd": format!("{:?}", openledger_kernels::options::simd()),
+                "loaded_from": args.load_served.as_ref().map(|p| p.display().to_string()),
                 "bytes_per_32_tokens": 32 * openledger_engine::commitment::TOKEN_BYTES,
             })
         );
     }
     Ok(())
+}
+
+/// Writes served jobs as JSON lines: `{"job": index, "output": [ids], "commitment": [bytes]}`.
+fn save_served(path: &std::path::Path, served: &[(usize, Served)]) -> Result<()> {
+    let mut text = String::new();
+    for (i, s) in served {
+        let line = serde_json::json!({
+            "job": i, "output": s.output, "commitment": s.commitment.as_bytes(),
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads a `save_served` file, checking each line against the jobs this run defines.
+fn load_served(path: &std::path::Path, jobs: &[Job]) -> Result<Vec<(usize, Served)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{} line {}", path.display(), n + 1);
+        let value: serde_json::Value = serde_json::from_str(raw).with_context(at)?;
+        let numbers = |key: &str| -> Result<Vec<u64>> {
+            value[key]
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_u64()).collect::<Option<Vec<_>>>())
+                .with_context(|| format!("{}: `{key}` is not a list of numbers", at()))
+        };
+        let job = value["job"].as_u64().with_context(|| format!("{}: no `job`", at()))? as usize;
+        let output = numbers("output")?.into_iter().map(|t| t as u32).collect::<Vec<_>>();
+        let bytes = numbers("commitment")?.into_iter().map(|b| b as u8).collect::<Vec<_>>();
+        if job >= jobs.len() {
+            bail!("{}: job {job} but this run defines {} jobs (--jobs)", at(), jobs.len());
+        }
+        let commitment = ActivationCommitment::from_bytes(bytes).with_context(at)?;
+        if commitment.tokens() != output.len() {
+            bail!(
+                "{}: the commitment covers {} tokens, the output has {}",
+                at(),
+                commitment.tokens(),
+                output.len()
+            );
+        }
+        out.push((job, Served { output, commitment }));
+    }
+    if out.len() != jobs.len() {
+        bail!(
+            "{} holds {} jobs, this run defines {} (--jobs)",
+            path.display(),
+            out.len(),
+            jobs.len()
+        );
+    }
+    Ok(out)
 }
 
 fn all(jobs: &[Job]) -> Vec<usize> {

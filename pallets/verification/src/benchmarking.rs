@@ -4,7 +4,7 @@ use super::*;
 use crate::Pallet as Verification;
 use alloc::vec::Vec;
 use frame_benchmarking::v2::*;
-use frame_support::{pallet_prelude::*, traits::Hooks};
+use frame_support::pallet_prelude::*;
 use frame_system::{pallet_prelude::BlockNumberFor, RawOrigin};
 use openledger_primitives::market::{AdapterId, JobId};
 use openledger_primitives::service_receipt::{node, ServiceReceiptMessage, SERVICE_RECEIPT_DOMAIN};
@@ -141,23 +141,50 @@ mod benchmarks {
         {
             Verification::<T>::offer(work::<T>(0, &providers[0]));
         }
-        assert_eq!(Offered::<T>::get().len() as u32, T::MaxOffersPerBlock::get());
+        assert_eq!(OfferCount::<T>::get(), T::MaxOffersPerBlock::get());
     }
 
-    /// `d` offered jobs, all drawn, each assigned a verifier among a full list of providers;
-    /// `s` redeemed vouchers, each drawing `MaxSamplesPerRedemption` leaves; `w` contested
-    /// audits due, each with two verifiers late: both slashed and replaced; `r` reveals
-    /// missed, each slashing the provider to the payer and the treasury.
+    /// `d` offered jobs, all drawn, each assigned a verifier among a full list of providers
+    /// (the jobs' part of `on_initialize`).
     #[benchmark]
-    fn on_initialize(d: Linear<0, 64>, s: Linear<0, 64>, w: Linear<0, 64>, r: Linear<0, 64>) {
+    fn draw_jobs(d: Linear<0, 64>) {
         let providers = providers::<T>();
         SampleShare::<T>::put(Perbill::one());
         for job in 0..d {
             Verification::<T>::offer(work::<T>(job.into(), &providers[0]));
         }
+        let drawn;
+        #[block]
+        {
+            drawn = Verification::<T>::draw_offered();
+        }
+        assert_eq!(drawn, (d, 0));
+        assert_eq!(Audits::<T>::count(), d);
+    }
+
+    /// `s` redeemed vouchers, each drawing `MaxSamplesPerRedemption` leaves to reveal (the
+    /// vouchers' part of `on_initialize`).
+    #[benchmark]
+    fn draw_redemptions(s: Linear<0, 64>) {
+        let providers = providers::<T>();
+        SampleShare::<T>::put(Perbill::one());
         for channel in 0..s {
             Verification::<T>::offer_redemption(redemption::<T>(channel.into(), &providers[0]));
         }
+        let drawn;
+        #[block]
+        {
+            drawn = Verification::<T>::draw_offered();
+        }
+        assert_eq!(drawn, (0, s));
+        let leaves = s.saturating_mul(T::MaxSamplesPerRedemption::get());
+        assert_eq!(Reveals::<T>::count(), leaves.min(T::MaxOpenAudits::get()));
+    }
+
+    /// `w` contested audits due, each with two verifiers late: both slashed and replaced.
+    #[benchmark]
+    fn wake_audits(w: Linear<0, 64>) {
+        let providers = providers::<T>();
         let now = frame_system::Pallet::<T>::block_number().saturating_add(10u32.into());
         let late = now.saturating_sub(1u32.into());
         for job in 0..w {
@@ -170,26 +197,34 @@ mod benchmarks {
                 now,
             );
         }
+        frame_system::Pallet::<T>::set_block_number(now);
+        let woken;
+        #[block]
+        {
+            woken = Verification::<T>::wake_audits(now);
+        }
+        assert_eq!(woken, w);
+        assert!(Audits::<T>::iter().filter(|(_, a)| a.dismissed.len() == 2).count() as u32 == w);
+    }
+
+    /// `r` reveals missed, each slashing the provider to the payer and the treasury.
+    #[benchmark]
+    fn wake_reveals(r: Linear<0, 64>) {
+        let providers = providers::<T>();
+        let now = frame_system::Pallet::<T>::block_number().saturating_add(10u32.into());
+        let late = now.saturating_sub(1u32.into());
         for index in 0..r {
             let leaf = Leaf { channel: 1_000_000, sequence: 1, index: index.into() };
             insert_reveal::<T>(leaf, &providers[0], H256::repeat_byte(5), 1_000, late);
         }
         frame_system::Pallet::<T>::set_block_number(now);
+        let missed;
         #[block]
         {
-            Verification::<T>::on_initialize(now);
+            missed = Verification::<T>::wake_reveals(now);
         }
-        // Every late verifier was replaced, every offered job audited, every voucher's leaves
-        // drawn (up to the bound) and every missed reveal settled (the runtime's MaxOpenAudits
-        // exceeds the ranges together).
-        assert!(Audits::<T>::iter().filter(|(_, a)| a.dismissed.len() == 2).count() as u32 == w);
-        assert_eq!(Audits::<T>::count(), d.saturating_add(w));
-        // (Within the block's offers; the missed reveals still count against MaxOpenAudits
-        // while the vouchers draw.)
-        let offered = s.min(T::MaxOffersPerBlock::get().saturating_sub(d));
-        let room = T::MaxOpenAudits::get().saturating_sub(r);
-        let drawn = offered.saturating_mul(T::MaxSamplesPerRedemption::get()).min(room);
-        assert_eq!(Reveals::<T>::count(), drawn);
+        assert_eq!(missed, r);
+        assert_eq!(Reveals::<T>::count(), 0);
     }
 
     /// A receipt revealed at a leaf `p` levels deep, its audit opened with a verifier chosen

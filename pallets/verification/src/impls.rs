@@ -87,11 +87,20 @@ impl<T: Config> Pallet<T> {
     /// share's probability, and each request a redeemed voucher paid for too (as many leaves
     /// drawn as the share of its requests, the fraction drawn by chance, at most
     /// `MaxSamplesPerRedemption`). Returns how many jobs and redemptions were drawn.
+    /// Queues `offer` for the next block's draw, unless the block's bound is reached.
+    pub(crate) fn push_offer(offer: Offer<T::AccountId, BalanceOf<T>>) {
+        let count = OfferCount::<T>::get();
+        if count < T::MaxOffersPerBlock::get() {
+            Offered::<T>::insert(count, offer);
+            OfferCount::<T>::put(count.saturating_add(1));
+        }
+    }
+
     pub(crate) fn draw_offered() -> (u32, u32) {
-        let offered = Offered::<T>::take();
+        let count = OfferCount::<T>::take();
         let share = SampleShare::<T>::get();
         let (mut jobs, mut redemptions) = (0u32, 0u32);
-        for offer in offered {
+        for offer in (0..count).filter_map(Offered::<T>::take) {
             match offer {
                 Offer::Job(work) => {
                     jobs = jobs.saturating_add(1);
@@ -625,6 +634,13 @@ impl<T: Config> Pallet<T> {
             "provider index names a closed audit"
         );
         ensure!(Audits::<T>::count() <= T::MaxOpenAudits::get(), "too many audits");
+        let offers = OfferCount::<T>::get();
+        ensure!(offers <= T::MaxOffersPerBlock::get(), "more offers than a block may hold");
+        ensure!(
+            Offered::<T>::iter_keys().all(|i| i < offers)
+                && Offered::<T>::iter_keys().count() == offers as usize,
+            "offers not numbered 0 to their count"
+        );
         ensure!(
             Audits::<T>::count() as usize == Audits::<T>::iter().count(),
             "audit counter is off"

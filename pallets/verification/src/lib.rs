@@ -120,14 +120,16 @@ pub mod pallet {
     pub type SampleShare<T: Config> =
         StorageValue<_, Perbill, ValueQuery, <T as Config>::DefaultSampleShare>;
 
-    /// Jobs settled and vouchers redeemed in this block, drawn for verification at the start
-    /// of the next one.
+    /// Jobs settled and vouchers redeemed in this block, by arrival, drawn for verification
+    /// at the start of the next one. One entry each (not one vector), so an offer's proof
+    /// holds only that entry: on a parachain a block's proof of validity is bounded.
     #[pallet::storage]
-    pub type Offered<T: Config> = StorageValue<
-        _,
-        BoundedVec<Offer<T::AccountId, BalanceOf<T>>, T::MaxOffersPerBlock>,
-        ValueQuery,
-    >;
+    pub type Offered<T: Config> =
+        StorageMap<_, Twox64Concat, u32, Offer<T::AccountId, BalanceOf<T>>, OptionQuery>;
+
+    /// How many entries `Offered` holds (at most `MaxOffersPerBlock`).
+    #[pallet::storage]
+    pub type OfferCount<T: Config> = StorageValue<_, u32, ValueQuery>;
 
     /// Open audits, by what they check.
     #[pallet::storage]
@@ -294,7 +296,10 @@ pub mod pallet {
             let (jobs, redemptions) = Self::draw_offered();
             let woken = Self::wake_audits(now);
             let missed = Self::wake_reveals(now);
-            T::WeightInfo::on_initialize(jobs, redemptions, woken, missed)
+            T::WeightInfo::draw_jobs(jobs)
+                .saturating_add(T::WeightInfo::draw_redemptions(redemptions))
+                .saturating_add(T::WeightInfo::wake_audits(woken))
+                .saturating_add(T::WeightInfo::wake_reveals(missed))
         }
 
         #[cfg(feature = "try-runtime")]
@@ -392,7 +397,7 @@ pub mod pallet {
     impl<T: Config> WorkAudit<T::AccountId, BalanceOf<T>> for Pallet<T> {
         fn offer(work: SettledWork<T::AccountId, BalanceOf<T>>) -> Weight {
             // Work past the block's bound is simply not verifiable; the settlement stands.
-            let _ = Offered::<T>::try_append(Offer::Job(work));
+            Self::push_offer(Offer::Job(work));
             T::WeightInfo::offer()
         }
 
@@ -401,7 +406,7 @@ pub mod pallet {
         }
 
         fn offer_redemption(work: RedeemedWork<T::AccountId, BalanceOf<T>>) -> Weight {
-            let _ = Offered::<T>::try_append(Offer::Redemption(work));
+            Self::push_offer(Offer::Redemption(work));
             T::WeightInfo::offer()
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! Do not edit by hand: regenerate with `scripts/benchmark/weights.sh`.
 //! CLI 64.0.0, 2026-12-06; steps 20, repeat 10;
-//! machine `vm` (Intel(R) Xeon(R) Processor); wasm execution `Compiled`.
+//! machine `vm` (Intel(R) Xeon(R) Processor @ 2.80GHz); wasm execution `Compiled`.
 //!
 //! Command:
 //!   /root/.cache/openledger/target/release/openledger-node
@@ -42,7 +42,10 @@ use core::marker::PhantomData;
 /// What each call of `pallet_verification` weighs.
 pub trait WeightInfo {
 	fn offer() -> Weight;
-	fn on_initialize(d: u32, s: u32, w: u32, r: u32, ) -> Weight;
+	fn draw_jobs(d: u32, ) -> Weight;
+	fn draw_redemptions(s: u32, ) -> Weight;
+	fn wake_audits(w: u32, ) -> Weight;
+	fn wake_reveals(r: u32, ) -> Weight;
 	fn reveal(p: u32, ) -> Weight;
 	fn submit_verdict() -> Weight;
 	fn contest() -> Weight;
@@ -53,64 +56,87 @@ pub trait WeightInfo {
 pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	fn offer() -> Weight {
-		// Proof size: measured `128144`, estimated `141775`.
-		// Fastest run: 57_171_000 ps.
-		Weight::from_parts(79_953_000, 141775)
+		// Proof size: measured `299`, estimated `3648`.
+		// Fastest run: 36_752_000 ps.
+		Weight::from_parts(41_566_000, 3648)
 			.saturating_add(T::DbWeight::get().reads(3))
-			.saturating_add(T::DbWeight::get().writes(1))
+			.saturating_add(T::DbWeight::get().writes(2))
 	}
 	/// Component `d` ranges over `[0, 64]`.
-	/// Component `s` ranges over `[0, 64]`.
-	/// Component `w` ranges over `[0, 64]`.
-	/// Component `r` ranges over `[0, 64]`.
-	fn on_initialize(d: u32, s: u32, w: u32, r: u32, ) -> Weight {
-		// Proof size: measured `18823 + d * 125 + r * 122 + s * 137 + w * 90`, estimated `169163 + d * 2977 + r * 2639 + s * 10556 + w * 2977`.
-		// Fastest run: 27_343_467_000 ps.
-		Weight::from_parts(27_531_810_000, 169163)
-			.saturating_add(Weight::from_parts(151_522_476, 0).saturating_mul(d.into()))
-			.saturating_add(Weight::from_parts(513_305_110, 0).saturating_mul(w.into()))
-			.saturating_add(T::DbWeight::get().reads(142))
-			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(d.into())))
-			.saturating_add(T::DbWeight::get().reads((4_u64).saturating_mul(s.into())))
-			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(w.into())))
-			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(r.into())))
-			.saturating_add(T::DbWeight::get().writes(11))
-			.saturating_add(T::DbWeight::get().writes((4_u64).saturating_mul(d.into())))
-			.saturating_add(T::DbWeight::get().writes((12_u64).saturating_mul(s.into())))
-			.saturating_add(T::DbWeight::get().writes((7_u64).saturating_mul(w.into())))
-			.saturating_add(T::DbWeight::get().writes((3_u64).saturating_mul(r.into())))
+	fn draw_jobs(d: u32, ) -> Weight {
+		// Proof size: measured `16088 + d * 144`, estimated `167877 + d * 2977`.
+		// Fastest run: 6_667_000 ps.
+		Weight::from_parts(365_123_697, 167877)
+			.saturating_add(Weight::from_parts(350_588_346, 0).saturating_mul(d.into()))
+			.saturating_add(T::DbWeight::get().reads(109))
+			.saturating_add(T::DbWeight::get().reads((3_u64).saturating_mul(d.into())))
+			.saturating_add(T::DbWeight::get().writes(2))
+			.saturating_add(T::DbWeight::get().writes((5_u64).saturating_mul(d.into())))
 			.saturating_add(Weight::from_parts(0, 2977).saturating_mul(d.into()))
-			.saturating_add(Weight::from_parts(0, 2639).saturating_mul(r.into()))
+	}
+	/// Component `s` ranges over `[0, 64]`.
+	fn draw_redemptions(s: u32, ) -> Weight {
+		// Proof size: measured `249 + s * 156`, estimated `3716 + s * 10556`.
+		// Fastest run: 6_478_000 ps.
+		Weight::from_parts(12_216_780, 3716)
+			.saturating_add(Weight::from_parts(90_288_994, 0).saturating_mul(s.into()))
+			.saturating_add(T::DbWeight::get().reads(4))
+			.saturating_add(T::DbWeight::get().reads((5_u64).saturating_mul(s.into())))
+			.saturating_add(T::DbWeight::get().writes(2))
+			.saturating_add(T::DbWeight::get().writes((13_u64).saturating_mul(s.into())))
 			.saturating_add(Weight::from_parts(0, 10556).saturating_mul(s.into()))
+	}
+	/// Component `w` ranges over `[0, 64]`.
+	fn wake_audits(w: u32, ) -> Weight {
+		// Proof size: measured `17959 + w * 97`, estimated `165228 + w * 2977`.
+		// Fastest run: 13_889_000 ps.
+		Weight::from_parts(15_648_000, 165228)
+			.saturating_add(Weight::from_parts(1_228_117_400, 0).saturating_mul(w.into()))
+			.saturating_add(T::DbWeight::get().reads(108))
+			.saturating_add(T::DbWeight::get().reads((3_u64).saturating_mul(w.into())))
+			.saturating_add(T::DbWeight::get().writes(7))
+			.saturating_add(T::DbWeight::get().writes((7_u64).saturating_mul(w.into())))
 			.saturating_add(Weight::from_parts(0, 2977).saturating_mul(w.into()))
+	}
+	/// Component `r` ranges over `[0, 64]`.
+	fn wake_reveals(r: u32, ) -> Weight {
+		// Proof size: measured `2490 + r * 129`, estimated `8799 + r * 2639`.
+		// Fastest run: 13_145_000 ps.
+		Weight::from_parts(434_726_444, 8799)
+			.saturating_add(Weight::from_parts(81_387_945, 0).saturating_mul(r.into()))
+			.saturating_add(T::DbWeight::get().reads(7))
+			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(r.into())))
+			.saturating_add(T::DbWeight::get().writes(5))
+			.saturating_add(T::DbWeight::get().writes((3_u64).saturating_mul(r.into())))
+			.saturating_add(Weight::from_parts(0, 2639).saturating_mul(r.into()))
 	}
 	/// Component `p` ranges over `[1, 32]`.
 	fn reveal(p: u32, ) -> Weight {
 		// Proof size: measured `16396`, estimated `167877`.
-		// Fastest run: 560_129_000 ps.
-		Weight::from_parts(777_540_385, 167877)
-			.saturating_add(Weight::from_parts(804_701, 0).saturating_mul(p.into()))
+		// Fastest run: 775_017_000 ps.
+		Weight::from_parts(828_014_781, 167877)
+			.saturating_add(Weight::from_parts(589_399, 0).saturating_mul(p.into()))
 			.saturating_add(T::DbWeight::get().reads(135))
 			.saturating_add(T::DbWeight::get().writes(9))
 	}
 	fn submit_verdict() -> Weight {
 		// Proof size: measured `3533`, estimated `16608`.
-		// Fastest run: 276_848_000 ps.
-		Weight::from_parts(356_907_000, 16608)
+		// Fastest run: 357_760_000 ps.
+		Weight::from_parts(388_081_000, 16608)
 			.saturating_add(T::DbWeight::get().reads(13))
 			.saturating_add(T::DbWeight::get().writes(15))
 	}
 	fn contest() -> Weight {
 		// Proof size: measured `16047`, estimated `165228`.
-		// Fastest run: 754_500_000 ps.
-		Weight::from_parts(968_321_000, 165228)
+		// Fastest run: 998_658_000 ps.
+		Weight::from_parts(1_090_307_000, 165228)
 			.saturating_add(T::DbWeight::get().reads(128))
 			.saturating_add(T::DbWeight::get().writes(5))
 	}
 	fn set_sample_share() -> Weight {
 		// Proof size: measured `0`, estimated `0`.
-		// Fastest run: 5_132_000 ps.
-		Weight::from_parts(10_230_000, 0)
+		// Fastest run: 8_376_000 ps.
+		Weight::from_parts(9_150_000, 0)
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
 }
@@ -118,64 +144,87 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 /// The same measurements with ParityDB's reference database weights, for tests and mocks.
 impl WeightInfo for () {
 	fn offer() -> Weight {
-		// Proof size: measured `128144`, estimated `141775`.
-		// Fastest run: 57_171_000 ps.
-		Weight::from_parts(79_953_000, 141775)
+		// Proof size: measured `299`, estimated `3648`.
+		// Fastest run: 36_752_000 ps.
+		Weight::from_parts(41_566_000, 3648)
 			.saturating_add(ParityDbWeight::get().reads(3))
-			.saturating_add(ParityDbWeight::get().writes(1))
+			.saturating_add(ParityDbWeight::get().writes(2))
 	}
 	/// Component `d` ranges over `[0, 64]`.
-	/// Component `s` ranges over `[0, 64]`.
-	/// Component `w` ranges over `[0, 64]`.
-	/// Component `r` ranges over `[0, 64]`.
-	fn on_initialize(d: u32, s: u32, w: u32, r: u32, ) -> Weight {
-		// Proof size: measured `18823 + d * 125 + r * 122 + s * 137 + w * 90`, estimated `169163 + d * 2977 + r * 2639 + s * 10556 + w * 2977`.
-		// Fastest run: 27_343_467_000 ps.
-		Weight::from_parts(27_531_810_000, 169163)
-			.saturating_add(Weight::from_parts(151_522_476, 0).saturating_mul(d.into()))
-			.saturating_add(Weight::from_parts(513_305_110, 0).saturating_mul(w.into()))
-			.saturating_add(ParityDbWeight::get().reads(142))
-			.saturating_add(ParityDbWeight::get().reads((1_u64).saturating_mul(d.into())))
-			.saturating_add(ParityDbWeight::get().reads((4_u64).saturating_mul(s.into())))
-			.saturating_add(ParityDbWeight::get().reads((2_u64).saturating_mul(w.into())))
-			.saturating_add(ParityDbWeight::get().reads((2_u64).saturating_mul(r.into())))
-			.saturating_add(ParityDbWeight::get().writes(11))
-			.saturating_add(ParityDbWeight::get().writes((4_u64).saturating_mul(d.into())))
-			.saturating_add(ParityDbWeight::get().writes((12_u64).saturating_mul(s.into())))
-			.saturating_add(ParityDbWeight::get().writes((7_u64).saturating_mul(w.into())))
-			.saturating_add(ParityDbWeight::get().writes((3_u64).saturating_mul(r.into())))
+	fn draw_jobs(d: u32, ) -> Weight {
+		// Proof size: measured `16088 + d * 144`, estimated `167877 + d * 2977`.
+		// Fastest run: 6_667_000 ps.
+		Weight::from_parts(365_123_697, 167877)
+			.saturating_add(Weight::from_parts(350_588_346, 0).saturating_mul(d.into()))
+			.saturating_add(ParityDbWeight::get().reads(109))
+			.saturating_add(ParityDbWeight::get().reads((3_u64).saturating_mul(d.into())))
+			.saturating_add(ParityDbWeight::get().writes(2))
+			.saturating_add(ParityDbWeight::get().writes((5_u64).saturating_mul(d.into())))
 			.saturating_add(Weight::from_parts(0, 2977).saturating_mul(d.into()))
-			.saturating_add(Weight::from_parts(0, 2639).saturating_mul(r.into()))
+	}
+	/// Component `s` ranges over `[0, 64]`.
+	fn draw_redemptions(s: u32, ) -> Weight {
+		// Proof size: measured `249 + s * 156`, estimated `3716 + s * 10556`.
+		// Fastest run: 6_478_000 ps.
+		Weight::from_parts(12_216_780, 3716)
+			.saturating_add(Weight::from_parts(90_288_994, 0).saturating_mul(s.into()))
+			.saturating_add(ParityDbWeight::get().reads(4))
+			.saturating_add(ParityDbWeight::get().reads((5_u64).saturating_mul(s.into())))
+			.saturating_add(ParityDbWeight::get().writes(2))
+			.saturating_add(ParityDbWeight::get().writes((13_u64).saturating_mul(s.into())))
 			.saturating_add(Weight::from_parts(0, 10556).saturating_mul(s.into()))
+	}
+	/// Component `w` ranges over `[0, 64]`.
+	fn wake_audits(w: u32, ) -> Weight {
+		// Proof size: measured `17959 + w * 97`, estimated `165228 + w * 2977`.
+		// Fastest run: 13_889_000 ps.
+		Weight::from_parts(15_648_000, 165228)
+			.saturating_add(Weight::from_parts(1_228_117_400, 0).saturating_mul(w.into()))
+			.saturating_add(ParityDbWeight::get().reads(108))
+			.saturating_add(ParityDbWeight::get().reads((3_u64).saturating_mul(w.into())))
+			.saturating_add(ParityDbWeight::get().writes(7))
+			.saturating_add(ParityDbWeight::get().writes((7_u64).saturating_mul(w.into())))
 			.saturating_add(Weight::from_parts(0, 2977).saturating_mul(w.into()))
+	}
+	/// Component `r` ranges over `[0, 64]`.
+	fn wake_reveals(r: u32, ) -> Weight {
+		// Proof size: measured `2490 + r * 129`, estimated `8799 + r * 2639`.
+		// Fastest run: 13_145_000 ps.
+		Weight::from_parts(434_726_444, 8799)
+			.saturating_add(Weight::from_parts(81_387_945, 0).saturating_mul(r.into()))
+			.saturating_add(ParityDbWeight::get().reads(7))
+			.saturating_add(ParityDbWeight::get().reads((2_u64).saturating_mul(r.into())))
+			.saturating_add(ParityDbWeight::get().writes(5))
+			.saturating_add(ParityDbWeight::get().writes((3_u64).saturating_mul(r.into())))
+			.saturating_add(Weight::from_parts(0, 2639).saturating_mul(r.into()))
 	}
 	/// Component `p` ranges over `[1, 32]`.
 	fn reveal(p: u32, ) -> Weight {
 		// Proof size: measured `16396`, estimated `167877`.
-		// Fastest run: 560_129_000 ps.
-		Weight::from_parts(777_540_385, 167877)
-			.saturating_add(Weight::from_parts(804_701, 0).saturating_mul(p.into()))
+		// Fastest run: 775_017_000 ps.
+		Weight::from_parts(828_014_781, 167877)
+			.saturating_add(Weight::from_parts(589_399, 0).saturating_mul(p.into()))
 			.saturating_add(ParityDbWeight::get().reads(135))
 			.saturating_add(ParityDbWeight::get().writes(9))
 	}
 	fn submit_verdict() -> Weight {
 		// Proof size: measured `3533`, estimated `16608`.
-		// Fastest run: 276_848_000 ps.
-		Weight::from_parts(356_907_000, 16608)
+		// Fastest run: 357_760_000 ps.
+		Weight::from_parts(388_081_000, 16608)
 			.saturating_add(ParityDbWeight::get().reads(13))
 			.saturating_add(ParityDbWeight::get().writes(15))
 	}
 	fn contest() -> Weight {
 		// Proof size: measured `16047`, estimated `165228`.
-		// Fastest run: 754_500_000 ps.
-		Weight::from_parts(968_321_000, 165228)
+		// Fastest run: 998_658_000 ps.
+		Weight::from_parts(1_090_307_000, 165228)
 			.saturating_add(ParityDbWeight::get().reads(128))
 			.saturating_add(ParityDbWeight::get().writes(5))
 	}
 	fn set_sample_share() -> Weight {
 		// Proof size: measured `0`, estimated `0`.
-		// Fastest run: 5_132_000 ps.
-		Weight::from_parts(10_230_000, 0)
+		// Fastest run: 8_376_000 ps.
+		Weight::from_parts(9_150_000, 0)
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 }

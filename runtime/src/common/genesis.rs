@@ -1,0 +1,71 @@
+//! Genesis state both chains' presets share: the endowed development accounts, and (for
+//! tests) building a preset's storage exactly as a chain spec would.
+
+use alloc::{vec, vec::Vec};
+use sp_genesis_builder::PresetId;
+use sp_keyring::Sr25519Keyring;
+
+use crate::{token::OPEN, AccountId, Balance};
+
+/// What each endowed development account starts with: one million OPEN.
+pub const ENDOWMENT: Balance = 1_000_000 * OPEN;
+
+/// The accounts endowed in every preset: the well-known dev keys and their stashes.
+pub fn endowed_accounts() -> Vec<AccountId> {
+    use Sr25519Keyring::*;
+    [Alice, Bob, Charlie, Dave, Eve, Ferdie, AliceStash, BobStash, CharlieStash, DaveStash]
+        .into_iter()
+        .map(|k| k.to_account_id())
+        .collect()
+}
+
+/// The JSON patch of the preset named `id`, if the runtime has one: its
+/// `genesis_config_presets::development` or `local_testnet`.
+pub fn get_preset(id: &PresetId) -> Option<Vec<u8>> {
+    let patch = match id.as_ref() {
+        sp_genesis_builder::DEV_RUNTIME_PRESET => crate::genesis_config_presets::development(),
+        sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET => {
+            crate::genesis_config_presets::local_testnet()
+        },
+        _ => return None,
+    };
+    serde_json::to_vec(&patch).ok()
+}
+
+/// Names of the presets both runtimes provide.
+pub fn preset_names() -> Vec<PresetId> {
+    vec![
+        PresetId::from(sp_genesis_builder::DEV_RUNTIME_PRESET),
+        PresetId::from(sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET),
+    ]
+}
+
+/// The genesis storage of the preset `name` of this runtime, built as a chain spec would
+/// (the preset's JSON patch over the default configuration).
+#[cfg(test)]
+pub fn build_preset(name: &str) -> sp_io::TestExternalities {
+    use sp_runtime::BuildStorage;
+    let id = sp_genesis_builder::PresetId::from(name);
+    let patch = crate::genesis_config_presets::get_preset(&id)
+        .unwrap_or_else(|| panic!("no preset {name}"));
+    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("preset is JSON");
+    let mut config =
+        serde_json::to_value(crate::RuntimeGenesisConfig::default()).expect("default config");
+    json_merge(&mut config, patch);
+    let config: crate::RuntimeGenesisConfig =
+        serde_json::from_value(config).expect("preset fits the config");
+    let storage = config.build_storage().expect("genesis builds");
+    sp_io::TestExternalities::new(storage)
+}
+
+#[cfg(test)]
+fn json_merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                json_merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        },
+        (b, p) => *b = p,
+    }
+}
