@@ -38,20 +38,31 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 base="${OPENLEDGER_BASE_PATH:-}"
-node_args=(--dev --rpc-port "$rpc_port" --prometheus-port "$prom_port" --rpc-cors all)
+# The chain: the solo dev chain, or (scripts/parachain.sh dev sets these) the parachain runtime
+# on polkadot-omni-node in dev mode.
+chain_bin="$OPENLEDGER_NODE"
+chain_args=(--dev)
+chain_desc="a dev chain (validator Alice)"
+if [ -n "${OPENLEDGER_PARACHAIN_SPEC:-}" ]; then
+    chain_bin="${OPENLEDGER_OMNI_NODE:?OPENLEDGER_OMNI_NODE: the polkadot-omni-node binary}"
+    chain_args=(--chain "$OPENLEDGER_PARACHAIN_SPEC" --dev-block-time "${OPENLEDGER_DEV_BLOCK_MS:-3000}"
+        --no-hardware-benchmarks)
+    chain_desc="the parachain runtime on polkadot-omni-node (dev mode, collator Alice)"
+fi
+node_args=("${chain_args[@]}" --rpc-port "$rpc_port" --prometheus-port "$prom_port" --rpc-cors all)
 if [ -n "$base" ]; then node_args+=(--base-path "$base"); else node_args+=(--tmp); fi
 # A fresh chain: channel stores of an earlier run name channels it never had.
 [ -n "$base" ] || rm -f "$state/gateway-channels.redb" "$state/bob-channels.redb"
-"$OPENLEDGER_NODE" "${node_args[@]}" >"$state/logs/node.log" 2>&1 &
+"$chain_bin" "${node_args[@]}" >"$state/logs/node.log" 2>&1 &
 pids+=($!)
 for i in $(seq 1 120); do
     if curl -fs -H 'content-type: application/json' \
         -d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
         "http://127.0.0.1:$rpc_port" >/dev/null 2>&1; then break; fi
     if ! kill -0 "${pids[0]}" 2>/dev/null; then
-        echo "openledger-node exited before its RPC came up; see $state/logs/node.log" >&2; exit 1
+        echo "$(basename "$chain_bin") exited before its RPC came up; see $state/logs/node.log" >&2; exit 1
     fi
-    [ "$i" -eq 120 ] && { echo "openledger-node RPC did not come up on port $rpc_port" >&2; exit 1; }
+    [ "$i" -eq 120 ] && { echo "$(basename "$chain_bin") RPC did not come up on port $rpc_port" >&2; exit 1; }
     sleep 1
 done
 
@@ -109,7 +120,7 @@ fi
 
 cat <<MSG
 
-OpenLedger is running: a dev chain (validator Alice), a gateway and a CPU worker (provider
+OpenLedger is running: $chain_desc, a gateway and a CPU worker (provider
 Bob) serving SmolLM2-135M-Instruct with demo adapter $adapter (owner Dave).
 
   Open Chat (chat with the adapter, see whom each answer pays):  http://127.0.0.1:$http_port/

@@ -19,7 +19,7 @@ use crate::attention::{HostAttention, Rope};
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
-use crate::step::{SeqChunk, GPU_DTYPE};
+use crate::step::{SeqChunk, StepEntries, StepOutput, GPU_DTYPE};
 use crate::tensor_model::TensorModel;
 use crate::weights::{self, forward_group, BaseWeights, Input, Linear};
 use openledger_model::{ModelConfig, Projection};
@@ -532,78 +532,6 @@ impl Model {
         let committed = normed_rows(commit_rows);
         let entries = StepEntries::of_host_rows(committed.chunks_exact(hidden.max(1)))?;
         Ok(StepOutput { logits, hidden: hidden_out, entries })
-    }
-}
-
-/// What a step computed: each chunk's last-token logits, the asked final-norm rows, and the
-/// commitment entries of the rows asked for those.
-pub struct StepOutput {
-    /// `[chunks, vocab]` f32.
-    pub logits: Tensor,
-    /// `[hidden_rows, hidden]`, f32 on the host path, the model's dtype on a device.
-    pub hidden: Tensor,
-    /// The commitment entries of each of the `commit_rows`.
-    pub entries: StepEntries,
-}
-
-/// The activation-commitment entries of a step's committed rows, [`commitment::TOP_K`]
-/// encoded words a row ([`commitment::row_words`]). On a CUDA device they are computed
-/// there and their copy to the host is queued behind the step: [`StepEntries::wait`] returns
-/// at once when the caller has already waited for the step's logits.
-pub struct StepEntries {
-    rows: usize,
-    words: EntryWords,
-}
-
-enum EntryWords {
-    /// Encoded on the host, row by row.
-    Host(Vec<Vec<u32>>),
-    /// `[rows, TOP_K]` words on their way from the device.
-    Copying(openledger_kernels::HostCopy),
-}
-
-impl StepEntries {
-    /// No committed rows.
-    pub(crate) fn none() -> Self {
-        Self { rows: 0, words: EntryWords::Host(Vec::new()) }
-    }
-
-    /// Each row encoded on the host.
-    pub(crate) fn of_host_rows<'r>(rows: impl Iterator<Item = &'r [f32]>) -> Result<Self> {
-        let words = rows.map(commitment::row_words).collect::<Result<Vec<_>>>()?;
-        Ok(Self { rows: words.len(), words: EntryWords::Host(words) })
-    }
-
-    /// `[rows, TOP_K]` u32 words computed on a device; their copy to the host starts now.
-    pub(crate) fn copying(words: &Tensor) -> Result<Self> {
-        let rows = words.dim(0)?;
-        if rows == 0 {
-            return Ok(Self::none());
-        }
-        Ok(Self { rows, words: EntryWords::Copying(openledger_kernels::HostCopy::start(words)?) })
-    }
-
-    /// Rows committed.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Each committed row's words, in the order the rows were asked.
-    pub fn wait(self) -> Result<Vec<Vec<u32>>> {
-        match self.words {
-            EntryWords::Host(w) => Ok(w),
-            EntryWords::Copying(copy) => {
-                let flat = copy.wait()?;
-                if flat.len() != self.rows * commitment::TOP_K {
-                    return Err(EngineError::Backend(format!(
-                        "{} commitment words came back for {} rows",
-                        flat.len(),
-                        self.rows
-                    )));
-                }
-                Ok(flat.chunks_exact(commitment::TOP_K).map(<[u32]>::to_vec).collect())
-            },
-        }
     }
 }
 

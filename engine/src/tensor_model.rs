@@ -29,8 +29,8 @@ use crate::adapters::LoraSlots;
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{DevicePool, KvCache};
-use crate::model::{StepEntries, StepOutput};
 use crate::step::{SeqChunk, StepSegments};
+use crate::step::{StepEntries, StepOutput};
 use crate::weights::{self, BaseWeights, HfLayer};
 use openledger_model::{ModelConfig, Projection, RopeStyle};
 

@@ -5,9 +5,7 @@
 
 use cumulus_pallet_parachain_system::RelayNumberMonotonicallyIncreases;
 use frame_support::{
-    derive_impl,
-    dispatch::DispatchClass,
-    parameter_types,
+    derive_impl, parameter_types,
     traits::{ConstBool, ConstU32, ConstU64},
     weights::{
         constants::{RocksDbWeight, WEIGHT_REF_TIME_PER_SECOND},
@@ -17,22 +15,16 @@ use frame_support::{
 };
 use frame_system::limits::{BlockLength, BlockWeights};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
-use sp_runtime::Perbill;
 use sp_version::RuntimeVersion;
 
 pub use crate::common::market::*;
+use crate::common::NORMAL_DISPATCH_RATIO;
 use crate::{
     token, AccountId, Aura, Balance, Balances, Block, BlockNumber, CollatorSelection, Hash, Nonce,
     PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeOrigin, RuntimeTask, Session,
     SessionKeys, BLOCK_PROCESSING_VELOCITY, HOURS, RELAY_CHAIN_SLOT_DURATION_MILLIS, SLOT_DURATION,
     UNINCLUDED_SEGMENT_CAPACITY, VERSION,
 };
-
-/// Share of a block that ordinary (non-operational) extrinsics may fill.
-const NORMAL_DISPATCH_RATIO: Perbill = Perbill::from_percent(75);
-
-/// Maximum encoded size of a block.
-const MAX_BLOCK_LENGTH: u32 = 5 * 1024 * 1024;
 
 /// What one block may use: two seconds of compute (asynchronous backing gives a parachain
 /// block that long on the relay chain's validators) and the relay chain's bound on a
@@ -47,12 +39,7 @@ parameter_types! {
     pub const Version: RuntimeVersion = VERSION;
     pub RuntimeBlockWeights: BlockWeights =
         BlockWeights::with_sensible_defaults(MAXIMUM_BLOCK_WEIGHT, NORMAL_DISPATCH_RATIO);
-    pub RuntimeBlockLength: BlockLength = BlockLength::builder()
-        .max_length(MAX_BLOCK_LENGTH)
-        .modify_max_length_for_class(DispatchClass::Normal, |m| {
-            *m = NORMAL_DISPATCH_RATIO * MAX_BLOCK_LENGTH
-        })
-        .build();
+    pub RuntimeBlockLength: BlockLength = crate::common::block_length();
     pub const SS58Prefix: u16 = token::SS58_PREFIX;
 }
 

@@ -2,7 +2,6 @@
 //! GRANDPA and Timestamp. The pallets it shares with the parachain are configured in
 //! [`crate::common::market`], re-exported here.
 
-use frame_support::dispatch::DispatchClass;
 use frame_support::{
     derive_impl, parameter_types,
     traits::{ConstBool, ConstU32, ConstU64},
@@ -13,20 +12,14 @@ use frame_support::{
 };
 use frame_system::limits::{BlockLength, BlockWeights};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
-use sp_runtime::Perbill;
 use sp_version::RuntimeVersion;
 
 pub use crate::common::market::*;
+use crate::common::NORMAL_DISPATCH_RATIO;
 use crate::{
     token, AccountId, Aura, Balance, Block, BlockNumber, Hash, Nonce, PalletInfo, Runtime,
     RuntimeCall, RuntimeEvent, RuntimeOrigin, RuntimeTask, SLOT_DURATION, VERSION,
 };
-
-/// Share of a block that ordinary (non-operational) extrinsics may fill.
-const NORMAL_DISPATCH_RATIO: Perbill = Perbill::from_percent(75);
-
-/// Maximum encoded size of a block.
-const MAX_BLOCK_LENGTH: u32 = 5 * 1024 * 1024;
 
 parameter_types! {
     pub const BlockHashCount: BlockNumber = 2400;
@@ -38,12 +31,7 @@ parameter_types! {
         Weight::from_parts(WEIGHT_REF_TIME_PER_SECOND, u64::MAX),
         NORMAL_DISPATCH_RATIO,
     );
-    pub RuntimeBlockLength: BlockLength = BlockLength::builder()
-        .max_length(MAX_BLOCK_LENGTH)
-        .modify_max_length_for_class(DispatchClass::Normal, |m| {
-            *m = NORMAL_DISPATCH_RATIO * MAX_BLOCK_LENGTH
-        })
-        .build();
+    pub RuntimeBlockLength: BlockLength = crate::common::block_length();
     pub const SS58Prefix: u16 = token::SS58_PREFIX;
 }
 

@@ -62,17 +62,7 @@ fn token_and_existential_deposit() {
 
 #[test]
 fn a_transfer_costs_a_fraction_of_a_milli_open() {
-    use pallet_transaction_payment::Pallet as Payment;
-    build_preset(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
-        let call = RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive {
-            dest: Sr25519Keyring::Bob.to_account_id().into(),
-            value: token::OPEN,
-        });
-        // A signed transfer is about 150 bytes on the wire.
-        let fee = Payment::<Runtime>::query_call_info(call, 150).partial_fee;
-        assert!(fee > token::MICRO_OPEN, "fee {fee} too small to deter spam");
-        assert!(fee < token::MILLI_OPEN, "fee {fee} too large for a transfer");
-    });
+    crate::common::genesis::check_transfer_fee();
 }
 
 #[test]

@@ -40,8 +40,8 @@ use crate::adapters::LoraSlots;
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
-use crate::model::{StepEntries, StepOutput};
 use crate::step::{SeqChunk, StepSegments};
+use crate::step::{StepEntries, StepOutput};
 use openledger_model::ModelConfig;
 
 /// Graphs kept at once (one per bucket and cache); the least recently used goes first.

@@ -58,6 +58,23 @@ pub fn build_preset(name: &str) -> sp_io::TestExternalities {
     sp_io::TestExternalities::new(storage)
 }
 
+/// Checks the fee of a signed transfer (about 150 bytes on the wire) on the development
+/// preset: above a micro-OPEN (spam costs something), below a milli-OPEN. Both chains'
+/// tests call it, so both charge alike.
+#[cfg(test)]
+pub fn check_transfer_fee() {
+    use pallet_transaction_payment::Pallet as Payment;
+    build_preset(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
+        let call = crate::RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive {
+            dest: Sr25519Keyring::Bob.to_account_id().into(),
+            value: OPEN,
+        });
+        let fee = Payment::<crate::Runtime>::query_call_info(call, 150).partial_fee;
+        assert!(fee > crate::token::MICRO_OPEN, "fee {fee} too small to deter spam");
+        assert!(fee < crate::token::MILLI_OPEN, "fee {fee} too large for a transfer");
+    });
+}
+
 #[cfg(test)]
 fn json_merge(base: &mut serde_json::Value, patch: serde_json::Value) {
     match (base, patch) {

@@ -30,6 +30,23 @@ pub mod opaque {
     pub type Block = generic::Block<Header, UncheckedExtrinsic>;
 }
 
+/// Share of a block that ordinary (non-operational) extrinsics may fill, on both chains.
+pub const NORMAL_DISPATCH_RATIO: sp_runtime::Perbill = sp_runtime::Perbill::from_percent(75);
+
+/// Maximum encoded size of a block, on both chains.
+pub const MAX_BLOCK_LENGTH: u32 = 5 * 1024 * 1024;
+
+/// The block length limits of both chains: [`MAX_BLOCK_LENGTH`], of which ordinary
+/// extrinsics may fill [`NORMAL_DISPATCH_RATIO`].
+pub fn block_length() -> frame_system::limits::BlockLength {
+    frame_system::limits::BlockLength::builder()
+        .max_length(MAX_BLOCK_LENGTH)
+        .modify_max_length_for_class(frame_support::dispatch::DispatchClass::Normal, |m| {
+            *m = NORMAL_DISPATCH_RATIO * MAX_BLOCK_LENGTH
+        })
+        .build()
+}
+
 /// Existential deposit: 0.001 OPEN.
 ///
 /// An account holding less is reaped, which bounds the state a spammer can create: opening

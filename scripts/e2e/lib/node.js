@@ -1,4 +1,7 @@
-// Starts a real `openledger-node --dev --tmp` on free loopback ports for a test, and stops it.
+// Starts a real dev chain on free loopback ports for a test, and stops it: `openledger-node
+// --dev --tmp` (the solo chain), or, with OPENLEDGER_PARACHAIN_SPEC set (scripts/parachain.sh
+// sets it), the parachain runtime on `polkadot-omni-node` in dev mode (blocks sealed and
+// finalized every OPENLEDGER_DEV_BLOCK_MS ms, no relay chain).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
@@ -17,6 +20,23 @@ export function nodeBinary() {
     throw new Error(`openledger-node not found at ${bin}: build it (scripts/test.sh does) or set OPENLEDGER_NODE`);
   }
   return bin;
+}
+
+/**
+ * The parachain form, when asked for: { bin, spec, blockMs } of polkadot-omni-node and the
+ * parachain's chain spec, or null for the solo chain.
+ */
+export function parachainTarget() {
+  const spec = process.env.OPENLEDGER_PARACHAIN_SPEC;
+  if (!spec) return null;
+  const bin = process.env.OPENLEDGER_OMNI_NODE;
+  if (!bin || !existsSync(bin)) {
+    throw new Error(`OPENLEDGER_PARACHAIN_SPEC is set but polkadot-omni-node is not at '${bin}': build it with scripts/polkadot-bins.sh omni-node`);
+  }
+  if (!existsSync(spec)) {
+    throw new Error(`parachain chain spec '${spec}' not found: scripts/parachain.sh spec writes it`);
+  }
+  return { bin, spec, blockMs: Number(process.env.OPENLEDGER_DEV_BLOCK_MS || 3000) };
 }
 
 /** A TCP port that is free on 127.0.0.1 right now. */
@@ -57,10 +77,14 @@ export async function startDevNode({ args = [], timeoutMs = 60_000 } = {}) {
   const rpcPort = await freePort();
   const p2pPort = await freePort();
   const promPort = await freePort();
+  const para = parachainTarget();
+  const chainArgs = para
+    ? ['--chain', para.spec, '--dev-block-time', String(para.blockMs), '--tmp', '--no-hardware-benchmarks']
+    : ['--dev', '--tmp'];
   const child = spawn(
-    nodeBinary(),
+    para ? para.bin : nodeBinary(),
     [
-      '--dev', '--tmp',
+      ...chainArgs,
       '--rpc-port', String(rpcPort),
       '--prometheus-port', String(promPort),
       '--no-mdns', '--no-telemetry',

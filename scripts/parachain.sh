@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# OpenLedger as a parachain (runtime: parachain-runtime/), run by polkadot-sdk's
+# polkadot-omni-node, which scripts/polkadot-bins.sh builds from crates.io into a cache.
+#
+#   scripts/parachain.sh spec [PRESET] [OUT]  # the parachain's chain spec (JSON) from the
+#                                             # runtime blob and a genesis preset
+#                                             # (development | local_testnet; default
+#                                             # development, OUT default: in the cache)
+#   scripts/parachain.sh dev                  # a dev chain on omni-node (blocks sealed and
+#                                             # finalized every OPENLEDGER_DEV_BLOCK_MS, 3000
+#                                             # by default; no relay chain), the gateway and a
+#                                             # worker, as scripts/start.sh starts them
+#   scripts/parachain.sh test                 # on that dev chain: the polkadot.js suite, then a
+#                                             # paid completion through gateway and worker
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/env.sh
+
+wasm="$CARGO_TARGET_DIR/release/wbuild/openledger-parachain-runtime/openledger_parachain_runtime.compact.compressed.wasm"
+cache="${OPENLEDGER_POLKADOT_BINS:-$HOME/.cache/openledger/polkadot-bins}"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+omni_node() {
+    local bin
+    if ! bin=$(bash scripts/polkadot-bins.sh path polkadot-omni-node); then
+        bash scripts/polkadot-bins.sh omni-node >&2
+        bin=$(bash scripts/polkadot-bins.sh path polkadot-omni-node)
+    fi
+    echo "$bin"
+}
+
+# Writes the chain spec of PRESET to OUT: the runtime blob, its genesis preset, OPEN's
+# properties (as the solo node's specs carry them) and the relay chain it belongs to.
+write_spec() {
+    local preset=$1 out=$2 bin name id chain_type
+    if [ ! -f "$wasm" ]; then
+        bash scripts/build.sh --quiet --bins
+    fi
+    bin=$(omni_node)
+    case "$preset" in
+        development) name="OpenLedger Parachain Development"; id=openledger_para_dev; chain_type=development ;;
+        local_testnet) name="OpenLedger Parachain Local"; id=openledger_para_local; chain_type=local ;;
+        *) echo "unknown preset '$preset': development or local_testnet" >&2; exit 2 ;;
+    esac
+    mkdir -p "$(dirname "$out")"
+    "$bin" chain-spec-builder --chain-spec-path "$out" create \
+        --chain-name "$name" --chain-id "$id" -t "$chain_type" \
+        --relay-chain rococo-local --para-id 2000 \
+        --properties tokenSymbol=OPEN,tokenDecimals=18,ss58Format=7011 \
+        --verify --runtime "$wasm" named-preset "$preset" >&2
+    echo "$out"
+}
+
+case "${1:-}" in
+    spec)
+        preset=${2:-development}
+        write_spec "$preset" "${3:-$cache/specs/$preset.json}"
+        ;;
+    dev | test)
+        bash scripts/setup.sh
+        bash scripts/build.sh --quiet --bins
+        bin=$(omni_node)
+        spec=$(write_spec development "$cache/specs/development.json")
+        export OPENLEDGER_PARACHAIN_SPEC="$spec" OPENLEDGER_OMNI_NODE="$bin"
+        export OPENLEDGER_DEV_BLOCK_MS="${OPENLEDGER_DEV_BLOCK_MS:-3000}"
+        if [ "$1" = dev ]; then
+            exec bash scripts/start.sh
+        fi
+        status=0
+        echo "== polkadot.js suite against the parachain runtime on polkadot-omni-node"
+        start=$(date +%s)
+        (cd scripts/e2e && node --test --test-concurrency=1 tests/) || status=1
+        echo "polkadot.js suite on the parachain: $(( $(date +%s) - start )) s"
+        echo "== a paid completion through gateway and worker on the parachain"
+        start=$(date +%s)
+        GATEWAY_FLAGS="--no-channels ${GATEWAY_FLAGS:-}" OPENLEDGER_DEMO_DIR="$(mktemp -d)" \
+            RPC_PORT="$(free_port)" PROMETHEUS_PORT="$(free_port)" HTTP_PORT="$(free_port)" \
+            P2P_PORT="$(free_port)" \
+            bash scripts/start.sh --then node scripts/e2e/paid-completion.js || status=1
+        echo "paid completion on the parachain: $(( $(date +%s) - start )) s"
+        exit "$status"
+        ;;
+    *)
+        echo "usage: scripts/parachain.sh spec [PRESET] [OUT] | dev | test" >&2
+        exit 2
+        ;;
+esac
