@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use crate::adapters::{LoraAdapter, LoraSlots};
+use crate::adapters::{LoraAdapter, LoraSlots, PendingUpload};
 use crate::error::{EngineError, Result};
+use crate::host_weights::HostAlloc;
 use openledger_model::ModelConfig;
 
 /// Budgets of the cache tiers.
@@ -43,6 +44,23 @@ struct SlotEntry {
     last_used: u64,
     /// [`LoraAdapter::weight_bytes`], charged to the compute budget.
     bytes: usize,
+    /// The copy to the device, while it may still be under way (GPU engines): the slot is
+    /// not evicted before it has ended.
+    upload: Option<PendingUpload>,
+    /// Installed ahead of its request (for a queued request) and not acquired since:
+    /// another such installation does not evict it.
+    staged: bool,
+}
+
+impl SlotEntry {
+    /// Whether the slot may be evicted: no running sequence uses it and no copy to it is
+    /// under way (a finished copy's record is dropped here).
+    fn evictable(&mut self) -> bool {
+        if self.upload.as_ref().is_some_and(PendingUpload::is_done) {
+            self.upload = None;
+        }
+        self.pins == 0 && self.upload.is_none()
+    }
 }
 
 /// The three tiers and the compute tables.
@@ -52,6 +70,9 @@ pub struct AdapterCache {
     /// The compute tables are on the CPU: parsed adapters keep lora_B rank-major, so that
     /// installing one shares its memory ([`LoraAdapter::with_rank_major_b`]).
     cpu_tables: bool,
+    /// Where parsed adapters are kept: CPU tensors, or (CUDA) one page-locked buffer each,
+    /// copied to the device asynchronously.
+    alloc: HostAlloc,
     disk: HashMap<String, PathBuf>,
     host: HashMap<String, (Arc<LoraAdapter>, u64)>,
     slots: Vec<Option<SlotEntry>>,
@@ -76,6 +97,7 @@ impl AdapterCache {
             config,
             base: base.clone(),
             cpu_tables: device.is_cpu(),
+            alloc: host_alloc(device),
             disk: HashMap::new(),
             host: HashMap::new(),
             tick: 0,
@@ -86,7 +108,7 @@ impl AdapterCache {
     /// Registers an adapter directory under `name`, validating it now so that a malformed
     /// adapter is refused here rather than when a request needs it.
     pub fn register(&mut self, name: &str, dir: &Path) -> Result<()> {
-        let adapter = Arc::new(parse(dir, &self.base, self.cpu_tables)?);
+        let adapter = Arc::new(parse(dir, &self.base, &self.alloc, self.cpu_tables)?);
         self.disk.insert(name.to_string(), dir.to_path_buf());
         self.tick += 1;
         self.host.insert(name.to_string(), (adapter, self.tick));
@@ -117,21 +139,37 @@ impl AdapterCache {
 
     /// Installs `name` in a compute slot if needed and pins it for one sequence.
     /// [`EngineError::AdapterSlotsFull`] when every slot is pinned, or when the compute byte
-    /// budget cannot hold it without evicting a pinned adapter: try again later.
+    /// budget cannot hold it without evicting a pinned adapter: try again later. On a GPU
+    /// the compute stream is ordered after the adapter's copy to the device.
     pub fn acquire(&mut self, name: &str) -> Result<u32> {
+        let slot = self.place(name, false)?;
+        if let Some(e) = self.slots[slot].as_mut() {
+            e.pins += 1;
+            e.staged = false;
+            if let Some(upload) = &e.upload {
+                upload.order_compute()?;
+            }
+        }
+        Ok(slot as u32)
+    }
+
+    /// The slot holding `name`, installing it if needed (evicting least recently used
+    /// slots that no sequence uses; with `staging`, never one staged for another queued
+    /// request). The new slot is left unpinned.
+    fn place(&mut self, name: &str, staging: bool) -> Result<usize> {
         self.tick += 1;
         let tick = self.tick;
         if let Some(slot) =
             self.slots.iter().position(|s| s.as_ref().is_some_and(|e| e.name == name))
         {
             if let Some(e) = self.slots[slot].as_mut() {
-                e.pins += 1;
                 e.last_used = tick;
             }
-            return Ok(slot as u32);
+            return Ok(slot);
         }
         let full = EngineError::AdapterSlotsFull { slots: self.slots.len() };
-        if !self.slots.iter().any(|s| s.as_ref().is_none_or(|e| e.pins == 0)) {
+        let may_evict = |e: &mut SlotEntry| e.evictable() && !(staging && e.staged);
+        if !self.slots.iter_mut().any(|s| s.as_mut().is_none_or(may_evict)) {
             return Err(full);
         }
         let adapter = self.host_get(name)?;
@@ -145,13 +183,16 @@ impl AdapterCache {
                 ),
             });
         }
-        // Least recently used unpinned slots, oldest first: evicted until the new adapter
+        // Least recently used evictable slots, oldest first: evicted until the new adapter
         // fits the byte budget and has a slot. Nothing is evicted unless both can be met.
         let mut idle: Vec<(u64, usize)> = self
             .slots
-            .iter()
+            .iter_mut()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|e| e.pins == 0).map(|e| (e.last_used, i)))
+            .filter_map(|(i, s)| {
+                let e = s.as_mut()?;
+                may_evict(e).then_some((e.last_used, i))
+            })
             .collect();
         idle.sort_unstable();
         let mut used = self.compute_bytes_used();
@@ -174,10 +215,39 @@ impl AdapterCache {
                 tracing::debug!(adapter = %old.name, slot = i, "evicted adapter from compute");
             }
         }
-        self.tables.install(slot as u32, &adapter)?;
-        self.slots[slot] =
-            Some(SlotEntry { name: name.to_string(), pins: 1, last_used: tick, bytes: need });
-        Ok(slot as u32)
+        let upload = self.tables.install_async(slot as u32, &adapter)?;
+        self.slots[slot] = Some(SlotEntry {
+            name: name.to_string(),
+            pins: 0,
+            last_used: tick,
+            bytes: need,
+            upload,
+            staged: staging,
+        });
+        Ok(slot)
+    }
+
+    /// On a GPU, starts copying `name` to a compute slot ahead of the request that needs
+    /// it, when it is parsed in host memory, not yet installed, and a slot can be had
+    /// without evicting an adapter in use or staged for another queued request. Returns
+    /// whether a copy is (now) under way or done.
+    fn stage(&mut self, name: &str) -> bool {
+        if self.cpu_tables || !self.host.contains_key(name) {
+            return false;
+        }
+        match self.place(name, true) {
+            Ok(_) => {
+                tracing::debug!(
+                    adapter = name,
+                    "copying adapter to the device ahead of its request"
+                );
+                true
+            },
+            Err(e) => {
+                tracing::debug!(adapter = name, error = %e, "adapter not staged");
+                false
+            },
+        }
     }
 
     /// Bytes of adapter weights installed for compute.
@@ -197,20 +267,25 @@ impl AdapterCache {
         }
     }
 
-    /// Starts reading `name` from disk on a background thread unless it is in host memory,
-    /// installed, or already loading, so that a queued request finds it parsed when admitted
-    /// while the running batch keeps stepping.
+    /// Starts loading `name` for a queued request, so that it is ready when the request is
+    /// admitted while the running batch keeps stepping: read from disk on a background
+    /// thread unless it is in host memory, installed, or already loading; on a GPU, once
+    /// parsed, copied to a compute slot on the upload stream (see [`Self::is_loading`]).
     pub fn prefetch(&mut self, name: &str) {
         let installed = self.slots.iter().flatten().any(|e| e.name == name);
-        if installed || self.host.contains_key(name) || self.loading.contains_key(name) {
+        if installed || self.loading.contains_key(name) {
+            return;
+        }
+        if self.host.contains_key(name) {
+            self.stage(name);
             return;
         }
         let Some(dir) = self.disk.get(name).cloned() else { return };
         let (tx, rx) = channel();
-        let (base, cpu_tables) = (self.base.clone(), self.cpu_tables);
+        let (base, alloc, cpu_tables) = (self.base.clone(), self.alloc.clone(), self.cpu_tables);
         let spawned =
             std::thread::Builder::new().name(format!("adapter-load-{name}")).spawn(move || {
-                let _ = tx.send(parse(&dir, &base, cpu_tables));
+                let _ = tx.send(parse(&dir, &base, &alloc, cpu_tables));
             });
         match spawned {
             Ok(_) => {
@@ -230,10 +305,27 @@ impl AdapterCache {
         }
     }
 
-    /// Whether `name` is still being read by a prefetch.
+    /// Whether `name` is still being read by a prefetch or, on a GPU, copied to the
+    /// device: admitting its request now would make the running batch's next step wait for
+    /// it. An adapter parsed in host memory but not installed starts its copy here (when a
+    /// slot can be had), and counts as loading until the copy has ended.
     pub fn is_loading(&mut self, name: &str) -> bool {
         self.collect_prefetches();
-        self.loading.contains_key(name)
+        if self.loading.contains_key(name) {
+            return true;
+        }
+        if self.cpu_tables {
+            return false;
+        }
+        match self.slots.iter_mut().flatten().find(|e| e.name == name) {
+            Some(e) => {
+                if e.upload.as_ref().is_some_and(PendingUpload::is_done) {
+                    e.upload = None;
+                }
+                e.upload.is_some()
+            },
+            None => self.stage(name),
+        }
     }
 
     /// Moves finished prefetches into host memory.
@@ -249,6 +341,7 @@ impl AdapterCache {
         for (name, result) in done {
             self.loading.remove(&name);
             self.keep_prefetched(&name, result);
+            self.stage(&name);
         }
     }
 
@@ -282,7 +375,7 @@ impl AdapterCache {
             return Ok(a.clone());
         }
         let dir = self.disk.get(name).ok_or_else(|| EngineError::UnknownAdapter(name.into()))?;
-        let adapter = Arc::new(parse(dir, &self.base, self.cpu_tables)?);
+        let adapter = Arc::new(parse(dir, &self.base, &self.alloc, self.cpu_tables)?);
         self.host.insert(name.to_string(), (adapter.clone(), self.tick));
         self.trim_host();
         Ok(adapter)
@@ -306,10 +399,24 @@ impl AdapterCache {
     }
 }
 
+/// Where a cache on `device` keeps parsed adapters.
+fn host_alloc(device: &Device) -> HostAlloc {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => HostAlloc::Pinned(dev.clone()),
+        _ => HostAlloc::Tensors,
+    }
+}
+
 /// Parses the adapter in `dir` into host memory (the host tier lives there whatever the
 /// model's device), with lora_B rank-major when the compute tables are on the CPU.
-fn parse(dir: &Path, base: &ModelConfig, cpu_tables: bool) -> Result<LoraAdapter> {
-    let adapter = LoraAdapter::load(dir, base, &Device::Cpu)?;
+fn parse(
+    dir: &Path,
+    base: &ModelConfig,
+    alloc: &HostAlloc,
+    cpu_tables: bool,
+) -> Result<LoraAdapter> {
+    let adapter = LoraAdapter::load_into(dir, base, alloc)?;
     if cpu_tables {
         adapter.with_rank_major_b()
     } else {

@@ -11,9 +11,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+
+use crate::host_weights::{HostAlloc, HostBuf, HostWeights, PackedWeights, Part, PACK_ALIGN};
 
 use openledger_model::{ModelConfig, Projection};
 
@@ -104,15 +107,13 @@ pub enum AdapterError {
     },
 }
 
-/// An adapter folder that passed every check, its weights in `dtype` on `device`.
+/// An adapter folder that passed every check, its weights in host memory as bf16.
 pub(crate) struct CheckedAdapter {
     pub summary: AdapterSummary,
     pub rank: usize,
     pub scale: f32,
     pub targets: [bool; 7],
-    /// `[layer][projection]`: `(lora_A [r, d_in], lora_B [d_out, r])` for targeted
-    /// projections.
-    pub weights: Vec<Vec<Option<(Tensor, Tensor)>>>,
+    pub weights: HostWeights,
     /// Size of `adapter_model.safetensors`.
     pub file_bytes: usize,
 }
@@ -123,7 +124,7 @@ pub fn validate_adapter_dir(
     dir: &Path,
     base: &ModelConfig,
 ) -> Result<AdapterSummary, AdapterError> {
-    read_adapter(dir, base, ADAPTER_DTYPE, &Device::Cpu).map(|a| a.summary)
+    read_adapter(dir, base, &HostAlloc::Tensors, true).map(|a| a.summary)
 }
 
 /// The folders found under an adapters directory: those that can be served, and those that
@@ -157,13 +158,29 @@ pub fn scan_adapter_dirs(root: &Path, base: &ModelConfig) -> Result<AdapterScan,
     Ok(scan)
 }
 
-/// Reads and checks the adapter in `dir` against `base`, keeping its weights as `dtype` on
-/// `device`. Every check of this module is here, in one pass over the files.
+/// One targeted projection's tensor, checked against the base model: its bytes in the file
+/// and its shape.
+struct Planned<'a> {
+    name: String,
+    dtype: Dtype,
+    data: &'a [u8],
+    dims: [usize; 2],
+}
+
+/// Reads and checks the adapter in `dir` against `base`, keeping its weights in bf16 where
+/// `alloc` says. Every check of this module is here. The weights file is read once; its
+/// header is parsed by the `safetensors` crate, each targeted tensor's name, dtype and shape
+/// checked from the header, and then one pass over the tensors' bytes (the tensors in
+/// parallel) converts f32 / f16 / bf16 / f64 to bf16 straight into the destination (a
+/// page-locked buffer for a GPU engine) and checks in the same loop that every converted
+/// value is finite. With `hash`, the file's BLAKE2b-256 (the chain's content hash, which
+/// only validation needs: hashing 55 MB costs tens of milliseconds) goes into the summary;
+/// without, the summary's hash is zero.
 pub(crate) fn read_adapter(
     dir: &Path,
     base: &ModelConfig,
-    dtype: DType,
-    device: &Device,
+    alloc: &HostAlloc,
+    hash: bool,
 ) -> Result<CheckedAdapter, AdapterError> {
     if !dir.is_dir() {
         return Err(AdapterError::NotAFolder { dir: dir.to_path_buf() });
@@ -171,7 +188,7 @@ pub(crate) fn read_adapter(
     let config = read_config(&dir.join("adapter_config.json"))?;
 
     let path = dir.join("adapter_model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+    let bytes = read_file(&path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => AdapterError::MissingWeights { path: path.clone() },
         _ => AdapterError::Unreadable { path: path.clone(), source },
     })?;
@@ -195,79 +212,165 @@ pub(crate) fn read_adapter(
         }
     }
     let r = config.rank;
-    let tensor =
-        |name: &str, [d0, d1]: [usize; 2], rank_dim: usize| -> Result<Tensor, AdapterError> {
-            let err_path = || path.clone();
-            let view = file.tensor(name).map_err(|_| AdapterError::MissingTensor {
-                path: err_path(),
-                tensor: name.to_string(),
-            })?;
-            if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
-                return Err(AdapterError::NotFloat {
-                    path: err_path(),
-                    tensor: name.to_string(),
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
-            let actual = view.shape().to_vec();
-            let expected = vec![d0, d1];
-            if actual.len() == 2 && actual[1 - rank_dim] == expected[1 - rank_dim] {
-                if actual[rank_dim] != r {
-                    return Err(AdapterError::RankMismatch {
-                        path: err_path(),
-                        tensor: name.to_string(),
-                        config_rank: r,
-                        tensor_rank: actual[rank_dim],
-                    });
-                }
-            } else {
-                return Err(AdapterError::ShapeMismatch {
-                    path: err_path(),
-                    tensor: name.to_string(),
-                    expected,
-                    actual,
-                });
-            }
-            let failed = |source: candle_core::Error| AdapterError::Tensor {
-                path: err_path(),
-                tensor: name.to_string(),
-                source: Box::new(source),
-            };
-            let t = view.load(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(failed)?;
-            let finite = t
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(failed)?
-                .iter()
-                .all(|x| x.is_finite());
-            if !finite {
-                return Err(AdapterError::NonFinite { path: err_path(), tensor: name.to_string() });
-            }
-            t.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(failed)
+    let check = |name: String, [d0, d1]: [usize; 2], rank_dim: usize| {
+        let view = match file.tensor(&name) {
+            Ok(v) => v,
+            Err(_) => return Err(AdapterError::MissingTensor { path: path.clone(), tensor: name }),
         };
-    let mut weights = Vec::with_capacity(base.num_layers);
+        if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) {
+            return Err(AdapterError::NotFloat {
+                path: path.clone(),
+                tensor: name,
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        let actual = view.shape().to_vec();
+        let expected = vec![d0, d1];
+        if actual.len() != 2 || actual[1 - rank_dim] != expected[1 - rank_dim] {
+            return Err(AdapterError::ShapeMismatch {
+                path: path.clone(),
+                tensor: name,
+                expected,
+                actual,
+            });
+        }
+        if actual[rank_dim] != r {
+            return Err(AdapterError::RankMismatch {
+                path: path.clone(),
+                tensor: name,
+                config_rank: r,
+                tensor_rank: actual[rank_dim],
+            });
+        }
+        Ok(Planned { name, dtype: view.dtype(), data: view.data(), dims: [d0, d1] })
+    };
+    // Every check the header allows, in layer and projection order, before any conversion.
+    let mut planned = Vec::new();
+    let mut slots = Vec::with_capacity(base.num_layers);
     for l in 0..base.num_layers {
-        let mut layer = Vec::with_capacity(Projection::ALL.len());
+        let mut layer = [None; 7];
         for p in Projection::ALL {
             if !config.targets[p.index()] {
-                layer.push(None);
                 continue;
             }
             let (d_in, d_out) = base.proj_dims(p);
             let pre = format!("base_model.model.model.layers.{l}.{}", p.hf_path());
-            let a = tensor(&format!("{pre}.lora_A.weight"), [r, d_in], 0)?;
-            let b = tensor(&format!("{pre}.lora_B.weight"), [d_out, r], 1)?;
-            layer.push(Some((a, b)));
+            layer[p.index()] = Some(planned.len());
+            planned.push(check(format!("{pre}.lora_A.weight"), [r, d_in], 0)?);
+            planned.push(check(format!("{pre}.lora_B.weight"), [d_out, r], 1)?);
         }
-        weights.push(layer);
+        slots.push(layer);
     }
+
+    // Destinations: one buffer per tensor, or one packed buffer with each tensor aligned.
+    let packed = !matches!(alloc, HostAlloc::Tensors);
+    let mut offsets = Vec::with_capacity(planned.len());
+    let mut total = 0usize;
+    for t in &planned {
+        offsets.push(total);
+        let n = t.dims[0] * t.dims[1];
+        total += if packed { n.div_ceil(PACK_ALIGN) * PACK_ALIGN } else { n };
+    }
+    let no_memory = |message: String| AdapterError::Tensor {
+        path: path.clone(),
+        tensor: "(all)".into(),
+        source: Box::new(candle_core::Error::Msg(message)),
+    };
+    let mut bufs: Vec<HostBuf> = if packed {
+        vec![HostBuf::alloc(alloc, total).map_err(no_memory)?]
+    } else {
+        planned
+            .iter()
+            .map(|t| HostBuf::alloc(alloc, t.dims[0] * t.dims[1]))
+            .collect::<Result<_, _>>()
+            .map_err(no_memory)?
+    };
+    let mut dests: Vec<&mut [bf16]> = Vec::with_capacity(planned.len());
+    if packed {
+        let mut rest = bufs[0].as_mut_slice();
+        let mut at = 0;
+        for (t, &off) in planned.iter().zip(&offsets) {
+            let (pad, tail) = std::mem::take(&mut rest).split_at_mut(off - at);
+            pad.fill(bf16::ZERO);
+            let (dst, tail) = tail.split_at_mut(t.dims[0] * t.dims[1]);
+            dests.push(dst);
+            rest = tail;
+            at = off + t.dims[0] * t.dims[1];
+        }
+        rest.fill(bf16::ZERO);
+    } else {
+        dests.extend(bufs.iter_mut().map(HostBuf::as_mut_slice));
+    }
+    // The one pass over the tensors' bytes. The first tensor (in the order above) with a
+    // value that is not finite in bf16 is the one named.
+    let finite: Vec<bool> = planned
+        .par_iter()
+        .zip(dests.into_par_iter())
+        .map(|(t, dst)| convert_to_bf16(t.dtype, t.data, dst))
+        .collect();
+    if let Some(bad) = finite.iter().position(|ok| !ok) {
+        return Err(AdapterError::NonFinite {
+            path: path.clone(),
+            tensor: planned[bad].name.clone(),
+        });
+    }
+
+    let weights = if packed {
+        let parts = slots
+            .iter()
+            .map(|layer| {
+                layer
+                    .iter()
+                    .map(|i| {
+                        i.map(|i| {
+                            let part = |j: usize| Part {
+                                offset: offsets[j],
+                                rows: planned[j].dims[0],
+                                cols: planned[j].dims[1],
+                            };
+                            (part(i), part(i + 1))
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let buf = bufs.pop().ok_or_else(|| no_memory("no buffer".into()))?;
+        HostWeights::Packed(PackedWeights { buf, len: total, parts })
+    } else {
+        let mut tensors = Vec::with_capacity(planned.len());
+        for (t, buf) in planned.iter().zip(bufs) {
+            let Some(v) = buf.into_vec() else {
+                return Err(no_memory("a per-tensor buffer outside ordinary memory".into()));
+            };
+            let tensor =
+                Tensor::from_vec(v, (t.dims[0], t.dims[1]), &Device::Cpu).map_err(|source| {
+                    AdapterError::Tensor {
+                        path: path.clone(),
+                        tensor: t.name.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+            tensors.push(Some(tensor));
+        }
+        HostWeights::Tensors(
+            slots
+                .iter()
+                .map(|layer| {
+                    layer
+                        .iter()
+                        .map(|i| i.and_then(|i| Some((tensors[i].take()?, tensors[i + 1].take()?))))
+                        .collect()
+                })
+                .collect(),
+        )
+    };
     let target_modules =
         Projection::bits(Projection::ALL.into_iter().filter(|p| config.targets[p.index()]));
     Ok(CheckedAdapter {
         summary: AdapterSummary {
             rank: r as u32,
             target_modules,
-            content_hash: sp_crypto_hashing::blake2_256(&bytes),
+            content_hash: if hash { sp_crypto_hashing::blake2_256(&bytes) } else { [0; 32] },
         },
         rank: r,
         scale: config.scale,
@@ -275,6 +378,104 @@ pub(crate) fn read_adapter(
         weights,
         file_bytes: bytes.len(),
     })
+}
+
+/// A weights file's bytes, in a buffer kept for the next file when dropped.
+struct FileBytes(Vec<u8>);
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Read buffers kept for reuse: at most this many, each at most [`KEEP_BYTES`].
+const KEEP_BUFFERS: usize = 2;
+const KEEP_BYTES: usize = 512 << 20;
+
+fn read_buffers() -> &'static std::sync::Mutex<Vec<Vec<u8>>> {
+    static BUFFERS: std::sync::OnceLock<std::sync::Mutex<Vec<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    BUFFERS.get_or_init(Default::default)
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= KEEP_BYTES {
+            let mut kept = read_buffers().lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEEP_BUFFERS {
+                kept.push(v);
+            }
+        }
+    }
+}
+
+/// Reads the whole file into a reused buffer when one is free: a fresh buffer's pages are
+/// each faulted in by the copy from the page cache. Reading a 55 MB adapter file with
+/// `std::fs::read` took 40 ms on the H100 machine (1.4 GB/s, 2026-12-06), most of a cold
+/// adapter's cost; on the 2-core build machine 23 ms into a fresh buffer against ~9 ms into
+/// a reused one (a page-fault cost, we think; not yet measured on the GPU machine).
+fn read_file(path: &Path) -> std::io::Result<FileBytes> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let reused = {
+        let mut kept = read_buffers().lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..kept.len()).max_by_key(|&i| kept[i].capacity());
+        best.map(|i| kept.swap_remove(i))
+    };
+    let mut buf = FileBytes(reused.unwrap_or_default());
+    buf.0.clear();
+    buf.0.reserve(len);
+    // No zeroing: `read_to_end` fills the spare capacity directly.
+    file.read_to_end(&mut buf.0)?;
+    Ok(buf)
+}
+
+/// Converts the little-endian values `src` of `dtype` to bf16 in `dst` (as many as `dst`
+/// holds; the caller checked the sizes from the header) and says whether every converted
+/// value is finite. Rounding is `half`'s round-to-nearest-even from f32, the conversion
+/// candle's `to_dtype` makes: f16 widens to f32 exactly first, f64 narrows to f32 first
+/// (as the f32 round trip of the loader before did). A finite f32 beyond bf16's range
+/// becomes infinite and is refused.
+pub(crate) fn convert_to_bf16(dtype: Dtype, src: &[u8], dst: &mut [bf16]) -> bool {
+    const EXP: u16 = 0x7f80;
+    let mut bad = false;
+    match dtype {
+        Dtype::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                let bits = u16::from_le_bytes([s[0], s[1]]);
+                bad |= bits & EXP == EXP;
+                *d = bf16::from_bits(bits);
+            }
+        },
+        Dtype::F16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                let v = bf16::from_f32(f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32());
+                bad |= v.to_bits() & EXP == EXP;
+                *d = v;
+            }
+        },
+        Dtype::F32 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                let v = bf16::from_f32(f32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+                bad |= v.to_bits() & EXP == EXP;
+                *d = v;
+            }
+        },
+        Dtype::F64 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                let b = [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]];
+                let v = bf16::from_f32(f64::from_le_bytes(b) as f32);
+                bad |= v.to_bits() & EXP == EXP;
+                *d = v;
+            }
+        },
+        _ => bad = true,
+    }
+    !bad
 }
 
 /// What the engine uses of `adapter_config.json`.
@@ -345,4 +546,119 @@ fn read_config(path: &Path) -> Result<PeftConfig, AdapterError> {
 fn layer_of(name: &str) -> Option<usize> {
     let rest = name.split_once(".layers.")?.1;
     rest.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::host_weights::HostWeights;
+    use crate::write_random_adapter;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 64,
+            hidden_size: 40,
+            intermediate_size: 72,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 10,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_style: openledger_model::RopeStyle::Half,
+            max_position: 64,
+            tie_word_embeddings: false,
+            eos_token_ids: Vec::new(),
+            bos_token_id: None,
+        }
+    }
+
+    /// The packed layout (a GPU engine's host tier) holds exactly the per-tensor values,
+    /// each tensor 16-byte aligned, the gaps zero; widths (40, 20, 72) that are not
+    /// multiples of 8 make gaps.
+    #[test]
+    fn packed_buffer_holds_the_tensors_values_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny();
+        let targets = [Projection::Q, Projection::K, Projection::Down];
+        write_random_adapter(dir.path(), &cfg, 3, &targets, 9).unwrap();
+        let tensors = read_adapter(dir.path(), &cfg, &HostAlloc::Tensors, false).unwrap();
+        let packed = read_adapter(dir.path(), &cfg, &HostAlloc::PackedVec, false).unwrap();
+        let (HostWeights::Tensors(t), HostWeights::Packed(p)) = (&tensors.weights, &packed.weights)
+        else {
+            panic!("layouts not as asked");
+        };
+        let mut covered = vec![false; p.len];
+        let mut parts = 0;
+        for (tl, pl) in t.iter().zip(&p.parts) {
+            for proj in Projection::ALL {
+                let (want, got) = (&tl[proj.index()], pl[proj.index()]);
+                assert_eq!(want.is_some(), got.is_some());
+                let (Some((wa, wb)), Some((pa, pb))) = (want, got) else { continue };
+                for (w, part) in [(wa, pa), (wb, pb)] {
+                    assert_eq!(part.offset % PACK_ALIGN, 0);
+                    assert_eq!(w.dims(), &[part.rows, part.cols]);
+                    let w: Vec<u16> = w
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<bf16>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    let g: Vec<u16> = p.values(part).iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(w, g);
+                    covered[part.offset..part.offset + part.len()]
+                        .iter_mut()
+                        .for_each(|c| *c = true);
+                    parts += 1;
+                }
+            }
+        }
+        assert_eq!(parts, 2 * targets.len() * cfg.num_layers);
+        let gaps: Vec<bf16> =
+            (0..p.len).filter(|&i| !covered[i]).map(|i| p.buf.as_slice()[i]).collect();
+        assert!(!gaps.is_empty(), "these widths leave gaps");
+        assert!(gaps.iter().all(|v| v.to_bits() == 0));
+        assert_eq!(tensors.weights.elem_count(), packed.weights.elem_count());
+    }
+
+    /// Each dtype's conversion against `half` on every bit pattern of the 16-bit types
+    /// and a sweep of f32 patterns, non-finite results flagged.
+    #[test]
+    fn conversion_matches_half_and_flags_non_finite_values() {
+        let check = |dtype: Dtype, bytes: Vec<u8>, want: Vec<bf16>| {
+            let mut got = vec![bf16::ZERO; want.len()];
+            let finite = convert_to_bf16(dtype, &bytes, &mut got);
+            let all_finite = want.iter().all(|v| v.is_finite());
+            assert_eq!(finite, all_finite, "{dtype:?}");
+            assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{dtype:?}");
+        };
+        for bits in 0..=u16::MAX {
+            let b = bits.to_le_bytes().to_vec();
+            check(Dtype::BF16, b.clone(), vec![bf16::from_bits(bits)]);
+            check(Dtype::F16, b, vec![bf16::from_f32(f16::from_bits(bits).to_f32())]);
+        }
+        let patterns: Vec<u32> = (0..1u64 << 20).map(|i| (i * 4099 + (i >> 3)) as u32).collect();
+        let mut bytes = Vec::new();
+        let mut bytes64 = Vec::new();
+        let mut want = Vec::new();
+        for &p in &patterns {
+            let v = f32::from_bits(p);
+            if v.is_finite() {
+                bytes.extend(v.to_le_bytes());
+                bytes64.extend((v as f64).to_le_bytes());
+                want.push(bf16::from_f32(v));
+            }
+        }
+        check(Dtype::F32, bytes.clone(), want.clone());
+        check(Dtype::F64, bytes64, want);
+        // One NaN among finite values is found wherever it is.
+        let mut values = [0.5f32; 37];
+        values[36] = f32::NAN;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(!convert_to_bf16(Dtype::F32, &bytes, &mut [bf16::ZERO; 37]));
+        assert!(!convert_to_bf16(Dtype::I32, &bytes, &mut [bf16::ZERO; 37]));
+    }
 }

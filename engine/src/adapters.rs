@@ -11,6 +11,7 @@ use openledger_kernels::{
 use crate::adapter_check::read_adapter;
 pub use crate::adapter_check::ADAPTER_DTYPE;
 use crate::error::{EngineError, Result};
+use crate::host_weights::{HostAlloc, HostWeights};
 use crate::step::StepSegments;
 use openledger_model::{ModelConfig, Projection};
 
@@ -20,17 +21,43 @@ pub struct LoraAdapter {
     pub(crate) rank: usize,
     pub(crate) scale: f32,
     pub(crate) targets: [bool; 7],
-    /// `[layer][projection]`: `(lora_A [r, d_in], lora_B [d_out, r])` in [`ADAPTER_DTYPE`] for
-    /// targeted projections.
-    pub(crate) weights: Vec<Vec<Option<(Tensor, Tensor)>>>,
+    /// `lora_A [r, d_in]` and `lora_B [d_out, r]` in [`ADAPTER_DTYPE`] for targeted
+    /// projections: CPU tensors, or one packed buffer (a GPU engine's host tier).
+    pub(crate) weights: HostWeights,
     pub(crate) bytes: usize,
 }
 
 impl LoraAdapter {
     /// Loads `adapter_config.json` and `adapter_model.safetensors` from `dir`, with every
-    /// check of [`validate_adapter_dir`](super::validate_adapter_dir) (the same function).
+    /// check of [`validate_adapter_dir`](super::validate_adapter_dir) (the same function),
+    /// as tensors on `device`.
     pub fn load(dir: &Path, base: &ModelConfig, device: &Device) -> Result<Self> {
-        let checked = read_adapter(dir, base, ADAPTER_DTYPE, device)?;
+        let mut adapter = Self::load_into(dir, base, &HostAlloc::Tensors)?;
+        if let HostWeights::Tensors(w) = &mut adapter.weights {
+            if !device.is_cpu() {
+                for (a, b) in w.iter_mut().flatten().flatten() {
+                    *a = a.to_device(device)?;
+                    *b = b.to_device(device)?;
+                }
+            }
+        }
+        Ok(adapter)
+    }
+
+    /// Loads the adapter into host memory in the form an engine on `device` keeps it: CPU
+    /// tensors for the CPU; for a CUDA device (feature `cuda`) one packed bf16 buffer in
+    /// page-locked memory, which [`LoraSlots::install`] copies with one asynchronous copy.
+    pub fn load_for(dir: &Path, base: &ModelConfig, device: &Device) -> Result<Self> {
+        match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => Self::load_into(dir, base, &HostAlloc::Pinned(dev.clone())),
+            _ => Self::load_into(dir, base, &HostAlloc::Tensors),
+        }
+    }
+
+    /// [`LoraAdapter::load`] with the weights where `alloc` says.
+    pub(crate) fn load_into(dir: &Path, base: &ModelConfig, alloc: &HostAlloc) -> Result<Self> {
+        let checked = read_adapter(dir, base, alloc, false)?;
         tracing::debug!(dir = %dir.display(), rank = checked.rank, "loaded adapter");
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -65,39 +92,108 @@ impl LoraAdapter {
     /// Bytes of its weights as installed for compute ([`ADAPTER_DTYPE`]), the unit of the
     /// compute (GPU) budget.
     pub fn weight_bytes(&self) -> usize {
-        self.weights
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|(a, b)| (a.elem_count() + b.elem_count()) * ADAPTER_DTYPE.size_in_bytes())
-            .sum()
+        self.weights.elem_count() * self.weights.dtype().size_in_bytes()
     }
 
     /// Keeps each `lora_B` (`[d_out, rank]`) as a transposed view of rank-major storage
     /// (`[rank, d_out]` contiguous), the layout CPU SGMV tables compute with
     /// (`BLayout::RankByOut`): a CPU table then takes the tensor as it is instead of making a
     /// transposed copy, so an adapter installed on a CPU engine is held in memory once. (A
-    /// GPU table makes its own contiguous copy at upload either way.)
+    /// GPU table makes its own contiguous copy at upload either way.) A packed adapter
+    /// becomes CPU tensors.
     pub fn with_rank_major_b(mut self) -> Result<Self> {
-        for (_, b) in self.weights.iter_mut().flatten().flatten() {
-            *b = b.t()?.contiguous()?.t()?;
+        let mut layers = Vec::new();
+        for l in 0..self.layers() {
+            let mut layer = Vec::with_capacity(7);
+            for p in 0..7 {
+                layer.push(match self.weights.pair(l, p)? {
+                    Some((a, b)) => Some((a, b.t()?.contiguous()?.t()?)),
+                    None => None,
+                });
+            }
+            layers.push(layer);
         }
+        self.weights = HostWeights::Tensors(layers);
         Ok(self)
     }
 
     /// Whether every `lora_B` lies in rank-major storage ([`Self::with_rank_major_b`]).
     pub fn b_is_rank_major(&self) -> bool {
-        self.weights.iter().flatten().flatten().all(|(_, b)| b.t().is_ok_and(|t| t.is_contiguous()))
+        match &self.weights {
+            HostWeights::Tensors(w) => {
+                w.iter().flatten().flatten().all(|(_, b)| b.t().is_ok_and(|t| t.is_contiguous()))
+            },
+            HostWeights::Packed(_) => false,
+        }
     }
 
     /// The f32 delta `scale * B @ A` (`[d_out, d_in]`) of one projection, for references.
     pub fn merged_delta(&self, layer: usize, proj: Projection) -> Result<Option<Tensor>> {
-        match self.weights.get(layer).and_then(|l| l[proj.index()].as_ref()) {
+        match self.weights.pair(layer, proj.index())? {
             Some((a, b)) => {
                 let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
                 Ok(Some((b.matmul(&a)? * self.scale as f64)?))
             },
             None => Ok(None),
+        }
+    }
+
+    /// Layers the adapter's weights cover (the base model's).
+    fn layers(&self) -> usize {
+        match &self.weights {
+            HostWeights::Tensors(w) => w.len(),
+            HostWeights::Packed(p) => p.parts.len(),
+        }
+    }
+}
+
+/// A copy queued on the upload stream: its end event, and the compute stream that must wait
+/// for it.
+#[cfg(feature = "cuda")]
+struct QueuedCopy {
+    done: candle_core::cuda_backend::cudarc::driver::CudaEvent,
+    compute: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+}
+
+/// A copy of an adapter to the device still under way (see [`LoraSlots::install_async`]):
+/// keeps the adapter's page-locked host buffer alive until the copy has ended.
+pub(crate) struct PendingUpload {
+    #[cfg(feature = "cuda")]
+    done: candle_core::cuda_backend::cudarc::driver::CudaEvent,
+    #[cfg(feature = "cuda")]
+    compute: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    _host: std::sync::Arc<LoraAdapter>,
+}
+
+impl PendingUpload {
+    /// Whether the copy has ended (the device has the weights).
+    pub fn is_done(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.done.is_complete()
+        }
+        #[cfg(not(feature = "cuda"))]
+        true
+    }
+
+    /// Makes the compute stream wait for the copy: work queued on it from now on reads the
+    /// uploaded weights. Costs nothing on the device once the copy has ended.
+    pub fn order_compute(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        self.compute
+            .wait(&self.done)
+            .map_err(|e| EngineError::Backend(format!("adapter upload: wait: {e}")))?;
+        Ok(())
+    }
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        // The host buffer must outlive the copy: wait for it here in the rare case (a cache
+        // dropped with a copy under way) that nobody saw it end.
+        #[cfg(feature = "cuda")]
+        if !self.done.is_complete() {
+            let _ = self.done.synchronize();
         }
     }
 }
@@ -115,6 +211,9 @@ pub struct LoraSlots {
     tables: Vec<Vec<AdapterTable>>,
     slots: Vec<Option<SlotInfo>>,
     device: Device,
+    /// The stream packed adapters are copied to the device on (made at the first copy).
+    #[cfg(feature = "cuda")]
+    upload: Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>>,
 }
 
 impl LoraSlots {
@@ -137,7 +236,13 @@ impl LoraSlots {
                     .collect()
             })
             .collect();
-        Self { tables, slots: vec![None; num_slots], device: device.clone() }
+        Self {
+            tables,
+            slots: vec![None; num_slots],
+            device: device.clone(),
+            #[cfg(feature = "cuda")]
+            upload: None,
+        }
     }
 
     /// Number of slots.
@@ -146,21 +251,121 @@ impl LoraSlots {
     }
 
     /// Puts `adapter` in `slot`: its tensors are shared when they already live on the
-    /// tables' device (the CPU path), copied there otherwise (host memory to GPU).
+    /// tables' device (the CPU path), copied there otherwise (host memory to GPU; a packed
+    /// adapter, [`LoraAdapter::load_for`] a CUDA device, with one copy on the upload stream).
+    /// The copy has ended when this returns.
     pub fn install(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(copy) = self.install_packed(slot, adapter)? {
+            copy.done
+                .synchronize()
+                .map_err(|e| EngineError::Backend(format!("adapter upload: {e}")))?;
+            return Ok(());
+        }
+        self.install_tensors(slot, adapter)
+    }
+
+    /// Puts `adapter` in `slot`. A packed adapter (a GPU engine's host tier, page-locked)
+    /// goes to the device with one asynchronous copy on the tables' upload stream; the
+    /// returned [`PendingUpload`] says when it has ended and orders the compute stream after
+    /// it, and no segment may name the slot before [`PendingUpload::order_compute`]. Anything
+    /// else is installed as by [`LoraSlots::install`] (no pending copy).
+    pub(crate) fn install_async(
+        &mut self,
+        slot: u32,
+        adapter: &std::sync::Arc<LoraAdapter>,
+    ) -> Result<Option<PendingUpload>> {
+        #[cfg(feature = "cuda")]
+        if let Some(copy) = self.install_packed(slot, adapter)? {
+            return Ok(Some(PendingUpload {
+                done: copy.done,
+                compute: copy.compute,
+                _host: adapter.clone(),
+            }));
+        }
+        self.install_tensors(slot, adapter).map(|()| None)
+    }
+
+    /// The asynchronous copy of a packed, page-locked adapter to a CUDA device, its slot
+    /// filled with views of the copy; `None` (nothing done) for any other adapter or device.
+    #[cfg(feature = "cuda")]
+    fn install_packed(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<Option<QueuedCopy>> {
+        let (HostWeights::Packed(p), Device::Cuda(dev)) = (&adapter.weights, &self.device) else {
+            return Ok(None);
+        };
+        let dev = dev.clone();
+        let crate::host_weights::HostBuf::Pinned(host) = &p.buf else {
+            return Ok(None);
+        };
+        self.check_slot(slot)?;
+        // Empty first, so that a failed upload leaves the slot empty, never half-replaced.
+        self.remove(slot);
+        let upload = match &self.upload {
+            Some(s) => s.clone(),
+            None => {
+                let s = dev.cuda_stream().context().new_stream().map_err(|e| {
+                    EngineError::Backend(format!("adapter upload: new stream: {e}"))
+                })?;
+                self.upload = Some(s.clone());
+                s
+            },
+        };
+        let (slice, done) = crate::host_weights::pinned::upload(host, p.len, &dev, &upload)
+            .map_err(EngineError::Backend)?;
+        let copy = QueuedCopy { done, compute: dev.cuda_stream() };
+        let all = Tensor::from_storage(
+            candle_core::Storage::Cuda(candle_core::CudaStorage::wrap_cuda_slice(slice, dev)),
+            p.len.max(1),
+            candle_core::op::BackpropOp::none(),
+            false,
+        );
+        let view = |part: crate::host_weights::Part| -> Result<Tensor> {
+            Ok(all.narrow(0, part.offset, part.len())?.reshape((part.rows, part.cols))?)
+        };
+        let tables = &mut self.tables;
+        let mut insert = || -> Result<()> {
+            for (layer, tables) in p.parts.iter().zip(tables.iter_mut()) {
+                for (i, part) in layer.iter().enumerate() {
+                    if let Some((a, b)) = part {
+                        tables[i].insert(slot, &view(*a)?, &view(*b)?)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = insert() {
+            // The views are gone with the slot; the copy may still be reading the host
+            // buffer, which the caller keeps alive only on success: wait for it.
+            let _ = copy.done.synchronize();
+            self.remove(slot);
+            return Err(e);
+        }
+        self.slots[slot as usize] =
+            Some(SlotInfo { rank: adapter.rank, scale: adapter.scale, targets: adapter.targets });
+        Ok(Some(copy))
+    }
+
+    fn check_slot(&self, slot: u32) -> Result<()> {
         if slot as usize >= self.slots.len() {
             return Err(EngineError::Kernel(openledger_kernels::KernelError::SlotOutOfRange {
                 slot,
                 slots: self.slots.len(),
             }));
         }
+        Ok(())
+    }
+
+    /// Installs from CPU tensors (a packed adapter's copied out), each moved to the
+    /// tables' device.
+    fn install_tensors(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
+        self.check_slot(slot)?;
         // Empty first, so that a failed upload leaves the slot empty, never half-replaced.
         self.remove(slot);
         let (tables, device) = (&mut self.tables, &self.device);
         let mut upload = || -> Result<()> {
-            for (layer, tables) in adapter.weights.iter().zip(tables.iter_mut()) {
+            for (l, tables) in tables.iter_mut().enumerate() {
                 for p in Projection::ALL {
-                    if let Some((a, b)) = &layer[p.index()] {
+                    if let Some((a, b)) = adapter.weights.pair(l, p.index())? {
                         let (a, b) = (a.to_device(device)?, b.to_device(device)?);
                         tables[p.index()].insert(slot, &a, &b)?;
                     }

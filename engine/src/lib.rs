@@ -22,6 +22,7 @@ mod device;
 mod engine;
 mod error;
 mod gguf;
+mod host_weights;
 mod kv_cache;
 mod model;
 mod sampling;

@@ -24,7 +24,8 @@ use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
 use common::{write_adapter, write_model_with};
 use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
-    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, Model, ModelConfig, SamplingParams,
+    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter, LoraSlots, Model,
+    ModelConfig, SamplingParams,
 };
 use openledger_kernels::{
     add_rms_norm, packed_top2, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs,
@@ -226,8 +227,64 @@ fn cuda_greedy_tokens_match_cpu_on_a_well_conditioned_model() {
     }
 }
 
+/// Adapters loaded the way a GPU engine keeps them (one packed bf16 buffer in page-locked
+/// memory, `LoraAdapter::load_for`) and copied with one asynchronous copy on the upload
+/// stream give the logits of adapters installed from CPU tensors tensor by tensor, bit for
+/// bit (the same bf16 values at other addresses).
+#[test]
+fn cuda_packed_page_locked_adapters_give_the_tensor_installs_logits_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let gpu = cuda();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let tensors = slots(dir.path(), &cfg, &gpu);
+    let mut packed = LoraSlots::new(&cfg, &gpu, 4, false);
+    for i in 0..SPECS.len() {
+        // The files `slots` wrote.
+        let a = LoraAdapter::load_for(&dir.path().join(format!("a{i}")), &cfg, &gpu).unwrap();
+        packed.install(i as u32, &a).unwrap();
+    }
+    let want = batch::run(&model, &tensors, &seqs(), 4, GENERATE, 16, None);
+    let got = batch::run(&model, &packed, &seqs(), 4, GENERATE, 16, None);
+    assert_eq!(want.rows.len(), got.rows.len());
+    let mut differ = 0usize;
+    for (w, g) in want.rows.iter().zip(&got.rows) {
+        differ +=
+            w.logits.iter().zip(&g.logits).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    }
+    eprintln!("packed vs tensor installs: {differ} logits differ in {} rows", want.rows.len());
+    assert_eq!(differ, 0);
+    // Without the adapters the logits move: the comparison sees them.
+    let none = LoraSlots::new(&cfg, &gpu, 4, false);
+    let plain: Vec<SeqSpec> = seqs().into_iter().map(|s| SeqSpec { slot: None, ..s }).collect();
+    let base = batch::run(&model, &none, &plain, 4, GENERATE, 16, Some(&want.generated));
+    let moved = want
+        .rows
+        .iter()
+        .zip(&base.rows)
+        .filter(|(w, b)| w.seq != 2 && w.logits != b.logits)
+        .count();
+    assert!(moved > 0, "the adapters change no logit");
+}
+
 #[test]
 fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
+    engine_against_cpu(AdapterCacheConfig { compute_slots: 2, ..AdapterCacheConfig::default() });
+}
+
+/// The same with no host budget: every adapter a queued request names is read from disk
+/// on a prefetch thread into page-locked memory and copied on the upload stream while the
+/// batch keeps stepping (the request held back until the copy has ended).
+#[test]
+fn cuda_engine_with_adapters_prefetched_from_disk_generates_what_the_cpu_engine_does() {
+    engine_against_cpu(AdapterCacheConfig {
+        compute_slots: 2,
+        host_bytes: 0,
+        ..AdapterCacheConfig::default()
+    });
+}
+
+fn engine_against_cpu(adapters: AdapterCacheConfig) {
     let dir = tempfile::tempdir().unwrap();
     let gpu = cuda();
     let (cfg, reference, prefix) = greedy_reference(dir.path(), &gpu, &seqs(), HALF_THE_TOKENS);
@@ -239,7 +296,7 @@ fn cuda_engine_generates_what_the_cpu_engine_does_with_gpu_adapter_eviction() {
         // evicted from the GPU and uploaded again while the batch runs.
         let config = EngineConfig {
             kv_cache: KvCacheConfig { block_size: 16, num_blocks: 32 },
-            adapters: AdapterCacheConfig { compute_slots: 2, ..AdapterCacheConfig::default() },
+            adapters,
             max_running: 2,
             ..EngineConfig::default()
         };

@@ -18,6 +18,10 @@
 #                          model (MODEL, default scripts/fetch-model.sh's) split in two parts,
 #                          the first filling what call 1 may still carry (model.part1,
 #                          model.part2, model.sha256), with gpu-run-verify.sh
+#   pack-gpu-bin.sh cold   issue 21 item 4 (cold adapters): gpu_engine + engine-gpu-bench
+#                          (+ BEFORE_BENCH, an engine-gpu-bench of the base commit, as
+#                          engine-gpu-bench-before) -> gpu-bin/cold-gpu.tar.xz, one xz stream,
+#                          with gpu-run-cold.sh
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -34,7 +38,9 @@ case $WHAT in
         [ -f "$ANCHOR" ] && SCRIPTS="$SCRIPTS ../../../shared/bench/hf_decode_anchor.py" ;;
   verify) TEST=gpu_engine; BENCH="engine-gpu-bench verify-bench"
         SCRIPTS="../../bench/gpu-run-verify.sh"; EXTRA="" ;;
-  *) echo "usage: $0 [sgmv|attn|engine|verify]" >&2; exit 2 ;;
+  cold) TEST=gpu_engine; BENCH=engine-gpu-bench
+        SCRIPTS="../../bench/gpu-run-cold.sh"; EXTRA="" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify|cold]" >&2; exit 2 ;;
 esac
 TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
@@ -43,10 +49,15 @@ strip "/tmp/gpu-pack/$TEST"
 for b in $BENCH; do cp "$T/$b" "/tmp/gpu-pack/$b" && strip "/tmp/gpu-pack/$b"; done
 [ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
 [ -f /tmp/gpu-pack/engine-logits ] && strip /tmp/gpu-pack/engine-logits
-if [ "$WHAT" = verify ]; then
+if [ "$WHAT" = cold ] && [ -n "${BEFORE_BENCH:-}" ]; then
+  cp "$BEFORE_BENCH" /tmp/gpu-pack/engine-gpu-bench-before && strip /tmp/gpu-pack/engine-gpu-bench-before
+fi
+if [ "$WHAT" = verify ] || [ "$WHAT" = cold ]; then
   # The binaries share candle, cudarc and the kernels: a dictionary that spans them all
   # stores that code once.
   tar -cf - -C /tmp/gpu-pack . | xz -T1 --lzma2=preset=9,dict=256MiB > "$ROOT/gpu-bin/$WHAT-gpu.tar.xz"
+fi
+if [ "$WHAT" = verify ]; then
   MODEL=${MODEL:-$("$ROOT/scripts/fetch-model.sh")}
   # A call carries at most 64 MiB with the tracked tree (~4 MiB): the first part takes
   # what the binaries leave of 58 MiB, the second the rest (it must fit alone).
@@ -56,7 +67,7 @@ if [ "$WHAT" = verify ]; then
   sha256sum "$MODEL" > "$ROOT/gpu-bin/model.sha256"
   [ "$(stat -c %s "$ROOT/gpu-bin/model.part2")" -le $(( 58 * 1024 * 1024 )) ] \
     || { echo "the model's second part is over 58 MiB: it does not fit two calls" >&2; exit 1; }
-else
+elif [ "$WHAT" != cold ]; then
   tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
 fi
 if [ "$WHAT" = engine ] && [ -n "${BEFORE_BENCH:-}" ]; then

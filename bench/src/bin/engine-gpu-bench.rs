@@ -12,7 +12,8 @@
 //! - `prefill`: one 512-token prompt through the model, without and with an adapter;
 //! - `engine_*`: the same through the whole engine (scheduler, logits to the host, sampling,
 //!   streaming): prefill, time to first token with a cold adapter (on disk), one in host
-//!   memory and a hot one (on the GPU), and aggregate decode;
+//!   memory and a hot one (on the GPU), alone and arriving beside 8 decoding sequences,
+//!   the parts of a cold adapter's cost (`adapter_load_parts`), and aggregate decode;
 //! - `memory`: GPU memory in use (driver's view: total - free) at each phase.
 
 use std::collections::HashSet;
@@ -236,6 +237,122 @@ fn first_token(engine: &mut Engine, prompt: &[u32], adapter: Option<&str>) -> Re
     let secs = t.elapsed().as_secs_f64();
     engine.run_until_idle()?;
     Ok(secs)
+}
+
+/// What a request for a cold adapter meets when it arrives beside a decoding batch.
+struct BesideDecode {
+    /// Submit to its first token.
+    ttft: f64,
+    /// Median decode step of the batch before the request came.
+    step_before: f64,
+    /// The batch's steps while the request waited for its adapter (it was not in them).
+    waiting_steps: Vec<f64>,
+    /// The step that prefilled it (beside the batch's decode tokens).
+    admitted_step: f64,
+}
+
+/// `running` sequences without adapters decode; a request for `adapter` (not on the GPU)
+/// arrives; the batch's steps are timed until the request's first token.
+fn first_token_beside_decode(
+    engine: &mut Engine,
+    prompt: &[u32],
+    adapter: &str,
+    running: usize,
+) -> Result<BesideDecode> {
+    let vocab = engine.model().config().vocab_size as u32;
+    let params = SamplingParams { max_tokens: 64, ignore_eos: true, ..Default::default() };
+    let batch: Vec<Receiver<StreamEvent>> = (0..running)
+        .map(|s| {
+            let p: Vec<u32> = (0..32u32).map(|i| (i * 131 + s as u32 * 7) % vocab).collect();
+            Ok(engine.submit_tokens(p, None, params.clone())?.1)
+        })
+        .collect::<Result<_>>()?;
+    let mut got = vec![0usize; running];
+    // Until every sequence decodes, then a few decode steps timed.
+    while got.contains(&0) {
+        engine.step()?;
+        for (g, r) in got.iter_mut().zip(&batch) {
+            *g += tokens_streamed(r);
+        }
+    }
+    let mut before = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        engine.step()?;
+        before.push(t.elapsed().as_secs_f64());
+    }
+    let one = SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() };
+    let t = Instant::now();
+    let (_, rx) = engine.submit_tokens(prompt.to_vec(), Some(adapter.to_string()), one)?;
+    let mut waiting = Vec::new();
+    let admitted_step = loop {
+        let s = Instant::now();
+        let report = engine.step()?;
+        let secs = s.elapsed().as_secs_f64();
+        if tokens_streamed(&rx) > 0 {
+            break secs;
+        }
+        if report.tokens > running {
+            bail!("the request was prefilled without streaming a token");
+        }
+        waiting.push(secs);
+        if waiting.len() > 1000 {
+            bail!("the request for {adapter} was never admitted");
+        }
+    };
+    let ttft = t.elapsed().as_secs_f64();
+    engine.run_until_idle()?;
+    Ok(BesideDecode {
+        ttft,
+        step_before: median(&mut before),
+        waiting_steps: waiting,
+        admitted_step,
+    })
+}
+
+/// The parts of a cold adapter's cost, each timed alone (median of 5): reading the file,
+/// the one-pass check and conversion into CPU tensors and into page-locked memory, and the
+/// copy of the page-locked adapter to the GPU (one slot install, to its end).
+fn adapter_load_parts(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<()> {
+    let file = dir.join("adapter_model.safetensors");
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            f()?;
+            v.push(t.elapsed().as_secs_f64());
+        }
+        Ok(median(&mut v) * 1e3)
+    };
+    let read = time(&mut || {
+        std::fs::read(&file)?;
+        Ok(())
+    })?;
+    let tensors = time(&mut || {
+        LoraAdapter::load(dir, cfg, &Device::Cpu)?;
+        Ok(())
+    })?;
+    let packed = time(&mut || {
+        LoraAdapter::load_for(dir, cfg, device)?;
+        Ok(())
+    })?;
+    let adapter = LoraAdapter::load_for(dir, cfg, device)?;
+    let mut slots = LoraSlots::new(cfg, device, 1, false);
+    let install = time(&mut || {
+        slots.install(0, &adapter)?;
+        Ok(device.synchronize()?)
+    })?;
+    let cpu_adapter = LoraAdapter::load(dir, cfg, &Device::Cpu)?;
+    let install_tensors = time(&mut || {
+        slots.install(0, &cpu_adapter)?;
+        Ok(device.synchronize()?)
+    })?;
+    println!(
+        "{{\"measure\":\"adapter_load_parts\",\"file_mb\":{:.1},\"weight_mb\":{:.1},\"read_file_ms\":{read:.2},\"check_convert_to_tensors_ms\":{tensors:.2},\"check_convert_to_pinned_ms\":{packed:.2},\"install_pinned_ms\":{install:.2},\"install_from_tensors_ms\":{install_tensors:.2}}}",
+        file_size(dir) as f64 / 1e6,
+        adapter.weight_bytes() as f64 / 1e6,
+    );
+    Ok(())
 }
 
 /// Decode tokens/s of `n` sequences through the engine: aggregate (from the step that gave
@@ -501,6 +618,7 @@ fn engine_runs(
         commit_activations: !args.no_commit,
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
+    let device = model.device().clone();
     let mut engine = Engine::new(model, tokenizer, config)?;
     // Registered first, so trimmed from host memory by the later ones: on disk only.
     for i in 0..3 {
@@ -538,6 +656,34 @@ fn engine_runs(
             v.iter().map(|s| (s * 1e4).round() / 10.0).collect::<Vec<_>>()
         );
     }
+    // A cold adapter's request arriving while 8 sequences decode: its adapter is read,
+    // checked and converted on a background thread and copied on the upload stream while
+    // the batch keeps stepping; it joins once the copy has ended.
+    for tier in ["disk", "host"] {
+        for i in 0..3 {
+            let name = format!("{tier}late{i}");
+            engine.register_adapter(&name, qkvo_dir)?;
+            if tier == "disk" {
+                // Registered into host memory: three more push it out (the host budget
+                // holds three files), so it is read from disk again.
+                for j in 0..3 {
+                    engine.register_adapter(&format!("filler{i}_{j}"), qkvo_dir)?;
+                }
+            }
+            let r = first_token_beside_decode(&mut engine, short, &name, 8)?;
+            println!(
+                "{{\"measure\":\"engine_first_token_beside_decode\",\"adapter_tier\":\"{tier}\",\"running\":8,\"prompt\":{},\"ms\":{:.2},\"steps_while_waiting\":{},\"decode_step_ms_before\":{:.2},\"step_ms_while_waiting\":{:?},\"admitted_step_ms\":{:.2}}}",
+                short.len(),
+                r.ttft * 1e3,
+                r.waiting_steps.len(),
+                r.step_before * 1e3,
+                r.waiting_steps.iter().map(|s| (s * 1e4).round() / 10.0).collect::<Vec<_>>(),
+                r.admitted_step * 1e3,
+            );
+        }
+    }
+    adapter_load_parts(qkvo_dir, engine.model().config(), &device)?;
+
     let mut pre = Vec::new();
     for _ in 0..3 {
         pre.push(first_token(&mut engine, prompt, None)?);
