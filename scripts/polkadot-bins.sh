@@ -44,7 +44,10 @@ install_crate() { # crate version binary...
 
 case "${1:-}" in
     omni-node)
-        install_crate polkadot-omni-node "$omni_version" polkadot-omni-node
+        # Its one embedded runtime, frame-storage-access-test-runtime, serves only the `benchmark
+        # storage` command: left out (SKIP_WASM_BUILD), which also spares a WASM build. (Built
+        # without it, the WASM builder looked for that crate in a workspace that has none.)
+        SKIP_WASM_BUILD=1 install_crate polkadot-omni-node "$omni_version" polkadot-omni-node
         ;;
     relay)
         # polkadot embeds the rococo and westend runtimes (zombienet's relay chain spec comes
