@@ -13,3 +13,11 @@ export OPENLEDGER_NODE="${OPENLEDGER_NODE:-$OPENLEDGER_NODE_BIN}"
 export WASM_BUILD_WORKSPACE_HINT="${WASM_BUILD_WORKSPACE_HINT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 # The engine's default base model, fetched by scripts/setup.sh (scripts/fetch-model.sh).
 export OPENLEDGER_MODEL="${OPENLEDGER_MODEL:-${OPENLEDGER_MODEL_CACHE:-$HOME/.cache/openledger/models}/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
+# free_ports N: N distinct TCP ports free on 127.0.0.1 now, on one line (all held while chosen,
+# so no two are the same).
+free_ports() {
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))' "$1"
+}

@@ -19,8 +19,6 @@ source scripts/env.sh
 wasm="$CARGO_TARGET_DIR/release/wbuild/openledger-parachain-runtime/openledger_parachain_runtime.compact.compressed.wasm"
 cache="${OPENLEDGER_POLKADOT_BINS:-$HOME/.cache/openledger/polkadot-bins}"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 omni_node() {
     local bin
     if ! bin=$(bash scripts/polkadot-bins.sh path polkadot-omni-node); then
@@ -74,9 +72,11 @@ case "${1:-}" in
         echo "polkadot.js suite on the parachain: $(( $(date +%s) - start )) s"
         echo "== a paid completion through gateway and worker on the parachain"
         start=$(date +%s)
-        GATEWAY_FLAGS="--no-channels ${GATEWAY_FLAGS:-}" OPENLEDGER_DEMO_DIR="$(mktemp -d)" \
-            RPC_PORT="$(free_port)" PROMETHEUS_PORT="$(free_port)" HTTP_PORT="$(free_port)" \
-            P2P_PORT="$(free_port)" \
+        read -r rpc prom http p2p < <(free_ports 4)
+        state="$(mktemp -d "${TMPDIR:-/tmp}/openledger-parachain-test.XXXXXX")"
+        trap 'rm -rf "$state"' EXIT
+        GATEWAY_FLAGS="--no-channels ${GATEWAY_FLAGS:-}" OPENLEDGER_DEMO_DIR="$state" \
+            RPC_PORT="$rpc" PROMETHEUS_PORT="$prom" HTTP_PORT="$http" P2P_PORT="$p2p" \
             bash scripts/start.sh --then node scripts/e2e/paid-completion.js || status=1
         echo "paid completion on the parachain: $(( $(date +%s) - start )) s"
         exit "$status"

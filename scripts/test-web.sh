@@ -5,14 +5,8 @@
 # to web/screenshots/ (OPEN_CHAT_SCREENSHOTS to change).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-read -r rpc prom http p2p < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-PY
-)
+source scripts/env.sh
+read -r rpc prom http p2p < <(free_ports 4)
 state="$(mktemp -d "${TMPDIR:-/tmp}/openledger-web-test.XXXXXX")"
 trap 'rm -rf "$state"' EXIT
 status=0
