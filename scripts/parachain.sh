@@ -12,6 +12,10 @@
 #                                             # worker, as scripts/start.sh starts them
 #   scripts/parachain.sh test                 # on that dev chain: the polkadot.js suite, then a
 #                                             # paid completion through gateway and worker
+#   scripts/parachain.sh zombienet [spawn|test]  # a local relay chain (rococo-local, two
+#                                             # validators, `polkadot` of polkadot-bins.sh
+#                                             # relay) with the parachain on two collators;
+#                                             # test: zombienet/parachain.zndsl
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
@@ -28,11 +32,29 @@ omni_node() {
     echo "$bin"
 }
 
+# Prints one field (a dotted path) of the JSON document on stdin: a scalar as it is, an
+# object as KEY=VALUE,... (chain-spec-builder's --properties form).
+json_field() {
+    node -e '
+        let text = "";
+        process.stdin.on("data", (d) => (text += d)).on("end", () => {
+            let v = JSON.parse(text);
+            for (const k of process.argv[1].split(".")) {
+                if (v === null || typeof v !== "object" || !(k in v)) {
+                    console.error(`no field ${process.argv[1]} in the JSON given`);
+                    process.exit(1);
+                }
+                v = v[k];
+            }
+            console.log(typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k}=${x}`).join(",") : v);
+        });' "$1"
+}
+
 # Writes the chain spec of PRESET to OUT: the runtime blob, its genesis preset, OPEN's
-# properties (as the solo node's specs carry them) and the relay chain it belongs to.
+# properties and the relay chain it belongs to.
 write_spec() {
     local preset=$1 out=$2 bin name id chain_type
-    if [ ! -f "$wasm" ]; then
+    if [ ! -f "$wasm" ] || [ ! -x "$OPENLEDGER_NODE" ]; then
         bash scripts/build.sh --quiet --bins
     fi
     bin=$(omni_node)
@@ -41,11 +63,16 @@ write_spec() {
         local_testnet) name="OpenLedger Parachain Local"; id=openledger_para_local; chain_type=local ;;
         *) echo "unknown preset '$preset': development or local_testnet" >&2; exit 2 ;;
     esac
+    # OPEN's properties as the solo node's chain specs carry them, and the para id the
+    # preset registers under: read from those, not repeated here.
+    local props para_id
+    props=$("$OPENLEDGER_NODE" build-spec --chain dev 2>/dev/null | json_field properties)
+    para_id=$("$bin" chain-spec-builder display-preset --runtime "$wasm" --preset-name "$preset" |
+        json_field parachainInfo.parachainId)
     mkdir -p "$(dirname "$out")"
     "$bin" chain-spec-builder --chain-spec-path "$out" create \
         --chain-name "$name" --chain-id "$id" -t "$chain_type" \
-        --relay-chain rococo-local --para-id 2000 \
-        --properties tokenSymbol=OPEN,tokenDecimals=18,ss58Format=7011 \
+        --relay-chain rococo-local --para-id "$para_id" --properties "$props" \
         --verify --runtime "$wasm" named-preset "$preset" >&2
     echo "$out"
 }
@@ -81,8 +108,38 @@ case "${1:-}" in
         echo "paid completion on the parachain: $(( $(date +%s) - start )) s"
         exit "$status"
         ;;
+    zombienet)
+        bash scripts/setup.sh
+        bash scripts/build.sh --quiet --bins
+        POLKADOT_OMNI_NODE=$(omni_node)
+        if ! POLKADOT_RELAY=$(bash scripts/polkadot-bins.sh path polkadot); then
+            bash scripts/polkadot-bins.sh relay >&2
+            POLKADOT_RELAY=$(bash scripts/polkadot-bins.sh path polkadot)
+        fi
+        OPENLEDGER_PARA_SPEC=$(write_spec local_testnet "$cache/specs/local_testnet.json")
+        export POLKADOT_OMNI_NODE POLKADOT_RELAY OPENLEDGER_PARA_SPEC
+        zn=(node zombienet/node_modules/@zombienet/cli/dist/cli.js --provider native)
+        case "${2:-spawn}" in
+            spawn) exec "${zn[@]}" spawn zombienet/parachain.toml ;;
+            test)
+                # The network's files (databases, logs) in a folder this script owns: removed
+                # when the test passed, kept (and named) otherwise.
+                work=$(mktemp -d "${TMPDIR:-/tmp}/openledger-parachain-zombienet.XXXXXX")
+                start=$(date +%s)
+                if "${zn[@]}" --dir "$work/parachain" test zombienet/parachain.zndsl; then
+                    echo "zombienet parachain.zndsl: passed in $(( $(date +%s) - start )) s"
+                    rm -rf "$work"
+                else
+                    echo "zombienet parachain.zndsl: failed in $(( $(date +%s) - start )) s;" \
+                        "network files and logs kept in $work" >&2
+                    exit 1
+                fi
+                ;;
+            *) echo "usage: scripts/parachain.sh zombienet [spawn|test]" >&2; exit 2 ;;
+        esac
+        ;;
     *)
-        echo "usage: scripts/parachain.sh spec [PRESET] [OUT] | dev | test" >&2
+        echo "usage: scripts/parachain.sh spec [PRESET] [OUT] | dev | test | zombienet [spawn|test]" >&2
         exit 2
         ;;
 esac

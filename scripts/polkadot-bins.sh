@@ -50,8 +50,8 @@ case "${1:-}" in
         SKIP_WASM_BUILD=1 install_crate polkadot-omni-node "$omni_version" polkadot-omni-node
         ;;
     relay)
-        # polkadot embeds the rococo and westend runtimes (zombienet's relay chain spec comes
-        # from `polkadot build-spec --chain rococo-local`): their WASM builds need the WASM
+        # polkadot embeds the rococo runtime (zombienet's relay chain spec comes from
+        # `polkadot build-spec --chain rococo-local`): its WASM build needs the WASM
         # toolchain of scripts/env.sh, and the crate's own lockfile, so the WASM builder is
         # pointed at the crate's unpacked sources.
         source scripts/env.sh
@@ -61,6 +61,10 @@ case "${1:-}" in
             curl -fsSL "https://static.crates.io/crates/polkadot/polkadot-$relay_version.crate" |
                 tar -xz -C "$cache/src"
         fi
+        # Zombienet's relay chain is rococo-local: the westend runtime (native and WASM, a
+        # third of the build) is left out. The lockfile lists optional crates whatever the
+        # features, so it stays valid for --locked.
+        sed -i '/^\[dependencies.polkadot-cli\]/,/^\]/{/"westend-native",/d}' "$src/Cargo.toml"
         export WASM_BUILD_WORKSPACE_HINT="$src"
         crate_src="$src" install_crate polkadot "$relay_version" \
             polkadot polkadot-prepare-worker polkadot-execute-worker

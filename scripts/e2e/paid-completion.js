@@ -8,7 +8,7 @@
 // charge plus the transaction fees it paid; every account paid by the split gained exactly its
 // payout less the fees it paid meanwhile. Exits non-zero, naming the first check that failed.
 import assert from 'node:assert/strict';
-import { connect, devAccounts } from './lib/chain.js';
+import { account, connect, devAccounts } from './lib/chain.js';
 
 const http = process.env.OPENLEDGER_HTTP;
 const ws = process.env.OPENLEDGER_WS;
@@ -21,10 +21,7 @@ if (!http || !ws || !adapter) {
 const api = await connect(ws);
 try {
   const { alice } = devAccounts(api);
-  const total = async (who, hash) => {
-    const { data } = await (await api.at(hash)).query.system.account(who);
-    return data.free.toBigInt() + data.reserved.toBigInt();
-  };
+  const total = async (who, hash) => (await account(api, who, hash)).total;
   const start = (await api.rpc.chain.getHeader()).number.toNumber();
   const startHash = await api.rpc.chain.getBlockHash(start);
   const spec = await api.rpc.state.getRuntimeVersion(startHash);

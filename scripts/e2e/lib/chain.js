@@ -52,9 +52,19 @@ export function sendAndWait(api, tx, signer, options = {}) {
   });
 }
 
-/** Free balance of an account at a block (latest when `at` is omitted). */
-export async function freeBalance(api, who, at) {
+/**
+ * An account's balances at a block (latest when `at` is omitted): free, reserved (held) and
+ * their sum, as bigints.
+ */
+export async function account(api, who, at) {
   const q = at ? await api.at(at) : api;
   const { data } = await q.query.system.account(who);
-  return data.free.toBigInt();
+  const free = data.free.toBigInt();
+  const reserved = data.reserved.toBigInt();
+  return { free, reserved, total: free + reserved };
+}
+
+/** Free balance of an account at a block (latest when `at` is omitted). */
+export async function freeBalance(api, who, at) {
+  return (await account(api, who, at)).free;
 }

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { blake2AsU8a, ed25519PairFromSeed, ed25519Sign, encodeAddress, randomAsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
 import { bnToU8a, stringToU8a, u8aConcat, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
-import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
+import { account, connect, devAccounts, sendAndWait } from '../lib/chain.js';
 import { signVoucher, voucherPayload } from '../lib/voucher.js';
 import { callView } from '../lib/view.js';
 
@@ -23,12 +23,6 @@ function find(api, events, ev) {
 function feePaid(api, events) {
   const e = events.find(({ event }) => api.events.transactionPayment.TransactionFeePaid.is(event));
   return e ? e.event.data[1].toBigInt() : 0n;
-}
-
-async function account(api, who, at) {
-  const q = at ? await api.at(at) : api;
-  const { data } = await q.query.system.account(who);
-  return { free: data.free.toBigInt(), reserved: data.reserved.toBigInt() };
 }
 
 async function datanetBalance(api, id, at) {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomAsU8a, ed25519PairFromSeed, ed25519Sign, blake2AsU8a, xxhashAsU8a } from '@polkadot/util-crypto';
 import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
-import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
+import { account, connect, devAccounts, sendAndWait } from '../lib/chain.js';
 import { NO_COMMITMENT, receiptPayload, signReceipt } from '../lib/receipt.js';
 import { callView } from '../lib/view.js';
 
@@ -17,12 +17,6 @@ const OPEN = 10n ** 18n;
 const MILLI = OPEN / 1000n;
 let ADAPTER;
 let DATANET;
-
-async function account(api, who, at) {
-  const q = at ? await api.at(at) : api;
-  const { data } = await q.query.system.account(who);
-  return { free: data.free.toBigInt(), reserved: data.reserved.toBigInt() };
-}
 
 function feePaid(api, events) {
   const e = events.find(({ event }) => api.events.transactionPayment.TransactionFeePaid.is(event));

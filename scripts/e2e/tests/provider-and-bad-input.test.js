@@ -6,16 +6,10 @@ import assert from 'node:assert/strict';
 import { randomAsU8a, ed25519PairFromSeed, xxhashAsU8a } from '@polkadot/util-crypto';
 import { bnToU8a, stringToU8a, u8aToHex } from '@polkadot/util';
 import { startDevNode } from '../lib/node.js';
-import { connect, devAccounts, sendAndWait } from '../lib/chain.js';
+import { account, connect, devAccounts, sendAndWait } from '../lib/chain.js';
 
 const OPEN = 10n ** 18n;
 const MILLI = OPEN / 1000n;
-
-async function account(api, who, at) {
-  const q = at ? await api.at(at) : api;
-  const { data } = await q.query.system.account(who);
-  return { free: data.free.toBigInt(), reserved: data.reserved.toBigInt() };
-}
 
 function find(api, events, ev) {
   return events.filter(({ event }) => ev.is(event)).map(({ event }) => event.data);
