@@ -2,7 +2,8 @@
 # Runs the whole test suite: formatting, clippy (warnings are errors), the Rust tests
 # (pallets, runtime, a real node process, the services as real processes), the polkadot.js
 # and polkadot-api (PAPI) end-to-end suites against real nodes, the zombienet tests of a
-# four-validator network and Open Chat's browser tests (those four beside the Rust tests).
+# four-validator network and Open Chat's browser tests (those four beside the Rust tests),
+# and the parachain form's tests on polkadot-sdk's binaries when they are built.
 # `scripts/check.sh` is the fast lane (formatting, clippy, unit tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,6 +60,15 @@ chain_log=$(mktemp "${TMPDIR:-/tmp}/openledger-chain-suites.XXXXXX")
         echo "parachain on polkadot-omni-node: $(( $(secs) - para_start )) s"
     else
         echo "SKIPPED: polkadot-omni-node is not built; scripts/polkadot-bins.sh omni-node builds it once (docs/benchmarks.md, Build times)"
+    fi
+    echo "== zombienet: a relay chain (2 validators) and the parachain (2 collators, one killed)"
+    if bash scripts/polkadot-bins.sh path polkadot-omni-node >/dev/null &&
+        bash scripts/polkadot-bins.sh path polkadot >/dev/null; then
+        para_start=$(secs)
+        bash scripts/parachain.sh zombienet test || status=1
+        echo "zombienet relay + parachain: $(( $(secs) - para_start )) s"
+    else
+        echo "SKIPPED: polkadot and polkadot-omni-node are not both built; scripts/polkadot-bins.sh relay and omni-node build them once (docs/benchmarks.md, Build times)"
     fi
     exit "$status"
 ) >"$chain_log" 2>&1 &

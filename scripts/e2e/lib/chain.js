@@ -28,7 +28,10 @@ export function sendAndWait(api, tx, signer, options = {}) {
     let unsub = null;
     tx.signAndSend(signer, options, (result) => {
       const { status, events, dispatchError } = result;
-      if (status.isInBlock) {
+      // A node that imports each block as final (polkadot-omni-node's dev mode, manual seal)
+      // reports Finalized without InBlock first.
+      if (status.isInBlock || status.isFinalized) {
+        const blockHash = status.isInBlock ? status.asInBlock : status.asFinalized;
         if (unsub) unsub();
         if (dispatchError) {
           let name = dispatchError.toString();
@@ -39,10 +42,10 @@ export function sendAndWait(api, tx, signer, options = {}) {
           const err = new Error(`dispatch failed: ${name}`);
           err.dispatchError = name;
           err.events = events;
-          err.blockHash = status.asInBlock;
+          err.blockHash = blockHash;
           reject(err);
         } else {
-          resolve({ events, blockHash: status.asInBlock });
+          resolve({ events, blockHash });
         }
       } else if (status.isDropped || status.isInvalid || status.isUsurped) {
         if (unsub) unsub();

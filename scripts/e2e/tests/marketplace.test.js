@@ -35,6 +35,11 @@ describe('GPU marketplace through polkadot.js', () => {
   const worker = ed25519PairFromSeed(randomAsU8a(32));
   const stranger = ed25519PairFromSeed(randomAsU8a(32));
   const price = 2n * MILLI; // per 1,000 tokens
+  // Bob's worker (Charlie) heartbeats at the start of each test that needs Bob matched: the
+  // chain stops matching a provider whose last heartbeat is older than HeartbeatTimeout
+  // blocks, which earlier tests' waits can outlast (on the parachain's dev chain, blocks come
+  // every 3 s where the runtime counts 6).
+  const alive = () => sendAndWait(api, api.tx.compute.heartbeat(keys.bob.address, [ADAPTER], 4), keys.charlie);
 
   before(async () => {
     node = await startDevNode();
@@ -298,6 +303,7 @@ describe('GPU marketplace through polkadot.js', () => {
   });
 
   test('a client that knows only the metadata gets the bytes to sign from the chain, and its receipt settles', async () => {
+    await alive();
     const { alice, bob, charlie, eve } = keys;
     // The reads a client makes, through the view functions, agree with the runtime APIs.
     const quote = (await callView(api, 'Jobs', 'quote', [ADAPTER, 64])).unwrap();
@@ -340,6 +346,7 @@ describe('GPU marketplace through polkadot.js', () => {
   });
 
   test('a receipt or acknowledgement from another provider\'s worker is refused; no OPEN moves', async () => {
+    await alive();
     const { alice, eve, bob, charlie } = keys;
     // A second provider with its own worker key and account, priced far above every job here
     // so the matcher never picks it.
@@ -407,6 +414,7 @@ describe('GPU marketplace through polkadot.js', () => {
   }
 
   test('a worker refuses a job it cannot serve: the whole escrow comes back, no slash, no fee', async () => {
+    await alive();
     const { ferdie, bob, charlie } = keys;
     const maxFee = OPEN / 2n;
     const sub = await sendAndWait(api, api.tx.jobs.submitJob(ADAPTER, blake2AsU8a('too long'), 64, maxFee, u8aToHex(randomAsU8a(38))), ferdie);
