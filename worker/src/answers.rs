@@ -156,8 +156,11 @@ impl AnswerRecord {
                 })
             },
         };
-        let activations =
-            ActivationCommitment::from_bytes(hex_field(&v["activations"], "activations")?)?;
+        // A commitment to an adapted output carries the adapter's delta rows too.
+        let activations = ActivationCommitment::from_bytes(
+            hex_field(&v["activations"], "activations")?,
+            adapter.is_some(),
+        )?;
         Ok(Self {
             key: v["key"].as_str().context("`key` is not a string")?.to_string(),
             adapter,
@@ -247,8 +250,10 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_bad_ones_are_named() {
-        let mut activations = ActivationCommitment::default();
+        let mut activations = ActivationCommitment::new(true);
         activations.push_row(&[0.5, -2.0, 1.0]).unwrap();
+        activations.push_delta_words(&[7, 9]);
+        activations.seal(&[9], true);
         let record = AnswerRecord {
             key: "job-7".into(),
             adapter: Some((3, [0xab; 32])),
@@ -269,7 +274,7 @@ mod tests {
         let mut v = record.to_json();
         v["activations"] = json!("0x0102");
         let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
-        assert!(format!("{e:#}").contains("whole number"), "{e:#}");
+        assert!(format!("{e:#}").contains("not the length of a commitment"), "{e:#}");
         let mut v = record.to_json();
         v["output_tokens"] = json!([1, -4]);
         let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
