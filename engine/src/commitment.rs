@@ -9,7 +9,8 @@
 //! them the value's f32 bits shortened to [`VALUE_BITS`] (sign, 8 exponent bits, 9 mantissa
 //! bits; rounded to nearest even): [`ENTRY_BYTES`] bytes an entry, [`TOKEN_BYTES`] a token,
 //! 256 bytes per [`CHUNK_TOKENS`] tokens. The commitment is the concatenation over the
-//! output in order, so its length names the number of tokens it covers.
+//! output in order, so its length (with whether the output was served with an adapter,
+//! below) names the number of tokens it covers.
 //!
 //! **Adapted requests** (a request served with an adapter) commit also to the adapter's own
 //! contribution, which bf16 rounding on a GPU cannot hide: at layer [`delta_layer`] (the
