@@ -420,7 +420,8 @@ impl TensorModel {
             .iter()
             .map(|g| Tensor::from_slice(&g.rows, g.rows.len(), &self.device))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let deltas = std::cell::RefCell::new(Vec::with_capacity(delta.groups.len()));
+        // By group, whatever order the layer reaches the groups' projections in.
+        let deltas = std::cell::RefCell::new(vec![None; delta.groups.len()]);
         // LoRA deltas of the stacked projections go into their columns of the one output.
         let lora_into = |l: usize, stack: &[Projection], input: &Tensor, y: &Tensor| {
             let mut offset = 0;
@@ -434,12 +435,13 @@ impl TensorModel {
                 if l != delta.layer {
                     continue;
                 }
-                for (g, rows) in delta.groups.iter().zip(&delta_rows).filter(|(g, _)| g.proj == p) {
+                let groups = delta.groups.iter().zip(&delta_rows).enumerate();
+                for (k, (g, rows)) in groups.filter(|(_, (g, _))| g.proj == p) {
                     let Some(seg) = &g.segments else { continue };
                     let x = input.index_select(rows, 0)?;
                     let out = Tensor::zeros((g.rows.len(), width), y.dtype(), y.device())?;
                     lora.apply(l, p, &x, &out, seg)?;
-                    deltas.borrow_mut().push(out);
+                    deltas.borrow_mut()[k] = Some(out);
                 }
             }
             Result::Ok(())
@@ -472,7 +474,7 @@ impl TensorModel {
         // need the chunks' last rows.
         let last = h.index_select(&plan.last_rows, 0)?;
         let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-        let deltas = deltas.into_inner();
+        let deltas: Vec<Tensor> = deltas.into_inner().into_iter().flatten().collect();
         if deltas.len() != delta.groups.len() {
             return Err(EngineError::Backend(format!(
                 "{} committed deltas computed of {} asked (layer {} of {})",
