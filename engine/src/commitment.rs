@@ -432,7 +432,14 @@ impl Tolerance {
 /// 32 beyond a 0.02 near tie (one job in 3,000; its gap 0.069). Each bound sits above those
 /// worst honest figures; cheats that change the model (another checkpoint, layers
 /// skipped, lower precision) land far beyond them, while an adapter skipped or swapped
-/// (a random rank-16 adapter moves the committed entries 0.3-5%) mostly does not.
+/// (a random rank-16 adapter moves the committed entries 0.3-5%) mostly does not: the
+/// adapted requests' delta rows catch those. Fitted on an H100 from 2,500 honest jobs (1,500
+/// adapted, batch 1 to 64, graphs on and off): the delta entries' mean relative error
+/// reached 0.016 (median 0.0035), up to 2 of a job's 8 delta values strayed beyond 0.05 and
+/// 1 of 8 dimensions out of the recomputed top four; an adapter skipped (a zero delta) or
+/// swapped had a mean error of 0.57 or more, 7 of 8 values and 6 of 8 dimensions off.
+/// The bounds: mean 0.1 (6x the worst honest job, 5.7x below the closest cheat), half the
+/// values, half the dimensions.
 const CUDA_BF16: Tolerance = Tolerance {
     relative: 0.016,
     max_value_mismatch_share: 0.35,
@@ -442,9 +449,9 @@ const CUDA_BF16: Tolerance = Tolerance {
     max_replay_mismatch_share: 0.04,
     replay_tie: 0.02,
     delta_relative: 0.05,
-    max_delta_value_mismatch_share: 0.25,
-    max_delta_index_mismatch_share: 0.25,
-    max_delta_mean_relative_error: 0.05,
+    max_delta_value_mismatch_share: 0.5,
+    max_delta_index_mismatch_share: 0.5,
+    max_delta_mean_relative_error: 0.1,
 };
 
 /// What comparing recomputed rows with a commitment found.
