@@ -432,6 +432,59 @@ impl LoraSlots {
         Ok(out)
     }
 
+    /// The first projection, in [`Projection::ALL`]'s order, the adapter in `slot` targets
+    /// (what an adapted request's commitment takes the delta of).
+    pub(crate) fn first_target(&self, slot: u32) -> Option<Projection> {
+        let info = self.slots.get(slot as usize).copied().flatten()?;
+        Projection::ALL.into_iter().find(|p| info.targets[p.index()])
+    }
+
+    /// Plans the LoRA deltas a step computes apart for the commitment
+    /// ([`crate::commitment::delta_layer`] of `num_layers`): each of `asked` (step rows, in
+    /// the order their results come back) with the adapter slot `slot_of` gives it, grouped
+    /// by the first projection that adapter targets.
+    pub(crate) fn delta_plan(
+        &self,
+        num_layers: usize,
+        asked: &[u32],
+        slot_of: impl Fn(u32) -> Option<u32>,
+    ) -> Result<DeltaPlan> {
+        let mut groups: Vec<DeltaGroup> = Vec::new();
+        for (at, &row) in asked.iter().enumerate() {
+            let slot = slot_of(row).ok_or_else(|| {
+                EngineError::Backend(format!("an adapter delta asked of row {row}, which has none"))
+            })?;
+            let proj = self.first_target(slot).ok_or_else(|| {
+                EngineError::Backend(format!("adapter slot {slot} is empty or targets nothing"))
+            })?;
+            let g = match groups.iter().position(|g| g.proj == proj) {
+                Some(g) => g,
+                None => {
+                    groups.push(DeltaGroup {
+                        proj,
+                        rows: Vec::new(),
+                        slots: Vec::new(),
+                        at: Vec::new(),
+                        segments: None,
+                    });
+                    groups.len() - 1
+                },
+            };
+            groups[g].rows.push(row);
+            groups[g].slots.push(slot);
+            groups[g].at.push(at);
+        }
+        for g in &mut groups {
+            let slots: Vec<Option<u32>> = g.slots.iter().map(|&s| Some(s)).collect();
+            g.segments = self.segments(&slots, &vec![1; slots.len()])?.swap_remove(g.proj.index());
+        }
+        Ok(DeltaPlan {
+            layer: crate::commitment::delta_layer(num_layers),
+            asked: asked.len(),
+            groups,
+        })
+    }
+
     /// `y += delta(x)` for layer `layer`'s projection `proj`, one SGMV call for the batch.
     pub(crate) fn apply(
         &self,
@@ -457,5 +510,35 @@ impl LoraSlots {
     ) -> Result<()> {
         lora_delta_host(x, y, segments, &self.tables[layer][proj.index()])?;
         Ok(())
+    }
+}
+
+/// The LoRA deltas a step computes apart, not added to anything, for activation
+/// commitments: at layer `layer`, each group's rows through its projection's adapter tables,
+/// on the rows' own inputs gathered (so a row's delta is the same whatever the batch).
+#[derive(Default)]
+pub(crate) struct DeltaPlan {
+    pub layer: usize,
+    /// Rows asked in all.
+    pub asked: usize,
+    pub groups: Vec<DeltaGroup>,
+}
+
+/// The rows of a [`DeltaPlan`] whose adapters' first target is `proj`.
+pub(crate) struct DeltaGroup {
+    pub proj: Projection,
+    /// Step rows, whose inputs are gathered.
+    pub rows: Vec<u32>,
+    pub slots: Vec<u32>,
+    /// Each row's position among the asked rows.
+    pub at: Vec<usize>,
+    /// One segment per adapter over the gathered rows.
+    pub segments: Option<BatchSegments>,
+}
+
+impl DeltaPlan {
+    /// Whether no delta is asked.
+    pub fn is_empty(&self) -> bool {
+        self.asked == 0
     }
 }

@@ -24,7 +24,7 @@ use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Budgets, Pending, Scheduler};
 use crate::sequence::{Limits, Replay, RequestId, StreamEvent, Verification};
-use crate::step::SeqChunk;
+use crate::step::{SeqChunk, StepRows};
 
 /// Sizes and budgets of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,7 +273,11 @@ impl Engine {
         tokens.extend_from_slice(output.get(..output.len().saturating_sub(1)).unwrap_or(&[]));
         let params = SamplingParams { max_tokens: 1, ..SamplingParams::default() };
         let id = self.check_request(&tokens, adapter.as_deref(), &params)?;
-        let report = VerifyReport::new(&claimed);
+        let mut report = VerifyReport::new(&claimed);
+        // An adapted claim commits to delta rows, one without an adapter to none: a claim
+        // whose layout is the other one's cannot be an honest worker's.
+        report.layout_mismatch = claimed.is_adapted() != adapter.is_some();
+        report.recomputed = ActivationCommitment::new(adapter.is_some());
         if output.is_empty() {
             let (tx, rx) = channel();
             let _ = tx.send(StreamEvent::Verified(report));
@@ -286,6 +290,8 @@ impl Engine {
             tolerance,
             report,
             replay: replay.map(|p| Replay { sampler: Sampler::new(p), output: output.to_vec() }),
+            picks: Verification::picks_of(output, adapter.is_some()),
+            output: output.to_vec(),
         };
         Ok((id, self.queue(id, tokens, adapter, params, Some(verify))))
     }
@@ -449,7 +455,8 @@ impl Engine {
             let s = &self.scheduler.running[i];
             if s.verify.is_some() && s.processed == s.tokens.len() {
                 let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
-                if let Some(v) = s.verify.take() {
+                if let Some(mut v) = s.verify.take() {
+                    v.report.recomputed.seal(&v.output, true);
                     tracing::debug!(request = s.id, report = ?v.report, "verified");
                     let _ = s.tx.send(StreamEvent::Verified(v.report));
                 }
@@ -459,11 +466,15 @@ impl Engine {
             match self.scheduler.running[i].emit(&self.tokenizer, &limits) {
                 Some(reason) => {
                     let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+                    let mut activations = s.activations.take();
+                    if let Some(c) = activations.as_mut() {
+                        c.seal(s.generated(), true);
+                    }
                     let _ = s.tx.send(StreamEvent::Finished {
                         reason,
                         prompt_tokens: s.prompt_len,
                         completion_tokens: s.tokens.len() - s.prompt_len,
-                        activations: s.activations.take(),
+                        activations,
                     });
                     tracing::debug!(request = s.id, ?reason, "finished");
                     report.finished += 1;
@@ -481,33 +492,40 @@ impl Engine {
             plan.iter().map(|&(i, n)| self.scheduler.running[i].chunk(n)).collect();
         // The final-norm rows this step verifies, and those it commits to (only their
         // commitment entries come back), each in step-row order.
+        // With an adapter, also the delta rows a verification checks (its picks) and those a
+        // generation commits to (every committed row's).
         let (mut hidden_rows, mut commit_rows) = (Vec::new(), Vec::new());
+        let (mut delta_rows, mut delta_commit) = (Vec::new(), Vec::new());
         let mut offset = 0;
         for &(i, n) in plan {
             let s = &self.scheduler.running[i];
-            let rows = if s.verify.is_some() { &mut hidden_rows } else { &mut commit_rows };
+            let (rows, deltas) = if s.verify.is_some() {
+                (&mut hidden_rows, &mut delta_rows)
+            } else {
+                (&mut commit_rows, &mut delta_commit)
+            };
             for r in s.rows_to_read(n) {
                 rows.push((offset + r) as u32);
+                if s.reads_delta(r) {
+                    deltas.push((offset + r) as u32);
+                }
             }
             offset += n;
         }
-        let out = if openledger_kernels::options::options().cuda_graphs {
-            self.model.forward_step_graphed(
-                &chunks,
-                &mut self.cache,
-                self.adapters.tables(),
-                &hidden_rows,
-                &commit_rows,
-            )?
-        } else {
-            self.model.forward_step(
-                &chunks,
-                &mut self.cache,
-                self.adapters.tables(),
-                &hidden_rows,
-                &commit_rows,
-            )?
+        let asked = StepRows {
+            hidden: &hidden_rows,
+            commit: &commit_rows,
+            delta: &delta_rows,
+            delta_commit: &delta_commit,
         };
+        let graphs = openledger_kernels::options::options().cuda_graphs;
+        let out = self.model.forward_rows(
+            &chunks,
+            &mut self.cache,
+            self.adapters.tables(),
+            asked,
+            graphs,
+        )?;
         drop(chunks);
         let logits = out.logits;
         if !hidden_rows.is_empty() {
@@ -520,6 +538,7 @@ impl Engine {
             };
             let hidden = out.hidden.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
             let mut rows = hidden.iter().enumerate();
+            let mut deltas = out.delta.iter();
             for &(i, n) in plan {
                 let s = &mut self.scheduler.running[i];
                 if s.verify.is_none() {
@@ -532,6 +551,14 @@ impl Engine {
                         )
                     })?;
                     s.take_row(r, row, row_logits.get(k).map(Vec::as_slice))?;
+                    if s.reads_delta(r) {
+                        let delta = deltas.next().ok_or_else(|| {
+                            EngineError::Backend(
+                                "the model returned fewer delta rows than asked".into(),
+                            )
+                        })?;
+                        s.take_delta_row(r, delta);
+                    }
                 }
             }
         }
@@ -555,15 +582,30 @@ impl Engine {
                     commit_rows.len()
                 )));
             }
-            let mut words = words.iter();
+            let delta_words = out.delta_entries.wait()?;
+            if delta_words.len() != delta_commit.len() {
+                return Err(EngineError::Backend(format!(
+                    "the model committed {} delta rows of the {} asked",
+                    delta_words.len(),
+                    delta_commit.len()
+                )));
+            }
+            let (mut words, mut delta_words) = (words.iter(), delta_words.iter());
             for &(i, n) in plan {
                 let s = &mut self.scheduler.running[i];
                 if s.verify.is_some() {
                     continue;
                 }
-                for _ in s.rows_to_read(n) {
+                for r in s.rows_to_read(n) {
+                    let reads_delta = s.reads_delta(r);
                     if let (Some(c), Some(w)) = (s.activations.as_mut(), words.next()) {
                         c.push_words(w);
+                        // Only adapted rows took a delta row (the next one in step order).
+                        if reads_delta {
+                            if let Some(d) = delta_words.next() {
+                                c.push_delta_words(d);
+                            }
+                        }
                     }
                 }
             }
@@ -586,6 +628,10 @@ impl Engine {
                     (None, None) => continue,
                 };
                 s.tokens.push(t);
+                // A chunk whose last token this is can commit its delta picks now.
+                if let Some(c) = s.activations.as_mut() {
+                    c.seal(&s.tokens[s.prompt_len..], false);
+                }
             }
         }
         Ok(())

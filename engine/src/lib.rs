@@ -47,5 +47,5 @@ pub use model::Model;
 pub use openledger_model::{load_tokenizer, ModelConfig, Projection, RopeStyle};
 pub use sampling::SamplingParams;
 pub use sequence::{Detokenizer, FinishReason, RequestId, StreamEvent};
-pub use step::{SeqChunk, StepEntries, StepOutput, GPU_DTYPE};
+pub use step::{SeqChunk, StepEntries, StepOutput, StepRows, GPU_DTYPE};
 pub use synthetic::write_random_adapter;

@@ -14,12 +14,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::adapters::LoraSlots;
+use crate::adapters::{DeltaPlan, LoraSlots};
 use crate::attention::{HostAttention, Rope};
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig};
-use crate::step::{SeqChunk, StepEntries, StepOutput, GPU_DTYPE};
+use crate::step::{SeqChunk, StepEntries, StepOutput, StepRows, GPU_DTYPE};
 use crate::tensor_model::TensorModel;
 use crate::weights::{self, forward_group, BaseWeights, Input, Linear};
 use openledger_model::{ModelConfig, Projection};
@@ -337,7 +337,7 @@ impl Model {
         cache: &mut KvCache,
         lora: &LoraSlots,
     ) -> Result<Tensor> {
-        Ok(self.forward_step_with(chunks, cache, lora, &[], &[], true)?.logits)
+        Ok(self.forward_rows(chunks, cache, lora, StepRows::default(), true)?.logits)
     }
 
     /// Decode steps held as CUDA graphs (one per batch-size bucket and cache; 0 without
@@ -365,7 +365,8 @@ impl Model {
         hidden_rows: &[u32],
         commit_rows: &[u32],
     ) -> Result<StepOutput> {
-        self.forward_step_with(chunks, cache, lora, hidden_rows, commit_rows, false)
+        let rows = StepRows { hidden: hidden_rows, commit: commit_rows, ..StepRows::default() };
+        self.forward_rows(chunks, cache, lora, rows, false)
     }
 
     /// [`Self::forward_step`], with decode steps replayed from CUDA graphs where they can
@@ -378,18 +379,24 @@ impl Model {
         hidden_rows: &[u32],
         commit_rows: &[u32],
     ) -> Result<StepOutput> {
-        self.forward_step_with(chunks, cache, lora, hidden_rows, commit_rows, true)
+        let rows = StepRows { hidden: hidden_rows, commit: commit_rows, ..StepRows::default() };
+        self.forward_rows(chunks, cache, lora, rows, true)
     }
 
-    fn forward_step_with(
+    /// [`Self::forward_step`] (with `graphs`, [`Self::forward_step_graphed`]) asked for the
+    /// rows of [`StepRows`]: final-norm rows and their commitment entries, and the adapter
+    /// deltas of adapted rows at the commitment's layer ([`commitment::delta_layer`]) and
+    /// their entries, computed apart from the step's own LoRA (which they do not change), on
+    /// each row's own input.
+    pub fn forward_rows(
         &self,
         chunks: &[SeqChunk<'_>],
         cache: &mut KvCache,
         lora: &LoraSlots,
-        hidden_rows: &[u32],
-        commit_rows: &[u32],
+        rows: StepRows<'_>,
         graphs: bool,
     ) -> Result<StepOutput> {
+        let StepRows { hidden: hidden_rows, commit: commit_rows, .. } = rows;
         let cfg = &self.config;
         let on_device = cache.device_pool().is_some();
         if on_device != matches!(self.backend, Backend::Tensor(_)) {
@@ -427,8 +434,12 @@ impl Model {
             positions.extend(c.start..end);
             last_rows.push((tokens.len() - 1) as u32);
         }
-        if let Some(&r) =
-            hidden_rows.iter().chain(commit_rows).find(|&&r| r as usize >= tokens.len())
+        let delta_asked: Vec<u32> = rows.delta.iter().chain(rows.delta_commit).copied().collect();
+        if let Some(&r) = hidden_rows
+            .iter()
+            .chain(commit_rows)
+            .chain(&delta_asked)
+            .find(|&&r| r as usize >= tokens.len())
         {
             return Err(EngineError::Backend(format!(
                 "hidden row {r} asked of a step of {} rows",
@@ -439,6 +450,17 @@ impl Model {
         let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         // Built once per step, shared by every layer.
         let segments = lora.segments(&adapters, &lens)?;
+        let delta = if delta_asked.is_empty() {
+            DeltaPlan::default()
+        } else {
+            let mut row_slot = Vec::with_capacity(tokens.len());
+            for c in chunks {
+                row_slot.extend(std::iter::repeat_n(c.adapter, c.tokens.len()));
+            }
+            lora.delta_plan(cfg.num_layers, &delta_asked, |r| {
+                row_slot.get(r as usize).copied().flatten()
+            })?
+        };
         let (weights, rope) = match &self.backend {
             Backend::Host { weights, rope } => (weights, rope),
             Backend::Tensor(t) => {
@@ -448,10 +470,10 @@ impl Model {
                     &tokens,
                     &positions,
                     &last_rows,
-                    (hidden_rows, commit_rows),
+                    rows,
                     cache,
                     lora,
-                    &segments,
+                    (&segments, &delta),
                     graphs,
                 );
             },
@@ -466,7 +488,15 @@ impl Model {
         let attention = HostAttention::new(chunks, cache, cfg)?;
         let mut x = embed(weights, hidden, &tokens)?;
         let mut h = vec![0f32; n * hidden];
+        let mut deltas = vec![Vec::new(); delta.asked];
         for (l, layer) in weights.layers.iter().enumerate() {
+            // The committed deltas, apart from the step's own LoRA, on the same inputs.
+            let mut take_deltas = |ps: &[Projection], x: &[f32]| -> Result<()> {
+                if l == delta.layer && !delta.is_empty() {
+                    host_deltas(cfg, lora, &delta, l, ps, x, n, &mut deltas)?;
+                }
+                Ok(())
+            };
             // The base projections of one input in one parallel loop, then each one's LoRA.
             let projs = |ps: &[Projection], input: &mut Input<'_>| -> Result<Vec<Vec<f32>>> {
                 let linears: Vec<&Linear> = ps.iter().map(|p| &layer.proj[p.index()]).collect();
@@ -482,6 +512,7 @@ impl Model {
                 Ok(projs(&[p], input)?.pop().unwrap_or_default())
             };
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            take_deltas(&QKV, &h)?;
             let mut h_in = Input::new(&h, n);
             let [mut q, mut k, v]: [Vec<f32>; 3] = projs(&QKV, &mut h_in)?
                 .try_into()
@@ -496,15 +527,18 @@ impl Model {
                 offset += c.tokens.len();
             }
             let attn = attention.run(&q, cache, l)?;
+            take_deltas(&[Projection::O], &attn)?;
             add_assign(&mut x, &proj(Projection::O, &mut Input::new(&attn, n))?);
 
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            take_deltas(&[Projection::Gate, Projection::Up], &h)?;
             let mut h_in = Input::new(&h, n);
             let [mut gate, up]: [Vec<f32>; 2] =
                 projs(&[Projection::Gate, Projection::Up], &mut h_in)?
                     .try_into()
                     .map_err(|_| EngineError::Backend("gate and up projections missing".into()))?;
             silu_mul(&mut gate, &up);
+            take_deltas(&[Projection::Down], &gate)?;
             add_assign(&mut x, &proj(Projection::Down, &mut Input::new(&gate, n))?);
         }
         let mut last = Vec::with_capacity(last_rows.len() * hidden);
@@ -531,8 +565,44 @@ impl Model {
         let hidden_out = Tensor::from_vec(hidden_out, (hidden_rows.len(), hidden), &self.device)?;
         let committed = normed_rows(commit_rows);
         let entries = StepEntries::of_host_rows(committed.chunks_exact(hidden.max(1)))?;
-        Ok(StepOutput { logits, hidden: hidden_out, entries })
+        let delta_commit = deltas.split_off(rows.delta.len());
+        let delta_entries = StepEntries::of_host_rows(delta_commit.iter().map(Vec::as_slice))?;
+        Ok(StepOutput { logits, hidden: hidden_out, entries, delta: deltas, delta_entries })
     }
+}
+
+/// The committed LoRA deltas of `plan`'s groups whose projection is one of `ps` (which read
+/// `x`, `[n, d_in]`) at layer `l`: each group's rows gathered and run through the adapter
+/// tables alone, into `out` at the rows' asked positions.
+#[allow(clippy::too_many_arguments)]
+fn host_deltas(
+    cfg: &ModelConfig,
+    lora: &LoraSlots,
+    plan: &DeltaPlan,
+    l: usize,
+    ps: &[Projection],
+    x: &[f32],
+    n: usize,
+    out: &mut [Vec<f32>],
+) -> Result<()> {
+    let d_in = x.len() / n.max(1);
+    for g in plan.groups.iter().filter(|g| ps.contains(&g.proj)) {
+        let Some(seg) = &g.segments else { continue };
+        let d_out = cfg.proj_dims(g.proj).1;
+        let mut xs = Vec::with_capacity(g.rows.len() * d_in);
+        for &r in &g.rows {
+            let r = r as usize;
+            xs.extend_from_slice(&x[r * d_in..(r + 1) * d_in]);
+        }
+        let mut y = vec![0f32; g.rows.len() * d_out];
+        lora.apply_host(l, g.proj, &xs, &mut y, seg)?;
+        for (row, &at) in y.chunks_exact(d_out).zip(&g.at) {
+            if let Some(o) = out.get_mut(at) {
+                *o = row.to_vec();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The projections of a layer's attention input, run together.

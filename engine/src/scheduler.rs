@@ -132,7 +132,9 @@ impl Scheduler {
             }
             tracing::debug!(request = p.id, prompt = p.tokens.len(), "admitted");
             let mut s = Sequence::new(p.id, p.tokens, table, adapter, Sampler::new(p.params), p.tx);
-            s.activations = p.commit.then(Default::default);
+            // An adapted request commits to its adapter's delta rows too.
+            let adapted = s.adapter.is_some();
+            s.activations = p.commit.then(|| crate::ActivationCommitment::new(adapted));
             s.verify = p.verify;
             self.running.push(s);
         }

@@ -129,6 +129,27 @@ pub(crate) struct Verification {
     pub report: VerifyReport,
     /// The request's sampling, replayed over the recomputed logits, when it is known.
     pub replay: Option<Replay>,
+    /// The output checked (what the delta picks and the recomputed commitment's seal hash).
+    pub output: Vec<u32>,
+    /// For each output token, its place among the delta picks (chunk, pick) when the claim
+    /// has an adapter and the token is one ([`crate::commitment::delta_picks`]).
+    pub picks: Vec<Option<(usize, usize)>>,
+}
+
+impl Verification {
+    /// Each output token's place among the delta picks of an adapted claim (`adapted`).
+    pub fn picks_of(output: &[u32], adapted: bool) -> Vec<Option<(usize, usize)>> {
+        let mut picks = vec![None; output.len()];
+        if adapted {
+            let chunk = crate::commitment::CHUNK_TOKENS;
+            for (c, tokens) in output.chunks(chunk).enumerate() {
+                for (i, p) in crate::commitment::delta_picks(c, tokens).into_iter().enumerate() {
+                    picks[c * chunk + p] = Some((c, i));
+                }
+            }
+        }
+        picks
+    }
 }
 
 /// A generation's sampling run again by its verifier: the sampler seeded as the request's
@@ -190,6 +211,29 @@ impl Sequence {
             return n - 1..n;
         }
         0..0
+    }
+
+    /// Whether the row at offset `r` of this step's chunk (one [`Self::rows_to_read`] named)
+    /// also needs its adapter delta: every committed row of an adapted generation, a
+    /// verification's delta picks.
+    pub fn reads_delta(&self, r: usize) -> bool {
+        if let Some(v) = &self.verify {
+            let token = (self.processed + r).checked_sub(v.first_row);
+            return token.and_then(|t| v.picks.get(t).copied().flatten()).is_some();
+        }
+        self.adapter.is_some() && self.activations.as_ref().is_some_and(|c| c.is_adapted())
+    }
+
+    /// Takes the delta row at offset `r` of this step's chunk ([`Self::reads_delta`]; after
+    /// [`Self::take_row`] of the same row) into a verification.
+    pub fn take_delta_row(&mut self, r: usize, row: &[f32]) {
+        if let Some(v) = &mut self.verify {
+            let Some(token) = (self.processed + r).checked_sub(v.first_row) else { return };
+            if let Some(Some(pick)) = v.picks.get(token).copied() {
+                let tol = v.tolerance.delta_relative;
+                crate::commitment::compare_delta_row(&v.claimed, pick, row, tol, &mut v.report);
+            }
+        }
     }
 
     /// Whether this is a verification that replays the request's sampling (its rows' logits

@@ -27,6 +27,22 @@ pub const GPU_DTYPE: DType = DType::BF16;
 /// targets it).
 pub(crate) type StepSegments = Vec<Option<BatchSegments>>;
 
+/// The rows a step is asked for beyond its logits, each a list of the step's row indices (the
+/// chunks' tokens one after another), in the order their results come back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepRows<'a> {
+    /// Final-norm rows returned whole (what a verifier compares with a commitment).
+    pub hidden: &'a [u32],
+    /// Final-norm rows whose commitment entries come back ([`commitment::row_words`]).
+    pub commit: &'a [u32],
+    /// Rows whose LoRA delta at the commitment's layer ([`commitment::delta_layer`], the
+    /// first projection the row's adapter targets) comes back whole (a verifier's picks).
+    /// Every such row must have an adapter.
+    pub delta: &'a [u32],
+    /// Rows whose LoRA delta's commitment entries come back (a generator's adapted rows).
+    pub delta_commit: &'a [u32],
+}
+
 /// What a step computed: each chunk's last-token logits, the asked final-norm rows, and the
 /// commitment entries of the rows asked for those.
 pub struct StepOutput {
@@ -36,6 +52,10 @@ pub struct StepOutput {
     pub hidden: Tensor,
     /// The commitment entries of each of the `commit_rows`.
     pub entries: StepEntries,
+    /// The delta rows asked ([`StepRows::delta`]), f32, each its projection's width.
+    pub delta: Vec<Vec<f32>>,
+    /// The commitment entries of each of the [`StepRows::delta_commit`] rows' deltas.
+    pub delta_entries: StepEntries,
 }
 
 /// The activation-commitment entries of a step's committed rows, [`commitment::TOP_K`]
@@ -52,6 +72,9 @@ enum EntryWords {
     Host(Vec<Vec<u32>>),
     /// `[rows, TOP_K]` words on their way from the device.
     Copying(openledger_kernels::HostCopy),
+    /// Parts computed apart (delta rows of different widths), each with the positions its
+    /// rows take in the whole.
+    Parts(Vec<(StepEntries, Vec<usize>)>),
 }
 
 impl StepEntries {
@@ -75,6 +98,12 @@ impl StepEntries {
         Ok(Self { rows, words: EntryWords::Copying(openledger_kernels::HostCopy::start(words)?) })
     }
 
+    /// Entries assembled from parts: part `k`'s row `i` becomes row `parts[k].1[i]`.
+    pub(crate) fn parts(parts: Vec<(StepEntries, Vec<usize>)>) -> Self {
+        let rows = parts.iter().map(|(_, at)| at.len()).sum();
+        Self { rows, words: EntryWords::Parts(parts) }
+    }
+
     /// Rows committed.
     pub fn rows(&self) -> usize {
         self.rows
@@ -94,6 +123,26 @@ impl StepEntries {
                     )));
                 }
                 Ok(flat.chunks_exact(commitment::TOP_K).map(<[u32]>::to_vec).collect())
+            },
+            EntryWords::Parts(parts) => {
+                let mut out = vec![Vec::new(); self.rows];
+                for (part, at) in parts {
+                    let words = part.wait()?;
+                    if words.len() != at.len() {
+                        return Err(EngineError::Backend(format!(
+                            "{} commitment rows came back for {} asked",
+                            words.len(),
+                            at.len()
+                        )));
+                    }
+                    for (w, &i) in words.into_iter().zip(&at) {
+                        let slot = out.get_mut(i).ok_or_else(|| {
+                            EngineError::Backend(format!("commitment row {i} out of range"))
+                        })?;
+                        *slot = w;
+                    }
+                }
+                Ok(out)
             },
         }
     }

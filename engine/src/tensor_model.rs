@@ -25,12 +25,12 @@ use openledger_kernels::{
     silu_mul, DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
 };
 
-use crate::adapters::LoraSlots;
+use crate::adapters::{DeltaPlan, LoraSlots};
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{DevicePool, KvCache};
 use crate::step::{SeqChunk, StepSegments};
-use crate::step::{StepEntries, StepOutput};
+use crate::step::{StepEntries, StepOutput, StepRows};
 use crate::weights::{self, BaseWeights, HfLayer};
 use openledger_model::{ModelConfig, Projection, RopeStyle};
 
@@ -256,18 +256,19 @@ impl TensorModel {
         tokens: &[u32],
         positions: &[usize],
         last_rows: &[u32],
-        (hidden_rows, commit_rows): (&[u32], &[u32]),
+        rows: StepRows<'_>,
         cache: &mut KvCache,
         lora: &LoraSlots,
-        segments: &StepSegments,
+        (segments, delta): (&StepSegments, &DeltaPlan),
         graphs: bool,
     ) -> Result<StepOutput> {
+        let StepRows { hidden: hidden_rows, commit: commit_rows, .. } = rows;
         // A graphed step also gives the asked final-norm rows and commitment entries: the
         // graph keeps every row through the final norm and computes every row's entries,
         // gathered after the replay (`decode_graph::forward`), so commitments do not send
         // decode steps down the eager path.
         #[cfg(feature = "cuda")]
-        if graphs && decode_graph::applies(self, cfg, chunks, cache, segments) {
+        if graphs && delta.is_empty() && decode_graph::applies(self, cfg, chunks, cache, segments) {
             if let Some(out) = decode_graph::forward(
                 self,
                 cfg,
@@ -284,7 +285,8 @@ impl TensorModel {
         let _ = graphs;
         let pool = self.check_pool(cfg, cache)?;
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, false)?;
-        let (logits, h) = self.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
+        let (logits, h, deltas) =
+            self.forward_planned_deltas(cfg, &plan, pool, lora, segments, delta)?;
         let hidden =
             if hidden_rows.is_empty() { self.no_rows(cfg)? } else { select_rows(&h, hidden_rows)? };
         let entries = if commit_rows.is_empty() {
@@ -292,7 +294,38 @@ impl TensorModel {
         } else {
             self.commit_entries(&select_rows(&h, commit_rows)?)?
         };
-        Ok(StepOutput { logits, hidden, entries })
+        // Each group's delta rows: the verifier's whole (f32 on the host), the generator's
+        // as commitment entries (on a GPU only those cross to the host).
+        let whole = rows.delta.len();
+        let mut delta_rows = vec![Vec::new(); whole];
+        let mut parts = Vec::new();
+        for (g, d) in delta.groups.iter().zip(&deltas) {
+            let (mut keep, mut keep_at, mut commit, mut commit_at) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, &at) in g.at.iter().enumerate() {
+                if at < whole {
+                    keep.push(i as u32);
+                    keep_at.push(at);
+                } else {
+                    commit.push(i as u32);
+                    commit_at.push(at - whole);
+                }
+            }
+            if !keep.is_empty() {
+                let host = select_rows(d, &keep)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                for (row, at) in host.into_iter().zip(keep_at) {
+                    delta_rows[at] = row;
+                }
+            }
+            if !commit.is_empty() {
+                let picked =
+                    if commit.len() == g.at.len() { d.clone() } else { select_rows(d, &commit)? };
+                parts.push((self.commit_entries(&picked)?, commit_at));
+            }
+        }
+        let delta_entries =
+            if parts.is_empty() { StepEntries::none() } else { StepEntries::parts(parts) };
+        Ok(StepOutput { logits, hidden, entries, delta: delta_rows, delta_entries })
     }
 
     /// The activation-commitment entries of final-norm rows (`[rows, hidden]`, the model's
@@ -348,6 +381,7 @@ impl TensorModel {
     /// never the host (so it can be captured in a CUDA graph and replayed). Returns the
     /// logits of the plan's last rows and every row through the final norm (`[rows,
     /// hidden]`, the model's dtype), what activation commitments read.
+    #[cfg(feature = "cuda")]
     pub(crate) fn forward_planned_rows(
         &self,
         cfg: &ModelConfig,
@@ -356,6 +390,23 @@ impl TensorModel {
         lora: &LoraSlots,
         segments: &StepSegments,
     ) -> Result<(Tensor, Tensor)> {
+        let (logits, h, _) =
+            self.forward_planned_deltas(cfg, plan, pool, lora, segments, &DeltaPlan::default())?;
+        Ok((logits, h))
+    }
+
+    /// [`Self::forward_planned_rows`], also computing `delta`'s LoRA deltas apart (one
+    /// `[rows, d_out]` tensor per group, in the model's dtype): each group's rows of the
+    /// projection's input gathered and run through SGMV into zeros, beside the step's own.
+    pub(crate) fn forward_planned_deltas(
+        &self,
+        cfg: &ModelConfig,
+        plan: &StepPlan,
+        pool: &DevicePool,
+        lora: &LoraSlots,
+        segments: &StepSegments,
+        delta: &DeltaPlan,
+    ) -> Result<(Tensor, Tensor, Vec<Tensor>)> {
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
         let heads = QkvHeads { heads: nh, kv_heads: nkv, head_dim: hd };
@@ -363,6 +414,14 @@ impl TensorModel {
             RopeStyle::Half => RotaryPairs::Halves,
             RopeStyle::Interleaved => RotaryPairs::Adjacent,
         };
+        // The committed deltas' row indices on the device (none without adapters).
+        let delta_rows = delta
+            .groups
+            .iter()
+            .map(|g| Tensor::from_slice(&g.rows, g.rows.len(), &self.device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // By group, whatever order the layer reaches the groups' projections in.
+        let deltas = std::cell::RefCell::new(vec![None; delta.groups.len()]);
         // LoRA deltas of the stacked projections go into their columns of the one output.
         let lora_into = |l: usize, stack: &[Projection], input: &Tensor, y: &Tensor| {
             let mut offset = 0;
@@ -373,6 +432,17 @@ impl TensorModel {
                     lora.apply(l, p, input, &y.narrow(1, offset, width)?, seg)?;
                 }
                 offset += width;
+                if l != delta.layer {
+                    continue;
+                }
+                let groups = delta.groups.iter().zip(&delta_rows).enumerate();
+                for (k, (g, rows)) in groups.filter(|(_, (g, _))| g.proj == p) {
+                    let Some(seg) = &g.segments else { continue };
+                    let x = input.index_select(rows, 0)?;
+                    let out = Tensor::zeros((g.rows.len(), width), y.dtype(), y.device())?;
+                    lora.apply(l, p, &x, &out, seg)?;
+                    deltas.borrow_mut()[k] = Some(out);
+                }
             }
             Result::Ok(())
         };
@@ -404,7 +474,17 @@ impl TensorModel {
         // need the chunks' last rows.
         let last = h.index_select(&plan.last_rows, 0)?;
         let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-        Ok((logits, h))
+        let deltas: Vec<Tensor> = deltas.into_inner().into_iter().flatten().collect();
+        if deltas.len() != delta.groups.len() {
+            return Err(EngineError::Backend(format!(
+                "{} committed deltas computed of {} asked (layer {} of {})",
+                deltas.len(),
+                delta.groups.len(),
+                delta.layer,
+                self.layers.len()
+            )));
+        }
+        Ok((logits, h, deltas))
     }
 
     /// The logits of final-norm rows in the model's dtype (`[rows, hidden]`), as

@@ -7,7 +7,7 @@
 use openledger_testkit::procs::model_if_present;
 
 use candle_core::Device;
-use openledger_engine::commitment::TOKEN_BYTES;
+use openledger_engine::commitment::{encoded_len, row_words};
 use openledger_engine::{
     ActivationCommitment, Engine, EngineConfig, Model, ModelSource, Projection, SamplingParams,
     StreamEvent, Tolerance, VerifyReport,
@@ -68,12 +68,12 @@ fn generate_with(
             let tokens = e.tokenize(p).unwrap();
             let (_, rx) =
                 e.submit_tokens(tokens.clone(), a.map(str::to_string), params.clone()).unwrap();
-            (tokens, rx)
+            (tokens, rx, *a)
         })
         .collect();
     e.run_until_idle().unwrap();
     rxs.into_iter()
-        .map(|(prompt, rx)| {
+        .map(|(prompt, rx, a)| {
             let mut out = Vec::new();
             for ev in rx.try_iter() {
                 match ev {
@@ -81,7 +81,8 @@ fn generate_with(
                     StreamEvent::Finished { activations, completion_tokens, .. } => {
                         let c = activations.expect("the engine commits by default");
                         assert_eq!(c.tokens(), completion_tokens);
-                        assert_eq!(c.as_bytes().len(), completion_tokens * TOKEN_BYTES);
+                        assert_eq!(c.is_adapted(), a.is_some());
+                        assert_eq!(c.as_bytes().len(), encoded_len(completion_tokens, a.is_some()));
                         return (prompt, out, c);
                     },
                     other => panic!("unexpected {other:?}"),
@@ -157,10 +158,22 @@ fn honest_commitments_are_batch_independent_and_verify() {
         .map(|((p, o, c), a)| (p.as_slice(), o.as_slice(), a, c))
         .collect();
     let tol = Tolerance::default();
-    for (r, (p, ..)) in verify(&mut verifier, &claims).iter().zip(&batched) {
-        eprintln!("honest: prompt {} tokens: {r:?}", p.len());
+    for ((r, (p, ..)), a) in verify(&mut verifier, &claims).iter().zip(&batched).zip(adapters) {
+        eprintln!("honest: prompt {} tokens: {}", p.len(), r.summary());
         assert_eq!((r.committed_tokens, r.recomputed_tokens, r.entries), (40, 40, 80));
+        // With an adapter, 4 delta rows of the first chunk and 4 of the 8-token second,
+        // recomputed bit for bit (only the encoding's rounding).
+        let deltas = if a.is_some() { 16 } else { 0 };
+        assert_eq!(
+            (r.delta_entries, r.delta_value_mismatches, r.delta_index_mismatches),
+            (deltas, 0, 0)
+        );
+        assert!(r.delta_mean_relative_error() <= 1.0 / 1024.0, "{r:?}");
         assert!(r.passes(&tol), "an honest commitment refused: {r:?}");
+    }
+    // The verifier's own rows (and delta rows) commit to the honest workers' very bytes.
+    for (r, (.., c)) in verify(&mut verifier, &claims).iter().zip(&claims) {
+        assert_eq!(r.recomputed.as_bytes(), c.as_bytes());
     }
 }
 
@@ -189,29 +202,45 @@ fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
     let [(p0, o0, c0), (p1, o1, c1), (p2, o2, c2)] = &served[..] else { unreachable!() };
     let (p3, o3, c3) = &cut[0];
     // Each claims adapter `a` on the full model (the shallow one: no adapter).
-    let truncated = ActivationCommitment::from_bytes(
-        c2.as_bytes()[..c2.as_bytes().len() - TOKEN_BYTES].to_vec(),
-    )
-    .unwrap();
+    // A token short: the bytes of a 39-token commitment.
+    let truncated =
+        ActivationCommitment::from_bytes(c2.as_bytes()[..encoded_len(39, true)].to_vec(), true)
+            .unwrap();
+    assert_eq!(truncated.tokens(), 39);
+    // The adapter skipped, its commitment laid out as an adapted one with a zero delta.
+    let zero = row_words(&vec![0.0; 64]).unwrap();
+    let c0_zero = c0.with_every_delta(o0, &zero);
     let reports = verify(
         &mut honest,
         &[
             (p0, o0, Some("a"), c0),
+            (p0, o0, Some("a"), &c0_zero),
             (p1, o1, Some("a"), c1),
             (p3, o3, None, c3),
             (p2, o2, Some("a"), &truncated),
             (p2, o2, Some("a"), c2),
         ],
     );
-    for (what, r) in
-        ["adapter skipped", "another adapter", "last 2 layers skipped", "a token short"]
-            .iter()
-            .zip(&reports)
+    for (what, r) in [
+        "adapter skipped (no delta entries)",
+        "adapter skipped (zero delta entries)",
+        "another adapter",
+        "last 2 layers skipped",
+        "a token short",
+    ]
+    .iter()
+    .zip(&reports)
     {
-        eprintln!("{what}: {r:?}");
+        eprintln!("{what}: {}", r.summary());
         assert!(!r.passes(&tol), "{what} passed: {r:?}");
     }
-    assert!(reports[4].passes(&tol), "the honest claim beside them: {:?}", reports[4]);
+    assert!(reports[0].layout_mismatch, "{:?}", reports[0]);
+    for r in &reports[1..3] {
+        // The delta entries alone refuse these (as on a GPU, where bf16 hides the rest).
+        assert_eq!(r.delta_entries, 16, "{r:?}");
+        assert!(r.delta_index_mismatches >= 12 && r.delta_value_mismatches >= 12, "{r:?}");
+    }
+    assert!(reports[5].passes(&tol), "the honest claim beside them: {:?}", reports[5]);
 }
 
 #[test]

@@ -24,8 +24,8 @@ use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
 use common::{write_adapter, write_model_with};
 use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
-    AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter, LoraSlots, Model,
-    ModelConfig, SamplingParams,
+    ActivationCommitment, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter,
+    LoraSlots, Model, ModelConfig, SamplingParams,
 };
 use openledger_kernels::{
     add_rms_norm, packed_top2, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs,
@@ -652,4 +652,148 @@ fn cuda_commitment_entries_match_the_cpu_encoding() {
     let narrow = Tensor::zeros((1, 1), DType::BF16, &gpu).unwrap();
     assert!(packed_top2(&narrow, DIM_BITS).is_err());
     eprintln!("{checked} rows: device entries = CPU encoding bit for bit");
+}
+
+/// Adapted requests on the GPU commit to their adapters' delta rows (at the middle layer, each
+/// adapter's first target: q for a0 and a1, gate for a2). One prefill step of the five
+/// sequences: the device's delta entries are the CPU encoding of the delta rows the same step
+/// returns whole, and those rows are the host f32 path's within bf16 rounding (the same layer,
+/// projection and adapter). Then the engine: every honest claim verifies in a prefill on the
+/// same GPU within the bf16 tolerance, with its delta picks compared, while a zero delta (the
+/// adapter skipped) or another adapter's claim is refused on the delta entries.
+#[test]
+fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters() {
+    use openledger_engine::commitment::encoded_len;
+    use openledger_engine::{
+        BlockTable, KvCache, NumericFormat, Projection, SeqChunk, StepRows, StreamEvent, Tolerance,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let gpu = cuda();
+    let specs = seqs();
+    let mut asked = Vec::new();
+    let mut offset = 0u32;
+    for s in &specs {
+        if s.slot.is_some() {
+            asked.extend(offset..offset + s.prompt.len() as u32);
+        }
+        offset += s.prompt.len() as u32;
+    }
+    asked.reverse();
+    let mut deltas = Vec::new();
+    for device in [Device::Cpu, gpu.clone()] {
+        let model = Model::load_hf(dir.path(), &device).unwrap();
+        let lora = slots(dir.path(), &cfg, &device);
+        let kc = KvCacheConfig { block_size: 16, num_blocks: 32 };
+        let mut cache = KvCache::for_model(kc, &model).unwrap();
+        let mut tables = vec![BlockTable::default(); specs.len()];
+        for (t, s) in tables.iter_mut().zip(&specs) {
+            cache.reserve(t, s.prompt.len()).unwrap();
+        }
+        let chunks: Vec<SeqChunk<'_>> = specs
+            .iter()
+            .zip(&tables)
+            .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
+            .collect();
+        let rows = StepRows { delta: &asked, delta_commit: &asked, ..StepRows::default() };
+        let out = model.forward_rows(&chunks, &mut cache, &lora, rows, false).unwrap();
+        let words = out.delta_entries.wait().unwrap();
+        assert_eq!((out.delta.len(), words.len()), (asked.len(), asked.len()));
+        for (row, w) in out.delta.iter().zip(&words) {
+            assert!(row.iter().any(|v| *v != 0.0), "a zero delta row");
+            assert_eq!(&row_words(row).unwrap(), w, "{device:?}: entries of the delta row");
+        }
+        let widths: std::collections::BTreeSet<usize> = out.delta.iter().map(Vec::len).collect();
+        let (q, gate) = (cfg.proj_dims(Projection::Q).1, cfg.proj_dims(Projection::Gate).1);
+        assert_eq!(widths, [q, gate].into_iter().collect(), "q rows and gate rows");
+        deltas.push(out.delta);
+    }
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (c, g) in deltas[0].iter().zip(&deltas[1]) {
+        assert_eq!(c.len(), g.len());
+        for (a, b) in c.iter().zip(g) {
+            err += f64::from(a - b).powi(2);
+            norm += f64::from(*a).powi(2);
+        }
+    }
+    let rel = (err / norm).sqrt();
+    eprintln!("GPU delta rows vs the host f32 path: rms relative error {rel:.3e}");
+    assert!(rel < 0.05, "the GPU's delta rows are not the host's: {rel}");
+
+    let tok = openledger_engine::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+    let model = Model::load_hf(dir.path(), &gpu).unwrap();
+    let config = EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 16, num_blocks: 64 },
+        max_running: 8,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(model, tok, config).unwrap();
+    for i in 0..SPECS.len() {
+        engine.register_adapter(&format!("a{i}"), &dir.path().join(format!("a{i}"))).unwrap();
+    }
+    const TOKENS: usize = 40;
+    let params = SamplingParams { max_tokens: TOKENS, ignore_eos: true, ..Default::default() };
+    let adapter = |s: &SeqSpec| s.slot.map(|k| format!("a{k}"));
+    let rxs: Vec<_> = specs
+        .iter()
+        .map(|s| engine.submit_tokens(s.prompt.clone(), adapter(s), params.clone()).unwrap().1)
+        .collect();
+    engine.run_until_idle().unwrap();
+    let mut served = Vec::new();
+    for (rx, s) in rxs.iter().zip(&specs) {
+        let mut output = Vec::new();
+        let mut commitment = None;
+        for ev in rx.try_iter() {
+            match ev {
+                StreamEvent::Token { id, .. } => output.push(id),
+                StreamEvent::Finished { activations, .. } => commitment = activations,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let c = commitment.expect("a commitment");
+        assert_eq!(output.len(), TOKENS);
+        assert_eq!(c.is_adapted(), s.slot.is_some());
+        assert_eq!(c.as_bytes().len(), encoded_len(TOKENS, s.slot.is_some()));
+        served.push((output, c));
+    }
+    let tol = Tolerance::for_format(NumericFormat::CudaBf16);
+    let zero = row_words(&[0.0; 8]).unwrap();
+    // Claims: each honest one, then the adapted ones with a zero delta, then each adapted
+    // output claimed with the next adapter.
+    let mut claims = Vec::new();
+    for ((o, c), s) in served.iter().zip(&specs) {
+        claims.push(("honest", s, o, adapter(s), c.clone()));
+    }
+    for ((o, c), s) in served.iter().zip(&specs).filter(|(_, s)| s.slot.is_some()) {
+        claims.push(("adapter skipped", s, o, adapter(s), c.with_every_delta(o, &zero)));
+        let next = s.slot.map(|k| format!("a{}", (k + 1) % SPECS.len() as u32));
+        let other = ActivationCommitment::from_bytes(c.as_bytes().to_vec(), true).unwrap();
+        claims.push(("another adapter", s, o, next, other));
+    }
+    let rxs: Vec<_> = claims
+        .iter()
+        .map(|(_, s, o, a, c)| {
+            engine.submit_verification(&s.prompt, o, a.clone(), c.clone(), tol, None).unwrap().1
+        })
+        .collect();
+    engine.run_until_idle().unwrap();
+    for ((what, s, ..), rx) in claims.iter().zip(&rxs) {
+        let r = match rx.try_iter().next() {
+            Some(StreamEvent::Verified(r)) => r,
+            other => panic!("expected a verification report, got {other:?}"),
+        };
+        eprintln!("{what} (adapter {:?}): {}", s.slot, r.summary());
+        match *what {
+            "honest" => {
+                let deltas = if s.slot.is_some() { 16 } else { 0 };
+                assert_eq!(r.delta_entries, deltas, "{r:?}");
+                assert!(r.passes(&tol), "an honest claim refused: {r:?}");
+            },
+            _ => {
+                assert_eq!(r.delta_entries, 16, "{r:?}");
+                assert!(r.delta_index_mismatches + r.delta_value_mismatches >= 8, "{r:?}");
+                assert!(!r.passes(&tol), "{what} passed: {r:?}");
+            },
+        }
+    }
 }

@@ -131,3 +131,64 @@ fn a_kv_cache_made_for_another_model_or_backend_is_refused() {
         }
     }
 }
+
+/// The adapter deltas an activation commitment takes (the middle layer, each adapter's first
+/// target: q for a0 and a1, gate for a2) are the same function on both paths: asked in an
+/// order whose first row is a gate row (so the groups are not in the layer's order), the
+/// tensor path's delta rows match the host path's row for row, and the entries returned
+/// for them are the encoding of those rows.
+#[test]
+fn tensor_path_gives_the_host_paths_adapter_deltas() {
+    use openledger_engine::commitment::row_words;
+    use openledger_engine::{Projection, StepRows};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_model_with(dir.path(), &wide_config(), 5);
+    let specs = seqs();
+    let mut ranges = Vec::new();
+    let mut offset = 0u32;
+    for s in &specs {
+        ranges.push(offset..offset + s.prompt.len() as u32);
+        offset += s.prompt.len() as u32;
+    }
+    // Sequence 3 (adapter a2, gate) first, each sequence's rows backwards.
+    assert_eq!(specs[3].slot, Some(2));
+    let asked: Vec<u32> = [3, 0, 1, 4].iter().flat_map(|&i| ranges[i].clone().rev()).collect();
+    let mut results = Vec::new();
+    for tensors in [false, true] {
+        let model = if tensors {
+            Model::load_hf_tensors(dir.path(), &Device::Cpu, DType::F32).unwrap()
+        } else {
+            Model::load_hf(dir.path(), &Device::Cpu).unwrap()
+        };
+        let lora = slots(dir.path(), &cfg, &Device::Cpu);
+        let kc = KvCacheConfig { block_size: 16, num_blocks: 32 };
+        let mut cache = KvCache::for_model(kc, &model).unwrap();
+        let mut tables = vec![BlockTable::default(); specs.len()];
+        for (t, s) in tables.iter_mut().zip(&specs) {
+            cache.reserve(t, s.prompt.len()).unwrap();
+        }
+        let chunks: Vec<SeqChunk<'_>> = specs
+            .iter()
+            .zip(&tables)
+            .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
+            .collect();
+        let half = asked.len() / 2;
+        let rows = StepRows { delta: &asked[..half], delta_commit: &asked, ..StepRows::default() };
+        let out = model.forward_rows(&chunks, &mut cache, &lora, rows, false).unwrap();
+        let words = out.delta_entries.wait().unwrap();
+        assert_eq!((out.delta.len(), words.len()), (half, asked.len()));
+        for (row, w) in out.delta.iter().zip(&words) {
+            assert!(row.iter().any(|v| *v != 0.0), "a zero delta row");
+            assert_eq!(&row_words(row).unwrap(), w, "entries of the delta row");
+        }
+        let gate = cfg.proj_dims(Projection::Gate).1;
+        assert_eq!(out.delta[0].len(), gate, "the first asked row is a gate row");
+        results.push(out.delta);
+    }
+    for (h, t) in results[0].iter().zip(&results[1]) {
+        assert_eq!(h.len(), t.len());
+        let scale = h.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = h.iter().zip(t).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(err < 1e-4, "tensor path delta differs from the host path's: {err:e}");
+    }
+}

@@ -156,13 +156,24 @@ impl AnswerRecord {
                 })
             },
         };
-        let activations =
-            ActivationCommitment::from_bytes(hex_field(&v["activations"], "activations")?)?;
+        let output_tokens = tokens("output_tokens")?;
+        // A commitment to an adapted output carries the adapter's delta rows too. One laid
+        // out the other way (a worker that skipped the adapter it names) is read as such when
+        // that layout covers the output, so that its verifier refuses it for its layout.
+        let bytes = hex_field(&v["activations"], "activations")?;
+        let adapted = adapter.is_some();
+        let activations = match ActivationCommitment::from_bytes(bytes.clone(), adapted) {
+            Ok(c) if c.tokens() == output_tokens.len() => c,
+            first => ActivationCommitment::from_bytes(bytes, !adapted)
+                .ok()
+                .filter(|c| c.tokens() == output_tokens.len())
+                .map_or(first, Ok)?,
+        };
         Ok(Self {
             key: v["key"].as_str().context("`key` is not a string")?.to_string(),
             adapter,
             prompt_tokens: tokens("prompt_tokens")?,
-            output_tokens: tokens("output_tokens")?,
+            output_tokens,
             sampling,
             activations,
             kept_at: v["kept_at"].as_u64().unwrap_or(0),
@@ -247,8 +258,10 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_bad_ones_are_named() {
-        let mut activations = ActivationCommitment::default();
+        let mut activations = ActivationCommitment::new(true);
         activations.push_row(&[0.5, -2.0, 1.0]).unwrap();
+        activations.push_delta_words(&[7, 9]);
+        activations.seal(&[9], true);
         let record = AnswerRecord {
             key: "job-7".into(),
             adapter: Some((3, [0xab; 32])),
@@ -269,7 +282,15 @@ mod tests {
         let mut v = record.to_json();
         v["activations"] = json!("0x0102");
         let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();
-        assert!(format!("{e:#}").contains("whole number"), "{e:#}");
+        assert!(format!("{e:#}").contains("not the length of a commitment"), "{e:#}");
+        // A commitment without delta rows under a record naming an adapter (a worker that
+        // skipped it) reads as what it is, for the verifier to refuse.
+        let mut bare = ActivationCommitment::new(false);
+        bare.push_row(&[0.5, -2.0, 1.0]).unwrap();
+        let mut v = record.to_json();
+        v["activations"] = json!(format!("0x{}", hex::encode(bare.as_bytes())));
+        let read = AnswerRecord::from_json(&v.to_string()).unwrap();
+        assert!(!read.activations.is_adapted() && read.activations.tokens() == 1);
         let mut v = record.to_json();
         v["output_tokens"] = json!([1, -4]);
         let e = AnswerRecord::from_json(&v.to_string()).unwrap_err();

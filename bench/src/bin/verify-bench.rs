@@ -7,7 +7,9 @@
 //! and the job's own seed). Honest jobs are generated in batches of
 //! 1, 8 and 32 on `--threads` threads and verified on `--verifier-threads`; each cheat
 //! generates the same jobs its own way and claims the honest model and adapter:
-//! - `adapter-skipped`: the base model alone;
+//! - `adapter-skipped`: the base model alone, its commitment laid out as an adapted one with
+//!   a zero delta row per token (what the adapter it skipped contributes; a claim without
+//!   delta entries is refused for its layout alone);
 //! - `other-adapter`: the next adapter;
 //! - `lower-precision`: the registered Q4_1 weights served as Q4_0;
 //! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none);
@@ -209,7 +211,12 @@ fn main() -> Result<()> {
             },
             "adapter-skipped" => {
                 let mut e = engine(same()?, args.threads, 32, true)?;
-                serve(&mut e, &jobs, &all(&jobs), 32, |_| None)?
+                let (mut served, time) = serve(&mut e, &jobs, &all(&jobs), 32, |_| None)?;
+                let zero = openledger_engine::commitment::row_words(&vec![0.0; cfg.hidden_size])?;
+                for (_, s) in &mut served {
+                    s.commitment = s.commitment.with_every_delta(&s.output, &zero);
+                }
+                (served, time)
             },
             "other-adapter" => {
                 let mut e = engine(same()?, args.threads, 32, true)?;
@@ -261,7 +268,7 @@ fn main() -> Result<()> {
         if let Some(out) = reports_out.as_mut() {
             use std::io::Write;
             let n = args.batches.len().max(1);
-            for ((i, _), r) in served.iter().zip(&reports) {
+            for ((i, s), r) in served.iter().zip(&reports) {
                 let batch = if generator.starts_with("honest") { args.batches[i % n] } else { 32 };
                 let line = serde_json::json!({
                     "scenario": scenario, "job": i, "batch": batch, "graphs": graphs,
@@ -271,6 +278,12 @@ fn main() -> Result<()> {
                     "max_relative_error": r.max_relative_error,
                     "replayed_tokens": r.replayed_tokens, "replay_mismatches": r.replay_mismatches,
                     "max_replay_gap": r.max_replay_gap,
+                    "layout_mismatch": r.layout_mismatch, "delta_entries": r.delta_entries,
+                    "delta_value_mismatches": r.delta_value_mismatches,
+                    "delta_index_mismatches": r.delta_index_mismatches,
+                    "delta_mean_relative_error": r.delta_mean_relative_error(),
+                    "delta_max_relative_error": r.delta_max_relative_error,
+                    "bytes": s.commitment.as_bytes().len(), "tokens": s.output.len(),
                     "tokens_match": r.committed_tokens == r.recomputed_tokens,
                     "passes": r.passes(&tol),
                 });
@@ -330,7 +343,8 @@ fn main() -> Result<()> {
                 "device": args.device, "graphs": graphs, "tolerance": format!("{tol:?}"),
                 "verifier_simd": format!("{:?}", openledger_kernels::options::simd()),
                 "loaded_from": args.load_served.as_ref().map(|p| p.display().to_string()),
-                "bytes_per_32_tokens": 32 * openledger_engine::commitment::TOKEN_BYTES,
+                "bytes_per_32_tokens": openledger_engine::commitment::encoded_len(32, false),
+                "bytes_per_32_tokens_adapted": openledger_engine::commitment::encoded_len(32, true),
             })
         );
     }
@@ -370,7 +384,8 @@ fn load_served(path: &std::path::Path, jobs: &[Job]) -> Result<Vec<(usize, Serve
         if job >= jobs.len() {
             bail!("{}: job {job} but this run defines {} jobs (--jobs)", at(), jobs.len());
         }
-        let commitment = ActivationCommitment::from_bytes(bytes).with_context(at)?;
+        let adapted = jobs[job].adapter.is_some();
+        let commitment = ActivationCommitment::from_bytes(bytes, adapted).with_context(at)?;
         if commitment.tokens() != output.len() {
             bail!(
                 "{}: the commitment covers {} tokens, the output has {}",

@@ -231,7 +231,13 @@ pub(crate) fn forward(
         let entries = step_entries(model, &g.hidden, g.entries.as_ref(), n, commit_rows)?;
         let hidden = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
         let logits = g.logits.narrow(0, 0, n)?.copy()?;
-        return Ok(Some(StepOutput { logits, hidden, entries }));
+        return Ok(Some(StepOutput {
+            logits,
+            hidden,
+            entries,
+            delta: Vec::new(),
+            delta_entries: StepEntries::none(),
+        }));
     }
     // First step of this bucket: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
@@ -263,7 +269,13 @@ pub(crate) fn forward(
         DecodeGraph { bucket, pool: pool_id, plan, logits, hidden, entries, graph, last_used: now };
     graphs.make_room(captured.bytes());
     graphs.graphs.push(captured);
-    Ok(Some(StepOutput { logits: eager.narrow(0, 0, n)?, hidden: rows, entries: step }))
+    Ok(Some(StepOutput {
+        logits: eager.narrow(0, 0, n)?,
+        hidden: rows,
+        entries: step,
+        delta: Vec::new(),
+        delta_entries: StepEntries::none(),
+    }))
 }
 
 /// Whether a graph computes its rows' commitment entries on the device (rows of a width the
