@@ -21,3 +21,30 @@ socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))' "$1"
 }
+# zombienet_tests NAME FILE.zndsl...: runs each zombienet test (zombienet's CLI, native
+# provider) with its network files (node databases, logs) in a folder of its own: removed when
+# every test passed, kept and named otherwise. Prints each test's verdict and time; returns 1
+# when any failed.
+zombienet_tests() {
+    local name=$1 status=0 work t start r
+    shift
+    work=$(mktemp -d "${TMPDIR:-/tmp}/openledger-$name.XXXXXX")
+    for t in "$@"; do
+        echo "== zombienet $t"
+        start=$(date +%s)
+        if node zombienet/node_modules/@zombienet/cli/dist/cli.js --provider native \
+            --dir "$work/$(basename "$t" .zndsl)" test "$t"; then
+            r=passed
+        else
+            r=failed
+            status=1
+        fi
+        echo "zombienet $t: $r in $(( $(date +%s) - start )) s"
+    done
+    if [ "$status" -eq 0 ]; then
+        rm -rf "$work"
+    else
+        echo "zombienet: network files and node logs kept in $work" >&2
+    fi
+    return "$status"
+}

@@ -121,20 +121,7 @@ case "${1:-}" in
         zn=(node zombienet/node_modules/@zombienet/cli/dist/cli.js --provider native)
         case "${2:-spawn}" in
             spawn) exec "${zn[@]}" spawn zombienet/parachain.toml ;;
-            test)
-                # The network's files (databases, logs) in a folder this script owns: removed
-                # when the test passed, kept (and named) otherwise.
-                work=$(mktemp -d "${TMPDIR:-/tmp}/openledger-parachain-zombienet.XXXXXX")
-                start=$(date +%s)
-                if "${zn[@]}" --dir "$work/parachain" test zombienet/parachain.zndsl; then
-                    echo "zombienet parachain.zndsl: passed in $(( $(date +%s) - start )) s"
-                    rm -rf "$work"
-                else
-                    echo "zombienet parachain.zndsl: failed in $(( $(date +%s) - start )) s;" \
-                        "network files and logs kept in $work" >&2
-                    exit 1
-                fi
-                ;;
+            test) zombienet_tests parachain-zombienet zombienet/parachain.zndsl ;;
             *) echo "usage: scripts/parachain.sh zombienet [spawn|test]" >&2; exit 2 ;;
         esac
         ;;

@@ -19,27 +19,7 @@ case "${1:-spawn}" in
         exec "${zn[@]}" spawn zombienet/network.toml
         ;;
     test)
-        status=0
-        # Each test's network files (node databases, logs) go in a directory this script
-        # owns: removed when every test passed, kept (and named) for reading otherwise.
-        work=$(mktemp -d "${TMPDIR:-/tmp}/openledger-zombienet.XXXXXX")
-        for t in zombienet/network.zndsl zombienet/fault-tolerance.zndsl; do
-            echo "== zombienet $t"
-            start=$(date +%s)
-            if "${zn[@]}" --dir "$work/$(basename "$t" .zndsl)" test "$t"; then
-                r=passed
-            else
-                r=failed
-                status=1
-            fi
-            echo "zombienet $t: $r in $(( $(date +%s) - start )) s"
-        done
-        if [ "$status" -eq 0 ]; then
-            rm -rf "$work"
-        else
-            echo "zombienet: network files and node logs kept in $work" >&2
-        fi
-        exit "$status"
+        zombienet_tests zombienet zombienet/network.zndsl zombienet/fault-tolerance.zndsl
         ;;
     *)
         echo "usage: scripts/zombienet.sh [spawn|test]" >&2

@@ -159,5 +159,13 @@ mod runtime {
     pub type AuraExt = cumulus_pallet_aura_ext;
 }
 
+// The relay chain's validators check each block by calling the runtime's `validate_block`
+// (exported from the WASM build only): the block executed against the storage proof in its
+// PoV, its Aura seal checked by AuraExt's executor.
+cumulus_pallet_parachain_system::register_validate_block! {
+    Runtime = Runtime,
+    BlockExecutor = cumulus_pallet_aura_ext::BlockExecutor::<Runtime, Executive>,
+}
+
 #[cfg(test)]
 mod tests;

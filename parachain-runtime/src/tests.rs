@@ -172,3 +172,55 @@ fn runtime_blob_is_built() {
         assert!(WASM_BINARY.map(|b| b.len() > 100_000).unwrap_or(false));
     }
 }
+
+/// The names a WASM module exports as functions (its export section, id 7).
+fn exported_functions(wasm: &[u8]) -> Vec<String> {
+    fn leb(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let (mut v, mut shift) = (0usize, 0);
+        loop {
+            let b = *bytes.get(*at)?;
+            *at += 1;
+            v |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+            shift += 7;
+        }
+    }
+    let mut names = Vec::new();
+    let mut at = 8; // magic and version
+    while at < wasm.len() {
+        let id = wasm[at];
+        at += 1;
+        let Some(len) = leb(wasm, &mut at) else { break };
+        let end = at + len;
+        if id == 7 {
+            let mut p = at;
+            let count = leb(wasm, &mut p).unwrap_or(0);
+            for _ in 0..count {
+                let Some(n) = leb(wasm, &mut p) else { break };
+                let name = String::from_utf8_lossy(&wasm[p..p + n]).into_owned();
+                p += n;
+                let kind = wasm[p];
+                p += 1;
+                let _index = leb(wasm, &mut p);
+                if kind == 0 {
+                    names.push(name);
+                }
+            }
+        }
+        at = end;
+    }
+    names
+}
+
+#[test]
+fn the_wasm_exports_validate_block_for_the_relay_chain() {
+    // Without it every candidate is invalid on the relay chain ("Exported method
+    // validate_block is not found") and no block is ever included.
+    let blob = WASM_BINARY.expect("the WASM runtime is built");
+    let wasm = sp_maybe_compressed_blob::decompress(blob, 64 << 20).expect("a WASM blob");
+    let exports = exported_functions(&wasm);
+    assert!(exports.iter().any(|e| e == "Core_version"), "not a runtime? {exports:?}");
+    assert!(exports.iter().any(|e| e == "validate_block"), "{exports:?}");
+}
