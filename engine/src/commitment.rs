@@ -2,15 +2,20 @@
 //! can check later, in one prefill pass over the prompt and the output, that the tokens came
 //! from the model, adapter and numeric format the provider registered.
 //!
-//! **Encoding, version 1.** For every generated token, the row the LM head read to pick it
+//! **Encoding, version 2.** For every generated token, the row the LM head read to pick it
 //! (the final RMSNorm's output at the position before the token) contributes its
 //! [`TOP_K`] entries of largest magnitude, largest first (ties: the lower dimension). An
-//! entry is one little-endian `u32`: the dimension in its low [`DIM_BITS`] bits, and above
-//! them the value's f32 bits shortened to [`VALUE_BITS`] (sign, 8 exponent bits, 9 mantissa
-//! bits; rounded to nearest even): [`ENTRY_BYTES`] bytes an entry, [`TOKEN_BYTES`] a token,
-//! 256 bytes per [`CHUNK_TOKENS`] tokens. The commitment is the concatenation over the
-//! output in order, so its length (with whether the output was served with an adapter,
-//! below) names the number of tokens it covers.
+//! entry is [`ENTRY_BITS`] = 30 bits: the dimension in its low [`DIM_BITS`], and above them
+//! the value in 16 bits: sign, a 6-bit exponent (bias 31: magnitudes from 2^-30 to just
+//! under 2^32; smaller ones are committed as zero, larger ones as infinite) and 9 mantissa
+//! bits, rounded to nearest even. In memory (and from a GPU's top-2 kernel) an entry is a
+//! `u32` word ([`row_words`]): the same dimension bits, and above them the f32 shortened to
+//! [`VALUE_BITS`] (sign, 8 exponent bits, 9 mantissa bits); sealing narrows the exponent.
+//! The output is committed in chunks of [`CHUNK_TOKENS`] tokens; a chunk's entries are
+//! packed one after the other, least significant bit first, into the fewest bytes that hold
+//! them (zero bits pad the last byte): **240 bytes per 32 tokens** without an adapter. The
+//! commitment is the concatenation of the chunks in order, so its length (with whether the
+//! output was served with an adapter, below) names the number of tokens it covers.
 //!
 //! **Adapted requests** (a request served with an adapter) commit also to the adapter's own
 //! contribution, which bf16 rounding on a GPU cannot hide: at layer [`delta_layer`] (the
@@ -20,12 +25,12 @@
 //! computed and kept; when a chunk of [`CHUNK_TOKENS`] tokens ends (or the output does), the
 //! [`DELTA_PICKS`] positions [`delta_picks`] derives from a hash of the chunk's tokens
 //! (unknown until its last token is sampled, so the delta must be computed for every token)
-//! contribute the [`TOP_K`] entries of their delta rows, encoded as the hidden rows' are. The
-//! bytes of a chunk are its tokens' hidden entries, then its picks' delta entries in position
-//! order: **288 bytes per 32 tokens** for an adapted request ([`encoded_len`]), 256 without
-//! an adapter. A skipped adapter makes the delta zero and another adapter points it at other
-//! dimensions with other values, while an honest recomputation moves it by the rounding of
-//! its input: its own, looser bounds ([`Tolerance::delta_relative`]) catch both.
+//! contribute the [`TOP_K`] entries of their delta rows, encoded as the hidden rows' are. A
+//! chunk's entries are its tokens' hidden entries, then its picks' delta entries in position
+//! order: **255 bytes per 32 tokens** for an adapted request ([`encoded_len`]). A skipped
+//! adapter makes the delta zero and another adapter points it at other dimensions with other
+//! values, while an honest recomputation moves it by the rounding of its input: its own,
+//! looser bounds ([`Tolerance::delta_relative`]) catch both.
 //!
 //! Why these bits: the largest entries of that row are few fixed "massive" dimensions, which
 //! an adapter moves by well under 1% (bfloat16's 7 mantissa bits, 0.4-0.8% a step, hid most
@@ -43,23 +48,27 @@ use crate::error::{EngineError, Result};
 
 /// Entries committed per token.
 pub const TOP_K: usize = 2;
-/// Bytes of one entry: a `u32` of [`DIM_BITS`] dimension bits and [`VALUE_BITS`] value bits.
-pub const ENTRY_BYTES: usize = 4;
 /// Bits of an entry's dimension (rows up to 16,384 wide).
 pub const DIM_BITS: u32 = 14;
-/// Bits of an entry's value: the top bits of its f32 (sign, exponent, 9 mantissa bits).
+/// Bits of an in-memory word's value: the top bits of its f32 (sign, exponent, 9 mantissa
+/// bits).
 pub const VALUE_BITS: u32 = 32 - DIM_BITS;
+/// Bits of a committed entry's value: sign, [`EXPONENT_BITS`], 9 mantissa bits.
+pub const PACKED_VALUE_BITS: u32 = 16;
+/// Exponent bits of a committed value (bias 31).
+pub const EXPONENT_BITS: u32 = 6;
+/// Bits of one committed entry: its dimension and its value.
+pub const ENTRY_BITS: usize = (DIM_BITS + PACKED_VALUE_BITS) as usize;
 /// The widest row the encoding takes.
 pub const MAX_DIMS: usize = 1 << DIM_BITS;
-/// Bytes committed per generated token.
-pub const TOKEN_BYTES: usize = TOP_K * ENTRY_BYTES;
-/// Tokens per chunk in the encoding's size budget (256 bytes a chunk).
+/// Tokens per chunk: the unit the encoding's size is counted in and delta rows are picked
+/// from.
 pub const CHUNK_TOKENS: usize = 32;
 /// How far down the recomputed row's ranking a committed dimension may sit and still count
 /// as agreeing (honest near ties swap places).
 pub const INDEX_SLACK: usize = 2;
 /// Delta rows committed per chunk of an adapted request (fewer when the chunk is shorter).
-pub const DELTA_PICKS: usize = 4;
+pub const DELTA_PICKS: usize = 2;
 
 /// The layer whose LoRA delta an adapted request commits to: the middle one, deep enough that
 /// its input carries the adapter's effect on the layers before it.
@@ -69,9 +78,22 @@ pub fn delta_layer(num_layers: usize) -> usize {
 
 /// Bytes of the commitment to `tokens` generated tokens, with or without an adapter.
 pub fn encoded_len(tokens: usize, adapted: bool) -> usize {
-    let picks = |n: usize| if adapted { n.min(DELTA_PICKS) } else { 0 };
     let (full, rest) = (tokens / CHUNK_TOKENS, tokens % CHUNK_TOKENS);
-    (full * (CHUNK_TOKENS + picks(CHUNK_TOKENS)) + rest + picks(rest)) * TOKEN_BYTES
+    full * chunk_bytes(CHUNK_TOKENS, adapted) + chunk_bytes(rest, adapted)
+}
+
+/// Delta picks of a chunk of `n` tokens.
+fn picks_in(n: usize, adapted: bool) -> usize {
+    if adapted {
+        n.min(DELTA_PICKS)
+    } else {
+        0
+    }
+}
+
+/// Bytes of one chunk of `n` tokens: its entries packed, rounded up to whole bytes.
+fn chunk_bytes(n: usize, adapted: bool) -> usize {
+    ((n + picks_in(n, adapted)) * TOP_K * ENTRY_BITS).div_ceil(8)
 }
 
 /// The positions (offsets into the chunk, ascending) whose delta rows chunk `chunk` of an
@@ -102,14 +124,14 @@ pub fn delta_picks(chunk: usize, tokens: &[u32]) -> Vec<usize> {
 /// The committed rows of one output, in the encoding above.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ActivationCommitment {
-    /// Sealed chunks (every token's, for a commitment without an adapter).
+    /// Sealed chunks, packed.
     bytes: Vec<u8>,
     /// Whether the output was served with an adapter (delta entries per chunk).
     adapted: bool,
     /// Tokens in `bytes`.
     sealed: usize,
-    /// An adapted commitment's tokens of the chunk not yet sealed: hidden words, and the
-    /// delta words where computed (a generator computes every token's, a verifier its picks').
+    /// The tokens of the chunk not yet sealed: hidden words, and (adapted) the delta words
+    /// where computed (a generator computes every token's, a verifier its picks').
     open: Vec<([u32; TOP_K], Option<[u32; TOP_K]>)>,
 }
 
@@ -127,9 +149,10 @@ impl ActivationCommitment {
     }
 
     /// Decodes a commitment to an output served with an adapter (`adapted`) or without; its
-    /// length must be [`encoded_len`] of some number of tokens.
+    /// length must be [`encoded_len`] of some number of tokens, and every chunk's padding
+    /// bits zero.
     pub fn from_bytes(bytes: Vec<u8>, adapted: bool) -> Result<Self> {
-        let per_chunk = encoded_len(CHUNK_TOKENS, adapted);
+        let per_chunk = chunk_bytes(CHUNK_TOKENS, adapted);
         let full = bytes.len() / per_chunk;
         let tokens = (0..CHUNK_TOKENS)
             .map(|rest| full * CHUNK_TOKENS + rest)
@@ -141,7 +164,18 @@ impl ActivationCommitment {
                     if adapted { "with" } else { "without" }
                 ))
             })?;
-        Ok(Self { bytes, adapted, sealed: tokens, open: Vec::new() })
+        let c = Self { bytes, adapted, sealed: tokens, open: Vec::new() };
+        for chunk in 0..tokens.div_ceil(CHUNK_TOKENS) {
+            let (at, n) = c.chunk_at(chunk).unwrap_or((0, 0));
+            let used = (n + picks_in(n, adapted)) * TOP_K * ENTRY_BITS;
+            let last = c.bytes.get(at + chunk_bytes(n, adapted) - 1).copied().unwrap_or(0);
+            if !used.is_multiple_of(8) && last >> (used % 8) != 0 {
+                return Err(EngineError::BadCommitment(format!(
+                    "chunk {chunk} of the commitment has padding bits set"
+                )));
+            }
+        }
+        Ok(c)
     }
 
     /// The encoded bytes (what a receipt's hash covers): the sealed chunks.
@@ -168,19 +202,16 @@ impl ActivationCommitment {
 
     /// Appends one token's encoded hidden entries ([`row_words`], or the same words computed
     /// on a device: `openledger_kernels::packed_top2` with [`DIM_BITS`]), [`TOP_K`] of them
-    /// (a slice of several tokens' words appends them all, in order). An adapted
-    /// commitment's token stays open, waiting for its delta words and its chunk's seal.
+    /// (a slice of several tokens' words appends them all, in order). The token stays open
+    /// until its chunk is sealed: at once when an output without an adapter fills a chunk,
+    /// by [`ActivationCommitment::seal`] otherwise.
     pub fn push_words(&mut self, words: &[u32]) {
         for token in words.chunks(TOP_K) {
-            if self.adapted {
-                let mut w = [0u32; TOP_K];
-                w[..token.len()].copy_from_slice(token);
-                self.open.push((w, None));
-            } else {
-                for w in token {
-                    self.bytes.extend_from_slice(&w.to_le_bytes());
-                }
-                self.sealed += 1;
+            let mut w = [0u32; TOP_K];
+            w[..token.len()].copy_from_slice(token);
+            self.open.push((w, None));
+            if !self.adapted && self.open.len() == CHUNK_TOKENS {
+                self.seal_chunk(&[]);
             }
         }
     }
@@ -188,6 +219,9 @@ impl ActivationCommitment {
     /// Sets the delta words ([`row_words`] of the delta row) of the newest open token of an
     /// adapted commitment (nothing otherwise).
     pub fn push_delta_words(&mut self, words: &[u32]) {
+        if !self.adapted {
+            return;
+        }
         if let Some((_, delta)) = self.open.last_mut() {
             let mut w = [0u32; TOP_K];
             let n = words.len().min(TOP_K);
@@ -196,30 +230,55 @@ impl ActivationCommitment {
         }
     }
 
-    /// Seals every chunk of an adapted commitment whose tokens are all in `output` (the
-    /// generated tokens so far), and with `finished` the last, partial one too: its hidden
-    /// entries, then the delta entries of its [`delta_picks`] (a pick without delta words,
-    /// which only a broken caller leaves, commits zero entries). Nothing to do otherwise.
+    /// Seals every chunk whose tokens are all in `output` (the generated tokens so far; an
+    /// output without an adapter needs none), and with `finished` the last, partial one
+    /// too: its hidden entries, then (adapted) the delta entries of its [`delta_picks`] (a
+    /// pick without delta words, which only a broken caller leaves, commits zero entries).
     pub fn seal(&mut self, output: &[u32], finished: bool) {
-        while self.adapted && !self.open.is_empty() {
+        while !self.open.is_empty() {
             let n = self.open.len().min(CHUNK_TOKENS);
-            let Some(tokens) = output.get(self.sealed..self.sealed + n) else { return };
             if n < CHUNK_TOKENS && !finished {
                 return;
             }
-            let chunk: Vec<_> = self.open.drain(..n).collect();
-            for (hidden, _) in &chunk {
-                for w in hidden {
-                    self.bytes.extend_from_slice(&w.to_le_bytes());
+            let tokens = if self.adapted {
+                match output.get(self.sealed..self.sealed + n) {
+                    Some(t) => t,
+                    None => return,
                 }
-            }
-            for p in delta_picks(self.sealed / CHUNK_TOKENS, tokens) {
-                for w in chunk[p].1.unwrap_or([0; TOP_K]) {
-                    self.bytes.extend_from_slice(&w.to_le_bytes());
-                }
-            }
-            self.sealed += n;
+            } else {
+                &[]
+            };
+            let tokens = tokens.to_vec();
+            self.seal_chunk(&tokens);
         }
+    }
+
+    /// Packs the first (up to) [`CHUNK_TOKENS`] open tokens as a chunk; `tokens` are its
+    /// output tokens (an adapted chunk's picks come from them).
+    fn seal_chunk(&mut self, tokens: &[u32]) {
+        let n = self.open.len().min(CHUNK_TOKENS);
+        let chunk: Vec<_> = self.open.drain(..n).collect();
+        let mut words: Vec<u32> = chunk.iter().flat_map(|(hidden, _)| *hidden).collect();
+        if self.adapted {
+            for p in delta_picks(self.sealed / CHUNK_TOKENS, tokens) {
+                words.extend(chunk.get(p).and_then(|t| t.1).unwrap_or([0; TOP_K]));
+            }
+        }
+        let mut acc: u64 = 0;
+        let mut bits = 0;
+        for w in words {
+            acc |= u64::from(pack_word(w)) << bits;
+            bits += ENTRY_BITS;
+            while bits >= 8 {
+                self.bytes.push(acc as u8);
+                acc >>= 8;
+                bits -= 8;
+            }
+        }
+        if bits > 0 {
+            self.bytes.push(acc as u8);
+        }
+        self.sealed += n;
     }
 
     /// This commitment's hidden entries laid out as an adapted output's (`output` its
@@ -229,11 +288,9 @@ impl ActivationCommitment {
     pub fn with_every_delta(&self, output: &[u32], delta: &[u32]) -> Self {
         let mut out = Self::new(true);
         for t in 0..self.sealed {
-            let Some(at) = self.token_at(t) else { break };
-            let words: Vec<u32> = self.bytes[at..at + TOKEN_BYTES]
-                .chunks_exact(ENTRY_BYTES)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let Some(entries) = self.entries(t) else { break };
+            let words: Vec<u32> =
+                entries.iter().map(|e| (shorten(e.value) << DIM_BITS) | e.dim).collect();
             out.push_words(&words);
             out.push_delta_words(delta);
         }
@@ -241,46 +298,85 @@ impl ActivationCommitment {
         out
     }
 
-    /// Where token `t`'s entries start in the sealed bytes.
-    fn token_at(&self, t: usize) -> Option<usize> {
-        if t >= self.sealed {
+    /// Where chunk `chunk` starts in the sealed bytes, and its tokens.
+    fn chunk_at(&self, chunk: usize) -> Option<(usize, usize)> {
+        let first = chunk.checked_mul(CHUNK_TOKENS)?;
+        if first >= self.sealed {
             return None;
         }
-        let per_chunk = encoded_len(CHUNK_TOKENS, self.adapted);
-        Some((t / CHUNK_TOKENS) * per_chunk + (t % CHUNK_TOKENS) * TOKEN_BYTES)
+        let n = (self.sealed - first).min(CHUNK_TOKENS);
+        Some((chunk * chunk_bytes(CHUNK_TOKENS, self.adapted), n))
+    }
+
+    /// Entry `i` of the chunk starting at byte `at`.
+    fn entry(&self, at: usize, i: usize) -> Option<Entry> {
+        let bit = i * ENTRY_BITS;
+        let start = at + bit / 8;
+        let mut acc: u64 = 0;
+        for (k, b) in self.bytes.get(start..)?.iter().take(5).enumerate() {
+            acc |= u64::from(*b) << (8 * k);
+        }
+        let packed = (acc >> (bit % 8)) as u32 & ((1u32 << ENTRY_BITS) - 1);
+        Some(Entry {
+            dim: packed & (MAX_DIMS as u32 - 1),
+            value: lengthen(widen(packed >> DIM_BITS)),
+        })
+    }
+
+    /// `TOP_K` entries starting at entry `first` of the chunk at byte `at`.
+    fn entries_from(&self, at: usize, first: usize) -> Option<[Entry; TOP_K]> {
+        let mut out = [Entry { dim: 0, value: 0.0 }; TOP_K];
+        for (k, e) in out.iter_mut().enumerate() {
+            *e = self.entry(at, first + k)?;
+        }
+        Some(out)
     }
 
     /// The committed entries of token `t` (`None` past the sealed end).
     pub fn entries(&self, t: usize) -> Option<[Entry; TOP_K]> {
-        let at = self.token_at(t)?;
-        decode_entries(self.bytes.get(at..at + TOKEN_BYTES)?)
+        let (at, _) = self.chunk_at(t / CHUNK_TOKENS)?;
+        self.entries_from(at, (t % CHUNK_TOKENS) * TOP_K)
     }
 
     /// The committed delta entries of the `i`-th pick of chunk `chunk` (`None` without an
     /// adapter, or past the sealed end).
     pub fn delta_entries(&self, chunk: usize, i: usize) -> Option<[Entry; TOP_K]> {
-        let first = chunk.checked_mul(CHUNK_TOKENS)?;
-        if !self.adapted || first >= self.sealed {
+        let (at, n) = self.chunk_at(chunk)?;
+        if i >= picks_in(n, self.adapted) {
             return None;
         }
-        let n = (self.sealed - first).min(CHUNK_TOKENS);
-        if i >= n.min(DELTA_PICKS) {
-            return None;
-        }
-        let at = self.token_at(first)? + (n + i) * TOKEN_BYTES;
-        decode_entries(self.bytes.get(at..at + TOKEN_BYTES)?)
+        self.entries_from(at, (n + i) * TOP_K)
     }
 }
 
-/// The entries of one token's [`TOKEN_BYTES`].
-fn decode_entries(token: &[u8]) -> Option<[Entry; TOP_K]> {
-    let mut out = [Entry { dim: 0, value: 0.0 }; TOP_K];
-    for (e, b) in out.iter_mut().zip(token.chunks_exact(ENTRY_BYTES)) {
-        let word = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        e.dim = word & (MAX_DIMS as u32 - 1);
-        e.value = lengthen(word >> DIM_BITS);
-    }
-    Some(out)
+/// A word's [`ENTRY_BITS`]: its dimension, and its value narrowed to [`PACKED_VALUE_BITS`]
+/// (the exponent rebiased from 8 bits to [`EXPONENT_BITS`]; out of range: zero or infinite).
+fn pack_word(word: u32) -> u32 {
+    let v = word >> DIM_BITS;
+    let (sign, exponent, mantissa) = (v >> 17 & 1, v >> 9 & 0xff, v & 0x1ff);
+    let max = (1 << EXPONENT_BITS) - 1;
+    let (e, m) = match exponent {
+        0xff => (max, mantissa),
+        e if e <= EXPONENT_SHIFT => (0, 0),
+        e if e - EXPONENT_SHIFT >= max => (max, 0),
+        e => (e - EXPONENT_SHIFT, mantissa),
+    };
+    let packed = sign << (PACKED_VALUE_BITS - 1) | e << 9 | m;
+    packed << DIM_BITS | (word & (MAX_DIMS as u32 - 1))
+}
+
+/// What f32 exponents lose when narrowed: 127 - 31.
+const EXPONENT_SHIFT: u32 = 96;
+
+/// A packed value's [`VALUE_BITS`] (the inverse of [`pack_word`]'s narrowing).
+fn widen(packed: u32) -> u32 {
+    let (sign, e, m) = (packed >> 15 & 1, packed >> 9 & 0x3f, packed & 0x1ff);
+    let exponent = match e {
+        0 => 0,
+        0x3f => 0xff,
+        e => e + EXPONENT_SHIFT,
+    };
+    sign << 17 | exponent << 9 | m
 }
 
 /// The encoded entries of one row, largest first: what [`ActivationCommitment::push_row`]
@@ -329,7 +425,8 @@ pub fn shorten(v: f32) -> u32 {
     let drop = 32 - VALUE_BITS;
     let bits = v.to_bits();
     if v.is_nan() {
-        return (bits >> drop) | (1 << (VALUE_BITS - 2));
+        // The top mantissa bit, so that the shortened NaN is still a NaN.
+        return (bits >> drop) | (1 << (VALUE_BITS - 10));
     }
     let half = (1u32 << (drop - 1)) - 1;
     let round = half + ((bits >> drop) & 1);
@@ -687,12 +784,32 @@ mod tests {
     }
 
     #[test]
+    fn committed_values_keep_their_words_within_the_packed_range() {
+        // In range (2^-30 up to 2^32): the word comes back unchanged; below: zero (sign
+        // kept); above, and infinities: infinite; NaN stays NaN.
+        for v in [1.0f32, -3.5, 1e-9, -2e9, 0.0, 0.000_123_4, 65_504.0] {
+            let word = shorten(v) << DIM_BITS | 7;
+            assert_eq!(pack_word(word) & (MAX_DIMS as u32 - 1), 7);
+            assert_eq!(widen(pack_word(word) >> DIM_BITS), shorten(v), "{v}");
+        }
+        let back = |v: f32| lengthen(widen(pack_word(shorten(v) << DIM_BITS) >> DIM_BITS));
+        assert_eq!(back(1e-12), 0.0);
+        assert_eq!(back(-1e-12).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(back(1e12), f32::INFINITY);
+        assert_eq!(back(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert!(back(f32::NAN).is_nan());
+        assert!(back(f32::from_bits(0x7f80_0001)).is_nan(), "a NaN with low mantissa bits");
+        assert!(pack_word(u32::MAX) < 1 << ENTRY_BITS);
+    }
+
+    #[test]
     fn entries_pack_dimension_and_value() {
         let mut row = vec![0.0f32; MAX_DIMS];
         row[MAX_DIMS - 1] = -9.25;
         row[3] = 7.0;
         let mut c = ActivationCommitment::new(false);
         c.push_row(&row).unwrap();
+        c.seal(&[], true);
         let [a, b] = c.entries(0).unwrap();
         assert_eq!((a.dim, a.value, b.dim, b.value), (MAX_DIMS as u32 - 1, -9.25, 3, 7.0));
         assert!(c.push_row(&vec![0.0; MAX_DIMS + 1]).is_err());
@@ -738,11 +855,13 @@ mod tests {
 
     #[test]
     fn adapted_commitments_seal_delta_picks_per_chunk() {
-        // 288 bytes per 32 tokens with an adapter (4 delta rows of 8 bytes), 256 without.
-        assert_eq!(encoded_len(32, true), 288);
-        assert_eq!(encoded_len(32, false), 256);
-        assert_eq!(encoded_len(40, true), 288 + (8 + 4) * TOKEN_BYTES);
-        assert_eq!(encoded_len(3, true), (3 + 3) * TOKEN_BYTES);
+        // 255 bytes per 32 tokens with an adapter ((32 + 2) x 2 entries of 30 bits), 240
+        // without; a partial chunk rounds up to whole bytes.
+        assert_eq!(encoded_len(32, true), 255);
+        assert_eq!(encoded_len(32, false), 240);
+        assert_eq!(encoded_len(40, true), 255 + (8 + 2) * 60 / 8);
+        assert_eq!(encoded_len(3, true), 38, "(3 + 2) x 60 bits = 300 bits, in 38 bytes");
+        assert_eq!(encoded_len(1, false), 8);
         // Every length decodes back to its token count, and no other length decodes.
         for n in 0..100 {
             for adapted in [false, true] {
@@ -751,22 +870,24 @@ mod tests {
                 assert_eq!(c.tokens(), n, "{n} {adapted}");
             }
         }
-        assert!(ActivationCommitment::from_bytes(vec![0; 3 * TOKEN_BYTES], true).is_err());
+        assert!(ActivationCommitment::from_bytes(vec![0; 24], true).is_err());
 
         // Picks: distinct, ascending, inside the chunk, a function of the chunk's tokens.
         let tokens: Vec<u32> = (0..40).map(|t| t * 31 % 17 + 100).collect();
         let picks = delta_picks(0, &tokens[..32]);
         assert_eq!(picks.len(), DELTA_PICKS);
-        assert!(picks.windows(2).all(|w| w[0] < w[1]) && picks[3] < 32, "{picks:?}");
+        assert!(picks.windows(2).all(|w| w[0] < w[1]) && picks[1] < 32, "{picks:?}");
         assert_eq!(picks, delta_picks(0, &tokens[..32]));
         let moved: Vec<Vec<usize>> =
             (0..8u32).map(|t| delta_picks(0, &[&tokens[..31], &[t][..]].concat())).collect();
         assert!(moved.iter().any(|p| *p != picks), "the last token moves the picks");
-        assert_eq!(delta_picks(1, &tokens[32..35]), vec![0, 1, 2]);
+        assert_eq!(delta_picks(1, &tokens[32..33]), vec![0]);
+        assert_eq!(delta_picks(1, &tokens[32..34]), vec![0, 1]);
 
         // A generator pushes every token's hidden and delta words; the picks are sealed.
-        let hidden = |t: usize| [(t as u32) << DIM_BITS | 1, 2];
-        let delta = |t: usize| [(t as u32 + 1000) << DIM_BITS | 5, 6];
+        let w = |v: f32, d: u32| (shorten(v) << DIM_BITS) | d;
+        let hidden = |t: usize| [w(1.0 + t as f32 / 512.0, 1), w(-2.0, 2)];
+        let delta = |t: usize| [w(-0.25 - t as f32 / 2048.0, 5), w(1e-3, MAX_DIMS as u32 - 1)];
         let mut c = ActivationCommitment::new(true);
         for t in 0..40 {
             c.push_words(&hidden(t));
@@ -787,7 +908,7 @@ mod tests {
                 assert_eq!(got, Some(delta(range.start + p)), "chunk {chunk} pick {i}");
             }
         }
-        assert_eq!(c.delta_entries(1, 4), None);
+        assert_eq!(c.delta_entries(1, DELTA_PICKS), None);
         let again = ActivationCommitment::from_bytes(c.as_bytes().to_vec(), true).unwrap();
         assert_eq!(again, c);
         assert!(ActivationCommitment::new(false).delta_entries(0, 0).is_none());
@@ -825,6 +946,7 @@ mod tests {
         // A claim without delta entries checked as adapted counts as mismatches.
         let mut bare = ActivationCommitment::new(false);
         bare.push_row(&[1.0, 2.0, 3.0]).unwrap();
+        bare.seal(&[], true);
         let r = check(&bare, &delta);
         assert_eq!(r.delta_value_mismatches, TOP_K);
         assert!(!r.passes(&tol));
@@ -842,12 +964,24 @@ mod tests {
             c.push_row(r).unwrap();
         }
         assert_eq!(c.tokens(), 40);
-        assert_eq!(c.as_bytes().len(), 40 * TOKEN_BYTES);
-        // 32 tokens fit the 256-byte budget.
-        assert_eq!(CHUNK_TOKENS * TOKEN_BYTES, 256);
+        assert_eq!(c.as_bytes().len(), encoded_len(32, false), "a full chunk seals at once");
+        c.seal(&[], true);
+        assert_eq!(c.as_bytes().len(), encoded_len(40, false));
+        // 32 tokens fit the 256-byte budget, with an adapter too.
+        assert!(encoded_len(CHUNK_TOKENS, false) <= 256 && encoded_len(CHUNK_TOKENS, true) <= 256);
         let again = ActivationCommitment::from_bytes(c.as_bytes().to_vec(), false).unwrap();
         assert_eq!(again, c);
-        assert!(ActivationCommitment::from_bytes(vec![0; TOKEN_BYTES + 1], false).is_err());
+        assert!(ActivationCommitment::from_bytes(vec![0; 9], false).is_err());
+        // Padding bits must be zero: one token is 60 bits, in 8 bytes.
+        let mut one = ActivationCommitment::new(false);
+        one.push_row(&rows[0]).unwrap();
+        one.seal(&[], true);
+        let mut bytes = one.as_bytes().to_vec();
+        assert_eq!(bytes.len(), 8);
+        assert!(ActivationCommitment::from_bytes(bytes.clone(), false).is_ok());
+        bytes[7] |= 0x80;
+        let e = ActivationCommitment::from_bytes(bytes, false).unwrap_err();
+        assert!(e.to_string().contains("padding"), "{e}");
 
         let tol = Tolerance::default();
         let mut honest = VerifyReport::new(&c);

@@ -355,7 +355,7 @@ impl Model {
     /// another), as `[hidden_rows, hidden]` (what a verifier compares with a commitment),
     /// and the activation commitment's entries ([`crate::commitment`]) of the rows at
     /// `commit_rows`, computed where the rows are: on a CUDA device by a kernel, only
-    /// [`crate::commitment::TOKEN_BYTES`] a row crossing to the host, copied behind the step
+    /// [`crate::commitment::TOP_K`] words a row crossing to the host, copied behind the step
     /// without waiting for it ([`StepEntries`]).
     pub fn forward_step(
         &self,

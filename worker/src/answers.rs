@@ -287,6 +287,7 @@ mod tests {
         // skipped it) reads as what it is, for the verifier to refuse.
         let mut bare = ActivationCommitment::new(false);
         bare.push_row(&[0.5, -2.0, 1.0]).unwrap();
+        bare.seal(&[], true);
         let mut v = record.to_json();
         v["activations"] = json!(format!("0x{}", hex::encode(bare.as_bytes())));
         let read = AnswerRecord::from_json(&v.to_string()).unwrap();

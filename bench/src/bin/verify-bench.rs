@@ -11,6 +11,11 @@
 //!   a zero delta row per token (what the adapter it skipped contributes; a claim without
 //!   delta entries is refused for its layout alone);
 //! - `other-adapter`: the next adapter;
+//! - `adapter-at-delta-layer`: the smarter skip: the job's adapter applied only where the
+//!   commitment looks (the first projection it targets at [`delta_layer`]), every other
+//!   layer and projection served without it (a copy of the adapter with those weights
+//!   zeroed), so the committed deltas are computed, on inputs that lack the adapter's effect
+//!   on the layers before;
 //! - `lower-precision`: the registered Q4_1 weights served as Q4_0;
 //! - `layers-skipped`: the last `--skip-layers` layers dropped (no adapter, claimed none);
 //! - `other-model`: another checkpoint of the same shape (every weight moved by noise of
@@ -42,8 +47,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use clap::Parser;
 use openledger_engine::{
-    write_random_adapter, ActivationCommitment, Engine, EngineConfig, KvCacheConfig, Model,
-    ModelSource, Projection, SamplingParams, StreamEvent, Tolerance, VerifyReport, GPU_DTYPE,
+    commitment::delta_layer, write_random_adapter, ActivationCommitment, Engine, EngineConfig,
+    KvCacheConfig, Model, ModelSource, Projection, SamplingParams, StreamEvent, Tolerance,
+    VerifyReport, GPU_DTYPE,
 };
 use rand::{Rng, SeedableRng};
 
@@ -143,6 +149,13 @@ fn main() -> Result<()> {
         }
         Ok(e)
     };
+    // The `adapter-at-delta-layer` cheat's adapters: each adapter with every weight zeroed
+    // except the first target's at the commitment's layer.
+    let cut = |n: &str| format!("{n}-at-delta-layer");
+    let kept = format!("layers.{}.{}.", delta_layer(cfg.num_layers), Projection::ALL[0].hf_path());
+    for n in &names {
+        write_zeroed_except(&dir.path().join(n), &dir.path().join(cut(n)), &kept)?;
+    }
     let same = || base.model().without_last_layers(0);
     let mut verifier = engine(same()?, args.verifier_threads, 32, true)?;
 
@@ -224,6 +237,13 @@ fn main() -> Result<()> {
                     let i = names.iter().position(|n| Some(n) == j.adapter.as_ref())?;
                     Some(names[(i + 1) % names.len()].clone())
                 })?
+            },
+            "adapter-at-delta-layer" => {
+                let mut e = engine(same()?, args.threads, 32, true)?;
+                for n in &names {
+                    e.register_adapter(&cut(n), &dir.path().join(cut(n)))?;
+                }
+                serve(&mut e, &jobs, &all(&jobs), 32, |j| j.adapter.as_deref().map(cut))?
             },
             "lower-precision" => {
                 let mut e =
@@ -405,6 +425,29 @@ fn load_served(path: &std::path::Path, jobs: &[Job]) -> Result<Vec<(usize, Serve
         );
     }
     Ok(out)
+}
+
+/// Copies the PEFT adapter in `from` to `to` with every tensor zeroed except those whose
+/// name contains `kept`.
+fn write_zeroed_except(from: &std::path::Path, to: &std::path::Path, kept: &str) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    std::fs::copy(from.join("adapter_config.json"), to.join("adapter_config.json"))
+        .with_context(|| format!("copying {}", from.display()))?;
+    let file = from.join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let mut zeroed = 0;
+    for (name, t) in tensors.iter_mut() {
+        if !name.contains(kept) {
+            *t = t.zeros_like()?;
+            zeroed += 1;
+        }
+    }
+    if zeroed + 2 != tensors.len() {
+        bail!("{}: expected to keep 2 tensors named *{kept}*", file.display());
+    }
+    candle_core::safetensors::save(&tensors, to.join("adapter_model.safetensors"))?;
+    Ok(())
 }
 
 fn all(jobs: &[Job]) -> Vec<usize> {
