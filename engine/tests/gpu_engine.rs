@@ -664,9 +664,7 @@ fn cuda_commitment_entries_match_the_cpu_encoding() {
 #[test]
 fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters() {
     use openledger_engine::commitment::encoded_len;
-    use openledger_engine::{
-        BlockTable, KvCache, NumericFormat, Projection, SeqChunk, StepRows, StreamEvent, Tolerance,
-    };
+    use openledger_engine::{NumericFormat, Projection, StepRows, StreamEvent, Tolerance};
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
     let gpu = cuda();
@@ -685,18 +683,8 @@ fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters()
         let model = Model::load_hf(dir.path(), &device).unwrap();
         let lora = slots(dir.path(), &cfg, &device);
         let kc = KvCacheConfig { block_size: 16, num_blocks: 32 };
-        let mut cache = KvCache::for_model(kc, &model).unwrap();
-        let mut tables = vec![BlockTable::default(); specs.len()];
-        for (t, s) in tables.iter_mut().zip(&specs) {
-            cache.reserve(t, s.prompt.len()).unwrap();
-        }
-        let chunks: Vec<SeqChunk<'_>> = specs
-            .iter()
-            .zip(&tables)
-            .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
-            .collect();
         let rows = StepRows { delta: &asked, delta_commit: &asked, ..StepRows::default() };
-        let out = model.forward_rows(&chunks, &mut cache, &lora, rows, false).unwrap();
+        let out = batch::prompt_step(&model, &lora, &specs, kc, rows);
         let words = out.delta_entries.wait().unwrap();
         assert_eq!((out.delta.len(), words.len()), (asked.len(), asked.len()));
         for (row, w) in out.delta.iter().zip(&words) {
