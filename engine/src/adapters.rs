@@ -485,6 +485,19 @@ impl LoraSlots {
         })
     }
 
+    /// Brings the device pointer arrays of every layer's tables of `projections` up to date
+    /// with the slots: a replayed CUDA graph reads them without a launch from the host, which
+    /// would otherwise do it (`AdapterTable::sync_device`).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn sync_device_tables(&self, projections: &[Projection]) -> Result<()> {
+        for layer in &self.tables {
+            for &p in projections {
+                layer[p.index()].sync_device()?;
+            }
+        }
+        Ok(())
+    }
+
     /// `y += delta(x)` for layer `layer`'s projection `proj`, one SGMV call for the batch.
     pub(crate) fn apply(
         &self,

@@ -21,7 +21,7 @@ use openledger_testkit as common;
 use candle_core::Tensor;
 use candle_core::{DType, Device};
 use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
-use common::{write_adapter, write_model_with};
+use common::{write_adapter, write_model_with, AdapterSpec};
 use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
     ActivationCommitment, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter,
@@ -441,9 +441,51 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
         &[6, 5, 4, 3, 2, 1, 0],
     ];
     let lens = [3, 17, 130, 600, 31, 64, 9, 250];
-    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule);
+    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, None);
     assert_eq!(graphs, 4, "one graph per bucket (8, 4, 2, 1)");
     eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
+}
+
+/// Decode steps with adapters replay graphs too, the adapter mix as data: the schedule of
+/// the test above with the sequences on [`SPECS`]' three adapters (ranks 4, 8 and 16; all
+/// seven projections, q and v, gate/up/down) and none, so that batches mix adapters,
+/// rows without one and padding rows, and the same bucket meets other mixes over the same
+/// projections. Halfway, slot 1's adapter is replaced by another of rank 16 on the same
+/// projections: the graphs captured before it read the new weights (each table's pointer
+/// array rewritten in place). Logits, final-norm rows and entries equal to the eager
+/// unpadded steps bit for bit; one graph per bucket and set of adapted projections.
+#[test]
+fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
+    let schedule: [&[usize]; 8] = [
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+        &[0, 2, 3],
+        &[0, 1, 2, 3, 4],
+        &[7, 5, 6, 0, 1, 3],
+        &[1, 3],
+        &[2],
+        &[0, 1, 2, 4],
+        &[6, 5, 4, 3, 2, 1, 0],
+    ];
+    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
+    let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
+    // Bucket and adapted projections of each batch: the graphs the run must hold.
+    let mut expected = std::collections::BTreeSet::new();
+    for seqs in schedule {
+        let bucket = seqs.len().next_power_of_two();
+        let mut mask = 0u8;
+        for &i in seqs {
+            if let Some(slot) = adapters[i] {
+                mask |= SPECS[slot as usize].targets.iter().fold(0, |m, p| m | 1 << p.index());
+            }
+        }
+        expected.insert((bucket, mask));
+    }
+    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, Some(&adapters));
+    assert_eq!(graphs, expected.len(), "one graph per bucket and set of adapted projections");
+    eprintln!(
+        "{compared} decode steps with adapters, graphed (padded to buckets, {graphs} graphs) = \
+         eager bit for bit"
+    );
 }
 
 /// With cache blocks of a size the paged decode kernel does not take (not a power of two),
@@ -452,7 +494,7 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
 #[test]
 fn cuda_decode_graphs_leave_other_block_sizes_eager() {
     let schedule: [&[usize]; 2] = [&[0, 1, 2], &[0, 2]];
-    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule);
+    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule, None);
     assert_eq!(graphs, 0, "no graph for 12-position blocks");
     eprintln!("{compared} decode steps with 12-position blocks, eager either way");
 }
@@ -461,8 +503,15 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 /// runs six decode steps for each batch of `schedule` (indices into `lens`) through
 /// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
 /// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
-/// bit; returns the steps compared and the graphs held at the end.
-fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) -> (usize, usize) {
+/// bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
+/// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`, and slot 1 gets another adapter
+/// halfway through the schedule.
+fn graphed_vs_eager(
+    block_size: usize,
+    lens: &[usize],
+    schedule: &[&[usize]],
+    adapters: Option<&[Option<u32>]>,
+) -> (usize, usize) {
     use openledger_engine::{BlockTable, KvCache, LoraSlots, SeqChunk};
     const STEPS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
@@ -471,7 +520,11 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     let cfg = write_model_with(dir.path(), &json, MODEL_SEED);
     let gpu = cuda();
     let model = Model::load_hf(dir.path(), &gpu).unwrap();
-    let lora = LoraSlots::new(&cfg, &gpu, 1, false);
+    let mut lora = match adapters {
+        Some(_) => slots(dir.path(), &cfg, &gpu),
+        None => LoraSlots::new(&cfg, &gpu, 1, false),
+    };
+    let adapter_of = |i: usize| adapters.and_then(|a| a[i]);
     let kc = KvCacheConfig { block_size, num_blocks: 2048 / block_size + 8 };
     let mut eager_cache = KvCache::for_model(kc, &model).unwrap();
     let mut graph_cache = KvCache::for_model(kc, &model).unwrap();
@@ -485,14 +538,21 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
             [(&mut eager_cache, &mut eager_tables[i]), (&mut graph_cache, &mut graph_tables[i])]
         {
             cache.reserve(table, len + steps).unwrap();
-            let chunk = SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: None };
+            let chunk =
+                SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: adapter_of(i) };
             let logits = model.forward(&[chunk], cache, &lora).unwrap();
             next[i] = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
         }
     }
     let mut pos = lens.to_vec();
     let mut compared = 0;
-    for &seqs in schedule {
+    for (b, &seqs) in schedule.iter().enumerate() {
+        if adapters.is_some() && b == schedule.len() / 2 {
+            let spec = AdapterSpec { r: 16, ..SPECS[1] };
+            let a = write_adapter(&dir.path().join("swapped"), &cfg, &spec, 40);
+            lora.install(1, &LoraAdapter::load(&a, &cfg, &Device::Cpu).unwrap()).unwrap();
+        }
+        let slot_of: Vec<Option<u32>> = (0..lens.len()).map(adapter_of).collect();
         for _ in 0..STEPS {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
             // The final-norm rows asked (a verifier's) and the rows committed to (activation
@@ -510,7 +570,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
             };
             let want = model
                 .forward_step(
-                    &decode_chunks(seqs, &tokens, &eager_tables, &pos),
+                    &decode_chunks(seqs, &tokens, &eager_tables, &pos, &slot_of),
                     &mut eager_cache,
                     &lora,
                     &hidden_rows,
@@ -519,7 +579,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
                 .unwrap();
             let got = model
                 .forward_step_graphed(
-                    &decode_chunks(seqs, &tokens, &graph_tables, &pos),
+                    &decode_chunks(seqs, &tokens, &graph_tables, &pos, &slot_of),
                     &mut graph_cache,
                     &lora,
                     &hidden_rows,
@@ -568,12 +628,13 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     (compared, model.decode_graphs())
 }
 
-/// One one-token chunk per sequence of `seqs`, at its position.
+/// One one-token chunk per sequence of `seqs`, at its position, on its adapter slot.
 fn decode_chunks<'a>(
     seqs: &[usize],
     tokens: &'a [[u32; 1]],
     tables: &'a [openledger_engine::BlockTable],
     pos: &[usize],
+    slots: &[Option<u32>],
 ) -> Vec<openledger_engine::SeqChunk<'a>> {
     seqs.iter()
         .zip(tokens)
@@ -581,7 +642,7 @@ fn decode_chunks<'a>(
             tokens: t,
             table: &tables[i],
             start: pos[i],
-            adapter: None,
+            adapter: slots[i],
         })
         .collect()
 }

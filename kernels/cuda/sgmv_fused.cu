@@ -46,7 +46,8 @@ constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
-// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding;
+// start == end: an empty tile, which does nothing.
 // MT = 1: 16-token tiles, 2 blocks per SM (MT = 4, 64-token tiles at 1 block per SM, is
 // supported by the code but not built: see the kernels at the end).
 struct Params {
@@ -190,6 +191,10 @@ __device__ __forceinline__ void sgmv_fused(const Params& p) {
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
     const int mrows = p.tiles[2 * tile + 1].x - start;
+    // An empty tile (start == end) pads a launch whose grid is fixed for a CUDA graph to
+    // the most tiles its rows could make: every block of its cluster leaves here, before
+    // any barrier and without reading its slot's weights.
+    if (mrows <= 0) return;
     const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
     const T* a = reinterpret_cast<const T*>(tab.x);
     const T* b = reinterpret_cast<const T*>(tab.y);

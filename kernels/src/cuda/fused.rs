@@ -212,13 +212,41 @@ fn launch_config(
 /// variant chosen for each projection shape seen so far.
 pub(super) struct Tiles {
     pub(super) records: Vec<u32>,
+    /// Tiles with tokens: the first `real` records (the rest are empty tiles of a graph's
+    /// fixed grid, which the cost model leaves out).
+    real: usize,
     max_rank: usize,
     chosen: Mutex<Vec<((usize, usize), Variant)>>,
 }
 
 impl Tiles {
     pub(super) fn new(map: &SegmentMap) -> Tiles {
-        Tiles { records: records(map), max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+        let records = records(map);
+        let real = records.len() / 8;
+        Tiles { records, real, max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+    }
+
+    /// The map's tiles followed by empty ones (all zeros: no tokens) up to `tiles` in all,
+    /// for a launch captured in a CUDA graph, whose grid must serve any later map of as many
+    /// rows: the variant is chosen as for ranks up to [`MAX_RANK`] (clusters of 4 take 64 at
+    /// most, and a later map may bring larger ranks).
+    pub(super) fn padded(map: &SegmentMap, tiles: usize) -> Result<Tiles> {
+        if map.max_rank() > MAX_RANK {
+            return Err(crate::KernelError::Cuda(format!(
+                "a graph's SGMV takes ranks up to {MAX_RANK}, not {}",
+                map.max_rank()
+            )));
+        }
+        let mut t = Tiles::new(map);
+        if t.real > tiles {
+            return Err(crate::KernelError::Cuda(format!(
+                "{} SGMV tiles for a graph's {tiles}",
+                t.real
+            )));
+        }
+        t.records.resize(8 * tiles, 0);
+        t.max_rank = MAX_RANK;
+        Ok(t)
     }
 
     /// The variant for a launch of shape `d_in x d_out`: the forced one where it applies,
@@ -235,7 +263,10 @@ impl Tiles {
         let costs: Vec<(Variant, f64)> = VARIANTS
             .into_iter()
             .filter(|&v| usable(v))
-            .map(|v| (v, estimate_us(&self.records, v, k.capacity[v as usize], d_in, d_out)))
+            .map(|v| {
+                let real = &self.records[..8 * self.real];
+                (v, estimate_us(real, v, k.capacity[v as usize], d_in, d_out))
+            })
             .collect();
         // The cheapest, the first of equals (cluster, which takes every rank, comes first).
         let mut best = (Variant::Cluster, f64::INFINITY);

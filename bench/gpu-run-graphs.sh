@@ -1,0 +1,39 @@
+#!/bin/bash
+# Issue 21 on the GPU: decode steps with adapters replayed from CUDA graphs, and the adapter
+# file read in parallel chunks. Run from the repository root with gpu-bin/ carried
+# (`kernels/bench/pack-gpu-bin.sh graphs` fills it: graphs-gpu.tar.xz, this script,
+# gpu-run-decode.sh, gpu-run-cold.sh, hf_decode_anchor.py). Two calls, each within the
+# device's 10 minutes:
+#   PHASE=decode  the GPU tests (gpu_engine), compute-sanitizer memcheck on the new graph
+#                 test (the fused SGMV's empty tiles in it), then gpu-run-decode.sh's model step (eager and graphed at batch
+#                 1/8/32/64 with 0 and 32 adapters, two runs) and the torch.compile anchor
+#   PHASE=cold    gpu-run-cold.sh's first-token runs, serial read (the committed reused
+#                 buffer, OPENLEDGER_ADAPTER_READ_SERIAL=1) and parallel read in turn; then
+#                 the engine's decode at batch 64 with 32 adapters, eager and graphed,
+#                 without activation commitments (adapter steps that compute deltas apart
+#                 stay eager)
+# Everything lands under $OUT (the scripts' own files; at most 8 come back).
+set -o pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/gd/after /tmp/gc
+tar -xJf gpu-bin/graphs-gpu.tar.xz -C /tmp/gd/after || exit 1
+for b in gpu_engine engine-gpu-bench; do ln -sf /tmp/gd/after/$b /tmp/gc/$b; done
+case ${PHASE:-decode} in
+  decode)
+    TESTS=1 SKIP_PEFT=1 SANITIZE=1 SANITIZE_TESTS=cuda_decode_graphs_with_adapters SANITIZE_RACE=0 \
+      BATCHES=${BATCHES:-1,8,32,64} AFTER_ARGS=--graphs ANCHOR_TIMEOUT=${ANCHOR_TIMEOUT:-190} \
+      END_S=${END_S:-575} bash gpu-bin/gpu-run-decode.sh
+    ;;
+  cold)
+    SKIP_TESTS=1 READ_AB=1 END_S=${COLD_END_S:-330} bash gpu-bin/gpu-run-cold.sh
+    LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
+    export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
+    for g in 0 1; do
+      echo "== engine decode, OPENLEDGER_CUDA_GRAPHS=$g, no commitments $(date -u +%T)" | tee -a "$OUT/bench.log"
+      OPENLEDGER_CUDA_GRAPHS=$g timeout 100 /tmp/gd/after/engine-gpu-bench --engine-only --no-commit \
+        --engine-batch 64 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"graphs$g\",/" | tee -a "$OUT/engine.jsonl" \
+        | grep -E 'copy|engine_decode'
+    done
+    ;;
+esac
+echo "== done $(date -u +%T)"
