@@ -8,10 +8,11 @@
 #                 test (the fused SGMV's empty tiles in it), then gpu-run-decode.sh's model step (eager and graphed at batch
 #                 1/8/32/64 with 0 and 32 adapters, two runs) and the torch.compile anchor
 #   PHASE=cold    gpu-run-cold.sh's first-token runs, serial read (the committed reused
-#                 buffer, OPENLEDGER_ADAPTER_READ_SERIAL=1) and parallel read in turn; then
-#                 the engine's decode at batch 64 with 32 adapters, eager and graphed,
-#                 without activation commitments (adapter steps that compute deltas apart
-#                 stay eager)
+#                 buffer, OPENLEDGER_ADAPTER_READ_SERIAL=1) and parallel read in turn; the
+#                 model step at batch 32 / 64 with 0 / 32 adapters beside the torch.compile
+#                 anchor at 32 / 64; then the engine's decode at batch 64 with 32 adapters,
+#                 eager and graphed, without activation commitments (adapter steps that
+#                 compute deltas apart stay eager)
 # Everything lands under $OUT (the scripts' own files; at most 8 come back).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -25,14 +26,33 @@ case ${PHASE:-decode} in
       END_S=${END_S:-575} bash gpu-bin/gpu-run-decode.sh
     ;;
   cold)
-    SKIP_TESTS=1 READ_AB=1 END_S=${COLD_END_S:-330} bash gpu-bin/gpu-run-cold.sh
+    T0=$(date +%s)
+    left() { local l=$(( T0 + ${END_S:-575} - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
     LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
     export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
+    # This binary's GPU tests, and memcheck on the graph test with adapters.
+    echo "== tests $(date -u +%T)" | tee -a "$OUT/graph-tests.log"
+    timeout 120 /tmp/gd/after/gpu_engine --test-threads=1 --nocapture 2>&1 | tee -a "$OUT/graph-tests.log" \
+      | grep -E "^test |test result|panicked|graphs|differ" | head -40
+    timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gd/after/gpu_engine --test-threads=1 \
+      cuda_decode_graphs_with_adapters 2>&1 | tee -a "$OUT/graph-tests.log" | grep -E "ERROR SUMMARY|test result|Invalid"
+    SKIP_TESTS=1 READ_AB=1 END_S=${COLD_END_S:-320} bash gpu-bin/gpu-run-cold.sh
+    # The model step at batch 32 and 64 (this binary: graph segments per rank bound) beside
+    # the torch.compile anchor at the same sizes (the decode call's anchor reached 1 and 8).
+    echo "== decode $(date -u +%T)" | tee -a "$OUT/bench.log"
+    OPENLEDGER_SGMV_DEBUG=1 timeout $(left 90) /tmp/gd/after/engine-gpu-bench --no-engine --batch 32,64 --adapters 0,32 --graphs \
+      2>> "$OUT/bench.log" | sed 's/^{/{"run":"decode",/' | tee -a "$OUT/engine.jsonl" | grep -E '"copy"|"decode"'
+    echo "== anchor $(date -u +%T)" | tee -a "$OUT/bench.log"
+    PYTHONUNBUFFERED=1 timeout $(left 200) python3 gpu-bin/hf_decode_anchor.py "$OUT/anchor.jsonl" \
+      --batches 32,64 --modes compile >> "$OUT/bench.log" 2>&1
+    echo "anchor exit $?"; grep -E 'copy|hf_decode' "$OUT/anchor.jsonl"
+    # The engine's decode at batch 64 with 32 adapters, eager then graphed, without
+    # activation commitments (adapter steps that compute deltas apart stay eager).
     for g in 0 1; do
       echo "== engine decode, OPENLEDGER_CUDA_GRAPHS=$g, no commitments $(date -u +%T)" | tee -a "$OUT/bench.log"
-      OPENLEDGER_CUDA_GRAPHS=$g timeout 100 /tmp/gd/after/engine-gpu-bench --engine-only --no-commit \
+      OPENLEDGER_CUDA_GRAPHS=$g timeout $(left 100) /tmp/gd/after/engine-gpu-bench --engine-only --no-commit \
         --engine-batch 64 2>> "$OUT/bench.log" | sed "s/^{/{\"run\":\"graphs$g\",/" | tee -a "$OUT/engine.jsonl" \
-        | grep -E 'copy|engine_decode'
+        | grep -E '"copy"|engine_decode'
     done
     ;;
 esac

@@ -452,8 +452,10 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
 /// rows without one and padding rows, and the same bucket meets other mixes over the same
 /// projections. Halfway, slot 1's adapter is replaced by another of rank 16 on the same
 /// projections: the graphs captured before it read the new weights (each table's pointer
-/// array rewritten in place). Logits, final-norm rows and entries equal to the eager
-/// unpadded steps bit for bit; one graph per bucket and set of adapted projections.
+/// array rewritten in place). Before the last batch, slot 2's by one of rank 80: past the
+/// rank bound of 64 the earlier graphs were captured for, so that batch captures anew.
+/// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
+/// graph per bucket, set of adapted projections and rank bound.
 #[test]
 fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
     let schedule: [&[usize]; 8] = [
@@ -468,20 +470,28 @@ fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
     ];
     let lens = [3, 17, 130, 600, 31, 64, 9, 250];
     let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
-    // Bucket and adapted projections of each batch: the graphs the run must hold.
+    // Bucket, adapted projections and rank bound of each batch (the ranks of SPECS, slot 2's
+    // 80 in the last batch): the graphs the run must hold.
     let mut expected = std::collections::BTreeSet::new();
-    for seqs in schedule {
+    for (b, seqs) in schedule.iter().enumerate() {
         let bucket = seqs.len().next_power_of_two();
-        let mut mask = 0u8;
-        for &i in seqs {
+        let (mut mask, mut rank) = (0u8, 0);
+        for &i in seqs.iter() {
             if let Some(slot) = adapters[i] {
-                mask |= SPECS[slot as usize].targets.iter().fold(0, |m, p| m | 1 << p.index());
+                let spec = &SPECS[slot as usize];
+                mask |= spec.targets.iter().fold(0, |m, p| m | 1 << p.index());
+                rank = rank.max(if slot == 2 && b == schedule.len() - 1 { 80 } else { spec.r });
             }
         }
-        expected.insert((bucket, mask));
+        let bound = match rank {
+            0 => 0,
+            1..=64 => 64,
+            _ => 128,
+        };
+        expected.insert((bucket, mask, bound));
     }
     let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, Some(&adapters));
-    assert_eq!(graphs, expected.len(), "one graph per bucket and set of adapted projections");
+    assert_eq!(graphs, expected.len(), "a graph per bucket, adapted projections and rank bound");
     eprintln!(
         "{compared} decode steps with adapters, graphed (padded to buckets, {graphs} graphs) = \
          eager bit for bit"
@@ -504,8 +514,8 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 /// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
 /// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
 /// bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
-/// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`, and slot 1 gets another adapter
-/// halfway through the schedule.
+/// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`; slot 1 gets another adapter (rank
+/// 16) halfway through the schedule, and slot 2 one of rank 80 before its last batch.
 fn graphed_vs_eager(
     block_size: usize,
     lens: &[usize],
@@ -547,10 +557,16 @@ fn graphed_vs_eager(
     let mut pos = lens.to_vec();
     let mut compared = 0;
     for (b, &seqs) in schedule.iter().enumerate() {
-        if adapters.is_some() && b == schedule.len() / 2 {
-            let spec = AdapterSpec { r: 16, ..SPECS[1] };
-            let a = write_adapter(&dir.path().join("swapped"), &cfg, &spec, 40);
-            lora.install(1, &LoraAdapter::load(&a, &cfg, &Device::Cpu).unwrap()).unwrap();
+        let swap = match b {
+            _ if adapters.is_none() => None,
+            b if b == schedule.len() / 2 => Some((1, 16)),
+            b if b == schedule.len() - 1 => Some((2, 80)),
+            _ => None,
+        };
+        if let Some((slot, r)) = swap {
+            let spec = AdapterSpec { r, ..SPECS[slot] };
+            let a = write_adapter(&dir.path().join(format!("swap{slot}")), &cfg, &spec, 40);
+            lora.install(slot as u32, &LoraAdapter::load(&a, &cfg, &Device::Cpu).unwrap()).unwrap();
         }
         let slot_of: Vec<Option<u32>> = (0..lens.len()).map(adapter_of).collect();
         for _ in 0..STEPS {

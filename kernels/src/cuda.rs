@@ -247,14 +247,16 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
 /// graph: the rows of up to `rows` tokens and the fused kernel's tile records padded with
 /// empty tiles to `rows` tiles (a segment of `t` tokens makes `ceil(t / 16)` tiles, so no
 /// map of `rows` rows makes more), so the captured launch's grid serves any mix of
-/// adapters. [`GraphSegments::write`] rewrites them before a replay. Only the fused kernel
-/// takes them (bf16 / f16, ranks up to 128: [`graph_segments_supported`]); other calls
-/// through them are refused.
+/// adapters of ranks up to the buffers' rank bound ([`graph_rank_bound`]).
+/// [`GraphSegments::write`] rewrites them before a replay. Only the fused kernel takes them
+/// (bf16 / f16, ranks up to 128: [`graph_segments_supported`]); other calls through them are
+/// refused.
 pub struct GraphSegments {
     meta: Arc<CudaSlice<u32>>,
     counters: Arc<CudaSlice<u32>>,
     device: CudaDevice,
     rows: usize,
+    max_rank: usize,
 }
 
 /// Whether [`GraphSegments`] can serve tables of `dtype` with adapters of ranks up to
@@ -262,20 +264,35 @@ pub struct GraphSegments {
 /// `OPENLEDGER_SGMV_KERNEL=two-stage`).
 pub fn graph_segments_supported(dtype: DType, max_rank: usize) -> bool {
     matches!(dtype, DType::BF16 | DType::F16)
-        && max_rank <= fused::MAX_RANK
+        && graph_rank_bound(max_rank).is_some()
         && !crate::options::options().sgmv_two_stage_only
 }
 
+/// The rank bound of graph segments for adapters of ranks up to `max_rank` (`None` past
+/// the fused kernel's): a graph captured for one bound serves every map of ranks within
+/// it, and launches the variant an eager launch of those ranks could choose (64 lets every
+/// variant in, 128 all but one). Steps whose bound differs need graphs of their own.
+pub fn graph_rank_bound(max_rank: usize) -> Option<usize> {
+    fused::rank_bound(max_rank)
+}
+
 impl GraphSegments {
-    /// Buffers for steps of up to `rows` rows on `device` (a CUDA device).
-    pub fn new(device: &candle_core::Device, rows: usize) -> Result<Self> {
+    /// Buffers for steps of up to `rows` rows, with adapters of ranks up to `max_rank` (a
+    /// [`graph_rank_bound`]), on `device` (a CUDA device).
+    pub fn new(device: &candle_core::Device, rows: usize, max_rank: usize) -> Result<Self> {
         let candle_core::Device::Cuda(dev) = device else {
             return Err(KernelError::UnsupportedDevice("graph segments need a CUDA device".into()));
         };
         let rows = rows.max(1);
         let meta = dev.alloc_zeros::<u32>(Self::records_at(rows) + 8 * rows)?;
         let counters = dev.alloc_zeros::<u32>(1)?;
-        Ok(Self { meta: Arc::new(meta), counters: Arc::new(counters), device: dev.clone(), rows })
+        Ok(Self {
+            meta: Arc::new(meta),
+            counters: Arc::new(counters),
+            device: dev.clone(),
+            rows,
+            max_rank,
+        })
     }
 
     /// Rows (and tiles) the buffers hold.
@@ -291,7 +308,7 @@ impl GraphSegments {
     /// Writes `map` into the buffers, ordered on the stream after the work queued there (a
     /// replay still running reads the old metadata, the next one the new).
     pub fn write(&self, map: &SegmentMap) -> Result<()> {
-        let tiles = fused::Tiles::padded(map, self.rows)?;
+        let tiles = fused::Tiles::padded(map, self.rows, self.max_rank)?;
         let mut meta = vec![0u32; Self::records_at(self.rows)];
         if map.num_tokens() > self.rows || map.num_rows() > self.rows {
             return Err(KernelError::Shape {
@@ -309,7 +326,7 @@ impl GraphSegments {
     /// a launch captured through them serves every map written later.
     pub fn bind(&self, map: SegmentMap) -> Result<BatchSegments> {
         self.write(&map)?;
-        let tiles = fused::Tiles::padded(&map, self.rows)?;
+        let tiles = fused::Tiles::padded(&map, self.rows, self.max_rank)?;
         let stream = self.device.cuda_stream();
         let meta_ptr = slice_address(&self.meta, &stream);
         let d = DeviceSegments {

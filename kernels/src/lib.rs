@@ -64,7 +64,7 @@ pub use attention::{
 };
 pub use candle_ops::{lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, BatchSegments};
 #[cfg(feature = "cuda")]
-pub use cuda::{graph_segments_supported, GraphSegments};
+pub use cuda::{graph_rank_bound, graph_segments_supported, GraphSegments};
 pub use element::{AdapterWeights, BLayout, Element, Format, LoraWeights, Widen};
 pub use error::{KernelError, Result};
 #[cfg(feature = "cuda")]

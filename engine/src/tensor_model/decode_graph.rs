@@ -30,8 +30,9 @@
 //! replay, and their grid is the most tiles the bucket's rows could make, the tiles beyond
 //! the step's own empty; the adapters' weights are found through each table's pointer array,
 //! whose address is fixed and which is brought up to date before each replay. So one graph
-//! serves any mix of adapters in the slots: it is kept per bucket and per set of adapted
-//! projections (the launches differ with that set). The fused SGMV kernel computes each
+//! serves any mix of adapters in the slots: it is kept per bucket, set of adapted
+//! projections (the launches differ with that set) and rank bound (ranks up to 64 let the
+//! SGMV use every variant an eager launch may choose, up to 128 all but clusters of 4). The fused SGMV kernel computes each
 //! token row the same whatever the tiles around it, so the rows match an eager step's.
 //!
 //! Prefill chunks, steps that compute adapter deltas apart (activation commitments of
@@ -45,7 +46,9 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 };
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::{graph_segments_supported, overwrite_u32, packed_top2, GraphSegments};
+use openledger_kernels::{
+    graph_rank_bound, graph_segments_supported, overwrite_u32, packed_top2, GraphSegments,
+};
 
 use super::{graph_bucket, padded_tables, paged_decode, select_rows, StepPlan, TensorModel};
 use crate::adapters::{LoraSlots, ADAPTER_DTYPE};
@@ -76,6 +79,8 @@ struct DecodeGraph {
     pool: Option<candle_core::TensorId>,
     /// The projections with an adapter in the step, one bit per [`Projection::index`].
     adapted: u8,
+    /// The adapters' rank bound the SGMV launches were captured for (0 without adapters).
+    rank_bound: usize,
     /// Each adapted projection's segment buffers, which its SGMV launches read.
     lora: Vec<(Projection, GraphSegments)>,
     plan: StepPlan,
@@ -248,13 +253,19 @@ pub(crate) fn forward(
     };
     let projections: Vec<Projection> =
         Projection::ALL.into_iter().filter(|p| adapted & (1 << p.index()) != 0).collect();
+    let ranks = padded_segments.iter().flatten().map(|s| s.map().max_rank()).max();
+    let rank_bound = match ranks {
+        Some(r) => graph_rank_bound(r).ok_or_else(|| {
+            EngineError::Backend(format!("a graphed step with an adapter of rank {r}"))
+        })?,
+        None => 0,
+    };
     let mut graphs = model.graphs().lock().unwrap_or_else(|e| e.into_inner());
     graphs.clock += 1;
     let now = graphs.clock;
-    let found = graphs
-        .graphs
-        .iter_mut()
-        .find(|g| g.bucket == bucket && g.pool == pool_id && g.adapted == adapted);
+    let found = graphs.graphs.iter_mut().find(|g| {
+        (g.bucket, g.pool, g.adapted, g.rank_bound) == (bucket, pool_id, adapted, rank_bound)
+    });
     if let Some(g) = found {
         let inputs = StepInputs::new(cfg, &padded, cache);
         let kc = cache.config();
@@ -305,7 +316,7 @@ pub(crate) fn forward(
         let seg = padded_segments[p.index()].as_ref().ok_or_else(|| {
             EngineError::Backend(format!("a graphed step lost its {p:?} segments"))
         })?;
-        let gs = GraphSegments::new(model.device(), bucket)?;
+        let gs = GraphSegments::new(model.device(), bucket, rank_bound)?;
         segments[p.index()] = Some(gs.bind(seg.map().clone())?);
         lora_buffers.push((p, gs));
     }
@@ -333,6 +344,7 @@ pub(crate) fn forward(
         bucket,
         pool: pool_id,
         adapted,
+        rank_bound,
         lora: lora_buffers,
         plan,
         logits,

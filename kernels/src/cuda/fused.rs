@@ -228,12 +228,12 @@ impl Tiles {
 
     /// The map's tiles followed by empty ones (all zeros: no tokens) up to `tiles` in all,
     /// for a launch captured in a CUDA graph, whose grid must serve any later map of as many
-    /// rows: the variant is chosen as for ranks up to [`MAX_RANK`] (clusters of 4 take 64 at
-    /// most, and a later map may bring larger ranks).
-    pub(super) fn padded(map: &SegmentMap, tiles: usize) -> Result<Tiles> {
-        if map.max_rank() > MAX_RANK {
+    /// rows and ranks up to `max_rank` ([`rank_bound`]): the variant is chosen among those
+    /// that take `max_rank`, since a later map may bring larger ranks than this one.
+    pub(super) fn padded(map: &SegmentMap, tiles: usize, max_rank: usize) -> Result<Tiles> {
+        if map.max_rank() > max_rank || max_rank > MAX_RANK {
             return Err(crate::KernelError::Cuda(format!(
-                "a graph's SGMV takes ranks up to {MAX_RANK}, not {}",
+                "graph segments for ranks up to {max_rank} (at most {MAX_RANK}) given rank {}",
                 map.max_rank()
             )));
         }
@@ -245,7 +245,7 @@ impl Tiles {
             )));
         }
         t.records.resize(8 * tiles, 0);
-        t.max_rank = MAX_RANK;
+        t.max_rank = max_rank;
         Ok(t)
     }
 
@@ -283,6 +283,18 @@ impl Tiles {
         }
         chosen.push(((d_in, d_out), best));
         best
+    }
+}
+
+/// The rank bound of a CUDA graph's fused SGMV launches for adapters of ranks up to
+/// `max_rank`: the smallest of the variants' largest ranks that takes it (64: every variant;
+/// 128: all but clusters of 4), so a graph keeps the choice an eager launch has wherever the
+/// ranks allow. `None` over [`MAX_RANK`].
+pub(super) fn rank_bound(max_rank: usize) -> Option<usize> {
+    match max_rank {
+        r if r <= PAIR_MAX_RANK => Some(PAIR_MAX_RANK),
+        r if r <= MAX_RANK => Some(MAX_RANK),
+        _ => None,
     }
 }
 
