@@ -7,6 +7,8 @@
 #   PHASE=decode  the GPU tests (gpu_engine), compute-sanitizer memcheck on the new graph
 #                 test (the fused SGMV's empty tiles in it), then gpu-run-decode.sh's model step (eager and graphed at batch
 #                 1/8/32/64 with 0 and 32 adapters, two runs) and the torch.compile anchor
+#   PHASE=table   PHASE=decode's model steps and anchor without the tests, the anchor given
+#                 the time to compile every batch size
 #   PHASE=cold    gpu-run-cold.sh's first-token runs, serial read (the committed reused
 #                 buffer, OPENLEDGER_ADAPTER_READ_SERIAL=1) and parallel read in turn; the
 #                 model step at batch 32 / 64 with 0 / 32 adapters beside the torch.compile
@@ -21,9 +23,13 @@ tar -xJf gpu-bin/graphs-gpu.tar.xz -C /tmp/gd/after || exit 1
 for b in gpu_engine engine-gpu-bench; do ln -sf /tmp/gd/after/$b /tmp/gc/$b; done
 case ${PHASE:-decode} in
   decode)
-    TESTS=1 SKIP_PEFT=1 SANITIZE=1 SANITIZE_TESTS=cuda_decode_graphs_with_adapters SANITIZE_RACE=0 \
+    TESTS=1 SKIP_PEFT=1 SANITIZE=1 SANITIZE_TESTS=${SANITIZE_TESTS:-cuda_decode_graphs_with_adapters} SANITIZE_RACE=0 \
       BATCHES=${BATCHES:-1,8,32,64} AFTER_ARGS=--graphs ANCHOR_TIMEOUT=${ANCHOR_TIMEOUT:-190} \
       END_S=${END_S:-575} bash gpu-bin/gpu-run-decode.sh
+    ;;
+  table)
+    BATCHES=${BATCHES:-1,8,32,64} AFTER_ARGS=--graphs ANCHOR_TIMEOUT=${ANCHOR_TIMEOUT:-320} \
+      ANCHOR_DEADLINE=${ANCHOR_DEADLINE:-230} END_S=${END_S:-575} bash gpu-bin/gpu-run-decode.sh
     ;;
   cold)
     T0=$(date +%s)

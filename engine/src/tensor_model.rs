@@ -424,14 +424,26 @@ impl TensorModel {
         let deltas = std::cell::RefCell::new(vec![None; delta.groups.len()]);
         // LoRA deltas of the stacked projections go into their columns of the one output.
         let lora_into = |l: usize, stack: &[Projection], input: &Tensor, y: &Tensor| {
+            // The adapted projections of the stack: one SGMV launch for them all where the
+            // kernel takes them (q, k and v; gate and up), each into its columns in place.
+            let mut parts = Vec::with_capacity(stack.len());
             let mut offset = 0;
             for &p in stack {
-                let width = cfg.proj_dims(p).1;
                 if let Some(seg) = &segments[p.index()] {
-                    // SGMV takes rows further apart than its d_out: the columns in place.
-                    lora.apply(l, p, input, &y.narrow(1, offset, width)?, seg)?;
+                    parts.push((p, offset, seg));
                 }
-                offset += width;
+                offset += cfg.proj_dims(p).1;
+            }
+            match parts.as_slice() {
+                [] => {},
+                // SGMV takes rows further apart than its d_out: the columns in place.
+                &[(p, at, seg)] => {
+                    lora.apply(l, p, input, &y.narrow(1, at, cfg.proj_dims(p).1)?, seg)?
+                },
+                _ => lora.apply_stacked(l, &parts, input, y)?,
+            }
+            for &p in stack {
+                let width = cfg.proj_dims(p).1;
                 if l != delta.layer {
                     continue;
                 }

@@ -87,6 +87,92 @@ fn cuda_logits_match_cpu_f32_within_bf16_tolerance() {
     }
 }
 
+/// One SGMV launch for the adapted projections of a stacked output (q, k and v) gives every
+/// element the bits of one `lora_delta` per projection into its columns: three tables of
+/// different widths (256, 128, 72 columns) with adapters of ranks 8 to 80 (past 64 the
+/// launch cannot use clusters of 4), each projection with its own mix of adapters and rows
+/// without any, at 1, 5, 40 and 64 rows (segments of several 16-row tiles); the columns of
+/// a projection without adapters, and the rows in no segment, stay as they were.
+#[test]
+fn cuda_stacked_lora_launch_gives_each_projections_bits() {
+    use openledger_kernels::{
+        lora_delta, lora_delta_stacked, AdapterSlot, AdapterTable, BatchSegments, SegmentMap,
+        StackedPart,
+    };
+    let gpu = cuda();
+    let (d_in, widths, slots) = (256, [256, 128, 72], 4u32);
+    let ranks = [8usize, 16, 64, 80];
+    let rand = |shape: (usize, usize), std: f32| {
+        Tensor::randn(0f32, std, shape, &gpu).unwrap().to_dtype(DType::BF16).unwrap()
+    };
+    let mut tables = Vec::new();
+    for &d_out in &widths {
+        let mut t = AdapterTable::new(&gpu, DType::BF16, d_in, d_out, slots as usize);
+        for (s, &r) in ranks.iter().enumerate() {
+            t.insert(s as u32, &rand((r, d_in), 0.1), &rand((d_out, r), 0.1)).unwrap();
+        }
+        tables.push(t);
+    }
+    let total: usize = widths.iter().sum();
+    let offsets = [0, widths[0], widths[0] + widths[1]];
+    let mut checked = 0;
+    for rows in [1usize, 5, 40, 64] {
+        // Per projection, which adapter slot each row takes (None: no adapter); the second
+        // and third projections' mixes leave rank 80 out (so a launch of those two may use
+        // clusters of 4), the first has every rank.
+        let keys: Vec<Vec<Option<u32>>> = (0..3)
+            .map(|k| {
+                (0..rows)
+                    .map(|r| match (r * 7 + k * 3) % 6 {
+                        5 => None,
+                        m if k >= 1 => Some((m % 3) as u32),
+                        m => Some((m % 4) as u32),
+                    })
+                    .collect()
+            })
+            .collect();
+        for active in [[true, true, true], [true, false, true], [false, true, true]] {
+            let segments: Vec<BatchSegments> = keys
+                .iter()
+                .map(|k| {
+                    let resolve = |slot: u32| {
+                        Some(AdapterSlot { slot, rank: ranks[slot as usize] as u32, scale: 0.7 })
+                    };
+                    BatchSegments::new(SegmentMap::new(k, &vec![1; rows], resolve).unwrap())
+                })
+                .collect();
+            let x = rand((rows, d_in), 1.0);
+            let y = rand((rows, total), 1.0);
+            let parts: Vec<StackedPart<'_>> = (0..3)
+                .filter(|&k| active[k])
+                .map(|k| StackedPart {
+                    offset: offsets[k],
+                    segments: &segments[k],
+                    table: &tables[k],
+                })
+                .collect();
+            let separate = y.copy().unwrap();
+            for p in &parts {
+                let cols = separate.narrow(1, p.offset, p.table.d_out()).unwrap();
+                lora_delta(&x, &cols, p.segments, p.table).unwrap();
+            }
+            let stacked = y.copy().unwrap();
+            lora_delta_stacked(&x, &stacked, &parts).unwrap();
+            let bits = |t: &Tensor| {
+                t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            let (before, want, got) = (bits(&y), bits(&separate), bits(&stacked));
+            let moved =
+                want.iter().zip(&before).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert!(moved > 0, "{rows} rows: the adapters changed nothing");
+            let differ = want.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{rows} rows, parts {active:?}: {differ} elements differ");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} stacked launches = one launch per projection, bit for bit");
+}
+
 #[test]
 fn cuda_row_scatter_matches_cpu() {
     let gpu = cuda();

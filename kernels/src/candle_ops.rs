@@ -152,6 +152,56 @@ pub fn lora_delta(
     Ok(())
 }
 
+/// One projection of a stacked output for [`lora_delta_stacked`]: its columns start at
+/// `offset`, its deltas come from `table` over `segments`.
+pub struct StackedPart<'a> {
+    pub offset: usize,
+    pub segments: &'a BatchSegments,
+    pub table: &'a AdapterTable,
+}
+
+/// [`lora_delta`] for projections that read the same `x` and whose outputs lie side by side
+/// in one `y` (`[num_rows, width]`, contiguous; part `i` in columns `parts[i].offset ..
+/// parts[i].offset + parts[i].table.d_out`): q, k and v, or gate and up, of a stacked GEMM.
+/// On CUDA, two or three parts the fused kernel takes go in one launch over every part's
+/// tiles; otherwise each part is its own call. Either way each element gets the bits its
+/// part's own [`lora_delta`] gives it.
+pub fn lora_delta_stacked(x: &Tensor, y: &Tensor, parts: &[StackedPart<'_>]) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let one_launch = y.device().is_cuda()
+            && y.is_contiguous()
+            && parts.iter().all(|p| p.table.dtype == y.dtype())
+            && crate::cuda::stacked_supported(
+                y.dtype(),
+                parts.iter().map(|p| p.segments.map.max_rank()),
+                parts.len(),
+            );
+        if one_launch {
+            let (rows, width) = y.dims2()?;
+            for p in parts {
+                let map = &p.segments.map;
+                check_operand(x, "x", p.table, p.table.dtype, &[map.num_rows(), p.table.d_in])?;
+                if map.num_rows() != rows || p.offset + p.table.d_out > width {
+                    return Err(KernelError::Shape {
+                        tensor: "y (a stacked part's columns)".into(),
+                        expected: vec![map.num_rows(), p.offset + p.table.d_out],
+                        actual: vec![rows, width],
+                    });
+                }
+                check_kind(y, "y", p.table, p.table.dtype, &[rows, width])?;
+                p.table.check_segments(map)?;
+            }
+            y.inplace_op2(x, &StackedOp { parts, ldy: width })?;
+            return Ok(());
+        }
+    }
+    for p in parts {
+        lora_delta(x, &y.narrow(1, p.offset, p.table.d_out)?, p.segments, p.table)?;
+    }
+    Ok(())
+}
+
 /// [`lora_delta`] on host f32 slices, for a table on the CPU: the CPU engine's path, which
 /// holds its activations in plain buffers (no tensor made or copied per projection).
 pub fn lora_delta_host(
@@ -335,6 +385,39 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
             let _ = (y, yl, x, xl);
             Err(to_candle(KernelError::UnsupportedDevice("cuda (feature `cuda` is off)".into())))
         }
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct StackedOp<'a> {
+    parts: &'a [StackedPart<'a>],
+    ldy: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::InplaceOp2 for StackedOp<'_> {
+    fn name(&self) -> &'static str {
+        "sgmv-lora-delta-stacked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        Err(to_candle(KernelError::UnsupportedDevice("a stacked launch is CUDA only".into())))
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &mut CudaStorage,
+        yl: &Layout,
+        x: &CudaStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<()> {
+        crate::cuda::lora_delta_stacked(x, xl, y, yl, self.ldy, self.parts).map_err(to_candle)
     }
 }
 

@@ -612,6 +612,72 @@ pub(crate) fn lora_delta(
     Ok(())
 }
 
+/// [`lora_delta`] for the parts of one stacked output (`y`: `[rows, ldy]`, part `i`'s
+/// columns from `parts[i].offset`), all reading `x`: one launch of the fused kernel over
+/// every part's tiles. The caller checked the shapes and that the fused kernel takes every
+/// part ([`stacked_supported`]).
+pub(crate) fn lora_delta_stacked(
+    x: &CudaStorage,
+    xl: &Layout,
+    y: &mut CudaStorage,
+    yl: &Layout,
+    ldy: usize,
+    parts: &[crate::candle_ops::StackedPart<'_>],
+) -> Result<()> {
+    let dev = y.device.clone();
+    let stream = dev.cuda_stream();
+    let x = storage_address(x, xl, &stream)?;
+    let y_base = storage_address(y, yl, &stream)?;
+    let elem = y.dtype().size_in_bytes() as u64;
+    let mut calls = Vec::with_capacity(parts.len());
+    for part in parts {
+        let call = prepare(part.segments, part.table, &dev)?;
+        if call.seg.num_tiles > 0 {
+            calls.push((call, part.offset));
+        }
+    }
+    let Some((first, _)) = calls.first() else { return Ok(()) };
+    let (Some(dtype), Some(kernels)) = (first.fused, &first.kernels.fused) else {
+        return Err(KernelError::Cuda("a stacked SGMV launch needs the fused kernel".into()));
+    };
+    let mut launches = Vec::with_capacity(calls.len());
+    for (call, offset) in &calls {
+        if call.fused != Some(dtype) {
+            return Err(KernelError::Cuda("a stacked SGMV launch of mixed kernels".into()));
+        }
+        let launch = fused::Launch {
+            mode: 0,
+            x,
+            y: y_base + elem * *offset as u64,
+            v: 0,
+            table: call.p.table,
+            rows: call.p.rows,
+            d_in: call.p.d_in as usize,
+            d_out: call.p.d_out as usize,
+            ldy,
+            width: call.p.width as usize,
+            a_aligned: (call.p.vec_ok & 1) != 0,
+            b_aligned: (call.p.vec_ok & 2) != 0,
+        };
+        launches.push((&call.seg.fused_tiles, call.seg.fused_records, launch));
+    }
+    fused::launch_stacked(kernels, &launches, dtype, &stream)
+}
+
+/// Whether one stacked launch ([`lora_delta_stacked`]) takes these maps of tables of
+/// `dtype`: the fused kernel loaded, bf16 / f16, ranks up to 128, at most 3 parts.
+pub(crate) fn stacked_supported(
+    dtype: DType,
+    max_ranks: impl Iterator<Item = usize>,
+    n: usize,
+) -> bool {
+    let mut ranks = max_ranks;
+    (2..=fused::MAX_PARTS).contains(&n)
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && !crate::options::options().sgmv_two_stage_only
+        && ranks.all(|r| r <= fused::MAX_RANK)
+}
+
 /// An uninitialised buffer of `len` (at least one) elements of `dtype`, for a launch that
 /// writes every element before anything reads it.
 pub(crate) fn alloc_uninit(dev: &CudaDevice, dtype: DType, len: usize) -> Result<CudaStorage> {

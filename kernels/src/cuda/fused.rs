@@ -115,6 +115,8 @@ struct Params {
 pub(super) struct Kernels {
     /// By [dtype: bf16, f16][`Variant`].
     functions: [[CudaFunction; 3]; 2],
+    /// The stacked launches (`MultiParams`: up to [`MAX_PARTS`] projections), likewise.
+    multi: [[CudaFunction; 3]; 2],
     /// Tiles of each variant that the device runs at once.
     capacity: [usize; 3],
     /// `OPENLEDGER_SGMV_VARIANT=cluster|pair|solo` forces a variant where it applies (tests).
@@ -124,9 +126,10 @@ pub(super) struct Kernels {
 
 pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernels> {
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    let f = |ty: &str, v: Variant| -> Result<CudaFunction> {
-        let func =
-            module.load_function(&format!("sgmv_fused_{ty}_{}", v.suffix())).map_err(cuda_err)?;
+    // `tail`: "" for the single launches, "_multi" for the stacked ones.
+    let f = |ty: &str, v: Variant, tail: &str| -> Result<CudaFunction> {
+        let name = format!("sgmv_fused_{ty}_{}{tail}", v.suffix());
+        let func = module.load_function(&name).map_err(cuda_err)?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             SMEM as i32,
@@ -134,10 +137,11 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         .map_err(cuda_err)?;
         Ok(func)
     };
-    let all = |ty: &str| -> Result<[CudaFunction; 3]> {
-        Ok([f(ty, VARIANTS[0])?, f(ty, VARIANTS[1])?, f(ty, VARIANTS[2])?])
+    let all = |ty: &str, tail: &str| -> Result<[CudaFunction; 3]> {
+        Ok([f(ty, VARIANTS[0], tail)?, f(ty, VARIANTS[1], tail)?, f(ty, VARIANTS[2], tail)?])
     };
-    let functions = [all("bf16")?, all("f16")?];
+    let functions = [all("bf16", "")?, all("f16", "")?];
+    let multi = [all("bf16", "_multi")?, all("f16", "_multi")?];
     let mut capacity = [1; 3];
     for v in VARIANTS {
         capacity[v as usize] = max_active_clusters(&functions[0][v as usize], v, stream)?.max(1);
@@ -147,7 +151,7 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         eprintln!("sgmv fused: tiles at once: {capacity:?} (cluster, pair, solo)");
     }
     let forced = crate::options::options().sgmv_variant.as_deref().and_then(Variant::parse);
-    Ok(Kernels { functions, capacity, forced, debug })
+    Ok(Kernels { functions, multi, capacity, forced, debug })
 }
 
 /// How many tiles of variant `v` (clusters, or single blocks) the device holds at once.
@@ -363,6 +367,108 @@ pub(super) struct Launch {
     pub(super) b_aligned: bool,
 }
 
+/// The kernel's parameter block of one launch (or one part of a stacked launch).
+fn params(l: &Launch, records: u64) -> Params {
+    let bit = |on: bool, value: i32| if on { value } else { 0 };
+    let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
+        | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
+        | bit(l.b_aligned, 4)
+        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8) && l.ldy.is_multiple_of(8), 8);
+    Params {
+        x: l.x,
+        y: l.y,
+        v: l.v,
+        table: l.table,
+        rows: l.rows,
+        tiles: records,
+        d_in: l.d_in as i32,
+        d_out: l.d_out as i32,
+        width: l.width as i32,
+        mode: l.mode,
+        flags,
+        ldy: l.ldy as i32,
+    }
+}
+
+/// Projections one stacked launch takes (`MAX_PARTS` in sgmv_fused.cu).
+pub(super) const MAX_PARTS: usize = 3;
+
+/// Stacked launch parameters, laid out as `MultiParams` in sgmv_fused.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MultiParams {
+    part: [Params; MAX_PARTS],
+    /// Tiles of parts `0..=k` together.
+    end: [i32; MAX_PARTS],
+}
+
+/// One launch of several projections that read the same `x` (each part: its tiles, the
+/// device address of its tile records, its launch), part `k`'s tiles after part `k - 1`'s,
+/// in the variant that all parts' ranks allow with the least estimated time summed over
+/// the parts (or the forced one where it applies). Every row gets the bits its part's own
+/// launch gives it.
+pub(super) fn launch_stacked(
+    k: &Kernels,
+    parts: &[(&Tiles, u64, Launch)],
+    dtype: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if parts.is_empty() || parts.len() > MAX_PARTS {
+        return Err(crate::KernelError::Cuda(format!(
+            "a stacked SGMV launch takes 1 to {MAX_PARTS} projections, not {}",
+            parts.len()
+        )));
+    }
+    let usable = |v: Variant| parts.iter().all(|(t, _, _)| t.max_rank <= v.max_rank());
+    let v = match k.forced.filter(|&v| usable(v)) {
+        Some(v) => v,
+        None => {
+            let cost = |v: Variant| -> f64 {
+                parts
+                    .iter()
+                    .map(|(t, _, l)| {
+                        let real = &t.records[..8 * t.real];
+                        estimate_us(real, v, k.capacity[v as usize], l.d_in, l.d_out)
+                    })
+                    .sum()
+            };
+            let mut best = (Variant::Cluster, f64::INFINITY);
+            for v in VARIANTS.into_iter().filter(|&v| usable(v)) {
+                let c = cost(v);
+                if c < best.1 {
+                    best = (v, c);
+                }
+            }
+            best.0
+        },
+    };
+    let first = params(&parts[0].2, parts[0].1);
+    let mut m = MultiParams { part: [first; MAX_PARTS], end: [0; MAX_PARTS] };
+    let mut total = 0usize;
+    for (i, (t, records, l)) in parts.iter().enumerate() {
+        m.part[i] = params(l, *records);
+        total += t.records.len() / 8;
+        m.end[i] = total as i32;
+    }
+    for i in parts.len()..MAX_PARTS {
+        m.end[i] = total as i32;
+    }
+    let mut attr = cluster_attribute(v.blocks_per_tile());
+    let mut cfg = launch_config(total as u32 * v.blocks_per_tile(), stream, &mut attr);
+    if v.blocks_per_tile() == 1 {
+        cfg.numAttrs = 0;
+    }
+    let mut args = [&mut m as *mut MultiParams as *mut std::ffi::c_void];
+    let f = &k.multi[dtype][v as usize];
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: `args` holds one pointer to a `MultiParams`, the kernel's one parameter; every
+    // address in its parts refers to live device memory of the sizes the kernel indexes
+    // (checked shapes, the uploaded maps and tables), and the launch goes on candle's stream.
+    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
+        .map_err(cuda_err)
+}
+
 /// Launches the variant of least estimated time (`Tiles::variant`) for element type
 /// `dtype` (0: bf16, 1: f16) on `stream`; `records` is the device address of the step's tile
 /// records.
@@ -376,25 +482,7 @@ pub(super) fn launch(
 ) -> Result<()> {
     let v = tiles.variant(k, l.d_in, l.d_out);
     let num_tiles = tiles.records.len() / 8;
-    let bit = |on: bool, value: i32| if on { value } else { 0 };
-    let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
-        | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
-        | bit(l.b_aligned, 4)
-        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8) && l.ldy.is_multiple_of(8), 8);
-    let mut p = Params {
-        x: l.x,
-        y: l.y,
-        v: l.v,
-        table: l.table,
-        rows: l.rows,
-        tiles: records,
-        d_in: l.d_in as i32,
-        d_out: l.d_out as i32,
-        width: l.width as i32,
-        mode: l.mode,
-        flags,
-        ldy: l.ldy as i32,
-    };
+    let mut p = params(l, records);
     let mut attr = cluster_attribute(v.blocks_per_tile());
     let mut cfg = launch_config(num_tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
     if v.blocks_per_tile() == 1 {
