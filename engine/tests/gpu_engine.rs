@@ -508,12 +508,13 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 /// partition, so the merge runs), crossing block boundaries as they grow. The batch shrinks
 /// and grows across buckets: 8 (bucket 8, no padding), 3 (bucket 4, one padding row), 5 and
 /// 6 (the bucket-8 graph again, with 3 and 2 padding rows, other sequences in other orders),
-/// 2, 1, then 4 (the bucket-4 graph captured at 3 rows, now full) and 7; the 4-row batch
-/// leaves the long sequence out, so the eager steps attend in one partition with no merge
-/// launch while the graph (its launch shape fixed by the model's positions) still runs the
-/// merge, which skips every sequence. The eager steps run unpadded on one cache, the graphed
-/// on another with the same contents. Four graphs at the end, one per bucket (a graph per
-/// batch size would be seven).
+/// 2, 1, then 4 and 7. Every batch but the 4-row one holds the long sequence, so their
+/// graphs are captured for a context bound of 1024 (two partitions: the merge runs, and
+/// skips the sequences of one partition); the 4-row batch leaves it out, so its bound is 512
+/// (one partition, no merge launch) and it captures a graph of its own rather than replaying
+/// the bucket-4 graph of the 3-row batch. The eager steps run unpadded on one cache, the
+/// graphed on another with the same contents. Five graphs at the end: buckets 8, 4, 2 and 1
+/// at bound 1024 and bucket 4 at 512 (a graph per batch size would be seven).
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
     let schedule: [&[usize]; 8] = [
@@ -528,7 +529,7 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
     ];
     let lens = [3, 17, 130, 600, 31, 64, 9, 250];
     let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, None);
-    assert_eq!(graphs, 4, "one graph per bucket (8, 4, 2, 1)");
+    assert_eq!(graphs, 5, "one graph per bucket (8, 4, 2, 1) at bound 1024, one at 512");
     eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
 }
 
@@ -536,12 +537,12 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
 /// the test above with the sequences on [`SPECS`]' three adapters (ranks 4, 8 and 16; all
 /// seven projections, q and v, gate/up/down) and none, so that batches mix adapters,
 /// rows without one and padding rows, and the same bucket meets other mixes over the same
-/// projections. Halfway, slot 1's adapter is replaced by another of rank 16 on the same
-/// projections: the graphs captured before it read the new weights (each table's pointer
-/// array rewritten in place). Before the last batch, slot 2's by one of rank 80: past the
+/// projections. After two batches, slot 1's adapter is replaced by another of rank 16 on the
+/// same projections: the bucket-8 graph captured before it, replayed by the next two
+/// batches, reads the new weights (each table's pointer array rewritten in place). Before the last batch, slot 2's by one of rank 80: past the
 /// rank bound of 64 the earlier graphs were captured for, so that batch captures anew.
 /// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
-/// graph per bucket, set of adapted projections and rank bound.
+/// graph per bucket, set of adapted projections, rank bound and context bound.
 #[test]
 fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
     let schedule: [&[usize]; 8] = [
@@ -556,11 +557,13 @@ fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
     ];
     let lens = [3, 17, 130, 600, 31, 64, 9, 250];
     let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
-    // Bucket, adapted projections and rank bound of each batch (the ranks of SPECS, slot 2's
-    // 80 in the last batch): the graphs the run must hold.
+    // Bucket, adapted projections, rank bound (the ranks of SPECS, slot 2's 80 in the last
+    // batch) and context bound (1024 with the 600-position sequence 3 in the batch, else
+    // 512: no sequence grows past 512 otherwise) of each batch: the graphs the run must hold.
     let mut expected = std::collections::BTreeSet::new();
     for (b, seqs) in schedule.iter().enumerate() {
         let bucket = seqs.len().next_power_of_two();
+        let context = if seqs.contains(&3) { 1024 } else { 512 };
         let (mut mask, mut rank) = (0u8, 0);
         for &i in seqs.iter() {
             if let Some(slot) = adapters[i] {
@@ -574,10 +577,10 @@ fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
             1..=64 => 64,
             _ => 128,
         };
-        expected.insert((bucket, mask, bound));
+        expected.insert((bucket, mask, bound, context));
     }
     let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, Some(&adapters));
-    assert_eq!(graphs, expected.len(), "a graph per bucket, adapted projections and rank bound");
+    assert_eq!(graphs, expected.len(), "a graph per bucket, projections, rank and context bound");
     eprintln!(
         "{compared} decode steps with adapters, graphed (padded to buckets, {graphs} graphs) = \
          eager bit for bit"
@@ -601,7 +604,7 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 /// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
 /// bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
 /// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`; slot 1 gets another adapter (rank
-/// 16) halfway through the schedule, and slot 2 one of rank 80 before its last batch.
+/// 16) before the third batch, and slot 2 one of rank 80 before the last batch.
 fn graphed_vs_eager(
     block_size: usize,
     lens: &[usize],
@@ -645,7 +648,7 @@ fn graphed_vs_eager(
     for (b, &seqs) in schedule.iter().enumerate() {
         let swap = match b {
             _ if adapters.is_none() => None,
-            b if b == schedule.len() / 2 => Some((1, 16)),
+            2 => Some((1, 16)),
             b if b == schedule.len() - 1 => Some((2, 80)),
             _ => None,
         };

@@ -17,8 +17,13 @@
 //!
 //! What makes the step replayable: every launch of [`TensorModel::forward_planned_rows`] reads
 //! its inputs from the plan's device buffers, never from the host, and the plan's launch
-//! shapes depend on the batch size alone (block tables padded to the widest context,
-//! [`DecodeBlocks::fixed_launch`]). The step's temporaries are allocated and freed inside
+//! shapes depend on the batch size and a context bound alone (block tables padded to the
+//! bound's width, [`DecodeBlocks::fixed_launch`]). The bound is the step's longest context
+//! rounded up to a power of two of at least [`MIN_CONTEXT_BOUND`] positions (at most the
+//! model's): a graph serves every step of its bucket whose contexts fit, and a step of
+//! short contexts does not launch the attention's blocks and partition merge for the
+//! model's longest (the partitions a sequence is cut into depend on its own length, so the
+//! bound changes launches, not results). Graphs are kept per bound too. The step's temporaries are allocated and freed inside
 //! the capture (candle allocates on its stream with `cuMemAllocAsync`, which a capture
 //! records as graph memory nodes); the logits and the final norm's rows go into buffers
 //! allocated before it. The graph reads the weights and the cache's pool at their captured
@@ -68,6 +73,16 @@ const MAX_GRAPHS: usize = 16;
 /// past 128.
 const MAX_GRAPH_BYTES: usize = 512 << 20;
 
+/// The smallest context bound of a graph: the paged attention's default partition, so that
+/// every context within it attends in one partition with no merge launch.
+const MIN_CONTEXT_BOUND: usize = 512;
+
+/// The context bound of a graphed step whose longest context is `longest` positions (see
+/// the module doc).
+fn context_bound(cfg: &ModelConfig, longest: usize) -> usize {
+    longest.next_power_of_two().max(MIN_CONTEXT_BOUND).min(cfg.max_position.max(longest))
+}
+
 /// The token a padding row feeds (any id in the vocabulary would do).
 const PADDING_TOKEN: u32 = 0;
 
@@ -81,6 +96,8 @@ struct DecodeGraph {
     adapted: u8,
     /// The adapters' rank bound the SGMV launches were captured for (0 without adapters).
     rank_bound: usize,
+    /// The context bound its attention was captured for ([`context_bound`]).
+    context: usize,
     /// Each adapted projection's segment buffers, which its SGMV launches read.
     lora: Vec<(Projection, GraphSegments)>,
     plan: StepPlan,
@@ -177,8 +194,9 @@ struct StepInputs {
 }
 
 impl StepInputs {
-    fn new(cfg: &ModelConfig, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Self {
-        let width = cache.blocks_for(cfg.max_position);
+    /// With block tables padded to the width of `context` positions.
+    fn new(chunks: &[SeqChunk<'_>], cache: &KvCache, context: usize) -> Self {
+        let width = cache.blocks_for(context);
         let ends: Vec<usize> = chunks.iter().map(|c| c.start + 1).collect();
         let tables: Vec<&[u32]> = chunks
             .iter()
@@ -253,6 +271,7 @@ pub(crate) fn forward(
     };
     let projections: Vec<Projection> =
         Projection::ALL.into_iter().filter(|p| adapted & (1 << p.index()) != 0).collect();
+    let context = context_bound(cfg, padded.iter().map(|c| c.start + 1).max().unwrap_or(1));
     let ranks = padded_segments.iter().flatten().map(|s| s.map().max_rank()).max();
     let rank_bound = match ranks {
         Some(r) => graph_rank_bound(r).ok_or_else(|| {
@@ -264,10 +283,11 @@ pub(crate) fn forward(
     graphs.clock += 1;
     let now = graphs.clock;
     let found = graphs.graphs.iter_mut().find(|g| {
-        (g.bucket, g.pool, g.adapted, g.rank_bound) == (bucket, pool_id, adapted, rank_bound)
+        (g.bucket, g.pool, g.adapted, g.rank_bound, g.context)
+            == (bucket, pool_id, adapted, rank_bound, context)
     });
     if let Some(g) = found {
-        let inputs = StepInputs::new(cfg, &padded, cache);
+        let inputs = StepInputs::new(&padded, cache, context);
         let kc = cache.config();
         let rows = kc.num_blocks * kc.block_size;
         if let Some(&bad) = inputs.slots.iter().find(|&&s| s as usize >= rows) {
@@ -308,7 +328,8 @@ pub(crate) fn forward(
     let tokens: Vec<u32> = padded.iter().map(|c| c.tokens[0]).collect();
     let positions: Vec<usize> = padded.iter().map(|c| c.start).collect();
     let last_rows: Vec<u32> = (0..bucket as u32).collect();
-    let plan = StepPlan::new(model, cfg, &padded, &tokens, &positions, &last_rows, cache, true)?;
+    let plan =
+        StepPlan::new(model, cfg, &padded, &tokens, &positions, &last_rows, cache, Some(context))?;
     // Each adapted projection's segments through buffers at fixed addresses.
     let mut lora_buffers = Vec::with_capacity(projections.len());
     let mut segments: StepSegments = (0..Projection::ALL.len()).map(|_| None).collect();
@@ -345,6 +366,7 @@ pub(crate) fn forward(
         pool: pool_id,
         adapted,
         rank_bound,
+        context,
         lora: lora_buffers,
         plan,
         logits,
