@@ -517,45 +517,45 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 /// at bound 1024 and bucket 4 at 512 (a graph per batch size would be seven).
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
-    let schedule: [&[usize]; 8] = [
-        &[0, 1, 2, 3, 4, 5, 6, 7],
-        &[0, 2, 3],
-        &[0, 1, 2, 3, 4],
-        &[7, 5, 6, 0, 1, 3],
-        &[1, 3],
-        &[3],
-        &[0, 1, 2, 4],
-        &[6, 5, 4, 3, 2, 1, 0],
-    ];
-    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
-    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, None);
+    let schedule = graph_schedule(&[3]);
+    let (compared, graphs) = graphed_vs_eager(16, &GRAPH_LENS, &schedule, None);
     assert_eq!(graphs, 5, "one graph per bucket (8, 4, 2, 1) at bound 1024, one at 512");
     eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
 }
 
-/// Decode steps with adapters replay graphs too, the adapter mix as data: the schedule of
-/// the test above with the sequences on [`SPECS`]' three adapters (ranks 4, 8 and 16; all
-/// seven projections, q and v, gate/up/down) and none, so that batches mix adapters,
-/// rows without one and padding rows, and the same bucket meets other mixes over the same
-/// projections. After two batches, slot 1's adapter is replaced by another of rank 16 on the
-/// same projections: the bucket-8 graph captured before it, replayed by the next two
-/// batches, reads the new weights (each table's pointer array rewritten in place). Before the last batch, slot 2's by one of rank 80: past the
-/// rank bound of 64 the earlier graphs were captured for, so that batch captures anew.
-/// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
-/// graph per bucket, set of adapted projections, rank bound and context bound.
-#[test]
-fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
-    let schedule: [&[usize]; 8] = [
+/// Cached positions of the graph tests' eight sequences before their first decode step.
+const GRAPH_LENS: [usize; 8] = [3, 17, 130, 600, 31, 64, 9, 250];
+
+/// The graph tests' batches (indices into [`GRAPH_LENS`]), six decode steps each: 8, 3, 5,
+/// 6, 2 sequences, then `alone`, then 4 and 7.
+fn graph_schedule(alone: &'static [usize]) -> [&'static [usize]; 8] {
+    [
         &[0, 1, 2, 3, 4, 5, 6, 7],
         &[0, 2, 3],
         &[0, 1, 2, 3, 4],
         &[7, 5, 6, 0, 1, 3],
         &[1, 3],
-        &[2],
+        alone,
         &[0, 1, 2, 4],
         &[6, 5, 4, 3, 2, 1, 0],
-    ];
-    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
+    ]
+}
+
+/// Decode steps with adapters replay graphs too, the adapter mix as data: the batches of
+/// the test above (the one-sequence batch on sequence 2, which has no adapter: a graph of
+/// no adapted projection) with the sequences on [`SPECS`]' three adapters (ranks 4, 8 and 16; all
+/// seven projections, q and v, gate/up/down) and none, so that batches mix adapters,
+/// rows without one and padding rows, and the same bucket meets other mixes over the same
+/// projections. After two batches, slot 1's adapter is replaced by another of rank 16 on the
+/// same projections: the bucket-8 graph captured before it, replayed by the next two
+/// batches, reads the new weights (each table's pointer array rewritten in place). Before
+/// the last batch, slot 2's by one of rank 80: past the rank bound of 64 the earlier graphs
+/// were captured for, so that batch captures anew.
+/// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
+/// graph per bucket, set of adapted projections, rank bound and context bound.
+#[test]
+fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
+    let schedule = graph_schedule(&[2]);
     let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
     // Bucket, adapted projections, rank bound (the ranks of SPECS, slot 2's 80 in the last
     // batch) and context bound (1024 with the 600-position sequence 3 in the batch, else
@@ -579,7 +579,7 @@ fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
         };
         expected.insert((bucket, mask, bound, context));
     }
-    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule, Some(&adapters));
+    let (compared, graphs) = graphed_vs_eager(16, &GRAPH_LENS, &schedule, Some(&adapters));
     assert_eq!(graphs, expected.len(), "a graph per bucket, projections, rank and context bound");
     eprintln!(
         "{compared} decode steps with adapters, graphed (padded to buckets, {graphs} graphs) = \

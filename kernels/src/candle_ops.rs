@@ -148,7 +148,7 @@ pub fn lora_delta(
     if map.num_tokens() == 0 {
         return Ok(());
     }
-    y.inplace_op2(x, &LoraDeltaOp { segments, table, ldy })?;
+    y.inplace_op2(x, &LoraDeltaOp { segments, table, ldy, stacked: &[] })?;
     Ok(())
 }
 
@@ -192,7 +192,14 @@ pub fn lora_delta_stacked(x: &Tensor, y: &Tensor, parts: &[StackedPart<'_>]) -> 
                 check_kind(y, "y", p.table, p.table.dtype, &[rows, width])?;
                 p.table.check_segments(map)?;
             }
-            y.inplace_op2(x, &StackedOp { parts, ldy: width })?;
+            let first = &parts[0];
+            let op = LoraDeltaOp {
+                segments: first.segments,
+                table: first.table,
+                ldy: width,
+                stacked: parts,
+            };
+            y.inplace_op2(x, &op)?;
             return Ok(());
         }
     }
@@ -318,6 +325,9 @@ struct LoraDeltaOp<'a> {
     table: &'a AdapterTable,
     /// Row stride of y.
     ldy: usize,
+    /// When not empty, the parts of one stacked launch on CUDA ([`lora_delta_stacked`]),
+    /// `y` the whole stacked output; `segments` and `table` are then its first part's.
+    stacked: &'a [StackedPart<'a>],
 }
 
 impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
@@ -334,6 +344,9 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         let t = self.table;
         let mut run = || -> Result<()> {
+            if !self.stacked.is_empty() {
+                return Err(KernelError::UnsupportedDevice("a stacked launch is CUDA only".into()));
+            }
             // Activations (`A`) may differ from the adapters' dtype on the CPU.
             with_element!(x.dtype(), A => {
                 {
@@ -377,47 +390,17 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         #[cfg(feature = "cuda")]
         {
-            crate::cuda::lora_delta(x, xl, y, yl, self.ldy, self.segments, self.table)
-                .map_err(to_candle)
+            match self.stacked {
+                [] => crate::cuda::lora_delta(x, xl, y, yl, self.ldy, self.segments, self.table),
+                parts => crate::cuda::lora_delta_stacked(x, xl, y, yl, self.ldy, parts),
+            }
+            .map_err(to_candle)
         }
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (y, yl, x, xl);
             Err(to_candle(KernelError::UnsupportedDevice("cuda (feature `cuda` is off)".into())))
         }
-    }
-}
-
-#[cfg(feature = "cuda")]
-struct StackedOp<'a> {
-    parts: &'a [StackedPart<'a>],
-    ldy: usize,
-}
-
-#[cfg(feature = "cuda")]
-impl candle_core::InplaceOp2 for StackedOp<'_> {
-    fn name(&self) -> &'static str {
-        "sgmv-lora-delta-stacked"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<()> {
-        Err(to_candle(KernelError::UnsupportedDevice("a stacked launch is CUDA only".into())))
-    }
-
-    fn cuda_fwd(
-        &self,
-        y: &mut CudaStorage,
-        yl: &Layout,
-        x: &CudaStorage,
-        xl: &Layout,
-    ) -> candle_core::Result<()> {
-        crate::cuda::lora_delta_stacked(x, xl, y, yl, self.ldy, self.parts).map_err(to_candle)
     }
 }
 

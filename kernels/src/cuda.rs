@@ -514,7 +514,14 @@ fn launch_fused(
     let Some(k) = &call.kernels.fused else {
         return Err(KernelError::Cuda("the fused SGMV kernel is not loaded".into()));
     };
-    let launch = fused::Launch {
+    let launch = fused_launch(call, mode, (x, y, v), ldy);
+    fused::launch(k, &call.seg.fused_tiles, call.seg.fused_records, dtype, &call.stream, &launch)
+}
+
+/// The fused kernel's launch of `call` in `mode` on device addresses `x`, `y` (rows `ldy`
+/// elements apart) and `v`.
+fn fused_launch(call: &Call, mode: i32, (x, y, v): (u64, u64, u64), ldy: usize) -> fused::Launch {
+    fused::Launch {
         mode,
         x,
         y,
@@ -527,8 +534,7 @@ fn launch_fused(
         width: call.p.width as usize,
         a_aligned: (call.p.vec_ok & 1) != 0,
         b_aligned: (call.p.vec_ok & 2) != 0,
-    };
-    fused::launch(k, &call.seg.fused_tiles, call.seg.fused_records, dtype, &call.stream, &launch)
+    }
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
@@ -645,20 +651,7 @@ pub(crate) fn lora_delta_stacked(
         if call.fused != Some(dtype) {
             return Err(KernelError::Cuda("a stacked SGMV launch of mixed kernels".into()));
         }
-        let launch = fused::Launch {
-            mode: 0,
-            x,
-            y: y_base + elem * *offset as u64,
-            v: 0,
-            table: call.p.table,
-            rows: call.p.rows,
-            d_in: call.p.d_in as usize,
-            d_out: call.p.d_out as usize,
-            ldy,
-            width: call.p.width as usize,
-            a_aligned: (call.p.vec_ok & 1) != 0,
-            b_aligned: (call.p.vec_ok & 2) != 0,
-        };
+        let launch = fused_launch(call, 0, (x, y_base + elem * *offset as u64, 0), ldy);
         launches.push((&call.seg.fused_tiles, call.seg.fused_records, launch));
     }
     fused::launch_stacked(kernels, &launches, dtype, &stream)

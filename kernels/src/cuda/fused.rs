@@ -453,17 +453,34 @@ pub(super) fn launch_stacked(
     for i in parts.len()..MAX_PARTS {
         m.end[i] = total as i32;
     }
+    // SAFETY: `m` is the multi kernels' one parameter; every address in its parts refers to
+    // live device memory of the sizes the kernel indexes (checked shapes, the uploaded maps
+    // and tables).
+    unsafe { launch_tiles(&k.multi[dtype][v as usize], v, total, stream, &mut m) }
+}
+
+/// Launches `f` (a kernel of variant `v` whose one parameter is a `P`) over `tiles` tiles on
+/// `stream`.
+///
+/// # Safety
+/// `param` must be the kernel's parameter block, every address in it live device memory of
+/// the sizes the kernel indexes; the launch is ordered on `stream` with candle's work.
+unsafe fn launch_tiles<P>(
+    f: &CudaFunction,
+    v: Variant,
+    tiles: usize,
+    stream: &CudaStream,
+    param: &mut P,
+) -> Result<()> {
     let mut attr = cluster_attribute(v.blocks_per_tile());
-    let mut cfg = launch_config(total as u32 * v.blocks_per_tile(), stream, &mut attr);
+    let mut cfg = launch_config(tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
     if v.blocks_per_tile() == 1 {
         cfg.numAttrs = 0;
     }
-    let mut args = [&mut m as *mut MultiParams as *mut std::ffi::c_void];
-    let f = &k.multi[dtype][v as usize];
+    let mut args = [param as *mut P as *mut std::ffi::c_void];
     stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `args` holds one pointer to a `MultiParams`, the kernel's one parameter; every
-    // address in its parts refers to live device memory of the sizes the kernel indexes
-    // (checked shapes, the uploaded maps and tables), and the launch goes on candle's stream.
+    // SAFETY: `args` holds one pointer to the kernel's one parameter (the caller's promise
+    // for what it points to); `cfg` and the attribute it points to live across the call.
     unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
         .result()
         .map_err(cuda_err)
@@ -483,18 +500,7 @@ pub(super) fn launch(
     let v = tiles.variant(k, l.d_in, l.d_out);
     let num_tiles = tiles.records.len() / 8;
     let mut p = params(l, records);
-    let mut attr = cluster_attribute(v.blocks_per_tile());
-    let mut cfg = launch_config(num_tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
-    if v.blocks_per_tile() == 1 {
-        cfg.numAttrs = 0;
-    }
-    let mut args = [&mut p as *mut Params as *mut std::ffi::c_void];
-    let f = &k.functions[dtype][v as usize];
-    stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `args` holds one pointer to a `Params`, the kernel's one parameter; every
-    // address in it refers to live device memory of the sizes the kernel indexes (checked
-    // shapes, the uploaded map and table), and the launch goes on candle's stream.
-    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
-        .result()
-        .map_err(cuda_err)
+    // SAFETY: `p` is the kernel's one parameter; every address in it refers to live device
+    // memory of the sizes the kernel indexes (checked shapes, the uploaded map and table).
+    unsafe { launch_tiles(&k.functions[dtype][v as usize], v, num_tiles, stream, &mut p) }
 }
