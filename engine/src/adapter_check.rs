@@ -697,4 +697,24 @@ mod tests {
         assert!(!convert_to_bf16(Dtype::F32, &bytes, &mut [bf16::ZERO; 37]));
         assert!(!convert_to_bf16(Dtype::I32, &bytes, &mut [bf16::ZERO; 37]));
     }
+
+    /// The parallel read gives the file's bytes exactly, whatever the reused buffer held
+    /// before: files of several chunks and a partial last one, read after a longer file (the
+    /// buffer is cut to length, its old tail not kept) and after a shorter one (grown).
+    #[test]
+    fn files_read_in_parallel_chunks_come_back_whole() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let sizes =
+            [3 * READ_CHUNK + 12_345, READ_CHUNK + 1, 5, 2 * READ_CHUNK, 0, 4 * READ_CHUNK - 1];
+        for (i, &len) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let read = read_file(&path).unwrap();
+            assert_eq!(read.len(), len, "file {i}: length");
+            assert!(read[..] == bytes[..], "file {i} of {len} bytes: contents differ");
+        }
+    }
 }
