@@ -7,12 +7,16 @@
 #   TESTS        gpu_engine's test filters (default: all)
 #   SKIP_TESTS=1 benchmarks only
 #   END_S        seconds after the start by which every step has ended (default 540)
+#   READ_AB=1    the adapter file read serially (OPENLEDGER_ADAPTER_READ_SERIAL=1: serial1,
+#                serial2) and in parallel (after1, after2) in turn, instead of after1,
+#                before, after2
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 T0=$(date +%s)
 left() { local l=$(( T0 + ${END_S:-540} - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 mkdir -p "$OUT" /tmp/gc
-tar -xJf gpu-bin/cold-gpu.tar.xz -C /tmp/gc || exit 1
+# (gpu-run-graphs.sh unpacks its own binaries into /tmp/gc first.)
+if [ -f gpu-bin/cold-gpu.tar.xz ]; then tar -xJf gpu-bin/cold-gpu.tar.xz -C /tmp/gc || exit 1; fi
 LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee "$OUT/tests.log"
@@ -35,9 +39,16 @@ run() {
   echo "$1 exit $?" | tee -a "$OUT/bench.log"
   grep -E 'copy|first_token|adapter_load_parts|device' "$OUT/$1.jsonl"
 }
-run after1 /tmp/gc/engine-gpu-bench
-[ -x /tmp/gc/engine-gpu-bench-before ] && run before /tmp/gc/engine-gpu-bench-before
-run after2 /tmp/gc/engine-gpu-bench
+if [ -n "${READ_AB:-}" ]; then
+  for r in 1 2; do
+    OPENLEDGER_ADAPTER_READ_SERIAL=1 run serial$r /tmp/gc/engine-gpu-bench
+    run after$r /tmp/gc/engine-gpu-bench
+  done
+else
+  run after1 /tmp/gc/engine-gpu-bench
+  [ -x /tmp/gc/engine-gpu-bench-before ] && run before /tmp/gc/engine-gpu-bench-before
+  run after2 /tmp/gc/engine-gpu-bench
+fi
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, os, sys
 out = sys.argv[1]
@@ -52,7 +63,7 @@ def rows(name):
         except ValueError:
             pass
     return res
-runs = [r for r in ["before", "after1", "after2"] if rows(r)]
+runs = [r for r in ["before", "serial1", "after1", "serial2", "after2"] if rows(r)]
 print("| run | copy GB/s | first token ms: none / gpu (warm) / host / disk | host - warm | disk - warm |")
 print("|---|---|---|---|---|")
 for r in runs:

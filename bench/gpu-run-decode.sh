@@ -38,7 +38,8 @@ T0=$(date +%s)
 # left N: N, or the seconds left before END_S less 10 if fewer (at least 1).
 left() { local l=$(( T0 + ${END_S:-570} - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 mkdir -p "$OUT" /tmp/gd/after /tmp/gd/before
-tar -xJf gpu-bin/engine-gpu.tar.xz -C /tmp/gd/after || exit 1
+# (gpu-run-graphs.sh unpacks its own binaries into /tmp/gd/after first.)
+if [ -f gpu-bin/engine-gpu.tar.xz ]; then tar -xJf gpu-bin/engine-gpu.tar.xz -C /tmp/gd/after || exit 1; fi
 [ -f gpu-bin/engine-before.tar.xz ] && { tar -xJf gpu-bin/engine-before.tar.xz -C /tmp/gd/before || exit 1; }
 LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH

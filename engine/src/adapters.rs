@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
-    lora_delta, lora_delta_host, AdapterSlot, AdapterTable, BatchSegments, SegmentMap,
+    lora_delta, lora_delta_host, lora_delta_stacked, AdapterSlot, AdapterTable, BatchSegments,
+    SegmentMap, StackedPart,
 };
 
 use crate::adapter_check::read_adapter;
@@ -485,6 +486,19 @@ impl LoraSlots {
         })
     }
 
+    /// Brings the device pointer arrays of every layer's tables of `projections` up to date
+    /// with the slots: a replayed CUDA graph reads them without a launch from the host, which
+    /// would otherwise do it (`AdapterTable::sync_device`).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn sync_device_tables(&self, projections: &[Projection]) -> Result<()> {
+        for layer in &self.tables {
+            for &p in projections {
+                layer[p.index()].sync_device()?;
+            }
+        }
+        Ok(())
+    }
+
     /// `y += delta(x)` for layer `layer`'s projection `proj`, one SGMV call for the batch.
     pub(crate) fn apply(
         &self,
@@ -495,6 +509,29 @@ impl LoraSlots {
         segments: &BatchSegments,
     ) -> Result<()> {
         lora_delta(x, y, segments, &self.tables[layer][proj.index()])?;
+        Ok(())
+    }
+
+    /// `y += delta(x)` for layer `layer`'s projections `parts` (each with the column its
+    /// output starts at in `y` and its segments), which read the same `x` and write side by
+    /// side columns of one stacked output: one SGMV launch on CUDA where the kernel takes
+    /// them all (`openledger_kernels::lora_delta_stacked`), one call each elsewhere.
+    pub(crate) fn apply_stacked(
+        &self,
+        layer: usize,
+        parts: &[(Projection, usize, &BatchSegments)],
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<()> {
+        let parts: Vec<StackedPart<'_>> = parts
+            .iter()
+            .map(|&(p, offset, segments)| StackedPart {
+                offset,
+                segments,
+                table: &self.tables[layer][p.index()],
+            })
+            .collect();
+        lora_delta_stacked(x, y, &parts)?;
         Ok(())
     }
 

@@ -284,7 +284,7 @@ impl TensorModel {
         #[cfg(not(feature = "cuda"))]
         let _ = graphs;
         let pool = self.check_pool(cfg, cache)?;
-        let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, false)?;
+        let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, None)?;
         let (logits, h, deltas) =
             self.forward_planned_deltas(cfg, &plan, pool, lora, segments, delta)?;
         let hidden =
@@ -424,14 +424,26 @@ impl TensorModel {
         let deltas = std::cell::RefCell::new(vec![None; delta.groups.len()]);
         // LoRA deltas of the stacked projections go into their columns of the one output.
         let lora_into = |l: usize, stack: &[Projection], input: &Tensor, y: &Tensor| {
+            // The adapted projections of the stack: one SGMV launch for them all where the
+            // kernel takes them (q, k and v; gate and up), each into its columns in place.
+            let mut parts = Vec::with_capacity(stack.len());
             let mut offset = 0;
             for &p in stack {
-                let width = cfg.proj_dims(p).1;
                 if let Some(seg) = &segments[p.index()] {
-                    // SGMV takes rows further apart than its d_out: the columns in place.
-                    lora.apply(l, p, input, &y.narrow(1, offset, width)?, seg)?;
+                    parts.push((p, offset, seg));
                 }
-                offset += width;
+                offset += cfg.proj_dims(p).1;
+            }
+            match parts.as_slice() {
+                [] => {},
+                // SGMV takes rows further apart than its d_out: the columns in place.
+                &[(p, at, seg)] => {
+                    lora.apply(l, p, input, &y.narrow(1, at, cfg.proj_dims(p).1)?, seg)?
+                },
+                _ => lora.apply_stacked(l, &parts, input, y)?,
+            }
+            for &p in stack {
+                let width = cfg.proj_dims(p).1;
                 if l != delta.layer {
                     continue;
                 }
@@ -649,9 +661,12 @@ struct PrefillChunk {
 }
 
 impl StepPlan {
-    /// `fixed_tables`: the decode rows' block tables padded to the width of a
-    /// `max_position` context and launched with a shape fixed by that bound
-    /// ([`DecodeBlocks::fixed_launch`]), for a step captured in a CUDA graph.
+    /// `fixed_context`: the decode rows' block tables padded to the width of a context of
+    /// that many positions and launched with a shape fixed by that bound
+    /// ([`DecodeBlocks::fixed_launch`]), for a step captured in a CUDA graph and replayed
+    /// for any contexts within it. Without it the attention's launch is shaped by the step's
+    /// longest context (its partitions; a sequence's result depends on its own length
+    /// alone, so the bound changes launches, not results).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         model: &TensorModel,
@@ -661,7 +676,7 @@ impl StepPlan {
         positions: &[usize],
         last_rows: &[u32],
         cache: &KvCache,
-        fixed_tables: bool,
+        fixed_context: Option<usize>,
     ) -> Result<Self> {
         let dev = &model.device;
         let n = tokens.len();
@@ -697,18 +712,19 @@ impl StepPlan {
             None
         } else {
             let m = dec_rows.len();
-            let blocks = if fixed_tables {
-                let width = cache.blocks_for(cfg.max_position);
+            let blocks = if let Some(bound) = fixed_context {
+                let width = cache.blocks_for(bound);
                 DecodeBlocks::from_host(
                     padded_tables(&dec_tables, width),
                     dec_lens,
                     width,
                     kc.block_size,
-                    cfg.max_position,
+                    bound,
                 )?
                 .fixed_launch()
             } else {
-                DecodeBlocks::from_tables(&dec_tables, dec_lens, kc.block_size, cfg.max_position)?
+                let longest = dec_lens.iter().copied().max().unwrap_or(1) as usize;
+                DecodeBlocks::from_tables(&dec_tables, dec_lens, kc.block_size, longest)?
             };
             let rows = (m != n).then(|| Tensor::from_slice(&dec_rows, m, dev)).transpose()?;
             Some(DecodeRows { rows, blocks })

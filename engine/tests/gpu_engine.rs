@@ -21,7 +21,7 @@ use openledger_testkit as common;
 use candle_core::Tensor;
 use candle_core::{DType, Device};
 use common::batch::{self, seqs, slots, wide_config, SeqSpec, SPECS};
-use common::{write_adapter, write_model_with};
+use common::{write_adapter, write_model_with, AdapterSpec};
 use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
     ActivationCommitment, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter,
@@ -85,6 +85,92 @@ fn cuda_logits_match_cpu_f32_within_bf16_tolerance() {
             assert!(moved > 3.0 * MAX_TOLERANCE, "adapters barely matter here ({moved:e})");
         }
     }
+}
+
+/// One SGMV launch for the adapted projections of a stacked output (q, k and v) gives every
+/// element the bits of one `lora_delta` per projection into its columns: three tables of
+/// different widths (256, 128, 72 columns) with adapters of ranks 8 to 80 (past 64 the
+/// launch cannot use clusters of 4), each projection with its own mix of adapters and rows
+/// without any, at 1, 5, 40 and 64 rows (segments of several 16-row tiles); the columns of
+/// a projection without adapters, and the rows in no segment, stay as they were.
+#[test]
+fn cuda_stacked_lora_launch_gives_each_projections_bits() {
+    use openledger_kernels::{
+        lora_delta, lora_delta_stacked, AdapterSlot, AdapterTable, BatchSegments, SegmentMap,
+        StackedPart,
+    };
+    let gpu = cuda();
+    let (d_in, widths, slots) = (256, [256, 128, 72], 4u32);
+    let ranks = [8usize, 16, 64, 80];
+    let rand = |shape: (usize, usize), std: f32| {
+        Tensor::randn(0f32, std, shape, &gpu).unwrap().to_dtype(DType::BF16).unwrap()
+    };
+    let mut tables = Vec::new();
+    for &d_out in &widths {
+        let mut t = AdapterTable::new(&gpu, DType::BF16, d_in, d_out, slots as usize);
+        for (s, &r) in ranks.iter().enumerate() {
+            t.insert(s as u32, &rand((r, d_in), 0.1), &rand((d_out, r), 0.1)).unwrap();
+        }
+        tables.push(t);
+    }
+    let total: usize = widths.iter().sum();
+    let offsets = [0, widths[0], widths[0] + widths[1]];
+    let mut checked = 0;
+    for rows in [1usize, 5, 40, 64] {
+        // Per projection, which adapter slot each row takes (None: no adapter); the second
+        // and third projections' mixes leave rank 80 out (so a launch of those two may use
+        // clusters of 4), the first has every rank.
+        let keys: Vec<Vec<Option<u32>>> = (0..3)
+            .map(|k| {
+                (0..rows)
+                    .map(|r| match (r * 7 + k * 3) % 6 {
+                        5 => None,
+                        m if k >= 1 => Some((m % 3) as u32),
+                        m => Some((m % 4) as u32),
+                    })
+                    .collect()
+            })
+            .collect();
+        for active in [[true, true, true], [true, false, true], [false, true, true]] {
+            let segments: Vec<BatchSegments> = keys
+                .iter()
+                .map(|k| {
+                    let resolve = |slot: u32| {
+                        Some(AdapterSlot { slot, rank: ranks[slot as usize] as u32, scale: 0.7 })
+                    };
+                    BatchSegments::new(SegmentMap::new(k, &vec![1; rows], resolve).unwrap())
+                })
+                .collect();
+            let x = rand((rows, d_in), 1.0);
+            let y = rand((rows, total), 1.0);
+            let parts: Vec<StackedPart<'_>> = (0..3)
+                .filter(|&k| active[k])
+                .map(|k| StackedPart {
+                    offset: offsets[k],
+                    segments: &segments[k],
+                    table: &tables[k],
+                })
+                .collect();
+            let separate = y.copy().unwrap();
+            for p in &parts {
+                let cols = separate.narrow(1, p.offset, p.table.d_out()).unwrap();
+                lora_delta(&x, &cols, p.segments, p.table).unwrap();
+            }
+            let stacked = y.copy().unwrap();
+            lora_delta_stacked(&x, &stacked, &parts).unwrap();
+            let bits = |t: &Tensor| {
+                t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            let (before, want, got) = (bits(&y), bits(&separate), bits(&stacked));
+            let moved =
+                want.iter().zip(&before).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert!(moved > 0, "{rows} rows: the adapters changed nothing");
+            let differ = want.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{rows} rows, parts {active:?}: {differ} elements differ");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} stacked launches = one launch per projection, bit for bit");
 }
 
 #[test]
@@ -422,28 +508,83 @@ fn cuda_requests_get_the_same_logits_alone_and_batched() {
 /// partition, so the merge runs), crossing block boundaries as they grow. The batch shrinks
 /// and grows across buckets: 8 (bucket 8, no padding), 3 (bucket 4, one padding row), 5 and
 /// 6 (the bucket-8 graph again, with 3 and 2 padding rows, other sequences in other orders),
-/// 2, 1, then 4 (the bucket-4 graph captured at 3 rows, now full) and 7; the 4-row batch
-/// leaves the long sequence out, so the eager steps attend in one partition with no merge
-/// launch while the graph (its launch shape fixed by the model's positions) still runs the
-/// merge, which skips every sequence. The eager steps run unpadded on one cache, the graphed
-/// on another with the same contents. Four graphs at the end, one per bucket (a graph per
-/// batch size would be seven).
+/// 2, 1, then 4 and 7. Every batch but the 4-row one holds the long sequence, so their
+/// graphs are captured for a context bound of 1024 (two partitions: the merge runs, and
+/// skips the sequences of one partition); the 4-row batch leaves it out, so its bound is 512
+/// (one partition, no merge launch) and it captures a graph of its own rather than replaying
+/// the bucket-4 graph of the 3-row batch. The eager steps run unpadded on one cache, the
+/// graphed on another with the same contents. Five graphs at the end: buckets 8, 4, 2 and 1
+/// at bound 1024 and bucket 4 at 512 (a graph per batch size would be seven).
 #[test]
 fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
-    let schedule: [&[usize]; 8] = [
+    let schedule = graph_schedule(&[3]);
+    let (compared, graphs) = graphed_vs_eager(16, &GRAPH_LENS, &schedule, None);
+    assert_eq!(graphs, 5, "one graph per bucket (8, 4, 2, 1) at bound 1024, one at 512");
+    eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
+}
+
+/// Cached positions of the graph tests' eight sequences before their first decode step.
+const GRAPH_LENS: [usize; 8] = [3, 17, 130, 600, 31, 64, 9, 250];
+
+/// The graph tests' batches (indices into [`GRAPH_LENS`]), six decode steps each: 8, 3, 5,
+/// 6, 2 sequences, then `alone`, then 4 and 7.
+fn graph_schedule(alone: &'static [usize]) -> [&'static [usize]; 8] {
+    [
         &[0, 1, 2, 3, 4, 5, 6, 7],
         &[0, 2, 3],
         &[0, 1, 2, 3, 4],
         &[7, 5, 6, 0, 1, 3],
         &[1, 3],
-        &[3],
+        alone,
         &[0, 1, 2, 4],
         &[6, 5, 4, 3, 2, 1, 0],
-    ];
-    let lens = [3, 17, 130, 600, 31, 64, 9, 250];
-    let (compared, graphs) = graphed_vs_eager(16, &lens, &schedule);
-    assert_eq!(graphs, 4, "one graph per bucket (8, 4, 2, 1)");
-    eprintln!("{compared} decode steps, graphed (padded to buckets) = eager bit for bit");
+    ]
+}
+
+/// Decode steps with adapters replay graphs too, the adapter mix as data: the batches of
+/// the test above (the one-sequence batch on sequence 2, which has no adapter: a graph of
+/// no adapted projection) with the sequences on [`SPECS`]' three adapters (ranks 4, 8 and 16; all
+/// seven projections, q and v, gate/up/down) and none, so that batches mix adapters,
+/// rows without one and padding rows, and the same bucket meets other mixes over the same
+/// projections. After two batches, slot 1's adapter is replaced by another of rank 16 on the
+/// same projections: the bucket-8 graph captured before it, replayed by the next two
+/// batches, reads the new weights (each table's pointer array rewritten in place). Before
+/// the last batch, slot 2's by one of rank 80: past the rank bound of 64 the earlier graphs
+/// were captured for, so that batch captures anew.
+/// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
+/// graph per bucket, set of adapted projections, rank bound and context bound.
+#[test]
+fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
+    let schedule = graph_schedule(&[2]);
+    let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
+    // Bucket, adapted projections, rank bound (the ranks of SPECS, slot 2's 80 in the last
+    // batch) and context bound (1024 with the 600-position sequence 3 in the batch, else
+    // 512: no sequence grows past 512 otherwise) of each batch: the graphs the run must hold.
+    let mut expected = std::collections::BTreeSet::new();
+    for (b, seqs) in schedule.iter().enumerate() {
+        let bucket = seqs.len().next_power_of_two();
+        let context = if seqs.contains(&3) { 1024 } else { 512 };
+        let (mut mask, mut rank) = (0u8, 0);
+        for &i in seqs.iter() {
+            if let Some(slot) = adapters[i] {
+                let spec = &SPECS[slot as usize];
+                mask |= spec.targets.iter().fold(0, |m, p| m | 1 << p.index());
+                rank = rank.max(if slot == 2 && b == schedule.len() - 1 { 80 } else { spec.r });
+            }
+        }
+        let bound = match rank {
+            0 => 0,
+            1..=64 => 64,
+            _ => 128,
+        };
+        expected.insert((bucket, mask, bound, context));
+    }
+    let (compared, graphs) = graphed_vs_eager(16, &GRAPH_LENS, &schedule, Some(&adapters));
+    assert_eq!(graphs, expected.len(), "a graph per bucket, projections, rank and context bound");
+    eprintln!(
+        "{compared} decode steps with adapters, graphed (padded to buckets, {graphs} graphs) = \
+         eager bit for bit"
+    );
 }
 
 /// With cache blocks of a size the paged decode kernel does not take (not a power of two),
@@ -452,7 +593,7 @@ fn cuda_decode_graphs_give_the_eager_logits_bit_for_bit() {
 #[test]
 fn cuda_decode_graphs_leave_other_block_sizes_eager() {
     let schedule: [&[usize]; 2] = [&[0, 1, 2], &[0, 2]];
-    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule);
+    let (compared, graphs) = graphed_vs_eager(12, &[5, 40, 13], &schedule, None);
     assert_eq!(graphs, 0, "no graph for 12-position blocks");
     eprintln!("{compared} decode steps with 12-position blocks, eager either way");
 }
@@ -461,8 +602,15 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 /// runs six decode steps for each batch of `schedule` (indices into `lens`) through
 /// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
 /// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
-/// bit; returns the steps compared and the graphs held at the end.
-fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) -> (usize, usize) {
+/// bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
+/// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`; slot 1 gets another adapter (rank
+/// 16) before the third batch, and slot 2 one of rank 80 before the last batch.
+fn graphed_vs_eager(
+    block_size: usize,
+    lens: &[usize],
+    schedule: &[&[usize]],
+    adapters: Option<&[Option<u32>]>,
+) -> (usize, usize) {
     use openledger_engine::{BlockTable, KvCache, LoraSlots, SeqChunk};
     const STEPS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
@@ -471,7 +619,11 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     let cfg = write_model_with(dir.path(), &json, MODEL_SEED);
     let gpu = cuda();
     let model = Model::load_hf(dir.path(), &gpu).unwrap();
-    let lora = LoraSlots::new(&cfg, &gpu, 1, false);
+    let mut lora = match adapters {
+        Some(_) => slots(dir.path(), &cfg, &gpu),
+        None => LoraSlots::new(&cfg, &gpu, 1, false),
+    };
+    let adapter_of = |i: usize| adapters.and_then(|a| a[i]);
     let kc = KvCacheConfig { block_size, num_blocks: 2048 / block_size + 8 };
     let mut eager_cache = KvCache::for_model(kc, &model).unwrap();
     let mut graph_cache = KvCache::for_model(kc, &model).unwrap();
@@ -485,14 +637,27 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
             [(&mut eager_cache, &mut eager_tables[i]), (&mut graph_cache, &mut graph_tables[i])]
         {
             cache.reserve(table, len + steps).unwrap();
-            let chunk = SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: None };
+            let chunk =
+                SeqChunk { tokens: &prompt, table: &*table, start: 0, adapter: adapter_of(i) };
             let logits = model.forward(&[chunk], cache, &lora).unwrap();
             next[i] = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
         }
     }
     let mut pos = lens.to_vec();
     let mut compared = 0;
-    for &seqs in schedule {
+    for (b, &seqs) in schedule.iter().enumerate() {
+        let swap = match b {
+            _ if adapters.is_none() => None,
+            2 => Some((1, 16)),
+            b if b == schedule.len() - 1 => Some((2, 80)),
+            _ => None,
+        };
+        if let Some((slot, r)) = swap {
+            let spec = AdapterSpec { r, ..SPECS[slot] };
+            let a = write_adapter(&dir.path().join(format!("swap{slot}")), &cfg, &spec, 40);
+            lora.install(slot as u32, &LoraAdapter::load(&a, &cfg, &Device::Cpu).unwrap()).unwrap();
+        }
+        let slot_of: Vec<Option<u32>> = (0..lens.len()).map(adapter_of).collect();
         for _ in 0..STEPS {
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&i| [next[i]]).collect();
             // The final-norm rows asked (a verifier's) and the rows committed to (activation
@@ -510,7 +675,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
             };
             let want = model
                 .forward_step(
-                    &decode_chunks(seqs, &tokens, &eager_tables, &pos),
+                    &decode_chunks(seqs, &tokens, &eager_tables, &pos, &slot_of),
                     &mut eager_cache,
                     &lora,
                     &hidden_rows,
@@ -519,7 +684,7 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
                 .unwrap();
             let got = model
                 .forward_step_graphed(
-                    &decode_chunks(seqs, &tokens, &graph_tables, &pos),
+                    &decode_chunks(seqs, &tokens, &graph_tables, &pos, &slot_of),
                     &mut graph_cache,
                     &lora,
                     &hidden_rows,
@@ -568,12 +733,13 @@ fn graphed_vs_eager(block_size: usize, lens: &[usize], schedule: &[&[usize]]) ->
     (compared, model.decode_graphs())
 }
 
-/// One one-token chunk per sequence of `seqs`, at its position.
+/// One one-token chunk per sequence of `seqs`, at its position, on its adapter slot.
 fn decode_chunks<'a>(
     seqs: &[usize],
     tokens: &'a [[u32; 1]],
     tables: &'a [openledger_engine::BlockTable],
     pos: &[usize],
+    slots: &[Option<u32>],
 ) -> Vec<openledger_engine::SeqChunk<'a>> {
     seqs.iter()
         .zip(tokens)
@@ -581,7 +747,7 @@ fn decode_chunks<'a>(
             tokens: t,
             table: &tables[i],
             start: pos[i],
-            adapter: None,
+            adapter: slots[i],
         })
         .collect()
 }
@@ -664,9 +830,7 @@ fn cuda_commitment_entries_match_the_cpu_encoding() {
 #[test]
 fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters() {
     use openledger_engine::commitment::{encoded_len, DELTA_PICKS, TOP_K};
-    use openledger_engine::{
-        BlockTable, KvCache, NumericFormat, Projection, SeqChunk, StepRows, StreamEvent, Tolerance,
-    };
+    use openledger_engine::{NumericFormat, Projection, StepRows, StreamEvent, Tolerance};
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
     let gpu = cuda();
@@ -685,18 +849,8 @@ fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters()
         let model = Model::load_hf(dir.path(), &device).unwrap();
         let lora = slots(dir.path(), &cfg, &device);
         let kc = KvCacheConfig { block_size: 16, num_blocks: 32 };
-        let mut cache = KvCache::for_model(kc, &model).unwrap();
-        let mut tables = vec![BlockTable::default(); specs.len()];
-        for (t, s) in tables.iter_mut().zip(&specs) {
-            cache.reserve(t, s.prompt.len()).unwrap();
-        }
-        let chunks: Vec<SeqChunk<'_>> = specs
-            .iter()
-            .zip(&tables)
-            .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
-            .collect();
         let rows = StepRows { delta: &asked, delta_commit: &asked, ..StepRows::default() };
-        let out = model.forward_rows(&chunks, &mut cache, &lora, rows, false).unwrap();
+        let out = batch::prompt_step(&model, &lora, &specs, kc, rows);
         let words = out.delta_entries.wait().unwrap();
         assert_eq!((out.delta.len(), words.len()), (asked.len(), asked.len()));
         for (row, w) in out.delta.iter().zip(&words) {

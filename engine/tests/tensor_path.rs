@@ -162,19 +162,9 @@ fn tensor_path_gives_the_host_paths_adapter_deltas() {
         };
         let lora = slots(dir.path(), &cfg, &Device::Cpu);
         let kc = KvCacheConfig { block_size: 16, num_blocks: 32 };
-        let mut cache = KvCache::for_model(kc, &model).unwrap();
-        let mut tables = vec![BlockTable::default(); specs.len()];
-        for (t, s) in tables.iter_mut().zip(&specs) {
-            cache.reserve(t, s.prompt.len()).unwrap();
-        }
-        let chunks: Vec<SeqChunk<'_>> = specs
-            .iter()
-            .zip(&tables)
-            .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
-            .collect();
         let half = asked.len() / 2;
         let rows = StepRows { delta: &asked[..half], delta_commit: &asked, ..StepRows::default() };
-        let out = model.forward_rows(&chunks, &mut cache, &lora, rows, false).unwrap();
+        let out = batch::prompt_step(&model, &lora, &specs, kc, rows);
         let words = out.delta_entries.wait().unwrap();
         assert_eq!((out.delta.len(), words.len()), (half, asked.len()));
         for (row, w) in out.delta.iter().zip(&words) {

@@ -22,6 +22,10 @@
 #                          (+ BEFORE_BENCH, an engine-gpu-bench of the base commit, as
 #                          engine-gpu-bench-before) -> gpu-bin/cold-gpu.tar.xz, one xz stream,
 #                          with gpu-run-cold.sh
+#   pack-gpu-bin.sh graphs issue 21, decode graphs with adapters and the parallel adapter read:
+#                          gpu_engine + engine-gpu-bench -> gpu-bin/graphs-gpu.tar.xz,
+#                          one xz stream, with gpu-run-graphs.sh, gpu-run-decode.sh,
+#                          gpu-run-cold.sh and the decode anchor (as for engine)
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -40,19 +44,25 @@ case $WHAT in
         SCRIPTS="../../bench/gpu-run-verify.sh"; EXTRA="" ;;
   cold) TEST=gpu_engine; BENCH=engine-gpu-bench
         SCRIPTS="../../bench/gpu-run-cold.sh"; EXTRA="" ;;
-  *) echo "usage: $0 [sgmv|attn|engine|verify|cold]" >&2; exit 2 ;;
+  graphs) TEST=gpu_engine; BENCH=engine-gpu-bench; EXTRA=""
+        SCRIPTS="../../bench/gpu-run-graphs.sh ../../bench/gpu-run-decode.sh ../../bench/gpu-run-cold.sh"
+        ANCHOR="$ROOT/../shared/bench/hf_decode_anchor.py"
+        [ -f "$ANCHOR" ] && SCRIPTS="$SCRIPTS ../../../shared/bench/hf_decode_anchor.py" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs]" >&2; exit 2 ;;
 esac
-TEST_BIN=$(ls -t "$T"/deps/$TEST-* | grep -v '\.d$' | head -1)
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
-cp "$TEST_BIN" "/tmp/gpu-pack/$TEST"
-strip "/tmp/gpu-pack/$TEST"
+for t in $TEST; do
+  TEST_BIN=$(ls -t "$T"/deps/$t-* | grep -v '\.d$' | head -1)
+  cp "$TEST_BIN" "/tmp/gpu-pack/$t"
+  strip "/tmp/gpu-pack/$t"
+done
 for b in $BENCH; do cp "$T/$b" "/tmp/gpu-pack/$b" && strip "/tmp/gpu-pack/$b"; done
 [ -n "$EXTRA" ] && cp "$EXTRA" /tmp/gpu-pack/
 [ -f /tmp/gpu-pack/engine-logits ] && strip /tmp/gpu-pack/engine-logits
 if [ "$WHAT" = cold ] && [ -n "${BEFORE_BENCH:-}" ]; then
   cp "$BEFORE_BENCH" /tmp/gpu-pack/engine-gpu-bench-before && strip /tmp/gpu-pack/engine-gpu-bench-before
 fi
-if [ "$WHAT" = verify ] || [ "$WHAT" = cold ]; then
+if [ "$WHAT" = verify ] || [ "$WHAT" = cold ] || [ "$WHAT" = graphs ]; then
   # The binaries share candle, cudarc and the kernels: a dictionary that spans them all
   # stores that code once.
   tar -cf - -C /tmp/gpu-pack . | xz -T1 --lzma2=preset=9,dict=256MiB > "$ROOT/gpu-bin/$WHAT-gpu.tar.xz"
@@ -67,7 +77,7 @@ if [ "$WHAT" = verify ]; then
   sha256sum "$MODEL" > "$ROOT/gpu-bin/model.sha256"
   [ "$(stat -c %s "$ROOT/gpu-bin/model.part2")" -le $(( 58 * 1024 * 1024 )) ] \
     || { echo "the model's second part is over 58 MiB: it does not fit two calls" >&2; exit 1; }
-elif [ "$WHAT" != cold ]; then
+elif [ "$WHAT" != cold ] && [ "$WHAT" != graphs ]; then
   tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
 fi
 if [ "$WHAT" = engine ] && [ -n "${BEFORE_BENCH:-}" ]; then

@@ -46,7 +46,8 @@ constexpr int THREADS = 32 * WARPS;
 constexpr int NTW = 4;       // rank tiles of 8 per shrink warp
 constexpr int VLD = 160;     // row stride (elements) of the rounded v: 16-byte reads spread over banks
 
-// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding.
+// Per tile, 32 bytes: slot, rank, scale (f32 bits), start, end (sorted positions), padding;
+// start == end: an empty tile, which does nothing.
 // MT = 1: 16-token tiles, 2 blocks per SM (MT = 4, 64-token tiles at 1 block per SM, is
 // supported by the code but not built: see the kernels at the end).
 struct Params {
@@ -173,7 +174,7 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // All sum the same runs in the same order and combine them in the same tree, so they give
 // the same bits (module comment).
 template <typename T, int MT, int LPB>
-__device__ __forceinline__ void sgmv_fused(const Params& p) {
+__device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
     constexpr bool SOLO = LPB == CLUSTER;
     constexpr int NBLK = CLUSTER / LPB;  // blocks per tile
     static_assert(MT == 1 || LPB == 1, "64-token tiles come in clusters of 8");
@@ -185,11 +186,14 @@ __device__ __forceinline__ void sgmv_fused(const Params& p) {
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int crank = SOLO ? 0 : cluster_rank();
-    const int tile = blockIdx.x / NBLK;
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
     const int mrows = p.tiles[2 * tile + 1].x - start;
+    // An empty tile (start == end) pads a launch whose grid is fixed for a CUDA graph to
+    // the most tiles its rows could make: every block of its cluster leaves here, before
+    // any barrier and without reading its slot's weights.
+    if (mrows <= 0) return;
     const ulonglong2 tab = reinterpret_cast<const ulonglong2*>(p.table)[rec.x];
     const T* a = reinterpret_cast<const T*>(tab.x);
     const T* b = reinterpret_cast<const T*>(tab.y);
@@ -516,15 +520,44 @@ __device__ __forceinline__ void sgmv_fused(const Params& p) {
 // takes MT = 4, 64-token tiles in clusters of 8 blocks of one per SM, for long segments; that
 // variant was slower than one of these on every benchmark shape on the H200 and is no longer
 // built: kernels/NOTES.md.)
+// Stacked launches: up to 3 projections that read the same x (q, k, v; gate, up) in one
+// grid, part k's tiles after part k-1's; each part has its own table, rows, tiles, y
+// columns and d_out. A block computes what it would in its part's own launch (the tile's
+// arithmetic depends on d_in and the segment's rank alone), so the bits are the same.
+constexpr int MAX_PARTS = 3;
+struct MultiParams {
+    Params part[MAX_PARTS];
+    int end[MAX_PARTS];  // tiles of parts 0..k together
+};
+
+template <typename T, int LPB>
+__device__ __forceinline__ void sgmv_fused_multi(const MultiParams& m) {
+    const int tile = blockIdx.x / (CLUSTER / LPB);
+    const int k = tile < m.end[0] ? 0 : tile < m.end[1] ? 1 : 2;
+    sgmv_fused<T, 1, LPB>(m.part[k], tile - (k == 0 ? 0 : m.end[k - 1]));
+}
+
 #define SGMV_FUSED(NAME, T)                                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_cluster(Params p) {   \
-        sgmv_fused<T, 1, 1>(p);                                                                    \
+        sgmv_fused<T, 1, 1>(p, blockIdx.x / CLUSTER);                                              \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_pair(Params p) {  \
-        sgmv_fused<T, 1, 2>(p);                                                                    \
+        sgmv_fused<T, 1, 2>(p, blockIdx.x / (CLUSTER / 2));                                        \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_solo(Params p) {  \
-        sgmv_fused<T, 1, CLUSTER>(p);                                                              \
+        sgmv_fused<T, 1, CLUSTER>(p, blockIdx.x);                                                  \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
+        sgmv_fused_##NAME##_cluster_multi(const __grid_constant__ MultiParams m) {              \
+        sgmv_fused_multi<T, 1>(m);                                                              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
+        sgmv_fused_##NAME##_pair_multi(const __grid_constant__ MultiParams m) {                 \
+        sgmv_fused_multi<T, 2>(m);                                                              \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
+        sgmv_fused_##NAME##_solo_multi(const __grid_constant__ MultiParams m) {                 \
+        sgmv_fused_multi<T, CLUSTER>(m);                                                        \
     }
 SGMV_FUSED(bf16, __nv_bfloat16)
 SGMV_FUSED(f16, __half)

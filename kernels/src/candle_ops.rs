@@ -148,7 +148,64 @@ pub fn lora_delta(
     if map.num_tokens() == 0 {
         return Ok(());
     }
-    y.inplace_op2(x, &LoraDeltaOp { segments, table, ldy })?;
+    y.inplace_op2(x, &LoraDeltaOp { segments, table, ldy, stacked: &[] })?;
+    Ok(())
+}
+
+/// One projection of a stacked output for [`lora_delta_stacked`]: its columns start at
+/// `offset`, its deltas come from `table` over `segments`.
+pub struct StackedPart<'a> {
+    pub offset: usize,
+    pub segments: &'a BatchSegments,
+    pub table: &'a AdapterTable,
+}
+
+/// [`lora_delta`] for projections that read the same `x` and whose outputs lie side by side
+/// in one `y` (`[num_rows, width]`, contiguous; part `i` in columns `parts[i].offset ..
+/// parts[i].offset + parts[i].table.d_out`): q, k and v, or gate and up, of a stacked GEMM.
+/// On CUDA, two or three parts the fused kernel takes go in one launch over every part's
+/// tiles; otherwise each part is its own call. Either way each element gets the bits its
+/// part's own [`lora_delta`] gives it.
+pub fn lora_delta_stacked(x: &Tensor, y: &Tensor, parts: &[StackedPart<'_>]) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let one_launch = y.device().is_cuda()
+            && y.is_contiguous()
+            && parts.iter().all(|p| p.table.dtype == y.dtype())
+            && crate::cuda::stacked_supported(
+                y.dtype(),
+                parts.iter().map(|p| p.segments.map.max_rank()),
+                parts.len(),
+            );
+        if one_launch {
+            let (rows, width) = y.dims2()?;
+            for p in parts {
+                let map = &p.segments.map;
+                check_operand(x, "x", p.table, p.table.dtype, &[map.num_rows(), p.table.d_in])?;
+                if map.num_rows() != rows || p.offset + p.table.d_out > width {
+                    return Err(KernelError::Shape {
+                        tensor: "y (a stacked part's columns)".into(),
+                        expected: vec![map.num_rows(), p.offset + p.table.d_out],
+                        actual: vec![rows, width],
+                    });
+                }
+                check_kind(y, "y", p.table, p.table.dtype, &[rows, width])?;
+                p.table.check_segments(map)?;
+            }
+            let first = &parts[0];
+            let op = LoraDeltaOp {
+                segments: first.segments,
+                table: first.table,
+                ldy: width,
+                stacked: parts,
+            };
+            y.inplace_op2(x, &op)?;
+            return Ok(());
+        }
+    }
+    for p in parts {
+        lora_delta(x, &y.narrow(1, p.offset, p.table.d_out)?, p.segments, p.table)?;
+    }
     Ok(())
 }
 
@@ -268,6 +325,9 @@ struct LoraDeltaOp<'a> {
     table: &'a AdapterTable,
     /// Row stride of y.
     ldy: usize,
+    /// When not empty, the parts of one stacked launch on CUDA ([`lora_delta_stacked`]),
+    /// `y` the whole stacked output; `segments` and `table` are then its first part's.
+    stacked: &'a [StackedPart<'a>],
 }
 
 impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
@@ -284,6 +344,9 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         let t = self.table;
         let mut run = || -> Result<()> {
+            if !self.stacked.is_empty() {
+                return Err(KernelError::UnsupportedDevice("a stacked launch is CUDA only".into()));
+            }
             // Activations (`A`) may differ from the adapters' dtype on the CPU.
             with_element!(x.dtype(), A => {
                 {
@@ -327,8 +390,11 @@ impl candle_core::InplaceOp2 for LoraDeltaOp<'_> {
     ) -> candle_core::Result<()> {
         #[cfg(feature = "cuda")]
         {
-            crate::cuda::lora_delta(x, xl, y, yl, self.ldy, self.segments, self.table)
-                .map_err(to_candle)
+            match self.stacked {
+                [] => crate::cuda::lora_delta(x, xl, y, yl, self.ldy, self.segments, self.table),
+                parts => crate::cuda::lora_delta_stacked(x, xl, y, yl, self.ldy, parts),
+            }
+            .map_err(to_candle)
         }
         #[cfg(not(feature = "cuda"))]
         {

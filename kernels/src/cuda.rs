@@ -23,6 +23,7 @@ use half::{bf16, f16};
 
 use crate::candle_ops::BatchSegments;
 use crate::error::{KernelError, Result};
+use crate::segments::SegmentMap;
 use crate::table::AdapterTable;
 
 mod fused;
@@ -140,12 +141,15 @@ pub(crate) fn slice_address<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 
 /// The segment map on the device, uploaded on the first CUDA call of a step.
 pub(crate) struct DeviceSegments {
-    /// rows | tiles (segment, start, end) | slots | ranks | scales (f32 bits).
-    _meta: CudaSlice<u32>,
+    /// rows | tiles (segment, start, end) | slots | ranks | scales (f32 bits); for a CUDA
+    /// graph's segments ([`GraphSegments`]) rows | the fused kernel's tile records alone.
+    _meta: Arc<CudaSlice<u32>>,
     meta_ptr: u64,
     /// One per (tile, rank chunk); zero between launches (the shrink's last block resets).
-    _counters: CudaSlice<u32>,
+    _counters: Arc<CudaSlice<u32>>,
     counters_ptr: u64,
+    /// The buffers of a [`GraphSegments`]: only the fused kernel reads them.
+    graph: bool,
     num_tiles: usize,
     rank_chunks: usize,
     offsets: [usize; 5],
@@ -224,8 +228,9 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
     let d = Arc::new(DeviceSegments {
         meta_ptr,
         counters_ptr: slice_address(&counters, &stream),
-        _meta: meta,
-        _counters: counters,
+        _meta: Arc::new(meta),
+        _counters: Arc::new(counters),
+        graph: false,
         num_tiles,
         rank_chunks,
         offsets,
@@ -238,20 +243,130 @@ fn device_segments(segments: &BatchSegments, dev: &CudaDevice) -> Result<Arc<Dev
     Ok(d)
 }
 
-/// The per-slot pointer array of an adapter table on the device.
+/// A step's segment metadata at fixed device addresses, for a step captured in a CUDA
+/// graph: the rows of up to `rows` tokens and the fused kernel's tile records padded with
+/// empty tiles to `rows` tiles (a segment of `t` tokens makes `ceil(t / 16)` tiles, so no
+/// map of `rows` rows makes more), so the captured launch's grid serves any mix of
+/// adapters of ranks up to the buffers' rank bound ([`graph_rank_bound`]).
+/// [`GraphSegments::write`] rewrites them before a replay. Only the fused kernel takes them
+/// (bf16 / f16, ranks up to 128: [`graph_segments_supported`]); other calls through them are
+/// refused.
+pub struct GraphSegments {
+    meta: Arc<CudaSlice<u32>>,
+    counters: Arc<CudaSlice<u32>>,
+    device: CudaDevice,
+    rows: usize,
+    max_rank: usize,
+}
+
+/// Whether [`GraphSegments`] can serve tables of `dtype` with adapters of ranks up to
+/// `max_rank`: the fused kernel's cases, and the fused kernel loaded (not turned off with
+/// `OPENLEDGER_SGMV_KERNEL=two-stage`).
+pub fn graph_segments_supported(dtype: DType, max_rank: usize) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+        && graph_rank_bound(max_rank).is_some()
+        && !crate::options::options().sgmv_two_stage_only
+}
+
+/// The rank bound of graph segments for adapters of ranks up to `max_rank` (`None` past
+/// the fused kernel's): a graph captured for one bound serves every map of ranks within
+/// it, and launches the variant an eager launch of those ranks could choose (64 lets every
+/// variant in, 128 all but one). Steps whose bound differs need graphs of their own.
+pub fn graph_rank_bound(max_rank: usize) -> Option<usize> {
+    fused::rank_bound(max_rank)
+}
+
+impl GraphSegments {
+    /// Buffers for steps of up to `rows` rows, with adapters of ranks up to `max_rank` (a
+    /// [`graph_rank_bound`]), on `device` (a CUDA device).
+    pub fn new(device: &candle_core::Device, rows: usize, max_rank: usize) -> Result<Self> {
+        let candle_core::Device::Cuda(dev) = device else {
+            return Err(KernelError::UnsupportedDevice("graph segments need a CUDA device".into()));
+        };
+        let rows = rows.max(1);
+        let meta = dev.alloc_zeros::<u32>(Self::records_at(rows) + 8 * rows)?;
+        let counters = dev.alloc_zeros::<u32>(1)?;
+        Ok(Self {
+            meta: Arc::new(meta),
+            counters: Arc::new(counters),
+            device: dev.clone(),
+            rows,
+            max_rank,
+        })
+    }
+
+    /// Rows (and tiles) the buffers hold.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Where the tile records start in the buffer (16-byte aligned: read as vectors).
+    fn records_at(rows: usize) -> usize {
+        rows.next_multiple_of(4)
+    }
+
+    /// Writes `map` into the buffers, ordered on the stream after the work queued there (a
+    /// replay still running reads the old metadata, the next one the new).
+    pub fn write(&self, map: &SegmentMap) -> Result<()> {
+        let tiles = fused::Tiles::padded(map, self.rows, self.max_rank)?;
+        let mut meta = vec![0u32; Self::records_at(self.rows)];
+        if map.num_tokens() > self.rows || map.num_rows() > self.rows {
+            return Err(KernelError::Shape {
+                tensor: "graph segments (rows at most the buffers')".into(),
+                expected: vec![self.rows],
+                actual: vec![map.num_rows().max(map.num_tokens())],
+            });
+        }
+        meta[..map.num_tokens()].copy_from_slice(map.rows());
+        meta.extend(&tiles.records);
+        crate::graph_inputs::upload_into(&self.meta, &meta)
+    }
+
+    /// Writes `map` ([`Self::write`]) and returns segments whose launches read these buffers:
+    /// a launch captured through them serves every map written later.
+    pub fn bind(&self, map: SegmentMap) -> Result<BatchSegments> {
+        self.write(&map)?;
+        let tiles = fused::Tiles::padded(&map, self.rows, self.max_rank)?;
+        let stream = self.device.cuda_stream();
+        let meta_ptr = slice_address(&self.meta, &stream);
+        let d = DeviceSegments {
+            _meta: self.meta.clone(),
+            meta_ptr,
+            _counters: self.counters.clone(),
+            counters_ptr: slice_address(&self.counters, &stream),
+            graph: true,
+            num_tiles: self.rows,
+            rank_chunks: 1,
+            offsets: [0; 5],
+            small_tiles: false,
+            fused_records: meta_ptr + 4 * Self::records_at(self.rows) as u64,
+            fused_tiles: tiles,
+            scratch: Mutex::new(None),
+        };
+        let segments = BatchSegments::new(map);
+        *segments.gpu.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(d));
+        Ok(segments)
+    }
+}
+
+/// The per-slot pointer array of an adapter table on the device. Made on the table's first
+/// CUDA launch and rewritten in place when the table has changed since (`stale`): its
+/// address is fixed, so a CUDA graph that captured it reads the slots' current adapters.
 pub(crate) struct DeviceTable {
-    _ptrs: CudaSlice<u64>,
+    ptrs: CudaSlice<u64>,
     ptrs_addr: u64,
     /// Every lora_A / lora_B starts on a 16-byte boundary (vector loads allowed).
     a_aligned: bool,
     b_aligned: bool,
+    /// The table changed after the array was written.
+    pub(crate) stale: bool,
 }
 
-fn device_table(table: &AdapterTable, dev: &CudaDevice) -> Result<TableAddress> {
+pub(crate) fn device_table(table: &AdapterTable, dev: &CudaDevice) -> Result<TableAddress> {
     let stream = dev.cuda_stream();
     let mut cached = table.gpu.lock().unwrap_or_else(|e| e.into_inner());
-    if cached.is_none() {
-        let mut ptrs = Vec::with_capacity(2 * table.num_slots());
+    if cached.as_ref().is_none_or(|t| t.stale) {
+        let mut ptrs = Vec::with_capacity(2 * table.num_slots() + 1);
         let (mut a_aligned, mut b_aligned) = (true, true);
         for entry in table.entries() {
             let (a, b) = match entry {
@@ -270,15 +385,42 @@ fn device_table(table: &AdapterTable, dev: &CudaDevice) -> Result<TableAddress> 
             ptrs.extend([a, b]);
         }
         ptrs.push(0); // never empty
-        let ptrs = dev.clone_htod(&ptrs)?;
-        let ptrs_addr = slice_address(&ptrs, &stream);
-        *cached = Some(DeviceTable { _ptrs: ptrs, ptrs_addr, a_aligned, b_aligned });
+        match cached.as_mut() {
+            // Rewritten in place, ordered on the stream after the launches that read the old
+            // pointers (the table's slot count, so the length, never changes).
+            Some(t) => {
+                crate::graph_inputs::upload_into(&t.ptrs, &ptrs)?;
+                (t.a_aligned, t.b_aligned, t.stale) = (a_aligned, b_aligned, false);
+            },
+            None => {
+                let ptrs = dev.clone_htod(&ptrs)?;
+                let ptrs_addr = slice_address(&ptrs, &stream);
+                *cached = Some(DeviceTable { ptrs, ptrs_addr, a_aligned, b_aligned, stale: false });
+            },
+        }
     }
     Ok(cached.as_ref().map_or((0, false, false), |t| (t.ptrs_addr, t.a_aligned, t.b_aligned)))
 }
 
+/// `t` itself when its first element lies on a 16-byte boundary of its CUDA storage, else a
+/// copy that does (a fresh allocation).
+pub(crate) fn aligned16(t: candle_core::Tensor) -> Result<candle_core::Tensor> {
+    let addr = {
+        let (s, l) = t.storage_and_layout();
+        match &*s {
+            Storage::Cuda(c) => storage_address(c, l, &c.device.cuda_stream())?,
+            _ => return Ok(t.clone()),
+        }
+    };
+    if addr.is_multiple_of(16) {
+        Ok(t)
+    } else {
+        Ok(t.copy()?)
+    }
+}
+
 /// Device address of the pointer array, and whether all lora_A / lora_B are 16-byte aligned.
-type TableAddress = (u64, bool, bool);
+pub(crate) type TableAddress = (u64, bool, bool);
 
 /// Parameters shared by both stages, with the segment and table pointers filled in.
 fn params(
@@ -372,7 +514,14 @@ fn launch_fused(
     let Some(k) = &call.kernels.fused else {
         return Err(KernelError::Cuda("the fused SGMV kernel is not loaded".into()));
     };
-    let launch = fused::Launch {
+    let launch = fused_launch(call, mode, (x, y, v), ldy);
+    fused::launch(k, &call.seg.fused_tiles, call.seg.fused_records, dtype, &call.stream, &launch)
+}
+
+/// The fused kernel's launch of `call` in `mode` on device addresses `x`, `y` (rows `ldy`
+/// elements apart) and `v`.
+fn fused_launch(call: &Call, mode: i32, (x, y, v): (u64, u64, u64), ldy: usize) -> fused::Launch {
+    fused::Launch {
         mode,
         x,
         y,
@@ -385,8 +534,7 @@ fn launch_fused(
         width: call.p.width as usize,
         a_aligned: (call.p.vec_ok & 1) != 0,
         b_aligned: (call.p.vec_ok & 2) != 0,
-    };
-    fused::launch(k, &call.seg.fused_tiles, call.seg.fused_records, dtype, &call.stream, &launch)
+    }
 }
 
 /// Launches the shrink of x (device address) into v, with the partials at `partial`.
@@ -446,6 +594,7 @@ pub(crate) fn lora_delta(
         let y = storage_address(y, yl, &call.stream)?;
         return launch_fused(&call, dtype, 0, x, y, ldy, 0);
     }
+    refuse_graph_segments(&call)?;
     let (rows, d_out) = (segments.map().num_rows(), call.p.d_out as usize);
     let mut packed = (ldy != d_out)
         .then(|| -> Result<CudaStorage> {
@@ -467,6 +616,59 @@ pub(crate) fn lora_delta(
         t.copy2d(y, rows, d_out, d_out, ldy, 0, yl.start_offset())?;
     }
     Ok(())
+}
+
+/// [`lora_delta`] for the parts of one stacked output (`y`: `[rows, ldy]`, part `i`'s
+/// columns from `parts[i].offset`), all reading `x`: one launch of the fused kernel over
+/// every part's tiles. The caller checked the shapes and that the fused kernel takes every
+/// part ([`stacked_supported`]).
+pub(crate) fn lora_delta_stacked(
+    x: &CudaStorage,
+    xl: &Layout,
+    y: &mut CudaStorage,
+    yl: &Layout,
+    ldy: usize,
+    parts: &[crate::candle_ops::StackedPart<'_>],
+) -> Result<()> {
+    let dev = y.device.clone();
+    let stream = dev.cuda_stream();
+    let x = storage_address(x, xl, &stream)?;
+    let y_base = storage_address(y, yl, &stream)?;
+    let elem = y.dtype().size_in_bytes() as u64;
+    let mut calls = Vec::with_capacity(parts.len());
+    for part in parts {
+        let call = prepare(part.segments, part.table, &dev)?;
+        if call.seg.num_tiles > 0 {
+            calls.push((call, part.offset));
+        }
+    }
+    let Some((first, _)) = calls.first() else { return Ok(()) };
+    let (Some(dtype), Some(kernels)) = (first.fused, &first.kernels.fused) else {
+        return Err(KernelError::Cuda("a stacked SGMV launch needs the fused kernel".into()));
+    };
+    let mut launches = Vec::with_capacity(calls.len());
+    for (call, offset) in &calls {
+        if call.fused != Some(dtype) {
+            return Err(KernelError::Cuda("a stacked SGMV launch of mixed kernels".into()));
+        }
+        let launch = fused_launch(call, 0, (x, y_base + elem * *offset as u64, 0), ldy);
+        launches.push((&call.seg.fused_tiles, call.seg.fused_records, launch));
+    }
+    fused::launch_stacked(kernels, &launches, dtype, &stream)
+}
+
+/// Whether one stacked launch ([`lora_delta_stacked`]) takes these maps of tables of
+/// `dtype`: the fused kernel loaded, bf16 / f16, ranks up to 128, at most 3 parts.
+pub(crate) fn stacked_supported(
+    dtype: DType,
+    max_ranks: impl Iterator<Item = usize>,
+    n: usize,
+) -> bool {
+    let mut ranks = max_ranks;
+    (2..=fused::MAX_PARTS).contains(&n)
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && !crate::options::options().sgmv_two_stage_only
+        && ranks.all(|r| r <= fused::MAX_RANK)
 }
 
 /// An uninitialised buffer of `len` (at least one) elements of `dtype`, for a launch that
@@ -502,6 +704,7 @@ pub(crate) fn shrink(
             launch_fused(&call, dtype, 1, x, 0, 0, v_addr)?;
             return Ok(CudaStorage::wrap_cuda_slice(v, dev));
         }
+        refuse_graph_segments(&call)?;
         let seg = call.seg.clone();
         let v_len = map.num_tokens() * map.max_rank();
         let (_guard, partial) = seg.scratch(&dev, v_len * call.p.ksplit as usize)?;
@@ -529,5 +732,17 @@ pub(crate) fn expand(
     if let Some(dtype) = call.fused {
         return launch_fused(&call, dtype, 2, 0, y, call.p.d_out as usize, v);
     }
+    refuse_graph_segments(&call)?;
     expand_from(&mut call, v, y)
+}
+
+/// The two-stage kernels read the segment layout of [`device_segments`], which a
+/// [`GraphSegments`]' buffers do not hold.
+fn refuse_graph_segments(call: &Call) -> Result<()> {
+    if call.seg.graph {
+        return Err(KernelError::Cuda(
+            "graph segments serve the fused SGMV kernel only (bf16 / f16, ranks up to 128)".into(),
+        ));
+    }
+    Ok(())
 }

@@ -4,14 +4,14 @@
 //! copies do that, ordered on candle's stream after the work already queued there (a replay
 //! still running reads the old values; the next one the new).
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaSlice, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{result, CudaSlice, DevicePtr, DeviceRepr};
 use candle_core::{DType, Storage, Tensor};
 
 use crate::cuda::cuda_err;
 use crate::error::{check_shape, KernelError, Result};
 
 /// Copies `data` from the host into the first `data.len()` elements of `dst`.
-pub(crate) fn upload_into(dst: &CudaSlice<u32>, data: &[u32]) -> Result<()> {
+pub(crate) fn upload_into<T: DeviceRepr>(dst: &CudaSlice<T>, data: &[T]) -> Result<()> {
     if data.len() > dst.len() {
         return Err(KernelError::Shape {
             tensor: "upload (at most the device buffer's length)".into(),
@@ -22,7 +22,7 @@ pub(crate) fn upload_into(dst: &CudaSlice<u32>, data: &[u32]) -> Result<()> {
     let stream = dst.stream();
     let (ptr, _sync) = dst.device_ptr(stream);
     stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `ptr` addresses `dst`, which holds at least `data.len()` u32 (checked above)
+    // SAFETY: `ptr` addresses `dst`, which holds at least `data.len()` elements (checked above)
     // and outlives the copy, which the driver stages from pageable host memory before it
     // returns (so `data` may be dropped after); the copy is ordered on `dst`'s stream.
     unsafe { result::memcpy_htod_async(ptr, data, stream.cu_stream()) }.map_err(cuda_err)

@@ -62,7 +62,12 @@ pub use attention::{
     paged_decode_attention, paged_decode_attention_host, paged_decode_attention_into,
     paged_decode_attention_with, DecodeBlocks, HeadShape,
 };
-pub use candle_ops::{lora_delta, lora_delta_host, sgmv_expand, sgmv_shrink, BatchSegments};
+pub use candle_ops::{
+    lora_delta, lora_delta_host, lora_delta_stacked, sgmv_expand, sgmv_shrink, BatchSegments,
+    StackedPart,
+};
+#[cfg(feature = "cuda")]
+pub use cuda::{graph_rank_bound, graph_segments_supported, GraphSegments};
 pub use element::{AdapterWeights, BLayout, Element, Format, LoraWeights, Widen};
 pub use error::{KernelError, Result};
 #[cfg(feature = "cuda")]

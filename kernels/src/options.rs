@@ -13,7 +13,8 @@
 //! | `OPENLEDGER_SGMV_DEBUG=1` | print the fused kernel's occupancy and variant choices |
 //! | `OPENLEDGER_ATTN_PARTITION=N` | positions per partition of CUDA decode attention (a power of two, 32-512) |
 //! | `OPENLEDGER_CUDA_EVENTS=on` | keep cudarc's per-buffer event tracking (the engine turns it off) |
-//! | `OPENLEDGER_CUDA_GRAPHS=0` | the engine runs every decode step eagerly; by default a CUDA engine replays its decode steps without adapters from CUDA graphs, one per batch-size bucket (`Model::forward_step_graphed`) |
+//! | `OPENLEDGER_CUDA_GRAPHS=0` | the engine runs every decode step eagerly; by default a CUDA engine replays its decode steps (with or without adapters) from CUDA graphs, one per batch-size bucket and set of adapted projections (`Model::forward_step_graphed`) |
+//! | `OPENLEDGER_ADAPTER_READ_SERIAL=1` | an adapter file is read with one `read` call, not in parallel chunks straight into the reused buffer |
 //! | `OPENLEDGER_ADAPTERS_BF16=1` | a CPU engine on a block-quantized model computes LoRA from the adapters' bf16 weights, not from row-quantized bytes |
 
 use std::sync::OnceLock;
@@ -41,8 +42,11 @@ pub struct Options {
     pub adapters_bf16: bool,
     /// Decode steps from CUDA graphs: on unless `OPENLEDGER_CUDA_GRAPHS=0`. The engine with
     /// graphs per batch-size bucket decoded 1.5-10.5% faster than eager at batch 1-64 without
-    /// adapters (H100, 2026-12-06, `docs/benchmarks.md`); steps with adapters stay eager.
+    /// adapters (H100, 2026-12-06, `docs/benchmarks.md`); steps with adapters replay graphs
+    /// too since issue 21's adapter-table-as-data change.
     pub cuda_graphs: bool,
+    /// `OPENLEDGER_ADAPTER_READ_SERIAL`.
+    pub adapter_read_serial: bool,
 }
 
 impl Default for Options {
@@ -59,6 +63,7 @@ impl Default for Options {
             cuda_events: false,
             adapters_bf16: false,
             cuda_graphs: true,
+            adapter_read_serial: false,
         }
     }
 }
@@ -79,6 +84,7 @@ impl Options {
             cuda_events: var("OPENLEDGER_CUDA_EVENTS").is_some_and(|v| v == "on"),
             adapters_bf16: on("OPENLEDGER_ADAPTERS_BF16"),
             cuda_graphs: var("OPENLEDGER_CUDA_GRAPHS").is_none_or(|v| v != "0"),
+            adapter_read_serial: on("OPENLEDGER_ADAPTER_READ_SERIAL"),
         }
     }
 }

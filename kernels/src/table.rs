@@ -57,7 +57,8 @@ pub fn quantize_rows(values: &[f32], len: usize) -> (Vec<i8>, Vec<f32>) {
 /// table stores `lora_B` transposed, the layout its expand reads fastest (one copy at
 /// insertion, none when `lora_B` is already a transposed view of rank-major memory, as a CPU
 /// engine's adapter cache parses it). On CUDA the kernels read them through a device array
-/// of per-slot pointers, rebuilt after each change.
+/// of per-slot pointers, rewritten in place after each change (its address fixed for the
+/// table's life, so that a CUDA graph serves any adapters in the slots).
 ///
 /// A quantized table ([`AdapterTable::new_quantized`], CPU only) also keeps each adapter's
 /// rows as signed bytes with a scale per row, made once at insertion, and its kernels read
@@ -130,6 +131,14 @@ impl AdapterTable {
             },
             _ => (b.contiguous()?, 0, 0),
         };
+        // On CUDA every lora_A and lora_B starts on a 16-byte boundary (copied where a view
+        // does not), so the kernels' 16-byte loads hold for every slot whatever is inserted
+        // later: a CUDA graph records them at capture and replays them with any adapters.
+        #[cfg(feature = "cuda")]
+        let (a, b) = match self.device {
+            Device::Cuda(_) => (crate::cuda::aligned16(a)?, crate::cuda::aligned16(b)?),
+            _ => (a, b),
+        };
         let q8 = if self.quantized {
             let (a_f32, bt_f32) = (host_f32(&a)?, host_f32(&b)?);
             let ((a, a_scale), (bt, bt_scale)) =
@@ -185,10 +194,26 @@ impl AdapterTable {
         &self.entries
     }
 
+    /// On a CUDA device, brings the device array of per-slot pointers up to date with the
+    /// slots (a copy ordered on candle's stream, when they changed since it was written); its
+    /// address never changes. A launch does this itself; a replayed CUDA graph does not, so
+    /// call it before each replay. Nothing to do elsewhere.
+    pub fn sync_device(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &self.device {
+            crate::cuda::device_table(self, dev)?;
+        }
+        Ok(())
+    }
+
     fn invalidate_device_table(&mut self) {
         #[cfg(feature = "cuda")]
         {
-            *self.gpu.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+            // The pointer array keeps its device address (graphs captured with it read the
+            // new pointers); it is rewritten before the next launch.
+            if let Some(t) = self.gpu.get_mut().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                t.stale = true;
+            }
         }
     }
 

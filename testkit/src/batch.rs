@@ -5,7 +5,7 @@
 use candle_core::Device;
 use openledger_engine::{
     BlockTable, KvCache, KvCacheConfig, LoraAdapter, LoraSlots, Model, ModelConfig, Projection,
-    SeqChunk,
+    SeqChunk, StepOutput, StepRows,
 };
 
 use crate::{write_adapter, AdapterSpec};
@@ -206,4 +206,28 @@ pub fn seqs() -> Vec<SeqSpec> {
         SeqSpec { prompt: prompt(9, 4), slot: Some(2) },
         SeqSpec { prompt: prompt(5, 5), slot: Some(0) },
     ]
+}
+
+/// Every sequence's whole prompt as one step (each with its adapter slot) through
+/// `Model::forward_rows`, eagerly, on a fresh cache of `kc` made for `model` with each
+/// prompt's positions reserved: the batch that the tests comparing a step's rows across
+/// backends set up.
+pub fn prompt_step(
+    model: &Model,
+    lora: &LoraSlots,
+    seqs: &[SeqSpec],
+    kc: KvCacheConfig,
+    rows: StepRows<'_>,
+) -> StepOutput {
+    let mut cache = KvCache::for_model(kc, model).unwrap();
+    let mut tables = vec![BlockTable::default(); seqs.len()];
+    for (t, s) in tables.iter_mut().zip(seqs) {
+        cache.reserve(t, s.prompt.len()).unwrap();
+    }
+    let chunks: Vec<SeqChunk<'_>> = seqs
+        .iter()
+        .zip(&tables)
+        .map(|(s, t)| SeqChunk { tokens: &s.prompt, table: t, start: 0, adapter: s.slot })
+        .collect();
+    model.forward_rows(&chunks, &mut cache, lora, rows, false).unwrap()
 }

@@ -507,7 +507,7 @@ fn main() -> Result<()> {
         let kv = batch * (args.context + args.steps / 2) * kv_per_position;
         let floor = (weights + kv) as f64 / bw;
         for graph in [false, true] {
-            if graph && (distinct > 0 || !args.graphs) {
+            if graph && !args.graphs {
                 continue;
             }
             let timed = decode_step(

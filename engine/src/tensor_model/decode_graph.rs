@@ -17,14 +17,32 @@
 //!
 //! What makes the step replayable: every launch of [`TensorModel::forward_planned_rows`] reads
 //! its inputs from the plan's device buffers, never from the host, and the plan's launch
-//! shapes depend on the batch size alone (block tables padded to the widest context,
-//! [`DecodeBlocks::fixed_launch`]). The step's temporaries are allocated and freed inside
+//! shapes depend on the batch size and a context bound alone (block tables padded to the
+//! bound's width, [`DecodeBlocks::fixed_launch`]). The bound is the step's longest context
+//! rounded up to a power of two of at least [`MIN_CONTEXT_BOUND`] positions (at most the
+//! model's): a graph serves every step of its bucket whose contexts fit, and a step of
+//! short contexts does not launch the attention's blocks and partition merge for the
+//! model's longest (the partitions a sequence is cut into depend on its own length, so the
+//! bound changes launches, not results). Graphs are kept per bound too. The step's temporaries are allocated and freed inside
 //! the capture (candle allocates on its stream with `cuMemAllocAsync`, which a capture
 //! records as graph memory nodes); the logits and the final norm's rows go into buffers
 //! allocated before it. The graph reads the weights and the cache's pool at their captured
 //! addresses: one graph set serves one cache (another cache's steps capture anew).
 //!
-//! Steps with adapters or prefill chunks, and steps over the largest bucket, stay eager.
+//! Steps with adapters replay graphs too (issue 21): the SGMV launches of a captured step
+//! read their segment metadata (rows and tile records) from fixed device buffers
+//! (`openledger_kernels::GraphSegments`, one per adapted projection), rewritten before each
+//! replay, and their grid is the most tiles the bucket's rows could make, the tiles beyond
+//! the step's own empty; the adapters' weights are found through each table's pointer array,
+//! whose address is fixed and which is brought up to date before each replay. So one graph
+//! serves any mix of adapters in the slots: it is kept per bucket, set of adapted
+//! projections (the launches differ with that set) and rank bound (ranks up to 64 let the
+//! SGMV use every variant an eager launch may choose, up to 128 all but clusters of 4). The fused SGMV kernel computes each
+//! token row the same whatever the tiles around it, so the rows match an eager step's.
+//!
+//! Prefill chunks, steps that compute adapter deltas apart (activation commitments of
+//! adapted rows), adapters the fused SGMV kernel does not take (f32, ranks over 128), and
+//! steps over the largest bucket stay eager.
 //!
 //! [`DecodeBlocks::fixed_launch`]: openledger_kernels::DecodeBlocks::fixed_launch
 
@@ -33,16 +51,18 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 };
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
-use openledger_kernels::{overwrite_u32, packed_top2};
+use openledger_kernels::{
+    graph_rank_bound, graph_segments_supported, overwrite_u32, packed_top2, GraphSegments,
+};
 
 use super::{graph_bucket, padded_tables, paged_decode, select_rows, StepPlan, TensorModel};
-use crate::adapters::LoraSlots;
+use crate::adapters::{LoraSlots, ADAPTER_DTYPE};
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
 use crate::step::{SeqChunk, StepSegments};
 use crate::step::{StepEntries, StepOutput};
-use openledger_model::ModelConfig;
+use openledger_model::{ModelConfig, Projection};
 
 /// Graphs kept at once (one per bucket and cache); the least recently used goes first.
 const MAX_GRAPHS: usize = 16;
@@ -53,6 +73,16 @@ const MAX_GRAPHS: usize = 16;
 /// past 128.
 const MAX_GRAPH_BYTES: usize = 512 << 20;
 
+/// The smallest context bound of a graph: the paged attention's default partition, so that
+/// every context within it attends in one partition with no merge launch.
+const MIN_CONTEXT_BOUND: usize = 512;
+
+/// The context bound of a graphed step whose longest context is `longest` positions (see
+/// the module doc).
+fn context_bound(cfg: &ModelConfig, longest: usize) -> usize {
+    longest.next_power_of_two().max(MIN_CONTEXT_BOUND).min(cfg.max_position.max(longest))
+}
+
 /// The token a padding row feeds (any id in the vocabulary would do).
 const PADDING_TOKEN: u32 = 0;
 
@@ -62,6 +92,14 @@ struct DecodeGraph {
     bucket: usize,
     /// The candle id of the pool tensor the graph was captured against (layer 0's keys).
     pool: Option<candle_core::TensorId>,
+    /// The projections with an adapter in the step, one bit per [`Projection::index`].
+    adapted: u8,
+    /// The adapters' rank bound the SGMV launches were captured for (0 without adapters).
+    rank_bound: usize,
+    /// The context bound its attention was captured for ([`context_bound`]).
+    context: usize,
+    /// Each adapted projection's segment buffers, which its SGMV launches read.
+    lora: Vec<(Projection, GraphSegments)>,
     plan: StepPlan,
     /// f32 `[bucket, vocab]`, written by every replay.
     logits: Tensor,
@@ -121,8 +159,9 @@ unsafe impl Send for DecodeGraphs {}
 
 /// Whether this step can be replayed from a graph: a CUDA device, every chunk one token on
 /// the paged decode kernel (a head size it takes and power-of-two cache blocks, as
-/// [`StepPlan::new`] decides), no adapter on any projection, and a batch within the largest
-/// bucket. [`forward`] may still decline it (no padding block free). Other steps run eagerly.
+/// [`StepPlan::new`] decides), adapters only where the fused SGMV kernel takes them (bf16,
+/// ranks up to 128), and a batch within the largest bucket. [`forward`] may still decline
+/// it (no padding block free). Other steps run eagerly.
 pub(crate) fn applies(
     model: &TensorModel,
     cfg: &ModelConfig,
@@ -134,7 +173,15 @@ pub(crate) fn applies(
         && graph_bucket(chunks.len()).is_some()
         && chunks.iter().all(|c| c.tokens.len() == 1)
         && paged_decode(cfg, cache.config().block_size)
-        && segments.iter().all(Option::is_none)
+        && segments
+            .iter()
+            .flatten()
+            .all(|s| graph_segments_supported(ADAPTER_DTYPE, s.map().max_rank()))
+}
+
+/// The projections with segments, one bit per [`Projection::index`].
+fn adapted_mask(segments: &StepSegments) -> u8 {
+    segments.iter().enumerate().filter(|(_, s)| s.is_some()).fold(0, |m, (i, _)| m | 1 << i)
 }
 
 /// The host inputs of a decode step, in the layouts the plan's buffers hold.
@@ -147,8 +194,9 @@ struct StepInputs {
 }
 
 impl StepInputs {
-    fn new(cfg: &ModelConfig, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Self {
-        let width = cache.blocks_for(cfg.max_position);
+    /// With block tables padded to the width of `context` positions.
+    fn new(chunks: &[SeqChunk<'_>], cache: &KvCache, context: usize) -> Self {
+        let width = cache.blocks_for(context);
         let ends: Vec<usize> = chunks.iter().map(|c| c.start + 1).collect();
         let tables: Vec<&[u32]> = chunks
             .iter()
@@ -207,11 +255,39 @@ pub(crate) fn forward(
     padded.resize(bucket, pad);
     let pool = model.check_pool(cfg, cache)?;
     let pool_id = pool.keys.first().map(Tensor::id);
+    // The step's segments over the padded rows (padding rows have no adapter).
+    let adapted = adapted_mask(segments);
+    let padded_segments = if adapted == 0 {
+        Vec::new()
+    } else {
+        let adapters: Vec<Option<u32>> = padded.iter().map(|c| c.adapter).collect();
+        let segs = lora.segments(&adapters, &vec![1; bucket])?;
+        if adapted_mask(&segs) != adapted {
+            return Err(EngineError::Backend(
+                "a decode step's adapted projections changed with its padding".into(),
+            ));
+        }
+        segs
+    };
+    let projections: Vec<Projection> =
+        Projection::ALL.into_iter().filter(|p| adapted & (1 << p.index()) != 0).collect();
+    let context = context_bound(cfg, padded.iter().map(|c| c.start + 1).max().unwrap_or(1));
+    let ranks = padded_segments.iter().flatten().map(|s| s.map().max_rank()).max();
+    let rank_bound = match ranks {
+        Some(r) => graph_rank_bound(r).ok_or_else(|| {
+            EngineError::Backend(format!("a graphed step with an adapter of rank {r}"))
+        })?,
+        None => 0,
+    };
     let mut graphs = model.graphs().lock().unwrap_or_else(|e| e.into_inner());
     graphs.clock += 1;
     let now = graphs.clock;
-    if let Some(g) = graphs.graphs.iter_mut().find(|g| g.bucket == bucket && g.pool == pool_id) {
-        let inputs = StepInputs::new(cfg, &padded, cache);
+    let found = graphs.graphs.iter_mut().find(|g| {
+        (g.bucket, g.pool, g.adapted, g.rank_bound, g.context)
+            == (bucket, pool_id, adapted, rank_bound, context)
+    });
+    if let Some(g) = found {
+        let inputs = StepInputs::new(&padded, cache, context);
         let kc = cache.config();
         let rows = kc.num_blocks * kc.block_size;
         if let Some(&bad) = inputs.slots.iter().find(|&&s| s as usize >= rows) {
@@ -226,6 +302,13 @@ pub(crate) fn forward(
             EngineError::Backend("a decode graph's plan has no decode rows".into())
         })?;
         dec.blocks.overwrite(inputs.tables, inputs.lens, kc.num_blocks)?;
+        for (p, buffers) in &g.lora {
+            let seg = padded_segments[p.index()].as_ref().ok_or_else(|| {
+                EngineError::Backend(format!("a graphed step lost its {p:?} segments"))
+            })?;
+            buffers.write(seg.map())?;
+        }
+        lora.sync_device_tables(&projections)?;
         g.graph.launch().map_err(cuda_err)?;
         g.last_used = now;
         let entries = step_entries(model, &g.hidden, g.entries.as_ref(), n, commit_rows)?;
@@ -245,7 +328,20 @@ pub(crate) fn forward(
     let tokens: Vec<u32> = padded.iter().map(|c| c.tokens[0]).collect();
     let positions: Vec<usize> = padded.iter().map(|c| c.start).collect();
     let last_rows: Vec<u32> = (0..bucket as u32).collect();
-    let plan = StepPlan::new(model, cfg, &padded, &tokens, &positions, &last_rows, cache, true)?;
+    let plan =
+        StepPlan::new(model, cfg, &padded, &tokens, &positions, &last_rows, cache, Some(context))?;
+    // Each adapted projection's segments through buffers at fixed addresses.
+    let mut lora_buffers = Vec::with_capacity(projections.len());
+    let mut segments: StepSegments = (0..Projection::ALL.len()).map(|_| None).collect();
+    for &p in &projections {
+        let seg = padded_segments[p.index()].as_ref().ok_or_else(|| {
+            EngineError::Backend(format!("a graphed step lost its {p:?} segments"))
+        })?;
+        let gs = GraphSegments::new(model.device(), bucket, rank_bound)?;
+        segments[p.index()] = Some(gs.bind(seg.map().clone())?);
+        lora_buffers.push((p, gs));
+    }
+    let segments = &segments;
     let (eager, eager_hidden) = model.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
     let logits = Tensor::zeros((bucket, cfg.vocab_size), DType::F32, model.device())?;
     let hidden = Tensor::zeros((bucket, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
@@ -265,8 +361,20 @@ pub(crate) fn forward(
     let rows = gather_rows(model, cfg, &eager_hidden, n, hidden_rows)?;
     let buffers = GraphOutputs { logits: &logits, hidden: &hidden, entries: entries.as_ref() };
     let graph = capture(model, cfg, &plan, cache, lora, segments, &buffers)?;
-    let captured =
-        DecodeGraph { bucket, pool: pool_id, plan, logits, hidden, entries, graph, last_used: now };
+    let captured = DecodeGraph {
+        bucket,
+        pool: pool_id,
+        adapted,
+        rank_bound,
+        context,
+        lora: lora_buffers,
+        plan,
+        logits,
+        hidden,
+        entries,
+        graph,
+        last_used: now,
+    };
     graphs.make_room(captured.bytes());
     graphs.graphs.push(captured);
     Ok(Some(StepOutput {

@@ -115,6 +115,8 @@ struct Params {
 pub(super) struct Kernels {
     /// By [dtype: bf16, f16][`Variant`].
     functions: [[CudaFunction; 3]; 2],
+    /// The stacked launches (`MultiParams`: up to [`MAX_PARTS`] projections), likewise.
+    multi: [[CudaFunction; 3]; 2],
     /// Tiles of each variant that the device runs at once.
     capacity: [usize; 3],
     /// `OPENLEDGER_SGMV_VARIANT=cluster|pair|solo` forces a variant where it applies (tests).
@@ -124,9 +126,10 @@ pub(super) struct Kernels {
 
 pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernels> {
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    let f = |ty: &str, v: Variant| -> Result<CudaFunction> {
-        let func =
-            module.load_function(&format!("sgmv_fused_{ty}_{}", v.suffix())).map_err(cuda_err)?;
+    // `tail`: "" for the single launches, "_multi" for the stacked ones.
+    let f = |ty: &str, v: Variant, tail: &str| -> Result<CudaFunction> {
+        let name = format!("sgmv_fused_{ty}_{}{tail}", v.suffix());
+        let func = module.load_function(&name).map_err(cuda_err)?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             SMEM as i32,
@@ -134,10 +137,11 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         .map_err(cuda_err)?;
         Ok(func)
     };
-    let all = |ty: &str| -> Result<[CudaFunction; 3]> {
-        Ok([f(ty, VARIANTS[0])?, f(ty, VARIANTS[1])?, f(ty, VARIANTS[2])?])
+    let all = |ty: &str, tail: &str| -> Result<[CudaFunction; 3]> {
+        Ok([f(ty, VARIANTS[0], tail)?, f(ty, VARIANTS[1], tail)?, f(ty, VARIANTS[2], tail)?])
     };
-    let functions = [all("bf16")?, all("f16")?];
+    let functions = [all("bf16", "")?, all("f16", "")?];
+    let multi = [all("bf16", "_multi")?, all("f16", "_multi")?];
     let mut capacity = [1; 3];
     for v in VARIANTS {
         capacity[v as usize] = max_active_clusters(&functions[0][v as usize], v, stream)?.max(1);
@@ -147,7 +151,7 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         eprintln!("sgmv fused: tiles at once: {capacity:?} (cluster, pair, solo)");
     }
     let forced = crate::options::options().sgmv_variant.as_deref().and_then(Variant::parse);
-    Ok(Kernels { functions, capacity, forced, debug })
+    Ok(Kernels { functions, multi, capacity, forced, debug })
 }
 
 /// How many tiles of variant `v` (clusters, or single blocks) the device holds at once.
@@ -212,13 +216,41 @@ fn launch_config(
 /// variant chosen for each projection shape seen so far.
 pub(super) struct Tiles {
     pub(super) records: Vec<u32>,
+    /// Tiles with tokens: the first `real` records (the rest are empty tiles of a graph's
+    /// fixed grid, which the cost model leaves out).
+    real: usize,
     max_rank: usize,
     chosen: Mutex<Vec<((usize, usize), Variant)>>,
 }
 
 impl Tiles {
     pub(super) fn new(map: &SegmentMap) -> Tiles {
-        Tiles { records: records(map), max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+        let records = records(map);
+        let real = records.len() / 8;
+        Tiles { records, real, max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+    }
+
+    /// The map's tiles followed by empty ones (all zeros: no tokens) up to `tiles` in all,
+    /// for a launch captured in a CUDA graph, whose grid must serve any later map of as many
+    /// rows and ranks up to `max_rank` ([`rank_bound`]): the variant is chosen among those
+    /// that take `max_rank`, since a later map may bring larger ranks than this one.
+    pub(super) fn padded(map: &SegmentMap, tiles: usize, max_rank: usize) -> Result<Tiles> {
+        if map.max_rank() > max_rank || max_rank > MAX_RANK {
+            return Err(crate::KernelError::Cuda(format!(
+                "graph segments for ranks up to {max_rank} (at most {MAX_RANK}) given rank {}",
+                map.max_rank()
+            )));
+        }
+        let mut t = Tiles::new(map);
+        if t.real > tiles {
+            return Err(crate::KernelError::Cuda(format!(
+                "{} SGMV tiles for a graph's {tiles}",
+                t.real
+            )));
+        }
+        t.records.resize(8 * tiles, 0);
+        t.max_rank = max_rank;
+        Ok(t)
     }
 
     /// The variant for a launch of shape `d_in x d_out`: the forced one where it applies,
@@ -235,7 +267,10 @@ impl Tiles {
         let costs: Vec<(Variant, f64)> = VARIANTS
             .into_iter()
             .filter(|&v| usable(v))
-            .map(|v| (v, estimate_us(&self.records, v, k.capacity[v as usize], d_in, d_out)))
+            .map(|v| {
+                let real = &self.records[..8 * self.real];
+                (v, estimate_us(real, v, k.capacity[v as usize], d_in, d_out))
+            })
             .collect();
         // The cheapest, the first of equals (cluster, which takes every rank, comes first).
         let mut best = (Variant::Cluster, f64::INFINITY);
@@ -252,6 +287,18 @@ impl Tiles {
         }
         chosen.push(((d_in, d_out), best));
         best
+    }
+}
+
+/// The rank bound of a CUDA graph's fused SGMV launches for adapters of ranks up to
+/// `max_rank`: the smallest of the variants' largest ranks that takes it (64: every variant;
+/// 128: all but clusters of 4), so a graph keeps the choice an eager launch has wherever the
+/// ranks allow. `None` over [`MAX_RANK`].
+pub(super) fn rank_bound(max_rank: usize) -> Option<usize> {
+    match max_rank {
+        r if r <= PAIR_MAX_RANK => Some(PAIR_MAX_RANK),
+        r if r <= MAX_RANK => Some(MAX_RANK),
+        _ => None,
     }
 }
 
@@ -320,6 +367,125 @@ pub(super) struct Launch {
     pub(super) b_aligned: bool,
 }
 
+/// The kernel's parameter block of one launch (or one part of a stacked launch).
+fn params(l: &Launch, records: u64) -> Params {
+    let bit = |on: bool, value: i32| if on { value } else { 0 };
+    let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
+        | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
+        | bit(l.b_aligned, 4)
+        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8) && l.ldy.is_multiple_of(8), 8);
+    Params {
+        x: l.x,
+        y: l.y,
+        v: l.v,
+        table: l.table,
+        rows: l.rows,
+        tiles: records,
+        d_in: l.d_in as i32,
+        d_out: l.d_out as i32,
+        width: l.width as i32,
+        mode: l.mode,
+        flags,
+        ldy: l.ldy as i32,
+    }
+}
+
+/// Projections one stacked launch takes (`MAX_PARTS` in sgmv_fused.cu).
+pub(super) const MAX_PARTS: usize = 3;
+
+/// Stacked launch parameters, laid out as `MultiParams` in sgmv_fused.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MultiParams {
+    part: [Params; MAX_PARTS],
+    /// Tiles of parts `0..=k` together.
+    end: [i32; MAX_PARTS],
+}
+
+/// One launch of several projections that read the same `x` (each part: its tiles, the
+/// device address of its tile records, its launch), part `k`'s tiles after part `k - 1`'s,
+/// in the variant that all parts' ranks allow with the least estimated time summed over
+/// the parts (or the forced one where it applies). Every row gets the bits its part's own
+/// launch gives it.
+pub(super) fn launch_stacked(
+    k: &Kernels,
+    parts: &[(&Tiles, u64, Launch)],
+    dtype: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if parts.is_empty() || parts.len() > MAX_PARTS {
+        return Err(crate::KernelError::Cuda(format!(
+            "a stacked SGMV launch takes 1 to {MAX_PARTS} projections, not {}",
+            parts.len()
+        )));
+    }
+    let usable = |v: Variant| parts.iter().all(|(t, _, _)| t.max_rank <= v.max_rank());
+    let v = match k.forced.filter(|&v| usable(v)) {
+        Some(v) => v,
+        None => {
+            let cost = |v: Variant| -> f64 {
+                parts
+                    .iter()
+                    .map(|(t, _, l)| {
+                        let real = &t.records[..8 * t.real];
+                        estimate_us(real, v, k.capacity[v as usize], l.d_in, l.d_out)
+                    })
+                    .sum()
+            };
+            let mut best = (Variant::Cluster, f64::INFINITY);
+            for v in VARIANTS.into_iter().filter(|&v| usable(v)) {
+                let c = cost(v);
+                if c < best.1 {
+                    best = (v, c);
+                }
+            }
+            best.0
+        },
+    };
+    let first = params(&parts[0].2, parts[0].1);
+    let mut m = MultiParams { part: [first; MAX_PARTS], end: [0; MAX_PARTS] };
+    let mut total = 0usize;
+    for (i, (t, records, l)) in parts.iter().enumerate() {
+        m.part[i] = params(l, *records);
+        total += t.records.len() / 8;
+        m.end[i] = total as i32;
+    }
+    for i in parts.len()..MAX_PARTS {
+        m.end[i] = total as i32;
+    }
+    // SAFETY: `m` is the multi kernels' one parameter; every address in its parts refers to
+    // live device memory of the sizes the kernel indexes (checked shapes, the uploaded maps
+    // and tables).
+    unsafe { launch_tiles(&k.multi[dtype][v as usize], v, total, stream, &mut m) }
+}
+
+/// Launches `f` (a kernel of variant `v` whose one parameter is a `P`) over `tiles` tiles on
+/// `stream`.
+///
+/// # Safety
+/// `param` must be the kernel's parameter block, every address in it live device memory of
+/// the sizes the kernel indexes; the launch is ordered on `stream` with candle's work.
+unsafe fn launch_tiles<P>(
+    f: &CudaFunction,
+    v: Variant,
+    tiles: usize,
+    stream: &CudaStream,
+    param: &mut P,
+) -> Result<()> {
+    let mut attr = cluster_attribute(v.blocks_per_tile());
+    let mut cfg = launch_config(tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
+    if v.blocks_per_tile() == 1 {
+        cfg.numAttrs = 0;
+    }
+    let mut args = [param as *mut P as *mut std::ffi::c_void];
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: `args` holds one pointer to the kernel's one parameter (the caller's promise
+    // for what it points to); `cfg` and the attribute it points to live across the call.
+    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
+        .map_err(cuda_err)
+}
+
 /// Launches the variant of least estimated time (`Tiles::variant`) for element type
 /// `dtype` (0: bf16, 1: f16) on `stream`; `records` is the device address of the step's tile
 /// records.
@@ -333,37 +499,8 @@ pub(super) fn launch(
 ) -> Result<()> {
     let v = tiles.variant(k, l.d_in, l.d_out);
     let num_tiles = tiles.records.len() / 8;
-    let bit = |on: bool, value: i32| if on { value } else { 0 };
-    let flags = bit(l.x.is_multiple_of(16) && l.d_in.is_multiple_of(8), 1)
-        | bit(l.a_aligned && l.d_in.is_multiple_of(8), 2)
-        | bit(l.b_aligned, 4)
-        | bit(l.y.is_multiple_of(16) && l.d_out.is_multiple_of(8) && l.ldy.is_multiple_of(8), 8);
-    let mut p = Params {
-        x: l.x,
-        y: l.y,
-        v: l.v,
-        table: l.table,
-        rows: l.rows,
-        tiles: records,
-        d_in: l.d_in as i32,
-        d_out: l.d_out as i32,
-        width: l.width as i32,
-        mode: l.mode,
-        flags,
-        ldy: l.ldy as i32,
-    };
-    let mut attr = cluster_attribute(v.blocks_per_tile());
-    let mut cfg = launch_config(num_tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
-    if v.blocks_per_tile() == 1 {
-        cfg.numAttrs = 0;
-    }
-    let mut args = [&mut p as *mut Params as *mut std::ffi::c_void];
-    let f = &k.functions[dtype][v as usize];
-    stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `args` holds one pointer to a `Params`, the kernel's one parameter; every
-    // address in it refers to live device memory of the sizes the kernel indexes (checked
-    // shapes, the uploaded map and table), and the launch goes on candle's stream.
-    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
-        .result()
-        .map_err(cuda_err)
+    let mut p = params(l, records);
+    // SAFETY: `p` is the kernel's one parameter; every address in it refers to live device
+    // memory of the sizes the kernel indexes (checked shapes, the uploaded map and table).
+    unsafe { launch_tiles(&k.functions[dtype][v as usize], v, num_tiles, stream, &mut p) }
 }
