@@ -484,27 +484,38 @@ pub enum NumericFormat {
 }
 
 impl Default for Tolerance {
-    /// For the CPU engine, where an honest recomputation differs from the commitment by the
-    /// rounding of the committed value alone (at most 2^-10 relative: `docs/benchmarks.md`,
-    /// "Verifiable inference", has the measured errors).
+    /// For the CPU engine. On one kernel path (AVX-512 VNNI, AMX, AVX2 or portable) an honest
+    /// recomputation differs from the commitment by the rounding of the committed value alone
+    /// (at most 2^-10 relative); across kernel paths (a job generated with AVX-512 VNNI,
+    /// verified on AVX2) the rows differ in their last bits too: 1,000 such jobs reached a
+    /// job mean error of 0.00053, single values 0.0033 off, delta means 0.00079 and one
+    /// greedy near tie flipped at a relative gap of 1.5e-4 (`docs/benchmarks.md`,
+    /// "Verifiable inference", "Encoding version 2"). The bounds sit above those.
     fn default() -> Self {
         Self {
             relative: 0.004,
             max_value_mismatch_share: 0.05,
             max_index_mismatch_share: 0.10,
             max_mean_relative_error: 0.001,
-            // An honest replay on the CPU reproduces every token (near ties aside, which
-            // the replay itself forgives: `docs/benchmarks.md`).
+            // An honest replay reproduces every token but near ties, which another kernel
+            // path's last bits can flip (1.5e-4 seen): those within 2e-4 are forgiven.
             max_replay_mismatch_share: 0.0,
-            replay_tie: crate::sampling::REPLAY_TIE,
-            // The delta rows are recomputed bit for bit too: only the encoding's rounding.
+            replay_tie: CPU_REPLAY_TIE,
+            // The delta rows: the encoding's rounding on one kernel path, up to 0.0008 in
+            // mean across paths.
             delta_relative: 0.004,
             max_delta_value_mismatch_share: 0.0,
             max_delta_index_mismatch_share: 0.0,
-            max_delta_mean_relative_error: 0.001,
+            max_delta_mean_relative_error: 0.002,
         }
     }
 }
+
+/// The CPU's near-tie rule for replayed tokens ([`Tolerance::replay_tie`]), a thin margin
+/// on both sides: above the largest honest gap measured across kernel paths (1.5e-4, a job
+/// generated with AVX-512 VNNI verified on AVX2), below a recommitted adapter-swap cheat's
+/// only flipped token in `tests/commitment.rs` (2.8e-4; with a tie of 5e-4 it passed).
+pub const CPU_REPLAY_TIE: f32 = 2e-4;
 
 impl Tolerance {
     /// The tolerance fitted to honest runs in `format` (`docs/benchmarks.md`, "Verifiable
@@ -572,7 +583,7 @@ pub struct VerifyReport {
     /// run again over the logits the verifier recomputed at each output position.
     pub replayed_tokens: usize,
     /// Replayed output tokens that differ from the output beyond a near tie
-    /// (the sampler's `REPLAY_TIE`): the tokens did not come from this
+    /// ([`CPU_REPLAY_TIE`] on the CPU): the tokens did not come from this
     /// model and adapter under the claimed sampling, even where the commitment was computed
     /// honestly afterwards (a cheater that generates with a cheaper model, then prefills
     /// the output once with the registered one to commit).

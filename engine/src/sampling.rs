@@ -88,7 +88,8 @@ impl Sampler {
     /// logits, a generator's token): whether `claimed` is what this sampler picks, or sits
     /// within a rounding of the pick (a greedy near tie within `tie` of the largest logit,
     /// relative; a draw within `tie` of the claimed token's share of the distribution),
-    /// which another machine's arithmetic can honestly flip ([`REPLAY_TIE`] on the CPU; a
+    /// which another machine's arithmetic can honestly flip
+    /// ([`crate::commitment::CPU_REPLAY_TIE`] on the CPU; a
     /// GPU's bf16 needs more, `commitment::Tolerance`). Also returns how far the claim sat
     /// from the pick, in those units (0 when it is the pick; infinite when it cannot be
     /// one), so that the rule can be fitted to measured runs. Draws as [`Self::sample`] does,
@@ -176,10 +177,6 @@ impl Sampler {
     }
 }
 
-/// How far (relative to the largest logit when greedy; in probability when sampling) a
-/// replayed pick may sit from the claimed token and still count as the same pick.
-pub const REPLAY_TIE: f32 = 1e-4;
-
 /// What replaying one pick found ([`Sampler::replay`]).
 pub(crate) struct Replayed {
     /// The claimed token is the pick, or within the near-tie rule of it.
@@ -243,12 +240,13 @@ mod tests {
 
     #[test]
     fn a_replay_accepts_the_pick_and_near_ties_only() {
+        use crate::commitment::CPU_REPLAY_TIE;
         let mut greedy = Sampler::new(SamplingParams::default());
-        let replays = |s: &mut Sampler, l: &[f32], t: u32| s.replay(l, t, REPLAY_TIE).accepted;
+        let replays = |s: &mut Sampler, l: &[f32], t: u32| s.replay(l, t, CPU_REPLAY_TIE).accepted;
         assert!(replays(&mut greedy, &[0.1, 3.0, -1.0], 1));
         assert!(!replays(&mut greedy, &[0.1, 3.0, 2.9], 2), "a clear second is not the pick");
         assert!(replays(&mut greedy, &[0.1, 3.0, 2.99999], 2), "a near tie may flip");
-        let gap = greedy.replay(&[0.1, 3.0, 2.9], 2, REPLAY_TIE).gap;
+        let gap = greedy.replay(&[0.1, 3.0, 2.9], 2, CPU_REPLAY_TIE).gap;
         assert!((gap - 0.1 / 3.0).abs() < 1e-6, "{gap}");
         assert!(greedy.replay(&[0.1, 3.0, 2.9], 2, 0.04).accepted, "a looser rule forgives it");
         // Sampled: the same seed accepts its own draws, and refuses a token far from them.
