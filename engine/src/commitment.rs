@@ -91,9 +91,14 @@ fn picks_in(n: usize, adapted: bool) -> usize {
     }
 }
 
+/// Bits of one chunk of `n` tokens' entries.
+fn chunk_bits(n: usize, adapted: bool) -> usize {
+    (n + picks_in(n, adapted)) * TOP_K * ENTRY_BITS
+}
+
 /// Bytes of one chunk of `n` tokens: its entries packed, rounded up to whole bytes.
 fn chunk_bytes(n: usize, adapted: bool) -> usize {
-    ((n + picks_in(n, adapted)) * TOP_K * ENTRY_BITS).div_ceil(8)
+    chunk_bits(n, adapted).div_ceil(8)
 }
 
 /// The positions (offsets into the chunk, ascending) whose delta rows chunk `chunk` of an
@@ -166,8 +171,8 @@ impl ActivationCommitment {
             })?;
         let c = Self { bytes, adapted, sealed: tokens, open: Vec::new() };
         for chunk in 0..tokens.div_ceil(CHUNK_TOKENS) {
-            let (at, n) = c.chunk_at(chunk).unwrap_or((0, 0));
-            let used = (n + picks_in(n, adapted)) * TOP_K * ENTRY_BITS;
+            let Some((at, n)) = c.chunk_at(chunk) else { break };
+            let used = chunk_bits(n, adapted);
             let last = c.bytes.get(at + chunk_bytes(n, adapted) - 1).copied().unwrap_or(0);
             if !used.is_multiple_of(8) && last >> (used % 8) != 0 {
                 return Err(EngineError::BadCommitment(format!(
