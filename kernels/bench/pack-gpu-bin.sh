@@ -26,6 +26,8 @@
 #                          gpu_engine + engine-gpu-bench -> gpu-bin/graphs-gpu.tar.xz,
 #                          one xz stream, with gpu-run-graphs.sh, gpu-run-decode.sh,
 #                          gpu-run-cold.sh and the decode anchor (as for engine)
+#   pack-gpu-bin.sh density issue 21 item 5 (adapter density): density-bench
+#                          -> gpu-bin/density-gpu.tar.xz, with gpu-run-density.sh
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -48,7 +50,8 @@ case $WHAT in
         SCRIPTS="../../bench/gpu-run-graphs.sh ../../bench/gpu-run-decode.sh ../../bench/gpu-run-cold.sh"
         ANCHOR="$ROOT/../shared/bench/hf_decode_anchor.py"
         [ -f "$ANCHOR" ] && SCRIPTS="$SCRIPTS ../../../shared/bench/hf_decode_anchor.py" ;;
-  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs]" >&2; exit 2 ;;
+  density) TEST=""; BENCH=density-bench; SCRIPTS="../../bench/gpu-run-density.sh"; EXTRA="" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs|density]" >&2; exit 2 ;;
 esac
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
 for t in $TEST; do
