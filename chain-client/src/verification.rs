@@ -286,4 +286,43 @@ impl ChainClient {
         );
         self.sudo(sudo, call, "Verification.set_sample_share").await
     }
+
+    /// Register what base model id `base_model` stands for (or with `None` remove it),
+    /// through `sudo` (dev chains and tests; governance on a live chain).
+    pub async fn sudo_set_base_model(
+        &self,
+        sudo: &Keypair,
+        base_model: u32,
+        spec: Option<openledger_primitives::market::BaseModelSpec>,
+    ) -> Result<(), ChainError> {
+        use openledger_primitives::market::NumericFormat;
+        use subxt::ext::scale_value::Value;
+        let spec = match spec {
+            Some(s) => Value::unnamed_variant(
+                "Some",
+                [Value::named_composite([
+                    ("weights", Value::from_bytes(s.weights)),
+                    (
+                        "format",
+                        Value::unnamed_variant(
+                            match s.format {
+                                NumericFormat::Host => "Host",
+                                NumericFormat::CudaBf16 => "CudaBf16",
+                            },
+                            [],
+                        ),
+                    ),
+                ])],
+            ),
+            None => Value::unnamed_variant("None", []),
+        };
+        let call = Value::unnamed_variant(
+            "Compute",
+            [Value::named_variant(
+                "set_base_model",
+                [("base_model", Value::u128(u128::from(base_model))), ("spec", spec)],
+            )],
+        );
+        self.sudo(sudo, call, "Compute.set_base_model").await
+    }
 }

@@ -14,10 +14,12 @@ use frame_support::build_struct_json_patch;
 use serde_json::Value;
 use sp_keyring::Sr25519Keyring;
 
-pub use crate::common::genesis::{endowed_accounts, get_preset, preset_names, ENDOWMENT};
+pub use crate::common::genesis::{
+    base_models, endowed_accounts, get_preset, preset_names, ENDOWMENT,
+};
 use crate::{
-    token::OPEN, AccountId, BalancesConfig, CollatorSelectionConfig, ParachainInfoConfig,
-    RuntimeGenesisConfig, SessionConfig, SessionKeys, SudoConfig,
+    token::OPEN, AccountId, BalancesConfig, CollatorSelectionConfig, ComputeConfig,
+    ParachainInfoConfig, RuntimeGenesisConfig, SessionConfig, SessionKeys, SudoConfig,
 };
 
 /// The para id the presets register under (the first id a local relay chain hands out to a
@@ -47,6 +49,7 @@ fn genesis(collators: Vec<Sr25519Keyring>, root: AccountId) -> Value {
                 .collect::<Vec<_>>(),
         },
         sudo: SudoConfig { key: Some(root) },
+        compute: ComputeConfig { base_models: base_models() },
     })
 }
 

@@ -58,6 +58,80 @@ impl DataNetShare {
     }
 }
 
+/// The numeric format a worker computes a base model in. Verification compares like with
+/// like: a verifier recomputes audited work in the format it was served in, under tolerances
+/// fitted to that format, so a base model id stands for one weights file in one format.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    Debug,
+    TypeInfo,
+    MaxEncodedLen,
+)]
+pub enum NumericFormat {
+    /// The CPU engine's host path: f32 activations over the file's own (GGUF block or f32)
+    /// weights.
+    #[codec(index = 0)]
+    Host,
+    /// bf16 activations and weights on a CUDA GPU.
+    #[codec(index = 1)]
+    CudaBf16,
+}
+
+impl NumericFormat {
+    /// Every format, in code order.
+    pub const ALL: [Self; 2] = [Self::Host, Self::CudaBf16];
+
+    /// The format's code, its SCALE encoding (`0` host, `1` CUDA bf16).
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Host => 0,
+            Self::CudaBf16 => 1,
+        }
+    }
+
+    /// The format with `code`, if there is one.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.code() == code)
+    }
+
+    /// The name operators see (`host`, `cuda-bf16`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::CudaBf16 => "cuda-bf16",
+        }
+    }
+}
+
+/// What a base model id stands for, as governance registered it: the weights every provider
+/// of that id serves and the numeric format it computes them in. Workers refuse to serve an
+/// id whose registered weights or format differ from their own, so that any provider of the
+/// id can verify any other.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    Debug,
+    TypeInfo,
+    MaxEncodedLen,
+)]
+pub struct BaseModelSpec {
+    /// BLAKE2b-256 of the model's weights file (a GGUF file as distributed).
+    pub weights: [u8; 32],
+    /// The numeric format.
+    pub format: NumericFormat,
+}
+
 /// What the catalogue says about an adapter that a job may run.
 #[derive(
     Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, Debug, TypeInfo, MaxEncodedLen,

@@ -12,8 +12,10 @@ use sp_consensus_aura::sr25519::AuthorityId as AuraId;
 use sp_consensus_grandpa::AuthorityId as GrandpaId;
 use sp_keyring::{Ed25519Keyring, Sr25519Keyring};
 
-pub use crate::common::genesis::{endowed_accounts, get_preset, preset_names, ENDOWMENT};
-use crate::{AccountId, BalancesConfig, RuntimeGenesisConfig, SudoConfig};
+pub use crate::common::genesis::{
+    base_models, endowed_accounts, get_preset, preset_names, ENDOWMENT,
+};
+use crate::{AccountId, BalancesConfig, ComputeConfig, RuntimeGenesisConfig, SudoConfig};
 
 fn authority(key: Sr25519Keyring, finality: Ed25519Keyring) -> (AuraId, GrandpaId) {
     (key.public().into(), finality.public().into())
@@ -31,6 +33,7 @@ fn genesis(authorities: Vec<(AuraId, GrandpaId)>, root: AccountId) -> Value {
             authorities: authorities.iter().map(|(_, gran)| (gran.clone(), 1)).collect::<Vec<_>>(),
         },
         sudo: SudoConfig { key: Some(root) },
+        compute: ComputeConfig { base_models: base_models() },
     })
 }
 

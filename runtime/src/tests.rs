@@ -66,6 +66,11 @@ fn a_transfer_costs_a_fraction_of_a_milli_open() {
 }
 
 #[test]
+fn presets_register_the_embedded_model_as_base_model_0() {
+    crate::common::genesis::check_base_models();
+}
+
+#[test]
 fn runtime_blob_is_built() {
     // The node embeds this blob; `SKIP_WASM_BUILD` would leave it out.
     if std::env::var_os("SKIP_WASM_BUILD").is_none() {

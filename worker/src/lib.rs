@@ -13,12 +13,15 @@
 //!   window so a verifier can recompute it (`openledger-worker verify`).
 //! - [`audits`]: on-chain verification: kept answers handed to the verifiers of an audited
 //!   job only, and the audits this provider owes verified and answered with a verdict.
+//! - [`base_model`]: like with like: the model checked against what its base model id
+//!   stands for on chain before it is served.
 //! - [`engine_host`]: the engine on its own thread, for async callers.
 //! - [`keeper`]: expires jobs past their deadline, so no escrow stays held.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
 pub mod answers;
 pub mod audits;
+pub mod base_model;
 pub mod channels;
 pub mod engine_host;
 pub mod keeper;

@@ -409,3 +409,57 @@ fn a_worker_with_no_adapters_says_so_and_registers_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nothing to serve") && stderr.contains("--adapters"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_model_is_not_the_registered_base_model_refuses_to_serve_it() {
+    use openledger_primitives::market::{BaseModelSpec, NumericFormat};
+    let _serial = common::procs::serial();
+    let node = DevNode::start();
+    let chain = ChainClient::connect(&node.ws_url(), Duration::from_secs(30)).await.expect("chain");
+    // Every preset registers the embedded model as base model 0, on the CPU host path: what
+    // the workers of every other test serve.
+    let model = common::procs::model();
+    let embedded = openledger_worker::base_model::weights_digest(&model).expect("hashed");
+    let spec = |weights, format| Some(BaseModelSpec { weights, format });
+    assert_eq!(chain.base_model(0).await.expect("read"), spec(embedded, NumericFormat::Host));
+    assert_eq!(chain.base_model(3).await.expect("read"), None);
+    let alice = dev::alice();
+    chain.sudo_set_base_model(&alice, 3, spec([7; 32], NumericFormat::Host)).await.expect("set");
+    chain
+        .sudo_set_base_model(&alice, 4, spec(embedded, NumericFormat::CudaBf16))
+        .await
+        .expect("set");
+    assert_eq!(chain.base_model(4).await.expect("read"), spec(embedded, NumericFormat::CudaBf16));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = |base_model: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_openledger-worker"))
+            .args(["--chain-url", &node.ws_url(), "--operator", "//Bob", "--register"])
+            .arg("--worker-key")
+            .arg(dir.path().join("bob.key"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--adapters")
+            .arg(dir.path())
+            .args(["--base-model", base_model, "--threads", "1", "--kv-blocks", "64"])
+            .output()
+            .expect("the worker runs");
+        assert!(!out.status.success(), "the worker served base model {base_model}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Another weights file registered under the id: refused, naming both digests.
+    let stderr = serve("3");
+    assert!(
+        stderr.contains(&format!("0x{}", hex::encode([7u8; 32])))
+            && stderr.contains(&format!("0x{}", hex::encode(embedded))),
+        "{stderr}"
+    );
+    // The same file registered in another numeric format: refused, naming both.
+    let stderr = serve("4");
+    assert!(
+        stderr.contains("numeric format cuda-bf16") && stderr.contains("computes in host"),
+        "{stderr}"
+    );
+    // Neither start registered Bob as a provider.
+    assert_eq!(chain.provider(&account(&dev::bob())).await.expect("read"), None);
+}

@@ -218,5 +218,18 @@ mod benchmarks {
         assert_eq!(ServedAdapterCount::<T>::get(&who), 0);
     }
 
+    #[benchmark]
+    fn set_base_model() {
+        let spec = openledger_primitives::market::BaseModelSpec {
+            weights: [0x5a; 32],
+            format: openledger_primitives::market::NumericFormat::CudaBf16,
+        };
+
+        #[extrinsic_call]
+        _(RawOrigin::Root, 7, Some(spec));
+
+        assert_eq!(BaseModels::<T>::get(7), Some(spec));
+    }
+
     impl_benchmark_test_suite!(Compute, crate::mock::new_test_ext(), crate::mock::Test);
 }

@@ -39,7 +39,7 @@ pub mod pallet {
     };
     use frame_system::pallet_prelude::*;
     use openledger_primitives::{
-        market::{AdapterId, BaseModelId, ProviderOffer},
+        market::{AdapterId, BaseModelId, BaseModelSpec, NumericFormat, ProviderOffer},
         receipt::is_small_order_encoding,
     };
     use sp_runtime::{traits::Zero, Perbill, Saturating};
@@ -190,6 +190,35 @@ pub mod pallet {
     #[pallet::storage]
     pub type TotalBonded<T: Config> = StorageValue<_, BalanceOf<T>, ValueQuery>;
 
+    /// What each registered base model id stands for (its weights and numeric format), as
+    /// governance set it. Workers check their own model against it before serving the id;
+    /// an id without an entry is served on its providers' word.
+    #[pallet::storage]
+    pub type BaseModels<T: Config> = StorageMap<_, Twox64Concat, BaseModelId, BaseModelSpec>;
+
+    #[pallet::genesis_config]
+    #[derive(frame_support::DefaultNoBound)]
+    pub struct GenesisConfig<T: Config> {
+        /// Base models registered at genesis: (id, BLAKE2b-256 of the weights file, numeric
+        /// format code: 0 host, 1 CUDA bf16).
+        pub base_models: alloc::vec::Vec<(BaseModelId, [u8; 32], u8)>,
+        #[serde(skip)]
+        pub _config: core::marker::PhantomData<T>,
+    }
+
+    #[pallet::genesis_build]
+    impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
+        fn build(&self) {
+            for (id, weights, code) in &self.base_models {
+                let format = NumericFormat::from_code(*code);
+                assert!(format.is_some(), "genesis base model {id}: unknown numeric format {code}");
+                if let Some(format) = format {
+                    BaseModels::<T>::insert(id, BaseModelSpec { weights: *weights, format });
+                }
+            }
+        }
+    }
+
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
@@ -243,6 +272,13 @@ pub mod pallet {
             provider: T::AccountId,
             /// How many distinct adapters it now serves.
             served: u32,
+        },
+        /// Governance set (or, with `None`, removed) what a base model id stands for.
+        BaseModelSet {
+            /// The base model id.
+            base_model: BaseModelId,
+            /// Its weights and numeric format now.
+            spec: Option<BaseModelSpec>,
         },
         /// A provider's bond was slashed to compensate the user of an expired job.
         Slashed {
@@ -503,11 +539,36 @@ pub mod pallet {
             Self::deposit_event(Event::Withdrawn { provider: who, amount: released });
             Ok(Some(T::WeightInfo::withdraw_unbonded(served)).into())
         }
+
+        /// Set what base model id `base_model` stands for (its weights file's BLAKE2b-256 and
+        /// the numeric format it is served in), or with `None` remove the entry. Root only
+        /// (governance). Workers of the id check their model against it when they start, and
+        /// refuse to serve the id with another weights file or numeric format.
+        #[pallet::call_index(7)]
+        #[pallet::weight(T::WeightInfo::set_base_model())]
+        pub fn set_base_model(
+            origin: OriginFor<T>,
+            base_model: BaseModelId,
+            spec: Option<BaseModelSpec>,
+        ) -> DispatchResult {
+            ensure_root(origin)?;
+            match spec {
+                Some(spec) => BaseModels::<T>::insert(base_model, spec),
+                None => BaseModels::<T>::remove(base_model),
+            }
+            Self::deposit_event(Event::BaseModelSet { base_model, spec });
+            Ok(())
+        }
     }
 
     /// Reads for clients, answered from the chain's state (metadata V16 view functions).
     #[pallet::view_functions]
     impl<T: Config> Pallet<T> {
+        /// What base model id `base_model` stands for, if governance registered it.
+        pub fn base_model(base_model: BaseModelId) -> Option<BaseModelSpec> {
+            BaseModels::<T>::get(base_model)
+        }
+
         /// `provider`'s terms and state, its reputation now, whether it is eligible for jobs now
         /// (active, heartbeat fresh, bond at least `MinProviderBond`, a free slot) and the
         /// adapters its worker reported loaded. `None` for an account that is not a provider.

