@@ -9,11 +9,12 @@
 #           engine's decode with activation commitments on and off in turn in one process
 #           (engine-gpu-bench --engine-only --commit-ab N; graphs on, AB_GRAPHS="1 0" adds an
 #           eager process): tests.log, engine.jsonl, engine_table.md, bench.log
-#   PART=2  joins the model, then verify-bench --device cuda, three processes at once: the
-#           honest scenarios with CUDA graphs on (the default), the cheats, the honest ones
-#           with graphs off: verify.jsonl (one JSON object per scenario), reports_graphs.jsonl,
-#           reports_cheats.jsonl, reports_eager.jsonl (every job's findings), verify.log
-# Knobs: TESTS (gpu_engine's test filters; default all), AB_ROUNDS (default 2), JOBS (default 1000; JOBS_EAGER, default 500, for the run
+#   PART=2  joins the model, then verify-bench --device cuda, four processes at once: the
+#           honest scenarios with CUDA graphs on (the default), the adapter cheats, the other
+#           cheats, the honest ones with graphs off: verify.jsonl (one JSON object per
+#           scenario), reports_graphs.jsonl, reports_cheats.jsonl, reports_cheats2.jsonl,
+#           reports_eager.jsonl (every job's findings), verify.log
+# Knobs: TESTS (gpu_engine's test filters; default all), SKIP_AB (PART=1: tests only), AB_ROUNDS (default 2), JOBS (default 1000; JOBS_EAGER, default 500, for the run
 # with graphs off), END_S (seconds after the start by which
 # every step has ended, default 570).
 set -o pipefail
@@ -34,6 +35,7 @@ if [ "${PART:-1}" = 1 ]; then
   echo "== memcheck" | tee -a "$OUT/tests.log"
   timeout $(left 40) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gv/gpu_engine \
     --test-threads=1 cuda_commitment_entries 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
+  [ -n "${SKIP_AB:-}" ] && exit 0
   for g in ${AB_GRAPHS:-1}; do
     echo "== engine decode, commitments on / off, OPENLEDGER_CUDA_GRAPHS=$g $(date -u +%T)" | tee -a "$OUT/bench.log"
     OPENLEDGER_CUDA_GRAPHS=$g timeout $(left 200) /tmp/gv/engine-gpu-bench --engine-only --commit-ab ${AB_ROUNDS:-2} \
@@ -73,21 +75,24 @@ cat /tmp/gv/model.part1 gpu-bin/model.part2 > /tmp/gv/model.gguf || exit 1
 sha256sum /tmp/gv/model.gguf | tee -a "$OUT/verify.log"
 grep -q "$(cut -d' ' -f1 gpu-bin/model.sha256)" <(sha256sum /tmp/gv/model.gguf) || { echo "model checksum differs"; exit 1; }
 JOBS=${JOBS:-1000}
-# Three processes at once (the steps of a 135M model are bound by the host's launches, and
+# Four processes at once (the steps of a 135M model are bound by the host's launches, and
 # the machine has 16 cores; the verify/generate costs they print are then not figures):
-# the honest jobs with graphs on, the cheats, and the honest jobs with graphs off. Honest
+# the honest jobs with graphs on, the adapter cheats, the other cheats, and the honest jobs
+# with graphs off. Honest
 # jobs take batch sizes in turn from BATCHES (1 in 8 alone, the rest 8, 32 and 64).
 BATCHES=${BATCHES:-1,8,32,64,64,32,8,64}
 V="/tmp/gv/verify-bench --model /tmp/gv/model.gguf --device cuda --threads 4"
 echo "== verify-bench x3 $(date -u +%T)" | tee -a "$OUT/verify.log"
 timeout $(left 400) $V --jobs $JOBS --batches $BATCHES --only honest,honest-base \
   --reports "$OUT/reports_graphs.jsonl" > /tmp/gv/honest.out 2> /tmp/gv/honest.err &
-timeout $(left 400) $V --jobs $JOBS --only adapter-skipped,other-adapter,layers-skipped,other-model,lower-precision \
+timeout $(left 400) $V --jobs $JOBS --only adapter-skipped,other-adapter,adapter-at-delta-layer \
   --reports "$OUT/reports_cheats.jsonl" > /tmp/gv/cheats.out 2> /tmp/gv/cheats.err &
+timeout $(left 400) $V --jobs $JOBS --only layers-skipped,other-model,lower-precision \
+  --reports "$OUT/reports_cheats2.jsonl" > /tmp/gv/cheats2.out 2> /tmp/gv/cheats2.err &
 OPENLEDGER_CUDA_GRAPHS=0 timeout $(left 400) $V --jobs ${JOBS_EAGER:-500} --batches $BATCHES --only honest,honest-base \
   --reports "$OUT/reports_eager.jsonl" > /tmp/gv/eager.out 2> /tmp/gv/eager.err &
 wait
-for r in honest cheats eager; do
+for r in honest cheats cheats2 eager; do
   echo "== $r" >> "$OUT/verify.log"; cat /tmp/gv/$r.err /tmp/gv/$r.out >> "$OUT/verify.log"
   grep -v '^{' /tmp/gv/$r.out; grep '^{' /tmp/gv/$r.out >> "$OUT/verify.jsonl"
 done

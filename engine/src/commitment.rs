@@ -551,8 +551,14 @@ impl Tolerance {
 /// reached 0.016 (median 0.0035), up to 2 of a job's 8 delta values strayed beyond 0.05 and
 /// 1 of 8 dimensions out of the recomputed top four; an adapter skipped (a zero delta) or
 /// swapped had a mean error of 0.57 or more, 7 of 8 values and 6 of 8 dimensions off.
-/// The bounds: mean 0.1 (6x the worst honest job, 5.7x below the closest cheat), half the
-/// values, half the dimensions.
+/// With encoding version 2 (2 delta rows a chunk, 4 entries a 32-token job; H100,
+/// 1,500 honest adapted jobs again) the delta mean reached 0.029 (median 0.0035), and a
+/// batch-64 job had 2 of its 4 values beyond 0.05 and 1 of 4 dimensions out of the top
+/// four: at the old share bounds of one half, one rounding more would have refused it.
+/// The bounds: mean 0.1 (3.4x the worst honest job, 4.3x below the closest cheat, 0.43),
+/// three quarters of the values and of the dimensions (a 32-token job is refused by them
+/// only when all four entries are off; every adapter skipped or swapped is refused by the
+/// mean alone).
 const CUDA_BF16: Tolerance = Tolerance {
     relative: 0.016,
     max_value_mismatch_share: 0.35,
@@ -562,8 +568,8 @@ const CUDA_BF16: Tolerance = Tolerance {
     max_replay_mismatch_share: 0.04,
     replay_tie: 0.02,
     delta_relative: 0.05,
-    max_delta_value_mismatch_share: 0.5,
-    max_delta_index_mismatch_share: 0.5,
+    max_delta_value_mismatch_share: 0.75,
+    max_delta_index_mismatch_share: 0.75,
     max_delta_mean_relative_error: 0.1,
 };
 

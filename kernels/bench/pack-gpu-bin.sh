@@ -30,6 +30,8 @@
 #                          + gpu_engine + prefill-attn-bench + engine-gpu-bench
 #                          -> gpu-bin/prefill-gpu.tar.xz, one xz stream, with
 #                          gpu-run-prefill.sh, prefill_attn_baseline.py, prefill_profile.py
+#   pack-gpu-bin.sh density issue 21 item 5 (adapter density): density-bench
+#                          -> gpu-bin/density-gpu.tar.xz, with gpu-run-density.sh
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -54,7 +56,8 @@ case $WHAT in
         [ -f "$ANCHOR" ] && SCRIPTS="$SCRIPTS ../../../shared/bench/hf_decode_anchor.py" ;;
   prefill) TEST="prefill_attention gpu_engine"; BENCH="prefill-attn-bench engine-gpu-bench"; EXTRA=""
         SCRIPTS="gpu-run-prefill.sh prefill_attn_baseline.py prefill_profile.py" ;;
-  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs|prefill]" >&2; exit 2 ;;
+  density) TEST=""; BENCH=density-bench; SCRIPTS="../../bench/gpu-run-density.sh"; EXTRA="" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs|prefill|density]" >&2; exit 2 ;;
 esac
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
 for t in $TEST; do
