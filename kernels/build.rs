@@ -1,19 +1,27 @@
 //! With the `cuda` feature, compiles the kernels in `cuda/` (`sgmv_fused.cu`,
-//! `sgmv_two_stage.cu`, `paged_attention.cu`, `scatter_rows.cu`, `layer_ops.cu`,
-//! `row_top.cu`) to fatbins (sm_90 SASS + compute_90 PTX, so newer GPUs can JIT them) that
-//! `src/cuda.rs`, `src/cuda/fused.rs`, `src/attention/cuda.rs`, `src/scatter.rs`,
-//! `src/layer_ops/cuda.rs` and `src/row_top.rs` embed. Without it, does nothing: CI needs no
+//! `sgmv_two_stage.cu`, `paged_attention.cu`, `prefill_attention.cu`, `scatter_rows.cu`,
+//! `layer_ops.cu`, `row_top.cu`) to fatbins (sm_90 SASS + compute_90 PTX, so newer GPUs can
+//! JIT them) that `src/cuda.rs`, `src/cuda/fused.rs`, `src/attention/cuda.rs`,
+//! `src/attention/prefill_cuda.rs`, `src/scatter.rs`, `src/layer_ops/cuda.rs` and
+//! `src/row_top.rs` embed. Without it, does nothing: CI needs no
 //! CUDA toolkit.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, by role: SGMV shrink-reduce-expand in one launch (bf16 / f16, ranks
-/// up to 128), SGMV in two stages (f32 and larger ranks), decode attention over the paged KV
-/// cache, the KV cache's row scatter, the decoder layer's fused elementwise steps, and each row's
+/// up to 128), SGMV in two stages (f32 and larger ranks), decode and causal prefill attention
+/// over the paged KV cache, the KV cache's row scatter, the decoder layer's fused elementwise steps, and each row's
 /// two largest entries, packed (activation commitments).
-const KERNELS: [&str; 6] =
-    ["sgmv_fused", "sgmv_two_stage", "paged_attention", "scatter_rows", "layer_ops", "row_top"];
+const KERNELS: [&str; 7] = [
+    "sgmv_fused",
+    "sgmv_two_stage",
+    "paged_attention",
+    "prefill_attention",
+    "scatter_rows",
+    "layer_ops",
+    "row_top",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

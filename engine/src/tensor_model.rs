@@ -11,8 +11,10 @@
 //! k and v to the paged pool in one launch (`rope_store_kv`), take SiLU(gate) x up in one
 //! (`silu_mul`), and add each residual together with the RMSNorm that follows it
 //! (`add_rms_norm`). One-token chunks attend through the paged decode kernel, longer chunks
-//! (prefill) gather their sequence's cached positions and attend causally with matmuls and
-//! a softmax in f32.
+//! (prefill) through the kernels crate's fused causal prefill kernel over the same paged
+//! blocks (CUDA, bf16 / f16), or elsewhere (and with `OPENLEDGER_PREFILL_ATTENTION=materialized`)
+//! gather their sequence's cached positions and attend causally with matmuls and a softmax
+//! in f32.
 
 // The graphed decode step is part of the tensor path: it captures and replays this
 // module's own step.
@@ -21,8 +23,9 @@ pub(crate) mod decode_graph;
 
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
-    add_rms_norm, attention::HEAD_DIMS, packed_top2, paged_decode_attention_with, rope_store_kv,
-    silu_mul, DecodeBlocks, QkvHeads, RotaryPairs, RowIndex,
+    add_rms_norm, attention::HEAD_DIMS, packed_top2, paged_decode_attention_with,
+    paged_prefill_attention, rope_store_kv, silu_mul, DecodeBlocks, PrefillBlocks, PrefillChunk,
+    QkvHeads, RotaryPairs, RowIndex,
 };
 
 use crate::adapters::{DeltaPlan, LoraSlots};
@@ -518,7 +521,7 @@ impl TensorModel {
     ) -> Result<Tensor> {
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut parts = Vec::with_capacity(1 + plan.prefill.len());
+        let mut parts = Vec::with_capacity(2 + plan.prefill.len());
         if let Some(dec) = &plan.decode {
             let qd = match &dec.rows {
                 Some(rows) => q.index_select(rows, 0)?,
@@ -531,6 +534,14 @@ impl TensorModel {
             let vc = pool.values[layer].reshape(cache_shape)?;
             let out = paged_decode_attention_with(&qd, &kc, &vc, &dec.blocks, scale as f32)?;
             parts.push(out.reshape((m, nh * hd))?);
+        }
+        if let Some(blocks) = &plan.fused_prefill {
+            let qp = q.reshape((q.dim(0)?, nh, hd))?;
+            let cache_shape = (plan.num_blocks, plan.block_size, nkv, hd);
+            let kc = pool.keys[layer].reshape(cache_shape)?;
+            let vc = pool.values[layer].reshape(cache_shape)?;
+            let out = paged_prefill_attention(&qp, &kc, &vc, blocks, scale as f32)?;
+            parts.push(out.reshape((blocks.rows(), nh * hd))?);
         }
         for c in &plan.prefill {
             let qs = q.narrow(0, c.row, c.len)?;
@@ -637,7 +648,10 @@ pub(crate) struct StepPlan {
     pub(crate) kv_slots: RowIndex,
     last_rows: Tensor,
     pub(crate) decode: Option<DecodeRows>,
-    prefill: Vec<PrefillChunk>,
+    /// The prefill chunks for the fused kernel (one launch a layer for all of them), when
+    /// it applies ([`fused_prefill`]); else `prefill` holds them.
+    fused_prefill: Option<PrefillBlocks>,
+    prefill: Vec<GatheredChunk>,
     /// Batch row of each row of the concatenated attention outputs, when not the identity.
     order: Option<Tensor>,
     num_blocks: usize,
@@ -652,7 +666,7 @@ pub(crate) struct DecodeRows {
 }
 
 /// A chunk attended by gathering its sequence's positions.
-struct PrefillChunk {
+struct GatheredChunk {
     row: usize,
     len: usize,
     /// u32 pool rows of positions `0..start + len`.
@@ -689,7 +703,9 @@ impl StepPlan {
         // (the tiny test models) attend one-token chunks by gathering, like prefill.
         let paged = paged_decode(cfg, kc.block_size);
         let (mut dec_rows, mut dec_tables, mut dec_lens) = (Vec::new(), Vec::new(), Vec::new());
+        let fused = fused_prefill(cfg, kc.block_size, dev, model.dtype);
         let mut prefill = Vec::new();
+        let mut fused_chunks = Vec::new();
         let mut prefill_rows = Vec::new();
         let mut offset = 0;
         for c in chunks {
@@ -700,14 +716,23 @@ impl StepPlan {
                 dec_rows.push(offset as u32);
                 dec_tables.push(&c.table.blocks[..cache.blocks_for(end)]);
                 dec_lens.push(end as u32);
+            } else if fused {
+                let table = &c.table.blocks[..cache.blocks_for(end)];
+                fused_chunks.push(PrefillChunk { q_row: offset, len: t, start: c.start, table });
+                prefill_rows.extend(offset as u32..(offset + t) as u32);
             } else {
                 let gather = Tensor::from_vec(cache.slots(c.table, 0, end), end, dev)?;
                 let mask = (t > 1).then(|| causal_mask(cfg, c.start, t, dev)).transpose()?;
-                prefill.push(PrefillChunk { row: offset, len: t, gather, mask });
+                prefill.push(GatheredChunk { row: offset, len: t, gather, mask });
                 prefill_rows.extend(offset as u32..(offset + t) as u32);
             }
             offset += t;
         }
+        let fused_prefill = if fused_chunks.is_empty() {
+            None
+        } else {
+            Some(PrefillBlocks::new(&fused_chunks, kc.block_size)?)
+        };
         let decode = if dec_rows.is_empty() {
             None
         } else {
@@ -749,6 +774,7 @@ impl StepPlan {
             kv_slots: RowIndex::new(slots),
             last_rows: Tensor::from_slice(last_rows, last_rows.len(), dev)?,
             decode,
+            fused_prefill,
             prefill,
             order,
             num_blocks: kc.num_blocks,
@@ -782,6 +808,17 @@ pub(crate) fn graph_bucket(n: usize) -> Option<usize> {
 /// positions like prefill).
 pub(crate) fn paged_decode(cfg: &ModelConfig, block_size: usize) -> bool {
     HEAD_DIMS.contains(&cfg.head_dim) && block_size.is_power_of_two()
+}
+
+/// Whether prefill chunks attend through the fused prefill kernel: a CUDA device, bf16 or
+/// f16 activations, and the paged kernels' shapes ([`paged_decode`]), unless
+/// `OPENLEDGER_PREFILL_ATTENTION=materialized` asks for the gathered, materialized-scores
+/// path (comparison runs; it is also what the CPU and f32 run).
+fn fused_prefill(cfg: &ModelConfig, block_size: usize, dev: &Device, dtype: DType) -> bool {
+    dev.is_cuda()
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && paged_decode(cfg, block_size)
+        && !openledger_kernels::options::options().prefill_materialized
 }
 
 /// Block tables, one per row, each padded with block 0 to `width` entries (row-major).

@@ -60,7 +60,8 @@ mod table;
 
 pub use attention::{
     paged_decode_attention, paged_decode_attention_host, paged_decode_attention_into,
-    paged_decode_attention_with, DecodeBlocks, HeadShape,
+    paged_decode_attention_with, paged_prefill_attention, DecodeBlocks, HeadShape, PrefillBlocks,
+    PrefillChunk,
 };
 pub use candle_ops::{
     lora_delta, lora_delta_host, lora_delta_stacked, sgmv_expand, sgmv_shrink, BatchSegments,

@@ -47,6 +47,10 @@ pub struct Options {
     pub cuda_graphs: bool,
     /// `OPENLEDGER_ADAPTER_READ_SERIAL`.
     pub adapter_read_serial: bool,
+    /// `OPENLEDGER_PREFILL_ATTENTION=materialized`: the engine's CUDA prefill attends with
+    /// gathered keys, matmuls and an f32 softmax under a mask (the path before the fused
+    /// prefill kernel), for comparison runs.
+    pub prefill_materialized: bool,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             adapters_bf16: false,
             cuda_graphs: true,
             adapter_read_serial: false,
+            prefill_materialized: false,
         }
     }
 }
@@ -85,6 +90,8 @@ impl Options {
             adapters_bf16: on("OPENLEDGER_ADAPTERS_BF16"),
             cuda_graphs: var("OPENLEDGER_CUDA_GRAPHS").is_none_or(|v| v != "0"),
             adapter_read_serial: on("OPENLEDGER_ADAPTER_READ_SERIAL"),
+            prefill_materialized: var("OPENLEDGER_PREFILL_ATTENTION")
+                .is_some_and(|v| v == "materialized"),
         }
     }
 }

@@ -68,6 +68,20 @@ struct Args {
     /// Prompt tokens of the prefill and first-token runs.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
+    /// Prefill runs per configuration (the first is a warm-up, the median of the rest is
+    /// reported).
+    #[arg(long, default_value_t = 6)]
+    prefill_runs: usize,
+    /// Only the prefill: no decode configurations, no engine-level runs. With it the run
+    /// also times the prefill's GEMMs alone at its row count and an 8192^3 bf16 GEMM, the
+    /// rate its FLOP floor is taken at.
+    #[arg(long)]
+    prefill_only: bool,
+    /// Before each prefill run and after a configuration's last, launch one f64 kernel
+    /// (`affine_f64`, which nothing else here launches): markers that split a profiler's
+    /// kernel list into the runs.
+    #[arg(long)]
+    mark_runs: bool,
     /// Also time every decode configuration without adapters with the step replayed from
     /// a CUDA graph (`Model::forward_graphed`), after its eager run.
     #[arg(long)]
@@ -192,7 +206,8 @@ fn decode_step(
     Ok((median(&mut times), median(&mut enqueue)))
 }
 
-/// Median time of one prefill of `prompt` tokens as a single chunk.
+/// Median time of one prefill of `prompt` tokens as a single chunk (`runs` runs, the first
+/// a warm-up; with `mark`, a marker kernel before each, `Args::mark_runs`).
 fn prefill_time(
     model: &Model,
     lora: &LoraSlots,
@@ -200,9 +215,13 @@ fn prefill_time(
     prompt: &[u32],
     slot: Option<u32>,
     device: &Device,
+    (runs, mark): (usize, bool),
 ) -> Result<f64> {
     let mut times = Vec::new();
-    for run in 0..6 {
+    for run in 0..runs.max(2) {
+        if mark {
+            candle_core::Tensor::ones(1, DType::F64, device)?.affine(2.0, 1.0)?;
+        }
         let mut table = BlockTable::default();
         cache.reserve(&mut table, prompt.len())?;
         let chunk = SeqChunk { tokens: prompt, table: &table, start: 0, adapter: slot };
@@ -215,6 +234,9 @@ fn prefill_time(
         }
         drop(logits);
         cache.release(&mut table);
+    }
+    if mark {
+        candle_core::Tensor::ones(1, DType::F64, device)?.affine(2.0, 1.0)?;
     }
     Ok(median(&mut times))
 }
@@ -545,7 +567,7 @@ fn main() -> Result<()> {
         }
         Ok(())
     };
-    if !args.engine_only {
+    if !args.engine_only && !args.prefill_only {
         let mut seen = HashSet::new();
         for &b in &args.batch {
             for &a in &args.adapters {
@@ -563,7 +585,15 @@ fn main() -> Result<()> {
     let prompt: Vec<u32> = (0..args.prefill as u32).map(|i| (i * 2654435761u32) % vocab).collect();
     let prefills: &[Option<u32>] = if args.engine_only { &[] } else { &[None, Some(0)] };
     for &slot in prefills {
-        let secs = prefill_time(&model, &lora, &mut cache, &prompt, slot, &device)?;
+        let secs = prefill_time(
+            &model,
+            &lora,
+            &mut cache,
+            &prompt,
+            slot,
+            &device,
+            (args.prefill_runs, args.mark_runs),
+        )?;
         println!(
             "{{\"measure\":\"prefill\",\"tokens\":{},\"adapter\":{},\"ms\":{:.2},\"tok_per_s\":{:.0}}}",
             prompt.len(),
@@ -575,13 +605,79 @@ fn main() -> Result<()> {
     report_memory(dev, "prefill", &mut peak)?;
     drop(cache);
     drop(lora);
+    if args.prefill_only {
+        prefill_gemms(&cfg, args.prefill, &device)?;
+    }
 
-    if !args.no_engine {
+    if !args.no_engine && !args.prefill_only {
         engine_runs(&args, model, &qkvo_dir, &prompt, dev, &mut peak)?;
     }
     println!(
         "{{\"measure\":\"memory\",\"phase\":\"peak_sampled\",\"used_gib\":{:.2}}}",
         peak as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// The prefill's FLOP floor and its GEMMs alone: an 8192^3 bf16 GEMM's rate (the floor's
+/// rate), each projection's GEMM at the prompt's row count (`x @ W^T`, as the tensor path
+/// runs it) and their sum over the layers, which is what the prefill's GEMMs cost at the
+/// least; FLOPs: the projections, the causal attention's scores and weighted sums, and the
+/// LM head of the last row.
+fn prefill_gemms(cfg: &ModelConfig, tokens: usize, device: &Device) -> Result<()> {
+    use candle_core::Tensor;
+    use openledger_bench::harness::GpuTimer;
+    let Device::Cuda(cuda) = device else { return Ok(()) };
+    let stream = cuda.cuda_stream();
+    let mut timer = GpuTimer::new(device)?;
+    let randn = |rows: usize, cols: usize| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, 1.0, (rows, cols), device)?.to_dtype(DType::BF16)?)
+    };
+    let n = 8192;
+    let (a, b) = (randn(n, n)?, randn(n, n)?);
+    let ms = timer.median_ms(&stream, 3, 20, |_| {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    let peak = 2.0 * (n * n * n) as f64 / (ms * 1e-3);
+    println!(
+        "{{\"measure\":\"gemm\",\"m\":{n},\"n\":{n},\"k\":{n},\"ms\":{ms:.3},\"tflops\":{:.1}}}",
+        peak / 1e12
+    );
+    let h = cfg.hidden_size;
+    let (q, kv, f) =
+        (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+    // The tensor path's GEMMs of one layer: q|k|v, o, gate|up, down.
+    let shapes = [("qkv", h, q + 2 * kv), ("o", q, h), ("gate_up", h, 2 * f), ("down", f, h)];
+    let mut layer_ms = 0.0;
+    let mut layer_flops = 0.0;
+    for (name, d_in, d_out) in shapes {
+        let x = randn(tokens, d_in)?;
+        let w = randn(d_out, d_in)?;
+        let ms = timer.median_ms(&stream, 3, 20, |_| {
+            x.matmul(&w.t()?)?;
+            Ok(())
+        })?;
+        let flops = 2.0 * (tokens * d_in * d_out) as f64;
+        println!(
+            "{{\"measure\":\"prefill_gemm\",\"proj\":\"{name}\",\"rows\":{tokens},\"d_in\":{d_in},\"d_out\":{d_out},\"ms\":{ms:.4},\"tflops\":{:.1}}}",
+            flops / (ms * 1e-3) / 1e12
+        );
+        layer_ms += ms;
+        layer_flops += flops;
+    }
+    let layers = cfg.num_layers as f64;
+    let pairs = (tokens * (tokens + 1) / 2) as f64;
+    let attention = 4.0 * pairs * (cfg.num_heads * cfg.head_dim) as f64 * layers;
+    let lm_head = 2.0 * (cfg.vocab_size * h) as f64;
+    let total = layer_flops * layers + attention + lm_head;
+    println!(
+        "{{\"measure\":\"prefill_floor\",\"tokens\":{tokens},\"tflop\":{:.3},\"proj_tflop\":{:.3},\"attention_tflop\":{:.4},\"floor_ms\":{:.2},\"gemms_alone_ms\":{:.2}}}",
+        total / 1e12,
+        layer_flops * layers / 1e12,
+        attention / 1e12,
+        total / peak * 1e3,
+        layer_ms * layers
     );
     Ok(())
 }

@@ -36,6 +36,9 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod op;
+mod prefill;
+#[cfg(feature = "cuda")]
+mod prefill_cuda;
 pub mod reference;
 
 #[cfg(feature = "cuda")]
@@ -47,6 +50,7 @@ use crate::element::Element;
 use crate::error::{check_shape, KernelError, Result};
 
 pub use op::{paged_decode_attention_into, paged_decode_attention_with};
+pub use prefill::{paged_prefill_attention, PrefillBlocks, PrefillChunk};
 
 /// Head sizes with a kernel.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];

@@ -54,3 +54,42 @@ pub fn paged_decode_attention(
     }
     out
 }
+
+/// Causal prefill attention in f64: `q` `[q_rows, num_heads, head_dim]`, caches as above;
+/// `chunks` (q_row, len, start, table) as [`crate::PrefillChunk`] has them. Returns
+/// `[rows, num_heads, head_dim]`, the chunks' rows in order: row `i` of a chunk attends to
+/// positions `0..=start + i` of its table.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_prefill_attention(
+    q: &[f64],
+    k_cache: &[f64],
+    v_cache: &[f64],
+    chunks: &[(usize, usize, usize, &[u32])],
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for &(q_row, len, start, table) in chunks {
+        for i in 0..len {
+            let context = start + i + 1;
+            let row = &q[(q_row + i) * num_heads * head_dim..][..num_heads * head_dim];
+            out.extend(paged_decode_attention(
+                row,
+                k_cache,
+                v_cache,
+                table,
+                &[context as u32],
+                table.len(),
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                block_size,
+                scale,
+            ));
+        }
+    }
+    out
+}
