@@ -25,27 +25,18 @@ use anyhow::{bail, Context, Result};
 use candle_core::{CudaDevice, DType, Device};
 use clap::Parser;
 use openledger_bench::harness::median;
+use openledger_bench::shapes::LlamaShape;
 use openledger_engine::{
     write_random_adapter, AdapterCacheConfig, BlockTable, Engine, EngineConfig, KvCache,
-    KvCacheConfig, LoraAdapter, LoraSlots, Model, ModelConfig, Projection, RopeStyle,
-    SamplingParams, SeqChunk, StreamEvent,
+    KvCacheConfig, LoraAdapter, LoraSlots, Model, ModelConfig, Projection, SamplingParams,
+    SeqChunk, StreamEvent,
 };
 
 #[derive(Parser)]
 #[command(about = "Engine GPU benchmark on a Llama-3-8B-shaped random bf16 model")]
 struct Args {
-    #[arg(long, default_value_t = 32)]
-    layers: usize,
-    #[arg(long, default_value_t = 4096)]
-    hidden: usize,
-    #[arg(long, default_value_t = 14336)]
-    ffn: usize,
-    #[arg(long, default_value_t = 32)]
-    heads: usize,
-    #[arg(long, default_value_t = 8)]
-    kv_heads: usize,
-    #[arg(long, default_value_t = 128256)]
-    vocab: usize,
+    #[command(flatten)]
+    shape: LlamaShape,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128")]
     batch: Vec<usize>,
@@ -446,22 +437,7 @@ fn main() -> Result<()> {
     };
     println!("{{\"measure\":\"copy\",\"bytes\":1073741824,\"gb_per_s\":{:.1}}}", bw / 1e9);
 
-    let cfg = ModelConfig {
-        vocab_size: args.vocab,
-        hidden_size: args.hidden,
-        intermediate_size: args.ffn,
-        num_layers: args.layers,
-        num_heads: args.heads,
-        num_kv_heads: args.kv_heads,
-        head_dim: args.hidden / args.heads,
-        rms_norm_eps: 1e-5,
-        rope_theta: 500_000.0,
-        rope_style: RopeStyle::Half,
-        max_position: 8192,
-        tie_word_embeddings: false,
-        eos_token_ids: Vec::new(),
-        bos_token_id: None,
-    };
+    let cfg = args.shape.config();
     let t = Instant::now();
     let model = Model::random_tensors(cfg.clone(), &device, dtype, 7)?;
     device.synchronize()?;
