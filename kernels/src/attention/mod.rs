@@ -322,6 +322,31 @@ fn check_tensor(t: &Tensor, name: &str, dtype: DType, device: &Device) -> Result
     Ok(())
 }
 
+/// The operand checks decode and prefill calls share: q and the caches in one supported
+/// dtype (f32, bf16, f16), contiguous, on q's device.
+pub(crate) fn check_operands(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+    let dtype = q.dtype();
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(KernelError::UnsupportedDType(dtype));
+    }
+    let device = q.device();
+    check_tensor(q, "q", dtype, device)?;
+    check_tensor(k_cache, "k_cache", dtype, device)?;
+    check_tensor(v_cache, "v_cache", dtype, device)
+}
+
+/// The head checks decode and prefill calls share: a head size the kernels take and
+/// query heads in whole groups per KV head.
+pub(crate) fn check_heads(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> Result<()> {
+    if !HEAD_DIMS.contains(&head_dim) {
+        return Err(KernelError::UnsupportedHeadDim(head_dim));
+    }
+    if num_kv_heads == 0 || num_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+        return Err(KernelError::HeadGroups { num_heads, num_kv_heads });
+    }
+    Ok(())
+}
+
 /// Checks shapes, dtypes, devices and the block tables against the cache.
 pub(crate) fn check_call(
     q: &Tensor,
@@ -332,14 +357,7 @@ pub(crate) fn check_call(
     if !blocks.block_size.is_power_of_two() {
         return Err(KernelError::BlockSize(blocks.block_size));
     }
-    let dtype = q.dtype();
-    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(KernelError::UnsupportedDType(dtype));
-    }
-    let device = q.device();
-    check_tensor(q, "q", dtype, device)?;
-    check_tensor(k_cache, "k_cache", dtype, device)?;
-    check_tensor(v_cache, "v_cache", dtype, device)?;
+    check_operands(q, k_cache, v_cache)?;
     let &[num_seqs, num_heads, head_dim] = q.dims() else {
         return Err(KernelError::Shape {
             tensor: "q (expected [num_seqs, num_heads, head_dim])".into(),
@@ -365,12 +383,7 @@ pub(crate) fn check_call(
         &[num_blocks, block_size, num_kv_heads, head_dim],
         &[num_blocks, block_size, num_kv_heads, kv_head_dim],
     )?;
-    if !HEAD_DIMS.contains(&head_dim) {
-        return Err(KernelError::UnsupportedHeadDim(head_dim));
-    }
-    if num_kv_heads == 0 || num_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
-        return Err(KernelError::HeadGroups { num_heads, num_kv_heads });
-    }
+    check_heads(num_heads, num_kv_heads, head_dim)?;
     blocks.check_cache(num_blocks, block_size)?;
     Ok(Geometry { num_seqs, num_heads, num_kv_heads, head_dim, block_size })
 }

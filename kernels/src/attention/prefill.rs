@@ -19,9 +19,9 @@
 #[cfg(feature = "cuda")]
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-use super::{check_tensor, DecodeBlocks, HEAD_DIMS};
+use super::{check_heads, check_operands, DecodeBlocks};
 use crate::error::{check_shape, KernelError, Result};
 
 /// One prompt chunk of a prefill call.
@@ -217,14 +217,7 @@ fn check_prefill(
     v_cache: &Tensor,
     blocks: &PrefillBlocks,
 ) -> Result<PrefillGeometry> {
-    let dtype = q.dtype();
-    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(KernelError::UnsupportedDType(dtype));
-    }
-    let device = q.device();
-    check_tensor(q, "q", dtype, device)?;
-    check_tensor(k_cache, "k_cache", dtype, device)?;
-    check_tensor(v_cache, "v_cache", dtype, device)?;
+    check_operands(q, k_cache, v_cache)?;
     let &[q_rows, num_heads, head_dim] = q.dims() else {
         return Err(KernelError::Shape {
             tensor: "q (expected [q_rows, num_heads, head_dim])".into(),
@@ -248,12 +241,7 @@ fn check_prefill(
             actual: q.dims().to_vec(),
         });
     }
-    if !HEAD_DIMS.contains(&head_dim) {
-        return Err(KernelError::UnsupportedHeadDim(head_dim));
-    }
-    if num_kv_heads == 0 || num_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
-        return Err(KernelError::HeadGroups { num_heads, num_kv_heads });
-    }
+    check_heads(num_heads, num_kv_heads, head_dim)?;
     blocks.check_cache(num_blocks, block_size)?;
     Ok(PrefillGeometry { num_heads, num_kv_heads, head_dim })
 }
@@ -271,7 +259,7 @@ pub fn paged_prefill_attention(
 ) -> Result<Tensor> {
     let g = check_prefill(q, k_cache, v_cache, blocks)?;
     #[cfg(feature = "cuda")]
-    if q.device().is_cuda() && q.dtype() != DType::F32 && blocks.rows > 0 {
+    if q.device().is_cuda() && q.dtype() != candle_core::DType::F32 && blocks.rows > 0 {
         return super::prefill_cuda::prefill(q, k_cache, v_cache, blocks, &g, scale);
     }
     // Each row as a decode row whose context ends at its own position.
