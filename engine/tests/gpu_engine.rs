@@ -237,6 +237,12 @@ fn cuda_fused_layer_steps_match_the_candle_ops_they_replace() {
         let want = (candle_nn::ops::silu(&g).unwrap() * u).unwrap();
         let got = silu_mul(&gu).unwrap();
         assert!(differences(&format!("silu x up {rows}x{ffn}"), &want, &got).1 <= bound);
+        // The same values one element off a 16-byte boundary take the scalar kernel; the
+        // 16-byte one above must give its bits.
+        let flat = Tensor::cat(&[&randn(&[1]), &gu.flatten_all().unwrap()], 0).unwrap();
+        let unaligned = flat.narrow(0, 1, rows * 2 * ffn).unwrap().reshape((rows, 2 * ffn));
+        let scalar = silu_mul(&unaligned.unwrap()).unwrap();
+        assert_eq!(differences(&format!("silu x up scalar {rows}x{ffn}"), &scalar, &got).0, 0);
     }
     for (pairs, heads) in [
         (RotaryPairs::Halves, QkvHeads { heads: 32, kv_heads: 8, head_dim: 128 }),

@@ -4,7 +4,10 @@
 //! groups of 1 to 16, outputs poisoned before each call and cache slots that no context
 //! covers poisoned with NaN (a read of one shows).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{devices, round_to, tensor, values};
 use half::{bf16, f16};
 use openledger_kernels::attention::reference;
 use openledger_kernels::reference::relative_error;
@@ -14,29 +17,16 @@ use openledger_kernels::{
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 /// Random cases per check; `ATTN_CASES` lowers it for runs under compute-sanitizer.
 fn cases() -> usize {
-    std::env::var("ATTN_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(12)
+    common::env_count("ATTN_CASES", 12)
 }
 
 /// A fresh seed per run, printed so that a failure can be replayed with `ATTN_SEED=<seed>`.
 fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("ATTN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
-    eprintln!("{test}: ATTN_SEED={seed}");
-    StdRng::seed_from_u64(seed)
-}
-
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::Cpu];
-    if cfg!(feature = "cuda") {
-        d.push(Device::new_cuda(0).expect("a CUDA device (feature `cuda` is on)"));
-    }
-    d
+    common::seeded_rng("ATTN_SEED", test)
 }
 
 /// One random batch: caches with every slot a context covers drawn at random and every
@@ -54,10 +44,6 @@ struct Case {
     k: Vec<f64>,
     v: Vec<f64>,
     scale: f64,
-}
-
-fn round_to<T: Element>(v: f64) -> f64 {
-    T::from_f32(v as f32).to_f32() as f64
 }
 
 impl Case {
@@ -183,21 +169,6 @@ struct Operands {
     v: Tensor,
     tables: Tensor,
     lens: Tensor,
-}
-
-fn tensor<T: Element>(v: &[f64], dims: &[usize], dev: &Device) -> Tensor {
-    let f: Vec<f32> = v.iter().map(|&e| e as f32).collect();
-    Tensor::from_vec(f, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(T::DTYPE)
-        .unwrap()
-        .to_device(dev)
-        .unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    let f: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    f.into_iter().map(f64::from).collect()
 }
 
 fn tolerance<T: Element>() -> f64 {

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{rng, tolerance, type_name, Bf16, Case, F16};
+use common::{devices, rng, tensor, tolerance, type_name, values, Bf16, Case, F16};
 use openledger_kernels::reference::{self, relative_error};
 use openledger_kernels::{
     lora_delta, sgmv_expand, sgmv_shrink, AdapterTable, BatchSegments, Element, KernelError,
@@ -13,30 +13,7 @@ use openledger_kernels::{
 
 /// Random cases per check; `SGMV_CASES` lowers it for runs under compute-sanitizer.
 fn cases() -> usize {
-    std::env::var("SGMV_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(25)
-}
-
-fn devices() -> Vec<Device> {
-    let mut d = vec![Device::Cpu];
-    if cfg!(feature = "cuda") {
-        d.push(Device::new_cuda(0).expect("a CUDA device (feature `cuda` is on)"));
-    }
-    d
-}
-
-fn tensor<T: Element>(v: &[f64], dims: &[usize], dev: &Device) -> Tensor {
-    let f: Vec<f32> = v.iter().map(|&e| e as f32).collect();
-    Tensor::from_vec(f, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(T::DTYPE)
-        .unwrap()
-        .to_device(dev)
-        .unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    let f: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    f.into_iter().map(f64::from).collect()
+    common::env_count("SGMV_CASES", 25)
 }
 
 fn table<T: Element>(case: &Case, dev: &Device) -> AdapterTable {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::{CudaDevice, CudaStorage, Layout, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
 
 use super::{QkvHeads, RotaryPairs};
 use crate::cuda::{alloc_uninit, cuda_err, dtype_index, slice_address, storage_address};
@@ -15,8 +15,9 @@ use crate::scatter::RowIndex;
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/layer_ops.fatbin"));
 
-/// Per dtype (f32, bf16, f16): add_rms_norm, silu_mul, rope_store_kv.
-type Functions = [[CudaFunction; 3]; 3];
+/// Per dtype (f32, bf16, f16): add_rms_norm, silu_mul, rope_store_kv, and the 16-byte
+/// silu_mul (bf16 and f16; for f32 the scalar one again).
+type Functions = [[CudaFunction; 4]; 3];
 
 fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
     static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Functions>>>> = OnceLock::new();
@@ -29,11 +30,13 @@ fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
     }
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
     let f = |name: &str| module.load_function(name).map_err(cuda_err);
-    let per = |s: &str| -> Result<[CudaFunction; 3]> {
+    let per = |s: &str| -> Result<[CudaFunction; 4]> {
+        let vec8 = if s == "f32" { format!("silu_mul_{s}") } else { format!("silu_mul_vec8_{s}") };
         Ok([
             f(&format!("add_rms_norm_{s}"))?,
             f(&format!("silu_mul_{s}"))?,
             f(&format!("rope_store_kv_{s}"))?,
+            f(&vec8)?,
         ])
     };
     let fs = Arc::new([per("f32")?, per("bf16")?, per("f16")?]);
@@ -91,16 +94,40 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Re
         storage_address(&out, &Layout::contiguous(rows * f), &stream)?,
     );
     let total = (rows * f) as u64;
+    if total == 0 {
+        return Ok(out);
+    }
+    // 16-bit rows of whole 16-byte vectors: the vectorized kernel (same bits).
+    let vec8 = s.dtype() != DType::F32
+        && f.is_multiple_of(8)
+        && ga.is_multiple_of(16)
+        && oa.is_multiple_of(16)
+        && i32::try_from(rows).is_ok()
+        && i32::try_from(f).is_ok();
+    if vec8 {
+        let func = &functions(&dev)?[dtype_index(s.dtype())?][3];
+        let vecs = (f / 8) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (vecs.div_ceil(256).max(1), rows.min(65_535) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r, fi) = (rows as i32, f as i32);
+        let mut b = stream.launch_builder(func);
+        b.arg(&ga).arg(&oa).arg(&r).arg(&fi);
+        // SAFETY: gu addresses rows x 2f contiguous elements, out rows x f, both 16-byte
+        // aligned with f a multiple of 8, so every 16-byte access is in bounds and aligned.
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+        return Ok(out);
+    }
     let blocks = total.div_ceil(256).clamp(1, 65_535) as u32;
     let cfg =
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (r, fi) = (rows as i64, f as i32);
     let mut b = stream.launch_builder(func);
     b.arg(&ga).arg(&oa).arg(&r).arg(&fi);
-    if total > 0 {
-        // SAFETY: gu addresses rows x 2f contiguous elements, out rows x f.
-        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-    }
+    // SAFETY: gu addresses rows x 2f contiguous elements, out rows x f.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(out)
 }
 

@@ -1,6 +1,8 @@
-//! Random SGMV problems and their f64 answers, shared by the test files.
+//! Random SGMV problems and their f64 answers, and the seeds, devices and tensor helpers
+//! every kernel test file shares.
 #![allow(dead_code)]
 
+use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use openledger_kernels::reference::RefAdapter;
 use openledger_kernels::{Element, LoraWeights, SegmentMap};
@@ -10,12 +12,50 @@ use rand::{Rng, SeedableRng};
 /// A fresh seed per run (so every run draws new inputs), printed so a failure can be replayed
 /// with `SGMV_SEED=<seed>`.
 pub fn rng(test: &str) -> StdRng {
-    let seed = std::env::var("SGMV_SEED")
+    seeded_rng("SGMV_SEED", test)
+}
+
+/// A fresh seed per run, or the one in the environment variable `var`; printed with the
+/// variable's name so that a failure can be replayed with `<var>=<seed>`.
+pub fn seeded_rng(var: &str, test: &str) -> StdRng {
+    let seed = std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random::<u64>());
-    eprintln!("{test}: SGMV_SEED={seed}");
+    eprintln!("{test}: {var}={seed}");
     StdRng::seed_from_u64(seed)
+}
+
+/// A count from the environment variable `var` (runs under compute-sanitizer lower it), or
+/// `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// The CPU, and the first CUDA device when the `cuda` feature is on.
+pub fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Cpu];
+    if cfg!(feature = "cuda") {
+        d.push(Device::new_cuda(0).expect("a CUDA device (feature `cuda` is on)"));
+    }
+    d
+}
+
+/// `v` (already rounded to `T`) as a `T` tensor of shape `dims` on `dev`.
+pub fn tensor<T: Element>(v: &[f64], dims: &[usize], dev: &Device) -> Tensor {
+    let f: Vec<f32> = v.iter().map(|&e| e as f32).collect();
+    Tensor::from_vec(f, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(T::DTYPE)
+        .unwrap()
+        .to_device(dev)
+        .unwrap()
+}
+
+/// A tensor's elements, flattened, in f64.
+pub fn values(t: &Tensor) -> Vec<f64> {
+    let f: Vec<f32> = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    f.into_iter().map(f64::from).collect()
 }
 
 /// One random problem: a ragged segmentation over a shuffled batch, adapters of mixed ranks
