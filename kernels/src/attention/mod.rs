@@ -269,18 +269,27 @@ impl DecodeBlocks {
 
     /// Checks that a cache of `num_blocks` blocks of `block_size` holds every block read.
     fn check_cache(&self, num_blocks: usize, block_size: usize) -> Result<()> {
-        if block_size != self.block_size {
-            return Err(KernelError::BlockSizeMismatch {
-                expected: self.block_size,
-                actual: block_size,
-            });
-        }
-        match self.max_block {
-            Some((block, seq, index)) if block as usize >= num_blocks => {
-                Err(KernelError::BlockOutOfRange { seq, index, block, num_blocks })
-            },
-            _ => Ok(()),
-        }
+        check_cache(self.block_size, self.max_block, num_blocks, block_size)
+    }
+}
+
+/// Checks that a cache of `num_blocks` blocks of `block_size` positions fits tables built for
+/// blocks of `expected` positions whose largest entry is `max_block` ((block, sequence or
+/// chunk, index in its table), none for tables that read nothing).
+pub(crate) fn check_cache(
+    expected: usize,
+    max_block: Option<(u32, usize, usize)>,
+    num_blocks: usize,
+    block_size: usize,
+) -> Result<()> {
+    if block_size != expected {
+        return Err(KernelError::BlockSizeMismatch { expected, actual: block_size });
+    }
+    match max_block {
+        Some((block, seq, index)) if block as usize >= num_blocks => {
+            Err(KernelError::BlockOutOfRange { seq, index, block, num_blocks })
+        },
+        _ => Ok(()),
     }
 }
 

@@ -187,18 +187,7 @@ impl PrefillBlocks {
     }
 
     fn check_cache(&self, num_blocks: usize, block_size: usize) -> Result<()> {
-        if block_size != self.block_size {
-            return Err(KernelError::BlockSizeMismatch {
-                expected: self.block_size,
-                actual: block_size,
-            });
-        }
-        match self.max_block {
-            Some((block, seq, index)) if block as usize >= num_blocks => {
-                Err(KernelError::BlockOutOfRange { seq, index, block, num_blocks })
-            },
-            _ => Ok(()),
-        }
+        super::check_cache(self.block_size, self.max_block, num_blocks, block_size)
     }
 }
 
