@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::CudaDType;
@@ -79,34 +80,50 @@ struct Kernels {
     fused: Option<fused::Kernels>,
 }
 
-/// The module, loaded once per CUDA context.
-fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
-    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Kernels>>>> = OnceLock::new();
+/// What `load` builds from a CUDA context (a kernel module, the functions looked up in it),
+/// built once per context and kept in `cache` for the process.
+pub(crate) fn per_context<T: Clone>(
+    cache: &'static OnceLock<Mutex<HashMap<usize, T>>>,
+    dev: &CudaDevice,
+    load: impl FnOnce(&Arc<CudaContext>, &Arc<CudaStream>) -> Result<T>,
+) -> Result<T> {
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     let key = Arc::as_ptr(ctx) as usize;
-    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(k) = loaded.get(&key) {
-        return Ok(k.clone());
+    let mut loaded = cache.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = loaded.get(&key) {
+        return Ok(v.clone());
     }
-    let two_stage_only = crate::options::options().sgmv_two_stage_only;
-    let two_stage =
-        ctx.load_module(Ptx::from_binary(FATBIN_TWO_STAGE.to_vec())).map_err(cuda_err)?;
-    let f = |stage: &str, ty: &str| {
-        two_stage.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err)
-    };
-    let all = |stage: &str| -> Result<[CudaFunction; 3]> {
-        Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
-    };
-    let fused = if two_stage_only { None } else { Some(fused::load(ctx, &stream)?) };
-    let k = Arc::new(Kernels {
-        shrink: all("shrink")?,
-        expand: all("expand")?,
-        small: (all("shrink_small")?, all("expand_small")?),
-        fused,
-    });
-    loaded.insert(key, k.clone());
-    Ok(k)
+    let v = load(ctx, &stream)?;
+    loaded.insert(key, v.clone());
+    Ok(v)
+}
+
+/// Loads an embedded fatbin into `ctx`.
+pub(crate) fn load_fatbin(ctx: &Arc<CudaContext>, fatbin: &[u8]) -> Result<Arc<CudaModule>> {
+    ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err)
+}
+
+/// The module, loaded once per CUDA context.
+fn kernels(dev: &CudaDevice) -> Result<Arc<Kernels>> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Kernels>>>> = OnceLock::new();
+    per_context(&LOADED, dev, |ctx, stream| {
+        let two_stage_only = crate::options::options().sgmv_two_stage_only;
+        let two_stage = load_fatbin(ctx, FATBIN_TWO_STAGE)?;
+        let f = |stage: &str, ty: &str| {
+            two_stage.load_function(&format!("sgmv_{stage}_{ty}")).map_err(cuda_err)
+        };
+        let all = |stage: &str| -> Result<[CudaFunction; 3]> {
+            Ok([f(stage, "f32")?, f(stage, "bf16")?, f(stage, "f16")?])
+        };
+        let fused = if two_stage_only { None } else { Some(fused::load(ctx, stream)?) };
+        Ok(Arc::new(Kernels {
+            shrink: all("shrink")?,
+            expand: all("expand")?,
+            small: (all("shrink_small")?, all("expand_small")?),
+            fused,
+        }))
+    })
 }
 
 /// Index of a kernel family's f32 / bf16 / f16 instance.

@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::{DecodeBlocks, Geometry};
+use crate::cuda::{cuda_err, load_fatbin, per_context};
 use crate::error::{KernelError, Result};
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
@@ -54,10 +55,6 @@ struct AttnParams {
 // SAFETY: plain old data with the C layout of the kernel's parameter struct.
 unsafe impl DeviceRepr for AttnParams {}
 
-fn cuda_err(e: impl std::fmt::Display) -> KernelError {
-    KernelError::Cuda(e.to_string())
-}
-
 /// Positions per partition. Fixed for the process (so a sequence's result does not depend
 /// on its batch); `OPENLEDGER_ATTN_PARTITION` (a power of two from 32 to 512) overrides it
 /// for benchmark runs.
@@ -72,19 +69,9 @@ fn partition() -> usize {
 }
 
 /// The module, loaded once per CUDA context.
-fn module(dev: &CudaDevice) -> Result<Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>> {
-    type Module = Arc<candle_core::cuda_backend::cudarc::driver::CudaModule>;
-    static LOADED: OnceLock<Mutex<HashMap<usize, Module>>> = OnceLock::new();
-    let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    let key = Arc::as_ptr(ctx) as usize;
-    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = loaded.get(&key) {
-        return Ok(m.clone());
-    }
-    let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    loaded.insert(key, m.clone());
-    Ok(m)
+fn module(dev: &CudaDevice) -> Result<Arc<CudaModule>> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<CudaModule>>>> = OnceLock::new();
+    per_context(&LOADED, dev, |ctx, _| load_fatbin(ctx, FATBIN))
 }
 
 /// The attention and merge kernels for a dtype, head size and heads per block.

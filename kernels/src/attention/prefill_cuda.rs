@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::{CudaDevice, DType, Layout, Shape, Storage, Tensor};
 
 use super::prefill::{PrefillBlocks, PrefillGeometry};
-use crate::cuda::{alloc_uninit, cuda_err, slice_address, storage_address};
+use crate::cuda::{
+    alloc_uninit, cuda_err, load_fatbin, per_context, slice_address, storage_address,
+};
 use crate::error::{KernelError, Result};
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prefill_attention.fatbin"));
@@ -47,16 +48,7 @@ unsafe impl DeviceRepr for PrefillParams {}
 
 fn module(dev: &CudaDevice) -> Result<Arc<CudaModule>> {
     static LOADED: OnceLock<Mutex<HashMap<usize, Arc<CudaModule>>>> = OnceLock::new();
-    let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    let key = Arc::as_ptr(ctx) as usize;
-    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = loaded.get(&key) {
-        return Ok(m.clone());
-    }
-    let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    loaded.insert(key, m.clone());
-    Ok(m)
+    per_context(&LOADED, dev, |ctx, _| load_fatbin(ctx, FATBIN))
 }
 
 fn function(dev: &CudaDevice, dtype: DType, head_dim: usize) -> Result<CudaFunction> {

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor};
 
 use super::{QkvHeads, RotaryPairs};
-use crate::cuda::{alloc_uninit, cuda_err, dtype_index, slice_address, storage_address};
+use crate::cuda::{
+    alloc_uninit, cuda_err, dtype_index, load_fatbin, per_context, slice_address, storage_address,
+};
 use crate::error::{KernelError, Result};
 use crate::scatter::RowIndex;
 
@@ -21,27 +22,21 @@ type Functions = [[CudaFunction; 4]; 3];
 
 fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
     static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Functions>>>> = OnceLock::new();
-    let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    let key = Arc::as_ptr(ctx) as usize;
-    let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(f) = loaded.get(&key) {
-        return Ok(f.clone());
-    }
-    let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    let f = |name: &str| module.load_function(name).map_err(cuda_err);
-    let per = |s: &str| -> Result<[CudaFunction; 4]> {
-        let vec8 = if s == "f32" { format!("silu_mul_{s}") } else { format!("silu_mul_vec8_{s}") };
-        Ok([
-            f(&format!("add_rms_norm_{s}"))?,
-            f(&format!("silu_mul_{s}"))?,
-            f(&format!("rope_store_kv_{s}"))?,
-            f(&vec8)?,
-        ])
-    };
-    let fs = Arc::new([per("f32")?, per("bf16")?, per("f16")?]);
-    loaded.insert(key, fs.clone());
-    Ok(fs)
+    per_context(&LOADED, dev, |ctx, _| {
+        let module = load_fatbin(ctx, FATBIN)?;
+        let f = |name: &str| module.load_function(name).map_err(cuda_err);
+        let per = |s: &str| -> Result<[CudaFunction; 4]> {
+            let vec8 =
+                if s == "f32" { format!("silu_mul_{s}") } else { format!("silu_mul_vec8_{s}") };
+            Ok([
+                f(&format!("add_rms_norm_{s}"))?,
+                f(&format!("silu_mul_{s}"))?,
+                f(&format!("rope_store_kv_{s}"))?,
+                f(&vec8)?,
+            ])
+        };
+        Ok(Arc::new([per("f32")?, per("bf16")?, per("f16")?]))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
