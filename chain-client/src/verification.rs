@@ -236,15 +236,18 @@ impl ChainClient {
             .map_err(rpc_err("decoding Verification.Audits"))
     }
 
-    /// Post a verifier's verdict on `subject` with the hash of the evidence it recomputed.
+    /// Post a verifier's verdict on `subject` with the hash of the evidence it recomputed and
+    /// its score (the recomputation's mean error in thousandths of the format's typical
+    /// honest error; the chain judges the median of a provider's last scores).
     pub async fn submit_verdict(
         &self,
         signer: &Keypair,
         subject: Subject,
         verdict: Verdict,
         evidence: [u8; 32],
+        score: u32,
     ) -> Result<(), ChainError> {
-        let args = (subject, verdict, H256(evidence));
+        let args = (subject, verdict, H256(evidence), score);
         self.submit("Verification", "submit_verdict", args, signer).await?;
         Ok(())
     }

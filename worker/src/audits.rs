@@ -70,15 +70,18 @@ pub struct Finding {
     pub detail: String,
     /// The recomputation's report, when there was one.
     pub report: Option<VerifyReport>,
+    /// The score posted with the verdict ([`VerifyReport::score`]; 0 without a
+    /// recomputation, whose verdict is a fault and adds no score).
+    pub score: u32,
 }
 
 impl Finding {
     fn unavailable(detail: impl Into<String>) -> Self {
-        Self { verdict: Verdict::Unavailable, detail: detail.into(), report: None }
+        Self { verdict: Verdict::Unavailable, detail: detail.into(), report: None, score: 0 }
     }
 
     fn mismatch(detail: impl Into<String>) -> Self {
-        Self { verdict: Verdict::Mismatch, detail: detail.into(), report: None }
+        Self { verdict: Verdict::Mismatch, detail: detail.into(), report: None, score: 0 }
     }
 
     /// The evidence hash posted with the verdict: BLAKE2b-256 of the verdict, the detail and,
@@ -238,10 +241,11 @@ impl Worker {
             },
         };
         let finding = self.find(&chain, subject, &audit).await;
-        tracing::info!(%subject, provider = %audit.provider, verdict = ?finding.verdict, detail = finding.detail, "audit verified");
+        tracing::info!(%subject, provider = %audit.provider, verdict = ?finding.verdict, score = finding.score, detail = finding.detail, "audit verified");
         self.metrics.jobs.with_label_values(&["audited"]).inc();
+        let (verdict, evidence) = (finding.verdict, finding.evidence());
         if let Err(e) = chain
-            .submit_verdict(&self.config.signer, subject, finding.verdict, finding.evidence())
+            .submit_verdict(&self.config.signer, subject, verdict, evidence, finding.score)
             .await
         {
             tracing::warn!(%subject, error = %e, "the verdict was not accepted");
@@ -321,7 +325,8 @@ impl Worker {
                 let passes = report.passes(&tol);
                 Finding {
                     verdict: if passes { Verdict::Match } else { Verdict::Mismatch },
-                    detail: report.summary(),
+                    detail: format!("{}, score {}", report.summary(), report.score(&tol)),
+                    score: report.score(&tol),
                     report: Some(report),
                 }
             },

@@ -99,6 +99,7 @@ fn insert_audit<T: Config>(
             verifier: providers[*i].clone(),
             deadline,
             verdict: verdict.map(|v| (v, H256::repeat_byte(2))),
+            score: 1_000,
         })
         .collect();
     let job = Subject::Job(job);
@@ -282,8 +283,32 @@ mod benchmarks {
         );
         let verifier = providers[3].clone();
         #[extrinsic_call]
-        _(RawOrigin::Signed(verifier), Subject::Job(1), Verdict::Mismatch, H256::repeat_byte(3));
+        _(RawOrigin::Signed(verifier), Subject::Job(1), Verdict::Mismatch, H256::repeat_byte(3), 0);
         assert_eq!(Audits::<T>::count(), 0);
+    }
+
+    /// A match that fills the provider's score window with a median above the limit: the
+    /// drift judgement, and the provider slashed to the payer, the verifier and the treasury.
+    #[benchmark]
+    fn submit_verdict_drift() {
+        let providers = providers::<T>();
+        let now = frame_system::Pallet::<T>::block_number();
+        let deadline = now.saturating_add(5u32.into());
+        insert_audit::<T>(1, &providers, &[(1, None)], Stage::Open, deadline, deadline);
+        let window = T::DriftWindow::get().clamp(1, MAX_DRIFT_WINDOW);
+        let scores = alloc::vec![Score::MAX; window.saturating_sub(1) as usize];
+        DriftScores::<T>::insert(&providers[0], BoundedVec::truncate_from(scores));
+        let verifier = providers[1].clone();
+        #[extrinsic_call]
+        submit_verdict(
+            RawOrigin::Signed(verifier),
+            Subject::Job(1),
+            Verdict::Match,
+            H256::repeat_byte(3),
+            Score::MAX,
+        );
+        assert_eq!(Audits::<T>::count(), 0);
+        assert!(!DriftScores::<T>::contains_key(&providers[0]));
     }
 
     /// A contest choosing two verifiers among a full list of providers.

@@ -9,14 +9,14 @@
 )]
 
 use crate::{
-    pallet::*, Assignment, Audit, BalanceOf, Leaf, Offer, PendingReveal, Stage, Subject, Verdict,
-    Work, MAX_VERIFIERS,
+    pallet::*, Assignment, Audit, BalanceOf, Leaf, Offer, PendingReveal, Score, Stage, Subject,
+    Verdict, Work, MAX_DRIFT_WINDOW, MAX_VERIFIERS,
 };
 use alloc::vec::Vec;
 use codec::Encode;
 use frame_support::{
     ensure,
-    pallet_prelude::{BoundedVec, DispatchResult},
+    pallet_prelude::{BoundedVec, ConstU32, DispatchResult},
     traits::{Get, Randomness},
 };
 use frame_system::pallet_prelude::BlockNumberFor;
@@ -274,7 +274,8 @@ impl<T: Config> Pallet<T> {
         let Some(verifier) = Self::pick(&Self::eligible_verifiers(&audit), choice) else {
             return Self::deposit_event(skipped);
         };
-        let assignment = Assignment::<T> { verifier: verifier.clone(), deadline, verdict: None };
+        let assignment =
+            Assignment::<T> { verifier: verifier.clone(), deadline, verdict: None, score: 0 };
         if audit.verifiers.try_push(assignment).is_err() {
             return Self::deposit_event(skipped);
         }
@@ -342,7 +343,12 @@ impl<T: Config> Pallet<T> {
                         return Self::abandon(subject, audit);
                     };
                     let deadline = now.saturating_add(T::VerdictTimeout::get());
-                    *slot = Assignment { verifier: replacement.clone(), deadline, verdict: None };
+                    *slot = Assignment {
+                        verifier: replacement.clone(),
+                        deadline,
+                        verdict: None,
+                        score: 0,
+                    };
                     AuditsByVerifier::<T>::insert(&replacement, subject, ());
                     Self::deposit_event(Event::VerifierReplaced {
                         subject,
@@ -466,6 +472,7 @@ impl<T: Config> Pallet<T> {
         subject: Subject,
         verdict: Verdict,
         evidence: sp_core::H256,
+        score: Score,
     ) -> DispatchResult {
         let mut audit = Audits::<T>::get(subject).ok_or(Error::<T>::UnknownAudit)?;
         ensure!(
@@ -483,9 +490,10 @@ impl<T: Config> Pallet<T> {
             })
             .ok_or(Error::<T>::NotAssignedVerifier)?;
         slot.verdict = Some((verdict, evidence));
+        slot.score = score;
         let verifier = slot.verifier.clone();
         AuditsByVerifier::<T>::remove(&verifier, subject);
-        Self::deposit_event(Event::VerdictGiven { subject, verifier, verdict, evidence });
+        Self::deposit_event(Event::VerdictGiven { subject, verifier, verdict, evidence, score });
 
         if audit.verifiers.iter().any(|a| a.verdict.is_none()) {
             Audits::<T>::insert(subject, audit);
@@ -494,7 +502,7 @@ impl<T: Config> Pallet<T> {
         let faulting = Self::verifiers_with(&audit, true);
         let clearing = Self::verifiers_with(&audit, false);
         match audit.stage {
-            Stage::Open if faulting.is_empty() => Self::confirm(subject, audit),
+            Stage::Open if faulting.is_empty() => Self::confirm_scored(subject, audit, clearing),
             Stage::Open => {
                 let until = now.saturating_add(T::ContestWindow::get());
                 audit.stage = Stage::Accused { until };
@@ -518,15 +526,56 @@ impl<T: Config> Pallet<T> {
                 for v in &faulting {
                     Self::slash_verifier(subject, v);
                 }
-                Self::confirm(subject, audit);
+                Self::confirm_scored(subject, audit, clearing);
             },
         }
         Ok(())
     }
 
-    fn confirm(subject: Subject, audit: Audit<T>) {
+    /// The work of `subject` stands: close the audit and add its score (the median of the
+    /// `clearing` verifiers') to the provider's window; when the window is full and its
+    /// median is above `DriftLimit`, the provider is slashed as for work found wrong
+    /// (`ProviderDrifted`, the clearing verifiers rewarded) and its window emptied.
+    fn confirm_scored(subject: Subject, audit: Audit<T>, clearing: Vec<T::AccountId>) {
         Self::close(subject, &audit);
-        Self::deposit_event(Event::WorkConfirmed { subject, provider: audit.provider });
+        let window = T::DriftWindow::get().min(MAX_DRIFT_WINDOW) as usize;
+        if window == 0 {
+            Self::deposit_event(Event::WorkConfirmed { subject, provider: audit.provider });
+            return;
+        }
+        let scores: Vec<Score> = audit
+            .verifiers
+            .iter()
+            .filter(|a| a.verdict.is_some_and(|(v, _)| !v.faults()))
+            .map(|a| a.score)
+            .collect();
+        let mut kept: Vec<Score> = DriftScores::<T>::get(&audit.provider).into_inner();
+        kept.extend(median(scores));
+        let first = kept.len().saturating_sub(window);
+        let scores_window =
+            BoundedVec::<Score, ConstU32<MAX_DRIFT_WINDOW>>::truncate_from(kept.split_off(first));
+        let judged = (scores_window.len() >= window).then(|| median(scores_window.to_vec()));
+        match judged.flatten() {
+            Some(m) if m > T::DriftLimit::get() => {
+                DriftScores::<T>::remove(&audit.provider);
+                let (refunded, rewarded, to_treasury) =
+                    Self::slash_for_fault(&audit.provider, &audit.payer, audit.charged, &clearing);
+                Self::deposit_event(Event::ProviderDrifted {
+                    subject,
+                    provider: audit.provider,
+                    median: m,
+                    refunded,
+                    rewarded,
+                    to_treasury,
+                });
+            },
+            _ => {
+                if !scores_window.is_empty() {
+                    DriftScores::<T>::insert(&audit.provider, scores_window);
+                }
+                Self::deposit_event(Event::WorkConfirmed { subject, provider: audit.provider });
+            },
+        }
     }
 
     pub(crate) fn do_contest(who: &T::AccountId, subject: Subject) -> DispatchResult {
@@ -542,7 +591,7 @@ impl<T: Config> Pallet<T> {
                 break;
             };
             let assignment =
-                Assignment::<T> { verifier: verifier.clone(), deadline, verdict: None };
+                Assignment::<T> { verifier: verifier.clone(), deadline, verdict: None, score: 0 };
             if audit.verifiers.try_push(assignment).is_err() || added.try_push(verifier).is_err() {
                 break;
             }
@@ -661,6 +710,22 @@ impl<T: Config> Pallet<T> {
         ensure!(RevealsByProvider::<T>::iter().count() == reveals, "stray reveal provider entry");
         ensure!(Reveals::<T>::count() as usize == reveals, "reveal counter is off");
         ensure!(Reveals::<T>::count() <= T::MaxOpenAudits::get(), "too many reveals");
+        let window = T::DriftWindow::get().min(MAX_DRIFT_WINDOW) as usize;
+        for (_, scores) in DriftScores::<T>::iter() {
+            ensure!(!scores.is_empty(), "an empty score window is stored");
+            ensure!(scores.len() <= window, "a score window longer than DriftWindow");
+            if scores.len() == window {
+                let m = median(scores.to_vec()).unwrap_or_default();
+                ensure!(m <= T::DriftLimit::get(), "a full window above DriftLimit was not judged");
+            }
+        }
         Ok(())
     }
+}
+
+/// The median of `scores` (the lower middle of an even count), none of none.
+pub(crate) fn median(mut scores: Vec<Score>) -> Option<Score> {
+    scores.sort_unstable();
+    let mid = scores.len().checked_sub(1)? / 2;
+    scores.get(mid).copied()
 }

@@ -107,6 +107,21 @@ pub mod pallet {
         #[pallet::constant]
         type MaxSamplesPerRedemption: Get<u32>;
 
+        /// Confirmed audits of a provider whose scores are judged together (at most
+        /// `MAX_DRIFT_WINDOW`; 0 turns the judgement off): once a provider has this many, the
+        /// median of its last ones is compared with `DriftLimit` after each.
+        #[pallet::constant]
+        type DriftWindow: Get<u32>;
+
+        /// The median score (thousandths of the typical honest error) above which a provider's
+        /// confirmed work is judged to drift from the model it registered: each job passed its
+        /// own tolerance, but together they sit further from the commitments than honest
+        /// rounding does (a cheat that keeps every job inside the per-job bound, such as an
+        /// adapter applied at one layer only). The provider is slashed as for work found
+        /// wrong, the last audited job's payer refunded.
+        #[pallet::constant]
+        type DriftLimit: Get<Score>;
+
         /// Weights of this pallet's calls and hooks.
         type WeightInfo: WeightInfo;
 
@@ -130,6 +145,17 @@ pub mod pallet {
     /// How many entries `Offered` holds (at most `MaxOffersPerBlock`).
     #[pallet::storage]
     pub type OfferCount<T: Config> = StorageValue<_, u32, ValueQuery>;
+
+    /// Each provider's scores of its last confirmed audits, oldest first (at most
+    /// `DriftWindow`): the median of a full window is judged against `DriftLimit`.
+    #[pallet::storage]
+    pub type DriftScores<T: Config> = StorageMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        BoundedVec<Score, ConstU32<MAX_DRIFT_WINDOW>>,
+        ValueQuery,
+    >;
 
     /// Open audits, by what they check.
     #[pallet::storage]
@@ -215,8 +241,15 @@ pub mod pallet {
         /// Work drawn for verification could not be audited: no other provider serves its
         /// adapter, the adapter is gone, or too many audits are open.
         AuditSkipped { subject: Subject, provider: T::AccountId },
-        /// A verifier posted its verdict.
-        VerdictGiven { subject: Subject, verifier: T::AccountId, verdict: Verdict, evidence: H256 },
+        /// A verifier posted its verdict, with its score (thousandths of the typical honest
+        /// error).
+        VerdictGiven {
+            subject: Subject,
+            verifier: T::AccountId,
+            verdict: Verdict,
+            evidence: H256,
+            score: Score,
+        },
         /// The verifier found against the provider, which may contest until block `until`.
         ProviderAccused { subject: Subject, provider: T::AccountId, until: BlockNumberFor<T> },
         /// The provider contested: `verifiers` were added to recompute the work.
@@ -232,6 +265,18 @@ pub mod pallet {
         ProviderSlashed {
             subject: Subject,
             provider: T::AccountId,
+            refunded: BalanceOf<T>,
+            rewarded: BalanceOf<T>,
+            to_treasury: BalanceOf<T>,
+        },
+        /// The work of `subject` stood on its own, but the median score of the provider's last
+        /// `DriftWindow` confirmed audits, `median`, is above `DriftLimit`: its bond paid
+        /// `refunded` back to this job's payer, `rewarded` to this audit's verifiers and
+        /// `to_treasury` to the treasury, and its scores start again.
+        ProviderDrifted {
+            subject: Subject,
+            provider: T::AccountId,
+            median: Score,
             refunded: BalanceOf<T>,
             rewarded: BalanceOf<T>,
             to_treasury: BalanceOf<T>,
@@ -311,18 +356,20 @@ pub mod pallet {
     #[pallet::call]
     impl<T: Config> Pallet<T> {
         /// Post the verdict of a verifier assigned to `subject`, with the hash of the evidence
-        /// it recomputed. Sent by the verifier provider or its worker account; free when
-        /// accepted.
+        /// it recomputed and its score: how far the recomputation fell from the commitment,
+        /// in thousandths of the typical honest error of the work's format ([`Score`]). Sent
+        /// by the verifier provider or its worker account; free when accepted.
         #[pallet::call_index(0)]
-        #[pallet::weight(T::WeightInfo::submit_verdict())]
+        #[pallet::weight(T::WeightInfo::submit_verdict().max(T::WeightInfo::submit_verdict_drift()))]
         pub fn submit_verdict(
             origin: OriginFor<T>,
             subject: Subject,
             verdict: Verdict,
             evidence: H256,
+            score: Score,
         ) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
-            Self::do_submit_verdict(&who, subject, verdict, evidence)?;
+            Self::do_submit_verdict(&who, subject, verdict, evidence, score)?;
             Ok(Pays::No.into())
         }
 

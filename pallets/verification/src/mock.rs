@@ -104,6 +104,8 @@ pub const VERDICT_TIMEOUT: u64 = 5;
 pub const CONTEST_WINDOW: u64 = 4;
 pub const MAX_OPEN: u32 = 160;
 pub const MAX_SAMPLES: u32 = 4;
+pub const DRIFT_WINDOW: u32 = 5;
+pub const DRIFT_LIMIT: u32 = 1_500;
 
 impl pallet_verification::Config for Test {
     type Currency = Balances;
@@ -120,6 +122,8 @@ impl pallet_verification::Config for Test {
     type MaxOffersPerBlock = ConstU32<64>;
     type MaxOpenAudits = ConstU32<MAX_OPEN>;
     type MaxSamplesPerRedemption = ConstU32<MAX_SAMPLES>;
+    type DriftWindow = ConstU32<DRIFT_WINDOW>;
+    type DriftLimit = ConstU32<DRIFT_LIMIT>;
     type WeightInfo = ();
     #[cfg(feature = "runtime-benchmarks")]
     type BenchmarkHelper = BenchmarkProviders;

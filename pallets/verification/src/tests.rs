@@ -1,7 +1,8 @@
 //! Sampling, verdicts, contests, deadlines and where every planck of a slash goes.
 
 use crate::{
-    mock::*, Audits, Error, Event, Leaf, Pallet, Reveals, SampleShare, Stage, Subject, Verdict,
+    mock::*, Audits, DriftScores, Error, Event, Leaf, Pallet, Reveals, SampleShare, Stage, Subject,
+    Verdict,
 };
 use frame_support::{assert_noop, assert_ok};
 use openledger_primitives::service_receipt;
@@ -23,14 +24,35 @@ fn verdict_on(
     subject: Subject,
     verdict: Verdict,
 ) -> sp_runtime::DispatchResult {
+    scored_on(verifier, subject, verdict, 1_000)
+}
+
+/// A verdict with its score (thousandths of the typical honest error).
+fn scored_on(
+    verifier: AccountId,
+    subject: Subject,
+    verdict: Verdict,
+    score: u32,
+) -> sp_runtime::DispatchResult {
     Verification::submit_verdict(
         RuntimeOrigin::signed(verifier),
         subject,
         verdict,
         H256::repeat_byte(7),
+        score,
     )
     .map(|_| ())
     .map_err(|e| e.error)
+}
+
+/// Audits and confirms jobs `jobs` of P1 (charged 500 each), each verifier matching with the
+/// next of `scores`; returns the events of the last.
+fn confirm_with_scores(jobs: std::ops::Range<u64>, scores: &[u32]) -> Vec<Event<Test>> {
+    for (job, &score) in jobs.zip(scores) {
+        let verifier = audited(job, 500);
+        assert_ok!(scored_on(verifier, Subject::Job(job), Verdict::Match, score));
+    }
+    events()
 }
 
 /// Open an audit of job `job` of P1 (charged `charged`) and return its verifier.
@@ -640,4 +662,83 @@ mod properties {
             });
         }
     }
+}
+
+#[test]
+fn honest_scores_never_make_a_provider_drift_and_move_nothing() {
+    build_and_execute(|| {
+        let before = ledger();
+        // Honest rounding scatters around 1,000; every job passes, none is judged to drift.
+        let scores = [900, 1_400, 1_100, 700, 1_450, 1_000, 1_300, 800, 1_200, 950];
+        let events = confirm_with_scores(1..11, &scores);
+        assert_eq!(
+            events.iter().filter(|e| matches!(e, Event::WorkConfirmed { .. })).count(),
+            scores.len()
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::ProviderDrifted { .. })));
+        // The window keeps the last five scores, oldest first.
+        assert_eq!(DriftScores::<Test>::get(P1).into_inner(), vec![1_000, 1_300, 800, 1_200, 950]);
+        assert_eq!(ledger(), before);
+    });
+}
+
+#[test]
+fn a_provider_whose_median_score_passes_the_limit_is_slashed_as_for_a_fault() {
+    build_and_execute(|| {
+        // Four jobs twice as far from their commitments as honest work: each passes its own
+        // tolerance, and four are not yet a window.
+        let p1 = total(P1);
+        let early = confirm_with_scores(1..5, &[2_000, 2_100, 1_900, 2_050]);
+        assert!(!early.iter().any(|e| matches!(e, Event::ProviderDrifted { .. })));
+        assert_eq!(total(P1), p1);
+        // The fifth fills the window: median 2,000 > 1,500.
+        let verifier = audited(5, 500);
+        let (alice, v, treasury) = (total(ALICE), total(verifier), total(TREASURY));
+        let issuance = Balances::total_issuance();
+        assert_ok!(scored_on(verifier, Subject::Job(5), Verdict::Match, 2_200));
+        // As an uncontested fault: 20% of the 10,000 bond, 500 back to job 5's payer, half
+        // the other 1,500 to job 5's verifier, the rest to the treasury.
+        assert!(events().contains(&Event::ProviderDrifted {
+            subject: Subject::Job(5),
+            provider: P1,
+            median: 2_050,
+            refunded: 500,
+            rewarded: 750,
+            to_treasury: 750,
+        }));
+        assert!(
+            !events().contains(&Event::WorkConfirmed { subject: Subject::Job(5), provider: P1 })
+        );
+        assert_eq!(total(ALICE), alice + 500);
+        assert_eq!(total(verifier), v + 750);
+        assert_eq!(total(TREASURY), treasury + 750);
+        assert_eq!(total(P1), p1 - 2_000);
+        assert_eq!(bond(P1), MIN_BOND - 2_000);
+        assert_eq!(Balances::total_issuance(), issuance);
+        // Its scores start again.
+        assert!(!DriftScores::<Test>::contains_key(P1));
+        assert_eq!(Audits::<Test>::count(), 0);
+    });
+}
+
+#[test]
+fn one_lying_verifier_cannot_make_an_honest_provider_drift() {
+    build_and_execute(|| {
+        let before = ledger();
+        // Two verifiers report the worst score there is; the median of the window stays
+        // honest.
+        let events = confirm_with_scores(1..6, &[1_000, u32::MAX, 1_100, u32::MAX, 900]);
+        assert!(!events.iter().any(|e| matches!(e, Event::ProviderDrifted { .. })));
+        assert_eq!(ledger(), before);
+    });
+}
+
+#[test]
+fn a_verdict_that_finds_a_fault_adds_no_score() {
+    build_and_execute(|| {
+        let verifier = audited(1, 500);
+        assert_ok!(scored_on(verifier, Subject::Job(1), Verdict::Mismatch, 9_000));
+        run_to_block(System::block_number() + CONTEST_WINDOW + 1);
+        assert!(!DriftScores::<Test>::contains_key(P1));
+    });
 }

@@ -15,6 +15,16 @@ use sp_core::H256;
 /// Most verifiers one audit has: the first, and two more if the provider contests.
 pub const MAX_VERIFIERS: u32 = 3;
 
+/// Most confirmed audits whose scores are kept per provider (`DriftWindow` is at most this).
+pub const MAX_DRIFT_WINDOW: u32 = 64;
+
+/// How far a verifier's recomputation fell from the commitment, in thousandths of the typical
+/// honest error of the work's numeric format (1,000: as far as an honest worker's usually is;
+/// the verifier's tolerance, fitted to measured honest runs, says what that is). One job's
+/// score cannot tell a cheat that stays inside the per-job tolerance from honest rounding;
+/// the median of many can (`DriftLimit`).
+pub type Score = u32;
+
 /// What a verifier found when it recomputed a job.
 #[derive(
     Clone,
@@ -61,6 +71,8 @@ pub struct Assignment<T: Config> {
     pub deadline: BlockNumberFor<T>,
     /// Its verdict and the hash of the evidence it recomputed, once given.
     pub verdict: Option<(Verdict, H256)>,
+    /// The score it gave with its verdict (0 until then).
+    pub score: Score,
 }
 
 /// Where an audit is.
