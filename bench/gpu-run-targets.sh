@@ -18,13 +18,11 @@
 # Writes under $OUT: targets.jsonl (every measurement, tagged "run"), anchor.jsonl,
 # bench.log, tests.log, targets.md.
 set -o pipefail
-OUT=${OUT:-/tmp/out}
-T0=$(date +%s)
-left() { local l=$(( T0 + ${END_S:-575} - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
-mkdir -p "$OUT" /tmp/gt
+DEFAULT_END_S=575
+LEFT_MARGIN=10
+. kernels/bench/gpu-env.sh
+mkdir -p /tmp/gt
 tar -xJf gpu-bin/targets-gpu.tar.xz -C /tmp/gt || exit 1
-LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
-export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee -a "$OUT/tests.log"
 date -u +%FT%TZ | tee -a "$OUT/tests.log"
 if [ -z "${SKIP_TESTS:-}" ]; then

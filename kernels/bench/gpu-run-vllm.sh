@@ -6,13 +6,9 @@
 # Writes under $OUT: ours.csv, vllm_table.md, vllm.log. END_S (default 560): seconds after
 # the start by which it has ended.
 set -o pipefail
-OUT=${OUT:-/tmp/out}
-T0=$(date +%s)
-left() { local l=$(( T0 + ${END_S:-560} - $(date +%s) - 5 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
-mkdir -p "$OUT" /tmp/gv
+. kernels/bench/gpu-env.sh
+mkdir -p /tmp/gv
 tar -xJf gpu-bin/sgmv-gpu.tar.xz -C /tmp/gv || exit 1
-LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
-export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee -a "$OUT/vllm.log"
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/vllm.log"
 echo "== sgmv-bench $(date -u +%T)" | tee -a "$OUT/vllm.log"
