@@ -221,6 +221,23 @@ impl ChainClient {
         Ok(out)
     }
 
+    /// `provider`'s scores of its last confirmed audits, oldest first (empty when it has none):
+    /// the chain slashes it when the median of a full window passes `DriftLimit`.
+    pub async fn drift_scores(&self, provider: &AccountId32) -> Result<Vec<u32>, ChainError> {
+        let at = self.best().await?;
+        let addr = dynamic::storage::<(AccountId32,), Vec<u32>>("Verification", "DriftScores");
+        let value = at
+            .storage()
+            .try_fetch(addr, (*provider,))
+            .await
+            .map_err(rpc_err("reading Verification.DriftScores"))?;
+        value
+            .map(|v| v.decode_as::<Vec<u32>>())
+            .transpose()
+            .map(Option::unwrap_or_default)
+            .map_err(rpc_err("decoding Verification.DriftScores"))
+    }
+
     /// The open audit of `subject`, if there is one.
     pub async fn audit(&self, subject: Subject) -> Result<Option<Audit>, ChainError> {
         let at = self.best().await?;

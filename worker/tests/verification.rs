@@ -170,6 +170,20 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
     assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
     assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
     assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+    // Each confirmed audit left its verifier's score in the provider's drift window: about
+    // 1,000 (the typical honest error) for honest work, far under what a cheat scores; the
+    // cheater's faults added none.
+    for who in [bob, charlie] {
+        let scores = chain.drift_scores(&who).await.expect("drift scores");
+        eprintln!("drift scores of {who}: {scores:?}");
+        assert_eq!(
+            scores.len(),
+            served_by(&who).len(),
+            "one score per confirmed audit: {scores:?}"
+        );
+        assert!(scores.iter().all(|s| (1..=3_000).contains(s)), "honest scores {scores:?}");
+    }
+    assert!(chain.drift_scores(&ferdie).await.expect("drift scores").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

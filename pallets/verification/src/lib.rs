@@ -421,6 +421,12 @@ pub mod pallet {
             Audits::<T>::get(subject)
         }
 
+        /// `provider`'s scores of its last confirmed audits, oldest first (what its drift is
+        /// judged on: the median of a full window against `DriftLimit`).
+        pub fn drift_scores(provider: T::AccountId) -> alloc::vec::Vec<Score> {
+            DriftScores::<T>::get(provider).into_inner()
+        }
+
         /// The open audits of `provider`'s work, at most `limit`.
         pub fn audits_of(provider: T::AccountId, limit: u32) -> alloc::vec::Vec<Subject> {
             Self::audits_of_provider(&provider, limit)

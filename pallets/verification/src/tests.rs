@@ -678,6 +678,7 @@ fn honest_scores_never_make_a_provider_drift_and_move_nothing() {
         assert!(!events.iter().any(|e| matches!(e, Event::ProviderDrifted { .. })));
         // The window keeps the last five scores, oldest first.
         assert_eq!(DriftScores::<Test>::get(P1).into_inner(), vec![1_000, 1_300, 800, 1_200, 950]);
+        assert_eq!(Verification::drift_scores(P1), vec![1_000, 1_300, 800, 1_200, 950]);
         assert_eq!(ledger(), before);
     });
 }
