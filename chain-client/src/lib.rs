@@ -139,6 +139,30 @@ fn rpc_err<E: Into<subxt::Error>>(what: &str) -> impl FnOnce(E) -> ChainError + 
     move |e| ChainError::rpc(what)(e.into())
 }
 
+/// The entry of the storage map `pallet.item` under `key` at `at`, decoded as `V`, if there
+/// is one (errors name `pallet.item`).
+async fn fetch_entry<K, V>(
+    at: &AtBlock,
+    pallet: &str,
+    item: &str,
+    key: K,
+) -> Result<Option<V>, ChainError>
+where
+    K: subxt::ext::scale_encode::EncodeAsType + subxt::ext::scale_decode::DecodeAsType + 'static,
+    V: subxt::ext::scale_decode::DecodeAsType + 'static,
+{
+    let addr = dynamic::storage::<(K,), V>(pallet, item);
+    let value = at
+        .storage()
+        .try_fetch(addr, (key,))
+        .await
+        .map_err(rpc_err(&format!("reading {pallet}.{item}")))?;
+    value
+        .map(|v| v.decode_as::<V>())
+        .transpose()
+        .map_err(rpc_err(&format!("decoding {pallet}.{item}")))
+}
+
 /// How long a submitted transaction may take to reach a best block before the call gives
 /// up on it (20 blocks of 3 s).
 const INCLUSION_PATIENCE: Duration = Duration::from_secs(60);

@@ -8,7 +8,7 @@ use subxt::ext::scale_decode::DecodeAsType;
 use subxt::utils::AccountId32;
 
 use crate::types::*;
-use crate::{rpc_err, ChainClient, ChainError, Config};
+use crate::{fetch_entry, rpc_err, ChainClient, ChainError, Config};
 
 impl ChainClient {
     /// The terms `provider` registered, if it is registered.
@@ -16,17 +16,7 @@ impl ChainClient {
         &self,
         provider: &AccountId32,
     ) -> Result<Option<ProviderTerms>, ChainError> {
-        let at = self.best().await?;
-        let addr = dynamic::storage::<(AccountId32,), ProviderTerms>("Compute", "Providers");
-        let value = at
-            .storage()
-            .try_fetch(addr, (*provider,))
-            .await
-            .map_err(rpc_err("reading Compute.Providers"))?;
-        value
-            .map(|v| v.decode_as::<ProviderTerms>())
-            .transpose()
-            .map_err(rpc_err("decoding Compute.Providers"))
+        fetch_entry(&self.best().await?, "Compute", "Providers", *provider).await
     }
 
     /// What base model id `base_model` stands for (its weights' digest and numeric format),
@@ -48,17 +38,8 @@ impl ChainClient {
             weights: [u8; 32],
             format: Format,
         }
-        let at = self.best().await?;
-        let addr = dynamic::storage::<(u32,), Spec>("Compute", "BaseModels");
-        let value = at
-            .storage()
-            .try_fetch(addr, (base_model,))
-            .await
-            .map_err(rpc_err("reading Compute.BaseModels"))?;
-        let spec = value
-            .map(|v| v.decode_as::<Spec>())
-            .transpose()
-            .map_err(rpc_err("decoding Compute.BaseModels"))?;
+        let spec: Option<Spec> =
+            fetch_entry(&self.best().await?, "Compute", "BaseModels", base_model).await?;
         Ok(spec.map(|s| BaseModelSpec {
             weights: s.weights,
             format: match s.format {
@@ -85,17 +66,7 @@ impl ChainClient {
 
     /// The adapter registered as `adapter`, if any (retired ones included).
     pub async fn adapter(&self, adapter: AdapterId) -> Result<Option<Adapter>, ChainError> {
-        let at = self.best().await?;
-        let addr = dynamic::storage::<(AdapterId,), Adapter>("Attribution", "Adapters");
-        let value = at
-            .storage()
-            .try_fetch(addr, (adapter,))
-            .await
-            .map_err(rpc_err("reading Attribution.Adapters"))?;
-        value
-            .map(|v| v.decode_as::<Adapter>())
-            .transpose()
-            .map_err(rpc_err("decoding Attribution.Adapters"))
+        fetch_entry(&self.best().await?, "Attribution", "Adapters", adapter).await
     }
 
     /// Every adapter registered, retired ones included.

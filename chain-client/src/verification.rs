@@ -7,7 +7,7 @@ use subxt::utils::{AccountId32, H256};
 use subxt_signer::sr25519::Keypair;
 
 use crate::types::*;
-use crate::{rpc_err, ChainClient, ChainError};
+use crate::{fetch_entry, rpc_err, ChainClient, ChainError};
 
 /// A verifier's finding (`pallet_verification::Verdict`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EncodeAsType, DecodeAsType)]
@@ -188,16 +188,9 @@ impl ChainClient {
         let at = self.best().await?;
         let mut out = Vec::with_capacity(leaves.len());
         for leaf in leaves {
-            let addr = dynamic::storage::<(Leaf,), PendingReveal>("Verification", "Reveals");
-            let value = at
-                .storage()
-                .try_fetch(addr, (leaf,))
-                .await
-                .map_err(rpc_err("reading Verification.Reveals"))?;
-            if let Some(v) = value {
-                let pending = v.decode_as().map_err(rpc_err("decoding Verification.Reveals"))?;
-                out.push((leaf, pending));
-            }
+            let pending: Option<PendingReveal> =
+                fetch_entry(&at, "Verification", "Reveals", leaf).await?;
+            out.extend(pending.map(|p| (leaf, p)));
         }
         Ok(out)
     }
@@ -225,32 +218,14 @@ impl ChainClient {
     /// the chain slashes it when the median of a full window passes `DriftLimit`.
     pub async fn drift_scores(&self, provider: &AccountId32) -> Result<Vec<u32>, ChainError> {
         let at = self.best().await?;
-        let addr = dynamic::storage::<(AccountId32,), Vec<u32>>("Verification", "DriftScores");
-        let value = at
-            .storage()
-            .try_fetch(addr, (*provider,))
-            .await
-            .map_err(rpc_err("reading Verification.DriftScores"))?;
-        value
-            .map(|v| v.decode_as::<Vec<u32>>())
-            .transpose()
-            .map(Option::unwrap_or_default)
-            .map_err(rpc_err("decoding Verification.DriftScores"))
+        let scores: Option<Vec<u32>> =
+            fetch_entry(&at, "Verification", "DriftScores", *provider).await?;
+        Ok(scores.unwrap_or_default())
     }
 
     /// The open audit of `subject`, if there is one.
     pub async fn audit(&self, subject: Subject) -> Result<Option<Audit>, ChainError> {
-        let at = self.best().await?;
-        let addr = dynamic::storage::<(Subject,), Audit>("Verification", "Audits");
-        let value = at
-            .storage()
-            .try_fetch(addr, (subject,))
-            .await
-            .map_err(rpc_err("reading Verification.Audits"))?;
-        value
-            .map(|v| v.decode_as::<Audit>())
-            .transpose()
-            .map_err(rpc_err("decoding Verification.Audits"))
+        fetch_entry(&self.best().await?, "Verification", "Audits", subject).await
     }
 
     /// Post a verifier's verdict on `subject` with the hash of the evidence it recomputed and
