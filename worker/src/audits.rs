@@ -322,11 +322,11 @@ impl Worker {
             .await
         {
             Ok(report) => {
-                let passes = report.passes(&tol);
+                let (passes, score) = (report.passes(&tol), report.score(&tol));
                 Finding {
                     verdict: if passes { Verdict::Match } else { Verdict::Mismatch },
-                    detail: format!("{}, score {}", report.summary(), report.score(&tol)),
-                    score: report.score(&tol),
+                    detail: format!("{}, score {score}", report.summary()),
+                    score,
                     report: Some(report),
                 }
             },
