@@ -132,13 +132,7 @@ impl ChainClient {
     /// `datanet`'s record at the best block, if it exists.
     pub async fn datanet(&self, datanet: DataNetId) -> Result<Option<DataNet>, ChainError> {
         let at = self.best().await?;
-        let addr = dynamic::storage::<(DataNetId,), DataNet>("Attribution", "DataNets");
-        let value = at
-            .storage()
-            .try_fetch(addr, (datanet,))
-            .await
-            .map_err(rpc_err("reading Attribution.DataNets"))?;
-        value.map(|v| v.decode_as::<DataNet>()).transpose().map_err(rpc_err("decoding a DataNet"))
+        crate::fetch_entry(&at, "Attribution", "DataNets", datanet).await
     }
 
     /// What `who` can claim from `datanet` now (the `AttributionApi::pending_rewards` runtime
