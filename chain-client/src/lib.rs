@@ -46,8 +46,8 @@ pub use openledger_primitives::token::{MILLI_OPEN, OPEN};
 pub use receipt::{blake2_256, commitment_hash, sign_receipt, ReceiptDraft};
 pub use types::*;
 pub use verification::{
-    Assignment, Audit, AuditOutcome, AuditStage, Leaf, PendingReveal, ProviderSlashed, Subject,
-    Verdict,
+    Assignment, Audit, AuditOutcome, AuditStage, Leaf, PendingReveal, ProviderDrifted,
+    ProviderSlashed, Subject, Verdict,
 };
 pub use watcher::AssignmentWatcher;
 

@@ -11,7 +11,7 @@ use subxt::utils::{AccountId32, MultiAddress};
 use subxt_signer::sr25519::Keypair;
 
 use crate::types::*;
-use crate::verification::{AuditOutcome, ProviderSlashed, Subject};
+use crate::verification::{AuditOutcome, ProviderDrifted, ProviderSlashed, Subject};
 use crate::{rpc_err, ChainClient, ChainError, Config, SETTLEMENT_LOOKBACK};
 
 impl ChainClient {
@@ -103,7 +103,7 @@ impl ChainClient {
     }
 
     /// What became of the audits of `subjects` (`Verification.WorkConfirmed`,
-    /// `ProviderSlashed` or `AuditAbandoned`) in the best chain's last
+    /// `ProviderSlashed`, `ProviderDrifted` or `AuditAbandoned`) in the best chain's last
     /// [`SETTLEMENT_LOOKBACK`] blocks; work not yet decided is absent.
     pub async fn audit_outcomes(
         &self,
@@ -130,6 +130,10 @@ impl ChainClient {
                     "ProviderSlashed" => AuditOutcome::Slashed(
                         ev.decode_fields_unchecked_as::<ProviderSlashed>()
                             .map_err(rpc_err("decoding Verification.ProviderSlashed"))?,
+                    ),
+                    "ProviderDrifted" => AuditOutcome::Drifted(
+                        ev.decode_fields_unchecked_as::<ProviderDrifted>()
+                            .map_err(rpc_err("decoding Verification.ProviderDrifted"))?,
                     ),
                     "WorkConfirmed" => AuditOutcome::Confirmed,
                     "AuditAbandoned" => AuditOutcome::Abandoned,

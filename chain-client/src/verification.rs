@@ -150,6 +150,24 @@ pub struct ProviderSlashed {
     pub to_treasury: Balance,
 }
 
+/// A provider slashed for drift: its last confirmed audits' median score passed the limit.
+#[derive(Clone, Debug, PartialEq, Eq, DecodeAsType)]
+#[decode_as_type(crate_path = "subxt::ext::scale_decode")]
+pub struct ProviderDrifted {
+    /// The audit whose score completed the window.
+    pub subject: Subject,
+    /// The provider slashed.
+    pub provider: AccountId32,
+    /// The window's median score.
+    pub median: u32,
+    /// Back to this job's payer.
+    pub refunded: Balance,
+    /// To this audit's verifiers.
+    pub rewarded: Balance,
+    /// To the treasury.
+    pub to_treasury: Balance,
+}
+
 /// How an audit ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditOutcome {
@@ -157,6 +175,8 @@ pub enum AuditOutcome {
     Confirmed,
     /// The work was found wrong and the provider slashed.
     Slashed(ProviderSlashed),
+    /// The work stands, and completed a window of scores whose median slashed the provider.
+    Drifted(ProviderDrifted),
     /// No verifier could finish it.
     Abandoned,
 }

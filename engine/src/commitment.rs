@@ -303,6 +303,40 @@ impl ActivationCommitment {
         out
     }
 
+    /// This commitment with `nudge` of every ten hidden entries (by their position in the
+    /// output) moved one step of the encoding's mantissa away from zero, the delta entries
+    /// kept (`output`: the output's tokens). What a worker whose numbers are slightly off on
+    /// every job could claim, each job inside the verifier's tolerance but its score above an
+    /// honest one's: for tests of the chain's drift judgement.
+    pub fn nudged(&self, output: &[u32], nudge: usize) -> Self {
+        let word = |e: &Entry, step: u32| {
+            ((shorten(e.value).saturating_add(step) & ((1 << VALUE_BITS) - 1)) << DIM_BITS) | e.dim
+        };
+        let mut out = Self::new(self.adapted);
+        for t in 0..self.sealed {
+            let Some(entries) = self.entries(t) else { break };
+            let words: Vec<u32> = entries
+                .iter()
+                .enumerate()
+                .map(|(j, e)| word(e, u32::from((t * TOP_K + j) % 10 < nudge)))
+                .collect();
+            out.push_words(&words);
+            if self.adapted {
+                let (chunk, at) = (t / CHUNK_TOKENS, t % CHUNK_TOKENS);
+                let first = chunk * CHUNK_TOKENS;
+                let end = (first + CHUNK_TOKENS).min(self.sealed);
+                let tokens = output.get(first..end).unwrap_or(&[]);
+                let pick = delta_picks(chunk, tokens).iter().position(|&p| p == at);
+                if let Some(delta) = pick.and_then(|i| self.delta_entries(chunk, i)) {
+                    let words: Vec<u32> = delta.iter().map(|e| word(e, 0)).collect();
+                    out.push_delta_words(&words);
+                }
+            }
+        }
+        out.seal(output, true);
+        out
+    }
+
     /// Where chunk `chunk` starts in the sealed bytes, and its tokens.
     fn chunk_at(&self, chunk: usize) -> Option<(usize, usize)> {
         let first = chunk.checked_mul(CHUNK_TOKENS)?;

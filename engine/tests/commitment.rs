@@ -294,3 +294,64 @@ fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
         }
     }
 }
+
+/// A worker whose committed values are a step of the encoding off on 3 entries in 10 (the
+/// worker's test-only `--cheat-drift 3`): every job passes the verifier's tolerance, so no
+/// single audit can fault it, but its score sits above the chain's drift limit (1,500:
+/// `DriftLimit` of the runtimes) where honest jobs score about 1,000; a nudge of nothing
+/// changes no byte.
+#[test]
+fn values_nudged_a_step_pass_each_audit_but_score_above_the_drift_limit() {
+    let Some(path) = model_if_present() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
+    let tokenizer = base.tokenizer().clone();
+    let mut e =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let adapters = [Some("b"), Some("a"), None, Some("a")];
+    let requests: Vec<_> = PROMPTS.iter().copied().zip(adapters).collect();
+    let jobs = generate(&mut e, &requests);
+    let tol = Tolerance::default();
+    for (_, o, c) in &jobs {
+        let same = c.nudged(o, 0);
+        assert_eq!(same.as_bytes(), c.as_bytes(), "a nudge of nothing changes a byte");
+        let moved = c.nudged(o, 3);
+        assert_eq!(moved.as_bytes().len(), c.as_bytes().len());
+        let changed = (0..c.tokens())
+            .flat_map(|t| c.entries(t).unwrap().into_iter().zip(moved.entries(t).unwrap()))
+            .filter(|(a, b)| {
+                assert_eq!(a.dim, b.dim);
+                a.value != b.value
+            })
+            .count();
+        assert_eq!(changed, 3 * c.tokens() * TOP_K / 10, "3 entries in 10 moved");
+    }
+    let nudged: Vec<ActivationCommitment> = jobs.iter().map(|(_, o, c)| c.nudged(o, 3)).collect();
+    let honest_claims: Vec<_> = jobs
+        .iter()
+        .zip(adapters)
+        .map(|((p, o, c), a)| (p.as_slice(), o.as_slice(), a, c))
+        .collect();
+    let nudged_claims: Vec<_> = jobs
+        .iter()
+        .zip(adapters)
+        .zip(&nudged)
+        .map(|(((p, o, _), a), c)| (p.as_slice(), o.as_slice(), a, c))
+        .collect();
+    let mut verifier =
+        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
+    let honest = verify(&mut verifier, &honest_claims);
+    let drifting = verify(&mut verifier, &nudged_claims);
+    for (h, d) in honest.iter().zip(&drifting) {
+        eprintln!(
+            "honest score {}, nudged score {}: {}",
+            h.score(&tol),
+            d.score(&tol),
+            d.summary()
+        );
+        assert!(h.passes(&tol) && h.score(&tol) < 1_500, "{h:?}");
+        assert!(d.passes(&tol), "a nudged job fails on its own: {d:?}");
+        assert!(d.score(&tol) > 1_500, "a nudged job scores like an honest one: {d:?}");
+    }
+}

@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     /// Test only: run jobs without their adapter while claiming it (a cheat verification
     /// must catch).
     pub cheat_skip_adapter: bool,
+    /// Test only: move this many of every ten committed values one step of the encoding
+    /// (`ActivationCommitment::nudged`): each job passes its audit, the scores drift.
+    pub cheat_drift: usize,
 }
 
 /// The running worker.
@@ -376,6 +379,9 @@ impl Worker {
                 StreamEvent::Finished { reason, activations, .. } => {
                     let reason = finish_reason(reason);
                     finished = true;
+                    let drift = self.config.cheat_drift;
+                    let activations =
+                        activations.map(|a| if drift > 0 { a.nudged(&output, drift) } else { a });
                     answer = activations.map(|a| (std::mem::take(&mut output), a));
                     // The last chunk carries the totals; if the gateway takes it, every token
                     // was delivered.

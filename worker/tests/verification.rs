@@ -8,6 +8,10 @@
 //! the treasury, to the planck; the honest workers' jobs are confirmed and their bonds
 //! untouched.
 //!
+//! A worker whose numbers are slightly off on every job (test-only `--cheat-drift`) passes
+//! each audit, and is slashed when the median score of a window of its audits passes the
+//! chain's limit; the honest workers judged beside it are not.
+//!
 //! The same cheat on the payment-channel path: the cheater serves requests on Alice's
 //! channel; when the channel closes it redeems its voucher, the chain draws its requests by
 //! their leaves in the voucher's receipts tree, the cheater's worker reveals each receipt with
@@ -20,7 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use openledger_chain_client::{blake2_256, fee_for, AuditOutcome, ChainClient, Subject};
+use openledger_chain_client::{
+    blake2_256, fee_for, AuditOutcome, ChainClient, JobSettled, Subject,
+};
 use openledger_engine::{Engine, EngineConfig, ModelSource, Projection};
 use serde_json::json;
 use subxt::utils::AccountId32;
@@ -159,6 +165,7 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
             AuditOutcome::Confirmed => {
                 assert!(honest.contains(job), "the cheater's job {job} passed verification")
             },
+            AuditOutcome::Drifted(d) => panic!("job {job}: a drift slash {d:?}"),
             AuditOutcome::Abandoned => panic!("job {job}: no verifier answered"),
         }
     }
@@ -184,6 +191,124 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
         assert!(scores.iter().all(|s| (1..=3_000).contains(s)), "honest scores {scores:?}");
     }
     assert!(chain.drift_scores(&ferdie).await.expect("drift scores").is_empty());
+}
+
+/// The runtimes' drift window (`DriftWindow`): confirmed audits a provider is judged on.
+const DRIFT_WINDOW: usize = 16;
+
+/// A worker whose committed values are a step of their encoding off on 3 entries in 10
+/// (`--cheat-drift 3`): each of its jobs passes its own audit (no fault, no contest), but its
+/// scores (~1,800 where honest work scores ~1,000) fill a window whose median passes the
+/// limit, and the audit that completes the window slashes it as for a fault; the honest
+/// workers beside it, judged on the same audits, keep their bonds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_numbers_drift_passes_each_audit_and_is_slashed_on_its_median() {
+    let _serial = common::procs::serial();
+    let (node, dir, chain) = auditing_chain().await;
+    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
+
+    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
+    let slots = ["--max-concurrent", "2"];
+    let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &slots);
+    let _charlie =
+        worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &slots);
+    let drift = ["--max-concurrent", "2", "--cheat-drift", "3"];
+    let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &drift);
+    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
+    let (bob, charlie, ferdie) =
+        (account(&dev::bob()), account(&dev::charlie()), account(&dev::ferdie()));
+    let mut held = BTreeMap::new();
+    for who in [&bob, &charlie, &ferdie] {
+        held.insert(*who, chain.balances(who).await.expect("balance").1);
+    }
+
+    // Waves of six concurrent requests (two slots on each worker) until the drifting worker
+    // has served a window's worth of jobs.
+    let mut jobs = BTreeSet::new();
+    let mut settled: BTreeMap<u64, JobSettled> = BTreeMap::new();
+    for wave in 0..24 {
+        let served = settled.values().filter(|s| s.provider == ferdie).count();
+        if served >= DRIFT_WINDOW {
+            break;
+        }
+        let threads: Vec<_> = (0..6)
+            .map(|i| {
+                let http = http.clone();
+                std::thread::spawn(move || {
+                    let body = json!({"model": format!("adapter-{adapter}"),
+                        "prompt": format!("Question {wave}.{i}: what is a ledger?"),
+                        "max_tokens": 24});
+                    let response = post(&format!("{http}/completions"), body)?;
+                    response["openledger"]["job"].as_u64().ok_or(format!("no job in {response}"))
+                })
+            })
+            .collect();
+        let wave_jobs: BTreeSet<u64> =
+            threads.into_iter().map(|t| t.join().expect("thread").expect("an answer")).collect();
+        for job in &wave_jobs {
+            common::market::closed(&chain, *job, 120).await;
+        }
+        settled.extend(chain.settlements(wave_jobs.clone()).await.expect("settlements"));
+        jobs.extend(wave_jobs);
+    }
+    assert_eq!(settled.len(), jobs.len(), "every job settled");
+    let served_by = |who: &AccountId32| -> BTreeSet<u64> {
+        settled.iter().filter(|(_, s)| s.provider == *who).map(|(j, _)| *j).collect()
+    };
+    let drifted_jobs = served_by(&ferdie);
+    assert!(
+        drifted_jobs.len() >= DRIFT_WINDOW,
+        "the drifting worker served {} jobs in 24 waves",
+        drifted_jobs.len()
+    );
+
+    // Every audit ends. No job is found wrong: the drifting worker's pass one by one, and the
+    // one that completes its window slashes it, to the planck as for a fault.
+    let subjects: BTreeSet<Subject> = jobs.iter().map(|j| Subject::Job(*j)).collect();
+    let outcomes = outcomes_of(&chain, &subjects).await;
+    let mut drift_slashes = Vec::new();
+    for job in &jobs {
+        match &outcomes[&Subject::Job(*job)] {
+            AuditOutcome::Confirmed => {},
+            AuditOutcome::Drifted(d) => {
+                assert!(drifted_jobs.contains(job), "honest job {job} completed a drift: {d:?}");
+                assert_eq!(d.provider, ferdie);
+                assert!(d.median > 1_500, "slashed under the limit: {d:?}");
+                assert_eq!(d.refunded, settled[job].charged, "job {job}: the payer is refunded");
+                assert!(d.rewarded > 0 && d.to_treasury >= d.rewarded, "{d:?}");
+                drift_slashes.push(d.clone());
+            },
+            AuditOutcome::Slashed(s) => panic!("job {job} found wrong: {s:?}"),
+            AuditOutcome::Abandoned => panic!("job {job}: no verifier answered"),
+        }
+    }
+    assert_eq!(
+        drift_slashes.len(),
+        drifted_jobs.len() / DRIFT_WINDOW,
+        "one drift slash per full window: {drift_slashes:?}"
+    );
+    let held_now = |who: AccountId32| {
+        let chain = chain.clone();
+        async move { chain.balances(&who).await.expect("balance").1 }
+    };
+    let paid: u128 = drift_slashes.iter().map(|d| d.refunded + d.rewarded + d.to_treasury).sum();
+    assert_eq!(held[&ferdie] - held_now(ferdie).await, paid, "the bond paid the slash alone");
+    assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
+    assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+    // The window starts again after the slash; the honest workers' hold every score they
+    // earned (up to a window), about 1,000 each.
+    let left = chain.drift_scores(&ferdie).await.expect("drift scores");
+    eprintln!("drift: {drift_slashes:?}; the drifting worker's scores since: {left:?}");
+    assert_eq!(left.len(), drifted_jobs.len() % DRIFT_WINDOW);
+    for who in [bob, charlie] {
+        let scores = chain.drift_scores(&who).await.expect("drift scores");
+        eprintln!("drift scores of {who}: {scores:?}");
+        assert_eq!(scores.len(), served_by(&who).len().min(DRIFT_WINDOW), "{scores:?}");
+        assert!(scores.iter().all(|s| (1..=3_000).contains(s)), "honest scores {scores:?}");
+        let mut sorted = scores.clone();
+        sorted.sort_unstable();
+        assert!(sorted.get(sorted.len() / 2).is_none_or(|m| *m <= 1_500), "{scores:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,6 +150,11 @@ struct ServeArgs {
     /// answers, a cheat verification must catch (and slash).
     #[arg(long, hide = true)]
     cheat_skip_adapter: bool,
+    /// Test only: move N of every ten committed activation values one step of their
+    /// encoding, so that every job passes its audit but the scores drift (the chain slashes
+    /// on the median of a provider's last audits).
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=10))]
+    cheat_drift: u8,
 }
 
 #[derive(Subcommand)]
@@ -594,6 +599,7 @@ async fn serve(args: &Args) -> Result<()> {
             adapter_hashes,
             answers: Some(answers),
             cheat_skip_adapter: s.cheat_skip_adapter,
+            cheat_drift: usize::from(s.cheat_drift),
         },
         metrics,
         (!s.no_channels).then(|| ChannelSettings {
