@@ -30,11 +30,22 @@ pub struct AdapterCacheConfig {
     pub compute_bytes: usize,
     /// Bytes of parsed adapters kept in host memory beyond those installed.
     pub host_bytes: usize,
+    /// On a GPU, admit a queued request whose adapter is still being copied to the device,
+    /// the step that first reads it waiting on the GPU for the rest of the copy, rather than
+    /// hold it back until the copy has ended (the default). Measured on an H100 under churn
+    /// (density-bench, 2,000 adapters over 128 slots, docs/benchmarks.md): every step that
+    /// admits one starts ~1 ms late, which costs the whole batch more than the request gains.
+    pub admit_while_copying: bool,
 }
 
 impl Default for AdapterCacheConfig {
     fn default() -> Self {
-        Self { compute_slots: 16, compute_bytes: 4 << 30, host_bytes: 1 << 30 }
+        Self {
+            compute_slots: 16,
+            compute_bytes: 4 << 30,
+            host_bytes: 1 << 30,
+            admit_while_copying: false,
+        }
     }
 }
 
@@ -270,7 +281,7 @@ impl AdapterCache {
     /// Starts loading `name` for a queued request, so that it is ready when the request is
     /// admitted while the running batch keeps stepping: read from disk on a background
     /// thread unless it is in host memory, installed, or already loading; on a GPU, once
-    /// parsed, copied to a compute slot on the upload stream (see [`Self::is_reading`]).
+    /// parsed, copied to a compute slot on the upload stream (see [`Self::is_loading`]).
     pub fn prefetch(&mut self, name: &str) {
         let installed = self.slots.iter().flatten().any(|e| e.name == name);
         if installed || self.loading.contains_key(name) {
@@ -305,23 +316,29 @@ impl AdapterCache {
         }
     }
 
-    /// Whether `name` is still being read from disk by a prefetch: admitting its request
-    /// now would make the running batch's next step wait for the read (tens of ms). An
-    /// adapter parsed in host memory but not installed starts its copy to the device here
-    /// (when a slot can be had) and is not held back: the copy, a few hundred microseconds
-    /// to a millisecond over PCIe for a rank-16 adapter of the 8B shape, is already on the
-    /// upload stream, and [`Self::acquire`] orders the compute stream after it, so the step
-    /// that first reads it waits on the GPU for whatever is left of that copy instead of
-    /// the request losing a whole step of the batch.
-    pub fn is_reading(&mut self, name: &str) -> bool {
+    /// Whether `name` is still being loaded: read from disk by a prefetch or, on a GPU (unless
+    /// [`AdapterCacheConfig::admit_while_copying`]), copied to the device. Admitting its
+    /// request now would make the running batch's next step wait for it. An adapter parsed
+    /// in host memory but not installed starts its copy here (when a slot can be had), and
+    /// counts as loading until the copy has ended.
+    pub fn is_loading(&mut self, name: &str) -> bool {
         self.collect_prefetches();
         if self.loading.contains_key(name) {
             return true;
         }
-        if !self.cpu_tables && !self.slots.iter().flatten().any(|e| e.name == name) {
-            self.stage(name);
+        if self.cpu_tables {
+            return false;
         }
-        false
+        let admit = self.config.admit_while_copying;
+        match self.slots.iter_mut().flatten().find(|e| e.name == name) {
+            Some(e) => {
+                if e.upload.as_ref().is_some_and(PendingUpload::is_done) {
+                    e.upload = None;
+                }
+                e.upload.is_some() && !admit
+            },
+            None => self.stage(name) && !admit,
+        }
     }
 
     /// Moves finished prefetches into host memory.

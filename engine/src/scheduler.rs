@@ -101,11 +101,10 @@ impl Scheduler {
             if cache.blocks_for(worst) > cache.free_blocks() {
                 break;
             }
-            // A cold adapter still read from disk: keep stepping the running batch meanwhile
-            // (with nothing running, admission waits for it in `acquire`). One whose copy to
-            // the device is under way is admitted: the GPU orders its first step after it.
+            // A cold adapter still loading: keep stepping the running batch meanwhile (with
+            // nothing running, admission waits for it in `acquire`).
             if let Some(name) = &p.adapter {
-                if !self.running.is_empty() && adapters.is_reading(name) {
+                if !self.running.is_empty() && adapters.is_loading(name) {
                     break;
                 }
             }

@@ -26,7 +26,12 @@ fn byte_budget_evicts_least_recently_used_unpinned_adapters_only() {
     let one = LoraAdapter::load(&dirs[0], &cfg, &Device::Cpu).unwrap().weight_bytes();
     assert!(one > 0);
     // Room for two adapters' weights, slots for ten.
-    let config = AdapterCacheConfig { compute_slots: 10, compute_bytes: 2 * one, host_bytes: 0 };
+    let config = AdapterCacheConfig {
+        compute_slots: 10,
+        compute_bytes: 2 * one,
+        host_bytes: 0,
+        ..Default::default()
+    };
     let mut cache = AdapterCache::new(config, &cfg, &Device::Cpu, false);
     for (i, d) in dirs.iter().enumerate() {
         cache.register(&format!("a{i}"), d).unwrap();
@@ -53,7 +58,12 @@ fn byte_budget_evicts_least_recently_used_unpinned_adapters_only() {
 fn an_adapter_larger_than_the_whole_budget_is_refused_by_name() {
     let (dir, cfg, spec) = one_layer_model();
     let a = write_adapter(&dir.path().join("big"), &cfg, &spec, 7);
-    let config = AdapterCacheConfig { compute_slots: 4, compute_bytes: 1024, host_bytes: 0 };
+    let config = AdapterCacheConfig {
+        compute_slots: 4,
+        compute_bytes: 1024,
+        host_bytes: 0,
+        ..Default::default()
+    };
     let mut cache = AdapterCache::new(config, &cfg, &Device::Cpu, false);
     cache.register("big", &a).unwrap();
     let err = cache.acquire("big").unwrap_err();

@@ -60,6 +60,11 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 64)]
     running: usize,
+    /// Admit a request whose adapter is still being copied to the GPU (the step waits on
+    /// the copy) instead of holding it back until the copy has ended
+    /// (`AdapterCacheConfig::admit_while_copying`).
+    #[arg(long)]
+    admit_while_copying: bool,
     /// Requests per measured load.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -147,6 +152,11 @@ struct LoadResult {
     adapters_used: usize,
     steps: usize,
     median_step_ms: f64,
+    /// Mean and 99th percentile of the step times, and the mean of the queue's length after
+    /// each step (requests submitted but not yet admitted).
+    mean_step_ms: f64,
+    p99_step_ms: f64,
+    mean_waiting: f64,
 }
 
 /// Runs `requests` requests of `pick`'s load through `engine`, `running` at a time.
@@ -181,9 +191,10 @@ fn run_load(
     let mut burst_started = 0usize;
     let (mut tokens, mut window_start, mut window_end) = (0usize, None, None);
     let (mut ttft_ms, mut step_ms, mut steps) = (Vec::new(), Vec::new(), 0usize);
+    let mut waiting = 0usize;
     while !live.is_empty() {
         let t = Instant::now();
-        engine.step()?;
+        waiting += engine.step()?.waiting;
         let now = Instant::now();
         step_ms.push((now - t).as_secs_f64() * 1e3);
         steps += 1;
@@ -242,12 +253,18 @@ fn run_load(
         _ => 0.0,
     };
     ttft_ms.sort_by(f64::total_cmp);
+    let mean_step_ms = step_ms.iter().sum::<f64>() / step_ms.len().max(1) as f64;
+    let median_step_ms = median(&mut step_ms);
+    step_ms.sort_by(f64::total_cmp);
     Ok(LoadResult {
         tok_per_s,
         ttft_ms,
         adapters_used: used.len(),
         steps,
-        median_step_ms: median(&mut step_ms),
+        median_step_ms,
+        mean_step_ms,
+        p99_step_ms: percentile(&step_ms, 99.0),
+        mean_waiting: waiting as f64 / steps.max(1) as f64,
     })
 }
 
@@ -294,6 +311,7 @@ fn main() -> Result<()> {
             compute_bytes: args.slots * adapter_bytes,
             // A parsed adapter holds its weights and a little alignment padding.
             host_bytes: host_adapters * (adapter_bytes + adapter_bytes / 100),
+            admit_while_copying: args.admit_while_copying,
         },
         max_batch_tokens: args.prompt.max(512),
         max_prefill_chunk: 0,
@@ -328,7 +346,7 @@ fn main() -> Result<()> {
             let r = run_load(&mut engine, &names, &pick, &args, args.requests, &mut rng)?;
             let p = |q| percentile(&r.ttft_ms, q);
             println!(
-                "{{\"measure\":\"load\",\"load\":\"{load}\",\"round\":{round},\"adapters\":{},\"slots\":{},\"running\":{},\"requests\":{},\"prompt\":{},\"generate\":{},\"commit\":{},\"tok_per_s\":{:.1},\"ttft_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"max\":{:.2},\"n\":{}}},\"adapters_used\":{},\"steps\":{},\"median_step_ms\":{:.3}}}",
+                "{{\"measure\":\"load\",\"load\":\"{load}\",\"round\":{round},\"adapters\":{},\"slots\":{},\"running\":{},\"requests\":{},\"prompt\":{},\"generate\":{},\"commit\":{},\"tok_per_s\":{:.1},\"ttft_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"max\":{:.2},\"n\":{}}},\"adapters_used\":{},\"steps\":{},\"median_step_ms\":{:.3},\"mean_step_ms\":{:.3},\"p99_step_ms\":{:.3},\"mean_waiting\":{:.2},\"admit_while_copying\":{}}}",
                 if load == "warm32" { args.adapters.min(32) } else { args.adapters },
                 args.slots,
                 args.running,
@@ -345,6 +363,10 @@ fn main() -> Result<()> {
                 r.adapters_used,
                 r.steps,
                 r.median_step_ms,
+                r.mean_step_ms,
+                r.p99_step_ms,
+                r.mean_waiting,
+                args.admit_while_copying,
             );
             results.push((load.clone(), r));
         }

@@ -681,6 +681,7 @@ fn engine_runs(
             compute_bytes: 8 << 30,
             // Three parsed adapters in host memory: the last three registered.
             host_bytes: 3 * file,
+            ..AdapterCacheConfig::default()
         },
         max_batch_tokens: args.prefill.max(512),
         max_prefill_chunk: 0,

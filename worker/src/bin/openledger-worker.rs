@@ -454,6 +454,7 @@ async fn serve(args: &Args) -> Result<()> {
             compute_slots: s.adapter_slots,
             compute_bytes: s.adapter_compute_mib << 20,
             host_bytes: s.adapter_host_mib << 20,
+            ..AdapterCacheConfig::default()
         },
         threads: s.threads,
         ..EngineConfig::default()
