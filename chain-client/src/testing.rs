@@ -5,14 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use subxt::client::{ClientAtBlock, OnlineClientAtBlockImpl};
-use subxt::dynamic;
 use subxt::utils::{AccountId32, MultiAddress};
 use subxt_signer::sr25519::Keypair;
 
 use crate::types::*;
 use crate::verification::{AuditOutcome, ProviderDrifted, ProviderSlashed, Subject};
-use crate::{rpc_err, ChainClient, ChainError, Config, SETTLEMENT_LOOKBACK};
+use crate::{fetch_entry, rpc_err, AtBlock, ChainClient, ChainError, SETTLEMENT_LOOKBACK};
 
 impl ChainClient {
     /// Set raw storage items through `sudo` (root): how a testnet's governance changes the
@@ -175,7 +173,7 @@ impl ChainClient {
 
     /// `who`'s free and reserved (held) balance at `at`.
     async fn balances_in(
-        at: &ClientAtBlock<Config, OnlineClientAtBlockImpl<Config>>,
+        at: &AtBlock,
         who: &AccountId32,
     ) -> Result<(Balance, Balance), ChainError> {
         #[derive(subxt::ext::scale_decode::DecodeAsType)]
@@ -189,19 +187,7 @@ impl ChainClient {
             free: u128,
             reserved: u128,
         }
-        let addr = dynamic::storage::<(AccountId32,), AccountInfo>("System", "Account");
-        let value = at
-            .storage()
-            .try_fetch(addr, (*who,))
-            .await
-            .map_err(rpc_err("reading System.Account"))?;
-        Ok(match value {
-            Some(v) => {
-                let data =
-                    v.decode_as::<AccountInfo>().map_err(rpc_err("decoding an account"))?.data;
-                (data.free, data.reserved)
-            },
-            None => (0, 0),
-        })
+        let info: Option<AccountInfo> = fetch_entry(at, "System", "Account", *who).await?;
+        Ok(info.map_or((0, 0), |i| (i.data.free, i.data.reserved)))
     }
 }
