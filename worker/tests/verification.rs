@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use openledger_chain_client::{
-    blake2_256, fee_for, AuditOutcome, ChainClient, JobSettled, Subject,
+    blake2_256, fee_for, AuditOutcome, Balance, ChainClient, JobSettled, Subject,
 };
 use openledger_engine::{Engine, EngineConfig, ModelSource, Projection};
 use serde_json::json;
 use subxt::utils::AccountId32;
 use subxt_signer::sr25519::dev;
 
+use common::market::account;
 use common::node::DevNode;
 use common::procs::{channel_gateway, gateway, model, post, worker_with};
 use common::{write_adapter, AdapterSpec};
@@ -94,45 +95,106 @@ async fn outcomes_of(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not() {
-    let _serial = common::procs::serial();
-    let (node, dir, chain) = auditing_chain().await;
-    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
+/// `who`'s held balance (its bond) at the best block.
+async fn bond_now(chain: &ChainClient, who: &AccountId32) -> Balance {
+    chain.balances(who).await.expect("balance").1
+}
 
-    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
-    let slots = ["--max-concurrent", "2"];
-    let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &slots);
-    let _charlie =
-        worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &slots);
-    let cheat = ["--max-concurrent", "2", "--cheat-skip-adapter"];
-    let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &cheat);
-    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
-    let (bob, charlie, ferdie) =
-        (account(&dev::bob()), account(&dev::charlie()), account(&dev::ferdie()));
-    // Held balances (the bonds) once all three are registered.
-    let mut held = BTreeMap::new();
-    for who in [&bob, &charlie, &ferdie] {
-        held.insert(*who, chain.balances(who).await.expect("balance").1);
+/// Held balances (the bonds) of `who`, now.
+async fn bonds_of(chain: &ChainClient, who: &[AccountId32]) -> BTreeMap<AccountId32, Balance> {
+    let mut out = BTreeMap::new();
+    for w in who {
+        out.insert(*w, bond_now(chain, w).await);
     }
+    out
+}
 
-    // Six concurrent requests: two slots on each worker.
-    let threads: Vec<_> = (0..6)
-        .map(|i| {
-            let http = http.clone();
+/// Posts one completion request with `adapter` per prompt, all at once, each asking for
+/// `max_tokens`; returns their on-chain jobs.
+fn complete_concurrently(
+    http: &str,
+    adapter: u32,
+    prompts: Vec<String>,
+    max_tokens: u32,
+) -> BTreeSet<u64> {
+    let threads: Vec<_> = prompts
+        .into_iter()
+        .map(|prompt| {
+            let http = http.to_string();
             std::thread::spawn(move || {
-                let body = json!({"model": format!("adapter-{adapter}"),
-                    "prompt": format!("Question {i}: what is a ledger?"), "max_tokens": 12});
+                let body = json!({"model": format!("adapter-{adapter}"), "prompt": prompt,
+                    "max_tokens": max_tokens});
                 let response = post(&format!("{http}/completions"), body)?;
                 response["openledger"]["job"].as_u64().ok_or(format!("no job in {response}"))
             })
         })
         .collect();
-    let jobs: BTreeSet<u64> =
-        threads.into_iter().map(|t| t.join().expect("thread").expect("an answer")).collect();
+    threads.into_iter().map(|t| t.join().expect("thread").expect("an answer")).collect()
+}
+
+/// A dev node auditing all settled work (`auditing_chain`), Eve's adapter, a gateway and three
+/// workers of two slots each: honest Bob and Charlie, and Ferdie started with the extra
+/// `ferdie` flags (a cheat). The processes stop when this is dropped.
+struct ThreeWorkers {
+    _procs: Vec<common::procs::Proc>,
+    chain: ChainClient,
+    _node: DevNode,
+    _dir: tempfile::TempDir,
+    adapter: u32,
+    http: String,
+    bob: AccountId32,
+    charlie: AccountId32,
+    ferdie: AccountId32,
+    /// Held balances (the bonds) once all three are registered.
+    held: BTreeMap<AccountId32, Balance>,
+}
+
+async fn three_workers(ferdie: &[&str]) -> ThreeWorkers {
+    let (node, dir, chain) = auditing_chain().await;
+    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
+    let (gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
+    let slots = ["--max-concurrent", "2"];
+    let worker = |name: &str, extra: &[&str]| {
+        worker_with(
+            &node.ws_url(),
+            name,
+            dir.path(),
+            &adapters_dir,
+            &p2p,
+            &[&slots, extra].concat(),
+        )
+    };
+    let procs =
+        vec![gateway, worker("//Bob", &[]), worker("//Charlie", &[]), worker("//Ferdie", ferdie)];
+    let (bob, charlie, ferdie) =
+        (account(&dev::bob()), account(&dev::charlie()), account(&dev::ferdie()));
+    let held = bonds_of(&chain, &[bob, charlie, ferdie]).await;
+    ThreeWorkers {
+        _procs: procs,
+        chain,
+        _node: node,
+        _dir: dir,
+        adapter,
+        http,
+        bob,
+        charlie,
+        ferdie,
+        held,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not() {
+    let _serial = common::procs::serial();
+    let w = three_workers(&["--cheat-skip-adapter"]).await;
+    let (chain, held, bob, charlie, ferdie) = (&w.chain, &w.held, w.bob, w.charlie, w.ferdie);
+
+    // Six concurrent requests: two slots on each worker.
+    let prompts = (0..6).map(|i| format!("Question {i}: what is a ledger?")).collect();
+    let jobs = complete_concurrently(&w.http, w.adapter, prompts, 12);
     assert_eq!(jobs.len(), 6);
     for job in &jobs {
-        common::market::closed(&chain, *job, 120).await;
+        common::market::closed(chain, *job, 120).await;
     }
     let settled = chain.settlements(jobs.clone()).await.expect("settlements");
     assert_eq!(settled.len(), 6, "every job settled");
@@ -149,7 +211,7 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
     // Every audit ends: verified by another worker, the cheater's found wrong (and slashed
     // once its contest window passed), the honest ones confirmed.
     let subjects: BTreeSet<Subject> = jobs.iter().map(|j| Subject::Job(*j)).collect();
-    let outcomes = outcomes_of(&chain, &subjects).await;
+    let outcomes = outcomes_of(chain, &subjects).await;
     let mut slashed_total = 0;
     for job in &jobs {
         match &outcomes[&Subject::Job(*job)] {
@@ -170,13 +232,13 @@ async fn a_worker_that_skips_the_adapter_is_slashed_and_honest_workers_are_not()
         }
     }
     // Bonds: the cheater's lost exactly what the slashes paid out; the honest ones, nothing.
-    let held_now = |who: AccountId32| {
-        let chain = chain.clone();
-        async move { chain.balances(&who).await.expect("balance").1 }
-    };
-    assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
-    assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
-    assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+    assert_eq!(held[&ferdie] - bond_now(chain, &ferdie).await, slashed_total);
+    assert_eq!(bond_now(chain, &bob).await, held[&bob], "an honest worker's bond was touched");
+    assert_eq!(
+        bond_now(chain, &charlie).await,
+        held[&charlie],
+        "an honest worker's bond was touched"
+    );
     // Each confirmed audit left its verifier's score in the provider's drift window: about
     // 1,000 (the typical honest error) for honest work, far under what a cheat scores; the
     // cheater's faults added none.
@@ -204,23 +266,8 @@ const DRIFT_WINDOW: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_numbers_drift_passes_each_audit_and_is_slashed_on_its_median() {
     let _serial = common::procs::serial();
-    let (node, dir, chain) = auditing_chain().await;
-    let (adapter, adapters_dir) = support_adapter(&chain, dir.path()).await;
-
-    let (_gateway, http, p2p) = gateway(&node.ws_url(), dir.path(), 120);
-    let slots = ["--max-concurrent", "2"];
-    let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &slots);
-    let _charlie =
-        worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &slots);
-    let drift = ["--max-concurrent", "2", "--cheat-drift", "3"];
-    let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &drift);
-    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
-    let (bob, charlie, ferdie) =
-        (account(&dev::bob()), account(&dev::charlie()), account(&dev::ferdie()));
-    let mut held = BTreeMap::new();
-    for who in [&bob, &charlie, &ferdie] {
-        held.insert(*who, chain.balances(who).await.expect("balance").1);
-    }
+    let w = three_workers(&["--cheat-drift", "3"]).await;
+    let (chain, held, bob, charlie, ferdie) = (&w.chain, &w.held, w.bob, w.charlie, w.ferdie);
 
     // Waves of six concurrent requests (two slots on each worker) until the drifting worker
     // has served a window's worth of jobs.
@@ -231,22 +278,10 @@ async fn a_worker_whose_numbers_drift_passes_each_audit_and_is_slashed_on_its_me
         if served >= DRIFT_WINDOW {
             break;
         }
-        let threads: Vec<_> = (0..6)
-            .map(|i| {
-                let http = http.clone();
-                std::thread::spawn(move || {
-                    let body = json!({"model": format!("adapter-{adapter}"),
-                        "prompt": format!("Question {wave}.{i}: what is a ledger?"),
-                        "max_tokens": 24});
-                    let response = post(&format!("{http}/completions"), body)?;
-                    response["openledger"]["job"].as_u64().ok_or(format!("no job in {response}"))
-                })
-            })
-            .collect();
-        let wave_jobs: BTreeSet<u64> =
-            threads.into_iter().map(|t| t.join().expect("thread").expect("an answer")).collect();
+        let prompts = (0..6).map(|i| format!("Question {wave}.{i}: what is a ledger?")).collect();
+        let wave_jobs = complete_concurrently(&w.http, w.adapter, prompts, 24);
         for job in &wave_jobs {
-            common::market::closed(&chain, *job, 120).await;
+            common::market::closed(chain, *job, 120).await;
         }
         settled.extend(chain.settlements(wave_jobs.clone()).await.expect("settlements"));
         jobs.extend(wave_jobs);
@@ -265,7 +300,7 @@ async fn a_worker_whose_numbers_drift_passes_each_audit_and_is_slashed_on_its_me
     // Every audit ends. No job is found wrong: the drifting worker's pass one by one, and the
     // one that completes its window slashes it, to the planck as for a fault.
     let subjects: BTreeSet<Subject> = jobs.iter().map(|j| Subject::Job(*j)).collect();
-    let outcomes = outcomes_of(&chain, &subjects).await;
+    let outcomes = outcomes_of(chain, &subjects).await;
     let mut drift_slashes = Vec::new();
     for job in &jobs {
         match &outcomes[&Subject::Job(*job)] {
@@ -287,14 +322,18 @@ async fn a_worker_whose_numbers_drift_passes_each_audit_and_is_slashed_on_its_me
         drifted_jobs.len() / DRIFT_WINDOW,
         "one drift slash per full window: {drift_slashes:?}"
     );
-    let held_now = |who: AccountId32| {
-        let chain = chain.clone();
-        async move { chain.balances(&who).await.expect("balance").1 }
-    };
     let paid: u128 = drift_slashes.iter().map(|d| d.refunded + d.rewarded + d.to_treasury).sum();
-    assert_eq!(held[&ferdie] - held_now(ferdie).await, paid, "the bond paid the slash alone");
-    assert_eq!(held_now(bob).await, held[&bob], "an honest worker's bond was touched");
-    assert_eq!(held_now(charlie).await, held[&charlie], "an honest worker's bond was touched");
+    assert_eq!(
+        held[&ferdie] - bond_now(chain, &ferdie).await,
+        paid,
+        "the bond paid the slash alone"
+    );
+    assert_eq!(bond_now(chain, &bob).await, held[&bob], "an honest worker's bond was touched");
+    assert_eq!(
+        bond_now(chain, &charlie).await,
+        held[&charlie],
+        "an honest worker's bond was touched"
+    );
     // The window starts again after the slash; the honest workers' hold every score they
     // earned (up to a window), about 1,000 each.
     let left = chain.drift_scores(&ferdie).await.expect("drift scores");
@@ -321,7 +360,6 @@ async fn a_cheater_on_a_payment_channel_reveals_its_receipts_and_is_slashed() {
     let hold = ["--redeem-every-blocks", "1000000", "--redeem-amount-milli", "1000000"];
     let cheat = [&hold[..], &["--cheat-skip-adapter"]].concat();
     let _ferdie = worker_with(&node.ws_url(), "//Ferdie", dir.path(), &adapters_dir, &p2p, &cheat);
-    let account = |k: &subxt_signer::sr25519::Keypair| AccountId32(k.public_key().0);
     let ferdie = account(&dev::ferdie());
 
     let mut requests = Vec::new();
@@ -346,10 +384,7 @@ async fn a_cheater_on_a_payment_channel_reveals_its_receipts_and_is_slashed() {
     let (bob, charlie) = (account(&dev::bob()), account(&dev::charlie()));
     let _bob = worker_with(&node.ws_url(), "//Bob", dir.path(), &adapters_dir, &p2p, &[]);
     let _charlie = worker_with(&node.ws_url(), "//Charlie", dir.path(), &adapters_dir, &p2p, &[]);
-    let mut held = BTreeMap::new();
-    for who in [&bob, &charlie, &ferdie] {
-        held.insert(*who, chain.balances(who).await.expect("balance").1);
-    }
+    let bonds = bonds_of(&chain, &[bob, charlie, ferdie]).await;
 
     // Alice closes the channel: the cheater redeems its voucher within the window, every one
     // of its three requests is drawn and revealed, and the audits that open find them wrong.
@@ -369,11 +404,11 @@ async fn a_cheater_on_a_payment_channel_reveals_its_receipts_and_is_slashed() {
         assert!(s.rewarded > 0 && s.to_treasury >= s.rewarded, "{s:?}");
         slashed_total += s.refunded + s.rewarded + s.to_treasury;
     }
-    let held_now = |who: AccountId32| {
-        let chain = chain.clone();
-        async move { chain.balances(&who).await.expect("balance").1 }
-    };
-    assert_eq!(held[&ferdie] - held_now(ferdie).await, slashed_total);
-    assert_eq!(held_now(bob).await, held[&bob], "an honest verifier's bond was touched");
-    assert_eq!(held_now(charlie).await, held[&charlie], "an honest verifier's bond was touched");
+    assert_eq!(bonds[&ferdie] - bond_now(&chain, &ferdie).await, slashed_total);
+    assert_eq!(bond_now(&chain, &bob).await, bonds[&bob], "an honest verifier's bond was touched");
+    assert_eq!(
+        bond_now(&chain, &charlie).await,
+        bonds[&charlie],
+        "an honest verifier's bond was touched"
+    );
 }
