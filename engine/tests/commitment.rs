@@ -42,6 +42,21 @@ fn engine_with(
     e
 }
 
+/// The default model, loaded once per test.
+fn load_base(path: std::path::PathBuf) -> Engine {
+    Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap()
+}
+
+/// [`engine_with`] over `base`'s weights (its layers shared, nothing dropped).
+fn sharing(base: &Engine, dir: &std::path::Path, threads: usize) -> Engine {
+    engine_with(
+        base.model().without_last_layers(0).unwrap(),
+        base.tokenizer().clone(),
+        dir,
+        threads,
+    )
+}
+
 /// 40 greedy tokens.
 fn greedy() -> SamplingParams {
     SamplingParams { max_tokens: 40, ignore_eos: true, ..Default::default() }
@@ -96,6 +111,20 @@ fn generate_with(
 /// A worker's claim: prompt, output, adapter and commitment.
 type Claim<'a> = (&'a [u32], &'a [u32], Option<&'a str>, &'a ActivationCommitment);
 
+/// The claims of generated `jobs` served with `adapters`, each with its commitment from
+/// `commitments`.
+fn claims<'a>(
+    jobs: &'a [(Vec<u32>, Vec<u32>, ActivationCommitment)],
+    adapters: &[Option<&'a str>],
+    commitments: impl IntoIterator<Item = &'a ActivationCommitment>,
+) -> Vec<Claim<'a>> {
+    jobs.iter()
+        .zip(adapters)
+        .zip(commitments)
+        .map(|(((p, o, _), a), c)| (p.as_slice(), o.as_slice(), *a, c))
+        .collect()
+}
+
 /// Verifies each claim, all queued at once.
 fn verify(e: &mut Engine, claims: &[Claim<'_>]) -> Vec<VerifyReport> {
     verify_replaying(e, claims, None)
@@ -128,12 +157,9 @@ fn verify_replaying(
 fn honest_commitments_are_batch_independent_and_verify() {
     let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
-    let tokenizer = base.tokenizer().clone();
+    let base = load_base(path);
     // The same weights (layers shared, nothing dropped) under a second engine.
-    let mut e =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let mut e = sharing(&base, dir.path(), 0);
     let alone = generate(&mut e, &[(PROMPTS[0], Some("a"))]);
     let batched = generate(
         &mut e,
@@ -149,14 +175,9 @@ fn honest_commitments_are_batch_independent_and_verify() {
     assert_ne!(batched[0].2, batched[1].2);
 
     // Another engine on one thread verifies every claim, queued together.
-    let mut verifier =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
+    let mut verifier = sharing(&base, dir.path(), 1);
     let adapters = [Some("b"), Some("a"), None, Some("a")];
-    let claims: Vec<_> = batched
-        .iter()
-        .zip(adapters)
-        .map(|((p, o, c), a)| (p.as_slice(), o.as_slice(), a, c))
-        .collect();
+    let claims = claims(&batched, &adapters, batched.iter().map(|(.., c)| c));
     let tol = Tolerance::default();
     for ((r, (p, ..)), a) in verify(&mut verifier, &claims).iter().zip(&batched).zip(adapters) {
         eprintln!("honest: prompt {} tokens: {}", p.len(), r.summary());
@@ -181,15 +202,12 @@ fn honest_commitments_are_batch_independent_and_verify() {
 fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
     let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
-    let tokenizer = base.tokenizer().clone();
-    let mut honest =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let base = load_base(path);
+    let mut honest = sharing(&base, dir.path(), 0);
     // Dropping layers is checked on the base model alone (the adapters have every layer).
     let mut shallow = Engine::new(
         base.model().without_last_layers(2).unwrap(),
-        tokenizer,
+        base.tokenizer().clone(),
         EngineConfig::default(),
     )
     .unwrap();
@@ -251,13 +269,9 @@ fn skipped_or_swapped_adapters_and_dropped_layers_are_caught() {
 fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
     let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
-    let tokenizer = base.tokenizer().clone();
-    let mut e =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
-    let mut verifier =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
+    let base = load_base(path);
+    let mut e = sharing(&base, dir.path(), 0);
+    let mut verifier = sharing(&base, dir.path(), 1);
     let tol = Tolerance::default();
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.95, seed: 5, ..greedy() };
     for params in [greedy(), sampled] {
@@ -304,11 +318,8 @@ fn tokens_from_another_generator_committed_honestly_fail_the_replay() {
 fn values_nudged_a_step_pass_each_audit_but_score_above_the_drift_limit() {
     let Some(path) = model_if_present() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        Engine::load(&ModelSource::Gguf(path), EngineConfig::default(), &Device::Cpu).unwrap();
-    let tokenizer = base.tokenizer().clone();
-    let mut e =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer.clone(), dir.path(), 0);
+    let base = load_base(path);
+    let mut e = sharing(&base, dir.path(), 0);
     let adapters = [Some("b"), Some("a"), None, Some("a")];
     let requests: Vec<_> = PROMPTS.iter().copied().zip(adapters).collect();
     let jobs = generate(&mut e, &requests);
@@ -328,21 +339,9 @@ fn values_nudged_a_step_pass_each_audit_but_score_above_the_drift_limit() {
         assert_eq!(changed, 3 * c.tokens() * TOP_K / 10, "3 entries in 10 moved");
     }
     let nudged: Vec<ActivationCommitment> = jobs.iter().map(|(_, o, c)| c.nudged(o, 3)).collect();
-    let honest_claims: Vec<_> = jobs
-        .iter()
-        .zip(adapters)
-        .map(|((p, o, c), a)| (p.as_slice(), o.as_slice(), a, c))
-        .collect();
-    let nudged_claims: Vec<_> = jobs
-        .iter()
-        .zip(adapters)
-        .zip(&nudged)
-        .map(|(((p, o, _), a), c)| (p.as_slice(), o.as_slice(), a, c))
-        .collect();
-    let mut verifier =
-        engine_with(base.model().without_last_layers(0).unwrap(), tokenizer, dir.path(), 1);
-    let honest = verify(&mut verifier, &honest_claims);
-    let drifting = verify(&mut verifier, &nudged_claims);
+    let mut verifier = sharing(&base, dir.path(), 1);
+    let honest = verify(&mut verifier, &claims(&jobs, &adapters, jobs.iter().map(|(.., c)| c)));
+    let drifting = verify(&mut verifier, &claims(&jobs, &adapters, &nudged));
     for (h, d) in honest.iter().zip(&drifting) {
         eprintln!(
             "honest score {}, nudged score {}: {}",
