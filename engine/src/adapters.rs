@@ -443,12 +443,15 @@ impl LoraSlots {
     /// Plans the LoRA deltas a step computes apart for the commitment
     /// ([`crate::commitment::delta_layer`] of `num_layers`): each of `asked` (step rows, in
     /// the order their results come back) with the adapter slot `slot_of` gives it, grouped
-    /// by the first projection that adapter targets.
+    /// by the first projection that adapter targets. Each group's segments are over its rows
+    /// gathered (`step_rows` `None`, the host path) or over the step's `step_rows` rows read
+    /// in place ([`Self::delta_segments`]; the tensor path, which needs no gather launch).
     pub(crate) fn delta_plan(
         &self,
         num_layers: usize,
         asked: &[u32],
         slot_of: impl Fn(u32) -> Option<u32>,
+        step_rows: Option<usize>,
     ) -> Result<DeltaPlan> {
         let mut groups: Vec<DeltaGroup> = Vec::new();
         for (at, &row) in asked.iter().enumerate() {
@@ -476,14 +479,42 @@ impl LoraSlots {
             groups[g].at.push(at);
         }
         for g in &mut groups {
-            let slots: Vec<Option<u32>> = g.slots.iter().map(|&s| Some(s)).collect();
-            g.segments = self.segments(&slots, &vec![1; slots.len()])?.swap_remove(g.proj.index());
+            g.segments = self.delta_segments(g.proj, &g.rows, &g.slots, step_rows)?;
         }
         Ok(DeltaPlan {
             layer: crate::commitment::delta_layer(num_layers),
             asked: asked.len(),
             groups,
         })
+    }
+
+    /// The segments of one delta launch of projection `proj` for the step rows `rows` on
+    /// adapter slots `slots`: over those rows gathered (`over` `None`: launch row `i` is step
+    /// row `rows[i]`), or over a step of `over` rows read in place, the rows on their slots
+    /// and every other row on none (no tile, its delta stays zero). A row's delta is the same
+    /// either way: the SGMV computes each row from that row alone.
+    pub(crate) fn delta_segments(
+        &self,
+        proj: Projection,
+        rows: &[u32],
+        slots: &[u32],
+        over: Option<usize>,
+    ) -> Result<Option<BatchSegments>> {
+        let keys: Vec<Option<u32>> = match over {
+            None => slots.iter().map(|&s| Some(s)).collect(),
+            Some(n) => {
+                let mut keys = vec![None; n];
+                for (&r, &s) in rows.iter().zip(slots) {
+                    let key = keys.get_mut(r as usize).ok_or_else(|| {
+                        EngineError::Backend(format!("a delta asked of row {r} of a {n}-row step"))
+                    })?;
+                    *key = Some(s);
+                }
+                keys
+            },
+        };
+        let mut segments = self.segments(&keys, &vec![1; keys.len()])?;
+        Ok(segments.swap_remove(proj.index()))
     }
 
     /// Brings the device pointer arrays of every layer's tables of `projections` up to date
@@ -569,7 +600,8 @@ pub(crate) struct DeltaGroup {
     pub slots: Vec<u32>,
     /// Each row's position among the asked rows.
     pub at: Vec<usize>,
-    /// One segment per adapter over the gathered rows.
+    /// The launch's segments ([`LoraSlots::delta_segments`]): over the gathered rows (host
+    /// path) or over the step's rows, the group's on their slots (tensor path).
     pub segments: Option<BatchSegments>,
 }
 

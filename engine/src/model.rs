@@ -457,9 +457,14 @@ impl Model {
             for c in chunks {
                 row_slot.extend(std::iter::repeat_n(c.adapter, c.tokens.len()));
             }
-            lora.delta_plan(cfg.num_layers, &delta_asked, |r| {
-                row_slot.get(r as usize).copied().flatten()
-            })?
+            // The tensor path reads the rows in place; the host path gathers them.
+            let in_place = matches!(self.backend, Backend::Tensor(_)).then_some(tokens.len());
+            lora.delta_plan(
+                cfg.num_layers,
+                &delta_asked,
+                |r| row_slot.get(r as usize).copied().flatten(),
+                in_place,
+            )?
         };
         let (weights, rope) = match &self.backend {
             Backend::Host { weights, rope } => (weights, rope),

@@ -271,7 +271,10 @@ impl TensorModel {
         // gathered after the replay (`decode_graph::forward`), so commitments do not send
         // decode steps down the eager path.
         #[cfg(feature = "cuda")]
-        if graphs && delta.is_empty() && decode_graph::applies(self, cfg, chunks, cache, segments) {
+        if graphs
+            && rows.delta.is_empty()
+            && decode_graph::applies(self, cfg, chunks, cache, segments)
+        {
             if let Some(out) = decode_graph::forward(
                 self,
                 cfg,
@@ -279,7 +282,7 @@ impl TensorModel {
                 (hidden_rows, commit_rows),
                 cache,
                 lora,
-                segments,
+                (segments, delta),
             )? {
                 return Ok(out);
             }
@@ -297,20 +300,21 @@ impl TensorModel {
         } else {
             self.commit_entries(&select_rows(&h, commit_rows)?)?
         };
-        // Each group's delta rows: the verifier's whole (f32 on the host), the generator's
-        // as commitment entries (on a GPU only those cross to the host).
+        // Each group's delta rows (its launch's output holds every step row, the group's
+        // rows at their own indices): the verifier's whole (f32 on the host), the
+        // generator's as commitment entries (on a GPU only those cross to the host).
         let whole = rows.delta.len();
         let mut delta_rows = vec![Vec::new(); whole];
         let mut parts = Vec::new();
         for (g, d) in delta.groups.iter().zip(&deltas) {
             let (mut keep, mut keep_at, mut commit, mut commit_at) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (i, &at) in g.at.iter().enumerate() {
+            for (&row, &at) in g.rows.iter().zip(&g.at) {
                 if at < whole {
-                    keep.push(i as u32);
+                    keep.push(row);
                     keep_at.push(at);
                 } else {
-                    commit.push(i as u32);
+                    commit.push(row);
                     commit_at.push(at - whole);
                 }
             }
@@ -321,9 +325,7 @@ impl TensorModel {
                 }
             }
             if !commit.is_empty() {
-                let picked =
-                    if commit.len() == g.at.len() { d.clone() } else { select_rows(d, &commit)? };
-                parts.push((self.commit_entries(&picked)?, commit_at));
+                parts.push((self.commit_entries(&select_rows(d, &commit)?)?, commit_at));
             }
         }
         let delta_entries =
@@ -382,25 +384,11 @@ impl TensorModel {
 
     /// The step's device work after planning: every launch reads the plan's device tensors,
     /// never the host (so it can be captured in a CUDA graph and replayed). Returns the
-    /// logits of the plan's last rows and every row through the final norm (`[rows,
-    /// hidden]`, the model's dtype), what activation commitments read.
-    #[cfg(feature = "cuda")]
-    pub(crate) fn forward_planned_rows(
-        &self,
-        cfg: &ModelConfig,
-        plan: &StepPlan,
-        pool: &DevicePool,
-        lora: &LoraSlots,
-        segments: &StepSegments,
-    ) -> Result<(Tensor, Tensor)> {
-        let (logits, h, _) =
-            self.forward_planned_deltas(cfg, plan, pool, lora, segments, &DeltaPlan::default())?;
-        Ok((logits, h))
-    }
-
-    /// [`Self::forward_planned_rows`], also computing `delta`'s LoRA deltas apart (one
-    /// `[rows, d_out]` tensor per group, in the model's dtype): each group's rows of the
-    /// projection's input gathered and run through SGMV into zeros, beside the step's own.
+    /// logits of the plan's last rows, every row through the final norm (`[rows, hidden]`,
+    /// the model's dtype), what activation commitments read, and `delta`'s LoRA deltas
+    /// computed apart (one `[rows, d_out]` tensor per group, in the model's dtype, every
+    /// step row): the projection's input run through SGMV into zeros on the group's
+    /// segments (its rows on their adapters, no other), beside the step's own.
     pub(crate) fn forward_planned_deltas(
         &self,
         cfg: &ModelConfig,
@@ -417,12 +405,6 @@ impl TensorModel {
             RopeStyle::Half => RotaryPairs::Halves,
             RopeStyle::Interleaved => RotaryPairs::Adjacent,
         };
-        // The committed deltas' row indices on the device (none without adapters).
-        let delta_rows = delta
-            .groups
-            .iter()
-            .map(|g| Tensor::from_slice(&g.rows, g.rows.len(), &self.device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
         // By group, whatever order the layer reaches the groups' projections in.
         let deltas = std::cell::RefCell::new(vec![None; delta.groups.len()]);
         // LoRA deltas of the stacked projections go into their columns of the one output.
@@ -450,12 +432,12 @@ impl TensorModel {
                 if l != delta.layer {
                     continue;
                 }
-                let groups = delta.groups.iter().zip(&delta_rows).enumerate();
-                for (k, (g, rows)) in groups.filter(|(_, (g, _))| g.proj == p) {
+                // Every row of the input, in place: the group's rows are the segments' only
+                // ones, the others stay zero (no gather, no host upload: it can be captured).
+                for (k, g) in delta.groups.iter().enumerate().filter(|(_, g)| g.proj == p) {
                     let Some(seg) = &g.segments else { continue };
-                    let x = input.index_select(rows, 0)?;
-                    let out = Tensor::zeros((g.rows.len(), width), y.dtype(), y.device())?;
-                    lora.apply(l, p, &x, &out, seg)?;
+                    let out = Tensor::zeros((input.dim(0)?, width), y.dtype(), y.device())?;
+                    lora.apply(l, p, input, &out, seg)?;
                     deltas.borrow_mut()[k] = Some(out);
                 }
             }

@@ -25,7 +25,7 @@ use common::{write_adapter, write_model_with, AdapterSpec};
 use openledger_engine::commitment::{row_words, DIM_BITS, MAX_DIMS};
 use openledger_engine::{
     ActivationCommitment, AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, LoraAdapter,
-    LoraSlots, Model, ModelConfig, SamplingParams,
+    LoraSlots, Model, ModelConfig, Projection, SamplingParams, StepRows,
 };
 use openledger_kernels::{
     add_rms_norm, packed_top2, rope_store_kv, scatter_rows, silu_mul, QkvHeads, RotaryPairs,
@@ -557,15 +557,24 @@ fn graph_schedule(alone: &'static [usize]) -> [&'static [usize]; 8] {
 /// batches, reads the new weights (each table's pointer array rewritten in place). Before
 /// the last batch, slot 2's by one of rank 80: past the rank bound of 64 the earlier graphs
 /// were captured for, so that batch captures anew.
-/// Logits, final-norm rows and entries equal to the eager unpadded steps bit for bit; one
-/// graph per bucket, set of adapted projections, rank bound and context bound.
+/// The steps commit to adapter deltas as a generator's do (every adapted row, the odd ones
+/// backwards, or none, in turn: [`committed_deltas`]), whose entries the graphs compute too.
+/// Logits, final-norm rows, entries and delta entries equal to the eager unpadded steps bit
+/// for bit; one graph per bucket, set of adapted projections, set of committed projections,
+/// rank bound and context bound.
 #[test]
 fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
     let schedule = graph_schedule(&[2]);
     let adapters = [Some(0), Some(1), None, Some(2), Some(1), Some(0), None, Some(2)];
-    // Bucket, adapted projections, rank bound (the ranks of SPECS, slot 2's 80 in the last
-    // batch) and context bound (1024 with the 600-position sequence 3 in the batch, else
-    // 512: no sequence grows past 512 otherwise) of each batch: the graphs the run must hold.
+    // The projection an adapter's delta is committed at: the first it targets.
+    let first_target = |slot: u32| {
+        let targets = SPECS[slot as usize].targets;
+        Projection::ALL.into_iter().find(|p| targets.contains(p)).unwrap()
+    };
+    // Bucket, adapted projections, committed projections (each step's pattern), rank bound
+    // (the ranks of SPECS, slot 2's 80 in the last batch) and context bound (1024 with the
+    // 600-position sequence 3 in the batch, else 512: no sequence grows past 512 otherwise)
+    // of each batch: the graphs the run must hold.
     let mut expected = std::collections::BTreeSet::new();
     for (b, seqs) in schedule.iter().enumerate() {
         let bucket = seqs.len().next_power_of_two();
@@ -583,7 +592,13 @@ fn cuda_decode_graphs_with_adapters_give_the_eager_logits_bit_for_bit() {
             1..=64 => 64,
             _ => 128,
         };
-        expected.insert((bucket, mask, bound, context));
+        let slots: Vec<Option<u32>> = seqs.iter().map(|&i| adapters[i]).collect();
+        for step in 0..3 {
+            let committed = committed_deltas(&slots, step)
+                .iter()
+                .fold(0u8, |m, &r| m | 1 << first_target(slots[r as usize].unwrap()).index());
+            expected.insert((bucket, mask, committed, bound, context));
+        }
     }
     let (compared, graphs) = graphed_vs_eager(16, &GRAPH_LENS, &schedule, Some(&adapters));
     assert_eq!(graphs, expected.len(), "a graph per bucket, projections, rank and context bound");
@@ -607,8 +622,9 @@ fn cuda_decode_graphs_leave_other_block_sizes_eager() {
 /// Prefills sequences of `lens` tokens into two caches of `block_size`-position blocks, then
 /// runs six decode steps for each batch of `schedule` (indices into `lens`) through
 /// `Model::forward_step` on one cache and `Model::forward_step_graphed` on the other,
-/// asking all, some or none of the final-norm rows, asserting equal logits and rows bit for
-/// bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
+/// asking all, some or none of the final-norm rows and (with adapters) committing to all,
+/// some or none of the adapted rows' deltas, asserting equal logits, rows and entries bit
+/// for bit; returns the steps compared and the graphs held at the end. With `adapters`, sequence
 /// `i` runs on [`SPECS`]' adapter in slot `adapters[i]`; slot 1 gets another adapter (rank
 /// 16) before the third batch, and slot 2 one of rank 80 before the last batch.
 fn graphed_vs_eager(
@@ -679,24 +695,37 @@ fn graphed_vs_eager(
                 },
                 _ => (Vec::new(), (0..n.div_ceil(2)).collect()),
             };
+            // The adapter deltas committed to, as a generator asks them.
+            let step_slots: Vec<Option<u32>> = seqs.iter().map(|&i| slot_of[i]).collect();
+            let delta_commit = committed_deltas(&step_slots, compared);
+            let rows = StepRows {
+                hidden: &hidden_rows,
+                commit: &commit_rows,
+                delta_commit: &delta_commit,
+                ..StepRows::default()
+            };
             let want = model
-                .forward_step(
+                .forward_rows(
                     &decode_chunks(seqs, &tokens, &eager_tables, &pos, &slot_of),
                     &mut eager_cache,
                     &lora,
-                    &hidden_rows,
-                    &commit_rows,
+                    rows,
+                    false,
                 )
                 .unwrap();
             let got = model
-                .forward_step_graphed(
+                .forward_rows(
                     &decode_chunks(seqs, &tokens, &graph_tables, &pos, &slot_of),
                     &mut graph_cache,
                     &lora,
-                    &hidden_rows,
-                    &commit_rows,
+                    rows,
+                    true,
                 )
                 .unwrap();
+            let (want_deltas, got_deltas) =
+                (want.delta_entries.wait().unwrap(), got.delta_entries.wait().unwrap());
+            assert_eq!(want_deltas.len(), delta_commit.len(), "step {compared}: committed deltas");
+            assert_eq!(got_deltas, want_deltas, "step {compared}: graphed vs eager delta entries");
             // No rows asked gives a `[0, hidden]` tensor: candle's CUDA cast of zero elements
             // launches an empty grid (CUDA_ERROR_INVALID_VALUE), so it is not converted (the
             // engine's run_plan reads no rows then either).
@@ -737,6 +766,17 @@ fn graphed_vs_eager(
         }
     }
     (compared, model.decode_graphs())
+}
+
+/// The rows of a decode step (of rows on adapter `slots`) whose adapter deltas it commits to
+/// at its `step % 3`: every adapted row, the adapted rows at odd indices backwards, none.
+fn committed_deltas(slots: &[Option<u32>], step: usize) -> Vec<u32> {
+    let adapted = (0..slots.len() as u32).filter(|&r| slots[r as usize].is_some());
+    match step % 3 {
+        0 => adapted.collect(),
+        1 => adapted.filter(|r| r % 2 == 1).rev().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// One one-token chunk per sequence of `seqs`, at its position, on its adapter slot.
@@ -836,7 +876,7 @@ fn cuda_commitment_entries_match_the_cpu_encoding() {
 #[test]
 fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters() {
     use openledger_engine::commitment::{encoded_len, DELTA_PICKS, TOP_K};
-    use openledger_engine::{NumericFormat, Projection, StepRows, StreamEvent, Tolerance};
+    use openledger_engine::{NumericFormat, StreamEvent, Tolerance};
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
     let gpu = cuda();

@@ -67,21 +67,43 @@ def median_ms(fn, reps, warmup=2):
     return times[len(times) // 2]
 
 
+class Inputs:
+    """One sgmv-bench configuration's inputs (a row of its CSV), as sgmv-bench makes them:
+    each adapter's A and B, x and y for each rotation, the segment lengths, the adapters
+    stacked (rank-padded with zeros) and the bytes of adapter weights."""
+
+    def __init__(self, row):
+        self.d_in, self.d_out, self.t, self.n = (int(row[k]) for k in ("d_in", "d_out", "tokens", "adapters"))
+        d_in, d_out, n = self.d_in, self.d_out, self.n
+        fixed = None if row["rank"] == "mixed" else int(row["rank"])
+        ranks = [MIXED[i % len(MIXED)] if fixed is None else fixed for i in range(n)]
+        self.rmax = max(ranks)
+        self.a = [generated(ranks[i], d_in, float(i), 1.0 / d_in**0.5) for i in range(n)]
+        self.b = [generated(d_out, ranks[i], 0.5 + i, 1.0 / ranks[i] ** 0.5) for i in range(n)]
+        self.xs = [generated(self.t, d_in, 100.0 + k, 1.0) for k in range(ROTATIONS)]
+        self.ys = [generated(self.t, d_out, 200.0 + k, 0.5) for k in range(ROTATIONS)]
+        self.lens = lengths(self.t, n)
+        self.a_stack = torch.zeros(n, self.rmax, d_in, dtype=torch.bfloat16, device="cuda")
+        self.b_stack = torch.zeros(n, d_out, self.rmax, dtype=torch.bfloat16, device="cuda")
+        for i in range(n):
+            self.a_stack[i, : ranks[i]] = self.a[i]
+            self.b_stack[i, :, : ranks[i]] = self.b[i]
+        self.weight_bytes = sum(2 * r * (d_in + d_out) for r in ranks)
+
+    def segment_ids(self, dtype):
+        """Each token's adapter index, `dtype` on the GPU."""
+        return torch.cat([torch.full((ln,), s, dtype=dtype, device="cuda") for s, ln in enumerate(self.lens)])
+
+
 def run(row):
-    d_in, d_out, t, n = (int(row[k]) for k in ("d_in", "d_out", "tokens", "adapters"))
-    rank_of = (lambda i: MIXED[i % len(MIXED)]) if row["rank"] == "mixed" else (lambda i, r=int(row["rank"]): r)
-    a = [generated(rank_of(i), d_in, float(i), 1.0 / d_in**0.5) for i in range(n)]
-    b = [generated(d_out, rank_of(i), 0.5 + i, 1.0 / rank_of(i) ** 0.5) for i in range(n)]
-    xs = [generated(t, d_in, 100.0 + k, 1.0) for k in range(ROTATIONS)]
-    ys = [generated(t, d_out, 200.0 + k, 0.5) for k in range(ROTATIONS)]
-    lens = lengths(t, n)
+    inp = Inputs(row)
+    a, b, xs, ys, a_stack, b_stack = inp.a, inp.b, inp.xs, inp.ys, inp.a_stack, inp.b_stack
     bounds, lo = [], 0
-    for length in lens:
+    for length in inp.lens:
         bounds.append((lo, lo + length))
         lo += length
     scale = 0.5
-    weight_bytes = sum(2 * rank_of(i) * (d_in + d_out) for i in range(n))
-    reps = 20 if weight_bytes > (256 << 20) else 50
+    reps = 20 if inp.weight_bytes > (256 << 20) else 50
 
     def loop(k):
         x, y = xs[k], ys[k]
@@ -89,13 +111,7 @@ def run(row):
             if hi > lo:
                 y[lo:hi] += scale * ((x[lo:hi] @ a[s].T) @ b[s].T)
 
-    rmax = max(rank_of(i) for i in range(n))
-    a_stack = torch.zeros(n, rmax, d_in, dtype=torch.bfloat16, device="cuda")
-    b_stack = torch.zeros(n, d_out, rmax, dtype=torch.bfloat16, device="cuda")
-    for i in range(n):
-        a_stack[i, : rank_of(i)] = a[i]
-        b_stack[i, :, : rank_of(i)] = b[i]
-    idx = torch.cat([torch.full((length,), s, dtype=torch.long, device="cuda") for s, length in enumerate(lens)])
+    idx = inp.segment_ids(torch.long)
 
     def bmm(k):
         x, y = xs[k], ys[k]

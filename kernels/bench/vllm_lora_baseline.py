@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sgmv_baselines import MIXED, ROTATIONS, generated, lengths, median_ms  # noqa: E402
+from sgmv_baselines import Inputs, median_ms  # noqa: E402
 
 SHRINK_GRID = [  # block_m, block_n, block_k, split_k, num_warps, num_stages
     (16, 16, 128, 32, 4, 2),
@@ -142,27 +142,15 @@ def default_expand():
 
 
 def run(row, shrink_mod, expand_mod, Meta):
-    d_in, d_out, t, n = (int(row[k]) for k in ("d_in", "d_out", "tokens", "adapters"))
-    rank_of = (lambda i: MIXED[i % len(MIXED)]) if row["rank"] == "mixed" else (lambda i, r=int(row["rank"]): r)
-    rmax = max(rank_of(i) for i in range(n))
-    a = [generated(rank_of(i), d_in, float(i), 1.0 / d_in**0.5) for i in range(n)]
-    b = [generated(d_out, rank_of(i), 0.5 + i, 1.0 / rank_of(i) ** 0.5) for i in range(n)]
-    xs = [generated(t, d_in, 100.0 + k, 1.0) for k in range(ROTATIONS)]
-    ys = [generated(t, d_out, 200.0 + k, 0.5) for k in range(ROTATIONS)]
-    lens = lengths(t, n)
+    inp = Inputs(row)
+    t, n, rmax, lens = inp.t, inp.n, inp.rmax, inp.lens
+    a, b, xs, ys, a_stack, b_stack = inp.a, inp.b, inp.xs, inp.ys, inp.a_stack, inp.b_stack
     scale = 0.5
-    a_stack = torch.zeros(n, rmax, d_in, dtype=torch.bfloat16, device="cuda")
-    b_stack = torch.zeros(n, d_out, rmax, dtype=torch.bfloat16, device="cuda")
-    for i in range(n):
-        a_stack[i, : rank_of(i)] = a[i]
-        b_stack[i, :, : rank_of(i)] = b[i]
-    mapping = torch.cat([torch.full((ln,), s, dtype=torch.int32, device="cuda") for s, ln in enumerate(lens)])
     meta = Meta.make(max_loras=n, max_num_tokens=t, device="cuda")
-    meta.prepare_tensors(mapping)
+    meta.prepare_tensors(inp.segment_ids(torch.int32))
     args = meta.meta_args(t, specialize_active_lora=True)
     buf = torch.zeros(1, t, rmax, dtype=torch.float32, device="cuda")
-    weight_bytes = sum(2 * rank_of(i) * (d_in + d_out) for i in range(n))
-    reps = 20 if weight_bytes > (256 << 20) else 30
+    reps = 20 if inp.weight_bytes > (256 << 20) else 30
 
     def shrink(k):
         shrink_mod._lora_shrink(xs[k], [a_stack], buf, *args, scale)

@@ -68,9 +68,9 @@ struct Args {
     /// rate its FLOP floor is taken at.
     #[arg(long)]
     prefill_only: bool,
-    /// Before each prefill run and after a configuration's last, launch one f64 kernel
-    /// (`affine_f64`, which nothing else here launches): markers that split a profiler's
-    /// kernel list into the runs.
+    /// Before each prefill run and after a configuration's last, and around each decode
+    /// configuration's timed steps, launch one f64 kernel (`affine_f64`, which nothing else
+    /// here launches): markers that split a profiler's kernel list into the runs.
     #[arg(long)]
     mark_runs: bool,
     /// Also time every decode configuration without adapters with the step replayed from
@@ -141,7 +141,8 @@ fn copy_bandwidth(dev: &CudaDevice) -> Result<f64> {
 
 /// Median time of one decode step of `slots.len()` sequences at `context` cached positions,
 /// and the median time the host took to enqueue it (the step is host-bound when the two
-/// are close).
+/// are close). With `mark`, a marker kernel before the first timed step and one after the
+/// last (`Args::mark_runs`): a profiler's kernels between them are the timed steps'.
 #[allow(clippy::too_many_arguments)]
 fn decode_step(
     model: &Model,
@@ -151,7 +152,7 @@ fn decode_step(
     context: usize,
     steps: usize,
     device: &Device,
-    graphed: bool,
+    (graphed, mark): (bool, bool),
 ) -> Result<(f64, f64)> {
     let vocab = model.config().vocab_size;
     let mut tables = vec![BlockTable::default(); slots.len()];
@@ -163,6 +164,9 @@ fn decode_step(
     let (mut times, mut enqueue) = (Vec::new(), Vec::new());
     let mut run = || -> Result<()> {
         for s in 0..steps + 3 {
+            if mark && s == 3 {
+                marker(device)?;
+            }
             let chunks: Vec<SeqChunk<'_>> = (0..slots.len())
                 .map(|i| SeqChunk {
                     tokens: &tokens[i],
@@ -185,6 +189,9 @@ fn decode_step(
                 enqueue.push(queued);
             }
             drop(logits);
+        }
+        if mark {
+            marker(device)?;
         }
         Ok(())
     };
@@ -211,7 +218,7 @@ fn prefill_time(
     let mut times = Vec::new();
     for run in 0..runs.max(2) {
         if mark {
-            candle_core::Tensor::ones(1, DType::F64, device)?.affine(2.0, 1.0)?;
+            marker(device)?;
         }
         let mut table = BlockTable::default();
         cache.reserve(&mut table, prompt.len())?;
@@ -227,9 +234,15 @@ fn prefill_time(
         cache.release(&mut table);
     }
     if mark {
-        candle_core::Tensor::ones(1, DType::F64, device)?.affine(2.0, 1.0)?;
+        marker(device)?;
     }
     Ok(median(&mut times))
+}
+
+/// One f64 kernel (`affine_f64`, which nothing else here launches): a profiler's marker.
+fn marker(device: &Device) -> Result<()> {
+    candle_core::Tensor::ones(1, DType::F64, device)?.affine(2.0, 1.0)?;
+    Ok(())
 }
 
 fn tokens_streamed(rx: &Receiver<StreamEvent>) -> usize {
@@ -516,7 +529,7 @@ fn main() -> Result<()> {
                 args.context,
                 args.steps,
                 &device,
-                graph,
+                (graph, args.mark_runs),
             );
             // A failed graph step is reported and the eager runs go on.
             let (step, enqueue) = match timed {

@@ -15,7 +15,7 @@
 //! an eager step of the real rows alone gets wherever cuBLAS computes a row the same at
 //! both row counts (tested in `tests/gpu_engine.rs` at buckets 1 to 8).
 //!
-//! What makes the step replayable: every launch of [`TensorModel::forward_planned_rows`] reads
+//! What makes the step replayable: every launch of [`TensorModel::forward_planned_deltas`] reads
 //! its inputs from the plan's device buffers, never from the host, and the plan's launch
 //! shapes depend on the batch size and a context bound alone (block tables padded to the
 //! bound's width, [`DecodeBlocks::fixed_launch`]). The bound is the step's longest context
@@ -40,9 +40,17 @@
 //! SGMV use every variant an eager launch may choose, up to 128 all but clusters of 4). The fused SGMV kernel computes each
 //! token row the same whatever the tiles around it, so the rows match an eager step's.
 //!
-//! Prefill chunks, steps that compute adapter deltas apart (activation commitments of
-//! adapted rows), adapters the fused SGMV kernel does not take (f32, ranks over 128), and
-//! steps over the largest bucket stay eager.
+//! Steps that commit to adapter deltas (activation commitments of adapted rows, on by
+//! default: every decode step of an adapted generation) replay graphs as well: at the
+//! commitment's layer the graph runs each committed projection's input through SGMV once
+//! more, into zeros, on segments of its own (fixed buffers like the step's, the committed
+//! rows on their adapters and no other row), and computes every row's entries of that
+//! output into a buffer; the asked rows' entries are gathered after the replay. Graphs are
+//! kept per set of committed projections too.
+//!
+//! Prefill chunks, steps that return delta rows whole (a verifier's), adapters the fused
+//! SGMV kernel does not take (f32, ranks over 128), and steps over the largest bucket stay
+//! eager.
 //!
 //! [`DecodeBlocks::fixed_launch`]: openledger_kernels::DecodeBlocks::fixed_launch
 
@@ -52,11 +60,12 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
-    graph_rank_bound, graph_segments_supported, overwrite_u32, packed_top2, GraphSegments,
+    graph_rank_bound, graph_segments_supported, overwrite_u32, packed_top2, BatchSegments,
+    GraphSegments,
 };
 
 use super::{graph_bucket, padded_tables, paged_decode, select_rows, StepPlan, TensorModel};
-use crate::adapters::{LoraSlots, ADAPTER_DTYPE};
+use crate::adapters::{DeltaGroup, DeltaPlan, LoraSlots, ADAPTER_DTYPE};
 use crate::commitment;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
@@ -100,6 +109,11 @@ struct DecodeGraph {
     context: usize,
     /// Each adapted projection's segment buffers, which its SGMV launches read.
     lora: Vec<(Projection, GraphSegments)>,
+    /// The projections whose deltas the step commits to, one bit per [`Projection::index`].
+    committed: u8,
+    /// Each committed projection's delta: the segment buffers of its launch and the u32
+    /// `[bucket, TOP_K]` entries of its output rows, written by every replay.
+    deltas: Vec<(Projection, GraphSegments, Tensor)>,
     plan: StepPlan,
     /// f32 `[bucket, vocab]`, written by every replay.
     logits: Tensor,
@@ -118,7 +132,10 @@ struct DecodeGraph {
 impl DecodeGraph {
     fn bytes(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        bytes(&self.logits) + bytes(&self.hidden) + self.entries.as_ref().map_or(0, bytes)
+        bytes(&self.logits)
+            + bytes(&self.hidden)
+            + self.entries.as_ref().map_or(0, bytes)
+            + self.deltas.iter().map(|(_, _, e)| bytes(e)).sum::<usize>()
     }
 }
 
@@ -184,6 +201,11 @@ fn adapted_mask(segments: &StepSegments) -> u8 {
     segments.iter().enumerate().filter(|(_, s)| s.is_some()).fold(0, |m, (i, _)| m | 1 << i)
 }
 
+/// One bit per [`Projection::index`] of `projections`.
+fn projection_mask(projections: impl IntoIterator<Item = Projection>) -> u8 {
+    projections.into_iter().fold(0, |m, p| m | 1 << p.index())
+}
+
 /// The host inputs of a decode step, in the layouts the plan's buffers hold.
 struct StepInputs {
     tokens: Vec<u32>,
@@ -236,9 +258,14 @@ pub(crate) fn forward(
     (hidden_rows, commit_rows): (&[u32], &[u32]),
     cache: &mut KvCache,
     lora: &LoraSlots,
-    segments: &StepSegments,
+    (segments, delta): (&StepSegments, &DeltaPlan),
 ) -> Result<Option<StepOutput>> {
     let n = chunks.len();
+    // Committed deltas whose entries the graph cannot compute (a width the encoding does
+    // not take) leave the step to the eager path, which encodes them on the host.
+    if delta.groups.iter().any(|g| !entries_fit(cfg.proj_dims(g.proj).1)) {
+        return Ok(None);
+    }
     let Some(bucket) = graph_bucket(n) else { return Ok(None) };
     let padding = if bucket > n {
         match cache.padding_block() {
@@ -271,6 +298,18 @@ pub(crate) fn forward(
     };
     let projections: Vec<Projection> =
         Projection::ALL.into_iter().filter(|p| adapted & (1 << p.index()) != 0).collect();
+    // Each committed projection's delta segments over the padded rows (the group's rows on
+    // their slots, no other row), in the plan's group order.
+    let committed = projection_mask(delta.groups.iter().map(|g| g.proj));
+    let delta_segments = delta
+        .groups
+        .iter()
+        .map(|g| {
+            lora.delta_segments(g.proj, &g.rows, &g.slots, Some(bucket))?.ok_or_else(|| {
+                EngineError::Backend(format!("a committed {:?} delta without segments", g.proj))
+            })
+        })
+        .collect::<Result<Vec<BatchSegments>>>()?;
     let context = context_bound(cfg, padded.iter().map(|c| c.start + 1).max().unwrap_or(1));
     let ranks = padded_segments.iter().flatten().map(|s| s.map().max_rank()).max();
     let rank_bound = match ranks {
@@ -283,8 +322,8 @@ pub(crate) fn forward(
     graphs.clock += 1;
     let now = graphs.clock;
     let found = graphs.graphs.iter_mut().find(|g| {
-        (g.bucket, g.pool, g.adapted, g.rank_bound, g.context)
-            == (bucket, pool_id, adapted, rank_bound, context)
+        (g.bucket, g.pool, g.adapted, g.committed, g.rank_bound, g.context)
+            == (bucket, pool_id, adapted, committed, rank_bound, context)
     });
     if let Some(g) = found {
         let inputs = StepInputs::new(&padded, cache, context);
@@ -308,19 +347,21 @@ pub(crate) fn forward(
             })?;
             buffers.write(seg.map())?;
         }
+        for (grp, seg) in delta.groups.iter().zip(&delta_segments) {
+            let (_, buffers, _) =
+                g.deltas.iter().find(|(p, ..)| *p == grp.proj).ok_or_else(|| {
+                    EngineError::Backend(format!("a graphed step lost its {:?} delta", grp.proj))
+                })?;
+            buffers.write(seg.map())?;
+        }
         lora.sync_device_tables(&projections)?;
         g.graph.launch().map_err(cuda_err)?;
         g.last_used = now;
         let entries = step_entries(model, &g.hidden, g.entries.as_ref(), n, commit_rows)?;
+        let delta_entries = committed_entries(delta, &g.deltas)?;
         let hidden = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
         let logits = g.logits.narrow(0, 0, n)?.copy()?;
-        return Ok(Some(StepOutput {
-            logits,
-            hidden,
-            entries,
-            delta: Vec::new(),
-            delta_entries: StepEntries::none(),
-        }));
+        return Ok(Some(StepOutput { logits, hidden, entries, delta: Vec::new(), delta_entries }));
     }
     // First step of this bucket: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
@@ -342,7 +383,25 @@ pub(crate) fn forward(
         lora_buffers.push((p, gs));
     }
     let segments = &segments;
-    let (eager, eager_hidden) = model.forward_planned_rows(cfg, &plan, pool, lora, segments)?;
+    // Each committed projection's delta launch through buffers of its own, and the buffer
+    // its rows' entries go into.
+    let mut delta_buffers = Vec::with_capacity(delta.groups.len());
+    let mut bound_groups = Vec::with_capacity(delta.groups.len());
+    for (g, seg) in delta.groups.iter().zip(&delta_segments) {
+        let gs = GraphSegments::new(model.device(), bucket, rank_bound)?;
+        bound_groups.push(DeltaGroup {
+            proj: g.proj,
+            rows: Vec::new(),
+            slots: Vec::new(),
+            at: Vec::new(),
+            segments: Some(gs.bind(seg.map().clone())?),
+        });
+        let words = Tensor::zeros((bucket, commitment::TOP_K), DType::U32, model.device())?;
+        delta_buffers.push((g.proj, gs, words));
+    }
+    let bound_delta = DeltaPlan { layer: delta.layer, asked: delta.asked, groups: bound_groups };
+    let (eager, eager_hidden, eager_deltas) =
+        model.forward_planned_deltas(cfg, &plan, pool, lora, segments, &bound_delta)?;
     let logits = Tensor::zeros((bucket, cfg.vocab_size), DType::F32, model.device())?;
     let hidden = Tensor::zeros((bucket, cfg.hidden_size), eager_hidden.dtype(), model.device())?;
     // The copies into the graph's buffers, once outside the capture: they load candle's copy
@@ -357,10 +416,20 @@ pub(crate) fn forward(
     } else {
         None
     };
+    for ((_, _, words), d) in delta_buffers.iter().zip(&eager_deltas) {
+        words.slice_set(&packed_top2(d, commitment::DIM_BITS)?, 0, 0)?;
+    }
     let step = step_entries(model, &eager_hidden, entries.as_ref(), n, commit_rows)?;
+    let delta_entries = committed_entries(delta, &delta_buffers)?;
     let rows = gather_rows(model, cfg, &eager_hidden, n, hidden_rows)?;
-    let buffers = GraphOutputs { logits: &logits, hidden: &hidden, entries: entries.as_ref() };
-    let graph = capture(model, cfg, &plan, cache, lora, segments, &buffers)?;
+    let deltas: Vec<&Tensor> = delta_buffers.iter().map(|(_, _, words)| words).collect();
+    let buffers = GraphOutputs {
+        logits: &logits,
+        hidden: &hidden,
+        entries: entries.as_ref(),
+        deltas: &deltas,
+    };
+    let graph = capture(model, cfg, &plan, cache, lora, (segments, &bound_delta), &buffers)?;
     let captured = DecodeGraph {
         bucket,
         pool: pool_id,
@@ -368,6 +437,8 @@ pub(crate) fn forward(
         rank_bound,
         context,
         lora: lora_buffers,
+        committed,
+        deltas: delta_buffers,
         plan,
         logits,
         hidden,
@@ -382,14 +453,39 @@ pub(crate) fn forward(
         hidden: rows,
         entries: step,
         delta: Vec::new(),
-        delta_entries: StepEntries::none(),
+        delta_entries,
     }))
 }
 
 /// Whether a graph computes its rows' commitment entries on the device (rows of a width the
 /// kernel and the encoding take).
 fn entries_on_device(cfg: &ModelConfig) -> bool {
-    (commitment::TOP_K..=commitment::MAX_DIMS).contains(&cfg.hidden_size)
+    entries_fit(cfg.hidden_size)
+}
+
+/// Whether `packed_top2` and the encoding take rows `width` wide.
+fn entries_fit(width: usize) -> bool {
+    (commitment::TOP_K..=commitment::MAX_DIMS).contains(&width)
+}
+
+/// The committed delta entries of `delta`'s rows, in the order asked: each group's rows
+/// gathered from its projection's entries buffer (every step row's, written by the step),
+/// their copy to the host queued behind.
+fn committed_entries(
+    delta: &DeltaPlan,
+    buffers: &[(Projection, GraphSegments, Tensor)],
+) -> Result<StepEntries> {
+    if delta.is_empty() {
+        return Ok(StepEntries::none());
+    }
+    let mut parts = Vec::with_capacity(delta.groups.len());
+    for g in &delta.groups {
+        let (_, _, words) = buffers.iter().find(|(p, ..)| *p == g.proj).ok_or_else(|| {
+            EngineError::Backend(format!("no entries buffer for the {:?} delta", g.proj))
+        })?;
+        parts.push((StepEntries::copying(&select_rows(words, &g.rows)?)?, g.at.clone()));
+    }
+    Ok(StepEntries::parts(parts))
 }
 
 /// The commitment entries of the step's rows at `commit_rows` (each below `n`): from the
@@ -440,12 +536,14 @@ fn gather_rows(
     Ok(hidden.index_select(&rows, 0)?)
 }
 
-/// The buffers a captured step writes: the logits, the final-norm rows, and (when the rows'
-/// width allows) their commitment entries.
+/// The buffers a captured step writes: the logits, the final-norm rows, (when the rows'
+/// width allows) their commitment entries, and the committed deltas' entries, one buffer
+/// per group of the captured [`DeltaPlan`], in its order.
 struct GraphOutputs<'a> {
     logits: &'a Tensor,
     hidden: &'a Tensor,
     entries: Option<&'a Tensor>,
+    deltas: &'a [&'a Tensor],
 }
 
 /// Captures the planned step on candle's stream; the logits, the final-norm rows and their
@@ -468,7 +566,7 @@ fn capture(
     plan: &StepPlan,
     cache: &KvCache,
     lora: &LoraSlots,
-    segments: &StepSegments,
+    (segments, delta): (&StepSegments, &DeltaPlan),
     out: &GraphOutputs<'_>,
 ) -> Result<CudaGraph> {
     let Device::Cuda(dev) = model.device() else {
@@ -477,17 +575,21 @@ fn capture(
     let pool = model.check_pool(cfg, cache)?;
     let stream = dev.cuda_stream();
     let _cache = dev.enable_cuda_graph_htod_cache();
-    drop(model.forward_planned_rows(cfg, plan, pool, lora, segments)?);
+    drop(model.forward_planned_deltas(cfg, plan, pool, lora, segments, delta)?);
     stream.synchronize().map_err(cuda_err)?;
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(cuda_err)?;
     let recorded = (|| -> Result<()> {
-        let (logits, rows) = model.forward_planned_rows(cfg, plan, pool, lora, segments)?;
+        let (logits, rows, deltas) =
+            model.forward_planned_deltas(cfg, plan, pool, lora, segments, delta)?;
         out.logits.slice_set(&logits, 0, 0)?;
         out.hidden.slice_set(&rows, 0, 0)?;
         if let Some(entries) = out.entries {
             entries.slice_set(&packed_top2(&rows, commitment::DIM_BITS)?, 0, 0)?;
+        }
+        for (words, d) in out.deltas.iter().zip(&deltas) {
+            words.slice_set(&packed_top2(d, commitment::DIM_BITS)?, 0, 0)?;
         }
         Ok(())
     })();
