@@ -60,11 +60,11 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 64)]
     running: usize,
-    /// Admit a request whose adapter is still being copied to the GPU (the step waits on
-    /// the copy) instead of holding it back until the copy has ended
-    /// (`AdapterCacheConfig::admit_while_copying`).
+    /// Hold a request whose adapter is still being copied to the GPU back until the copy
+    /// has ended, instead of admitting it at once, the step waiting on the copy (the
+    /// engine's default, `AdapterCacheConfig::admit_while_copying`).
     #[arg(long)]
-    admit_while_copying: bool,
+    hold_while_copying: bool,
     /// Requests per measured load.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -311,7 +311,7 @@ fn main() -> Result<()> {
             compute_bytes: args.slots * adapter_bytes,
             // A parsed adapter holds its weights and a little alignment padding.
             host_bytes: host_adapters * (adapter_bytes + adapter_bytes / 100),
-            admit_while_copying: args.admit_while_copying,
+            admit_while_copying: !args.hold_while_copying,
         },
         max_batch_tokens: args.prompt.max(512),
         max_prefill_chunk: 0,
@@ -366,7 +366,7 @@ fn main() -> Result<()> {
                 r.mean_step_ms,
                 r.p99_step_ms,
                 r.mean_waiting,
-                args.admit_while_copying,
+                !args.hold_while_copying,
             );
             results.push((load.clone(), r));
         }
