@@ -24,8 +24,8 @@ pub(crate) mod decode_graph;
 use candle_core::{DType, Device, Tensor};
 use openledger_kernels::{
     add_rms_norm, attention::HEAD_DIMS, packed_top2, paged_decode_attention_with,
-    paged_prefill_attention, rope_store_kv, silu_mul, DecodeBlocks, PrefillBlocks, PrefillChunk,
-    QkvHeads, RotaryPairs, RowIndex,
+    paged_prefill_attention, rope_store_kv, silu_mul, to_f32, DecodeBlocks, PrefillBlocks,
+    PrefillChunk, QkvHeads, RotaryPairs, RowIndex,
 };
 
 use crate::adapters::{DeltaPlan, LoraSlots};
@@ -469,8 +469,8 @@ impl TensorModel {
         }
         // `h` is now every row through the final norm (rows are independent); the logits
         // need the chunks' last rows.
-        let last = h.index_select(&plan.last_rows, 0)?;
-        let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let last = if plan.all_rows_last { h.clone() } else { h.index_select(&plan.last_rows, 0)? };
+        let logits = to_f32(&last.matmul(&self.lm_head.t()?)?)?;
         let deltas: Vec<Tensor> = deltas.into_inner().into_iter().flatten().collect();
         if deltas.len() != delta.groups.len() {
             return Err(EngineError::Backend(format!(
@@ -488,7 +488,7 @@ impl TensorModel {
     /// [`Self::forward`] computes them for the chunks' last rows.
     pub(crate) fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = hidden.to_dtype(self.dtype())?;
-        Ok(h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        Ok(to_f32(&h.matmul(&self.lm_head.t()?)?)?)
     }
 
     /// Attention of every row (`q`: `[n, num_heads * head_dim]`) over its sequence's cached
@@ -629,6 +629,9 @@ pub(crate) struct StepPlan {
     /// The pool row each batch row's keys and values go to.
     pub(crate) kv_slots: RowIndex,
     last_rows: Tensor,
+    /// `last_rows` is every row in order (a decode step's chunks are one token each): the
+    /// LM head reads the final-norm rows as they are, no gather.
+    all_rows_last: bool,
     pub(crate) decode: Option<DecodeRows>,
     /// The prefill chunks for the fused kernel (one launch a layer for all of them), when
     /// it applies ([`fused_prefill`]); else `prefill` holds them.
@@ -755,6 +758,7 @@ impl StepPlan {
             rope_style: cfg.rope_style,
             kv_slots: RowIndex::new(slots),
             last_rows: Tensor::from_slice(last_rows, last_rows.len(), dev)?,
+            all_rows_last: last_rows.len() == n && last_rows.iter().copied().eq(0..n as u32),
             decode,
             fused_prefill,
             prefill,

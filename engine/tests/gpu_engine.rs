@@ -173,6 +173,53 @@ fn cuda_stacked_lora_launch_gives_each_projections_bits() {
     eprintln!("{checked} stacked launches = one launch per projection, bit for bit");
 }
 
+/// `to_f32` (the logits' cast: 16-byte vectors on CUDA) gives candle's cast bit for bit, on
+/// the kernel's path (bf16 and f16 of whole 8-element vectors, the 8B shape's vocabulary at
+/// batch 64 among them) and on the fallbacks (a length not a multiple of 8, a view starting
+/// off a 16-byte boundary, f32 in), with infinities, NaN, zeros of both signs and subnormals.
+#[test]
+fn cuda_widened_logits_are_candles_cast_bit_for_bit() {
+    use openledger_kernels::to_f32;
+    use rand::{Rng, SeedableRng};
+    let gpu = cuda();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for (rows, cols) in [(64, 128_256), (1, 49_152), (3, 5), (7, 8)] {
+        let mut v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-30.0f32..30.0)).collect();
+        let special = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0, 1e-40, -3e-39];
+        let len = v.len();
+        for (i, x) in special.iter().enumerate().take(len) {
+            v[i * 3 % len] = *x;
+        }
+        let base = Tensor::from_vec(v, (rows, cols), &gpu).unwrap();
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let t = base.to_dtype(dtype).unwrap();
+            // Whole; strided (every row but its first column); off a 16-byte boundary (from
+            // the second element); from the second row (aligned when a row is 16-byte whole).
+            let n = rows * cols;
+            let mut views = vec![t.clone(), t.narrow(1, 1, cols - 1).unwrap()];
+            if n > 9 {
+                views.push(t.flatten_all().unwrap().narrow(0, 1, n - 9).unwrap());
+            }
+            if rows > 1 {
+                views.push(t.narrow(0, 1, rows - 1).unwrap());
+            }
+            for view in &views {
+                let want = view.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                let got = to_f32(view).unwrap().flatten_all().unwrap();
+                let (want, got) = (want.to_vec1::<f32>().unwrap(), got.to_vec1::<f32>().unwrap());
+                assert_eq!(want.len(), got.len());
+                let differ = want
+                    .iter()
+                    .zip(&got)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()))
+                    .count();
+                assert_eq!(differ, 0, "{dtype:?} {:?}: {differ} values differ", view.dims());
+            }
+        }
+    }
+    eprintln!("to_f32 = candle's cast, bit for bit (kernel and fallbacks)");
+}
+
 #[test]
 fn cuda_row_scatter_matches_cpu() {
     let gpu = cuda();

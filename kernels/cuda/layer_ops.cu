@@ -6,6 +6,7 @@
 //                  types with f % 8 == 0: silu_mul_vec8, 16-byte accesses, same bits)
 //   rope_store_kv  q and k rotated, q written out, k and v written to their KV-cache rows,
 //                  from one [n, (heads + 2 kv_heads) * head_dim] q|k|v projection
+//   widen_f32_vec8 16-bit values to f32, 16-byte accesses (the logits' cast)
 //
 // Each output element is computed with the operations, in the element type and order, of
 // the candle kernels these replace (binary add, rmsnorm with a 32- or 1024-thread row
@@ -182,9 +183,27 @@ __device__ void rope_store_kv(const T* __restrict__ qkv, const T* __restrict__ c
                          interleaved);                                                         \
     }
 
+// out[i] = (float)in[i] for vecs x 8 elements (exact): one 16-byte load of 8 elements and
+// two 16-byte stores a thread (in and out 16-byte aligned). What candle's element-wise cast
+// does one element a thread; the logits of a decode step cross it every step.
+template <typename T>
+__device__ void widen_vec8(const T* __restrict__ in, float* __restrict__ out, long long vecs) {
+    for (long long v = blockIdx.x * (long long)blockDim.x + threadIdx.x; v < vecs;
+         v += (long long)gridDim.x * blockDim.x) {
+        const uint4 packed = reinterpret_cast<const uint4*>(in)[v];
+        const T* e = reinterpret_cast<const T*>(&packed);
+        float4* o = reinterpret_cast<float4*>(out) + 2 * v;
+        o[0] = make_float4(to_float(e[0]), to_float(e[1]), to_float(e[2]), to_float(e[3]));
+        o[1] = make_float4(to_float(e[4]), to_float(e[5]), to_float(e[6]), to_float(e[7]));
+    }
+}
+
 #define SILU_VEC8(T, SUFFIX)                                                                   \
     extern "C" __global__ void silu_mul_vec8_##SUFFIX(const T* gu, T* act, int rows, int f) {  \
         silu_mul_vec8<T>(gu, act, rows, f);                                                    \
+    }                                                                                          \
+    extern "C" __global__ void widen_f32_vec8_##SUFFIX(const T* in, float* out, long long vecs) { \
+        widen_vec8<T>(in, out, vecs);                                                          \
     }
 
 SILU_VEC8(__nv_bfloat16, bf16)

@@ -73,7 +73,7 @@ pub use element::{AdapterWeights, BLayout, Element, Format, LoraWeights, Widen};
 pub use error::{KernelError, Result};
 #[cfg(feature = "cuda")]
 pub use graph_inputs::overwrite_u32;
-pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, QkvHeads, RotaryPairs};
+pub use layer_ops::{add_rms_norm, rope_store_kv, silu_mul, to_f32, QkvHeads, RotaryPairs};
 pub use row_top::{packed_top2, HostCopy, TOP_ENTRIES};
 pub use scatter::{scatter_rows, RowIndex};
 pub use segments::{AdapterSlot, SegmentMap};

@@ -126,6 +126,48 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Re
     Ok(out)
 }
 
+/// `s` (bf16 or f16, laid out by `l`) widened to f32: the 16-byte kernel for contiguous
+/// storage of whole, aligned 8-element vectors, candle's cast otherwise (the same values:
+/// the conversion is exact).
+pub(super) fn widen_f32(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<[CudaFunction; 2]>>>> = OnceLock::new();
+    let dev = s.device().clone();
+    let stream = dev.cuda_stream();
+    let n = l.shape().elem_count();
+    let index = match s.dtype() {
+        DType::BF16 => Some(0),
+        DType::F16 => Some(1),
+        _ => None,
+    };
+    let address = storage_address(s, l, &stream)?;
+    let (Some(index), true) =
+        (index, l.is_contiguous() && n > 0 && n.is_multiple_of(8) && address.is_multiple_of(16))
+    else {
+        return Ok(s.to_dtype(l, DType::F32)?);
+    };
+    let functions = per_context(&LOADED, &dev, |ctx, _| {
+        let module = load_fatbin(ctx, FATBIN)?;
+        let f = |name: &str| module.load_function(name).map_err(cuda_err);
+        Ok(Arc::new([f("widen_f32_vec8_bf16")?, f("widen_f32_vec8_f16")?]))
+    })?;
+    let out = alloc_uninit(&dev, DType::F32, n)?;
+    let out_address = storage_address(&out, &Layout::contiguous(n), &stream)?;
+    if !out_address.is_multiple_of(16) {
+        return Ok(s.to_dtype(l, DType::F32)?);
+    }
+    let vecs = (n / 8) as i64;
+    let blocks = (vecs as u64).div_ceil(256).clamp(1, 4096) as u32;
+    let cfg =
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut b = stream.launch_builder(&functions[index]);
+    b.arg(&address).arg(&out_address).arg(&vecs);
+    // SAFETY: the input holds vecs x 8 contiguous 16-bit elements from a 16-byte aligned
+    // address, the output vecs x 8 f32 from another: every 16-byte access is in bounds and
+    // aligned.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(out)
+}
+
 /// Device addresses of the two caches [`super::rope_store_kv`] writes. The kernel writes
 /// them through these addresses: candle's storage locks are not taken, which is sound
 /// because all work runs on candle's one stream, in order, and the tensors outlive the

@@ -114,6 +114,19 @@ pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     Ok(gate_up.apply_op1_no_bwd(&SiluMul)?)
 }
 
+/// `t` in f32 (exact from bf16 and f16). On CUDA a 16-bit tensor of whole, aligned 8-element
+/// vectors goes through one vectorized launch (`widen_f32_vec8`: 16-byte loads and stores);
+/// anything else through candle's cast. The logits of a decode step cross here every step:
+/// at batch 64 over the 8B shape's 128,256-entry vocabulary, candle's element-wise cast took
+/// 86 us on an H100, 11% of the copy rate (docs/benchmarks.md, "Decode step, kernel by
+/// kernel").
+pub fn to_f32(t: &Tensor) -> Result<Tensor> {
+    if t.device().is_cuda() && matches!(t.dtype(), DType::BF16 | DType::F16) {
+        return Ok(t.apply_op1_no_bwd(&WidenF32)?);
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
 /// From a q|k|v projection `qkv` (`[rows, (heads + 2 kv_heads) * head_dim]`, contiguous):
 /// rotates q and k by each row's angles (`cos`, `sin`: `[rows, head_dim / 2]`), writes
 /// row `i`'s rotated k and its v into row `slots[i]` of `keys` and `values`
@@ -277,6 +290,31 @@ impl candle_core::CustomOp1 for SiluMul {
             let (rows, cols) = l.shape().dims2()?;
             let out = cuda::silu_mul(s, l, rows, cols / 2).map_err(to_candle)?;
             Ok((out, Shape::from((rows, cols / 2))))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s, l);
+            Err(to_candle(KernelError::UnsupportedDevice("cuda (feature `cuda` is off)".into())))
+        }
+    }
+}
+
+/// [`to_f32`]'s CUDA launch (the CPU widens through candle before it gets here).
+struct WidenF32;
+
+impl candle_core::CustomOp1 for WidenF32 {
+    fn name(&self) -> &'static str {
+        "widen-f32"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((s.to_dtype(l, DType::F32)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        {
+            Ok((cuda::widen_f32(s, l).map_err(to_candle)?, l.shape().clone()))
         }
         #[cfg(not(feature = "cuda"))]
         {
