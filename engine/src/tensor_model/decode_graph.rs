@@ -198,7 +198,11 @@ pub(crate) fn applies(
 
 /// The projections with segments, one bit per [`Projection::index`].
 fn adapted_mask(segments: &StepSegments) -> u8 {
-    segments.iter().enumerate().filter(|(_, s)| s.is_some()).fold(0, |m, (i, _)| m | 1 << i)
+    projection_mask(
+        Projection::ALL
+            .into_iter()
+            .filter(|p| segments.get(p.index()).is_some_and(Option::is_some)),
+    )
 }
 
 /// One bit per [`Projection::index`] of `projections`.
