@@ -44,6 +44,45 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delt
     const size_t base = (size_t)row * ncols;
     T* res = out + base;
     T* normed = out + (size_t)rows * ncols + base;
+    // Rows of up to KEEP values a thread (every Llama-family width with 1024 threads) keep
+    // the sums and the weights in registers, the weights loaded before the reduction, so
+    // the second pass reads nothing: the same operations in the same order as the loop
+    // below, fewer dependent memory round trips (a decode step's single block is a chain).
+    constexpr int KEEP = 8;
+    if (ncols <= KEEP * (int)blockDim.x) {
+        T kept[KEEP];
+        float wk[KEEP];
+        float tmp = 0.0f;
+#pragma unroll
+        for (int k = 0; k < KEEP; ++k) {
+            const int col = tid + k * blockDim.x;
+            if (col < ncols) {
+                const T s = x[base + col] + delta[base + col];
+                kept[k] = s;
+                wk[k] = to_float(w[col]);
+                res[col] = s;
+                const float xi = to_float(s);
+                tmp += xi * xi;
+            }
+        }
+        tmp = warp_sum(tmp);
+        if (blockDim.x > 32) {
+            __shared__ float s_keep[32];
+            const int warp = tid / 32, lane = tid % 32;
+            if (lane == 0) s_keep[warp] = tmp;
+            __syncthreads();
+            tmp = s_keep[lane];
+            tmp = warp_sum(tmp);
+        }
+        const float mean = tmp / ncols;
+        const float scale = rsqrtf(mean + eps);
+#pragma unroll
+        for (int k = 0; k < KEEP; ++k) {
+            const int col = tid + k * blockDim.x;
+            if (col < ncols) normed[col] = from_float<T>(scale * to_float(kept[k]) * wk[k]);
+        }
+        return;
+    }
     float tmp = 0.0f;
     for (int col = tid; col < ncols; col += blockDim.x) {
         const T s = x[base + col] + delta[base + col];
@@ -128,42 +167,46 @@ __device__ void silu_mul_vec8(const T* __restrict__ gu, T* __restrict__ act, int
     }
 }
 
-// One block per row of qkv ([rows, (nh + 2 nkv) * hd], row stride `ld`). Work items: the
-// rotation pairs of the nh query heads, then of the nkv key heads, then pairs of value
-// elements. interleaved = 0: dimension i pairs with i + hd / 2; 1: 2i with 2i + 1.
-// cos / sin: [rows, hd / 2]. Keys and values go to row slots[row] of the caches
-// ([*, nkv * hd]).
+// Rows of qkv ([rows, (nh + 2 nkv) * hd], row stride `ld`) on grid y, each row's work items
+// spread over grid x (one item a thread: a decode step's few rows would otherwise leave one
+// block walking a row's ~3,000 items, a chain of dependent loads). Work items: the rotation
+// pairs of the nh query heads, then of the nkv key heads, then pairs of value elements.
+// interleaved = 0: dimension i pairs with i + hd / 2; 1: 2i with 2i + 1. cos / sin:
+// [rows, hd / 2]. Keys and values go to row slots[row] of the caches ([*, nkv * hd]). An
+// element's arithmetic does not depend on which thread computes it.
 template <typename T>
 __device__ void rope_store_kv(const T* __restrict__ qkv, const T* __restrict__ cos,
                               const T* __restrict__ sin, const uint32_t* __restrict__ slots,
                               T* __restrict__ q_out, T* __restrict__ k_cache,
-                              T* __restrict__ v_cache, long long ld, int nh, int nkv, int hd,
-                              int interleaved) {
-    const int row = blockIdx.x;
+                              T* __restrict__ v_cache, long long ld, int rows, int nh, int nkv,
+                              int hd, int interleaved) {
     const int half = hd / 2;
-    const T* src = qkv + (size_t)row * ld;
-    const size_t slot = slots[row];
     const int q_pairs = nh * half, k_pairs = nkv * half, v_pairs = nkv * half;
-    const T* c_row = cos + (size_t)row * half;
-    const T* s_row = sin + (size_t)row * half;
-    for (int item = threadIdx.x; item < q_pairs + k_pairs + v_pairs; item += blockDim.x) {
-        if (item < q_pairs + k_pairs) {
-            const bool is_q = item < q_pairs;
-            const int p = is_q ? item : item - q_pairs;
-            const int head = p / half, i = p - head * half;
-            const int i1 = head * hd + (interleaved ? 2 * i : i);
-            const int i2 = i1 + (interleaved ? 1 : half);
-            const T* x = src + (is_q ? 0 : nh * hd);
-            T* dst = is_q ? q_out + (size_t)row * nh * hd : k_cache + slot * nkv * hd;
-            const T c = c_row[i], s = s_row[i];
-            const T x1 = x[i1], x2 = x[i2];
-            dst[i1] = x1 * c - x2 * s;
-            dst[i2] = x1 * s + x2 * c;
-        } else {
-            const int e = 2 * (item - q_pairs - k_pairs);
-            const T* v = src + (nh + nkv) * hd;
-            v_cache[slot * nkv * hd + e] = v[e];
-            v_cache[slot * nkv * hd + e + 1] = v[e + 1];
+    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const T* src = qkv + (size_t)row * ld;
+        const size_t slot = slots[row];
+        const T* c_row = cos + (size_t)row * half;
+        const T* s_row = sin + (size_t)row * half;
+        for (int item = blockIdx.x * blockDim.x + threadIdx.x; item < q_pairs + k_pairs + v_pairs;
+             item += gridDim.x * blockDim.x) {
+            if (item < q_pairs + k_pairs) {
+                const bool is_q = item < q_pairs;
+                const int p = is_q ? item : item - q_pairs;
+                const int head = p / half, i = p - head * half;
+                const int i1 = head * hd + (interleaved ? 2 * i : i);
+                const int i2 = i1 + (interleaved ? 1 : half);
+                const T* x = src + (is_q ? 0 : nh * hd);
+                T* dst = is_q ? q_out + (size_t)row * nh * hd : k_cache + slot * nkv * hd;
+                const T c = c_row[i], s = s_row[i];
+                const T x1 = x[i1], x2 = x[i2];
+                dst[i1] = x1 * c - x2 * s;
+                dst[i2] = x1 * s + x2 * c;
+            } else {
+                const int e = 2 * (item - q_pairs - k_pairs);
+                const T* v = src + (nh + nkv) * hd;
+                v_cache[slot * nkv * hd + e] = v[e];
+                v_cache[slot * nkv * hd + e + 1] = v[e + 1];
+            }
         }
     }
 }
@@ -178,8 +221,9 @@ __device__ void rope_store_kv(const T* __restrict__ qkv, const T* __restrict__ c
     }                                                                                          \
     extern "C" __global__ void rope_store_kv_##SUFFIX(                                        \
         const T* qkv, const T* cos, const T* sin, const uint32_t* slots, T* q_out,             \
-        T* k_cache, T* v_cache, long long ld, int nh, int nkv, int hd, int interleaved) {      \
-        rope_store_kv<T>(qkv, cos, sin, slots, q_out, k_cache, v_cache, ld, nh, nkv, hd,       \
+        T* k_cache, T* v_cache, long long ld, int rows, int nh, int nkv, int hd,               \
+        int interleaved) {                                                                     \
+        rope_store_kv<T>(qkv, cos, sin, slots, q_out, k_cache, v_cache, ld, rows, nh, nkv, hd, \
                          interleaved);                                                         \
     }
 

@@ -220,11 +220,22 @@ pub(super) fn rope_store_kv(
     let ld = h.width() as i64;
     let (nh, nkv, hd) = (h.heads as i32, h.kv_heads as i32, h.head_dim as i32);
     let interleaved = i32::from(pairs == RotaryPairs::Adjacent);
-    let cfg =
-        LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // One item (a rotation pair or two value elements) a thread: a row's items over grid x,
+    // rows over grid y (looped past its 65,535).
+    let items = (h.heads + 2 * h.kv_heads) * (h.head_dim / 2);
+    let cfg = LaunchConfig {
+        grid_dim: (items.div_ceil(256).max(1) as u32, rows.clamp(1, 65_535) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let r = i32::try_from(rows).map_err(|_| KernelError::Shape {
+        tensor: "qkv (rows past i32)".into(),
+        expected: vec![i32::MAX as usize],
+        actual: vec![rows],
+    })?;
     let mut b = stream.launch_builder(func);
     b.arg(&qa).arg(&ca).arg(&sa).arg(&ia).arg(&oa).arg(&caches.keys).arg(&caches.values);
-    b.arg(&ld).arg(&nh).arg(&nkv).arg(&hd).arg(&interleaved);
+    b.arg(&ld).arg(&r).arg(&nh).arg(&nkv).arg(&hd).arg(&interleaved);
     if rows > 0 {
         // SAFETY: qkv addresses rows x ld contiguous elements, cos / sin rows x hd / 2,
         // out rows x nh x hd (allocated above); every slot was checked against the
