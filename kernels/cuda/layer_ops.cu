@@ -33,6 +33,23 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
+// The RMSNorm scale of a row of ncols values whose squares the block's threads summed into
+// `part` each: the warp sums, then (more than one warp) the warps' sums in warp order through
+// shared memory, as candle's rmsnorm reduces.
+__device__ __forceinline__ float rms_scale(float part, int ncols, float eps) {
+    float tmp = warp_sum(part);
+    if (blockDim.x > 32) {
+        __shared__ float s_sum[32];
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (lane == 0) s_sum[warp] = tmp;
+        __syncthreads();
+        tmp = s_sum[lane];
+        tmp = warp_sum(tmp);
+    }
+    const float mean = tmp / ncols;
+    return rsqrtf(mean + eps);
+}
+
 // One block per row; blockDim.x is 32 (ncols < 1024) or 1024, as candle's rmsnorm launch.
 // out is [2, rows, ncols]: the new residual, then the normed row.
 template <typename T>
@@ -65,17 +82,7 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delt
                 tmp += xi * xi;
             }
         }
-        tmp = warp_sum(tmp);
-        if (blockDim.x > 32) {
-            __shared__ float s_keep[32];
-            const int warp = tid / 32, lane = tid % 32;
-            if (lane == 0) s_keep[warp] = tmp;
-            __syncthreads();
-            tmp = s_keep[lane];
-            tmp = warp_sum(tmp);
-        }
-        const float mean = tmp / ncols;
-        const float scale = rsqrtf(mean + eps);
+        const float scale = rms_scale(tmp, ncols, eps);
 #pragma unroll
         for (int k = 0; k < KEEP; ++k) {
             const int col = tid + k * blockDim.x;
@@ -90,17 +97,7 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ delt
         const float xi = to_float(s);
         tmp += xi * xi;
     }
-    tmp = warp_sum(tmp);
-    if (blockDim.x > 32) {
-        __shared__ float s_sum[32];
-        const int warp = tid / 32, lane = tid % 32;
-        if (lane == 0) s_sum[warp] = tmp;
-        __syncthreads();
-        tmp = s_sum[lane];
-        tmp = warp_sum(tmp);
-    }
-    const float mean = tmp / ncols;
-    const float scale = rsqrtf(mean + eps);
+    const float scale = rms_scale(tmp, ncols, eps);
     // Each thread reads back the columns it wrote itself: no barrier needed.
     for (int col = tid; col < ncols; col += blockDim.x) {
         const float a = to_float(w[col]);

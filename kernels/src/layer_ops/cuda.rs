@@ -16,9 +16,14 @@ use crate::scatter::RowIndex;
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/layer_ops.fatbin"));
 
-/// Per dtype (f32, bf16, f16): add_rms_norm, silu_mul, rope_store_kv, and the 16-byte
-/// silu_mul (bf16 and f16; for f32 the scalar one again).
-type Functions = [[CudaFunction; 4]; 3];
+/// The module's kernels, loaded once per context.
+struct Functions {
+    /// Per dtype (f32, bf16, f16): add_rms_norm, silu_mul, rope_store_kv, and the 16-byte
+    /// silu_mul (bf16 and f16; for f32 the scalar one again).
+    per_dtype: [[CudaFunction; 4]; 3],
+    /// The 16-byte widening to f32 of bf16 and f16.
+    widen: [CudaFunction; 2],
+}
 
 fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
     static LOADED: OnceLock<Mutex<HashMap<usize, Arc<Functions>>>> = OnceLock::new();
@@ -35,7 +40,10 @@ fn functions(dev: &CudaDevice) -> Result<Arc<Functions>> {
                 f(&vec8)?,
             ])
         };
-        Ok(Arc::new([per("f32")?, per("bf16")?, per("f16")?]))
+        Ok(Arc::new(Functions {
+            per_dtype: [per("f32")?, per("bf16")?, per("f16")?],
+            widen: [f("widen_f32_vec8_bf16")?, f("widen_f32_vec8_f16")?],
+        }))
     })
 }
 
@@ -53,7 +61,7 @@ pub(super) fn add_rms_norm(
 ) -> Result<CudaStorage> {
     let dev = x.device().clone();
     let stream = dev.cuda_stream();
-    let f = &functions(&dev)?[dtype_index(x.dtype())?][0];
+    let f = &functions(&dev)?.per_dtype[dtype_index(x.dtype())?][0];
     let out = alloc_uninit(&dev, x.dtype(), 2 * rows * width)?;
     let (xa, da, wa) = (
         storage_address(x, xl, &stream)?,
@@ -82,7 +90,7 @@ pub(super) fn add_rms_norm(
 pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Result<CudaStorage> {
     let dev = s.device().clone();
     let stream = dev.cuda_stream();
-    let func = &functions(&dev)?[dtype_index(s.dtype())?][1];
+    let func = &functions(&dev)?.per_dtype[dtype_index(s.dtype())?][1];
     let out = alloc_uninit(&dev, s.dtype(), rows * f)?;
     let (ga, oa) = (
         storage_address(s, l, &stream)?,
@@ -100,7 +108,7 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Re
         && i32::try_from(rows).is_ok()
         && i32::try_from(f).is_ok();
     if vec8 {
-        let func = &functions(&dev)?[dtype_index(s.dtype())?][3];
+        let func = &functions(&dev)?.per_dtype[dtype_index(s.dtype())?][3];
         let vecs = (f / 8) as u32;
         let cfg = LaunchConfig {
             grid_dim: (vecs.div_ceil(256).max(1), rows.min(65_535) as u32, 1),
@@ -130,7 +138,6 @@ pub(super) fn silu_mul(s: &CudaStorage, l: &Layout, rows: usize, f: usize) -> Re
 /// storage of whole, aligned 8-element vectors, candle's cast otherwise (the same values:
 /// the conversion is exact).
 pub(super) fn widen_f32(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
-    static LOADED: OnceLock<Mutex<HashMap<usize, Arc<[CudaFunction; 2]>>>> = OnceLock::new();
     let dev = s.device().clone();
     let stream = dev.cuda_stream();
     let n = l.shape().elem_count();
@@ -145,11 +152,7 @@ pub(super) fn widen_f32(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     else {
         return Ok(s.to_dtype(l, DType::F32)?);
     };
-    let functions = per_context(&LOADED, &dev, |ctx, _| {
-        let module = load_fatbin(ctx, FATBIN)?;
-        let f = |name: &str| module.load_function(name).map_err(cuda_err);
-        Ok(Arc::new([f("widen_f32_vec8_bf16")?, f("widen_f32_vec8_f16")?]))
-    })?;
+    let functions = functions(&dev)?;
     let out = alloc_uninit(&dev, DType::F32, n)?;
     let out_address = storage_address(&out, &Layout::contiguous(n), &stream)?;
     if !out_address.is_multiple_of(16) {
@@ -159,7 +162,7 @@ pub(super) fn widen_f32(s: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
     let blocks = (vecs as u64).div_ceil(256).clamp(1, 4096) as u32;
     let cfg =
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let mut b = stream.launch_builder(&functions[index]);
+    let mut b = stream.launch_builder(&functions.widen[index]);
     b.arg(&address).arg(&out_address).arg(&vecs);
     // SAFETY: the input holds vecs x 8 contiguous 16-bit elements from a 16-byte aligned
     // address, the output vecs x 8 f32 from another: every 16-byte access is in bounds and
@@ -205,7 +208,7 @@ pub(super) fn rope_store_kv(
 ) -> Result<CudaStorage> {
     let dev = qkv.device().clone();
     let stream = dev.cuda_stream();
-    let func = &functions(&dev)?[dtype_index(qkv.dtype())?][2];
+    let func = &functions(&dev)?.per_dtype[dtype_index(qkv.dtype())?][2];
     let rows = slots.len();
     let q_len = rows * h.heads * h.head_dim;
     let out = alloc_uninit(&dev, qkv.dtype(), q_len)?;
