@@ -14,7 +14,8 @@
 #           cheats, the honest ones with graphs off: verify.jsonl (one JSON object per
 #           scenario), reports_graphs.jsonl, reports_cheats.jsonl, reports_cheats2.jsonl,
 #           reports_eager.jsonl (every job's findings), verify.log
-# Knobs: TESTS (gpu_engine's test filters; default all), SKIP_AB (PART=1: tests only), AB_ROUNDS (default 2), JOBS (default 1000; JOBS_EAGER, default 500, for the run
+# Knobs: TESTS (gpu_engine's test filters; default all), SANITIZE_TESTS (memcheck's; default
+# cuda_commitment_entries), SKIP_AB (PART=1: tests only), AB_ROUNDS (default 2), JOBS (default 1000; JOBS_EAGER, default 500, for the run
 # with graphs off), END_S (seconds after the start by which
 # every step has ended, default 570).
 set -o pipefail
@@ -32,9 +33,11 @@ if [ "${PART:-1}" = 1 ]; then
   echo "== tests" | tee -a "$OUT/tests.log"
   timeout $(left 150) /tmp/gv/gpu_engine --test-threads=1 --nocapture ${TESTS:-} 2>&1 | tee -a "$OUT/tests.log" \
     | grep -E "^test |test result|panicked|differ|bit for bit|rms|error" | head -60
-  echo "== memcheck" | tee -a "$OUT/tests.log"
-  timeout $(left 40) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gv/gpu_engine \
-    --test-threads=1 cuda_commitment_entries 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
+  for t in ${SANITIZE_TESTS:-cuda_commitment_entries}; do
+    echo "== memcheck $t" | tee -a "$OUT/tests.log"
+    timeout $(left 60) compute-sanitizer --tool memcheck --error-exitcode 3 /tmp/gv/gpu_engine \
+      --test-threads=1 $t 2>&1 | tee -a "$OUT/tests.log" | grep -E "ERROR SUMMARY|test result|Invalid|rror" | head -8
+  done
   [ -n "${SKIP_AB:-}" ] && exit 0
   for g in ${AB_GRAPHS:-1}; do
     echo "== engine decode, commitments on / off, OPENLEDGER_CUDA_GRAPHS=$g $(date -u +%T)" | tee -a "$OUT/bench.log"
@@ -69,11 +72,26 @@ for (g, b, a), r in sorted(rows.items()):
 PY
   exit 0
 fi
-# PART=2: the binaries and the first part are where call 1 left them.
+# PART=2 / cpu: the binaries and the first part are where call 1 left them.
 [ -x /tmp/gv/verify-bench ] && [ -f /tmp/gv/model.part1 ] || { echo "call 1's files are gone (a fresh machine)"; exit 2; }
 cat /tmp/gv/model.part1 gpu-bin/model.part2 > /tmp/gv/model.gguf || exit 1
 sha256sum /tmp/gv/model.gguf | tee -a "$OUT/verify.log"
 grep -q "$(cut -d' ' -f1 gpu-bin/model.sha256)" <(sha256sum /tmp/gv/model.gguf) || { echo "model checksum differs"; exit 1; }
+if [ "$PART" = cpu ]; then
+  # The CPU's verification cost on this host's processor (issue 23 item 4: verification
+  # as a share of the single-stream generation it checks), generator and verifier on the
+  # same number of threads, one configuration after the other (nothing else running).
+  (lscpu; grep -m1 -o -w 'amx_int8\|avx512_vnni' /proc/cpuinfo | sort -u) 2>&1 | tee -a "$OUT/verify.log"
+  for th in ${CPU_THREADS:-2 4 8}; do
+    echo "== verify-bench --device cpu, $th threads each side $(date -u +%T)" | tee -a "$OUT/verify.log"
+    timeout $(left 240) /tmp/gv/verify-bench --model /tmp/gv/model.gguf --device cpu --threads $th \
+      --verifier-threads $th --jobs ${JOBS:-200} --batches ${BATCHES:-1} --only honest \
+      --reports "$OUT/reports_cpu_$th.jsonl" 2>> "$OUT/verify.log" | tee /tmp/gv/cpu_$th.out | grep -v '^{'
+    grep '^{' /tmp/gv/cpu_$th.out | sed "s/^{/{\"threads\":$th,/" >> "$OUT/verify.jsonl"
+  done
+  echo "== done $(date -u +%T)"
+  exit 0
+fi
 JOBS=${JOBS:-1000}
 # Four processes at once (the steps of a 135M model are bound by the host's launches, and
 # the machine has 16 cores; the verify/generate costs they print are then not figures):
