@@ -61,6 +61,7 @@ struct Params {
     int mode;   // 0: lora_delta (fused), 1: shrink only (v out, f32), 2: expand only (v in)
     int flags;  // 1: x rows 16-byte loadable; 2: every lora_A row; 4: every lora_B start; 8: y rows
     int ldy;    // y's row stride (d_out, or more when y is some columns of a wider output)
+    int col_blocks;  // "cols" kernels (expand alone, mode 2): blocks per tile, each a column run
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T v);
@@ -110,6 +111,12 @@ __device__ __forceinline__ void cp_async_wait(int n) {
         default: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
     }
 }
+
+// Programmatic dependent launch (sm_90): a shrink lets the expand launched behind it start
+// (which then streams lora_B and y while the shrink runs); the expand waits for the shrink's
+// v before reading it. Both are no-ops in launches without such a dependency.
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_prerequisites() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
@@ -173,10 +180,15 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 // LPB = 8 ("solo"): one block whose warp w sums leaf w, for many more tiles still.
 // All sum the same runs in the same order and combine them in the same tree, so they give
 // the same bits (module comment).
+// LPB = 0 ("cols"): the expand alone (mode 2, v from a shrink launched just before), a tile
+// spread over p.col_blocks blocks of one column run each, no cluster: for launches of few
+// tiles, whose expand would otherwise stream all of lora_B through one cluster's 8 SMs. Each
+// output element is the same mma chain as in the other variants, so the bits are too.
 template <typename T, int MT, int LPB>
 __device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
+    constexpr bool COLS = LPB == 0;
     constexpr bool SOLO = LPB == CLUSTER;
-    constexpr int NBLK = CLUSTER / LPB;  // blocks per tile
+    constexpr int NBLK = COLS ? 1 : CLUSTER / LPB;  // blocks per tile (a cluster)
     static_assert(MT == 1 || LPB == 1, "64-token tiles come in clusters of 8");
     using L = Layout<MT>;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -185,7 +197,9 @@ __device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
     T* vsm = reinterpret_cast<T*>(smem + L::RING + L::RED);
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int crank = SOLO ? 0 : cluster_rank();
+    const int crank = COLS ? blockIdx.x % p.col_blocks : SOLO ? 0 : cluster_rank();
+    const int nblk = COLS ? p.col_blocks : NBLK;  // blocks the expand's columns are dealt to
+    if (p.mode == 1) launch_dependents();
     const uint4 rec = p.tiles[2 * tile];
     const int rank = rec.y, start = rec.w;
     const float scale = __uint_as_float(rec.z);
@@ -245,7 +259,7 @@ __device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
     // contiguous run per block, dealt round-robin to its warps; each group in nq units of
     // 32 ranks.
     const int ngroups = (d_out + 31) / 32;
-    const int gper = (ngroups + NBLK - 1) / NBLK;
+    const int gper = (ngroups + nblk - 1) / nblk;
     const int gfirst = min(ngroups, crank * gper + warp), gend = min(ngroups, (crank + 1) * gper);
     const int n_e = p.mode == 1 ? 0 : (gfirst < gend ? (gend - gfirst + WARPS - 1) / WARPS : 0);
     const bool vec_b = (p.flags & 4) && rank % 8 == 0, vec_y = p.flags & 8;
@@ -396,7 +410,10 @@ __device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
         }
     }
 
-    if constexpr (SOLO) {
+    if constexpr (COLS) {
+        wait_prerequisites();  // the shrink's v is complete and visible
+        fill_v([](int, int) { return 0.f; });
+    } else if constexpr (SOLO) {
         if (p.mode == 2) fill_v([](int, int) { return 0.f; });
         if (p.mode == 1)  // ranks past this segment's groups, up to the batch's widest
             for (int e = tid; e < mrows * p.width; e += THREADS) {
@@ -513,7 +530,7 @@ __device__ __forceinline__ void sgmv_fused(const Params& p, const int tile) {
         }
         issue_until(u + 1 + L::S);
     }
-    if constexpr (!SOLO) cluster_wait();  // no block leaves while another may still read its partial
+    if constexpr (!SOLO && !COLS) cluster_wait();  // no block leaves while another may still read its partial
 }
 
 // Tiles of 16 tokens, two blocks per SM, in clusters of 8 or 4 or solo. (The kernel also
@@ -546,6 +563,9 @@ __device__ __forceinline__ void sgmv_fused_multi(const MultiParams& m) {
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_solo(Params p) {  \
         sgmv_fused<T, 1, CLUSTER>(p, blockIdx.x);                                                  \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2) sgmv_fused_##NAME##_cols(Params p) {  \
+        sgmv_fused<T, 1, 0>(p, blockIdx.x / p.col_blocks);                                         \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
         sgmv_fused_##NAME##_cluster_multi(const __grid_constant__ MultiParams m) {              \

@@ -609,7 +609,29 @@ pub(crate) fn lora_delta(
     let x = storage_address(x, xl, &call.stream)?;
     if let Some(dtype) = call.fused {
         let y = storage_address(y, yl, &call.stream)?;
-        return launch_fused(&call, dtype, 0, x, y, ldy, 0);
+        let Some(k) = &call.kernels.fused else {
+            return Err(KernelError::Cuda("the fused SGMV kernel is not loaded".into()));
+        };
+        let (d_in, d_out) = (call.p.d_in as usize, call.p.d_out as usize);
+        // A graph's segments keep one launch (the split's scratch is allocated on demand).
+        let split = if call.seg.graph { None } else { call.seg.fused_tiles.split(k, d_in, d_out) };
+        let Some(blocks) = split else {
+            return launch_fused(&call, dtype, 0, x, y, ldy, 0);
+        };
+        let v_len = call.p.num_tokens as usize * call.p.width as usize;
+        let seg = call.seg.clone();
+        let (_guard, v) = seg.scratch(&dev, v_len)?;
+        let shrink = fused_launch(&call, 1, (x, 0, v), 0);
+        let expand = fused_launch(&call, 2, (0, y, v), ldy);
+        return fused::launch_split(
+            k,
+            &call.seg.fused_tiles,
+            call.seg.fused_records,
+            dtype,
+            &call.stream,
+            (&shrink, &expand),
+            blocks,
+        );
     }
     refuse_graph_segments(&call)?;
     let (rows, d_out) = (segments.map().num_rows(), call.p.d_out as usize);

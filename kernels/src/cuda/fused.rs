@@ -28,6 +28,8 @@ const SMEM: u32 = 4 * 6 * 256 * 16 + 4 * 4 * 512 + 16 * 160 * 2;
 /// blocks of one per SM) were slower than one of these on every benchmark shape (H200,
 /// kernels/NOTES.md) and are no longer built.
 const TILE_TOKENS: usize = 16;
+/// Warps per block (`WARPS`): the "cols" expand gives each at least one 32-column group.
+const WARPS: usize = 8;
 
 /// The kernels of sgmv_fused.cu. All three give the same bits for a token row (the same runs of
 /// d_in, summed in the same order, combined in the same tree), so the choice per launch is
@@ -89,6 +91,9 @@ impl Variant {
 const FIXED_US: f64 = 5.0;
 const BLOCK_BYTES_PER_US: f64 = 12e3;
 const DRAM_BYTES_PER_US: f64 = 3.5e6;
+/// What a split launch's second kernel adds beyond its own round (launched behind the
+/// shrink with programmatic dependent launch, it streams lora_B while the shrink runs).
+const SPLIT_LAUNCH_US: f64 = 0.0;
 
 /// Kernel parameters, laid out as `Params` in sgmv_fused.cu.
 #[repr(C)]
@@ -109,6 +114,8 @@ struct Params {
     flags: i32,
     /// Row stride of y.
     ldy: i32,
+    /// The "cols" kernels (expand alone): blocks per tile, each a run of columns.
+    col_blocks: i32,
 }
 
 /// The fused kernels of one CUDA context.
@@ -117,10 +124,15 @@ pub(super) struct Kernels {
     functions: [[CudaFunction; 3]; 2],
     /// The stacked launches (`MultiParams`: up to [`MAX_PARTS`] projections), likewise.
     multi: [[CudaFunction; 3]; 2],
+    /// The expand alone with a tile's columns spread over blocks ("cols"), by dtype.
+    cols: [CudaFunction; 2],
     /// Tiles of each variant that the device runs at once.
     capacity: [usize; 3],
     /// `OPENLEDGER_SGMV_VARIANT=cluster|pair|solo` forces a variant where it applies (tests).
     forced: Option<Variant>,
+    /// `OPENLEDGER_SGMV_SPLIT=1|0` forces the split launch (shrink, then the "cols" expand)
+    /// on or off where it applies (tests, comparison runs); unset, the cost model decides.
+    split: Option<bool>,
     debug: bool,
 }
 
@@ -141,6 +153,16 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         Ok([f(ty, VARIANTS[0], tail)?, f(ty, VARIANTS[1], tail)?, f(ty, VARIANTS[2], tail)?])
     };
     let functions = [all("bf16", "")?, all("f16", "")?];
+    let cols_fn = |ty: &str| -> Result<CudaFunction> {
+        let func = module.load_function(&format!("sgmv_fused_{ty}_cols")).map_err(cuda_err)?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM as i32,
+        )
+        .map_err(cuda_err)?;
+        Ok(func)
+    };
+    let cols = [cols_fn("bf16")?, cols_fn("f16")?];
     let multi = [all("bf16", "_multi")?, all("f16", "_multi")?];
     let mut capacity = [1; 3];
     for v in VARIANTS {
@@ -151,7 +173,8 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         eprintln!("sgmv fused: tiles at once: {capacity:?} (cluster, pair, solo)");
     }
     let forced = crate::options::options().sgmv_variant.as_deref().and_then(Variant::parse);
-    Ok(Kernels { functions, multi, capacity, forced, debug })
+    let split = crate::options::options().sgmv_split;
+    Ok(Kernels { functions, multi, cols, capacity, forced, split, debug })
 }
 
 /// How many tiles of variant `v` (clusters, or single blocks) the device holds at once.
@@ -221,13 +244,24 @@ pub(super) struct Tiles {
     real: usize,
     max_rank: usize,
     chosen: Mutex<Vec<((usize, usize), Variant)>>,
+    /// The split decision per projection shape (`Tiles::split`), likewise cached.
+    split_chosen: Mutex<Vec<SplitChoice>>,
 }
+
+/// A projection shape (d_in, d_out) and its split decision (`Tiles::split`).
+type SplitChoice = ((usize, usize), Option<u32>);
 
 impl Tiles {
     pub(super) fn new(map: &SegmentMap) -> Tiles {
         let records = records(map);
         let real = records.len() / 8;
-        Tiles { records, real, max_rank: map.max_rank(), chosen: Mutex::new(Vec::new()) }
+        Tiles {
+            records,
+            real,
+            max_rank: map.max_rank(),
+            chosen: Mutex::new(Vec::new()),
+            split_chosen: Mutex::new(Vec::new()),
+        }
     }
 
     /// The map's tiles followed by empty ones (all zeros: no tokens) up to `tiles` in all,
@@ -288,6 +322,68 @@ impl Tiles {
         chosen.push(((d_in, d_out), best));
         best
     }
+
+    /// Whether a `d_in x d_out` lora_delta over these tiles runs split (the shrink alone,
+    /// then the "cols" expand over `Some(blocks per tile)`) rather than fused: forced by
+    /// `OPENLEDGER_SGMV_SPLIT`, else when the tiles are fewer than the device's blocks at
+    /// once and the split is estimated faster (`estimate_split_us`). Bits are the same.
+    pub(super) fn split(&self, k: &Kernels, d_in: usize, d_out: usize) -> Option<u32> {
+        let blocks = cols_blocks(k, self.real.max(1), d_out);
+        match k.split {
+            Some(on) => return on.then_some(blocks),
+            None if self.real == 0 => return None,
+            None => {},
+        }
+        let cached = |c: &Vec<SplitChoice>| {
+            c.iter().find(|(shape, _)| *shape == (d_in, d_out)).map(|&(_, b)| b)
+        };
+        if let Some(b) = cached(&self.split_chosen.lock().unwrap_or_else(|e| e.into_inner())) {
+            return b;
+        }
+        let real = &self.records[..8 * self.real];
+        let fused = self.variant(k, d_in, d_out);
+        let fused_us = estimate_us(real, fused, k.capacity[fused as usize], d_in, d_out);
+        let shrink = self.variant(k, d_in, 0);
+        let split_us = estimate_us(real, shrink, k.capacity[shrink as usize], d_in, 0)
+            + estimate_cols_us(real, blocks, k.capacity[Variant::Solo as usize], d_out);
+        if k.debug {
+            eprintln!(
+                "sgmv fused: {d_in}x{d_out}: fused {fused_us:.1} us, split {split_us:.1} us ({blocks} column blocks)"
+            );
+        }
+        let choice = (split_us < fused_us).then_some(blocks);
+        self.split_chosen.lock().unwrap_or_else(|e| e.into_inner()).push(((d_in, d_out), choice));
+        choice
+    }
+}
+
+/// Blocks per tile of the "cols" expand over `tiles` tiles of `d_out` columns: enough to
+/// fill the device's blocks at once, at most one 32-column group per warp.
+fn cols_blocks(k: &Kernels, tiles: usize, d_out: usize) -> u32 {
+    let at_once = k.capacity[Variant::Solo as usize];
+    let most = d_out.div_ceil(32).div_ceil(WARPS).max(1);
+    at_once.div_ceil(tiles).clamp(1, most) as u32
+}
+
+/// The time of the "cols" expand (as `estimate_us`, with `blocks` blocks a tile streaming
+/// its share of lora_B and y, `at_once` blocks at a time) plus the second launch's own.
+fn estimate_cols_us(records: &[u32], blocks: u32, at_once: usize, d_out: usize) -> f64 {
+    let per_round = (at_once / blocks as usize).max(1);
+    let mut total = SPLIT_LAUNCH_US;
+    for round in records.chunks(8 * per_round) {
+        let (mut largest, mut bytes, mut prev_slot) = (0f64, 0f64, None);
+        for rec in round.chunks_exact(8) {
+            let (slot, rank, rows) = (rec[0], f64::from(rec[1]), f64::from(rec[4] - rec[3]));
+            let weights = 2.0 * rank * d_out as f64;
+            let activations = 4.0 * rows * d_out as f64;
+            largest = largest.max(weights + activations);
+            bytes += activations + if prev_slot == Some(slot) { 0.0 } else { weights };
+            prev_slot = Some(slot);
+        }
+        let block = largest / (f64::from(blocks) * BLOCK_BYTES_PER_US);
+        total += FIXED_US + block.max(bytes / DRAM_BYTES_PER_US);
+    }
+    total
 }
 
 /// The rank bound of a CUDA graph's fused SGMV launches for adapters of ranks up to
@@ -387,6 +483,7 @@ fn params(l: &Launch, records: u64) -> Params {
         mode: l.mode,
         flags,
         ldy: l.ldy as i32,
+        col_blocks: 0,
     }
 }
 
@@ -503,4 +600,43 @@ pub(super) fn launch(
     // SAFETY: `p` is the kernel's one parameter; every address in it refers to live device
     // memory of the sizes the kernel indexes (checked shapes, the uploaded map and table).
     unsafe { launch_tiles(&k.functions[dtype][v as usize], v, num_tiles, stream, &mut p) }
+}
+
+/// A lora_delta in two launches on `stream`: the shrink alone (`shrink`, mode 1, the
+/// variant of least estimated time for a shrink) into `v`, then the "cols" expand
+/// (`expand`, mode 2 from the same `v`) over `blocks` blocks a tile, launched as the
+/// shrink's programmatic dependent: its blocks start while the shrink runs and stream
+/// lora_B and y until the shrink's v is complete ([`Tiles::split`]).
+pub(super) fn launch_split(
+    k: &Kernels,
+    tiles: &Tiles,
+    records: u64,
+    dtype: usize,
+    stream: &CudaStream,
+    (shrink, expand): (&Launch, &Launch),
+    blocks: u32,
+) -> Result<()> {
+    let v = tiles.variant(k, shrink.d_in, 0);
+    let num_tiles = tiles.records.len() / 8;
+    let mut p = params(shrink, records);
+    // SAFETY: `p` is the kernel's one parameter; every address in it refers to live device
+    // memory of the sizes the kernel indexes (checked shapes, the uploaded map and table, a
+    // `v` of the step's tokens x the map's widest rank).
+    unsafe { launch_tiles(&k.functions[dtype][v as usize], v, num_tiles, stream, &mut p) }?;
+    let mut p = params(expand, records);
+    p.col_blocks = blocks as i32;
+    // SAFETY: a plain C struct, for which all zeros is a valid value.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = launch_config(num_tiles as u32 * blocks, stream, &mut attr);
+    let mut args = [&mut p as *mut Params as *mut std::ffi::c_void];
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: as above for `p`; `cfg` and the attribute it points to live across the call,
+    // and the kernel waits for the shrink (griddepcontrol.wait) before it reads `v`.
+    unsafe {
+        sys::cuLaunchKernelEx(&cfg, k.cols[dtype].cu_function(), args.as_mut_ptr(), std::ptr::null_mut())
+    }
+    .result()
+    .map_err(cuda_err)
 }

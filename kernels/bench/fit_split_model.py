@@ -1,0 +1,93 @@
+"""Fits the constants of the split decision (`Tiles::split` in kernels/src/cuda/fused.rs).
+
+Input: sgmv-bench CSVs of one device with the split forced off and on
+(`OPENLEDGER_SGMV_SPLIT=0|1`: gpu-run-split.sh's ours_fused.csv and ours_split.csv) and the
+tiles each variant holds at once (sgmv-bench prints them with OPENLEDGER_SGMV_DEBUG=1; H100:
+30 62 264). The fused time is estimated as `estimate_us` does for the variant it picks, the
+split's as the shrink alone (`estimate_us` with d_out = 0) plus the "cols" expand
+(`estimate_cols_us`); the fit picks SPLIT_LAUNCH_US and the cols blocks' streaming rate
+whose choice loses least against the faster launch of each shape.
+
+Usage: python3 fit_split_model.py FUSED.csv SPLIT.csv [CAP_CLUSTER CAP_PAIR CAP_SOLO]
+"""
+import itertools
+import math
+import sys
+
+from fit_variant_model import BLOCKS, PAIR_MAX_RANK, load, tiles
+
+# fused.rs's fitted variant constants
+FIXED, BLOCK_RATE, DRAM_RATE = 5.0, 12e3, 3.5e6
+FACTOR = {"cluster": 1.0, "pair": 0.9, "solo": 1.5}
+WARPS = 8
+
+
+def est(recs, variant, cap, d_in, d_out):
+    total = 0.0
+    for s in range(0, len(recs), cap):
+        largest, moved, prev = 0.0, 0.0, None
+        for slot, rank, rows in recs[s:s + cap]:
+            weights = 2.0 * rank * (d_in + d_out)
+            acts = 2.0 * rows * (d_in + 2 * d_out)
+            largest = max(largest, weights + acts)
+            moved += acts + (0.0 if prev == slot else weights)
+            prev = slot
+        total += FIXED + max(largest / (BLOCKS[variant] * BLOCK_RATE), moved / DRAM_RATE)
+    return total * FACTOR[variant]
+
+
+def best_variant(recs, caps, d_in, d_out, max_rank):
+    usable = [v for v in BLOCKS if not (v == "pair" and max_rank > PAIR_MAX_RANK)]
+    return min(est(recs, v, caps[v], d_in, d_out) for v in usable)
+
+
+def est_cols(recs, caps, d_out, launch_us, rate):
+    at_once = caps["solo"]
+    groups = -(-d_out // 32)
+    most = max(1, -(-groups // WARPS))
+    blocks = min(max(1, -(-at_once // max(1, len(recs)))), most)
+    per_round = max(1, at_once // blocks)
+    total = launch_us
+    for s in range(0, len(recs), per_round):
+        largest, moved, prev = 0.0, 0.0, None
+        for slot, rank, rows in recs[s:s + per_round]:
+            weights = 2.0 * rank * d_out
+            acts = 4.0 * rows * d_out
+            largest = max(largest, weights + acts)
+            moved += acts + (0.0 if prev == slot else weights)
+            prev = slot
+        total += FIXED + max(largest / (blocks * rate), moved / DRAM_RATE)
+    return total
+
+
+def main():
+    fused, split = load(sys.argv[1]), load(sys.argv[2])
+    caps = dict(zip(("cluster", "pair", "solo"), map(int, sys.argv[3:6] or (30, 62, 264))))
+    keys = [k for k in fused if k in split]
+
+    def loss(launch_us, rate):
+        total, worst, picked = 0.0, 0.0, 0
+        for k in keys:
+            d_in, d_out = int(k[0]), int(k[1])
+            recs = tiles(k)
+            max_rank = max(r for _, r, _ in recs)
+            f = best_variant(recs, caps, d_in, d_out, max_rank)
+            s = best_variant(recs, caps, d_in, 0, max_rank) + est_cols(recs, caps, d_out, launch_us, rate)
+            chosen = split[k] if s < f else fused[k]
+            picked += s < f
+            lost = math.log(chosen / min(fused[k], split[k]))
+            total += lost
+            worst = max(worst, lost)
+        return total / len(keys), worst, picked
+
+    grid = itertools.product([-4, -3, -2, -1, 0, 1, 2, 3, 4, 6], [6e3, 8e3, 12e3, 16e3, 24e3, 32e3])
+    best = min(grid, key=lambda c: loss(*c)[0])
+    mean, worst, picked = loss(*best)
+    never = sum(math.log(fused[k] / min(fused[k], split[k])) for k in keys) / len(keys)
+    print("SPLIT_LAUNCH_US=%g COLS_BYTES_PER_US=%g: split on %d of %d shapes" % (best + (picked, len(keys))))
+    print("choice vs the faster launch: mean loss %.1f%%, worst %.1f%% (never splitting: mean %.1f%%)"
+          % (100 * (math.exp(mean) - 1), 100 * (math.exp(worst) - 1), 100 * (math.exp(never) - 1)))
+
+
+if __name__ == "__main__":
+    main()
