@@ -635,7 +635,12 @@ pub(super) fn launch_split(
     // SAFETY: as above for `p`; `cfg` and the attribute it points to live across the call,
     // and the kernel waits for the shrink (griddepcontrol.wait) before it reads `v`.
     unsafe {
-        sys::cuLaunchKernelEx(&cfg, k.cols[dtype].cu_function(), args.as_mut_ptr(), std::ptr::null_mut())
+        sys::cuLaunchKernelEx(
+            &cfg,
+            k.cols[dtype].cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
     }
     .result()
     .map_err(cuda_err)
