@@ -34,10 +34,10 @@ pub struct Options {
     pub sgmv_variant: Option<String>,
     /// `OPENLEDGER_SGMV_DEBUG`.
     pub sgmv_debug: bool,
-    /// `OPENLEDGER_SGMV_SPLIT=1` / `=0`: the fused kernel's lora_delta always / never in
-    /// two launches (the shrink, then an expand spread over a tile's columns); unset, a cost
-    /// model chooses per launch. The bits are the same either way.
-    pub sgmv_split: Option<bool>,
+    /// `OPENLEDGER_SGMV_SPLIT`: whether the fused kernel's lora_delta runs in two launches
+    /// (the shrink, then an expand spread over a tile's columns). The bits are the same
+    /// either way.
+    pub sgmv_split: SgmvSplit,
     /// `OPENLEDGER_ATTN_PARTITION`, when it is a number.
     pub attn_partition: Option<usize>,
     /// `OPENLEDGER_CUDA_EVENTS=on`.
@@ -57,6 +57,18 @@ pub struct Options {
     pub prefill_materialized: bool,
 }
 
+/// When the fused SGMV kernel's lora_delta runs split (`OPENLEDGER_SGMV_SPLIT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SgmvSplit {
+    /// One fused launch (unset or `0`): the default until the split's cost model has been
+    /// fitted on a device.
+    Never,
+    /// Always split (`1`): tests and comparison runs.
+    Always,
+    /// Where the cost model estimates the split faster (`auto`).
+    ByCost,
+}
+
 impl Default for Options {
     /// What an empty environment gives.
     fn default() -> Self {
@@ -67,7 +79,7 @@ impl Default for Options {
             sgmv_two_stage_only: false,
             sgmv_variant: None,
             sgmv_debug: false,
-            sgmv_split: None,
+            sgmv_split: SgmvSplit::Never,
             attn_partition: None,
             cuda_events: false,
             adapters_bf16: false,
@@ -90,7 +102,11 @@ impl Options {
                 .is_some_and(|v| v == "two-stage" || v == "v2"),
             sgmv_variant: var("OPENLEDGER_SGMV_VARIANT"),
             sgmv_debug: var("OPENLEDGER_SGMV_DEBUG").is_some(),
-            sgmv_split: var("OPENLEDGER_SGMV_SPLIT").filter(|v| !v.is_empty()).map(|v| v != "0"),
+            sgmv_split: match var("OPENLEDGER_SGMV_SPLIT").as_deref() {
+                Some("auto") => SgmvSplit::ByCost,
+                Some(v) if !v.is_empty() && v != "0" => SgmvSplit::Always,
+                _ => SgmvSplit::Never,
+            },
             attn_partition: var("OPENLEDGER_ATTN_PARTITION").and_then(|v| v.parse().ok()),
             cuda_events: var("OPENLEDGER_CUDA_EVENTS").is_some_and(|v| v == "on"),
             adapters_bf16: on("OPENLEDGER_ADAPTERS_BF16"),
@@ -232,15 +248,19 @@ mod tests {
         let off = Options::from_vars(vars(&[("OPENLEDGER_CUDA_GRAPHS", "0")]));
         assert!(!off.cuda_graphs);
         assert!(Options::from_vars(vars(&[("OPENLEDGER_CUDA_GRAPHS", "1")])).cuda_graphs);
-        assert_eq!(o.sgmv_split, None, "the cost model decides unless forced");
+        assert_eq!(o.sgmv_split, SgmvSplit::Never, "one fused launch unless asked");
         let split = |v: &'static str| {
             let pairs: &'static [(&'static str, &'static str)] = match v {
                 "1" => &[("OPENLEDGER_SGMV_SPLIT", "1")],
+                "auto" => &[("OPENLEDGER_SGMV_SPLIT", "auto")],
                 _ => &[("OPENLEDGER_SGMV_SPLIT", "0")],
             };
             Options::from_vars(vars(pairs)).sgmv_split
         };
-        assert_eq!((split("1"), split("0")), (Some(true), Some(false)));
+        assert_eq!(
+            (split("1"), split("auto"), split("0")),
+            (SgmvSplit::Always, SgmvSplit::ByCost, SgmvSplit::Never)
+        );
     }
 
     #[test]

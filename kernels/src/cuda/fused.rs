@@ -9,6 +9,7 @@ use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 
 use super::cuda_err;
 use crate::error::Result;
+use crate::options::SgmvSplit;
 use crate::SegmentMap;
 
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sgmv_fused.fatbin"));
@@ -130,9 +131,9 @@ pub(super) struct Kernels {
     capacity: [usize; 3],
     /// `OPENLEDGER_SGMV_VARIANT=cluster|pair|solo` forces a variant where it applies (tests).
     forced: Option<Variant>,
-    /// `OPENLEDGER_SGMV_SPLIT=1|0` forces the split launch (shrink, then the "cols" expand)
-    /// on or off where it applies (tests, comparison runs); unset, the cost model decides.
-    split: Option<bool>,
+    /// `OPENLEDGER_SGMV_SPLIT`: the split launch (shrink, then the "cols" expand) never
+    /// (the default), always, or where the cost model estimates it faster.
+    split: SgmvSplit,
     debug: bool,
 }
 
@@ -324,15 +325,17 @@ impl Tiles {
     }
 
     /// Whether a `d_in x d_out` lora_delta over these tiles runs split (the shrink alone,
-    /// then the "cols" expand over `Some(blocks per tile)`) rather than fused: forced by
-    /// `OPENLEDGER_SGMV_SPLIT`, else when the tiles are fewer than the device's blocks at
-    /// once and the split is estimated faster (`estimate_split_us`). Bits are the same.
+    /// then the "cols" expand over `Some(blocks per tile)`) rather than fused, as
+    /// `OPENLEDGER_SGMV_SPLIT` says: never, always, or (`auto`) where the estimate of the
+    /// shrink plus the "cols" expand (`estimate_cols_us`) is below the fused launch's. Bits
+    /// are the same.
     pub(super) fn split(&self, k: &Kernels, d_in: usize, d_out: usize) -> Option<u32> {
         let blocks = cols_blocks(k, self.real.max(1), d_out);
         match k.split {
-            Some(on) => return on.then_some(blocks),
-            None if self.real == 0 => return None,
-            None => {},
+            SgmvSplit::Never => return None,
+            SgmvSplit::Always => return Some(blocks),
+            SgmvSplit::ByCost if self.real == 0 => return None,
+            SgmvSplit::ByCost => {},
         }
         let cached = |c: &Vec<SplitChoice>| {
             c.iter().find(|(shape, _)| *shape == (d_in, d_out)).map(|&(_, b)| b)
