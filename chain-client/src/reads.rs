@@ -31,6 +31,7 @@ impl ChainClient {
         enum Format {
             Host,
             CudaBf16,
+            HostVnni,
         }
         #[derive(DecodeAsType)]
         #[decode_as_type(crate_path = "subxt::ext::scale_decode")]
@@ -45,6 +46,7 @@ impl ChainClient {
             format: match s.format {
                 Format::Host => NumericFormat::Host,
                 Format::CudaBf16 => NumericFormat::CudaBf16,
+                Format::HostVnni => NumericFormat::HostVnni,
             },
         }))
     }

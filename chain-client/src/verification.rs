@@ -323,6 +323,7 @@ impl ChainClient {
                             match s.format {
                                 NumericFormat::Host => "Host",
                                 NumericFormat::CudaBf16 => "CudaBf16",
+                                NumericFormat::HostVnni => "HostVnni",
                             },
                             [],
                         ),

@@ -125,6 +125,14 @@ impl Model {
     /// verification on it is judged by ([`commitment::Tolerance::for_format`]).
     pub fn numeric_format(&self) -> commitment::NumericFormat {
         match &self.backend {
+            // Block-quantized weights on the packed integer kernels: one kernel path.
+            Backend::Host { .. }
+                if self.is_block_quantized()
+                    && openledger_kernels::options::simd()
+                        >= openledger_kernels::options::SimdLevel::Avx512Vnni =>
+            {
+                commitment::NumericFormat::HostVnni
+            },
             Backend::Host { .. } => commitment::NumericFormat::Host,
             // The tensor path in f32 (tests on the CPU) has no fitted bounds of its own; bf16's
             // are the looser.

@@ -81,17 +81,25 @@ pub enum NumericFormat {
     /// bf16 activations and weights on a CUDA GPU.
     #[codec(index = 1)]
     CudaBf16,
+    /// The host path on the packed integer kernels (AVX-512 VNNI or AMX, which give the same
+    /// bits) over block-quantized weights: every provider of the id computes the same bits,
+    /// so its verifiers replay a job's tokens exactly (no near tie forgiven). A worker on
+    /// this path also serves ids registered as [`Self::Host`].
+    #[codec(index = 2)]
+    HostVnni,
 }
 
 impl NumericFormat {
     /// Every format, in code order.
-    pub const ALL: [Self; 2] = [Self::Host, Self::CudaBf16];
+    pub const ALL: [Self; 3] = [Self::Host, Self::CudaBf16, Self::HostVnni];
 
-    /// The format's code, its SCALE encoding (`0` host, `1` CUDA bf16).
+    /// The format's code, its SCALE encoding (`0` host, `1` CUDA bf16, `2` host on the
+    /// VNNI / AMX kernels).
     pub const fn code(self) -> u8 {
         match self {
             Self::Host => 0,
             Self::CudaBf16 => 1,
+            Self::HostVnni => 2,
         }
     }
 
@@ -100,12 +108,26 @@ impl NumericFormat {
         Self::ALL.into_iter().find(|f| f.code() == code)
     }
 
-    /// The name operators see (`host`, `cuda-bf16`).
+    /// The name operators see (`host`, `cuda-bf16`, `host-vnni`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Host => "host",
             Self::CudaBf16 => "cuda-bf16",
+            Self::HostVnni => "host-vnni",
         }
+    }
+
+    /// Whether a worker computing in `self` may serve an id registered in `registered`: the
+    /// same format, or the VNNI / AMX host path under [`Self::Host`] (whose verifiers'
+    /// tolerance covers every CPU kernel path).
+    pub const fn serves(self, registered: Self) -> bool {
+        matches!(
+            (self, registered),
+            (Self::Host, Self::Host)
+                | (Self::CudaBf16, Self::CudaBf16)
+                | (Self::HostVnni, Self::HostVnni)
+                | (Self::HostVnni, Self::Host)
+        )
     }
 }
 

@@ -55,7 +55,28 @@ pub fn chain_format(format: EngineFormat) -> NumericFormat {
     match format {
         EngineFormat::Host => NumericFormat::Host,
         EngineFormat::CudaBf16 => NumericFormat::CudaBf16,
+        EngineFormat::HostVnni => NumericFormat::HostVnni,
     }
+}
+
+/// The engine's name for a format registered on chain.
+pub fn engine_format(format: NumericFormat) -> EngineFormat {
+    match format {
+        NumericFormat::Host => EngineFormat::Host,
+        NumericFormat::CudaBf16 => EngineFormat::CudaBf16,
+        NumericFormat::HostVnni => EngineFormat::HostVnni,
+    }
+}
+
+/// The tolerance a worker computing in `format` judges its audits by: that of the format
+/// the id is registered in (a VNNI worker serving an id registered as `host` judges by
+/// `host`'s, as its peers may run AVX2), or for an unregistered id the format's general one.
+pub fn audit_tolerance(
+    format: NumericFormat,
+    registered: Option<BaseModelSpec>,
+) -> openledger_engine::Tolerance {
+    let judged = registered.map_or(engine_format(format).general(), |s| engine_format(s.format));
+    openledger_engine::Tolerance::for_format(judged)
 }
 
 /// Whether a worker whose model file hashes to `weights` and computes in `format` may serve
@@ -78,7 +99,7 @@ pub fn check(
             hex::encode(weights)
         );
     }
-    if spec.format != format {
+    if !format.serves(spec.format) {
         bail!(
             "base model {id} is registered on chain in the numeric format {}, but this worker \
              computes in {} (--device): its verifiers would recompute its work in {} and find \
@@ -133,6 +154,27 @@ mod tests {
         assert!(err.contains("0x0101") && err.contains("0x0202"), "{err}");
         let err = check(0, Some(spec), [1; 32], NumericFormat::CudaBf16).unwrap_err().to_string();
         assert!(err.contains("numeric format host") && err.contains("cuda-bf16"), "{err}");
+        // The VNNI / AMX host path serves an id registered as `host`, judged by `host`'s
+        // tolerance (its verifiers may run AVX2); an id registered as `host-vnni` takes that
+        // path alone, and its audits replay exactly.
+        assert!(check(0, Some(spec), [1; 32], NumericFormat::HostVnni).unwrap());
+        let vnni = BaseModelSpec { weights: [1; 32], format: NumericFormat::HostVnni };
+        assert!(check(0, Some(vnni), [1; 32], NumericFormat::HostVnni).unwrap());
+        let err = check(0, Some(vnni), [1; 32], NumericFormat::Host).unwrap_err().to_string();
+        assert!(
+            err.contains("numeric format host-vnni") && err.contains("computes in host"),
+            "{err}"
+        );
+        let tie = |format, registered| audit_tolerance(format, registered).replay_tie;
+        assert_eq!(tie(NumericFormat::HostVnni, Some(vnni)), 0.0);
+        let cpu = openledger_engine::commitment::CPU_REPLAY_TIE;
+        assert_eq!(tie(NumericFormat::HostVnni, Some(spec)), cpu);
+        assert_eq!(
+            tie(NumericFormat::HostVnni, None),
+            cpu,
+            "unregistered: any CPU path may verify"
+        );
+        assert_eq!(tie(NumericFormat::Host, None), cpu);
     }
 
     fn sp_crypto_hashing_blake2_256(bytes: &[u8]) -> [u8; 32] {

@@ -94,7 +94,7 @@ impl EngineHost {
         let (commands, inbox) = mpsc::channel();
         let load = Arc::new(Mutex::new(EngineLoad::default()));
         let shared = Arc::clone(&load);
-        let tolerance = Tolerance::for_format(engine.model().numeric_format());
+        let tolerance = Tolerance::for_format(engine.model().numeric_format().general());
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || run(engine, inbox, shared))
@@ -103,10 +103,17 @@ impl EngineHost {
     }
 
     /// The bounds a verification on this engine is judged by ([`Tolerance::for_format`] of
-    /// its model's numeric format): pass them to [`Self::verify`] and to
-    /// [`VerifyReport::passes`].
+    /// its model's numeric format, in general: the host format's for the VNNI / AMX path,
+    /// unless [`Self::with_tolerance`] set others): pass them to
+    /// [`Self::verify`] and to [`VerifyReport::passes`].
     pub fn tolerance(&self) -> Tolerance {
         self.tolerance
+    }
+
+    /// Judges this engine's verifications by `tolerance` (the worker: that of the format
+    /// its base model id is registered in, `base_model::audit_tolerance`).
+    pub fn with_tolerance(self, tolerance: Tolerance) -> Self {
+        Self { tolerance, ..self }
     }
 
     /// Queue a request; its tokens arrive on the returned channel, ending with

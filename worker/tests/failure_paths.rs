@@ -430,6 +430,12 @@ async fn a_worker_whose_model_is_not_the_registered_base_model_refuses_to_serve_
         .await
         .expect("set");
     assert_eq!(chain.base_model(4).await.expect("read"), spec(embedded, NumericFormat::CudaBf16));
+    // The VNNI / AMX host path's own format (code 2) goes through the runtime and back.
+    chain
+        .sudo_set_base_model(&alice, 5, spec(embedded, NumericFormat::HostVnni))
+        .await
+        .expect("set");
+    assert_eq!(chain.base_model(5).await.expect("read"), spec(embedded, NumericFormat::HostVnni));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let serve = |base_model: &str| {

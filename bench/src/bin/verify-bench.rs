@@ -48,8 +48,8 @@ use candle_core::Device;
 use clap::Parser;
 use openledger_engine::{
     commitment::delta_layer, write_random_adapter, ActivationCommitment, Engine, EngineConfig,
-    KvCacheConfig, Model, ModelSource, Projection, SamplingParams, StreamEvent, Tolerance,
-    VerifyReport, GPU_DTYPE,
+    KvCacheConfig, Model, ModelSource, NumericFormat, Projection, SamplingParams, StreamEvent,
+    Tolerance, VerifyReport, GPU_DTYPE,
 };
 use rand::{Rng, SeedableRng};
 
@@ -96,6 +96,11 @@ struct Args {
     /// Batch sizes the honest jobs are generated at (a share of the jobs each).
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     batches: Vec<usize>,
+    /// Judge verifications by this format's tolerance (`host`, `host-vnni`, `cuda-bf16`)
+    /// instead of the verifier's own format's (on the VNNI / AMX path `host-vnni`, exact
+    /// replays: use `host` to verify work from another kernel path).
+    #[arg(long)]
+    tolerance: Option<String>,
     /// Write each verified job's findings here, one JSON object per line.
     #[arg(long)]
     reports: Option<PathBuf>,
@@ -175,7 +180,13 @@ fn main() -> Result<()> {
             },
         })
         .collect();
-    let tol = Tolerance::for_format(verifier.model().numeric_format());
+    let tol = match args.tolerance.as_deref() {
+        None => Tolerance::for_format(verifier.model().numeric_format()),
+        Some("host") => Tolerance::for_format(NumericFormat::Host),
+        Some("host-vnni") => Tolerance::for_format(NumericFormat::HostVnni),
+        Some("cuda-bf16") => Tolerance::for_format(NumericFormat::CudaBf16),
+        Some(other) => bail!("--tolerance {other}: expected host, host-vnni or cuda-bf16"),
+    };
     let graphs = !device.is_cpu() && openledger_kernels::options::options().cuda_graphs;
     let mut reports_out = match &args.reports {
         Some(p) => Some(std::io::BufWriter::new(

@@ -376,7 +376,8 @@ fn verify(
             engine.register_adapter(&hex::encode(summary.content_hash), &path)?;
         }
     }
-    let tol = Tolerance::for_format(engine.model().numeric_format());
+    // The records may come from any CPU kernel path: the format's general tolerance.
+    let tol = Tolerance::for_format(engine.model().numeric_format().general());
     let mut pending = Vec::new();
     for (path, r) in &records {
         let adapter = match r.adapter {
@@ -472,6 +473,7 @@ async fn serve(args: &Args) -> Result<()> {
     let format = base_model::chain_format(engine.model().numeric_format());
     let weights = base_model::weights_digest(&model)?;
     let registered = chain.base_model(s.base_model).await?;
+    let tolerance = base_model::audit_tolerance(format, registered);
     if base_model::check(s.base_model, registered, weights, format)? {
         tracing::info!(
             base_model = s.base_model,
@@ -489,6 +491,7 @@ async fn serve(args: &Args) -> Result<()> {
     }
     let base = engine.model().config().clone();
     let (engine, _thread) = EngineHost::spawn(engine);
+    let engine = engine.with_tolerance(tolerance);
     // Chat requests arrive as messages, rendered with the template the model ships.
     let chat_template = ChatTemplate::read(&model)
         .with_context(|| format!("cannot read the chat template of {}", model.display()))?
