@@ -249,6 +249,15 @@ mod tests {
         let gap = greedy.replay(&[0.1, 3.0, 2.9], 2, CPU_REPLAY_TIE).gap;
         assert!((gap - 0.1 / 3.0).abs() < 1e-6, "{gap}");
         assert!(greedy.replay(&[0.1, 3.0, 2.9], 2, 0.04).accepted, "a looser rule forgives it");
+        // A recommitted cheat's flipped token 1e-4 (relative) from the pick: forgiven as
+        // another kernel path's last bits under `host`, refused by `host-vnni` (one path, no
+        // tie); an exact tie is no cheat (either index is accepted).
+        use crate::commitment::{NumericFormat, Tolerance};
+        let exact = Tolerance::for_format(NumericFormat::HostVnni).replay_tie;
+        let flipped = [0.1, 3.0, 3.0 * (1.0 - 1e-4)];
+        assert!(replays(&mut greedy, &flipped, 2));
+        assert!(!greedy.replay(&flipped, 2, exact).accepted);
+        assert!(greedy.replay(&[0.1, 3.0, 3.0], 2, exact).accepted);
         // Sampled: the same seed accepts its own draws, and refuses a token far from them.
         let params = SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
         let logits = [2.0, 1.0, 0.0, -30.0];
