@@ -14,7 +14,7 @@ import itertools
 import math
 import sys
 
-from fit_variant_model import BLOCKS, PAIR_MAX_RANK, load, tiles
+from fit_variant_model import BLOCKS, PAIR_MAX_RANK, estimate, load, tiles
 
 # fused.rs's fitted variant constants
 FIXED, BLOCK_RATE, DRAM_RATE = 5.0, 12e3, 3.5e6
@@ -22,42 +22,26 @@ FACTOR = {"cluster": 1.0, "pair": 0.9, "solo": 1.5}
 WARPS = 8
 
 
-def est(recs, variant, cap, d_in, d_out):
-    total = 0.0
-    for s in range(0, len(recs), cap):
-        largest, moved, prev = 0.0, 0.0, None
-        for slot, rank, rows in recs[s:s + cap]:
-            weights = 2.0 * rank * (d_in + d_out)
-            acts = 2.0 * rows * (d_in + 2 * d_out)
-            largest = max(largest, weights + acts)
-            moved += acts + (0.0 if prev == slot else weights)
-            prev = slot
-        total += FIXED + max(largest / (BLOCKS[variant] * BLOCK_RATE), moved / DRAM_RATE)
-    return total * FACTOR[variant]
+def est(key, variant, cap, d_in, d_out):
+    """estimate_us of shape `key` as d_in x d_out (d_out = 0: the shrink alone)."""
+    shape = (str(d_in), str(d_out)) + tuple(key[2:])
+    return estimate(shape, variant, cap, FIXED, BLOCK_RATE, DRAM_RATE, FACTOR[variant])
 
 
-def best_variant(recs, caps, d_in, d_out, max_rank):
+def best_variant(key, caps, d_in, d_out, max_rank):
     usable = [v for v in BLOCKS if not (v == "pair" and max_rank > PAIR_MAX_RANK)]
-    return min(est(recs, v, caps[v], d_in, d_out) for v in usable)
+    return min(est(key, v, caps[v], d_in, d_out) for v in usable)
 
 
-def est_cols(recs, caps, d_out, launch_us, rate):
+def est_cols(key, tiles_n, caps, d_out, launch_us, rate):
+    """estimate_cols_us: the expand alone moves what a lora_delta with d_in = 0 would."""
     at_once = caps["solo"]
     groups = -(-d_out // 32)
     most = max(1, -(-groups // WARPS))
-    blocks = min(max(1, -(-at_once // max(1, len(recs)))), most)
+    blocks = min(max(1, -(-at_once // max(1, tiles_n))), most)
     per_round = max(1, at_once // blocks)
-    total = launch_us
-    for s in range(0, len(recs), per_round):
-        largest, moved, prev = 0.0, 0.0, None
-        for slot, rank, rows in recs[s:s + per_round]:
-            weights = 2.0 * rank * d_out
-            acts = 4.0 * rows * d_out
-            largest = max(largest, weights + acts)
-            moved += acts + (0.0 if prev == slot else weights)
-            prev = slot
-        total += FIXED + max(largest / (blocks * rate), moved / DRAM_RATE)
-    return total
+    shape = ("0", str(d_out)) + tuple(key[2:])
+    return launch_us + estimate(shape, "solo", per_round, FIXED, rate, DRAM_RATE, 1.0, blocks)
 
 
 def main():
@@ -71,8 +55,8 @@ def main():
             d_in, d_out = int(k[0]), int(k[1])
             recs = tiles(k)
             max_rank = max(r for _, r, _ in recs)
-            f = best_variant(recs, caps, d_in, d_out, max_rank)
-            s = best_variant(recs, caps, d_in, 0, max_rank) + est_cols(recs, caps, d_out, launch_us, rate)
+            f = best_variant(k, caps, d_in, d_out, max_rank)
+            s = best_variant(k, caps, d_in, 0, max_rank) + est_cols(k, len(recs), caps, d_out, launch_us, rate)
             chosen = split[k] if s < f else fused[k]
             picked += s < f
             lost = math.log(chosen / min(fused[k], split[k]))

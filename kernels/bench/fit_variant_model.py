@@ -44,8 +44,10 @@ def tiles(key):
     return out
 
 
-def estimate(key, variant, cap, fixed, block_rate, dram_rate, factor):
+def estimate(key, variant, cap, fixed, block_rate, dram_rate, factor, blocks=None):
+    """fused.rs's estimate_us (`blocks`: blocks a tile, the variant's unless given)."""
     d_in, d_out = int(key[0]), int(key[1])
+    blocks = blocks or BLOCKS[variant]
     recs = tiles(key)
     total = 0.0
     for s in range(0, len(recs), cap):
@@ -56,7 +58,7 @@ def estimate(key, variant, cap, fixed, block_rate, dram_rate, factor):
             largest = max(largest, weights + acts)
             moved += acts + (0.0 if prev == slot else weights)
             prev = slot
-        total += fixed + max(largest / (BLOCKS[variant] * block_rate), moved / dram_rate)
+        total += fixed + max(largest / (blocks * block_rate), moved / dram_rate)
     return total * factor
 
 

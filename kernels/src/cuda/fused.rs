@@ -139,10 +139,8 @@ pub(super) struct Kernels {
 
 pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernels> {
     let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).map_err(cuda_err)?;
-    // `tail`: "" for the single launches, "_multi" for the stacked ones.
-    let f = |ty: &str, v: Variant, tail: &str| -> Result<CudaFunction> {
-        let name = format!("sgmv_fused_{ty}_{}{tail}", v.suffix());
-        let func = module.load_function(&name).map_err(cuda_err)?;
+    let load = |name: &str| -> Result<CudaFunction> {
+        let func = module.load_function(name).map_err(cuda_err)?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             SMEM as i32,
@@ -150,20 +148,14 @@ pub(super) fn load(ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<Kernel
         .map_err(cuda_err)?;
         Ok(func)
     };
+    // `tail`: "" for the single launches, "_multi" for the stacked ones.
+    let f =
+        |ty: &str, v: Variant, tail: &str| load(&format!("sgmv_fused_{ty}_{}{tail}", v.suffix()));
     let all = |ty: &str, tail: &str| -> Result<[CudaFunction; 3]> {
         Ok([f(ty, VARIANTS[0], tail)?, f(ty, VARIANTS[1], tail)?, f(ty, VARIANTS[2], tail)?])
     };
     let functions = [all("bf16", "")?, all("f16", "")?];
-    let cols_fn = |ty: &str| -> Result<CudaFunction> {
-        let func = module.load_function(&format!("sgmv_fused_{ty}_cols")).map_err(cuda_err)?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            SMEM as i32,
-        )
-        .map_err(cuda_err)?;
-        Ok(func)
-    };
-    let cols = [cols_fn("bf16")?, cols_fn("f16")?];
+    let cols = [load("sgmv_fused_bf16_cols")?, load("sgmv_fused_f16_cols")?];
     let multi = [all("bf16", "_multi")?, all("f16", "_multi")?];
     let mut capacity = [1; 3];
     for v in VARIANTS {
@@ -371,22 +363,9 @@ fn cols_blocks(k: &Kernels, tiles: usize, d_out: usize) -> u32 {
 /// The time of the "cols" expand (as `estimate_us`, with `blocks` blocks a tile streaming
 /// its share of lora_B and y, `at_once` blocks at a time) plus the second launch's own.
 fn estimate_cols_us(records: &[u32], blocks: u32, at_once: usize, d_out: usize) -> f64 {
+    // An expand alone moves what a lora_delta with d_in = 0 would: lora_B, y read and written.
     let per_round = (at_once / blocks as usize).max(1);
-    let mut total = SPLIT_LAUNCH_US;
-    for round in records.chunks(8 * per_round) {
-        let (mut largest, mut bytes, mut prev_slot) = (0f64, 0f64, None);
-        for rec in round.chunks_exact(8) {
-            let (slot, rank, rows) = (rec[0], f64::from(rec[1]), f64::from(rec[4] - rec[3]));
-            let weights = 2.0 * rank * d_out as f64;
-            let activations = 4.0 * rows * d_out as f64;
-            largest = largest.max(weights + activations);
-            bytes += activations + if prev_slot == Some(slot) { 0.0 } else { weights };
-            prev_slot = Some(slot);
-        }
-        let block = largest / (f64::from(blocks) * BLOCK_BYTES_PER_US);
-        total += FIXED_US + block.max(bytes / DRAM_BYTES_PER_US);
-    }
-    total
+    SPLIT_LAUNCH_US + rounds_us(records, per_round, blocks, 0, d_out)
 }
 
 /// The rank bound of a CUDA graph's fused SGMV launches for adapters of ranks up to
@@ -405,8 +384,14 @@ pub(super) fn rank_bound(max_rank: usize) -> Option<usize> {
 /// rounds of `capacity`; an adapter's weights count once towards DRAM bytes (its later
 /// tiles read them from L2) but in full towards each block's stream.
 fn estimate_us(records: &[u32], v: Variant, capacity: usize, d_in: usize, d_out: usize) -> f64 {
+    rounds_us(records, capacity, v.blocks_per_tile(), d_in, d_out) * v.cost_factor()
+}
+
+/// `estimate_us` before its variant's factor: the tiles in rounds of `per_round`, each tile
+/// streamed by `blocks` blocks.
+fn rounds_us(records: &[u32], per_round: usize, blocks: u32, d_in: usize, d_out: usize) -> f64 {
     let mut total = 0.0;
-    for round in records.chunks(8 * capacity.max(1)) {
+    for round in records.chunks(8 * per_round.max(1)) {
         let (mut largest, mut bytes, mut prev_slot) = (0f64, 0f64, None);
         for rec in round.chunks_exact(8) {
             let (slot, rank, rows) = (rec[0], f64::from(rec[1]), f64::from(rec[4] - rec[3]));
@@ -416,10 +401,10 @@ fn estimate_us(records: &[u32], v: Variant, capacity: usize, d_in: usize, d_out:
             bytes += activations + if prev_slot == Some(slot) { 0.0 } else { weights };
             prev_slot = Some(slot);
         }
-        let block = largest / (f64::from(v.blocks_per_tile()) * BLOCK_BYTES_PER_US);
+        let block = largest / (f64::from(blocks) * BLOCK_BYTES_PER_US);
         total += FIXED_US + block.max(bytes / DRAM_BYTES_PER_US);
     }
-    total * v.cost_factor()
+    total
 }
 
 /// Per tile of up to `TILE_TOKENS` tokens of one segment, 8 words: slot, rank, scale (f32
@@ -572,9 +557,30 @@ unsafe fn launch_tiles<P>(
     stream: &CudaStream,
     param: &mut P,
 ) -> Result<()> {
-    let mut attr = cluster_attribute(v.blocks_per_tile());
-    let mut cfg = launch_config(tiles as u32 * v.blocks_per_tile(), stream, &mut attr);
-    if v.blocks_per_tile() == 1 {
+    let blocks = v.blocks_per_tile();
+    let attr = (blocks > 1).then(|| cluster_attribute(blocks));
+    // SAFETY: the caller's promise.
+    unsafe { launch_ex(f, tiles as u32 * blocks, attr, stream, param) }
+}
+
+/// Launches `f` (whose one parameter is a `P`) over `blocks` blocks on `stream`, with the
+/// launch attribute `attr` if any.
+///
+/// # Safety
+/// As [`launch_tiles`].
+unsafe fn launch_ex<P>(
+    f: &CudaFunction,
+    blocks: u32,
+    attr: Option<sys::CUlaunchAttribute>,
+    stream: &CudaStream,
+    param: &mut P,
+) -> Result<()> {
+    let with = attr.is_some();
+    // SAFETY: a plain C struct, for which all zeros is a valid value (unused when `attr` is
+    // `None`: the config then counts no attribute).
+    let mut attr = attr.unwrap_or_else(|| unsafe { std::mem::zeroed() });
+    let mut cfg = launch_config(blocks, stream, &mut attr);
+    if !with {
         cfg.numAttrs = 0;
     }
     let mut args = [param as *mut P as *mut std::ffi::c_void];
@@ -632,19 +638,7 @@ pub(super) fn launch_split(
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
     attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attr.value.programmaticStreamSerializationAllowed = 1;
-    let cfg = launch_config(num_tiles as u32 * blocks, stream, &mut attr);
-    let mut args = [&mut p as *mut Params as *mut std::ffi::c_void];
-    stream.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: as above for `p`; `cfg` and the attribute it points to live across the call,
-    // and the kernel waits for the shrink (griddepcontrol.wait) before it reads `v`.
-    unsafe {
-        sys::cuLaunchKernelEx(
-            &cfg,
-            k.cols[dtype].cu_function(),
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    }
-    .result()
-    .map_err(cuda_err)
+    // SAFETY: as above for `p`; the kernel waits for the shrink (griddepcontrol.wait)
+    // before it reads `v`.
+    unsafe { launch_ex(&k.cols[dtype], num_tiles as u32 * blocks, Some(attr), stream, &mut p) }
 }
