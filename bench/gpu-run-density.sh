@@ -7,7 +7,8 @@
 # every adapter in page-locked host memory fails, it runs again with HOST_FALLBACK of them
 # there (default 1000; the rest read from disk when needed). Knobs: ADAPTERS, SLOTS,
 # RUNNING, REQUESTS, ROUNDS, EXTRA_ARGS; END_S (seconds after the start by which the run has
-# ended, default 540).
+# ended, default 540); PACK (default gpu-bin/density-gpu.tar.xz; BIN: a folder already
+# holding density-bench instead).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 T0=$(date +%s)
@@ -18,7 +19,8 @@ export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader | tee -a "$OUT/density.log"
 free -g | tee -a "$OUT/density.log"
 date -u | tee -a "$OUT/density.log"
-tar -xJf gpu-bin/density-gpu.tar.xz -C /tmp/gd || exit 1
+if [ -n "${BIN:-}" ]; then cp "$BIN/density-bench" /tmp/gd/ || exit 1
+else tar -xJf "${PACK:-gpu-bin/density-gpu.tar.xz}" -C /tmp/gd || exit 1; fi
 ARGS="--adapters ${ADAPTERS:-2000} --slots ${SLOTS:-128} --running ${RUNNING:-64} --requests ${REQUESTS:-1000} --rounds ${ROUNDS:-2} ${EXTRA_ARGS:-}"
 run() {
   echo "== density-bench $ARGS $* $(date -u +%T)" | tee -a "$OUT/density.log"

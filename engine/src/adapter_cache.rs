@@ -38,6 +38,11 @@ pub struct AdapterCacheConfig {
     /// median first token ~17 ms lower (one step fewer), though a step that admits one may
     /// start late by what is left of the copy.
     pub admit_while_copying: bool,
+    /// On a GPU, an adapter's copy to the device goes in this many runs of consecutive
+    /// layers, and the step that first reads it waits for each run only before its first
+    /// layer, so its first layers compute while the later ones arrive (1: one copy, waited
+    /// for before the step).
+    pub copy_runs: usize,
 }
 
 impl Default for AdapterCacheConfig {
@@ -47,6 +52,7 @@ impl Default for AdapterCacheConfig {
             compute_bytes: 4 << 30,
             host_bytes: 1 << 30,
             admit_while_copying: true,
+            copy_runs: 1,
         }
     }
 }
@@ -160,7 +166,7 @@ impl AdapterCache {
             e.pins += 1;
             e.staged = false;
             if let Some(upload) = &e.upload {
-                upload.order_compute()?;
+                self.tables.order_upload(upload)?;
             }
         }
         Ok(slot as u32)
@@ -228,7 +234,7 @@ impl AdapterCache {
                 tracing::debug!(adapter = %old.name, slot = i, "evicted adapter from compute");
             }
         }
-        let upload = self.tables.install_async(slot as u32, &adapter)?;
+        let upload = self.tables.install_async(slot as u32, &adapter, self.config.copy_runs)?;
         self.slots[slot] = Some(SlotEntry {
             name: name.to_string(),
             pins: 0,

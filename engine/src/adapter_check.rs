@@ -660,6 +660,46 @@ mod tests {
         assert_eq!(tensors.weights.elem_count(), packed.weights.elem_count());
     }
 
+    /// The runs of layers an adapter's copy to the GPU is cut into: each run starts where
+    /// its first layer's tensors start and holds every tensor of its layers, in layer order,
+    /// whatever the number of runs asked; one run is the whole buffer.
+    #[test]
+    fn layer_runs_cut_the_packed_buffer_between_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig { num_layers: 5, ..tiny() };
+        let targets = [Projection::K, Projection::Up];
+        write_random_adapter(dir.path(), &cfg, 3, &targets, 4).unwrap();
+        let packed = read_adapter(dir.path(), &cfg, &HostAlloc::PackedVec, false).unwrap();
+        let HostWeights::Packed(p) = &packed.weights else { panic!("not packed") };
+        let layer_span = |l: usize| {
+            let parts: Vec<_> = p.parts[l].iter().flatten().flat_map(|(a, b)| [*a, *b]).collect();
+            let lo = parts.iter().map(|q| q.offset).min().unwrap();
+            let hi = parts.iter().map(|q| q.offset + q.len()).max().unwrap();
+            (lo, hi)
+        };
+        assert_eq!(p.layer_runs(1), vec![(0, 0)]);
+        assert_eq!(p.layer_runs(0), vec![(0, 0)]);
+        for (runs, firsts) in [
+            (2, vec![0, 3]),
+            (3, vec![0, 2, 4]),
+            (5, vec![0, 1, 2, 3, 4]),
+            (9, vec![0, 1, 2, 3, 4]),
+        ] {
+            let got = p.layer_runs(runs);
+            let layers: Vec<usize> = got.iter().map(|&(l, _)| l).collect();
+            assert_eq!(layers, firsts, "{runs} runs");
+            for (k, &(first, start)) in got.iter().enumerate() {
+                assert_eq!(start, if first == 0 { 0 } else { layer_span(first).0 });
+                let end = got.get(k + 1).map_or(p.len, |&(_, s)| s);
+                let last = got.get(k + 1).map_or(cfg.num_layers, |&(l, _)| l);
+                for l in first..last {
+                    let (lo, hi) = layer_span(l);
+                    assert!(lo >= start && hi <= end, "layer {l} outside run {k} of {runs}");
+                }
+            }
+        }
+    }
+
     /// Each dtype's conversion against `half` on every bit pattern of the 16-bit types
     /// and a sweep of f32 patterns, non-finite results flagged.
     #[test]

@@ -148,21 +148,35 @@ impl LoraAdapter {
     }
 }
 
-/// A copy queued on the upload stream: its end event, and the compute stream that must wait
-/// for it.
+#[cfg(feature = "cuda")]
+type Event = std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaEvent>;
+#[cfg(feature = "cuda")]
+type Stream = std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>;
+
+/// A copy queued on the upload stream, in runs of consecutive layers: each run's first
+/// layer and end event (in layer order; the last event marks the end of the whole copy),
+/// and the compute stream that must wait for them.
 #[cfg(feature = "cuda")]
 struct QueuedCopy {
-    done: candle_core::cuda_backend::cudarc::driver::CudaEvent,
-    compute: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    runs: Vec<(usize, Event)>,
+    compute: Stream,
+}
+
+#[cfg(feature = "cuda")]
+impl QueuedCopy {
+    fn synchronize(&self) -> Result<()> {
+        for (_, e) in &self.runs {
+            e.synchronize().map_err(|e| EngineError::Backend(format!("adapter upload: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// A copy of an adapter to the device still under way (see [`LoraSlots::install_async`]):
 /// keeps the adapter's page-locked host buffer alive until the copy has ended.
 pub(crate) struct PendingUpload {
     #[cfg(feature = "cuda")]
-    done: candle_core::cuda_backend::cudarc::driver::CudaEvent,
-    #[cfg(feature = "cuda")]
-    compute: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    copy: QueuedCopy,
     _host: std::sync::Arc<LoraAdapter>,
 }
 
@@ -171,20 +185,10 @@ impl PendingUpload {
     pub fn is_done(&self) -> bool {
         #[cfg(feature = "cuda")]
         {
-            self.done.is_complete()
+            self.copy.runs.iter().all(|(_, e)| e.is_complete())
         }
         #[cfg(not(feature = "cuda"))]
         true
-    }
-
-    /// Makes the compute stream wait for the copy: work queued on it from now on reads the
-    /// uploaded weights. Costs nothing on the device once the copy has ended.
-    pub fn order_compute(&self) -> Result<()> {
-        #[cfg(feature = "cuda")]
-        self.compute
-            .wait(&self.done)
-            .map_err(|e| EngineError::Backend(format!("adapter upload: wait: {e}")))?;
-        Ok(())
     }
 }
 
@@ -193,10 +197,24 @@ impl Drop for PendingUpload {
         // The host buffer must outlive the copy: wait for it here in the rare case (a cache
         // dropped with a copy under way) that nobody saw it end.
         #[cfg(feature = "cuda")]
-        if !self.done.is_complete() {
-            let _ = self.done.synchronize();
+        if !self.is_done() {
+            let _ = self.copy.synchronize();
         }
     }
+}
+
+/// A wait the compute stream owes a copy: before the first launch of layer `layer` (or of
+/// any step that is not run layer by layer), the stream waits for `event`.
+#[cfg(feature = "cuda")]
+struct LayerWait {
+    layer: usize,
+    event: Event,
+    compute: Stream,
+}
+
+#[cfg(feature = "cuda")]
+fn wait(compute: &Stream, event: &Event) -> Result<()> {
+    compute.wait(event).map_err(|e| EngineError::Backend(format!("adapter upload: wait: {e}")))
 }
 
 #[derive(Clone, Copy)]
@@ -214,7 +232,11 @@ pub struct LoraSlots {
     device: Device,
     /// The stream packed adapters are copied to the device on (made at the first copy).
     #[cfg(feature = "cuda")]
-    upload: Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>>,
+    upload: Option<Stream>,
+    /// Runs of copies still owed a wait by the compute stream ([`Self::order_upload`]),
+    /// issued by the forward pass as it reaches their first layer ([`Self::order_layer`]).
+    #[cfg(feature = "cuda")]
+    waits: std::sync::Mutex<Vec<LayerWait>>,
 }
 
 impl LoraSlots {
@@ -243,6 +265,8 @@ impl LoraSlots {
             device: device.clone(),
             #[cfg(feature = "cuda")]
             upload: None,
+            #[cfg(feature = "cuda")]
+            waits: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -257,40 +281,106 @@ impl LoraSlots {
     /// The copy has ended when this returns.
     pub fn install(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let Some(copy) = self.install_packed(slot, adapter)? {
-            copy.done
-                .synchronize()
-                .map_err(|e| EngineError::Backend(format!("adapter upload: {e}")))?;
-            return Ok(());
+        if let Some(copy) = self.install_packed(slot, adapter, 1)? {
+            return copy.synchronize();
         }
         self.install_tensors(slot, adapter)
     }
 
     /// Puts `adapter` in `slot`. A packed adapter (a GPU engine's host tier, page-locked)
-    /// goes to the device with one asynchronous copy on the tables' upload stream; the
-    /// returned [`PendingUpload`] says when it has ended and orders the compute stream after
-    /// it, and no segment may name the slot before [`PendingUpload::order_compute`]. Anything
-    /// else is installed as by [`LoraSlots::install`] (no pending copy).
+    /// goes to the device asynchronously on the tables' upload stream, in at most `runs`
+    /// copies of consecutive layers; the returned [`PendingUpload`] says when it has ended,
+    /// and no segment may name the slot before [`Self::order_upload`] has been called with it.
+    /// Anything else is installed as by [`LoraSlots::install`] (no pending copy).
     pub(crate) fn install_async(
         &mut self,
         slot: u32,
         adapter: &std::sync::Arc<LoraAdapter>,
+        runs: usize,
     ) -> Result<Option<PendingUpload>> {
         #[cfg(feature = "cuda")]
-        if let Some(copy) = self.install_packed(slot, adapter)? {
-            return Ok(Some(PendingUpload {
-                done: copy.done,
-                compute: copy.compute,
-                _host: adapter.clone(),
-            }));
+        if let Some(copy) = self.install_packed(slot, adapter, runs)? {
+            return Ok(Some(PendingUpload { copy, _host: adapter.clone() }));
         }
+        let _ = runs;
         self.install_tensors(slot, adapter).map(|()| None)
+    }
+
+    /// Orders the compute stream after `upload`: at once for its first run (the first
+    /// layers), and for each later run before the first launch that reads its layers
+    /// ([`Self::order_layer`], which the eager forward calls layer by layer) or before any
+    /// step not run layer by layer ([`Self::order_all`]). So the step that first reads a
+    /// freshly copied adapter computes its first layers while the later ones still arrive.
+    pub(crate) fn order_upload(&self, upload: &PendingUpload) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            let copy = &upload.copy;
+            let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            for (layer, event) in copy.runs.iter().filter(|(_, e)| !e.is_complete()) {
+                if *layer == 0 {
+                    wait(&copy.compute, event)?;
+                } else {
+                    waits.push(LayerWait {
+                        layer: *layer,
+                        event: event.clone(),
+                        compute: copy.compute.clone(),
+                    });
+                }
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = upload;
+        Ok(())
+    }
+
+    /// Issues the compute stream's waits owed to copies of layers up to `layer`: called
+    /// before the first launch of each layer of an eager step. Nothing when none is owed.
+    pub(crate) fn order_layer(&self, layer: usize) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        self.issue_waits(|w| w.layer <= layer)?;
+        #[cfg(not(feature = "cuda"))]
+        let _ = layer;
+        Ok(())
+    }
+
+    /// Issues every wait still owed: before a step that is not run layer by layer (a CUDA
+    /// graph's replay or capture, which must hold no wait on another stream's event).
+    pub(crate) fn order_all(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        self.issue_waits(|_| true)?;
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn issue_waits(&self, due: impl Fn(&LayerWait) -> bool) -> Result<()> {
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        if waits.is_empty() {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(waits.len());
+        let mut failed = None;
+        for w in waits.drain(..) {
+            if !due(&w) {
+                kept.push(w);
+            } else if let Err(e) = wait(&w.compute, &w.event) {
+                // Kept, so that a later call issues it again; the error ends the step.
+                failed.get_or_insert(e);
+                kept.push(w);
+            }
+        }
+        *waits = kept;
+        failed.map_or(Ok(()), Err)
     }
 
     /// The asynchronous copy of a packed, page-locked adapter to a CUDA device, its slot
     /// filled with views of the copy; `None` (nothing done) for any other adapter or device.
     #[cfg(feature = "cuda")]
-    fn install_packed(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<Option<QueuedCopy>> {
+    fn install_packed(
+        &mut self,
+        slot: u32,
+        adapter: &LoraAdapter,
+        runs: usize,
+    ) -> Result<Option<QueuedCopy>> {
         let (HostWeights::Packed(p), Device::Cuda(dev)) = (&adapter.weights, &self.device) else {
             return Ok(None);
         };
@@ -311,9 +401,27 @@ impl LoraSlots {
                 s
             },
         };
-        let (slice, done) = crate::host_weights::pinned::upload(host, p.len, &dev, &upload)
-            .map_err(EngineError::Backend)?;
-        let copy = QueuedCopy { done, compute: dev.cuda_stream() };
+        let layer_runs = p.layer_runs(runs);
+        let starts: Vec<usize> = layer_runs.iter().map(|&(_, at)| at).collect();
+        let (slice, events) =
+            crate::host_weights::pinned::upload(host, p.len, &starts, &dev, &upload)
+                .map_err(EngineError::Backend)?;
+        let compute = dev.cuda_stream();
+        if events.len() != layer_runs.len() {
+            // Never expected (the runs start at distinct offsets inside the buffer): wait for
+            // the copies, so that the host buffer may go.
+            for e in &events {
+                let _ = e.synchronize();
+            }
+            return Err(EngineError::Backend(format!(
+                "adapter upload: {} copies for {} runs of layers",
+                events.len(),
+                layer_runs.len()
+            )));
+        }
+        let copied =
+            layer_runs.iter().map(|&(layer, _)| layer).zip(events.into_iter().map(Event::new));
+        let copy = QueuedCopy { runs: copied.collect(), compute };
         let all = Tensor::from_storage(
             candle_core::Storage::Cuda(candle_core::CudaStorage::wrap_cuda_slice(slice, dev)),
             p.len.max(1),
@@ -337,7 +445,7 @@ impl LoraSlots {
         if let Err(e) = insert() {
             // The views are gone with the slot; the copy may still be reading the host
             // buffer, which the caller keeps alive only on success: wait for it.
-            let _ = copy.done.synchronize();
+            let _ = copy.synchronize();
             self.remove(slot);
             return Err(e);
         }

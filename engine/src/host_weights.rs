@@ -101,6 +101,32 @@ impl PackedWeights {
     pub fn tensor(&self, part: Part) -> Result<Tensor> {
         Tensor::from_slice(self.values(part), (part.rows, part.cols), &Device::Cpu)
     }
+
+    /// The buffer cut into at most `runs` runs of consecutive layers, for copies that the
+    /// first layers' compute need not wait for in full: `(first layer, first element)` of
+    /// each run, in layer order, the first `(0, 0)`. The tensors lie in layer order (as the
+    /// loader packs them), so a run holds every tensor of its layers; runs that would hold
+    /// none are left out.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn layer_runs(&self, runs: usize) -> Vec<(usize, usize)> {
+        let layers = self.parts.len();
+        let per = layers.div_ceil(runs.max(1)).max(1);
+        let mut out = vec![(0, 0)];
+        for first in (per..layers).step_by(per) {
+            let start = self
+                .parts
+                .iter()
+                .skip(first)
+                .flatten()
+                .flatten()
+                .map(|(a, b)| a.offset.min(b.offset))
+                .min();
+            if let Some(start) = start.filter(|&s| out.last().is_some_and(|&(_, at)| s > at)) {
+                out.push((first, start));
+            }
+        }
+        out
+    }
 }
 
 /// An adapter's weights in host memory.
@@ -235,31 +261,52 @@ pub(crate) mod pinned {
 
     /// Copies the first `len` elements of `host` to a new device buffer: allocated in the
     /// order of `dev`'s compute stream (so freed in that order too), copied on `upload`,
-    /// which waits for the allocation. Returns the buffer and the event that marks the end
-    /// of the copy; the caller keeps `host` alive and unchanged until the event has passed,
-    /// and makes the compute stream wait for the event before reading the buffer.
+    /// which waits for the allocation, one copy per run that `starts` begins (ascending
+    /// element offsets; the first run from 0 whatever `starts` says). Returns the buffer and
+    /// each run's event, recorded when that run's copy has ended (the last one marks the
+    /// end of the whole copy); the caller keeps `host` alive and unchanged until the last
+    /// event has passed, and makes the compute stream wait for a run's event before reading
+    /// that run.
     pub fn upload(
         host: &PinnedBuf,
         len: usize,
+        starts: &[usize],
         dev: &CudaDevice,
         upload: &Arc<CudaStream>,
-    ) -> Result<(CudaSlice<bf16>, CudaEvent), String> {
+    ) -> Result<(CudaSlice<bf16>, Vec<CudaEvent>), String> {
         let err = |what: &str, e: &dyn std::fmt::Display| format!("adapter upload: {what}: {e}");
         let compute = dev.cuda_stream();
         let len = len.min(host.len);
-        // SAFETY: every element is written by the copy below before the compute stream,
-        // which waits for its event, reads any.
+        // SAFETY: every element is written by the copies below before the compute stream,
+        // which waits for their events, reads any.
         let mut dst = unsafe { compute.alloc::<bf16>(len.max(1)) }.map_err(|e| err("alloc", &e))?;
         upload.join(&compute).map_err(|e| err("order after the allocation", &e))?;
+        let mut bounds: Vec<usize> = starts.iter().copied().filter(|&s| s > 0 && s < len).collect();
+        bounds.dedup();
+        bounds.insert(0, 0);
+        bounds.push(len);
+        let mut events = Vec::with_capacity(bounds.len() - 1);
         {
             let (dptr, _record) = dst.device_ptr_mut(upload);
-            // SAFETY: `dptr` addresses `len` bf16 allocated above; the source is `len`
-            // page-locked elements that the caller keeps alive until the event recorded
-            // below has passed.
-            unsafe { result::memcpy_htod_async(dptr, &host.as_slice()[..len], upload.cu_stream()) }
-                .map_err(|e| err("copy", &e))?;
+            for run in bounds.windows(2) {
+                let (from, to) = (run[0], run[1]);
+                if to > from {
+                    let at = dptr + (from * std::mem::size_of::<bf16>()) as u64;
+                    // SAFETY: `at` addresses `to - from` of the `len` bf16 allocated above; the
+                    // source is that many page-locked elements, which the caller keeps alive
+                    // until the last event recorded here has passed.
+                    unsafe {
+                        result::memcpy_htod_async(
+                            at,
+                            &host.as_slice()[from..to],
+                            upload.cu_stream(),
+                        )
+                    }
+                    .map_err(|e| err("copy", &e))?;
+                }
+                events.push(upload.record_event(None).map_err(|e| err("event", &e))?);
+            }
         }
-        let done = upload.record_event(None).map_err(|e| err("event", &e))?;
-        Ok((dst, done))
+        Ok((dst, events))
     }
 }

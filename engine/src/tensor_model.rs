@@ -275,6 +275,9 @@ impl TensorModel {
             && rows.delta.is_empty()
             && decode_graph::applies(self, cfg, chunks, cache, segments)
         {
+            // A graph holds no wait on the upload stream's events: every wait still owed to
+            // an adapter's copy is issued before it.
+            lora.order_all()?;
             if let Some(out) = decode_graph::forward(
                 self,
                 cfg,
@@ -449,6 +452,8 @@ impl TensorModel {
         let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
         let mut h = candle_nn::ops::rms_norm(&x, first_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
+            // An adapter copied in runs of layers: this layer's run has arrived.
+            lora.order_layer(l)?;
             let qkv = h.matmul(&layer.qkv.t()?)?;
             lora_into(l, &[Projection::Q, Projection::K, Projection::V], &h, &qkv)?;
             let (keys, values) = (&pool.keys[l], &pool.values[l]);
@@ -467,6 +472,7 @@ impl TensorModel {
             let next_norm = self.layers.get(l + 1).map_or(&self.norm, |next| &next.attn_norm);
             (x, h) = add_rms_norm(&x, &down, next_norm, eps)?;
         }
+        lora.order_all()?;
         // `h` is now every row through the final norm (rows are independent); the logits
         // need the chunks' last rows.
         let last = if plan.all_rows_last { h.clone() } else { h.index_select(&plan.last_rows, 0)? };

@@ -432,6 +432,20 @@ fn cuda_engine_with_adapters_prefetched_from_disk_generates_what_the_cpu_engine_
     });
 }
 
+/// The same with each adapter's copy cut into runs of one layer (`copy_runs`), requests
+/// admitted while their adapter is copied (the default): the step that first reads an
+/// adapter waits for each layer's copy just before that layer, and decode graphs replayed
+/// after it wait for whatever is left.
+#[test]
+fn cuda_engine_with_adapter_copies_cut_by_layer_generates_what_the_cpu_engine_does() {
+    engine_against_cpu(AdapterCacheConfig {
+        compute_slots: 2,
+        host_bytes: 0,
+        copy_runs: 64,
+        ..AdapterCacheConfig::default()
+    });
+}
+
 fn engine_against_cpu(adapters: AdapterCacheConfig) {
     let dir = tempfile::tempdir().unwrap();
     let gpu = cuda();

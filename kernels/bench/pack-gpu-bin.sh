@@ -35,6 +35,9 @@
 #                          the decode anchor (as for engine); bench/gpu-run-targets.sh runs it
 #   pack-gpu-bin.sh density issue 21 item 5 (adapter density): density-bench
 #                          -> gpu-bin/density-gpu.tar.xz, with gpu-run-density.sh
+#   pack-gpu-bin.sh layered issue 21 item 5, adapter copies cut by layer: gpu_engine +
+#                          density-bench -> gpu-bin/layered-gpu.tar.xz, one xz stream, with
+#                          gpu-run-layered.sh and gpu-run-density.sh
 set -euo pipefail
 . "$HOME/.cache/openledger/cuda-env.sh"
 ROOT=$(git rev-parse --show-toplevel)
@@ -63,7 +66,9 @@ case $WHAT in
         ANCHOR="$ROOT/../shared/bench/hf_decode_anchor.py"
         [ -f "$ANCHOR" ] && SCRIPTS="../../../shared/bench/hf_decode_anchor.py" ;;
   density) TEST=""; BENCH=density-bench; SCRIPTS="../../bench/gpu-run-density.sh"; EXTRA="" ;;
-  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs|prefill|targets|density]" >&2; exit 2 ;;
+  layered) TEST=gpu_engine; BENCH=density-bench; EXTRA=""
+        SCRIPTS="../../bench/gpu-run-density.sh ../../bench/gpu-run-layered.sh" ;;
+  *) echo "usage: $0 [sgmv|attn|engine|verify|cold|graphs|prefill|targets|density|layered]" >&2; exit 2 ;;
 esac
 rm -rf /tmp/gpu-pack && mkdir -p /tmp/gpu-pack "$ROOT/gpu-bin"
 for t in $TEST; do
@@ -77,7 +82,7 @@ for b in $BENCH; do cp "$T/$b" "/tmp/gpu-pack/$b" && strip "/tmp/gpu-pack/$b"; d
 if [ "$WHAT" = cold ] && [ -n "${BEFORE_BENCH:-}" ]; then
   cp "$BEFORE_BENCH" /tmp/gpu-pack/engine-gpu-bench-before && strip /tmp/gpu-pack/engine-gpu-bench-before
 fi
-if [ "$WHAT" = verify ] || [ "$WHAT" = cold ] || [ "$WHAT" = graphs ] || [ "$WHAT" = prefill ] || [ "$WHAT" = targets ]; then
+if [ "$WHAT" = verify ] || [ "$WHAT" = cold ] || [ "$WHAT" = graphs ] || [ "$WHAT" = prefill ] || [ "$WHAT" = targets ] || [ "$WHAT" = layered ]; then
   # The binaries share candle, cudarc and the kernels: a dictionary that spans them all
   # stores that code once.
   tar -cf - -C /tmp/gpu-pack . | xz -T1 --lzma2=preset=9,dict=256MiB > "$ROOT/gpu-bin/$WHAT-gpu.tar.xz"
@@ -92,7 +97,7 @@ if [ "$WHAT" = verify ]; then
   sha256sum "$MODEL" > "$ROOT/gpu-bin/model.sha256"
   [ "$(stat -c %s "$ROOT/gpu-bin/model.part2")" -le $(( 58 * 1024 * 1024 )) ] \
     || { echo "the model's second part is over 58 MiB: it does not fit two calls" >&2; exit 1; }
-elif [ "$WHAT" != cold ] && [ "$WHAT" != graphs ] && [ "$WHAT" != prefill ] && [ "$WHAT" != targets ]; then
+elif [ "$WHAT" != cold ] && [ "$WHAT" != graphs ] && [ "$WHAT" != prefill ] && [ "$WHAT" != targets ] && [ "$WHAT" != layered ]; then
   tar -cJf "$ROOT/gpu-bin/$WHAT-gpu.tar.xz" -C /tmp/gpu-pack .
 fi
 if [ "$WHAT" = engine ] && [ -n "${BEFORE_BENCH:-}" ]; then

@@ -65,6 +65,11 @@ struct Args {
     /// engine's default, `AdapterCacheConfig::admit_while_copying`).
     #[arg(long)]
     hold_while_copying: bool,
+    /// Copy each adapter to the GPU in this many runs of consecutive layers, the first
+    /// step reading it waiting for each run only before its first layer
+    /// (`AdapterCacheConfig::copy_runs`; 1: one copy, waited for before the step).
+    #[arg(long, default_value_t = AdapterCacheConfig::default().copy_runs)]
+    copy_runs: usize,
     /// Requests per measured load.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -312,6 +317,7 @@ fn main() -> Result<()> {
             // A parsed adapter holds its weights and a little alignment padding.
             host_bytes: host_adapters * (adapter_bytes + adapter_bytes / 100),
             admit_while_copying: !args.hold_while_copying,
+            copy_runs: args.copy_runs,
         },
         max_batch_tokens: args.prompt.max(512),
         max_prefill_chunk: 0,
@@ -346,7 +352,7 @@ fn main() -> Result<()> {
             let r = run_load(&mut engine, &names, &pick, &args, args.requests, &mut rng)?;
             let p = |q| percentile(&r.ttft_ms, q);
             println!(
-                "{{\"measure\":\"load\",\"load\":\"{load}\",\"round\":{round},\"adapters\":{},\"slots\":{},\"running\":{},\"requests\":{},\"prompt\":{},\"generate\":{},\"commit\":{},\"tok_per_s\":{:.1},\"ttft_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"max\":{:.2},\"n\":{}}},\"adapters_used\":{},\"steps\":{},\"median_step_ms\":{:.3},\"mean_step_ms\":{:.3},\"p99_step_ms\":{:.3},\"mean_waiting\":{:.2},\"admit_while_copying\":{}}}",
+                "{{\"measure\":\"load\",\"load\":\"{load}\",\"round\":{round},\"adapters\":{},\"slots\":{},\"running\":{},\"requests\":{},\"prompt\":{},\"generate\":{},\"commit\":{},\"tok_per_s\":{:.1},\"ttft_ms\":{{\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"max\":{:.2},\"n\":{}}},\"adapters_used\":{},\"steps\":{},\"median_step_ms\":{:.3},\"mean_step_ms\":{:.3},\"p99_step_ms\":{:.3},\"mean_waiting\":{:.2},\"admit_while_copying\":{},\"copy_runs\":{}}}",
                 if load == "warm32" { args.adapters.min(32) } else { args.adapters },
                 args.slots,
                 args.running,
@@ -367,6 +373,7 @@ fn main() -> Result<()> {
                 r.p99_step_ms,
                 r.mean_waiting,
                 !args.hold_while_copying,
+                args.copy_runs,
             );
             results.push((load.clone(), r));
         }
