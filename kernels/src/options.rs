@@ -60,12 +60,12 @@ pub struct Options {
 /// When the fused SGMV kernel's lora_delta runs split (`OPENLEDGER_SGMV_SPLIT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SgmvSplit {
-    /// One fused launch (unset or `0`): the default until the split's cost model has been
-    /// fitted on a device.
+    /// One fused launch (`0`).
     Never,
     /// Always split (`1`): tests and comparison runs.
     Always,
-    /// Where the cost model estimates the split faster (`auto`).
+    /// Where the cost model estimates the split faster (unset or `auto`): fitted on an H100
+    /// run of both launches forced on every benchmark shape (kernels/NOTES.md).
     ByCost,
 }
 
@@ -79,7 +79,7 @@ impl Default for Options {
             sgmv_two_stage_only: false,
             sgmv_variant: None,
             sgmv_debug: false,
-            sgmv_split: SgmvSplit::Never,
+            sgmv_split: SgmvSplit::ByCost,
             attn_partition: None,
             cuda_events: false,
             adapters_bf16: false,
@@ -103,9 +103,9 @@ impl Options {
             sgmv_variant: var("OPENLEDGER_SGMV_VARIANT"),
             sgmv_debug: var("OPENLEDGER_SGMV_DEBUG").is_some(),
             sgmv_split: match var("OPENLEDGER_SGMV_SPLIT").as_deref() {
-                Some("auto") => SgmvSplit::ByCost,
-                Some(v) if !v.is_empty() && v != "0" => SgmvSplit::Always,
-                _ => SgmvSplit::Never,
+                None | Some("" | "auto") => SgmvSplit::ByCost,
+                Some("0") => SgmvSplit::Never,
+                Some(_) => SgmvSplit::Always,
             },
             attn_partition: var("OPENLEDGER_ATTN_PARTITION").and_then(|v| v.parse().ok()),
             cuda_events: var("OPENLEDGER_CUDA_EVENTS").is_some_and(|v| v == "on"),
@@ -248,7 +248,7 @@ mod tests {
         let off = Options::from_vars(vars(&[("OPENLEDGER_CUDA_GRAPHS", "0")]));
         assert!(!off.cuda_graphs);
         assert!(Options::from_vars(vars(&[("OPENLEDGER_CUDA_GRAPHS", "1")])).cuda_graphs);
-        assert_eq!(o.sgmv_split, SgmvSplit::Never, "one fused launch unless asked");
+        assert_eq!(o.sgmv_split, SgmvSplit::ByCost, "the cost model decides unless told");
         let split = |v: &'static str| {
             let pairs: &'static [(&'static str, &'static str)] = match v {
                 "1" => &[("OPENLEDGER_SGMV_SPLIT", "1")],

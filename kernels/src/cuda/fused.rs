@@ -92,9 +92,15 @@ impl Variant {
 const FIXED_US: f64 = 5.0;
 const BLOCK_BYTES_PER_US: f64 = 12e3;
 const DRAM_BYTES_PER_US: f64 = 3.5e6;
-/// What a split launch's second kernel adds beyond its own round (launched behind the
-/// shrink with programmatic dependent launch, it streams lora_B while the shrink runs).
-const SPLIT_LAUNCH_US: f64 = 0.0;
+/// The split decision's own terms, fitted to an H100 run of both launches forced on every
+/// benchmark shape (`kernels/bench/fit_split_model.py`; kernels/NOTES.md, "The split launch
+/// for few tiles"): what the second kernel adds beyond its own round (negative: launched
+/// behind the shrink with programmatic dependent launch, it streams lora_B while the shrink
+/// runs), and the latency of each 32-column group a warp expands in turn, which the byte
+/// terms miss where a tile's lora_B rows are short (few tiles of low rank and wide outputs:
+/// one cluster's 64 warps walk 448 groups of a 14,336-wide output in 7 turns).
+const SPLIT_LAUNCH_US: f64 = -1.0;
+const GROUP_TURN_US: f64 = 0.25;
 
 /// Kernel parameters, laid out as `Params` in sgmv_fused.cu.
 #[repr(C)]
@@ -337,10 +343,12 @@ impl Tiles {
         }
         let real = &self.records[..8 * self.real];
         let fused = self.variant(k, d_in, d_out);
-        let fused_us = estimate_us(real, fused, k.capacity[fused as usize], d_in, d_out);
+        let fused_us = estimate_us(real, fused, k.capacity[fused as usize], d_in, d_out)
+            + group_turns_us(fused.blocks_per_tile(), d_out);
         let shrink = self.variant(k, d_in, 0);
         let split_us = estimate_us(real, shrink, k.capacity[shrink as usize], d_in, 0)
-            + estimate_cols_us(real, blocks, k.capacity[Variant::Solo as usize], d_out);
+            + estimate_cols_us(real, blocks, k.capacity[Variant::Solo as usize], d_out)
+            + group_turns_us(blocks, d_out);
         if k.debug {
             eprintln!(
                 "sgmv fused: {d_in}x{d_out}: fused {fused_us:.1} us, split {split_us:.1} us ({blocks} column blocks)"
@@ -358,6 +366,13 @@ fn cols_blocks(k: &Kernels, tiles: usize, d_out: usize) -> u32 {
     let at_once = k.capacity[Variant::Solo as usize];
     let most = d_out.div_ceil(32).div_ceil(WARPS).max(1);
     at_once.div_ceil(tiles).clamp(1, most) as u32
+}
+
+/// The turns a warp takes through a tile's 32-column groups when `blocks` blocks share them,
+/// at [`GROUP_TURN_US`] each.
+fn group_turns_us(blocks: u32, d_out: usize) -> f64 {
+    let turns = d_out.div_ceil(32).div_ceil(blocks.max(1) as usize * WARPS);
+    turns as f64 * GROUP_TURN_US
 }
 
 /// The time of the "cols" expand (as `estimate_us`, with `blocks` blocks a tile streaming
