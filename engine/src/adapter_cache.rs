@@ -28,7 +28,8 @@ pub struct AdapterCacheConfig {
     /// on a GPU; on the CPU the installed tensors share the host tier's memory, and quantized
     /// tables add their byte rows, half that count).
     pub compute_bytes: usize,
-    /// Bytes of parsed adapters kept in host memory beyond those installed.
+    /// Bytes of parsed adapters kept in host memory beyond those installed, counted as
+    /// they are held there ([`LoraAdapter::host_bytes`]: bf16, not the file's size).
     pub host_bytes: usize,
     /// On a GPU, admit a queued request whose adapter is still being copied to the device,
     /// the step that first reads it waiting on the GPU for the rest of the copy (the
@@ -406,7 +407,7 @@ impl AdapterCache {
     /// tensors alive through the tables, so dropping the host copy is always safe).
     fn trim_host(&mut self) {
         loop {
-            let used: usize = self.host.values().map(|(a, _)| a.bytes()).sum();
+            let used: usize = self.host.values().map(|(a, _)| a.host_bytes()).sum();
             if used <= self.config.host_bytes || self.host.len() <= 1 {
                 return;
             }

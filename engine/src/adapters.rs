@@ -85,9 +85,17 @@ impl LoraAdapter {
         &self.dir
     }
 
-    /// Size of its weights file, the unit of the host budget.
+    /// Size of its weights file.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes its parsed weights hold in host memory, the unit of the host budget
+    /// ([`AdapterCacheConfig::host_bytes`](crate::AdapterCacheConfig::host_bytes)): bf16
+    /// values whatever the file's dtype (half an f32 file), and for a GPU engine's
+    /// page-locked buffer its whole allocation.
+    pub fn host_bytes(&self) -> usize {
+        self.weights.held_bytes()
     }
 
     /// Bytes of its weights as installed for compute ([`ADAPTER_DTYPE`]), the unit of the

@@ -71,6 +71,16 @@ impl HostBuf {
         }
     }
 
+    /// Bytes the buffer holds in host memory: its whole allocation (a reused page-locked
+    /// buffer may be up to twice what the adapter needs).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Self::Vec(v) => v.capacity() * std::mem::size_of::<bf16>(),
+            #[cfg(feature = "cuda")]
+            Self::Pinned(p) => p.held_bytes(),
+        }
+    }
+
     /// The values as a vector, if they are in ordinary memory.
     pub fn into_vec(self) -> Option<Vec<bf16>> {
         match self {
@@ -161,6 +171,14 @@ impl HostWeights {
         }
     }
 
+    /// Bytes held in host memory: the tensors' values, or the packed buffer's allocation.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Self::Tensors(_) => self.elem_count() * self.dtype().size_in_bytes(),
+            Self::Packed(p) => p.buf.held_bytes(),
+        }
+    }
+
     /// The dtype the weights are kept in.
     pub fn dtype(&self) -> DType {
         DType::BF16
@@ -232,6 +250,11 @@ pub(crate) mod pinned {
             };
             let ptr = slice.as_mut_ptr().map_err(|e| e.to_string())? as usize;
             Ok(Self { slice: Some(slice), ptr, len, context: key })
+        }
+
+        /// Bytes of the page-locked allocation this value owns.
+        pub fn held_bytes(&self) -> usize {
+            self.slice.as_ref().map_or(0, |s| s.num_bytes())
         }
 
         pub fn as_slice(&self) -> &[bf16] {

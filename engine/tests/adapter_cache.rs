@@ -54,6 +54,41 @@ fn byte_budget_evicts_least_recently_used_unpinned_adapters_only() {
     assert_eq!(cache.acquire("a2").unwrap(), s2);
 }
 
+/// The host tier counts what a parsed adapter holds in memory (bf16), not its file's size:
+/// a budget of two parsed adapters keeps two of f32 files, twice that size on disk, and the
+/// least recently used of three goes.
+#[test]
+fn host_budget_counts_parsed_bf16_bytes_not_the_file() {
+    let (dir, cfg, spec) = one_layer_model();
+    let dirs: Vec<_> =
+        (0..3).map(|i| write_adapter(&dir.path().join(format!("a{i}")), &cfg, &spec, i)).collect();
+    let parsed = LoraAdapter::load(&dirs[0], &cfg, &Device::Cpu).unwrap();
+    assert_eq!(parsed.host_bytes(), parsed.weight_bytes());
+    assert!(parsed.bytes() > parsed.host_bytes() * 3 / 2, "the test files hold f32 values");
+    let config = AdapterCacheConfig {
+        compute_slots: 10,
+        compute_bytes: 1 << 30,
+        host_bytes: 2 * parsed.host_bytes(),
+        ..Default::default()
+    };
+    let mut cache = AdapterCache::new(config, &cfg, &Device::Cpu, false);
+    for (i, d) in dirs.iter().enumerate() {
+        cache.register(&format!("a{i}"), d).unwrap();
+    }
+    for name in ["a0", "a1"] {
+        let slot = cache.acquire(name).unwrap();
+        cache.release(slot);
+    }
+    let mut held = cache.host_resident();
+    held.sort_unstable();
+    assert_eq!(held, ["a0", "a1"]);
+    let slot = cache.acquire("a2").unwrap();
+    cache.release(slot);
+    let mut held = cache.host_resident();
+    held.sort_unstable();
+    assert_eq!(held, ["a1", "a2"]);
+}
+
 #[test]
 fn an_adapter_larger_than_the_whole_budget_is_refused_by_name() {
     let (dir, cfg, spec) = one_layer_model();
