@@ -93,10 +93,15 @@ impl Scheduler {
         s
     }
 
-    /// Moves queued requests to running while sequences, KV blocks and adapter slots allow.
+    /// Moves queued requests to running while sequences, KV blocks and adapter slots allow,
+    /// in arrival order. A request whose adapter is still loading (read from disk, or copied
+    /// to the device when that holds requests back) is passed over while the batch runs, and
+    /// the requests behind it are admitted meanwhile: one cold adapter does not hold the
+    /// queue. It keeps its place and is admitted first once its adapter is ready.
     pub fn admit(&mut self, cache: &mut KvCache, adapters: &mut AdapterCache) -> Result<()> {
+        let mut at = 0;
         while self.running.len() < self.budgets.running {
-            let Some(p) = self.waiting.front() else { break };
+            let Some(p) = self.waiting.get(at) else { break };
             let worst = self.worst_case_len(p.tokens.len(), &p.params);
             if cache.blocks_for(worst) > cache.free_blocks() {
                 break;
@@ -105,7 +110,8 @@ impl Scheduler {
             // nothing running, admission waits for it in `acquire`).
             if let Some(name) = &p.adapter {
                 if !self.running.is_empty() && adapters.is_loading(name) {
-                    break;
+                    at += 1;
+                    continue;
                 }
             }
             let adapter = match &p.adapter {
@@ -114,14 +120,14 @@ impl Scheduler {
                     Ok(slot) => Some((name.clone(), slot)),
                     Err(EngineError::AdapterSlotsFull { .. }) => break,
                     Err(e) => {
-                        if let Some(p) = self.waiting.pop_front() {
+                        if let Some(p) = self.waiting.remove(at) {
                             let _ = p.tx.send(StreamEvent::Failed(e.to_string()));
                         }
                         continue;
                     },
                 },
             };
-            let Some(p) = self.waiting.pop_front() else { break };
+            let Some(p) = self.waiting.remove(at) else { break };
             let mut table = BlockTable::default();
             if let Err(e) = cache.reserve(&mut table, worst) {
                 if let Some((_, slot)) = adapter {

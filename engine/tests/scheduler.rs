@@ -177,6 +177,45 @@ fn a_cold_adapter_is_read_in_the_background_and_gives_the_same_tokens() {
     assert_eq!(finish(&rx), cold);
 }
 
+/// A request whose adapter is still being read from disk does not hold the queue: the
+/// request behind it is admitted in the same step, and the cold one joins once its adapter
+/// is parsed, with its own tokens. Whether the read is still under way at the step is up to
+/// the threads: trials where it had already ended say nothing and are run again.
+#[test]
+fn a_request_behind_a_cold_adapter_is_admitted_while_it_loads() {
+    let config = EngineConfig {
+        adapters: AdapterCacheConfig { compute_slots: 4, host_bytes: 0, ..Default::default() },
+        ..Default::default()
+    };
+    let mut conclusive = 0;
+    for _ in 0..20 {
+        // Under a zero host budget only the last registered adapter stays parsed: a0 is cold.
+        let (_dir, mut e) = engine(config.clone(), 3);
+        let (_, hot) = e.submit(req("a long running request", Some("a2"), 12)).unwrap();
+        e.step().unwrap();
+        let (_, cold) = e.submit(req("same prompt", Some("a0"), 5)).unwrap();
+        let (_, plain) = e.submit(req("another prompt", None, 5)).unwrap();
+        let r = e.step().unwrap();
+        if r.waiting == 1 {
+            // a0 still loading: the plain request runs beside the hot one all the same.
+            assert_eq!(r.sequences, 2, "{r:?}");
+            let (ids, _) = tokens_so_far(&plain);
+            assert_eq!(ids.len(), 1, "the plain request's prefill ran in this step");
+            conclusive += 1;
+        } else {
+            assert_eq!((r.waiting, r.sequences), (0, 3), "{r:?}");
+        }
+        e.run_until_idle().unwrap();
+        assert_eq!(finish(&hot).2, 12);
+        assert_eq!(finish(&cold).2, 5);
+        assert_eq!(finish(&plain).2, 5);
+        if conclusive >= 3 {
+            break;
+        }
+    }
+    assert!(conclusive > 0, "the cold adapter was read before every admission");
+}
+
 /// The token ids a request has streamed so far, and whether it has finished.
 fn tokens_so_far(rx: &Receiver<StreamEvent>) -> (Vec<u32>, bool) {
     let mut ids = Vec::new();
