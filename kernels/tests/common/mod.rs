@@ -83,6 +83,39 @@ fn uniform<T: Element>(rng: &mut StdRng, n: usize, amplitude: f64) -> Vec<f64> {
 }
 
 impl Case {
+    /// The shrink's error against the f64 reference, relative to the reference computed on
+    /// the magnitudes (`|x| . |a|` per element): an f32 dot product's rounding scales with
+    /// its terms, not with its sum, which cancellation can make arbitrarily small (a rank-1
+    /// segment of one row is a single dot product of up to 1,031 terms). A wrong or
+    /// unwritten element still errs by about its own size.
+    pub fn shrink_error(&self, got: &[f64]) -> f64 {
+        let want =
+            openledger_kernels::reference::shrink(&self.x, self.d_in, &self.map, &self.adapters);
+        let abs = |v: &[f64]| v.iter().map(|e| e.abs()).collect::<Vec<f64>>();
+        let magnitudes: Vec<RefAdapter> = self
+            .adapters
+            .iter()
+            .map(|a| RefAdapter { rank: a.rank, a: abs(&a.a), b: abs(&a.b) })
+            .collect();
+        let scale =
+            openledger_kernels::reference::shrink(&abs(&self.x), self.d_in, &self.map, &magnitudes);
+        assert_eq!(got.len(), want.len(), "shrink output length");
+        let mut diff = 0.0;
+        let mut norm = 0.0;
+        for ((&g, &w), &s) in got.iter().zip(&want).zip(&scale) {
+            if !g.is_finite() {
+                return f64::INFINITY;
+            }
+            diff += (g - w) * (g - w);
+            norm += s * s;
+        }
+        if norm == 0.0 {
+            diff.sqrt()
+        } else {
+            (diff / norm).sqrt()
+        }
+    }
+
     /// A random case; `max_rows` bounds the batch.
     pub fn random<T: Element>(rng: &mut StdRng, max_rows: usize) -> Case {
         let d_in = DIMS[rng.random_range(0..DIMS.len())];
