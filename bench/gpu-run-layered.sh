@@ -10,14 +10,10 @@
 #      ROUNDS rounds (default 2) of the loads warm32, uniform, zipf.
 # Writes under $OUT: tests.log, runs1/ and runs$RUNS/ (gpu-run-density.sh's files).
 set -o pipefail
-OUT=${OUT:-/tmp/out}
-T0=$(date +%s)
-END_S=${END_S:-560}
-left() { local l=$(( T0 + END_S - $(date +%s) - 10 )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
-mkdir -p "$OUT" /tmp/gl
+END_S=${END_S:-560} LEFT_MARGIN=${LEFT_MARGIN:-10}
+. kernels/bench/gpu-env.sh
+mkdir -p /tmp/gl
 tar -xJf gpu-bin/layered-gpu.tar.xz -C /tmp/gl || exit 1
-LIB=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
-export LD_LIBRARY_PATH=$LIB:$LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/tests.log"
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== gpu_engine $(date -u +%T)" | tee -a "$OUT/tests.log"

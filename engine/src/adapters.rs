@@ -414,22 +414,10 @@ impl LoraSlots {
         let (slice, events) =
             crate::host_weights::pinned::upload(host, p.len, &starts, &dev, &upload)
                 .map_err(EngineError::Backend)?;
-        let compute = dev.cuda_stream();
-        if events.len() != layer_runs.len() {
-            // Never expected (the runs start at distinct offsets inside the buffer): wait for
-            // the copies, so that the host buffer may go.
-            for e in &events {
-                let _ = e.synchronize();
-            }
-            return Err(EngineError::Backend(format!(
-                "adapter upload: {} copies for {} runs of layers",
-                events.len(),
-                layer_runs.len()
-            )));
-        }
+        // One event per run (`layer_runs` is never empty).
         let copied =
             layer_runs.iter().map(|&(layer, _)| layer).zip(events.into_iter().map(Event::new));
-        let copy = QueuedCopy { runs: copied.collect(), compute };
+        let copy = QueuedCopy { runs: copied.collect(), compute: dev.cuda_stream() };
         let all = Tensor::from_storage(
             candle_core::Storage::Cuda(candle_core::CudaStorage::wrap_cuda_slice(slice, dev)),
             p.len.max(1),

@@ -285,11 +285,11 @@ pub(crate) mod pinned {
     /// Copies the first `len` elements of `host` to a new device buffer: allocated in the
     /// order of `dev`'s compute stream (so freed in that order too), copied on `upload`,
     /// which waits for the allocation, one copy per run that `starts` begins (ascending
-    /// element offsets; the first run from 0 whatever `starts` says). Returns the buffer and
-    /// each run's event, recorded when that run's copy has ended (the last one marks the
-    /// end of the whole copy); the caller keeps `host` alive and unchanged until the last
-    /// event has passed, and makes the compute stream wait for a run's event before reading
-    /// that run.
+    /// element offsets; the first run from 0 whatever `starts` says, one run when it is
+    /// empty). Returns the buffer and one event per run, recorded when that run's copy has
+    /// ended (the last one marks the end of the whole copy); the caller keeps `host` alive
+    /// and unchanged until the last event has passed, and makes the compute stream wait for
+    /// a run's event before reading that run.
     pub fn upload(
         host: &PinnedBuf,
         len: usize,
@@ -304,15 +304,13 @@ pub(crate) mod pinned {
         // which waits for their events, reads any.
         let mut dst = unsafe { compute.alloc::<bf16>(len.max(1)) }.map_err(|e| err("alloc", &e))?;
         upload.join(&compute).map_err(|e| err("order after the allocation", &e))?;
-        let mut bounds: Vec<usize> = starts.iter().copied().filter(|&s| s > 0 && s < len).collect();
-        bounds.dedup();
-        bounds.insert(0, 0);
-        bounds.push(len);
-        let mut events = Vec::with_capacity(bounds.len() - 1);
+        let runs = starts.len().max(1);
+        let mut events = Vec::with_capacity(runs);
         {
             let (dptr, _record) = dst.device_ptr_mut(upload);
-            for run in bounds.windows(2) {
-                let (from, to) = (run[0], run[1]);
+            for i in 0..runs {
+                let from = if i == 0 { 0 } else { starts.get(i).map_or(len, |&s| s.min(len)) };
+                let to = starts.get(i + 1).map_or(len, |&s| s.min(len));
                 if to > from {
                     let at = dptr + (from * std::mem::size_of::<bf16>()) as u64;
                     // SAFETY: `at` addresses `to - from` of the `len` bf16 allocated above; the

@@ -46,10 +46,9 @@ def group_turns(blocks, d_out):
     return -(-(-(-d_out // 32)) // (blocks * WARPS))
 
 
-def est_cols(key, tiles_n, caps, d_out, launch_us, rate):
+def est_cols(key, blocks, caps, d_out, launch_us, rate):
     """estimate_cols_us: the expand alone moves what a lora_delta with d_in = 0 would."""
     at_once = caps["solo"]
-    blocks = cols_blocks(tiles_n, caps, d_out)
     per_round = max(1, at_once // blocks)
     shape = ("0", str(d_out)) + tuple(key[2:])
     return launch_us + estimate(shape, "solo", per_round, FIXED, rate, DRAM_RATE, 1.0, blocks)
@@ -70,7 +69,7 @@ def main():
             f += turn_us * group_turns(BLOCKS[variant], d_out)
             blocks = cols_blocks(len(recs), caps, d_out)
             s = (best_variant(k, caps, d_in, 0, max_rank)[0]
-                 + est_cols(k, len(recs), caps, d_out, launch_us, BLOCK_RATE)
+                 + est_cols(k, blocks, caps, d_out, launch_us, BLOCK_RATE)
                  + turn_us * group_turns(blocks, d_out))
             chosen = split[k] if s < f else fused[k]
             picked += s < f

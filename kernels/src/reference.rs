@@ -74,15 +74,23 @@ pub fn lora_delta(
 
 /// `||out - reference|| / ||reference||` (Frobenius); infinite when `out` holds a NaN.
 pub fn relative_error(out: &[f64], reference: &[f64]) -> f64 {
+    relative_error_to(out, reference, reference)
+}
+
+/// `||out - reference|| / ||scale||` (Frobenius): the error measured against another
+/// vector's size (e.g. the reference computed on magnitudes, where the sum can cancel);
+/// infinite when `out` holds a NaN.
+pub fn relative_error_to(out: &[f64], reference: &[f64], scale: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len(), "relative_error: lengths differ");
+    assert_eq!(scale.len(), reference.len(), "relative_error: scale's length differs");
     let mut diff = 0.0;
     let mut norm = 0.0;
-    for (&o, &r) in out.iter().zip(reference) {
+    for ((&o, &r), &s) in out.iter().zip(reference).zip(scale) {
         if !o.is_finite() {
             return f64::INFINITY;
         }
         diff += (o - r) * (o - r);
-        norm += r * r;
+        norm += s * s;
     }
     if norm == 0.0 {
         diff.sqrt()

@@ -89,31 +89,16 @@ impl Case {
     /// segment of one row is a single dot product of up to 1,031 terms). A wrong or
     /// unwritten element still errs by about its own size.
     pub fn shrink_error(&self, got: &[f64]) -> f64 {
-        let want =
-            openledger_kernels::reference::shrink(&self.x, self.d_in, &self.map, &self.adapters);
+        use openledger_kernels::reference::{relative_error_to, shrink};
+        let want = shrink(&self.x, self.d_in, &self.map, &self.adapters);
         let abs = |v: &[f64]| v.iter().map(|e| e.abs()).collect::<Vec<f64>>();
         let magnitudes: Vec<RefAdapter> = self
             .adapters
             .iter()
             .map(|a| RefAdapter { rank: a.rank, a: abs(&a.a), b: abs(&a.b) })
             .collect();
-        let scale =
-            openledger_kernels::reference::shrink(&abs(&self.x), self.d_in, &self.map, &magnitudes);
-        assert_eq!(got.len(), want.len(), "shrink output length");
-        let mut diff = 0.0;
-        let mut norm = 0.0;
-        for ((&g, &w), &s) in got.iter().zip(&want).zip(&scale) {
-            if !g.is_finite() {
-                return f64::INFINITY;
-            }
-            diff += (g - w) * (g - w);
-            norm += s * s;
-        }
-        if norm == 0.0 {
-            diff.sqrt()
-        } else {
-            (diff / norm).sqrt()
-        }
+        let scale = shrink(&abs(&self.x), self.d_in, &self.map, &magnitudes);
+        relative_error_to(got, &want, &scale)
     }
 
     /// A random case; `max_rows` bounds the batch.
