@@ -118,7 +118,7 @@ fn a_quantized_table_computes_with_the_weights_its_bytes_stand_for() {
             "relative error {err:e} to the dequantized weights: {}",
             case.describe()
         );
-        let err = relative_error(&got, &case.reference_delta());
+        let err = case.delta_error(&got);
         assert!(err < 2e-2, "relative error {err:e} to the bf16 weights: {}", case.describe());
         for row in case.uncovered_rows() {
             let r = row * case.d_out..(row + 1) * case.d_out;

@@ -1,9 +1,12 @@
 //! A real `openledger-node --dev` process on free loopback ports (its state in a temporary
 //! directory unless persistent), killed when dropped.
 
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now.
@@ -41,32 +44,47 @@ pub fn binary(name: &str) -> PathBuf {
 /// A dev node, stopped when dropped.
 pub struct DevNode {
     child: Child,
+    /// The port its JSON-RPC server bound on 127.0.0.1, read from its own log.
     rpc_port: u16,
-    p2p_port: u16,
     base_path: Option<PathBuf>,
+    /// The last lines the node wrote to stderr, for the message of a start that fails.
+    log: Arc<Mutex<VecDeque<String>>>,
     /// The state directory of a non-persistent node: ours, not the node's `--tmp` one, so
     /// it is removed even when the node is killed (a killed node cannot clean up).
     _scratch: Option<tempfile::TempDir>,
 }
 
+/// How long a node may take from its start to answering JSON-RPC (genesis, the runtime's
+/// compilation and the RPC server, on a machine busy with other tests).
+const START_PATIENCE: Duration = Duration::from_secs(120);
+/// How many of the node's last log lines a failed start shows.
+const LOG_TAIL: usize = 40;
+
 impl DevNode {
-    /// Start a dev chain (state in a temporary directory) and wait for its RPC port.
+    /// Start a dev chain (state in a temporary directory) and wait until it answers JSON-RPC.
     pub fn start() -> Self {
-        Self::launch(free_port(), free_port(), None)
+        Self::launch(None, None)
     }
 
     /// Start a dev chain keeping its state in `base_path`, so it survives [`Self::restart`].
     pub fn start_persistent(base_path: &std::path::Path) -> Self {
-        Self::launch(free_port(), free_port(), Some(base_path.to_path_buf()))
+        Self::launch(None, Some(base_path.to_path_buf()))
     }
 
-    /// Kill the node and start it again on the same ports (and state, when persistent).
+    /// Kill the node and start it again on the same RPC port (and state, when persistent),
+    /// so that clients holding its URL reconnect.
     pub fn restart(&mut self) {
         self.kill();
-        *self = Self::launch(self.rpc_port, self.p2p_port, self.base_path.clone());
+        *self = Self::launch(Some(self.rpc_port), self.base_path.clone());
     }
 
-    fn launch(rpc_port: u16, p2p_port: u16, base_path: Option<PathBuf>) -> Self {
+    /// The node binds its RPC port itself (`--rpc-port 0` on a first start): a port picked
+    /// here and bound later could be taken in between by another test's listener, and the
+    /// node then moves to a random port while a bare TCP check succeeds on the other
+    /// listener (seen in CI: the client then waited 60 s for an answer that never came).
+    /// Ready means: the node logged the address its server bound, and a `system_health`
+    /// call to that address answered.
+    fn launch(rpc_port: Option<u16>, base_path: Option<PathBuf>) -> Self {
         let binary = node_binary();
         assert!(
             binary.exists(),
@@ -85,20 +103,79 @@ impl DevNode {
         if let Some(path) = state {
             command.arg("--base-path").arg(path);
         }
-        let child = command
-            .args(["--rpc-port", &rpc_port.to_string()])
-            .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
+        let mut child = command
+            .args(["--rpc-port", &rpc_port.unwrap_or(0).to_string()])
+            .args(["--listen-addr", "/ip4/127.0.0.1/tcp/0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("openledger-node starts");
-        let node = DevNode { child, rpc_port, p2p_port, base_path, _scratch: scratch };
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let (bound_tx, bound) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&log);
+        // Drains the node's stderr for its whole life (a full pipe would stop the node).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = rpc_server_port(&line) {
+                    let _ = bound_tx.send(port);
+                }
+                let mut tail = lines.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        let mut node = DevNode { child, rpc_port: 0, base_path, log, _scratch: scratch };
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", rpc_port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "the node's RPC never opened");
+        let port = loop {
+            node.check_alive("before its JSON-RPC server started");
+            match bound.recv_timeout(Duration::from_millis(200)) {
+                Ok(port) => break port,
+                Err(_) if started.elapsed() < START_PATIENCE => {},
+                Err(_) => node.fail("did not start its JSON-RPC server"),
+            }
+        };
+        if let Some(wanted) = rpc_port.filter(|&wanted| wanted != port) {
+            node.fail(&format!(
+                "restarted on RPC port {port}: its old port {wanted} was taken while it was down"
+            ));
+        }
+        node.rpc_port = port;
+        while !node.answers() {
+            node.check_alive("before answering JSON-RPC");
+            if started.elapsed() > START_PATIENCE {
+                node.fail(&format!("did not answer system_health on port {port}"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         node
+    }
+
+    /// Whether a `system_health` call over HTTP gets a result.
+    fn answers(&self) -> bool {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "system_health", "params": []
+        });
+        ureq::post(&format!("http://127.0.0.1:{}", self.rpc_port))
+            .timeout(Duration::from_secs(5))
+            .send_json(body)
+            .ok()
+            .and_then(|r| r.into_json::<serde_json::Value>().ok())
+            .is_some_and(|v| v.get("result").is_some())
+    }
+
+    fn check_alive(&mut self, when: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.fail(&format!("exited ({status}) {when}"));
+        }
+    }
+
+    fn fail(&mut self, what: &str) -> ! {
+        self.kill();
+        let tail = self.log.lock().map(|t| Vec::from(t.clone())).unwrap_or_default();
+        panic!("the dev node {what}; its last log lines:\n{}", tail.join("\n"));
     }
 
     /// Its WebSocket RPC endpoint.
@@ -116,5 +193,28 @@ impl DevNode {
 impl Drop for DevNode {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The 127.0.0.1 port in the node's "Running JSON-RPC server: addr=127.0.0.1:P,[::1]:Q"
+/// line.
+fn rpc_server_port(line: &str) -> Option<u16> {
+    let (_, addrs) = line.split_once("Running JSON-RPC server: addr=")?;
+    addrs
+        .split([',', ' '])
+        .find_map(|addr| addr.strip_prefix("127.0.0.1:"))
+        .and_then(|port| port.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rpc_server_port;
+
+    #[test]
+    fn the_rpc_port_is_read_from_the_nodes_log_line() {
+        let line = "2026-12-07 17:14:30 Running JSON-RPC server: addr=127.0.0.1:38163,[::1]:42495    ";
+        assert_eq!(rpc_server_port(line), Some(38163));
+        assert_eq!(rpc_server_port("Running JSON-RPC server: addr=[::1]:42495"), None);
+        assert_eq!(rpc_server_port("Imported #1"), None);
     }
 }

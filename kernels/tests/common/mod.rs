@@ -83,6 +83,14 @@ fn uniform<T: Element>(rng: &mut StdRng, n: usize, amplitude: f64) -> Vec<f64> {
 }
 
 impl Case {
+    /// The adapters with every weight replaced by its magnitude.
+    fn magnitudes(&self) -> Vec<RefAdapter> {
+        self.adapters
+            .iter()
+            .map(|a| RefAdapter { rank: a.rank, a: abs(&a.a), b: abs(&a.b) })
+            .collect()
+    }
+
     /// The shrink's error against the f64 reference, relative to the reference computed on
     /// the magnitudes (`|x| . |a|` per element): an f32 dot product's rounding scales with
     /// its terms, not with its sum, which cancellation can make arbitrarily small (a rank-1
@@ -91,14 +99,36 @@ impl Case {
     pub fn shrink_error(&self, got: &[f64]) -> f64 {
         use openledger_kernels::reference::{relative_error_to, shrink};
         let want = shrink(&self.x, self.d_in, &self.map, &self.adapters);
-        let abs = |v: &[f64]| v.iter().map(|e| e.abs()).collect::<Vec<f64>>();
-        let magnitudes: Vec<RefAdapter> = self
-            .adapters
-            .iter()
-            .map(|a| RefAdapter { rank: a.rank, a: abs(&a.a), b: abs(&a.b) })
-            .collect();
-        let scale = shrink(&abs(&self.x), self.d_in, &self.map, &magnitudes);
+        let scale = shrink(&abs(&self.x), self.d_in, &self.map, &self.magnitudes());
         relative_error_to(got, &want, &scale)
+    }
+
+    /// The expand's error (`y + scale . v . b`, from the given `v`) against the f64
+    /// reference, relative to the same computed on magnitudes, for the shrink's reason: a
+    /// half-precision kernel rounds `v` to its element type before the product, an error of
+    /// ~2^-9 of each term, and `y` and the delta can cancel (seen on an H200: one output of
+    /// one row, y -0.0148 and a result of 0.0018, erred by 5.3% of the result; the same
+    /// rounding simulated in f64 gives that figure to three digits).
+    pub fn expand_error(&self, got: &[f64], v: &[f64]) -> f64 {
+        use openledger_kernels::reference::{expand, relative_error_to};
+        let want = expand(v, &self.y, self.d_out, &self.map, &self.adapters);
+        let scale = expand(&abs(v), &abs(&self.y), self.d_out, &self.map, &self.magnitudes());
+        relative_error_to(got, &want, &scale)
+    }
+
+    /// `y + delta(x)`'s error against [`Self::reference_delta`], relative to the same
+    /// computed on magnitudes (see [`Self::expand_error`]).
+    pub fn delta_error(&self, got: &[f64]) -> f64 {
+        use openledger_kernels::reference::{lora_delta, relative_error_to};
+        let scale = lora_delta(
+            &abs(&self.x),
+            &abs(&self.y),
+            self.d_in,
+            self.d_out,
+            &self.map,
+            &self.magnitudes(),
+        );
+        relative_error_to(got, &self.reference_delta(), &scale)
     }
 
     /// A random case; `max_rows` bounds the batch.
@@ -198,6 +228,10 @@ impl Case {
 
 pub fn views<T>(owned: &[(Vec<T>, Vec<T>)]) -> Vec<LoraWeights<'_, T>> {
     owned.iter().map(|(a, b)| LoraWeights::new(a, b)).collect()
+}
+
+fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|e| e.abs()).collect()
 }
 
 pub fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
