@@ -74,8 +74,9 @@ async function rpcReady(url, deadline) {
  * Extra CLI arguments may be passed in `args`.
  */
 export async function startDevNode({ args = [], timeoutMs = 60_000 } = {}) {
-  const rpcPort = await freePort();
-  const p2pPort = await freePort();
+  // The node binds its RPC and p2p ports itself (port 0) and logs the RPC address: a port
+  // picked here and bound seconds later can be taken in between by another test's
+  // listener, and the node then serves on a random port of its own.
   const promPort = await freePort();
   const para = parachainTarget();
   const chainArgs = para
@@ -85,27 +86,49 @@ export async function startDevNode({ args = [], timeoutMs = 60_000 } = {}) {
     para ? para.bin : nodeBinary(),
     [
       ...chainArgs,
-      '--rpc-port', String(rpcPort),
+      '--rpc-port', '0',
       '--prometheus-port', String(promPort),
       '--no-mdns', '--no-telemetry',
-      '--listen-addr', `/ip4/127.0.0.1/tcp/${p2pPort}`,
+      '--listen-addr', '/ip4/127.0.0.1/tcp/0',
       ...args,
     ],
     { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
+  let rpcPort = null;
+  let bound;
+  const rpcBound = new Promise((resolve) => { bound = resolve; });
   const keep = (chunk) => {
     output += chunk.toString();
+    if (rpcPort === null) {
+      const m = /Running JSON-RPC server: addr=[^\n]*?127\.0\.0\.1:(\d+)/.exec(output);
+      if (m) {
+        rpcPort = Number(m[1]);
+        bound(rpcPort);
+      }
+    }
     if (output.length > 200_000) output = output.slice(-100_000);
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 
-  const httpUrl = `http://127.0.0.1:${rpcPort}`;
+  const deadline = Date.now() + timeoutMs;
+  let httpUrl;
   try {
     await Promise.race([
-      rpcReady(httpUrl, Date.now() + timeoutMs),
+      (async () => {
+        let timer;
+        const late = new Promise((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`node did not start its RPC server in time:\n${output.slice(-4000)}`)),
+            timeoutMs,
+          );
+        });
+        await Promise.race([rpcBound, late]).finally(() => clearTimeout(timer));
+        httpUrl = `http://127.0.0.1:${rpcPort}`;
+        await rpcReady(httpUrl, deadline);
+      })(),
       exited.then(({ code }) => { throw new Error(`node exited early with ${code}:\n${output.slice(-4000)}`); }),
     ]);
   } catch (e) {
