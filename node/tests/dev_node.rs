@@ -2,8 +2,7 @@
 //! blocks, serves JSON-RPC and metrics, and refuses bad chain specs with a clear message.
 
 use std::{
-    io::Read,
-    net::TcpListener,
+    io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -12,11 +11,10 @@ use serde_json::{json, Value};
 
 const NODE: &str = env!("CARGO_BIN_EXE_openledger-node");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// The port number that follows `prefix` in a log line.
+fn port_after(line: &str, prefix: &str) -> Option<u16> {
+    let (_, rest) = line.split_once(prefix)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// A node process that is killed when the test ends, pass or fail.
@@ -29,24 +27,47 @@ struct DevNode {
 }
 
 impl DevNode {
+    /// The node binds every port itself (port 0) and logs what it bound: ports picked here
+    /// and bound seconds later could be taken in between by another test's listener.
     fn start() -> Self {
-        let (rpc_port, p2p_port, prom_port) = (free_port(), free_port(), free_port());
         let base = tempfile::tempdir().expect("a temporary directory");
-        let child = Command::new(NODE)
+        let mut child = Command::new(NODE)
             .args(["--dev", "--no-mdns", "--no-telemetry"])
             .arg("--base-path")
             .arg(base.path())
-            .args(["--rpc-port", &rpc_port.to_string()])
-            .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
-            .args(["--prometheus-port", &prom_port.to_string()])
+            .args(["--rpc-port", "0", "--prometheus-port", "0"])
+            .args(["--listen-addr", "/ip4/127.0.0.1/tcp/0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("openledger-node starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Drains the node's log for its whole life (a full pipe would stop it).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut rpc, mut metrics) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while rpc.is_none() || metrics.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = lines.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!("the node did not log its RPC and Prometheus addresses in time");
+            };
+            if let Some(port) = port_after(&line, "Running JSON-RPC server: addr=127.0.0.1:") {
+                rpc = Some(format!("http://127.0.0.1:{port}"));
+            }
+            if let Some(port) = port_after(&line, "Prometheus exporter started at 127.0.0.1:") {
+                metrics = Some(format!("http://127.0.0.1:{port}/metrics"));
+            }
+        }
         DevNode {
             child,
-            rpc: format!("http://127.0.0.1:{rpc_port}"),
-            metrics: format!("http://127.0.0.1:{prom_port}/metrics"),
+            rpc: rpc.unwrap_or_default(),
+            metrics: metrics.unwrap_or_default(),
             _base: base,
         }
     }
