@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn the_rpc_port_is_read_from_the_nodes_log_line() {
-        let line = "2026-12-07 17:14:30 Running JSON-RPC server: addr=127.0.0.1:38163,[::1]:42495    ";
+        let line =
+            "2026-12-07 17:14:30 Running JSON-RPC server: addr=127.0.0.1:38163,[::1]:42495    ";
         assert_eq!(rpc_server_port(line), Some(38163));
         assert_eq!(rpc_server_port("Running JSON-RPC server: addr=[::1]:42495"), None);
         assert_eq!(rpc_server_port("Imported #1"), None);
