@@ -40,8 +40,8 @@ impl Rope {
     /// loops are written over disjoint slices (the two halves; the pairs) so that they compile
     /// to vector instructions with the same arithmetic per element as the scalar formula.
     /// Fewer than [`ROPE_PARALLEL_ROWS`] rows are rotated on the calling thread: handing them
-    /// to the pool cost more than the work (measured: 72 rows of 9 heads of 64, ~36 us
-    /// through rayon against ~8 us on one thread).
+    /// to the pool cost more than the work (a one-off timing on the build machine, not kept:
+    /// 72 rows of 9 heads of 64, ~36 us through rayon against ~8 us on one thread).
     pub(crate) fn apply(&self, rows: &mut [f32], positions: &[usize], heads: usize) {
         let width = heads * 2 * self.half;
         if positions.len() < ROPE_PARALLEL_ROWS {
