@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use tokenizers::Tokenizer;
@@ -85,6 +86,34 @@ pub struct StepReport {
     pub tokens: usize,
     pub finished: usize,
     pub waiting: usize,
+    /// Where the step's wall time went, phase by phase.
+    pub phases: StepPhases,
+}
+
+/// One step's wall time by phase (measured on the calling thread). On a GPU only
+/// `readback` waits for the device: the rest is the host's own work, which the device
+/// spends idle, so `total - readback` is what the engine adds to the model step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepPhases {
+    /// Admission (KV blocks, adapter pins and loads) and the step's plan.
+    pub schedule: Duration,
+    /// The forward pass as the host sees it: inputs built and uploaded, kernels or a graph
+    /// launched (on the CPU, the whole computation).
+    pub forward: Duration,
+    /// Logits (or each row's argmax) and commitment entries brought to the host: on a GPU,
+    /// the wait for the device.
+    pub readback: Duration,
+    /// Sampling, commitment words and sequence bookkeeping.
+    pub sample: Duration,
+    /// Detokenizing, streaming and retiring finished sequences.
+    pub emit: Duration,
+}
+
+impl StepPhases {
+    /// The whole step.
+    pub fn total(&self) -> Duration {
+        self.schedule + self.forward + self.readback + self.sample + self.emit
+    }
 }
 
 /// What the engine holds now: requests, KV blocks, adapter pins and steps run.
@@ -432,22 +461,25 @@ impl Engine {
     }
 
     fn step_in_pool(&mut self) -> Result<StepReport> {
+        let start = Instant::now();
         self.scheduler.admit(&mut self.cache, &mut self.adapters)?;
         let plan = self.scheduler.plan().chunks;
         let tokens = plan.iter().map(|&(_, n)| n).sum();
         let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
+        report.phases.schedule = start.elapsed();
         if !plan.is_empty() {
             self.steps += 1;
             let ran = if std::mem::take(&mut self.fail_next_step) {
                 Err(EngineError::Backend("injected failure of this step".into()))
             } else {
-                self.run_plan(&plan)
+                self.run_plan(&plan, &mut report.phases)
             };
             if let Err(e) = ran {
                 self.fail_plan(&plan, &e);
                 return Err(e);
             }
         }
+        let emitting = Instant::now();
         let config = self.model.config();
         let limits = Limits { eos: &config.eos_token_ids, max_position: config.max_position };
         let mut i = 0;
@@ -483,11 +515,18 @@ impl Engine {
             }
         }
         report.waiting = self.scheduler.waiting.len();
+        report.phases.emit = emitting.elapsed();
         Ok(report)
     }
 
     /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
-    fn run_plan(&mut self, plan: &[(usize, usize)]) -> Result<()> {
+    fn run_plan(&mut self, plan: &[(usize, usize)], phases: &mut StepPhases) -> Result<()> {
+        let mut mark = Instant::now();
+        let mut lap = |phase: &mut Duration| {
+            let now = Instant::now();
+            *phase += now - mark;
+            mark = now;
+        };
         let chunks: Vec<SeqChunk<'_>> =
             plan.iter().map(|&(i, n)| self.scheduler.running[i].chunk(n)).collect();
         // The final-norm rows this step verifies, and those it commits to (only their
@@ -527,6 +566,7 @@ impl Engine {
             graphs,
         )?;
         drop(chunks);
+        lap(&mut phases.forward);
         let logits = out.logits;
         if !hidden_rows.is_empty() {
             // Verifications that replay sampling need each row's logits too.
@@ -573,8 +613,9 @@ impl Engine {
         };
         // The commitment entries were copied behind the step, which the logits above have
         // waited for: they are on the host by now.
-        if !commit_rows.is_empty() {
-            let words = out.entries.wait()?;
+        let words = if commit_rows.is_empty() { None } else { Some(out.entries.wait()?) };
+        lap(&mut phases.readback);
+        if let Some(words) = words {
             if words.len() != commit_rows.len() {
                 return Err(EngineError::Backend(format!(
                     "the model committed {} rows of the {} asked",
@@ -634,6 +675,7 @@ impl Engine {
                 }
             }
         }
+        lap(&mut phases.sample);
         Ok(())
     }
 

@@ -40,7 +40,9 @@ pub use adapter_check::{
 pub use adapters::{LoraAdapter, LoraSlots, ADAPTER_DTYPE};
 pub use commitment::{ActivationCommitment, NumericFormat, Tolerance, VerifyReport};
 pub use device::device;
-pub use engine::{Engine, EngineConfig, EngineStatus, GenerationRequest, ModelSource, StepReport};
+pub use engine::{
+    Engine, EngineConfig, EngineStatus, GenerationRequest, ModelSource, StepPhases, StepReport,
+};
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};
 pub use model::Model;

@@ -29,7 +29,7 @@ use openledger_bench::shapes::LlamaShape;
 use openledger_engine::{
     write_random_adapter, AdapterCacheConfig, BlockTable, Engine, EngineConfig, KvCache,
     KvCacheConfig, LoraAdapter, LoraSlots, Model, ModelConfig, Projection, SamplingParams,
-    SeqChunk, StreamEvent,
+    SeqChunk, StepPhases, StreamEvent,
 };
 
 #[derive(Parser)]
@@ -384,13 +384,14 @@ fn adapter_load_parts(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<
 /// Decode tokens/s of `n` sequences through the engine: aggregate (from the step that gave
 /// every sequence its first token to the end, the batch shrinking as sequences finish a few
 /// at a time, as they were admitted) and full-batch (over the steps that decoded all `n`
-/// sequences and nothing else, the figure to set beside the model step at batch `n`).
+/// sequences and nothing else, the figure to set beside the model step at batch `n`), and
+/// the phases of those full-batch steps summed.
 fn engine_decode(
     engine: &mut Engine,
     prompts: &[Vec<u32>],
     adapters: &[Option<String>],
     generate: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, FullSteps)> {
     let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
     let rx = prompts
         .iter()
@@ -400,6 +401,7 @@ fn engine_decode(
     let mut got = vec![0usize; rx.len()];
     let mut start = None;
     let (mut full_steps, mut full_secs) = (0usize, 0f64);
+    let mut phases = StepPhases::default();
     while !engine.is_idle() {
         let t = Instant::now();
         let report = engine.step()?;
@@ -409,6 +411,7 @@ fn engine_decode(
         if start.is_some() && report.sequences == rx.len() && report.tokens == rx.len() {
             full_steps += 1;
             full_secs += t.elapsed().as_secs_f64();
+            phases = add_phases(phases, report.phases);
         }
         if start.is_none() && got.iter().all(|&g| g >= 1) {
             start = Some((Instant::now(), got.iter().sum::<usize>()));
@@ -421,7 +424,42 @@ fn engine_decode(
     }
     let aggregate = (total - base) as f64 / t0.elapsed().as_secs_f64();
     let full = if full_steps > 0 { (full_steps * rx.len()) as f64 / full_secs } else { 0.0 };
-    Ok((aggregate, full))
+    Ok((aggregate, full, FullSteps { steps: full_steps, phases }))
+}
+
+/// The full-batch steps of an engine run and their phases summed.
+struct FullSteps {
+    steps: usize,
+    phases: StepPhases,
+}
+
+impl FullSteps {
+    /// Each phase's mean per step in microseconds, as a JSON object; `host` is the step less
+    /// its readback (the host's own work, during which the device has nothing queued).
+    fn json(&self) -> String {
+        let n = self.steps.max(1) as f64;
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n;
+        let p = &self.phases;
+        format!(
+            "{{\"schedule\":{:.1},\"forward\":{:.1},\"readback\":{:.1},\"sample\":{:.1},\"emit\":{:.1},\"host\":{:.1}}}",
+            us(p.schedule),
+            us(p.forward),
+            us(p.readback),
+            us(p.sample),
+            us(p.emit),
+            us(p.total() - p.readback)
+        )
+    }
+}
+
+fn add_phases(a: StepPhases, b: StepPhases) -> StepPhases {
+    StepPhases {
+        schedule: a.schedule + b.schedule,
+        forward: a.forward + b.forward,
+        readback: a.readback + b.readback,
+        sample: a.sample + b.sample,
+        emit: a.emit + b.emit,
+    }
 }
 
 fn file_size(dir: &Path) -> usize {
@@ -805,11 +843,13 @@ fn engine_runs(
         };
         for (round, commit) in modes {
             engine.set_commit_activations(commit);
-            let (rate, full) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
+            let (rate, full, steps) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
             println!(
-                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round}}}",
+                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round},\"full_steps\":{},\"phases_us\":{}}}",
                 if full > 0.0 { n as f64 / full * 1e3 } else { 0.0 },
                 engine.model().decode_graphs(),
+                steps.steps,
+                steps.json(),
             );
         }
     }
