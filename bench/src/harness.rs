@@ -21,6 +21,23 @@ pub fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The mean of `steps` engine steps' phases (`phases` summed over them), in microseconds per
+/// step, as a JSON object; `host` is the step less its readback: the engine's own work, during
+/// which a GPU has nothing queued.
+pub fn phases_json(phases: &openledger_engine::StepPhases, steps: usize) -> String {
+    let n = steps.max(1) as f64;
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n;
+    format!(
+        "{{\"steps\":{steps},\"schedule\":{:.1},\"forward\":{:.1},\"readback\":{:.1},\"sample\":{:.1},\"emit\":{:.1},\"host\":{:.1}}}",
+        us(phases.schedule),
+        us(phases.forward),
+        us(phases.readback),
+        us(phases.sample),
+        us(phases.emit),
+        us(phases.total() - phases.readback)
+    )
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB; 0 where unknown.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -116,6 +116,16 @@ impl StepPhases {
     }
 }
 
+impl std::ops::AddAssign for StepPhases {
+    fn add_assign(&mut self, o: Self) {
+        self.schedule += o.schedule;
+        self.forward += o.forward;
+        self.readback += o.readback;
+        self.sample += o.sample;
+        self.emit += o.emit;
+    }
+}
+
 /// What the engine holds now: requests, KV blocks, adapter pins and steps run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStatus {

@@ -13,11 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use openledger_bench::harness::{median, peak_rss_mib};
+use openledger_bench::harness::{median, peak_rss_mib, phases_json};
 use openledger_engine::write_random_adapter;
 use openledger_engine::{
     AdapterCacheConfig, Engine, EngineConfig, KvCacheConfig, ModelSource, Projection,
-    SamplingParams, StreamEvent,
+    SamplingParams, StepPhases, StreamEvent,
 };
 use rand::{Rng, SeedableRng};
 
@@ -98,14 +98,14 @@ fn main() -> Result<()> {
                 Ok(args.prompt as f64 / secs)
             })
             .collect::<Result<Vec<f64>>>()?;
-        report("prefill", 1, false, args.prompt, &runs, args.threads);
+        report("prefill", 1, false, args.prompt, &runs, args.threads, None);
     }
     if wants("decode") {
         let p = prompt(args.prompt);
         let runs = (0..args.repeat)
             .map(|_| decode_rate(&mut engine, vec![(p.clone(), None)], args.generate))
-            .collect::<Result<Vec<f64>>>()?;
-        report("decode", 1, false, args.prompt, &runs, args.threads);
+            .collect::<Result<Vec<_>>>()?;
+        report_decode("decode", 1, false, args.prompt, &runs, args.threads);
     }
     let adapters = if wants("adapters") {
         let dir = tempfile::tempdir()?;
@@ -129,8 +129,8 @@ fn main() -> Result<()> {
                 .collect();
             let runs = (0..args.repeat)
                 .map(|_| decode_rate(&mut engine, seqs.clone(), args.generate))
-                .collect::<Result<Vec<f64>>>()?;
-            report("aggregate", n, with_adapters, args.batch_prompt, &runs, args.threads);
+                .collect::<Result<Vec<_>>>()?;
+            report_decode("aggregate", n, with_adapters, args.batch_prompt, &runs, args.threads);
         }
     }
     println!(
@@ -142,12 +142,13 @@ fn main() -> Result<()> {
 }
 
 /// Decode tokens per second of all `seqs` together: generated tokens after each sequence's
-/// first, over the time from the step that completed the last prefill to the end.
+/// first, over the time from the step that completed the last prefill to the end; and the
+/// phases of those steps, summed, with their count.
 fn decode_rate(
     engine: &mut Engine,
     seqs: Vec<(Vec<u32>, Option<String>)>,
     generate: usize,
-) -> Result<f64> {
+) -> Result<(f64, StepPhases, usize)> {
     let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
     let n = seqs.len();
     let rx = seqs
@@ -156,8 +157,13 @@ fn decode_rate(
         .collect::<Result<Vec<_>>>()?;
     let mut got = vec![0usize; n];
     let mut start = None;
+    let (mut phases, mut steps) = (StepPhases::default(), 0);
     while !engine.is_idle() {
-        engine.step()?;
+        let report = engine.step()?;
+        if start.is_some() {
+            phases += report.phases;
+            steps += 1;
+        }
         for (g, r) in got.iter_mut().zip(&rx) {
             *g += r.try_iter().filter(|e| matches!(e, StreamEvent::Token { .. })).count();
         }
@@ -171,7 +177,7 @@ fn decode_rate(
     if total != n * generate {
         bail!("{total} tokens generated, {} expected", n * generate);
     }
-    Ok((total - base) as f64 / secs)
+    Ok(((total - base) as f64 / secs, phases, steps))
 }
 
 fn check_finished(rx: &[Receiver<StreamEvent>], tokens: usize) -> Result<()> {
@@ -184,10 +190,38 @@ fn check_finished(rx: &[Receiver<StreamEvent>], tokens: usize) -> Result<()> {
     Ok(())
 }
 
-fn report(what: &str, seqs: usize, adapters: bool, prompt: usize, runs: &[f64], threads: usize) {
+/// One JSON line: the median rate of `runs`, the runs, and (decode) the steps' phases.
+fn report(
+    what: &str,
+    seqs: usize,
+    adapters: bool,
+    prompt: usize,
+    runs: &[f64],
+    threads: usize,
+    phases: Option<String>,
+) {
     let mut sorted = runs.to_vec();
     let median = median(&mut sorted);
+    let phases = phases.map(|p| format!(",\"phases_us\":{p}")).unwrap_or_default();
     println!(
-        "{{\"engine\":\"openledger\",\"measure\":\"{what}\",\"sequences\":{seqs},\"adapters\":{adapters},\"prompt\":{prompt},\"tok_per_s\":{median:.1},\"runs\":{sorted:?},\"threads\":{threads}}}"
+        "{{\"engine\":\"openledger\",\"measure\":\"{what}\",\"sequences\":{seqs},\"adapters\":{adapters},\"prompt\":{prompt},\"tok_per_s\":{median:.1},\"runs\":{sorted:?},\"threads\":{threads}{phases}}}"
     );
+}
+
+/// [`report`] of decode runs, with the mean phases of all their measured steps.
+fn report_decode(
+    what: &str,
+    seqs: usize,
+    adapters: bool,
+    prompt: usize,
+    runs: &[(f64, StepPhases, usize)],
+    threads: usize,
+) {
+    let (mut phases, mut steps) = (StepPhases::default(), 0);
+    for &(_, p, n) in runs {
+        phases += p;
+        steps += n;
+    }
+    let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    report(what, seqs, adapters, prompt, &rates, threads, Some(phases_json(&phases, steps)));
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{CudaDevice, DType, Device};
 use clap::Parser;
-use openledger_bench::harness::median;
+use openledger_bench::harness::{median, phases_json};
 use openledger_bench::shapes::LlamaShape;
 use openledger_engine::{
     write_random_adapter, AdapterCacheConfig, BlockTable, Engine, EngineConfig, KvCache,
@@ -411,7 +411,7 @@ fn engine_decode(
         if start.is_some() && report.sequences == rx.len() && report.tokens == rx.len() {
             full_steps += 1;
             full_secs += t.elapsed().as_secs_f64();
-            phases = add_phases(phases, report.phases);
+            phases += report.phases;
         }
         if start.is_none() && got.iter().all(|&g| g >= 1) {
             start = Some((Instant::now(), got.iter().sum::<usize>()));
@@ -431,35 +431,6 @@ fn engine_decode(
 struct FullSteps {
     steps: usize,
     phases: StepPhases,
-}
-
-impl FullSteps {
-    /// Each phase's mean per step in microseconds, as a JSON object; `host` is the step less
-    /// its readback (the host's own work, during which the device has nothing queued).
-    fn json(&self) -> String {
-        let n = self.steps.max(1) as f64;
-        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n;
-        let p = &self.phases;
-        format!(
-            "{{\"schedule\":{:.1},\"forward\":{:.1},\"readback\":{:.1},\"sample\":{:.1},\"emit\":{:.1},\"host\":{:.1}}}",
-            us(p.schedule),
-            us(p.forward),
-            us(p.readback),
-            us(p.sample),
-            us(p.emit),
-            us(p.total() - p.readback)
-        )
-    }
-}
-
-fn add_phases(a: StepPhases, b: StepPhases) -> StepPhases {
-    StepPhases {
-        schedule: a.schedule + b.schedule,
-        forward: a.forward + b.forward,
-        readback: a.readback + b.readback,
-        sample: a.sample + b.sample,
-        emit: a.emit + b.emit,
-    }
 }
 
 fn file_size(dir: &Path) -> usize {
@@ -845,11 +816,10 @@ fn engine_runs(
             engine.set_commit_activations(commit);
             let (rate, full, steps) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
             println!(
-                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round},\"full_steps\":{},\"phases_us\":{}}}",
+                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round},\"phases_us\":{}}}",
                 if full > 0.0 { n as f64 / full * 1e3 } else { 0.0 },
                 engine.model().decode_graphs(),
-                steps.steps,
-                steps.json(),
+                phases_json(&steps.phases, steps.steps),
             );
         }
     }
