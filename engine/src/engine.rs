@@ -668,13 +668,14 @@ impl Engine {
                 plan.len()
             )));
         }
+        let drawn = self.draw_rows(plan, &rows);
         for (k, &(i, n)) in plan.iter().enumerate() {
             let s = &mut self.scheduler.running[i];
             s.processed += n;
             s.table.len = s.processed;
             if s.processed == s.tokens.len() && s.verify.is_none() {
-                let t = match (rows.get(k), picks.get(k)) {
-                    (Some(row), _) => s.sampler.sample(row),
+                let t = match (drawn.get(k).copied().flatten(), picks.get(k)) {
+                    (Some(t), _) => t,
                     (None, Some(&t)) => t,
                     (None, None) => continue,
                 };
@@ -687,6 +688,48 @@ impl Engine {
         }
         lap(&mut phases.sample);
         Ok(())
+    }
+
+    /// Each plan chunk's sampled token, for the chunks that finish their sequence's tokens in
+    /// this step (generations, not verifications) and have a row of logits: drawn by each
+    /// sequence's own sampler, on the pool's threads when there are several (a sampled draw
+    /// sorts the head of a vocabulary; each sampler's draws stay in its own order, so the
+    /// tokens are those of a sequential loop).
+    fn draw_rows(&mut self, plan: &[(usize, usize)], rows: &[Vec<f32>]) -> Vec<Option<u32>> {
+        use rayon::prelude::*;
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        // Running index -> (plan position, its row) for the rows drawn this step.
+        let mut want: Vec<Option<(usize, &[f32])>> = vec![None; self.scheduler.running.len()];
+        for (k, &(i, n)) in plan.iter().enumerate() {
+            let (Some(s), Some(row)) = (self.scheduler.running.get(i), rows.get(k)) else {
+                continue;
+            };
+            if s.processed + n == s.tokens.len() && s.verify.is_none() {
+                if let Some(w) = want.get_mut(i) {
+                    *w = Some((k, row.as_slice()));
+                }
+            }
+        }
+        let draws = want.iter().filter(|w| w.is_some()).count();
+        let running = self.scheduler.running.iter_mut().zip(&want);
+        let picked: Vec<(usize, u32)> = if draws > 1 {
+            running
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .filter_map(|(s, w)| w.map(|(k, row)| (k, s.sampler.sample(row))))
+                .collect()
+        } else {
+            running.filter_map(|(s, w)| w.map(|(k, row)| (k, s.sampler.sample(row)))).collect()
+        };
+        let mut drawn = vec![None; plan.len()];
+        for (k, t) in picked {
+            if let Some(d) = drawn.get_mut(k) {
+                *d = Some(t);
+            }
+        }
+        drawn
     }
 
     /// Fails and removes the sequences of a step whose forward pass failed.

@@ -52,6 +52,12 @@ struct Args {
     /// ways to measure the commitment's cost.
     #[arg(long)]
     no_commit: bool,
+    /// Sampling temperature of the decode runs (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling's `top_p` of the decode runs (with a temperature).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
     /// Only these measurements (prefill, decode, aggregate, adapters).
     #[arg(long, value_delimiter = ',', default_value = "prefill,decode,aggregate,adapters")]
     only: Vec<String>,
@@ -103,7 +109,7 @@ fn main() -> Result<()> {
     if wants("decode") {
         let p = prompt(args.prompt);
         let runs = (0..args.repeat)
-            .map(|_| decode_rate(&mut engine, vec![(p.clone(), None)], args.generate))
+            .map(|_| decode_rate(&mut engine, vec![(p.clone(), None)], &args))
             .collect::<Result<Vec<_>>>()?;
         report_decode("decode", 1, false, args.prompt, &runs, args.threads);
     }
@@ -128,7 +134,7 @@ fn main() -> Result<()> {
                 .map(|i| (prompt(args.batch_prompt), with_adapters.then(|| format!("a{i}"))))
                 .collect();
             let runs = (0..args.repeat)
-                .map(|_| decode_rate(&mut engine, seqs.clone(), args.generate))
+                .map(|_| decode_rate(&mut engine, seqs.clone(), &args))
                 .collect::<Result<Vec<_>>>()?;
             report_decode("aggregate", n, with_adapters, args.batch_prompt, &runs, args.threads);
         }
@@ -147,9 +153,16 @@ fn main() -> Result<()> {
 fn decode_rate(
     engine: &mut Engine,
     seqs: Vec<(Vec<u32>, Option<String>)>,
-    generate: usize,
+    args: &Args,
 ) -> Result<(f64, StepPhases, usize)> {
-    let params = SamplingParams { max_tokens: generate, ignore_eos: true, ..Default::default() };
+    let generate = args.generate;
+    let params = SamplingParams {
+        max_tokens: generate,
+        ignore_eos: true,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        ..Default::default()
+    };
     let n = seqs.len();
     let rx = seqs
         .into_iter()
