@@ -21,7 +21,7 @@ fn main() {
         let w: Vec<f32> =
             (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let m = QMatrix::quantize(format, rows, cols, &w).expect("quantize");
-        for tokens in [1usize, 4, 8, 32, 128] {
+        for tokens in [1usize, 4, 8, 32, 128, 512, 2048] {
             let x: Vec<f32> =
                 (0..tokens * cols).map(|i| ((i * 31) % 200) as f32 / 100.0 - 1.0).collect();
             let xq = QActivations::quantize(&x, tokens, cols).expect("activations");
