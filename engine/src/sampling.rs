@@ -314,8 +314,7 @@ fn head_distribution(logits: &[f32], params: &SamplingParams) -> Option<Distribu
     }
     let lower: f64 =
         bins.iter().enumerate().map(|(k, &n)| n as f64 * (-(k as f64) - 1.0).exp()).sum();
-    // ln(2^-25): the sums' half ulp relative to their size, as above; 0.5 nat of margin.
-    const LN_HALF_ULP: f64 = -17.328_679_513_998_633;
+    // Where the weights fall under the sums' half ulp (`LN_HALF_ULP`), with 0.5 nat of margin.
     let span = (-LN_HALF_ULP - lower.max(1.0).ln() + 0.5).min(f64::from(HEAD_SPAN)) as f32;
     let mut keys: Vec<u64> = scaled
         .iter()
