@@ -24,7 +24,9 @@ use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Budgets, Pending, Scheduler};
-use crate::sequence::{Limits, Replay, RequestId, StreamEvent, Verification};
+use crate::sequence::{
+    FinishReason, Limits, Replay, RequestId, Sequence, StreamEvent, Verification,
+};
 use crate::step::{SeqChunk, StepRows};
 
 /// Sizes and budgets of an engine.
@@ -492,21 +494,39 @@ impl Engine {
         let emitting = Instant::now();
         let config = self.model.config();
         let limits = Limits { eos: &config.eos_token_ids, max_position: config.max_position };
-        let mut i = 0;
-        while i < self.scheduler.running.len() {
-            let s = &self.scheduler.running[i];
+        // Each running sequence's outcome of this step, worked out on the pool's threads when
+        // the batch is large (detokenizing and streaming are each sequence's own; its events
+        // keep their order on its channel), then the finished removed in batch order.
+        let tokenizer = &self.tokenizer;
+        let outcome = |s: &mut Sequence| {
             if s.verify.is_some() && s.processed == s.tokens.len() {
-                let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
-                if let Some(mut v) = s.verify.take() {
-                    v.report.recomputed.seal(&v.output, true);
-                    tracing::debug!(request = s.id, report = ?v.report, "verified");
-                    let _ = s.tx.send(StreamEvent::Verified(v.report));
-                }
-                report.finished += 1;
-                continue;
+                Outcome::Verified
+            } else {
+                s.emit(tokenizer, &limits).map_or(Outcome::Running, Outcome::Finished)
             }
-            match self.scheduler.running[i].emit(&self.tokenizer, &limits) {
-                Some(reason) => {
+        };
+        let outcomes: Vec<Outcome> = if self.scheduler.running.len() >= PARALLEL_EMIT_MIN
+            && rayon::current_num_threads() > 1
+        {
+            use rayon::prelude::*;
+            self.scheduler.running.par_iter_mut().with_min_len(EMIT_CHUNK).map(outcome).collect()
+        } else {
+            self.scheduler.running.iter_mut().map(outcome).collect()
+        };
+        let mut i = 0;
+        for o in outcomes {
+            match o {
+                Outcome::Running => i += 1,
+                Outcome::Verified => {
+                    let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
+                    if let Some(mut v) = s.verify.take() {
+                        v.report.recomputed.seal(&v.output, true);
+                        tracing::debug!(request = s.id, report = ?v.report, "verified");
+                        let _ = s.tx.send(StreamEvent::Verified(v.report));
+                    }
+                    report.finished += 1;
+                },
+                Outcome::Finished(reason) => {
                     let mut s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
                     let mut activations = s.activations.take();
                     if let Some(c) = activations.as_mut() {
@@ -521,7 +541,6 @@ impl Engine {
                     tracing::debug!(request = s.id, ?reason, "finished");
                     report.finished += 1;
                 },
-                None => i += 1,
             }
         }
         report.waiting = self.scheduler.waiting.len();
@@ -742,6 +761,21 @@ impl Engine {
             tracing::warn!(request = s.id, %error, "request failed with its step");
         }
     }
+}
+
+/// Running sequences from which a step's emission (detokenizing, stop strings, streaming)
+/// is spread over the pool's threads, and the sequences each thread takes at least: on the
+/// CPU one sequence costs ~2.6 us (64 in a batch ~170 us, ~3% of an 8B GPU decode step,
+/// during which the device waits).
+const PARALLEL_EMIT_MIN: usize = 16;
+const EMIT_CHUNK: usize = 4;
+
+/// What a step did to one running sequence.
+enum Outcome {
+    Running,
+    /// A verification whose every token has been recomputed.
+    Verified,
+    Finished(FinishReason),
 }
 
 /// A pool of `threads` workers (0: one per CPU); `None` (steps then use rayon's global pool)

@@ -283,3 +283,57 @@ fn short_requests_at_every_step_do_not_starve_a_long_prefill() {
         assert!(tokens_so_far(rx).1);
     }
 }
+
+/// A step's emission is spread over the pool's threads from 16 running sequences on: 40
+/// requests at once (different lengths, stop strings, EOS), each streams and ends exactly as
+/// it does alone, and the engine is left empty.
+#[test]
+fn a_large_batch_emits_and_ends_each_request_as_alone() {
+    let (_dir, mut e) = engine(EngineConfig { threads: 4, ..Default::default() }, 0);
+    let prompts: Vec<String> =
+        (0..40).map(|i| format!("prompt {i} {}", "ab".repeat(i % 7))).collect();
+    let request = |i: usize, stop: Option<String>| {
+        let mut r = req(&prompts[i], None, 6 + i % 13);
+        r.params.stop = stop.into_iter().collect();
+        r
+    };
+    // Alone, without stop strings; then each third request stops at two characters from the
+    // middle of its own text (where it has that many).
+    let alone_free: Vec<(String, FinishReason, usize)> = (0..40)
+        .map(|i| {
+            let (_, rx) = e.submit(request(i, None)).unwrap();
+            e.run_until_idle().unwrap();
+            finish(&rx)
+        })
+        .collect();
+    let stops: Vec<Option<String>> = alone_free
+        .iter()
+        .enumerate()
+        .map(|(i, (text, ..))| {
+            let chars: Vec<char> = text.chars().collect();
+            (i % 3 == 0 && chars.len() >= 4)
+                .then(|| chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect())
+        })
+        .collect();
+    let alone: Vec<(String, FinishReason, usize)> = (0..40)
+        .map(|i| {
+            let (_, rx) = e.submit(request(i, stops[i].clone())).unwrap();
+            e.run_until_idle().unwrap();
+            finish(&rx)
+        })
+        .collect();
+    assert!(alone.iter().any(|(_, r, _)| *r == FinishReason::Stop), "no request stopped");
+    assert!(alone.iter().any(|(_, r, _)| *r == FinishReason::Length), "no request ran out");
+    let rxs: Vec<_> = (0..40).map(|i| e.submit(request(i, stops[i].clone())).unwrap().1).collect();
+    let mut widest = 0;
+    while !e.is_idle() {
+        widest = widest.max(e.step().unwrap().sequences);
+    }
+    assert!(widest >= 16, "at most {widest} sequences ran together");
+    for (i, rx) in rxs.iter().enumerate() {
+        assert_eq!(finish(rx), alone[i], "request {i}");
+    }
+    let stats = e.status();
+    assert_eq!((stats.running, stats.waiting), (0, 0));
+    assert_eq!(stats.kv_free_blocks, stats.kv_blocks);
+}
