@@ -13,7 +13,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::adapter_cache::{AdapterCache, AdapterCacheConfig};
@@ -27,7 +27,7 @@ use crate::scheduler::{Budgets, Pending, Scheduler};
 use crate::sequence::{
     FinishReason, Limits, Replay, RequestId, Sequence, StreamEvent, Verification,
 };
-use crate::step::{SeqChunk, StepRows};
+use crate::step::{SeqChunk, StepOutput, StepRows};
 
 /// Sizes and budgets of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,11 @@ pub struct EngineConfig {
     /// Commit to every generated token's activations ([`crate::commitment`]): each
     /// request's [`StreamEvent::Finished`] then carries its commitment.
     pub commit_activations: bool,
+    /// Launch a greedy decode step before the previous one's picks are read (they reach it
+    /// on the device), so the device is not idle while the host streams tokens, draws and
+    /// schedules: `None` on a CUDA device only, `Some` to force either way (on the host the
+    /// steps then run one after another as before, taking the same bookkeeping path).
+    pub overlap_decode: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +64,7 @@ impl Default for EngineConfig {
             max_running: 64,
             threads: 0,
             commit_activations: true,
+            overlap_decode: None,
         }
     }
 }
@@ -143,6 +149,9 @@ pub struct EngineStatus {
     pub adapter_pins: usize,
     /// Forward passes run so far, failed ones included.
     pub steps: u64,
+    /// Of those, the decode steps launched before the previous step's picks were read
+    /// ([`EngineConfig::overlap_decode`]).
+    pub overlapped_steps: u64,
 }
 
 /// The engine: base model, tokenizer, adapter cache, KV cache and scheduler.
@@ -161,6 +170,10 @@ pub struct Engine {
     /// many short parallel loops of a step cost no thread hand-offs.
     pool: Option<Arc<rayon::ThreadPool>>,
     commit_activations: bool,
+    overlap_decode: bool,
+    /// A decode step launched ahead and not yet read: the next [`Engine::step`] reads it.
+    in_flight: Option<Launched>,
+    overlapped_steps: u64,
 }
 
 impl Engine {
@@ -189,7 +202,6 @@ impl Engine {
             max_position: model.config().max_position,
         });
         Ok(Self {
-            model,
             tokenizer,
             cache,
             adapters,
@@ -197,8 +209,12 @@ impl Engine {
             next_id: 0,
             steps: 0,
             fail_next_step: false,
-            pool,
             commit_activations: config.commit_activations,
+            overlap_decode: config.overlap_decode.unwrap_or(model.device().is_cuda()),
+            model,
+            pool,
+            in_flight: None,
+            overlapped_steps: 0,
         })
     }
 
@@ -411,7 +427,7 @@ impl Engine {
 
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
-        self.scheduler.is_idle()
+        self.scheduler.is_idle() && self.in_flight.is_none()
     }
 
     /// Requests, KV blocks and adapter pins held now, and steps run so far.
@@ -423,6 +439,7 @@ impl Engine {
             kv_blocks: self.cache.config().num_blocks,
             adapter_pins: self.adapters.pins(),
             steps: self.steps,
+            overlapped_steps: self.overlapped_steps,
         }
     }
 
@@ -474,21 +491,39 @@ impl Engine {
 
     fn step_in_pool(&mut self) -> Result<StepReport> {
         let start = Instant::now();
-        self.scheduler.admit(&mut self.cache, &mut self.adapters)?;
-        let plan = self.scheduler.plan().chunks;
-        let tokens = plan.iter().map(|&(_, n)| n).sum();
-        let mut report = StepReport { sequences: plan.len(), tokens, ..Default::default() };
-        report.phases.schedule = start.elapsed();
-        if !plan.is_empty() {
-            self.steps += 1;
-            let ran = if std::mem::take(&mut self.fail_next_step) {
-                Err(EngineError::Backend("injected failure of this step".into()))
-            } else {
-                self.run_plan(&plan, &mut report.phases)
-            };
-            if let Err(e) = ran {
-                self.fail_plan(&plan, &e);
+        let mut report = StepReport::default();
+        if let Some(launched) = self.in_flight.take() {
+            // The step the last call launched ahead is this call's: the one after it is
+            // launched first when it can be, then this one read.
+            let live = launched.ids.iter().filter(|&&id| self.position(id).is_some()).count();
+            (report.sequences, report.tokens) = (live, live);
+            report.phases.schedule = start.elapsed();
+            let ids = launched.ids.clone();
+            if let Err(e) = self.advance(launched, &mut report.phases) {
+                self.fail_ids(&ids, &e);
                 return Err(e);
+            }
+        } else {
+            self.scheduler.admit(&mut self.cache, &mut self.adapters)?;
+            let plan = self.scheduler.plan().chunks;
+            report.sequences = plan.len();
+            report.tokens = plan.iter().map(|&(_, n)| n).sum();
+            report.phases.schedule = start.elapsed();
+            if !plan.is_empty() {
+                self.steps += 1;
+                let ran = if std::mem::take(&mut self.fail_next_step) {
+                    Err(EngineError::Backend("injected failure of this step".into()))
+                } else if self.overlaps(&plan) {
+                    self.run_decode(&plan, &mut report.phases)
+                } else {
+                    self.run_plan(&plan, &mut report.phases)
+                };
+                if let Err(e) = ran {
+                    let ids: Vec<RequestId> =
+                        plan.iter().map(|&(i, _)| self.scheduler.running[i].id).collect();
+                    self.fail_ids(&ids, &e);
+                    return Err(e);
+                }
             }
         }
         let emitting = Instant::now();
@@ -543,9 +578,231 @@ impl Engine {
                 },
             }
         }
+        // A step launched ahead whose every sequence has finished is waited for and dropped.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|l| l.ids.iter().all(|&id| self.position(id).is_none()))
+        {
+            if let Some(l) = self.in_flight.take() {
+                l.picks_copy.wait()?;
+            }
+        }
         report.waiting = self.scheduler.waiting.len();
         report.phases.emit = emitting.elapsed();
         Ok(report)
+    }
+
+    /// Where the running sequence `id` is.
+    fn position(&self, id: RequestId) -> Option<usize> {
+        self.scheduler.running.iter().position(|s| s.id == id)
+    }
+
+    /// Whether `plan` is a decode step that [`Self::run_decode`] runs: overlap on, one
+    /// token for each sequence, every one a greedy generation.
+    fn overlaps(&self, plan: &[(usize, usize)]) -> bool {
+        self.overlap_decode
+            && plan.iter().all(|&(i, n)| {
+                self.scheduler.running.get(i).is_some_and(|s| {
+                    n == 1
+                        && s.processed + 1 == s.tokens.len()
+                        && s.verify.is_none()
+                        && s.sampler.is_greedy()
+                })
+            })
+    }
+
+    /// Runs the greedy decode step `plan` ([`Self::overlaps`]): launched, the step after it
+    /// launched too when it can follow, then this one read.
+    fn run_decode(&mut self, plan: &[(usize, usize)], phases: &mut StepPhases) -> Result<()> {
+        let rows: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
+        let mark = Instant::now();
+        let launched = self.launch_decode(&rows, None)?.ok_or_else(|| {
+            EngineError::Backend("a decode step with its tokens on the host did not run".into())
+        })?;
+        phases.forward += mark.elapsed();
+        self.advance(launched, phases)
+    }
+
+    /// Launches the step that follows `launched` when [`Self::may_follow`], then reads
+    /// `launched`; the follower is left in flight for the next call.
+    fn advance(&mut self, launched: Launched, phases: &mut StepPhases) -> Result<()> {
+        let mark = Instant::now();
+        let next = if self.may_follow(&launched) {
+            let rows: Vec<usize> = (0..self.scheduler.running.len()).collect();
+            self.launch_decode(&rows, Some(&launched.picks))?
+        } else {
+            None
+        };
+        if next.is_some() {
+            self.steps += 1;
+            self.overlapped_steps += 1;
+        }
+        phases.forward += mark.elapsed();
+        let read = self.read_decode(launched, phases);
+        self.in_flight = next;
+        read
+    }
+
+    /// Whether the step after `launched` can be launched before `launched` is read: the
+    /// running sequences are exactly its rows, in order, each still decoding greedily and
+    /// sure not to reach its length limit with the token `launched` picks (an end token or
+    /// a stop string it may pick leaves one row of the follower unused), and nothing waits
+    /// for admission.
+    fn may_follow(&self, launched: &Launched) -> bool {
+        let max_position = self.model.config().max_position;
+        let running = &self.scheduler.running;
+        self.overlap_decode
+            && !self.fail_next_step
+            && self.scheduler.waiting.is_empty()
+            && running.len() == launched.ids.len()
+            && running.iter().zip(&launched.ids).all(|(s, &id)| {
+                let next = s.tokens.len() + 1;
+                s.id == id
+                    && s.processed + 1 == s.tokens.len()
+                    && s.verify.is_none()
+                    && s.sampler.is_greedy()
+                    && next - s.prompt_len < s.sampler.params().max_tokens
+                    && next < max_position
+            })
+    }
+
+    /// Launches a decode step of one token for each running sequence at `rows` (running
+    /// indices, in order): their own next token, or with `follow` the picks of the step in
+    /// flight before it (on the device), one position further. Its picks are made where the
+    /// logits are and start their way to the host. `None` when a following step cannot be
+    /// launched ahead (no captured graph replays it).
+    fn launch_decode(
+        &mut self,
+        rows: &[usize],
+        follow: Option<&Tensor>,
+    ) -> Result<Option<Launched>> {
+        let running = &self.scheduler.running;
+        let mut chunks = Vec::with_capacity(rows.len());
+        let (mut ids, mut commit_rows, mut delta_rows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut commit, mut delta) = (Vec::new(), Vec::new());
+        for (k, &i) in rows.iter().enumerate() {
+            let s = running.get(i).ok_or_else(|| {
+                EngineError::Backend(format!("a decode step of running sequence {i}"))
+            })?;
+            chunks.push(match follow {
+                None => s.chunk(1),
+                Some(_) => SeqChunk {
+                    tokens: &FOLLOW_TOKEN,
+                    table: &s.table,
+                    start: s.processed + 1,
+                    adapter: s.adapter.as_ref().map(|a| a.1),
+                },
+            });
+            ids.push(s.id);
+            // A generation commits the row that picks its next token: every decode row.
+            commit.push(s.activations.is_some());
+            delta.push(s.activations.is_some() && s.reads_delta(0));
+            if commit[k] {
+                commit_rows.push(k as u32);
+            }
+            if delta[k] {
+                delta_rows.push(k as u32);
+            }
+        }
+        let asked =
+            StepRows { commit: &commit_rows, delta_commit: &delta_rows, ..StepRows::default() };
+        let tables = self.adapters.tables();
+        let out = match follow {
+            None => {
+                let graphs = openledger_kernels::options::options().cuda_graphs;
+                self.model.forward_rows(&chunks, &mut self.cache, tables, asked, graphs)?
+            },
+            Some(tokens) => {
+                match self.model.forward_following(
+                    &chunks,
+                    &mut self.cache,
+                    tables,
+                    asked,
+                    tokens,
+                )? {
+                    Some(out) => out,
+                    None => return Ok(None),
+                }
+            },
+        };
+        drop(chunks);
+        // The picks: on a GPU each row's argmax, made there (the follower reads them
+        // there); on the host each sequence's sampler over its row, as `run_plan` draws.
+        let picks = if out.logits.device().is_cpu() {
+            let logits = out.logits.to_vec2::<f32>()?;
+            let plan: Vec<(usize, usize)> = rows.iter().map(|&i| (i, 1)).collect();
+            let drawn = self.draw_rows(&plan, &logits);
+            let picks = drawn
+                .into_iter()
+                .map(|t| t.ok_or_else(|| EngineError::Backend("a decode row drew no token".into())))
+                .collect::<Result<Vec<u32>>>()?;
+            Tensor::from_vec(picks, rows.len(), &Device::Cpu)?
+        } else {
+            out.logits.argmax(1)?
+        };
+        let picks_copy = openledger_kernels::HostCopy::start(&picks)?;
+        Ok(Some(Launched { ids, commit, delta, out, picks, picks_copy }))
+    }
+
+    /// Reads a launched decode step: each row's pick and commitment entries go to its
+    /// sequence, if it is still running (one that finished or was cancelled since its
+    /// launch is passed over).
+    fn read_decode(&mut self, launched: Launched, phases: &mut StepPhases) -> Result<()> {
+        let mark = Instant::now();
+        let Launched { ids, commit, delta, out, picks: _, picks_copy } = launched;
+        let picks = picks_copy.wait()?;
+        let (committed, deltas) = (count(&commit), count(&delta));
+        let words = if committed == 0 { Vec::new() } else { out.entries.wait()? };
+        let delta_words = if deltas == 0 { Vec::new() } else { out.delta_entries.wait()? };
+        phases.readback += mark.elapsed();
+        let mark = Instant::now();
+        if picks.len() != ids.len() || words.len() != committed || delta_words.len() != deltas {
+            return Err(EngineError::Backend(format!(
+                "a decode step of {} rows returned {} picks, {} of {committed} committed rows \
+                 and {} of {deltas} delta rows",
+                ids.len(),
+                picks.len(),
+                words.len(),
+                delta_words.len()
+            )));
+        }
+        let (mut words, mut delta_words) = (words.iter(), delta_words.iter());
+        let mut from = 0;
+        for (k, (&id, &t)) in ids.iter().zip(&picks).enumerate() {
+            // The row's entries are taken in order whether or not its sequence is still here.
+            let word = if commit[k] { words.next() } else { None };
+            let delta_word = if delta[k] { delta_words.next() } else { None };
+            // Rows are in running order, and sequences leave without reordering the rest.
+            let Some(at) =
+                self.scheduler.running.get(from..).and_then(|r| r.iter().position(|s| s.id == id))
+            else {
+                continue;
+            };
+            from += at + 1;
+            let s = &mut self.scheduler.running[from - 1];
+            if s.processed + 1 != s.tokens.len() {
+                return Err(EngineError::Backend(format!(
+                    "request {id} read a decode row at {} with {} tokens",
+                    s.processed,
+                    s.tokens.len()
+                )));
+            }
+            if let (Some(c), Some(w)) = (s.activations.as_mut(), word) {
+                c.push_words(w);
+                if let Some(d) = delta_word {
+                    c.push_delta_words(d);
+                }
+            }
+            s.processed += 1;
+            s.table.len = s.processed;
+            s.tokens.push(t);
+            if let Some(c) = s.activations.as_mut() {
+                c.seal(&s.tokens[s.prompt_len..], false);
+            }
+        }
+        phases.sample += mark.elapsed();
+        Ok(())
     }
 
     /// Runs the forward pass of `plan` and samples the sequences whose prompt is done.
@@ -751,11 +1008,15 @@ impl Engine {
         drawn
     }
 
-    /// Fails and removes the sequences of a step whose forward pass failed.
-    fn fail_plan(&mut self, plan: &[(usize, usize)], error: &EngineError) {
+    /// Fails and removes the running sequences `ids` of a step whose forward pass failed
+    /// (and a step launched ahead of theirs, waited for and dropped).
+    fn fail_ids(&mut self, ids: &[RequestId], error: &EngineError) {
+        if let Some(l) = self.in_flight.take() {
+            let _ = l.picks_copy.wait();
+        }
         let message = format!("the engine step failed: {error}");
-        // Highest index first, so the lower indices stay valid.
-        for &(i, _) in plan.iter().rev() {
+        for &id in ids {
+            let Some(i) = self.position(id) else { continue };
             let s = self.scheduler.remove(i, &mut self.cache, &mut self.adapters);
             let _ = s.tx.send(StreamEvent::Failed(message.clone()));
             tracing::warn!(request = s.id, %error, "request failed with its step");
@@ -769,6 +1030,26 @@ impl Engine {
 /// during which the device waits).
 const PARALLEL_EMIT_MIN: usize = 16;
 const EMIT_CHUNK: usize = 4;
+
+fn count(flags: &[bool]) -> usize {
+    flags.iter().filter(|&&f| f).count()
+}
+
+/// The token a following step's chunks carry: it reads its real tokens on the device.
+static FOLLOW_TOKEN: [u32; 1] = [0];
+
+/// A greedy decode step launched and not yet read.
+struct Launched {
+    /// Each row's sequence, in running order.
+    ids: Vec<RequestId>,
+    /// Whether each row's commitment entries, and its adapter delta's, come back.
+    commit: Vec<bool>,
+    delta: Vec<bool>,
+    out: StepOutput,
+    /// Each row's pick (`[rows]` u32, where the logits are: a following step's tokens).
+    picks: Tensor,
+    picks_copy: openledger_kernels::HostCopy,
+}
 
 /// What a step did to one running sequence.
 enum Outcome {

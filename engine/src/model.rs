@@ -404,6 +404,50 @@ impl Model {
         rows: StepRows<'_>,
         graphs: bool,
     ) -> Result<StepOutput> {
+        self.forward_rows_from(chunks, cache, lora, rows, graphs, None)?
+            .ok_or_else(|| EngineError::Backend("a step without its tokens".into()))
+    }
+
+    /// A decode step whose one-token chunks take their tokens from `tokens` (`[chunks]`
+    /// u32, where the previous step left its picks: the chunks' own tokens are not read),
+    /// launched before the host has read them. On a CUDA device only a step a captured
+    /// graph replays takes them (the ids are copied on the device into the graph's input
+    /// ahead of the replay); `None` when none does, and nothing was launched. Elsewhere the
+    /// tokens are read to the host and the step runs as [`Self::forward_rows`] runs it.
+    pub(crate) fn forward_following(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        rows: StepRows<'_>,
+        tokens: &Tensor,
+    ) -> Result<Option<StepOutput>> {
+        if tokens.dims() != [chunks.len()] || chunks.iter().any(|c| c.tokens.len() != 1) {
+            return Err(EngineError::Backend(format!(
+                "a following step of {} one-token chunks given tokens of shape {:?}",
+                chunks.len(),
+                tokens.dims()
+            )));
+        }
+        if tokens.device().is_cuda() {
+            return self.forward_rows_from(chunks, cache, lora, rows, true, Some(tokens));
+        }
+        let host = tokens.to_vec1::<u32>()?;
+        let chunks: Vec<SeqChunk<'_>> =
+            chunks.iter().zip(host.chunks(1)).map(|(c, t)| SeqChunk { tokens: t, ..*c }).collect();
+        let graphs = openledger_kernels::options::options().cuda_graphs;
+        self.forward_rows_from(&chunks, cache, lora, rows, graphs, None)
+    }
+
+    fn forward_rows_from(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        cache: &mut KvCache,
+        lora: &LoraSlots,
+        rows: StepRows<'_>,
+        graphs: bool,
+        device_tokens: Option<&Tensor>,
+    ) -> Result<Option<StepOutput>> {
         let StepRows { hidden: hidden_rows, commit: commit_rows, .. } = rows;
         let cfg = &self.config;
         let on_device = cache.device_pool().is_some();
@@ -488,6 +532,7 @@ impl Model {
                     lora,
                     (&segments, &delta),
                     graphs,
+                    device_tokens,
                 );
             },
         };
@@ -580,7 +625,7 @@ impl Model {
         let entries = StepEntries::of_host_rows(committed.chunks_exact(hidden.max(1)))?;
         let delta_commit = deltas.split_off(rows.delta.len());
         let delta_entries = StepEntries::of_host_rows(delta_commit.iter().map(Vec::as_slice))?;
-        Ok(StepOutput { logits, hidden: hidden_out, entries, delta: deltas, delta_entries })
+        Ok(Some(StepOutput { logits, hidden: hidden_out, entries, delta: deltas, delta_entries }))
     }
 }
 

@@ -264,7 +264,8 @@ impl TensorModel {
         lora: &LoraSlots,
         (segments, delta): (&StepSegments, &DeltaPlan),
         graphs: bool,
-    ) -> Result<StepOutput> {
+        device_tokens: Option<&Tensor>,
+    ) -> Result<Option<StepOutput>> {
         let StepRows { hidden: hidden_rows, commit: commit_rows, .. } = rows;
         // A graphed step also gives the asked final-norm rows and commitment entries: the
         // graph keeps every row through the final norm and computes every row's entries,
@@ -286,12 +287,17 @@ impl TensorModel {
                 cache,
                 lora,
                 (segments, delta),
+                device_tokens,
             )? {
-                return Ok(out);
+                return Ok(Some(out));
             }
         }
         #[cfg(not(feature = "cuda"))]
         let _ = graphs;
+        // Tokens still on the device are taken only by a graph's replay.
+        if device_tokens.is_some() {
+            return Ok(None);
+        }
         let pool = self.check_pool(cfg, cache)?;
         let plan = StepPlan::new(self, cfg, chunks, tokens, positions, last_rows, cache, None)?;
         let (logits, h, deltas) =
@@ -333,7 +339,7 @@ impl TensorModel {
         }
         let delta_entries =
             if parts.is_empty() { StepEntries::none() } else { StepEntries::parts(parts) };
-        Ok(StepOutput { logits, hidden, entries, delta: delta_rows, delta_entries })
+        Ok(Some(StepOutput { logits, hidden, entries, delta: delta_rows, delta_entries }))
     }
 
     /// The activation-commitment entries of final-norm rows (`[rows, hidden]`, the model's

@@ -1071,3 +1071,57 @@ fn cuda_adapter_delta_commitments_verify_and_catch_skipped_or_swapped_adapters()
         }
     }
 }
+
+/// Decode steps launched before the previous step's picks are read (on by default on a
+/// GPU; with graphs the follower takes its tokens from the device): the five requests of
+/// `seqs()` with their adapters and commitments, asking 24 to 20 tokens, stream exactly the
+/// events (tokens, text, commitments) they stream with overlap off, and with graphs on
+/// every decode step but the first after each change of the batch is launched ahead.
+#[test]
+fn cuda_overlapped_decode_streams_what_it_does_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = cuda();
+    let cfg = write_model_with(dir.path(), &wide_config(), MODEL_SEED);
+    let tok_path = dir.path().join("tokenizer.json");
+    let (mut events, mut overlapped) = (Vec::new(), Vec::new());
+    for overlap in [false, true] {
+        let model = Model::load_hf(dir.path(), &gpu).unwrap();
+        let tok = openledger_engine::load_tokenizer(&tok_path).unwrap();
+        let config = EngineConfig {
+            kv_cache: KvCacheConfig { block_size: 16, num_blocks: 64 },
+            overlap_decode: Some(overlap),
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(model, tok, config).unwrap();
+        for (i, spec) in SPECS.iter().enumerate() {
+            let a = write_adapter(&dir.path().join(format!("a{i}")), &cfg, spec, 20 + i as u64);
+            engine.register_adapter(&format!("a{i}"), &a).unwrap();
+        }
+        let rx: Vec<_> = seqs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let params =
+                    SamplingParams { max_tokens: 24 - i, ignore_eos: true, ..Default::default() };
+                let adapter = s.slot.map(|k| format!("a{k}"));
+                engine.submit_tokens(s.prompt, adapter, params).unwrap().1
+            })
+            .collect();
+        engine.run_until_idle().unwrap();
+        let status = engine.status();
+        assert_eq!(status.kv_free_blocks + 1, status.kv_blocks, "all but the padding block");
+        overlapped.push(status.overlapped_steps);
+        events.push(rx.iter().map(|r| r.try_iter().collect::<Vec<_>>()).collect::<Vec<_>>());
+    }
+    let graphs = openledger_kernels::options::options().cuda_graphs;
+    eprintln!(
+        "steps launched ahead: off {}, on {} (graphs {graphs})",
+        overlapped[0], overlapped[1]
+    );
+    assert_eq!(overlapped[0], 0);
+    assert_eq!(overlapped[1] > 10, graphs, "steps launched ahead exactly when graphs are on");
+    for (i, (a, b)) in events[0].iter().zip(&events[1]).enumerate() {
+        assert_eq!(a.len(), 24 - i + 1, "request {i}: its tokens and the final event");
+        assert_eq!(a, b, "request {i}");
+    }
+}

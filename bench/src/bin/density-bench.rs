@@ -324,6 +324,7 @@ fn main() -> Result<()> {
         max_running: args.running,
         threads: 2,
         commit_activations: !args.no_commit,
+        ..EngineConfig::default()
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let mut engine = Engine::new(model, tokenizer, config)?;

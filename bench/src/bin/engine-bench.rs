@@ -79,6 +79,7 @@ fn main() -> Result<()> {
         max_running: max_seqs,
         threads: args.threads,
         commit_activations: !args.no_commit,
+        ..EngineConfig::default()
     };
     let t = Instant::now();
     let mut engine = Engine::load(&ModelSource::Gguf(args.model.clone()), config, &Device::Cpu)

@@ -91,6 +91,10 @@ struct Args {
     /// then neither copied to the host nor hashed): what they cost a decode step.
     #[arg(long)]
     no_commit: bool,
+    /// The engine without decode steps launched ahead of the previous step's read
+    /// (`EngineConfig::overlap_decode`, on by default on a GPU): what the overlap gains.
+    #[arg(long)]
+    no_overlap: bool,
     /// The engine's decode runs with activation commitments on and off in turn, this many
     /// rounds of each per configuration, in this one process (on the same engine, its CUDA
     /// graphs already captured): what commitments cost a decode step, measured side by side.
@@ -711,6 +715,7 @@ fn engine_runs(
         threads: 2,
         // Activation commitments on, as a worker serves (unless `--no-commit`).
         commit_activations: !args.no_commit,
+        overlap_decode: Some(!args.no_overlap),
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let device = model.device().clone();
@@ -816,9 +821,10 @@ fn engine_runs(
             engine.set_commit_activations(commit);
             let (rate, full, steps) = engine_decode(&mut engine, &prompts, &adapters, generate)?;
             println!(
-                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"round\":{round},\"phases_us\":{}}}",
+                "{{\"measure\":\"engine_decode\",\"batch\":{n},\"adapters\":{distinct},\"prompt\":{batch_prompt},\"tok_per_s\":{rate:.1},\"full_batch_tok_per_s\":{full:.1},\"full_batch_step_ms\":{:.3},\"graphs\":{},\"commit\":{commit},\"overlap\":{},\"round\":{round},\"phases_us\":{}}}",
                 if full > 0.0 { n as f64 / full * 1e3 } else { 0.0 },
                 engine.model().decode_graphs(),
+                !args.no_overlap,
                 phases_json(&steps.phases, steps.steps),
             );
         }

@@ -263,6 +263,7 @@ pub(crate) fn forward(
     cache: &mut KvCache,
     lora: &LoraSlots,
     (segments, delta): (&StepSegments, &DeltaPlan),
+    device_tokens: Option<&Tensor>,
 ) -> Result<Option<StepOutput>> {
     let n = chunks.len();
     // Committed deltas whose entries the graph cannot compute (a width the encoding does
@@ -339,6 +340,11 @@ pub(crate) fn forward(
             )));
         }
         overwrite_u32(&g.plan.ids, &inputs.tokens)?;
+        if let Some(t) = device_tokens {
+            // The previous step's picks, copied on the device over the chunks' rows (the
+            // padding rows keep theirs), ordered on the stream ahead of the replay.
+            g.plan.ids.slice_set(&t.contiguous()?, 0, 0)?;
+        }
         overwrite_u32(&g.plan.pos, &inputs.positions)?;
         g.plan.kv_slots.overwrite(inputs.slots)?;
         let dec = g.plan.decode.as_mut().ok_or_else(|| {
@@ -366,6 +372,10 @@ pub(crate) fn forward(
         let hidden = gather_rows(model, cfg, &g.hidden, n, hidden_rows)?;
         let logits = g.logits.narrow(0, 0, n)?.copy()?;
         return Ok(Some(StepOutput { logits, hidden, entries, delta: Vec::new(), delta_entries }));
+    }
+    // A step whose tokens are still on the device runs only from a captured graph.
+    if device_tokens.is_some() {
+        return Ok(None);
     }
     // First step of this bucket: plan it with fixed launch shapes, run it eagerly (its
     // result is this step's; it also loads every module, uploads the plan's tables and
