@@ -647,14 +647,14 @@ impl Engine {
     /// Whether the step after `launched` can be launched before `launched` is read: the
     /// running sequences are exactly its rows, in order, each still decoding greedily and
     /// sure not to reach its length limit with the token `launched` picks (an end token or
-    /// a stop string it may pick leaves one row of the follower unused), and nothing waits
-    /// for admission.
+    /// a stop string it may pick leaves one row of the follower unused), and no queued
+    /// request could be admitted (a full running budget holds the queue anyway).
     fn may_follow(&self, launched: &Launched) -> bool {
         let max_position = self.model.config().max_position;
         let running = &self.scheduler.running;
         self.overlap_decode
             && !self.fail_next_step
-            && self.scheduler.waiting.is_empty()
+            && !self.scheduler.may_admit()
             && running.len() == launched.ids.len()
             && running.iter().zip(&launched.ids).all(|(s, &id)| {
                 let next = s.tokens.len() + 1;

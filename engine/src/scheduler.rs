@@ -73,6 +73,12 @@ impl Scheduler {
         (prompt + params.max_tokens).min(self.budgets.max_position)
     }
 
+    /// Whether a queued request could be admitted now as far as the running budget goes
+    /// (admission may still find no KV blocks or its adapter loading).
+    pub fn may_admit(&self) -> bool {
+        !self.waiting.is_empty() && self.running.len() < self.budgets.running
+    }
+
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()

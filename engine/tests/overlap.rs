@@ -17,17 +17,23 @@ use openledger_engine::{
     SamplingParams, StreamEvent,
 };
 
-/// The test model (seed 11), its end token `eos`.
+/// The test model (seed 11), its end token `eos`, with two adapters registered.
 fn engine(dir: &std::path::Path, overlap: bool, eos: u32) -> Engine {
+    engine_with(dir, eos, EngineConfig { overlap_decode: Some(overlap), ..config() })
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        kv_cache: KvCacheConfig { block_size: 4, num_blocks: 512 },
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+fn engine_with(dir: &std::path::Path, eos: u32, config: EngineConfig) -> Engine {
     let mut json = common::config_json();
     json["eos_token_id"] = eos.into();
     let cfg = write_model_with(dir, &json, 11);
-    let config = EngineConfig {
-        kv_cache: KvCacheConfig { block_size: 4, num_blocks: 512 },
-        overlap_decode: Some(overlap),
-        threads: 2,
-        ..Default::default()
-    };
     let mut e = Engine::load(&ModelSource::HuggingFace(dir.into()), config, &Device::Cpu).unwrap();
     for i in 0..2 {
         let spec = AdapterSpec { r: 2 + i, alpha: 4.0, rslora: false, targets: &Projection::ALL };
@@ -234,5 +240,36 @@ fn a_steady_batch_launches_every_decode_step_ahead() {
     // One prefill step picks each first token; 23 decode steps follow, the first launched
     // from the host, the 22 after it each ahead of its predecessor's read.
     assert_eq!(overlapped, 22);
+    assert_eq!(without, with);
+}
+
+/// A full running budget with requests queued behind it: the batch keeps launching ahead
+/// (the queue could not be admitted anyway), each finish lets the next request in, and
+/// every request streams what it does without overlap.
+#[test]
+fn a_queue_behind_a_full_batch_does_not_stop_the_overlap() {
+    let run = |overlap: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { overlap_decode: Some(overlap), max_running: 4, ..config() };
+        let mut e = engine_with(dir.path(), NO_EOS, config);
+        let mut reqs = Vec::new();
+        for i in 0..10 {
+            let mut r = request(i + 60, None);
+            r.params.max_tokens = 12 + 3 * i;
+            r.params.ignore_eos = true;
+            reqs.push(r);
+        }
+        let rxs: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap().1).collect();
+        let mut widest = 0;
+        while !e.is_idle() {
+            widest = widest.max(e.step().unwrap().sequences);
+        }
+        assert_eq!(widest, 4, "the running budget holds");
+        (rxs.iter().map(events).collect::<Vec<_>>(), e.status().overlapped_steps)
+    };
+    let (without, _) = run(false);
+    let (with, overlapped) = run(true);
+    // 10 requests of 12-39 tokens, 4 at a time: most decode steps are launched ahead.
+    assert!(overlapped >= 60, "only {overlapped} steps launched ahead");
     assert_eq!(without, with);
 }
