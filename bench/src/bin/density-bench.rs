@@ -92,6 +92,10 @@ struct Args {
     /// Serve without activation commitments.
     #[arg(long)]
     no_commit: bool,
+    /// Serve without decode steps launched ahead of the previous step's read
+    /// (`EngineConfig::overlap_decode`, on by default on a GPU).
+    #[arg(long)]
+    no_overlap: bool,
     /// Run on the CPU in f32 (a check of the benchmark's logic; use tiny shapes).
     #[arg(long)]
     cpu_dry_run: bool,
@@ -324,6 +328,7 @@ fn main() -> Result<()> {
         max_running: args.running,
         threads: 2,
         commit_activations: !args.no_commit,
+        overlap_decode: (!args.cpu_dry_run).then_some(!args.no_overlap),
         ..EngineConfig::default()
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
