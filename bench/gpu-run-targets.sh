@@ -10,7 +10,8 @@
 #      floor is taken at, and the prefill's GEMMs alone), twice;
 #   3. the engine's decode (--engine-only: scheduler, sampling, streaming; graphs on,
 #      activation commitments on), twice; after the two rounds once more without
-#      commitments (adapter steps that compute deltas apart stay eager);
+#      commitments (adapter steps that compute deltas apart stay eager), and once without
+#      decode steps launched ahead (--no-overlap; the other engine runs overlap);
 #   4. the torch.compile decode anchor at every batch size (static cache, CUDA graphs);
 #   then targets.md: each target of item 6 against what this call measured.
 # SKIP_TESTS unset: first the engine's GPU tests and memcheck on the fused layer steps
@@ -48,6 +49,7 @@ for r in 1 2; do
   OPENLEDGER_CUDA_GRAPHS=1 bench engine$r --engine-only --engine-batch 1,8,32,64
 done
 OPENLEDGER_CUDA_GRAPHS=1 bench engine_nocommit --engine-only --engine-batch 1,8,32,64 --no-commit
+OPENLEDGER_CUDA_GRAPHS=1 bench engine_nooverlap --engine-only --engine-batch 1,8,32,64 --no-overlap
 if [ -f gpu-bin/hf_decode_anchor.py ]; then
   echo "== anchor $(date -u +%T)" | tee -a "$OUT/bench.log"
   a_left=$(left 330); a_dl=$(( a_left - 90 < 240 ? a_left - 90 : 240 ))

@@ -81,7 +81,8 @@ def main(out):
         model_tok = [r["batch"] * 1e3 / s for s in step[key]]
         x = r["full_batch_tok_per_s"] / max(model_tok)
         print(f"| engine decode >= 0.95x model step, batch {r['batch']}, {r['adapters']} adapters "
-              f"({r['run']}, commitments {'on' if r['commit'] else 'off'}) | "
+              f"({r['run']}, commitments {'on' if r['commit'] else 'off'}"
+              f"{', overlap off' if r.get('overlap') is False else ''}) | "
               f"{r['full_batch_tok_per_s']:.0f} tok/s full batch ({r['full_batch_step_ms']:.2f} ms) "
               f"against {max(model_tok):.0f} | {x:.2f}x {'yes' if x >= 0.95 else 'no'} |")
 

@@ -49,8 +49,9 @@ pub struct EngineConfig {
     pub commit_activations: bool,
     /// Launch a greedy decode step before the previous one's picks are read (they reach it
     /// on the device), so the device is not idle while the host streams tokens, draws and
-    /// schedules: `None` on a CUDA device only, `Some` to force either way (on the host the
-    /// steps then run one after another as before, taking the same bookkeeping path).
+    /// schedules. `None`: the default ([`OVERLAP_BY_DEFAULT`] on a CUDA device, off on the
+    /// host); `Some` forces either way (on the host the steps then run one after another as
+    /// before, through the same bookkeeping).
     pub overlap_decode: Option<bool>,
 }
 
@@ -210,7 +211,9 @@ impl Engine {
             steps: 0,
             fail_next_step: false,
             commit_activations: config.commit_activations,
-            overlap_decode: config.overlap_decode.unwrap_or(model.device().is_cuda()),
+            overlap_decode: config
+                .overlap_decode
+                .unwrap_or(OVERLAP_BY_DEFAULT && model.device().is_cuda()),
             model,
             pool,
             in_flight: None,
@@ -1023,6 +1026,12 @@ impl Engine {
         }
     }
 }
+
+/// Whether a CUDA engine overlaps its greedy decode steps unless told
+/// ([`EngineConfig::overlap_decode`]). Off until the overlap has run on a GPU: its GPU test
+/// (`cuda_overlapped_decode_streams_what_it_does_without`) and the engine A/B of
+/// `engine-gpu-bench --no-overlap`; the benchmarks turn it on.
+pub const OVERLAP_BY_DEFAULT: bool = false;
 
 /// Running sequences from which a step's emission (detokenizing, stop strings, streaming)
 /// is spread over the pool's threads, and the sequences each thread takes at least: on the

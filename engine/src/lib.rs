@@ -42,6 +42,7 @@ pub use commitment::{ActivationCommitment, NumericFormat, Tolerance, VerifyRepor
 pub use device::device;
 pub use engine::{
     Engine, EngineConfig, EngineStatus, GenerationRequest, ModelSource, StepPhases, StepReport,
+    OVERLAP_BY_DEFAULT,
 };
 pub use error::{EngineError, Rejection, Result};
 pub use kv_cache::{BlockTable, KvCache, KvCacheConfig};

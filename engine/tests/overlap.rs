@@ -1,5 +1,5 @@
 //! Decode steps launched before the previous step's picks are read
-//! (`EngineConfig::overlap_decode`, on by default on a CUDA device). Forced on here, on the
+//! (`EngineConfig::overlap_decode`, `OVERLAP_BY_DEFAULT` on a CUDA device). Forced on here, on the
 //! host, where the steps still run one after another, the engine takes the bookkeeping path
 //! a GPU takes: every request streams exactly the events (tokens, text, finish, activation
 //! commitment) it streams without overlap, through finishes by length, end token and stop

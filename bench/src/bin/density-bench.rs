@@ -93,7 +93,7 @@ struct Args {
     #[arg(long)]
     no_commit: bool,
     /// Serve without decode steps launched ahead of the previous step's read
-    /// (`EngineConfig::overlap_decode`, on by default on a GPU).
+    /// (`EngineConfig::overlap_decode`, on here unless this flag).
     #[arg(long)]
     no_overlap: bool,
     /// Run on the CPU in f32 (a check of the benchmark's logic; use tiny shapes).
@@ -329,7 +329,6 @@ fn main() -> Result<()> {
         threads: 2,
         commit_activations: !args.no_commit,
         overlap_decode: (!args.cpu_dry_run).then_some(!args.no_overlap),
-        ..EngineConfig::default()
     };
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     let mut engine = Engine::new(model, tokenizer, config)?;

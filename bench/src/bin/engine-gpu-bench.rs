@@ -92,7 +92,7 @@ struct Args {
     #[arg(long)]
     no_commit: bool,
     /// The engine without decode steps launched ahead of the previous step's read
-    /// (`EngineConfig::overlap_decode`, on by default on a GPU): what the overlap gains.
+    /// (`EngineConfig::overlap_decode`, on here unless this flag): what the overlap gains.
     #[arg(long)]
     no_overlap: bool,
     /// The engine's decode runs with activation commitments on and off in turn, this many
