@@ -606,12 +606,7 @@ impl Engine {
     fn overlaps(&self, plan: &[(usize, usize)]) -> bool {
         self.overlap_decode
             && plan.iter().all(|&(i, n)| {
-                self.scheduler.running.get(i).is_some_and(|s| {
-                    n == 1
-                        && s.processed + 1 == s.tokens.len()
-                        && s.verify.is_none()
-                        && s.sampler.is_greedy()
-                })
+                n == 1 && self.scheduler.running.get(i).is_some_and(Sequence::decodes_greedily)
             })
     }
 
@@ -662,9 +657,7 @@ impl Engine {
             && running.iter().zip(&launched.ids).all(|(s, &id)| {
                 let next = s.tokens.len() + 1;
                 s.id == id
-                    && s.processed + 1 == s.tokens.len()
-                    && s.verify.is_none()
-                    && s.sampler.is_greedy()
+                    && s.decodes_greedily()
                     && next - s.prompt_len < s.sampler.params().max_tokens
                     && next < max_position
             })
@@ -791,18 +784,12 @@ impl Engine {
                     s.tokens.len()
                 )));
             }
-            if let (Some(c), Some(w)) = (s.activations.as_mut(), word) {
-                c.push_words(w);
-                if let Some(d) = delta_word {
-                    c.push_delta_words(d);
-                }
+            if let Some(w) = word {
+                s.push_entries(w, delta_word.map(Vec::as_slice));
             }
             s.processed += 1;
             s.table.len = s.processed;
-            s.tokens.push(t);
-            if let Some(c) = s.activations.as_mut() {
-                c.seal(&s.tokens[s.prompt_len..], false);
-            }
+            s.push_token(t);
         }
         phases.sample += mark.elapsed();
         Ok(())
@@ -927,16 +914,13 @@ impl Engine {
                     continue;
                 }
                 for r in s.rows_to_read(n) {
-                    let reads_delta = s.reads_delta(r);
-                    if let (Some(c), Some(w)) = (s.activations.as_mut(), words.next()) {
-                        c.push_words(w);
-                        // Only adapted rows took a delta row (the next one in step order).
-                        if reads_delta {
-                            if let Some(d) = delta_words.next() {
-                                c.push_delta_words(d);
-                            }
-                        }
+                    let Some(w) = words.next() else { continue };
+                    if s.activations.is_none() {
+                        continue;
                     }
+                    // Only adapted rows took a delta row (the next one in step order).
+                    let d = if s.reads_delta(r) { delta_words.next() } else { None };
+                    s.push_entries(w, d.map(Vec::as_slice));
                 }
             }
         }
@@ -958,11 +942,8 @@ impl Engine {
                     (None, Some(&t)) => t,
                     (None, None) => continue,
                 };
-                s.tokens.push(t);
                 // A chunk whose last token this is can commit its delta picks now.
-                if let Some(c) = s.activations.as_mut() {
-                    c.seal(&s.tokens[s.prompt_len..], false);
-                }
+                s.push_token(t);
             }
         }
         lap(&mut phases.sample);

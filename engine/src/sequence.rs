@@ -273,6 +273,31 @@ impl Sequence {
         Ok(())
     }
 
+    /// Whether this is a generation whose next step is greedy decode: one token left to
+    /// process (the one its last step picked), drawn by argmax.
+    pub fn decodes_greedily(&self) -> bool {
+        self.processed + 1 == self.tokens.len() && self.verify.is_none() && self.sampler.is_greedy()
+    }
+
+    /// Takes a committed row's commitment entries (`words`) and, for an adapted row, its
+    /// delta's (`delta`), when this sequence commits.
+    pub fn push_entries(&mut self, words: &[u32], delta: Option<&[u32]>) {
+        if let Some(c) = self.activations.as_mut() {
+            c.push_words(words);
+            if let Some(d) = delta {
+                c.push_delta_words(d);
+            }
+        }
+    }
+
+    /// Appends the token this step picked; a commitment chunk it completes is sealed.
+    pub fn push_token(&mut self, t: u32) {
+        self.tokens.push(t);
+        if let Some(c) = self.activations.as_mut() {
+            c.seal(&self.tokens[self.prompt_len..], false);
+        }
+    }
+
     /// The next `n` unprocessed tokens as a step's chunk.
     pub fn chunk(&self, n: usize) -> SeqChunk<'_> {
         SeqChunk {
