@@ -1016,8 +1016,8 @@ pub const OVERLAP_BY_DEFAULT: bool = false;
 
 /// Running sequences from which a step's emission (detokenizing, stop strings, streaming)
 /// is spread over the pool's threads, and the sequences each thread takes at least: on the
-/// CPU one sequence costs ~2.6 us (64 in a batch ~170 us, ~3% of an 8B GPU decode step,
-/// during which the device waits).
+/// CPU a few us a sequence (docs/benchmarks.md, "Emission per step"), which at batch 64 is
+/// a few percent of an 8B GPU decode step, during which the device waits.
 const PARALLEL_EMIT_MIN: usize = 16;
 const EMIT_CHUNK: usize = 4;
 
